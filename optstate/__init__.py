@@ -1,0 +1,42 @@
+"""optstate: inspect, diff, simulate and repair PyTorch optimizer state checkpoints.
+
+The core is importable without typer or rich. Importing ``optstate`` does not import
+torch; the names below load their modules (and torch) on first use::
+
+    from optstate import RunSpec, simulate, open_source, locate
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "RunSpec": "optstate.config",
+    "GroupSpec": "optstate.config",
+    "SchedulerSpec": "optstate.config",
+    "spec_from_dict": "optstate.config",
+    "read_config_file": "optstate.config",
+    "build": "optstate.build",
+    "simulate": "optstate.simulate",
+    "SimulationResult": "optstate.simulate",
+    "load_torch_file": "optstate.checkpoint",
+    "save_checkpoint": "optstate.checkpoint",
+    "open_source": "optstate.source",
+    "locate": "optstate.locate",
+    "OptimizerStateView": "optstate.state",
+    "summarize": "optstate.stats",
+    "TensorSummary": "optstate.stats",
+    "OptstateError": "optstate.errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'optstate' has no attribute {name!r}")
+    return getattr(import_module(module), name)

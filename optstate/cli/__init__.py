@@ -1,0 +1,116 @@
+"""The command line: the only package that imports typer. Each command parses its flags,
+calls the core, picks a renderer and prints. Errors from the core become one
+``Error: ...`` line on stderr and exit status 2 (``OPTSTATE_DEBUG=1`` shows the traceback).
+
+Commands live in one module each (``cli/simulate.py``, ...) so that every command stays a
+short read; they import torch only inside the command body, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ..errors import OptstateError
+
+app = typer.Typer(
+    name="optstate",
+    help="Inspect, diff, simulate and repair PyTorch optimizer state checkpoints.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"optstate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True,
+                           help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Inspect, diff, simulate and repair PyTorch optimizer state checkpoints.
+
+    Every file is loaded with torch.load(weights_only=True): opening a checkpoint never
+    runs code from it.
+    """
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("OPTSTATE_DEBUG", "") not in ("", "0")
+
+
+def fail(message: str, hint: str | None = None, code: int = 2) -> typer.Exit:
+    """Print one ``Error:`` line (and a ``Hint:``) to stderr; return the Exit to raise."""
+    print(f"Error: {message}", file=sys.stderr)
+    if hint:
+        print(f"Hint: {hint}", file=sys.stderr)
+    return typer.Exit(code=code)
+
+
+def warn(message: str) -> None:
+    print(f"Warning: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def errors_to_exit() -> Iterator[None]:
+    """Map core errors (and stray ones) to a clean exit."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except OptstateError as e:
+        if debug_enabled():
+            traceback.print_exc()
+        raise fail(e.message, e.hint, e.exit_code) from None
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        raise typer.Exit(code=130) from None
+    except MemoryError:
+        raise fail("out of memory", "try --no-stats, or a machine with more memory") from None
+    except Exception as e:  # a bug in optstate: still one line, traceback on request
+        if debug_enabled():
+            traceback.print_exc()
+        raise fail(
+            f"internal error: {type(e).__name__}: {e}".splitlines()[0],
+            "this is a bug in optstate; OPTSTATE_DEBUG=1 shows the traceback",
+        ) from None
+
+
+def print_json(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def stdout_console():  # noqa: ANN201 - rich is imported lazily
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+def stderr_console():  # noqa: ANN201
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+# Each command module registers itself on ``app`` when imported.
+from . import simulate as _simulate  # noqa: E402,F401

@@ -1,0 +1,182 @@
+"""``optstate simulate``: build a real torch optimizer, step it, save its state."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from . import app, errors_to_exit, print_json, stderr_console, stdout_console, warn
+
+_RUN = "Run"
+_SAVE = "Saving and resuming"
+_OPT = "Optimizer"
+
+
+@app.command(no_args_is_help=False)
+def simulate(
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="TOML or JSON run config; flags below override it.",
+        rich_help_panel=_OPT)] = None,
+    optimizer: Annotated[str | None, typer.Option(
+        "--optimizer", "-O", help="Any torch.optim class, case-insensitive: SGD, Adam, AdamW, "
+        "RMSprop, Adagrad, Adadelta, Adamax, NAdam, RAdam, ASGD, Rprop, LBFGS, SparseAdam. "
+        "[default: SGD]", rich_help_panel=_OPT)] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.", rich_help_panel=_OPT)] = None,
+    momentum: Annotated[float | None, typer.Option(
+        help="Momentum (SGD, RMSprop).", rich_help_panel=_OPT)] = None,
+    weight_decay: Annotated[float | None, typer.Option(
+        help="Weight decay.", rich_help_panel=_OPT)] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE", help="Any other hyperparameter, repeatable; tuples "
+        "comma-separated: --set betas=0.9,0.95 --set amsgrad=true.",
+        rich_help_panel=_OPT)] = None,
+    shape: Annotated[list[str] | None, typer.Option(
+        help="Shape of a parameter of the first group, repeatable: --shape 2x2 --shape 3. "
+        "[default: one 2x2]", rich_help_panel=_OPT)] = None,
+    group: Annotated[list[str] | None, typer.Option(
+        metavar="SPEC", help="Add a param group (as add_param_group does): shapes and "
+        "overrides separated by spaces, e.g. --group \"3x3 lr=1e-4\". Repeatable.",
+        rich_help_panel=_OPT)] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        help="An LR scheduler from torch.optim.lr_scheduler, e.g. StepLR.",
+        rich_help_panel=_OPT)] = None,
+    scheduler_arg: Annotated[list[str] | None, typer.Option(
+        metavar="KEY=VALUE", help="Scheduler argument, repeatable: --scheduler-arg "
+        "step_size=5.", rich_help_panel=_OPT)] = None,
+    steps: Annotated[int | None, typer.Option(
+        help="Optimizer steps to take. [default: 10]", rich_help_panel=_RUN)] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed for initial weights and noise. [default: 0]", rich_help_panel=_RUN)] = None,
+    grad: Annotated[str | None, typer.Option(
+        help="Gradient source: constant (every element --grad-value, the tutorial's ones), "
+        "normal (seeded noise), quadratic (of 0.5·||w − v||², v = --grad-value), "
+        "rosenbrock (2-D, on pairs of elements), none (no gradient). [default: constant]",
+        rich_help_panel=_RUN)] = None,
+    grad_value: Annotated[float | None, typer.Option(
+        help="constant: the gradient value; quadratic: the optimum. [default: 1.0]",
+        rich_help_panel=_RUN)] = None,
+    init: Annotated[str | None, typer.Option(
+        help="Initial weights: normal (seeded), zeros, ones, constant (--init-value). "
+        "[default: normal]", rich_help_panel=_RUN)] = None,
+    init_value: Annotated[float | None, typer.Option(
+        help="Value for --init constant.", rich_help_panel=_RUN)] = None,
+    zero_grad: Annotated[str | None, typer.Option(
+        help="What zero_grad() does before each step. none: grads become None (torch >= 2.0 "
+        "default), so a step with no gradient skips the param and creates no state. zeros: "
+        "grads are zero-filled (older torch, the tutorial), so the step still runs and "
+        "creates zero momentum buffers. never: zero_grad is not called and gradients "
+        "accumulate (the classic bug). [default: none]", rich_help_panel=_RUN)] = None,
+    save: Annotated[Path | None, typer.Option(
+        help="Write optimizer.state_dict() here with torch.save (with a scheduler or "
+        "--with-params: a container, see README).", rich_help_panel=_SAVE)] = None,
+    save_every: Annotated[int | None, typer.Option(
+        help="Also save every N steps as NAME.step000N.EXT.", rich_help_panel=_SAVE)] = None,
+    with_params: Annotated[bool, typer.Option(
+        "--with-params", help="Save parameter values too, so --resume continues the exact "
+        "trajectory.", rich_help_panel=_SAVE)] = False,
+    resume: Annotated[Path | None, typer.Option(
+        help="Load this saved state (safely) into the optimizer and continue for --steps "
+        "more steps.", rich_help_panel=_SAVE)] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite existing output files.", rich_help_panel=_SAVE)] = False,
+    json_: Annotated[bool, typer.Option(
+        "--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """Build a real torch optimizer, step it on synthetic gradients, and save its state.
+
+    Example: optstate simulate --lr 0.1 --momentum 0.9 --steps 10 --save sgd.pkl
+    """
+    with errors_to_exit():
+        from ..checkpoint import load_torch_file
+        from ..config import (
+            RunSpec,
+            SchedulerSpec,
+            apply_overrides,
+            parse_assignment,
+            parse_group,
+            parse_shape,
+            read_config_file,
+            spec_from_dict,
+        )
+        from ..simulate import simulate as run
+        from ..simulate_report import simulate_report
+
+        spec = spec_from_dict(read_config_file(config), str(config)) if config else RunSpec()
+        hyper: dict[str, Any] = dict(parse_assignment(s) for s in set_ or [])
+        for key, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+            if value is not None:
+                hyper[key] = value
+        sched = None
+        if scheduler is not None:
+            sched = SchedulerSpec(scheduler, dict(parse_assignment(a) for a in scheduler_arg or []))
+        elif scheduler_arg:
+            base = spec.scheduler
+            if base is None:
+                raise _usage("--scheduler-arg needs --scheduler NAME (or a [scheduler] in the "
+                             "config)")
+            sched = SchedulerSpec(base.name, {**base.kwargs, **dict(
+                parse_assignment(a) for a in scheduler_arg)})
+        spec = apply_overrides(
+            spec, optimizer=optimizer, hyperparams=hyper,
+            shapes=[parse_shape(s) for s in shape] if shape else None,
+            groups=[parse_group(g) for g in group] if group else None,
+            scheduler=sched, steps=steps, seed=seed, grad=grad, grad_value=grad_value,
+            init=init, init_value=init_value, zero_grad=zero_grad,
+        )
+        resume_obj = load_torch_file(resume).obj if resume is not None else None
+        with _progress(spec.steps, quiet=json_) as on_step:
+            result = run(spec, resume=resume_obj, save=save, save_every=save_every,
+                         with_params=with_params, force=force, on_step=on_step)
+        report = simulate_report(result)
+    for w in report["warnings"]:
+        warn(w)
+    if json_:
+        from ..render.json_view import dumps
+
+        print_json(dumps(report))
+    else:
+        from ..render.human import simulate_view
+
+        stdout_console().print(simulate_view(report))
+
+
+def _usage(message: str) -> Exception:
+    from ..errors import ConfigError
+
+    return ConfigError(message)
+
+
+class _progress:
+    """A rich progress bar on stderr for long runs only; a no-op callback otherwise."""
+
+    THRESHOLD = 2000
+
+    def __init__(self, steps: int, quiet: bool) -> None:
+        self.enabled = steps >= self.THRESHOLD and not quiet and sys.stderr.isatty()
+        self.steps = steps
+        self.every = max(1, steps // 200)  # ~200 redraws whatever the length
+
+    def __enter__(self):  # noqa: ANN204
+        if not self.enabled:
+            return None
+        from rich.progress import Progress
+
+        self.bar = Progress(console=stderr_console(), transient=True)
+        self.bar.start()
+        task = self.bar.add_task("stepping", total=self.steps)
+        start: list[int | None] = [None]
+
+        def on_step(done: int) -> None:
+            if start[0] is None:
+                start[0] = done - 1
+            if done % self.every == 0:
+                self.bar.update(task, completed=done - start[0])
+
+        return on_step
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bar.stop()

@@ -1,0 +1,145 @@
+"""Synthetic gradient sources: what ``backward()`` would leave in ``param.grad``.
+
+Each source is deterministic for a given seed and step, so a run that is saved and
+resumed at step k sees exactly the gradients the uninterrupted run saw. Gradients are
+computed in closed form (no autograd graph), and written with autograd's accumulation
+rule: a parameter whose ``.grad`` is None receives the new tensor, otherwise the new
+gradient is added in place (what ``backward()`` does when ``zero_grad`` was skipped).
+
+- ``constant``: every element ``value`` (the tutorial's ``torch.ones``); the objective is
+  the linear function ``value * sum(w)``.
+- ``normal``: seeded N(0, 1) noise, drawn afresh each step; there is no objective.
+- ``quadratic``: the gradient of ``0.5 * ||w - value||^2``, i.e. ``w - value``.
+- ``rosenbrock``: the 2-D Rosenbrock function ``(1 - x)^2 + 100 (y - x^2)^2`` on
+  consecutive pairs (x, y) of all parameter elements (one pair: the classic 2-D case),
+  summed; minimum 0 at x = y = 1.
+- ``none``: no gradient at all (a frozen or unused parameter).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Rosenbrock constants: the textbook a = 1, b = 100.
+_ROSEN_A = 1.0
+_ROSEN_B = 100.0
+
+
+class GradientSource:
+    """Computes per-step gradients and the objective for a list of parameters."""
+
+    name = "base"
+    has_objective = True
+
+    def __init__(self, value: float = 1.0, seed: int = 0) -> None:
+        self.value = value
+        self.seed = seed
+
+    def gradients(self, params: list[torch.Tensor], step: int) -> list[torch.Tensor] | None:
+        raise NotImplementedError
+
+    def loss(self, params: list[torch.Tensor]) -> float | None:
+        raise NotImplementedError
+
+
+class ConstantGradient(GradientSource):
+    name = "constant"
+
+    def gradients(self, params, step):
+        return [torch.full_like(p, self.value) for p in params]
+
+    def loss(self, params):
+        with torch.no_grad():
+            return float(sum(float(p.sum(dtype=torch.float64)) for p in params) * self.value)
+
+
+class NormalGradient(GradientSource):
+    name = "normal"
+    has_objective = False
+
+    def gradients(self, params, step):
+        # A generator re-seeded per step: step k's noise does not depend on earlier
+        # steps, so resuming at k reproduces the uninterrupted run.
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+
+    def loss(self, params):
+        return None
+
+
+class QuadraticGradient(GradientSource):
+    name = "quadratic"
+
+    def gradients(self, params, step):
+        with torch.no_grad():
+            return [p.detach() - self.value for p in params]
+
+    def loss(self, params):
+        with torch.no_grad():
+            return float(
+                sum(((p.detach().double() - self.value) ** 2).sum() for p in params) * 0.5
+            )
+
+
+class RosenbrockGradient(GradientSource):
+    name = "rosenbrock"
+
+    @staticmethod
+    def _pairs(params):
+        flat = torch.cat([p.detach().reshape(-1) for p in params])
+        return flat[0::2], flat[1::2]
+
+    def gradients(self, params, step):
+        with torch.no_grad():
+            x, y = self._pairs(params)
+            r = y - x * x
+            gx = -2.0 * (_ROSEN_A - x) - 4.0 * _ROSEN_B * x * r
+            gy = 2.0 * _ROSEN_B * r
+            flat = torch.stack([gx, gy], dim=1).reshape(-1)
+            out, i = [], 0
+            for p in params:
+                n = p.numel()
+                out.append(flat[i : i + n].reshape(p.shape).clone())
+                i += n
+            return out
+
+    def loss(self, params):
+        with torch.no_grad():
+            x, y = self._pairs(params)
+            x, y = x.double(), y.double()
+            return float(((_ROSEN_A - x) ** 2 + _ROSEN_B * (y - x * x) ** 2).sum())
+
+
+class NoGradient(GradientSource):
+    name = "none"
+    has_objective = False
+
+    def gradients(self, params, step):
+        return None
+
+    def loss(self, params):
+        return None
+
+
+SOURCES: dict[str, type[GradientSource]] = {
+    c.name: c
+    for c in (ConstantGradient, NormalGradient, QuadraticGradient, RosenbrockGradient, NoGradient)
+}
+
+
+def make_source(name: str, value: float = 1.0, seed: int = 0) -> GradientSource:
+    return SOURCES[name](value=value, seed=seed)
+
+
+def accumulate(params: list[torch.Tensor], grads: list[torch.Tensor] | None,
+               sparse: bool = False) -> None:
+    """Write ``grads`` into ``.grad`` the way autograd's AccumulateGrad does."""
+    if grads is None:
+        return
+    for p, g in zip(params, grads, strict=True):
+        if sparse:
+            g = g.to_sparse()
+        if p.grad is None:
+            p.grad = g
+        else:
+            p.grad.add_(g)

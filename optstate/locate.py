@@ -1,0 +1,198 @@
+"""Finding the optimizer state (and its scheduler) inside a loaded checkpoint.
+
+Recognised layouts: a bare ``optimizer.state_dict()``; a dict holding one under any key
+(``optimizer``, ``optimizer_state_dict`` as in the PyTorch tutorial, ``optim``, ...);
+PyTorch Lightning's ``optimizer_states`` list with ``lr_schedulers`` beside it; Hugging
+Face folders (see ``source.py``). Locations are written like ``optimizer_states[1]`` or
+``trainer.optimizer`` and are what ``--key`` accepts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import NoOptimizerStateError
+from .source import Source
+
+# How far into a container we look for an optimizer state (Lightning: depth 2).
+_MAX_DEPTH = 4
+_MAX_NODES = 10_000
+
+_SCHEDULER_KEYS = (
+    "scheduler", "lr_scheduler", "scheduler_state_dict", "lr_scheduler_state_dict",
+    "sched", "schedulers", "lr_schedulers",
+)
+
+
+@dataclass
+class Located:
+    """An optimizer state found in a source, and the scheduler state beside it, if any."""
+
+    location: str  # '' when the whole file is the optimizer state
+    state: dict[str, Any]
+    scheduler: dict[str, Any] | None = None
+    scheduler_location: str | None = None
+    candidates: tuple[str, ...] = ()  # every optimizer state location in the source
+
+
+def is_optimizer_state(obj: Any) -> bool:
+    """The shape of ``Optimizer.state_dict()``: ``state`` and a list of ``param_groups``."""
+    return (
+        isinstance(obj, dict)
+        and isinstance(obj.get("param_groups"), list)
+        and "state" in obj
+        and isinstance(obj["state"], dict)
+        and all(isinstance(g, dict) and "params" in g for g in obj["param_groups"])
+    )
+
+
+def is_scheduler_state(obj: Any) -> bool:
+    return isinstance(obj, dict) and "last_epoch" in obj and (
+        "base_lrs" in obj or "_last_lr" in obj or "best" in obj
+    )
+
+
+def _child_location(parent: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    text = str(key)
+    return f"{parent}.{text}" if parent else text
+
+
+def _children(obj: Any) -> list[tuple[Any, Any]]:
+    if isinstance(obj, dict):
+        return list(obj.items())
+    if isinstance(obj, (list, tuple)):
+        return list(enumerate(obj))
+    return []
+
+
+def find_optimizer_states(obj: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Every optimizer state in ``obj`` (breadth first, bounded), with its location."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    queue: deque[tuple[str, Any, int]] = deque([("", obj, 0)])
+    seen = 0
+    while queue and seen < _MAX_NODES:
+        loc, node, depth = queue.popleft()
+        seen += 1
+        if is_optimizer_state(node):
+            found.append((loc, node))
+            continue  # an optimizer state does not contain another one
+        if depth >= _MAX_DEPTH:
+            continue
+        for key, child in _children(node):
+            if isinstance(child, (dict, list, tuple)):
+                queue.append((_child_location(loc, key), child, depth + 1))
+    return found
+
+
+_TOKEN = re.compile(r"\[(-?\d+)\]|\[['\"]([^'\"]+)['\"]\]|([^.\[\]]+)")
+
+
+def resolve_key(obj: Any, key: str) -> Any:
+    """Follow a location like ``optimizer_states[1]`` or ``a.b`` into ``obj``."""
+    if isinstance(obj, dict) and key in obj:
+        return obj[key]
+    node = obj
+    for m in _TOKEN.finditer(key):
+        index, quoted, name = m.groups()
+        try:
+            if index is not None:
+                node = node[int(index)] if isinstance(node, (list, tuple)) else node[int(index)]
+            else:
+                k = quoted if quoted is not None else name
+                if isinstance(node, (list, tuple)) and k.lstrip("-").isdigit():
+                    node = node[int(k)]
+                elif isinstance(node, dict) and k not in node and k.lstrip("-").isdigit():
+                    node = node[int(k)]
+                else:
+                    node = node[k]
+        except (KeyError, IndexError, TypeError):
+            raise NoOptimizerStateError(
+                f"--key {key!r}: nothing at {m.group(0)!r} in this checkpoint",
+                hint=f"it holds {describe_contents(obj)}",
+            ) from None
+    return node
+
+
+def describe_contents(obj: Any) -> str:
+    """A few words on what an object is, for 'no optimizer state found' messages."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return f"a single tensor of shape {list(obj.shape)}"
+    if isinstance(obj, dict):
+        if not obj:
+            return "an empty dict"
+        n_tensors = sum(isinstance(v, torch.Tensor) for v in obj.values())
+        if n_tensors == len(obj):
+            return f"a model state_dict with {n_tensors} tensor{'s' * (n_tensors != 1)}"
+        keys = [str(k) for k in list(obj)[:8]]
+        more = f", … ({len(obj)} keys)" if len(obj) > 8 else ""
+        return f"a dict with keys {', '.join(keys)}{more}"
+    if isinstance(obj, (list, tuple)):
+        return f"a {type(obj).__name__} of {len(obj)} item{'s' * (len(obj) != 1)}"
+    return f"a {type(obj).__name__}"
+
+
+def locate(source: Source, key: str | None = None) -> Located:
+    """Find the one optimizer state in ``source`` (or the one ``key`` names)."""
+    obj = source.obj
+    found = find_optimizer_states(obj)
+    candidates = tuple(loc for loc, _ in found)
+    if key is not None:
+        node = resolve_key(obj, key)
+        if not is_optimizer_state(node):
+            raise NoOptimizerStateError(
+                f"--key {key!r} is {describe_contents(node)}, not an optimizer state",
+                hint=_candidates_hint(candidates),
+            )
+        location, state = key, node
+    elif not found:
+        raise NoOptimizerStateError(
+            f"{source.label} holds {describe_contents(obj)}; no optimizer state found",
+            hint="an optimizer state is a dict with 'state' and 'param_groups' "
+            "(optimizer.state_dict())",
+        )
+    elif len(found) > 1:
+        raise NoOptimizerStateError(
+            f"{source.label} holds {len(found)} optimizer states: {', '.join(candidates)}",
+            hint=f"pick one with --key, e.g. --key '{candidates[0] or '.'}'",
+        )
+    else:
+        location, state = found[0]
+    sched, sched_loc = _find_scheduler(source, location)
+    return Located(location, state, sched, sched_loc, candidates)
+
+
+def _candidates_hint(candidates: tuple[str, ...]) -> str | None:
+    if not candidates:
+        return "this checkpoint holds no optimizer state"
+    return "optimizer states are at: " + ", ".join(c or "(top level)" for c in candidates)
+
+
+def _find_scheduler(source: Source, location: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The scheduler state that goes with the optimizer state at ``location``."""
+    if "scheduler" in source.siblings and is_scheduler_state(source.siblings["scheduler"]):
+        return source.siblings["scheduler"], source.sibling_files["scheduler"].name
+    obj = source.obj
+    if not isinstance(obj, dict):
+        return None, None
+    # Lightning: optimizer_states[i] pairs with lr_schedulers[i].
+    m = re.fullmatch(r"optimizer_states\[(\d+)\]", location)
+    if m:
+        scheds = obj.get("lr_schedulers")
+        i = int(m.group(1))
+        if isinstance(scheds, list) and i < len(scheds) and is_scheduler_state(scheds[i]):
+            return scheds[i], f"lr_schedulers[{i}]"
+        return None, None
+    for k in _SCHEDULER_KEYS:
+        v = obj.get(k)
+        if is_scheduler_state(v):
+            return v, k
+        if isinstance(v, list) and len(v) == 1 and is_scheduler_state(v[0]):
+            return v[0], f"{k}[0]"
+    return None, None

@@ -1,0 +1,54 @@
+"""Numeric comparison of two tensors with numpy ``isclose`` semantics.
+
+An element pair (a, b) is within tolerance when ``|a - b| <= atol + rtol * |b|``
+(both tolerances at once, as numpy and torch do); NaN against NaN counts as equal
+unless ``nan_equal=False``; NaN against a number never does; +Inf equals +Inf.
+Metrics are computed in float64 so they agree with a plain torch expression.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class TensorComparison:
+    equal: bool  # every element within tolerance
+    n_outside: int  # elements outside tolerance
+    max_abs: float | None  # max |a - b| over pairs where both are finite
+    max_rel: float | None  # max |a - b| / |b| over finite pairs with b != 0
+    norm_a: float | None
+    norm_b: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare_tensors(a: torch.Tensor, b: torch.Tensor, *, atol: float = 0.0, rtol: float = 0.0,
+                    nan_equal: bool = True) -> TensorComparison:
+    """Compare two tensors of the same shape (dtype may differ)."""
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    if a.numel() == 0:
+        return TensorComparison(True, 0, None, None, 0.0, 0.0)
+    x, y = a.detach().double(), b.detach().double()
+    close = torch.isclose(x, y, rtol=rtol, atol=atol, equal_nan=nan_equal)
+    n_outside = int((~close).sum())
+    fin = torch.isfinite(x) & torch.isfinite(y)
+    diff = (x - y).abs()[fin]
+    max_abs = float(diff.max()) if diff.numel() else None
+    yb = y.abs()[fin]
+    nz = yb != 0
+    max_rel = float((diff[nz] / yb[nz]).max()) if bool(nz.any()) else None
+    return TensorComparison(
+        equal=n_outside == 0, n_outside=n_outside, max_abs=max_abs, max_rel=max_rel,
+        norm_a=_finite_norm(x), norm_b=_finite_norm(y),
+    )
+
+
+def _finite_norm(x: torch.Tensor) -> float | None:
+    f = x[torch.isfinite(x)]
+    return float(f.norm()) if f.numel() else None

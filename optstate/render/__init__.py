@@ -1,0 +1,1 @@
+"""Views of core results: ``json_view`` (plain dicts, no rich) and ``human`` (rich)."""

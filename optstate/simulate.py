@@ -1,0 +1,303 @@
+"""The stepping loop: build an optimizer from a RunSpec and step it on synthetic gradients.
+
+Returns a ``SimulationResult`` and prints nothing. Each step is exactly what a
+hand-written training loop does::
+
+    optimizer.zero_grad()            # per spec.zero_grad: set_to_none / zeros / skipped
+    <gradients written into .grad>   # autograd's accumulation rule (gradients.py)
+    optimizer.step()                 # LBFGS: step(closure)
+    scheduler.step()                 # if configured (ReduceLROnPlateau: step(loss))
+
+What ``--save`` writes (``run_checkpoint``):
+
+- no scheduler and no params asked for: ``optimizer.state_dict()`` itself, the exact
+  object ``optimizer.load_state_dict`` takes;
+- otherwise a dict in the PyTorch tutorial's general-checkpoint layout:
+  ``{"optimizer_state_dict": ..., "scheduler_state_dict": ... (with a scheduler),
+  "model_state_dict": {name: tensor} (with params), "step": int,
+  "optstate": {"version": str, "config": {...}}}``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .build import Built, build, hyperparameter_defaults, optimizer_class
+from .checkpoint import check_writable, save_checkpoint
+from .config import RunSpec, format_shape
+from .errors import ConfigError, StateMismatchError
+from .gradients import accumulate, make_source
+from .locate import find_optimizer_states, is_scheduler_state
+from .state import OptimizerStateView
+
+# Group keys torch adds or drops between versions and optimizers share; never a sign
+# that a checkpoint comes from another optimizer kind.
+COMMON_GROUP_KEYS = frozenset({
+    "params", "param_names", "lr", "initial_lr", "weight_decay", "foreach", "fused",
+    "differentiable", "capturable", "maximize", "decoupled_weight_decay",
+})
+
+
+@dataclass
+class History:
+    """Per-step records, one entry per recorded step."""
+
+    step: list[int] = field(default_factory=list)
+    loss: list[float | None] = field(default_factory=list)
+    param_norm: list[float] = field(default_factory=list)
+    lr: list[list[float]] = field(default_factory=list)  # one lr per group
+
+
+@dataclass
+class SimulationResult:
+    spec: RunSpec
+    params: list[torch.Tensor]
+    names: list[str]
+    group_of: list[int]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any | None
+    history: History
+    start_step: int  # steps already taken before this run (from --resume)
+    final_step: int
+    saved: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def optimizer_state(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    @property
+    def scheduler_state(self) -> dict[str, Any] | None:
+        return self.scheduler.state_dict() if self.scheduler is not None else None
+
+
+def run_checkpoint(built: Built, spec: RunSpec, step: int, with_params: bool) -> Any:
+    """The object ``--save`` writes (layout in the module docstring)."""
+    opt_sd = built.optimizer.state_dict()
+    if built.scheduler is None and not with_params:
+        return opt_sd
+    out: dict[str, Any] = {"optimizer_state_dict": opt_sd}
+    if built.scheduler is not None:
+        out["scheduler_state_dict"] = built.scheduler.state_dict()
+    if with_params:
+        out["model_state_dict"] = {
+            n: p.detach().clone() for n, p in zip(built.names, built.params, strict=True)
+        }
+    out["step"] = step
+    out["optstate"] = {"version": __version__, "config": spec.to_dict()}
+    return out
+
+
+def series_path(path: Path, step: int) -> Path:
+    """``out.pkl`` -> ``out.step000010.pkl`` for ``--save-every``."""
+    return path.with_name(f"{path.stem}.step{step:06d}{path.suffix}")
+
+
+def simulate(
+    spec: RunSpec,
+    *,
+    resume: Any = None,
+    save: str | Path | None = None,
+    save_every: int | None = None,
+    with_params: bool = False,
+    force: bool = False,
+    record_every: int = 1,
+    on_step: Callable[[int], None] | None = None,
+) -> SimulationResult:
+    """Build the optimizer of ``spec``, optionally load ``resume`` (a loaded checkpoint
+    object), run ``spec.steps`` steps, and save as asked."""
+    if save_every is not None and save_every <= 0:
+        raise ConfigError(f"--save-every must be a positive number of steps, got {save_every}")
+    if save_every is not None and save is None:
+        raise ConfigError("--save-every needs --save PATH to name the series")
+    if record_every <= 0:
+        raise ConfigError("record_every must be positive")
+    built = build(spec)
+    warnings: list[str] = []
+    start = load_resume(built, spec, resume, warnings) if resume is not None else 0
+    end = start + spec.steps
+
+    save_path = Path(save) if save is not None else None
+    targets: list[tuple[int, Path]] = []
+    if save_path is not None:
+        if save_every:
+            first = (start // save_every + 1) * save_every
+            targets += [(s, series_path(save_path, s)) for s in range(first, end + 1, save_every)]
+        targets.append((end, save_path))
+        for _, p in targets:  # fail before stepping, not after
+            check_writable(p, force)
+
+    history = History()
+    source = make_source(spec.grad, spec.grad_value, spec.seed)
+    params, opt, sched = built.params, built.optimizer, built.scheduler
+    is_lbfgs = isinstance(opt, torch.optim.LBFGS)
+    sparse = isinstance(opt, torch.optim.SparseAdam)
+    plateau = sched is not None and isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    set_to_none = spec.zero_grad == "none"
+    if spec.zero_grad == "zeros" and source.name == "none":
+        # Older torch kept zero-filled .grad tensors after the first backward; with no
+        # gradient source we start from that state so steps still run on zero grads.
+        for p in params:
+            p.grad = torch.zeros_like(p)
+    series = iter(targets)
+    next_save = next(series, None)
+
+    def record(step: int) -> None:
+        with torch.no_grad():
+            norm = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in params))
+        history.step.append(step)
+        history.loss.append(source.loss(params) if source.has_objective else None)
+        history.param_norm.append(norm)
+        history.lr.append([float(g["lr"]) for g in opt.param_groups])
+
+    record(start)
+    for step in range(start, end):
+        if is_lbfgs:
+            def closure(step: int = step) -> torch.Tensor:
+                if spec.zero_grad != "never":
+                    opt.zero_grad(set_to_none=set_to_none)
+                accumulate(params, source.gradients(params, step))
+                loss = source.loss(params)
+                return torch.tensor(loss if loss is not None else 0.0)
+
+            opt.step(closure)
+        else:
+            if spec.zero_grad != "never":
+                opt.zero_grad(set_to_none=set_to_none)
+            accumulate(params, source.gradients(params, step), sparse=sparse)
+            opt.step()
+        if sched is not None:
+            if plateau:
+                loss = source.loss(params)
+                sched.step(loss if loss is not None else 0.0)
+            else:
+                sched.step()
+        done = step + 1
+        if (done - start) % record_every == 0 or done == end:
+            record(done)
+        if on_step is not None:
+            on_step(done)
+        while next_save is not None and next_save[0] == done:
+            save_checkpoint(run_checkpoint(built, spec, done, with_params), next_save[1],
+                            force=force)
+            next_save = next(series, None)
+    saved = [p for _, p in targets]
+    if next_save is not None:  # zero steps: only the final save remains
+        for _, p in [next_save, *series]:
+            save_checkpoint(run_checkpoint(built, spec, end, with_params), p, force=force)
+    return SimulationResult(spec, params, built.names, built.group_of, opt, sched, history,
+                            start, end, saved, warnings)
+
+
+def load_resume(built: Built, spec: RunSpec, obj: Any, warnings: list[str]) -> int:
+    """Load a checkpoint object into the built run; return the step count it reached."""
+    found = find_optimizer_states(obj)
+    if not found:
+        raise StateMismatchError("the --resume file holds no optimizer state")
+    if len(found) > 1:
+        raise StateMismatchError(
+            f"the --resume file holds {len(found)} optimizer states "
+            f"({', '.join(loc or '(top level)' for loc, _ in found)}); optstate cannot tell "
+            "which to resume"
+        )
+    sd = found[0][1]
+    check_compatible(built, spec, sd)
+    try:
+        built.optimizer.load_state_dict(sd)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise StateMismatchError(f"torch could not load the --resume state: {e}") from None
+
+    step = None
+    if isinstance(obj, dict) and sd is obj.get("optimizer_state_dict"):
+        sched_sd = obj.get("scheduler_state_dict")
+        if built.scheduler is not None:
+            if is_scheduler_state(sched_sd):
+                built.scheduler.load_state_dict(sched_sd)
+            else:
+                warnings.append("the --resume file has no scheduler state; the scheduler "
+                                "starts fresh")
+        model = obj.get("model_state_dict")
+        if isinstance(model, dict):
+            _load_params(built, model)
+        else:
+            warnings.append("the --resume file holds no parameter values; parameters start "
+                            "from their initial values (save with --with-params to keep them)")
+        if isinstance(obj.get("step"), int):
+            step = obj["step"]
+    else:
+        warnings.append("the --resume file holds no parameter values; parameters start "
+                        "from their initial values (save with --with-params to keep them)")
+    if step is None:
+        step = _step_from_state(sd)
+    return step
+
+
+def check_compatible(built: Built, spec: RunSpec, sd: dict[str, Any]) -> None:
+    """One-line errors for states that would load wrongly or fail later at step()."""
+    view = OptimizerStateView.from_state_dict(sd)
+    cls = optimizer_class(spec.optimizer)
+    ours = set(hyperparameter_defaults(cls)) | COMMON_GROUP_KEYS
+    theirs = set(view.hyperparameter_names())
+    foreign = sorted(theirs - ours)
+    if foreign:
+        raise StateMismatchError(
+            f"the --resume state is not {cls.__name__} state: its groups have "
+            f"{', '.join(foreign)}, which {cls.__name__} does not use",
+            hint="set --optimizer to the optimizer that wrote the checkpoint",
+        )
+    if len(view.groups) != len(built.optimizer.param_groups):
+        raise StateMismatchError(
+            f"the --resume state has {len(view.groups)} param group(s), the config builds "
+            f"{len(built.optimizer.param_groups)}"
+        )
+    for g, ours_g in zip(view.groups, built.optimizer.param_groups, strict=True):
+        if len(g.param_keys) != len(ours_g["params"]):
+            raise StateMismatchError(
+                f"param group {g.index} has {len(g.param_keys)} param(s) in the --resume "
+                f"state but {len(ours_g['params'])} in the config"
+            )
+    for pv, p in zip(view.params, built.params, strict=True):
+        for key, value in pv.state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                raise StateMismatchError(
+                    f"param {pv.position} ({built.names[pv.position]}): the --resume state's "
+                    f"{key} has shape {format_shape(tuple(value.shape))}, the config's "
+                    f"parameter is {format_shape(tuple(p.shape))}"
+                )
+
+
+def _load_params(built: Built, model: dict[str, Any]) -> None:
+    missing = [n for n in built.names if n not in model]
+    if missing:
+        raise StateMismatchError(
+            f"the --resume file's model_state_dict lacks {', '.join(missing[:4])}"
+            + (" …" if len(missing) > 4 else "")
+        )
+    with torch.no_grad():
+        for n, p in zip(built.names, built.params, strict=True):
+            t = model[n]
+            if not isinstance(t, torch.Tensor) or t.shape != p.shape:
+                raise StateMismatchError(
+                    f"the --resume file's parameter {n} does not have shape "
+                    f"{format_shape(tuple(p.shape))}"
+                )
+            p.copy_(t)
+
+
+def _step_from_state(sd: dict[str, Any]) -> int:
+    """Best guess of steps taken, from per-param ``step`` entries (0 if none)."""
+    steps = []
+    for st in sd.get("state", {}).values():
+        v = st.get("step") if isinstance(st, dict) else None
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            steps.append(int(v.item()))
+        elif isinstance(v, (int, float)):
+            steps.append(int(v))
+    return max(steps) if steps else 0

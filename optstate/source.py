@@ -1,0 +1,68 @@
+"""Checkpoint sources: what a path on the command line points at.
+
+A source is a torch.save file or a checkpoint folder (a Hugging Face Trainer /
+accelerate folder with ``optimizer.pt`` or ``optimizer.bin``). Tensors of zip-format
+files are memory-mapped, so opening a source reads only the pickled structure; tensor
+data is paged in when a statistic or comparison touches it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import load_torch_file
+from .errors import CheckpointError
+
+# Hugging Face Trainer writes optimizer.pt / scheduler.pt; accelerate writes .bin.
+HF_OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin", "optimizer_0.bin", "optimizer.pth")
+HF_SCHEDULER_FILES = ("scheduler.pt", "scheduler.bin", "scheduler_0.bin", "scheduler.pth")
+
+
+@dataclass
+class Source:
+    """A loaded checkpoint: the object tree plus where it came from."""
+
+    path: Path  # what the user named
+    file: Path  # the file actually read (inside a folder, for folder checkpoints)
+    format: str  # "zip" | "legacy" | ...
+    bytes: int
+    obj: Any
+    # Objects read from files beside the main one, by role (e.g. "scheduler").
+    siblings: dict[str, Any] = field(default_factory=dict)
+    sibling_files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.file == self.path else f"{self.path} ({self.file.name})"
+
+
+def open_source(path: str | Path, *, mmap: bool = True, unsafe: bool = False) -> Source:
+    """Open a checkpoint file or folder. Raises CheckpointError with a one-line reason."""
+    p = Path(path)
+    if p.is_dir():
+        return _open_folder(p, mmap=mmap, unsafe=unsafe)
+    loaded = load_torch_file(p, mmap=mmap, unsafe=unsafe)
+    return Source(path=p, file=p, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj)
+
+
+def _open_folder(p: Path, *, mmap: bool, unsafe: bool) -> Source:
+    if (p / ".metadata").is_file():
+        from .dcp import open_dcp_source  # optional: torch.distributed.checkpoint folders
+
+        return open_dcp_source(p)
+    opt_file = next((p / n for n in HF_OPTIMIZER_FILES if (p / n).is_file()), None)
+    if opt_file is None:
+        raise CheckpointError(
+            f"{p} is a folder with no optimizer.pt or optimizer.bin in it",
+            hint="give the checkpoint file itself, or a Hugging Face Trainer / accelerate "
+            "checkpoint folder",
+        )
+    loaded = load_torch_file(opt_file, mmap=mmap, unsafe=unsafe)
+    src = Source(path=p, file=opt_file, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj)
+    sched_file = next((p / n for n in HF_SCHEDULER_FILES if (p / n).is_file()), None)
+    if sched_file is not None:
+        src.siblings["scheduler"] = load_torch_file(sched_file, unsafe=unsafe).obj
+        src.sibling_files["scheduler"] = sched_file
+    return src

@@ -1,0 +1,104 @@
+"""Exact statistics of one tensor, as torch itself computes them.
+
+Definitions (tests compare each with a plain torch expression):
+
+- ``norm``, ``mean``, ``mean_abs``: over the finite elements, accumulated in float64
+  (``t[isfinite(t)].double().norm()`` etc.), so one NaN does not hide the rest;
+- ``min``, ``max``: over the finite elements, exact in the tensor's own dtype;
+- ``nan``, ``inf``: counts; ``zeros``: the fraction of elements equal to zero;
+- bool and integer tensors are summarised through float64; complex through ``abs()``
+  for the norm (min/max/mean are None). Values that do not exist (an empty tensor, no
+  finite element) are None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class TensorSummary:
+    shape: tuple[int, ...]
+    dtype: str
+    numel: int
+    bytes: int
+    norm: float | None
+    min: float | None
+    max: float | None
+    mean: float | None
+    mean_abs: float | None
+    nan: int
+    inf: int
+    zeros: float | None  # fraction of elements equal to zero
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def structure_summary(t: torch.Tensor) -> dict[str, Any]:
+    """Shape, dtype, numel, bytes: no tensor data is read."""
+    return {
+        "shape": list(t.shape),
+        "dtype": dtype_name(t.dtype),
+        "numel": t.numel(),
+        "bytes": t.numel() * t.element_size(),
+    }
+
+
+def summarize(t: torch.Tensor) -> TensorSummary:
+    """All statistics of ``t`` (see module docstring)."""
+    numel = t.numel()
+    base = dict(
+        shape=tuple(t.shape), dtype=dtype_name(t.dtype), numel=numel,
+        bytes=numel * t.element_size(),
+    )
+    if t.is_meta or numel == 0:
+        return TensorSummary(**base, norm=None, min=None, max=None, mean=None, mean_abs=None,
+                             nan=0, inf=0, zeros=None)
+    if t.is_sparse:
+        t = t.coalesce().to_dense()
+    t = t.detach()
+    if t.is_complex():
+        nan = int(torch.isnan(t).sum())
+        inf = int(torch.isinf(t).sum())
+        fin = t[torch.isfinite(t)]
+        norm = float(fin.abs().double().norm()) if fin.numel() else None
+        zeros = float((t == 0).sum()) / numel
+        return TensorSummary(**base, norm=norm, min=None, max=None, mean=None,
+                             mean_abs=float(fin.abs().double().mean()) if fin.numel() else None,
+                             nan=nan, inf=inf, zeros=zeros)
+    if not t.is_floating_point():
+        x = t.double()
+        return TensorSummary(
+            **base, norm=float(x.norm()), min=float(x.min()), max=float(x.max()),
+            mean=float(x.mean()), mean_abs=float(x.abs().mean()), nan=0, inf=0,
+            zeros=float((t == 0).sum()) / numel,
+        )
+    nan = int(torch.isnan(t).sum())
+    inf = int(torch.isinf(t).sum())
+    fin = t if nan == 0 and inf == 0 else t[torch.isfinite(t)]
+    zeros = float((t == 0).sum()) / numel
+    if fin.numel() == 0:
+        return TensorSummary(**base, norm=None, min=None, max=None, mean=None, mean_abs=None,
+                             nan=nan, inf=inf, zeros=zeros)
+    x = fin.double()
+    return TensorSummary(
+        **base,
+        norm=float(x.norm()),
+        min=float(fin.min()),
+        max=float(fin.max()),
+        mean=float(x.mean()),
+        mean_abs=float(x.abs().mean()),
+        nan=nan,
+        inf=inf,
+        zeros=zeros,
+    )

@@ -1,0 +1,43 @@
+"""Shared fixtures: real optimizers, real torch.save files, the CLI in and out of process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def cli():
+    """Run the CLI in-process through typer's CliRunner; returns the Result
+    (``.exit_code``, ``.stdout``, ``.stderr``)."""
+    from typer.testing import CliRunner
+
+    from optstate.cli import app
+
+    runner = CliRunner()
+
+    def run(*args: str, **kw):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False, **kw)
+
+    return run
+
+
+@pytest.fixture
+def run_cli():
+    """Run ``python -m optstate`` in a fresh process (for exit codes, tracebacks, isolation)."""
+
+    def run(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120):
+        e = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", **(env or {})}
+        e.pop("OPTSTATE_DEBUG", None) if not (env and "OPTSTATE_DEBUG" in env) else None
+        return subprocess.run(
+            [sys.executable, "-m", "optstate", *map(str, args)],
+            capture_output=True, text=True, cwd=cwd, env=e, timeout=timeout,
+        )
+
+    return run
