@@ -333,7 +333,8 @@ def validate(spec: RunSpec) -> RunSpec:
         raise ConfigError(f"steps must be 0 or more, got {spec.steps}")
     if spec.grad not in GRAD_SOURCES:
         raise ConfigError(
-            f"unknown gradient source {spec.grad!r}", hint=f"choose one of {', '.join(GRAD_SOURCES)}"
+            f"unknown gradient source {spec.grad!r}",
+            hint=f"choose one of {', '.join(GRAD_SOURCES)}",
         )
     if spec.zero_grad not in ZERO_GRAD_MODES:
         raise ConfigError(

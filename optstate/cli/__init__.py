@@ -91,6 +91,21 @@ def errors_to_exit() -> Iterator[None]:
         ) from None
 
 
+UNSAFE_HELP = (
+    "Load with full pickle (weights_only=False). DANGEROUS: the file can run any code on "
+    "this machine. Only for files you made yourself."
+)
+
+
+def warn_unsafe() -> None:
+    """The loud warning every --unsafe flag prints before loading anything."""
+    print(
+        "WARNING: --unsafe: loading with full pickle (weights_only=False). A malicious "
+        "file can now run arbitrary code on this machine. Use only for files you trust.",
+        file=sys.stderr,
+    )
+
+
 def print_json(text: str) -> None:
     sys.stdout.write(text + "\n")
 
