@@ -31,7 +31,7 @@ import torch
 from . import __version__
 from .build import Built, build, hyperparameter_defaults, optimizer_class
 from .checkpoint import check_writable, save_checkpoint
-from .config import RunSpec, format_shape
+from .config import RunSpec, format_shape, validate
 from .errors import ConfigError, StateMismatchError
 from .gradients import accumulate, make_source
 from .locate import find_optimizer_states, is_scheduler_state
@@ -53,6 +53,9 @@ class History:
     loss: list[float | None] = field(default_factory=list)
     param_norm: list[float] = field(default_factory=list)
     lr: list[list[float]] = field(default_factory=list)  # one lr per group
+    # (x, y) per recorded step when the run has exactly two parameter elements (the 2-D
+    # objectives that --plot draws over their contour plot); empty otherwise.
+    point: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -119,6 +122,7 @@ def simulate(
         raise ConfigError("--save-every needs --save PATH to name the series")
     if record_every <= 0:
         raise ConfigError("record_every must be positive")
+    spec = validate(spec)
     built = build(spec)
     warnings: list[str] = []
     start = load_resume(built, spec, resume, warnings) if resume is not None else 0
@@ -148,6 +152,7 @@ def simulate(
             p.grad = torch.zeros_like(p)
     series = iter(targets)
     next_save = next(series, None)
+    two_d = sum(p.numel() for p in params) == 2
 
     def record(step: int) -> None:
         with torch.no_grad():
@@ -156,6 +161,9 @@ def simulate(
         history.loss.append(source.loss(params) if source.has_objective else None)
         history.param_norm.append(norm)
         history.lr.append([float(g["lr"]) for g in opt.param_groups])
+        if two_d:
+            x, y = torch.cat([p.detach().reshape(-1) for p in params]).tolist()
+            history.point.append((x, y))
 
     record(start)
     for step in range(start, end):
@@ -164,8 +172,10 @@ def simulate(
                 if spec.zero_grad != "never":
                     opt.zero_grad(set_to_none=set_to_none)
                 accumulate(params, source.gradients(params, step))
-                loss = source.loss(params)
-                return torch.tensor(loss if loss is not None else 0.0)
+                if not source.has_objective:
+                    return torch.tensor(0.0)
+                with torch.no_grad():  # the loss a hand-written closure returns
+                    return source.objective(params)
 
             opt.step(closure)
         else:
