@@ -2,12 +2,13 @@
 
 Each source is deterministic for a given seed and step, so a run that is saved and
 resumed at step k sees exactly the gradients the uninterrupted run saw. Gradients are
-computed in closed form (no autograd graph), and written with autograd's accumulation
+the autograd gradients of a small objective (so they are bit for bit what
+``loss.backward()`` gives in a hand-written loop), written with autograd's accumulation
 rule: a parameter whose ``.grad`` is None receives the new tensor, otherwise the new
 gradient is added in place (what ``backward()`` does when ``zero_grad`` was skipped).
 
 - ``constant``: every element ``value`` (the tutorial's ``torch.ones``); the objective is
-  the linear function ``value * sum(w)``.
+  the linear function ``sum(w * value)``.
 - ``normal``: seeded N(0, 1) noise, drawn afresh each step; there is no objective.
 - ``quadratic``: the gradient of ``0.5 * ||w - value||^2``, i.e. ``w - value``.
 - ``rosenbrock``: the 2-D Rosenbrock function ``(1 - x)^2 + 100 (y - x^2)^2`` on
@@ -26,7 +27,10 @@ _ROSEN_B = 100.0
 
 
 class GradientSource:
-    """Computes per-step gradients and the objective for a list of parameters."""
+    """Computes per-step gradients and the objective for a list of parameters.
+
+    Sources with an objective define it once, as a torch expression; gradients are what
+    autograd makes of it, exactly what ``loss.backward()`` leaves in a training loop."""
 
     name = "base"
     has_objective = True
@@ -35,22 +39,24 @@ class GradientSource:
         self.value = value
         self.seed = seed
 
-    def gradients(self, params: list[torch.Tensor], step: int) -> list[torch.Tensor] | None:
+    def objective(self, params: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
+    def gradients(self, params: list[torch.Tensor], step: int) -> list[torch.Tensor] | None:
+        with torch.enable_grad():
+            return list(torch.autograd.grad(self.objective(params), params))
+
     def loss(self, params: list[torch.Tensor]) -> float | None:
-        raise NotImplementedError
+        """The objective's value (in the parameters' dtype, as a training loop sees it)."""
+        with torch.no_grad():
+            return float(self.objective(params))
 
 
 class ConstantGradient(GradientSource):
     name = "constant"
 
-    def gradients(self, params, step):
-        return [torch.full_like(p, self.value) for p in params]
-
-    def loss(self, params):
-        with torch.no_grad():
-            return float(sum(float(p.sum(dtype=torch.float64)) for p in params) * self.value)
+    def objective(self, params):
+        return sum((p * self.value).sum() for p in params)
 
 
 class NormalGradient(GradientSource):
@@ -70,44 +76,17 @@ class NormalGradient(GradientSource):
 class QuadraticGradient(GradientSource):
     name = "quadratic"
 
-    def gradients(self, params, step):
-        with torch.no_grad():
-            return [p.detach() - self.value for p in params]
-
-    def loss(self, params):
-        with torch.no_grad():
-            return float(
-                sum(((p.detach().double() - self.value) ** 2).sum() for p in params) * 0.5
-            )
+    def objective(self, params):
+        return sum(0.5 * ((p - self.value) ** 2).sum() for p in params)
 
 
 class RosenbrockGradient(GradientSource):
     name = "rosenbrock"
 
-    @staticmethod
-    def _pairs(params):
-        flat = torch.cat([p.detach().reshape(-1) for p in params])
-        return flat[0::2], flat[1::2]
-
-    def gradients(self, params, step):
-        with torch.no_grad():
-            x, y = self._pairs(params)
-            r = y - x * x
-            gx = -2.0 * (_ROSEN_A - x) - 4.0 * _ROSEN_B * x * r
-            gy = 2.0 * _ROSEN_B * r
-            flat = torch.stack([gx, gy], dim=1).reshape(-1)
-            out, i = [], 0
-            for p in params:
-                n = p.numel()
-                out.append(flat[i : i + n].reshape(p.shape).clone())
-                i += n
-            return out
-
-    def loss(self, params):
-        with torch.no_grad():
-            x, y = self._pairs(params)
-            x, y = x.double(), y.double()
-            return float(((_ROSEN_A - x) ** 2 + _ROSEN_B * (y - x * x) ** 2).sum())
+    def objective(self, params):
+        flat = torch.cat([p.reshape(-1) for p in params])
+        x, y = flat[0::2], flat[1::2]
+        return ((_ROSEN_A - x) ** 2 + _ROSEN_B * (y - x**2) ** 2).sum()
 
 
 class NoGradient(GradientSource):

@@ -122,9 +122,45 @@ def stderr_console():  # noqa: ANN201
     return Console(stderr=True, highlight=False)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point.
+
+    Runs the app with ``standalone_mode=False`` so that usage errors (a bad value, an
+    unknown option, a missing argument) reach us instead of typer's rich error box: they
+    become one ``Error: ...`` line and a ``Hint:`` on stderr, exit status 2, like every
+    other error. Only names typer itself exports are used (``TyperException`` is the base
+    of the usage errors typer raises).
+    """
+    try:
+        code = app(args=argv, prog_name="optstate", standalone_mode=False)
+    except typer.TyperException as e:
+        sys.exit(_usage_error(e, argv))
+    except typer.Abort:
+        print("Aborted.", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(e: typer.TyperException, argv: list[str] | None) -> int:
+    """Print a usage error as ``Error:``/``Hint:`` lines; return its exit status."""
+    ctx = getattr(e, "ctx", None)
+    if type(e).__name__ == "NoArgsIsHelpError":  # a bare group or command: show its help
+        print(e.format_message(), file=sys.stderr)
+        return 2
+    message = " ".join(line.strip() for line in e.format_message().splitlines() if line.strip())
+    if ctx is not None:
+        command = ctx.command_path
+    else:  # errors raised while parsing, before a context exists
+        words = [a for a in (argv if argv is not None else sys.argv[1:]) if not
+                 a.startswith("-")]
+        command = f"optstate {words[0]}" if words and words[0] in _command_names() else "optstate"
+    fail(message, f"run '{command} --help' to see the options")
+    code = getattr(e, "exit_code", 2)
+    return code if isinstance(code, int) and code else 2
+
+
+def _command_names() -> set[str]:
+    return {c.name or c.callback.__name__ for c in app.registered_commands if c.callback}
 
 
 # Each command module registers itself on ``app`` when imported.
