@@ -44,6 +44,8 @@ def simulate_report(result: SimulationResult) -> dict[str, Any]:
             "loss": [plain(x) for x in h.loss],
             "param_norm": [plain(x) for x in h.param_norm],
             "lr": [[plain(x) for x in row] for row in h.lr],
+            # the (x, y) trajectory of a run with two parameter elements, else []
+            "point": [[plain(x), plain(y)] for x, y in h.point],
         },
         "saved": [str(p) for p in result.saved],
         "warnings": list(result.warnings),
