@@ -1,0 +1,87 @@
+"""``optstate set``: write a copy of a checkpoint with chosen hyperparameters changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from . import UNSAFE_HELP, app, errors_to_exit, print_json, stdout_console, warn, warn_unsafe
+
+
+@app.command("set")
+def set_(
+    checkpoint: Annotated[Path, typer.Argument(
+        metavar="CKPT", help="A torch.save file or a Hugging Face / accelerate checkpoint "
+        "folder.", show_default=False)],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Where to write the result (a file, or a folder for folder "
+        "checkpoints: the folder is copied and its optimizer/scheduler files rewritten).")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(
+        help="New learning rate. With scheduler state in the checkpoint, its base_lrs and "
+        "_last_lr are changed too (see --no-scheduler).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE", help="Any other hyperparameter, repeatable; must "
+        "already exist in the group and is checked against the saved value's type "
+        "(tuples comma-separated: --set betas=0.9,0.95).")] = None,
+    group: Annotated[int | None, typer.Option(
+        help="Change only this param group (0-based). [default: every group]")] = None,
+    key: Annotated[str | None, typer.Option(
+        help="Where the optimizer state is when the file holds several, e.g. "
+        "optimizer_states[1].")] = None,
+    scheduler: Annotated[bool, typer.Option(
+        "--scheduler/--no-scheduler", help="With --lr: also change the scheduler state's "
+        "base_lrs and _last_lr.")] = True,
+    in_place: Annotated[bool, typer.Option(
+        "--in-place", help="Rewrite the input itself (atomically).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing -o path.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Show what would change; write nothing.")] = False,
+    unsafe: Annotated[bool, typer.Option("--unsafe", help=UNSAFE_HELP)] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Write a copy of a checkpoint with hyperparameters changed, everything else identical.
+
+    optimizer.load_state_dict() restores every group's hyperparameters from the
+    checkpoint, so the lr you pass to the optimizer's constructor is silently replaced by
+    the saved one. Change the saved one instead. Values are checked against the saved
+    ones (a tuple stays a tuple); the new file is re-read and compared with the input
+    before it is put in place.
+
+    Which lr wins with a scheduler: the scheduler is usually restored after the
+    optimizer, and its next step() computes the lr either from the group's current lr
+    (StepLR, ExponentialLR, CosineAnnealingLR, LinearLR: the optimizer's value wins) or
+    from its saved base_lrs (LambdaLR, the Hugging Face default, and others: the
+    scheduler's value wins and the optimizer's is undone). --lr therefore changes both
+    (and initial_lr); --no-scheduler changes only the optimizer.
+
+    Example: optstate set ckpt.pt -o ckpt-lr.pt --lr 0.01 --set betas=0.9,0.95
+    """
+    with errors_to_exit():
+        from ..config import parse_assignment
+        from ..edit import set_hyperparameters, set_report
+
+        values: dict[str, Any] = dict(parse_assignment(s) for s in set_ or [])
+        if lr is not None:
+            values["lr"] = lr
+        if unsafe:
+            warn_unsafe()
+        result = set_hyperparameters(
+            checkpoint, values, output=output, group=group, key=key, scheduler=scheduler,
+            force=force, in_place=in_place, dry_run=dry_run, unsafe=unsafe,
+        )
+        report = set_report(result)
+    if json_:
+        from ..render.json_view import dumps
+
+        print_json(dumps(report))
+        return
+    if not report["changes"]:
+        warn("nothing changed: every value already has the requested value")
+    from ..render.set_view import set_view
+
+    stdout_console().print(set_view(report))

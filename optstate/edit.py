@@ -1,0 +1,494 @@
+"""``set``: change hyperparameters in a saved optimizer state, and nothing else.
+
+``optimizer.load_state_dict`` restores every group's hyperparameters from the checkpoint,
+so a new lr given to the optimizer's constructor is silently replaced by the old one
+(pytorch/examples#816, transformers#9099). The fix is to change the checkpoint.
+
+What is changed: the chosen keys of the chosen param groups and, where the checkpoint
+holds scheduler state beside the optimizer state and ``lr`` is set, the scheduler's
+``base_lrs`` and ``_last_lr`` (and the group's ``initial_lr``, which a scheduler reads
+when it is built). Everything else in the file (the rest of a Lightning or tutorial
+container, every tensor, its dtype and layout) is written back as loaded; before the new
+file replaces anything it is re-loaded and compared, leaf by leaf, with the input
+(``compare_trees``), and only the requested paths may differ.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import atomic_write, check_writable, load_torch_file
+from .errors import CheckpointError, ConfigError, OutputExistsError
+from .locate import Located, locate
+from .source import Source, open_source
+from .state import GROUP_META_KEYS
+
+# Group keys that ``set`` may not touch: they are bookkeeping, not hyperparameters.
+_READ_ONLY = frozenset(GROUP_META_KEYS)
+
+
+@dataclass
+class Change:
+    """One value ``set`` changed."""
+
+    target: str  # "optimizer" | "scheduler"
+    file: str  # the file the value lives in
+    path: str  # where in that file's object tree, e.g. optimizer_states[0].param_groups[1].lr
+    key: str
+    group: int | None
+    old: Any
+    new: Any
+
+
+@dataclass
+class SetResult:
+    source: str
+    location: str
+    scheduler_location: str | None
+    changes: list[Change]
+    outputs: list[str] = field(default_factory=list)
+    verified: dict[str, int] = field(default_factory=dict)  # leaves compared per file
+    notes: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+
+# --------------------------------------------------------------------------- values
+
+
+def coerce_value(key: str, new: Any, old: Any, where: str) -> Any:
+    """``new`` in the type of ``old`` (the value already in the checkpoint), or a
+    ConfigError saying what is expected. A tuple stays a tuple, a float a float, a
+    tensor a tensor of the same dtype."""
+    import torch
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(
+            f"{key}{where} must be {expected} (the checkpoint holds {_show(old)}), got "
+            f"{_show(new)}"
+        )
+
+    if old is None:  # foreach=None & co.: any value is what torch accepts there
+        return new
+    if isinstance(old, bool):
+        if not isinstance(new, bool):
+            raise bad("true or false")
+        return new
+    if isinstance(old, torch.Tensor):
+        if old.numel() != 1 or not _is_number(new):
+            raise bad("a number" if old.numel() == 1 else f"a tensor of shape {list(old.shape)}")
+        _finite(new, bad)
+        return torch.tensor(new, dtype=old.dtype).reshape(old.shape)
+    if _is_number(old):
+        if not _is_number(new):
+            raise bad("a number")
+        _finite(new, bad)
+        # An int stays an int only if an int is given: torch writes weight_decay=0 and
+        # dampening=0 as ints, and 1e-4 must still be accepted there.
+        return new if isinstance(old, int) else float(new)
+    if isinstance(old, (tuple, list)):
+        items = new if isinstance(new, (tuple, list)) else None
+        if items is None or len(items) != len(old):
+            example = ",".join(str(x) for x in old)
+            raise bad(f"{len(old)} comma-separated values like {example}")
+        out = [coerce_value(f"{key}[{i}]", n, o, where)
+               for i, (n, o) in enumerate(zip(items, old, strict=True))]
+        return tuple(out) if isinstance(old, tuple) else out
+    if isinstance(old, str):
+        if not isinstance(new, str):
+            raise bad("a string")
+        return new
+    raise bad(f"a {type(old).__name__}")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _finite(v: Any, bad: Any) -> None:
+    if isinstance(v, float) and not math.isfinite(v):
+        raise bad("a finite number")
+
+
+def _show(v: Any) -> str:
+    import torch
+
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return f"tensor({v.item()!r}, dtype={str(v.dtype).removeprefix('torch.')})"
+    return repr(v)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal as saved: same type and value (tensors: same dtype, shape and bits)."""
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                and _tensors_identical(a, b))
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_changes(
+    located: Located,
+    values: dict[str, Any],
+    *,
+    group: int | None = None,
+    scheduler: bool = True,
+    file_label: str = "",
+    scheduler_file_label: str = "",
+) -> list[Change]:
+    """The changes that setting ``values`` makes (nothing is modified yet). Raises
+    ConfigError for an unknown group or key, or a value of the wrong type."""
+    groups = located.state["param_groups"]
+    if not groups:
+        raise ConfigError("this optimizer state has no param groups to change")
+    if group is not None and not 0 <= group < len(groups):
+        raise ConfigError(
+            f"--group {group}: this optimizer state has {len(groups)} param group(s), "
+            f"numbered 0 to {len(groups) - 1}"
+        )
+    chosen = [group] if group is not None else list(range(len(groups)))
+    prefix = f"{located.location}." if located.location else ""
+    changes: list[Change] = []
+    for key, value in values.items():
+        if key in _READ_ONLY:
+            raise ConfigError(f"{key!r} is bookkeeping, not a hyperparameter; set cannot "
+                              "change it")
+        for gi in chosen:
+            g = groups[gi]
+            if key not in g:
+                known = [k for k in g if k not in _READ_ONLY]
+                raise ConfigError(
+                    f"param group {gi} has no hyperparameter {key!r}",
+                    hint=f"its hyperparameters: {', '.join(map(str, known))}",
+                )
+            new = coerce_value(key, value, g[key], f" (param group {gi})")
+            changes.append(Change("optimizer", file_label, f"{prefix}param_groups[{gi}].{key}",
+                                  key, gi, g[key], new))
+            if key == "lr" and "initial_lr" in g:
+                init = coerce_value("initial_lr", value, g["initial_lr"], f" (param group {gi})")
+                changes.append(Change("optimizer", file_label,
+                                      f"{prefix}param_groups[{gi}].initial_lr", "initial_lr",
+                                      gi, g["initial_lr"], init))
+    if scheduler and "lr" in values and located.scheduler is not None:
+        changes += _scheduler_changes(located, values["lr"], chosen, len(groups),
+                                      scheduler_file_label)
+    return [c for c in changes if not same_value(c.old, c.new)]
+
+
+def _scheduler_changes(located: Located, lr: Any, chosen: list[int], n_groups: int,
+                       file_label: str) -> list[Change]:
+    sched = located.scheduler
+    assert sched is not None
+    loc = located.scheduler_location or ""
+    # A sibling file's scheduler is that file's whole object: paths start at its root.
+    prefix = "" if file_label and file_label == loc else (f"{loc}." if loc else "")
+    out = []
+    for key in ("base_lrs", "_last_lr"):
+        lrs = sched.get(key)
+        if not isinstance(lrs, list) or len(lrs) != n_groups:
+            continue
+        for gi in chosen:
+            new = coerce_value(key, lr, lrs[gi], f" (scheduler, group {gi})")
+            out.append(Change("scheduler", file_label, f"{prefix}{key}[{gi}]", key, gi,
+                              lrs[gi], new))
+    return out
+
+
+def apply_changes(located: Located, changes: list[Change]) -> None:
+    """Write the planned values into the loaded objects (in place)."""
+    groups = located.state["param_groups"]
+    for c in changes:
+        if c.target == "optimizer":
+            groups[c.group][c.key] = c.new
+        else:
+            assert located.scheduler is not None
+            located.scheduler[c.key][c.group] = c.new
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+def _tensors_identical(a: Any, b: Any) -> bool:
+    """Same dtype, shape, strides and the same bits (NaN payloads and -0.0 included)."""
+    import torch
+
+    if a.dtype != b.dtype or a.shape != b.shape or a.layout != b.layout:
+        return False
+    if a.layout != torch.strided or a.is_quantized:
+        return bool(torch.equal(a, b))
+    if a.stride() != b.stride():
+        return False
+    if a.is_meta or b.is_meta:
+        return a.is_meta and b.is_meta
+    size = a.element_size()
+    as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(size)
+    if as_int is None or a.is_complex():
+        return bool(torch.equal(a, b))
+    if a.dtype == torch.bool:
+        return bool(torch.equal(a, b))
+    return bool(torch.equal(a.view(as_int), b.view(as_int)))
+
+
+def compare_trees(before: Any, after: Any, path: str = "") -> tuple[list[str], int]:
+    """Walk two loaded checkpoints side by side. Returns (paths that differ, number of
+    leaves compared). Containers must match in type, keys (and key order) and length;
+    leaves must be ``same_value``."""
+    import torch
+
+    diffs: list[str] = []
+    count = 0
+
+    def walk(a: Any, b: Any, p: str) -> None:
+        nonlocal count
+        if isinstance(a, dict) and isinstance(b, dict) and type(a) is type(b):
+            if list(a) != list(b):
+                diffs.append(p or "(top level)")
+                return
+            for k in a:
+                walk(a[k], b[k], _join(p, k))
+        elif isinstance(a, (list, tuple)) and type(a) is type(b) and not isinstance(
+                a, torch.Tensor):
+            if len(a) != len(b):
+                diffs.append(p or "(top level)")
+                return
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
+                walk(x, y, f"{p}[{i}]")
+        else:
+            count += 1
+            if not same_value(a, b) and not _same_opaque(a, b):
+                diffs.append(p or "(top level)")
+
+    walk(before, after, path)
+    return diffs, count
+
+
+def _same_opaque(a: Any, b: Any) -> bool:
+    """Objects only --unsafe loads (argparse Namespaces, dataclasses): equal by __dict__."""
+    if type(a) is not type(b) or not hasattr(a, "__dict__"):
+        return False
+    d, _ = compare_trees(vars(a), vars(b))
+    return not d
+
+
+def _join(parent: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else str(key)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def set_hyperparameters(
+    path: str | Path,
+    values: dict[str, Any],
+    *,
+    output: str | Path | None,
+    group: int | None = None,
+    key: str | None = None,
+    scheduler: bool = True,
+    force: bool = False,
+    in_place: bool = False,
+    dry_run: bool = False,
+    unsafe: bool = False,
+) -> SetResult:
+    """Write a copy of the checkpoint at ``path`` with ``values`` set in its param groups
+    (all, or ``group``) and, for ``lr``, in the scheduler state beside it."""
+    if not values:
+        raise ConfigError("nothing to set", hint="give --lr VALUE and/or --set KEY=VALUE")
+    src_path = Path(path)
+    target = _output_path(src_path, output, in_place, dry_run)
+    if target is not None and not in_place:
+        if src_path.is_dir():
+            if target.exists() and not force:
+                raise OutputExistsError(f"{target} already exists",
+                                        hint="pass --force to replace it")
+            if not target.parent.exists():
+                raise CheckpointError(f"cannot write {target}: folder {target.parent} "
+                                      "does not exist")
+        else:
+            check_writable(target, force)
+    source = open_source(src_path, unsafe=unsafe)
+    located = locate(source, key)
+    main_label = source.file.name if source.file != source.path else str(source.path)
+    sched_file = source.sibling_files.get("scheduler")
+    sched_is_sibling = sched_file is not None and located.scheduler is source.siblings.get(
+        "scheduler")
+    sched_label = sched_file.name if sched_is_sibling and sched_file else main_label
+    changes = plan_changes(located, values, group=group, scheduler=scheduler,
+                           file_label=main_label, scheduler_file_label=sched_label)
+    result = SetResult(str(source.path), located.location, located.scheduler_location,
+                       changes, dry_run=dry_run)
+    if "lr" in values and located.scheduler is None:
+        result.notes.append("no scheduler state found beside the optimizer state: only the "
+                            "optimizer's lr is changed")
+    elif "lr" in values and not scheduler:
+        result.notes.append("--no-scheduler: the scheduler's base_lrs/_last_lr keep their old "
+                            "values")
+    if not changes:
+        result.notes.append("every value already has the requested value; nothing changed")
+    if dry_run or target is None:
+        return result
+    apply_changes(located, changes)
+    legacy = source.format == "legacy"
+    if legacy:
+        result.notes.append("the input is in torch's legacy (pre-1.6) format; the output is "
+                            "written in the same format")
+    if src_path.is_dir():
+        _write_folder(source, target, changes, located, in_place=in_place, force=force,
+                      unsafe=unsafe, result=result)
+    else:
+        _write_file(source.obj, src_path, target, changes, main_label, force=force or in_place,
+                    legacy=legacy, unsafe=unsafe, result=result)
+    return result
+
+
+def _output_path(src: Path, output: str | Path | None, in_place: bool,
+                 dry_run: bool) -> Path | None:
+    if dry_run:
+        return None
+    if in_place:
+        if output is not None and not _same_path(Path(output), src):
+            raise ConfigError("--in-place writes onto the input; do not also give -o "
+                              "with another path")
+        return src
+    if output is None:
+        raise ConfigError("say where to write the result",
+                          hint="-o NEW_FILE writes a copy; --in-place rewrites the input; "
+                          "--dry-run only shows the changes")
+    out = Path(output)
+    if _same_path(out, src):
+        raise ConfigError(f"-o {out} is the input checkpoint",
+                          hint="pass --in-place to rewrite the input, or -o another path")
+    return out
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _write_file(obj: Any, src: Path, target: Path, changes: list[Change], label: str, *,
+                force: bool, legacy: bool, unsafe: bool, result: SetResult) -> None:
+    """Save ``obj`` atomically to ``target`` after proving the temp file differs from
+    ``src`` only where ``changes`` say."""
+    import torch
+
+    expected = {c.path: c.new for c in changes if c.file == label}
+
+    def verify(tmp: Path) -> None:
+        result.verified[str(target)] = _verify_against(src, tmp, expected, unsafe)
+
+    def write(f: Any) -> None:
+        torch.save(obj, f, _use_new_zipfile_serialization=not legacy)
+
+    try:
+        atomic_write(target, write, force=force, verify=verify)
+    except OSError as e:
+        raise CheckpointError(f"cannot write {target}: {e.strerror or e}") from None
+    result.outputs.append(str(target))
+
+
+def _verify_against(src: Path, tmp: Path, expected: dict[str, Any], unsafe: bool) -> int:
+    try:
+        written = load_torch_file(tmp, unsafe=unsafe).obj
+    except CheckpointError as e:
+        raise CheckpointError(f"refusing to write: the new file does not load back ({e})"
+                              ) from None
+    original = load_torch_file(src, mmap=True, unsafe=unsafe).obj
+    diffs, count = compare_trees(original, written)
+    unexpected = sorted(set(diffs) - set(expected))
+    missing = sorted(set(expected) - set(diffs))
+    if unexpected or missing:
+        raise CheckpointError(
+            "refusing to write: the new file would differ from the input at "
+            f"{', '.join(unexpected) or '(nothing)'} and not at {', '.join(missing) or '-'}; "
+            "this is a bug in optstate",
+        )
+    for p, value in expected.items():
+        got = _get_path(written, p)
+        if not same_value(got, value):
+            raise CheckpointError(f"refusing to write: {p} reads back as {got!r}, "
+                                  f"not {value!r}")
+    return count
+
+
+def _get_path(obj: Any, path: str) -> Any:
+    from .locate import resolve_key
+
+    return resolve_key(obj, path)
+
+
+def _write_folder(source: Source, target: Path, changes: list[Change], located: Located, *,
+                  in_place: bool, force: bool, unsafe: bool, result: SetResult) -> None:
+    """Folders (Hugging Face Trainer / accelerate): rewrite the optimizer file and, if its
+    values changed, the scheduler file. ``-o DIR`` first copies the whole folder (model
+    weights included, so the copy is a complete checkpoint); ``--in-place`` rewrites the
+    two files inside the input folder, each atomically."""
+    sched_file = source.sibling_files.get("scheduler")
+    files: list[tuple[Path, Any]] = [(source.file, source.obj)]
+    if sched_file is not None and any(c.file == sched_file.name for c in changes):
+        files.append((sched_file, source.siblings["scheduler"]))
+    if in_place:
+        for f, obj in files:
+            _write_file(obj, f, f, changes, f.name, force=True, legacy=source.format ==
+                        "legacy", unsafe=unsafe, result=result)
+        return
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".optstate-tmp",
+                                    dir=target.parent))
+    try:
+        shutil.rmtree(staging)
+        shutil.copytree(source.path, staging, symlinks=True)
+        for f, obj in files:
+            _write_file(obj, f, staging / f.name, changes, f.name, force=True,
+                        legacy=source.format == "legacy", unsafe=unsafe, result=result)
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-optstate-tmp")
+            os.replace(target, old)
+        os.replace(staging, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    result.outputs = [str(target / f.name) for f, _ in files]
+    result.verified = {str(target / Path(k).name): v for k, v in result.verified.items()}
+    result.notes.append(f"copied the folder {source.path} to {target} and rewrote "
+                        f"{', '.join(f.name for f, _ in files)}")
+
+
+def set_report(result: SetResult) -> dict[str, Any]:
+    """The plain-data report of a ``set`` run (schema ``optstate.set/1``)."""
+    from .report import plain
+
+    return {
+        "schema": "optstate.set/1",
+        "source": result.source,
+        "location": result.location,
+        "scheduler_location": result.scheduler_location,
+        "dry_run": result.dry_run,
+        "changes": [
+            {**asdict(c), "old": plain(c.old), "new": plain(c.new)} for c in result.changes
+        ],
+        "outputs": result.outputs,
+        "verified": result.verified,
+        "notes": result.notes,
+    }

@@ -1,0 +1,38 @@
+"""The human view of ``optstate set``: the changes table and what was written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from .human import fmt
+
+
+def set_view(report: dict[str, Any]) -> Group:
+    parts: list[Any] = []
+    where = report["location"] or "(top level)"
+    head = f"{report['source']} · optimizer state at {where}"
+    if report["scheduler_location"]:
+        head += f" · scheduler at {report['scheduler_location']}"
+    parts.append(Text(head))
+    if report["changes"]:
+        table = Table(title="changes" + (" (dry run: nothing written)" if report["dry_run"]
+                                         else ""), title_justify="left", title_style="bold")
+        for col in ("file", "path", "old", "new"):
+            table.add_column(col)
+        for c in report["changes"]:
+            table.add_row(c["file"], c["path"], fmt(c["old"]), Text(fmt(c["new"]),
+                                                                       style="bold green"))
+        parts.append(table)
+    n = len(report["changes"])
+    for out in report["outputs"]:
+        count = report["verified"].get(out)
+        proof = (f" (re-read and compared: {count} values, only the {n} change"
+                 f"{'s' * (n != 1)} above differ)" if count is not None else "")
+        parts.append(Text(f"wrote {out}{proof}", style="green"))
+    for note in report["notes"]:
+        parts.append(Text(f"note: {note}", style="yellow"))
+    return Group(*parts)
