@@ -164,4 +164,5 @@ def _command_names() -> set[str]:
 
 
 # Each command module registers itself on ``app`` when imported.
+from . import diff as _diff  # noqa: E402,F401
 from . import simulate as _simulate  # noqa: E402,F401

@@ -1,0 +1,133 @@
+"""``optstate diff``: compare two optimizer checkpoints, structurally and numerically."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import (
+    UNSAFE_HELP,
+    app,
+    errors_to_exit,
+    print_json,
+    stderr_console,
+    stdout_console,
+    warn_unsafe,
+)
+
+_CMP = "Comparing"
+_OUT = "Output"
+
+
+@app.command(no_args_is_help=True)
+def diff(
+    a: Annotated[Path, typer.Argument(help="First checkpoint (file or checkpoint folder).",
+                                      show_default=False)],
+    b: Annotated[Path, typer.Argument(help="Second checkpoint.", show_default=False)],
+    atol: Annotated[float, typer.Option(
+        help="Absolute tolerance: a pair is equal when |a−b| <= atol + rtol·|b|.",
+        rich_help_panel=_CMP)] = 0.0,
+    rtol: Annotated[float, typer.Option(
+        help="Relative tolerance (relative to b, as numpy.isclose).",
+        rich_help_panel=_CMP)] = 0.0,
+    nan_differs: Annotated[bool, typer.Option(
+        "--nan-differs", help="Count NaN against NaN as a difference (by default NaN in "
+        "the same place is equal).", rich_help_panel=_CMP)] = False,
+    ignore: Annotated[list[str] | None, typer.Option(
+        metavar="KEY", help="Skip a hyperparameter or state entry by name (foreach, "
+        "capturable, step, …), or a path or path prefix (param_groups[1], scheduler). "
+        "Repeatable.", rich_help_panel=_CMP)] = None,
+    key: Annotated[str | None, typer.Option(
+        help="Where the optimizer state is inside both files, as inspect shows it "
+        "(e.g. optimizer_states[0]).", rich_help_panel=_CMP)] = None,
+    key_a: Annotated[str | None, typer.Option(
+        help="--key for the first file only.", rich_help_panel=_CMP)] = None,
+    key_b: Annotated[str | None, typer.Option(
+        help="--key for the second file only.", rich_help_panel=_CMP)] = None,
+    match: Annotated[str, typer.Option(
+        help="Match parameters by position (as load_state_dict does), by name (needs "
+        "param_names in both), or auto: by name when both files carry names.",
+        rich_help_panel=_CMP)] = "auto",
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="List equal items too.", rich_help_panel=_OUT)] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Print nothing; only the exit status (stops at the first "
+        "difference).", rich_help_panel=_OUT)] = False,
+    json_: Annotated[bool, typer.Option(
+        "--json", help="Print the result as JSON (schema optstate.diff/1).",
+        rich_help_panel=_OUT)] = False,
+    max_diffs: Annotated[int | None, typer.Option(
+        metavar="N", help="List at most N differences (all are still counted).",
+        rich_help_panel=_OUT)] = None,
+    unsafe: Annotated[bool, typer.Option("--unsafe", help=UNSAFE_HELP)] = False,
+) -> None:
+    """Compare two optimizer checkpoints; exit 0 if equal, 1 if they differ, 2 on error.
+
+    Compares param groups and hyperparameters, which params have state, every state
+    entry (shape, dtype, values within --atol/--rtol) and the scheduler state.
+
+    Example: optstate diff -q step1000.pt step2000.pt && echo same
+    """
+    with errors_to_exit():
+        from ..diff import DiffOptions, diff_files, diff_report
+        from ..errors import ConfigError
+
+        if quiet and (json_ or verbose):
+            raise ConfigError("--quiet prints nothing; it cannot be combined with "
+                              f"{'--json' if json_ else '--verbose'}")
+        if max_diffs is not None and max_diffs < 0:
+            raise ConfigError(f"--max-diffs must be 0 or more, got {max_diffs}")
+        options = DiffOptions(atol=atol, rtol=rtol, nan_equal=not nan_differs,
+                              ignore=tuple(ignore or ()), match=match,
+                              stop_after=1 if quiet else None)
+        if unsafe:
+            warn_unsafe()
+        with _Progress(enabled=not quiet) as on_progress:
+            result, side_a, side_b = diff_files(
+                a, b, options, key_a=key_a or key, key_b=key_b or key, unsafe=unsafe,
+                on_progress=on_progress)
+        report = diff_report(result, side_a, side_b, verbose=verbose, max_diffs=max_diffs)
+    if not quiet:
+        if json_:
+            from ..render.json_view import dumps
+
+            print_json(dumps(report))
+        else:
+            from ..render.diff_view import diff_view
+
+            stdout_console().print(diff_view(report))
+            if "hint" in report:
+                print(f"Hint: {report['hint']}", file=sys.stderr)
+    if not result.equal:
+        raise typer.Exit(code=1)
+
+
+class _Progress:
+    """A progress bar on stderr while comparing large checkpoints (tty only)."""
+
+    THRESHOLD = 256 * 2**20  # bytes of tensor data
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.bar = None
+
+    def __enter__(self):  # noqa: ANN204
+        return self.update if self.enabled else None
+
+    def update(self, done: int, total: int) -> None:
+        if total < self.THRESHOLD:
+            return
+        if self.bar is None:
+            from rich.progress import Progress
+
+            self.bar = Progress(console=stderr_console(), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("comparing", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()

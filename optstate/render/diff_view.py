@@ -1,0 +1,131 @@
+"""The human view of a diff report (schema ``optstate.diff/1``): rich renderables only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from .human import fmt
+
+_MAX_CELL = 60
+
+
+def _short(value: Any) -> str:
+    """A one-cell rendering of a before/after value; long ones are cut with '…'."""
+    if isinstance(value, dict):
+        if set(value) == {"shape", "dtype"}:
+            text = f"{'x'.join(map(str, value['shape'])) or 'scalar'} {value['dtype']}"
+        elif "state" in value and "group" in value:  # a parameter on one side only
+            entries = ", ".join(value["state"]) or "no state"
+            text = f"group {value['group']}: {entries}"
+        elif "hyperparams" in value:  # a group on one side only
+            n = value["params"]
+            text = f"{n} param{'s' * (n != 1)}, " + ", ".join(
+                f"{k}={fmt(v)}" for k, v in value["hyperparams"].items())
+        else:
+            text = "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
+    elif value is None:
+        text = "–"
+    else:
+        text = fmt(value)
+    return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
+
+
+def _absent(kind: str, side: str) -> bool:
+    return (kind == "added" and side == "a") or (kind == "removed" and side == "b")
+
+
+_KIND_STYLE = {"added": "green", "removed": "red", "values": "yellow", "changed": "yellow",
+               "equal": "dim"}
+
+
+def _changes_table(changes: list[dict[str, Any]]) -> Table:
+    """Structure and scalars: path, kind, a, b."""
+    table = Table(title="changes", title_justify="left", title_style="bold")
+    table.add_column("path", no_wrap=True)
+    table.add_column("change", no_wrap=True)
+    table.add_column("a")
+    table.add_column("b")
+    for c in changes:
+        kind = c["kind"]
+        a = Text("(absent)", style="dim") if _absent(kind, "a") else _short(c["before"])
+        b = Text("(absent)", style="dim") if _absent(kind, "b") else _short(c["after"])
+        label = {"moved": "moved (group)", "reordered": "reordered (position)",
+                 "length": "length"}.get(kind, kind)
+        table.add_row(c["path"], Text(label, style=_KIND_STYLE.get(kind, "magenta")), a, b,
+                      style="dim" if kind == "equal" else "")
+    return table
+
+
+def _tensors_table(changes: list[dict[str, Any]]) -> Table:
+    """Tensor comparisons: how many elements differ and by how much."""
+    table = Table(title="tensor values", title_justify="left", title_style="bold")
+    table.add_column("path", no_wrap=True)
+    for col in ("outside", "max|a−b|", "max rel", "‖a‖", "‖b‖"):
+        table.add_column(col, justify="right")
+    for c in changes:
+        m = c["metrics"]
+        table.add_row(c["path"], f"{m['outside']}/{m['numel']}", fmt(m["max_abs"]),
+                      fmt(m["max_rel"]), fmt(m["norm_a"]), fmt(m["norm_b"]),
+                      style="dim" if c["kind"] == "equal" else "")
+    return table
+
+
+def _side(name: str, side: dict[str, Any] | None, groups: int, params: int) -> Text:
+    text = Text.assemble((f"{name}: ", "bold"), side["path"] if side else "(in memory)")
+    if side and side["location"]:
+        text.append(f" [{side['location']}]", style="dim")
+    text.append(f" · {groups} group{'s' * (groups != 1)}, {params} param{'s' * (params != 1)}",
+                style="dim")
+    return text
+
+
+def tolerance_text(options: dict[str, Any]) -> str:
+    parts = ["exact"] if options["atol"] == 0 and options["rtol"] == 0 else [
+        f"atol {fmt(float(options['atol']))}, rtol {fmt(float(options['rtol']))}"]
+    parts.append("NaN = NaN" if options["nan_equal"] else "NaN ≠ NaN")
+    parts.append(f"matched by {options['match']}")
+    return ", ".join(parts)
+
+
+def summary_line(report: dict[str, Any]) -> Text:
+    n = report["counts"]
+    tol = tolerance_text(report["options"])
+    if report["equal"]:
+        text = Text(f"no differences: {n['equal']} item{'s' * (n['equal'] != 1)} equal "
+                    f"({tol})", style="green")
+    else:
+        more = "" if report["complete"] else " (stopped early)"
+        text = Text(f"{n['differences']} difference{'s' * (n['differences'] != 1)}{more}: "
+                    f"{n['structural']} structural, {n['numeric']} numeric; {n['equal']} "
+                    f"item{'s' * (n['equal'] != 1)} equal ({tol})", style="bold")
+    if n["ignored"]:
+        text.append(f"; {n['ignored']} ignored", style="dim")
+    return text
+
+
+def diff_view(report: dict[str, Any]) -> Group:
+    """Header, the changes and tensor tables (equal items too with --verbose), notes,
+    summary."""
+    parts: list[Any] = [
+        _side("a", report["a"], report["groups"][0], report["params"][0]),
+        _side("b", report["b"], report["groups"][1], report["params"][1]),
+    ]
+    items = report["changes"] + report.get("same", [])
+    scalars = [c for c in items if c["metrics"] is None]
+    tensors = [c for c in items if c["metrics"] is not None]
+    if scalars:
+        parts.append(_changes_table(scalars))
+    if tensors:
+        parts.append(_tensors_table(tensors))
+    if report["omitted"]:
+        parts.append(Text(f"… {report['omitted']} more difference"
+                          f"{'s' * (report['omitted'] != 1)} not listed (--max-diffs)",
+                          style="dim"))
+    for note in report["notes"]:
+        parts.append(Text(f"note: {note}", style="dim"))
+    parts.append(summary_line(report))
+    return Group(*parts)
