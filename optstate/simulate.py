@@ -273,6 +273,9 @@ def check_compatible(built: Built, spec: RunSpec, sd: dict[str, Any]) -> None:
                 f"param group {g.index} has {len(g.param_keys)} param(s) in the --resume "
                 f"state but {len(ours_g['params'])} in the config"
             )
+    if isinstance(built.optimizer, torch.optim.LBFGS):
+        _check_lbfgs_sizes(view, built)
+        return
     for pv, p in zip(view.params, built.params, strict=True):
         for key, value in pv.state.items():
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
@@ -281,6 +284,21 @@ def check_compatible(built: Built, spec: RunSpec, sd: dict[str, Any]) -> None:
                     f"{key} has shape {format_shape(tuple(value.shape))}, the config's "
                     f"parameter is {format_shape(tuple(p.shape))}"
                 )
+
+
+def _check_lbfgs_sizes(view: OptimizerStateView, built: Built) -> None:
+    """LBFGS keeps one state, on its first parameter, of vectors over all parameters
+    flattened together (``d``, ``prev_flat_grad``, the ``old_dirs`` history)."""
+    total = sum(p.numel() for p in built.params)
+    for pv in view.params:
+        for key, value in pv.state.items():
+            items = value if isinstance(value, (list, tuple)) else [value]
+            for t in items:
+                if isinstance(t, torch.Tensor) and t.dim() > 0 and t.numel() != total:
+                    raise StateMismatchError(
+                        f"the --resume state's LBFGS {key} has {t.numel()} elements, the "
+                        f"config's parameters have {total} in all"
+                    )
 
 
 def _load_params(built: Built, model: dict[str, Any]) -> None:
