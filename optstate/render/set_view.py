@@ -21,11 +21,14 @@ def set_view(report: dict[str, Any]) -> Group:
     if report["changes"]:
         table = Table(title="changes" + (" (dry run: nothing written)" if report["dry_run"]
                                          else ""), title_justify="left", title_style="bold")
-        for col in ("file", "path", "old", "new"):
-            table.add_column(col)
-        for c in report["changes"]:
-            table.add_row(c["file"], c["path"], fmt(c["old"]), Text(fmt(c["new"]),
-                                                                       style="bold green"))
+        for col in ("in", "group", "key", "old", "new"):
+            table.add_column(col, justify="right" if col == "group" else "left")
+        files = {c["file"] for c in report["changes"]}
+        order = sorted(report["changes"], key=lambda c: (c["file"], c["target"], c["group"]))
+        for c in order:
+            where = c["target"] if len(files) == 1 else f"{c['file']} ({c['target']})"
+            table.add_row(where, str(c["group"]), c["key"], _exact(c["old"]),
+                          Text(_exact(c["new"]), style="bold green"))
         parts.append(table)
     n = len(report["changes"])
     for out in report["outputs"]:
@@ -36,3 +39,13 @@ def set_view(report: dict[str, Any]) -> Group:
     for note in report["notes"]:
         parts.append(Text(f"note: {note}", style="yellow"))
     return Group(*parts)
+
+
+def _exact(value: Any) -> str:
+    """Floats in full (0.010000000000000002 is not 0.01: the table must show why a value
+    that looks unchanged was changed)."""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list):
+        return "(" + ", ".join(_exact(v) for v in value) + ")"
+    return fmt(value)
