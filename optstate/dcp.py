@@ -1,0 +1,353 @@
+"""Reading torch.distributed.checkpoint (DCP) folders, safely and one tensor at a time.
+
+A DCP checkpoint is a folder with a pickled ``.metadata`` file and one ``*.distcp`` file
+per rank. The metadata lists every flattened key (``state.layer.weight.exp_avg``,
+``param_groups.0.lr``), the global shape and dtype of each tensor, how it is split into
+chunks across ranks, and (``planner_data``) the path of each key in the original nested
+state dict. Opening a folder reads only that metadata and the small non-tensor values
+(hyperparameters, ``params`` lists); each tensor becomes a ``LazyTensor`` whose data is
+read, when something needs the numbers, by torch's own engine (``dcp.load`` with
+``no_dist=True``: one process, no process group), one tensor at a time.
+
+Two places where optstate does not use torch's defaults, on purpose:
+
+- ``FileSystemReader.read_metadata`` runs ``pickle.load`` on ``.metadata`` and
+  ``DefaultLoadPlanner.load_bytes`` runs ``torch.load(weights_only=False)`` on every
+  non-tensor value: both execute code from a hostile checkpoint. ``SafeFileSystemReader``
+  unpickles the metadata with an allow-list of the DCP metadata classes, and
+  ``SafeLoadPlanner`` loads non-tensor values with ``weights_only=True``. Tensor data
+  itself is already read with ``weights_only=True`` by torch.
+- DCP flattening stores the path of a positional optimizer ``state`` (``{0: ..., 1: ...}``)
+  with string keys ``'0'``, and torch's rebuild (``_traverse.set_element``) makes a list
+  wherever a path has an integer. ``rebuild`` keeps dicts, turns ``0..n-1`` keyed dicts
+  into lists only outside an optimizer's ``state``, and gives ``state`` back the integer
+  keys its ``params`` lists name, so the folder reads back as the state that was saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
+    Metadata,
+    TensorStorageMetadata,
+)
+
+from .errors import CheckpointError, UnsafeCheckpointError
+from .lazy import LazyTensor
+
+METADATA_FILE = ".metadata"
+
+# The classes a DCP .metadata pickle is made of (torch 2.4 .. 2.13).
+_METADATA_CLASSES = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+        "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.distributed.checkpoint._extension": {"ExtensionRegistry"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+    "builtins": {"set", "frozenset"},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP metadata; refuses any global that is not plain metadata."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name in _METADATA_CLASSES.get(module, ()):
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(
+            getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)
+        ):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"global {module}.{name}")
+
+
+def read_metadata(path: Path) -> Metadata:
+    """The ``.metadata`` of a DCP folder, unpickled with the allow-list above."""
+    file = path / METADATA_FILE
+    try:
+        with open(file, "rb") as f:
+            md = _MetadataUnpickler(f).load()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} has no {METADATA_FILE} file; not a DCP checkpoint") from None
+    except PermissionError:
+        raise CheckpointError(f"permission denied reading {file}") from None
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if text.startswith("global "):
+            raise UnsafeCheckpointError(
+                f"{file} needs {text.removeprefix('global ')}, which is not DCP metadata; "
+                "refused without running it"
+            ) from None
+        raise CheckpointError(f"{file} is damaged: {text}") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise CheckpointError(f"{file} is damaged or truncated ({type(e).__name__})") from None
+    if not isinstance(md, Metadata) or not isinstance(md.state_dict_metadata, dict):
+        raise CheckpointError(f"{file} does not hold DCP metadata")
+    return md
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """torch's FileSystemReader with safe (allow-listed, cached) metadata reading."""
+
+    def __init__(self, path: str | os.PathLike, metadata: Metadata | None = None) -> None:
+        super().__init__(path)
+        self._metadata = metadata
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        if kwargs.get("rank") is not None:
+            raise CheckpointError("per-rank DCP metadata files are not supported")
+        if self._metadata is None:
+            self._metadata = read_metadata(Path(self.path))
+        return self._metadata
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """DefaultLoadPlanner whose non-tensor values load with ``weights_only=True``."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        obj = torch.load(value, map_location="cpu", weights_only=True)
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    # dcp.load(no_dist=True) warns that no process group exists: that is the point here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One stored piece of a tensor: where it sits in the whole, and in which file."""
+
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    file: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"offsets": list(self.offsets), "sizes": list(self.sizes), "file": self.file}
+
+
+class DcpCheckpoint:
+    """An open DCP folder: metadata now, tensors on demand (one cached at a time)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.metadata = read_metadata(self.path)
+        self.reader = SafeFileSystemReader(self.path, self.metadata)
+        self._files = self._storage_files()
+        self._cached: tuple[str, torch.Tensor] | None = None
+
+    def _storage_files(self) -> dict[tuple[str, Any], str]:
+        """Chunk (key, offset) -> data file name; every named file must exist."""
+        out: dict[tuple[str, Any], str] = {}
+        storage = self.metadata.storage_data
+        if not isinstance(storage, dict):
+            raise CheckpointError(f"{self.path}/{METADATA_FILE} has no storage table")
+        missing: set[str] = set()
+        for index, info in storage.items():
+            rel = getattr(info, "relative_path", None)
+            if not isinstance(rel, str) or "/" in rel or rel in ("", ".", ".."):
+                raise CheckpointError(f"{self.path}/{METADATA_FILE} names a bad data file: {rel!r}")
+            if not (self.path / rel).is_file():
+                missing.add(rel)
+            out[(index.fqn, tuple(index.offset) if index.offset is not None else None)] = rel
+        if missing:
+            names = sorted(missing)
+            raise CheckpointError(
+                f"{self.path} is an incomplete DCP checkpoint: {', '.join(names[:3])}"
+                + (f" and {len(names) - 3} more" if len(names) > 3 else "") + " missing",
+                hint="copy every *.distcp file of the checkpoint, not only some ranks'",
+            )
+        return out
+
+    # ------------------------------------------------------------------ structure
+
+    def keys(self) -> list[str]:
+        return list(self.metadata.state_dict_metadata)
+
+    def tensor_keys(self) -> list[str]:
+        return [k for k, v in self.metadata.state_dict_metadata.items()
+                if isinstance(v, TensorStorageMetadata)]
+
+    def chunks(self, key: str) -> list[Chunk]:
+        """How the tensor ``key`` is split into stored chunks (one per rank with FSDP)."""
+        md = self.metadata.state_dict_metadata[key]
+        if not isinstance(md, TensorStorageMetadata):
+            return []
+        return [
+            Chunk(tuple(c.offsets), tuple(c.sizes), self._files.get((key, tuple(c.offsets))))
+            for c in md.chunks
+        ]
+
+    def path_of(self, key: str) -> tuple[Any, ...]:
+        """Where ``key`` sits in the original nested state dict."""
+        pd = self.metadata.planner_data
+        if isinstance(pd, dict) and isinstance(pd.get(key), tuple) and pd[key]:
+            return pd[key]
+        return (key,)
+
+    # ------------------------------------------------------------------ data
+
+    def load_tensor(self, key: str) -> torch.Tensor:
+        """The whole tensor ``key`` (all its chunks), through ``dcp.load`` in this process."""
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        md = self.metadata.state_dict_metadata.get(key)
+        if not isinstance(md, TensorStorageMetadata):
+            raise CheckpointError(f"{self.path} has no tensor {key!r}")
+        target = torch.empty(tuple(md.size), dtype=md.properties.dtype)
+        sd = {key: target}
+        self._load(sd, f"tensor {key}")
+        self._cached = (key, sd[key])
+        return sd[key]
+
+    def load_values(self, keys: list[str]) -> dict[str, Any]:
+        """The non-tensor values (hyperparameters, lists) of ``keys``, loaded safely."""
+        if not keys:
+            return {}
+        sd: dict[str, Any] = {k: 0 for k in keys}  # placeholders, replaced by load_bytes
+        self._load(sd, "hyperparameters")
+        return sd
+
+    def _load(self, sd: dict[str, Any], what: str) -> None:
+        planner = SafeLoadPlanner(allow_partial_load=False)
+        try:
+            with _quiet_torch():
+                dcp.load(sd, storage_reader=self.reader, planner=planner, no_dist=True)
+        except CheckpointError:
+            raise
+        except pickle.UnpicklingError as e:
+            raise UnsafeCheckpointError(
+                f"{self.path}: a stored value of the {what} was refused by safe loading "
+                f"({_first_line(e)})"
+            ) from None
+        except Exception as e:  # CheckpointException and friends wrap per-rank errors
+            raise CheckpointError(
+                f"cannot read the {what} from {self.path}: {_first_line(e)}"
+            ) from None
+
+    def lazy(self, key: str) -> LazyTensor:
+        md = self.metadata.state_dict_metadata[key]
+        assert isinstance(md, TensorStorageMetadata)
+        return LazyTensor(
+            tuple(md.size), md.properties.dtype, lambda: self.load_tensor(key),
+            info={"dcp_key": key, "chunks": [c.to_dict() for c in self.chunks(key)]},
+        )
+
+    def rebuild(self) -> dict[str, Any]:
+        """The nested state dict: lazy tensors, real non-tensor values."""
+        md = self.metadata.state_dict_metadata
+        values = self.load_values([k for k, v in md.items()
+                                   if isinstance(v, BytesStorageMetadata)])
+        root: dict[Any, Any] = {}
+        for key, meta in md.items():
+            value = self.lazy(key) if isinstance(meta, TensorStorageMetadata) else values[key]
+            node = root
+            path = self.path_of(key)
+            for part in path[:-1]:
+                child = node.get(part)
+                if not isinstance(child, dict):
+                    child = node[part] = {}
+                node = child
+            node[path[-1]] = value
+        return _restore_positions(_lists_back(root))
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+
+
+def _lists_back(node: Any, parent: dict[Any, Any] | None = None, key: Any = None) -> Any:
+    """Turn dicts keyed exactly 0..n-1 back into lists (param_groups), except an optimizer's
+    ``state``, which torch keys by position in a dict."""
+    if not isinstance(node, dict):
+        return node
+    for k in list(node):
+        node[k] = _lists_back(node[k], node, k)
+    is_opt_state = key == "state" and parent is not None and "param_groups" in parent
+    if node and not is_opt_state and list(node) == list(range(len(node))):
+        return [node[i] for i in range(len(node))]
+    return node
+
+
+def _restore_positions(node: Any) -> Any:
+    """DCP flattening writes an optimizer's positional state keys (0, 1, ...) as strings;
+    the ``params`` lists (stored whole, types intact) say which keys were integers."""
+    if isinstance(node, dict):
+        for k in list(node):
+            node[k] = _restore_positions(node[k])
+        state, groups = node.get("state"), node.get("param_groups")
+        if isinstance(state, dict) and isinstance(groups, list):
+            ints = {str(p): p for g in groups if isinstance(g, dict)
+                    for p in (g.get("params") or []) if isinstance(p, int)}
+            if ints and all(isinstance(k, str) and k in ints for k in state):
+                node["state"] = {ints[k]: v for k, v in state.items()}
+    elif isinstance(node, list):
+        return [_restore_positions(v) for v in node]
+    return node
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def is_dcp_folder(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / METADATA_FILE).is_file()
+
+
+def open_dcp(path: str | Path) -> DcpCheckpoint:
+    return DcpCheckpoint(path)
+
+
+def open_dcp_source(path: str | Path) -> Any:
+    """A ``Source`` for a DCP folder (the object tree holds ``LazyTensor``s)."""
+    from .source import Source
+
+    ckpt = DcpCheckpoint(path)
+    p = Path(path)
+    return Source(path=p, file=p, format="dcp", bytes=ckpt.total_bytes, obj=ckpt.rebuild())
+
+
+def chunk_layout(obj: Any) -> dict[str, list[dict[str, Any]]]:
+    """Flattened DCP key -> its chunks, for every lazy tensor in ``obj`` (verbose views)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, LazyTensor) and "dcp_key" in node.info:
+            out[node.info["dcp_key"]] = node.info["chunks"]
+        elif isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                walk(v)
+
+    walk(obj)
+    return out
