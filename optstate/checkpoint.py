@@ -11,10 +11,12 @@ the file holds. ``unsafe=True`` exists for files the user trusts; only the CLI's
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import re
 import stat
+import struct
 import tempfile
 import warnings
 import zipfile
@@ -23,10 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, OutputExistsError, UnsafeCheckpointError
+from .errors import CheckpointError, OptstateError, OutputExistsError, UnsafeCheckpointError
+from .walk import WalkReport, walk
 
 ZIP_MAGIC = b"PK\x03\x04"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# A text (protocol 0) pickle starting with a GLOBAL opcode: 'cmodule\nname\n'
+_PROTO0_GLOBAL = re.compile(rb"\(?c([\w.]+)\n([\w.]+)\n")
 
 
 @dataclass
@@ -37,6 +42,7 @@ class LoadedFile:
     format: str  # "zip" | "legacy"
     bytes: int
     obj: Any
+    walk: WalkReport | None = None  # what the bounded walk saw (None: not checked)
 
 
 def detect_format(path: Path) -> str:
@@ -54,6 +60,13 @@ def detect_format(path: Path) -> str:
             f"{path} is a tar archive (the torch < 0.4 checkpoint format), which optstate "
             "does not read",
             hint="load and re-save it with an old torch: torch.save(torch.load(f), out)",
+        )
+    m = _PROTO0_GLOBAL.match(head)
+    if m:
+        raise UnsafeCheckpointError(
+            f"{path} is a bare pickle (protocol 0) that calls "
+            f"{m.group(1).decode()}.{m.group(2).decode()}, not a torch.save file; refused "
+            "without running it"
         )
     stripped = head.lstrip()
     if stripped[:1] in (b"{", b"["):
@@ -111,57 +124,82 @@ def clean_message(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def load_torch_file(path: str | Path, *, mmap: bool = False, unsafe: bool = False) -> LoadedFile:
-    """Load a torch.save file safely (``weights_only=True``) onto the CPU."""
-    import torch
-
+def load_torch_file(path: str | Path, *, mmap: bool = False, unsafe: bool = False,
+                    check: bool = True) -> LoadedFile:
+    """Load a torch.save file safely (``weights_only=True``) onto the CPU, then ``walk``
+    what was loaded (cycles, depth, size as a tree, sparse invariants) unless ``check``
+    is False."""
     p = Path(path)
     fmt = detect_format(p)
     with _open_regular(p) as f:
         size = os.fstat(f.fileno()).st_size
         if fmt == "zip":
-            _check_zip(p, f)
+            zinfo = _check_zip(p, f, size)
+            # torch maps stored records raw: a compressed one would be read as garbage
+            mmap = mmap and not zinfo.compressed
+            if mmap and not unsafe and any(k.startswith("data/") for k in zinfo.sizes):
+                # torch's mmap path does not compare record sizes with the tensors the
+                # pickle describes (the non-mmap path does): check them first.
+                _check_storages(p, f, zinfo)
             f.seek(0)
         use_mmap = mmap and fmt == "zip" and os.path.exists(f"/proc/self/fd/{f.fileno()}")
         target: Any = f"/proc/self/fd/{f.fileno()}" if use_mmap else f
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                obj = torch.load(
-                    target,
-                    map_location="cpu",
-                    weights_only=not unsafe,
-                    mmap=use_mmap,
-                )
-        except pickle.UnpicklingError as e:
-            raise _refusal(p, e) from None
-        except CheckpointError:
-            raise
-        except (RuntimeError, EOFError, ValueError, KeyError, IndexError, OSError,
-                UnicodeDecodeError, AttributeError, TypeError, ImportError,
-                MemoryError, OverflowError, zipfile.BadZipFile) as e:
-            raise _load_failure(p, fmt, e) from None
-        except Exception as e:  # struct.error and other stray errors from malformed files
-            raise _load_failure(p, fmt, e) from None
-    return LoadedFile(path=p, format=fmt, bytes=size, obj=obj)
+        obj = _torch_load(p, fmt, target, use_mmap, unsafe)
+    walked = walk(obj, label=str(p)) if check else None
+    return LoadedFile(path=p, format=fmt, bytes=size, obj=obj, walk=walked)
 
 
-def _check_zip(path: Path, f: Any) -> None:
+def _torch_load(p: Path, fmt: str, target: Any, use_mmap: bool, unsafe: bool) -> Any:
+    import torch
+
+    try:
+        with warnings.catch_warnings(), torch.sparse.check_sparse_tensor_invariants(True):
+            warnings.simplefilter("ignore")
+            return torch.load(
+                target,
+                map_location="cpu",
+                weights_only=not unsafe,  # always explicit: see the module docstring
+                mmap=use_mmap,
+            )
+    except pickle.UnpicklingError as e:
+        raise _refusal(p, e) from None
+    except OptstateError:
+        raise
+    except RecursionError:
+        raise CheckpointError(f"{p} is nested too deeply to read") from None
+    except MemoryError:
+        raise CheckpointError(f"{p} needs more memory than this machine has to load") from None
+    except Exception as e:  # torch raises IndexError, KeyError, struct.error, ... (#127525)
+        raise _load_failure(p, fmt, e) from None
+
+
+@dataclass
+class _ZipInfo:
+    prefix: str
+    sizes: dict[str, int]  # record name below the prefix -> uncompressed size
+    compressed: bool
+
+
+def _check_zip(path: Path, f: Any, archive_size: int) -> _ZipInfo:
     """Refuse zip archives that are not plain torch checkpoints, before unpickling."""
     try:
         zf = zipfile.ZipFile(f)
-    except zipfile.BadZipFile:
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error):
         raise CheckpointError(
             f"{path} is a damaged zip archive (truncated or corrupt)",
             hint="re-copy or re-save the checkpoint",
         ) from None
-    names = [i.filename for i in zf.infolist()]
+    names = [i.filename for i in infos]
     if len(names) != len(set(names)):
         dup = sorted({n for n in names if names.count(n) > 1})[0]
         raise UnsafeCheckpointError(
             f"{path} holds the member {dup!r} twice; different tools would read different "
-            "contents, so optstate refuses it"
+            "contents, so optstate refuses it",
+            hint="torch reads the first copy and Python's zipfile the last: a file built "
+            "to show each a different checkpoint",
         )
+    prefixes = {n.split("/", 1)[0] for n in names if "/" in n}
     bases = {n.split("/", 1)[1] if "/" in n else n for n in names}
     if "constants.pkl" in bases or any(b.startswith("code/") for b in bases):
         raise UnsafeCheckpointError(
@@ -170,11 +208,96 @@ def _check_zip(path: Path, f: Any) -> None:
         )
     if "data.pkl" not in bases:
         raise CheckpointError(f"{path} is a zip archive but not a torch.save file (no data.pkl)")
+    if len(prefixes) != 1 or any("/" not in n for n in names):
+        raise UnsafeCheckpointError(
+            f"{path} is a zip archive with {len(prefixes)} top folders; torch.save writes one, "
+            "and tools disagree on which to read, so optstate refuses it"
+        )
+    expanded = sum(i.file_size for i in infos)
+    if expanded > _MAX_EXPANSION * archive_size + 2**20:
+        raise UnsafeCheckpointError(
+            f"{path} expands to {_human_bytes(expanded)} from {_human_bytes(archive_size)} "
+            "(compressed members: a zip bomb); torch.save never compresses, so optstate "
+            "refuses it"
+        )
+    prefix = next(iter(prefixes))
+    return _ZipInfo(
+        prefix=prefix,
+        sizes={i.filename.split("/", 1)[1]: i.file_size for i in infos},
+        compressed=any(i.compress_type != zipfile.ZIP_STORED for i in infos),
+    )
+
+
+# Uncompressed members may add up to this many times the archive size (torch.save
+# stores everything uncompressed, so a real checkpoint is at 1x).
+_MAX_EXPANSION = 2
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
+def _check_storages(path: Path, f: Any, zinfo: _ZipInfo) -> None:
+    """Unpickle data.pkl with torch's weights-only unpickler but meta storages (no data
+    read) to learn which records the tensors use and how many bytes each needs; refuse
+    missing or short records. Errors of the unpickling itself are left to torch.load."""
+    import torch
+    from torch import _weights_only_unpickler as wou
+    from torch.serialization import _maybe_decode_ascii
+
+    f.seek(0)
+    try:
+        with zipfile.ZipFile(f) as zf:
+            pkl = zf.read(f"{zinfo.prefix}/data.pkl")
+    except Exception:
+        return
+    needed: dict[str, int] = {}
+
+    def persistent_load(pid: Any) -> Any:
+        typename = _maybe_decode_ascii(pid[0])
+        if typename != "storage":
+            raise ValueError(typename)
+        storage_type, key, _location, numel = pid[1:]
+        dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
+        nbytes = numel * torch._utils._element_size(dtype)
+        needed[str(key)] = max(needed.get(str(key), 0), nbytes)
+        return torch.storage.TypedStorage(
+            wrap_storage=torch.UntypedStorage(nbytes, device="meta"), dtype=dtype,
+            _internal=True,
+        )
+
+    unpickler = wou.Unpickler(io.BytesIO(pkl), encoding="utf-8")
+    unpickler.persistent_load = persistent_load  # type: ignore[method-assign]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            unpickler.load()
+    except Exception:
+        return  # torch.load meets the same problem and reports it
+    finally:
+        torch._utils._sparse_tensors_to_validate.clear()
+    for key, nbytes in needed.items():
+        have = zinfo.sizes.get(f"data/{key}")
+        if have is None:
+            raise CheckpointError(
+                f"{path} is damaged: the data of tensor storage {key} (data/{key}) is missing",
+                hint="re-copy or re-save the checkpoint",
+            )
+        if have < nbytes:
+            raise CheckpointError(
+                f"{path} is damaged: tensor storage {key} needs {nbytes} bytes but the file "
+                f"holds {have}",
+                hint="re-copy or re-save the checkpoint",
+            )
 
 
 def _refusal(path: Path, e: BaseException) -> CheckpointError:
     text = _ANSI.sub("", str(e))
-    m = re.search(r"(?:GLOBAL|global)\s+([\w.]+)", text)
+    m = re.search(r"GLOBAL\s+([\w.]+)", text)
     if m:
         return UnsafeCheckpointError(
             f"{path} needs {m.group(1)}, which safe loading does not allow; refused without "
@@ -182,16 +305,61 @@ def _refusal(path: Path, e: BaseException) -> CheckpointError:
             hint="if you wrote this file yourself and trust it, --unsafe loads it with full "
             "pickle (this can run arbitrary code)",
         )
-    return UnsafeCheckpointError(f"{path} was refused by safe loading: {clean_message(e)}")
+    m = re.search(r"Unsupported operand (\d+)", text)
+    if m:
+        op = int(m.group(1))
+        name = _OPCODE_NAMES.get(op, f"0x{op:02x}")
+        return UnsafeCheckpointError(
+            f"{path} uses the pickle opcode {name}, which safe loading does not support "
+            "(torch.save writes pickle protocol 2); refused without running it",
+            hint="re-save it with torch.save, which writes protocol 2",
+        )
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", text, re.S)
+    detail = m.group(1).strip().splitlines()[0] if m else clean_message(e)
+    return UnsafeCheckpointError(f"{path} was refused by safe loading: {detail}")
+
+
+def _opcode_names() -> dict[int, str]:
+    import pickletools
+
+    return {ord(op.code): op.name for op in pickletools.opcodes if len(op.code) == 1}
+
+
+_OPCODE_NAMES = _opcode_names()
 
 
 def _load_failure(path: Path, fmt: str, e: BaseException) -> CheckpointError:
     msg = clean_message(e)
-    if isinstance(e, EOFError) or "unexpected end" in msg.lower() or "truncat" in msg.lower():
-        return CheckpointError(f"{path} is truncated (the file ends early)")
-    if "central directory" in msg or "zip archive" in msg.lower():
-        return CheckpointError(f"{path} is a damaged zip archive: {msg}")
-    return CheckpointError(f"cannot read {path} as a torch checkpoint ({fmt} format): {msg}")
+    low = msg.lower()
+    if isinstance(e, EOFError) or isinstance(e, struct.error) or "unexpected end" in low \
+            or "truncat" in low or "ran out of input" in low:
+        return CheckpointError(f"{path} is truncated (the file ends early)",
+                               hint="re-copy or re-save the checkpoint")
+    m = re.search(r"failed locating file (data/\w+)", msg)
+    if m:
+        return CheckpointError(f"{path} is damaged: tensor data {m.group(1)} is missing",
+                               hint="re-copy or re-save the checkpoint")
+    m = re.search(r"record size \((\d+) bytes\) does not match expected size \((\d+) bytes",
+                  msg)
+    if m:
+        return CheckpointError(
+            f"{path} is damaged: a tensor needs {m.group(2)} bytes but its data holds "
+            f"{m.group(1)}", hint="re-copy or re-save the checkpoint")
+    if "invalid magic number" in low:
+        return CheckpointError(f"{path} is not a torch.save file (wrong magic number)")
+    if "sparse" in low or "inconsistent with indices" in low or "indices" in low:
+        return CheckpointError(f"{path} holds an invalid sparse tensor ({msg})")
+    if "central directory" in msg or "zip archive" in low or "miniz" in low:
+        return CheckpointError(f"{path} is a damaged zip archive: {_first_sentence(msg)}",
+                               hint="re-copy or re-save the checkpoint")
+    return CheckpointError(
+        f"cannot read {path} as a torch checkpoint ({fmt} format): {_first_sentence(msg)}"
+    )
+
+
+def _first_sentence(msg: str, limit: int = 200) -> str:
+    first = msg.split(". ")[0]
+    return first if len(first) <= limit else first[:limit] + "…"
 
 
 # --------------------------------------------------------------------------- writing

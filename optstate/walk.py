@@ -1,0 +1,209 @@
+"""A bounded, iterative walk over a loaded checkpoint, before anything else touches it.
+
+What ``torch.load(weights_only=True)`` returns is still untrusted. The pickle format has a
+memo, so a 1.5 KB file can hold a list that refers to another list ten times, nine levels
+deep: 10**9 leaves for anything that walks it as a tree (``json.dumps``, a recursive
+printer, ``find_optimizer_states``). Lists can contain themselves, and nesting can be
+200 000 levels deep, far past Python's recursion limit. Sparse tensors are rebuilt
+without their invariants checked, and indexing one with out-of-range indices reads
+outside its memory.
+
+``walk`` visits each distinct container once (depth first, an explicit stack, no
+recursion), computes the size the object has *as a tree* from its children's sizes, and
+refuses what later code could not handle: a cycle, a tree larger than ``max_nodes``,
+nesting deeper than ``max_depth``, an invalid sparse tensor. Its cost is linear in the
+number of distinct objects, which the file size bounds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import CheckpointError
+
+# Real optimizer states are a few levels deep (Lightning: 4) and hold a handful of
+# entries per parameter; these limits are orders of magnitude above any real one.
+MAX_DEPTH = 100
+MAX_NODES = 10_000_000
+
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+@dataclass
+class WalkReport:
+    """What a walk saw: sizes as a tree, and the tensors by kind."""
+
+    nodes: int = 0  # size of the object as a tree (shared objects counted each time)
+    distinct: int = 0  # distinct containers and tensors
+    depth: int = 0  # longest chain of nested containers
+    tensors: int = 0  # distinct tensors
+    meta_tensors: int = 0
+    empty_tensors: int = 0
+    sparse_tensors: int = 0
+    dtypes: Counter[str] = field(default_factory=Counter)
+
+
+class _Frame:
+    """One container on the walk's stack."""
+
+    __slots__ = ("obj", "children", "i", "size", "height", "parent", "key")
+
+    def __init__(self, obj: Any, parent: _Frame | None, key: Any) -> None:
+        self.obj = obj
+        self.children = _children(obj)
+        self.i = 0
+        self.size = 1
+        self.height = 1
+        self.parent = parent
+        self.key = key
+
+
+def _children(obj: Any) -> list[tuple[Any, Any]]:
+    if isinstance(obj, dict):
+        return list(obj.items())
+    if isinstance(obj, (set, frozenset)):
+        return [(None, v) for v in obj]
+    return list(enumerate(obj))
+
+
+def location_of(frame: _Frame | None, key: Any = None) -> str:
+    """``param_groups[0].betas`` style location of ``key`` inside ``frame``."""
+    parts: list[Any] = [] if key is None else [key]
+    while frame is not None and frame.parent is not None:
+        parts.append(frame.key)
+        frame = frame.parent
+    text = ""
+    for k in reversed(parts):
+        if isinstance(k, int):
+            text += f"[{k}]"
+        else:
+            text += f".{k}" if text else str(k)
+    return text or "(top level)"
+
+
+def walk(obj: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES,
+         label: str = "the checkpoint") -> WalkReport:
+    """Check ``obj`` (see module docstring); raise CheckpointError naming where it fails."""
+    report = WalkReport()
+    if not isinstance(obj, _CONTAINERS):
+        report.nodes = report.depth = 1
+        _leaf(obj, report, None, None, label, {})
+        return report
+
+    done: dict[int, tuple[int, int]] = {}  # id -> (tree size, height) of finished objects
+    active: set[int] = {id(obj)}  # containers on the current path
+    stack = [_Frame(obj, None, None)]
+    report.distinct = 1
+    while stack:
+        top = stack[-1]
+        if top.i < len(top.children):
+            key, child = top.children[top.i]
+            top.i += 1
+            cid = id(child)
+            if cid in done:
+                size, height = done[cid]
+            elif not isinstance(child, _CONTAINERS):
+                size, height = 1, 0
+                _leaf(child, report, top, key, label, done)
+            elif cid in active:
+                raise CheckpointError(
+                    f"{label} contains itself: {location_of(top, key)} refers back to "
+                    "an object that encloses it",
+                    hint="a checkpoint written by torch.save from an optimizer never does "
+                    "this; the file was built by hand or is damaged",
+                )
+            else:
+                if len(stack) >= max_depth:
+                    raise CheckpointError(
+                        f"{label} is nested more than {max_depth} levels deep "
+                        f"(at {_short(location_of(top, key))})",
+                        hint="optimizer states are a few levels deep; this file was built "
+                        "by hand or is damaged",
+                    )
+                active.add(cid)
+                stack.append(_Frame(child, top, key))
+                report.distinct += 1
+                continue
+            top.size += size
+            top.height = max(top.height, height + 1)
+            if top.size > max_nodes:
+                raise _too_big(label, top, max_nodes)
+            continue
+        stack.pop()
+        top.children = []  # let finished subtrees go
+        done[id(top.obj)] = (top.size, top.height)
+        active.discard(id(top.obj))
+        if stack:
+            parent = stack[-1]
+            parent.size += top.size
+            parent.height = max(parent.height, top.height + 1)
+            if parent.size > max_nodes:
+                raise _too_big(label, parent, max_nodes)
+        else:
+            report.nodes, report.depth = top.size, top.height
+    return report
+
+
+def _too_big(label: str, frame: _Frame, max_nodes: int) -> CheckpointError:
+    return CheckpointError(
+        f"{label} unfolds to more than {max_nodes:,} objects (at "
+        f"{_short(location_of(frame))}): the same objects are referenced over and over",
+        hint="a small file that expands like this is a 'billion laughs' bomb; optimizer "
+        "states are far smaller",
+    )
+
+
+def _short(location: str, limit: int = 80) -> str:
+    return location if len(location) <= limit else location[:limit] + "…"
+
+
+def _leaf(obj: Any, report: WalkReport, frame: _Frame | None, key: Any, label: str,
+          done: dict[int, tuple[int, int]]) -> None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(obj, torch.Tensor):
+        return
+    done[id(obj)] = (1, 0)  # a tensor is checked once, however often it is referenced
+    report.distinct += 1
+    report.tensors += 1
+    report.dtypes[str(obj.dtype).removeprefix("torch.")] += 1
+    if obj.is_meta:
+        report.meta_tensors += 1
+    elif obj.numel() == 0:
+        report.empty_tensors += 1
+    if obj.layout != torch.strided:
+        report.sparse_tensors += 1
+        check_sparse(obj, f"{label} at {location_of(frame, key)}")
+
+
+def check_sparse(t: Any, where: str) -> None:
+    """Validate a sparse tensor's invariants (indices inside its shape, compressed
+    indices sorted) before anything reads it; torch skips this on load by default."""
+    import torch
+
+    if t.is_meta:
+        return
+    try:
+        if t.layout == torch.sparse_coo:
+            torch._validate_sparse_coo_tensor_args(
+                t._indices(), t._values(), t.size(), t.is_coalesced(), check_pinning=False
+            )
+        elif t.layout in (torch.sparse_csr, torch.sparse_bsr):
+            torch._validate_sparse_compressed_tensor_args(
+                t.crow_indices(), t.col_indices(), t.values(), t.size(), t.layout,
+                check_pinning=False,
+            )
+        elif t.layout in (torch.sparse_csc, torch.sparse_bsc):
+            torch._validate_sparse_compressed_tensor_args(
+                t.ccol_indices(), t.row_indices(), t.values(), t.size(), t.layout,
+                check_pinning=False,
+            )
+        else:
+            raise CheckpointError(f"{where}: a tensor with layout {t.layout}, which optstate "
+                                  "does not read")
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{where}: invalid sparse tensor ({msg})") from None
