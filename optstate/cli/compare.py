@@ -1,0 +1,85 @@
+"""``optstate compare``: several optimizers on one objective, side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app, errors_to_exit, print_json, stderr_console, stdout_console
+
+_RUN = "Run (shared by every optimizer)"
+
+
+@app.command(no_args_is_help=True)
+def compare(
+    optimizers: Annotated[str, typer.Option(
+        "--optimizers", "-O", metavar="NAMES", help="Comma-separated torch.optim names; "
+        "label=name runs one optimizer twice: slow=sgd,fast=sgd.")],
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="[LABEL.]KEY=VALUE", help="A hyperparameter, repeatable: lr=0.01 "
+        "sets every optimizer's, adam.lr=0.01 only adam's (that one wins); tuples "
+        "comma-separated: adam.betas=0.9,0.95.")] = None,
+    grad: Annotated[str, typer.Option(
+        help="Objective: rosenbrock or quadratic (drawn as contour plots in 2-D), constant, "
+        "normal, none (see simulate --help).", rich_help_panel=_RUN)] = "rosenbrock",
+    grad_value: Annotated[float | None, typer.Option(
+        help="quadratic: the optimum; constant: the gradient value. [default: 1.0]",
+        rich_help_panel=_RUN)] = None,
+    shape: Annotated[list[str] | None, typer.Option(
+        help="Parameter shape, repeatable. [default: 2, one point in the plane]",
+        rich_help_panel=_RUN)] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps for each run.",
+                                       rich_help_panel=_RUN)] = 100,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed of the shared start point. [default: 0]", rich_help_panel=_RUN)] = None,
+    init: Annotated[str | None, typer.Option(
+        help="Start point: normal (seeded), zeros, ones, constant (--init-value). "
+        "[default: normal]", rich_help_panel=_RUN)] = None,
+    init_value: Annotated[float | None, typer.Option(
+        help="Value for --init constant.", rich_help_panel=_RUN)] = None,
+    plot: Annotated[Path | None, typer.Option(
+        help="Draw the trajectories (2-D objectives) and the loss curves to this .png, "
+        ".svg or .pdf (needs matplotlib: pip install 'optstate[plot]').")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --plot file.")
+                     ] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")
+                     ] = False,
+) -> None:
+    """Run several optimizers from the same start on the same objective; compare them.
+
+    Example: optstate compare -O sgd,adam,adamw,rmsprop --set lr=0.01 --plot cmp.png
+    """
+    with errors_to_exit():
+        from ..compare import compare as run
+        from ..compare import compare_report, contenders_from_flags
+        from ..config import GroupSpec, RunSpec, apply_overrides, parse_shape
+
+        contenders = contenders_from_flags(optimizers, set_ or [])
+        base = apply_overrides(
+            RunSpec(groups=(GroupSpec(shapes=((2,),)),)),
+            shapes=[parse_shape(s) for s in shape] if shape else None,
+            steps=steps, seed=seed, grad=grad, grad_value=grad_value, init=init,
+            init_value=init_value,
+        )
+        if plot is not None:
+            from ..plot import check_plot_target
+
+            check_plot_target(plot, force)
+        runs = run(base, contenders, on_run=None if json_ or base.steps < 1000 else (
+            lambda c: stderr_console().print(f"running {c.label}…", style="dim")))
+        report = compare_report(base, runs)
+        report["plot"] = None
+        if plot is not None:
+            from ..plot import write_compare_plot
+
+            report["plot"] = str(write_compare_plot(report, plot, force=force))
+    if json_:
+        from ..render.json_view import dumps
+
+        print_json(dumps(report))
+    else:
+        from ..render.compare import compare_view
+
+        stdout_console().print(compare_view(report))
