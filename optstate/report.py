@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .state import OptimizerStateView
-from .stats import summarize
+from .stats import structure_summary, summarize
 
 
 def plain(value: Any) -> Any:
@@ -33,15 +33,61 @@ def plain(value: Any) -> Any:
     return repr(value)
 
 
-def entry_report(value: Any) -> dict[str, Any]:
-    """One state entry: tensor statistics, or ``{"value": ...}`` for scalars."""
-    if isinstance(value, torch.Tensor) and (value.dim() > 0 or value.is_meta):
-        return {k: plain(v) for k, v in summarize(value).to_dict().items()}
+# --values: tensors up to this many elements in full, bigger ones by their ends.
+VALUES_FULL_UP_TO = 64
+VALUES_EDGE = 8
+
+
+def tensor_like(value: Any) -> Any:
+    """``value`` if it is a tensor, or a lazy stand-in for one (shape, dtype, numel,
+    element_size without data, ``materialize()`` for the data); otherwise None."""
     if isinstance(value, torch.Tensor):
-        return {"value": plain(value.item()), "dtype": str(value.dtype).removeprefix("torch.")}
+        return value
+    if all(hasattr(value, a) for a in ("shape", "dtype", "numel", "element_size",
+                                        "materialize")):
+        return value
+    return None
+
+
+def materialize(value: Any) -> torch.Tensor:
+    """The real tensor behind ``value`` (reads data for lazy tensors)."""
+    return value if isinstance(value, torch.Tensor) else value.materialize()
+
+
+def entry_report(value: Any, *, stats: bool = True, values: bool = False) -> dict[str, Any]:
+    """One state entry: tensor statistics (only shape/dtype/numel/bytes when ``stats`` is
+    False: no tensor data is read), ``{"value": ...}`` for scalars (0-d tensors included),
+    ``{"items": [...]}`` for lists of entries (LBFGS history)."""
+    t = tensor_like(value)
+    if t is not None and (len(t.shape) > 0 or getattr(t, "is_meta", False)):
+        if stats:
+            rep = {k: plain(v) for k, v in summarize(materialize(t)).to_dict().items()}
+        else:
+            rep = structure_summary(t)
+        if values and not getattr(t, "is_meta", False):
+            rep.update(tensor_values(materialize(t)))
+        return rep
+    if t is not None:
+        return {"value": plain(materialize(t).item()),
+                "dtype": str(t.dtype).removeprefix("torch.")}
     if isinstance(value, (list, tuple)):
-        return {"items": [entry_report(v) for v in value]}
+        return {"items": [entry_report(v, stats=stats, values=values) for v in value]}
     return {"value": plain(value)}
+
+
+def tensor_values(t: torch.Tensor) -> dict[str, Any]:
+    """The values of ``t`` for --values: all of them when small, else the first and last
+    few (flattened), with ``values_truncated`` saying so."""
+    if t.is_sparse:
+        t = t.to_dense()
+    if t.numel() <= VALUES_FULL_UP_TO:
+        return {"values": plain(t.detach().cpu().tolist())}
+    flat = t.detach().reshape(-1)
+    return {
+        "values_first": plain(flat[:VALUES_EDGE].tolist()),
+        "values_last": plain(flat[-VALUES_EDGE:].tolist()),
+        "values_truncated": True,
+    }
 
 
 def groups_report(view: OptimizerStateView) -> list[dict[str, Any]]:
@@ -66,3 +112,49 @@ def params_report(view: OptimizerStateView) -> list[dict[str, Any]]:
         }
         for p in view.params
     ]
+
+
+# LR scheduler state_dicts do not name their class; these keys do.
+_SCHEDULER_MARKS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("ReduceLROnPlateau", frozenset({"patience", "num_bad_epochs"})),
+    ("OneCycleLR", frozenset({"total_steps", "_schedule_phases"})),
+    ("CyclicLR", frozenset({"max_lrs", "total_size"})),
+    ("CosineAnnealingWarmRestarts", frozenset({"T_0", "T_mult"})),
+    ("CosineAnnealingLR", frozenset({"T_max", "eta_min"})),
+    ("SequentialLR", frozenset({"_schedulers", "_milestones"})),
+    ("ChainedScheduler", frozenset({"_schedulers"})),
+    ("MultiStepLR", frozenset({"milestones", "gamma"})),
+    ("StepLR", frozenset({"step_size", "gamma"})),
+    ("LinearLR", frozenset({"start_factor", "end_factor", "total_iters"})),
+    ("ConstantLR", frozenset({"factor", "total_iters"})),
+    ("PolynomialLR", frozenset({"power", "total_iters"})),
+    ("LambdaLR", frozenset({"lr_lambdas"})),
+    ("ExponentialLR", frozenset({"gamma"})),
+)
+
+# Bookkeeping keys every LRScheduler writes; the rest are the scheduler's own settings.
+_SCHEDULER_META = frozenset({
+    "base_lrs", "last_epoch", "_step_count", "_is_initial", "_get_lr_called_within_step",
+    "_last_lr", "verbose", "lr_lambdas", "_schedulers", "_schedule_phases",
+})
+
+
+def scheduler_report(sd: dict[str, Any], location: str) -> dict[str, Any]:
+    """What an LR scheduler's state_dict says: its likely class (from its keys),
+    ``last_epoch``, the last lr per group, base lrs, and its own settings."""
+    keys = set(sd)
+    kind = next((name for name, marks in _SCHEDULER_MARKS if marks <= keys), "unknown")
+    settings = {
+        str(k): plain(v) for k, v in sd.items()
+        if k not in _SCHEDULER_META and isinstance(v, (bool, int, float, str, list, tuple))
+        and not str(k).startswith("_")
+    }
+    return {
+        "location": location,
+        "kind": kind,
+        "last_epoch": plain(sd.get("last_epoch")),
+        "step_count": plain(sd.get("_step_count")),
+        "last_lr": plain(sd.get("_last_lr")),
+        "base_lrs": plain(sd.get("base_lrs")),
+        "settings": settings,
+    }

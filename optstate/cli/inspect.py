@@ -1,0 +1,65 @@
+"""``optstate inspect``: see everything an optimizer checkpoint holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import UNSAFE_HELP, app, errors_to_exit, print_json, stdout_console, warn_unsafe
+
+_FOCUS = "Focus"
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(
+        help="A torch.save file (.pt .pth .pkl .bin .ckpt .tar ...), or a Hugging Face "
+        "Trainer / accelerate checkpoint folder.", show_default=False)],
+    key: Annotated[str | None, typer.Option(
+        "--key", "-k", help="Where the optimizer state is inside the file, when it holds "
+        "several or an unusual layout, e.g. optimizer_states[1] or trainer.optimizer.")] = None,
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", "-p", metavar="N|NAME", help="Show only this parameter (position, or "
+        "name where the checkpoint has names). Repeatable.", rich_help_panel=_FOCUS)] = None,
+    group: Annotated[list[int] | None, typer.Option(
+        "--group", "-g", metavar="N", help="Show only this param group. Repeatable.",
+        rich_help_panel=_FOCUS)] = None,
+    values: Annotated[bool, typer.Option(
+        "--values", help="Print tensor values too (all of a small tensor; the first and last "
+        "few of a big one).", rich_help_panel=_FOCUS)] = False,
+    no_stats: Annotated[bool, typer.Option(
+        "--no-stats", help="Structure only: shapes, dtypes, sizes; no tensor data is read "
+        "(fast on huge files).", rich_help_panel=_FOCUS)] = False,
+    json_: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON document (schema optstate.inspect/1) on stdout.")
+    ] = False,
+    unsafe: Annotated[bool, typer.Option("--unsafe", help=UNSAFE_HELP)] = False,
+) -> None:
+    """Show what an optimizer checkpoint holds: kind, param groups, per-param state stats.
+
+    Example: optstate inspect sgd.pkl --param 0 --values
+
+    Finds the optimizer state by itself in a plain optimizer.state_dict(), a dict holding
+    one (the PyTorch tutorial's 'optimizer_state_dict', 'optimizer', ...), a Lightning
+    .ckpt (optimizer_states[i] with lr_schedulers) or a Hugging Face folder. Exit status:
+    0 shown, 2 bad input or no optimizer state found.
+    """
+    with errors_to_exit():
+        if unsafe:
+            warn_unsafe()
+        from ..inspect import inspect_path
+
+        report = inspect_path(path, key=key, unsafe=unsafe, stats=not no_stats, params=param,
+                              groups=group, values=values)
+        # Extra sections (e.g. histograms) are added to ``report`` here, before rendering.
+    if json_:
+        from ..render.json_view import dumps
+
+        print_json(dumps(report))
+        return
+    from ..render.inspect_view import inspect_view
+
+    console = stdout_console()
+    console.print(inspect_view(report, width=console.width))

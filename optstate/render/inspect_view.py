@@ -1,0 +1,213 @@
+"""The human view of an inspect report (rich renderables; never prints)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from .human import fmt, groups_table
+
+# LBFGS keeps up to history_size tensors per list entry; show the first few as rows.
+ITEMS_SHOWN = 4
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit} ({n:,} B)"
+        size /= 1024
+    return f"{n} B"
+
+
+def _shape(rep: dict[str, Any]) -> str:
+    return "x".join(map(str, rep["shape"])) or "0-d"
+
+
+def _zeros(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}" if 0 < value < 1 else f"{value:.0%}"
+
+
+def header(report: dict[str, Any]) -> Text:
+    f = report["file"]
+    text = Text()
+    text.append("file      ", style="dim")
+    text.append(f["path"], style="bold")
+    if f["read"] != f["path"]:
+        text.append(f"  (read {f['read']})")
+    text.append("\nformat    ", style="dim")
+    text.append(f"torch.save {f['format']}" + (" (torch < 1.6 pickle)" if f["format"] == "legacy"
+                                               else ""))
+    text.append("\nsize      ", style="dim")
+    text.append(human_bytes(f["bytes"]))
+    text.append("\nfound at  ", style="dim")
+    text.append(report["location"] or "top level (the whole file is the optimizer state)")
+    others = [c for c in report["locations"] if c != report["location"]]
+    if others:
+        text.append(f"  (also: {', '.join(c or 'top level' for c in others)})", style="dim")
+    opt = report["optimizer"]
+    text.append("\noptimizer ", style="dim")
+    text.append(opt["kind"], style="bold")
+    text.append(f"  confidence {opt['confidence']}: {opt['reason']}")
+    return text
+
+
+def _num(value: Any, digits: int) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return fmt(value)
+
+
+def _lead(p: dict[str, Any], show_group: bool, show_name: bool) -> list[str]:
+    lead = [str(p["position"])]
+    if show_group:
+        lead.append(str(p["group"]))
+    if show_name:
+        lead.append(p["name"] or "")
+    return lead
+
+
+def _flat_entries(state: dict[str, Any], prefix: str = ""):  # noqa: ANN202
+    """(entry label, report) pairs, list items (LBFGS) expanded up to ITEMS_SHOWN."""
+    for entry, rep in state.items():
+        name = f"{prefix}{entry}"
+        if "items" in rep:
+            items = rep["items"]
+            yield name, {"list": len(items)}
+            for i, item in enumerate(items[:ITEMS_SHOWN]):
+                yield from _flat_entries({f"{name}[{i}]": item})
+            if len(items) > ITEMS_SHOWN:
+                yield f"{name}[{ITEMS_SHOWN}:]", {"more": len(items) - ITEMS_SHOWN}
+        else:
+            yield name, rep
+
+
+def structure_table(report: dict[str, Any]) -> Table:
+    """One row per state entry: shape, dtype, numel, bytes; scalars by value."""
+    params = report["params"]
+    show_group = len({p["group"] for p in params}) > 1 or len(report["param_groups"]) > 1
+    show_name = any(p["name"] for p in params)
+    table = Table(title="state", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
+                  padding=(0, 1), pad_edge=False)
+    cols = ["param"] + ["group"] * show_group + ["name"] * show_name + [
+        "entry", "shape", "dtype", "numel", "bytes", "value"]
+    for col in cols:
+        table.add_column(col, justify="right" if col in ("param", "group", "numel", "bytes")
+                         else "left", overflow="fold")
+    for p in params:
+        lead = _lead(p, show_group, show_name)
+        blank = [""] * len(lead)
+        rows = []
+        for name, rep in _flat_entries(p["state"]):
+            if "list" in rep:
+                rows.append([name, f"list of {rep['list']}", "", "", "", ""])
+            elif "more" in rep:
+                rows.append([Text(f"{name} ({rep['more']} more)", style="dim")])
+            elif "value" in rep:
+                dtype = rep.get("dtype", type(rep["value"]).__name__)
+                rows.append([name, "scalar", dtype, "", "", fmt(rep["value"])])
+            else:
+                rows.append([name, _shape(rep), rep["dtype"], f"{rep['numel']:,}",
+                             f"{rep['bytes']:,}", ""])
+        if not rows:
+            rows = [[Text("(no state)", style="dim")]]
+        for i, row in enumerate(rows):
+            row = row + [""] * (6 - len(row))
+            table.add_row(*(lead if i == 0 else blank), *row)
+    return table
+
+
+def stats_table(report: dict[str, Any], digits: int = 6) -> Table | None:
+    """One row per tensor entry: norm, min, max, mean, mean|x| (over finite elements),
+    NaN and Inf counts, fraction of zeros."""
+    table = Table(title="statistics (norm, min, max, mean over finite elements)",
+                  title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
+                  padding=(0, 1), pad_edge=False)
+    for col in ("param", "entry", "norm", "min", "max", "mean", "mean|x|", "NaN", "Inf",
+                "zeros"):
+        table.add_column(col, justify="left" if col == "entry" else "right",
+                         overflow="fold", no_wrap=col != "entry")
+    any_row = False
+    for p in report["params"]:
+        first = True
+        for name, rep in _flat_entries(p["state"]):
+            if "norm" not in rep:
+                continue
+            any_row = True
+            nan = Text(str(rep["nan"]), style="bold red" if rep["nan"] else "")
+            inf = Text(str(rep["inf"]), style="bold red" if rep["inf"] else "")
+            table.add_row(str(p["position"]) if first else "", name,
+                          *[_num(rep[k], digits) for k in ("norm", "min", "max", "mean",
+                                                           "mean_abs")],
+                          nan, inf, _zeros(rep["zeros"]))
+            first = False
+    return table if any_row else None
+
+
+def values_section(report: dict[str, Any]) -> Text | None:
+    lines = []
+    for p in report["params"]:
+        for entry, rep in p["state"].items():
+            where = f"state[{p['position']}].{entry}"
+            if "values" in rep:
+                lines.append(f"{where} = {fmt(rep['values'])}")
+            elif rep.get("values_truncated"):
+                lines.append(f"{where} = {fmt(rep['values_first'])} … {fmt(rep['values_last'])}"
+                             f"  (first and last {len(rep['values_first'])} of "
+                             f"{rep['numel']:,}, flattened)")
+    if not lines:
+        return None
+    return Text("values\n", style="bold") + Text("\n".join(lines))
+
+
+def totals_line(report: dict[str, Any]) -> Text:
+    t = report["totals"]
+    by = ", ".join(f"{k} {human_bytes(v)}" for k, v in t["bytes_by_dtype"].items()) or "none"
+    return Text(
+        f"totals: {t['groups']} group{'s' * (t['groups'] != 1)}, {t['params']} param"
+        f"{'s' * (t['params'] != 1)} ({t['params_with_state']} with state), "
+        f"{t['state_tensors']} state tensors + {t['state_scalars']} scalars, "
+        f"{t['numel']:,} elements, {human_bytes(t['bytes'])} ({by})"
+    )
+
+
+def scheduler_line(s: dict[str, Any]) -> Text:
+    text = Text("scheduler ", style="bold")
+    text.append(f"{s['kind']} at {s['location']}: last_epoch {fmt(s['last_epoch'])}, "
+                f"last lr {fmt(s['last_lr'])}, base lrs {fmt(s['base_lrs'])}")
+    if s["settings"]:
+        text.append("  (" + ", ".join(f"{k}={fmt(v)}" for k, v in s["settings"].items()) + ")",
+                    style="dim")
+    return text
+
+
+def inspect_view(report: dict[str, Any], width: int = 80) -> Group:
+    """The whole report; ``width`` (the console's) picks how many digits fit."""
+    parts: list[Any] = [header(report)]
+    if report["param_groups"]:
+        parts.append(groups_table(report["param_groups"]))
+    if report["params"]:
+        parts.append(structure_table(report))
+        stats = stats_table(report, digits=6 if width >= 120 else 4)
+        if stats is not None:
+            parts.append(stats)
+    elif report["selection"]["params"] is not None:
+        parts.append(Text("(no parameter matches the selection)", style="dim"))
+    values = values_section(report)
+    if values is not None:
+        parts.append(values)
+    parts.append(totals_line(report))
+    if report["scheduler"]:
+        parts.append(scheduler_line(report["scheduler"]))
+    if not report["stats"]:
+        parts.append(Text("--no-stats: structure only, tensor data not read", style="dim"))
+    for w in report["warnings"]:
+        parts.append(Text.assemble(("warning ", "bold yellow"), (f"[{w['code']}] ", "yellow"),
+                                   w["message"]))
+    for n in report["notes"]:
+        parts.append(Text.assemble(("note ", "bold"), (f"[{n['code']}] ", "dim"), n["message"]))
+    return Group(*parts)

@@ -1,0 +1,248 @@
+"""Warnings about an optimizer state: things that are legal but usually a sign of trouble.
+
+Each warning is ``{"code", "message", "where"}``: a stable code for scripts, one line for
+people (what was seen and the usual cause), and the places it concerns. Checks that need
+tensor statistics (NaN, Inf, all-zero buffers, negative second moments) use the entry
+reports already computed, so they cover what was read (all params unless filtered, none
+under ``--no-stats``); the structural checks always cover the whole state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from .report import plain, tensor_like
+from .state import OptimizerStateView
+
+# Entries that are running averages of squares (or of |grad|): never negative in a real run.
+_NON_NEGATIVE = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "exp_inf",
+                           "acc_delta", "row_var", "col_var", "variance", "step_size"})
+# Entries whose shape legitimately differs from the param's other buffers.
+_OWN_SHAPE = frozenset({"row_var", "col_var", "variance"})
+# Entries that may legitimately be all zeros.
+_MAY_BE_ZERO = frozenset({"ax", "prev"})
+_SHOW = 6  # places listed in a message before "and N more"
+
+
+def _places(items: list[str]) -> str:
+    if len(items) <= _SHOW:
+        return ", ".join(items)
+    return ", ".join(items[:_SHOW]) + f" and {len(items) - _SHOW} more"
+
+
+def _warning(code: str, message: str, where: Iterable[str] = ()) -> dict[str, Any]:
+    return {"code": code, "message": message, "where": list(where)}
+
+
+def state_warnings(view: OptimizerStateView, kind: str, params: list[dict[str, Any]],
+                   scheduler: dict[str, Any] | None
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(warnings, notes) for a state; notes are facts worth knowing, not problems."""
+    warnings: list[dict[str, Any]] = []
+    notes: list[dict[str, Any]] = []
+    if view.legacy_ids:
+        notes.append(_warning(
+            "legacy_ids", "state is keyed by id(param) (torch < 1.6); parameters are shown by "
+            "position, which is how load_state_dict matches them"))
+    warnings += _value_warnings(params)
+    warnings += _empty_state(view, kind, notes)
+    warnings += _step_mismatch(view)
+    warnings += _shape_mismatch(view, kind)
+    if view.orphan_keys:
+        keys = [repr(plain(k)) for k in view.orphan_keys]
+        warnings.append(_warning(
+            "orphan_state", f"state holds entries for {len(keys)} key"
+            f"{'s' * (len(keys) != 1)} in no param group ({_places(keys)}): load_state_dict "
+            "ignores them (a param group was removed, or the state was edited)",
+            [f"state[{k}]" for k in keys]))
+    warnings += _hyperparam_warnings(view)
+    if scheduler is not None:
+        warnings += _scheduler_warnings(view, scheduler)
+    return warnings, notes
+
+
+def _value_warnings(params: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    nan: list[str] = []
+    inf: list[str] = []
+    zero: list[str] = []
+    negative: list[str] = []
+
+    def visit(where: str, entry: str, rep: dict[str, Any]) -> None:
+        if "items" in rep:
+            for i, item in enumerate(rep["items"]):
+                visit(f"{where}[{i}]", entry, item)
+            return
+        if "value" in rep:
+            v = rep["value"]
+            if v is None and rep.get("dtype"):  # a 0-d float tensor holding NaN/Inf
+                nan.append(where)
+            return
+        if rep.get("nan"):
+            nan.append(f"{where} ({rep['nan']} NaN)")
+        if rep.get("inf"):
+            inf.append(f"{where} ({rep['inf']} Inf)")
+        if rep.get("zeros") == 1.0 and rep.get("numel") and entry not in _MAY_BE_ZERO:
+            zero.append(where)
+        if entry in _NON_NEGATIVE and rep.get("min") is not None and rep["min"] < 0:
+            negative.append(f"{where} (min {rep['min']:.6g})")
+
+    for p in params:
+        for entry, rep in p["state"].items():
+            visit(f"state[{p['position']}].{entry}", entry, rep)
+    out = []
+    if nan:
+        out.append(_warning("nan", f"NaN in {_places(nan)}: the run diverged or a NaN gradient "
+                            "got in; resuming from this state spreads it", nan))
+    if inf:
+        out.append(_warning("inf", f"Inf in {_places(inf)}: an overflow (fp16/bf16 state, or "
+                            "exploding gradients); resuming from this state spreads it", inf))
+    if zero:
+        out.append(_warning(
+            "zero_buffer", f"all zeros: {_places(zero)}: every gradient these params got was "
+            "zero, e.g. zero-filled grads reached step() (zero_grad(set_to_none=False) called "
+            "between backward() and step())", zero))
+    if negative:
+        out.append(_warning(
+            "negative_second_moment", f"negative values in {_places(negative)}: these running "
+            "averages of squares are never negative in a real run; the state was edited or "
+            "corrupted", negative))
+    return out
+
+
+def _stateless_by_design(view: OptimizerStateView, kind: str, group: int) -> bool:
+    """SGD without momentum keeps no state; LBFGS keeps it on its first param only."""
+    hyper = view.groups[group].hyperparams
+    if kind == "SGD" and not hyper.get("momentum"):
+        return True
+    return kind == "LBFGS"
+
+
+def _empty_state(view: OptimizerStateView, kind: str,
+                 notes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not view.params:
+        return [_warning("no_params", "the param groups hold no parameters")]
+    with_state = [p for p in view.params if p.state]
+    if not with_state:
+        if all(_stateless_by_design(view, kind, g.index) for g in view.groups):
+            notes.append(_warning("stateless", "SGD without momentum keeps no per-parameter "
+                                  "state: an empty state is expected"))
+            return []
+        return [_warning(
+            "empty_state", "no parameter has state: the optimizer was never stepped, or every "
+            "gradient was None at every step. The zero_grad trap: optimizer.zero_grad() "
+            "between loss.backward() and optimizer.step() sets the grads to None (the default "
+            "since torch 2.0), so step() skips every parameter")]
+    out = []
+    missing = [p for p in view.params if not p.state
+               and not _stateless_by_design(view, kind, p.group)]
+    whole_groups = [g.index for g in view.groups if g.param_keys
+                    and not any(p.state for p in view.params if p.group == g.index)
+                    and not _stateless_by_design(view, kind, g.index)]
+    for g in whole_groups:
+        n = len(view.groups[g].param_keys)
+        out.append(_warning(
+            "group_without_state", f"param group {g} ({n} param{'s' * (n != 1)}) has no state "
+            "while other groups do: its params never got a gradient (frozen, not in the loss) "
+            "or the group was added after the last step", [f"param_groups[{g}]"]))
+    rest = [p for p in missing if p.group not in whole_groups]
+    if rest:
+        where = [f"state[{p.position}]" for p in rest]
+        out.append(_warning(
+            "param_without_state", f"{len(rest)} param{'s' * (len(rest) != 1)} "
+            f"({_places([str(p.position) for p in rest])}) have no state while others do: they "
+            "never got a gradient (frozen, not used in the loss)", where))
+    return out
+
+
+def _scalar(value: Any) -> float | None:
+    t = tensor_like(value)
+    if t is not None:
+        if len(t.shape) != 0 or getattr(t, "is_meta", False):
+            return None
+        from .report import materialize
+
+        value = materialize(t).item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _step_mismatch(view: OptimizerStateView) -> list[dict[str, Any]]:
+    steps: dict[float, list[int]] = {}
+    for p in view.params:
+        if "step" in p.state:
+            s = _scalar(p.state["step"])
+            if s is not None and math.isfinite(s):
+                steps.setdefault(s, []).append(p.position)
+    if len(steps) < 2:
+        return []
+    parts = [f"step {s:g}: param{'s' * (len(ps) != 1)} {_places([str(x) for x in ps])}"
+             for s, ps in sorted(steps.items())]
+    return [_warning(
+        "step_mismatch", f"step counts differ between params ({'; '.join(parts)}): some params "
+        "got no gradient at some steps, were added later, or states were merged; bias "
+        "correction (Adam-family) uses each param's own step",
+        [f"state[{x}].step" for ps in steps.values() for x in ps])]
+
+
+def _shape_mismatch(view: OptimizerStateView, kind: str) -> list[dict[str, Any]]:
+    if kind == "LBFGS":
+        return []
+    out = []
+    for p in view.params:
+        shapes: dict[str, tuple[int, ...]] = {}
+        for k, v in p.state.items():
+            t = tensor_like(v)
+            if t is not None and len(t.shape) > 0 and str(k) not in _OWN_SHAPE:
+                shapes[str(k)] = tuple(t.shape)
+        if len(set(shapes.values())) > 1:
+            text = ", ".join(f"{k} {'x'.join(map(str, s))}" for k, s in shapes.items())
+            out.append(_warning(
+                "shape_mismatch", f"state[{p.position}] buffers differ in shape ({text}): "
+                "they all follow the param's shape in torch.optim; the state was edited, or "
+                "merged from different models", [f"state[{p.position}]"]))
+    return out
+
+
+def _hyperparam_warnings(view: OptimizerStateView) -> list[dict[str, Any]]:
+    out = []
+    for g in view.groups:
+        lr = g.hyperparams.get("lr")
+        lr_value = _scalar(lr) if lr is not None else None
+        if lr_value is not None and (not math.isfinite(lr_value) or lr_value < 0):
+            out.append(_warning(
+                "bad_lr", f"param group {g.index} has lr={lr_value}: torch.optim refuses "
+                "negative or non-finite learning rates when building an optimizer",
+                [f"param_groups[{g.index}].lr"]))
+    return out
+
+
+def _scheduler_warnings(view: OptimizerStateView,
+                        sched: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    n = len(view.groups)
+    for field in ("base_lrs", "last_lr"):
+        lrs = sched.get(field)
+        if isinstance(lrs, list) and len(lrs) != n:
+            out.append(_warning(
+                "scheduler_groups", f"the scheduler's {field} has {len(lrs)} value"
+                f"{'s' * (len(lrs) != 1)} but the optimizer has {n} param group"
+                f"{'s' * (n != 1)}: they do not belong together", [f"scheduler.{field}"]))
+            return out
+    last = sched.get("last_lr")
+    if isinstance(last, list):
+        differ = []
+        for g, v in zip(view.groups, last, strict=False):
+            lr = _scalar(g.hyperparams.get("lr"))
+            if lr is not None and isinstance(v, (int, float)) and not math.isclose(
+                    lr, v, rel_tol=1e-12, abs_tol=0.0):
+                differ.append(f"group {g.index}: lr {lr:g} vs scheduler {v:g}")
+        if differ:
+            out.append(_warning(
+                "scheduler_lr_mismatch", f"the scheduler's last lr differs from the group lr "
+                f"({_places(differ)}): the lr was edited after the scheduler stepped, or the "
+                "scheduler is from another run; the next scheduler.step() recomputes the lr",
+                ["scheduler.last_lr"]))
+    return out
