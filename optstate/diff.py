@@ -7,7 +7,8 @@ What is compared, and the path each difference gets:
 - ``param_groups[g].KEY``: every hyperparameter (``added``, ``removed``, ``changed``);
 - ``state[i]``: a parameter present in only one state, a parameter in another group
   (``moved``) or, when parameters are matched by name, at another position
-  (``reordered``). Matched by name, the path is ``state['fc.weight']``;
+  (``reordered``), or matched by position, under another name (``renamed``). Matched
+  by name, the path is ``state['fc.weight']``;
 - ``state[i].ENTRY``: per-parameter entries (``added``, ``removed``; ``shape``, ``dtype``;
   ``values`` with numeric metrics for tensors; ``changed`` for scalars such as ``step``);
 - ``scheduler.KEY``: the LR scheduler state, when both sides have one.
@@ -41,7 +42,7 @@ SCHEMA = "optstate.diff/1"
 
 # The kinds a Change can have (documented in the README's diff section).
 KINDS = ("added", "removed", "changed", "type", "shape", "dtype", "values", "length",
-         "moved", "reordered")
+         "moved", "reordered", "renamed")
 STRUCTURAL = frozenset(KINDS) - {"values", "changed"}
 # diff(b, a) reports these kinds for what diff(a, b) reports as the key.
 MIRROR_KIND = {"added": "removed", "removed": "added"}
@@ -261,6 +262,8 @@ class _Walk:
         differs = False
         if len(xs) == len(ys):
             for va, vb in zip(ta, tb, strict=True):
+                if va is None or vb is None:
+                    continue  # None against a value is a changed value, not a type
                 if _category(va) != _category(vb):
                     self.change(Change(path, "type", _type_label(va), _type_label(vb)))
                     differs = True
@@ -436,6 +439,8 @@ def _walk_params(w: _Walk, va: OptimizerStateView, vb: OptimizerStateView,
             else:
                 if by_name and pa.position != pb.position:
                     w.change(Change(path, "reordered", pa.position, pb.position))
+                if not by_name and pa.name and pb.name and pa.name != pb.name:
+                    w.change(Change(path, "renamed", pa.name, pb.name))
                 if pa.group != pb.group:
                     w.change(Change(path, "moved", pa.group, pb.group))
                 w.mapping(path, pa.state, pb.state)
