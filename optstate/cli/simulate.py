@@ -80,6 +80,10 @@ def simulate(
     resume: Annotated[Path | None, typer.Option(
         help="Load this saved state (safely) into the optimizer and continue for --steps "
         "more steps.", rich_help_panel=_SAVE)] = None,
+    plot: Annotated[Path | None, typer.Option(
+        help="Draw loss, learning rate and parameter norm over steps (for a 2-D objective "
+        "also the trajectory on its contour plot) to this .png, .svg or .pdf; needs "
+        "matplotlib: pip install 'optstate[plot]'.", rich_help_panel=_SAVE)] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite existing output files.", rich_help_panel=_SAVE)] = False,
     json_: Annotated[bool, typer.Option(
@@ -126,11 +130,19 @@ def simulate(
             scheduler=sched, steps=steps, seed=seed, grad=grad, grad_value=grad_value,
             init=init, init_value=init_value, zero_grad=zero_grad,
         )
+        if plot is not None:  # a missing matplotlib or an existing file: fail before stepping
+            from ..plot import check_plot_target
+
+            check_plot_target(plot, force)
         resume_obj = load_torch_file(resume).obj if resume is not None else None
         with _progress(spec.steps, quiet=json_) as on_step:
             result = run(spec, resume=resume_obj, save=save, save_every=save_every,
                          with_params=with_params, force=force, on_step=on_step)
         report = simulate_report(result)
+        if plot is not None:
+            from ..plot import write_run_plot
+
+            report["plot"] = str(write_run_plot(report, plot, force=force))
     for w in report["warnings"]:
         warn(w)
     if json_:
@@ -141,6 +153,8 @@ def simulate(
         from ..render.human import simulate_view
 
         stdout_console().print(simulate_view(report))
+        if plot is not None:
+            stdout_console().print(f"wrote {report['plot']}", style="green")
 
 
 def _usage(message: str) -> Exception:
