@@ -1,0 +1,574 @@
+"""``check``: will ``optimizer.load_state_dict(ckpt)`` work for the optimizer a config
+builds, and will it do what the user thinks?
+
+Two kinds of evidence, both reported:
+
+- findings: a comparison of the checkpoint's groups, parameters, state entries and
+  scheduler state with the optimizer (and scheduler) the config builds, each explained
+  in plain words with what torch will do about it;
+- a trial: the same ``load_state_dict`` and one ``step()`` (and the scheduler's), run by
+  torch itself on a fresh copy of the configured optimizer with a copy of the state.
+  torch's own error, if any, is the final word on "would fail".
+
+Verdict and exit status: ``ok`` (0) loading works and matches; ``differs`` (1) it works
+but something differs that is worth knowing; ``fails`` (2) torch would refuse the state
+or fail at the first step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .build import Built, build
+from .checkpoint import clean_message
+from .config import RunSpec, format_shape, read_config_file, spec_from_dict
+from .locate import locate
+from .report import plain
+from .source import open_source
+from .state import OptimizerStateView
+
+try:  # which state entries each torch.optim class can create (optional module)
+    from .kind import SIGNATURES as _KIND_SIGNATURES
+    from .kind import infer_kind as _infer_kind
+except ImportError:  # pragma: no cover - kind.py absent
+    _KIND_SIGNATURES = ()
+    _infer_kind = None
+
+LEVELS = ("info", "warn", "fail")
+VERDICTS = {"info": ("ok", 0), "warn": ("differs", 1), "fail": ("fails", 2)}
+
+# Group keys added by LR schedulers or bookkeeping, never a sign of another optimizer.
+_NOT_HYPERPARAMS = frozenset({"params", "param_names"})
+_ADDED_BY_OTHERS = frozenset({"initial_lr", "max_lr", "min_lr", "base_lr", "max_momentum",
+                              "base_momentum", "name"})
+# Scheduler state that records progress, not configuration.
+_SCHED_PROGRESS = frozenset({"last_epoch", "_step_count", "_last_lr",
+                             "_get_lr_called_within_step", "_is_initial", "verbose",
+                             "lr_lambdas", "base_lrs", "_initial_step"})
+
+
+@dataclass
+class Finding:
+    code: str  # group-count, group-size, names-reordered, names-differ, hyperparams-override,
+    # hyperparams-foreign, hyperparams-missing, state-shape, state-foreign, state-missing,
+    # dtype-cast, state-orphans, scheduler-*, trial
+    level: str  # "info" | "warn" | "fail"
+    message: str
+    group: int | None = None
+    param: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CheckResult:
+    source: str
+    location: str
+    scheduler_location: str | None
+    config: str
+    optimizer: str
+    groups: dict[str, list[int]]  # {"checkpoint": [n per group], "config": [...]}
+    findings: list[Finding]
+    trial: dict[str, Any]
+
+    @property
+    def verdict(self) -> str:
+        return VERDICTS[self.worst][0]
+
+    @property
+    def exit_code(self) -> int:
+        return VERDICTS[self.worst][1]
+
+    @property
+    def worst(self) -> str:
+        return max((f.level for f in self.findings), key=LEVELS.index, default="info")
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def check_checkpoint(path: str | Path, config: str | Path, *, key: str | None = None,
+                     unsafe: bool = False, trial: bool = True) -> CheckResult:
+    """Load the checkpoint (safely) and the config, and compare them."""
+    spec = spec_from_dict(read_config_file(config), str(config))
+    source = open_source(path, unsafe=unsafe)
+    located = locate(source, key)
+    result = check_state(located.state, spec, scheduler_state=located.scheduler, trial=trial)
+    result.source = source.label
+    result.location = located.location
+    result.scheduler_location = located.scheduler_location
+    result.config = str(config)
+    return result
+
+
+def check_state(sd: dict[str, Any], spec: RunSpec, *,
+                scheduler_state: dict[str, Any] | None = None,
+                trial: bool = True) -> CheckResult:
+    """Compare an optimizer ``state_dict`` (and scheduler state) with what ``spec`` builds."""
+    view = OptimizerStateView.from_state_dict(sd)
+    built = build(spec)
+    cls = type(built.optimizer)
+    ours = built.optimizer.param_groups
+    result = CheckResult("", "", None, "", cls.__name__, {
+        "checkpoint": [len(g.param_keys) for g in view.groups],
+        "config": [len(g["params"]) for g in ours],
+    }, [], {})
+    add = result.findings.append
+    structure_ok = _check_structure(view, built, add)
+    if len(view.groups) == len(ours):  # otherwise torch stops before comparing groups
+        _check_hyperparams(view, built, add)
+    if structure_ok:
+        _check_names(view, spec, built, add)
+        _check_state_entries(view, spec, built, add)
+    _check_scheduler(scheduler_state, built, spec, add)
+    if trial:
+        result.trial = run_trial(sd, spec, scheduler_state)
+        _reconcile(result)
+    return result
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def _check_structure(view: OptimizerStateView, built: Built, add: Any) -> bool:
+    ours = built.optimizer.param_groups
+    if len(view.groups) != len(ours):
+        add(Finding(
+            "group-count", "fail",
+            f"the checkpoint has {_n(len(view.groups), 'param group')}, the config builds "
+            f"{len(ours)}: load_state_dict raises \"loaded state dict has a different number "
+            "of parameter groups\"",
+            detail={"checkpoint": len(view.groups), "config": len(ours)},
+        ))
+        return False
+    ok = True
+    for g, o in zip(view.groups, ours, strict=True):
+        if len(g.param_keys) != len(o["params"]):
+            ok = False
+            add(Finding(
+                "group-size", "fail",
+                f"param group {g.index} holds {_n(len(g.param_keys), 'parameter')} in the "
+                f"checkpoint but {len(o['params'])} in the config: load_state_dict compares "
+                "the groups in order, by parameter count only, and raises \"loaded state "
+                "dict contains a parameter group that doesn't match the size of optimizer's "
+                "group\"",
+                group=g.index,
+                detail={"checkpoint": len(g.param_keys), "config": len(o["params"])},
+            ))
+    return ok
+
+
+def _check_names(view: OptimizerStateView, spec: RunSpec, built: Built, add: Any) -> None:
+    """torch matches parameters by position only (pytorch#1489); names show when the
+    positions no longer mean the same parameters."""
+    theirs = [p.name for p in view.params]
+    ours = [n for g in spec.groups for n in (g.names or [None] * len(g.shapes))]
+    if None in theirs or None in ours:
+        return
+    if theirs == ours:
+        return
+    moved = [(i, t, o) for i, (t, o) in enumerate(zip(theirs, ours, strict=True)) if t != o]
+    if sorted(theirs) == sorted(ours):
+        where = {n: i for i, n in enumerate(ours)}
+        pairs = "; ".join(
+            f"position {i} is {t!r} in the checkpoint but {o!r} in the config, so {t}'s "
+            f"state goes to {o}" for i, t, o in moved[:4]) + (" …" if len(moved) > 4 else "")
+        add(Finding(
+            "names-reordered", "warn",
+            f"the same parameter names in a different order: torch matches by position, not "
+            f"by name; {pairs}",
+            detail={"moves": [{"position": i, "checkpoint": t, "config": o,
+                               "config_position_of_checkpoint_name": where[t]}
+                              for i, t, o in moved]},
+        ))
+        return
+    only_ckpt = [n for n in theirs if n not in ours]
+    only_cfg = [n for n in ours if n not in theirs]
+    add(Finding(
+        "names-differ", "warn",
+        "parameter names differ (torch ignores names and matches by position): only in the "
+        f"checkpoint: {', '.join(only_ckpt) or '-'}; only in the config: "
+        f"{', '.join(only_cfg) or '-'}",
+        detail={"only_checkpoint": only_ckpt, "only_config": only_cfg},
+    ))
+
+
+# --------------------------------------------------------------------------- hyperparameters
+
+
+def _check_hyperparams(view: OptimizerStateView, built: Built, add: Any) -> None:
+    cls_name = type(built.optimizer).__name__
+    ours = built.optimizer.param_groups
+    foreign: dict[str, list[int]] = {}
+    for g, o in zip(view.groups, ours, strict=False):
+        config_keys = set(o) - _NOT_HYPERPARAMS
+        for k, v in g.hyperparams.items():
+            if k in _NOT_HYPERPARAMS:
+                continue
+            if k not in config_keys:
+                if k not in _ADDED_BY_OTHERS:
+                    foreign.setdefault(k, []).append(g.index)
+                continue
+            if not _equal_hyper(v, o[k]):
+                add(Finding(
+                    "hyperparams-override", "warn",
+                    f"param group {g.index}: the checkpoint's {k} = {_show(v)} replaces the "
+                    f"config's {_show(o[k])} (load_state_dict restores every hyperparameter "
+                    "from the checkpoint)",
+                    group=g.index,
+                    detail={"key": k, "checkpoint": plain(v), "config": plain(o[k])},
+                ))
+        missing = sorted(config_keys - set(g.hyperparams) - _ADDED_BY_OTHERS)
+        if missing:
+            add(Finding(
+                "hyperparams-missing", "warn",
+                f"param group {g.index} of the checkpoint has no {', '.join(missing)}: the "
+                f"loaded group replaces the config's, so {cls_name} will find "
+                f"{'them' if len(missing) > 1 else 'it'} missing unless it fills a default "
+                "on load",
+                group=g.index, detail={"keys": missing},
+            ))
+    if foreign:
+        kind = _guess_kind(view)
+        add(Finding(
+            "hyperparams-foreign", "warn",
+            f"the checkpoint's groups have {', '.join(sorted(foreign))}, which {cls_name} "
+            f"does not use{kind}: load_state_dict keeps them in the groups and {cls_name} "
+            "ignores them",
+            detail={"keys": sorted(foreign)},
+        ))
+
+
+def _equal_hyper(a: Any, b: Any) -> bool:
+    a, b = plain(a), plain(b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not (
+            isinstance(a, bool) or isinstance(b, bool)):
+        return a == b or (isinstance(a, float) and isinstance(b, float)
+                          and math.isnan(a) and math.isnan(b))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_equal_hyper(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def _guess_kind(view: OptimizerStateView) -> str:
+    if _infer_kind is None:
+        return ""
+    guess = _infer_kind([g.hyperparams for g in view.groups],
+                        {k for p in view.params for k in p.state})
+    if guess.kind == "unknown":
+        return ""
+    return f" (the checkpoint looks like {guess.kind} state)"
+
+
+# --------------------------------------------------------------------------- state entries
+
+
+def _own_state_keys(cls_name: str, reference: list[dict[str, Any]]) -> set[str] | None:
+    for sig in _KIND_SIGNATURES:
+        if sig.name == cls_name:
+            return set(sig.state)
+    seen = {k for st in reference for k in st}
+    return seen or None
+
+
+def _check_state_entries(view: OptimizerStateView, spec: RunSpec, built: Built,
+                         add: Any) -> None:
+    cls_name = type(built.optimizer).__name__
+    reference = reference_state(spec)
+    own = _own_state_keys(cls_name, reference)
+    foreign: dict[str, int] = {}
+    casts: dict[tuple[str, str], list[str]] = {}
+    fresh: list[int] = []
+    for pv in view.params:
+        param = built.params[pv.position]
+        name = built.names[pv.position]
+        ref = reference[pv.position] if pv.position < len(reference) else {}
+        if not pv.state and ref:
+            fresh.append(pv.position)
+        for k, v in pv.state.items():
+            if own is not None and k not in own:
+                foreign[k] = foreign.get(k, 0) + 1
+                continue
+            if not isinstance(v, torch.Tensor):
+                continue
+            expected = _expected_shape(k, ref, param, cls_name)
+            if expected is not None and v.dim() > 0 and tuple(v.shape) != expected:
+                add(Finding(
+                    "state-shape", "fail",
+                    f"param {pv.position} ({name}): the checkpoint's {k} has shape "
+                    f"{format_shape(tuple(v.shape))} but the configured parameter needs "
+                    f"{format_shape(expected)}: load_state_dict accepts this silently and the "
+                    "first step() fails",
+                    param=pv.position,
+                    detail={"key": k, "checkpoint": list(v.shape), "config": list(expected)},
+                ))
+            if v.is_floating_point() and k != "step" and v.dtype != param.dtype:
+                pair = (_dt(v.dtype), _dt(param.dtype))
+                casts.setdefault(pair, []).append(f"{pv.position}.{k}")
+    if foreign:
+        keys = ", ".join(f"{k} ({_n(n, 'param')})" for k, n in sorted(foreign.items()))
+        add(Finding(
+            "state-foreign", "warn",
+            f"state entries {keys} are not {cls_name} state{_guess_kind(view)}: "
+            f"load_state_dict keeps them, {cls_name} never reads them, and its own state "
+            "starts from zero",
+            detail={"keys": sorted(foreign)},
+        ))
+    for (src, dst), where in casts.items():
+        lossy = torch.finfo(getattr(torch, src)).bits > torch.finfo(getattr(torch, dst)).bits
+        add(Finding(
+            "dtype-cast", "warn",
+            f"{_n(len(where), 'state tensor')} {'are' if len(where) > 1 else 'is'} {src} but "
+            f"the parameters are {dst}: load_state_dict casts them to {dst}"
+            + (" (precision is lost)" if lossy else ""),
+            detail={"from": src, "to": dst, "entries": where},
+        ))
+    if fresh:
+        add(Finding(
+            "state-missing", "info",
+            f"{_n(len(fresh), 'parameter')} ({_positions(fresh)}) have no saved state: their "
+            f"{cls_name} state starts fresh at the first step",
+            detail={"params": fresh},
+        ))
+    if view.orphan_keys:
+        add(Finding(
+            "state-orphans", "warn",
+            f"the checkpoint has state for {_n(len(view.orphan_keys), 'key')} in no param "
+            "group; load_state_dict keeps it but no parameter uses it",
+            detail={"keys": [plain(k) for k in view.orphan_keys]},
+        ))
+
+
+def _expected_shape(key: str, ref: dict[str, Any], param: torch.Tensor,
+                    cls_name: str) -> tuple[int, ...] | None:
+    r = ref.get(key)
+    if isinstance(r, torch.Tensor):
+        return tuple(r.shape) if r.dim() > 0 else None
+    if cls_name in ("LBFGS", "Adafactor") or key == "step":
+        return None  # flat or factored state: only the reference step knows the shapes
+    return tuple(param.shape)
+
+
+def reference_state(spec: RunSpec) -> list[dict[str, Any]]:
+    """Per parameter, the state the configured optimizer creates at its first step (on
+    gradients of ones): the 'configured shapes' a checkpoint's state must have."""
+    try:
+        built = build(spec)
+        _one_step(built)
+    except Exception:  # SparseAdam needs sparse gradients &c.: fall back to param shapes
+        return [{} for g in spec.groups for _ in g.shapes]
+    state = built.optimizer.state
+    return [dict(state.get(p, {})) for p in built.params]
+
+
+def _one_step(built: Built, *, scheduler: bool = False) -> None:
+    for p in built.params:
+        p.grad = torch.ones_like(p)
+
+    def closure() -> torch.Tensor:
+        return torch.zeros(())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if isinstance(built.optimizer, torch.optim.LBFGS):
+            built.optimizer.step(closure)
+        else:
+            built.optimizer.step()
+        if scheduler and built.scheduler is not None:
+            if isinstance(built.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                built.scheduler.step(0.0)
+            else:
+                built.scheduler.step()
+
+
+# --------------------------------------------------------------------------- scheduler
+
+
+def _check_scheduler(sched: dict[str, Any] | None, built: Built, spec: RunSpec,
+                     add: Any) -> None:
+    if spec.scheduler is None:
+        if sched is not None:
+            add(Finding("scheduler-unused", "info",
+                        "the checkpoint holds scheduler state, but the config builds no "
+                        "scheduler"))
+        return
+    name = spec.scheduler.name
+    if sched is None:
+        add(Finding("scheduler-missing", "warn",
+                    f"the config builds {name} but the checkpoint holds no scheduler state: "
+                    "the scheduler starts from epoch 0"))
+        return
+    ref = built.scheduler.state_dict()
+    theirs = {k for k in sched if k not in _SCHED_PROGRESS}
+    ours = {k for k in ref if k not in _SCHED_PROGRESS}
+    if theirs != ours:
+        add(Finding(
+            "scheduler-kind", "warn",
+            f"the checkpoint's scheduler state has {', '.join(sorted(theirs - ours)) or 'no'} "
+            f"settings {name} lacks and lacks {', '.join(sorted(ours - theirs)) or 'none'}: "
+            f"it was saved by another scheduler; {name}.load_state_dict copies every saved "
+            "attribute onto the scheduler regardless",
+            detail={"only_checkpoint": sorted(theirs - ours), "only_config": sorted(ours - theirs)},
+        ))
+    for k in sorted(theirs & ours):
+        if not _equal_hyper(sched[k], ref[k]):
+            add(Finding(
+                "scheduler-override", "warn",
+                f"scheduler: the checkpoint's {k} = {_show(sched[k])} replaces the config's "
+                f"{_show(ref[k])} (scheduler.load_state_dict restores every attribute)",
+                detail={"key": k, "checkpoint": plain(sched[k]), "config": plain(ref[k])},
+            ))
+    if "base_lrs" in sched and "base_lrs" in ref and not _equal_hyper(sched["base_lrs"],
+                                                                      ref["base_lrs"]):
+        add(Finding(
+            "scheduler-base-lrs", "warn",
+            f"scheduler: the checkpoint's base_lrs {_show(sched['base_lrs'])} replace the "
+            f"config's {_show(ref['base_lrs'])}; schedulers that compute from base_lrs "
+            "(LambdaLR, the Hugging Face default) go back to the checkpoint's lr at their next "
+            "step",
+            detail={"checkpoint": plain(sched["base_lrs"]), "config": plain(ref["base_lrs"])},
+        ))
+    if "last_epoch" in sched:
+        add(Finding("scheduler-resume", "info",
+                    f"the scheduler resumes at last_epoch {plain(sched['last_epoch'])}",
+                    detail={"last_epoch": plain(sched["last_epoch"])}))
+
+
+# --------------------------------------------------------------------------- trial
+
+
+def run_trial(sd: dict[str, Any], spec: RunSpec,
+              scheduler_state: dict[str, Any] | None) -> dict[str, Any]:
+    """Do what a resume does, on copies: build from the config, load_state_dict, one step
+    (and the scheduler's load and step). Each stage: "ok", torch's error message, or None
+    when not reached; ``missing_after_load``: per group, the configured hyperparameters the
+    loaded groups lack even after the optimizer filled its defaults."""
+    out: dict[str, Any] = {"load_state_dict": None, "step": None,
+                           "scheduler_load_state_dict": None, "scheduler_step": None,
+                           "missing_after_load": {}}
+    built = build(spec)
+    configured = [set(g) for g in built.optimizer.param_groups]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            built.optimizer.load_state_dict(copy.deepcopy(sd))
+        out["load_state_dict"] = "ok"
+    except Exception as e:
+        out["load_state_dict"] = _torch_error(e)
+        return out
+    for gi, (want, g) in enumerate(zip(configured, built.optimizer.param_groups, strict=True)):
+        lacking = sorted(want - set(g))
+        if lacking:
+            out["missing_after_load"][str(gi)] = lacking
+    try:
+        _one_step(built)
+        out["step"] = "ok"
+    except Exception as e:
+        out["step"] = _torch_error(e)
+        return out
+    if built.scheduler is not None and scheduler_state is not None:
+        try:
+            built.scheduler.load_state_dict(copy.deepcopy(scheduler_state))
+            out["scheduler_load_state_dict"] = "ok"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if isinstance(built.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    built.scheduler.step(0.0)
+                else:
+                    built.scheduler.step()
+            out["scheduler_step"] = "ok"
+        except Exception as e:
+            key = ("scheduler_step" if out["scheduler_load_state_dict"] == "ok"
+                   else "scheduler_load_state_dict")
+            out[key] = _torch_error(e)
+    return out
+
+
+_STAGES = {"load_state_dict": "optimizer.load_state_dict()", "step": "optimizer.step()",
+           "scheduler_load_state_dict": "scheduler.load_state_dict()",
+           "scheduler_step": "scheduler.step()"}
+
+
+def _torch_error(e: BaseException) -> str:
+    msg = clean_message(e)
+    if isinstance(e, KeyError):
+        msg = f"missing key {msg}"
+    return f"{type(e).__name__}: {msg}"
+
+
+def _reconcile(result: CheckResult) -> None:
+    """torch has the final word: a failure the findings did not predict becomes a finding;
+    a predicted step failure that torch got through (by broadcasting) is downgraded."""
+    trial = result.trial
+    failed = {k: v for k, v in trial.items() if k in _STAGES and v not in (None, "ok")}
+    if trial.get("load_state_dict") == "ok":
+        missing = trial.get("missing_after_load", {})
+        for f in result.findings:
+            if f.code == "hyperparams-missing" and not missing.get(str(f.group)):
+                f.level = "info"
+                f.message += f" (it does: {result.optimizer} filled them when loading)"
+    static_fail = any(f.level == "fail" for f in result.findings)
+    if failed and not static_fail:
+        stage, msg = next(iter(failed.items()))
+        result.findings.append(Finding(
+            "trial", "fail", f"torch fails at {_STAGES[stage]}: {msg}",
+            detail={"stage": stage, "error": msg},
+        ))
+    if not failed and trial.get("step") == "ok":
+        for f in result.findings:
+            if f.code == "state-shape":
+                f.level = "warn"
+                f.message = f.message.replace(
+                    "the first step() fails",
+                    "torch's first step() ran anyway by broadcasting: the state no longer "
+                    "matches the parameter")
+
+
+# --------------------------------------------------------------------------- report
+
+
+def check_report(result: CheckResult) -> dict[str, Any]:
+    """The plain-data report of a ``check`` run (schema ``optstate.check/1``)."""
+    return {
+        "schema": "optstate.check/1",
+        "source": result.source,
+        "location": result.location,
+        "scheduler_location": result.scheduler_location,
+        "config": result.config,
+        "optimizer": result.optimizer,
+        "verdict": result.verdict,
+        "exit_code": result.exit_code,
+        "groups": result.groups,
+        "findings": [asdict(f) for f in result.findings],
+        "trial": result.trial,
+    }
+
+
+def _n(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def _show(v: Any) -> str:
+    p = plain(v)
+    if isinstance(p, list):
+        return "(" + ", ".join(map(str, p)) + ")"
+    return repr(p)
+
+
+def _dt(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _positions(ps: list[int]) -> str:
+    text = ", ".join(map(str, ps[:8]))
+    return "positions " + text + (" …" if len(ps) > 8 else "")
+
+
+__all__ = ["CheckResult", "Finding", "check_checkpoint", "check_report", "check_state",
+           "reference_state", "run_trial"]

@@ -1,0 +1,58 @@
+"""``optstate check``: will load_state_dict work for the optimizer a config builds?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import UNSAFE_HELP, app, errors_to_exit, print_json, stdout_console, warn_unsafe
+
+
+@app.command()
+def check(
+    checkpoint: Annotated[Path, typer.Argument(
+        metavar="CKPT", help="A torch.save file or a Hugging Face / accelerate checkpoint "
+        "folder.", show_default=False)],
+    config: Annotated[Path, typer.Option(
+        "--config", "-c", help="The TOML or JSON run config (the one simulate reads) that "
+        "builds the optimizer to load into.", show_default=False)],
+    key: Annotated[str | None, typer.Option(
+        help="Where the optimizer state is when the file holds several, e.g. "
+        "optimizer_states[1].")] = None,
+    trial: Annotated[bool, typer.Option(
+        "--trial/--no-trial", help="Also let torch do it: load_state_dict and one step() "
+        "on copies (costs one copy of the state).")] = True,
+    unsafe: Annotated[bool, typer.Option("--unsafe", help=UNSAFE_HELP)] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Check whether a checkpoint loads into the optimizer a config builds, and how.
+
+    Reports, in plain words: a different number of param groups or of params in a
+    group (torch refuses), state shapes that do not fit the configured parameters
+    (torch accepts them and fails at step()), state of another optimizer kind, dtype
+    casts, hyperparameters and scheduler settings the checkpoint will override, and
+    parameters reordered by name (torch matches by position only). Exit status: 0 it
+    loads and matches, 1 it loads with differences worth knowing, 2 it would fail (or
+    bad input).
+
+    Example: optstate check ckpt.pt --config run.toml
+    """
+    with errors_to_exit():
+        from ..check import check_checkpoint, check_report
+
+        if unsafe:
+            warn_unsafe()
+        report = check_report(check_checkpoint(checkpoint, config, key=key, unsafe=unsafe,
+                                               trial=trial))
+    if json_:
+        from ..render.json_view import dumps
+
+        print_json(dumps(report))
+    else:
+        from ..render.check_view import check_view
+
+        stdout_console().print(check_view(report))
+    raise typer.Exit(code=report["exit_code"])
