@@ -164,7 +164,9 @@ def _command_names() -> set[str]:
 
 
 # Each command module registers itself on ``app`` when imported.
+from . import check as _check  # noqa: E402,F401
 from . import compare as _compare  # noqa: E402,F401
 from . import diff as _diff  # noqa: E402,F401
 from . import inspect as _inspect  # noqa: E402,F401
+from . import set_cmd as _set_cmd  # noqa: E402,F401
 from . import simulate as _simulate  # noqa: E402,F401
