@@ -297,12 +297,18 @@ def _lists_back(node: Any, parent: dict[Any, Any] | None = None, key: Any = None
 
 def _restore_positions(node: Any) -> Any:
     """DCP flattening writes an optimizer's positional state keys (0, 1, ...) as strings;
-    the ``params`` lists (stored whole, types intact) say which keys were integers."""
+    the ``params`` lists (stored whole, types intact) say which keys were integers. And it
+    drops empty containers, so an optimizer that has not stepped loses ``state: {}``."""
     if isinstance(node, dict):
         for k in list(node):
             node[k] = _restore_positions(node[k])
         state, groups = node.get("state"), node.get("param_groups")
-        if isinstance(state, dict) and isinstance(groups, list):
+        if state is None and "state" not in node and isinstance(groups, list) and groups and all(
+            isinstance(g, dict) and "params" in g for g in groups
+        ):
+            # DCP stores no empty containers: a fresh optimizer's empty state vanishes.
+            node = {"state": {}, **node}
+        elif isinstance(state, dict) and isinstance(groups, list):
             ints = {str(p): p for g in groups if isinstance(g, dict)
                     for p in (g.get("params") or []) if isinstance(p, int)}
             if ints and all(isinstance(k, str) and k in ints for k in state):

@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> None:
 def _usage_error(e: typer.TyperException, argv: list[str] | None) -> int:
     """Print a usage error as ``Error:``/``Hint:`` lines; return its exit status."""
     ctx = getattr(e, "ctx", None)
-    if type(e).__name__ == "NoArgsIsHelpError":  # a bare group or command: show its help
-        print(e.format_message(), file=sys.stderr)
+    if type(e).__name__ == "NoArgsIsHelpError":  # typer has printed the help already
         return 2
     message = " ".join(line.strip() for line in e.format_message().splitlines() if line.strip())
     if ctx is not None:
@@ -166,6 +165,7 @@ def _command_names() -> set[str]:
 # Each command module registers itself on ``app`` when imported.
 from . import check as _check  # noqa: E402,F401
 from . import compare as _compare  # noqa: E402,F401
+from . import convert as _convert  # noqa: E402,F401
 from . import diff as _diff  # noqa: E402,F401
 from . import inspect as _inspect  # noqa: E402,F401
 from . import set_cmd as _set_cmd  # noqa: E402,F401
