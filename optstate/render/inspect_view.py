@@ -57,9 +57,19 @@ def header(report: dict[str, Any]) -> Text:
 
 
 def _num(value: Any, digits: int) -> str:
+    """A float to ``digits`` significant digits, exponent without padding (8.92e-5)."""
     if isinstance(value, float):
-        return f"{value:.{digits}g}"
+        text = f"{value:.{digits}g}"
+        if "e" in text:
+            mant, exp = text.split("e")
+            text = f"{mant}e{int(exp)}"
+        return text
     return fmt(value)
+
+
+def digits_for(width: int) -> int:
+    """Significant digits that let the statistics table fit a console ``width`` wide."""
+    return 6 if width >= 130 else 4 if width >= 100 else 3
 
 
 def _lead(p: dict[str, Any], show_group: bool, show_name: bool) -> list[str]:
@@ -92,7 +102,7 @@ def structure_table(report: dict[str, Any]) -> Table:
     show_group = len({p["group"] for p in params}) > 1 or len(report["param_groups"]) > 1
     show_name = any(p["name"] for p in params)
     table = Table(title="state", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
-                  padding=(0, 1), pad_edge=False)
+                  padding=(0, 1), pad_edge=False, show_edge=False)
     cols = ["param"] + ["group"] * show_group + ["name"] * show_name + [
         "entry", "shape", "dtype", "numel", "bytes", "value"]
     for col in cols:
@@ -126,11 +136,11 @@ def stats_table(report: dict[str, Any], digits: int = 6) -> Table | None:
     NaN and Inf counts, fraction of zeros."""
     table = Table(title="statistics (norm, min, max, mean over finite elements)",
                   title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
-                  padding=(0, 1), pad_edge=False)
+                  padding=(0, 0), pad_edge=False, show_edge=False)
     for col in ("param", "entry", "norm", "min", "max", "mean", "mean|x|", "NaN", "Inf",
                 "zeros"):
         table.add_column(col, justify="left" if col == "entry" else "right",
-                         overflow="fold", no_wrap=col != "entry")
+                         overflow="fold", min_width=len(col) if col != "entry" else 6)
     any_row = False
     for p in report["params"]:
         first = True
@@ -192,7 +202,7 @@ def inspect_view(report: dict[str, Any], width: int = 80) -> Group:
         parts.append(groups_table(report["param_groups"]))
     if report["params"]:
         parts.append(structure_table(report))
-        stats = stats_table(report, digits=6 if width >= 120 else 4)
+        stats = stats_table(report, digits=digits_for(width))
         if stats is not None:
             parts.append(stats)
     elif report["selection"]["params"] is not None:

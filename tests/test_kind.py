@@ -1,0 +1,126 @@
+"""Optimizer kind inference (optstate.kind) on states written by real torch.optim classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from optstate.kind import SIGNATURES, infer_kind
+from tests.optim_states import OPTIMIZERS, state_dict_of, stepped_optimizer
+
+
+def kind_of(sd: dict[str, Any]):
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]]
+    keys = {k for s in sd["state"].values() for k in s}
+    return infer_kind(groups, keys)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_torch_optimizer_is_recognised_with_high_confidence(name):
+    guess = kind_of(state_dict_of(name, steps=2))
+    assert (guess.kind, guess.confidence) == (name, "high")
+    assert name in guess.candidates
+
+
+def test_signatures_cover_the_installed_torch_exactly():
+    """Each signature's full key set is what this torch's optimizer really writes."""
+    for sig in SIGNATURES:
+        cls = getattr(torch.optim, sig.name, None)
+        if cls is None:
+            continue
+        p = [torch.nn.Parameter(torch.zeros(3, 3))]
+        opt = cls(p, lr=0.1) if sig.name not in ("Muon",) else cls(p)
+        written = set(opt.state_dict()["param_groups"][0]) - {"params"}
+        assert sig.core <= written, (sig.name, sig.core - written)
+        assert written <= sig.full, (sig.name, written - sig.full)
+
+
+@pytest.mark.parametrize("name", sorted(set(OPTIMIZERS) - {"Adamax"}))
+def test_never_stepped_state_is_recognised_from_its_group_keys(name):
+    guess = kind_of(state_dict_of(name, steps=0))
+    assert (guess.kind, guess.confidence) == (name, "high")
+
+
+def test_never_stepped_adamax_is_honestly_ambiguous_with_radam_keys_of_older_torch():
+    guess = kind_of(state_dict_of("Adamax", steps=0))
+    assert guess.confidence == "low"
+    assert guess.candidates == ("Adamax", "RAdam")
+    assert "no state entries" in guess.reason
+
+
+def _without(sd: dict[str, Any], key: str) -> dict[str, Any]:
+    return {**sd, "param_groups": [{k: v for k, v in g.items() if k != key}
+                                   for g in sd["param_groups"]]}
+
+
+def test_adam_and_adamw_from_decoupled_weight_decay():
+    assert kind_of(state_dict_of("AdamW")).kind == "AdamW"
+    assert kind_of(state_dict_of("Adam")).kind == "Adam"
+    # Adam(decoupled_weight_decay=True) is AdamW's update; reported as AdamW.
+    both = kind_of(state_dict_of("Adam", decoupled_weight_decay=True))
+    assert (both.kind, both.confidence) == ("AdamW", "high")
+
+
+@pytest.mark.parametrize(("name", "wd", "kind", "confidence"), [
+    ("Adam", 0.0, "Adam", "medium"),
+    ("AdamW", 0.01, "AdamW", "medium"),  # AdamW's default weight decay
+    ("Adam", 0.05, "Adam", "low"),
+])
+def test_older_torch_adam_without_decoupled_key_says_how_sure(name, wd, kind, confidence):
+    sd = _without(state_dict_of(name, weight_decay=wd), "decoupled_weight_decay")
+    guess = kind_of(sd)
+    assert (guess.kind, guess.confidence) == (kind, confidence)
+    assert guess.candidates == ("Adam", "AdamW")
+
+
+def test_torch_1x_sgd_keys_are_still_sgd():
+    sd = state_dict_of("SGD")
+    for k in ("maximize", "foreach", "differentiable", "fused"):
+        sd = _without(sd, k)
+    assert kind_of(sd).kind == "SGD"
+    assert kind_of(sd).confidence == "high"
+
+
+def test_scheduler_keys_do_not_lower_confidence():
+    opt, _ = stepped_optimizer("SGD")
+    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=10)
+    sd = opt.state_dict()
+    assert {"initial_lr", "max_lr", "min_lr"} <= set(sd["param_groups"][0])
+    guess = kind_of(sd)
+    assert (guess.kind, guess.confidence) == ("SGD", "high")
+
+
+def test_foreign_group_key_gives_medium_and_names_it():
+    sd = state_dict_of("RMSprop")
+    sd["param_groups"][0]["my_flag"] = True
+    guess = kind_of(sd)
+    assert (guess.kind, guess.confidence) == ("RMSprop", "medium")
+    assert guess.foreign == ("my_flag",)
+    assert "my_flag" in guess.reason
+
+
+def test_unknown_optimizer_lists_the_keys_seen():
+    # A Lion-like optimizer: lr, betas, weight_decay and one momentum buffer.
+    groups = [{"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0}]
+    guess = infer_kind(groups, {"exp_avg"})
+    assert (guess.kind, guess.confidence) == ("unknown", "none")
+    assert guess.state_keys == ("exp_avg",)
+    assert guess.hyperparams == ("betas", "lr", "weight_decay")
+    assert "exp_avg" in guess.reason and "betas" in guess.reason
+
+
+def test_state_keys_from_another_optimizer_make_it_unknown():
+    # SGD's groups with Adam's buffers: no torch optimizer writes that combination.
+    sd = state_dict_of("SGD")
+    guess = infer_kind([{k: v for k, v in sd["param_groups"][0].items() if k != "params"}],
+                       {"exp_avg", "exp_avg_sq", "step"})
+    assert guess.kind == "unknown"
+
+
+def test_to_dict_is_plain():
+    d = kind_of(state_dict_of("NAdam")).to_dict()
+    assert d["kind"] == "NAdam"
+    assert d["state_keys"] == ["exp_avg", "exp_avg_sq", "mu_product", "step"]
+    assert isinstance(d["candidates"], list)
