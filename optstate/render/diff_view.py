@@ -84,24 +84,22 @@ def _side(name: str, side: dict[str, Any] | None, groups: int, params: int) -> T
 
 
 def tolerance_text(options: dict[str, Any]) -> str:
-    parts = ["exact"] if options["atol"] == 0 and options["rtol"] == 0 else [
-        f"atol {fmt(float(options['atol']))}, rtol {fmt(float(options['rtol']))}"]
-    parts.append("NaN = NaN" if options["nan_equal"] else "NaN ≠ NaN")
-    parts.append(f"matched by {options['match']}")
-    return ", ".join(parts)
+    tol = "exact" if options["atol"] == 0 and options["rtol"] == 0 else (
+        f"atol {fmt(float(options['atol']))}, rtol {fmt(float(options['rtol']))}")
+    nan = "NaN = NaN" if options["nan_equal"] else "NaN ≠ NaN"
+    return f"{tol} · {nan} · params matched by {options['match']}"
 
 
 def summary_line(report: dict[str, Any]) -> Text:
     n = report["counts"]
-    tol = tolerance_text(report["options"])
+    equal = f"{n['equal']} item{'s' * (n['equal'] != 1)} equal"
     if report["equal"]:
-        text = Text(f"no differences: {n['equal']} item{'s' * (n['equal'] != 1)} equal "
-                    f"({tol})", style="green")
+        text = Text(f"no differences: {equal}", style="green")
     else:
         more = "" if report["complete"] else " (stopped early)"
         text = Text(f"{n['differences']} difference{'s' * (n['differences'] != 1)}{more}: "
-                    f"{n['structural']} structural, {n['numeric']} numeric; {n['equal']} "
-                    f"item{'s' * (n['equal'] != 1)} equal ({tol})", style="bold")
+                    f"{n['structural']} structural, {n['numeric']} numeric; {equal}",
+                    style="bold")
     if n["ignored"]:
         text.append(f"; {n['ignored']} ignored", style="dim")
     return text
@@ -113,6 +111,7 @@ def diff_view(report: dict[str, Any]) -> Group:
     parts: list[Any] = [
         _side("a", report["a"], report["groups"][0], report["params"][0]),
         _side("b", report["b"], report["groups"][1], report["params"][1]),
+        Text(f"compared: {tolerance_text(report['options'])}", style="dim"),
     ]
     items = report["changes"] + report.get("same", [])
     scalars = [c for c in items if c["metrics"] is None]

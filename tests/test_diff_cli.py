@@ -1,0 +1,227 @@
+"""``optstate diff`` on the command line: output, JSON schema, exit status, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+
+def _sgd_files(folder):
+    """a.pt: SGD(momentum) after one step; b.pt: lr 0.1 -> 0.2 and one more step."""
+    ps = [torch.ones(2, 2, requires_grad=True), torch.ones(3, requires_grad=True)]
+    opt = torch.optim.SGD(ps, lr=0.1, momentum=0.9)
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    torch.save(opt.state_dict(), folder / "a.pt")
+    opt.param_groups[0]["lr"] = 0.2
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    torch.save(opt.state_dict(), folder / "b.pt")
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _sgd_files(tmp_path)
+    return tmp_path
+
+
+HEAD = ("a: a.pt · 1 group, 2 params\n"
+        "b: {b} · 1 group, 2 params\n"
+        "compared: exact · NaN = NaN · params matched by position\n")
+
+
+def test_identical_files_exit_0_with_one_summary_line(cli, files):
+    r = cli("diff", "a.pt", "a.pt")
+    assert r.exit_code == 0
+    assert r.stdout == HEAD.format(b="a.pt") + "no differences: 11 items equal\n"
+    assert r.stderr == ""
+
+
+def test_differences_exit_1_with_tables(cli, files):
+    r = cli("diff", "a.pt", "b.pt")
+    assert r.exit_code == 1
+    lines = r.stdout.splitlines()
+    assert lines[:3] == HEAD.format(b="b.pt").splitlines()
+    assert lines[-1] == "3 differences: 0 structural, 3 numeric; 8 items equal"
+    row = next(ln for ln in lines if "param_groups[0].lr" in ln)
+    assert row.split("│")[1:5] == [" param_groups[0].lr ", " changed ", " 0.1 ", " 0.2 "]
+    # momentum_buffer after 1 step is 1 everywhere, after 2 steps 0.9 + 1 = 1.9
+    row = next(ln for ln in lines if "state[1].momentum_buffer" in ln)
+    assert [c.strip() for c in row.split("│")[1:7]] == [
+        "state[1].momentum_buffer", "3/3", "0.9", "0.473684", "1.73205", "3.2909"]
+
+
+def test_quiet_prints_nothing(cli, files):
+    for other, code in (("a.pt", 0), ("b.pt", 1)):
+        r = cli("diff", "-q", "a.pt", other)
+        assert (r.exit_code, r.stdout, r.stderr) == (code, "", "")
+
+
+def test_json_schema_and_paths(cli, files):
+    r = cli("diff", "--json", "a.pt", "b.pt")
+    assert r.exit_code == 1
+    rep = json.loads(r.stdout)
+    assert rep["schema"] == "optstate.diff/1"
+    assert rep["equal"] is False and rep["complete"] is True
+    assert rep["a"] == {"path": "a.pt", "location": "", "scheduler_location": None,
+                        "bytes": (files / "a.pt").stat().st_size, "format": "zip"}
+    assert [(c["path"], c["kind"]) for c in rep["changes"]] == [
+        ("param_groups[0].lr", "changed"), ("state[0].momentum_buffer", "values"),
+        ("state[1].momentum_buffer", "values")]
+    assert rep["changes"][0] == {"path": "param_groups[0].lr", "kind": "changed",
+                                 "before": 0.1, "after": 0.2, "metrics": None}
+    m = rep["changes"][1]["metrics"]
+    x, y = torch.ones(4, dtype=torch.float64), torch.full((4,), 1.9).double()
+    assert m == {"numel": 4, "outside": 4, "max_abs": float((x - y).abs().max()),
+                 "max_rel": float(((x - y).abs() / y).max()), "norm_a": float(x.norm()),
+                 "norm_b": float(y.norm())}
+    assert rep["counts"] == {"differences": 3, "structural": 0, "numeric": 3, "equal": 8,
+                             "ignored": 0}
+    assert rep["omitted"] == 0 and "same" not in rep
+
+
+def test_json_verbose_lists_equal_items(cli, files):
+    rep = json.loads(cli("diff", "--json", "-v", "a.pt", "a.pt").stdout)
+    assert rep["equal"] is True and rep["changes"] == []
+    paths = [c["path"] for c in rep["same"]]
+    assert paths[0] == "param_groups[0].lr" and paths[-2:] == [
+        "state[0].momentum_buffer", "state[1].momentum_buffer"]
+    assert len(paths) == 11
+
+
+def test_verbose_human_view_lists_equal_items(cli, files):
+    r = cli("diff", "-v", "a.pt", "a.pt")
+    assert r.exit_code == 0
+    assert "param_groups[0].nesterov" in r.stdout
+    assert "state[0].momentum_buffer" in r.stdout
+
+
+def test_max_diffs_caps_the_listing(cli, files):
+    rep = json.loads(cli("diff", "--json", "--max-diffs", "1", "a.pt", "b.pt").stdout)
+    assert len(rep["changes"]) == 1 and rep["omitted"] == 2
+    r = cli("diff", "--max-diffs", "1", "a.pt", "b.pt")
+    assert "… 2 more differences not listed (--max-diffs)" in r.stdout
+    assert "momentum_buffer" not in r.stdout
+
+
+def test_tolerances_and_ignore_from_the_command_line(cli, files):
+    # buffers differ by 0.9 (b = 1.9): inside atol 0.5 + rtol 0.25 * 1.9 = 0.975
+    assert cli("diff", "-q", "--ignore", "lr", "--atol", "0.5", "--rtol", "0.25", "a.pt",
+               "b.pt").exit_code == 0
+    assert cli("diff", "-q", "--ignore", "lr", "--atol", "0.5", "a.pt", "b.pt").exit_code == 1
+    assert cli("diff", "-q", "--ignore", "lr", "--rtol", "0.25", "a.pt", "b.pt").exit_code == 1
+    rep = json.loads(cli("diff", "--json", "--ignore", "momentum_buffer", "--ignore", "lr",
+                         "a.pt", "b.pt").stdout)
+    assert rep["equal"] is True and rep["counts"]["ignored"] == 3
+    assert rep["options"]["ignore"] == ["momentum_buffer", "lr"]
+
+
+def test_nan_differs(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sd = {"state": {0: {"buf": torch.tensor([1.0, math.nan])}},
+          "param_groups": [{"params": [0], "lr": 0.1}]}
+    torch.save(sd, "a.pt")
+    torch.save(sd, "b.pt")
+    assert cli("diff", "-q", "a.pt", "b.pt").exit_code == 0
+    r = cli("diff", "--json", "--nan-differs", "a.pt", "b.pt")
+    assert r.exit_code == 1
+    assert json.loads(r.stdout)["changes"][0]["metrics"]["outside"] == 1
+
+
+def test_key_per_side(cli, files):
+    a = torch.load(files / "a.pt", weights_only=True)
+    b = torch.load(files / "b.pt", weights_only=True)
+    torch.save({"optimizer_states": [b, a], "epoch": 3}, "lightning.ckpt")
+    r = cli("diff", "a.pt", "lightning.ckpt")
+    assert r.exit_code == 2
+    # the wording is locate's (owned by inspect); diff passes it through as one line
+    assert r.stderr.startswith("Error: lightning.ckpt holds 2 optimizer states")
+    assert "Hint: pick one with --key" in r.stderr
+    assert cli("diff", "-q", "a.pt", "lightning.ckpt", "--key-b",
+               "optimizer_states[1]").exit_code == 0
+    assert cli("diff", "-q", "a.pt", "lightning.ckpt", "--key-b",
+               "optimizer_states[0]").exit_code == 1
+    rep = json.loads(cli("diff", "--json", "lightning.ckpt", "lightning.ckpt", "--key-a",
+                         "optimizer_states[0]", "--key-b", "optimizer_states[1]").stdout)
+    assert rep["a"]["location"] == "optimizer_states[0]"
+    assert rep["b"]["location"] == "optimizer_states[1]"
+    assert rep["changes"][0]["before"] == 0.2
+    # --key applies to both sides
+    assert cli("diff", "-q", "lightning.ckpt", "lightning.ckpt", "--key",
+               "optimizer_states[1]").exit_code == 0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("a.pt", "missing.pt"), "Error: missing.pt does not exist"),
+    (("-q", "--json", "a.pt", "b.pt"),
+     "Error: --quiet prints nothing; it cannot be combined with --json"),
+    (("--atol", "-1", "a.pt", "b.pt"), "Error: --atol must be a finite number >= 0, got -1.0"),
+    (("--max-diffs", "-1", "a.pt", "b.pt"), "Error: --max-diffs must be 0 or more, got -1"),
+    (("--match", "name", "a.pt", "b.pt"),
+     "Error: --match name needs parameter names in both states "
+     "(param_groups[*].param_names, unique)"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(cli, files, args, message):
+    r = cli("diff", *args)
+    assert r.exit_code == 2
+    assert r.stdout == ""
+    assert r.stderr.splitlines()[0] == message
+    assert "Traceback" not in r.stderr
+
+
+def test_not_an_optimizer_state_is_exit_2(cli, files):
+    torch.save({"w": torch.zeros(2)}, "model.pt")
+    r = cli("diff", "a.pt", "model.pt")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0].startswith("Error: model.pt holds a model state_dict")
+
+
+def test_hint_for_torch_version_keys_goes_to_stderr(cli, files):
+    sd = torch.load(files / "a.pt", weights_only=True)
+    del sd["param_groups"][0]["foreach"]
+    torch.save(sd, "old.pt")
+    r = cli("diff", "a.pt", "old.pt")
+    assert r.exit_code == 1
+    assert r.stderr == "Hint: keys that differ between torch versions: --ignore foreach\n"
+    assert cli("diff", "-q", "--ignore", "foreach", "a.pt", "old.pt").exit_code == 0
+
+
+def test_scheduler_difference_and_note(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    opt = torch.optim.SGD([torch.ones(2, requires_grad=True)], lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, "a.pt")
+    torch.save({"optimizer": opt.state_dict(), "scheduler": {**sched.state_dict(),
+                                                             "last_epoch": 7}}, "b.pt")
+    torch.save(opt.state_dict(), "bare.pt")
+    rep = json.loads(cli("diff", "--json", "a.pt", "b.pt").stdout)
+    assert [(c["path"], c["before"], c["after"]) for c in rep["changes"]] == [
+        ("scheduler.last_epoch", 0, 7)]
+    r = cli("diff", "a.pt", "bare.pt")
+    assert r.exit_code == 0
+    assert "note: only a has a scheduler state (scheduler); not compared" in r.stdout
+
+
+def test_unsafe_warns(cli, files):
+    r = cli("diff", "--unsafe", "a.pt", "a.pt")
+    assert r.exit_code == 0
+    assert r.stderr.startswith("WARNING: --unsafe")
+
+
+def test_help_teaches(cli):
+    r = cli("diff", "--help")
+    assert r.exit_code == 0
+    assert "Compare two optimizer checkpoints" in r.stdout
+    assert "optstate diff -q step1000.pt step2000.pt && echo same" in r.stdout
+
+
+@pytest.mark.slow  # one real process (imports torch): exit status as a shell sees it
+def test_exit_status_in_a_real_process(run_cli, files):
+    r = run_cli("diff", "-q", "a.pt", "b.pt", cwd=files)
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", "")
