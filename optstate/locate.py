@@ -127,15 +127,48 @@ def describe_contents(obj: Any) -> str:
     if isinstance(obj, dict):
         if not obj:
             return "an empty dict"
-        n_tensors = sum(isinstance(v, torch.Tensor) for v in obj.values())
-        if n_tensors == len(obj):
-            return f"a model state_dict with {n_tensors} tensor{'s' * (n_tensors != 1)}"
-        keys = [str(k) for k in list(obj)[:8]]
+        if is_scheduler_state(obj):
+            return f"an LR scheduler state_dict (last_epoch {obj.get('last_epoch')})"
+        model = _describe_model_state(obj)
+        if model is not None:
+            return model
+        keys = []
+        for k in list(obj)[:8]:
+            inner = _describe_model_state(obj[k]) if isinstance(obj[k], dict) else None
+            keys.append(f"{k} ({inner})" if inner else str(k))
         more = f", … ({len(obj)} keys)" if len(obj) > 8 else ""
-        return f"a dict with keys {', '.join(keys)}{more}"
+        what = "a dict"
+        if any(str(k).startswith("pytorch-lightning_version") for k in obj):
+            what = "a PyTorch Lightning checkpoint saved without optimizer state (as " \
+                   "save_weights_only=True does)," if "optimizer_states" not in obj else \
+                   "a PyTorch Lightning checkpoint"
+        return f"{what} with keys {', '.join(keys)}{more}"
     if isinstance(obj, (list, tuple)):
         return f"a {type(obj).__name__} of {len(obj)} item{'s' * (len(obj) != 1)}"
     return f"a {type(obj).__name__}"
+
+
+def _describe_model_state(obj: dict[Any, Any]) -> str | None:
+    """'a model state_dict with N tensors' when every value is a tensor."""
+    import torch
+
+    if not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return None
+    n = len(obj)
+    numel = sum(v.numel() for v in obj.values())
+    return f"a model state_dict with {n} tensor{'s' * (n != 1)} ({numel:,} elements)"
+
+
+def summarize_candidate(state: dict[str, Any]) -> str:
+    """'Adam, 2 groups, 5 params' for listing the optimizer states a file holds."""
+    from .kind import infer_kind
+
+    groups = [g for g in state["param_groups"] if isinstance(g, dict)]
+    n_params = sum(len(g.get("params", [])) for g in groups)
+    keys = {str(k) for v in state["state"].values() if isinstance(v, dict) for k in v}
+    kind = infer_kind([{k: v for k, v in g.items() if k != "params"} for g in groups], keys)
+    return (f"{kind.kind}, {len(groups)} group{'s' * (len(groups) != 1)}, {n_params} "
+            f"param{'s' * (n_params != 1)}")
 
 
 def locate(source: Source, key: str | None = None) -> Located:
@@ -158,8 +191,9 @@ def locate(source: Source, key: str | None = None) -> Located:
             "(optimizer.state_dict())",
         )
     elif len(found) > 1:
+        listing = "; ".join(f"{loc} ({summarize_candidate(st)})" for loc, st in found)
         raise NoOptimizerStateError(
-            f"{source.label} holds {len(found)} optimizer states: {', '.join(candidates)}",
+            f"{source.label} holds {len(found)} optimizer states: {listing}",
             hint=f"pick one with --key, e.g. --key '{candidates[0] or '.'}'",
         )
     else:

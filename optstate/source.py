@@ -32,6 +32,8 @@ class Source:
     # Objects read from files beside the main one, by role (e.g. "scheduler").
     siblings: dict[str, Any] = field(default_factory=dict)
     sibling_files: dict[str, Path] = field(default_factory=dict)
+    # Sibling files that exist but could not be read (role -> one-line reason).
+    sibling_errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -44,7 +46,10 @@ def open_source(path: str | Path, *, mmap: bool = True, unsafe: bool = False) ->
     if p.is_dir():
         return _open_folder(p, mmap=mmap, unsafe=unsafe)
     loaded = load_torch_file(p, mmap=mmap, unsafe=unsafe)
-    return Source(path=p, file=p, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj)
+    src = Source(path=p, file=p, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj)
+    if p.name in HF_OPTIMIZER_FILES:  # a Trainer / accelerate file named directly
+        _add_scheduler_sibling(src, p.parent, unsafe=unsafe)
+    return src
 
 
 def _open_folder(p: Path, *, mmap: bool, unsafe: bool) -> Source:
@@ -61,8 +66,17 @@ def _open_folder(p: Path, *, mmap: bool, unsafe: bool) -> Source:
         )
     loaded = load_torch_file(opt_file, mmap=mmap, unsafe=unsafe)
     src = Source(path=p, file=opt_file, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj)
-    sched_file = next((p / n for n in HF_SCHEDULER_FILES if (p / n).is_file()), None)
-    if sched_file is not None:
-        src.siblings["scheduler"] = load_torch_file(sched_file, unsafe=unsafe).obj
-        src.sibling_files["scheduler"] = sched_file
+    _add_scheduler_sibling(src, p, unsafe=unsafe)
     return src
+
+
+def _add_scheduler_sibling(src: Source, folder: Path, *, unsafe: bool) -> None:
+    """Load the scheduler file that Trainer / accelerate write beside the optimizer's."""
+    sched_file = next((folder / n for n in HF_SCHEDULER_FILES if (folder / n).is_file()), None)
+    if sched_file is None:
+        return
+    src.sibling_files["scheduler"] = sched_file
+    try:  # the optimizer state is still worth showing when its scheduler file is broken
+        src.siblings["scheduler"] = load_torch_file(sched_file, unsafe=unsafe).obj
+    except CheckpointError as e:
+        src.sibling_errors["scheduler"] = str(e)

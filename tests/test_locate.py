@@ -1,0 +1,209 @@
+"""Finding the optimizer state (and its scheduler) in real container layouts."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from optstate.errors import CheckpointError, NoOptimizerStateError
+from optstate.locate import locate, resolve_key
+from optstate.source import open_source
+from tests.optim_states import stepped_optimizer
+
+
+def _opt_and_sched(name: str = "SGD", seed: int = 0):
+    opt, params = stepped_optimizer(name, steps=3, seed=seed)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": on purpose
+        warnings.simplefilter("ignore")
+        sched.step()
+    model = {"layer.weight": params[0].detach().clone(), "layer.bias": params[1].detach().clone()}
+    return opt.state_dict(), sched.state_dict(), model
+
+
+def _same(a, b) -> bool:
+    return a["param_groups"] == b["param_groups"] and all(
+        all(torch.equal(a["state"][k][e], b["state"][k][e]) if torch.is_tensor(b["state"][k][e])
+            else a["state"][k][e] == b["state"][k][e] for e in b["state"][k])
+        for k in b["state"])
+
+
+def test_plain_state_dict_is_found_at_top_level(tmp_path):
+    sd, _, _ = _opt_and_sched()
+    torch.save(sd, tmp_path / "opt.pkl")
+    found = locate(open_source(tmp_path / "opt.pkl"))
+    assert found.location == ""
+    assert found.candidates == ("",)
+    assert found.scheduler is None
+    assert _same(found.state, sd)
+
+
+def test_pytorch_tutorial_general_checkpoint(tmp_path):
+    sd, _, model = _opt_and_sched()
+    torch.save({"epoch": 5, "model_state_dict": model, "optimizer_state_dict": sd,
+                "loss": 0.25}, tmp_path / "model.tar")
+    found = locate(open_source(tmp_path / "model.tar"))
+    assert found.location == "optimizer_state_dict"
+    assert _same(found.state, sd)
+
+
+@pytest.mark.parametrize("key", ["optimizer", "optim", "opt", "optimizer_state"])
+def test_common_keys(tmp_path, key):
+    sd, sched, model = _opt_and_sched()
+    torch.save({"model": model, key: sd, "scheduler": sched, "step": 3}, tmp_path / "c.pth")
+    found = locate(open_source(tmp_path / "c.pth"))
+    assert found.location == key
+    assert found.scheduler_location == "scheduler"
+    assert found.scheduler["last_epoch"] == 1
+
+
+def _lightning(sds, scheds, model):
+    return {
+        "epoch": 2, "global_step": 30, "pytorch-lightning_version": "2.4.0",
+        "state_dict": model, "loops": {"fit_loop": {"state_dict": {}}}, "callbacks": {},
+        "optimizer_states": sds, "lr_schedulers": scheds, "hparams_name": "kwargs",
+        "hyper_parameters": {"lr": 0.1},
+    }
+
+
+def test_lightning_single_optimizer_pairs_its_scheduler(tmp_path):
+    sd, sched, model = _opt_and_sched()
+    torch.save(_lightning([sd], [sched], model), tmp_path / "epoch=2.ckpt")
+    found = locate(open_source(tmp_path / "epoch=2.ckpt"))
+    assert found.location == "optimizer_states[0]"
+    assert found.scheduler_location == "lr_schedulers[0]"
+    assert found.scheduler["base_lrs"] == sched["base_lrs"]
+
+
+def test_lightning_two_optimizers_are_listed_and_key_picks_one(tmp_path):
+    sd0, sched0, model = _opt_and_sched("SGD")
+    sd1, sched1, _ = _opt_and_sched("Adam", seed=1)
+    torch.save(_lightning([sd0, sd1], [sched0, sched1], model), tmp_path / "gan.ckpt")
+    src = open_source(tmp_path / "gan.ckpt")
+    with pytest.raises(NoOptimizerStateError) as e:
+        locate(src)
+    assert str(e.value) == (
+        f"{tmp_path / 'gan.ckpt'} holds 2 optimizer states: optimizer_states[0] (SGD, 1 group, "
+        "2 params); optimizer_states[1] (Adam, 1 group, 2 params)")
+    assert e.value.hint == "pick one with --key, e.g. --key 'optimizer_states[0]'"
+    found = locate(src, key="optimizer_states[1]")
+    assert found.location == "optimizer_states[1]"
+    assert _same(found.state, sd1)
+    assert found.scheduler_location == "lr_schedulers[1]"
+    assert found.candidates == ("optimizer_states[0]", "optimizer_states[1]")
+
+
+def test_lightning_weights_only_says_what_it_holds(tmp_path):
+    _, _, model = _opt_and_sched()
+    ckpt = _lightning([], [], model)
+    del ckpt["optimizer_states"], ckpt["lr_schedulers"]
+    torch.save(ckpt, tmp_path / "w.ckpt")
+    with pytest.raises(NoOptimizerStateError) as e:
+        locate(open_source(tmp_path / "w.ckpt"))
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'w.ckpt'} holds a PyTorch Lightning checkpoint saved "
+                          "without optimizer state")
+    assert "state_dict (a model state_dict with 2 tensors (16 elements))" in msg
+    assert msg.endswith("; no optimizer state found")
+
+
+def test_model_only_file(tmp_path):
+    model = {f"l{i}.weight": torch.zeros(2, 3) for i in range(4)}
+    torch.save(model, tmp_path / "model.bin")
+    with pytest.raises(NoOptimizerStateError) as e:
+        locate(open_source(tmp_path / "model.bin"))
+    assert str(e.value) == (f"{tmp_path / 'model.bin'} holds a model state_dict with 4 tensors "
+                            "(24 elements); no optimizer state found")
+
+
+def test_scheduler_only_file(tmp_path):
+    _, sched, _ = _opt_and_sched()
+    torch.save(sched, tmp_path / "scheduler.pt")
+    with pytest.raises(NoOptimizerStateError, match="an LR scheduler state_dict "
+                       r"\(last_epoch 1\); no optimizer state found"):
+        locate(open_source(tmp_path / "scheduler.pt"))
+
+
+def _hf_folder(tmp_path, opt_name="optimizer.pt", sched_name="scheduler.pt"):
+    sd, sched, model = _opt_and_sched("AdamW")
+    folder = tmp_path / "checkpoint-500"
+    folder.mkdir()
+    torch.save(sd, folder / opt_name)
+    torch.save(sched, folder / sched_name)
+    torch.save(model, folder / "pytorch_model.bin")
+    (folder / "trainer_state.json").write_text('{"global_step": 500}')
+    return folder, sd, sched
+
+
+@pytest.mark.parametrize(("opt_name", "sched_name"), [
+    ("optimizer.pt", "scheduler.pt"),  # Hugging Face Trainer
+    ("optimizer.bin", "scheduler.bin"),  # accelerate save_state
+])
+def test_hf_and_accelerate_folders(tmp_path, opt_name, sched_name):
+    folder, sd, sched = _hf_folder(tmp_path, opt_name, sched_name)
+    src = open_source(folder)
+    assert src.file == folder / opt_name
+    found = locate(src)
+    assert found.location == ""
+    assert _same(found.state, sd)
+    assert found.scheduler_location == sched_name
+    assert found.scheduler["_last_lr"] == sched["_last_lr"]
+
+
+def test_hf_optimizer_file_named_directly_finds_its_scheduler(tmp_path):
+    folder, _, sched = _hf_folder(tmp_path)
+    found = locate(open_source(folder / "optimizer.pt"))
+    assert found.scheduler_location == "scheduler.pt"
+    assert found.scheduler["last_epoch"] == sched["last_epoch"]
+
+
+def test_broken_scheduler_beside_optimizer_does_not_hide_the_optimizer(tmp_path):
+    folder, sd, _ = _hf_folder(tmp_path)
+    (folder / "scheduler.pt").write_bytes(b"PK\x03\x04 broken")
+    src = open_source(folder)
+    assert "scheduler" in src.sibling_errors
+    found = locate(src)
+    assert found.scheduler is None
+    assert _same(found.state, sd)
+
+
+def test_folder_without_optimizer_file(tmp_path):
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="no optimizer.pt or optimizer.bin"):
+        open_source(tmp_path)
+
+
+def test_nested_container_location_and_key(tmp_path):
+    sd, _, _ = _opt_and_sched()
+    torch.save({"trainer": {"optimizer": sd, "step": 4}, "meta": [1, 2]}, tmp_path / "n.pt")
+    src = open_source(tmp_path / "n.pt")
+    assert locate(src).location == "trainer.optimizer"
+    assert locate(src, key="trainer.optimizer").location == "trainer.optimizer"
+    assert resolve_key(src.obj, "meta[1]") == 2
+
+
+def test_key_errors_say_what_is_there(tmp_path):
+    sd, _, model = _opt_and_sched()
+    torch.save({"model": model, "optimizer": sd}, tmp_path / "c.pt")
+    src = open_source(tmp_path / "c.pt")
+    with pytest.raises(NoOptimizerStateError) as e:
+        locate(src, key="optim")
+    assert str(e.value) == "--key 'optim': nothing at 'optim' in this checkpoint"
+    assert e.value.hint.startswith("it holds a dict with keys model (a model state_dict")
+    with pytest.raises(NoOptimizerStateError) as e:
+        locate(src, key="model")
+    assert str(e.value) == ("--key 'model' is a model state_dict with 2 tensors (16 elements), "
+                            "not an optimizer state")
+    assert e.value.hint == "optimizer states are at: optimizer"
+
+
+def test_legacy_non_zip_format(tmp_path):
+    sd, _, _ = _opt_and_sched()
+    torch.save({"optimizer": sd}, tmp_path / "old.pth", _use_new_zipfile_serialization=False)
+    src = open_source(tmp_path / "old.pth")
+    assert src.format == "legacy"
+    found = locate(src)
+    assert found.location == "optimizer"
+    assert _same(found.state, sd)
