@@ -283,16 +283,12 @@ def _check_storages(path: Path, f: Any, zinfo: _ZipInfo) -> None:
     for key, nbytes in needed.items():
         have = zinfo.sizes.get(f"data/{key}")
         if have is None:
-            raise CheckpointError(
-                f"{path} is damaged: the data of tensor storage {key} (data/{key}) is missing",
-                hint="re-copy or re-save the checkpoint",
-            )
+            raise CheckpointError(f"{path} is damaged: tensor data data/{key} is missing",
+                                  hint="re-copy or re-save the checkpoint")
         if have < nbytes:
             raise CheckpointError(
-                f"{path} is damaged: tensor storage {key} needs {nbytes} bytes but the file "
-                f"holds {have}",
-                hint="re-copy or re-save the checkpoint",
-            )
+                f"{path} is damaged: a tensor needs {nbytes} bytes but its data holds {have}",
+                hint="re-copy or re-save the checkpoint")
 
 
 def _refusal(path: Path, e: BaseException) -> CheckpointError:

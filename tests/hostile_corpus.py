@@ -481,7 +481,8 @@ def orphan_state_ids(d: Path) -> Path:
 
 def bad_sparse(d: Path) -> Path:
     """A sparse COO tensor whose indices point outside its shape."""
-    t = torch.sparse_coo_tensor(torch.tensor([[0, 1]]), torch.tensor([1.0, 2.0]), (2,))
+    t = torch.sparse_coo_tensor(torch.tensor([[0, 1]]), torch.tensor([1.0, 2.0]), (2,),
+                                check_invariants=True)
     sd = adamw_state()
     sd["state"][0]["sparse"] = t
     p = d / "bad_sparse.pt"
