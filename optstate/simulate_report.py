@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .report import groups_report, params_report, plain
+from .report import entry_report, groups_report, params_report, plain
 from .simulate import SimulationResult
 from .state import OptimizerStateView
 
@@ -21,6 +21,8 @@ def simulate_report(result: SimulationResult) -> dict[str, Any]:
         entry["shape"] = list(p.shape)
         if p.numel() <= VALUES_UP_TO:
             entry["values"] = plain(p.detach().tolist())
+        else:
+            entry["summary"] = entry_report(p.detach())
         for name, value in list(view.params[entry["position"]].state.items()):
             if hasattr(value, "numel") and 0 < value.numel() <= VALUES_UP_TO and value.dim() > 0:
                 entry["state"][str(name)]["values"] = plain(value.tolist())

@@ -150,7 +150,7 @@ def simulate(
 
         print_json(dumps(report))
     else:
-        from ..render.human import simulate_view
+        from ..render.simulate_view import simulate_view
 
         stdout_console().print(simulate_view(report))
         if plot is not None:
