@@ -3,7 +3,9 @@
 An element pair (a, b) is within tolerance when ``|a - b| <= atol + rtol * |b|``
 (both tolerances at once, as numpy and torch do); NaN against NaN counts as equal
 unless ``nan_equal=False``; NaN against a number never does; +Inf equals +Inf.
-Metrics are computed in float64 so they agree with a plain torch expression.
+Metrics are computed in float64 so they agree with a plain torch expression on
+``a.double()`` and ``b.double()``: counts and ``max_abs``/``max_rel`` exactly, the norms to
+a relative ``kernels.SUM_RTOL`` (1e-12). Complex tensors are compared as complex128.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
+from .kernels import Progress, compare
 
 
 @dataclass(frozen=True)
@@ -28,13 +32,27 @@ class TensorComparison:
 
 
 def compare_tensors(a: torch.Tensor, b: torch.Tensor, *, atol: float = 0.0, rtol: float = 0.0,
-                    nan_equal: bool = True) -> TensorComparison:
-    """Compare two tensors of the same shape (dtype may differ)."""
+                    nan_equal: bool = True, progress: Progress | None = None
+                    ) -> TensorComparison:
+    """Compare two tensors of the same shape (dtype may differ), in one chunked pass over
+    both (``kernels.compare``); ``progress`` is called with bytes as they are processed."""
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     if a.numel() == 0:
         return TensorComparison(True, 0, None, None, 0.0, 0.0)
-    x, y = a.detach().double(), b.detach().double()
+    if a.is_complex() or b.is_complex():
+        return _compare_whole(a, b, atol=atol, rtol=rtol, nan_equal=nan_equal)
+    r = compare(a, b, atol=atol, rtol=rtol, nan_equal=nan_equal, progress=progress)
+    return TensorComparison(
+        equal=r.n_outside == 0, n_outside=r.n_outside, max_abs=r.max_abs, max_rel=r.max_rel,
+        norm_a=r.norm_a, norm_b=r.norm_b,
+    )
+
+
+def _compare_whole(a: torch.Tensor, b: torch.Tensor, *, atol: float, rtol: float,
+                   nan_equal: bool) -> TensorComparison:
+    """The reference definition on whole tensors (complex values take this path)."""
+    x, y = a.detach().to(torch.complex128), b.detach().to(torch.complex128)
     close = torch.isclose(x, y, rtol=rtol, atol=atol, equal_nan=nan_equal)
     n_outside = int((~close).sum())
     fin = torch.isfinite(x) & torch.isfinite(y)
