@@ -279,7 +279,9 @@ def compare_trees(before: Any, after: Any, path: str = "") -> tuple[list[str], i
 
 def _same_opaque(a: Any, b: Any) -> bool:
     """Objects only --unsafe loads (argparse Namespaces, dataclasses): equal by __dict__."""
-    if type(a) is not type(b) or not hasattr(a, "__dict__"):
+    import torch
+
+    if type(a) is not type(b) or isinstance(a, torch.Tensor) or not hasattr(a, "__dict__"):
         return False
     d, _ = compare_trees(vars(a), vars(b))
     return not d
