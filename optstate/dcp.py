@@ -30,6 +30,7 @@ import contextlib
 import io
 import os
 import pickle
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import (
     BytesStorageMetadata,
@@ -241,14 +243,22 @@ class DcpCheckpoint:
                 dcp.load(sd, storage_reader=self.reader, planner=planner, no_dist=True)
         except CheckpointError:
             raise
-        except pickle.UnpicklingError as e:
-            raise UnsafeCheckpointError(
-                f"{self.path}: a stored value of the {what} was refused by safe loading "
-                f"({_first_line(e)})"
-            ) from None
-        except Exception as e:  # CheckpointException and friends wrap per-rank errors
+        except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
+            cause = _root_cause(e)
+            if isinstance(cause, CheckpointError):
+                raise cause from None
+            text = str(cause)
+            m = re.search(r"GLOBAL\s+([\w.]+)", text)
+            if m:
+                raise UnsafeCheckpointError(
+                    f"{self.path}: the {what} need {m.group(1)}, which safe loading does not "
+                    "allow; refused without running it"
+                ) from None
+            m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
             raise CheckpointError(
-                f"cannot read the {what} from {self.path}: {_first_line(e)}"
+                f"cannot read the {what} from {self.path}: "
+                f"{m.group(1).strip() if m else _first_line(cause)}",
+                hint="the checkpoint's data files are damaged or truncated",
             ) from None
 
     def lazy(self, key: str) -> LazyTensor:
@@ -316,6 +326,18 @@ def _restore_positions(node: Any) -> Any:
     elif isinstance(node, list):
         return [_restore_positions(v) for v in node]
     return node
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The per-rank error a CheckpointException wraps (the first one)."""
+    failures = getattr(e, "failures", None)
+    if isinstance(failures, dict) and failures:
+        inner = next(iter(failures.values()))
+        if isinstance(inner, BaseException):
+            return inner
+        if isinstance(inner, tuple) and inner and isinstance(inner[0], BaseException):
+            return inner[0]
+    return e
 
 
 def _first_line(e: BaseException) -> str:
