@@ -11,30 +11,37 @@ from rich.text import Text
 from .human import fmt
 
 
+def _point(values: list[float | None]) -> str:
+    return "(" + ", ".join("–" if v is None else f"{v:.4g}" for v in values) + ")"
+
+
 def compare_view(report: dict[str, Any]) -> Group:
     obj = report["objective"]
-    head = [(obj["grad"], "bold")]
+    head: list[Any] = [(obj["grad"], "bold")]
     if obj["start"] is not None:
-        head.append(f" · start {fmt(obj['start'])}")
+        head.append(f" · start {_point(obj['start'])}")
     if obj["optimum"] is not None:
-        head.append(f" · optimum {fmt(obj['optimum'])}")
+        head.append(f" · optimum {_point(obj['optimum'])}")
     head.append(f" · {report['steps']} steps · seed {report['seed']}")
-    table = Table(title="final loss after the same steps", title_justify="left",
-                  title_style="bold")
-    for col in ("run", "optimizer", "settings", "lr", "loss (start)", "loss (final)",
-                "distance to optimum", "final params"):
-        table.add_column(col, justify="right" if col.startswith(("loss", "dist", "lr")) else
-                         "left")
+    table = Table()
+    for col in ("run", "settings", "loss (start)", "loss (final)", "distance to optimum",
+                "final params"):
+        table.add_column(col, justify="right" if col.startswith(("loss", "dist")) else "left")
     for r in report["runs"]:
-        settings = ", ".join(f"{k}={fmt(v)}" for k, v in r["hyperparams"].items()) or "defaults"
+        name = r["label"]
+        if r["label"] != r["optimizer"].lower():
+            name += f" ({r['optimizer']})"
+        settings = Text(", ".join(f"{k}={fmt(v)}" for k, v in r["hyperparams"].items()))
+        if "lr" not in r["hyperparams"]:
+            settings.append(("" if not settings.plain else ", ") + f"lr={fmt(r['lr'])}",
+                            style="dim")
         final = Text("diverged", style="bold red") if r["diverged"] else Text(
             fmt(r["final_loss"]))
-        style = "bold green" if r["label"] == report["best"] else ""
+        best = r["label"] == report["best"]
         table.add_row(
-            Text(r["label"] + (" ★" if style else "")), r["optimizer"], settings, fmt(r["lr"]),
+            Text(name + (" ★" if best else ""), style="bold green" if best else ""), settings,
             fmt(r["initial_loss"]), final, fmt(r["distance_to_optimum"]),
-            fmt(r["final_params"]) if r["final_params"] is not None else "(large)",
-            style=style,
+            _point(r["final_params"]) if r["final_params"] is not None else "(large)",
         )
     parts: list[Any] = [Text.assemble(*head), table]
     if report.get("plot"):
