@@ -81,6 +81,10 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
         "notes": [],
     }
     warnings, notes = state_warnings(view, kind.kind, param_reports, report["scheduler"])
+    for role, reason in source.sibling_errors.items():
+        warnings.append({"code": f"{role}_unreadable", "message": f"the {role} file beside the "
+                         f"optimizer state could not be read: {reason}",
+                         "where": [str(source.sibling_files[role])]})
     report["warnings"], report["notes"] = warnings, notes
     return report
 
