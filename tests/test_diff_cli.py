@@ -54,7 +54,7 @@ def test_differences_exit_1_with_tables(cli, files):
     # momentum_buffer after 1 step is 1 everywhere, after 2 steps 0.9 + 1 = 1.9
     row = next(ln for ln in lines if "state[1].momentum_buffer" in ln)
     assert [c.strip() for c in row.split("│")[1:7]] == [
-        "state[1].momentum_buffer", "3/3", "0.9", "0.473684", "1.73205", "3.2909"]
+        "state[1].momentum_buffer", "3/3", "0.9", "0.4737", "1.732", "3.291"]
 
 
 def test_quiet_prints_nothing(cli, files):

@@ -24,9 +24,10 @@ _OUT = "Output"
 
 @app.command(no_args_is_help=True)
 def diff(
-    a: Annotated[Path, typer.Argument(help="First checkpoint (file or checkpoint folder).",
-                                      show_default=False)],
-    b: Annotated[Path, typer.Argument(help="Second checkpoint.", show_default=False)],
+    a: Annotated[Path, typer.Argument(
+        metavar="A", help="First checkpoint (file or checkpoint folder).", show_default=False)],
+    b: Annotated[Path, typer.Argument(
+        metavar="B", help="Second checkpoint.", show_default=False)],
     atol: Annotated[float, typer.Option(
         help="Absolute tolerance: a pair is equal when |a−b| <= atol + rtol·|b|.",
         rich_help_panel=_CMP)] = 0.0,
@@ -66,8 +67,7 @@ def diff(
 ) -> None:
     """Compare two optimizer checkpoints; exit 0 if equal, 1 if they differ, 2 on error.
 
-    Compares param groups and hyperparameters, which params have state, every state
-    entry (shape, dtype, values within --atol/--rtol) and the scheduler state.
+    Compares groups, hyperparameters, params, state entries and the scheduler state.
 
     Example: optstate diff -q step1000.pt step2000.pt && echo same
     """

@@ -34,6 +34,11 @@ def _short(value: Any) -> str:
     return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
 
 
+def _num(value: float | None) -> str:
+    """Metrics to 4 significant digits so the table fits 80 columns (--json has all)."""
+    return "–" if value is None else f"{value:.4g}"
+
+
 def _absent(kind: str, side: str) -> bool:
     return (kind == "added" and side == "a") or (kind == "removed" and side == "b")
 
@@ -63,13 +68,13 @@ def _changes_table(changes: list[dict[str, Any]]) -> Table:
 def _tensors_table(changes: list[dict[str, Any]]) -> Table:
     """Tensor comparisons: how many elements differ and by how much."""
     table = Table(title="tensor values", title_justify="left", title_style="bold")
-    table.add_column("path", no_wrap=True)
+    table.add_column("path", overflow="fold")
     for col in ("outside", "max|a−b|", "max rel", "‖a‖", "‖b‖"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=True)
     for c in changes:
         m = c["metrics"]
-        table.add_row(c["path"], f"{m['outside']}/{m['numel']}", fmt(m["max_abs"]),
-                      fmt(m["max_rel"]), fmt(m["norm_a"]), fmt(m["norm_b"]),
+        table.add_row(c["path"], f"{m['outside']}/{m['numel']}", _num(m["max_abs"]),
+                      _num(m["max_rel"]), _num(m["norm_a"]), _num(m["norm_b"]),
                       style="dim" if c["kind"] == "equal" else "")
     return table
 
