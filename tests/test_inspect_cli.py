@@ -1,0 +1,184 @@
+"""``optstate inspect`` through the real CLI: JSON read back with json.loads, exact values."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from optstate.kernels import SUM_RTOL
+from tests.optim_states import state_dict_of, stepped_optimizer
+
+
+def _tutorial_checkpoint(tmp_path):
+    opt, params = stepped_optimizer("Adam", steps=3)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9)
+    opt.zero_grad()
+    sum(p.sum() for p in params).backward()
+    opt.step()
+    sched.step()
+    path = tmp_path / "model.tar"
+    torch.save({"epoch": 4, "model_state_dict": {"w": params[0].detach()},
+                "optimizer_state_dict": opt.state_dict(), "loss": 0.5,
+                "scheduler": sched.state_dict()}, path)
+    return path, opt.state_dict()
+
+
+def test_json_document_with_exact_values(cli, tmp_path):
+    path, sd = _tutorial_checkpoint(tmp_path)
+    r = cli("inspect", path, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr == ""
+    doc = json.loads(r.stdout)
+    assert doc["schema"] == "optstate.inspect/1"
+    assert doc["file"]["path"] == str(path)
+    assert doc["file"]["format"] == "zip"
+    assert doc["file"]["bytes"] == path.stat().st_size
+    assert doc["location"] == "optimizer_state_dict"
+    assert doc["optimizer"]["kind"] == "Adam"
+    assert doc["param_groups"][0]["params"] == [0, 1]
+    assert doc["param_groups"][0]["hyperparams"]["betas"] == [0.9, 0.999]
+    assert doc["param_groups"][0]["hyperparams"]["lr"] == sd["param_groups"][0]["lr"]
+    for p in doc["params"]:
+        raw = sd["state"][p["id"]]
+        assert p["state"]["step"] == {"value": 4.0, "dtype": "float32"}
+        for entry in ("exp_avg", "exp_avg_sq"):
+            t, rep = raw[entry], p["state"][entry]
+            assert rep["shape"] == list(t.shape)
+            assert rep["min"] == float(t.min()) and rep["max"] == float(t.max())
+            assert abs(rep["norm"] - float(t.double().norm())) <= SUM_RTOL * rep["norm"]
+            assert (rep["nan"], rep["inf"], rep["zeros"]) == (0, 0, 0.0)
+    assert doc["scheduler"]["kind"] == "ExponentialLR"
+    assert doc["scheduler"]["location"] == "scheduler"
+    assert doc["scheduler"]["last_epoch"] == 1
+    assert doc["scheduler"]["last_lr"] == [sd["param_groups"][0]["lr"]]
+    assert doc["totals"]["bytes_by_dtype"] == {"float32": 4 * (12 + 4) * 2 + 4 * 2}
+    assert doc["warnings"] == []
+
+
+def test_human_view(cli, tmp_path):
+    path, _ = _tutorial_checkpoint(tmp_path)
+    r = cli("inspect", path)
+    assert r.exit_code == 0, r.stderr
+    out = r.stdout
+    assert "\x1b[" not in out  # not a terminal: no colour codes
+    lines = out.splitlines()
+    assert lines[0] == f"file      {path}"
+    assert lines[1] == "format    torch.save zip"
+    assert lines[3] == "found at  optimizer_state_dict"
+    assert lines[4].startswith("optimizer Adam  confidence high:")
+    for text in ("param_groups", "hyperparameter", "exp_avg_sq", "statistics", "mean|x|",
+                 "totals: 1 group, 2 params (2 with state), 4 state tensors + 2 scalars",
+                 "scheduler ExponentialLR at scheduler: last_epoch 1"):
+        assert text in out, text
+
+
+def test_human_view_shows_warnings_and_values(cli, tmp_path):
+    sd = state_dict_of("SGD", steps=1)
+    sd["state"][1]["momentum_buffer"][0] = float("nan")
+    torch.save(sd, tmp_path / "nan.pt")
+    r = cli("inspect", tmp_path / "nan.pt", "--values", "--param", "1")
+    assert r.exit_code == 0
+    assert "warning [nan] NaN in state[1].momentum_buffer (1 NaN)" in r.stdout
+    assert "state[1].momentum_buffer = (nan" not in r.stdout
+    assert "state[1].momentum_buffer = (–, " in r.stdout  # NaN shown as –, count above
+    json.loads(cli("inspect", tmp_path / "nan.pt", "--json").stdout)  # still valid JSON
+
+
+def test_no_stats_json_has_structure_only(cli, tmp_path):
+    torch.save(state_dict_of("Adagrad"), tmp_path / "a.pt")
+    r = cli("inspect", tmp_path / "a.pt", "--no-stats", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["stats"] is False
+    assert doc["params"][0]["state"]["sum"] == {"shape": [3, 4], "dtype": "float32",
+                                                "numel": 12, "bytes": 48}
+    human = cli("inspect", tmp_path / "a.pt", "--no-stats").stdout
+    assert "statistics" not in human
+    assert "--no-stats: structure only" in human
+
+
+def test_group_and_param_focus(cli, tmp_path):
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1, momentum=0.9)
+    (a.sum() + b.sum()).backward()
+    opt.step()
+    torch.save(opt.state_dict(), tmp_path / "g.pt")
+    doc = json.loads(cli("inspect", tmp_path / "g.pt", "--group", "1", "--json").stdout)
+    assert [p["position"] for p in doc["params"]] == [1]
+    assert doc["selection"] == {"params": [1], "groups": [1]}
+    r = cli("inspect", tmp_path / "g.pt", "--param", "5")
+    assert r.exit_code == 2
+    assert r.stderr == ("Error: --param 5: the state has 2 parameters (positions 0..1)\n")
+    assert r.stdout == ""
+
+
+def test_several_optimizer_states_are_listed_and_key_picks(cli, tmp_path):
+    ckpt = {"pytorch-lightning_version": "2.4.0", "epoch": 1, "state_dict": {},
+            "optimizer_states": [state_dict_of("SGD"), state_dict_of("RMSprop")],
+            "lr_schedulers": []}
+    path = tmp_path / "gan.ckpt"
+    torch.save(ckpt, path)
+    r = cli("inspect", path)
+    assert r.exit_code == 2
+    assert r.stdout == ""
+    assert r.stderr == (
+        f"Error: {path} holds 2 optimizer states: optimizer_states[0] (SGD, 1 group, 2 params); "
+        "optimizer_states[1] (RMSprop, 1 group, 2 params)\n"
+        "Hint: pick one with --key, e.g. --key 'optimizer_states[0]'\n")
+    doc = json.loads(cli("inspect", path, "--key", "optimizer_states[1]", "--json").stdout)
+    assert doc["location"] == "optimizer_states[1]"
+    assert doc["locations"] == ["optimizer_states[0]", "optimizer_states[1]"]
+    assert doc["optimizer"]["kind"] == "RMSprop"
+
+
+def test_model_only_file_exit_2_says_what_it_holds(cli, tmp_path):
+    torch.save({f"layer{i}.weight": torch.zeros(3) for i in range(4)}, tmp_path / "m.pt")
+    r = cli("inspect", tmp_path / "m.pt", "--json")
+    assert r.exit_code == 2
+    assert r.stdout == ""
+    assert r.stderr.splitlines()[0] == (
+        f"Error: {tmp_path / 'm.pt'} holds a model state_dict with 4 tensors (12 elements); "
+        "no optimizer state found")
+
+
+def test_hf_folder(cli, tmp_path):
+    folder = tmp_path / "checkpoint-20"
+    folder.mkdir()
+    opt, _ = stepped_optimizer("AdamW")
+    sched = torch.optim.lr_scheduler.LinearLR(opt, total_iters=10)
+    torch.save(opt.state_dict(), folder / "optimizer.pt")
+    torch.save(sched.state_dict(), folder / "scheduler.pt")
+    doc = json.loads(cli("inspect", folder, "--json").stdout)
+    assert doc["file"]["read"] == str(folder / "optimizer.pt")
+    assert doc["file"]["siblings"] == {"scheduler": str(folder / "scheduler.pt")}
+    assert doc["optimizer"]["kind"] == "AdamW"
+    assert doc["scheduler"]["kind"] == "LinearLR"
+    assert doc["scheduler"]["location"] == "scheduler.pt"
+
+
+def test_errors_are_one_line_without_traceback(run_cli, tmp_path):
+    r = run_cli("inspect", "/nonexistent/ckpt.pkl")
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr == "Error: /nonexistent/ckpt.pkl does not exist\n"
+    (tmp_path / "notes.txt").write_text("hello")
+    r = run_cli("inspect", tmp_path / "notes.txt", "--json")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == f"Error: {tmp_path / 'notes.txt'} is a text file, not a torch.save file\n"
+
+
+def test_unsafe_warns_loudly(cli, tmp_path):
+    torch.save(state_dict_of("SGD"), tmp_path / "s.pt")
+    r = cli("inspect", tmp_path / "s.pt", "--unsafe", "--json")
+    assert r.exit_code == 0
+    assert r.stderr.startswith("WARNING: --unsafe: loading with full pickle")
+    assert json.loads(r.stdout)["optimizer"]["kind"] == "SGD"
+
+
+def test_help_teaches(cli):
+    r = cli("inspect", "--help")
+    assert r.exit_code == 0
+    assert "Show what an optimizer checkpoint holds" in r.stdout
+    assert "Example: optstate inspect sgd.pkl" in r.stdout
+    for flag in ("--key", "--param", "--group", "--values", "--no-stats", "--json", "--unsafe"):
+        assert flag in r.stdout
