@@ -1,0 +1,223 @@
+"""compare_tensors() / kernels.compare(): the chunked pass equals plain torch.
+
+The reference is the whole-tensor float64 torch expression: ``torch.isclose`` for the
+count outside tolerance, ``(a.double() - b.double()).abs()`` over finite pairs for the
+differences. Counts, max_abs and max_rel must be equal exactly; the norms to a relative
+1e-12 (kernels.SUM_RTOL).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from optstate import kernels
+from optstate.numeric import compare_tensors
+
+TOL = kernels.SUM_RTOL
+NAN, INF = float("nan"), float("inf")
+
+
+def reference(a, b, atol=0.0, rtol=0.0, nan_equal=True) -> dict:
+    x, y = a.double(), b.double()
+    close = torch.isclose(x, y, rtol=rtol, atol=atol, equal_nan=nan_equal)
+    both = torch.isfinite(x) & torch.isfinite(y)
+    d = (x - y).abs()[both]
+    yb = y.abs()[both]
+    nz = yb != 0
+    fa, fb = x[torch.isfinite(x)], y[torch.isfinite(y)]
+    return {
+        "n_outside": int((~close).sum()),
+        "max_abs": float(d.max()) if d.numel() else None,
+        "max_rel": float((d[nz] / yb[nz]).max()) if bool(nz.any()) else None,
+        "norm_a": float(fa.norm()) if fa.numel() else None,
+        "norm_b": float(fb.norm()) if fb.numel() else None,
+    }
+
+
+def assert_agrees(a, b, **tol) -> None:
+    r = compare_tensors(a, b, **tol)
+    ref = reference(a, b, **tol)
+    assert (r.n_outside, r.max_abs, r.max_rel) == (ref["n_outside"], ref["max_abs"],
+                                                   ref["max_rel"])
+    assert r.equal == (ref["n_outside"] == 0)
+    for key in ("norm_a", "norm_b"):
+        got, want = getattr(r, key), ref[key]
+        assert (got is None) == (want is None)
+        if want is not None:
+            assert got == pytest.approx(want, rel=TOL, abs=0)
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(kernels, "CHUNK_ELEMENTS", 5)
+
+
+def adam_states(steps: tuple[int, int]) -> tuple[dict, dict]:
+    """exp_avg / exp_avg_sq of one real Adam run, saved after steps[0] and steps[1]."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(40, 7))
+    opt = torch.optim.Adam([w], lr=1e-2)
+    out = []
+    for i in range(1, max(steps) + 1):
+        w.grad = torch.randn_like(w)
+        opt.step()
+        if i in steps:
+            out.append({k: v.clone() for k, v in opt.state_dict()["state"][0].items()})
+    return out[0], out[1]
+
+
+def test_real_adam_states_consecutive_steps(small_chunks):
+    s1, s2 = adam_states((2, 3))
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert_agrees(s1[key], s2[key])
+        assert_agrees(s1[key], s2[key], atol=1e-8, rtol=1e-5)
+        assert_agrees(s1[key], s2[key], atol=1e-3, rtol=1e-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16,
+                                   torch.bfloat16])
+@pytest.mark.parametrize("tol", [{}, {"atol": 1e-2}, {"rtol": 0.05}, {"atol": 1e-3,
+                                                                       "rtol": 1e-2}])
+def test_dtypes_and_tolerances(dtype, tol, small_chunks):
+    torch.manual_seed(1)
+    a = torch.randn(60).to(dtype)
+    b = (a.double() + 0.01 * torch.randn(60, dtype=torch.float64)).to(dtype)
+    b[[3, 4, 5]] = a[[3, 4, 5]]
+    b[10] = 0.0
+    assert_agrees(a, b, **tol)
+
+
+def test_identical_tensors():
+    torch.manual_seed(2)
+    a = torch.randn(1000)
+    r = compare_tensors(a, a.clone())
+    assert (r.equal, r.n_outside, r.max_abs, r.max_rel) == (True, 0, 0.0, 0.0)
+    assert r.norm_a == r.norm_b
+
+
+def test_all_zero_b_has_no_relative_difference(small_chunks):
+    a = torch.tensor([0.0, 1.0, -2.0, 0.0, 0.0, 0.0, 3.0])
+    r = compare_tensors(a, torch.zeros(7))
+    assert (r.n_outside, r.max_abs, r.max_rel, r.norm_b) == (3, 3.0, None, 0.0)
+    z = compare_tensors(torch.zeros(7), torch.zeros(7))
+    assert (z.equal, z.max_abs, z.max_rel, z.norm_a) == (True, 0.0, None, 0.0)
+
+
+@pytest.mark.parametrize("nan_equal", [True, False])
+def test_nan_inf_rules(nan_equal, small_chunks):
+    a = torch.tensor([NAN, NAN, INF, INF, -INF, 1.0, 2.0, 3.0, NAN, 0.0, 5.0, 6.0])
+    b = torch.tensor([NAN, 1.0, INF, -INF, 1.0, 1.0, INF, 3.5, NAN, 0.0, 5.0, 6.5])
+    assert_agrees(a, b, nan_equal=nan_equal)
+    r = compare_tensors(a, b, nan_equal=nan_equal)
+    # outside: NaN vs 1, Inf vs -Inf, -Inf vs 1, 2 vs Inf, 3 vs 3.5, 6 vs 6.5 (+ NaN pairs)
+    assert r.n_outside == (6 if nan_equal else 8)
+    assert (r.max_abs, r.max_rel) == (0.5, 0.5 / 3.5)
+
+
+def test_all_nan_has_no_metrics():
+    a = torch.full((4,), NAN)
+    r = compare_tensors(a, a.clone())
+    assert (r.equal, r.max_abs, r.max_rel, r.norm_a, r.norm_b) == (True, None, None, None,
+                                                                   None)
+    assert compare_tensors(a, a.clone(), nan_equal=False).n_outside == 4
+
+
+def test_mixed_dtypes(small_chunks):
+    torch.manual_seed(3)
+    a = torch.randn(30)
+    b = a.to(torch.bfloat16)
+    assert_agrees(a, b)
+    assert_agrees(b, a, rtol=1e-2)
+    assert_agrees(torch.arange(12), torch.arange(12.0) * 1.5)
+
+
+def test_different_strides_walk_in_lockstep(small_chunks):
+    torch.manual_seed(4)
+    base = torch.randn(9, 11)
+    a = base.t()  # non-contiguous
+    b = base.t().contiguous() + 0.001 * torch.randn(11, 9)
+    assert_agrees(a, b)
+    assert_agrees(b, a, atol=1e-4)
+    wide = torch.randn(2, 30)
+    assert_agrees(wide.t(), wide.t().contiguous().mul(1.01))
+
+
+def test_default_chunks_many_blocks():
+    torch.manual_seed(5)
+    n = int(kernels.CHUNK_ELEMENTS * 2.5)
+    a = torch.randn(n)
+    b = a.clone()
+    b[kernels.CHUNK_ELEMENTS] += 1.0
+    b[-1] = NAN
+    assert_agrees(a, b)
+    r = compare_tensors(a, b)
+    assert r.n_outside == 2
+
+
+def test_agrees_with_the_plain_torch_baseline():
+    # What a hand-written script computes: allclose + (a - b).abs().max() in float32.
+    s1, s2 = adam_states((4, 5))
+    a, b = s1["exp_avg"], s2["exp_avg"]
+    r = compare_tensors(a, b, atol=1e-8, rtol=1e-5)
+    assert r.equal == torch.allclose(a, b, atol=1e-8, rtol=1e-5)
+    assert torch.tensor(r.max_abs, dtype=torch.float32) == (a - b).abs().max()
+
+
+def test_empty_zero_dim_and_shape_mismatch():
+    r = compare_tensors(torch.empty(0), torch.empty(0))
+    assert (r.equal, r.n_outside) == (True, 0)
+    assert_agrees(torch.tensor(1.5), torch.tensor(2.0))
+    with pytest.raises(ValueError, match="shapes differ"):
+        compare_tensors(torch.zeros(2, 3), torch.zeros(3, 2))
+
+
+def test_float64_norms_beyond_the_float64_range(small_chunks):
+    a = torch.tensor([3e200, 4e200], dtype=torch.float64)
+    r = compare_tensors(a, a * 0.5)
+    assert r.norm_a == pytest.approx(5e200, rel=1e-15)
+    assert r.norm_b == pytest.approx(2.5e200, rel=1e-15)
+    assert (r.max_abs, r.max_rel) == (2e200, 1.0)
+
+
+def test_complex():
+    a = torch.tensor([1 + 1j, 2 - 1j])
+    r = compare_tensors(a, a.clone())
+    assert (r.equal, r.max_abs) == (True, 0.0)
+    r = compare_tensors(a, torch.tensor([1 + 1j, 2 + 1j]))
+    assert (r.n_outside, r.max_abs) == (1, 2.0)
+
+
+def test_progress_counts_both_sides(small_chunks):
+    seen: list[int] = []
+    compare_tensors(torch.zeros(12), torch.zeros(12, dtype=torch.float64),
+                    progress=seen.append)
+    assert sum(seen) == 12 * (4 + 8) and len(seen) == 3
+
+
+values = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=32),
+    st.sampled_from([0.0, -0.0, 1.0, 1.0000001]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(values, values), min_size=1, max_size=40),
+    limit=st.integers(1, 12),
+    atol=st.sampled_from([0.0, 1e-8, 1e-3, 1.0]),
+    rtol=st.sampled_from([0.0, 1e-5, 0.1]),
+    nan_equal=st.booleans(),
+)
+def test_property_matches_torch(pairs, limit, atol, rtol, nan_equal):
+    old = kernels.CHUNK_ELEMENTS
+    kernels.CHUNK_ELEMENTS = limit
+    try:
+        a = torch.tensor([p[0] for p in pairs])
+        b = torch.tensor([p[1] for p in pairs])
+        assert_agrees(a, b, atol=atol, rtol=rtol, nan_equal=nan_equal)
+        assert compare_tensors(a, a.clone(), nan_equal=True).equal
+    finally:
+        kernels.CHUNK_ELEMENTS = old
