@@ -56,9 +56,10 @@ _SCHED_PROGRESS = frozenset({"last_epoch", "_step_count", "_last_lr",
 
 @dataclass
 class Finding:
-    code: str  # group-count, group-size, names-reordered, names-differ, hyperparams-override,
-    # hyperparams-foreign, hyperparams-missing, state-shape, state-foreign, state-missing,
-    # dtype-cast, state-orphans, scheduler-*, trial
+    # group-count, group-size, names-reordered, names-differ, hyperparams-override,
+    # hyperparams-kept, hyperparams-foreign, hyperparams-missing, state-shape,
+    # state-foreign, state-missing, dtype-cast, state-orphans, scheduler-*, trial
+    code: str
     level: str  # "info" | "warn" | "fail"
     message: str
     group: int | None = None
@@ -120,15 +121,18 @@ def check_state(sd: dict[str, Any], spec: RunSpec, *,
         "config": [len(g["params"]) for g in ours],
     }, [], {})
     add = result.findings.append
+    loaded_groups = None
+    if trial:
+        result.trial = run_trial(sd, spec, scheduler_state)
+        loaded_groups = result.trial.pop("_loaded_groups", None)
     structure_ok = _check_structure(view, built, add)
     if len(view.groups) == len(ours):  # otherwise torch stops before comparing groups
-        _check_hyperparams(view, built, add)
+        _check_hyperparams(view, built, add, loaded_groups)
     if structure_ok:
         _check_names(view, spec, built, add)
         _check_state_entries(view, spec, built, add)
     _check_scheduler(scheduler_state, built, spec, add)
     if trial:
-        result.trial = run_trial(sd, spec, scheduler_state)
         _reconcile(result)
     return result
 
@@ -202,20 +206,33 @@ def _check_names(view: OptimizerStateView, spec: RunSpec, built: Built, add: Any
 # --------------------------------------------------------------------------- hyperparameters
 
 
-def _check_hyperparams(view: OptimizerStateView, built: Built, add: Any) -> None:
+def _check_hyperparams(view: OptimizerStateView, built: Built, add: Any,
+                       loaded: list[dict[str, Any]] | None) -> None:
+    """``loaded``: the groups as torch left them after the trial's load_state_dict (the
+    optimizer's ``__setstate__`` may force values: AdamW keeps decoupled_weight_decay)."""
     cls_name = type(built.optimizer).__name__
     ours = built.optimizer.param_groups
     foreign: dict[str, list[int]] = {}
     for g, o in zip(view.groups, ours, strict=False):
         config_keys = set(o) - _NOT_HYPERPARAMS
-        for k, v in g.hyperparams.items():
+        effective = loaded[g.index] if loaded is not None else g.hyperparams
+        for k, saved in g.hyperparams.items():
             if k in _NOT_HYPERPARAMS:
                 continue
             if k not in config_keys:
                 if k not in _ADDED_BY_OTHERS:
                     foreign.setdefault(k, []).append(g.index)
                 continue
-            if not _equal_hyper(v, o[k]):
+            v = effective.get(k, saved)
+            if _equal_hyper(v, o[k]) and not _equal_hyper(saved, o[k]):
+                add(Finding(
+                    "hyperparams-kept", "info",
+                    f"param group {g.index}: the checkpoint's {k} = {_show(saved)} does not "
+                    f"survive loading: {cls_name} sets {_show(o[k])} when it loads a state",
+                    group=g.index,
+                    detail={"key": k, "checkpoint": plain(saved), "config": plain(o[k])},
+                ))
+            elif not _equal_hyper(v, o[k]):
                 add(Finding(
                     "hyperparams-override", "warn",
                     f"param group {g.index}: the checkpoint's {k} = {_show(v)} replaces the "
@@ -466,6 +483,8 @@ def run_trial(sd: dict[str, Any], spec: RunSpec,
         lacking = sorted(want - set(g))
         if lacking:
             out["missing_after_load"][str(gi)] = lacking
+    out["_loaded_groups"] = [{k: v for k, v in g.items() if k not in _NOT_HYPERPARAMS}
+                             for g in built.optimizer.param_groups]
     try:
         _one_step(built)
         out["step"] = "ok"

@@ -1,0 +1,405 @@
+"""``optstate check``: each verdict is checked against what torch's own
+``load_state_dict`` and ``step()`` do with the same pair of checkpoint and config.
+
+Checkpoints come from real optimizers (built from a config with ``optstate.build`` or by
+hand), saved with torch.save; configs are the TOML/JSON files ``simulate`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from optstate.build import build
+from optstate.check import check_checkpoint
+from optstate.config import read_config_file, spec_from_dict
+
+ADAM_2G = {
+    "optimizer": "Adam",
+    "hyperparams": {"lr": 0.01},
+    "groups": [{"shapes": ["2x2"]}, {"shapes": ["3"], "lr": 0.5}],
+}
+
+
+def _write_config(tmp_path, data, name="run.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _trained_from(config: dict, steps: int = 2):
+    """The optimizer (and scheduler) a config builds, stepped on gradients of ones."""
+    built = build(spec_from_dict(config))
+    for _ in range(steps):
+        for p in built.params:
+            p.grad = torch.ones_like(p)
+        built.optimizer.step()
+        if built.scheduler is not None:
+            built.scheduler.step()
+    return built
+
+
+def _save_state(tmp_path, config, name="ckpt.pt", steps=2, mutate=None):
+    built = _trained_from(config, steps)
+    sd = built.optimizer.state_dict()
+    if mutate is not None:
+        mutate(sd)
+    obj = sd if built.scheduler is None else {
+        "optimizer_state_dict": sd, "scheduler_state_dict": built.scheduler.state_dict()}
+    path = tmp_path / name
+    torch.save(obj, path)
+    return path
+
+
+def _torch_resume(ckpt_path, config_path):
+    """What a user's resume does: build from the config, load_state_dict, one step.
+    Returns (optimizer, built, error raised by torch or None)."""
+    built = build(spec_from_dict(read_config_file(config_path)))
+    obj = torch.load(ckpt_path, weights_only=True)
+    sd = obj.get("optimizer_state_dict", obj)
+    try:
+        built.optimizer.load_state_dict(sd)
+    except Exception as e:  # noqa: BLE001 - the point is which error torch raises
+        return built, ("load", e)
+    for p in built.params:
+        p.grad = torch.ones_like(p)
+    try:
+        built.optimizer.step()
+    except Exception as e:  # noqa: BLE001
+        return built, ("step", e)
+    return built, None
+
+
+def _codes(result):
+    return [(f.code, f.level) for f in result.findings]
+
+
+# --------------------------------------------------------------------------- ok
+
+
+def test_matching_pair_is_ok(cli, tmp_path):
+    cfg = _write_config(tmp_path, ADAM_2G)
+    ckpt = _save_state(tmp_path, ADAM_2G)
+    r = cli("check", ckpt, "--config", cfg)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert "OK: load_state_dict works and the state matches the config" in r.stdout
+    res = check_checkpoint(ckpt, cfg)
+    assert res.findings == [] and res.verdict == "ok"
+    assert res.trial == {"load_state_dict": "ok", "step": "ok",
+                         "scheduler_load_state_dict": None, "scheduler_step": None,
+                         "missing_after_load": {}}
+    assert _torch_resume(ckpt, cfg)[1] is None
+
+
+def test_json_report(cli, tmp_path):
+    cfg = _write_config(tmp_path, ADAM_2G)
+    ckpt = _save_state(tmp_path, ADAM_2G)
+    r = cli("check", ckpt, "--config", cfg, "--json")
+    assert r.exit_code == 0
+    report = json.loads(r.stdout)
+    assert list(report) == ["schema", "source", "location", "scheduler_location", "config",
+                            "optimizer", "verdict", "exit_code", "groups", "findings",
+                            "trial"]
+    assert report["schema"] == "optstate.check/1"
+    assert report["verdict"] == "ok" and report["exit_code"] == 0
+    assert report["groups"] == {"checkpoint": [1, 1], "config": [1, 1]}
+    assert report["optimizer"] == "Adam" and report["location"] == ""
+
+
+# --------------------------------------------------------------------------- fails
+
+
+def test_group_count(cli, tmp_path):
+    ckpt = _save_state(tmp_path, {**ADAM_2G, "groups": [{"shapes": ["2x2", "3"]}]})
+    cfg = _write_config(tmp_path, ADAM_2G)
+    res = check_checkpoint(ckpt, cfg)
+    assert _codes(res) == [("group-count", "fail")]
+    assert res.findings[0].message == (
+        "the checkpoint has 1 param group, the config builds 2: load_state_dict raises "
+        "\"loaded state dict has a different number of parameter groups\"")
+    r = cli("check", ckpt, "--config", cfg)
+    assert r.exit_code == 2 and "FAILS" in r.stdout and r.stderr == ""
+    _, (stage, err) = _torch_resume(ckpt, cfg)
+    assert stage == "load" and isinstance(err, ValueError)
+    assert str(err) == "loaded state dict has a different number of parameter groups"
+
+
+def test_group_size_names_the_group_and_both_counts(tmp_path):
+    ckpt = _save_state(tmp_path, {**ADAM_2G, "groups": [
+        {"shapes": ["2x2"]}, {"shapes": ["3", "3", "3"], "lr": 0.5}]})
+    cfg = _write_config(tmp_path, ADAM_2G)
+    res = check_checkpoint(ckpt, cfg)
+    assert _codes(res) == [("group-size", "fail")]
+    f = res.findings[0]
+    assert f.group == 1 and f.detail == {"checkpoint": 3, "config": 1}
+    assert f.message.startswith("param group 1 holds 3 parameters in the checkpoint but 1 "
+                                "in the config")
+    assert res.exit_code == 2
+    _, (stage, err) = _torch_resume(ckpt, cfg)
+    assert stage == "load" and str(err) == (
+        "loaded state dict contains a parameter group that doesn't match the size of "
+        "optimizer's group")
+    assert res.trial["load_state_dict"] == f"ValueError: {err}"
+
+
+def test_state_shape_loads_silently_then_step_fails(cli, tmp_path):
+    ckpt = _save_state(tmp_path, ADAM_2G)
+    cfg = _write_config(tmp_path, {**ADAM_2G, "groups": [{"shapes": ["4"]},
+                                                         {"shapes": ["3"], "lr": 0.5}]})
+    res = check_checkpoint(ckpt, cfg)
+    assert _codes(res) == [("state-shape", "fail"), ("state-shape", "fail")]
+    assert res.findings[0].message == (
+        "param 0 (group0.param0): the checkpoint's exp_avg has shape 2x2 but the configured "
+        "parameter needs 4: load_state_dict accepts this silently and the first step() fails")
+    # torch: the load itself is accepted, the step is not
+    _, (stage, err) = _torch_resume(ckpt, cfg)
+    assert stage == "step" and isinstance(err, RuntimeError)
+    assert res.trial["load_state_dict"] == "ok"
+    assert res.trial["step"] == f"RuntimeError: {err}"
+    r = cli("check", ckpt, "--config", cfg)
+    assert r.exit_code == 2
+
+
+def test_adam_state_into_sgd(tmp_path):
+    ckpt = _save_state(tmp_path, ADAM_2G)
+    cfg = _write_config(tmp_path, {"optimizer": "SGD", "hyperparams": {"lr": 0.01,
+                                                                       "momentum": 0.9},
+                                   "groups": [{"shapes": ["2x2"]}, {"shapes": ["3"]}]})
+    res = check_checkpoint(ckpt, cfg)
+    codes = _codes(res)
+    assert ("state-foreign", "warn") in codes and ("hyperparams-foreign", "warn") in codes
+    foreign = next(f for f in res.findings if f.code == "state-foreign")
+    assert foreign.detail == {"keys": ["exp_avg", "exp_avg_sq", "step"]}
+    assert "are not SGD state" in foreign.message
+    missing = [f for f in res.findings if f.code == "hyperparams-missing"]
+    assert [f.detail["keys"] for f in missing] == [["dampening", "momentum", "nesterov"]] * 2
+    assert codes[-1] == ("trial", "fail") and res.verdict == "fails"
+    assert res.findings[-1].message == (
+        "torch fails at optimizer.step(): KeyError: missing key 'momentum'")
+    built, (stage, err) = _torch_resume(ckpt, cfg)
+    assert stage == "step" and isinstance(err, KeyError) and err.args == ("momentum",)
+    # and torch filled nesterov itself, as check's trial says: only two keys stay missing
+    assert res.trial["missing_after_load"] == {"0": ["dampening", "momentum"],
+                                                "1": ["dampening", "momentum"]}
+    assert "nesterov" in built.optimizer.param_groups[0]
+
+
+def test_amsgrad_switched_on_fails_at_step(tmp_path):
+    """A state saved without amsgrad, with amsgrad=True written into it (what a careless
+    `set` would do): torch loads it and fails at step() for want of max_exp_avg_sq."""
+    def on(sd):
+        for g in sd["param_groups"]:
+            g["amsgrad"] = True
+    ckpt = _save_state(tmp_path, ADAM_2G, mutate=on)
+    cfg = _write_config(tmp_path, ADAM_2G)
+    res = check_checkpoint(ckpt, cfg)
+    assert _codes(res) == [("hyperparams-override", "warn"), ("hyperparams-override", "warn"),
+                           ("trial", "fail")]
+    assert res.findings[-1].message == (
+        "torch fails at optimizer.step(): KeyError: missing key 'max_exp_avg_sq'")
+    _, (stage, err) = _torch_resume(ckpt, cfg)
+    assert stage == "step" and err.args == ("max_exp_avg_sq",)
+
+
+# --------------------------------------------------------------------------- differs
+
+
+def test_hyperparameters_the_checkpoint_overrides(cli, tmp_path):
+    ckpt = _save_state(tmp_path, ADAM_2G)
+    cfg_data = {**ADAM_2G, "hyperparams": {"lr": 0.001, "betas": [0.9, 0.95]}}
+    cfg = _write_config(tmp_path, cfg_data)
+    res = check_checkpoint(ckpt, cfg)
+    assert [(f.code, f.group, f.detail) for f in res.findings] == [
+        ("hyperparams-override", 0, {"key": "lr", "checkpoint": 0.01, "config": 0.001}),
+        ("hyperparams-override", 0, {"key": "betas", "checkpoint": [0.9, 0.999],
+                                     "config": [0.9, 0.95]}),
+        ("hyperparams-override", 1, {"key": "betas", "checkpoint": [0.9, 0.999],
+                                     "config": [0.9, 0.95]}),
+    ]
+    assert res.findings[0].message == (
+        "param group 0: the checkpoint's lr = 0.01 replaces the config's 0.001 "
+        "(load_state_dict restores every hyperparameter from the checkpoint)")
+    r = cli("check", ckpt, "--config", cfg)
+    assert r.exit_code == 1 and "DIFFERS" in r.stdout
+    built, err = _torch_resume(ckpt, cfg)
+    assert err is None
+    assert built.optimizer.param_groups[0]["lr"] == 0.01
+    assert built.optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+
+
+def test_adam_checkpoint_into_adamw_keeps_adamw(tmp_path):
+    """The checkpoint says decoupled_weight_decay=False, but AdamW forces True when it
+    loads a state: check reads the groups as torch leaves them, so this is info only."""
+    adam = {"optimizer": "Adam", "hyperparams": {"lr": 0.1, "weight_decay": 0.1},
+            "groups": [{"shapes": ["3"]}]}
+    adamw = {**adam, "optimizer": "AdamW"}
+    ckpt = _save_state(tmp_path, adam)
+    cfg = _write_config(tmp_path, adamw)
+    res = check_checkpoint(ckpt, cfg)
+    assert [(f.code, f.level, f.detail) for f in res.findings] == [
+        ("hyperparams-kept", "info", {"key": "decoupled_weight_decay", "checkpoint": False,
+                                      "config": True}),
+    ]
+    assert res.exit_code == 0
+    # torch: the resumed step is AdamW's: the same as resuming the same state with the
+    # flag set to True, and not what Adam does with it
+    built, err = _torch_resume(ckpt, cfg)
+    assert err is None and built.optimizer.param_groups[0]["decoupled_weight_decay"] is True
+
+    def flag_true(sd):
+        sd["param_groups"][0]["decoupled_weight_decay"] = True
+    own, _ = _torch_resume(_save_state(tmp_path, adam, "w.pt", mutate=flag_true), cfg)
+    as_adam, _ = _torch_resume(ckpt, _write_config(tmp_path, adam, "adam.json"))
+    assert torch.equal(built.params[0], own.params[0])
+    assert not torch.equal(built.params[0], as_adam.params[0])
+
+
+def test_dtype_cast(tmp_path):
+    def to_double(sd):
+        for st in sd["state"].values():
+            st["exp_avg"] = st["exp_avg"].double()
+    ckpt = _save_state(tmp_path, ADAM_2G, mutate=to_double)
+    cfg = _write_config(tmp_path, ADAM_2G)
+    res = check_checkpoint(ckpt, cfg)
+    assert _codes(res) == [("dtype-cast", "warn")]
+    assert res.findings[0].message == (
+        "2 state tensors are float64 but the parameters are float32: load_state_dict casts "
+        "them to float32 (precision is lost)")
+    assert res.findings[0].detail["entries"] == ["0.exp_avg", "1.exp_avg"]
+    built, err = _torch_resume(ckpt, cfg)
+    assert err is None
+    saved = torch.load(ckpt, weights_only=True)["state"][0]["exp_avg"]
+    # torch did cast on load (read before the step of _torch_resume changed it)
+    fresh = build(spec_from_dict(ADAM_2G))
+    fresh.optimizer.load_state_dict(torch.load(ckpt, weights_only=True))
+    loaded = fresh.optimizer.state[fresh.params[0]]["exp_avg"]
+    assert loaded.dtype == torch.float32 and torch.equal(loaded, saved.float())
+
+
+def test_names_reordered(tmp_path):
+    """torch matches by position: the state saved for 'a' lands on the config's 'b'."""
+    saved_cfg = {"optimizer": "SGD", "hyperparams": {"lr": 0.1, "momentum": 0.9},
+                 "groups": [{"shapes": ["2", "2"], "names": ["a", "b"]}]}
+    built = build(spec_from_dict(saved_cfg))
+    built.params[0].grad = torch.full((2,), 1.0)
+    built.params[1].grad = torch.full((2,), 5.0)
+    built.optimizer.step()
+    ckpt = tmp_path / "named.pt"
+    torch.save(built.optimizer.state_dict(), ckpt)
+    assert torch.load(ckpt, weights_only=True)["param_groups"][0]["param_names"] == ["a", "b"]
+    cfg = _write_config(tmp_path, {**saved_cfg, "groups": [{"shapes": ["2", "2"],
+                                                            "names": ["b", "a"]}]})
+    res = check_checkpoint(ckpt, cfg)
+    assert _codes(res) == [("names-reordered", "warn")]
+    assert res.findings[0].message == (
+        "the same parameter names in a different order: torch matches by position, not by "
+        "name; position 0 is 'a' in the checkpoint but 'b' in the config, so a's state goes "
+        "to b; position 1 is 'b' in the checkpoint but 'a' in the config, so b's state goes "
+        "to a")
+    resumed = build(spec_from_dict(read_config_file(cfg)))
+    resumed.optimizer.load_state_dict(torch.load(ckpt, weights_only=True))
+    b_param = resumed.params[0]  # the config's first param is named 'b'
+    assert resumed.names[0] == "b"
+    assert torch.equal(resumed.optimizer.state[b_param]["momentum_buffer"],
+                       torch.full((2,), 1.0))  # a's buffer
+
+
+def test_old_checkpoint_missing_keys_torch_fills(tmp_path):
+    """A state from an older torch lacks foreach/maximize/differentiable: SGD fills them on
+    load, so this is only worth an info line."""
+    cfg_data = {"optimizer": "SGD", "hyperparams": {"lr": 0.1, "momentum": 0.9},
+                "groups": [{"shapes": ["3"]}]}
+
+    def old(sd):
+        for g in sd["param_groups"]:
+            for k in ("foreach", "maximize", "differentiable", "fused"):
+                g.pop(k)
+    ckpt = _save_state(tmp_path, cfg_data, mutate=old)
+    res = check_checkpoint(ckpt, _write_config(tmp_path, cfg_data))
+    assert _codes(res) == [("hyperparams-missing", "info")]
+    assert res.exit_code == 0 and res.trial["step"] == "ok"
+
+
+# --------------------------------------------------------------------------- scheduler
+
+
+SGD_STEP = {"optimizer": "SGD", "hyperparams": {"lr": 0.1}, "groups": [{"shapes": ["3"]}],
+            "scheduler": {"name": "StepLR", "step_size": 5, "gamma": 0.5}}
+
+
+def test_scheduler_settings_the_checkpoint_overrides(tmp_path):
+    ckpt = _save_state(tmp_path, SGD_STEP, steps=3)
+    cfg = _write_config(tmp_path, {**SGD_STEP, "scheduler": {"name": "StepLR",
+                                                             "step_size": 2, "gamma": 0.5}})
+    res = check_checkpoint(ckpt, cfg)
+    assert [(f.code, f.level) for f in res.findings] == [
+        ("scheduler-override", "warn"), ("scheduler-resume", "info")]
+    assert res.findings[0].detail == {"key": "step_size", "checkpoint": 5, "config": 2}
+    built = build(spec_from_dict(read_config_file(cfg)))
+    obj = torch.load(ckpt, weights_only=True)
+    built.optimizer.load_state_dict(obj["optimizer_state_dict"])
+    built.scheduler.load_state_dict(obj["scheduler_state_dict"])
+    assert built.scheduler.step_size == 5  # torch: the checkpoint's value won
+    assert res.trial["scheduler_step"] == "ok"
+
+
+def test_scheduler_of_another_kind(tmp_path):
+    ckpt = _save_state(tmp_path, {**SGD_STEP, "scheduler": {"name": "CosineAnnealingLR",
+                                                            "T_max": 10}})
+    res = check_checkpoint(ckpt, _write_config(tmp_path, SGD_STEP))
+    kind = next(f for f in res.findings if f.code == "scheduler-kind")
+    assert kind.detail == {"only_checkpoint": ["T_max", "eta_min"],
+                           "only_config": ["gamma", "step_size"]}
+    assert res.verdict == "differs"
+
+
+def test_scheduler_missing_from_checkpoint(tmp_path):
+    ckpt = _save_state(tmp_path, {k: v for k, v in SGD_STEP.items() if k != "scheduler"})
+    res = check_checkpoint(ckpt, _write_config(tmp_path, SGD_STEP))
+    assert _codes(res) == [("hyperparams-missing", "info"), ("scheduler-missing", "warn")] \
+        or _codes(res) == [("scheduler-missing", "warn")]
+    assert res.exit_code == 1
+
+
+# --------------------------------------------------------------------------- input
+
+
+def test_toml_config_and_no_trial(cli, tmp_path):
+    ckpt = _save_state(tmp_path, ADAM_2G)
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('optimizer = "Adam"\n[hyperparams]\nlr = 0.01\n[[groups]]\n'
+                   'shapes = ["2x2"]\n[[groups]]\nshapes = ["3"]\nlr = 0.5\n')
+    r = cli("check", ckpt, "-c", cfg, "--no-trial", "--json")
+    assert r.exit_code == 0
+    assert json.loads(r.stdout)["trial"] == {}
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("missing-ckpt", "Error: {tmp}/nope.pt does not exist"),
+    ("missing-config", "Error: config file {tmp}/nope.toml does not exist"),
+    ("bad-config", "Error: {tmp}/bad.json: unknown key(s) optimiser"),
+])
+def test_bad_input_is_one_error_line(cli, tmp_path, setup, message):
+    ckpt = _save_state(tmp_path, ADAM_2G)
+    cfg = _write_config(tmp_path, ADAM_2G)
+    if setup == "missing-ckpt":
+        ckpt = tmp_path / "nope.pt"
+    elif setup == "missing-config":
+        cfg = tmp_path / "nope.toml"
+    else:
+        cfg = _write_config(tmp_path, {"optimiser": "Adam"}, "bad.json")
+    r = cli("check", ckpt, "--config", cfg)
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr.splitlines()[0] == message.format(tmp=tmp_path)
+    assert "Traceback" not in r.stderr
+
+
+def test_unsafe_warns_and_help_teaches(cli, tmp_path):
+    ckpt = _save_state(tmp_path, ADAM_2G)
+    r = cli("check", ckpt, "--config", _write_config(tmp_path, ADAM_2G), "--unsafe")
+    assert r.exit_code == 0 and r.stderr.startswith("WARNING: --unsafe")
+    r = cli("check", "--help")
+    text = " ".join(r.stdout.split())
+    assert "Example: optstate check ckpt.pt --config run.toml" in text
