@@ -381,6 +381,9 @@ def atomic_write(path: str | Path, write: Any, *, force: bool = False,
     p = check_writable(path, force)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".optstate-tmp", dir=p.parent)
     try:
+        # mkstemp makes the file 0600; give it the mode a plain open() would (or the
+        # replaced file's), so an atomic save is not also a private one.
+        os.fchmod(fd, _target_mode(p))
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -396,6 +399,14 @@ def atomic_write(path: str | Path, write: Any, *, force: bool = False,
         raise
     _fsync_dir(p.parent)
     return p
+
+
+def _target_mode(p: Path) -> int:
+    with contextlib.suppress(OSError):
+        return stat.S_IMODE(os.stat(p).st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _fsync_dir(folder: Path) -> None:

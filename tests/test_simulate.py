@@ -336,3 +336,18 @@ def test_resume_lbfgs_with_other_parameter_sizes(tmp_path):
         simulate(RunSpec(**lbfgs, groups=(GroupSpec(((3, 3),)),)), resume=obj)
     assert e.value.message == ("the --resume state's LBFGS d has 4 elements, the config's "
                                "parameters have 9 in all")
+
+
+def test_saved_file_gets_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        simulate(RunSpec(steps=1), save=tmp_path / "a.pkl")
+        assert stat.S_IMODE((tmp_path / "a.pkl").stat().st_mode) == 0o644
+        os.chmod(tmp_path / "a.pkl", 0o600)  # a replaced file keeps its mode
+        simulate(RunSpec(steps=1), save=tmp_path / "a.pkl", force=True)
+        assert stat.S_IMODE((tmp_path / "a.pkl").stat().st_mode) == 0o600
+    finally:
+        os.umask(umask)
