@@ -31,7 +31,7 @@ def inspect_path(path: str | Path, *, key: str | None = None, unsafe: bool = Fal
 
 def inspect_source(source: Source, *, key: str | None = None, stats: bool = True,
                    params: list[str] | None = None, groups: list[int] | None = None,
-                   values: bool = False) -> dict[str, Any]:
+                   values: bool = False, hist_bins: int | None = None) -> dict[str, Any]:
     """Inspect the optimizer state in an opened source.
 
     ``params`` selects parameters by position or name, ``groups`` by group index: only
@@ -56,6 +56,10 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
             "state": {str(k): entry_report(v, stats=stats, values=values)
                       for k, v in p.state.items()},
         })
+        if hist_bins:  # inspect --hist
+            from .histogram import add_histograms
+
+            add_histograms(param_reports[-1]["state"], p.state, hist_bins)
     group_reports = groups_report(view)
     for g, gv in zip(group_reports, view.groups, strict=True):
         g["n_params"] = len(gv.param_keys)

@@ -32,6 +32,10 @@ def inspect(
     no_stats: Annotated[bool, typer.Option(
         "--no-stats", help="Structure only: shapes, dtypes, sizes; no tensor data is read "
         "(fast on huge files).", rich_help_panel=_FOCUS)] = False,
+    hist: Annotated[bool, typer.Option(
+        "--hist", help="A small histogram of each state buffer's values (16 bins, min to "
+        "max), to spot one that collapsed to zero or exploded; in --json under each "
+        "entry's \"histogram\".", rich_help_panel=_FOCUS)] = False,
     json_: Annotated[bool, typer.Option(
         "--json", help="Print one JSON document (schema optstate.inspect/1) on stdout.")
     ] = False,
@@ -51,8 +55,12 @@ def inspect(
             warn_unsafe()
         from ..inspect import inspect_path
 
+        if hist and no_stats:
+            from ..errors import ConfigError
+
+            raise ConfigError("--hist reads tensor data; it cannot go with --no-stats")
         report = inspect_path(path, key=key, unsafe=unsafe, stats=not no_stats, params=param,
-                              groups=group, values=values)
+                              groups=group, values=values, hist_bins=16 if hist else None)
         # Extra sections (e.g. histograms) are added to ``report`` here, before rendering.
     if json_:
         from ..render.json_view import dumps

@@ -205,6 +205,11 @@ def inspect_view(report: dict[str, Any], width: int = 80) -> Group:
         stats = stats_table(report, digits=digits_for(width))
         if stats is not None:
             parts.append(stats)
+        from .histogram import histogram_table  # inspect --hist
+
+        hist = histogram_table(report)
+        if hist is not None:
+            parts.append(hist)
     elif report["selection"]["params"] is not None:
         parts.append(Text("(no parameter matches the selection)", style="dim"))
     values = values_section(report)
