@@ -358,9 +358,13 @@ def test_scheduler_of_another_kind(tmp_path):
 def test_scheduler_missing_from_checkpoint(tmp_path):
     ckpt = _save_state(tmp_path, {k: v for k, v in SGD_STEP.items() if k != "scheduler"})
     res = check_checkpoint(ckpt, _write_config(tmp_path, SGD_STEP))
-    assert _codes(res) == [("hyperparams-missing", "info"), ("scheduler-missing", "warn")] \
-        or _codes(res) == [("scheduler-missing", "warn")]
+    assert _codes(res) == [("scheduler-missing", "warn")]
+    assert res.findings[0].message == (
+        "the config builds StepLR but the checkpoint holds no scheduler state: the "
+        "scheduler starts from epoch 0")
     assert res.exit_code == 1
+    built, err = _torch_resume(ckpt, _write_config(tmp_path, SGD_STEP))
+    assert err is None and built.scheduler.last_epoch == 0
 
 
 # --------------------------------------------------------------------------- input
