@@ -77,6 +77,7 @@ class CheckResult:
     groups: dict[str, list[int]]  # {"checkpoint": [n per group], "config": [...]}
     findings: list[Finding]
     trial: dict[str, Any]
+    fixes: list[str] = field(default_factory=list)  # `optstate set` lines that apply the config
 
     @property
     def verdict(self) -> str:
@@ -105,6 +106,7 @@ def check_checkpoint(path: str | Path, config: str | Path, *, key: str | None = 
     result.location = located.location
     result.scheduler_location = located.scheduler_location
     result.config = str(config)
+    result.fixes = fix_commands(result, str(path))
     return result
 
 
@@ -566,7 +568,43 @@ def check_report(result: CheckResult) -> dict[str, Any]:
         "groups": result.groups,
         "findings": [asdict(f) for f in result.findings],
         "trial": result.trial,
+        "fixes": result.fixes,
     }
+
+
+def fix_commands(result: CheckResult, path: str) -> list[str]:
+    """``optstate set`` command lines that write the config's hyperparameters into a copy
+    of the checkpoint (for the overrides found), one per distinct set of values."""
+    import shlex
+
+    per_group: dict[int, dict[str, Any]] = {}
+    for f in result.findings:
+        if f.code == "hyperparams-override" and f.detail["key"] != "initial_lr":
+            per_group.setdefault(f.group, {})[f.detail["key"]] = f.detail["config"]
+    if not per_group:
+        return []
+    stem = Path(path)
+    out = shlex.quote(str(stem.with_name(stem.stem + "-fixed" + stem.suffix)))
+    src = shlex.quote(path)
+
+    def flags(values: dict[str, Any]) -> str:
+        parts = []
+        for k, v in values.items():
+            text = ",".join(map(str, v)) if isinstance(v, list) else str(v)
+            parts.append(f"--lr {text}" if k == "lr" else f"--set {k}={text}")
+        return " ".join(parts)
+
+    n_groups = len(result.groups["checkpoint"])
+    distinct = {repr(v) for v in per_group.values()}
+    if len(per_group) == n_groups and len(distinct) == 1:
+        return [f"optstate set {src} -o {out} {flags(next(iter(per_group.values())))}"]
+    lines, current = [], src
+    for i, (gi, values) in enumerate(sorted(per_group.items())):
+        target = out if i == len(per_group) - 1 else shlex.quote(
+            str(stem.with_name(f"{stem.stem}-fixed{i}{stem.suffix}")))
+        lines.append(f"optstate set {current} -o {target} --group {gi} {flags(values)}")
+        current = target
+    return lines
 
 
 def _n(n: int, word: str) -> str:

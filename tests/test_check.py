@@ -101,7 +101,7 @@ def test_json_report(cli, tmp_path):
     report = json.loads(r.stdout)
     assert list(report) == ["schema", "source", "location", "scheduler_location", "config",
                             "optimizer", "verdict", "exit_code", "groups", "findings",
-                            "trial"]
+                            "trial", "fixes"]
     assert report["schema"] == "optstate.check/1"
     assert report["verdict"] == "ok" and report["exit_code"] == 0
     assert report["groups"] == {"checkpoint": [1, 1], "config": [1, 1]}
@@ -227,6 +227,32 @@ def test_hyperparameters_the_checkpoint_overrides(cli, tmp_path):
     assert err is None
     assert built.optimizer.param_groups[0]["lr"] == 0.01
     assert built.optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+
+
+def test_suggested_fix_makes_the_pair_match(cli, tmp_path):
+    """check's suggested `set` line, run as is, gives a checkpoint that loads as configured
+    (scheduler included): the StepLR run's decayed lr and base_lrs become the config's."""
+    saved = {"optimizer": "AdamW", "hyperparams": {"lr": 1e-3}, "groups": [
+        {"shapes": ["4x4", "4"]}], "scheduler": {"name": "StepLR", "step_size": 2}}
+    ckpt = _save_state(tmp_path, saved, steps=5)
+    cfg = _write_config(tmp_path, {**saved, "hyperparams": {"lr": 3e-4, "betas": [0.9, 0.95]}})
+    r = cli("check", ckpt, "--config", cfg, "--json")
+    report = json.loads(r.stdout)
+    assert r.exit_code == 1
+    fixed = tmp_path / "ckpt-fixed.pt"
+    assert report["fixes"] == [f"optstate set {ckpt} -o {fixed} --lr 0.0003 "
+                               "--set betas=0.9,0.95"]
+    r = cli(*report["fixes"][0].split()[1:])
+    assert r.exit_code == 0, r.stderr
+    res = check_checkpoint(fixed, cfg)
+    assert _codes(res) == [("scheduler-resume", "info")] and res.exit_code == 0
+    built = build(spec_from_dict(read_config_file(cfg)))
+    obj = torch.load(fixed, weights_only=True)
+    built.optimizer.load_state_dict(obj["optimizer_state_dict"])
+    built.scheduler.load_state_dict(obj["scheduler_state_dict"])
+    assert built.optimizer.param_groups[0]["lr"] == 3e-4
+    assert built.optimizer.param_groups[0]["betas"] == (0.9, 0.95)
+    assert built.scheduler.base_lrs == [3e-4]
 
 
 def test_adam_checkpoint_into_adamw_keeps_adamw(tmp_path):

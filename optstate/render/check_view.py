@@ -43,4 +43,7 @@ def check_view(report: dict[str, Any]) -> Group:
             if value is not None:
                 steps.append(f"{label}: {value}")
         parts.append(Text("torch trial: " + "; ".join(steps), style="dim"))
+    if report.get("fixes"):
+        parts.append(Text("To resume with the config's hyperparameters, write them into a copy:"))
+        parts.extend(Text(f"  {line}", style="bold") for line in report["fixes"])
     return Group(*parts)
