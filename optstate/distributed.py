@@ -1,0 +1,381 @@
+"""``simulate --world-size N``: the same synthetic run, sharded over N processes with FSDP2.
+
+N worker processes (``python -m optstate.distributed``) form a gloo process group on this
+machine (CPU only, loopback only). Each builds the run of the spec exactly as the
+single-process ``simulate`` does (same seeded initial weights), hands the parameters to
+FSDP2 (``fully_shard`` on a CPU ``DeviceMesh``: every parameter split along dim 0), and
+builds the optimizer on the sharded parameters. Each step mirrors ``simulate.simulate``:
+``zero_grad``, the synthetic gradient computed from the whole parameter (gathered with
+``full_tensor()``, so it is the single-process gradient) and split to this rank's shard,
+``step()``, the scheduler. At the end every rank writes its shards with ``dcp.save``
+(``get_optimizer_state_dict`` layout: state keyed by parameter name), the format
+multi-node FSDP training writes; rank 0 also sends the gathered full state back so the
+parent can report it like a single-process run.
+
+The parent process owns everything that outlives the workers: the rendezvous store (a
+``TCPStore`` on 127.0.0.1 with a port the OS picks, held open by the parent so no other
+program can take it), the temp folder the checkpoint is written to (renamed to ``--save``
+only when every rank succeeded), and the workers themselves (killed on the first error,
+on a timeout and on Ctrl-C; they run in their own session, so a terminal's Ctrl-C reaches
+the parent, which stops them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import errors
+from .build import build
+from .config import RunSpec, spec_from_dict, validate
+from .convert import check_dir_writable, replace_dir
+from .errors import ConfigError, OptstateError
+from .simulate import History, SimulationResult
+
+MAX_WORLD_SIZE = 16
+LOOPBACK = "127.0.0.1"
+# Optimizers whose step is not elementwise over one parameter: LBFGS flattens all
+# parameters into one vector (no FSDP2 support); SparseAdam needs sparse gradients.
+UNSHARDABLE = {"lbfgs": "LBFGS", "sparseadam": "SparseAdam"}
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def simulate_sharded(spec: RunSpec, *, world_size: int, save: str | Path | None = None,
+                     force: bool = False, timeout: float = 600.0, resume: Any = None,
+                     save_every: int | None = None, with_params: bool = False
+                     ) -> SimulationResult:
+    """Run ``spec`` on ``world_size`` processes (FSDP2, gloo, CPU); save the sharded
+    optimizer state to the DCP folder ``save``. Returns the gathered result.
+    (``resume``, ``save_every`` and ``with_params`` are single-process features; they are
+    refused here rather than silently ignored.)"""
+    if not 1 <= world_size <= MAX_WORLD_SIZE:
+        raise ConfigError(f"--world-size must be between 1 and {MAX_WORLD_SIZE}, got "
+                          f"{world_size}")
+    for flag, value in (("--resume", resume), ("--save-every", save_every),
+                        ("--with-params", with_params)):
+        if value:
+            raise ConfigError(f"{flag} does not work with --world-size yet",
+                              hint=f"drop {flag}, or run on one process")
+    spec = validate(spec)
+    if spec.optimizer.lower() in UNSHARDABLE:
+        raise ConfigError(
+            f"{UNSHARDABLE[spec.optimizer.lower()]} cannot run sharded: its step is not "
+            "elementwise per parameter",
+            hint="drop --world-size, or pick another optimizer",
+        )
+    built = build(spec)  # config errors here, before any process starts
+    for name, p in zip(built.names, built.params, strict=True):
+        if p.dim() == 0:
+            raise ConfigError(f"parameter {name} is a scalar; FSDP2 shards along dim 0, so "
+                              "sharded runs need parameters with at least one dimension")
+    save_path = Path(save) if save is not None else None
+    if save_path is not None:
+        check_dir_writable(save_path, force)
+
+    from torch.distributed import TCPStore
+
+    work = Path(tempfile.mkdtemp(prefix="optstate-dist-"))
+    out = None
+    if save_path is not None:
+        out = Path(tempfile.mkdtemp(prefix=f".{save_path.name}.", suffix=".optstate-tmp",
+                                    dir=save_path.parent))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        store = TCPStore(LOOPBACK, 0, world_size + 1, is_master=True,
+                         timeout=timedelta(seconds=60), wait_for_workers=False)
+        job = {"world_size": world_size, "port": store.port, "spec": spec.to_dict(),
+               "out": str(out) if out else None, "work": str(work)}
+        (work / "job.json").write_text(json.dumps(job))
+        procs = [_start_worker(rank, work) for rank in range(world_size)]
+        _wait(procs, work, timeout)
+        result = _result(spec, world_size, work, built)
+        if out is not None and save_path is not None:
+            replace_dir(out, save_path, force)
+            result.saved = [save_path]
+        return result
+    finally:
+        _stop(procs)
+        shutil.rmtree(work, ignore_errors=True)
+        if out is not None and out.exists():
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _start_worker(rank: int, work: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["OMP_NUM_THREADS"] = "1"  # N processes share this machine's cores
+    ifname = loopback_interface()
+    if ifname:
+        env["GLOO_SOCKET_IFNAME"] = ifname
+    log = open(work / f"rank{rank}.log", "wb")  # noqa: SIM115 - the child owns it
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "optstate.distributed", str(work / "job.json"), str(rank)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,  # Ctrl-C goes to the parent, which stops the workers
+        )
+    finally:
+        log.close()
+
+
+def loopback_interface() -> str | None:
+    """The loopback interface name (``lo`` on Linux, ``lo0`` on macOS), for gloo."""
+    with contextlib.suppress(OSError, AttributeError):
+        for _, name in socket.if_nameindex():
+            if name.startswith("lo"):
+                return name
+    return None
+
+
+def _wait(procs: list[subprocess.Popen[bytes]], work: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
+        if failed:
+            time.sleep(0.2)  # let the others report their own error first, if any
+            raise _worker_error(work, failed, [p.poll() for p in procs])
+        if all(c == 0 for c in codes):
+            return
+        if time.monotonic() > deadline:
+            raise OptstateError(f"the sharded run did not finish within {timeout:.0f} s; "
+                                "its processes were stopped")
+        time.sleep(0.05)
+
+
+def _worker_error(work: Path, failed: list[int], codes: list[int | None]) -> OptstateError:
+    reports = [json.loads(f.read_text()) for f in sorted(work.glob("error.*.json"))]
+    # A rank that failed for a reason of its own, before those that lost their peers.
+    reports.sort(key=lambda r: not _is_optstate_error(r["kind"]))
+    if reports:
+        first = reports[0]
+        if _is_optstate_error(first["kind"]):
+            return getattr(errors, first["kind"])(first["message"], first.get("hint"))
+        return OptstateError(
+            f"rank {first['rank']} of the sharded run failed: {first['kind']}: "
+            f"{first['message']}"
+        )
+    rank = failed[0]
+    tail = ""
+    log = work / f"rank{rank}.log"
+    with contextlib.suppress(OSError):
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        tail = lines[-1].strip() if lines else ""
+    code = codes[rank]
+    how = f"was killed by signal {-code}" if code is not None and code < 0 else \
+        f"exited with status {code}"
+    return OptstateError(f"rank {rank} of the sharded run {how}" + (f": {tail}" if tail else ""))
+
+
+def _is_optstate_error(kind: str) -> bool:
+    cls = getattr(errors, kind, None)
+    return isinstance(cls, type) and issubclass(cls, OptstateError)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop every worker still running: SIGTERM to its session, then SIGKILL."""
+    alive = [p for p in procs if p.poll() is None]
+    for p in alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 3.0
+    for p in alive:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for p in alive:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def _result(spec: RunSpec, world_size: int, work: Path, built: Any) -> SimulationResult:
+    """The single-process view of the sharded run: rank 0's gathered state, loaded
+    (safely) into a freshly built optimizer."""
+    from .checkpoint import load_torch_file
+
+    data = load_torch_file(work / "result.pt").obj
+    names = built.names
+    positions = {n: i for i, n in enumerate(names)}
+    full = data["optimizer"]
+    state = {positions[k]: v for k, v in full["state"].items()}
+    groups = [{**g, "params": [positions[n] for n in g["params"]]} for g in full["param_groups"]]
+    built.optimizer.load_state_dict({"state": state, "param_groups": groups})
+    with torch.no_grad():
+        for p, value in zip(built.params, data["params"], strict=True):
+            p.copy_(value)
+    if built.scheduler is not None and data["scheduler"] is not None:
+        built.scheduler.load_state_dict(data["scheduler"])
+    h = data["history"]
+    history = History(step=h["step"], loss=h["loss"], param_norm=h["param_norm"], lr=h["lr"],
+                      point=[tuple(x) for x in h["point"]])
+    return SimulationResult(spec, built.params, names, built.group_of, built.optimizer,
+                            built.scheduler, history, 0, spec.steps, [], [])
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def _nest(names: list[str], params: list[torch.Tensor]) -> torch.nn.Module:
+    """A module whose parameters have exactly ``names`` as fully qualified names."""
+    root = torch.nn.Module()
+    for name, p in zip(names, params, strict=True):
+        *path, leaf = name.split(".")
+        mod = root
+        for part in path:
+            if not part or not part.isidentifier():
+                raise ConfigError(f"parameter name {name!r} cannot be a module path")
+            child = getattr(mod, part, None)
+            if child is None:
+                child = torch.nn.Module()
+                mod.add_module(part, child)
+            elif not isinstance(child, torch.nn.Module):
+                raise ConfigError(f"parameter names clash at {name!r}")
+            mod = child
+        if not leaf or hasattr(mod, leaf):
+            raise ConfigError(f"parameter name {name!r} clashes with another")
+        mod.register_parameter(leaf, torch.nn.Parameter(p.detach().clone()))
+    return root
+
+
+def run_worker(job: dict[str, Any], rank: int) -> None:
+    """One rank of the sharded run (see the module docstring)."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+    )
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import distribute_tensor
+
+    from .build import build_scheduler
+    from .gradients import accumulate, make_source
+
+    world = job["world_size"]
+    torch.set_num_threads(1)
+    store = dist.TCPStore(LOOPBACK, job["port"], world + 1, is_master=False,
+                          timeout=timedelta(seconds=60))
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        spec = spec_from_dict(job["spec"], "the sharded run's config")
+        built = build(spec)  # the same seeded initial weights as the single-process run
+        model = _nest(built.names, built.params)
+        fully_shard(model, mesh=mesh)
+        params = [model.get_parameter(n) for n in built.names]
+        groups = []
+        for gi, g in enumerate(built.optimizer.param_groups):
+            hyper = {k: v for k, v in g.items() if k not in ("params", "param_names")}
+            groups.append({**hyper, "params": [p for p, gj in zip(params, built.group_of,
+                                                                    strict=True) if gj == gi]})
+        opt = type(built.optimizer)(groups)
+        sched = build_scheduler(spec.scheduler, opt) if spec.scheduler else None
+        plateau = sched is not None and isinstance(
+            sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        source = make_source(spec.grad, spec.grad_value, spec.seed)
+        set_to_none = spec.zero_grad == "none"
+        if spec.zero_grad == "zeros" and source.name == "none":
+            for p in params:
+                p.grad = torch.zeros_like(p)
+
+        def full() -> list[torch.Tensor]:
+            with torch.no_grad():
+                return [p.detach().full_tensor() for p in params]
+
+        history = History()
+        two_d = sum(p.numel() for p in params) == 2
+
+        def record(step: int, whole: list[torch.Tensor]) -> None:
+            norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in whole))
+            history.step.append(step)
+            history.loss.append(source.loss(whole) if source.has_objective else None)
+            history.param_norm.append(norm)
+            history.lr.append([float(g["lr"]) for g in opt.param_groups])
+            if two_d:
+                x, y = torch.cat([t.reshape(-1) for t in whole]).tolist()
+                history.point.append((x, y))
+
+        record(0, full())
+        for step in range(spec.steps):
+            if spec.zero_grad != "never":
+                opt.zero_grad(set_to_none=set_to_none)
+            # The whole parameters as leaves of a fresh graph: the source differentiates
+            # its objective with autograd, exactly as on one process.
+            whole = [t.requires_grad_(True) for t in full()]
+            grads = source.gradients(whole, step)
+            if grads is not None:
+                grads = [distribute_tensor(g.detach(), p.device_mesh, p.placements,
+                                           src_data_rank=None)
+                         for g, p in zip(grads, params, strict=True)]
+            accumulate(params, grads)
+            opt.step()
+            if sched is not None:
+                if plateau:
+                    loss = source.loss(full())
+                    sched.step(loss if loss is not None else 0.0)
+                else:
+                    sched.step()
+            record(step + 1, full())
+
+        if job["out"]:
+            dcp.save(get_optimizer_state_dict(model, opt), checkpoint_id=job["out"])
+        gathered = get_optimizer_state_dict(
+            model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        whole = full()
+        if rank == 0:
+            buf = io.BytesIO()
+            torch.save({
+                "optimizer": gathered, "params": whole,
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "history": {"step": history.step, "loss": history.loss,
+                            "param_norm": history.param_norm, "lr": history.lr,
+                            "point": [list(x) for x in history.point]},
+            }, buf)
+            (Path(job["work"]) / "result.pt").write_bytes(buf.getvalue())
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _main(argv: list[str]) -> int:
+    job = json.loads(Path(argv[0]).read_text())
+    rank = int(argv[1])
+    warnings.simplefilter("ignore")  # FSDP2 / DCP notices; errors are reported below
+    try:
+        run_worker(job, rank)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, then exit 1
+        report = {"rank": rank, "kind": type(e).__name__, "message": str(e).strip()
+                  .splitlines()[0] if str(e).strip() else type(e).__name__,
+                  "hint": getattr(e, "hint", None)}
+        traceback.print_exc()
+        with contextlib.suppress(OSError):
+            (Path(job["work"]) / f"error.{rank}.json").write_text(json.dumps(report))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
