@@ -86,6 +86,10 @@ def simulate(
         "matplotlib: pip install 'optstate[plot]'.", rich_help_panel=_SAVE)] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite existing output files.", rich_help_panel=_SAVE)] = False,
+    world_size: Annotated[int | None, typer.Option(
+        help="Run sharded on N processes of this machine (torch.distributed, gloo, CPU, "
+        "FSDP2); --save then writes a DCP folder (torch.distributed.checkpoint), e.g. "
+        "--world-size 2 --save run_dcp/.", rich_help_panel=_RUN)] = None,
     json_: Annotated[bool, typer.Option(
         "--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
@@ -134,11 +138,20 @@ def simulate(
             from ..plot import check_plot_target
 
             check_plot_target(plot, force)
-        resume_obj = load_torch_file(resume).obj if resume is not None else None
-        with _progress(spec.steps, quiet=json_) as on_step:
-            result = run(spec, resume=resume_obj, save=save, save_every=save_every,
-                         with_params=with_params, force=force, on_step=on_step)
+        if world_size is not None:  # sharded: optstate/distributed.py (helper X)
+            from ..distributed import simulate_sharded
+
+            result = simulate_sharded(spec, world_size=world_size, save=save, force=force,
+                                      resume=resume, save_every=save_every,
+                                      with_params=with_params)
+        else:
+            resume_obj = load_torch_file(resume).obj if resume is not None else None
+            with _progress(spec.steps, quiet=json_) as on_step:
+                result = run(spec, resume=resume_obj, save=save, save_every=save_every,
+                             with_params=with_params, force=force, on_step=on_step)
         report = simulate_report(result)
+        if world_size is not None:
+            report["world_size"] = world_size
         if plot is not None:
             from ..plot import write_run_plot
 
