@@ -64,7 +64,7 @@ def test_human_view(cli, tmp_path):
     assert "\x1b[" not in out  # not a terminal: no colour codes
     lines = out.splitlines()
     assert lines[0] == f"file      {path}"
-    assert lines[1] == "format    torch.save zip"
+    assert lines[1] == "format    torch.save zip (torch >= 1.6)"
     assert lines[3] == "found at  optimizer_state_dict"
     assert lines[4].startswith("optimizer Adam  confidence high:")
     for text in ("param_groups", "hyperparameter", "exp_avg_sq", "statistics", "mean|x|",
@@ -83,6 +83,32 @@ def test_human_view_shows_warnings_and_values(cli, tmp_path):
     assert "state[1].momentum_buffer = (nan" not in r.stdout
     assert "state[1].momentum_buffer = (–, " in r.stdout  # NaN shown as –, count above
     json.loads(cli("inspect", tmp_path / "nan.pt", "--json").stdout)  # still valid JSON
+
+
+def _groups_checkpoint(tmp_path, n_groups):
+    params = [torch.nn.Parameter(torch.ones(2)) for _ in range(n_groups)]
+    opt = torch.optim.SGD([{"params": [p], "lr": 0.1 * (i + 1)} for i, p in enumerate(params)],
+                          momentum=0.9)
+    sum(p.sum() for p in params).backward()
+    opt.step()
+    torch.save(opt.state_dict(), tmp_path / "g.pt")
+    return tmp_path / "g.pt"
+
+
+def test_groups_that_differ_are_marked_without_colour(cli, tmp_path):
+    out = cli("inspect", _groups_checkpoint(tmp_path, 2)).stdout
+    lr_row = next(line for line in out.splitlines() if "lr *" in line)
+    assert lr_row.split("│")[2:4] == [" 0.1     ", " 0.2     "]
+    assert "* differs between groups" in out
+    assert "momentum *" not in out
+
+
+def test_many_groups_one_row_each_with_only_what_differs(cli, tmp_path):
+    out = cli("inspect", _groups_checkpoint(tmp_path, 6)).stdout
+    assert ("6 groups: columns show the hyperparameters that differ; same in every group: "
+            "momentum=0.9, dampening=0,") in " ".join(out.split())  # rich wraps at 80
+    rows = [line.split("│")[1:4] for line in out.splitlines() if line.startswith("│")]
+    assert [r[2].strip() for r in rows[:6]] == ["0.1", "0.2", "0.3", "0.4", "0.5", "0.6"]
 
 
 def test_no_stats_json_has_structure_only(cli, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -23,22 +24,46 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def groups_table(groups: list[dict[str, Any]], title: str = "param_groups") -> Table:
+def groups_table(groups: list[dict[str, Any]], title: str = "param_groups",
+                 max_columns: int = 4) -> Table | Group:
     """One column per group, one row per hyperparameter (optimizers have a dozen: a row
-    per group would not fit a terminal). Values that differ between groups are bold."""
+    per group would not fit a terminal). Values that differ between groups are bold and
+    marked ``*`` (the mark survives NO_COLOR and pipes). Past ``max_columns`` groups: one
+    row per group with only the hyperparameters that differ, the rest listed once."""
     names: list[str] = []
     for g in groups:
         for k in g["hyperparams"]:
             if k not in names:
                 names.append(k)
-    table = Table(title=title, title_justify="left", title_style="bold")
+    differ = {n for n in names
+              if len({repr(g["hyperparams"].get(n, "(absent)")) for g in groups}) > 1}
+    if len(groups) > max_columns:
+        return _groups_by_row(groups, names, differ, title)
+    table = Table(title=title, title_justify="left", title_style="bold",
+                  caption="* differs between groups" if differ else None,
+                  caption_justify="left")
     table.add_column("hyperparameter")
     for g in groups:
         table.add_column(f"group {g['index']}")
     table.add_row("(params)", *[str(len(g["params"])) for g in groups], style="dim")
     for n in names:
         values = [g["hyperparams"].get(n, "(absent)") for g in groups]
-        differs = len({repr(v) for v in values}) > 1
-        style = "bold yellow" if differs else ""
-        table.add_row(Text(n, style=style), *[Text(fmt(v), style=style) for v in values])
+        style = "bold yellow" if n in differ else ""
+        label = f"{n} *" if n in differ else n
+        table.add_row(Text(label, style=style), *[Text(fmt(v), style=style) for v in values])
     return table
+
+
+def _groups_by_row(groups: list[dict[str, Any]], names: list[str], differ: set[str],
+                   title: str) -> Group:
+    table = Table(title=title, title_justify="left", title_style="bold")
+    cols = [n for n in names if n in differ]
+    for col in ["group", "params", *cols]:
+        table.add_column(col, justify="right" if col in ("group", "params") else "left")
+    for g in groups:
+        table.add_row(str(g["index"]), str(len(g["params"])),
+                      *[fmt(g["hyperparams"].get(n, "(absent)")) for n in cols])
+    same = [f"{n}={fmt(groups[0]['hyperparams'].get(n))}" for n in names if n not in differ]
+    note = (f"{len(groups)} groups: columns show the hyperparameters that differ; same in "
+            f"every group: {', '.join(same) or '(none)'}")
+    return Group(table, Text(note, style="dim"))

@@ -11,6 +11,12 @@ from rich.text import Text
 
 from .human import fmt, groups_table
 
+FORMAT_LABELS = {
+    "zip": "torch.save zip (torch >= 1.6)",
+    "legacy": "torch.save legacy pickle (torch < 1.6)",
+    "dcp": "torch.distributed.checkpoint folder",
+}
+
 # LBFGS keeps up to history_size tensors per list entry; show the first few as rows.
 ITEMS_SHOWN = 4
 
@@ -40,8 +46,7 @@ def header(report: dict[str, Any]) -> Text:
     if f["read"] != f["path"]:
         text.append(f"  (read {f['read']})")
     text.append("\nformat    ", style="dim")
-    text.append(f"torch.save {f['format']}" + (" (torch < 1.6 pickle)" if f["format"] == "legacy"
-                                               else ""))
+    text.append(FORMAT_LABELS.get(f["format"], f["format"]))
     text.append("\nsize      ", style="dim")
     text.append(human_bytes(f["bytes"]))
     text.append("\nfound at  ", style="dim")
