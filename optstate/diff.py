@@ -112,6 +112,7 @@ class StateDiff:
     options: DiffOptions
     groups: tuple[int, int]
     params: tuple[int, int]
+    optimizers: tuple[str, str] = ("unknown", "unknown")  # inferred kinds (kind.py)
     complete: bool = True  # False when stop_after cut the comparison short
     notes: list[str] = field(default_factory=list)
 
@@ -400,12 +401,23 @@ def diff_states(a: dict[str, Any], b: dict[str, Any], options: DiffOptions | Non
             w.compare("scheduler", scheduler_a, scheduler_b)
     except _Stop:
         complete = False
+    kinds = (_kind(va), _kind(vb))
+    if kinds[0] != kinds[1] and "unknown" not in kinds:
+        w.notes.append(f"a holds {kinds[0]} state, b holds {kinds[1]} state")
     if va.orphan_keys or vb.orphan_keys:
         w.notes.append("state entries that belong to no param group were not compared "
                        f"(a: {len(va.orphan_keys)}, b: {len(vb.orphan_keys)})")
     return StateDiff(w.changes, w.same, w.ignored, "name" if by_name else "position", opts,
-                     (len(va.groups), len(vb.groups)), (va.n_params, vb.n_params),
+                     (len(va.groups), len(vb.groups)), (va.n_params, vb.n_params), kinds,
                      complete, w.notes)
+
+
+def _kind(view: OptimizerStateView) -> str:
+    """The torch.optim class that most likely wrote this state (or "unknown")."""
+    from .kind import infer_kind
+
+    entries = {str(k) for p in view.params for k in p.state}
+    return infer_kind([g.hyperparams for g in view.groups], entries).kind
 
 
 def _walk_groups(w: _Walk, va: OptimizerStateView, vb: OptimizerStateView) -> None:
@@ -511,6 +523,7 @@ def diff_report(result: StateDiff, side_a: DiffSide | None = None,
         "b": side_b.to_dict() if side_b else None,
         "options": {"atol": opts.atol, "rtol": opts.rtol, "nan_equal": opts.nan_equal,
                     "ignore": list(opts.ignore), "match": result.matched_by},
+        "optimizer": list(result.optimizers),
         "groups": list(result.groups),
         "params": list(result.params),
         "counts": {"differences": len(result.changes),
@@ -534,7 +547,10 @@ VERSION_KEYS = ("foreach", "fused", "differentiable", "capturable", "maximize",
 
 
 def ignore_hint(result: StateDiff) -> str | None:
-    """Suggest --ignore when some differences are only torch-version bookkeeping keys."""
+    """Suggest --ignore when some differences are only torch-version bookkeeping keys
+    (not when the two states come from different optimizers: then they are expected)."""
+    if result.optimizers[0] != result.optimizers[1]:
+        return None
     keys = sorted({c.path.rsplit(".", 1)[-1] for c in result.changes
                    if c.path.startswith("param_groups[") and c.kind in ("added", "removed")
                    and c.path.rsplit(".", 1)[-1] in VERSION_KEYS})

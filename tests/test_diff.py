@@ -203,6 +203,9 @@ def test_different_optimizer_kind_gives_structural_changes_not_a_crash():
         expected |= {(f"state[{i}].{e}", "added") for e in ("step", "exp_avg", "exp_avg_sq")}
     structural = {x for x in got if x[1] in ("added", "removed")}
     assert structural == expected
+    assert r.optimizers == ("SGD", "Adam")
+    assert r.notes == ["a holds SGD state, b holds Adam state"]
+    assert "hint" not in diff_report(r)  # capturable etc. differ because the kinds do
     removed = next(c for c in r.changes if c.path == "state[0].momentum_buffer")
     assert removed.before == {"shape": [2], "dtype": "float32"} and removed.after is None
 

@@ -31,8 +31,8 @@ def files(tmp_path, monkeypatch):
     return tmp_path
 
 
-HEAD = ("a: a.pt · 1 group, 2 params\n"
-        "b: {b} · 1 group, 2 params\n"
+HEAD = ("a: a.pt · SGD · 1 group, 2 params\n"
+        "b: {b} · SGD · 1 group, 2 params\n"
         "compared: exact · NaN = NaN · params matched by position\n")
 
 
@@ -83,6 +83,7 @@ def test_json_schema_and_paths(cli, files):
                  "norm_b": float(y.norm())}
     assert rep["counts"] == {"differences": 3, "structural": 0, "numeric": 3, "equal": 8,
                              "ignored": 0}
+    assert rep["optimizer"] == ["SGD", "SGD"]
     assert rep["omitted"] == 0 and "same" not in rep
 
 

@@ -79,10 +79,12 @@ def _tensors_table(changes: list[dict[str, Any]]) -> Table:
     return table
 
 
-def _side(name: str, side: dict[str, Any] | None, groups: int, params: int) -> Text:
+def _side(name: str, side: dict[str, Any] | None, kind: str, groups: int, params: int
+          ) -> Text:
     text = Text.assemble((f"{name}: ", "bold"), side["path"] if side else "(in memory)")
     if side and side["location"]:
         text.append(f" [{side['location']}]", style="dim")
+    text.append(f" · {kind}" if kind != "unknown" else "", style="dim")
     text.append(f" · {groups} group{'s' * (groups != 1)}, {params} param{'s' * (params != 1)}",
                 style="dim")
     return text
@@ -114,8 +116,8 @@ def diff_view(report: dict[str, Any]) -> Group:
     """Header, the changes and tensor tables (equal items too with --verbose), notes,
     summary."""
     parts: list[Any] = [
-        _side("a", report["a"], report["groups"][0], report["params"][0]),
-        _side("b", report["b"], report["groups"][1], report["params"][1]),
+        *(_side(name, report[name], report["optimizer"][i], report["groups"][i],
+                report["params"][i]) for i, name in enumerate("ab")),
         Text(f"compared: {tolerance_text(report['options'])}", style="dim"),
     ]
     items = report["changes"] + report.get("same", [])
