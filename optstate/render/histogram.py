@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -33,8 +34,8 @@ def _num(v: float | None) -> str:
     return "–" if v is None else f"{v:.4g}"
 
 
-def histogram_cells(h: dict[str, Any]) -> tuple[Text, Text, Text, Text, Text]:
-    """(min, bars, max, zeros, non-finite) cells for one histogram."""
+def histogram_cells(h: dict[str, Any]) -> tuple[Text, ...]:
+    """(min, bars, max, zeros, NaN, ±Inf) cells for one histogram."""
     numel = h["numel"]
     bad = h["nan"] + h["posinf"] + h["neginf"]
     if h["counts"] is None:
@@ -45,10 +46,10 @@ def histogram_cells(h: dict[str, Any]) -> tuple[Text, Text, Text, Text, Text]:
         bars = Text.assemble(("▕", "dim"), (sparkline(h["counts"]), "cyan"), ("▏", "dim"))
     zeros = Text("–" if not numel else f"{100 * h['zeros'] / numel:.3g}%",
                  style="yellow" if numel and h["zeros"] == numel else "")
-    parts = [f"{h[k]} {label}" for k, label in (("nan", "nan"), ("posinf", "+inf"),
-                                               ("neginf", "-inf")) if h[k]]
-    non_finite = Text(", ".join(parts) or "0", style="bold red" if bad else "dim")
-    return Text(_num(h["min"])), bars, Text(_num(h["max"])), zeros, non_finite
+    inf = h["posinf"] + h["neginf"]
+    return (Text(_num(h["min"])), bars, Text(_num(h["max"])), zeros,
+            Text(str(h["nan"]), style="bold red" if h["nan"] else ""),
+            Text(str(inf), style="bold red" if inf else ""))
 
 
 def _entries(state: dict[str, Any], prefix: str = ""):  # noqa: ANN202
@@ -68,11 +69,12 @@ def histogram_table(report: dict[str, Any]) -> Table | None:
     bins = rows[0][2]["bins"]
     of = "|values|" if any(h["of"] == "abs" for _, _, h in rows) else "values"
     table = Table(title=f"histograms ({bins} bins from min to max of the finite {of})",
-                  title_justify="left", title_style="bold")
+                  title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
+                  padding=(0, 1), pad_edge=False, show_edge=False)
     for col, justify in (("param", "right"), ("entry", "left"), ("min", "right"),
                          ("histogram", "left"), ("max", "left"), ("zeros", "right"),
-                         ("nan/inf", "right")):
-        table.add_column(col, justify=justify, no_wrap=col == "histogram")
+                         ("NaN", "right"), ("±Inf", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
     last = None
     for p, name, h in rows:
         lead = "" if p["position"] == last else str(p["position"])
