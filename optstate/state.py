@@ -74,7 +74,9 @@ class OptimizerStateView:
                         f"malformed optimizer state: state[{key!r}] is a "
                         f"{type(st).__name__}, not a dict"
                     )
-                params.append(ParamView(pos, key, gi, names[j] if names else None, st))
+                # get_optimizer_state_dict (FSDP, DCP) keys state by parameter name.
+                name = names[j] if names else (key if isinstance(key, str) else None)
+                params.append(ParamView(pos, key, gi, name, st))
         known = set()
         for k in all_keys:
             try:
