@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
             f"expected key=value, got {text!r}", hint="for example --set betas=0.9,0.95"
         )
     key, _, value = text.partition("=")
-    key = key.strip()
+    key = sys.intern(key.strip())  # see _frozen_items
     if not key.isidentifier():
         raise ConfigError(f"{key!r} is not a hyperparameter name (in {text!r})")
     return key, parse_value(value)
@@ -264,7 +265,7 @@ def spec_from_dict(data: dict[str, Any], where: str = "config") -> RunSpec:
         kw["optimizer"] = _want(data["optimizer"], str, "optimizer", where)
     if "hyperparams" in data:
         hp = _want(data["hyperparams"], dict, "hyperparams", where)
-        kw["hyperparams"] = {k: _freeze(v) for k, v in hp.items()}
+        kw["hyperparams"] = _frozen_items(hp)
     if "groups" in data:
         groups = _want(data["groups"], list, "groups", where)
         kw["groups"] = tuple(_group_from_dict(g, i, where) for i, g in enumerate(groups))
@@ -283,7 +284,7 @@ def spec_from_dict(data: dict[str, Any], where: str = "config") -> RunSpec:
         name = sd.pop("name", None)
         if not isinstance(name, str):
             raise ConfigError(f"{where}: [scheduler] needs a name, e.g. name = \"StepLR\"")
-        kw["scheduler"] = SchedulerSpec(name, {k: _freeze(v) for k, v in sd.items()})
+        kw["scheduler"] = SchedulerSpec(name, _frozen_items(sd))
     return validate(RunSpec(**kw))
 
 
@@ -306,9 +307,16 @@ def _group_from_dict(g: Any, i: int, where: str) -> GroupSpec:
             )
     return GroupSpec(
         shapes=tuple(parse_shape(s) for s in shapes),
-        hyperparams={k: _freeze(v) for k, v in g.items()},
+        hyperparams=_frozen_items(g),
         names=tuple(names) if names is not None else None,
     )
+
+
+def _frozen_items(d: dict[str, Any]) -> dict[str, Any]:
+    """Keys interned (pickle shares equal strings only when they are the same object: a
+    config file's ``lr`` would otherwise make a saved state differ by a few bytes from
+    the same run given by flags), values frozen."""
+    return {sys.intern(str(k)): _freeze(v) for k, v in d.items()}
 
 
 def _freeze(v: Any) -> Any:

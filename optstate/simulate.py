@@ -20,6 +20,7 @@ What ``--save`` writes (``run_checkpoint``):
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,7 +95,10 @@ def run_checkpoint(built: Built, spec: RunSpec, step: int, with_params: bool) ->
             n: p.detach().clone() for n, p in zip(built.names, built.params, strict=True)
         }
     out["step"] = step
-    out["optstate"] = {"version": __version__, "config": spec.to_dict()}
+    # Through JSON: fresh, unshared strings, so the pickled bytes do not depend on whether
+    # the spec came from flags, a config file or Python (pickle shares strings by identity).
+    config = json.loads(json.dumps(spec.to_dict()))
+    out["optstate"] = {"version": __version__, "config": config}
     return out
 
 

@@ -211,3 +211,18 @@ def test_help_teaches(cli):
         assert flag in text
     assert "none: grads become None" in text
     assert "zeros: grads are zero-filled" in text
+
+
+def test_flags_and_config_file_save_the_same_bytes(cli, tmp_path):
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"optimizer": "Adam", "steps": 3, "grad": "normal",
+                               "init": "normal", "hyperparams": {"lr": 0.01},
+                               "groups": [{"shapes": ["2x2"]}, {"shapes": ["3"], "lr": 0.1}],
+                               "scheduler": {"name": "StepLR", "step_size": 2}}))
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    assert cli("simulate", "--config", cfg, "--save", a, "--with-params").exit_code == 0
+    r = cli("simulate", "-O", "Adam", "--steps", "3", "--grad", "normal", "--lr", "0.01",
+            "--group", "3 lr=0.1", "--scheduler", "StepLR", "--scheduler-arg", "step_size=2",
+            "--save", b, "--with-params")
+    assert r.exit_code == 0
+    assert a.read_bytes() == b.read_bytes()
