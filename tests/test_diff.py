@@ -410,3 +410,17 @@ def test_diff_files_memory_maps_zip_checkpoints(tmp_path, adam, monkeypatch):
     # every tensor compared was read from its file's mapping, not loaded into memory
     assert len(seen) == 12
     assert set(seen) == {str(tmp_path / "a.pt"), str(tmp_path / "b.pt")}
+
+
+def test_integers_beyond_float64_precision_differ_in_exact_mode():
+    a = {"state": {0: {"n": torch.tensor([2**60, 5]), "s": 2**60}},
+         "param_groups": [{"params": [0]}]}
+    b = {"state": {0: {"n": torch.tensor([2**60 + 1, 5]), "s": 2**60 + 1}},
+         "param_groups": [{"params": [0]}]}
+    r = diff_states(a, b)
+    assert [(c.path, c.kind) for c in r.changes] == [("state[0].n", "values"),
+                                                      ("state[0].s", "changed")]
+    assert r.changes[0].metrics["outside"] == int((a["state"][0]["n"] !=
+                                                    b["state"][0]["n"]).sum()) == 1
+    assert r.changes[1].before == 2**60 and r.changes[1].after == 2**60 + 1
+    assert diff_states(a, b, DiffOptions(atol=1)).equal
