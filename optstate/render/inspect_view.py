@@ -72,9 +72,21 @@ def _num(value: Any, digits: int) -> str:
     return fmt(value)
 
 
-def digits_for(width: int) -> int:
-    """Significant digits that let the statistics table fit a console ``width`` wide."""
-    return 6 if width >= 130 else 4 if width >= 100 else 3
+def digits_for(report: dict[str, Any], width: int) -> int:
+    """The most significant digits (6 down to 3) with which the statistics table fits a
+    console ``width`` wide (columns are separated by one space)."""
+    _STATS = ("norm", "min", "max", "mean", "mean_abs")
+    entries = [(name, rep) for p in report["params"] for name, rep in _flat_entries(p["state"])
+               if "norm" in rep]
+    fixed = (max([len("param")] + [len(str(p["position"])) for p in report["params"]])
+             + max([len("entry")] + [len(n) for n, _ in entries]) + len("NaN") + len("Inf")
+             + len("zeros") + 9)
+    for digits in (6, 5, 4):
+        cols = [max([len(k)] + [len(_num(rep[k], digits)) for _, rep in entries])
+                for k in _STATS]
+        if fixed + sum(cols) <= width:
+            return digits
+    return 3
 
 
 def _lead(p: dict[str, Any], show_group: bool, show_name: bool) -> list[str]:
@@ -108,8 +120,9 @@ def structure_table(report: dict[str, Any]) -> Table:
     show_name = any(p["name"] for p in params)
     table = Table(title="state", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
                   padding=(0, 1), pad_edge=False, show_edge=False)
+    show_value = any("value" in rep for p in params for _, rep in _flat_entries(p["state"]))
     cols = ["param"] + ["group"] * show_group + ["name"] * show_name + [
-        "entry", "shape", "dtype", "numel", "bytes", "value"]
+        "entry", "shape", "dtype", "numel", "bytes"] + ["value"] * show_value
     for col in cols:
         table.add_column(col, justify="right" if col in ("param", "group", "numel", "bytes")
                          else "left", overflow="fold")
@@ -131,7 +144,7 @@ def structure_table(report: dict[str, Any]) -> Table:
         if not rows:
             rows = [[Text("(no state)", style="dim")]]
         for i, row in enumerate(rows):
-            row = row + [""] * (6 - len(row))
+            row = (row + [""] * (6 - len(row)))[:5 + show_value]
             table.add_row(*(lead if i == 0 else blank), *row)
     return table
 
@@ -185,7 +198,8 @@ def totals_line(report: dict[str, Any]) -> Text:
     return Text(
         f"totals: {t['groups']} group{'s' * (t['groups'] != 1)}, {t['params']} param"
         f"{'s' * (t['params'] != 1)} ({t['params_with_state']} with state), "
-        f"{t['state_tensors']} state tensors + {t['state_scalars']} scalars, "
+        f"{t['state_tensors']} state tensor{'s' * (t['state_tensors'] != 1)} + "
+        f"{t['state_scalars']} scalar{'s' * (t['state_scalars'] != 1)}, "
         f"{t['numel']:,} elements, {human_bytes(t['bytes'])} ({by})"
     )
 
@@ -207,7 +221,7 @@ def inspect_view(report: dict[str, Any], width: int = 80) -> Group:
         parts.append(groups_table(report["param_groups"]))
     if report["params"]:
         parts.append(structure_table(report))
-        stats = stats_table(report, digits=digits_for(width))
+        stats = stats_table(report, digits=digits_for(report, width))
         if stats is not None:
             parts.append(stats)
         from .histogram import histogram_table  # inspect --hist
