@@ -49,7 +49,7 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 
-from .errors import CheckpointError, UnsafeCheckpointError
+from .errors import CheckpointError, ConfigError, UnsafeCheckpointError
 from .lazy import LazyTensor
 
 METADATA_FILE = ".metadata"
@@ -89,7 +89,7 @@ def read_metadata(path: Path) -> Metadata:
     try:
         with open(file, "rb") as f:
             md = _MetadataUnpickler(f).load()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise CheckpointError(f"{path} has no {METADATA_FILE} file; not a DCP checkpoint") from None
     except PermissionError:
         raise CheckpointError(f"permission denied reading {file}") from None
@@ -379,3 +379,38 @@ def chunk_layout(obj: Any) -> dict[str, list[dict[str, Any]]]:
 
     walk(obj)
     return out
+
+
+_RANK_FILE = re.compile(r"__(\d+)_\d+\.distcp")
+
+
+def layout_report(path: str | Path) -> dict[str, Any]:
+    """How every tensor of the DCP folder ``path`` is stored: its chunks (offsets and
+    sizes within the whole tensor) and the file, hence the rank, each chunk is in. Reads
+    only the metadata. Plain data (the ``layout`` section of ``inspect --layout``)."""
+    if not is_dcp_folder(path):
+        raise ConfigError(
+            f"--layout describes DCP checkpoint folders; {path} is not one (no {METADATA_FILE})",
+            hint="a torch.save file is one piece: drop --layout",
+        )
+    ckpt = DcpCheckpoint(path)
+    files: dict[str, int] = {}
+    for f in sorted(ckpt.path.iterdir()):
+        if f.is_file() and f.name != METADATA_FILE:
+            files[f.name] = f.stat().st_size
+    tensors = []
+    for key in ckpt.tensor_keys():
+        md = ckpt.metadata.state_dict_metadata[key]
+        chunks = []
+        for c in ckpt.chunks(key):
+            m = _RANK_FILE.fullmatch(c.file or "")
+            chunks.append({**c.to_dict(), "rank": int(m.group(1)) if m else None})
+        tensors.append({
+            "key": key,
+            "path": [p if isinstance(p, (int, str)) else str(p) for p in ckpt.path_of(key)],
+            "shape": list(md.size),
+            "dtype": str(md.properties.dtype).removeprefix("torch."),
+            "chunks": chunks,
+        })
+    ranks = sorted({c["rank"] for t in tensors for c in t["chunks"] if c["rank"] is not None})
+    return {"format": "dcp", "files": files, "ranks": ranks, "tensors": tensors}

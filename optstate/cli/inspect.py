@@ -36,6 +36,10 @@ def inspect(
         "--hist", help="A small histogram of each state buffer's values (16 bins, min to "
         "max), to spot one that collapsed to zero or exploded; in --json under each "
         "entry's \"histogram\".", rich_help_panel=_FOCUS)] = False,
+    layout: Annotated[bool, typer.Option(
+        "--layout", help="DCP folders: how each tensor is split into chunks across ranks "
+        "and files (from the metadata; in --json under \"layout\").",
+        rich_help_panel=_FOCUS)] = False,
     json_: Annotated[bool, typer.Option(
         "--json", help="Print one JSON document (schema optstate.inspect/1) on stdout.")
     ] = False,
@@ -62,6 +66,10 @@ def inspect(
         report = inspect_path(path, key=key, unsafe=unsafe, stats=not no_stats, params=param,
                               groups=group, values=values, hist_bins=16 if hist else None)
         # Extra sections (e.g. histograms) are added to ``report`` here, before rendering.
+        if layout:  # DCP storage layout: optstate/dcp.py (helper X)
+            from ..dcp import layout_report
+
+            report["layout"] = layout_report(path)
     if json_:
         from ..render.json_view import dumps
 
@@ -71,3 +79,7 @@ def inspect(
 
     console = stdout_console()
     console.print(inspect_view(report, width=console.width))
+    if layout:
+        from ..render.dcp_view import layout_table
+
+        console.print(layout_table(report["layout"]))
