@@ -387,8 +387,9 @@ def reference_state(spec: RunSpec) -> list[dict[str, Any]]:
 
 
 def _one_step(built: Built, *, scheduler: bool = False) -> None:
+    sparse = isinstance(built.optimizer, torch.optim.SparseAdam)  # takes sparse grads only
     for p in built.params:
-        p.grad = torch.ones_like(p)
+        p.grad = torch.ones_like(p).to_sparse() if sparse else torch.ones_like(p)
 
     def closure() -> torch.Tensor:
         return torch.zeros(())

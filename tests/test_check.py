@@ -433,3 +433,53 @@ def test_unsafe_warns_and_help_teaches(cli, tmp_path):
     r = cli("check", "--help")
     text = " ".join(r.stdout.split())
     assert "Example: optstate check ckpt.pt --config run.toml" in text
+
+
+# --------------------------------------------------------------------------- every optimizer
+
+
+def _every_optimizer():
+    from optstate.build import optimizer_classes
+
+    return sorted(c.__name__ for c in optimizer_classes().values())
+
+
+def _step_like_a_user(built, name):
+    for p in built.params:
+        p.grad = torch.ones_like(p).to_sparse() if name == "SparseAdam" else torch.ones_like(p)
+    if name == "LBFGS":
+        built.optimizer.step(lambda: torch.zeros(()))
+    else:
+        built.optimizer.step()
+
+
+@pytest.mark.parametrize("name", _every_optimizer())
+def test_verdict_agrees_with_torch_for_every_optimizer(tmp_path, name):
+    """For each torch.optim optimizer: its own state checks ok; the same state against a
+    config whose first parameter is 3x2 instead of 2x3 'fails' exactly when torch's
+    load_state_dict + step() raises (LBFGS keeps flat state and SGD without momentum
+    none, so there torch carries on and check says ok)."""
+    shapes = [["2x3", "4x2"], ["5x2"]]
+    groups = [{"shapes": shapes[0] + shapes[1]}] if name == "LBFGS" else [
+        {"shapes": s} for s in shapes]
+    cfg = {"optimizer": name, "groups": groups}
+    bad = json.loads(json.dumps(cfg))
+    bad["groups"][0]["shapes"][0] = "3x2"
+    built = build(spec_from_dict(cfg))
+    _step_like_a_user(built, name)
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save(built.optimizer.state_dict(), ckpt)
+    res = check_checkpoint(ckpt, _write_config(tmp_path, cfg))
+    assert (res.verdict, res.findings) == ("ok", [])
+    res = check_checkpoint(ckpt, _write_config(tmp_path, bad, "bad.json"))
+    other = build(spec_from_dict(bad))
+    other.optimizer.load_state_dict(torch.load(ckpt, weights_only=True))  # never raises here
+    try:
+        _step_like_a_user(other, name)
+        torch_fails = False
+    except RuntimeError:
+        torch_fails = True
+    assert res.verdict == ("fails" if torch_fails else "ok")
+    assert torch_fails == (name not in ("LBFGS", "SGD"))
+    if torch_fails:
+        assert {f.code for f in res.findings} == {"state-shape"}
