@@ -206,6 +206,11 @@ def simulate(
     if next_save is not None:  # zero steps: only the final save remains
         for _, p in [next_save, *series]:
             save_checkpoint(run_checkpoint(built, spec, end, with_params), p, force=force)
+    bad = next((s for s, n in zip(history.step, history.param_norm, strict=True)
+                if not math.isfinite(n)), None)
+    if bad is not None:
+        warnings.append(f"the run diverged: parameters hold NaN or Inf from step {bad} on "
+                        "(try a smaller --lr)")
     return SimulationResult(spec, params, built.names, built.group_of, opt, sched, history,
                             start, end, saved, warnings)
 

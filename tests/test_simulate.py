@@ -351,3 +351,15 @@ def test_saved_file_gets_the_usual_permissions(tmp_path):
         assert stat.S_IMODE((tmp_path / "a.pkl").stat().st_mode) == 0o600
     finally:
         os.umask(umask)
+
+
+def test_a_diverging_run_says_where():
+    spec = RunSpec(hyperparams={"lr": 10.0}, grad="rosenbrock", steps=20,
+                   groups=(GroupSpec(((2,),)),))
+    result = simulate(spec)
+    first_bad = next(k for k in range(1, 21) if not torch.isfinite(
+        reference_run("SGD", [[(2,)]], defaults={"lr": 10.0}, grad="rosenbrock",
+                      steps=k).params[0]).all())
+    assert result.warnings == [f"the run diverged: parameters hold NaN or Inf from step "
+                               f"{first_bad} on (try a smaller --lr)"]
+    assert simulate(RunSpec(steps=3)).warnings == []
