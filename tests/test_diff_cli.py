@@ -226,3 +226,15 @@ def test_help_teaches(cli):
 def test_exit_status_in_a_real_process(run_cli, files):
     r = run_cli("diff", "-q", "a.pt", "b.pt", cwd=files)
     assert (r.returncode, r.stdout, r.stderr) == (1, "", "")
+
+
+def test_same_state_across_formats_is_equal(cli, files):
+    """A torch.save file, the same state in a Hugging Face folder and as a DCP folder."""
+    hf = files / "checkpoint-10"
+    hf.mkdir()
+    (hf / "optimizer.pt").write_bytes((files / "a.pt").read_bytes())
+    assert cli("diff", "-q", "a.pt", "checkpoint-10").exit_code == 0
+    assert cli("convert", "a.pt", "a_dcp").exit_code == 0
+    rep = json.loads(cli("diff", "--json", "a_dcp", "a.pt").stdout)
+    assert rep["equal"] is True and rep["counts"]["equal"] == 11
+    assert cli("diff", "-q", "a_dcp", "b.pt").exit_code == 1
