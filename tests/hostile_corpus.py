@@ -408,10 +408,16 @@ def duplicate_members(d: Path) -> Path:
 def zip_bomb(d: Path) -> Path:
     """A deflated member that expands to 200 MB from a file of a few hundred KB."""
     src = save_adamw(d / "src.pt")
-    members = [(n, v) for n, v in _zip_members(src)]
+    members = _zip_members(src)
     prefix = members[0][0].split("/", 1)[0]
-    members.append((f"{prefix}/data/9", b"\0" * (200 * 2**20)))
-    out = _write_zip(d / "bomb.pt", members, compression=zipfile.ZIP_DEFLATED)
+    out = d / "bomb.pt"
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+        chunk = bytes(2**20)
+        with zf.open(f"{prefix}/data/9", "w") as member:
+            for _ in range(200):
+                member.write(chunk)
     src.unlink()
     return out
 
