@@ -483,3 +483,45 @@ def test_verdict_agrees_with_torch_for_every_optimizer(tmp_path, name):
     assert torch_fails == (name not in ("LBFGS", "SGD"))
     if torch_fails:
         assert {f.code for f in res.findings} == {"state-shape"}
+
+
+# --------------------------------------------------------------------------- containers
+
+
+def test_hf_folder_uses_the_scheduler_file_beside_it(tmp_path):
+    built = _trained_from(SGD_STEP, steps=3)
+    d = tmp_path / "checkpoint-3"
+    d.mkdir()
+    torch.save(built.optimizer.state_dict(), d / "optimizer.pt")
+    torch.save(built.scheduler.state_dict(), d / "scheduler.pt")
+    res = check_checkpoint(d, _write_config(tmp_path, SGD_STEP))
+    assert res.scheduler_location == "scheduler.pt"
+    assert _codes(res) == [("scheduler-resume", "info")]
+    assert res.findings[0].detail == {"last_epoch": 3}
+    assert res.trial["scheduler_step"] == "ok" and res.exit_code == 0
+
+
+def test_lightning_container_with_key(cli, tmp_path):
+    a = _trained_from(ADAM_2G).optimizer.state_dict()
+    b = _trained_from({**ADAM_2G, "optimizer": "SGD", "hyperparams": {"lr": 0.01}}
+                      ).optimizer.state_dict()
+    ckpt = tmp_path / "l.ckpt"
+    torch.save({"epoch": 1, "optimizer_states": [a, b], "lr_schedulers": []}, ckpt)
+    cfg = _write_config(tmp_path, ADAM_2G)
+    r = cli("check", ckpt, "--config", cfg)
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr.startswith(f"Error: {ckpt} holds 2 optimizer states")
+    res = check_checkpoint(ckpt, cfg, key="optimizer_states[0]")
+    assert res.location == "optimizer_states[0]" and res.verdict == "ok"
+    res = check_checkpoint(ckpt, cfg, key="optimizer_states[1]")
+    assert res.verdict == "fails"
+
+
+def test_exit_status_through_the_entry_point(run_cli, tmp_path):
+    """The real `python -m optstate` process (not CliRunner): 1 for a pair that differs.
+    One subprocess (about 2 s of torch import) because the exit status is the interface."""
+    ckpt = _save_state(tmp_path, ADAM_2G)
+    cfg = _write_config(tmp_path, {**ADAM_2G, "hyperparams": {"lr": 0.02}})
+    p = run_cli("check", ckpt, "--config", cfg, "--json")
+    assert p.returncode == 1, p.stderr
+    assert json.loads(p.stdout)["verdict"] == "differs" and p.stderr == ""
