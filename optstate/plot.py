@@ -307,7 +307,7 @@ def compare_figure(report: dict[str, Any]) -> Any:
     if any(v is not None for s in losses for v in s):
         for r in runs:
             draw_loss(ax_loss, r["history"]["step"], r["history"]["loss"], colors[r["label"]],
-                      label=r["label"])
+                      label=r["label"] + (" (diverged)" if r["diverged"] else ""))
         use_log_scale(ax_loss, losses)
         ax_loss.legend(loc="best", fontsize="small")
     else:

@@ -70,7 +70,7 @@ def histogram_table(report: dict[str, Any]) -> Table | None:
     of = "|values|" if any(h["of"] == "abs" for _, _, h in rows) else "values"
     table = Table(title=f"histograms ({bins} bins from min to max of the finite {of})",
                   title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
-                  padding=(0, 1), pad_edge=False, show_edge=False)
+                  padding=(0, 0), pad_edge=False, show_edge=False)
     for col, justify in (("param", "right"), ("entry", "left"), ("min", "right"),
                          ("histogram", "left"), ("max", "left"), ("zeros", "right"),
                          ("NaN", "right"), ("±Inf", "right")):
