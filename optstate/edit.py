@@ -326,6 +326,13 @@ def set_hyperparameters(
         else:
             check_writable(target, force)
     source = open_source(src_path, unsafe=unsafe)
+    if source.format == "dcp":
+        raise ConfigError(
+            f"{src_path} is a torch.distributed.checkpoint (DCP) folder, which set does not "
+            "rewrite",
+            hint=f"convert it to one file, set that, and convert back: optstate convert "
+            f"{src_path} one.pt",
+        )
     located = locate(source, key)
     main_label = source.file.name if source.file != source.path else str(source.path)
     sched_file = source.sibling_files.get("scheduler")

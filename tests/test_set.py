@@ -414,3 +414,18 @@ def test_values_survive_write_then_read(bare_ckpt, tmp_path, lr, beta2):
 def test_config_error_type():
     with pytest.raises(ConfigError):
         set_hyperparameters(Path("/nonexistent.pt"), {}, output=None)
+
+
+def test_dcp_folder_is_refused_with_the_way_round(cli, bare_ckpt, tmp_path):
+    dcp = tmp_path / "dcp"
+    r = cli("convert", bare_ckpt, dcp)
+    if r.exit_code != 0:
+        pytest.skip(f"convert unavailable here: {r.stderr}")
+    r = cli("set", dcp, "-o", tmp_path / "x", "--lr", "0.1")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == [
+        f"Error: {dcp} is a torch.distributed.checkpoint (DCP) folder, which set does not "
+        "rewrite",
+        f"Hint: convert it to one file, set that, and convert back: optstate convert {dcp} "
+        "one.pt",
+    ]
