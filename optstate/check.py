@@ -106,7 +106,8 @@ def check_checkpoint(path: str | Path, config: str | Path, *, key: str | None = 
     result.location = located.location
     result.scheduler_location = located.scheduler_location
     result.config = str(config)
-    result.fixes = fix_commands(result, str(path))
+    if source.format != "dcp":  # set writes torch.save files and folders only
+        result.fixes = fix_commands(result, str(path))
     return result
 
 
