@@ -30,6 +30,10 @@ _LAZY = {
     "summarize": "optstate.stats",
     "TensorSummary": "optstate.stats",
     "OptstateError": "optstate.errors",
+    "diff_states": "optstate.diff",
+    "diff_files": "optstate.diff",
+    "DiffOptions": "optstate.diff",
+    "StateDiff": "optstate.diff",
 }
 
 __all__ = ["__version__", *_LAZY]
