@@ -390,15 +390,34 @@ def atomic_write(path: str | Path, write: Any, *, force: bool = False,
             os.fsync(f.fileno())
         if verify is not None:
             verify(Path(tmp))
-        if p.exists() and not force:  # appeared while we were writing
-            raise OutputExistsError(f"{p} already exists", hint="pass --force to overwrite it")
-        os.replace(tmp, p)
+        if force:
+            os.replace(tmp, p)
+        else:
+            _publish_no_clobber(tmp, p)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     _fsync_dir(p.parent)
     return p
+
+
+def _publish_no_clobber(tmp: str, p: Path) -> None:
+    """Move ``tmp`` to ``p`` only if ``p`` still does not exist: a hard link fails
+    atomically when the name is taken (a file that appeared while we were writing), where
+    exists-then-rename would race."""
+    try:
+        os.link(tmp, p)
+    except FileExistsError:
+        raise OutputExistsError(f"{p} already exists", hint="pass --force to overwrite it") \
+            from None
+    except OSError:  # a filesystem without hard links: best effort
+        if p.exists():
+            raise OutputExistsError(f"{p} already exists",
+                                    hint="pass --force to overwrite it") from None
+        os.replace(tmp, p)
+        return
+    os.unlink(tmp)
 
 
 def _target_mode(p: Path) -> int:
