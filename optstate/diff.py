@@ -476,14 +476,15 @@ def _walk_params(w: _Walk, va: OptimizerStateView, vb: OptimizerStateView,
 class DiffSide:
     """Where one side's optimizer state was found."""
 
-    label: str
+    path: str  # what the user named
+    file: str  # the file read (optimizer.pt inside a Hugging Face folder, ...)
     location: str
     scheduler_location: str | None
     bytes: int
     format: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.label, "location": self.location,
+        return {"path": self.path, "file": self.file, "location": self.location,
                 "scheduler_location": self.scheduler_location, "bytes": self.bytes,
                 "format": self.format}
 
@@ -501,7 +502,8 @@ def diff_files(path_a: Any, path_b: Any, options: DiffOptions | None = None, *,
     src_b = open_source(path_b, unsafe=unsafe)
     loc_a, loc_b = locate(src_a, key_a), locate(src_b, key_b)
     sides = tuple(
-        DiffSide(s.label, loc.location, loc.scheduler_location, s.bytes, s.format)
+        DiffSide(str(s.path), str(s.file), loc.location, loc.scheduler_location, s.bytes,
+                 s.format)
         for s, loc in ((src_a, loc_a), (src_b, loc_b))
     )
     result = diff_states(loc_a.state, loc_b.state, options, scheduler_a=loc_a.scheduler,

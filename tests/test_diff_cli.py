@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,7 +70,7 @@ def test_json_schema_and_paths(cli, files):
     rep = json.loads(r.stdout)
     assert rep["schema"] == "optstate.diff/1"
     assert rep["equal"] is False and rep["complete"] is True
-    assert rep["a"] == {"path": "a.pt", "location": "", "scheduler_location": None,
+    assert rep["a"] == {"path": "a.pt", "file": "a.pt", "location": "", "scheduler_location": None,
                         "bytes": (files / "a.pt").stat().st_size, "format": "zip"}
     assert [(c["path"], c["kind"]) for c in rep["changes"]] == [
         ("param_groups[0].lr", "changed"), ("state[0].momentum_buffer", "values"),
@@ -233,7 +234,12 @@ def test_same_state_across_formats_is_equal(cli, files):
     hf = files / "checkpoint-10"
     hf.mkdir()
     (hf / "optimizer.pt").write_bytes((files / "a.pt").read_bytes())
-    assert cli("diff", "-q", "a.pt", "checkpoint-10").exit_code == 0
+    r = cli("diff", "a.pt", "checkpoint-10")
+    assert r.exit_code == 0
+    assert r.stdout.splitlines()[1] == "b: checkpoint-10 (optimizer.pt) · SGD · 1 group, 2 params"
+    rep = json.loads(cli("diff", "--json", "a.pt", "checkpoint-10").stdout)
+    assert (rep["b"]["path"], rep["b"]["file"]) == ("checkpoint-10",
+                                                    str(Path("checkpoint-10/optimizer.pt")))
     assert cli("convert", "a.pt", "a_dcp").exit_code == 0
     rep = json.loads(cli("diff", "--json", "a_dcp", "a.pt").stdout)
     assert rep["equal"] is True and rep["counts"]["equal"] == 11

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Group
@@ -82,6 +83,8 @@ def _tensors_table(changes: list[dict[str, Any]]) -> Table:
 def _side(name: str, side: dict[str, Any] | None, kind: str, groups: int, params: int
           ) -> Text:
     text = Text.assemble((f"{name}: ", "bold"), side["path"] if side else "(in memory)")
+    if side and side["file"] != side["path"]:
+        text.append(f" ({Path(side['file']).name})")
     if side and side["location"]:
         text.append(f" [{side['location']}]", style="dim")
     text.append(f" · {kind}" if kind != "unknown" else "", style="dim")
