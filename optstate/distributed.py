@@ -87,6 +87,7 @@ def simulate_sharded(spec: RunSpec, *, world_size: int, save: str | Path | None 
         if p.dim() == 0:
             raise ConfigError(f"parameter {name} is a scalar; FSDP2 shards along dim 0, so "
                               "sharded runs need parameters with at least one dimension")
+    _nest(built.names, built.params)  # names that cannot be module paths: fail here
     save_path = Path(save) if save is not None else None
     if save_path is not None:
         check_dir_writable(save_path, force)

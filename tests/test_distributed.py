@@ -1,0 +1,224 @@
+"""``simulate --world-size N``: real processes, gloo, FSDP2 on a CPU mesh, dcp.save.
+
+Each sharded run starts N Python processes that import torch (seconds each on a busy
+machine), so the runs are made once per module and shared by the tests that read them:
+one world-size-2 run through the CLI and one world-size-1 run through the core API.
+
+Tolerance: none. FSDP2 splits every parameter along dim 0 and the optimizers here are
+elementwise, so each rank computes exactly the single-process arithmetic on its slice;
+the tests demand bit-for-bit equality with the single-process run.
+"""
+
+from __future__ import annotations
+
+import _thread
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from optstate.cli import app
+from optstate.config import RunSpec, apply_overrides, parse_group, parse_shape
+from optstate.dcp import open_dcp_source
+from optstate.distributed import simulate_sharded
+from optstate.errors import ConfigError, OptstateError
+from optstate.lazy import materialize
+from optstate.simulate import simulate
+
+# Uneven splits on purpose: 5 rows over 2 ranks is 3 + 2, 1 row is 1 + 0 (an empty shard).
+RUN = ["-O", "adam", "--lr", "0.05", "--weight-decay", "0.01", "--shape", "5x3",
+       "--shape", "7", "--group", "1x4 lr=0.2", "--grad", "normal", "--steps", "4",
+       "--seed", "3", "--scheduler", "StepLR", "--scheduler-arg", "step_size=2"]
+
+
+def _invoke(*args: str):
+    r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return r
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One single-process run and the same run on 2 processes, both saved, both reported."""
+    d = tmp_path_factory.mktemp("dist")
+    single = _invoke("simulate", *RUN, "--save", d / "single.pt", "--json")
+    assert single.exit_code == 0, single.stderr
+    sharded = _invoke("simulate", *RUN, "--world-size", "2", "--save", d / "sharded", "--json")
+    assert sharded.exit_code == 0, sharded.stderr
+    return d, json.loads(single.stdout), json.loads(sharded.stdout)
+
+
+def test_sharded_report_equals_single_process_report(runs):
+    d, single, sharded = runs
+    assert sharded.pop("world_size") == 2
+    assert sharded.pop("saved") == [str(d / "sharded")]
+    assert single.pop("saved") == [str(d / "single.pt")]
+    # parameters, every state value, loss/param-norm/lr history: all bit for bit
+    assert sharded == single
+
+
+def test_sharded_folder_is_a_dcp_checkpoint_with_one_file_per_rank(runs):
+    d, _, _ = runs
+    assert sorted(p.name for p in (d / "sharded").iterdir()) == [
+        ".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert not [p for p in d.iterdir() if "optstate-tmp" in p.name]
+
+
+def test_sharded_state_equals_single_process_state_exactly(runs):
+    d, _, _ = runs
+    from optstate.checkpoint import load_torch_file
+
+    single = load_torch_file(d / "single.pt").obj["optimizer_state_dict"]
+    sharded = materialize(open_dcp_source(d / "sharded").obj)
+    names = ["group0.param0", "group0.param1", "group1.param0"]
+    assert list(sharded["state"]) == names
+    assert [g["params"] for g in sharded["param_groups"]] == [names[:2], names[2:]]
+    for pos, name in enumerate(names):
+        a, b = single["state"][pos], sharded["state"][name]
+        assert sorted(a) == sorted(b) == ["exp_avg", "exp_avg_sq", "step"]
+        for key in a:
+            assert a[key].dtype == b[key].dtype
+            assert torch.equal(a[key], b[key]), (name, key)
+    for ga, gb in zip(single["param_groups"], sharded["param_groups"], strict=True):
+        assert {k: v for k, v in ga.items() if k != "params"} == {
+            k: v for k, v in gb.items() if k != "params"}
+
+
+def test_diff_single_file_against_sharded_folder_is_equal(runs):
+    d, _, _ = runs
+    r = _invoke("diff", d / "single.pt", d / "sharded")
+    assert r.exit_code == 0, r.stdout + r.stderr
+
+
+def test_inspect_of_sharded_folder_shows_the_same_tensors(runs):
+    d, _, _ = runs
+    a = json.loads(_invoke("inspect", d / "single.pt", "--json").stdout)
+    b = json.loads(_invoke("inspect", d / "sharded", "--json").stdout)
+    assert [p["name"] for p in b["params"]] == ["group0.param0", "group0.param1",
+                                                "group1.param0"]
+    assert [p["state"] for p in a["params"]] == [p["state"] for p in b["params"]]
+    assert a["param_groups"][0]["hyperparams"] == b["param_groups"][0]["hyperparams"]
+    assert a["optimizer"]["kind"] == b["optimizer"]["kind"] == "Adam"
+
+
+def test_layout_shows_how_each_tensor_is_split_across_ranks(runs):
+    d, _, _ = runs
+    r = _invoke("inspect", d / "sharded", "--layout", "--no-stats", "--json")
+    layout = json.loads(r.stdout)["layout"]
+    assert layout["ranks"] == [0, 1]
+    chunks = {t["key"]: [(c["rank"], c["offsets"], c["sizes"]) for c in t["chunks"]]
+              for t in layout["tensors"]}
+    assert chunks["state.group0.param0.exp_avg"] == [(0, [0, 0], [3, 3]), (1, [3, 0], [2, 3])]
+    assert chunks["state.group0.param1.exp_avg_sq"] == [(0, [0], [4]), (1, [4], [3])]
+    # one row over two ranks: rank 1 holds an empty slice
+    assert chunks["state.group1.param0.exp_avg"] == [(0, [0, 0], [1, 4]), (1, [1, 0], [0, 4])]
+    from optstate.render.dcp_view import chunk_text
+
+    first = next(t for t in layout["tensors"] if t["key"] == "state.group0.param0.exp_avg")
+    assert [chunk_text(c) for c in first["chunks"]] == ["rank 0 [0:3, 0:3]", "rank 1 [3:5, 0:3]"]
+    human = _invoke("inspect", d / "sharded", "--layout", "--no-stats").stdout
+    assert "storage layout: 2 rank(s); __0_0.distcp (" in human
+
+
+def test_world_size_one_equals_single_process(tmp_path):
+    spec = apply_overrides(RunSpec(), optimizer="SGD",
+                           hyperparams={"lr": 0.1, "momentum": 0.9, "nesterov": True},
+                           shapes=[parse_shape("3x2")], groups=[parse_group("4 lr=0.3")],
+                           steps=3, grad="quadratic", grad_value=0.5)
+    single = simulate(spec)
+    result = simulate_sharded(spec, world_size=1, save=tmp_path / "one")
+    assert result.saved == [tmp_path / "one"]
+    for p, q in zip(single.params, result.params, strict=True):
+        assert torch.equal(p, q)
+    state = materialize(open_dcp_source(tmp_path / "one").obj)["state"]
+    for pos, name in enumerate(["group0.param0", "group1.param0"]):
+        assert torch.equal(state[name]["momentum_buffer"],
+                           single.optimizer.state_dict()["state"][pos]["momentum_buffer"])
+    assert result.history.loss == single.history.loss
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--world-size", "0"], "Error: --world-size must be between 1 and 16, got 0"),
+    (["-O", "lbfgs", "--world-size", "2"],
+     "Error: LBFGS cannot run sharded: its step is not elementwise per parameter"),
+    (["--world-size", "2", "--save-every", "2", "--save", "x"],
+     "Error: --save-every does not work with --world-size yet"),
+])
+def test_refusals_are_one_line_and_start_no_process(cli, tmp_path, args, message):
+    t = time.monotonic()
+    r = cli("simulate", *args)
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0] == message
+    assert time.monotonic() - t < 2  # refused before any worker started
+
+
+def test_existing_save_folder_needs_force(cli, tmp_path):
+    (tmp_path / "out").mkdir()
+    r = cli("simulate", "--world-size", "2", "--save", tmp_path / "out")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == [f"Error: {tmp_path / 'out'} already exists",
+                                     "Hint: pass --force to overwrite it"]
+
+
+def _our_workers(root: Path) -> list[int]:
+    """Pids of live worker processes whose job file lives under ``root``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = (entry / "stat").read_text().split()[2]
+            except OSError:
+                continue
+            if "optstate.distributed" in cmd and str(root) in cmd and state != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """Make the run's temp folders land under tmp_path, so the test can find them."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+SMALL = apply_overrides(RunSpec(), optimizer="Adam", shapes=[parse_shape("4")], steps=2)
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc to see pids")
+def test_timeout_stops_workers_and_cleans_up(private_tmp):
+    seen: list[list[int]] = []
+    probe = threading.Timer(0.3, lambda: seen.append(_our_workers(private_tmp)))
+    probe.start()
+    with pytest.raises(OptstateError, match=r"did not finish within 1 s; its processes were "
+                                            "stopped"):
+        simulate_sharded(SMALL, world_size=2, save=private_tmp / "out", timeout=1)
+    probe.join()
+    assert len(seen[0]) == 2  # both workers were running...
+    assert _our_workers(private_tmp) == []  # ...and are gone
+    assert sorted(os.listdir(private_tmp)) == []  # no work folder, no half-written output
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc to see pids")
+def test_ctrl_c_stops_workers_and_cleans_up(private_tmp):
+    threading.Timer(0.5, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        simulate_sharded(SMALL, world_size=2, save=private_tmp / "out")
+    assert _our_workers(private_tmp) == []
+    assert sorted(os.listdir(private_tmp)) == []
+
+
+def test_bad_parameter_name_is_refused_before_spawning():
+    from optstate.config import GroupSpec
+
+    spec = RunSpec(groups=(GroupSpec(shapes=((2,),), names=("a..b",)),))
+    with pytest.raises(ConfigError, match="cannot be a module path"):
+        simulate_sharded(spec, world_size=2)
