@@ -170,8 +170,6 @@ def _category(v: Any) -> str:
 def _type_label(v: Any) -> str:
     if isinstance(v, torch.Tensor):
         return f"tensor({dtype_name(v.dtype)})"
-    if isinstance(v, (list, tuple)):
-        return type(v).__name__
     return type(v).__name__
 
 
@@ -326,13 +324,22 @@ def _join(path: str, key: Any) -> str:
     return f"{path}[{text!r}]"
 
 
+_BRACKET = re.compile(r"\[('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\]]*)\]")
 _NAME = re.compile(r"(?:^|\.)([A-Za-z_]\w*)")
+
+
+def _names(path: str) -> set[str]:
+    """The names in a path: its keys (``lr``, ``exp_avg``, ``scheduler``) and quoted
+    parameter names (``fc.weight`` in ``state['fc.weight']``), not indices."""
+    quoted = {m[1:-1] for m in _BRACKET.findall(path) if m[:1] in ("'", '"')}
+    return set(_NAME.findall(_BRACKET.sub("", path))) | quoted
 
 
 def _ignored(path: str, patterns: tuple[str, ...]) -> bool:
     """``--ignore KEY`` covers a path when KEY is one of its names (``lr``, ``exp_avg``,
-    ``scheduler``), the path itself, or a prefix of it (``param_groups[1]``)."""
-    names = set(_NAME.findall(path))
+    ``scheduler``, a parameter name), the path itself, or a prefix of it
+    (``param_groups[1]``)."""
+    names = _names(path)
     for pat in patterns:
         if pat in names or path == pat or path.startswith((pat + ".", pat + "[")):
             return True
