@@ -29,17 +29,11 @@ import torch
 from .build import Built, build
 from .checkpoint import clean_message
 from .config import RunSpec, format_shape, read_config_file, spec_from_dict
+from .kind import SIGNATURES, infer_kind
 from .locate import locate
 from .report import plain
 from .source import open_source
 from .state import OptimizerStateView
-
-try:  # which state entries each torch.optim class can create (optional module)
-    from .kind import SIGNATURES as _KIND_SIGNATURES
-    from .kind import infer_kind as _infer_kind
-except ImportError:  # pragma: no cover - kind.py absent
-    _KIND_SIGNATURES = ()
-    _infer_kind = None
 
 LEVELS = ("info", "warn", "fail")
 VERDICTS = {"info": ("ok", 0), "warn": ("differs", 1), "fail": ("fails", 2)}
@@ -277,9 +271,7 @@ def _equal_hyper(a: Any, b: Any) -> bool:
 
 
 def _guess_kind(view: OptimizerStateView) -> str:
-    if _infer_kind is None:
-        return ""
-    guess = _infer_kind([g.hyperparams for g in view.groups],
+    guess = infer_kind([g.hyperparams for g in view.groups],
                         {k for p in view.params for k in p.state})
     if guess.kind == "unknown":
         return ""
@@ -290,7 +282,7 @@ def _guess_kind(view: OptimizerStateView) -> str:
 
 
 def _own_state_keys(cls_name: str, reference: list[dict[str, Any]]) -> set[str] | None:
-    for sig in _KIND_SIGNATURES:
+    for sig in SIGNATURES:
         if sig.name == cls_name:
             return set(sig.state)
     seen = {k for st in reference for k in st}

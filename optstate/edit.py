@@ -52,6 +52,7 @@ class SetResult:
     location: str
     scheduler_location: str | None
     changes: list[Change]
+    trial: str | None = None  # torch's load_state_dict + step() on the new state: "ok" or why not
     outputs: list[str] = field(default_factory=list)
     verified: dict[str, int] = field(default_factory=dict)  # leaves compared per file
     notes: list[str] = field(default_factory=list)
@@ -351,9 +352,10 @@ def set_hyperparameters(
                             "values")
     if not changes:
         result.notes.append("every value already has the requested value; nothing changed")
+    apply_changes(located, changes)
+    result.trial = trial_step(located.state) if changes else None
     if dry_run or target is None:
         return result
-    apply_changes(located, changes)
     legacy = source.format == "legacy"
     if legacy:
         result.notes.append("the input is in torch's legacy (pre-1.6) format; the output is "
@@ -489,6 +491,56 @@ def _write_folder(source: Source, target: Path, changes: list[Change], located: 
                         f"{', '.join(f.name for f, _ in files)}")
 
 
+def trial_step(sd: dict[str, Any]) -> str | None:
+    """Load the (changed) state into a fresh optimizer of the kind that wrote it, over
+    parameters shaped like its state, and take one step on gradients of ones: "ok", or
+    torch's error (amsgrad=True with no max_exp_avg_sq saved, say). None when the kind or
+    the parameter shapes cannot be told."""
+    import copy
+    import warnings
+
+    import torch
+
+    from .kind import infer_kind
+    from .state import OptimizerStateView
+
+    try:
+        view = OptimizerStateView.from_state_dict(sd)
+    except CheckpointError:
+        return None
+    guess = infer_kind([g.hyperparams for g in view.groups],
+                       {k for p in view.params for k in p.state})
+    cls = getattr(torch.optim, guess.kind, None)
+    if guess.confidence not in ("high", "medium") or cls is None or guess.kind in (
+            "LBFGS", "SparseAdam", "Adafactor"):
+        return None  # flat, sparse or factored state: shapes do not give the params
+    params = []
+    for p in view.params:
+        shapes = {tuple(v.shape) for k, v in p.state.items()
+                  if isinstance(v, torch.Tensor) and v.dim() > 0}
+        if len(shapes) > 1:
+            return None
+        params.append(torch.zeros(next(iter(shapes), (1,)), requires_grad=True))
+    groups, i = [], 0
+    for g in view.groups:
+        groups.append({"params": params[i:i + len(g.param_keys)]})
+        i += len(g.param_keys)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt = cls(groups)
+            opt.load_state_dict(copy.deepcopy(sd))
+            for p in params:
+                p.grad = torch.ones_like(p)
+            opt.step()
+    except Exception as e:
+        from .checkpoint import clean_message
+
+        msg = clean_message(e)
+        return f"{type(e).__name__}: {'missing key ' if isinstance(e, KeyError) else ''}{msg}"
+    return "ok"
+
+
 def set_report(result: SetResult) -> dict[str, Any]:
     """The plain-data report of a ``set`` run (schema ``optstate.set/1``)."""
     from .report import plain
@@ -504,5 +556,6 @@ def set_report(result: SetResult) -> dict[str, Any]:
         ],
         "outputs": result.outputs,
         "verified": result.verified,
+        "trial": result.trial,
         "notes": result.notes,
     }

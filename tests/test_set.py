@@ -429,3 +429,23 @@ def test_dcp_folder_is_refused_with_the_way_round(cli, bare_ckpt, tmp_path):
         f"Hint: convert it to one file, set that, and convert back: optstate convert {dcp} "
         "one.pt",
     ]
+
+
+def test_trial_warns_when_the_new_state_would_not_step(cli, bare_ckpt, tmp_path):
+    """amsgrad=True on a state saved without it: the file is written as asked, and set
+    warns with the error torch itself raises at step()."""
+    out = tmp_path / "ams.pt"
+    r = cli("set", bare_ckpt, "-o", out, "--set", "amsgrad=true", "--json")
+    assert r.exit_code == 0
+    report = json.loads(r.stdout)
+    assert report["trial"] == "KeyError: missing key 'max_exp_avg_sq'"
+    assert r.stderr == ("Warning: torch's load_state_dict + step() on the new state fails: "
+                        "KeyError: missing key 'max_exp_avg_sq'\n")
+    ps, opt, _ = _fresh()
+    opt.load_state_dict(_load(out))
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(KeyError, match="max_exp_avg_sq"):
+        opt.step()
+    r = cli("set", bare_ckpt, "-o", tmp_path / "lr.pt", "--lr", "0.2", "--json")
+    assert json.loads(r.stdout)["trial"] == "ok" and r.stderr == ""

@@ -75,13 +75,15 @@ def set_(
             force=force, in_place=in_place, dry_run=dry_run, unsafe=unsafe,
         )
         report = set_report(result)
+    if not report["changes"]:
+        warn("nothing changed: every value already has the requested value")
+    if report["trial"] not in (None, "ok"):
+        warn(f"torch's load_state_dict + step() on the new state fails: {report['trial']}")
     if json_:
         from ..render.json_view import dumps
 
         print_json(dumps(report))
         return
-    if not report["changes"]:
-        warn("nothing changed: every value already has the requested value")
     from ..render.set_view import set_view
 
     stdout_console().print(set_view(report))

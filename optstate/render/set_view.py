@@ -36,6 +36,13 @@ def set_view(report: dict[str, Any]) -> Group:
         proof = (f" (re-read and compared: {count} values, only the {n} change"
                  f"{'s' * (n != 1)} above differ)" if count is not None else "")
         parts.append(Text(f"wrote {out}{proof}", style="green"))
+    trial = report.get("trial")
+    if trial == "ok":
+        parts.append(Text("torch trial: a fresh optimizer loads the new state and steps: ok",
+                          style="dim"))
+    elif trial is not None:
+        parts.append(Text(f"torch trial: a fresh optimizer loads the new state and its step() "
+                          f"fails: {trial}", style="bold red"))
     for note in report["notes"]:
         parts.append(Text(f"note: {note}", style="yellow"))
     return Group(*parts)
