@@ -8,7 +8,9 @@ torch; the names below load their modules (and torch) on first use::
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
+from types import ModuleType
 from typing import Any
 
 __version__ = "0.1.0"
@@ -47,3 +49,18 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'optstate' has no attribute {name!r}")
     return getattr(import_module(module), name)
+
+
+class _Package(ModuleType):
+    """``simulate`` and ``locate`` are functions and also submodules: importing the
+    submodule makes Python set ``optstate.simulate`` to the module, so ``from optstate
+    import simulate`` would give a module or a function depending on import order. The
+    function wins (``from optstate.simulate import ...`` still reaches the module)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, ModuleType) and value.__name__ == _LAZY[name]:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

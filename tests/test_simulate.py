@@ -363,3 +363,16 @@ def test_a_diverging_run_says_where():
     assert result.warnings == [f"the run diverged: parameters hold NaN or Inf from step "
                                f"{first_bad} on (try a smaller --lr)"]
     assert simulate(RunSpec(steps=3)).warnings == []
+
+
+def test_public_api_names_the_functions_whatever_the_import_order():
+    import sys
+
+    import optstate.locate  # noqa: F401 - the submodules, imported first
+    import optstate.simulate  # noqa: F401
+    from optstate import locate
+    from optstate import simulate as public
+
+    assert public is sys.modules["optstate.simulate"].simulate
+    assert locate is sys.modules["optstate.locate"].locate
+    assert public(RunSpec(steps=1)).final_step == 1
