@@ -11,6 +11,7 @@ What is compared, and the path each difference gets:
   by name, the path is ``state['fc.weight']``;
 - ``state[i].ENTRY``: per-parameter entries (``added``, ``removed``; ``shape``, ``dtype``;
   ``values`` with numeric metrics for tensors; ``changed`` for scalars such as ``step``);
+- ``state[k]`` for state under a key no param group lists (compared by key);
 - ``scheduler.KEY``: the LR scheduler state, when both sides have one.
 
 Numbers use numpy ``isclose`` semantics, ``|a - b| <= atol + rtol * |b|`` with both
@@ -412,6 +413,7 @@ def diff_states(a: dict[str, Any], b: dict[str, Any], options: DiffOptions | Non
     try:
         _walk_groups(w, va, vb)
         _walk_params(w, va, vb, by_name)
+        _walk_orphans(w, va, vb)
         if scheduler_a is not None and scheduler_b is not None:
             w.compare("scheduler", scheduler_a, scheduler_b)
     except _Stop:
@@ -420,8 +422,8 @@ def diff_states(a: dict[str, Any], b: dict[str, Any], options: DiffOptions | Non
     if kinds[0] != kinds[1] and "unknown" not in kinds:
         w.notes.append(f"a holds {kinds[0]} state, b holds {kinds[1]} state")
     if va.orphan_keys or vb.orphan_keys:
-        w.notes.append("state entries that belong to no param group were not compared "
-                       f"(a: {len(va.orphan_keys)}, b: {len(vb.orphan_keys)})")
+        w.notes.append("some state belongs to no param group (load_state_dict drops it): "
+                       f"a has {len(va.orphan_keys)}, b has {len(vb.orphan_keys)}")
     return StateDiff(w.changes, w.same, w.ignored, "name" if by_name else "position", opts,
                      (len(va.groups), len(vb.groups)), (va.n_params, vb.n_params), kinds,
                      complete, w.notes)
@@ -474,6 +476,23 @@ def _walk_params(w: _Walk, va: OptimizerStateView, vb: OptimizerStateView,
         done += sum(_tensor_bytes(p) for p in (pa, pb) if p is not None)
         if w.on_progress is not None:
             w.on_progress(done, total)
+
+
+def _walk_orphans(w: _Walk, va: OptimizerStateView, vb: OptimizerStateView) -> None:
+    """State kept under keys no param group lists, compared by key."""
+    a = {k: va.raw["state"][k] for k in va.orphan_keys}
+    b = {k: vb.raw["state"][k] for k in vb.orphan_keys}
+    for k in _union(a, b):
+        path = _join("state", k)
+        if w.skip(path):
+            continue
+        if k in a and k in b:
+            w.compare(path, a[k], b[k])
+        else:
+            side = a if k in a else b
+            desc = {"group": None, "name": None, "state": brief(side[k])}
+            w.change(Change(path, "removed", desc, None) if k in a
+                     else Change(path, "added", None, desc))
 
 
 # --------------------------------------------------------------------------- sources

@@ -428,3 +428,17 @@ def test_integers_beyond_float64_precision_differ_in_exact_mode():
                                                     b["state"][0]["n"]).sum()) == 1
     assert r.changes[1].before == 2**60 and r.changes[1].after == 2**60 + 1
     assert diff_states(a, b, DiffOptions(atol=1)).equal
+
+
+def test_state_outside_every_group_is_compared_by_key():
+    a = {"state": {0: {"buf": torch.ones(2)}}, "param_groups": [{"params": [0]}]}
+    b = copy.deepcopy(a)
+    b["state"][7] = {"buf": torch.zeros(3)}
+    r = diff_states(a, b)
+    assert r.changes == [Change("state[7]", "added", None, {
+        "group": None, "name": None, "state": {"buf": {"shape": [3], "dtype": "float32"}}})]
+    assert r.notes == ["some state belongs to no param group (load_state_dict drops it): "
+                       "a has 0, b has 1"]
+    c = copy.deepcopy(b)
+    c["state"][7]["buf"][0] = 1.0
+    assert [(x.path, x.kind) for x in diff_states(b, c).changes] == [("state[7].buf", "values")]
