@@ -95,7 +95,19 @@ def simulate(
 ) -> None:
     """Build a real torch optimizer, step it on synthetic gradients, and save its state.
 
+    With no flags: SGD on one 2x2 parameter, gradient ones, 10 steps (the PyTorch
+    tutorial). Runs are seeded: the same flags give the same state bit for bit, and
+    k steps + --resume + N-k steps equal N steps.
+
     Example: optstate simulate --lr 0.1 --momentum 0.9 --steps 10 --save sgd.pkl
+
+    AdamW with two param groups and a scheduler: optstate simulate -O adamw --set
+    betas=0.9,0.95 --group "3 weight_decay=0" --scheduler StepLR --scheduler-arg
+    step_size=5 --with-params --save run.pt
+
+    Continue it for 10 more steps: optstate simulate -O adamw --set betas=0.9,0.95
+    --group "3 weight_decay=0" --scheduler StepLR --scheduler-arg step_size=5 --resume
+    run.pt --steps 10
     """
     with errors_to_exit():
         from ..checkpoint import load_torch_file
