@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import UNSAFE_HELP, app, errors_to_exit, print_json, stdout_console, warn, warn_unsafe
+from . import UNSAFE_HELP, app, errors_to_exit, print_json, warn, warn_unsafe
 
 
 @app.command()
@@ -46,9 +46,9 @@ def convert(
 
         print_json(dumps(report))
         return
-    stdout_console().print(
+    # One plain line (paths must not be wrapped or styled).
+    print_json(
         f"converted {report['source']} ({report['source_format']}) -> "
         f"{report['destination']} ({report['destination_format']}): "
-        f"{report['tensors_verified']} tensors verified bit for bit, {report['bytes']} bytes",
-        markup=False,
+        f"{report['tensors_verified']} tensors verified bit for bit, {report['bytes']:,} bytes"
     )

@@ -1,0 +1,189 @@
+"""``optstate convert``: torch.save file <-> DCP folder, verified, atomic, never clobbering."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from optstate.checkpoint import load_torch_file
+from optstate.convert import compare_trees, convert, same_tensor
+from optstate.dcp import open_dcp_source
+from optstate.errors import CheckpointError, OutputExistsError
+from optstate.lazy import materialize
+
+
+def adamw_state(steps: int = 3) -> dict:
+    torch.manual_seed(1)
+    params = [torch.randn(4, 3, requires_grad=True), torch.randn(5, requires_grad=True)]
+    opt = torch.optim.AdamW([{"params": params[:1]}, {"params": params[1:], "lr": 0.3}],
+                            lr=0.01, amsgrad=True)
+    for _ in range(steps):
+        opt.zero_grad()
+        sum((p**2).sum() for p in params).backward()
+        opt.step()
+    return opt.state_dict()
+
+
+def same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return type(b) is torch.Tensor and same_tensor(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+    return type(a) is type(b) and a == b
+
+
+@pytest.fixture
+def saved(tmp_path):
+    sd = adamw_state()
+    torch.save({"optimizer_state_dict": sd, "epoch": 7}, tmp_path / "run.pt")
+    return tmp_path / "run.pt", sd
+
+
+def test_file_to_dcp_and_back_is_exact(tmp_path, saved):
+    path, sd = saved
+    r1 = convert(path, tmp_path / "run_dcp")
+    assert (r1.source_format, r1.destination_format, r1.tensors) == ("zip", "dcp", 8)
+    assert sorted(os.listdir(tmp_path / "run_dcp")) == [".metadata", "__0_0.distcp"]
+    assert same(materialize(open_dcp_source(tmp_path / "run_dcp").obj),
+                {"optimizer_state_dict": sd, "epoch": 7})
+    r2 = convert(tmp_path / "run_dcp", tmp_path / "back.pt")
+    assert (r2.source_format, r2.destination_format, r2.tensors) == ("dcp", "zip", 8)
+    assert same(load_torch_file(tmp_path / "back.pt").obj,
+                {"optimizer_state_dict": sd, "epoch": 7})
+    assert not [p for p in os.listdir(tmp_path) if "optstate" in p]  # no temp leftovers
+
+
+def test_cli_convert_and_diff_equal(cli, tmp_path, saved):
+    path, _ = saved
+    r = cli("convert", path, tmp_path / "d", "--json")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["schema"] == "optstate.convert/1"
+    assert (rep["tensors_verified"], rep["warnings"]) == (8, [])
+    assert rep["bytes"] == sum(f.stat().st_size for f in (tmp_path / "d").iterdir())
+    assert cli("diff", path, tmp_path / "d").exit_code == 0
+    r = cli("convert", tmp_path / "d", tmp_path / "e.pt")
+    assert r.exit_code == 0
+    assert r.stdout.startswith(f"converted {tmp_path / 'd'} (dcp) -> {tmp_path / 'e.pt'} (zip): "
+                               "8 tensors verified bit for bit")
+    assert cli("diff", tmp_path / "e.pt", path).exit_code == 0
+
+
+def test_existing_destination_needs_force(cli, tmp_path, saved):
+    path, sd = saved
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "keep.txt").write_text("old")
+    r = cli("convert", path, tmp_path / "d")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == [f"Error: {tmp_path / 'd'} already exists",
+                                     "Hint: pass --force to overwrite it"]
+    assert os.listdir(tmp_path / "d") == ["keep.txt"]
+    assert cli("convert", path, tmp_path / "d", "--force").exit_code == 0
+    assert sorted(os.listdir(tmp_path / "d")) == [".metadata", "__0_0.distcp"]
+    assert sorted(os.listdir(tmp_path)) == ["d", "run.pt"]  # the old folder is gone too
+    (tmp_path / "out.pt").write_bytes(b"old")
+    assert cli("convert", tmp_path / "d", tmp_path / "out.pt").exit_code == 2
+    assert (tmp_path / "out.pt").read_bytes() == b"old"
+    assert cli("convert", tmp_path / "d", tmp_path / "out.pt", "--force").exit_code == 0
+    assert same(load_torch_file(tmp_path / "out.pt").obj["optimizer_state_dict"], sd)
+
+
+def test_a_file_is_replaced_by_a_folder_only_with_force(tmp_path, saved):
+    path, _ = saved
+    (tmp_path / "x").write_bytes(b"a file")
+    with pytest.raises(OutputExistsError):
+        convert(path, tmp_path / "x")
+    convert(path, tmp_path / "x", force=True)
+    assert (tmp_path / "x" / ".metadata").is_file()
+
+
+def test_source_is_not_a_state_dict(cli, tmp_path):
+    torch.save(torch.ones(3), tmp_path / "t.pt")
+    r = cli("convert", tmp_path / "t.pt", tmp_path / "d")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0] == (
+        f"Error: {tmp_path / 't.pt'} holds a Tensor; a DCP checkpoint stores a non-empty "
+        "dict (a state dict)")
+    assert sorted(os.listdir(tmp_path)) == ["t.pt"]
+
+
+def test_source_equals_destination(cli, saved):
+    path, _ = saved
+    r = cli("convert", path, path)
+    assert r.exit_code == 2
+    assert "is the source itself" in r.stderr
+
+
+def test_a_change_dcp_cannot_represent_is_refused_and_nothing_written(tmp_path):
+    """DCP writes the integer keys of {0: t, 1: t} as strings '0', '1' (only an optimizer's
+    state can be repaired, from its params lists); converting this would not give the same
+    object back, so the check refuses it before the folder is put in place."""
+    torch.save({"buffers": {0: torch.ones(2), 1: torch.zeros(2)}}, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match=r"differs from the source at buffers: key 0 is "
+                                              "missing; nothing was written"):
+        convert(tmp_path / "m.pt", tmp_path / "d")
+    assert sorted(os.listdir(tmp_path)) == ["m.pt"]
+
+
+def test_empty_containers_are_reported(cli, tmp_path):
+    sd = adamw_state()
+    torch.save({"optimizer": sd, "extra": {}}, tmp_path / "a.pt")
+    r = cli("convert", tmp_path / "a.pt", tmp_path / "d")
+    assert r.exit_code == 0
+    assert r.stderr.splitlines() == [
+        "Warning: DCP does not store empty containers; dropped extra"]
+
+
+def test_fresh_optimizer_round_trips(tmp_path):
+    sd = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1).state_dict()
+    torch.save(sd, tmp_path / "fresh.pt")
+    res = convert(tmp_path / "fresh.pt", tmp_path / "d")
+    assert res.warnings == []  # the empty state is restored on reading, not lost
+    assert same(open_dcp_source(tmp_path / "d").obj, sd)
+
+
+def test_compare_trees_counts_and_catches():
+    a = {"x": torch.tensor([1.0, float("nan"), -0.0]), "y": [1, (2.5, "s")]}
+    assert compare_trees(a, {"x": a["x"].clone(), "y": [1, (2.5, "s")]}) == (1, [])
+    with pytest.raises(CheckpointError, match="at x: tensor values"):
+        compare_trees(a, {"x": torch.tensor([1.0, float("nan"), 0.0]), "y": [1, (2.5, "s")]})
+    with pytest.raises(CheckpointError, match=r"at y\[1\]\[0\]: 2.5 became 2.0"):
+        compare_trees(a, {"x": a["x"], "y": [1, (2.0, "s")]})
+
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,
+          torch.int8, torch.bool, torch.complex64]
+
+
+@st.composite
+def states(draw):
+    """An optimizer-shaped state: a few params, tensors of many dtypes and shapes."""
+    n = draw(st.integers(1, 3))
+    state = {}
+    for i in range(n):
+        shape = tuple(draw(st.lists(st.integers(0, 4), min_size=0, max_size=3)))
+        dtype = draw(st.sampled_from(DTYPES))
+        gen = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+        t = (torch.randn(shape, generator=gen) * 100).to(dtype)
+        state[i] = {"buf": t, "step": torch.tensor(float(draw(st.integers(0, 9))))}
+    groups = [{"lr": draw(st.floats(1e-6, 1.0)), "betas": (0.9, 0.99),
+               "foreach": draw(st.sampled_from([None, True])), "params": list(range(n))}]
+    return {"state": state, "param_groups": groups}
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sd=states())
+def test_round_trip_property(tmp_path_factory, sd):
+    d = tmp_path_factory.mktemp("prop")
+    torch.save(sd, d / "a.pt")
+    convert(d / "a.pt", d / "dcp")
+    convert(d / "dcp", d / "b.pt")
+    assert same(load_torch_file(d / "b.pt").obj, sd)
