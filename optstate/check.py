@@ -52,7 +52,7 @@ _SCHED_PROGRESS = frozenset({"last_epoch", "_step_count", "_last_lr",
 class Finding:
     # group-count, group-size, names-reordered, names-differ, hyperparams-override,
     # hyperparams-kept, hyperparams-foreign, hyperparams-missing, state-shape,
-    # state-foreign, state-missing, dtype-cast, state-orphans, scheduler-*, trial
+    # state-foreign, state-missing, state-incomplete, dtype-cast, state-orphans, scheduler-*, trial
     code: str
     level: str  # "info" | "warn" | "fail"
     message: str
@@ -297,12 +297,16 @@ def _check_state_entries(view: OptimizerStateView, spec: RunSpec, built: Built,
     foreign: dict[str, int] = {}
     casts: dict[tuple[str, str], list[str]] = {}
     fresh: list[int] = []
+    lacking: dict[str, list[int]] = {}
     for pv in view.params:
         param = built.params[pv.position]
         name = built.names[pv.position]
         ref = reference[pv.position] if pv.position < len(reference) else {}
         if not pv.state and ref:
             fresh.append(pv.position)
+        elif ref and (own is None or set(pv.state) <= own):  # foreign state: reported below
+            for k in sorted(set(ref) - set(pv.state)):
+                lacking.setdefault(k, []).append(pv.position)
         for k, v in pv.state.items():
             if own is not None and k not in own:
                 foreign[k] = foreign.get(k, 0) + 1
@@ -340,6 +344,14 @@ def _check_state_entries(view: OptimizerStateView, spec: RunSpec, built: Built,
             f"the parameters are {dst}: load_state_dict casts them to {dst}"
             + (" (precision is lost)" if lossy else ""),
             detail={"from": src, "to": dst, "entries": where},
+        ))
+    for k, where in lacking.items():
+        add(Finding(
+            "state-incomplete", "warn",
+            f"{_n(len(where), 'parameter')} ({_positions(where)}) have saved state without "
+            f"{k!r}, which the configured {cls_name} creates at its first step: torch may "
+            "fail on it when loading or stepping (see the trial)",
+            detail={"key": k, "params": where},
         ))
     if fresh:
         add(Finding(

@@ -169,7 +169,9 @@ def test_adam_state_into_sgd(tmp_path):
                                    "groups": [{"shapes": ["2x2"]}, {"shapes": ["3"]}]})
     res = check_checkpoint(ckpt, cfg)
     codes = _codes(res)
-    assert ("state-foreign", "warn") in codes and ("hyperparams-foreign", "warn") in codes
+    assert sorted(set(codes)) == [("hyperparams-foreign", "warn"), ("hyperparams-missing", "warn"),
+                                  ("hyperparams-override", "warn"), ("state-foreign", "warn"),
+                                  ("trial", "fail")]
     foreign = next(f for f in res.findings if f.code == "state-foreign")
     assert foreign.detail == {"keys": ["exp_avg", "exp_avg_sq", "step"]}
     assert "are not SGD state" in foreign.message
@@ -525,3 +527,20 @@ def test_exit_status_through_the_entry_point(run_cli, tmp_path):
     p = run_cli("check", ckpt, "--config", cfg, "--json")
     assert p.returncode == 1, p.stderr
     assert json.loads(p.stdout)["verdict"] == "differs" and p.stderr == ""
+
+
+def test_state_without_step_fails_at_load(tmp_path):
+    """Adam state whose 'step' entries were dropped (a hand-edited or foreign file): torch's
+    Adam.__setstate__ raises at load_state_dict already."""
+    def drop_step(sd):
+        for st in sd["state"].values():
+            del st["step"]
+    ckpt = _save_state(tmp_path, ADAM_2G, mutate=drop_step)
+    cfg = _write_config(tmp_path, ADAM_2G)
+    res = check_checkpoint(ckpt, cfg)
+    assert _codes(res) == [("state-incomplete", "warn"), ("trial", "fail")]
+    assert res.findings[0].detail == {"key": "step", "params": [0, 1]}
+    assert res.findings[1].message == (
+        "torch fails at optimizer.load_state_dict(): KeyError: missing key 'step'")
+    _, (stage, err) = _torch_resume(ckpt, cfg)
+    assert stage == "load" and isinstance(err, KeyError) and err.args == ("step",)
