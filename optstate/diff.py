@@ -567,6 +567,7 @@ def diff_report(result: StateDiff, side_a: DiffSide | None = None,
                    "equal": len(result.same), "ignored": result.ignored},
         "changes": [c.to_dict() for c in shown],
         "omitted": len(result.changes) - len(shown),
+        "by_entry": by_entry(result),
         "notes": list(result.notes),
     }
     if verbose:
@@ -575,6 +576,32 @@ def diff_report(result: StateDiff, side_a: DiffSide | None = None,
     if hint:
         report["hint"] = hint
     return report
+
+
+_ENTRY = re.compile(r"^state" + _BRACKET.pattern + r"\.([A-Za-z_]\w*)$")
+
+
+def by_entry(result: StateDiff) -> list[dict[str, Any]]:
+    """Per state entry name (``exp_avg``, ``step``, ...): over how many params it was
+    compared, in how many it differs, elements outside tolerance / compared, max |a-b|.
+    The overview for large models, where every parameter changes after a step."""
+    rows: dict[str, dict[str, Any]] = {}
+    for differs, items in ((True, result.changes), (False, result.same)):
+        for c in items:
+            m = _ENTRY.match(c.path)
+            if m is None:
+                continue
+            row = rows.setdefault(m.group(2), {"entry": m.group(2), "compared": 0,
+                                               "differ": 0, "outside": 0, "numel": 0,
+                                               "max_abs": None})
+            row["compared"] += 1
+            row["differ"] += differs
+            if c.metrics is not None:
+                row["outside"] += c.metrics["outside"]
+                row["numel"] += c.metrics["numel"]
+                if differs and c.metrics["max_abs"] is not None:
+                    row["max_abs"] = max(row["max_abs"] or 0.0, c.metrics["max_abs"])
+    return list(rows.values())
 
 
 # Group keys torch versions add or drop; differences here are rarely interesting.

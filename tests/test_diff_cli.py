@@ -244,3 +244,34 @@ def test_same_state_across_formats_is_equal(cli, files):
     rep = json.loads(cli("diff", "--json", "a_dcp", "a.pt").stdout)
     assert rep["equal"] is True and rep["counts"]["equal"] == 11
     assert cli("diff", "-q", "a_dcp", "b.pt").exit_code == 1
+
+
+def test_many_differences_are_summarised_per_entry(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ps = [torch.zeros(2, requires_grad=True) for _ in range(30)]
+    opt = torch.optim.Adam(ps, lr=0.1)
+    for step in range(2):
+        for p in ps:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        torch.save(opt.state_dict(), f"s{step}.pt")
+    r = cli("diff", "s0.pt", "s1.pt")
+    assert r.exit_code == 1
+    lines = r.stdout.splitlines()
+    assert sum("│ state[" in ln for ln in lines) == 50  # HUMAN_ROWS of 90 differences
+    assert "… 40 more differences not listed (--max-diffs N lists more, --json all)" in lines
+    entry_rows = [[c.strip() for c in ln.split("│")[1:5]] for ln in lines
+                  if ln.startswith("│ exp_avg") or ln.startswith("│ step")]
+    # Adam, constant gradient 1: exp_avg 0.1 -> 0.19, exp_avg_sq 0.001 -> 0.001999
+    assert entry_rows == [["step", "30/30", "–", "–"], ["exp_avg", "30/30", "60/60", "0.09"],
+                          ["exp_avg_sq", "30/30", "60/60", "0.000999"]]
+    assert lines[-1] == "90 differences: 0 structural, 90 numeric; 11 items equal"
+    rep = json.loads(cli("diff", "--json", "s0.pt", "s1.pt").stdout)
+    assert len(rep["changes"]) == 90 and rep["omitted"] == 0
+    a = torch.load("s0.pt", weights_only=True)["state"]
+    b = torch.load("s1.pt", weights_only=True)["state"]
+    max_abs = max(float((a[i]["exp_avg"].double() - b[i]["exp_avg"].double()).abs().max())
+                  for i in range(30))
+    assert rep["by_entry"][1] == {"entry": "exp_avg", "compared": 30, "differ": 30,
+                                  "outside": 60, "numel": 60, "max_abs": max_abs}
+    assert len(cli("diff", "-v", "s0.pt", "s1.pt").stdout.splitlines()) > 100

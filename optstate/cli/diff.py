@@ -18,6 +18,8 @@ from . import (
     warn_unsafe,
 )
 
+# Differences the human view lists unless --max-diffs or --verbose says otherwise.
+HUMAN_ROWS = 50
 _CMP = "Comparing"
 _OUT = "Output"
 
@@ -61,7 +63,8 @@ def diff(
         "--json", help="Print the result as JSON (schema optstate.diff/1).",
         rich_help_panel=_OUT)] = False,
     max_diffs: Annotated[int | None, typer.Option(
-        metavar="N", help="List at most N differences (all are still counted).",
+        metavar="N", help="List at most N differences (all are still counted). "
+        "[default: 50 in the tables, all with --json or --verbose]",
         rich_help_panel=_OUT)] = None,
     unsafe: Annotated[bool, typer.Option("--unsafe", help=UNSAFE_HELP)] = False,
 ) -> None:
@@ -89,6 +92,8 @@ def diff(
             result, side_a, side_b = diff_files(
                 a, b, options, key_a=key_a or key, key_b=key_b or key, unsafe=unsafe,
                 on_progress=on_progress)
+        if max_diffs is None and not (json_ or verbose):
+            max_diffs = HUMAN_ROWS  # a summary: the rest is counted, per entry too
         report = diff_report(result, side_a, side_b, verbose=verbose, max_diffs=max_diffs)
     if not quiet:
         if json_:

@@ -80,6 +80,19 @@ def _tensors_table(changes: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _entries_table(rows: list[dict[str, Any]]) -> Table:
+    """The overview per state entry name, for when not every difference is listed."""
+    table = Table(title="by state entry", title_justify="left", title_style="bold")
+    table.add_column("entry", overflow="fold")
+    for col in ("params differ", "elements outside", "max|a−b|"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in rows:
+        outside = f"{r['outside']}/{r['numel']}" if r["numel"] else "–"
+        table.add_row(r["entry"], f"{r['differ']}/{r['compared']}", outside,
+                      _num(r["max_abs"]), style="" if r["differ"] else "dim")
+    return table
+
+
 def _side(name: str, side: dict[str, Any] | None, kind: str, groups: int, params: int
           ) -> Text:
     text = Text.assemble((f"{name}: ", "bold"), side["path"] if side else "(in memory)")
@@ -132,8 +145,10 @@ def diff_view(report: dict[str, Any]) -> Group:
         parts.append(_tensors_table(tensors))
     if report["omitted"]:
         parts.append(Text(f"… {report['omitted']} more difference"
-                          f"{'s' * (report['omitted'] != 1)} not listed (--max-diffs)",
-                          style="dim"))
+                          f"{'s' * (report['omitted'] != 1)} not listed (--max-diffs N lists "
+                          "more, --json all)", style="dim"))
+        if any(r["differ"] for r in report["by_entry"]):
+            parts.append(_entries_table(report["by_entry"]))
     for note in report["notes"]:
         parts.append(Text(f"note: {note}", style="dim"))
     parts.append(summary_line(report))
