@@ -108,8 +108,11 @@ def test_max_diffs_caps_the_listing(cli, files):
     rep = json.loads(cli("diff", "--json", "--max-diffs", "1", "a.pt", "b.pt").stdout)
     assert len(rep["changes"]) == 1 and rep["omitted"] == 2
     r = cli("diff", "--max-diffs", "1", "a.pt", "b.pt")
-    assert "… 2 more differences not listed (--max-diffs)" in r.stdout
-    assert "momentum_buffer" not in r.stdout
+    lines = r.stdout.splitlines()
+    assert "… 2 more differences not listed (--max-diffs N lists more, --json all)" in lines
+    assert not any("state[" in ln for ln in lines)  # only param_groups[0].lr is listed
+    row = next(ln for ln in lines if ln.startswith("│ momentum_buffer"))
+    assert [c.strip() for c in row.split("│")[1:5]] == ["momentum_buffer", "2/2", "7/7", "0.9"]
 
 
 def test_tolerances_and_ignore_from_the_command_line(cli, files):
