@@ -275,15 +275,15 @@ def run_worker(job: dict[str, Any], rank: int) -> None:
     from .gradients import accumulate, make_source
 
     world = job["world_size"]
-    torch.set_num_threads(1)
+    spec = spec_from_dict(job["spec"], "the sharded run's config")
+    built = build(spec)  # the same seeded initial weights as the single-process run
+    torch.set_num_threads(1)  # N workers share this machine's cores
     store = dist.TCPStore(LOOPBACK, job["port"], world + 1, is_master=False,
                           timeout=timedelta(seconds=60))
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
                             timeout=timedelta(seconds=120))
     try:
         mesh = init_device_mesh("cpu", (world,))
-        spec = spec_from_dict(job["spec"], "the sharded run's config")
-        built = build(spec)  # the same seeded initial weights as the single-process run
         model = _nest(built.names, built.params)
         fully_shard(model, mesh=mesh)
         params = [model.get_parameter(n) for n in built.names]
@@ -364,9 +364,10 @@ def run_worker(job: dict[str, Any], rank: int) -> None:
 def _main(argv: list[str]) -> int:
     job = json.loads(Path(argv[0]).read_text())
     rank = int(argv[1])
-    warnings.simplefilter("ignore")  # FSDP2 / DCP notices; errors are reported below
     try:
-        run_worker(job, rank)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # FSDP2 / DCP notices; errors are reported below
+            run_worker(job, rank)
     except BaseException as e:  # noqa: BLE001 - reported to the parent, then exit 1
         report = {"rank": rank, "kind": type(e).__name__, "message": str(e).strip()
                   .splitlines()[0] if str(e).strip() else type(e).__name__,

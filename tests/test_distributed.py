@@ -222,3 +222,28 @@ def test_bad_parameter_name_is_refused_before_spawning():
     spec = RunSpec(groups=(GroupSpec(shapes=((2,),), names=("a..b",)),))
     with pytest.raises(ConfigError, match="cannot be a module path"):
         simulate_sharded(spec, world_size=2)
+
+
+def test_a_worker_error_comes_back_as_its_own_one_line_error(tmp_path):
+    """A worker reports its error to the parent (error.<rank>.json), which raises it as the
+    same kind of error; a rank that only lost its peers ranks after it."""
+    from optstate.distributed import _main, _worker_error
+
+    job = {"world_size": 2, "port": 1, "out": None, "work": str(tmp_path),
+           "spec": {**SMALL.to_dict(), "optimizer": "Nope"}}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    (tmp_path / "error.0.json").write_text(json.dumps(
+        {"rank": 0, "kind": "RuntimeError", "message": "Connection closed by peer", "hint": None}))
+    assert _main([str(tmp_path / "job.json"), "1"]) == 1
+    err = _worker_error(tmp_path, [0, 1], [1, 1])
+    assert type(err) is ConfigError
+    assert err.message == "unknown optimizer 'Nope'"
+    (tmp_path / "error.1.json").unlink()
+    err = _worker_error(tmp_path, [0], [1, None])
+    assert type(err) is OptstateError
+    assert err.message == ("rank 0 of the sharded run failed: RuntimeError: Connection closed "
+                           "by peer")
+    (tmp_path / "error.0.json").unlink()
+    (tmp_path / "rank1.log").write_text("Traceback ...\nSegmentation fault\n")
+    assert _worker_error(tmp_path, [1], [0, -11]).message == (
+        "rank 1 of the sharded run was killed by signal 11: Segmentation fault")
