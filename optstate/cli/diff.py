@@ -41,8 +41,8 @@ def diff(
         "the same place is equal).", rich_help_panel=_CMP)] = False,
     ignore: Annotated[list[str] | None, typer.Option(
         metavar="KEY", help="Skip a hyperparameter or state entry by name (foreach, "
-        "capturable, step, …), or a path or path prefix (param_groups[1], scheduler). "
-        "Repeatable.", rich_help_panel=_CMP)] = None,
+        "capturable, step, …), a param by name, or a path or path prefix "
+        "(param_groups[1], scheduler). Repeatable.", rich_help_panel=_CMP)] = None,
     key: Annotated[str | None, typer.Option(
         help="Where the optimizer state is inside both files, as inspect shows it "
         "(e.g. optimizer_states[0]).", rich_help_panel=_CMP)] = None,
