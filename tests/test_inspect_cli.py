@@ -208,3 +208,20 @@ def test_help_teaches(cli):
     assert "Example: optstate inspect sgd.pkl" in r.stdout
     for flag in ("--key", "--param", "--group", "--values", "--no-stats", "--json", "--unsafe"):
         assert flag in r.stdout
+
+
+def test_human_view_caps_params_and_json_keeps_all(cli, tmp_path):
+    params = [torch.nn.Parameter(torch.full((2,), float(i))) for i in range(7)]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    sum(p.sum() for p in params).backward()
+    opt.step()
+    torch.save(opt.state_dict(), tmp_path / "p.pt")
+    out = " ".join(cli("inspect", tmp_path / "p.pt", "--max-params", "3").stdout.split())
+    assert "… 4 more params not shown (--max-params 0 shows all;" in out
+    assert "totals: 1 group, 7 params (7 with state)" in out
+    full = cli("inspect", tmp_path / "p.pt", "--max-params", "0").stdout
+    assert "more params not shown" not in full
+    rows = [ln.split()[0] for ln in full.splitlines() if " momentum_buffer " in ln]
+    assert rows == ["0", "1", "2", "3", "4", "5", "6"] * 2  # structure and statistics
+    doc = json.loads(cli("inspect", tmp_path / "p.pt", "--max-params", "3", "--json").stdout)
+    assert len(doc["params"]) == 7

@@ -29,6 +29,9 @@ def inspect(
     values: Annotated[bool, typer.Option(
         "--values", help="Print tensor values too (all of a small tensor; the first and last "
         "few of a big one).", rich_help_panel=_FOCUS)] = False,
+    max_params: Annotated[int, typer.Option(
+        "--max-params", metavar="N", help="Human view: show the first N parameters (0: all); "
+        "--json always has all.", rich_help_panel=_FOCUS)] = 50,
     no_stats: Annotated[bool, typer.Option(
         "--no-stats", help="Structure only: shapes, dtypes, sizes; no tensor data is read "
         "(fast on huge files).", rich_help_panel=_FOCUS)] = False,
@@ -78,7 +81,7 @@ def inspect(
     from ..render.inspect_view import inspect_view
 
     console = stdout_console()
-    console.print(inspect_view(report, width=console.width))
+    console.print(inspect_view(report, width=console.width, max_params=max_params))
     if layout:
         from ..render.dcp_view import layout_table
 

@@ -17,15 +17,21 @@ FORMAT_LABELS = {
     "dcp": "torch.distributed.checkpoint folder",
 }
 
+# Rows of a human view are for reading: past this many params, point to --json.
+MAX_PARAMS_SHOWN = 50
+
 # LBFGS keeps up to history_size tensors per list entry; show the first few as rows.
 ITEMS_SHOWN = 4
 
 
-def human_bytes(n: int) -> str:
+def human_bytes(n: int, exact: bool = True) -> str:
+    """'15.3 MiB (16,008,000 B)'; without ``exact``, '15.3 MiB'."""
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{size:.1f} {unit} ({n:,} B)"
+            if unit == "B":
+                return f"{n} B"
+            return f"{size:.1f} {unit}" + (f" ({n:,} B)" if exact else "")
         size /= 1024
     return f"{n} B"
 
@@ -194,7 +200,8 @@ def values_section(report: dict[str, Any]) -> Text | None:
 
 def totals_line(report: dict[str, Any]) -> Text:
     t = report["totals"]
-    by = ", ".join(f"{k} {human_bytes(v)}" for k, v in t["bytes_by_dtype"].items()) or "none"
+    by = ", ".join(f"{k} {human_bytes(v, exact=False)}"
+                   for k, v in t["bytes_by_dtype"].items()) or "none"
     return Text(
         f"totals: {t['groups']} group{'s' * (t['groups'] != 1)}, {t['params']} param"
         f"{'s' * (t['params'] != 1)} ({t['params_with_state']} with state), "
@@ -214,11 +221,17 @@ def scheduler_line(s: dict[str, Any]) -> Text:
     return text
 
 
-def inspect_view(report: dict[str, Any], width: int = 80) -> Group:
-    """The whole report; ``width`` (the console's) picks how many digits fit."""
+def inspect_view(report: dict[str, Any], width: int = 80,
+                 max_params: int = MAX_PARAMS_SHOWN) -> Group:
+    """The whole report; ``width`` (the console's) picks how many digits fit. Tables show
+    the first ``max_params`` parameters (0: all); the report itself keeps every one."""
     parts: list[Any] = [header(report)]
     if report["param_groups"]:
         parts.append(groups_table(report["param_groups"]))
+    hidden = 0
+    if 0 < max_params < len(report["params"]):
+        hidden = len(report["params"]) - max_params
+        report = {**report, "params": report["params"][:max_params]}
     if report["params"]:
         parts.append(structure_table(report))
         stats = stats_table(report, digits=digits_for(report, width))
@@ -234,6 +247,10 @@ def inspect_view(report: dict[str, Any], width: int = 80) -> Group:
     values = values_section(report)
     if values is not None:
         parts.append(values)
+    if hidden:
+        parts.append(Text(f"… {hidden} more param{'s' * (hidden != 1)} not shown (--max-params "
+                          "0 shows all; --param / --group focus; --json has every one). "
+                          "Totals and warnings below cover all.", style="dim"))
     parts.append(totals_line(report))
     if report["scheduler"]:
         parts.append(scheduler_line(report["scheduler"]))
