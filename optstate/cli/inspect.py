@@ -15,8 +15,9 @@ _FOCUS = "Focus"
 @app.command()
 def inspect(
     path: Annotated[Path, typer.Argument(
-        help="A torch.save file (.pt .pth .pkl .bin .ckpt .tar ...), or a Hugging Face "
-        "Trainer / accelerate checkpoint folder.", show_default=False)],
+        help="A torch.save file (.pt .pth .pkl .bin .ckpt .tar ...), a Hugging Face "
+        "Trainer / accelerate checkpoint folder, or a torch.distributed.checkpoint folder.",
+        show_default=False)],
     key: Annotated[str | None, typer.Option(
         "--key", "-k", help="Where the optimizer state is inside the file, when it holds "
         "several or an unusual layout, e.g. optimizer_states[1] or trainer.optimizer.")] = None,
@@ -52,10 +53,13 @@ def inspect(
 
     Example: optstate inspect sgd.pkl --param 0 --values
 
-    Finds the optimizer state by itself in a plain optimizer.state_dict(), a dict holding
-    one (the PyTorch tutorial's 'optimizer_state_dict', 'optimizer', ...), a Lightning
-    .ckpt (optimizer_states[i] with lr_schedulers) or a Hugging Face folder. Exit status:
-    0 shown, 2 bad input or no optimizer state found.
+    Finds the optimizer state by itself: a plain optimizer.state_dict(),
+    a dict holding one ('optimizer_state_dict' as in the PyTorch tutorial,
+    'optimizer', ...), a Lightning .ckpt (optimizer_states[0]), a Hugging
+    Face / accelerate folder, a DCP folder. Loading never runs code from
+    the file (weights_only=True) and maps GPU tensors to the CPU.
+
+    Exit status: 0 shown, 2 bad input or no optimizer state found.
     """
     with errors_to_exit():
         if unsafe:
