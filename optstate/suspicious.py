@@ -64,10 +64,11 @@ def state_warnings(view: OptimizerStateView, kind: str, params: list[dict[str, A
 
 
 def _value_warnings(params: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    nan: list[str] = []
-    inf: list[str] = []
-    zero: list[str] = []
-    negative: list[str] = []
+    # (place, what was seen there): places go to "where", both to the message.
+    nan: list[tuple[str, str]] = []
+    inf: list[tuple[str, str]] = []
+    zero: list[tuple[str, str]] = []
+    negative: list[tuple[str, str]] = []
 
     def visit(where: str, entry: str, rep: dict[str, Any]) -> None:
         if "items" in rep:
@@ -75,39 +76,46 @@ def _value_warnings(params: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 visit(f"{where}[{i}]", entry, item)
             return
         if "value" in rep:
-            v = rep["value"]
-            if v is None and rep.get("dtype"):  # a 0-d float tensor holding NaN/Inf
-                nan.append(where)
+            if rep["value"] is None and rep.get("dtype"):  # a 0-d tensor holding NaN or Inf
+                nan.append((where, "a NaN or Inf scalar"))
             return
         if rep.get("nan"):
-            nan.append(f"{where} ({rep['nan']} NaN)")
+            nan.append((where, f"{rep['nan']} NaN"))
         if rep.get("inf"):
-            inf.append(f"{where} ({rep['inf']} Inf)")
+            inf.append((where, f"{rep['inf']} Inf"))
         if rep.get("zeros") == 1.0 and rep.get("numel") and entry not in _MAY_BE_ZERO:
-            zero.append(where)
+            zero.append((where, ""))
         if entry in _NON_NEGATIVE and rep.get("min") is not None and rep["min"] < 0:
-            negative.append(f"{where} (min {rep['min']:.6g})")
+            negative.append((where, f"min {rep['min']:.6g}"))
 
     for p in params:
         for entry, rep in p["state"].items():
             visit(f"state[{p['position']}].{entry}", entry, rep)
+
+    def places(found: list[tuple[str, str]]) -> str:
+        return _places([f"{w} ({seen})" if seen else w for w, seen in found])
+
+    def where(found: list[tuple[str, str]]) -> list[str]:
+        return [w for w, _ in found]
+
     out = []
     if nan:
-        out.append(_warning("nan", f"NaN in {_places(nan)}: the run diverged or a NaN gradient "
-                            "got in; resuming from this state spreads it", nan))
+        out.append(_warning("nan", f"NaN in {places(nan)}: the run diverged or a NaN gradient "
+                            "got in; resuming from this state spreads it", where(nan)))
     if inf:
-        out.append(_warning("inf", f"Inf in {_places(inf)}: an overflow (fp16/bf16 state, or "
-                            "exploding gradients); resuming from this state spreads it", inf))
+        out.append(_warning("inf", f"Inf in {places(inf)}: an overflow (fp16/bf16 state, or "
+                            "exploding gradients); resuming from this state spreads it",
+                            where(inf)))
     if zero:
         out.append(_warning(
-            "zero_buffer", f"all zeros: {_places(zero)}: every gradient these params got was "
+            "zero_buffer", f"all zeros: {places(zero)}: every gradient these params got was "
             "zero, e.g. zero-filled grads reached step() (zero_grad(set_to_none=False) called "
-            "between backward() and step())", zero))
+            "between backward() and step())", where(zero)))
     if negative:
         out.append(_warning(
-            "negative_second_moment", f"negative values in {_places(negative)}: these running "
+            "negative_second_moment", f"negative values in {places(negative)}: these running "
             "averages of squares are never negative in a real run; the state was edited or "
-            "corrupted", negative))
+            "corrupted", where(negative)))
     return out
 
 

@@ -136,10 +136,23 @@ def test_nan_and_inf_counted_stats_over_finite_and_warned(tmp_path):
     assert allnan["nan"] == 4
     assert [allnan[k] for k in ("norm", "min", "max", "mean", "mean_abs")] == [None] * 5
     codes = {w["code"]: w for w in report["warnings"]}
-    assert codes["nan"]["where"] == ["state[0].exp_avg (1 NaN)", "state[1].exp_avg_sq (4 NaN)"]
-    assert codes["inf"]["where"] == ["state[0].exp_avg (2 Inf)"]
+    assert codes["nan"]["where"] == ["state[0].exp_avg", "state[1].exp_avg_sq"]
+    assert codes["nan"]["message"].startswith(
+        "NaN in state[0].exp_avg (1 NaN), state[1].exp_avg_sq (4 NaN): ")
+    assert codes["inf"]["where"] == ["state[0].exp_avg"]
+    assert codes["inf"]["message"].startswith("Inf in state[0].exp_avg (2 Inf): ")
     text = json.dumps(report, allow_nan=False)  # valid JSON: None plus the counts
     assert json.loads(text)["params"][1]["state"]["exp_avg_sq"]["norm"] is None
+
+
+def test_non_finite_step_scalar_is_warned(tmp_path):
+    sd = state_dict_of("Adam", steps=2)
+    sd["state"][1]["step"] = torch.tensor(float("nan"))
+    report = inspect_path(save(tmp_path, sd))
+    assert report["params"][1]["state"]["step"] == {"value": None, "dtype": "float32"}
+    (w,) = report["warnings"]
+    assert (w["code"], w["where"]) == ("nan", ["state[1].step"])
+    assert "state[1].step (a NaN or Inf scalar)" in w["message"]
 
 
 def test_zero_grad_trap_gives_empty_state_warning(tmp_path):
@@ -217,7 +230,8 @@ def test_orphan_state_and_shape_mismatch_and_negative_second_moment(tmp_path):
     assert report["totals"]["orphan_state_keys"] == [7]
     assert codes["shape_mismatch"]["message"].startswith(
         "state[0] buffers differ in shape (exp_avg 3x4, exp_avg_sq 4x3)")
-    assert codes["negative_second_moment"]["where"] == ["state[1].exp_avg_sq (min -1)"]
+    assert codes["negative_second_moment"]["where"] == ["state[1].exp_avg_sq"]
+    assert "state[1].exp_avg_sq (min -1)" in codes["negative_second_moment"]["message"]
 
 
 def test_legacy_id_keys_are_shown_by_position(tmp_path):
