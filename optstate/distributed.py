@@ -13,11 +13,12 @@ multi-node FSDP training writes; rank 0 also sends the gathered full state back 
 parent can report it like a single-process run.
 
 The parent process owns everything that outlives the workers: the rendezvous store (a
-``TCPStore`` on 127.0.0.1 with a port the OS picks, held open by the parent so no other
-program can take it), the temp folder the checkpoint is written to (renamed to ``--save``
-only when every rank succeeded), and the workers themselves (killed on the first error,
-on a timeout and on Ctrl-C; they run in their own session, so a terminal's Ctrl-C reaches
-the parent, which stops them).
+``TCPStore`` listening on 127.0.0.1 only, on a port the OS picks, held open by the parent
+so no other program can take it; gloo is pinned to the loopback interface), the temp
+folder the checkpoint is written to (renamed to ``--save`` only when every rank
+succeeded), and the workers themselves (killed on the first error, on a timeout and on
+Ctrl-C; they run in their own session, so a terminal's Ctrl-C reaches the parent, which
+stops them).
 """
 
 from __future__ import annotations
@@ -100,10 +101,18 @@ def simulate_sharded(spec: RunSpec, *, world_size: int, save: str | Path | None 
         out = Path(tempfile.mkdtemp(prefix=f".{save_path.name}.", suffix=".optstate-tmp",
                                     dir=save_path.parent))
     procs: list[subprocess.Popen[bytes]] = []
+    # TCPStore(host, 0, is_master=True) listens on every interface whatever the host; a
+    # socket bound here to 127.0.0.1 on a port the OS picks, handed over, keeps it local.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        store = TCPStore(LOOPBACK, 0, world_size + 1, is_master=True,
-                         timeout=timedelta(seconds=60), wait_for_workers=False)
-        job = {"world_size": world_size, "port": store.port, "spec": spec.to_dict(),
+        listener.bind((LOOPBACK, 0))
+        listener.listen(128)
+        port = listener.getsockname()[1]
+        store = TCPStore(LOOPBACK, port, world_size + 1, is_master=True,
+                         timeout=timedelta(seconds=60), wait_for_workers=False,
+                         master_listen_fd=listener.fileno())
+        listener.detach()  # the store owns (and closes) the socket now
+        job = {"world_size": world_size, "port": port, "spec": spec.to_dict(),
                "out": str(out) if out else None, "work": str(work)}
         (work / "job.json").write_text(json.dumps(job))
         procs = [_start_worker(rank, work) for rank in range(world_size)]
@@ -115,6 +124,9 @@ def simulate_sharded(spec: RunSpec, *, world_size: int, save: str | Path | None 
         return result
     finally:
         _stop(procs)
+        listener.close()  # a no-op once detached
+        with contextlib.suppress(NameError):
+            del store  # closes the rendezvous socket
         shutil.rmtree(work, ignore_errors=True)
         if out is not None and out.exists():
             shutil.rmtree(out, ignore_errors=True)

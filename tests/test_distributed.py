@@ -12,8 +12,10 @@ the tests demand bit-for-bit equality with the single-process run.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import json
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -42,19 +44,65 @@ def _invoke(*args: str):
     return r
 
 
+def _listening(pids: list[int]) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket in LISTEN state that one of ``pids`` holds."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:["):
+                        inodes.add(link[8:-1])
+    found = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                if f[3] == "0A" and f[9] in inodes:  # 0A: LISTEN
+                    host, port = f[1].split(":")
+                    raw = bytes.fromhex(host)  # 32-bit words in host (little-endian) order
+                    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                    found.add((socket.inet_ntop(family, raw), int(port, 16)))
+    return found
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One single-process run and the same run on 2 processes, both saved, both reported."""
+    """One single-process run and the same run on 2 processes, both saved, both reported;
+    while the sharded run goes, every listening socket of its processes is recorded."""
     d = tmp_path_factory.mktemp("dist")
     single = _invoke("simulate", *RUN, "--save", d / "single.pt", "--json")
     assert single.exit_code == 0, single.stderr
-    sharded = _invoke("simulate", *RUN, "--world-size", "2", "--save", d / "sharded", "--json")
+    listens: set[tuple[str, int]] = set()
+    done = threading.Event()
+
+    def probe() -> None:
+        while not done.is_set():
+            listens.update(_listening([os.getpid(), *_our_workers(Path(tempfile.gettempdir()))]))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=probe)
+    watcher.start()
+    try:
+        sharded = _invoke("simulate", *RUN, "--world-size", "2", "--save", d / "sharded",
+                          "--json")
+    finally:
+        done.set()
+        watcher.join()
     assert sharded.exit_code == 0, sharded.stderr
-    return d, json.loads(single.stdout), json.loads(sharded.stdout)
+    return d, json.loads(single.stdout), json.loads(sharded.stdout), listens
+
+
+def test_only_loopback_addresses_are_used(runs):
+    listens = runs[3]
+    # the parent's rendezvous store and one gloo listener per worker, at least
+    assert len(listens) >= 3, listens
+    assert {host for host, _ in listens} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, listens
 
 
 def test_sharded_report_equals_single_process_report(runs):
-    d, single, sharded = runs
+    d, single, sharded, _ = runs
     assert sharded.pop("world_size") == 2
     assert sharded.pop("saved") == [str(d / "sharded")]
     assert single.pop("saved") == [str(d / "single.pt")]
@@ -63,14 +111,14 @@ def test_sharded_report_equals_single_process_report(runs):
 
 
 def test_sharded_folder_is_a_dcp_checkpoint_with_one_file_per_rank(runs):
-    d, _, _ = runs
+    d = runs[0]
     assert sorted(p.name for p in (d / "sharded").iterdir()) == [
         ".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert not [p for p in d.iterdir() if "optstate-tmp" in p.name]
 
 
 def test_sharded_state_equals_single_process_state_exactly(runs):
-    d, _, _ = runs
+    d = runs[0]
     from optstate.checkpoint import load_torch_file
 
     single = load_torch_file(d / "single.pt").obj["optimizer_state_dict"]
@@ -90,13 +138,13 @@ def test_sharded_state_equals_single_process_state_exactly(runs):
 
 
 def test_diff_single_file_against_sharded_folder_is_equal(runs):
-    d, _, _ = runs
+    d = runs[0]
     r = _invoke("diff", d / "single.pt", d / "sharded")
     assert r.exit_code == 0, r.stdout + r.stderr
 
 
 def test_inspect_of_sharded_folder_shows_the_same_tensors(runs):
-    d, _, _ = runs
+    d = runs[0]
     a = json.loads(_invoke("inspect", d / "single.pt", "--json").stdout)
     b = json.loads(_invoke("inspect", d / "sharded", "--json").stdout)
     assert [p["name"] for p in b["params"]] == ["group0.param0", "group0.param1",
@@ -107,7 +155,7 @@ def test_inspect_of_sharded_folder_shows_the_same_tensors(runs):
 
 
 def test_layout_shows_how_each_tensor_is_split_across_ranks(runs):
-    d, _, _ = runs
+    d = runs[0]
     r = _invoke("inspect", d / "sharded", "--layout", "--no-stats", "--json")
     layout = json.loads(r.stdout)["layout"]
     assert layout["ranks"] == [0, 1]
