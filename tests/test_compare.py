@@ -161,3 +161,14 @@ def test_distance_is_float64_euclidean():
     p = [torch.tensor([0.1, 0.2], dtype=torch.float32), torch.tensor([[3.0]])]
     want = math.sqrt(sum((float(v) - 1.0) ** 2 for v in (p[0][0], p[0][1], p[1][0, 0])))
     assert distance(p, [1.0, 1.0, 1.0]) == pytest.approx(want, rel=0, abs=1e-15)
+
+
+def test_help_teaches(cli):
+    for command in ("compare", "simulate"):
+        r = cli(command, "--help", env={"COLUMNS": "250"})
+        assert r.exit_code == 0
+        assert "pip install 'optstate[plot]'" in r.stdout  # not eaten as rich markup
+    r = cli("compare", "--help", env={"COLUMNS": "250"})
+    assert "Example: optstate compare -O sgd,adam,adamw,rmsprop --set lr=0.01 --plot cmp.png" \
+        in r.stdout
+    assert "[default: 2, one point in the plane]" in r.stdout

@@ -25,23 +25,23 @@ def compare(
         help="Objective: rosenbrock or quadratic (drawn as contour plots in 2-D), constant, "
         "normal, none (see simulate --help).", rich_help_panel=_RUN)] = "rosenbrock",
     grad_value: Annotated[float | None, typer.Option(
-        help="quadratic: the optimum; constant: the gradient value. [default: 1.0]",
+        help="quadratic: the optimum; constant: the gradient value. \\[default: 1.0]",
         rich_help_panel=_RUN)] = None,
     shape: Annotated[list[str] | None, typer.Option(
-        help="Parameter shape, repeatable. [default: 2, one point in the plane]",
+        help="Parameter shape, repeatable. \\[default: 2, one point in the plane]",
         rich_help_panel=_RUN)] = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps for each run.",
                                        rich_help_panel=_RUN)] = 100,
     seed: Annotated[int | None, typer.Option(
-        help="Seed of the shared start point. [default: 0]", rich_help_panel=_RUN)] = None,
+        help="Seed of the shared start point. \\[default: 0]", rich_help_panel=_RUN)] = None,
     init: Annotated[str | None, typer.Option(
         help="Start point: normal (seeded), zeros, ones, constant (--init-value). "
-        "[default: normal]", rich_help_panel=_RUN)] = None,
+        "\\[default: normal]", rich_help_panel=_RUN)] = None,
     init_value: Annotated[float | None, typer.Option(
         help="Value for --init constant.", rich_help_panel=_RUN)] = None,
     plot: Annotated[Path | None, typer.Option(
         help="Draw the trajectories (2-D objectives) and the loss curves to this .png, "
-        ".svg or .pdf (needs matplotlib: pip install 'optstate[plot]').")] = None,
+        ".svg or .pdf (needs matplotlib: pip install 'optstate\\[plot]').")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --plot file.")
                      ] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")

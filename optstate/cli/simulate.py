@@ -83,7 +83,7 @@ def simulate(
     plot: Annotated[Path | None, typer.Option(
         help="Draw loss, learning rate and parameter norm over steps (for a 2-D objective "
         "also the trajectory on its contour plot) to this .png, .svg or .pdf; needs "
-        "matplotlib: pip install 'optstate[plot]'.", rich_help_panel=_SAVE)] = None,
+        "matplotlib: pip install 'optstate\\[plot]'.", rich_help_panel=_SAVE)] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite existing output files.", rich_help_panel=_SAVE)] = False,
     world_size: Annotated[int | None, typer.Option(
