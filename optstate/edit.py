@@ -309,6 +309,7 @@ def set_hyperparameters(
     in_place: bool = False,
     dry_run: bool = False,
     unsafe: bool = False,
+    trial: bool = True,
 ) -> SetResult:
     """Write a copy of the checkpoint at ``path`` with ``values`` set in its param groups
     (all, or ``group``) and, for ``lr``, in the scheduler state beside it."""
@@ -353,7 +354,7 @@ def set_hyperparameters(
     if not changes:
         result.notes.append("every value already has the requested value; nothing changed")
     apply_changes(located, changes)
-    result.trial = trial_step(located.state) if changes else None
+    result.trial = trial_step(located.state) if changes and trial else None
     if dry_run or target is None:
         return result
     legacy = source.format == "legacy"

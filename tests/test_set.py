@@ -449,3 +449,6 @@ def test_trial_warns_when_the_new_state_would_not_step(cli, bare_ckpt, tmp_path)
         opt.step()
     r = cli("set", bare_ckpt, "-o", tmp_path / "lr.pt", "--lr", "0.2", "--json")
     assert json.loads(r.stdout)["trial"] == "ok" and r.stderr == ""
+    r = cli("set", bare_ckpt, "-o", tmp_path / "no.pt", "--set", "amsgrad=true", "--json",
+            "--no-trial")
+    assert json.loads(r.stdout)["trial"] is None and r.stderr == ""

@@ -40,6 +40,10 @@ def set_(
     ] = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Show what would change; write nothing.")] = False,
+    trial: Annotated[bool, typer.Option(
+        "--trial/--no-trial", help="Load the new state into a fresh optimizer of the kind "
+        "that wrote it and take one step, to warn if torch would fail on it (costs one copy "
+        "of the state and one step).")] = True,
     unsafe: Annotated[bool, typer.Option("--unsafe", help=UNSAFE_HELP)] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")
     ] = False,
@@ -72,7 +76,7 @@ def set_(
             warn_unsafe()
         result = set_hyperparameters(
             checkpoint, values, output=output, group=group, key=key, scheduler=scheduler,
-            force=force, in_place=in_place, dry_run=dry_run, unsafe=unsafe,
+            force=force, in_place=in_place, dry_run=dry_run, unsafe=unsafe, trial=trial,
         )
         report = set_report(result)
     if not report["changes"]:
