@@ -163,3 +163,18 @@ def test_inspect_hist_needs_tensor_data(cli, sick_sgd):
     r = cli("inspect", sick_sgd, "--hist", "--no-stats")
     assert r.exit_code == 2
     assert r.stderr == "Error: --hist reads tensor data; it cannot go with --no-stats\n"
+
+
+def test_inspect_hist_reads_lazy_tensors_of_a_dcp_folder(cli, tmp_path):
+    from tests.test_dcp import dcp_save, trained
+
+    _, opt = trained()
+    torch.save(opt.state_dict(), tmp_path / "adam.pt")
+    folder = dcp_save(opt.state_dict(), tmp_path / "adam_dcp")
+    plain, dcp = (json.loads(cli("inspect", p, "--hist", "--json").stdout)
+                  for p in (tmp_path / "adam.pt", folder))
+    hists = [[(name, e.get("histogram")) for name, e in p["state"].items()]
+             for p in dcp["params"]]
+    assert hists == [[(name, e.get("histogram")) for name, e in p["state"].items()]
+                     for p in plain["params"]]
+    assert sum(h is not None for row in hists for _, h in row) == 8  # exp_avg(_sq) x 4
