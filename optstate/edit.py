@@ -420,7 +420,7 @@ def _write_file(obj: Any, src: Path, target: Path, changes: list[Change], label:
 
 def _verify_against(src: Path, tmp: Path, expected: dict[str, Any], unsafe: bool) -> int:
     try:
-        written = load_torch_file(tmp, unsafe=unsafe).obj
+        written = load_torch_file(tmp, mmap=True, unsafe=unsafe).obj
     except CheckpointError as e:
         raise CheckpointError(f"refusing to write: the new file does not load back ({e})"
                               ) from None
