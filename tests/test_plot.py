@@ -217,3 +217,23 @@ def test_missing_matplotlib_is_one_line_saying_how_to_install(cli, tmp_path, mon
                             "pip install 'optstate[plot]'\n")
         assert r.stdout == ""
     assert not (tmp_path / "x.png").exists()
+
+
+def test_quadratic_trajectory_and_optimum(tmp_path):
+    spec = RunSpec(optimizer="SGD", hyperparams={"lr": 0.2}, grad="quadratic",
+                   grad_value=0.5, groups=POINT, steps=4)
+    result = simulate(spec)
+    report = simulate_report(result)
+    fig = run_figure(report)
+    img = pixels(save_figure(fig, tmp_path / "q.png"))
+    x, y = result.params[0].detach().tolist()
+    assert_disc(img, fig.axes[0], x, y, "C3")
+    assert_colour(pixel_at(img, fig.axes[0], 0.5, 0.5), OPTIMUM_STYLE["color"])
+
+
+def test_svg_output_has_no_date(rosen_report, tmp_path):
+    _, report = rosen_report
+    out = save_figure(run_figure(report), tmp_path / "run.svg")
+    text = out.read_text()
+    assert text.startswith("<?xml") and "<dc:date>" not in text
+    assert 'width="864pt" height="576pt"' in text  # 1200x800 px at 100 dpi = 12x8 in
