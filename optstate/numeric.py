@@ -40,6 +40,9 @@ def compare_tensors(a: torch.Tensor, b: torch.Tensor, *, atol: float = 0.0, rtol
         raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     if a.numel() == 0:
         return TensorComparison(True, 0, None, None, 0.0, 0.0)
+    # quantized and sparse tensors: compare the values they stand for (walk.py bounds
+    # the dense size of sparse ones)
+    a, b = _plain(a), _plain(b)
     if a.is_complex() or b.is_complex():
         return _compare_whole(a, b, atol=atol, rtol=rtol, nan_equal=nan_equal)
     r = compare(a, b, atol=atol, rtol=rtol, nan_equal=nan_equal, progress=progress)
@@ -47,6 +50,11 @@ def compare_tensors(a: torch.Tensor, b: torch.Tensor, *, atol: float = 0.0, rtol
         equal=r.n_outside == 0, n_outside=r.n_outside, max_abs=r.max_abs, max_rel=r.max_rel,
         norm_a=r.norm_a, norm_b=r.norm_b,
     )
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    t = t.dequantize() if t.is_quantized else t
+    return t.to_dense() if t.layout != torch.strided else t
 
 
 def _compare_whole(a: torch.Tensor, b: torch.Tensor, *, atol: float, rtol: float,

@@ -68,7 +68,13 @@ class OptimizerStateView:
             for j, key in enumerate(g["params"]):
                 pos = len(all_keys)
                 all_keys.append(key)
-                st = raw_state.get(key, {})
+                try:
+                    st = raw_state.get(key, {})
+                except TypeError:  # an unhashable key (a list): built by hand or damaged
+                    raise CheckpointError(
+                        f"malformed optimizer state: param_groups[{gi}]['params'][{j}] is a "
+                        f"{type(key).__name__}, not a parameter id"
+                    ) from None
                 if not isinstance(st, dict):
                     raise CheckpointError(
                         f"malformed optimizer state: state[{key!r}] is a "

@@ -70,8 +70,10 @@ def summarize(t: torch.Tensor, *, progress: Progress | None = None) -> TensorSum
     if t.is_meta or numel == 0:
         return TensorSummary(**base, norm=None, min=None, max=None, mean=None, mean_abs=None,
                              nan=0, inf=0, zeros=None)
-    if t.is_sparse:
-        t = t.coalesce().to_dense()
+    if t.is_quantized:  # statistics of the values it stands for
+        t = t.dequantize()
+    if t.layout != torch.strided:  # COO and compressed layouts; walk.py bounds their size
+        t = (t.coalesce() if t.is_sparse else t).to_dense()
     t = t.detach()
     if t.is_complex():
         nan = int(torch.isnan(t).sum())

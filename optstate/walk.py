@@ -27,6 +27,9 @@ from .errors import CheckpointError
 # entries per parameter; these limits are orders of magnitude above any real one.
 MAX_DEPTH = 100
 MAX_NODES = 10_000_000
+# A sparse tensor declares a shape; code that densifies it (statistics, comparisons)
+# allocates that shape in full. 2**28 elements is 1 GiB of float32.
+MAX_SPARSE_DENSE = 2**28
 
 _CONTAINERS = (dict, list, tuple, set, frozenset)
 
@@ -186,6 +189,14 @@ def check_sparse(t: Any, where: str) -> None:
 
     if t.is_meta:
         return
+    dense = 1
+    for n in t.shape:
+        dense *= int(n)
+    if dense > MAX_SPARSE_DENSE:
+        raise CheckpointError(
+            f"{where}: a sparse tensor of shape {list(t.shape)} ({dense:,} elements when "
+            f"dense), more than optstate reads (max {MAX_SPARSE_DENSE:,})"
+        )
     try:
         if t.layout == torch.sparse_coo:
             torch._validate_sparse_coo_tensor_args(

@@ -502,6 +502,18 @@ def bad_sparse(d: Path) -> Path:
     return out
 
 
+def huge_sparse(d: Path) -> Path:
+    """A valid sparse tensor with one value and a shape of 2**40 elements: anything that
+    densifies it asks for 4 TB."""
+    t = torch.sparse_coo_tensor(torch.tensor([[5]]), torch.tensor([1.0]), (2**40,),
+                                check_invariants=True)
+    sd = adamw_state()
+    sd["state"][0]["sparse"] = t
+    p = d / "huge_sparse.pt"
+    torch.save(sd, p)
+    return p
+
+
 BROKEN: dict[str, Callable[[Path], Path]] = {
     "missing": missing,
     "directory": directory,
@@ -529,6 +541,7 @@ BROKEN: dict[str, Callable[[Path], Path]] = {
     "no_param_groups": no_param_groups,
     "orphan_state_ids": orphan_state_ids,
     "bad_sparse": bad_sparse,
+    "huge_sparse": huge_sparse,
 }
 
 
@@ -593,4 +606,59 @@ EXOTIC: dict[str, Callable[[Path], Path]] = {
     "exotic_dtypes": exotic_dtypes,
     "big_endian": big_endian,
     "safetensors_named": safetensors_named,
+}
+
+
+# --------------------------------------------------------------------------- odd but loadable
+
+
+def _odd(edit: Callable[[dict], None]) -> Callable[[Path], Path]:
+    def build(d: Path) -> Path:
+        sd = adamw_state()
+        edit(sd)
+        p = d / "odd.pt"
+        torch.save(sd, p)
+        return p
+
+    return build
+
+
+def _set(path: tuple, value: object) -> Callable[[dict], None]:
+    def edit(sd: dict) -> None:
+        node = sd
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = value
+
+    return edit
+
+
+# States a hand-edited or foreign checkpoint may hold. Each must give a result or one
+# clean error, never an internal error.
+ODD: dict[str, Callable[[Path], Path]] = {
+    "unhashable_param": _odd(_set(("param_groups", 0, "params"), [[0], 1])),
+    "params_not_list": _odd(_set(("param_groups", 0, "params"), "01")),
+    "state_not_dict": _odd(_set(("state", 0), [1, 2])),
+    "group_not_dict": _odd(_set(("param_groups",), [5])),
+    "tensor_lr": _odd(_set(("param_groups", 0, "lr"), torch.tensor([1.0, 2.0]))),
+    "nan_lr": _odd(_set(("param_groups", 0, "lr"), float("nan"))),
+    "bytes_hyper": _odd(_set(("param_groups", 0, "x"), b"\xff\x00")),
+    "huge_int_hyper": _odd(_set(("param_groups", 0, "big"), 10**40)),
+    "complex_hyper": _odd(_set(("param_groups", 0, "c"), complex(1, 2))),
+    "set_hyper": _odd(_set(("param_groups", 0, "s"), {1, 2})),
+    "string_step": _odd(_set(("state", 0, "step"), "hello")),
+    "none_buffer": _odd(_set(("state", 0, "exp_avg"), None)),
+    "duplicate_param": _odd(_set(("param_groups", 0, "params"), [0, 0])),
+    "string_state_key": _odd(_set(("state", "weird key"), {"m": torch.ones(1)})),
+    "bad_param_names": _odd(_set(("param_groups", 0, "param_names"), [1, 2])),
+    "quantized": _odd(_set(("state", 0, "exp_avg"),
+                           torch.quantize_per_tensor(torch.ones(3, 4), 0.1, 0, torch.quint8))),
+    "sparse_coo": _odd(_set(("state", 0, "exp_avg"), torch.ones(3, 4).to_sparse())),
+    "sparse_csr": _odd(_set(("state", 0, "exp_avg"), torch.ones(3, 4).to_sparse_csr())),
+    "meta": _odd(_set(("state", 0, "exp_avg"), torch.empty(3, 4, device="meta"))),
+    "zero_size": _odd(_set(("state", 0, "exp_avg"), torch.ones(3, 0))),
+    "all_nan": _odd(_set(("state", 0, "exp_avg"), torch.full((3, 4), float("nan")))),
+    "uint16": _odd(_set(("state", 0, "exp_avg"), torch.ones(3, 4, dtype=torch.uint16))),
+    "nested_buffers": _odd(_set(("state", 0, "exp_avg"), [torch.ones(2), [torch.ones(1)]])),
+    "non_contiguous": _odd(_set(("state", 0, "exp_avg"), torch.ones(4, 3).t())),
 }

@@ -87,6 +87,9 @@ LOAD_ERRORS: dict[str, tuple[type, str, str | None]] = {
                      "damaged"),
     "bad_sparse": (CheckpointError, "{p} holds an invalid sparse tensor (size is inconsistent "
                    "with indices: for dim 0, size is 2 but found index 1000000)", None),
+    "huge_sparse": (CheckpointError, "{p} at state[0].sparse: a sparse tensor of shape "
+                    "[1099511627776] (1,099,511,627,776 elements when dense), more than "
+                    "optstate reads (max 268,435,456)", None),
 }
 
 MALICIOUS_ERRORS: dict[str, tuple[str, str | None]] = {
@@ -508,6 +511,24 @@ def test_unsafe_is_never_read_from_environment():
                 assert param.envvar is None, name
                 assert param.default is False, name
     assert "diff" in flagged
+
+
+# --------------------------------------------------------------------------- odd states
+
+
+@pytest.mark.parametrize("name", sorted(hc.ODD))
+def test_odd_states_give_a_result_or_one_clean_error(cli, name, tmp_path):
+    p = hc.ODD[name](tmp_path)
+    good = hc.save_adamw(tmp_path / "good.pt")
+    for args in (["inspect", p], ["inspect", p, "--json"], ["diff", p, p], ["diff", good, p]):
+        r = cli(*args)
+        assert r.exit_code in (0, 1, 2), (args, r.stderr)
+        assert "internal error" not in r.stderr, (args, r.stderr)
+        if r.exit_code == 2:
+            lines = r.stderr.splitlines()
+            assert lines[0].startswith("Error: ") and len(lines) <= 2, r.stderr
+        elif args[-1] == "--json":
+            json.loads(r.stdout)
 
 
 # --------------------------------------------------------------------------- mutations
