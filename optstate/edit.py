@@ -477,12 +477,17 @@ def _write_folder(source: Source, target: Path, changes: list[Change], located: 
             _write_file(obj, f, staging / f.name, changes, f.name, force=True,
                         legacy=source.format == "legacy", unsafe=unsafe, result=result)
         old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-optstate-tmp")
+        if target.exists():  # --force: move the old one aside, then remove it
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", suffix=".optstate-tmp",
+                                        dir=target.parent))
+            old.rmdir()
             os.replace(target, old)
         os.replace(staging, target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise CheckpointError(f"cannot write {target}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

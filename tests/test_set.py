@@ -452,3 +452,16 @@ def test_trial_warns_when_the_new_state_would_not_step(cli, bare_ckpt, tmp_path)
     r = cli("set", bare_ckpt, "-o", tmp_path / "no.pt", "--set", "amsgrad=true", "--json",
             "--no-trial")
     assert json.loads(r.stdout)["trial"] is None and r.stderr == ""
+
+
+def test_hf_folder_force_replaces_an_existing_folder(cli, hf_folder, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    r = cli("set", hf_folder, "-o", out, "--lr", "0.006")
+    assert r.exit_code == 2 and r.stderr.startswith(f"Error: {out} already exists")
+    r = cli("set", hf_folder, "-o", out, "--lr", "0.006", "--force")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-500", "taken"]
