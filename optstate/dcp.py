@@ -155,7 +155,8 @@ class Chunk:
 
 
 class DcpCheckpoint:
-    """An open DCP folder: metadata now, tensors on demand (one cached at a time)."""
+    """An open DCP folder: metadata now, tensors on demand (one cached at a time; the
+    0-d scalars all together)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -163,6 +164,7 @@ class DcpCheckpoint:
         self.reader = SafeFileSystemReader(self.path, self.metadata)
         self._files = self._storage_files()
         self._cached: tuple[str, torch.Tensor] | None = None
+        self._scalars: dict[str, torch.Tensor] | None = None
 
     def _storage_files(self) -> dict[tuple[str, Any], str]:
         """Chunk (key, offset) -> data file name; every named file must exist."""
@@ -222,11 +224,25 @@ class DcpCheckpoint:
         md = self.metadata.state_dict_metadata.get(key)
         if not isinstance(md, TensorStorageMetadata):
             raise CheckpointError(f"{self.path} has no tensor {key!r}")
+        if len(md.size) == 0:
+            return self._scalar(key)
         target = torch.empty(tuple(md.size), dtype=md.properties.dtype)
         sd = {key: target}
         self._load(sd, f"tensor {key}")
         self._cached = (key, sd[key])
         return sd[key]
+
+    def _scalar(self, key: str) -> torch.Tensor:
+        """0-d tensors (``step``: one per parameter) are read together, in one call, the
+        first time one is needed: a few bytes each, and one ``dcp.load`` per parameter
+        would cost more than the rest of a ``--no-stats`` inspect."""
+        if self._scalars is None:
+            sd = {k: torch.empty((), dtype=v.properties.dtype)
+                  for k, v in self.metadata.state_dict_metadata.items()
+                  if isinstance(v, TensorStorageMetadata) and len(v.size) == 0}
+            self._load(sd, "scalar tensors (step counts)")
+            self._scalars = sd
+        return self._scalars[key]
 
     def load_values(self, keys: list[str]) -> dict[str, Any]:
         """The non-tensor values (hyperparameters, lists) of ``keys``, loaded safely."""

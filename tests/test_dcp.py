@@ -158,6 +158,11 @@ def test_tensors_are_loaded_one_at_a_time(fqn_dir):
     assert ckpt._cached[0] == "state.1.weight.exp_avg"
     obj["state"]["0.bias"]["exp_avg_sq"].max()
     assert ckpt._cached[0] == "state.0.bias.exp_avg_sq"
+    assert ckpt._scalars is None
+    assert obj["state"]["1.bias"]["step"].item() == 3.0  # every step count, in one read
+    assert sorted(ckpt._scalars) == [f"state.{n}.step" for n in
+                                     ("0.bias", "0.weight", "1.bias", "1.weight")]
+    assert ckpt._cached[0] == "state.0.bias.exp_avg_sq"  # the big-tensor slot is untouched
 
 
 def test_chunk_layout_of_a_single_process_save(fqn_dir):
