@@ -101,7 +101,7 @@ def check_checkpoint(path: str | Path, config: str | Path, *, key: str | None = 
     result.scheduler_location = located.scheduler_location
     result.config = str(config)
     if source.format != "dcp":  # set writes torch.save files and folders only
-        result.fixes = fix_commands(result, str(path))
+        result.fixes = fix_commands(result, str(path), key)
     return result
 
 
@@ -578,7 +578,7 @@ def check_report(result: CheckResult) -> dict[str, Any]:
     }
 
 
-def fix_commands(result: CheckResult, path: str) -> list[str]:
+def fix_commands(result: CheckResult, path: str, key: str | None = None) -> list[str]:
     """``optstate set`` command lines that write the config's hyperparameters into a copy
     of the checkpoint (for the overrides found), one per distinct set of values."""
     import shlex
@@ -592,6 +592,7 @@ def fix_commands(result: CheckResult, path: str) -> list[str]:
     stem = Path(path)
     out = shlex.quote(str(stem.with_name(stem.stem + "-fixed" + stem.suffix)))
     src = shlex.quote(path)
+    pick = f" --key {shlex.quote(key)}" if key else ""
 
     def flags(values: dict[str, Any]) -> str:
         parts = []
@@ -603,12 +604,12 @@ def fix_commands(result: CheckResult, path: str) -> list[str]:
     n_groups = len(result.groups["checkpoint"])
     distinct = {repr(v) for v in per_group.values()}
     if len(per_group) == n_groups and len(distinct) == 1:
-        return [f"optstate set {src} -o {out} {flags(next(iter(per_group.values())))}"]
+        return [f"optstate set {src}{pick} -o {out} {flags(next(iter(per_group.values())))}"]
     lines, current = [], src
     for i, (gi, values) in enumerate(sorted(per_group.items())):
         target = out if i == len(per_group) - 1 else shlex.quote(
             str(stem.with_name(f"{stem.stem}-fixed{i}{stem.suffix}")))
-        lines.append(f"optstate set {current} -o {target} --group {gi} {flags(values)}")
+        lines.append(f"optstate set {current}{pick} -o {target} --group {gi} {flags(values)}")
         current = target
     return lines
 

@@ -544,3 +544,28 @@ def test_state_without_step_fails_at_load(tmp_path):
         "torch fails at optimizer.load_state_dict(): KeyError: missing key 'step'")
     _, (stage, err) = _torch_resume(ckpt, cfg)
     assert stage == "load" and isinstance(err, KeyError) and err.args == ("step",)
+
+
+def test_fix_per_group_and_with_key(cli, tmp_path):
+    """Different config values per group: one `set --group` line per group, chained, each
+    with the --key that picked the state; run in order they give a matching checkpoint."""
+    a = _trained_from(ADAM_2G).optimizer.state_dict()
+    ckpt = tmp_path / "l.ckpt"
+    torch.save({"optimizer_states": [a, a]}, ckpt)
+    cfg = _write_config(tmp_path, {**ADAM_2G, "hyperparams": {"lr": 0.02},
+                                   "groups": [{"shapes": ["2x2"]},
+                                              {"shapes": ["3"], "lr": 0.7}]})
+    res = check_checkpoint(ckpt, cfg, key="optimizer_states[1]")
+    assert res.fixes == [
+        f"optstate set {ckpt} --key 'optimizer_states[1]' -o {tmp_path}/l-fixed0.ckpt "
+        "--group 0 --lr 0.02",
+        f"optstate set {tmp_path}/l-fixed0.ckpt --key 'optimizer_states[1]' -o "
+        f"{tmp_path}/l-fixed.ckpt --group 1 --lr 0.7",
+    ]
+    import shlex
+
+    for line in res.fixes:
+        r = cli(*shlex.split(line)[1:])
+        assert r.exit_code == 0, r.stderr
+    fixed = check_checkpoint(tmp_path / "l-fixed.ckpt", cfg, key="optimizer_states[1]")
+    assert fixed.findings == [] and fixed.exit_code == 0
