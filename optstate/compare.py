@@ -181,6 +181,7 @@ def compare_report(base: RunSpec, runs: Sequence[ComparisonRun]) -> dict[str, An
             "history": {
                 "step": list(h.step),
                 "loss": [plain(x) for x in h.loss],
+                "param_norm": [plain(x) for x in h.param_norm],
                 "point": [[plain(x), plain(y)] for x, y in h.point],
             },
         })

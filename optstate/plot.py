@@ -152,6 +152,21 @@ def view_box(points: Sequence[Sequence[float]], anchors: Sequence[Sequence[float
     return mx - hx, mx + hx, my - hy, my + hy
 
 
+def draw_plane(ax: Any, grad: str, grad_value: float,
+               box: tuple[float, float, float, float]) -> None:
+    """The (x, y) plane of a 2-element parameter: the objective's contour plot where
+    it has a minimum worth drawing, else a plain grid (``normal`` noise, ``constant``)."""
+    if grad in CONTOUR_OBJECTIVES:
+        draw_contour(ax, grad, grad_value, box)
+    else:
+        ax.grid(True, alpha=0.3)
+    x0, x1, y0, y1 = box
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_xlabel("x (element 0)")
+    ax.set_ylabel("y (element 1)")
+
+
 def draw_contour(ax: Any, grad: str, grad_value: float,
                  box: tuple[float, float, float, float]) -> None:
     import numpy as np
@@ -170,10 +185,6 @@ def draw_contour(ax: Any, grad: str, grad_value: float,
         ax.contourf(xs, ys, z, levels=levels, norm=LogNorm(low, top), cmap="Greys_r",
                     alpha=0.45, zorder=1)
         ax.contour(xs, ys, z, levels=levels, colors="0.45", linewidths=0.6, zorder=2)
-    ax.set_xlim(x0, x1)
-    ax.set_ylim(y0, y1)
-    ax.set_xlabel("x (element 0)")
-    ax.set_ylabel("y (element 1)")
 
 
 def draw_trajectory(ax: Any, points: Sequence[Sequence[float | None]], color: str,
@@ -241,7 +252,7 @@ def run_figure(report: dict[str, Any]) -> Any:
     cfg = report["config"]
     points = h.get("point") or []
     fig = new_figure(RUN_SIZE)
-    two_d = bool(points) and cfg["grad"] in CONTOUR_OBJECTIVES
+    two_d = bool(points)
     if two_d:
         grid = fig.add_gridspec(3, 2, width_ratios=(1.15, 1))
         ax_path = fig.add_subplot(grid[:, 0])
@@ -278,13 +289,13 @@ def run_figure(report: dict[str, Any]) -> Any:
         opt = optimum(cfg["grad"], cfg["grad_value"], 2)
         start = points[0]
         box = view_box(points, [start, *([opt] if opt else [])])
-        draw_contour(ax_path, cfg["grad"], cfg["grad_value"], box)
+        draw_plane(ax_path, cfg["grad"], cfg["grad_value"], box)
         if opt:
             ax_path.plot([opt[0]], [opt[1]], **OPTIMUM_STYLE, label="optimum")
         ax_path.plot([start[0]], [start[1]], **START_STYLE, label="start")
         draw_trajectory(ax_path, points, "C3", label="trajectory")
         ax_path.legend(loc="upper left", fontsize="small")
-        ax_path.set_title(f"trajectory on {cfg['grad']}")
+        ax_path.set_title(f"trajectory ({cfg['grad']} gradients)")
     return fig
 
 
@@ -294,7 +305,7 @@ def compare_figure(report: dict[str, Any]) -> Any:
     runs = report["runs"]
     obj = report["objective"]
     fig = new_figure(COMPARE_SIZE)
-    two_d = obj["grad"] in CONTOUR_OBJECTIVES and all(r["history"].get("point") for r in runs)
+    two_d = all(r["history"].get("point") for r in runs)
     if two_d:
         ax_path, ax_loss = fig.subplots(1, 2, width_ratios=(1, 1.1))
     else:
@@ -303,33 +314,35 @@ def compare_figure(report: dict[str, Any]) -> Any:
                  f"{report['steps']} steps · seed {report['seed']}")
     colors = {r["label"]: run_color(i) for i, r in enumerate(runs)}
 
-    losses = [r["history"]["loss"] for r in runs]
-    if any(v is not None for s in losses for v in s):
-        for r in runs:
-            draw_loss(ax_loss, r["history"]["step"], r["history"]["loss"], colors[r["label"]],
-                      label=r["label"] + (" (diverged)" if r["diverged"] else ""))
-        use_log_scale(ax_loss, losses)
-        ax_loss.legend(loc="best", fontsize="small")
-    else:
-        _no_data(ax_loss, f"no objective (grad {obj['grad']})")
+    # The loss over steps; with no objective (normal noise, none), the parameter norm.
+    series = "loss"
+    if not any(v is not None for r in runs for v in r["history"]["loss"]):
+        series = "param_norm"
+    values = [r["history"][series] for r in runs]
+    for r, ys in zip(runs, values, strict=True):
+        draw_loss(ax_loss, r["history"]["step"], ys, colors[r["label"]],
+                  label=r["label"] + (" (diverged)" if r["diverged"] else ""))
+    use_log_scale(ax_loss, values)
+    ax_loss.legend(loc="best", fontsize="small")
+    name = "loss" if series == "loss" else "parameter norm"
     ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("loss")
+    ax_loss.set_ylabel(name)
     ax_loss.grid(True, alpha=0.3)
-    ax_loss.set_title("loss")
+    ax_loss.set_title(name if series == "loss" else f"{name} (grad {obj['grad']}: no loss)")
 
     if ax_path is not None:
         start = obj["start"]
         opt = obj["optimum"]
         every = [p for r in runs for p in r["history"]["point"]]
         box = view_box(every, [start, *([opt] if opt else [])])
-        draw_contour(ax_path, obj["grad"], obj["grad_value"], box)
+        draw_plane(ax_path, obj["grad"], obj["grad_value"], box)
         if opt:
             ax_path.plot([opt[0]], [opt[1]], **OPTIMUM_STYLE)
         ax_path.plot([start[0]], [start[1]], **START_STYLE)
         for r in runs:
             draw_trajectory(ax_path, r["history"]["point"], colors[r["label"]], r["label"])
         ax_path.legend(loc="upper left", fontsize="small")
-        ax_path.set_title(f"trajectories on {obj['grad']}")
+        ax_path.set_title(f"trajectories ({obj['grad']} gradients)")
     return fig
 
 

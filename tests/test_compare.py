@@ -38,6 +38,7 @@ def test_numbers_equal_separate_simulate_runs(cli):
         assert run["optimizer"] == sim["optimizer"]
         assert run["history"]["loss"] == sim["history"]["loss"]
         assert run["history"]["point"] == sim["history"]["point"]
+        assert run["history"]["param_norm"] == sim["history"]["param_norm"]
         assert run["final_loss"] == sim["history"]["loss"][-1]
         assert run["initial_loss"] == sim["history"]["loss"][0]
         assert run["final_params"] == sim["params"][0]["values"]

@@ -237,3 +237,16 @@ def test_svg_output_has_no_date(rosen_report, tmp_path):
     text = out.read_text()
     assert text.startswith("<?xml") and "<dc:date>" not in text
     assert 'width="864pt" height="576pt"' in text  # 1200x800 px at 100 dpi = 12x8 in
+
+
+def test_compare_without_objective_draws_paths_and_parameter_norms(cli, tmp_path):
+    report = _compare_report(cli, "-O", "sgd,adam", "--grad", "normal", "--set", "lr=0.1",
+                             "--steps", "6")
+    fig = compare_figure(report)
+    img = pixels(save_figure(fig, tmp_path / "n.png"))
+    ax_path, ax_norm = fig.axes[0], fig.axes[1]
+    assert ax_norm.get_ylabel() == "parameter norm"
+    for line, run in zip(ax_norm.get_lines(), report["runs"], strict=True):
+        assert list(line.get_ydata()) == run["history"]["param_norm"]
+    for i, run in enumerate(report["runs"]):
+        assert_disc(img, ax_path, *run["final_params"], run_color(i))

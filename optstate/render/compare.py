@@ -24,9 +24,12 @@ def compare_view(report: dict[str, Any]) -> Group:
         head.append(f" · optimum {_point(obj['optimum'])}")
     head.append(f" · {report['steps']} steps · seed {report['seed']}")
     table = Table()
-    for col in ("run", "settings", "loss (start)", "loss (final)", "distance to optimum",
+    for col in ("run", "settings", "loss\n(start)", "loss\n(final)", "distance\nto optimum",
                 "final params"):
-        table.add_column(col, justify="right" if col.startswith(("loss", "dist")) else "left")
+        numeric = col.startswith(("loss", "dist"))
+        # numbers and names never fold or get cut; settings and params wrap instead
+        table.add_column(col, justify="right" if numeric else "left",
+                         no_wrap=numeric or col == "run")
     for r in report["runs"]:
         name = r["label"]
         if r["label"] != r["optimizer"].lower():
