@@ -335,6 +335,11 @@ def set_hyperparameters(
             hint=f"convert it to one file, set that, and convert back: optstate convert "
             f"{src_path} one.pt",
         )
+    # Shared containers (torch.save({"a": sd, "b": sd}) pickles sd once) would carry a
+    # change made at one location to the other: give every location its own containers.
+    source.obj = unshare(source.obj)
+    if "scheduler" in source.siblings:
+        source.siblings["scheduler"] = unshare(source.siblings["scheduler"])
     located = locate(source, key)
     main_label = source.file.name if source.file != source.path else str(source.path)
     sched_file = source.sibling_files.get("scheduler")
@@ -368,6 +373,38 @@ def set_hyperparameters(
         _write_file(source.obj, src_path, target, changes, main_label, force=force or in_place,
                     legacy=legacy, unsafe=unsafe, result=result)
     return result
+
+
+def unshare(obj: Any) -> Any:
+    """The same tree with every dict, list and tuple copied (tensors and other leaves are
+    kept as they are, so tensor storage sharing, which torch.save preserves, is
+    unchanged)."""
+    import copy
+
+    active: set[int] = set()
+
+    def rec(node: Any) -> Any:
+        if not isinstance(node, (dict, list, tuple)) or id(node) in active:
+            return node  # a leaf, or a cycle (left as is)
+        active.add(id(node))
+        try:
+            if isinstance(node, dict):
+                new = copy.copy(node)
+                for k in list(new):
+                    new[k] = rec(node[k])
+                return new
+            items = [rec(x) for x in node]
+            if isinstance(node, list):
+                new_list = copy.copy(node)
+                new_list[:] = items
+                return new_list
+            if hasattr(node, "_fields"):  # namedtuple
+                return type(node)(*items)
+            return type(node)(items)
+        finally:
+            active.discard(id(node))
+
+    return rec(obj)
 
 
 def _output_path(src: Path, output: str | Path | None, in_place: bool,

@@ -465,3 +465,20 @@ def test_hf_folder_force_replaces_an_existing_folder(cli, hf_folder, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-500", "taken"]
+
+
+def test_shared_state_changes_only_where_asked(tmp_path):
+    """torch.save pickles an object referenced twice once; after loading, both locations
+    are one dict. Setting one location must not change the other."""
+    _, opt, _ = _trained()
+    sd = opt.state_dict()
+    src, out = tmp_path / "shared.pt", tmp_path / "o.pt"
+    torch.save({"optimizer": sd, "ema_optimizer": sd}, src)
+    loaded = _load(src)
+    assert loaded["optimizer"] is loaded["ema_optimizer"]
+    set_hyperparameters(src, {"lr": 0.9}, output=out, key="optimizer")
+    after = _load(out)
+    assert [g["lr"] for g in after["optimizer"]["param_groups"]] == [0.9, 0.9]
+    assert after["ema_optimizer"]["param_groups"] == loaded["ema_optimizer"]["param_groups"]
+    assert after["optimizer"]["state"][0]["exp_avg"].untyped_storage().data_ptr() == \
+        after["ema_optimizer"]["state"][0]["exp_avg"].untyped_storage().data_ptr()
