@@ -167,6 +167,10 @@ def draw_plane(ax: Any, grad: str, grad_value: float,
     ax.set_ylabel("y (element 1)")
 
 
+def plane_title(what: str, grad: str) -> str:
+    return f"{what} on {grad}" if grad in CONTOUR_OBJECTIVES else f"{what} ({grad} gradients)"
+
+
 def draw_contour(ax: Any, grad: str, grad_value: float,
                  box: tuple[float, float, float, float]) -> None:
     import numpy as np
@@ -295,7 +299,7 @@ def run_figure(report: dict[str, Any]) -> Any:
         ax_path.plot([start[0]], [start[1]], **START_STYLE, label="start")
         draw_trajectory(ax_path, points, "C3", label="trajectory")
         ax_path.legend(loc="upper left", fontsize="small")
-        ax_path.set_title(f"trajectory ({cfg['grad']} gradients)")
+        ax_path.set_title(plane_title("trajectory", cfg["grad"]))
     return fig
 
 
@@ -342,7 +346,7 @@ def compare_figure(report: dict[str, Any]) -> Any:
         for r in runs:
             draw_trajectory(ax_path, r["history"]["point"], colors[r["label"]], r["label"])
         ax_path.legend(loc="upper left", fontsize="small")
-        ax_path.set_title(f"trajectories ({obj['grad']} gradients)")
+        ax_path.set_title(plane_title("trajectories", obj["grad"]))
     return fig
 
 
