@@ -35,7 +35,8 @@ from .checkpoint import check_writable, save_checkpoint
 from .config import RunSpec, format_shape, validate
 from .errors import ConfigError, StateMismatchError
 from .gradients import accumulate, make_source
-from .locate import find_optimizer_states, is_scheduler_state
+from .locate import find_optimizer_states, locate
+from .source import Source
 from .state import OptimizerStateView
 
 # Group keys torch adds or drops between versions and optimizers share; never a sign
@@ -216,8 +217,15 @@ def simulate(
 
 
 def load_resume(built: Built, spec: RunSpec, obj: Any, warnings: list[str]) -> int:
-    """Load a checkpoint object into the built run; return the step count it reached."""
-    found = find_optimizer_states(obj)
+    """Load a checkpoint into the built run; return the step count it reached.
+
+    ``obj`` is an opened ``Source`` (a file or a Trainer folder) or an object already
+    loaded. The optimizer state may sit anywhere ``locate`` finds one (bare, the
+    tutorial's container, Lightning, Hugging Face); the scheduler state beside it is
+    loaded too, and the parameters when the file holds them (``--with-params``)."""
+    source = obj if isinstance(obj, Source) else Source(
+        path=Path("--resume"), file=Path("--resume"), format="object", bytes=0, obj=obj)
+    found = find_optimizer_states(source.obj)
     if not found:
         raise StateMismatchError("the --resume file holds no optimizer state")
     if len(found) > 1:
@@ -226,36 +234,40 @@ def load_resume(built: Built, spec: RunSpec, obj: Any, warnings: list[str]) -> i
             f"({', '.join(loc or '(top level)' for loc, _ in found)}); optstate cannot tell "
             "which to resume"
         )
-    sd = found[0][1]
+    located = locate(source)
+    sd = located.state
     check_compatible(built, spec, sd)
     try:
         built.optimizer.load_state_dict(sd)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise StateMismatchError(f"torch could not load the --resume state: {e}") from None
 
-    step = None
-    if isinstance(obj, dict) and sd is obj.get("optimizer_state_dict"):
-        sched_sd = obj.get("scheduler_state_dict")
-        if built.scheduler is not None:
-            if is_scheduler_state(sched_sd):
-                built.scheduler.load_state_dict(sched_sd)
-            else:
-                warnings.append("the --resume file has no scheduler state; the scheduler "
-                                "starts fresh")
-        model = obj.get("model_state_dict")
-        if isinstance(model, dict):
-            _load_params(built, model)
+    if built.scheduler is not None:
+        if located.scheduler is None:
+            warnings.append("the --resume file has no scheduler state; the scheduler starts "
+                            "fresh")
         else:
-            warnings.append("the --resume file holds no parameter values; parameters start "
-                            "from their initial values (save with --with-params to keep them)")
-        if isinstance(obj.get("step"), int):
-            step = obj["step"]
+            try:
+                built.scheduler.load_state_dict(located.scheduler)
+            except (ValueError, KeyError, TypeError, RuntimeError) as e:
+                raise StateMismatchError(
+                    f"torch could not load the --resume scheduler state: {e}") from None
+    container = source.obj if isinstance(source.obj, dict) and sd is not source.obj else {}
+    model = container.get("model_state_dict")
+    if isinstance(model, dict):
+        _load_params(built, model)
     else:
         warnings.append("the --resume file holds no parameter values; parameters start "
                         "from their initial values (save with --with-params to keep them)")
-    if step is None:
-        step = _step_from_state(sd)
-    return step
+    # Steps taken: ours ("step"), Lightning's ("global_step"), the scheduler's epoch
+    # count, or the optimizer's own per-parameter step counters.
+    for key in ("step", "global_step"):
+        if isinstance(container.get(key), int) and not isinstance(container[key], bool):
+            return container[key]
+    epoch = (located.scheduler or {}).get("last_epoch")
+    if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0:
+        return epoch
+    return _step_from_state(sd)
 
 
 def check_compatible(built: Built, spec: RunSpec, sd: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ import torch
 
 from optstate.config import GroupSpec, RunSpec
 from optstate.simulate import simulate
+from tests.conftest import ROOT
 from tests.test_simulate import assert_identical
 
 
@@ -226,3 +227,43 @@ def test_flags_and_config_file_save_the_same_bytes(cli, tmp_path):
             "--save", b, "--with-params")
     assert r.exit_code == 0
     assert a.read_bytes() == b.read_bytes()
+
+
+SAMPLES = ROOT / "sample_checkpoints"
+
+
+@pytest.mark.parametrize("resume", ["hf-checkpoint-12", "lightning.ckpt", "adamw_scheduler.pt"])
+def test_resume_from_trainer_folders_and_containers(cli, resume):
+    """The sample run's state (12 steps) sits in a Trainer folder, a Lightning file and
+    the tutorial container; each resumes with its scheduler. With noise gradients the
+    AdamW state does not depend on the parameters, so 12 + 3 steps equal 15 in all."""
+    from optstate.config import read_config_file, spec_from_dict
+
+    config = SAMPLES / "adamw_scheduler.json"
+    rep = run_json(cli, "--config", config, "--resume", SAMPLES / resume, "--steps", "3")
+    assert (rep["start_step"], rep["final_step"]) == (12, 15)
+    spec = spec_from_dict(read_config_file(config))
+    whole = simulate(RunSpec(**{**spec.__dict__, "steps": 15}))
+    assert rep["scheduler"] == {"name": "StepLR", "last_epoch": 15,
+                                "last_lr": whole.scheduler.get_last_lr()}
+    for got, want in zip(rep["params"], whole.optimizer.state_dict()["state"].values(),
+                         strict=True):
+        assert got["state"]["exp_avg"]["values"] == want["exp_avg"].tolist()
+    if resume == "adamw_scheduler.pt":  # saved with its parameters: the exact trajectory
+        assert [p["values"] for p in rep["params"]] == [p.detach().tolist()
+                                                        for p in whole.params]
+        assert rep["warnings"] == []
+    else:
+        assert rep["warnings"] == ["the --resume file holds no parameter values; parameters "
+                                   "start from their initial values (save with --with-params "
+                                   "to keep them)"]
+
+
+def test_resume_bare_state_with_a_scheduler_warns(cli, tmp_path):
+    out = tmp_path / "bare.pt"
+    run_json(cli, "--steps", "2", "--save", out)
+    r = cli("simulate", "--scheduler", "StepLR", "--scheduler-arg", "step_size=1", "--resume",
+            out, "--json")
+    assert r.exit_code == 0
+    assert r.stderr.splitlines()[0] == ("Warning: the --resume file has no scheduler state; "
+                                        "the scheduler starts fresh")

@@ -110,7 +110,6 @@ def simulate(
     run.pt --steps 10
     """
     with errors_to_exit():
-        from ..checkpoint import load_torch_file
         from ..config import (
             RunSpec,
             SchedulerSpec,
@@ -123,6 +122,7 @@ def simulate(
         )
         from ..simulate import simulate as run
         from ..simulate_report import simulate_report
+        from ..source import open_source
 
         spec = spec_from_dict(read_config_file(config), str(config)) if config else RunSpec()
         hyper: dict[str, Any] = dict(parse_assignment(s) for s in set_ or [])
@@ -157,7 +157,7 @@ def simulate(
                                       resume=resume, save_every=save_every,
                                       with_params=with_params)
         else:
-            resume_obj = load_torch_file(resume).obj if resume is not None else None
+            resume_obj = open_source(resume, mmap=False) if resume is not None else None
             with _progress(spec.steps, quiet=json_) as on_step:
                 result = run(spec, resume=resume_obj, save=save, save_every=save_every,
                              with_params=with_params, force=force, on_step=on_step)
