@@ -187,9 +187,12 @@ def test_errors_are_one_line_without_traceback(run_cli, tmp_path):
     assert r.returncode == 2
     assert r.stdout == ""
     assert r.stderr == "Error: /nonexistent/ckpt.pkl does not exist\n"
+
+
+def test_not_a_checkpoint(cli, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    r = run_cli("inspect", tmp_path / "notes.txt", "--json")
-    assert (r.returncode, r.stdout) == (2, "")
+    r = cli("inspect", tmp_path / "notes.txt", "--json")
+    assert (r.exit_code, r.stdout) == (2, "")
     assert r.stderr == f"Error: {tmp_path / 'notes.txt'} is a text file, not a torch.save file\n"
 
 
