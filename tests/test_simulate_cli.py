@@ -267,3 +267,32 @@ def test_resume_bare_state_with_a_scheduler_warns(cli, tmp_path):
     assert r.exit_code == 0
     assert r.stderr.splitlines()[0] == ("Warning: the --resume file has no scheduler state; "
                                         "the scheduler starts fresh")
+
+
+def test_progress_bar_only_for_long_runs_on_a_terminal(monkeypatch):
+    import sys
+
+    from optstate.cli.simulate import _progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert _progress(2000, quiet=False).enabled
+    assert not _progress(1999, quiet=False).enabled  # short runs: no bar, no cost
+    assert not _progress(5000, quiet=True).enabled  # --json
+    with _progress(10, quiet=False) as on_step:
+        assert on_step is None
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert not _progress(5000, quiet=False).enabled
+
+
+def test_progress_bar_counts_every_step(monkeypatch):
+    import sys
+
+    from optstate.cli.simulate import _progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setattr(_progress, "THRESHOLD", 5)
+    progress = _progress(40, quiet=False)
+    with progress as on_step:
+        simulate(RunSpec(steps=40), on_step=on_step)
+    assert progress.bar.tasks[0].completed == 40
+    assert progress.bar.tasks[0].total == 40
