@@ -122,18 +122,23 @@ def stderr_console():  # noqa: ANN201
     return Console(stderr=True, highlight=False)
 
 
+_USAGE_ERROR_BASE: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point.
 
     Runs the app with ``standalone_mode=False`` so that usage errors (a bad value, an
     unknown option, a missing argument) reach us instead of typer's rich error box: they
     become one ``Error: ...`` line and a ``Hint:`` on stderr, exit status 2, like every
-    other error. Only names typer itself exports are used (``TyperException`` is the base
-    of the usage errors typer raises).
+    other error. Only names typer itself exports are used: the base of its usage errors
+    is found through ``typer.BadParameter`` (click's ``ClickException`` in typer < 0.2x,
+    typer's vendored copy after).
     """
     try:
         code = app(args=argv, prog_name="optstate", standalone_mode=False)
-    except typer.TyperException as e:
+    except _USAGE_ERROR_BASE as e:
         sys.exit(_usage_error(e, argv))
     except typer.Abort:
         print("Aborted.", file=sys.stderr)
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _usage_error(e: typer.TyperException, argv: list[str] | None) -> int:
+def _usage_error(e: Exception, argv: list[str] | None) -> int:
     """Print a usage error as ``Error:``/``Hint:`` lines; return its exit status."""
     ctx = getattr(e, "ctx", None)
     if type(e).__name__ == "NoArgsIsHelpError":  # typer has printed the help already
