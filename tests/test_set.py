@@ -253,6 +253,20 @@ def test_hf_folder_copy(cli, hf_folder, tmp_path):
     assert not [p for p in tmp_path.iterdir() if "optstate-tmp" in p.name]
 
 
+def test_hf_folder_view_counts_changes_per_file(cli, hf_folder, tmp_path):
+    r = cli("set", hf_folder, "-o", tmp_path / "c", "--lr", "0.005", env={"COLUMNS": "200"})
+    assert r.exit_code == 0
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("wrote ")]
+    n_opt = _count_leaves(_load(hf_folder / "optimizer.pt"))
+    n_sched = _count_leaves(_load(hf_folder / "scheduler.pt"))
+    assert lines == [
+        f"wrote {tmp_path}/c/optimizer.pt (re-read and compared: {n_opt} values, only the 4 "
+        "changes above differ)",  # lr and initial_lr of 2 groups
+        f"wrote {tmp_path}/c/scheduler.pt (re-read and compared: {n_sched} values, only the "
+        "4 changes above differ)",  # base_lrs and _last_lr of 2 groups
+    ]
+
+
 def test_hf_folder_in_place(cli, hf_folder):
     model = (hf_folder / "model.safetensors").read_bytes()
     r = cli("set", hf_folder, "--in-place", "--lr", "0.004", "--no-scheduler")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Group
@@ -30,8 +31,9 @@ def set_view(report: dict[str, Any]) -> Group:
             table.add_row(where, str(c["group"]), c["key"], _exact(c["old"]),
                           Text(_exact(c["new"]), style="bold green"))
         parts.append(table)
-    n = len(report["changes"])
     for out in report["outputs"]:
+        n = len(report["changes"]) if len(report["outputs"]) == 1 else sum(
+            Path(out).name == c["file"] for c in report["changes"])
         count = report["verified"].get(out)
         proof = (f" (re-read and compared: {count} values, only the {n} change"
                  f"{'s' * (n != 1)} above differ)" if count is not None else "")
