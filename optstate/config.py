@@ -40,7 +40,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (see pyproject)
+    import tomli as tomllib
 
 from .errors import ConfigError
 
