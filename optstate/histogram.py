@@ -40,15 +40,20 @@ def histogram(t: torch.Tensor, bins: int = BINS) -> dict[str, Any]:
     if t.is_sparse:
         t = t.coalesce().to_dense()
     t = t.detach()
-    x = (t.abs() if t.is_complex() else t).double().reshape(-1)
-    out["zeros"] = int((t == 0).sum())
-    out["nan"] = int(torch.isnan(x).sum())
-    out["posinf"] = int((x == math.inf).sum())
-    out["neginf"] = int((x == -math.inf).sum())
-    finite = x[torch.isfinite(x)]
+    out["zeros"] = int(torch.count_nonzero(t == 0))  # (bool).sum() is 4x slower
+    x = (t.abs() if t.is_complex() else t).reshape(-1)
+    if not x.is_floating_point():
+        x = x.double()  # bool and integers: exact up to 2**53
+    # Counts, min and max in the tensor's own dtype (exact, and no float64 copy of a
+    # huge buffer until the binning itself).
+    out["nan"] = int(torch.count_nonzero(torch.isnan(x)))
+    out["posinf"] = int(torch.count_nonzero(x == math.inf))
+    out["neginf"] = int(torch.count_nonzero(x == -math.inf))
+    finite = x if out["nan"] + out["posinf"] + out["neginf"] == 0 else x[torch.isfinite(x)]
     if finite.numel() == 0:
         return out
-    lo, hi = float(finite.min()), float(finite.max())
+    lo_t, hi_t = torch.aminmax(finite)
+    lo, hi = float(lo_t), float(hi_t)
     out["min"], out["max"] = lo, hi
     if lo == hi:
         # torch's and numpy's +-0.5, unless 0.5 vanishes next to a huge value
@@ -57,7 +62,8 @@ def histogram(t: torch.Tensor, bins: int = BINS) -> dict[str, Any]:
     # torch bins (x - lo) * bins / (hi - lo): near float64's max that overflows, so bin
     # values scaled by a power of two (exact) instead.
     scale = 1.0 if max(abs(lo), abs(hi)) * bins * 4 < 1e300 else 2.0**64
-    counts, edges = torch.histogram(finite / scale, bins=bins, range=(lo / scale, hi / scale))
+    values = finite.double() if scale == 1.0 else finite.double() / scale
+    counts, edges = torch.histogram(values, bins=bins, range=(lo / scale, hi / scale))
     out["edges"] = [float(e) * scale for e in edges]
     out["counts"] = [int(c) for c in counts]
     return out
