@@ -70,7 +70,7 @@ def test_simulate_equals_hand_written_loop(optimizer, grad):
 
 
 @pytest.mark.parametrize("zero_grad", ["none", "zeros", "never"])
-@pytest.mark.parametrize("optimizer", ["SGD", "Adam", "LBFGS"])
+@pytest.mark.parametrize("optimizer", ["SGD", "Adam", "LBFGS", "SparseAdam"])
 def test_zero_grad_modes_equal_hand_written_loop(optimizer, zero_grad):
     spec, shapes, ref_kw = case(optimizer, "quadratic", zero_grad=zero_grad)
     result = simulate(spec)
