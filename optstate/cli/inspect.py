@@ -70,8 +70,10 @@ def inspect(
             from ..errors import ConfigError
 
             raise ConfigError("--hist reads tensor data; it cannot go with --no-stats")
+        from ..histogram import BINS
+
         report = inspect_path(path, key=key, unsafe=unsafe, stats=not no_stats, params=param,
-                              groups=group, values=values, hist_bins=16 if hist else None)
+                              groups=group, values=values, hist_bins=BINS if hist else None)
         # Extra sections (e.g. histograms) are added to ``report`` here, before rendering.
         if layout:  # DCP storage layout: optstate/dcp.py (helper X)
             from ..dcp import layout_report
