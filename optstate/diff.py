@@ -291,8 +291,9 @@ class _Walk:
         if a.is_meta or b.is_meta:
             self.notes.append(f"{path}: tensor data not available (meta tensor); not compared")
             return
-        x = a.to_dense() if a.is_sparse else a
-        y = b.to_dense() if b.is_sparse else b
+        # sparse COO, CSR, CSC, BSR...: compared as the dense tensors they stand for
+        x = a.to_dense() if a.layout != torch.strided else a
+        y = b.to_dense() if b.layout != torch.strided else b
         cmp = compare_tensors(x, y, atol=self.opts.atol, rtol=self.opts.rtol,
                               nan_equal=self.opts.nan_equal)
         outside = cmp.n_outside

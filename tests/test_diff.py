@@ -442,3 +442,19 @@ def test_state_outside_every_group_is_compared_by_key():
     c = copy.deepcopy(b)
     c["state"][7]["buf"][0] = 1.0
     assert [(x.path, x.kind) for x in diff_states(b, c).changes] == [("state[7].buf", "values")]
+
+
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_sparse_tensors_compare_as_their_dense_values(layout):
+    def sparse(t: torch.Tensor) -> torch.Tensor:
+        return t.to_sparse() if layout == "coo" else t.to_sparse_csr()
+
+    dense_a = torch.tensor([[0.0, 1.0], [2.0, 0.0]])
+    dense_b = torch.tensor([[0.0, 1.0], [2.5, 0.0]])
+    a = {"state": {0: {"m": sparse(dense_a)}}, "param_groups": [{"params": [0]}]}
+    b = {"state": {0: {"m": sparse(dense_b)}}, "param_groups": [{"params": [0]}]}
+    a2 = {"state": {0: {"m": sparse(dense_a.clone())}}, "param_groups": [{"params": [0]}]}
+    assert diff_states(a, a2).equal
+    (c,) = diff_states(a, b).changes
+    assert (c.path, c.kind, c.metrics["outside"], c.metrics["max_abs"]) == (
+        "state[0].m", "values", 1, 0.5)
