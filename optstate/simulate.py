@@ -30,11 +30,12 @@ from typing import Any
 import torch
 
 from . import __version__
-from .build import Built, build, hyperparameter_defaults, optimizer_class
+from .build import Built, build, hyperparameter_defaults, optimizer_class, scheduler_classes
 from .checkpoint import check_writable, save_checkpoint
 from .config import RunSpec, format_shape, validate
 from .errors import ConfigError, StateMismatchError
 from .gradients import accumulate, make_source
+from .kernels import norm_of
 from .locate import find_optimizer_states, locate
 from .source import Source
 from .state import OptimizerStateView
@@ -161,7 +162,7 @@ def simulate(
 
     def record(step: int) -> None:
         with torch.no_grad():
-            norm = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in params))
+            norm = norm_of(params)  # float64, chunked: no full-size temporaries
         history.step.append(step)
         history.loss.append(source.loss(params) if source.has_objective else None)
         history.param_norm.append(norm)
@@ -247,6 +248,7 @@ def load_resume(built: Built, spec: RunSpec, obj: Any, warnings: list[str]) -> i
             warnings.append("the --resume file has no scheduler state; the scheduler starts "
                             "fresh")
         else:
+            _check_scheduler_kind(built.scheduler, located.scheduler)
             try:
                 built.scheduler.load_state_dict(located.scheduler)
             except (ValueError, KeyError, TypeError, RuntimeError) as e:
@@ -268,6 +270,24 @@ def load_resume(built: Built, spec: RunSpec, obj: Any, warnings: list[str]) -> i
     if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0:
         return epoch
     return _step_from_state(sd)
+
+
+def _check_scheduler_kind(scheduler: Any, state: dict[str, Any]) -> None:
+    """``load_state_dict`` of a scheduler copies any keys it is given: a StepLR state
+    would silently turn a CosineAnnealingLR into a hybrid. Refuse states that carry
+    another scheduler's arguments."""
+    ours = set(hyperparameter_defaults(type(scheduler))) | {"last_epoch", "verbose"}
+    others: set[str] = set()
+    for cls in scheduler_classes().values():
+        others |= set(hyperparameter_defaults(cls))
+    foreign = sorted((set(state) & others) - ours)
+    if foreign:
+        name = type(scheduler).__name__
+        raise StateMismatchError(
+            f"the --resume scheduler state is not {name} state: it has "
+            f"{', '.join(foreign)}, which {name} does not use",
+            hint="set --scheduler to the scheduler that wrote the checkpoint",
+        )
 
 
 def check_compatible(built: Built, spec: RunSpec, sd: dict[str, Any]) -> None:

@@ -376,3 +376,16 @@ def test_public_api_names_the_functions_whatever_the_import_order():
     assert public is sys.modules["optstate.simulate"].simulate
     assert locate is sys.modules["optstate.locate"].locate
     assert public(RunSpec(steps=1)).final_step == 1
+
+
+def test_resume_with_another_scheduler_is_refused(tmp_path):
+    step_lr = SchedulerSpec("StepLR", {"step_size": 2})
+    simulate(RunSpec(steps=2, scheduler=step_lr), save=tmp_path / "s.pkl")
+    obj = load_torch_file(tmp_path / "s.pkl").obj
+    cosine = SchedulerSpec("CosineAnnealingLR", {"T_max": 10})
+    with pytest.raises(StateMismatchError) as e:
+        simulate(RunSpec(steps=1, scheduler=cosine), resume=obj)
+    assert e.value.message == ("the --resume scheduler state is not CosineAnnealingLR state: "
+                               "it has gamma, step_size, which CosineAnnealingLR does not use")
+    resumed = simulate(RunSpec(steps=1, scheduler=step_lr), resume=obj)
+    assert resumed.scheduler.last_epoch == 3
