@@ -579,37 +579,47 @@ def check_report(result: CheckResult) -> dict[str, Any]:
 
 
 def fix_commands(result: CheckResult, path: str, key: str | None = None) -> list[str]:
-    """``optstate set`` command lines that write the config's hyperparameters into a copy
-    of the checkpoint (for the overrides found), one per distinct set of values."""
+    """``optstate set`` command lines that write the config's hyperparameters (and
+    scheduler settings) into a copy of the checkpoint, for the overrides found: one line,
+    or one per group when the groups need different values (chained through copies)."""
     import shlex
 
     per_group: dict[int, dict[str, Any]] = {}
+    sched: dict[str, Any] = {}
+    kinds_differ = any(f.code == "scheduler-kind" for f in result.findings)
     for f in result.findings:
         if f.code == "hyperparams-override" and f.detail["key"] != "initial_lr":
             per_group.setdefault(f.group, {})[f.detail["key"]] = f.detail["config"]
-    if not per_group:
+        elif f.code == "scheduler-override" and not kinds_differ:
+            sched[f.detail["key"]] = f.detail["config"]
+    if not per_group and not sched:
         return []
     stem = Path(path)
     out = shlex.quote(str(stem.with_name(stem.stem + "-fixed" + stem.suffix)))
     src = shlex.quote(path)
     pick = f" --key {shlex.quote(key)}" if key else ""
 
-    def flags(values: dict[str, Any]) -> str:
-        parts = []
-        for k, v in values.items():
-            text = ",".join(map(str, v)) if isinstance(v, list) else str(v)
-            parts.append(f"--lr {text}" if k == "lr" else f"--set {k}={text}")
+    def text(v: Any) -> str:
+        return shlex.quote(",".join(map(str, v)) if isinstance(v, list) else str(v))
+
+    def flags(values: dict[str, Any], sched_values: dict[str, Any]) -> str:
+        parts = [f"--lr {text(v)}" if k == "lr" else f"--set {k}={text(v)}"
+                 for k, v in values.items()]
+        parts += [f"--scheduler-set {k}={text(v)}" for k, v in sched_values.items()]
         return " ".join(parts)
 
     n_groups = len(result.groups["checkpoint"])
     distinct = {repr(v) for v in per_group.values()}
-    if len(per_group) == n_groups and len(distinct) == 1:
-        return [f"optstate set {src}{pick} -o {out} {flags(next(iter(per_group.values())))}"]
+    if not per_group or (len(per_group) == n_groups and len(distinct) == 1):
+        values = next(iter(per_group.values())) if per_group else {}
+        return [f"optstate set {src}{pick} -o {out} {flags(values, sched)}"]
     lines, current = [], src
     for i, (gi, values) in enumerate(sorted(per_group.items())):
-        target = out if i == len(per_group) - 1 else shlex.quote(
+        last = i == len(per_group) - 1
+        target = out if last else shlex.quote(
             str(stem.with_name(f"{stem.stem}-fixed{i}{stem.suffix}")))
-        lines.append(f"optstate set {current}{pick} -o {target} --group {gi} {flags(values)}")
+        lines.append(f"optstate set {current}{pick} -o {target} --group {gi} "
+                     f"{flags(values, sched if last else {})}")
         current = target
     return lines
 

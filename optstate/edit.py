@@ -149,6 +149,7 @@ def plan_changes(
     *,
     group: int | None = None,
     scheduler: bool = True,
+    scheduler_values: dict[str, Any] | None = None,
     file_label: str = "",
     scheduler_file_label: str = "",
 ) -> list[Change]:
@@ -188,16 +189,45 @@ def plan_changes(
     if scheduler and "lr" in values and located.scheduler is not None:
         changes += _scheduler_changes(located, values["lr"], chosen, len(groups),
                                       scheduler_file_label)
+    if scheduler_values:
+        changes += _scheduler_settings(located, scheduler_values, scheduler_file_label)
     return [c for c in changes if not same_value(c.old, c.new)]
+
+
+def _scheduler_prefix(located: Located, file_label: str) -> str:
+    loc = located.scheduler_location or ""
+    # A sibling file's scheduler is that file's whole object: paths start at its root.
+    return "" if file_label and file_label == loc else (f"{loc}." if loc else "")
+
+
+def _scheduler_settings(located: Located, values: dict[str, Any],
+                        file_label: str) -> list[Change]:
+    """``--scheduler-set step_size=10``: top-level scheduler attributes, which
+    ``scheduler.load_state_dict`` copies onto the scheduler as they are."""
+    sched = located.scheduler
+    if sched is None:
+        raise ConfigError("--scheduler-set: no scheduler state found beside the optimizer "
+                          "state")
+    prefix = _scheduler_prefix(located, file_label)
+    out = []
+    for key, value in values.items():
+        if key not in sched:
+            known = [k for k in sched if not str(k).startswith("_")]
+            raise ConfigError(f"the scheduler state has no {key!r}",
+                              hint=f"its settings: {', '.join(map(str, known))}")
+        if key in ("base_lrs", "_last_lr"):
+            raise ConfigError(f"{key} follows --lr; set the learning rate with --lr")
+        new = coerce_value(key, value, sched[key], " (scheduler)")
+        out.append(Change("scheduler", file_label, f"{prefix}{key}", key, None, sched[key],
+                          new))
+    return out
 
 
 def _scheduler_changes(located: Located, lr: Any, chosen: list[int], n_groups: int,
                        file_label: str) -> list[Change]:
     sched = located.scheduler
     assert sched is not None
-    loc = located.scheduler_location or ""
-    # A sibling file's scheduler is that file's whole object: paths start at its root.
-    prefix = "" if file_label and file_label == loc else (f"{loc}." if loc else "")
+    prefix = _scheduler_prefix(located, file_label)
     out = []
     for key in ("base_lrs", "_last_lr"):
         lrs = sched.get(key)
@@ -218,7 +248,10 @@ def apply_changes(located: Located, changes: list[Change]) -> None:
             groups[c.group][c.key] = c.new
         else:
             assert located.scheduler is not None
-            located.scheduler[c.key][c.group] = c.new
+            if c.group is None:
+                located.scheduler[c.key] = c.new
+            else:
+                located.scheduler[c.key][c.group] = c.new
 
 
 # --------------------------------------------------------------------------- comparing
@@ -310,10 +343,11 @@ def set_hyperparameters(
     dry_run: bool = False,
     unsafe: bool = False,
     trial: bool = True,
+    scheduler_values: dict[str, Any] | None = None,
 ) -> SetResult:
     """Write a copy of the checkpoint at ``path`` with ``values`` set in its param groups
     (all, or ``group``) and, for ``lr``, in the scheduler state beside it."""
-    if not values:
+    if not values and not scheduler_values:
         raise ConfigError("nothing to set", hint="give --lr VALUE and/or --set KEY=VALUE")
     src_path = Path(path)
     target = _output_path(src_path, output, in_place, dry_run)
@@ -347,7 +381,8 @@ def set_hyperparameters(
         "scheduler")
     sched_label = sched_file.name if sched_is_sibling and sched_file else main_label
     changes = plan_changes(located, values, group=group, scheduler=scheduler,
-                           file_label=main_label, scheduler_file_label=sched_label)
+                           scheduler_values=scheduler_values, file_label=main_label,
+                           scheduler_file_label=sched_label)
     result = SetResult(str(source.path), located.location, located.scheduler_location,
                        changes, dry_run=dry_run)
     if "lr" in values and located.scheduler is None:

@@ -357,7 +357,7 @@ SGD_STEP = {"optimizer": "SGD", "hyperparams": {"lr": 0.1}, "groups": [{"shapes"
             "scheduler": {"name": "StepLR", "step_size": 5, "gamma": 0.5}}
 
 
-def test_scheduler_settings_the_checkpoint_overrides(tmp_path):
+def test_scheduler_settings_the_checkpoint_overrides(cli, tmp_path):
     ckpt = _save_state(tmp_path, SGD_STEP, steps=3)
     cfg = _write_config(tmp_path, {**SGD_STEP, "scheduler": {"name": "StepLR",
                                                              "step_size": 2, "gamma": 0.5}})
@@ -365,6 +365,12 @@ def test_scheduler_settings_the_checkpoint_overrides(tmp_path):
     assert [(f.code, f.level) for f in res.findings] == [
         ("scheduler-override", "warn"), ("scheduler-resume", "info")]
     assert res.findings[0].detail == {"key": "step_size", "checkpoint": 5, "config": 2}
+    assert res.fixes == [f"optstate set {ckpt} -o {tmp_path}/ckpt-fixed.pt "
+                         "--scheduler-set step_size=2"]
+    r = cli(*res.fixes[0].split()[1:])
+    assert r.exit_code == 0, r.stderr
+    assert _codes(check_checkpoint(tmp_path / "ckpt-fixed.pt", cfg)) == [
+        ("scheduler-resume", "info")]
     built = build(spec_from_dict(read_config_file(cfg)))
     obj = torch.load(ckpt, weights_only=True)
     built.optimizer.load_state_dict(obj["optimizer_state_dict"])

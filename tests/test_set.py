@@ -496,3 +496,28 @@ def test_shared_state_changes_only_where_asked(tmp_path):
     assert after["ema_optimizer"]["param_groups"] == loaded["ema_optimizer"]["param_groups"]
     assert after["optimizer"]["state"][0]["exp_avg"].untyped_storage().data_ptr() == \
         after["ema_optimizer"]["state"][0]["exp_avg"].untyped_storage().data_ptr()
+
+
+def test_scheduler_settings(cli, tutorial_ckpt, tmp_path):
+    out = tmp_path / "s.pt"
+    r = cli("set", tutorial_ckpt, "-o", out, "--lr", "0.02", "--scheduler-set", "step_size=10",
+            "--scheduler-set", "gamma=0.5", env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.stderr
+    assert "│ scheduler │       │ step_size  │ 2" in r.stdout
+    before, after = _load(tutorial_ckpt), _load(out)
+    diffs, _ = compare_trees(before, after)
+    assert sorted(d for d in diffs if d.startswith("scheduler")) == [
+        "scheduler_state_dict._last_lr[0]", "scheduler_state_dict._last_lr[1]",
+        "scheduler_state_dict.base_lrs[0]", "scheduler_state_dict.base_lrs[1]",
+        "scheduler_state_dict.gamma", "scheduler_state_dict.step_size"]
+    # torch: the restored scheduler has the new settings, whatever its constructor said
+    _, opt, sched = _fresh()
+    opt.load_state_dict(after["optimizer_state_dict"])
+    sched.load_state_dict(after["scheduler_state_dict"])
+    assert (sched.step_size, sched.gamma) == (10, 0.5)
+    r = cli("set", tutorial_ckpt, "-o", out, "--force", "--scheduler-set", "T_max=3")
+    assert r.exit_code == 2
+    assert r.stderr == ("Error: the scheduler state has no 'T_max'\n"
+                        "Hint: its settings: step_size, gamma, base_lrs, last_epoch\n")
+    r = cli("set", tutorial_ckpt, "-o", out, "--force", "--scheduler-set", "step_size=2.5")
+    assert r.exit_code == 0  # an int setting given a float: stored as given, like torch would

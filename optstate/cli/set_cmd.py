@@ -26,6 +26,11 @@ def set_(
         "--set", metavar="KEY=VALUE", help="Any other hyperparameter, repeatable; must "
         "already exist in the group and is checked against the saved value's type "
         "(tuples comma-separated: --set betas=0.9,0.95).")] = None,
+    scheduler_set: Annotated[list[str] | None, typer.Option(
+        "--scheduler-set", metavar="KEY=VALUE", help="A setting of the scheduler state "
+        "beside the optimizer state, repeatable: --scheduler-set step_size=10 (it must "
+        "exist there; scheduler.load_state_dict restores it over the constructor's).")
+    ] = None,
     group: Annotated[int | None, typer.Option(
         help="Change only this param group (0-based). [default: every group]")] = None,
     key: Annotated[str | None, typer.Option(
@@ -77,6 +82,7 @@ def set_(
         result = set_hyperparameters(
             checkpoint, values, output=output, group=group, key=key, scheduler=scheduler,
             force=force, in_place=in_place, dry_run=dry_run, unsafe=unsafe, trial=trial,
+            scheduler_values=dict(parse_assignment(s) for s in scheduler_set or []),
         )
         report = set_report(result)
     if not report["changes"]:

@@ -25,10 +25,12 @@ def set_view(report: dict[str, Any]) -> Group:
         for col in ("in", "group", "key", "old", "new"):
             table.add_column(col, justify="right" if col == "group" else "left")
         files = {c["file"] for c in report["changes"]}
-        order = sorted(report["changes"], key=lambda c: (c["file"], c["target"], c["group"]))
+        order = sorted(report["changes"], key=lambda c: (
+            c["file"], c["target"], -1 if c["group"] is None else c["group"]))
         for c in order:
             where = c["target"] if len(files) == 1 else f"{c['file']} ({c['target']})"
-            table.add_row(where, str(c["group"]), c["key"], _exact(c["old"]),
+            group = "" if c["group"] is None else str(c["group"])
+            table.add_row(where, group, c["key"], _exact(c["old"]),
                           Text(_exact(c["new"]), style="bold green"))
         parts.append(table)
     for out in report["outputs"]:
