@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import os
 import shutil
 import signal
@@ -48,6 +47,7 @@ from .build import build
 from .config import RunSpec, spec_from_dict, validate
 from .convert import check_dir_writable, replace_dir
 from .errors import ConfigError, OptstateError
+from .kernels import norm_of
 from .simulate import History, SimulationResult
 
 MAX_WORLD_SIZE = 16
@@ -322,7 +322,7 @@ def run_worker(job: dict[str, Any], rank: int) -> None:
         two_d = sum(p.numel() for p in params) == 2
 
         def record(step: int, whole: list[torch.Tensor]) -> None:
-            norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in whole))
+            norm = norm_of(whole)  # as simulate's record(), bit for bit
             history.step.append(step)
             history.loss.append(source.loss(whole) if source.has_objective else None)
             history.param_norm.append(norm)

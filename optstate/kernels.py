@@ -310,3 +310,19 @@ def _norm_from(t: torch.Tensor, parts: list[float], finite: int, wide: bool) -> 
     if wide and (math.isinf(norm) or norm == 0.0):
         return _moments(t, None).norm  # rare: a rescaled second pass
     return norm
+
+
+def norm_of(tensors: list[torch.Tensor]) -> float:
+    """sqrt(sum of x*x) over all elements of ``tensors``, in float64, chunked: what
+    ``sqrt(sum(t.double().pow(2).sum()))`` computes, without the two float64 temporaries
+    of each tensor's size. NaN or Inf anywhere makes it NaN or Inf, as there."""
+    parts: list[float] = []
+    with one_thread():
+        for t in tensors:
+            t = t.detach()
+            buf = _buffer(t)
+            for (piece,) in blocks(t):
+                b = _widen(buf, piece)
+                parts.append(float(torch.dot(b, b)))
+    return math.sqrt(math.fsum(parts)) if all(map(math.isfinite, parts)) else math.sqrt(
+        sum(parts))
