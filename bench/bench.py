@@ -161,10 +161,13 @@ def worker(name: str, args: list[str]) -> None:
             w = torch.nn.Parameter(torch.randn(10_000_000))
             opt = torch.optim.Adam([w], lr=1e-3)
             steps = 50
-        for _ in range(steps):
+        losses = []
+        for _ in range(steps):  # the PyTorch-docs loop, with simulate's default objective
             opt.zero_grad()
-            w.grad = torch.ones_like(w)  # the constant gradient (what `simulate` uses)
+            loss = (w * 1.0).sum()  # gradient: all ones (simulate --grad constant)
+            loss.backward()
             opt.step()
+            losses.append(float(loss))
         torch.save(opt.state_dict(), out_path)
         out = {"compute": time.perf_counter() - t0, "digest": {}}
     elif name in ("sgd-ours", "adam-ours"):
@@ -204,9 +207,11 @@ def sim_cli_args(name: str, out: Path) -> list[str]:
 def run(cmd: list[str], *, capture: bool = True) -> dict:
     """Run ``cmd``; wall time, peak RssAnon (MB) from polling, and its JSON line if any."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+    # Output goes to files, not pipes: a pipe nobody reads blocks a big --json at 64 KiB.
+    out_f, err_f = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=out_f if capture else subprocess.DEVNULL,
+                            stderr=err_f, env=env, cwd=ROOT)
     peak = 0
     status = f"/proc/{proc.pid}/status"
     while proc.poll() is None:
@@ -220,8 +225,11 @@ def run(cmd: list[str], *, capture: bool = True) -> dict:
             pass
         time.sleep(0.002)
     wall = time.perf_counter() - t0
-    out = proc.stdout.read().decode() if capture else ""
-    err = proc.stderr.read().decode()
+    out_f.seek(0)
+    err_f.seek(0)
+    out, err = out_f.read().decode(), err_f.read().decode()
+    out_f.close()
+    err_f.close()
     if proc.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-2000:]}")
     res = {"wall": wall, "anon_mb": peak / 1024}
