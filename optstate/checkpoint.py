@@ -11,7 +11,6 @@ the file holds. ``unsafe=True`` exists for files the user trusts; only the CLI's
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import pickle
 import re
@@ -124,29 +123,66 @@ def clean_message(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def load_torch_file(path: str | Path, *, mmap: bool = False, unsafe: bool = False,
-                    check: bool = True) -> LoadedFile:
+def load_torch_file(path: str | Path, *, mmap: bool = False,
+                    unsafe: bool = False) -> LoadedFile:
     """Load a torch.save file safely (``weights_only=True``) onto the CPU, then ``walk``
-    what was loaded (cycles, depth, size as a tree, sparse invariants) unless ``check``
-    is False."""
+    what was loaded (cycles, depth, size as a tree, sparse invariants)."""
     p = Path(path)
     fmt = detect_format(p)
     with _open_regular(p) as f:
         size = os.fstat(f.fileno()).st_size
-        if fmt == "zip":
-            zinfo = _check_zip(p, f, size)
-            # torch maps stored records raw: a compressed one would be read as garbage
-            mmap = mmap and not zinfo.compressed
-            if mmap and not unsafe and any(k.startswith("data/") for k in zinfo.sizes):
-                # torch's mmap path does not compare record sizes with the tensors the
-                # pickle describes (the non-mmap path does): check them first.
-                _check_storages(p, f, zinfo)
-            f.seek(0)
-        use_mmap = mmap and fmt == "zip" and os.path.exists(f"/proc/self/fd/{f.fileno()}")
+        zinfo = _check_zip(p, f, size) if fmt == "zip" else None
+        # torch maps stored records raw: a compressed one would be read as garbage
+        use_mmap = (mmap and zinfo is not None and not zinfo.compressed
+                    and os.path.exists(f"/proc/self/fd/{f.fileno()}"))
+        f.seek(0)
         target: Any = f"/proc/self/fd/{f.fileno()}" if use_mmap else f
-        obj = _torch_load(p, fmt, target, use_mmap, unsafe)
-    walked = walk(obj, label=str(p)) if check else None
+        try:
+            obj = _torch_load(p, fmt, target, use_mmap, unsafe)
+        except UnsafeCheckpointError:
+            raise
+        except CheckpointError:
+            if not use_mmap:
+                raise
+            # torch's read path describes damage better (record sizes): say what it says
+            use_mmap = False
+            f.seek(0)
+            obj = _torch_load(p, fmt, f, False, unsafe)
+        walked = walk(obj, label=str(p), storages=use_mmap)
+        if use_mmap and not _mapped_storages_fit(f, zinfo, walked):  # type: ignore[arg-type]
+            # torch's mmap path does not compare record sizes with the tensors the pickle
+            # describes (its read path does): a short record would show the bytes after
+            # it. Read the file instead, and let torch check.
+            del obj, walked
+            f.seek(0)
+            obj = _torch_load(p, fmt, f, False, unsafe)
+            walked = walk(obj, label=str(p))
+    walked.storages = None
     return LoadedFile(path=p, format=fmt, bytes=size, obj=obj, walk=walked)
+
+
+def _mapped_storages_fit(f: Any, zinfo: _ZipInfo, walked: WalkReport) -> bool:
+    """Whether every memory-mapped storage starts at a data record of the file and fits
+    in it. All storages are slices of one mapping of the whole file, so their addresses
+    differ from the records' file offsets by the mapping's base address; torch.save
+    writes only records that some tensor uses, so the lowest address is the lowest
+    record. Sparse tensors hold storages the walk does not see: read those files."""
+    if walked.sparse_tensors:
+        return False
+    storages = walked.storages or {}
+    if not storages:
+        return True
+    records: dict[int, int] = {}  # data offset in the file -> record size
+    with zipfile.ZipFile(f) as zf:
+        for info in zf.infolist():
+            if info.filename.split("/", 1)[-1].startswith("data/"):
+                f.seek(info.header_offset + 26)
+                name_len, extra_len = struct.unpack("<HH", f.read(4))
+                records[info.header_offset + 30 + name_len + extra_len] = info.file_size
+    if not records:
+        return False
+    base = min(storages) - min(records)
+    return all(records.get(ptr - base, -1) >= nbytes for ptr, nbytes in storages.items())
 
 
 def _torch_load(p: Path, fmt: str, target: Any, use_mmap: bool, unsafe: bool) -> Any:
@@ -241,56 +277,6 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _check_storages(path: Path, f: Any, zinfo: _ZipInfo) -> None:
-    """Unpickle data.pkl with torch's weights-only unpickler but meta storages (no data
-    read) to learn which records the tensors use and how many bytes each needs; refuse
-    missing or short records. Errors of the unpickling itself are left to torch.load."""
-    import torch
-    from torch import _weights_only_unpickler as wou
-    from torch.serialization import _maybe_decode_ascii
-
-    f.seek(0)
-    try:
-        with zipfile.ZipFile(f) as zf:
-            pkl = zf.read(f"{zinfo.prefix}/data.pkl")
-    except Exception:
-        return
-    needed: dict[str, int] = {}
-
-    def persistent_load(pid: Any) -> Any:
-        typename = _maybe_decode_ascii(pid[0])
-        if typename != "storage":
-            raise ValueError(typename)
-        storage_type, key, _location, numel = pid[1:]
-        dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
-        nbytes = numel * torch._utils._element_size(dtype)
-        needed[str(key)] = max(needed.get(str(key), 0), nbytes)
-        return torch.storage.TypedStorage(
-            wrap_storage=torch.UntypedStorage(nbytes, device="meta"), dtype=dtype,
-            _internal=True,
-        )
-
-    unpickler = wou.Unpickler(io.BytesIO(pkl), encoding="utf-8")
-    unpickler.persistent_load = persistent_load  # type: ignore[method-assign]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            unpickler.load()
-    except Exception:
-        return  # torch.load meets the same problem and reports it
-    finally:
-        torch._utils._sparse_tensors_to_validate.clear()
-    for key, nbytes in needed.items():
-        have = zinfo.sizes.get(f"data/{key}")
-        if have is None:
-            raise CheckpointError(f"{path} is damaged: tensor data data/{key} is missing",
-                                  hint="re-copy or re-save the checkpoint")
-        if have < nbytes:
-            raise CheckpointError(
-                f"{path} is damaged: a tensor needs {nbytes} bytes but its data holds {have}",
-                hint="re-copy or re-save the checkpoint")
-
-
 def _refusal(path: Path, e: BaseException) -> CheckpointError:
     text = _ANSI.sub("", str(e))
     m = re.search(r"GLOBAL\s+([\w.]+)", text)
@@ -341,6 +327,9 @@ def _load_failure(path: Path, fmt: str, e: BaseException) -> CheckpointError:
         return CheckpointError(
             f"{path} is damaged: a tensor needs {m.group(2)} bytes but its data holds "
             f"{m.group(1)}", hint="re-copy or re-save the checkpoint")
+    if "not resizable" in low:  # mmap: a storage slice cut short by the end of the file
+        return CheckpointError(f"{path} is damaged: a tensor needs more bytes than its data "
+                               "holds", hint="re-copy or re-save the checkpoint")
     if "invalid magic number" in low:
         return CheckpointError(f"{path} is not a torch.save file (wrong magic number)")
     if "sparse" in low or "inconsistent with indices" in low or "indices" in low:

@@ -18,6 +18,7 @@ number of distinct objects, which the file size bounds.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,29 +47,30 @@ class WalkReport:
     empty_tensors: int = 0
     sparse_tensors: int = 0
     dtypes: Counter[str] = field(default_factory=Counter)
+    # data address -> bytes of each CPU storage, when asked for (see checkpoint.py)
+    storages: dict[int, int] | None = None
 
 
 class _Frame:
     """One container on the walk's stack."""
 
-    __slots__ = ("obj", "children", "i", "size", "height", "parent", "key")
+    __slots__ = ("obj", "items", "size", "height", "parent", "key")
 
     def __init__(self, obj: Any, parent: _Frame | None, key: Any) -> None:
         self.obj = obj
-        self.children = _children(obj)
-        self.i = 0
+        self.items = _children(obj)  # an iterator: a for loop over it resumes where it was
         self.size = 1
         self.height = 1
         self.parent = parent
         self.key = key
 
 
-def _children(obj: Any) -> list[tuple[Any, Any]]:
+def _children(obj: Any) -> Iterator[tuple[Any, Any]]:
     if isinstance(obj, dict):
-        return list(obj.items())
+        return iter(list(obj.items()))
     if isinstance(obj, (set, frozenset)):
-        return [(None, v) for v in obj]
-    return list(enumerate(obj))
+        return ((None, v) for v in list(obj))
+    return enumerate(list(obj))
 
 
 def location_of(frame: _Frame | None, key: Any = None) -> str:
@@ -86,13 +88,26 @@ def location_of(frame: _Frame | None, key: Any = None) -> str:
     return text or "(top level)"
 
 
+# Leaves that need no look: the common hyperparameter and bookkeeping values.
+_SCALARS = frozenset({int, float, str, bool, type(None), bytes, complex})
+
+
 def walk(obj: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES,
-         label: str = "the checkpoint") -> WalkReport:
+         label: str = "the checkpoint", storages: bool = False) -> WalkReport:
     """Check ``obj`` (see module docstring); raise CheckpointError naming where it fails."""
-    report = WalkReport()
+    import sys
+
+    torch = sys.modules.get("torch")  # no tensors can exist without it
+    tensor_type = torch.Tensor if torch is not None else ()
+    if torch is not None and not _STRIDED:
+        _STRIDED.append(torch.strided)
+    report = WalkReport(storages={} if storages else None)
+    dtypes: dict[Any, int] = {}
     if not isinstance(obj, _CONTAINERS):
         report.nodes = report.depth = 1
-        _leaf(obj, report, None, None, label, {})
+        if isinstance(obj, tensor_type):
+            _tensor(obj, report, dtypes, None, None, label)
+        _finish(report, dtypes)
         return report
 
     done: dict[int, tuple[int, int]] = {}  # id -> (tree size, height) of finished objects
@@ -101,23 +116,23 @@ def walk(obj: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES,
     report.distinct = 1
     while stack:
         top = stack[-1]
-        if top.i < len(top.children):
-            key, child = top.children[top.i]
-            top.i += 1
+        pushed = False
+        for key, child in top.items:
+            if type(child) in _SCALARS:
+                top.size += 1
+                continue
             cid = id(child)
-            if cid in done:
-                size, height = done[cid]
-            elif not isinstance(child, _CONTAINERS):
-                size, height = 1, 0
-                _leaf(child, report, top, key, label, done)
-            elif cid in active:
-                raise CheckpointError(
-                    f"{label} contains itself: {location_of(top, key)} refers back to "
-                    "an object that encloses it",
-                    hint="a checkpoint written by torch.save from an optimizer never does "
-                    "this; the file was built by hand or is damaged",
-                )
-            else:
+            known = done.get(cid)
+            if known is not None:
+                size, height = known
+            elif isinstance(child, _CONTAINERS):
+                if cid in active:
+                    raise CheckpointError(
+                        f"{label} contains itself: {location_of(top, key)} refers back to "
+                        "an object that encloses it",
+                        hint="a checkpoint written by torch.save from an optimizer never "
+                        "does this; the file was built by hand or is damaged",
+                    )
                 if len(stack) >= max_depth:
                     raise CheckpointError(
                         f"{label} is nested more than {max_depth} levels deep "
@@ -128,25 +143,39 @@ def walk(obj: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES,
                 active.add(cid)
                 stack.append(_Frame(child, top, key))
                 report.distinct += 1
-                continue
+                pushed = True
+                break
+            else:
+                size, height = 1, 0
+                if isinstance(child, tensor_type):
+                    _tensor(child, report, dtypes, top, key, label)
+                    done[cid] = (1, 0)  # checked once, however often it is referenced
             top.size += size
-            top.height = max(top.height, height + 1)
+            if height >= top.height:
+                top.height = height + 1
             if top.size > max_nodes:
                 raise _too_big(label, top, max_nodes)
+        if top.size > max_nodes:
+            raise _too_big(label, top, max_nodes)
+        if pushed:
             continue
         stack.pop()
-        top.children = []  # let finished subtrees go
         done[id(top.obj)] = (top.size, top.height)
         active.discard(id(top.obj))
         if stack:
             parent = stack[-1]
             parent.size += top.size
-            parent.height = max(parent.height, top.height + 1)
-            if parent.size > max_nodes:
-                raise _too_big(label, parent, max_nodes)
+            if top.height >= parent.height:
+                parent.height = top.height + 1
         else:
             report.nodes, report.depth = top.size, top.height
+    _finish(report, dtypes)
     return report
+
+
+def _finish(report: WalkReport, dtypes: dict[Any, int]) -> None:
+    for dtype, n in dtypes.items():
+        report.dtypes[str(dtype).removeprefix("torch.")] += n
 
 
 def _too_big(label: str, frame: _Frame, max_nodes: int) -> CheckpointError:
@@ -162,24 +191,28 @@ def _short(location: str, limit: int = 80) -> str:
     return location if len(location) <= limit else location[:limit] + "…"
 
 
-def _leaf(obj: Any, report: WalkReport, frame: _Frame | None, key: Any, label: str,
-          done: dict[int, tuple[int, int]]) -> None:
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is None or not isinstance(obj, torch.Tensor):
-        return
-    done[id(obj)] = (1, 0)  # a tensor is checked once, however often it is referenced
+def _tensor(t: Any, report: WalkReport, dtypes: dict[Any, int], frame: _Frame | None,
+            key: Any, label: str) -> None:
     report.distinct += 1
     report.tensors += 1
-    report.dtypes[str(obj.dtype).removeprefix("torch.")] += 1
-    if obj.is_meta:
+    dtypes[t.dtype] = dtypes.get(t.dtype, 0) + 1
+    if t.is_meta:
         report.meta_tensors += 1
-    elif obj.numel() == 0:
+        return
+    if t.numel() == 0:
         report.empty_tensors += 1
-    if obj.layout != torch.strided:
+    if t.layout is not _STRIDED[0]:
         report.sparse_tensors += 1
-        check_sparse(obj, f"{label} at {location_of(frame, key)}")
+        check_sparse(t, f"{label} at {location_of(frame, key)}")
+    elif report.storages is not None and not t.is_quantized:
+        st = t.untyped_storage()
+        n = st.nbytes()
+        if n:
+            ptr = st.data_ptr()
+            report.storages[ptr] = max(n, report.storages.get(ptr, 0))
+
+
+_STRIDED: list[Any] = []  # torch.strided, filled on first walk (torch may not be loaded)
 
 
 def check_sparse(t: Any, where: str) -> None:

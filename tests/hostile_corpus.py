@@ -354,6 +354,16 @@ def missing_storage(d: Path) -> Path:
     return out
 
 
+def short_last_record(d: Path) -> Path:
+    """A 4 MB tensor whose record holds 4 bytes: memory-mapped, its slice would run past
+    the end of the file."""
+    src = d / "src.pt"
+    torch.save({"state": {}, "param_groups": [], "big": torch.ones(2**20)}, src)
+    out = _rezip(src, d / "short_last.pt", replace={"data/0": b"\0" * 4})
+    src.unlink()
+    return out
+
+
 def size_mismatch(d: Path) -> Path:
     """A storage record shorter than the tensor the pickle describes."""
     src = save_adamw(d / "src.pt")
@@ -528,6 +538,7 @@ BROKEN: dict[str, Callable[[Path], Path]] = {
     "corrupt_zip": corrupt_zip,
     "missing_storage": missing_storage,
     "size_mismatch": size_mismatch,
+    "short_last_record": short_last_record,
     "unsupported_protocol": unsupported_protocol,
     "refused_global": refused_global,
     "old_tar_format": old_tar_format,
@@ -623,12 +634,13 @@ def _odd(edit: Callable[[dict], None]) -> Callable[[Path], Path]:
     return build
 
 
-def _set(path: tuple, value: object) -> Callable[[dict], None]:
+def _set(path: tuple, value: Callable[[], object]) -> Callable[[dict], None]:
+    """Set ``value()`` at ``path`` (values are made when the file is built, not on import)."""
     def edit(sd: dict) -> None:
         node = sd
         for k in path[:-1]:
             node = node[k]
-        node[path[-1]] = value
+        node[path[-1]] = value()
 
     return edit
 
@@ -636,29 +648,29 @@ def _set(path: tuple, value: object) -> Callable[[dict], None]:
 # States a hand-edited or foreign checkpoint may hold. Each must give a result or one
 # clean error, never an internal error.
 ODD: dict[str, Callable[[Path], Path]] = {
-    "unhashable_param": _odd(_set(("param_groups", 0, "params"), [[0], 1])),
-    "params_not_list": _odd(_set(("param_groups", 0, "params"), "01")),
-    "state_not_dict": _odd(_set(("state", 0), [1, 2])),
-    "group_not_dict": _odd(_set(("param_groups",), [5])),
-    "tensor_lr": _odd(_set(("param_groups", 0, "lr"), torch.tensor([1.0, 2.0]))),
-    "nan_lr": _odd(_set(("param_groups", 0, "lr"), float("nan"))),
-    "bytes_hyper": _odd(_set(("param_groups", 0, "x"), b"\xff\x00")),
-    "huge_int_hyper": _odd(_set(("param_groups", 0, "big"), 10**40)),
-    "complex_hyper": _odd(_set(("param_groups", 0, "c"), complex(1, 2))),
-    "set_hyper": _odd(_set(("param_groups", 0, "s"), {1, 2})),
-    "string_step": _odd(_set(("state", 0, "step"), "hello")),
-    "none_buffer": _odd(_set(("state", 0, "exp_avg"), None)),
-    "duplicate_param": _odd(_set(("param_groups", 0, "params"), [0, 0])),
-    "string_state_key": _odd(_set(("state", "weird key"), {"m": torch.ones(1)})),
-    "bad_param_names": _odd(_set(("param_groups", 0, "param_names"), [1, 2])),
-    "quantized": _odd(_set(("state", 0, "exp_avg"),
-                           torch.quantize_per_tensor(torch.ones(3, 4), 0.1, 0, torch.quint8))),
-    "sparse_coo": _odd(_set(("state", 0, "exp_avg"), torch.ones(3, 4).to_sparse())),
-    "sparse_csr": _odd(_set(("state", 0, "exp_avg"), torch.ones(3, 4).to_sparse_csr())),
-    "meta": _odd(_set(("state", 0, "exp_avg"), torch.empty(3, 4, device="meta"))),
-    "zero_size": _odd(_set(("state", 0, "exp_avg"), torch.ones(3, 0))),
-    "all_nan": _odd(_set(("state", 0, "exp_avg"), torch.full((3, 4), float("nan")))),
-    "uint16": _odd(_set(("state", 0, "exp_avg"), torch.ones(3, 4, dtype=torch.uint16))),
-    "nested_buffers": _odd(_set(("state", 0, "exp_avg"), [torch.ones(2), [torch.ones(1)]])),
-    "non_contiguous": _odd(_set(("state", 0, "exp_avg"), torch.ones(4, 3).t())),
+    "unhashable_param": _odd(_set(("param_groups", 0, "params"), lambda: [[0], 1])),
+    "params_not_list": _odd(_set(("param_groups", 0, "params"), lambda: "01")),
+    "state_not_dict": _odd(_set(("state", 0), lambda: [1, 2])),
+    "group_not_dict": _odd(_set(("param_groups",), lambda: [5])),
+    "tensor_lr": _odd(_set(("param_groups", 0, "lr"), lambda: torch.tensor([1.0, 2.0]))),
+    "nan_lr": _odd(_set(("param_groups", 0, "lr"), lambda: float("nan"))),
+    "bytes_hyper": _odd(_set(("param_groups", 0, "x"), lambda: b"\xff\x00")),
+    "huge_int_hyper": _odd(_set(("param_groups", 0, "big"), lambda: 10**40)),
+    "complex_hyper": _odd(_set(("param_groups", 0, "c"), lambda: complex(1, 2))),
+    "set_hyper": _odd(_set(("param_groups", 0, "s"), lambda: {1, 2})),
+    "string_step": _odd(_set(("state", 0, "step"), lambda: "hello")),
+    "none_buffer": _odd(_set(("state", 0, "exp_avg"), lambda: None)),
+    "duplicate_param": _odd(_set(("param_groups", 0, "params"), lambda: [0, 0])),
+    "string_state_key": _odd(_set(("state", "weird key"), lambda: {"m": torch.ones(1)})),
+    "bad_param_names": _odd(_set(("param_groups", 0, "param_names"), lambda: [1, 2])),
+    "quantized": _odd(_set(("state", 0, "exp_avg"), lambda: torch.quantize_per_tensor(
+        torch.ones(3, 4), 0.1, 0, torch.quint8))),
+    "sparse_coo": _odd(_set(("state", 0, "exp_avg"), lambda: torch.ones(3, 4).to_sparse())),
+    "sparse_csr": _odd(_set(("state", 0, "exp_avg"), lambda: torch.ones(3, 4).to_sparse_csr())),
+    "meta": _odd(_set(("state", 0, "exp_avg"), lambda: torch.empty(3, 4, device="meta"))),
+    "zero_size": _odd(_set(("state", 0, "exp_avg"), lambda: torch.ones(3, 0))),
+    "all_nan": _odd(_set(("state", 0, "exp_avg"), lambda: torch.full((3, 4), float("nan")))),
+    "uint16": _odd(_set(("state", 0, "exp_avg"), lambda: torch.ones(3, 4, dtype=torch.uint16))),
+    "nested_buffers": _odd(_set(("state", 0, "exp_avg"), lambda: [torch.ones(2), [torch.ones(1)]])),
+    "non_contiguous": _odd(_set(("state", 0, "exp_avg"), lambda: torch.ones(4, 3).t())),
 }

@@ -61,6 +61,8 @@ LOAD_ERRORS: dict[str, tuple[type, str, str | None]] = {
                         REREAD),
     "size_mismatch": (CheckpointError,
                       "{p} is damaged: a tensor needs 48 bytes but its data holds 8", REREAD),
+    "short_last_record": (CheckpointError, "{p} is damaged: a tensor needs 4194304 bytes but "
+                          "its data holds 4", REREAD),
     "unsupported_protocol": (UnsafeCheckpointError, *OPCODE),
     "refused_global": (UnsafeCheckpointError, REFUSED[0].replace("{g}", "datetime.date"),
                        REFUSED[1]),
@@ -211,6 +213,31 @@ def test_torch_gets_a_file_object_and_weights_only(tmp_path, monkeypatch):
     assert not isinstance(seen[0][0], (str, os.PathLike))
 
 
+def test_mmap_short_records_fall_back_to_a_checked_read(tmp_path, monkeypatch):
+    """torch's mmap path shows the bytes after a short record; we check the mapped
+    storages against the records and re-read the file (torch checks sizes there)."""
+    good = hc.save_adamw(tmp_path / "good.pt")
+    bad = _build("size_mismatch", tmp_path)
+    calls = []
+    real = torch.load
+
+    def spy(f, *args, **kw):
+        calls.append(kw["mmap"])
+        return real(f, *args, **kw)
+
+    monkeypatch.setattr(torch, "load", spy)
+    loaded = load_torch_file(good, mmap=True)
+    assert calls == [True]  # a good file is mapped once, not read
+    assert torch.equal(loaded.obj["state"][1]["exp_avg"], hc.adamw_state()["state"][1]["exp_avg"])
+    calls.clear()
+    with pytest.raises(CheckpointError, match="a tensor needs 48 bytes but its data holds 8"):
+        load_torch_file(bad, mmap=True)
+    assert calls == [True, False]
+    # what torch alone would have done: load garbage without a word
+    garbage = real(bad, weights_only=True, mmap=True)["state"][0]["exp_avg"]
+    assert not torch.equal(garbage, hc.adamw_state()["state"][0]["exp_avg"])
+
+
 def test_big_endian_file_reads_the_same_values(tmp_path):
     p = _build("big_endian", tmp_path)
     with zipfile.ZipFile(p) as zf:
@@ -300,6 +327,7 @@ def _nest(n: int) -> list:
     return x
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 def test_walk_checks_sparse_invariants():
     good = torch.sparse_coo_tensor(torch.tensor([[0, 1]]), torch.tensor([1.0, 2.0]), (2,))
     assert walk({"g": good}).sparse_tensors == 1
@@ -516,6 +544,7 @@ def test_unsafe_is_never_read_from_environment():
 # --------------------------------------------------------------------------- odd states
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch: quantized/CSR are deprecated/beta
 @pytest.mark.parametrize("name", sorted(hc.ODD))
 def test_odd_states_give_a_result_or_one_clean_error(cli, name, tmp_path):
     p = hc.ODD[name](tmp_path)
