@@ -60,6 +60,9 @@ def state_warnings(view: OptimizerStateView, kind: str, params: list[dict[str, A
     warnings += _hyperparam_warnings(view)
     if scheduler is not None:
         warnings += _scheduler_warnings(view, scheduler)
+    else:
+        notes += _scheduler_elsewhere(view)
+    notes += _zero_lr(view)
     return warnings, notes
 
 
@@ -254,3 +257,29 @@ def _scheduler_warnings(view: OptimizerStateView,
                 "scheduler is from another run; the next scheduler.step() recomputes the lr",
                 ["scheduler.last_lr"]))
     return out
+
+
+def _scheduler_elsewhere(view: OptimizerStateView) -> list[dict[str, Any]]:
+    """``initial_lr`` in the groups means an LR scheduler drove this optimizer."""
+    changed = []
+    for g in view.groups:
+        start, now = _scalar(g.hyperparams.get("initial_lr")), _scalar(g.hyperparams.get("lr"))
+        if start is not None and now is not None and start != now:
+            changed.append(f"group {g.index}: {start:g} → {now:g}")
+    if not changed:
+        return []
+    return [_warning(
+        "scheduler_elsewhere", f"an LR scheduler changed the lr ({_places(changed)}) but this "
+        "checkpoint holds no scheduler state: restore the scheduler's own state_dict too when "
+        "resuming, or the schedule restarts from initial_lr",
+        [f"param_groups[{g.index}].initial_lr" for g in view.groups])]
+
+
+def _zero_lr(view: OptimizerStateView) -> list[dict[str, Any]]:
+    zero = [g.index for g in view.groups if _scalar(g.hyperparams.get("lr")) == 0.0]
+    if not zero:
+        return []
+    return [_warning(
+        "zero_lr", f"lr is 0 in param group{'s' * (len(zero) != 1)} "
+        f"{_places([str(i) for i in zero])}: those params do not move (frozen on purpose, or a "
+        "scheduler decayed the lr to 0)", [f"param_groups[{i}].lr" for i in zero])]

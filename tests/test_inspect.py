@@ -425,3 +425,25 @@ def test_sparse_adam_step_is_an_int_scalar(tmp_path):
     report = inspect_path(save(tmp_path, sd))
     assert report["params"][0]["state"]["step"] == {"value": 3}
     check_entry(report["params"][0]["state"]["exp_avg"], sd["state"][0]["exp_avg"])
+
+
+def test_scheduler_state_missing_is_noted(tmp_path):
+    opt, _ = stepped_optimizer("SGD")
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    opt.step()
+    sched.step()
+    report = inspect_path(save(tmp_path, opt.state_dict()))  # saved without the scheduler
+    assert report["warnings"] == []
+    (note,) = report["notes"]
+    assert note["code"] == "scheduler_elsewhere"
+    assert note["message"].startswith("an LR scheduler changed the lr (group 0: 0.1 → 0.05)")
+
+
+def test_zero_lr_is_noted(tmp_path):
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([{"params": [a]}, {"params": [b], "lr": 0.0}], lr=0.1, momentum=0.9)
+    (a.sum() + b.sum()).backward()
+    opt.step()
+    report = inspect_path(save(tmp_path, opt.state_dict()))
+    assert [(n["code"], n["where"]) for n in report["notes"]] == [
+        ("zero_lr", ["param_groups[1].lr"])]
