@@ -387,6 +387,26 @@ def test_scheduler_of_another_kind(tmp_path):
     assert kind.detail == {"only_checkpoint": ["T_max", "eta_min"],
                            "only_config": ["gamma", "step_size"]}
     assert res.verdict == "differs"
+    # torch: StepLR.load_state_dict takes the cosine state without a word, attributes and all
+    built = build(spec_from_dict(SGD_STEP))
+    obj = torch.load(ckpt, weights_only=True)
+    built.optimizer.load_state_dict(obj["optimizer_state_dict"])
+    built.scheduler.load_state_dict(obj["scheduler_state_dict"])
+    assert built.scheduler.T_max == 10 and built.scheduler.step_size == 5
+    assert res.trial["scheduler_step"] == "ok"
+
+
+def test_names_differ(tmp_path):
+    cfg_data = {"optimizer": "SGD", "hyperparams": {"lr": 0.1, "momentum": 0.9},
+                "groups": [{"shapes": ["2", "3"], "names": ["fc.weight", "fc.bias"]}]}
+    ckpt = _save_state(tmp_path, cfg_data)
+    cfg = _write_config(tmp_path, {**cfg_data, "groups": [
+        {"shapes": ["2", "3"], "names": ["head.weight", "fc.bias"]}]})
+    res = check_checkpoint(ckpt, cfg)
+    assert [(f.code, f.detail) for f in res.findings] == [
+        ("names-differ", {"only_checkpoint": ["fc.weight"], "only_config": ["head.weight"]})]
+    assert res.exit_code == 1
+    assert _torch_resume(ckpt, cfg)[1] is None  # torch ignores the names entirely
 
 
 def test_scheduler_missing_from_checkpoint(tmp_path):
