@@ -228,3 +228,24 @@ def test_human_view_caps_params_and_json_keeps_all(cli, tmp_path):
     assert rows == ["0", "1", "2", "3", "4", "5", "6"] * 2  # structure and statistics
     doc = json.loads(cli("inspect", tmp_path / "p.pt", "--max-params", "3", "--json").stdout)
     assert len(doc["params"]) == 7
+
+
+def test_json_schema_keys_are_stable(cli, tmp_path):
+    """The documented top-level and per-entry keys (README, "inspect"): scripts rely on them."""
+    torch.save(state_dict_of("Adam"), tmp_path / "a.pt")
+    doc = json.loads(cli("inspect", tmp_path / "a.pt", "--json").stdout)
+    assert list(doc) == ["schema", "file", "location", "locations", "optimizer", "legacy_ids",
+                         "stats", "selection", "param_groups", "params", "totals", "scheduler",
+                         "warnings", "notes"]
+    assert list(doc["file"]) == ["path", "read", "format", "bytes"]
+    assert list(doc["optimizer"]) == ["kind", "confidence", "reason", "candidates",
+                                      "hyperparams", "state_keys", "foreign"]
+    assert list(doc["param_groups"][0]) == ["index", "params", "hyperparams", "n_params",
+                                            "names"]
+    assert list(doc["params"][0]) == ["id", "position", "group", "name", "state"]
+    assert list(doc["params"][0]["state"]["exp_avg"]) == [
+        "shape", "dtype", "numel", "bytes", "norm", "min", "max", "mean", "mean_abs", "nan",
+        "inf", "zeros"]
+    assert list(doc["totals"]) == ["groups", "params", "params_with_state", "state_tensors",
+                                   "state_scalars", "numel", "bytes", "bytes_by_dtype",
+                                   "orphan_state_keys"]
