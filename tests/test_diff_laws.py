@@ -30,21 +30,27 @@ runs = st.fixed_dictionaries({
     "steps": st.integers(0, 3),
     "seed": st.integers(0, 3),
     "nan_at": st.none() | st.integers(0, 5),
+    "named": st.booleans(),  # param_names in the groups: params matched by name
+    "reverse": st.booleans(),  # the first group lists its params in reverse order
 })
 
 
 def build_state(run: dict) -> dict:
     """A real optimizer, stepped on seeded gradients; optionally one NaN in its state."""
     g = torch.Generator().manual_seed(run["seed"])
-    groups = []
+    groups, created = [], []
     for gi, group_shapes in enumerate(run["groups"]):
-        ps = [torch.randn(s, generator=g).requires_grad_(True) for s in group_shapes]
+        ps: list = [torch.randn(s, generator=g).requires_grad_(True) for s in group_shapes]
+        created += ps
+        if run["named"]:
+            ps = [(f"g{gi}.p{i}", p) for i, p in enumerate(ps)]
+        if run["reverse"] and gi == 0:
+            ps.reverse()
         groups.append({"params": ps, "lr": run["lrs"][gi % 2]})
     opt = OPTIMIZERS[run["optimizer"]](groups, 0.1)
     for _ in range(run["steps"]):
-        for group in opt.param_groups:
-            for p in group["params"]:
-                p.grad = torch.randn(p.shape, generator=g)
+        for p in created:  # creation order: the same gradients whatever the group order
+            p.grad = torch.randn(p.shape, generator=g)
         opt.step()
     sd = copy.deepcopy(opt.state_dict())
     tensors = [t for st_ in sd["state"].values() for t in st_.values()
@@ -57,7 +63,7 @@ def build_state(run: dict) -> dict:
 def mutated(run: dict, draw) -> dict:  # noqa: ANN001 - hypothesis draw
     """b: usually a's run with one thing changed, so a and b share most structure."""
     field = draw(st.sampled_from(["steps", "seed", "lrs", "groups", "optimizer", "nan_at",
-                                  "same"]))
+                                  "named", "reverse", "same"]))
     if field == "same":
         return dict(run)
     return {**run, field: draw(runs)[field]}
