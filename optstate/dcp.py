@@ -105,7 +105,41 @@ def read_metadata(path: Path) -> Metadata:
         raise CheckpointError(f"{file} is damaged or truncated ({type(e).__name__})") from None
     if not isinstance(md, Metadata) or not isinstance(md.state_dict_metadata, dict):
         raise CheckpointError(f"{file} does not hold DCP metadata")
+    for key, entry in md.state_dict_metadata.items():
+        _check_entry(file, key, entry)
     return md
+
+
+def _is_index(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_entry(file: Path, key: Any, entry: Any) -> None:
+    """Metadata a torch-written checkpoint always satisfies; anything else is damage (or
+    a crafted file) and gets one line, not an internal error later."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{file} is damaged: key {key!r} {what}")
+
+    if not isinstance(key, str):
+        raise bad("is not a string")
+    if isinstance(entry, BytesStorageMetadata):
+        return
+    if not isinstance(entry, TensorStorageMetadata):
+        raise bad(f"has unknown metadata {type(entry).__name__}")
+    size = entry.size
+    if not isinstance(size, tuple) or not all(_is_index(n) for n in size):
+        raise bad(f"has a bad shape {size!r}")
+    if not isinstance(getattr(entry.properties, "dtype", None), torch.dtype):
+        raise bad("has no dtype")
+    if not isinstance(entry.chunks, list):
+        raise bad("has no chunk list")
+    for c in entry.chunks:
+        offsets, sizes = getattr(c, "offsets", None), getattr(c, "sizes", None)
+        if not (isinstance(offsets, tuple) and isinstance(sizes, tuple)
+                and len(offsets) == len(sizes) == len(size)
+                and all(_is_index(o) and _is_index(n) and o + n <= whole
+                        for o, n, whole in zip(offsets, sizes, size, strict=True))):
+            raise bad(f"has a chunk outside its shape {list(size)}")
 
 
 class SafeFileSystemReader(FileSystemReader):
@@ -211,8 +245,10 @@ class DcpCheckpoint:
     def path_of(self, key: str) -> tuple[Any, ...]:
         """Where ``key`` sits in the original nested state dict."""
         pd = self.metadata.planner_data
-        if isinstance(pd, dict) and isinstance(pd.get(key), tuple) and pd[key]:
-            return pd[key]
+        path = pd.get(key) if isinstance(pd, dict) else None
+        if isinstance(path, tuple) and path and all(
+                isinstance(p, str) or _is_index(p) for p in path):
+            return path
         return (key,)
 
     # ------------------------------------------------------------------ data

@@ -296,3 +296,31 @@ def test_diff_sees_one_more_step_across_formats(cli, tmp_path, pos_dirs):
     assert r.exit_code == 1
     paths = {c["path"] for c in json.loads(r.stdout)["changes"]}
     assert {"state[0].exp_avg", "state[3].exp_avg_sq", "state[2].step"} <= paths
+
+
+@pytest.mark.parametrize("damage, what", [
+    (lambda e: setattr(e, "size", torch.Size([4, -1])), "has a bad shape"),
+    (lambda e: setattr(e.chunks[0], "sizes", torch.Size([5, 3])), "has a chunk outside its shape"),
+    (lambda e: setattr(e.properties, "dtype", "float32"), "has no dtype"),
+])
+def test_inconsistent_metadata_is_one_error(fqn_dir, damage, what):
+    from optstate.dcp import read_metadata
+
+    md = read_metadata(fqn_dir)
+    damage(md.state_dict_metadata["state.0.weight.exp_avg"])
+    with open(fqn_dir / ".metadata", "wb") as f:
+        pickle.dump(md, f)
+    with pytest.raises(CheckpointError) as e:
+        open_source(fqn_dir)
+    assert e.value.message.startswith(
+        f"{fqn_dir}/.metadata is damaged: key 'state.0.weight.exp_avg' {what}")
+
+
+def test_app_state_with_model_and_optimizer(cli, tmp_path, adam):
+    """The torchtitan / FSDP tutorial layout: one DCP folder with model and optimizer."""
+    model, opt = adam
+    folder = dcp_save({"model": model.state_dict(),
+                       "optimizer": get_optimizer_state_dict(model, opt)}, tmp_path / "app")
+    rep = json.loads(cli("inspect", folder, "--json").stdout)
+    assert rep["location"] == "optimizer"
+    assert [p["name"] for p in rep["params"]] == ["0.weight", "0.bias", "1.weight", "1.bias"]
