@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -88,19 +89,17 @@ def test_changing_lr_in_one_group_is_exactly_that_change(adam):
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    from optstate.checkpoint import load_torch_file
     from optstate.config import RunSpec, SchedulerSpec
     from optstate.simulate import simulate
 
     spec = RunSpec(optimizer="AdamW", hyperparams={"lr": 0.05}, steps=8, grad="normal",
                    scheduler=SchedulerSpec("StepLR", {"step_size": 3, "gamma": 0.5}))
     simulate(spec, save=tmp_path / "full.pt", with_params=True)
-    simulate(spec.__class__(**{**spec.__dict__, "steps": 5}), save=tmp_path / "half.pt",
-             with_params=True)
-    from optstate.checkpoint import load_torch_file
-
+    simulate(replace(spec, steps=5), save=tmp_path / "half.pt", with_params=True)
     half = load_torch_file(tmp_path / "half.pt").obj
-    simulate(spec.__class__(**{**spec.__dict__, "steps": 3}), resume=half,
-             save=tmp_path / "resumed.pt", with_params=True)
+    simulate(replace(spec, steps=3), resume=half, save=tmp_path / "resumed.pt",
+             with_params=True)
     r, side_a, side_b = diff_files(tmp_path / "full.pt", tmp_path / "resumed.pt")
     assert r.equal, r.changes
     assert side_a.location == side_b.location == "optimizer_state_dict"
