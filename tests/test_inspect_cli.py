@@ -249,3 +249,17 @@ def test_json_schema_keys_are_stable(cli, tmp_path):
     assert list(doc["totals"]) == ["groups", "params", "params_with_state", "state_tensors",
                                    "state_scalars", "numel", "bytes", "bytes_by_dtype",
                                    "orphan_state_keys"]
+
+
+def test_legacy_ids_shown_beside_positions(cli, tmp_path):
+    sd = state_dict_of("SGD", steps=1)
+    ids = [140234567890123, 140234567890555]
+    torch.save({"state": {ids[i]: v for i, v in sd["state"].items()},
+                "param_groups": [{**sd["param_groups"][0], "params": ids}]},
+               tmp_path / "old.pth", _use_new_zipfile_serialization=False)
+    out = cli("inspect", tmp_path / "old.pth", "--no-stats").stdout
+    assert "format    torch.save legacy pickle (torch < 1.6)" in out
+    rows = [ln.split() for ln in out.splitlines() if " momentum_buffer " in ln]
+    assert rows == [["0", str(ids[0]), "momentum_buffer", "3x4", "float32", "12", "48"],
+                    ["1", str(ids[1]), "momentum_buffer", "4", "float32", "4", "16"]]
+    assert "note [legacy_ids] state is keyed by id(param) (torch < 1.6)" in out

@@ -95,8 +95,9 @@ def digits_for(report: dict[str, Any], width: int) -> int:
     return 3
 
 
-def _lead(p: dict[str, Any], show_group: bool, show_name: bool) -> list[str]:
-    lead = [str(p["position"])]
+def _lead(p: dict[str, Any], show_group: bool, show_name: bool,
+          show_id: bool = False) -> list[str]:
+    lead = [str(p["position"])] + [str(p["id"])] * show_id
     if show_group:
         lead.append(str(p["group"]))
     if show_name:
@@ -127,13 +128,15 @@ def structure_table(report: dict[str, Any]) -> Table:
     table = Table(title="state", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
                   padding=(0, 1), pad_edge=False, show_edge=False)
     show_value = any("value" in rep for p in params for _, rep in _flat_entries(p["state"]))
-    cols = ["param"] + ["group"] * show_group + ["name"] * show_name + [
+    show_id = bool(report.get("legacy_ids"))  # the id(param) keys of torch < 1.6
+    cols = ["param"] + ["id"] * show_id + ["group"] * show_group + ["name"] * show_name + [
         "entry", "shape", "dtype", "numel", "bytes"] + ["value"] * show_value
     for col in cols:
-        table.add_column(col, justify="right" if col in ("param", "group", "numel", "bytes")
+        table.add_column(col, justify="right" if col in ("param", "id", "group", "numel",
+                                                           "bytes")
                          else "left", overflow="fold")
     for p in params:
-        lead = _lead(p, show_group, show_name)
+        lead = _lead(p, show_group, show_name, show_id)
         blank = [""] * len(lead)
         rows = []
         for name, rep in _flat_entries(p["state"]):
