@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import NoOptimizerStateError
+from .errors import CheckpointError, NoOptimizerStateError
 from .source import Source
 
 # How far into a container we look for an optimizer state (Lightning: depth 2).
@@ -185,6 +185,7 @@ def locate(source: Source, key: str | None = None) -> Located:
             )
         location, state = key, node
     elif not found:
+        _raise_if_malformed(source, obj)
         raise NoOptimizerStateError(
             f"{source.label} holds {describe_contents(obj)}; no optimizer state found",
             hint="an optimizer state is a dict with 'state' and 'param_groups' "
@@ -200,6 +201,37 @@ def locate(source: Source, key: str | None = None) -> Located:
         location, state = found[0]
     sched, sched_loc = _find_scheduler(source, location)
     return Located(location, state, sched, sched_loc, candidates)
+
+
+def _raise_if_malformed(source: Source, obj: Any) -> None:
+    """A dict that is almost an optimizer state ('state' and per-param dicts, but no
+    usable 'param_groups'; or 'param_groups' but no 'state') is a damaged one: say so,
+    rather than 'no optimizer state found'. Bounded like find_optimizer_states."""
+    queue: deque[tuple[str, Any, int]] = deque([("", obj, 0)])
+    seen = 0
+    while queue and seen < _MAX_NODES:
+        loc, node, depth = queue.popleft()
+        seen += 1
+        if isinstance(node, dict):
+            state, groups = node.get("state"), node.get("param_groups")
+            where = f"at {loc!r}" if loc else "at the top level"
+            if isinstance(state, dict) and groups is None and "param_groups" not in node \
+                    and all(isinstance(v, dict) for v in list(state.values())[:64]):
+                raise CheckpointError(
+                    f"{source.label}: malformed optimizer state {where}: it has 'state' but "
+                    "no 'param_groups'",
+                    hint="optimizer.state_dict() always has both; the file was edited or "
+                    "written by other code",
+                )
+            if "param_groups" in node and "state" in node:
+                raise CheckpointError(
+                    f"{source.label}: malformed optimizer state {where}: 'param_groups' must "
+                    "be a list of dicts with a 'params' list, and 'state' a dict",
+                )
+        if depth < _MAX_DEPTH:
+            for key, child in _children(node):
+                if isinstance(child, (dict, list, tuple)):
+                    queue.append((_child_location(loc, key), child, depth + 1))
 
 
 def _candidates_hint(candidates: tuple[str, ...]) -> str | None:

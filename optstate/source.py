@@ -55,8 +55,11 @@ def open_source(path: str | Path, *, mmap: bool = True, unsafe: bool = False) ->
 def _open_folder(p: Path, *, mmap: bool, unsafe: bool) -> Source:
     if (p / ".metadata").is_file():
         from .dcp import open_dcp_source  # optional: torch.distributed.checkpoint folders
+        from .walk import walk
 
-        return open_dcp_source(p)
+        src = open_dcp_source(p)
+        walk(src.obj, label=str(p))  # built from the folder's metadata: untrusted too
+        return src
     opt_file = next((p / n for n in HF_OPTIMIZER_FILES if (p / n).is_file()), None)
     if opt_file is None:
         raise CheckpointError(

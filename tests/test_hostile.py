@@ -541,6 +541,43 @@ def test_unsafe_is_never_read_from_environment():
     assert "diff" in flagged
 
 
+# --------------------------------------------------------------------------- malformed states
+
+
+def test_state_without_param_groups_is_called_malformed(cli, tmp_path):
+    p = _build("no_param_groups", tmp_path)
+    r = cli("inspect", p)
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == [
+        f"Error: {p}: malformed optimizer state at 'optimizer': it has 'state' but no "
+        "'param_groups'",
+        "Hint: optimizer.state_dict() always has both; the file was edited or written by "
+        "other code",
+    ]
+
+
+def test_not_an_optimizer_state(cli, tmp_path):
+    p = _build("not_optimizer_state", tmp_path)
+    r = cli("inspect", p)
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == [
+        f"Error: {p} holds a model state_dict with 2 tensors (8 elements); no optimizer "
+        "state found",
+        "Hint: an optimizer state is a dict with 'state' and 'param_groups' "
+        "(optimizer.state_dict())",
+    ]
+
+
+def test_state_for_ids_in_no_group_is_a_warning_not_an_error(cli, tmp_path):
+    """Issue #3 lists 'state for ids in no group' among inspect's warnings: the file is
+    readable, so inspect reports it (exit 0) rather than refusing it."""
+    p = _build("orphan_state_ids", tmp_path)
+    r = cli("inspect", p, "--json")
+    assert r.exit_code == 0, r.stderr
+    codes = [w["code"] for w in json.loads(r.stdout)["warnings"]]
+    assert "orphan_state" in codes
+
+
 # --------------------------------------------------------------------------- odd states
 
 
