@@ -348,7 +348,8 @@ def _check_state_entries(view: OptimizerStateView, spec: RunSpec, built: Built,
     for k, where in lacking.items():
         add(Finding(
             "state-incomplete", "warn",
-            f"{_n(len(where), 'parameter')} ({_positions(where)}) have saved state without "
+            f"{_n(len(where), 'parameter')} ({_positions(where)}) "
+            f"{'have' if len(where) > 1 else 'has'} saved state without "
             f"{k!r}, which the configured {cls_name} creates at its first step: torch may "
             "fail on it when loading or stepping (see the trial)",
             detail={"key": k, "params": where},
@@ -356,7 +357,9 @@ def _check_state_entries(view: OptimizerStateView, spec: RunSpec, built: Built,
     if fresh:
         add(Finding(
             "state-missing", "info",
-            f"{_n(len(fresh), 'parameter')} ({_positions(fresh)}) have no saved state: their "
+            f"{_n(len(fresh), 'parameter')} ({_positions(fresh)}) "
+            f"{'have' if len(fresh) > 1 else 'has'} no saved state: "
+            f"{'their' if len(fresh) > 1 else 'its'} "
             f"{cls_name} state starts fresh at the first step",
             detail={"params": fresh},
         ))
@@ -641,7 +644,7 @@ def _dt(dtype: torch.dtype) -> str:
 
 def _positions(ps: list[int]) -> str:
     text = ", ".join(map(str, ps[:8]))
-    return "positions " + text + (" …" if len(ps) > 8 else "")
+    return f"position{'s' * (len(ps) > 1)} " + text + (" …" if len(ps) > 8 else "")
 
 
 __all__ = ["CheckResult", "Finding", "check_checkpoint", "check_report", "check_state",

@@ -595,3 +595,23 @@ def test_fix_per_group_and_with_key(cli, tmp_path):
         assert r.exit_code == 0, r.stderr
     fixed = check_checkpoint(tmp_path / "l-fixed.ckpt", cfg, key="optimizer_states[1]")
     assert fixed.findings == [] and fixed.exit_code == 0
+
+
+def test_param_without_saved_state(tmp_path):
+    """A parameter that never had a gradient has no state: fine, it starts fresh."""
+    cfg_data = {"optimizer": "SGD", "hyperparams": {"lr": 0.1, "momentum": 0.9},
+                "groups": [{"shapes": ["2", "3"]}]}
+    built = build(spec_from_dict(cfg_data))
+    built.params[0].grad = torch.ones(2)  # params[1] gets no gradient: torch skips it
+    built.optimizer.step()
+    ckpt = tmp_path / "partial.pt"
+    torch.save(built.optimizer.state_dict(), ckpt)
+    res = check_checkpoint(ckpt, _write_config(tmp_path, cfg_data))
+    assert [(f.code, f.level, f.message) for f in res.findings] == [
+        ("state-missing", "info", "1 parameter (position 1) has no saved state: its SGD "
+         "state starts fresh at the first step")]
+    assert res.exit_code == 0
+    resumed = build(spec_from_dict(cfg_data))
+    resumed.optimizer.load_state_dict(torch.load(ckpt, weights_only=True))
+    assert resumed.params[1] not in resumed.optimizer.state
+    assert "momentum_buffer" in resumed.optimizer.state[resumed.params[0]]
