@@ -207,3 +207,33 @@ def test_default_is_the_tutorial():
     spec = RunSpec()
     assert (spec.optimizer, spec.groups, spec.grad, spec.grad_value) == (
         "SGD", (GroupSpec(((2, 2),)),), "constant", 1.0)
+
+
+_names = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
+_values = st.one_of(st.floats(-1e3, 1e3, allow_nan=False), st.integers(-100, 100),
+                    st.booleans(), st.tuples(st.floats(0, 1), st.floats(0, 1)))
+_shapes = st.lists(st.lists(st.integers(1, 6), min_size=0, max_size=3).map(tuple),
+                   min_size=1, max_size=3).map(tuple)
+
+
+@st.composite
+def run_specs(draw):
+    groups = tuple(
+        GroupSpec(shapes, draw(st.dictionaries(_names, _values, max_size=3)))
+        for shapes in draw(st.lists(_shapes, min_size=1, max_size=3)))
+    sched = draw(st.none() | st.builds(SchedulerSpec, st.sampled_from(["StepLR", "ExponentialLR"]),
+                                       st.dictionaries(_names, _values, max_size=2)))
+    return RunSpec(
+        optimizer=draw(st.sampled_from(["SGD", "adam", "AdamW", "LBFGS"])),
+        hyperparams=draw(st.dictionaries(_names, _values, max_size=4)),
+        groups=groups, steps=draw(st.integers(0, 10**6)), seed=draw(st.integers(0, 2**32)),
+        grad=draw(st.sampled_from(["constant", "normal", "quadratic", "none"])),
+        grad_value=draw(st.floats(-10, 10)), zero_grad=draw(st.sampled_from(
+            ["none", "zeros", "never"])), init=draw(st.sampled_from(["normal", "zeros",
+                                                                      "constant"])),
+        init_value=draw(st.floats(-10, 10)), scheduler=sched)
+
+
+@given(run_specs())
+def test_any_spec_survives_json_and_back(spec):
+    assert spec_from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
