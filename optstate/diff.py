@@ -459,13 +459,16 @@ def _walk_groups(w: _Walk, va: OptimizerStateView, vb: OptimizerStateView) -> No
 def _walk_params(w: _Walk, va: OptimizerStateView, vb: OptimizerStateView,
                  by_name: bool) -> None:
     pairs = list(_pairs(va, vb, by_name))
-    total = sum(_tensor_bytes(p) for _, pa, pb in pairs for p in (pa, pb) if p is not None)
-    done = 0
-    for path, pa, pb in pairs:
+    sizes = ([sum(_tensor_bytes(p) for p in (pa, pb) if p is not None) for _, pa, pb in pairs]
+             if w.on_progress is not None else [0] * len(pairs))
+    total, done = sum(sizes), 0
+    for (path, pa, pb), size in zip(pairs, sizes, strict=True):
         if not w.skip(path):
-            if pa is None or pb is None:
-                w.change(Change(path, "added", None, _param_brief(pb)) if pa is None  # type: ignore[arg-type]
-                         else Change(path, "removed", _param_brief(pa), None))
+            if pa is None:
+                assert pb is not None
+                w.change(Change(path, "added", None, _param_brief(pb)))
+            elif pb is None:
+                w.change(Change(path, "removed", _param_brief(pa), None))
             else:
                 if by_name and pa.position != pb.position:
                     w.change(Change(path, "reordered", pa.position, pb.position))
@@ -474,7 +477,7 @@ def _walk_params(w: _Walk, va: OptimizerStateView, vb: OptimizerStateView,
                 if pa.group != pb.group:
                     w.change(Change(path, "moved", pa.group, pb.group))
                 w.mapping(path, pa.state, pb.state)
-        done += sum(_tensor_bytes(p) for p in (pa, pb) if p is not None)
+        done += size
         if w.on_progress is not None:
             w.on_progress(done, total)
 
