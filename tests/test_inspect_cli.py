@@ -180,6 +180,10 @@ def test_hf_folder(cli, tmp_path):
     assert doc["optimizer"]["kind"] == "AdamW"
     assert doc["scheduler"]["kind"] == "LinearLR"
     assert doc["scheduler"]["location"] == "scheduler.pt"
+    lines = cli("inspect", folder).stdout.splitlines()
+    assert lines[:2] == [f"file      {folder}",
+                         "read      optimizer.pt (+ scheduler.pt: scheduler)"]
+    assert lines[4] == "found at  optimizer.pt (the whole file)"
 
 
 def test_errors_are_one_line_without_traceback(run_cli, tmp_path):

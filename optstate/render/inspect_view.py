@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich import box
@@ -49,14 +50,20 @@ def header(report: dict[str, Any]) -> Text:
     text = Text()
     text.append("file      ", style="dim")
     text.append(f["path"], style="bold")
-    if f["read"] != f["path"]:
-        text.append(f"  (read {f['read']})")
+    inside = f["read"] != f["path"]  # a checkpoint folder: the optimizer file in it
+    if inside:
+        text.append("\nread      ", style="dim")
+        text.append(Path(f["read"]).name)
+        for role, sib in f.get("siblings", {}).items():
+            text.append(f" (+ {Path(sib).name}: {role})")
     text.append("\nformat    ", style="dim")
     text.append(FORMAT_LABELS.get(f["format"], f["format"]))
     text.append("\nsize      ", style="dim")
     text.append(human_bytes(f["bytes"]))
     text.append("\nfound at  ", style="dim")
-    text.append(report["location"] or "top level (the whole file is the optimizer state)")
+    whole = f"{Path(f['read']).name} (the whole file)" if inside else "top level (the whole " \
+        "file is the optimizer state)"
+    text.append(report["location"] or whole)
     others = [c for c in report["locations"] if c != report["location"]]
     if others:
         text.append(f"  (also: {', '.join(c or 'top level' for c in others)})", style="dim")
