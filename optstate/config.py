@@ -406,3 +406,40 @@ def apply_overrides(
     if shapes or groups:
         changes["groups"] = tuple(new_groups)
     return validate(replace(spec, **changes))
+
+
+def spec_from_flags(
+    base: RunSpec,
+    *,
+    optimizer: str | None = None,
+    common: dict[str, Any] | None = None,
+    assignments: list[str] | None = None,
+    shapes: list[str] | None = None,
+    groups: list[str] | None = None,
+    scheduler: str | None = None,
+    scheduler_args: list[str] | None = None,
+    **fields: Any,
+) -> RunSpec:
+    """The run ``simulate``'s flags describe, over ``base`` (a config file or defaults).
+
+    ``common`` holds the flags with their own options (``--lr`` ...; None = not given),
+    ``assignments`` the ``--set key=value`` texts, ``shapes``/``groups`` the ``--shape``
+    and ``--group`` texts; ``--scheduler-arg`` without ``--scheduler`` amends the
+    config's scheduler."""
+    hyper: dict[str, Any] = dict(parse_assignment(a) for a in assignments or [])
+    hyper.update({sys.intern(k): v for k, v in (common or {}).items() if v is not None})
+    sched_kwargs = dict(parse_assignment(a) for a in scheduler_args or [])
+    sched = None
+    if scheduler is not None:
+        sched = SchedulerSpec(scheduler, sched_kwargs)
+    elif sched_kwargs:
+        if base.scheduler is None:
+            raise ConfigError("--scheduler-arg needs --scheduler NAME (or a [scheduler] in the "
+                              "config)")
+        sched = SchedulerSpec(base.scheduler.name, {**base.scheduler.kwargs, **sched_kwargs})
+    return apply_overrides(
+        base, optimizer=optimizer, hyperparams=hyper,
+        shapes=[parse_shape(s) for s in shapes] if shapes else None,
+        groups=[parse_group(g) for g in groups] if groups else None,
+        scheduler=sched, **fields,
+    )

@@ -237,3 +237,22 @@ def run_specs(draw):
 @given(run_specs())
 def test_any_spec_survives_json_and_back(spec):
     assert spec_from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+def test_spec_from_flags_over_a_config():
+    from optstate.config import spec_from_flags
+
+    spec = spec_from_flags(
+        EXPECTED, optimizer="Adam", common={"lr": 0.5, "momentum": None},
+        assignments=["betas=0.8,0.9", "lr=0.1"], shapes=["5"], groups=["6 lr=1e-2"],
+        scheduler_args=["gamma=0.1"], steps=3, seed=None)
+    assert spec.optimizer == "Adam"
+    assert spec.hyperparams == {"lr": 0.5, "betas": (0.8, 0.9)}  # --lr beats --set lr=
+    assert spec.groups == (GroupSpec(((5,),)), GroupSpec(((6,),), {"lr": 1e-2}))
+    assert spec.scheduler == SchedulerSpec("StepLR", {"step_size": 5, "gamma": 0.1})
+    assert (spec.steps, spec.seed) == (3, 2)
+    assert spec_from_flags(RunSpec(), scheduler="ExponentialLR",
+                           scheduler_args=["gamma=0.9"]).scheduler == SchedulerSpec(
+        "ExponentialLR", {"gamma": 0.9})
+    with pytest.raises(ConfigError, match="--scheduler-arg needs --scheduler NAME"):
+        spec_from_flags(RunSpec(), scheduler_args=["gamma=0.9"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -110,41 +110,18 @@ def simulate(
     run.pt --steps 10
     """
     with errors_to_exit():
-        from ..config import (
-            RunSpec,
-            SchedulerSpec,
-            apply_overrides,
-            parse_assignment,
-            parse_group,
-            parse_shape,
-            read_config_file,
-            spec_from_dict,
-        )
+        from ..config import RunSpec, read_config_file, spec_from_dict, spec_from_flags
         from ..simulate import simulate as run
         from ..simulate_report import simulate_report
         from ..source import open_source
 
-        spec = spec_from_dict(read_config_file(config), str(config)) if config else RunSpec()
-        hyper: dict[str, Any] = dict(parse_assignment(s) for s in set_ or [])
-        for key, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-            if value is not None:
-                hyper[key] = value
-        sched = None
-        if scheduler is not None:
-            sched = SchedulerSpec(scheduler, dict(parse_assignment(a) for a in scheduler_arg or []))
-        elif scheduler_arg:
-            base = spec.scheduler
-            if base is None:
-                raise _usage("--scheduler-arg needs --scheduler NAME (or a [scheduler] in the "
-                             "config)")
-            sched = SchedulerSpec(base.name, {**base.kwargs, **dict(
-                parse_assignment(a) for a in scheduler_arg)})
-        spec = apply_overrides(
-            spec, optimizer=optimizer, hyperparams=hyper,
-            shapes=[parse_shape(s) for s in shape] if shape else None,
-            groups=[parse_group(g) for g in group] if group else None,
-            scheduler=sched, steps=steps, seed=seed, grad=grad, grad_value=grad_value,
-            init=init, init_value=init_value, zero_grad=zero_grad,
+        base = spec_from_dict(read_config_file(config), str(config)) if config else RunSpec()
+        spec = spec_from_flags(
+            base, optimizer=optimizer, assignments=set_, shapes=shape, groups=group,
+            common={"lr": lr, "momentum": momentum, "weight_decay": weight_decay},
+            scheduler=scheduler, scheduler_args=scheduler_arg, steps=steps, seed=seed,
+            grad=grad, grad_value=grad_value, init=init, init_value=init_value,
+            zero_grad=zero_grad,
         )
         if plot is not None:  # a missing matplotlib or an existing file: fail before stepping
             from ..plot import check_plot_target
@@ -180,12 +157,6 @@ def simulate(
         stdout_console().print(simulate_view(report))
         if plot is not None:
             stdout_console().print(f"wrote {report['plot']}", style="green")
-
-
-def _usage(message: str) -> Exception:
-    from ..errors import ConfigError
-
-    return ConfigError(message)
 
 
 class _progress:
