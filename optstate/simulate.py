@@ -120,8 +120,9 @@ def simulate(
     record_every: int = 1,
     on_step: Callable[[int], None] | None = None,
 ) -> SimulationResult:
-    """Build the optimizer of ``spec``, optionally load ``resume`` (a loaded checkpoint
-    object), run ``spec.steps`` steps, and save as asked."""
+    """Build the optimizer of ``spec``, optionally load ``resume`` (an opened ``Source``
+    or an already loaded checkpoint object), run ``spec.steps`` more steps, and save as
+    asked. Prints nothing; ``on_step(step)`` is called after every step."""
     if save_every is not None and save_every <= 0:
         raise ConfigError(f"--save-every must be a positive number of steps, got {save_every}")
     if save_every is not None and save is None:
