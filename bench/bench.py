@@ -68,6 +68,7 @@ def build_files(workdir: Path, n_params: int) -> tuple[Path, Path]:
         return a, b
     import torch
 
+    workdir.mkdir(parents=True, exist_ok=True)
     print(f"building {n_params / 1e6:.0f}M-param Adam checkpoints in {workdir} ...",
           file=sys.stderr, flush=True)
     gen = torch.Generator().manual_seed(0)
