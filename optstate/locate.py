@@ -183,7 +183,10 @@ def locate(source: Source, key: str | None = None) -> Located:
                 f"--key {key!r} is {describe_contents(node)}, not an optimizer state",
                 hint=_candidates_hint(candidates),
             )
-        location, state = key, node
+        # Spelled as find_optimizer_states spells it (so `optimizer_states.1` pairs with
+        # lr_schedulers[1] like `optimizer_states[1]` does).
+        location = next((loc for loc, st in found if st is node), key)
+        state = node
     elif not found:
         _raise_if_malformed(source, obj)
         raise NoOptimizerStateError(

@@ -93,6 +93,9 @@ def test_lightning_two_optimizers_are_listed_and_key_picks_one(tmp_path):
     assert _same(found.state, sd1)
     assert found.scheduler_location == "lr_schedulers[1]"
     assert found.candidates == ("optimizer_states[0]", "optimizer_states[1]")
+    dotted = locate(src, key="optimizer_states.1")  # another spelling, same place
+    assert (dotted.location, dotted.scheduler_location) == ("optimizer_states[1]",
+                                                            "lr_schedulers[1]")
 
 
 def test_lightning_weights_only_says_what_it_holds(tmp_path):
