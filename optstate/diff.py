@@ -44,6 +44,7 @@ SCHEMA = "optstate.diff/1"
 # The kinds a Change can have (documented in the README's diff section).
 KINDS = ("added", "removed", "changed", "type", "shape", "dtype", "values", "length",
          "moved", "reordered", "renamed")
+# Counted as structural in the summary; "values" and "changed" count as numeric.
 STRUCTURAL = frozenset(KINDS) - {"values", "changed"}
 # diff(b, a) reports these kinds for what diff(a, b) reports as the key.
 MIRROR_KIND = {"added": "removed", "removed": "added"}
@@ -553,7 +554,7 @@ def diff_report(result: StateDiff, side_a: DiffSide | None = None,
                 max_diffs: int | None = None) -> dict[str, Any]:
     """The plain-data report (schema ``optstate.diff/1``) both views render."""
     shown = result.changes if max_diffs is None else result.changes[:max_diffs]
-    numeric = sum(c.kind in ("values", "changed") for c in result.changes)
+    structural = sum(c.kind in STRUCTURAL for c in result.changes)
     opts = result.options
     report: dict[str, Any] = {
         "schema": SCHEMA,
@@ -567,7 +568,7 @@ def diff_report(result: StateDiff, side_a: DiffSide | None = None,
         "groups": list(result.groups),
         "params": list(result.params),
         "counts": {"differences": len(result.changes),
-                   "structural": len(result.changes) - numeric, "numeric": numeric,
+                   "structural": structural, "numeric": len(result.changes) - structural,
                    "equal": len(result.same), "ignored": result.ignored},
         "changes": [c.to_dict() for c in shown],
         "omitted": len(result.changes) - len(shown),
