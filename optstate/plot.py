@@ -281,6 +281,7 @@ def run_figure(report: dict[str, Any]) -> Any:
                    label=f"group {g}" if n_groups > 1 else None)
     if n_groups > 1:
         ax_lr.legend(loc="best", fontsize="small")
+    use_log_scale(ax_lr, [[row[g] for row in h["lr"]] for g in range(n_groups)])  # decays
     ax_lr.set_ylabel("learning rate")
 
     ax_norm.plot(steps, _series(h["param_norm"]), color="C2")

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.image import imread  # noqa: E402
 
-from optstate.config import GroupSpec, RunSpec  # noqa: E402
+from optstate.config import GroupSpec, RunSpec, SchedulerSpec  # noqa: E402
 from optstate.errors import ConfigError  # noqa: E402
 from optstate.gradients import make_source  # noqa: E402
 from optstate.plot import (  # noqa: E402
@@ -249,3 +249,15 @@ def test_compare_without_objective_draws_paths_and_parameter_norms(cli, tmp_path
         assert list(line.get_ydata()) == run["history"]["param_norm"]
     for i, run in enumerate(report["runs"]):
         assert_disc(img, ax_path, *run["final_params"], run_color(i))
+
+
+def test_lr_panel_goes_log_when_a_scheduler_decays_by_decades():
+    spec = RunSpec(optimizer="SGD", hyperparams={"lr": 1.0}, grad="quadratic", steps=6,
+                   scheduler=SchedulerSpec("StepLR", {"step_size": 2, "gamma": 0.1}))
+    report = simulate_report(simulate(spec))
+    fig = run_figure(report)
+    ax_lr = fig.axes[1]
+    assert ax_lr.get_yscale() == "log"
+    assert list(ax_lr.get_lines()[0].get_ydata()) == [row[0] for row in report["history"]["lr"]]
+    flat = run_figure(simulate_report(simulate(RunSpec(steps=3))))
+    assert flat.axes[1].get_yscale() == "linear"
