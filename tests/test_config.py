@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from optstate.config import (
@@ -234,6 +234,7 @@ def run_specs(draw):
         init_value=draw(st.floats(-10, 10)), scheduler=sched)
 
 
+@settings(max_examples=50)
 @given(run_specs())
 def test_any_spec_survives_json_and_back(spec):
     assert spec_from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
