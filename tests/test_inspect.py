@@ -8,6 +8,8 @@ import zipfile
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from optstate.errors import ConfigError
 from optstate.inspect import inspect_path
@@ -447,3 +449,32 @@ def test_zero_lr_is_noted(tmp_path):
     report = inspect_path(save(tmp_path, opt.state_dict()))
     assert [(n["code"], n["where"]) for n in report["notes"]] == [
         ("zero_lr", ["param_groups[1].lr"])]
+
+
+_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+@settings(max_examples=8, deadline=None,  # each example writes and loads a file
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shapes=st.lists(st.lists(st.integers(1, 5), min_size=0, max_size=3), min_size=1,
+                       max_size=4),
+       dtype_index=st.integers(0, len(_DTYPES) - 1), seed=st.integers(0, 2**16))
+def test_any_saved_state_reads_back_exactly(tmp_path, shapes, dtype_index, seed):
+    """Whatever shapes and dtype a state has, written by torch.save and read by inspect:
+    structure exact, min/max exact in the dtype, counts exact."""
+    g = torch.Generator().manual_seed(seed)
+    dtype = _DTYPES[dtype_index]
+    bufs = [(torch.randn(tuple(s), generator=g) * 10).to(dtype) for s in shapes]
+    for b in bufs:
+        if b.numel() > 1:
+            b.view(-1)[0] = 0.0  # at least one exact zero
+    sd = {"state": {i: {"momentum_buffer": b} for i, b in enumerate(bufs)},
+          "param_groups": [{**state_dict_of("SGD", steps=0)["param_groups"][0],
+                            "params": list(range(len(bufs)))}]}
+    path = tmp_path / f"h{seed}.pt"
+    torch.save(sd, path)
+    report = inspect_path(path)
+    assert report["optimizer"]["kind"] == "SGD"
+    for p, b in zip(report["params"], bufs, strict=True):
+        check_entry(p["state"]["momentum_buffer"], b)
+    assert report["totals"]["bytes"] == sum(b.numel() * b.element_size() for b in bufs)
