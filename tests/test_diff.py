@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 from dataclasses import replace
 
 import pytest
@@ -457,3 +458,31 @@ def test_sparse_tensors_compare_as_their_dense_values(layout):
     (c,) = diff_states(a, b).changes
     assert (c.path, c.kind, c.metrics["outside"], c.metrics["max_abs"]) == (
         "state[0].m", "values", 1, 0.5)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax",
+                                  "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "SparseAdam"])
+def test_every_optimizer_one_more_step_changes_only_numbers(name):
+    from optstate.config import RunSpec
+    from optstate.simulate import simulate
+
+    a = simulate(RunSpec(optimizer=name, steps=2, grad="normal")).optimizer_state
+    b = simulate(RunSpec(optimizer=name, steps=3, grad="normal")).optimizer_state
+    assert diff_states(a, a).equal
+    r = diff_states(a, b)
+    assert r.optimizers == (name, name)
+    # LBFGS keeps histories that grow by one direction per step
+    assert {c.kind for c in r.changes} <= {"changed", "values", "length"}
+    expected = {f"state[0].{k}" for k in a["state"][0]
+                if not _same(a["state"][0][k], b["state"][0][k])}
+    # the entry each change is under (state[0].old_dirs[1] is under state[0].old_dirs)
+    assert {re.match(r"state\[0\]\.\w+", c.path).group(0) for c in r.changes} == expected
+
+
+def _same(x, y) -> bool:
+    """Plain torch/python equality, NaN equal to NaN (the diff default)."""
+    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+        return x.shape == y.shape and torch.equal(x.nan_to_num(), y.nan_to_num())
+    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+        return len(x) == len(y) and all(_same(p, q) for p, q in zip(x, y, strict=True))
+    return x == y
