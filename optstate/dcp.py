@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import pickle
 import re
@@ -140,6 +141,8 @@ def _check_entry(file: Path, key: Any, entry: Any) -> None:
                 and all(_is_index(o) and _is_index(n) and o + n <= whole
                         for o, n, whole in zip(offsets, sizes, size, strict=True))):
             raise bad(f"has a chunk outside its shape {list(size)}")
+    if sum(math.prod(c.sizes) for c in entry.chunks) != math.prod(size):
+        raise bad(f"has chunks that do not cover its shape {list(size)}")
 
 
 class SafeFileSystemReader(FileSystemReader):
@@ -207,12 +210,22 @@ class DcpCheckpoint:
         if not isinstance(storage, dict):
             raise CheckpointError(f"{self.path}/{METADATA_FILE} has no storage table")
         missing: set[str] = set()
+        sizes: dict[str, int] = {}
         for index, info in storage.items():
             rel = getattr(info, "relative_path", None)
             if not isinstance(rel, str) or "/" in rel or rel in ("", ".", ".."):
                 raise CheckpointError(f"{self.path}/{METADATA_FILE} names a bad data file: {rel!r}")
-            if not (self.path / rel).is_file():
+            if rel not in sizes:
+                f = self.path / rel
+                sizes[rel] = f.stat().st_size if f.is_file() else -1
+            if sizes[rel] < 0:
                 missing.add(rel)
+            elif not (_is_index(info.offset) and _is_index(info.length)
+                      and info.offset + info.length <= sizes[rel]):
+                raise CheckpointError(
+                    f"{self.path}/{rel} is truncated: it ends before the data of {index.fqn}",
+                    hint="re-copy the checkpoint folder",
+                )
             out[(index.fqn, tuple(index.offset) if index.offset is not None else None)] = rel
         if missing:
             names = sorted(missing)
@@ -221,6 +234,14 @@ class DcpCheckpoint:
                 + (f" and {len(names) - 3} more" if len(names) > 3 else "") + " missing",
                 hint="copy every *.distcp file of the checkpoint, not only some ranks'",
             )
+        for key, entry in self.metadata.state_dict_metadata.items():
+            if isinstance(entry, TensorStorageMetadata):
+                if any((key, tuple(c.offsets)) not in out for c in entry.chunks):
+                    raise CheckpointError(
+                        f"{self.path}/{METADATA_FILE} is damaged: a chunk of {key} has no data")
+            elif (key, None) not in out:
+                raise CheckpointError(
+                    f"{self.path}/{METADATA_FILE} is damaged: the value {key} has no data")
         return out
 
     # ------------------------------------------------------------------ structure

@@ -52,9 +52,17 @@ from .simulate import History, SimulationResult
 
 MAX_WORLD_SIZE = 16
 LOOPBACK = "127.0.0.1"
-# Optimizers whose step is not elementwise over one parameter: LBFGS flattens all
-# parameters into one vector (no FSDP2 support); SparseAdam needs sparse gradients.
-UNSHARDABLE = {"lbfgs": "LBFGS", "sparseadam": "SparseAdam"}
+# Optimizers that cannot run on FSDP2 shards here, and why (checked against torch 2.13:
+# every other torch.optim optimizer gives the single-process state bit for bit).
+UNSHARDABLE = {
+    "lbfgs": "LBFGS flattens all parameters into one vector; FSDP2 does not support it",
+    "sparseadam": "SparseAdam needs sparse gradients; FSDP2 shards are dense",
+    "adafactor": "Adafactor keeps row and column statistics of whole matrices, which "
+                 "DTensor cannot update in place on a shard",
+    "muon": "Muon orthogonalizes whole matrices (matrix products across shards), so the "
+            "sharded update is not the single-process one bit for bit",
+    "rprop": "torch's DTensor cannot run Rprop's masked in-place update on a shard",
+}
 
 
 # --------------------------------------------------------------------------- parent
@@ -79,8 +87,7 @@ def simulate_sharded(spec: RunSpec, *, world_size: int, save: str | Path | None 
     spec = validate(spec)
     if spec.optimizer.lower() in UNSHARDABLE:
         raise ConfigError(
-            f"{UNSHARDABLE[spec.optimizer.lower()]} cannot run sharded: its step is not "
-            "elementwise per parameter",
+            f"--world-size: {UNSHARDABLE[spec.optimizer.lower()]}",
             hint="drop --world-size, or pick another optimizer",
         )
     built = build(spec)  # config errors here, before any process starts

@@ -324,3 +324,24 @@ def test_app_state_with_model_and_optimizer(cli, tmp_path, adam):
     rep = json.loads(cli("inspect", folder, "--json").stdout)
     assert rep["location"] == "optimizer"
     assert [p["name"] for p in rep["params"]] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+
+
+def test_truncated_rank_file_is_one_error(fqn_dir):
+    data = (fqn_dir / "__0_0.distcp").read_bytes()
+    (fqn_dir / "__0_0.distcp").write_bytes(data[:-100])
+    with pytest.raises(CheckpointError, match=r"__0_0.distcp is truncated: it ends before "
+                                              "the data of state.1.bias.exp_avg_sq"):
+        open_source(fqn_dir)
+
+
+def test_chunks_must_cover_the_tensor(fqn_dir):
+    """A missing chunk would leave uninitialised memory in the loaded tensor."""
+    from optstate.dcp import read_metadata
+
+    md = read_metadata(fqn_dir)
+    entry = md.state_dict_metadata["state.0.weight.exp_avg"]
+    entry.chunks[0].sizes = torch.Size([2, 3])
+    with open(fqn_dir / ".metadata", "wb") as f:
+        pickle.dump(md, f)
+    with pytest.raises(CheckpointError, match="has chunks that do not cover its shape"):
+        open_source(fqn_dir)

@@ -195,8 +195,10 @@ def test_world_size_one_equals_single_process(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--world-size", "0"], "Error: --world-size must be between 1 and 16, got 0"),
-    (["-O", "lbfgs", "--world-size", "2"],
-     "Error: LBFGS cannot run sharded: its step is not elementwise per parameter"),
+    (["-O", "lbfgs", "--world-size", "2"], "Error: --world-size: LBFGS flattens all "
+     "parameters into one vector; FSDP2 does not support it"),
+    (["-O", "Rprop", "--world-size", "2"], "Error: --world-size: torch's DTensor cannot run "
+     "Rprop's masked in-place update on a shard"),
     (["--world-size", "2", "--save-every", "2", "--save", "x"],
      "Error: --save-every does not work with --world-size yet"),
 ])
