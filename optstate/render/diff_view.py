@@ -51,7 +51,7 @@ _KIND_STYLE = {"added": "green", "removed": "red", "values": "yellow", "changed"
 def _changes_table(changes: list[dict[str, Any]]) -> Table:
     """Structure and scalars: path, kind, a, b."""
     table = Table(title="changes", title_justify="left", title_style="bold")
-    table.add_column("path", no_wrap=True)
+    table.add_column("path", overflow="fold")
     table.add_column("change", no_wrap=True)
     table.add_column("a")
     table.add_column("b")
@@ -59,8 +59,7 @@ def _changes_table(changes: list[dict[str, Any]]) -> Table:
         kind = c["kind"]
         a = Text("(absent)", style="dim") if _absent(kind, "a") else _short(c["before"])
         b = Text("(absent)", style="dim") if _absent(kind, "b") else _short(c["after"])
-        label = {"moved": "moved (group)", "reordered": "reordered (position)",
-                 "length": "length"}.get(kind, kind)
+        label = {"moved": "moved (group)", "reordered": "reordered (position)"}.get(kind, kind)
         table.add_row(c["path"], Text(label, style=_KIND_STYLE.get(kind, "magenta")), a, b,
                       style="dim" if kind == "equal" else "")
     return table
