@@ -267,3 +267,13 @@ def test_legacy_ids_shown_beside_positions(cli, tmp_path):
     assert rows == [["0", str(ids[0]), "momentum_buffer", "3x4", "float32", "12", "48"],
                     ["1", str(ids[1]), "momentum_buffer", "4", "float32", "4", "16"]]
     assert "note [legacy_ids] state is keyed by id(param) (torch < 1.6)" in out
+
+
+def test_values_of_lbfgs_history_items(cli, tmp_path):
+    sd = state_dict_of("LBFGS", steps=2)
+    torch.save(sd, tmp_path / "l.pt")
+    out = cli("inspect", tmp_path / "l.pt", "--values").stdout
+    assert "state[0].old_dirs[0] = (" in out
+    doc = json.loads(cli("inspect", tmp_path / "l.pt", "--values", "--json").stdout)
+    first = doc["params"][0]["state"]["old_dirs"]["items"][0]
+    assert first["values"] == sd["state"][0]["old_dirs"][0].tolist()

@@ -195,7 +195,7 @@ def stats_table(report: dict[str, Any], digits: int = 6) -> Table | None:
 def values_section(report: dict[str, Any]) -> Text | None:
     lines = []
     for p in report["params"]:
-        for entry, rep in p["state"].items():
+        for entry, rep in _flat_entries(p["state"]):
             where = f"state[{p['position']}].{entry}"
             if "values" in rep:
                 lines.append(f"{where} = {fmt(rep['values'])}")
