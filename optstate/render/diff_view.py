@@ -48,13 +48,19 @@ _KIND_STYLE = {"added": "green", "removed": "red", "values": "yellow", "changed"
                "equal": "dim"}
 
 
+def _path_width(changes: list[dict[str, Any]]) -> int:
+    """Paths are what the reader greps for: keep them whole up to 48 characters, so the
+    value columns wrap first."""
+    return min(48, max((len(c["path"]) for c in changes), default=4))
+
+
 def _changes_table(changes: list[dict[str, Any]]) -> Table:
     """Structure and scalars: path, kind, a, b."""
     table = Table(title="changes", title_justify="left", title_style="bold")
-    table.add_column("path", overflow="fold")
+    table.add_column("path", no_wrap=True, min_width=_path_width(changes))
     table.add_column("change", no_wrap=True)
-    table.add_column("a")
-    table.add_column("b")
+    table.add_column("a", overflow="fold")
+    table.add_column("b", overflow="fold")
     for c in changes:
         kind = c["kind"]
         a = Text("(absent)", style="dim") if _absent(kind, "a") else _short(c["before"])
@@ -68,7 +74,7 @@ def _changes_table(changes: list[dict[str, Any]]) -> Table:
 def _tensors_table(changes: list[dict[str, Any]]) -> Table:
     """Tensor comparisons: how many elements differ and by how much."""
     table = Table(title="tensor values", title_justify="left", title_style="bold")
-    table.add_column("path", overflow="fold")
+    table.add_column("path", overflow="fold", min_width=_path_width(changes))
     for col in ("outside", "max|a−b|", "max rel", "‖a‖", "‖b‖"):
         table.add_column(col, justify="right", no_wrap=True)
     for c in changes:
