@@ -501,7 +501,7 @@ def test_cli_one_clean_error_line(cli_matrix, name, cmd):
     assert r["grew_mb"] < 150  # the bomb would add 200 MB, the laughs far more
     if name in MALICIOUS_ERRORS:
         assert lines[0] == "Error: " + MALICIOUS_ERRORS[name].format(p=p)
-    elif name in LOAD_ERRORS and not (name == "directory" and cmd != "resume"):
+    elif name in LOAD_ERRORS and name != "directory":  # a folder is read as a checkpoint folder
         assert lines[0] == "Error: " + LOAD_ERRORS[name][1].format(p=p)
 
 
@@ -597,6 +597,16 @@ def test_odd_states_give_a_result_or_one_clean_error(cli, name, tmp_path):
             json.loads(r.stdout)
 
 
+def test_unsafe_is_never_read_from_a_config_file(cli, tmp_path):
+    p = _build("nested_in_adamw", tmp_path)
+    cfg = tmp_path / "run.json"
+    cfg.write_text('{"optimizer": "AdamW", "unsafe": true}')
+    r = cli("simulate", "--config", cfg, "--steps", "1", "--resume", p)
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0] == f"Error: {cfg}: unknown key(s) unsafe"
+    assert not (tmp_path / hc.MARKER).exists()
+
+
 # --------------------------------------------------------------------------- mutations
 
 
@@ -633,7 +643,7 @@ def mutated(draw):
     return fmt, bytes(data)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True,
+@settings(max_examples=150, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=mutated())
 def test_mutated_checkpoints_give_clean_errors_or_results(case, tmp_path):
