@@ -78,15 +78,35 @@ def find_optimizer_states(obj: Any) -> list[tuple[str, dict[str, Any]]]:
     while queue and seen < _MAX_NODES:
         loc, node, depth = queue.popleft()
         seen += 1
-        if is_optimizer_state(node):
-            found.append((loc, node))
+        state = as_optimizer_state(node)
+        if state is not None:
+            found.append((loc, state))
             continue  # an optimizer state does not contain another one
         if depth >= _MAX_DEPTH:
             continue
         for key, child in _children(node):
-            if isinstance(child, (dict, list, tuple)):
+            if isinstance(child, (dict, list, tuple)) or _is_optimizer_object(child):
                 queue.append((_child_location(loc, key), child, depth + 1))
     return found
+
+
+def _is_optimizer_object(obj: Any) -> bool:
+    """A pickled ``torch.optim.Optimizer`` itself (only --unsafe loads one)."""
+    if isinstance(obj, (dict, list, tuple, str, bytes, int, float)) or obj is None:
+        return False
+    import torch
+
+    return isinstance(obj, torch.optim.Optimizer)
+
+
+def as_optimizer_state(obj: Any) -> dict[str, Any] | None:
+    """``obj`` if it is an optimizer state_dict; the state_dict of a pickled optimizer
+    object (``torch.save(optimizer)``, readable with --unsafe only); else None."""
+    if is_optimizer_state(obj):
+        return obj
+    if _is_optimizer_object(obj):
+        return obj.state_dict()
+    return None
 
 
 _TOKEN = re.compile(r"\[(-?\d+)\]|\[['\"]([^'\"]+)['\"]\]|([^.\[\]]+)")
@@ -178,6 +198,7 @@ def locate(source: Source, key: str | None = None) -> Located:
     candidates = tuple(loc for loc, _ in found)
     if key is not None:
         node = resolve_key(obj, key)
+        node = as_optimizer_state(node) or node
         if not is_optimizer_state(node):
             raise NoOptimizerStateError(
                 f"--key {key!r} is {describe_contents(node)}, not an optimizer state",

@@ -210,3 +210,16 @@ def test_legacy_non_zip_format(tmp_path):
     found = locate(src)
     assert found.location == "optimizer"
     assert _same(found.state, sd)
+
+
+def test_pickled_optimizer_object_is_refused_safely_and_read_with_unsafe(tmp_path):
+    opt, _ = stepped_optimizer("Adam")
+    torch.save({"optimizer": opt, "epoch": 1}, tmp_path / "obj.pt")
+    with pytest.raises(CheckpointError, match="needs torch.optim.adam.Adam, which safe loading "
+                       "does not allow"):
+        open_source(tmp_path / "obj.pt")
+    src = open_source(tmp_path / "obj.pt", unsafe=True)
+    found = locate(src)
+    assert found.location == "optimizer"
+    assert _same(found.state, opt.state_dict())
+    assert locate(src, key="optimizer").location == "optimizer"
