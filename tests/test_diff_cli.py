@@ -278,3 +278,18 @@ def test_many_differences_are_summarised_per_entry(cli, tmp_path, monkeypatch):
     assert rep["by_entry"][1] == {"entry": "exp_avg", "compared": 30, "differ": 30,
                                   "outside": 60, "numel": 60, "max_abs": max_abs}
     assert len(cli("diff", "-v", "s0.pt", "s1.pt").stdout.splitlines()) > 100
+
+
+def test_different_optimizers_fit_80_columns_with_whole_paths(cli, files):
+    ps = [torch.ones(2, 2, requires_grad=True), torch.ones(3, requires_grad=True)]
+    opt = torch.optim.AdamW(ps, lr=0.1)
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    torch.save(opt.state_dict(), "adamw.pt")
+    r = cli("diff", "-v", "a.pt", "adamw.pt")
+    assert r.exit_code == 1
+    lines = r.stdout.splitlines()
+    assert max(len(ln) for ln in lines) <= 80
+    assert "│ param_groups[0].decoupled_weight_decay │ added " in r.stdout
+    assert "note: a holds SGD state, b holds AdamW state" in lines
