@@ -76,26 +76,25 @@ def simulate_sharded(spec: RunSpec, *, world_size: int, save: str | Path | None 
     optimizer state to the DCP folder ``save``. Returns the gathered result.
     (``resume``, ``save_every`` and ``with_params`` are single-process features; they are
     refused here rather than silently ignored.)"""
-    if not 1 <= world_size <= MAX_WORLD_SIZE:
-        raise ConfigError(f"--world-size must be between 1 and {MAX_WORLD_SIZE}, got "
-                          f"{world_size}")
     for flag, value in (("--resume", resume), ("--save-every", save_every),
                         ("--with-params", with_params)):
         if value:
             raise ConfigError(f"{flag} does not work with --world-size yet",
                               hint=f"drop {flag}, or run on one process")
-    spec = validate(spec)
-    if spec.optimizer.lower() in UNSHARDABLE:
-        raise ConfigError(
-            f"--world-size: {UNSHARDABLE[spec.optimizer.lower()]}",
-            hint="drop --world-size, or pick another optimizer",
-        )
-    built = build(spec)  # config errors here, before any process starts
-    for name, p in zip(built.names, built.params, strict=True):
-        if p.dim() == 0:
-            raise ConfigError(f"parameter {name} is a scalar; FSDP2 shards along dim 0, so "
-                              "sharded runs need parameters with at least one dimension")
-    _nest(built.names, built.params)  # names that cannot be module paths: fail here
+    return simulate_sharded_many([spec], world_size=world_size, save=save, force=force,
+                                 timeout=timeout)[0]
+
+
+def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
+                          save: str | Path | None = None, force: bool = False,
+                          timeout: float = 600.0) -> list[SimulationResult]:
+    """Several runs, one after the other, in one set of ``world_size`` processes (the
+    processes' start-up is most of a small run's cost). ``save`` is for the first run."""
+    if not 1 <= world_size <= MAX_WORLD_SIZE:
+        raise ConfigError(f"--world-size must be between 1 and {MAX_WORLD_SIZE}, got "
+                          f"{world_size}")
+    specs = [validate(spec) for spec in specs]
+    built = [_check_shardable(spec) for spec in specs]  # config errors before any process
     save_path = Path(save) if save is not None else None
     if save_path is not None:
         check_dir_writable(save_path, force)
@@ -119,16 +118,18 @@ def simulate_sharded(spec: RunSpec, *, world_size: int, save: str | Path | None 
                          timeout=timedelta(seconds=60), wait_for_workers=False,
                          master_listen_fd=listener.fileno())
         listener.detach()  # the store owns (and closes) the socket now
-        job = {"world_size": world_size, "port": port, "spec": spec.to_dict(),
+        job = {"world_size": world_size, "port": port,
+               "specs": [spec.to_dict() for spec in specs],
                "out": str(out) if out else None, "work": str(work)}
         (work / "job.json").write_text(json.dumps(job))
         procs = [_start_worker(rank, work) for rank in range(world_size)]
         _wait(procs, work, timeout)
-        result = _result(spec, world_size, work, built)
+        results = [_result(spec, work / f"result.{i}.pt", b)
+                   for i, (spec, b) in enumerate(zip(specs, built, strict=True))]
         if out is not None and save_path is not None:
             replace_dir(out, save_path, force)
-            result.saved = [save_path]
-        return result
+            results[0].saved = [save_path]
+        return results
     finally:
         _stop(procs)
         listener.close()  # a no-op once detached
@@ -137,6 +138,23 @@ def simulate_sharded(spec: RunSpec, *, world_size: int, save: str | Path | None 
         shutil.rmtree(work, ignore_errors=True)
         if out is not None and out.exists():
             shutil.rmtree(out, ignore_errors=True)
+
+
+def _check_shardable(spec: RunSpec) -> Any:
+    """Build ``spec`` here (its config errors, before any process starts) and refuse what
+    cannot run on FSDP2 shards."""
+    if spec.optimizer.lower() in UNSHARDABLE:
+        raise ConfigError(
+            f"--world-size: {UNSHARDABLE[spec.optimizer.lower()]}",
+            hint="drop --world-size, or pick another optimizer",
+        )
+    built = build(spec)
+    for name, p in zip(built.names, built.params, strict=True):
+        if p.dim() == 0:
+            raise ConfigError(f"parameter {name} is a scalar; FSDP2 shards along dim 0, so "
+                              "sharded runs need parameters with at least one dimension")
+    _nest(built.names, built.params)  # names that cannot be module paths: fail here
+    return built
 
 
 def _start_worker(rank: int, work: Path) -> subprocess.Popen[bytes]:
@@ -229,12 +247,12 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
-def _result(spec: RunSpec, world_size: int, work: Path, built: Any) -> SimulationResult:
-    """The single-process view of the sharded run: rank 0's gathered state, loaded
+def _result(spec: RunSpec, file: Path, built: Any) -> SimulationResult:
+    """The single-process view of a sharded run: rank 0's gathered state, loaded
     (safely) into a freshly built optimizer."""
     from .checkpoint import load_torch_file
 
-    data = load_torch_file(work / "result.pt").obj
+    data = load_torch_file(file).obj
     names = built.names
     positions = {n: i for i, n in enumerate(names)}
     full = data["optimizer"]
@@ -279,23 +297,13 @@ def _nest(names: list[str], params: list[torch.Tensor]) -> torch.nn.Module:
 
 
 def run_worker(job: dict[str, Any], rank: int) -> None:
-    """One rank of the sharded run (see the module docstring)."""
+    """One rank of the sharded runs (see the module docstring)."""
     import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_optimizer_state_dict,
-    )
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-    from torch.distributed.tensor import distribute_tensor
-
-    from .build import build_scheduler
-    from .gradients import accumulate, make_source
 
     world = job["world_size"]
-    spec = spec_from_dict(job["spec"], "the sharded run's config")
-    built = build(spec)  # the same seeded initial weights as the single-process run
+    specs = [spec_from_dict(d, "the sharded run's config") for d in job["specs"]]
+    built = [build(spec) for spec in specs]  # the single-process run's seeded weights
     torch.set_num_threads(1)  # N workers share this machine's cores
     store = dist.TCPStore(LOOPBACK, job["port"], world + 1, is_master=False,
                           timeout=timedelta(seconds=60))
@@ -303,81 +311,100 @@ def run_worker(job: dict[str, Any], rank: int) -> None:
                             timeout=timedelta(seconds=120))
     try:
         mesh = init_device_mesh("cpu", (world,))
-        model = _nest(built.names, built.params)
-        fully_shard(model, mesh=mesh)
-        params = [model.get_parameter(n) for n in built.names]
-        groups = []
-        for gi, g in enumerate(built.optimizer.param_groups):
-            hyper = {k: v for k, v in g.items() if k not in ("params", "param_names")}
-            groups.append({**hyper, "params": [p for p, gj in zip(params, built.group_of,
-                                                                    strict=True) if gj == gi]})
-        opt = type(built.optimizer)(groups)
-        sched = build_scheduler(spec.scheduler, opt) if spec.scheduler else None
-        plateau = sched is not None and isinstance(
-            sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
-        source = make_source(spec.grad, spec.grad_value, spec.seed)
-        set_to_none = spec.zero_grad == "none"
-        if spec.zero_grad == "zeros" and source.name == "none":
-            for p in params:
-                p.grad = torch.zeros_like(p)
-
-        def full() -> list[torch.Tensor]:
-            with torch.no_grad():
-                return [p.detach().full_tensor() for p in params]
-
-        history = History()
-        two_d = sum(p.numel() for p in params) == 2
-
-        def record(step: int, whole: list[torch.Tensor]) -> None:
-            norm = norm_of(whole)  # as simulate's record(), bit for bit
-            history.step.append(step)
-            history.loss.append(source.loss(whole) if source.has_objective else None)
-            history.param_norm.append(norm)
-            history.lr.append([float(g["lr"]) for g in opt.param_groups])
-            if two_d:
-                x, y = torch.cat([t.reshape(-1) for t in whole]).tolist()
-                history.point.append((x, y))
-
-        record(0, full())
-        for step in range(spec.steps):
-            if spec.zero_grad != "never":
-                opt.zero_grad(set_to_none=set_to_none)
-            # The whole parameters as leaves of a fresh graph: the source differentiates
-            # its objective with autograd, exactly as on one process.
-            whole = [t.requires_grad_(True) for t in full()]
-            grads = source.gradients(whole, step)
-            if grads is not None:
-                grads = [distribute_tensor(g.detach(), p.device_mesh, p.placements,
-                                           src_data_rank=None)
-                         for g, p in zip(grads, params, strict=True)]
-            accumulate(params, grads)
-            opt.step()
-            if sched is not None:
-                if plateau:
-                    loss = source.loss(full())
-                    sched.step(loss if loss is not None else 0.0)
-                else:
-                    sched.step()
-            record(step + 1, full())
-
-        if job["out"]:
-            dcp.save(get_optimizer_state_dict(model, opt), checkpoint_id=job["out"])
-        gathered = get_optimizer_state_dict(
-            model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        whole = full()
-        if rank == 0:
-            buf = io.BytesIO()
-            torch.save({
-                "optimizer": gathered, "params": whole,
-                "scheduler": sched.state_dict() if sched is not None else None,
-                "history": {"step": history.step, "loss": history.loss,
-                            "param_norm": history.param_norm, "lr": history.lr,
-                            "point": [list(x) for x in history.point]},
-            }, buf)
-            (Path(job["work"]) / "result.pt").write_bytes(buf.getvalue())
+        for i, (spec, b) in enumerate(zip(specs, built, strict=True)):
+            out = job["out"] if i == 0 else None
+            _run_one(spec, b, mesh, rank, out, Path(job["work"]) / f"result.{i}.pt")
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def _run_one(spec: RunSpec, built: Any, mesh: Any, rank: int, out: str | None,
+             result_file: Path) -> None:
+    """One sharded run on an initialised process group; rank 0 writes ``result_file``."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+    )
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import distribute_tensor
+
+    from .build import build_scheduler
+    from .gradients import accumulate, make_source
+
+    model = _nest(built.names, built.params)
+    fully_shard(model, mesh=mesh)
+    params = [model.get_parameter(n) for n in built.names]
+    groups = []
+    for gi, g in enumerate(built.optimizer.param_groups):
+        hyper = {k: v for k, v in g.items() if k not in ("params", "param_names")}
+        groups.append({**hyper, "params": [p for p, gj in zip(params, built.group_of,
+                                                                strict=True) if gj == gi]})
+    opt = type(built.optimizer)(groups)
+    sched = build_scheduler(spec.scheduler, opt) if spec.scheduler else None
+    plateau = sched is not None and isinstance(
+        sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    source = make_source(spec.grad, spec.grad_value, spec.seed)
+    set_to_none = spec.zero_grad == "none"
+    if spec.zero_grad == "zeros" and source.name == "none":
+        for p in params:
+            p.grad = torch.zeros_like(p)
+
+    def full() -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [p.detach().full_tensor() for p in params]
+
+    history = History()
+    two_d = sum(p.numel() for p in params) == 2
+
+    def record(step: int, whole: list[torch.Tensor]) -> None:
+        norm = norm_of(whole)  # as simulate's record(), bit for bit
+        history.step.append(step)
+        history.loss.append(source.loss(whole) if source.has_objective else None)
+        history.param_norm.append(norm)
+        history.lr.append([float(g["lr"]) for g in opt.param_groups])
+        if two_d:
+            x, y = torch.cat([t.reshape(-1) for t in whole]).tolist()
+            history.point.append((x, y))
+
+    record(0, full())
+    for step in range(spec.steps):
+        if spec.zero_grad != "never":
+            opt.zero_grad(set_to_none=set_to_none)
+        # The whole parameters as leaves of a fresh graph: the source differentiates
+        # its objective with autograd, exactly as on one process.
+        whole = [t.requires_grad_(True) for t in full()]
+        grads = source.gradients(whole, step)
+        if grads is not None:
+            grads = [distribute_tensor(g.detach(), p.device_mesh, p.placements,
+                                       src_data_rank=None)
+                     for g, p in zip(grads, params, strict=True)]
+        accumulate(params, grads)
+        opt.step()
+        if sched is not None:
+            if plateau:
+                loss = source.loss(full())
+                sched.step(loss if loss is not None else 0.0)
+            else:
+                sched.step()
+        record(step + 1, full())
+
+    if out:
+        dcp.save(get_optimizer_state_dict(model, opt), checkpoint_id=out)
+    gathered = get_optimizer_state_dict(
+        model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    whole = full()
+    if rank == 0:
+        buf = io.BytesIO()
+        torch.save({
+            "optimizer": gathered, "params": whole,
+            "scheduler": sched.state_dict() if sched is not None else None,
+            "history": {"step": history.step, "loss": history.loss,
+                        "param_norm": history.param_norm, "lr": history.lr,
+                        "point": [list(x) for x in history.point]},
+        }, buf)
+        result_file.write_bytes(buf.getvalue())
 
 
 def _main(argv: list[str]) -> int:

@@ -26,9 +26,9 @@ import torch
 from typer.testing import CliRunner
 
 from optstate.cli import app
-from optstate.config import RunSpec, apply_overrides, parse_group, parse_shape
+from optstate.config import RunSpec, SchedulerSpec, apply_overrides, parse_group, parse_shape
 from optstate.dcp import open_dcp_source
-from optstate.distributed import simulate_sharded
+from optstate.distributed import simulate_sharded, simulate_sharded_many
 from optstate.errors import ConfigError, OptstateError
 from optstate.lazy import materialize
 from optstate.simulate import simulate
@@ -173,21 +173,75 @@ def test_layout_shows_how_each_tensor_is_split_across_ranks(runs):
     assert "storage layout: 2 rank(s); __0_0.distcp (" in human
 
 
-def test_world_size_one_equals_single_process(tmp_path):
-    spec = apply_overrides(RunSpec(), optimizer="SGD",
-                           hyperparams={"lr": 0.1, "momentum": 0.9, "nesterov": True},
-                           shapes=[parse_shape("3x2")], groups=[parse_group("4 lr=0.3")],
-                           steps=3, grad="quadratic", grad_value=0.5)
-    single = simulate(spec)
-    result = simulate_sharded(spec, world_size=1, save=tmp_path / "one")
-    assert result.saved == [tmp_path / "one"]
-    for p, q in zip(single.params, result.params, strict=True):
+def _same_run(single, sharded) -> None:
+    """Bit-for-bit: every state tensor, every parameter, the recorded history."""
+    a, b = single.optimizer.state_dict(), sharded.optimizer.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for pos, entries in a["state"].items():
+        assert entries.keys() == b["state"][pos].keys()
+        for key, x in entries.items():
+            y = b["state"][pos][key]
+            if isinstance(x, torch.Tensor):
+                assert x.dtype == y.dtype and torch.equal(x, y), (pos, key)
+            else:
+                assert x == y, (pos, key)
+    for p, q in zip(single.params, sharded.params, strict=True):
         assert torch.equal(p, q)
+    assert sharded.history == single.history
+
+
+def test_world_size_one_equals_single_process(tmp_path):
+    """One process, several gradient sources, zero_grad modes and schedulers; the first run
+    saved as a DCP folder."""
+    specs = [
+        apply_overrides(RunSpec(), optimizer="SGD",
+                        hyperparams={"lr": 0.1, "momentum": 0.9, "nesterov": True},
+                        shapes=[parse_shape("3x2")], groups=[parse_group("4 lr=0.3")],
+                        steps=3, grad="quadratic", grad_value=0.5),
+        apply_overrides(RunSpec(), optimizer="Adam", shapes=[parse_shape("2")], steps=4,
+                        grad="rosenbrock", zero_grad="never"),
+        apply_overrides(RunSpec(), optimizer="RMSprop", hyperparams={"momentum": 0.5},
+                        shapes=[parse_shape("2x3")], steps=3, grad="none",
+                        zero_grad="zeros"),
+        apply_overrides(RunSpec(), optimizer="SGD", hyperparams={"lr": 0.5},
+                        shapes=[parse_shape("3")], steps=5, grad="quadratic",
+                        scheduler=SchedulerSpec("ReduceLROnPlateau", {"patience": 0})),
+    ]
+    results = simulate_sharded_many(specs, world_size=1, save=tmp_path / "one")
+    assert results[0].saved == [tmp_path / "one"]
+    for spec, result in zip(specs, results, strict=True):
+        _same_run(simulate(spec), result)
+    single = simulate(specs[0])
     state = materialize(open_dcp_source(tmp_path / "one").obj)["state"]
     for pos, name in enumerate(["group0.param0", "group1.param0"]):
         assert torch.equal(state[name]["momentum_buffer"],
                            single.optimizer.state_dict()["state"][pos]["momentum_buffer"])
-    assert result.history.loss == single.history.loss
+
+
+SHARDABLE = ["SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad",
+             "Adadelta", "ASGD"]
+
+
+def test_every_elementwise_optimizer_matches_on_two_ranks():
+    """The README's list: each of these gives the single-process run bit for bit on 2
+    ranks (uneven shards), in one launch of the worker processes."""
+    specs = [apply_overrides(RunSpec(), optimizer=name, shapes=[parse_shape("5x3"),
+                                                                parse_shape("7")],
+                             steps=3, grad="normal") for name in SHARDABLE]
+    for spec, result in zip(specs, simulate_sharded_many(specs, world_size=2), strict=True):
+        _same_run(simulate(spec), result)
+
+
+def test_the_other_optimizers_are_refused():
+    from optstate.build import optimizer_classes
+
+    others = sorted(c.__name__ for c in optimizer_classes().values()
+                    if c.__name__ not in SHARDABLE)
+    assert others == ["Adafactor", "LBFGS", "Muon", "Rprop", "SparseAdam"]
+    for name in others:
+        with pytest.raises(ConfigError, match="^--world-size: "):
+            simulate_sharded(apply_overrides(RunSpec(), optimizer=name), world_size=2)
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -280,7 +334,7 @@ def test_a_worker_error_comes_back_as_its_own_one_line_error(tmp_path):
     from optstate.distributed import _main, _worker_error
 
     job = {"world_size": 2, "port": 1, "out": None, "work": str(tmp_path),
-           "spec": {**SMALL.to_dict(), "optimizer": "Nope"}}
+           "specs": [{**SMALL.to_dict(), "optimizer": "Nope"}]}
     (tmp_path / "job.json").write_text(json.dumps(job))
     (tmp_path / "error.0.json").write_text(json.dumps(
         {"rank": 0, "kind": "RuntimeError", "message": "Connection closed by peer", "hint": None}))
