@@ -127,6 +127,19 @@ def test_lr_everywhere_round_trip(cli, tutorial_ckpt, tmp_path):
     assert "wrote " in r.stdout and "only the 8 changes above differ" in r.stdout
 
 
+def test_inspect_shows_the_new_values(cli, tutorial_ckpt, tmp_path):
+    out = tmp_path / "out.pt"
+    assert cli("set", tutorial_ckpt, "-o", out, "--group", "1", "--lr", "0.03",
+               "--set", "betas=0.8,0.9").exit_code == 0
+    r = cli("inspect", out, "--json")
+    assert r.exit_code == 0, r.stderr
+    groups = json.loads(r.stdout)["param_groups"]
+    assert [(g["hyperparams"]["lr"], g["hyperparams"]["betas"]) for g in groups] == [
+        (_load(tutorial_ckpt)["optimizer_state_dict"]["param_groups"][0]["lr"], [0.9, 0.999]),
+        (0.03, [0.8, 0.9]),
+    ]
+
+
 def test_without_set_the_old_lr_wins(tutorial_ckpt):
     """The problem `set` solves, shown with torch itself: the constructor's lr is lost."""
     obj = _load(tutorial_ckpt)
