@@ -296,3 +296,13 @@ def test_progress_bar_counts_every_step(monkeypatch):
         simulate(RunSpec(steps=40), on_step=on_step)
     assert progress.bar.tasks[0].completed == 40
     assert progress.bar.tasks[0].total == 40
+
+
+def test_json_config_replays_the_run(cli, tmp_path):
+    first = run_json(cli, "-O", "rprop", "--set", "etas=0.4,1.3", "--group", "3 lr=0.1",
+                     "--grad", "normal", "--seed", "4", "--steps", "5")
+    cfg = tmp_path / "replay.json"
+    cfg.write_text(json.dumps(first["config"]))
+    again = run_json(cli, "--config", cfg)
+    assert again["params"] == first["params"]
+    assert again["config"] == first["config"]
