@@ -259,7 +259,7 @@ class _Walk:
             return
         xs = [_number(v) for v in a] if seq_a else [_number(a)]
         ys = [_number(v) for v in b] if seq_b else [_number(b)]
-        pa, pb = plain(a), plain(b)
+        pa, pb = value(a), value(b)
         ta, tb = (a if seq_a else [a]), (b if seq_b else [b])
         differs = False
         if len(xs) == len(ys):
@@ -357,6 +357,19 @@ def brief(v: Any) -> Any:
         return {str(k): brief(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)) and not _is_atomic(v):
         return [brief(x) for x in v]
+    return value(v)
+
+
+def value(v: Any) -> Any:
+    """A scalar (or list of scalars) as plain data for before/after. Unlike ``plain``,
+    NaN and infinities stay visible, as the strings "nan", "inf", "-inf": a change from
+    NaN to Inf must not read null -> null."""
+    if isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_meta:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return [value(x) for x in v]
     return plain(v)
 
 
@@ -450,7 +463,7 @@ def _walk_groups(w: _Walk, va: OptimizerStateView, vb: OptimizerStateView) -> No
             g = ga or gb
             assert g is not None
             desc = {"params": len(g.param_keys),
-                    "hyperparams": {k: plain(v) for k, v in g.hyperparams.items()}}
+                    "hyperparams": {k: brief(v) for k, v in g.hyperparams.items()}}
             w.change(Change(path, "added", None, desc) if ga is None
                      else Change(path, "removed", desc, None))
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import re
@@ -175,6 +176,18 @@ def test_nan_scalars_follow_the_same_rule():
     assert diff_states(a, copy.deepcopy(a)).equal
     assert diff_states(a, copy.deepcopy(a), DiffOptions(nan_equal=False)).paths() == [
         "param_groups[0].lr"]
+
+
+def test_non_finite_scalars_stay_visible_in_before_after():
+    a = {"state": {0: {"s": torch.tensor(math.nan)}},
+         "param_groups": [{"params": [0], "lr": math.nan, "betas": (0.9, math.inf)}]}
+    b = {"state": {0: {"s": torch.tensor(1.0)}},
+         "param_groups": [{"params": [0], "lr": math.inf, "betas": (0.9, -math.inf)}]}
+    r = diff_states(a, b)
+    assert [(c.path, c.before, c.after) for c in r.changes] == [
+        ("param_groups[0].lr", "nan", "inf"), ("param_groups[0].betas", [0.9, "inf"],
+                                               [0.9, "-inf"]), ("state[0].s", "nan", 1.0)]
+    json.dumps(diff_report(r), allow_nan=False)  # valid JSON
 
 
 def test_inf_equals_inf_only():
