@@ -221,7 +221,7 @@ def _check_zip(path: Path, f: Any, archive_size: int) -> _ZipInfo:
     try:
         zf = zipfile.ZipFile(f)
         infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error):
+    except Exception:  # BadZipFile, NotImplementedError (zip version), struct.error, ...
         raise CheckpointError(
             f"{path} is a damaged zip archive (truncated or corrupt)",
             hint="re-copy or re-save the checkpoint",
@@ -246,8 +246,8 @@ def _check_zip(path: Path, f: Any, archive_size: int) -> _ZipInfo:
         raise CheckpointError(f"{path} is a zip archive but not a torch.save file (no data.pkl)")
     if len(prefixes) != 1 or any("/" not in n for n in names):
         raise UnsafeCheckpointError(
-            f"{path} is a zip archive with {len(prefixes)} top folders; torch.save writes one, "
-            "and tools disagree on which to read, so optstate refuses it"
+            f"{path} is a zip archive whose members are not all in one folder; torch.save "
+            "writes one, and tools disagree on which to read, so optstate refuses it"
         )
     expanded = sum(i.file_size for i in infos)
     if expanded > _MAX_EXPANSION * archive_size + 2**20:
@@ -314,7 +314,7 @@ def _load_failure(path: Path, fmt: str, e: BaseException) -> CheckpointError:
     msg = clean_message(e)
     low = msg.lower()
     if isinstance(e, EOFError) or isinstance(e, struct.error) or "unexpected end" in low \
-            or "truncat" in low or "ran out of input" in low:
+            or "truncat" in low or "ran out of input" in low or "unexpected eof" in low:
         return CheckpointError(f"{path} is truncated (the file ends early)",
                                hint="re-copy or re-save the checkpoint")
     m = re.search(r"failed locating file (data/\w+)", msg)
@@ -330,6 +330,9 @@ def _load_failure(path: Path, fmt: str, e: BaseException) -> CheckpointError:
     if "not resizable" in low:  # mmap: a storage slice cut short by the end of the file
         return CheckpointError(f"{path} is damaged: a tensor needs more bytes than its data "
                                "holds", hint="re-copy or re-save the checkpoint")
+    if "wrong byte size" in low or "invalid protocol version" in low:
+        return CheckpointError(f"{path} is damaged: {_first_sentence(msg, 120)}",
+                               hint="re-copy or re-save the checkpoint")
     if "invalid magic number" in low:
         return CheckpointError(f"{path} is not a torch.save file (wrong magic number)")
     if "sparse" in low or "inconsistent with indices" in low or "indices" in low:
@@ -337,6 +340,12 @@ def _load_failure(path: Path, fmt: str, e: BaseException) -> CheckpointError:
     if "central directory" in msg or "zip archive" in low or "miniz" in low:
         return CheckpointError(f"{path} is a damaged zip archive: {_first_sentence(msg)}",
                                hint="re-copy or re-save the checkpoint")
+    if isinstance(e, (IndexError, KeyError, UnicodeDecodeError, AssertionError, TypeError,
+                      AttributeError)):
+        # what torch's unpickler raises on a damaged stream (pytorch#127525)
+        return CheckpointError(
+            f"{path} is damaged: its pickled data is malformed ({type(e).__name__}: "
+            f"{_first_sentence(msg, 120)})", hint="re-copy or re-save the checkpoint")
     return CheckpointError(
         f"cannot read {path} as a torch checkpoint ({fmt} format): {_first_sentence(msg)}"
     )
