@@ -95,8 +95,8 @@ def simulate(
 ) -> None:
     """Build a real torch optimizer, step it on synthetic gradients, and save its state.
 
-    With no flags: SGD on one 2x2 parameter, gradient ones, 10 steps (the PyTorch
-    tutorial). Runs are seeded: the same flags give the same state bit for bit, and
+    With no flags: SGD (torch's default lr) on one 2x2 parameter, gradient ones, 10
+    steps, the PyTorch tutorial's setting. Runs are seeded: the same flags give the same state bit for bit, and
     k steps + --resume + N-k steps equal N steps.
 
     Example: optstate simulate --lr 0.1 --momentum 0.9 --steps 10 --save sgd.pkl
