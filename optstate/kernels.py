@@ -73,6 +73,14 @@ class PairStats:
     norm_b: float | None
 
 
+def _fsum(parts: list[float]) -> float:
+    """Exact sum of float64 partial sums; inf or NaN where the float64 range ends."""
+    try:
+        return math.fsum(parts)
+    except (OverflowError, ValueError):  # the exact sum leaves the float64 range
+        return sum(parts)
+
+
 def index_blocks(shape: tuple[int, ...], limit: int) -> Iterator[tuple]:
     """Index tuples selecting consecutive blocks of at most ``limit`` elements (a single
     row of the last dimension may be split). They depend on the shape only, so two
@@ -129,7 +137,7 @@ def _widen(buf: torch.Tensor, piece: torch.Tensor) -> torch.Tensor:
     """Copy ``piece`` into the front of the float64 ``buf``; return that flat view."""
     k = piece.numel()
     out = buf[:k]
-    out.view(piece.shape).copy_(piece)
+    (out if piece.dim() == 1 else out.view(piece.shape)).copy_(piece)
     return out
 
 
@@ -205,12 +213,12 @@ def _moments(t: torch.Tensor, progress: Progress | None) -> Moments:
     finite = numel - nan - inf
     if finite == 0:
         return Moments(numel, 0, nan, inf, zeros, 0.0, 0.0, 0.0, None, None, None)
-    ss = math.fsum(sumsq)
+    ss = _fsum(sumsq)
     norm = math.sqrt(ss)
     peak = max(abs(lo), abs(hi))
     if math.isinf(norm) or (norm == 0.0 and peak > 0.0):
         norm = _rescaled_norm(t, peak, buf)
-    return Moments(numel, finite, nan, inf, zeros, math.fsum(sums), math.fsum(sumabs), ss,
+    return Moments(numel, finite, nan, inf, zeros, _fsum(sums), _fsum(sumabs), ss,
                    lo, hi, norm)
 
 
@@ -221,7 +229,7 @@ def _rescaled_norm(t: torch.Tensor, peak: float, buf: torch.Tensor) -> float:
         b = _widen(buf, piece)
         b = b[torch.isfinite(b)].div_(peak)
         parts.append(float(torch.dot(b, b)))
-    return peak * math.sqrt(math.fsum(parts))
+    return peak * math.sqrt(_fsum(parts))
 
 
 def compare(a: torch.Tensor, b: torch.Tensor, *, atol: float = 0.0, rtol: float = 0.0,
@@ -237,6 +245,7 @@ def _compare(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, nan_equ
     a, b = a.detach(), b.detach()
     numel = a.numel()
     bufa, bufb, bufd = _buffer(a), _buffer(a), _buffer(a)
+    flags = torch.empty(bufa.numel(), dtype=torch.bool)
     n_out = 0
     max_abs: float | None = None
     max_rel: float | None = None
@@ -249,10 +258,11 @@ def _compare(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, nan_equ
         xa, xb = _widen(bufa, pa), _widen(bufb, pb)
         k = xa.numel()
         d = bufd[:k]
-        if math.isfinite(float(xa.sum())) and math.isfinite(float(xb.sum())):
-            qa, qb = float(torch.dot(xa, xa)), float(torch.dot(xb, xb))
-            wide_a = wide_a or math.isinf(qa) or (qa == 0.0 and bool(xa.any()))
-            wide_b = wide_b or math.isinf(qb) or (qb == 0.0 and bool(xb.any()))
+        qa, qb = float(torch.dot(xa, xa)), float(torch.dot(xb, xb))
+        # A finite sum of squares means every element is finite (NaN and Inf propagate).
+        if math.isfinite(qa) and math.isfinite(qb):
+            wide_a = wide_a or (qa == 0.0 and bool(xa.any()))
+            wide_b = wide_b or (qb == 0.0 and bool(xb.any()))
             fin_a += k
             fin_b += k
             torch.sub(xa, xb, out=d).abs_()
@@ -268,10 +278,13 @@ def _compare(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, nan_equ
                 else:
                     # torch.isclose's rule, same float64 operations: d > atol + rtol*|b|
                     allowed = torch.mul(xb, rtol, out=xa).add_(atol)  # xa is free now
-                    n_out += int(torch.count_nonzero(d > allowed))
-                nz = xb != 0
-                if bool(nz.any()):
-                    r = float(d.div_(xb).masked_fill_(~nz, 0.0).max())
+                    n_out += int(torch.count_nonzero(torch.gt(d, allowed, out=flags[:k])))
+                nonzero_b = int(torch.count_nonzero(xb))
+                if nonzero_b:
+                    r = d.div_(xb)
+                    if nonzero_b != k:  # x/0 is inf or NaN: not a relative difference
+                        r = r.masked_fill_(xb == 0, 0.0)
+                    r = float(r.max())
                     max_rel = r if max_rel is None else max(max_rel, r)
         else:
             close = torch.isclose(xa, xb, rtol=rtol, atol=atol, equal_nan=nan_equal)
@@ -306,7 +319,7 @@ def _norm_from(t: torch.Tensor, parts: list[float], finite: int, wide: bool) -> 
     """The finite-element norm from per-block sums of squares (None: no finite element)."""
     if finite == 0:
         return None
-    norm = math.sqrt(math.fsum(parts))
+    norm = math.sqrt(_fsum(parts))
     if wide and (math.isinf(norm) or norm == 0.0):
         return _moments(t, None).norm  # rare: a rescaled second pass
     return norm
@@ -324,5 +337,4 @@ def norm_of(tensors: list[torch.Tensor]) -> float:
             for (piece,) in blocks(t):
                 b = _widen(buf, piece)
                 parts.append(float(torch.dot(b, b)))
-    return math.sqrt(math.fsum(parts)) if all(map(math.isfinite, parts)) else math.sqrt(
-        sum(parts))
+    return math.sqrt(_fsum(parts))
