@@ -545,14 +545,22 @@ def test_lightning_container_with_key(cli, tmp_path):
     assert res.verdict == "fails"
 
 
-def test_exit_status_through_the_entry_point(run_cli, tmp_path):
-    """The real `python -m optstate` process (not CliRunner): 1 for a pair that differs.
-    One subprocess (about 2 s of torch import) because the exit status is the interface."""
+def test_exit_status_through_the_entry_point(tmp_path, capsys):
+    """Through ``optstate.cli.main`` (the console script: standalone_mode=False, its own
+    exit handling), not CliRunner: 1 for a pair that differs, 2 for one that fails."""
+    from optstate.cli import main
+
     ckpt = _save_state(tmp_path, ADAM_2G)
     cfg = _write_config(tmp_path, {**ADAM_2G, "hyperparams": {"lr": 0.02}})
-    p = run_cli("check", ckpt, "--config", cfg, "--json")
-    assert p.returncode == 1, p.stderr
-    assert json.loads(p.stdout)["verdict"] == "differs" and p.stderr == ""
+    with pytest.raises(SystemExit) as exc:
+        main(["check", str(ckpt), "--config", str(cfg), "--json"])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 1 and json.loads(out)["verdict"] == "differs" and err == ""
+    bad = _write_config(tmp_path, {**ADAM_2G, "groups": [{"shapes": ["2x2"]}]}, "bad.json")
+    with pytest.raises(SystemExit) as exc:
+        main(["check", str(ckpt), "--config", str(bad), "--json"])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and json.loads(out)["verdict"] == "fails" and err == ""
 
 
 def test_state_without_step_fails_at_load(tmp_path):
