@@ -423,7 +423,7 @@ def test_compare_trees_finds_every_kind_of_difference():
     assert compare_trees({"v": 1}, {"v": 1.0})[0] == ["v"]
 
 
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=15, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lr=st.floats(min_value=1e-12, max_value=10.0, allow_nan=False),
        beta2=st.floats(min_value=0.0, max_value=1.0, exclude_max=True))
