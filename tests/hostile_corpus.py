@@ -347,6 +347,25 @@ def corrupt_zip(d: Path) -> Path:
     return p
 
 
+def zip_version(d: Path) -> Path:
+    """A central directory entry claiming it needs zip version 16.2 to extract (Python's
+    zipfile raises NotImplementedError on it)."""
+    p = save_adamw(d / "zip_version.pt")
+    data = bytearray(p.read_bytes())
+    cd = data.find(b"PK\x01\x02")
+    data[cd + 6: cd + 8] = struct.pack("<H", 162)
+    p.write_bytes(bytes(data))
+    return p
+
+
+def malformed_pickle(d: Path) -> Path:
+    """data.pkl whose APPEND finds an empty stack: torch raises a bare IndexError."""
+    src = save_adamw(d / "src.pt")
+    out = _rezip(src, d / "malformed_pickle.pt", replace={"data.pkl": b"\x80\x02a."})
+    src.unlink()
+    return out
+
+
 def missing_storage(d: Path) -> Path:
     src = save_adamw(d / "src.pt")
     out = _rezip(src, d / "missing_storage.pt", drop=lambda b: b == "data/1")
@@ -536,6 +555,8 @@ BROKEN: dict[str, Callable[[Path], Path]] = {
     "json": json_file,
     "wrong_magic": wrong_magic,
     "corrupt_zip": corrupt_zip,
+    "zip_version": zip_version,
+    "malformed_pickle": malformed_pickle,
     "missing_storage": missing_storage,
     "size_mismatch": size_mismatch,
     "short_last_record": short_last_record,

@@ -57,6 +57,10 @@ LOAD_ERRORS: dict[str, tuple[type, str, str | None]] = {
     "wrong_magic": (CheckpointError, "{p} is not a torch.save file (wrong magic number)", None),
     "corrupt_zip": (CheckpointError, "{p} is a damaged zip archive (truncated or corrupt)",
                     REREAD),
+    "zip_version": (CheckpointError, "{p} is a damaged zip archive (truncated or corrupt)",
+                    REREAD),
+    "malformed_pickle": (CheckpointError, "{p} is damaged: its pickled data is malformed "
+                         "(IndexError: pop from empty list)", REREAD),
     "missing_storage": (CheckpointError, "{p} is damaged: tensor data data/1 is missing",
                         REREAD),
     "size_mismatch": (CheckpointError,
