@@ -124,3 +124,13 @@ def test_to_dict_is_plain():
     assert d["kind"] == "NAdam"
     assert d["state_keys"] == ["exp_avg", "exp_avg_sq", "mu_product", "step"]
     assert isinstance(d["candidates"], list)
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon is torch >= 2.9")
+def test_muon_is_not_mistaken_for_sgd():
+    w = torch.nn.Parameter(torch.randn(4, 3, generator=torch.Generator().manual_seed(0)))
+    opt = torch.optim.Muon([w], lr=0.02)
+    (w ** 2).sum().backward()
+    opt.step()
+    guess = kind_of(opt.state_dict())
+    assert (guess.kind, guess.confidence) == ("Muon", "high")
