@@ -330,11 +330,18 @@ def norm_of(tensors: list[torch.Tensor]) -> float:
     ``sqrt(sum(t.double().pow(2).sum()))`` computes, without the two float64 temporaries
     of each tensor's size. NaN or Inf anywhere makes it NaN or Inf, as there."""
     parts: list[float] = []
-    with one_thread():
-        for t in tensors:
-            t = t.detach()
-            buf = _buffer(t)
-            for (piece,) in blocks(t):
-                b = _widen(buf, piece)
-                parts.append(float(torch.dot(b, b)))
+    big = []
+    for t in tensors:
+        if t.numel() > CHUNK_ELEMENTS:
+            big.append(t.detach())
+        else:  # one block: no buffer, no thread switch (a 2x2 run calls this every step)
+            x = t.detach().reshape(-1).double()
+            parts.append(float(torch.dot(x, x)))
+    if big:
+        with one_thread():
+            for t in big:
+                buf = _buffer(t)
+                for (piece,) in blocks(t):
+                    b = _widen(buf, piece)
+                    parts.append(float(torch.dot(b, b)))
     return math.sqrt(_fsum(parts))
