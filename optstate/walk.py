@@ -204,7 +204,7 @@ def _tensor(t: Any, report: WalkReport, dtypes: dict[Any, int], frame: _Frame | 
     if t.layout is not _STRIDED[0]:
         report.sparse_tensors += 1
         check_sparse(t, f"{label} at {location_of(frame, key)}")
-    elif report.storages is not None and not t.is_quantized:
+    elif report.storages is not None:
         st = t.untyped_storage()
         n = st.nbytes()
         if n:
