@@ -31,7 +31,7 @@ import torch
 
 from . import __version__
 from .build import Built, build, hyperparameter_defaults, optimizer_class, scheduler_classes
-from .checkpoint import check_writable, save_checkpoint
+from .checkpoint import check_writable, clean_message, save_checkpoint
 from .config import RunSpec, format_shape, validate
 from .errors import ConfigError, StateMismatchError
 from .gradients import accumulate, make_source
@@ -156,7 +156,7 @@ def simulate(
         # Older torch kept zero-filled .grad tensors after the first backward; with no
         # gradient source we start from that state so steps still run on zero grads.
         for p in params:
-            p.grad = torch.zeros_like(p)
+            p.grad = torch.zeros_like(p).to_sparse() if sparse else torch.zeros_like(p)
     series = iter(targets)
     next_save = next(series, None)
     two_d = sum(p.numel() for p in params) == 2
@@ -184,18 +184,27 @@ def simulate(
                 with torch.no_grad():  # the loss a hand-written closure returns
                     return source.objective(params)
 
-            opt.step(closure)
+            try:
+                opt.step(closure)
+            except TORCH_REFUSALS as e:
+                raise _refused(opt, step + 1, e) from None
         else:
             if spec.zero_grad != "never":
                 opt.zero_grad(set_to_none=set_to_none)
             accumulate(params, source.gradients(params, step), sparse=sparse)
-            opt.step()
+            try:
+                opt.step()
+            except TORCH_REFUSALS as e:
+                raise _refused(opt, step + 1, e) from None
         if sched is not None:
-            if plateau:
-                loss = source.loss(params)
-                sched.step(loss if loss is not None else 0.0)
-            else:
-                sched.step()
+            try:
+                if plateau:
+                    loss = source.loss(params)
+                    sched.step(loss if loss is not None else 0.0)
+                else:
+                    sched.step()
+            except TORCH_REFUSALS as e:
+                raise _refused(sched, step + 1, e) from None
         done = step + 1
         if (done - start) % record_every == 0 or done == end:
             record(done)
@@ -216,6 +225,19 @@ def simulate(
                         "(try a smaller --lr)")
     return SimulationResult(spec, params, built.names, built.group_of, opt, sched, history,
                             start, end, saved, warnings)
+
+
+# What torch raises when a setting its constructor accepted fails at step() (capturable
+# on CPU, differentiable on leaf parameters, OneCycleLR past total_steps, ...).
+TORCH_REFUSALS = (RuntimeError, ValueError, TypeError, AssertionError)
+
+
+def _refused(obj: Any, step: int, e: BaseException) -> ConfigError:
+    return ConfigError(
+        f"torch refused step {step} of {type(obj).__name__}: {clean_message(e)}",
+        hint="torch's constructor accepts these settings but its step() does not (on "
+        "this device); change the hyperparameters or the scheduler arguments",
+    )
 
 
 def load_resume(built: Built, spec: RunSpec, obj: Any, warnings: list[str]) -> int:

@@ -113,7 +113,7 @@ def reference_run(
     losses: list[float] = []
     if zero_grad == "zeros" and grad == "none":
         for p in params:
-            p.grad = torch.zeros_like(p)
+            p.grad = torch.zeros_like(p).to_sparse() if sparse else torch.zeros_like(p)
 
     for step in range(steps):
         if optimizer == "LBFGS":

@@ -389,3 +389,30 @@ def test_resume_with_another_scheduler_is_refused(tmp_path):
                                "it has gamma, step_size, which CosineAnnealingLR does not use")
     resumed = simulate(RunSpec(steps=1, scheduler=step_lr), resume=obj)
     assert resumed.scheduler.last_epoch == 3
+
+
+@pytest.mark.parametrize("optimizer", ["SGD", "Adam", "SparseAdam"])
+def test_zero_grad_zeros_without_gradients_equals_hand_written_loop(optimizer):
+    spec, shapes, ref_kw = case(optimizer, "none", steps=3, zero_grad="zeros")
+    result = simulate(spec)
+    ref = reference_run(optimizer, shapes, **ref_kw)
+    assert_identical(result.optimizer.state_dict(), ref.optimizer.state_dict())
+    if optimizer != "SGD":  # plain SGD keeps no state; Adam's run on the zero gradients
+        assert float(result.optimizer.state_dict()["state"][0]["step"]) == 3.0
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    (RunSpec(optimizer="Adam", hyperparams={"capturable": True}),
+     "torch refused step 1 of Adam: If capturable=True, params and state_steps must be on "
+     "supported devices: ['cuda', 'xpu', 'hpu', 'privateuseone', 'xla']."),
+    (RunSpec(optimizer="LBFGS", hyperparams={"line_search_fn": "bogus"}),
+     "torch refused step 1 of LBFGS: only 'strong_wolfe' is supported"),
+    (RunSpec(steps=7, scheduler=SchedulerSpec("OneCycleLR", {"max_lr": 0.1,
+                                                               "total_steps": 5})),
+     "torch refused step 6 of OneCycleLR: Tried to step 6 times. The specified number of "
+     "total steps is 5"),
+])
+def test_settings_torch_refuses_at_step_time_are_config_errors(spec, message):
+    with pytest.raises(ConfigError) as e:
+        simulate(spec)
+    assert e.value.message == message
