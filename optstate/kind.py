@@ -71,6 +71,10 @@ _ADDED_BY_OTHERS = frozenset({
 })
 
 
+# transformers.optimization.AdamW (deprecated; Trainer's default before torch's AdamW).
+_TRANSFORMERS_ADAMW = frozenset({"lr", "betas", "eps", "weight_decay", "correct_bias"})
+
+
 @dataclass(frozen=True)
 class KindGuess:
     kind: str  # a torch.optim class name, or "unknown"
@@ -109,14 +113,25 @@ def infer_kind(groups: Iterable[dict[str, Any]], state_keys: Iterable[str]) -> K
     if not exact:
         # Foreign group keys (a trainer's bookkeeping, a subclass's extra option) do not
         # hide an optimizer whose whole signature is there.
+        if _TRANSFORMERS_ADAMW <= own and seen_state <= {"step", "exp_avg", "exp_avg_sq"}:
+            return guess("AdamW", "medium", "the keys of transformers.optimization.AdamW "
+                         "(correct_bias), the AdamW that Hugging Face Trainer used before "
+                         "torch's; its state has torch.optim.AdamW's layout", ["AdamW"],
+                         sorted(own - _TRANSFORMERS_ADAMW))
         loose = [s for s in SIGNATURES if s.core <= own and seen_state <= s.state]
         best = _narrow(loose, own)
         if len(best) == 1:
             sig = best[0]
             extra = sorted(own - sig.full)
-            return guess(sig.name, "medium", f"the {sig.name} hyperparameters and state "
-                         f"entries are all there, plus group keys torch's {sig.name} does not "
-                         f"write: {', '.join(extra)}", [sig.name], extra)
+            # The state entries confirm it only if no other optimizer could write them all.
+            unique = bool(seen_state) and not any(
+                seen_state <= other.state for other in SIGNATURES if other is not sig)
+            return guess(sig.name, "medium" if unique else "low",
+                         f"the {sig.name} hyperparameters and state entries are all there, "
+                         f"plus group keys torch's {sig.name} does not write: "
+                         f"{', '.join(extra)}" + ("" if unique else "; another optimizer "
+                                                  "with the same state layout may have "
+                                                  "written it"), [sig.name], extra)
         return _unknown(guess, own, seen_state, best)
     exact = _narrow(exact, own)
     names = [s.name for s in exact]

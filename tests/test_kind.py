@@ -134,3 +134,20 @@ def test_muon_is_not_mistaken_for_sgd():
     opt.step()
     guess = kind_of(opt.state_dict())
     assert (guess.kind, guess.confidence) == ("Muon", "high")
+
+
+def test_transformers_adamw_keys():
+    groups = [{"lr": 5e-5, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+               "correct_bias": True}]
+    guess = infer_kind(groups, {"step", "exp_avg", "exp_avg_sq"})
+    assert (guess.kind, guess.confidence) == ("AdamW", "medium")
+    assert "transformers.optimization.AdamW" in guess.reason
+
+
+def test_foreign_keys_with_a_shared_state_layout_is_only_low():
+    # RAdam's keys plus a foreign one, and the Adam-family state that five optimizers write.
+    groups = [{"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+               "bias_correction": True}]
+    guess = infer_kind(groups, {"step", "exp_avg", "exp_avg_sq"})
+    assert (guess.kind, guess.confidence) == ("RAdam", "low")
+    assert guess.foreign == ("bias_correction",)
