@@ -120,7 +120,7 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
         listener.detach()  # the store owns (and closes) the socket now
         job = {"world_size": world_size, "port": port,
                "specs": [spec.to_dict() for spec in specs],
-               "out": str(out) if out else None, "work": str(work)}
+               "out": str(out) if out else None, "work": str(work), "parent": os.getpid()}
         (work / "job.json").write_text(json.dumps(job))
         procs = [_start_worker(rank, work) for rank in range(world_size)]
         _wait(procs, work, timeout)
@@ -407,9 +407,24 @@ def _run_one(spec: RunSpec, built: Any, mesh: Any, rank: int, out: str | None,
         result_file.write_bytes(buf.getvalue())
 
 
+def _die_with_parent(parent: int | None) -> None:
+    """Linux: ask the kernel to SIGKILL this worker when the parent dies, so a parent
+    killed outright (no chance to clean up) leaves no worker blocked in a collective."""
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+
+
 def _main(argv: list[str]) -> int:
     job = json.loads(Path(argv[0]).read_text())
     rank = int(argv[1])
+    _die_with_parent(job.get("parent"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # FSDP2 / DCP notices; errors are reported below

@@ -16,6 +16,8 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -351,3 +353,44 @@ def test_a_worker_error_comes_back_as_its_own_one_line_error(tmp_path):
     (tmp_path / "rank1.log").write_text("Traceback ...\nSegmentation fault\n")
     assert _worker_error(tmp_path, [1], [0, -11]).message == (
         "rank 1 of the sharded run was killed by signal 11: Segmentation fault")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_die_with_a_killed_parent(tmp_path):
+    """A parent killed with SIGKILL cannot clean up; the kernel then kills its workers."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"""
+import json, subprocess, sys, time
+job = {{"world_size": 2, "port": 1, "out": None, "work": {str(tmp_path)!r},
+       "parent": __import__("os").getpid(), "specs": []}}
+open({str(tmp_path / "job.json")!r}, "w").write(json.dumps(job))
+w = subprocess.Popen([sys.executable, "-c",
+    "import sys, time; sys.argv = ['x'] + sys.argv[1:]; "
+    "from optstate.distributed import _die_with_parent; import json; "
+    "_die_with_parent(json.load(open(sys.argv[1]))['parent']); "
+    "open(sys.argv[2], 'w').write('ready'); time.sleep(60)",
+    {str(tmp_path / "job.json")!r}, {str(tmp_path / "ready")!r}], start_new_session=True)
+print(w.pid, flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    worker = int(parent.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "ready").exists()
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(worker, os.WNOHANG)  # reaped by init, not by us; just in case
+        state = ""
+        with contextlib.suppress(OSError):
+            state = Path(f"/proc/{worker}/stat").read_text().split()[2]
+        if state == "Z":
+            break
+        time.sleep(0.05)
+    alive = Path(f"/proc/{worker}").exists() and Path(f"/proc/{worker}/stat").read_text(
+        ).split()[2] != "Z"
+    assert not alive
