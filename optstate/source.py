@@ -8,16 +8,19 @@ data is paged in when a statistic or comparison touches it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import load_torch_file
-from .errors import CheckpointError
+from .errors import CheckpointError, NoOptimizerStateError
 
 # Hugging Face Trainer writes optimizer.pt / scheduler.pt; accelerate writes .bin.
 HF_OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin", "optimizer_0.bin", "optimizer.pth")
 HF_SCHEDULER_FILES = ("scheduler.pt", "scheduler.bin", "scheduler_0.bin", "scheduler.pth")
+# accelerate numbers the second optimizer's files: optimizer_1.bin, scheduler_1.bin.
+_OPTIMIZER_FILE = re.compile(r"optimizer(_\d+)?\.(pt|bin|pth)")
 
 
 @dataclass
@@ -47,8 +50,8 @@ def open_source(path: str | Path, *, mmap: bool = True, unsafe: bool = False) ->
         return _open_folder(p, mmap=mmap, unsafe=unsafe)
     loaded = load_torch_file(p, mmap=mmap, unsafe=unsafe)
     src = Source(path=p, file=p, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj)
-    if p.name in HF_OPTIMIZER_FILES:  # a Trainer / accelerate file named directly
-        _add_scheduler_sibling(src, p.parent, unsafe=unsafe)
+    if _OPTIMIZER_FILE.fullmatch(p.name):  # a Trainer / accelerate file named directly
+        _add_scheduler_sibling(src, p, unsafe=unsafe)
     return src
 
 
@@ -60,7 +63,15 @@ def _open_folder(p: Path, *, mmap: bool, unsafe: bool) -> Source:
         src = open_dcp_source(p)
         walk(src.obj, label=str(p))  # built from the folder's metadata: untrusted too
         return src
-    opt_file = next((p / n for n in HF_OPTIMIZER_FILES if (p / n).is_file()), None)
+    found = sorted(n.name for n in p.iterdir() if _OPTIMIZER_FILE.fullmatch(n.name)
+                   and n.is_file())
+    if len(found) > 1:  # accelerate with several optimizers: optimizer.bin, optimizer_1.bin
+        raise NoOptimizerStateError(
+            f"{p} holds {len(found)} optimizer files: {', '.join(found)}",
+            hint=f"give one of them, e.g. {p / found[0]}",
+        )
+    opt_file = next((p / n for n in HF_OPTIMIZER_FILES if (p / n).is_file()),
+                    p / found[0] if found else None)
     if opt_file is None:
         raise CheckpointError(
             f"{p} is a folder with no optimizer.pt or optimizer.bin in it",
@@ -69,13 +80,27 @@ def _open_folder(p: Path, *, mmap: bool, unsafe: bool) -> Source:
         )
     loaded = load_torch_file(opt_file, mmap=mmap, unsafe=unsafe)
     src = Source(path=p, file=opt_file, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj)
-    _add_scheduler_sibling(src, p, unsafe=unsafe)
+    _add_scheduler_sibling(src, opt_file, unsafe=unsafe)
     return src
 
 
-def _add_scheduler_sibling(src: Source, folder: Path, *, unsafe: bool) -> None:
+def _scheduler_file(opt_file: Path) -> Path | None:
+    """The scheduler file written with ``opt_file``: optimizer_1.bin pairs with
+    scheduler_1.bin (accelerate); optimizer.pt with scheduler.pt (Trainer)."""
+    m = _OPTIMIZER_FILE.fullmatch(opt_file.name)
+    folder = opt_file.parent
+    if m is not None:
+        twin = folder / f"scheduler{m.group(1) or ''}.{m.group(2)}"
+        if twin.is_file():
+            return twin
+        if m.group(1) not in (None, "_0"):
+            return None
+    return next((folder / n for n in HF_SCHEDULER_FILES if (folder / n).is_file()), None)
+
+
+def _add_scheduler_sibling(src: Source, opt_file: Path, *, unsafe: bool) -> None:
     """Load the scheduler file that Trainer / accelerate write beside the optimizer's."""
-    sched_file = next((folder / n for n in HF_SCHEDULER_FILES if (folder / n).is_file()), None)
+    sched_file = _scheduler_file(opt_file)
     if sched_file is None:
         return
     src.sibling_files["scheduler"] = sched_file

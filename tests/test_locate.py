@@ -223,3 +223,24 @@ def test_pickled_optimizer_object_is_refused_safely_and_read_with_unsafe(tmp_pat
     assert found.location == "optimizer"
     assert _same(found.state, opt.state_dict())
     assert locate(src, key="optimizer").location == "optimizer"
+
+
+def test_accelerate_second_optimizer_pairs_its_own_scheduler(tmp_path):
+    folder = tmp_path / "checkpoint_3"
+    folder.mkdir()
+    sd0, sched0, _ = _opt_and_sched("SGD")
+    sd1, sched1, _ = _opt_and_sched("Adam", seed=1)
+    sched1["last_epoch"] = 7  # tell the two schedulers apart
+    torch.save(sd0, folder / "optimizer.bin")
+    torch.save(sched0, folder / "scheduler.bin")
+    torch.save(sd1, folder / "optimizer_1.bin")
+    torch.save(sched1, folder / "scheduler_1.bin")
+    with pytest.raises(NoOptimizerStateError) as e:
+        open_source(folder)
+    assert str(e.value) == f"{folder} holds 2 optimizer files: optimizer.bin, optimizer_1.bin"
+    assert e.value.hint == f"give one of them, e.g. {folder / 'optimizer.bin'}"
+    second = locate(open_source(folder / "optimizer_1.bin"))
+    assert _same(second.state, sd1)
+    assert (second.scheduler_location, second.scheduler["last_epoch"]) == ("scheduler_1.bin", 7)
+    first = locate(open_source(folder / "optimizer.bin"))
+    assert (first.scheduler_location, first.scheduler["last_epoch"]) == ("scheduler.bin", 1)
