@@ -145,6 +145,15 @@ def test_diff_single_file_against_sharded_folder_is_equal(runs):
     assert r.exit_code == 0, r.stdout + r.stderr
 
 
+def test_two_rank_folder_equals_one_file_folder(runs, tmp_path):
+    """The single-process file converted to DCP (one chunk per tensor) against the 2-rank
+    folder (two chunks each): diff reads both whole, and they are equal."""
+    d = runs[0]
+    assert _invoke("convert", d / "single.pt", tmp_path / "one_rank").exit_code == 0
+    r = _invoke("diff", tmp_path / "one_rank", d / "sharded", "--json")
+    assert r.exit_code == 0, r.stdout
+
+
 def test_inspect_of_sharded_folder_shows_the_same_tensors(runs):
     d = runs[0]
     a = json.loads(_invoke("inspect", d / "single.pt", "--json").stdout)
