@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from .report import plain, tensor_like
+from .report import materialize, plain, tensor_like
 from .state import OptimizerStateView
 
 # Entries that are running averages of squares (or of |grad|): never negative in a real run.
@@ -172,8 +172,6 @@ def _scalar(value: Any) -> float | None:
     if t is not None:
         if len(t.shape) != 0 or getattr(t, "is_meta", False):
             return None
-        from .report import materialize
-
         value = materialize(t).item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
