@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .config import RunSpec, SchedulerSpec
+from .config import RunSpec, SchedulerSpec, format_shape
 from .errors import ConfigError
 
 
@@ -139,18 +139,28 @@ def init_params(spec: RunSpec) -> tuple[list[torch.Tensor], list[str], list[int]
     params, names, group_of = [], [], []
     for gi, group in enumerate(spec.groups):
         for pi, shape in enumerate(group.shapes):
-            if spec.init == "normal":
-                t = torch.randn(shape, generator=gen)
-            elif spec.init == "zeros":
-                t = torch.zeros(shape)
-            elif spec.init == "ones":
-                t = torch.ones(shape)
-            else:
-                t = torch.full(shape, spec.init_value)
+            try:
+                t = _initial(spec, shape, gen)
+            except (RuntimeError, MemoryError):
+                raise ConfigError(
+                    f"cannot allocate a {format_shape(shape)} parameter "
+                    f"({math.prod(shape) * 4:,} bytes as float32): out of memory",
+                    hint="simulate is for small parameters; use smaller --shape values",
+                ) from None
             params.append(t.requires_grad_(True))
             names.append(group.names[pi] if group.names else f"group{gi}.param{pi}")
             group_of.append(gi)
     return params, names, group_of
+
+
+def _initial(spec: RunSpec, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    if spec.init == "normal":
+        return torch.randn(shape, generator=gen)
+    if spec.init == "zeros":
+        return torch.zeros(shape)
+    if spec.init == "ones":
+        return torch.ones(shape)
+    return torch.full(shape, spec.init_value)
 
 
 def build(spec: RunSpec) -> Built:

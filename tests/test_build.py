@@ -142,3 +142,10 @@ def test_scheduler_classes_cover_plateau_and_cosine():
     names = scheduler_classes()
     assert names["reducelronplateau"] is torch.optim.lr_scheduler.ReduceLROnPlateau
     assert names["cosineannealinglr"] is torch.optim.lr_scheduler.CosineAnnealingLR
+
+
+def test_parameters_too_big_for_memory_are_a_config_error():
+    with pytest.raises(ConfigError) as e:
+        build(RunSpec(groups=(GroupSpec(((10_000_000, 10_000_000),)),)))
+    assert e.value.message == ("cannot allocate a 10000000x10000000 parameter "
+                               "(400,000,000,000,000 bytes as float32): out of memory")
