@@ -62,7 +62,6 @@ _METADATA_CLASSES = {
         "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING",
     },
     "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
-    "torch.distributed.checkpoint._extension": {"ExtensionRegistry"},
     "torch.serialization": {"_get_layout"},
     "torch": {"Size"},
     "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
@@ -102,9 +101,11 @@ def read_metadata(path: Path) -> Metadata:
                 "refused without running it"
             ) from None
         raise CheckpointError(f"{file} is damaged: {text}") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            RuntimeError, RecursionError, OverflowError, MemoryError) as e:
         raise CheckpointError(f"{file} is damaged or truncated ({type(e).__name__})") from None
-    if not isinstance(md, Metadata) or not isinstance(md.state_dict_metadata, dict):
+    if not isinstance(md, Metadata) or not isinstance(
+            getattr(md, "state_dict_metadata", None), dict):
         raise CheckpointError(f"{file} does not hold DCP metadata")
     for key, entry in md.state_dict_metadata.items():
         _check_entry(file, key, entry)
@@ -127,12 +128,12 @@ def _check_entry(file: Path, key: Any, entry: Any) -> None:
         return
     if not isinstance(entry, TensorStorageMetadata):
         raise bad(f"has unknown metadata {type(entry).__name__}")
-    size = entry.size
+    size = getattr(entry, "size", None)
     if not isinstance(size, tuple) or not all(_is_index(n) for n in size):
         raise bad(f"has a bad shape {size!r}")
-    if not isinstance(getattr(entry.properties, "dtype", None), torch.dtype):
+    if not isinstance(getattr(getattr(entry, "properties", None), "dtype", None), torch.dtype):
         raise bad("has no dtype")
-    if not isinstance(entry.chunks, list):
+    if not isinstance(getattr(entry, "chunks", None), list):
         raise bad("has no chunk list")
     for c in entry.chunks:
         offsets, sizes = getattr(c, "offsets", None), getattr(c, "sizes", None)
@@ -206,12 +207,16 @@ class DcpCheckpoint:
     def _storage_files(self) -> dict[tuple[str, Any], str]:
         """Chunk (key, offset) -> data file name; every named file must exist."""
         out: dict[tuple[str, Any], str] = {}
-        storage = self.metadata.storage_data
+        storage = getattr(self.metadata, "storage_data", None)
         if not isinstance(storage, dict):
             raise CheckpointError(f"{self.path}/{METADATA_FILE} has no storage table")
         missing: set[str] = set()
         sizes: dict[str, int] = {}
         for index, info in storage.items():
+            if not (isinstance(getattr(index, "fqn", None), str)
+                    and (index.offset is None or isinstance(index.offset, tuple))):
+                raise CheckpointError(f"{self.path}/{METADATA_FILE} is damaged: a bad "
+                                      "storage index")
             rel = getattr(info, "relative_path", None)
             if not isinstance(rel, str) or "/" in rel or rel in ("", ".", ".."):
                 raise CheckpointError(f"{self.path}/{METADATA_FILE} names a bad data file: {rel!r}")
@@ -220,7 +225,8 @@ class DcpCheckpoint:
                 sizes[rel] = f.stat().st_size if f.is_file() else -1
             if sizes[rel] < 0:
                 missing.add(rel)
-            elif not (_is_index(info.offset) and _is_index(info.length)
+            elif not (_is_index(getattr(info, "offset", None))
+                      and _is_index(getattr(info, "length", None))
                       and info.offset + info.length <= sizes[rel]):
                 raise CheckpointError(
                     f"{self.path}/{rel} is truncated: it ends before the data of {index.fqn}",
@@ -265,7 +271,7 @@ class DcpCheckpoint:
 
     def path_of(self, key: str) -> tuple[Any, ...]:
         """Where ``key`` sits in the original nested state dict."""
-        pd = self.metadata.planner_data
+        pd = getattr(self.metadata, "planner_data", None)
         path = pd.get(key) if isinstance(pd, dict) else None
         if isinstance(path, tuple) and path and all(
                 isinstance(p, str) or _is_index(p) for p in path):

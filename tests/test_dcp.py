@@ -345,3 +345,33 @@ def test_chunks_must_cover_the_tensor(fqn_dir):
         pickle.dump(md, f)
     with pytest.raises(CheckpointError, match="has chunks that do not cover its shape"):
         open_source(fqn_dir)
+
+
+@pytest.mark.parametrize("target", [".metadata", "__0_0.distcp"])
+def test_corrupted_bytes_never_escape_as_internal_errors(tmp_path, fqn_dir, target):
+    """Random byte flips and truncations: each either still reads (DCP has no checksums, so
+    a flipped tensor byte is a different value) or is one clean OptstateError."""
+    import random
+    import shutil
+
+    from optstate.errors import OptstateError
+
+    rng = random.Random(20261125)
+    orig = (fqn_dir / target).read_bytes()
+    outcomes = {"read": 0, "refused": 0}
+    for i in range(60):
+        case = tmp_path / f"case{i}"
+        shutil.copytree(fqn_dir, case)
+        data = bytearray(orig)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            data = data[: rng.randrange(len(data))]
+        (case / target).write_bytes(bytes(data))
+        try:
+            materialize(open_source(case).obj)
+            outcomes["read"] += 1
+        except OptstateError:
+            outcomes["refused"] += 1
+        shutil.rmtree(case)
+    assert outcomes["refused"] > 0
