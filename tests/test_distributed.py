@@ -105,6 +105,7 @@ def test_only_loopback_addresses_are_used(runs):
 
 def test_sharded_report_equals_single_process_report(runs):
     d, single, sharded, _ = runs
+    single, sharded = dict(single), dict(sharded)  # the module's runs stay as they are
     assert sharded.pop("world_size") == 2
     assert sharded.pop("saved") == [str(d / "sharded")]
     assert single.pop("saved") == [str(d / "single.pt")]
@@ -403,3 +404,20 @@ time.sleep(60)
     alive = Path(f"/proc/{worker}").exists() and Path(f"/proc/{worker}/stat").read_text(
         ).split()[2] != "Z"
     assert not alive
+
+
+
+def test_human_view_says_it_was_sharded(runs):
+    from rich.console import Console
+
+    from optstate.render.simulate_view import simulate_view
+
+    d, single, sharded, _ = runs
+    console = Console(width=200, record=True, color_system=None)
+    console.print(simulate_view(sharded))
+    text = console.export_text()
+    assert ("sharded over 2 processes (FSDP2 on a CPU mesh, gloo); the state above is gathered "
+            "from the shards; saved as a DCP folder") in text
+    console = Console(width=200, record=True, color_system=None)
+    console.print(simulate_view(single))
+    assert "sharded" not in console.export_text()

@@ -76,6 +76,10 @@ def simulate_view(report: dict[str, Any]) -> Group:
         s = report["scheduler"]
         parts.append(Text(f"scheduler {s['name']}: last_epoch {s['last_epoch']}, "
                           f"last lr {fmt(s['last_lr'])}"))
+    if report.get("world_size"):  # simulate --world-size (optstate/distributed.py)
+        parts.append(Text(f"sharded over {report['world_size']} processes (FSDP2 on a CPU "
+                          "mesh, gloo); the state above is gathered from the shards"
+                          + ("; saved as a DCP folder" if report["saved"] else "")))
     for path in report["saved"]:
         parts.append(Text(f"saved {path}", style="green"))
     return Group(*parts)
