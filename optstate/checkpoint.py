@@ -330,7 +330,10 @@ def _load_failure(path: Path, fmt: str, e: BaseException) -> CheckpointError:
     if "not resizable" in low:  # mmap: a storage slice cut short by the end of the file
         return CheckpointError(f"{path} is damaged: a tensor needs more bytes than its data "
                                "holds", hint="re-copy or re-save the checkpoint")
-    if "wrong byte size" in low or "invalid protocol version" in low:
+    if "wrong byte size" in low:  # legacy format; torch's text has a raw %ld in it
+        return CheckpointError(f"{path} is damaged: a tensor's data does not match its "
+                               "declared size", hint="re-copy or re-save the checkpoint")
+    if "invalid protocol version" in low:
         return CheckpointError(f"{path} is damaged: {_first_sentence(msg, 120)}",
                                hint="re-copy or re-save the checkpoint")
     if "invalid magic number" in low:

@@ -392,6 +392,17 @@ def size_mismatch(d: Path) -> Path:
     return out
 
 
+def legacy_size_mismatch(d: Path) -> Path:
+    """The legacy format with a storage declared 2**31 - 1 elements long (4 stored)."""
+    buf = io.BytesIO()
+    torch.save({"a": torch.ones(4)}, buf, _use_new_zipfile_serialization=False)
+    data = buf.getvalue()
+    at = data.index(b"X\x03\x00\x00\x00cpuq\x06K\x04") + 10  # BININT1 4: the numel
+    p = d / "legacy_size.pt"
+    p.write_bytes(data[:at] + b"J" + struct.pack("<i", 2**31 - 1) + data[at + 2:])
+    return p
+
+
 def unsupported_protocol(d: Path) -> Path:
     """data.pkl written with pickle protocol 5 (FRAME, SHORT_BINUNICODE opcodes)."""
     src = save_adamw(d / "src.pt")
@@ -560,6 +571,7 @@ BROKEN: dict[str, Callable[[Path], Path]] = {
     "missing_storage": missing_storage,
     "size_mismatch": size_mismatch,
     "short_last_record": short_last_record,
+    "legacy_size_mismatch": legacy_size_mismatch,
     "unsupported_protocol": unsupported_protocol,
     "refused_global": refused_global,
     "old_tar_format": old_tar_format,

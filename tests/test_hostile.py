@@ -67,6 +67,8 @@ LOAD_ERRORS: dict[str, tuple[type, str, str | None]] = {
                       "{p} is damaged: a tensor needs 48 bytes but its data holds 8", REREAD),
     "short_last_record": (CheckpointError, "{p} is damaged: a tensor needs 4194304 bytes but "
                           "its data holds 4", REREAD),
+    "legacy_size_mismatch": (CheckpointError, "{p} is damaged: a tensor's data does not match "
+                             "its declared size", REREAD),
     "unsupported_protocol": (UnsafeCheckpointError, *OPCODE),
     "refused_global": (UnsafeCheckpointError, REFUSED[0].replace("{g}", "datetime.date"),
                        REFUSED[1]),
