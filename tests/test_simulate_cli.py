@@ -306,3 +306,24 @@ def test_json_config_replays_the_run(cli, tmp_path):
     again = run_json(cli, "--config", cfg)
     assert again["params"] == first["params"]
     assert again["config"] == first["config"]
+
+
+def test_unsafe_resume_is_explicit_and_loud(cli, tmp_path):
+    from pathlib import PurePosixPath
+
+    good = tmp_path / "good.pt"
+    run_json(cli, "-O", "adam", "--steps", "2", "--save", good)
+    odd = tmp_path / "odd.pt"  # a class safe loading does not allow
+    torch.save({"optimizer_state_dict": torch.load(good, weights_only=True),
+                "note": PurePosixPath("/data/run")}, odd)
+    r = cli("simulate", "-O", "adam", "--resume", odd)
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0].startswith(f"Error: {odd} needs pathlib")
+    assert "--unsafe" in r.stderr.splitlines()[1]
+    r = cli("simulate", "-O", "adam", "--resume", odd, "--unsafe", "--steps", "3", "--json")
+    assert r.exit_code == 0
+    assert r.stderr.startswith("WARNING: --unsafe: loading with full pickle")
+    assert (json.loads(r.stdout)["start_step"], json.loads(r.stdout)["final_step"]) == (2, 5)
+    r = cli("simulate", "--unsafe")
+    assert (r.exit_code, r.stderr) == (2, "Error: --unsafe only changes how --resume loads its "
+                                          "file; there is no --resume\n")

@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from . import app, errors_to_exit, print_json, stderr_console, stdout_console, warn
+from . import (
+    UNSAFE_HELP,
+    app,
+    errors_to_exit,
+    print_json,
+    stderr_console,
+    stdout_console,
+    warn,
+    warn_unsafe,
+)
 
 _RUN = "Run"
 _SAVE = "Saving and resuming"
@@ -79,7 +88,10 @@ def simulate(
         "trajectory.", rich_help_panel=_SAVE)] = False,
     resume: Annotated[Path | None, typer.Option(
         help="Load this saved state (safely) into the optimizer and continue for --steps "
-        "more steps.", rich_help_panel=_SAVE)] = None,
+        "more steps. Reads what inspect reads: a bare state, the tutorial's container, a "
+        "Lightning .ckpt, a Hugging Face Trainer folder.", rich_help_panel=_SAVE)] = None,
+    unsafe: Annotated[bool, typer.Option(
+        "--unsafe", help=f"With --resume: {UNSAFE_HELP}", rich_help_panel=_SAVE)] = False,
     plot: Annotated[Path | None, typer.Option(
         help="Draw loss, learning rate and parameter norm over steps (for a 2-D objective "
         "also the trajectory on its contour plot) to this .png, .svg or .pdf; needs "
@@ -96,8 +108,8 @@ def simulate(
     """Build a real torch optimizer, step it on synthetic gradients, and save its state.
 
     With no flags: SGD (torch's default lr) on one 2x2 parameter, gradient ones, 10
-    steps, the PyTorch tutorial's setting. Runs are seeded: the same flags give the same state bit for bit, and
-    k steps + --resume + N-k steps equal N steps.
+    steps, the PyTorch tutorial's setting. Runs are seeded: the same flags give the
+    same state bit for bit, and k steps + --resume + N-k steps equal N steps.
 
     Example: optstate simulate --lr 0.1 --momentum 0.9 --steps 10 --save sgd.pkl
 
@@ -111,6 +123,7 @@ def simulate(
     """
     with errors_to_exit():
         from ..config import RunSpec, read_config_file, spec_from_dict, spec_from_flags
+        from ..errors import ConfigError
         from ..simulate import simulate as run
         from ..simulate_report import simulate_report
         from ..source import open_source
@@ -134,7 +147,14 @@ def simulate(
                                       resume=resume, save_every=save_every,
                                       with_params=with_params)
         else:
-            resume_obj = open_source(resume, mmap=False) if resume is not None else None
+            resume_obj = None
+            if resume is not None:
+                if unsafe:
+                    warn_unsafe()
+                resume_obj = open_source(resume, mmap=False, unsafe=unsafe)
+            elif unsafe:
+                raise ConfigError("--unsafe only changes how --resume loads its file; "
+                                  "there is no --resume")
             with _progress(spec.steps, quiet=json_) as on_step:
                 result = run(spec, resume=resume_obj, save=save, save_every=save_every,
                              with_params=with_params, force=force, on_step=on_step)
