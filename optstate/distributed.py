@@ -48,7 +48,7 @@ from .config import RunSpec, spec_from_dict, validate
 from .convert import check_dir_writable, replace_dir
 from .errors import ConfigError, OptstateError
 from .kernels import norm_of
-from .simulate import History, SimulationResult
+from .simulate import History, SimulationResult, series_path
 
 MAX_WORLD_SIZE = 16
 LOOPBACK = "127.0.0.1"
@@ -74,43 +74,56 @@ def simulate_sharded(spec: RunSpec, *, world_size: int, save: str | Path | None 
                      ) -> SimulationResult:
     """Run ``spec`` on ``world_size`` processes (FSDP2, gloo, CPU); save the sharded
     optimizer state to the DCP folder ``save``. Returns the gathered result.
-    (``resume``, ``save_every`` and ``with_params`` are single-process features; they are
-    refused here rather than silently ignored.)"""
-    for flag, value in (("--resume", resume), ("--save-every", save_every),
-                        ("--with-params", with_params)):
+    ``save_every`` also saves every N steps as ``NAME.step00000N`` folders, as the
+    single-process run names its series. (``resume`` and ``with_params`` are
+    single-process features; they are refused here rather than silently ignored.)"""
+    for flag, value in (("--resume", resume), ("--with-params", with_params)):
         if value:
             raise ConfigError(f"{flag} does not work with --world-size yet",
                               hint=f"drop {flag}, or run on one process")
     return simulate_sharded_many([spec], world_size=world_size, save=save, force=force,
-                                 timeout=timeout)[0]
+                                 timeout=timeout, save_every=save_every)[0]
 
 
 def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
                           save: str | Path | None = None, force: bool = False,
-                          timeout: float = 600.0) -> list[SimulationResult]:
+                          timeout: float = 600.0, save_every: int | None = None
+                          ) -> list[SimulationResult]:
     """Several runs, one after the other, in one set of ``world_size`` processes (the
-    processes' start-up is most of a small run's cost). ``save`` is for the first run."""
+    processes' start-up is most of a small run's cost). ``save`` (and ``save_every``) are
+    for the first run."""
     if not 1 <= world_size <= MAX_WORLD_SIZE:
         raise ConfigError(f"--world-size must be between 1 and {MAX_WORLD_SIZE}, got "
                           f"{world_size}")
+    if save_every is not None and save_every <= 0:
+        raise ConfigError(f"--save-every must be a positive number of steps, got {save_every}")
+    if save_every is not None and save is None:
+        raise ConfigError("--save-every needs --save PATH to name the series")
     specs = [validate(spec) for spec in specs]
     built = [_check_shardable(spec) for spec in specs]  # config errors before any process
-    save_path = Path(save) if save is not None else None
-    if save_path is not None:
-        check_dir_writable(save_path, force)
+    targets: list[tuple[int, Path]] = []  # (after step, folder), as simulate() names them
+    if save is not None:
+        save_path = Path(save)
+        steps = specs[0].steps
+        if save_every:
+            targets += [(k, series_path(save_path, k))
+                        for k in range(save_every, steps + 1, save_every)]
+        targets.append((steps, save_path))
+    for _, target in targets:
+        check_dir_writable(target, force)
 
     from torch.distributed import TCPStore
 
     work = Path(tempfile.mkdtemp(prefix="optstate-dist-"))
-    out = None
-    if save_path is not None:
-        out = Path(tempfile.mkdtemp(prefix=f".{save_path.name}.", suffix=".optstate-tmp",
-                                    dir=save_path.parent))
+    temps: list[Path] = []  # one temp folder beside each target, renamed at the end
     procs: list[subprocess.Popen[bytes]] = []
     # TCPStore(host, 0, is_master=True) listens on every interface whatever the host; a
     # socket bound here to 127.0.0.1 on a port the OS picks, handed over, keeps it local.
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
+        for _, target in targets:
+            temps.append(Path(tempfile.mkdtemp(prefix=f".{target.name}.",
+                                               suffix=".optstate-tmp", dir=target.parent)))
         listener.bind((LOOPBACK, 0))
         listener.listen(128)
         port = listener.getsockname()[1]
@@ -120,15 +133,16 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
         listener.detach()  # the store owns (and closes) the socket now
         job = {"world_size": world_size, "port": port,
                "specs": [spec.to_dict() for spec in specs],
-               "out": str(out) if out else None, "work": str(work), "parent": os.getpid()}
+               "saves": [[k, str(t)] for (k, _), t in zip(targets, temps, strict=True)],
+               "work": str(work), "parent": os.getpid()}
         (work / "job.json").write_text(json.dumps(job))
         procs = [_start_worker(rank, work) for rank in range(world_size)]
         _wait(procs, work, timeout)
         results = [_result(spec, work / f"result.{i}.pt", b)
                    for i, (spec, b) in enumerate(zip(specs, built, strict=True))]
-        if out is not None and save_path is not None:
-            replace_dir(out, save_path, force)
-            results[0].saved = [save_path]
+        for (_, target), tmp in zip(targets, temps, strict=True):
+            replace_dir(tmp, target, force)
+        results[0].saved = [target for _, target in targets]
         return results
     finally:
         _stop(procs)
@@ -136,8 +150,9 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
         with contextlib.suppress(NameError):
             del store  # closes the rendezvous socket
         shutil.rmtree(work, ignore_errors=True)
-        if out is not None and out.exists():
-            shutil.rmtree(out, ignore_errors=True)
+        for tmp in temps:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_shardable(spec: RunSpec) -> Any:
@@ -312,16 +327,17 @@ def run_worker(job: dict[str, Any], rank: int) -> None:
     try:
         mesh = init_device_mesh("cpu", (world,))
         for i, (spec, b) in enumerate(zip(specs, built, strict=True)):
-            out = job["out"] if i == 0 else None
-            _run_one(spec, b, mesh, rank, out, Path(job["work"]) / f"result.{i}.pt")
+            saves = [(int(k), str(t)) for k, t in job["saves"]] if i == 0 else []
+            _run_one(spec, b, mesh, rank, saves, Path(job["work"]) / f"result.{i}.pt")
         dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-def _run_one(spec: RunSpec, built: Any, mesh: Any, rank: int, out: str | None,
+def _run_one(spec: RunSpec, built: Any, mesh: Any, rank: int, saves: list[tuple[int, str]],
              result_file: Path) -> None:
-    """One sharded run on an initialised process group; rank 0 writes ``result_file``."""
+    """One sharded run on an initialised process group: ``dcp.save`` into each folder of
+    ``saves`` after its step; rank 0 writes ``result_file``."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -368,7 +384,13 @@ def _run_one(spec: RunSpec, built: Any, mesh: Any, rank: int, out: str | None,
             x, y = torch.cat([t.reshape(-1) for t in whole]).tolist()
             history.point.append((x, y))
 
+    def save_due(done: int) -> None:
+        for k, folder in saves:
+            if k == done:  # a collective: every rank writes its shards
+                dcp.save(get_optimizer_state_dict(model, opt), checkpoint_id=folder)
+
     record(0, full())
+    save_due(0)  # --steps 0: the state as built
     for step in range(spec.steps):
         if spec.zero_grad != "never":
             opt.zero_grad(set_to_none=set_to_none)
@@ -389,9 +411,8 @@ def _run_one(spec: RunSpec, built: Any, mesh: Any, rank: int, out: str | None,
             else:
                 sched.step()
         record(step + 1, full())
+        save_due(step + 1)
 
-    if out:
-        dcp.save(get_optimizer_state_dict(model, opt), checkpoint_id=out)
     gathered = get_optimizer_state_dict(
         model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     whole = full()

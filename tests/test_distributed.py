@@ -74,7 +74,8 @@ def runs(tmp_path_factory):
     """One single-process run and the same run on 2 processes, both saved, both reported;
     while the sharded run goes, every listening socket of its processes is recorded."""
     d = tmp_path_factory.mktemp("dist")
-    single = _invoke("simulate", *RUN, "--save", d / "single.pt", "--json")
+    single = _invoke("simulate", *RUN, "--save", d / "single.pt", "--save-every", "2",
+                     "--json")
     assert single.exit_code == 0, single.stderr
     listens: set[tuple[str, int]] = set()
     done = threading.Event()
@@ -88,7 +89,7 @@ def runs(tmp_path_factory):
     watcher.start()
     try:
         sharded = _invoke("simulate", *RUN, "--world-size", "2", "--save", d / "sharded",
-                          "--json")
+                          "--save-every", "2", "--json")
     finally:
         done.set()
         watcher.join()
@@ -107,16 +108,19 @@ def test_sharded_report_equals_single_process_report(runs):
     d, single, sharded, _ = runs
     single, sharded = dict(single), dict(sharded)  # the module's runs stay as they are
     assert sharded.pop("world_size") == 2
-    assert sharded.pop("saved") == [str(d / "sharded")]
-    assert single.pop("saved") == [str(d / "single.pt")]
+    assert sharded.pop("saved") == [str(d / "sharded.step000002"),
+                                    str(d / "sharded.step000004"), str(d / "sharded")]
+    assert single.pop("saved") == [str(d / "single.step000002.pt"),
+                                   str(d / "single.step000004.pt"), str(d / "single.pt")]
     # parameters, every state value, loss/param-norm/lr history: all bit for bit
     assert sharded == single
 
 
 def test_sharded_folder_is_a_dcp_checkpoint_with_one_file_per_rank(runs):
     d = runs[0]
-    assert sorted(p.name for p in (d / "sharded").iterdir()) == [
-        ".metadata", "__0_0.distcp", "__1_0.distcp"]
+    for name in ("sharded", "sharded.step000002", "sharded.step000004"):
+        assert sorted(p.name for p in (d / name).iterdir()) == [
+            ".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert not [p for p in d.iterdir() if "optstate-tmp" in p.name]
 
 
@@ -144,6 +148,14 @@ def test_diff_single_file_against_sharded_folder_is_equal(runs):
     d = runs[0]
     r = _invoke("diff", d / "single.pt", d / "sharded")
     assert r.exit_code == 0, r.stdout + r.stderr
+
+
+def test_save_every_series_matches_step_by_step(runs):
+    d = runs[0]
+    assert _invoke("diff", d / "single.step000002.pt", d / "sharded.step000002").exit_code == 0
+    assert _invoke("diff", d / "single.step000004.pt", d / "sharded").exit_code == 0
+    r = _invoke("diff", d / "sharded.step000002", d / "sharded")
+    assert r.exit_code == 1  # two more steps changed the state
 
 
 def test_two_rank_folder_equals_one_file_folder(runs, tmp_path):
@@ -265,8 +277,10 @@ def test_the_other_optimizers_are_refused():
      "parameters into one vector; FSDP2 does not support it"),
     (["-O", "Rprop", "--world-size", "2"], "Error: --world-size: torch's DTensor cannot run "
      "Rprop's masked in-place update on a shard"),
-    (["--world-size", "2", "--save-every", "2", "--save", "x"],
-     "Error: --save-every does not work with --world-size yet"),
+    (["--world-size", "2", "--with-params", "--save", "x"],
+     "Error: --with-params does not work with --world-size yet"),
+    (["--world-size", "2", "--save-every", "2"],
+     "Error: --save-every needs --save PATH to name the series"),
 ])
 def test_refusals_are_one_line_and_start_no_process(cli, tmp_path, args, message):
     t = time.monotonic()
@@ -345,7 +359,7 @@ def test_a_worker_error_comes_back_as_its_own_one_line_error(tmp_path):
     same kind of error; a rank that only lost its peers ranks after it."""
     from optstate.distributed import _main, _worker_error
 
-    job = {"world_size": 2, "port": 1, "out": None, "work": str(tmp_path),
+    job = {"world_size": 2, "port": 1, "saves": [], "work": str(tmp_path),
            "specs": [{**SMALL.to_dict(), "optimizer": "Nope"}]}
     (tmp_path / "job.json").write_text(json.dumps(job))
     (tmp_path / "error.0.json").write_text(json.dumps(
