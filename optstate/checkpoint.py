@@ -44,10 +44,11 @@ class LoadedFile:
     walk: WalkReport | None = None  # what the bounded walk saw (None: not checked)
 
 
-def detect_format(path: Path) -> str:
+def detect_format(path: Path, head: bytes | None = None) -> str:
     """'zip' (torch >= 1.6), 'legacy' (the older pickle stream), or an error that says
-    what the file is instead."""
-    head = _read_head(path, 512)
+    what the file is instead. ``head``: the file's first 512 bytes, if already read."""
+    if head is None:
+        head = _read_head(path, 512)
     if not head:
         raise CheckpointError(f"{path} is empty (0 bytes)")
     if head.startswith(ZIP_MAGIC):
@@ -96,24 +97,37 @@ def _read_head(path: Path, n: int) -> bytes:
 def _open_regular(path: Path) -> Iterator[Any]:
     """Open ``path`` for reading, with one-line errors for the usual failures."""
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever
+        # (it is refused below as not a regular file); regular files ignore the flag.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist") from None
     except IsADirectoryError:
-        raise CheckpointError(
-            f"{path} is a directory",
-            hint="give a checkpoint file, or a Hugging Face / DCP checkpoint folder",
-        ) from None
+        raise _is_a_directory(path) from None
     except PermissionError:
         raise CheckpointError(f"permission denied reading {path}") from None
     except OSError as e:
         raise CheckpointError(f"cannot open {path}: {e.strerror or e}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):  # os.open opens folders read-only without complaint
+            raise _is_a_directory(path)
+        raise CheckpointError(f"{path} is not a regular file")
+    f = os.fdopen(fd, "rb")
     try:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise CheckpointError(f"{path} is not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
         yield f
     finally:
         f.close()
+
+
+def _is_a_directory(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is a directory",
+        hint="give a checkpoint file, or a Hugging Face / DCP checkpoint folder",
+    )
 
 
 def clean_message(e: BaseException) -> str:
@@ -128,8 +142,8 @@ def load_torch_file(path: str | Path, *, mmap: bool = False,
     """Load a torch.save file safely (``weights_only=True``) onto the CPU, then ``walk``
     what was loaded (cycles, depth, size as a tree, sparse invariants)."""
     p = Path(path)
-    fmt = detect_format(p)
-    with _open_regular(p) as f:
+    with _open_regular(p) as f:  # one open: what we check is what torch reads
+        fmt = detect_format(p, f.read(512))
         size = os.fstat(f.fileno()).st_size
         zinfo = _check_zip(p, f, size) if fmt == "zip" else None
         # torch maps stored records raw: a compressed one would be read as garbage

@@ -281,6 +281,13 @@ def directory(d: Path) -> Path:
     return p
 
 
+def fifo(d: Path) -> Path:
+    """A named pipe: a plain open() for reading would wait for a writer forever."""
+    p = d / "pipe.pt"
+    os.mkfifo(p)
+    return p
+
+
 def permission_denied(d: Path) -> Path:
     p = save_adamw(d / "noperm.pt")
     p.chmod(0)
@@ -557,6 +564,7 @@ def huge_sparse(d: Path) -> Path:
 BROKEN: dict[str, Callable[[Path], Path]] = {
     "missing": missing,
     "directory": directory,
+    "fifo": fifo,
     "permission_denied": permission_denied,
     "empty": empty,
     "truncated": truncated,

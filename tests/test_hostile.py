@@ -46,6 +46,7 @@ LOAD_ERRORS: dict[str, tuple[type, str, str | None]] = {
     "missing": (CheckpointError, "{p} does not exist", None),
     "directory": (CheckpointError, "{p} is a directory",
                   "give a checkpoint file, or a Hugging Face / DCP checkpoint folder"),
+    "fifo": (CheckpointError, "{p} is not a regular file", None),
     "empty": (CheckpointError, "{p} is empty (0 bytes)", None),
     "truncated": (CheckpointError, "{p} is a damaged zip archive (truncated or corrupt)",
                   REREAD),
