@@ -68,6 +68,9 @@ def detect_format(path: Path, head: bytes | None = None) -> str:
             f"{m.group(1).decode()}.{m.group(2).decode()}, not a torch.save file; refused "
             "without running it"
         )
+    if head.count(0) == len(head):
+        raise CheckpointError(f"{path} starts with {len(head)} zero bytes, not a torch.save "
+                              "file (an interrupted copy or a preallocated file?)")
     stripped = head.lstrip()
     if stripped[:1] in (b"{", b"["):
         raise CheckpointError(f"{path} looks like JSON text, not a torch.save file")
@@ -82,10 +85,11 @@ def detect_format(path: Path, head: bytes | None = None) -> str:
 
 def _looks_like_text(head: bytes) -> bool:
     try:
-        head.decode("utf-8")
+        text = head.decode("utf-8")
     except UnicodeDecodeError:
         return False
-    return True
+    # NUL and other control bytes are valid UTF-8 but never in text files
+    return not any(ord(c) < 32 and c not in "\t\n\r\f" for c in text)
 
 
 def _read_head(path: Path, n: int) -> bytes:

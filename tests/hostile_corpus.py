@@ -321,6 +321,12 @@ def random_bytes(d: Path) -> Path:
     return p
 
 
+def zeros(d: Path) -> Path:
+    p = d / "zeros.pt"
+    p.write_bytes(bytes(4096))
+    return p
+
+
 def text(d: Path) -> Path:
     p = d / "notes.pt"
     p.write_text("these are my training notes\nlr=1e-3\n")
@@ -570,6 +576,7 @@ BROKEN: dict[str, Callable[[Path], Path]] = {
     "truncated": truncated,
     "truncated_legacy": truncated_legacy,
     "random_bytes": random_bytes,
+    "zeros": zeros,
     "text": text,
     "json": json_file,
     "wrong_magic": wrong_magic,

@@ -53,6 +53,8 @@ LOAD_ERRORS: dict[str, tuple[type, str, str | None]] = {
     "truncated_legacy": (CheckpointError, "{p} is truncated (the file ends early)", REREAD),
     "random_bytes": (CheckpointError, "{p} is not a torch.save file (unknown format, starts "
                      "with 45 7c 76 9f 39 d8 64 41)", None),
+    "zeros": (CheckpointError, "{p} starts with 512 zero bytes, not a torch.save file (an "
+              "interrupted copy or a preallocated file?)", None),
     "text": (CheckpointError, "{p} is a text file, not a torch.save file", None),
     "json": (CheckpointError, "{p} looks like JSON text, not a torch.save file", None),
     "wrong_magic": (CheckpointError, "{p} is not a torch.save file (wrong magic number)", None),
