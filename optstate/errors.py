@@ -6,6 +6,19 @@ The CLI turns any ``OptstateError`` into one ``Error: ...`` line (plus an option
 
 from __future__ import annotations
 
+import re
+
+# Control characters (newlines, ESC of ANSI sequences, ...) and the C1 range: a message
+# names files and keys taken from untrusted checkpoints, and must stay one plain line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with ANSI sequences removed and other control characters escaped, so a
+    hostile file name or key cannot break the one-line ``Error:`` or paint the terminal."""
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    return _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], text)
+
 
 class OptstateError(Exception):
     """A problem the user can fix; ``str(err)`` is the one-line message."""

@@ -606,6 +606,24 @@ def test_odd_states_give_a_result_or_one_clean_error(cli, name, tmp_path):
             json.loads(r.stdout)
 
 
+def test_hostile_file_name_stays_one_plain_line(cli, tmp_path):
+    """File names (and keys) come from strangers too: a newline or an ANSI sequence in one
+    must not split the Error line or paint the terminal."""
+    p = tmp_path / "evil\n\x1b[31mError: fake.pt"
+    p.write_bytes(b"")
+    r = cli("inspect", p)
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == [f"Error: {tmp_path}/evil\\nError: fake.pt is empty "
+                                     "(0 bytes)"]
+
+
+def test_one_line():
+    from optstate.errors import one_line
+
+    assert one_line("a\x1b[1;31mb\x1b[0m\tc\r\nd\x00\x9b") == "ab\\tc\\r\\nd\\x00\\x9b"
+    assert one_line("plain — ünïcode") == "plain — ünïcode"
+
+
 def test_unsafe_is_never_read_from_a_config_file(cli, tmp_path):
     p = _build("nested_in_adamw", tmp_path)
     cfg = tmp_path / "run.json"

@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from ..errors import OptstateError
+from ..errors import OptstateError, one_line
 
 app = typer.Typer(
     name="optstate",
@@ -56,9 +56,9 @@ def debug_enabled() -> bool:
 
 def fail(message: str, hint: str | None = None, code: int = 2) -> typer.Exit:
     """Print one ``Error:`` line (and a ``Hint:``) to stderr; return the Exit to raise."""
-    print(f"Error: {message}", file=sys.stderr)
+    print(f"Error: {one_line(message)}", file=sys.stderr)
     if hint:
-        print(f"Hint: {hint}", file=sys.stderr)
+        print(f"Hint: {one_line(hint)}", file=sys.stderr)
     return typer.Exit(code=code)
 
 
