@@ -722,3 +722,16 @@ ODD: dict[str, Callable[[Path], Path]] = {
     "nested_buffers": _odd(_set(("state", 0, "exp_avg"), lambda: [torch.ones(2), [torch.ones(1)]])),
     "non_contiguous": _odd(_set(("state", 0, "exp_avg"), lambda: torch.ones(4, 3).t())),
 }
+
+
+def escape_sequences(d: Path) -> Path:
+    """Keys, names and values carrying terminal escapes (clear screen, colour, an OSC 8
+    hyperlink) and rich markup."""
+    sd = adamw_state()
+    sd["param_groups"][0]["\x1b[31mEVIL\x1b[0m"] = (
+        "[bold red]markup[/bold red] \x1b]8;;http://x\x1b\\link")
+    sd["param_groups"][0]["param_names"] = ["[link=http://evil]w[/link]", "a\x07b"]
+    sd["state"][0]["\x1b[2Jclear"] = torch.ones(1)
+    p = d / "escapes.pt"
+    torch.save(sd, p)
+    return p

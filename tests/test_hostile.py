@@ -617,6 +617,20 @@ def test_hostile_file_name_stays_one_plain_line(cli, tmp_path):
                                      "(0 bytes)"]
 
 
+def test_escape_sequences_in_keys_never_reach_the_terminal(cli, tmp_path):
+    p = hc.escape_sequences(tmp_path)
+    good = hc.save_adamw(tmp_path / "good.pt")
+    for args in (["inspect", p], ["diff", good, p]):
+        r = cli(*args)
+        assert r.exit_code in (0, 1), r.stderr
+        assert "\x1b" not in r.stdout and "\x07" not in r.stdout
+        assert "\\x1b[31mEVIL\\x1b[0m" in r.stdout  # shown, escaped
+    out = cli("inspect", p).stdout
+    assert "\\x1b[2Jclear" in out and "[bold red]markup[/bold red]" in out  # no markup
+    data = json.loads(cli("inspect", p, "--json").stdout)
+    assert "\x1b[31mEVIL\x1b[0m" in data["param_groups"][0]["hyperparams"]
+
+
 def test_one_line():
     from optstate.errors import one_line
 

@@ -113,13 +113,17 @@ def print_json(text: str) -> None:
 def stdout_console():  # noqa: ANN201 - rich is imported lazily
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False)
+    from ..render.terminal_safe import protect  # text from checkpoints: no escapes
+
+    return protect(Console(highlight=False, soft_wrap=False))
 
 
 def stderr_console():  # noqa: ANN201
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    from ..render.terminal_safe import protect
+
+    return protect(Console(stderr=True, highlight=False))
 
 
 _USAGE_ERROR_BASE: type[Exception] = next(

@@ -1,0 +1,44 @@
+"""Keep text from a checkpoint from driving the terminal.
+
+Keys, parameter names and string values come from untrusted files. Printed raw, an ESC
+in one clears the screen, moves the cursor, sets the window title or plants an OSC 8
+hyperlink. ``protect(console)`` installs a render hook that escapes control characters
+in the text of every segment rich prints (``\\x1b`` is shown as ``\\x1b``), leaving
+rich's own styling, which travels as styles and control segments, untouched.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# C0 controls except tab and newline (rich lays those out itself), DEL, and C1.
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    return _UNSAFE.sub(lambda m: repr(m.group(0))[1:-1], text)
+
+
+def protect(console: Any) -> Any:
+    """Install the escaping hook on a rich Console; returns the console."""
+    from rich.console import RenderHook
+    from rich.segment import Segment
+
+    class _Escaped:
+        def __init__(self, renderable: Any) -> None:
+            self.renderable = renderable
+
+        def __rich_console__(self, console: Any, options: Any) -> Any:
+            for seg in console.render(self.renderable, options):
+                if seg.control or not _UNSAFE.search(seg.text):
+                    yield seg
+                else:
+                    yield Segment(escape_controls(seg.text), seg.style)
+
+    class _Hook(RenderHook):
+        def process_renderables(self, renderables: list) -> list:
+            return [_Escaped(r) for r in renderables]
+
+    console.push_render_hook(_Hook())
+    return console
