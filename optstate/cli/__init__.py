@@ -63,7 +63,7 @@ def fail(message: str, hint: str | None = None, code: int = 2) -> typer.Exit:
 
 
 def warn(message: str) -> None:
-    print(f"Warning: {message}", file=sys.stderr)
+    print(f"Warning: {one_line(message)}", file=sys.stderr)
 
 
 @contextlib.contextmanager
