@@ -160,14 +160,15 @@ def load_torch_file(path: str | Path, *, mmap: bool = False,
         except UnsafeCheckpointError:
             raise
         except CheckpointError:
-            if not use_mmap:
+            if not use_mmap or unsafe:
                 raise
             # torch's read path describes damage better (record sizes): say what it says
             use_mmap = False
             f.seek(0)
             obj = _torch_load(p, fmt, f, False, unsafe)
         walked = walk(obj, label=str(p), storages=use_mmap)
-        if use_mmap and not _mapped_storages_fit(f, zinfo, walked):  # type: ignore[arg-type]
+        # (never with --unsafe: a second load would run the file's code a second time)
+        if use_mmap and not unsafe and not _mapped_storages_fit(f, zinfo, walked):
             # torch's mmap path does not compare record sizes with the tensors the pickle
             # describes (its read path does): a short record would show the bytes after
             # it. Read the file instead, and let torch check.
@@ -179,7 +180,7 @@ def load_torch_file(path: str | Path, *, mmap: bool = False,
     return LoadedFile(path=p, format=fmt, bytes=size, obj=obj, walk=walked)
 
 
-def _mapped_storages_fit(f: Any, zinfo: _ZipInfo, walked: WalkReport) -> bool:
+def _mapped_storages_fit(f: Any, zinfo: _ZipInfo | None, walked: WalkReport) -> bool:
     """Whether every memory-mapped storage starts at a data record of the file and fits
     in it. All storages are slices of one mapping of the whole file, so their addresses
     differ from the records' file offsets by the mapping's base address; torch.save
