@@ -5,9 +5,10 @@ it did not). Nothing here is checked in: the bytes are made by real ``torch.save
 ``torch.jit.save``, ``pickle`` and ``zipfile`` calls, then damaged on purpose.
 
 ``BROKEN`` cases must fail with a clean error; ``MALICIOUS`` cases carry a payload that,
-if it ever ran, would create the file ``marker`` next to them (``payload_is_live`` in
+if it ever ran, would create the file ``marker`` next to them (a test in
 ``tests/test_hostile.py`` proves each payload really does that under plain pickle);
-``EXOTIC`` cases are valid checkpoints that must load and be summarised.
+``EXOTIC`` cases are valid checkpoints that must load and be summarised; ``ODD`` cases
+are loadable states a hand edit or foreign code may produce.
 """
 
 from __future__ import annotations
