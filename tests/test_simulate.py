@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from optstate.checkpoint import load_torch_file
 from optstate.config import GroupSpec, RunSpec, SchedulerSpec
@@ -416,3 +418,23 @@ def test_settings_torch_refuses_at_step_time_are_config_errors(spec, message):
     with pytest.raises(ConfigError) as e:
         simulate(spec)
     assert e.value.message == message
+
+
+@settings(max_examples=15, deadline=None)
+@given(optimizer=st.sampled_from(OPTIMIZERS),
+       shapes=st.lists(st.lists(st.integers(1, 4), max_size=2).map(tuple), min_size=1,
+                       max_size=3),
+       steps=st.integers(0, 3), with_params=st.booleans(),
+       grad=st.sampled_from(["constant", "quadratic", "normal"]))
+def test_saved_state_reads_back_identical(tmp_path_factory, optimizer, shapes, steps,
+                                          with_params, grad):
+    out = tmp_path_factory.mktemp("save") / "s.pt"
+    spec = RunSpec(optimizer=optimizer, steps=steps, grad=grad,
+                   groups=(GroupSpec(tuple(shapes)),))
+    result = simulate(spec, save=out, with_params=with_params)
+    loaded = torch.load(out, weights_only=True)
+    sd = loaded["optimizer_state_dict"] if with_params else loaded
+    assert_identical(sd, result.optimizer.state_dict())
+    if with_params:
+        assert_identical(list(loaded["model_state_dict"].values()),
+                         [p.detach() for p in result.params])
