@@ -246,13 +246,20 @@ class _Scripted(torch.nn.Module):
         return x * 2
 
 
-def torchscript_pt(d: Path) -> Path:
-    p = d / "scripted.pt"
-    import warnings
+_SCRIPTED: list[bytes] = []  # torch.jit.script refuses to compile a class twice
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.script(_Scripted()), str(p))
+
+def torchscript_pt(d: Path) -> Path:
+    if not _SCRIPTED:
+        import warnings
+
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(torch.jit.script(_Scripted()), buf)
+        _SCRIPTED.append(buf.getvalue())
+    p = d / "scripted.pt"
+    p.write_bytes(_SCRIPTED[0])
     return p
 
 

@@ -417,7 +417,7 @@ _DRIVER = textwrap.dedent("""
                 return int(line.split()[1])
 
     out = []
-    for argv, stem in json.load(open(sys.argv[1])):
+    for argv, stem, env in json.load(open(sys.argv[1])):
         t = time.perf_counter()
         pid = os.fork()
         if pid == 0:
@@ -427,6 +427,7 @@ _DRIVER = textwrap.dedent("""
             base = status_kb("VmRSS")
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # reset the peak (VmHWM) to the current RSS
+            os.environ.update(env)
             sys.argv = ["optstate", *argv]
             code = 0
             try:
@@ -444,19 +445,18 @@ _DRIVER = textwrap.dedent("""
 """)
 
 
-def run_forked(jobs: list[tuple[list[str], Path]], tmp: Path, env: dict | None = None) -> list:
-    """Run each CLI invocation in its own process; return code, stdout, stderr, time and
-    memory growth (max RSS of the child minus the RSS it started with)."""
+def run_forked(jobs: list[tuple], tmp: Path, env: dict | None = None) -> list:
+    """Run each CLI invocation ``(argv, stem[, env])`` in its own process; return code,
+    stdout, stderr, time and peak memory growth of each."""
     spec = tmp / "jobs.json"
-    spec.write_text(json.dumps([[argv, str(stem)] for argv, stem in jobs]))
+    spec.write_text(json.dumps([[j[0], str(j[1]), j[2] if len(j) > 2 else {}] for j in jobs]))
     e = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **(env or {})}
-    if not (env and "OPTSTATE_DEBUG" in env):
-        e.pop("OPTSTATE_DEBUG", None)
+    e.pop("OPTSTATE_DEBUG", None)
     r = subprocess.run([sys.executable, "-c", _DRIVER, str(spec)], capture_output=True,
                        text=True, env=e, timeout=600)
     assert r.returncode == 0, r.stderr
     results = json.loads(r.stdout)
-    for res, (_, stem) in zip(results, jobs, strict=True):
+    for res, (_, stem, *_env) in zip(results, jobs, strict=True):
         res["stdout"] = Path(f"{stem}.out").read_text()
         res["stderr"] = Path(f"{stem}.err").read_text()
         res["grew_mb"] = float(Path(f"{stem}.mem").read_text())
@@ -486,6 +486,9 @@ def cli_matrix(tmp_path_factory):
         for cmd, argv in COMMANDS.items():
             jobs.append((argv(p, good), tmp / f"{name}-{cmd}"))
             keys.append((name, cmd, p, folder))
+    p = tmp / "refused_global" / "datetime.pt"
+    jobs.append((["inspect", str(p)], tmp / "debug", {"OPTSTATE_DEBUG": "1"}))
+    keys.append(("refused_global", "inspect-debug", p, p.parent))
     results = run_forked(jobs, tmp, env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
     return {(n, c): (r, p, f) for (n, c, p, f), r in zip(keys, results, strict=True)}
 
@@ -514,14 +517,13 @@ def test_cli_one_clean_error_line(cli_matrix, name, cmd):
         assert lines[0] == "Error: " + LOAD_ERRORS[name][1].format(p=p)
 
 
-def test_debug_shows_traceback(tmp_path):
-    p = _build("refused_global", tmp_path / "x")
-    quiet, loud = run_forked([(["inspect", str(p)], tmp_path / "q")], tmp_path), run_forked(
-        [(["inspect", str(p)], tmp_path / "l")], tmp_path, env={"OPTSTATE_DEBUG": "1"})
-    assert quiet[0]["code"] == loud[0]["code"] == 2
-    assert "Traceback" not in quiet[0]["stderr"]
-    assert "Traceback (most recent call last)" in loud[0]["stderr"]
-    assert loud[0]["stderr"].splitlines()[-2].startswith("Error: ")
+def test_debug_shows_traceback(cli_matrix):
+    quiet, _, _ = cli_matrix[("refused_global", "inspect")]
+    loud, _, _ = cli_matrix[("refused_global", "inspect-debug")]
+    assert quiet["code"] == loud["code"] == 2
+    assert "Traceback" not in quiet["stderr"]
+    assert "Traceback (most recent call last)" in loud["stderr"]
+    assert loud["stderr"].splitlines()[-2:] == quiet["stderr"].splitlines()
 
 
 def test_real_entry_point_refuses_payload(run_cli, tmp_path):
