@@ -137,7 +137,15 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
                "work": str(work), "parent": os.getpid()}
         (work / "job.json").write_text(json.dumps(job))
         procs = [_start_worker(rank, work) for rank in range(world_size)]
-        _wait(procs, work, timeout)
+        try:
+            _wait(procs, work, timeout)
+        except OptstateError as e:
+            if os.environ.get("OPTSTATE_DEBUG", "") not in ("", "0"):
+                keep = Path(tempfile.mkdtemp(prefix="optstate-dist-logs-"))
+                for log in work.glob("rank*.log"):
+                    shutil.copy(log, keep / log.name)
+                e.hint = f"the workers' full output is in {keep}"
+            raise
         results = [_result(spec, work / f"result.{i}.pt", b)
                    for i, (spec, b) in enumerate(zip(specs, built, strict=True))]
         for (_, target), tmp in zip(targets, temps, strict=True):

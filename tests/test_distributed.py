@@ -313,6 +313,13 @@ def _our_workers(root: Path) -> list[int]:
     return pids
 
 
+def _leftovers(folder: Path) -> list[str]:
+    """What a run left in ``folder``: its work folder, temp outputs or the output itself
+    (torch's own caches, e.g. torchinductor_<user>, are not ours)."""
+    return sorted(n for n in os.listdir(folder)
+                  if "optstate" in n or n == "out" or n.startswith(".out."))
+
+
 @pytest.fixture
 def private_tmp(tmp_path, monkeypatch):
     """Make the run's temp folders land under tmp_path, so the test can find them."""
@@ -325,25 +332,43 @@ SMALL = apply_overrides(RunSpec(), optimizer="Adam", shapes=[parse_shape("4")], 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc to see pids")
 def test_timeout_stops_workers_and_cleans_up(private_tmp):
-    seen: list[list[int]] = []
-    probe = threading.Timer(0.3, lambda: seen.append(_our_workers(private_tmp)))
-    probe.start()
-    with pytest.raises(OptstateError, match=r"did not finish within 1 s; its processes were "
-                                            "stopped"):
-        simulate_sharded(SMALL, world_size=2, save=private_tmp / "out", timeout=1)
-    probe.join()
-    assert len(seen[0]) == 2  # both workers were running...
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def probe() -> None:
+        while not done.is_set():
+            seen.update(_our_workers(private_tmp))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=probe)
+    watcher.start()
+    try:
+        with pytest.raises(OptstateError, match=r"did not finish within 1 s; its processes "
+                                                "were stopped"):
+            simulate_sharded(SMALL, world_size=2, save=private_tmp / "out", timeout=1)
+    finally:
+        done.set()
+        watcher.join()
+    assert len(seen) == 2  # both workers were running...
     assert _our_workers(private_tmp) == []  # ...and are gone
-    assert sorted(os.listdir(private_tmp)) == []  # no work folder, no half-written output
+    assert _leftovers(private_tmp) == []  # no work folder, no half-written output
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc to see pids")
+def test_debug_keeps_the_worker_logs(private_tmp, monkeypatch):
+    monkeypatch.setenv("OPTSTATE_DEBUG", "1")
+    with pytest.raises(OptstateError) as e:
+        simulate_sharded(SMALL, world_size=1, timeout=0.5)
+    keep = Path(e.value.hint.removeprefix("the workers' full output is in "))
+    assert keep.parent == private_tmp and sorted(os.listdir(keep)) == ["rank0.log"]
+
+
 def test_ctrl_c_stops_workers_and_cleans_up(private_tmp):
     threading.Timer(0.5, _thread.interrupt_main).start()
     with pytest.raises(KeyboardInterrupt):
         simulate_sharded(SMALL, world_size=2, save=private_tmp / "out")
     assert _our_workers(private_tmp) == []
-    assert sorted(os.listdir(private_tmp)) == []
+    assert _leftovers(private_tmp) == []
 
 
 def test_bad_parameter_name_is_refused_before_spawning():
