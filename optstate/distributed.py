@@ -114,13 +114,14 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
 
     from torch.distributed import TCPStore
 
-    work = Path(tempfile.mkdtemp(prefix="optstate-dist-"))
+    work: Path | None = None
     temps: list[Path] = []  # one temp folder beside each target, renamed at the end
     procs: list[subprocess.Popen[bytes]] = []
     # TCPStore(host, 0, is_master=True) listens on every interface whatever the host; a
     # socket bound here to 127.0.0.1 on a port the OS picks, handed over, keeps it local.
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
+        work = Path(tempfile.mkdtemp(prefix="optstate-dist-"))
         for _, target in targets:
             temps.append(Path(tempfile.mkdtemp(prefix=f".{target.name}.",
                                                suffix=".optstate-tmp", dir=target.parent)))
@@ -157,7 +158,8 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
         listener.close()  # a no-op once detached
         with contextlib.suppress(NameError):
             del store  # closes the rendezvous socket
-        shutil.rmtree(work, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
         for tmp in temps:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -364,9 +364,20 @@ def test_debug_keeps_the_worker_logs(private_tmp, monkeypatch):
 
 
 def test_ctrl_c_stops_workers_and_cleans_up(private_tmp):
-    threading.Timer(0.5, _thread.interrupt_main).start()
+    """Ctrl-C (KeyboardInterrupt in the parent) once both workers are running."""
+    seen: set[int] = set()
+
+    def interrupt_when_running() -> None:
+        deadline = time.monotonic() + 60
+        while len(seen) < 2 and time.monotonic() < deadline:
+            seen.update(_our_workers(private_tmp))
+            time.sleep(0.05)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_when_running).start()
     with pytest.raises(KeyboardInterrupt):
-        simulate_sharded(SMALL, world_size=2, save=private_tmp / "out")
+        simulate_sharded(SMALL, world_size=2, save=private_tmp / "out", timeout=120)
+    assert len(seen) == 2
     assert _our_workers(private_tmp) == []
     assert _leftovers(private_tmp) == []
 
