@@ -28,9 +28,6 @@ def _error_lines(r):
 
 
 @pytest.mark.parametrize(("args", "lines"), [
-    (["simulate", "--steps", "abc"],
-     ["Error: Invalid value for '--steps': Input should be a valid integer, unable to parse "
-      "string as an integer", HINT_SIMULATE]),
     (["simulate", "--bogus"], ["Error: No such option: --bogus", HINT_SIMULATE]),
     (["simulate", "--shape"], ["Error: Option '--shape' requires an argument.", HINT_SIMULATE]),
     (["frobnicate"], ["Error: No such command 'frobnicate'.",
@@ -38,6 +35,13 @@ def _error_lines(r):
 ])
 def test_usage_errors_are_one_error_line(run_cli, args, lines):
     assert _error_lines(run_cli(*args)) == lines
+
+
+def test_bad_value_is_one_error_line(run_cli):
+    lines = _error_lines(run_cli("simulate", "--steps", "abc"))
+    # the wording after the option name is typer's and changes between its versions
+    assert lines[0].startswith("Error: Invalid value for '--steps': ")
+    assert lines[1:] == [HINT_SIMULATE]
 
 
 def test_missing_argument_is_one_error_line(run_cli):
