@@ -35,8 +35,9 @@ def test_unknown_optimizer_lists_the_valid_ones():
     with pytest.raises(ConfigError) as e:
         build(RunSpec(optimizer="Adamm"))
     assert e.value.message == "unknown optimizer 'Adamm'"
-    assert e.value.hint.startswith("choose one of ASGD, Adadelta, Adafactor, Adagrad, Adam,")
-    assert "SparseAdam" in e.value.hint
+    names = e.value.hint.removeprefix("choose one of ").split(", ")
+    assert names == sorted(c.__name__ for c in optimizer_classes().values())
+    assert set(ISSUE_OPTIMIZERS) <= set(names)
 
 
 def test_unknown_hyperparameter_lists_the_valid_names():
