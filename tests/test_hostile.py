@@ -467,9 +467,16 @@ COMMANDS = {
     "diff": lambda p, good: ["diff", str(good), str(p)],
     "resume": lambda p, good: ["simulate", "-O", "AdamW", "--steps", "1", "--resume", str(p)],
 }
+# Commands that write: run on the malicious files too (they must refuse before writing).
+WRITING_COMMANDS = {
+    "set": lambda p, good: ["set", str(p), "-o", str(p.parent / "out.pt"), "--lr", "0.5"],
+    "convert": lambda p, good: ["convert", str(p), str(p.parent / "out_dcp")],
+}
 CLI_CASES = sorted(set(hc.BROKEN) - {"orphan_state_ids"}
                    - ({"permission_denied"} if os.geteuid() == 0 else set())) \
     + sorted(hc.MALICIOUS)
+MATRIX = [(n, c) for n in CLI_CASES for c in COMMANDS] \
+    + [(n, c) for n in sorted(hc.MALICIOUS) for c in WRITING_COMMANDS]
 
 
 @pytest.fixture(scope="module")
@@ -479,12 +486,14 @@ def cli_matrix(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile_cli")
     good = hc.save_adamw(tmp / "good.pt")
     jobs, keys = [], []
-    for name in CLI_CASES:
-        folder = tmp / name
-        p = _build(name, folder)
-        for cmd, argv in COMMANDS.items():
-            jobs.append((argv(p, good), tmp / f"{name}-{cmd}"))
-            keys.append((name, cmd, p, folder))
+    built: dict[str, Path] = {}
+    for name, cmd in MATRIX:
+        if name not in built:
+            built[name] = _build(name, tmp / name)
+        p = built[name]
+        argv = {**COMMANDS, **WRITING_COMMANDS}[cmd](p, good)
+        jobs.append((argv, tmp / f"{name}-{cmd}"))
+        keys.append((name, cmd, p, tmp / name))
     p = tmp / "refused_global" / "datetime.pt"
     jobs.append((["inspect", str(p)], tmp / "debug", {"OPTSTATE_DEBUG": "1"}))
     keys.append(("refused_global", "inspect-debug", p, p.parent))
@@ -496,8 +505,7 @@ _ANSI = re.compile(r"\x1b\[")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cmd", sorted(COMMANDS))
-@pytest.mark.parametrize("name", CLI_CASES)
+@pytest.mark.parametrize(("name", "cmd"), MATRIX)
 def test_cli_one_clean_error_line(cli_matrix, name, cmd):
     r, p, folder = cli_matrix[(name, cmd)]
     lines = r["stderr"].splitlines()
@@ -508,6 +516,7 @@ def test_cli_one_clean_error_line(cli_matrix, name, cmd):
     assert "Traceback" not in r["stderr"] and not _ANSI.search(r["stderr"])
     assert "internal error" not in r["stderr"]
     assert not (folder / hc.MARKER).exists()
+    assert not (folder / "out.pt").exists() and not (folder / "out_dcp").exists()
     assert r["seconds"] < 30
     assert r["grew_mb"] < 150  # the bomb would add 200 MB, the laughs far more
     if name in MALICIOUS_ERRORS:
