@@ -271,6 +271,39 @@ def test_exotic_dtypes_load_and_walk(tmp_path):
                         "complex64": 1, "int64": 1, "bool": 1, "float16": 1}
 
 
+def _finite_stats(t: torch.Tensor) -> dict:
+    x = t.dequantize() if t.is_quantized else t
+    x = (x.abs() if x.is_complex() else x).double()  # fp8 has no isfinite of its own
+    x = x[torch.isfinite(x)]
+    return {"norm": float(x.norm()), "mean_abs": float(x.abs().mean())}
+
+
+def test_inspect_summarises_exotic_dtypes_exactly(cli, tmp_path):
+    p = _build("exotic_dtypes", tmp_path)
+    r = cli("inspect", p, "--json")
+    assert r.exit_code == 0, r.stderr
+    got = {e["id"]: e["state"]["exp_avg"] for e in json.loads(r.stdout)["params"]}
+    want = hc.exotic_state()["state"]
+    for i in range(9):
+        t, entry = want[i]["exp_avg"], got[i]
+        assert entry["dtype"] == str(t.dtype).removeprefix("torch.")
+        assert entry["shape"] == list(t.shape)
+        if t.is_meta or t.numel() == 0:
+            assert entry["norm"] is None
+        else:
+            ref = _finite_stats(t)
+            assert entry["norm"] == pytest.approx(ref["norm"], rel=1e-12)
+            assert entry["mean_abs"] == pytest.approx(ref["mean_abs"], rel=1e-12)
+
+
+def test_inspect_reads_a_big_endian_file_as_its_values(cli, tmp_path):
+    little = hc.save_adamw(tmp_path / "little.pt")
+    big = _build("big_endian", tmp_path / "b")
+    a, b = (json.loads(cli("inspect", f, "--json").stdout)["params"] for f in (little, big))
+    assert a == b
+    assert cli("diff", little, big).exit_code == 0
+
+
 # --------------------------------------------------------------------------- core: walk
 
 
