@@ -19,6 +19,7 @@ import struct
 import tempfile
 import warnings
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,7 +248,8 @@ def _check_zip(path: Path, f: Any, archive_size: int) -> _ZipInfo:
         ) from None
     names = [i.filename for i in infos]
     if len(names) != len(set(names)):
-        dup = sorted({n for n in names if names.count(n) > 1})[0]
+        counts = Counter(names)  # not names.count per name: quadratic on a hostile zip
+        dup = min(n for n, c in counts.items() if c > 1)
         raise UnsafeCheckpointError(
             f"{path} holds the member {dup!r} twice; different tools would read different "
             "contents, so optstate refuses it",
