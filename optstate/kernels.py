@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -236,25 +236,69 @@ def compare(a: torch.Tensor, b: torch.Tensor, *, atol: float = 0.0, rtol: float 
             nan_equal: bool = True, progress: Progress | None = None) -> PairStats:
     """max |a - b|, elements outside ``atol + rtol * |b|``, max relative difference and
     both norms, in one chunked pass over the pair (float64 throughout)."""
+    workers = torch.get_num_threads()
     with one_thread():
-        return _compare(a, b, atol, rtol, nan_equal, progress)
+        return _compare(a, b, atol, rtol, nan_equal, progress, workers)
+
+
+@dataclass
+class _PairPart:
+    """Results of one run of blocks; parts combine in any order to the same numbers."""
+
+    n_out: int = 0
+    max_abs: float | None = None
+    max_rel: float | None = None
+    sqa: list[float] = field(default_factory=list)
+    sqb: list[float] = field(default_factory=list)
+    fin_a: int = 0
+    fin_b: int = 0
+    wide_a: bool = False  # a finite value whose square leaves the float64 range
+    wide_b: bool = False
 
 
 def _compare(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, nan_equal: bool,
-             progress: Progress | None) -> PairStats:
+             progress: Progress | None, workers: int) -> PairStats:
+    """Each worker thread takes a contiguous run of blocks on one torch thread: no
+    per-operation fork/join, and the second core is used when it is free."""
     a, b = a.detach(), b.detach()
-    numel = a.numel()
-    bufa, bufb, bufd = _buffer(a), _buffer(a), _buffer(a)
-    flags = torch.empty(bufa.numel(), dtype=torch.bool)
+    pairs = list(blocks(a, b))
+    esize = a.element_size() + b.element_size()
+    runs = max(1, min(workers, len(pairs) // 4))
+    if runs == 1:
+        parts = [_compare_run(pairs, atol, rtol, nan_equal, progress, esize)]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        step = -(-len(pairs) // runs)
+        with ThreadPoolExecutor(runs) as pool:
+            parts = list(pool.map(
+                lambda i: _compare_run(pairs[i:i + step], atol, rtol, nan_equal, progress,
+                                       esize),
+                range(0, len(pairs), step)))
+    maxes_abs = [p.max_abs for p in parts if p.max_abs is not None]
+    maxes_rel = [p.max_rel for p in parts if p.max_rel is not None]
+    norm_a = _norm_from(a, [q for p in parts for q in p.sqa], sum(p.fin_a for p in parts),
+                        any(p.wide_a for p in parts))
+    norm_b = _norm_from(b, [q for p in parts for q in p.sqb], sum(p.fin_b for p in parts),
+                        any(p.wide_b for p in parts))
+    return PairStats(a.numel(), sum(p.n_out for p in parts),
+                     max(maxes_abs) if maxes_abs else None,
+                     max(maxes_rel) if maxes_rel else None, norm_a, norm_b)
+
+
+def _compare_run(pairs: list[tuple], atol: float, rtol: float, nan_equal: bool,
+                 progress: Progress | None, esize: int) -> _PairPart:
+    size = max((pa.numel() for pa, _ in pairs), default=1) or 1
+    bufa, bufb, bufd = (torch.empty(size, dtype=torch.float64) for _ in range(3))
+    flags = torch.empty(size, dtype=torch.bool)
     n_out = 0
     max_abs: float | None = None
     max_rel: float | None = None
     sqa: list[float] = []
     sqb: list[float] = []
     fin_a = fin_b = 0
-    wide_a = wide_b = False  # a finite value whose square leaves the float64 range
-    esize = a.element_size() + b.element_size()
-    for pa, pb in blocks(a, b):
+    wide_a = wide_b = False
+    for pa, pb in pairs:
         xa, xb = _widen(bufa, pa), _widen(bufb, pb)
         k = xa.numel()
         d = bufd[:k]
@@ -310,9 +354,7 @@ def _compare(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, nan_equ
         sqb.append(qb)
         if progress is not None:
             progress(k * esize)
-    norm_a = _norm_from(a, sqa, fin_a, wide_a)
-    norm_b = _norm_from(b, sqb, fin_b, wide_b)
-    return PairStats(numel, n_out, max_abs, max_rel, norm_a, norm_b)
+    return _PairPart(n_out, max_abs, max_rel, sqa, sqb, fin_a, fin_b, wide_a, wide_b)
 
 
 def _norm_from(t: torch.Tensor, parts: list[float], finite: int, wide: bool) -> float | None:

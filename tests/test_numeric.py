@@ -221,3 +221,23 @@ def test_property_matches_torch(pairs, limit, atol, rtol, nan_equal):
         assert compare_tensors(a, a.clone(), nan_equal=True).equal
     finally:
         kernels.CHUNK_ELEMENTS = old
+
+
+def test_worker_threads_give_identical_numbers(small_chunks):
+    # compare() splits the blocks across torch.get_num_threads() worker threads; the
+    # block results combine order-independently, so the numbers cannot depend on it.
+    torch.manual_seed(6)
+    a = torch.randn(200)
+    b = a + 0.01 * torch.randn(200)
+    b[[7, 150]] = NAN
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(compare_tensors(a, b, atol=1e-3, rtol=1e-2))
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)
+    assert results[0] == results[1] == results[2]
+    assert_agrees(a, b, atol=1e-3, rtol=1e-2)
