@@ -147,23 +147,74 @@ def _buffer(t: torch.Tensor) -> torch.Tensor:
 
 def moments(t: torch.Tensor, *, progress: Progress | None = None) -> Moments:
     """All value statistics of a real, bool or integer tensor in one chunked pass."""
+    workers = torch.get_num_threads()
     with one_thread():
-        return _moments(t, progress)
+        return _moments(t, progress, workers)
 
 
-def _moments(t: torch.Tensor, progress: Progress | None) -> Moments:
+@dataclass
+class _Part:
+    """Results of one run of blocks; parts combine in any order to the same numbers."""
+
+    sums: list[float] = field(default_factory=list)
+    sumabs: list[float] = field(default_factory=list)
+    sumsq: list[float] = field(default_factory=list)
+    lo: float | None = None
+    hi: float | None = None
+    nan: int = 0
+    inf: int = 0
+    zeros: int = 0
+
+
+def _in_runs(run: Callable[[list[tuple]], object], pieces: list[tuple],
+             workers: int) -> list:
+    """``run`` over contiguous runs of blocks, on up to ``workers`` threads (each on one
+    torch thread: no per-operation fork/join, and a free second core is used)."""
+    runs = max(1, min(workers, len(pieces) // 4))
+    if runs == 1:
+        return [run(pieces)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    step = -(-len(pieces) // runs)
+    with ThreadPoolExecutor(runs) as pool:
+        return list(pool.map(lambda i: run(pieces[i:i + step]),
+                             range(0, len(pieces), step)))
+
+
+def _moments(t: torch.Tensor, progress: Progress | None, workers: int = 1) -> Moments:
     if t.is_complex():
         raise TypeError("moments() takes real tensors; summarise complex ones through abs()")
     t = t.detach()
     numel = t.numel()
-    buf = _buffer(t)
+    esize = t.element_size()
+    parts = _in_runs(lambda pieces: _moments_run(pieces, progress, esize),
+                     list(blocks(t)), workers)
+    nan = sum(p.nan for p in parts)
+    inf = sum(p.inf for p in parts)
+    zeros = sum(p.zeros for p in parts)
+    finite = numel - nan - inf
+    if finite == 0:
+        return Moments(numel, 0, nan, inf, zeros, 0.0, 0.0, 0.0, None, None, None)
+    lo = min(p.lo for p in parts if p.lo is not None)
+    hi = max(p.hi for p in parts if p.hi is not None)
+    ss = _fsum([q for p in parts for q in p.sumsq])
+    norm = math.sqrt(ss)
+    peak = max(abs(lo), abs(hi))
+    if math.isinf(norm) or (norm == 0.0 and peak > 0.0):
+        norm = _rescaled_norm(t, peak, _buffer(t))
+    return Moments(numel, finite, nan, inf, zeros, _fsum([q for p in parts for q in p.sums]),
+                   _fsum([q for p in parts for q in p.sumabs]), ss, lo, hi, norm)
+
+
+def _moments_run(pieces: list[tuple], progress: Progress | None, esize: int) -> _Part:
+    size = max((p.numel() for (p,) in pieces), default=1) or 1
+    buf = torch.empty(size, dtype=torch.float64)
     sums: list[float] = []
     sumabs: list[float] = []
     sumsq: list[float] = []
     lo = hi = None
     nan = inf = zeros = 0
-    esize = t.element_size()
-    for (piece,) in blocks(t):
+    for (piece,) in pieces:
         b = _widen(buf, piece)
         k = b.numel()
         s = float(b.sum())
@@ -210,16 +261,7 @@ def _moments(t: torch.Tensor, progress: Progress | None) -> Moments:
         hi = mx if hi is None else max(hi, mx)
         if progress is not None:
             progress(piece.numel() * esize)
-    finite = numel - nan - inf
-    if finite == 0:
-        return Moments(numel, 0, nan, inf, zeros, 0.0, 0.0, 0.0, None, None, None)
-    ss = _fsum(sumsq)
-    norm = math.sqrt(ss)
-    peak = max(abs(lo), abs(hi))
-    if math.isinf(norm) or (norm == 0.0 and peak > 0.0):
-        norm = _rescaled_norm(t, peak, buf)
-    return Moments(numel, finite, nan, inf, zeros, _fsum(sums), _fsum(sumabs), ss,
-                   lo, hi, norm)
+    return _Part(sums, sumabs, sumsq, lo, hi, nan, inf, zeros)
 
 
 def _rescaled_norm(t: torch.Tensor, peak: float, buf: torch.Tensor) -> float:
@@ -258,23 +300,11 @@ class _PairPart:
 
 def _compare(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, nan_equal: bool,
              progress: Progress | None, workers: int) -> PairStats:
-    """Each worker thread takes a contiguous run of blocks on one torch thread: no
-    per-operation fork/join, and the second core is used when it is free."""
     a, b = a.detach(), b.detach()
     pairs = list(blocks(a, b))
     esize = a.element_size() + b.element_size()
-    runs = max(1, min(workers, len(pairs) // 4))
-    if runs == 1:
-        parts = [_compare_run(pairs, atol, rtol, nan_equal, progress, esize)]
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        step = -(-len(pairs) // runs)
-        with ThreadPoolExecutor(runs) as pool:
-            parts = list(pool.map(
-                lambda i: _compare_run(pairs[i:i + step], atol, rtol, nan_equal, progress,
-                                       esize),
-                range(0, len(pairs), step)))
+    parts = _in_runs(lambda run: _compare_run(run, atol, rtol, nan_equal, progress, esize),
+                     pairs, workers)
     maxes_abs = [p.max_abs for p in parts if p.max_abs is not None]
     maxes_rel = [p.max_rel for p in parts if p.max_rel is not None]
     norm_a = _norm_from(a, [q for p in parts for q in p.sqa], sum(p.fin_a for p in parts),

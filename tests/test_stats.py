@@ -279,3 +279,24 @@ def test_property_float64_full_range(values, limit):
             assert s.norm == pytest.approx(exact, rel=1e-12)
     finally:
         kernels.CHUNK_ELEMENTS = old
+
+
+def test_worker_threads_give_identical_numbers(small_chunks):
+    # moments() splits the blocks across torch.get_num_threads() worker threads; the
+    # block results combine order-independently, so the numbers cannot depend on it.
+    torch.manual_seed(7)
+    t = torch.randn(300)
+    t[[3, 200]] = float("nan")
+    t[[50, 51]] = 0.0
+    t[250] = -float("inf")
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(summarize(t))
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)
+    assert results[0] == results[1] == results[2]
+    assert_agrees(t)
