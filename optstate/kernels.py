@@ -5,8 +5,11 @@ temporaries (``isnan(t)`` alone is a bool tensor the size of ``t``; ``t.double()
 twice its size). Here a tensor is walked once, in blocks of ``CHUNK_ELEMENTS`` elements
 that fit in the CPU's L2 cache: each block is widened into a reused float64 buffer and
 all reductions run on that warm buffer. Peak extra memory is a few buffers of
-``CHUNK_ELEMENTS`` float64 values, whatever the tensor size, so a memory-mapped
-checkpoint is summarised without ever being held in anonymous memory.
+``CHUNK_ELEMENTS`` float64 values per worker, whatever the tensor size, so a
+memory-mapped checkpoint is summarised without ever being held in anonymous memory.
+Big tensors are split into contiguous runs of blocks, one per worker thread (up to
+``torch.get_num_threads()``), each running torch on one thread (see ``one_thread``);
+block results combine order-independently, so the numbers do not depend on it.
 
 Exactness (what the tests check against plain torch on the whole tensor):
 
