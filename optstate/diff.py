@@ -147,6 +147,10 @@ def _is_atomic(v: Any) -> bool:
     return _is_scalar(v)
 
 
+# Other values a state can hold (hand-edited or foreign): compared by equality.
+_OTHER_VALUES = (bytes, bytearray, complex, set, frozenset)
+
+
 def _number(v: Any) -> Any:
     """A 0-dim tensor as its Python number; other scalars unchanged."""
     if isinstance(v, torch.Tensor):
@@ -237,8 +241,23 @@ class _Walk:
                 self.change(Change(path, "length", len(a), len(b)))
             for i, (x, y) in enumerate(zip(a, b, strict=False)):
                 self.compare(f"{path}[{i}]", x, y)
+        elif type(a) is type(b) and isinstance(a, _OTHER_VALUES):
+            self._other(path, a, b)
         else:
             self.change(Change(path, "type", _type_label(a), _type_label(b)))
+
+    def _other(self, path: str, a: Any, b: Any) -> None:
+        """bytes, complex, sets: hand-edited or foreign hyperparameters of one type on
+        both sides are values, compared by equality (complex within atol/rtol, part by
+        part), not a change of type."""
+        if isinstance(a, complex):
+            same = self.close(a.real, b.real) and self.close(a.imag, b.imag)
+        else:
+            same = a == b
+        if same:
+            self.equal(path, value(a))
+        else:
+            self.change(Change(path, "changed", value(a), value(b)))
 
     def mapping(self, path: str, a: dict[Any, Any], b: dict[Any, Any]) -> None:
         for k in _union(a, b):

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import hostile_corpus as hc
+
 
 def _sgd_files(folder):
     """a.pt: SGD(momentum) after one step; b.pt: lr 0.1 -> 0.2 and one more step."""
@@ -293,3 +295,48 @@ def test_different_optimizers_fit_80_columns_with_whole_paths(cli, files):
     assert max(len(ln) for ln in lines) <= 80
     assert "│ param_groups[0].decoupled_weight_decay │ added " in r.stdout
     assert "note: a holds SGD state, b holds AdamW state" in lines
+
+
+# The ODD corpus cases torch loads but optstate refuses as malformed (one Error line).
+_ODD_REFUSED = {"group_not_dict", "params_not_list", "state_not_dict", "unhashable_param"}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch: quantized/CSR are deprecated/beta
+@pytest.mark.parametrize("name", sorted(hc.ODD))
+def test_odd_state_against_itself_is_equal(cli, name, tmp_path):
+    """diff(a, a) is empty for every odd state that loads, including hyperparameters of
+    type bytes, complex or set (once reported as a change of type bytes -> bytes)."""
+    p = hc.ODD[name](tmp_path)
+    r = cli("diff", "--json", p, p)
+    if name in _ODD_REFUSED:
+        assert r.exit_code == 2 and "malformed optimizer state" in r.stderr, r.stderr
+        return
+    assert r.exit_code == 0, r.stdout
+    assert json.loads(r.stdout)["changes"] == []
+
+
+@pytest.mark.parametrize(("key", "a", "b", "shown"), [
+    ("x", b"\xff\x00", b"\xff\x01", ["b'\\xff\\x00'", "b'\\xff\\x01'"]),
+    ("c", complex(1, 2), complex(1, 3), ["(1+2j)", "(1+3j)"]),
+    ("s", {1, 2}, {1, 3}, ["{1, 2}", "{1, 3}"]),
+])
+def test_odd_hyperparameter_change_is_a_changed_value(cli, tmp_path, key, a, b, shown):
+    for name, v in (("a.pt", a), ("b.pt", b)):
+        sd = hc.adamw_state()
+        sd["param_groups"][0][key] = v
+        torch.save(sd, tmp_path / name)
+    r = cli("diff", "--json", tmp_path / "a.pt", tmp_path / "b.pt")
+    assert r.exit_code == 1
+    [c] = json.loads(r.stdout)["changes"]
+    assert (c["path"], c["kind"]) == (f"param_groups[0].{key}", "changed")
+    assert [c["before"], c["after"]] == shown
+
+
+def test_complex_hyperparameter_within_tolerance_is_equal(cli, tmp_path):
+    for name, v in (("a.pt", complex(1, 2)), ("b.pt", complex(1, 2.05))):
+        sd = hc.adamw_state()
+        sd["param_groups"][0]["c"] = v
+        torch.save(sd, tmp_path / name)
+    args = ("diff", "-q", tmp_path / "a.pt", tmp_path / "b.pt")
+    assert cli(*args).exit_code == 1
+    assert cli(*args, "--atol", "0.1").exit_code == 0
