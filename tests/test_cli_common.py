@@ -6,10 +6,13 @@ CliRunner does not call, so they are tested in a real subprocess.
 
 from __future__ import annotations
 
+import inspect
+import re
 import subprocess
 import sys
 
 import pytest
+import typer
 
 from optstate.cli import app
 from tests.conftest import ROOT
@@ -104,3 +107,76 @@ def test_help_and_version_do_not_import_torch(args):
     r = subprocess.run([sys.executable, "-c", NO_TORCH, *args], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def _callback(command):
+    return next(c.callback for c in app.registered_commands
+                if (c.name or c.callback.__name__.replace("_", "-")) == command)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_text_keeps_its_lines_at_80_columns(cli, command):
+    """typer keeps the docstring's line breaks and rich re-wraps what is longer than the
+    terminal, which left orphan words ("... gradient ones, 10" / "steps, ..."): every
+    line must fit 80 columns and so come out whole, indentation included."""
+    doc = inspect.cleandoc(_callback(command).__doc__)
+    assert max(len(ln) for ln in doc.splitlines()) <= 76
+    r = cli(command, "--help", env={"COLUMNS": "80"})
+    assert r.exit_code == 0
+    shown = [ln.rstrip() for ln in r.stdout.splitlines()]
+    for line in doc.splitlines():
+        if line:
+            assert f" {line}" in shown, (command, line)
+
+
+def _flat(text):
+    return "".join(ch for ch in text if not ch.isspace() and ch not in "│")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_defaults_written_in_help_are_shown(cli, command):
+    """An option whose default is None (so a config file can override it) says its
+    effective default in its help; rich must not swallow it as markup."""
+    r = cli(command, "--help", env={"COLUMNS": "80"})
+    for param in typer.main.get_command(app).commands[command].params:
+        written = re.findall(r"\\?\[default: [^]]*\]", param.help or "")
+        for d in written:
+            assert _flat(d.lstrip("\\")) in _flat(r.stdout), (command, param.name, d)
+
+
+@pytest.mark.parametrize(("command", "option", "default"), [
+    ("simulate", "--optimizer", "SGD"), ("simulate", "--steps", "10"),
+    ("simulate", "--seed", "0"), ("simulate", "--grad", "constant"),
+    ("simulate", "--init", "normal"), ("simulate", "--zero-grad", "none"),
+    ("simulate", "--grad-value", "1.0"), ("simulate", "--init-value", "0.0"),
+    ("simulate", "--lr", "torch's"), ("compare", "--seed", "0"),
+    ("compare", "--steps", "100"), ("set", "--group", "every group"),
+    ("diff", "--max-diffs", "50 in the tables, all with --json or --verbose"),
+])
+def test_effective_defaults_are_stated(cli, command, option, default):
+    r = cli(command, "--help", env={"COLUMNS": "80"})
+    rows: dict[str, str] = {}  # option -> its row's text, continuation lines joined
+    name = None
+    for ln in r.stdout.splitlines():
+        head = ln[1:6].replace("*", " ").lstrip()  # an option row starts at the left edge
+        if not ln.startswith("│"):
+            name = None
+        elif head.startswith("--"):
+            name = ln.strip("│ *").split()[0]
+        if name:
+            rows[name] = rows.get(name, "") + " " + ln.strip("│ ")
+    assert _flat(f"[default: {default}]") in _flat(rows[option]), rows[option]
+
+
+@pytest.mark.parametrize(("command", "usage"), [
+    ("inspect", "Usage: optstate inspect [OPTIONS] {PATH}"),
+    ("diff", "Usage: optstate diff [OPTIONS] {A} {B}"),
+    ("check", "Usage: optstate check [OPTIONS] {CKPT}"),
+    ("set", "Usage: optstate set [OPTIONS] {CKPT}"),
+    ("convert", "Usage: optstate convert [OPTIONS] {SRC} {DST}"),
+    ("simulate", "Usage: optstate simulate [OPTIONS]"),
+    ("compare", "Usage: optstate compare [OPTIONS]"),
+])
+def test_usage_names_arguments_in_capitals(cli, command, usage):
+    r = cli(command, "--help", env={"COLUMNS": "80"})
+    assert [ln.strip() for ln in r.stdout.splitlines() if "Usage:" in ln] == [usage]

@@ -170,6 +170,6 @@ def test_help_teaches(cli):
         assert r.exit_code == 0
         assert "pip install 'optstate[plot]'" in r.stdout  # not eaten as rich markup
     r = cli("compare", "--help", env={"COLUMNS": "250"})
-    assert "Example: optstate compare -O sgd,adam,adamw,rmsprop --set lr=0.01 --plot cmp.png" \
-        in r.stdout
+    assert "Example:\n   optstate compare -O sgd,adam,adamw,rmsprop --set lr=0.01 --plot " \
+        "cmp.png" in "\n".join(ln.rstrip() for ln in r.stdout.splitlines())
     assert "[default: 2, one point in the plane]" in r.stdout

@@ -28,15 +28,17 @@ def check(
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")
     ] = False,
 ) -> None:
-    """Check whether a checkpoint loads into the optimizer a config builds, and how.
+    """Check whether a checkpoint loads into the optimizer a config builds.
 
-    Reports, in plain words: a different number of param groups or of params in a
-    group (torch refuses), state shapes that do not fit the configured parameters
-    (torch accepts them and fails at step()), state of another optimizer kind, dtype
-    casts, hyperparameters and scheduler settings the checkpoint will override, and
-    parameters reordered by name (torch matches by position only). Exit status: 0 it
-    loads and matches, 1 it loads with differences worth knowing, 2 it would fail (or
-    bad input).
+    Reports, in plain words: a different number of param groups or of params
+    in a group (torch refuses), state shapes that do not fit the configured
+    parameters (torch accepts them and fails at step()), state of another
+    optimizer kind, dtype casts, hyperparameters and scheduler settings the
+    checkpoint will override, and parameters reordered by name (torch matches
+    by position only).
+
+    Exit status: 0 it loads and matches, 1 it loads with differences worth
+    knowing, 2 it would fail (or bad input).
 
     Example: optstate check ckpt.pt --config run.toml
     """

@@ -38,7 +38,7 @@ def compare(
         help="Start point: normal (seeded), zeros, ones, constant (--init-value). "
         "\\[default: normal]", rich_help_panel=_RUN)] = None,
     init_value: Annotated[float | None, typer.Option(
-        help="Value for --init constant.", rich_help_panel=_RUN)] = None,
+        help="Value for --init constant. \\[default: 0.0]", rich_help_panel=_RUN)] = None,
     plot: Annotated[Path | None, typer.Option(
         help="Draw the trajectories (2-D objectives) and the loss curves to this .png, "
         ".svg or .pdf (needs matplotlib: pip install 'optstate\\[plot]').")] = None,
@@ -47,9 +47,14 @@ def compare(
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")
                      ] = False,
 ) -> None:
-    """Run several optimizers from the same start on the same objective; compare them.
+    """Run several optimizers from one start on one objective; compare them.
 
-    Example: optstate compare -O sgd,adam,adamw,rmsprop --set lr=0.01 --plot cmp.png
+    Example:
+      optstate compare -O sgd,adam,adamw,rmsprop --set lr=0.01 --plot cmp.png
+
+    Each run is the optstate simulate run of the same flags: same seeded start,
+    same gradients. In the table, a star marks the lowest final loss and
+    "diverged" a run whose loss or parameters became NaN or Inf.
     """
     with errors_to_exit():
         from ..compare import compare as run

@@ -13,24 +13,27 @@ from . import UNSAFE_HELP, app, errors_to_exit, print_json, warn, warn_unsafe
 @app.command()
 def convert(
     src: Annotated[Path, typer.Argument(
-        help="A torch.save file (or Hugging Face checkpoint folder) to turn into a DCP "
-        "folder, or a DCP folder (with .metadata) to turn into one torch.save file.",
+        metavar="SRC", help="A torch.save file (or Hugging Face checkpoint folder) to turn "
+        "into a DCP folder, or a DCP folder (with .metadata) to turn into one torch.save file.",
         show_default=False)],
     dst: Annotated[Path, typer.Argument(
-        help="Where to write: a folder for DCP output, a file for torch.save output.",
+        metavar="DST", help="Where to write: a folder for DCP output, a file for torch.save "
+        "output.",
         show_default=False)],
     force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
     json_: Annotated[bool, typer.Option(
         "--json", help="Print the result as JSON (schema optstate.convert/1).")] = False,
     unsafe: Annotated[bool, typer.Option("--unsafe", help=UNSAFE_HELP)] = False,
 ) -> None:
-    """Convert a torch.save checkpoint to a sharded DCP folder, or a DCP folder to one file.
+    """Convert a torch.save file to a DCP folder, or a DCP folder to one file.
 
-    Example: optstate convert adam.pt adam_dcp/   (and back: optstate convert adam_dcp/ adam.pt)
+    Example, there and back:
+      optstate convert adam.pt adam_dcp/
+      optstate convert adam_dcp/ adam.pt
 
-    Uses torch.distributed.checkpoint in this one process (no process group). The copy is
-    written beside DST, read back and compared with the source bit for bit, then renamed
-    into place: DST is never left half written.
+    Uses torch.distributed.checkpoint in this one process (no process group).
+    The copy is written beside DST, read back and compared with the source bit
+    for bit, then renamed into place: DST is never left half written.
     """
     with errors_to_exit():
         if unsafe:

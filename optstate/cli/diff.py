@@ -64,13 +64,14 @@ def diff(
         rich_help_panel=_OUT)] = False,
     max_diffs: Annotated[int | None, typer.Option(
         metavar="N", help="List at most N differences (all are still counted). "
-        "[default: 50 in the tables, all with --json or --verbose]",
+        "\\[default: 50 in the tables, all with --json or --verbose]",
         rich_help_panel=_OUT)] = None,
     unsafe: Annotated[bool, typer.Option("--unsafe", help=UNSAFE_HELP)] = False,
 ) -> None:
-    """Compare two optimizer checkpoints; exit 0 if equal, 1 if they differ, 2 on error.
+    """Compare two optimizer checkpoints; exit 0 if equal, 1 if they differ.
 
-    Compares groups, hyperparameters, params, state entries and the scheduler state.
+    Compares groups, hyperparameters, params, state entries and the scheduler
+    state. Exit status: 0 equal, 1 different, 2 bad input.
 
     Example: optstate diff -q step1000.pt step2000.pt && echo same
     """

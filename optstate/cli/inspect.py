@@ -15,8 +15,9 @@ _FOCUS = "Focus"
 @app.command()
 def inspect(
     path: Annotated[Path, typer.Argument(
-        help="A torch.save file (.pt .pth .pkl .bin .ckpt .tar ...), a Hugging Face "
-        "Trainer / accelerate checkpoint folder, or a torch.distributed.checkpoint folder.",
+        metavar="PATH", help="A torch.save file (.pt .pth .pkl .bin .ckpt .tar ...), a "
+        "Hugging Face Trainer / accelerate checkpoint folder, or a "
+        "torch.distributed.checkpoint folder.",
         show_default=False)],
     key: Annotated[str | None, typer.Option(
         "--key", "-k", help="Where the optimizer state is inside the file, when it holds "
@@ -49,7 +50,7 @@ def inspect(
     ] = False,
     unsafe: Annotated[bool, typer.Option("--unsafe", help=UNSAFE_HELP)] = False,
 ) -> None:
-    """Show what an optimizer checkpoint holds: kind, param groups, per-param state stats.
+    """Show what an optimizer checkpoint holds: kind, groups, per-param stats.
 
     Example: optstate inspect sgd.pkl --param 0 --values
 

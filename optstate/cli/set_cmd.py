@@ -32,7 +32,7 @@ def set_(
         "exist there; scheduler.load_state_dict restores it over the constructor's).")
     ] = None,
     group: Annotated[int | None, typer.Option(
-        help="Change only this param group (0-based). [default: every group]")] = None,
+        help="Change only this param group (0-based). \\[default: every group]")] = None,
     key: Annotated[str | None, typer.Option(
         help="Where the optimizer state is when the file holds several, e.g. "
         "optimizer_states[1].")] = None,
@@ -53,20 +53,21 @@ def set_(
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")
     ] = False,
 ) -> None:
-    """Write a copy of a checkpoint with hyperparameters changed, everything else identical.
+    """Copy a checkpoint with hyperparameters changed, everything else identical.
 
-    optimizer.load_state_dict() restores every group's hyperparameters from the
-    checkpoint, so the lr you pass to the optimizer's constructor is silently replaced by
-    the saved one. Change the saved one instead. Values are checked against the saved
-    ones (a tuple stays a tuple); the new file is re-read and compared with the input
-    before it is put in place.
+    optimizer.load_state_dict() restores every group's hyperparameters from
+    the checkpoint, so the lr you pass to the optimizer's constructor is
+    silently replaced by the saved one. Change the saved one instead. Values
+    are checked against the saved ones (a tuple stays a tuple); the new file is
+    re-read and compared with the input before it is put in place.
 
-    Which lr wins with a scheduler: the scheduler is usually restored after the
-    optimizer, and its next step() computes the lr either from the group's current lr
-    (StepLR, ExponentialLR, CosineAnnealingLR, LinearLR: the optimizer's value wins) or
-    from its saved base_lrs (LambdaLR, the Hugging Face default, and others: the
-    scheduler's value wins and the optimizer's is undone). --lr therefore changes both
-    (and initial_lr); --no-scheduler changes only the optimizer.
+    Which lr wins with a scheduler: the scheduler is usually restored after
+    the optimizer, and its next step() computes the lr either from the group's
+    current lr (StepLR, ExponentialLR, CosineAnnealingLR, LinearLR: the
+    optimizer's value wins) or from its saved base_lrs (LambdaLR, the Hugging
+    Face default, and others: the scheduler's value wins and the optimizer's
+    is undone). --lr therefore changes both (and initial_lr); --no-scheduler
+    changes only the optimizer.
 
     Example: optstate set ckpt.pt -o ckpt-lr.pt --lr 0.01 --set betas=0.9,0.95
     """

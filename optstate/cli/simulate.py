@@ -32,19 +32,20 @@ def simulate(
     optimizer: Annotated[str | None, typer.Option(
         "--optimizer", "-O", help="Any torch.optim class, case-insensitive: SGD, Adam, AdamW, "
         "RMSprop, Adagrad, Adadelta, Adamax, NAdam, RAdam, ASGD, Rprop, LBFGS, SparseAdam. "
-        "[default: SGD]", rich_help_panel=_OPT)] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate.", rich_help_panel=_OPT)] = None,
+        "\\[default: SGD]", rich_help_panel=_OPT)] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate. \\[default: torch's]",
+        rich_help_panel=_OPT)] = None,
     momentum: Annotated[float | None, typer.Option(
-        help="Momentum (SGD, RMSprop).", rich_help_panel=_OPT)] = None,
+        help="Momentum (SGD, RMSprop). \\[default: torch's]", rich_help_panel=_OPT)] = None,
     weight_decay: Annotated[float | None, typer.Option(
-        help="Weight decay.", rich_help_panel=_OPT)] = None,
+        help="Weight decay. \\[default: torch's]", rich_help_panel=_OPT)] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", metavar="KEY=VALUE", help="Any other hyperparameter, repeatable; tuples "
         "comma-separated: --set betas=0.9,0.95 --set amsgrad=true.",
         rich_help_panel=_OPT)] = None,
     shape: Annotated[list[str] | None, typer.Option(
         help="Shape of a parameter of the first group, repeatable: --shape 2x2 --shape 3. "
-        "[default: one 2x2]", rich_help_panel=_OPT)] = None,
+        "\\[default: one 2x2]", rich_help_panel=_OPT)] = None,
     group: Annotated[list[str] | None, typer.Option(
         metavar="SPEC", help="Add a param group (as add_param_group does): shapes and "
         "overrides separated by spaces, e.g. --group \"3x3 lr=1e-4\". Repeatable.",
@@ -56,28 +57,28 @@ def simulate(
         metavar="KEY=VALUE", help="Scheduler argument, repeatable: --scheduler-arg "
         "step_size=5.", rich_help_panel=_OPT)] = None,
     steps: Annotated[int | None, typer.Option(
-        help="Optimizer steps to take. [default: 10]", rich_help_panel=_RUN)] = None,
+        help="Optimizer steps to take. \\[default: 10]", rich_help_panel=_RUN)] = None,
     seed: Annotated[int | None, typer.Option(
-        help="Seed for initial weights and noise. [default: 0]", rich_help_panel=_RUN)] = None,
+        help="Seed for initial weights and noise. \\[default: 0]", rich_help_panel=_RUN)] = None,
     grad: Annotated[str | None, typer.Option(
         help="Gradient source: constant (every element --grad-value, the tutorial's ones), "
         "normal (seeded noise), quadratic (of 0.5·||w − v||², v = --grad-value), "
-        "rosenbrock (2-D, on pairs of elements), none (no gradient). [default: constant]",
+        "rosenbrock (2-D, on pairs of elements), none (no gradient). \\[default: constant]",
         rich_help_panel=_RUN)] = None,
     grad_value: Annotated[float | None, typer.Option(
-        help="constant: the gradient value; quadratic: the optimum. [default: 1.0]",
+        help="constant: the gradient value; quadratic: the optimum. \\[default: 1.0]",
         rich_help_panel=_RUN)] = None,
     init: Annotated[str | None, typer.Option(
         help="Initial weights: normal (seeded), zeros, ones, constant (--init-value). "
-        "[default: normal]", rich_help_panel=_RUN)] = None,
+        "\\[default: normal]", rich_help_panel=_RUN)] = None,
     init_value: Annotated[float | None, typer.Option(
-        help="Value for --init constant.", rich_help_panel=_RUN)] = None,
+        help="Value for --init constant. \\[default: 0.0]", rich_help_panel=_RUN)] = None,
     zero_grad: Annotated[str | None, typer.Option(
         help="What zero_grad() does before each step. none: grads become None (torch >= 2.0 "
         "default), so a step with no gradient skips the param and creates no state. zeros: "
         "grads are zero-filled (older torch, the tutorial), so the step still runs and "
         "creates zero momentum buffers. never: zero_grad is not called and gradients "
-        "accumulate (the classic bug). [default: none]", rich_help_panel=_RUN)] = None,
+        "accumulate (the classic bug). \\[default: none]", rich_help_panel=_RUN)] = None,
     save: Annotated[Path | None, typer.Option(
         help="Write optimizer.state_dict() here with torch.save (with a scheduler or "
         "--with-params: a container, see README).", rich_help_panel=_SAVE)] = None,
@@ -105,21 +106,23 @@ def simulate(
     json_: Annotated[bool, typer.Option(
         "--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
-    """Build a real torch optimizer, step it on synthetic gradients, and save its state.
+    r"""Step a real torch optimizer on synthetic gradients and save its state.
 
-    With no flags: SGD (torch's default lr) on one 2x2 parameter, gradient ones, 10
-    steps, the PyTorch tutorial's setting. Runs are seeded: the same flags give the
-    same state bit for bit, and k steps + --resume + N-k steps equal N steps.
+    With no flags: SGD (torch's default lr) on one 2x2 parameter, gradient
+    ones, 10 steps, the PyTorch tutorial's setting. Runs are seeded: the same
+    flags give the same state bit for bit, and k steps + --resume + N-k steps
+    equal N steps.
 
-    Example: optstate simulate --lr 0.1 --momentum 0.9 --steps 10 --save sgd.pkl
+    Example:
+      optstate simulate --lr 0.1 --momentum 0.9 --steps 10 --save sgd.pkl
 
-    AdamW with two param groups and a scheduler: optstate simulate -O adamw --set
-    betas=0.9,0.95 --group "3 weight_decay=0" --scheduler StepLR --scheduler-arg
-    step_size=5 --with-params --save run.pt
-
-    Continue it for 10 more steps: optstate simulate -O adamw --set betas=0.9,0.95
-    --group "3 weight_decay=0" --scheduler StepLR --scheduler-arg step_size=5 --resume
-    run.pt --steps 10
+    AdamW with two param groups and a scheduler, then 10 more steps of it:
+      optstate simulate -O adamw --set betas=0.9,0.95 \
+        --group "3 weight_decay=0" --scheduler StepLR \
+        --scheduler-arg step_size=5 --with-params --save run.pt
+      optstate simulate -O adamw --set betas=0.9,0.95 \
+        --group "3 weight_decay=0" --scheduler StepLR \
+        --scheduler-arg step_size=5 --resume run.pt --steps 10
     """
     with errors_to_exit():
         from ..config import RunSpec, read_config_file, spec_from_dict, spec_from_flags
