@@ -80,8 +80,8 @@ def test_human_view_shows_warnings_and_values(cli, tmp_path):
     r = cli("inspect", tmp_path / "nan.pt", "--values", "--param", "1")
     assert r.exit_code == 0
     assert "warning [nan] NaN in state[1].momentum_buffer (1 NaN)" in r.stdout
-    assert "state[1].momentum_buffer = (nan" not in r.stdout
-    assert "state[1].momentum_buffer = (–, " in r.stdout  # NaN shown as –, count above
+    assert "state[1].momentum_buffer = [nan" not in r.stdout
+    assert "state[1].momentum_buffer = [–, " in r.stdout  # NaN shown as –, count above
     json.loads(cli("inspect", tmp_path / "nan.pt", "--json").stdout)  # still valid JSON
 
 
@@ -273,7 +273,19 @@ def test_values_of_lbfgs_history_items(cli, tmp_path):
     sd = state_dict_of("LBFGS", steps=2)
     torch.save(sd, tmp_path / "l.pt")
     out = cli("inspect", tmp_path / "l.pt", "--values").stdout
-    assert "state[0].old_dirs[0] = (" in out
+    assert "state[0].old_dirs[0] = [" in out
     doc = json.loads(cli("inspect", tmp_path / "l.pt", "--values", "--json").stdout)
     first = doc["params"][0]["state"]["old_dirs"]["items"][0]
     assert first["values"] == sd["state"][0]["old_dirs"][0].tolist()
+
+
+def test_values_written_as_simulate_writes_them(cli, tmp_path):
+    """A tensor's values read [[a, b], [c, d]] in inspect as in simulate (not as tuples,
+    which is how a hyperparameter's list is written)."""
+    path = tmp_path / "sgd.pt"
+    sim = cli("simulate", "--lr", "0.1", "--momentum", "0.9", "--save", path,
+              env={"COLUMNS": "120"})
+    expected = "[[6.51321, 6.51321], [6.51321, 6.51321]]"
+    assert f"momentum_buffer │ 2x2   │ {expected}" in sim.stdout
+    out = cli("inspect", path, "--values").stdout
+    assert f"state[0].momentum_buffer = {expected}\n" in out

@@ -24,6 +24,14 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def fmt_values(values: Any) -> str:
+    """Tensor values (nested lists) as numpy-like rows: [[1, 2], [3, 4]]; unlike ``fmt``,
+    which writes a hyperparameter's list as the tuple it was (betas)."""
+    if isinstance(values, list):
+        return "[" + ", ".join(fmt_values(v) for v in values) + "]"
+    return fmt(values)
+
+
 def groups_table(groups: list[dict[str, Any]], title: str = "param_groups",
                  max_columns: int = 4) -> Table | Group:
     """One column per group, one row per hyperparameter (optimizers have a dozen: a row

@@ -10,7 +10,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from .human import fmt, groups_table
+from .human import fmt, fmt_values, groups_table
 
 FORMAT_LABELS = {
     "zip": "torch.save zip (torch >= 1.6)",
@@ -198,9 +198,10 @@ def values_section(report: dict[str, Any]) -> Text | None:
         for entry, rep in _flat_entries(p["state"]):
             where = f"state[{p['position']}].{entry}"
             if "values" in rep:
-                lines.append(f"{where} = {fmt(rep['values'])}")
+                lines.append(f"{where} = {fmt_values(rep['values'])}")
             elif rep.get("values_truncated"):
-                lines.append(f"{where} = {fmt(rep['values_first'])} … {fmt(rep['values_last'])}"
+                lines.append(f"{where} = {fmt_values(rep['values_first'])} … "
+                             f"{fmt_values(rep['values_last'])}"
                              f"  (first and last {len(rep['values_first'])} of "
                              f"{rep['numel']:,}, flattened)")
     if not lines:

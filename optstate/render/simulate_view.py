@@ -13,23 +13,16 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from .human import fmt, groups_table
+from .human import fmt, fmt_values, groups_table
 
 
 def _shape(shape: list[int]) -> str:
     return "x".join(map(str, shape)) or "scalar"
 
 
-def _values(values: Any) -> str:
-    """Nested lists as numpy-like rows: [[1, 2], [3, 4]]."""
-    if isinstance(values, list):
-        return "[" + ", ".join(_values(v) for v in values) + "]"
-    return fmt(values)
-
-
 def _summary(rep: dict[str, Any]) -> str:
     if "values" in rep:
-        return _values(rep["values"])
+        return fmt_values(rep["values"])
     if "value" in rep:
         return fmt(rep["value"])
     if "items" in rep:
@@ -49,7 +42,7 @@ def state_per_param(params: list[dict[str, Any]]) -> Table:
     table.add_column("values (or statistics)", overflow="fold")
     for p in params:
         lead = f"{p['position']} {p['name']}\ngroup {p['group']}"
-        own = _values(p["values"]) if "values" in p else _summary(p.get("summary", {}))
+        own = fmt_values(p["values"]) if "values" in p else _summary(p.get("summary", {}))
         table.add_row(lead, Text("(value)", style="dim"), _shape(p["shape"]), own)
         if not p["state"]:
             table.add_row("", Text("(no state)", style="dim"), "", "")
