@@ -180,3 +180,10 @@ def test_effective_defaults_are_stated(cli, command, option, default):
 def test_usage_names_arguments_in_capitals(cli, command, usage):
     r = cli(command, "--help", env={"COLUMNS": "80"})
     assert [ln.strip() for ln in r.stdout.splitlines() if "Usage:" in ln] == [usage]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_no_python_type_names_as_metavars(cli, command):
+    """--shape read "<list[str]>": repeatable options name what one value is."""
+    r = cli(command, "--help", env={"COLUMNS": "120"})
+    assert "<list[" not in r.stdout

@@ -28,7 +28,7 @@ def compare(
         help="quadratic: the optimum; constant: the gradient value. \\[default: 1.0]",
         rich_help_panel=_RUN)] = None,
     shape: Annotated[list[str] | None, typer.Option(
-        help="Parameter shape, repeatable. \\[default: 2, one point in the plane]",
+        metavar="SHAPE", help="Parameter shape, repeatable. \\[default: 2, one point in the plane]",
         rich_help_panel=_RUN)] = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps for each run.",
                                        rich_help_panel=_RUN)] = 100,

@@ -44,8 +44,8 @@ def simulate(
         "comma-separated: --set betas=0.9,0.95 --set amsgrad=true.",
         rich_help_panel=_OPT)] = None,
     shape: Annotated[list[str] | None, typer.Option(
-        help="Shape of a parameter of the first group, repeatable: --shape 2x2 --shape 3. "
-        "\\[default: one 2x2]", rich_help_panel=_OPT)] = None,
+        metavar="SHAPE", help="Shape of a parameter of the first group, repeatable: "
+        "--shape 2x2 --shape 3. \\[default: one 2x2]", rich_help_panel=_OPT)] = None,
     group: Annotated[list[str] | None, typer.Option(
         metavar="SPEC", help="Add a param group (as add_param_group does): shapes and "
         "overrides separated by spaces, e.g. --group \"3x3 lr=1e-4\". Repeatable.",
@@ -83,7 +83,8 @@ def simulate(
         help="Write optimizer.state_dict() here with torch.save (with a scheduler or "
         "--with-params: a container, see README).", rich_help_panel=_SAVE)] = None,
     save_every: Annotated[int | None, typer.Option(
-        help="Also save every N steps as NAME.step000N.EXT.", rich_help_panel=_SAVE)] = None,
+        metavar="N", help="Also save every N steps, as NAME.step00000N.EXT "
+        "(run.step000003.pt).", rich_help_panel=_SAVE)] = None,
     with_params: Annotated[bool, typer.Option(
         "--with-params", help="Save parameter values too, so --resume continues the exact "
         "trajectory.", rich_help_panel=_SAVE)] = False,
