@@ -112,8 +112,9 @@ def as_optimizer_state(obj: Any) -> dict[str, Any] | None:
 _TOKEN = re.compile(r"\[(-?\d+)\]|\[['\"]([^'\"]+)['\"]\]|([^.\[\]]+)")
 
 
-def resolve_key(obj: Any, key: str) -> Any:
-    """Follow a location like ``optimizer_states[1]`` or ``a.b`` into ``obj``."""
+def resolve_key(obj: Any, key: str, where: str = "this checkpoint") -> Any:
+    """Follow a location like ``optimizer_states[1]`` or ``a.b`` into ``obj`` (``where``
+    names it in the error: diff has two files and --key applies to both)."""
     if isinstance(obj, dict) and key in obj:
         return obj[key]
     node = obj
@@ -132,7 +133,7 @@ def resolve_key(obj: Any, key: str) -> Any:
                     node = node[k]
         except (KeyError, IndexError, TypeError):
             raise NoOptimizerStateError(
-                f"--key {key!r}: nothing at {m.group(0)!r} in this checkpoint",
+                f"--key {key!r}: nothing at {m.group(0)!r} in {where}",
                 hint=f"it holds {describe_contents(obj)}",
             ) from None
     return node
@@ -197,11 +198,12 @@ def locate(source: Source, key: str | None = None) -> Located:
     found = find_optimizer_states(obj)
     candidates = tuple(loc for loc, _ in found)
     if key is not None:
-        node = resolve_key(obj, key)
+        node = resolve_key(obj, key, source.label)
         node = as_optimizer_state(node) or node
         if not is_optimizer_state(node):
             raise NoOptimizerStateError(
-                f"--key {key!r} is {describe_contents(node)}, not an optimizer state",
+                f"--key {key!r} in {source.label} is {describe_contents(node)}, not an "
+                "optimizer state",
                 hint=_candidates_hint(candidates),
             )
         # Spelled as find_optimizer_states spells it (so `optimizer_states.1` pairs with

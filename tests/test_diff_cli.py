@@ -340,3 +340,13 @@ def test_complex_hyperparameter_within_tolerance_is_equal(cli, tmp_path):
     args = ("diff", "-q", tmp_path / "a.pt", tmp_path / "b.pt")
     assert cli(*args).exit_code == 1
     assert cli(*args, "--atol", "0.1").exit_code == 0
+
+
+def test_key_error_names_the_file_it_applies_to(cli, files):
+    """--key applies to both files: the error says which one has nothing there."""
+    sd = torch.load("a.pt", weights_only=True)
+    torch.save({"optimizer": sd}, "wrapped.pt")
+    r = cli("diff", "wrapped.pt", "a.pt", "--key", "optimizer")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0] == "Error: --key 'optimizer': nothing at 'optimizer' in a.pt"
+    assert cli("diff", "wrapped.pt", "a.pt", "--key-a", "optimizer").exit_code == 0
