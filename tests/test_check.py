@@ -93,6 +93,16 @@ def test_matching_pair_is_ok(cli, tmp_path):
     assert _torch_resume(ckpt, cfg)[1] is None
 
 
+def test_header_counts_groups_and_params_in_words(cli, tmp_path):
+    ckpt = _save_state(tmp_path, ADAM_2G)
+    one = {**ADAM_2G, "groups": [{"shapes": ["2x2", "3"]}]}
+    for config, counts in ((ADAM_2G, "2 groups, 1 + 1 params"), (one, "1 group, 2 params")):
+        cfg = _write_config(tmp_path, config)
+        r = cli("check", ckpt, "--config", cfg, env={"COLUMNS": "400"})
+        assert r.stdout.splitlines()[0] == (f"{ckpt} (optimizer state at (top level)) "
+                                            f"against {cfg} (Adam, {counts})")
+
+
 def test_json_report(cli, tmp_path):
     cfg = _write_config(tmp_path, ADAM_2G)
     ckpt = _save_state(tmp_path, ADAM_2G)

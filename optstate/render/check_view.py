@@ -22,11 +22,13 @@ _STAGES = (("load_state_dict", "optimizer.load_state_dict"), ("step", "optimizer
 
 def check_view(report: dict[str, Any]) -> Group:
     where = report["location"] or "(top level)"
-    counts = report["groups"]
+    per_group = report["groups"]["config"]
+    n_groups, n_params = len(per_group), sum(per_group)
+    params = (" + ".join(map(str, per_group)) + " params" if n_groups > 1
+              else f"{n_params} param{'s' * (n_params != 1)}")
     parts: list[Any] = [
         Text(f"{report['source']} (optimizer state at {where}) against {report['config']} "
-             f"({report['optimizer']}, {len(counts['config'])} group(s) of "
-             f"{', '.join(map(str, counts['config']))} param(s))"),
+             f"({report['optimizer']}, {n_groups} group{'s' * (n_groups != 1)}, {params})"),
     ]
     text, style = _VERDICT[report["verdict"]]
     parts.append(Text(text, style=style))
