@@ -187,3 +187,12 @@ def test_no_python_type_names_as_metavars(cli, command):
     """--shape read "<list[str]>": repeatable options name what one value is."""
     r = cli(command, "--help", env={"COLUMNS": "120"})
     assert "<list[" not in r.stdout
+
+
+def test_root_help_says_loading_is_safe(cli):
+    r = cli("--help", env={"COLUMNS": "80"})
+    lines = [ln.strip() for ln in r.stdout.splitlines()]
+    assert lines[3:7] == [
+        "Inspect, diff, simulate and repair PyTorch optimizer state checkpoints.", "",
+        "Every file is loaded with torch.load(weights_only=True): opening a",
+        "checkpoint never runs code from it. Each command's --help has examples."]

@@ -21,8 +21,7 @@ from .. import __version__
 from ..errors import OptstateError, one_line
 
 app = typer.Typer(
-    name="optstate",
-    help="Inspect, diff, simulate and repair PyTorch optimizer state checkpoints.",
+    name="optstate",  # help: _root's docstring
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -45,8 +44,8 @@ def _root(
 ) -> None:
     """Inspect, diff, simulate and repair PyTorch optimizer state checkpoints.
 
-    Every file is loaded with torch.load(weights_only=True): opening a checkpoint never
-    runs code from it.
+    Every file is loaded with torch.load(weights_only=True): opening a
+    checkpoint never runs code from it. Each command's --help has examples.
     """
 
 
