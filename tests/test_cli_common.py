@@ -114,6 +114,25 @@ def _callback(command):
                 if (c.name or c.callback.__name__.replace("_", "-")) == command)
 
 
+def _typer_keeps_line_breaks() -> bool:
+    """typer >= 0.2x prints a docstring's single line breaks as they are (older ones
+    joined each paragraph into one and wrapped it)."""
+    from typer.testing import CliRunner
+
+    probe = typer.Typer()
+
+    @probe.command()
+    def one() -> None:
+        """First.
+
+        two
+        three
+        """
+
+    out = CliRunner().invoke(probe, ["--help"], env={"COLUMNS": "80"}).stdout
+    return any(ln.strip() == "two" for ln in out.splitlines())
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_text_keeps_its_lines_at_80_columns(cli, command):
     """typer keeps the docstring's line breaks and rich re-wraps what is longer than the
@@ -121,6 +140,8 @@ def test_help_text_keeps_its_lines_at_80_columns(cli, command):
     line must fit 80 columns and so come out whole, indentation included."""
     doc = inspect.cleandoc(_callback(command).__doc__)
     assert max(len(ln) for ln in doc.splitlines()) <= 76
+    if not _typer_keeps_line_breaks():
+        pytest.skip("this typer re-flows each paragraph itself")
     r = cli(command, "--help", env={"COLUMNS": "80"})
     assert r.exit_code == 0
     shown = [ln.rstrip() for ln in r.stdout.splitlines()]
