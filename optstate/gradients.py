@@ -46,22 +46,28 @@ class GradientSource:
     def objective(self, params: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
+    def _stepping_objective(self, params: list[torch.Tensor]) -> torch.Tensor:
+        """``objective`` as the loop computes it every step: equal to it up to the sign
+        of a zero (``sum()`` starts at 0, turning -0.0 into 0.0), with the same gradients
+        bit for bit; ``loss`` restores the sign. Sources override it to skip that add."""
+        return self.objective(params)
+
     def gradients(self, params: list[torch.Tensor], step: int) -> list[torch.Tensor] | None:
         pending, self._pending = self._pending, None
         if pending is not None and _same_values(pending[0], pending[1], params):
             obj = pending[2]
         else:
             with torch.enable_grad():
-                obj = self.objective(params)
+                obj = self._stepping_objective(params)
         return list(torch.autograd.grad(obj, params))
 
     def loss(self, params: list[torch.Tensor]) -> float | None:
         """The objective's value (in the parameters' dtype, as a training loop sees it)."""
         if params and all(p.requires_grad and p.is_leaf for p in params):
             with torch.enable_grad():
-                obj = self.objective(params)
+                obj = self._stepping_objective(params)
             self._pending = (list(params), [p._version for p in params], obj)
-            return float(obj.detach())
+            return 0.0 + float(obj.detach())  # 0.0 +: the value (sign of zero) of sum()'s
         with torch.no_grad():
             return float(self.objective(params))
 
@@ -78,6 +84,11 @@ class ConstantGradient(GradientSource):
 
     def objective(self, params):
         return sum((p * self.value).sum() for p in params)
+
+    def _stepping_objective(self, params):
+        if len(params) == 1:
+            return (params[0] * self.value).sum()
+        return self.objective(params)
 
 
 class NormalGradient(GradientSource):
@@ -99,6 +110,11 @@ class QuadraticGradient(GradientSource):
 
     def objective(self, params):
         return sum(0.5 * ((p - self.value) ** 2).sum() for p in params)
+
+    def _stepping_objective(self, params):
+        if len(params) == 1:
+            return 0.5 * ((params[0] - self.value) ** 2).sum()
+        return self.objective(params)
 
 
 class RosenbrockGradient(GradientSource):

@@ -404,19 +404,46 @@ def norm_of(tensors: list[torch.Tensor]) -> float:
     """sqrt(sum of x*x) over all elements of ``tensors``, in float64, chunked: what
     ``sqrt(sum(t.double().pow(2).sum()))`` computes, without the two float64 temporaries
     of each tensor's size. NaN or Inf anywhere makes it NaN or Inf, as there."""
-    parts: list[float] = []
-    big = []
+    return norm_fn(tensors)()
+
+
+def norm_fn(tensors: list[torch.Tensor]) -> Callable[[], float]:
+    """``norm_of(tensors)`` as a function to call again after in-place updates (simulate
+    records it every step): the flat views and block slices are made once. Blocks of
+    big tensors run on up to ``torch.get_num_threads()`` worker threads (each block's
+    float64 dot is the same on any thread and the parts are summed exactly, so the
+    value does not depend on the thread count)."""
+    small: list[tuple[torch.Tensor, bool]] = []
+    pieces: list[tuple] = []
     for t in tensors:
+        t = t.detach()
         if t.numel() > CHUNK_ELEMENTS:
-            big.append(t.detach())
-        else:  # one block: no buffer, no thread switch (a 2x2 run calls this every step)
-            x = t.detach().reshape(-1).double()
+            pieces += list(blocks(t))  # views (slices): they see later in-place updates
+        elif t.is_contiguous():  # one block: no buffer, no thread switch
+            small.append((t.reshape(-1), False))  # a view, as above
+        else:
+            small.append((t, True))
+    workers = torch.get_num_threads()
+
+    def norm() -> float:
+        parts: list[float] = []
+        for x, flatten in small:
+            x = (x.reshape(-1) if flatten else x).double()
             parts.append(float(torch.dot(x, x)))
-    if big:
-        with one_thread():
-            for t in big:
-                buf = _buffer(t)
-                for (piece,) in blocks(t):
-                    b = _widen(buf, piece)
-                    parts.append(float(torch.dot(b, b)))
-    return math.sqrt(_fsum(parts))
+        if pieces:
+            with one_thread():
+                for run_parts in _in_runs(_sumsq_run, pieces, workers):
+                    parts += run_parts
+        return math.sqrt(_fsum(parts))
+
+    return norm
+
+
+def _sumsq_run(pieces: list[tuple]) -> list[float]:
+    size = max(p.numel() for (p,) in pieces)
+    buf = torch.empty(size, dtype=torch.float64)
+    out = []
+    for (piece,) in pieces:
+        b = _widen(buf, piece)
+        out.append(float(torch.dot(b, b)))
+    return out

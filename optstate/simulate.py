@@ -35,7 +35,7 @@ from .checkpoint import check_writable, clean_message, save_checkpoint
 from .config import RunSpec, format_shape, validate
 from .errors import ConfigError, StateMismatchError
 from .gradients import accumulate, make_source
-from .kernels import norm_of
+from .kernels import norm_fn
 from .locate import find_optimizer_states, locate
 from .source import Source
 from .state import OptimizerStateView
@@ -161,13 +161,19 @@ def simulate(
     next_save = next(series, None)
     two_d = sum(p.numel() for p in params) == 2
 
+    # Recording is part of every step: views, blocks and (without a scheduler, where
+    # nothing changes the learning rates) the lr list are made once, not per step.
+    norm_now = norm_fn(params)  # norm_of(params): float64, chunked, no temporaries
+    loss_now = source.loss if source.has_objective else None
+    fixed_lr = None if sched is not None else [float(g["lr"]) for g in opt.param_groups]
+
     def record(step: int) -> None:
-        with torch.no_grad():
-            norm = norm_of(params)  # float64, chunked: no full-size temporaries
+        norm = norm_now()
         history.step.append(step)
-        history.loss.append(source.loss(params) if source.has_objective else None)
+        history.loss.append(loss_now(params) if loss_now is not None else None)
         history.param_norm.append(norm)
-        history.lr.append([float(g["lr"]) for g in opt.param_groups])
+        history.lr.append([float(g["lr"]) for g in opt.param_groups] if fixed_lr is None
+                          else fixed_lr.copy())
         if two_d:
             x, y = torch.cat([p.detach().reshape(-1) for p in params]).tolist()
             history.point.append((x, y))

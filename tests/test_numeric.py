@@ -241,3 +241,46 @@ def test_worker_threads_give_identical_numbers(small_chunks):
         torch.set_num_threads(before)
     assert results[0] == results[1] == results[2]
     assert_agrees(a, b, atol=1e-3, rtol=1e-2)
+
+
+def test_norm_fn_is_the_blockwise_float64_norm_at_any_thread_count(small_chunks):
+    # norm_fn (what simulate records every step): per block, the float64 dot of the
+    # widened block with itself, summed exactly (math.fsum), then sqrt; the blocks of
+    # big tensors run on worker threads, small tensors are one block; the views it
+    # prepares once see later in-place updates.
+    import math
+
+    torch.manual_seed(7)
+    big = torch.randn(6, 7)  # 42 elements: 9 blocks of at most 5
+    wide = torch.randn(7, 6).t()  # non-contiguous: shape-based blocks
+    small = torch.randn(2, 2)
+    tensors = [big, wide, small]
+
+    def expected() -> float:
+        parts = [float(torch.dot(x, x)) for x in
+                 [small.reshape(-1).double()]
+                 + [p.double().reshape(-1) for t in (big, wide)
+                    for (p,) in kernels.blocks(t)]]
+        return math.sqrt(math.fsum(parts))
+
+    before = torch.get_num_threads()
+    try:
+        values = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            norm = kernels.norm_fn(tensors)
+            values.append(norm())
+            big.mul_(2.0)
+            small.mul_(4.0)
+            values.append(norm())
+            assert norm() == kernels.norm_of(tensors)
+            assert torch.get_num_threads() == n
+            big.div_(2.0)
+            small.div_(4.0)
+    finally:
+        torch.set_num_threads(before)
+    assert values[0] == values[2] == values[4] == kernels.norm_of(tensors) != values[1]
+    assert values[1] == values[3] == values[5]
+    assert values[0] == expected()
+    assert values[0] == pytest.approx(float(torch.cat([t.reshape(-1) for t in tensors])
+                                            .double().norm()), rel=1e-15)
