@@ -1,3 +1,3 @@
-from optstate.cli import main
+from optstate._entry import main
 
 main()

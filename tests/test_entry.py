@@ -1,0 +1,64 @@
+"""The entry point (``optstate``, ``python -m optstate``): ``--version`` is answered
+before typer and rich are imported; everything else reaches the typer app."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import optstate
+from optstate import _entry
+from tests.conftest import ROOT
+
+PROBE = (
+    "import runpy, sys\n"
+    "sys.argv = ['optstate', *sys.argv[1:]]\n"
+    "try:\n    runpy.run_module('optstate', run_name='__main__')\n"
+    "except SystemExit as e:\n    code = e.code\n"
+    "loaded = sorted(m for m in ('typer', 'rich', 'torch') if m in sys.modules)\n"
+    "print('LOADED', code, ' '.join(loaded), file=sys.stderr)\n"
+)
+
+
+def _probe(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", PROBE, *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_version_without_typer_or_rich():
+    r = _probe("--version")
+    assert r.stdout == f"optstate {optstate.__version__}\n"
+    assert r.stderr.splitlines()[-1] == "LOADED 0 "  # neither typer, rich nor torch
+
+
+def test_version_is_what_the_typer_app_prints(cli):
+    r = subprocess.run([sys.executable, "-m", "optstate", "--version"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"optstate {optstate.__version__}\n", "")
+    assert cli("--version").stdout == r.stdout
+
+
+@pytest.mark.parametrize(("args", "first"), [
+    (["--help"], "Usage: optstate [OPTIONS] COMMAND [ARGS]..."),
+    (["inspect", "--help"], "Usage: optstate inspect [OPTIONS]"),
+    (["--version", "--help"], f"optstate {optstate.__version__}"),  # typer's eager --version
+])
+def test_other_arguments_reach_the_typer_app(args, first):
+    r = _probe(*args)
+    assert next(line.strip() for line in r.stdout.splitlines() if line.strip()).startswith(first)
+    loaded = r.stderr.splitlines()[-1].split()
+    assert loaded[:2] == ["LOADED", "0"] and "typer" in loaded
+
+
+def test_main_with_argv_and_the_console_script(capsys):
+    with pytest.raises(SystemExit) as e:
+        _entry.main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"optstate {optstate.__version__}\n"
+    with pytest.raises(SystemExit) as e:  # an argv list goes to the CLI as it is
+        _entry.main(["no-such-command"])
+    assert e.value.code == 2
+    scripts = (ROOT / "pyproject.toml").read_text().split("[project.scripts]\n")[1]
+    assert scripts.split("\n\n")[0] == 'optstate = "optstate._entry:main"'
