@@ -61,6 +61,22 @@ class GradientSource:
                 obj = self._stepping_objective(params)
         return list(torch.autograd.grad(obj, params))
 
+    def fill_grads(self, params: list[torch.Tensor], step: int, sparse: bool = False) -> None:
+        """``accumulate(params, self.gradients(params, step), sparse)``; for objectives
+        through ``backward()`` itself, as a training loop does (its AccumulateGrad stores
+        the same values, or adds them in place: bit for bit the same, one call less)."""
+        if sparse or not self.has_objective or type(self).gradients is not \
+                GradientSource.gradients:
+            accumulate(params, self.gradients(params, step), sparse=sparse)
+            return
+        pending, self._pending = self._pending, None
+        if pending is not None and _same_values(pending[0], pending[1], params):
+            obj = pending[2]
+        else:
+            with torch.enable_grad():
+                obj = self._stepping_objective(params)
+        obj.backward(inputs=params)
+
     def loss(self, params: list[torch.Tensor]) -> float | None:
         """The objective's value (in the parameters' dtype, as a training loop sees it)."""
         if params and all(p.requires_grad and p.is_leaf for p in params):

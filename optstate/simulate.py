@@ -197,7 +197,7 @@ def simulate(
         else:
             if spec.zero_grad != "never":
                 opt.zero_grad(set_to_none=set_to_none)
-            accumulate(params, source.gradients(params, step), sparse=sparse)
+            source.fill_grads(params, step, sparse=sparse)
             try:
                 opt.step()
             except TORCH_REFUSALS as e:

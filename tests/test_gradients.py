@@ -101,3 +101,34 @@ def test_gradients_leave_no_graph_and_do_not_touch_grad():
     grads = make_source("rosenbrock").gradients(params, 0)
     assert all(not g.requires_grad for g in grads)
     assert all(p.grad is None for p in params)
+
+
+@pytest.mark.parametrize("name", list(SOURCES))
+@pytest.mark.parametrize("n_params", [1, 2])
+def test_fill_grads_is_accumulate_of_gradients_bit_for_bit(name, n_params):
+    # fill_grads (simulate's per-step path: loss() then backward() on the same forward)
+    # leaves in .grad exactly what accumulate(gradients()) leaves, on empty and on
+    # existing .grad (--zero-grad never), and the loss keeps sum()'s value.
+    runs = []
+    for fast in (True, False):
+        params = _params()[:n_params]
+        source = make_source(name, 0.75, seed=3)
+        losses = []
+        for step in range(3):
+            losses.append(source.loss(params))
+            if fast:
+                source.fill_grads(params, step)
+            else:
+                accumulate(params, source.gradients(params, step))
+            with torch.no_grad():
+                for p in params:
+                    p.mul_(0.5)
+        runs.append((losses, [None if p.grad is None else p.grad.clone() for p in params]))
+    (loss_a, grads_a), (loss_b, grads_b) = runs
+    assert [repr(x) for x in loss_a] == [repr(x) for x in loss_b]
+    assert [g is None for g in grads_a] == [g is None for g in grads_b]
+    for a, b in zip(grads_a, grads_b, strict=True):
+        assert a is None or (torch.equal(a, b) and a.dtype == b.dtype)
+    if name in ("constant", "quadratic"):
+        assert grads_a[0] is not None and loss_a[0] is not None
+
