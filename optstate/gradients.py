@@ -52,14 +52,17 @@ class GradientSource:
         bit for bit; ``loss`` restores the sign. Sources override it to skip that add."""
         return self.objective(params)
 
-    def gradients(self, params: list[torch.Tensor], step: int) -> list[torch.Tensor] | None:
+    def _take_objective(self, params: list[torch.Tensor]) -> torch.Tensor:
+        """The objective's graph for ``params``: the one ``loss`` just built for the same
+        values if there is one (used once), else a fresh forward."""
         pending, self._pending = self._pending, None
         if pending is not None and _same_values(pending[0], pending[1], params):
-            obj = pending[2]
-        else:
-            with torch.enable_grad():
-                obj = self._stepping_objective(params)
-        return list(torch.autograd.grad(obj, params))
+            return pending[2]
+        with torch.enable_grad():
+            return self._stepping_objective(params)
+
+    def gradients(self, params: list[torch.Tensor], step: int) -> list[torch.Tensor] | None:
+        return list(torch.autograd.grad(self._take_objective(params), params))
 
     def fill_grads(self, params: list[torch.Tensor], step: int, sparse: bool = False) -> None:
         """``accumulate(params, self.gradients(params, step), sparse)``; for objectives
@@ -69,13 +72,7 @@ class GradientSource:
                 GradientSource.gradients:
             accumulate(params, self.gradients(params, step), sparse=sparse)
             return
-        pending, self._pending = self._pending, None
-        if pending is not None and _same_values(pending[0], pending[1], params):
-            obj = pending[2]
-        else:
-            with torch.enable_grad():
-                obj = self._stepping_objective(params)
-        obj.backward(inputs=params)
+        self._take_objective(params).backward(inputs=params)
 
     def loss(self, params: list[torch.Tensor]) -> float | None:
         """The objective's value (in the parameters' dtype, as a training loop sees it)."""
