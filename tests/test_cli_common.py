@@ -14,11 +14,12 @@ import sys
 import pytest
 import typer
 
-from optstate.cli import app
+from optstate.cli import app, load_all
+from optstate.render.root_help import COMMANDS as TABLE
 from tests.conftest import ROOT
 
-COMMANDS = sorted(c.name or c.callback.__name__.replace("_", "-")
-                  for c in app.registered_commands)
+COMMANDS = sorted(TABLE)  # tests/test_root_help.py: the table is every registered command
+load_all()  # commands load lazily; the tests below read their callbacks
 HINT_SIMULATE = "Hint: run 'optstate simulate --help' to see the options"
 
 

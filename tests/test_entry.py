@@ -1,8 +1,10 @@
-"""The entry point (``optstate``, ``python -m optstate``): ``--version`` is answered
-before typer and rich are imported; everything else reaches the typer app."""
+"""The entry point (``optstate``, ``python -m optstate``): ``--version`` and the root
+help are answered before typer and rich are imported; everything else reaches the typer
+app."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -40,9 +42,22 @@ def test_version_is_what_the_typer_app_prints(cli):
     assert cli("--version").stdout == r.stdout
 
 
+@pytest.mark.parametrize(("args", "code"), [(["--help"], 0), (["-h"], 0), ([], 2)])
+def test_root_help_without_typer_or_rich(cli, args, code):
+    r = _probe(*args)
+    assert r.stderr.splitlines()[-1] == f"LOADED {code} "  # neither typer, rich nor torch
+    assert r.stdout.splitlines()[1].strip() == "Usage: optstate [OPTIONS] COMMAND [ARGS]..."
+    # the same text as the typer app's own root help (CliRunner: not a terminal, 80 columns)
+    env = {"COLUMNS": "80", "NO_COLOR": "1"}
+    r = subprocess.run([sys.executable, "-m", "optstate", *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, env={**os.environ, **env})
+    assert (r.returncode, r.stderr) == (code, "")
+    assert r.stdout == cli("--help", env=env).stdout
+
+
 @pytest.mark.parametrize(("args", "first"), [
-    (["--help"], "Usage: optstate [OPTIONS] COMMAND [ARGS]..."),
     (["inspect", "--help"], "Usage: optstate inspect [OPTIONS]"),
+    (["--help", "inspect"], "Usage: optstate [OPTIONS] COMMAND [ARGS]..."),  # typer: root help
     (["--version", "--help"], f"optstate {optstate.__version__}"),  # typer's eager --version
 ])
 def test_other_arguments_reach_the_typer_app(args, first):

@@ -3,7 +3,10 @@ calls the core, picks a renderer and prints. Errors from the core become one
 ``Error: ...`` line on stderr and exit status 2 (``OPTSTATE_DEBUG=1`` shows the traceback).
 
 Commands live in one module each (``cli/simulate.py``, ...) so that every command stays a
-short read; they import torch only inside the command body, so ``--help`` stays fast.
+short read; they import torch only inside the command body, so ``--help`` stays fast. A
+command's module is imported (and its click command built) only when that command is
+asked for: ``optstate inspect FILE`` loads ``cli/inspect.py`` alone, and the root help
+lists the commands from the table in ``render/root_help.py`` (issue #6).
 """
 
 from __future__ import annotations
@@ -12,16 +15,82 @@ import contextlib
 import os
 import sys
 import traceback
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Iterator, MutableMapping
+from importlib import import_module
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from .. import __version__
 from ..errors import OptstateError, one_line
+from ..render.root_help import COMMANDS, DESCRIPTION, VERSION_HELP, root_help
+
+# command name -> its module in this package, when they differ
+_MODULE_OF = {"set": "set_cmd"}
+
+
+class _Commands(MutableMapping):
+    """The root group's commands by name; a command's module is imported and its click
+    command built on first access (``get``/``[]``). Iterating gives the names without
+    loading anything; ``items()``/``values()`` load all, so code that walks every
+    command (tests, completion) sees them all."""
+
+    def __init__(self, built: MutableMapping) -> None:
+        self._built = dict(built)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._built:
+            if name not in COMMANDS:
+                raise KeyError(name)
+            self._built[name] = _build(name)
+        return self._built[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._built or name in COMMANDS
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys([*COMMANDS, *self._built]))
+
+    def __len__(self) -> int:
+        return len(dict.fromkeys([*COMMANDS, *self._built]))
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self._built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._built[name]
+
+
+def _build(name: str) -> Any:
+    """Import the module of command ``name`` (it registers on ``app``) and build it."""
+    import_module(f"{__name__}.{_MODULE_OF.get(name, name)}")
+    info = next(c for c in app.registered_commands
+                if (c.name or typer.main.get_command_name(c.callback.__name__)) == name)
+    return typer.main.get_command_from_info(
+        info, pretty_exceptions_short=app.pretty_exceptions_short,
+        rich_markup_mode=app.rich_markup_mode)
+
+
+class _LazyGroup(TyperGroup):
+    """typer's group with lazily loaded commands and a root help drawn without rich
+    (``render/root_help.py``: the same text typer's rich formatter prints, tested)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.commands = _Commands(self.commands)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)  # TyperGroup's walks items(), which loads them all
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        formatter.write(root_help())
+
 
 app = typer.Typer(
-    name="optstate",  # help: _root's docstring
+    name="optstate",
+    cls=_LazyGroup,
+    help=DESCRIPTION,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -39,14 +108,11 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True,
-                           help="Show the version and exit.")
+                           help=VERSION_HELP)
     ] = False,
 ) -> None:
-    """Inspect, diff, simulate and repair PyTorch optimizer state checkpoints.
-
-    Every file is loaded with torch.load(weights_only=True): opening a
-    checkpoint never runs code from it. Each command's --help has examples.
-    """
+    # Only --version; the help is render/root_help.py's DESCRIPTION (help= above).
+    return None
 
 
 def debug_enabled() -> bool:
@@ -167,14 +233,11 @@ def _usage_error(e: Exception, argv: list[str] | None) -> int:
 
 
 def _command_names() -> set[str]:
-    return {c.name or c.callback.__name__ for c in app.registered_commands if c.callback}
+    return set(COMMANDS)
 
 
-# Each command module registers itself on ``app`` when imported.
-from . import check as _check  # noqa: E402,F401
-from . import compare as _compare  # noqa: E402,F401
-from . import convert as _convert  # noqa: E402,F401
-from . import diff as _diff  # noqa: E402,F401
-from . import inspect as _inspect  # noqa: E402,F401
-from . import set_cmd as _set_cmd  # noqa: E402,F401
-from . import simulate as _simulate  # noqa: E402,F401
+def load_all() -> None:
+    """Import every command's module (each registers itself on ``app`` when imported),
+    for code that wants ``app.registered_commands`` complete."""
+    for name in COMMANDS:
+        import_module(f"{__name__}.{_MODULE_OF.get(name, name)}")
