@@ -36,6 +36,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+try:  # the optional C kernel (optstate/_ckernels.c); the torch path below is the fallback
+    from . import _ckernels
+except ImportError:  # not built (no C compiler at install time)
+    _ckernels = None
+
+# Use the C kernel where it applies (tests switch it off to check both paths agree).
+USE_C = _ckernels is not None
+# dtype -> the C kernel's element kind
+_C_KINDS = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+
 # 256 Ki elements: a 2 MiB float64 buffer, inside a 4 MiB L2 cache with room for the
 # source block; measured fastest on this project's reference machine (128 Ki-256 Ki).
 CHUNK_ELEMENTS = 1 << 18
@@ -321,73 +331,107 @@ def _compare(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, nan_equ
 
 def _compare_run(pairs: list[tuple], atol: float, rtol: float, nan_equal: bool,
                  progress: Progress | None, esize: int) -> _PairPart:
-    size = max((pa.numel() for pa, _ in pairs), default=1) or 1
-    bufa, bufb, bufd = (torch.empty(size, dtype=torch.float64) for _ in range(3))
-    flags = torch.empty(size, dtype=torch.bool)
-    n_out = 0
-    max_abs: float | None = None
-    max_rel: float | None = None
-    sqa: list[float] = []
-    sqb: list[float] = []
-    fin_a = fin_b = 0
-    wide_a = wide_b = False
+    part = _PairPart()
+    kinds = None
+    if USE_C and pairs:
+        pa, pb = pairs[0]
+        kinds = (_C_KINDS.get(pa.dtype), _C_KINDS.get(pb.dtype))
+        if None in kinds:
+            kinds = None
+    bufs = None
     for pa, pb in pairs:
-        xa, xb = _widen(bufa, pa), _widen(bufb, pb)
-        k = xa.numel()
-        d = bufd[:k]
-        qa, qb = float(torch.dot(xa, xa)), float(torch.dot(xb, xb))
-        # A finite sum of squares means every element is finite (NaN and Inf propagate).
-        if math.isfinite(qa) and math.isfinite(qb):
-            wide_a = wide_a or (qa == 0.0 and bool(xa.any()))
-            wide_b = wide_b or (qb == 0.0 and bool(xb.any()))
-            fin_a += k
-            fin_b += k
-            torch.sub(xa, xb, out=d).abs_()
-            m = float(d.max())
-            max_abs = m if max_abs is None else max(max_abs, m)
-            if m == 0.0:
-                if qb > 0.0 or bool(xb.any()):
-                    max_rel = 0.0 if max_rel is None else max_rel
-            else:
-                xb.abs_()
-                if atol == 0.0 and rtol == 0.0:
-                    n_out += int(torch.count_nonzero(d))
-                else:
-                    # torch.isclose's rule, same float64 operations: d > atol + rtol*|b|
-                    allowed = torch.mul(xb, rtol, out=xa).add_(atol)  # xa is free now
-                    n_out += int(torch.count_nonzero(torch.gt(d, allowed, out=flags[:k])))
-                nonzero_b = int(torch.count_nonzero(xb))
-                if nonzero_b:
-                    r = d.div_(xb)
-                    if nonzero_b != k:  # x/0 is inf or NaN: not a relative difference
-                        r = r.masked_fill_(xb == 0, 0.0)
-                    r = float(r.max())
-                    max_rel = r if max_rel is None else max(max_rel, r)
+        k = pa.numel()
+        if kinds is not None and pa.is_contiguous() and pb.is_contiguous():
+            _c_pair(part, pa, pb, kinds, atol, rtol, nan_equal)
         else:
-            close = torch.isclose(xa, xb, rtol=rtol, atol=atol, equal_nan=nan_equal)
-            n_out += k - int(close.sum())
-            fa, fb = torch.isfinite(xa), torch.isfinite(xb)
-            both = fa & fb
-            dd = (xa - xb).abs()[both]
-            if dd.numel():
-                m = float(dd.max())
-                max_abs = m if max_abs is None else max(max_abs, m)
-                yb = xb.abs()[both]
-                nz = yb != 0
-                if bool(nz.any()):
-                    r = float((dd[nz] / yb[nz]).max())
-                    max_rel = r if max_rel is None else max(max_rel, r)
-            va, vb = xa[fa], xb[fb]
-            qa, qb = float(torch.dot(va, va)), float(torch.dot(vb, vb))
-            wide_a = wide_a or math.isinf(qa) or (qa == 0.0 and bool(va.any()))
-            wide_b = wide_b or math.isinf(qb) or (qb == 0.0 and bool(vb.any()))
-            fin_a += va.numel()
-            fin_b += vb.numel()
-        sqa.append(qa)
-        sqb.append(qb)
+            if bufs is None:
+                size = max((x.numel() for x, _ in pairs), default=1) or 1
+                bufs = (*(torch.empty(size, dtype=torch.float64) for _ in range(3)),
+                        torch.empty(size, dtype=torch.bool))
+            _torch_pair(part, pa, pb, bufs, atol, rtol, nan_equal)
         if progress is not None:
             progress(k * esize)
-    return _PairPart(n_out, max_abs, max_rel, sqa, sqb, fin_a, fin_b, wide_a, wide_b)
+    return part
+
+
+def _c_pair(part: _PairPart, pa: torch.Tensor, pb: torch.Tensor, kinds: tuple[int, int],
+            atol: float, rtol: float, nan_equal: bool) -> None:
+    """One block through the C kernel: the same numbers as ``_torch_pair``."""
+    n_out, m, r, qa, qb, fa, fb, nza, nzb = _ckernels.pair_block(
+        pa.data_ptr(), pb.data_ptr(), pa.numel(), kinds[0], kinds[1], atol, rtol, nan_equal)
+    part.n_out += n_out
+    if m is not None:
+        part.max_abs = m if part.max_abs is None else max(part.max_abs, m)
+    if r is not None:
+        part.max_rel = r if part.max_rel is None else max(part.max_rel, r)
+    part.wide_a = part.wide_a or math.isinf(qa) or (qa == 0.0 and bool(nza))
+    part.wide_b = part.wide_b or math.isinf(qb) or (qb == 0.0 and bool(nzb))
+    part.fin_a += fa
+    part.fin_b += fb
+    part.sqa.append(qa)
+    part.sqb.append(qb)
+
+
+def _torch_pair(part: _PairPart, pa: torch.Tensor, pb: torch.Tensor, bufs: tuple,
+                atol: float, rtol: float, nan_equal: bool) -> None:
+    """One block in torch: widened into reused float64 buffers, reduced there."""
+    bufa, bufb, bufd, flags = bufs
+    xa, xb = _widen(bufa, pa), _widen(bufb, pb)
+    k = xa.numel()
+    d = bufd[:k]
+    qa, qb = float(torch.dot(xa, xa)), float(torch.dot(xb, xb))
+    # A finite sum of squares means every element is finite (NaN and Inf propagate).
+    if math.isfinite(qa) and math.isfinite(qb):
+        part.wide_a = part.wide_a or (qa == 0.0 and bool(xa.any()))
+        part.wide_b = part.wide_b or (qb == 0.0 and bool(xb.any()))
+        part.fin_a += k
+        part.fin_b += k
+        torch.sub(xa, xb, out=d).abs_()
+        m = float(d.max())
+        part.max_abs = m if part.max_abs is None else max(part.max_abs, m)
+        if m == 0.0:
+            if qb > 0.0 or bool(xb.any()):
+                part.max_rel = 0.0 if part.max_rel is None else part.max_rel
+        else:
+            xb.abs_()
+            if atol == 0.0 and rtol == 0.0:
+                part.n_out += int(torch.count_nonzero(d))
+            else:
+                # torch.isclose's rule, same float64 operations: d > atol + rtol*|b|
+                allowed = torch.mul(xb, rtol, out=xa).add_(atol)  # xa is free now
+                n_out = int(torch.count_nonzero(torch.gt(d, allowed, out=flags[:k])))
+                if math.isinf(m):  # isclose: an infinite |a - b| is never close
+                    n_out += int(torch.count_nonzero(torch.isinf(d) & ~torch.gt(d, allowed)))
+                part.n_out += n_out
+            nonzero_b = int(torch.count_nonzero(xb))
+            if nonzero_b:
+                r = d.div_(xb)
+                if nonzero_b != k:  # x/0 is inf or NaN: not a relative difference
+                    r = r.masked_fill_(xb == 0, 0.0)
+                r = float(r.max())
+                part.max_rel = r if part.max_rel is None else max(part.max_rel, r)
+    else:
+        close = torch.isclose(xa, xb, rtol=rtol, atol=atol, equal_nan=nan_equal)
+        part.n_out += k - int(close.sum())
+        fa, fb = torch.isfinite(xa), torch.isfinite(xb)
+        both = fa & fb
+        dd = (xa - xb).abs()[both]
+        if dd.numel():
+            m = float(dd.max())
+            part.max_abs = m if part.max_abs is None else max(part.max_abs, m)
+            yb = xb.abs()[both]
+            nz = yb != 0
+            if bool(nz.any()):
+                r = float((dd[nz] / yb[nz]).max())
+                part.max_rel = r if part.max_rel is None else max(part.max_rel, r)
+        va, vb = xa[fa], xb[fb]
+        qa, qb = float(torch.dot(va, va)), float(torch.dot(vb, vb))
+        part.wide_a = part.wide_a or math.isinf(qa) or (qa == 0.0 and bool(va.any()))
+        part.wide_b = part.wide_b or math.isinf(qb) or (qb == 0.0 and bool(vb.any()))
+        part.fin_a += va.numel()
+        part.fin_b += vb.numel()
+    part.sqa.append(qa)
+    part.sqb.append(qb)
 
 
 def _norm_from(t: torch.Tensor, parts: list[float], finite: int, wide: bool) -> float | None:

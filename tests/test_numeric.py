@@ -32,9 +32,19 @@ def reference(a, b, atol=0.0, rtol=0.0, nan_equal=True) -> dict:
         "n_outside": int((~close).sum()),
         "max_abs": float(d.max()) if d.numel() else None,
         "max_rel": float((d[nz] / yb[nz]).max()) if bool(nz.any()) else None,
-        "norm_a": float(fa.norm()) if fa.numel() else None,
-        "norm_b": float(fb.norm()) if fb.numel() else None,
+        "norm_a": true_norm(fa) if fa.numel() else None,
+        "norm_b": true_norm(fb) if fb.numel() else None,
     }
+
+
+def true_norm(f: torch.Tensor) -> float:
+    """torch's float64 norm, rescaled where the squares leave the float64 range (there
+    torch's own norm() returns inf or 0, and optstate the true value)."""
+    plain = float(f.norm())
+    peak = float(f.abs().max())
+    if peak > 0 and (plain == float("inf") or plain == 0.0):
+        return peak * float((f / peak).norm())
+    return plain
 
 
 def assert_agrees(a, b, **tol) -> None:
@@ -48,6 +58,22 @@ def assert_agrees(a, b, **tol) -> None:
         assert (got is None) == (want is None)
         if want is not None:
             assert got == pytest.approx(want, rel=TOL, abs=0)
+
+
+@pytest.fixture(autouse=True, params=["c", "torch"])
+def kernel_path(request, monkeypatch):
+    """Every test runs twice: through the C kernel (optstate/_ckernels.c) and through
+    the pure-torch path that replaces it where it is not built."""
+    if request.param == "c" and kernels._ckernels is None:
+        pytest.skip("the C kernel is not built (see test_c_kernel_is_built)")
+    monkeypatch.setattr(kernels, "USE_C", request.param == "c")
+    return request.param
+
+
+def test_c_kernel_is_built():
+    # The README's install builds it (setup.py); without it optstate still works, on
+    # the slower torch path, and half of this file would be skipped.
+    assert kernels._ckernels is not None
 
 
 @pytest.fixture
@@ -284,3 +310,52 @@ def test_norm_fn_is_the_blockwise_float64_norm_at_any_thread_count(small_chunks)
     assert values[0] == expected()
     assert values[0] == pytest.approx(float(torch.cat([t.reshape(-1) for t in tensors])
                                             .double().norm()), rel=1e-15)
+
+
+# Values that stress the fast loop's assumptions: an |a - b| or a square beyond the
+# float64 range, squares below it, subnormals, signed zeros, tolerances that overflow.
+EDGE64 = [0.0, -0.0, 1.0, -1.0, 1e308, -1e308, 1.7e308, 1e-200, -1e-200, 5e-324, 1e154,
+          3e-160, 2.5, 1e-3, NAN, INF, -INF]
+
+
+@pytest.mark.parametrize("dtype_a", [torch.float32, torch.float64, torch.float16,
+                                     torch.bfloat16])
+@pytest.mark.parametrize("dtype_b", [torch.float32, torch.float64, torch.float16,
+                                     torch.bfloat16])
+def test_every_dtype_pair_at_the_edges(dtype_a, dtype_b):
+    gen = torch.Generator().manual_seed(8)
+    n = 1000
+    pick = torch.randint(len(EDGE64), (2, n), generator=gen)
+    edge = torch.tensor(EDGE64, dtype=torch.float64)
+    x, y = edge[pick[0]], edge[pick[1]]
+    # runs of ordinary values (the fast loop) between the edge values
+    x[200:600] = torch.randn(400, generator=gen, dtype=torch.float64)
+    y[200:600] = x[200:600] * (1 + 1e-3 * torch.randn(400, generator=gen,
+                                                          dtype=torch.float64))
+    y[300:340] = x[300:340]
+    x[700:780] = 0.0
+    y[700:780] = 0.0
+    a, b = x.to(dtype_a), y.to(dtype_b)
+    for tol in ({}, {"atol": 1e-8, "rtol": 1e-5}, {"rtol": 3.0}, {"atol": 1e300}):
+        for nan_equal in (True, False):
+            assert_agrees(a, b, nan_equal=nan_equal, **tol)
+            assert_agrees(a[200:600], b[200:600], nan_equal=nan_equal, **tol)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=1,
+                  max_size=600),
+    shift=st.sampled_from([0.0, 1e-9, 1e-3, 1.0]),
+    atol=st.sampled_from([0.0, 1e-8, 1e-3]),
+    rtol=st.sampled_from([0.0, 1e-5, 0.1]),
+    dtypes=st.sampled_from([(torch.float64, torch.float64), (torch.float32, torch.float32),
+                            (torch.float32, torch.float64), (torch.bfloat16, torch.float16)]),
+)
+def test_property_long_runs_match_torch(data, shift, atol, rtol, dtypes):
+    # runs of hundreds of values: the C kernel's vector loop, not only its careful path
+    a = torch.tensor(data, dtype=torch.float64)
+    b = a * (1 + shift) + shift
+    a, b = a.to(dtypes[0]), b.to(dtypes[1])
+    assert_agrees(a, b, atol=atol, rtol=rtol)
+    assert_agrees(b, a, atol=atol, rtol=rtol, nan_equal=False)
