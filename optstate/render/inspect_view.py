@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rich import box
 from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 
 from .human import fmt, fmt_values, groups_table
+from .text_table import TextTable
 
 FORMAT_LABELS = {
     "zip": "torch.save zip (torch >= 1.6)",
@@ -127,21 +126,18 @@ def _flat_entries(state: dict[str, Any], prefix: str = ""):  # noqa: ANN202
             yield name, rep
 
 
-def structure_table(report: dict[str, Any]) -> Table:
+def structure_table(report: dict[str, Any]) -> TextTable:
     """One row per state entry: shape, dtype, numel, bytes; scalars by value."""
     params = report["params"]
     show_group = len({p["group"] for p in params}) > 1 or len(report["param_groups"]) > 1
     show_name = any(p["name"] for p in params)
-    table = Table(title="state", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
-                  padding=(0, 1), pad_edge=False, show_edge=False)
     show_value = any("value" in rep for p in params for _, rep in _flat_entries(p["state"]))
     show_id = bool(report.get("legacy_ids"))  # the id(param) keys of torch < 1.6
     cols = ["param"] + ["id"] * show_id + ["group"] * show_group + ["name"] * show_name + [
         "entry", "shape", "dtype", "numel", "bytes"] + ["value"] * show_value
-    for col in cols:
-        table.add_column(col, justify="right" if col in ("param", "id", "group", "numel",
-                                                           "bytes")
-                         else "left", overflow="fold")
+    table = TextTable("state", [
+        (col, "right" if col in ("param", "id", "group", "numel", "bytes") else "left", 0)
+        for col in cols])
     for p in params:
         lead = _lead(p, show_group, show_name, show_id)
         blank = [""] * len(lead)
@@ -165,16 +161,13 @@ def structure_table(report: dict[str, Any]) -> Table:
     return table
 
 
-def stats_table(report: dict[str, Any], digits: int = 6) -> Table | None:
+def stats_table(report: dict[str, Any], digits: int = 6) -> TextTable | None:
     """One row per tensor entry: norm, min, max, mean, mean|x| (over finite elements),
     NaN and Inf counts, fraction of zeros."""
-    table = Table(title="statistics (norm, min, max, mean over finite elements)",
-                  title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
-                  padding=(0, 0), pad_edge=False, show_edge=False)
-    for col in ("param", "entry", "norm", "min", "max", "mean", "mean|x|", "NaN", "Inf",
-                "zeros"):
-        table.add_column(col, justify="left" if col == "entry" else "right",
-                         overflow="fold", min_width=len(col) if col != "entry" else 6)
+    table = TextTable("statistics (norm, min, max, mean over finite elements)", [
+        (col, "left" if col == "entry" else "right", len(col) if col != "entry" else 6)
+        for col in ("param", "entry", "norm", "min", "max", "mean", "mean|x|", "NaN", "Inf",
+                    "zeros")], padding=0)
     any_row = False
     for p in report["params"]:
         first = True

@@ -1,0 +1,80 @@
+"""TextTable (optstate/render/text_table.py) prints what rich's Table prints for the same
+rows: it lays out one-line cells itself and hands everything else to rich."""
+
+from __future__ import annotations
+
+import io
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.console import Console
+from rich.text import Text
+
+from optstate.render.text_table import TextTable
+
+
+def _print(renderable, width: int, colour: bool = False) -> str:
+    console = Console(file=io.StringIO(), width=width, force_terminal=colour,
+                      color_system="standard" if colour else None, highlight=False)
+    console.print(renderable)
+    return console.file.getvalue()
+
+
+def _same(table: TextTable, width: int) -> None:
+    assert _print(table, width) == _print(table.to_rich(), width)
+
+
+_cell = st.one_of(
+    st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12),
+    st.sampled_from(["", "1,979,392", "exp_avg", "1933x1024", "float32", "名前", "–"]),
+    st.builds(lambda s, style: Text(s, style=style), st.text(max_size=8),
+              st.sampled_from(["", "dim", "bold red"])),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    columns=st.lists(st.tuples(st.text(min_size=0, max_size=8),
+                               st.sampled_from(["left", "right"]), st.integers(0, 7)),
+                     min_size=1, max_size=6),
+    rows=st.lists(st.lists(_cell, max_size=6), max_size=8),
+    padding=st.sampled_from([0, 1]),
+    width=st.integers(20, 140),
+    title=st.sampled_from(["state", "statistics (norm, min, max, mean over finite elements)",
+                           "t"]),
+)
+def test_same_text_as_rich(columns, rows, padding, width, title):
+    table = TextTable(title, columns, padding=padding)
+    for row in rows:
+        table.add_row(*row[:len(columns)])
+    _same(table, width)
+
+
+def test_inspect_like_table_is_drawn_by_itself_and_matches():
+    table = TextTable("state", [("param", "right", 0), ("entry", "left", 0),
+                                ("numel", "right", 0)])
+    table.add_row("0", "exp_avg", "1,979,392")
+    table.add_row("", Text("(no state)", style="dim"))
+    assert table._widths() == [5, 10, 9]  # laid out here, not by rich
+    _same(table, 80)
+    assert _print(table, 80).splitlines() == [
+        "state                         ",
+        "param   entry            numel",
+        "──────────────────────────────",
+        "    0   exp_avg      1,979,392",
+        "        (no state)            ",
+    ]
+    coloured = _print(table, 80, colour=True)
+    assert "\x1b[1m" in coloured and "\x1b[2m(no state)" in coloured
+
+
+def test_what_rich_must_lay_out_goes_to_rich():
+    for cell in ("two\nlines", "esc\x1b[31m", Text.assemble(("a", "bold"), "b")):
+        table = TextTable("state", [("a", "left", 0)])
+        table.add_row(cell)
+        assert table._widths() is None
+        _same(table, 80)
+    wide = TextTable("state", [("a", "left", 0), ("b", "left", 0)])
+    wide.add_row("x" * 50, "y" * 50)
+    _same(wide, 80)  # 103 columns > 80: rich folds the cells
+    assert max(len(ln) for ln in _print(wide, 80).splitlines()) <= 80
