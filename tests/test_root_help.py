@@ -82,6 +82,7 @@ PROBE = (
     "except SystemExit:\n    pass\n"
     "print('LOADED', ' '.join(sorted(m for m in sys.modules if m.startswith('optstate.cli.'))),"
     " file=sys.stderr)\n"
+    "print('PYDANTIC' if 'pydantic' in sys.modules else 'NO-PYDANTIC', file=sys.stderr)\n"
 )
 
 
@@ -91,7 +92,10 @@ PROBE = (
     (["--help"], ""),
 ])
 def test_a_command_loads_only_its_own_module(args, loaded):
+    """... and help imports no pydantic (typer 0.29 coerces values through pydantic
+    adapters; --help's default None made it build one for every command line)."""
     r = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stderr.splitlines()[-1].rstrip() == f"LOADED {loaded}".rstrip()
+    assert [ln.rstrip() for ln in r.stderr.splitlines()[-2:]] == [f"LOADED {loaded}".rstrip(),
+                                                              "NO-PYDANTIC"]

@@ -86,6 +86,15 @@ class _LazyGroup(TyperGroup):
     def format_help(self, ctx: Any, formatter: Any) -> None:
         formatter.write(root_help())
 
+    def get_help_option(self, ctx: Any) -> Any:
+        # typer (0.29) leaves --help's default at None, not a bool, so every command line
+        # built a pydantic adapter for it (importing pydantic, ~70 ms) to return None;
+        # False is what the absent flag means. Now `optstate CMD --help` imports no pydantic.
+        option = super().get_help_option(ctx)
+        if option is not None and option.default is None:
+            option.default = False
+        return option
+
 
 app = typer.Typer(
     name="optstate",
