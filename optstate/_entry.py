@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import sys
 
+# Commands that read whole checkpoints' tensor data.
+_READS_TENSORS = frozenset({"inspect", "diff", "check", "set", "convert"})
+
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
@@ -23,6 +26,11 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.stdout.write(root_help())
         sys.exit(2 if not args else 0)  # bare `optstate`: help, not a success (as click)
+    if args and args[0] in _READS_TENSORS and not {"--help", "-h", "--no-stats"} & set(args):
+        # the checkpoint's pages load from disk while torch is imported (prefetch.py)
+        from .prefetch import start
+
+        start(args[1:])
     from .cli import main as cli_main
 
     cli_main(argv)
