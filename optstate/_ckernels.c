@@ -158,106 +158,144 @@ static void widen_f16(const void *p, Py_ssize_t i0, Py_ssize_t k, double *out)
 typedef void (*widen_fn)(const void *, Py_ssize_t, Py_ssize_t, double *);
 static const widen_fn WIDEN[4] = {widen_f32, widen_f64, widen_bf16, widen_f16};
 
-/* Two doubles at a time with the compiler's portable vector types (SSE2 on baseline
- * x86-64, NEON on arm64); comparisons give all-ones / zero lane masks. */
+/* The fast loop, written once for the compiler's portable vector types (GCC/Clang
+ * vector extensions): VW doubles per vector; comparisons give all-ones / zero lane masks.
+ * It is compiled for 2 lanes (SSE2 on baseline x86-64, NEON on arm64) and, on x86-64,
+ * also for 4 lanes with AVX2, chosen at import when the CPU has it. Same operations,
+ * same numbers: only the grouping of the sums of squares differs.
+ *
+ * Contract: k is a multiple of 2*VW and the tolerances are finite and >= 0. The loop
+ * assumes every value is finite and every |a-b| too (then a == b implies
+ * |a-b| <= atol + rtol*|b|, so torch.isclose's rule is that comparison alone); its sums
+ * of squares and max |a-b| tell whether that held, as NaN and Inf propagate into them.
+ * Returns 0 (and records nothing) when it did not, or when squares underflowed to zero:
+ * the caller then takes the careful per-element path. It does not divide: it only flags
+ * whether some |a-b|/|b| might beat the best quotient q so far, and only then are the
+ * run's quotients computed. The flag is safe: with t = fl(fl(q*|b|) * 0.99999),
+ * t < q*|b| whenever t is a normal number, so |a-b| < t implies |a-b|/|b| < q, and the
+ * rounded quotient cannot exceed q (rounding is monotonic). */
+#define DEFINE_PAIR_FAST(NAME, ATTR, VD, VI, VW, VMAX)                                      \
+    ATTR static int NAME(const double *xs, const double *ys, Py_ssize_t k, double atol,     \
+                         double rtol, PairResult *r, double *qa_out, double *qb_out)        \
+    {                                                                                       \
+        const VD zero = {0.0};                                                              \
+        const VD vmin = zero + DBL_MIN;                                                     \
+        const VD vat = zero + atol, vrt = zero + rtol;                                      \
+        const VD vq = zero + (r->has_rel ? r->max_rel : 0.0);                               \
+        const VD margin = zero + 0.99999;                                                   \
+        const VI absmask = (VI){0} + 0x7fffffffffffffffLL;                                  \
+        VD sa0 = zero, sa1 = zero, sb0 = zero, sb1 = zero, mx0 = zero, mx1 = zero;          \
+        VI close = {0}, cand = {0};                                                         \
+        for (Py_ssize_t i = 0; i < k; i += 2 * VW) {                                        \
+            VD x0, y0, x1, y1;                                                              \
+            memcpy(&x0, xs + i, sizeof x0);                                                 \
+            memcpy(&y0, ys + i, sizeof y0);                                                 \
+            memcpy(&x1, xs + i + VW, sizeof x1);                                            \
+            memcpy(&y1, ys + i + VW, sizeof y1);                                            \
+            VD d0 = (VD)((VI)(x0 - y0) & absmask), ay0 = (VD)((VI)y0 & absmask);            \
+            VD d1 = (VD)((VI)(x1 - y1) & absmask), ay1 = (VD)((VI)y1 & absmask);            \
+            VD al0 = vrt * ay0, al1 = vrt * ay1;                                            \
+            al0 = al0 + vat;                                                                \
+            al1 = al1 + vat;                                                                \
+            close += (d0 <= al0) + (d1 <= al1); /* lanes: -1 per close element */           \
+            mx0 = VMAX(d0, mx0);                                                            \
+            mx1 = VMAX(d1, mx1);                                                            \
+            VD t0 = vq * ay0, t1 = vq * ay1;                                                \
+            t0 = t0 * margin;                                                               \
+            t1 = t1 * margin;                                                               \
+            cand |= (d0 >= t0) | (t0 < vmin) | (d1 >= t1) | (t1 < vmin);                    \
+            sa0 += x0 * x0;                                                                 \
+            sb0 += y0 * y0;                                                                 \
+            sa1 += x1 * x1;                                                                 \
+            sb1 += y1 * y1;                                                                 \
+        }                                                                                   \
+        double qa = 0.0, qb = 0.0, m = 0.0;                                                 \
+        long long n_close = 0, any_cand = 0;                                                \
+        for (int j = 0; j < VW; j++) {                                                      \
+            qa += sa0[j] + sa1[j];                                                          \
+            qb += sb0[j] + sb1[j];                                                          \
+            m = mx0[j] > m ? mx0[j] : m;                                                    \
+            m = mx1[j] > m ? mx1[j] : m;                                                    \
+            n_close -= close[j];                                                            \
+            any_cand |= cand[j];                                                            \
+        }                                                                                   \
+        /* Not finite: a NaN/Inf value or an overflowing square or difference. */           \
+        if (!isfinite(qa) || !isfinite(qb) || !isfinite(m))                                 \
+            return 0;                                                                       \
+        int nza = qa > 0.0, nzb = qb > 0.0;                                                 \
+        for (Py_ssize_t i = 0; !nza && i < k; i++)                                          \
+            if (xs[i] != 0.0)                                                               \
+                return 0; /* squares underflowed: the careful path records it */            \
+        for (Py_ssize_t i = 0; !nzb && i < k; i++)                                          \
+            if (ys[i] != 0.0)                                                               \
+                return 0;                                                                   \
+        r->n_out += k - (Py_ssize_t)n_close;                                                \
+        if (!r->has_abs || m > r->max_abs)                                                  \
+            r->max_abs = m;                                                                 \
+        r->has_abs = 1;                                                                     \
+        r->nz_a |= nza;                                                                     \
+        r->nz_b |= nzb;                                                                     \
+        r->fin_a += k;                                                                      \
+        r->fin_b += k;                                                                      \
+        if (any_cand) {                                                                     \
+            for (Py_ssize_t i = 0; i < k; i++) {                                            \
+                double ay = fabs(ys[i]);                                                    \
+                if (ay != 0.0) {                                                            \
+                    double v = fabs(xs[i] - ys[i]) / ay;                                    \
+                    if (!r->has_rel || v > r->max_rel) {                                    \
+                        r->max_rel = v;                                                     \
+                        r->has_rel = 1;                                                     \
+                    }                                                                       \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        *qa_out = qa;                                                                       \
+        *qb_out = qb;                                                                       \
+        return 1;                                                                           \
+    }
+
 typedef double v2d __attribute__((vector_size(16)));
 typedef long long v2i __attribute__((vector_size(16)));
 
-#define V_ABS(v) ((v2d)((v2i)(v) & (v2i){0x7fffffffffffffffLL, 0x7fffffffffffffffLL}))
-
 #if defined(__SSE2__)
-#include <emmintrin.h>
-#define V_MAX(a, b) ((v2d)_mm_max_pd((__m128d)(a), (__m128d)(b))) /* a > b ? a : b */
+#include <immintrin.h>
+#define MAX2(a, b) ((v2d)_mm_max_pd((__m128d)(a), (__m128d)(b))) /* a > b ? a : b */
 #else
-static inline v2d V_MAX(v2d a, v2d b)
+static inline v2d MAX2(v2d a, v2d b)
 {
     v2i gt = a > b;
     return (v2d)(((v2i)a & gt) | ((v2i)b & ~gt));
 }
 #endif
 
-/* One run of k <= LANE widened pairs. A fast vector loop assumes every value is finite,
- * every |a-b| finite and the tolerances finite and >= 0 (then a == b implies
- * |a-b| <= atol + rtol*|b|, so torch.isclose's rule is that comparison alone). Its sums
- * of squares tell whether that held: NaN and Inf propagate into them. If not (or k is not
- * a multiple of 4, or the squares over- or underflow), the run is redone with the
- * careful per-element path. The fast loop does not divide: it only flags whether some
- * |a-b|/|b| might beat the best quotient q so far, and only then are the run's quotients
- * computed. The flag is safe: with t = fl(fl(q*|b|) * 0.99999), t < q*|b| whenever t is a
- * normal number, so |a-b| < t implies |a-b|/|b| < q, and the rounded quotient cannot
- * exceed q (rounding is monotonic). */
+DEFINE_PAIR_FAST(pair_fast2, , v2d, v2i, 2, MAX2)
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_AVX2_PATH 1
+typedef double v4d __attribute__((vector_size(32)));
+typedef long long v4i __attribute__((vector_size(32)));
+#define MAX4(a, b) ((v4d)_mm256_max_pd((__m256d)(a), (__m256d)(b)))
+DEFINE_PAIR_FAST(pair_fast4, __attribute__((target("avx2"))), v4d, v4i, 4, MAX4)
+#endif
+
+static int use_avx2 = 0;
+
+/* One run of k <= LANE widened pairs: the fast loop where it applies, else (or when it
+ * declines) the careful per-element path. */
 static void pair_run(const double *xs, const double *ys, Py_ssize_t k, double atol,
                      double rtol, int nan_equal, PairResult *r)
 {
     double qa = 0.0, qb = 0.0;
-    int bad = (k % 4) != 0 || !(atol >= 0.0 && atol < HUGE_VAL && rtol >= 0.0
-                                && rtol < HUGE_VAL);
-    if (!bad) {
-        const v2d zero = {0.0, 0.0};
-        const v2d vmin = {DBL_MIN, DBL_MIN};
-        const double q = r->has_rel ? r->max_rel : 0.0;
-        v2d sa0 = zero, sa1 = zero, sb0 = zero, sb1 = zero, mx0 = zero, mx1 = zero;
-        v2i close = {0, 0}, cand = {0, 0};
-        for (Py_ssize_t i = 0; i < k; i += 4) {
-            v2d x0, y0, x1, y1;
-            memcpy(&x0, xs + i, sizeof x0);
-            memcpy(&y0, ys + i, sizeof y0);
-            memcpy(&x1, xs + i + 2, sizeof x1);
-            memcpy(&y1, ys + i + 2, sizeof y1);
-            v2d d0 = V_ABS(x0 - y0), ay0 = V_ABS(y0);
-            v2d d1 = V_ABS(x1 - y1), ay1 = V_ABS(y1);
-            v2d al0 = rtol * ay0, al1 = rtol * ay1;
-            al0 = al0 + atol;
-            al1 = al1 + atol;
-            close += (d0 <= al0) + (d1 <= al1); /* lanes: -1 per close element */
-            mx0 = V_MAX(d0, mx0);
-            mx1 = V_MAX(d1, mx1);
-            v2d t0 = q * ay0, t1 = q * ay1;
-            t0 = t0 * 0.99999;
-            t1 = t1 * 0.99999;
-            cand |= (d0 >= t0) | (t0 < vmin) | (d1 >= t1) | (t1 < vmin);
-            sa0 += x0 * x0;
-            sb0 += y0 * y0;
-            sa1 += x1 * x1;
-            sb1 += y1 * y1;
-        }
-        qa = (sa0[0] + sa0[1]) + (sa1[0] + sa1[1]);
-        qb = (sb0[0] + sb0[1]) + (sb1[0] + sb1[1]);
-        v2d mx = V_MAX(mx0, mx1);
-        double m = mx[1] > mx[0] ? mx[1] : mx[0];
-        /* Not finite: a NaN/Inf value or an overflowing square or difference. */
-        bad = !isfinite(qa) || !isfinite(qb) || !isfinite(m);
-        int nza = qa > 0.0, nzb = qb > 0.0;
-        for (Py_ssize_t i = 0; !bad && !nza && i < k; i++)
-            if (xs[i] != 0.0)
-                bad = 1; /* squares underflowed: the careful path records it */
-        for (Py_ssize_t i = 0; !bad && !nzb && i < k; i++)
-            if (ys[i] != 0.0)
-                bad = 1;
-        if (!bad) {
-            r->n_out += k + (Py_ssize_t)(close[0] + close[1]);
-            if (!r->has_abs || m > r->max_abs)
-                r->max_abs = m;
-            r->has_abs = 1;
-            r->nz_a |= nza;
-            r->nz_b |= nzb;
-            r->fin_a += k;
-            r->fin_b += k;
-            if (cand[0] | cand[1]) {
-                for (Py_ssize_t i = 0; i < k; i++) {
-                    double ay = fabs(ys[i]);
-                    if (ay != 0.0) {
-                        double v = fabs(xs[i] - ys[i]) / ay;
-                        if (!r->has_rel || v > r->max_rel) {
-                            r->max_rel = v;
-                            r->has_rel = 1;
-                        }
-                    }
-                }
-            }
-        }
+    int done = 0;
+    if (k % 8 == 0 && atol >= 0.0 && atol < HUGE_VAL && rtol >= 0.0 && rtol < HUGE_VAL) {
+#ifdef HAVE_AVX2_PATH
+        if (use_avx2)
+            done = pair_fast4(xs, ys, k, atol, rtol, r, &qa, &qb);
+        else
+#endif
+            done = pair_fast2(xs, ys, k, atol, rtol, r, &qa, &qb);
     }
-    if (bad) {
+    if (!done) {
         qa = qb = 0.0;
         for (Py_ssize_t i = 0; i < k; i++)
             pair_one(xs[i], ys[i], atol, rtol, nan_equal, r, &qa, &qb);
@@ -320,8 +358,36 @@ static PyObject *pair_block(PyObject *self, PyObject *args)
                          r.sqb.s + r.sqb.c, r.fin_a, r.fin_b, r.nz_a, r.nz_b);
 }
 
+PyDoc_STRVAR(vector_paths_doc,
+"vector_paths(use_wide=None) -> (available, in_use): the fast loops compiled in and the\n"
+"one in use ('avx2' or '2-lane'); use_wide=False/True switches (tests run both).");
+
+static PyObject *vector_paths(PyObject *self, PyObject *args)
+{
+    PyObject *want = Py_None;
+    if (!PyArg_ParseTuple(args, "|O", &want))
+        return NULL;
+#ifdef HAVE_AVX2_PATH
+    int can = __builtin_cpu_supports("avx2") != 0;
+#else
+    int can = 0;
+#endif
+    if (want != Py_None) {
+        int wide = PyObject_IsTrue(want);
+        if (wide < 0)
+            return NULL;
+        if (wide && !can) {
+            PyErr_SetString(PyExc_ValueError, "the AVX2 loop is not available on this CPU");
+            return NULL;
+        }
+        use_avx2 = wide;
+    }
+    return Py_BuildValue("(ss)s", "2-lane", can ? "avx2" : "", use_avx2 ? "avx2" : "2-lane");
+}
+
 static PyMethodDef methods[] = {
     {"pair_block", pair_block, METH_VARARGS, pair_block_doc},
+    {"vector_paths", vector_paths, METH_VARARGS, vector_paths_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -331,4 +397,11 @@ static struct PyModuleDef module = {
     -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__ckernels(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__ckernels(void)
+{
+#ifdef HAVE_AVX2_PATH
+    __builtin_cpu_init();
+    use_avx2 = __builtin_cpu_supports("avx2") != 0;
+#endif
+    return PyModule_Create(&module);
+}
