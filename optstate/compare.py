@@ -123,8 +123,10 @@ class ComparisonRun:
 
 
 def compare(base: RunSpec, contenders: Sequence[Contender],
-            on_run: Callable[[Contender], None] | None = None) -> list[ComparisonRun]:
-    """Run every contender from ``base`` (same objective, parameters, seed, steps)."""
+            on_run: Callable[[Contender], None] | None = None,
+            record_every: int | str = "auto") -> list[ComparisonRun]:
+    """Run every contender from ``base`` (same objective, parameters, seed, steps), each
+    recording its history as ``simulate(record_every=...)`` does."""
     from .simulate import simulate
 
     runs = []
@@ -133,7 +135,7 @@ def compare(base: RunSpec, contenders: Sequence[Contender],
                        hyperparams={**base.hyperparams, **c.hyperparams})
         if on_run is not None:
             on_run(c)
-        runs.append(ComparisonRun(c, spec, simulate(spec)))
+        runs.append(ComparisonRun(c, spec, simulate(spec, record_every=record_every)))
     return runs
 
 
@@ -179,6 +181,7 @@ def compare_report(base: RunSpec, runs: Sequence[ComparisonRun]) -> dict[str, An
                 final_loss is not None and not math.isfinite(final_loss)),
             "final_params": plain(flat.tolist()) if numel <= VALUES_UP_TO else None,
             "history": {
+                "record_every": h.record_every,
                 "step": list(h.step),
                 "loss": [plain(x) for x in h.loss],
                 "param_norm": [plain(x) for x in h.param_norm],

@@ -58,6 +58,8 @@ class GradientSource:
         pending, self._pending = self._pending, None
         if pending is not None and _same_values(pending[0], pending[1], params):
             return pending[2]
+        if torch.is_grad_enabled():  # as in a training loop: no context to enter per step
+            return self._stepping_objective(params)
         with torch.enable_grad():
             return self._stepping_objective(params)
 
@@ -72,7 +74,8 @@ class GradientSource:
                 GradientSource.gradients:
             accumulate(params, self.gradients(params, step), sparse=sparse)
             return
-        self._take_objective(params).backward(inputs=params)
+        # backward() as a training loop calls it: the objective's only leaves are params
+        self._take_objective(params).backward()
 
     def loss(self, params: list[torch.Tensor]) -> float | None:
         """The objective's value (in the parameters' dtype, as a training loop sees it)."""

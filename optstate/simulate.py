@@ -50,7 +50,8 @@ COMMON_GROUP_KEYS = frozenset({
 
 @dataclass
 class History:
-    """Per-step records, one entry per recorded step."""
+    """Per-step records, one entry per recorded step: the start, every step that is a
+    multiple of ``record_every``, and the final step (see ``record_interval``)."""
 
     step: list[int] = field(default_factory=list)
     loss: list[float | None] = field(default_factory=list)
@@ -59,6 +60,7 @@ class History:
     # (x, y) per recorded step when the run has exactly two parameter elements (the 2-D
     # objectives that --plot draws over their contour plot); empty otherwise.
     point: list[tuple[float, float]] = field(default_factory=list)
+    record_every: int = 1
 
 
 @dataclass
@@ -104,6 +106,25 @@ def run_checkpoint(built: Built, spec: RunSpec, step: int, with_params: bool) ->
     return out
 
 
+# The "auto" history: at most this many recorded steps, and the norms read at most this
+# many parameter elements over a run (the norm is a float64 pass over every parameter).
+MAX_RECORDS = 1000
+MAX_NORM_ELEMENTS = 50_000_000
+
+
+def record_interval(steps: int, numel: int) -> int:
+    """The ``record_every`` of ``"auto"``: the smallest k >= 1 with at most
+    ``MAX_RECORDS`` recorded steps (``ceil(steps / k)``) whose norms read at most
+    ``MAX_NORM_ELEMENTS`` elements in all (``ceil(steps / k) * numel``). It depends only
+    on the run's size, never on timing: 10 000 steps of a 2x2 record every 10th step,
+    50 steps of 10M parameters every 10th, runs up to 1000 steps of up to 50 000
+    elements every step. Beyond 5e7 elements only the start and the end are recorded."""
+    records = min(MAX_RECORDS, MAX_NORM_ELEMENTS // max(numel, 1))
+    if records < 1:
+        return max(steps, 1)
+    return max(1, -(-steps // records))
+
+
 def series_path(path: Path, step: int) -> Path:
     """``out.pkl`` -> ``out.step000010.pkl`` for ``--save-every``."""
     return path.with_name(f"{path.stem}.step{step:06d}{path.suffix}")
@@ -117,19 +138,21 @@ def simulate(
     save_every: int | None = None,
     with_params: bool = False,
     force: bool = False,
-    record_every: int = 1,
+    record_every: int | str = "auto",
     on_step: Callable[[int], None] | None = None,
 ) -> SimulationResult:
     """Build the optimizer of ``spec``, optionally load ``resume`` (an opened ``Source``
     or an already loaded checkpoint object), run ``spec.steps`` more steps, and save as
-    asked. Prints nothing; ``on_step(step)`` is called after every step."""
+    asked. Prints nothing; ``on_step(step)`` is called after every step.
+
+    The history records the start, every step that is a multiple of ``record_every``
+    (``"auto"``: ``record_interval``; 1: every step) and the final step."""
     if save_every is not None and save_every <= 0:
         raise ConfigError(f"--save-every must be a positive number of steps, got {save_every}")
     if save_every is not None and save is None:
         raise ConfigError("--save-every needs --save PATH to name the series")
-    if record_every <= 0:
-        raise ConfigError("record_every must be positive")
     spec = validate(spec)
+    record_every = check_record_every(record_every)
     built = build(spec)
     warnings: list[str] = []
     start = load_resume(built, spec, resume, warnings) if resume is not None else 0
@@ -145,13 +168,16 @@ def simulate(
         for _, p in targets:  # fail before stepping, not after
             check_writable(p, force)
 
-    history = History()
+    numel = sum(p.numel() for p in built.params)
+    every = record_every if record_every != "auto" else record_interval(spec.steps, numel)
+    history = History(record_every=every)
     source = make_source(spec.grad, spec.grad_value, spec.seed)
     params, opt, sched = built.params, built.optimizer, built.scheduler
     is_lbfgs = isinstance(opt, torch.optim.LBFGS)
     sparse = isinstance(opt, torch.optim.SparseAdam)
     plateau = sched is not None and isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
     set_to_none = spec.zero_grad == "none"
+    zero = spec.zero_grad != "never"
     if spec.zero_grad == "zeros" and source.name == "none":
         # Older torch kept zero-filled .grad tensors after the first backward; with no
         # gradient source we start from that state so steps still run on zero grads.
@@ -159,10 +185,10 @@ def simulate(
             p.grad = torch.zeros_like(p).to_sparse() if sparse else torch.zeros_like(p)
     series = iter(targets)
     next_save = next(series, None)
-    two_d = sum(p.numel() for p in params) == 2
+    two_d = numel == 2
 
-    # Recording is part of every step: views, blocks and (without a scheduler, where
-    # nothing changes the learning rates) the lr list are made once, not per step.
+    # Recording recurs through the run: views, blocks and (without a scheduler, where
+    # nothing changes the learning rates) the lr list are made once, not per record.
     norm_now = norm_fn(params)  # norm_of(params): float64, chunked, no temporaries
     loss_now = source.loss if source.has_objective else None
     fixed_lr = None if sched is not None else [float(g["lr"]) for g in opt.param_groups]
@@ -179,10 +205,11 @@ def simulate(
             history.point.append((x, y))
 
     record(start)
+    next_record = (start // every + 1) * every
     for step in range(start, end):
         if is_lbfgs:
             def closure(step: int = step) -> torch.Tensor:
-                if spec.zero_grad != "never":
+                if zero:
                     opt.zero_grad(set_to_none=set_to_none)
                 accumulate(params, source.gradients(params, step))
                 if not source.has_objective:
@@ -195,7 +222,7 @@ def simulate(
             except TORCH_REFUSALS as e:
                 raise _refused(opt, step + 1, e) from None
         else:
-            if spec.zero_grad != "never":
+            if zero:
                 opt.zero_grad(set_to_none=set_to_none)
             source.fill_grads(params, step, sparse=sparse)
             try:
@@ -212,7 +239,10 @@ def simulate(
             except TORCH_REFUSALS as e:
                 raise _refused(sched, step + 1, e) from None
         done = step + 1
-        if (done - start) % record_every == 0 or done == end:
+        if done == next_record:
+            record(done)
+            next_record += every
+        elif done == end:
             record(done)
         if on_step is not None:
             on_step(done)
@@ -224,13 +254,66 @@ def simulate(
     if next_save is not None:  # zero steps: only the final save remains
         for _, p in [next_save, *series]:
             save_checkpoint(run_checkpoint(built, spec, end, with_params), p, force=force)
-    bad = next((s for s, n in zip(history.step, history.param_norm, strict=True)
-                if not math.isfinite(n)), None)
-    if bad is not None:
-        warnings.append(f"the run diverged: parameters hold NaN or Inf from step {bad} on "
-                        "(try a smaller --lr)")
+    warning = divergence_warning(history)
+    if warning is not None:
+        warnings.append(warning)
     return SimulationResult(spec, params, built.names, built.group_of, opt, sched, history,
                             start, end, saved, warnings)
+
+
+def check_record_every(value: int | str) -> int | str:
+    """``record_every`` as ``simulate`` takes it: ``"auto"`` or a positive int."""
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"--record-every must be a positive number of steps or auto, "
+                          f"got {value!r}")
+    return value
+
+
+def parse_record_every(text: str | None) -> int | str:
+    """``--record-every``'s text: absent or ``auto`` -> ``"auto"``, else a positive int."""
+    if text is None or text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value <= 0:
+        raise ConfigError(f"--record-every must be a positive number of steps or auto, "
+                          f"got {text!r}")
+    return value
+
+
+def thin_history(result: SimulationResult, record_every: int | str) -> None:
+    """Keep, of a history recorded at every step (``simulate --world-size``'s), the steps
+    ``simulate`` records with ``record_every``: the start, the multiples, the end."""
+    h = result.history
+    start, end = result.start_step, result.final_step
+    every = record_every if record_every != "auto" else record_interval(
+        end - start, sum(p.numel() for p in result.params))
+    keep = [i for i, s in enumerate(h.step) if s in (start, end) or s % every == 0]
+    h.step, h.loss, h.param_norm, h.lr = ([xs[i] for i in keep] for xs in (
+        h.step, h.loss, h.param_norm, h.lr))
+    h.point = [h.point[i] for i in keep] if h.point else []
+    h.record_every = every
+
+
+def divergence_warning(history: History) -> str | None:
+    """Where the recorded parameter norms first turn NaN or Inf, said as precisely as
+    the history allows: between two recorded steps, it happened after the earlier."""
+    rows = list(zip(history.step, history.param_norm, strict=True))
+    i = next((i for i, (_, n) in enumerate(rows) if not math.isfinite(n)), None)
+    if i is None:
+        return None
+    bad = rows[i][0]
+    if i == 0 or bad - rows[i - 1][0] == 1:
+        return (f"the run diverged: parameters hold NaN or Inf from step {bad} on "
+                "(try a smaller --lr)")
+    return (f"the run diverged: parameters hold NaN or Inf from recorded step {bad} on, "
+            f"first after step {rows[i - 1][0]} (the history records every "
+            f"{history.record_every} steps; --record-every 1 finds the step; try a smaller "
+            "--lr)")
 
 
 # What torch raises when a setting its constructor accepted fails at step() (capturable

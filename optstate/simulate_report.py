@@ -42,6 +42,8 @@ def simulate_report(result: SimulationResult) -> dict[str, Any]:
             "last_lr": plain(sched.get("_last_lr")),
         },
         "history": {
+            # recorded at the start, every record_every-th step and the last (--record-every)
+            "record_every": h.record_every,
             "step": h.step,
             "loss": [plain(x) for x in h.loss],
             "param_norm": [plain(x) for x in h.param_norm],

@@ -39,6 +39,10 @@ def compare(
         "\\[default: normal]", rich_help_panel=_RUN)] = None,
     init_value: Annotated[float | None, typer.Option(
         help="Value for --init constant. \\[default: 0.0]", rich_help_panel=_RUN)] = None,
+    record_every: Annotated[str | None, typer.Option(
+        metavar="N", help="Record each run's history at the start, at every multiple of N "
+        "steps and at the last step, as simulate --record-every does (best loss: the best "
+        "recorded). \\[default: auto]", rich_help_panel=_RUN)] = None,
     plot: Annotated[Path | None, typer.Option(
         help="Draw the trajectories (2-D objectives) and the loss curves to this .png, "
         ".svg or .pdf (needs matplotlib: pip install 'optstate\\[plot]').")] = None,
@@ -60,7 +64,9 @@ def compare(
         from ..compare import compare as run
         from ..compare import compare_report, contenders_from_flags
         from ..config import GroupSpec, RunSpec, apply_overrides, parse_shape
+        from ..simulate import parse_record_every
 
+        every = parse_record_every(record_every)
         contenders = contenders_from_flags(optimizers, set_ or [])
         base = apply_overrides(
             RunSpec(groups=(GroupSpec(shapes=((2,),)),)),
@@ -73,7 +79,8 @@ def compare(
 
             check_plot_target(plot, force)
         runs = run(base, contenders, on_run=None if json_ or base.steps < 1000 else (
-            lambda c: stderr_console().print(f"running {c.label}…", style="dim")))
+            lambda c: stderr_console().print(f"running {c.label}…", style="dim")),
+            record_every=every)
         report = compare_report(base, runs)
         report["plot"] = None
         if plot is not None:
