@@ -58,7 +58,12 @@ class GradientSource:
         pending, self._pending = self._pending, None
         if pending is not None and _same_values(pending[0], pending[1], params):
             return pending[2]
-        if torch.is_grad_enabled():  # as in a training loop: no context to enter per step
+        return self._forward(params)
+
+    def _forward(self, params: list[torch.Tensor]) -> torch.Tensor:
+        """``_stepping_objective`` with autograd on; as in a training loop, it usually is
+        (no context to enter per step then)."""
+        if torch.is_grad_enabled():
             return self._stepping_objective(params)
         with torch.enable_grad():
             return self._stepping_objective(params)
@@ -80,8 +85,7 @@ class GradientSource:
     def loss(self, params: list[torch.Tensor]) -> float | None:
         """The objective's value (in the parameters' dtype, as a training loop sees it)."""
         if params and all(p.requires_grad and p.is_leaf for p in params):
-            with torch.enable_grad():
-                obj = self._stepping_objective(params)
+            obj = self._forward(params)
             self._pending = (list(params), [p._version for p in params], obj)
             return 0.0 + float(obj.detach())  # 0.0 +: the value (sign of zero) of sum()'s
         with torch.no_grad():
