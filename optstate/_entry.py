@@ -8,7 +8,26 @@ loaded: the help is ``render/root_help.py``'s text, the same the typer app print
 
 from __future__ import annotations
 
+import gc
 import sys
+
+# Start-up is mostly imports (typer, rich, then torch's ~1.4 s), which make long-lived
+# objects only; with the cyclic collector on, each full collection during them rescans
+# everything imported so far (~0.15 s of `import torch` here). The console script
+# imports with the collector off; ``resume_collector()`` (called as a command body
+# starts) imports torch, freezes what start-up made and turns the collector back on.
+_collector_paused = False
+
+
+def resume_collector() -> None:
+    """Import torch if start-up paused the collector, then freeze and resume it."""
+    global _collector_paused
+    if _collector_paused:
+        import torch  # noqa: F401 - the import every command makes first
+
+        gc.freeze()  # start-up objects: never rescanned
+        gc.enable()
+        _collector_paused = False
 
 # Commands that read whole checkpoints' tensor data.
 _READS_TENSORS = frozenset({"inspect", "diff", "check", "set", "convert"})
@@ -31,6 +50,15 @@ def main(argv: list[str] | None = None) -> None:
         from .prefetch import start
 
         start(args[1:])
-    from .cli import main as cli_main
+    global _collector_paused
+    if gc.isenabled():
+        gc.disable()
+        _collector_paused = True
+    try:
+        from .cli import main as cli_main
 
-    cli_main(argv)
+        cli_main(argv)
+    finally:
+        if _collector_paused:  # help, a usage error: no command ran
+            gc.enable()
+            _collector_paused = False

@@ -77,3 +77,36 @@ def test_main_with_argv_and_the_console_script(capsys):
     assert e.value.code == 2
     scripts = (ROOT / "pyproject.toml").read_text().split("[project.scripts]\n")[1]
     assert scripts.split("\n\n")[0] == 'optstate = "optstate._entry:main"'
+
+
+GC_PROBE = (
+    "import gc, io, contextlib, sys\n"
+    "from optstate import _entry\n"
+    "with contextlib.redirect_stdout(io.StringIO()):\n"
+    "    try:\n        _entry.main(sys.argv[1:])\n"
+    "    except SystemExit as e:\n        code = e.code\n"
+    "print('GC', code, gc.isenabled(), gc.get_freeze_count() > 0, 'torch' in sys.modules)\n"
+)
+
+
+@pytest.mark.parametrize(("args", "after"), [
+    (["inspect", "sample_checkpoints/sgd_momentum.pt", "--no-stats"], "GC 0 True True True"),
+    (["inspect", "no-such-file.pt"], "GC 2 True True True"),  # the command body ran
+    (["inspect", "--bogus"], "GC 2 True False False"),  # a usage error: no command ran
+    (["inspect", "--help"], "GC 0 True False False"),
+])
+def test_start_up_runs_without_the_collector_then_resumes_it(args, after):
+    """The console script imports with the cyclic collector off; as a command's body
+    starts, torch is imported, start-up's objects frozen and the collector back on."""
+    r = subprocess.run([sys.executable, "-c", GC_PROBE, *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.stdout.splitlines()[-1] == after, r.stderr
+
+
+def test_in_process_the_collector_is_left_as_it_was():
+    import gc
+
+    assert gc.isenabled()
+    with pytest.raises(SystemExit):
+        _entry.main(["inspect", "--bogus"])
+    assert gc.isenabled() and not _entry._collector_paused

@@ -23,6 +23,7 @@ import typer
 from typer.core import TyperGroup
 
 from .. import __version__
+from .._entry import resume_collector
 from ..errors import OptstateError, one_line
 from ..render.root_help import COMMANDS, DESCRIPTION, VERSION_HELP, root_help
 
@@ -142,8 +143,10 @@ def warn(message: str) -> None:
 
 @contextlib.contextmanager
 def errors_to_exit() -> Iterator[None]:
-    """Map core errors (and stray ones) to a clean exit."""
+    """Map core errors (and stray ones) to a clean exit. Entered first thing in every
+    command's body: the moment start-up is over (``_entry.resume_collector``)."""
     try:
+        resume_collector()
         yield
     except typer.Exit:
         raise
