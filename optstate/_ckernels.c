@@ -316,6 +316,168 @@ static void pair_any(const void *pa, const void *pb, int ka, int kb, Py_ssize_t 
     }
 }
 
+/* ---------------------------------------------------------------- one tensor */
+
+typedef struct {
+    Py_ssize_t nan, inf, zeros;
+    int has;  /* a finite element was seen: lo/hi are set */
+    double lo, hi;
+    Acc sum, sumabs, sumsq;
+} MomResult;
+
+/* Careful path, one element: NaN/Inf counted and left out of the value statistics. */
+static inline void mom_one(double x, MomResult *r, double *s, double *sa, double *sq)
+{
+    if (isnan(x)) {
+        r->nan++;
+        return;
+    }
+    if (isinf(x)) {
+        r->inf++;
+        return;
+    }
+    r->zeros += x == 0.0;
+    *s += x;
+    *sa += fabs(x);
+    *sq += x * x;
+    if (!r->has || x < r->lo)
+        r->lo = x;
+    if (!r->has || x > r->hi)
+        r->hi = x;
+    r->has = 1;
+}
+
+/* The fast loop for one tensor (same vector types and contract as DEFINE_PAIR_FAST):
+ * sum, sum |x|, sum x*x, min, max and the zero count of k finite values; returns 0
+ * (recording nothing) if a value was not finite or a sum left the float64 range. */
+#define DEFINE_MOM_FAST(NAME, ATTR, VD, VI, VW, VMIN, VMAX)                                 \
+    ATTR static int NAME(const double *xs, Py_ssize_t k, MomResult *r, double *s_out,      \
+                         double *sa_out, double *sq_out)                                    \
+    {                                                                                       \
+        const VD zero = {0.0};                                                              \
+        const VI absmask = (VI){0} + 0x7fffffffffffffffLL;                                  \
+        VD s0 = zero, s1 = zero, a0 = zero, a1 = zero, q0 = zero, q1 = zero;                \
+        VD lo, hi, x1;                                                                      \
+        memcpy(&lo, xs, sizeof lo);                                                         \
+        hi = lo;                                                                            \
+        VI z = {0};                                                                         \
+        for (Py_ssize_t i = 0; i < k; i += 2 * VW) {                                        \
+            VD x0;                                                                          \
+            memcpy(&x0, xs + i, sizeof x0);                                                 \
+            memcpy(&x1, xs + i + VW, sizeof x1);                                            \
+            s0 += x0;                                                                       \
+            s1 += x1;                                                                       \
+            a0 += (VD)((VI)x0 & absmask);                                                   \
+            a1 += (VD)((VI)x1 & absmask);                                                   \
+            q0 += x0 * x0;                                                                  \
+            q1 += x1 * x1;                                                                  \
+            lo = VMIN(VMIN(x0, x1), lo);                                                    \
+            hi = VMAX(VMAX(x0, x1), hi);                                                    \
+            z += (x0 == zero) + (x1 == zero);                                               \
+        }                                                                                   \
+        double s = 0.0, sa = 0.0, sq = 0.0, l = lo[0], h = hi[0];                           \
+        long long nz = 0;                                                                   \
+        for (int j = 0; j < VW; j++) {                                                      \
+            s += s0[j] + s1[j];                                                             \
+            sa += a0[j] + a1[j];                                                            \
+            sq += q0[j] + q1[j];                                                            \
+            l = lo[j] < l ? lo[j] : l;                                                      \
+            h = hi[j] > h ? hi[j] : h;                                                      \
+            nz -= z[j];                                                                     \
+        }                                                                                   \
+        /* NaN/Inf propagate into the sums (min/max may have dropped them: not used) */     \
+        if (!isfinite(sa) || !isfinite(sq) || !isfinite(s))                                 \
+            return 0;                                                                       \
+        if (sq == 0.0 && sa != 0.0)                                                         \
+            return 0; /* squares underflowed: the careful path keeps the same numbers */    \
+        r->zeros += (Py_ssize_t)nz;                                                         \
+        if (!r->has || l < r->lo)                                                           \
+            r->lo = l;                                                                      \
+        if (!r->has || h > r->hi)                                                           \
+            r->hi = h;                                                                      \
+        r->has = 1;                                                                         \
+        *s_out = s;                                                                         \
+        *sa_out = sa;                                                                       \
+        *sq_out = sq;                                                                       \
+        return 1;                                                                           \
+    }
+
+#if defined(__SSE2__)
+#define MIN2(a, b) ((v2d)_mm_min_pd((__m128d)(a), (__m128d)(b))) /* a < b ? a : b */
+#else
+static inline v2d MIN2(v2d a, v2d b)
+{
+    v2i lt = a < b;
+    return (v2d)(((v2i)a & lt) | ((v2i)b & ~lt));
+}
+#endif
+DEFINE_MOM_FAST(mom_fast2, , v2d, v2i, 2, MIN2, MAX2)
+#ifdef HAVE_AVX2_PATH
+#define MIN4(a, b) ((v4d)_mm256_min_pd((__m256d)(a), (__m256d)(b)))
+DEFINE_MOM_FAST(mom_fast4, __attribute__((target("avx2"))), v4d, v4i, 4, MIN4, MAX4)
+#endif
+
+static void mom_any(const void *p, int kind, Py_ssize_t n, MomResult *r)
+{
+    double xs[LANE];
+    for (Py_ssize_t start = 0; start < n; start += LANE) {
+        Py_ssize_t k = n - start < LANE ? n - start : LANE;
+        WIDEN[kind](p, start, k, xs);
+        double s = 0.0, sa = 0.0, sq = 0.0;
+        int done = 0;
+        if (k % 8 == 0) {
+#ifdef HAVE_AVX2_PATH
+            if (use_avx2)
+                done = mom_fast4(xs, k, r, &s, &sa, &sq);
+            else
+#endif
+                done = mom_fast2(xs, k, r, &s, &sa, &sq);
+        }
+        if (!done) {
+            s = sa = sq = 0.0;
+            for (Py_ssize_t i = 0; i < k; i++)
+                mom_one(xs[i], r, &s, &sa, &sq);
+        }
+        acc_add(&r->sum, s);
+        acc_add(&r->sumabs, sa);
+        acc_add(&r->sumsq, sq);
+    }
+}
+
+PyDoc_STRVAR(moments_block_doc,
+"moments_block(ptr, n, kind) -> (nan, inf, zeros, sum, sumabs, sumsq, min, max)\n\n"
+"One pass over n contiguous elements (kinds as pair_block); the sums, min and max are over\n"
+"the finite elements (min and max None when there is none).");
+
+static PyObject *or_none(int has, double v);
+
+static PyObject *moments_block(PyObject *self, PyObject *args)
+{
+    unsigned long long p;
+    Py_ssize_t n;
+    int kind;
+    if (!PyArg_ParseTuple(args, "Kni", &p, &n, &kind))
+        return NULL;
+    if (kind < 0 || kind > 3 || n < 0) {
+        PyErr_SetString(PyExc_ValueError, "moments_block: bad kind or length");
+        return NULL;
+    }
+    MomResult r;
+    memset(&r, 0, sizeof r);
+    Py_BEGIN_ALLOW_THREADS
+    mom_any((const void *)(uintptr_t)p, kind, n, &r);
+    Py_END_ALLOW_THREADS
+    PyObject *lo = or_none(r.has, r.lo);
+    PyObject *hi = or_none(r.has, r.hi);
+    if (lo == NULL || hi == NULL) {
+        Py_XDECREF(lo);
+        Py_XDECREF(hi);
+        return NULL;
+    }
+    return Py_BuildValue("nnndddNN", r.nan, r.inf, r.zeros, r.sum.s + r.sum.c,
+                         r.sumabs.s + r.sumabs.c, r.sumsq.s + r.sumsq.c, lo, hi);
+}
+
 static PyObject *or_none(int has, double v)
 {
     if (!has)
@@ -388,6 +550,7 @@ static PyObject *vector_paths(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"pair_block", pair_block, METH_VARARGS, pair_block_doc},
     {"vector_paths", vector_paths, METH_VARARGS, vector_paths_doc},
+    {"moments_block", moments_block, METH_VARARGS, moments_block_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -22,9 +22,14 @@ Exactness (what the tests check against plain torch on the whole tensor):
   whole-tensor reduction, so results agree with torch's float64 reduction to a
   relative error of at most ``SUM_RTOL`` (for ``sumsq``/``sumabs``, whose terms are
   non-negative), and to ``SUM_RTOL * sumabs`` in absolute terms for the signed ``sum``.
-- float64 tensors whose squares overflow or underflow float64 (|x| > ~1e154 or
-  < ~1e-154) get their norm from a second, rescaled pass: the true norm, where torch's
-  own ``vector_norm`` returns inf.
+- float64 tensors whose sum of squares overflows or underflows float64 (|x| > ~1e154,
+  or all |x| < ~1e-154) get their norm from a second, rescaled pass: the true norm,
+  where torch's own ``vector_norm`` may return inf.
+
+The C kernel (``optstate/_ckernels.c``, built by ``setup.py`` where a C compiler is
+available) computes the same per-block numbers as the torch code here in one pass over
+the source memory, with no float64 buffer; the torch code is the fallback, and the tests
+run every case through both.
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ _C_KINDS = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16
 # 256 Ki elements: a 2 MiB float64 buffer, inside a 4 MiB L2 cache with room for the
 # source block; measured fastest on this project's reference machine (128 Ki-256 Ki).
 CHUNK_ELEMENTS = 1 << 18
+
+# The smallest normal float64: a sum of squares below it lost digits (or all of them) to
+# underflow, and the norm is taken again from values rescaled by the largest |x|.
+TINY = 2.2250738585072014e-308
 
 # Documented agreement of chunked float64 sums with torch's whole-tensor float64 sums.
 SUM_RTOL = 1e-12
@@ -213,21 +222,40 @@ def _moments(t: torch.Tensor, progress: Progress | None, workers: int = 1) -> Mo
     ss = _fsum([q for p in parts for q in p.sumsq])
     norm = math.sqrt(ss)
     peak = max(abs(lo), abs(hi))
-    if math.isinf(norm) or (norm == 0.0 and peak > 0.0):
+    if math.isinf(ss) or (ss < TINY and peak > 0.0):
         norm = _rescaled_norm(t, peak, _buffer(t))
     return Moments(numel, finite, nan, inf, zeros, _fsum([q for p in parts for q in p.sums]),
                    _fsum([q for p in parts for q in p.sumabs]), ss, lo, hi, norm)
 
 
 def _moments_run(pieces: list[tuple], progress: Progress | None, esize: int) -> _Part:
-    size = max((p.numel() for (p,) in pieces), default=1) or 1
-    buf = torch.empty(size, dtype=torch.float64)
+    kind = _C_KINDS.get(pieces[0][0].dtype) if USE_C and pieces else None
+    buf = None
     sums: list[float] = []
     sumabs: list[float] = []
     sumsq: list[float] = []
     lo = hi = None
     nan = inf = zeros = 0
     for (piece,) in pieces:
+        if kind is not None and piece.is_contiguous():
+            # the C kernel: the same statistics in one pass (optstate/_ckernels.c)
+            n_nan, n_inf, n_zero, s, sa, sq, mn, mx = _ckernels.moments_block(
+                piece.data_ptr(), piece.numel(), kind)
+            nan += n_nan
+            inf += n_inf
+            zeros += n_zero
+            if mn is not None:
+                sums.append(s)
+                sumabs.append(sa)
+                sumsq.append(sq)
+                lo = mn if lo is None else min(lo, mn)
+                hi = mx if hi is None else max(hi, mx)
+            if progress is not None:
+                progress(piece.numel() * esize)
+            continue
+        if buf is None:
+            size = max((p.numel() for (p,) in pieces), default=1) or 1
+            buf = torch.empty(size, dtype=torch.float64)
         b = _widen(buf, piece)
         k = b.numel()
         s = float(b.sum())
@@ -364,8 +392,8 @@ def _c_pair(part: _PairPart, pa: torch.Tensor, pb: torch.Tensor, kinds: tuple[in
         part.max_abs = m if part.max_abs is None else max(part.max_abs, m)
     if r is not None:
         part.max_rel = r if part.max_rel is None else max(part.max_rel, r)
-    part.wide_a = part.wide_a or math.isinf(qa) or (qa == 0.0 and bool(nza))
-    part.wide_b = part.wide_b or math.isinf(qb) or (qb == 0.0 and bool(nzb))
+    part.wide_a = part.wide_a or math.isinf(qa) or (qa < TINY and bool(nza))
+    part.wide_b = part.wide_b or math.isinf(qb) or (qb < TINY and bool(nzb))
     part.fin_a += fa
     part.fin_b += fb
     part.sqa.append(qa)
@@ -382,8 +410,8 @@ def _torch_pair(part: _PairPart, pa: torch.Tensor, pb: torch.Tensor, bufs: tuple
     qa, qb = float(torch.dot(xa, xa)), float(torch.dot(xb, xb))
     # A finite sum of squares means every element is finite (NaN and Inf propagate).
     if math.isfinite(qa) and math.isfinite(qb):
-        part.wide_a = part.wide_a or (qa == 0.0 and bool(xa.any()))
-        part.wide_b = part.wide_b or (qb == 0.0 and bool(xb.any()))
+        part.wide_a = part.wide_a or (qa < TINY and bool(xa.any()))
+        part.wide_b = part.wide_b or (qb < TINY and bool(xb.any()))
         part.fin_a += k
         part.fin_b += k
         torch.sub(xa, xb, out=d).abs_()
@@ -426,8 +454,8 @@ def _torch_pair(part: _PairPart, pa: torch.Tensor, pb: torch.Tensor, bufs: tuple
                 part.max_rel = r if part.max_rel is None else max(part.max_rel, r)
         va, vb = xa[fa], xb[fb]
         qa, qb = float(torch.dot(va, va)), float(torch.dot(vb, vb))
-        part.wide_a = part.wide_a or math.isinf(qa) or (qa == 0.0 and bool(va.any()))
-        part.wide_b = part.wide_b or math.isinf(qb) or (qb == 0.0 and bool(vb.any()))
+        part.wide_a = part.wide_a or math.isinf(qa) or (qa < TINY and bool(va.any()))
+        part.wide_b = part.wide_b or math.isinf(qb) or (qb < TINY and bool(vb.any()))
         part.fin_a += va.numel()
         part.fin_b += vb.numel()
     part.sqa.append(qa)
@@ -438,8 +466,9 @@ def _norm_from(t: torch.Tensor, parts: list[float], finite: int, wide: bool) -> 
     """The finite-element norm from per-block sums of squares (None: no finite element)."""
     if finite == 0:
         return None
-    norm = math.sqrt(_fsum(parts))
-    if wide and (math.isinf(norm) or norm == 0.0):
+    ss = _fsum(parts)
+    norm = math.sqrt(ss)
+    if wide and (math.isinf(ss) or ss < TINY):
         return _moments(t, None).norm  # rare: a rescaled second pass
     return norm
 

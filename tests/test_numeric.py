@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from optstate import kernels
 from optstate.numeric import compare_tensors
 
+from .kernel_paths import kernel_path  # noqa: F401 - autouse: every test on every path
+
 TOL = kernels.SUM_RTOL
 NAN, INF = float("nan"), float("inf")
 
@@ -58,24 +60,6 @@ def assert_agrees(a, b, **tol) -> None:
         assert (got is None) == (want is None)
         if want is not None:
             assert got == pytest.approx(want, rel=TOL, abs=0)
-
-
-@pytest.fixture(autouse=True, params=["c-avx2", "c-2lane", "torch"])
-def kernel_path(request, monkeypatch):
-    """Every test runs through each path: the C kernel (optstate/_ckernels.c) with its
-    AVX2 loop and with its 2-lane loop, and the pure-torch path that replaces it where
-    it is not built."""
-    if request.param.startswith("c"):
-        if kernels._ckernels is None:
-            pytest.skip("the C kernel is not built (see test_c_kernel_is_built)")
-        wide = request.param == "c-avx2"
-        if wide and "avx2" not in kernels._ckernels.vector_paths()[0]:
-            pytest.skip("this CPU has no AVX2")
-        before = kernels._ckernels.vector_paths()[1] == "avx2"
-        kernels._ckernels.vector_paths(wide)
-        request.addfinalizer(lambda: kernels._ckernels.vector_paths(before))
-    monkeypatch.setattr(kernels, "USE_C", request.param != "torch")
-    return request.param
 
 
 def test_c_kernel_is_built():

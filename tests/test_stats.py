@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from optstate import kernels
 from optstate.stats import summarize
 
+from .kernel_paths import kernel_path  # noqa: F401 - autouse: every test on every path
+
 TOL = kernels.SUM_RTOL
 
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -38,13 +40,23 @@ def reference(t: torch.Tensor) -> dict:
         return ref
     x = fin.double()
     ref.update(
-        norm=float(x.norm()),
+        norm=true_norm(x),
         min=float(fin.min()) if t.dtype != torch.bool else float(x.min()),
         max=float(fin.max()) if t.dtype != torch.bool else float(x.max()),
         mean=float(x.mean()),
         mean_abs=float(x.abs().mean()),
     )
     return ref
+
+
+def true_norm(x: torch.Tensor) -> float:
+    """torch's float64 norm, rescaled where the squares leave the float64 range (there
+    torch's own norm() returns inf or loses digits, optstate gives the true value)."""
+    plain = float(x.norm())
+    peak = float(x.abs().max())
+    if peak > 0 and (plain == float("inf") or plain < 1.5e-154):
+        return peak * float((x / peak).norm())
+    return plain
 
 
 def assert_agrees(t: torch.Tensor) -> None:
@@ -299,4 +311,34 @@ def test_worker_threads_give_identical_numbers(small_chunks):
     finally:
         torch.set_num_threads(before)
     assert results[0] == results[1] == results[2]
+    assert_agrees(t)
+
+
+# (no +-1e308: their sum overflows, and inf - inf makes both means NaN)
+EDGE64 = [0.0, -0.0, 1.0, -1.0, 1e200, -1e200, 1e-200, -1e-200, 5e-324, 1e154, 3e-160,
+          2.5, 1e-3, float("nan"), float("inf"), -float("inf")]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_long_runs_with_edges_in_every_dtype(dtype):
+    # runs of hundreds of ordinary values (the C kernel's vector loop) beside runs that
+    # hold NaN, Inf, zeros, subnormals and values whose squares leave float64's range
+    gen = torch.Generator().manual_seed(11)
+    edge = torch.tensor(EDGE64, dtype=torch.float64)
+    t = edge[torch.randint(len(EDGE64), (2000,), generator=gen)]
+    t[256:1280] = torch.randn(1024, generator=gen, dtype=torch.float64)
+    t[1300:1400] = 0.0
+    t[1536:1792] = 1e-3 * torch.rand(256, generator=gen, dtype=torch.float64)
+    t = t.to(dtype)
+    for piece in (t, t[256:1280], t[1536:1792], t[1300:1400], t[100:1100]):
+        assert_agrees(piece)
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.one_of(st.floats(-1e300, 1e300),  # sums stay finite
+                                 st.sampled_from([float("nan"), float("inf"), -float("inf")])),
+                       min_size=1, max_size=700),
+       dtype=st.sampled_from(FLOAT_DTYPES))
+def test_property_long_runs(values, dtype):
+    t = torch.tensor(values, dtype=torch.float64).to(dtype)
     assert_agrees(t)
