@@ -188,19 +188,32 @@ class _Part:
     zeros: int = 0
 
 
+_pool = None  # worker threads, made once per process (a pool per tensor cost ~2 ms)
+
+
+def _workers(n: int):
+    global _pool
+    if _pool is None or _pool._max_workers < n:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+        _pool = ThreadPoolExecutor(n, thread_name_prefix="optstate-kernel")
+    return _pool
+
+
 def _in_runs(run: Callable[[list[tuple]], object], pieces: list[tuple],
              workers: int) -> list:
     """``run`` over contiguous runs of blocks, on up to ``workers`` threads (each on one
-    torch thread: no per-operation fork/join, and a free second core is used)."""
+    torch thread: no per-operation fork/join, and a free second core is used); the
+    first run on the calling thread. Results come back in block order."""
     runs = max(1, min(workers, len(pieces) // 4))
     if runs == 1:
         return [run(pieces)]
-    from concurrent.futures import ThreadPoolExecutor
-
     step = -(-len(pieces) // runs)
-    with ThreadPoolExecutor(runs) as pool:
-        return list(pool.map(lambda i: run(pieces[i:i + step]),
-                             range(0, len(pieces), step)))
+    pool = _workers(runs - 1)
+    rest = [pool.submit(run, pieces[i:i + step]) for i in range(step, len(pieces), step)]
+    return [run(pieces[:step]), *(f.result() for f in rest)]
 
 
 def _moments(t: torch.Tensor, progress: Progress | None, workers: int = 1) -> Moments:
