@@ -236,3 +236,12 @@ def test_plot_draws_the_recorded_steps(tmp_path):
     loss = fig.axes[1].get_lines()[0]  # panels: trajectory, loss, lr, norm
     assert list(loss.get_xdata()) == [0, 9, 18, 27, 36, 40]
     assert list(loss.get_ydata()) == report["history"]["loss"]
+
+
+@pytest.mark.slow
+def test_world_size_records_the_steps_simulate_records(cli):
+    args = ["-O", "adam", "--grad", "quadratic", "--steps", "9", "--record-every", "4"]
+    sharded = _sim(cli, *args, "--world-size", "1")
+    single = _sim(cli, *args)
+    assert sharded["history"] == single["history"]
+    assert sharded["history"]["step"] == [0, 4, 8, 9]
