@@ -102,7 +102,7 @@ def root_help(width: int | None = None, colour: bool | None = None) -> str:
     ascii_only = "utf" not in (getattr(sys.stdout, "encoding", "") or "utf-8").lower()
 
     def st(text: str, *styles: str) -> str:
-        if not colour or not text:
+        if not colour or not text or not styles:
             return text
         return f"\x1b[{';'.join(_ANSI[s] for s in styles)}m{text}\x1b[0m"
 
@@ -150,14 +150,14 @@ def root_help(width: int | None = None, colour: bool | None = None) -> str:
     help_w = inner - (long_w + 1) - (short_w + 2) - 2 - 2 - (type_w + 2) - 1
     option_rows = []
     for long, short, typ, text in _OPTIONS:
-        cells = [(long.ljust(long_w), ("bold", "cyan")), (" " * 2, ()),
-                 (short.ljust(short_w), ("bold", "green")), (" " * 6, ()),
-                 (typ.ljust(type_w), ("bold", "yellow")), (" " * 2, ())]
+        cells = [(long, ("bold", "cyan")), (" " * (long_w - len(long) + 2), ()),
+                 (short, ("bold", "green")), (" " * (short_w - len(short) + 6), ()),
+                 (typ, ("bold", "yellow")), (" " * (type_w - len(typ) + 2), ())]
         option_rows.append((cells, _wrap(text, help_w)))
     out += panel("Options", option_rows)
 
     name_w = max(len(n) for n in COMMANDS)
-    command_rows = [([(name.ljust(name_w), ("bold", "cyan")), ("  ", ())],
+    command_rows = [([(name, ("bold", "cyan")), (" " * (name_w - len(name) + 2), ())],
                      _wrap(summary, inner - name_w - 2)) for name, summary in COMMANDS.items()]
     out += panel("Commands", command_rows)
     return "\n".join(ln.rstrip(" ") if not colour else ln for ln in out) + "\n"
