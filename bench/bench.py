@@ -309,10 +309,18 @@ def check_digests(ra: list[dict], rb: list[dict], what: str) -> str:
 # --------------------------------------------------------------------------- main
 
 
+def kernel_path() -> str:
+    """Which reduction code optstate ran: the C kernel's loop, or the torch fallback."""
+    out = subprocess.run([PY, "-c", "from optstate import kernels as k; "
+                          "print(k._ckernels.vector_paths()[1] if k._ckernels else '')"],
+                         capture_output=True, text=True, check=False).stdout.strip()
+    return f"C kernel, {out} loop" if out else "no C kernel: torch fallback"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
+    ap.add_argument("--quick", "--small", action="store_true",
                     help=f"{QUICK_PARAMS / 1e6:.0f}M params instead of "
                     f"{FULL_PARAMS / 1e6:.0f}M")
     ap.add_argument("--params", type=int, help="parameter count (overrides --quick)")
@@ -439,7 +447,7 @@ def main() -> None:
     print(f"optstate benchmark: {n / 1e6:.0f}M-param Adam checkpoints ({workdir}), "
           f"{reps} runs per side, medians; ratios are per A/B pair")
     print(f"machine: {os.cpu_count()} cores, load average after the run {load[0]:.2f} "
-          f"{load[1]:.2f} {load[2]:.2f}; torch threads default")
+          f"{load[1]:.2f} {load[2]:.2f}; torch threads default; {kernel_path()}")
     print()
     print("| measurement | optstate | baseline | ratio | target |")
     print("|---|---|---|---|---|")
