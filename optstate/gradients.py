@@ -87,7 +87,7 @@ class GradientSource:
         if params and all(p.requires_grad and p.is_leaf for p in params):
             obj = self._forward(params)
             self._pending = (list(params), [p._version for p in params], obj)
-            return 0.0 + float(obj.detach())  # 0.0 +: the value (sign of zero) of sum()'s
+            return 0.0 + obj.item()  # 0.0 +: the value (sign of zero) of sum()'s
         with torch.no_grad():
             return float(self.objective(params))
 
