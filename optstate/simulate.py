@@ -266,8 +266,7 @@ def check_record_every(value: int | str) -> int | str:
     if value == "auto":
         return value
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"--record-every must be a positive number of steps or auto, "
-                          f"got {value!r}")
+        raise _bad_record_every(value)
     return value
 
 
@@ -278,11 +277,15 @@ def parse_record_every(text: str | None) -> int | str:
     try:
         value = int(text)
     except ValueError:
-        value = None
-    if value is None or value <= 0:
-        raise ConfigError(f"--record-every must be a positive number of steps or auto, "
-                          f"got {text!r}")
+        raise _bad_record_every(text) from None
+    if value <= 0:
+        raise _bad_record_every(text)
     return value
+
+
+def _bad_record_every(value: object) -> ConfigError:
+    return ConfigError(f"--record-every must be a positive number of steps or auto, got "
+                       f"{value!r}")
 
 
 def thin_history(result: SimulationResult, record_every: int | str) -> None:
