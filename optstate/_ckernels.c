@@ -316,6 +316,15 @@ static void pair_any(const void *pa, const void *pb, int ka, int kb, Py_ssize_t 
     }
 }
 
+/* A float, or None where there is none. Py_BuildValue's "N" takes the reference, and a
+ * NULL (a failed allocation) makes it fail and release the other "N" arguments. */
+static PyObject *or_none(int has, double v)
+{
+    if (!has)
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble(v);
+}
+
 /* ---------------------------------------------------------------- one tensor */
 
 typedef struct {
@@ -449,8 +458,6 @@ PyDoc_STRVAR(moments_block_doc,
 "One pass over n contiguous elements (kinds as pair_block); the sums, min and max are over\n"
 "the finite elements (min and max None when there is none).");
 
-static PyObject *or_none(int has, double v);
-
 static PyObject *moments_block(PyObject *self, PyObject *args)
 {
     unsigned long long p;
@@ -467,23 +474,11 @@ static PyObject *moments_block(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     mom_any((const void *)(uintptr_t)p, kind, n, &r);
     Py_END_ALLOW_THREADS
-    PyObject *lo = or_none(r.has, r.lo);
-    PyObject *hi = or_none(r.has, r.hi);
-    if (lo == NULL || hi == NULL) {
-        Py_XDECREF(lo);
-        Py_XDECREF(hi);
-        return NULL;
-    }
     return Py_BuildValue("nnndddNN", r.nan, r.inf, r.zeros, r.sum.s + r.sum.c,
-                         r.sumabs.s + r.sumabs.c, r.sumsq.s + r.sumsq.c, lo, hi);
+                         r.sumabs.s + r.sumabs.c, r.sumsq.s + r.sumsq.c,
+                         or_none(r.has, r.lo), or_none(r.has, r.hi));
 }
 
-static PyObject *or_none(int has, double v)
-{
-    if (!has)
-        Py_RETURN_NONE;
-    return PyFloat_FromDouble(v);
-}
 
 PyDoc_STRVAR(pair_block_doc,
 "pair_block(ptr_a, ptr_b, n, kind_a, kind_b, atol, rtol, nan_equal)\n"
@@ -509,15 +504,9 @@ static PyObject *pair_block(PyObject *self, PyObject *args)
     pair_any((const void *)(uintptr_t)pa, (const void *)(uintptr_t)pb, ka, kb, n, atol, rtol,
              nan_equal, &r);
     Py_END_ALLOW_THREADS
-    PyObject *max_abs = or_none(r.has_abs, r.max_abs);
-    PyObject *max_rel = or_none(r.has_rel, r.max_rel);
-    if (max_abs == NULL || max_rel == NULL) {
-        Py_XDECREF(max_abs);
-        Py_XDECREF(max_rel);
-        return NULL;
-    }
-    return Py_BuildValue("nNNddnnii", r.n_out, max_abs, max_rel, r.sqa.s + r.sqa.c,
-                         r.sqb.s + r.sqb.c, r.fin_a, r.fin_b, r.nz_a, r.nz_b);
+    return Py_BuildValue("nNNddnnii", r.n_out, or_none(r.has_abs, r.max_abs),
+                         or_none(r.has_rel, r.max_rel), r.sqa.s + r.sqa.c, r.sqb.s + r.sqb.c,
+                         r.fin_a, r.fin_b, r.nz_a, r.nz_b);
 }
 
 PyDoc_STRVAR(vector_paths_doc,

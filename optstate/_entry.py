@@ -29,6 +29,7 @@ def resume_collector() -> None:
         gc.enable()
         _collector_paused = False
 
+
 # Commands that read whole checkpoints' tensor data.
 _READS_TENSORS = frozenset({"inspect", "diff", "check", "set", "convert"})
 

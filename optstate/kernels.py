@@ -189,16 +189,17 @@ class _Part:
 
 
 _pool = None  # worker threads, made once per process (a pool per tensor cost ~2 ms)
+_pool_size = 0
 
 
 def _workers(n: int):
-    global _pool
-    if _pool is None or _pool._max_workers < n:
+    global _pool, _pool_size
+    if _pool is None or _pool_size < n:
         from concurrent.futures import ThreadPoolExecutor
 
         if _pool is not None:
             _pool.shutdown(wait=False)
-        _pool = ThreadPoolExecutor(n, thread_name_prefix="optstate-kernel")
+        _pool, _pool_size = ThreadPoolExecutor(n, thread_name_prefix="optstate-kernel"), n
     return _pool
 
 
@@ -242,80 +243,79 @@ def _moments(t: torch.Tensor, progress: Progress | None, workers: int = 1) -> Mo
 
 
 def _moments_run(pieces: list[tuple], progress: Progress | None, esize: int) -> _Part:
+    part = _Part()
     kind = _C_KINDS.get(pieces[0][0].dtype) if USE_C and pieces else None
     buf = None
-    sums: list[float] = []
-    sumabs: list[float] = []
-    sumsq: list[float] = []
-    lo = hi = None
-    nan = inf = zeros = 0
     for (piece,) in pieces:
         if kind is not None and piece.is_contiguous():
-            # the C kernel: the same statistics in one pass (optstate/_ckernels.c)
-            n_nan, n_inf, n_zero, s, sa, sq, mn, mx = _ckernels.moments_block(
-                piece.data_ptr(), piece.numel(), kind)
-            nan += n_nan
-            inf += n_inf
-            zeros += n_zero
-            if mn is not None:
-                sums.append(s)
-                sumabs.append(sa)
-                sumsq.append(sq)
-                lo = mn if lo is None else min(lo, mn)
-                hi = mx if hi is None else max(hi, mx)
-            if progress is not None:
-                progress(piece.numel() * esize)
-            continue
-        if buf is None:
-            size = max((p.numel() for (p,) in pieces), default=1) or 1
-            buf = torch.empty(size, dtype=torch.float64)
-        b = _widen(buf, piece)
-        k = b.numel()
-        s = float(b.sum())
-        if not math.isfinite(s):
-            # Rare: NaN/Inf in this block (or a float64 sum that overflows). Count them,
-            # then reduce over the finite elements only.
-            mask = torch.isfinite(b)
-            n_fin = int(mask.sum())
-            if n_fin != k:
-                n_nan = int(torch.isnan(b).sum())
-                nan += n_nan
-                inf += k - n_fin - n_nan
-                # NaN and Inf are non-zero, so count_nonzero over the block counts them.
-                zeros += k - int(torch.count_nonzero(b))
-                b = b[mask]
-                k = n_fin
-                if k == 0:
-                    if progress is not None:
-                        progress(piece.numel() * esize)
-                    continue
-                s = float(b.sum())
-            else:
-                zeros += k - int(torch.count_nonzero(b))
-            sums.append(s)
-            sumsq.append(float(torch.dot(b, b)))
-            mn, mx = (float(v) for v in torch.aminmax(b))
-            sumabs.append(float(b.abs().sum()))
+            _c_moments(part, piece, kind)
         else:
-            sums.append(s)
-            sumsq.append(float(torch.dot(b, b)))
-            mn, mx = (float(v) for v in torch.aminmax(b))
-            if mn >= 0.0:  # all the same sign: sum |x| is the sum itself, exactly
-                sumabs.append(s)
-                if mn == 0.0:
-                    zeros += k - int(torch.count_nonzero(b))
-            elif mx <= 0.0:
-                sumabs.append(-s)
-                if mx == 0.0:
-                    zeros += k - int(torch.count_nonzero(b))
-            else:
-                zeros += k - int(torch.count_nonzero(b))
-                sumabs.append(float(b.abs_().sum()))
-        lo = mn if lo is None else min(lo, mn)
-        hi = mx if hi is None else max(hi, mx)
+            if buf is None:
+                size = max((p.numel() for (p,) in pieces), default=1) or 1
+                buf = torch.empty(size, dtype=torch.float64)
+            _torch_moments(part, piece, buf)
         if progress is not None:
             progress(piece.numel() * esize)
-    return _Part(sums, sumabs, sumsq, lo, hi, nan, inf, zeros)
+    return part
+
+
+def _add_values(part: _Part, s: float, sa: float, sq: float, mn: float, mx: float) -> None:
+    """One block's value statistics (it had a finite element) into its run's part."""
+    part.sums.append(s)
+    part.sumabs.append(sa)
+    part.sumsq.append(sq)
+    part.lo = mn if part.lo is None else min(part.lo, mn)
+    part.hi = mx if part.hi is None else max(part.hi, mx)
+
+
+def _c_moments(part: _Part, piece: torch.Tensor, kind: int) -> None:
+    """One block through the C kernel: the same numbers as ``_torch_moments``."""
+    nan, inf, zeros, s, sa, sq, mn, mx = _ckernels.moments_block(
+        piece.data_ptr(), piece.numel(), kind)
+    part.nan += nan
+    part.inf += inf
+    part.zeros += zeros
+    if mn is not None:
+        _add_values(part, s, sa, sq, mn, mx)
+
+
+def _torch_moments(part: _Part, piece: torch.Tensor, buf: torch.Tensor) -> None:
+    """One block in torch: widened into the reused float64 ``buf``, reduced there."""
+    b = _widen(buf, piece)
+    k = b.numel()
+    s = float(b.sum())
+    if not math.isfinite(s):
+        # Rare: NaN/Inf in this block (or a float64 sum that overflows). Count them,
+        # then reduce over the finite elements only.
+        mask = torch.isfinite(b)
+        n_fin = int(mask.sum())
+        # NaN and Inf are non-zero, so count_nonzero over the block counts them.
+        part.zeros += k - int(torch.count_nonzero(b))
+        if n_fin != k:
+            n_nan = int(torch.isnan(b).sum())
+            part.nan += n_nan
+            part.inf += k - n_fin - n_nan
+            b = b[mask]
+            if n_fin == 0:
+                return
+            s = float(b.sum())
+        mn, mx = (float(v) for v in torch.aminmax(b))
+        _add_values(part, s, float(b.abs().sum()), float(torch.dot(b, b)), mn, mx)
+        return
+    sq = float(torch.dot(b, b))
+    mn, mx = (float(v) for v in torch.aminmax(b))
+    if mn >= 0.0:  # all the same sign: sum |x| is the sum itself, exactly
+        sa = s
+        if mn == 0.0:
+            part.zeros += k - int(torch.count_nonzero(b))
+    elif mx <= 0.0:
+        sa = -s
+        if mx == 0.0:
+            part.zeros += k - int(torch.count_nonzero(b))
+    else:
+        part.zeros += k - int(torch.count_nonzero(b))
+        sa = float(b.abs_().sum())
+    _add_values(part, s, sa, sq, mn, mx)
 
 
 def _rescaled_norm(t: torch.Tensor, peak: float, buf: torch.Tensor) -> float:
