@@ -1,0 +1,29 @@
+"""A pause at a named stage, so a test can signal a real process at a known moment.
+
+``OPTSTATE_TEST_PAUSE_AT=stage[,stage...]`` makes ``pause_at(stage)`` print
+``optstate-test-pause: STAGE`` to stderr and sleep ``OPTSTATE_TEST_PAUSE_SECONDS``
+(default 30) seconds; unset (every real run), it returns at once. Tests read the marker,
+then send SIGINT or SIGKILL, instead of guessing a delay.
+
+Write stages (``optstate.atomic``): ``write`` (the temp file or folder is being written),
+``verify`` (written, before the read-back check), ``publish`` (checked, before the
+rename), ``published`` (renamed into place, the replaced copy not yet removed).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+ENV = "OPTSTATE_TEST_PAUSE_AT"
+
+
+def pause_at(stage: str) -> None:
+    """Stop here for the test that asked for ``stage`` (a no-op otherwise)."""
+    wanted = os.environ.get(ENV)
+    if not wanted or stage not in wanted.split(","):
+        return
+    sys.stderr.write(f"optstate-test-pause: {stage}\n")
+    sys.stderr.flush()
+    time.sleep(float(os.environ.get("OPTSTATE_TEST_PAUSE_SECONDS", "30")))
