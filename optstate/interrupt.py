@@ -1,0 +1,92 @@
+"""Ctrl-C as one pending-interrupt flag, so that it always ends as ``Interrupted`` + 130.
+
+Python raises ``KeyboardInterrupt`` wherever the main thread is when SIGINT arrives. At
+start-up that is inside an import (typer, rich, torch: ~1.5 s), where library code
+catches it (torch's optional ``import numpy`` swallows it and the run completes) or
+leaves a half-imported module behind that fails later as another error
+(``ImportError``, ``RecursionError``); inside a write it would leave a half-written file.
+
+So the console script routes SIGINT here (``install()``): the handler always records the
+interrupt (``pending()``); inside a ``deferred()`` block it only records it, and the
+outermost block raises ``KeyboardInterrupt`` as it ends (``check()``); elsewhere it
+raises at once, as Python's own handler does. ``cli.errors_to_exit`` reports any failure
+that happens while an interrupt is pending as the interrupt, not as the error it caused.
+
+Writers (``optstate.atomic``) wrap their write-then-publish in ``deferred()`` too; a
+caller that never ran ``install()`` (a library user, ``CliRunner``) still gets the
+deferral: ``deferred()`` routes SIGINT here for its duration when it can (main thread,
+Python's default handler in place) and puts the previous handler back afterwards.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+_pending = False
+_depth = 0  # deferred() blocks entered and not yet left (any thread)
+# install() ran: this process is the command line and ends with this interrupt, so the
+# flag stays set once raised (errors_to_exit reads it). A library caller's process goes
+# on after its KeyboardInterrupt: there, raising it clears the flag.
+_installed = False
+
+
+def _raise() -> None:
+    global _pending
+    if not _installed:
+        _pending = False
+    raise KeyboardInterrupt
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    global _pending
+    _pending = True
+    if _depth == 0:
+        _raise()
+
+
+def _can_route() -> bool:
+    return (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+
+
+def install() -> None:
+    """Route SIGINT through this module for the rest of the process (the console script).
+    A SIGINT that the parent set to be ignored (``nohup``, a background job) stays so."""
+    global _installed
+    if _can_route():
+        signal.signal(signal.SIGINT, _on_sigint)
+        _installed = True
+
+
+def pending() -> bool:
+    """Whether a SIGINT has arrived (raised or still deferred)."""
+    return _pending
+
+
+def check() -> None:
+    """Raise ``KeyboardInterrupt`` if a SIGINT has arrived: a safe point to stop at."""
+    if _pending:
+        _raise()
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT until the block ends, then raise ``KeyboardInterrupt`` if one came.
+    An exception from the block propagates as it is (``pending()`` tells the caller
+    whether an interrupt came too)."""
+    global _depth
+    routed = _can_route()
+    previous = signal.signal(signal.SIGINT, _on_sigint) if routed else None
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if routed:
+            signal.signal(signal.SIGINT, previous)
+    if _depth == 0:
+        check()
