@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,16 @@ def _sha256(path: Path) -> str:
 
 def _model_state(result: SimulationResult) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in zip(result.names, result.params, strict=True)}
+
+
+def _sick_sgd() -> dict[str, Any]:
+    """A real SGD state whose first buffer collapsed to zero and second exploded."""
+    w, b = torch.nn.Parameter(torch.ones(10)), torch.nn.Parameter(torch.ones(6))
+    opt = torch.optim.SGD([w, b], lr=0.1, momentum=0.9)
+    w.grad = torch.zeros(10)
+    b.grad = torch.tensor([1.0, 2.0, math.nan, math.inf, 1e30, -3.0])
+    opt.step()
+    return opt.state_dict()
 
 
 def make_samples(out: Path) -> list[dict[str, Any]]:
@@ -132,6 +143,17 @@ def make_samples(out: Path) -> list[dict[str, Any]]:
         add(f"hf-checkpoint-12/{name}", ADAMW if name != "trainer_state.json" else None,
             "Hugging Face Trainer checkpoint folder",
             f"The AdamW run above as a Trainer folder writes it: {name}.")
+
+    # The README's inspect examples: a file with no optimizer state (what inspect refuses,
+    # saying what the file holds instead), and a state whose buffers collapsed and exploded.
+    save_checkpoint(_model_state(adamw), out / "model.bin", force=True)
+    add("model.bin", None, "model.state_dict()",
+        "The AdamW run's parameters alone, as a model's pytorch_model.bin holds them: "
+        "no optimizer state.")
+    save_checkpoint(_sick_sgd(), out / "sick_sgd.pt", force=True)
+    add("sick_sgd.pt", None, "optimizer.state_dict()",
+        "SGD momentum 0.9 after one step: the first parameter got a zero gradient (its "
+        "buffer is all zeros), the second a gradient holding NaN, Inf and 1e30.")
 
     for e in entries:
         e["sha256"] = _sha256(out / e["path"])

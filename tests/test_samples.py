@@ -21,9 +21,20 @@ SAME_TORCH = MANIFEST["torch"] == torch.__version__
 
 
 def _load(path):
+    """The file's contents, tensors as (dtype, shape, bytes): NaN payloads compare too."""
     if path.suffix == ".json":
         return json.loads(path.read_text())
-    return torch.load(path, weights_only=True)
+    return _bits(torch.load(path, weights_only=True))
+
+
+def _bits(obj):
+    if isinstance(obj, torch.Tensor):
+        return (str(obj.dtype), tuple(obj.shape), obj.reshape(-1).contiguous().view(torch.uint8))
+    if isinstance(obj, dict):
+        return {k: _bits(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_bits(v) for v in obj)
+    return obj
 
 
 @pytest.fixture(scope="module")
