@@ -30,6 +30,7 @@ from .checkpoint import check_writable, save_checkpoint
 from .dcp import is_dcp_folder, open_dcp_source
 from .errors import CheckpointError, OutputExistsError
 from .lazy import LazyTensor, materialize
+from .paths import join
 from .source import open_source
 
 
@@ -197,7 +198,7 @@ def compare_trees(a: Any, b: Any, where: str = "") -> tuple[int, list[str]]:
             raise fail(f"a dict became a {type(b).__name__}")
         count, dropped = 0, []
         for k, v in a.items():
-            sub = f"{where}.{k}" if where else str(k)
+            sub = join(where, k)
             if k not in b:
                 if _is_empty_container(v):
                     dropped.append(sub)
@@ -216,7 +217,7 @@ def compare_trees(a: Any, b: Any, where: str = "") -> tuple[int, list[str]]:
                        f"{b!r}"[:200])
         count, dropped = 0, []
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            n, d = compare_trees(x, y, f"{where}[{i}]")
+            n, d = compare_trees(x, y, join(where, i))
             count += n
             dropped += d
         return count, dropped

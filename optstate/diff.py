@@ -8,7 +8,7 @@ What is compared, and the path each difference gets:
 - ``state[i]``: a parameter present in only one state, a parameter in another group
   (``moved``) or, when parameters are matched by name, at another position
   (``reordered``), or matched by position, under another name (``renamed``). Matched
-  by name, the path is ``state['fc.weight']``;
+  by name, the path is ``state["fc.weight"]``;
 - ``state[i].ENTRY``: per-parameter entries (``added``, ``removed``; ``shape``, ``dtype``;
   ``values`` with numeric metrics for tensors; ``changed`` for scalars such as ``step``);
 - ``state[k]`` for state under a key no param group lists (compared by key);
@@ -26,7 +26,6 @@ being compared is paged in.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,7 @@ import torch
 
 from .errors import ConfigError
 from .numeric import compare_tensors
+from .paths import bracket, join, path_keys
 from .report import plain
 from .state import OptimizerStateView, ParamView
 from .stats import dtype_name
@@ -240,7 +240,7 @@ class _Walk:
             if len(a) != len(b):
                 self.change(Change(path, "length", len(a), len(b)))
             for i, (x, y) in enumerate(zip(a, b, strict=False)):
-                self.compare(f"{path}[{i}]", x, y)
+                self.compare(join(path, i), x, y)
         elif type(a) is type(b) and isinstance(a, _OTHER_VALUES):
             self._other(path, a, b)
         else:
@@ -261,7 +261,7 @@ class _Walk:
 
     def mapping(self, path: str, a: dict[Any, Any], b: dict[Any, Any]) -> None:
         for k in _union(a, b):
-            p = _join(path, k)
+            p = join(path, k)
             if k not in b:
                 if not self.skip(p):
                     self.change(Change(p, "removed", brief(a[k]), None))
@@ -337,24 +337,17 @@ def _union(a: dict[Any, Any], b: dict[Any, Any]) -> list[Any]:
     return [*a, *(k for k in b if k not in a)]
 
 
-def _join(path: str, key: Any) -> str:
-    if isinstance(key, int) and not isinstance(key, bool):
-        return f"{path}[{key}]"
-    text = str(key)
-    if re.fullmatch(r"[A-Za-z_][\w]*", text):
-        return f"{path}.{text}" if path else text
-    return f"{path}[{text!r}]"
-
-
-_BRACKET = re.compile(r"\[('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\]]*)\]")
-_NAME = re.compile(r"(?:^|\.)([A-Za-z_]\w*)")
+def _keys(path: str) -> tuple[Any, ...]:
+    try:
+        return path_keys(path)
+    except ConfigError:  # every path here is printed by paths.join; never happens
+        return ()
 
 
 def _names(path: str) -> set[str]:
-    """The names in a path: its keys (``lr``, ``exp_avg``, ``scheduler``) and quoted
-    parameter names (``fc.weight`` in ``state['fc.weight']``), not indices."""
-    quoted = {m[1:-1] for m in _BRACKET.findall(path) if m[:1] in ("'", '"')}
-    return set(_NAME.findall(_BRACKET.sub("", path))) | quoted
+    """The names in a path: its string keys (``lr``, ``exp_avg``, ``scheduler``) and
+    parameter names (``fc.weight`` in ``state["fc.weight"]``), not indices."""
+    return {k for k in _keys(path) if isinstance(k, str)}
 
 
 def _ignored(path: str, patterns: tuple[str, ...]) -> bool:
@@ -412,10 +405,10 @@ def _pairs(va: OptimizerStateView, vb: OptimizerStateView, by_name: bool
         a = {p.name: p for p in va.params}
         b = {p.name: p for p in vb.params}
         for n in _union(a, b):
-            yield f"state[{n!r}]", a.get(n), b.get(n)
+            yield bracket("state", n), a.get(n), b.get(n)
         return
     for i in range(max(va.n_params, vb.n_params)):
-        yield (f"state[{i}]", va.params[i] if i < va.n_params else None,
+        yield (join("state", i), va.params[i] if i < va.n_params else None,
                vb.params[i] if i < vb.n_params else None)
 
 
@@ -473,7 +466,7 @@ def _kind(view: OptimizerStateView) -> str:
 
 def _walk_groups(w: _Walk, va: OptimizerStateView, vb: OptimizerStateView) -> None:
     for gi in range(max(len(va.groups), len(vb.groups))):
-        path = f"param_groups[{gi}]"
+        path = join("param_groups", gi)
         ga = va.groups[gi] if gi < len(va.groups) else None
         gb = vb.groups[gi] if gi < len(vb.groups) else None
         if w.skip(path):
@@ -520,7 +513,7 @@ def _walk_orphans(w: _Walk, va: OptimizerStateView, vb: OptimizerStateView) -> N
     a = {k: va.raw["state"][k] for k in va.orphan_keys}
     b = {k: vb.raw["state"][k] for k in vb.orphan_keys}
     for k in _union(a, b):
-        path = _join("state", k)
+        path = join("state", k)
         if w.skip(path):
             continue
         if k in a and k in b:
@@ -615,9 +608,6 @@ def diff_report(result: StateDiff, side_a: DiffSide | None = None,
     return report
 
 
-_ENTRY = re.compile(r"^state" + _BRACKET.pattern + r"\.([A-Za-z_]\w*)$")
-
-
 def by_entry(result: StateDiff) -> list[dict[str, Any]]:
     """Per state entry name (``exp_avg``, ``step``, ...): over how many params it was
     compared, in how many it differs, elements outside tolerance / compared, max |a-b|.
@@ -625,10 +615,10 @@ def by_entry(result: StateDiff) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for differs, items in ((True, result.changes), (False, result.same)):
         for c in items:
-            m = _ENTRY.match(c.path)
-            if m is None:
+            keys = _keys(c.path)
+            if len(keys) != 3 or keys[0] != "state" or not isinstance(keys[2], str):
                 continue
-            row = rows.setdefault(m.group(2), {"entry": m.group(2), "compared": 0,
+            row = rows.setdefault(keys[2], {"entry": keys[2], "compared": 0,
                                                "differ": 0, "outside": 0, "numel": 0,
                                                "max_abs": None})
             row["compared"] += 1
@@ -651,9 +641,9 @@ def ignore_hint(result: StateDiff) -> str | None:
     (not when the two states come from different optimizers: then they are expected)."""
     if result.optimizers[0] != result.optimizers[1]:
         return None
-    keys = sorted({c.path.rsplit(".", 1)[-1] for c in result.changes
+    keys = sorted({_keys(c.path)[-1] for c in result.changes
                    if c.path.startswith("param_groups[") and c.kind in ("added", "removed")
-                   and c.path.rsplit(".", 1)[-1] in VERSION_KEYS})
+                   and _keys(c.path)[-1] in VERSION_KEYS})
     if not keys:
         return None
     return ("keys that differ between torch versions: "

@@ -26,6 +26,7 @@ from typing import Any
 from .checkpoint import atomic_write, check_writable, load_torch_file
 from .errors import CheckpointError, ConfigError, OutputExistsError
 from .locate import Located, locate
+from .paths import follow, join
 from .source import Source, open_source
 from .state import GROUP_META_KEYS
 
@@ -164,7 +165,7 @@ def plan_changes(
             f"numbered 0 to {len(groups) - 1}"
         )
     chosen = [group] if group is not None else list(range(len(groups)))
-    prefix = f"{located.location}." if located.location else ""
+    groups_path = join(located.location, "param_groups")
     changes: list[Change] = []
     for key, value in values.items():
         if key in _READ_ONLY:
@@ -179,12 +180,12 @@ def plan_changes(
                     hint=f"its hyperparameters: {', '.join(map(str, known))}",
                 )
             new = coerce_value(key, value, g[key], f" (param group {gi})")
-            changes.append(Change("optimizer", file_label, f"{prefix}param_groups[{gi}].{key}",
+            changes.append(Change("optimizer", file_label, join(join(groups_path, gi), key),
                                   key, gi, g[key], new))
             if key == "lr" and "initial_lr" in g:
                 init = coerce_value("initial_lr", value, g["initial_lr"], f" (param group {gi})")
                 changes.append(Change("optimizer", file_label,
-                                      f"{prefix}param_groups[{gi}].initial_lr", "initial_lr",
+                                      join(join(groups_path, gi), "initial_lr"), "initial_lr",
                                       gi, g["initial_lr"], init))
     if scheduler and "lr" in values and located.scheduler is not None:
         changes += _scheduler_changes(located, values["lr"], chosen, len(groups),
@@ -195,9 +196,10 @@ def plan_changes(
 
 
 def _scheduler_prefix(located: Located, file_label: str) -> str:
+    """The path of the scheduler state in its file ('': the file is the scheduler)."""
     loc = located.scheduler_location or ""
     # A sibling file's scheduler is that file's whole object: paths start at its root.
-    return "" if file_label and file_label == loc else (f"{loc}." if loc else "")
+    return "" if file_label and file_label == loc else loc
 
 
 def _scheduler_settings(located: Located, values: dict[str, Any],
@@ -218,7 +220,7 @@ def _scheduler_settings(located: Located, values: dict[str, Any],
         if key in ("base_lrs", "_last_lr"):
             raise ConfigError(f"{key} follows --lr; set the learning rate with --lr")
         new = coerce_value(key, value, sched[key], " (scheduler)")
-        out.append(Change("scheduler", file_label, f"{prefix}{key}", key, None, sched[key],
+        out.append(Change("scheduler", file_label, join(prefix, key), key, None, sched[key],
                           new))
     return out
 
@@ -235,7 +237,7 @@ def _scheduler_changes(located: Located, lr: Any, chosen: list[int], n_groups: i
             continue
         for gi in chosen:
             new = coerce_value(key, lr, lrs[gi], f" (scheduler, group {gi})")
-            out.append(Change("scheduler", file_label, f"{prefix}{key}[{gi}]", key, gi,
+            out.append(Change("scheduler", file_label, join(join(prefix, key), gi), key, gi,
                               lrs[gi], new))
     return out
 
@@ -294,14 +296,14 @@ def compare_trees(before: Any, after: Any, path: str = "") -> tuple[list[str], i
                 diffs.append(p or "(top level)")
                 return
             for k in a:
-                walk(a[k], b[k], _join(p, k))
+                walk(a[k], b[k], join(p, k))
         elif isinstance(a, (list, tuple)) and type(a) is type(b) and not isinstance(
                 a, torch.Tensor):
             if len(a) != len(b):
                 diffs.append(p or "(top level)")
                 return
             for i, (x, y) in enumerate(zip(a, b, strict=True)):
-                walk(x, y, f"{p}[{i}]")
+                walk(x, y, join(p, i))
         else:
             count += 1
             if not same_value(a, b) and not _same_opaque(a, b):
@@ -319,12 +321,6 @@ def _same_opaque(a: Any, b: Any) -> bool:
         return False
     d, _ = compare_trees(vars(a), vars(b))
     return not d
-
-
-def _join(parent: str, key: Any) -> str:
-    if isinstance(key, int):
-        return f"{parent}[{key}]"
-    return f"{parent}.{key}" if parent else str(key)
 
 
 # --------------------------------------------------------------------------- writing
@@ -520,9 +516,7 @@ def _under(path: str, parent: str) -> bool:
 
 
 def _get_path(obj: Any, path: str) -> Any:
-    from .locate import resolve_key
-
-    return resolve_key(obj, path)
+    return follow(obj, path)
 
 
 def _write_folder(source: Source, target: Path, changes: list[Change], located: Located, *,

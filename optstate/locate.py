@@ -3,18 +3,19 @@
 Recognised layouts: a bare ``optimizer.state_dict()``; a dict holding one under any key
 (``optimizer``, ``optimizer_state_dict`` as in the PyTorch tutorial, ``optim``, ...);
 PyTorch Lightning's ``optimizer_states`` list with ``lr_schedulers`` beside it; Hugging
-Face folders (see ``source.py``). Locations are written like ``optimizer_states[1]`` or
-``trainer.optimizer`` and are what ``--key`` accepts.
+Face folders (see ``source.py``). Locations are written like ``optimizer_states[1]``,
+``trainer.optimizer`` or ``run["opt.v1"]`` (``paths.py``) and are what ``--key`` accepts.
 """
 
 from __future__ import annotations
 
-import re
+import shlex
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import CheckpointError, NoOptimizerStateError
+from .errors import CheckpointError, ConfigError, NoOptimizerStateError
+from .paths import PathNotFound, follow, join, path_keys
 from .source import Source
 
 # How far into a container we look for an optimizer state (Lightning: depth 2).
@@ -55,13 +56,6 @@ def is_scheduler_state(obj: Any) -> bool:
     )
 
 
-def _child_location(parent: str, key: Any) -> str:
-    if isinstance(key, int):
-        return f"{parent}[{key}]"
-    text = str(key)
-    return f"{parent}.{text}" if parent else text
-
-
 def _children(obj: Any) -> list[tuple[Any, Any]]:
     if isinstance(obj, dict):
         return list(obj.items())
@@ -86,7 +80,7 @@ def find_optimizer_states(obj: Any) -> list[tuple[str, dict[str, Any]]]:
             continue
         for key, child in _children(node):
             if isinstance(child, (dict, list, tuple)) or _is_optimizer_object(child):
-                queue.append((_child_location(loc, key), child, depth + 1))
+                queue.append((join(loc, key), child, depth + 1))
     return found
 
 
@@ -109,34 +103,23 @@ def as_optimizer_state(obj: Any) -> dict[str, Any] | None:
     return None
 
 
-_TOKEN = re.compile(r"\[(-?\d+)\]|\[['\"]([^'\"]+)['\"]\]|([^.\[\]]+)")
-
-
 def resolve_key(obj: Any, key: str, where: str = "this checkpoint") -> Any:
-    """Follow a location like ``optimizer_states[1]`` or ``a.b`` into ``obj`` (``where``
-    names it in the error: diff has two files and --key applies to both)."""
-    if isinstance(obj, dict) and key in obj:
-        return obj[key]
-    node = obj
-    for m in _TOKEN.finditer(key):
-        index, quoted, name = m.groups()
-        try:
-            if index is not None:
-                node = node[int(index)] if isinstance(node, (list, tuple)) else node[int(index)]
-            else:
-                k = quoted if quoted is not None else name
-                if isinstance(node, (list, tuple)) and k.lstrip("-").isdigit():
-                    node = node[int(k)]
-                elif isinstance(node, dict) and k not in node and k.lstrip("-").isdigit():
-                    node = node[int(k)]
-                else:
-                    node = node[k]
-        except (KeyError, IndexError, TypeError):
-            raise NoOptimizerStateError(
-                f"--key {key!r}: nothing at {m.group(0)!r} in {where}",
-                hint=f"it holds {describe_contents(obj)}",
-            ) from None
-    return node
+    """Follow a location like ``optimizer_states[1]``, ``a.b`` or ``run["opt.v1"]``
+    (the syntax of ``paths.py``) into ``obj`` (``where`` names it in the error: diff has
+    two files and --key applies to both)."""
+    try:
+        return follow(obj, key)
+    except (PathNotFound, ConfigError) as e:
+        # A top-level key typed without quotes (--key opt.v1 for {"opt.v1": ...}) is
+        # still taken when it is not a path to something else.
+        if isinstance(obj, dict) and isinstance(key, str) and key in obj:
+            return obj[key]
+        if isinstance(e, ConfigError):
+            raise
+        raise NoOptimizerStateError(
+            f"--key {key!r}: nothing at {e.segment!r} in {where}",
+            hint=f"it holds {describe_contents(obj)}",
+        ) from None
 
 
 def describe_contents(obj: Any) -> str:
@@ -221,7 +204,7 @@ def locate(source: Source, key: str | None = None) -> Located:
         listing = "; ".join(f"{loc} ({summarize_candidate(st)})" for loc, st in found)
         raise NoOptimizerStateError(
             f"{source.label} holds {len(found)} optimizer states: {listing}",
-            hint=f"pick one with --key, e.g. --key '{candidates[0] or '.'}'",
+            hint=f"pick one with --key, e.g. --key {shlex.quote(candidates[0] or '.')}",
         )
     else:
         location, state = found[0]
@@ -257,7 +240,7 @@ def _raise_if_malformed(source: Source, obj: Any) -> None:
         if depth < _MAX_DEPTH:
             for key, child in _children(node):
                 if isinstance(child, (dict, list, tuple)):
-                    queue.append((_child_location(loc, key), child, depth + 1))
+                    queue.append((join(loc, key), child, depth + 1))
 
 
 def _candidates_hint(candidates: tuple[str, ...]) -> str | None:
@@ -274,17 +257,17 @@ def _find_scheduler(source: Source, location: str) -> tuple[dict[str, Any] | Non
     if not isinstance(obj, dict):
         return None, None
     # Lightning: optimizer_states[i] pairs with lr_schedulers[i].
-    m = re.fullmatch(r"optimizer_states\[(\d+)\]", location)
-    if m:
+    keys = path_keys(location)
+    if len(keys) == 2 and keys[0] == "optimizer_states" and type(keys[1]) is int:
         scheds = obj.get("lr_schedulers")
-        i = int(m.group(1))
-        if isinstance(scheds, list) and i < len(scheds) and is_scheduler_state(scheds[i]):
-            return scheds[i], f"lr_schedulers[{i}]"
+        i = keys[1]
+        if isinstance(scheds, list) and 0 <= i < len(scheds) and is_scheduler_state(scheds[i]):
+            return scheds[i], join("lr_schedulers", i)
         return None, None
     for k in _SCHEDULER_KEYS:
         v = obj.get(k)
         if is_scheduler_state(v):
             return v, k
         if isinstance(v, list) and len(v) == 1 and is_scheduler_state(v[0]):
-            return v[0], f"{k}[0]"
+            return v[0], join(k, 0)
     return None, None

@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from .paths import join
 from .report import materialize, plain, tensor_like
 from .state import OptimizerStateView
 
@@ -52,11 +53,12 @@ def state_warnings(view: OptimizerStateView, kind: str, params: list[dict[str, A
     warnings += _shape_mismatch(view, kind)
     if view.orphan_keys:
         keys = [repr(plain(k)) for k in view.orphan_keys]
+        paths = [join("state", k) for k in view.orphan_keys]
         warnings.append(_warning(
             "orphan_state", f"state holds entries for {len(keys)} key"
             f"{'s' * (len(keys) != 1)} in no param group ({_places(keys)}): load_state_dict "
             "ignores them (a param group was removed, or the state was edited)",
-            [f"state[{k}]" for k in keys]))
+            paths))
     warnings += _hyperparam_warnings(view)
     if scheduler is not None:
         warnings += _scheduler_warnings(view, scheduler)

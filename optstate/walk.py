@@ -74,18 +74,14 @@ def _children(obj: Any) -> Iterator[tuple[Any, Any]]:
 
 
 def location_of(frame: _Frame | None, key: Any = None) -> str:
-    """``param_groups[0].betas`` style location of ``key`` inside ``frame``."""
+    """The location of ``key`` inside ``frame``, in the syntax of ``paths.py``."""
     parts: list[Any] = [] if key is None else [key]
     while frame is not None and frame.parent is not None:
         parts.append(frame.key)
         frame = frame.parent
-    text = ""
-    for k in reversed(parts):
-        if isinstance(k, int):
-            text += f"[{k}]"
-        else:
-            text += f".{k}" if text else str(k)
-    return text or "(top level)"
+    from .paths import display, format_path
+
+    return display(format_path(reversed(parts)))
 
 
 # Leaves that need no look: the common hyperparameter and bookkeeping values.

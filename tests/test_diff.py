@@ -299,11 +299,11 @@ def test_names_match_by_name_and_report_reordering():
     assert a["param_groups"][0]["param_names"] == ["0.weight", "0.bias", "1.weight", "1.bias"]
     r = diff_states(a, b)
     assert r.matched_by == "name"
-    assert r.changes == [Change("state['0.weight']", "reordered", 0, 1),
-                         Change("state['0.bias']", "reordered", 1, 0)]
+    assert r.changes == [Change('state["0.weight"]', "reordered", 0, 1),
+                         Change('state["0.bias"]', "reordered", 1, 0)]
     # a parameter name is a key --ignore takes; a name inside it is not
     assert diff_states(a, b, DiffOptions(ignore=("0.weight",))).paths() == [
-        "state['0.bias']"]
+        'state["0.bias"]']
     assert diff_states(a, b, DiffOptions(ignore=("weight",))).paths() == r.paths()
     # matched by position, the same files differ in shape
     rp = diff_states(a, b, DiffOptions(match="position"))

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..paths import KEY_HELP
 from . import UNSAFE_HELP, app, errors_to_exit, print_json, stdout_console, warn_unsafe
 
 
@@ -19,8 +20,7 @@ def check(
         "--config", "-c", help="The TOML or JSON run config (the one simulate reads) that "
         "builds the optimizer to load into.", show_default=False)],
     key: Annotated[str | None, typer.Option(
-        help="Where the optimizer state is when the file holds several, e.g. "
-        "optimizer_states[1].")] = None,
+        help=KEY_HELP)] = None,
     trial: Annotated[bool, typer.Option(
         "--trial/--no-trial", help="Also let torch do it: load_state_dict and one step() "
         "on copies (costs one copy of the state).")] = True,

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ..paths import KEY_HELP
 from . import (
     UNSAFE_HELP,
     app,
@@ -44,8 +45,7 @@ def diff(
         "capturable, step, …), a param by name, or a path or path prefix "
         "(param_groups[1], scheduler). Repeatable.", rich_help_panel=_CMP)] = None,
     key: Annotated[str | None, typer.Option(
-        help="Where the optimizer state is inside both files, as inspect shows it "
-        "(e.g. optimizer_states[0]).", rich_help_panel=_CMP)] = None,
+        help=KEY_HELP + " Applies to both files.", rich_help_panel=_CMP)] = None,
     key_a: Annotated[str | None, typer.Option(
         help="--key for the first file only.", rich_help_panel=_CMP)] = None,
     key_b: Annotated[str | None, typer.Option(

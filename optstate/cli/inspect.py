@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..paths import KEY_HELP
 from . import UNSAFE_HELP, app, errors_to_exit, print_json, stdout_console, warn_unsafe
 
 _FOCUS = "Focus"
@@ -20,8 +21,7 @@ def inspect(
         "torch.distributed.checkpoint folder.",
         show_default=False)],
     key: Annotated[str | None, typer.Option(
-        "--key", "-k", help="Where the optimizer state is inside the file, when it holds "
-        "several or an unusual layout, e.g. optimizer_states[1] or trainer.optimizer.")] = None,
+        "--key", "-k", help=KEY_HELP)] = None,
     param: Annotated[list[str] | None, typer.Option(
         "--param", "-p", metavar="N|NAME", help="Show only this parameter (position, or "
         "name where the checkpoint has names). Repeatable.", rich_help_panel=_FOCUS)] = None,

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..paths import KEY_HELP
 from . import UNSAFE_HELP, app, errors_to_exit, print_json, stdout_console, warn, warn_unsafe
 
 
@@ -34,8 +35,7 @@ def set_(
     group: Annotated[int | None, typer.Option(
         help="Change only this param group (0-based). \\[default: every group]")] = None,
     key: Annotated[str | None, typer.Option(
-        help="Where the optimizer state is when the file holds several, e.g. "
-        "optimizer_states[1].")] = None,
+        help=KEY_HELP)] = None,
     scheduler: Annotated[bool, typer.Option(
         "--scheduler/--no-scheduler", help="With --lr: also change the scheduler state's "
         "base_lrs and _last_lr.")] = True,
