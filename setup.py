@@ -2,17 +2,30 @@
 
 The extension is optional: where no C compiler is available the install still succeeds
 and optstate computes the same numbers with its pure-torch path (slower on big files).
+OPTSTATE_NO_C=1 at run time keeps a built kernel from being used.
 """
 
-import sys
-
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
-if sys.platform == "win32":
-    args = ["/O2", "/fp:precise"]
-else:
-    # -ffp-contract=off: no fused multiply-add, so each operation rounds as torch's do.
-    args = ["-O3", "-ffp-contract=off", "-fno-fast-math"]
 
-setup(ext_modules=[Extension("optstate._ckernels", ["optstate/_ckernels.c"],
-                             extra_compile_args=args, optional=True)])
+class OptionalBuildExt(build_ext):
+    """Build the kernel with GCC-like compilers only (GCC, Clang, MinGW). Its vector loops
+    use GCC/Clang vector extensions (``__attribute__((vector_size))``,
+    ``__builtin_cpu_supports``), which MSVC does not have, so with MSVC it is skipped
+    with a note instead of failing to compile."""
+
+    def build_extensions(self) -> None:
+        if self.compiler.compiler_type == "msvc":
+            print("optstate: MSVC cannot compile the optional C kernel (it uses GCC/Clang "
+                  "vector extensions); optstate will use its torch path")
+            self.extensions = []
+            return
+        for ext in self.extensions:
+            # -ffp-contract=off: no fused multiply-add, so each operation rounds as torch's.
+            ext.extra_compile_args = ["-O3", "-ffp-contract=off", "-fno-fast-math"]
+        super().build_extensions()
+
+
+setup(ext_modules=[Extension("optstate._ckernels", ["optstate/_ckernels.c"], optional=True)],
+      cmdclass={"build_ext": OptionalBuildExt})

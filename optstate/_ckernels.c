@@ -11,7 +11,7 @@
  * time: setup.py compiles with -ffp-contract=off so no multiply-add is fused. Hence the
  * counts, max_abs and max_rel equal torch's float64 results exactly. Only the sums of
  * squares are accumulated in another order (runs of LANE elements, then a compensated
- * sum), within kernels.SUM_RTOL of torch's float64 reduction.
+ * sum), within optstate/tolerance.py's sum_rtol(n) of torch's float64 reduction.
  *
  * The pure-torch path in kernels.py computes the same numbers when this module is not
  * built (it is an optional extension); the tests run both.

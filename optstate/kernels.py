@@ -17,11 +17,11 @@ Exactness (what the tests check against plain torch on the whole tensor):
   Widening to float64 is exact for every floating dtype, bool, and integers below
   2**53, and min/max/abs/subtraction-then-max commute with it.
 - sums (``sum``, ``sumsq``, ``sumabs``) are float64, as ``t.double().sum()`` etc.: each
-  block is reduced by torch in float64 and the block results are added exactly
-  (``math.fsum``). Only the summation order inside torch's kernels differs from a
-  whole-tensor reduction, so results agree with torch's float64 reduction to a
-  relative error of at most ``SUM_RTOL`` (for ``sumsq``/``sumabs``, whose terms are
-  non-negative), and to ``SUM_RTOL * sumabs`` in absolute terms for the signed ``sum``.
+  block is reduced in float64 and the block results are added exactly (``math.fsum``).
+  Only the order of the additions differs from a whole-tensor reduction (and torch's
+  own order differs between CPUs), so results agree with torch's float64 reduction of
+  n elements to a relative ``tolerance.sum_rtol(n)`` (for ``sumsq``/``sumabs``, whose
+  terms are non-negative), and to ``sum_rtol(n) * sumabs`` for the signed ``sum``.
 - float64 tensors whose sum of squares overflows or underflows float64 (|x| > ~1e154,
   or all |x| < ~1e-154) get their norm from a second, rescaled pass: the true norm,
   where torch's own ``vector_norm`` may return inf.
@@ -29,24 +29,34 @@ Exactness (what the tests check against plain torch on the whole tensor):
 The C kernel (``optstate/_ckernels.c``, built by ``setup.py`` where a C compiler is
 available) computes the same per-block numbers as the torch code here in one pass over
 the source memory, with no float64 buffer; the torch code is the fallback, and the tests
-run every case through both.
+run every case through both. ``OPTSTATE_NO_C=1`` in the environment (read once, at
+import) keeps the C kernel from being imported at all; ``use_path`` switches between the
+paths of this process (the tests run each case on every path), ``current_path`` says
+which one runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
-try:  # the optional C kernel (optstate/_ckernels.c); the torch path below is the fallback
-    from . import _ckernels
-except ImportError:  # not built (no C compiler at install time)
-    _ckernels = None
+# OPTSTATE_NO_C=1: never import the optional C kernel (CI runs the suite both ways, so the
+# torch fallback is tested as it runs where the extension was not built).
+C_DISABLED = os.environ.get("OPTSTATE_NO_C", "").strip() not in ("", "0")
 
-# Use the C kernel where it applies (tests switch it off to check both paths agree).
+_ckernels = None
+if not C_DISABLED:
+    try:  # the optional C kernel (optstate/_ckernels.c); the torch path below is the fallback
+        from . import _ckernels
+    except ImportError:  # not built (no C compiler at install time)
+        _ckernels = None
+
+# Use the C kernel where it applies; switched by use_path (never set it directly).
 USE_C = _ckernels is not None
 # dtype -> the C kernel's element kind
 _C_KINDS = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
@@ -59,10 +69,65 @@ CHUNK_ELEMENTS = 1 << 18
 # underflow, and the norm is taken again from values rescaled by the largest |x|.
 TINY = 2.2250738585072014e-308
 
-# Documented agreement of chunked float64 sums with torch's whole-tensor float64 sums.
-SUM_RTOL = 1e-12
+# (How closely the float64 sums agree with torch's: optstate/tolerance.py, stated there once.)
 
 Progress = Callable[[int], None]  # called with the number of source bytes just processed
+
+# The ways a reduction can run: the C kernel's AVX2 loop, its 2-lane loop (SSE2 / NEON),
+# or torch operations on a float64 buffer. All give the same numbers (tested).
+PATHS = ("c-avx2", "c-2lane", "torch")
+
+
+def available_paths() -> list[str]:
+    """The paths this process can run: "torch" always; the C kernel's loops when it is
+    built, not disabled by OPTSTATE_NO_C=1, and (AVX2) supported by the CPU."""
+    if _ckernels is None:
+        return ["torch"]
+    wide = "avx2" in _ckernels.vector_paths()[0]
+    return [*(["c-avx2"] if wide else []), "c-2lane", "torch"]
+
+
+def current_path() -> str:
+    """The path reductions run on now: "c-avx2", "c-2lane" or "torch"."""
+    if not USE_C or _ckernels is None:
+        return "torch"
+    return "c-avx2" if _ckernels.vector_paths()[1] == "avx2" else "c-2lane"
+
+
+def unavailable_reason(path: str) -> str | None:
+    """Why ``path`` cannot run in this process (None: it can)."""
+    if path not in PATHS:
+        raise ValueError(f"unknown kernel path {path!r}; one of {', '.join(PATHS)}")
+    if path == "torch":
+        return None
+    if C_DISABLED:
+        return "the C kernel is disabled (OPTSTATE_NO_C=1)"
+    if _ckernels is None:
+        return "the optional C kernel is not built (no C compiler at install time?)"
+    if path == "c-avx2" and path not in available_paths():
+        return "this CPU has no AVX2"
+    return None
+
+
+@contextlib.contextmanager
+def use_path(path: str) -> Iterator[None]:
+    """Run this process's reductions on ``path`` (see ``PATHS``) inside the block, then
+    switch back. Not thread-safe: for tests and benchmarks, not for concurrent callers."""
+    global USE_C
+    reason = unavailable_reason(path)
+    if reason is not None:
+        raise RuntimeError(f"kernel path {path!r} is not available: {reason}")
+    before_c = USE_C
+    before_wide = _ckernels is not None and _ckernels.vector_paths()[1] == "avx2"
+    if path != "torch":
+        _ckernels.vector_paths(path == "c-avx2")
+    USE_C = path != "torch"
+    try:
+        yield
+    finally:
+        USE_C = before_c
+        if _ckernels is not None:
+            _ckernels.vector_paths(before_wide)
 
 
 @dataclass

@@ -4,8 +4,10 @@ An element pair (a, b) is within tolerance when ``|a - b| <= atol + rtol * |b|``
 (both tolerances at once, as numpy and torch do); NaN against NaN counts as equal
 unless ``nan_equal=False``; NaN against a number never does; +Inf equals +Inf.
 Metrics are computed in float64 so they agree with a plain torch expression on
-``a.double()`` and ``b.double()``: counts and ``max_abs``/``max_rel`` exactly, the norms to
-a relative ``kernels.SUM_RTOL`` (1e-12). Complex tensors are compared as complex128.
+``a.double()`` and ``b.double()``: counts and ``max_abs``/``max_rel`` exactly, the norms of
+n elements to a relative ``tolerance.sum_rtol(n)`` (only the order of the float64
+additions differs; the bound holds for any order, hence on any CPU). Complex tensors are
+compared as complex128.
 """
 
 from __future__ import annotations

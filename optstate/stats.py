@@ -3,10 +3,11 @@
 Definitions (tests compare each with a plain torch expression):
 
 - ``norm``, ``mean``, ``mean_abs``: over the finite elements, accumulated in float64
-  (``t[isfinite(t)].double().norm()`` etc.), so one NaN does not hide the rest. They
-  agree with those torch expressions to a relative ``kernels.SUM_RTOL`` (1e-12; the
-  signed mean to ``SUM_RTOL * mean_abs``): only the order of the float64 additions
-  differs. A float64 norm whose squares overflow is rescaled (torch returns inf);
+  (``t[isfinite(t)].double().norm()`` etc.), so one NaN does not hide the rest. Over n
+  finite elements they agree with those torch expressions to a relative
+  ``tolerance.sum_rtol(n)`` (the signed mean to ``sum_rtol(n) * mean_abs``): only the
+  order of the float64 additions differs, and the bound holds for any order. A float64
+  norm whose squares overflow is rescaled (torch returns inf);
 - ``min``, ``max``: over the finite elements, exact in the tensor's own dtype;
 - ``nan``, ``inf``: counts; ``zeros``: the fraction of elements equal to zero;
 - bool and integer tensors are summarised through float64; complex through ``abs()``

@@ -2,6 +2,9 @@
 
 optstate/kernels.py computes with the C kernel (optstate/_ckernels.c: an AVX2 loop and a
 2-lane loop) where it is built, else with torch; the numbers must not depend on the path.
+The fixture switches paths with the code's own switch, ``kernels.use_path`` (no
+monkeypatching); a path this process cannot run is skipped with the reason (the C kernel
+not built, disabled by OPTSTATE_NO_C=1, or no AVX2 on this CPU).
 """
 
 from __future__ import annotations
@@ -11,19 +14,23 @@ import pytest
 from optstate import kernels
 
 
-@pytest.fixture(autouse=True, params=["c-avx2", "c-2lane", "torch"])
-def kernel_path(request, monkeypatch):
+def _on_path(request):
+    reason = kernels.unavailable_reason(request.param)
+    if reason is not None:
+        pytest.skip(reason)
+    with kernels.use_path(request.param):
+        yield request.param
+
+
+@pytest.fixture(autouse=True, params=list(kernels.PATHS))
+def kernel_path(request):
     """Every test runs through each path: the C kernel (optstate/_ckernels.c) with its
     AVX2 loop and with its 2-lane loop, and the pure-torch path that replaces it where
     it is not built."""
-    if request.param.startswith("c"):
-        if kernels._ckernels is None:
-            pytest.skip("the C kernel is not built (see test_c_kernel_is_built)")
-        wide = request.param == "c-avx2"
-        if wide and "avx2" not in kernels._ckernels.vector_paths()[0]:
-            pytest.skip("this CPU has no AVX2")
-        before = kernels._ckernels.vector_paths()[1] == "avx2"
-        kernels._ckernels.vector_paths(wide)
-        request.addfinalizer(lambda: kernels._ckernels.vector_paths(before))
-    monkeypatch.setattr(kernels, "USE_C", request.param != "torch")
-    return request.param
+    yield from _on_path(request)
+
+
+@pytest.fixture(params=list(kernels.PATHS))
+def each_kernel_path(request):
+    """The same, for the tests of a module that ask for it by name (not autouse)."""
+    yield from _on_path(request)

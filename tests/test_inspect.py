@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from optstate.errors import ConfigError
 from optstate.inspect import inspect_path
-from optstate.kernels import SUM_RTOL
+from optstate.tolerance import sum_rtol
 from tests.optim_states import OPTIMIZERS, make_params, state_dict_of, stepped_optimizer
 
 
@@ -39,7 +39,7 @@ def expected_stats(t: torch.Tensor) -> dict:
 
 def same_stats(rep: dict, want: dict) -> bool:
     """Exact for shape, dtype, sizes, min, max, counts; float64 sums (norm, mean, mean|x|) to
-    the documented SUM_RTOL (optstate.stats: only the order of additions differs)."""
+    the documented sum_rtol(numel) (optstate.tolerance: only the order of additions differs)."""
     summed = ("norm", "mean", "mean_abs")
     if {k: v for k, v in rep.items() if k not in summed} != {
             k: v for k, v in want.items() if k not in summed}:
@@ -49,7 +49,7 @@ def same_stats(rep: dict, want: dict) -> bool:
             return False
         if want[k] is None:
             continue
-        tol = SUM_RTOL * (want["mean_abs"] if k == "mean" else abs(want[k]))
+        tol = sum_rtol(want["numel"]) * (want["mean_abs"] if k == "mean" else abs(want[k]))
         if abs(rep[k] - want[k]) > tol:
             return False
     return True
@@ -333,7 +333,7 @@ def test_no_stats_on_lazy_tensors_does_not_load_them(tmp_path):
         "shape": [3, 4], "dtype": "float32", "numel": 12, "bytes": 48}
     assert loads == []
     assert entry_report(lazy)["norm"] == pytest.approx(float(torch.ones(3, 4).double().norm()),
-                                                       rel=SUM_RTOL)
+                                                       rel=sum_rtol(12))
     assert loads
 
 
