@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
+from .leaves import same_leaf
 from .numeric import compare_tensors
 from .paths import bracket, join, path_keys
 from .report import plain
@@ -147,10 +148,6 @@ def _is_atomic(v: Any) -> bool:
     return _is_scalar(v)
 
 
-# Other values a state can hold (hand-edited or foreign): compared by equality.
-_OTHER_VALUES = (bytes, bytearray, complex, set, frozenset)
-
-
 def _number(v: Any) -> Any:
     """A 0-dim tensor as its Python number; other scalars unchanged."""
     if isinstance(v, torch.Tensor):
@@ -213,6 +210,9 @@ class _Walk:
 
     def close(self, x: Any, y: Any) -> bool:
         """isclose for two Python scalars (after 0-dim tensors became numbers)."""
+        if isinstance(x, complex) or isinstance(y, complex):
+            return (isinstance(x, complex) and isinstance(y, complex)
+                    and self.close(x.real, y.real) and self.close(x.imag, y.imag))
         if isinstance(x, bool) or isinstance(y, bool) or not (
                 isinstance(x, (int, float)) and isinstance(y, (int, float))):
             return type(x) is type(y) and x == y
@@ -241,19 +241,20 @@ class _Walk:
                 self.change(Change(path, "length", len(a), len(b)))
             for i, (x, y) in enumerate(zip(a, b, strict=False)):
                 self.compare(join(path, i), x, y)
-        elif type(a) is type(b) and isinstance(a, _OTHER_VALUES):
+        elif type(a) is type(b):
             self._other(path, a, b)
         else:
             self.change(Change(path, "type", _type_label(a), _type_label(b)))
 
     def _other(self, path: str, a: Any, b: Any) -> None:
-        """bytes, complex, sets: hand-edited or foreign hyperparameters of one type on
-        both sides are values, compared by equality (complex within atol/rtol, part by
-        part), not a change of type."""
+        """Any other leaf of one type on both sides (a torch.dtype or torch.device, bytes,
+        complex, a set, an object only --unsafe loads) is a value: complex numbers within
+        atol/rtol part by part, the rest the same as ``leaves.same_leaf`` says (dtypes by
+        name, objects by type and fields), never a change of type."""
         if isinstance(a, complex):
-            same = self.close(a.real, b.real) and self.close(a.imag, b.imag)
+            same = self.close(a, b)
         else:
-            same = a == b
+            same = same_leaf(a, b, strides=False)
         if same:
             self.equal(path, value(a))
         else:

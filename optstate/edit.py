@@ -25,6 +25,7 @@ from typing import Any
 
 from .checkpoint import atomic_write, check_writable, load_torch_file
 from .errors import CheckpointError, ConfigError, OutputExistsError
+from .leaves import same_leaf
 from .locate import Located, locate
 from .paths import follow, join
 from .source import Source, open_source
@@ -125,22 +126,6 @@ def _show(v: Any) -> str:
     return repr(v)
 
 
-def same_value(a: Any, b: Any) -> bool:
-    """Equal as saved: same type and value (tensors: same dtype, shape and bits)."""
-    import torch
-
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
-                and _tensors_identical(a, b))
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float) and math.isnan(a) and math.isnan(b):
-        return True
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
-
-
 # --------------------------------------------------------------------------- planning
 
 
@@ -192,7 +177,7 @@ def plan_changes(
                                       scheduler_file_label)
     if scheduler_values:
         changes += _scheduler_settings(located, scheduler_values, scheduler_file_label)
-    return [c for c in changes if not same_value(c.old, c.new)]
+    return [c for c in changes if not same_leaf(c.old, c.new)]
 
 
 def _scheduler_prefix(located: Located, file_label: str) -> str:
@@ -259,31 +244,10 @@ def apply_changes(located: Located, changes: list[Change]) -> None:
 # --------------------------------------------------------------------------- comparing
 
 
-def _tensors_identical(a: Any, b: Any) -> bool:
-    """Same dtype, shape, strides and the same bits (NaN payloads and -0.0 included)."""
-    import torch
-
-    if a.dtype != b.dtype or a.shape != b.shape or a.layout != b.layout:
-        return False
-    if a.layout != torch.strided or a.is_quantized:
-        return bool(torch.equal(a, b))
-    if a.stride() != b.stride():
-        return False
-    if a.is_meta or b.is_meta:
-        return a.is_meta and b.is_meta
-    size = a.element_size()
-    as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(size)
-    if as_int is None or a.is_complex():
-        return bool(torch.equal(a, b))
-    if a.dtype == torch.bool:
-        return bool(torch.equal(a, b))
-    return bool(torch.equal(a.view(as_int), b.view(as_int)))
-
-
 def compare_trees(before: Any, after: Any, path: str = "") -> tuple[list[str], int]:
     """Walk two loaded checkpoints side by side. Returns (paths that differ, number of
     leaves compared). Containers must match in type, keys (and key order) and length;
-    leaves must be ``same_value``."""
+    leaves must be the same (``leaves.same_leaf``: tensors bit for bit, strides too)."""
     import torch
 
     diffs: list[str] = []
@@ -306,21 +270,11 @@ def compare_trees(before: Any, after: Any, path: str = "") -> tuple[list[str], i
                 walk(x, y, join(p, i))
         else:
             count += 1
-            if not same_value(a, b) and not _same_opaque(a, b):
+            if not same_leaf(a, b):
                 diffs.append(p or "(top level)")
 
     walk(before, after, path)
     return diffs, count
-
-
-def _same_opaque(a: Any, b: Any) -> bool:
-    """Objects only --unsafe loads (argparse Namespaces, dataclasses): equal by __dict__."""
-    import torch
-
-    if type(a) is not type(b) or isinstance(a, torch.Tensor) or not hasattr(a, "__dict__"):
-        return False
-    d, _ = compare_trees(vars(a), vars(b))
-    return not d
 
 
 # --------------------------------------------------------------------------- writing
@@ -504,7 +458,7 @@ def _verify_against(src: Path, tmp: Path, expected: dict[str, Any], unsafe: bool
         )
     for p, value in expected.items():
         got = _get_path(written, p)
-        if not same_value(got, value):
+        if not same_leaf(got, value):
             raise CheckpointError(f"refusing to write: {p} reads back as {got!r}, "
                                   f"not {value!r}")
     return count
