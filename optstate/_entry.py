@@ -4,12 +4,22 @@
 are answered here, before the command line (typer, rich: about 70 ms of imports) is
 loaded: the help is ``render/root_help.py``'s text, the same the typer app prints
 (tests/test_root_help.py). Everything else goes to ``optstate.cli.main``.
+
+Ctrl-C at any moment ends as ``Interrupted.`` and exit 130 (``optstate/interrupt.py``):
+SIGINT is routed to the pending-interrupt flag first thing; start-up's imports (typer,
+rich, torch) run with it deferred, so no library can swallow or mangle the interrupt
+mid-import, and it is raised as they end. Whatever escapes a command while an interrupt
+is pending, and an interrupt that some library caught and dropped, is reported here.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import sys
+
+from . import interrupt
+from .testhook import pause_at
 
 # Start-up is mostly imports (typer, rich, then torch's ~1.4 s), which make long-lived
 # objects only; with the cyclic collector on, each full collection during them rescans
@@ -20,28 +30,73 @@ _collector_paused = False
 
 
 def resume_collector() -> None:
-    """Import torch if start-up paused the collector, then freeze and resume it."""
+    """Import torch (SIGINT deferred), then freeze and resume the collector if start-up
+    paused it."""
     global _collector_paused
-    if _collector_paused:
+    with interrupt.deferred():  # torch's imports swallow or mangle a KeyboardInterrupt
+        pause_at("import_torch")
         import torch  # noqa: F401 - the import every command makes first
-
+    if _collector_paused:
         gc.freeze()  # start-up objects: never rescanned
         gc.enable()
         _collector_paused = False
 
+
+# Set when a shell asks for completions (the words come in other variables, argv is
+# empty): typer answers it, not the root help.
+_COMPLETE_VAR = "_OPTSTATE_COMPLETE"
 
 # Commands that read whole checkpoints' tensor data.
 _READS_TENSORS = frozenset({"inspect", "diff", "check", "set", "convert"})
 
 
 def main(argv: list[str] | None = None) -> None:
+    interrupt.install()
+    try:
+        code = _run(argv)
+        if not interrupt.pending():
+            pause_at("finished")  # the command's work is done, its output written
+            try:
+                sys.stdout.flush()
+            except (OSError, ValueError):  # a closed pipe (`| head`): Python's exit says so
+                pass
+        # typer ends a KeyboardInterrupt as a silent exit 130, and a library may catch one
+        # and go on: either way the interrupt is reported here
+        interrupt.check()
+        interrupt.hold()
+    except KeyboardInterrupt:
+        code = interrupt.announce()
+    except BaseException:
+        interrupt.hold()
+        if not interrupt.pending():
+            raise  # a bug outside the commands' error handling: keep its traceback
+        code = interrupt.announce()  # e.g. a module left half-imported by the interrupt
+    sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> object:
+    """Run the command line; its exit status (``sys.exit``'s argument)."""
+    try:
+        with interrupt.deferred():  # start-up: imports only; an interrupt is raised after
+            pause_at("startup")
+            cli_main = _start(argv)
+        try:
+            cli_main(argv)
+        finally:
+            _resume_unused_collector()
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+def _start(argv: list[str] | None):  # noqa: ANN202 - optstate.cli.main, once imported
     args = list(sys.argv[1:] if argv is None else argv)
     if args == ["--version"]:
         from . import __version__
 
         print(f"optstate {__version__}")  # what the CLI's own --version prints
         sys.exit(0)
-    if args in ([], ["--help"], ["-h"]):
+    if args in ([], ["--help"], ["-h"]) and _COMPLETE_VAR not in os.environ:
         from .render.root_help import root_help
 
         sys.stdout.write(root_help())
@@ -55,11 +110,13 @@ def main(argv: list[str] | None = None) -> None:
     if gc.isenabled():
         gc.disable()
         _collector_paused = True
-    try:
-        from .cli import main as cli_main
+    from .cli import main as cli_main
 
-        cli_main(argv)
-    finally:
-        if _collector_paused:  # help, a usage error: no command ran
-            gc.enable()
-            _collector_paused = False
+    return cli_main
+
+
+def _resume_unused_collector() -> None:
+    global _collector_paused
+    if _collector_paused:  # help, a usage error: no command ran
+        gc.enable()
+        _collector_paused = False

@@ -26,7 +26,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+MESSAGE = "Interrupted."  # what the command line prints for it, on stderr
+EXIT_CODE = 130  # 128 + SIGINT, as a shell reports a process that SIGINT ended
+
 _pending = False
+_announced = False
 _depth = 0  # deferred() blocks entered and not yet left (any thread)
 # install() ran: this process is the command line and ends with this interrupt, so the
 # flag stays set once raised (errors_to_exit reads it). A library caller's process goes
@@ -60,6 +64,30 @@ def install() -> None:
     if _can_route():
         signal.signal(signal.SIGINT, _on_sigint)
         _installed = True
+
+
+def hold() -> None:
+    """Defer SIGINT for the rest of the process: it is exiting (its work is done, or it
+    is reporting the interrupt already), and a late signal must not raise mid-exit."""
+    global _depth
+    if _installed:  # a library caller's process goes on: never hold its SIGINT
+        _depth += 1
+
+
+def announce() -> int:
+    """Print ``Interrupted.`` to stderr (once per process, whoever reports it first) and
+    hold further SIGINTs; the exit status to end with."""
+    global _announced, _pending
+    hold()
+    if not _announced:
+        import sys
+
+        print(MESSAGE, file=sys.stderr)
+    if _installed:
+        _announced = True
+    else:  # a library caller's process (CliRunner) goes on: the interrupt is over
+        _pending = False
+    return EXIT_CODE
 
 
 def pending() -> bool:

@@ -2,7 +2,8 @@
 
 ``OPTSTATE_TEST_PAUSE_AT=stage[,stage...]`` makes ``pause_at(stage)`` print
 ``optstate-test-pause: STAGE`` to stderr and sleep ``OPTSTATE_TEST_PAUSE_SECONDS``
-(default 30) seconds; unset (every real run), it returns at once. Tests read the marker,
+(default 30) seconds (``stage=SECONDS``: that stage's own time); unset (every real
+run), it returns at once. Tests read the marker,
 then send SIGINT or SIGKILL, instead of guessing a delay.
 
 Write stages (``optstate.atomic``): ``write`` (the temp file or folder is being written),
@@ -22,8 +23,12 @@ ENV = "OPTSTATE_TEST_PAUSE_AT"
 def pause_at(stage: str) -> None:
     """Stop here for the test that asked for ``stage`` (a no-op otherwise)."""
     wanted = os.environ.get(ENV)
-    if not wanted or stage not in wanted.split(","):
+    if not wanted:
+        return
+    # "stage=SECONDS" pauses that stage for its own time (0: only the marker)
+    pauses = dict((item.split("=", 1) + [""])[:2] for item in wanted.split(","))
+    if stage not in pauses:
         return
     sys.stderr.write(f"optstate-test-pause: {stage}\n")
     sys.stderr.flush()
-    time.sleep(float(os.environ.get("OPTSTATE_TEST_PAUSE_SECONDS", "30")))
+    time.sleep(float(pauses[stage] or os.environ.get("OPTSTATE_TEST_PAUSE_SECONDS", "30")))

@@ -22,10 +22,11 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from .. import __version__
+from .. import __version__, interrupt
 from .._entry import resume_collector
 from ..errors import OptstateError, one_line
 from ..render.root_help import COMMANDS, DESCRIPTION, VERSION_HELP, root_help
+from ..testhook import pause_at
 
 # command name -> its module in this package, when they differ
 _MODULE_OF = {"set": "set_cmd"}
@@ -144,28 +145,56 @@ def warn(message: str) -> None:
 @contextlib.contextmanager
 def errors_to_exit() -> Iterator[None]:
     """Map core errors (and stray ones) to a clean exit. Entered first thing in every
-    command's body: the moment start-up is over (``_entry.resume_collector``)."""
+    command's body: the moment start-up is over (``_entry.resume_collector``).
+
+    Ctrl-C is ``Interrupted.`` and exit 130, and so is any failure while an interrupt is
+    pending: a KeyboardInterrupt raised inside torch can come out as another error (torch
+    refusing an optimizer, a half-imported module), which would be a bogus message."""
     try:
         resume_collector()
+        pause_at("command")  # test hook: imports done, the command's work starts
         yield
-    except typer.Exit:
+        interrupt.check()  # an interrupt that the work caught and dropped
+    except (typer.Exit, SystemExit, GeneratorExit):
         raise
-    except OptstateError as e:
-        if debug_enabled():
-            traceback.print_exc()
-        raise fail(e.message, e.hint, e.exit_code) from None
-    except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
-        raise typer.Exit(code=130) from None
-    except MemoryError:
-        raise fail("out of memory", "try --no-stats, or a machine with more memory") from None
-    except Exception as e:  # a bug in optstate: still one line, traceback on request
-        if debug_enabled():
-            traceback.print_exc()
-        raise fail(
-            f"internal error: {type(e).__name__}: {e}".splitlines()[0],
-            "this is a bug in optstate; OPTSTATE_DEBUG=1 shows the traceback",
-        ) from None
+    except BaseException as e:  # noqa: B036 - torch raises BaseExceptions of its own
+        raise _exit_for(e) from None
+
+
+def _exit_for(e: BaseException) -> typer.Exit:
+    """The one-line report and exit status for an exception out of a command's body."""
+    cause = _wrapped_failure(e)
+    if interrupt.pending() or isinstance(e, KeyboardInterrupt) or isinstance(
+            cause, KeyboardInterrupt):
+        return typer.Exit(code=interrupt.announce())
+    if debug_enabled():
+        traceback.print_exc()
+    if isinstance(cause, OptstateError):
+        return fail(cause.message, cause.hint, cause.exit_code)
+    if isinstance(cause, MemoryError):
+        return fail("out of memory", "try --no-stats, or a machine with more memory")
+    if cause is not e and isinstance(cause, OSError):  # e.g. a full disk under a DCP save
+        where = f": {cause.filename}" if cause.filename else ""
+        return fail(f"{cause.strerror or cause}{where}")
+    # A bug in optstate (or a torch failure nobody translated): still one line, the
+    # traceback on request.
+    return fail(
+        f"internal error: {type(cause).__name__}: {cause}".splitlines()[0],
+        "this is a bug in optstate; OPTSTATE_DEBUG=1 shows the traceback",
+    )
+
+
+def _wrapped_failure(e: BaseException) -> BaseException:
+    """The exception behind torch.distributed.checkpoint's ``CheckpointException`` (a
+    BaseException holding each rank's exception in ``failures``); ``e`` itself otherwise.
+    A KeyboardInterrupt among them wins: the save failed because of Ctrl-C."""
+    failures = getattr(e, "failures", None)
+    if not isinstance(failures, dict):
+        return e
+    causes = [f[0] for f in failures.values()
+              if isinstance(f, tuple) and f and isinstance(f[0], BaseException)]
+    interrupts = [c for c in causes if isinstance(c, KeyboardInterrupt)]
+    return (interrupts or causes or [e])[0]
 
 
 UNSAFE_HELP = (
@@ -222,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     except _USAGE_ERROR_BASE as e:
         sys.exit(_usage_error(e, argv))
     except typer.Abort:
+        if interrupt.pending():  # a KeyboardInterrupt outside a command's body
+            sys.exit(interrupt.announce())
         print("Aborted.", file=sys.stderr)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
