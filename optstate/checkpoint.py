@@ -16,7 +16,6 @@ import pickle
 import re
 import stat
 import struct
-import tempfile
 import warnings
 import zipfile
 from collections import Counter
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, OptstateError, OutputExistsError, UnsafeCheckpointError
+from .errors import CheckpointError, OptstateError, UnsafeCheckpointError
 from .walk import WalkReport, walk
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -384,88 +383,44 @@ def _first_sentence(msg: str, limit: int = 200) -> str:
 
 
 def check_writable(path: str | Path, force: bool) -> Path:
-    """Fail early (before any work) if ``path`` exists and ``force`` is not set."""
-    p = Path(path)
-    if p.is_dir():
-        raise OutputExistsError(f"{p} is a directory; give a file path to write")
-    if p.exists() and not force:
-        raise OutputExistsError(f"{p} already exists", hint="pass --force to overwrite it")
-    if not p.parent.exists():
-        raise CheckpointError(f"cannot write {p}: folder {p.parent} does not exist")
-    return p
+    """Fail early (before any work) if ``path`` exists and ``force`` is not set, is a
+    folder, or its folder is missing or not searchable."""
+    from .atomic import check_target
+
+    return check_target(path, force)
 
 
 def atomic_write(path: str | Path, write: Any, *, force: bool = False,
-                 verify: Any = None) -> Path:
+                 verify: Any = None, notes: list[str] | None = None,
+                 needed: Any = None) -> Path:
     """Write through ``write(fileobj)`` to a temp file beside ``path``, fsync, optionally
-    ``verify(temp_path)``, then rename over ``path`` and fsync the folder. A crash at any
-    point leaves either the old file or the new one, never half of one."""
-    p = check_writable(path, force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".optstate-tmp", dir=p.parent)
-    try:
-        # mkstemp makes the file 0600; give it the mode a plain open() would (or the
-        # replaced file's), so an atomic save is not also a private one.
-        os.fchmod(fd, _target_mode(p))
-        with os.fdopen(fd, "wb") as f:
+    ``verify(temp_path)``, then rename over ``path`` and fsync the folder
+    (``optstate.atomic.staged``). A crash at any point leaves either the old file or the
+    new one, never half of one; an error or Ctrl-C leaves the old file and no temp."""
+    from .atomic import staged
+    from .testhook import pause_at
+
+    with staged(path, force=force, notes=notes, needed=needed) as tmp:
+        assert tmp.fd is not None
+        with os.fdopen(tmp.fd, "wb") as f:
+            tmp.fd = None  # the file object closes it now
             write(f)
             f.flush()
             os.fsync(f.fileno())
         if verify is not None:
-            verify(Path(tmp))
-        if force:
-            os.replace(tmp, p)
-        else:
-            _publish_no_clobber(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(p.parent)
-    return p
+            pause_at("verify")
+            verify(tmp.path)
+    return Path(path)
 
 
-def _publish_no_clobber(tmp: str, p: Path) -> None:
-    """Move ``tmp`` to ``p`` only if ``p`` still does not exist: a hard link fails
-    atomically when the name is taken (a file that appeared while we were writing), where
-    exists-then-rename would race."""
-    try:
-        os.link(tmp, p)
-    except FileExistsError:
-        raise OutputExistsError(f"{p} already exists", hint="pass --force to overwrite it") \
-            from None
-    except OSError:  # a filesystem without hard links: best effort
-        if p.exists():
-            raise OutputExistsError(f"{p} already exists",
-                                    hint="pass --force to overwrite it") from None
-        os.replace(tmp, p)
-        return
-    os.unlink(tmp)
-
-
-def _target_mode(p: Path) -> int:
-    with contextlib.suppress(OSError):
-        return stat.S_IMODE(os.stat(p).st_mode)
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-def save_checkpoint(obj: Any, path: str | Path, *, force: bool = False) -> Path:
+def save_checkpoint(obj: Any, path: str | Path, *, force: bool = False,
+                    notes: list[str] | None = None) -> Path:
     """``torch.save(obj)`` atomically, re-loading the temp file with ``weights_only=True``
     before it replaces anything, so what we write is what a safe load reads back. The
     reload memory-maps the tensor data (checking the zip, the pickle and that every
     storage fits its record) instead of reading it back: the bytes are the ones torch
-    just wrote from memory, and reading 80 MB again cost more than the save's fsync."""
-    import torch
+    just wrote from memory, and reading 80 MB again cost more than the save's fsync.
+    ``notes`` receives what was found left over from an interrupted write."""
 
     def verify(tmp: Path) -> None:
         try:
@@ -475,7 +430,10 @@ def save_checkpoint(obj: Any, path: str | Path, *, force: bool = False) -> Path:
                 f"refusing to write {path}: the saved data does not load back safely ({e})"
             ) from None
 
+    from .atomic import saved_size, torch_save
+
     try:
-        return atomic_write(path, lambda f: torch.save(obj, f), force=force, verify=verify)
+        return atomic_write(path, lambda f: torch_save(obj, f), force=force, verify=verify,
+                            notes=notes, needed=lambda: saved_size(obj))
     except OSError as e:
         raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None

@@ -8,17 +8,15 @@ themselves: ``torch_save_to_dcp`` loads its input with ``weights_only=False`` an
 ``dcp_to_torch_save`` unpickles metadata and values with full pickle (see ``dcp.py``).
 
 Every conversion is checked before it is put in place: the written copy is read back
-(safely) and compared with the source tensor by tensor, bit for bit. A DCP folder is
-written to a temp folder beside DST and renamed into place; a file goes through
-``save_checkpoint`` (temp file + rename). Nothing is overwritten without ``force``.
+(safely) and compared with the source tensor by tensor, bit for bit, and only then put in
+place by ``optstate.atomic.staged`` (one rename; an existing folder is swapped out with
+``RENAME_EXCHANGE``). Nothing is overwritten without ``force``, and ``force`` replaces
+only a checkpoint of the kind written (a DCP folder holds ``.metadata``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
+import errno
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +24,15 @@ from typing import Any
 
 import torch
 
+from .atomic import check_target, free_bytes, staged
 from .checkpoint import check_writable, save_checkpoint
 from .dcp import is_dcp_folder, open_dcp_source
 from .errors import CheckpointError, OutputExistsError
-from .lazy import materialize
+from .lazy import LazyTensor, materialize
 from .leaves import same_leaf
 from .paths import join
 from .source import open_source
+from .testhook import pause_at
 
 
 @dataclass
@@ -73,90 +73,87 @@ def _dcp_to_file(src: Path, dst: Path, force: bool) -> ConvertResult:
     check_writable(dst, force)
     source = open_dcp_source(src)
     obj = materialize(source.obj)
-    save_checkpoint(obj, dst, force=force)
+    notes: list[str] = []
+    save_checkpoint(obj, dst, force=force, notes=notes)
     written = open_source(dst, mmap=True)
     n, dropped = compare_trees(obj, written.obj)
-    return ConvertResult(src, "dcp", dst, "zip", n, dst.stat().st_size, _dropped_note(dropped))
+    return ConvertResult(src, "dcp", dst, "zip", n, dst.stat().st_size,
+                         notes + _dropped_note(dropped))
 
 
 def _file_to_dcp(src: Path, dst: Path, force: bool, unsafe: bool) -> ConvertResult:
     check_dir_writable(dst, force)
-    source = open_source(src, mmap=True, unsafe=unsafe)
+    source = open_source(src, mmap=True, unsafe=unsafe, copying="convert")
     if not isinstance(source.obj, dict) or not source.obj:
         raise CheckpointError(
             f"{source.label} holds a {type(source.obj).__name__}; a DCP checkpoint stores a "
             "non-empty dict (a state dict)"
         )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".optstate-tmp", dir=dst.parent))
-    try:
-        _dcp_save(source.obj, tmp)
-        written = open_dcp_source(tmp)
+    notes: list[str] = []
+    with staged(dst, force=force, folder=True, kind="dcp", notes=notes,
+                needed=lambda: tensor_bytes(source.obj)) as tmp:
+        _dcp_save(source.obj, tmp.path)
+        pause_at("verify")
+        written = open_dcp_source(tmp.path)
         n, dropped = compare_trees(source.obj, written.obj)
-        size = sum(f.stat().st_size for f in tmp.iterdir() if f.is_file())
-        replace_dir(tmp, dst, force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return ConvertResult(src, source.format, dst, "dcp", n, size, _dropped_note(dropped))
+        size = sum(f.stat().st_size for f in tmp.path.iterdir() if f.is_file())
+    return ConvertResult(src, source.format, dst, "dcp", n, size,
+                         notes + _dropped_note(dropped))
+
+
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensor data in ``obj`` (each storage once): what a DCP folder of
+    it needs at least."""
+    seen: dict[int, int] = {}
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            if isinstance(x, LazyTensor):
+                seen[id(x)] = x.numel() * x.element_size()
+                return
+            st = x.untyped_storage()
+            seen[st.data_ptr() or id(x)] = st.nbytes()
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(obj)
+    return sum(seen.values())
 
 
 def _dcp_save(obj: dict[str, Any], folder: Path) -> None:
+    """``dcp.save`` into ``folder``. torch wraps what went wrong in a
+    ``CheckpointException`` (a BaseException); the error inside is raised instead: an
+    OSError (``staged`` words it), a KeyboardInterrupt, or one ``CheckpointError``."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "no process group": single process on purpose
             dcp.save(obj, storage_writer=dcp.FileSystemWriter(folder), no_dist=True)
-    except OSError as e:
-        raise CheckpointError(f"cannot write {folder}: {e.strerror or e}") from None
-    except Exception as e:  # CheckpointException wraps what went wrong
+    except (Exception, CheckpointException) as e:
+        inner: BaseException = e
+        if isinstance(e, CheckpointException):
+            inner = next((pair[0] for pair in e.failures.values()), e)
+        if isinstance(inner, (OSError, KeyboardInterrupt)):
+            raise inner from None
+        free, need = free_bytes(folder), tensor_bytes(obj)
+        if free is not None and free < need:  # torch.save's "unexpected pos" on a full disk
+            raise OSError(errno.ENOSPC, "No space left on device") from None
+        text = str(inner).strip()
         raise CheckpointError(f"torch.distributed.checkpoint could not save this state: "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else e}"
+                              f"{text.splitlines()[0] if text else type(inner).__name__}"
                               ) from None
 
 
 def check_dir_writable(path: str | Path, force: bool) -> Path:
-    """Fail early if folder ``path`` exists (without ``force``) or cannot be made."""
-    p = Path(path)
-    if p.exists() and not force:
-        raise OutputExistsError(f"{p} already exists", hint="pass --force to overwrite it")
-    if p.exists() and not p.is_dir() and not p.is_file():
-        raise OutputExistsError(f"{p} exists and is neither a file nor a folder")
-    if not p.parent.is_dir():
-        raise CheckpointError(f"cannot write {p}: folder {p.parent} does not exist")
-    return p
-
-
-def replace_dir(tmp: Path, dst: Path, force: bool) -> None:
-    """Rename the finished folder ``tmp`` to ``dst``. An existing ``dst`` (with ``force``)
-    is first renamed aside and removed after: at every moment ``dst`` is absent, the old
-    one or the new one, never a mix."""
-    old: Path | None = None
-    if dst.exists() or dst.is_symlink():
-        if not force:
-            raise OutputExistsError(f"{dst} already exists", hint="pass --force to overwrite it")
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".optstate-old",
-                                    dir=dst.parent))
-        old.rmdir()
-        os.rename(dst, old)
-    try:
-        os.rename(tmp, dst)
-    except OSError as e:
-        if old is not None:
-            os.rename(old, dst)
-        raise CheckpointError(f"cannot write {dst}: {e.strerror or e}") from None
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                old.unlink()
-    with contextlib.suppress(OSError):
-        fd = os.open(dst.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """Fail early if folder ``path`` exists (without ``force``), is not a DCP checkpoint
+    (``--force`` replaces only one of those), or cannot be made."""
+    return check_target(path, force, folder=True, kind="dcp")
 
 
 # --------------------------------------------------------------------------- verifying

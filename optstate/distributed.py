@@ -42,10 +42,12 @@ from typing import Any
 
 import torch
 
-from . import errors
+from . import errors, interrupt
+from .atomic import Staged
 from .build import build
+from .checkpoint import check_writable
 from .config import RunSpec, spec_from_dict, validate
-from .convert import check_dir_writable, replace_dir
+from .convert import _dcp_to_file, check_dir_writable
 from .errors import ConfigError, OptstateError
 from .kernels import norm_of
 from .simulate import History, SimulationResult, series_path
@@ -66,6 +68,30 @@ UNSHARDABLE = {
 
 
 # --------------------------------------------------------------------------- parent
+
+
+# A --save name with one of these suffixes gets one consolidated torch.save file (what
+# ``optstate convert FOLDER FILE`` makes of the DCP folder); any other name a DCP folder.
+FILE_SUFFIXES = (".pt", ".pth", ".pkl", ".bin", ".ckpt")
+
+
+def saves_file(target: Path) -> bool:
+    """Whether ``--world-size --save target`` writes one file (a file suffix, and not an
+    existing folder) rather than a DCP folder. A name with another suffix is refused: the
+    user may have meant either."""
+    if target.suffix.lower() in FILE_SUFFIXES and not target.is_dir():
+        return True
+    if target.suffix and not target.is_dir() and not _is_series_name(target):
+        raise ConfigError(
+            f"--save {target}: give a folder name (no suffix) for a DCP checkpoint, or a "
+            f"file name ending in {', '.join(FILE_SUFFIXES)} for one torch.save file")
+    return False
+
+
+def _is_series_name(target: Path) -> bool:
+    return target.suffix.startswith(".step") and target.suffix[5:].isdigit()
+
+
 
 
 def simulate_sharded(spec: RunSpec, *, world_size: int, save: str | Path | None = None,
@@ -110,7 +136,10 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
                         for k in range(save_every, steps + 1, save_every)]
         targets.append((steps, save_path))
     for _, target in targets:
-        check_dir_writable(target, force)
+        if saves_file(target):
+            check_writable(target, force)
+        else:
+            check_dir_writable(target, force)
 
     from torch.distributed import TCPStore
 
@@ -120,11 +149,17 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
     # TCPStore(host, 0, is_master=True) listens on every interface whatever the host; a
     # socket bound here to 127.0.0.1 on a port the OS picks, handed over, keeps it local.
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    notes: list[str] = []  # leftovers of interrupted writes found beside the targets
+    stages: list[Staged] = []  # the DCP folders, published when every rank succeeded
     try:
         work = Path(tempfile.mkdtemp(prefix="optstate-dist-"))
-        for _, target in targets:
-            temps.append(Path(tempfile.mkdtemp(prefix=f".{target.name}.",
-                                               suffix=".optstate-tmp", dir=target.parent)))
+        for i, (_, target) in enumerate(targets):
+            if saves_file(target):  # DCP here first, then one consolidated file
+                temps.append(work / f"save.{i}")
+            else:
+                stages.append(Staged(target, force=force, folder=True, kind="dcp",
+                                     notes=notes))
+                temps.append(stages[-1].path)
         listener.bind((LOOPBACK, 0))
         listener.listen(128)
         port = listener.getsockname()[1]
@@ -150,8 +185,13 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
         results = [_result(spec, work / f"result.{i}.pt", b)
                    for i, (spec, b) in enumerate(zip(specs, built, strict=True))]
         for (_, target), tmp in zip(targets, temps, strict=True):
-            replace_dir(tmp, target, force)
+            if saves_file(target):
+                notes += _dcp_to_file(tmp, target, force).warnings
+        with interrupt.deferred():
+            for stage in stages:
+                stage.publish()
         results[0].saved = [target for _, target in targets]
+        results[0].warnings += notes
         return results
     finally:
         _stop(procs)
@@ -160,9 +200,8 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
             del store  # closes the rendezvous socket
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
-        for tmp in temps:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        for stage in stages:
+            stage.discard()
 
 
 def _check_shardable(spec: RunSpec) -> Any:

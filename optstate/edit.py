@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -423,18 +422,19 @@ def _write_file(obj: Any, src: Path, target: Path, changes: list[Change], label:
                 force: bool, legacy: bool, unsafe: bool, result: SetResult) -> None:
     """Save ``obj`` atomically to ``target`` after proving the temp file differs from
     ``src`` only where ``changes`` say."""
-    import torch
-
     expected = {c.path: c.new for c in changes if c.file == label}
 
     def verify(tmp: Path) -> None:
         result.verified[str(target)] = _verify_against(src, tmp, expected, unsafe)
 
+    from .atomic import saved_size, torch_save
+
     def write(f: Any) -> None:
-        torch.save(obj, f, _use_new_zipfile_serialization=not legacy)
+        torch_save(obj, f, _use_new_zipfile_serialization=not legacy)
 
     try:
-        atomic_write(target, write, force=force, verify=verify)
+        atomic_write(target, write, force=force, verify=verify, notes=result.notes,
+                     needed=lambda: saved_size(obj, _use_new_zipfile_serialization=not legacy))
     except OSError as e:
         raise CheckpointError(f"cannot write {target}: {e.strerror or e}") from None
     result.outputs.append(str(target))
@@ -488,29 +488,19 @@ def _write_folder(source: Source, target: Path, changes: list[Change], located: 
             _write_file(obj, f, f, changes, f.name, force=True, legacy=source.format ==
                         "legacy", unsafe=unsafe, result=result)
         return
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".optstate-tmp",
-                                    dir=target.parent))
-    try:
-        shutil.rmtree(staging)
-        shutil.copytree(source.path, staging, symlinks=True)
+    from .atomic import staged
+
+    def needed() -> int:
+        return sum(p.stat().st_size for p in source.path.rglob("*") if p.is_file())
+
+    # --force replaces only a folder that is a checkpoint of this kind (holds the file
+    # named like the input's optimizer file), never a folder of someone's other files
+    with staged(target, force=force, folder=True, kind=source.file.name, notes=result.notes,
+                needed=needed) as tmp:
+        shutil.copytree(source.path, tmp.path, symlinks=True, dirs_exist_ok=True)
         for f, obj in files:
-            _write_file(obj, f, staging / f.name, changes, f.name, force=True,
+            _write_file(obj, f, tmp.path / f.name, changes, f.name, force=True,
                         legacy=source.format == "legacy", unsafe=unsafe, result=result)
-        old = None
-        if target.exists():  # --force: move the old one aside, then remove it
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", suffix=".optstate-tmp",
-                                        dir=target.parent))
-            old.rmdir()
-            os.replace(target, old)
-        os.replace(staging, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-    except OSError as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise CheckpointError(f"cannot write {target}: {e.strerror or e}") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     result.outputs = [str(target / f.name) for f, _ in files]
     result.verified = {str(target / Path(k).name): v for k, v in result.verified.items()}
     result.notes.append(f"copied the folder {source.path} to {target} and rewrote "

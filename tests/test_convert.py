@@ -79,30 +79,51 @@ def test_cli_convert_and_diff_equal(cli, tmp_path, saved):
 
 def test_existing_destination_needs_force(cli, tmp_path, saved):
     path, sd = saved
-    (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "keep.txt").write_text("old")
-    r = cli("convert", path, tmp_path / "d")
+    d = tmp_path / "d"
+    assert cli("convert", path, d).exit_code == 0
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    r = cli("convert", path, d)
     assert r.exit_code == 2
-    assert r.stderr.splitlines() == [f"Error: {tmp_path / 'd'} already exists",
+    assert r.stderr.splitlines() == [f"Error: {d} already exists",
                                      "Hint: pass --force to overwrite it"]
-    assert os.listdir(tmp_path / "d") == ["keep.txt"]
-    assert cli("convert", path, tmp_path / "d", "--force").exit_code == 0
-    assert sorted(os.listdir(tmp_path / "d")) == [".metadata", "__0_0.distcp"]
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+    assert cli("convert", path, d, "--force").exit_code == 0
+    assert sorted(os.listdir(d)) == [".metadata", "__0_0.distcp"]
     assert sorted(os.listdir(tmp_path)) == ["d", "run.pt"]  # the old folder is gone too
     (tmp_path / "out.pt").write_bytes(b"old")
-    assert cli("convert", tmp_path / "d", tmp_path / "out.pt").exit_code == 2
+    assert cli("convert", d, tmp_path / "out.pt").exit_code == 2
     assert (tmp_path / "out.pt").read_bytes() == b"old"
-    assert cli("convert", tmp_path / "d", tmp_path / "out.pt", "--force").exit_code == 0
+    assert cli("convert", d, tmp_path / "out.pt", "--force").exit_code == 0
     assert same(load_torch_file(tmp_path / "out.pt").obj["optimizer_state_dict"], sd)
 
 
-def test_a_file_is_replaced_by_a_folder_only_with_force(tmp_path, saved):
+def test_force_never_deletes_a_folder_that_is_not_a_dcp_checkpoint(cli, tmp_path, saved):
+    """issue #16 item 7: --force replaced any folder, the user's own files included."""
+    path, _ = saved
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    (mine / "sub" / "data.bin").write_bytes(b"\x00" * 10)
+    r = cli("convert", path, mine, "--force")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == [
+        f"Error: {mine} is not a DCP checkpoint folder (it holds no .metadata); --force "
+        "replaces only a checkpoint of the kind being written, never a folder of other files",
+        "Hint: remove it yourself, or give another name"]
+    assert sorted(str(p.relative_to(mine)) for p in mine.rglob("*")) == [
+        "notes.txt", "sub", "sub/data.bin"]
+    assert sorted(os.listdir(tmp_path)) == ["mine", "run.pt"]  # no temp folder left
+
+
+def test_a_file_is_never_replaced_by_a_folder(tmp_path, saved):
     path, _ = saved
     (tmp_path / "x").write_bytes(b"a file")
-    with pytest.raises(OutputExistsError):
+    with pytest.raises(OutputExistsError, match="already exists"):
         convert(path, tmp_path / "x")
-    convert(path, tmp_path / "x", force=True)
-    assert (tmp_path / "x" / ".metadata").is_file()
+    with pytest.raises(OutputExistsError, match="is a file; --force replaces only a "
+                                                "checkpoint folder here"):
+        convert(path, tmp_path / "x", force=True)
+    assert (tmp_path / "x").read_bytes() == b"a file"
 
 
 def test_source_is_not_a_state_dict(cli, tmp_path):

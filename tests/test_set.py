@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -488,6 +489,12 @@ def test_hf_folder_force_replaces_an_existing_folder(cli, hf_folder, tmp_path):
     (out / "stale.txt").write_text("old")
     r = cli("set", hf_folder, "-o", out, "--lr", "0.006")
     assert r.exit_code == 2 and r.stderr.startswith(f"Error: {out} already exists")
+    # --force replaces only a checkpoint folder of this kind, never a folder of other files
+    r = cli("set", hf_folder, "-o", out, "--lr", "0.006", "--force")
+    assert r.exit_code == 2 and r.stderr.startswith(
+        f"Error: {out} is not a checkpoint folder (it holds no optimizer.pt)")
+    assert sorted(p.name for p in out.iterdir()) == ["stale.txt"]
+    shutil.copy(hf_folder / "optimizer.pt", out / "optimizer.pt")  # an old checkpoint
     r = cli("set", hf_folder, "-o", out, "--lr", "0.006", "--force")
     assert r.exit_code == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == [

@@ -1,5 +1,7 @@
 """TextTable (optstate/render/text_table.py) prints what rich's Table prints for the same
-rows: it lays out one-line cells itself and hands everything else to rich."""
+rows: it lays out one-line cells itself and hands everything else to rich, through
+``Fit`` (optstate/render/fit.py), which folds a table rich could only fit by breaking
+words into ``header: value`` lines."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ def _print(renderable, width: int, colour: bool = False) -> str:
 
 
 def _same(table: TextTable, width: int) -> None:
-    assert _print(table, width) == _print(table.to_rich(), width)
+    assert _print(table, width) == _print(table.fit(), width)
 
 
 _cell = st.one_of(
@@ -76,5 +78,18 @@ def test_what_rich_must_lay_out_goes_to_rich():
         _same(table, 80)
     wide = TextTable("state", [("a", "left", 0), ("b", "left", 0)])
     wide.add_row("x" * 50, "y" * 50)
-    _same(wide, 80)  # 103 columns > 80: rich folds the cells
-    assert max(len(ln) for ln in _print(wide, 80).splitlines()) <= 80
+    _same(wide, 80)  # 103 columns > 80: folded, each cell whole on its own line
+    assert _print(wide, 80).splitlines() == ["state", "a " + "x" * 50, "  b: " + "y" * 50]
+
+
+def test_wide_table_wraps_between_words_as_rich_does_when_it_can():
+    """Too wide unbroken but every word fits: rich's own layout (cells wrap between
+    words), exactly as before."""
+    table = TextTable("state", [("param", "right", 0), ("values", "left", 0)])
+    table.add_row("0", "[[0.271, 0.271], [0.271, 0.271], [0.271, 0.271]]")
+    assert table._widths() is not None
+    out = _print(table, 40)
+    assert out == _print(table.to_rich(), 40)
+    assert [line.rstrip() for line in out.splitlines()][3:] == [
+        "    0   [[0.271, 0.271], [0.271, 0.271],",
+        "        [0.271, 0.271]]"]

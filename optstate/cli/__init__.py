@@ -12,6 +12,7 @@ lists the commands from the table in ``render/root_help.py`` (issue #6).
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import sys
 import traceback
@@ -20,7 +21,7 @@ from importlib import import_module
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__, interrupt
 from .._entry import resume_collector
@@ -74,6 +75,46 @@ def _build(name: str) -> Any:
         rich_markup_mode=app.rich_markup_mode)
 
 
+def _flags_take_no_value(params: list[Any]) -> list[Any]:
+    """A flag's help row shows no ``<bool>``: it takes no value (typer 0.29 shows one)."""
+    for p in params:
+        if getattr(p, "is_bool_flag", False):
+            p.metavar = ""  # typer's type column shows the metavar when there is one
+    return params
+
+
+class OptstateCommand(TyperCommand):
+    """Every command's class (``@app.command(cls=OptstateCommand)``): the usage line names
+    arguments as click does (``CKPT``, ``[CKPT]`` when optional; typer 0.29 writes
+    ``{CKPT}``), flags show no value type, and an on/off pair reads ``--trial /
+    --no-trial`` in the help."""
+
+    _help_view = False
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = _flags_take_no_value(super().get_params(ctx))
+        if not self._help_view:
+            return params
+        shown = []
+        for p in params:  # copies, for the help only: parsing keeps the real ones
+            if getattr(p, "is_bool_flag", False) and p.secondary_opts:
+                p = copy.copy(p)
+                p.secondary_opts = [f"/ {o}" for o in p.secondary_opts]
+            shown.append(p)
+        return shown
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._help_view = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._help_view = False
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = super().collect_usage_pieces(ctx)
+        return [p[1:].replace("}", "", 1) if p.startswith("{") else p for p in pieces]
+
+
 class _LazyGroup(TyperGroup):
     """typer's group with lazily loaded commands and a root help drawn without rich
     (``render/root_help.py``: the same text typer's rich formatter prints, tested)."""
@@ -81,6 +122,22 @@ class _LazyGroup(TyperGroup):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.commands = _Commands(self.commands)
+        self.suggest_commands = False  # resolve_command suggests, in optstate's words
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = _flags_take_no_value(super().get_params(ctx))
+        for p in params:  # typer's completion flags default to None: pydantic (below)
+            if getattr(p, "is_bool_flag", False) and p.default is None:
+                p.default = False
+        return params
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and not args[0].startswith("-") and args[0] not in self.commands \
+                and not ctx.resilient_parsing:
+            from ..suggest import unknown
+
+            ctx.fail(unknown("command", args[0], self.commands))
+        return super().resolve_command(ctx, args)
 
     def list_commands(self, ctx: Any) -> list[str]:
         return list(self.commands)  # TyperGroup's walks items(), which loads them all
@@ -103,7 +160,7 @@ app = typer.Typer(
     cls=_LazyGroup,
     help=DESCRIPTION,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish)
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

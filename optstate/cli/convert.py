@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import UNSAFE_HELP, app, errors_to_exit, print_json, warn, warn_unsafe
+from . import UNSAFE_HELP, app, errors_to_exit, print_json, stdout_console, warn, warn_unsafe
 
 
 @app.command()
@@ -49,9 +49,14 @@ def convert(
 
         print_json(dumps(report))
         return
-    # One plain line (paths must not be wrapped or styled).
-    print_json(
-        f"converted {report['source']} ({report['source_format']}) -> "
-        f"{report['destination']} ({report['destination_format']}): "
-        f"{report['tensors_verified']} tensors verified bit for bit, {report['bytes']:,} bytes"
-    )
+    line = (f"converted {report['source']} ({report['source_format']}) -> "
+            f"{report['destination']} ({report['destination_format']}): "
+            f"{report['tensors_verified']} tensors verified bit for bit, "
+            f"{report['bytes']:,} bytes")
+    console = stdout_console()
+    if console.is_terminal:  # wrapped between words, never inside a path or number
+        from rich.text import Text
+
+        console.print(Text(line))
+    else:  # one plain line for pipes and scripts
+        print_json(line)

@@ -88,7 +88,7 @@ def inspect(
     from ..render.inspect_view import inspect_view
 
     console = stdout_console()
-    console.print(inspect_view(report, width=console.width, max_params=max_params))
+    console.print(inspect_view(report, max_params=max_params))
     if layout:
         from ..render.dcp_view import layout_table
 

@@ -8,6 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from .fit import Fit
 from .human import fmt
 
 
@@ -46,7 +47,7 @@ def compare_view(report: dict[str, Any]) -> Group:
             fmt(r["initial_loss"]), final, fmt(r["distance_to_optimum"]),
             _point(r["final_params"]) if r["final_params"] is not None else "(large)",
         )
-    parts: list[Any] = [Text.assemble(*head), table]
+    parts: list[Any] = [Text.assemble(*head), Fit(table)]
     if report.get("plot"):
         parts.append(Text(f"wrote {report['plot']}", style="green"))
     return Group(*parts)

@@ -6,6 +6,8 @@ from typing import Any
 
 from rich.table import Table
 
+from .fit import Fit
+
 
 def chunk_text(chunk: dict[str, Any]) -> str:
     """``rank 1 [2:3, 0:2]``: which rank holds which slice of the whole tensor."""
@@ -17,7 +19,7 @@ def chunk_text(chunk: dict[str, Any]) -> str:
     return f"{who} [{spans}]"
 
 
-def layout_table(layout: dict[str, Any]) -> Table:
+def layout_table(layout: dict[str, Any]) -> Fit:
     files = ", ".join(f"{name} ({size:,} B)" for name, size in layout["files"].items())
     table = Table(title=f"storage layout: {len(layout['ranks'])} rank(s); {files}",
                   title_justify="left", title_style="bold")
@@ -26,4 +28,4 @@ def layout_table(layout: dict[str, Any]) -> Table:
     for t in layout["tensors"]:
         table.add_row(t["key"], "x".join(map(str, t["shape"])) or "scalar", t["dtype"],
                       " · ".join(chunk_text(c) for c in t["chunks"]))
-    return table
+    return Fit(table)

@@ -9,13 +9,13 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from .fit import Fit
 from .human import fmt
-
-_MAX_CELL = 60
 
 
 def _short(value: Any) -> str:
-    """A one-cell rendering of a before/after value; long ones are cut with '…'."""
+    """A one-cell rendering of a before/after value, whole (a long one wraps between
+    words, or the table folds: optstate/render/fit.py)."""
     if isinstance(value, dict):
         if set(value) == {"shape", "dtype"}:
             text = f"{'x'.join(map(str, value['shape'])) or 'scalar'} {value['dtype']}"
@@ -32,7 +32,7 @@ def _short(value: Any) -> str:
         text = "–"
     else:
         text = fmt(value)
-    return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
+    return text
 
 
 def _num(value: float | None) -> str:
@@ -145,15 +145,15 @@ def diff_view(report: dict[str, Any]) -> Group:
     scalars = [c for c in items if c["metrics"] is None]
     tensors = [c for c in items if c["metrics"] is not None]
     if scalars:
-        parts.append(_changes_table(scalars))
+        parts.append(Fit(_changes_table(scalars)))
     if tensors:
-        parts.append(_tensors_table(tensors))
+        parts.append(Fit(_tensors_table(tensors)))
     if report["omitted"]:
         parts.append(Text(f"… {report['omitted']} more difference"
                           f"{'s' * (report['omitted'] != 1)} not listed (--max-diffs N lists "
                           "more, --json all)", style="dim"))
         if any(r["differ"] for r in report["by_entry"]):
-            parts.append(_entries_table(report["by_entry"]))
+            parts.append(Fit(_entries_table(report["by_entry"])))
     for note in report["notes"]:
         parts.append(Text(f"note: {note}", style="dim"))
     parts.append(summary_line(report))

@@ -15,6 +15,8 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from .fit import Fit
+
 BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
@@ -61,7 +63,7 @@ def _entries(state: dict[str, Any], prefix: str = ""):  # noqa: ANN202
                 yield from _entries({f"{name}[{i}]": item}, prefix)
 
 
-def histogram_table(report: dict[str, Any]) -> Table | None:
+def histogram_table(report: dict[str, Any]) -> Fit | None:
     """One row per tensor entry that has a histogram; None when none has."""
     rows = [(p, name, h) for p in report["params"] for name, h in _entries(p["state"])]
     if not rows:
@@ -82,4 +84,4 @@ def histogram_table(report: dict[str, Any]) -> Table | None:
             lead += f" {p['name']}"
         last = p["position"]
         table.add_row(lead, name, *histogram_cells(h))
-    return table
+    return Fit(table, sub=1)

@@ -8,6 +8,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from .fit import Fit
+
 
 def fmt(value: Any) -> str:
     """Numbers short and exact enough to read; everything else as written."""
@@ -33,7 +35,7 @@ def fmt_values(values: Any) -> str:
 
 
 def groups_table(groups: list[dict[str, Any]], title: str = "param_groups",
-                 max_columns: int = 4) -> Table | Group:
+                 max_columns: int = 4) -> Fit | Group:
     """One column per group, one row per hyperparameter (optimizers have a dozen: a row
     per group would not fit a terminal). Values that differ between groups are bold and
     marked ``*`` (the mark survives NO_COLOR and pipes). Past ``max_columns`` groups: one
@@ -59,7 +61,7 @@ def groups_table(groups: list[dict[str, Any]], title: str = "param_groups",
         style = "bold yellow" if n in differ else ""
         label = f"{n} *" if n in differ else n
         table.add_row(Text(label, style=style), *[Text(fmt(v), style=style) for v in values])
-    return table
+    return Fit(table, head_keys=False)
 
 
 def _groups_by_row(groups: list[dict[str, Any]], names: list[str], differ: set[str],
@@ -74,4 +76,4 @@ def _groups_by_row(groups: list[dict[str, Any]], names: list[str], differ: set[s
     same = [f"{n}={fmt(groups[0]['hyperparams'].get(n))}" for n in names if n not in differ]
     note = (f"{len(groups)} groups: columns show the hyperparameters that differ; same in "
             f"every group: {', '.join(same) or '(none)'}")
-    return Group(table, Text(note, style="dim"))
+    return Group(Fit(table), Text(note, style="dim"))

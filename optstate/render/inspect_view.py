@@ -84,23 +84,6 @@ def _num(value: Any, digits: int) -> str:
     return fmt(value)
 
 
-def digits_for(report: dict[str, Any], width: int) -> int:
-    """The most significant digits (6 down to 3) with which the statistics table fits a
-    console ``width`` wide (columns are separated by one space)."""
-    _STATS = ("norm", "min", "max", "mean", "mean_abs")
-    entries = [(name, rep) for p in report["params"] for name, rep in _flat_entries(p["state"])
-               if "norm" in rep]
-    fixed = (max([len("param")] + [len(str(p["position"])) for p in report["params"]])
-             + max([len("entry")] + [len(n) for n, _ in entries]) + len("NaN") + len("Inf")
-             + len("zeros") + 9)
-    for digits in (6, 5, 4):
-        cols = [max([len(k)] + [len(_num(rep[k], digits)) for _, rep in entries])
-                for k in _STATS]
-        if fixed + sum(cols) <= width:
-            return digits
-    return 3
-
-
 def _lead(p: dict[str, Any], show_group: bool, show_name: bool,
           show_id: bool = False) -> list[str]:
     lead = [str(p["position"])] + [str(p["id"])] * show_id
@@ -137,7 +120,7 @@ def structure_table(report: dict[str, Any]) -> TextTable:
         "entry", "shape", "dtype", "numel", "bytes"] + ["value"] * show_value
     table = TextTable("state", [
         (col, "right" if col in ("param", "id", "group", "numel", "bytes") else "left", 0)
-        for col in cols])
+        for col in cols], head=len(cols) - 5 - show_value, sub=1)
     for p in params:
         lead = _lead(p, show_group, show_name, show_id)
         blank = [""] * len(lead)
@@ -163,11 +146,12 @@ def structure_table(report: dict[str, Any]) -> TextTable:
 
 def stats_table(report: dict[str, Any], digits: int = 6) -> TextTable | None:
     """One row per tensor entry: norm, min, max, mean, mean|x| (over finite elements),
-    NaN and Inf counts, fraction of zeros."""
+    NaN and Inf counts, fraction of zeros. The digits are the same at every width: a
+    narrow console gets the table folded (optstate/render/fit.py), never fewer digits."""
     table = TextTable("statistics (norm, min, max, mean over finite elements)", [
         (col, "left" if col == "entry" else "right", len(col) if col != "entry" else 6)
         for col in ("param", "entry", "norm", "min", "max", "mean", "mean|x|", "NaN", "Inf",
-                    "zeros")], padding=0)
+                    "zeros")], padding=0, sub=1)
     any_row = False
     for p in report["params"]:
         first = True
@@ -183,6 +167,20 @@ def stats_table(report: dict[str, Any], digits: int = 6) -> TextTable | None:
                           nan, inf, _zeros(rep["zeros"]))
             first = False
     return table if any_row else None
+
+
+def storage_section(report: dict[str, Any]) -> Text | None:
+    """One line per view that repeats stored elements (expand, overlapping strides): its
+    statistics are over the distinct stored elements (optstate/stats.py)."""
+    lines = []
+    for p in report["params"]:
+        for entry, rep in _flat_entries(p["state"]):
+            if rep.get("over") == "storage":
+                n = rep["stored"]
+                lines.append(f"state[{p['position']}].{entry}: stats over {n:,} stored "
+                             f"element{'s' * (n != 1)} of {rep['numel']:,} "
+                             f"({rep['view']} view)")
+    return Text("\n".join(lines), style="dim") if lines else None
 
 
 def values_section(report: dict[str, Any]) -> Text | None:
@@ -225,10 +223,10 @@ def scheduler_line(s: dict[str, Any]) -> Text:
     return text
 
 
-def inspect_view(report: dict[str, Any], width: int = 80,
-                 max_params: int = MAX_PARAMS_SHOWN) -> Group:
-    """The whole report; ``width`` (the console's) picks how many digits fit. Tables show
-    the first ``max_params`` parameters (0: all); the report itself keeps every one."""
+def inspect_view(report: dict[str, Any], max_params: int = MAX_PARAMS_SHOWN) -> Group:
+    """The whole report, at any console width (tables too wide fold into ``header: value``
+    lines). Tables show the first ``max_params`` parameters (0: all); the report itself
+    keeps every one."""
     parts: list[Any] = [header(report)]
     if report["param_groups"]:
         parts.append(groups_table(report["param_groups"]))
@@ -238,9 +236,12 @@ def inspect_view(report: dict[str, Any], width: int = 80,
         report = {**report, "params": report["params"][:max_params]}
     if report["params"]:
         parts.append(structure_table(report))
-        stats = stats_table(report, digits=digits_for(report, width))
+        stats = stats_table(report)
         if stats is not None:
             parts.append(stats)
+            over_storage = storage_section(report)
+            if over_storage is not None:
+                parts.append(over_storage)
         from .histogram import histogram_table  # inspect --hist
 
         hist = histogram_table(report)

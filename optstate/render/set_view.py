@@ -9,6 +9,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from .fit import Fit
 from .human import fmt
 
 
@@ -32,7 +33,7 @@ def set_view(report: dict[str, Any]) -> Group:
             group = "" if c["group"] is None else str(c["group"])
             table.add_row(where, group, c["key"], _exact(c["old"]),
                           Text(_exact(c["new"]), style="bold green"))
-        parts.append(table)
+        parts.append(Fit(table))
     for out in report["outputs"]:
         n = len(report["changes"]) if len(report["outputs"]) == 1 else sum(
             Path(out).name == c["file"] for c in report["changes"])

@@ -13,6 +13,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from .fit import Fit
 from .human import fmt, fmt_values, groups_table
 
 
@@ -33,7 +34,7 @@ def _summary(rep: dict[str, Any]) -> str:
     return ""
 
 
-def state_per_param(params: list[dict[str, Any]]) -> Table:
+def state_per_param(params: list[dict[str, Any]]) -> Fit:
     table = Table(title="final state per parameter", title_justify="left",
                   title_style="bold")
     table.add_column("param", no_wrap=True)
@@ -50,7 +51,7 @@ def state_per_param(params: list[dict[str, Any]]) -> Table:
             shape = _shape(rep["shape"]) if "shape" in rep else "scalar" if "value" in rep else ""
             table.add_row("", name, shape, _summary(rep))
         table.add_section()
-    return table
+    return Fit(table, sub=1)
 
 
 def simulate_view(report: dict[str, Any]) -> Group:

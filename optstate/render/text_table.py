@@ -7,8 +7,10 @@ Adam checkpoint, which is half of what ``inspect --no-stats`` may cost beyond
 ``import torch`` (issue #6). When every cell fits on one line and the table fits the
 console, ``TextTable`` writes the same characters itself (column width = widest cell,
 justified, separated as rich separates them); otherwise (too wide, a cell with a line
-break or a control character) it hands its rows to rich's ``Table``, which folds cells
-to fit. ``tests/test_text_table.py`` checks the text against rich's for the same rows.
+break or a control character) it hands its rows to rich's ``Table`` through ``Fit``
+(optstate/render/fit.py), which folds the table into ``header: value`` lines where rich
+would have to break a word to fit. ``tests/test_text_table.py`` checks the text against
+rich's for the same rows.
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ class TextTable:
     """``Table(title=..., title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
     padding=(0, padding), pad_edge=False, show_edge=False)`` with columns of a header,
     a justification (``"left"``/``"right"``) and a minimum width; cells are ``str`` or
-    one-style ``Text``."""
+    one-style ``Text``. ``head`` and ``sub``: how ``Fit`` folds it when it is too wide."""
 
-    def __init__(self, title: str, columns: list[tuple[str, str, int]], padding: int = 1
-                 ) -> None:
+    def __init__(self, title: str, columns: list[tuple[str, str, int]], padding: int = 1,
+                 head: int = 1, sub: int = 0) -> None:
         self.title = title
         self.columns = columns
         self.padding = padding
+        self.head = head
+        self.sub = sub
         self.rows: list[list[str | Text]] = []
 
     def add_row(self, *cells: str | Text) -> None:
@@ -53,6 +57,12 @@ class TextTable:
         for row in self.rows:
             table.add_row(*row)
         return table
+
+    def fit(self) -> Any:
+        """The rich table, folded where it does not fit (what is drawn when this is not)."""
+        from .fit import Fit
+
+        return Fit(self.to_rich(), head=self.head, sub=self.sub)
 
     def _widths(self) -> list[int] | None:
         """Column widths as rich computes them for cells of one line; None when a cell is
@@ -84,7 +94,7 @@ class TextTable:
         total = sum(widths) + len(gap) * (len(widths) - 1) if widths else 0
         if (widths is None or total > options.max_width or cell_len(self.title) > total
                 or _SPECIAL.search(self.title) or "[" in self.title or options.ascii_only):
-            yield self.to_rich()
+            yield self.fit()
             return
         bold = console.get_style("bold")
         header_style = console.get_style("table.header")

@@ -1,0 +1,217 @@
+"""Human output at any terminal width (issue #15 item 8): no number, path or name is cut
+or split over two lines at any width >= 40, and no line is wider than the terminal.
+
+Every command runs in a real pseudo-terminal whose size is set with TIOCSWINSZ (rich
+reads it from the tty, as it does for a user); the output at 200 columns is the wide view.
+Checked, per command and width: each number, path and name that the wide view shows (and
+each name and path the ``--json`` view reports) is one whole token on one line of the
+narrow view, and no line exceeds the width. The exception: a word longer than a whole
+(indented) line, as a 55-character diff path at 40 columns, which cannot stay whole.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_checkpoints"
+WIDTHS = (40, 60, 80)
+WIDE = 200
+
+# Names of parameters as real models have them (up to 35 characters: each must fit a
+# 40-column line whole), and numbers with more digits than a short format keeps.
+NAMES = ("encoder.layers.0.attn.q_proj.weight", "encoder.layers.0.attn.q_proj.bias",
+         "decoder.output_head.w")
+AWKWARD = (0.00075, 41234.5678, -1.234567e-12)
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[()][0-9A-Za-z]")
+_SPLIT = re.compile(r"[\s│┃┏┓┗┛┡┩┠┨┣┫╇╈┳┻╋━─┼├┤┬┴┌┐└┘╭╮╰╯═║]+")
+_STRIP = ",;:()[]{}\"'"
+
+
+def run_in_pty(args: list[str], width: int, cwd: Path, env: dict | None = None
+               ) -> tuple[int, str]:
+    """Run ``python -m optstate *args`` with stdin and stdout on a pseudo-terminal
+    ``width`` columns wide (stderr to a pipe); return (exit status, stdout text)."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, width, 0, 0))
+    e = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES",
+                                                            "FORCE_COLOR", "OPTSTATE_DEBUG")}
+    e.update({"PYTHONPATH": str(ROOT), "TERM": "xterm-256color", **(env or {})})
+    proc = subprocess.Popen([sys.executable, "-m", "optstate", *args], stdin=slave,
+                            stdout=slave, stderr=subprocess.DEVNULL, cwd=cwd, env=e)
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 120)
+        if not ready:
+            proc.kill()
+            raise AssertionError(f"no output for 120 s from {args}")
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    code = proc.wait(timeout=120)
+    text = b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
+    return code, _ANSI.sub("", text)
+
+
+def tokens(text: str) -> set[str]:
+    out = set()
+    for word in _SPLIT.split(text):
+        word = word.strip(_STRIP)
+        if word:
+            out.add(word)
+    return out
+
+
+def worth_keeping(token: str) -> bool:
+    """A number, path or name (not a word of prose or a table rule)."""
+    return any(c.isdigit() for c in token) or any(c in token for c in "._/")
+
+
+def check_widths(args: list[str], cwd: Path, must_show: set[str] = frozenset(),
+                 codes: tuple[int, ...] = (0,)) -> dict[int, str]:
+    outputs = {}
+    for width in (WIDE, *WIDTHS):
+        code, text = run_in_pty(args, width, cwd)
+        assert code in codes, f"{args} at {width} columns exit {code}:\n{text}"
+        outputs[width] = text
+    wide = tokens(outputs[WIDE])
+    missing = {t for t in must_show if t not in wide}
+    assert not missing, f"{args} at {WIDE} columns lacks {sorted(missing)}:\n{outputs[WIDE]}"
+    keep = {t for t in wide if worth_keeping(t)} | set(must_show)
+    for width in WIDTHS:
+        text = outputs[width]
+        too_wide = [line for line in text.splitlines() if _cells(line) > width]
+        assert not too_wide, f"{args} at {width} columns: lines wider:\n" + "\n".join(too_wide)
+        # a word longer than a whole (indented) line is the one thing that must fold
+        lost = sorted(t for t in keep - tokens(text) if _cells(t) <= width - 4)
+        assert not lost, (f"{args} at {width} columns: cut or split: {lost}\n{text}")
+    return outputs
+
+
+def _cells(line: str) -> int:
+    from rich.cells import cell_len
+
+    return cell_len(line)
+
+
+def _json(args: list[str], cwd: Path) -> dict:
+    out = subprocess.run([sys.executable, "-m", "optstate", *args, "--json"], cwd=cwd,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode in (0, 1), out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A folder with an AdamW checkpoint of long parameter names and awkward numbers
+    (and a second one differing in one buffer), plus copies of the sample checkpoints."""
+    d = tmp_path_factory.mktemp("width")
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(2)),
+              torch.nn.Parameter(torch.randn(2, 2))]
+    opt = torch.optim.AdamW([
+        {"params": list(zip(NAMES[:2], params[:2], strict=True)), "lr": AWKWARD[0],
+         "weight_decay": AWKWARD[1]},
+        {"params": [(NAMES[2], params[2])], "lr": 1e-3}])
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    state = opt.state[params[0]]
+    state["exp_avg"].fill_(AWKWARD[2])
+    state["exp_avg_sq"].fill_(AWKWARD[1])
+    model = {n: p.detach() for n, p in zip(NAMES, params, strict=True)}
+    torch.save({"model": model, "optimizer": opt.state_dict()}, d / "awkward.pt")
+    state["exp_avg_sq"].add_(0.3)
+    opt.state[params[2]]["exp_avg"].mul_(1.0001)
+    torch.save({"model": model, "optimizer": opt.state_dict()}, d / "awkward_b.pt")
+    for name in ("adam_two_groups.pt", "adamw_scheduler.pt"):
+        shutil.copy(SAMPLES / name, d / name)
+    shutil.copytree(SAMPLES / "hf-checkpoint-12", d / "hf-checkpoint-12")
+    (d / "run.toml").write_text(
+        'optimizer = "AdamW"\n[hyperparams]\nlr = 0.00075\nweight_decay = 41234.5678\n'
+        '[[groups]]\nshapes = ["3x2", "2"]\n[[groups]]\nshapes = ["2x2"]\n')
+    return d
+
+
+def _names_in(report: dict) -> set[str]:
+    return {p["name"] for p in report["params"] if p.get("name")} | {
+        e for p in report["params"] for e in p["state"]}
+
+
+def test_inspect_awkward(work):
+    report = _json(["inspect", "awkward.pt"], work)
+    assert _names_in(report) >= set(NAMES)
+    must = _names_in(report) | {"awkward.pt", "0.00075", "41234.6"}
+    check_widths(["inspect", "awkward.pt"], work, must)
+
+
+def test_inspect_statistics_keep_their_digits(work):
+    # the wide view's six significant digits, whatever the width (not 4.12e4)
+    out = check_widths(["inspect", "awkward.pt"], work,
+                       {"-1.23457e-12", "41234.6", "101004"})
+    for width in WIDTHS:
+        assert "4.12e4" not in out[width]
+
+
+def test_inspect_hist(work):
+    check_widths(["inspect", "awkward.pt", "--hist"], work, set(NAMES))
+
+
+def test_inspect_samples(work):
+    for args in (["inspect", "adam_two_groups.pt"], ["inspect", "adamw_scheduler.pt"],
+                 ["inspect", "hf-checkpoint-12", "--no-stats"]):
+        report = _json(args, work)
+        check_widths(args, work, _names_in(report))
+
+
+def test_diff(work):
+    report = _json(["diff", "awkward.pt", "awkward_b.pt"], work)
+    paths = {c["path"] for c in report["changes"]}
+    assert paths
+    check_widths(["diff", "awkward.pt", "awkward_b.pt"], work,
+                 paths | {"awkward.pt", "awkward_b.pt"}, codes=(1,))
+
+
+def test_diff_groups_differ(work):
+    check_widths(["diff", "awkward.pt", "adam_two_groups.pt"], work, codes=(1, 2))
+
+
+def test_simulate(work):
+    args = ["simulate", "-O", "adamw", "--lr", "0.00075", "--set", "weight_decay=41234.5678",
+            "--shape", "3x2", "--shape", "2", "--steps", "3"]
+    check_widths(args, work, {"0.00075", "41234.6"})
+
+
+def test_check_set_convert_layout(work):
+    check_widths(["check", "awkward.pt", "--config", "run.toml"], work, {"awkward.pt"},
+                 codes=(0, 1))
+    check_widths(["set", "awkward.pt", "-o", "awkward_lr.pt", "--lr", "0.00075123",
+                  "--dry-run"], work, {"0.00075123", "0.00075"})
+    check_widths(["convert", "awkward.pt", "awk_dcp", "--force"], work, {"awk_dcp"})
+    check_widths(["inspect", "awk_dcp", "--layout"], work)
+
+
+def test_compare(work):
+    check_widths(["compare", "--optimizers", "sgd,adam", "--steps", "5",
+                  "--set", "sgd.lr=0.00075"], work, {"lr=0.00075"})
