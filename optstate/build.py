@@ -15,6 +15,7 @@ import torch
 
 from .config import RunSpec, SchedulerSpec, format_shape
 from .errors import ConfigError
+from .suggest import did_you_mean, unknown
 
 
 def optimizer_classes() -> dict[str, type[torch.optim.Optimizer]]:
@@ -37,7 +38,7 @@ def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     cls = classes.get(name.lower())
     if cls is None:
         raise ConfigError(
-            f"unknown optimizer {name!r}",
+            unknown("optimizer", name, classes),
             hint="choose one of " + ", ".join(sorted(c.__name__ for c in classes.values())),
         )
     return cls
@@ -80,7 +81,8 @@ def check_hyperparameters(cls: type, values: dict[str, Any], where: str) -> dict
     for key, value in values.items():
         if key not in defaults:
             raise ConfigError(
-                f"{cls.__name__} has no hyperparameter {key!r}{where}",
+                f"{cls.__name__} has no hyperparameter {key!r}{where}"
+                f"{did_you_mean(key, defaults)}",
                 hint=f"valid names: {', '.join(defaults)}",
             )
         out[key] = _check_type(cls.__name__, key, value, defaults[key])
@@ -194,7 +196,8 @@ def build_scheduler(spec: SchedulerSpec, optimizer: torch.optim.Optimizer) -> An
     if cls is None or spec.name.lower() in _UNBUILDABLE_SCHEDULERS:
         usable = sorted(c.__name__ for k, c in classes.items() if k not in _UNBUILDABLE_SCHEDULERS)
         raise ConfigError(
-            f"unknown or unsupported LR scheduler {spec.name!r}",
+            f"unknown or unsupported LR scheduler {spec.name!r}"
+            + (did_you_mean(spec.name, usable) if cls is None else ""),
             hint="choose one of " + ", ".join(usable),
         )
     kwargs = check_hyperparameters(cls, spec.kwargs, " (scheduler)")

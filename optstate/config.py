@@ -45,6 +45,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (see pyproject)
     import tomli as tomllib
 
+from . import suggest
 from .errors import ConfigError
 
 GRAD_SOURCES = ("constant", "normal", "quadratic", "rosenbrock", "none")
@@ -259,7 +260,8 @@ def spec_from_dict(data: dict[str, Any], where: str = "config") -> RunSpec:
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}",
+            f"{where}: unknown key(s) {', '.join(unknown)}"
+            + (suggest.did_you_mean(unknown[0], _TOP_KEYS) if len(unknown) == 1 else ""),
             hint=f"valid keys: {', '.join(sorted(_TOP_KEYS))}; optimizer arguments go in "
             "[hyperparams]",
         )
@@ -344,17 +346,18 @@ def validate(spec: RunSpec) -> RunSpec:
         raise ConfigError(f"steps must be 0 or more, got {spec.steps}")
     if spec.grad not in GRAD_SOURCES:
         raise ConfigError(
-            f"unknown gradient source {spec.grad!r}",
+            suggest.unknown("gradient source", spec.grad, GRAD_SOURCES),
             hint=f"choose one of {', '.join(GRAD_SOURCES)}",
         )
     if spec.zero_grad not in ZERO_GRAD_MODES:
         raise ConfigError(
-            f"unknown zero_grad mode {spec.zero_grad!r}",
+            suggest.unknown("zero_grad mode", spec.zero_grad, ZERO_GRAD_MODES),
             hint=f"choose one of {', '.join(ZERO_GRAD_MODES)}",
         )
     if spec.init not in INIT_MODES:
         raise ConfigError(
-            f"unknown init {spec.init!r}", hint=f"choose one of {', '.join(INIT_MODES)}"
+            suggest.unknown("init", spec.init, INIT_MODES),
+            hint=f"choose one of {', '.join(INIT_MODES)}",
         )
     if not spec.groups:
         raise ConfigError("at least one param group is needed")

@@ -160,7 +160,8 @@ def plan_changes(
             if key not in g:
                 known = [k for k in g if k not in _READ_ONLY]
                 raise ConfigError(
-                    f"param group {gi} has no hyperparameter {key!r}",
+                    f"param group {gi} has no hyperparameter {key!r}"
+                    f"{did_you_mean(key, map(str, known))}",
                     hint=f"its hyperparameters: {', '.join(map(str, known))}",
                 )
             new = coerce_value(key, value, g[key], f" (param group {gi})")
@@ -199,7 +200,8 @@ def _scheduler_settings(located: Located, values: dict[str, Any],
     for key, value in values.items():
         if key not in sched:
             known = [k for k in sched if not str(k).startswith("_")]
-            raise ConfigError(f"the scheduler state has no {key!r}",
+            raise ConfigError(f"the scheduler state has no {key!r}"
+                              f"{did_you_mean(key, map(str, known))}",
                               hint=f"its settings: {', '.join(map(str, known))}")
         if key in ("base_lrs", "_last_lr"):
             raise ConfigError(f"{key} follows --lr; set the learning rate with --lr")

@@ -18,6 +18,7 @@ from .locate import Located, locate
 from .report import entry_report, groups_report, plain, scheduler_report, tensor_like
 from .source import Source, open_source
 from .state import OptimizerStateView
+from .suggest import did_you_mean
 from .suspicious import state_warnings
 
 SCHEMA = "optstate.inspect/1"
@@ -133,7 +134,8 @@ def _param_position(view: OptimizerStateView, text: str, by_name: dict[str, int]
         n = int(text)
     except ValueError:
         names = ", ".join(list(by_name)[:5]) or "none in this checkpoint"
-        raise ConfigError(f"--param {text!r}: no parameter has that name",
+        raise ConfigError(f"--param {text!r}: no parameter has that name"
+                          f"{did_you_mean(text, by_name)}",
                           hint=f"give a position 0..{view.n_params - 1} or a name ({names})"
                           ) from None
     if 0 <= n < view.n_params:

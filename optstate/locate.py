@@ -17,6 +17,7 @@ from typing import Any
 from .errors import CheckpointError, ConfigError, NoOptimizerStateError
 from .paths import PathNotFound, follow, join, path_keys
 from .source import Source
+from .suggest import did_you_mean
 
 # How far into a container we look for an optimizer state (Lightning: depth 2).
 _MAX_DEPTH = 4
@@ -116,8 +117,9 @@ def resolve_key(obj: Any, key: str, where: str = "this checkpoint") -> Any:
             return obj[key]
         if isinstance(e, ConfigError):
             raise
+        found = [loc for loc, _ in find_optimizer_states(obj)]
         raise NoOptimizerStateError(
-            f"--key {key!r}: nothing at {e.segment!r} in {where}",
+            f"--key {key!r}: nothing at {e.segment!r} in {where}{did_you_mean(key, found)}",
             hint=f"it holds {describe_contents(obj)}",
         ) from None
 

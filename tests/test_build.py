@@ -34,7 +34,7 @@ def test_optimizer_classes_is_what_torch_optim_exports():
 def test_unknown_optimizer_lists_the_valid_ones():
     with pytest.raises(ConfigError) as e:
         build(RunSpec(optimizer="Adamm"))
-    assert e.value.message == "unknown optimizer 'Adamm'"
+    assert e.value.message == "unknown optimizer 'Adamm'; did you mean 'adam'?"
     names = e.value.hint.removeprefix("choose one of ").split(", ")
     assert names == sorted(c.__name__ for c in optimizer_classes().values())
     assert set(ISSUE_OPTIMIZERS) <= set(names)

@@ -447,7 +447,7 @@ def test_toml_config_and_no_trial(cli, tmp_path):
 @pytest.mark.parametrize("setup, message", [
     ("missing-ckpt", "Error: {tmp}/nope.pt does not exist"),
     ("missing-config", "Error: config file {tmp}/nope.toml does not exist"),
-    ("bad-config", "Error: {tmp}/bad.json: unknown key(s) optimiser"),
+    ("bad-config", "Error: {tmp}/bad.json: unknown key(s) optimiser; did you mean 'optimizer'?"),
 ])
 def test_bad_input_is_one_error_line(cli, tmp_path, setup, message):
     ckpt = _save_state(tmp_path, ADAM_2G)

@@ -34,7 +34,7 @@ def _error_lines(r):
 @pytest.mark.parametrize(("args", "lines"), [
     (["simulate", "--bogus"], ["Error: No such option: --bogus", HINT_SIMULATE]),
     (["simulate", "--shape"], ["Error: Option '--shape' requires an argument.", HINT_SIMULATE]),
-    (["frobnicate"], ["Error: No such command 'frobnicate'.",
+    (["frobnicate"], ["Error: unknown command 'frobnicate'",
                       "Hint: run 'optstate --help' to see the options"]),
 ])
 def test_usage_errors_are_one_error_line(run_cli, args, lines):
@@ -59,7 +59,8 @@ def test_debug_shows_the_traceback(run_cli):
     r = run_cli("simulate", "--optimizer", "Adamm", env={"OPTSTATE_DEBUG": "1"})
     assert r.returncode == 2
     assert "Traceback (most recent call last)" in r.stderr
-    assert r.stderr.rstrip().splitlines()[-2] == "Error: unknown optimizer 'Adamm'"
+    assert r.stderr.rstrip().splitlines()[-2] == (
+        "Error: unknown optimizer 'Adamm'; did you mean 'adam'?")
 
 
 def test_success_exit_code_and_version(run_cli):
@@ -191,17 +192,108 @@ def test_effective_defaults_are_stated(cli, command, option, default):
 
 
 @pytest.mark.parametrize(("command", "usage"), [
-    ("inspect", "Usage: optstate inspect [OPTIONS] {PATH}"),
-    ("diff", "Usage: optstate diff [OPTIONS] {A} {B}"),
-    ("check", "Usage: optstate check [OPTIONS] {CKPT}"),
-    ("set", "Usage: optstate set [OPTIONS] {CKPT}"),
-    ("convert", "Usage: optstate convert [OPTIONS] {SRC} {DST}"),
+    ("inspect", "Usage: optstate inspect [OPTIONS] CKPT"),
+    ("diff", "Usage: optstate diff [OPTIONS] A B"),
+    ("check", "Usage: optstate check [OPTIONS] CKPT"),
+    ("set", "Usage: optstate set [OPTIONS] CKPT"),
+    ("convert", "Usage: optstate convert [OPTIONS] SRC DST"),
     ("simulate", "Usage: optstate simulate [OPTIONS]"),
     ("compare", "Usage: optstate compare [OPTIONS]"),
 ])
 def test_usage_names_arguments_in_capitals(cli, command, usage):
     r = cli(command, "--help", env={"COLUMNS": "80"})
     assert [ln.strip() for ln in r.stdout.splitlines() if "Usage:" in ln] == [usage]
+
+
+def _option_rows(text: str) -> list[str]:
+    """The rows of a help's option panels (first lines of each option)."""
+    return [ln.strip("│ ") for ln in text.splitlines()
+            if ln.startswith("│") and ln[1:6].replace("*", " ").lstrip().startswith("-")]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_flags_show_no_value_type(cli, command):
+    """A flag takes no value: its row names it (an on/off pair both ways), no <bool>."""
+    r = cli(command, "--help", env={"COLUMNS": "120"})
+    assert "<bool>" not in r.stdout
+    group = typer.main.get_command(app)
+    flags = [p for p in group.commands[command].params if getattr(p, "is_bool_flag", False)]
+    assert flags
+    rows = _option_rows(r.stdout)
+    for p in flags:
+        row = next(row for row in rows if row.split()[0] == p.opts[0])
+        words = row.split()
+        for negative in p.secondary_opts:  # --trial / --no-trial on one row, in that order
+            assert words[words.index(p.opts[0]) + 1: words.index(negative) + 1][-2:] == [
+                "/", negative], row
+
+
+def test_root_help_flags_show_no_value_type(run_cli):
+    assert "<bool>" not in run_cli("--help", env={"COLUMNS": "100"}).stdout
+
+
+def test_every_command_follows_the_conventions():
+    from optstate.cli import OptstateCommand
+
+    group = typer.main.get_command(app)
+    for name in COMMANDS:
+        assert isinstance(group.commands[name], OptstateCommand), name
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["simulate", "-O", "adamm"], "Error: unknown optimizer 'adamm'; did you mean 'adam'?"),
+    (["simulate", "--optimizer", "SDG"], "Error: unknown optimizer 'SDG'; did you mean 'sgd'?"),
+    (["simulate", "--scheduler", "StepLRR"],
+     "Error: unknown or unsupported LR scheduler 'StepLRR'; did you mean 'StepLR'?"),
+    (["simulate", "--grad", "norml"],
+     "Error: unknown gradient source 'norml'; did you mean 'normal'?"),
+    (["simulate", "--config", ROOT / "sample_checkpoints" / "adam_two_groups.json",
+      "--zero-grad", "zero"], "Error: unknown zero_grad mode 'zero'; did you mean 'zeros'?"),
+    (["simulate", "-O", "adam", "--set", "betass=0.9,0.99"],
+     "Error: Adam has no hyperparameter 'betass'; did you mean 'betas'?"),
+    (["simulate", "--group", "3 lrr=0.1"],
+     "Error: SGD has no hyperparameter 'lrr' (in param group 1); did you mean 'lr'?"),
+    (["simulate", "--scheduler", "StepLR", "--scheduler-arg", "step_sise=3"],
+     "Error: StepLR has no hyperparameter 'step_sise' (scheduler); did you mean "
+     "'step_size'?"),
+])
+def test_unknown_names_suggest_the_closest(cli, args, error):
+    r = cli(*args)
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0] == error
+
+
+def test_unknown_names_in_a_checkpoint_suggest_the_closest(cli, tmp_path):
+    sample = ROOT / "sample_checkpoints" / "adamw_scheduler.pt"
+    r = cli("set", sample, "-o", tmp_path / "x.pt", "--set", "weight_decai=0")
+    assert r.stderr.splitlines()[0] == (
+        "Error: param group 0 has no hyperparameter 'weight_decai'; did you mean "
+        "'weight_decay'?")
+    r = cli("set", sample, "-o", tmp_path / "x.pt", "--scheduler-set", "gama=0.1")
+    assert r.stderr.splitlines()[0] == (
+        "Error: the scheduler state has no 'gama'; did you mean 'gamma'?")
+    r = cli("inspect", sample, "--key", "optimizer_state_dic")
+    assert r.stderr.splitlines()[0].endswith("; did you mean 'optimizer_state_dict'?")
+    r = cli("inspect", ROOT / "sample_checkpoints" / "adam_two_groups.pt", "--param", "w")
+    assert r.stderr.splitlines()[0] == (
+        "Error: --param 'w': no parameter has that name; did you mean 'w1' or 'w2'?")
+
+
+def test_unknown_command_suggests_the_closest(run_cli):
+    assert _error_lines(run_cli("insp")) == [
+        "Error: unknown command 'insp'; did you mean 'inspect'?",
+        "Hint: run 'optstate --help' to see the options"]
+
+
+def test_one_suggestion_rule():
+    from optstate.suggest import close_matches, did_you_mean, unknown
+
+    assert unknown("optimizer", "adamm", ["adam", "adamw", "radam", "sgd"]) == (
+        "unknown optimizer 'adamm'; did you mean 'adam'?")
+    assert close_matches("ADAMW", ["AdamW", "Adam"]) == ["AdamW"]  # case-insensitive
+    assert close_matches("frobnicate", ["inspect", "diff"]) == []
+    assert did_you_mean("w", ["w1", "w2", "b1"]) == "; did you mean 'w1' or 'w2'?"
+    assert did_you_mean("zz", ["w1"]) == ""
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -194,7 +194,8 @@ def test_key_errors_say_what_is_there(tmp_path):
     with pytest.raises(NoOptimizerStateError) as e:
         locate(src, key="optim")
     p = tmp_path / "c.pt"
-    assert str(e.value) == f"--key 'optim': nothing at 'optim' in {p}"  # which file: diff
+    assert str(e.value) == (f"--key 'optim': nothing at 'optim' in {p}"  # which file: diff
+                            "; did you mean 'optimizer'?")
     assert e.value.hint.startswith("it holds a dict with keys model (a model state_dict")
     with pytest.raises(NoOptimizerStateError) as e:
         locate(src, key="model")

@@ -168,7 +168,7 @@ def test_resume_refuses_unsafe_files(cli, tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--optimizer", "Adamm"], "Error: unknown optimizer 'Adamm'"),
+    (["--optimizer", "Adamm"], "Error: unknown optimizer 'Adamm'; did you mean 'adam'?"),
     (["--set", "momentum=0.9", "-O", "adam"], "Error: Adam has no hyperparameter 'momentum'"),
     (["--set", "betas=0.9"], "Error: SGD has no hyperparameter 'betas'"),
     (["-O", "adam", "--set", "betas=0.9"],

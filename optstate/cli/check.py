@@ -8,10 +8,18 @@ from typing import Annotated
 import typer
 
 from ..paths import KEY_HELP
-from . import UNSAFE_HELP, app, errors_to_exit, print_json, stdout_console, warn_unsafe
+from . import (
+    UNSAFE_HELP,
+    OptstateCommand,
+    app,
+    errors_to_exit,
+    print_json,
+    stdout_console,
+    warn_unsafe,
+)
 
 
-@app.command()
+@app.command(cls=OptstateCommand)
 def check(
     checkpoint: Annotated[Path, typer.Argument(
         metavar="CKPT", help="A torch.save file or a Hugging Face / accelerate checkpoint "

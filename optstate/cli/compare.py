@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from . import app, errors_to_exit, print_json, stderr_console, stdout_console
+from . import OptstateCommand, app, errors_to_exit, print_json, stderr_console, stdout_console
 
 _RUN = "Run (shared by every optimizer)"
 
 
-@app.command(no_args_is_help=True)
+@app.command(no_args_is_help=True, cls=OptstateCommand)
 def compare(
     optimizers: Annotated[str, typer.Option(
         "--optimizers", "-O", metavar="NAMES", help="Comma-separated torch.optim names; "

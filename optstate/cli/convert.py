@@ -7,10 +7,19 @@ from typing import Annotated
 
 import typer
 
-from . import UNSAFE_HELP, app, errors_to_exit, print_json, stdout_console, warn, warn_unsafe
+from . import (
+    UNSAFE_HELP,
+    OptstateCommand,
+    app,
+    errors_to_exit,
+    print_json,
+    stdout_console,
+    warn,
+    warn_unsafe,
+)
 
 
-@app.command()
+@app.command(cls=OptstateCommand)
 def convert(
     src: Annotated[Path, typer.Argument(
         metavar="SRC", help="A torch.save file (or Hugging Face checkpoint folder) to turn "

@@ -11,6 +11,7 @@ import typer
 from ..paths import KEY_HELP
 from . import (
     UNSAFE_HELP,
+    OptstateCommand,
     app,
     errors_to_exit,
     print_json,
@@ -25,7 +26,7 @@ _CMP = "Comparing"
 _OUT = "Output"
 
 
-@app.command(no_args_is_help=True)
+@app.command(no_args_is_help=True, cls=OptstateCommand)
 def diff(
     a: Annotated[Path, typer.Argument(
         metavar="A", help="First checkpoint (file or checkpoint folder).", show_default=False)],

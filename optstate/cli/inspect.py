@@ -8,15 +8,23 @@ from typing import Annotated
 import typer
 
 from ..paths import KEY_HELP
-from . import UNSAFE_HELP, app, errors_to_exit, print_json, stdout_console, warn_unsafe
+from . import (
+    UNSAFE_HELP,
+    OptstateCommand,
+    app,
+    errors_to_exit,
+    print_json,
+    stdout_console,
+    warn_unsafe,
+)
 
 _FOCUS = "Focus"
 
 
-@app.command()
+@app.command(cls=OptstateCommand)
 def inspect(
     path: Annotated[Path, typer.Argument(
-        metavar="PATH", help="A torch.save file (.pt .pth .pkl .bin .ckpt .tar ...), a "
+        metavar="CKPT", help="A torch.save file (.pt .pth .pkl .bin .ckpt .tar ...), a "
         "Hugging Face Trainer / accelerate checkpoint folder, or a "
         "torch.distributed.checkpoint folder.",
         show_default=False)],

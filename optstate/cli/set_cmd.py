@@ -8,10 +8,19 @@ from typing import Annotated, Any
 import typer
 
 from ..paths import KEY_HELP
-from . import UNSAFE_HELP, app, errors_to_exit, print_json, stdout_console, warn, warn_unsafe
+from . import (
+    UNSAFE_HELP,
+    OptstateCommand,
+    app,
+    errors_to_exit,
+    print_json,
+    stdout_console,
+    warn,
+    warn_unsafe,
+)
 
 
-@app.command("set")
+@app.command("set", cls=OptstateCommand)
 def set_(
     checkpoint: Annotated[Path, typer.Argument(
         metavar="CKPT", help="A torch.save file or a Hugging Face / accelerate checkpoint "

@@ -11,6 +11,7 @@ import typer
 
 from . import (
     UNSAFE_HELP,
+    OptstateCommand,
     app,
     errors_to_exit,
     print_json,
@@ -25,7 +26,7 @@ _SAVE = "Saving and resuming"
 _OPT = "Optimizer"
 
 
-@app.command(no_args_is_help=False)
+@app.command(no_args_is_help=False, cls=OptstateCommand)
 def simulate(
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="TOML or JSON run config; flags below override it.",

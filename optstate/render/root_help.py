@@ -38,8 +38,17 @@ VERSION_HELP = "Show the version and exit."
 HELP_HELP = "Show this message and exit."
 USAGE = "Usage: optstate [OPTIONS] COMMAND [ARGS]..."
 
-# (long, short, type, help): the root options, as typer lists them
-_OPTIONS = (("--version", "", "<bool>", VERSION_HELP), ("--help", "-h", "<bool>", HELP_HELP))
+# typer's completion options (``add_completion=True``), in its words
+INSTALL_COMPLETION_HELP = "Install completion for the current shell."
+SHOW_COMPLETION_HELP = (
+    "Show completion for the current shell, to copy it or customize the installation.")
+
+# (long, short, type, help): the root options, as typer lists them; flags take no value,
+# so their type column is empty (optstate/cli: no <bool>)
+_OPTIONS = (("--version", "", "", VERSION_HELP),
+            ("--install-completion", "", "", INSTALL_COMPLETION_HELP),
+            ("--show-completion", "", "", SHOW_COMPLETION_HELP),
+            ("--help", "-h", "", HELP_HELP))
 
 _ANSI = {"bold": "1", "dim": "2", "yellow": "33", "cyan": "36", "green": "32"}
 
