@@ -29,6 +29,7 @@ from .locate import Located, locate
 from .paths import follow, join
 from .source import Source, open_source
 from .state import GROUP_META_KEYS
+from .suggest import did_you_mean
 
 # Group keys that ``set`` may not touch: they are bookkeeping, not hyperparameters.
 _READ_ONLY = frozenset(GROUP_META_KEYS)
