@@ -29,6 +29,7 @@ import torch
 from .build import Built, build
 from .checkpoint import clean_message
 from .config import RunSpec, format_shape, read_config_file, spec_from_dict
+from .edit import base_lr_of, not_proportional
 from .kind import SIGNATURES, infer_kind
 from .locate import locate
 from .report import plain
@@ -72,6 +73,7 @@ class CheckResult:
     findings: list[Finding]
     trial: dict[str, Any]
     fixes: list[str] = field(default_factory=list)  # `optstate set` lines that apply the config
+    no_fix_reason: str | None = None  # why no `set` line is offered though some differ
 
     @property
     def verdict(self) -> str:
@@ -122,30 +124,79 @@ def check_state(sd: dict[str, Any], spec: RunSpec, *,
     if trial:
         result.trial = run_trial(sd, spec, scheduler_state)
         loaded_groups = result.trial.pop("_loaded_groups", None)
-    structure_ok = _check_structure(view, built, add)
+    _check_kind(view, built, add)
+    structure_ok = _check_structure(view, spec, built, add)
+    # A config's lr is the base lr its scheduler starts from; the checkpoint's group lr is
+    # where the scheduler has taken it. initial_lr (which LRScheduler writes into every
+    # group) or scheduler state in the checkpoint says a scheduler ran.
+    scheduled = built.scheduler is not None and (
+        scheduler_state is not None or any("initial_lr" in g.hyperparams for g in view.groups))
     if len(view.groups) == len(ours):  # otherwise torch stops before comparing groups
-        _check_hyperparams(view, built, add, loaded_groups)
+        _check_hyperparams(view, built, add, loaded_groups,
+                           scheduler_state if scheduled else None, scheduled)
     if structure_ok:
         _check_names(view, spec, built, add)
         _check_state_entries(view, spec, built, add)
-    _check_scheduler(scheduler_state, built, spec, add)
+    _check_scheduler(scheduler_state, built, spec, add, scheduled)
     if trial:
         _reconcile(result)
+    result.findings.sort(key=_action_order)
     return result
+
+
+# The order a user acts on findings in: the wrong optimizer first, then a checkpoint that
+# does not fit the configured parameters, then state torch will mishandle, then what
+# `set` can change, then torch's own verdict; information last.
+_ORDER = ("optimizer-kind", "group-count", "group-size", "state-shape", "names-reordered",
+          "names-differ", "state-foreign", "hyperparams-foreign", "hyperparams-missing",
+          "state-incomplete", "dtype-cast", "state-orphans", "base-lr-override",
+          "hyperparams-override", "scheduler-kind", "scheduler-missing", "scheduler-override",
+          "trial")
+
+
+def _action_order(f: Finding) -> tuple[bool, int]:
+    return (f.level == "info", _ORDER.index(f.code) if f.code in _ORDER else len(_ORDER))
+
+
+# Findings an `optstate set` line resolves: only when every finding that is not
+# information is one of these is a set line offered (otherwise it would not make the
+# checkpoint fit, and offering it would say it does).
+FIXED_BY_SET = frozenset({"hyperparams-override", "base-lr-override", "scheduler-override"})
+
+
+def _check_kind(view: OptimizerStateView, built: Built, add: Any) -> None:
+    """State of another optimizer (AdamW's exp_avg into SGD): before anything else, as
+    nothing else about the pair matters until it is the right checkpoint."""
+    cls_name = type(built.optimizer).__name__
+    keys = {k for p in view.params for k in p.state}
+    own = _own_state_keys(cls_name, [])
+    if not keys or own is None or keys <= own:
+        return
+    guess = infer_kind([g.hyperparams for g in view.groups], keys)
+    if guess.kind in ("unknown", cls_name) or guess.confidence not in ("high", "medium"):
+        return
+    add(Finding(
+        "optimizer-kind", "warn",
+        f"the checkpoint holds {guess.kind} state ({', '.join(sorted(keys))}), the config "
+        f"builds {cls_name}: this checkpoint was not written by the optimizer the config "
+        "builds",
+        detail={"checkpoint": guess.kind, "config": cls_name, "state_keys": sorted(keys)},
+    ))
 
 
 # --------------------------------------------------------------------------- structure
 
 
-def _check_structure(view: OptimizerStateView, built: Built, add: Any) -> bool:
+def _check_structure(view: OptimizerStateView, spec: RunSpec, built: Built, add: Any) -> bool:
     ours = built.optimizer.param_groups
+    shapes = _shapes_side_by_side(view, spec)
     if len(view.groups) != len(ours):
         add(Finding(
             "group-count", "fail",
             f"the checkpoint has {_n(len(view.groups), 'param group')}, the config builds "
             f"{len(ours)}: load_state_dict raises \"loaded state dict has a different number "
-            "of parameter groups\"",
-            detail={"checkpoint": len(view.groups), "config": len(ours)},
+            "of parameter groups\"" + _first_difference_text(shapes),
+            detail={"checkpoint": len(view.groups), "config": len(ours), **shapes},
         ))
         return False
     ok = True
@@ -158,11 +209,55 @@ def _check_structure(view: OptimizerStateView, built: Built, add: Any) -> bool:
                 f"checkpoint but {len(o['params'])} in the config: load_state_dict compares "
                 "the groups in order, by parameter count only, and raises \"loaded state "
                 "dict contains a parameter group that doesn't match the size of optimizer's "
-                "group\"",
+                "group\"" + _first_difference_text(shapes),
                 group=g.index,
-                detail={"checkpoint": len(g.param_keys), "config": len(o["params"])},
+                detail={"checkpoint": len(g.param_keys), "config": len(o["params"]),
+                        **shapes},
             ))
     return ok
+
+
+def _shapes_side_by_side(view: OptimizerStateView, spec: RunSpec) -> dict[str, Any]:
+    """Both sides' parameter shapes, group by group (the checkpoint's read from its state
+    tensors: "?" where a parameter has none or they disagree), and the first position
+    where they differ."""
+    theirs: list[list[str]] = []
+    for g in view.groups:
+        row = []
+        for key in g.param_keys:
+            pv = next((p for p in view.params if p.key == key and p.group == g.index), None)
+            found = {tuple(v.shape) for v in (pv.state.values() if pv else [])
+                     if isinstance(v, torch.Tensor) and v.dim() > 0}
+            row.append(format_shape(found.pop()) if len(found) == 1 else "?")
+        theirs.append(row)
+    ours = [[format_shape(s) for s in g.shapes] for g in spec.groups]
+    first = None
+    for gi in range(max(len(theirs), len(ours))):
+        a = theirs[gi] if gi < len(theirs) else []
+        b = ours[gi] if gi < len(ours) else []
+        for i in range(max(len(a), len(b))):
+            x = a[i] if i < len(a) else None
+            y = b[i] if i < len(b) else None
+            if x != y and not (x == "?" and y is not None):
+                first = {"group": gi, "position": i}
+                break
+        if first:
+            break
+    return {"shapes": {"checkpoint": theirs, "config": ours}, "first_difference": first}
+
+
+def _first_difference_text(shapes: dict[str, Any]) -> str:
+    first = shapes["first_difference"]
+    if first is None:
+        return ""
+    gi, i = first["group"], first["position"]
+
+    def at(side: str) -> str:
+        rows = shapes["shapes"][side]
+        return rows[gi][i] if gi < len(rows) and i < len(rows[gi]) else "nothing"
+
+    return (f"; the shapes first differ at group {gi}, position {i}: {at('checkpoint')} in "
+            f"the checkpoint, {at('config')} in the config")
 
 
 def _check_names(view: OptimizerStateView, spec: RunSpec, built: Built, add: Any) -> None:
@@ -204,23 +299,49 @@ def _check_names(view: OptimizerStateView, spec: RunSpec, built: Built, add: Any
 
 
 def _check_hyperparams(view: OptimizerStateView, built: Built, add: Any,
-                       loaded: list[dict[str, Any]] | None) -> None:
+                       loaded: list[dict[str, Any]] | None,
+                       sched_state: dict[str, Any] | None = None,
+                       scheduled: bool = False) -> None:
     """``loaded``: the groups as torch left them after the trial's load_state_dict (the
-    optimizer's ``__setstate__`` may force values: AdamW keeps decoupled_weight_decay)."""
+    optimizer's ``__setstate__`` may force values: AdamW keeps decoupled_weight_decay).
+    ``scheduled``: a scheduler ran and the config builds one: lr is compared as a base lr,
+    and the momentum a cycling scheduler drives is not compared at all."""
     cls_name = type(built.optimizer).__name__
     ours = built.optimizer.param_groups
     foreign: dict[str, list[int]] = {}
+    ref_sched = built.scheduler.state_dict() if built.scheduler is not None else {}
+    driven = _driven_momentum(sched_state if sched_state is not None else ref_sched,
+                              ref_sched) if scheduled else None
     for g, o in zip(view.groups, ours, strict=False):
         config_keys = set(o) - _NOT_HYPERPARAMS
         effective = loaded[g.index] if loaded is not None else g.hyperparams
+        if scheduled and "lr" in g.hyperparams:
+            _check_base_lr(g.index, g.hyperparams, o, sched_state, ref_sched, add)
         for k, saved in g.hyperparams.items():
             if k in _NOT_HYPERPARAMS:
                 continue
+            if scheduled and k in ("lr", "initial_lr"):
+                continue  # compared as the base lr above
             if k not in config_keys:
                 if k not in _ADDED_BY_OTHERS:
                     foreign.setdefault(k, []).append(g.index)
                 continue
             v = effective.get(k, saved)
+            if k == driven:
+                low, high = (_show(g.hyperparams.get(m)) for m in ("base_momentum",
+                                                                  "max_momentum"))
+                add(Finding(
+                    "momentum-scheduled", "info",
+                    f"param group {g.index}: {k} is driven by the scheduler (cycle_momentum), "
+                    f"now {_show(v)}, between base_momentum {low} and max_momentum {high}; it "
+                    "is compared through those",
+                    group=g.index, detail={"key": k, "checkpoint": plain(v)},
+                ))
+                if k == "betas" and not _equal_hyper(tuple(v)[1:], tuple(o[k])[1:]):
+                    add(_override(g.index, k, v, o[k]))
+                continue
+            if k in _SCHEDULED_LRS and scheduled and _close_lr(v, o[k]):
+                continue  # the same schedule, up to the rounding of set --base-lr's scaling
             if _equal_hyper(v, o[k]) and not _equal_hyper(saved, o[k]):
                 add(Finding(
                     "hyperparams-kept", "info",
@@ -230,14 +351,7 @@ def _check_hyperparams(view: OptimizerStateView, built: Built, add: Any,
                     detail={"key": k, "checkpoint": plain(saved), "config": plain(o[k])},
                 ))
             elif not _equal_hyper(v, o[k]):
-                add(Finding(
-                    "hyperparams-override", "warn",
-                    f"param group {g.index}: the checkpoint's {k} = {_show(v)} replaces the "
-                    f"config's {_show(o[k])} (load_state_dict restores every hyperparameter "
-                    "from the checkpoint)",
-                    group=g.index,
-                    detail={"key": k, "checkpoint": plain(v), "config": plain(o[k])},
-                ))
+                add(_override(g.index, k, v, o[k]))
         missing = sorted(config_keys - set(g.hyperparams) - _ADDED_BY_OTHERS)
         if missing:
             add(Finding(
@@ -257,6 +371,74 @@ def _check_hyperparams(view: OptimizerStateView, built: Built, add: Any,
             "ignores them",
             detail={"keys": sorted(foreign)},
         ))
+
+
+def _override(gi: int, k: str, v: Any, config: Any) -> Finding:
+    return Finding(
+        "hyperparams-override", "warn",
+        f"param group {gi}: the checkpoint's {k} = {_show(v)} replaces the config's "
+        f"{_show(config)} (load_state_dict restores every hyperparameter from the checkpoint)",
+        group=gi, detail={"key": k, "checkpoint": plain(v), "config": plain(config)},
+    )
+
+
+# Group keys OneCycleLR writes that are lrs of its schedule: set --base-lr scales them, so
+# they may differ from a config's by the rounding of that product.
+_SCHEDULED_LRS = frozenset({"max_lr", "min_lr"})
+
+
+def _close_lr(a: Any, b: Any) -> bool:
+    """Equal up to 4 ulps: a product lr * (X / old base) rounds twice (two half-ulps) and
+    the config's value (max_lr / div_factor ...) rounds on its own path."""
+    a, b = plain(a), plain(b)
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b)):
+        return False
+    return abs(a - b) <= 4 * math.ulp(max(abs(a), abs(b)))
+
+
+def _check_base_lr(gi: int, saved: dict[str, Any], ours: dict[str, Any],
+                   sched_state: dict[str, Any] | None, ref_sched: dict[str, Any],
+                   add: Any) -> None:
+    """The checkpoint's base lr (its groups' initial_lr, its scheduler's base_lrs) against
+    the config's (the initial_lr the configured scheduler wrote: the config's lr, or
+    OneCycleLR's max_lr / div_factor); the current lr is the schedule's, shown only."""
+    try:
+        theirs = base_lr_of(sched_state or {}, saved, gi)
+        config = base_lr_of(ref_sched, ours, gi)
+    except (KeyError, TypeError, ValueError):
+        return  # no base lr on one side: compared as a plain hyperparameter is not right
+    where = ", ".join(w for w, ok in (("initial_lr", "initial_lr" in saved),
+                                      ("base_lrs", "base_lrs" in (sched_state or {}))) if ok)
+    lr = plain(saved["lr"])
+    if _equal_hyper(theirs, config):
+        add(Finding(
+            "lr-scheduled", "info",
+            f"param group {gi}: lr {_show(lr)} is the scheduler's current value, from base lr "
+            f"{_show(theirs)} ({where}), which is the config's lr",
+            group=gi, detail={"lr": lr, "base_lr": theirs, "config": config},
+        ))
+        return
+    now = ("the group's lr is still at that base" if _equal_hyper(lr, theirs)
+           else f"the scheduler has taken it to {_show(lr)}")
+    detail = {"key": "base_lr", "checkpoint": theirs, "config": config, "lr": lr}
+    why = not_proportional(sched_state) if sched_state is not None else None
+    if why:  # set --base-lr refuses these: say so here rather than offer it
+        now += f"; set --base-lr cannot move it: {why}"
+        detail["unscalable"] = why
+    add(Finding(
+        "base-lr-override", "warn",
+        f"param group {gi}: the checkpoint's base lr {_show(theirs)} ({where}) replaces the "
+        f"config's {_show(config)}; {now}",
+        group=gi, detail=detail,
+    ))
+
+
+def _driven_momentum(sched: dict[str, Any], ref: dict[str, Any]) -> str | None:
+    """The group key a cycling scheduler (OneCycleLR, CyclicLR with cycle_momentum) sets at
+    every step: betas (its beta1) or momentum; None when no scheduler drives one."""
+    if not (sched.get("cycle_momentum") and ref.get("cycle_momentum")):
+        return None
+    return "betas" if sched.get("use_beta1") else "momentum"
 
 
 def _equal_hyper(a: Any, b: Any) -> bool:
@@ -419,7 +601,7 @@ def _one_step(built: Built, *, scheduler: bool = False) -> None:
 
 
 def _check_scheduler(sched: dict[str, Any] | None, built: Built, spec: RunSpec,
-                     add: Any) -> None:
+                     add: Any, scheduled: bool = False) -> None:
     if spec.scheduler is None:
         if sched is not None:
             add(Finding("scheduler-unused", "info",
@@ -452,8 +634,9 @@ def _check_scheduler(sched: dict[str, Any] | None, built: Built, spec: RunSpec,
                 f"{_show(ref[k])} (scheduler.load_state_dict restores every attribute)",
                 detail={"key": k, "checkpoint": plain(sched[k]), "config": plain(ref[k])},
             ))
-    if "base_lrs" in sched and "base_lrs" in ref and not _equal_hyper(sched["base_lrs"],
-                                                                      ref["base_lrs"]):
+    # Under a scheduler the base lrs are compared with the config's lr (base-lr-override).
+    if not scheduled and "base_lrs" in sched and "base_lrs" in ref and not _equal_hyper(
+            sched["base_lrs"], ref["base_lrs"]):
         add(Finding(
             "scheduler-base-lrs", "warn",
             f"scheduler: the checkpoint's base_lrs {_show(sched['base_lrs'])} replace the "
@@ -578,6 +761,7 @@ def check_report(result: CheckResult) -> dict[str, Any]:
         "findings": [asdict(f) for f in result.findings],
         "trial": result.trial,
         "fixes": result.fixes,
+        "no_fix_reason": result.no_fix_reason,
     }
 
 
@@ -589,11 +773,31 @@ def fix_commands(result: CheckResult, path: str, key: str | None = None) -> list
 
     per_group: dict[int, dict[str, Any]] = {}
     sched: dict[str, Any] = {}
-    kinds_differ = any(f.code == "scheduler-kind" for f in result.findings)
-    for f in result.findings:
-        if f.code == "hyperparams-override" and f.detail["key"] != "initial_lr":
+    blocking = [f for f in result.findings if f.level != "info" and (
+        f.code not in FIXED_BY_SET or f.detail.get("unscalable"))]
+    fixable = [f for f in result.findings if f.level != "info" and f.code in FIXED_BY_SET]
+    if blocking:
+        if fixable:
+            codes = ", ".join(dict.fromkeys(f.code for f in blocking))
+            result.no_fix_reason = (
+                "no `optstate set` line is suggested: set changes hyperparameters, and it "
+                f"would not make this checkpoint fit ({codes} above)")
+        return []
+    base = [f for f in fixable if f.code == "base-lr-override"]
+    if base and result.scheduler_location is None:
+        result.no_fix_reason = (
+            "no `optstate set` line is suggested: the base lr differs, and set --base-lr "
+            "needs the scheduler state beside the optimizer state (this file has none) to "
+            "scale it alike")
+        return []
+    for f in fixable:
+        if f.code == "base-lr-override":
+            per_group.setdefault(f.group, {})["--base-lr"] = f.detail["config"]
+        elif f.code == "hyperparams-override":
+            if base and f.detail["key"] in _SCHEDULED_LRS:
+                continue  # --base-lr scales them with the base
             per_group.setdefault(f.group, {})[f.detail["key"]] = f.detail["config"]
-        elif f.code == "scheduler-override" and not kinds_differ:
+        elif f.code == "scheduler-override":
             sched[f.detail["key"]] = f.detail["config"]
     if not per_group and not sched:
         return []
@@ -606,8 +810,8 @@ def fix_commands(result: CheckResult, path: str, key: str | None = None) -> list
         return shlex.quote(",".join(map(str, v)) if isinstance(v, list) else str(v))
 
     def flags(values: dict[str, Any], sched_values: dict[str, Any]) -> str:
-        parts = [f"--lr {text(v)}" if k == "lr" else f"--set {k}={text(v)}"
-                 for k, v in values.items()]
+        parts = [f"--lr {text(v)}" if k == "lr" else f"{k} {text(v)}" if k == "--base-lr"
+                 else f"--set {k}={text(v)}" for k, v in values.items()]
         parts += [f"--scheduler-set {k}={text(v)}" for k, v in sched_values.items()]
         return " ".join(parts)
 

@@ -26,7 +26,7 @@ from .checkpoint import atomic_write, check_writable, load_torch_file
 from .errors import CheckpointError, ConfigError, OutputExistsError
 from .leaves import same_leaf
 from .locate import Located, locate
-from .paths import follow, join
+from .paths import follow, join, path_keys
 from .source import Source, open_source
 from .state import GROUP_META_KEYS
 from .suggest import did_you_mean
@@ -138,9 +138,15 @@ def plan_changes(
     scheduler_values: dict[str, Any] | None = None,
     file_label: str = "",
     scheduler_file_label: str = "",
+    base_lr: float | None = None,
 ) -> list[Change]:
     """The changes that setting ``values`` makes (nothing is modified yet). Raises
-    ConfigError for an unknown group or key, or a value of the wrong type."""
+    ConfigError for an unknown group or key, or a value of the wrong type.
+
+    ``base_lr``: the base lr a scheduler starts from, changed as if the run had started
+    there (see ``_base_lr_changes``)."""
+    if base_lr is not None and "lr" in values:
+        raise ConfigError("give --lr or --base-lr, not both")
     groups = located.state["param_groups"]
     if not groups:
         raise ConfigError("this optimizer state has no param groups to change")
@@ -178,7 +184,136 @@ def plan_changes(
                                       scheduler_file_label)
     if scheduler_values:
         changes += _scheduler_settings(located, scheduler_values, scheduler_file_label)
+    if base_lr is not None:
+        changes += _base_lr_changes(located, base_lr, chosen, file_label,
+                                    scheduler_file_label)
     return [c for c in changes if not same_leaf(c.old, c.new)]
+
+
+# Group keys a scheduler writes that hold lrs of the same schedule (OneCycleLR's peak and
+# floor): they move with the base lr.
+_SCHEDULED_LR_KEYS = ("max_lr", "min_lr")
+
+
+def _base_lr_changes(located: Located, base_lr: Any, chosen: list[int], file_label: str,
+                     sched_label: str) -> list[Change]:
+    """``--base-lr X``: the state of the run that would have started at base lr X.
+
+    The lr-based schedulers torch ships compute every lr as base lr times a factor that
+    does not depend on the base (StepLR, MultiStepLR, ExponentialLR, LinearLR,
+    ConstantLR, PolynomialLR, CosineAnnealingLR and CosineAnnealingWarmRestarts with
+    eta_min = 0, LambdaLR, MultiplicativeLR, OneCycleLR, and SequentialLR/ChainedScheduler
+    of those), chainable or closed form. So per group, with f = X / old base: initial_lr and
+    base_lrs become X and every lr of the schedule (the group's lr, _last_lr, OneCycleLR's
+    max_lr/min_lr, those of wrapped schedulers) is multiplied by f. Schedules holding an
+    absolute lr (eta_min != 0, CyclicLR's max_lrs) or no base at all (ReduceLROnPlateau)
+    are refused: scaling cannot give that run."""
+    groups = located.state["param_groups"]
+    sched = located.scheduler
+    has_initial = any("initial_lr" in g for g in groups)
+    if sched is None:
+        if has_initial:
+            raise ConfigError("--base-lr: the groups have initial_lr (a scheduler ran) but no "
+                              "scheduler state was found beside the optimizer state: its "
+                              "base_lrs and _last_lr could not follow")
+        raise ConfigError("--base-lr: no scheduler state beside the optimizer state and no "
+                          "initial_lr in its groups: without a scheduler the lr is the base "
+                          "lr; use --lr")
+    why = not_proportional(sched)
+    if why:
+        raise ConfigError(f"--base-lr: {why}")
+    if not _is_number(base_lr) or not math.isfinite(base_lr) or base_lr <= 0:
+        raise ConfigError(f"--base-lr must be a positive number, got {base_lr!r}")
+    groups_path = join(located.location, "param_groups")
+    sched_prefix = _scheduler_prefix(located, sched_label)
+    out: list[Change] = []
+    for gi in chosen:
+        g = groups[gi]
+        old = base_lr_of(sched, g, gi)
+        if "initial_lr" in g and not math.isclose(_scalar(g["initial_lr"]), old,
+                                                  rel_tol=1e-12):
+            raise ConfigError(
+                f"--base-lr: param group {gi}'s initial_lr {_scalar(g['initial_lr'])!r} and "
+                f"the scheduler's base_lrs[{gi}] {old!r} disagree: which one is the base lr "
+                "cannot be told")
+        if old == 0:
+            raise ConfigError(f"--base-lr: param group {gi}'s base lr is 0: there is no "
+                              "schedule to scale")
+        factor = base_lr / old
+        where = f" (param group {gi})"
+
+        def opt_change(key: str, new: Any, *, gi: int = gi, where: str = where) -> None:
+            g = groups[gi]
+            out.append(Change("optimizer", file_label, join(join(groups_path, gi), key),
+                              key, gi, g[key], coerce_value(key, new, g[key], where)))
+
+        opt_change("lr", _scalar(g["lr"]) * factor)
+        if "initial_lr" in g:
+            opt_change("initial_lr", base_lr)
+        for key in _SCHEDULED_LR_KEYS:
+            if key in g and _is_number(_scalar(g[key])):
+                opt_change(key, _scalar(g[key]) * factor)
+        for rel, state in _scheduler_tree(sched):
+            for key in ("base_lrs", "_last_lr"):
+                lrs = state.get(key)
+                if not isinstance(lrs, list) or len(lrs) != len(groups):
+                    continue
+                new = base_lr if key == "base_lrs" and not rel else _scalar(lrs[gi]) * factor
+                name = join(rel, key)  # "base_lrs", "_schedulers[1].base_lrs"
+                out.append(Change("scheduler", sched_label,
+                                  join(_join_path(sched_prefix, name), gi), name, gi,
+                                  lrs[gi], coerce_value(key, new, lrs[gi], where)))
+    return out
+
+
+def base_lr_of(sched: dict[str, Any], group: dict[str, Any], gi: int) -> float:
+    """A group's base lr: the scheduler's base_lrs (SequentialLR keeps none of its own:
+    those of the first scheduler it wraps), else the group's initial_lr."""
+    for _, state in _scheduler_tree(sched):
+        lrs = state.get("base_lrs")
+        if isinstance(lrs, list) and gi < len(lrs):
+            return _scalar(lrs[gi])
+    return _scalar(group["initial_lr"])
+
+
+def _scalar(v: Any) -> float:
+    return float(v.item()) if hasattr(v, "item") else float(v)
+
+
+def _join_path(path: str, rel: str) -> str:
+    for key in path_keys(rel):
+        path = join(path, key)
+    return path
+
+
+def _scheduler_tree(sched: dict[str, Any], rel: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """The scheduler state and those it wraps (SequentialLR, ChainedScheduler), each with
+    its path relative to the top: ``""``, ``"_schedulers[0]"``, ..."""
+    out = [(rel, sched)]
+    for i, sub in enumerate(sched.get("_schedulers") or []):
+        if isinstance(sub, dict):
+            out += _scheduler_tree(sub, join(join(rel, "_schedulers"), i))
+    return out
+
+
+def not_proportional(sched: dict[str, Any]) -> str | None:
+    """Why a scheduler's lrs are not base lr times a base-free factor, or None."""
+    for _, state in _scheduler_tree(sched):
+        if "base_lrs" not in state and "_schedulers" not in state:
+            name = " (ReduceLROnPlateau changes the lr from the metric it is given, not " \
+                "from a base lr)" if "patience" in state else ""
+            return f"the scheduler state has no base_lrs{name}: set the lr itself with --lr"
+        if "max_lrs" in state:
+            return (f"CyclicLR moves the lr between base_lrs and max_lrs "
+                    f"({', '.join(repr(_scalar(v)) for v in state['max_lrs'])}), an absolute "
+                    "lr of its own: scaling cannot give the run that started at another base "
+                    "lr")
+        eta = state.get("eta_min")
+        if _is_number(eta) and eta != 0:
+            return (f"the scheduler's eta_min = {eta!r} is an absolute lr: the schedule is "
+                    "not proportional to its base lr, so scaling cannot give the run that "
+                    "started at another base lr")
+    return None
 
 
 def _scheduler_prefix(located: Located, file_label: str) -> str:
@@ -239,8 +374,12 @@ def apply_changes(located: Located, changes: list[Change]) -> None:
             assert located.scheduler is not None
             if c.group is None:
                 located.scheduler[c.key] = c.new
-            else:
-                located.scheduler[c.key][c.group] = c.new
+            else:  # "base_lrs", or "_schedulers[1].base_lrs" in a wrapped scheduler
+                state = located.scheduler
+                *outer, key = path_keys(c.key)
+                for k in outer:
+                    state = state[k]
+                state[key][c.group] = c.new
 
 
 # --------------------------------------------------------------------------- comparing
@@ -296,11 +435,18 @@ def set_hyperparameters(
     unsafe: bool = False,
     trial: bool = True,
     scheduler_values: dict[str, Any] | None = None,
+    base_lr: float | None = None,
 ) -> SetResult:
     """Write a copy of the checkpoint at ``path`` with ``values`` set in its param groups
-    (all, or ``group``) and, for ``lr``, in the scheduler state beside it."""
-    if not values and not scheduler_values:
+    (all, or ``group``) and, for ``lr``, in the scheduler state beside it; ``base_lr``
+    rescales a scheduled run to another base lr (``_base_lr_changes``)."""
+    if not values and not scheduler_values and base_lr is None:
         raise ConfigError("nothing to set", hint="give --lr VALUE and/or --set KEY=VALUE")
+    if base_lr is not None and "lr" in values:
+        raise ConfigError("give --lr or --base-lr, not both")
+    if base_lr is not None and not scheduler:
+        raise ConfigError("--base-lr changes the scheduler state with the groups; it cannot "
+                          "be used with --no-scheduler")
     src_path = Path(path)
     target = _output_path(src_path, output, in_place, dry_run)
     if target is not None and not in_place:
@@ -313,7 +459,7 @@ def set_hyperparameters(
                                       "does not exist")
         else:
             check_writable(target, force)
-    source = open_source(src_path, unsafe=unsafe)
+    source = open_source(src_path, unsafe=unsafe, copying="set")
     if source.format == "dcp":
         raise ConfigError(
             f"{src_path} is a torch.distributed.checkpoint (DCP) folder, which set does not "
@@ -334,9 +480,16 @@ def set_hyperparameters(
     sched_label = sched_file.name if sched_is_sibling and sched_file else main_label
     changes = plan_changes(located, values, group=group, scheduler=scheduler,
                            scheduler_values=scheduler_values, file_label=main_label,
-                           scheduler_file_label=sched_label)
+                           scheduler_file_label=sched_label, base_lr=base_lr)
     result = SetResult(str(source.path), located.location, located.scheduler_location,
                        changes, dry_run=dry_run)
+    for c in changes:
+        if c.target == "scheduler" and c.key == "base_lrs":
+            factor = _scalar(c.new) / _scalar(c.old)
+            result.notes.append(
+                f"param group {c.group}: base lr {_scalar(c.old)!r} -> {_scalar(c.new)!r} "
+                f"(x{factor:.6g}): the lr the scheduler has reached and every lr of its "
+                "schedule are scaled alike, as if the run had started at the new base lr")
     if "lr" in values and located.scheduler is None:
         result.notes.append("no scheduler state found beside the optimizer state: only the "
                             "optimizer's lr is changed")

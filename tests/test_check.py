@@ -111,7 +111,7 @@ def test_json_report(cli, tmp_path):
     report = json.loads(r.stdout)
     assert list(report) == ["schema", "source", "location", "scheduler_location", "config",
                             "optimizer", "verdict", "exit_code", "groups", "findings",
-                            "trial", "fixes"]
+                            "trial", "fixes", "no_fix_reason"]
     assert report["schema"] == "optstate.check/1"
     assert report["verdict"] == "ok" and report["exit_code"] == 0
     assert report["groups"] == {"checkpoint": [1, 1], "config": [1, 1]}
@@ -128,7 +128,8 @@ def test_group_count(cli, tmp_path):
     assert _codes(res) == [("group-count", "fail")]
     assert res.findings[0].message == (
         "the checkpoint has 1 param group, the config builds 2: load_state_dict raises "
-        "\"loaded state dict has a different number of parameter groups\"")
+        "\"loaded state dict has a different number of parameter groups\"; the shapes first "
+        "differ at group 0, position 1: 3 in the checkpoint, nothing in the config")
     r = cli("check", ckpt, "--config", cfg)
     assert r.exit_code == 2 and "FAILS" in r.stdout and r.stderr == ""
     _, (stage, err) = _torch_resume(ckpt, cfg)
@@ -143,7 +144,7 @@ def test_group_size_names_the_group_and_both_counts(tmp_path):
     res = check_checkpoint(ckpt, cfg)
     assert _codes(res) == [("group-size", "fail")]
     f = res.findings[0]
-    assert f.group == 1 and f.detail == {"checkpoint": 3, "config": 1}
+    assert f.group == 1 and (f.detail["checkpoint"], f.detail["config"]) == (3, 1)
     assert f.message.startswith("param group 1 holds 3 parameters in the checkpoint but 1 "
                                 "in the config")
     assert res.exit_code == 2
@@ -180,8 +181,9 @@ def test_adam_state_into_sgd(tmp_path):
     res = check_checkpoint(ckpt, cfg)
     codes = _codes(res)
     assert sorted(set(codes)) == [("hyperparams-foreign", "warn"), ("hyperparams-missing", "warn"),
-                                  ("hyperparams-override", "warn"), ("state-foreign", "warn"),
-                                  ("trial", "fail")]
+                                  ("hyperparams-override", "warn"), ("optimizer-kind", "warn"),
+                                  ("state-foreign", "warn"), ("trial", "fail")]
+    assert codes[0] == ("optimizer-kind", "warn") and res.fixes == []
     foreign = next(f for f in res.findings if f.code == "state-foreign")
     assert foreign.detail == {"keys": ["exp_avg", "exp_avg_sq", "step"]}
     assert "are not SGD state" in foreign.message
@@ -243,7 +245,8 @@ def test_hyperparameters_the_checkpoint_overrides(cli, tmp_path):
 
 def test_suggested_fix_makes_the_pair_match(cli, tmp_path):
     """check's suggested `set` line, run as is, gives a checkpoint that loads as configured
-    (scheduler included): the StepLR run's decayed lr and base_lrs become the config's."""
+    (scheduler included): the StepLR run's base lr becomes the config's, and the decay it
+    has made (two of 0.1 by step 5) is kept: the lr resumes at 3e-4 * 0.01."""
     saved = {"optimizer": "AdamW", "hyperparams": {"lr": 1e-3}, "groups": [
         {"shapes": ["4x4", "4"]}], "scheduler": {"name": "StepLR", "step_size": 2}}
     ckpt = _save_state(tmp_path, saved, steps=5)
@@ -252,17 +255,18 @@ def test_suggested_fix_makes_the_pair_match(cli, tmp_path):
     report = json.loads(r.stdout)
     assert r.exit_code == 1
     fixed = tmp_path / "ckpt-fixed.pt"
-    assert report["fixes"] == [f"optstate set {ckpt} -o {fixed} --lr 0.0003 "
+    assert report["fixes"] == [f"optstate set {ckpt} -o {fixed} --base-lr 0.0003 "
                                "--set betas=0.9,0.95"]
     r = cli(*report["fixes"][0].split()[1:])
     assert r.exit_code == 0, r.stderr
     res = check_checkpoint(fixed, cfg)
-    assert _codes(res) == [("scheduler-resume", "info")] and res.exit_code == 0
+    assert _codes(res) == [("lr-scheduled", "info"), ("scheduler-resume", "info")]
+    assert res.exit_code == 0
     built = build(spec_from_dict(read_config_file(cfg)))
     obj = torch.load(fixed, weights_only=True)
     built.optimizer.load_state_dict(obj["optimizer_state_dict"])
     built.scheduler.load_state_dict(obj["scheduler_state_dict"])
-    assert built.optimizer.param_groups[0]["lr"] == 3e-4
+    assert built.optimizer.param_groups[0]["lr"] == pytest.approx(3e-6, rel=1e-12)
     assert built.optimizer.param_groups[0]["betas"] == (0.9, 0.95)
     assert built.scheduler.base_lrs == [3e-4]
 
@@ -373,14 +377,14 @@ def test_scheduler_settings_the_checkpoint_overrides(cli, tmp_path):
                                                              "step_size": 2, "gamma": 0.5}})
     res = check_checkpoint(ckpt, cfg)
     assert [(f.code, f.level) for f in res.findings] == [
-        ("scheduler-override", "warn"), ("scheduler-resume", "info")]
+        ("scheduler-override", "warn"), ("lr-scheduled", "info"), ("scheduler-resume", "info")]
     assert res.findings[0].detail == {"key": "step_size", "checkpoint": 5, "config": 2}
     assert res.fixes == [f"optstate set {ckpt} -o {tmp_path}/ckpt-fixed.pt "
                          "--scheduler-set step_size=2"]
     r = cli(*res.fixes[0].split()[1:])
     assert r.exit_code == 0, r.stderr
     assert _codes(check_checkpoint(tmp_path / "ckpt-fixed.pt", cfg)) == [
-        ("scheduler-resume", "info")]
+        ("lr-scheduled", "info"), ("scheduler-resume", "info")]
     built = build(spec_from_dict(read_config_file(cfg)))
     obj = torch.load(ckpt, weights_only=True)
     built.optimizer.load_state_dict(obj["optimizer_state_dict"])
@@ -534,8 +538,8 @@ def test_hf_folder_uses_the_scheduler_file_beside_it(tmp_path):
     torch.save(built.scheduler.state_dict(), d / "scheduler.pt")
     res = check_checkpoint(d, _write_config(tmp_path, SGD_STEP))
     assert res.scheduler_location == "scheduler.pt"
-    assert _codes(res) == [("scheduler-resume", "info")]
-    assert res.findings[0].detail == {"last_epoch": 3}
+    assert _codes(res) == [("lr-scheduled", "info"), ("scheduler-resume", "info")]
+    assert res.findings[1].detail == {"last_epoch": 3}
     assert res.trial["scheduler_step"] == "ok" and res.exit_code == 0
 
 
@@ -633,3 +637,244 @@ def test_param_without_saved_state(tmp_path):
     resumed.optimizer.load_state_dict(torch.load(ckpt, weights_only=True))
     assert resumed.params[1] not in resumed.optimizer.state
     assert "momentum_buffer" in resumed.optimizer.state[resumed.params[0]]
+
+
+# --------------------------------------------------------------------------- under a scheduler
+#
+# A config's lr is the base lr a scheduler starts from; the checkpoint's group lr is where
+# the scheduler has taken it. They are compared through the groups' initial_lr and the
+# scheduler's base_lrs, never the current lr.
+
+ADAMW_STEP = {"optimizer": "AdamW", "hyperparams": {"lr": 1e-3},
+              "groups": [{"shapes": ["2x4", "2"]}],
+              "scheduler": {"name": "StepLR", "step_size": 5, "gamma": 0.5}}
+
+
+def _issue_checkpoint(tmp_path, name="steplr.pt"):
+    """The issue's run: a model trained by AdamW(lr=1e-3) + StepLR(5, 0.5) for 10 steps,
+    saved as {"model", "optimizer", "scheduler"}."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+    for _ in range(10):
+        model(torch.randn(3, 4)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+    path = tmp_path / name
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict()}, path)
+    return path
+
+
+def test_scheduled_lr_is_not_an_override(cli, tmp_path):
+    ckpt = _issue_checkpoint(tmp_path)
+    cfg = _write_config(tmp_path, ADAMW_STEP)
+    res = check_checkpoint(ckpt, cfg)
+    assert [(f.code, f.level) for f in res.findings] == [
+        ("lr-scheduled", "info"), ("scheduler-resume", "info")]
+    assert res.findings[0].message == (
+        "param group 0: lr 0.00025 is the scheduler's current value, from base lr 0.001 "
+        "(initial_lr, base_lrs), which is the config's lr")
+    assert res.findings[0].detail == {"lr": 0.00025, "base_lr": 0.001, "config": 0.001}
+    assert res.exit_code == 0 and res.fixes == []
+    r = cli("check", ckpt, "--config", cfg, env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "OK" in r.stdout and "optstate set" not in r.stdout
+    # torch: the resume does run at 0.00025 and goes on decaying from there
+    built = build(spec_from_dict(ADAMW_STEP))
+    obj = torch.load(ckpt, weights_only=True)
+    built.optimizer.load_state_dict(obj["optimizer"])
+    built.scheduler.load_state_dict(obj["scheduler"])
+    assert built.optimizer.param_groups[0]["lr"] == 0.00025
+    assert built.scheduler.base_lrs == [0.001]
+
+
+def test_other_base_lr_suggests_base_lr_and_the_fix_resumes_as_that_run(cli, tmp_path):
+    ckpt = _issue_checkpoint(tmp_path)
+    cfg = _write_config(tmp_path, {**ADAMW_STEP, "hyperparams": {"lr": 5e-4}})
+    res = check_checkpoint(ckpt, cfg)
+    assert [(f.code, f.level) for f in res.findings] == [
+        ("base-lr-override", "warn"), ("scheduler-resume", "info")]
+    assert res.findings[0].message == (
+        "param group 0: the checkpoint's base lr 0.001 (initial_lr, base_lrs) replaces the "
+        "config's 0.0005; the scheduler has taken it to 0.00025")
+    fixed = tmp_path / "steplr-fixed.pt"
+    assert res.fixes == [f"optstate set {ckpt} -o {fixed} --base-lr 0.0005"]
+    r = cli(*res.fixes[0].split()[1:])
+    assert r.exit_code == 0, r.stderr
+    again = check_checkpoint(fixed, cfg)
+    assert again.exit_code == 0 and again.findings[0].detail == {
+        "lr": 0.000125, "base_lr": 0.0005, "config": 0.0005}
+    # torch: resumed from the fixed file, every lr is the fresh run's at base 5e-4
+    cfg_data = {**ADAMW_STEP, "hyperparams": {"lr": 5e-4}}
+    fresh = _trained_from(cfg_data, steps=10)
+    resumed = build(spec_from_dict(cfg_data))
+    obj = torch.load(fixed, weights_only=True)
+    resumed.optimizer.load_state_dict(obj["optimizer"])
+    resumed.scheduler.load_state_dict(obj["scheduler"])
+    for _ in range(12):
+        assert resumed.optimizer.param_groups[0]["lr"] == fresh.optimizer.param_groups[0]["lr"]
+        assert resumed.scheduler.get_last_lr() == fresh.scheduler.get_last_lr()
+        for b in (fresh, resumed):
+            for p in b.params:
+                p.grad = torch.ones_like(p)
+            b.optimizer.step()
+            b.scheduler.step()
+
+
+@pytest.mark.parametrize("opt, extra, driven", [
+    ("AdamW", {}, "betas"), ("SGD", {"momentum": 0.9}, "momentum")])
+def test_momentum_a_cycling_scheduler_drives_is_not_an_override(tmp_path, opt, extra, driven):
+    cfg_data = {"optimizer": opt, "hyperparams": {"lr": 1e-3, **extra},
+                "groups": [{"shapes": ["3"]}],
+                "scheduler": {"name": "OneCycleLR", "max_lr": 0.01, "total_steps": 20}}
+    ckpt = _save_state(tmp_path, cfg_data, steps=5)
+    res = check_checkpoint(ckpt, _write_config(tmp_path, cfg_data))
+    assert [(f.code, f.level) for f in res.findings] == [
+        ("lr-scheduled", "info"), ("momentum-scheduled", "info"), ("scheduler-resume", "info")]
+    assert res.findings[1].message.startswith(
+        f"param group 0: {driven} is driven by the scheduler (cycle_momentum), now ")
+    assert res.exit_code == 0 and res.fixes == []
+    # a config whose momentum range differs is an override, of the range
+    other = {**cfg_data, "scheduler": {**cfg_data["scheduler"], "max_momentum": 0.9}}
+    res = check_checkpoint(ckpt, _write_config(tmp_path, other, "other.json"))
+    over = [f for f in res.findings if f.level == "warn"]
+    assert [(f.code, f.detail["key"]) for f in over] == [("hyperparams-override",
+                                                          "max_momentum")]
+
+
+# --------------------------------------------------------------------------- findings order
+
+
+def test_kind_mismatch_first_and_no_fix_that_cannot_fit(cli, tmp_path):
+    ckpt = _issue_checkpoint(tmp_path)
+    cfg = _write_config(tmp_path, {"optimizer": "SGD", "hyperparams": {"lr": 1e-3},
+                                   "groups": [{"shapes": ["2x4", "2"]}]})
+    res = check_checkpoint(ckpt, cfg)
+    assert res.findings[0].code == "optimizer-kind" and res.findings[0].message == (
+        "the checkpoint holds AdamW state (exp_avg, exp_avg_sq, step), the config builds SGD: "
+        "this checkpoint was not written by the optimizer the config builds")
+    assert res.verdict == "fails" and res.fixes == []
+    r = cli("check", ckpt, "--config", cfg, env={"COLUMNS": "300"})
+    assert r.exit_code == 2 and "  optstate set" not in r.stdout
+    # a warning (SGD without momentum would step on it, ignoring the state); torch's failure
+    # at step() below makes the verdict
+    assert r.stdout.splitlines()[2].startswith("WARN the checkpoint holds AdamW state")
+    assert "no `optstate set` line is suggested" in r.stdout
+
+
+def test_fix_only_when_every_finding_is_one_set_fixes(tmp_path):
+    def to_double(sd):
+        for st in sd["state"].values():
+            st["exp_avg"] = st["exp_avg"].double()
+    cfg = _write_config(tmp_path, {**ADAM_2G, "hyperparams": {"lr": 0.02}})
+    fixable = check_checkpoint(_save_state(tmp_path, ADAM_2G), cfg)
+    assert [f.code for f in fixable.findings] == ["hyperparams-override"]
+    assert len(fixable.fixes) == 1
+    unfixable = check_checkpoint(_save_state(tmp_path, ADAM_2G, "d.pt", mutate=to_double),
+                                 cfg)
+    assert {f.code for f in unfixable.findings} == {"hyperparams-override", "dtype-cast"}
+    assert unfixable.fixes == []
+
+
+def test_group_size_lists_both_sides_shapes_aligned(cli, tmp_path):
+    ckpt = _save_state(tmp_path, {**ADAM_2G, "groups": [
+        {"shapes": ["2x2"]}, {"shapes": ["3", "4x5", "3"], "lr": 0.5}]})
+    cfg = _write_config(tmp_path, {**ADAM_2G, "groups": [
+        {"shapes": ["2x2"]}, {"shapes": ["3", "3"], "lr": 0.5}]})
+    res = check_checkpoint(ckpt, cfg)
+    f = res.findings[0]
+    assert f.code == "group-size"
+    assert f.detail["shapes"] == {"checkpoint": [["2x2"], ["3", "4x5", "3"]],
+                                  "config": [["2x2"], ["3", "3"]]}
+    assert f.detail["first_difference"] == {"group": 1, "position": 1}
+    r = cli("check", ckpt, "--config", cfg, env={"COLUMNS": "200"})
+    lines = r.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("group 0"))
+    assert lines[at:at + 5] == [
+        "     group 0  checkpoint  2x2",
+        "              config      2x2",
+        "     group 1  checkpoint  3  4x5  3",
+        "              config      3  3",
+        "                             ^ first difference: group 1, position 1",
+    ]
+
+
+def test_one_cycle_of_another_peak_is_fixed_by_base_lr(cli, tmp_path):
+    """OneCycleLR's base lr is max_lr / div_factor: a config with another max_lr differs in
+    the base lr (and in the groups' max_lr/min_lr, which --base-lr scales alike)."""
+    saved = {"optimizer": "SGD", "hyperparams": {"lr": 1e-3, "momentum": 0.9},
+             "groups": [{"shapes": ["3"]}],
+             "scheduler": {"name": "OneCycleLR", "max_lr": 0.01, "total_steps": 20}}
+    ckpt = _save_state(tmp_path, saved, steps=5)
+    cfg_data = {**saved, "scheduler": {**saved["scheduler"], "max_lr": 0.0123}}
+    cfg = _write_config(tmp_path, cfg_data)
+    res = check_checkpoint(ckpt, cfg)
+    assert [f.code for f in res.findings if f.level == "warn"] == [
+        "base-lr-override", "hyperparams-override", "hyperparams-override"]
+    assert res.fixes == [f"optstate set {ckpt} -o {tmp_path}/ckpt-fixed.pt --base-lr "
+                         f"{0.0123 / 25!r}"]
+    assert cli(*res.fixes[0].split()[1:]).exit_code == 0
+    assert check_checkpoint(tmp_path / "ckpt-fixed.pt", cfg).exit_code == 0
+
+
+def test_base_lr_of_a_cyclic_schedule_is_not_offered(tmp_path):
+    saved = {"optimizer": "SGD", "hyperparams": {"lr": 1e-3, "momentum": 0.9},
+             "groups": [{"shapes": ["3"]}],
+             "scheduler": {"name": "CyclicLR", "base_lr": 1e-4, "max_lr": 1e-2}}
+    ckpt = _save_state(tmp_path, saved, steps=3)
+    cfg = _write_config(tmp_path, {**saved, "scheduler": {**saved["scheduler"],
+                                                          "base_lr": 2e-4}})
+    res = check_checkpoint(ckpt, cfg)
+    f = res.findings[0]
+    assert f.code == "base-lr-override" and "set --base-lr cannot move it: CyclicLR" in f.message
+    assert res.fixes == [] and "base-lr-override" in res.no_fix_reason
+
+
+def test_base_lr_without_scheduler_state_is_compared_but_not_offered(tmp_path):
+    """Only the optimizer state saved (initial_lr in its groups says a StepLR ran): the base
+    lr is compared through initial_lr; set --base-lr needs the scheduler state, so no line."""
+    built = _trained_from(ADAMW_STEP, steps=6)
+    ckpt = tmp_path / "opt.pt"
+    torch.save(built.optimizer.state_dict(), ckpt)
+    same = check_checkpoint(ckpt, _write_config(tmp_path, ADAMW_STEP))
+    assert [(f.code, f.level) for f in same.findings] == [
+        ("scheduler-missing", "warn"), ("lr-scheduled", "info")]
+    assert same.findings[1].message == (
+        "param group 0: lr 0.0005 is the scheduler's current value, from base lr 0.001 "
+        "(initial_lr), which is the config's lr")
+    other = check_checkpoint(ckpt, _write_config(
+        tmp_path, {**ADAMW_STEP, "hyperparams": {"lr": 2e-3}}, "other.json"))
+    assert [f.code for f in other.findings] == ["base-lr-override", "scheduler-missing"]
+    assert other.fixes == []
+
+
+@pytest.mark.parametrize("columns", [40, 60, 100])
+def test_long_group_shapes_fit_any_width(cli, tmp_path, columns):
+    """20 params against 19 whose first difference is at position 13: at every width each
+    shape is printed whole, the difference is marked, and what is left out is counted."""
+    model = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(10)])
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 8)).sum().backward()
+    opt.step()
+    ckpt = tmp_path / "big.pt"
+    torch.save(opt.state_dict(), ckpt)
+    shapes = [s for _ in range(10) for s in ("8x8", "8")]
+    shapes[13] = "8x4"
+    del shapes[15]
+    cfg = _write_config(tmp_path, {"optimizer": "Adam", "groups": [{"shapes": shapes}]})
+    r = cli("check", ckpt, "--config", cfg, env={"COLUMNS": str(columns)})
+    assert r.exit_code == 2
+    lines = r.stdout.splitlines()
+    assert all(len(line) <= columns for line in lines)
+    shown = " ".join(r.stdout.split())
+    assert "8x4" in shown and "first difference" in shown
+    if columns >= 60:
+        row = next(line for line in lines if "config      …" in line)
+        caret = lines[lines.index(row) + 1]
+        assert row[caret.index("^"):].startswith("8x4")
+        if columns == 60:
+            assert row.endswith("… 4 more")
+    else:
+        assert "    13  8    8x4 < first difference" in lines

@@ -542,3 +542,180 @@ def test_scheduler_settings(cli, tutorial_ckpt, tmp_path):
                         "Hint: its settings: step_size, gamma, base_lrs, last_epoch\n")
     r = cli("set", tutorial_ckpt, "-o", out, "--force", "--scheduler-set", "step_size=2.5")
     assert r.exit_code == 0  # an int setting given a float: stored as given, like torch would
+
+
+# --------------------------------------------------------------------------- --base-lr
+#
+# A config's lr is a scheduler's base lr. ``--base-lr X`` must give the run that would
+# have started at base lr X: every later lr, step by step, the same as a fresh run's.
+# Comparison: bit for bit when X / old base is a power of two (scaling by 2**k commutes
+# with every rounding the schedulers do: they multiply, add and interpolate lrs); for
+# other factors the scale itself rounds (half an ulp) and each later step rounds in each
+# run on its own, so the two runs agree to a few ulps: 8 ulps over the 12 resumed steps
+# below (measured: at most 2, for factors 0.3, 0.777, 1.234 and 0.02 on each scheduler).
+
+def _make_sched(name, opt):
+    S = torch.optim.lr_scheduler
+    if name == "StepLR":
+        return S.StepLR(opt, step_size=3, gamma=0.5)
+    if name == "CosineAnnealingLR":
+        return S.CosineAnnealingLR(opt, T_max=15)
+    if name == "LinearLR":
+        return S.LinearLR(opt, start_factor=0.1, total_iters=8)
+    if name == "SequentialLR":
+        return S.SequentialLR(opt, [S.LinearLR(opt, start_factor=0.25, total_iters=4),
+                                    S.CosineAnnealingLR(opt, T_max=14)], milestones=[4])
+    if name == "OneCycleLR":  # its base lr (initial_lr) is max_lr / div_factor
+        return S.OneCycleLR(opt, max_lr=[g["lr"] * 25 for g in opt.param_groups],
+                            total_steps=20)
+    if name == "LambdaLR":
+        return S.LambdaLR(opt, _warmup)
+    raise AssertionError(name)
+
+
+def _warmup(epoch):
+    return min(1.0, (epoch + 1) / 5)
+
+
+_BASE_SCHEDULERS = ["StepLR", "CosineAnnealingLR", "LinearLR", "SequentialLR", "OneCycleLR",
+                    "LambdaLR"]
+
+
+def _scheduled_run(name, lrs, steps, state=None):
+    """AdamW over two groups at base ``lrs`` (or resumed from ``state``); the lr of every
+    group after each of ``steps`` steps, and the optimizer/scheduler."""
+    torch.manual_seed(1)
+    ps = [torch.randn(2, 2, requires_grad=True), torch.randn(3, requires_grad=True)]
+    opt = torch.optim.AdamW([{"params": [p], "lr": lr} for p, lr in zip(ps, lrs, strict=True)])
+    sched = _make_sched(name, opt)
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    seen = [[g["lr"] for g in opt.param_groups] + sched.get_last_lr()]
+    for _ in range(steps):
+        for p in ps:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        sched.step()
+        seen.append([g["lr"] for g in opt.param_groups] + sched.get_last_lr())
+    return seen, opt, sched
+
+
+def _base_of(opt, gi):
+    return opt.param_groups[gi]["initial_lr"]  # SequentialLR's own state has no base_lrs
+
+
+@pytest.mark.parametrize("name", _BASE_SCHEDULERS)
+@pytest.mark.parametrize("exact", [True, False], ids=["power-of-two", "any-factor"])
+def test_base_lr_resumes_as_a_fresh_run_at_that_base(cli, tmp_path, name, exact):
+    saved_at, resumed_for = 8, 12
+    _, opt, sched = _scheduled_run(name, [1e-3, 2.5e-4], saved_at)
+    src, out = tmp_path / "run.pt", tmp_path / "new.pt"
+    torch.save({"model": {}, "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict()}, src)
+    old = [_base_of(opt, gi) for gi in range(2)]
+    # one --base-lr for both groups: factors 0.5 and 2 (exact) or 0.3 and 1.2
+    x = old[0] / 2 if exact else 3e-4
+    if exact:
+        assert x == old[1] * 2
+    r = cli("set", src, "-o", out, "--base-lr", repr(x))
+    assert r.exit_code == 0, r.stderr
+    edited = _load(out)
+    assert edited["scheduler"].get("base_lrs", [x, x]) == [x, x]
+    assert [g["initial_lr"] for g in edited["optimizer"]["param_groups"]] == [x, x]
+    resumed, _, _ = _scheduled_run(name, [0.123, 0.456], resumed_for, state=edited)
+    # a fresh run at base x (OneCycleLR: at max_lr scaled alike, as its base lr is
+    # max_lr / div_factor, and (x * 25) / 25 need not be x)
+    fresh_lrs = ([lr * x / b for lr, b in zip([1e-3, 2.5e-4], old, strict=True)]
+                 if name == "OneCycleLR" else [x, x])
+    fresh, _, _ = _scheduled_run(name, fresh_lrs, saved_at + resumed_for)
+    expected = fresh[saved_at:]
+    assert len(resumed) == len(expected) == resumed_for + 1
+    for step, (got, want) in enumerate(zip(resumed, expected, strict=True)):
+        for a, b in zip(got, want, strict=True):
+            if exact:
+                assert a == b, (step, got, want)
+            else:
+                assert abs(a - b) <= 8 * math.ulp(b), (step, got, want)
+    # the decay the run had made is kept: resumed lr / base lr is the saved run's
+    for gi in range(2):
+        assert edited["optimizer"]["param_groups"][gi]["lr"] / x == pytest.approx(
+            opt.param_groups[gi]["lr"] / old[gi], rel=1e-12)
+
+
+def test_base_lr_one_group_and_the_changes_table(cli, tmp_path):
+    _, opt, sched = _scheduled_run("StepLR", [1e-3, 2.5e-4], 7)
+    src, out = tmp_path / "run.pt", tmp_path / "new.pt"
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, src)
+    r = cli("set", src, "-o", out, "--base-lr", "5e-4", "--group", "1",
+            env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.stderr
+    before, after = _load(src), _load(out)
+    diffs, _ = compare_trees(before, after)
+    assert sorted(diffs) == ["optimizer.param_groups[1].initial_lr",
+                             "optimizer.param_groups[1].lr",
+                             "scheduler._last_lr[1]", "scheduler.base_lrs[1]"]
+    assert after["optimizer"]["param_groups"][1]["lr"] == 2 * opt.param_groups[1]["lr"]
+    assert after["scheduler"]["_last_lr"][1] == 2 * sched.get_last_lr()[1]
+    assert "base lr 0.00025 -> 0.0005 (x2)" in r.stdout
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o),
+     "Error: --base-lr: the scheduler state has no base_lrs (ReduceLROnPlateau changes the "
+     "lr from the metric it is given, not from a base lr): set the lr itself with --lr"),
+    (lambda o: torch.optim.lr_scheduler.CyclicLR(o, base_lr=1e-4, max_lr=1e-2),
+     "Error: --base-lr: CyclicLR moves the lr between base_lrs and max_lrs (0.01), an "
+     "absolute lr of its own: scaling cannot give the run that started at another base lr"),
+    (lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10, eta_min=1e-5),
+     "Error: --base-lr: the scheduler's eta_min = 1e-05 is an absolute lr: the schedule is "
+     "not proportional to its base lr, so scaling cannot give the run that started at "
+     "another base lr"),
+])
+def test_base_lr_refused_where_the_schedule_is_not_proportional(cli, tmp_path, make, message):
+    p = torch.zeros(3, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=1e-3, momentum=0.9)
+    sched = make(opt)
+    for _ in range(3):
+        p.grad = torch.ones_like(p)
+        opt.step()
+        sched.step(1.0) if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) \
+            else sched.step()
+    src, out = tmp_path / "run.pt", tmp_path / "new.pt"
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, src)
+    r = cli("set", src, "-o", out, "--base-lr", "2e-3")
+    assert (r.exit_code, r.stdout) == (2, "")
+    assert r.stderr.splitlines()[0] == message
+    assert "Traceback" not in r.stderr and not out.exists()
+
+
+def test_base_lr_needs_a_scheduler_and_not_lr_too(cli, bare_ckpt, tutorial_ckpt, tmp_path):
+    out = tmp_path / "new.pt"
+    plain = tmp_path / "plain.pt"
+    p = torch.zeros(3, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=1e-3)
+    torch.save(opt.state_dict(), plain)
+    r = cli("set", plain, "-o", out, "--base-lr", "2e-3")
+    assert r.exit_code == 2 and r.stderr.splitlines()[0] == (
+        "Error: --base-lr: no scheduler state beside the optimizer state and no initial_lr "
+        "in its groups: without a scheduler the lr is the base lr; use --lr")
+    # bare_ckpt: a StepLR ran (initial_lr in the groups) but its state was not saved
+    r = cli("set", bare_ckpt, "-o", out, "--base-lr", "2e-3")
+    assert r.exit_code == 2 and r.stderr.splitlines()[0] == (
+        "Error: --base-lr: the groups have initial_lr (a scheduler ran) but no scheduler "
+        "state was found beside the optimizer state: its base_lrs and _last_lr could not "
+        "follow")
+    r = cli("set", tutorial_ckpt, "-o", out, "--base-lr", "2e-3", "--lr", "1e-3")
+    assert r.exit_code == 2 and r.stderr.splitlines()[0] == (
+        "Error: give --lr or --base-lr, not both")
+    r = cli("set", tutorial_ckpt, "-o", out, "--base-lr", "2e-3", "--no-scheduler")
+    assert r.exit_code == 2 and r.stderr.splitlines()[0] == (
+        "Error: --base-lr changes the scheduler state with the groups; it cannot be used "
+        "with --no-scheduler")
+    assert not out.exists()
+
+
+def test_help_teaches_base_lr(cli):
+    text = " ".join(cli("set", "--help", env={"COLUMNS": "200"}).stdout.split())
+    assert "--base-lr" in text and "so the resumed run is the one that started at this " \
+        "base lr" in text

@@ -43,7 +43,10 @@ def check(
     parameters (torch accepts them and fails at step()), state of another
     optimizer kind, dtype casts, hyperparameters and scheduler settings the
     checkpoint will override, and parameters reordered by name (torch matches
-    by position only).
+    by position only). Under a scheduler the config's lr is the base lr: it is
+    compared with the checkpoint's initial_lr / base_lrs, and the lr the
+    scheduler has reached is shown as information. An `optstate set` line is
+    printed only when it would make the checkpoint fit.
 
     Exit status: 0 it loads and matches, 1 it loads with differences worth
     knowing, 2 it would fail (or bad input).

@@ -32,6 +32,12 @@ def set_(
     lr: Annotated[float | None, typer.Option(
         help="New learning rate. With scheduler state in the checkpoint, its base_lrs and "
         "_last_lr are changed too (see --no-scheduler).")] = None,
+    base_lr: Annotated[float | None, typer.Option(
+        "--base-lr", help="New base lr of a scheduled run (the lr its config gives): the "
+        "groups' initial_lr and the scheduler's base_lrs become it, and the lr the scheduler "
+        "has reached (and _last_lr) is scaled by the same factor, so the resumed run is the "
+        "one that started at this base lr. Refused for schedules that are not proportional "
+        "to their base lr (ReduceLROnPlateau, CyclicLR, eta_min > 0).")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", metavar="KEY=VALUE", help="Any other hyperparameter, repeatable; must "
         "already exist in the group and is checked against the saved value's type "
@@ -76,7 +82,9 @@ def set_(
     optimizer's value wins) or from its saved base_lrs (LambdaLR, the Hugging
     Face default, and others: the scheduler's value wins and the optimizer's
     is undone). --lr therefore changes both (and initial_lr); --no-scheduler
-    changes only the optimizer.
+    changes only the optimizer. --lr sets the lr the run resumes at and restarts
+    the schedule from it; to resume a scheduled run as if it had started at
+    another base lr (keeping the decay it has made), use --base-lr.
 
     Example: optstate set ckpt.pt -o ckpt-lr.pt --lr 0.01 --set betas=0.9,0.95
     """
@@ -93,6 +101,7 @@ def set_(
             checkpoint, values, output=output, group=group, key=key, scheduler=scheduler,
             force=force, in_place=in_place, dry_run=dry_run, unsafe=unsafe, trial=trial,
             scheduler_values=dict(parse_assignment(s) for s in scheduler_set or []),
+            base_lr=base_lr,
         )
         report = set_report(result)
     if not report["changes"]:
