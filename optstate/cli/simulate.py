@@ -33,8 +33,9 @@ def simulate(
         rich_help_panel=_OPT)] = None,
     optimizer: Annotated[str | None, typer.Option(
         "--optimizer", "-O", help="Any torch.optim class, case-insensitive: SGD, Adam, AdamW, "
-        "RMSprop, Adagrad, Adadelta, Adamax, NAdam, RAdam, ASGD, Rprop, LBFGS, SparseAdam. "
-        "\\[default: SGD]", rich_help_panel=_OPT)] = None,
+        "RMSprop, Adagrad, Adadelta, Adamax, NAdam, RAdam, ASGD, Rprop, LBFGS, SparseAdam, "
+        "Adafactor, Muon. \\[default: SGD]",
+        rich_help_panel=_OPT)] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate. \\[default: torch's]",
         rich_help_panel=_OPT)] = None,
     momentum: Annotated[float | None, typer.Option(
