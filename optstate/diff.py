@@ -34,7 +34,7 @@ import torch
 
 from .errors import ConfigError
 from .leaves import same_leaf
-from .numeric import compare_tensors
+from .numeric import UncomparableViewsError, compare_tensors, count_unequal
 from .paths import bracket, join, path_keys
 from .report import plain
 from .state import OptimizerStateView, ParamView
@@ -315,18 +315,24 @@ class _Walk:
         # sparse COO, CSR, CSC, BSR...: compared as the dense tensors they stand for
         x = a.to_dense() if a.layout != torch.strided else a
         y = b.to_dense() if b.layout != torch.strided else b
-        cmp = compare_tensors(x, y, atol=self.opts.atol, rtol=self.opts.rtol,
-                              nan_equal=self.opts.nan_equal)
+        try:  # views repeating stored elements: over their storage (optstate/numeric.py)
+            cmp = compare_tensors(x, y, atol=self.opts.atol, rtol=self.opts.rtol,
+                                  nan_equal=self.opts.nan_equal)
+        except UncomparableViewsError as e:
+            raise UncomparableViewsError(f"{path}: {e.message}", hint=e.hint) from None
         outside = cmp.n_outside
         if (outside == 0 and self.opts.atol == 0 and self.opts.rtol == 0
                 and not x.is_floating_point() and not y.is_floating_point()
                 and not x.is_complex() and not y.is_complex()):
             # integers beyond 2**53 collapse in float64 (isclose's arithmetic); exact
             # mode must still see them differ
-            outside = int((x != y).sum())
+            outside = count_unequal(x, y)
         metrics = {"numel": a.numel(), "outside": outside, "max_abs": plain(cmp.max_abs),
                    "max_rel": plain(cmp.max_rel), "norm_a": plain(cmp.norm_a),
                    "norm_b": plain(cmp.norm_b)}
+        if cmp.view is not None:  # compared over storage: stored pairs, "over", "view"
+            metrics.update({k: v for k, v in cmp.to_dict().items()
+                            if k in ("stored", "over", "view")})
         if outside:
             self.change(Change(path, "values", metrics=metrics))
         elif not dtype_changed:

@@ -82,12 +82,26 @@ def tensor_values(t: torch.Tensor) -> dict[str, Any]:
         t = t.to_dense()
     if t.numel() <= VALUES_FULL_UP_TO:
         return {"values": plain(t.detach().cpu().tolist())}
-    flat = t.detach().reshape(-1)
+    t = t.detach()
+    n = t.numel()
+    # element by element, not t.reshape(-1): that copies a view repeating stored elements
+    # (expand, overlapping strides) out to every element it claims
+    first = [t[_unravel(i, t.shape)].item() for i in range(VALUES_EDGE)]
+    last = [t[_unravel(i, t.shape)].item() for i in range(n - VALUES_EDGE, n)]
     return {
-        "values_first": plain(flat[:VALUES_EDGE].tolist()),
-        "values_last": plain(flat[-VALUES_EDGE:].tolist()),
+        "values_first": plain(first),
+        "values_last": plain(last),
         "values_truncated": True,
     }
+
+
+def _unravel(i: int, shape: torch.Size) -> tuple[int, ...]:
+    """The index of the ``i``-th element in row-major (flattened) order."""
+    idx = []
+    for size in reversed(shape):
+        i, r = divmod(i, size)
+        idx.append(r)
+    return tuple(reversed(idx))
 
 
 def groups_report(view: OptimizerStateView) -> list[dict[str, Any]]:

@@ -185,9 +185,16 @@ def test_non_contiguous(small_chunks):
 
 
 def test_expanded_tensor():
-    t = torch.tensor([1.0, -2.0, 0.0]).expand(4, 3)
-    assert_agrees(t)
-    assert summarize(t).zeros == 4 / 12
+    # a view repeating stored elements is summarised over its storage (each stored
+    # element once; optstate/views.py), with the logical numel beside
+    stored = torch.tensor([1.0, -2.0, 0.0])
+    t = stored.expand(4, 3)
+    s = summarize(t)
+    ref = reference(stored)
+    assert (s.numel, s.stored, s.view, s.zeros) == (12, 3, "expanded", 1 / 3)
+    assert (s.min, s.max, s.nan, s.inf) == (ref["min"], ref["max"], 0, 0)
+    assert s.norm == pytest.approx(ref["norm"], rel=sum_rtol(3))
+    assert s.mean == pytest.approx(ref["mean"], abs=sum_rtol(3) * ref["mean_abs"])
 
 
 def test_float32_huge_values_do_not_overflow():
