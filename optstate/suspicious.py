@@ -39,6 +39,13 @@ _SQUARED = {"exp_avg_sq": "betas", "max_exp_avg_sq": "betas", "square_avg": "alp
             "sum": None}
 
 
+def _at(position: int, entry: str | None = None) -> str:
+    """``state[3]`` / ``state[3].exp_avg``: a param's state by position (the key
+    load_state_dict matches), in the one path syntax."""
+    path = join("state", position)
+    return path if entry is None else join(path, entry)
+
+
 def _places(items: list[str]) -> str:
     if len(items) <= _SHOW:
         return ", ".join(items)
@@ -94,7 +101,7 @@ def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
     def visit(where: str, entry: str, rep: dict[str, Any]) -> None:
         if "items" in rep:
             for i, item in enumerate(rep["items"]):
-                visit(f"{where}[{i}]", entry, item)
+                visit(join(where, i), entry, item)
             return
         if "value" in rep:
             if rep["value"] is None and rep.get("dtype"):  # a 0-d tensor holding NaN or Inf
@@ -113,7 +120,7 @@ def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
     for p in params:
         for entry, rep in p["state"].items():
             before = len(zero)
-            visit(f"state[{p['position']}].{entry}", entry, rep)
+            visit(_at(p["position"], entry), entry, rep)
             if len(zero) > before and entry in _SQUARED and not any(
                     f in p["state"] for f in _SECOND_MOMENTS.get(entry, ())):
                 unpaired.setdefault(entry, _underflow_below(
@@ -187,7 +194,7 @@ def _underflows(params: list[dict[str, Any]], view: OptimizerStateView) -> list[
                     n, biggest = _count_underflowed(view, p["position"], first, second)
                 if n:
                     found.append(_Underflow(p, second, first,
-                                            f"state[{p['position']}].{second}", n,
+                                            _at(p["position"], second), n,
                                             rep["numel"], biggest))
                 break
     return found
@@ -396,10 +403,10 @@ def _empty_state(view: OptimizerStateView, kind: str,
         out.append(_warning(
             "group_without_state", f"param group {g} ({n} param{'s' * (n != 1)}) has no state "
             "while other groups do: its params never got a gradient (frozen, not in the loss) "
-            "or the group was added after the last step", [f"param_groups[{g}]"]))
+            "or the group was added after the last step", [join("param_groups", g)]))
     rest = [p for p in missing if p.group not in whole_groups]
     if rest:
-        where = [f"state[{p.position}]" for p in rest]
+        where = [_at(p.position) for p in rest]
         out.append(_warning(
             "param_without_state", f"{len(rest)} param{'s' * (len(rest) != 1)} "
             f"({_places([str(p.position) for p in rest])}) have no state while others do: they "
@@ -433,7 +440,7 @@ def _step_mismatch(view: OptimizerStateView) -> list[dict[str, Any]]:
         "step_mismatch", f"step counts differ between params ({'; '.join(parts)}): some params "
         "got no gradient at some steps, were added later, or states were merged; bias "
         "correction (Adam-family) uses each param's own step",
-        [f"state[{x}].step" for ps in steps.values() for x in ps])]
+        [_at(x, "step") for ps in steps.values() for x in ps])]
 
 
 def _shape_mismatch(view: OptimizerStateView, kind: str) -> list[dict[str, Any]]:
@@ -451,7 +458,7 @@ def _shape_mismatch(view: OptimizerStateView, kind: str) -> list[dict[str, Any]]
             out.append(_warning(
                 "shape_mismatch", f"state[{p.position}] buffers differ in shape ({text}): "
                 "they all follow the param's shape in torch.optim; the state was edited, or "
-                "merged from different models", [f"state[{p.position}]"]))
+                "merged from different models", [_at(p.position)]))
     return out
 
 
@@ -464,7 +471,7 @@ def _hyperparam_warnings(view: OptimizerStateView) -> list[dict[str, Any]]:
             out.append(_warning(
                 "bad_lr", f"param group {g.index} has lr={lr_value}: torch.optim refuses "
                 "negative or non-finite learning rates when building an optimizer",
-                [f"param_groups[{g.index}].lr"]))
+                [join(join("param_groups", g.index), "lr")]))
     return out
 
 
@@ -510,7 +517,7 @@ def _scheduler_elsewhere(view: OptimizerStateView) -> list[dict[str, Any]]:
         "scheduler_elsewhere", f"an LR scheduler changed the lr ({_places(changed)}) but this "
         "checkpoint holds no scheduler state: restore the scheduler's own state_dict too when "
         "resuming, or the schedule restarts from initial_lr",
-        [f"param_groups[{g.index}].initial_lr" for g in view.groups])]
+        [join(join("param_groups", g.index), "initial_lr") for g in view.groups])]
 
 
 def _zero_lr(view: OptimizerStateView) -> list[dict[str, Any]]:
@@ -520,4 +527,4 @@ def _zero_lr(view: OptimizerStateView) -> list[dict[str, Any]]:
     return [_warning(
         "zero_lr", f"lr is 0 in param group{'s' * (len(zero) != 1)} "
         f"{_places([str(i) for i in zero])}: those params do not move (frozen on purpose, or a "
-        "scheduler decayed the lr to 0)", [f"param_groups[{i}].lr" for i in zero])]
+        "scheduler decayed the lr to 0)", [join(join("param_groups", i), "lr") for i in zero])]
