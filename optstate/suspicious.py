@@ -204,13 +204,23 @@ def _count_underflowed(view: OptimizerStateView, position: int, first: str,
                        second: str) -> tuple[int, float]:
     """(elements with first != 0 and second == 0, max |first| over them)."""
     state = view.params[position].state
+    n, biggest = 0, 0.0
     try:
         m, v = materialize(tensor_like(state[first])), materialize(tensor_like(state[second]))
-        mask = (m != 0) & (v == 0)
-        n = int(mask.sum())
-        return n, float(m[mask].abs().max()) if n else 0.0
+        m, v = m.reshape(-1), v.reshape(-1)
+        for start in range(0, m.numel(), _CHUNK):  # masks of a bounded size
+            a, b = m[start:start + _CHUNK], v[start:start + _CHUNK]
+            mask = (a != 0) & (b == 0)
+            k = int(mask.sum())
+            if k:
+                n += k
+                biggest = max(biggest, float(a[mask].abs().max()))
     except (RuntimeError, TypeError, ValueError, AttributeError):
         return 0, 0.0  # sparse, meta or mismatched: no element-wise answer
+    return n, biggest
+
+
+_CHUNK = 1 << 20
 
 
 def _underflow_below(entry: str, dtype: Any, hyper: dict[str, Any]) -> float | None:
