@@ -29,6 +29,13 @@ def pause_at(stage: str) -> None:
     pauses = dict((item.split("=", 1) + [""])[:2] for item in wanted.split(","))
     if stage not in pauses:
         return
+    from . import interrupt
+
     sys.stderr.write(f"optstate-test-pause: {stage}\n")
     sys.stderr.flush()
-    time.sleep(float(pauses[stage] or os.environ.get("OPTSTATE_TEST_PAUSE_SECONDS", "30")))
+    seconds = float(pauses[stage] or os.environ.get("OPTSTATE_TEST_PAUSE_SECONDS", "30"))
+    end = time.monotonic() + seconds
+    # a Ctrl-C held by interrupt.deferred() (a write) ends the pause: the process goes on
+    # to the safe point that acts on it
+    while time.monotonic() < end and not interrupt.pending():
+        time.sleep(min(0.02, max(0.0, end - time.monotonic())))
