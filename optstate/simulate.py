@@ -248,12 +248,13 @@ def simulate(
             on_step(done)
         while next_save is not None and next_save[0] == done:
             save_checkpoint(run_checkpoint(built, spec, done, with_params), next_save[1],
-                            force=force)
+                            force=force, notes=warnings)
             next_save = next(series, None)
     saved = [p for _, p in targets]
     if next_save is not None:  # zero steps: only the final save remains
         for _, p in [next_save, *series]:
-            save_checkpoint(run_checkpoint(built, spec, end, with_params), p, force=force)
+            save_checkpoint(run_checkpoint(built, spec, end, with_params), p, force=force,
+                            notes=warnings)
     warning = divergence_warning(history)
     if warning is not None:
         warnings.append(warning)

@@ -451,3 +451,24 @@ def test_written_files_and_folders_follow_the_umask(tmp_path, umask):
     for f in (tmp_path / "d").iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask
     assert stat.S_IMODE((tmp_path / "back.pt").stat().st_mode) == 0o666 & ~umask
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_next_write_removes_and_reports_a_dead_writers_temp(cli, tmp_path):
+    target = tmp_path / "out.pt"
+    stale = tmp_path / f".out.pt.p{_dead_pid()}.0badc0de{TMP_SUFFIX}"
+    stale.write_bytes(b"half a checkpoint")
+    live = tmp_path / f".out.pt.p{os.getppid()}.0badc0de{TMP_SUFFIX}"  # a running writer's
+    live.write_bytes(b"being written")
+    other = tmp_path / f".out.pt.v2.p1.0badc0de{TMP_SUFFIX}"  # another name's (out.pt.v2)
+    other.write_bytes(b"not ours")
+    r = cli("simulate", "--steps", "1", "--save", target)
+    assert r.exit_code == 0, r.stderr
+    assert f"Warning: removed {stale.name}, left beside out.pt by an interrupted write" \
+        in r.stderr.splitlines()
+    assert not stale.exists() and live.exists() and other.exists()

@@ -209,3 +209,32 @@ def test_round_trip_property(tmp_path_factory, sd):
     convert(d / "a.pt", d / "dcp")
     convert(d / "dcp", d / "b.pt")
     assert same(load_torch_file(d / "b.pt").obj, sd)
+
+
+def test_world_size_save_to_a_file_name_writes_one_file(cli, tmp_path):
+    """issue #15 item 6: --world-size 2 --save w2.pt made a folder named w2.pt."""
+    out = tmp_path / "w2.pt"
+    r = cli("simulate", "--world-size", "2", "-O", "adam", "--steps", "3", "--save", out)
+    assert r.exit_code == 0, r.stderr
+    assert out.is_file()
+    sd = load_torch_file(out).obj  # one torch.save file, the DCP folder's content
+    assert sorted(sd) == ["param_groups", "state"]
+    assert all(float(s["step"]) == 3.0 for s in sd["state"].values())
+    # the same run as a DCP folder (no suffix) holds the same tensors
+    r = cli("simulate", "--world-size", "2", "-O", "adam", "--steps", "3", "--save",
+            tmp_path / "w2_dcp")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "w2_dcp" / ".metadata").is_file()
+    back = load_torch_file(convert(tmp_path / "w2_dcp", tmp_path / "back.pt").destination).obj
+    assert same(back, sd)
+    assert sorted(os.listdir(tmp_path)) == ["back.pt", "w2.pt", "w2_dcp"]
+
+
+def test_world_size_save_name_that_could_be_either_is_refused(cli, tmp_path):
+    r = cli("simulate", "--world-size", "2", "--save", tmp_path / "w2.txt")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == [
+        f"Error: --save {tmp_path / 'w2.txt'}: give a folder name (no suffix) for a DCP "
+        "checkpoint, or a file name ending in .pt, .pth, .pkl, .bin, .ckpt for one "
+        "torch.save file"]
+    assert os.listdir(tmp_path) == []
