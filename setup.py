@@ -27,5 +27,7 @@ class OptionalBuildExt(build_ext):
         super().build_extensions()
 
 
-setup(ext_modules=[Extension("optstate._ckernels", ["optstate/_ckernels.c"], optional=True)],
+setup(ext_modules=[Extension("optstate._ckernels", ["optstate/_ckernels.c"], optional=True),
+                   # SIGBUS from a truncated input: a message and exit 2 (readguard.py)
+                   Extension("optstate._sigbus", ["optstate/_sigbus.c"], optional=True)],
       cmdclass={"build_ext": OptionalBuildExt})

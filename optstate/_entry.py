@@ -106,6 +106,9 @@ def _start(argv: list[str] | None):  # noqa: ANN202 - optstate.cli.main, once im
         from .prefetch import start
 
         start(args[1:])
+    from . import readguard
+
+    readguard.enable()  # an input truncated while it is read: an Error line, not SIGBUS
     global _collector_paused
     if gc.isenabled():
         gc.disable()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import readguard
 from .errors import CheckpointError, OptstateError, UnsafeCheckpointError
 from .walk import WalkReport, walk
 
@@ -149,6 +150,7 @@ def load_torch_file(path: str | Path, *, mmap: bool = False,
     with _open_regular(p) as f:  # one open: what we check is what torch reads
         fmt = detect_format(p, f.read(512))
         size = os.fstat(f.fileno()).st_size
+        readguard.watch(f, p)  # truncated while it is read: one Error line (readguard.py)
         zinfo = _check_zip(p, f, size) if fmt == "zip" else None
         # torch maps stored records raw: a compressed one would be read as garbage
         use_mmap = (mmap and zinfo is not None and not zinfo.compressed

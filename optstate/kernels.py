@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import readguard
+
 # OPTSTATE_NO_C=1: never import the optional C kernel (CI runs the suite both ways, so the
 # torch fallback is tested as it runs where the extension was not built).
 C_DISABLED = os.environ.get("OPTSTATE_NO_C", "").strip() not in ("", "0")
@@ -234,6 +236,7 @@ def _buffer(t: torch.Tensor) -> torch.Tensor:
 
 def moments(t: torch.Tensor, *, progress: Progress | None = None) -> Moments:
     """All value statistics of a real, bool or integer tensor in one chunked pass."""
+    readguard.check()  # its file may have been truncated since it was mapped
     workers = torch.get_num_threads()
     with one_thread():
         return _moments(t, progress, workers)
@@ -397,6 +400,7 @@ def compare(a: torch.Tensor, b: torch.Tensor, *, atol: float = 0.0, rtol: float 
             nan_equal: bool = True, progress: Progress | None = None) -> PairStats:
     """max |a - b|, elements outside ``atol + rtol * |b|``, max relative difference and
     both norms, in one chunked pass over the pair (float64 throughout)."""
+    readguard.check()  # their files may have been truncated since they were mapped
     workers = torch.get_num_threads()
     with one_thread():
         return _compare(a, b, atol, rtol, nan_equal, progress, workers)

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from .. import __version__, interrupt
+from .. import __version__, interrupt, readguard
 from .._entry import resume_collector
 from ..errors import OptstateError, one_line
 from ..render.root_help import COMMANDS, DESCRIPTION, VERSION_HELP, root_help
@@ -226,6 +226,9 @@ def _exit_for(e: BaseException) -> typer.Exit:
         return typer.Exit(code=interrupt.announce())
     if debug_enabled():
         traceback.print_exc()
+    truncated = readguard.changed()  # whatever failed, an input shrinking is the cause
+    if truncated is not None:
+        cause = truncated
     if isinstance(cause, OptstateError):
         return fail(cause.message, cause.hint, cause.exit_code)
     if isinstance(cause, MemoryError):

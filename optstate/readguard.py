@@ -1,0 +1,111 @@
+"""An input file truncated while optstate reads it: one ``Error:`` line and exit 2.
+
+Tensors of zip checkpoints are memory-mapped (``checkpoint.load_torch_file``): their
+bytes are read when a statistic or a comparison touches them. If another program
+truncates the file meanwhile, the first touch of a page past the new end raises SIGBUS in
+whichever thread reads it (torch, the C kernel's workers). That cannot be turned into a
+Python exception: Python runs its signal handlers later, between bytecodes, and returning
+from the fault runs the faulting read again; so the process died with no message at all.
+
+The design, the most that can be done honestly:
+
+* With the small C helper (``optstate/_sigbus.c``, built by ``pip install`` like the C
+  kernel), the console script's ``enable()`` installs a SIGBUS handler. ``watch()``
+  registers each mapped file (a duplicate descriptor, its size, the message prepared
+  here); on SIGBUS the handler, with async-signal-safe calls only, finds the registered
+  file that shrank (``fstat``), writes its ``Error:`` and ``Hint:`` lines and ends the
+  process with ``_exit(2)``. Nothing else runs then: no temp file of ``set``/``convert``
+  is cleaned up (the atomic writers leave only hidden temp names, never a half target),
+  no buffered output is flushed. A SIGBUS that is not an address error in a mapping
+  while watched files exist keeps the default action: a crash, as before.
+* Everywhere (and the only guard without the helper), ``check()`` runs before a
+  tensor's data is read (``kernels.moments``, ``kernels.compare``) and raises a
+  ``CheckpointError`` with the same message when a watched file shrank: a truncation
+  between two reads is reported cleanly, with the usual clean-up; and any exception
+  while a watched file has shrunk is reported as the truncation (``changed()``, read by
+  ``cli.errors_to_exit``). Without the helper a truncation during a read still ends the
+  process by SIGBUS, as the kernel delivers it.
+
+Only the console script enables it (a library caller keeps its own SIGBUS handling);
+``watch()`` and ``check()`` do nothing until then.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError, one_line
+from .testhook import pause_at
+
+HINT = "another program is writing or truncating it; run again once it is complete"
+OTHER = ("Error: a memory-mapped input could not be read (bus error): it changed while "
+         "being read, or its device failed\n")
+
+_enabled = False
+_helper: Any = None
+_watched: list[tuple[int, int, Path]] = []  # (our descriptor, size when mapped, path)
+
+
+def enable() -> bool:
+    """Turn the guard on for this process (the console script); whether the C handler
+    is in place (False: only ``check()`` guards)."""
+    global _enabled, _helper
+    _enabled = True
+    if _helper is None and os.environ.get("OPTSTATE_NO_C", "").strip() in ("", "0"):
+        try:
+            from . import _sigbus  # type: ignore[attr-defined]
+
+            _sigbus.install(OTHER.encode())
+            _helper = _sigbus
+        except (ImportError, OSError):
+            _helper = None
+    return _helper is not None
+
+
+def handler_installed() -> bool:
+    return _helper is not None
+
+
+def message(path: Path, size: int) -> str:
+    """The one-line error for ``path``, mapped when it was ``size`` bytes (the signal
+    handler writes the same line: it has no way to format what it finds)."""
+    return f"{path} changed (was truncated) while being read; it was {size} bytes when opened"
+
+
+def watch(f: Any, path: str | Path) -> None:
+    """Guard the file open as ``f`` (its tensors are mapped) until the process ends."""
+    if not _enabled:
+        return
+    p = Path(path)
+    fd = os.dup(f.fileno())
+    size = os.fstat(fd).st_size
+    _watched.append((fd, size, p))
+    if _helper is not None:
+        text = f"Error: {one_line(message(p, size))}\nHint: {HINT}\n"  # as cli.fail
+        _helper.watch(fd, size, text.encode("utf-8", "replace"))
+
+
+def changed() -> CheckpointError | None:
+    """The error for the first watched file that is smaller than when it was mapped. An
+    exception raised while reading a file that shrank (a damaged zip directory, a short
+    read) is reported as this: it is what happened."""
+    for fd, size, p in _watched:
+        try:
+            now = os.fstat(fd).st_size
+        except OSError:
+            continue
+        if now < size:
+            return CheckpointError(message(p, size), HINT)
+    return None
+
+
+def check() -> None:
+    """Raise ``CheckpointError`` if a watched file shrank; called before a tensor's data
+    is read (``kernels.moments``, ``kernels.compare``)."""
+    pause_at("check")  # test hooks: a truncation now is seen by the check below;
+    error = changed()
+    if error is not None:
+        raise error
+    pause_at("read")  # one now, only by the SIGBUS handler (the read is next)

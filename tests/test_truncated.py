@@ -1,0 +1,102 @@
+"""An input truncated while optstate reads it: one ``Error:`` line (and a ``Hint:``) and
+exit 2, never a bare SIGBUS (issue #16 item 5, read side; ``optstate/readguard.py``).
+
+Real processes read real memory-mapped checkpoints; the test truncates the file from this
+process at a stage reached through the test hook: ``check`` (before a tensor's data is
+read: the pure-Python guard sees it) and ``read`` (the guard has passed, the next touch
+of the data faults: only the SIGBUS handler of ``optstate/_sigbus.c`` can report it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_interrupts import Run
+
+HINT = "Hint: another program is writing or truncating it; run again once it is complete"
+
+
+def _big_adam(path: Path, n: int, seed: int) -> Path:
+    """A real Adam state of two parameters of ``n`` float32 elements (16 n bytes of
+    state in all)."""
+    torch.manual_seed(seed)
+    params = [torch.nn.Parameter(torch.zeros(n)) for _ in range(2)]
+    opt = torch.optim.Adam(params)
+    for p in params:
+        p.grad = torch.randn(n)
+    opt.step()
+    torch.save(opt.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def big(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("truncated")
+    n = 4 << 20  # 64 MiB per file: big enough to be worth mapping, quick to write
+    return {"a": _big_adam(d / "a.pt", n, 0), "b": _big_adam(d / "b.pt", n, 1)}
+
+
+def _sigbus_helper_built() -> bool:
+    try:
+        from optstate import _sigbus  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _truncate_at(stage: str, args: list[str], victim: Path, env: dict[str, str] | None = None
+                 ) -> tuple[int, list[str]]:
+    size = victim.stat().st_size
+    run = Run(args, {"OPTSTATE_TEST_PAUSE_AT": f"{stage}=3", **(env or {})})
+    assert run.wait_marker() == stage
+    os.truncate(victim, 4096)  # the zip's first record stays; every tensor's data is gone
+    code, out, err = run.finish()
+    lines = err.splitlines()
+    assert lines and lines[0].startswith("Error: "), err
+    assert lines == [f"Error: {victim} changed (was truncated) while being read; it was "
+                     f"{size} bytes when opened", HINT], err
+    return code, lines
+
+
+needs_helper = pytest.mark.skipif(not _sigbus_helper_built(),
+                                  reason="optstate._sigbus was not built (no C compiler)")
+
+
+@needs_helper
+def test_inspect_truncated_during_a_read(big):
+    code, _ = _truncate_at("read", ["inspect", str(big["a"])], big["a"])
+    assert code == 2  # not -SIGBUS
+
+
+@needs_helper
+def test_diff_truncated_during_a_read_names_the_file(big):
+    code, _ = _truncate_at("read", ["diff", str(big["a"]), str(big["b"])], big["b"])
+    assert code == 2
+
+
+@pytest.mark.parametrize("env", [{}, {"OPTSTATE_NO_C": "1"}], ids=["helper", "no-helper"])
+def test_truncated_between_reads_is_a_clean_error(big, env):
+    # without the C helper (OPTSTATE_NO_C=1 keeps it and the C kernel unloaded) the check
+    # before each tensor's read is the guard
+    code, _ = _truncate_at("check", ["inspect", str(big["a"])], big["a"], env)
+    assert code == 2
+
+
+def test_a_sigbus_that_is_not_a_truncation_still_crashes(tmp_path):
+    """The handler claims only what it knows: a SIGBUS with no watched file shrunk and
+    not a mapping's address error keeps the default action (the crash it would be)."""
+    if not _sigbus_helper_built():
+        pytest.skip("optstate._sigbus was not built (no C compiler)")
+    import subprocess
+    import sys
+
+    code = ("import os, signal\nfrom optstate import readguard\nreadguard.enable()\n"
+            "os.kill(os.getpid(), signal.SIGBUS)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == -signal.SIGBUS, r.stderr
