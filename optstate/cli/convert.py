@@ -29,7 +29,9 @@ def convert(
         metavar="DST", help="Where to write: a folder for DCP output, a file for torch.save "
         "output.",
         show_default=False)],
-    force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace DST if it exists: a file, or a folder that is a DCP "
+        "checkpoint (never any other folder).")] = False,
     json_: Annotated[bool, typer.Option(
         "--json", help="Print the result as JSON (schema optstate.convert/1).")] = False,
     unsafe: Annotated[bool, typer.Option("--unsafe", help=UNSAFE_HELP)] = False,
@@ -42,7 +44,8 @@ def convert(
 
     Uses torch.distributed.checkpoint in this one process (no process group).
     The copy is written beside DST, read back and compared with the source bit
-    for bit, then renamed into place: DST is never left half written.
+    for bit, then renamed into place: DST is never left half written, and a
+    crash leaves the old DST or the new one.
     """
     with errors_to_exit():
         if unsafe:

@@ -112,7 +112,8 @@ def simulate(
     world_size: Annotated[int | None, typer.Option(
         help="Run sharded on N processes of this machine (torch.distributed, gloo, CPU, "
         "FSDP2); --save then writes a DCP folder (torch.distributed.checkpoint), e.g. "
-        "--world-size 2 --save run_dcp/.", rich_help_panel=_RUN)] = None,
+        "--world-size 2 --save run_dcp/, or one consolidated torch.save file for a name "
+        "ending in .pt .pth .pkl .bin .ckpt.", rich_help_panel=_RUN)] = None,
     json_: Annotated[bool, typer.Option(
         "--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
