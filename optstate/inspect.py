@@ -9,6 +9,7 @@ beyond 0-d scalars such as ``step``), totals, the scheduler state beside it, and
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,14 @@ def inspect_path(path: str | Path, *, key: str | None = None, unsafe: bool = Fal
 
 def inspect_source(source: Source, *, key: str | None = None, stats: bool = True,
                    params: list[str] | None = None, groups: list[int] | None = None,
-                   values: bool = False, hist_bins: int | None = None) -> dict[str, Any]:
+                   values: bool = False, hist_bins: int | None = None,
+                   on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Inspect the optimizer state in an opened source.
 
     ``params`` selects parameters by position or name, ``groups`` by group index: only
     those are reported (and only their tensors are read); totals and warnings that need no
-    tensor data still cover the whole state.
+    tensor data still cover the whole state. ``on_progress(done, total)`` is called after
+    each parameter's tensors are read.
     """
     located = locate(source, key)
     view = OptimizerStateView.from_state_dict(located.state)
@@ -61,6 +64,8 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
             from .histogram import add_histograms
 
             add_histograms(param_reports[-1]["state"], p.state, hist_bins)
+        if on_progress is not None:
+            on_progress(len(param_reports), len(selected))
     group_reports = groups_report(view)
     for g, gv in zip(group_reports, view.groups, strict=True):
         g["n_params"] = len(gv.param_keys)

@@ -269,35 +269,6 @@ def test_resume_bare_state_with_a_scheduler_warns(cli, tmp_path):
                                         "the scheduler starts fresh")
 
 
-def test_progress_bar_only_for_long_runs_on_a_terminal(monkeypatch):
-    import sys
-
-    from optstate.cli.simulate import _progress
-
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    assert _progress(2000, quiet=False).enabled
-    assert not _progress(1999, quiet=False).enabled  # short runs: no bar, no cost
-    assert not _progress(5000, quiet=True).enabled  # --json
-    with _progress(10, quiet=False) as on_step:
-        assert on_step is None
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
-    assert not _progress(5000, quiet=False).enabled
-
-
-def test_progress_bar_counts_every_step(monkeypatch):
-    import sys
-
-    from optstate.cli.simulate import _progress
-
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    monkeypatch.setattr(_progress, "THRESHOLD", 5)
-    progress = _progress(40, quiet=False)
-    with progress as on_step:
-        simulate(RunSpec(steps=40), on_step=on_step)
-    assert progress.bar.tasks[0].completed == 40
-    assert progress.bar.tasks[0].total == 40
-
-
 def test_json_config_replays_the_run(cli, tmp_path):
     first = run_json(cli, "-O", "rprop", "--set", "etas=0.4,1.3", "--group", "3 lr=0.1",
                      "--grad", "normal", "--seed", "4", "--steps", "5")

@@ -160,34 +160,6 @@ def test_divergence_between_records_is_said_honestly():
         "finds the step; try a smaller --lr)"]
 
 
-def test_progress_bar_redraws_at_most_ten_times_a_second(monkeypatch):
-    import sys
-
-    from rich.progress import Progress
-
-    from optstate.cli import simulate as cli_simulate
-
-    clock = [0.0]
-
-    def tick():  # 1 ms per step: 300 steps take 0.3 s
-        clock[0] += 0.001
-        return clock[0]
-
-    monkeypatch.setattr(cli_simulate.time, "monotonic", tick)
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    monkeypatch.setattr(cli_simulate._progress, "THRESHOLD", 5)
-    updates = []
-    real = Progress.update
-    monkeypatch.setattr(Progress, "update", lambda self, *a, **k: (updates.append(k),
-                                                                    real(self, *a, **k)))
-    progress = cli_simulate._progress(300, quiet=False)
-    with progress as on_step:
-        for done in range(1, 301):
-            on_step(done)
-    assert 2 <= len(updates) <= 4  # 0.3 s: ~3 redraws, then the final count
-    assert progress.bar.tasks[0].completed == 300
-
-
 def _sim(cli, *args):
     r = cli("simulate", *args, "--json")
     assert r.exit_code == 0, r.stderr

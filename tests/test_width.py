@@ -42,17 +42,20 @@ _SPLIT = re.compile(r"[\s│┃┏┓┗┛┡┩┠┨┣┫╇╈┳┻╋━�
 _STRIP = ",;:()[]{}\"'"
 
 
-def run_in_pty(args: list[str], width: int, cwd: Path, env: dict | None = None
-               ) -> tuple[int, str]:
+def run_in_pty(args: list[str], width: int, cwd: Path, env: dict | None = None,
+               stderr: str = "devnull") -> tuple[int, str]:
     """Run ``python -m optstate *args`` with stdin and stdout on a pseudo-terminal
-    ``width`` columns wide (stderr to a pipe); return (exit status, stdout text)."""
+    ``width`` columns wide; stderr to ``"devnull"``, the same ``"pty"``, or a ``"pipe"``.
+    Returns (exit status, the terminal's text without escape codes), and with a pipe
+    (exit status, terminal text, stderr text)."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, width, 0, 0))
     e = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES",
                                                             "FORCE_COLOR", "OPTSTATE_DEBUG")}
     e.update({"PYTHONPATH": str(ROOT), "TERM": "xterm-256color", **(env or {})})
+    err = {"devnull": subprocess.DEVNULL, "pty": slave, "pipe": subprocess.PIPE}[stderr]
     proc = subprocess.Popen([sys.executable, "-m", "optstate", *args], stdin=slave,
-                            stdout=slave, stderr=subprocess.DEVNULL, cwd=cwd, env=e)
+                            stdout=slave, stderr=err, cwd=cwd, env=e)
     os.close(slave)
     chunks = []
     while True:
@@ -68,9 +71,10 @@ def run_in_pty(args: list[str], width: int, cwd: Path, env: dict | None = None
             break
         chunks.append(data)
     os.close(master)
+    piped = proc.stderr.read().decode() if proc.stderr is not None else None
     code = proc.wait(timeout=120)
-    text = b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
-    return code, _ANSI.sub("", text)
+    text = _ANSI.sub("", b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n"))
+    return (code, text) if piped is None else (code, text, piped)
 
 
 def tokens(text: str) -> set[str]:

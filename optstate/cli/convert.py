@@ -51,8 +51,10 @@ def convert(
         if unsafe:
             warn_unsafe()
         from ..convert import convert as run
+        from ..render.progress import Progress, progress_wanted
 
-        result = run(src, dst, force=force, unsafe=unsafe)
+        with Progress("converting", enabled=progress_wanted(json=json_)):
+            result = run(src, dst, force=force, unsafe=unsafe)
     report = result.to_dict()
     for w in report["warnings"]:
         warn(w)

@@ -15,7 +15,6 @@ from . import (
     app,
     errors_to_exit,
     print_json,
-    stderr_console,
     stdout_console,
     warn_unsafe,
 )
@@ -90,7 +89,10 @@ def diff(
                               stop_after=1 if quiet else None)
         if unsafe:
             warn_unsafe()
-        with _Progress(enabled=not quiet) as on_progress:
+        from ..render.progress import Progress, progress_wanted
+
+        with Progress("comparing", enabled=progress_wanted(json=json_, quiet=quiet)
+                      ) as on_progress:
             result, side_a, side_b = diff_files(
                 a, b, options, key_a=key_a or key, key_b=key_b or key, unsafe=unsafe,
                 on_progress=on_progress)
@@ -111,30 +113,3 @@ def diff(
     if not result.equal:
         raise typer.Exit(code=1)
 
-
-class _Progress:
-    """A progress bar on stderr while comparing large checkpoints (tty only)."""
-
-    THRESHOLD = 256 * 2**20  # bytes of tensor data
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self.bar = None
-
-    def __enter__(self):  # noqa: ANN204
-        return self.update if self.enabled else None
-
-    def update(self, done: int, total: int) -> None:
-        if total < self.THRESHOLD:
-            return
-        if self.bar is None:
-            from rich.progress import Progress
-
-            self.bar = Progress(console=stderr_console(), transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task("comparing", total=total)
-        self.bar.update(self.task, completed=done)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()

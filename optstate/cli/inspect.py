@@ -80,9 +80,12 @@ def inspect(
 
             raise ConfigError("--hist reads tensor data; it cannot go with --no-stats")
         from ..histogram import BINS
+        from ..render.progress import Progress, progress_wanted
 
-        report = inspect_path(path, key=key, unsafe=unsafe, stats=not no_stats, params=param,
-                              groups=group, values=values, hist_bins=BINS if hist else None)
+        with Progress("reading", enabled=progress_wanted(json=json_)) as on_progress:
+            report = inspect_path(path, key=key, unsafe=unsafe, stats=not no_stats,
+                                  params=param, groups=group, values=values,
+                                  hist_bins=BINS if hist else None, on_progress=on_progress)
         # Extra sections (e.g. histograms) are added to ``report`` here, before rendering.
         if layout:  # DCP storage layout: optstate/dcp.py (helper X)
             from ..dcp import layout_report

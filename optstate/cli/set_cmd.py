@@ -97,12 +97,17 @@ def set_(
             values["lr"] = lr
         if unsafe:
             warn_unsafe()
-        result = set_hyperparameters(
-            checkpoint, values, output=output, group=group, key=key, scheduler=scheduler,
-            force=force, in_place=in_place, dry_run=dry_run, unsafe=unsafe, trial=trial,
-            scheduler_values=dict(parse_assignment(s) for s in scheduler_set or []),
-            base_lr=base_lr,
-        )
+        from ..render.progress import Progress, progress_wanted
+
+        # writing, re-reading and comparing a large file: a spinner past a second
+        with Progress("writing", enabled=progress_wanted(json=json_)):
+            result = set_hyperparameters(
+                checkpoint, values, output=output, group=group, key=key,
+                scheduler=scheduler, force=force, in_place=in_place, dry_run=dry_run,
+                unsafe=unsafe, trial=trial,
+                scheduler_values=dict(parse_assignment(s) for s in scheduler_set or []),
+                base_lr=base_lr,
+            )
         report = set_report(result)
     if not report["changes"]:
         warn("nothing changed: every value already has the requested value")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +13,6 @@ from . import (
     app,
     errors_to_exit,
     print_json,
-    stderr_console,
     stdout_console,
     warn,
     warn_unsafe,
@@ -156,12 +153,16 @@ def simulate(
             from ..plot import check_plot_target
 
             check_plot_target(plot, force)
+        from ..render.progress import Progress, progress_wanted
+
+        wanted = progress_wanted(json=json_)
         if world_size is not None:  # sharded: optstate/distributed.py (helper X)
             from ..distributed import simulate_sharded
 
-            result = simulate_sharded(spec, world_size=world_size, save=save, force=force,
-                                      resume=resume, save_every=save_every,
-                                      with_params=with_params)
+            with Progress("stepping", enabled=wanted):  # a spinner: the ranks report nothing
+                result = simulate_sharded(spec, world_size=world_size, save=save,
+                                          force=force, resume=resume, save_every=save_every,
+                                          with_params=with_params)
             thin_history(result, every)  # the sharded workers record every step
         else:
             resume_obj = None
@@ -172,7 +173,8 @@ def simulate(
             elif unsafe:
                 raise ConfigError("--unsafe only changes how --resume loads its file; "
                                   "there is no --resume")
-            with _progress(spec.steps, quiet=json_) as on_step:
+            with Progress("stepping", enabled=wanted) as progress:
+                on_step = progress.steps(spec.steps) if progress is not None else None
                 result = run(spec, resume=resume_obj, save=save, save_every=save_every,
                              with_params=with_params, force=force, record_every=every,
                              on_step=on_step)
@@ -196,46 +198,3 @@ def simulate(
         if plot is not None:
             stdout_console().print(f"wrote {report['plot']}", style="green")
 
-
-class _progress:
-    """A rich progress bar on stderr for long runs only; a no-op callback otherwise.
-
-    The callback runs after every step, so it does no rich work there: it redraws at
-    most ``PER_SECOND`` times a second (one clock read per step decides)."""
-
-    THRESHOLD = 2000
-    PER_SECOND = 10
-
-    def __init__(self, steps: int, quiet: bool) -> None:
-        self.enabled = steps >= self.THRESHOLD and not quiet and sys.stderr.isatty()
-        self.steps = steps
-
-    def __enter__(self):  # noqa: ANN204
-        if not self.enabled:
-            return None
-        from rich.progress import Progress
-
-        self.bar = Progress(console=stderr_console(), transient=True, auto_refresh=False)
-        self.bar.start()
-        self.task = self.bar.add_task("stepping", total=self.steps)
-        self.first: int | None = None  # the step a --resume run starts after
-        self.last = 0
-        gap = 1 / self.PER_SECOND
-        due = [time.monotonic() + gap]
-
-        def on_step(done: int) -> None:
-            self.last = done
-            if self.first is None:
-                self.first = done - 1
-            now = time.monotonic()
-            if now >= due[0]:
-                due[0] = now + gap
-                self.bar.update(self.task, completed=done - self.first, refresh=True)
-
-        return on_step
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            if self.first is not None:
-                self.bar.update(self.task, completed=self.last - self.first)
-            self.bar.stop()
