@@ -50,7 +50,9 @@ def test_root_help_names_every_option_whole_at_40_columns():
     lines = root_help(40, colour=False).splitlines()
     assert max(len(ln) for ln in lines) <= 40
     for name in ("--version", "--install-completion", "--show-completion", "--help"):
-        assert any(ln.startswith(f"│ {name} ") for ln in lines), name
+        assert any(ln.startswith(f"│ {name}") for ln in lines), name
+    words = {w for ln in lines for w in ln.strip("│ ").split()}
+    assert {"Install", "completion", "installation."} <= words  # no word split either
 
 
 @pytest.mark.parametrize("width", [57, 80, 100, 200])

@@ -159,6 +159,11 @@ def root_help(width: int | None = None, colour: bool | None = None) -> str:
     help_w = inner - (long_w + 1) - (short_w + 2) - 2 - 2 - (type_w + 2) - 1
     option_rows = []
     for long, short, typ, text in _OPTIONS:
+        if help_w < 20:  # a narrow terminal: the help under the name, not split mid-word
+            option_rows.append(([(long, ("bold", "cyan")), (" " if short else "", ()),
+                                 (short, ("bold", "green"))], [""]))
+            option_rows.append(([("    ", ())], _wrap(text, inner - 4)))
+            continue
         cells = [(long, ("bold", "cyan")), (" " * (long_w - len(long) + 2), ()),
                  (short, ("bold", "green")), (" " * (short_w - len(short) + 6), ()),
                  (typ, ("bold", "yellow")), (" " * (type_w - len(typ) + 2), ())]
