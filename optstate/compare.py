@@ -22,6 +22,7 @@ from .config import RunSpec, parse_assignment
 from .errors import ConfigError
 from .plot import optimum
 from .report import plain
+from .suggest import did_you_mean
 
 _LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 # Final parameter values go in the report up to this many elements (a 2-D start, a 2x2).
@@ -81,7 +82,8 @@ def parse_settings(settings: Sequence[str], contenders: Sequence[Contender]
             c = by_label.get(target.strip().lower())
             if c is None:
                 raise ConfigError(
-                    f"--set {text}: no optimizer is labelled {target.strip()!r}",
+                    f"--set {text}: no optimizer is labelled {target.strip()!r}"
+                    f"{did_you_mean(target.strip(), [c.label for c in contenders])}",
                     hint=f"labels: {', '.join(c.label for c in contenders)}",
                 )
             key, value = parse_assignment(text.partition(".")[2])

@@ -115,7 +115,8 @@ def test_human_table(cli):
 
 @pytest.mark.parametrize("args, message", [
     (["-O", "sgd,adam", "--set", "adm.lr=0.1"],
-     "Error: --set adm.lr=0.1: no optimizer is labelled 'adm'\nHint: labels: sgd, adam\n"),
+     "Error: --set adm.lr=0.1: no optimizer is labelled 'adm'; did you mean 'adam'?\n"
+     "Hint: labels: sgd, adam\n"),
     (["-O", "sgd,adam", "--set", "momentum=0.9"],
      "Error: --set momentum=... applies to every optimizer, but Adam (adam) has no "
      "hyperparameter 'momentum'\nHint: set it for one optimizer only: --set LABEL.momentum=...\n"),
