@@ -11,6 +11,7 @@ the file holds. ``unsafe=True`` exists for files the user trusts; only the CLI's
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import pickle
 import re
@@ -26,6 +27,9 @@ from typing import Any
 
 from . import readguard
 from .errors import CheckpointError, OptstateError, UnsafeCheckpointError
+from .limits import Limits
+from .limits import current as current_limits
+from .prescan import scan, scan_legacy
 from .walk import WalkReport, walk
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -152,6 +156,8 @@ def load_torch_file(path: str | Path, *, mmap: bool = False,
         size = os.fstat(f.fileno()).st_size
         readguard.watch(f, p)  # truncated while it is read: one Error line (readguard.py)
         zinfo = _check_zip(p, f, size) if fmt == "zip" else None
+        limits = current_limits()
+        _prescan(p, f, zinfo, limits)
         # torch maps stored records raw: a compressed one would be read as garbage
         use_mmap = (mmap and zinfo is not None and not zinfo.compressed
                     and os.path.exists(f"/proc/self/fd/{f.fileno()}"))
@@ -168,7 +174,8 @@ def load_torch_file(path: str | Path, *, mmap: bool = False,
             use_mmap = False
             f.seek(0)
             obj = _torch_load(p, fmt, f, False, unsafe)
-        walked = walk(obj, label=str(p), storages=use_mmap)
+        walked = walk(obj, label=str(p), storages=use_mmap, max_depth=limits.depth,
+                      max_nodes=limits.nodes)
         # (never with --unsafe: a second load would run the file's code a second time)
         if use_mmap and not unsafe and not _mapped_storages_fit(f, zinfo, walked):
             # torch's mmap path does not compare record sizes with the tensors the pickle
@@ -177,9 +184,42 @@ def load_torch_file(path: str | Path, *, mmap: bool = False,
             del obj, walked
             f.seek(0)
             obj = _torch_load(p, fmt, f, False, unsafe)
-            walked = walk(obj, label=str(p))
+            walked = walk(obj, label=str(p), max_depth=limits.depth, max_nodes=limits.nodes)
     walked.storages = None
     return LoadedFile(path=p, format=fmt, bytes=size, obj=obj, walk=walked)
+
+
+def _prescan(p: Path, f: Any, zinfo: _ZipInfo | None, limits: Limits) -> None:
+    """Count the tensors, list and dict entries, nesting and string lengths the pickle
+    asks for (``prescan.py``) before torch's unpickler builds any of it."""
+    if zinfo is not None:
+        scan(_data_pkl(p, f, f"{zinfo.prefix}/data.pkl"), 0, limits, str(p))
+        return
+    try:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return  # cannot map (an empty or special file): torch reads it and judges
+    with mapped:
+        scan_legacy(mapped, limits, str(p))
+
+
+def _data_pkl(p: Path, f: Any, name: str) -> bytes:
+    """The bytes of ``data.pkl`` as torch reads them: a stored record is read raw from
+    its local header, like torch does (no CRC check: a wrong CRC must not hide the pickle
+    from the scan); a compressed one through zipfile (members are at most 2x the file,
+    ``_check_zip``)."""
+    try:
+        with zipfile.ZipFile(f) as zf:
+            info = zf.getinfo(name)
+            if info.compress_type != zipfile.ZIP_STORED:
+                return zf.read(info)
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        return f.read(info.file_size)
+    except Exception:  # BadZipFile, bad CRC, zlib.error, struct.error, ...
+        raise CheckpointError(f"{p} is a damaged zip archive (its data.pkl cannot be read)",
+                              hint="re-copy or re-save the checkpoint") from None
 
 
 def _mapped_storages_fit(f: Any, zinfo: _ZipInfo | None, walked: WalkReport) -> bool:

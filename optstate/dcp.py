@@ -52,6 +52,9 @@ from torch.distributed.checkpoint.metadata import (
 
 from .errors import CheckpointError, ConfigError, UnsafeCheckpointError
 from .lazy import LazyTensor
+from .limits import LimitError, Limits
+from .limits import current as current_limits
+from .walk import walk
 
 METADATA_FILE = ".metadata"
 
@@ -83,10 +86,31 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name}")
 
 
+def inside(folder: Path, name: str) -> Path:
+    """``folder / name``, refused unless it is a regular file that really lives in
+    ``folder``: a DCP folder from a stranger must not make optstate read (and ``convert``
+    copy) a file elsewhere through a symlink or a ``..`` in its metadata."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise UnsafeCheckpointError(f"{folder} names a data file outside itself: {name!r}; "
+                                    "refused")
+    path = folder / name
+    real_folder = os.path.realpath(folder)
+    real = os.path.realpath(path)
+    if os.path.dirname(real) != real_folder:
+        raise UnsafeCheckpointError(
+            f"{path} is a link to {real}, outside the checkpoint folder; refused",
+            hint="a DCP folder holds its own files; copy the real files into it if you trust "
+            "them",
+        )
+    return path
+
+
 def read_metadata(path: Path) -> Metadata:
     """The ``.metadata`` of a DCP folder, unpickled with the allow-list above."""
     file = path / METADATA_FILE
     try:
+        if os.path.lexists(file):
+            inside(path, METADATA_FILE)
         with open(file, "rb") as f:
             md = _MetadataUnpickler(f).load()
     except (FileNotFoundError, NotADirectoryError):
@@ -107,30 +131,83 @@ def read_metadata(path: Path) -> Metadata:
     if not isinstance(md, Metadata) or not isinstance(
             getattr(md, "state_dict_metadata", None), dict):
         raise CheckpointError(f"{file} does not hold DCP metadata")
-    for key, entry in md.state_dict_metadata.items():
-        _check_entry(file, key, entry)
+    limits = current_limits()
+    entries = md.state_dict_metadata
+    if len(entries) > limits.items:
+        raise LimitError(str(file), f"lists more than {limits.items:,} keys", "items",
+                         limits.items)
+    tensors = chunks = 0
+    for key, entry in entries.items():
+        _check_entry(file, key, entry, limits)
+        if isinstance(entry, TensorStorageMetadata):
+            tensors += 1
+            chunks += len(entry.chunks)
+    if tensors > limits.tensors:
+        raise LimitError(str(file), f"lists more than {limits.tensors:,} tensors", "tensors",
+                         limits.tensors)
+    if chunks > limits.items:
+        raise LimitError(str(file), f"lists more than {limits.items:,} tensor chunks",
+                         "items", limits.items)
+    _check_paths(file, md, limits)
     return md
+
+
+def _check_paths(file: Path, md: Metadata, limits: Limits) -> None:
+    """The nested path of every key (``planner_data``): as deep as the ``depth`` limit
+    allows, made of short strings and indices."""
+    pd = getattr(md, "planner_data", None)
+    if not isinstance(pd, dict):
+        return
+    for key, path in pd.items():
+        if not isinstance(path, tuple):
+            continue
+        if len(path) > limits.depth:
+            raise LimitError(f"{file}: the path of key {_short(key)}",
+                             f"is {len(path):,} levels deep", "depth", limits.depth)
+        for part in path:
+            if isinstance(part, str) and len(part) > limits.string:
+                raise LimitError(f"{file}: the path of key {_short(key)}",
+                                 f"has a part of {len(part):,} characters", "string",
+                                 limits.string)
+
+
+def _short(key: Any, limit: int = 80) -> str:
+    text = repr(key)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _is_index(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def _check_entry(file: Path, key: Any, entry: Any) -> None:
+# torch counts elements and bytes in int64: a shape past this is damage, not a tensor
+_MAX_ELEMENTS = 2**62
+
+
+def _check_entry(file: Path, key: Any, entry: Any, limits: Limits) -> None:
     """Metadata a torch-written checkpoint always satisfies; anything else is damage (or
     a crafted file) and gets one line, not an internal error later."""
     def bad(what: str) -> CheckpointError:
-        return CheckpointError(f"{file} is damaged: key {key!r} {what}")
+        return CheckpointError(f"{file} is damaged: key {_short(key)} {what}")
 
     if not isinstance(key, str):
         raise bad("is not a string")
+    if len(key) > limits.string:
+        raise LimitError(str(file), f"has a key of {len(key):,} characters ({_short(key)})",
+                         "string", limits.string)
     if isinstance(entry, BytesStorageMetadata):
         return
     if not isinstance(entry, TensorStorageMetadata):
         raise bad(f"has unknown metadata {type(entry).__name__}")
     size = getattr(entry, "size", None)
     if not isinstance(size, tuple) or not all(_is_index(n) for n in size):
-        raise bad(f"has a bad shape {size!r}")
+        raise bad(f"has a bad shape {_short(size)}")
+    if len(size) > limits.depth:
+        raise LimitError(f"{file}: key {_short(key)}", f"has {len(size):,} dimensions",
+                         "depth", limits.depth)
+    if math.prod(size) > _MAX_ELEMENTS:
+        raise bad(f"has a shape of {math.prod(size):,} elements, more than torch can count "
+                  f"(shape {_short(list(size))})")
     if not isinstance(getattr(getattr(entry, "properties", None), "dtype", None), torch.dtype):
         raise bad("has no dtype")
     if not isinstance(getattr(entry, "chunks", None), list):
@@ -142,8 +219,11 @@ def _check_entry(file: Path, key: Any, entry: Any) -> None:
                 and all(_is_index(o) and _is_index(n) and o + n <= whole
                         for o, n, whole in zip(offsets, sizes, size, strict=True))):
             raise bad(f"has a chunk outside its shape {list(size)}")
+    if len(entry.chunks) > limits.items:
+        raise LimitError(f"{file}: key {_short(key)}", f"has {len(entry.chunks):,} chunks",
+                         "items", limits.items)
     if sum(math.prod(c.sizes) for c in entry.chunks) != math.prod(size):
-        raise bad(f"has chunks that do not cover its shape {list(size)}")
+        raise bad(f"has chunks that do not cover its shape {_short(list(size))}")
 
 
 class SafeFileSystemReader(FileSystemReader):
@@ -212,6 +292,7 @@ class DcpCheckpoint:
             raise CheckpointError(f"{self.path}/{METADATA_FILE} has no storage table")
         missing: set[str] = set()
         sizes: dict[str, int] = {}
+        lengths: dict[tuple[str, Any], int] = {}
         for index, info in storage.items():
             if not (isinstance(getattr(index, "fqn", None), str)
                     and (index.offset is None or isinstance(index.offset, tuple))):
@@ -222,6 +303,8 @@ class DcpCheckpoint:
                 raise CheckpointError(f"{self.path}/{METADATA_FILE} names a bad data file: {rel!r}")
             if rel not in sizes:
                 f = self.path / rel
+                if os.path.lexists(f):
+                    inside(self.path, rel)
                 sizes[rel] = f.stat().st_size if f.is_file() else -1
             if sizes[rel] < 0:
                 missing.add(rel)
@@ -232,7 +315,9 @@ class DcpCheckpoint:
                     f"{self.path}/{rel} is truncated: it ends before the data of {index.fqn}",
                     hint="re-copy the checkpoint folder",
                 )
-            out[(index.fqn, tuple(index.offset) if index.offset is not None else None)] = rel
+            where = (index.fqn, tuple(index.offset) if index.offset is not None else None)
+            out[where] = rel
+            lengths[where] = info.length if _is_index(getattr(info, "length", None)) else 0
         if missing:
             names = sorted(missing)
             raise CheckpointError(
@@ -248,7 +333,33 @@ class DcpCheckpoint:
             elif (key, None) not in out:
                 raise CheckpointError(
                     f"{self.path}/{METADATA_FILE} is damaged: the value {key} has no data")
+        self._check_expansion(lengths)
         return out
+
+    def _check_expansion(self, lengths: dict[tuple[str, Any], int]) -> None:
+        """Each chunk is read whole into a tensor of the shape the metadata gives it. A
+        chunk stored as a view (a 2 KB ``torch.zeros(1).expand(2**30)``) would become
+        gigabytes: chunks may add at most the ``expand`` limit to the bytes stored."""
+        limit = current_limits().expand
+        extra, worst = 0, None
+        for key, entry in self.metadata.state_dict_metadata.items():
+            if not isinstance(entry, TensorStorageMetadata):
+                continue
+            itemsize = entry.properties.dtype.itemsize
+            for c in entry.chunks:
+                claimed = math.prod(c.sizes) * itemsize
+                stored = lengths.get((key, tuple(c.offsets)), 0)
+                if claimed > stored:
+                    extra += claimed - stored
+                    if worst is None or claimed - stored > worst[1] - worst[2]:
+                        worst = (key, claimed, stored)
+        if extra > limit and worst is not None:
+            key, claimed, stored = worst
+            raise LimitError(
+                str(self.path),
+                f"has tensor chunks that claim more data than they store ({key}: "
+                f"{claimed:,} bytes from {stored:,} stored); reading them would add "
+                f"{extra:,} bytes", "expand", limit)
 
     # ------------------------------------------------------------------ structure
 
@@ -353,6 +464,13 @@ class DcpCheckpoint:
         md = self.metadata.state_dict_metadata
         values = self.load_values([k for k, v in md.items()
                                    if isinstance(v, BytesStorageMetadata)])
+        limits = current_limits()
+        for key, value in values.items():
+            # before anything walks it as a tree: a value can be a 'billion laughs' or
+            # nest 100 000 deep
+            walk(value, label=f"{self.path}: the value {_short(key)}",
+                 max_depth=limits.depth, max_nodes=limits.nodes)
+        loaded = {id(v) for v in values.values() if isinstance(v, (dict, list, tuple))}
         root: dict[Any, Any] = {}
         for key, meta in md.items():
             value = self.lazy(key) if isinstance(meta, TensorStorageMetadata) else values[key]
@@ -364,33 +482,43 @@ class DcpCheckpoint:
                     child = node[part] = {}
                 node = child
             node[path[-1]] = value
-        return _restore_positions(_lists_back(root))
+        try:
+            return _restore_positions(_lists_back(root, skip=loaded), loaded)
+        except RecursionError:  # only with the depth limit raised past Python's stack
+            raise CheckpointError(f"{self.path} nests its keys too deeply to read "
+                                  f"(limit depth={limits.depth})") from None
 
     @property
     def total_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+        return sum(f.stat().st_size for f in self.path.iterdir()
+                   if f.is_file() and not f.is_symlink())
 
 
-def _lists_back(node: Any, parent: dict[Any, Any] | None = None, key: Any = None) -> Any:
+def _lists_back(node: Any, parent: dict[Any, Any] | None = None, key: Any = None,
+               skip: set[int] = frozenset()) -> Any:  # type: ignore[assignment]
     """Turn dicts keyed exactly 0..n-1 back into lists (param_groups), except an optimizer's
-    ``state``, which torch keys by position in a dict."""
-    if not isinstance(node, dict):
+    ``state``, which torch keys by position in a dict. Values loaded whole (``skip``: by
+    id) came back with their types and are left alone."""
+    if not isinstance(node, dict) or id(node) in skip:
         return node
     for k in list(node):
-        node[k] = _lists_back(node[k], node, k)
+        node[k] = _lists_back(node[k], node, k, skip)
     is_opt_state = key == "state" and parent is not None and "param_groups" in parent
     if node and not is_opt_state and list(node) == list(range(len(node))):
         return [node[i] for i in range(len(node))]
     return node
 
 
-def _restore_positions(node: Any) -> Any:
+def _restore_positions(node: Any, skip: set[int] = frozenset()) -> Any:  # type: ignore[assignment]
     """DCP flattening writes an optimizer's positional state keys (0, 1, ...) as strings;
     the ``params`` lists (stored whole, types intact) say which keys were integers. And it
-    drops empty containers, so an optimizer that has not stepped loses ``state: {}``."""
+    drops empty containers, so an optimizer that has not stepped loses ``state: {}``.
+    Values loaded whole (``skip``) are not entered."""
+    if id(node) in skip:
+        return node
     if isinstance(node, dict):
         for k in list(node):
-            node[k] = _restore_positions(node[k])
+            node[k] = _restore_positions(node[k], skip)
         state, groups = node.get("state"), node.get("param_groups")
         if state is None and "state" not in node and isinstance(groups, list) and groups and all(
             isinstance(g, dict) and "params" in g for g in groups
@@ -403,7 +531,7 @@ def _restore_positions(node: Any) -> Any:
             if ints and all(isinstance(k, str) and k in ints for k in state):
                 node["state"] = {ints[k]: v for k, v in state.items()}
     elif isinstance(node, list):
-        return [_restore_positions(v) for v in node]
+        return [_restore_positions(v, skip) for v in node]
     return node
 
 
@@ -475,7 +603,7 @@ def layout_report(path: str | Path) -> dict[str, Any]:
     ckpt = DcpCheckpoint(path)
     files: dict[str, int] = {}
     for f in sorted(ckpt.path.iterdir()):
-        if f.is_file() and f.name != METADATA_FILE:
+        if f.is_file() and not f.is_symlink() and f.name != METADATA_FILE:
             files[f.name] = f.stat().st_size
     tensors = []
     for key in ckpt.tensor_keys():

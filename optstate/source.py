@@ -15,6 +15,7 @@ from typing import Any
 
 from .checkpoint import load_torch_file
 from .errors import CheckpointError, NoOptimizerStateError
+from .walk import check_copyable
 
 # Hugging Face Trainer writes optimizer.pt / scheduler.pt; accelerate writes .bin.
 HF_OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin", "optimizer_0.bin", "optimizer.pth")
@@ -43,19 +44,27 @@ class Source:
         return str(self.path) if self.file == self.path else f"{self.path} ({self.file.name})"
 
 
-def open_source(path: str | Path, *, mmap: bool = True, unsafe: bool = False) -> Source:
-    """Open a checkpoint file or folder. Raises CheckpointError with a one-line reason."""
+def open_source(path: str | Path, *, mmap: bool = True, unsafe: bool = False,
+                copying: str | None = None) -> Source:
+    """Open a checkpoint file or folder. Raises CheckpointError with a one-line reason.
+
+    ``copying``: the name of the command that will copy every tensor (``set``,
+    ``convert``); a file whose views would grow past the ``expand`` limit when copied is
+    then refused here, before any copy (reading it for statistics works over its storage).
+    """
     p = Path(path)
     if p.is_dir():
-        return _open_folder(p, mmap=mmap, unsafe=unsafe)
+        return _open_folder(p, mmap=mmap, unsafe=unsafe, copying=copying)
     loaded = load_torch_file(p, mmap=mmap, unsafe=unsafe)
+    if copying and loaded.walk is not None:
+        check_copyable(loaded.walk, str(p), copying)
     src = Source(path=p, file=p, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj)
     if _OPTIMIZER_FILE.fullmatch(p.name):  # a Trainer / accelerate file named directly
         _add_scheduler_sibling(src, p, unsafe=unsafe)
     return src
 
 
-def _open_folder(p: Path, *, mmap: bool, unsafe: bool) -> Source:
+def _open_folder(p: Path, *, mmap: bool, unsafe: bool, copying: str | None) -> Source:
     if (p / ".metadata").is_file():
         from .dcp import open_dcp_source  # optional: torch.distributed.checkpoint folders
         from .walk import walk
@@ -79,6 +88,8 @@ def _open_folder(p: Path, *, mmap: bool, unsafe: bool) -> Source:
             "checkpoint folder",
         )
     loaded = load_torch_file(opt_file, mmap=mmap, unsafe=unsafe)
+    if copying and loaded.walk is not None:
+        check_copyable(loaded.walk, str(opt_file), copying)
     src = Source(path=p, file=opt_file, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj)
     _add_scheduler_sibling(src, opt_file, unsafe=unsafe)
     return src

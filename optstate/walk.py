@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CheckpointError
+from .limits import LimitError, Limits, current
 
 # Real optimizer states are a few levels deep (Lightning: 4) and hold a handful of
-# entries per parameter; these limits are orders of magnitude above any real one.
-MAX_DEPTH = 100
-MAX_NODES = 10_000_000
+# entries per parameter; these limits (``limits.py``: depth, nodes) are orders of
+# magnitude above any real one.
+MAX_DEPTH = Limits().depth
+MAX_NODES = Limits().nodes
 # A sparse tensor declares a shape; code that densifies it (statistics, comparisons)
 # allocates that shape in full. 2**28 elements is 1 GiB of float32.
 MAX_SPARSE_DENSE = 2**28
@@ -49,6 +51,10 @@ class WalkReport:
     dtypes: Counter[str] = field(default_factory=Counter)
     # data address -> bytes of each CPU storage, when asked for (see checkpoint.py)
     storages: dict[int, int] | None = None
+    # Views that repeat elements (stride 0, overlapping strides): bytes a copy of them
+    # would add to the bytes they cover, and the largest one (location, elements, covered)
+    expand_bytes: int = 0
+    expand_worst: tuple[str, int, int] | None = None
 
 
 class _Frame:
@@ -88,10 +94,16 @@ def location_of(frame: _Frame | None, key: Any = None) -> str:
 _SCALARS = frozenset({int, float, str, bool, type(None), bytes, complex})
 
 
-def walk(obj: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES,
+def walk(obj: Any, *, max_depth: int | None = None, max_nodes: int | None = None,
          label: str = "the checkpoint", storages: bool = False) -> WalkReport:
-    """Check ``obj`` (see module docstring); raise CheckpointError naming where it fails."""
+    """Check ``obj`` (see module docstring); raise CheckpointError naming where it fails.
+    The limits default to those in force (``limits.current()``: depth, nodes)."""
     import sys
+
+    if max_depth is None or max_nodes is None:
+        limits = current()
+        max_depth = limits.depth if max_depth is None else max_depth
+        max_nodes = limits.nodes if max_nodes is None else max_nodes
 
     torch = sys.modules.get("torch")  # no tensors can exist without it
     tensor_type = torch.Tensor if torch is not None else ()
@@ -130,12 +142,9 @@ def walk(obj: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES,
                         "does this; the file was built by hand or is damaged",
                     )
                 if len(stack) >= max_depth:
-                    raise CheckpointError(
-                        f"{label} is nested more than {max_depth} levels deep "
-                        f"(at {_short(location_of(top, key))})",
-                        hint="optimizer states are a few levels deep; this file was built "
-                        "by hand or is damaged",
-                    )
+                    raise LimitError(
+                        label, f"is nested more than {max_depth} levels deep (at "
+                        f"{_short(location_of(top, key))})", "depth", max_depth)
                 active.add(cid)
                 stack.append(_Frame(child, top, key))
                 report.distinct += 1
@@ -175,12 +184,10 @@ def _finish(report: WalkReport, dtypes: dict[Any, int]) -> None:
 
 
 def _too_big(label: str, frame: _Frame, max_nodes: int) -> CheckpointError:
-    return CheckpointError(
-        f"{label} unfolds to more than {max_nodes:,} objects (at "
-        f"{_short(location_of(frame))}): the same objects are referenced over and over",
-        hint="a small file that expands like this is a 'billion laughs' bomb; optimizer "
-        "states are far smaller",
-    )
+    # a small file that unfolds like this is a 'billion laughs' bomb
+    return LimitError(
+        label, f"unfolds to more than {max_nodes:,} objects (at {_short(location_of(frame))}):"
+        " the same objects are referenced over and over", "nodes", max_nodes)
 
 
 def _short(location: str, limit: int = 80) -> str:
@@ -200,7 +207,9 @@ def _tensor(t: Any, report: WalkReport, dtypes: dict[Any, int], frame: _Frame | 
     if t.layout is not _STRIDED[0]:
         report.sparse_tensors += 1
         check_sparse(t, f"{label} at {location_of(frame, key)}")
-    elif report.storages is not None:
+    else:
+        _count_expansion(t, report, frame, key)
+    if t.layout is _STRIDED[0] and report.storages is not None:
         st = t.untyped_storage()
         n = st.nbytes()
         if n:
@@ -209,6 +218,53 @@ def _tensor(t: Any, report: WalkReport, dtypes: dict[Any, int], frame: _Frame | 
 
 
 _STRIDED: list[Any] = []  # torch.strided, filled on first walk (torch may not be loaded)
+
+
+def covered_elements(shape: Any, strides: Any) -> int:
+    """How many storage elements a strided view of ``shape`` can touch at most: the
+    span from its first to its last element. A view with more elements than this
+    (stride 0, overlapping strides) repeats some; a copy of it stores every repeat."""
+    span = 1
+    for n, s in zip(shape, strides, strict=True):
+        if n == 0:
+            return 0
+        span += (int(n) - 1) * abs(int(s))
+    return span
+
+
+def _count_expansion(t: Any, report: WalkReport, frame: _Frame | None, key: Any) -> None:
+    numel = t.numel()
+    if numel <= 1:
+        return
+    covered = covered_elements(t.shape, t.stride())
+    if numel <= covered:
+        return
+    extra = (numel - covered) * t.element_size()
+    report.expand_bytes += extra
+    if report.expand_worst is None or numel > report.expand_worst[1]:
+        report.expand_worst = (location_of(frame, key), numel, covered)
+
+
+def check_copyable(report: WalkReport, label: str, action: str,
+                   limit: int | None = None) -> None:
+    """Refuse, before ``action`` copies every tensor, a checkpoint whose views would grow
+    past the ``expand`` limit once copied (a 4-byte storage viewed as 2**40 elements)."""
+    limit = current().expand if limit is None else limit
+    if report.expand_bytes <= limit or report.expand_worst is None:
+        return
+    where, numel, covered = report.expand_worst
+    raise LimitError(
+        label,
+        f"has views that repeat their stored elements ({where}: {numel:,} elements over "
+        f"{covered:,} stored); {action} copies tensors, which would add "
+        f"{_bytes(report.expand_bytes)}", "expand", limit)
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:,} bytes"
 
 
 def check_sparse(t: Any, where: str) -> None:

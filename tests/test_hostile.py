@@ -35,6 +35,8 @@ REFUSED = (
     "(this can run arbitrary code)",
 )
 REREAD = "re-copy or re-save the checkpoint"
+LIMIT_HINT = ('if you trust this file, raise the limit: OPTSTATE_LIMITS="{name}=N" (see the '
+              "README's Security section)")
 DUP = ("torch reads the first copy and Python's zipfile the last: a file built to show "
        "each a different checkpoint")
 OPCODE = ("{p} uses the pickle opcode FRAME, which safe loading does not support (torch.save "
@@ -82,12 +84,10 @@ LOAD_ERRORS: dict[str, tuple[type, str, str | None]] = {
                           "different tools would read different contents, so optstate "
                           "refuses it", DUP),
     "billion_laughs": (CheckpointError, "{p} unfolds to more than 10,000,000 objects (at "
-                       "[0][0]): the same objects are referenced over and over",
-                       "a small file that expands like this is a 'billion laughs' bomb; "
-                       "optimizer states are far smaller"),
+                       "[0][0]): the same objects are referenced over and over (limit "
+                       "nodes=10000000)", LIMIT_HINT.format(name="nodes")),
     "deep_nesting": (CheckpointError, "{p} is nested more than 100 levels deep (at "
-                     + "[0]" * 26 + "[0…)", "optimizer states are a few levels deep; this "
-                     "file was built by hand or is damaged"),
+                     + "[0]" * 26 + "[0…) (limit depth=100)", LIMIT_HINT.format(name="depth")),
     "self_containing_list": (CheckpointError, "{p} contains itself: loop[0] refers back to "
                              "an object that encloses it", "a checkpoint written by "
                              "torch.save from an optimizer never does this; the file was "

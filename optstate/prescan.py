@@ -1,0 +1,156 @@
+"""Count what a torch.save pickle would build, before torch's unpickler builds it.
+
+torch's ``weights_only`` unpickler is written in Python: a 5 MB ``data.pkl`` that
+rebuilds a million tensors, or lists a million parameter groups, keeps it busy for a
+minute or more, and a 1 MiB key costs every later step dearly. ``scan`` walks the
+opcodes once (no objects are built), counting
+
+- tensors: calls (REDUCE) with arguments, i.e. ``_rebuild_tensor_v2(...)`` and kin; the
+  argument-less ``OrderedDict()`` torch.save writes beside every tensor is not counted,
+- items: entries added to lists and dicts (APPEND(S), SETITEM(S)), and values left on the
+  stack (checked every MiB of input, so a stream of pushes is stopped early too),
+- depth: MARK nesting (each open MARK is a new list in torch's unpickler),
+- string: the length of each string,
+
+and raises ``LimitError`` as soon as one passes its limit (``limits.py``). Only the opcodes
+torch's unpickler accepts are understood; at any other, or at the end of the data, the
+scan stops and leaves the verdict (refused opcode, truncated file) to torch, which reads
+no further than that. It runs at ~0.1 µs per opcode: ~0.3 s for 100 000 tensors.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from .limits import LimitError, Limits
+
+_U32 = struct.Struct("<I").unpack_from
+
+# Opcodes with a fixed-size argument and a fixed stack effect: size of the argument, and
+# how many values they add to the stack (negative: remove).
+_ARG = [-1] * 256
+_DELTA = [0] * 256
+for _ops, _arg, _delta in (
+    (b"N\x88\x89)]}\x8f", 0, 1),  # NONE, NEWTRUE, NEWFALSE, EMPTY_TUPLE/LIST/DICT/SET
+    (b"K", 1, 1), (b"M", 2, 1), (b"J", 4, 1), (b"G", 8, 1),  # BININT1/2, BININT, BINFLOAT
+    (b"h", 1, 1), (b"j", 4, 1),  # BINGET, LONG_BINGET
+    (b"q", 1, 0), (b"r", 4, 0),  # BINPUT, LONG_BINPUT
+    (b"\x80", 1, 0),  # PROTO
+    (b"Q\x85", 0, 0),  # BINPERSID (pid -> storage), TUPLE1
+    (b"\x86b\x81", 0, -1),  # TUPLE2, BUILD, NEWOBJ
+    (b"\x87", 0, -2),  # TUPLE3
+):
+    for _op in _ops:
+        _ARG[_op], _DELTA[_op] = _arg, _delta
+
+_MARK, _TUPLE, _APPENDS, _SETITEMS, _REDUCE = 0x28, 0x74, 0x65, 0x75, 0x52
+_APPEND, _SETITEM, _BINUNICODE, _STOP, _GLOBAL = 0x61, 0x73, 0x58, 0x2E, 0x63
+_SHORT_BINSTRING, _LONG1, _EMPTY_TUPLE = 0x55, 0x8A, 0x29
+_CHECK_EVERY = 1 << 20  # bytes of input between checks of the stack's size
+
+
+@dataclass
+class PickleCounts:
+    """What the scan saw (added up over the pickles of a legacy file)."""
+
+    tensors: int = 0
+    items: int = 0
+    complete: bool = True  # False: stopped early, torch judges the rest
+
+
+def scan(data: Any, start: int, limits: Limits, where: str,
+         counts: PickleCounts | None = None) -> tuple[int, PickleCounts]:
+    """Scan the pickle in ``data`` (bytes, or any buffer: an mmap) from ``start`` to its
+    STOP; return where it ends (-1: stopped early) and the counts."""
+    counts = counts or PickleCounts()
+    arg, delta = _ARG, _DELTA
+    n = len(data)
+    i = start
+    tensors, items = counts.tensors, counts.items
+    max_tensors, max_items, max_string = limits.tensors, limits.items, limits.string
+    max_marks = limits.depth
+    depth = 0  # values on the stack since the last MARK
+    marks: list[int] = []  # depth below each open MARK
+    try:
+        while True:
+            stop = min(n, i + _CHECK_EVERY)
+            while i < stop:
+                op = data[i]
+                i += 1
+                a = arg[op]
+                if a >= 0:
+                    i += a
+                    depth += delta[op]
+                    continue
+                if op == _MARK:
+                    marks.append(depth)
+                    depth = 0
+                    if len(marks) > max_marks:
+                        raise LimitError(where, f"nests more than {max_marks:,} levels",
+                                         "depth", max_marks)
+                elif op == _TUPLE:
+                    depth = marks.pop() + 1
+                elif op == _REDUCE:
+                    depth -= 1
+                    if data[i - 2] != _EMPTY_TUPLE:
+                        tensors += 1
+                        if tensors > max_tensors:
+                            raise LimitError(where, f"holds more than {max_tensors:,} tensors",
+                                             "tensors", max_tensors)
+                elif op == _BINUNICODE:
+                    length = _U32(data, i)[0]
+                    if length > max_string:
+                        raise LimitError(where, f"holds a string of {length:,} bytes",
+                                         "string", max_string)
+                    i += 4 + length
+                    depth += 1
+                elif op == _SETITEMS or op == _APPENDS:
+                    items += depth >> 1 if op == _SETITEMS else depth
+                    depth = marks.pop()
+                    if items > max_items:
+                        raise _too_many_items(where, max_items)
+                elif op == _APPEND or op == _SETITEM:
+                    items += 1
+                    depth -= 1 if op == _APPEND else 2
+                    if items > max_items:
+                        raise _too_many_items(where, max_items)
+                elif op == _GLOBAL:
+                    end = data.find(b"\n", data.find(b"\n", i) + 1)
+                    if end < 0:
+                        raise IndexError
+                    i = end + 1
+                    depth += 1
+                elif op == _SHORT_BINSTRING or op == _LONG1:
+                    i += 1 + data[i]
+                    depth += 1
+                elif op == _STOP:
+                    counts.tensors, counts.items = tensors, items
+                    return i, counts
+                else:  # an opcode torch's unpickler refuses: torch says so
+                    raise IndexError
+            if sum(marks) + depth > max_items:
+                raise _too_many_items(where, max_items)
+            if i >= n:
+                raise IndexError
+    except (IndexError, struct.error):  # truncated or refused: torch's verdict
+        counts.tensors, counts.items, counts.complete = tensors, items, False
+        return -1, counts
+
+
+def _too_many_items(where: str, limit: int) -> LimitError:
+    return LimitError(where, f"holds more than {limit:,} list and dict entries", "items",
+                      limit)
+
+
+def scan_legacy(data: Any, limits: Limits, where: str) -> PickleCounts:
+    """The pickles at the start of a legacy (torch < 1.6) file: magic number, protocol,
+    system info, the object, the storage keys; the raw storage data follows them."""
+    counts = PickleCounts()
+    pos = 0
+    for _ in range(5):
+        pos, counts = scan(data, pos, limits, where, counts)
+        if pos < 0:
+            break
+    return counts
