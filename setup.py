@@ -10,10 +10,11 @@ from setuptools.command.build_ext import build_ext
 
 
 class OptionalBuildExt(build_ext):
-    """Build the kernel with GCC-like compilers only (GCC, Clang, MinGW). Its vector loops
-    use GCC/Clang vector extensions (``__attribute__((vector_size))``,
-    ``__builtin_cpu_supports``), which MSVC does not have, so with MSVC it is skipped
-    with a note instead of failing to compile."""
+    """Build the optional extensions with GCC-like compilers only (GCC, Clang, MinGW). The
+    C kernel's vector loops use GCC/Clang vector extensions (``__attribute__((vector_size))``,
+    ``__builtin_cpu_supports``), which MSVC does not have (and _sigbus handles a POSIX
+    signal Windows does not send), so with MSVC they are skipped with a note instead of
+    failing to compile; optstate then runs without them."""
 
     def build_extensions(self) -> None:
         if self.compiler.compiler_type == "msvc":
