@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from .views import distinct_elements, repeated_view
+
 BINS = 16
 
 
@@ -40,6 +42,10 @@ def histogram(t: torch.Tensor, bins: int = BINS) -> dict[str, Any]:
     if t.is_sparse:
         t = t.coalesce().to_dense()
     t = t.detach()
+    view = repeated_view(t) if not t.is_quantized else None
+    if view is not None:  # over its storage, as its statistics (optstate/stats.py)
+        t = distinct_elements(t)
+        out.update(stored=t.numel(), over="storage", view=view)
     out["zeros"] = int(torch.count_nonzero(t == 0))  # (bool).sum() is 4x slower
     x = (t.abs() if t.is_complex() else t).reshape(-1)
     if not x.is_floating_point():

@@ -122,7 +122,7 @@ def test_compare_same_layout_over_storage_and_refuse_different_layouts():
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
 def test_inspect_is_bounded_and_reports_storage_statistics(tmp_path, legacy):
     path = hostile_files(tmp_path, legacy)
-    r = run_bounded("inspect", path, "--json", "--values", timeout=45)
+    r = run_bounded("inspect", path, "--json", "--values", "--hist", timeout=45)
     assert not r.timed_out and r.returncode == 0, r.stderr
     state = json.loads(r.stdout)["params"][0]["state"]
     ea, es = state["exp_avg"], state["exp_avg_sq"]
@@ -130,6 +130,10 @@ def test_inspect_is_bounded_and_reports_storage_statistics(tmp_path, legacy):
     first, last = storage_values()[:8].tolist(), storage_values()[4085:4093].tolist()
     assert es["values_first"] == [None if math.isnan(v) else v for v in first]
     assert (es["values_last"], ea["values_last"]) == (last, [-0.25] * 8)
+    # --hist: over the same stored elements (NaN counted apart, as in the statistics)
+    h = es["histogram"]
+    assert (h["stored"], h["over"], h["nan"], sum(h["counts"])) == (4093, "storage", 1, 4092)
+    assert (ea["histogram"]["stored"], ea["histogram"]["counts"].count(1)) == (1, 1)
     assert (ea["numel"], ea["stored"], ea["over"], ea["view"]) == (HUGE, 1, "storage", EXPANDED)
     assert (ea["norm"], ea["min"], ea["mean"], ea["zeros"]) == (0.25, -0.25, -0.25, 0.0)
     stored = storage_values()[:4093].double()
