@@ -341,7 +341,9 @@ class Staged:
         self.target, self.folder, self.published = p, folder, False
         self.prior = _lstat(p)
         if self.prior is not None and not force:
-            raise OutputExistsError(f"{p} already exists", hint="pass --force to overwrite it")
+            restored = [n for n in found if n.startswith("restored ")]
+            raise OutputExistsError(f"{p} already exists", hint="; ".join(
+                [*restored, "pass --force to overwrite it"]))
         try:
             self.path, self.fd = _make_temp(p, folder)
             if self.fd is not None:
@@ -403,7 +405,7 @@ def staged(target: str | Path, *, force: bool, folder: bool = False, kind: str |
         except BaseException as e:
             published = stage.published
             stage.discard()
-            if isinstance(e, OSError) and not published:
+            if isinstance(e, OSError) and not published and e.errno is not None:
                 raise write_error(e, p, needed() if needed and _is_full(e) else None) \
                     from None
             if (needed is not None and not published and not interrupt.pending()
@@ -414,6 +416,10 @@ def staged(target: str | Path, *, force: bool, folder: bool = False, kind: str |
                 if need is not None and free is not None and free < need:
                     raise write_error(OSError(errno.ENOSPC, "No space left on device"), p,
                                       need) from None
+            if isinstance(e, OSError) and not published:  # shutil.Error: a list, no errno
+                first = e.args[0][0][-1] if e.args and isinstance(e.args[0], list) and \
+                    e.args[0] else e
+                raise CheckpointError(f"cannot write {p}: {first}") from None
             raise
 
 

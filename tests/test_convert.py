@@ -16,6 +16,7 @@ from optstate.dcp import open_dcp_source
 from optstate.errors import CheckpointError, OutputExistsError
 from optstate.lazy import materialize
 from optstate.leaves import same_tensor
+from optstate.source import open_source
 
 
 def adamw_state(steps: int = 3) -> dict:
@@ -238,3 +239,20 @@ def test_world_size_save_name_that_could_be_either_is_refused(cli, tmp_path):
         "checkpoint, or a file name ending in .pt, .pth, .pkl, .bin, .ckpt for one "
         "torch.save file"]
     assert os.listdir(tmp_path) == []
+
+
+def test_an_old_copy_left_by_an_older_optstate_is_restored(cli, tmp_path, saved):
+    """A replace interrupted between its two renames (optstate before the exchange, or the
+    fallback) left the target absent and the whole old folder hidden beside it."""
+    path, sd = saved
+    convert(path, tmp_path / "d")
+    hidden = tmp_path / ".d.ab12cd_4.optstate-old"  # tempfile.mkdtemp's name
+    os.rename(tmp_path / "d", hidden)
+    r = cli("convert", path, tmp_path / "d")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == [
+        f"Error: {tmp_path / 'd'} already exists",
+        f"Hint: restored {tmp_path / 'd'} from .d.ab12cd_4.optstate-old, the old copy an "
+        "interrupted replace had moved aside; pass --force to overwrite it"]
+    assert sorted(os.listdir(tmp_path)) == ["d", "run.pt"]
+    assert same(open_source(tmp_path / "d").obj["optimizer_state_dict"], sd)

@@ -204,3 +204,16 @@ def test_folder_readable_but_not_searchable(unsearchable):
                            rf"\(the folder {re.escape(str(locked))} is readable but not "
                            r"searchable\)")
     assert sorted(os.listdir(locked)) == before
+
+
+def test_full_disk_set_folder(small_disk, big_ckpt, tmp_path):
+    """set -o DIR on a Hugging Face style folder copies the folder first (shutil.copytree
+    collects its errors in a list, with no errno)."""
+    hf = tmp_path / "checkpoint-500"
+    hf.mkdir()
+    shutil.copy(big_ckpt, hf / "optimizer.pt")
+    (hf / "trainer_state.json").write_text("{}")
+    out = small_disk / "edited"
+    r = _run("set", hf, "-o", out, "--lr", "0.5")
+    _one_error_line(r, NO_SPACE.format(out=re.escape(str(out)), mnt=re.escape(str(small_disk))))
+    assert os.listdir(small_disk) == []
