@@ -11,6 +11,7 @@ the file holds. ``unsafe=True`` exists for files the user trusts; only the CLI's
 from __future__ import annotations
 
 import contextlib
+import io
 import mmap
 import os
 import pickle
@@ -201,6 +202,18 @@ def _prescan(p: Path, f: Any, zinfo: _ZipInfo | None, limits: Limits) -> None:
         return  # cannot map (an empty or special file): torch reads it and judges
     with mapped:
         scan_legacy(mapped, limits, str(p))
+
+
+def prescan_bytes(data: bytes, label: str) -> None:
+    """The pre-scan for torch.save bytes held in memory (a DCP folder's non-tensor
+    values, which torch.load reads with weights_only=True): same limits, same messages."""
+    limits = current_limits()
+    if data.startswith(ZIP_MAGIC):
+        f = io.BytesIO(data)
+        zinfo = _check_zip(Path(label), f, len(data))
+        scan(_data_pkl(Path(label), f, f"{zinfo.prefix}/data.pkl"), 0, limits, label)
+    else:
+        scan_legacy(data, limits, label)
 
 
 def _data_pkl(p: Path, f: Any, name: str) -> bytes:

@@ -50,6 +50,7 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 
+from .checkpoint import prescan_bytes
 from .errors import CheckpointError, ConfigError, UnsafeCheckpointError
 from .lazy import LazyTensor
 from .limits import LimitError, Limits
@@ -244,7 +245,11 @@ class SafeFileSystemReader(FileSystemReader):
 class SafeLoadPlanner(DefaultLoadPlanner):
     """DefaultLoadPlanner whose non-tensor values load with ``weights_only=True``."""
 
+    folder: Path | None = None  # for messages
+
     def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        fqn = read_item.dest_index.fqn
+        prescan_bytes(value.getvalue(), f"{self.folder}: the value {_short(fqn)}")
         obj = torch.load(value, map_location="cpu", weights_only=True)
         if self.flatten_state_dict:
             set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
@@ -428,6 +433,7 @@ class DcpCheckpoint:
 
     def _load(self, sd: dict[str, Any], what: str) -> None:
         planner = SafeLoadPlanner(allow_partial_load=False)
+        planner.folder = self.path
         try:
             with _quiet_torch():
                 dcp.load(sd, storage_reader=self.reader, planner=planner, no_dist=True)

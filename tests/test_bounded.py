@@ -406,6 +406,17 @@ def test_a_dcp_value_that_unfolds_to_a_billion_is_refused_before_expanding(folde
                    "10,000,000 objects")
 
 
+def test_a_dcp_value_with_a_million_tensors_is_refused_before_unpickling(folder, tmp_path):
+    """Non-tensor values are torch.save bytes that torch.load reads: the same pre-scan."""
+    md = metadata(folder)
+    value = zip_checkpoint(tmp_path / "value.pt", sgd_pickle(1_000_000)).read_bytes()
+    append_chunk(folder, md, index_of(md, "param_groups.0.lr"), value)
+    write_metadata(folder, md)
+    r = run("inspect", folder)
+    assert_refused(r, "tensors", what=f"{folder}: the value 'param_groups.0.lr' holds more "
+                   "than 500,000 tensors")
+
+
 def test_a_megabyte_dcp_key_is_refused(folder):
     md = metadata(folder)
     long_key = "k" * 2**20
