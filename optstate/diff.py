@@ -632,7 +632,8 @@ def by_entry(result: StateDiff) -> list[dict[str, Any]]:
             row["differ"] += differs
             if c.metrics is not None:
                 row["outside"] += c.metrics["outside"]
-                row["numel"] += c.metrics["numel"]
+                # elements compared: a view's stored pairs when compared over its storage
+                row["numel"] += c.metrics.get("stored", c.metrics["numel"])
                 if differs and c.metrics["max_abs"] is not None:
                     row["max_abs"] = max(row["max_abs"] or 0.0, c.metrics["max_abs"])
     return list(rows.values())

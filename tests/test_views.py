@@ -179,3 +179,18 @@ def test_diff_is_bounded(tmp_path):
     assert r.stderr.startswith("Error: ") and "Traceback" not in r.stderr
     assert "4,093 stored elements" in r.stderr and "1 stored element" in r.stderr
     assert math.isfinite(r.seconds)
+
+
+def test_diff_human_view_counts_stored_pairs(cli, tmp_path):
+    a = hostile_files(tmp_path)
+    changed = storage_values()
+    changed[3] += 0.5
+    b = tmp_path / "b.pt"
+    torch.save(adam_like(torch.full((1,), -0.25).expand(HUGE),
+                         changed.as_strided((1024,) * 4, (1,) * 4)), b)
+    r = cli("diff", a, b)
+    assert r.exit_code == 1, r.stderr
+    assert "1/4093 stored" in r.stdout and "1099511627776" not in r.stdout
+    r = cli("diff", a, b, "--json")
+    (row,) = [e for e in json.loads(r.stdout)["by_entry"] if e["entry"] == "exp_avg_sq"]
+    assert (row["outside"], row["numel"]) == (1, 4093)

@@ -79,7 +79,9 @@ def _tensors_table(changes: list[dict[str, Any]]) -> Table:
         table.add_column(col, justify="right", no_wrap=True)
     for c in changes:
         m = c["metrics"]
-        table.add_row(c["path"], f"{m['outside']}/{m['numel']}", _num(m["max_abs"]),
+        # views repeating stored elements are compared over their storage (numeric.py)
+        of = f"{m['stored']} stored" if "stored" in m else m["numel"]
+        table.add_row(c["path"], f"{m['outside']}/{of}", _num(m["max_abs"]),
                       _num(m["max_rel"]), _num(m["norm_a"]), _num(m["norm_b"]),
                       style="dim" if c["kind"] == "equal" else "")
     return table
