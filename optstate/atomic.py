@@ -119,7 +119,8 @@ def write_error(e: BaseException, target: Path, needed: int | None = None) -> Ch
     if code in (errno.ENOSPC, errno.EDQUOT):
         where = mount_point(target)
         what = "no space left" if code == errno.ENOSPC else "disk quota exceeded"
-        need = f", {needed:,} bytes needed" if needed else ""
+        bound = "at least " if isinstance(needed, AtLeast) else ""
+        need = f", {bound}{int(needed):,} bytes needed" if needed else ""
         return CheckpointError(f"cannot write {target}: {what} on {where}{need}",
                                hint="free some space or write somewhere else")
     if code == errno.EROFS:
@@ -132,6 +133,10 @@ def write_error(e: BaseException, target: Path, needed: int | None = None) -> Ch
                                    f"{folder} is readable but not searchable)")
         return CheckpointError(f"cannot write {target}: permission denied in {folder}")
     return CheckpointError(f"cannot write {target}: {e.strerror or e}")
+
+
+class AtLeast(int):
+    """A size that is a lower bound (a DCP folder: its tensor data, before metadata)."""
 
 
 def mount_point(path: Path) -> str:
@@ -360,6 +365,8 @@ class Staged:
         interrupt.check()
         pause_at("publish")
         interrupt.check()
+        if self.folder:
+            fsync_dir(self.path)  # its entries, before the name points at it
         try:
             old = _publish(self.path, self.target, self.folder, self.prior)
         except OSError as e:

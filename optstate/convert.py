@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .atomic import check_target, free_bytes, staged
+from .atomic import AtLeast, check_target, free_bytes, staged
 from .checkpoint import check_writable, save_checkpoint
 from .dcp import is_dcp_folder, open_dcp_source
 from .errors import CheckpointError, OutputExistsError
@@ -91,7 +91,7 @@ def _file_to_dcp(src: Path, dst: Path, force: bool, unsafe: bool) -> ConvertResu
         )
     notes: list[str] = []
     with staged(dst, force=force, folder=True, kind="dcp", notes=notes,
-                needed=lambda: tensor_bytes(source.obj)) as tmp:
+                needed=lambda: AtLeast(tensor_bytes(source.obj))) as tmp:
         _dcp_save(source.obj, tmp.path)
         pause_at("verify")
         written = open_dcp_source(tmp.path)
