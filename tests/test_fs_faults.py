@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.bounded import DEFAULT_MEMORY, run_bounded
+from tests.bounded import _limits as bounded_limits
 from tests.conftest import ROOT
 
 TMP_MARK = (".optstate-tmp", ".optstate-old")
@@ -82,11 +84,17 @@ NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
 
 
 def _run(*args, env=None, plain_user=False):
+    """The command in a child process under the hostile suite's time and memory bound
+    (``tests/bounded.py``), optionally without root's DAC capabilities."""
+    if not plain_user:
+        r = run_bounded(*args, env=env, timeout=120)
+        assert not r.timed_out, f"{args} ran past 120 s"
+        return r
     e = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", **(env or {})}
     e.pop("OPTSTATE_DEBUG", None)
-    prefix = NO_DAC if plain_user else []
-    return subprocess.run([*prefix, sys.executable, "-m", "optstate", *map(str, args)],
-                          capture_output=True, text=True, env=e, timeout=300)
+    return subprocess.run([*NO_DAC, sys.executable, "-m", "optstate", *map(str, args)],
+                          capture_output=True, text=True, env=e, timeout=120,
+                          preexec_fn=bounded_limits(DEFAULT_MEMORY))
 
 
 def _digest(p: Path) -> str:
