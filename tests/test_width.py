@@ -12,6 +12,7 @@ narrow view, and no line exceeds the width. The exception: a word longer than a 
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import re
@@ -25,6 +26,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+
+from optstate.render.fit import Fit
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_checkpoints"
@@ -219,3 +227,34 @@ def test_check_set_convert_layout(work):
 def test_compare(work):
     check_widths(["compare", "--optimizers", "sgd,adam", "--steps", "5",
                   "--set", "sgd.lr=0.00075"], work, {"lr=0.00075"})
+
+
+# -- Fit itself, in process: any table, any width ----------------------------------------
+
+_word = st.text(alphabet="abcxyz0123456789._-", min_size=1, max_size=30)
+_cell = st.lists(_word, min_size=0, max_size=4).map(" ".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(st.lists(_cell, min_size=4, max_size=4), min_size=1, max_size=6),
+       width=st.integers(40, 140),
+       no_wrap=st.lists(st.booleans(), min_size=4, max_size=4),
+       overflow=st.sampled_from(["fold", "ellipsis", "crop"]),
+       head=st.integers(0, 2), sub=st.integers(0, 1))
+def test_fit_never_cuts_or_splits_a_word(rows, width, no_wrap, overflow, head, sub):
+    table = Table(title="state", title_justify="left")
+    for i, header in enumerate(("param", "entry", "norm", "values (or statistics)")):
+        table.add_column(header, no_wrap=no_wrap[i], overflow=overflow)
+    for row in rows:
+        table.add_row(*row)
+    console = Console(file=io.StringIO(), width=width, highlight=False)
+    console.print(Fit(table, head=head, sub=sub))
+    out = console.file.getvalue()
+    assert all(_cells(line) <= width for line in out.splitlines()), out
+    words = {w for row in rows for cell in row for w in cell.split()}
+    lost = {w for w in words - tokens(out) if len(w) <= width - 4}
+    assert not lost, out
+    if Measurement.get(console, console.options.update_width(1 << 20), table).maximum <= width:
+        plain = Console(file=io.StringIO(), width=width, highlight=False)
+        plain.print(table)
+        assert out == plain.file.getvalue()  # fits unbroken: rich's own output
