@@ -55,6 +55,7 @@ from .errors import CheckpointError, ConfigError, UnsafeCheckpointError
 from .lazy import LazyTensor
 from .limits import LimitError, Limits
 from .limits import current as current_limits
+from .prescan import scan_any
 from .walk import walk
 
 METADATA_FILE = ".metadata"
@@ -113,7 +114,9 @@ def read_metadata(path: Path) -> Metadata:
         if os.path.lexists(file):
             inside(path, METADATA_FILE)
         with open(file, "rb") as f:
-            md = _MetadataUnpickler(f).load()
+            data = f.read()
+        scan_any(data, current_limits(), str(file))  # before the C unpickler's memo grows
+        md = _MetadataUnpickler(io.BytesIO(data)).load()
     except (FileNotFoundError, NotADirectoryError):
         raise CheckpointError(f"{path} has no {METADATA_FILE} file; not a DCP checkpoint") from None
     except PermissionError:

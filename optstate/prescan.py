@@ -154,3 +154,90 @@ def scan_legacy(data: Any, limits: Limits, where: str) -> PickleCounts:
         if pos < 0:
             break
     return counts
+
+
+# ----------------------------------------------------------------- any pickle (DCP metadata)
+
+_U64 = struct.Struct("<Q").unpack_from
+_I32 = struct.Struct("<i").unpack_from
+
+
+def _any_table() -> tuple[list[int], frozenset[int]]:
+    """Argument size of every pickle opcode (pickletools' convention: >= 0 fixed, -1 up to
+    a newline, -2/-3/-4/-5 a 1/4/4/8-byte length first; -9 unknown), and the opcodes whose
+    argument is text (strings, whose length the ``string`` limit bounds)."""
+    import pickletools
+
+    sizes = [-9] * 256
+    text: set[int] = set()
+    for info in pickletools.opcodes:
+        code = ord(info.code)
+        sizes[code] = info.arg.n if info.arg is not None else 0
+        if info.arg is not None and ("unicode" in info.arg.name or "string" in info.arg.name):
+            text.add(code)
+    return sizes, frozenset(text)
+
+
+_ANY_SIZES, _ANY_TEXT = _any_table()
+_PUT, _LONG_BINPUT, _INST, _LONG4 = 0x70, 0x72, 0x69, 0x8B
+
+
+def scan_any(data: bytes, limits: Limits, where: str) -> None:
+    """Check a pickle of any protocol before the C unpickler reads it (DCP ``.metadata``).
+    The C unpickler keeps its memo in an array it grows to twice the largest index a PUT
+    names: a 10-byte pickle with ``LONG_BINPUT 2**28`` allocates and clears 4 GiB. Memo
+    indices must stay below the pickle's own size (a pickler numbers them 0, 1, ...), and
+    strings within the ``string`` limit. Anything malformed is left to the unpickler."""
+    sizes, text = _ANY_SIZES, _ANY_TEXT
+    n = len(data)
+    max_index, max_string = n, limits.string
+    i = 0
+    try:
+        while i < n:
+            op = data[i]
+            i += 1
+            size = sizes[op]
+            if size == 0:
+                if op == _STOP:
+                    return
+                continue
+            if size > 0:
+                if op == _LONG_BINPUT and _U32(data, i)[0] > max_index:
+                    raise _bad_memo(where, _U32(data, i)[0])
+                i += size
+                continue
+            if size == -1:
+                end = data.index(b"\n", i)
+                if op == _PUT and (len(data[i:end]) > 20 or int(data[i:end]) > max_index):
+                    raise _bad_memo(where, int(data[i:end]) if end - i <= 20 else n + 1)
+                if op == _GLOBAL or op == _INST:
+                    end = data.index(b"\n", end + 1)
+                if op in text and end - i > max_string:
+                    raise LimitError(where, f"holds a string of {end - i:,} bytes", "string",
+                                     max_string)
+                i = end + 1
+            elif size == -9:
+                return  # not a pickle opcode: the unpickler reports the damage
+            else:
+                if size == -2:
+                    length, i = data[i], i + 1
+                elif size == -5:
+                    length, i = _U64(data, i)[0], i + 8
+                else:
+                    length = _I32(data, i)[0] if op == _LONG4 else _U32(data, i)[0]
+                    i += 4
+                if op in text and length > max_string:
+                    raise LimitError(where, f"holds a string of {length:,} bytes", "string",
+                                     max_string)
+                if length < 0:
+                    return
+                i += length
+    except (IndexError, ValueError, struct.error):
+        return  # truncated or malformed: the unpickler says so
+
+
+def _bad_memo(where: str, index: int) -> Exception:
+    from .errors import CheckpointError
+
+    return CheckpointError(f"{where} is damaged: it names memo slot {index:,}, beyond its own "
+                           "size (a pickle numbers its memo from 0)")

@@ -367,6 +367,21 @@ def test_dcp_sizes_that_overflow_are_one_error(folder):
         "1,208,925,819,614,629,174,706,176 elements, more than torch can count")
 
 
+def test_a_metadata_memo_index_far_past_its_size_is_refused(folder):
+    """Python's C unpickler grows its memo array to twice the largest index a PUT names:
+    ``LONG_BINPUT 2**25`` in a 1 KB file makes it allocate and clear 512 MiB."""
+    meta = folder / ".metadata"
+    data = meta.read_bytes()
+    assert data.startswith(b"\x80") and data[2:3] == b"\x95"  # PROTO, FRAME: protocol 4+
+    # PROTO n, then a value put in memo slot 2**25 and popped, then the real pickle
+    meta.write_bytes(data[:2] + b"N" + b"r" + struct.pack("<I", 2**25) + b"0" + data[2:])
+    r = run("inspect", folder, "--no-stats", memory=400 * 2**20)
+    assert r.returncode == 2 and not r.timed_out, r.stderr
+    assert r.stderr.splitlines()[0] == (f"Error: {meta} is damaged: it names memo slot "
+                                        "33,554,432, beyond its own size (a pickle numbers "
+                                        "its memo from 0)")
+
+
 def test_dcp_paths_nested_too_deep_are_refused(folder):
     md = metadata(folder)
     md.planner_data["state.0.momentum_buffer"] = ("state",) + ("x",) * 100_000
@@ -426,7 +441,8 @@ def test_a_megabyte_dcp_key_is_refused(folder):
     rename_index(md, "param_groups.0.lr", new_fqn=long_key)
     write_metadata(folder, md)
     r = run("inspect", folder)
-    assert_refused(r, "string", what="has a key of 1,048,576 characters")
+    # refused by the scan of the metadata pickle, before it is unpickled
+    assert_refused(r, "string", what=f"{folder}/.metadata holds a string of 1,048,576 bytes")
 
 
 # ------------------------------------------------------ DCP folders never read outside
