@@ -228,3 +228,17 @@ def test_full_disk_set_folder(small_disk, big_ckpt, tmp_path):
     r = _run("set", hf, "-o", out, "--lr", "0.5")
     _one_error_line(r, NO_SPACE.format(out=re.escape(str(out)), mnt=re.escape(str(small_disk))))
     assert os.listdir(small_disk) == []
+
+
+def test_folder_without_write_permission(unsearchable):
+    base, locked = unsearchable
+    locked.chmod(0o555)  # r-x: can be entered, nothing can be created in it
+    before = sorted(os.listdir(locked))
+    for args, out in (
+            (("set", base / "in.pt", "-o", locked / "old.pt", "--lr", "0.5", "--force"),
+             locked / "old.pt"),
+            (("convert", base / "in.pt", locked / "new_dcp"), locked / "new_dcp")):
+        r = _run(*args, plain_user=True)
+        _one_error_line(r, rf"Error: cannot write {re.escape(str(out))}: permission denied "
+                           rf"in {re.escape(str(locked))}")
+    assert sorted(os.listdir(locked)) == before
