@@ -42,11 +42,13 @@ def table_fits(table: Table, console: Any, options: Any) -> bool:
         # rich's own layout (the steps of Table.__rich_console__): private, so checked
         # against the public measure below when rich changes
         extra = table._extra_width
+        wide = options.update_width(_UNBOUNDED)
+        needs = [table._measure_column(console, wide, column) for column in table.columns]
+        if sum(n.maximum for n in needs) + extra <= options.max_width:
+            return True  # fits with no cell wrapped (the usual case: one measure)
         widths = table._calculate_column_widths(
             console, options.update_width(options.max_width - extra))
-        wide = options.update_width(_UNBOUNDED)
-        for width, column in zip(widths, table.columns, strict=True):
-            need = table._measure_column(console, wide, column)
+        for width, need, column in zip(widths, needs, table.columns, strict=True):
             if width < (need.maximum if column.no_wrap else need.minimum):
                 return False
         return sum(widths) + extra <= options.max_width
