@@ -107,3 +107,17 @@ def test_the_width_must_be_stated(tmp_path):
     with pytest.raises(SystemExit, match="does not state its width"):
         check_readme.check(readme, out=io.StringIO())
 
+
+
+@pytest.mark.slow
+def test_readme_examples_run_as_shown():
+    """A representative part of README.md's ``$`` examples, run as the script runs them
+    (quick start, inspect, diff, pictures: ~12 commands). The whole README, simulate's
+    and the sharded runs included, is ``python scripts/check_readme.py`` (in .ci/run)."""
+    sections = ["intro", "inspect", "diff", "pictures"]
+    argv = [sys.executable, str(ROOT / "scripts" / "check_readme.py")]
+    for s in sections:
+        argv += ["--section", s]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr
+    assert "0 outputs differ" in r.stdout
