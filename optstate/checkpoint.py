@@ -207,13 +207,20 @@ def _prescan(p: Path, f: Any, zinfo: _ZipInfo | None, limits: Limits) -> None:
 def prescan_bytes(data: bytes, label: str) -> None:
     """The pre-scan for torch.save bytes held in memory (a DCP folder's non-tensor
     values, which torch.load reads with weights_only=True): same limits, same messages."""
+    prescan_stream(io.BytesIO(data), len(data), label)
+
+
+def prescan_stream(f: Any, size: int, label: str) -> None:
+    """The pre-scan for the torch.save bytes a seekable ``f`` of ``size`` bytes holds (a
+    DCP value or tensor chunk) before torch.load reads them."""
     limits = current_limits()
-    if data.startswith(ZIP_MAGIC):
-        f = io.BytesIO(data)
-        zinfo = _check_zip(Path(label), f, len(data))
+    f.seek(0)
+    if f.read(4) == ZIP_MAGIC:
+        zinfo = _check_zip(Path(label), f, size)
         scan(_data_pkl(Path(label), f, f"{zinfo.prefix}/data.pkl"), 0, limits, label)
     else:
-        scan_legacy(data, limits, label)
+        f.seek(0)
+        scan_legacy(f.read(size), limits, label)
 
 
 def _data_pkl(p: Path, f: Any, name: str) -> bytes:

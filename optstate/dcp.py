@@ -50,7 +50,7 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 
-from .checkpoint import prescan_bytes
+from .checkpoint import prescan_bytes, prescan_stream
 from .errors import CheckpointError, ConfigError, UnsafeCheckpointError
 from .lazy import LazyTensor
 from .limits import LimitError, Limits
@@ -268,6 +268,35 @@ def _quiet_torch() -> Iterator[None]:
         yield
 
 
+class _Range(io.RawIOBase):
+    """Bytes ``start .. start + length`` of the open file ``f``, as a seekable file."""
+
+    def __init__(self, f: Any, start: int, length: int) -> None:
+        self._f, self._start, self._length, self._pos = f, start, length, 0
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._length}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self._length - self._pos)
+        n = left if n is None or n < 0 else min(n, left)
+        self._f.seek(self._start + self._pos)
+        data = self._f.read(n)
+        self._pos += len(data)
+        return data
+
+
 @dataclass(frozen=True)
 class Chunk:
     """One stored piece of a tensor: where it sits in the whole, and in which file."""
@@ -288,6 +317,7 @@ class DcpCheckpoint:
         self.path = Path(path)
         self.metadata = read_metadata(self.path)
         self.reader = SafeFileSystemReader(self.path, self.metadata)
+        self._chunk_infos: dict[str, list[Any]] = {}  # tensor key -> its chunks' _StorageInfo
         self._files = self._storage_files()
         self._cached: tuple[str, torch.Tensor] | None = None
         self._scalars: dict[str, torch.Tensor] | None = None
@@ -325,6 +355,8 @@ class DcpCheckpoint:
                 )
             where = (index.fqn, tuple(index.offset) if index.offset is not None else None)
             out[where] = rel
+            if index.offset is not None:
+                self._chunk_infos.setdefault(index.fqn, []).append(info)
             lengths[where] = info.length if _is_index(getattr(info, "length", None)) else 0
         if missing:
             names = sorted(missing)
@@ -408,6 +440,7 @@ class DcpCheckpoint:
             raise CheckpointError(f"{self.path} has no tensor {key!r}")
         if len(md.size) == 0:
             return self._scalar(key)
+        self._scan_chunks([key])
         target = torch.empty(tuple(md.size), dtype=md.properties.dtype)
         sd = {key: target}
         self._load(sd, f"tensor {key}")
@@ -422,9 +455,23 @@ class DcpCheckpoint:
             sd = {k: torch.empty((), dtype=v.properties.dtype)
                   for k, v in self.metadata.state_dict_metadata.items()
                   if isinstance(v, TensorStorageMetadata) and len(v.size) == 0}
+            self._scan_chunks(list(sd))
             self._load(sd, "scalar tensors (step counts)")
             self._scalars = sd
         return self._scalars[key]
+
+    def _scan_chunks(self, keys: list[str]) -> None:
+        """Each stored chunk is torch.save bytes that torch.load reads: they pass the
+        pickle pre-scan first (limits), one small read of each chunk's zip directory."""
+        by_file: dict[str, list[tuple[str, Any]]] = {}
+        for fqn in keys:
+            for info in self._chunk_infos.get(fqn, ()):
+                by_file.setdefault(info.relative_path, []).append((fqn, info))
+        for rel, chunks in by_file.items():
+            with open(inside(self.path, rel), "rb") as f:
+                for fqn, info in chunks:
+                    prescan_stream(_Range(f, info.offset, info.length), info.length,
+                                   f"{self.path / rel}: the chunk of {_short(fqn)}")
 
     def load_values(self, keys: list[str]) -> dict[str, Any]:
         """The non-tensor values (hyperparameters, lists) of ``keys``, loaded safely."""

@@ -432,6 +432,20 @@ def test_a_dcp_value_with_a_million_tensors_is_refused_before_unpickling(folder,
                    "than 500,000 tensors")
 
 
+def test_a_dcp_tensor_chunk_with_a_million_tensors_is_refused_before_unpickling(folder,
+                                                                                 tmp_path):
+    """Each tensor chunk is torch.save bytes too, read when its numbers are needed."""
+    md = metadata(folder)
+    key = "state.0.momentum_buffer"
+    value = zip_checkpoint(tmp_path / "chunk.pt", sgd_pickle(1_000_000)).read_bytes()
+    append_chunk(folder, md, index_of(md, key), value)
+    write_metadata(folder, md)
+    r = run("inspect", folder)
+    shard = md.storage_data[index_of(md, key)].relative_path
+    assert_refused(r, "tensors", what=f"{folder / shard}: the chunk of '{key}' holds more "
+                   "than 500,000 tensors")
+
+
 def test_a_megabyte_dcp_key_is_refused(folder):
     md = metadata(folder)
     long_key = "k" * 2**20
