@@ -13,10 +13,14 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define MAX_WATCHED 64
@@ -31,6 +35,12 @@ typedef struct {
 
 static watched_t watched[MAX_WATCHED];
 static volatile sig_atomic_t n_watched = 0;
+/* Temp files and folders being written (optstate/atomic.py): removed before _exit, so a
+   fault leaves the old target and nothing else, as an error does. */
+#define MAX_TEMPS 16
+static char temps[MAX_TEMPS][PATH_MAX];
+static volatile sig_atomic_t temp_used[MAX_TEMPS];
+
 static char other_text[MAX_TEXT];
 static size_t other_len = 0;
 static int installed = 0;
@@ -48,6 +58,53 @@ static void write_all(const char *p, size_t n)
     }
 }
 
+#ifdef SYS_getdents64
+struct dirent64_raw {
+    unsigned long long d_ino;
+    long long d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+/* rm -r of a flat folder (a DCP temp folder: files only) with raw system calls: no malloc,
+   nothing that is not async-signal-safe. */
+static void remove_folder(const char *path)
+{
+    static char buf[16384];
+    int fd = open(path, O_RDONLY | O_DIRECTORY);
+    if (fd < 0)
+        return;
+    for (;;) {
+        long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
+        if (n <= 0)
+            break;
+        for (long off = 0; off < n;) {
+            struct dirent64_raw *d = (struct dirent64_raw *)(buf + off);
+            off += d->d_reclen;
+            if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0)
+                continue;
+            if (unlinkat(fd, d->d_name, 0) != 0)
+                unlinkat(fd, d->d_name, AT_REMOVEDIR);
+        }
+    }
+    close(fd);
+    rmdir(path);
+}
+#else
+static void remove_folder(const char *path) { rmdir(path); }
+#endif
+
+static void remove_temps(void)
+{
+    for (int i = 0; i < MAX_TEMPS; i++) {
+        if (!temp_used[i])
+            continue;
+        if (unlink(temps[i]) != 0 && (errno == EISDIR || errno == EPERM))
+            remove_folder(temps[i]);
+    }
+}
+
 static void on_sigbus(int sig, siginfo_t *info, void *context)
 {
     (void)context;
@@ -61,6 +118,7 @@ static void on_sigbus(int sig, siginfo_t *info, void *context)
         struct stat st;
         if (fstat(watched[i].fd, &st) == 0 && (long long)st.st_size < watched[i].size) {
             write_all(watched[i].text, watched[i].len);
+            remove_temps();
             _exit(2);
         }
     }
@@ -68,6 +126,7 @@ static void on_sigbus(int sig, siginfo_t *info, void *context)
         /* a mapped page that could not be read: the file was cut and grown back, or
            its device failed */
         write_all(other_text, other_len);
+        remove_temps();
         _exit(2);
     }
     signal(sig, SIG_DFL);
@@ -128,6 +187,38 @@ static PyObject *watch(PyObject *self, PyObject *args)
     Py_RETURN_TRUE;
 }
 
+static PyObject *remove_on_fault(PyObject *self, PyObject *args)
+{
+    (void)self;
+    const char *path;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "y#", &path, &n))
+        return NULL;
+    if (n >= PATH_MAX)
+        return PyLong_FromLong(-1);
+    for (int i = 0; i < MAX_TEMPS; i++) {
+        if (temp_used[i])
+            continue;
+        memcpy(temps[i], path, (size_t)n);
+        temps[i][n] = 0;
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        temp_used[i] = 1;
+        return PyLong_FromLong(i);
+    }
+    return PyLong_FromLong(-1);
+}
+
+static PyObject *forget(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int i;
+    if (!PyArg_ParseTuple(args, "i", &i))
+        return NULL;
+    if (i >= 0 && i < MAX_TEMPS)
+        temp_used[i] = 0;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"install", install, METH_VARARGS,
      "install(other_message: bytes): handle SIGBUS (once); other_message is written when "
@@ -135,6 +226,10 @@ static PyMethodDef methods[] = {
     {"watch", watch, METH_VARARGS,
      "watch(fd, size, message: bytes) -> bool: on SIGBUS, if fd's file is now smaller "
      "than size, write message to stderr and _exit(2). False when the table is full."},
+    {"remove_on_fault", remove_on_fault, METH_VARARGS,
+     "remove_on_fault(path: bytes) -> int: the handler also removes path (a file, or a "
+     "folder of files) before it exits; a slot for forget(), -1 if none is free."},
+    {"forget", forget, METH_VARARGS, "forget(slot): stop removing that path."},
     {NULL, NULL, 0, NULL},
 };
 

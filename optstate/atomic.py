@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import interrupt
+from . import interrupt, readguard
 from .errors import CheckpointError, OptstateError, OutputExistsError
 from .testhook import pause_at
 
@@ -55,7 +55,8 @@ def check_target(path: str | Path, force: bool, *, folder: bool = False,
     """Fail early (before any work) if ``path`` cannot be written: it exists and ``force``
     is not given, it is a folder where a file is written or the other way round, it is a
     folder that is not a checkpoint of ``kind`` ("dcp": holds ``.metadata``; a file name:
-    a folder holding that file), or its folder is missing or not searchable."""
+    a folder holding that file) or, for ``kind="torch"``, a file that is not a torch.save
+    file, or its folder is missing or not searchable."""
     p = Path(path)
     st = _lstat(p)
     if st is not None and stat.S_ISLNK(st.st_mode):
@@ -67,6 +68,8 @@ def check_target(path: str | Path, force: bool, *, folder: bool = False,
         raise OutputExistsError(f"{p} already exists", hint="pass --force to overwrite it")
     if st is not None and folder:
         _check_replaceable_folder(p, st, kind)
+    elif st is not None and kind == "torch":
+        _check_replaceable_file(p, st)
     parent = p.parent
     try:
         pst = os.stat(parent)
@@ -86,6 +89,19 @@ def _lstat(p: Path) -> os.stat_result | None:
         return None
     except OSError as e:  # EACCES: a folder on the way is not searchable
         raise write_error(e, p) from None
+
+
+def _check_replaceable_file(p: Path, st: os.stat_result) -> None:
+    """``--force`` replaces a torch.save file (a zip archive, or the legacy pickle
+    stream), never a script, a config or a file of another format by a slip of -o."""
+    head = b""
+    if stat.S_ISREG(st.st_mode):
+        with contextlib.suppress(OSError), open(p, "rb") as f:
+            head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise OutputExistsError(
+            f"{p} is not a torch.save checkpoint; --force replaces only a checkpoint file, "
+            "never another file", hint="remove it yourself, or give another name")
 
 
 def _check_replaceable_folder(p: Path, st: os.stat_result, kind: str | None) -> None:
@@ -351,6 +367,7 @@ class Staged:
                 [*restored, "pass --force to overwrite it"]))
         try:
             self.path, self.fd = _make_temp(p, folder)
+            self._on_fault = readguard.remove_on_fault(self.path)  # a truncated input's exit
             if self.fd is not None:
                 os.fchmod(self.fd, target_mode(p))
         except OSError as e:
@@ -372,6 +389,7 @@ class Staged:
         except OSError as e:
             raise write_error(e, self.target) from None
         self.published = True
+        readguard.forget(self._on_fault)
         pause_at("published")
         if old is not None:
             _remove(old)
@@ -385,6 +403,7 @@ class Staged:
             self.fd = None
         if not self.published:
             _remove(self.path)
+        readguard.forget(self._on_fault)
 
 
 @contextlib.contextmanager

@@ -13,11 +13,12 @@ The design, the most that can be done honestly:
   kernel), the console script's ``enable()`` installs a SIGBUS handler. ``watch()``
   registers each mapped file (a duplicate descriptor, its size, the message prepared
   here); on SIGBUS the handler, with async-signal-safe calls only, finds the registered
-  file that shrank (``fstat``), writes its ``Error:`` and ``Hint:`` lines and ends the
-  process with ``_exit(2)``. Nothing else runs then: no temp file of ``set``/``convert``
-  is cleaned up (the atomic writers leave only hidden temp names, never a half target),
-  no buffered output is flushed. A SIGBUS that is not an address error in a mapping
-  while watched files exist keeps the default action: a crash, as before.
+  file that shrank (``fstat``), writes its ``Error:`` and ``Hint:`` lines, removes the
+  temp file or folder a write was filling (``remove_on_fault``: ``unlink``, raw
+  ``getdents64``) and ends the process with ``_exit(2)``; the old target is untouched,
+  as after any error. Nothing else runs then (no buffered output is flushed). A SIGBUS
+  that is not an address error in a mapping while watched files exist keeps the default
+  action: a crash, as before.
 * Everywhere (and the only guard without the helper), ``check()`` runs before a
   tensor's data is read (``kernels.moments``, ``kernels.compare``) and raises a
   ``CheckpointError`` with the same message when a watched file shrank: a truncation
@@ -32,6 +33,7 @@ Only the console script enables it (a library caller keeps its own SIGBUS handli
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,8 @@ OTHER = ("Error: a memory-mapped input could not be read (bus error): it changed
 _enabled = False
 _helper: Any = None
 _watched: list[tuple[int, int, Path]] = []  # (our descriptor, size when mapped, path)
+_tokens = itertools.count()
+_slots: dict[int, int] = {}  # remove_on_fault's token -> the helper's slot
 
 
 def enable() -> bool:
@@ -99,6 +103,27 @@ def changed() -> CheckpointError | None:
         if now < size:
             return CheckpointError(message(p, size), HINT)
     return None
+
+
+def remove_on_fault(path: str | Path) -> int:
+    """Have the SIGBUS exit remove ``path`` too (a temp file, or a flat temp folder, being
+    written: ``atomic.Staged``), so that it leaves the old target and nothing else, as an
+    error does; a token for ``forget``. Without the helper nothing can run then: -1."""
+    if _helper is None:
+        return -1
+    slot = int(_helper.remove_on_fault(os.fsencode(path)))
+    if slot < 0:
+        return -1
+    token = next(_tokens)
+    _slots[token] = slot
+    return token
+
+
+def forget(token: int) -> None:
+    """Stop removing the path ``remove_on_fault`` gave ``token`` for (again: no-op)."""
+    slot = _slots.pop(token, None)
+    if slot is not None and _helper is not None:
+        _helper.forget(slot)
 
 
 def check() -> None:
