@@ -45,6 +45,8 @@ HINT = "another program is writing or truncating it; run again once it is comple
 OTHER = ("Error: a memory-mapped input could not be read (bus error): it changed while "
          "being read, or its device failed\n")
 
+MAX_WATCHED = 64  # as _sigbus.c's table
+
 _enabled = False
 _helper: Any = None
 _watched: list[tuple[int, int, Path]] = []  # (our descriptor, size when mapped, path)
@@ -79,11 +81,16 @@ def message(path: Path, size: int) -> str:
 
 
 def watch(f: Any, path: str | Path) -> None:
-    """Guard the file open as ``f`` (its tensors are mapped) until the process ends."""
-    if not _enabled:
+    """Guard the file open as ``f`` (its tensors may be mapped) until the process ends:
+    one descriptor each, for the first ``MAX_WATCHED`` files a command opens (a command
+    reads a few; the handler's table is that size)."""
+    if not _enabled or len(_watched) >= MAX_WATCHED:
         return
     p = Path(path)
-    fd = os.dup(f.fileno())
+    try:
+        fd = os.dup(f.fileno())
+    except OSError:  # out of descriptors: the read itself will say so
+        return
     size = os.fstat(fd).st_size
     _watched.append((fd, size, p))
     if _helper is not None:
