@@ -48,7 +48,7 @@ class Recorder:
         self.tasks.append({"label": label, "total": total, "completed": completed})
         return 0
 
-    def update(self, task, completed=None, total=None):
+    def update(self, task, completed=None, total=None, description=None):
         self.updates.append({"completed": completed, "total": total})
         self.tasks[task].update(completed=completed, total=total)
 
@@ -188,6 +188,8 @@ def files(tmp_path_factory):
         p.grad = torch.randn_like(p)
     opt.step()
     torch.save(opt.state_dict(), d / "b.pt")
+    (d / "run.toml").write_text('optimizer = "Adam"\n[[groups]]\n'
+                                'shapes = ["64x64", "64x64", "64x64", "64x64"]\n')
     return d
 
 
@@ -196,6 +198,9 @@ COMMANDS = {
     "diff": (["diff", "a.pt", "b.pt"], "comparing", (1,)),
     "simulate": (["simulate", "--steps", "50"], "stepping", (0,)),
     "convert": (["convert", "a.pt", "a_dcp", "--force"], "converting", (0,)),
+    "check": (["check", "a.pt", "--config", "run.toml"], "checking", (0,)),
+    "compare": (["compare", "--optimizers", "sgd,adam", "--steps", "20"], "running sgd",
+                (0,)),
 }
 
 

@@ -55,11 +55,13 @@ def check(
     """
     with errors_to_exit():
         from ..check import check_checkpoint, check_report
+        from ..render.progress import Progress, progress_wanted
 
         if unsafe:
             warn_unsafe()
-        report = check_report(check_checkpoint(checkpoint, config, key=key, unsafe=unsafe,
-                                               trial=trial))
+        with Progress("checking", enabled=progress_wanted(json=json_)):  # load + torch trial
+            report = check_report(check_checkpoint(checkpoint, config, key=key,
+                                                   unsafe=unsafe, trial=trial))
     if json_:
         from ..render.json_view import dumps
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import OptstateCommand, app, errors_to_exit, print_json, stderr_console, stdout_console
+from . import OptstateCommand, app, errors_to_exit, print_json, stdout_console
 
 _RUN = "Run (shared by every optimizer)"
 
@@ -78,9 +78,13 @@ def compare(
             from ..plot import check_plot_target
 
             check_plot_target(plot, force)
-        runs = run(base, contenders, on_run=None if json_ or base.steps < 1000 else (
-            lambda c: stderr_console().print(f"running {c.label}…", style="dim")),
-            record_every=every)
+        from ..render.progress import Progress, progress_wanted
+
+        with Progress("running", enabled=progress_wanted(json=json_)) as progress:
+            started = iter(range(len(contenders)))
+            on_run = None if progress is None else (  # runs done so far, and the next one
+                lambda c: progress(next(started), len(contenders), label=f"running {c.label}"))
+            runs = run(base, contenders, on_run=on_run, record_every=every)
         report = compare_report(base, runs)
         report["plot"] = None
         if plot is not None:

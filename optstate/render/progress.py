@@ -76,8 +76,12 @@ class Progress:
         self._closed = False
 
     # -- the callback ---------------------------------------------------------------
-    def __call__(self, done: int, total: int | None = None) -> None:
+    def __call__(self, done: int, total: int | None = None, label: str | None = None
+                 ) -> None:
+        """``done`` of ``total`` (None: unknown); ``label`` renames what is being done."""
         self.done, self.total = done, total
+        if label is not None:
+            self.label = label
         if not self.enabled:
             return
         now = self.clock()
@@ -89,7 +93,8 @@ class Progress:
                 return
             if self.bar is None:
                 self._show()
-            self.bar.update(self.task, completed=self.done, total=self.total)
+            self.bar.update(self.task, completed=self.done, total=self.total,
+                            description=self.label)
 
     def steps(self, total: int) -> Callable[[int], None]:
         """A per-step callback ``on_step(step)`` for a run of ``total`` steps that may
