@@ -43,10 +43,13 @@ VERDICTS = {"info": ("ok", 0), "warn": ("differs", 1), "fail": ("fails", 2)}
 _NOT_HYPERPARAMS = frozenset({"params", "param_names"})
 _ADDED_BY_OTHERS = frozenset({"initial_lr", "max_lr", "min_lr", "base_lr", "max_momentum",
                               "base_momentum", "name"})
-# Scheduler state that records progress, not configuration.
+# Scheduler state that records progress, not configuration: where the schedule is
+# (CosineAnnealingWarmRestarts' T_cur and T_i, which grows by T_mult at each restart;
+# ReduceLROnPlateau's best metric and its counters), never a setting to undo.
 _SCHED_PROGRESS = frozenset({"last_epoch", "_step_count", "_last_lr",
                              "_get_lr_called_within_step", "_is_initial", "verbose",
-                             "lr_lambdas", "base_lrs", "_initial_step"})
+                             "lr_lambdas", "base_lrs", "_initial_step", "T_cur", "T_i",
+                             "best", "num_bad_epochs", "cooldown_counter"})
 
 
 @dataclass
@@ -403,10 +406,14 @@ def _check_base_lr(gi: int, saved: dict[str, Any], ours: dict[str, Any],
     the config's (the initial_lr the configured scheduler wrote: the config's lr, or
     OneCycleLR's max_lr / div_factor); the current lr is the schedule's, shown only."""
     try:
-        theirs = base_lr_of(sched_state or {}, saved, gi)
         config = base_lr_of(ref_sched, ours, gi)
     except (KeyError, TypeError, ValueError):
-        return  # no base lr on one side: compared as a plain hyperparameter is not right
+        config = plain(ours["lr"])  # ReduceLROnPlateau keeps no base: it starts at lr
+    try:
+        theirs = base_lr_of(sched_state or {}, saved, gi)
+    except (KeyError, TypeError, ValueError):
+        _check_unbased_lr(gi, saved, ours, config, sched_state, add)
+        return
     where = ", ".join(w for w, ok in (("initial_lr", "initial_lr" in saved),
                                       ("base_lrs", "base_lrs" in (sched_state or {}))) if ok)
     lr = plain(saved["lr"])
@@ -431,6 +438,66 @@ def _check_base_lr(gi: int, saved: dict[str, Any], ours: dict[str, Any],
         f"config's {_show(config)}; {now}",
         group=gi, detail=detail,
     ))
+
+
+def _check_unbased_lr(gi: int, saved: dict[str, Any], ours: dict[str, Any], config: Any,
+                      sched_state: dict[str, Any] | None, add: Any) -> None:
+    """The checkpoint keeps no base lr (ReduceLROnPlateau writes no initial_lr or
+    base_lrs): its lr is compared with the lrs the config's lr can reach, and otherwise as
+    a plain hyperparameter."""
+    lr = plain(saved["lr"])
+    reductions = _plateau_reductions(config, lr, sched_state or {}, gi)
+    if reductions is not None:
+        how = ("the config's lr" if reductions == 0 else
+               f"the config's lr {_show(config)} reduced {_n(reductions, 'time')} by "
+               f"ReduceLROnPlateau (factor {_show(sched_state['factor'])})")
+        add(Finding(
+            "lr-scheduled", "info", f"param group {gi}: lr {_show(lr)} is {how}",
+            group=gi, detail={"lr": lr, "config": config, "reductions": reductions},
+        ))
+        return
+    if not _is_plateau(sched_state):
+        if not _equal_hyper(lr, ours["lr"]):
+            add(_override(gi, "lr", lr, ours["lr"]))
+        return
+    why = not_proportional(sched_state) if sched_state is not None else None
+    add(Finding(
+        "base-lr-override", "warn",
+        f"param group {gi}: the checkpoint's lr {_show(lr)} is not the config's "
+        f"{_show(config)} reduced by ReduceLROnPlateau's factor "
+        f"{_show(sched_state['factor'])} any number of times: the run started from another "
+        "lr, and load_state_dict resumes at the checkpoint's (ReduceLROnPlateau keeps no "
+        "base lr to rescale)",
+        group=gi, detail={"key": "base_lr", "checkpoint": None, "config": config, "lr": lr,
+                          "unscalable": why},
+    ))
+
+
+def _is_plateau(sched: dict[str, Any] | None) -> bool:
+    return isinstance(sched, dict) and {"factor", "min_lrs", "eps"} <= set(sched)
+
+
+def _plateau_reductions(start: Any, lr: Any, sched: dict[str, Any], gi: int) -> int | None:
+    """How many of ReduceLROnPlateau's reductions (its own arithmetic: lr * factor,
+    floored at min_lr, skipped when the change is under eps) take ``start`` to ``lr``;
+    0 when they are equal, None when none does."""
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (start, lr)):
+        return None
+    x = float(start)
+    if _is_plateau(sched):
+        factor, eps = float(plain(sched["factor"])), float(plain(sched["eps"]))
+        mins = plain(sched["min_lrs"])
+        floor = float(mins[gi]) if isinstance(mins, list) and gi < len(mins) else 0.0
+    else:
+        factor = eps = floor = 0.0
+    for n in range(10_000):
+        if x == lr or _close_lr(x, lr):
+            return n
+        new = max(x * factor, floor)
+        if not 0 < factor < 1 or not x - new > eps or x < lr:
+            return None
+        x = new
+    return None
 
 
 def _driven_momentum(sched: dict[str, Any], ref: dict[str, Any]) -> str | None:

@@ -52,9 +52,13 @@ def is_optimizer_state(obj: Any) -> bool:
 
 
 def is_scheduler_state(obj: Any) -> bool:
-    return isinstance(obj, dict) and "last_epoch" in obj and (
-        "base_lrs" in obj or "_last_lr" in obj or "best" in obj
-    )
+    if not isinstance(obj, dict):
+        return False
+    # ChainedScheduler keeps no last_epoch of its own: only the schedulers it chains.
+    wrapped = obj.get("_schedulers")
+    if isinstance(wrapped, list) and wrapped and "_last_lr" in obj:
+        return all(is_scheduler_state(s) for s in wrapped)
+    return "last_epoch" in obj and ("base_lrs" in obj or "_last_lr" in obj or "best" in obj)
 
 
 def _children(obj: Any) -> list[tuple[Any, Any]]:
@@ -134,6 +138,8 @@ def describe_contents(obj: Any) -> str:
         if not obj:
             return "an empty dict"
         if is_scheduler_state(obj):
+            if "last_epoch" not in obj:
+                return f"an LR scheduler state_dict (chaining {len(obj['_schedulers'])})"
             return f"an LR scheduler state_dict (last_epoch {obj.get('last_epoch')})"
         model = _describe_model_state(obj)
         if model is not None:

@@ -878,3 +878,108 @@ def test_long_group_shapes_fit_any_width(cli, tmp_path, columns):
             assert row.endswith("… 4 more")
     else:
         assert "    13  8    8x4 < first difference" in lines
+
+
+# --------------------------------------------------------------------------- review of #15 item 2
+
+def _model_run(tmp_path, sched_cfg, lr=1e-3, steps=10, name="run.pt", metric=1.0):
+    """A real training loop: Linear(4, 2) + AdamW(lr) + the scheduler a config names,
+    stepped as a user does (ReduceLROnPlateau on a metric that never improves), saved as
+    {"model", "optimizer", "scheduler"}."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    kw = {k: v for k, v in sched_cfg.items() if k != "name"}
+    sched = getattr(torch.optim.lr_scheduler, sched_cfg["name"])(opt, **kw)
+    plateau = isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    for _ in range(steps):
+        model(torch.randn(3, 4)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step(metric) if plateau else sched.step()
+    path = tmp_path / name
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict()}, path)
+    return path
+
+
+def _resumed_lrs(path, cfg_data, steps, metric=1.0):
+    built = build(spec_from_dict(cfg_data))
+    obj = torch.load(path, weights_only=True)
+    built.optimizer.load_state_dict(obj["optimizer"])
+    built.scheduler.load_state_dict(obj["scheduler"])
+    plateau = isinstance(built.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    out = []
+    for _ in range(steps):
+        built.scheduler.step(metric) if plateau else built.scheduler.step()
+        out.append(built.optimizer.param_groups[0]["lr"])
+    return out
+
+
+@pytest.mark.parametrize("sched", [
+    {"name": "CosineAnnealingWarmRestarts", "T_0": 4, "T_mult": 2},
+    {"name": "ReduceLROnPlateau", "patience": 1},
+], ids=["warm-restarts", "plateau"])
+def test_scheduler_progress_is_not_a_setting_to_undo(cli, tmp_path, sched):
+    """A checkpoint checked against the config that made it: the warm restarts' T_cur/T_i
+    and the plateau's best/num_bad_epochs/cooldown_counter are where the schedule is, not
+    settings. They were reported as overrides (exit 1) with a `--scheduler-set T_cur=0`
+    that restarts the cycle (or `best=None`, which set refuses)."""
+    ckpt = _model_run(tmp_path, sched)
+    cfg_data = {"optimizer": "AdamW", "hyperparams": {"lr": 1e-3},
+                "groups": [{"shapes": ["2x4", "2"]}], "scheduler": sched}
+    res = check_checkpoint(ckpt, _write_config(tmp_path, cfg_data))
+    assert [f for f in res.findings if f.level != "info"] == []
+    assert res.exit_code == 0 and res.fixes == []
+    # torch: resuming that file under that config continues the run that made it
+    fresh_dir = tmp_path / "fresh"
+    fresh_dir.mkdir()
+    longer = _model_run(fresh_dir, sched, steps=16)
+    assert _resumed_lrs(ckpt, cfg_data, 6)[-1] == torch.load(
+        longer, weights_only=True)["optimizer"]["param_groups"][0]["lr"]
+
+
+def test_plateau_lr_is_compared_with_the_config_lr_it_was_reduced_from(tmp_path):
+    """ReduceLROnPlateau keeps no base lr, and the lr comparison was skipped altogether:
+    a run started at 1e-3 checked against a config at 3e-4 said nothing about the lr.
+    Now the lr is compared with the config's lr reduced by the checkpoint's factor."""
+    sched = {"name": "ReduceLROnPlateau", "patience": 1}
+    ckpt = _model_run(tmp_path, sched, lr=1e-3)
+    cfg_data = {"optimizer": "AdamW", "hyperparams": {"lr": 3e-4},
+                "groups": [{"shapes": ["2x4", "2"]}], "scheduler": sched}
+    res = check_checkpoint(ckpt, _write_config(tmp_path, cfg_data))
+    f = res.findings[0]
+    assert (f.code, f.level) == ("base-lr-override", "warn")
+    assert "ReduceLROnPlateau" in f.message and res.exit_code == 1
+    assert res.fixes == [] and "base-lr-override" in res.no_fix_reason
+    same = check_checkpoint(ckpt, _write_config(
+        tmp_path, {**cfg_data, "hyperparams": {"lr": 1e-3}}, "same.json"))
+    lr = torch.load(ckpt, weights_only=True)["optimizer"]["param_groups"][0]["lr"]
+    info = [f for f in same.findings if f.code == "lr-scheduled"]
+    assert len(info) == 1 and f"lr {lr!r}" in info[0].message and "0.001" in info[0].message
+
+
+def test_chained_scheduler_state_is_found(tmp_path):
+    """ChainedScheduler's state has no last_epoch of its own (only _schedulers and
+    _last_lr): it was not recognised, and check said the checkpoint holds no scheduler
+    state at all."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    S = torch.optim.lr_scheduler
+    sched = S.ChainedScheduler([S.StepLR(opt, 3, 0.5), S.ExponentialLR(opt, 0.9)])
+    for _ in range(5):
+        model(torch.randn(3, 4)).sum().backward()
+        opt.step()
+        sched.step()
+    ckpt = tmp_path / "chained.pt"
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict()}, ckpt)
+    cfg = _write_config(tmp_path, {"optimizer": "AdamW", "hyperparams": {"lr": 1e-3},
+                                   "groups": [{"shapes": ["2x4", "2"]}],
+                                   "scheduler": {"name": "StepLR", "step_size": 3,
+                                                 "gamma": 0.5}})
+    res = check_checkpoint(ckpt, cfg)
+    assert res.scheduler_location == "scheduler"
+    assert "scheduler-missing" not in [f.code for f in res.findings]
+    assert "scheduler-kind" in [f.code for f in res.findings]
