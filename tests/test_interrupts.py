@@ -234,3 +234,14 @@ def test_deferred_holds_sigint_until_the_block_ends():
     assert not interrupt.pending()
     with interrupt.deferred():  # the next block does not raise a stale interrupt
         pass
+
+
+def test_a_stray_base_exception_is_one_internal_error_line():
+    class Stray(BaseException):  # a library's BaseException with no failures inside
+        pass
+
+    def body():
+        raise Stray("boom")
+
+    assert _exit_of(body) == (2, "Error: internal error: Stray: boom\nHint: this is a bug in "
+                              "optstate; OPTSTATE_DEBUG=1 shows the traceback\n")
