@@ -39,8 +39,8 @@ def table_fits(table: Table, console: Any, options: Any) -> bool:
     """True when rich lays ``table`` out within ``options.max_width`` without breaking a
     word of any cell (or cropping a ``no_wrap`` cell)."""
     try:
-        # rich's own layout (the steps of Table.__rich_console__): private, so checked
-        # against the public measure below when rich changes
+        # rich's own layout (the steps of Table.__rich_console__); these names are
+        # private: if a rich release renames them, the public measure below decides
         extra = table._extra_width
         wide = options.update_width(_UNBOUNDED)
         needs = [table._measure_column(console, wide, column) for column in table.columns]
@@ -58,7 +58,7 @@ def table_fits(table: Table, console: Any, options: Any) -> bool:
 
 
 def _plain(cell: Any) -> Text | None:
-    """A cell as Text (None when empty or not text)."""
+    """A cell as Text; None when empty (the views' tables hold only str and Text)."""
     if isinstance(cell, Text):
         text = cell.copy()
     elif isinstance(cell, str):
