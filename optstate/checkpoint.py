@@ -194,7 +194,7 @@ def _prescan(p: Path, f: Any, zinfo: _ZipInfo | None, limits: Limits) -> None:
     """Count the tensors, list and dict entries, nesting and string lengths the pickle
     asks for (``prescan.py``) before torch's unpickler builds any of it."""
     if zinfo is not None:
-        scan(_data_pkl(p, f, zinfo), 0, limits, str(p))
+        scan(_data_pkl(p, f, f"{zinfo.prefix}/data.pkl"), 0, limits, str(p))
         return
     try:
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -217,23 +217,21 @@ def prescan_stream(f: Any, size: int, label: str) -> None:
     f.seek(0)
     if f.read(4) == ZIP_MAGIC:
         zinfo = _check_zip(Path(label), f, size)
-        scan(_data_pkl(Path(label), f, zinfo), 0, limits, label)
+        scan(_data_pkl(Path(label), f, f"{zinfo.prefix}/data.pkl"), 0, limits, label)
     else:
         f.seek(0)
         scan_legacy(f.read(size), limits, label)
 
 
-def _data_pkl(p: Path, f: Any, zinfo: _ZipInfo) -> bytes:
+def _data_pkl(p: Path, f: Any, name: str) -> bytes:
     """The bytes of ``data.pkl`` as torch reads them: a stored record is read raw from
     its local header, like torch does (no CRC check: a wrong CRC must not hide the pickle
     from the scan); a compressed one through zipfile (members are at most 2x the file,
     ``_check_zip``)."""
-    info = zinfo.data_pkl
     try:
-        if info is None:
-            raise KeyError("data.pkl")
-        if info.compress_type != zipfile.ZIP_STORED:
-            with zipfile.ZipFile(f) as zf:
+        with zipfile.ZipFile(f) as zf:
+            info = zf.getinfo(name)
+            if info.compress_type != zipfile.ZIP_STORED:
                 return zf.read(info)
         f.seek(info.header_offset + 26)
         name_len, extra_len = struct.unpack("<HH", f.read(4))
@@ -297,7 +295,6 @@ class _ZipInfo:
     prefix: str
     sizes: dict[str, int]  # record name below the prefix -> uncompressed size
     compressed: bool
-    data_pkl: zipfile.ZipInfo | None = None  # the record torch unpickles
 
 
 def _check_zip(path: Path, f: Any, archive_size: int) -> _ZipInfo:
@@ -346,7 +343,6 @@ def _check_zip(path: Path, f: Any, archive_size: int) -> _ZipInfo:
         prefix=prefix,
         sizes={i.filename.split("/", 1)[1]: i.file_size for i in infos},
         compressed=any(i.compress_type != zipfile.ZIP_STORED for i in infos),
-        data_pkl=next((i for i in infos if i.filename == f"{prefix}/data.pkl"), None),
     )
 
 
@@ -448,17 +444,18 @@ def _first_sentence(msg: str, limit: int = 200) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-def check_writable(path: str | Path, force: bool) -> Path:
+def check_writable(path: str | Path, force: bool, *, kind: str | None = None) -> Path:
     """Fail early (before any work) if ``path`` exists and ``force`` is not set, is a
-    folder, or its folder is missing or not searchable."""
+    folder, is not a torch.save file (``kind="torch"``: what ``--force`` may replace), or
+    its folder is missing or not searchable."""
     from .atomic import check_target
 
-    return check_target(path, force)
+    return check_target(path, force, kind=kind)
 
 
 def atomic_write(path: str | Path, write: Any, *, force: bool = False,
                  verify: Any = None, notes: list[str] | None = None,
-                 needed: Any = None) -> Path:
+                 needed: Any = None, kind: str | None = None) -> Path:
     """Write through ``write(fileobj)`` to a temp file beside ``path``, fsync, optionally
     ``verify(temp_path)``, then rename over ``path`` and fsync the folder
     (``optstate.atomic.staged``). A crash at any point leaves either the old file or the
@@ -466,7 +463,7 @@ def atomic_write(path: str | Path, write: Any, *, force: bool = False,
     from .atomic import staged
     from .testhook import pause_at
 
-    with staged(path, force=force, notes=notes, needed=needed) as tmp:
+    with staged(path, force=force, notes=notes, needed=needed, kind=kind) as tmp:
         assert tmp.fd is not None
         with os.fdopen(tmp.fd, "wb") as f:
             tmp.fd = None  # the file object closes it now
@@ -500,6 +497,6 @@ def save_checkpoint(obj: Any, path: str | Path, *, force: bool = False,
 
     try:
         return atomic_write(path, lambda f: torch_save(obj, f), force=force, verify=verify,
-                            notes=notes, needed=lambda: saved_size(obj))
+                            notes=notes, needed=lambda: saved_size(obj), kind="torch")
     except OSError as e:
         raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None

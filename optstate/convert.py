@@ -70,7 +70,7 @@ def convert(src: str | Path, dst: str | Path, *, force: bool = False,
 
 
 def _dcp_to_file(src: Path, dst: Path, force: bool) -> ConvertResult:
-    check_writable(dst, force)
+    check_writable(dst, force, kind="torch")
     source = open_dcp_source(src)
     obj = materialize(source.obj)
     notes: list[str] = []

@@ -137,7 +137,7 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
         targets.append((steps, save_path))
     for _, target in targets:
         if saves_file(target):
-            check_writable(target, force)
+            check_writable(target, force, kind="torch")
         else:
             check_dir_writable(target, force)
 

@@ -458,7 +458,7 @@ def set_hyperparameters(
                 raise CheckpointError(f"cannot write {target}: folder {target.parent} "
                                       "does not exist")
         else:
-            check_writable(target, force)
+            check_writable(target, force, kind="torch")
     source = open_source(src_path, unsafe=unsafe, copying="set")
     if source.format == "dcp":
         raise ConfigError(
@@ -590,7 +590,8 @@ def _write_file(obj: Any, src: Path, target: Path, changes: list[Change], label:
 
     try:
         atomic_write(target, write, force=force, verify=verify, notes=result.notes,
-                     needed=lambda: saved_size(obj, _use_new_zipfile_serialization=not legacy))
+                     needed=lambda: saved_size(obj, _use_new_zipfile_serialization=not legacy),
+                     kind="torch")
     except OSError as e:
         raise CheckpointError(f"cannot write {target}: {e.strerror or e}") from None
     result.outputs.append(str(target))

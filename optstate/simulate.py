@@ -166,7 +166,7 @@ def simulate(
             targets += [(s, series_path(save_path, s)) for s in range(first, end + 1, save_every)]
         targets.append((end, save_path))
         for _, p in targets:  # fail before stepping, not after
-            check_writable(p, force)
+            check_writable(p, force, kind="torch")
 
     numel = sum(p.numel() for p in built.params)
     every = record_every if record_every != "auto" else record_interval(spec.steps, numel)

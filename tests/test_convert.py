@@ -91,9 +91,10 @@ def test_existing_destination_needs_force(cli, tmp_path, saved):
     assert cli("convert", path, d, "--force").exit_code == 0
     assert sorted(os.listdir(d)) == [".metadata", "__0_0.distcp"]
     assert sorted(os.listdir(tmp_path)) == ["d", "run.pt"]  # the old folder is gone too
-    (tmp_path / "out.pt").write_bytes(b"old")
+    torch.save({"old": 1}, tmp_path / "out.pt")
+    old = (tmp_path / "out.pt").read_bytes()
     assert cli("convert", d, tmp_path / "out.pt").exit_code == 2
-    assert (tmp_path / "out.pt").read_bytes() == b"old"
+    assert (tmp_path / "out.pt").read_bytes() == old
     assert cli("convert", d, tmp_path / "out.pt", "--force").exit_code == 0
     assert same(load_torch_file(tmp_path / "out.pt").obj["optimizer_state_dict"], sd)
 
@@ -256,3 +257,25 @@ def test_an_old_copy_left_by_an_older_optstate_is_restored(cli, tmp_path, saved)
         "interrupted replace had moved aside; pass --force to overwrite it"]
     assert sorted(os.listdir(tmp_path)) == ["d", "run.pt"]
     assert same(open_source(tmp_path / "d").obj["optimizer_state_dict"], sd)
+
+
+@pytest.mark.parametrize("command", ["convert", "set", "simulate"])
+def test_force_never_replaces_a_file_that_is_not_a_checkpoint(cli, tmp_path, saved, command):
+    """issue #16 item 7, files: -o train.py --force by a slip replaced the script."""
+    path, _ = saved
+    victim = tmp_path / "train.py"
+    victim.write_text("print('my training script')\n")
+    if command == "convert":
+        convert(path, tmp_path / "d")
+        args = ["convert", tmp_path / "d", victim, "--force"]
+    elif command == "set":
+        args = ["set", path, "-o", victim, "--lr", "0.5", "--force"]
+    else:
+        args = ["simulate", "--steps", "1", "--save", victim, "--force"]
+    r = cli(*args)
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == [
+        f"Error: {victim} is not a torch.save checkpoint; --force replaces only a checkpoint "
+        "file, never another file", "Hint: remove it yourself, or give another name"]
+    assert victim.read_text() == "print('my training script')\n"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]

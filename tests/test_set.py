@@ -313,6 +313,7 @@ def test_refuses_to_overwrite(cli, bare_ckpt, tmp_path):
     assert r.exit_code == 2
     assert r.stderr == f"Error: {out} already exists\nHint: pass --force to overwrite it\n"
     assert out.read_bytes() == b"keep me"
+    torch.save({"old": 1}, out)  # --force replaces a checkpoint, never another file
     r = cli("set", bare_ckpt, "-o", out, "--lr", "0.3", "--force")
     assert r.exit_code == 0
     assert [g["lr"] for g in _load(out)["param_groups"]] == [0.3, 0.3]

@@ -275,6 +275,11 @@ def test_existing_output_refused_before_any_step(tmp_path):
         simulate(RunSpec(steps=3), save=out, on_step=steps_taken.append)
     assert steps_taken == []
     assert out.read_bytes() == b"precious"
+    # --force replaces a checkpoint, never another file
+    with pytest.raises(OutputExistsError, match="is not a torch.save checkpoint"):
+        simulate(RunSpec(steps=3), save=out, force=True, on_step=steps_taken.append)
+    assert steps_taken == [] and out.read_bytes() == b"precious"
+    torch.save({"old": 1}, out)
     simulate(RunSpec(steps=3), save=out, force=True)
     assert torch.load(out, weights_only=True)["param_groups"][0]["lr"] == 0.001
 

@@ -69,6 +69,7 @@ def test_save_refuses_to_overwrite_without_force(cli, tmp_path):
     assert r.stdout == ""
     assert r.stderr == f"Error: {out} already exists\nHint: pass --force to overwrite it\n"
     assert out.read_bytes() == b"keep me"
+    torch.save({"old": 1}, out)  # --force replaces a checkpoint, never another file
     assert cli("simulate", "--save", out, "--force").exit_code == 0
     assert torch.load(out, weights_only=True)["param_groups"][0]["lr"] == 0.001
 
