@@ -30,8 +30,8 @@ def convert(
         "output.",
         show_default=False)],
     force: Annotated[bool, typer.Option(
-        "--force", help="Replace DST if it exists: a file, or a folder that is a DCP "
-        "checkpoint (never any other folder).")] = False,
+        "--force", help="Replace DST if it is a checkpoint of the kind written: a "
+        "torch.save file, or a DCP folder (never any other file or folder).")] = False,
     json_: Annotated[bool, typer.Option(
         "--json", help="Print the result as JSON (schema optstate.convert/1).")] = False,
     unsafe: Annotated[bool, typer.Option("--unsafe", help=UNSAFE_HELP)] = False,
