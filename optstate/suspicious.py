@@ -94,7 +94,8 @@ def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
     inf: list[tuple[str, str]] = []
     zero: list[tuple[str, str]] = []
     negative: list[tuple[str, str]] = []
-    underflows = _underflows(params, view)
+    never = _never_stepped(view)
+    underflows = _underflows([p for p in params if p["position"] not in never], view)
     underflowed = {u.where for u in underflows}
     unpaired: dict[str, float | None] = {}  # all-zero grad² sums with no first moment
 
@@ -112,12 +113,13 @@ def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
         if rep.get("inf"):
             inf.append((where, f"{rep['inf']} Inf"))
         if rep.get("zeros") == 1.0 and rep.get("numel") and entry not in _MAY_BE_ZERO \
-                and where not in underflowed:
+                and where not in underflowed and not stepless:
             zero.append((where, ""))
         if entry in _NON_NEGATIVE and rep.get("min") is not None and rep["min"] < 0:
             negative.append((where, f"min {rep['min']:.6g}"))
 
     for p in params:
+        stepless = p["position"] in never  # buffers as created: not zero gradients
         for entry, rep in p["state"].items():
             before = len(zero)
             visit(_at(p["position"], entry), entry, rep)
@@ -153,11 +155,32 @@ def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
             "zero, e.g. zero-filled grads reached step() (zero_grad(set_to_none=False) called "
             f"between backward() and step()){maybe}", where(zero)))
     out += _underflow_warnings(underflows, view, kind)
+    if never:
+        ps = sorted(never)
+        out.append(_warning(
+            "param_never_stepped", f"{len(ps)} param{'s' * (len(ps) != 1)} "
+            f"({_places([str(x) for x in ps])}) {'have' if len(ps) != 1 else 'has'} state at "
+            f"step 0, as {kind if kind != 'unknown' else 'the optimizer'} created it before "
+            "any step (Adagrad does so when it is built): "
+            f"{'they' if len(ps) != 1 else 'it'} never got a gradient (frozen, not used in "
+            "the loss), so all-zero buffers there say nothing about gradient values",
+            [_at(x, "step") for x in ps]))
     if negative:
         out.append(_warning(
             "negative_second_moment", f"negative values in {places(negative)}: these running "
             "averages of squares are never negative in a real run; the state was edited or "
             "corrupted", where(negative)))
+    return out
+
+
+def _never_stepped(view: OptimizerStateView) -> set[int]:
+    """Positions whose state says step 0: every torch optimizer counts a step before it
+    uses it, so this state is as created (Adagrad creates it in its constructor)."""
+    out = set()
+    for p in view.params:
+        if "step" in p.state and any(k != "step" for k in p.state) and (
+                _scalar(p.state["step"]) == 0.0):
+            out.add(p.position)
     return out
 
 

@@ -163,3 +163,32 @@ def test_cli_shows_the_underflow_warning(deep, cli):
     assert r.exit_code == 0, r.stderr
     codes = [w["code"] for w in json.loads(r.stdout)["warnings"]]
     assert "second_moment_underflow" in codes and "zero_buffer" not in codes
+
+
+def test_adagrad_state_of_a_never_stepped_param_is_not_called_zero_gradients(tmp_path):
+    """Adagrad creates its state (sum = initial_accumulator_value, step 0) when it is
+    built: a frozen first layer keeps that state, all zeros, and was reported as 'every
+    gradient these params got was zero'. They got no gradient at all (step 0)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.1)
+    for _ in range(3):
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    path = tmp_path / "frozen_adagrad.pt"
+    torch.save(opt.state_dict(), path)
+    assert not _warnings(path, "zero_buffer")
+    (w,) = _warnings(path, "param_never_stepped")
+    assert w["where"] == ["state[0].step", "state[1].step"]
+    assert "never got a gradient" in w["message"] and "step 0" in w["message"]
+    # zero gradients that did reach step() are still called that
+    opt2 = torch.optim.Adagrad(model.parameters(), lr=0.1)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt2.step()
+    torch.save(opt2.state_dict(), path)
+    (z,) = _warnings(path, "zero_buffer")
+    assert "every gradient these params got was zero" in z["message"]
+    assert not _warnings(path, "param_never_stepped")
