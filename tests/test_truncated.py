@@ -55,7 +55,8 @@ def _sigbus_helper_built() -> bool:
 def _truncate_at(stage: str, args: list[str], victim: Path, env: dict[str, str] | None = None
                  ) -> tuple[int, list[str]]:
     size = victim.stat().st_size
-    run = Run(args, {"OPTSTATE_TEST_PAUSE_AT": f"{stage}=3", **(env or {})})
+    # the run waits 5 s at the stage (the truncation takes a millisecond of it)
+    run = Run(args, {"OPTSTATE_TEST_PAUSE_AT": f"{stage}=5", **(env or {})})
     assert run.wait_marker() == stage
     os.truncate(victim, 4096)  # the zip's first record stays; every tensor's data is gone
     code, out, err = run.finish()
