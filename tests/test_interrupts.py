@@ -108,6 +108,7 @@ def _assert_interrupted(code: int, err: str) -> None:
     assert (code, err.strip()) == (130, INTERRUPTED), err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["startup", "import_torch", "command"])
 @pytest.mark.parametrize("command", ["inspect", "diff", "simulate", "convert-dcp"])
 def test_sigint_at_each_stage_is_interrupted(files, command, stage):
@@ -125,6 +126,7 @@ def test_sigint_at_each_stage_is_interrupted(files, command, stage):
         assert not (files["dir"] / f"out_{command}_{stage}_dcp").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["inspect", "convert-dcp"])
 def test_sigint_after_the_work_is_done_is_exit_0_or_interrupted(files, command):
     args = _commands(files, f"{command}_finished")[command]
@@ -140,6 +142,7 @@ def test_sigint_after_the_work_is_done_is_exit_0_or_interrupted(files, command):
 DELAYS = [0.03, 0.06, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.1, 1.5]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["inspect", "diff", "simulate", "convert-dcp"])
 def test_sigint_at_fixed_delays_is_never_lost_or_mangled(files, command):
     for i, delay in enumerate(DELAYS):

@@ -19,6 +19,8 @@ import torch
 
 from tests.test_interrupts import Run
 
+pytestmark = pytest.mark.slow  # real processes, 64 MiB files
+
 HINT = "Hint: another program is writing or truncating it; run again once it is complete"
 
 
