@@ -10,7 +10,9 @@ So the console script routes SIGINT here (``install()``): the handler always rec
 interrupt (``pending()``); inside a ``deferred()`` block it only records it, and the
 outermost block raises ``KeyboardInterrupt`` as it ends (``check()``); elsewhere it
 raises at once, as Python's own handler does. ``cli.errors_to_exit`` reports any failure
-that happens while an interrupt is pending as the interrupt, not as the error it caused.
+that happens while an interrupt is pending as the interrupt, not as the error it caused;
+whoever reports it first calls ``announce()`` (``Interrupted.`` once, the exit status),
+which, like ``hold()`` on a normal exit, holds any later SIGINT until the process ends.
 
 Writers (``optstate.atomic``) wrap their write-then-publish in ``deferred()`` too; a
 caller that never ran ``install()`` (a library user, ``CliRunner``) still gets the
