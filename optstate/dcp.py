@@ -53,7 +53,7 @@ from torch.distributed.checkpoint.metadata import (
 from .checkpoint import prescan_bytes, prescan_stream
 from .errors import CheckpointError, ConfigError, UnsafeCheckpointError
 from .lazy import LazyTensor
-from .limits import LimitError, Limits
+from .limits import LimitError, Limits, size_text
 from .limits import current as current_limits
 from .prescan import scan_any
 from .walk import walk
@@ -399,7 +399,7 @@ class DcpCheckpoint:
                 str(self.path),
                 f"has tensor chunks that claim more data than they store ({key}: "
                 f"{claimed:,} bytes from {stored:,} stored); reading them would add "
-                f"{extra:,} bytes", "expand", limit)
+                f"{size_text(extra)}", "expand", limit)
 
     # ------------------------------------------------------------------ structure
 

@@ -85,6 +85,14 @@ def human(name: str, value: int) -> str:
     return str(value)
 
 
+def size_text(n: int) -> str:
+    """Bytes for a message: exact below 1 MiB, else in MiB / GiB / TiB."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:,} bytes"
+
+
 class LimitError(CheckpointError):
     """A checkpoint beyond one of the documented limits."""
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CheckpointError
-from .limits import LimitError, Limits, current
+from .limits import LimitError, Limits, current, size_text
 
 # Real optimizer states are a few levels deep (Lightning: 4) and hold a handful of
 # entries per parameter; these limits (``limits.py``: depth, nodes) are orders of
@@ -257,14 +257,7 @@ def check_copyable(report: WalkReport, label: str, action: str,
         label,
         f"has views that repeat their stored elements ({where}: {numel:,} elements over "
         f"{covered:,} stored); {action} copies tensors, which would add "
-        f"{_bytes(report.expand_bytes)}", "expand", limit)
-
-
-def _bytes(n: int) -> str:
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:,} bytes"
+        f"{size_text(report.expand_bytes)}", "expand", limit)
 
 
 def check_sparse(t: Any, where: str) -> None:
