@@ -4,7 +4,10 @@ Security policy: every load passes ``weights_only=True`` explicitly (so torch ig
 ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``) and ``map_location="cpu"``. torch is handed a file
 we opened ourselves (or its ``/proc/self/fd`` path when memory-mapping), never the
 user's path: torch sends a path ending in ``.safetensors`` to another loader whatever
-the file holds. ``unsafe=True`` exists for files the user trusts; only the CLI's
+the file holds. Before torch unpickles anything, the pickle is pre-scanned against the
+documented limits (``prescan.py``, ``limits.py``): what torch would build is counted
+from the opcodes, so work follows the bytes stored, never what a file claims.
+``unsafe=True`` exists for files the user trusts; only the CLI's
 ``--unsafe`` flag sets it, and it warns loudly.
 """
 
