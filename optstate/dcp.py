@@ -22,6 +22,14 @@ Two places where optstate does not use torch's defaults, on purpose:
   wherever a path has an integer. ``rebuild`` keeps dicts, turns ``0..n-1`` keyed dicts
   into lists only outside an optimizer's ``state``, and gives ``state`` back the integer
   keys its ``params`` lists name, so the folder reads back as the state that was saved.
+
+A folder from a stranger reads only itself and costs what it stores (``limits.py``):
+every file it names, and ``.metadata``, must resolve to a regular file directly inside it
+(``inside``); ``.metadata`` is scanned before it is unpickled (``prescan.scan_any``), then
+its keys, paths, shapes and chunks are checked against the limits; a chunk that claims
+more data than it stores (an expanded view) is refused before anything is read; values
+and chunks pass the torch.save pre-scan before torch.load reads them, and values are
+walked before the nested state is rebuilt from them.
 """
 
 from __future__ import annotations
