@@ -197,7 +197,7 @@ def _prescan(p: Path, f: Any, zinfo: _ZipInfo | None, limits: Limits) -> None:
     """Count the tensors, list and dict entries, nesting and string lengths the pickle
     asks for (``prescan.py``) before torch's unpickler builds any of it."""
     if zinfo is not None:
-        scan(_data_pkl(p, f, f"{zinfo.prefix}/data.pkl"), 0, limits, str(p))
+        scan(_data_pkl(p, f, zinfo), 0, limits, str(p))
         return
     try:
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -220,21 +220,23 @@ def prescan_stream(f: Any, size: int, label: str) -> None:
     f.seek(0)
     if f.read(4) == ZIP_MAGIC:
         zinfo = _check_zip(Path(label), f, size)
-        scan(_data_pkl(Path(label), f, f"{zinfo.prefix}/data.pkl"), 0, limits, label)
+        scan(_data_pkl(Path(label), f, zinfo), 0, limits, label)
     else:
         f.seek(0)
         scan_legacy(f.read(size), limits, label)
 
 
-def _data_pkl(p: Path, f: Any, name: str) -> bytes:
+def _data_pkl(p: Path, f: Any, zinfo: _ZipInfo) -> bytes:
     """The bytes of ``data.pkl`` as torch reads them: a stored record is read raw from
     its local header, like torch does (no CRC check: a wrong CRC must not hide the pickle
     from the scan); a compressed one through zipfile (members are at most 2x the file,
     ``_check_zip``)."""
+    info = zinfo.data_pkl
     try:
-        with zipfile.ZipFile(f) as zf:
-            info = zf.getinfo(name)
-            if info.compress_type != zipfile.ZIP_STORED:
+        if info is None:
+            raise KeyError("data.pkl")
+        if info.compress_type != zipfile.ZIP_STORED:
+            with zipfile.ZipFile(f) as zf:
                 return zf.read(info)
         f.seek(info.header_offset + 26)
         name_len, extra_len = struct.unpack("<HH", f.read(4))
@@ -298,6 +300,7 @@ class _ZipInfo:
     prefix: str
     sizes: dict[str, int]  # record name below the prefix -> uncompressed size
     compressed: bool
+    data_pkl: zipfile.ZipInfo | None = None  # the record torch unpickles
 
 
 def _check_zip(path: Path, f: Any, archive_size: int) -> _ZipInfo:
@@ -346,6 +349,7 @@ def _check_zip(path: Path, f: Any, archive_size: int) -> _ZipInfo:
         prefix=prefix,
         sizes={i.filename.split("/", 1)[1]: i.file_size for i in infos},
         compressed=any(i.compress_type != zipfile.ZIP_STORED for i in infos),
+        data_pkl=next((i for i in infos if i.filename == f"{prefix}/data.pkl"), None),
     )
 
 
