@@ -121,11 +121,21 @@ def display(path: str) -> str:
 # --------------------------------------------------------------------------- reading
 
 
+class _NonFinite(ast.NodeTransformer):
+    """``inf`` and ``nan``, which repr prints for float keys and literal_eval cannot read."""
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id in ("inf", "nan"):
+            return ast.copy_location(ast.Constant(float(node.id)), node)
+        return node
+
+
 def _literal(token: str, path: str) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "invalid escape sequence" in a typed key
-            return ast.literal_eval(token)
+            tree = _NonFinite().visit(ast.parse(token.strip(), mode="eval"))
+            return ast.literal_eval(tree)
     except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
         raise ConfigError(f"path {path!r}: cannot read the key [{token}]",
                           hint=_SYNTAX_HINT) from None
@@ -219,12 +229,22 @@ def step_into(node: Any, step: Step) -> Any:
             return node[key]
         if step.bare and _INT.fullmatch(key) and int(key) in node:
             return node[int(key)]
+        if _has_nan(key):  # unequal to itself: matched by its printed form
+            for k in node:
+                if _has_nan(k) and format_key(k) == format_key(key):
+                    return node[k]
     elif isinstance(node, (list, tuple)):
         if step.bare and _INT.fullmatch(key):
             key = int(key)
         if isinstance(key, int) and not isinstance(key, bool) and -len(node) <= key < len(node):
             return node[key]
     raise KeyError(key)
+
+
+def _has_nan(key: Any) -> bool:
+    if isinstance(key, float):
+        return key != key
+    return isinstance(key, tuple) and any(_has_nan(k) for k in key)
 
 
 def follow(obj: Any, path: str) -> Any:

@@ -177,3 +177,41 @@ def test_key_help_documents_the_syntax(cli):
     for command in ("inspect", "set", "check", "diff"):
         r = cli(command, "--help", env={"COLUMNS": "200"})
         assert '[""] for the empty string' in r.stdout, command
+
+
+# --------------------------------------------------------------------------- review of #15 item 4
+
+_ANY_KEYS = st.one_of(_KEYS, st.floats(), st.booleans(), st.none(),
+                      st.tuples(st.integers(-2, 2), st.floats()), st.binary(max_size=2))
+
+
+@st.composite
+def _containers_any_keys(draw, depth: int = 0):  # noqa: ANN001, ANN202
+    counter = draw(st.shared(st.just([0]), key="counter_any"))
+    if depth >= 3 or draw(st.integers(0, 3)) == 0:
+        counter[0] += 1
+        return _optimizer_state(counter[0])
+    keys = draw(st.lists(_ANY_KEYS, max_size=4))
+    return {k: draw(_containers_any_keys(depth + 1)) for k in keys}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_containers_any_keys())
+def test_every_printed_path_selects_that_object_whatever_the_key_type(obj):
+    """Float keys included: inf and nan were printed [inf] / [nan], which --key refused
+    ("cannot read the key [inf]"); a nan key, unequal to itself, was never found."""
+    for _keys, text, node in _nodes(obj):
+        assert resolve_key(obj, text) is node
+    for location, state in find_optimizer_states(obj):
+        assert resolve_key(obj, location) is state
+
+
+def test_infinite_and_nan_float_keys(cli, tmp_path):
+    sd, other = (stepped_optimizer("Adam", seed=s)[0].state_dict() for s in (0, 1))
+    path = tmp_path / "floats.pt"
+    torch.save({"runs": {float("inf"): sd, float("nan"): {"x": other}, -float("inf"): 1}},
+               path)
+    for loc in ("runs[inf]", "runs[nan].x"):
+        r = cli("inspect", path, "--key", loc, "--json")
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(r.stdout)["location"] == loc
