@@ -248,3 +248,30 @@ def test_fit_never_cuts_or_splits_a_word(rows, width, no_wrap, overflow, head, s
         plain = Console(file=io.StringIO(), width=width, highlight=False)
         plain.print(table)
         assert out == plain.file.getvalue()  # fits unbroken: rich's own output
+
+
+# -- keys that look like rich markup ------------------------------------------------------
+
+HOSTILE = ("[bold]x[/bold]", "[link=http://e.example]y[/link]", "enc.[red]z")
+
+
+def test_markup_like_names_are_shown_literally(tmp_path):
+    """A name or entry holding rich markup is text from a file: the table (wide) and the
+    folded form (narrow) both show it exactly as stored, never as styling or a link."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3, 2)) for _ in HOSTILE]
+    opt = torch.optim.AdamW([{"params": list(zip(HOSTILE, params, strict=True))}])
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    sd = opt.state_dict()
+    sd["state"][0]["[i]ent[/i]"] = torch.ones(2)
+    sd["param_groups"][0]["[u]hp[/u]"] = 1
+    torch.save({"optimizer": sd}, tmp_path / "hostile.pt")
+    # 80: too narrow for the literal names in one line of text, wide enough for rich's
+    # table once it has taken the markup out
+    for width in (WIDE, 80, 40):
+        code, text = run_in_pty(["inspect", "hostile.pt"], width, tmp_path)
+        assert code == 0, text
+        for name in (*HOSTILE, "[i]ent[/i]", "[u]hp[/u]"):
+            assert name in text, f"{name!r} not shown literally at {width} columns:\n{text}"

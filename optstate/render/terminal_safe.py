@@ -4,7 +4,10 @@ Keys, parameter names and string values come from untrusted files. Printed raw, 
 in one clears the screen, moves the cursor, sets the window title or plants an OSC 8
 hyperlink. ``protect(console)`` installs a render hook that escapes control characters
 in the text of every segment rich prints (``\\x1b`` is shown as ``\\x1b``), leaving
-rich's own styling, which travels as styles and control segments, untouched.
+rich's own styling, which travels as styles and control segments, untouched. It also
+renders with ``markup=False``: a str from a file (a key ``[bold]x[/bold]`` or
+``[link=...]``) is shown literally, never as styling or a hyperlink; optstate's own
+styles travel as ``Text`` styles, never as markup.
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ def protect(console: Any) -> Any:
             self.renderable = renderable
 
         def __rich_console__(self, console: Any, options: Any) -> Any:
-            for seg in console.render(self.renderable, options):
+            # markup=False: a str cell of a rich Table is otherwise parsed as markup, so a
+            # key "[bold]x[/bold]" showed as "x" where the table fits and literally where
+            # Fit folds it; text from a file is shown as it is, in every form
+            for seg in console.render(self.renderable, options.update(markup=False)):
                 if seg.control or not _UNSAFE.search(seg.text):
                     yield seg
                 else:
