@@ -57,7 +57,9 @@ def same_tensor(a: Any, b: Any, *, strides: bool = True) -> bool:
         return False
     if a.is_meta or b.is_meta:
         return a.is_meta and b.is_meta
-    if a.layout != torch.strided or a.is_quantized:
+    if a.layout != torch.strided:
+        return _same_sparse(a, b)
+    if a.is_quantized:
         return bool(torch.equal(a, b))
     if strides and a.stride() != b.stride():
         return False
@@ -68,6 +70,26 @@ def same_tensor(a: Any, b: Any, *, strides: bool = True) -> bool:
     if x.dtype == torch.bool:
         return bool(torch.equal(x, y))
     return bool(torch.equal(x.view(torch.uint8), y.view(torch.uint8)))
+
+
+def _same_sparse(a: Any, b: Any) -> bool:
+    """Sparse tensors (torch.equal has no sparse kernel): the same stored components, bit
+    for bit: indices and values, and for COO whether it is coalesced."""
+    import torch
+
+    if a.layout == torch.sparse_coo:
+        if a.is_coalesced() != b.is_coalesced():
+            return False
+        parts = [(a._indices(), b._indices()), (a._values(), b._values())]
+    elif a.layout in (torch.sparse_csr, torch.sparse_bsr):
+        parts = [(a.crow_indices(), b.crow_indices()), (a.col_indices(), b.col_indices()),
+                 (a.values(), b.values())]
+    elif a.layout in (torch.sparse_csc, torch.sparse_bsc):
+        parts = [(a.ccol_indices(), b.ccol_indices()), (a.row_indices(), b.row_indices()),
+                 (a.values(), b.values())]
+    else:
+        return bool(torch.equal(a, b))
+    return all(same_tensor(x, y, strides=False) for x, y in parts)
 
 
 def _same_float(x: float, y: float) -> bool:

@@ -59,3 +59,46 @@ def test_tensors_bit_for_bit():
     assert same_tensor(torch.tensor(math.nan, dtype=torch.bfloat16),
                        torch.tensor(math.nan, dtype=torch.bfloat16))
     assert same_tensor(torch.tensor([1 + 2j]), torch.tensor([1 + 2j]))
+
+
+def _reloaded(t):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(t, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def test_sparse_tensors_bit_for_bit():
+    """torch.equal has no sparse kernel: same_tensor raised NotImplementedError, so set on
+    a checkpoint holding a sparse state entry ended in 'internal error'."""
+    dense = torch.tensor([[float("nan"), 0.0], [0.0, -0.0], [2.5, 0.0]])
+    uncoalesced = torch.sparse_coo_tensor(torch.tensor([[0, 0, 1], [1, 1, 0]]),
+                                          torch.tensor([1.0, 2.0, 3.0]), (3, 2))
+    for t in (dense.to_sparse(), uncoalesced, dense.to_sparse_csr(), dense.to_sparse_csc(),
+              dense.to_sparse_bsr((1, 1))):
+        assert same_tensor(t, _reloaded(t)) and same_leaf(t, _reloaded(t))
+        assert same_leaf({"sp": [t]}, {"sp": [_reloaded(t)]})
+    a = dense.to_sparse()
+    changed = torch.sparse_coo_tensor(a._indices(), a._values().clone().index_fill_(0,
+                                      torch.tensor([1]), 3.5), a.shape)
+    assert not same_tensor(a, changed)
+    assert not same_tensor(a, a.to_dense().to_sparse_csr())  # another layout
+    assert not same_tensor(uncoalesced, uncoalesced.coalesce())  # other stored entries
+
+
+def test_set_on_a_checkpoint_with_a_sparse_state_entry(cli, tmp_path):
+    p = torch.nn.Parameter(torch.randn(3, 2))
+    opt = torch.optim.Adam([p], lr=0.1)
+    p.grad = torch.ones(3, 2)
+    opt.step()
+    sd = opt.state_dict()
+    sd["state"][0]["rows"] = torch.randn(3, 2).to_sparse()
+    src, out = tmp_path / "sparse.pt", tmp_path / "out.pt"
+    torch.save(sd, src)
+    r = cli("set", src, "-o", out, "--lr", "0.5")
+    assert r.exit_code == 0, r.stderr
+    back = torch.load(out, weights_only=True)
+    assert back["param_groups"][0]["lr"] == 0.5
+    assert same_tensor(back["state"][0]["rows"], sd["state"][0]["rows"])
