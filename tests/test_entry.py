@@ -14,6 +14,28 @@ import optstate
 from optstate import _entry
 from tests.conftest import ROOT
 
+@pytest.fixture(autouse=True)
+def _process_state_restored():
+    """``_entry.main`` is the console script: it routes SIGINT for the rest of the process,
+    holds it as it exits and turns the read guard on. Called in-process here, that must
+    not outlive the test (later in-process tests of ``deferred()`` and ``errors_to_exit``
+    saw SIGINT held and ``Interrupted.`` already announced)."""
+    import signal
+
+    from optstate import interrupt, readguard
+
+    handler = signal.getsignal(signal.SIGINT)
+    saved = {k: getattr(interrupt, k) for k in ("_pending", "_announced", "_depth", "_installed")}
+    guard = (readguard._enabled, list(readguard._watched))
+    yield
+    signal.signal(signal.SIGINT, handler)
+    for k, v in saved.items():
+        setattr(interrupt, k, v)
+    for fd, _, _ in readguard._watched[len(guard[1]):]:
+        os.close(fd)
+    readguard._enabled, readguard._watched[:] = guard[0], guard[1]
+
+
 PROBE = (
     "import runpy, sys\n"
     "sys.argv = ['optstate', *sys.argv[1:]]\n"
