@@ -5,8 +5,9 @@ rebuilds a million tensors, or lists a million parameter groups, keeps it busy f
 minute or more, and a 1 MiB key costs every later step dearly. ``scan`` walks the
 opcodes once (no objects are built), counting
 
-- tensors: calls (REDUCE) with arguments, i.e. ``_rebuild_tensor_v2(...)`` and kin; the
-  argument-less ``OrderedDict()`` torch.save writes beside every tensor is not counted,
+- tensors: calls (REDUCE, NEWOBJ) with arguments, i.e. ``_rebuild_tensor_v2(...)`` and
+  kin; the argument-less ``OrderedDict()`` torch.save writes beside every tensor (an
+  EMPTY_TUPLE opcode right before the REDUCE, or before a PUT of it) is not counted,
 - items: entries added to lists and dicts (APPEND(S), SETITEM(S)), and values left on the
   stack (checked every MiB of input, so a stream of pushes is stopped early too),
 - depth: MARK nesting (each open MARK is a new list in torch's unpickler),
@@ -33,13 +34,13 @@ _U32 = struct.Struct("<I").unpack_from
 _ARG = [-1] * 256
 _DELTA = [0] * 256
 for _ops, _arg, _delta in (
-    (b"N\x88\x89)]}\x8f", 0, 1),  # NONE, NEWTRUE, NEWFALSE, EMPTY_TUPLE/LIST/DICT/SET
+    (b"N\x88\x89]}\x8f", 0, 1),  # NONE, NEWTRUE, NEWFALSE, EMPTY_LIST/DICT/SET
     (b"K", 1, 1), (b"M", 2, 1), (b"J", 4, 1), (b"G", 8, 1),  # BININT1/2, BININT, BINFLOAT
     (b"h", 1, 1), (b"j", 4, 1),  # BINGET, LONG_BINGET
     (b"q", 1, 0), (b"r", 4, 0),  # BINPUT, LONG_BINPUT
     (b"\x80", 1, 0),  # PROTO
     (b"Q\x85", 0, 0),  # BINPERSID (pid -> storage), TUPLE1
-    (b"\x86b\x81", 0, -1),  # TUPLE2, BUILD, NEWOBJ
+    (b"\x86b", 0, -1),  # TUPLE2, BUILD
     (b"\x87", 0, -2),  # TUPLE3
 ):
     for _op in _ops:
@@ -47,7 +48,8 @@ for _ops, _arg, _delta in (
 
 _MARK, _TUPLE, _APPENDS, _SETITEMS, _REDUCE = 0x28, 0x74, 0x65, 0x75, 0x52
 _APPEND, _SETITEM, _BINUNICODE, _STOP, _GLOBAL = 0x61, 0x73, 0x58, 0x2E, 0x63
-_SHORT_BINSTRING, _LONG1, _EMPTY_TUPLE = 0x55, 0x8A, 0x29
+_SHORT_BINSTRING, _LONG1, _EMPTY_TUPLE, _NEWOBJ = 0x55, 0x8A, 0x29, 0x81
+_BINPUT, _LONG_BINPUT_OP = 0x71, 0x72
 _CHECK_EVERY = 1 << 20  # bytes of input between checks of the stack's size
 
 
@@ -73,6 +75,7 @@ def scan(data: Any, start: int, limits: Limits, where: str,
     max_marks = limits.depth
     depth = 0  # values on the stack since the last MARK
     marks: list[int] = []  # depth below each open MARK
+    empty_end = -9  # where the last EMPTY_TUPLE opcode ended
     try:
         while True:
             stop = min(n, i + _CHECK_EVERY)
@@ -92,9 +95,18 @@ def scan(data: Any, start: int, limits: Limits, where: str,
                                          "depth", max_marks)
                 elif op == _TUPLE:
                     depth = marks.pop() + 1
-                elif op == _REDUCE:
+                elif op == _EMPTY_TUPLE:
+                    depth += 1
+                    empty_end = i
+                elif op == _REDUCE or op == _NEWOBJ:
                     depth -= 1
-                    if data[i - 2] != _EMPTY_TUPLE:
+                    # Not counted: a call whose arguments are the empty tuple pushed just
+                    # before (OrderedDict()), maybe memoised on the way. Judged by opcode
+                    # positions, never by the byte before: 'h)' (BINGET 41) is not ')'.
+                    if not (op == _REDUCE and (
+                            empty_end == i - 1
+                            or (empty_end == i - 3 and data[i - 3] == _BINPUT)
+                            or (empty_end == i - 6 and data[i - 6] == _LONG_BINPUT_OP))):
                         tensors += 1
                         if tensors > max_tensors:
                             raise LimitError(where, f"holds more than {max_tensors:,} tensors",

@@ -227,6 +227,28 @@ def test_the_prescan_counts_what_torch_builds(tmp_path):
     assert seconds < 10, f"{seconds:.1f} s"  # measured: ~1.2 s on an idle core
 
 
+def test_tensors_rebuilt_from_memo_are_counted(tmp_path):
+    """The tensor count must not hang on the byte before REDUCE: a rebuild whose argument
+    tuple is memo slot 41 (``BINGET 41`` is ``h)``, as the empty tuple ``)`` of an
+    argument-less call) was not counted, and 600 000 of them nested by TUPLE2 (no list or
+    dict entry) went to torch's unpickler unchecked (200 000: 11 s). NEWOBJ builds
+    tensors too (``torch.Tensor.__new__``)."""
+    from optstate.limits import Limits
+    from optstate.prescan import scan
+
+    first = (b"ctorch._utils\n_rebuild_tensor_v2\n" + b"q\x02((" + _uni("storage")
+             + b"ctorch\nFloatStorage\n" + _uni("0") + _uni("cpu") + _int(1) + b"tQ"
+             + b"K\x00K\x01\x85K\x00\x85\x89ccollections\nOrderedDict\n)Rtq)R")
+    pkl = b"\x80\x02" + first + b"h\x02h)R\x86" * 600_000 + b"."
+    end, counts = scan(pkl, 0, Limits(tensors=10**7), "x")
+    assert end == len(pkl) and counts.tensors == 600_001
+    newobj = b"\x80\x02ctorch\nTensor\nq\x01)q\x02" + b"h\x01h\x02\x81\x86" * 10 + b"."
+    assert scan(newobj, 0, Limits(), "x")[1].tensors == 10
+    p = zip_checkpoint(tmp_path / "memo_args.pt", pkl)
+    assert_refused(run("inspect", p, "--no-stats"), "tensors",
+                   what=f"{p} holds more than 500,000 tensors")
+
+
 def test_limits_parse_names_suffixes_and_refuse_garbage():
     from optstate.limits import Limits, parse
 
