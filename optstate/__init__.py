@@ -9,9 +9,42 @@ torch; the names below load their modules (and torch) on first use::
 from __future__ import annotations
 
 import sys
-from importlib import import_module
-from types import ModuleType
-from typing import Any
+
+
+def _as_command_line() -> bool:
+    """This import is the command line's own: the console script (``bin/optstate`` beside
+    the interpreter running it) or ``python -m optstate``. Never for a library user."""
+    import os  # already imported by Python's start-up
+
+    argv = getattr(sys, "orig_argv", [])
+    if sys.argv[:1] == ["-m"]:  # runpy is importing the package `python -m` names
+        return argv[argv.index("-m") + 1:][:1] == ["optstate"] if "-m" in argv else False
+    main = getattr(sys.modules.get("__main__"), "__file__", None) or ""
+    name = os.path.basename(main).removesuffix("-script.py").removesuffix(".exe")
+    where = os.path.dirname
+    return (name == "optstate" and sys.argv[:1] != []
+            and os.path.abspath(sys.argv[0]) == os.path.abspath(main)  # it is running now
+            and where(os.path.abspath(main)) == where(os.path.abspath(sys.executable)))
+
+
+def _sigint_before_entry(signum: int, frame: object) -> None:
+    """SIGINT while the command line's modules load, before ``interrupt.install()``:
+    recorded (``interrupt.install`` takes it over), so it ends as ``Interrupted.``."""
+    global _sigint_early
+    _sigint_early = True
+
+
+_sigint_early = False
+if _as_command_line():
+    import _signal  # signal's enums cost milliseconds; this is the bare C module
+
+    if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+        _signal.signal(_signal.SIGINT, _sigint_before_entry)
+
+# after the handler, so that a Ctrl-C while they load is the interrupt too
+from importlib import import_module  # noqa: E402
+from types import ModuleType  # noqa: E402
+from typing import Any  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -21,6 +21,8 @@ import sys
 from . import interrupt
 from .testhook import pause_at
 
+pause_at("entry_import")  # test hook: a SIGINT before main() installs the handler
+
 # Start-up is mostly imports (typer, rich, then torch's ~1.4 s), which make long-lived
 # objects only; with the cyclic collector on, each full collection during them rescans
 # everything imported so far (~0.15 s of `import torch` here). The console script

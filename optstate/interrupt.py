@@ -59,13 +59,27 @@ def _can_route() -> bool:
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
 
 
+def _early_handler() -> Any:
+    """``optstate/__init__.py``'s handler, when the command line's import installed it
+    (its SIGINT recorded, nothing raised, until ``install()`` takes over)."""
+    import optstate
+
+    early = getattr(optstate, "_sigint_before_entry", None)
+    return early if early is not None and signal.getsignal(signal.SIGINT) is early else None
+
+
 def install() -> None:
     """Route SIGINT through this module for the rest of the process (the console script).
     A SIGINT that the parent set to be ignored (``nohup``, a background job) stays so."""
-    global _installed
-    if _can_route():
+    global _installed, _pending
+    early = _early_handler()
+    if early is not None or _can_route():
         signal.signal(signal.SIGINT, _on_sigint)
         _installed = True
+        if early is not None:
+            import optstate
+
+            _pending = _pending or optstate._sigint_early  # raised by the next safe point
 
 
 def hold() -> None:
@@ -94,6 +108,10 @@ def announce() -> int:
 
 def pending() -> bool:
     """Whether a SIGINT has arrived (raised or still deferred)."""
+    if not _pending and not _installed and _early_handler() is not None:
+        import optstate
+
+        return bool(optstate._sigint_early)  # before install(): the pause hooks ask
     return _pending
 
 

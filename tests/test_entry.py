@@ -14,6 +14,7 @@ import optstate
 from optstate import _entry
 from tests.conftest import ROOT
 
+
 @pytest.fixture(autouse=True)
 def _process_state_restored():
     """``_entry.main`` is the console script: it routes SIGINT for the rest of the process,
@@ -132,3 +133,26 @@ def test_in_process_the_collector_is_left_as_it_was():
     with pytest.raises(SystemExit):
         _entry.main(["inspect", "--bogus"])
     assert gc.isenabled() and not _entry._collector_paused
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["console-script", "-m"])
+def test_sigint_while_the_entry_point_is_imported_is_the_interrupt(how):
+    """A Ctrl-C after ``optstate/__init__.py`` starts and before ``_entry.main`` installs
+    the handler (the console script had no ``try`` around its import: Python's own
+    traceback) ends as ``Interrupted.`` and 130."""
+    import signal
+    import time
+
+    exe = ROOT / ".venv" / "bin"
+    argv = ([".venv/bin/optstate"] if how == "console-script"  # relative, as typed
+            else [str(exe / "python"), "-m", "optstate"])
+    p = subprocess.Popen([*argv, "inspect", "no-such-file.pt"], cwd=ROOT, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**os.environ, "OPTSTATE_TEST_PAUSE_AT": "entry_import"})
+    assert p.stderr.readline() == "optstate-test-pause: entry_import\n"
+    time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    rest = p.stderr.read()
+    p.wait(timeout=120)
+    assert (p.returncode, rest) == (130, "Interrupted.\n")
