@@ -173,16 +173,21 @@ def _check_kind(view: OptimizerStateView, built: Built, add: Any) -> None:
     cls_name = type(built.optimizer).__name__
     keys = {k for p in view.params for k in p.state}
     own = _own_state_keys(cls_name, [])
-    if not keys or own is None or keys <= own:
+    if not keys or own is None:
         return
     guess = infer_kind([g.hyperparams for g in view.groups], keys)
-    if guess.kind in ("unknown", cls_name) or guess.confidence not in ("high", "medium"):
+    if guess.kind in ("unknown", cls_name) or cls_name in guess.candidates:
+        return  # Adam and AdamW: one update, told apart by decoupled_weight_decay
+    # Foreign state entries say so on their own; entries the configured optimizer shares
+    # (RAdam's and AdamW's exp_avg/exp_avg_sq/step) only with groups that are certain.
+    if guess.confidence not in (("high", "medium") if not keys <= own else ("high",)):
         return
     add(Finding(
         "optimizer-kind", "warn",
         f"the checkpoint holds {guess.kind} state ({', '.join(sorted(keys))}), the config "
         f"builds {cls_name}: this checkpoint was not written by the optimizer the config "
-        "builds",
+        "builds" + (f" (its param groups are {guess.kind}'s; {cls_name} keeps state entries "
+                    "of the same names, made by another update)" if keys <= own else ""),
         detail={"checkpoint": guess.kind, "config": cls_name, "state_keys": sorted(keys)},
     ))
 

@@ -983,3 +983,26 @@ def test_chained_scheduler_state_is_found(tmp_path):
     assert res.scheduler_location == "scheduler"
     assert "scheduler-missing" not in [f.code for f in res.findings]
     assert "scheduler-kind" in [f.code for f in res.findings]
+
+
+# --------------------------------------------------------------------------- review of #15 item 7
+
+def test_kind_told_by_group_keys_when_the_state_entries_are_shared(tmp_path):
+    """RAdam keeps exp_avg/exp_avg_sq/step like AdamW; its groups (no amsgrad, no fused)
+    are RAdam's only, which inspect says with high confidence. Checked against an AdamW
+    config it was 'weight_decay differs' with a set line, and after that set line 'OK: the
+    state matches the config'. Adam and AdamW (the same update with
+    decoupled_weight_decay) stay a hyperparameter difference that set fixes."""
+    cfg_data = {"optimizer": "AdamW", "hyperparams": {"lr": 1e-3},
+                "groups": [{"shapes": ["2x2", "2"]}]}
+    radam = _save_state(tmp_path, {**cfg_data, "optimizer": "RAdam"}, "radam.pt")
+    cfg = _write_config(tmp_path, cfg_data)
+    res = check_checkpoint(radam, cfg)
+    assert res.findings[0].code == "optimizer-kind"
+    assert res.findings[0].message.startswith("the checkpoint holds RAdam state")
+    assert res.exit_code == 1 and res.fixes == []
+    assert "optimizer-kind" in res.no_fix_reason
+    adam = _save_state(tmp_path, {**cfg_data, "optimizer": "Adam"}, "adam.pt")
+    res = check_checkpoint(adam, cfg)
+    assert "optimizer-kind" not in [f.code for f in res.findings]
+    assert res.fixes and "--set weight_decay=0.01" in res.fixes[0]
