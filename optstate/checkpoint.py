@@ -31,7 +31,7 @@ from typing import Any
 
 from . import readguard
 from .errors import CheckpointError, OptstateError, UnsafeCheckpointError
-from .limits import Limits
+from .limits import Limits, size_text
 from .limits import current as current_limits
 from .prescan import scan, scan_legacy
 from .walk import WalkReport, walk
@@ -189,6 +189,13 @@ def load_torch_file(path: str | Path, *, mmap: bool = False,
             f.seek(0)
             obj = _torch_load(p, fmt, f, False, unsafe)
             walked = walk(obj, label=str(p), max_depth=limits.depth, max_nodes=limits.nodes)
+    if walked.storage_bytes > size:
+        # torch's safe unpickler allows the legacy constructors: torch.FloatTensor(2**30)
+        # in a few hundred bytes is a 4 GiB tensor that statistics would read and set copy
+        raise CheckpointError(
+            f"{p} holds tensors of {size_text(walked.storage_bytes)}, more than the file's "
+            f"{size:,} bytes: their data is not read from the file but built from a size "
+            "(e.g. torch.FloatTensor(N)); refused")
     walked.storages = None
     return LoadedFile(path=p, format=fmt, bytes=size, obj=obj, walk=walked)
 

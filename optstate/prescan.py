@@ -132,6 +132,8 @@ def scan(data: Any, start: int, limits: Limits, where: str,
                     end = data.find(b"\n", data.find(b"\n", i) + 1)
                     if end < 0:
                         raise IndexError
+                    if bytes(data[i:end]) in _SIZED:
+                        raise _sized(where, bytes(data[i:end]))
                     i = end + 1
                     depth += 1
                 elif op == _SHORT_BINSTRING or op == _LONG1:
@@ -149,6 +151,20 @@ def scan(data: Any, start: int, limits: Limits, where: str,
     except (IndexError, struct.error):  # truncated or refused: torch's verdict
         counts.tensors, counts.items, counts.complete = tensors, items, False
         return -1, counts
+
+
+# Globals torch's safe unpickler allows that fill memory from a size argument:
+# ``bytearray(2**30)`` is a GiB of zeros from 20 bytes. torch.save writes no bytearray
+# in an optimizer state (tensors are rebuilt from stored records); refused on sight.
+_SIZED = frozenset({b"builtins\nbytearray", b"__builtin__\nbytearray"})
+
+
+def _sized(where: str, name: bytes) -> Exception:
+    from .errors import UnsafeCheckpointError
+
+    return UnsafeCheckpointError(
+        f"{where} calls {name.decode().replace(chr(10), '.')}, which builds data from a "
+        "size instead of reading it from the file; refused without running it")
 
 
 def _too_many_items(where: str, limit: int) -> LimitError:

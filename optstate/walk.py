@@ -55,6 +55,10 @@ class WalkReport:
     # would add to the bytes they cover, and the largest one (location, elements, covered)
     expand_bytes: int = 0
     expand_worst: tuple[str, int, int] | None = None
+    # bytes of the distinct CPU storages the tensors use (each storage once): what a file
+    # must hold, since every storage torch.save writes is a record of it
+    storage_bytes: int = 0
+    _seen_storages: set[int] = field(default_factory=set, repr=False)
 
 
 class _Frame:
@@ -209,12 +213,19 @@ def _tensor(t: Any, report: WalkReport, dtypes: dict[Any, int], frame: _Frame | 
         check_sparse(t, f"{label} at {location_of(frame, key)}")
     else:
         _count_expansion(t, report, frame, key)
-    if t.layout is _STRIDED[0] and report.storages is not None:
+    if t.layout is _STRIDED[0]:
         st = t.untyped_storage()
         n = st.nbytes()
         if n:
-            ptr = st.data_ptr()
-            report.storages[ptr] = max(n, report.storages.get(ptr, 0))
+            try:
+                ptr = st.data_ptr()
+            except RuntimeError:  # a wrapper with no data yet (a DCP LazyTensor)
+                return
+            if ptr not in report._seen_storages:
+                report._seen_storages.add(ptr)
+                report.storage_bytes += n
+            if report.storages is not None:
+                report.storages[ptr] = max(n, report.storages.get(ptr, 0))
 
 
 _STRIDED: list[Any] = []  # torch.strided, filled on first walk (torch may not be loaded)

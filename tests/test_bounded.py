@@ -570,3 +570,36 @@ def test_a_folder_given_through_a_link_is_read(folder, tmp_path):
     link.symlink_to(folder)
     r = run("inspect", link, "--no-stats")
     assert r.returncode == 0, r.stderr
+
+
+def _one_entry(value: bytes) -> bytes:
+    """{'state': {0: {'exp_avg': VALUE}}, 'param_groups': [{'params': [0], 'lr': 0.1}]}"""
+    return (b"\x80\x02}(" + _uni("state") + b"}(K\x00}(" + _uni("exp_avg") + value + b"uu"
+            + _uni("param_groups") + b"](}(" + _uni("params") + b"](K\x00e" + _uni("lr")
+            + b"G" + struct.pack(">d", 0.1) + b"ueu.")
+
+
+@pytest.mark.parametrize("ctor", [b"torch\nFloatTensor\n", b"torch\nTensor\n"])
+def test_a_tensor_built_from_a_size_is_refused(tmp_path, ctor):
+    """The safe unpickler allows the legacy constructors: ``torch.FloatTensor(2**30)`` in a
+    580-byte file was a 4 GiB tensor that inspect read for 7 s (and set would copy). A
+    tensor's data must come from the file: storages larger than the file are refused."""
+    p = zip_checkpoint(tmp_path / "ctor.pt",
+                       _one_entry(b"c" + ctor + b"J" + struct.pack("<i", 2**26) + b"\x85R"))
+    r = run("inspect", p)
+    assert r.returncode == 2 and not r.timed_out, r.stderr
+    assert r.stderr.startswith(f"Error: {p} holds tensors of 256.0 MiB, more than the file's "
+                               f"{p.stat().st_size} bytes"), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_bytearray_built_from_a_size_is_refused_before_unpickling(tmp_path):
+    """``bytearray(2**30)`` (allowed by torch's safe unpickler) fills a GiB from 20 bytes
+    of pickle: inspect of such a 580-byte file grew to 8.6 GB and ran for minutes."""
+    p = zip_checkpoint(tmp_path / "bytearray.pt",
+                       _one_entry(b"cbuiltins\nbytearray\nJ" + struct.pack("<i", 2**30)
+                                  + b"\x85R"))
+    r = run("inspect", p)
+    assert r.returncode == 2 and not r.timed_out, r.stderr
+    assert r.stderr.startswith(f"Error: {p} calls builtins.bytearray, which builds data from "
+                               "a size"), r.stderr
