@@ -20,6 +20,8 @@ import math
 
 import torch
 
+from .walk import covered_elements
+
 EXPANDED = "expanded"  # a dimension of size > 1 with stride 0
 OVERLAPPING = "overlapping"  # fewer storage elements in its span than elements
 
@@ -35,8 +37,7 @@ def repeated_view(t: torch.Tensor) -> str | None:
         return None
     if any(n > 1 and s == 0 for n, s in zip(shape, stride, strict=True)):
         return EXPANDED
-    span = 1 + sum((n - 1) * abs(s) for n, s in zip(shape, stride, strict=True))
-    return OVERLAPPING if span < numel else None
+    return OVERLAPPING if covered_elements(shape, stride) < numel else None
 
 
 def distinct_elements(t: torch.Tensor) -> torch.Tensor:
