@@ -275,3 +275,37 @@ def test_markup_like_names_are_shown_literally(tmp_path):
         assert code == 0, text
         for name in (*HOSTILE, "[i]ent[/i]", "[u]hp[/u]"):
             assert name in text, f"{name!r} not shown literally at {width} columns:\n{text}"
+
+
+def test_emoji_codes_and_markup_in_titles_are_shown_literally(tmp_path):
+    """rich also turns ':warning:' into an emoji in a str cell, and parses a table title
+    as markup: a key ':thumbs_up:' in diff's table and a DCP data file named
+    '[i]x.distcp' in --layout's title are shown as stored."""
+    import dataclasses
+    import pickle
+
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(3, 2))
+    opt = torch.optim.AdamW([{"params": [(":thumbs_up:", p)]}])
+    p.grad = torch.ones_like(p)
+    opt.step()
+    sd = opt.state_dict()
+    torch.save({"optimizer": sd}, tmp_path / "a.pt")
+    sd["param_groups"][0][":warning:"] = 1
+    torch.save({"optimizer": sd}, tmp_path / "b.pt")
+    code, text = run_in_pty(["diff", "a.pt", "b.pt"], WIDE, tmp_path)
+    assert code == 1, text
+    assert ":warning:" in text and "\u26a0" not in text, text
+    code, text = run_in_pty(["convert", "a.pt", "a_dcp"], WIDE, tmp_path)
+    assert code == 0, text
+    folder = tmp_path / "a_dcp"
+    meta = pickle.loads((folder / ".metadata").read_bytes())  # our own file
+    (old,) = {v.relative_path for v in meta.storage_data.values()}
+    for key, value in meta.storage_data.items():
+        meta.storage_data[key] = dataclasses.replace(value, relative_path="[i]x.distcp")
+    (folder / old).rename(folder / "[i]x.distcp")
+    (folder / ".metadata").write_bytes(pickle.dumps(meta))
+    for width in (WIDE, 40):
+        code, text = run_in_pty(["inspect", "a_dcp", "--layout"], width, tmp_path)
+        assert code == 0, text
+        assert "[i]x.distcp" in text, f"at {width} columns:\n{text}"

@@ -212,10 +212,25 @@ def errors_to_exit() -> Iterator[None]:
         pause_at("command")  # test hook: imports done, the command's work starts
         yield
         interrupt.check()  # an interrupt that the work caught and dropped
-    except (typer.Exit, SystemExit, GeneratorExit):
+    except (typer.Exit, SystemExit) as e:
+        code = e.exit_code if isinstance(e, typer.Exit) else e.code
+        if code in (0, 1, None):  # an answer was given: it holds only if the inputs did
+            _fail_if_an_input_changed()
+        raise
+    except GeneratorExit:
         raise
     except BaseException as e:  # noqa: B036 - torch raises BaseExceptions of its own
         raise _exit_for(e) from None
+    _fail_if_an_input_changed()
+
+
+def _fail_if_an_input_changed() -> None:
+    """An input truncated or rewritten while it was read (``readguard.changed``): the
+    output printed may mix two versions of it, so the run ends as an error, exit 2."""
+    pause_at("inputs_read")  # test hook: the command's reads are done
+    error = readguard.changed()
+    if error is not None:
+        raise fail(error.message, error.hint, error.exit_code) from None
 
 
 def _exit_for(e: BaseException) -> typer.Exit:
@@ -281,7 +296,8 @@ def stdout_console():  # noqa: ANN201 - rich is imported lazily
 
     from ..render.terminal_safe import protect  # text from checkpoints: no escapes
 
-    return protect(Console(highlight=False, soft_wrap=False))
+    # markup/emoji off: names from a file print as stored ("[bold]x", ":warning:")
+    return protect(Console(highlight=False, soft_wrap=False, markup=False, emoji=False))
 
 
 def stderr_console():  # noqa: ANN201
@@ -289,7 +305,7 @@ def stderr_console():  # noqa: ANN201
 
     from ..render.terminal_safe import protect
 
-    return protect(Console(stderr=True, highlight=False))
+    return protect(Console(stderr=True, highlight=False, markup=False, emoji=False))
 
 
 _USAGE_ERROR_BASE: type[Exception] = next(

@@ -160,7 +160,7 @@ def _rich_bar() -> Any:
 
     from .terminal_safe import protect
 
-    console = protect(Console(stderr=True, highlight=False))
+    console = protect(Console(stderr=True, highlight=False, markup=False, emoji=False))
     return RichProgress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                         TaskProgressColumn(), TimeElapsedColumn(), console=console,
                         transient=True, refresh_per_second=PER_SECOND)

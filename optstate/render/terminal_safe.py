@@ -4,9 +4,12 @@ Keys, parameter names and string values come from untrusted files. Printed raw, 
 in one clears the screen, moves the cursor, sets the window title or plants an OSC 8
 hyperlink. ``protect(console)`` installs a render hook that escapes control characters
 in the text of every segment rich prints (``\\x1b`` is shown as ``\\x1b``), leaving
-rich's own styling, which travels as styles and control segments, untouched. It also
-renders with ``markup=False``: a str from a file (a key ``[bold]x[/bold]`` or
-``[link=...]``) is shown literally, never as styling or a hyperlink; optstate's own
+rich's own styling, which travels as styles and control segments, untouched.
+
+The consoles that print such text are made with ``markup=False, emoji=False``: rich
+otherwise parses every str (a table cell, a title) as markup and emoji codes, so a key
+``[bold]x[/bold]`` showed as a bold ``x`` (or ``[link=...]`` as a hyperlink, ``:warning:``
+as an emoji) where a table fits, and as stored where ``Fit`` folds it. optstate's own
 styles travel as ``Text`` styles, never as markup.
 """
 
@@ -33,10 +36,7 @@ def protect(console: Any) -> Any:
             self.renderable = renderable
 
         def __rich_console__(self, console: Any, options: Any) -> Any:
-            # markup=False: a str cell of a rich Table is otherwise parsed as markup, so a
-            # key "[bold]x[/bold]" showed as "x" where the table fits and literally where
-            # Fit folds it; text from a file is shown as it is, in every form
-            for seg in console.render(self.renderable, options.update(markup=False)):
+            for seg in console.render(self.renderable, options):
                 if seg.control or not _UNSAFE.search(seg.text):
                     yield seg
                 else:
