@@ -298,6 +298,11 @@ def _torch_load(p: Path, fmt: str, target: Any, use_mmap: bool, unsafe: bool) ->
         raise CheckpointError(f"{p} is nested too deeply to read") from None
     except MemoryError:
         raise CheckpointError(f"{p} needs more memory than this machine has to load") from None
+    except RuntimeError as e:
+        if "alloc_cpu" not in str(e) and "DefaultCPUAllocator" not in str(e):
+            raise _load_failure(p, fmt, e) from None
+        # torch's allocator failed (its RuntimeError, not MemoryError)
+        raise CheckpointError(f"{p} needs more memory than this machine has to load") from None
     except Exception as e:  # torch raises IndexError, KeyError, struct.error, ... (#127525)
         raise _load_failure(p, fmt, e) from None
 

@@ -603,3 +603,15 @@ def test_a_bytearray_built_from_a_size_is_refused_before_unpickling(tmp_path):
     assert r.returncode == 2 and not r.timed_out, r.stderr
     assert r.stderr.startswith(f"Error: {p} calls builtins.bytearray, which builds data from "
                                "a size"), r.stderr
+
+
+def test_an_allocation_torch_cannot_make_is_one_clear_line(tmp_path):
+    """``torch.FloatTensor(2**30)`` under the 1 GiB cap fails inside torch's allocator
+    (before the storage check can see it): the line said 'cannot read ... [enforce fail at
+    alloc_cpu.cpp:127] err == 0'."""
+    p = zip_checkpoint(tmp_path / "ctor4g.pt", _one_entry(
+        b"ctorch\nFloatTensor\nJ" + struct.pack("<i", 2**30) + b"\x85R"))
+    r = run("inspect", p)
+    assert r.returncode == 2 and not r.timed_out, r.stderr
+    assert r.stderr.splitlines()[0] == (f"Error: {p} needs more memory than this machine has "
+                                        "to load"), r.stderr
