@@ -94,14 +94,32 @@ def _lstat(p: Path) -> os.stat_result | None:
 def _check_replaceable_file(p: Path, st: os.stat_result) -> None:
     """``--force`` replaces a torch.save file (a zip archive, or the legacy pickle
     stream), never a script, a config or a file of another format by a slip of -o."""
-    head = b""
-    if stat.S_ISREG(st.st_mode):
-        with contextlib.suppress(OSError), open(p, "rb") as f:
-            head = f.read(4)
-    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+    if not (stat.S_ISREG(st.st_mode) and _is_torch_save_file(p)):
         raise OutputExistsError(
             f"{p} is not a torch.save checkpoint; --force replaces only a checkpoint file, "
             "never another file", hint="remove it yourself, or give another name")
+
+
+def _is_torch_save_file(p: Path) -> bool:
+    """A torch.save zip (a ``PREFIX/data.pkl`` record), or the legacy stream (its first
+    pickle is torch's magic number). Not any zip archive or any pickle: a user's own."""
+    import pickle
+    import zipfile
+
+    try:
+        with open(p, "rb") as f:
+            head = f.read(64)
+            if head.startswith(b"PK\x03\x04"):
+                f.seek(0)
+                with zipfile.ZipFile(f) as z:
+                    return any(re.fullmatch(r"[^/]+/data\.pkl", n) for n in z.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return any(head.startswith(pickle.dumps(_LEGACY_MAGIC, protocol=v)) for v in (2, 3, 4, 5))
+
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
+_DCP_OWN = re.compile(r"\.metadata|.+\.distcp")  # what torch's FileSystemWriter writes
 
 
 def _check_replaceable_folder(p: Path, st: os.stat_result, kind: str | None) -> None:
@@ -122,6 +140,19 @@ def _check_replaceable_folder(p: Path, st: os.stat_result, kind: str | None) -> 
             f"{p} is not {what} (it holds no {marker}); --force replaces only a checkpoint "
             "of the kind being written, never a folder of other files",
             hint="remove it yourself, or give another name")
+    if kind == "dcp":  # replacing deletes the old folder: only what DCP itself wrote
+        try:
+            others = sorted(n for n in os.listdir(p) if not (
+                _DCP_OWN.fullmatch(n) and (p / n).is_file() and not (p / n).is_symlink()))
+        except OSError as e:
+            raise write_error(e, p) from None
+        if others:
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more"
+                                             if len(others) > 5 else "")
+            raise OutputExistsError(
+                f"{p} holds files that are not part of a DCP checkpoint ({shown}); --force "
+                "replaces only a checkpoint folder, never the files beside it",
+                hint="move them out of the folder, or give another name")
 
 
 # --------------------------------------------------------------------------- errors

@@ -279,3 +279,59 @@ def test_force_never_replaces_a_file_that_is_not_a_checkpoint(cli, tmp_path, sav
         "file, never another file", "Hint: remove it yourself, or give another name"]
     assert victim.read_text() == "print('my training script')\n"
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+@pytest.mark.parametrize("victim_kind", ["zip", "pickle"])
+def test_force_never_replaces_a_zip_or_pickle_that_is_not_torch(cli, tmp_path, saved,
+                                                                 victim_kind):
+    """--force judged a file by its first bytes only: any zip archive (PK..) or any pickle
+    (\\x80) counted as a torch.save file and was replaced."""
+    import pickle
+    import zipfile
+
+    path, _ = saved
+    convert(path, tmp_path / "d")
+    victim = tmp_path / f"mine.{victim_kind}"
+    if victim_kind == "zip":
+        with zipfile.ZipFile(victim, "w") as z:
+            z.writestr("notes.txt", "mine")
+    else:
+        victim.write_bytes(pickle.dumps({"x": 1}, protocol=2))
+    before = victim.read_bytes()
+    r = cli("convert", tmp_path / "d", victim, "--force")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == [
+        f"Error: {victim} is not a torch.save checkpoint; --force replaces only a checkpoint "
+        "file, never another file", "Hint: remove it yourself, or give another name"]
+    assert victim.read_bytes() == before
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_force_replaces_a_torch_save_file_of_either_format(cli, tmp_path, saved, legacy):
+    path, sd = saved
+    convert(path, tmp_path / "d")
+    old = tmp_path / "old.pt"
+    torch.save({"x": torch.ones(2)}, old, _use_new_zipfile_serialization=not legacy)
+    assert cli("convert", tmp_path / "d", old, "--force").exit_code == 0
+    assert same(load_torch_file(old).obj["optimizer_state_dict"], sd)
+
+
+def test_force_never_deletes_the_users_files_in_a_dcp_folder(cli, tmp_path, saved):
+    """A folder holding .metadata was replaced whole with --force, the user's other files
+    in it (notes, a sub-folder) deleted with the old checkpoint."""
+    path, _ = saved
+    d = tmp_path / "d"
+    convert(path, d)
+    (d / "notes.txt").write_text("mine")
+    (d / "sub").mkdir()
+    before = sorted(os.listdir(d))
+    r = cli("convert", path, d, "--force")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == [
+        f"Error: {d} holds files that are not part of a DCP checkpoint (notes.txt, sub); "
+        "--force replaces only a checkpoint folder, never the files beside it",
+        "Hint: move them out of the folder, or give another name"]
+    assert sorted(os.listdir(d)) == before
+    assert (d / "notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["d", "run.pt"]
