@@ -49,7 +49,8 @@ MAX_WATCHED = 64  # as _sigbus.c's table
 
 _enabled = False
 _helper: Any = None
-_watched: list[tuple[int, int, Path]] = []  # (our descriptor, size when mapped, path)
+# (our descriptor, size and mtime (ns) when mapped, path)
+_watched: list[tuple[int, int, int, Path]] = []
 _tokens = itertools.count()
 _slots: dict[int, int] = {}  # remove_on_fault's token -> the helper's slot
 
@@ -91,24 +92,38 @@ def watch(f: Any, path: str | Path) -> None:
         fd = os.dup(f.fileno())
     except OSError:  # out of descriptors: the read itself will say so
         return
-    size = os.fstat(fd).st_size
-    _watched.append((fd, size, p))
+    st = os.fstat(fd)
+    size = st.st_size
+    _watched.append((fd, size, st.st_mtime_ns, p))
     if _helper is not None:
         text = f"Error: {one_line(message(p, size))}\nHint: {HINT}\n"  # as cli.fail
         _helper.watch(fd, size, text.encode("utf-8", "replace"))
 
 
+def modified_message(path: Path) -> str:
+    return (f"{path} changed (was modified) while being read; its numbers may mix the old "
+            "and the new contents")
+
+
 def changed() -> CheckpointError | None:
-    """The error for the first watched file that is smaller than when it was mapped. An
-    exception raised while reading a file that shrank (a damaged zip directory, a short
-    read) is reported as this: it is what happened."""
-    for fd, size, p in _watched:
+    """The error for the first watched file that is smaller than when it was mapped, or
+    was written since (its mtime moved: rewritten in place, whose mapped pages show the
+    new bytes). An exception raised while reading a file that shrank (a damaged zip
+    directory, a short read) is reported as this: it is what happened.
+
+    Bytes appended move the mtime too: reported (a writer is at work). Not seen, as it
+    need not be: a file renamed over the input (the descriptor and the mapping keep the
+    opened file, read whole). Not seen either: a rewrite that leaves the mtime as it was
+    (``touch -d``, or inside one tick of a coarse filesystem clock)."""
+    for fd, size, mtime, p in _watched:
         try:
-            now = os.fstat(fd).st_size
+            st = os.fstat(fd)
         except OSError:
             continue
-        if now < size:
+        if st.st_size < size:
             return CheckpointError(message(p, size), HINT)
+        if st.st_mtime_ns != mtime:
+            return CheckpointError(modified_message(p), HINT)
     return None
 
 
@@ -134,8 +149,9 @@ def forget(token: int) -> None:
 
 
 def check() -> None:
-    """Raise ``CheckpointError`` if a watched file shrank; called before a tensor's data
-    is read (``kernels.moments``, ``kernels.compare``)."""
+    """Raise ``CheckpointError`` if a watched file shrank or was written; called before a
+    tensor's data is read (``kernels.moments``, ``kernels.compare``) and as a command
+    ends (``cli.errors_to_exit``)."""
     pause_at("check")  # test hooks: a truncation now is seen by the check below;
     error = changed()
     if error is not None:

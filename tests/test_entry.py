@@ -32,7 +32,7 @@ def _process_state_restored():
     signal.signal(signal.SIGINT, handler)
     for k, v in saved.items():
         setattr(interrupt, k, v)
-    for fd, _, _ in readguard._watched[len(guard[1]):]:
+    for fd, *_ in readguard._watched[len(guard[1]):]:
         os.close(fd)
     readguard._enabled, readguard._watched[:] = guard[0], guard[1]
 

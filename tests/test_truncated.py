@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import warnings
 from pathlib import Path
 
@@ -137,3 +138,65 @@ def test_truncated_while_the_output_is_written_leaves_the_old_output_alone(big, 
     after = sorted((p.name, p.read_bytes()) for p in ([out] if out.is_file() else
                                                        out.iterdir()))
     assert after == before
+
+
+def _rewrite_in_place(victim: Path, other: Path) -> None:
+    data = other.read_bytes()
+    assert len(data) == victim.stat().st_size
+    with open(victim, "r+b") as f:  # same inode, same size, other bytes
+        f.write(data)
+
+
+@pytest.mark.parametrize("stage", ["check", "inputs_read"])
+@pytest.mark.parametrize("env", [{}, {"OPTSTATE_NO_C": "1"}], ids=["helper", "no-helper"])
+@pytest.mark.parametrize("command", ["inspect", "diff"])
+def test_rewritten_in_place_while_read_is_not_reported_as_if_unchanged(tmp_path, command,
+                                                                        env, stage):
+    """Another program rewrites the input in place (same size, other bytes) while it is
+    read: the mapped tensors show a mix of both. Found from its mtime or ctime, before
+    the next tensor is read (``check``) or as the command ends (``finished``): exit 2 and
+    an Error line, never exit 0 with the mixed numbers as if nothing happened (``diff a
+    b`` said 'no differences' once ``a`` was rewritten as ``b``)."""
+    a = _big_adam(tmp_path / "a.pt", 1 << 16, 0)
+    b = _big_adam(tmp_path / "b.pt", 1 << 16, 1)
+    args = [command, str(a)] + ([str(b)] if command == "diff" else [])
+    run = Run(args, {"OPTSTATE_TEST_PAUSE_AT": f"{stage}=5", **env})
+    assert run.wait_marker() == stage
+    time.sleep(0.01)  # a later timestamp than the one seen at open, on any clock tick
+    _rewrite_in_place(a, b)
+    code, out, err = run.finish()
+    assert code == 2, (out, err)
+    assert err.splitlines()[-2:] == [
+        f"Error: {a} changed (was modified) while being read; its numbers may mix the old "
+        "and the new contents", HINT], err
+
+
+@pytest.mark.parametrize("change", ["renamed-over", "extended"])
+def test_replaced_by_rename_is_read_as_opened_and_extended_is_a_change(tmp_path, change):
+    """A file renamed over the input leaves the opened one readable (its own inode): it
+    reads as opened, the same numbers as an undisturbed run. Bytes appended move the
+    mtime as a rewrite does (a writer is at work): reported as a change, exit 2."""
+    import subprocess
+    import sys
+
+    a = _big_adam(tmp_path / "a.pt", 1 << 16, 0)
+    b = _big_adam(tmp_path / "b.pt", 1 << 16, 1)
+    base = {**os.environ, "NO_COLOR": "1"}
+    ref = subprocess.run([sys.executable, "-m", "optstate", "inspect", "--json", str(a)],
+                         capture_output=True, text=True, env=base, timeout=120)
+    run = Run(["inspect", "--json", str(a)], {"OPTSTATE_TEST_PAUSE_AT": "check=5"})
+    assert run.wait_marker() == "check"
+    time.sleep(0.01)
+    if change == "extended":
+        with open(a, "ab") as f:
+            f.write(b"\0" * 100_000)
+    else:
+        new = tmp_path / "new.pt"
+        new.write_bytes(b.read_bytes())
+        os.replace(new, a)
+    code, out, err = run.finish()
+    if change == "extended":
+        assert (code, err.splitlines()[-1]) == (2, HINT), err
+        assert "changed (was modified) while being read" in err
+    else:
+        assert (code, out) == (0, ref.stdout), err
