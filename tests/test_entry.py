@@ -156,3 +156,14 @@ def test_sigint_while_the_entry_point_is_imported_is_the_interrupt(how):
     rest = p.stderr.read()
     p.wait(timeout=120)
     assert (p.returncode, rest) == (130, "Interrupted.\n")
+
+
+def test_importing_optstate_leaves_sigint_alone():
+    """Only the command line's own import records SIGINT early; a library user's
+    ``import optstate`` (here from ``python -c``) keeps Python's handler."""
+    code = ("import signal, sys, optstate\n"
+            "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler,"
+            " sorted(m for m in ('torch', 'typer', 'rich') if m in sys.modules))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.stdout == "True []\n", r.stderr
