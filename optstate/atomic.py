@@ -166,8 +166,13 @@ def write_error(e: BaseException, target: Path, needed: int | None = None) -> Ch
     if code in (errno.ENOSPC, errno.EDQUOT):
         where = mount_point(target)
         what = "no space left" if code == errno.ENOSPC else "disk quota exceeded"
-        bound = "at least " if isinstance(needed, AtLeast) else ""
-        need = f", {bound}{int(needed):,} bytes needed" if needed else ""
+        if isinstance(needed, AtLeast):
+            # only a lower bound is known (a DCP folder: its tensor data); say what it
+            # counts, since metadata can dwarf it for a small state
+            need = (f"; its tensor data alone is {int(needed):,} bytes, and DCP's metadata "
+                    "adds more" if needed else "")
+        else:
+            need = f", {int(needed):,} bytes needed" if needed else ""
         return CheckpointError(f"cannot write {target}: {what} on {where}{need}",
                                hint="free some space or write somewhere else")
     if code == errno.EROFS:
