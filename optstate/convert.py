@@ -89,6 +89,12 @@ def _file_to_dcp(src: Path, dst: Path, force: bool, unsafe: bool) -> ConvertResu
             f"{source.label} holds a {type(source.obj).__name__}; a DCP checkpoint stores a "
             "non-empty dict (a state dict)"
         )
+    sparse = _first_sparse(source.obj)
+    if sparse is not None:
+        raise CheckpointError(
+            f"{source.label} holds a sparse tensor at {sparse or '(top level)'}; a DCP "
+            "checkpoint stores dense (strided) tensors only",
+            hint="keep this checkpoint as a torch.save file")
     notes: list[str] = []
     with staged(dst, force=force, folder=True, kind="dcp", notes=notes,
                 needed=lambda: AtLeast(tensor_bytes(source.obj))) as tmp:
@@ -99,6 +105,20 @@ def _file_to_dcp(src: Path, dst: Path, force: bool, unsafe: bool) -> ConvertResu
         size = sum(f.stat().st_size for f in tmp.path.iterdir() if f.is_file())
     return ConvertResult(src, source.format, dst, "dcp", n, size,
                          notes + _dropped_note(dropped))
+
+
+def _first_sparse(obj: Any, path: str = "") -> str | None:
+    """The path of the first tensor that is not strided (sparse COO/CSR/...), which DCP's
+    writer cannot store (it fails inside torch with 'Cannot access storage')."""
+    if isinstance(obj, torch.Tensor):
+        return path if obj.layout != torch.strided else None
+    items = (obj.items() if isinstance(obj, dict)
+             else enumerate(obj) if isinstance(obj, (list, tuple)) else ())
+    for k, v in items:
+        found = _first_sparse(v, join(path, k))
+        if found is not None:
+            return found
+    return None
 
 
 def tensor_bytes(obj: Any) -> int:

@@ -335,3 +335,21 @@ def test_force_never_deletes_the_users_files_in_a_dcp_folder(cli, tmp_path, save
     assert sorted(os.listdir(d)) == before
     assert (d / "notes.txt").read_text() == "mine"
     assert sorted(os.listdir(tmp_path)) == ["d", "run.pt"]
+
+
+def test_a_sparse_state_entry_is_refused_for_dcp_with_its_path(cli, tmp_path):
+    """DCP's writer stores strided tensors only; a sparse momentum buffer (real SGD state,
+    made sparse) was an internal error from inside torch. Now one line naming where."""
+    p = torch.nn.Parameter(torch.zeros(4, 3))
+    opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = torch.ones(4, 3)
+    opt.step()
+    sd = opt.state_dict()
+    sd["state"][0]["momentum_buffer"] = sd["state"][0]["momentum_buffer"].to_sparse()
+    torch.save(sd, tmp_path / "sp.pt")
+    r = cli("convert", tmp_path / "sp.pt", tmp_path / "out")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0] == (
+        f"Error: {tmp_path / 'sp.pt'} holds a sparse tensor at state[0].momentum_buffer; a DCP "
+        "checkpoint stores dense (strided) tensors only")
+    assert not (tmp_path / "out").exists()
