@@ -144,8 +144,8 @@ def test_full_disk_convert_to_dcp(small_disk, big_ckpt):
     # a DCP folder's size is known only as its tensor data: exp_avg and exp_avg_sq, 300,000
     # float32 each, and the 4-byte step (plus metadata, not counted)
     _one_error_line(r, rf"Error: cannot write {re.escape(str(out))}: no space left on "
-                       rf"{re.escape(str(small_disk))}; its tensor data alone is 2,400,004 bytes, and "
-                       r"DCP's metadata adds more")
+                       rf"{re.escape(str(small_disk))}; its tensor data alone is 2,400,004 "
+                       r"bytes, and DCP's metadata adds more")
     assert os.listdir(small_disk) == []
 
 
