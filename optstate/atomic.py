@@ -336,7 +336,10 @@ def recover(target: Path) -> list[str]:
 
 
 def _stage_name(target: Path, suffix: str) -> Path:
-    return target.parent / f".{target.name}.p{os.getpid()}.{secrets.token_hex(4)}{suffix}"
+    # The pid padded to Linux's largest (pid_max <= 4194304), so the name has one length:
+    # torch's DCP writer records the folder it wrote into in .metadata, and a name whose
+    # length followed the pid made the same checkpoint a byte longer or shorter.
+    return target.parent / f".{target.name}.p{os.getpid():07d}.{secrets.token_hex(4)}{suffix}"
 
 
 def target_mode(p: Path) -> int:
