@@ -1,4 +1,4 @@
-"""Build the optional C kernel (optstate/_ckernels.c); everything else is in pyproject.toml.
+"""Build the optional C kernel (optstate/numeric/_ckernels.c); everything else is in pyproject.toml.
 
 The extension is optional: where no C compiler is available the install still succeeds
 and optstate computes the same numbers with its pure-torch path (slower on big files).
@@ -28,7 +28,8 @@ class OptionalBuildExt(build_ext):
         super().build_extensions()
 
 
-setup(ext_modules=[Extension("optstate._ckernels", ["optstate/_ckernels.c"], optional=True),
+setup(ext_modules=[Extension("optstate.numeric._ckernels", ["optstate/numeric/_ckernels.c"],
+                             optional=True),
                    # SIGBUS from a truncated input: a message and exit 2 (readguard.py)
-                   Extension("optstate._sigbus", ["optstate/_sigbus.c"], optional=True)],
+                   Extension("optstate.io._sigbus", ["optstate/io/_sigbus.c"], optional=True)],
       cmdclass={"build_ext": OptionalBuildExt})

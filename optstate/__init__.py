@@ -49,36 +49,36 @@ from typing import Any  # noqa: E402
 __version__ = "0.1.0"
 
 _LAZY = {
-    "RunSpec": "optstate.config",
-    "GroupSpec": "optstate.config",
-    "SchedulerSpec": "optstate.config",
-    "spec_from_dict": "optstate.config",
-    "read_config_file": "optstate.config",
-    "build": "optstate.build",
-    "simulate": "optstate.simulate",
-    "SimulationResult": "optstate.simulate",
-    "load_torch_file": "optstate.checkpoint",
-    "save_checkpoint": "optstate.checkpoint",
-    "open_source": "optstate.source",
-    "locate": "optstate.locate",
-    "inspect_path": "optstate.inspect",
-    "inspect_source": "optstate.inspect",
-    "infer_kind": "optstate.kind",
-    "OptimizerStateView": "optstate.state",
-    "summarize": "optstate.stats",
-    "TensorSummary": "optstate.stats",
-    "OptstateError": "optstate.errors",
-    "convert": "optstate.convert",
-    "open_dcp": "optstate.dcp",
-    "simulate_sharded": "optstate.distributed",
-    "LazyTensor": "optstate.lazy",
-    "set_hyperparameters": "optstate.edit",
-    "check_checkpoint": "optstate.check",
-    "check_state": "optstate.check",
-    "diff_states": "optstate.diff",
-    "diff_files": "optstate.diff",
-    "DiffOptions": "optstate.diff",
-    "StateDiff": "optstate.diff",
+    "RunSpec": "optstate.sim.config",
+    "GroupSpec": "optstate.sim.config",
+    "SchedulerSpec": "optstate.sim.config",
+    "spec_from_dict": "optstate.sim.config",
+    "read_config_file": "optstate.sim.config",
+    "build": "optstate.sim.build",
+    "simulate": "optstate.sim.simulate",
+    "SimulationResult": "optstate.sim.simulate",
+    "load_torch_file": "optstate.io.torch_file",
+    "save_checkpoint": "optstate.io.torch_file",
+    "open_source": "optstate.io.source",
+    "locate": "optstate.state.locate",
+    "inspect_path": "optstate.analysis.inspect",
+    "inspect_source": "optstate.analysis.inspect",
+    "infer_kind": "optstate.state.kind",
+    "OptimizerStateView": "optstate.state.view",
+    "summarize": "optstate.numeric.stats",
+    "TensorSummary": "optstate.numeric.stats",
+    "OptstateError": "optstate.base.errors",
+    "convert": "optstate.edit.convert",
+    "open_dcp": "optstate.io.dcp",
+    "simulate_sharded": "optstate.sim.distributed",
+    "LazyTensor": "optstate.io.lazy",
+    "set_hyperparameters": "optstate.edit.hyperparameters",
+    "check_checkpoint": "optstate.analysis.check",
+    "check_state": "optstate.analysis.check",
+    "diff_states": "optstate.analysis.diff",
+    "diff_files": "optstate.analysis.diff",
+    "DiffOptions": "optstate.analysis.diff",
+    "StateDiff": "optstate.analysis.diff",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -93,9 +93,9 @@ def __getattr__(name: str) -> Any:
 
 class _Package(ModuleType):
     """``simulate`` and ``locate`` are functions and also submodules: importing the
-    submodule makes Python set ``optstate.simulate`` to the module, so ``from optstate
+    submodule makes Python set ``optstate.sim.simulate`` to the module, so ``from optstate
     import simulate`` would give a module or a function depending on import order. The
-    function wins (``from optstate.simulate import ...`` still reaches the module)."""
+    function wins (``from optstate.sim.simulate import ...`` still reaches the module)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _LAZY and isinstance(value, ModuleType) and value.__name__ == _LAZY[name]:

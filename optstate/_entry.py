@@ -5,7 +5,7 @@ are answered here, before the command line (typer, rich: about 70 ms of imports)
 loaded: the help is ``render/root_help.py``'s text, the same the typer app prints
 (tests/test_root_help.py). Everything else goes to ``optstate.cli.main``.
 
-Ctrl-C at any moment ends as ``Interrupted.`` and exit 130 (``optstate/interrupt.py``):
+Ctrl-C at any moment ends as ``Interrupted.`` and exit 130 (``optstate/base/interrupt.py``):
 SIGINT is routed to the pending-interrupt flag first thing; start-up's imports (typer,
 rich, torch) run with it deferred, so no library can swallow or mangle the interrupt
 mid-import, and it is raised as they end. Whatever escapes a command while an interrupt
@@ -18,8 +18,8 @@ import gc
 import os
 import sys
 
-from . import interrupt
-from .testhook import pause_at
+from optstate.base import interrupt
+from optstate.base.testhook import pause_at
 
 pause_at("entry_import")  # test hook: a SIGINT before main() installs the handler
 
@@ -98,28 +98,28 @@ def _run(argv: list[str] | None) -> object:
 def _start(argv: list[str] | None):  # noqa: ANN202 - optstate.cli.main, once imported
     args = list(sys.argv[1:] if argv is None else argv)
     if args == ["--version"]:
-        from . import __version__
+        from optstate import __version__
 
         print(f"optstate {__version__}")  # what the CLI's own --version prints
         sys.exit(0)
     if args in ([], ["--help"], ["-h"]) and _COMPLETE_VAR not in os.environ:
-        from .render.root_help import root_help
+        from optstate.render.root_help import root_help
 
         sys.stdout.write(root_help())
         sys.exit(2 if not args else 0)  # bare `optstate`: help, not a success (as click)
     if args and args[0] in _READS_TENSORS and not {"--help", "-h", "--no-stats"} & set(args):
         # the checkpoint's pages load from disk while torch is imported (prefetch.py)
-        from .prefetch import start
+        from optstate.io.prefetch import start
 
         start(args[1:])
-    from . import readguard
+    from optstate.io import readguard
 
     readguard.enable()  # an input truncated while it is read: an Error line, not SIGBUS
     global _collector_paused
     if gc.isenabled():
         gc.disable()
         _collector_paused = True
-    from .cli import main as cli_main
+    from optstate.cli import main as cli_main
 
     return cli_main
 

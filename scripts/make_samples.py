@@ -23,9 +23,9 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 import torch  # noqa: E402
 
-from optstate.checkpoint import save_checkpoint  # noqa: E402
-from optstate.config import GroupSpec, RunSpec, SchedulerSpec  # noqa: E402
-from optstate.simulate import SimulationResult, simulate  # noqa: E402
+from optstate.io.torch_file import save_checkpoint  # noqa: E402
+from optstate.sim.config import GroupSpec, RunSpec, SchedulerSpec  # noqa: E402
+from optstate.sim.simulate import SimulationResult, simulate  # noqa: E402
 
 DEFAULT_OUT = ROOT / "sample_checkpoints"
 

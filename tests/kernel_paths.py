@@ -1,7 +1,8 @@
 """The autouse fixture that runs a test module through every kernel path.
 
-optstate/kernels.py computes with the C kernel (optstate/_ckernels.c: an AVX2 loop and a
-2-lane loop) where it is built, else with torch; the numbers must not depend on the path.
+optstate/numeric/kernels.py computes with the C kernel (optstate/numeric/_ckernels.c: an
+AVX2 loop and a 2-lane loop) where it is built, else with torch; the numbers must not
+depend on the path.
 The fixture switches paths with the code's own switch, ``kernels.use_path`` (no
 monkeypatching); a path this process cannot run is skipped with the reason (the C kernel
 not built, disabled by OPTSTATE_NO_C=1, or no AVX2 on this CPU).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from optstate import kernels
+from optstate.numeric import kernels
 
 
 def _on_path(request):
@@ -24,7 +25,7 @@ def _on_path(request):
 
 @pytest.fixture(autouse=True, params=list(kernels.PATHS))
 def kernel_path(request):
-    """Every test runs through each path: the C kernel (optstate/_ckernels.c) with its
+    """Every test runs through each path: the C kernel (optstate/numeric/_ckernels.c) with its
     AVX2 loop and with its 2-lane loop, and the pure-torch path that replaces it where
     it is not built."""
     yield from _on_path(request)

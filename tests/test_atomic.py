@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from optstate.checkpoint import atomic_write, load_torch_file, save_checkpoint
-from optstate.errors import CheckpointError, OutputExistsError
+from optstate.base.errors import CheckpointError, OutputExistsError
+from optstate.io.torch_file import atomic_write, load_torch_file, save_checkpoint
 from tests import hostile_corpus as hc
 from tests.conftest import ROOT
 
@@ -196,7 +196,7 @@ def test_cli_save_refuses_to_overwrite_without_force(cli, tmp_path):
 
 _KILLED_WRITER = textwrap.dedent("""
     import io, os, sys, time, torch
-    from optstate.checkpoint import atomic_write
+    from optstate.io.torch_file import atomic_write
     from tests.hostile_corpus import adamw_state
 
     buf = io.BytesIO()
@@ -237,7 +237,7 @@ def test_sigkill_mid_save_keeps_the_previous_file(tmp_path):
     (stray,) = _leftovers(tmp_path)
     assert stray.startswith(".optimizer.pt.")
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["optimizer.pt"]
-    from optstate.source import open_source
+    from optstate.io.source import open_source
 
     assert open_source(tmp_path).file == target
     with pytest.raises(CheckpointError, match="damaged zip archive"):
@@ -247,7 +247,7 @@ def test_sigkill_mid_save_keeps_the_previous_file(tmp_path):
 
 # --------------------------------------------------------------------------- crash at each
 # write stage (issue #16 items 2 and 3), real processes, real signals: the test hook
-# (optstate/testhook.py) stops the writer at a named stage and prints a marker; the test
+# (optstate/base/testhook.py) stops the writer at a named stage and prints a marker; the test
 # then sends SIGKILL or SIGINT. Afterwards the target is the complete old checkpoint or
 # the complete new one, never absent; the next write finds and reports what was left.
 
@@ -291,7 +291,7 @@ def _step_of(obj) -> float:
 def test_sigkill_at_each_stage_of_a_file_replace(tmp_path, stage):
     old_sd, new_sd = _states(tmp_path)
     src = tmp_path / "new_dcp"
-    from optstate.convert import convert
+    from optstate.edit.convert import convert
 
     convert(tmp_path / "new.pt", src)
     target = tmp_path / "out.pt"
@@ -323,8 +323,8 @@ def test_sigkill_at_each_stage_of_a_file_replace(tmp_path, stage):
 ], ids=lambda v: {False: "exchange", True: "two-renames"}.get(v, v) if isinstance(v, bool)
    else v)
 def test_sigkill_at_each_stage_of_a_folder_replace(tmp_path, stage, no_renameat2):
-    from optstate.convert import convert
-    from optstate.source import open_source
+    from optstate.edit.convert import convert
+    from optstate.io.source import open_source
 
     old_sd, new_sd = _states(tmp_path)
     torch.save(old_sd, tmp_path / "old.pt")
@@ -365,7 +365,7 @@ def test_sigkill_at_each_stage_of_a_folder_replace(tmp_path, stage, no_renameat2
 def test_ctrl_c_during_a_write(tmp_path, stage, command):
     """Interrupted., exit 130, the old output as it was, no temp left (was: 'internal
     error: RuntimeError ... unexpected pos', or a traceback for a DCP folder)."""
-    from optstate.convert import convert
+    from optstate.edit.convert import convert
 
     old_sd, _ = _states(tmp_path)
     if command == "convert-dcp":
@@ -399,7 +399,7 @@ def test_ctrl_c_during_a_write(tmp_path, stage, command):
 
 
 def _dcp_step(folder: Path) -> float:
-    from optstate.source import open_source
+    from optstate.io.source import open_source
 
     return float(open_source(folder).obj["state"][0]["step"])
 
@@ -408,7 +408,7 @@ def _dcp_step(folder: Path) -> float:
 def test_two_converts_to_one_folder_at_once(tmp_path, existing):
     """issue #16 item 6: the first to publish wins, the other says so and leaves nothing
     (was: internal error ENOTEMPTY / FileNotFoundError and a full .optstate-old copy)."""
-    from optstate.convert import convert
+    from optstate.edit.convert import convert
 
     a_sd, b_sd = hc.adamw_state(steps=3), hc.adamw_state(steps=7)
     torch.save(a_sd, tmp_path / "a.pt")
@@ -439,7 +439,7 @@ def test_two_converts_to_one_folder_at_once(tmp_path, existing):
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_written_files_and_folders_follow_the_umask(tmp_path, umask):
     """issue #15 item 6: DCP folders were 0700 whatever the umask (tempfile.mkdtemp)."""
-    from optstate.convert import convert
+    from optstate.edit.convert import convert
 
     torch.save(hc.adamw_state(steps=1), tmp_path / "in.pt")
     old = os.umask(umask)

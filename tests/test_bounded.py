@@ -187,7 +187,7 @@ def test_raising_a_limit_lets_a_large_but_fine_file_through(tmp_path):
 
 def test_the_default_limits_read_a_real_state_unchanged(tmp_path):
     """A real Adam state of 2000 parameters (6000 tensors) is far inside every limit."""
-    from optstate.checkpoint import load_torch_file
+    from optstate.io.torch_file import load_torch_file
 
     params = [torch.nn.Parameter(torch.randn(3)) for _ in range(2000)]
     opt = torch.optim.Adam(params)
@@ -204,8 +204,8 @@ def test_the_prescan_counts_what_torch_builds(tmp_path):
     """On a real torch.save file the counts are exact: one per tensor (sparse and plain),
     one per list and dict entry (tuples are not counted); and the scan of a million
     tensors' pickle, run to its end, is quick."""
-    from optstate.limits import Limits
-    from optstate.prescan import scan
+    from optstate.base.limits import Limits
+    from optstate.io.prescan import scan
 
     n = 50
     sd = {"state": {i: {"momentum_buffer": torch.full((3,), float(i))} for i in range(n)},
@@ -233,8 +233,8 @@ def test_tensors_rebuilt_from_memo_are_counted(tmp_path):
     argument-less call) was not counted, and 600 000 of them nested by TUPLE2 (no list or
     dict entry) went to torch's unpickler unchecked (200 000: 11 s). NEWOBJ builds
     tensors too (``torch.Tensor.__new__``)."""
-    from optstate.limits import Limits
-    from optstate.prescan import scan
+    from optstate.base.limits import Limits
+    from optstate.io.prescan import scan
 
     first = (b"ctorch._utils\n_rebuild_tensor_v2\n" + b"q\x02((" + _uni("storage")
              + b"ctorch\nFloatStorage\n" + _uni("0") + _uni("cpu") + _int(1) + b"tQ"
@@ -250,7 +250,7 @@ def test_tensors_rebuilt_from_memo_are_counted(tmp_path):
 
 
 def test_limits_parse_names_suffixes_and_refuse_garbage():
-    from optstate.limits import Limits, parse
+    from optstate.base.limits import Limits, parse
 
     assert parse("") == Limits()
     assert parse("tensors=2M, string=1MiB,expand=1GiB") == Limits(
@@ -334,7 +334,7 @@ def dcp_folder(folder: Path) -> Path:
 
 
 def metadata(folder: Path):
-    from optstate.dcp import read_metadata
+    from optstate.io.dcp import read_metadata
 
     return read_metadata(folder)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optstate.build import build, optimizer_class, optimizer_classes, scheduler_classes
-from optstate.config import GroupSpec, RunSpec, SchedulerSpec, parse_assignment
-from optstate.errors import ConfigError
+from optstate.base.errors import ConfigError
+from optstate.sim.build import build, optimizer_class, optimizer_classes, scheduler_classes
+from optstate.sim.config import GroupSpec, RunSpec, SchedulerSpec, parse_assignment
 
 ISSUE_OPTIMIZERS = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax",
                     "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "SparseAdam"]

@@ -1,7 +1,7 @@
 """``optstate check``: each verdict is checked against what torch's own
 ``load_state_dict`` and ``step()`` do with the same pair of checkpoint and config.
 
-Checkpoints come from real optimizers (built from a config with ``optstate.build`` or by
+Checkpoints come from real optimizers (built from a config with ``optstate.sim.build`` or by
 hand), saved with torch.save; configs are the TOML/JSON files ``simulate`` reads.
 """
 
@@ -12,9 +12,9 @@ import json
 import pytest
 import torch
 
-from optstate.build import build
-from optstate.check import check_checkpoint
-from optstate.config import read_config_file, spec_from_dict
+from optstate.analysis.check import check_checkpoint
+from optstate.sim.build import build
+from optstate.sim.config import read_config_file, spec_from_dict
 
 ADAM_2G = {
     "optimizer": "Adam",
@@ -481,7 +481,7 @@ def test_unsafe_warns_and_help_teaches(cli, tmp_path):
 
 
 def _every_optimizer():
-    from optstate.build import optimizer_classes
+    from optstate.sim.build import optimizer_classes
 
     return sorted(c.__name__ for c in optimizer_classes().values())
 

@@ -286,7 +286,7 @@ def test_unknown_command_suggests_the_closest(run_cli):
 
 
 def test_one_suggestion_rule():
-    from optstate.suggest import close_matches, did_you_mean, unknown
+    from optstate.base.suggest import close_matches, did_you_mean, unknown
 
     assert unknown("optimizer", "adamm", ["adam", "adamw", "radam", "sgd"]) == (
         "unknown optimizer 'adamm'; did you mean 'adam'?")
@@ -299,7 +299,7 @@ def test_one_suggestion_rule():
 def test_simulate_help_lists_every_torch_optimizer(cli):
     """The --optimizer help names every optimizer class of the installed torch (it listed
     13 of torch 2.13's 15: no Adafactor, no Muon)."""
-    from optstate.build import optimizer_classes
+    from optstate.sim.build import optimizer_classes
 
     r = cli("simulate", "--help", env={"COLUMNS": "250"})
     row = next(ln for ln in r.stdout.splitlines() if "--optimizer" in ln)

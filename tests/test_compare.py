@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from optstate.compare import Contender, contenders_from_flags, parse_contenders
-from optstate.errors import ConfigError
+from optstate.base.errors import ConfigError
+from optstate.sim.compare import Contender, contenders_from_flags, parse_contenders
 
 
 def run_json(cli, *args):
@@ -158,7 +158,7 @@ def test_compare_plot(cli, tmp_path):
 
 
 def test_distance_is_float64_euclidean():
-    from optstate.compare import distance
+    from optstate.sim.compare import distance
 
     p = [torch.tensor([0.1, 0.2], dtype=torch.float32), torch.tensor([[3.0]])]
     want = math.sqrt(sum((float(v) - 1.0) ** 2 for v in (p[0][0], p[0][1], p[1][0, 0])))

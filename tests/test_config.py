@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optstate.config import (
+from optstate.base.errors import ConfigError
+from optstate.sim.config import (
     GroupSpec,
     RunSpec,
     SchedulerSpec,
@@ -22,7 +23,6 @@ from optstate.config import (
     spec_from_dict,
     validate,
 )
-from optstate.errors import ConfigError
 
 
 @pytest.mark.parametrize(("text", "value"), [
@@ -241,7 +241,7 @@ def test_any_spec_survives_json_and_back(spec):
 
 
 def test_spec_from_flags_over_a_config():
-    from optstate.config import spec_from_flags
+    from optstate.sim.config import spec_from_flags
 
     spec = spec_from_flags(
         EXPECTED, optimizer="Adam", common={"lr": 0.5, "momentum": None},

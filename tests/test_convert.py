@@ -10,13 +10,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from optstate.checkpoint import load_torch_file
-from optstate.convert import compare_trees, convert
-from optstate.dcp import open_dcp_source
-from optstate.errors import CheckpointError, OutputExistsError
-from optstate.lazy import materialize
-from optstate.leaves import same_tensor
-from optstate.source import open_source
+from optstate.base.errors import CheckpointError, OutputExistsError
+from optstate.edit.convert import compare_trees, convert
+from optstate.io.dcp import open_dcp_source
+from optstate.io.lazy import materialize
+from optstate.io.source import open_source
+from optstate.io.torch_file import load_torch_file
+from optstate.numeric.leaves import same_tensor
 
 
 def adamw_state(steps: int = 3) -> dict:

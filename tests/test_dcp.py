@@ -14,11 +14,11 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-from optstate.dcp import DcpCheckpoint, chunk_layout, open_dcp_source
-from optstate.errors import CheckpointError, UnsafeCheckpointError
-from optstate.lazy import LazyTensor, materialize
-from optstate.source import open_source
-from optstate.stats import summarize
+from optstate.base.errors import CheckpointError, UnsafeCheckpointError
+from optstate.io.dcp import DcpCheckpoint, chunk_layout, open_dcp_source
+from optstate.io.lazy import LazyTensor, materialize
+from optstate.io.source import open_source
+from optstate.numeric.stats import summarize
 
 
 def dcp_save(obj, folder: Path) -> Path:
@@ -304,7 +304,7 @@ def test_diff_sees_one_more_step_across_formats(cli, tmp_path, pos_dirs):
     (lambda e: setattr(e.properties, "dtype", "float32"), "has no dtype"),
 ])
 def test_inconsistent_metadata_is_one_error(fqn_dir, damage, what):
-    from optstate.dcp import read_metadata
+    from optstate.io.dcp import read_metadata
 
     md = read_metadata(fqn_dir)
     damage(md.state_dict_metadata["state.0.weight.exp_avg"])
@@ -336,7 +336,7 @@ def test_truncated_rank_file_is_one_error(fqn_dir):
 
 def test_chunks_must_cover_the_tensor(fqn_dir):
     """A missing chunk would leave uninitialised memory in the loaded tensor."""
-    from optstate.dcp import read_metadata
+    from optstate.io.dcp import read_metadata
 
     md = read_metadata(fqn_dir)
     entry = md.state_dict_metadata["state.0.weight.exp_avg"]
@@ -354,7 +354,7 @@ def test_corrupted_bytes_never_escape_as_internal_errors(tmp_path, fqn_dir, targ
     import random
     import shutil
 
-    from optstate.errors import OptstateError
+    from optstate.base.errors import OptstateError
 
     rng = random.Random(20261125)
     orig = (fqn_dir / target).read_bytes()

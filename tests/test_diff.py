@@ -1,4 +1,4 @@
-"""optstate.diff core: real torch optimizers, exact expectations computed with torch."""
+"""optstate.analysis.diff core: real torch optimizers, exact expectations computed with torch."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from optstate.diff import Change, DiffOptions, diff_files, diff_report, diff_states
-from optstate.errors import ConfigError
+from optstate.analysis.diff import Change, DiffOptions, diff_files, diff_report, diff_states
+from optstate.base.errors import ConfigError
 
 
 def _params(*shapes: tuple[int, ...], seed: int = 0) -> list[torch.Tensor]:
@@ -91,9 +91,9 @@ def test_changing_lr_in_one_group_is_exactly_that_change(adam):
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
-    from optstate.checkpoint import load_torch_file
-    from optstate.config import RunSpec, SchedulerSpec
-    from optstate.simulate import simulate
+    from optstate.io.torch_file import load_torch_file
+    from optstate.sim.config import RunSpec, SchedulerSpec
+    from optstate.sim.simulate import simulate
 
     spec = RunSpec(optimizer="AdamW", hyperparams={"lr": 0.05}, steps=8, grad="normal",
                    scheduler=SchedulerSpec("StepLR", {"step_size": 3, "gamma": 0.5}))
@@ -412,7 +412,7 @@ def _mapped_file(t: torch.Tensor) -> str | None:
 def test_diff_files_memory_maps_zip_checkpoints(tmp_path, adam, monkeypatch):
     torch.save(adam.state_dict(), tmp_path / "a.pt")
     torch.save(adam.state_dict(), tmp_path / "b.pt")
-    import optstate.diff as diff_mod
+    import optstate.analysis.diff as diff_mod
 
     seen: list[str | None] = []
     real = diff_mod.compare_tensors
@@ -476,8 +476,8 @@ def test_sparse_tensors_compare_as_their_dense_values(layout):
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax",
                                   "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "SparseAdam"])
 def test_every_optimizer_one_more_step_changes_only_numbers(name):
-    from optstate.config import RunSpec
-    from optstate.simulate import simulate
+    from optstate.sim.config import RunSpec
+    from optstate.sim.simulate import simulate
 
     a = simulate(RunSpec(optimizer=name, steps=2, grad="normal")).optimizer_state
     b = simulate(RunSpec(optimizer=name, steps=3, grad="normal")).optimizer_state

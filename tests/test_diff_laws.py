@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from optstate.diff import Change, DiffOptions, diff_states
+from optstate.analysis.diff import Change, DiffOptions, diff_states
 
 OPTIMIZERS = {
     "SGD": lambda groups, lr: torch.optim.SGD(groups, lr=lr, momentum=0.9),

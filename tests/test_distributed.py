@@ -27,13 +27,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from optstate.base.errors import ConfigError, OptstateError
 from optstate.cli import app
-from optstate.config import RunSpec, SchedulerSpec, apply_overrides, parse_group, parse_shape
-from optstate.dcp import open_dcp_source
-from optstate.distributed import simulate_sharded, simulate_sharded_many
-from optstate.errors import ConfigError, OptstateError
-from optstate.lazy import materialize
-from optstate.simulate import simulate
+from optstate.io.dcp import open_dcp_source
+from optstate.io.lazy import materialize
+from optstate.sim.config import RunSpec, SchedulerSpec, apply_overrides, parse_group, parse_shape
+from optstate.sim.distributed import simulate_sharded, simulate_sharded_many
+from optstate.sim.simulate import simulate
 
 # Uneven splits on purpose: 5 rows over 2 ranks is 3 + 2, 1 row is 1 + 0 (an empty shard).
 RUN = ["-O", "adam", "--lr", "0.05", "--weight-decay", "0.01", "--shape", "5x3",
@@ -126,7 +126,7 @@ def test_sharded_folder_is_a_dcp_checkpoint_with_one_file_per_rank(runs):
 
 def test_sharded_state_equals_single_process_state_exactly(runs):
     d = runs[0]
-    from optstate.checkpoint import load_torch_file
+    from optstate.io.torch_file import load_torch_file
 
     single = load_torch_file(d / "single.pt").obj["optimizer_state_dict"]
     sharded = materialize(open_dcp_source(d / "sharded").obj)
@@ -258,7 +258,7 @@ def test_every_elementwise_optimizer_matches_on_two_ranks():
 
 
 def test_the_other_optimizers_are_refused():
-    from optstate.build import optimizer_classes
+    from optstate.sim.build import optimizer_classes
 
     others = sorted(c.__name__ for c in optimizer_classes().values()
                     if c.__name__ not in SHARDABLE)
@@ -308,7 +308,7 @@ def _our_workers(root: Path) -> list[int]:
                 state = (entry / "stat").read_text().split()[2]
             except OSError:
                 continue
-            if "optstate.distributed" in cmd and str(root) in cmd and state != "Z":
+            if "optstate.sim.distributed" in cmd and str(root) in cmd and state != "Z":
                 pids.append(int(entry.name))
     return pids
 
@@ -383,7 +383,7 @@ def test_ctrl_c_stops_workers_and_cleans_up(private_tmp):
 
 
 def test_bad_parameter_name_is_refused_before_spawning():
-    from optstate.config import GroupSpec
+    from optstate.sim.config import GroupSpec
 
     spec = RunSpec(groups=(GroupSpec(shapes=((2,),), names=("a..b",)),))
     with pytest.raises(ConfigError, match="cannot be a module path"):
@@ -393,7 +393,7 @@ def test_bad_parameter_name_is_refused_before_spawning():
 def test_a_worker_error_comes_back_as_its_own_one_line_error(tmp_path):
     """A worker reports its error to the parent (error.<rank>.json), which raises it as the
     same kind of error; a rank that only lost its peers ranks after it."""
-    from optstate.distributed import _main, _worker_error
+    from optstate.sim.distributed import _main, _worker_error
 
     job = {"world_size": 2, "port": 1, "saves": [], "work": str(tmp_path),
            "specs": [{**SMALL.to_dict(), "optimizer": "Nope"}]}
@@ -426,7 +426,7 @@ job = {{"world_size": 2, "port": 1, "out": None, "work": {str(tmp_path)!r},
 open({str(tmp_path / "job.json")!r}, "w").write(json.dumps(job))
 w = subprocess.Popen([sys.executable, "-c",
     "import sys, time; sys.argv = ['x'] + sys.argv[1:]; "
-    "from optstate.distributed import _die_with_parent; import json; "
+    "from optstate.sim.distributed import _die_with_parent; import json; "
     "_die_with_parent(json.load(open(sys.argv[1]))['parent']); "
     "open(sys.argv[2], 'w').write('ready'); time.sleep(60)",
     {str(tmp_path / "job.json")!r}, {str(tmp_path / "ready")!r}], start_new_session=True)

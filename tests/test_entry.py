@@ -23,7 +23,8 @@ def _process_state_restored():
     saw SIGINT held and ``Interrupted.`` already announced)."""
     import signal
 
-    from optstate import interrupt, readguard
+    from optstate.base import interrupt
+    from optstate.io import readguard
 
     handler = signal.getsignal(signal.SIGINT)
     saved = {k: getattr(interrupt, k) for k in ("_pending", "_announced", "_depth", "_installed")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optstate.gradients import SOURCES, accumulate, make_source
+from optstate.sim.gradients import SOURCES, accumulate, make_source
 
 
 def _params():

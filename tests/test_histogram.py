@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optstate.histogram import histogram
+from optstate.analysis.histogram import histogram
 from optstate.render.histogram import bar_levels, sparkline
 
 

@@ -22,10 +22,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from optstate.checkpoint import load_torch_file
-from optstate.errors import CheckpointError, OptstateError, UnsafeCheckpointError
-from optstate.tolerance import sum_rtol
-from optstate.walk import MAX_DEPTH, check_sparse, walk
+from optstate.base.errors import CheckpointError, OptstateError, UnsafeCheckpointError
+from optstate.io.torch_file import load_torch_file
+from optstate.io.walk import MAX_DEPTH, check_sparse, walk
+from optstate.numeric.tolerance import sum_rtol
 from tests import hostile_corpus as hc
 from tests.conftest import ROOT
 
@@ -676,7 +676,7 @@ def test_escape_sequences_in_keys_never_reach_the_terminal(cli, tmp_path):
 
 
 def test_one_line():
-    from optstate.errors import one_line
+    from optstate.base.errors import one_line
 
     assert one_line("a\x1b[1;31mb\x1b[0m\tc\r\nd\x00\x9b") == "ab\\tc\\r\\nd\\x00\\x9b"
     assert one_line("plain — ünïcode") == "plain — ünïcode"
@@ -732,10 +732,10 @@ def mutated(draw):
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=mutated())
 def test_mutated_checkpoints_give_clean_errors_or_results(case, tmp_path):
-    from optstate.locate import locate
-    from optstate.source import open_source
-    from optstate.state import OptimizerStateView
-    from optstate.stats import summarize
+    from optstate.io.source import open_source
+    from optstate.numeric.stats import summarize
+    from optstate.state.locate import locate
+    from optstate.state.view import OptimizerStateView
 
     _, data = case
     p = tmp_path / "m.pt"

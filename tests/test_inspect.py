@@ -1,4 +1,4 @@
-"""The inspect core (optstate.inspect): real optimizers, real files, numbers equal to torch's."""
+"""The inspect core (analysis/inspect.py): real optimizers, real files, numbers equal to torch's."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from optstate.errors import ConfigError
-from optstate.inspect import inspect_path
-from optstate.tolerance import sum_rtol
+from optstate.analysis.inspect import inspect_path
+from optstate.base.errors import ConfigError
+from optstate.numeric.tolerance import sum_rtol
 from tests.optim_states import OPTIMIZERS, make_params, state_dict_of, stepped_optimizer
 
 
@@ -39,7 +39,7 @@ def expected_stats(t: torch.Tensor) -> dict:
 
 def same_stats(rep: dict, want: dict) -> bool:
     """Exact for shape, dtype, sizes, min, max, counts; float64 sums (norm, mean, mean|x|) to
-    the documented sum_rtol(numel) (optstate.tolerance: only the order of additions differs)."""
+    the documented sum_rtol(numel) (numeric/tolerance.py: only the order of additions differs)."""
     summed = ("norm", "mean", "mean_abs")
     if {k: v for k, v in rep.items() if k not in summed} != {
             k: v for k, v in want.items() if k not in summed}:
@@ -302,13 +302,13 @@ def test_filters_by_param_and_group(tmp_path):
 
 
 def test_no_stats_reads_no_tensor_data(tmp_path, monkeypatch):
-    import optstate.report
+    import optstate.state.report
 
     def refuse(t):
         raise AssertionError("summarize called under --no-stats")
 
-    monkeypatch.setattr(optstate.report, "summarize", refuse)
-    monkeypatch.setattr(optstate.report, "tensor_values", refuse)
+    monkeypatch.setattr(optstate.state.report, "summarize", refuse)
+    monkeypatch.setattr(optstate.state.report, "tensor_values", refuse)
     sd = state_dict_of("Adam", steps=2)
     report = inspect_path(save(tmp_path, sd), stats=False)
     assert report["stats"] is False
@@ -319,8 +319,8 @@ def test_no_stats_reads_no_tensor_data(tmp_path, monkeypatch):
 
 
 def test_no_stats_on_lazy_tensors_does_not_load_them(tmp_path):
-    from optstate.lazy import LazyTensor
-    from optstate.report import entry_report
+    from optstate.io.lazy import LazyTensor
+    from optstate.state.report import entry_report
 
     loads = []
 

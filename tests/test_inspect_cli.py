@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from optstate.tolerance import sum_rtol
+from optstate.numeric.tolerance import sum_rtol
 from tests.optim_states import state_dict_of, stepped_optimizer
 
 

@@ -2,7 +2,7 @@
 ``internal error``, never a lost interrupt (issue #16 item 2).
 
 Real ``python -m optstate`` processes get a real SIGINT. Stages are reached through the
-test hook (``optstate/testhook.py``: ``OPTSTATE_TEST_PAUSE_AT=STAGE`` prints a marker and
+test hook (``optstate/base/testhook.py``: ``OPTSTATE_TEST_PAUSE_AT=STAGE`` prints a marker and
 waits there), so the signal lands at a known moment; a sweep of fixed delays covers the
 moments between the stages (inside ``import torch``, inside numpy's import, ...). The
 ``finished`` stage (the command's work done, its output written) makes each sweep run
@@ -215,7 +215,7 @@ def test_a_checkpoint_exception_over_an_interrupt_is_the_interrupt():
 def test_an_error_while_an_interrupt_is_pending_is_the_interrupt():
     # SIGINT inside torch comes out as another error (torch refused to build SGD:
     # maximum recursion depth exceeded; ImportError): the interrupt is what happened
-    from optstate import interrupt
+    from optstate.base import interrupt
 
     def body():
         with interrupt.deferred():
@@ -228,7 +228,7 @@ def test_an_error_while_an_interrupt_is_pending_is_the_interrupt():
 
 
 def test_deferred_holds_sigint_until_the_block_ends():
-    from optstate import interrupt
+    from optstate.base import interrupt
 
     reached = []
     with pytest.raises(KeyboardInterrupt):

@@ -1,4 +1,4 @@
-"""Optimizer kind inference (optstate.kind) on states written by real torch.optim classes."""
+"""Optimizer kind inference (optstate.state.kind) on states written by real torch.optim classes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from optstate.kind import SIGNATURES, infer_kind
+from optstate.state.kind import SIGNATURES, infer_kind
 from tests.optim_states import OPTIMIZERS, state_dict_of, stepped_optimizer
 
 

@@ -1,4 +1,4 @@
-"""One leaf equality (optstate/leaves.py) for diff, set and convert."""
+"""One leaf equality (optstate/numeric/leaves.py) for diff, set and convert."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from optstate.leaves import same_leaf, same_tensor
+from optstate.numeric.leaves import same_leaf, same_tensor
 
 
 def test_torch_value_types_compare_by_what_they_name():

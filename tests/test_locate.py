@@ -7,9 +7,9 @@ import warnings
 import pytest
 import torch
 
-from optstate.errors import CheckpointError, NoOptimizerStateError
-from optstate.locate import locate, resolve_key
-from optstate.source import open_source
+from optstate.base.errors import CheckpointError, NoOptimizerStateError
+from optstate.io.source import open_source
+from optstate.state.locate import locate, resolve_key
 from tests.optim_states import stepped_optimizer
 
 

@@ -3,7 +3,7 @@
 The reference is the whole-tensor float64 torch expression: ``torch.isclose`` for the
 count outside tolerance, ``(a.double() - b.double()).abs()`` over finite pairs for the
 differences. Counts, max_abs and max_rel must be equal exactly; the norms of n elements
-to a relative optstate.tolerance.sum_rtol(n) (the bound for any summation order).
+to a relative optstate.numeric.tolerance.sum_rtol(n) (the bound for any summation order).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optstate import kernels
-from optstate.numeric import compare_tensors
-from optstate.tolerance import sum_rtol
+from optstate.numeric import kernels
+from optstate.numeric.compare import compare_tensors
+from optstate.numeric.tolerance import sum_rtol
 
 from .kernel_paths import kernel_path  # noqa: F401 - autouse: every test on every path
 

@@ -1,4 +1,4 @@
-"""One path syntax (optstate/paths.py): what optstate prints is what --key selects."""
+"""One path syntax (optstate/base/paths.py): what optstate prints is what --key selects."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from optstate.errors import ConfigError, NoOptimizerStateError
-from optstate.locate import find_optimizer_states, resolve_key
-from optstate.paths import format_path, join, parse_path, path_keys
+from optstate.base.errors import ConfigError, NoOptimizerStateError
+from optstate.base.paths import format_path, join, parse_path, path_keys
+from optstate.state.locate import find_optimizer_states, resolve_key
 from tests.optim_states import stepped_optimizer
 
 # --------------------------------------------------------------------------- the printer

@@ -14,10 +14,8 @@ import torch  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.image import imread  # noqa: E402
 
-from optstate.config import GroupSpec, RunSpec, SchedulerSpec  # noqa: E402
-from optstate.errors import ConfigError  # noqa: E402
-from optstate.gradients import make_source  # noqa: E402
-from optstate.plot import (  # noqa: E402
+from optstate.base.errors import ConfigError  # noqa: E402
+from optstate.render.plot import (
     COMPARE_SIZE,
     OPTIMUM_STYLE,
     RUN_SIZE,
@@ -30,8 +28,10 @@ from optstate.plot import (  # noqa: E402
     surface,
     view_box,
 )
-from optstate.simulate import simulate  # noqa: E402
-from optstate.simulate_report import simulate_report  # noqa: E402
+from optstate.sim.config import GroupSpec, RunSpec, SchedulerSpec  # noqa: E402
+from optstate.sim.gradients import make_source  # noqa: E402
+from optstate.sim.report import simulate_report  # noqa: E402
+from optstate.sim.simulate import simulate  # noqa: E402
 
 POINT = (GroupSpec(shapes=((2,),)),)
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from optstate import prefetch
+from optstate.io import prefetch
 
 
 @pytest.fixture

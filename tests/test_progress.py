@@ -15,9 +15,9 @@ import time
 import pytest
 import torch
 
-from optstate.config import RunSpec
 from optstate.render.progress import Progress, delay_from_env, progress_wanted
-from optstate.simulate import simulate
+from optstate.sim.config import RunSpec
+from optstate.sim.simulate import simulate
 
 from .test_width import run_in_pty
 
@@ -219,7 +219,7 @@ def test_progress_on_a_terminal_never_on_a_pipe_or_with_json(files, name):
 
 
 def test_inspect_reports_each_parameter_read(files):
-    from optstate.inspect import inspect_path
+    from optstate.analysis.inspect import inspect_path
 
     seen = []
     inspect_path(files / "a.pt", on_progress=lambda done, total: seen.append((done, total)))

@@ -17,10 +17,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from optstate.checkpoint import detect_format
-from optstate.edit import compare_trees, set_hyperparameters
-from optstate.errors import CheckpointError, ConfigError
-from optstate.leaves import same_tensor
+from optstate.base.errors import CheckpointError, ConfigError
+from optstate.edit.hyperparameters import compare_trees, set_hyperparameters
+from optstate.io.torch_file import detect_format
+from optstate.numeric.leaves import same_tensor
 
 
 def _trained(lr=0.1, steps=3, group_lrs=(None, 0.5)):
@@ -174,7 +174,7 @@ def test_one_group_and_tuple_stays_tuple(cli, tutorial_ckpt, tmp_path):
 
 
 def test_diff_shows_only_the_requested_paths(tutorial_ckpt, tmp_path):
-    diff = pytest.importorskip("optstate.diff")
+    diff = pytest.importorskip("optstate.analysis.diff")
     out = tmp_path / "out.pt"
     set_hyperparameters(tutorial_ckpt, {"lr": 0.02, "weight_decay": 0.1}, output=out,
                         group=0)
@@ -374,7 +374,7 @@ def test_bad_values(cli, tmp_path, args, message):
 def test_verification_failure_leaves_nothing(monkeypatch, bare_ckpt, tmp_path):
     """If the re-read file differed anywhere else, nothing is written (and no temp file
     is left behind)."""
-    import optstate.edit as edit
+    import optstate.edit.hyperparameters as edit
 
     real = edit.compare_trees
 

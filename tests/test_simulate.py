@@ -9,10 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optstate.checkpoint import load_torch_file
-from optstate.config import GroupSpec, RunSpec, SchedulerSpec
-from optstate.errors import ConfigError, OutputExistsError, StateMismatchError
-from optstate.simulate import series_path, simulate
+from optstate.base.errors import ConfigError, OutputExistsError, StateMismatchError
+from optstate.io.torch_file import load_torch_file
+from optstate.sim.config import GroupSpec, RunSpec, SchedulerSpec
+from optstate.sim.simulate import series_path, simulate
 from tests.reference_loop import reference_run
 
 OPTIMIZERS = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "NAdam",
@@ -375,13 +375,13 @@ def test_a_diverging_run_says_where():
 def test_public_api_names_the_functions_whatever_the_import_order():
     import sys
 
-    import optstate.locate  # noqa: F401 - the submodules, imported first
-    import optstate.simulate  # noqa: F401
+    import optstate.sim.simulate  # noqa: F401
+    import optstate.state.locate  # noqa: F401 - the submodules, imported first
     from optstate import locate
     from optstate import simulate as public
 
-    assert public is sys.modules["optstate.simulate"].simulate
-    assert locate is sys.modules["optstate.locate"].locate
+    assert public is sys.modules["optstate.sim.simulate"].simulate
+    assert locate is sys.modules["optstate.state.locate"].locate
     assert public(RunSpec(steps=1)).final_step == 1
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from optstate.config import GroupSpec, RunSpec
-from optstate.simulate import simulate
+from optstate.sim.config import GroupSpec, RunSpec
+from optstate.sim.simulate import simulate
 from tests.conftest import ROOT
 from tests.test_simulate import assert_identical
 
@@ -238,7 +238,7 @@ def test_resume_from_trainer_folders_and_containers(cli, resume):
     """The sample run's state (12 steps) sits in a Trainer folder, a Lightning file and
     the tutorial container; each resumes with its scheduler. With noise gradients the
     AdamW state does not depend on the parameters, so 12 + 3 steps equal 15 in all."""
-    from optstate.config import read_config_file, spec_from_dict
+    from optstate.sim.config import read_config_file, spec_from_dict
 
     config = SAMPLES / "adamw_scheduler.json"
     rep = run_json(cli, "--config", config, "--resume", SAMPLES / resume, "--steps", "3")

@@ -11,16 +11,16 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from optstate.config import GroupSpec, RunSpec
-from optstate.errors import ConfigError
-from optstate.simulate import (
+from optstate.base.errors import ConfigError
+from optstate.sim.config import GroupSpec, RunSpec
+from optstate.sim.report import simulate_report
+from optstate.sim.simulate import (
     MAX_NORM_ELEMENTS,
     MAX_RECORDS,
     record_interval,
     simulate,
     thin_history,
 )
-from optstate.simulate_report import simulate_report
 from tests.reference_loop import reference_run
 from tests.test_simulate import assert_identical
 
@@ -199,7 +199,7 @@ def test_compare_records_as_simulate_does(cli):
 
 def test_plot_draws_the_recorded_steps(tmp_path):
     pytest.importorskip("matplotlib")
-    from optstate.plot import run_figure
+    from optstate.render.plot import run_figure
 
     spec = RunSpec(optimizer="Adam", hyperparams={"lr": 0.05}, grad="rosenbrock", steps=40,
                    groups=POINT)

@@ -1,8 +1,8 @@
 """summarize() / kernels.moments(): every statistic equals torch's own computation.
 
 The reference is the plain whole-tensor torch expression of each definition (see
-optstate/stats.py). min, max and the counts must be equal exactly; the float64 sums
-(norm, mean_abs) of n elements to a relative optstate.tolerance.sum_rtol(n) and the signed
+optstate/numeric/stats.py). min, max and the counts must be equal exactly; the float64 sums
+(norm, mean_abs) of n elements to a relative optstate.numeric.tolerance.sum_rtol(n) and the signed
 mean to sum_rtol(n) * mean_abs, because only the order of the float64 additions differs
 (the bound holds for any order: AVX2, AVX-512, NEON, with or without the C kernel).
 """
@@ -16,9 +16,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optstate import kernels
-from optstate.stats import summarize
-from optstate.tolerance import sum_rtol
+from optstate.numeric import kernels
+from optstate.numeric.stats import summarize
+from optstate.numeric.tolerance import sum_rtol
 
 from .kernel_paths import kernel_path  # noqa: F401 - autouse: every test on every path
 
@@ -186,7 +186,7 @@ def test_non_contiguous(small_chunks):
 
 def test_expanded_tensor():
     # a view repeating stored elements is summarised over its storage (each stored
-    # element once; optstate/views.py), with the logical numel beside
+    # element once; optstate/numeric/views.py), with the logical numel beside
     stored = torch.tensor([1.0, -2.0, 0.0])
     t = stored.expand(4, 3)
     s = summarize(t)

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from optstate.inspect import inspect_path
+from optstate.analysis.inspect import inspect_path
 
 SUBNORMAL_F32 = torch.finfo(torch.float32).tiny * torch.finfo(torch.float32).eps  # 2**-149
 

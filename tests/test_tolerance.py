@@ -1,4 +1,4 @@
-"""optstate.tolerance: the stated bound covers any summation order; OPTSTATE_NO_C works.
+"""optstate.numeric.tolerance: the stated bound covers any summation order; OPTSTATE_NO_C works.
 
 Another CPU sums in other vector widths (AVX-512: 8 doubles per lane set, AVX2: 4, NEON: 2)
 and another BLAS in other blocks, so a test that compares optstate with torch must allow
@@ -19,10 +19,10 @@ import sys
 import pytest
 import torch
 
-from optstate import kernels
-from optstate.numeric import compare_tensors
-from optstate.stats import summarize
-from optstate.tolerance import gamma, sum_rtol
+from optstate.numeric import kernels
+from optstate.numeric.compare import compare_tensors
+from optstate.numeric.stats import summarize
+from optstate.numeric.tolerance import gamma, sum_rtol
 
 from .kernel_paths import each_kernel_path  # noqa: F401 - a fixture, asked for by name
 
@@ -109,7 +109,7 @@ def test_bound_values():
 def _kernel_report(env: dict[str, str]) -> list[str]:
     code = ("import sys, torch; from optstate import kernels; "
             "s = kernels.moments(torch.arange(5.0)); "
-            "print(kernels.current_path(), 'optstate._ckernels' in sys.modules, s.sum)")
+            "print(kernels.current_path(), 'optstate.numeric._ckernels' in sys.modules, s.sum)")
     e = {k: v for k, v in os.environ.items() if k != "OPTSTATE_NO_C"}
     out = subprocess.run([sys.executable, "-c", code], env={**e, **env}, text=True,
                          capture_output=True, check=True)
@@ -120,7 +120,7 @@ def test_optstate_no_c_disables_the_extension():
     # the documented switch, read at import: the C kernel is never even imported
     assert _kernel_report({"OPTSTATE_NO_C": "1"}) == ["torch", "False", "10.0"]
     path, imported, total = _kernel_report({})  # as built
-    if importlib.util.find_spec("optstate._ckernels") is None:
+    if importlib.util.find_spec("optstate.numeric._ckernels") is None:
         assert (path, imported) == ("torch", "False")
     else:
         assert path in ("c-avx2", "c-2lane") and imported == "True"

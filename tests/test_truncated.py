@@ -1,10 +1,10 @@
 """An input truncated while optstate reads it: one ``Error:`` line (and a ``Hint:``) and
-exit 2, never a bare SIGBUS (issue #16 item 5, read side; ``optstate/readguard.py``).
+exit 2, never a bare SIGBUS (issue #16 item 5, read side; ``optstate/io/readguard.py``).
 
 Real processes read real memory-mapped checkpoints; the test truncates the file from this
 process at a stage reached through the test hook: ``check`` (before a tensor's data is
 read: the pure-Python guard sees it) and ``read`` (the guard has passed, the next touch
-of the data faults: only the SIGBUS handler of ``optstate/_sigbus.c`` can report it).
+of the data faults: only the SIGBUS handler of ``optstate/io/_sigbus.c`` can report it).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _sigbus_helper_built() -> bool:
     if os.environ.get("OPTSTATE_NO_C", "").strip() not in ("", "0"):
         return False  # readguard.enable() does not install it then (CI's second run)
     try:
-        from optstate import _sigbus  # noqa: F401
+        from optstate.io import _sigbus  # noqa: F401
     except ImportError:
         return False
     return True
@@ -71,7 +71,7 @@ def _truncate_at(stage: str, args: list[str], victim: Path, env: dict[str, str] 
 
 
 needs_helper = pytest.mark.skipif(not _sigbus_helper_built(),
-                                  reason="optstate._sigbus was not built (no C compiler) "
+                                  reason="optstate.io._sigbus was not built (no C compiler) "
                                          "or is disabled (OPTSTATE_NO_C=1)")
 
 
@@ -99,7 +99,7 @@ def test_a_sigbus_that_is_not_a_truncation_still_crashes(tmp_path):
     """The handler claims only what it knows: a SIGBUS with no watched file shrunk and
     not a mapping's address error keeps the default action (the crash it would be)."""
     if not _sigbus_helper_built():
-        pytest.skip("optstate._sigbus was not built (no C compiler)")
+        pytest.skip("optstate.io._sigbus was not built (no C compiler)")
     import subprocess
     import sys
 

@@ -17,10 +17,10 @@ import random
 import pytest
 import torch
 
-from optstate.numeric import UncomparableViewsError, compare_tensors
-from optstate.stats import summarize
-from optstate.tolerance import sum_rtol
-from optstate.views import EXPANDED, OVERLAPPING, distinct_elements, repeated_view
+from optstate.numeric.compare import UncomparableViewsError, compare_tensors
+from optstate.numeric.stats import summarize
+from optstate.numeric.tolerance import sum_rtol
+from optstate.numeric.views import EXPANDED, OVERLAPPING, distinct_elements, repeated_view
 from tests.bounded import run_bounded
 
 HUGE = 2**40

@@ -23,11 +23,13 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from .. import __version__, interrupt, readguard
-from .._entry import resume_collector
-from ..errors import OptstateError, one_line
-from ..render.root_help import COMMANDS, DESCRIPTION, VERSION_HELP, root_help
-from ..testhook import pause_at
+from optstate import __version__
+from optstate._entry import resume_collector
+from optstate.base import interrupt
+from optstate.base.errors import OptstateError, one_line
+from optstate.base.testhook import pause_at
+from optstate.io import readguard
+from optstate.render.root_help import COMMANDS, DESCRIPTION, VERSION_HELP, root_help
 
 # command name -> its module in this package, when they differ
 _MODULE_OF = {"set": "set_cmd"}
@@ -134,7 +136,7 @@ class _LazyGroup(TyperGroup):
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         if args and not args[0].startswith("-") and args[0] not in self.commands \
                 and not ctx.resilient_parsing:
-            from ..suggest import unknown
+            from optstate.base.suggest import unknown
 
             ctx.fail(unknown("command", args[0], self.commands))
         return super().resolve_command(ctx, args)
@@ -294,7 +296,7 @@ def print_json(text: str) -> None:
 def stdout_console():  # noqa: ANN201 - rich is imported lazily
     from rich.console import Console
 
-    from ..render.terminal_safe import protect  # text from checkpoints: no escapes
+    from optstate.render.terminal_safe import protect  # text from checkpoints: no escapes
 
     # markup/emoji off: names from a file print as stored ("[bold]x", ":warning:")
     return protect(Console(highlight=False, soft_wrap=False, markup=False, emoji=False))
@@ -303,7 +305,7 @@ def stdout_console():  # noqa: ANN201 - rich is imported lazily
 def stderr_console():  # noqa: ANN201
     from rich.console import Console
 
-    from ..render.terminal_safe import protect
+    from optstate.render.terminal_safe import protect
 
     return protect(Console(stderr=True, highlight=False, markup=False, emoji=False))
 

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..paths import KEY_HELP
-from . import (
+from optstate.base.paths import KEY_HELP
+from optstate.cli import (
     UNSAFE_HELP,
     OptstateCommand,
     app,
@@ -54,8 +54,8 @@ def check(
     Example: optstate check ckpt.pt --config run.toml
     """
     with errors_to_exit():
-        from ..check import check_checkpoint, check_report
-        from ..render.progress import Progress, progress_wanted
+        from optstate.analysis.check import check_checkpoint, check_report
+        from optstate.render.progress import Progress, progress_wanted
 
         if unsafe:
             warn_unsafe()
@@ -63,11 +63,11 @@ def check(
             report = check_report(check_checkpoint(checkpoint, config, key=key,
                                                    unsafe=unsafe, trial=trial))
     if json_:
-        from ..render.json_view import dumps
+        from optstate.render.json_view import dumps
 
         print_json(dumps(report))
     else:
-        from ..render.check_view import check_view
+        from optstate.render.check_view import check_view
 
         stdout_console().print(check_view(report))
     raise typer.Exit(code=report["exit_code"])

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import OptstateCommand, app, errors_to_exit, print_json, stdout_console
+from optstate.cli import OptstateCommand, app, errors_to_exit, print_json, stdout_console
 
 _RUN = "Run (shared by every optimizer)"
 
@@ -61,10 +61,10 @@ def compare(
     "diverged" a run whose loss or parameters became NaN or Inf.
     """
     with errors_to_exit():
-        from ..compare import compare as run
-        from ..compare import compare_report, contenders_from_flags
-        from ..config import GroupSpec, RunSpec, apply_overrides, parse_shape
-        from ..simulate import parse_record_every
+        from optstate.sim.compare import compare as run
+        from optstate.sim.compare import compare_report, contenders_from_flags
+        from optstate.sim.config import GroupSpec, RunSpec, apply_overrides, parse_shape
+        from optstate.sim.simulate import parse_record_every
 
         every = parse_record_every(record_every)
         contenders = contenders_from_flags(optimizers, set_ or [])
@@ -75,10 +75,10 @@ def compare(
             init_value=init_value,
         )
         if plot is not None:
-            from ..plot import check_plot_target
+            from optstate.render.plot import check_plot_target
 
             check_plot_target(plot, force)
-        from ..render.progress import Progress, progress_wanted
+        from optstate.render.progress import Progress, progress_wanted
 
         with Progress("running", enabled=progress_wanted(json=json_)) as progress:
             started = iter(range(len(contenders)))
@@ -88,14 +88,14 @@ def compare(
         report = compare_report(base, runs)
         report["plot"] = None
         if plot is not None:
-            from ..plot import write_compare_plot
+            from optstate.render.plot import write_compare_plot
 
             report["plot"] = str(write_compare_plot(report, plot, force=force))
     if json_:
-        from ..render.json_view import dumps
+        from optstate.render.json_view import dumps
 
         print_json(dumps(report))
     else:
-        from ..render.compare import compare_view
+        from optstate.render.compare import compare_view
 
         stdout_console().print(compare_view(report))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import (
+from optstate.cli import (
     UNSAFE_HELP,
     OptstateCommand,
     app,
@@ -50,8 +50,8 @@ def convert(
     with errors_to_exit():
         if unsafe:
             warn_unsafe()
-        from ..convert import convert as run
-        from ..render.progress import Progress, progress_wanted
+        from optstate.edit.convert import convert as run
+        from optstate.render.progress import Progress, progress_wanted
 
         with Progress("converting", enabled=progress_wanted(json=json_)):
             result = run(src, dst, force=force, unsafe=unsafe)
@@ -59,7 +59,7 @@ def convert(
     for w in report["warnings"]:
         warn(w)
     if json_:
-        from ..render.json_view import dumps
+        from optstate.render.json_view import dumps
 
         print_json(dumps(report))
         return

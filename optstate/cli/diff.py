@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from ..paths import KEY_HELP
-from . import (
+from optstate.base.paths import KEY_HELP
+from optstate.cli import (
     UNSAFE_HELP,
     OptstateCommand,
     app,
@@ -76,8 +76,8 @@ def diff(
     Example: optstate diff -q step1000.pt step2000.pt && echo same
     """
     with errors_to_exit():
-        from ..diff import DiffOptions, diff_files, diff_report
-        from ..errors import ConfigError
+        from optstate.analysis.diff import DiffOptions, diff_files, diff_report
+        from optstate.base.errors import ConfigError
 
         if quiet and (json_ or verbose):
             raise ConfigError("--quiet prints nothing; it cannot be combined with "
@@ -89,7 +89,7 @@ def diff(
                               stop_after=1 if quiet else None)
         if unsafe:
             warn_unsafe()
-        from ..render.progress import Progress, progress_wanted
+        from optstate.render.progress import Progress, progress_wanted
 
         with Progress("comparing", enabled=progress_wanted(json=json_, quiet=quiet)
                       ) as on_progress:
@@ -101,11 +101,11 @@ def diff(
         report = diff_report(result, side_a, side_b, verbose=verbose, max_diffs=max_diffs)
     if not quiet:
         if json_:
-            from ..render.json_view import dumps
+            from optstate.render.json_view import dumps
 
             print_json(dumps(report))
         else:
-            from ..render.diff_view import diff_view
+            from optstate.render.diff_view import diff_view
 
             stdout_console().print(diff_view(report))
             if "hint" in report:

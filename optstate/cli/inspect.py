@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..paths import KEY_HELP
-from . import (
+from optstate.base.paths import KEY_HELP
+from optstate.cli import (
     UNSAFE_HELP,
     OptstateCommand,
     app,
@@ -73,34 +73,34 @@ def inspect(
     with errors_to_exit():
         if unsafe:
             warn_unsafe()
-        from ..inspect import inspect_path
+        from optstate.analysis.inspect import inspect_path
 
         if hist and no_stats:
-            from ..errors import ConfigError
+            from optstate.base.errors import ConfigError
 
             raise ConfigError("--hist reads tensor data; it cannot go with --no-stats")
-        from ..histogram import BINS
-        from ..render.progress import Progress, progress_wanted
+        from optstate.analysis.histogram import BINS
+        from optstate.render.progress import Progress, progress_wanted
 
         with Progress("reading", enabled=progress_wanted(json=json_)) as on_progress:
             report = inspect_path(path, key=key, unsafe=unsafe, stats=not no_stats,
                                   params=param, groups=group, values=values,
                                   hist_bins=BINS if hist else None, on_progress=on_progress)
         # Extra sections (e.g. histograms) are added to ``report`` here, before rendering.
-        if layout:  # DCP storage layout: optstate/dcp.py (helper X)
-            from ..dcp import layout_report
+        if layout:  # DCP storage layout: optstate/io/dcp.py (helper X)
+            from optstate.io.dcp import layout_report
 
             report["layout"] = layout_report(path)
     if json_:
-        from ..render.json_view import dumps
+        from optstate.render.json_view import dumps
 
         print_json(dumps(report))
         return
-    from ..render.inspect_view import inspect_view
+    from optstate.render.inspect_view import inspect_view
 
     console = stdout_console()
     console.print(inspect_view(report, max_params=max_params))
     if layout:
-        from ..render.dcp_view import layout_table
+        from optstate.render.dcp_view import layout_table
 
         console.print(layout_table(report["layout"]))

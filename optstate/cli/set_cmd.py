@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ..paths import KEY_HELP
-from . import (
+from optstate.base.paths import KEY_HELP
+from optstate.cli import (
     UNSAFE_HELP,
     OptstateCommand,
     app,
@@ -89,15 +89,15 @@ def set_(
     Example: optstate set ckpt.pt -o ckpt-lr.pt --lr 0.01 --set betas=0.9,0.95
     """
     with errors_to_exit():
-        from ..config import parse_assignment
-        from ..edit import set_hyperparameters, set_report
+        from optstate.edit.hyperparameters import set_hyperparameters, set_report
+        from optstate.sim.config import parse_assignment
 
         values: dict[str, Any] = dict(parse_assignment(s) for s in set_ or [])
         if lr is not None:
             values["lr"] = lr
         if unsafe:
             warn_unsafe()
-        from ..render.progress import Progress, progress_wanted
+        from optstate.render.progress import Progress, progress_wanted
 
         # writing, re-reading and comparing a large file: a spinner past a second
         with Progress("writing", enabled=progress_wanted(json=json_)):
@@ -114,10 +114,10 @@ def set_(
     if report["trial"] not in (None, "ok"):
         warn(f"torch's load_state_dict + step() on the new state fails: {report['trial']}")
     if json_:
-        from ..render.json_view import dumps
+        from optstate.render.json_view import dumps
 
         print_json(dumps(report))
         return
-    from ..render.set_view import set_view
+    from optstate.render.set_view import set_view
 
     stdout_console().print(set_view(report))

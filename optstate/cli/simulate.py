@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import (
+from optstate.cli import (
     UNSAFE_HELP,
     OptstateCommand,
     app,
@@ -133,12 +133,12 @@ def simulate(
         --scheduler-arg step_size=5 --resume run.pt --steps 10
     """
     with errors_to_exit():
-        from ..config import RunSpec, read_config_file, spec_from_dict, spec_from_flags
-        from ..errors import ConfigError
-        from ..simulate import parse_record_every, thin_history
-        from ..simulate import simulate as run
-        from ..simulate_report import simulate_report
-        from ..source import open_source
+        from optstate.base.errors import ConfigError
+        from optstate.io.source import open_source
+        from optstate.sim.config import RunSpec, read_config_file, spec_from_dict, spec_from_flags
+        from optstate.sim.report import simulate_report
+        from optstate.sim.simulate import parse_record_every, thin_history
+        from optstate.sim.simulate import simulate as run
 
         every = parse_record_every(record_every)
         base = spec_from_dict(read_config_file(config), str(config)) if config else RunSpec()
@@ -150,14 +150,14 @@ def simulate(
             zero_grad=zero_grad,
         )
         if plot is not None:  # a missing matplotlib or an existing file: fail before stepping
-            from ..plot import check_plot_target
+            from optstate.render.plot import check_plot_target
 
             check_plot_target(plot, force)
-        from ..render.progress import Progress, progress_wanted
+        from optstate.render.progress import Progress, progress_wanted
 
         wanted = progress_wanted(json=json_)
-        if world_size is not None:  # sharded: optstate/distributed.py (helper X)
-            from ..distributed import simulate_sharded
+        if world_size is not None:  # sharded: optstate/sim/distributed.py (helper X)
+            from optstate.sim.distributed import simulate_sharded
 
             with Progress("stepping", enabled=wanted):  # a spinner: the ranks report nothing
                 result = simulate_sharded(spec, world_size=world_size, save=save,
@@ -182,17 +182,17 @@ def simulate(
         if world_size is not None:
             report["world_size"] = world_size
         if plot is not None:
-            from ..plot import write_run_plot
+            from optstate.render.plot import write_run_plot
 
             report["plot"] = str(write_run_plot(report, plot, force=force))
     for w in report["warnings"]:
         warn(w)
     if json_:
-        from ..render.json_view import dumps
+        from optstate.render.json_view import dumps
 
         print_json(dumps(report))
     else:
-        from ..render.simulate_view import simulate_view
+        from optstate.render.simulate_view import simulate_view
 
         stdout_console().print(simulate_view(report))
         if plot is not None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-from .fit import Fit
+from optstate.render.fit import Fit
 
 
 def chunk_text(chunk: dict[str, Any]) -> str:

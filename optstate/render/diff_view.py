@@ -9,8 +9,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from .fit import Fit
-from .human import fmt
+from optstate.render.fit import Fit
+from optstate.render.human import fmt
 
 
 def _short(value: Any) -> str:

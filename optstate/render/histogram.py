@@ -1,6 +1,6 @@
 """Terminal histograms: one row per state buffer, its values as a bar of block glyphs.
 
-Draws the plain data of ``optstate.histogram`` (in ``inspect --hist`` reports under each
+Draws the plain data of ``optstate.analysis.histogram`` (in ``inspect --hist`` reports under each
 tensor entry's ``"histogram"`` key). Each bin is one glyph whose height is its count
 relative to the fullest bin; a bin with any element at all shows at least the lowest
 block, an empty bin is blank, so a lone outlier stays visible. Never prints.
@@ -15,7 +15,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from .fit import Fit
+from optstate.render.fit import Fit
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 

@@ -8,7 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from .fit import Fit
+from optstate.render.fit import Fit
 
 
 def fmt(value: Any) -> str:

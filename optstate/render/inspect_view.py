@@ -8,8 +8,8 @@ from typing import Any
 from rich.console import Group
 from rich.text import Text
 
-from .human import fmt, fmt_values, groups_table
-from .text_table import TextTable
+from optstate.render.human import fmt, fmt_values, groups_table
+from optstate.render.text_table import TextTable
 
 FORMAT_LABELS = {
     "zip": "torch.save zip (torch >= 1.6)",
@@ -171,7 +171,7 @@ def stats_table(report: dict[str, Any], digits: int = 6) -> TextTable | None:
 
 def storage_section(report: dict[str, Any]) -> Text | None:
     """One line per view that repeats stored elements (expand, overlapping strides): its
-    statistics are over the distinct stored elements (optstate/stats.py)."""
+    statistics are over the distinct stored elements (optstate/numeric/stats.py)."""
     lines = []
     for p in report["params"]:
         for entry, rep in _flat_entries(p["state"]):
@@ -242,7 +242,7 @@ def inspect_view(report: dict[str, Any], max_params: int = MAX_PARAMS_SHOWN) -> 
             over_storage = storage_section(report)
             if over_storage is not None:
                 parts.append(over_storage)
-        from .histogram import histogram_table  # inspect --hist
+        from optstate.render.histogram import histogram_table  # inspect --hist
 
         hist = histogram_table(report)
         if hist is not None:

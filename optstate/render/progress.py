@@ -158,7 +158,7 @@ def _rich_bar() -> Any:
     )
     from rich.progress import Progress as RichProgress
 
-    from .terminal_safe import protect
+    from optstate.render.terminal_safe import protect
 
     console = protect(Console(stderr=True, highlight=False, markup=False, emoji=False))
     return RichProgress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),

@@ -13,8 +13,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from .fit import Fit
-from .human import fmt, fmt_values, groups_table
+from optstate.render.fit import Fit
+from optstate.render.human import fmt, fmt_values, groups_table
 
 
 def _shape(shape: list[int]) -> str:
@@ -70,7 +70,7 @@ def simulate_view(report: dict[str, Any]) -> Group:
         s = report["scheduler"]
         parts.append(Text(f"scheduler {s['name']}: last_epoch {s['last_epoch']}, "
                           f"last lr {fmt(s['last_lr'])}"))
-    if report.get("world_size"):  # simulate --world-size (optstate/distributed.py)
+    if report.get("world_size"):  # simulate --world-size (optstate/sim/distributed.py)
         parts.append(Text(f"sharded over {report['world_size']} processes (FSDP2 on a CPU "
                           "mesh, gloo); the state above is gathered from the shards"
                           + ("; saved as a DCP folder" if report["saved"] else "")))

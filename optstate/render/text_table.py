@@ -60,7 +60,7 @@ class TextTable:
 
     def fit(self) -> Any:
         """The rich table, folded where it does not fit (what is drawn when this is not)."""
-        from .fit import Fit
+        from optstate.render.fit import Fit
 
         return Fit(self.to_rich(), head=self.head, sub=self.sub)
 

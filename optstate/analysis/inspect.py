@@ -1,0 +1,197 @@
+"""``inspect``: a checkpoint path in, one plain-data report out (schema ``optstate.inspect/1``).
+
+The report is JSON-ready as is (``--json`` dumps it) and is what the rich view draws. It
+holds: where the state came from, the inferred optimizer kind, the param groups, every
+parameter's state entries (statistics unless ``stats=False``, which reads no tensor data
+beyond 0-d scalars such as ``step``), totals, the scheduler state beside it, and warnings.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from optstate.analysis.suspicious import state_warnings
+from optstate.base.errors import ConfigError
+from optstate.base.suggest import did_you_mean
+from optstate.io.source import Source, open_source
+from optstate.state.kind import infer_kind
+from optstate.state.locate import Located, locate
+from optstate.state.report import entry_report, groups_report, plain, scheduler_report, tensor_like
+from optstate.state.view import OptimizerStateView
+
+SCHEMA = "optstate.inspect/1"
+
+
+def inspect_path(path: str | Path, *, key: str | None = None, unsafe: bool = False,
+                 **options: Any) -> dict[str, Any]:
+    """Open ``path`` (file or checkpoint folder) safely and inspect the optimizer state."""
+    return inspect_source(open_source(path, unsafe=unsafe), key=key, **options)
+
+
+def inspect_source(source: Source, *, key: str | None = None, stats: bool = True,
+                   params: list[str] | None = None, groups: list[int] | None = None,
+                   values: bool = False, hist_bins: int | None = None,
+                   on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Inspect the optimizer state in an opened source.
+
+    ``params`` selects parameters by position or name, ``groups`` by group index: only
+    those are reported (and only their tensors are read); totals and warnings that need no
+    tensor data still cover the whole state. ``on_progress(done, total)`` is called after
+    each parameter's tensors are read.
+    """
+    located = locate(source, key)
+    view = OptimizerStateView.from_state_dict(located.state)
+    selected = _select(view, params, groups)
+    state_keys = {str(k) for p in view.params for k in p.state}
+    kind = infer_kind([g.hyperparams for g in view.groups], state_keys)
+
+    param_reports = []
+    for p in view.params:
+        if p.position not in selected:
+            continue
+        param_reports.append({
+            "id": plain(p.key),
+            "position": p.position,
+            "group": p.group,
+            "name": p.name,
+            "state": {str(k): entry_report(v, stats=stats, values=values)
+                      for k, v in p.state.items()},
+        })
+        if hist_bins:  # inspect --hist
+            from optstate.analysis.histogram import add_histograms
+
+            add_histograms(param_reports[-1]["state"], p.state, hist_bins)
+        if on_progress is not None:
+            on_progress(len(param_reports), len(selected))
+    group_reports = groups_report(view)
+    for g, gv in zip(group_reports, view.groups, strict=True):
+        g["n_params"] = len(gv.param_keys)
+        g["names"] = gv.names
+    if groups is not None:
+        group_reports = [g for g in group_reports if g["index"] in set(groups)]
+
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "file": _file_info(source),
+        "location": located.location,
+        "locations": list(located.candidates),
+        "optimizer": kind.to_dict(),
+        "legacy_ids": view.legacy_ids,
+        "stats": stats,
+        "selection": {"params": sorted(selected) if (params or groups is not None) else None,
+                      "groups": groups},
+        "param_groups": group_reports,
+        "params": param_reports,
+        "totals": _totals(view),
+        "scheduler": _scheduler(located),
+        "warnings": [],
+        "notes": [],
+    }
+    warnings, notes = state_warnings(view, kind.kind, param_reports, report["scheduler"])
+    for role, reason in source.sibling_errors.items():
+        warnings.append({"code": f"{role}_unreadable", "message": f"the {role} file beside the "
+                         f"optimizer state could not be read: {reason}",
+                         "where": [str(source.sibling_files[role])]})
+    report["warnings"], report["notes"] = warnings, notes
+    return report
+
+
+def _file_info(source: Source) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "path": str(source.path),
+        "read": str(source.file),
+        "format": source.format,
+        "bytes": source.bytes,
+    }
+    if source.sibling_files:
+        info["siblings"] = {k: str(v) for k, v in source.sibling_files.items()}
+    return info
+
+
+def _select(view: OptimizerStateView, params: list[str] | None,
+            groups: list[int] | None) -> set[int]:
+    """Positions of the params to report: all, or those ``--param``/``--group`` name."""
+    chosen = {p.position for p in view.params}
+    if groups is not None:
+        for g in groups:
+            if not 0 <= g < len(view.groups):
+                raise ConfigError(
+                    f"--group {g}: the state has {len(view.groups)} param group"
+                    f"{'s' * (len(view.groups) != 1)} (0..{len(view.groups) - 1})"
+                )
+        chosen = {p.position for p in view.params if p.group in set(groups)}
+    if params:
+        wanted: set[int] = set()
+        by_name = {p.name: p.position for p in view.params if p.name is not None}
+        for text in params:
+            wanted.add(_param_position(view, text, by_name))
+        chosen &= wanted
+    return chosen
+
+
+def _param_position(view: OptimizerStateView, text: str, by_name: dict[str, int]) -> int:
+    if text in by_name:
+        return by_name[text]
+    try:
+        n = int(text)
+    except ValueError:
+        names = ", ".join(list(by_name)[:5]) or "none in this checkpoint"
+        raise ConfigError(f"--param {text!r}: no parameter has that name"
+                          f"{did_you_mean(text, by_name)}",
+                          hint=f"give a position 0..{view.n_params - 1} or a name ({names})"
+                          ) from None
+    if 0 <= n < view.n_params:
+        return n
+    if view.legacy_ids:
+        for p in view.params:
+            if p.key == n:
+                return p.position
+    raise ConfigError(f"--param {n}: the state has {view.n_params} parameter"
+                      f"{'s' * (view.n_params != 1)} (positions 0..{view.n_params - 1})")
+
+
+def _totals(view: OptimizerStateView) -> dict[str, Any]:
+    """Counts and bytes over the whole state; reads shapes and dtypes only."""
+    by_dtype: Counter[str] = Counter()
+    tensors = scalars = numel = 0
+
+    def add(value: Any) -> None:
+        nonlocal tensors, scalars, numel
+        t = tensor_like(value)
+        if t is not None:
+            n = t.numel()
+            if len(t.shape) == 0:
+                scalars += 1
+            else:
+                tensors += 1
+            numel += n
+            by_dtype[str(t.dtype).removeprefix("torch.")] += n * t.element_size()
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                add(v)
+        else:
+            scalars += 1
+
+    for p in view.params:
+        for v in p.state.values():
+            add(v)
+    return {
+        "groups": len(view.groups),
+        "params": view.n_params,
+        "params_with_state": sum(1 for p in view.params if p.state),
+        "state_tensors": tensors,
+        "state_scalars": scalars,
+        "numel": numel,
+        "bytes": sum(by_dtype.values()),
+        "bytes_by_dtype": dict(sorted(by_dtype.items())),
+        "orphan_state_keys": [plain(k) for k in view.orphan_keys],
+    }
+
+
+def _scheduler(located: Located) -> dict[str, Any] | None:
+    if located.scheduler is None:
+        return None
+    return scheduler_report(located.scheduler, located.scheduler_location or "")

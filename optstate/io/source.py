@@ -1,0 +1,123 @@
+"""Checkpoint sources: what a path on the command line points at.
+
+A source is a torch.save file or a checkpoint folder (a Hugging Face Trainer /
+accelerate folder with ``optimizer.pt`` or ``optimizer.bin``). Tensors of zip-format
+files are memory-mapped, so opening a source reads only the pickled structure; tensor
+data is paged in when a statistic or comparison touches it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optstate.base.errors import CheckpointError, NoOptimizerStateError
+from optstate.io.torch_file import load_torch_file
+from optstate.io.walk import check_copyable
+
+# Hugging Face Trainer writes optimizer.pt / scheduler.pt; accelerate writes .bin.
+HF_OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin", "optimizer_0.bin", "optimizer.pth")
+HF_SCHEDULER_FILES = ("scheduler.pt", "scheduler.bin", "scheduler_0.bin", "scheduler.pth")
+# accelerate numbers the second optimizer's files: optimizer_1.bin, scheduler_1.bin.
+_OPTIMIZER_FILE = re.compile(r"optimizer(_\d+)?\.(pt|bin|pth)")
+
+
+@dataclass
+class Source:
+    """A loaded checkpoint: the object tree plus where it came from."""
+
+    path: Path  # what the user named
+    file: Path  # the file actually read (inside a folder, for folder checkpoints)
+    format: str  # "zip" | "legacy" | ...
+    bytes: int
+    obj: Any
+    # Objects read from files beside the main one, by role (e.g. "scheduler").
+    siblings: dict[str, Any] = field(default_factory=dict)
+    sibling_files: dict[str, Path] = field(default_factory=dict)
+    # Sibling files that exist but could not be read (role -> one-line reason).
+    sibling_errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.file == self.path else f"{self.path} ({self.file.name})"
+
+
+def open_source(path: str | Path, *, mmap: bool = True, unsafe: bool = False,
+                copying: str | None = None) -> Source:
+    """Open a checkpoint file or folder. Raises CheckpointError with a one-line reason.
+
+    ``copying``: the name of the command that will copy every tensor (``set``,
+    ``convert``); a file whose views would grow past the ``expand`` limit when copied is
+    then refused here, before any copy (reading it for statistics works over its storage).
+    """
+    p = Path(path)
+    if p.is_dir():
+        return _open_folder(p, mmap=mmap, unsafe=unsafe, copying=copying)
+    loaded = load_torch_file(p, mmap=mmap, unsafe=unsafe)
+    if copying and loaded.walk is not None:
+        check_copyable(loaded.walk, str(p), copying)
+    src = Source(path=p, file=p, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj)
+    if _OPTIMIZER_FILE.fullmatch(p.name):  # a Trainer / accelerate file named directly
+        _add_scheduler_sibling(src, p, unsafe=unsafe)
+    return src
+
+
+def _open_folder(p: Path, *, mmap: bool, unsafe: bool, copying: str | None) -> Source:
+    if (p / ".metadata").is_file():
+        from optstate.io.dcp import (
+            open_dcp_source,  # optional: torch.distributed.checkpoint folders
+        )
+        from optstate.io.walk import walk
+
+        src = open_dcp_source(p)
+        walk(src.obj, label=str(p))  # built from the folder's metadata: untrusted too
+        return src
+    found = sorted(n.name for n in p.iterdir() if _OPTIMIZER_FILE.fullmatch(n.name)
+                   and n.is_file())
+    if len(found) > 1:  # accelerate with several optimizers: optimizer.bin, optimizer_1.bin
+        raise NoOptimizerStateError(
+            f"{p} holds {len(found)} optimizer files: {', '.join(found)}",
+            hint=f"give one of them, e.g. {p / found[0]}",
+        )
+    opt_file = next((p / n for n in HF_OPTIMIZER_FILES if (p / n).is_file()),
+                    p / found[0] if found else None)
+    if opt_file is None:
+        raise CheckpointError(
+            f"{p} is a folder with no optimizer.pt or optimizer.bin in it",
+            hint="give the checkpoint file itself, or a Hugging Face Trainer / accelerate "
+            "checkpoint folder",
+        )
+    loaded = load_torch_file(opt_file, mmap=mmap, unsafe=unsafe)
+    if copying and loaded.walk is not None:
+        check_copyable(loaded.walk, str(opt_file), copying)
+    src = Source(path=p, file=opt_file, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj)
+    _add_scheduler_sibling(src, opt_file, unsafe=unsafe)
+    return src
+
+
+def _scheduler_file(opt_file: Path) -> Path | None:
+    """The scheduler file written with ``opt_file``: optimizer_1.bin pairs with
+    scheduler_1.bin (accelerate); optimizer.pt with scheduler.pt (Trainer)."""
+    m = _OPTIMIZER_FILE.fullmatch(opt_file.name)
+    folder = opt_file.parent
+    if m is not None:
+        twin = folder / f"scheduler{m.group(1) or ''}.{m.group(2)}"
+        if twin.is_file():
+            return twin
+        if m.group(1) not in (None, "_0"):
+            return None
+    return next((folder / n for n in HF_SCHEDULER_FILES if (folder / n).is_file()), None)
+
+
+def _add_scheduler_sibling(src: Source, opt_file: Path, *, unsafe: bool) -> None:
+    """Load the scheduler file that Trainer / accelerate write beside the optimizer's."""
+    sched_file = _scheduler_file(opt_file)
+    if sched_file is None:
+        return
+    src.sibling_files["scheduler"] = sched_file
+    try:  # the optimizer state is still worth showing when its scheduler file is broken
+        src.siblings["scheduler"] = load_torch_file(sched_file, unsafe=unsafe).obj
+    except CheckpointError as e:
+        src.sibling_errors["scheduler"] = str(e)

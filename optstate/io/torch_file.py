@@ -1,0 +1,521 @@
+"""Reading and writing torch.save files: safe loads, atomic saves.
+
+Security policy: every load passes ``weights_only=True`` explicitly (so torch ignores
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``) and ``map_location="cpu"``. torch is handed a file
+we opened ourselves (or its ``/proc/self/fd`` path when memory-mapping), never the
+user's path: torch sends a path ending in ``.safetensors`` to another loader whatever
+the file holds. Before torch unpickles anything, the pickle is pre-scanned against the
+documented limits (``prescan.py``, ``limits.py``): what torch would build is counted
+from the opcodes, so work follows the bytes stored, never what a file claims.
+``unsafe=True`` exists for files the user trusts; only the CLI's
+``--unsafe`` flag sets it, and it warns loudly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import mmap
+import os
+import pickle
+import re
+import stat
+import struct
+import warnings
+import zipfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optstate.base.errors import CheckpointError, OptstateError, UnsafeCheckpointError
+from optstate.base.limits import Limits, size_text
+from optstate.base.limits import current as current_limits
+from optstate.io import readguard
+from optstate.io.prescan import scan, scan_legacy
+from optstate.io.walk import WalkReport, walk
+
+ZIP_MAGIC = b"PK\x03\x04"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# A text (protocol 0) pickle starting with a GLOBAL opcode: 'cmodule\nname\n'
+_PROTO0_GLOBAL = re.compile(rb"\(?c([\w.]+)\n([\w.]+)\n")
+
+
+@dataclass
+class LoadedFile:
+    """A loaded torch.save file and what we know about it."""
+
+    path: Path
+    format: str  # "zip" | "legacy"
+    bytes: int
+    obj: Any
+    walk: WalkReport | None = None  # what the bounded walk saw (None: not checked)
+
+
+def detect_format(path: Path, head: bytes | None = None) -> str:
+    """'zip' (torch >= 1.6), 'legacy' (the older pickle stream), or an error that says
+    what the file is instead. ``head``: the file's first 512 bytes, if already read."""
+    if head is None:
+        head = _read_head(path, 512)
+    if not head:
+        raise CheckpointError(f"{path} is empty (0 bytes)")
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    if head[:1] == b"\x80":
+        return "legacy"
+    if len(head) > 262 and head[257:262] == b"ustar":
+        raise CheckpointError(
+            f"{path} is a tar archive (the torch < 0.4 checkpoint format), which optstate "
+            "does not read",
+            hint="load and re-save it with an old torch: torch.save(torch.load(f), out)",
+        )
+    m = _PROTO0_GLOBAL.match(head)
+    if m:
+        raise UnsafeCheckpointError(
+            f"{path} is a bare pickle (protocol 0) that calls "
+            f"{m.group(1).decode()}.{m.group(2).decode()}, not a torch.save file; refused "
+            "without running it"
+        )
+    if head.count(0) == len(head):
+        raise CheckpointError(f"{path} starts with {len(head)} zero bytes, not a torch.save "
+                              "file (an interrupted copy or a preallocated file?)")
+    stripped = head.lstrip()
+    if stripped[:1] in (b"{", b"["):
+        raise CheckpointError(f"{path} looks like JSON text, not a torch.save file")
+    if _looks_like_text(head):
+        raise CheckpointError(f"{path} is a text file, not a torch.save file")
+    if head.startswith(b"\x89HDF"):
+        raise CheckpointError(f"{path} is an HDF5 file, not a torch.save file")
+    raise CheckpointError(
+        f"{path} is not a torch.save file (unknown format, starts with {head[:8].hex(' ')})"
+    )
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    # NUL and other control bytes are valid UTF-8 but never in text files
+    return not any(ord(c) < 32 and c not in "\t\n\r\f" for c in text)
+
+
+def _read_head(path: Path, n: int) -> bytes:
+    with _open_regular(path) as f:
+        return f.read(n)
+
+
+@contextlib.contextmanager
+def _open_regular(path: Path) -> Iterator[Any]:
+    """Open ``path`` for reading, with one-line errors for the usual failures."""
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever
+        # (it is refused below as not a regular file); regular files ignore the flag.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise _is_a_directory(path) from None
+    except PermissionError:
+        raise CheckpointError(f"permission denied reading {path}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot open {path}: {e.strerror or e}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):  # os.open opens folders read-only without complaint
+            raise _is_a_directory(path)
+        raise CheckpointError(f"{path} is not a regular file")
+    f = os.fdopen(fd, "rb")
+    try:
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        yield f
+    finally:
+        f.close()
+
+
+def _is_a_directory(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is a directory",
+        hint="give a checkpoint file, or a Hugging Face / DCP checkpoint folder",
+    )
+
+
+def clean_message(e: BaseException) -> str:
+    """torch's exception text as one line, ANSI codes and stack hints removed."""
+    text = _ANSI.sub("", str(e)).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def load_torch_file(path: str | Path, *, mmap: bool = False,
+                    unsafe: bool = False) -> LoadedFile:
+    """Load a torch.save file safely (``weights_only=True``) onto the CPU, then ``walk``
+    what was loaded (cycles, depth, size as a tree, sparse invariants)."""
+    p = Path(path)
+    with _open_regular(p) as f:  # one open: what we check is what torch reads
+        fmt = detect_format(p, f.read(512))
+        size = os.fstat(f.fileno()).st_size
+        readguard.watch(f, p)  # truncated while it is read: one Error line (readguard.py)
+        zinfo = _check_zip(p, f, size) if fmt == "zip" else None
+        limits = current_limits()
+        _prescan(p, f, zinfo, limits)
+        # torch maps stored records raw: a compressed one would be read as garbage
+        use_mmap = (mmap and zinfo is not None and not zinfo.compressed
+                    and os.path.exists(f"/proc/self/fd/{f.fileno()}"))
+        f.seek(0)
+        target: Any = f"/proc/self/fd/{f.fileno()}" if use_mmap else f
+        try:
+            obj = _torch_load(p, fmt, target, use_mmap, unsafe)
+        except UnsafeCheckpointError:
+            raise
+        except CheckpointError:
+            if not use_mmap or unsafe:
+                raise
+            # torch's read path describes damage better (record sizes): say what it says
+            use_mmap = False
+            f.seek(0)
+            obj = _torch_load(p, fmt, f, False, unsafe)
+        walked = walk(obj, label=str(p), storages=use_mmap, max_depth=limits.depth,
+                      max_nodes=limits.nodes)
+        # (never with --unsafe: a second load would run the file's code a second time)
+        if use_mmap and not unsafe and not _mapped_storages_fit(f, zinfo, walked):
+            # torch's mmap path does not compare record sizes with the tensors the pickle
+            # describes (its read path does): a short record would show the bytes after
+            # it. Read the file instead, and let torch check.
+            del obj, walked
+            f.seek(0)
+            obj = _torch_load(p, fmt, f, False, unsafe)
+            walked = walk(obj, label=str(p), max_depth=limits.depth, max_nodes=limits.nodes)
+    if walked.storage_bytes > size:
+        # torch's safe unpickler allows the legacy constructors: torch.FloatTensor(2**30)
+        # in a few hundred bytes is a 4 GiB tensor that statistics would read and set copy
+        raise CheckpointError(
+            f"{p} holds tensors of {size_text(walked.storage_bytes)}, more than the file's "
+            f"{size:,} bytes: their data is not read from the file but built from a size "
+            "(e.g. torch.FloatTensor(N)); refused")
+    walked.storages = None
+    return LoadedFile(path=p, format=fmt, bytes=size, obj=obj, walk=walked)
+
+
+def _prescan(p: Path, f: Any, zinfo: _ZipInfo | None, limits: Limits) -> None:
+    """Count the tensors, list and dict entries, nesting and string lengths the pickle
+    asks for (``prescan.py``) before torch's unpickler builds any of it."""
+    if zinfo is not None:
+        scan(_data_pkl(p, f, zinfo), 0, limits, str(p))
+        return
+    try:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return  # cannot map (an empty or special file): torch reads it and judges
+    with mapped:
+        scan_legacy(mapped, limits, str(p))
+
+
+def prescan_bytes(data: bytes, label: str) -> None:
+    """The pre-scan for torch.save bytes held in memory (a DCP folder's non-tensor
+    values, which torch.load reads with weights_only=True): same limits, same messages."""
+    prescan_stream(io.BytesIO(data), len(data), label)
+
+
+def prescan_stream(f: Any, size: int, label: str) -> None:
+    """The pre-scan for the torch.save bytes a seekable ``f`` of ``size`` bytes holds (a
+    DCP value or tensor chunk) before torch.load reads them."""
+    limits = current_limits()
+    f.seek(0)
+    if f.read(4) == ZIP_MAGIC:
+        zinfo = _check_zip(Path(label), f, size)
+        scan(_data_pkl(Path(label), f, zinfo), 0, limits, label)
+    else:
+        f.seek(0)
+        scan_legacy(f.read(size), limits, label)
+
+
+def _data_pkl(p: Path, f: Any, zinfo: _ZipInfo) -> bytes:
+    """The bytes of ``data.pkl`` as torch reads them: a stored record is read raw from
+    its local header, like torch does (no CRC check: a wrong CRC must not hide the pickle
+    from the scan); a compressed one through zipfile (members are at most 2x the file,
+    ``_check_zip``)."""
+    info = zinfo.data_pkl
+    try:
+        if info is None:
+            raise KeyError("data.pkl")
+        if info.compress_type != zipfile.ZIP_STORED:
+            with zipfile.ZipFile(f) as zf:
+                return zf.read(info)
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        return f.read(info.file_size)
+    except Exception:  # BadZipFile, bad CRC, zlib.error, struct.error, ...
+        raise CheckpointError(f"{p} is a damaged zip archive (its data.pkl cannot be read)",
+                              hint="re-copy or re-save the checkpoint") from None
+
+
+def _mapped_storages_fit(f: Any, zinfo: _ZipInfo | None, walked: WalkReport) -> bool:
+    """Whether every memory-mapped storage starts at a data record of the file and fits
+    in it. All storages are slices of one mapping of the whole file, so their addresses
+    differ from the records' file offsets by the mapping's base address; torch.save
+    writes only records that some tensor uses, so the lowest address is the lowest
+    record. Sparse tensors hold storages the walk does not see: read those files."""
+    if walked.sparse_tensors:
+        return False
+    storages = walked.storages or {}
+    if not storages:
+        return True
+    records: dict[int, int] = {}  # data offset in the file -> record size
+    with zipfile.ZipFile(f) as zf:
+        for info in zf.infolist():
+            if info.filename.split("/", 1)[-1].startswith("data/"):
+                f.seek(info.header_offset + 26)
+                name_len, extra_len = struct.unpack("<HH", f.read(4))
+                records[info.header_offset + 30 + name_len + extra_len] = info.file_size
+    if not records:
+        return False
+    base = min(storages) - min(records)
+    return all(records.get(ptr - base, -1) >= nbytes for ptr, nbytes in storages.items())
+
+
+def _torch_load(p: Path, fmt: str, target: Any, use_mmap: bool, unsafe: bool) -> Any:
+    import torch
+
+    try:
+        with warnings.catch_warnings(), torch.sparse.check_sparse_tensor_invariants(True):
+            warnings.simplefilter("ignore")
+            return torch.load(
+                target,
+                map_location="cpu",
+                weights_only=not unsafe,  # always explicit: see the module docstring
+                mmap=use_mmap,
+            )
+    except pickle.UnpicklingError as e:
+        raise _refusal(p, e) from None
+    except OptstateError:
+        raise
+    except RecursionError:
+        raise CheckpointError(f"{p} is nested too deeply to read") from None
+    except MemoryError:
+        raise CheckpointError(f"{p} needs more memory than this machine has to load") from None
+    except RuntimeError as e:
+        if "alloc_cpu" not in str(e) and "DefaultCPUAllocator" not in str(e):
+            raise _load_failure(p, fmt, e) from None
+        # torch's allocator failed (its RuntimeError, not MemoryError)
+        raise CheckpointError(f"{p} needs more memory than this machine has to load") from None
+    except Exception as e:  # torch raises IndexError, KeyError, struct.error, ... (#127525)
+        raise _load_failure(p, fmt, e) from None
+
+
+@dataclass
+class _ZipInfo:
+    prefix: str
+    sizes: dict[str, int]  # record name below the prefix -> uncompressed size
+    compressed: bool
+    data_pkl: zipfile.ZipInfo | None = None  # the record torch unpickles
+
+
+def _check_zip(path: Path, f: Any, archive_size: int) -> _ZipInfo:
+    """Refuse zip archives that are not plain torch checkpoints, before unpickling."""
+    try:
+        zf = zipfile.ZipFile(f)
+        infos = zf.infolist()
+    except Exception:  # BadZipFile, NotImplementedError (zip version), struct.error, ...
+        raise CheckpointError(
+            f"{path} is a damaged zip archive (truncated or corrupt)",
+            hint="re-copy or re-save the checkpoint",
+        ) from None
+    names = [i.filename for i in infos]
+    if len(names) != len(set(names)):
+        counts = Counter(names)  # not names.count per name: quadratic on a hostile zip
+        dup = min(n for n, c in counts.items() if c > 1)
+        raise UnsafeCheckpointError(
+            f"{path} holds the member {dup!r} twice; different tools would read different "
+            "contents, so optstate refuses it",
+            hint="torch reads the first copy and Python's zipfile the last: a file built "
+            "to show each a different checkpoint",
+        )
+    prefixes = {n.split("/", 1)[0] for n in names if "/" in n}
+    bases = {n.split("/", 1)[1] if "/" in n else n for n in names}
+    if "constants.pkl" in bases or any(b.startswith("code/") for b in bases):
+        raise UnsafeCheckpointError(
+            f"{path} is a TorchScript archive (torch.jit.save), not a torch.save checkpoint",
+            hint="TorchScript archives hold code; load them with torch.jit.load if you trust them",
+        )
+    if "data.pkl" not in bases:
+        raise CheckpointError(f"{path} is a zip archive but not a torch.save file (no data.pkl)")
+    if len(prefixes) != 1 or any("/" not in n for n in names):
+        raise UnsafeCheckpointError(
+            f"{path} is a zip archive whose members are not all in one folder; torch.save "
+            "writes one, and tools disagree on which to read, so optstate refuses it"
+        )
+    expanded = sum(i.file_size for i in infos)
+    if expanded > _MAX_EXPANSION * archive_size + 2**20:
+        raise UnsafeCheckpointError(
+            f"{path} expands to {_human_bytes(expanded)} from {_human_bytes(archive_size)} "
+            "(compressed members: a zip bomb); torch.save never compresses, so optstate "
+            "refuses it"
+        )
+    prefix = next(iter(prefixes))
+    return _ZipInfo(
+        prefix=prefix,
+        sizes={i.filename.split("/", 1)[1]: i.file_size for i in infos},
+        compressed=any(i.compress_type != zipfile.ZIP_STORED for i in infos),
+        data_pkl=next((i for i in infos if i.filename == f"{prefix}/data.pkl"), None),
+    )
+
+
+# Uncompressed members may add up to this many times the archive size (torch.save
+# stores everything uncompressed, so a real checkpoint is at 1x).
+_MAX_EXPANSION = 2
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
+def _refusal(path: Path, e: BaseException) -> CheckpointError:
+    text = _ANSI.sub("", str(e))
+    m = re.search(r"GLOBAL\s+([\w.]+)", text)
+    if m:
+        return UnsafeCheckpointError(
+            f"{path} needs {m.group(1)}, which safe loading does not allow; refused without "
+            "running it",
+            hint="if you wrote this file yourself and trust it, --unsafe loads it with full "
+            "pickle (this can run arbitrary code)",
+        )
+    m = re.search(r"Unsupported operand (\d+)", text)
+    if m:
+        op = int(m.group(1))
+        name = _OPCODE_NAMES.get(op, f"0x{op:02x}")
+        return UnsafeCheckpointError(
+            f"{path} uses the pickle opcode {name}, which safe loading does not support "
+            "(torch.save writes pickle protocol 2); refused without running it",
+            hint="re-save it with torch.save, which writes protocol 2",
+        )
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", text, re.S)
+    detail = m.group(1).strip().splitlines()[0] if m else clean_message(e)
+    return UnsafeCheckpointError(f"{path} was refused by safe loading: {detail}")
+
+
+def _opcode_names() -> dict[int, str]:
+    import pickletools
+
+    return {ord(op.code): op.name for op in pickletools.opcodes if len(op.code) == 1}
+
+
+_OPCODE_NAMES = _opcode_names()
+
+
+def _load_failure(path: Path, fmt: str, e: BaseException) -> CheckpointError:
+    msg = clean_message(e)
+    low = msg.lower()
+    if isinstance(e, EOFError) or isinstance(e, struct.error) or "unexpected end" in low \
+            or "truncat" in low or "ran out of input" in low or "unexpected eof" in low:
+        return CheckpointError(f"{path} is truncated (the file ends early)",
+                               hint="re-copy or re-save the checkpoint")
+    m = re.search(r"failed locating file (data/\w+)", msg)
+    if m:
+        return CheckpointError(f"{path} is damaged: tensor data {m.group(1)} is missing",
+                               hint="re-copy or re-save the checkpoint")
+    m = re.search(r"record size \((\d+) bytes\) does not match expected size \((\d+) bytes",
+                  msg)
+    if m:
+        return CheckpointError(
+            f"{path} is damaged: a tensor needs {m.group(2)} bytes but its data holds "
+            f"{m.group(1)}", hint="re-copy or re-save the checkpoint")
+    if "not resizable" in low:  # mmap: a storage slice cut short by the end of the file
+        return CheckpointError(f"{path} is damaged: a tensor needs more bytes than its data "
+                               "holds", hint="re-copy or re-save the checkpoint")
+    if "wrong byte size" in low:  # legacy format; torch's text has a raw %ld in it
+        return CheckpointError(f"{path} is damaged: a tensor's data does not match its "
+                               "declared size", hint="re-copy or re-save the checkpoint")
+    if "invalid protocol version" in low:
+        return CheckpointError(f"{path} is damaged: {_first_sentence(msg, 120)}",
+                               hint="re-copy or re-save the checkpoint")
+    if "invalid magic number" in low:
+        return CheckpointError(f"{path} is not a torch.save file (wrong magic number)")
+    if "sparse" in low or "inconsistent with indices" in low or "indices" in low:
+        return CheckpointError(f"{path} holds an invalid sparse tensor ({msg})")
+    if "central directory" in msg or "zip archive" in low or "miniz" in low:
+        return CheckpointError(f"{path} is a damaged zip archive: {_first_sentence(msg)}",
+                               hint="re-copy or re-save the checkpoint")
+    if isinstance(e, (IndexError, KeyError, UnicodeDecodeError, AssertionError, TypeError,
+                      AttributeError)):
+        # what torch's unpickler raises on a damaged stream (pytorch#127525)
+        return CheckpointError(
+            f"{path} is damaged: its pickled data is malformed ({type(e).__name__}: "
+            f"{_first_sentence(msg, 120)})", hint="re-copy or re-save the checkpoint")
+    return CheckpointError(
+        f"cannot read {path} as a torch checkpoint ({fmt} format): {_first_sentence(msg)}"
+    )
+
+
+def _first_sentence(msg: str, limit: int = 200) -> str:
+    first = msg.split(". ")[0]
+    return first if len(first) <= limit else first[:limit] + "…"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def check_writable(path: str | Path, force: bool, *, kind: str | None = None) -> Path:
+    """Fail early (before any work) if ``path`` exists and ``force`` is not set, is a
+    folder, is not a torch.save file (``kind="torch"``: what ``--force`` may replace), or
+    its folder is missing or not searchable."""
+    from optstate.io.atomic import check_target
+
+    return check_target(path, force, kind=kind)
+
+
+def atomic_write(path: str | Path, write: Any, *, force: bool = False,
+                 verify: Any = None, notes: list[str] | None = None,
+                 needed: Any = None, kind: str | None = None) -> Path:
+    """Write through ``write(fileobj)`` to a temp file beside ``path``, fsync, optionally
+    ``verify(temp_path)``, then rename over ``path`` and fsync the folder
+    (``optstate.io.atomic.staged``). A crash at any point leaves either the old file or the
+    new one, never half of one; an error or Ctrl-C leaves the old file and no temp."""
+    from optstate.base.testhook import pause_at
+    from optstate.io.atomic import staged
+
+    with staged(path, force=force, notes=notes, needed=needed, kind=kind) as tmp:
+        assert tmp.fd is not None
+        with os.fdopen(tmp.fd, "wb") as f:
+            tmp.fd = None  # the file object closes it now
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if verify is not None:
+            pause_at("verify")
+            verify(tmp.path)
+    return Path(path)
+
+
+def save_checkpoint(obj: Any, path: str | Path, *, force: bool = False,
+                    notes: list[str] | None = None) -> Path:
+    """``torch.save(obj)`` atomically, re-loading the temp file with ``weights_only=True``
+    before it replaces anything, so what we write is what a safe load reads back. The
+    reload memory-maps the tensor data (checking the zip, the pickle and that every
+    storage fits its record) instead of reading it back: the bytes are the ones torch
+    just wrote from memory, and reading 80 MB again cost more than the save's fsync.
+    ``notes`` receives what was found left over from an interrupted write."""
+
+    def verify(tmp: Path) -> None:
+        try:
+            load_torch_file(tmp, mmap=True)
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"refusing to write {path}: the saved data does not load back safely ({e})"
+            ) from None
+
+    from optstate.io.atomic import saved_size, torch_save
+
+    try:
+        return atomic_write(path, lambda f: torch_save(obj, f), force=force, verify=verify,
+                            notes=notes, needed=lambda: saved_size(obj), kind="torch")
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None

@@ -1,0 +1,369 @@
+"""Pictures of runs: ``simulate --plot`` and ``compare --plot``.
+
+Each picture is one more rendering of the plain-data report a command already builds
+(``optstate.simulate/1``, ``optstate.compare/1``): nothing here steps an optimizer.
+
+matplotlib is an optional extra (``pip install 'optstate[plot]'``) imported only when a
+picture is asked for. We draw on a bare ``Figure`` with the Agg canvas and never touch
+``pyplot``: no global backend switch, no display needed, nothing left open. The size in
+pixels is fixed (``RUN_SIZE``, ``COMPARE_SIZE``) and the file carries no timestamp or
+version, so the same run gives the same bytes.
+
+For 2-D objectives (exactly two parameter elements, Rosenbrock or quadratic) the
+trajectory is drawn over the objective's contour plot; the objective is evaluated with
+the gradient source's own torch expression (``gradients.py``), vmapped over a grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from optstate.base.errors import ConfigError
+from optstate.io.torch_file import atomic_write, check_writable
+
+DPI = 100
+RUN_SIZE = (1200, 800)  # pixels, width x height
+COMPARE_SIZE = (1400, 600)
+GRID = 241  # contour grid points per axis
+
+# Objectives worth a contour plot: a bowl or a valley with a known minimum. (The linear
+# "constant" objective has no minimum; its contour lines are straight and say nothing.)
+CONTOUR_OBJECTIVES = ("rosenbrock", "quadratic")
+
+START_STYLE = {"marker": "o", "markersize": 9, "markerfacecolor": "white",
+               "markeredgecolor": "black", "linestyle": "none", "zorder": 5}
+OPTIMUM_STYLE = {"marker": "*", "markersize": 16, "color": "gold",
+                 "markeredgecolor": "black", "linestyle": "none", "zorder": 4}
+END_MARKERSIZE = 10
+FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+# Fields that would make two renderings of the same data differ.
+_NO_STAMPS = {"png": {"Software": None}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}
+
+
+class PlotUnavailableError(ConfigError):
+    """--plot was asked for but matplotlib is not installed."""
+
+
+def require_matplotlib() -> Any:
+    """Import matplotlib, or fail with the one line that says how to get it."""
+    try:
+        import matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+    except ImportError:
+        raise PlotUnavailableError(
+            "--plot needs matplotlib, which is not installed: pip install 'optstate[plot]'"
+        ) from None
+    return matplotlib
+
+
+def picture_format(path: str | Path) -> str:
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ConfigError(
+            f"cannot tell the picture format of {str(path)!r} from its extension",
+            hint="name the file .png, .svg or .pdf",
+        )
+    return fmt
+
+
+def check_plot_target(path: str | Path, force: bool) -> Path:
+    """Everything that can go wrong with ``--plot PATH`` before any work is done."""
+    picture_format(path)
+    require_matplotlib()
+    return check_writable(path, force)
+
+
+def save_figure(fig: Any, path: str | Path, *, force: bool = False) -> Path:
+    """Write ``fig`` atomically at the fixed DPI (no tight bbox: the size stays exact)."""
+    fmt = picture_format(path)
+    return atomic_write(
+        path,
+        lambda f: fig.savefig(f, format=fmt, dpi=DPI, metadata=_NO_STAMPS[fmt]),
+        force=force,
+    )
+
+
+def new_figure(size: tuple[int, int]) -> Any:
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+# --------------------------------------------------------------------------- objective
+
+
+def optimum(grad: str, grad_value: float, numel: int) -> list[float] | None:
+    """Where the objective of gradient source ``grad`` is smallest, for ``numel``
+    parameter elements; None when it has no minimum (linear, or no objective)."""
+    if grad == "rosenbrock":
+        return [1.0] * numel
+    if grad == "quadratic":
+        return [float(grad_value)] * numel
+    return None
+
+
+def surface(grad: str, grad_value: float, xs: Sequence[float], ys: Sequence[float]) -> Any:
+    """The objective of one 2-element parameter at every (x, y) of the grid xs × ys, as a
+    float64 array indexed ``[j, i]`` (row = y), computed by the source's own objective."""
+    import torch
+
+    from optstate.sim.gradients import make_source
+
+    source = make_source(grad, grad_value)
+    x = torch.as_tensor(xs, dtype=torch.float64)
+    y = torch.as_tensor(ys, dtype=torch.float64)
+    gy, gx = torch.meshgrid(y, x, indexing="ij")
+    points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
+    with torch.no_grad():
+        z = torch.vmap(lambda xy: source.objective([xy]))(points)
+    return z.reshape(gy.shape).numpy()
+
+
+def view_box(points: Sequence[Sequence[float]], anchors: Sequence[Sequence[float]]
+             ) -> tuple[float, float, float, float]:
+    """(xmin, xmax, ymin, ymax) around the anchors (start, optimum) and the trajectory
+    points, padded. Points far away (a run that diverged) are left off the view, so
+    they do not squash everyone else's path to a dot."""
+    ax = [a[0] for a in anchors]
+    ay = [a[1] for a in anchors]
+    cx, cy = sum(ax) / len(ax), sum(ay) / len(ay)
+    reach = 10 * max(1.0, *(math.hypot(x - cx, y - cy) for x, y in zip(ax, ay, strict=True)))
+    xs, ys = list(ax), list(ay)
+    for x, y in points:
+        if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        if math.hypot(x - cx, y - cy) <= reach:
+            xs.append(x)
+            ys.append(y)
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    span = max(x1 - x0, y1 - y0, 1.0)
+    pad = 0.12 * span
+    # Square-ish data box centred on the content: contour plots read best unstretched.
+    mx, my = (x0 + x1) / 2, (y0 + y1) / 2
+    hx = max(x1 - x0, 0.75 * span) / 2 + pad
+    hy = max(y1 - y0, 0.75 * span) / 2 + pad
+    return mx - hx, mx + hx, my - hy, my + hy
+
+
+def draw_plane(ax: Any, grad: str, grad_value: float,
+               box: tuple[float, float, float, float]) -> None:
+    """The (x, y) plane of a 2-element parameter: the objective's contour plot where
+    it has a minimum worth drawing, else a plain grid (``normal`` noise, ``constant``)."""
+    if grad in CONTOUR_OBJECTIVES:
+        draw_contour(ax, grad, grad_value, box)
+    else:
+        ax.grid(True, alpha=0.3)
+    x0, x1, y0, y1 = box
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_xlabel("x (element 0)")
+    ax.set_ylabel("y (element 1)")
+
+
+def plane_title(what: str, grad: str) -> str:
+    return f"{what} on {grad}" if grad in CONTOUR_OBJECTIVES else f"{what} ({grad} gradients)"
+
+
+def draw_contour(ax: Any, grad: str, grad_value: float,
+                 box: tuple[float, float, float, float]) -> None:
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    x0, x1, y0, y1 = box
+    xs = np.linspace(x0, x1, GRID)
+    ys = np.linspace(y0, y1, GRID)
+    z = surface(grad, grad_value, xs, ys)
+    finite = z[np.isfinite(z)]
+    top = float(finite.max()) if finite.size else 1.0
+    low = max(float(finite.min()) if finite.size else 0.0, top * 1e-7, 1e-6)
+    if top > low:
+        levels = np.geomspace(low, top, 16)
+        z = np.clip(z, low, top)
+        ax.contourf(xs, ys, z, levels=levels, norm=LogNorm(low, top), cmap="Greys_r",
+                    alpha=0.45, zorder=1)
+        ax.contour(xs, ys, z, levels=levels, colors="0.45", linewidths=0.6, zorder=2)
+
+
+def draw_trajectory(ax: Any, points: Sequence[Sequence[float | None]], color: str,
+                    label: str | None = None) -> None:
+    """The path as a line, the end point as a filled marker in the path's colour."""
+    xs = [math.nan if p[0] is None else p[0] for p in points]
+    ys = [math.nan if p[1] is None else p[1] for p in points]
+    ax.plot(xs, ys, color=color, linewidth=1.6, label=label, zorder=3)
+    end = last_finite_point(points)
+    if end is not None:
+        ax.plot([end[0]], [end[1]], marker="o", markersize=END_MARKERSIZE, color=color,
+                markeredgecolor="black", markeredgewidth=0.8, linestyle="none", zorder=6)
+
+
+def last_finite_point(points: Sequence[Sequence[float | None]]) -> tuple[float, float] | None:
+    for x, y in reversed(points):
+        if x is not None and y is not None and math.isfinite(x) and math.isfinite(y):
+            return (x, y)
+    return None
+
+
+def _series(values: Sequence[float | None]) -> list[float]:
+    return [math.nan if v is None else float(v) for v in values]
+
+
+def draw_loss(ax: Any, steps: Sequence[int], loss: Sequence[float | None], color: str,
+              label: str | None = None) -> None:
+    ax.plot(steps, _series(loss), color=color, linewidth=1.4, label=label)
+
+
+def use_log_scale(ax: Any, series: Sequence[Sequence[float | None]]) -> None:
+    """Log y when every finite value is positive and they span more than a decade."""
+    vals = [v for s in series for v in s if v is not None and math.isfinite(v)]
+    if vals and min(vals) > 0 and max(vals) / min(vals) > 10:
+        ax.set_yscale("log")
+
+
+def _no_data(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def run_title(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    hyper = ", ".join(f"{k} {_short(v)}" for k, v in cfg["hyperparams"].items())
+    parts = [report["optimizer"] + (f" ({hyper})" if hyper else ""), f"grad {cfg['grad']}",
+             f"steps {report['start_step']}–{report['final_step']}", f"seed {cfg['seed']}"]
+    return " · ".join(parts)
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list):
+        return ",".join(_short(x) for x in v)
+    return str(v)
+
+
+def run_figure(report: dict[str, Any]) -> Any:
+    """The picture of one ``simulate`` report: loss, learning rate and parameter norm
+    over steps; with a 2-D objective, the trajectory over its contour plot too."""
+    h = report["history"]
+    cfg = report["config"]
+    points = h.get("point") or []
+    fig = new_figure(RUN_SIZE)
+    two_d = bool(points)
+    if two_d:
+        grid = fig.add_gridspec(3, 2, width_ratios=(1.15, 1))
+        ax_path = fig.add_subplot(grid[:, 0])
+        axes = [fig.add_subplot(grid[i, 1]) for i in range(3)]
+    else:
+        grid = fig.add_gridspec(3, 1)
+        axes = [fig.add_subplot(grid[i, 0]) for i in range(3)]
+    ax_loss, ax_lr, ax_norm = axes
+    fig.suptitle(run_title(report))
+    steps = h["step"]
+
+    if any(v is not None for v in h["loss"]):
+        draw_loss(ax_loss, steps, h["loss"], "C0")
+        use_log_scale(ax_loss, [h["loss"]])
+    else:
+        _no_data(ax_loss, f"no objective (grad {cfg['grad']})")
+    ax_loss.set_ylabel("loss")
+
+    n_groups = len(h["lr"][0]) if h["lr"] else 0
+    for g in range(n_groups):
+        ax_lr.plot(steps, [row[g] for row in h["lr"]], color=f"C{g % 10}",
+                   label=f"group {g}" if n_groups > 1 else None)
+    if n_groups > 1:
+        ax_lr.legend(loc="best", fontsize="small")
+    use_log_scale(ax_lr, [[row[g] for row in h["lr"]] for g in range(n_groups)])  # decays
+    ax_lr.set_ylabel("learning rate")
+
+    ax_norm.plot(steps, _series(h["param_norm"]), color="C2")
+    ax_norm.set_ylabel("parameter norm")
+    ax_norm.set_xlabel("step")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+
+    if two_d:
+        opt = optimum(cfg["grad"], cfg["grad_value"], 2)
+        start = points[0]
+        box = view_box(points, [start, *([opt] if opt else [])])
+        draw_plane(ax_path, cfg["grad"], cfg["grad_value"], box)
+        if opt:
+            ax_path.plot([opt[0]], [opt[1]], **OPTIMUM_STYLE, label="optimum")
+        ax_path.plot([start[0]], [start[1]], **START_STYLE, label="start")
+        draw_trajectory(ax_path, points, "C3", label="trajectory")
+        ax_path.legend(loc="upper left", fontsize="small")
+        ax_path.set_title(plane_title("trajectory", cfg["grad"]))
+    return fig
+
+
+def compare_figure(report: dict[str, Any]) -> Any:
+    """The picture of a ``compare`` report: every trajectory on one contour plot (2-D
+    objectives) and every loss curve on a second panel."""
+    runs = report["runs"]
+    obj = report["objective"]
+    fig = new_figure(COMPARE_SIZE)
+    two_d = all(r["history"].get("point") for r in runs)
+    if two_d:
+        ax_path, ax_loss = fig.subplots(1, 2, width_ratios=(1, 1.1))
+    else:
+        ax_path, ax_loss = None, fig.add_subplot(1, 1, 1)
+    fig.suptitle(f"{', '.join(r['label'] for r in runs)} on {obj['grad']} · "
+                 f"{report['steps']} steps · seed {report['seed']}")
+    colors = {r["label"]: run_color(i) for i, r in enumerate(runs)}
+
+    # The loss over steps; with no objective (normal noise, none), the parameter norm.
+    series = "loss"
+    if not any(v is not None for r in runs for v in r["history"]["loss"]):
+        series = "param_norm"
+    values = [r["history"][series] for r in runs]
+    for r, ys in zip(runs, values, strict=True):
+        draw_loss(ax_loss, r["history"]["step"], ys, colors[r["label"]],
+                  label=r["label"] + (" (diverged)" if r["diverged"] else ""))
+    use_log_scale(ax_loss, values)
+    ax_loss.legend(loc="best", fontsize="small")
+    name = "loss" if series == "loss" else "parameter norm"
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel(name)
+    ax_loss.grid(True, alpha=0.3)
+    ax_loss.set_title(name if series == "loss" else f"{name} (grad {obj['grad']}: no loss)")
+
+    if ax_path is not None:
+        start = obj["start"]
+        opt = obj["optimum"]
+        every = [p for r in runs for p in r["history"]["point"]]
+        box = view_box(every, [start, *([opt] if opt else [])])
+        draw_plane(ax_path, obj["grad"], obj["grad_value"], box)
+        if opt:
+            ax_path.plot([opt[0]], [opt[1]], **OPTIMUM_STYLE)
+        ax_path.plot([start[0]], [start[1]], **START_STYLE)
+        for r in runs:
+            draw_trajectory(ax_path, r["history"]["point"], colors[r["label"]], r["label"])
+        ax_path.legend(loc="upper left", fontsize="small")
+        ax_path.set_title(plane_title("trajectories", obj["grad"]))
+    return fig
+
+
+def run_color(i: int) -> str:
+    """Run i's colour: matplotlib's tab10 cycle without its grey (C7), which the contour
+    map uses."""
+    return f"C{_PALETTE[i % len(_PALETTE)]}"
+
+
+_PALETTE = (0, 1, 2, 3, 4, 5, 6, 8, 9)
+
+
+def write_run_plot(report: dict[str, Any], path: str | Path, *, force: bool = False) -> Path:
+    return save_figure(run_figure(report), path, force=force)
+
+
+def write_compare_plot(report: dict[str, Any], path: str | Path, *, force: bool = False
+                       ) -> Path:
+    return save_figure(compare_figure(report), path, force=force)

@@ -1,0 +1,514 @@
+"""``simulate --world-size N``: the same synthetic run, sharded over N processes with FSDP2.
+
+N worker processes (``python -m optstate.sim.distributed``) form a gloo process group on this
+machine (CPU only, loopback only). Each builds the run of the spec exactly as the
+single-process ``simulate`` does (same seeded initial weights), hands the parameters to
+FSDP2 (``fully_shard`` on a CPU ``DeviceMesh``: every parameter split along dim 0), and
+builds the optimizer on the sharded parameters. Each step mirrors ``simulate.simulate``:
+``zero_grad``, the synthetic gradient computed from the whole parameter (gathered with
+``full_tensor()``, so it is the single-process gradient) and split to this rank's shard,
+``step()``, the scheduler. At the end every rank writes its shards with ``dcp.save``
+(``get_optimizer_state_dict`` layout: state keyed by parameter name), the format
+multi-node FSDP training writes; rank 0 also sends the gathered full state back so the
+parent can report it like a single-process run.
+
+The parent process owns everything that outlives the workers: the rendezvous store (a
+``TCPStore`` listening on 127.0.0.1 only, on a port the OS picks, held open by the parent
+so no other program can take it; gloo is pinned to the loopback interface), the temp
+folder the checkpoint is written to (renamed to ``--save`` only when every rank
+succeeded), and the workers themselves (killed on the first error, on a timeout and on
+Ctrl-C; they run in their own session, so a terminal's Ctrl-C reaches the parent, which
+stops them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from optstate.base import errors, interrupt
+from optstate.base.errors import ConfigError, OptstateError
+from optstate.edit.convert import _dcp_to_file, check_dir_writable
+from optstate.io.atomic import Staged
+from optstate.io.torch_file import check_writable
+from optstate.numeric.kernels import norm_of
+from optstate.sim.build import build
+from optstate.sim.config import RunSpec, spec_from_dict, validate
+from optstate.sim.simulate import History, SimulationResult, series_path
+
+MAX_WORLD_SIZE = 16
+LOOPBACK = "127.0.0.1"
+# Optimizers that cannot run on FSDP2 shards here, and why (checked against torch 2.13:
+# every other torch.optim optimizer gives the single-process state bit for bit).
+UNSHARDABLE = {
+    "lbfgs": "LBFGS flattens all parameters into one vector; FSDP2 does not support it",
+    "sparseadam": "SparseAdam needs sparse gradients; FSDP2 shards are dense",
+    "adafactor": "Adafactor keeps row and column statistics of whole matrices, which "
+                 "DTensor cannot update in place on a shard",
+    "muon": "Muon orthogonalizes whole matrices (matrix products across shards), so the "
+            "sharded update is not the single-process one bit for bit",
+    "rprop": "torch's DTensor cannot run Rprop's masked in-place update on a shard",
+}
+
+
+# --------------------------------------------------------------------------- parent
+
+
+# A --save name with one of these suffixes gets one consolidated torch.save file (what
+# ``optstate convert FOLDER FILE`` makes of the DCP folder); any other name a DCP folder.
+FILE_SUFFIXES = (".pt", ".pth", ".pkl", ".bin", ".ckpt")
+
+
+def saves_file(target: Path) -> bool:
+    """Whether ``--world-size --save target`` writes one file (a file suffix, and not an
+    existing folder) rather than a DCP folder. A name with another suffix is refused: the
+    user may have meant either."""
+    if target.suffix.lower() in FILE_SUFFIXES and not target.is_dir():
+        return True
+    if target.suffix and not target.is_dir() and not _is_series_name(target):
+        raise ConfigError(
+            f"--save {target}: give a folder name (no suffix) for a DCP checkpoint, or a "
+            f"file name ending in {', '.join(FILE_SUFFIXES)} for one torch.save file")
+    return False
+
+
+def _is_series_name(target: Path) -> bool:
+    return target.suffix.startswith(".step") and target.suffix[5:].isdigit()
+
+
+
+
+def simulate_sharded(spec: RunSpec, *, world_size: int, save: str | Path | None = None,
+                     force: bool = False, timeout: float = 600.0, resume: Any = None,
+                     save_every: int | None = None, with_params: bool = False
+                     ) -> SimulationResult:
+    """Run ``spec`` on ``world_size`` processes (FSDP2, gloo, CPU); save the sharded
+    optimizer state to the DCP folder ``save``. Returns the gathered result.
+    ``save_every`` also saves every N steps as ``NAME.step00000N`` folders, as the
+    single-process run names its series. (``resume`` and ``with_params`` are
+    single-process features; they are refused here rather than silently ignored.)"""
+    for flag, value in (("--resume", resume), ("--with-params", with_params)):
+        if value:
+            raise ConfigError(f"{flag} does not work with --world-size yet",
+                              hint=f"drop {flag}, or run on one process")
+    return simulate_sharded_many([spec], world_size=world_size, save=save, force=force,
+                                 timeout=timeout, save_every=save_every)[0]
+
+
+def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
+                          save: str | Path | None = None, force: bool = False,
+                          timeout: float = 600.0, save_every: int | None = None
+                          ) -> list[SimulationResult]:
+    """Several runs, one after the other, in one set of ``world_size`` processes (the
+    processes' start-up is most of a small run's cost). ``save`` (and ``save_every``) are
+    for the first run."""
+    if not 1 <= world_size <= MAX_WORLD_SIZE:
+        raise ConfigError(f"--world-size must be between 1 and {MAX_WORLD_SIZE}, got "
+                          f"{world_size}")
+    if save_every is not None and save_every <= 0:
+        raise ConfigError(f"--save-every must be a positive number of steps, got {save_every}")
+    if save_every is not None and save is None:
+        raise ConfigError("--save-every needs --save PATH to name the series")
+    specs = [validate(spec) for spec in specs]
+    built = [_check_shardable(spec) for spec in specs]  # config errors before any process
+    targets: list[tuple[int, Path]] = []  # (after step, folder), as simulate() names them
+    if save is not None:
+        save_path = Path(save)
+        steps = specs[0].steps
+        if save_every:
+            targets += [(k, series_path(save_path, k))
+                        for k in range(save_every, steps + 1, save_every)]
+        targets.append((steps, save_path))
+    for _, target in targets:
+        if saves_file(target):
+            check_writable(target, force, kind="torch")
+        else:
+            check_dir_writable(target, force)
+
+    from torch.distributed import TCPStore
+
+    work: Path | None = None
+    temps: list[Path] = []  # one temp folder beside each target, renamed at the end
+    procs: list[subprocess.Popen[bytes]] = []
+    # TCPStore(host, 0, is_master=True) listens on every interface whatever the host; a
+    # socket bound here to 127.0.0.1 on a port the OS picks, handed over, keeps it local.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    notes: list[str] = []  # leftovers of interrupted writes found beside the targets
+    stages: list[Staged] = []  # the DCP folders, published when every rank succeeded
+    try:
+        work = Path(tempfile.mkdtemp(prefix="optstate-dist-"))
+        for i, (_, target) in enumerate(targets):
+            if saves_file(target):  # DCP here first, then one consolidated file
+                temps.append(work / f"save.{i}")
+            else:
+                stages.append(Staged(target, force=force, folder=True, kind="dcp",
+                                     notes=notes))
+                temps.append(stages[-1].path)
+        listener.bind((LOOPBACK, 0))
+        listener.listen(128)
+        port = listener.getsockname()[1]
+        store = TCPStore(LOOPBACK, port, world_size + 1, is_master=True,
+                         timeout=timedelta(seconds=60), wait_for_workers=False,
+                         master_listen_fd=listener.fileno())
+        listener.detach()  # the store owns (and closes) the socket now
+        job = {"world_size": world_size, "port": port,
+               "specs": [spec.to_dict() for spec in specs],
+               "saves": [[k, str(t)] for (k, _), t in zip(targets, temps, strict=True)],
+               "work": str(work), "parent": os.getpid()}
+        (work / "job.json").write_text(json.dumps(job))
+        procs = [_start_worker(rank, work) for rank in range(world_size)]
+        try:
+            _wait(procs, work, timeout)
+        except OptstateError as e:
+            if os.environ.get("OPTSTATE_DEBUG", "") not in ("", "0"):
+                keep = Path(tempfile.mkdtemp(prefix="optstate-dist-logs-"))
+                for log in work.glob("rank*.log"):
+                    shutil.copy(log, keep / log.name)
+                e.hint = f"the workers' full output is in {keep}"
+            raise
+        results = [_result(spec, work / f"result.{i}.pt", b)
+                   for i, (spec, b) in enumerate(zip(specs, built, strict=True))]
+        for (_, target), tmp in zip(targets, temps, strict=True):
+            if saves_file(target):
+                notes += _dcp_to_file(tmp, target, force).warnings
+        with interrupt.deferred():
+            for stage in stages:
+                stage.publish()
+        results[0].saved = [target for _, target in targets]
+        results[0].warnings += notes
+        return results
+    finally:
+        _stop(procs)
+        listener.close()  # a no-op once detached
+        with contextlib.suppress(NameError):
+            del store  # closes the rendezvous socket
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+        for stage in stages:
+            stage.discard()
+
+
+def _check_shardable(spec: RunSpec) -> Any:
+    """Build ``spec`` here (its config errors, before any process starts) and refuse what
+    cannot run on FSDP2 shards."""
+    if spec.optimizer.lower() in UNSHARDABLE:
+        raise ConfigError(
+            f"--world-size: {UNSHARDABLE[spec.optimizer.lower()]}",
+            hint="drop --world-size, or pick another optimizer",
+        )
+    built = build(spec)
+    for name, p in zip(built.names, built.params, strict=True):
+        if p.dim() == 0:
+            raise ConfigError(f"parameter {name} is a scalar; FSDP2 shards along dim 0, so "
+                              "sharded runs need parameters with at least one dimension")
+    _nest(built.names, built.params)  # names that cannot be module paths: fail here
+    return built
+
+
+def _start_worker(rank: int, work: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["OMP_NUM_THREADS"] = "1"  # N processes share this machine's cores
+    ifname = loopback_interface()
+    if ifname:
+        env["GLOO_SOCKET_IFNAME"] = ifname
+    log = open(work / f"rank{rank}.log", "wb")  # noqa: SIM115 - the child owns it
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "optstate.sim.distributed", str(work / "job.json"), str(rank)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,  # Ctrl-C goes to the parent, which stops the workers
+        )
+    finally:
+        log.close()
+
+
+def loopback_interface() -> str | None:
+    """The loopback interface name (``lo`` on Linux, ``lo0`` on macOS), for gloo."""
+    with contextlib.suppress(OSError, AttributeError):
+        for _, name in socket.if_nameindex():
+            if name.startswith("lo"):
+                return name
+    return None
+
+
+def _wait(procs: list[subprocess.Popen[bytes]], work: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
+        if failed:
+            time.sleep(0.2)  # let the others report their own error first, if any
+            raise _worker_error(work, failed, [p.poll() for p in procs])
+        if all(c == 0 for c in codes):
+            return
+        if time.monotonic() > deadline:
+            raise OptstateError(f"the sharded run did not finish within {timeout:.0f} s; "
+                                "its processes were stopped")
+        time.sleep(0.05)
+
+
+def _worker_error(work: Path, failed: list[int], codes: list[int | None]) -> OptstateError:
+    reports = [json.loads(f.read_text()) for f in sorted(work.glob("error.*.json"))]
+    # A rank that failed for a reason of its own, before those that lost their peers.
+    reports.sort(key=lambda r: not _is_optstate_error(r["kind"]))
+    if reports:
+        first = reports[0]
+        if _is_optstate_error(first["kind"]):
+            return getattr(errors, first["kind"])(first["message"], first.get("hint"))
+        return OptstateError(
+            f"rank {first['rank']} of the sharded run failed: {first['kind']}: "
+            f"{first['message']}"
+        )
+    rank = failed[0]
+    tail = ""
+    log = work / f"rank{rank}.log"
+    with contextlib.suppress(OSError):
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        tail = lines[-1].strip() if lines else ""
+    code = codes[rank]
+    how = f"was killed by signal {-code}" if code is not None and code < 0 else \
+        f"exited with status {code}"
+    return OptstateError(f"rank {rank} of the sharded run {how}" + (f": {tail}" if tail else ""))
+
+
+def _is_optstate_error(kind: str) -> bool:
+    cls = getattr(errors, kind, None)
+    return isinstance(cls, type) and issubclass(cls, OptstateError)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop every worker still running: SIGTERM to its session, then SIGKILL."""
+    alive = [p for p in procs if p.poll() is None]
+    for p in alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 3.0
+    for p in alive:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for p in alive:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def _result(spec: RunSpec, file: Path, built: Any) -> SimulationResult:
+    """The single-process view of a sharded run: rank 0's gathered state, loaded
+    (safely) into a freshly built optimizer."""
+    from optstate.io.torch_file import load_torch_file
+
+    data = load_torch_file(file).obj
+    names = built.names
+    positions = {n: i for i, n in enumerate(names)}
+    full = data["optimizer"]
+    state = {positions[k]: v for k, v in full["state"].items()}
+    groups = [{**g, "params": [positions[n] for n in g["params"]]} for g in full["param_groups"]]
+    built.optimizer.load_state_dict({"state": state, "param_groups": groups})
+    with torch.no_grad():
+        for p, value in zip(built.params, data["params"], strict=True):
+            p.copy_(value)
+    if built.scheduler is not None and data["scheduler"] is not None:
+        built.scheduler.load_state_dict(data["scheduler"])
+    h = data["history"]
+    history = History(step=h["step"], loss=h["loss"], param_norm=h["param_norm"], lr=h["lr"],
+                      point=[tuple(x) for x in h["point"]])
+    return SimulationResult(spec, built.params, names, built.group_of, built.optimizer,
+                            built.scheduler, history, 0, spec.steps, [], [])
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def _nest(names: list[str], params: list[torch.Tensor]) -> torch.nn.Module:
+    """A module whose parameters have exactly ``names`` as fully qualified names."""
+    root = torch.nn.Module()
+    for name, p in zip(names, params, strict=True):
+        *path, leaf = name.split(".")
+        mod = root
+        for part in path:
+            if not part or not part.isidentifier():
+                raise ConfigError(f"parameter name {name!r} cannot be a module path")
+            child = getattr(mod, part, None)
+            if child is None:
+                child = torch.nn.Module()
+                mod.add_module(part, child)
+            elif not isinstance(child, torch.nn.Module):
+                raise ConfigError(f"parameter names clash at {name!r}")
+            mod = child
+        if not leaf or hasattr(mod, leaf):
+            raise ConfigError(f"parameter name {name!r} clashes with another")
+        mod.register_parameter(leaf, torch.nn.Parameter(p.detach().clone()))
+    return root
+
+
+def run_worker(job: dict[str, Any], rank: int) -> None:
+    """One rank of the sharded runs (see the module docstring)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    world = job["world_size"]
+    specs = [spec_from_dict(d, "the sharded run's config") for d in job["specs"]]
+    built = [build(spec) for spec in specs]  # the single-process run's seeded weights
+    torch.set_num_threads(1)  # N workers share this machine's cores
+    store = dist.TCPStore(LOOPBACK, job["port"], world + 1, is_master=False,
+                          timeout=timedelta(seconds=60))
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        for i, (spec, b) in enumerate(zip(specs, built, strict=True)):
+            saves = [(int(k), str(t)) for k, t in job["saves"]] if i == 0 else []
+            _run_one(spec, b, mesh, rank, saves, Path(job["work"]) / f"result.{i}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_one(spec: RunSpec, built: Any, mesh: Any, rank: int, saves: list[tuple[int, str]],
+             result_file: Path) -> None:
+    """One sharded run on an initialised process group: ``dcp.save`` into each folder of
+    ``saves`` after its step; rank 0 writes ``result_file``."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+    )
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import distribute_tensor
+
+    from optstate.sim.build import build_scheduler
+    from optstate.sim.gradients import accumulate, make_source
+
+    model = _nest(built.names, built.params)
+    fully_shard(model, mesh=mesh)
+    params = [model.get_parameter(n) for n in built.names]
+    groups = []
+    for gi, g in enumerate(built.optimizer.param_groups):
+        hyper = {k: v for k, v in g.items() if k not in ("params", "param_names")}
+        groups.append({**hyper, "params": [p for p, gj in zip(params, built.group_of,
+                                                                strict=True) if gj == gi]})
+    opt = type(built.optimizer)(groups)
+    sched = build_scheduler(spec.scheduler, opt) if spec.scheduler else None
+    plateau = sched is not None and isinstance(
+        sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    source = make_source(spec.grad, spec.grad_value, spec.seed)
+    set_to_none = spec.zero_grad == "none"
+    if spec.zero_grad == "zeros" and source.name == "none":
+        for p in params:
+            p.grad = torch.zeros_like(p)
+
+    def full() -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [p.detach().full_tensor() for p in params]
+
+    history = History()
+    two_d = sum(p.numel() for p in params) == 2
+
+    def record(step: int, whole: list[torch.Tensor]) -> None:
+        norm = norm_of(whole)  # as simulate's record(), bit for bit
+        history.step.append(step)
+        history.loss.append(source.loss(whole) if source.has_objective else None)
+        history.param_norm.append(norm)
+        history.lr.append([float(g["lr"]) for g in opt.param_groups])
+        if two_d:
+            x, y = torch.cat([t.reshape(-1) for t in whole]).tolist()
+            history.point.append((x, y))
+
+    def save_due(done: int) -> None:
+        for k, folder in saves:
+            if k == done:  # a collective: every rank writes its shards
+                dcp.save(get_optimizer_state_dict(model, opt), checkpoint_id=folder)
+
+    record(0, full())
+    save_due(0)  # --steps 0: the state as built
+    for step in range(spec.steps):
+        if spec.zero_grad != "never":
+            opt.zero_grad(set_to_none=set_to_none)
+        # The whole parameters as leaves of a fresh graph: the source differentiates
+        # its objective with autograd, exactly as on one process.
+        whole = [t.requires_grad_(True) for t in full()]
+        grads = source.gradients(whole, step)
+        if grads is not None:
+            grads = [distribute_tensor(g.detach(), p.device_mesh, p.placements,
+                                       src_data_rank=None)
+                     for g, p in zip(grads, params, strict=True)]
+        accumulate(params, grads)
+        opt.step()
+        if sched is not None:
+            if plateau:
+                loss = source.loss(full())
+                sched.step(loss if loss is not None else 0.0)
+            else:
+                sched.step()
+        record(step + 1, full())
+        save_due(step + 1)
+
+    gathered = get_optimizer_state_dict(
+        model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    whole = full()
+    if rank == 0:
+        buf = io.BytesIO()
+        torch.save({
+            "optimizer": gathered, "params": whole,
+            "scheduler": sched.state_dict() if sched is not None else None,
+            "history": {"step": history.step, "loss": history.loss,
+                        "param_norm": history.param_norm, "lr": history.lr,
+                        "point": [list(x) for x in history.point]},
+        }, buf)
+        result_file.write_bytes(buf.getvalue())
+
+
+def _die_with_parent(parent: int | None) -> None:
+    """Linux: ask the kernel to SIGKILL this worker when the parent dies, so a parent
+    killed outright (no chance to clean up) leaves no worker blocked in a collective."""
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+
+
+def _main(argv: list[str]) -> int:
+    job = json.loads(Path(argv[0]).read_text())
+    rank = int(argv[1])
+    _die_with_parent(job.get("parent"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # FSDP2 / DCP notices; errors are reported below
+            run_worker(job, rank)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, then exit 1
+        report = {"rank": rank, "kind": type(e).__name__, "message": str(e).strip()
+                  .splitlines()[0] if str(e).strip() else type(e).__name__,
+                  "hint": getattr(e, "hint", None)}
+        traceback.print_exc()
+        with contextlib.suppress(OSError):
+            (Path(job["work"]) / f"error.{rank}.json").write_text(json.dumps(report))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,174 @@
+"""Plain-data descriptions of optimizer state, shared by every command's report.
+
+Everything here returns dicts, lists, strings, numbers and None: JSON-ready as is, and
+what the rich renderer draws. Non-finite floats become None (JSON has no NaN); counts
+of NaN/Inf travel beside them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from optstate.numeric.stats import structure_summary, summarize
+from optstate.state.view import OptimizerStateView
+
+
+def plain(value: Any) -> Any:
+    """A hyperparameter or scalar as plain JSON data (tuples -> lists, NaN -> None)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_meta:
+        return plain(value.item())
+    if isinstance(value, torch.Tensor):
+        return {"tensor": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
+    return repr(value)
+
+
+# --values: tensors up to this many elements in full, bigger ones by their ends.
+VALUES_FULL_UP_TO = 64
+VALUES_EDGE = 8
+
+
+def tensor_like(value: Any) -> Any:
+    """``value`` if it is a tensor, or a lazy stand-in for one (shape, dtype, numel,
+    element_size without data, ``materialize()`` for the data); otherwise None."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if all(hasattr(value, a) for a in ("shape", "dtype", "numel", "element_size",
+                                        "materialize")):
+        return value
+    return None
+
+
+def materialize(value: Any) -> torch.Tensor:
+    """The real tensor behind ``value`` (reads data for lazy tensors)."""
+    return value if isinstance(value, torch.Tensor) else value.materialize()
+
+
+def entry_report(value: Any, *, stats: bool = True, values: bool = False) -> dict[str, Any]:
+    """One state entry: tensor statistics (only shape/dtype/numel/bytes when ``stats`` is
+    False: no tensor data is read), ``{"value": ...}`` for scalars (0-d tensors included),
+    ``{"items": [...]}`` for lists of entries (LBFGS history)."""
+    t = tensor_like(value)
+    if t is not None and (len(t.shape) > 0 or getattr(t, "is_meta", False)):
+        if stats:
+            rep = {k: plain(v) for k, v in summarize(materialize(t)).to_dict().items()}
+        else:
+            rep = structure_summary(t)
+        if values and not getattr(t, "is_meta", False):
+            rep.update(tensor_values(materialize(t)))
+        return rep
+    if t is not None:
+        return {"value": plain(materialize(t).item()),
+                "dtype": str(t.dtype).removeprefix("torch.")}
+    if isinstance(value, (list, tuple)):
+        return {"items": [entry_report(v, stats=stats, values=values) for v in value]}
+    return {"value": plain(value)}
+
+
+def tensor_values(t: torch.Tensor) -> dict[str, Any]:
+    """The values of ``t`` for --values: all of them when small, else the first and last
+    few (flattened), with ``values_truncated`` saying so."""
+    if t.is_sparse:
+        t = t.to_dense()
+    if t.numel() <= VALUES_FULL_UP_TO:
+        return {"values": plain(t.detach().cpu().tolist())}
+    t = t.detach()
+    n = t.numel()
+    # element by element, not t.reshape(-1): that copies a view repeating stored elements
+    # (expand, overlapping strides) out to every element it claims
+    first = [t[_unravel(i, t.shape)].item() for i in range(VALUES_EDGE)]
+    last = [t[_unravel(i, t.shape)].item() for i in range(n - VALUES_EDGE, n)]
+    return {
+        "values_first": plain(first),
+        "values_last": plain(last),
+        "values_truncated": True,
+    }
+
+
+def _unravel(i: int, shape: torch.Size) -> tuple[int, ...]:
+    """The index of the ``i``-th element in row-major (flattened) order."""
+    idx = []
+    for size in reversed(shape):
+        i, r = divmod(i, size)
+        idx.append(r)
+    return tuple(reversed(idx))
+
+
+def groups_report(view: OptimizerStateView) -> list[dict[str, Any]]:
+    return [
+        {
+            "index": g.index,
+            "params": [plain(k) for k in g.param_keys],
+            "hyperparams": {k: plain(v) for k, v in g.hyperparams.items()},
+        }
+        for g in view.groups
+    ]
+
+
+def params_report(view: OptimizerStateView) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": plain(p.key),
+            "position": p.position,
+            "group": p.group,
+            "name": p.name,
+            "state": {str(k): entry_report(v) for k, v in p.state.items()},
+        }
+        for p in view.params
+    ]
+
+
+# LR scheduler state_dicts do not name their class; these keys do.
+_SCHEDULER_MARKS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("ReduceLROnPlateau", frozenset({"patience", "num_bad_epochs"})),
+    ("OneCycleLR", frozenset({"total_steps", "_schedule_phases"})),
+    ("CyclicLR", frozenset({"max_lrs", "total_size"})),
+    ("CosineAnnealingWarmRestarts", frozenset({"T_0", "T_mult"})),
+    ("CosineAnnealingLR", frozenset({"T_max", "eta_min"})),
+    ("SequentialLR", frozenset({"_schedulers", "_milestones"})),
+    ("ChainedScheduler", frozenset({"_schedulers"})),
+    ("MultiStepLR", frozenset({"milestones", "gamma"})),
+    ("StepLR", frozenset({"step_size", "gamma"})),
+    ("LinearLR", frozenset({"start_factor", "end_factor", "total_iters"})),
+    ("ConstantLR", frozenset({"factor", "total_iters"})),
+    ("PolynomialLR", frozenset({"power", "total_iters"})),
+    ("LambdaLR", frozenset({"lr_lambdas"})),
+    ("ExponentialLR", frozenset({"gamma"})),
+)
+
+# Bookkeeping keys every LRScheduler writes; the rest are the scheduler's own settings.
+_SCHEDULER_META = frozenset({
+    "base_lrs", "last_epoch", "_step_count", "_is_initial", "_get_lr_called_within_step",
+    "_last_lr", "verbose", "lr_lambdas", "_schedulers", "_schedule_phases",
+})
+
+
+def scheduler_report(sd: dict[str, Any], location: str) -> dict[str, Any]:
+    """What an LR scheduler's state_dict says: its likely class (from its keys),
+    ``last_epoch``, the last lr per group, base lrs, and its own settings."""
+    keys = set(sd)
+    kind = next((name for name, marks in _SCHEDULER_MARKS if marks <= keys), "unknown")
+    settings = {
+        str(k): plain(v) for k, v in sd.items()
+        if k not in _SCHEDULER_META and isinstance(v, (bool, int, float, str, list, tuple))
+        and not str(k).startswith("_")
+    }
+    return {
+        "location": location,
+        "kind": kind,
+        "last_epoch": plain(sd.get("last_epoch")),
+        "step_count": plain(sd.get("_step_count")),
+        "last_lr": plain(sd.get("_last_lr")),
+        "base_lrs": plain(sd.get("base_lrs")),
+        "settings": settings,
+    }

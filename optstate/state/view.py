@@ -1,0 +1,110 @@
+"""Read-only views over an optimizer ``state_dict``: groups, parameters, state entries.
+
+``Optimizer.state_dict()`` keys per-parameter state by position (0..n-1, in group
+order) since torch 1.6; older torch keyed it by ``id(param)``. Both are exposed by
+position here, which is also how ``load_state_dict`` matches them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from optstate.base.errors import CheckpointError
+
+# Keys of a param group that are bookkeeping, not hyperparameters.
+GROUP_META_KEYS = ("params", "param_names")
+
+
+@dataclass
+class GroupView:
+    index: int
+    hyperparams: dict[str, Any]
+    param_keys: list[Any]  # the keys used in state_dict["state"] (positions or legacy ids)
+    names: list[str] | None
+
+
+@dataclass
+class ParamView:
+    position: int  # 0..n-1 in group order: how load_state_dict matches params
+    key: Any  # the key in state_dict["state"] (== position unless legacy ids)
+    group: int
+    name: str | None
+    state: dict[str, Any]  # empty when the param has no state yet
+
+
+@dataclass
+class OptimizerStateView:
+    raw: dict[str, Any]
+    groups: list[GroupView]
+    params: list[ParamView]
+    orphan_keys: list[Any] = field(default_factory=list)  # state keys in no group
+    legacy_ids: bool = False  # keyed by id(param), torch < 1.6
+
+    @classmethod
+    def from_state_dict(cls, sd: Any) -> OptimizerStateView:
+        """Validate the basic shape of ``sd`` and build the views."""
+        if not isinstance(sd, dict) or "param_groups" not in sd or "state" not in sd:
+            raise CheckpointError("malformed optimizer state: it needs 'state' and 'param_groups'")
+        raw_groups, raw_state = sd["param_groups"], sd["state"]
+        if not isinstance(raw_groups, list) or not isinstance(raw_state, dict):
+            raise CheckpointError(
+                "malformed optimizer state: 'param_groups' must be a list and 'state' a dict"
+            )
+        groups: list[GroupView] = []
+        params: list[ParamView] = []
+        all_keys: list[Any] = []
+        for gi, g in enumerate(raw_groups):
+            if not isinstance(g, dict) or not isinstance(g.get("params"), list):
+                raise CheckpointError(
+                    f"malformed optimizer state: param_groups[{gi}] has no 'params' list"
+                )
+            names = g.get("param_names")
+            if not (isinstance(names, list) and len(names) == len(g["params"])
+                    and all(isinstance(n, str) for n in names)):
+                names = None
+            hyper = {k: v for k, v in g.items() if k not in GROUP_META_KEYS}
+            groups.append(GroupView(gi, hyper, list(g["params"]), names))
+            for j, key in enumerate(g["params"]):
+                pos = len(all_keys)
+                all_keys.append(key)
+                try:
+                    st = raw_state.get(key, {})
+                except TypeError:  # an unhashable key (a list): built by hand or damaged
+                    raise CheckpointError(
+                        f"malformed optimizer state: param_groups[{gi}]['params'][{j}] is a "
+                        f"{type(key).__name__}, not a parameter id"
+                    ) from None
+                if not isinstance(st, dict):
+                    raise CheckpointError(
+                        f"malformed optimizer state: state[{key!r}] is a "
+                        f"{type(st).__name__}, not a dict"
+                    )
+                # get_optimizer_state_dict (FSDP, DCP) keys state by parameter name.
+                name = names[j] if names else (key if isinstance(key, str) else None)
+                params.append(ParamView(pos, key, gi, name, st))
+        known = set()
+        for k in all_keys:
+            try:
+                known.add(k)
+            except TypeError:
+                raise CheckpointError(
+                    f"malformed optimizer state: parameter key {k!r} is not hashable"
+                ) from None
+        orphans = [k for k in raw_state if k not in known]
+        legacy = bool(all_keys) and all_keys != list(range(len(all_keys))) and all(
+            isinstance(k, int) and k > 2**16 for k in all_keys
+        )
+        return cls(sd, groups, params, orphans, legacy)
+
+    @property
+    def n_params(self) -> int:
+        return len(self.params)
+
+    def hyperparameter_names(self) -> list[str]:
+        """Every hyperparameter name across groups, in first-seen order."""
+        seen: dict[str, None] = {}
+        for g in self.groups:
+            for k in g.hyperparams:
+                seen.setdefault(k, None)
+        return list(seen)
