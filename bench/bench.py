@@ -109,7 +109,7 @@ def worker(name: str, args: list[str]) -> None:
                                             int(t.isinf().sum())]
         out = {"compute": time.perf_counter() - t0, "digest": digest}
     elif name == "inspect-ours":
-        from optstate.inspect import inspect_path
+        from optstate.analysis.inspect import inspect_path
 
         t0 = time.perf_counter()
         report = inspect_path(args[0])
@@ -134,7 +134,7 @@ def worker(name: str, args: list[str]) -> None:
                                             float((x - y).abs().max())]
         out = {"compute": time.perf_counter() - t0, "digest": digest}
     elif name == "diff-ours":
-        from optstate.diff import DiffOptions, diff_files
+        from optstate.analysis.diff import DiffOptions, diff_files
 
         t0 = time.perf_counter()
         # torch.allclose's default tolerances, so the verdicts are comparable
@@ -182,8 +182,8 @@ def worker(name: str, args: list[str]) -> None:
     elif name in ("sgd-ours", "adam-ours"):
         import torch._dynamo  # noqa: F401
 
-        from optstate.config import GroupSpec, RunSpec
-        from optstate.simulate import simulate
+        from optstate.sim.config import GroupSpec, RunSpec
+        from optstate.sim.simulate import simulate
 
         opt, hyper, shape, steps = _sim_spec(name)
         spec = RunSpec(optimizer=opt, hyperparams=hyper, groups=(GroupSpec(shapes=(shape,)),),
