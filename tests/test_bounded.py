@@ -334,7 +334,7 @@ def dcp_folder(folder: Path) -> Path:
 
 
 def metadata(folder: Path):
-    from optstate.io.dcp import read_metadata
+    from optstate.io.dcp_metadata import read_metadata
 
     return read_metadata(folder)
 

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from optstate.base.errors import CheckpointError, OutputExistsError
 from optstate.edit.convert import compare_trees, convert
-from optstate.io.dcp import open_dcp_source
 from optstate.io.lazy import materialize
 from optstate.io.source import open_source
 from optstate.io.torch_file import load_torch_file
@@ -53,7 +52,7 @@ def test_file_to_dcp_and_back_is_exact(tmp_path, saved):
     r1 = convert(path, tmp_path / "run_dcp")
     assert (r1.source_format, r1.destination_format, r1.tensors) == ("zip", "dcp", 8)
     assert sorted(os.listdir(tmp_path / "run_dcp")) == [".metadata", "__0_0.distcp"]
-    assert same(materialize(open_dcp_source(tmp_path / "run_dcp").obj),
+    assert same(materialize(open_source(tmp_path / "run_dcp").obj),
                 {"optimizer_state_dict": sd, "epoch": 7})
     r2 = convert(tmp_path / "run_dcp", tmp_path / "back.pt")
     assert (r2.source_format, r2.destination_format, r2.tensors) == ("dcp", "zip", 8)
@@ -170,7 +169,7 @@ def test_fresh_optimizer_round_trips(tmp_path):
     torch.save(sd, tmp_path / "fresh.pt")
     res = convert(tmp_path / "fresh.pt", tmp_path / "d")
     assert res.warnings == []  # the empty state is restored on reading, not lost
-    assert same(open_dcp_source(tmp_path / "d").obj, sd)
+    assert same(open_source(tmp_path / "d").obj, sd)
 
 
 def test_compare_trees_counts_and_catches():

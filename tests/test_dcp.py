@@ -15,7 +15,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
 from optstate.base.errors import CheckpointError, UnsafeCheckpointError
-from optstate.io.dcp import DcpCheckpoint, chunk_layout, open_dcp_source
+from optstate.io.dcp import DcpCheckpoint
+from optstate.io.dcp_layout import chunk_layout
 from optstate.io.lazy import LazyTensor, materialize
 from optstate.io.source import open_source
 from optstate.numeric.stats import summarize
@@ -131,14 +132,14 @@ def test_fqn_layout_reads_back_exactly(fqn_dir, adam):
 def test_positional_layout_reads_back_exactly(pos_dirs, adam):
     """DCP writes state keys 0, 1, ... as '0', '1' and drops nothing else; we restore them."""
     folder, _ = pos_dirs
-    assert same(materialize(open_dcp_source(folder).obj), adam[1].state_dict())
+    assert same(materialize(open_source(folder).obj), adam[1].state_dict())
 
 
 def test_fresh_optimizer_keeps_its_empty_state(tmp_path):
     params = [torch.zeros(2, requires_grad=True)]
     sd = torch.optim.SGD(params, lr=0.1).state_dict()
     folder = dcp_save(sd, tmp_path / "fresh")
-    assert same(open_dcp_source(folder).obj, sd)
+    assert same(open_source(folder).obj, sd)
 
 
 def test_nested_containers_come_back_as_lists_and_dicts(tmp_path):
@@ -146,7 +147,7 @@ def test_nested_containers_come_back_as_lists_and_dicts(tmp_path):
                                  "param_groups": [{"lr": 0.5, "params": [0]}]}],
            "epoch": 3, "tag": "x"}
     folder = dcp_save(obj, tmp_path / "lightning")
-    assert same(materialize(open_dcp_source(folder).obj), obj)
+    assert same(materialize(open_source(folder).obj), obj)
 
 
 def test_tensors_are_loaded_one_at_a_time(fqn_dir):
@@ -166,7 +167,7 @@ def test_tensors_are_loaded_one_at_a_time(fqn_dir):
 
 
 def test_chunk_layout_of_a_single_process_save(fqn_dir):
-    layout = chunk_layout(open_dcp_source(fqn_dir).obj)
+    layout = chunk_layout(open_source(fqn_dir).obj)
     assert layout["state.0.weight.exp_avg"] == [
         {"offsets": [0, 0], "sizes": [4, 3], "file": "__0_0.distcp"}]
     assert layout["state.0.weight.step"] == [{"offsets": [], "sizes": [], "file": "__0_0.distcp"}]
@@ -304,7 +305,7 @@ def test_diff_sees_one_more_step_across_formats(cli, tmp_path, pos_dirs):
     (lambda e: setattr(e.properties, "dtype", "float32"), "has no dtype"),
 ])
 def test_inconsistent_metadata_is_one_error(fqn_dir, damage, what):
-    from optstate.io.dcp import read_metadata
+    from optstate.io.dcp_metadata import read_metadata
 
     md = read_metadata(fqn_dir)
     damage(md.state_dict_metadata["state.0.weight.exp_avg"])
@@ -336,7 +337,7 @@ def test_truncated_rank_file_is_one_error(fqn_dir):
 
 def test_chunks_must_cover_the_tensor(fqn_dir):
     """A missing chunk would leave uninitialised memory in the loaded tensor."""
-    from optstate.io.dcp import read_metadata
+    from optstate.io.dcp_metadata import read_metadata
 
     md = read_metadata(fqn_dir)
     entry = md.state_dict_metadata["state.0.weight.exp_avg"]

@@ -29,8 +29,8 @@ from typer.testing import CliRunner
 
 from optstate.base.errors import ConfigError, OptstateError
 from optstate.cli import app
-from optstate.io.dcp import open_dcp_source
 from optstate.io.lazy import materialize
+from optstate.io.source import open_source
 from optstate.sim.config import RunSpec, SchedulerSpec, apply_overrides, parse_group, parse_shape
 from optstate.sim.distributed import simulate_sharded, simulate_sharded_many
 from optstate.sim.simulate import simulate
@@ -129,7 +129,7 @@ def test_sharded_state_equals_single_process_state_exactly(runs):
     from optstate.io.torch_file import load_torch_file
 
     single = load_torch_file(d / "single.pt").obj["optimizer_state_dict"]
-    sharded = materialize(open_dcp_source(d / "sharded").obj)
+    sharded = materialize(open_source(d / "sharded").obj)
     names = ["group0.param0", "group0.param1", "group1.param0"]
     assert list(sharded["state"]) == names
     assert [g["params"] for g in sharded["param_groups"]] == [names[:2], names[2:]]
@@ -237,7 +237,7 @@ def test_world_size_one_equals_single_process(tmp_path):
     for spec, result in zip(specs, results, strict=True):
         _same_run(simulate(spec), result)
     single = simulate(specs[0])
-    state = materialize(open_dcp_source(tmp_path / "one").obj)["state"]
+    state = materialize(open_source(tmp_path / "one").obj)["state"]
     for pos, name in enumerate(["group0.param0", "group1.param0"]):
         assert torch.equal(state[name]["momentum_buffer"],
                            single.optimizer.state_dict()["state"][pos]["momentum_buffer"])

@@ -42,8 +42,6 @@ TOP = {"optstate", "optstate.api", "optstate._entry", "optstate.__main__"}
 KNOWN_VIOLATIONS: set[str] = {
     "optstate.analysis.check -> optstate.edit.hyperparameters",
     "optstate.sim.compare -> optstate.render.plot",
-    "optstate.sim.distributed -> optstate.edit.convert",
-    "cycle: optstate.io.dcp, optstate.io.source",
     "optstate.cli -> optstate._entry",
     "cycle: optstate._entry, optstate.cli",
     "optstate.cli -> optstate",

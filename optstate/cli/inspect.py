@@ -87,8 +87,8 @@ def inspect(
                                   params=param, groups=group, values=values,
                                   hist_bins=BINS if hist else None, on_progress=on_progress)
         # Extra sections (e.g. histograms) are added to ``report`` here, before rendering.
-        if layout:  # DCP storage layout: optstate/io/dcp.py (helper X)
-            from optstate.io.dcp import layout_report
+        if layout:  # DCP storage layout: optstate/io/dcp_layout.py
+            from optstate.io.dcp_layout import layout_report
 
             report["layout"] = layout_report(path)
     if json_:

@@ -1,9 +1,13 @@
-"""Checkpoint sources: what a path on the command line points at.
+"""Checkpoint sources: what a path on the command line points at, and the one way to read it.
 
-A source is a torch.save file or a checkpoint folder (a Hugging Face Trainer /
-accelerate folder with ``optimizer.pt`` or ``optimizer.bin``). Tensors of zip-format
-files are memory-mapped, so opening a source reads only the pickled structure; tensor
-data is paged in when a statistic or comparison touches it.
+A source is a torch.save file, a checkpoint folder (a Hugging Face Trainer / accelerate
+folder with ``optimizer.pt`` or ``optimizer.bin``) or a torch.distributed.checkpoint
+(DCP) folder. ``open_source`` is the one entry for all three, and each goes through the
+same safety check: the loaded object tree is ``walk``ed (cycles, depth, size as a tree,
+sparse invariants; ``walk.py``), and the ``WalkReport`` is kept on the ``Source``.
+Tensors come lazily: a zip-format file's tensors are memory-mapped (opening reads only
+the pickled structure; data is paged in when a statistic or comparison touches it), a
+DCP folder's are ``LazyTensor``s read one at a time (``dcp.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 
 from optstate.base.errors import CheckpointError, NoOptimizerStateError
 from optstate.io.torch_file import load_torch_file
-from optstate.io.walk import check_copyable
+from optstate.io.walk import WalkReport, check_copyable, walk
 
 # Hugging Face Trainer writes optimizer.pt / scheduler.pt; accelerate writes .bin.
 HF_OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin", "optimizer_0.bin", "optimizer.pth")
@@ -38,6 +42,8 @@ class Source:
     sibling_files: dict[str, Path] = field(default_factory=dict)
     # Sibling files that exist but could not be read (role -> one-line reason).
     sibling_errors: dict[str, str] = field(default_factory=dict)
+    # What the safety check saw of ``obj`` (tensors by kind, the first sparse one, ...)
+    walk: WalkReport = field(default_factory=WalkReport)
 
     @property
     def label(self) -> str:
@@ -55,10 +61,11 @@ def open_source(path: str | Path, *, mmap: bool = True, unsafe: bool = False,
     p = Path(path)
     if p.is_dir():
         return _open_folder(p, mmap=mmap, unsafe=unsafe, copying=copying)
-    loaded = load_torch_file(p, mmap=mmap, unsafe=unsafe)
+    loaded = load_torch_file(p, mmap=mmap, unsafe=unsafe)  # walks what it loaded
     if copying and loaded.walk is not None:
         check_copyable(loaded.walk, str(p), copying)
-    src = Source(path=p, file=p, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj)
+    src = Source(path=p, file=p, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj,
+                 walk=loaded.walk or WalkReport())
     if _OPTIMIZER_FILE.fullmatch(p.name):  # a Trainer / accelerate file named directly
         _add_scheduler_sibling(src, p, unsafe=unsafe)
     return src
@@ -66,14 +73,7 @@ def open_source(path: str | Path, *, mmap: bool = True, unsafe: bool = False,
 
 def _open_folder(p: Path, *, mmap: bool, unsafe: bool, copying: str | None) -> Source:
     if (p / ".metadata").is_file():
-        from optstate.io.dcp import (
-            open_dcp_source,  # optional: torch.distributed.checkpoint folders
-        )
-        from optstate.io.walk import walk
-
-        src = open_dcp_source(p)
-        walk(src.obj, label=str(p))  # built from the folder's metadata: untrusted too
-        return src
+        return _open_dcp(p)
     found = sorted(n.name for n in p.iterdir() if _OPTIMIZER_FILE.fullmatch(n.name)
                    and n.is_file())
     if len(found) > 1:  # accelerate with several optimizers: optimizer.bin, optimizer_1.bin
@@ -92,9 +92,22 @@ def _open_folder(p: Path, *, mmap: bool, unsafe: bool, copying: str | None) -> S
     loaded = load_torch_file(opt_file, mmap=mmap, unsafe=unsafe)
     if copying and loaded.walk is not None:
         check_copyable(loaded.walk, str(opt_file), copying)
-    src = Source(path=p, file=opt_file, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj)
+    src = Source(path=p, file=opt_file, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj,
+                 walk=loaded.walk or WalkReport())
     _add_scheduler_sibling(src, opt_file, unsafe=unsafe)
     return src
+
+
+def _open_dcp(p: Path) -> Source:
+    """A DCP folder: the object tree holds ``LazyTensor``s; no tensor data is read."""
+    # imported here: torch.distributed.checkpoint is heavy, and only DCP folders need it
+    from optstate.io.dcp import DcpCheckpoint
+
+    ckpt = DcpCheckpoint(p)
+    size = ckpt.total_bytes
+    obj = ckpt.rebuild()
+    report = walk(obj, label=str(p))  # built from the folder's metadata: untrusted too
+    return Source(path=p, file=p, format="dcp", bytes=size, obj=obj, walk=report)
 
 
 def _scheduler_file(opt_file: Path) -> Path | None:

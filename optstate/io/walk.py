@@ -48,6 +48,7 @@ class WalkReport:
     meta_tensors: int = 0
     empty_tensors: int = 0
     sparse_tensors: int = 0
+    first_sparse: str | None = None  # where the first sparse tensor is (paths.py syntax)
     dtypes: Counter[str] = field(default_factory=Counter)
     # data address -> bytes of each CPU storage, when asked for (see checkpoint.py)
     storages: dict[int, int] | None = None
@@ -210,7 +211,10 @@ def _tensor(t: Any, report: WalkReport, dtypes: dict[Any, int], frame: _Frame | 
         report.empty_tensors += 1
     if t.layout is not _STRIDED[0]:
         report.sparse_tensors += 1
-        check_sparse(t, f"{label} at {location_of(frame, key)}")
+        where = location_of(frame, key)
+        if report.first_sparse is None:
+            report.first_sparse = where
+        check_sparse(t, f"{label} at {where}")
     else:
         _count_expansion(t, report, frame, key)
     if t.layout is _STRIDED[0]:

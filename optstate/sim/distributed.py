@@ -44,8 +44,8 @@ import torch
 
 from optstate.base import errors, interrupt
 from optstate.base.errors import ConfigError, OptstateError
-from optstate.edit.convert import _dcp_to_file, check_dir_writable
 from optstate.io.atomic import Staged
+from optstate.io.dcp_write import check_dir_writable, dcp_to_file
 from optstate.io.torch_file import check_writable
 from optstate.numeric.kernels import norm_of
 from optstate.sim.build import build
@@ -186,7 +186,7 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
                    for i, (spec, b) in enumerate(zip(specs, built, strict=True))]
         for (_, target), tmp in zip(targets, temps, strict=True):
             if saves_file(target):
-                notes += _dcp_to_file(tmp, target, force).warnings
+                dcp_to_file(tmp, target, force=force, notes=notes)
         with interrupt.deferred():
             for stage in stages:
                 stage.publish()

@@ -1,0 +1,68 @@
+"""How a DCP folder's tensors are stored: chunks, files, ranks (``inspect --layout``).
+
+Reads only the metadata (``dcp_metadata.py``), never tensor data.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from optstate.base.errors import ConfigError
+from optstate.io.dcp import DcpCheckpoint
+from optstate.io.dcp_metadata import METADATA_FILE, is_dcp_folder
+from optstate.io.lazy import LazyTensor
+
+
+def chunk_layout(obj: Any) -> dict[str, list[dict[str, Any]]]:
+    """Flattened DCP key -> its chunks, for every lazy tensor in ``obj`` (verbose views)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, LazyTensor) and "dcp_key" in node.info:
+            out[node.info["dcp_key"]] = node.info["chunks"]
+        elif isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                walk(v)
+
+    walk(obj)
+    return out
+
+
+_RANK_FILE = re.compile(r"__(\d+)_\d+\.distcp")
+
+
+def layout_report(path: str | Path) -> dict[str, Any]:
+    """How every tensor of the DCP folder ``path`` is stored: its chunks (offsets and
+    sizes within the whole tensor) and the file, hence the rank, each chunk is in. Reads
+    only the metadata. Plain data (the ``layout`` section of ``inspect --layout``)."""
+    if not is_dcp_folder(path):
+        raise ConfigError(
+            f"--layout describes DCP checkpoint folders; {path} is not one (no {METADATA_FILE})",
+            hint="a torch.save file is one piece: drop --layout",
+        )
+    ckpt = DcpCheckpoint(path)
+    files: dict[str, int] = {}
+    for f in sorted(ckpt.path.iterdir()):
+        if f.is_file() and not f.is_symlink() and f.name != METADATA_FILE:
+            files[f.name] = f.stat().st_size
+    tensors = []
+    for key in ckpt.tensor_keys():
+        md = ckpt.metadata.state_dict_metadata[key]
+        chunks = []
+        for c in ckpt.chunks(key):
+            m = _RANK_FILE.fullmatch(c.file or "")
+            chunks.append({**c.to_dict(), "rank": int(m.group(1)) if m else None})
+        tensors.append({
+            "key": key,
+            "path": [p if isinstance(p, (int, str)) else str(p) for p in ckpt.path_of(key)],
+            "shape": list(md.size),
+            "dtype": str(md.properties.dtype).removeprefix("torch."),
+            "chunks": chunks,
+        })
+    ranks = sorted({c["rank"] for t in tensors for c in t["chunks"] if c["rank"] is not None})
+    return {"format": "dcp", "files": files, "ranks": ranks, "tensors": tensors}

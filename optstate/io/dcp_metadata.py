@@ -1,0 +1,321 @@
+"""The ``.metadata`` of a torch.distributed.checkpoint (DCP) folder, read safely.
+
+A DCP checkpoint is a folder with a pickled ``.metadata`` file and one ``*.distcp`` file
+per rank. The metadata lists every flattened key (``state.layer.weight.exp_avg``,
+``param_groups.0.lr``), the global shape and dtype of each tensor, how it is split into
+chunks across ranks (and where each chunk's bytes are), and (``planner_data``) the path
+of each key in the original nested state dict. Everything here is checked before any
+data is read (``dcp.py`` reads the data):
+
+- torch's ``FileSystemReader.read_metadata`` runs ``pickle.load`` on ``.metadata``, which
+  executes code from a hostile checkpoint. ``read_metadata`` unpickles it with an
+  allow-list of the DCP metadata classes (``SafeFileSystemReader`` hands that to torch).
+- A folder from a stranger reads only itself and costs what it stores (``limits.py``):
+  every file it names, and ``.metadata``, must resolve to a regular file directly inside
+  it (``inside``); ``.metadata`` is scanned before it is unpickled (``prescan.scan_any``),
+  then its keys, paths, shapes and chunks are checked against the limits
+  (``read_metadata``); every data file it names must exist and hold the bytes its chunks
+  claim, and a chunk that claims more data than it stores (an expanded view) is refused
+  before anything is read (``storage_files``).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
+    Metadata,
+    TensorStorageMetadata,
+)
+
+from optstate.base.errors import CheckpointError, UnsafeCheckpointError
+from optstate.base.limits import LimitError, Limits, size_text
+from optstate.base.limits import current as current_limits
+from optstate.io.prescan import scan_any
+
+METADATA_FILE = ".metadata"
+
+# The classes a DCP .metadata pickle is made of (torch 2.4 .. 2.13).
+_METADATA_CLASSES = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+        "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+    "builtins": {"set", "frozenset"},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP metadata; refuses any global that is not plain metadata."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name in _METADATA_CLASSES.get(module, ()):
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(
+            getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)
+        ):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"global {module}.{name}")
+
+
+def inside(folder: Path, name: str) -> Path:
+    """``folder / name``, refused unless it is a regular file that really lives in
+    ``folder``: a DCP folder from a stranger must not make optstate read (and ``convert``
+    copy) a file elsewhere through a symlink or a ``..`` in its metadata."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise UnsafeCheckpointError(f"{folder} names a data file outside itself: {name!r}; "
+                                    "refused")
+    path = folder / name
+    real_folder = os.path.realpath(folder)
+    real = os.path.realpath(path)
+    if os.path.dirname(real) != real_folder:
+        raise UnsafeCheckpointError(
+            f"{path} is a link to {real}, outside the checkpoint folder; refused",
+            hint="a DCP folder holds its own files; copy the real files into it if you trust "
+            "them",
+        )
+    return path
+
+
+def read_metadata(path: Path) -> Metadata:
+    """The ``.metadata`` of a DCP folder, unpickled with the allow-list above."""
+    file = path / METADATA_FILE
+    try:
+        if os.path.lexists(file):
+            inside(path, METADATA_FILE)
+        with open(file, "rb") as f:
+            data = f.read()
+        scan_any(data, current_limits(), str(file))  # before the C unpickler's memo grows
+        md = _MetadataUnpickler(io.BytesIO(data)).load()
+    except (FileNotFoundError, NotADirectoryError):
+        raise CheckpointError(f"{path} has no {METADATA_FILE} file; not a DCP checkpoint") from None
+    except PermissionError:
+        raise CheckpointError(f"permission denied reading {file}") from None
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if text.startswith("global "):
+            raise UnsafeCheckpointError(
+                f"{file} needs {text.removeprefix('global ')}, which is not DCP metadata; "
+                "refused without running it"
+            ) from None
+        raise CheckpointError(f"{file} is damaged: {text}") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            RuntimeError, RecursionError, OverflowError, MemoryError) as e:
+        raise CheckpointError(f"{file} is damaged or truncated ({type(e).__name__})") from None
+    if not isinstance(md, Metadata) or not isinstance(
+            getattr(md, "state_dict_metadata", None), dict):
+        raise CheckpointError(f"{file} does not hold DCP metadata")
+    limits = current_limits()
+    entries = md.state_dict_metadata
+    if len(entries) > limits.items:
+        raise LimitError(str(file), f"lists more than {limits.items:,} keys", "items",
+                         limits.items)
+    tensors = chunks = 0
+    for key, entry in entries.items():
+        _check_entry(file, key, entry, limits)
+        if isinstance(entry, TensorStorageMetadata):
+            tensors += 1
+            chunks += len(entry.chunks)
+    if tensors > limits.tensors:
+        raise LimitError(str(file), f"lists more than {limits.tensors:,} tensors", "tensors",
+                         limits.tensors)
+    if chunks > limits.items:
+        raise LimitError(str(file), f"lists more than {limits.items:,} tensor chunks",
+                         "items", limits.items)
+    _check_paths(file, md, limits)
+    return md
+
+
+def _check_paths(file: Path, md: Metadata, limits: Limits) -> None:
+    """The nested path of every key (``planner_data``): as deep as the ``depth`` limit
+    allows, made of short strings and indices."""
+    pd = getattr(md, "planner_data", None)
+    if not isinstance(pd, dict):
+        return
+    for key, path in pd.items():
+        if not isinstance(path, tuple):
+            continue
+        if len(path) > limits.depth:
+            raise LimitError(f"{file}: the path of key {short_repr(key)}",
+                             f"is {len(path):,} levels deep", "depth", limits.depth)
+        for part in path:
+            if isinstance(part, str) and len(part) > limits.string:
+                raise LimitError(f"{file}: the path of key {short_repr(key)}",
+                                 f"has a part of {len(part):,} characters", "string",
+                                 limits.string)
+
+
+def short_repr(key: Any, limit: int = 80) -> str:
+    text = repr(key)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def is_index(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+# torch counts elements and bytes in int64: a shape past this is damage, not a tensor
+_MAX_ELEMENTS = 2**62
+
+
+def _check_entry(file: Path, key: Any, entry: Any, limits: Limits) -> None:
+    """Metadata a torch-written checkpoint always satisfies; anything else is damage (or
+    a crafted file) and gets one line, not an internal error later."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{file} is damaged: key {short_repr(key)} {what}")
+
+    if not isinstance(key, str):
+        raise bad("is not a string")
+    if len(key) > limits.string:
+        raise LimitError(str(file), f"has a key of {len(key):,} characters ({short_repr(key)})",
+                         "string", limits.string)
+    if isinstance(entry, BytesStorageMetadata):
+        return
+    if not isinstance(entry, TensorStorageMetadata):
+        raise bad(f"has unknown metadata {type(entry).__name__}")
+    size = getattr(entry, "size", None)
+    if not isinstance(size, tuple) or not all(is_index(n) for n in size):
+        raise bad(f"has a bad shape {short_repr(size)}")
+    if len(size) > limits.depth:
+        raise LimitError(f"{file}: key {short_repr(key)}", f"has {len(size):,} dimensions",
+                         "depth", limits.depth)
+    if math.prod(size) > _MAX_ELEMENTS:
+        raise bad(f"has a shape of {math.prod(size):,} elements, more than torch can count "
+                  f"(shape {short_repr(list(size))})")
+    if not isinstance(getattr(getattr(entry, "properties", None), "dtype", None), torch.dtype):
+        raise bad("has no dtype")
+    if not isinstance(getattr(entry, "chunks", None), list):
+        raise bad("has no chunk list")
+    for c in entry.chunks:
+        offsets, sizes = getattr(c, "offsets", None), getattr(c, "sizes", None)
+        if not (isinstance(offsets, tuple) and isinstance(sizes, tuple)
+                and len(offsets) == len(sizes) == len(size)
+                and all(is_index(o) and is_index(n) and o + n <= whole
+                        for o, n, whole in zip(offsets, sizes, size, strict=True))):
+            raise bad(f"has a chunk outside its shape {list(size)}")
+    if len(entry.chunks) > limits.items:
+        raise LimitError(f"{file}: key {short_repr(key)}", f"has {len(entry.chunks):,} chunks",
+                         "items", limits.items)
+    if sum(math.prod(c.sizes) for c in entry.chunks) != math.prod(size):
+        raise bad(f"has chunks that do not cover its shape {short_repr(list(size))}")
+
+
+
+def is_dcp_folder(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / METADATA_FILE).is_file()
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """torch's FileSystemReader with safe (allow-listed, cached) metadata reading."""
+
+    def __init__(self, path: str | os.PathLike, metadata: Metadata | None = None) -> None:
+        super().__init__(path)
+        self._metadata = metadata
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        if kwargs.get("rank") is not None:
+            raise CheckpointError("per-rank DCP metadata files are not supported")
+        if self._metadata is None:
+            self._metadata = read_metadata(Path(self.path))
+        return self._metadata
+
+
+def storage_files(path: Path, metadata: Metadata
+                  ) -> tuple[dict[tuple[str, Any], str], dict[str, list[Any]]]:
+    """Check the storage table of ``metadata`` against the files of the folder ``path``:
+    every named file exists inside it and holds the bytes its chunks claim, every tensor
+    chunk and value has data, no chunk stores a view. Returns chunk (key, offset) -> data
+    file name, and tensor key -> its chunks' ``_StorageInfo``."""
+    out: dict[tuple[str, Any], str] = {}
+    chunk_infos: dict[str, list[Any]] = {}
+    storage = getattr(metadata, "storage_data", None)
+    if not isinstance(storage, dict):
+        raise CheckpointError(f"{path}/{METADATA_FILE} has no storage table")
+    missing: set[str] = set()
+    sizes: dict[str, int] = {}
+    lengths: dict[tuple[str, Any], int] = {}
+    for index, info in storage.items():
+        if not (isinstance(getattr(index, "fqn", None), str)
+                and (index.offset is None or isinstance(index.offset, tuple))):
+            raise CheckpointError(f"{path}/{METADATA_FILE} is damaged: a bad "
+                                  "storage index")
+        rel = getattr(info, "relative_path", None)
+        if not isinstance(rel, str) or "/" in rel or rel in ("", ".", ".."):
+            raise CheckpointError(f"{path}/{METADATA_FILE} names a bad data file: {rel!r}")
+        if rel not in sizes:
+            f = path / rel
+            if os.path.lexists(f):
+                inside(path, rel)
+            sizes[rel] = f.stat().st_size if f.is_file() else -1
+        if sizes[rel] < 0:
+            missing.add(rel)
+        elif not (is_index(getattr(info, "offset", None))
+                  and is_index(getattr(info, "length", None))
+                  and info.offset + info.length <= sizes[rel]):
+            raise CheckpointError(
+                f"{path}/{rel} is truncated: it ends before the data of {index.fqn}",
+                hint="re-copy the checkpoint folder",
+            )
+        where = (index.fqn, tuple(index.offset) if index.offset is not None else None)
+        out[where] = rel
+        if index.offset is not None:
+            chunk_infos.setdefault(index.fqn, []).append(info)
+        lengths[where] = info.length if is_index(getattr(info, "length", None)) else 0
+    if missing:
+        names = sorted(missing)
+        raise CheckpointError(
+            f"{path} is an incomplete DCP checkpoint: {', '.join(names[:3])}"
+            + (f" and {len(names) - 3} more" if len(names) > 3 else "") + " missing",
+            hint="copy every *.distcp file of the checkpoint, not only some ranks'",
+        )
+    for key, entry in metadata.state_dict_metadata.items():
+        if isinstance(entry, TensorStorageMetadata):
+            if any((key, tuple(c.offsets)) not in out for c in entry.chunks):
+                raise CheckpointError(
+                    f"{path}/{METADATA_FILE} is damaged: a chunk of {key} has no data")
+        elif (key, None) not in out:
+            raise CheckpointError(
+                f"{path}/{METADATA_FILE} is damaged: the value {key} has no data")
+    _check_expansion(path, metadata, lengths)
+    return out, chunk_infos
+
+
+def _check_expansion(path: Path, metadata: Metadata,
+                     lengths: dict[tuple[str, Any], int]) -> None:
+    """Each chunk is read whole into a tensor of the shape the metadata gives it. A
+    chunk stored as a view (a 2 KB ``torch.zeros(1).expand(2**30)``) would become
+    gigabytes: chunks may add at most the ``expand`` limit to the bytes stored."""
+    limit = current_limits().expand
+    extra, worst = 0, None
+    for key, entry in metadata.state_dict_metadata.items():
+        if not isinstance(entry, TensorStorageMetadata):
+            continue
+        itemsize = entry.properties.dtype.itemsize
+        for c in entry.chunks:
+            claimed = math.prod(c.sizes) * itemsize
+            stored = lengths.get((key, tuple(c.offsets)), 0)
+            if claimed > stored:
+                extra += claimed - stored
+                if worst is None or claimed - stored > worst[1] - worst[2]:
+                    worst = (key, claimed, stored)
+    if extra > limit and worst is not None:
+        key, claimed, stored = worst
+        raise LimitError(
+            str(path),
+            f"has tensor chunks that claim more data than they store ({key}: "
+            f"{claimed:,} bytes from {stored:,} stored); reading them would add "
+            f"{size_text(extra)}", "expand", limit)
