@@ -319,10 +319,12 @@ def check_digests(ra: list[dict], rb: list[dict], what: str) -> str:
 
 def kernel_path() -> str:
     """Which reduction code optstate ran: the C kernel's loop, or the torch fallback."""
-    out = subprocess.run([PY, "-c", "from optstate import kernels as k; "
-                          "print(k._ckernels.vector_paths()[1] if k._ckernels else '')"],
+    out = subprocess.run([PY, "-c", "from optstate.numeric.kernel_switch import current_path; "
+                          "print(current_path())"],
                          capture_output=True, text=True, check=False).stdout.strip()
-    return f"C kernel, {out} loop" if out else "no C kernel: torch fallback"
+    loops = {"c-avx2": "C kernel, avx2 loop", "c-2lane": "C kernel, 2-lane loop",
+             "torch": "no C kernel: torch fallback"}
+    return loops.get(out, f"unknown ({out or 'optstate did not import'})")
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""compare_tensors() / kernels.compare(): the chunked pass equals plain torch.
+"""compare_tensors() / pair_kernel.compare(): the chunked pass equals plain torch.
 
 The reference is the whole-tensor float64 torch expression: ``torch.isclose`` for the
 count outside tolerance, ``(a.double() - b.double()).abs()`` over finite pairs for the
@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optstate.numeric import kernels
+from optstate.numeric import kernel_switch, kernels
 from optstate.numeric.compare import compare_tensors
 from optstate.numeric.tolerance import sum_rtol
 
@@ -66,11 +66,11 @@ def test_c_kernel_is_built():
     # The README's install builds it (setup.py) where a GCC/Clang-like C compiler is
     # there; without it (or with OPTSTATE_NO_C=1) optstate still works, on the slower
     # torch path, and the C kernel's cases in this file are skipped with the reason.
-    reason = kernels.unavailable_reason("c-2lane")
+    reason = kernel_switch.unavailable_reason("c-2lane")
     if reason is not None:
         pytest.skip(reason)
-    available, in_use = kernels._ckernels.vector_paths()
-    assert "2-lane" in available and in_use in available
+    assert "c-2lane" in kernel_switch.available_paths()
+    assert kernel_switch.current_path() in kernel_switch.available_paths()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from optstate.numeric import kernels
+from optstate.numeric import kernel_switch
 from optstate.numeric.compare import compare_tensors
 from optstate.numeric.stats import summarize
 from optstate.numeric.tolerance import gamma, sum_rtol
@@ -107,9 +107,10 @@ def test_bound_values():
 
 
 def _kernel_report(env: dict[str, str]) -> list[str]:
-    code = ("import sys, torch; from optstate import kernels; "
+    code = ("import sys, torch; from optstate.numeric import kernel_switch, kernels; "
             "s = kernels.moments(torch.arange(5.0)); "
-            "print(kernels.current_path(), 'optstate.numeric._ckernels' in sys.modules, s.sum)")
+            "print(kernel_switch.current_path(), 'optstate.numeric._ckernels' in sys.modules, "
+            "s.sum)")
     e = {k: v for k, v in os.environ.items() if k != "OPTSTATE_NO_C"}
     out = subprocess.run([sys.executable, "-c", code], env={**e, **env}, text=True,
                          capture_output=True, check=True)
@@ -128,11 +129,11 @@ def test_optstate_no_c_disables_the_extension():
 
 
 def test_use_path_switches_and_restores(each_kernel_path):  # noqa: F811
-    before = kernels.current_path()
+    before = kernel_switch.current_path()
     assert before == each_kernel_path
-    with kernels.use_path("torch"):
-        assert kernels.current_path() == "torch"
-    assert kernels.current_path() == before
+    with kernel_switch.use_path("torch"):
+        assert kernel_switch.current_path() == "torch"
+    assert kernel_switch.current_path() == before
     with pytest.raises(ValueError, match="unknown kernel path"):
-        with kernels.use_path("avx512"):
+        with kernel_switch.use_path("avx512"):
             pass

@@ -20,7 +20,7 @@ The design, the most that can be done honestly:
   that is not an address error in a mapping while watched files exist keeps the default
   action: a crash, as before.
 * Everywhere (and the only guard without the helper), ``check()`` runs before a
-  tensor's data is read (``kernels.moments``, ``kernels.compare``) and raises a
+  tensor's data is read (``kernels.moments``, ``pair_kernel.compare``) and raises a
   ``CheckpointError`` with the same message when a watched file shrank: a truncation
   between two reads is reported cleanly, with the usual clean-up; and any exception
   while a watched file has shrunk is reported as the truncation (``changed()``, read by
@@ -150,7 +150,7 @@ def forget(token: int) -> None:
 
 def check() -> None:
     """Raise ``CheckpointError`` if a watched file shrank or was written; called before a
-    tensor's data is read (``kernels.moments``, ``kernels.compare``) and as a command
+    tensor's data is read (``kernels.moments``, ``pair_kernel.compare``) and as a command
     ends (``cli.errors_to_exit``)."""
     pause_at("check")  # test hooks: a truncation now is seen by the check below;
     error = changed()

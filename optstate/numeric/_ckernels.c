@@ -1,8 +1,9 @@
 /* optstate.numeric._ckernels: one fused pass over a block of a tensor pair (issue #6).
  *
- * optstate/numeric/kernels.py calls pair_block() for each block of two same-shape contiguous
- * tensors (float32, float64, bfloat16 or float16, in any combination). Every element is
- * widened to double and every statistic of kernels.compare() comes from that one read:
+ * optstate/numeric/pair_kernel.py calls pair_block() for each block of two same-shape
+ * contiguous tensors (float32, float64, bfloat16 or float16, in any combination), and
+ * kernels.py moments_block() for each block of one. Every element is widened to double
+ * and every statistic of pair_kernel.compare() comes from that one read:
  * the count outside torch.isclose's tolerance, max |a - b|, max |a - b| / |b|, and both
  * sums of squares. The GIL is released, so worker threads run blocks side by side.
  *
@@ -13,8 +14,9 @@
  * squares are accumulated in another order (runs of LANE elements, then a compensated
  * sum), within optstate/numeric/tolerance.py's sum_rtol(n) of torch's float64 reduction.
  *
- * The pure-torch path in kernels.py computes the same numbers when this module is not
- * built (it is an optional extension); the tests run both.
+ * The pure-torch path in kernels.py / pair_kernel.py computes the same numbers when this
+ * module is not built (it is an optional extension); kernel_switch.py decides which runs,
+ * and the tests run both.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

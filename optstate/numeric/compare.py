@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from optstate.base.errors import CheckpointError
-from optstate.numeric.kernels import Progress, compare
+from optstate.numeric.kernels import ByteProgress
+from optstate.numeric.pair_kernel import compare
 from optstate.numeric.views import distinct_elements, repeated_view
 
 
@@ -90,10 +91,10 @@ def count_unequal(a: torch.Tensor, b: torch.Tensor) -> int:
 
 
 def compare_tensors(a: torch.Tensor, b: torch.Tensor, *, atol: float = 0.0, rtol: float = 0.0,
-                    nan_equal: bool = True, progress: Progress | None = None
+                    nan_equal: bool = True, progress: ByteProgress | None = None
                     ) -> TensorComparison:
     """Compare two tensors of the same shape (dtype may differ), in one chunked pass over
-    both (``kernels.compare``); ``progress`` is called with bytes as they are processed."""
+    both (``pair_kernel.compare``); ``progress`` is called with bytes as they are processed."""
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     if a.numel() == 0:

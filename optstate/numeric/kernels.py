@@ -1,4 +1,4 @@
-"""Fused, chunked reductions: every statistic of a tensor (or a tensor pair) in one pass.
+"""Fused, chunked reductions: every statistic of a tensor in one pass, and the norm of many.
 
 A plain torch script makes one full pass per statistic and materialises full-size
 temporaries (``isnan(t)`` alone is a bool tensor the size of ``t``; ``t.double()`` is
@@ -10,6 +10,7 @@ memory-mapped checkpoint is summarised without ever being held in anonymous memo
 Big tensors are split into contiguous runs of blocks, one per worker thread (up to
 ``torch.get_num_threads()``), each running torch on one thread (see ``one_thread``);
 block results combine order-independently, so the numbers do not depend on it.
+The same blocks, runs and buffers serve the pair comparison (``pair_kernel.py``).
 
 Exactness (what the tests check against plain torch on the whole tensor):
 
@@ -26,42 +27,23 @@ Exactness (what the tests check against plain torch on the whole tensor):
   or all |x| < ~1e-154) get their norm from a second, rescaled pass: the true norm,
   where torch's own ``vector_norm`` may return inf.
 
-The C kernel (``optstate/numeric/_ckernels.c``, built by ``setup.py`` where a C compiler is
-available) computes the same per-block numbers as the torch code here in one pass over
-the source memory, with no float64 buffer; the torch code is the fallback, and the tests
-run every case through both. ``OPTSTATE_NO_C=1`` in the environment (read once, at
-import) keeps the C kernel from being imported at all; ``use_path`` switches between the
-paths of this process (the tests run each case on every path), ``current_path`` says
-which one runs.
+Each block runs through the optional C kernel when ``kernel_switch.active_c_kernel()``
+gives it (the same numbers from one pass over the source memory, no float64 buffer),
+else through the torch code here; the tests run every case on every path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import torch
 
 from optstate.io import readguard
-
-# OPTSTATE_NO_C=1: never import the optional C kernel (CI runs the suite both ways, so the
-# torch fallback is tested as it runs where the extension was not built).
-C_DISABLED = os.environ.get("OPTSTATE_NO_C", "").strip() not in ("", "0")
-
-_ckernels = None
-if not C_DISABLED:
-    try:  # the optional C kernel (numeric/_ckernels.c); the torch path below is the fallback
-        from optstate.numeric import _ckernels
-    except ImportError:  # not built (no C compiler at install time)
-        _ckernels = None
-
-# Use the C kernel where it applies; switched by use_path (never set it directly).
-USE_C = _ckernels is not None
-# dtype -> the C kernel's element kind
-_C_KINDS = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+from optstate.numeric.kernel_switch import C_KINDS, active_c_kernel
 
 # 256 Ki elements: a 2 MiB float64 buffer, inside a 4 MiB L2 cache with room for the
 # source block; measured fastest on this project's reference machine (128 Ki-256 Ki).
@@ -73,64 +55,7 @@ TINY = 2.2250738585072014e-308
 
 # (How closely the float64 sums agree with torch's: numeric/tolerance.py, stated there once.)
 
-Progress = Callable[[int], None]  # called with the number of source bytes just processed
-
-# The ways a reduction can run: the C kernel's AVX2 loop, its 2-lane loop (SSE2 / NEON),
-# or torch operations on a float64 buffer. All give the same numbers (tested).
-PATHS = ("c-avx2", "c-2lane", "torch")
-
-
-def available_paths() -> list[str]:
-    """The paths this process can run: "torch" always; the C kernel's loops when it is
-    built, not disabled by OPTSTATE_NO_C=1, and (AVX2) supported by the CPU."""
-    if _ckernels is None:
-        return ["torch"]
-    wide = "avx2" in _ckernels.vector_paths()[0]
-    return [*(["c-avx2"] if wide else []), "c-2lane", "torch"]
-
-
-def current_path() -> str:
-    """The path reductions run on now: "c-avx2", "c-2lane" or "torch"."""
-    if not USE_C or _ckernels is None:
-        return "torch"
-    return "c-avx2" if _ckernels.vector_paths()[1] == "avx2" else "c-2lane"
-
-
-def unavailable_reason(path: str) -> str | None:
-    """Why ``path`` cannot run in this process (None: it can)."""
-    if path not in PATHS:
-        raise ValueError(f"unknown kernel path {path!r}; one of {', '.join(PATHS)}")
-    if path == "torch":
-        return None
-    if C_DISABLED:
-        return "the C kernel is disabled (OPTSTATE_NO_C=1)"
-    if _ckernels is None:
-        return "the optional C kernel is not built (no C compiler at install time?)"
-    if path == "c-avx2" and path not in available_paths():
-        return "this CPU has no AVX2"
-    return None
-
-
-@contextlib.contextmanager
-def use_path(path: str) -> Iterator[None]:
-    """Run this process's reductions on ``path`` (see ``PATHS``) inside the block, then
-    switch back. Not thread-safe: for tests and benchmarks, not for concurrent callers."""
-    global USE_C
-    reason = unavailable_reason(path)
-    if reason is not None:
-        raise RuntimeError(f"kernel path {path!r} is not available: {reason}")
-    before_c = USE_C
-    before_wide = _ckernels is not None and _ckernels.vector_paths()[1] == "avx2"
-    if path != "torch":
-        _ckernels.vector_paths(path == "c-avx2")
-    USE_C = path != "torch"
-    try:
-        yield
-    finally:
-        USE_C = before_c
-        if _ckernels is not None:
-            _ckernels.vector_paths(before_wide)
-
+ByteProgress = Callable[[int], None]  # called with the number of source bytes just processed
 
 @dataclass
 class Moments:
@@ -150,19 +75,7 @@ class Moments:
     norm: float | None  # sqrt(sumsq), rescaled when sumsq over/underflows
 
 
-@dataclass
-class PairStats:
-    """One-pass comparison of two same-shape tensors (numpy/torch ``isclose`` rule)."""
-
-    numel: int
-    n_outside: int
-    max_abs: float | None  # over pairs where both are finite
-    max_rel: float | None  # over finite pairs with b != 0
-    norm_a: float | None  # over the finite elements of each side
-    norm_b: float | None
-
-
-def _fsum(parts: list[float]) -> float:
+def fsum(parts: list[float]) -> float:
     """Exact sum of float64 partial sums; inf or NaN where the float64 range ends."""
     try:
         return math.fsum(parts)
@@ -222,7 +135,7 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _widen(buf: torch.Tensor, piece: torch.Tensor) -> torch.Tensor:
+def widen(buf: torch.Tensor, piece: torch.Tensor) -> torch.Tensor:
     """Copy ``piece`` into the front of the float64 ``buf``; return that flat view."""
     k = piece.numel()
     out = buf[:k]
@@ -234,7 +147,7 @@ def _buffer(t: torch.Tensor) -> torch.Tensor:
     return torch.empty(min(max(t.numel(), 1), CHUNK_ELEMENTS), dtype=torch.float64)
 
 
-def moments(t: torch.Tensor, *, progress: Progress | None = None) -> Moments:
+def moments(t: torch.Tensor, *, progress: ByteProgress | None = None) -> Moments:
     """All value statistics of a real, bool or integer tensor in one chunked pass."""
     readguard.check()  # its file may have been truncated since it was mapped
     workers = torch.get_num_threads()
@@ -271,8 +184,8 @@ def _workers(n: int):
     return _pool
 
 
-def _in_runs(run: Callable[[list[tuple]], object], pieces: list[tuple],
-             workers: int) -> list:
+def in_runs(run: Callable[[list[tuple]], object], pieces: list[tuple],
+            workers: int) -> list:
     """``run`` over contiguous runs of blocks, on up to ``workers`` threads (each on one
     torch thread: no per-operation fork/join, and a free second core is used); the
     first run on the calling thread. Results come back in block order."""
@@ -285,13 +198,13 @@ def _in_runs(run: Callable[[list[tuple]], object], pieces: list[tuple],
     return [run(pieces[:step]), *(f.result() for f in rest)]
 
 
-def _moments(t: torch.Tensor, progress: Progress | None, workers: int = 1) -> Moments:
+def _moments(t: torch.Tensor, progress: ByteProgress | None, workers: int = 1) -> Moments:
     if t.is_complex():
         raise TypeError("moments() takes real tensors; summarise complex ones through abs()")
     t = t.detach()
     numel = t.numel()
     esize = t.element_size()
-    parts = _in_runs(lambda pieces: _moments_run(pieces, progress, esize),
+    parts = in_runs(lambda pieces: _moments_run(pieces, progress, esize),
                      list(blocks(t)), workers)
     nan = sum(p.nan for p in parts)
     inf = sum(p.inf for p in parts)
@@ -301,22 +214,23 @@ def _moments(t: torch.Tensor, progress: Progress | None, workers: int = 1) -> Mo
         return Moments(numel, 0, nan, inf, zeros, 0.0, 0.0, 0.0, None, None, None)
     lo = min(p.lo for p in parts if p.lo is not None)
     hi = max(p.hi for p in parts if p.hi is not None)
-    ss = _fsum([q for p in parts for q in p.sumsq])
+    ss = fsum([q for p in parts for q in p.sumsq])
     norm = math.sqrt(ss)
     peak = max(abs(lo), abs(hi))
     if math.isinf(ss) or (ss < TINY and peak > 0.0):
         norm = _rescaled_norm(t, peak, _buffer(t))
-    return Moments(numel, finite, nan, inf, zeros, _fsum([q for p in parts for q in p.sums]),
-                   _fsum([q for p in parts for q in p.sumabs]), ss, lo, hi, norm)
+    return Moments(numel, finite, nan, inf, zeros, fsum([q for p in parts for q in p.sums]),
+                   fsum([q for p in parts for q in p.sumabs]), ss, lo, hi, norm)
 
 
-def _moments_run(pieces: list[tuple], progress: Progress | None, esize: int) -> _Part:
+def _moments_run(pieces: list[tuple], progress: ByteProgress | None, esize: int) -> _Part:
     part = _Part()
-    kind = _C_KINDS.get(pieces[0][0].dtype) if USE_C and pieces else None
+    ck = active_c_kernel()
+    kind = C_KINDS.get(pieces[0][0].dtype) if ck is not None and pieces else None
     buf = None
     for (piece,) in pieces:
         if kind is not None and piece.is_contiguous():
-            _c_moments(part, piece, kind)
+            _c_moments(ck, part, piece, kind)
         else:
             if buf is None:
                 size = max((p.numel() for (p,) in pieces), default=1) or 1
@@ -336,9 +250,9 @@ def _add_values(part: _Part, s: float, sa: float, sq: float, mn: float, mx: floa
     part.hi = mx if part.hi is None else max(part.hi, mx)
 
 
-def _c_moments(part: _Part, piece: torch.Tensor, kind: int) -> None:
-    """One block through the C kernel: the same numbers as ``_torch_moments``."""
-    nan, inf, zeros, s, sa, sq, mn, mx = _ckernels.moments_block(
+def _c_moments(ck: ModuleType, part: _Part, piece: torch.Tensor, kind: int) -> None:
+    """One block through the C kernel ``ck``: the same numbers as ``_torch_moments``."""
+    nan, inf, zeros, s, sa, sq, mn, mx = ck.moments_block(
         piece.data_ptr(), piece.numel(), kind)
     part.nan += nan
     part.inf += inf
@@ -349,7 +263,7 @@ def _c_moments(part: _Part, piece: torch.Tensor, kind: int) -> None:
 
 def _torch_moments(part: _Part, piece: torch.Tensor, buf: torch.Tensor) -> None:
     """One block in torch: widened into the reused float64 ``buf``, reduced there."""
-    b = _widen(buf, piece)
+    b = widen(buf, piece)
     k = b.numel()
     s = float(b.sum())
     if not math.isfinite(s):
@@ -386,173 +300,21 @@ def _torch_moments(part: _Part, piece: torch.Tensor, buf: torch.Tensor) -> None:
     _add_values(part, s, sa, sq, mn, mx)
 
 
+def finite_norm(t: torch.Tensor) -> float | None:
+    """The norm of ``t``'s finite elements (None: none), rescaled where their squares leave
+    the float64 range: the rare second pass of ``pair_kernel.compare``, which has made
+    the read check already."""
+    return _moments(t, None).norm
+
+
 def _rescaled_norm(t: torch.Tensor, peak: float, buf: torch.Tensor) -> float:
     """peak * ||t / peak||: the norm of values whose squares leave the float64 range."""
     parts: list[float] = []
     for (piece,) in blocks(t):
-        b = _widen(buf, piece)
+        b = widen(buf, piece)
         b = b[torch.isfinite(b)].div_(peak)
         parts.append(float(torch.dot(b, b)))
-    return peak * math.sqrt(_fsum(parts))
-
-
-def compare(a: torch.Tensor, b: torch.Tensor, *, atol: float = 0.0, rtol: float = 0.0,
-            nan_equal: bool = True, progress: Progress | None = None) -> PairStats:
-    """max |a - b|, elements outside ``atol + rtol * |b|``, max relative difference and
-    both norms, in one chunked pass over the pair (float64 throughout)."""
-    readguard.check()  # their files may have been truncated since they were mapped
-    workers = torch.get_num_threads()
-    with one_thread():
-        return _compare(a, b, atol, rtol, nan_equal, progress, workers)
-
-
-@dataclass
-class _PairPart:
-    """Results of one run of blocks; parts combine in any order to the same numbers."""
-
-    n_out: int = 0
-    max_abs: float | None = None
-    max_rel: float | None = None
-    sqa: list[float] = field(default_factory=list)
-    sqb: list[float] = field(default_factory=list)
-    fin_a: int = 0
-    fin_b: int = 0
-    wide_a: bool = False  # a finite value whose square leaves the float64 range
-    wide_b: bool = False
-
-
-def _compare(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, nan_equal: bool,
-             progress: Progress | None, workers: int) -> PairStats:
-    a, b = a.detach(), b.detach()
-    pairs = list(blocks(a, b))
-    esize = a.element_size() + b.element_size()
-    parts = _in_runs(lambda run: _compare_run(run, atol, rtol, nan_equal, progress, esize),
-                     pairs, workers)
-    maxes_abs = [p.max_abs for p in parts if p.max_abs is not None]
-    maxes_rel = [p.max_rel for p in parts if p.max_rel is not None]
-    norm_a = _norm_from(a, [q for p in parts for q in p.sqa], sum(p.fin_a for p in parts),
-                        any(p.wide_a for p in parts))
-    norm_b = _norm_from(b, [q for p in parts for q in p.sqb], sum(p.fin_b for p in parts),
-                        any(p.wide_b for p in parts))
-    return PairStats(a.numel(), sum(p.n_out for p in parts),
-                     max(maxes_abs) if maxes_abs else None,
-                     max(maxes_rel) if maxes_rel else None, norm_a, norm_b)
-
-
-def _compare_run(pairs: list[tuple], atol: float, rtol: float, nan_equal: bool,
-                 progress: Progress | None, esize: int) -> _PairPart:
-    part = _PairPart()
-    kinds = None
-    if USE_C and pairs:
-        pa, pb = pairs[0]
-        kinds = (_C_KINDS.get(pa.dtype), _C_KINDS.get(pb.dtype))
-        if None in kinds:
-            kinds = None
-    bufs = None
-    for pa, pb in pairs:
-        k = pa.numel()
-        if kinds is not None and pa.is_contiguous() and pb.is_contiguous():
-            _c_pair(part, pa, pb, kinds, atol, rtol, nan_equal)
-        else:
-            if bufs is None:
-                size = max((x.numel() for x, _ in pairs), default=1) or 1
-                bufs = (*(torch.empty(size, dtype=torch.float64) for _ in range(3)),
-                        torch.empty(size, dtype=torch.bool))
-            _torch_pair(part, pa, pb, bufs, atol, rtol, nan_equal)
-        if progress is not None:
-            progress(k * esize)
-    return part
-
-
-def _c_pair(part: _PairPart, pa: torch.Tensor, pb: torch.Tensor, kinds: tuple[int, int],
-            atol: float, rtol: float, nan_equal: bool) -> None:
-    """One block through the C kernel: the same numbers as ``_torch_pair``."""
-    n_out, m, r, qa, qb, fa, fb, nza, nzb = _ckernels.pair_block(
-        pa.data_ptr(), pb.data_ptr(), pa.numel(), kinds[0], kinds[1], atol, rtol, nan_equal)
-    part.n_out += n_out
-    if m is not None:
-        part.max_abs = m if part.max_abs is None else max(part.max_abs, m)
-    if r is not None:
-        part.max_rel = r if part.max_rel is None else max(part.max_rel, r)
-    part.wide_a = part.wide_a or math.isinf(qa) or (qa < TINY and bool(nza))
-    part.wide_b = part.wide_b or math.isinf(qb) or (qb < TINY and bool(nzb))
-    part.fin_a += fa
-    part.fin_b += fb
-    part.sqa.append(qa)
-    part.sqb.append(qb)
-
-
-def _torch_pair(part: _PairPart, pa: torch.Tensor, pb: torch.Tensor, bufs: tuple,
-                atol: float, rtol: float, nan_equal: bool) -> None:
-    """One block in torch: widened into reused float64 buffers, reduced there."""
-    bufa, bufb, bufd, flags = bufs
-    xa, xb = _widen(bufa, pa), _widen(bufb, pb)
-    k = xa.numel()
-    d = bufd[:k]
-    qa, qb = float(torch.dot(xa, xa)), float(torch.dot(xb, xb))
-    # A finite sum of squares means every element is finite (NaN and Inf propagate).
-    if math.isfinite(qa) and math.isfinite(qb):
-        part.wide_a = part.wide_a or (qa < TINY and bool(xa.any()))
-        part.wide_b = part.wide_b or (qb < TINY and bool(xb.any()))
-        part.fin_a += k
-        part.fin_b += k
-        torch.sub(xa, xb, out=d).abs_()
-        m = float(d.max())
-        part.max_abs = m if part.max_abs is None else max(part.max_abs, m)
-        if m == 0.0:
-            if qb > 0.0 or bool(xb.any()):
-                part.max_rel = 0.0 if part.max_rel is None else part.max_rel
-        else:
-            xb.abs_()
-            if atol == 0.0 and rtol == 0.0:
-                part.n_out += int(torch.count_nonzero(d))
-            else:
-                # torch.isclose's rule, same float64 operations: d > atol + rtol*|b|
-                allowed = torch.mul(xb, rtol, out=xa).add_(atol)  # xa is free now
-                n_out = int(torch.count_nonzero(torch.gt(d, allowed, out=flags[:k])))
-                if math.isinf(m):  # isclose: an infinite |a - b| is never close
-                    n_out += int(torch.count_nonzero(torch.isinf(d) & ~torch.gt(d, allowed)))
-                part.n_out += n_out
-            nonzero_b = int(torch.count_nonzero(xb))
-            if nonzero_b:
-                r = d.div_(xb)
-                if nonzero_b != k:  # x/0 is inf or NaN: not a relative difference
-                    r = r.masked_fill_(xb == 0, 0.0)
-                r = float(r.max())
-                part.max_rel = r if part.max_rel is None else max(part.max_rel, r)
-    else:
-        close = torch.isclose(xa, xb, rtol=rtol, atol=atol, equal_nan=nan_equal)
-        part.n_out += k - int(close.sum())
-        fa, fb = torch.isfinite(xa), torch.isfinite(xb)
-        both = fa & fb
-        dd = (xa - xb).abs()[both]
-        if dd.numel():
-            m = float(dd.max())
-            part.max_abs = m if part.max_abs is None else max(part.max_abs, m)
-            yb = xb.abs()[both]
-            nz = yb != 0
-            if bool(nz.any()):
-                r = float((dd[nz] / yb[nz]).max())
-                part.max_rel = r if part.max_rel is None else max(part.max_rel, r)
-        va, vb = xa[fa], xb[fb]
-        qa, qb = float(torch.dot(va, va)), float(torch.dot(vb, vb))
-        part.wide_a = part.wide_a or math.isinf(qa) or (qa < TINY and bool(va.any()))
-        part.wide_b = part.wide_b or math.isinf(qb) or (qb < TINY and bool(vb.any()))
-        part.fin_a += va.numel()
-        part.fin_b += vb.numel()
-    part.sqa.append(qa)
-    part.sqb.append(qb)
-
-
-def _norm_from(t: torch.Tensor, parts: list[float], finite: int, wide: bool) -> float | None:
-    """The finite-element norm from per-block sums of squares (None: no finite element)."""
-    if finite == 0:
-        return None
-    ss = _fsum(parts)
-    norm = math.sqrt(ss)
-    if wide and (math.isinf(ss) or ss < TINY):
-        return _moments(t, None).norm  # rare: a rescaled second pass
-    return norm
+    return peak * math.sqrt(fsum(parts))
 
 
 def norm_of(tensors: list[torch.Tensor]) -> float:
@@ -587,9 +349,9 @@ def norm_fn(tensors: list[torch.Tensor]) -> Callable[[], float]:
             parts.append(float(torch.dot(x, x)))
         if pieces:
             with one_thread():
-                for run_parts in _in_runs(_sumsq_run, pieces, workers):
+                for run_parts in in_runs(_sumsq_run, pieces, workers):
                     parts += run_parts
-        return math.sqrt(_fsum(parts))
+        return math.sqrt(fsum(parts))
 
     return norm
 
@@ -599,6 +361,6 @@ def _sumsq_run(pieces: list[tuple]) -> list[float]:
     buf = torch.empty(size, dtype=torch.float64)
     out = []
     for (piece,) in pieces:
-        b = _widen(buf, piece)
+        b = widen(buf, piece)
         out.append(float(torch.dot(b, b)))
     return out

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from optstate.numeric.kernels import Progress, moments
+from optstate.numeric.kernels import ByteProgress, moments
 from optstate.numeric.views import distinct_elements, repeated_view
 
 
@@ -78,7 +78,7 @@ def structure_summary(t: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def summarize(t: torch.Tensor, *, progress: Progress | None = None) -> TensorSummary:
+def summarize(t: torch.Tensor, *, progress: ByteProgress | None = None) -> TensorSummary:
     """All statistics of ``t`` (see module docstring), in one chunked pass over its data
     (``kernels.moments``); ``progress`` is called with bytes as they are processed."""
     numel = t.numel()

@@ -1,0 +1,207 @@
+"""One chunked pass over a tensor pair: how far apart two same-shape tensors are.
+
+``compare`` gives what ``torch.isclose`` and a few reductions would (elements outside
+``atol + rtol * |b|``, max |a - b|, max relative difference, both norms) without their
+full-size temporaries: the pair is walked in lockstep through ``kernels.py``'s blocks,
+runs and float64 buffers (its docstring states the exactness), each block through the
+optional C kernel when ``kernel_switch.active_c_kernel()`` gives it, else through torch.
+Counts and maxima are exact; the norms agree with torch's float64 ones to
+``tolerance.sum_rtol(n)``.
+
+Example: ``compare(a, b, rtol=1e-5).n_outside``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import ModuleType
+
+import torch
+
+from optstate.io import readguard
+from optstate.numeric.kernel_switch import C_KINDS, active_c_kernel
+from optstate.numeric.kernels import (
+    TINY,
+    ByteProgress,
+    blocks,
+    finite_norm,
+    fsum,
+    in_runs,
+    one_thread,
+    widen,
+)
+
+
+@dataclass
+class PairStats:
+    """One-pass comparison of two same-shape tensors (numpy/torch ``isclose`` rule)."""
+
+    numel: int
+    n_outside: int
+    max_abs: float | None  # over pairs where both are finite
+    max_rel: float | None  # over finite pairs with b != 0
+    norm_a: float | None  # over the finite elements of each side
+    norm_b: float | None
+
+
+
+
+def compare(a: torch.Tensor, b: torch.Tensor, *, atol: float = 0.0, rtol: float = 0.0,
+            nan_equal: bool = True, progress: ByteProgress | None = None) -> PairStats:
+    """max |a - b|, elements outside ``atol + rtol * |b|``, max relative difference and
+    both norms, in one chunked pass over the pair (float64 throughout)."""
+    readguard.check()  # their files may have been truncated since they were mapped
+    workers = torch.get_num_threads()
+    with one_thread():
+        return _compare(a, b, atol, rtol, nan_equal, progress, workers)
+
+
+@dataclass
+class _PairPart:
+    """Results of one run of blocks; parts combine in any order to the same numbers."""
+
+    n_out: int = 0
+    max_abs: float | None = None
+    max_rel: float | None = None
+    sqa: list[float] = field(default_factory=list)
+    sqb: list[float] = field(default_factory=list)
+    fin_a: int = 0
+    fin_b: int = 0
+    wide_a: bool = False  # a finite value whose square leaves the float64 range
+    wide_b: bool = False
+
+
+def _compare(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, nan_equal: bool,
+             progress: ByteProgress | None, workers: int) -> PairStats:
+    a, b = a.detach(), b.detach()
+    pairs = list(blocks(a, b))
+    esize = a.element_size() + b.element_size()
+    parts = in_runs(lambda run: _compare_run(run, atol, rtol, nan_equal, progress, esize),
+                     pairs, workers)
+    maxes_abs = [p.max_abs for p in parts if p.max_abs is not None]
+    maxes_rel = [p.max_rel for p in parts if p.max_rel is not None]
+    norm_a = _norm_from(a, [q for p in parts for q in p.sqa], sum(p.fin_a for p in parts),
+                        any(p.wide_a for p in parts))
+    norm_b = _norm_from(b, [q for p in parts for q in p.sqb], sum(p.fin_b for p in parts),
+                        any(p.wide_b for p in parts))
+    return PairStats(a.numel(), sum(p.n_out for p in parts),
+                     max(maxes_abs) if maxes_abs else None,
+                     max(maxes_rel) if maxes_rel else None, norm_a, norm_b)
+
+
+def _compare_run(pairs: list[tuple], atol: float, rtol: float, nan_equal: bool,
+                 progress: ByteProgress | None, esize: int) -> _PairPart:
+    part = _PairPart()
+    kinds = None
+    ck = active_c_kernel()
+    if ck is not None and pairs:
+        pa, pb = pairs[0]
+        kinds = (C_KINDS.get(pa.dtype), C_KINDS.get(pb.dtype))
+        if None in kinds:
+            kinds = None
+    bufs = None
+    for pa, pb in pairs:
+        k = pa.numel()
+        if kinds is not None and pa.is_contiguous() and pb.is_contiguous():
+            _c_pair(ck, part, pa, pb, kinds, atol, rtol, nan_equal)
+        else:
+            if bufs is None:
+                size = max((x.numel() for x, _ in pairs), default=1) or 1
+                bufs = (*(torch.empty(size, dtype=torch.float64) for _ in range(3)),
+                        torch.empty(size, dtype=torch.bool))
+            _torch_pair(part, pa, pb, bufs, atol, rtol, nan_equal)
+        if progress is not None:
+            progress(k * esize)
+    return part
+
+
+def _c_pair(ck: ModuleType, part: _PairPart, pa: torch.Tensor, pb: torch.Tensor,
+            kinds: tuple[int, int], atol: float, rtol: float, nan_equal: bool) -> None:
+    """One block through the C kernel ``ck``: the same numbers as ``_torch_pair``."""
+    n_out, m, r, qa, qb, fa, fb, nza, nzb = ck.pair_block(
+        pa.data_ptr(), pb.data_ptr(), pa.numel(), kinds[0], kinds[1], atol, rtol, nan_equal)
+    part.n_out += n_out
+    if m is not None:
+        part.max_abs = m if part.max_abs is None else max(part.max_abs, m)
+    if r is not None:
+        part.max_rel = r if part.max_rel is None else max(part.max_rel, r)
+    part.wide_a = part.wide_a or math.isinf(qa) or (qa < TINY and bool(nza))
+    part.wide_b = part.wide_b or math.isinf(qb) or (qb < TINY and bool(nzb))
+    part.fin_a += fa
+    part.fin_b += fb
+    part.sqa.append(qa)
+    part.sqb.append(qb)
+
+
+def _torch_pair(part: _PairPart, pa: torch.Tensor, pb: torch.Tensor, bufs: tuple,
+                atol: float, rtol: float, nan_equal: bool) -> None:
+    """One block in torch: widened into reused float64 buffers, reduced there."""
+    bufa, bufb, bufd, flags = bufs
+    xa, xb = widen(bufa, pa), widen(bufb, pb)
+    k = xa.numel()
+    d = bufd[:k]
+    qa, qb = float(torch.dot(xa, xa)), float(torch.dot(xb, xb))
+    # A finite sum of squares means every element is finite (NaN and Inf propagate).
+    if math.isfinite(qa) and math.isfinite(qb):
+        part.wide_a = part.wide_a or (qa < TINY and bool(xa.any()))
+        part.wide_b = part.wide_b or (qb < TINY and bool(xb.any()))
+        part.fin_a += k
+        part.fin_b += k
+        torch.sub(xa, xb, out=d).abs_()
+        m = float(d.max())
+        part.max_abs = m if part.max_abs is None else max(part.max_abs, m)
+        if m == 0.0:
+            if qb > 0.0 or bool(xb.any()):
+                part.max_rel = 0.0 if part.max_rel is None else part.max_rel
+        else:
+            xb.abs_()
+            if atol == 0.0 and rtol == 0.0:
+                part.n_out += int(torch.count_nonzero(d))
+            else:
+                # torch.isclose's rule, same float64 operations: d > atol + rtol*|b|
+                allowed = torch.mul(xb, rtol, out=xa).add_(atol)  # xa is free now
+                n_out = int(torch.count_nonzero(torch.gt(d, allowed, out=flags[:k])))
+                if math.isinf(m):  # isclose: an infinite |a - b| is never close
+                    n_out += int(torch.count_nonzero(torch.isinf(d) & ~torch.gt(d, allowed)))
+                part.n_out += n_out
+            nonzero_b = int(torch.count_nonzero(xb))
+            if nonzero_b:
+                r = d.div_(xb)
+                if nonzero_b != k:  # x/0 is inf or NaN: not a relative difference
+                    r = r.masked_fill_(xb == 0, 0.0)
+                r = float(r.max())
+                part.max_rel = r if part.max_rel is None else max(part.max_rel, r)
+    else:
+        close = torch.isclose(xa, xb, rtol=rtol, atol=atol, equal_nan=nan_equal)
+        part.n_out += k - int(close.sum())
+        fa, fb = torch.isfinite(xa), torch.isfinite(xb)
+        both = fa & fb
+        dd = (xa - xb).abs()[both]
+        if dd.numel():
+            m = float(dd.max())
+            part.max_abs = m if part.max_abs is None else max(part.max_abs, m)
+            yb = xb.abs()[both]
+            nz = yb != 0
+            if bool(nz.any()):
+                r = float((dd[nz] / yb[nz]).max())
+                part.max_rel = r if part.max_rel is None else max(part.max_rel, r)
+        va, vb = xa[fa], xb[fb]
+        qa, qb = float(torch.dot(va, va)), float(torch.dot(vb, vb))
+        part.wide_a = part.wide_a or math.isinf(qa) or (qa < TINY and bool(va.any()))
+        part.wide_b = part.wide_b or math.isinf(qb) or (qb < TINY and bool(vb.any()))
+        part.fin_a += va.numel()
+        part.fin_b += vb.numel()
+    part.sqa.append(qa)
+    part.sqb.append(qb)
+
+
+def _norm_from(t: torch.Tensor, parts: list[float], finite: int, wide: bool) -> float | None:
+    """The finite-element norm from per-block sums of squares (None: no finite element)."""
+    if finite == 0:
+        return None
+    ss = fsum(parts)
+    norm = math.sqrt(ss)
+    if wide and (math.isinf(ss) or ss < TINY):
+        return finite_norm(t)  # rare: a rescaled second pass
+    return norm
