@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from optstate.base.errors import CheckpointError, ConfigError
-from optstate.edit.hyperparameters import compare_trees, set_hyperparameters
+from optstate.edit.hyperparameters import set_hyperparameters
+from optstate.edit.trees import compare_trees
 from optstate.io.torch_file import detect_format
 from optstate.numeric.leaves import same_tensor
 
@@ -96,7 +97,8 @@ def test_lr_everywhere_round_trip(cli, tutorial_ckpt, tmp_path):
     r = cli("set", tutorial_ckpt, "-o", out, "--lr", "0.01")
     assert r.exit_code == 0, r.stderr
     before, after = _load(tutorial_ckpt), _load(out)
-    diffs, count = compare_trees(before, after)
+    compared = compare_trees(before, after)
+    diffs, count = compared.paths, compared.leaves
     assert sorted(diffs) == sorted([
         "optimizer_state_dict.param_groups[0].lr",
         "optimizer_state_dict.param_groups[0].initial_lr",
@@ -227,7 +229,7 @@ def test_lightning_container_needs_key_and_keeps_the_rest(cli, tmp_path):
     r = cli("set", path, "-o", out, "--lr", "0.03", "--key", "optimizer_states[1]")
     assert r.exit_code == 0, r.stderr
     before, after = _load(path), _load(out)
-    diffs, _ = compare_trees(before, after)
+    diffs = compare_trees(before, after).paths
     assert sorted(diffs) == sorted(
         [f"optimizer_states[1].param_groups[{g}].{k}" for g in (0, 1)
          for k in ("lr", "initial_lr")]
@@ -261,7 +263,7 @@ def test_hf_folder_copy(cli, hf_folder, tmp_path):
     assert (out / "trainer_state.json").read_text() == '{"global_step": 500}'
     assert [g["lr"] for g in _load(out / "optimizer.pt")["param_groups"]] == [0.005, 0.005]
     assert _load(out / "scheduler.pt")["base_lrs"] == [0.005, 0.005]
-    diffs, _ = compare_trees(_load(hf_folder / "scheduler.pt"), _load(out / "scheduler.pt"))
+    diffs = compare_trees(_load(hf_folder / "scheduler.pt"), _load(out / "scheduler.pt")).paths
     assert sorted(diffs) == ["_last_lr[0]", "_last_lr[1]", "base_lrs[0]", "base_lrs[1]"]
     # the input folder is untouched
     assert [g["lr"] for g in _load(hf_folder / "optimizer.pt")["param_groups"]] != [0.005] * 2
@@ -374,13 +376,15 @@ def test_bad_values(cli, tmp_path, args, message):
 def test_verification_failure_leaves_nothing(monkeypatch, bare_ckpt, tmp_path):
     """If the re-read file differed anywhere else, nothing is written (and no temp file
     is left behind)."""
-    import optstate.edit.hyperparameters as edit
+    import optstate.edit.set_write as edit
+    from optstate.edit.trees import Difference
 
     real = edit.compare_trees
 
     def tampered(a, b, path=""):
-        diffs, n = real(a, b, path)
-        return [*diffs, "state[0].exp_avg"], n
+        result = real(a, b, path)
+        result.differences.append(Difference("state[0].exp_avg", "tampered"))
+        return result
 
     monkeypatch.setattr(edit, "compare_trees", tampered)
     out = tmp_path / "o.pt"
@@ -418,12 +422,29 @@ def test_tensor_identity_is_bitwise():
 
 def test_compare_trees_finds_every_kind_of_difference():
     a = {"x": [1, (2.0, 3.0)], "t": torch.ones(2), "s": "a"}
-    assert compare_trees(a, {"x": [1, (2.0, 3.0)], "t": torch.ones(2), "s": "a"}) == ([], 5)
+    same = compare_trees(a, {"x": [1, (2.0, 3.0)], "t": torch.ones(2), "s": "a"})
+    assert (same.paths, same.leaves, same.tensors) == ([], 5, 1)
     b = {"x": [1, [2.0, 3.0]], "t": torch.tensor([1.0, 2.0]), "s": "a"}
-    assert compare_trees(a, b)[0] == ["x[1]", "t"]
-    assert compare_trees(a, {"s": "a", "x": [1, (2.0, 3.0)], "t": torch.ones(2)})[0] == [
+    assert compare_trees(a, b).paths == ["x[1]", "t"]
+    assert compare_trees(a, {"s": "a", "x": [1, (2.0, 3.0)], "t": torch.ones(2)}).paths == [
         "(top level)"]  # key order is part of the file
-    assert compare_trees({"v": 1}, {"v": 1.0})[0] == ["v"]
+    assert compare_trees({"v": 1}, {"v": 1.0}).paths == ["v"]
+
+
+def test_compare_trees_of_a_copy_in_another_format():
+    """exact=False (convert): key order, dict type and strides may change, empty
+    containers may be dropped; values may not."""
+    from collections import OrderedDict
+
+    t = torch.arange(6.0).reshape(2, 3)
+    a = OrderedDict(x=t.t(), e={"s": []}, y=[1, 2])
+    copy = {"y": [1, 2], "x": t.t().contiguous()}
+    loose = compare_trees(a, copy, exact=False)
+    assert (loose.differences, loose.tensors, loose.dropped) == ([], 1, ["e"])
+    assert compare_trees(a, copy).paths == ["(top level)"]
+    bad = compare_trees(a, {"y": [1, 2], "x": t.t() + 1, "z": 0}, exact=False)
+    assert [(d.path, d.what) for d in bad.differences] == [
+        ("x", "tensor values, shape or dtype changed"), ("", "unexpected key 'z'")]
 
 
 @settings(max_examples=15, deadline=None,
@@ -437,7 +458,7 @@ def test_values_survive_write_then_read(bare_ckpt, tmp_path, lr, beta2):
     for g in groups:
         assert g["lr"] == lr and g["betas"] == (0.9, beta2)
         assert math.copysign(1, g["lr"]) == 1
-    diffs, _ = compare_trees(_load(bare_ckpt), _load(out))
+    diffs = compare_trees(_load(bare_ckpt), _load(out)).paths
     assert all(".lr" in d or ".initial_lr" in d or ".betas" in d for d in diffs)
 
 
@@ -527,7 +548,7 @@ def test_scheduler_settings(cli, tutorial_ckpt, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert "│ scheduler │       │ step_size  │ 2" in r.stdout
     before, after = _load(tutorial_ckpt), _load(out)
-    diffs, _ = compare_trees(before, after)
+    diffs = compare_trees(before, after).paths
     assert sorted(d for d in diffs if d.startswith("scheduler")) == [
         "scheduler_state_dict._last_lr[0]", "scheduler_state_dict._last_lr[1]",
         "scheduler_state_dict.base_lrs[0]", "scheduler_state_dict.base_lrs[1]",
@@ -652,7 +673,7 @@ def test_base_lr_one_group_and_the_changes_table(cli, tmp_path):
             env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.stderr
     before, after = _load(src), _load(out)
-    diffs, _ = compare_trees(before, after)
+    diffs = compare_trees(before, after).paths
     assert sorted(diffs) == ["optimizer.param_groups[1].initial_lr",
                              "optimizer.param_groups[1].lr",
                              "scheduler._last_lr[1]", "scheduler.base_lrs[1]"]
