@@ -29,12 +29,12 @@ def _as_command_line() -> bool:
 
 def _sigint_before_entry(signum: int, frame: object) -> None:
     """SIGINT while the command line's modules load, before ``interrupt.install()``:
-    recorded (``interrupt.install`` takes it over), so it ends as ``Interrupted.``."""
-    global _sigint_early
-    _sigint_early = True
+    recorded in ``arrived`` (``interrupt.install`` finds this handler and takes it over),
+    so it ends as ``Interrupted.``."""
+    _sigint_before_entry.arrived = True  # type: ignore[attr-defined]
 
 
-_sigint_early = False
+_sigint_before_entry.arrived = False  # type: ignore[attr-defined]
 if _as_command_line():
     import _signal  # signal's enums cost milliseconds; this is the bare C module
 
@@ -46,7 +46,7 @@ from importlib import import_module  # noqa: E402
 from types import ModuleType  # noqa: E402
 from typing import Any  # noqa: E402
 
-__version__ = "0.1.0"
+from optstate.base.version import __version__  # noqa: E402
 
 _LAZY = {
     "RunSpec": "optstate.sim.config",

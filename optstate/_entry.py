@@ -14,35 +14,13 @@ is pending, and an interrupt that some library caught and dropped, is reported h
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 
-from optstate.base import interrupt
+from optstate.base import interrupt, startup
 from optstate.base.testhook import pause_at
 
 pause_at("entry_import")  # test hook: a SIGINT before main() installs the handler
-
-# Start-up is mostly imports (typer, rich, then torch's ~1.4 s), which make long-lived
-# objects only; with the cyclic collector on, each full collection during them rescans
-# everything imported so far (~0.15 s of `import torch` here). The console script
-# imports with the collector off; ``resume_collector()`` (called as a command body
-# starts) imports torch, freezes what start-up made and turns the collector back on.
-_collector_paused = False
-
-
-def resume_collector() -> None:
-    """Import torch (SIGINT deferred), then freeze and resume the collector if start-up
-    paused it."""
-    global _collector_paused
-    with interrupt.deferred():  # torch's imports swallow or mangle a KeyboardInterrupt
-        pause_at("import_torch")
-        import torch  # noqa: F401 - the import every command makes first
-    if _collector_paused:
-        gc.freeze()  # start-up objects: never rescanned
-        gc.enable()
-        _collector_paused = False
-
 
 # Set when a shell asks for completions (the words come in other variables, argv is
 # empty): typer answers it, not the root help.
@@ -89,7 +67,7 @@ def _run(argv: list[str] | None) -> object:
         try:
             cli_main(argv)
         finally:
-            _resume_unused_collector()
+            startup.resume_unused_collector()
     except SystemExit as e:
         return e.code
     return 0
@@ -98,7 +76,7 @@ def _run(argv: list[str] | None) -> object:
 def _start(argv: list[str] | None):  # noqa: ANN202 - optstate.cli.main, once imported
     args = list(sys.argv[1:] if argv is None else argv)
     if args == ["--version"]:
-        from optstate import __version__
+        from optstate.base.version import __version__
 
         print(f"optstate {__version__}")  # what the CLI's own --version prints
         sys.exit(0)
@@ -115,17 +93,8 @@ def _start(argv: list[str] | None):  # noqa: ANN202 - optstate.cli.main, once im
     from optstate.io import readguard
 
     readguard.enable()  # an input truncated while it is read: an Error line, not SIGBUS
-    global _collector_paused
-    if gc.isenabled():
-        gc.disable()
-        _collector_paused = True
+    startup.pause_collector()  # start-up's imports run without it (base/startup.py)
     from optstate.cli import main as cli_main
 
     return cli_main
 
-
-def _resume_unused_collector() -> None:
-    global _collector_paused
-    if _collector_paused:  # help, a usage error: no command ran
-        gc.enable()
-        _collector_paused = False

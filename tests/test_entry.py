@@ -12,6 +12,7 @@ import pytest
 
 import optstate
 from optstate import _entry
+from optstate.base import startup
 from tests.conftest import ROOT
 
 
@@ -133,7 +134,7 @@ def test_in_process_the_collector_is_left_as_it_was():
     assert gc.isenabled()
     with pytest.raises(SystemExit):
         _entry.main(["inspect", "--bogus"])
-    assert gc.isenabled() and not _entry._collector_paused
+    assert gc.isenabled() and not startup._collector_paused
 
 
 @pytest.mark.slow

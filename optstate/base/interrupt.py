@@ -61,11 +61,11 @@ def _can_route() -> bool:
 
 def _early_handler() -> Any:
     """``optstate/__init__.py``'s handler, when the command line's import installed it
-    (its SIGINT recorded, nothing raised, until ``install()`` takes over)."""
-    import optstate
-
-    early = getattr(optstate, "_sigint_before_entry", None)
-    return early if early is not None and signal.getsignal(signal.SIGINT) is early else None
+    (a SIGINT sets its ``arrived``, nothing raised, until ``install()`` takes over). Known
+    by its name: this module does not import the top-level package (tests/test_layers.py)."""
+    handler = signal.getsignal(signal.SIGINT)
+    named = (getattr(handler, "__module__", None), getattr(handler, "__name__", None))
+    return handler if named == ("optstate", "_sigint_before_entry") else None
 
 
 def install() -> None:
@@ -77,9 +77,7 @@ def install() -> None:
         signal.signal(signal.SIGINT, _on_sigint)
         _installed = True
         if early is not None:
-            import optstate
-
-            _pending = _pending or optstate._sigint_early  # raised by the next safe point
+            _pending = _pending or early.arrived  # raised by the next safe point
 
 
 def hold() -> None:
@@ -108,10 +106,9 @@ def announce() -> int:
 
 def pending() -> bool:
     """Whether a SIGINT has arrived (raised or still deferred)."""
-    if not _pending and not _installed and _early_handler() is not None:
-        import optstate
-
-        return bool(optstate._sigint_early)  # before install(): the pause hooks ask
+    early = None if _pending or _installed else _early_handler()
+    if early is not None:
+        return bool(early.arrived)  # before install(): the pause hooks ask
     return _pending
 
 

@@ -23,11 +23,11 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from optstate import __version__
-from optstate._entry import resume_collector
 from optstate.base import interrupt
 from optstate.base.errors import OptstateError, one_line
+from optstate.base.startup import resume_collector
 from optstate.base.testhook import pause_at
+from optstate.base.version import __version__
 from optstate.io import readguard
 from optstate.render.root_help import COMMANDS, DESCRIPTION, VERSION_HELP, root_help
 
@@ -204,7 +204,7 @@ def warn(message: str) -> None:
 @contextlib.contextmanager
 def errors_to_exit() -> Iterator[None]:
     """Map core errors (and stray ones) to a clean exit. Entered first thing in every
-    command's body: the moment start-up is over (``_entry.resume_collector``).
+    command's body: the moment start-up is over (``base.startup.resume_collector``).
 
     Ctrl-C is ``Interrupted.`` and exit 130, and so is any failure while an interrupt is
     pending: a KeyboardInterrupt raised inside torch can come out as another error (torch

@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from optstate import __version__
 from optstate.base.errors import ConfigError, StateMismatchError
+from optstate.base.version import __version__
 from optstate.io.source import Source
 from optstate.io.torch_file import check_writable, clean_message, save_checkpoint
 from optstate.numeric.kernels import norm_fn
