@@ -39,12 +39,7 @@ TOP = {"optstate", "optstate.api", "optstate._entry", "optstate.__main__"}
 
 # Violations that exist today and are being removed (issue #17). The test asserts this set
 # EQUALS the real one: a new violation fails it, and so does a fixed one still listed here.
-KNOWN_VIOLATIONS: set[str] = {
-    "optstate.analysis.check -> optstate.edit.hyperparameters",
-    "optstate.sim.compare -> optstate.render.plot",
-    "optstate.sim.distributed -> optstate.edit.convert",
-    "cycle: optstate.io.dcp, optstate.io.source",
-}
+KNOWN_VIOLATIONS: set[str] = set()
 
 
 def _source_modules() -> dict[str, Path]:
