@@ -7,7 +7,8 @@ import torch
 
 from optstate.base.errors import ConfigError
 from optstate.sim.build import build, optimizer_class, optimizer_classes, scheduler_classes
-from optstate.sim.config import GroupSpec, RunSpec, SchedulerSpec, parse_assignment
+from optstate.sim.config import GroupSpec, RunSpec, SchedulerSpec
+from optstate.sim.spec_text import parse_assignment
 
 ISSUE_OPTIMIZERS = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax",
                     "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "SparseAdam"]

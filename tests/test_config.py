@@ -13,16 +13,13 @@ from optstate.sim.config import (
     GroupSpec,
     RunSpec,
     SchedulerSpec,
-    apply_overrides,
     format_shape,
-    parse_assignment,
-    parse_group,
     parse_shape,
-    parse_value,
     read_config_file,
     spec_from_dict,
     validate,
 )
+from optstate.sim.spec_text import apply_overrides, parse_assignment, parse_group, parse_value
 
 
 @pytest.mark.parametrize(("text", "value"), [
@@ -241,7 +238,7 @@ def test_any_spec_survives_json_and_back(spec):
 
 
 def test_spec_from_flags_over_a_config():
-    from optstate.sim.config import spec_from_flags
+    from optstate.sim.spec_text import spec_from_flags
 
     spec = spec_from_flags(
         EXPECTED, optimizer="Adam", common={"lr": 0.5, "momentum": None},

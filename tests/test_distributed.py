@@ -31,9 +31,10 @@ from optstate.base.errors import ConfigError, OptstateError
 from optstate.cli import app
 from optstate.io.lazy import materialize
 from optstate.io.source import open_source
-from optstate.sim.config import RunSpec, SchedulerSpec, apply_overrides, parse_group, parse_shape
+from optstate.sim.config import RunSpec, SchedulerSpec, parse_shape
 from optstate.sim.distributed import simulate_sharded, simulate_sharded_many
 from optstate.sim.simulate import simulate
+from optstate.sim.spec_text import apply_overrides, parse_group
 
 # Uneven splits on purpose: 5 rows over 2 ranks is 3 + 2, 1 row is 1 + 0 (an empty shard).
 RUN = ["-O", "adam", "--lr", "0.05", "--weight-decay", "0.01", "--shape", "5x3",
@@ -393,10 +394,11 @@ def test_bad_parameter_name_is_refused_before_spawning():
 def test_a_worker_error_comes_back_as_its_own_one_line_error(tmp_path):
     """A worker reports its error to the parent (error.<rank>.json), which raises it as the
     same kind of error; a rank that only lost its peers ranks after it."""
-    from optstate.sim.distributed import _main, _worker_error
+    from optstate.sim.distributed import _worker_error
+    from optstate.sim.distributed_worker import _main
 
     job = {"world_size": 2, "port": 1, "saves": [], "work": str(tmp_path),
-           "specs": [{**SMALL.to_dict(), "optimizer": "Nope"}]}
+           "specs": [{**SMALL.to_dict(), "optimizer": "Nope"}], "every": [1]}
     (tmp_path / "job.json").write_text(json.dumps(job))
     (tmp_path / "error.0.json").write_text(json.dumps(
         {"rank": 0, "kind": "RuntimeError", "message": "Connection closed by peer", "hint": None}))
@@ -426,7 +428,7 @@ job = {{"world_size": 2, "port": 1, "out": None, "work": {str(tmp_path)!r},
 open({str(tmp_path / "job.json")!r}, "w").write(json.dumps(job))
 w = subprocess.Popen([sys.executable, "-c",
     "import sys, time; sys.argv = ['x'] + sys.argv[1:]; "
-    "from optstate.sim.distributed import _die_with_parent; import json; "
+    "from optstate.sim.distributed_worker import _die_with_parent; import json; "
     "_die_with_parent(json.load(open(sys.argv[1]))['parent']); "
     "open(sys.argv[2], 'w').write('ready'); time.sleep(60)",
     {str(tmp_path / "job.json")!r}, {str(tmp_path / "ready")!r}], start_new_session=True)

@@ -25,11 +25,10 @@ from optstate.render.plot import (
     run_color,
     run_figure,
     save_figure,
-    surface,
     view_box,
 )
 from optstate.sim.config import GroupSpec, RunSpec, SchedulerSpec  # noqa: E402
-from optstate.sim.gradients import make_source  # noqa: E402
+from optstate.sim.gradients import make_source, objective_grid  # noqa: E402
 from optstate.sim.report import simulate_report  # noqa: E402
 from optstate.sim.simulate import simulate  # noqa: E402
 
@@ -134,7 +133,7 @@ def test_picture_without_2d_objective_has_three_panels_of_the_same_size(tmp_path
 def test_surface_is_the_gradient_sources_own_objective():
     xs, ys = [-1.5, 0.0, 1.0, 2.0], [-0.5, 1.0, 3.0]
     for grad, value in (("rosenbrock", 1.0), ("quadratic", 0.5), ("quadratic", -2.0)):
-        z = surface(grad, value, xs, ys)
+        z = objective_grid(grad, value, xs, ys)
         source = make_source(grad, value)
         for j, y in enumerate(ys):
             for i, x in enumerate(xs):

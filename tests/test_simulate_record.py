@@ -13,14 +13,9 @@ from hypothesis import strategies as st
 
 from optstate.base.errors import ConfigError
 from optstate.sim.config import GroupSpec, RunSpec
+from optstate.sim.loop import MAX_NORM_ELEMENTS, MAX_RECORDS, record_interval
 from optstate.sim.report import simulate_report
-from optstate.sim.simulate import (
-    MAX_NORM_ELEMENTS,
-    MAX_RECORDS,
-    record_interval,
-    simulate,
-    thin_history,
-)
+from optstate.sim.simulate import simulate
 from tests.reference_loop import reference_run
 from tests.test_simulate import assert_identical
 
@@ -121,20 +116,6 @@ def test_two_element_runs_record_the_point_at_the_recorded_steps():
     every = simulate(spec, record_every=1).history
     sparse = simulate(spec, record_every=7).history
     assert sparse.point == [every.point[s] for s in sparse.step]
-
-
-def test_thinning_an_every_step_history_gives_the_recorded_one():
-    """--world-size records every step in its workers; the CLI thins the history with
-    the same rule (thin_history)."""
-    spec = RunSpec(optimizer="Adam", hyperparams={"lr": 0.05}, grad="rosenbrock", steps=25,
-                   groups=POINT)
-    for k in (1, 4, 25, "auto"):
-        result = simulate(spec, record_every=1)
-        thin_history(result, k)
-        assert result.history == simulate(spec, record_every=k).history
-    long = simulate(RunSpec(steps=2100), record_every=1)
-    thin_history(long, "auto")
-    assert long.history == simulate(RunSpec(steps=2100)).history
 
 
 @pytest.mark.parametrize("value", [0, -3, 1.5, True, "often"])

@@ -63,8 +63,9 @@ def compare(
     with errors_to_exit():
         from optstate.sim.compare import compare as run
         from optstate.sim.compare import compare_report, contenders_from_flags
-        from optstate.sim.config import GroupSpec, RunSpec, apply_overrides, parse_shape
+        from optstate.sim.config import GroupSpec, RunSpec, parse_shape
         from optstate.sim.simulate import parse_record_every
+        from optstate.sim.spec_text import apply_overrides
 
         every = parse_record_every(record_every)
         contenders = contenders_from_flags(optimizers, set_ or [])

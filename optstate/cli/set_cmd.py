@@ -90,7 +90,7 @@ def set_(
     """
     with errors_to_exit():
         from optstate.edit.hyperparameters import set_hyperparameters, set_report
-        from optstate.sim.config import parse_assignment
+        from optstate.sim.spec_text import parse_assignment
 
         values: dict[str, Any] = dict(parse_assignment(s) for s in set_ or [])
         if lr is not None:

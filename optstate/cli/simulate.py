@@ -135,10 +135,11 @@ def simulate(
     with errors_to_exit():
         from optstate.base.errors import ConfigError
         from optstate.io.source import open_source
-        from optstate.sim.config import RunSpec, read_config_file, spec_from_dict, spec_from_flags
+        from optstate.sim.config import RunSpec, read_config_file, spec_from_dict
         from optstate.sim.report import simulate_report
-        from optstate.sim.simulate import parse_record_every, thin_history
+        from optstate.sim.simulate import parse_record_every
         from optstate.sim.simulate import simulate as run
+        from optstate.sim.spec_text import spec_from_flags
 
         every = parse_record_every(record_every)
         base = spec_from_dict(read_config_file(config), str(config)) if config else RunSpec()
@@ -162,8 +163,7 @@ def simulate(
             with Progress("stepping", enabled=wanted):  # a spinner: the ranks report nothing
                 result = simulate_sharded(spec, world_size=world_size, save=save,
                                           force=force, resume=resume, save_every=save_every,
-                                          with_params=with_params)
-            thin_history(result, every)  # the sharded workers record every step
+                                          with_params=with_params, record_every=every)
         else:
             resume_obj = None
             if resume is not None:

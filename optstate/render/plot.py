@@ -11,7 +11,8 @@ version, so the same run gives the same bytes.
 
 For 2-D objectives (exactly two parameter elements, Rosenbrock or quadratic) the
 trajectory is drawn over the objective's contour plot; the objective is evaluated with
-the gradient source's own torch expression (``gradients.py``), vmapped over a grid.
+the gradient source's own torch expression (``sim/gradients.py``: ``objective_grid``,
+``optimum``).
 """
 
 from __future__ import annotations
@@ -96,36 +97,6 @@ def new_figure(size: tuple[int, int]) -> Any:
     return fig
 
 
-# --------------------------------------------------------------------------- objective
-
-
-def optimum(grad: str, grad_value: float, numel: int) -> list[float] | None:
-    """Where the objective of gradient source ``grad`` is smallest, for ``numel``
-    parameter elements; None when it has no minimum (linear, or no objective)."""
-    if grad == "rosenbrock":
-        return [1.0] * numel
-    if grad == "quadratic":
-        return [float(grad_value)] * numel
-    return None
-
-
-def surface(grad: str, grad_value: float, xs: Sequence[float], ys: Sequence[float]) -> Any:
-    """The objective of one 2-element parameter at every (x, y) of the grid xs × ys, as a
-    float64 array indexed ``[j, i]`` (row = y), computed by the source's own objective."""
-    import torch
-
-    from optstate.sim.gradients import make_source
-
-    source = make_source(grad, grad_value)
-    x = torch.as_tensor(xs, dtype=torch.float64)
-    y = torch.as_tensor(ys, dtype=torch.float64)
-    gy, gx = torch.meshgrid(y, x, indexing="ij")
-    points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
-    with torch.no_grad():
-        z = torch.vmap(lambda xy: source.objective([xy]))(points)
-    return z.reshape(gy.shape).numpy()
-
-
 def view_box(points: Sequence[Sequence[float]], anchors: Sequence[Sequence[float]]
              ) -> tuple[float, float, float, float]:
     """(xmin, xmax, ymin, ymax) around the anchors (start, optimum) and the trajectory
@@ -176,10 +147,12 @@ def draw_contour(ax: Any, grad: str, grad_value: float,
     import numpy as np
     from matplotlib.colors import LogNorm
 
+    from optstate.sim.gradients import objective_grid
+
     x0, x1, y0, y1 = box
     xs = np.linspace(x0, x1, GRID)
     ys = np.linspace(y0, y1, GRID)
-    z = surface(grad, grad_value, xs, ys)
+    z = objective_grid(grad, grad_value, xs, ys).numpy()
     finite = z[np.isfinite(z)]
     top = float(finite.max()) if finite.size else 1.0
     low = max(float(finite.min()) if finite.size else 0.0, top * 1e-7, 1e-6)
@@ -291,6 +264,8 @@ def run_figure(report: dict[str, Any]) -> Any:
         ax.grid(True, alpha=0.3)
 
     if two_d:
+        from optstate.sim.gradients import optimum
+
         opt = optimum(cfg["grad"], cfg["grad_value"], 2)
         start = points[0]
         box = view_box(points, [start, *([opt] if opt else [])])

@@ -15,6 +15,8 @@ import torch
 
 from optstate.base.errors import ConfigError
 from optstate.base.suggest import did_you_mean, unknown
+from optstate.base.values import is_number
+from optstate.io.torch_file import clean_message
 from optstate.sim.config import RunSpec, SchedulerSpec, format_shape
 
 
@@ -89,10 +91,6 @@ def check_hyperparameters(cls: type, values: dict[str, Any], where: str) -> dict
     return out
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _check_type(owner: str, key: str, value: Any, default: Any) -> Any:
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"{owner} {key} must be {expected}, got {value!r}")
@@ -103,8 +101,8 @@ def _check_type(owner: str, key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
-    if _is_number(default) or isinstance(default, torch.Tensor):
-        if not _is_number(value):
+    if is_number(default) or isinstance(default, torch.Tensor):
+        if not is_number(value):
             raise bad("a number")
         if isinstance(value, float) and not math.isfinite(value):
             raise bad("a finite number")
@@ -114,7 +112,7 @@ def _check_type(owner: str, key: str, value: Any, default: Any) -> Any:
             example = ",".join(str(x) for x in default)
             raise bad(f"{len(default)} comma-separated values like {example}")
         for v, d in zip(value, default, strict=True):
-            if _is_number(d) and not _is_number(v):
+            if is_number(d) and not is_number(v):
                 raise bad(f"{len(default)} numbers")
         return tuple(value)
     if isinstance(default, str):
@@ -185,7 +183,7 @@ def build(spec: RunSpec) -> Built:
     try:
         optimizer = cls(param_groups, **defaults)
     except (ValueError, TypeError, RuntimeError) as e:
-        raise ConfigError(f"torch refused to build {cls.__name__}: {_first_line(e)}") from None
+        raise ConfigError(f"torch refused to build {cls.__name__}: {clean_message(e)}") from None
     scheduler = build_scheduler(spec.scheduler, optimizer) if spec.scheduler else None
     return Built(params, names, group_of, optimizer, scheduler)
 
@@ -213,9 +211,4 @@ def build_scheduler(spec: SchedulerSpec, optimizer: torch.optim.Optimizer) -> An
     try:
         return cls(optimizer, **kwargs)
     except (ValueError, TypeError, RuntimeError) as e:
-        raise ConfigError(f"torch refused to build {cls.__name__}: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+        raise ConfigError(f"torch refused to build {cls.__name__}: {clean_message(e)}") from None

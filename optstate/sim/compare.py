@@ -20,8 +20,8 @@ from typing import Any
 
 from optstate.base.errors import ConfigError
 from optstate.base.suggest import did_you_mean
-from optstate.render.plot import optimum
-from optstate.sim.config import RunSpec, parse_assignment
+from optstate.sim.config import RunSpec
+from optstate.sim.spec_text import parse_assignment
 from optstate.state.report import plain
 
 _LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -159,6 +159,7 @@ def compare_report(base: RunSpec, runs: Sequence[ComparisonRun]) -> dict[str, An
     import torch
 
     from optstate.sim.build import init_params
+    from optstate.sim.gradients import optimum
 
     start_params, _, _ = init_params(base)
     start = torch.cat([p.detach().reshape(-1) for p in start_params]).tolist()

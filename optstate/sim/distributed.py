@@ -1,13 +1,9 @@
 """``simulate --world-size N``: the same synthetic run, sharded over N processes with FSDP2.
 
-N worker processes (``python -m optstate.sim.distributed``) form a gloo process group on this
-machine (CPU only, loopback only). Each builds the run of the spec exactly as the
-single-process ``simulate`` does (same seeded initial weights), hands the parameters to
-FSDP2 (``fully_shard`` on a CPU ``DeviceMesh``: every parameter split along dim 0), and
-builds the optimizer on the sharded parameters. Each step mirrors ``simulate.simulate``:
-``zero_grad``, the synthetic gradient computed from the whole parameter (gathered with
-``full_tensor()``, so it is the single-process gradient) and split to this rank's shard,
-``step()``, the scheduler. At the end every rank writes its shards with ``dcp.save``
+N worker processes (``python -m optstate.sim.distributed_worker``, one rank each: see that
+module) form a gloo process group on this machine (CPU only, loopback only). Each steps
+its shards of the run with the one training loop of ``loop.py``, so a sharded run gives
+the single-process numbers bit for bit. Every rank writes its shards with ``dcp.save``
 (``get_optimizer_state_dict`` layout: state keyed by parameter name), the format
 multi-node FSDP training writes; rank 0 also sends the gathered full state back so the
 parent can report it like a single-process run.
@@ -24,7 +20,6 @@ stops them).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -34,8 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
-import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -47,13 +40,13 @@ from optstate.base.errors import ConfigError, OptstateError
 from optstate.io.atomic import Staged
 from optstate.io.dcp_write import check_dir_writable, dcp_to_file
 from optstate.io.torch_file import check_writable
-from optstate.numeric.kernels import norm_of
 from optstate.sim.build import build
-from optstate.sim.config import RunSpec, spec_from_dict, validate
-from optstate.sim.simulate import History, SimulationResult, series_path
+from optstate.sim.config import RunSpec, validate
+from optstate.sim.distributed_worker import LOOPBACK, nest_module
+from optstate.sim.loop import History, resolve_record_every
+from optstate.sim.simulate import SimulationResult, check_record_every, series_path
 
 MAX_WORLD_SIZE = 16
-LOOPBACK = "127.0.0.1"
 # Optimizers that cannot run on FSDP2 shards here, and why (checked against torch 2.13:
 # every other torch.optim optimizer gives the single-process state bit for bit).
 UNSHARDABLE = {
@@ -65,10 +58,6 @@ UNSHARDABLE = {
             "sharded update is not the single-process one bit for bit",
     "rprop": "torch's DTensor cannot run Rprop's masked in-place update on a shard",
 }
-
-
-# --------------------------------------------------------------------------- parent
-
 
 # A --save name with one of these suffixes gets one consolidated torch.save file (what
 # ``optstate convert FOLDER FILE`` makes of the DCP folder); any other name a DCP folder.
@@ -92,29 +81,29 @@ def _is_series_name(target: Path) -> bool:
     return target.suffix.startswith(".step") and target.suffix[5:].isdigit()
 
 
-
-
 def simulate_sharded(spec: RunSpec, *, world_size: int, save: str | Path | None = None,
                      force: bool = False, timeout: float = 600.0, resume: Any = None,
-                     save_every: int | None = None, with_params: bool = False
-                     ) -> SimulationResult:
+                     save_every: int | None = None, with_params: bool = False,
+                     record_every: int | str = "auto") -> SimulationResult:
     """Run ``spec`` on ``world_size`` processes (FSDP2, gloo, CPU); save the sharded
     optimizer state to the DCP folder ``save``. Returns the gathered result.
     ``save_every`` also saves every N steps as ``NAME.step00000N`` folders, as the
-    single-process run names its series. (``resume`` and ``with_params`` are
+    single-process run names its series; the history is recorded as ``simulate``'s
+    (``record_every``). (``resume`` and ``with_params`` are
     single-process features; they are refused here rather than silently ignored.)"""
     for flag, value in (("--resume", resume), ("--with-params", with_params)):
         if value:
             raise ConfigError(f"{flag} does not work with --world-size yet",
                               hint=f"drop {flag}, or run on one process")
     return simulate_sharded_many([spec], world_size=world_size, save=save, force=force,
-                                 timeout=timeout, save_every=save_every)[0]
+                                 timeout=timeout, save_every=save_every,
+                                 record_every=record_every)[0]
 
 
 def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
                           save: str | Path | None = None, force: bool = False,
-                          timeout: float = 600.0, save_every: int | None = None
-                          ) -> list[SimulationResult]:
+                          timeout: float = 600.0, save_every: int | None = None,
+                          record_every: int | str = "auto") -> list[SimulationResult]:
     """Several runs, one after the other, in one set of ``world_size`` processes (the
     processes' start-up is most of a small run's cost). ``save`` (and ``save_every``) are
     for the first run."""
@@ -126,7 +115,10 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
     if save_every is not None and save is None:
         raise ConfigError("--save-every needs --save PATH to name the series")
     specs = [validate(spec) for spec in specs]
+    record_every = check_record_every(record_every)
     built = [_check_shardable(spec) for spec in specs]  # config errors before any process
+    every = [resolve_record_every(record_every, spec.steps, sum(p.numel() for p in b.params))
+             for spec, b in zip(specs, built, strict=True)]
     targets: list[tuple[int, Path]] = []  # (after step, folder), as simulate() names them
     if save is not None:
         save_path = Path(save)
@@ -168,7 +160,7 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
                          master_listen_fd=listener.fileno())
         listener.detach()  # the store owns (and closes) the socket now
         job = {"world_size": world_size, "port": port,
-               "specs": [spec.to_dict() for spec in specs],
+               "specs": [spec.to_dict() for spec in specs], "every": every,
                "saves": [[k, str(t)] for (k, _), t in zip(targets, temps, strict=True)],
                "work": str(work), "parent": os.getpid()}
         (work / "job.json").write_text(json.dumps(job))
@@ -217,7 +209,7 @@ def _check_shardable(spec: RunSpec) -> Any:
         if p.dim() == 0:
             raise ConfigError(f"parameter {name} is a scalar; FSDP2 shards along dim 0, so "
                               "sharded runs need parameters with at least one dimension")
-    _nest(built.names, built.params)  # names that cannot be module paths: fail here
+    nest_module(built.names, built.params)  # names that cannot be module paths: fail here
     return built
 
 
@@ -232,7 +224,8 @@ def _start_worker(rank: int, work: Path) -> subprocess.Popen[bytes]:
     log = open(work / f"rank{rank}.log", "wb")  # noqa: SIM115 - the child owns it
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "optstate.sim.distributed", str(work / "job.json"), str(rank)],
+            [sys.executable, "-m", "optstate.sim.distributed_worker", str(work / "job.json"),
+             str(rank)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,  # Ctrl-C goes to the parent, which stops the workers
         )
@@ -330,185 +323,6 @@ def _result(spec: RunSpec, file: Path, built: Any) -> SimulationResult:
         built.scheduler.load_state_dict(data["scheduler"])
     h = data["history"]
     history = History(step=h["step"], loss=h["loss"], param_norm=h["param_norm"], lr=h["lr"],
-                      point=[tuple(x) for x in h["point"]])
+                      point=[tuple(x) for x in h["point"]], record_every=h["record_every"])
     return SimulationResult(spec, built.params, names, built.group_of, built.optimizer,
                             built.scheduler, history, 0, spec.steps, [], [])
-
-
-# --------------------------------------------------------------------------- worker
-
-
-def _nest(names: list[str], params: list[torch.Tensor]) -> torch.nn.Module:
-    """A module whose parameters have exactly ``names`` as fully qualified names."""
-    root = torch.nn.Module()
-    for name, p in zip(names, params, strict=True):
-        *path, leaf = name.split(".")
-        mod = root
-        for part in path:
-            if not part or not part.isidentifier():
-                raise ConfigError(f"parameter name {name!r} cannot be a module path")
-            child = getattr(mod, part, None)
-            if child is None:
-                child = torch.nn.Module()
-                mod.add_module(part, child)
-            elif not isinstance(child, torch.nn.Module):
-                raise ConfigError(f"parameter names clash at {name!r}")
-            mod = child
-        if not leaf or hasattr(mod, leaf):
-            raise ConfigError(f"parameter name {name!r} clashes with another")
-        mod.register_parameter(leaf, torch.nn.Parameter(p.detach().clone()))
-    return root
-
-
-def run_worker(job: dict[str, Any], rank: int) -> None:
-    """One rank of the sharded runs (see the module docstring)."""
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-
-    world = job["world_size"]
-    specs = [spec_from_dict(d, "the sharded run's config") for d in job["specs"]]
-    built = [build(spec) for spec in specs]  # the single-process run's seeded weights
-    torch.set_num_threads(1)  # N workers share this machine's cores
-    store = dist.TCPStore(LOOPBACK, job["port"], world + 1, is_master=False,
-                          timeout=timedelta(seconds=60))
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
-                            timeout=timedelta(seconds=120))
-    try:
-        mesh = init_device_mesh("cpu", (world,))
-        for i, (spec, b) in enumerate(zip(specs, built, strict=True)):
-            saves = [(int(k), str(t)) for k, t in job["saves"]] if i == 0 else []
-            _run_one(spec, b, mesh, rank, saves, Path(job["work"]) / f"result.{i}.pt")
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def _run_one(spec: RunSpec, built: Any, mesh: Any, rank: int, saves: list[tuple[int, str]],
-             result_file: Path) -> None:
-    """One sharded run on an initialised process group: ``dcp.save`` into each folder of
-    ``saves`` after its step; rank 0 writes ``result_file``."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_optimizer_state_dict,
-    )
-    from torch.distributed.fsdp import fully_shard
-    from torch.distributed.tensor import distribute_tensor
-
-    from optstate.sim.build import build_scheduler
-    from optstate.sim.gradients import accumulate, make_source
-
-    model = _nest(built.names, built.params)
-    fully_shard(model, mesh=mesh)
-    params = [model.get_parameter(n) for n in built.names]
-    groups = []
-    for gi, g in enumerate(built.optimizer.param_groups):
-        hyper = {k: v for k, v in g.items() if k not in ("params", "param_names")}
-        groups.append({**hyper, "params": [p for p, gj in zip(params, built.group_of,
-                                                                strict=True) if gj == gi]})
-    opt = type(built.optimizer)(groups)
-    sched = build_scheduler(spec.scheduler, opt) if spec.scheduler else None
-    plateau = sched is not None and isinstance(
-        sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    source = make_source(spec.grad, spec.grad_value, spec.seed)
-    set_to_none = spec.zero_grad == "none"
-    if spec.zero_grad == "zeros" and source.name == "none":
-        for p in params:
-            p.grad = torch.zeros_like(p)
-
-    def full() -> list[torch.Tensor]:
-        with torch.no_grad():
-            return [p.detach().full_tensor() for p in params]
-
-    history = History()
-    two_d = sum(p.numel() for p in params) == 2
-
-    def record(step: int, whole: list[torch.Tensor]) -> None:
-        norm = norm_of(whole)  # as simulate's record(), bit for bit
-        history.step.append(step)
-        history.loss.append(source.loss(whole) if source.has_objective else None)
-        history.param_norm.append(norm)
-        history.lr.append([float(g["lr"]) for g in opt.param_groups])
-        if two_d:
-            x, y = torch.cat([t.reshape(-1) for t in whole]).tolist()
-            history.point.append((x, y))
-
-    def save_due(done: int) -> None:
-        for k, folder in saves:
-            if k == done:  # a collective: every rank writes its shards
-                dcp.save(get_optimizer_state_dict(model, opt), checkpoint_id=folder)
-
-    record(0, full())
-    save_due(0)  # --steps 0: the state as built
-    for step in range(spec.steps):
-        if spec.zero_grad != "never":
-            opt.zero_grad(set_to_none=set_to_none)
-        # The whole parameters as leaves of a fresh graph: the source differentiates
-        # its objective with autograd, exactly as on one process.
-        whole = [t.requires_grad_(True) for t in full()]
-        grads = source.gradients(whole, step)
-        if grads is not None:
-            grads = [distribute_tensor(g.detach(), p.device_mesh, p.placements,
-                                       src_data_rank=None)
-                     for g, p in zip(grads, params, strict=True)]
-        accumulate(params, grads)
-        opt.step()
-        if sched is not None:
-            if plateau:
-                loss = source.loss(full())
-                sched.step(loss if loss is not None else 0.0)
-            else:
-                sched.step()
-        record(step + 1, full())
-        save_due(step + 1)
-
-    gathered = get_optimizer_state_dict(
-        model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    whole = full()
-    if rank == 0:
-        buf = io.BytesIO()
-        torch.save({
-            "optimizer": gathered, "params": whole,
-            "scheduler": sched.state_dict() if sched is not None else None,
-            "history": {"step": history.step, "loss": history.loss,
-                        "param_norm": history.param_norm, "lr": history.lr,
-                        "point": [list(x) for x in history.point]},
-        }, buf)
-        result_file.write_bytes(buf.getvalue())
-
-
-def _die_with_parent(parent: int | None) -> None:
-    """Linux: ask the kernel to SIGKILL this worker when the parent dies, so a parent
-    killed outright (no chance to clean up) leaves no worker blocked in a collective."""
-    if parent is None or not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before prctl took effect
-        os._exit(1)
-
-
-def _main(argv: list[str]) -> int:
-    job = json.loads(Path(argv[0]).read_text())
-    rank = int(argv[1])
-    _die_with_parent(job.get("parent"))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # FSDP2 / DCP notices; errors are reported below
-            run_worker(job, rank)
-    except BaseException as e:  # noqa: BLE001 - reported to the parent, then exit 1
-        report = {"rank": rank, "kind": type(e).__name__, "message": str(e).strip()
-                  .splitlines()[0] if str(e).strip() else type(e).__name__,
-                  "hint": getattr(e, "hint", None)}
-        traceback.print_exc()
-        with contextlib.suppress(OSError):
-            (Path(job["work"]) / f"error.{rank}.json").write_text(json.dumps(report))
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

@@ -19,6 +19,8 @@ gradient is added in place (what ``backward()`` does when ``zero_grad`` was skip
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 # Rosenbrock constants: the textbook a = 1, b = 100.
@@ -179,3 +181,31 @@ def accumulate(params: list[torch.Tensor], grads: list[torch.Tensor] | None,
             p.grad = g
         else:
             p.grad.add_(g)
+
+
+# --------------------------------------------------------------------------- the objective
+
+
+def optimum(grad: str, grad_value: float, numel: int) -> list[float] | None:
+    """Where the objective of gradient source ``grad`` is smallest, for ``numel``
+    parameter elements; None when it has no minimum (linear, or no objective)."""
+    if grad == "rosenbrock":
+        return [1.0] * numel
+    if grad == "quadratic":
+        return [float(grad_value)] * numel
+    return None
+
+
+def objective_grid(grad: str, grad_value: float, xs: Sequence[float],
+                   ys: Sequence[float]) -> torch.Tensor:
+    """The objective of one 2-element parameter at every (x, y) of the grid xs × ys, as a
+    float64 tensor indexed ``[j, i]`` (row = y), computed by the source's own objective
+    (vmapped over the grid): what ``--plot`` draws as contour lines."""
+    source = make_source(grad, grad_value)
+    x = torch.as_tensor(xs, dtype=torch.float64)
+    y = torch.as_tensor(ys, dtype=torch.float64)
+    gy, gx = torch.meshgrid(y, x, indexing="ij")
+    points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
+    with torch.no_grad():
+        z = torch.vmap(lambda xy: source.objective([xy]))(points)
+    return z.reshape(gy.shape)

@@ -1,12 +1,8 @@
-"""The stepping loop: build an optimizer from a RunSpec and step it on synthetic gradients.
+"""``simulate``: build the optimizer of a RunSpec, resume it, step it, save it.
 
-Returns a ``SimulationResult`` and prints nothing. Each step is exactly what a
-hand-written training loop does::
-
-    optimizer.zero_grad()            # per spec.zero_grad: set_to_none / zeros / skipped
-    <gradients written into .grad>   # autograd's accumulation rule (gradients.py)
-    optimizer.step()                 # LBFGS: step(closure)
-    scheduler.step()                 # if configured (ReduceLROnPlateau: step(loss))
+Returns a ``SimulationResult`` and prints nothing. The steps themselves are the one
+training loop of ``loop.py`` (shared with ``simulate --world-size``); this module adds
+what a single-process run does around it: ``--resume`` (``load_resume``) and ``--save``.
 
 What ``--save`` writes (``run_checkpoint``):
 
@@ -21,7 +17,6 @@ What ``--save`` writes (``run_checkpoint``):
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +27,7 @@ import torch
 from optstate.base.errors import ConfigError, StateMismatchError
 from optstate.base.version import __version__
 from optstate.io.source import Source
-from optstate.io.torch_file import check_writable, clean_message, save_checkpoint
-from optstate.numeric.kernels import norm_fn
+from optstate.io.torch_file import check_writable, save_checkpoint
 from optstate.sim.build import (
     Built,
     build,
@@ -42,7 +36,8 @@ from optstate.sim.build import (
     scheduler_classes,
 )
 from optstate.sim.config import RunSpec, format_shape, validate
-from optstate.sim.gradients import accumulate, make_source
+from optstate.sim.fit import group_fit
+from optstate.sim.loop import History, divergence_warning, resolve_record_every, run_loop
 from optstate.state.locate import find_optimizer_states, locate
 from optstate.state.view import OptimizerStateView
 
@@ -52,21 +47,6 @@ COMMON_GROUP_KEYS = frozenset({
     "params", "param_names", "lr", "initial_lr", "weight_decay", "foreach", "fused",
     "differentiable", "capturable", "maximize", "decoupled_weight_decay",
 })
-
-
-@dataclass
-class History:
-    """Per-step records, one entry per recorded step: the start, every step that is a
-    multiple of ``record_every``, and the final step (see ``record_interval``)."""
-
-    step: list[int] = field(default_factory=list)
-    loss: list[float | None] = field(default_factory=list)
-    param_norm: list[float] = field(default_factory=list)
-    lr: list[list[float]] = field(default_factory=list)  # one lr per group
-    # (x, y) per recorded step when the run has exactly two parameter elements (the 2-D
-    # objectives that --plot draws over their contour plot); empty otherwise.
-    point: list[tuple[float, float]] = field(default_factory=list)
-    record_every: int = 1
 
 
 @dataclass
@@ -110,25 +90,6 @@ def run_checkpoint(built: Built, spec: RunSpec, step: int, with_params: bool) ->
     config = json.loads(json.dumps(spec.to_dict()))
     out["optstate"] = {"version": __version__, "config": config}
     return out
-
-
-# The "auto" history: at most this many recorded steps, and the norms read at most this
-# many parameter elements over a run (the norm is a float64 pass over every parameter).
-MAX_RECORDS = 1000
-MAX_NORM_ELEMENTS = 50_000_000
-
-
-def record_interval(steps: int, numel: int) -> int:
-    """The ``record_every`` of ``"auto"``: the smallest k >= 1 with at most
-    ``MAX_RECORDS`` recorded steps (``ceil(steps / k)``) whose norms read at most
-    ``MAX_NORM_ELEMENTS`` elements in all (``ceil(steps / k) * numel``). It depends only
-    on the run's size, never on timing: 10 000 steps of a 2x2 record every 10th step,
-    50 steps of 10M parameters every 10th, runs up to 1000 steps of up to 50 000
-    elements every step. Beyond 5e7 elements only the start and the end are recorded."""
-    records = min(MAX_RECORDS, MAX_NORM_ELEMENTS // max(numel, 1))
-    if records < 1:
-        return max(steps, 1)
-    return max(1, -(-steps // records))
 
 
 def series_path(path: Path, step: int) -> Path:
@@ -175,97 +136,25 @@ def simulate(
             check_writable(p, force, kind="torch")
 
     numel = sum(p.numel() for p in built.params)
-    every = record_every if record_every != "auto" else record_interval(spec.steps, numel)
-    history = History(record_every=every)
-    source = make_source(spec.grad, spec.grad_value, spec.seed)
-    params, opt, sched = built.params, built.optimizer, built.scheduler
-    is_lbfgs = isinstance(opt, torch.optim.LBFGS)
-    sparse = isinstance(opt, torch.optim.SparseAdam)
-    plateau = sched is not None and isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    set_to_none = spec.zero_grad == "none"
-    zero = spec.zero_grad != "never"
-    if spec.zero_grad == "zeros" and source.name == "none":
-        # Older torch kept zero-filled .grad tensors after the first backward; with no
-        # gradient source we start from that state so steps still run on zero grads.
-        for p in params:
-            p.grad = torch.zeros_like(p).to_sparse() if sparse else torch.zeros_like(p)
+    every = resolve_record_every(record_every, spec.steps, numel)
     series = iter(targets)
     next_save = next(series, None)
-    two_d = numel == 2
 
-    # Recording recurs through the run: views, blocks and (without a scheduler, where
-    # nothing changes the learning rates) the lr list are made once, not per record.
-    norm_now = norm_fn(params)  # norm_of(params): float64, chunked, no temporaries
-    loss_now = source.loss if source.has_objective else None
-    fixed_lr = None if sched is not None else [float(g["lr"]) for g in opt.param_groups]
-
-    def record(step: int) -> None:
-        norm = norm_now()
-        history.step.append(step)
-        history.loss.append(loss_now(params) if loss_now is not None else None)
-        history.param_norm.append(norm)
-        history.lr.append([float(g["lr"]) for g in opt.param_groups] if fixed_lr is None
-                          else fixed_lr.copy())
-        if two_d:
-            x, y = torch.cat([p.detach().reshape(-1) for p in params]).tolist()
-            history.point.append((x, y))
-
-    record(start)
-    next_record = (start // every + 1) * every
-    for step in range(start, end):
-        if is_lbfgs:
-            def closure(step: int = step) -> torch.Tensor:
-                if zero:
-                    opt.zero_grad(set_to_none=set_to_none)
-                accumulate(params, source.gradients(params, step))
-                if not source.has_objective:
-                    return torch.tensor(0.0)
-                with torch.no_grad():  # the loss a hand-written closure returns
-                    return source.objective(params)
-
-            try:
-                opt.step(closure)
-            except TORCH_REFUSALS as e:
-                raise _refused(opt, step + 1, e) from None
-        else:
-            if zero:
-                opt.zero_grad(set_to_none=set_to_none)
-            source.fill_grads(params, step, sparse=sparse)
-            try:
-                opt.step()
-            except TORCH_REFUSALS as e:
-                raise _refused(opt, step + 1, e) from None
-        if sched is not None:
-            try:
-                if plateau:
-                    loss = source.loss(params)
-                    sched.step(loss if loss is not None else 0.0)
-                else:
-                    sched.step()
-            except TORCH_REFUSALS as e:
-                raise _refused(sched, step + 1, e) from None
-        done = step + 1
-        if done == next_record:
-            record(done)
-            next_record += every
-        elif done == end:
-            record(done)
-        if on_step is not None:
-            on_step(done)
+    def save_due(done: int) -> None:
+        nonlocal next_save
         while next_save is not None and next_save[0] == done:
             save_checkpoint(run_checkpoint(built, spec, done, with_params), next_save[1],
                             force=force, notes=warnings)
             next_save = next(series, None)
+
+    history = run_loop(spec, built.params, built.optimizer, built.scheduler, start=start,
+                       every=every, on_step=on_step, save_due=save_due)
     saved = [p for _, p in targets]
-    if next_save is not None:  # zero steps: only the final save remains
-        for _, p in [next_save, *series]:
-            save_checkpoint(run_checkpoint(built, spec, end, with_params), p, force=force,
-                            notes=warnings)
     warning = divergence_warning(history)
     if warning is not None:
         warnings.append(warning)
-    return SimulationResult(spec, params, built.names, built.group_of, opt, sched, history,
-                            start, end, saved, warnings)
+    return SimulationResult(spec, built.params, built.names, built.group_of, built.optimizer,
+                            built.scheduler, history, start, end, saved, warnings)
 
 
 def check_record_every(value: int | str) -> int | str:
@@ -293,50 +182,6 @@ def parse_record_every(text: str | None) -> int | str:
 def _bad_record_every(value: object) -> ConfigError:
     return ConfigError(f"--record-every must be a positive number of steps or auto, got "
                        f"{value!r}")
-
-
-def thin_history(result: SimulationResult, record_every: int | str) -> None:
-    """Keep, of a history recorded at every step (``simulate --world-size``'s), the steps
-    ``simulate`` records with ``record_every``: the start, the multiples, the end."""
-    h = result.history
-    start, end = result.start_step, result.final_step
-    every = record_every if record_every != "auto" else record_interval(
-        end - start, sum(p.numel() for p in result.params))
-    keep = [i for i, s in enumerate(h.step) if s in (start, end) or s % every == 0]
-    h.step, h.loss, h.param_norm, h.lr = ([xs[i] for i in keep] for xs in (
-        h.step, h.loss, h.param_norm, h.lr))
-    h.point = [h.point[i] for i in keep] if h.point else []
-    h.record_every = every
-
-
-def divergence_warning(history: History) -> str | None:
-    """Where the recorded parameter norms first turn NaN or Inf, said as precisely as
-    the history allows: between two recorded steps, it happened after the earlier."""
-    rows = list(zip(history.step, history.param_norm, strict=True))
-    i = next((i for i, (_, n) in enumerate(rows) if not math.isfinite(n)), None)
-    if i is None:
-        return None
-    bad = rows[i][0]
-    if i == 0 or bad - rows[i - 1][0] == 1:
-        return (f"the run diverged: parameters hold NaN or Inf from step {bad} on "
-                "(try a smaller --lr)")
-    return (f"the run diverged: parameters hold NaN or Inf from recorded step {bad} on, "
-            f"first after step {rows[i - 1][0]} (the history records every "
-            f"{history.record_every} steps; --record-every 1 finds the step; try a smaller "
-            "--lr)")
-
-
-# What torch raises when a setting its constructor accepted fails at step() (capturable
-# on CPU, differentiable on leaf parameters, OneCycleLR past total_steps, ...).
-TORCH_REFUSALS = (RuntimeError, ValueError, TypeError, AssertionError)
-
-
-def _refused(obj: Any, step: int, e: BaseException) -> ConfigError:
-    return ConfigError(
-        f"torch refused step {step} of {type(obj).__name__}: {clean_message(e)}",
-        hint="torch's constructor accepts these settings but its step() does not (on "
-        "this device); change the hyperparameters or the scheduler arguments",
-    )
 
 
 def load_resume(built: Built, spec: RunSpec, obj: Any, warnings: list[str]) -> int:
@@ -413,7 +258,16 @@ def _check_scheduler_kind(scheduler: Any, state: dict[str, Any]) -> None:
 
 
 def check_compatible(built: Built, spec: RunSpec, sd: dict[str, Any]) -> None:
-    """One-line errors for states that would load wrongly or fail later at step()."""
+    """One-line errors for states that would load wrongly or fail later at step().
+
+    The groups are compared by ``sim.fit.group_fit``, as ``check`` compares them. The rest
+    is not shared with check, whose findings differ on purpose and would change what
+    --resume accepts: check tells the writer's kind from the state (``infer_kind``) where
+    this refuses group keys the configured class does not take, and check compares each
+    state entry with the shape the configured optimizer's own first step gives it (0-d
+    steps, LBFGS's flat vectors, Adafactor's factored row/column statistics) where this
+    compares every entry with its parameter's shape (so it refuses an Adafactor state:
+    row_var 3x1 against a 3x4 parameter)."""
     view = OptimizerStateView.from_state_dict(sd)
     cls = optimizer_class(spec.optimizer)
     ours = set(hyperparameter_defaults(cls)) | COMMON_GROUP_KEYS
@@ -425,17 +279,18 @@ def check_compatible(built: Built, spec: RunSpec, sd: dict[str, Any]) -> None:
             f"{', '.join(foreign)}, which {cls.__name__} does not use",
             hint="set --optimizer to the optimizer that wrote the checkpoint",
         )
-    if len(view.groups) != len(built.optimizer.param_groups):
+    fit = group_fit(view, built.optimizer)
+    if fit.count_differs:
         raise StateMismatchError(
-            f"the --resume state has {len(view.groups)} param group(s), the config builds "
-            f"{len(built.optimizer.param_groups)}"
+            f"the --resume state has {len(fit.checkpoint)} param group(s), the config builds "
+            f"{len(fit.config)}"
         )
-    for g, ours_g in zip(view.groups, built.optimizer.param_groups, strict=True):
-        if len(g.param_keys) != len(ours_g["params"]):
-            raise StateMismatchError(
-                f"param group {g.index} has {len(g.param_keys)} param(s) in the --resume "
-                f"state but {len(ours_g['params'])} in the config"
-            )
+    if fit.sizes_differ:
+        gi = fit.sizes_differ[0]
+        raise StateMismatchError(
+            f"param group {gi} has {fit.checkpoint[gi]} param(s) in the --resume "
+            f"state but {fit.config[gi]} in the config"
+        )
     if isinstance(built.optimizer, torch.optim.LBFGS):
         _check_lbfgs_sizes(view, built)
         return
