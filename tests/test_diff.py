@@ -12,7 +12,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from optstate.analysis.diff import Change, DiffOptions, diff_files, diff_report, diff_states
+from optstate.analysis.diff import Change, DiffOptions, diff_files, diff_states
+from optstate.analysis.diff_report import diff_report
 from optstate.base.errors import ConfigError
 
 
@@ -315,7 +316,7 @@ def test_names_match_by_name_and_report_reordering():
 
 
 def test_match_by_name_without_names_is_an_error(adam):
-    with pytest.raises(ConfigError, match="--match name needs parameter names"):
+    with pytest.raises(ConfigError, match="^match='name' needs parameter names"):
         diff_states(_snapshot(adam), _snapshot(adam), DiffOptions(match="name"))
 
 
@@ -341,7 +342,7 @@ def test_ignore_hint_names_version_keys(adam):
     b = copy.deepcopy(a)
     del b["param_groups"][0]["fused"]
     report = diff_report(diff_states(a, b))
-    assert report["hint"] == "keys that differ between torch versions: --ignore fused"
+    assert report["hint"] == "keys that differ between torch versions: ignore=('fused',)"
 
 
 def test_scheduler_states_compared_when_both_have_one():
@@ -412,7 +413,7 @@ def _mapped_file(t: torch.Tensor) -> str | None:
 def test_diff_files_memory_maps_zip_checkpoints(tmp_path, adam, monkeypatch):
     torch.save(adam.state_dict(), tmp_path / "a.pt")
     torch.save(adam.state_dict(), tmp_path / "b.pt")
-    import optstate.analysis.diff as diff_mod
+    import optstate.analysis.diff_walk as diff_mod
 
     seen: list[str | None] = []
     real = diff_mod.compare_tensors

@@ -87,7 +87,7 @@ def test_lightning_two_optimizers_are_listed_and_key_picks_one(tmp_path):
     assert str(e.value) == (
         f"{tmp_path / 'gan.ckpt'} holds 2 optimizer states: optimizer_states[0] (SGD, 1 group, "
         "2 params); optimizer_states[1] (Adam, 1 group, 2 params)")
-    assert e.value.hint == "pick one with --key, e.g. --key 'optimizer_states[0]'"
+    assert e.value.hint == "pick one with key, e.g. key='optimizer_states[0]'"
     found = locate(src, key="optimizer_states[1]")
     assert found.location == "optimizer_states[1]"
     assert _same(found.state, sd1)
@@ -194,12 +194,12 @@ def test_key_errors_say_what_is_there(tmp_path):
     with pytest.raises(NoOptimizerStateError) as e:
         locate(src, key="optim")
     p = tmp_path / "c.pt"
-    assert str(e.value) == (f"--key 'optim': nothing at 'optim' in {p}"  # which file: diff
+    assert str(e.value) == (f"key='optim': nothing at 'optim' in {p}"  # which file: diff
                             "; did you mean 'optimizer'?")
     assert e.value.hint.startswith("it holds a dict with keys model (a model state_dict")
     with pytest.raises(NoOptimizerStateError) as e:
         locate(src, key="model")
-    assert str(e.value) == (f"--key 'model' in {p} is a model state_dict with 2 tensors "
+    assert str(e.value) == (f"key='model' in {p} is a model state_dict with 2 tensors "
                             "(16 elements), not an optimizer state")
     assert e.value.hint == "optimizer states are at: optimizer"
 

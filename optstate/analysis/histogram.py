@@ -78,19 +78,16 @@ def histogram(t: torch.Tensor, bins: int = BINS) -> dict[str, Any]:
 def add_histograms(entries: dict[str, Any], state: dict[Any, Any], bins: int = BINS) -> None:
     """Put ``"histogram"`` beside the statistics of every tensor entry of one parameter's
     report (``entries``, from ``report.entry_report``), reading ``state``'s tensors."""
-    from optstate.state.report import materialize, tensor_like
-
     for key, value in state.items():
-        _add(entries.get(str(key)), value, bins, tensor_like, materialize)
+        _add(entries.get(str(key)), value, bins)
 
 
-def _add(rep: Any, value: Any, bins: int, tensor_like: Any, materialize: Any) -> None:
+def _add(rep: Any, value: Any, bins: int) -> None:
     if not isinstance(rep, dict):
         return
-    t = tensor_like(value)
-    if t is not None:
-        if len(t.shape) > 0 and not getattr(t, "is_meta", False):
-            rep["histogram"] = histogram(materialize(t), bins)
+    if isinstance(value, torch.Tensor):
+        if len(value.shape) > 0 and not value.is_meta:
+            rep["histogram"] = histogram(value, bins)
     elif isinstance(value, (list, tuple)) and isinstance(rep.get("items"), list):
         for item_rep, item in zip(rep["items"], value, strict=False):
-            _add(item_rep, item, bins, tensor_like, materialize)
+            _add(item_rep, item, bins)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from optstate.analysis.suspicious import state_warnings
-from optstate.base.errors import ConfigError
+from optstate.base.errors import ConfigError, option
 from optstate.base.suggest import did_you_mean
 from optstate.io.source import Source, open_source
 from optstate.state.kind import infer_kind
@@ -113,13 +113,13 @@ def _file_info(source: Source) -> dict[str, Any]:
 
 def _select(view: OptimizerStateView, params: list[str] | None,
             groups: list[int] | None) -> set[int]:
-    """Positions of the params to report: all, or those ``--param``/``--group`` name."""
+    """Positions of the params to report: all, or those ``params``/``groups`` name."""
     chosen = {p.position for p in view.params}
     if groups is not None:
         for g in groups:
             if not 0 <= g < len(view.groups):
                 raise ConfigError(
-                    f"--group {g}: the state has {len(view.groups)} param group"
+                    f"{option('groups', [g])}: the state has {len(view.groups)} param group"
                     f"{'s' * (len(view.groups) != 1)} (0..{len(view.groups) - 1})"
                 )
         chosen = {p.position for p in view.params if p.group in set(groups)}
@@ -139,8 +139,8 @@ def _param_position(view: OptimizerStateView, text: str, by_name: dict[str, int]
         n = int(text)
     except ValueError:
         names = ", ".join(list(by_name)[:5]) or "none in this checkpoint"
-        raise ConfigError(f"--param {text!r}: no parameter has that name"
-                          f"{did_you_mean(text, by_name)}",
+        raise ConfigError(f"{option('params', [text], shown=repr(text))}: no parameter "
+                          f"has that name{did_you_mean(text, by_name)}",
                           hint=f"give a position 0..{view.n_params - 1} or a name ({names})"
                           ) from None
     if 0 <= n < view.n_params:
@@ -149,8 +149,9 @@ def _param_position(view: OptimizerStateView, text: str, by_name: dict[str, int]
         for p in view.params:
             if p.key == n:
                 return p.position
-    raise ConfigError(f"--param {n}: the state has {view.n_params} parameter"
-                      f"{'s' * (view.n_params != 1)} (positions 0..{view.n_params - 1})")
+    raise ConfigError(f"{option('params', [text], shown=str(n))}: the state has "
+                      f"{view.n_params} parameter{'s' * (view.n_params != 1)} "
+                      f"(positions 0..{view.n_params - 1})")
 
 
 def _totals(view: OptimizerStateView) -> dict[str, Any]:

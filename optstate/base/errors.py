@@ -1,12 +1,42 @@
-"""Errors the core raises, written for the person at the prompt.
+"""Errors the core raises, written for the person who called it.
 
 The CLI turns any ``OptstateError`` into one ``Error: ...`` line (plus an optional
 ``Hint: ...``) and exit status 2. Nothing in the core prints.
+
+Naming an option. The core is a library first, so a message that sends the reader to an
+option names it by its Python parameter, through ``option()``, never by a flag:
+
+    raise OutputExistsError(f"{p} already exists",
+                            hint=f"pass {option('force', True)} to overwrite it")
+
+reads ``pass force=True to overwrite it`` to a library user. The command line speaks
+flags: every command runs inside ``speaking(words)`` (``cli/flags.py`` knows the flag of
+each parameter), under which the same call reads ``pass --force to overwrite it``. The
+forms, in Python words | the CLI's:
+
+    option("match")                          match        | --match
+    option("force", True)                    force=True   | --force
+    option("stats", False)                   stats=False  | --no-stats
+    option("key", key, shown=repr(key))      key='opt.v1' | --key 'opt.v1'
+    option("lr", shown="VALUE")              lr=VALUE     | --lr VALUE
+
+``shown`` is the value's text in the CLI's words (default ``str(value)``); given without
+a value it is a placeholder, the same in both. Like gettext's current locale, the words are
+chosen when the text is built: after that a message is plain text everywhere, in
+``str(error)``, ``error.message``, and the warnings and notes of a result (which name
+options too, and which ``--json`` prints as they are). So build such texts when they are
+needed, never in a module-level constant. The choice is one process-wide setting (not a
+context variable) so that threads a command starts (prefetch) speak as it does.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 # Control characters (newlines, ESC of ANSI sequences, ...) and the C1 range: a message
 # names files and keys taken from untrusted checkpoints, and must stay one plain line.
@@ -18,6 +48,54 @@ def one_line(text: str) -> str:
     hostile file name or key cannot break the one-line ``Error:`` or paint the terminal."""
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
     return _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], text)
+
+
+class _Named:
+    """The value of an option that is named, not set (``option("match")``)."""
+
+    def __repr__(self) -> str:
+        return "NAMED"
+
+
+NAMED: Any = _Named()
+
+
+@dataclass(frozen=True)
+class Option:
+    """An option a message refers to: the Python parameter ``name``, the ``value`` it is
+    set to (``NAMED`` when only the option is named), and ``shown``, the value's text in
+    the CLI's words (or a placeholder such as ``VALUE`` when there is no value)."""
+
+    name: str
+    value: Any = NAMED
+    shown: str | None = None
+
+    def python_words(self) -> str:
+        """``force=True``, ``key='opt.v1'``, ``lr=VALUE``, or the bare name."""
+        if self.value is NAMED:
+            return self.name if self.shown is None else f"{self.name}={self.shown}"
+        value = os.fspath(self.value) if isinstance(self.value, os.PathLike) else self.value
+        return f"{self.name}={value!r}"
+
+
+_words: Callable[[Option], str] = Option.python_words
+
+
+def option(name: str, value: Any = NAMED, *, shown: str | None = None) -> str:
+    """The option ``name`` (set to ``value``) in the words of whoever is listening: Python
+    (``force=True``) unless a ``speaking`` block chose others (the CLI's ``--force``)."""
+    return _words(Option(name, value, shown))
+
+
+@contextlib.contextmanager
+def speaking(words: Callable[[Option], str]) -> Iterator[None]:
+    """Within the block, ``option()`` reads as ``words(Option)`` says (the CLI: flags)."""
+    global _words
+    previous, _words = _words, words
+    try:
+        yield
+    finally:
+        _words = previous
 
 
 class OptstateError(Exception):
@@ -35,7 +113,7 @@ class OptstateError(Exception):
 
 
 class ConfigError(OptstateError):
-    """A bad flag, config file or hyperparameter."""
+    """A bad option, config file or hyperparameter."""
 
 
 class CheckpointError(OptstateError):
@@ -55,4 +133,4 @@ class StateMismatchError(OptstateError):
 
 
 class OutputExistsError(OptstateError):
-    """An output path exists and --force was not given."""
+    """An output path exists and replacing it was not asked for (``force``)."""

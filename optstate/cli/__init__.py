@@ -24,10 +24,11 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from optstate.base import interrupt
-from optstate.base.errors import OptstateError, one_line
+from optstate.base.errors import OptstateError, one_line, speaking
 from optstate.base.startup import resume_collector
 from optstate.base.testhook import pause_at
 from optstate.base.version import __version__
+from optstate.cli.flags import flag_words
 from optstate.io import readguard
 from optstate.render.root_help import COMMANDS, DESCRIPTION, VERSION_HELP, root_help
 
@@ -203,6 +204,14 @@ def warn(message: str) -> None:
 
 @contextlib.contextmanager
 def errors_to_exit() -> Iterator[None]:
+    """Run a command's body: the core's messages name options as flags (``cli/flags.py``),
+    and its errors become one ``Error:`` line (``_errors_to_exit``)."""
+    with speaking(flag_words), _errors_to_exit():
+        yield
+
+
+@contextlib.contextmanager
+def _errors_to_exit() -> Iterator[None]:
     """Map core errors (and stray ones) to a clean exit. Entered first thing in every
     command's body: the moment start-up is over (``base.startup.resume_collector``).
 

@@ -76,7 +76,8 @@ def diff(
     Example: optstate diff -q step1000.pt step2000.pt && echo same
     """
     with errors_to_exit():
-        from optstate.analysis.diff import DiffOptions, diff_files, diff_report
+        from optstate.analysis.diff import DiffOptions, diff_files
+        from optstate.analysis.diff_report import diff_report
         from optstate.base.errors import ConfigError
 
         if quiet and (json_ or verbose):

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from optstate.base.errors import CheckpointError, ConfigError, NoOptimizerStateError
+from optstate.base.errors import CheckpointError, ConfigError, NoOptimizerStateError, option
 from optstate.base.paths import PathNotFound, follow, join, path_keys
 from optstate.base.suggest import did_you_mean
 from optstate.io.source import Source
@@ -123,7 +123,8 @@ def resolve_key(obj: Any, key: str, where: str = "this checkpoint") -> Any:
             raise
         found = [loc for loc, _ in find_optimizer_states(obj)]
         raise NoOptimizerStateError(
-            f"--key {key!r}: nothing at {e.segment!r} in {where}{did_you_mean(key, found)}",
+            f"{option('key', key, shown=repr(key))}: nothing at {e.segment!r} in {where}"
+            f"{did_you_mean(key, found)}",
             hint=f"it holds {describe_contents(obj)}",
         ) from None
 
@@ -193,7 +194,8 @@ def locate(source: Source, key: str | None = None) -> Located:
         node = as_optimizer_state(node) or node
         if not is_optimizer_state(node):
             raise NoOptimizerStateError(
-                f"--key {key!r} in {source.label} is {describe_contents(node)}, not an "
+                f"{option('key', key, shown=repr(key))} in {source.label} is "
+                f"{describe_contents(node)}, not an "
                 "optimizer state",
                 hint=_candidates_hint(candidates),
             )
@@ -212,7 +214,8 @@ def locate(source: Source, key: str | None = None) -> Located:
         listing = "; ".join(f"{loc} ({summarize_candidate(st)})" for loc, st in found)
         raise NoOptimizerStateError(
             f"{source.label} holds {len(found)} optimizer states: {listing}",
-            hint=f"pick one with --key, e.g. --key {shlex.quote(candidates[0] or '.')}",
+            hint=f"pick one with {option('key')}, e.g. "
+            f"{option('key', candidates[0] or '.', shown=shlex.quote(candidates[0] or '.'))}",
         )
     else:
         location, state = found[0]

@@ -38,20 +38,10 @@ VALUES_FULL_UP_TO = 64
 VALUES_EDGE = 8
 
 
-def tensor_like(value: Any) -> Any:
-    """``value`` if it is a tensor, or a lazy stand-in for one (shape, dtype, numel,
-    element_size without data, ``materialize()`` for the data); otherwise None."""
-    if isinstance(value, torch.Tensor):
-        return value
-    if all(hasattr(value, a) for a in ("shape", "dtype", "numel", "element_size",
-                                        "materialize")):
-        return value
-    return None
-
-
-def materialize(value: Any) -> torch.Tensor:
-    """The real tensor behind ``value`` (reads data for lazy tensors)."""
-    return value if isinstance(value, torch.Tensor) else value.materialize()
+def tensor_like(value: Any) -> torch.Tensor | None:
+    """``value`` if it is a tensor, else None. A tensor read lazily (``io.lazy.LazyTensor``,
+    DCP folders and large files) is one: it reads its data when an operation needs it."""
+    return value if isinstance(value, torch.Tensor) else None
 
 
 def entry_report(value: Any, *, stats: bool = True, values: bool = False) -> dict[str, Any]:
@@ -61,14 +51,14 @@ def entry_report(value: Any, *, stats: bool = True, values: bool = False) -> dic
     t = tensor_like(value)
     if t is not None and (len(t.shape) > 0 or getattr(t, "is_meta", False)):
         if stats:
-            rep = {k: plain(v) for k, v in summarize(materialize(t)).to_dict().items()}
+            rep = {k: plain(v) for k, v in summarize(t).to_dict().items()}
         else:
             rep = structure_summary(t)
         if values and not getattr(t, "is_meta", False):
-            rep.update(tensor_values(materialize(t)))
+            rep.update(tensor_values(t))
         return rep
     if t is not None:
-        return {"value": plain(materialize(t).item()),
+        return {"value": plain(t.item()),
                 "dtype": str(t.dtype).removeprefix("torch.")}
     if isinstance(value, (list, tuple)):
         return {"items": [entry_report(v, stats=stats, values=values) for v in value]}

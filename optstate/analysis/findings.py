@@ -1,0 +1,43 @@
+"""The shape of a finding (an inspect warning or note) and the words for its places,
+shared by ``suspicious.py`` and ``underflow.py``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from optstate.base.paths import join
+
+SHOW = 6  # places listed in a message before "and N more"
+
+
+def at(position: int, entry: str | None = None) -> str:
+    """``state[3]`` / ``state[3].exp_avg``: a param's state by position (the key
+    load_state_dict matches), in the one path syntax."""
+    path = join("state", position)
+    return path if entry is None else join(path, entry)
+
+
+def places(items: list[str]) -> str:
+    """``a, b, c``, or the first ``SHOW`` and ``and N more``."""
+    if len(items) <= SHOW:
+        return ", ".join(items)
+    return ", ".join(items[:SHOW]) + f" and {len(items) - SHOW} more"
+
+
+def finding(code: str, message: str, where: Iterable[str] = ()) -> dict[str, Any]:
+    """A warning or note: a stable code, one line for people, the places it concerns."""
+    return {"code": code, "message": message, "where": list(where)}
+
+
+def scalar(value: Any) -> float | None:
+    """A number (or a 0-d tensor) as a float; None for anything else."""
+    if isinstance(value, torch.Tensor):
+        if len(value.shape) != 0 or value.is_meta:
+            return None
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)

@@ -1,0 +1,241 @@
+"""Second moments that underflowed: where ``exp_avg_sq`` (or another running average of
+grad²) is exactly 0 beside a first moment that is not, grad² rounded to 0 in the state's
+dtype; it was not a zero gradient. Found from the entry reports and the state's tensors,
+said as one inspect warning with what the step does there."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from optstate.analysis.findings import at, finding, places, scalar
+from optstate.state.view import OptimizerStateView
+
+# Second moments (running averages of grad², or their max) and the entries beside them
+# that show the param did get gradients: where those are non-zero and the second moment
+# is exactly 0, grad² underflowed; it was not a zero gradient. Adamax's exp_inf is not
+# here: it keeps max(beta2·exp_inf, |grad| + eps), |grad| rather than its square, and
+# never 0 after a step while eps > 0.
+SECOND_MOMENTS = {"exp_avg_sq": ("exp_avg",), "max_exp_avg_sq": ("exp_avg",),
+                  "square_avg": ("grad_avg", "momentum_buffer")}
+# Entries that accumulate grad² (weighted by the hyperparameter named, or 1).
+SQUARED = {"exp_avg_sq": "betas", "max_exp_avg_sq": "betas", "square_avg": "alpha",
+           "sum": None}
+
+
+@dataclass
+class Underflow:
+    """A second moment that is exactly 0 where its first moment is not."""
+
+    param: dict[str, Any]  # the param's report (position, group, name, state)
+    second: str
+    first: str
+    where: str
+    elements: int  # elements with first != 0 and second == 0
+    numel: int
+    first_max: float  # max |first| over those elements
+
+
+def find_underflows(params: list[dict[str, Any]], view: OptimizerStateView) -> list[Underflow]:
+    """Second moments that underflowed, from the statistics already read; elements are
+    counted on the tensors only when the statistics alone cannot tell (some zeros)."""
+    found = []
+    for p in params:
+        st = p["state"]
+        for second, firsts in SECOND_MOMENTS.items():
+            rep = st.get(second)
+            if not rep or not rep.get("zeros") or not rep.get("numel"):
+                continue  # not read (--no-stats), empty, or no zeros at all
+            for first in firsts:
+                frep = st.get(first)
+                if (not frep or frep.get("zeros") is None or frep.get("zeros") == 1.0
+                        or frep.get("numel") != rep["numel"]):
+                    continue
+                n, biggest = rep["numel"], _max_abs(frep)
+                if rep["zeros"] != 1.0 or frep["zeros"] != 0.0:
+                    n, biggest = _count_underflowed(view, p["position"], first, second)
+                if n:
+                    found.append(Underflow(p, second, first,
+                                            at(p["position"], second), n,
+                                            rep["numel"], biggest))
+                break
+    return found
+
+
+def _count_underflowed(view: OptimizerStateView, position: int, first: str,
+                       second: str) -> tuple[int, float]:
+    """(elements with first != 0 and second == 0, max |first| over them)."""
+    state = view.params[position].state
+    n, biggest = 0, 0.0
+    try:
+        m, v = state[first].reshape(-1), state[second].reshape(-1)
+        for start in range(0, m.numel(), _CHUNK):  # masks of a bounded size
+            a, b = m[start:start + _CHUNK], v[start:start + _CHUNK]
+            mask = (a != 0) & (b == 0)
+            k = int(mask.sum())
+            if k:
+                n += k
+                biggest = max(biggest, float(a[mask].abs().max()))
+    except (RuntimeError, TypeError, ValueError, AttributeError):
+        return 0, 0.0  # sparse, meta or mismatched: no element-wise answer
+    return n, biggest
+
+
+_CHUNK = 1 << 20
+
+
+def underflow_below(entry: str, dtype: Any, hyper: dict[str, Any]) -> float | None:
+    """|grad| under which ``weight·grad²`` rounds to 0 in ``dtype`` (weight: 1 - beta2,
+    1 - alpha, or 1 for Adagrad's sum): sqrt(smallest subnormal / weight)."""
+    import torch
+
+    dt = getattr(torch, str(dtype or "float32"), None)
+    if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
+        return None
+    info = torch.finfo(dt)
+    weight: float | None = 1.0
+    name = SQUARED.get(entry)
+    if name == "betas":
+        betas = hyper.get("betas")
+        beta2 = scalar(betas[1]) if isinstance(betas, (list, tuple)) and len(betas) > 1 \
+            else None
+        weight = None if beta2 is None else 1.0 - beta2
+    elif name == "alpha":
+        alpha = scalar(hyper.get("alpha"))
+        weight = None if alpha is None else 1.0 - alpha
+    if weight is None or weight <= 0:
+        return None
+    return math.sqrt(info.tiny * info.eps / weight)
+
+
+def _param_labels(found: list[Underflow]) -> str:
+    """Parameters by name where the state has names, else by group and position
+    (``group 0: params 0–44, 47``)."""
+    if all(u.param.get("name") for u in found):
+        return places([f"{u.param['name']} (group {u.param['group']}, param "
+                        f"{u.param['position']})" for u in found])
+    by_group: dict[int, list[int]] = {}
+    for u in found:
+        by_group.setdefault(u.param["group"], []).append(u.param["position"])
+    return "; ".join(f"group {g}: param{'s' * (len(ps) != 1)} {_ranges(ps)}"
+                     for g, ps in by_group.items())
+
+
+def _ranges(positions: list[int]) -> str:
+    out: list[str] = []
+    for x in sorted(set(positions)):
+        if out and out[-1][1] == x - 1:
+            out[-1] = (out[-1][0], x)
+        else:
+            out.append((x, x))  # type: ignore[arg-type]
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in out)  # type: ignore[misc]
+
+
+def underflow_warnings(found: list[Underflow], view: OptimizerStateView,
+                        kind: str) -> list[dict[str, Any]]:
+    out = []
+    pairs: dict[tuple[str, str], list[Underflow]] = {}
+    for u in found:
+        pairs.setdefault((u.second, u.first), []).append(u)
+    for (second, first), us in pairs.items():
+        n = len(us)
+        partial = [u for u in us if u.elements < u.numel]
+        counts = ""
+        if partial:
+            counts = "; " + places([f"{_one_label(u)}: {u.elements:,} of {u.numel:,} elements"
+                                     for u in partial])
+        first_group = view.groups[us[0].param["group"]].hyperparams
+        dtype = us[0].param["state"][second].get("dtype") or "float32"
+        below = underflow_below(second, dtype, first_group)
+        biggest = max(u.first_max for u in us)
+        cause = (f"the squared gradients underflowed: {dtype} holds nothing below "
+                 f"{_subnormal(dtype):.2g}"
+                 + (f", so the grad² term is 0 for |grad| below about {below:.2g}"
+                    if below is not None else "")
+                 + f". These params got gradients, tiny ones (max |{first}| {biggest:.3g} "
+                 "there), not zero ones")
+        out.append(finding(
+            "second_moment_underflow",
+            f"{second} is exactly 0 where {first} is not, in {n} param{'s' * (n != 1)} "
+            f"({_param_labels(us)}{counts}): {cause}. {_step_effect(second, us, view, kind)}",
+            [u.where for u in us]))
+    return out
+
+
+def _one_label(u: Underflow) -> str:
+    p = u.param
+    if p.get("name"):
+        return f"{p['name']} (group {p['group']}, param {p['position']})"
+    return f"param {p['position']}"
+
+
+def _subnormal(dtype: str) -> float:
+    import torch
+
+    info = torch.finfo(getattr(torch, dtype, torch.float32))
+    return info.tiny * info.eps
+
+
+def _max_abs(rep: dict[str, Any]) -> float:
+    return max(abs(rep.get("max") or 0.0), abs(rep.get("min") or 0.0))
+
+
+def _step_effect(second: str, us: list[Underflow], view: OptimizerStateView,
+                 kind: str) -> str:
+    """What a 0 second moment does to the step, in torch's own formula for ``kind``."""
+    if second == "square_avg":
+        return ("With square_avg 0, RMSprop's denominator √square_avg + eps (centered: "
+                "√(square_avg - grad_avg²) + eps) is eps alone: the update is lr·grad/eps "
+                "(with momentum, a momentum buffer of grad/eps), a plain gradient step "
+                "scaled by 1/eps")
+    if kind == "NAdam":
+        return ("With the second moment 0, NAdam's denominator √v̂ + eps is eps alone: its "
+                "Nesterov momentum step (a mix of grad and exp_avg) is scaled by 1/eps")
+    if kind == "RAdam":
+        return ("With the second moment 0, once RAdam's rectification is on (from step 6 "
+                "with beta2 = 0.999) its update lr·r·m̂·√(1 - beta2^step)/(√v + eps) is "
+                "lr·r·m̂·√(1 - beta2^step)/eps, m̂ = exp_avg/(1 - beta1^step): a momentum "
+                "step scaled by 1/eps; before that it is a plain momentum step")
+    if kind not in ("Adam", "AdamW"):
+        return ("With the second moment 0, a denominator √v + eps is eps alone: the step "
+                "is the momentum scaled by 1/eps")
+    text = ("With the second moment 0, the Adam update lr·m̂/(√v̂ + eps) is lr·m̂/eps "
+            "(m̂ = exp_avg/(1 - beta1^step)): a momentum step scaled by 1/eps")
+    bound = _adam_step_bound(us, view)
+    if bound is not None:
+        text += f", at most {bound:.4g} per element here, so these params barely move"
+    eps = [scalar(view.groups[u.param["group"]].hyperparams.get("eps")) for u in us]
+    below = underflow_below(second, us[0].param["state"][second].get("dtype"),
+                             view.groups[us[0].param["group"]].hyperparams)
+    if below is not None and all(e is not None and e > below for e in eps):
+        text += (f" (√v̂ would be below about {below:.2g} without the underflow, far under "
+                 "eps, so the step is much the same: the gradients are what vanished)")
+    decays = []
+    for g in {u.param["group"] for u in us}:
+        hyper = view.groups[g].hyperparams
+        wd = scalar(hyper.get("weight_decay"))
+        if wd and (kind == "AdamW" or hyper.get("decoupled_weight_decay") is True):
+            decays.append(g)
+    if decays:
+        text += ("; the decoupled weight decay still applies (p ← p·(1 - lr·weight_decay) "
+                 "each step), so these weights shrink while the gradient barely moves them")
+    return text
+
+
+def _adam_step_bound(us: list[Underflow], view: OptimizerStateView) -> float | None:
+    """max over ``us`` of lr·max|exp_avg|/(1 - beta1^step)/eps, or None if unknown."""
+    bounds = []
+    for u in us:
+        hyper = view.groups[u.param["group"]].hyperparams
+        lr, eps = scalar(hyper.get("lr")), scalar(hyper.get("eps"))
+        betas = hyper.get("betas")
+        beta1 = scalar(betas[0]) if isinstance(betas, (list, tuple)) and betas else None
+        step = scalar(view.params[u.param["position"]].state.get("step"))
+        if None in (lr, eps, beta1, step) or not eps or not step or beta1 >= 1:  # type: ignore[operator]
+            return None
+        correction = 1.0 - beta1 ** step  # type: ignore[operator]
+        if correction <= 0:
+            return None
+        bounds.append(lr * u.first_max / correction / eps)  # type: ignore[operator]
+    return max(bounds) if bounds else None
