@@ -44,7 +44,12 @@ from optstate.sim.build import build
 from optstate.sim.config import RunSpec, validate
 from optstate.sim.distributed_worker import LOOPBACK, nest_module
 from optstate.sim.loop import History, resolve_record_every
-from optstate.sim.simulate import SimulationResult, check_record_every, series_path
+from optstate.sim.simulate import (
+    SimulationResult,
+    check_record_every,
+    check_save_every,
+    save_targets,
+)
 
 MAX_WORLD_SIZE = 16
 # Optimizers that cannot run on FSDP2 shards here, and why (checked against torch 2.13:
@@ -110,23 +115,13 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
     if not 1 <= world_size <= MAX_WORLD_SIZE:
         raise ConfigError(f"--world-size must be between 1 and {MAX_WORLD_SIZE}, got "
                           f"{world_size}")
-    if save_every is not None and save_every <= 0:
-        raise ConfigError(f"--save-every must be a positive number of steps, got {save_every}")
-    if save_every is not None and save is None:
-        raise ConfigError("--save-every needs --save PATH to name the series")
+    check_save_every(save, save_every)
     specs = [validate(spec) for spec in specs]
     record_every = check_record_every(record_every)
     built = [_check_shardable(spec) for spec in specs]  # config errors before any process
     every = [resolve_record_every(record_every, spec.steps, sum(p.numel() for p in b.params))
              for spec, b in zip(specs, built, strict=True)]
-    targets: list[tuple[int, Path]] = []  # (after step, folder), as simulate() names them
-    if save is not None:
-        save_path = Path(save)
-        steps = specs[0].steps
-        if save_every:
-            targets += [(k, series_path(save_path, k))
-                        for k in range(save_every, steps + 1, save_every)]
-        targets.append((steps, save_path))
+    targets = save_targets(save, save_every, 0, specs[0].steps)  # (after step, path)
     for _, target in targets:
         if saves_file(target):
             check_writable(target, force, kind="torch")

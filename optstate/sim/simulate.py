@@ -97,6 +97,29 @@ def series_path(path: Path, step: int) -> Path:
     return path.with_name(f"{path.stem}.step{step:06d}{path.suffix}")
 
 
+def check_save_every(save: str | Path | None, save_every: int | None) -> None:
+    """``save_every`` is a positive number of steps, and only with ``save``."""
+    if save_every is not None and save_every <= 0:
+        raise ConfigError(f"--save-every must be a positive number of steps, got {save_every}")
+    if save_every is not None and save is None:
+        raise ConfigError("--save-every needs --save PATH to name the series")
+
+
+def save_targets(save: str | Path | None, save_every: int | None, start: int,
+                 end: int) -> list[tuple[int, Path]]:
+    """(after step, path) of every save of a run from ``start`` to ``end``: each multiple
+    of ``save_every`` after the start (``series_path``), then ``save`` at the end."""
+    if save is None:
+        return []
+    save_path = Path(save)
+    targets: list[tuple[int, Path]] = []
+    if save_every:
+        first = (start // save_every + 1) * save_every
+        targets += [(s, series_path(save_path, s)) for s in range(first, end + 1, save_every)]
+    targets.append((end, save_path))
+    return targets
+
+
 def simulate(
     spec: RunSpec,
     *,
@@ -114,10 +137,7 @@ def simulate(
 
     The history records the start, every step that is a multiple of ``record_every``
     (``"auto"``: ``record_interval``; 1: every step) and the final step."""
-    if save_every is not None and save_every <= 0:
-        raise ConfigError(f"--save-every must be a positive number of steps, got {save_every}")
-    if save_every is not None and save is None:
-        raise ConfigError("--save-every needs --save PATH to name the series")
+    check_save_every(save, save_every)
     spec = validate(spec)
     record_every = check_record_every(record_every)
     built = build(spec)
@@ -125,15 +145,9 @@ def simulate(
     start = load_resume(built, spec, resume, warnings) if resume is not None else 0
     end = start + spec.steps
 
-    save_path = Path(save) if save is not None else None
-    targets: list[tuple[int, Path]] = []
-    if save_path is not None:
-        if save_every:
-            first = (start // save_every + 1) * save_every
-            targets += [(s, series_path(save_path, s)) for s in range(first, end + 1, save_every)]
-        targets.append((end, save_path))
-        for _, p in targets:  # fail before stepping, not after
-            check_writable(p, force, kind="torch")
+    targets = save_targets(save, save_every, start, end)
+    for _, p in targets:  # fail before stepping, not after
+        check_writable(p, force, kind="torch")
 
     numel = sum(p.numel() for p in built.params)
     every = resolve_record_every(record_every, spec.steps, numel)
