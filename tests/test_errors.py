@@ -39,6 +39,10 @@ FORMS = [
     (("ignore", ("foreach", "fused")), {}, "ignore=('foreach', 'fused')",
      "--ignore foreach --ignore fused"),
     (("save", Path("out/run.pt")), {}, "save='out/run.pt'", "--save out/run.pt"),
+    (("values['lr']",), {}, "values['lr']", "--lr"),
+    (("values",), {"shown": "KEY=VALUE", "python": "{KEY: VALUE}"}, "values={KEY: VALUE}",
+     "--set KEY=VALUE"),
+    (("output",), {"shown": "NEW_FILE"}, "output=NEW_FILE", "-o NEW_FILE"),
 ]
 
 

@@ -19,14 +19,21 @@ forms, in Python words | the CLI's:
     option("stats", False)                   stats=False  | --no-stats
     option("key", key, shown=repr(key))      key='opt.v1' | --key 'opt.v1'
     option("lr", shown="VALUE")              lr=VALUE     | --lr VALUE
+    option("values['lr']")                   values['lr'] | --lr
+    option("values", shown="KEY=VALUE", python="{KEY: VALUE}")
+                                             values={KEY: VALUE} | --set KEY=VALUE
 
-``shown`` is the value's text in the CLI's words (default ``str(value)``); given without
-a value it is a placeholder, the same in both. Like gettext's current locale, the words are
-chosen when the text is built: after that a message is plain text everywhere, in
-``str(error)``, ``error.message``, and the warnings and notes of a result (which name
-options too, and which ``--json`` prints as they are). So build such texts when they are
-needed, never in a module-level constant. The choice is one process-wide setting (not a
-context variable) so that threads a command starts (prefetch) speak as it does.
+``shown`` is the value's text in the CLI's words (default ``str(value)``), ``python`` in
+Python's (default ``repr(value)``); either given without a value is a placeholder, and
+``shown`` alone serves both. A name may be an item of a dict parameter (``values['lr']``:
+``set_hyperparameters(values={"lr": ...})``, the CLI's ``--lr``).
+
+Like gettext's current locale, the words are chosen when the text is built: after that a
+message is plain text everywhere, in ``str(error)``, ``error.message``, and the warnings
+and notes of a result (which name options too, and which ``--json`` prints as they are).
+So build such texts when they are needed, never in a module-level constant. The choice is
+one process-wide setting (not a context variable) so that threads a command starts
+(prefetch) speak as it does.
 """
 
 from __future__ import annotations
@@ -64,14 +71,18 @@ NAMED: Any = _Named()
 class Option:
     """An option a message refers to: the Python parameter ``name``, the ``value`` it is
     set to (``NAMED`` when only the option is named), and ``shown``, the value's text in
-    the CLI's words (or a placeholder such as ``VALUE`` when there is no value)."""
+    the CLI's words, and ``python`` its text in Python's (either may be a placeholder
+    such as ``VALUE`` when there is no value)."""
 
     name: str
     value: Any = NAMED
     shown: str | None = None
+    python: str | None = None
 
     def python_words(self) -> str:
         """``force=True``, ``key='opt.v1'``, ``lr=VALUE``, or the bare name."""
+        if self.python is not None:
+            return f"{self.name}={self.python}"
         if self.value is NAMED:
             return self.name if self.shown is None else f"{self.name}={self.shown}"
         value = os.fspath(self.value) if isinstance(self.value, os.PathLike) else self.value
@@ -81,10 +92,11 @@ class Option:
 _words: Callable[[Option], str] = Option.python_words
 
 
-def option(name: str, value: Any = NAMED, *, shown: str | None = None) -> str:
+def option(name: str, value: Any = NAMED, *, shown: str | None = None,
+           python: str | None = None) -> str:
     """The option ``name`` (set to ``value``) in the words of whoever is listening: Python
     (``force=True``) unless a ``speaking`` block chose others (the CLI's ``--force``)."""
-    return _words(Option(name, value, shown))
+    return _words(Option(name, value, shown, python))
 
 
 @contextlib.contextmanager

@@ -15,6 +15,10 @@ from optstate.base.errors import NAMED, Option
 FLAGS = {
     "groups": "--group",  # inspect: groups=[0, 2] is --group 0 --group 2
     "params": "--param",
+    "output": "-o",
+    "values": "--set",  # set: values={"betas": ...}; inspect's values=True is never named
+    "values['lr']": "--lr",
+    "scheduler_values": "--scheduler-set",
 }
 
 
