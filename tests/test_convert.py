@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from optstate.base.errors import CheckpointError, OutputExistsError
-from optstate.edit.convert import compare_trees, convert
+from optstate.edit.convert import convert, verify_copy
 from optstate.io.lazy import materialize
 from optstate.io.source import open_source
 from optstate.io.torch_file import load_torch_file
@@ -172,13 +172,13 @@ def test_fresh_optimizer_round_trips(tmp_path):
     assert same(open_source(tmp_path / "d").obj, sd)
 
 
-def test_compare_trees_counts_and_catches():
+def test_verify_copy_counts_and_catches():
     a = {"x": torch.tensor([1.0, float("nan"), -0.0]), "y": [1, (2.5, "s")]}
-    assert compare_trees(a, {"x": a["x"].clone(), "y": [1, (2.5, "s")]}) == (1, [])
+    assert verify_copy(a, {"x": a["x"].clone(), "y": [1, (2.5, "s")]}) == (1, [])
     with pytest.raises(CheckpointError, match="at x: tensor values"):
-        compare_trees(a, {"x": torch.tensor([1.0, float("nan"), 0.0]), "y": [1, (2.5, "s")]})
+        verify_copy(a, {"x": torch.tensor([1.0, float("nan"), 0.0]), "y": [1, (2.5, "s")]})
     with pytest.raises(CheckpointError, match=r"at y\[1\]\[0\]: 2.5 became 2.0"):
-        compare_trees(a, {"x": a["x"], "y": [1, (2.0, "s")]})
+        verify_copy(a, {"x": a["x"], "y": [1, (2.0, "s")]})
 
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,

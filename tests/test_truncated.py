@@ -103,7 +103,7 @@ def test_a_sigbus_that_is_not_a_truncation_still_crashes(tmp_path):
     import subprocess
     import sys
 
-    code = ("import os, signal\nfrom optstate import readguard\nreadguard.enable()\n"
+    code = ("import os, signal\nfrom optstate.io import readguard\nreadguard.enable()\n"
             "os.kill(os.getpid(), signal.SIGBUS)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=60)

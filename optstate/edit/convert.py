@@ -23,16 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from optstate.base.errors import CheckpointError, OutputExistsError
-from optstate.base.paths import join
 from optstate.base.testhook import pause_at
-from optstate.io.atomic import AtLeast, staged
+from optstate.edit.trees import compare_trees
+from optstate.io.atomic import staged
 from optstate.io.dcp_metadata import is_dcp_folder
 from optstate.io.dcp_write import check_dir_writable, dcp_save, dcp_to_file, tensor_bytes
 from optstate.io.source import open_source
-from optstate.numeric.leaves import same_leaf
+from optstate.io.targets import AtLeast
 
 
 @dataclass
@@ -73,7 +71,7 @@ def _dcp_to_file(src: Path, dst: Path, force: bool) -> ConvertResult:
     notes: list[str] = []
     obj = dcp_to_file(src, dst, force=force, notes=notes)
     written = open_source(dst, mmap=True)
-    n, dropped = compare_trees(obj, written.obj)
+    n, dropped = verify_copy(obj, written.obj)
     return ConvertResult(src, "dcp", dst, "zip", n, dst.stat().st_size,
                          notes + _dropped_note(dropped))
 
@@ -98,7 +96,7 @@ def _file_to_dcp(src: Path, dst: Path, force: bool, unsafe: bool) -> ConvertResu
         dcp_save(source.obj, tmp.path)
         pause_at("verify")
         written = open_source(tmp.path)
-        n, dropped = compare_trees(source.obj, written.obj)
+        n, dropped = verify_copy(source.obj, written.obj)
         size = sum(f.stat().st_size for f in tmp.path.iterdir() if f.is_file())
     return ConvertResult(src, source.format, dst, "dcp", n, size,
                          notes + _dropped_note(dropped))
@@ -107,60 +105,20 @@ def _file_to_dcp(src: Path, dst: Path, force: bool, unsafe: bool) -> ConvertResu
 # --------------------------------------------------------------------------- verifying
 
 
-def compare_trees(a: Any, b: Any, where: str = "") -> tuple[int, list[str]]:
-    """Check that ``b`` (a written copy) holds what ``a`` does. Returns the number of
-    tensors compared and the empty containers of ``a`` that ``b`` lacks (DCP does not
-    store those); raises CheckpointError at the first real difference."""
-    def fail(what: str) -> CheckpointError:
-        return CheckpointError(
-            f"the converted checkpoint differs from the source at {where or '(top level)'}: "
-            f"{what}; nothing was written",
+def verify_copy(a: Any, b: Any) -> tuple[int, list[str]]:
+    """Check that ``b`` (a written copy) holds what ``a`` does (``edit.trees.compare_trees``
+    with ``exact=False``). Returns the number of tensors compared and the empty
+    containers of ``a`` that ``b`` lacks (DCP does not store those); raises
+    CheckpointError naming the first real difference."""
+    result = compare_trees(a, b, exact=False)
+    if result.differences:
+        first = result.differences[0]
+        raise CheckpointError(
+            f"the converted checkpoint differs from the source at {first.path or '(top level)'}"
+            f": {first.what}; nothing was written",
             hint="this is a bug in optstate or torch.distributed.checkpoint; please report it",
         )
-
-    if isinstance(a, torch.Tensor):
-        if not isinstance(b, torch.Tensor):
-            raise fail(f"a tensor became a {type(b).__name__}")
-        if not same_leaf(a, b, strides=False):  # DCP writes tensors contiguous
-            raise fail("tensor values, shape or dtype changed")
-        return 1, []
-    if isinstance(a, dict):
-        if not isinstance(b, dict):
-            raise fail(f"a dict became a {type(b).__name__}")
-        count, dropped = 0, []
-        for k, v in a.items():
-            sub = join(where, k)
-            if k not in b:
-                if _is_empty_container(v):
-                    dropped.append(sub)
-                    continue
-                raise fail(f"key {k!r} is missing")
-            n, d = compare_trees(v, b[k], sub)
-            count += n
-            dropped += d
-        extra = [k for k in b if k not in a]
-        if extra:
-            raise fail(f"unexpected key {extra[0]!r}")
-        return count, dropped
-    if isinstance(a, (list, tuple)):
-        if type(a) is not type(b) or len(a) != len(b):
-            raise fail(f"a {type(a).__name__} of {len(a)} became {type(b).__name__} "
-                       f"{b!r}"[:200])
-        count, dropped = 0, []
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            n, d = compare_trees(x, y, join(where, i))
-            count += n
-            dropped += d
-        return count, dropped
-    if not same_leaf(a, b, strides=False):
-        raise fail(f"{a!r} became {b!r}")
-    return 0, []
-
-
-def _is_empty_container(v: Any) -> bool:
-    if isinstance(v, (dict, list, tuple)):
-        return all(_is_empty_container(x) for x in (v.values() if isinstance(v, dict) else v))
-    return False
+    return result.tensors, result.dropped
 
 
 def _dropped_note(dropped: list[str]) -> list[str]:

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from optstate.base.errors import CheckpointError
-from optstate.io.atomic import check_target, free_bytes
 from optstate.io.lazy import LazyTensor, materialize
 from optstate.io.source import open_source
+from optstate.io.targets import check_target, free_bytes
 from optstate.io.torch_file import check_writable, clean_message, save_checkpoint
 
 

@@ -6,7 +6,8 @@ we opened ourselves (or its ``/proc/self/fd`` path when memory-mapping), never t
 user's path: torch sends a path ending in ``.safetensors`` to another loader whatever
 the file holds. Before torch unpickles anything, the pickle is pre-scanned against the
 documented limits (``prescan.py``, ``limits.py``): what torch would build is counted
-from the opcodes, so work follows the bytes stored, never what a file claims.
+from the opcodes, so work follows the bytes stored, never what a file claims; a zip's
+structure is checked first (``torch_zip.py``). After loading, the object is ``walk``ed.
 ``unsafe=True`` exists for files the user trusts; only the CLI's
 ``--unsafe`` flag sets it, and it warns loudly.
 """
@@ -22,8 +23,6 @@ import re
 import stat
 import struct
 import warnings
-import zipfile
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,8 @@ from optstate.base.limits import Limits, size_text
 from optstate.base.limits import current as current_limits
 from optstate.io import readguard
 from optstate.io.prescan import scan, scan_legacy
+from optstate.io.targets import check_target
+from optstate.io.torch_zip import TorchZip, check_zip, data_pkl, mapped_storages_fit
 from optstate.io.walk import WalkReport, walk
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -159,7 +160,7 @@ def load_torch_file(path: str | Path, *, mmap: bool = False,
         fmt = detect_format(p, f.read(512))
         size = os.fstat(f.fileno()).st_size
         readguard.watch(f, p)  # truncated while it is read: one Error line (readguard.py)
-        zinfo = _check_zip(p, f, size) if fmt == "zip" else None
+        zinfo = check_zip(p, f, size) if fmt == "zip" else None
         limits = current_limits()
         _prescan(p, f, zinfo, limits)
         # torch maps stored records raw: a compressed one would be read as garbage
@@ -181,7 +182,7 @@ def load_torch_file(path: str | Path, *, mmap: bool = False,
         walked = walk(obj, label=str(p), storages=use_mmap, max_depth=limits.depth,
                       max_nodes=limits.nodes)
         # (never with --unsafe: a second load would run the file's code a second time)
-        if use_mmap and not unsafe and not _mapped_storages_fit(f, zinfo, walked):
+        if use_mmap and not unsafe and not mapped_storages_fit(f, zinfo, walked):
             # torch's mmap path does not compare record sizes with the tensors the pickle
             # describes (its read path does): a short record would show the bytes after
             # it. Read the file instead, and let torch check.
@@ -200,11 +201,11 @@ def load_torch_file(path: str | Path, *, mmap: bool = False,
     return LoadedFile(path=p, format=fmt, bytes=size, obj=obj, walk=walked)
 
 
-def _prescan(p: Path, f: Any, zinfo: _ZipInfo | None, limits: Limits) -> None:
+def _prescan(p: Path, f: Any, zinfo: TorchZip | None, limits: Limits) -> None:
     """Count the tensors, list and dict entries, nesting and string lengths the pickle
     asks for (``prescan.py``) before torch's unpickler builds any of it."""
     if zinfo is not None:
-        scan(_data_pkl(p, f, zinfo), 0, limits, str(p))
+        scan(data_pkl(p, f, zinfo), 0, limits, str(p))
         return
     try:
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -226,56 +227,11 @@ def prescan_stream(f: Any, size: int, label: str) -> None:
     limits = current_limits()
     f.seek(0)
     if f.read(4) == ZIP_MAGIC:
-        zinfo = _check_zip(Path(label), f, size)
-        scan(_data_pkl(Path(label), f, zinfo), 0, limits, label)
+        zinfo = check_zip(Path(label), f, size)
+        scan(data_pkl(Path(label), f, zinfo), 0, limits, label)
     else:
         f.seek(0)
         scan_legacy(f.read(size), limits, label)
-
-
-def _data_pkl(p: Path, f: Any, zinfo: _ZipInfo) -> bytes:
-    """The bytes of ``data.pkl`` as torch reads them: a stored record is read raw from
-    its local header, like torch does (no CRC check: a wrong CRC must not hide the pickle
-    from the scan); a compressed one through zipfile (members are at most 2x the file,
-    ``_check_zip``)."""
-    info = zinfo.data_pkl
-    try:
-        if info is None:
-            raise KeyError("data.pkl")
-        if info.compress_type != zipfile.ZIP_STORED:
-            with zipfile.ZipFile(f) as zf:
-                return zf.read(info)
-        f.seek(info.header_offset + 26)
-        name_len, extra_len = struct.unpack("<HH", f.read(4))
-        f.seek(info.header_offset + 30 + name_len + extra_len)
-        return f.read(info.file_size)
-    except Exception:  # BadZipFile, bad CRC, zlib.error, struct.error, ...
-        raise CheckpointError(f"{p} is a damaged zip archive (its data.pkl cannot be read)",
-                              hint="re-copy or re-save the checkpoint") from None
-
-
-def _mapped_storages_fit(f: Any, zinfo: _ZipInfo | None, walked: WalkReport) -> bool:
-    """Whether every memory-mapped storage starts at a data record of the file and fits
-    in it. All storages are slices of one mapping of the whole file, so their addresses
-    differ from the records' file offsets by the mapping's base address; torch.save
-    writes only records that some tensor uses, so the lowest address is the lowest
-    record. Sparse tensors hold storages the walk does not see: read those files."""
-    if walked.sparse_tensors:
-        return False
-    storages = walked.storages or {}
-    if not storages:
-        return True
-    records: dict[int, int] = {}  # data offset in the file -> record size
-    with zipfile.ZipFile(f) as zf:
-        for info in zf.infolist():
-            if info.filename.split("/", 1)[-1].startswith("data/"):
-                f.seek(info.header_offset + 26)
-                name_len, extra_len = struct.unpack("<HH", f.read(4))
-                records[info.header_offset + 30 + name_len + extra_len] = info.file_size
-    if not records:
-        return False
-    base = min(storages) - min(records)
-    return all(records.get(ptr - base, -1) >= nbytes for ptr, nbytes in storages.items())
 
 
 def _torch_load(p: Path, fmt: str, target: Any, use_mmap: bool, unsafe: bool) -> Any:
@@ -305,77 +261,6 @@ def _torch_load(p: Path, fmt: str, target: Any, use_mmap: bool, unsafe: bool) ->
         raise CheckpointError(f"{p} needs more memory than this machine has to load") from None
     except Exception as e:  # torch raises IndexError, KeyError, struct.error, ... (#127525)
         raise _load_failure(p, fmt, e) from None
-
-
-@dataclass
-class _ZipInfo:
-    prefix: str
-    sizes: dict[str, int]  # record name below the prefix -> uncompressed size
-    compressed: bool
-    data_pkl: zipfile.ZipInfo | None = None  # the record torch unpickles
-
-
-def _check_zip(path: Path, f: Any, archive_size: int) -> _ZipInfo:
-    """Refuse zip archives that are not plain torch checkpoints, before unpickling."""
-    try:
-        zf = zipfile.ZipFile(f)
-        infos = zf.infolist()
-    except Exception:  # BadZipFile, NotImplementedError (zip version), struct.error, ...
-        raise CheckpointError(
-            f"{path} is a damaged zip archive (truncated or corrupt)",
-            hint="re-copy or re-save the checkpoint",
-        ) from None
-    names = [i.filename for i in infos]
-    if len(names) != len(set(names)):
-        counts = Counter(names)  # not names.count per name: quadratic on a hostile zip
-        dup = min(n for n, c in counts.items() if c > 1)
-        raise UnsafeCheckpointError(
-            f"{path} holds the member {dup!r} twice; different tools would read different "
-            "contents, so optstate refuses it",
-            hint="torch reads the first copy and Python's zipfile the last: a file built "
-            "to show each a different checkpoint",
-        )
-    prefixes = {n.split("/", 1)[0] for n in names if "/" in n}
-    bases = {n.split("/", 1)[1] if "/" in n else n for n in names}
-    if "constants.pkl" in bases or any(b.startswith("code/") for b in bases):
-        raise UnsafeCheckpointError(
-            f"{path} is a TorchScript archive (torch.jit.save), not a torch.save checkpoint",
-            hint="TorchScript archives hold code; load them with torch.jit.load if you trust them",
-        )
-    if "data.pkl" not in bases:
-        raise CheckpointError(f"{path} is a zip archive but not a torch.save file (no data.pkl)")
-    if len(prefixes) != 1 or any("/" not in n for n in names):
-        raise UnsafeCheckpointError(
-            f"{path} is a zip archive whose members are not all in one folder; torch.save "
-            "writes one, and tools disagree on which to read, so optstate refuses it"
-        )
-    expanded = sum(i.file_size for i in infos)
-    if expanded > _MAX_EXPANSION * archive_size + 2**20:
-        raise UnsafeCheckpointError(
-            f"{path} expands to {_human_bytes(expanded)} from {_human_bytes(archive_size)} "
-            "(compressed members: a zip bomb); torch.save never compresses, so optstate "
-            "refuses it"
-        )
-    prefix = next(iter(prefixes))
-    return _ZipInfo(
-        prefix=prefix,
-        sizes={i.filename.split("/", 1)[1]: i.file_size for i in infos},
-        compressed=any(i.compress_type != zipfile.ZIP_STORED for i in infos),
-        data_pkl=next((i for i in infos if i.filename == f"{prefix}/data.pkl"), None),
-    )
-
-
-# Uncompressed members may add up to this many times the archive size (torch.save
-# stores everything uncompressed, so a real checkpoint is at 1x).
-_MAX_EXPANSION = 2
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"
 
 
 def _refusal(path: Path, e: BaseException) -> CheckpointError:
@@ -467,8 +352,6 @@ def check_writable(path: str | Path, force: bool, *, kind: str | None = None) ->
     """Fail early (before any work) if ``path`` exists and ``force`` is not set, is a
     folder, is not a torch.save file (``kind="torch"``: what ``--force`` may replace), or
     its folder is missing or not searchable."""
-    from optstate.io.atomic import check_target
-
     return check_target(path, force, kind=kind)
 
 

@@ -50,7 +50,7 @@ class WalkReport:
     sparse_tensors: int = 0
     first_sparse: str | None = None  # where the first sparse tensor is (paths.py syntax)
     dtypes: Counter[str] = field(default_factory=Counter)
-    # data address -> bytes of each CPU storage, when asked for (see checkpoint.py)
+    # data address -> bytes of each CPU storage, when asked for (see torch_file.py)
     storages: dict[int, int] | None = None
     # Views that repeat elements (stride 0, overlapping strides): bytes a copy of them
     # would add to the bytes they cover, and the largest one (location, elements, covered)
