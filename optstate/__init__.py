@@ -1,9 +1,19 @@
 """optstate: inspect, diff, simulate and repair PyTorch optimizer state checkpoints.
 
-The core is importable without typer or rich. Importing ``optstate`` does not import
-torch; the names below load their modules (and torch) on first use::
+The documented Python API (``optstate/api.py``): the command line's commands as
+functions that return its ``--json`` reports (or result objects) and print nothing::
 
-    from optstate import RunSpec, simulate, open_source, locate
+    import optstate
+
+    report = optstate.inspect("adam.pt")              # optstate inspect adam.pt --json
+    same = optstate.diff("a.pt", "b.pt")["equal"]      # optstate diff a.pt b.pt --json
+    loaded = optstate.load_state("run.ckpt")           # .state, .view, .location, ...
+    result = optstate.simulate({"optimizer": "AdamW", "steps": 10}, save="adamw.pt")
+
+plus ``check``, ``set_hyperparameters`` and ``convert``. The building blocks beneath them
+(``RunSpec``, ``open_source``, ``locate``, ``diff_states``, ...) are importable from here
+too. Importing ``optstate`` imports no torch, typer or rich: each function and name loads
+what it needs on first use. Errors are ``OptstateError`` (one-line ``str()``).
 """
 
 from __future__ import annotations
@@ -43,11 +53,21 @@ if _as_command_line():
 
 # after the handler, so that a Ctrl-C while they load is the interrupt too
 from importlib import import_module  # noqa: E402
-from types import ModuleType  # noqa: E402
 from typing import Any  # noqa: E402
 
+from optstate.api import (  # noqa: E402 - imports nothing heavy: each function imports its own
+    LoadedState,
+    check,
+    convert,
+    diff,
+    inspect,
+    load_state,
+    set_hyperparameters,
+    simulate,
+)
 from optstate.base.version import __version__  # noqa: E402
 
+# The building blocks, loaded (with torch) on first use: name -> module.
 _LAZY = {
     "RunSpec": "optstate.sim.config",
     "GroupSpec": "optstate.sim.config",
@@ -55,7 +75,6 @@ _LAZY = {
     "spec_from_dict": "optstate.sim.config",
     "read_config_file": "optstate.sim.config",
     "build": "optstate.sim.build",
-    "simulate": "optstate.sim.simulate",
     "SimulationResult": "optstate.sim.simulate",
     "load_torch_file": "optstate.io.torch_file",
     "save_checkpoint": "optstate.io.torch_file",
@@ -68,11 +87,9 @@ _LAZY = {
     "summarize": "optstate.numeric.stats",
     "TensorSummary": "optstate.numeric.stats",
     "OptstateError": "optstate.base.errors",
-    "convert": "optstate.edit.convert",
     "open_dcp": "optstate.io.dcp",
     "simulate_sharded": "optstate.sim.distributed",
     "LazyTensor": "optstate.io.lazy",
-    "set_hyperparameters": "optstate.edit.hyperparameters",
     "check_checkpoint": "optstate.analysis.check",
     "check_state": "optstate.analysis.check",
     "diff_states": "optstate.analysis.diff",
@@ -81,26 +98,22 @@ _LAZY = {
     "StateDiff": "optstate.analysis.diff",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "__version__",
+    "inspect", "diff", "load_state", "LoadedState", "check", "set_hyperparameters",
+    "convert", "simulate",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'optstate' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # found once; later lookups are plain attribute reads
+    return value
 
 
-class _Package(ModuleType):
-    """``simulate`` and ``locate`` are functions and also submodules: importing the
-    submodule makes Python set ``optstate.sim.simulate`` to the module, so ``from optstate
-    import simulate`` would give a module or a function depending on import order. The
-    function wins (``from optstate.sim.simulate import ...`` still reaches the module)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _LAZY and isinstance(value, ModuleType) and value.__name__ == _LAZY[name]:
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -28,7 +28,6 @@ from optstate.base.errors import OptstateError, one_line, speaking
 from optstate.base.startup import resume_collector
 from optstate.base.testhook import pause_at
 from optstate.base.version import __version__
-from optstate.cli.flags import flag_words
 from optstate.io import readguard
 from optstate.render.root_help import COMMANDS, DESCRIPTION, VERSION_HELP, root_help
 
@@ -206,6 +205,8 @@ def warn(message: str) -> None:
 def errors_to_exit() -> Iterator[None]:
     """Run a command's body: the core's messages name options as flags (``cli/flags.py``),
     and its errors become one ``Error:`` line (``_errors_to_exit``)."""
+    from optstate.cli.flags import flag_words  # here: `CMD --help` loads only CMD's module
+
     with speaking(flag_words), _errors_to_exit():
         yield
 
