@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from optstate.base.errors import CheckpointError, one_line
+from optstate.base.native import c_disabled
 from optstate.base.testhook import pause_at
 
 HINT = "another program is writing or truncating it; run again once it is complete"
@@ -60,7 +61,7 @@ def enable() -> bool:
     is in place (False: only ``check()`` guards)."""
     global _enabled, _helper
     _enabled = True
-    if _helper is None and os.environ.get("OPTSTATE_NO_C", "").strip() in ("", "0"):
+    if _helper is None and not c_disabled():
         try:
             from optstate.io import _sigbus  # type: ignore[attr-defined]
 

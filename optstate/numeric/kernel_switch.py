@@ -18,15 +18,16 @@ kernel gives.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from types import ModuleType
 
 import torch
 
+from optstate.base.native import c_disabled
+
 # OPTSTATE_NO_C=1: never import the optional C kernel (CI runs the suite both ways, so the
 # torch fallback is tested as it runs where the extension was not built).
-C_DISABLED = os.environ.get("OPTSTATE_NO_C", "").strip() not in ("", "0")
+C_DISABLED = c_disabled()
 
 _ckernels: ModuleType | None = None
 if not C_DISABLED:
