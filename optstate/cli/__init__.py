@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import sys
 import traceback
 from collections.abc import Iterator, MutableMapping
@@ -24,6 +23,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from optstate.base import interrupt
+from optstate.base.debug import debug_enabled
 from optstate.base.errors import OptstateError, one_line, speaking
 from optstate.base.startup import resume_collector
 from optstate.base.testhook import pause_at
@@ -183,10 +183,6 @@ def _root(
 ) -> None:
     # Only --version; the help is render/root_help.py's DESCRIPTION (help= above).
     return None
-
-
-def debug_enabled() -> bool:
-    return os.environ.get("OPTSTATE_DEBUG", "") not in ("", "0")
 
 
 def fail(message: str, hint: str | None = None, code: int = 2) -> typer.Exit:

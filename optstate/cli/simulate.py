@@ -157,7 +157,7 @@ def simulate(
         from optstate.render.progress import Progress, progress_wanted
 
         wanted = progress_wanted(json=json_)
-        if world_size is not None:  # sharded: optstate/sim/distributed.py (helper X)
+        if world_size is not None:  # one process per rank: sim/distributed.simulate_sharded
             from optstate.sim.distributed import simulate_sharded
 
             with Progress("stepping", enabled=wanted):  # a spinner: the ranks report nothing

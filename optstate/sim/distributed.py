@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from optstate.base import errors, interrupt
+from optstate.base.debug import debug_enabled
 from optstate.base.errors import ConfigError, OptstateError
 from optstate.io.atomic import Staged
 from optstate.io.dcp_write import check_dir_writable, dcp_to_file
@@ -163,7 +164,7 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
         try:
             _wait(procs, work, timeout)
         except OptstateError as e:
-            if os.environ.get("OPTSTATE_DEBUG", "") not in ("", "0"):
+            if debug_enabled():  # keep the workers' logs
                 keep = Path(tempfile.mkdtemp(prefix="optstate-dist-logs-"))
                 for log in work.glob("rank*.log"):
                     shutil.copy(log, keep / log.name)
