@@ -19,6 +19,11 @@ FLAGS = {
     "values": "--set",  # set: values={"betas": ...}; inspect's values=True is never named
     "values['lr']": "--lr",
     "scheduler_values": "--scheduler-set",
+    # simulate and compare read these from command-line texts (sim/spec_text.py)
+    "shapes": "--shape",
+    "scheduler_args": "--scheduler-arg",
+    "assignments": "--set",
+    "settings": "--set",  # compare: "lr=0.1" for every optimizer, "adam.lr=0.1" for one
 }
 
 
