@@ -12,6 +12,7 @@ caller never pauses it, so for them ``resume_collector`` only imports torch.
 from __future__ import annotations
 
 import gc
+import warnings
 
 from optstate.base import interrupt
 from optstate.base.testhook import pause_at
@@ -31,7 +32,11 @@ def resume_collector() -> None:
     """Import torch (SIGINT deferred), then freeze and resume the collector if start-up
     paused it."""
     global _collector_paused
-    with interrupt.deferred():  # torch's imports swallow or mangle a KeyboardInterrupt
+    # torch's imports swallow or mangle a KeyboardInterrupt: deferred
+    with interrupt.deferred(), warnings.catch_warnings():
+        # numpy is optional (only --plot uses it, through matplotlib); torch warns at
+        # import when it is missing, about its numpy interop, which optstate never uses
+        warnings.filterwarnings("ignore", "Failed to initialize NumPy", UserWarning)
         pause_at("import_torch")
         import torch  # noqa: F401 - the import every command makes first
     if _collector_paused:

@@ -106,6 +106,18 @@ def simulate_sharded(spec: RunSpec, *, world_size: int, save: str | Path | None 
                                  record_every=record_every)[0]
 
 
+def _check_numpy() -> None:
+    """numpy is optional (pyproject's ``plot`` extra), but torch.distributed.checkpoint's
+    save gathers the ranks' plans with ``gather_object``, which goes through numpy:
+    without it every rank would fail mid-save. Said before any process starts."""
+    try:
+        import numpy  # noqa: F401 - imported by torch already when it is installed
+    except ImportError:
+        raise ConfigError("saving a sharded run needs numpy (torch.distributed.checkpoint "
+                          "gathers the ranks' save plans through it), which is not "
+                          "installed: pip install numpy") from None
+
+
 def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
                           save: str | Path | None = None, force: bool = False,
                           timeout: float = 600.0, save_every: int | None = None,
@@ -117,6 +129,8 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
         raise ConfigError(f"--world-size must be between 1 and {MAX_WORLD_SIZE}, got "
                           f"{world_size}")
     check_save_every(save, save_every)
+    if save is not None:
+        _check_numpy()
     specs = [validate(spec) for spec in specs]
     record_every = check_record_every(record_every)
     built = [_check_shardable(spec) for spec in specs]  # config errors before any process
