@@ -107,6 +107,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    """The building blocks of ``_LAZY``: each module is imported on first use."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'optstate' has no attribute {name!r}")
@@ -116,4 +117,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
+    """Every public name, those not loaded yet included."""
     return sorted({*globals(), *_LAZY})

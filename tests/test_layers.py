@@ -202,7 +202,7 @@ def test_the_rules_catch_what_they_should():
         GRAPH.update(saved)
 
 
-@pytest.mark.parametrize("module", ["optstate"])
+@pytest.mark.parametrize("module", ["optstate", "optstate.api"])
 def test_import_optstate_loads_no_heavy_dependency(module):
     """``import optstate`` (and its documented API's module) imports no torch, typer, rich
     or numpy: they load when a function is called."""
