@@ -7,6 +7,7 @@ from typing import Any
 from rich.table import Table
 
 from optstate.render.fit import Fit
+from optstate.sim.config import format_shape
 
 
 def chunk_text(chunk: dict[str, Any]) -> str:
@@ -26,6 +27,6 @@ def layout_table(layout: dict[str, Any]) -> Fit:
     for col in ("key", "shape", "dtype", "chunks"):
         table.add_column(col, overflow="fold")
     for t in layout["tensors"]:
-        table.add_row(t["key"], "x".join(map(str, t["shape"])) or "scalar", t["dtype"],
+        table.add_row(t["key"], format_shape(t["shape"]), t["dtype"],
                       " · ".join(chunk_text(c) for c in t["chunks"]))
     return Fit(table)

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from optstate.render.fit import Fit
 from optstate.render.human import fmt
+from optstate.sim.config import format_shape
 
 
 def _short(value: Any) -> str:
@@ -18,7 +19,7 @@ def _short(value: Any) -> str:
     words, or the table folds: optstate/render/fit.py)."""
     if isinstance(value, dict):
         if set(value) == {"shape", "dtype"}:
-            text = f"{'x'.join(map(str, value['shape'])) or 'scalar'} {value['dtype']}"
+            text = f"{format_shape(value['shape'])} {value['dtype']}"
         elif "state" in value and "group" in value:  # a parameter on one side only
             entries = ", ".join(value["state"]) or "no state"
             text = f"group {value['group']}: {entries}"

@@ -15,10 +15,7 @@ from rich.text import Text
 
 from optstate.render.fit import Fit
 from optstate.render.human import fmt, fmt_values, groups_table
-
-
-def _shape(shape: list[int]) -> str:
-    return "x".join(map(str, shape)) or "scalar"
+from optstate.sim.config import format_shape
 
 
 def _summary(rep: dict[str, Any]) -> str:
@@ -44,11 +41,12 @@ def state_per_param(params: list[dict[str, Any]]) -> Fit:
     for p in params:
         lead = f"{p['position']} {p['name']}\ngroup {p['group']}"
         own = fmt_values(p["values"]) if "values" in p else _summary(p.get("summary", {}))
-        table.add_row(lead, Text("(value)", style="dim"), _shape(p["shape"]), own)
+        table.add_row(lead, Text("(value)", style="dim"), format_shape(p["shape"]), own)
         if not p["state"]:
             table.add_row("", Text("(no state)", style="dim"), "", "")
         for name, rep in p["state"].items():
-            shape = _shape(rep["shape"]) if "shape" in rep else "scalar" if "value" in rep else ""
+            shape = (format_shape(rep["shape"]) if "shape" in rep
+                     else format_shape(()) if "value" in rep else "")
             table.add_row("", name, shape, _summary(rep))
         table.add_section()
     return Fit(table, sub=1)
