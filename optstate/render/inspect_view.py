@@ -10,6 +10,7 @@ from rich.text import Text
 
 from optstate.render.human import fmt, fmt_values, groups_table
 from optstate.render.text_table import TextTable
+from optstate.sim.config import format_shape
 
 FORMAT_LABELS = {
     "zip": "torch.save zip (torch >= 1.6)",
@@ -34,10 +35,6 @@ def human_bytes(n: int, exact: bool = True) -> str:
             return f"{size:.1f} {unit}" + (f" ({n:,} B)" if exact else "")
         size /= 1024
     return f"{n} B"
-
-
-def _shape(rep: dict[str, Any]) -> str:
-    return "x".join(map(str, rep["shape"])) or "0-d"
 
 
 def _zeros(value: float | None) -> str:
@@ -132,9 +129,9 @@ def structure_table(report: dict[str, Any]) -> TextTable:
                 rows.append([Text(f"{name} ({rep['more']} more)", style="dim")])
             elif "value" in rep:
                 dtype = rep.get("dtype", type(rep["value"]).__name__)
-                rows.append([name, "scalar", dtype, "", "", fmt(rep["value"])])
+                rows.append([name, format_shape(()), dtype, "", "", fmt(rep["value"])])
             else:
-                rows.append([name, _shape(rep), rep["dtype"], f"{rep['numel']:,}",
+                rows.append([name, format_shape(rep["shape"]), rep["dtype"], f"{rep['numel']:,}",
                              f"{rep['bytes']:,}", ""])
         if not rows:
             rows = [[Text("(no state)", style="dim")]]
