@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The tests press Ctrl-C (SIGINT) on real processes, as a terminal does. A suite started in
+# the background by a script (`cmd &`, nohup) inherits SIGINT *ignored*, every process it
+# starts would too, and optstate rightly keeps an ignored SIGINT ignored: those tests would
+# then fail for the way the suite was started. Python's own handler here means every child
+# starts with SIGINT at its default, as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
