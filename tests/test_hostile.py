@@ -429,11 +429,12 @@ def test_every_payload_really_runs_under_plain_pickle(tmp_path):
 # --------------------------------------------------------------------------- CLI, fresh processes
 
 _DRIVER = textwrap.dedent("""
-    import json, os, signal, sys, time
+    import gc, json, os, signal, sys, time
     import importlib, pkgutil
     import torch  # imported once; every case then runs in its own forked process
+    import typer.main
     import optstate
-    from optstate.cli import main
+    from optstate.cli import app, main
 
     for m in pkgutil.walk_packages(optstate.__path__, "optstate."):
         if m.name.endswith("__main__"):
@@ -443,52 +444,88 @@ _DRIVER = textwrap.dedent("""
         except Exception:
             pass
     import rich.console, rich.table
+    try:  # typer's value conversion imports it (and pydantic) at the first option parsed
+        import typer._adapters
+    except ImportError:
+        pass
+    # the first optimizer built imports torch._dynamo (simulate builds one before --resume)
+    p = torch.zeros(2, requires_grad=True)
+    p.grad = torch.ones(2)
+    torch.optim.AdamW([p]).step()
+    del p
+    # typer builds the click command from the app's signatures at every call (0.05-0.1 s):
+    # build it once here; each child still runs main() -> app() -> that command, in its
+    # own process, so nothing one case does reaches another
+    command, get_command = typer.main.get_command(app), typer.main.get_command
+    typer.main.get_command = lambda t: command if t is app else get_command(t)
+    gc.freeze()  # a child's collections skip (and do not copy) everything imported here
 
     def status_kb(field):
         for line in open("/proc/self/status"):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
 
-    out = []
-    for argv, stem, env in json.load(open(sys.argv[1])):
+    def child(argv, stem, env):
+        signal.alarm(60)
+        for fd, suffix in ((1, ".out"), (2, ".err")):
+            os.dup2(os.open(stem + suffix, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        base = status_kb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak (VmHWM) to the current RSS
+        os.environ.update(env)
+        sys.argv = ["optstate", *argv]
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (e.code is not None)
+        sys.stdout.flush(); sys.stderr.flush()
+        with open(stem + ".mem", "w") as f:
+            f.write(str((status_kb("VmHWM") - base) / 1024))
+        os._exit(code)
+
+    jobs = json.load(sys.stdin)  # sent once the test has built the files
+    workers = min(2, len(os.sched_getaffinity(0)))
+    out, running = [None] * len(jobs), {}
+    for i, (argv, stem, env) in enumerate(jobs):
+        if len(running) == workers:
+            pid, status = os.wait()
+            j, t = running.pop(pid)
+            out[j] = {"code": os.waitstatus_to_exitcode(status),
+                      "seconds": time.perf_counter() - t}
         t = time.perf_counter()
         pid = os.fork()
         if pid == 0:
-            signal.alarm(60)
-            for fd, suffix in ((1, ".out"), (2, ".err")):
-                os.dup2(os.open(stem + suffix, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-            base = status_kb("VmRSS")
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset the peak (VmHWM) to the current RSS
-            os.environ.update(env)
-            sys.argv = ["optstate", *argv]
-            code = 0
-            try:
-                main()
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (e.code is not None)
-            sys.stdout.flush(); sys.stderr.flush()
-            with open(stem + ".mem", "w") as f:
-                f.write(str((status_kb("VmHWM") - base) / 1024))
-            os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        out.append({"code": os.waitstatus_to_exitcode(status),
-                    "seconds": time.perf_counter() - t})
+            child(argv, stem, env)
+        running[pid] = (i, t)
+    while running:
+        pid, status = os.wait()
+        j, t = running.pop(pid)
+        out[j] = {"code": os.waitstatus_to_exitcode(status), "seconds": time.perf_counter() - t}
     print(json.dumps(out))
 """)
 
 
-def run_forked(jobs: list[tuple], tmp: Path, env: dict | None = None) -> list:
-    """Run each CLI invocation ``(argv, stem[, env])`` in its own process; return code,
-    stdout, stderr, time and peak memory growth of each."""
-    spec = tmp / "jobs.json"
-    spec.write_text(json.dumps([[j[0], str(j[1]), j[2] if len(j) > 2 else {}] for j in jobs]))
+def start_driver(env: dict | None = None) -> subprocess.Popen:
+    """Start the process that forks one child per CLI invocation: it imports torch and
+    optstate while the test builds its files, then waits for ``run_forked``'s jobs."""
     e = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **(env or {})}
     e.pop("OPTSTATE_DEBUG", None)
-    r = subprocess.run([sys.executable, "-c", _DRIVER, str(spec)], capture_output=True,
-                       text=True, env=e, timeout=600)
-    assert r.returncode == 0, r.stderr
-    results = json.loads(r.stdout)
+    return subprocess.Popen([sys.executable, "-c", _DRIVER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+
+
+def run_forked(driver: subprocess.Popen, jobs: list[tuple]) -> list:
+    """Run each CLI invocation ``(argv, stem[, env])`` in its own process (two at a time);
+    return code, stdout, stderr, time and peak memory growth of each."""
+    spec = json.dumps([[j[0], str(j[1]), j[2] if len(j) > 2 else {}] for j in jobs])
+    try:
+        stdout, stderr = driver.communicate(spec, timeout=600)
+    finally:
+        driver.kill()
+        driver.wait()
+    assert driver.returncode == 0, stderr
+    results = json.loads(stdout)
     for res, (_, stem, *_env) in zip(results, jobs, strict=True):
         res["stdout"] = Path(f"{stem}.out").read_text()
         res["stderr"] = Path(f"{stem}.err").read_text()
@@ -517,21 +554,27 @@ MATRIX = [(n, c) for n in CLI_CASES for c in COMMANDS] \
 def cli_matrix(tmp_path_factory):
     """Every case through every command, each in its own process, with torch's
     TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD override set (it must not matter)."""
-    tmp = tmp_path_factory.mktemp("hostile_cli")
-    good = hc.save_adamw(tmp / "good.pt")
-    jobs, keys = [], []
-    built: dict[str, Path] = {}
-    for name, cmd in MATRIX:
-        if name not in built:
-            built[name] = _build(name, tmp / name)
-        p = built[name]
-        argv = {**COMMANDS, **WRITING_COMMANDS}[cmd](p, good)
-        jobs.append((argv, tmp / f"{name}-{cmd}"))
-        keys.append((name, cmd, p, tmp / name))
-    p = tmp / "refused_global" / "datetime.pt"
-    jobs.append((["inspect", str(p)], tmp / "debug", {"OPTSTATE_DEBUG": "1"}))
-    keys.append(("refused_global", "inspect-debug", p, p.parent))
-    results = run_forked(jobs, tmp, env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
+    driver = start_driver(env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
+    try:  # the driver imports torch meanwhile
+        tmp = tmp_path_factory.mktemp("hostile_cli")
+        good = hc.save_adamw(tmp / "good.pt")
+        jobs, keys = [], []
+        built: dict[str, Path] = {}
+        for name, cmd in MATRIX:
+            if name not in built:
+                built[name] = _build(name, tmp / name)
+            p = built[name]
+            argv = {**COMMANDS, **WRITING_COMMANDS}[cmd](p, good)
+            jobs.append((argv, tmp / f"{name}-{cmd}"))
+            keys.append((name, cmd, p, tmp / name))
+        p = tmp / "refused_global" / "datetime.pt"
+        jobs.append((["inspect", str(p)], tmp / "debug", {"OPTSTATE_DEBUG": "1"}))
+        keys.append(("refused_global", "inspect-debug", p, p.parent))
+    except BaseException:
+        driver.kill()
+        driver.wait()
+        raise
+    results = run_forked(driver, jobs)
     return {(n, c): (r, p, f) for (n, c, p, f), r in zip(keys, results, strict=True)}
 
 
