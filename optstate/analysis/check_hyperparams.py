@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from optstate.analysis.check_result import Finding, equal_hyper, guess_kind, n_of, show
+from optstate.base.values import is_number
 from optstate.sim.build import Built
 from optstate.sim.config import RunSpec
 from optstate.sim.schedule import base_lr_of, not_proportional
@@ -123,7 +124,7 @@ def _close_lr(a: Any, b: Any) -> bool:
     """Equal up to 4 ulps: a product lr * (X / old base) rounds twice (two half-ulps) and
     the config's value (max_lr / div_factor ...) rounds on its own path."""
     a, b = plain(a), plain(b)
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b)):
+    if not all(is_number(x) for x in (a, b)):
         return False
     return abs(a - b) <= 4 * math.ulp(max(abs(a), abs(b)))
 
@@ -210,7 +211,7 @@ def _plateau_reductions(start: Any, lr: Any, sched: dict[str, Any], gi: int) -> 
     """How many of ReduceLROnPlateau's reductions (its own arithmetic: lr * factor,
     floored at min_lr, skipped when the change is under eps) take ``start`` to ``lr``;
     0 when they are equal, None when none does."""
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (start, lr)):
+    if not all(is_number(x) for x in (start, lr)):
         return None
     x = float(start)
     if _is_plateau(sched):

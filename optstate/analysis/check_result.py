@@ -15,7 +15,6 @@ from optstate.state.report import plain
 from optstate.state.view import OptimizerStateView
 
 LEVELS = ("info", "warn", "fail")
-
 VERDICTS = {"info": ("ok", 0), "warn": ("differs", 1), "fail": ("fails", 2)}
 
 
