@@ -84,7 +84,8 @@ def _file_to_dcp(src: Path, dst: Path, force: bool, unsafe: bool) -> ConvertResu
             f"{source.label} holds a {type(source.obj).__name__}; a DCP checkpoint stores a "
             "non-empty dict (a state dict)"
         )
-    sparse = source.walk.first_sparse  # DCP's writer fails inside torch on these
+    # DCP's writer fails inside torch on sparse tensors; open_source's walk found them
+    sparse = source.walk.first_sparse if source.walk is not None else None
     if sparse is not None:
         raise CheckpointError(
             f"{source.label} holds a sparse tensor at {sparse}; a DCP "

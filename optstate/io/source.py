@@ -42,8 +42,9 @@ class Source:
     sibling_files: dict[str, Path] = field(default_factory=dict)
     # Sibling files that exist but could not be read (role -> one-line reason).
     sibling_errors: dict[str, str] = field(default_factory=dict)
-    # What the safety check saw of ``obj`` (tensors by kind, the first sparse one, ...)
-    walk: WalkReport = field(default_factory=WalkReport)
+    # What the safety check saw of ``obj`` (tensors by kind, the first sparse one, ...);
+    # None for an object handed over in memory rather than read by ``open_source``
+    walk: WalkReport | None = None
 
     @property
     def label(self) -> str:
@@ -65,7 +66,7 @@ def open_source(path: str | Path, *, mmap: bool = True, unsafe: bool = False,
     if copying and loaded.walk is not None:
         check_copyable(loaded.walk, str(p), copying)
     src = Source(path=p, file=p, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj,
-                 walk=loaded.walk or WalkReport())
+                 walk=loaded.walk)
     if _OPTIMIZER_FILE.fullmatch(p.name):  # a Trainer / accelerate file named directly
         _add_scheduler_sibling(src, p, unsafe=unsafe)
     return src
@@ -93,7 +94,7 @@ def _open_folder(p: Path, *, mmap: bool, unsafe: bool, copying: str | None) -> S
     if copying and loaded.walk is not None:
         check_copyable(loaded.walk, str(opt_file), copying)
     src = Source(path=p, file=opt_file, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj,
-                 walk=loaded.walk or WalkReport())
+                 walk=loaded.walk)
     _add_scheduler_sibling(src, opt_file, unsafe=unsafe)
     return src
 
