@@ -1,6 +1,6 @@
 """An input file truncated while optstate reads it: one ``Error:`` line and exit 2.
 
-Tensors of zip checkpoints are memory-mapped (``checkpoint.load_torch_file``): their
+Tensors of zip checkpoints are memory-mapped (``torch_file.load_torch_file``): their
 bytes are read when a statistic or a comparison touches them. If another program
 truncates the file meanwhile, the first touch of a page past the new end raises SIGBUS in
 whichever thread reads it (torch, the C kernel's workers). That cannot be turned into a
