@@ -300,20 +300,15 @@ def print_json(text: str) -> None:
 
 
 def stdout_console():  # noqa: ANN201 - rich is imported lazily
-    from rich.console import Console
+    from optstate.render.terminal_safe import safe_console  # text from checkpoints
 
-    from optstate.render.terminal_safe import protect  # text from checkpoints: no escapes
-
-    # markup/emoji off: names from a file print as stored ("[bold]x", ":warning:")
-    return protect(Console(highlight=False, soft_wrap=False, markup=False, emoji=False))
+    return safe_console()
 
 
 def stderr_console():  # noqa: ANN201
-    from rich.console import Console
+    from optstate.render.terminal_safe import safe_console
 
-    from optstate.render.terminal_safe import protect
-
-    return protect(Console(stderr=True, highlight=False, markup=False, emoji=False))
+    return safe_console(stderr=True)
 
 
 _USAGE_ERROR_BASE: type[Exception] = next(

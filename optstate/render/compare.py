@@ -9,11 +9,11 @@ from rich.table import Table
 from rich.text import Text
 
 from optstate.render.fit import Fit
-from optstate.render.human import fmt
+from optstate.render.human import fmt, fmt_short
 
 
 def _point(values: list[float | None]) -> str:
-    return "(" + ", ".join("–" if v is None else f"{v:.4g}" for v in values) + ")"
+    return "(" + ", ".join(fmt_short(v) for v in values) + ")"
 
 
 def compare_view(report: dict[str, Any]) -> Group:

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from optstate.render.fit import Fit
-from optstate.render.human import fmt
+from optstate.render.human import fmt, fmt_short
 from optstate.sim.config import format_shape
 
 
@@ -34,11 +34,6 @@ def _short(value: Any) -> str:
     else:
         text = fmt(value)
     return text
-
-
-def _num(value: float | None) -> str:
-    """Metrics to 4 significant digits so the table fits 80 columns (--json has all)."""
-    return "–" if value is None else f"{value:.4g}"
 
 
 def _absent(kind: str, side: str) -> bool:
@@ -82,8 +77,8 @@ def _tensors_table(changes: list[dict[str, Any]]) -> Table:
         m = c["metrics"]
         # views repeating stored elements are compared over their storage (numeric.py)
         of = f"{m['stored']} stored" if "stored" in m else m["numel"]
-        table.add_row(c["path"], f"{m['outside']}/{of}", _num(m["max_abs"]),
-                      _num(m["max_rel"]), _num(m["norm_a"]), _num(m["norm_b"]),
+        table.add_row(c["path"], f"{m['outside']}/{of}", fmt_short(m["max_abs"]),
+                      fmt_short(m["max_rel"]), fmt_short(m["norm_a"]), fmt_short(m["norm_b"]),
                       style="dim" if c["kind"] == "equal" else "")
     return table
 
@@ -97,7 +92,7 @@ def _entries_table(rows: list[dict[str, Any]]) -> Table:
     for r in rows:
         outside = f"{r['outside']}/{r['numel']}" if r["numel"] else "–"
         table.add_row(r["entry"], f"{r['differ']}/{r['compared']}", outside,
-                      _num(r["max_abs"]), style="" if r["differ"] else "dim")
+                      fmt_short(r["max_abs"]), style="" if r["differ"] else "dim")
     return table
 
 

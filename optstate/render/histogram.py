@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from optstate.render.fit import Fit
+from optstate.render.human import fmt_short
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 
@@ -32,10 +33,6 @@ def sparkline(counts: list[int]) -> str:
     return "".join(BLOCKS[level] for level in bar_levels(counts))
 
 
-def _num(v: float | None) -> str:
-    return "–" if v is None else f"{v:.4g}"
-
-
 def histogram_cells(h: dict[str, Any]) -> tuple[Text, ...]:
     """(min, bars, max, zeros, NaN, ±Inf) cells for one histogram."""
     numel = h["numel"]
@@ -43,13 +40,13 @@ def histogram_cells(h: dict[str, Any]) -> tuple[Text, ...]:
     if h["counts"] is None:
         bars = Text("(no finite value)" if numel else "(empty)", style="red" if bad else "dim")
     elif h["min"] == h["max"]:
-        bars = Text(f"all {_num(h['min'])}", style="bold yellow" if h["min"] == 0 else "")
+        bars = Text(f"all {fmt_short(h['min'])}", style="bold yellow" if h["min"] == 0 else "")
     else:
         bars = Text.assemble(("▕", "dim"), (sparkline(h["counts"]), "cyan"), ("▏", "dim"))
     zeros = Text("–" if not numel else f"{100 * h['zeros'] / numel:.3g}%",
                  style="yellow" if numel and h["zeros"] == numel else "")
     inf = h["posinf"] + h["neginf"]
-    return (Text(_num(h["min"])), bars, Text(_num(h["max"])), zeros,
+    return (Text(fmt_short(h["min"])), bars, Text(fmt_short(h["max"])), zeros,
             Text(str(h["nan"]), style="bold red" if h["nan"] else ""),
             Text(str(inf), style="bold red" if inf else ""))
 

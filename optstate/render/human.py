@@ -26,6 +26,12 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def fmt_short(value: float | None) -> str:
+    """A measure to 4 significant digits, '–' for none: cells of tables that must fit 80
+    columns (diff's metrics, histogram ends, compare's points; --json has every digit)."""
+    return "–" if value is None else f"{value:.4g}"
+
+
 def fmt_values(values: Any) -> str:
     """Tensor values (nested lists) as numpy-like rows: [[1, 2], [3, 4]]; unlike ``fmt``,
     which writes a hyperparameter's list as the tuple it was (betas)."""

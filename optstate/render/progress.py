@@ -148,7 +148,6 @@ class Progress:
 
 
 def _rich_bar() -> Any:
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         SpinnerColumn,
@@ -158,9 +157,9 @@ def _rich_bar() -> Any:
     )
     from rich.progress import Progress as RichProgress
 
-    from optstate.render.terminal_safe import protect
+    from optstate.render.terminal_safe import safe_console
 
-    console = protect(Console(stderr=True, highlight=False, markup=False, emoji=False))
+    console = safe_console(stderr=True)
     return RichProgress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                         TaskProgressColumn(), TimeElapsedColumn(), console=console,
                         transient=True, refresh_per_second=PER_SECOND)

@@ -48,3 +48,13 @@ def protect(console: Any) -> Any:
 
     console.push_render_hook(_Hook())
     return console
+
+
+def safe_console(*, stderr: bool = False) -> Any:
+    """The one way a rich Console for a person is made (stdout's answer, stderr's notes,
+    the progress bar): markup and emoji codes off, so names from a file print as stored
+    (``[bold]x``, ``:warning:``), control characters escaped (``protect``)."""
+    from rich.console import Console
+
+    return protect(Console(stderr=stderr, highlight=False, soft_wrap=False, markup=False,
+                           emoji=False))
