@@ -178,6 +178,24 @@ def test_every_public_name_is_listed_documented_and_resolves():
     assert optstate.diff_states is diff_states and optstate.RunSpec is RunSpec
 
 
+def test_the_functions_stay_functions_after_their_modules_load():
+    """No top-level submodule shares a name with a public function (the layer packages
+    hold them: ``optstate.sim.simulate``, ...), so importing a module never replaces a
+    function on the package, whatever the order of imports."""
+    import importlib
+    import pkgutil
+
+    assert not {m.name for m in pkgutil.iter_modules(optstate.__path__)} & set(
+        optstate.__all__)
+    for module in ("optstate.sim.simulate", "optstate.edit.convert",
+                   "optstate.analysis.inspect", "optstate.analysis.diff",
+                   "optstate.analysis.check", "optstate.state.locate"):
+        importlib.import_module(module)
+    for name in API:
+        assert getattr(optstate, name) is getattr(optstate.api, name), name
+    assert callable(optstate.locate)
+
+
 def test_help_lists_the_api():
     text = pydoc.render_doc(optstate, renderer=pydoc.plaintext)
     functions = text[text.index("FUNCTIONS"):]
