@@ -166,6 +166,19 @@ def test_tensors_are_loaded_one_at_a_time(fqn_dir):
     assert ckpt._cached[0] == "state.0.bias.exp_avg_sq"  # the big-tensor slot is untouched
 
 
+def test_a_dcp_folder_passes_the_same_walk_as_a_file(fqn_dir, tmp_path):
+    """open_source is the one way in: a DCP folder's tree is walked like a loaded file's,
+    and the report (kept on the Source) counts its lazy tensors without reading them."""
+    src = open_source(fqn_dir)
+    assert src.format == "dcp" and src.walk is not None
+    assert src.walk.tensors == len(DcpCheckpoint(fqn_dir).tensor_keys()) == 12
+    assert src.walk.first_sparse is None
+    sparse = {"state": {0: {"step": torch.tensor(1.0), "m": torch.eye(3).to_sparse()}},
+              "param_groups": [{"lr": 0.1, "params": [0]}]}
+    torch.save(sparse, tmp_path / "sparse.pt")
+    assert open_source(tmp_path / "sparse.pt").walk.first_sparse == "state[0].m"
+
+
 def test_chunk_layout_of_a_single_process_save(fqn_dir):
     layout = chunk_layout(open_source(fqn_dir).obj)
     assert layout["state.0.weight.exp_avg"] == [
