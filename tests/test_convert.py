@@ -11,11 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from optstate.base.errors import CheckpointError, OutputExistsError
-from optstate.edit.convert import convert, verify_copy
+from optstate.edit.convert import convert
 from optstate.io.lazy import materialize
 from optstate.io.source import open_source
 from optstate.io.torch_file import load_torch_file
 from optstate.numeric.leaves import same_tensor
+from optstate.numeric.trees import verify_copy
 
 
 def adamw_state(steps: int = 3) -> dict:

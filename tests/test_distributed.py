@@ -473,3 +473,16 @@ def test_human_view_says_it_was_sharded(runs):
     console = Console(width=200, record=True, color_system=None)
     console.print(simulate_view(single))
     assert "sharded" not in console.export_text()
+
+
+def test_a_sharded_run_saved_as_one_file_holds_the_single_process_state(runs, tmp_path):
+    """``--world-size 2 --save X.pt``: the DCP folder the workers wrote becomes one
+    torch.save file, read back and compared with what was written (as ``convert`` does);
+    its optimizer state is the single-process run's, to diff's tolerance."""
+    d, _, _, _ = runs
+    r = _invoke("simulate", *RUN, "--world-size", "2", "--save", tmp_path / "sharded.pt")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "sharded.pt").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+    same = _invoke("diff", d / "single.pt", tmp_path / "sharded.pt", "--quiet")
+    assert same.exit_code == 0, same.stdout + same.stderr

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from optstate.base.errors import CheckpointError, ConfigError
 from optstate.edit.hyperparameters import set_hyperparameters
-from optstate.edit.trees import compare_trees
 from optstate.io.torch_file import detect_format
 from optstate.numeric.leaves import same_tensor
+from optstate.numeric.trees import compare_trees
 
 
 def _trained(lr=0.1, steps=3, group_lrs=(None, 0.5)):
@@ -377,7 +377,7 @@ def test_verification_failure_leaves_nothing(monkeypatch, bare_ckpt, tmp_path):
     """If the re-read file differed anywhere else, nothing is written (and no temp file
     is left behind)."""
     import optstate.edit.set_write as edit
-    from optstate.edit.trees import Difference
+    from optstate.numeric.trees import Difference
 
     real = edit.compare_trees
 

@@ -25,12 +25,12 @@ from typing import Any
 
 from optstate.base.errors import CheckpointError, OutputExistsError
 from optstate.base.testhook import pause_at
-from optstate.edit.trees import compare_trees
 from optstate.io.atomic import staged
 from optstate.io.dcp_metadata import is_dcp_folder
 from optstate.io.dcp_write import check_dir_writable, dcp_save, dcp_to_file, tensor_bytes
 from optstate.io.source import open_source
 from optstate.io.targets import AtLeast
+from optstate.numeric.trees import verify_copy
 
 
 @dataclass
@@ -101,25 +101,6 @@ def _file_to_dcp(src: Path, dst: Path, force: bool, unsafe: bool) -> ConvertResu
         size = sum(f.stat().st_size for f in tmp.path.iterdir() if f.is_file())
     return ConvertResult(src, source.format, dst, "dcp", n, size,
                          notes + _dropped_note(dropped))
-
-
-# --------------------------------------------------------------------------- verifying
-
-
-def verify_copy(a: Any, b: Any) -> tuple[int, list[str]]:
-    """Check that ``b`` (a written copy) holds what ``a`` does (``edit.trees.compare_trees``
-    with ``exact=False``). Returns the number of tensors compared and the empty
-    containers of ``a`` that ``b`` lacks (DCP does not store those); raises
-    CheckpointError naming the first real difference."""
-    result = compare_trees(a, b, exact=False)
-    if result.differences:
-        first = result.differences[0]
-        raise CheckpointError(
-            f"the converted checkpoint differs from the source at {first.path or '(top level)'}"
-            f": {first.what}; nothing was written",
-            hint="this is a bug in optstate or torch.distributed.checkpoint; please report it",
-        )
-    return result.tensors, result.dropped
 
 
 def _dropped_note(dropped: list[str]) -> list[str]:

@@ -10,7 +10,7 @@ holds scheduler state beside the optimizer state and ``lr`` is set, the schedule
 when it is built). Everything else in the file (the rest of a Lightning or tutorial
 container, every tensor, its dtype and layout) is written back as loaded; before the new
 file replaces anything it is re-loaded and compared, leaf by leaf, with the input
-(``edit.trees.compare_trees``), and only the requested paths may differ.
+(``numeric.trees.compare_trees``), and only the requested paths may differ.
 
 Here: the entry point and its report; ``set_plan`` plans the changes, ``set_write``
 writes and verifies.

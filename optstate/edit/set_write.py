@@ -1,6 +1,6 @@
 """``set``, writing: save the changed objects atomically, and before anything is replaced
 prove from the re-loaded copy that only the planned paths differ from the input
-(``edit.trees.compare_trees``). A folder (Hugging Face Trainer / accelerate) is copied
+(``numeric.trees.compare_trees``). A folder (Hugging Face Trainer / accelerate) is copied
 whole, or its two files rewritten in place.
 """
 
@@ -13,10 +13,10 @@ from typing import Any
 from optstate.base.errors import CheckpointError
 from optstate.base.paths import follow
 from optstate.edit.set_plan import Change, SetResult
-from optstate.edit.trees import compare_trees
 from optstate.io.source import Source
 from optstate.io.torch_file import atomic_write, load_torch_file
 from optstate.numeric.leaves import same_leaf
+from optstate.numeric.trees import compare_trees
 from optstate.state.locate import Located
 
 

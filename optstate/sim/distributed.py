@@ -40,7 +40,9 @@ from optstate.base.debug import debug_enabled
 from optstate.base.errors import ConfigError, OptstateError
 from optstate.io.atomic import Staged
 from optstate.io.dcp_write import check_dir_writable, dcp_to_file
+from optstate.io.source import open_source
 from optstate.io.torch_file import check_writable
+from optstate.numeric.trees import verify_copy
 from optstate.sim.build import build
 from optstate.sim.config import RunSpec, validate
 from optstate.sim.distributed_worker import LOOPBACK, nest_module
@@ -187,8 +189,9 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
         results = [_result(spec, work / f"result.{i}.pt", b)
                    for i, (spec, b) in enumerate(zip(specs, built, strict=True))]
         for (_, target), tmp in zip(targets, temps, strict=True):
-            if saves_file(target):
-                dcp_to_file(tmp, target, force=force, notes=notes)
+            if saves_file(target):  # written, then read back and compared as convert does
+                written = dcp_to_file(tmp, target, force=force, notes=notes)
+                verify_copy(written, open_source(target, mmap=True).obj)
         with interrupt.deferred():
             for stage in stages:
                 stage.publish()

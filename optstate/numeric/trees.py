@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from optstate.base.errors import CheckpointError
 from optstate.base.paths import join
 from optstate.numeric.leaves import is_tensor, same_leaf
 
@@ -97,3 +98,19 @@ def _is_empty_container(v: Any) -> bool:
     if isinstance(v, (dict, list, tuple)):
         return all(_is_empty_container(x) for x in (v.values() if isinstance(v, dict) else v))
     return False
+
+
+def verify_copy(a: Any, b: Any) -> tuple[int, list[str]]:
+    """Check that ``b`` (a written copy) holds what ``a`` does (``compare_trees``
+    with ``exact=False``). Returns the number of tensors compared and the empty
+    containers of ``a`` that ``b`` lacks (DCP does not store those); raises
+    CheckpointError naming the first real difference."""
+    result = compare_trees(a, b, exact=False)
+    if result.differences:
+        first = result.differences[0]
+        raise CheckpointError(
+            f"the converted checkpoint differs from the source at {first.path or '(top level)'}"
+            f": {first.what}; nothing was written",
+            hint="this is a bug in optstate or torch.distributed.checkpoint; please report it",
+        )
+    return result.tensors, result.dropped
