@@ -144,6 +144,9 @@ def test_convert_is_convert_json(cli, run, tmp_path):
     assert theirs["destination"] == str(tmp_path / "dcp_b")
     assert ours == {**theirs, "destination": str(tmp_path / "dcp_a")}
     assert optstate.diff(p, tmp_path / "dcp_a")["equal"]
+    dcp = str(tmp_path / "dcp_a")
+    assert _plain(optstate.inspect(dcp, layout=True)) == _cli_json(cli, "inspect", dcp,
+                                                                   "--layout")
 
 
 def test_simulate_is_simulate_json(cli, run, tmp_path):
