@@ -13,8 +13,11 @@ import importlib.util
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +29,7 @@ from optstate.numeric.tolerance import gamma, sum_rtol
 
 from .kernel_paths import each_kernel_path  # noqa: F401 - a fixture, asked for by name
 
+ROOT = Path(__file__).resolve().parent.parent
 K = 100_000
 SMALL = 1.5 * 2.0 ** -53  # 0.75 ulp(1.0): 1 + SMALL rounds up to 1 + ulp, 0.25 ulp high
 
@@ -137,3 +141,40 @@ def test_use_path_switches_and_restores(each_kernel_path):  # noqa: F811
     with pytest.raises(ValueError, match="unknown kernel path"):
         with kernel_switch.use_path("avx512"):
             pass
+
+
+@pytest.mark.slow
+def test_install_without_a_c_compiler_succeeds_and_gives_the_same_numbers(tmp_path):
+    # CC=false: a C compiler that always fails. The build must still succeed (setup.py's
+    # extensions are optional), ship no compiled module, and the installed copy must run
+    # on torch with the numbers the tests hold every path to.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "optstate", src / "optstate",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    env = {k: v for k, v in os.environ.items() if k != "OPTSTATE_NO_C"}
+    env["CC"] = "false"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                            "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+                           env=env, capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = (tmp_path / "dist").glob("optstate-*.whl")
+    assert not [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith((".so", ".pyd"))]
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index",
+                    "--target", str(site), str(wheel)], env=env, capture_output=True,
+                   check=True)
+    code = ("import optstate, torch; from optstate.numeric import kernel_switch; "
+            "from optstate.numeric.stats import summarize; "
+            "s = summarize(torch.linspace(-3, 5, 1_000_003)); "
+            "print(optstate.__file__); print(kernel_switch.current_path()); "
+            "print(repr(s.min), repr(s.max), s.nan, repr(s.norm))")
+    run = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(site)},
+                         cwd=tmp_path, capture_output=True, text=True, check=True)
+    where, path, numbers = run.stdout.splitlines()
+    assert where.startswith(str(site)) and path == "torch"
+    lo, hi, nan, norm = numbers.split()
+    here = summarize(torch.linspace(-3, 5, 1_000_003))  # this process: the C kernel if built
+    assert (float(lo), float(hi), int(nan)) == (here.min, here.max, here.nan)
+    assert float(norm) == pytest.approx(here.norm, rel=sum_rtol(1_000_003), abs=0)
