@@ -22,8 +22,9 @@ def _optstate(*args, env=None, shell=None, cwd=None):
     e = {k: v for k, v in os.environ.items() if not k.startswith("_OPTSTATE")}
     e.update(PYTHONPATH=str(ROOT), NO_COLOR="1", **(env or {}))
     cmd = [sys.executable, "-c", "from optstate._entry import main; main()", *args]
-    if shell:  # run from inside that shell, as a user does
-        cmd = [shell, "-c", " ".join(f"'{c}'" for c in cmd)]
+    if shell:  # run from inside that shell, as a user does; `; exit $?` keeps bash from
+        # exec-ing Python in its place (it then is Python's parent, wherever pytest runs)
+        cmd = [shell, "-c", " ".join(f"'{c}'" for c in cmd) + "; exit $?"]
     return subprocess.run(cmd, capture_output=True, text=True, env=e, cwd=cwd, timeout=120)
 
 
