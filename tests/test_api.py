@@ -91,6 +91,9 @@ def test_diff_is_diff_json(cli, run):
     assert _plain(optstate.diff(a, b, atol=1.0, ignore=["lr", "initial_lr"])) == _cli_json(
         cli, "diff", a, b, "--atol", "1", "--ignore", "lr", "--ignore", "initial_lr")
     assert optstate.diff(a, a)["equal"]
+    with pytest.raises(optstate.OptstateError) as e:
+        optstate.diff(a, b, max_diffs=-1)
+    assert str(e.value) == "max_diffs must be 0 or more, got -1"
 
 
 def test_load_state_is_the_saved_optimizer_state(run):
