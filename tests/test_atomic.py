@@ -109,7 +109,7 @@ def test_existing_output_kept_without_force(tmp_path):
     with pytest.raises(OutputExistsError) as e:
         atomic_write(target, lambda f: f.write(b"new"))
     assert (e.value.message, e.value.hint) == (f"{target} already exists",
-                                               "pass --force to overwrite it")
+                                               "pass force=True to overwrite it")
     assert target.read_bytes() == b"old"
     atomic_write(target, lambda f: f.write(b"new"), force=True)
     assert target.read_bytes() == b"new"

@@ -131,7 +131,7 @@ def test_scheduler_errors():
     with pytest.raises(ConfigError) as e:
         build(RunSpec(scheduler=SchedulerSpec("StepLR")))
     assert e.value.message == "StepLR needs step_size"
-    assert e.value.hint == "for example --scheduler-arg step_size=10"
+    assert e.value.hint == "for example scheduler_args={'step_size': 10}"
     with pytest.raises(ConfigError) as e:
         build(RunSpec(scheduler=SchedulerSpec("LambdaLR", {})))
     assert e.value.message == "unknown or unsupported LR scheduler 'LambdaLR'"

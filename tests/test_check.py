@@ -828,7 +828,7 @@ def test_base_lr_of_a_cyclic_schedule_is_not_offered(tmp_path):
                                                           "base_lr": 2e-4}})
     res = check_checkpoint(ckpt, cfg)
     f = res.findings[0]
-    assert f.code == "base-lr-override" and "set --base-lr cannot move it: CyclicLR" in f.message
+    assert f.code == "base-lr-override" and "set base_lr cannot move it: CyclicLR" in f.message
     assert res.fixes == [] and "base-lr-override" in res.no_fix_reason
 
 

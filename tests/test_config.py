@@ -43,7 +43,7 @@ def test_parse_assignment():
     with pytest.raises(ConfigError) as e:
         parse_assignment("lr")
     assert e.value.message == "expected key=value, got 'lr'"
-    assert e.value.hint == "for example --set betas=0.9,0.95"
+    assert e.value.hint == "for example assignments=['betas=0.9,0.95']"
     with pytest.raises(ConfigError, match="is not a hyperparameter name"):
         parse_assignment("1x=2")
 
@@ -252,5 +252,5 @@ def test_spec_from_flags_over_a_config():
     assert spec_from_flags(RunSpec(), scheduler="ExponentialLR",
                            scheduler_args=["gamma=0.9"]).scheduler == SchedulerSpec(
         "ExponentialLR", {"gamma": 0.9})
-    with pytest.raises(ConfigError, match="--scheduler-arg needs --scheduler NAME"):
+    with pytest.raises(ConfigError, match="^scheduler_args needs scheduler=NAME"):
         spec_from_flags(RunSpec(), scheduler_args=["gamma=0.9"])

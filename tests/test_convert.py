@@ -122,7 +122,7 @@ def test_a_file_is_never_replaced_by_a_folder(tmp_path, saved):
     (tmp_path / "x").write_bytes(b"a file")
     with pytest.raises(OutputExistsError, match="already exists"):
         convert(path, tmp_path / "x")
-    with pytest.raises(OutputExistsError, match="is a file; --force replaces only a "
+    with pytest.raises(OutputExistsError, match="is a file; force=True replaces only a "
                                                 "checkpoint folder here"):
         convert(path, tmp_path / "x", force=True)
     assert (tmp_path / "x").read_bytes() == b"a file"

@@ -265,7 +265,7 @@ def test_the_other_optimizers_are_refused():
                     if c.__name__ not in SHARDABLE)
     assert others == ["Adafactor", "LBFGS", "Muon", "Rprop", "SparseAdam"]
     for name in others:
-        with pytest.raises(ConfigError, match="^--world-size: "):
+        with pytest.raises(ConfigError, match="^world_size: "):
             simulate_sharded(apply_overrides(RunSpec(), optimizer=name), world_size=2)
 
 

@@ -202,8 +202,8 @@ def test_resume_from_bare_state_dict_warns_and_restarts_params(tmp_path):
     assert resumed.start_step == 3  # from Adam's per-param step counters
     assert resumed.final_step == 6
     assert resumed.warnings == [
-        "the --resume file holds no parameter values; parameters start from their initial "
-        "values (save with --with-params to keep them)"]
+        "the resume file holds no parameter values; parameters start from their initial "
+        "values (save with with_params=True to keep them)"]
     assert float(resumed.optimizer.state_dict()["state"][0]["step"]) == 6.0
 
 
@@ -216,15 +216,15 @@ def test_resume_wrong_optimizer_kind_is_one_line(tmp_path):
     obj = _saved(tmp_path, RunSpec(optimizer="Adam", steps=1))
     with pytest.raises(StateMismatchError) as e:
         simulate(RunSpec(optimizer="SGD", steps=1), resume=obj)
-    assert e.value.message == ("the --resume state is not SGD state: its groups have amsgrad, "
+    assert e.value.message == ("the resume state is not SGD state: its groups have amsgrad, "
                                "betas, eps, which SGD does not use")
-    assert e.value.hint == "set --optimizer to the optimizer that wrote the checkpoint"
+    assert e.value.hint == "set optimizer to the optimizer that wrote the checkpoint"
 
 
 def test_resume_wrong_group_count(tmp_path):
     obj = _saved(tmp_path, RunSpec(steps=1))
     two = (GroupSpec(((2, 2),)), GroupSpec(((2, 2),)))
-    with pytest.raises(StateMismatchError, match=r"^the --resume state has 1 param group\(s\), "
+    with pytest.raises(StateMismatchError, match=r"^the resume state has 1 param group\(s\), "
                        r"the config builds 2$"):
         simulate(RunSpec(steps=1, groups=two), resume=obj)
 
@@ -232,7 +232,7 @@ def test_resume_wrong_group_count(tmp_path):
 def test_resume_wrong_param_count(tmp_path):
     obj = _saved(tmp_path, RunSpec(steps=1))
     with pytest.raises(StateMismatchError, match=r"^param group 0 has 1 param\(s\) in the "
-                       r"--resume state but 2 in the config$"):
+                       r"resume state but 2 in the config$"):
         simulate(RunSpec(steps=1, groups=(GroupSpec(((2, 2), (3,))),)), resume=obj)
 
 
@@ -241,7 +241,7 @@ def test_resume_wrong_shape(tmp_path):
     with pytest.raises(StateMismatchError) as e:
         simulate(RunSpec(optimizer="Adam", steps=1, groups=(GroupSpec(((3, 3),)),)),
                  resume=obj)
-    assert e.value.message == ("param 0 (group0.param0): the --resume state's exp_avg has "
+    assert e.value.message == ("param 0 (group0.param0): the resume state's exp_avg has "
                                "shape 2x2, the config's parameter is 3x3")
 
 
@@ -302,7 +302,7 @@ def test_container_layout_with_scheduler_and_params(tmp_path):
 
 
 def test_save_every_requires_save_and_positive():
-    with pytest.raises(ConfigError, match="needs --save"):
+    with pytest.raises(ConfigError, match="^save_every needs save=PATH"):
         simulate(RunSpec(steps=1), save_every=2)
     with pytest.raises(ConfigError, match="positive"):
         simulate(RunSpec(steps=1), save="x.pkl", save_every=0)
@@ -341,7 +341,7 @@ def test_resume_lbfgs_with_other_parameter_sizes(tmp_path):
     obj = _saved(tmp_path, RunSpec(**lbfgs))
     with pytest.raises(StateMismatchError) as e:
         simulate(RunSpec(**lbfgs, groups=(GroupSpec(((3, 3),)),)), resume=obj)
-    assert e.value.message == ("the --resume state's LBFGS d has 4 elements, the config's "
+    assert e.value.message == ("the resume state's LBFGS d has 4 elements, the config's "
                                "parameters have 9 in all")
 
 
@@ -368,7 +368,7 @@ def test_a_diverging_run_says_where():
         reference_run("SGD", [[(2,)]], defaults={"lr": 10.0}, grad="rosenbrock",
                       steps=k).params[0]).all())
     assert result.warnings == [f"the run diverged: parameters hold NaN or Inf from step "
-                               f"{first_bad} on (try a smaller --lr)"]
+                               f"{first_bad} on (try a smaller lr)"]
     assert simulate(RunSpec(steps=3)).warnings == []
 
 
@@ -392,7 +392,7 @@ def test_resume_with_another_scheduler_is_refused(tmp_path):
     cosine = SchedulerSpec("CosineAnnealingLR", {"T_max": 10})
     with pytest.raises(StateMismatchError) as e:
         simulate(RunSpec(steps=1, scheduler=cosine), resume=obj)
-    assert e.value.message == ("the --resume scheduler state is not CosineAnnealingLR state: "
+    assert e.value.message == ("the resume scheduler state is not CosineAnnealingLR state: "
                                "it has gamma, step_size, which CosineAnnealingLR does not use")
     resumed = simulate(RunSpec(steps=1, scheduler=step_lr), resume=obj)
     assert resumed.scheduler.last_epoch == 3

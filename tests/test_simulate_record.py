@@ -120,7 +120,7 @@ def test_two_element_runs_record_the_point_at_the_recorded_steps():
 
 @pytest.mark.parametrize("value", [0, -3, 1.5, True, "often"])
 def test_bad_record_every_is_a_config_error(value):
-    with pytest.raises(ConfigError, match="--record-every must be a positive number"):
+    with pytest.raises(ConfigError, match="^record_every must be a positive number"):
         simulate(RunSpec(steps=2), record_every=value)
 
 
@@ -137,8 +137,8 @@ def test_divergence_between_records_is_said_honestly():
     assert before < first_bad < seen
     assert result.warnings == [
         f"the run diverged: parameters hold NaN or Inf from recorded step {seen} on, first "
-        f"after step {before} (the history records every {every} steps; --record-every 1 "
-        "finds the step; try a smaller --lr)"]
+        f"after step {before} (the history records every {every} steps; record_every=1 "
+        "finds the step; try a smaller lr)"]
 
 
 def _sim(cli, *args):

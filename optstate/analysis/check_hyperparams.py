@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from optstate.analysis.check_result import Finding, equal_hyper, guess_kind, n_of, show
+from optstate.base.errors import option
 from optstate.base.values import is_number
 from optstate.sim.build import Built
 from optstate.sim.config import RunSpec
@@ -160,7 +161,7 @@ def _check_base_lr(gi: int, saved: dict[str, Any], ours: dict[str, Any],
     detail = {"key": "base_lr", "checkpoint": theirs, "config": config, "lr": lr}
     why = not_proportional(sched_state) if sched_state is not None else None
     if why:  # set --base-lr refuses these: say so here rather than offer it
-        now += f"; set --base-lr cannot move it: {why}"
+        now += f"; set {option('base_lr')} cannot move it: {why}"
         detail["unscalable"] = why
     add(Finding(
         "base-lr-override", "warn",

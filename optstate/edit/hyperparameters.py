@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from optstate.base.errors import CheckpointError, ConfigError, OutputExistsError
+from optstate.base.errors import CheckpointError, ConfigError, OutputExistsError, option
 from optstate.edit.set_plan import (
     Change,
     SetResult,
@@ -34,7 +34,7 @@ from optstate.edit.set_plan import (
 from optstate.edit.set_write import write_file, write_folder
 from optstate.io.source import open_source
 from optstate.io.torch_file import check_writable
-from optstate.sim.schedule import scalar
+from optstate.sim.schedule import SET_LR, scalar
 from optstate.sim.trial import trial_step
 from optstate.state.locate import locate
 
@@ -59,19 +59,21 @@ def set_hyperparameters(
     (all, or ``group``) and, for ``lr``, in the scheduler state beside it; ``base_lr``
     rescales a scheduled run to another base lr (``_base_lr_changes``)."""
     if not values and not scheduler_values and base_lr is None:
-        raise ConfigError("nothing to set", hint="give --lr VALUE and/or --set KEY=VALUE")
+        raise ConfigError("nothing to set", hint=(
+            f"give {option(SET_LR, shown='VALUE')} and/or "
+            f"{option('values', shown='KEY=VALUE', python='{KEY: VALUE}')}"))
     if base_lr is not None and "lr" in values:
-        raise ConfigError("give --lr or --base-lr, not both")
+        raise ConfigError(f"give {option(SET_LR)} or {option('base_lr')}, not both")
     if base_lr is not None and not scheduler:
-        raise ConfigError("--base-lr changes the scheduler state with the groups; it cannot "
-                          "be used with --no-scheduler")
+        raise ConfigError(f"{option('base_lr')} changes the scheduler state with the groups; "
+                          f"it cannot be used with {option('scheduler', False)}")
     src_path = Path(path)
     target = _output_path(src_path, output, in_place, dry_run)
     if target is not None and not in_place:
         if src_path.is_dir():
             if target.exists() and not force:
                 raise OutputExistsError(f"{target} already exists",
-                                        hint="pass --force to replace it")
+                                        hint=f"pass {option('force', True)} to replace it")
             if not target.parent.exists():
                 raise CheckpointError(f"cannot write {target}: folder {target.parent} "
                                       "does not exist")
@@ -112,8 +114,8 @@ def set_hyperparameters(
         result.notes.append("no scheduler state found beside the optimizer state: only the "
                             "optimizer's lr is changed")
     elif "lr" in values and not scheduler:
-        result.notes.append("--no-scheduler: the scheduler's base_lrs/_last_lr keep their old "
-                            "values")
+        result.notes.append(f"{option('scheduler', False)}: the scheduler's base_lrs/_last_lr "
+                            "keep their old values")
     if not changes:
         result.notes.append("every value already has the requested value; nothing changed")
     apply_changes(located, changes)
@@ -171,17 +173,19 @@ def _output_path(src: Path, output: str | Path | None, in_place: bool,
         return None
     if in_place:
         if output is not None and not _same_path(Path(output), src):
-            raise ConfigError("--in-place writes onto the input; do not also give -o "
-                              "with another path")
+            raise ConfigError(f"{option('in_place', True)} writes onto the input; do not also "
+                              f"give {option('output')} with another path")
         return src
     if output is None:
         raise ConfigError("say where to write the result",
-                          hint="-o NEW_FILE writes a copy; --in-place rewrites the input; "
-                          "--dry-run only shows the changes")
+                          hint=f"{option('output', shown='NEW_FILE')} writes a copy; "
+                          f"{option('in_place', True)} rewrites the input; "
+                          f"{option('dry_run', True)} only shows the changes")
     out = Path(output)
     if _same_path(out, src):
-        raise ConfigError(f"-o {out} is the input checkpoint",
-                          hint="pass --in-place to rewrite the input, or -o another path")
+        raise ConfigError(f"{option('output', out)} is the input checkpoint",
+                          hint=f"pass {option('in_place', True)} to rewrite the input, or "
+                          f"{option('output')} another path")
     return out
 
 

@@ -9,12 +9,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from optstate.base.errors import ConfigError
+from optstate.base.errors import ConfigError, option
 from optstate.base.paths import join, path_keys
 from optstate.base.suggest import did_you_mean
 from optstate.base.values import is_number
 from optstate.numeric.leaves import same_leaf
-from optstate.sim.schedule import base_lr_of, not_proportional, scalar, scheduler_tree
+from optstate.sim.schedule import SET_LR, base_lr_of, not_proportional, scalar, scheduler_tree
 from optstate.state.locate import Located
 from optstate.state.view import GROUP_META_KEYS
 
@@ -129,13 +129,13 @@ def plan_changes(
     ``base_lr``: the base lr a scheduler starts from, changed as if the run had started
     there (see ``_base_lr_changes``)."""
     if base_lr is not None and "lr" in values:
-        raise ConfigError("give --lr or --base-lr, not both")
+        raise ConfigError(f"give {option(SET_LR)} or {option('base_lr')}, not both")
     groups = located.state["param_groups"]
     if not groups:
         raise ConfigError("this optimizer state has no param groups to change")
     if group is not None and not 0 <= group < len(groups):
         raise ConfigError(
-            f"--group {group}: this optimizer state has {len(groups)} param group(s), "
+            f"{option('group', group)}: this optimizer state has {len(groups)} param group(s), "
             f"numbered 0 to {len(groups) - 1}"
         )
     chosen = [group] if group is not None else list(range(len(groups)))
@@ -196,17 +196,18 @@ def _base_lr_changes(located: Located, base_lr: Any, chosen: list[int], file_lab
     has_initial = any("initial_lr" in g for g in groups)
     if sched is None:
         if has_initial:
-            raise ConfigError("--base-lr: the groups have initial_lr (a scheduler ran) but no "
+            raise ConfigError(f"{option('base_lr')}: the groups have initial_lr (a scheduler "
+                              "ran) but no "
                               "scheduler state was found beside the optimizer state: its "
                               "base_lrs and _last_lr could not follow")
-        raise ConfigError("--base-lr: no scheduler state beside the optimizer state and no "
-                          "initial_lr in its groups: without a scheduler the lr is the base "
-                          "lr; use --lr")
+        raise ConfigError(f"{option('base_lr')}: no scheduler state beside the optimizer "
+                          "state and no initial_lr in its groups: without a scheduler the lr is "
+                          f"the base lr; use {option(SET_LR)}")
     why = not_proportional(sched)
     if why:
-        raise ConfigError(f"--base-lr: {why}")
+        raise ConfigError(f"{option('base_lr')}: {why}")
     if not is_number(base_lr) or not math.isfinite(base_lr) or base_lr <= 0:
-        raise ConfigError(f"--base-lr must be a positive number, got {base_lr!r}")
+        raise ConfigError(f"{option('base_lr')} must be a positive number, got {base_lr!r}")
     groups_path = join(located.location, "param_groups")
     sched_prefix = _scheduler_prefix(located, sched_label)
     out: list[Change] = []
@@ -216,11 +217,12 @@ def _base_lr_changes(located: Located, base_lr: Any, chosen: list[int], file_lab
         if "initial_lr" in g and not math.isclose(scalar(g["initial_lr"]), old,
                                                   rel_tol=1e-12):
             raise ConfigError(
-                f"--base-lr: param group {gi}'s initial_lr {scalar(g['initial_lr'])!r} and "
+                f"{option('base_lr')}: param group {gi}'s initial_lr "
+                f"{scalar(g['initial_lr'])!r} and "
                 f"the scheduler's base_lrs[{gi}] {old!r} disagree: which one is the base lr "
                 "cannot be told")
         if old == 0:
-            raise ConfigError(f"--base-lr: param group {gi}'s base lr is 0: there is no "
+            raise ConfigError(f"{option('base_lr')}: param group {gi}'s base lr is 0: there is no "
                               "schedule to scale")
         factor = base_lr / old
         where = f" (param group {gi})"
@@ -268,8 +270,8 @@ def _scheduler_settings(located: Located, values: dict[str, Any],
     ``scheduler.load_state_dict`` copies onto the scheduler as they are."""
     sched = located.scheduler
     if sched is None:
-        raise ConfigError("--scheduler-set: no scheduler state found beside the optimizer "
-                          "state")
+        raise ConfigError(f"{option('scheduler_values')}: no scheduler state found beside the "
+                          "optimizer state")
     prefix = _scheduler_prefix(located, file_label)
     out = []
     for key, value in values.items():
@@ -279,7 +281,8 @@ def _scheduler_settings(located: Located, values: dict[str, Any],
                               f"{did_you_mean(key, map(str, known))}",
                               hint=f"its settings: {', '.join(map(str, known))}")
         if key in ("base_lrs", "_last_lr"):
-            raise ConfigError(f"{key} follows --lr; set the learning rate with --lr")
+            raise ConfigError(f"{key} follows {option(SET_LR)}; set the learning rate with "
+                              f"{option(SET_LR)}")
         new = coerce_value(key, value, sched[key], " (scheduler)")
         out.append(Change("scheduler", file_label, join(prefix, key), key, None, sched[key],
                           new))

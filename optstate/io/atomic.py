@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from optstate.base import interrupt
-from optstate.base.errors import CheckpointError, OptstateError, OutputExistsError
+from optstate.base.errors import CheckpointError, OptstateError, OutputExistsError, option
 from optstate.base.testhook import pause_at
 from optstate.io import readguard
 from optstate.io.targets import check_target, free_bytes, lstat_or_none, write_error
@@ -245,7 +245,7 @@ class Staged:
         if self.prior is not None and not force:
             restored = [n for n in found if n.startswith("restored ")]
             raise OutputExistsError(f"{p} already exists", hint="; ".join(
-                [*restored, "pass --force to overwrite it"]))
+                [*restored, f"pass {option('force', True)} to overwrite it"]))
         try:
             self.path, self.fd = _make_temp(p, folder)
             self._on_fault = readguard.remove_on_fault(self.path)  # a truncated input's exit
@@ -389,14 +389,14 @@ def _link_no_clobber(tmp: Path, p: Path) -> None:
     try:
         os.link(tmp, p)
     except FileExistsError:
-        raise OutputExistsError(f"{p} already exists", hint="pass --force to overwrite it") \
-            from None
+        raise OutputExistsError(f"{p} already exists",
+                                hint=f"pass {option('force', True)} to overwrite it") from None
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
             raise
         if os.path.lexists(p):  # a filesystem without hard links: best effort
             raise OutputExistsError(f"{p} already exists",
-                                    hint="pass --force to overwrite it") from None
+                                    hint=f"pass {option('force', True)} to overwrite it") from None
         os.replace(tmp, p)
         return
     os.unlink(tmp)

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from optstate.base.errors import ConfigError
+from optstate.base.errors import ConfigError, option
 from optstate.io.dcp import DcpCheckpoint
 from optstate.io.dcp_metadata import METADATA_FILE, is_dcp_folder
 from optstate.io.lazy import LazyTensor
@@ -42,8 +42,9 @@ def layout_report(path: str | Path) -> dict[str, Any]:
     only the metadata. Plain data (the ``layout`` section of ``inspect --layout``)."""
     if not is_dcp_folder(path):
         raise ConfigError(
-            f"--layout describes DCP checkpoint folders; {path} is not one (no {METADATA_FILE})",
-            hint="a torch.save file is one piece: drop --layout",
+            f"{option('layout', True)} describes DCP checkpoint folders; {path} is not one "
+            f"(no {METADATA_FILE})",
+            hint=f"a torch.save file is one piece: drop {option('layout', True)}",
         )
     ckpt = DcpCheckpoint(path)
     files: dict[str, int] = {}

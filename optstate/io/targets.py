@@ -17,7 +17,7 @@ import re
 import stat
 from pathlib import Path
 
-from optstate.base.errors import CheckpointError, OutputExistsError
+from optstate.base.errors import CheckpointError, OutputExistsError, option
 
 
 def check_target(path: str | Path, force: bool, *, folder: bool = False,
@@ -35,7 +35,8 @@ def check_target(path: str | Path, force: bool, *, folder: bool = False,
     if st is not None and not folder and stat.S_ISDIR(st.st_mode):
         raise OutputExistsError(f"{p} is a directory; give a file path to write")
     if st is not None and not force:
-        raise OutputExistsError(f"{p} already exists", hint="pass --force to overwrite it")
+        raise OutputExistsError(f"{p} already exists",
+                                hint=f"pass {option('force', True)} to overwrite it")
     if st is not None and folder:
         _check_replaceable_folder(p, st, kind)
     elif st is not None and kind == "torch":
@@ -66,7 +67,8 @@ def _check_replaceable_file(p: Path, st: os.stat_result) -> None:
     stream), never a script, a config or a file of another format by a slip of -o."""
     if not (stat.S_ISREG(st.st_mode) and _is_torch_save_file(p)):
         raise OutputExistsError(
-            f"{p} is not a torch.save checkpoint; --force replaces only a checkpoint file, "
+            f"{p} is not a torch.save checkpoint; {option('force', True)} replaces only a "
+            "checkpoint file, "
             "never another file", hint="remove it yourself, or give another name")
 
 
@@ -95,7 +97,8 @@ _DCP_OWN = re.compile(r"\.metadata|.+\.distcp")  # what torch's FileSystemWriter
 def _check_replaceable_folder(p: Path, st: os.stat_result, kind: str | None) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise OutputExistsError(
-            f"{p} is a file; --force replaces only a checkpoint folder here, not a file",
+            f"{p} is a file; {option('force', True)} replaces only a checkpoint folder here, "
+            "not a file",
             hint="remove it yourself, or give another name")
     if kind is None:
         return
@@ -107,7 +110,8 @@ def _check_replaceable_folder(p: Path, st: os.stat_result, kind: str | None) -> 
         ok = False
     if not ok:
         raise OutputExistsError(
-            f"{p} is not {what} (it holds no {marker}); --force replaces only a checkpoint "
+            f"{p} is not {what} (it holds no {marker}); {option('force', True)} replaces only "
+            "a checkpoint "
             "of the kind being written, never a folder of other files",
             hint="remove it yourself, or give another name")
     if kind == "dcp":  # replacing deletes the old folder: only what DCP itself wrote
@@ -120,8 +124,9 @@ def _check_replaceable_folder(p: Path, st: os.stat_result, kind: str | None) -> 
             shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more"
                                              if len(others) > 5 else "")
             raise OutputExistsError(
-                f"{p} holds files that are not part of a DCP checkpoint ({shown}); --force "
-                "replaces only a checkpoint folder, never the files beside it",
+                f"{p} holds files that are not part of a DCP checkpoint ({shown}); "
+                f"{option('force', True)} replaces only a checkpoint folder, never the files "
+                "beside it",
                 hint="move them out of the folder, or give another name")
 
 

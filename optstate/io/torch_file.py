@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optstate.base.errors import CheckpointError, OptstateError, UnsafeCheckpointError
+from optstate.base.errors import CheckpointError, OptstateError, UnsafeCheckpointError, option
 from optstate.base.limits import Limits, size_text
 from optstate.base.limits import current as current_limits
 from optstate.io import readguard
@@ -270,8 +270,8 @@ def _refusal(path: Path, e: BaseException) -> CheckpointError:
         return UnsafeCheckpointError(
             f"{path} needs {m.group(1)}, which safe loading does not allow; refused without "
             "running it",
-            hint="if you wrote this file yourself and trust it, --unsafe loads it with full "
-            "pickle (this can run arbitrary code)",
+            hint=f"if you wrote this file yourself and trust it, {option('unsafe', True)} loads "
+            "it with full pickle (this can run arbitrary code)",
         )
     m = re.search(r"Unsupported operand (\d+)", text)
     if m:

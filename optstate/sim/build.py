@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from optstate.base.errors import ConfigError
+from optstate.base.errors import ConfigError, option
 from optstate.base.suggest import did_you_mean, unknown
 from optstate.base.values import is_number
 from optstate.io.torch_file import clean_message
@@ -145,7 +145,8 @@ def init_params(spec: RunSpec) -> tuple[list[torch.Tensor], list[str], list[int]
                 raise ConfigError(
                     f"cannot allocate a {format_shape(shape)} parameter "
                     f"({math.prod(shape) * 4:,} bytes as float32): out of memory",
-                    hint="simulate is for small parameters; use smaller --shape values",
+                    hint=f"simulate is for small parameters; use smaller {option('shapes')} "
+                    "values",
                 ) from None
             params.append(t.requires_grad_(True))
             names.append(group.names[pi] if group.names else f"group{gi}.param{pi}")
@@ -206,7 +207,8 @@ def build_scheduler(spec: SchedulerSpec, optimizer: torch.optim.Optimizer) -> An
     if required:
         raise ConfigError(
             f"{cls.__name__} needs {', '.join(required)}",
-            hint=f"for example --scheduler-arg {required[0]}=10",
+            hint="for example " + option("scheduler_args", shown=f"{required[0]}=10",
+                                         python=f"{{{required[0]!r}: 10}}"),
         )
     try:
         return cls(optimizer, **kwargs)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from optstate.base.errors import ConfigError
+from optstate.base.errors import ConfigError, option
 from optstate.base.suggest import did_you_mean
 from optstate.sim.config import RunSpec
 from optstate.sim.spec_text import parse_assignment
@@ -51,18 +51,18 @@ def parse_contenders(text: str) -> list[Contender]:
             name, label = label, label.lower()
         if not name or not _LABEL.match(label):
             raise ConfigError(
-                f"bad optimizer entry {item!r} in --optimizers",
+                f"bad optimizer entry {item!r} in {option('optimizers')}",
                 hint="write optimizer names (sgd,adam) or label=name pairs (slow=sgd,fast=sgd)",
             )
         out.append(Contender(label, name))
     if not out:
-        raise ConfigError("--optimizers names no optimizer", hint="for example --optimizers "
-                          "sgd,adam,adamw,rmsprop")
+        raise ConfigError(f"{option('optimizers')} names no optimizer", hint="for example "
+                          + option("optimizers", "sgd,adam,adamw,rmsprop"))
     seen: set[str] = set()
     for c in out:
         if c.label.lower() in seen:
             raise ConfigError(
-                f"--optimizers lists {c.label!r} twice",
+                f"{option('optimizers')} lists {c.label!r} twice",
                 hint=f"label the runs to tell them apart: slow={c.optimizer},fast={c.optimizer}",
             )
         seen.add(c.label.lower())
@@ -82,7 +82,8 @@ def parse_settings(settings: Sequence[str], contenders: Sequence[Contender]
             c = by_label.get(target.strip().lower())
             if c is None:
                 raise ConfigError(
-                    f"--set {text}: no optimizer is labelled {target.strip()!r}"
+                    f"{option('settings', [text])}: no optimizer is labelled "
+                    f"{target.strip()!r}"
                     f"{did_you_mean(target.strip(), [c.label for c in contenders])}",
                     hint=f"labels: {', '.join(c.label for c in contenders)}",
                 )
@@ -107,12 +108,14 @@ def contenders_from_flags(optimizers: str, settings: Sequence[str] = ()) -> list
         for key in shared:
             if key not in hyperparameter_defaults(cls):
                 raise ConfigError(
-                    f"--set {key}=... applies to every optimizer, but {cls.__name__} "
+                    option("settings", shown=f"{key}=...", python=f"['{key}=...']")
+                    + f" applies to every optimizer, but {cls.__name__} "
                     f"({c.label}) has no hyperparameter {key!r}",
-                    hint=f"set it for one optimizer only: --set LABEL.{key}=...",
+                    hint="set it for one optimizer only: " + option(
+                        "settings", shown=f"LABEL.{key}=...", python=f"['LABEL.{key}=...']"),
                 )
         hyper = {**shared, **own[c.label]}
-        check_hyperparameters(cls, hyper, f" (in --set for {c.label})")
+        check_hyperparameters(cls, hyper, f" (in {option('settings')} for {c.label})")
         out.append(replace(c, hyperparams=hyper))
     return out
 

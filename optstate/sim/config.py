@@ -47,7 +47,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (see pypr
     import tomli as tomllib
 
 from optstate.base import suggest
-from optstate.base.errors import ConfigError
+from optstate.base.errors import ConfigError, option
 
 GRAD_SOURCES = ("constant", "normal", "quadratic", "rosenbrock", "none")
 ZERO_GRAD_MODES = ("none", "zeros", "never")
@@ -314,6 +314,7 @@ def validate(spec: RunSpec) -> RunSpec:
             raise ConfigError(
                 f"the Rosenbrock objective pairs up coordinates, but the parameters have "
                 f"{total} elements in all",
-                hint="use an even number of elements, e.g. --shape 2",
+                hint="use an even number of elements, e.g. "
+                + option("shapes", shown="2", python="['2']"),
             )
     return spec

@@ -37,7 +37,7 @@ import torch
 
 from optstate.base import errors, interrupt
 from optstate.base.debug import debug_enabled
-from optstate.base.errors import ConfigError, OptstateError
+from optstate.base.errors import ConfigError, OptstateError, option
 from optstate.io.atomic import Staged
 from optstate.io.dcp_write import check_dir_writable, dcp_to_file
 from optstate.io.source import open_source
@@ -80,7 +80,8 @@ def saves_file(target: Path) -> bool:
         return True
     if target.suffix and not target.is_dir() and not _is_series_name(target):
         raise ConfigError(
-            f"--save {target}: give a folder name (no suffix) for a DCP checkpoint, or a "
+            f"{option('save', target)}: give a folder name (no suffix) for a DCP checkpoint, "
+            "or a "
             f"file name ending in {', '.join(FILE_SUFFIXES)} for one torch.save file")
     return False
 
@@ -99,10 +100,10 @@ def simulate_sharded(spec: RunSpec, *, world_size: int, save: str | Path | None 
     single-process run names its series; the history is recorded as ``simulate``'s
     (``record_every``). (``resume`` and ``with_params`` are
     single-process features; they are refused here rather than silently ignored.)"""
-    for flag, value in (("--resume", resume), ("--with-params", with_params)):
+    for name, value in (("resume", resume), ("with_params", with_params)):
         if value:
-            raise ConfigError(f"{flag} does not work with --world-size yet",
-                              hint=f"drop {flag}, or run on one process")
+            raise ConfigError(f"{option(name)} does not work with {option('world_size')} yet",
+                              hint=f"drop {option(name)}, or run on one process")
     return simulate_sharded_many([spec], world_size=world_size, save=save, force=force,
                                  timeout=timeout, save_every=save_every,
                                  record_every=record_every)[0]
@@ -128,7 +129,7 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
     processes' start-up is most of a small run's cost). ``save`` (and ``save_every``) are
     for the first run."""
     if not 1 <= world_size <= MAX_WORLD_SIZE:
-        raise ConfigError(f"--world-size must be between 1 and {MAX_WORLD_SIZE}, got "
+        raise ConfigError(f"{option('world_size')} must be between 1 and {MAX_WORLD_SIZE}, got "
                           f"{world_size}")
     check_save_every(save, save_every)
     if save is not None:
@@ -214,8 +215,8 @@ def _check_shardable(spec: RunSpec) -> Any:
     cannot run on FSDP2 shards."""
     if spec.optimizer.lower() in UNSHARDABLE:
         raise ConfigError(
-            f"--world-size: {UNSHARDABLE[spec.optimizer.lower()]}",
-            hint="drop --world-size, or pick another optimizer",
+            f"{option('world_size')}: {UNSHARDABLE[spec.optimizer.lower()]}",
+            hint=f"drop {option('world_size')}, or pick another optimizer",
         )
     built = build(spec)
     for name, p in zip(built.names, built.params, strict=True):

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from optstate.base.errors import ConfigError
+from optstate.base.errors import ConfigError, option
 from optstate.io.torch_file import clean_message
 from optstate.numeric.kernels import norm_fn
 from optstate.sim.config import RunSpec
@@ -212,8 +212,8 @@ def divergence_warning(history: History) -> str | None:
     bad = rows[i][0]
     if i == 0 or bad - rows[i - 1][0] == 1:
         return (f"the run diverged: parameters hold NaN or Inf from step {bad} on "
-                "(try a smaller --lr)")
+                f"(try a smaller {option('lr')})")
     return (f"the run diverged: parameters hold NaN or Inf from recorded step {bad} on, "
             f"first after step {rows[i - 1][0]} (the history records every "
-            f"{history.record_every} steps; --record-every 1 finds the step; try a smaller "
-            "--lr)")
+            f"{history.record_every} steps; {option('record_every', 1)} finds the step; try a "
+            f"smaller {option('lr')})")

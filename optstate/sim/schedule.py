@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from optstate.base.errors import option
 from optstate.base.paths import join
 from optstate.base.values import is_number
+
+# How messages name set's lr: the "lr" item of set_hyperparameters(values=...), --lr.
+SET_LR = "values['lr']"
 
 
 def scalar(v: Any) -> float:
@@ -44,7 +48,8 @@ def not_proportional(sched: dict[str, Any]) -> str | None:
         if "base_lrs" not in state and "_schedulers" not in state:
             name = " (ReduceLROnPlateau changes the lr from the metric it is given, not " \
                 "from a base lr)" if "patience" in state else ""
-            return f"the scheduler state has no base_lrs{name}: set the lr itself with --lr"
+            return (f"the scheduler state has no base_lrs{name}: set the lr itself with "
+                    f"{option(SET_LR)}")
         if "max_lrs" in state:
             return (f"CyclicLR moves the lr between base_lrs and max_lrs "
                     f"({', '.join(repr(scalar(v)) for v in state['max_lrs'])}), an absolute "

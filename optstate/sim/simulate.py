@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from optstate.base.errors import ConfigError, StateMismatchError
+from optstate.base.errors import ConfigError, StateMismatchError, option
 from optstate.base.version import __version__
 from optstate.io.source import Source
 from optstate.io.torch_file import check_writable, save_checkpoint
@@ -100,9 +100,11 @@ def series_path(path: Path, step: int) -> Path:
 def check_save_every(save: str | Path | None, save_every: int | None) -> None:
     """``save_every`` is a positive number of steps, and only with ``save``."""
     if save_every is not None and save_every <= 0:
-        raise ConfigError(f"--save-every must be a positive number of steps, got {save_every}")
+        raise ConfigError(f"{option('save_every')} must be a positive number of steps, got "
+                          f"{save_every}")
     if save_every is not None and save is None:
-        raise ConfigError("--save-every needs --save PATH to name the series")
+        raise ConfigError(f"{option('save_every')} needs {option('save', shown='PATH')} to "
+                          "name the series")
 
 
 def save_targets(save: str | Path | None, save_every: int | None, start: int,
@@ -194,7 +196,7 @@ def parse_record_every(text: str | None) -> int | str:
 
 
 def _bad_record_every(value: object) -> ConfigError:
-    return ConfigError(f"--record-every must be a positive number of steps or auto, got "
+    return ConfigError(f"{option('record_every')} must be a positive number of steps or auto, got "
                        f"{value!r}")
 
 
@@ -206,13 +208,14 @@ def load_resume(built: Built, spec: RunSpec, obj: Any, warnings: list[str]) -> i
     tutorial's container, Lightning, Hugging Face); the scheduler state beside it is
     loaded too, and the parameters when the file holds them (``--with-params``)."""
     source = obj if isinstance(obj, Source) else Source(
-        path=Path("--resume"), file=Path("--resume"), format="object", bytes=0, obj=obj)
+        path=Path(option("resume")), file=Path(option("resume")), format="object", bytes=0,
+        obj=obj)
     found = find_optimizer_states(source.obj)
     if not found:
-        raise StateMismatchError("the --resume file holds no optimizer state")
+        raise StateMismatchError(f"the {option('resume')} file holds no optimizer state")
     if len(found) > 1:
         raise StateMismatchError(
-            f"the --resume file holds {len(found)} optimizer states "
+            f"the {option('resume')} file holds {len(found)} optimizer states "
             f"({', '.join(loc or '(top level)' for loc, _ in found)}); optstate cannot tell "
             "which to resume"
         )
@@ -222,26 +225,29 @@ def load_resume(built: Built, spec: RunSpec, obj: Any, warnings: list[str]) -> i
     try:
         built.optimizer.load_state_dict(sd)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
-        raise StateMismatchError(f"torch could not load the --resume state: {e}") from None
+        raise StateMismatchError(f"torch could not load the {option('resume')} state: {e}"
+                                 ) from None
 
     if built.scheduler is not None:
         if located.scheduler is None:
-            warnings.append("the --resume file has no scheduler state; the scheduler starts "
-                            "fresh")
+            warnings.append(f"the {option('resume')} file has no scheduler state; the "
+                            "scheduler starts fresh")
         else:
             _check_scheduler_kind(built.scheduler, located.scheduler)
             try:
                 built.scheduler.load_state_dict(located.scheduler)
             except (ValueError, KeyError, TypeError, RuntimeError) as e:
                 raise StateMismatchError(
-                    f"torch could not load the --resume scheduler state: {e}") from None
+                    f"torch could not load the {option('resume')} scheduler state: {e}"
+                ) from None
     container = source.obj if isinstance(source.obj, dict) and sd is not source.obj else {}
     model = container.get("model_state_dict")
     if isinstance(model, dict):
         _load_params(built, model)
     else:
-        warnings.append("the --resume file holds no parameter values; parameters start "
-                        "from their initial values (save with --with-params to keep them)")
+        warnings.append(f"the {option('resume')} file holds no parameter values; parameters "
+                        "start from their initial values (save with "
+                        f"{option('with_params', True)} to keep them)")
     # Steps taken: ours ("step"), Lightning's ("global_step"), the scheduler's epoch
     # count, or the optimizer's own per-parameter step counters.
     for key in ("step", "global_step"):
@@ -265,9 +271,9 @@ def _check_scheduler_kind(scheduler: Any, state: dict[str, Any]) -> None:
     if foreign:
         name = type(scheduler).__name__
         raise StateMismatchError(
-            f"the --resume scheduler state is not {name} state: it has "
+            f"the {option('resume')} scheduler state is not {name} state: it has "
             f"{', '.join(foreign)}, which {name} does not use",
-            hint="set --scheduler to the scheduler that wrote the checkpoint",
+            hint=f"set {option('scheduler')} to the scheduler that wrote the checkpoint",
         )
 
 
@@ -289,20 +295,21 @@ def check_compatible(built: Built, spec: RunSpec, sd: dict[str, Any]) -> None:
     foreign = sorted(theirs - ours)
     if foreign:
         raise StateMismatchError(
-            f"the --resume state is not {cls.__name__} state: its groups have "
+            f"the {option('resume')} state is not {cls.__name__} state: its groups have "
             f"{', '.join(foreign)}, which {cls.__name__} does not use",
-            hint="set --optimizer to the optimizer that wrote the checkpoint",
+            hint=f"set {option('optimizer')} to the optimizer that wrote the checkpoint",
         )
     fit = group_fit(view, built.optimizer)
     if fit.count_differs:
         raise StateMismatchError(
-            f"the --resume state has {len(fit.checkpoint)} param group(s), the config builds "
+            f"the {option('resume')} state has {len(fit.checkpoint)} param group(s), the "
+            "config builds "
             f"{len(fit.config)}"
         )
     if fit.sizes_differ:
         gi = fit.sizes_differ[0]
         raise StateMismatchError(
-            f"param group {gi} has {fit.checkpoint[gi]} param(s) in the --resume "
+            f"param group {gi} has {fit.checkpoint[gi]} param(s) in the {option('resume')} "
             f"state but {fit.config[gi]} in the config"
         )
     if isinstance(built.optimizer, torch.optim.LBFGS):
@@ -312,7 +319,8 @@ def check_compatible(built: Built, spec: RunSpec, sd: dict[str, Any]) -> None:
         for key, value in pv.state.items():
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
                 raise StateMismatchError(
-                    f"param {pv.position} ({built.names[pv.position]}): the --resume state's "
+                    f"param {pv.position} ({built.names[pv.position]}): the "
+                    f"{option('resume')} state's "
                     f"{key} has shape {format_shape(tuple(value.shape))}, the config's "
                     f"parameter is {format_shape(tuple(p.shape))}"
                 )
@@ -328,7 +336,8 @@ def _check_lbfgs_sizes(view: OptimizerStateView, built: Built) -> None:
             for t in items:
                 if isinstance(t, torch.Tensor) and t.dim() > 0 and t.numel() != total:
                     raise StateMismatchError(
-                        f"the --resume state's LBFGS {key} has {t.numel()} elements, the "
+                        f"the {option('resume')} state's LBFGS {key} has {t.numel()} "
+                        "elements, the "
                         f"config's parameters have {total} in all"
                     )
 
@@ -337,7 +346,8 @@ def _load_params(built: Built, model: dict[str, Any]) -> None:
     missing = [n for n in built.names if n not in model]
     if missing:
         raise StateMismatchError(
-            f"the --resume file's model_state_dict lacks {', '.join(missing[:4])}"
+            f"the {option('resume')} file's model_state_dict lacks "
+            f"{', '.join(missing[:4])}"
             + (" …" if len(missing) > 4 else "")
         )
     with torch.no_grad():
@@ -345,7 +355,7 @@ def _load_params(built: Built, model: dict[str, Any]) -> None:
             t = model[n]
             if not isinstance(t, torch.Tensor) or t.shape != p.shape:
                 raise StateMismatchError(
-                    f"the --resume file's parameter {n} does not have shape "
+                    f"the {option('resume')} file's parameter {n} does not have shape "
                     f"{format_shape(tuple(p.shape))}"
                 )
             p.copy_(t)

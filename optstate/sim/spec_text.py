@@ -11,7 +11,7 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from optstate.base.errors import ConfigError
+from optstate.base.errors import ConfigError, option
 from optstate.sim.config import GroupSpec, RunSpec, SchedulerSpec, Shape, parse_shape, validate
 
 
@@ -43,7 +43,8 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     """``key=value`` -> (key, parsed value)."""
     if "=" not in text:
         raise ConfigError(
-            f"expected key=value, got {text!r}", hint="for example --set betas=0.9,0.95"
+            f"expected key=value, got {text!r}", hint="for example " + option(
+                "assignments", shown="betas=0.9,0.95", python="['betas=0.9,0.95']")
         )
     key, _, value = text.partition("=")
     key = sys.intern(key.strip())  # see config._frozen_items
@@ -65,8 +66,9 @@ def parse_group(text: str) -> GroupSpec:
             shapes.append(parse_shape(tok))
     if not shapes:
         raise ConfigError(
-            f"--group {text!r} names no parameter shape",
-            hint='for example --group "3x3 lr=1e-4"',
+            f"{option('groups', [text], shown=repr(text))} names no parameter shape",
+            hint="for example " + option("groups", shown='"3x3 lr=1e-4"',
+                                         python="['3x3 lr=1e-4']"),
         )
     return GroupSpec(shapes=tuple(shapes), hyperparams=hyper)
 
@@ -131,7 +133,8 @@ def spec_from_flags(
         sched = SchedulerSpec(scheduler, sched_kwargs)
     elif sched_kwargs:
         if base.scheduler is None:
-            raise ConfigError("--scheduler-arg needs --scheduler NAME (or a [scheduler] in the "
+            raise ConfigError(f"{option('scheduler_args')} needs "
+                              f"{option('scheduler', shown='NAME')} (or a [scheduler] in the "
                               "config)")
         sched = SchedulerSpec(base.scheduler.name, {**base.scheduler.kwargs, **sched_kwargs})
     return apply_overrides(
