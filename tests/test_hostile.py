@@ -76,7 +76,7 @@ LOAD_ERRORS: dict[str, tuple[type, str, str | None]] = {
                              "its declared size", REREAD),
     "unsupported_protocol": (UnsafeCheckpointError, *OPCODE),
     "refused_global": (UnsafeCheckpointError, REFUSED[0].replace("{g}", "datetime.date"),
-                       REFUSED[1]),
+                       REFUSED[1].replace("--unsafe", "unsafe=True")),  # a library call's words
     "old_tar_format": (CheckpointError, "{p} is a tar archive (the torch < 0.4 checkpoint "
                        "format), which optstate does not read",
                        "load and re-save it with an old torch: torch.save(torch.load(f), out)"),
