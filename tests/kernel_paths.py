@@ -1,8 +1,8 @@
 """The autouse fixture that runs a test module through every kernel path.
 
-optstate/numeric/kernel_switch.py and pair_kernel.py compute with the C kernel
-(optstate/numeric/_ckernel_switch.c: an AVX2 loop and a 2-lane loop) where it is built, else with
-torch; the numbers must not depend on the path.
+optstate/numeric/kernels.py and pair_kernel.py compute with the C kernel
+(optstate/numeric/_ckernels.c: an AVX2 loop and a 2-lane loop; loaded by kernel_switch.py)
+where it is built, else with torch; the numbers must not depend on the path.
 The fixture switches paths with the code's own switch, ``kernel_switch.use_path`` (no
 monkeypatching); a path this process cannot run is skipped with the reason (the C kernel
 not built, disabled by OPTSTATE_NO_C=1, or no AVX2 on this CPU).
@@ -25,7 +25,7 @@ def _on_path(request):
 
 @pytest.fixture(autouse=True, params=list(kernel_switch.PATHS))
 def kernel_path(request):
-    """Every test runs through each path: the C kernel (optstate/numeric/_ckernel_switch.c) with its
+    """Every test runs through each path: the C kernel (optstate/numeric/_ckernels.c) with its
     AVX2 loop and with its 2-lane loop, and the pure-torch path that replaces it where
     it is not built."""
     yield from _on_path(request)

@@ -77,7 +77,7 @@ def histogram(t: torch.Tensor, bins: int = BINS) -> dict[str, Any]:
 
 def add_histograms(entries: dict[str, Any], state: dict[Any, Any], bins: int = BINS) -> None:
     """Put ``"histogram"`` beside the statistics of every tensor entry of one parameter's
-    report (``entries``, from ``report.entry_report``), reading ``state``'s tensors."""
+    report (``entries``, from ``state.report.entry_report``), reading ``state``'s tensors."""
     for key, value in state.items():
         _add(entries.get(str(key)), value, bins)
 

@@ -8,8 +8,8 @@ the file holds. Before torch unpickles anything, the pickle is pre-scanned again
 documented limits (``prescan.py``, ``limits.py``): what torch would build is counted
 from the opcodes, so work follows the bytes stored, never what a file claims; a zip's
 structure is checked first (``torch_zip.py``). After loading, the object is ``walk``ed.
-``unsafe=True`` exists for files the user trusts; only the CLI's
-``--unsafe`` flag sets it, and it warns loudly.
+``unsafe=True`` exists for files the user trusts; nothing sets it by default (the
+CLI's ``--unsafe`` flag, which warns loudly, or a library caller's ``unsafe=True``).
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def _tensors_table(changes: list[dict[str, Any]]) -> Table:
         table.add_column(col, justify="right", no_wrap=True)
     for c in changes:
         m = c["metrics"]
-        # views repeating stored elements are compared over their storage (numeric.py)
+        # views repeating stored elements are compared over their storage (numeric/compare.py)
         of = f"{m['stored']} stored" if "stored" in m else m["numel"]
         table.add_row(c["path"], f"{m['outside']}/{of}", fmt_short(m["max_abs"]),
                       fmt_short(m["max_rel"]), fmt_short(m["norm_a"]), fmt_short(m["norm_b"]),
