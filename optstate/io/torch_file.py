@@ -10,6 +10,9 @@ from the opcodes, so work follows the bytes stored, never what a file claims; a 
 structure is checked first (``torch_zip.py``). After loading, the object is ``walk``ed.
 ``unsafe=True`` exists for files the user trusts; nothing sets it by default (the
 CLI's ``--unsafe`` flag, which warns loudly, or a library caller's ``unsafe=True``).
+
+About 400 lines on purpose: one load sequence (format, pre-scan, ``torch.load``, the wording
+of each refusal) read top to bottom, and the three small writers that load back with it.
 """
 
 from __future__ import annotations
