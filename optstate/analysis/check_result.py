@@ -8,8 +8,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from optstate.state.kind import infer_kind
 from optstate.state.report import plain
 from optstate.state.view import OptimizerStateView
@@ -69,10 +67,6 @@ def show(v: Any) -> str:
     if isinstance(p, list):
         return "(" + ", ".join(map(str, p)) + ")"
     return repr(p)
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def positions(ps: list[int]) -> str:

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from optstate.analysis.check_result import Finding, dtype_name, guess_kind, n_of, positions
+from optstate.analysis.check_result import Finding, guess_kind, n_of, positions
+from optstate.numeric.stats import dtype_name
 from optstate.sim.build import Built
 from optstate.sim.config import RunSpec, format_shape
 from optstate.sim.fit import GroupFit

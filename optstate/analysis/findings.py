@@ -32,7 +32,7 @@ def finding(code: str, message: str, where: Iterable[str] = ()) -> dict[str, Any
     return {"code": code, "message": message, "where": list(where)}
 
 
-def scalar(value: Any) -> float | None:
+def as_number(value: Any) -> float | None:
     """A number (or a 0-d tensor) as a float; None for anything else."""
     if isinstance(value, torch.Tensor):
         if len(value.shape) != 0 or value.is_meta:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from optstate.analysis.findings import at, finding, places, scalar
+from optstate.analysis.findings import as_number, at, finding, places
 from optstate.analysis.underflow import (
     SECOND_MOMENTS,
     SQUARED,
@@ -157,7 +157,7 @@ def _never_stepped(view: OptimizerStateView) -> set[int]:
     out = set()
     for p in view.params:
         if "step" in p.state and any(k != "step" for k in p.state) and (
-                scalar(p.state["step"]) == 0.0):
+                as_number(p.state["step"]) == 0.0):
             out.add(p.position)
     return out
 
@@ -211,7 +211,7 @@ def _step_mismatch(view: OptimizerStateView) -> list[dict[str, Any]]:
     steps: dict[float, list[int]] = {}
     for p in view.params:
         if "step" in p.state:
-            s = scalar(p.state["step"])
+            s = as_number(p.state["step"])
             if s is not None and math.isfinite(s):
                 steps.setdefault(s, []).append(p.position)
     if len(steps) < 2:
@@ -248,7 +248,7 @@ def _hyperparam_warnings(view: OptimizerStateView) -> list[dict[str, Any]]:
     out = []
     for g in view.groups:
         lr = g.hyperparams.get("lr")
-        lr_value = scalar(lr) if lr is not None else None
+        lr_value = as_number(lr) if lr is not None else None
         if lr_value is not None and (not math.isfinite(lr_value) or lr_value < 0):
             out.append(finding(
                 "bad_lr", f"param group {g.index} has lr={lr_value}: torch.optim refuses "
@@ -273,7 +273,7 @@ def _scheduler_warnings(view: OptimizerStateView,
     if isinstance(last, list):
         differ = []
         for g, v in zip(view.groups, last, strict=False):
-            lr = scalar(g.hyperparams.get("lr"))
+            lr = as_number(g.hyperparams.get("lr"))
             if lr is not None and isinstance(v, (int, float)) and not math.isclose(
                     lr, v, rel_tol=1e-12, abs_tol=0.0):
                 differ.append(f"group {g.index}: lr {lr:g} vs scheduler {v:g}")
@@ -290,7 +290,7 @@ def _scheduler_elsewhere(view: OptimizerStateView) -> list[dict[str, Any]]:
     """``initial_lr`` in the groups means an LR scheduler drove this optimizer."""
     changed = []
     for g in view.groups:
-        start, now = scalar(g.hyperparams.get("initial_lr")), scalar(g.hyperparams.get("lr"))
+        start, now = as_number(g.hyperparams.get("initial_lr")), as_number(g.hyperparams.get("lr"))
         if start is not None and now is not None and start != now:
             changed.append(f"group {g.index}: {start:g} → {now:g}")
     if not changed:
@@ -303,7 +303,7 @@ def _scheduler_elsewhere(view: OptimizerStateView) -> list[dict[str, Any]]:
 
 
 def _zero_lr(view: OptimizerStateView) -> list[dict[str, Any]]:
-    zero = [g.index for g in view.groups if scalar(g.hyperparams.get("lr")) == 0.0]
+    zero = [g.index for g in view.groups if as_number(g.hyperparams.get("lr")) == 0.0]
     if not zero:
         return []
     return [finding(

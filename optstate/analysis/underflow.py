@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from optstate.analysis.findings import at, finding, places, scalar
+from optstate.analysis.findings import as_number, at, finding, places
 from optstate.state.view import OptimizerStateView
 
 # Second moments (running averages of grad², or their max) and the entries beside them
@@ -98,11 +98,11 @@ def underflow_below(entry: str, dtype: Any, hyper: dict[str, Any]) -> float | No
     name = SQUARED.get(entry)
     if name == "betas":
         betas = hyper.get("betas")
-        beta2 = scalar(betas[1]) if isinstance(betas, (list, tuple)) and len(betas) > 1 \
+        beta2 = as_number(betas[1]) if isinstance(betas, (list, tuple)) and len(betas) > 1 \
             else None
         weight = None if beta2 is None else 1.0 - beta2
     elif name == "alpha":
-        alpha = scalar(hyper.get("alpha"))
+        alpha = as_number(hyper.get("alpha"))
         weight = None if alpha is None else 1.0 - alpha
     if weight is None or weight <= 0:
         return None
@@ -205,7 +205,7 @@ def _step_effect(second: str, us: list[Underflow], view: OptimizerStateView,
     bound = _adam_step_bound(us, view)
     if bound is not None:
         text += f", at most {bound:.4g} per element here, so these params barely move"
-    eps = [scalar(view.groups[u.param["group"]].hyperparams.get("eps")) for u in us]
+    eps = [as_number(view.groups[u.param["group"]].hyperparams.get("eps")) for u in us]
     below = underflow_below(second, us[0].param["state"][second].get("dtype"),
                              view.groups[us[0].param["group"]].hyperparams)
     if below is not None and all(e is not None and e > below for e in eps):
@@ -214,7 +214,7 @@ def _step_effect(second: str, us: list[Underflow], view: OptimizerStateView,
     decays = []
     for g in {u.param["group"] for u in us}:
         hyper = view.groups[g].hyperparams
-        wd = scalar(hyper.get("weight_decay"))
+        wd = as_number(hyper.get("weight_decay"))
         if wd and (kind == "AdamW" or hyper.get("decoupled_weight_decay") is True):
             decays.append(g)
     if decays:
@@ -228,10 +228,10 @@ def _adam_step_bound(us: list[Underflow], view: OptimizerStateView) -> float | N
     bounds = []
     for u in us:
         hyper = view.groups[u.param["group"]].hyperparams
-        lr, eps = scalar(hyper.get("lr")), scalar(hyper.get("eps"))
+        lr, eps = as_number(hyper.get("lr")), as_number(hyper.get("eps"))
         betas = hyper.get("betas")
-        beta1 = scalar(betas[0]) if isinstance(betas, (list, tuple)) and betas else None
-        step = scalar(view.params[u.param["position"]].state.get("step"))
+        beta1 = as_number(betas[0]) if isinstance(betas, (list, tuple)) and betas else None
+        step = as_number(view.params[u.param["position"]].state.get("step"))
         if None in (lr, eps, beta1, step) or not eps or not step or beta1 >= 1:  # type: ignore[operator]
             return None
         correction = 1.0 - beta1 ** step  # type: ignore[operator]
