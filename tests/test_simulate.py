@@ -195,6 +195,32 @@ def test_resume_with_scheduler_equals_uninterrupted(tmp_path):
     assert whole.history.lr[-1] == [0.01 * 0.5 * 0.5]
 
 
+def test_resume_of_a_factored_state_equals_uninterrupted(tmp_path):
+    """Adafactor keeps row/column statistics (row_var 3x1, col_var 1x4 for a 3x4 weight):
+    --resume compares each entry with the shape the configured optimizer gives it, not
+    with the parameter's (it refused every Adafactor state)."""
+    spec = RunSpec(optimizer="Adafactor", hyperparams={"lr": 0.01}, steps=6,
+                   groups=[GroupSpec(shapes=[(3, 4), (5,)])], grad="quadratic")
+    whole = simulate(spec)
+    simulate(RunSpec(**{**spec.__dict__, "steps": 4}), save=tmp_path / "k.pt",
+             with_params=True)
+    resumed = simulate(RunSpec(**{**spec.__dict__, "steps": 2}),
+                       resume=load_torch_file(tmp_path / "k.pt").obj)
+    for p, q in zip(resumed.params, whole.params, strict=True):
+        assert torch.equal(p.detach(), q.detach())
+    assert_identical(resumed.optimizer.state_dict(), whole.optimizer.state_dict())
+
+
+def test_resume_of_a_factored_state_for_other_shapes_is_refused(tmp_path):
+    simulate(RunSpec(optimizer="Adafactor", groups=[GroupSpec(shapes=[(3, 4)])], steps=1),
+             save=tmp_path / "k.pt")
+    sd = load_torch_file(tmp_path / "k.pt").obj
+    with pytest.raises(StateMismatchError, match=r"row_var has shape 3x1, the configured "
+                                                 r"Adafactor makes it 4x1"):
+        simulate(RunSpec(optimizer="Adafactor", groups=[GroupSpec(shapes=[(4, 3)])],
+                         steps=1), resume=sd)
+
+
 def test_resume_from_bare_state_dict_warns_and_restarts_params(tmp_path):
     spec = RunSpec(optimizer="Adam", hyperparams={"lr": 0.01}, steps=3, grad="quadratic")
     simulate(spec, save=tmp_path / "bare.pkl")

@@ -38,6 +38,7 @@ from optstate.sim.build import (
 from optstate.sim.config import RunSpec, format_shape, validate
 from optstate.sim.fit import group_fit
 from optstate.sim.loop import History, divergence_warning, resolve_record_every, run_loop
+from optstate.sim.trial import reference_state
 from optstate.state.locate import find_optimizer_states, locate
 from optstate.state.view import OptimizerStateView
 
@@ -285,9 +286,9 @@ def check_compatible(built: Built, spec: RunSpec, sd: dict[str, Any]) -> None:
     --resume accepts: check tells the writer's kind from the state (``infer_kind``) where
     this refuses group keys the configured class does not take, and check compares each
     state entry with the shape the configured optimizer's own first step gives it (0-d
-    steps, LBFGS's flat vectors, Adafactor's factored row/column statistics) where this
-    compares every entry with its parameter's shape (so it refuses an Adafactor state:
-    row_var 3x1 against a 3x4 parameter)."""
+    steps, LBFGS's flat vectors, Adafactor's factored row/column statistics). Here too an
+    entry is compared with that shape where the configured optimizer makes one other than
+    its parameter's (Adafactor's row_var 3x1 for a 3x4 weight), else with the parameter's."""
     view = OptimizerStateView.from_state_dict(sd)
     cls = optimizer_class(spec.optimizer)
     ours = set(hyperparameter_defaults(cls)) | COMMON_GROUP_KEYS
@@ -315,9 +316,23 @@ def check_compatible(built: Built, spec: RunSpec, sd: dict[str, Any]) -> None:
     if isinstance(built.optimizer, torch.optim.LBFGS):
         _check_lbfgs_sizes(view, built)
         return
+    reference = reference_state(spec)  # the shapes the configured optimizer gives
     for pv, p in zip(view.params, built.params, strict=True):
         for key, value in pv.state.items():
-            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+            if not (isinstance(value, torch.Tensor) and value.dim() > 0):
+                continue
+            want = reference[pv.position].get(key) if pv.position < len(reference) else None
+            factored = (isinstance(want, torch.Tensor) and want.dim() > 0
+                        and want.shape != p.shape)  # Adafactor's row/column statistics
+            if factored and value.shape != want.shape:
+                raise StateMismatchError(
+                    f"param {pv.position} ({built.names[pv.position]}): the "
+                    f"{option('resume')} state's {key} has shape "
+                    f"{format_shape(tuple(value.shape))}, the configured "
+                    f"{type(built.optimizer).__name__} makes it "
+                    f"{format_shape(tuple(want.shape))}"
+                )
+            if not factored and value.shape != p.shape:
                 raise StateMismatchError(
                     f"param {pv.position} ({built.names[pv.position]}): the "
                     f"{option('resume')} state's "
