@@ -404,8 +404,13 @@ def _dcp_step(folder: Path) -> float:
     return float(open_source(folder).obj["state"][0]["step"])
 
 
+def _release(release_dir: Path, proc, stage: str) -> None:
+    """End ``proc``'s pause at ``stage`` (started with OPTSTATE_TEST_RELEASE_DIR=release_dir)."""
+    (release_dir / f"{stage}.{proc.pid}").touch()
+
+
 @pytest.mark.parametrize("existing", [True, False], ids=["replace", "new-name"])
-def test_two_converts_to_one_folder_at_once(tmp_path, existing):
+def test_two_converts_to_one_folder_at_once(tmp_path, tmp_path_factory, existing):
     """issue #16 item 6: the first to publish wins, the other says so and leaves nothing
     (was: internal error ENOTEMPTY / FileNotFoundError and a full .optstate-old copy)."""
     from optstate.edit.convert import convert
@@ -417,14 +422,26 @@ def test_two_converts_to_one_folder_at_once(tmp_path, existing):
     if existing:
         torch.save(hc.adamw_state(steps=1), tmp_path / "first.pt")
         convert(tmp_path / "first.pt", target)
-    # both pass their checks and write, then wait at the rename: A renames after 1 s,
-    # B after 3 s, so each has seen the folder as it was before either replaced it
-    a = _start(["convert", tmp_path / "a.pt", target, "--force"], "publish=1")
-    b = _start(["convert", tmp_path / "b.pt", target, "--force"], "publish=3")
-    _wait_marker(a, "publish")
-    _wait_marker(b, "publish")
-    _, a_err = a.communicate(timeout=120)
-    _, b_err = b.communicate(timeout=120)
+    # both pass their checks and write, then wait at the rename until released (not for a
+    # fixed time: under load B may reach its checks late): once both wait there, each has
+    # seen the folder as it was before either replaced it; A goes first and finishes, then B
+    release = tmp_path_factory.mktemp("release")  # outside tmp_path, whose listing is checked
+    env = {"OPTSTATE_TEST_RELEASE_DIR": str(release)}
+    a = _start(["convert", tmp_path / "a.pt", target, "--force"], "publish=300", env)
+    b = _start(["convert", tmp_path / "b.pt", target, "--force"], "publish=300", env)
+    try:
+        _wait_marker(a, "publish")
+        _wait_marker(b, "publish")
+        _release(release, a, "publish")
+        _, a_err = a.communicate(timeout=120)
+        _release(release, b, "publish")
+        _, b_err = b.communicate(timeout=120)
+    finally:
+        for proc in (a, b):
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert "not released" not in a_err + b_err
     assert a.returncode == 0, a_err
     assert b.returncode == 2, b_err
     assert b_err.splitlines()[0] == (
