@@ -288,7 +288,9 @@ def check_compatible(built: Built, spec: RunSpec, sd: dict[str, Any]) -> None:
     state entry with the shape the configured optimizer's own first step gives it (0-d
     steps, LBFGS's flat vectors, Adafactor's factored row/column statistics). Here too an
     entry is compared with that shape where the configured optimizer makes one other than
-    its parameter's (Adafactor's row_var 3x1 for a 3x4 weight), else with the parameter's."""
+    its parameter's (Adafactor's row_var 3x1 for a 3x4 weight), else with the parameter's;
+    that reference is built (one more optimizer, one step) only for an entry whose shape is
+    not its parameter's, so an ordinary resume does not pay for it."""
     view = OptimizerStateView.from_state_dict(sd)
     cls = optimizer_class(spec.optimizer)
     ours = set(hyperparameter_defaults(cls)) | COMMON_GROUP_KEYS
@@ -316,11 +318,15 @@ def check_compatible(built: Built, spec: RunSpec, sd: dict[str, Any]) -> None:
     if isinstance(built.optimizer, torch.optim.LBFGS):
         _check_lbfgs_sizes(view, built)
         return
-    reference = reference_state(spec)  # the shapes the configured optimizer gives
+    reference: list[dict[str, Any]] | None = None  # built (one more optimizer) if needed
     for pv, p in zip(view.params, built.params, strict=True):
         for key, value in pv.state.items():
             if not (isinstance(value, torch.Tensor) and value.dim() > 0):
                 continue
+            if value.shape == p.shape:
+                continue
+            if reference is None:  # the shapes the configured optimizer gives its entries
+                reference = reference_state(spec)
             want = reference[pv.position].get(key) if pv.position < len(reference) else None
             factored = (isinstance(want, torch.Tensor) and want.dim() > 0
                         and want.shape != p.shape)  # Adafactor's row/column statistics
@@ -332,7 +338,7 @@ def check_compatible(built: Built, spec: RunSpec, sd: dict[str, Any]) -> None:
                     f"{type(built.optimizer).__name__} makes it "
                     f"{format_shape(tuple(want.shape))}"
                 )
-            if not factored and value.shape != p.shape:
+            if not factored:
                 raise StateMismatchError(
                     f"param {pv.position} ({built.names[pv.position]}): the "
                     f"{option('resume')} state's "
