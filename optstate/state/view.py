@@ -31,6 +31,9 @@ class ParamView:
     group: int
     name: str | None
     state: dict[str, Any]  # empty when the param has no state yet
+    # Where ``name`` came from (``names.NAME_SOURCES``); None while the param is unnamed.
+    name_source: str | None = None
+    aliases: tuple[str, ...] = ()  # other names of the same (tied) parameter
 
 
 @dataclass
@@ -40,6 +43,7 @@ class OptimizerStateView:
     params: list[ParamView]
     orphan_keys: list[Any] = field(default_factory=list)  # state keys in no group
     legacy_ids: bool = False  # keyed by id(param), torch < 1.6
+    naming: Any = None  # names.Naming once names.name_params has run
 
     @classmethod
     def from_state_dict(cls, sd: Any) -> OptimizerStateView:
@@ -82,7 +86,8 @@ class OptimizerStateView:
                     )
                 # get_optimizer_state_dict (FSDP, DCP) keys state by parameter name.
                 name = names[j] if names else (key if isinstance(key, str) else None)
-                params.append(ParamView(pos, key, gi, name, st))
+                source = ("param_names" if names else "dcp") if name is not None else None
+                params.append(ParamView(pos, key, gi, name, st, source))
         known = set()
         for k in all_keys:
             try:
