@@ -1,4 +1,5 @@
-"""Regenerate sample_checkpoints/ (real torch.save files made by ``optstate simulate``).
+"""Regenerate sample_checkpoints/ (real torch.save files made by ``optstate simulate``,
+and one by a plain torch training loop of a real model).
 
     python scripts/make_samples.py            # rewrites sample_checkpoints/ in place
     python scripts/make_samples.py OUT_DIR    # writes the same files somewhere else
@@ -48,6 +49,43 @@ ADAMW = RunSpec(
                       names=("encoder.bias", "head.bias"))),
     scheduler=SchedulerSpec("StepLR", {"step_size": 5, "gamma": 0.5}),
 )
+
+
+class TutorialNet(torch.nn.Module):
+    """The PyTorch tutorial's ``Net`` ("Saving and loading a general checkpoint"), made
+    small, with a BatchNorm: its state_dict holds buffers (running_mean, running_var,
+    num_batches_tracked) beside the parameters, as real models' do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 4, 3)
+        self.bn1 = torch.nn.BatchNorm2d(4)
+        self.pool = torch.nn.MaxPool2d(2, 2)
+        self.conv2 = torch.nn.Conv2d(4, 8, 3)
+        self.fc1 = torch.nn.Linear(8, 16)
+        self.fc2 = torch.nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.bn1(self.conv1(x))))  # 3x10x10 -> 4x4x4
+        x = self.pool(torch.relu(self.conv2(x)))  # -> 8x1x1
+        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
+def _tutorial_cnn(epochs: int = 3) -> dict[str, Any]:
+    """The tutorial's training loop and checkpoint: Adam built from model.parameters()
+    (so no param_names), a few real steps on seeded data, saved as the tutorial does."""
+    torch.manual_seed(0)
+    model = TutorialNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.randn(16, 3, 10, 10), torch.randint(0, 10, (16,))
+    loss = torch.tensor(0.0)
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+    return {"epoch": epochs, "model_state_dict": model.state_dict(),
+            "optimizer_state_dict": optimizer.state_dict(), "loss": loss.item()}
 
 
 def _sha256(path: Path) -> str:
@@ -154,6 +192,15 @@ def make_samples(out: Path) -> list[dict[str, Any]]:
     add("sick_sgd.pt", None, "optimizer.state_dict()",
         "SGD momentum 0.9 after one step: the first parameter got a zero gradient (its "
         "buffer is all zeros), the second a gradient holding NaN, Inf and 1e30.")
+
+    save_checkpoint(_tutorial_cnn(), out / "tutorial_cnn.pt", force=True)
+    add("tutorial_cnn.pt", None, "{epoch, model_state_dict, optimizer_state_dict, loss}",
+        "The PyTorch tutorial's general checkpoint of a real CNN with BatchNorm (TutorialNet "
+        "in this script), Adam built from model.parameters(), 3 steps of a plain torch "
+        "training loop; the optimizer state keys params by position only.")
+    # Convolutions and matmuls reduce in an order the CPU's vector width decides: another
+    # CPU regenerates this file equal to float32 rounding, not bit for bit.
+    entries[-1]["reproducible"] = "to float32 rounding"
 
     for e in entries:
         e["sha256"] = _sha256(out / e["path"])

@@ -62,8 +62,40 @@ def test_committed_files_match_the_manifest(name):
     assert hashlib.sha256(data).hexdigest() == entry["sha256"]
 
 
+ROUNDED = {e["path"] for e in MANIFEST["files"] if e.get("reproducible")}
+
+
+def _close(a, b, path="file"):
+    """Equal structure; float tensors equal to a few float32 ulps of their scale (a model's
+    forward pass reduces in an order the CPU's vector width decides)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
+        if a.is_floating_point():
+            scale = max(float(b.abs().max()), 1e-30) if b.numel() else 1.0
+            torch.testing.assert_close(a, b, rtol=0, atol=64 * torch.finfo(a.dtype).eps * scale,
+                                       msg=path)
+        else:
+            assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert list(a) == list(b), path
+        for k in a:
+            _close(a[k], b[k], f"{path}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-5), path
+    else:
+        assert a == b, path
+
+
 @pytest.mark.parametrize("name", FILES)
 def test_regenerating_gives_the_same_contents(regenerated, name):
+    if name in ROUNDED:
+        _close(torch.load(regenerated / name, weights_only=True),
+               torch.load(SAMPLES / name, weights_only=True))
+        return
     assert_identical(_load(regenerated / name), _load(SAMPLES / name))
     if SAME_TORCH:
         assert (regenerated / name).read_bytes() == (SAMPLES / name).read_bytes()
