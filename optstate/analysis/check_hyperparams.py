@@ -19,17 +19,19 @@ from optstate.sim.trial import NOT_HYPERPARAMS
 from optstate.state.report import plain
 from optstate.state.view import OptimizerStateView
 
-# Group keys added by LR schedulers or bookkeeping, never a sign of another optimizer.
-_ADDED_BY_OTHERS = frozenset({"initial_lr", "max_lr", "min_lr", "base_lr", "max_momentum",
-                              "base_momentum", "name"})
+# Group keys added by LR schedulers (SWALR: swa_lr) or bookkeeping, never a sign of
+# another optimizer.
+ADDED_BY_OTHERS = _ADDED_BY_OTHERS = frozenset({
+    "initial_lr", "max_lr", "min_lr", "base_lr", "max_momentum", "base_momentum", "name",
+    "swa_lr"})
 
 # Scheduler state that records progress, not configuration: where the schedule is
 # (CosineAnnealingWarmRestarts' T_cur and T_i, which grows by T_mult at each restart;
 # ReduceLROnPlateau's best metric and its counters), never a setting to undo.
-_SCHED_PROGRESS = frozenset({"last_epoch", "_step_count", "_last_lr",
-                             "_get_lr_called_within_step", "_is_initial", "verbose",
-                             "lr_lambdas", "base_lrs", "_initial_step", "T_cur", "T_i",
-                             "best", "num_bad_epochs", "cooldown_counter"})
+SCHED_PROGRESS = _SCHED_PROGRESS = frozenset({
+    "last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial",
+    "verbose", "lr_lambdas", "base_lrs", "_initial_step", "T_cur", "T_i", "best",
+    "num_bad_epochs", "cooldown_counter"})
 
 
 def check_hyperparams(view: OptimizerStateView, built: Built, add: Any,

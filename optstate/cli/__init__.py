@@ -32,7 +32,7 @@ from optstate.io import readguard
 from optstate.render.root_help import COMMANDS, DESCRIPTION, VERSION_HELP, root_help
 
 # command name -> its module in this package, when they differ
-_MODULE_OF = {"set": "set_cmd"}
+_MODULE_OF = {"set": "set_cmd", "config": "config_cmd"}
 
 
 class _Commands(MutableMapping):
