@@ -58,6 +58,7 @@ from typing import Any  # noqa: E402
 from optstate.api import (  # noqa: E402 - imports nothing heavy: each function imports its own
     LoadedState,
     check,
+    config,
     convert,
     diff,
     inspect,
@@ -100,8 +101,8 @@ _LAZY = {
 
 __all__ = [
     "__version__",
-    "inspect", "diff", "load_state", "LoadedState", "check", "set_hyperparameters",
-    "convert", "simulate",
+    "inspect", "diff", "load_state", "LoadedState", "check", "config",
+    "set_hyperparameters", "convert", "simulate",
     *_LAZY,
 ]
 

@@ -44,6 +44,7 @@ __all__ = [
     "load_state",
     "LoadedState",
     "check",
+    "config",
     "set_hyperparameters",
     "convert",
     "simulate",
@@ -181,13 +182,16 @@ def load_state(path: StrPath, key: str | None = None, *, unsafe: bool = False,
 
 
 def check(checkpoint: StrPath, config: StrPath, *, key: str | None = None,
-          trial: bool = True, unsafe: bool = False) -> dict[str, Any]:
+          trial: bool = True, unsafe: bool = False,
+          model: StrPath | None = None) -> dict[str, Any]:
     """Will this checkpoint load into the optimizer a config builds?
     ``optstate check CKPT --config CONFIG --json`` as a dict.
 
     ``config`` is a TOML or JSON run config (the format of ``simulate --config``);
     ``trial=True`` also loads the state into torch's optimizer on copies and takes one
-    step, as a resumed run would.
+    step, as a resumed run would. The checkpoint's params are named as ``inspect`` names
+    them (``model``: a model file to name them from); with names in the config's groups,
+    a reordering or a missing name is reported by name.
 
     Returns the report of schema ``optstate.check/1``: ``report["verdict"]`` and
     ``report["exit_code"]`` (0 loads and matches, 1 loads with differences worth knowing,
@@ -199,7 +203,25 @@ def check(checkpoint: StrPath, config: StrPath, *, key: str | None = None,
     from optstate.analysis.check import check_checkpoint, check_report
 
     return check_report(check_checkpoint(checkpoint, config, key=key, unsafe=unsafe,
-                                         trial=trial))
+                                         trial=trial, model_file=model))
+
+
+def config(checkpoint: StrPath, *, key: str | None = None, model: StrPath | None = None,
+           unsafe: bool = False) -> dict[str, Any]:
+    """The run config that rebuilds a checkpoint's optimizer: ``optstate config CKPT
+    --json`` as a dict (``check`` and ``simulate`` take it as a config; the TOML form,
+    with comments on where each part came from, is ``optstate config CKPT``).
+
+    Returns the config as a dict of plain values: ``optimizer``, ``steps``,
+    ``hyperparams``, ``groups`` (``shapes``, ``names`` when known, per-group values),
+    ``scheduler`` when its class can be told from its state.
+
+    Raises ``CheckpointError``/``NoOptimizerStateError`` for an unreadable checkpoint,
+    ``ConfigError`` when no config can build its optimizer (a third-party one).
+    """
+    from optstate.analysis.config_from import config_from_checkpoint
+
+    return config_from_checkpoint(checkpoint, key=key, model_file=model, unsafe=unsafe).data
 
 
 def set_hyperparameters(

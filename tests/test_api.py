@@ -41,7 +41,8 @@ step_size = 2
 gamma = 0.5
 """
 
-API = ["inspect", "diff", "load_state", "check", "set_hyperparameters", "convert", "simulate"]
+API = ["inspect", "diff", "load_state", "check", "config", "set_hyperparameters", "convert",
+       "simulate"]
 
 
 @pytest.fixture(scope="module")

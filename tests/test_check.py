@@ -111,7 +111,7 @@ def test_json_report(cli, tmp_path):
     report = json.loads(r.stdout)
     assert list(report) == ["schema", "source", "location", "scheduler_location", "config",
                             "optimizer", "verdict", "exit_code", "groups", "findings",
-                            "trial", "fixes", "no_fix_reason"]
+                            "trial", "fixes", "no_fix_reason", "naming"]
     assert report["schema"] == "optstate.check/1"
     assert report["verdict"] == "ok" and report["exit_code"] == 0
     assert report["groups"] == {"checkpoint": [1, 1], "config": [1, 1]}
@@ -337,9 +337,8 @@ def test_names_reordered(tmp_path):
     assert _codes(res) == [("names-reordered", "warn")]
     assert res.findings[0].message == (
         "the same parameter names in a different order: torch matches by position, not by "
-        "name; position 0 is 'a' in the checkpoint but 'b' in the config, so a's state goes "
-        "to b; position 1 is 'b' in the checkpoint but 'a' in the config, so b's state goes "
-        "to a")
+        "name, so `b` gets the state of `a` (position 0); `a` gets the state of `b` "
+        "(position 1)")
     resumed = build(spec_from_dict(read_config_file(cfg)))
     resumed.optimizer.load_state_dict(torch.load(ckpt, weights_only=True))
     b_param = resumed.params[0]  # the config's first param is named 'b'
@@ -418,7 +417,9 @@ def test_names_differ(tmp_path):
         {"shapes": ["2", "3"], "names": ["head.weight", "fc.bias"]}]})
     res = check_checkpoint(ckpt, cfg)
     assert [(f.code, f.detail) for f in res.findings] == [
-        ("names-differ", {"only_checkpoint": ["fc.weight"], "only_config": ["head.weight"]})]
+        ("names-differ", {"only_checkpoint": ["fc.weight"], "only_config": ["head.weight"],
+                          "moves": [{"position": 0, "checkpoint": "fc.weight",
+                                     "config": "head.weight"}]})]
     assert res.exit_code == 1
     assert _torch_resume(ckpt, cfg)[1] is None  # torch ignores the names entirely
 

@@ -33,6 +33,7 @@ from optstate.analysis.check_structure import (
     check_names,
     check_state_entries,
     check_structure,
+    name_findings,
 )
 from optstate.io.source import open_source
 from optstate.sim.build import build
@@ -40,22 +41,30 @@ from optstate.sim.config import RunSpec, read_config_file, spec_from_dict
 from optstate.sim.fit import group_fit
 from optstate.sim.trial import STAGES, run_trial
 from optstate.state.locate import locate
+from optstate.state.names import name_params
 from optstate.state.view import OptimizerStateView
 
 # --------------------------------------------------------------------------- entry points
 
 
 def check_checkpoint(path: str | Path, config: str | Path, *, key: str | None = None,
-                     unsafe: bool = False, trial: bool = True) -> CheckResult:
-    """Load the checkpoint (safely) and the config, and compare them."""
+                     unsafe: bool = False, trial: bool = True,
+                     model_file: str | Path | None = None) -> CheckResult:
+    """Load the checkpoint (safely) and the config, and compare them. The checkpoint's
+    params are named as inspect names them (``state.names.name_params``; ``model_file``
+    is a model the user gives), so that a config listing names is compared by name."""
     spec = spec_from_dict(read_config_file(config), str(config))
     source = open_source(path, unsafe=unsafe)
     located = locate(source, key)
-    result = check_state(located.state, spec, scheduler_state=located.scheduler, trial=trial)
+    view = OptimizerStateView.from_state_dict(located.state)
+    naming = name_params(view, source, located, model_file=model_file)
+    result = check_state(located.state, spec, scheduler_state=located.scheduler, trial=trial,
+                         view=view)
     result.source = source.label
     result.location = located.location
     result.scheduler_location = located.scheduler_location
     result.config = str(config)
+    result.naming = naming.to_dict()
     if source.format != "dcp":  # set writes torch.save files and folders only
         result.fixes = fix_commands(result, str(path), key)
     return result
@@ -63,9 +72,11 @@ def check_checkpoint(path: str | Path, config: str | Path, *, key: str | None = 
 
 def check_state(sd: dict[str, Any], spec: RunSpec, *,
                 scheduler_state: dict[str, Any] | None = None,
-                trial: bool = True) -> CheckResult:
-    """Compare an optimizer ``state_dict`` (and scheduler state) with what ``spec`` builds."""
-    view = OptimizerStateView.from_state_dict(sd)
+                trial: bool = True, view: OptimizerStateView | None = None) -> CheckResult:
+    """Compare an optimizer ``state_dict`` (and scheduler state) with what ``spec`` builds;
+    ``view``: the state's view with its params named (else names as the state has them)."""
+    if view is None:
+        view = OptimizerStateView.from_state_dict(sd)
     built = build(spec)
     fit = group_fit(view, built.optimizer)
     result = CheckResult("", "", None, "", type(built.optimizer).__name__, {
@@ -85,12 +96,13 @@ def check_state(sd: dict[str, Any], spec: RunSpec, *,
     if not fit.count_differs:  # otherwise torch stops before comparing groups
         check_hyperparams(view, built, add, loaded_groups,
                           scheduler_state if scheduled else None, scheduled)
+    check_names(view, spec, add)  # also when the counts differ: which names are missing
     if structure_ok:
-        check_names(view, spec, built, add)
         check_state_entries(view, spec, built, add)
     check_scheduler(scheduler_state, built, spec, add, scheduled)
     if trial:
         _reconcile(result)
+    name_findings(result.findings, view)
     result.findings.sort(key=_action_order)
     return result
 
@@ -165,6 +177,7 @@ def check_report(result: CheckResult) -> dict[str, Any]:
         "trial": result.trial,
         "fixes": result.fixes,
         "no_fix_reason": result.no_fix_reason,
+        "naming": result.naming,
     }
 
 

@@ -41,6 +41,7 @@ class CheckResult:
     trial: dict[str, Any]
     fixes: list[str] = field(default_factory=list)  # `optstate set` lines that apply the config
     no_fix_reason: str | None = None  # why no `set` line is offered though some differ
+    naming: dict[str, Any] | None = None  # how the checkpoint's params were named (Naming)
 
     @property
     def verdict(self) -> str:

@@ -118,39 +118,89 @@ def _first_difference_text(shapes: dict[str, Any]) -> str:
             f"the checkpoint, {at('config')} in the config")
 
 
-def check_names(view: OptimizerStateView, spec: RunSpec, built: Built, add: Any) -> None:
+def check_names(view: OptimizerStateView, spec: RunSpec, add: Any) -> None:
     """torch matches parameters by position only (pytorch#1489); names show when the
-    positions no longer mean the same parameters."""
+    positions no longer mean the same parameters: a reordering names both sides of each
+    move, and a count mismatch names what the config lacks or adds. Only names that are
+    certain on both sides are compared (the checkpoint's from ``state.names``)."""
     theirs = [p.name for p in view.params]
     ours = [n for g in spec.groups for n in (g.names or [None] * len(g.shapes))]
-    if None in theirs or None in ours:
+    if not any(n is not None for n in theirs) or not any(n is not None for n in ours):
         return
     if theirs == ours:
         return
-    moved = [(i, t, o) for i, (t, o) in enumerate(zip(theirs, ours, strict=True)) if t != o]
-    if sorted(theirs) == sorted(ours):
+    full = None not in theirs and None not in ours
+    moved = [(i, t, o) for i, (t, o) in enumerate(zip(theirs, ours, strict=False))
+             if t is not None and o is not None and t != o] if len(theirs) == len(ours) \
+        else []
+    if full and sorted(theirs) == sorted(ours):
         where = {n: i for i, n in enumerate(ours)}
-        pairs = "; ".join(
-            f"position {i} is {t!r} in the checkpoint but {o!r} in the config, so {t}'s "
-            f"state goes to {o}" for i, t, o in moved[:4]) + (" …" if len(moved) > 4 else "")
         add(Finding(
             "names-reordered", "warn",
-            f"the same parameter names in a different order: torch matches by position, not "
-            f"by name; {pairs}",
+            "the same parameter names in a different order: torch matches by position, not "
+            f"by name, so {_moves_text(moved)}",
             detail={"moves": [{"position": i, "checkpoint": t, "config": o,
                                "config_position_of_checkpoint_name": where[t]}
                               for i, t, o in moved]},
         ))
         return
-    only_ckpt = [n for n in theirs if n not in ours]
-    only_cfg = [n for n in ours if n not in theirs]
-    add(Finding(
-        "names-differ", "warn",
-        "parameter names differ (torch ignores names and matches by position): only in the "
-        f"checkpoint: {', '.join(only_ckpt) or '-'}; only in the config: "
-        f"{', '.join(only_cfg) or '-'}",
-        detail={"only_checkpoint": only_ckpt, "only_config": only_cfg},
-    ))
+    if full:
+        in_ours, in_theirs = set(ours), set(theirs)
+        missing = [n for n in theirs if n not in in_ours]
+        extra = [n for n in ours if n not in in_theirs]
+        counts = ""
+        if len(theirs) != len(ours):
+            counts = (f"the checkpoint has state for {n_of(len(theirs), 'parameter')}, the "
+                      f"config builds {len(ours)}; ")
+        add(Finding(
+            "names-differ", "warn",
+            f"parameter names differ: {counts}missing from the config: "
+            f"{_names_text(missing)}; only in the config: {_names_text(extra)}"
+            + (f"; torch matches by position, so {_moves_text(moved)}" if moved else
+               " (torch ignores names and matches by position)"),
+            detail={"only_checkpoint": missing, "only_config": extra,
+                    "moves": [{"position": i, "checkpoint": t, "config": o}
+                              for i, t, o in moved]},
+        ))
+        return
+    if moved:  # some params unnamed on one side: compare the positions named on both
+        unnamed = sum(n is None for n in theirs)
+        add(Finding(
+            "names-differ", "warn",
+            f"parameter names differ where both sides name them: torch matches by position, "
+            f"so {_moves_text(moved)}"
+            + (f" ({n_of(unnamed, 'checkpoint param')} unnamed, not compared)"
+               if unnamed else ""),
+            detail={"only_checkpoint": [], "only_config": [],
+                    "moves": [{"position": i, "checkpoint": t, "config": o}
+                              for i, t, o in moved]},
+        ))
+
+
+def _names_text(names: list[str]) -> str:
+    if not names:
+        return "-"
+    return ", ".join(f"`{n}`" for n in names[:8]) + (f" and {len(names) - 8} more"
+                                                      if len(names) > 8 else "")
+
+
+def _moves_text(moved: list[tuple[int, str, str]]) -> str:
+    text = "; ".join(f"`{o}` gets the state of `{t}` (position {i})" for i, t, o in moved[:4])
+    return text + (f"; and {len(moved) - 4} more" if len(moved) > 4 else "")
+
+
+def name_findings(findings: list[Finding], view: OptimizerStateView) -> None:
+    """Findings about params carry the checkpoint's names in their detail (for --json):
+    ``name`` for one param, ``names`` for a list of positions; only names that are known."""
+    names = {p.position: p.name for p in view.params}
+    if not any(n is not None for n in names.values()):
+        return
+    for f in findings:
+        if f.param is not None and names.get(f.param) is not None:
+            f.detail.setdefault("name", names[f.param])
+        ps = f.detail.get("params")
+        if isinstance(ps, list) and all(isinstance(p, int) for p in ps):
+            f.detail.setdefault("names", [names.get(p) for p in ps])
 
 
 # --------------------------------------------------------------------------- state entries
@@ -175,7 +225,7 @@ def check_state_entries(view: OptimizerStateView, spec: RunSpec, built: Built,
     lacking: dict[str, list[int]] = {}
     for pv in view.params:
         param = built.params[pv.position]
-        name = built.names[pv.position]
+        name = pv.name if pv.name is not None else built.names[pv.position]
         ref = reference[pv.position] if pv.position < len(reference) else {}
         if not pv.state and ref:
             fresh.append(pv.position)

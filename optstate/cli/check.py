@@ -29,6 +29,10 @@ def check(
         "builds the optimizer to load into.", show_default=False)],
     key: Annotated[str | None, typer.Option(
         help=KEY_HELP)] = None,
+    model: Annotated[Path | None, typer.Option(
+        "--model", "-m", metavar="FILE", help="Name the checkpoint's params from this model "
+        "file (model.safetensors, or a torch.save model state_dict), to compare them with "
+        "the names the config lists.", show_default=False)] = None,
     trial: Annotated[bool, typer.Option(
         "--trial/--no-trial", help="Also let torch do it: load_state_dict and one step() "
         "on copies (costs one copy of the state).")] = True,
@@ -43,9 +47,13 @@ def check(
     parameters (torch accepts them and fails at step()), state of another
     optimizer kind, dtype casts, hyperparameters and scheduler settings the
     checkpoint will override, and parameters reordered by name (torch matches
-    by position only). Under a scheduler the config's lr is the base lr: it is
-    compared with the checkpoint's initial_lr / base_lrs, and the lr the
-    scheduler has reached is shown as information. An `optstate set` line is
+    by position only): with names on both sides (the checkpoint's found as
+    inspect finds them, or from --model; the config's groups list them), a
+    move reads "`fc2.weight` gets the state of `fc1.weight`" and a count
+    mismatch names what the config lacks or adds. Under a scheduler the
+    config's lr is the base lr: it is compared with the checkpoint's
+    initial_lr / base_lrs, and the lr the scheduler has reached is shown as
+    information. An `optstate set` line is
     printed only when it would make the checkpoint fit.
 
     Exit status: 0 it loads and matches, 1 it loads with differences worth
@@ -61,7 +69,8 @@ def check(
             warn_unsafe()
         with Progress("checking", enabled=progress_wanted(json=json_)):  # load + torch trial
             report = check_report(check_checkpoint(checkpoint, config, key=key,
-                                                   unsafe=unsafe, trial=trial))
+                                                   unsafe=unsafe, trial=trial,
+                                                   model_file=model))
     if json_:
         from optstate.render.json_view import dumps
 
