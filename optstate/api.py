@@ -94,7 +94,8 @@ def diff(a: StrPath, b: StrPath, *, atol: float = 0.0, rtol: float = 0.0,
          nan_equal: bool = True, ignore: Iterable[str] = (), key: str | None = None,
          key_a: str | None = None, key_b: str | None = None, match: str = "auto",
          max_diffs: int | None = None, verbose: bool = False,
-         unsafe: bool = False) -> dict[str, Any]:
+         unsafe: bool = False, params: Iterable[str] = (),
+         model: StrPath | None = None) -> dict[str, Any]:
     """Compare two optimizer checkpoints: ``optstate diff A B --json`` as a dict.
 
     Groups, hyperparameters, parameters, state entries and the scheduler state are
@@ -102,8 +103,13 @@ def diff(a: StrPath, b: StrPath, *, atol: float = 0.0, rtol: float = 0.0,
     equals NaN in the same place unless ``nan_equal=False``). ``ignore`` skips keys,
     parameter names or paths (``"step"``, ``"param_groups[1]"``); ``key`` (both) or
     ``key_a``/``key_b`` say where each optimizer state is; ``match`` pairs parameters
-    by ``"position"``, ``"name"`` or ``"auto"``. ``max_diffs`` lists at most that many
-    differences (all are counted); ``verbose`` lists equal items too (``"same"``).
+    by ``"position"``, ``"name"`` or ``"auto"``. ``params`` keeps only the params whose
+    name or alias a glob matches (``"conv*"``), or at a position (``"3"``); ``model`` (a
+    ``.safetensors`` file or a torch.save state_dict) names the params of both sides when
+    the checkpoints do not (each change under ``state[...]`` carries ``name`` and
+    ``name_source``; ``report["naming"]`` says how each side was named). ``max_diffs``
+    lists at most that many differences (all are counted); ``verbose`` lists equal items
+    too (``"same"``).
 
     Returns the report of schema ``optstate.diff/1``: ``report["equal"]`` is the answer;
     ``counts``, ``changes`` (each difference), ``by_entry`` and ``notes`` say more.
@@ -118,9 +124,10 @@ def diff(a: StrPath, b: StrPath, *, atol: float = 0.0, rtol: float = 0.0,
     if max_diffs is not None and max_diffs < 0:
         raise ConfigError(f"{option('max_diffs')} must be 0 or more, got {max_diffs}")
     options = DiffOptions(atol=atol, rtol=rtol, nan_equal=nan_equal, ignore=tuple(ignore),
-                          match=match)
+                          match=match,
+                          params=(params,) if isinstance(params, str) else tuple(params))
     result, side_a, side_b = diff_files(a, b, options, key_a=key_a or key,
-                                        key_b=key_b or key, unsafe=unsafe)
+                                        key_b=key_b or key, unsafe=unsafe, model=model)
     return diff_report(result, side_a, side_b, verbose=verbose, max_diffs=max_diffs)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ import torch
 from optstate.analysis.diff_walk import Change, DiffOptions, Stop, Walk, brief, union
 from optstate.base.errors import ConfigError, option
 from optstate.base.paths import bracket, join
+from optstate.base.suggest import did_you_mean
 from optstate.state.view import OptimizerStateView, ParamView
 
 
@@ -45,6 +47,8 @@ class StateDiff:
     optimizers: tuple[str, str] = ("unknown", "unknown")  # inferred kinds (kind.py)
     complete: bool = True  # False when stop_after cut the comparison short
     notes: list[str] = field(default_factory=list)
+    naming: tuple[Any, Any] = (None, None)  # state.names.Naming of a and of b
+    compared_params: int | None = None  # params compared (options.params selects some)
 
     @property
     def equal(self) -> bool:
@@ -78,9 +82,77 @@ def _pairs(va: OptimizerStateView, vb: OptimizerStateView, by_name: bool
                vb.params[i] if i < vb.n_params else None)
 
 
+# Names a checkpoint carries itself; only these can pair params (a model's names are labels).
+CHECKPOINT_NAME_SOURCES = ("param_names", "dcp")
+
+
 def _names_usable(view: OptimizerStateView) -> bool:
+    """Every param named by the checkpoint itself, each name once: params can be paired by
+    name. Names derived from a model (``state.names``) only label positions, which is how
+    ``load_state_dict`` pairs them."""
     names = [p.name for p in view.params]
-    return all(n is not None for n in names) and len(set(names)) == len(names)
+    return (all(n is not None for n in names) and len(set(names)) == len(names)
+            and all(p.name_source in CHECKPOINT_NAME_SOURCES for p in view.params))
+
+
+def pair_label(pa: ParamView | None, pb: ParamView | None) -> tuple[str | None, str | None]:
+    """(name, name_source) of a matched pair: the name when the sides that have one agree
+    (the first named side's source), else (None, None): two names for one position are a
+    ``renamed`` change, not a label."""
+    named = [p for p in (pa, pb) if p is not None and p.name is not None]
+    if not named or any(p.name != named[0].name for p in named):
+        return None, None
+    return named[0].name, named[0].name_source
+
+
+def _names_of(p: ParamView | None) -> tuple[str, ...]:
+    return () if p is None or p.name is None else (p.name, *p.aliases)
+
+
+def select_pairs(pairs: list[tuple[str, ParamView | None, ParamView | None]],
+                 patterns: tuple[str, ...], views: tuple[OptimizerStateView, ...]
+                 ) -> list[tuple[str, ParamView | None, ParamView | None]]:
+    """The pairs ``patterns`` select: a glob (``fnmatch``, case-sensitive) matching a name
+    or alias on either side, or a position. A pattern that selects nothing is an error."""
+    if not patterns:
+        return pairs
+    keep: set[int] = set()
+    for pat in patterns:
+        hits = {i for i, (_, pa, pb) in enumerate(pairs)
+                if any(fnmatchcase(n, pat) for n in (*_names_of(pa), *_names_of(pb)))}
+        if not hits and pat.strip().lstrip("-").isdigit():
+            n = int(pat)
+            hits = {i for i, (_, pa, pb) in enumerate(pairs)
+                    if any(p is not None and p.position == n for p in (pa, pb))}
+        if not hits:
+            raise _no_match(pat, pairs, views)
+        keep |= hits
+    return [pair for i, pair in enumerate(pairs) if i in keep]
+
+
+def _no_match(pat: str, pairs: list[tuple[str, ParamView | None, ParamView | None]],
+              views: tuple[OptimizerStateView, ...]) -> ConfigError:
+    names = list(dict.fromkeys(n for _, pa, pb in pairs for n in (*_names_of(pa),
+                                                                   *_names_of(pb))))
+    n = max(v.n_params for v in views)
+    where = f"positions 0..{n - 1}" if n else "no params"
+    if names:
+        return ConfigError(
+            f"{option('params', [pat], shown=repr(pat))}: no parameter of a or b has a name "
+            f"it matches{did_you_mean(pat, names)}",
+            hint=f"names here come from {_sources_words(views)}; or give a position ({where})")
+    return ConfigError(
+        f"{option('params', [pat], shown=repr(pat))}: neither checkpoint names its params, "
+        f"so only a position selects one ({where})",
+        hint=f"{option('model')} FILE names them from the model's state_dict")
+
+
+def _sources_words(views: tuple[OptimizerStateView, ...]) -> str:
+    words = []
+    for side, v in zip("ab", views, strict=True):
+        src = getattr(v.naming, "source", None)
+        words.append(f"{src} ({side})" if src else f"nowhere ({side}: unnamed)")
+    return ", ".join(words)
 
 
 def diff_states(a: dict[str, Any], b: dict[str, Any], options: DiffOptions | None = None, *,
@@ -89,23 +161,43 @@ def diff_states(a: dict[str, Any], b: dict[str, Any], options: DiffOptions | Non
                 on_progress: Callable[[int, int], None] | None = None) -> StateDiff:
     """Compare optimizer state ``a`` with ``b`` (two ``optimizer.state_dict()`` dicts),
     and their scheduler states when both are given. ``on_progress(done, total)`` is called
-    in bytes of tensor data after each parameter."""
-    opts = options or DiffOptions()
+    in bytes of tensor data after each parameter. Params are named from the states alone
+    (``param_names``, DCP keys); ``diff_views`` takes views named otherwise."""
     va, vb = OptimizerStateView.from_state_dict(a), OptimizerStateView.from_state_dict(b)
+    return diff_views(va, vb, options, scheduler_a=scheduler_a, scheduler_b=scheduler_b,
+                      on_progress=on_progress)
+
+
+def diff_views(va: OptimizerStateView, vb: OptimizerStateView,
+               options: DiffOptions | None = None, *,
+               scheduler_a: dict[str, Any] | None = None,
+               scheduler_b: dict[str, Any] | None = None,
+               on_progress: Callable[[int, int], None] | None = None) -> StateDiff:
+    """``diff_states`` over two views, named already (``state.names.name_params``; a view
+    not named yet is named from its state alone)."""
+    from optstate.state.names import name_params
+
+    opts = options or DiffOptions()
+    for v in (va, vb):
+        if v.naming is None:
+            name_params(v)
     both_named = _names_usable(va) and _names_usable(vb) and bool(va.params or vb.params)
     if opts.match == "name" and not both_named:
         raise ConfigError(
             f"{option('match', 'name')} needs parameter names in both states "
             "(param_groups[*].param_names, unique)",
             hint="torch >= 2.6 saves them when the optimizer is built from "
-            f"model.named_parameters(); use {option('match', 'position')} otherwise",
+            f"model.named_parameters(); use {option('match', 'position')} otherwise "
+            "(names from a model label params matched by position)",
         )
     by_name = opts.match == "name" or (opts.match == "auto" and both_named)
+    pairs = list(_pairs(va, vb, by_name))
+    selected = select_pairs(pairs, opts.params, (va, vb))
     w = Walk(opts, on_progress)
     complete = True
     try:
         _walk_groups(w, va, vb)
-        _walk_params(w, va, vb, by_name)
+        _walk_params(w, selected, by_name)
         _walk_orphans(w, va, vb)
         if scheduler_a is not None and scheduler_b is not None:
             w.compare("scheduler", scheduler_a, scheduler_b)
@@ -117,9 +209,26 @@ def diff_states(a: dict[str, Any], b: dict[str, Any], options: DiffOptions | Non
     if va.orphan_keys or vb.orphan_keys:
         w.notes.append("some state belongs to no param group (load_state_dict drops it): "
                        f"a has {len(va.orphan_keys)}, b has {len(vb.orphan_keys)}")
+    if opts.params:
+        w.notes.append(f"{len(selected)} of {len(pairs)} params compared "
+                       f"({option('params', list(opts.params))}); every group's "
+                       "hyperparameters too")
+    w.notes.extend(_naming_notes(va, vb, by_name))
     return StateDiff(w.changes, w.same, w.ignored, "name" if by_name else "position", opts,
                      (len(va.groups), len(vb.groups)), (va.n_params, vb.n_params), kinds,
-                     complete, w.notes)
+                     complete, w.notes, (va.naming, vb.naming), len(selected))
+
+
+def _naming_notes(va: OptimizerStateView, vb: OptimizerStateView, by_name: bool) -> list[str]:
+    """Say when the names shown are labels of one side only, or derived from a model."""
+    if by_name:
+        return []
+    na, nb = (sum(p.name is not None for p in v.params) for v in (va, vb))
+    if na and not nb or nb and not na:
+        named, other = ("a", "b") if na else ("b", "a")
+        return [f"names come from {named} only ({other} has none): {other}'s params are "
+                "the ones at the same positions, as load_state_dict pairs them"]
+    return []
 
 
 def _kind(view: OptimizerStateView) -> str:
@@ -148,14 +257,14 @@ def _walk_groups(w: Walk, va: OptimizerStateView, vb: OptimizerStateView) -> Non
         w.mapping(path, ga.hyperparams, gb.hyperparams)
 
 
-def _walk_params(w: Walk, va: OptimizerStateView, vb: OptimizerStateView,
+def _walk_params(w: Walk, pairs: list[tuple[str, ParamView | None, ParamView | None]],
                  by_name: bool) -> None:
-    pairs = list(_pairs(va, vb, by_name))
     sizes = ([sum(_tensor_bytes(p) for p in (pa, pb) if p is not None) for _, pa, pb in pairs]
              if w.on_progress is not None else [0] * len(pairs))
     total, done = sum(sizes), 0
     for (path, pa, pb), size in zip(pairs, sizes, strict=True):
-        if not w.skip(path):
+        w.label = pair_label(pa, pb)
+        if not w.skip(path) and not _ignored_name(w, pa, pb):
             if pa is None:
                 assert pb is not None
                 w.change(Change(path, "added", None, _param_brief(pb)))
@@ -169,9 +278,18 @@ def _walk_params(w: Walk, va: OptimizerStateView, vb: OptimizerStateView,
                 if pa.group != pb.group:
                     w.change(Change(path, "moved", pa.group, pb.group))
                 w.mapping(path, pa.state, pb.state)
+        w.label = (None, None)
         done += size
         if w.on_progress is not None:
             w.on_progress(done, total)
+
+
+def _ignored_name(w: Walk, pa: ParamView | None, pb: ParamView | None) -> bool:
+    """``ignore`` names a param matched by position by its (derived) name or an alias."""
+    if {*_names_of(pa), *_names_of(pb)} & set(w.opts.ignore):
+        w.ignored += 1
+        return True
+    return False
 
 
 def _walk_orphans(w: Walk, va: OptimizerStateView, vb: OptimizerStateView) -> None:
@@ -180,6 +298,8 @@ def _walk_orphans(w: Walk, va: OptimizerStateView, vb: OptimizerStateView) -> No
     b = {k: vb.raw["state"][k] for k in vb.orphan_keys}
     for k in union(a, b):
         path = join("state", k)
+        if w.opts.params and not any(fnmatchcase(str(k), pat) for pat in w.opts.params):
+            continue  # options.params selects params; an orphan only by its key
         if w.skip(path):
             continue
         if k in a and k in b:
@@ -213,12 +333,15 @@ class DiffSide:
 
 def diff_files(path_a: Any, path_b: Any, options: DiffOptions | None = None, *,
                key_a: str | None = None, key_b: str | None = None, unsafe: bool = False,
-               on_progress: Callable[[int, int], None] | None = None,
+               model: Any = None, on_progress: Callable[[int, int], None] | None = None,
                ) -> tuple[StateDiff, DiffSide, DiffSide]:
     """Open two checkpoints (files or folders, memory-mapped where the format allows),
-    locate the optimizer state in each, and compare them."""
+    locate the optimizer state in each, name each side's params (``state.names``: from the
+    checkpoint, a model beside it, or ``model``, one model file for both sides) and
+    compare them."""
     from optstate.io.source import open_source
     from optstate.state.locate import locate
+    from optstate.state.names import name_params
 
     src_a = open_source(path_a, unsafe=unsafe)
     src_b = open_source(path_b, unsafe=unsafe)
@@ -228,8 +351,13 @@ def diff_files(path_a: Any, path_b: Any, options: DiffOptions | None = None, *,
                  s.format)
         for s, loc in ((src_a, loc_a), (src_b, loc_b))
     )
-    result = diff_states(loc_a.state, loc_b.state, options, scheduler_a=loc_a.scheduler,
-                         scheduler_b=loc_b.scheduler, on_progress=on_progress)
+    views = []
+    for s, loc in ((src_a, loc_a), (src_b, loc_b)):
+        view = OptimizerStateView.from_state_dict(loc.state)
+        name_params(view, s, loc, model_file=model)
+        views.append(view)
+    result = diff_views(views[0], views[1], options, scheduler_a=loc_a.scheduler,
+                        scheduler_b=loc_b.scheduler, on_progress=on_progress)
     if (loc_a.scheduler is None) != (loc_b.scheduler is None):
         which, other = ("a", loc_a) if loc_a.scheduler is not None else ("b", loc_b)
         result.notes.append(f"only {which} has a scheduler state ({other.scheduler_location}); "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -39,6 +39,8 @@ class Change:
 
     ``before``/``after`` are plain data (JSON-ready) from side a and side b; a ``values``
     change carries ``metrics`` instead (numel, outside, max_abs, max_rel, norm_a, norm_b).
+    ``name``/``name_source`` label a change under ``state[...]`` with its parameter's name
+    when known (``state.names``); a label, not part of what differs, so not compared.
     """
 
     path: str
@@ -46,10 +48,16 @@ class Change:
     before: Any = None
     after: Any = None
     metrics: dict[str, Any] | None = None
+    name: str | None = field(default=None, compare=False)
+    name_source: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "kind": self.kind, "before": self.before,
-                "after": self.after, "metrics": self.metrics}
+        d = {"path": self.path, "kind": self.kind, "before": self.before,
+             "after": self.after, "metrics": self.metrics}
+        if keys_of(self.path)[:1] == ("state",):  # a parameter's change: always labelled
+            d["name"] = self.name
+            d["name_source"] = self.name_source
+        return d
 
     def mirrored(self) -> Change:
         """This change as ``diff(b, a)`` reports it: sides swapped."""
@@ -58,14 +66,16 @@ class Change:
             metrics = {**metrics, "norm_a": metrics.get("norm_b"),
                        "norm_b": metrics.get("norm_a")}
         return Change(self.path, MIRROR_KIND.get(self.kind, self.kind), self.after,
-                      self.before, metrics)
+                      self.before, metrics, self.name, self.name_source)
 
 
 @dataclass(frozen=True)
 class DiffOptions:
     """How to compare. ``ignore`` names keys (or paths, or path prefixes) to skip;
     ``match`` is ``auto`` (by name when both states carry names), ``position`` or
-    ``name``; ``stop_after`` stops at that many differences (1: is there any?)."""
+    ``name``; ``stop_after`` stops at that many differences (1: is there any?); ``params``
+    keeps only the params whose name or alias a glob matches, or at a position given as a
+    number (empty: every param; hyperparameters are always compared)."""
 
     atol: float = 0.0
     rtol: float = 0.0
@@ -73,6 +83,7 @@ class DiffOptions:
     ignore: tuple[str, ...] = ()
     match: str = "auto"
     stop_after: int | None = None
+    params: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("atol", "rtol"):
@@ -151,6 +162,8 @@ class Walk:
         self.ignored = 0
         self.on_progress = on_progress
         self.notes: list[str] = []
+        # (name, name_source) of the parameter being compared: every record gets it
+        self.label: tuple[str | None, str | None] = (None, None)
 
     # -- recording
 
@@ -161,13 +174,18 @@ class Walk:
             return True
         return False
 
+    def _labelled(self, c: Change) -> Change:
+        if self.label[0] is None or c.name is not None:
+            return c
+        return replace(c, name=self.label[0], name_source=self.label[1])
+
     def change(self, c: Change) -> None:
-        self.changes.append(c)
+        self.changes.append(self._labelled(c))
         if self.opts.stop_after is not None and len(self.changes) >= self.opts.stop_after:
             raise Stop
 
     def equal(self, path: str, value: Any = None, metrics: dict[str, Any] | None = None) -> None:
-        self.same.append(Change(path, "equal", value, value, metrics))
+        self.same.append(self._labelled(Change(path, "equal", value, value, metrics)))
 
     # -- values
 

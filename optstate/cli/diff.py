@@ -52,8 +52,18 @@ def diff(
         help="--key for the second file only.", rich_help_panel=_CMP)] = None,
     match: Annotated[str, typer.Option(
         help="Match parameters by position (as load_state_dict does), by name (needs "
-        "param_names in both), or auto: by name when both files carry names.",
+        "param_names in both), or auto: by name when both files carry names. Names derived "
+        "from a model only label params matched by position.",
         rich_help_panel=_CMP)] = "auto",
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", "-p", metavar="GLOB|N", help="Compare only the params whose name (or a "
+        "tied alias) matches this glob ('conv*', '*.bias'), or at this position; every "
+        "group's hyperparameters are still compared. Repeatable.",
+        rich_help_panel=_CMP)] = None,
+    model: Annotated[Path | None, typer.Option(
+        metavar="FILE", help="A model file (.safetensors, or a torch.save state_dict) to name "
+        "the params of optimizer states saved alone; one model for both A and B (each "
+        "checkpoint's own param_names win).", rich_help_panel=_CMP)] = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="List equal items too.", rich_help_panel=_OUT)] = False,
     quiet: Annotated[bool, typer.Option(
@@ -87,7 +97,7 @@ def diff(
             raise ConfigError(f"--max-diffs must be 0 or more, got {max_diffs}")
         options = DiffOptions(atol=atol, rtol=rtol, nan_equal=not nan_differs,
                               ignore=tuple(ignore or ()), match=match,
-                              stop_after=1 if quiet else None)
+                              stop_after=1 if quiet else None, params=tuple(param or ()))
         if unsafe:
             warn_unsafe()
         from optstate.render.progress import Progress, progress_wanted
@@ -96,7 +106,7 @@ def diff(
                       ) as on_progress:
             result, side_a, side_b = diff_files(
                 a, b, options, key_a=key_a or key, key_b=key_b or key, unsafe=unsafe,
-                on_progress=on_progress)
+                model=model, on_progress=on_progress)
         if max_diffs is None and not (json_ or verbose):
             max_diffs = HUMAN_ROWS  # a summary: the rest is counted, per entry too
         report = diff_report(result, side_a, side_b, verbose=verbose, max_diffs=max_diffs)

@@ -50,10 +50,24 @@ def _path_width(changes: list[dict[str, Any]]) -> int:
     return min(48, max((len(c["path"]) for c in changes), default=4))
 
 
+def _named(changes: list[dict[str, Any]]) -> bool:
+    """Whether to add a name column: params matched by position (a path by name shows its
+    name already) with a name known for some."""
+    return any(c.get("name") is not None and not c["path"].startswith('state["')
+               for c in changes)
+
+
+def _name_cell(c: dict[str, Any]) -> Text:
+    return Text(c.get("name") or "")  # a Text: a name is never read as rich markup
+
+
 def _changes_table(changes: list[dict[str, Any]]) -> Table:
-    """Structure and scalars: path, kind, a, b."""
+    """Structure and scalars: path, (the param's name), kind, a, b."""
     table = Table(title="changes", title_justify="left", title_style="bold")
     table.add_column("path", no_wrap=True, min_width=_path_width(changes))
+    named = _named(changes)
+    if named:
+        table.add_column("name", overflow="fold")
     table.add_column("change", no_wrap=True)
     table.add_column("a", overflow="fold")
     table.add_column("b", overflow="fold")
@@ -62,7 +76,8 @@ def _changes_table(changes: list[dict[str, Any]]) -> Table:
         a = Text("(absent)", style="dim") if _absent(kind, "a") else _short(c["before"])
         b = Text("(absent)", style="dim") if _absent(kind, "b") else _short(c["after"])
         label = {"moved": "moved (group)", "reordered": "reordered (position)"}.get(kind, kind)
-        table.add_row(c["path"], Text(label, style=_KIND_STYLE.get(kind, "magenta")), a, b,
+        table.add_row(c["path"], *([_name_cell(c)] if named else []),
+                      Text(label, style=_KIND_STYLE.get(kind, "magenta")), a, b,
                       style="dim" if kind == "equal" else "")
     return table
 
@@ -71,13 +86,17 @@ def _tensors_table(changes: list[dict[str, Any]]) -> Table:
     """Tensor comparisons: how many elements differ and by how much."""
     table = Table(title="tensor values", title_justify="left", title_style="bold")
     table.add_column("path", overflow="fold", min_width=_path_width(changes))
+    named = _named(changes)
+    if named:
+        table.add_column("name", overflow="fold")
     for col in ("outside", "max|a−b|", "max rel", "‖a‖", "‖b‖"):
         table.add_column(col, justify="right", no_wrap=True)
     for c in changes:
         m = c["metrics"]
         # views repeating stored elements are compared over their storage (numeric/compare.py)
         of = f"{m['stored']} stored" if "stored" in m else m["numel"]
-        table.add_row(c["path"], f"{m['outside']}/{of}", fmt_short(m["max_abs"]),
+        table.add_row(c["path"], *([_name_cell(c)] if named else []),
+                      f"{m['outside']}/{of}", fmt_short(m["max_abs"]),
                       fmt_short(m["max_rel"]), fmt_short(m["norm_a"]), fmt_short(m["norm_b"]),
                       style="dim" if c["kind"] == "equal" else "")
     return table
@@ -109,11 +128,35 @@ def _side(name: str, side: dict[str, Any] | None, kind: str, groups: int, params
     return text
 
 
+def names_line(naming: dict[str, Any]) -> Text | None:
+    """``names: a 10/10, b 10/10 from the model state_dict at 'model_state_dict'``, or per
+    side with the reason a side has none; nothing when neither side is named."""
+    sides = {k: v for k, v in naming.items() if v is not None}
+    if not any(n["named"] for n in sides.values()):
+        return None
+
+    def origin(n: dict[str, Any]) -> str:
+        return n["model"] or n["source"]
+
+    counts = {k: f"{k} {n['named']}/{n['total']}" for k, n in sides.items()}
+    named = [n for n in sides.values() if n["named"]]
+    if len(named) == len(sides) and len({origin(n) for n in named}) == 1:
+        text = ", ".join(counts.values()) + f" from {origin(named[0])}"
+    else:
+        text = "; ".join(counts[k] + (f" from {origin(n)}" if n["named"] else
+                                      f" ({n['reason']})" if n["reason"] else "")
+                         for k, n in sides.items())
+    return Text(f"names: {text}", style="dim")
+
+
 def tolerance_text(options: dict[str, Any]) -> str:
     tol = "exact" if options["atol"] == 0 and options["rtol"] == 0 else (
         f"atol {fmt(float(options['atol']))}, rtol {fmt(float(options['rtol']))}")
     nan = "NaN = NaN" if options["nan_equal"] else "NaN ≠ NaN"
-    return f"{tol} · {nan} · params matched by {options['match']}"
+    text = f"{tol} · {nan} · params matched by {options['match']}"
+    if options.get("params"):
+        text += " · only params " + ", ".join(options["params"])
+    return text
 
 
 def summary_line(report: dict[str, Any]) -> Text:
@@ -137,8 +180,11 @@ def diff_view(report: dict[str, Any]) -> Group:
     parts: list[Any] = [
         *(_side(name, report[name], report["optimizer"][i], report["groups"][i],
                 report["params"][i]) for i, name in enumerate("ab")),
-        Text(f"compared: {tolerance_text(report['options'])}", style="dim"),
     ]
+    names = names_line(report.get("naming") or {})
+    if names is not None:
+        parts.append(names)
+    parts.append(Text(f"compared: {tolerance_text(report['options'])}", style="dim"))
     items = report["changes"] + report.get("same", [])
     scalars = [c for c in items if c["metrics"] is None]
     tensors = [c for c in items if c["metrics"] is not None]
