@@ -24,6 +24,7 @@ FOLDERS = {
     "lowbit": ("make_lowbit.py", ("optimizer.pt", "expected.pt", "expected.json")),
     "fsdp2": ("make_fsdp2.py", ("rank0.pt", "rank1.pt", "expected.pt", "expected.json")),
     "hf_lightning": ("make_hf_lightning.py", ("expected.pt", "expected.json")),
+    "names": ("make_names_cases.py", ("truth.json",)),
     "third_party": ("optimizer_signatures.py", ("optimizer.pt", "expected.pt", "expected.json")),
 }
 
