@@ -10,7 +10,7 @@ import itertools
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -51,7 +51,7 @@ def test_a_skip_that_could_be_either_of_two_same_shaped_tensors_names_neither():
     found = align_ordered([[(5,), (2,)]], cands)
     assert names(found) == [[None, "c"]]
     assert option_names(found) == {(0, 0): ["a", "b"]}
-    assert "1 param fit more than one same-shaped model tensor" in found.reason
+    assert "1 param fits more than one same-shaped model tensor" in found.reason
     assert "param 0 could be 'a' or 'b'" in found.reason
     assert "group" not in found.reason  # one group: no "which group takes which"
 
@@ -85,7 +85,7 @@ def test_a_slot_without_state_fits_any_tensor_but_only_where_order_allows():
     found = align_ordered([[(3,), None]], cands)
     assert names(found) == [["a", None]]
     assert option_names(found) == {(0, 1): ["b", "c"]}
-    assert "1 of them hold no state, so their shape is unknown" in found.reason
+    assert "1 of them holds no state, so the shape is unknown" in found.reason
 
 
 def test_no_alignment_names_nothing_and_says_which_param_stops_it():
@@ -174,8 +174,8 @@ def test_by_shape_names_unique_shapes_only():
     assert names(found) == [["head.weight", None], ["head.bias", None, None]]
     assert option_names(found)[(0, 1)] == ["a.weight", "b.weight"]
     assert len(found.options[(1, 2)]) == 4
-    assert found.reason == ("2 params share their shape with other tensors of the model and the "
-                            "model gives no order; 1 param hold no state, so their shape is "
+    assert found.reason == ("2 params share a shape with other tensors of the model and the "
+                            "model gives no order; 1 param holds no state, so the shape is "
                             "unknown")
 
 
@@ -188,7 +188,7 @@ def test_by_shape_per_group_and_a_shape_no_tensor_has():
     found = align_by_shape([[(3,)], [(3,), (5,)]], [[C("a", 3)], [C("b", 3)]])
     assert names(found) == [["a"], ["b", None]]
     assert found.options == {(1, 1): []}
-    assert found.reason == "1 param have a shape no model tensor has"
+    assert found.reason == "1 param has a shape no model tensor has"
 
 
 def test_by_shape_per_group_lists_pinning_one_tensor_twice_name_neither():
@@ -232,8 +232,13 @@ def instances(draw):
     return slots, lists, lists
 
 
+_T0, _T1, _T2 = Candidate("t0", (3,)), Candidate("t1", (3,)), Candidate("t2", (2,))
+
+
 @settings(max_examples=400, deadline=None)
 @given(instances())
+@example(([[(3,)], [(3,)]], [[_T0, _T1], [_T1]], [[_T0, _T1], [_T1]]))  # lists overlap
+@example(([[(3,), None], [(3,)]], [_T0, _T2, _T1], [[_T0, _T2, _T1]] * 2))  # shared, may swap
 def test_ordered_agrees_with_brute_force(instance):
     slots, candidates, lists = instance
     found = align_ordered(slots, candidates)

@@ -101,13 +101,8 @@ def align_by_shape(slots: Slots, candidates: list[Candidate] | list[list[Candida
 
 def _ordered_per_group(slots: Slots, lists: list[list[Candidate]], max_states: int) -> Alignment:
     names = [[c.name for c in lst] for lst in lists]
-    seen: set[str] = set()
-    disjoint = True
-    for group_names in names:
-        if seen.intersection(group_names) or len(set(group_names)) != len(group_names):
-            disjoint = False
-        seen.update(group_names)
-    if disjoint:
+    if len({n for group_names in names for n in group_names}) == sum(map(len, names)):
+        # no tensor in two lists: the groups cannot compete, so each is aligned alone
         windows = []
         for g, group in enumerate(slots):
             found = _one_group(group, lists[g])
@@ -306,10 +301,11 @@ def _finish(slots: Slots, possible: list[list[list[Candidate]]], spare: bool) ->
     if sum(1 for group in slots if group) > 1:
         whys.append("which group takes which")
     why = " or ".join(whys) or "the order"
-    reason = (f"{_params(len(options))} fit more than one same-shaped model tensor in order, "
+    reason = (f"{_params(len(options), 'fit')} more than one same-shaped model tensor in order, "
               f"since {why} is not certain (param {_offset(slots, g) + i} could be {shown})")
     if blind:
-        reason += f"; {blind} of them hold no state, so their shape is unknown"
+        verb = "holds" if blind == 1 else "hold"
+        reason += f"; {blind} of them {verb} no state, so the shape is unknown"
     return Alignment(out, options, reason)
 
 
@@ -354,12 +350,12 @@ def _shape_reason(slots: Slots, out: list[list[Candidate | None]],
     shared = len(options) - blind - missing
     parts = []
     if shared:
-        parts.append(f"{_params(shared)} share their shape with other tensors of the model "
+        parts.append(f"{_params(shared, 'share')} a shape with other tensors of the model "
                      f"and the model gives no order")
     if missing:
-        parts.append(f"{_params(missing)} have a shape no model tensor has")
+        parts.append(f"{_params(missing, 'have')} a shape no model tensor has")
     if blind:
-        parts.append(f"{_params(blind)} hold no state, so their shape is unknown")
+        parts.append(f"{_params(blind, 'hold')} no state, so the shape is unknown")
     return "; ".join(parts)
 
 
@@ -387,8 +383,11 @@ def _offset(slots: Slots, g: int) -> int:
     return sum(len(group) for group in slots[:g])
 
 
-def _params(n: int) -> str:
-    return f"{n} param" if n == 1 else f"{n} params"
+def _params(n: int, verb: str = "") -> str:
+    """'1 param fits', '2 params fit' (the verb in its plural form; 'have' -> 'has')."""
+    if n != 1:
+        return f"{n} params {verb}".rstrip()
+    return f"1 param {'has' if verb == 'have' else verb + 's' if verb else ''}".rstrip()
 
 
 def _shape_text(shape: Shape | None) -> str:
