@@ -96,6 +96,8 @@ class DiffOptions:
                               f"{self.match!r}")
         if self.stop_after is not None and self.stop_after < 1:
             raise ConfigError("stop_after must be at least 1")
+        # a position may come as an int from Python: params=[0, "fc.*"]
+        object.__setattr__(self, "params", tuple(str(p) for p in self.params))
 
 
 class Stop(Exception):
