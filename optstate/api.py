@@ -94,7 +94,7 @@ def diff(a: StrPath, b: StrPath, *, atol: float = 0.0, rtol: float = 0.0,
          nan_equal: bool = True, ignore: Iterable[str] = (), key: str | None = None,
          key_a: str | None = None, key_b: str | None = None, match: str = "auto",
          max_diffs: int | None = None, verbose: bool = False,
-         unsafe: bool = False, params: Iterable[str] = (),
+         unsafe: bool = False, params: Iterable[int | str] = (),
          model: StrPath | None = None) -> dict[str, Any]:
     """Compare two optimizer checkpoints: ``optstate diff A B --json`` as a dict.
 
