@@ -225,6 +225,46 @@ def test_a_param_without_state_gets_a_placeholder_and_a_comment(tmp_path):
     assert "# params 0, 1: no state, shape unknown" in text
 
 
+TORCH_OPTIMIZERS = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax",
+                    "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "SparseAdam", "Adafactor",
+                    "Muon"]
+
+
+@pytest.mark.parametrize("name", TORCH_OPTIMIZERS)
+def test_every_torch_optimizer_checks_clean_against_its_config(name, tmp_path):
+    """Each torch.optim class, 2 real steps with its defaults: config + check exit 0
+    (LBFGS's flat state: placeholder shapes that add up to its size, said in a comment)."""
+    if not hasattr(torch.optim, name):
+        pytest.skip(f"this torch has no torch.optim.{name}")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    params = list(model.parameters())
+    if name == "Muon":  # 2-D params only
+        params = [p for p in params if p.dim() == 2]
+    if name == "SparseAdam":
+        model = nn.Embedding(5, 3, sparse=True)
+        params = list(model.parameters())
+    opt = getattr(torch.optim, name)(params)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        x = torch.tensor([1, 2]) if name == "SparseAdam" else torch.ones(2, 4)
+        loss = model(x).square().sum()
+        loss.backward()
+        return loss
+
+    for _ in range(2):
+        opt.step(closure)
+    path = tmp_path / f"{name}.pt"
+    torch.save(opt.state_dict(), path)
+    result, data, text = check_with_config(path, tmp_path)
+    assert result.exit_code == 0, (problems(result), text)
+    assert data["optimizer"] == name
+    if name == "LBFGS":
+        assert data["groups"][0]["shapes"] == ["20", "1", "1", "1"]  # 12 + 3 + 6 + 2
+        assert "LBFGS keeps one flat state (23 elements)" in text
+
+
 def test_a_third_party_optimizer_gets_no_config():
     with pytest.raises(ConfigError, match="torch's RAdam does not take or write"):
         config_from_checkpoint(ROOT / "tests/fixtures/third_party/timm_adamp")

@@ -143,6 +143,13 @@ def config_from_view(view: OptimizerStateView,
                 fresh.append(p.position)
                 shape = (1,)
             entry["shapes"].append(format_shape(shape))
+        flat = _flat_size(params) if cls.__name__ == "LBFGS" else None
+        if flat is not None and flat >= len(params):
+            entry["shapes"] = [str(flat - len(params) + 1)] + ["1"] * (len(params) - 1)
+            fresh = []
+            notes.append(f"LBFGS keeps one flat state ({flat} elements) for all its params: "
+                         "their shapes are not stored; these placeholders add up to "
+                         f"{flat} so that the flat state fits")
         if fresh:
             notes.append(f"param{'s' * (len(fresh) > 1)} {', '.join(map(str, fresh))}: no "
                          "state, shape unknown (\"1\" written; check accepts any shape for "
@@ -209,6 +216,16 @@ def param_shape(state: dict[str, Any], kind: str = "") -> Shape | None:
         return tuple(row.shape[:-1]) + tuple(col.shape[-1:])
     shapes = {tuple(v.shape) for v in tensors.values()}
     return shapes.pop() if len(shapes) == 1 else None
+
+
+def _flat_size(params: list[Any]) -> int | None:
+    """LBFGS's flat state (d, prev_flat_grad: one element per element of all params)."""
+    for p in params:
+        for k in ("d", "prev_flat_grad"):
+            v = p.state.get(k)
+            if isinstance(v, torch.Tensor) and v.dim() == 1:
+                return v.numel()
+    return None
 
 
 def _recorded_steps(view: OptimizerStateView,
