@@ -375,3 +375,57 @@ def test_output_file_json_and_bad_input(tmp_path, run_cli):
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("Error: cannot write a config: the optimizer is unknown")
     assert "Traceback" not in bad.stderr
+
+
+# --------------------------------------------------------------------------- schedulers
+
+L = torch.optim.lr_scheduler
+SCHEDULERS = {  # name -> (how to build it, the [scheduler] the config must hold or None)
+    "StepLR": (lambda o: L.StepLR(o, 2, 0.5), {"step_size": 2, "gamma": 0.5}),
+    "MultiStepLR": (lambda o: L.MultiStepLR(o, [1, 3], 0.3),
+                    {"milestones": [1, 3], "gamma": 0.3}),
+    "ConstantLR": (lambda o: L.ConstantLR(o, 0.5, 4), {"factor": 0.5, "total_iters": 4}),
+    "LinearLR": (lambda o: L.LinearLR(o, 0.2, 1.0, 5),
+                 {"start_factor": 0.2, "end_factor": 1.0, "total_iters": 5}),
+    "ExponentialLR": (lambda o: L.ExponentialLR(o, 0.9), {"gamma": 0.9}),
+    "PolynomialLR": (lambda o: L.PolynomialLR(o, 6, 2.0), {"total_iters": 6, "power": 2.0}),
+    "CosineAnnealingLR": (lambda o: L.CosineAnnealingLR(o, 7, 1e-4),
+                          {"T_max": 7, "eta_min": 1e-4}),
+    "CosineAnnealingWarmRestarts": (lambda o: L.CosineAnnealingWarmRestarts(o, 2, 2, 1e-5),
+                                    {"T_0": 2, "T_mult": 2, "eta_min": 1e-5}),
+    "ReduceLROnPlateau": (lambda o: L.ReduceLROnPlateau(o, factor=0.5, patience=0),
+                          {"factor": 0.5, "patience": 0}),
+    "CyclicLR": (lambda o: L.CyclicLR(o, 0.01, 0.1, step_size_up=2), None),
+    "OneCycleLR": (lambda o: L.OneCycleLR(o, 0.1, total_steps=20), None),
+    "LambdaLR": (lambda o: L.LambdaLR(o, lambda e: 0.9 ** e), None),
+    "SequentialLR": (lambda o: L.SequentialLR(
+        o, [L.ConstantLR(o, 0.5, 2), L.ExponentialLR(o, 0.9)], [2]), None),
+}
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_every_scheduler_is_rebuilt_or_said_why_not(name, tmp_path):
+    """Two groups (their own lr), 5 real steps under the scheduler: its class is inferred
+    from its state's settings when they give back its arguments, else a comment says why;
+    check exits 0 either way."""
+    make, expected = SCHEDULERS[name]
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias], "lr": 0.05}],
+                          lr=0.1, momentum=0.9)
+    sched = make(opt)
+    for i in range(5):
+        opt.zero_grad()
+        model(torch.ones(2, 3)).sum().backward()
+        opt.step()
+        sched.step(1.0 / (i + 1)) if name == "ReduceLROnPlateau" else sched.step()
+    path = tmp_path / "sched.pt"
+    torch.save({"optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict()}, path)
+    result, data, text = check_with_config(path, tmp_path)
+    assert result.exit_code == 0, (problems(result), text)
+    if expected is None:
+        assert "scheduler" not in data and "# [scheduler] " in text
+    else:
+        assert data["scheduler"]["name"] == name
+        assert expected.items() <= data["scheduler"].items()
+        assert f"# {name}: inferred from the scheduler state's settings" in text

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect as pyinspect
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,8 +325,10 @@ def _add_scheduler(out: ConfigFrom, sched: dict[str, Any]) -> None:
         notes.append(f"{name}: inferred from the scheduler state's settings "
                      f"({', '.join(sorted(settings)) or 'none'}); its class is not stored")
     elif not found:
-        notes.append("the scheduler state fits no torch scheduler buildable from a config "
-                     f"(settings: {', '.join(sorted(settings)) or 'none'}); no [scheduler]")
+        notes.append("the scheduler state's settings "
+                     f"({', '.join(sorted(settings)) or 'none'}) do not give back the "
+                     "constructor arguments of a torch scheduler (OneCycleLR and CyclicLR "
+                     "keep theirs in derived form); no [scheduler]")
     else:
         notes.append("the scheduler state fits several schedulers ("
                      f"{', '.join(n for n, _ in found)}); no [scheduler], pick one")
@@ -347,6 +350,8 @@ def _scheduler_kwargs(cls: type, sched: dict[str, Any]) -> dict[str, Any] | None
             continue
         else:
             return None
+        if isinstance(v, Counter):  # MultiStepLR keeps its milestones as a Counter
+            v = sorted(v.elements())
         tv = _value(v)
         if tv is _UNSET:
             if v is None and p.default is None:
