@@ -4,8 +4,9 @@ A Trainer / accelerate folder stores ``model.safetensors`` sorted by name, not i
 order, so it cannot say which optimizer slot is which parameter. ``skeleton_tensors``
 recovers the true order: it builds the model class that ``config.json`` names on the
 meta device (no weights allocated, nothing downloaded, never remote code) and reads its
-``named_parameters()``. For the tiny BERT of tests/fixtures/hf_lightning this takes
-about 1.5 s on this machine, nearly all of it transformers importing the model's module.
+``named_parameters()``. For the tiny BERT of tests/fixtures/hf_lightning the first call
+takes 1.5 - 3 s on this machine, nearly all of it importing transformers and the model's
+module; building it again takes about 6 ms.
 
 The Trainer builds AdamW with two groups, decay then no-decay, each in
 ``model.named_parameters()`` order (``Trainer.create_optimizer``). Which parameters
