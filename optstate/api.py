@@ -54,7 +54,7 @@ __all__ = [
 def inspect(path: StrPath, *, key: str | None = None, stats: bool = True,
             params: Iterable[int | str] | None = None, groups: Iterable[int] | None = None,
             values: bool = False, hist: bool = False, layout: bool = False,
-            unsafe: bool = False) -> dict[str, Any]:
+            unsafe: bool = False, model: StrPath | None = None) -> dict[str, Any]:
     """What an optimizer checkpoint holds: ``optstate inspect PATH --json`` as a dict.
 
     ``path`` is a torch.save file, a Hugging Face / accelerate checkpoint folder or a
@@ -64,13 +64,17 @@ def inspect(path: StrPath, *, key: str | None = None, stats: bool = True,
     and ``groups`` (indices) select what is reported; ``values`` adds tensor values,
     ``hist`` a 16-bin histogram per state entry, ``layout`` a DCP folder's chunk layout.
     ``unsafe=True`` loads with full pickle (runs code from the file: own files only).
+    ``model`` (a model.safetensors or torch.save model state_dict) names the params of an
+    optimizer state saved alone; names are found by themselves otherwise (``naming``).
 
     Returns the report of schema ``optstate.inspect/1`` (README, "inspect --json"): keys
-    ``optimizer`` (the inferred kind), ``param_groups``, ``params`` (per parameter, per
-    state entry: shape, dtype, statistics), ``totals``, ``scheduler``, ``warnings``, ...
+    ``naming`` (where the param names come from), ``optimizer`` (the inferred kind),
+    ``param_groups``, ``params`` (per parameter, per state entry: shape, dtype,
+    statistics), ``totals``, ``scheduler``, ``warnings``, ...
 
     Raises ``CheckpointError`` (missing or unreadable file), ``NoOptimizerStateError``
-    (no optimizer state in it), ``ConfigError`` (a bad ``key``, ``params`` or ``groups``).
+    (no optimizer state in it), ``ConfigError`` (a bad ``key``, ``params`` or ``groups``);
+    ``CheckpointError`` too for a ``model`` file that is missing or holds no model.
     """
     from optstate.analysis.histogram import BINS
     from optstate.analysis.inspect import inspect_path
@@ -82,7 +86,7 @@ def inspect(path: StrPath, *, key: str | None = None, stats: bool = True,
     report = inspect_path(path, key=key, unsafe=unsafe, stats=stats,
                           params=None if params is None else [str(p) for p in params],
                           groups=None if groups is None else list(groups), values=values,
-                          hist_bins=BINS if hist else None)
+                          hist_bins=BINS if hist else None, model=model)
     if layout:
         from optstate.io.dcp_layout import layout_report
 

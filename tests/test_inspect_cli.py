@@ -239,14 +239,17 @@ def test_json_schema_keys_are_stable(cli, tmp_path):
     torch.save(state_dict_of("Adam"), tmp_path / "a.pt")
     doc = json.loads(cli("inspect", tmp_path / "a.pt", "--json").stdout)
     assert list(doc) == ["schema", "file", "location", "locations", "optimizer", "legacy_ids",
-                         "stats", "selection", "param_groups", "params", "totals", "scheduler",
-                         "warnings", "notes"]
+                         "stats", "selection", "naming", "param_groups", "params", "totals",
+                         "scheduler", "warnings", "notes"]
     assert list(doc["file"]) == ["path", "read", "format", "bytes"]
     assert list(doc["optimizer"]) == ["kind", "confidence", "reason", "candidates",
                                       "hyperparams", "state_keys", "foreign"]
     assert list(doc["param_groups"][0]) == ["index", "params", "hyperparams", "n_params",
                                             "names"]
-    assert list(doc["params"][0]) == ["id", "position", "group", "name", "state"]
+    assert list(doc["params"][0]) == ["id", "position", "group", "name", "name_source",
+                                      "aliases", "state"]
+    assert list(doc["naming"]) == ["source", "named", "total", "model", "matched", "reason",
+                                   "notes"]
     assert list(doc["params"][0]["state"]["exp_avg"]) == [
         "shape", "dtype", "numel", "bytes", "norm", "min", "max", "mean", "mean_abs", "nan",
         "inf", "zeros"]

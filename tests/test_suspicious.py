@@ -56,8 +56,11 @@ def test_deep_stack_underflow_is_not_called_zero_gradients(deep):
     msg = w["message"]
     assert f"{len(underflowed)} params" in msg
     i = partly[0]
-    assert f"param {i}: {counts[i]:,} of {sd['state'][i]['exp_avg'].numel():,} elements" in msg
-    assert "group 0: params 0–" in msg  # by group and index (no names in this state)
+    # named from the model state_dict beside the state (named_parameters of the Sequential)
+    name = f"{i // 2}.{('weight', 'bias')[i % 2]}"
+    assert f"{name} (group 0, param {i}): {counts[i]:,} of " \
+        f"{sd['state'][i]['exp_avg'].numel():,} elements" in msg
+    assert "0.weight (group 0, param 0)" in msg
     assert "underflow" in msg and "was zero" not in msg
     assert "lr·m̂/eps" in msg and "m̂ = exp_avg/(1 - beta1^step)" in msg
     # the bound it quotes is lr * max|m̂| / eps over those params, from the state itself

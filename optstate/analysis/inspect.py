@@ -8,6 +8,7 @@ beyond 0-d scalars such as ``step``), totals, the scheduler state beside it, and
 
 from __future__ import annotations
 
+import fnmatch
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from optstate.base.suggest import did_you_mean
 from optstate.io.source import Source, open_source
 from optstate.state.kind import infer_kind
 from optstate.state.locate import Located, locate
+from optstate.state.names import name_params
 from optstate.state.report import entry_report, groups_report, plain, scheduler_report, tensor_like
 from optstate.state.view import OptimizerStateView
 
@@ -27,23 +29,30 @@ SCHEMA = "optstate.inspect/1"
 
 def inspect_path(path: str | Path, *, key: str | None = None, unsafe: bool = False,
                  **options: Any) -> dict[str, Any]:
-    """Open ``path`` (file or checkpoint folder) safely and inspect the optimizer state."""
+    """Open ``path`` (file or checkpoint folder) safely and inspect the optimizer state.
+    ``model`` (a model file: safetensors or a torch.save state_dict) names the params
+    of an optimizer state saved without names or model (``state.names``)."""
     return inspect_source(open_source(path, unsafe=unsafe), key=key, **options)
 
 
 def inspect_source(source: Source, *, key: str | None = None, stats: bool = True,
                    params: list[str] | None = None, groups: list[int] | None = None,
                    values: bool = False, hist_bins: int | None = None,
-                   on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                   on_progress: Callable[[int, int], None] | None = None,
+                   model: str | Path | None = None) -> dict[str, Any]:
     """Inspect the optimizer state in an opened source.
 
-    ``params`` selects parameters by position or name, ``groups`` by group index: only
+    Params are named where that is certain (``state.names.name_params``: the checkpoint's
+    param_names or FQN keys, a model state_dict beside the state, or the ``model`` file);
+    the report's ``naming`` says how. ``params`` selects parameters by position, name or
+    name glob (``'encoder.*'``), ``groups`` by group index: only
     those are reported (and only their tensors are read); totals and warnings that need no
     tensor data still cover the whole state. ``on_progress(done, total)`` is called after
     each parameter's tensors are read.
     """
     located = locate(source, key)
     view = OptimizerStateView.from_state_dict(located.state)
+    naming = name_params(view, source, located, model_file=model)
     selected = _select(view, params, groups)
     state_keys = {str(k) for p in view.params for k in p.state}
     kind = infer_kind([g.hyperparams for g in view.groups], state_keys)
@@ -57,6 +66,8 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
             "position": p.position,
             "group": p.group,
             "name": p.name,
+            "name_source": p.name_source,
+            "aliases": list(p.aliases),
             "state": {str(k): entry_report(v, stats=stats, values=values)
                       for k, v in p.state.items()},
         })
@@ -69,7 +80,8 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
     group_reports = groups_report(view)
     for g, gv in zip(group_reports, view.groups, strict=True):
         g["n_params"] = len(gv.param_keys)
-        g["names"] = gv.names
+        names = [p.name for p in view.params if p.group == gv.index]
+        g["names"] = names if any(n is not None for n in names) else None
     if groups is not None:
         group_reports = [g for g in group_reports if g["index"] in set(groups)]
 
@@ -83,6 +95,7 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
         "stats": stats,
         "selection": {"params": sorted(selected) if (params or groups is not None) else None,
                       "groups": groups},
+        "naming": naming.to_dict(),
         "param_groups": group_reports,
         "params": param_reports,
         "totals": _totals(view),
@@ -125,11 +138,41 @@ def _select(view: OptimizerStateView, params: list[str] | None,
         chosen = {p.position for p in view.params if p.group in set(groups)}
     if params:
         wanted: set[int] = set()
-        by_name = {p.name: p.position for p in view.params if p.name is not None}
+        by_name: dict[str, int] = {}
+        for p in view.params:
+            for n in (p.name, *p.aliases):
+                if n is not None:
+                    by_name.setdefault(n, p.position)
         for text in params:
-            wanted.add(_param_position(view, text, by_name))
+            if text not in by_name and any(c in text for c in "*?["):
+                wanted |= _glob_positions(view, text, by_name)
+            else:
+                wanted.add(_param_position(view, text, by_name))
         chosen &= wanted
     return chosen
+
+
+def _names_from(view: OptimizerStateView) -> str:
+    """'names here come from ...': where this state's names came from, for messages."""
+    naming = view.naming
+    if naming is None or not naming.named:
+        reason = naming.reason if naming is not None and naming.reason else "none is known"
+        return f"this state has no parameter names ({reason})"
+    where = naming.model or {"param_names": "the optimizer's param_names",
+                             "dcp": "the DCP folder's keys"}.get(naming.source, naming.source)
+    return f"names here come from {where}"
+
+
+def _glob_positions(view: OptimizerStateView, pattern: str, by_name: dict[str, int]) -> set[int]:
+    """Positions of every param whose name or alias matches ``pattern`` (fnmatch,
+    case-sensitive); a pattern matching none is an error naming it."""
+    found = {pos for name, pos in by_name.items() if fnmatch.fnmatchcase(name, pattern)}
+    if not found:
+        raise ConfigError(f"{option('params', [pattern], shown=repr(pattern))}: no parameter "
+                          f"name matches it{did_you_mean(pattern, by_name)}",
+                          hint=f"{_names_from(view)}; a position 0..{view.n_params - 1} "
+                          "works too")
+    return found
 
 
 def _param_position(view: OptimizerStateView, text: str, by_name: dict[str, int]) -> int:
@@ -141,8 +184,8 @@ def _param_position(view: OptimizerStateView, text: str, by_name: dict[str, int]
         names = ", ".join(list(by_name)[:5]) or "none in this checkpoint"
         raise ConfigError(f"{option('params', [text], shown=repr(text))}: no parameter "
                           f"has that name{did_you_mean(text, by_name)}",
-                          hint=f"give a position 0..{view.n_params - 1} or a name ({names})"
-                          ) from None
+                          hint=f"give a position 0..{view.n_params - 1} or a name ({names}); "
+                          f"{_names_from(view)}") from None
     if 0 <= n < view.n_params:
         return n
     if view.legacy_ids:

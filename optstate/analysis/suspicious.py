@@ -106,8 +106,15 @@ def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
                 unpaired.setdefault(entry, underflow_below(
                     entry, rep.get("dtype"), view.groups[p["group"]].hyperparams))
 
+    named = {at(p["position"]): p["name"] for p in params if p.get("name")}
+
     def seen_at(found: list[tuple[str, str]]) -> str:
-        return places([f"{w} ({seen})" if seen else w for w, seen in found])
+        # the param's name beside its place, where known: state[3].exp_avg (fc.weight, 2 NaN)
+        out = []
+        for w, seen in found:
+            said = ", ".join(x for x in (named.get(w[:w.find("]") + 1]), seen) if x)
+            out.append(f"{w} ({said})" if said else w)
+        return places(out)
 
     def where(found: list[tuple[str, str]]) -> list[str]:
         return [w for w, _ in found]
@@ -137,9 +144,10 @@ def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
         ps = sorted(never)
         out.append(finding(
             "param_never_stepped", f"{len(ps)} param{'s' * (len(ps) != 1)} "
-            f"({places([str(x) for x in ps])}) {'have' if len(ps) != 1 else 'has'} state at "
-            f"step 0, as {kind if kind != 'unknown' else 'the optimizer'} created it before "
-            "any step (Adagrad does so when it is built): "
+            f"({places([_label(view, x) for x in ps])}) "
+            f"{'have' if len(ps) != 1 else 'has'} state at step 0, as "
+            f"{kind if kind != 'unknown' else 'the optimizer'} created it before any step "
+            "(Adagrad does so when it is built): "
             f"{'they' if len(ps) != 1 else 'it'} never got a gradient (frozen, not used in "
             "the loss), so all-zero buffers there say nothing about gradient values",
             [at(x, "step") for x in ps]))
@@ -149,6 +157,12 @@ def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
             "averages of squares are never negative in a real run; the state was edited or "
             "corrupted", where(negative)))
     return out
+
+
+def _label(view: OptimizerStateView, position: int) -> str:
+    """``3``, or ``3 (fc.weight)`` where the param's name is known."""
+    name = view.params[position].name
+    return f"{position} ({name})" if name else str(position)
 
 
 def _never_stepped(view: OptimizerStateView) -> set[int]:
@@ -202,8 +216,8 @@ def _empty_state(view: OptimizerStateView, kind: str,
         where = [at(p.position) for p in rest]
         out.append(finding(
             "param_without_state", f"{len(rest)} param{'s' * (len(rest) != 1)} "
-            f"({places([str(p.position) for p in rest])}) have no state while others do: they "
-            "never got a gradient (frozen, not used in the loss)", where))
+            f"({places([_label(view, p.position) for p in rest])}) have no state while "
+            "others do: they never got a gradient (frozen, not used in the loss)", where))
     return out
 
 

@@ -31,8 +31,9 @@ def inspect(
     key: Annotated[str | None, typer.Option(
         "--key", "-k", help=KEY_HELP)] = None,
     param: Annotated[list[str] | None, typer.Option(
-        "--param", "-p", metavar="N|NAME", help="Show only this parameter (position, or "
-        "name where the checkpoint has names). Repeatable.", rich_help_panel=_FOCUS)] = None,
+        "--param", "-p", metavar="N|NAME|GLOB", help="Show only this parameter: a position, "
+        "a name, or a glob over names ('encoder.*', '*.bias'; quote it) where names are "
+        "known. Repeatable.", rich_help_panel=_FOCUS)] = None,
     group: Annotated[list[int] | None, typer.Option(
         "--group", "-g", metavar="N", help="Show only this param group. Repeatable.",
         rich_help_panel=_FOCUS)] = None,
@@ -53,6 +54,11 @@ def inspect(
         "--layout", help="DCP folders: how each tensor is split into chunks across ranks "
         "and files (from the metadata; in --json under \"layout\").",
         rich_help_panel=_FOCUS)] = False,
+    model: Annotated[Path | None, typer.Option(
+        "--model", "-m", metavar="FILE", help="Name the params from this model file "
+        "(model.safetensors, or a torch.save model state_dict): for an optimizer file "
+        "saved alone, without param_names and without the model beside it.",
+        show_default=False)] = None,
     json_: Annotated[bool, typer.Option(
         "--json", help="Print one JSON document (schema optstate.inspect/1) on stdout.")
     ] = False,
@@ -85,7 +91,8 @@ def inspect(
         with Progress("reading", enabled=progress_wanted(json=json_)) as on_progress:
             report = inspect_path(path, key=key, unsafe=unsafe, stats=not no_stats,
                                   params=param, groups=group, values=values,
-                                  hist_bins=BINS if hist else None, on_progress=on_progress)
+                                  hist_bins=BINS if hist else None, on_progress=on_progress,
+                                  model=model)
         # Extra sections (e.g. histograms) are added to ``report`` here, before rendering.
         if layout:  # DCP storage layout: optstate/io/dcp_layout.py
             from optstate.io.dcp_layout import layout_report

@@ -67,6 +67,41 @@ def header(report: dict[str, Any]) -> Text:
     text.append("\noptimizer ", style="dim")
     text.append(opt["kind"], style="bold")
     text.append(f"  confidence {opt['confidence']}: {opt['reason']}")
+    naming = report.get("naming")
+    if naming is not None:
+        text.append("\nnames     ", style="dim")
+        text.append_text(names_line(naming))
+    return text
+
+
+# Where names came from, in words, by ``naming.source`` (``optstate.state.names``).
+_SOURCE_WORDS = {
+    "param_names": "the optimizer's param_names",
+    "dcp": "the DCP folder's keys (fully qualified names)",
+    "hf_trainer_rule": "{model}, by the Trainer's decay / no-decay groups",
+}
+
+
+def names_line(naming: dict[str, Any]) -> Text:
+    """``12 of 12 from the model state_dict at 'model_state_dict' (matched by order and
+    shape)``, or ``none: <reason>``, with how to give a model when none was found."""
+    text = Text()
+    if not naming["named"]:
+        if not naming["total"]:
+            return Text("none (no params)", style="dim")
+        text.append(f"none: {naming['reason'] or 'unknown'}")
+        if naming["model"] is None:  # nothing to name them from: say how to give one
+            text.append(" (--model FILE names them)", style="dim")
+    else:
+        src = _SOURCE_WORDS.get(naming["source"], "{model}").format(
+            model=naming["model"] or naming["source"])
+        text.append(f"{naming['named']} of {naming['total']} from {src}")
+        if naming.get("matched"):
+            text.append(f" (matched by {naming['matched']})", style="dim")
+        if naming["reason"]:
+            text.append(f"; {naming['reason']}")
+    for note in naming.get("notes", []):
+        text.append(f"\n          {note}", style="dim")
     return text
 
 
@@ -87,7 +122,8 @@ def _lead(p: dict[str, Any], show_group: bool, show_name: bool,
     if show_group:
         lead.append(str(p["group"]))
     if show_name:
-        lead.append(p["name"] or "")
+        aliases = p.get("aliases") or []
+        lead.append((p["name"] or "") + (f" (= {', '.join(aliases)})" if aliases else ""))
     return lead
 
 

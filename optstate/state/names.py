@@ -14,19 +14,37 @@
 - ``hf_trainer_rule``: a Hugging Face Trainer folder, whose two groups follow the
   Trainer's decay / no-decay rule.
 
-A name is given only when it is certain under the stated rule; otherwise the param
-stays unnamed and ``Naming.reason`` says why.
+A name is given only when it is certain under the stated rule (``state.align`` names a
+slot only when every consistent assignment gives it the same tensor); otherwise the
+param stays unnamed and ``Naming.reason`` says why.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optstate.base.errors import CheckpointError
 from optstate.state.view import OptimizerStateView
 
 NAME_SOURCES = ("param_names", "dcp", "model_state_dict", "model_file", "hf_trainer_rule")
+
+Shape = tuple[int, ...]
+
+# Naming.reason when nothing near the optimizer state holds a model (the CLI adds how
+# to give one); kept as one constant so views can recognise it.
+NO_MODEL = "the checkpoint holds no param_names and no model state_dict"
+
+# State entries that have the parameter's own shape (torch.optim, transformers,
+# bitsandbytes' 8-bit states), in order of preference.
+FULL_SIZE_ENTRIES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer",
+                     "square_avg", "sum", "acc_delta", "exp_inf", "ax", "prev", "step_size",
+                     "grad_avg", "variance", "state1", "state2", "momentum")
+
+# A Trainer / accelerate optimizer file inside a checkpoint folder (io.source reads the same).
+_OPTIMIZER_FILE = re.compile(r"optimizer(_\d+)?\.(pt|bin|pth)")
 
 
 @dataclass
@@ -39,10 +57,119 @@ class Naming:
     model: str | None = None  # where the model came from, in words ('model.safetensors')
     reason: str | None = None  # why some or all params are unnamed
     notes: list[str] = field(default_factory=list)
+    # how a model's tensors were matched to the slots: "order and shape", "shape" (the
+    # model's order unknown, e.g. safetensors); None for names the checkpoint holds
+    matched: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "named": self.named, "total": self.total,
-                "model": self.model, "reason": self.reason, "notes": list(self.notes)}
+                "model": self.model, "matched": self.matched, "reason": self.reason,
+                "notes": list(self.notes)}
+
+
+def _shape(value: Any) -> Shape | None:
+    shape = getattr(value, "shape", None)
+    if shape is None or not hasattr(value, "dtype"):
+        return None
+    return tuple(int(n) for n in shape)
+
+
+def slot_shape(state: dict[str, Any]) -> Shape | None:
+    """The param's shape as its state entries show it; None when they cannot tell.
+
+    An entry known to be full-size (``exp_avg``, ``momentum_buffer``, ...) gives it; a
+    factored second moment gives it from its two factors (torch's Adafactor ``row_var``
+    (..., R, 1) and ``col_var`` (..., 1, C); transformers' ``exp_avg_sq_row`` (..., R) and
+    ``exp_avg_sq_col`` (..., C)); else every tensor entry of one shape (0-d ones aside)
+    gives that shape. An empty or scalar-only state gives None (it fits any tensor).
+    """
+    shapes = {str(k): s for k, v in state.items() if (s := _shape(v)) is not None}
+    for key in FULL_SIZE_ENTRIES:
+        if key in shapes:
+            return shapes[key]
+    row, col = shapes.get("row_var"), shapes.get("col_var")
+    if row and col and len(row) == len(col) >= 2:
+        return row[:-1] + col[-1:]
+    row, col = shapes.get("exp_avg_sq_row"), shapes.get("exp_avg_sq_col")
+    if row and col and len(row) == len(col) >= 1:
+        return row + col[-1:]
+    distinct = {s for s in shapes.values() if len(s) > 0}
+    return distinct.pop() if len(distinct) == 1 else None
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def _finish(view: OptimizerStateView, source: str | None, *, model: str | None = None,
+            reason: str | None = None, notes: list[str] | None = None,
+            matched: str | None = None) -> Naming:
+    named = sum(1 for p in view.params if p.name is not None)
+    total = view.n_params
+    if named == total:
+        reason = None
+    elif reason is not None and named:
+        reason = f"{total - named} of {_count(total, 'param')} unnamed: {reason}"
+    if not named:
+        source = matched = None
+    naming = Naming(source, named, total, model=model, reason=reason, notes=notes or [],
+                    matched=matched)
+    view.naming = naming
+    return naming
+
+
+def checkpoint_folder(source: Any) -> Path | None:
+    """The Hugging Face / accelerate checkpoint folder the optimizer state was read
+    from (the folder named, or the folder of an ``optimizer.pt`` named directly)."""
+    if source is None or getattr(source, "format", None) == "dcp":
+        return None
+    path, file = Path(source.path), Path(source.file)
+    if path.is_dir():
+        return path
+    if _OPTIMIZER_FILE.fullmatch(file.name):
+        return file.parent
+    return None
+
+
+def _model_near(source: Any, located: Any) -> tuple[Any, str | None, str | None]:
+    """(ModelTensors or None, why none, why its order is unknown): the model beside the
+    optimizer state."""
+    from optstate.io.model_tensors import (
+        find_model_beside,
+        find_model_in_container,
+        model_tensors_from_state_dict,
+        read_model_file,
+    )
+
+    if source is None:
+        return None, NO_MODEL, None
+    found = find_model_in_container(source.obj, getattr(located, "location", "") or "")
+    if found is not None:
+        loc, sd = found
+        return model_tensors_from_state_dict(
+            sd, origin=f"the model state_dict at '{loc}'", path=str(source.file),
+            location=loc), None, None
+    folder = checkpoint_folder(source)
+    if folder is None:
+        return None, NO_MODEL, None
+    from optstate.state.hf_model import skeleton_tensors
+
+    skeleton, why_not = skeleton_tensors(folder)
+    if skeleton is not None:
+        return skeleton, None, None
+    beside = find_model_beside(folder)
+    if beside is None:
+        return None, NO_MODEL, None
+    try:
+        tensors = read_model_file(beside)
+    except CheckpointError as e:
+        return None, f"the model file beside it ({beside.name}) could not be read: {e}", None
+    unordered = None
+    if not tensors.ordered:
+        unordered = f"{beside.name} lists tensors by name, not in the model's order"
+        if why_not and (folder / "config.json").is_file():
+            unordered += f", and the model could not be built from config.json: {why_not}"
+    return tensors, None, unordered
 
 
 def name_params(view: OptimizerStateView, source: Any = None, located: Any = None, *,
@@ -50,12 +177,77 @@ def name_params(view: OptimizerStateView, source: Any = None, located: Any = Non
     """Name the params of ``view`` in place (``ParamView.name``, ``name_source``,
     ``aliases``) and say how. ``source``/``located`` (``io.source.Source``,
     ``state.locate.Located``) let a model state_dict in the same container or folder
-    be found; ``model_file`` is a model the user named (``--model``)."""
-    named = sum(1 for p in view.params if p.name is not None)
-    sources = {p.name_source for p in view.params if p.name_source}
-    src = sources.pop() if len(sources) == 1 else None
-    reason = None if named == view.n_params else (
-        "the checkpoint holds no param_names and no model state_dict")
-    naming = Naming(src, named, view.n_params, reason=reason)
-    view.naming = naming
-    return naming
+    be found; ``model_file`` is a model the user named (``--model``).
+
+    Never raises because params cannot be named (the ``Naming`` says why); raises
+    ``CheckpointError`` for a ``model_file`` that is missing or holds no model."""
+    from optstate.io.model_tensors import read_model_file
+
+    given = read_model_file(model_file) if model_file is not None else None
+    pre = [p for p in view.params if p.name is not None]
+    if pre:  # the checkpoint's own names (param_names, FQN keys) win
+        sources = {p.name_source for p in pre if p.name_source}
+        notes = []
+        if given is not None:
+            notes.append(f"the checkpoint's own names ({', '.join(sorted(sources))}) are "
+                         f"used; {given.origin} was not needed")
+        return _finish(view, sources.pop() if len(sources) == 1 else None, notes=notes,
+                       reason="only some param groups carry param_names")
+    if given is not None:
+        model, why, unordered, src = given, None, None, "model_file"
+        if not given.ordered:
+            unordered = f"{given.origin} lists tensors by name, not in the model's order"
+    else:
+        model, why, unordered = _model_near(source, located)
+        src = "model_state_dict"
+    if model is None:
+        return _finish(view, None, reason=why)
+    return _align(view, model, src, source, unordered)
+
+
+def _align(view: OptimizerStateView, model: Any, src: str, source: Any,
+           unordered: str | None) -> Naming:
+    """Name ``view``'s params from ``model`` (``ModelTensors``) by order and shape."""
+    from optstate.io.model_tensors import could_be_parameter
+    from optstate.state.align import Candidate, align_by_shape, align_ordered
+
+    notes: list[str] = []
+    tensors = [t for t in model.tensors if model.params_only or could_be_parameter(t)]
+    by_group = [[p for p in view.params if p.group == g.index] for g in view.groups]
+    slots = [[slot_shape(p.state) for p in ps] for ps in by_group]
+    total = view.n_params
+    if len(tensors) < total:
+        return _finish(view, None, model=model.origin, notes=notes, reason=(
+            f"the model has {_count(len(tensors), 'parameter tensor')}, the optimizer "
+            f"{_count(total, 'param')}"))
+    candidates: Any = [Candidate(t.name, tuple(t.shape), tuple(t.aliases)) for t in tensors]
+    folder = checkpoint_folder(source) if src == "model_state_dict" else None
+    if folder is not None and len(by_group) == 2 and _is_trainer(folder):
+        from optstate.state.hf_model import trainer_groups
+
+        decay, no_decay = trainer_groups(tensors)
+        sizes = [len(ps) for ps in by_group]
+        if sizes == [len(decay), len(no_decay)]:
+            candidates = [[Candidate(t.name, tuple(t.shape), tuple(t.aliases)) for t in ts]
+                          for ts in (decay, no_decay)]
+            src = "hf_trainer_rule"
+        else:
+            notes.append(f"the Trainer's decay / no-decay rule gives {len(decay)} and "
+                         f"{len(no_decay)} params, the optimizer's groups hold {sizes[0]} "
+                         f"and {sizes[1]}: the rule was not applied")
+    alignment = (align_ordered if model.ordered else align_by_shape)(slots, candidates)
+    matched = "order and shape" if model.ordered else "shape"
+    reason = alignment.reason
+    if reason is not None and unordered is not None:
+        reason = f"{reason} ({unordered})"
+    for ps, group_slots in zip(by_group, alignment.slots, strict=True):
+        for p, c in zip(ps, group_slots, strict=True):
+            if c is not None:
+                p.name, p.name_source, p.aliases = c.name, src, tuple(c.aliases)
+    return _finish(view, src, model=model.origin, reason=reason, notes=notes, matched=matched)
+
+
+def _is_trainer(folder: Path) -> bool:
+    from optstate.state.hf_model import is_trainer_folder
+
+    return is_trainer_folder(folder)
