@@ -84,7 +84,7 @@ def config_from_checkpoint(path: str | Path, *, key: str | None = None,
     naming = name_params(view, source, located, model_file=model_file)
     out = config_from_view(view, located.scheduler)
     out.naming = naming.to_dict()
-    where = f" at {located.location!r}" if located.location else " (the whole file)"
+    where = f" at {located.location!r}" if located.location else " at the top level"
     head = [f"optstate config: {source.label}, the optimizer state{where}"]
     if located.scheduler_location:
         head.append(f"scheduler state: {located.scheduler_location}")

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from typing import Any
 
 from optstate.analysis.config_from import ConfigFrom
+
+COMMENT_WIDTH = 88  # comments wrap here; values never do (a TOML line is one value)
 
 
 def config_toml(derived: ConfigFrom) -> str:
@@ -65,7 +68,12 @@ def _comment(text: str) -> list[str]:
     escaped, as a file name from a checkpoint may hold them."""
     text = "".join(ch if ch in "\n\t" or (ord(ch) >= 0x20 and ord(ch) != 0x7F)
                    else f"\\x{ord(ch):02x}" for ch in text)
-    return ["# " + line for line in text.split("\n")]
+    out = []
+    for line in text.split("\n"):
+        out += ["# " + part for part in textwrap.wrap(
+            line, COMMENT_WIDTH - 2, subsequent_indent="  ", break_long_words=False,
+            break_on_hyphens=False) or [""]]
+    return out
 
 
 def to_toml(data: dict[str, Any], header: list[str] | None = None,
