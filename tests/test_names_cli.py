@@ -137,3 +137,14 @@ def test_hist_shows_derived_names(cli, tutorial):
     assert r.exit_code == 0, r.stderr
     hist = r.stdout[r.stdout.index("histograms"):]
     assert f"{names.index('classifier.weight')} classifier.weight" in hist
+
+
+def test_statistics_table_names_each_param(cli, tutorial):
+    """The statistics rows (not only the state table) say which parameter they are."""
+    path, names = tutorial
+    r = cli("inspect", path, env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.stderr
+    stats = r.stdout.split("statistics (norm")[1].split("totals:")[0].splitlines()
+    assert stats[1].split()[:3] == ["param", "name", "entry"]
+    firsts = [line.split()[1] for line in stats[3:] if line[:5].strip()]
+    assert firsts == names

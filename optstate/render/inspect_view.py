@@ -181,10 +181,13 @@ def stats_table(report: dict[str, Any], digits: int = 6) -> TextTable | None:
     """One row per tensor entry: norm, min, max, mean, mean|x| (over finite elements),
     NaN and Inf counts, fraction of zeros. The digits are the same at every width: a
     narrow console gets the table folded (optstate/render/fit.py), never fewer digits."""
+    show_name = any(p.get("name") for p in report["params"])
+    cols = ("param", *("name",) * show_name, "entry", "norm", "min", "max", "mean", "mean|x|",
+            "NaN", "Inf", "zeros")
     table = TextTable("statistics (norm, min, max, mean over finite elements)", [
-        (col, "left" if col == "entry" else "right", len(col) if col != "entry" else 6)
-        for col in ("param", "entry", "norm", "min", "max", "mean", "mean|x|", "NaN", "Inf",
-                    "zeros")], padding=0, sub=1)
+        (col, "left" if col in ("entry", "name") else "right",
+         len(col) if col not in ("entry", "name") else 6)
+        for col in cols], padding=0, head=1 + show_name, sub=1)
     any_row = False
     for p in report["params"]:
         first = True
@@ -194,7 +197,10 @@ def stats_table(report: dict[str, Any], digits: int = 6) -> TextTable | None:
             any_row = True
             nan = Text(str(rep["nan"]), style="bold red" if rep["nan"] else "")
             inf = Text(str(rep["inf"]), style="bold red" if rep["inf"] else "")
-            table.add_row(str(p["position"]) if first else "", name,
+            lead = [str(p["position"]) if first else ""]
+            if show_name:
+                lead.append((p.get("name") or "") if first else "")
+            table.add_row(*lead, name,
                           *[_num(rep[k], digits) for k in ("norm", "min", "max", "mean",
                                                            "mean_abs")],
                           nan, inf, _zeros(rep["zeros"]))
