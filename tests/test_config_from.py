@@ -329,7 +329,7 @@ def test_every_fixture_optstate_reads_checks_clean_against_its_own_config(tmp_pa
             assert result.exit_code != 0 and any(f.code == known[1] for f in result.findings)
             excepted[rel] = known[0]
     report = f"{len(clean)} of {readable} exit 0; {len(excepted)} known exceptions"
-    print(report)
+    print(report, clean)
     assert readable == len(clean) + len(excepted)
     assert {"sample_checkpoints/tutorial_cnn.pt", "sample_checkpoints/lightning.ckpt",
             "sample_checkpoints/hf-checkpoint-12",
