@@ -434,3 +434,35 @@ def test_every_scheduler_is_rebuilt_or_said_why_not(name, tmp_path):
         assert data["scheduler"]["name"] == name
         assert expected.items() <= data["scheduler"].items()
         assert f"{name}: inferred from the scheduler state's settings" in comments(text)
+
+
+def test_tied_weights_are_one_param_with_both_names(tmp_path):
+    """An LM whose head shares the embedding's weight: parameters() yields it once, the
+    model state_dict lists it twice; the config lists it once and says it is tied."""
+
+    class TiedLM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(12, 6)
+            self.mix = nn.Linear(6, 6)
+            self.head = nn.Linear(6, 12, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.tanh(self.mix(self.embed(x))))
+
+    torch.manual_seed(0)
+    model = TiedLM()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        opt.zero_grad()
+        x = torch.randint(0, 12, (4, 5))
+        nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
+        opt.step()
+    path = tmp_path / "tied.pt"
+    torch.save({"model_state_dict": model.state_dict(),
+                "optimizer_state_dict": opt.state_dict()}, path)
+    result, data, text = check_with_config(path, tmp_path)
+    assert result.exit_code == 0, problems(result)
+    assert data["groups"][0]["names"] == [n for n, _ in model.named_parameters()]
+    assert "embed.weight is also head.weight (tied: one parameter)" in comments(text)

@@ -158,6 +158,8 @@ def config_from_view(view: OptimizerStateView,
         names = [p.name for p in params]
         if names and all(n is not None for n in names):
             entry["names"] = names
+            notes += [f"{p.name} is also {', '.join(p.aliases)} (tied: one parameter)"
+                      for p in params if p.aliases]
         elif any(n is not None for n in names):
             notes.append(f"names: only {sum(n is not None for n in names)} of {len(names)} "
                          "params are named, so none are listed")
