@@ -11,6 +11,7 @@ from rich.text import Text
 
 from optstate.render.fit import Fit
 from optstate.render.human import fmt, fmt_short
+from optstate.render.inspect_view import names_line as inspect_names
 from optstate.sim.config import format_shape
 
 
@@ -129,24 +130,16 @@ def _side(name: str, side: dict[str, Any] | None, kind: str, groups: int, params
 
 
 def names_line(naming: dict[str, Any]) -> Text | None:
-    """``names: a 10/10, b 10/10 from the model state_dict at 'model_state_dict'``, or per
-    side with the reason a side has none; nothing when neither side is named."""
+    """Where each side's names came from, worded as ``inspect`` words it
+    (``names a, b: 10 of 10 from the model state_dict at ...``, or a line per side when
+    they differ); nothing when neither side is named."""
     sides = {k: v for k, v in naming.items() if v is not None}
     if not any(n["named"] for n in sides.values()):
         return None
-
-    def origin(n: dict[str, Any]) -> str:
-        return n["model"] or n["source"]
-
-    counts = {k: f"{k} {n['named']}/{n['total']}" for k, n in sides.items()}
-    named = [n for n in sides.values() if n["named"]]
-    if len(named) == len(sides) and len({origin(n) for n in named}) == 1:
-        text = ", ".join(counts.values()) + f" from {origin(named[0])}"
-    else:
-        text = "; ".join(counts[k] + (f" from {origin(n)}" if n["named"] else
-                                      f" ({n['reason']})" if n["reason"] else "")
-                         for k, n in sides.items())
-    return Text(f"names: {text}", style="dim")
+    if len(sides) == 2 and sides["a"] == sides["b"]:
+        return Text.assemble(("names a, b: ", "dim"), inspect_names(sides["a"]))
+    return Text("\n").join(Text.assemble((f"names {k}: ", "dim"), inspect_names(n))
+                           for k, n in sides.items())
 
 
 def tolerance_text(options: dict[str, Any]) -> str:
