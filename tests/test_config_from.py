@@ -466,3 +466,15 @@ def test_tied_weights_are_one_param_with_both_names(tmp_path):
     assert result.exit_code == 0, problems(result)
     assert data["groups"][0]["names"] == [n for n, _ in model.named_parameters()]
     assert "embed.weight is also head.weight (tied: one parameter)" in comments(text)
+
+
+def test_a_failed_config_in_the_pipeline_is_not_checked_as_defaults():
+    """config refuses a third-party state; check then reads an empty file, which would be
+    simulate's defaults (SGD on one 2x2 param): it says the config is empty instead."""
+    ckpt = "tests/fixtures/third_party/timm_adamp"
+    opt = f"{shlex.quote(sys.executable)} -m optstate"
+    r = _bash(f"{opt} check {ckpt} --config <({opt} config {ckpt})")
+    assert r.returncode == 2 and r.stdout == ""
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("Error: ")]
+    assert len(errors) == 2 and errors[0].startswith("Error: cannot write a config")
+    assert errors[1].startswith("Error: config /dev/fd/") and "is empty" in errors[1]

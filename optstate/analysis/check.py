@@ -35,6 +35,7 @@ from optstate.analysis.check_structure import (
     check_structure,
     name_findings,
 )
+from optstate.base.errors import ConfigError
 from optstate.io.source import open_source
 from optstate.sim.build import build
 from optstate.sim.config import RunSpec, read_config_file, spec_from_dict
@@ -53,7 +54,11 @@ def check_checkpoint(path: str | Path, config: str | Path, *, key: str | None = 
     """Load the checkpoint (safely) and the config, and compare them. The checkpoint's
     params are named as inspect names them (``state.names.name_params``; ``model_file``
     is a model the user gives), so that a config listing names is compared by name."""
-    spec = spec_from_dict(read_config_file(config), str(config))
+    data = read_config_file(config)
+    if not data:  # `--config <(optstate config X)` when config failed: not SGD on a 2x2
+        raise ConfigError(f"config {config} is empty: it builds no optimizer to check against",
+                          hint="optstate config CKPT writes the config of a checkpoint")
+    spec = spec_from_dict(data, str(config))
     source = open_source(path, unsafe=unsafe)
     located = locate(source, key)
     view = OptimizerStateView.from_state_dict(located.state)

@@ -34,7 +34,7 @@ def config_cmd(
     """Write the run config (TOML) that rebuilds a checkpoint's optimizer.
 
     The optimizer class (inferred from the state's keys), the hyperparameters
-    every group shares, one [[groups]] table per param group with its
+    every group shares, one groups table per param group with its
     parameters' shapes (from their state), their names when known, and the
     group's own values; the scheduler when its state is there and its class
     can be told from its settings (LambdaLR cannot: a comment says so).
