@@ -52,7 +52,7 @@ from optstate.sim.config import format_shape, spec_from_dict
 from optstate.sim.trial import NOT_HYPERPARAMS
 from optstate.state.kind import infer_kind
 from optstate.state.locate import locate
-from optstate.state.names import name_params
+from optstate.state.names import name_params, slot_shape
 from optstate.state.view import OptimizerStateView
 
 Shape = tuple[int, ...]
@@ -208,17 +208,10 @@ def _refuse_foreign(view: OptimizerStateView, cls: type, kind: str) -> None:
 
 
 def param_shape(state: dict[str, Any], kind: str = "") -> Shape | None:
-    """A parameter's shape from its state entries: the one shape of its non-scalar
-    tensors (Adafactor's factored row_var (..., R, 1) and col_var (..., 1, C) give
-    (..., R, C)); None when it has no state, or LBFGS's flat state, or they disagree."""
-    if kind == "LBFGS":
-        return None
-    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and v.dim() > 0}
-    row, col = tensors.get("row_var"), tensors.get("col_var")
-    if row is not None and col is not None and row.dim() == col.dim() >= 2:
-        return tuple(row.shape[:-1]) + tuple(col.shape[-1:])
-    shapes = {tuple(v.shape) for v in tensors.values()}
-    return shapes.pop() if len(shapes) == 1 else None
+    """A parameter's shape from its state entries (``state.names.slot_shape``: Adafactor's
+    factored row_var (..., R, 1) and col_var (..., 1, C) give (..., R, C)); None when it
+    has no state, or it is LBFGS's flat state."""
+    return None if kind == "LBFGS" else slot_shape(state)
 
 
 def _flat_size(params: list[Any]) -> int | None:
