@@ -334,3 +334,68 @@ def test_api_inspect_takes_a_model_file(tmp_path):
     report = optstate.inspect(path, stats=False, model=tmp_path / "model.pt")
     assert _names(report) == _param_names(model)
     assert report["naming"]["model"] is not None
+
+
+def test_names_by_order_state_their_assumption(tmp_path):
+    """Nothing in a state says in which order a group lists its params: every name matched
+    by order says what it assumes; the Trainer's groups (built from named_parameters())
+    need no such note."""
+    from optstate.state.names import ORDER_ASSUMPTION
+
+    torch.manual_seed(0)
+    model = CNN()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    _train(model, opt)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict()},
+               path)
+    assert ORDER_ASSUMPTION in inspect_path(path, stats=False)["naming"]["notes"]
+    if TRAINER.is_dir():
+        pytest.importorskip("transformers")
+        naming = inspect_path(TRAINER / "checkpoint-3", stats=False)["naming"]
+        assert naming["source"] == "hf_trainer_rule" and ORDER_ASSUMPTION not in naming["notes"]
+
+
+class NormLM(nn.Module):
+    """GPT-2's naming: its LayerNorm is 'ln_f', which only the module type marks no-decay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(12, 6)
+        self.ln_f = nn.LayerNorm(6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.ln_f(self.wte(ids))).mean(1)
+
+
+def test_trainer_rule_is_not_applied_when_a_module_type_decides(tmp_path):
+    """A Trainer folder without config.json (no skeleton): its pytorch_model.bin gives the
+    order but not the module types, so the rule cannot say where ln_f.weight goes; it is
+    not applied (said in a note) and the names come from order and shape, each right."""
+    torch.manual_seed(0)
+    model = NormLM()
+    no_decay = {"ln_f.weight", "ln_f.bias", "head.bias"}  # the Trainer's rule, by type
+    groups = [{"params": [p for n, p in model.named_parameters() if n not in no_decay],
+               "weight_decay": 0.01},
+              {"params": [p for n, p in model.named_parameters() if n in no_decay],
+               "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=1e-3)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randint(0, 12, (4, 5))).pow(2).mean().backward()
+        opt.step()
+    folder = tmp_path / "checkpoint-2"
+    folder.mkdir()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    torch.save(opt.state_dict(), folder / "optimizer.pt")
+    (folder / "trainer_state.json").write_text('{"global_step": 2}')
+    report = inspect_path(folder, stats=False)
+    want = [[n for n, _ in model.named_parameters() if n not in no_decay],
+            [n for n, _ in model.named_parameters() if n in no_decay]]
+    got = [g["names"] for g in report["param_groups"]]
+    for gg, gw in zip(got, want, strict=True):
+        assert all(n is None or n == w for n, w in zip(gg, gw, strict=True))
+    assert report["naming"]["source"] == "model_state_dict"
+    assert any("rule was not applied" in n and "ln_f.weight" in n
+               for n in report["naming"]["notes"])

@@ -172,6 +172,11 @@ def _model_near(source: Any, located: Any) -> tuple[Any, str | None, str | None]
     return tensors, None, unordered
 
 
+# Said with every name matched by order: a group built in another order from same-shaped
+# layers (Adam([*m.decoder.parameters(), *m.encoder.parameters()])) would get swapped names.
+ORDER_ASSUMPTION = "assumes each group lists its params in model order, as model.parameters() does"
+
+
 def name_params(view: OptimizerStateView, source: Any = None, located: Any = None, *,
                 model_file: str | Path | None = None) -> Naming:
     """Name the params of ``view`` in place (``ParamView.name``, ``name_source``,
@@ -223,11 +228,24 @@ def _align(view: OptimizerStateView, model: Any, src: str, source: Any,
     candidates: Any = [Candidate(t.name, tuple(t.shape), tuple(t.aliases)) for t in tensors]
     folder = checkpoint_folder(source) if src == "model_state_dict" else None
     if folder is not None and len(by_group) == 2 and _is_trainer(folder):
-        from optstate.state.hf_model import trainer_groups
+        from optstate.state.hf_model import (
+            saved_transformers_version,
+            trainer_groups,
+            trainer_rule_is_certain,
+        )
 
-        decay, no_decay = trainer_groups(tensors)
+        version = saved_transformers_version(folder)
+        decay, no_decay = trainer_groups(tensors, transformers_version=version)
         sizes = [len(ps) for ps in by_group]
-        if sizes == [len(decay), len(no_decay)]:
+        unsure = [t.name for t in tensors
+                  if not trainer_rule_is_certain(t, transformers_version=version)]
+        if unsure:  # a norm module's type decides, and only a skeleton knows it
+            normish = [n for n in unsure if "ln" in n.lower() or "norm" in n.lower()]
+            notes.append("the Trainer's decay / no-decay rule was not applied: whether a "
+                         f"weight such as '{(normish or unsure)[0]}' is in a LayerNorm "
+                         "depends on its module's type, which only a model built from "
+                         "config.json shows")
+        elif sizes == [len(decay), len(no_decay)]:
             candidates = [[Candidate(t.name, tuple(t.shape), tuple(t.aliases)) for t in ts]
                           for ts in (decay, no_decay)]
             src = "hf_trainer_rule"
@@ -237,6 +255,10 @@ def _align(view: OptimizerStateView, model: Any, src: str, source: Any,
                          f"and {sizes[1]}: the rule was not applied")
     alignment = (align_ordered if model.ordered else align_by_shape)(slots, candidates)
     matched = "order and shape" if model.ordered else "shape"
+    if model.ordered and src != "hf_trainer_rule":
+        # Nothing in an optimizer state says in which order its groups list their params;
+        # the Trainer's groups are built from named_parameters(), so that case is certain.
+        notes.append(ORDER_ASSUMPTION)
     reason = alignment.reason
     if reason is not None and unordered is not None:
         reason = f"{reason} ({unordered})"
