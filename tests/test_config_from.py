@@ -230,6 +230,24 @@ def test_a_param_without_state_gets_a_placeholder_and_a_comment(tmp_path):
     assert "params 0, 1: no state, shape unknown" in comments(text)
 
 
+def test_a_param_without_state_takes_its_shape_from_the_model_that_names_it(tmp_path):
+    """The same run saved with its model (the tutorial's container): the model names the
+    stateless params and gives their true shapes, so no placeholder is needed."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt.zero_grad()
+    model[1](torch.ones(2, 4)).sum().backward()  # the first layer gets no gradient
+    opt.step()
+    path = tmp_path / "fresh.pt"
+    torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict()},
+               path)
+    result, data, text = check_with_config(path, tmp_path)
+    assert result.exit_code == 0, problems(result)
+    assert data["groups"][0]["shapes"] == ["4x3", "4", "2x4", "2"]
+    assert data["groups"][0]["names"] == [n for n, _ in model.named_parameters()]
+    assert "shape unknown" not in comments(text)
+
+
 TORCH_OPTIMIZERS = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax",
                     "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "SparseAdam", "Adafactor",
                     "Muon"]

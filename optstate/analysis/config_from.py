@@ -140,6 +140,8 @@ def config_from_view(view: OptimizerStateView,
         fresh = []
         for p in params:
             shape = param_shape(p.state, cls.__name__)
+            if shape is None and cls.__name__ != "LBFGS":
+                shape = p.model_shape  # no state, but the model it was named from knows
             if shape is None:
                 fresh.append(p.position)
                 shape = (1,)

@@ -266,6 +266,7 @@ def _align(view: OptimizerStateView, model: Any, src: str, source: Any,
         for p, c in zip(ps, group_slots, strict=True):
             if c is not None:
                 p.name, p.name_source, p.aliases = c.name, src, tuple(c.aliases)
+                p.model_shape = tuple(c.shape)
     return _finish(view, src, model=model.origin, reason=reason, notes=notes, matched=matched)
 
 

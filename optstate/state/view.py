@@ -34,6 +34,8 @@ class ParamView:
     # Where ``name`` came from (``names.NAME_SOURCES``); None while the param is unnamed.
     name_source: str | None = None
     aliases: tuple[str, ...] = ()  # other names of the same (tied) parameter
+    # The parameter's shape in the model it was named from (names.name_params), when known.
+    model_shape: tuple[int, ...] | None = None
 
 
 @dataclass
