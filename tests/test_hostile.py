@@ -198,8 +198,10 @@ def test_permission_denied(tmp_path):
 def test_safetensors_named_torch_file_is_read_as_torch(tmp_path):
     """torch.load(path) sends *.safetensors to another loader; we hand it a file object."""
     p = _build("safetensors_named", tmp_path)
-    with pytest.raises(RuntimeError):
-        torch.load(p, weights_only=True)  # the trap we avoid (safetensors not installed)
+    # The trap we avoid: torch.load(path) hands the file to the safetensors package, which
+    # raises for a torch.save zip (RuntimeError when that package is not installed).
+    with pytest.raises(Exception):  # noqa: B017 - which error depends on what is installed
+        torch.load(p, weights_only=True)
     got = load_torch_file(p).obj
     want = hc.adamw_state()
     assert got["param_groups"] == want["param_groups"]
