@@ -216,6 +216,7 @@ def spec_from_dict(data: dict[str, Any], where: str = "config") -> RunSpec:
     if "groups" in data:
         groups = _want(data["groups"], list, "groups", where)
         kw["groups"] = tuple(_group_from_dict(g, i, where) for i, g in enumerate(groups))
+        _names_once(kw["groups"], where)
     for key, typ in (("steps", int), ("seed", int), ("grad", str), ("zero_grad", str),
                      ("init", str)):
         if key in data:
@@ -252,11 +253,29 @@ def _group_from_dict(g: Any, i: int, where: str) -> GroupSpec:
             raise ConfigError(
                 f"{where}: groups[{i}] has {len(shapes)} shapes but {len(names)} names"
             )
+        for k, n in enumerate(names):
+            if not n.strip():
+                raise ConfigError(f"{where}: groups[{i}].names has an empty name at "
+                                  f"position {k}")
+            if n in names[:k]:
+                raise ConfigError(f"{where}: groups[{i}].names lists {n!r} twice (each "
+                                  "parameter has one name)")
     return GroupSpec(
         shapes=tuple(parse_shape(s) for s in shapes),
         hyperparams=_frozen_items(g),
         names=tuple(names) if names is not None else None,
     )
+
+
+def _names_once(groups: tuple[GroupSpec, ...], where: str) -> None:
+    """A name in two groups would make check compare a parameter twice."""
+    first: dict[str, int] = {}
+    for i, g in enumerate(groups):
+        for n in g.names or ():
+            if first.setdefault(n, i) != i:
+                raise ConfigError(f"{where}: groups[{i}].names lists {n!r}, which "
+                                  f"groups[{first[n]}] lists too (each parameter is in one "
+                                  "group)")
 
 
 def _frozen_items(d: dict[str, Any]) -> dict[str, Any]:
