@@ -399,3 +399,133 @@ def test_trainer_rule_is_not_applied_when_a_module_type_decides(tmp_path):
     assert report["naming"]["source"] == "model_state_dict"
     assert any("rule was not applied" in n and "ln_f.weight" in n
                for n in report["naming"]["notes"])
+
+
+class Actor(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.torso = nn.Linear(4, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.torso(x)))
+
+
+class Critic(nn.Module):
+    """The actor's shapes under other names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value_net = nn.Linear(4, 8)
+        self.value_head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.value_head(torch.relu(self.value_net(x)))
+
+
+def _actor_critic(tmp_path: Path, critic_saved: bool) -> tuple[Path, nn.Module, nn.Module]:
+    """Two models with the same shapes and an optimizer each (A2C), in one container."""
+    torch.manual_seed(0)
+    actor, critic = Actor(), Critic()
+    opt_a = torch.optim.Adam(actor.parameters(), lr=1e-3)
+    opt_c = torch.optim.Adam(critic.parameters(), lr=1e-3)
+    for _ in range(2):
+        for model, opt in ((actor, opt_a), (critic, opt_c)):
+            opt.zero_grad()
+            model(torch.randn(3, 4)).pow(2).mean().backward()
+            opt.step()
+    ckpt = {"model": actor.state_dict(), "optimizer": opt_a.state_dict(),
+            "critic_optimizer": opt_c.state_dict()}
+    if critic_saved:
+        ckpt["critic"] = critic.state_dict()
+    path = tmp_path / "a2c.pt"
+    torch.save(ckpt, path)
+    return path, actor, critic
+
+
+def test_two_different_models_in_one_container_name_nothing(tmp_path):
+    """{model: actor, critic: critic, optimizer, critic_optimizer}: nothing says which
+    model goes with which optimizer (the critic's would get the actor's names)."""
+    path, _, _ = _actor_critic(tmp_path, critic_saved=True)
+    for key in ("optimizer", "critic_optimizer"):
+        naming = inspect_path(path, key=key, stats=False)["naming"]
+        assert naming["named"] == 0
+        assert "2 different model state_dicts ('model', 'critic')" in naming["reason"]
+
+
+def test_one_model_for_two_optimizers_that_it_cannot_both_hold(tmp_path):
+    """Only the actor saved: its 4 tensors cannot hold both optimizers' 8 params, so the
+    critic's optimizer (shaped like the actor) is not named from it."""
+    path, _, _ = _actor_critic(tmp_path, critic_saved=False)
+    naming = inspect_path(path, key="critic_optimizer", stats=False)["naming"]
+    assert naming["named"] == 0
+    assert "2 optimizer states (8 params in all)" in naming["reason"]
+
+
+def test_an_ema_copy_beside_the_model_does_not_stop_the_names(tmp_path):
+    torch.manual_seed(0)
+    model = CNN()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    _train(model, opt)
+    path = tmp_path / "ema.pt"
+    torch.save({"state_dict": model.state_dict(), "state_dict_ema": model.state_dict(),
+                "optimizer": opt.state_dict()}, path)
+    report = inspect_path(path, stats=False)
+    assert _names(report) == _param_names(model)
+    assert report["naming"]["model"] == "the model state_dict at 'state_dict'"
+
+
+def test_a_model_without_the_optimizers_shapes_is_not_its_model(tmp_path):
+    """A model that has no tensor of some param's shape is another model: nothing is named
+    from it, even the params whose shapes it does have."""
+    torch.manual_seed(0)
+    model = CNN()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    _train(model, opt)
+    other = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Linear(4, 9))
+    path = tmp_path / "mixed.pt"
+    torch.save({"model_state_dict": other.state_dict() | {"extra.weight": torch.zeros(4, 4),
+                                                          "extra.bias": torch.zeros(3)},
+                "optimizer_state_dict": opt.state_dict()}, path)
+    naming = inspect_path(path, stats=False)["naming"]
+    assert naming["named"] == 0 and "it is not this optimizer's model" in naming["reason"]
+
+
+def test_accelerate_second_optimizer_pairs_with_the_second_model(tmp_path):
+    """accelerate's save_state numbers a second model and optimizer alike:
+    optimizer_1.bin goes with pytorch_model_1.bin, never the first model's file."""
+    torch.manual_seed(0)
+    gen, disc = nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 4)), Actor()
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    for i, m in enumerate((gen, disc)):
+        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+        opt.zero_grad()
+        m(torch.randn(2, 3 if m is gen else 4)).sum().backward()
+        opt.step()
+        suffix = f"_{i}" if i else ""
+        torch.save(m.state_dict(), folder / f"pytorch_model{suffix}.bin")
+        torch.save(opt.state_dict(), folder / f"optimizer{suffix}.bin")
+    report = inspect_path(folder / "optimizer_1.bin", stats=False)
+    assert _names(report) == _param_names(disc)
+    assert report["naming"]["model"] == "pytorch_model_1.bin"
+    (folder / "pytorch_model_1.bin").unlink()
+    naming = inspect_path(folder / "optimizer_1.bin", stats=False)["naming"]
+    assert naming["named"] == 0 and "pytorch_model_1.bin" in naming["reason"]
+
+
+def test_model_option_takes_a_hugging_face_folder_or_its_config(tmp_path):
+    """--model DIR (or DIR/config.json): the model built from config.json gives every
+    name of an optimizer.pt copied out of its Trainer folder."""
+    pytest.importorskip("transformers")
+    import shutil
+
+    shutil.copy(TRAINER / "checkpoint-3" / "optimizer.pt", tmp_path / "optimizer.pt")
+    expected = json.loads((TRAINER / "expected.json").read_text())
+    want = [n for g in expected["param_groups"] for n in g["names"]]
+    for given in (TRAINER / "checkpoint-3", TRAINER / "checkpoint-3" / "config.json"):
+        report = inspect_path(tmp_path / "optimizer.pt", model=str(given), stats=False)
+        assert _names(report) == want
+        assert report["naming"]["source"] == "model_file"
+    with pytest.raises(CheckpointError, match="no model found there"):
+        inspect_path(tmp_path / "optimizer.pt", model=str(tmp_path), stats=False)

@@ -214,6 +214,24 @@ def find_model_in_container(obj: Any, optimizer_location: str
     It is looked for in the dict that holds the optimizer state (for
     ``optimizer_states[0]``, Lightning's list, the dict holding that list), then at the
     top level."""
+    found = _models_near(obj, optimizer_location)
+    if found and (len(found) == 1 or found[0][0] in MODEL_KEYS):
+        return found[0][1], found[0][2]
+    return None
+
+
+def models_in_container(obj: Any, optimizer_location: str
+                        ) -> list[tuple[str, Mapping[str, Any]]]:
+    """Every model state_dict where ``find_model_in_container`` looks, preferred keys
+    (``MODEL_KEYS``) first, with locations: a container with two models (an actor and a
+    critic) gives both, so a caller can see that nothing says which one goes with the
+    optimizer."""
+    return [(loc, sd) for _, loc, sd in _models_near(obj, optimizer_location)]
+
+
+def _models_near(obj: Any, optimizer_location: str) -> list[tuple[Any, str, Mapping[str, Any]]]:
+    """(key, location, state_dict) of each model state_dict in the nearest dict above the
+    optimizer state that holds any, else at the top level; preferred keys first."""
     try:
         steps = parse_path(optimizer_location)
     except OptstateError:
@@ -225,18 +243,17 @@ def find_model_in_container(obj: Any, optimizer_location: str
         if isinstance(node, Mapping) or not parent_steps:
             break
         parent_steps.pop()
-    places = [(parent_steps, node)]
-    if parent_steps:
-        places.append(([], obj))
+    places = [(parent_steps, node)] + ([([], obj)] if parent_steps else [])
+    rank = {k: i for i, k in enumerate(MODEL_KEYS)}
     for where, holder in places:
         if not isinstance(holder, Mapping):
             continue
-        found = _model_in(holder)
-        if found is not None:
-            key, value = found
+        found = [(k, v) for k, v in holder.items() if is_model_state_dict(v)]
+        if found:
+            found.sort(key=lambda kv: rank.get(kv[0], len(rank)))
             prefix = format_path([s.key for s in where])
-            return join(prefix, key), value
-    return None
+            return [(k, join(prefix, k), v) for k, v in found]
+    return []
 
 
 def _follow_steps(obj: Any, steps: list[Step]) -> Any:
@@ -249,22 +266,17 @@ def _follow_steps(obj: Any, steps: list[Step]) -> Any:
     return node
 
 
-def _model_in(holder: Mapping[Any, Any]) -> tuple[Any, Mapping[str, Any]] | None:
-    for key in MODEL_KEYS:
-        if key in holder and is_model_state_dict(holder[key]):
-            return key, holder[key]
-    others = [(k, v) for k, v in holder.items() if is_model_state_dict(v)]
-    return others[0] if len(others) == 1 else None
-
-
 # --------------------------------------------------------------------------- files
 
 
-def find_model_beside(folder: Path) -> Path | None:
+def find_model_beside(folder: Path, suffix: str = "") -> Path | None:
     """The model file of a Hugging Face Trainer / accelerate checkpoint folder, by
     ``MODEL_FILES``' preference (a torch.save ``pytorch_model.bin`` first: it keeps the
-    model's order); None when there is none."""
-    for name in MODEL_FILES:
+    model's order); None when there is none. ``suffix`` "_1" finds accelerate's second
+    model (``pytorch_model_1.bin``, ``model_1.safetensors``), saved with ``optimizer_1.bin``."""
+    names = MODEL_FILES if not suffix else (f"pytorch_model{suffix}.bin",
+                                            f"model{suffix}.safetensors")
+    for name in names:
         candidate = Path(folder) / name
         try:
             if stat.S_ISREG(os.stat(candidate).st_mode):

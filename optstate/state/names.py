@@ -133,32 +133,79 @@ def checkpoint_folder(source: Any) -> Path | None:
 
 def _model_near(source: Any, located: Any) -> tuple[Any, str | None, str | None]:
     """(ModelTensors or None, why none, why its order is unknown): the model beside the
-    optimizer state."""
+    optimizer state, when nothing leaves it in doubt which model that is."""
     from optstate.io.model_tensors import (
-        find_model_beside,
-        find_model_in_container,
+        could_be_parameter,
         model_tensors_from_state_dict,
-        read_model_file,
+        models_in_container,
     )
 
     if source is None:
         return None, NO_MODEL, None
-    found = find_model_in_container(source.obj, getattr(located, "location", "") or "")
-    if found is not None:
-        loc, sd = found
-        return model_tensors_from_state_dict(
-            sd, origin=f"the model state_dict at '{loc}'", path=str(source.file),
-            location=loc), None, None
+    location = getattr(located, "location", "") or ""
+    models = []
+    for loc, sd in models_in_container(source.obj, location):
+        tensors = model_tensors_from_state_dict(
+            sd, origin=f"the model state_dict at '{loc}'", path=str(source.file), location=loc)
+        if any(could_be_parameter(t) for t in tensors.tensors):  # not an rng state, a log
+            models.append(tensors)
+    if models:
+        return _one_container_model(source, location, models)
     folder = checkpoint_folder(source)
     if folder is None:
         return None, NO_MODEL, None
+    m = _OPTIMIZER_FILE.fullmatch(Path(source.file).name)
+    return _folder_model(folder, (m.group(1) or "") if m else "")
+
+
+def _signature(model: Any) -> list[tuple[str, Shape]]:
+    from optstate.io.model_tensors import could_be_parameter
+
+    return [(t.name, tuple(t.shape)) for t in model.tensors if could_be_parameter(t)]
+
+
+def _one_container_model(source: Any, location: str, models: list[Any]
+                         ) -> tuple[Any, str | None, str | None]:
+    """The one model of a container, or None and why it is not certain which (two
+    different models: an actor and a critic; several optimizers that one model cannot
+    all hold)."""
+    from optstate.state.locate import find_optimizer_states
+
+    model = models[0]
+    if any(_signature(m) != _signature(model) for m in models[1:]):  # an EMA copy is alike
+        where = ", ".join(f"'{m.location}'" for m in models)
+        return None, (f"the checkpoint holds {len(models)} different model state_dicts "
+                      f"({where}) and nothing says which one holds this optimizer's "
+                      "params"), None
+    states = find_optimizer_states(source.obj)
+    if len(states) > 1:
+        held = sum(len(g.get("params", [])) for _, st in states for g in st["param_groups"]
+                   if isinstance(g, dict))
+        n = len(_signature(model))
+        if n < held:
+            return None, (f"the checkpoint holds {len(states)} optimizer states ({held} "
+                          f"params in all) and {model.origin} has only "
+                          f"{_count(n, 'parameter tensor')}: it is not the model of all of "
+                          "them, and nothing says which"), None
+    return model, None, None
+
+
+def _folder_model(folder: Path, suffix: str) -> tuple[Any, str | None, str | None]:
+    """A Hugging Face / accelerate folder's model: the skeleton from config.json, else the
+    model file beside (``suffix`` "_1": accelerate's second model, for optimizer_1.bin)."""
+    from optstate.io.model_tensors import find_model_beside, read_model_file
     from optstate.state.hf_model import skeleton_tensors
 
-    skeleton, why_not = skeleton_tensors(folder)
-    if skeleton is not None:
-        return skeleton, None, None
-    beside = find_model_beside(folder)
+    why_not = None
+    if not suffix:  # config.json describes the folder's (first) model
+        skeleton, why_not = skeleton_tensors(folder)
+        if skeleton is not None:
+            return skeleton, None, None
+    beside = find_model_beside(folder, suffix)
     if beside is None:
+        if suffix:
+            return None, (f"no model{suffix}.safetensors or pytorch_model{suffix}.bin (the "
+                          f"model saved with optimizer{suffix}) in {folder.name}"), None
         return None, NO_MODEL, None
     try:
         tensors = read_model_file(beside)
@@ -170,6 +217,27 @@ def _model_near(source: Any, located: Any) -> tuple[Any, str | None, str | None]
         if why_not and (folder / "config.json").is_file():
             unordered += f", and the model could not be built from config.json: {why_not}"
     return tensors, None, unordered
+
+
+def _read_given(model_file: str | Path) -> tuple[Any, str | None]:
+    """A model the user named: a model file, or a Hugging Face folder (or its config.json):
+    its skeleton when transformers can build it, else its model file. (model, why the
+    order is unknown)."""
+    from optstate.io.model_tensors import read_model_file
+
+    path = Path(model_file)
+    folder = path.parent if path.name == "config.json" and path.is_file() else path
+    if not folder.is_dir():
+        model = read_model_file(path)
+        return model, (None if model.ordered
+                       else f"{model.origin} lists tensors by name, not in the model's order")
+    model, why, unordered = _folder_model(folder, "")
+    if model is None:
+        raise CheckpointError(
+            f"{path}: no model found there: {why}",
+            hint="give a model file (model.safetensors, pytorch_model.bin) or a Hugging Face "
+            "folder with config.json (and transformers installed)")
+    return model, unordered
 
 
 # Said with every name matched by order: a group built in another order from same-shaped
@@ -186,9 +254,8 @@ def name_params(view: OptimizerStateView, source: Any = None, located: Any = Non
 
     Never raises because params cannot be named (the ``Naming`` says why); raises
     ``CheckpointError`` for a ``model_file`` that is missing or holds no model."""
-    from optstate.io.model_tensors import read_model_file
-
-    given = read_model_file(model_file) if model_file is not None else None
+    given, given_unordered = (_read_given(model_file) if model_file is not None
+                              else (None, None))
     pre = [p for p in view.params if p.name is not None]
     if pre:  # the checkpoint's own names (param_names, FQN keys) win
         sources = {p.name_source for p in pre if p.name_source}
@@ -199,9 +266,7 @@ def name_params(view: OptimizerStateView, source: Any = None, located: Any = Non
         return _finish(view, sources.pop() if len(sources) == 1 else None, notes=notes,
                        reason="only some param groups carry param_names")
     if given is not None:
-        model, why, unordered, src = given, None, None, "model_file"
-        if not given.ordered:
-            unordered = f"{given.origin} lists tensors by name, not in the model's order"
+        model, why, unordered, src = given, None, given_unordered, "model_file"
     else:
         model, why, unordered = _model_near(source, located)
         src = "model_state_dict"
@@ -223,8 +288,18 @@ def _align(view: OptimizerStateView, model: Any, src: str, source: Any,
     total = view.n_params
     if len(tensors) < total:
         return _finish(view, None, model=model.origin, notes=notes, reason=(
-            f"the model has {_count(len(tensors), 'parameter tensor')}, the optimizer "
-            f"{_count(total, 'param')}"))
+            f"{model.origin} has {_count(len(tensors), 'parameter tensor')}, the optimizer "
+            f"{_count(total, 'param')}: it is not this optimizer's model"))
+    shapes = {tuple(t.shape) for t in tensors}
+    foreign = [(p, sh) for ps, ss in zip(by_group, slots, strict=True)
+               for p, sh in zip(ps, ss, strict=True) if sh is not None and sh not in shapes]
+    if foreign:  # a param the model has no tensor for: another model's optimizer
+        p, sh = foreign[0]
+        return _finish(view, None, model=model.origin, notes=notes, reason=(
+            f"{model.origin} has no tensor of param {p.position}'s shape "
+            f"({'x'.join(map(str, sh)) or 'scalar'})"
+            f"{f' nor of {len(foreign) - 1} more' if len(foreign) > 1 else ''}: it is not "
+            "this optimizer's model"))
     candidates: Any = [Candidate(t.name, tuple(t.shape), tuple(t.aliases)) for t in tensors]
     folder = checkpoint_folder(source) if src == "model_state_dict" else None
     if folder is not None and len(by_group) == 2 and _is_trainer(folder):
