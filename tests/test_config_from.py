@@ -496,3 +496,52 @@ def test_a_failed_config_in_the_pipeline_is_not_checked_as_defaults():
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("Error: ")]
     assert len(errors) == 2 and errors[0].startswith("Error: cannot write a config")
     assert errors[1].startswith("Error: config /dev/fd/") and "is empty" in errors[1]
+
+
+def test_the_header_says_where_names_came_from_and_what_order_they_assume(tmp_path):
+    """Names matched to a model state_dict by order and shape rest on an assumption (each
+    group lists its params in model order): the TOML header says so, where the model
+    was, and why the rest are unnamed when some are."""
+    from optstate.state.names import ORDER_ASSUMPTION
+
+    torch.manual_seed(0)
+    model = SmallCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train(model, opt, 2)
+    path = tmp_path / "tutorial.pt"
+    torch.save({"model_state_dict": model.state_dict(),
+                "optimizer_state_dict": opt.state_dict()}, path)
+    data, text = derived(path)
+    assert [n for g in data["groups"] for n in g["names"]] == [
+        n for n, _ in model.named_parameters()]
+    said = comments(text)
+    assert "the model state_dict at 'model_state_dict'" in said
+    assert "matched by order and shape" in said and ORDER_ASSUMPTION in said
+    # only the two same-shaped 16x16 layers' first is in the optimizer: which one it
+    # is cannot be told, and the header says why it is unnamed
+    torch.manual_seed(0)
+    model = SmallCNN()
+    part = torch.optim.Adam([model.fc2.weight, model.out.bias], lr=1e-3)
+    train(model, part, 1)
+    path = tmp_path / "part.pt"
+    torch.save({"model_state_dict": model.state_dict(),
+                "optimizer_state_dict": part.state_dict()}, path)
+    data, text = derived(path)
+    said = comments(text)
+    assert "names" not in data["groups"][0]
+    assert "1 of 2 params named from model_state_dict" in said
+    assert "names: 1 of 2 params unnamed:" in said and ORDER_ASSUMPTION in said
+
+
+def test_config_and_check_say_top_level_alike(tmp_path, cli):
+    torch.manual_seed(0)
+    model = SmallCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train(model, opt, 1)
+    path = tmp_path / "alone.pt"
+    torch.save(opt.state_dict(), path)
+    cfg = tmp_path / "run.toml"
+    assert cli("config", path, "-o", cfg).exit_code == 0
+    assert "the optimizer state at the top level" in comments(cfg.read_text())
+    out = " ".join(cli("check", path, "--config", cfg).stdout.split())
+    assert "(optimizer state at the top level)" in out

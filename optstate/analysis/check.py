@@ -102,6 +102,8 @@ def check_state(sd: dict[str, Any], spec: RunSpec, *,
         check_hyperparams(view, built, add, loaded_groups,
                           scheduler_state if scheduled else None, scheduled)
     check_names(view, spec, add)  # also when the counts differ: which names are missing
+    if any(g.names for g in spec.groups):
+        result.names_compared = any(p.name is not None for p in view.params)
     if structure_ok:
         check_state_entries(view, spec, built, add)
     check_scheduler(scheduler_state, built, spec, add, scheduled)
@@ -183,6 +185,7 @@ def check_report(result: CheckResult) -> dict[str, Any]:
         "fixes": result.fixes,
         "no_fix_reason": result.no_fix_reason,
         "naming": result.naming,
+        "names_compared": result.names_compared,
     }
 
 

@@ -42,6 +42,9 @@ class CheckResult:
     fixes: list[str] = field(default_factory=list)  # `optstate set` lines that apply the config
     no_fix_reason: str | None = None  # why no `set` line is offered though some differ
     naming: dict[str, Any] | None = None  # how the checkpoint's params were named (Naming)
+    # whether names were compared: None when the config lists none, False when it does
+    # but the checkpoint's params are all unnamed, True otherwise
+    names_compared: bool | None = None
 
     @property
     def verdict(self) -> str:

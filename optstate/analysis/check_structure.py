@@ -16,6 +16,7 @@ from optstate.sim.config import RunSpec, format_shape
 from optstate.sim.fit import GroupFit
 from optstate.sim.trial import reference_state
 from optstate.state.kind import SIGNATURES, infer_kind
+from optstate.state.names import ORDER_ASSUMPTION
 from optstate.state.report import plain
 from optstate.state.view import OptimizerStateView
 
@@ -129,6 +130,12 @@ def check_names(view: OptimizerStateView, spec: RunSpec, add: Any) -> None:
         return
     if theirs == ours:
         return
+    # Names a model gave by order assume the optimizer listed its params in model order;
+    # a difference seen through them is what would happen if so, not a certainty.
+    level, lead, cond = "warn", "", _order_assumed(view)
+    if cond is not None:
+        level, lead = "info", (f"if the optimizer listed its params in model order (names "
+                               f"from {cond}), ")
     full = None not in theirs and None not in ours
     moved = [(i, t, o) for i, (t, o) in enumerate(zip(theirs, ours, strict=False))
              if t is not None and o is not None and t != o] if len(theirs) == len(ours) \
@@ -136,12 +143,12 @@ def check_names(view: OptimizerStateView, spec: RunSpec, add: Any) -> None:
     if full and sorted(theirs) == sorted(ours):
         where = {n: i for i, n in enumerate(ours)}
         add(Finding(
-            "names-reordered", "warn",
-            "the same parameter names in a different order: torch matches by position, not "
-            f"by name, so {_moves_text(moved)}",
+            "names-reordered", level,
+            lead + "the same parameter names in a different order: torch matches by position, "
+            f"not by name, so {_moves_text(moved)}" + _unsure(cond),
             detail={"moves": [{"position": i, "checkpoint": t, "config": o,
                                "config_position_of_checkpoint_name": where[t]}
-                              for i, t, o in moved]},
+                              for i, t, o in moved], **_conditional(cond)},
         ))
         return
     if full:
@@ -153,28 +160,54 @@ def check_names(view: OptimizerStateView, spec: RunSpec, add: Any) -> None:
             counts = (f"the checkpoint has state for {n_of(len(theirs), 'parameter')}, the "
                       f"config builds {len(ours)}; ")
         add(Finding(
-            "names-differ", "warn",
-            f"parameter names differ: {counts}missing from the config: "
+            "names-differ", level,
+            f"{lead}parameter names differ: {counts}missing from the config: "
             f"{_names_text(missing)}; only in the config: {_names_text(extra)}"
             + (f"; torch matches by position, so {_moves_text(moved)}" if moved else
-               " (torch ignores names and matches by position)"),
+               " (torch ignores names and matches by position)") + _unsure(cond),
             detail={"only_checkpoint": missing, "only_config": extra,
                     "moves": [{"position": i, "checkpoint": t, "config": o}
-                              for i, t, o in moved]},
+                              for i, t, o in moved], **_conditional(cond)},
         ))
         return
     if moved:  # some params unnamed on one side: compare the positions named on both
         unnamed = sum(n is None for n in theirs)
         add(Finding(
-            "names-differ", "warn",
-            f"parameter names differ where both sides name them: torch matches by position, "
-            f"so {_moves_text(moved)}"
+            "names-differ", level,
+            f"{lead}parameter names differ where both sides name them: torch matches by "
+            f"position, so {_moves_text(moved)}"
             + (f" ({n_of(unnamed, 'checkpoint param')} unnamed, not compared)"
-               if unnamed else ""),
+               if unnamed else "") + _unsure(cond),
             detail={"only_checkpoint": [], "only_config": [],
                     "moves": [{"position": i, "checkpoint": t, "config": o}
-                              for i, t, o in moved]},
+                              for i, t, o in moved], **_conditional(cond)},
         ))
+
+
+# Sources whose names a model gives (matched to the slots), not the checkpoint itself.
+_FROM_A_MODEL = ("model_state_dict", "model_file", "hf_trainer_rule")
+
+
+def _order_assumed(view: OptimizerStateView) -> str | None:
+    """Where the checkpoint's names came from (in words) when they rest on the order
+    assumption (``state.names.ORDER_ASSUMPTION``); None when they are the checkpoint's
+    own (param_names, DCP keys) or certain without it."""
+    naming = getattr(view, "naming", None)
+    if naming is None or naming.source not in _FROM_A_MODEL or \
+            ORDER_ASSUMPTION not in naming.notes:
+        return None
+    return naming.model or naming.source
+
+
+def _conditional(cond: str | None) -> dict[str, Any]:
+    return {"conditional": True, "names_from": cond} if cond is not None else {}
+
+
+def _unsure(cond: str | None) -> str:
+    if cond is None:
+        return ""
+    return ("; nothing in the checkpoint records that order, so this is not certain (a "
+            "config in another order may be the right one)")
 
 
 def _names_text(names: list[str]) -> str:

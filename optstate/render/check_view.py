@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Group
 from rich.text import Text
 
+from optstate.render.inspect_view import names_line
+
 _STYLE = {"fail": "bold red", "warn": "yellow", "info": "dim"}
 _MARK = {"fail": "FAIL", "warn": "WARN", "info": "info"}
 _VERDICT = {
@@ -21,7 +23,7 @@ _STAGES = (("load_state_dict", "optimizer.load_state_dict"), ("step", "optimizer
 
 
 def check_view(report: dict[str, Any]) -> Group:
-    where = report["location"] or "(top level)"
+    where = report["location"] or "the top level"  # as config's header says it
     per_group = report["groups"]["config"]
     n_groups, n_params = len(per_group), sum(per_group)
     params = (" + ".join(map(str, per_group)) + " params" if n_groups > 1
@@ -30,6 +32,7 @@ def check_view(report: dict[str, Any]) -> Group:
         Text(f"{report['source']} (optimizer state at {where}) against {report['config']} "
              f"({report['optimizer']}, {n_groups} group{'s' * (n_groups != 1)}, {params})"),
     ]
+    parts += _names(report)
     text, style = _VERDICT[report["verdict"]]
     parts.append(Text(text, style=style))
     for f in report["findings"]:
@@ -54,6 +57,22 @@ def check_view(report: dict[str, Any]) -> Group:
     elif report.get("no_fix_reason"):
         parts.append(Text(report["no_fix_reason"], style="dim"))
     return Group(*parts)
+
+
+def _names(report: dict[str, Any]) -> list[Text]:
+    """Where the checkpoint's names came from (as inspect says it), when it has some; when
+    the config lists names and the checkpoint has none, that they were not compared."""
+    naming = report.get("naming")
+    if report.get("names_compared") is False:
+        line = Text("names not compared: the checkpoint has none")
+        if naming is None or naming["model"] is None:  # nothing to name them from
+            line.append(" (--model FILE names them)")
+        if naming is not None and naming["reason"]:
+            line.append(f"; {naming['reason']}", style="dim")
+        return [line]
+    if naming is not None and naming["named"]:
+        return [Text("names     ", style="dim") + names_line(naming)]
+    return []
 
 
 def _first_structural(report: dict[str, Any]) -> dict[str, Any] | None:
