@@ -80,6 +80,8 @@ def test_one_more_step_lists_every_changed_buffer_with_exact_metrics(adam):
             "max_rel": float(((x - y).abs() / y.abs()).max()),
             "norm_a": float(x.norm()),
             "norm_b": float(y.norm()),
+            # pairs with a NaN or Inf, by kind: none here (tests/test_diff_nan.py)
+            "nan_a_only": 0, "nan_b_only": 0, "inf_a_only": 0, "inf_b_only": 0, "nan_both": 0,
         }
 
 

@@ -83,7 +83,8 @@ def test_json_schema_and_paths(cli, files):
     x, y = torch.ones(4, dtype=torch.float64), torch.full((4,), 1.9).double()
     assert m == {"numel": 4, "outside": 4, "max_abs": float((x - y).abs().max()),
                  "max_rel": float(((x - y).abs() / y).max()), "norm_a": float(x.norm()),
-                 "norm_b": float(y.norm())}
+                 "norm_b": float(y.norm()), "nan_a_only": 0, "nan_b_only": 0,
+                 "inf_a_only": 0, "inf_b_only": 0, "nan_both": 0}
     assert rep["counts"] == {"differences": 3, "structural": 0, "numeric": 3, "equal": 8,
                              "ignored": 0}
     assert rep["optimizer"] == ["SGD", "SGD"]
@@ -278,7 +279,9 @@ def test_many_differences_are_summarised_per_entry(cli, tmp_path, monkeypatch):
     max_abs = max(float((a[i]["exp_avg"].double() - b[i]["exp_avg"].double()).abs().max())
                   for i in range(30))
     assert rep["by_entry"][1] == {"entry": "exp_avg", "compared": 30, "differ": 30,
-                                  "outside": 60, "numel": 60, "max_abs": max_abs}
+                                  "outside": 60, "numel": 60, "max_abs": max_abs,
+                                  "nan_a_only": 0, "nan_b_only": 0, "inf_a_only": 0,
+                                  "inf_b_only": 0, "nan_both": 0}
     assert len(cli("diff", "-v", "s0.pt", "s1.pt").stdout.splitlines()) > 100
 
 

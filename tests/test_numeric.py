@@ -18,6 +18,8 @@ from optstate.numeric.compare import compare_tensors
 from optstate.numeric.tolerance import sum_rtol
 
 from .kernel_paths import kernel_path  # noqa: F401 - autouse: every test on every path
+from .test_diff_nan import KEYS as NONFINITE
+from .test_diff_nan import expected as nonfinite_expected
 
 NAN, INF = float("nan"), float("inf")
 
@@ -55,6 +57,8 @@ def assert_agrees(a, b, **tol) -> None:
     assert (r.n_outside, r.max_abs, r.max_rel) == (ref["n_outside"], ref["max_abs"],
                                                    ref["max_rel"])
     assert r.equal == (ref["n_outside"] == 0)
+    # pairs with a NaN or Inf, by kind (the definition: tests/test_diff_nan.py)
+    assert {k: getattr(r, k) for k in NONFINITE} == nonfinite_expected(a, b)
     for key in ("norm_a", "norm_b"):
         got, want = getattr(r, key), ref[key]
         assert (got is None) == (want is None)

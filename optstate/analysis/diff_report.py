@@ -9,6 +9,7 @@ from typing import Any
 from optstate.analysis.diff import DiffSide, StateDiff
 from optstate.analysis.diff_walk import STRUCTURAL, keys_of
 from optstate.base.errors import option
+from optstate.numeric.pair_kernel import NONFINITE_KINDS
 
 SCHEMA = "optstate.diff/1"
 
@@ -52,7 +53,8 @@ def diff_report(result: StateDiff, side_a: DiffSide | None = None,
 
 def by_entry(result: StateDiff) -> list[dict[str, Any]]:
     """Per state entry name (``exp_avg``, ``step``, ...): over how many params it was
-    compared, in how many it differs, elements outside tolerance / compared, max |a-b|.
+    compared, in how many it differs, elements outside tolerance / compared, max |a-b|,
+    and the pairs with a NaN or Inf by kind (``pair_kernel.NONFINITE_KINDS``).
     The overview for large models, where every parameter changes after a step."""
     rows: dict[str, dict[str, Any]] = {}
     for differs, items in ((True, result.changes), (False, result.same)):
@@ -62,13 +64,16 @@ def by_entry(result: StateDiff) -> list[dict[str, Any]]:
                 continue
             row = rows.setdefault(keys[2], {"entry": keys[2], "compared": 0,
                                                "differ": 0, "outside": 0, "numel": 0,
-                                               "max_abs": None})
+                                               "max_abs": None,
+                                               **dict.fromkeys(NONFINITE_KINDS, 0)})
             row["compared"] += 1
             row["differ"] += differs
             if c.metrics is not None:
                 row["outside"] += c.metrics["outside"]
                 # elements compared: a view's stored pairs when compared over its storage
                 row["numel"] += c.metrics.get("stored", c.metrics["numel"])
+                for k in NONFINITE_KINDS:  # pairs outside for a NaN or Inf, by kind
+                    row[k] += c.metrics.get(k, 0)
                 if differs and c.metrics["max_abs"] is not None:
                     row["max_abs"] = max(row["max_abs"] or 0.0, c.metrics["max_abs"])
     return list(rows.values())

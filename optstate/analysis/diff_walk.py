@@ -21,6 +21,7 @@ from optstate.base.errors import ConfigError, option
 from optstate.base.paths import join, path_keys
 from optstate.numeric.compare import UncomparableViewsError, compare_tensors, count_unequal
 from optstate.numeric.leaves import same_leaf
+from optstate.numeric.pair_kernel import NONFINITE_KINDS
 from optstate.numeric.stats import dtype_name
 from optstate.state.report import plain
 
@@ -38,7 +39,9 @@ class Change:
     """One difference (or, in ``StateDiff.same``, one item found equal).
 
     ``before``/``after`` are plain data (JSON-ready) from side a and side b; a ``values``
-    change carries ``metrics`` instead (numel, outside, max_abs, max_rel, norm_a, norm_b).
+    change carries ``metrics`` instead (numel, outside, max_abs, max_rel, norm_a, norm_b, and
+    the pairs outside for a NaN or Inf: nan_a_only, nan_b_only, inf_a_only, inf_b_only,
+    nan_both).
     ``name``/``name_source`` label a change under ``state[...]`` with its parameter's name
     when known (``state.names``); a label, not part of what differs, so not compared.
     """
@@ -65,6 +68,9 @@ class Change:
         if metrics is not None:
             metrics = {**metrics, "norm_a": metrics.get("norm_b"),
                        "norm_b": metrics.get("norm_a")}
+            for x, y in (("nan_a_only", "nan_b_only"), ("inf_a_only", "inf_b_only")):
+                if x in metrics:
+                    metrics[x], metrics[y] = metrics[y], metrics[x]
         return Change(self.path, MIRROR_KIND.get(self.kind, self.kind), self.after,
                       self.before, metrics, self.name, self.name_source)
 
@@ -312,7 +318,9 @@ class Walk:
             outside = count_unequal(x, y)
         metrics = {"numel": a.numel(), "outside": outside, "max_abs": plain(cmp.max_abs),
                    "max_rel": plain(cmp.max_rel), "norm_a": plain(cmp.norm_a),
-                   "norm_b": plain(cmp.norm_b)}
+                   "norm_b": plain(cmp.norm_b),
+                   # why pairs are outside that the maxima (finite pairs) do not show
+                   **{k: getattr(cmp, k) for k in NONFINITE_KINDS}}
         if cmp.view is not None:  # compared over storage: stored pairs, "over", "view"
             metrics.update({k: v for k, v in cmp.to_dict().items()
                             if k in ("stored", "over", "view")})

@@ -3,6 +3,9 @@
 An element pair (a, b) is within tolerance when ``|a - b| <= atol + rtol * |b|``
 (both tolerances at once, as numpy and torch do); NaN against NaN counts as equal
 unless ``nan_equal=False``; NaN against a number never does; +Inf equals +Inf.
+The pairs with a non-finite value are also counted by kind (NaN in a only, in b only,
+±Inf against a finite value on either side, NaN on both: ``nan_a_only`` ...), since
+``max_abs`` and ``max_rel``, over the finite pairs, cannot show them.
 Metrics are computed in float64 so they agree with a plain torch expression on
 ``a.double()`` and ``b.double()``: counts and ``max_abs``/``max_rel`` exactly, the norms of
 n elements to a relative ``tolerance.sum_rtol(n)`` (only the order of the float64
@@ -26,7 +29,7 @@ import torch
 
 from optstate.base.errors import CheckpointError
 from optstate.numeric.kernels import ByteProgress
-from optstate.numeric.pair_kernel import compare
+from optstate.numeric.pair_kernel import NONFINITE_KINDS, compare, nonfinite_counts
 from optstate.numeric.views import distinct_elements, repeated_view
 
 
@@ -41,6 +44,12 @@ class TensorComparison:
     # Set only when both sides were compared over their storage (see module docstring).
     stored: int | None = None  # distinct stored element pairs compared
     view: str | None = None  # "expanded" / "overlapping"
+    # pairs with a non-finite value, by kind (pair_kernel.NONFINITE_KINDS; disjoint)
+    nan_a_only: int = 0  # NaN in a, not NaN in b
+    nan_b_only: int = 0
+    inf_a_only: int = 0  # ±Inf in a, a finite value in b
+    inf_b_only: int = 0
+    nan_both: int = 0  # NaN on both sides (outside only with nan_equal=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data; ``stored``, ``over: "storage"`` and ``view`` only when compared over
@@ -111,6 +120,7 @@ def compare_tensors(a: torch.Tensor, b: torch.Tensor, *, atol: float = 0.0, rtol
     return TensorComparison(
         equal=r.n_outside == 0, n_outside=r.n_outside, max_abs=r.max_abs, max_rel=r.max_rel,
         norm_a=r.norm_a, norm_b=r.norm_b, **over,
+        **{k: getattr(r, k) for k in NONFINITE_KINDS},
     )
 
 
@@ -133,7 +143,7 @@ def _compare_whole(a: torch.Tensor, b: torch.Tensor, *, atol: float, rtol: float
     max_rel = float((diff[nz] / yb[nz]).max()) if bool(nz.any()) else None
     return TensorComparison(
         equal=n_outside == 0, n_outside=n_outside, max_abs=max_abs, max_rel=max_rel,
-        norm_a=_finite_norm(x), norm_b=_finite_norm(y),
+        norm_a=_finite_norm(x), norm_b=_finite_norm(y), **nonfinite_counts(x, y),
     )
 
 

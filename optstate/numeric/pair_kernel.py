@@ -6,7 +6,9 @@ full-size temporaries: the pair is walked in lockstep through ``kernels.py``'s b
 runs and float64 buffers (its docstring states the exactness), each block through the
 optional C kernel when ``kernel_switch.active_c_kernel()`` gives it, else through torch.
 Counts and maxima are exact; the norms agree with torch's float64 ones to
-``tolerance.sum_rtol(n)``.
+``tolerance.sum_rtol(n)``. Pairs where only one side is not finite are counted by kind
+(``nan_a_only`` ...: ``PairStats``), so a reader learns why they are outside while the
+maxima, over finite pairs, say nothing of them.
 
 Example: ``compare(a, b, rtol=1e-5).n_outside``.
 """
@@ -43,8 +45,27 @@ class PairStats:
     max_rel: float | None  # over finite pairs with b != 0
     norm_a: float | None  # over the finite elements of each side
     norm_b: float | None
+    # Pairs with a non-finite value, by kind (disjoint; exact counts): NaN on one side and
+    # not the other; ±Inf on one side against a finite value; NaN on both sides.
+    nan_a_only: int = 0
+    nan_b_only: int = 0
+    inf_a_only: int = 0
+    inf_b_only: int = 0
+    nan_both: int = 0
 
 
+NONFINITE_KINDS = ("nan_a_only", "nan_b_only", "inf_a_only", "inf_b_only", "nan_both")
+
+
+def nonfinite_counts(a: torch.Tensor, b: torch.Tensor) -> dict[str, int]:
+    """The pairs of the same-shape ``a`` and ``b`` (any dtypes, complex too: NaN or Inf in
+    either part) with a non-finite value, by kind (``NONFINITE_KINDS``): one definition
+    for every path (the C kernel's blocks, the torch blocks, complex tensors)."""
+    na, nb = torch.isnan(a), torch.isnan(b)
+    fa, fb = torch.isfinite(a), torch.isfinite(b)
+    return {"nan_a_only": int((na & ~nb).sum()), "nan_b_only": int((nb & ~na).sum()),
+            "inf_a_only": int((~fa & ~na & fb).sum()), "inf_b_only": int((~fb & ~nb & fa).sum()),
+            "nan_both": int((na & nb).sum())}
 
 
 def compare(a: torch.Tensor, b: torch.Tensor, *, atol: float = 0.0, rtol: float = 0.0,
@@ -70,6 +91,12 @@ class _PairPart:
     fin_b: int = 0
     wide_a: bool = False  # a finite value whose square leaves the float64 range
     wide_b: bool = False
+    nonfinite: dict[str, int] = field(default_factory=lambda: dict.fromkeys(NONFINITE_KINDS, 0))
+
+    def count_nonfinite(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Add one block's non-finite pairs (called only for blocks that have one)."""
+        for k, v in nonfinite_counts(a, b).items():
+            self.nonfinite[k] += v
 
 
 def _compare(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, nan_equal: bool,
@@ -87,7 +114,8 @@ def _compare(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, nan_equ
                         any(p.wide_b for p in parts))
     return PairStats(a.numel(), sum(p.n_out for p in parts),
                      max(maxes_abs) if maxes_abs else None,
-                     max(maxes_rel) if maxes_rel else None, norm_a, norm_b)
+                     max(maxes_rel) if maxes_rel else None, norm_a, norm_b,
+                     **{k: sum(p.nonfinite[k] for p in parts) for k in NONFINITE_KINDS})
 
 
 def _compare_run(pairs: list[tuple], atol: float, rtol: float, nan_equal: bool,
@@ -130,6 +158,8 @@ def _c_pair(ck: ModuleType, part: _PairPart, pa: torch.Tensor, pb: torch.Tensor,
     part.wide_b = part.wide_b or math.isinf(qb) or (qb < TINY and bool(nzb))
     part.fin_a += fa
     part.fin_b += fb
+    if fa != pa.numel() or fb != pa.numel():  # rare: count the non-finite pairs in torch
+        part.count_nonfinite(pa, pb)
     part.sqa.append(qa)
     part.sqb.append(qb)
 
@@ -192,6 +222,8 @@ def _torch_pair(part: _PairPart, pa: torch.Tensor, pb: torch.Tensor, bufs: tuple
         part.wide_b = part.wide_b or math.isinf(qb) or (qb < TINY and bool(vb.any()))
         part.fin_a += va.numel()
         part.fin_b += vb.numel()
+        if va.numel() != k or vb.numel() != k:  # (an overflowing sum of squares lands here too)
+            part.count_nonfinite(xa, xb)
     part.sqa.append(qa)
     part.sqb.append(qb)
 

@@ -83,8 +83,22 @@ def _changes_table(changes: list[dict[str, Any]]) -> Table:
     return table
 
 
-def _tensors_table(changes: list[dict[str, Any]]) -> Table:
-    """Tensor comparisons: how many elements differ and by how much."""
+_NONFINITE_WORDS = (("nan_a_only", "NaN in a only"), ("nan_b_only", "NaN in b only"),
+                    ("inf_a_only", "Inf in a only"), ("inf_b_only", "Inf in b only"),
+                    ("nan_both", "NaN on both sides"))
+
+
+def nonfinite_text(m: dict[str, Any], nan_equal: bool) -> str:
+    """Why pairs are outside that max|a−b| (finite pairs) cannot show: ``1 NaN in b only,
+    3 Inf in a only``; NaN on both sides only when it counts as a difference. Empty when
+    there are none."""
+    return ", ".join(f"{m[k]} {words}" for k, words in _NONFINITE_WORDS
+                     if m.get(k) and (k != "nan_both" or not nan_equal))
+
+
+def _tensors_table(changes: list[dict[str, Any]], nan_equal: bool) -> Table:
+    """Tensor comparisons: how many elements differ (and how many of them for a NaN or
+    Inf) and by how much."""
     table = Table(title="tensor values", title_justify="left", title_style="bold")
     table.add_column("path", overflow="fold", min_width=_path_width(changes))
     named = _named(changes)
@@ -97,13 +111,14 @@ def _tensors_table(changes: list[dict[str, Any]]) -> Table:
         # views repeating stored elements are compared over their storage (numeric/compare.py)
         of = f"{m['stored']} stored" if "stored" in m else m["numel"]
         table.add_row(c["path"], *([_name_cell(c)] if named else []),
-                      f"{m['outside']}/{of}", fmt_short(m["max_abs"]),
+                      f"{m['outside']}/{of}" + (f" ({why})" if (why := nonfinite_text(
+                          m, nan_equal)) else ""), fmt_short(m["max_abs"]),
                       fmt_short(m["max_rel"]), fmt_short(m["norm_a"]), fmt_short(m["norm_b"]),
                       style="dim" if c["kind"] == "equal" else "")
     return table
 
 
-def _entries_table(rows: list[dict[str, Any]]) -> Table:
+def _entries_table(rows: list[dict[str, Any]], nan_equal: bool) -> Table:
     """The overview per state entry name, for when not every difference is listed."""
     table = Table(title="by state entry", title_justify="left", title_style="bold")
     table.add_column("entry", overflow="fold")
@@ -111,6 +126,8 @@ def _entries_table(rows: list[dict[str, Any]]) -> Table:
         table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         outside = f"{r['outside']}/{r['numel']}" if r["numel"] else "–"
+        if why := nonfinite_text(r, nan_equal):
+            outside += f" ({why})"
         table.add_row(r["entry"], f"{r['differ']}/{r['compared']}", outside,
                       fmt_short(r["max_abs"]), style="" if r["differ"] else "dim")
     return table
@@ -183,14 +200,21 @@ def diff_view(report: dict[str, Any]) -> Group:
     tensors = [c for c in items if c["metrics"] is not None]
     if scalars:
         parts.append(Fit(_changes_table(scalars)))
+    nan_equal = report["options"]["nan_equal"]
+    told = any(nonfinite_text(c["metrics"], nan_equal) for c in tensors)
     if tensors:
-        parts.append(Fit(_tensors_table(tensors)))
+        parts.append(Fit(_tensors_table(tensors, nan_equal)))
     if report["omitted"]:
         parts.append(Text(f"… {report['omitted']} more difference"
                           f"{'s' * (report['omitted'] != 1)} not listed (--max-diffs N lists "
                           "more, --json all)", style="dim"))
         if any(r["differ"] for r in report["by_entry"]):
-            parts.append(Fit(_entries_table(report["by_entry"])))
+            parts.append(Fit(_entries_table(report["by_entry"], nan_equal)))
+            told = told or any(nonfinite_text(r, nan_equal) for r in report["by_entry"])
+    if told:  # the maxima cannot show a NaN or Inf: say where it is counted
+        parts.append(Text("max|a−b| and max rel are over the finite pairs, ‖a‖ and ‖b‖ over "
+                          "the finite elements: a NaN or Inf shows in outside only",
+                          style="dim"))
     for note in report["notes"]:
         parts.append(Text(f"note: {note}", style="dim"))
     parts.append(summary_line(report))
