@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from optstate.numeric.tolerance import sum_rtol
+from tests.conftest import ROOT
 from tests.optim_states import state_dict_of, stepped_optimizer
 
 
@@ -292,3 +294,81 @@ def test_values_written_as_simulate_writes_them(cli, tmp_path):
     assert f"momentum_buffer │ 2x2   │ {expected}" in sim.stdout
     out = cli("inspect", path, "--values").stdout
     assert f"state[0].momentum_buffer = {expected}\n" in out
+
+
+_HEADER_KEYS = ("file", "read", "format", "size", "found at", "optimizer", "names")
+
+
+def _header_rows(stdout: str, columns: int) -> list[tuple[str, str]]:
+    """The header's lines (up to the param_groups table) as (key, value) pairs; a line
+    that continues the value above has key ''. Every line must be one of the two: a key
+    line has its value at column 10, a continuation line hangs under column 10 (less deep
+    only for a word too long for the value column, which then stays whole)."""
+    rows = []
+    for line in stdout.split("param_groups")[0].splitlines():
+        assert len(line) <= columns, line
+        key = line[:10].strip()
+        if key in _HEADER_KEYS and (line == key or line[:10] == key.ljust(10)):
+            value = line[10:]  # empty: the first word fits a line, not the value column
+            assert not value.startswith(" "), line
+            rows.append((key, value))
+            continue
+        value = line.lstrip(" ")
+        indent = len(line) - len(value)
+        assert rows and value and indent, line  # never back to column 0
+        assert indent == 10 or max(map(len, value.split())) > columns - 10, line
+        rows.append(("", value))
+    return rows
+
+
+@pytest.mark.parametrize("columns", [80, 60, 44])
+@pytest.mark.parametrize("path", [
+    "sample_checkpoints/tutorial_cnn.pt",
+    "tests/fixtures/hf_lightning/hf_trainer_bert_mlm/checkpoint-3",
+])
+def test_header_wraps_under_the_value_column(cli, columns, path):
+    """Long header values (optimizer reason, names and their note) wrap with a hanging
+    indent of 10 columns, never back to column 0, at any width; no word is lost."""
+    if "hf_" in path:
+        pytest.importorskip("transformers")
+    path = str(ROOT / path)
+    wide = _header_rows(cli("inspect", path, "--no-stats", env={"COLUMNS": "400"}).stdout,
+                        400)
+    r = cli("inspect", path, "--no-stats", env={"COLUMNS": str(columns)})
+    assert r.exit_code == 0, r.stderr
+    rows = _header_rows(r.stdout, columns)
+    assert len(rows) > len([k for k, _ in rows if k])  # something did wrap
+    assert [k for k, _ in rows if k] == [k for k, _ in wide if k]
+    # the same words, in the same order, per header line
+    words = [k for k, _ in wide if k]
+    for key in words:
+        i = next(i for i, (k, _) in enumerate(rows) if k == key)
+        j = next((n for n in range(i + 1, len(rows)) if rows[n][0]), len(rows))
+        w = next(i for i, (k, _) in enumerate(wide) if k == key)
+        v = next((n for n in range(w + 1, len(wide)) if wide[n][0]), len(wide))
+        assert "".join("".join(x.split()) for _, x in rows[i:j]) == \
+            "".join("".join(x.split()) for _, x in wide[w:v])
+
+
+def test_header_keeps_a_word_whole_that_fits_a_line_but_not_the_value_column():
+    """At 40 columns a 35-character name cannot hang under column 10: that value hangs
+    less deep and the name stays whole (tests/test_width.py's rule); a word wider than the
+    console folds; short values keep the 10-column indent."""
+    from rich.text import Text
+
+    from optstate.render.inspect_view import Header
+
+    name = "encoder.layers.0.attn.q_proj.weight"
+    rows = Header()
+    rows.add("names", Text(f"12 of 12 from a model; first {name}, then more words here"))
+    rows.add("optimizer", Text("Adam  confidence high: " + "word " * 12))
+    rows.add("file", Text("x" * 50))
+    lines = [t.plain for t in rows.lines(40)]
+    assert all(len(x) <= 40 for x in lines), lines
+    assert any(x.strip() == name + "," for x in lines), lines
+    names = lines[:next(i for i, x in enumerate(lines) if x.startswith("optimizer"))]
+    assert names[0].startswith("names     12 of 12")
+    assert all(x.startswith(" ") and x.strip() for x in names[1:])  # never column 0
+    opt = lines[len(names):next(i for i, x in enumerate(lines) if x.startswith("file"))]
+    assert len(opt) > 1 and all(x.startswith(" " * 10 + "word") for x in opt[1:])
+    assert lines[-2:] == ["file      " + "x" * 30, " " * 10 + "x" * 20]

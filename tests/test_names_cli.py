@@ -148,3 +148,36 @@ def test_statistics_table_names_each_param(cli, tutorial):
     assert stats[1].split()[:3] == ["param", "name", "entry"]
     firsts = [line.split()[1] for line in stats[3:] if line[:5].strip()]
     assert firsts == names
+
+
+@pytest.mark.parametrize("param", ["enc*", "encoder.weight"])
+def test_param_on_a_state_without_names_says_how_to_name_them(run_cli, tmp_path, param):
+    """A name or glob on a state saved alone: the hint gives positions and how to get
+    names (--model FILE), in the CLI's words."""
+    _, opt = _trained()
+    torch.save(opt.state_dict(), tmp_path / "opt_alone.pt")
+    r = run_cli("inspect", tmp_path / "opt_alone.pt", "--param", param)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith(f"Error: --param {param!r}: no parameter")
+    hint = r.stderr.splitlines()[1]
+    assert "0..5" in hint
+    assert "no names here: --model FILE names them" in hint
+    assert "Traceback" not in r.stderr
+
+
+def test_param_hint_on_a_named_state_does_not_offer_model(run_cli, tutorial):
+    path, _ = tutorial
+    r = run_cli("inspect", path, "--param", "enc*")
+    assert r.returncode == 2
+    assert "--model" not in r.stderr
+
+
+def test_param_hint_in_python_words(tmp_path):
+    from optstate.analysis.inspect import inspect_path
+    from optstate.base.errors import ConfigError
+
+    _, opt = _trained()
+    torch.save(opt.state_dict(), tmp_path / "opt_alone.pt")
+    with pytest.raises(ConfigError) as err:
+        inspect_path(tmp_path / "opt_alone.pt", params=["enc*"])
+    assert "no names here: model=FILE names them" in err.value.hint

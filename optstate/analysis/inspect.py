@@ -157,6 +157,8 @@ def _names_from(view: OptimizerStateView) -> str:
     naming = view.naming
     if naming is None or not naming.named:
         reason = naming.reason if naming is not None and naming.reason else "none is known"
+        if naming is None or naming.model is None:  # nothing named them: say how to
+            return f"no names here: {option('model', shown='FILE')} names them ({reason})"
         return f"this state has no parameter names ({reason})"
     where = naming.model or {"param_names": "the optimizer's param_names",
                              "dcp": "the DCP folder's keys"}.get(naming.source, naming.source)

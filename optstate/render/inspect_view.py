@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
-from rich.console import Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.text import Text
 
 from optstate.render.human import fmt, fmt_values, groups_table
@@ -41,37 +42,89 @@ def _zeros(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}" if 0 < value < 1 else f"{value:.0%}"
 
 
-def header(report: dict[str, Any]) -> Text:
+KEY_WIDTH = 10  # header values start at this column; wrapped lines hang under it
+
+
+class Header:
+    """``key  value`` lines; a value too long for the console wraps with a hanging indent
+    under the value column (``KEY_WIDTH``), never back to column 0. A word that fits a line
+    but not the value column (a 35-character name at 40 columns) is kept whole: that
+    value's lines hang less deep; a word wider than the console folds."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, Text]] = []
+
+    def add(self, key: str, value: Text) -> None:
+        self.rows.append((key, value))
+
+    def lines(self, width: int) -> list[Text]:
+        out = []
+        first = max(width - KEY_WIDTH, 1)
+        for key, value in self.rows:
+            fits = [len(w) for w in value.plain.split() if len(w) <= width]
+            longest = max(fits, default=0)
+            indent = KEY_WIDTH if longest <= first else max(width - longest, 0)
+            for i, line in enumerate(_wrap(value, first, max(width - indent, 1))):
+                lead = key.ljust(KEY_WIDTH) if i == 0 else " " * indent
+                out.append(Text(lead if line.plain else lead.rstrip(), style="dim") + line)
+        return out
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        out = Text("\n").join(self.lines(options.max_width))
+        out.no_wrap, out.overflow = True, "ignore"
+        yield out
+
+
+def _wrap(value: Text, first: int, rest: int) -> list[Text]:
+    """``value`` in lines of at most ``first`` cells (the first line) and ``rest`` (the
+    others), broken between words; its newlines kept. A word too long for the first line
+    starts the second when it fits there; one too long for any line folds."""
+    lines: list[Text] = []
+    for para in value.split("\n", allow_blank=True):
+        plain, cuts = para.plain, []
+        start, cap, empty = 0, first if not lines else rest, True
+        for word in re.finditer(r"\S+", plain):
+            a, b = word.span()
+            if b - start > cap and (not empty or (not lines and not cuts and b - a <= rest)):
+                cuts.append(a)
+                start, cap = a, rest
+            while b - start > cap:  # longer than a whole line: fold it
+                start += cap
+                cuts.append(start)
+                cap = rest
+            empty = False
+        for piece in para.divide(cuts):
+            piece.rstrip()
+            lines.append(piece)
+    return lines
+
+
+def header(report: dict[str, Any]) -> Header:
     f = report["file"]
-    text = Text()
-    text.append("file      ", style="dim")
-    text.append(f["path"], style="bold")
+    rows = Header()
+    rows.add("file", Text(f["path"], style="bold"))
     inside = f["read"] != f["path"]  # a checkpoint folder: the optimizer file in it
     if inside:
-        text.append("\nread      ", style="dim")
-        text.append(Path(f["read"]).name)
+        read = Text(Path(f["read"]).name)
         for role, sib in f.get("siblings", {}).items():
-            text.append(f" (+ {Path(sib).name}: {role})")
-    text.append("\nformat    ", style="dim")
-    text.append(FORMAT_LABELS.get(f["format"], f["format"]))
-    text.append("\nsize      ", style="dim")
-    text.append(human_bytes(f["bytes"]))
-    text.append("\nfound at  ", style="dim")
+            read.append(f" (+ {Path(sib).name}: {role})")
+        rows.add("read", read)
+    rows.add("format", Text(FORMAT_LABELS.get(f["format"], f["format"])))
+    rows.add("size", Text(human_bytes(f["bytes"])))
     whole = f"{Path(f['read']).name} (the whole file)" if inside else "top level (the whole " \
         "file is the optimizer state)"
-    text.append(report["location"] or whole)
+    found = Text(report["location"] or whole)
     others = [c for c in report["locations"] if c != report["location"]]
     if others:
-        text.append(f"  (also: {', '.join(c or 'top level' for c in others)})", style="dim")
+        found.append(f"  (also: {', '.join(c or 'top level' for c in others)})", style="dim")
+    rows.add("found at", found)
     opt = report["optimizer"]
-    text.append("\noptimizer ", style="dim")
-    text.append(opt["kind"], style="bold")
-    text.append(f"  confidence {opt['confidence']}: {opt['reason']}")
+    rows.add("optimizer", Text.assemble((opt["kind"], "bold"),
+                                        f"  confidence {opt['confidence']}: {opt['reason']}"))
     naming = report.get("naming")
     if naming is not None:
-        text.append("\nnames     ", style="dim")
-        text.append_text(names_line(naming))
-    return text
+        rows.add("names", names_line(naming, indent=""))
+    return rows
 
 
 # Where names came from, in words, by ``naming.source`` (``optstate.state.names``).
@@ -82,9 +135,10 @@ _SOURCE_WORDS = {
 }
 
 
-def names_line(naming: dict[str, Any]) -> Text:
+def names_line(naming: dict[str, Any], indent: str = " " * KEY_WIDTH) -> Text:
     """``12 of 12 from the model state_dict at 'model_state_dict' (matched by order and
-    shape)``, or ``none: <reason>``, with how to give a model when none was found."""
+    shape)``, or ``none: <reason>``, with how to give a model when none was found; each
+    note on a line of its own, after ``indent``."""
     text = Text()
     if not naming["named"]:
         if not naming["total"]:
@@ -101,7 +155,7 @@ def names_line(naming: dict[str, Any]) -> Text:
         if naming["reason"]:
             text.append(f"; {naming['reason']}")
     for note in naming.get("notes", []):
-        text.append(f"\n          {note}", style="dim")
+        text.append(f"\n{indent}{note}", style="dim")
     return text
 
 
