@@ -195,3 +195,58 @@ def test_adagrad_state_of_a_never_stepped_param_is_not_called_zero_gradients(tmp
     (z,) = _warnings(path, "zero_buffer")
     assert "every gradient these params got was zero" in z["message"]
     assert not _warnings(path, "param_never_stepped")
+
+
+def _names_of(w):
+    """A finding's ``names``, checked to run beside its ``where``."""
+    assert len(w["names"]) == len(w["where"])
+    return w["names"]
+
+
+def test_json_warnings_name_their_params_beside_where(deep, cli):
+    """``--json`` warnings carry ``names`` parallel to ``where`` (the name of each place's
+    param, null where unknown), not only inside the message; ``where`` is unchanged."""
+    path, sd = deep
+    r = cli("inspect", path, "--json")
+    assert r.exit_code == 0, r.stderr
+    (w,) = [w for w in json.loads(r.stdout)["warnings"]
+            if w["code"] == "second_moment_underflow"]
+    positions = [int(x[len("state["):x.index("]")]) for x in w["where"]]
+    assert w["where"] == [f"state[{i}].exp_avg_sq" for i in positions]
+    # the names torch gives those positions: named_parameters() of the Sequential
+    model = torch.nn.Sequential(*[torch.nn.Linear(16, 16) for _ in range(100)])
+    torch_names = [n for n, _ in model.named_parameters()]
+    assert _names_of(w) == [torch_names[i] for i in positions]
+
+
+def test_warning_names_for_nan_frozen_and_unnamed_states(tmp_path):
+    """NaN (values), a param without state (structure) and step_mismatch name each place by
+    the model's names; the same state saved alone has null names, never guessed."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 3),
+                                torch.nn.Linear(3, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(3):
+        if step == 2:
+            model[1].requires_grad_(False)  # no grad at the last step: its step stays 2
+        opt.zero_grad()
+        model(torch.randn(5, 4)).pow(2).mean().backward()
+        opt.step()
+    sd = opt.state_dict()
+    sd["state"][4]["exp_avg"][0, 0] = float("nan")  # 2.weight: a NaN got in
+    del sd["state"][5]  # 2.bias: no state
+    names = [n for n, _ in model.named_parameters()]
+    torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": sd},
+               tmp_path / "named.pt")
+    torch.save(sd, tmp_path / "alone.pt")
+    by_code = {w["code"]: w for w in _warnings(tmp_path / "named.pt")}
+    assert by_code["nan"]["where"] == ["state[4].exp_avg"]
+    assert _names_of(by_code["nan"]) == [names[4]] == ["2.weight"]
+    assert by_code["param_without_state"]["where"] == ["state[5]"]
+    assert _names_of(by_code["param_without_state"]) == [names[5]]
+    steps = by_code["step_mismatch"]
+    assert _names_of(steps) == [names[int(x[6:x.index("]")])] for x in steps["where"]]
+    alone = {w["code"]: w for w in _warnings(tmp_path / "alone.pt")}
+    assert alone["nan"]["where"] == ["state[4].exp_avg"]
+    assert _names_of(alone["nan"]) == [None]
+    assert _names_of(alone["param_without_state"]) == [None]

@@ -27,9 +27,18 @@ def places(items: list[str]) -> str:
     return ", ".join(items[:SHOW]) + f" and {len(items) - SHOW} more"
 
 
-def finding(code: str, message: str, where: Iterable[str] = ()) -> dict[str, Any]:
-    """A warning or note: a stable code, one line for people, the places it concerns."""
-    return {"code": code, "message": message, "where": list(where)}
+def finding(code: str, message: str, where: Iterable[str] = (),
+            names: Iterable[str | None] | None = None) -> dict[str, Any]:
+    """A warning or note: a stable code, one line for people, the places it concerns and,
+    for places that are params' state (``state[3].exp_avg``), ``names``: each place's
+    param name, parallel to ``where`` (None where the name is not known)."""
+    out: dict[str, Any] = {"code": code, "message": message, "where": list(where)}
+    if names is not None:
+        out["names"] = list(names)
+        if len(out["names"]) != len(out["where"]):
+            raise ValueError(f"{code}: {len(out['names'])} names for "
+                             f"{len(out['where'])} places")
+    return out
 
 
 def as_number(value: Any) -> float | None:

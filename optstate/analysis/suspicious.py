@@ -2,10 +2,11 @@
 
 Each warning is ``{"code", "message", "where"}`` (``findings.py``): a stable code for
 scripts, one line for people (what was seen and the usual cause), and the places it
-concerns. Checks that need tensor statistics (NaN, Inf, all-zero buffers, negative second
-moments) use the entry reports already computed, so they cover what was read (all params
-unless filtered, none without statistics); the structural checks always cover the whole
-state. Underflowed second moments are ``underflow.py``.
+concerns; where those are params' state, ``names`` beside ``where`` gives each one's param
+name (None when not known). Checks that need tensor statistics (NaN, Inf, all-zero
+buffers, negative second moments) use the entry reports already computed, so they cover
+what was read (all params unless filtered, none without statistics); the structural checks
+always cover the whole state. Underflowed second moments are ``underflow.py``.
 """
 
 from __future__ import annotations
@@ -119,14 +120,17 @@ def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
     def where(found: list[tuple[str, str]]) -> list[str]:
         return [w for w, _ in found]
 
+    def names(found: list[tuple[str, str]]) -> list[str | None]:
+        return [named.get(w[:w.find("]") + 1]) for w, _ in found]
+
     out = []
     if nan:
         out.append(finding("nan", f"NaN in {seen_at(nan)}: the run diverged or a NaN gradient "
-                            "got in; resuming from this state spreads it", where(nan)))
+                            "got in; resuming from this state spreads it", where(nan), names(nan)))
     if inf:
         out.append(finding("inf", f"Inf in {seen_at(inf)}: an overflow (fp16/bf16 state, or "
                             "exploding gradients); resuming from this state spreads it",
-                            where(inf)))
+                            where(inf), names(inf)))
     if zero:
         maybe = ""
         if unpaired:
@@ -138,7 +142,7 @@ def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
         out.append(finding(
             "zero_buffer", f"all zeros: {seen_at(zero)}: every gradient these params got was "
             "zero, e.g. zero-filled grads reached step() (zero_grad(set_to_none=False) called "
-            f"between backward() and step()){maybe}", where(zero)))
+            f"between backward() and step()){maybe}", where(zero), names(zero)))
     out += underflow_warnings(underflows, view, kind)
     if never:
         ps = sorted(never)
@@ -150,12 +154,12 @@ def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
             "(Adagrad does so when it is built): "
             f"{'they' if len(ps) != 1 else 'it'} never got a gradient (frozen, not used in "
             "the loss), so all-zero buffers there say nothing about gradient values",
-            [at(x, "step") for x in ps]))
+            [at(x, "step") for x in ps], [view.params[x].name for x in ps]))
     if negative:
         out.append(finding(
             "negative_second_moment", f"negative values in {seen_at(negative)}: these running "
             "averages of squares are never negative in a real run; the state was edited or "
-            "corrupted", where(negative)))
+            "corrupted", where(negative), names(negative)))
     return out
 
 
@@ -217,7 +221,8 @@ def _empty_state(view: OptimizerStateView, kind: str,
         out.append(finding(
             "param_without_state", f"{len(rest)} param{'s' * (len(rest) != 1)} "
             f"({places([_label(view, p.position) for p in rest])}) have no state while "
-            "others do: they never got a gradient (frozen, not used in the loss)", where))
+            "others do: they never got a gradient (frozen, not used in the loss)", where,
+            [p.name for p in rest]))
     return out
 
 
@@ -236,7 +241,8 @@ def _step_mismatch(view: OptimizerStateView) -> list[dict[str, Any]]:
         "step_mismatch", f"step counts differ between params ({'; '.join(parts)}): some params "
         "got no gradient at some steps, were added later, or states were merged; bias "
         "correction (Adam-family) uses each param's own step",
-        [at(x, "step") for ps in steps.values() for x in ps])]
+        [at(x, "step") for ps in steps.values() for x in ps],
+        [view.params[x].name for ps in steps.values() for x in ps])]
 
 
 def _shape_mismatch(view: OptimizerStateView, kind: str) -> list[dict[str, Any]]:
@@ -254,7 +260,7 @@ def _shape_mismatch(view: OptimizerStateView, kind: str) -> list[dict[str, Any]]
             out.append(finding(
                 "shape_mismatch", f"state[{p.position}] buffers differ in shape ({text}): "
                 "they all follow the param's shape in torch.optim; the state was edited, or "
-                "merged from different models", [at(p.position)]))
+                "merged from different models", [at(p.position)], [p.name]))
     return out
 
 

@@ -159,7 +159,7 @@ def underflow_warnings(found: list[Underflow], view: OptimizerStateView,
             "second_moment_underflow",
             f"{second} is exactly 0 where {first} is not, in {n} param{'s' * (n != 1)} "
             f"({_param_labels(us)}{counts}): {cause}. {_step_effect(second, us, view, kind)}",
-            [u.where for u in us]))
+            [u.where for u in us], [u.param.get("name") for u in us]))
     return out
 
 
