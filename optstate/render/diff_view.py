@@ -155,7 +155,10 @@ def names_line(naming: dict[str, Any]) -> Text | None:
         return None
     if len(sides) == 2 and sides["a"] == sides["b"]:
         return Text.assemble(("names a, b: ", "dim"), inspect_names(sides["a"]))
-    return Text("\n").join(Text.assemble((f"names {k}: ", "dim"), inspect_names(n))
+    # A side with no names is just "none" here: the other side's names label the pair, and
+    # a note says so (its reason is in --json).
+    return Text("\n").join(Text.assemble((f"names {k}: ", "dim"),
+                                          inspect_names(n) if n["named"] else "none")
                            for k, n in sides.items())
 
 
