@@ -10,9 +10,10 @@ from typing import Any
 import torch
 
 from optstate.analysis.check_result import Finding, guess_kind, n_of, positions
+from optstate.base.values import format_shape
 from optstate.numeric.stats import dtype_name
 from optstate.sim.build import Built
-from optstate.sim.config import RunSpec, format_shape
+from optstate.sim.config import RunSpec
 from optstate.sim.fit import GroupFit
 from optstate.sim.trial import reference_state
 from optstate.state.kind import SIGNATURES, infer_kind

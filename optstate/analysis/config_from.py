@@ -40,6 +40,7 @@ import torch
 from optstate.analysis.check_hyperparams import ADDED_BY_OTHERS, SCHED_PROGRESS
 from optstate.analysis.check_result import equal_hyper
 from optstate.base.errors import ConfigError
+from optstate.base.values import format_shape
 from optstate.io.source import open_source
 from optstate.sim.build import (
     _UNBUILDABLE_SCHEDULERS,
@@ -48,7 +49,7 @@ from optstate.sim.build import (
     optimizer_classes,
     scheduler_classes,
 )
-from optstate.sim.config import format_shape, spec_from_dict
+from optstate.sim.config import spec_from_dict
 from optstate.sim.trial import NOT_HYPERPARAMS
 from optstate.state.kind import infer_kind
 from optstate.state.locate import locate

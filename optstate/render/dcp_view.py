@@ -6,8 +6,8 @@ from typing import Any
 
 from rich.table import Table
 
+from optstate.base.values import format_shape
 from optstate.render.fit import Fit
-from optstate.sim.config import format_shape
 
 
 def chunk_text(chunk: dict[str, Any]) -> str:

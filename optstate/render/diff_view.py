@@ -9,10 +9,10 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from optstate.base.values import format_shape
 from optstate.render.fit import Fit
 from optstate.render.human import fmt, fmt_short
 from optstate.render.inspect_view import names_line as inspect_names
-from optstate.sim.config import format_shape
 
 
 def _short(value: Any) -> str:

@@ -9,9 +9,9 @@ from typing import Any
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.text import Text
 
+from optstate.base.values import format_shape
 from optstate.render.human import fmt, fmt_values, groups_table
 from optstate.render.text_table import TextTable
-from optstate.sim.config import format_shape
 
 FORMAT_LABELS = {
     "zip": "torch.save zip (torch >= 1.6)",

@@ -13,9 +13,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from optstate.base.values import format_shape
 from optstate.render.fit import Fit
 from optstate.render.human import fmt, fmt_values, groups_table
-from optstate.sim.config import format_shape
 
 
 def _summary(rep: dict[str, Any]) -> str:

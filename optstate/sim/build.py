@@ -15,9 +15,9 @@ import torch
 
 from optstate.base.errors import ConfigError, option
 from optstate.base.suggest import did_you_mean, unknown
-from optstate.base.values import is_number
+from optstate.base.values import format_shape, is_number
 from optstate.io.torch_file import clean_message
-from optstate.sim.config import RunSpec, SchedulerSpec, format_shape
+from optstate.sim.config import RunSpec, SchedulerSpec
 
 
 def optimizer_classes() -> dict[str, type[torch.optim.Optimizer]]:

@@ -48,6 +48,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (see pypr
 
 from optstate.base import suggest
 from optstate.base.errors import ConfigError, option
+from optstate.base.values import format_shape
 
 GRAD_SOURCES = ("constant", "normal", "quadratic", "rosenbrock", "none")
 ZERO_GRAD_MODES = ("none", "zeros", "never")
@@ -149,10 +150,6 @@ def parse_shape(text: Any) -> Shape:
             )
         out.append(n)
     return tuple(out)
-
-
-def format_shape(shape: Shape) -> str:
-    return "x".join(str(d) for d in shape) if shape else "scalar"
 
 
 # --------------------------------------------------------------------------- files

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from optstate.base.errors import ConfigError, StateMismatchError, option
+from optstate.base.values import format_shape
 from optstate.base.version import __version__
 from optstate.io.source import Source
 from optstate.io.torch_file import check_writable, save_checkpoint
@@ -35,7 +36,7 @@ from optstate.sim.build import (
     optimizer_class,
     scheduler_classes,
 )
-from optstate.sim.config import RunSpec, format_shape, validate
+from optstate.sim.config import RunSpec, validate
 from optstate.sim.fit import group_fit
 from optstate.sim.loop import History, divergence_warning, resolve_record_every, run_loop
 from optstate.sim.trial import reference_state

@@ -16,6 +16,8 @@ from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+from optstate.base.values import format_shape
+
 Shape = tuple[int, ...]
 Slots = list[list[Shape | None]]
 
@@ -391,6 +393,4 @@ def _params(n: int, verb: str = "") -> str:
 
 
 def _shape_text(shape: Shape | None) -> str:
-    if shape is None:
-        return "unknown"
-    return "x".join(str(d) for d in shape) if shape else "scalar"
+    return "unknown" if shape is None else format_shape(shape)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from optstate.base.errors import CheckpointError
+from optstate.base.values import format_shape
 from optstate.state.view import OptimizerStateView
 
 NAME_SOURCES = ("param_names", "dcp", "model_state_dict", "model_file", "hf_trainer_rule")
@@ -297,7 +298,7 @@ def _align(view: OptimizerStateView, model: Any, src: str, source: Any,
         p, sh = foreign[0]
         return _finish(view, None, model=model.origin, notes=notes, reason=(
             f"{model.origin} has no tensor of param {p.position}'s shape "
-            f"({'x'.join(map(str, sh)) or 'scalar'})"
+            f"({format_shape(sh)})"
             f"{f' nor of {len(foreign) - 1} more' if len(foreign) > 1 else ''}: it is not "
             "this optimizer's model"))
     candidates: Any = [Candidate(t.name, tuple(t.shape), tuple(t.aliases)) for t in tensors]
