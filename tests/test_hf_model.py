@@ -246,6 +246,29 @@ def test_a_config_without_an_architecture(tmp_path):
         None, "config.json's architecture 'os.system' is not a class name")
 
 
+def test_a_config_asking_for_a_huge_model_is_not_built(tmp_path):
+    """config.json comes with the checkpoint: a million layers (or layers x experts past
+    the bound) is refused before transformers is imported, in no time."""
+    import time
+
+    from optstate.state.hf_model import MAX_SKELETON_BLOCKS
+
+    start = time.perf_counter()
+    tensors, why = skeleton_tensors(_config(tmp_path, architectures=["BertForMaskedLM"],
+                                            model_type="bert", num_hidden_layers=10**6))
+    assert tensors is None and time.perf_counter() - start < 1
+    assert why.startswith("config.json asks for 1,000,000 layers: too large")
+    tensors, why = skeleton_tensors(_config(
+        tmp_path, architectures=["MixtralForCausalLM"], model_type="mixtral",
+        num_hidden_layers=1000, num_local_experts=MAX_SKELETON_BLOCKS // 100))
+    assert tensors is None and "1,000 layers x 1,000 experts" in why
+    # nested (a multimodal config's text_config) counts too
+    tensors, why = skeleton_tensors(_config(
+        tmp_path, architectures=["LlavaForConditionalGeneration"], model_type="llava",
+        text_config={"num_hidden_layers": 5000}))
+    assert tensors is None and "5,000 layers" in why
+
+
 @needs_transformers
 def test_only_transformers_own_model_classes_are_built(tmp_path):
     import transformers

@@ -200,6 +200,9 @@ def skeleton_tensors(folder: Path | str) -> tuple[ModelTensors | None, str | Non
     class_name = architectures[0]
     if not class_name.isidentifier() or class_name.startswith("_"):
         return None, f"config.json's architecture {one_line(class_name)!r} is not a class name"
+    too_big = _too_big(raw)
+    if too_big is not None:
+        return None, too_big
     try:
         import transformers
     except ImportError:
@@ -207,6 +210,41 @@ def skeleton_tensors(folder: Path | str) -> tuple[ModelTensors | None, str | Non
     except Exception as exc:  # a broken install: say so, never fail the command
         return None, f"transformers failed to import: {_first_line(exc)}"
     return _build(transformers, folder, class_name)
+
+
+# A config.json comes with the checkpoint, from anyone: a skeleton costs no memory for
+# weights, but each module is a Python object, so its size is bounded before building.
+# The largest released models have ~100-200 layers and 61 x 256 MoE experts (~16k).
+MAX_SKELETON_LAYERS = 4096
+MAX_SKELETON_BLOCKS = 100_000  # layers x experts
+_LAYER_KEY = re.compile(r"(num_hidden_layers|num_layers|n_layers?|\w+_layers)")
+_EXPERT_KEY = re.compile(r"(num_experts|num_local_experts|n_routed_experts|moe_num_experts)")
+
+
+def _too_big(raw: dict[str, Any]) -> str | None:
+    """Why a skeleton of this config would be too large to build, or None."""
+    layers = experts = 1
+    stack: list[Any] = [raw]
+    seen = 0
+    while stack and seen < 10_000:
+        node = stack.pop()
+        seen += 1
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if isinstance(v, (dict, list)):
+                    stack.append(v)
+                elif isinstance(v, int) and not isinstance(v, bool) and isinstance(k, str):
+                    if _LAYER_KEY.fullmatch(k):
+                        layers = max(layers, v)
+                    elif _EXPERT_KEY.fullmatch(k):
+                        experts = max(experts, v)
+        elif isinstance(node, list):
+            stack.extend(node)
+    if layers > MAX_SKELETON_LAYERS or layers * experts > MAX_SKELETON_BLOCKS:
+        what = f"{layers:,} layers" + (f" x {experts:,} experts" if experts > 1 else "")
+        return (f"config.json asks for {what}: too large to build a skeleton of (limits: "
+                f"{MAX_SKELETON_LAYERS:,} layers, {MAX_SKELETON_BLOCKS:,} layers x experts)")
+    return None
 
 
 def _build(transformers: Any, folder: Path, class_name: str
