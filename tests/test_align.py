@@ -136,6 +136,9 @@ def test_a_search_over_max_states_falls_back_to_unique_shapes():
                             "only params with a unique shape are named (4 params left unnamed)")
     assert align_ordered([[(3,)] * 2 + [(9,)], [(3,)] * 2], cands).reason.startswith(
         "4 params fit more than one")
+    # names from the fallback rest on shapes alone: the caller must not say "by order"
+    assert found.by_order is False
+    assert align_ordered([[(3,)] * 2 + [(9,)], [(3,)] * 2], cands).by_order is True
 
 
 def trainer_style(dims, frozen):

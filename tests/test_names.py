@@ -529,3 +529,38 @@ def test_model_option_takes_a_hugging_face_folder_or_its_config(tmp_path):
         assert report["naming"]["source"] == "model_file"
     with pytest.raises(CheckpointError, match="no model found there"):
         inspect_path(tmp_path / "optimizer.pt", model=str(tmp_path), stats=False)
+
+
+class CenterLoss(nn.Module):
+    """The center-loss recipe: the loss has its own learned centers and its own optimizer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.centers = nn.Parameter(torch.randn(3, 4))
+
+
+def test_a_loss_with_its_own_optimizer_names_nothing_it_cannot_place(tmp_path):
+    """{model, optimizer, optimizer_centloss}: the centers (3x4) have the shape of the
+    model's fc.weight and the frozen stem leaves the model enough tensors, so aligned alone
+    either optimizer could take fc.weight. Aligned together the model cannot hold both, so
+    which are the model's is unknown: nothing is named, in either."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))
+    model[0].requires_grad_(False)  # a frozen stem, as fine-tuning does
+    crit = CenterLoss()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    opt_c = torch.optim.SGD(crit.parameters(), lr=0.5, momentum=0.9)
+    for _ in range(2):
+        opt.zero_grad()
+        opt_c.zero_grad()
+        out = model(torch.randn(5, 4))
+        (out.pow(2).mean() + (crit.centers.sum(0)[:3] - out.mean(0)).pow(2).sum()).backward()
+        opt.step()
+        opt_c.step()
+    path = tmp_path / "center.pt"
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "optimizer_centloss": opt_c.state_dict()}, path)
+    for key in ("optimizer", "optimizer_centloss"):
+        naming = inspect_path(path, key=key, stats=False)["naming"]
+        assert naming["named"] == 0, key
+        assert "cannot all hold" in naming["reason"]

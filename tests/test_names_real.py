@@ -50,14 +50,11 @@ EXPECT: dict[str, tuple[str, Any, frozenset[str]]] = {
     # pytorch_model.bin is a torch.save state_dict: the model's order.
     "c2_accelerate_mlp_bin": ("model_state_dict", ALL, frozenset()),
     "d_lightning_gan": ("model_state_dict", ALL, frozenset()),
-    # each optimizer state is aligned with the whole state_dict (both nets): the
-    # discriminator's first Linear (16x8, 16) fits the generator's first layer as well, so
-    # it stays unnamed (a second optimizer may share params; nothing says they are disjoint).
-    "d2_lightning_gan_mirror": ("model_state_dict",
-                                {"generator.0.weight", "generator.0.bias", "generator.1.weight",
-                                 "generator.1.bias", "generator.3.weight", "generator.3.bias",
-                                 "discriminator.2.weight", "discriminator.2.bias"},
-                                frozenset({"discriminator.0.weight", "discriminator.0.bias"})),
+    # the discriminator's first Linear (16x8, 16) fits the generator's first layer as well:
+    # aligned alone, its optimizer could take either; the two optimizer states are aligned
+    # together (no model tensor in two optimizers, a note says so), and the generator's
+    # optimizer takes the generator's layer, so every name is certain.
+    "d2_lightning_gan_mirror": ("model_state_dict", ALL, frozenset()),
     # trainable: blocks 2-3 and head; stem and blocks 0-1 are frozen and not in the optimizer.
     # Which two of the four identical blocks were trained, order and shape cannot tell.
     "e_frozen_backbone": ("model_state_dict", {"head.weight", "head.bias"},

@@ -34,6 +34,7 @@ class Alignment:
     slots: list[list[Candidate | None]]  # per group, per slot: the candidate when certain
     options: dict[tuple[int, int], list[Candidate]]  # (group, slot) -> what a None slot could be
     reason: str | None  # one sentence on why some slots are None (None when all named)
+    by_order: bool = False  # names rest on the order too (align_ordered, no fallback)
 
 
 class _ShapesOnly(Exception):
@@ -52,8 +53,11 @@ def align_ordered(slots: Slots, candidates: list[Candidate] | list[list[Candidat
     lists = _group_lists(slots, candidates)
     try:
         if lists is None:
-            return _ordered_shared(slots, [_norm(c) for c in candidates], max_states)
-        return _ordered_per_group(slots, lists, max_states)
+            found = _ordered_shared(slots, [_norm(c) for c in candidates], max_states)
+        else:
+            found = _ordered_per_group(slots, lists, max_states)
+        found.by_order = True
+        return found
     except _ShapesOnly as stop:
         found = align_by_shape(slots, candidates)
         if found.options:

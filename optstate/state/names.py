@@ -134,7 +134,9 @@ def checkpoint_folder(source: Any) -> Path | None:
 
 def _model_near(source: Any, located: Any) -> tuple[Any, str | None, str | None]:
     """(ModelTensors or None, why none, why its order is unknown): the model beside the
-    optimizer state, when nothing leaves it in doubt which model that is."""
+    optimizer state, when nothing leaves it in doubt which model that is. A model from the
+    container carries ``others``: the slots of the container's other optimizer states,
+    aligned with this one's so that no two optimizers take one tensor."""
     from optstate.io.model_tensors import (
         could_be_parameter,
         model_tensors_from_state_dict,
@@ -179,6 +181,7 @@ def _one_container_model(source: Any, location: str, models: list[Any]
                       f"({where}) and nothing says which one holds this optimizer's "
                       "params"), None
     states = find_optimizer_states(source.obj)
+    model.others = []
     if len(states) > 1:
         held = sum(len(g.get("params", [])) for _, st in states for g in st["param_groups"]
                    if isinstance(g, dict))
@@ -188,7 +191,29 @@ def _one_container_model(source: Any, location: str, models: list[Any]
                           f"params in all) and {model.origin} has only "
                           f"{_count(n, 'parameter tensor')}: it is not the model of all of "
                           "them, and nothing says which"), None
+        mine = _follow_state(source.obj, location)
+        for _, st in states:
+            if st is mine:
+                continue
+            try:
+                other = OptimizerStateView.from_state_dict(st)
+            except CheckpointError:
+                return None, ("another optimizer state in the checkpoint is malformed, so "
+                              "which model tensors it holds is unknown"), None
+            model.others += [[slot_shape(p.state) for p in other.params if p.group == g.index]
+                             for g in other.groups]
     return model, None, None
+
+
+def _follow_state(obj: Any, location: str) -> Any:
+    """The optimizer state at ``location`` (as ``locate`` found it), or None."""
+    from optstate.base.paths import follow
+    from optstate.state.locate import as_optimizer_state
+
+    try:
+        return as_optimizer_state(follow(obj, location)) if location else obj
+    except Exception:  # noqa: BLE001 - a location locate gave; None only if it vanished
+        return None
 
 
 def _folder_model(folder: Path, suffix: str) -> tuple[Any, str | None, str | None]:
@@ -242,8 +267,10 @@ def _read_given(model_file: str | Path) -> tuple[Any, str | None]:
 
 
 # Said with every name matched by order: a group built in another order from same-shaped
-# layers (Adam([*m.decoder.parameters(), *m.encoder.parameters()])) would get swapped names.
-ORDER_ASSUMPTION = "assumes each group lists its params in model order, as model.parameters() does"
+# layers (Adam([*m.decoder.parameters(), *m.encoder.parameters()])) would get swapped names,
+# and a param that is not the model's (a loss's own) could take a float buffer's name.
+ORDER_ASSUMPTION = ("assumes each group holds only this model's params, in model order, as "
+                    "model.parameters() gives them")
 
 
 def name_params(view: OptimizerStateView, source: Any = None, located: Any = None, *,
@@ -329,9 +356,25 @@ def _align(view: OptimizerStateView, model: Any, src: str, source: Any,
             notes.append(f"the Trainer's decay / no-decay rule gives {len(decay)} and "
                          f"{len(no_decay)} params, the optimizer's groups hold {sizes[0]} "
                          f"and {sizes[1]}: the rule was not applied")
-    alignment = (align_ordered if model.ordered else align_by_shape)(slots, candidates)
-    matched = "order and shape" if model.ordered else "shape"
-    if model.ordered and src != "hf_trainer_rule":
+    others = getattr(model, "others", None) or []
+    if others and src == "model_state_dict":  # one list: the other optimizers' groups too
+        notes.append(f"aligned together with the other optimizer states' {len(others)} "
+                     "param group" + "s" * (len(others) != 1) + ", assuming no two "
+                     "optimizers hold one param")
+    joint = slots + (others if src == "model_state_dict" else [])
+    align = align_ordered if model.ordered else align_by_shape
+    alignment = align(joint, candidates)
+    alignment.slots = alignment.slots[:len(slots)]
+    if len(joint) > len(slots) and not any(c for g in alignment.slots for c in g) \
+            and any(c for g in align(slots, candidates).slots for c in g):
+        # alone it would be named; with the others the model cannot hold every param, so
+        # some optimizer holds params that are not the model's, and which is unknown
+        alignment.reason = ("the checkpoint's optimizer states hold params this model "
+                            "cannot all hold (some are not the model's: a loss's own "
+                            "parameters, another model's), so which of them are the "
+                            "model's is unknown")
+    matched = "order and shape" if alignment.by_order else "shape"
+    if alignment.by_order and src != "hf_trainer_rule":
         # Nothing in an optimizer state says in which order its groups list their params;
         # the Trainer's groups are built from named_parameters(), so that case is certain.
         notes.append(ORDER_ASSUMPTION)
