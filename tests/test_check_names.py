@@ -13,10 +13,10 @@ import torch
 
 from optstate.analysis.check import check_checkpoint
 from optstate.analysis.config_from import config_from_checkpoint
-from optstate.state.names import ORDER_ASSUMPTION
 from optstate.render.config_view import to_toml
 from optstate.sim.build import build
 from optstate.sim.config import read_config_file, spec_from_dict
+from optstate.state.names import ORDER_ASSUMPTION
 from tests.test_config_from import SmallCNN, decay_groups, train
 
 
