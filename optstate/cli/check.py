@@ -17,6 +17,7 @@ from optstate.cli import (
     stdout_console,
     warn_unsafe,
 )
+from optstate.cli.flags import MODEL_FILES_HELP
 
 
 @app.command(cls=OptstateCommand)
@@ -31,8 +32,8 @@ def check(
         help=KEY_HELP)] = None,
     model: Annotated[Path | None, typer.Option(
         "--model", "-m", metavar="FILE", help="Name the checkpoint's params from this model "
-        "file (model.safetensors, or a torch.save model state_dict), to compare them with "
-        "the names the config lists.", show_default=False)] = None,
+        f"({MODEL_FILES_HELP}), to compare them with the names the config lists.",
+        show_default=False)] = None,
     trial: Annotated[bool, typer.Option(
         "--trial/--no-trial", help="Also let torch do it: load_state_dict and one step() "
         "on copies (costs one copy of the state).")] = True,

@@ -10,6 +10,7 @@ import typer
 
 from optstate.base.paths import KEY_HELP
 from optstate.cli import UNSAFE_HELP, OptstateCommand, app, errors_to_exit, warn_unsafe
+from optstate.cli.flags import MODEL_FILES_HELP
 
 
 @app.command(name="config", cls=OptstateCommand)
@@ -19,8 +20,8 @@ def config_cmd(
         "folder, or a torch.distributed.checkpoint folder.", show_default=False)],
     key: Annotated[str | None, typer.Option(help=KEY_HELP)] = None,
     model: Annotated[Path | None, typer.Option(
-        "--model", "-m", metavar="FILE", help="Name the params from this model file "
-        "(model.safetensors, or a torch.save model state_dict), so the groups list names.",
+        "--model", "-m", metavar="FILE", help="Name the params from this model "
+        f"({MODEL_FILES_HELP}), so the groups list names.",
         show_default=False)] = None,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write the config to this file (atomically) instead of "

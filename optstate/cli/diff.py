@@ -18,6 +18,7 @@ from optstate.cli import (
     stdout_console,
     warn_unsafe,
 )
+from optstate.cli.flags import MODEL_FILES_HELP
 
 # Differences the human view lists unless --max-diffs or --verbose says otherwise.
 HUMAN_ROWS = 50
@@ -61,8 +62,8 @@ def diff(
         "group's hyperparameters are still compared. Repeatable.",
         rich_help_panel=_CMP)] = None,
     model: Annotated[Path | None, typer.Option(
-        metavar="FILE", help="A model file (.safetensors, or a torch.save state_dict) to name "
-        "the params of optimizer states saved alone; one model for both A and B (each "
+        "--model", "-m", metavar="FILE", help=f"A model ({MODEL_FILES_HELP}) to name the "
+        "params of optimizer states saved alone; one model for both A and B (each "
         "checkpoint's own param_names win).", rich_help_panel=_CMP)] = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="List equal items too.", rich_help_panel=_OUT)] = False,

@@ -17,6 +17,7 @@ from optstate.cli import (
     stdout_console,
     warn_unsafe,
 )
+from optstate.cli.flags import MODEL_FILES_HELP
 
 _FOCUS = "Focus"
 
@@ -55,9 +56,9 @@ def inspect(
         "and files (from the metadata; in --json under \"layout\").",
         rich_help_panel=_FOCUS)] = False,
     model: Annotated[Path | None, typer.Option(
-        "--model", "-m", metavar="FILE", help="Name the params from this model file "
-        "(model.safetensors, or a torch.save model state_dict): for an optimizer file "
-        "saved alone, without param_names and without the model beside it.",
+        "--model", "-m", metavar="FILE", help="Name the params from this model "
+        f"({MODEL_FILES_HELP}): for an optimizer file saved alone, without param_names "
+        "and without the model beside it.",
         show_default=False)] = None,
     json_: Annotated[bool, typer.Option(
         "--json", help="Print one JSON document (schema optstate.inspect/1) on stdout.")
