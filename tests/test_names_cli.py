@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import ROOT
+
 
 class Net(nn.Module):
     def __init__(self) -> None:
@@ -181,3 +183,26 @@ def test_param_hint_in_python_words(tmp_path):
     with pytest.raises(ConfigError) as err:
         inspect_path(tmp_path / "opt_alone.pt", params=["enc*"])
     assert "no names here: model=FILE names them" in err.value.hint
+
+
+def test_diff_and_check_names_lines_wrap_under_their_value(cli, tmp_path, monkeypatch):
+    """diff's and check's names lines (with the order note) wrap like inspect's header: the
+    continuation lines hang under the value, never back to column 0."""
+    monkeypatch.chdir(ROOT)
+    sample = "sample_checkpoints/tutorial_cnn.pt"
+    config = tmp_path / "c.toml"
+    config.write_text(cli("config", sample).stdout)
+    for argv, key in ((("diff", sample, sample), "names a, b:"),
+                      (("check", sample, "--config", str(config)), "names")):
+        r = cli(*argv, env={"COLUMNS": "60"})
+        lines = r.stdout.splitlines()
+        i = next(n for n, line in enumerate(lines) if line.startswith(key))
+        block = [lines[i]]
+        for line in lines[i + 1:]:
+            if not line.startswith(" "):
+                break
+            block.append(line)
+        width = len(key) + 1 if key != "names" else 10
+        assert len(block) >= 3, (argv, block)  # the names line and its note wrapped
+        assert all(line[:width].strip() == "" and line[width] != " " for line in block[1:])
+        assert "model order" in " ".join(block)

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Group
 from rich.text import Text
 
-from optstate.render.inspect_view import names_line
+from optstate.render.inspect_view import Header, names_line
 
 _STYLE = {"fail": "bold red", "warn": "yellow", "info": "dim"}
 _MARK = {"fail": "FAIL", "warn": "WARN", "info": "info"}
@@ -71,7 +71,9 @@ def _names(report: dict[str, Any]) -> list[Text]:
             line.append(f"; {naming['reason']}", style="dim")
         return [line]
     if naming is not None and naming["named"]:
-        return [Text("names     ", style="dim") + names_line(naming)]
+        header = Header()  # wrapped under its value column, as inspect's header is
+        header.add("names", names_line(naming, indent=""))
+        return [header]
     return []
 
 

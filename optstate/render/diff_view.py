@@ -12,6 +12,7 @@ from rich.text import Text
 from optstate.base.values import format_shape
 from optstate.render.fit import Fit
 from optstate.render.human import fmt, fmt_short
+from optstate.render.inspect_view import Header
 from optstate.render.inspect_view import names_line as inspect_names
 
 
@@ -146,20 +147,24 @@ def _side(name: str, side: dict[str, Any] | None, kind: str, groups: int, params
     return text
 
 
-def names_line(naming: dict[str, Any]) -> Text | None:
+def names_line(naming: dict[str, Any]) -> Header | None:
     """Where each side's names came from, worded as ``inspect`` words it
     (``names a, b: 10 of 10 from the model state_dict at ...``, or a line per side when
-    they differ); nothing when neither side is named."""
+    they differ), wrapped under its value column; nothing when neither side is named."""
     sides = {k: v for k, v in naming.items() if v is not None}
     if not any(n["named"] for n in sides.values()):
         return None
     if len(sides) == 2 and sides["a"] == sides["b"]:
-        return Text.assemble(("names a, b: ", "dim"), inspect_names(sides["a"]))
-    # A side with no names is just "none" here: the other side's names label the pair, and
-    # a note says so (its reason is in --json).
-    return Text("\n").join(Text.assemble((f"names {k}: ", "dim"),
-                                          inspect_names(n) if n["named"] else "none")
-                           for k, n in sides.items())
+        rows = [("names a, b:", inspect_names(sides["a"], indent=""))]
+    else:
+        # A side with no names is just "none" here: the other side's names label the
+        # pair, and a note says so (its reason is in --json).
+        rows = [(f"names {k}:", inspect_names(n, indent="") if n["named"] else Text("none"))
+                for k, n in sides.items()]
+    header = Header(key_width=max(len(k) for k, _ in rows) + 1)
+    for key, value in rows:
+        header.add(key, value)
+    return header
 
 
 def tolerance_text(options: dict[str, Any]) -> str:

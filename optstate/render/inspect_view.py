@@ -51,21 +51,23 @@ class Header:
     but not the value column (a 35-character name at 40 columns) is kept whole: that
     value's lines hang less deep; a word wider than the console folds."""
 
-    def __init__(self) -> None:
+    def __init__(self, key_width: int = KEY_WIDTH) -> None:
         self.rows: list[tuple[str, Text]] = []
+        self.key_width = key_width
 
     def add(self, key: str, value: Text) -> None:
         self.rows.append((key, value))
 
     def lines(self, width: int) -> list[Text]:
         out = []
-        first = max(width - KEY_WIDTH, 1)
+        kw = self.key_width
+        first = max(width - kw, 1)
         for key, value in self.rows:
             fits = [len(w) for w in value.plain.split() if len(w) <= width]
             longest = max(fits, default=0)
-            indent = KEY_WIDTH if longest <= first else max(width - longest, 0)
+            indent = kw if longest <= first else max(width - longest, 0)
             for i, line in enumerate(_wrap(value, first, max(width - indent, 1))):
-                lead = key.ljust(KEY_WIDTH) if i == 0 else " " * indent
+                lead = key.ljust(kw) if i == 0 else " " * indent
                 out.append(Text(lead if line.plain else lead.rstrip(), style="dim") + line)
         return out
 
