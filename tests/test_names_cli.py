@@ -206,3 +206,23 @@ def test_diff_and_check_names_lines_wrap_under_their_value(cli, tmp_path, monkey
         assert len(block) >= 3, (argv, block)  # the names line and its note wrapped
         assert all(line[:width].strip() == "" and line[width] != " " for line in block[1:])
         assert "model order" in " ".join(block)
+
+
+def test_step_mismatch_warning_names_the_params(cli, tmp_path):
+    """A layer added to the optimizer later has fewer steps: the warning says which layer
+    by name, not only by position."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    opt = torch.optim.Adam(model[0].parameters(), lr=1e-3)
+    for step in range(3):
+        if step == 2:
+            opt.add_param_group({"params": list(model[1].parameters())})
+        opt.zero_grad()
+        model(torch.randn(2, 3)).sum().backward()
+        opt.step()
+    path = tmp_path / "late.pt"
+    torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict()},
+               path)
+    r = cli("inspect", str(path), "--json")
+    warning = next(w for w in json.loads(r.stdout)["warnings"] if w["code"] == "step_mismatch")
+    assert "2 (1.weight)" in warning["message"] and "0 (0.weight)" in warning["message"]

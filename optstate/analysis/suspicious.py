@@ -235,7 +235,7 @@ def _step_mismatch(view: OptimizerStateView) -> list[dict[str, Any]]:
                 steps.setdefault(s, []).append(p.position)
     if len(steps) < 2:
         return []
-    parts = [f"step {s:g}: param{'s' * (len(ps) != 1)} {places([str(x) for x in ps])}"
+    parts = [f"step {s:g}: param{'s' * (len(ps) != 1)} {places([_label(view, x) for x in ps])}"
              for s, ps in sorted(steps.items())]
     return [finding(
         "step_mismatch", f"step counts differ between params ({'; '.join(parts)}): some params "
