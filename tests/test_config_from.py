@@ -529,7 +529,7 @@ def test_the_header_says_where_names_came_from_and_what_order_they_assume(tmp_pa
     data, text = derived(path)
     said = comments(text)
     assert "names" not in data["groups"][0]
-    assert "1 of 2 params named from model_state_dict" in said
+    assert "names: 1 of 2 from the model state_dict at 'model_state_dict'" in said
     assert "names: 1 of 2 params unnamed:" in said and ORDER_ASSUMPTION in said
 
 

@@ -90,9 +90,8 @@ def config_from_checkpoint(path: str | Path, *, key: str | None = None,
     if located.scheduler_location:
         head.append(f"scheduler state: {located.scheduler_location}")
     if naming.named:
-        how = f"{naming.named} of {naming.total} params named from {naming.source}"
-        head.append(how + (f" ({naming.model})" if naming.model else "")
-                    + (f", matched by {naming.matched}" if naming.matched else ""))
+        head.append(f"names: {naming.from_words()}"
+                    + (f" (matched by {naming.matched})" if naming.matched else ""))
     if naming.reason:
         head.append(f"names: {naming.reason}")
     if naming.named:  # what the names rest on (the order assumption), as inspect says it

@@ -12,6 +12,7 @@ from rich.text import Text
 from optstate.base.values import format_shape
 from optstate.render.human import fmt, fmt_values, groups_table
 from optstate.render.text_table import TextTable
+from optstate.state.names import from_words
 
 FORMAT_LABELS = {
     "zip": "torch.save zip (torch >= 1.6)",
@@ -130,13 +131,6 @@ def header(report: dict[str, Any]) -> Header:
 
 
 # Where names came from, in words, by ``naming.source`` (``optstate.state.names``).
-_SOURCE_WORDS = {
-    "param_names": "the optimizer's param_names",
-    "dcp": "the DCP folder's keys (fully qualified names)",
-    "hf_trainer_rule": "{model}, by the Trainer's decay / no-decay groups",
-}
-
-
 def names_line(naming: dict[str, Any], indent: str = " " * KEY_WIDTH) -> Text:
     """``12 of 12 from the model state_dict at 'model_state_dict' (matched by order and
     shape)``, or ``none: <reason>``, with how to give a model when none was found; each
@@ -149,9 +143,7 @@ def names_line(naming: dict[str, Any], indent: str = " " * KEY_WIDTH) -> Text:
         if naming["model"] is None:  # nothing to name them from: say how to give one
             text.append(" (--model FILE names them)", style="dim")
     else:
-        src = _SOURCE_WORDS.get(naming["source"], "{model}").format(
-            model=naming["model"] or naming["source"])
-        text.append(f"{naming['named']} of {naming['total']} from {src}")
+        text.append(from_words(naming))
         if naming.get("matched"):
             text.append(f" (matched by {naming['matched']})", style="dim")
         if naming["reason"]:

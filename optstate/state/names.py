@@ -62,10 +62,29 @@ class Naming:
     # model's order unknown, e.g. safetensors); None for names the checkpoint holds
     matched: str | None = None
 
+    def from_words(self) -> str:
+        """``10 of 10 from the model state_dict at 'model_state_dict'`` (where the names
+        came from, as every view says it; ``matched`` and ``reason`` are said apart)."""
+        return from_words(self.to_dict())
+
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "named": self.named, "total": self.total,
                 "model": self.model, "matched": self.matched, "reason": self.reason,
                 "notes": list(self.notes)}
+
+
+_SOURCE_WORDS = {
+    "param_names": "the optimizer's param_names",
+    "dcp": "the DCP folder's keys (fully qualified names)",
+    "hf_trainer_rule": "{model}, by the Trainer's decay / no-decay groups",
+}
+
+
+def from_words(naming: dict[str, Any]) -> str:
+    """``Naming.from_words`` for its plain-data form (``Naming.to_dict()``)."""
+    src = _SOURCE_WORDS.get(naming["source"], "{model}").format(
+        model=naming["model"] or naming["source"])
+    return f"{naming['named']} of {naming['total']} from {src}"
 
 
 def _shape(value: Any) -> Shape | None:
