@@ -285,6 +285,10 @@ UNSAFE_HELP = (
     "this machine. Only for files you made yourself."
 )
 
+# What --model takes, said the same way by every command that has it.
+MODEL_FILES_HELP = ("model.safetensors, a torch.save model state_dict, or a Hugging Face "
+                    "folder (or its config.json)")
+
 
 def warn_unsafe() -> None:
     """The loud warning every --unsafe flag prints before loading anything."""

@@ -9,8 +9,14 @@ from typing import Annotated
 import typer
 
 from optstate.base.paths import KEY_HELP
-from optstate.cli import UNSAFE_HELP, OptstateCommand, app, errors_to_exit, warn_unsafe
-from optstate.cli.flags import MODEL_FILES_HELP
+from optstate.cli import (
+    MODEL_FILES_HELP,
+    UNSAFE_HELP,
+    OptstateCommand,
+    app,
+    errors_to_exit,
+    warn_unsafe,
+)
 
 
 @app.command(name="config", cls=OptstateCommand)

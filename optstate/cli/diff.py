@@ -10,6 +10,7 @@ import typer
 
 from optstate.base.paths import KEY_HELP
 from optstate.cli import (
+    MODEL_FILES_HELP,
     UNSAFE_HELP,
     OptstateCommand,
     app,
@@ -18,7 +19,6 @@ from optstate.cli import (
     stdout_console,
     warn_unsafe,
 )
-from optstate.cli.flags import MODEL_FILES_HELP
 
 # Differences the human view lists unless --max-diffs or --verbose says otherwise.
 HUMAN_ROWS = 50

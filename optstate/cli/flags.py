@@ -40,8 +40,3 @@ def flag_words(opt: Option) -> str:
     if isinstance(opt.value, (list, tuple)) and opt.shown is None:  # a repeated option
         return " ".join(f"{flag} {item}" for item in opt.value)
     return f"{flag} {opt.shown if opt.shown is not None else opt.value}"
-
-
-# What --model takes, said the same way by every command that has it.
-MODEL_FILES_HELP = ("model.safetensors, a torch.save model state_dict, or a Hugging Face "
-                    "folder (or its config.json)")

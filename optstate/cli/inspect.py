@@ -9,6 +9,7 @@ import typer
 
 from optstate.base.paths import KEY_HELP
 from optstate.cli import (
+    MODEL_FILES_HELP,
     UNSAFE_HELP,
     OptstateCommand,
     app,
@@ -17,7 +18,6 @@ from optstate.cli import (
     stdout_console,
     warn_unsafe,
 )
-from optstate.cli.flags import MODEL_FILES_HELP
 
 _FOCUS = "Focus"
 

@@ -21,32 +21,17 @@ param stays unnamed and ``Naming.reason`` says why.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optstate.base.errors import CheckpointError
 from optstate.base.values import format_shape
-from optstate.state.view import OptimizerStateView
+from optstate.state.model_near import checkpoint_folder, count, model_near, read_given
+from optstate.state.view import OptimizerStateView, slot_shape
 
 NAME_SOURCES = ("param_names", "dcp", "model_state_dict", "model_file", "hf_trainer_rule")
 
 Shape = tuple[int, ...]
-
-# Naming.reason when nothing near the optimizer state holds a model (the CLI adds how
-# to give one); kept as one constant so views can recognise it.
-NO_MODEL = "the checkpoint holds no param_names and no model state_dict"
-
-# State entries that have the parameter's own shape (torch.optim, transformers,
-# bitsandbytes' 8-bit states), in order of preference.
-FULL_SIZE_ENTRIES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer",
-                     "square_avg", "sum", "acc_delta", "exp_inf", "ax", "prev", "step_size",
-                     "grad_avg", "variance", "state1", "state2", "momentum")
-
-# A Trainer / accelerate optimizer file inside a checkpoint folder (io.source reads the same).
-_OPTIMIZER_FILE = re.compile(r"optimizer(_\d+)?\.(pt|bin|pth)")
-
 
 @dataclass
 class Naming:
@@ -87,40 +72,6 @@ def from_words(naming: dict[str, Any]) -> str:
     return f"{naming['named']} of {naming['total']} from {src}"
 
 
-def _shape(value: Any) -> Shape | None:
-    shape = getattr(value, "shape", None)
-    if shape is None or not hasattr(value, "dtype"):
-        return None
-    return tuple(int(n) for n in shape)
-
-
-def slot_shape(state: dict[str, Any]) -> Shape | None:
-    """The param's shape as its state entries show it; None when they cannot tell.
-
-    An entry known to be full-size (``exp_avg``, ``momentum_buffer``, ...) gives it; a
-    factored second moment gives it from its two factors (torch's Adafactor ``row_var``
-    (..., R, 1) and ``col_var`` (..., 1, C); transformers' ``exp_avg_sq_row`` (..., R) and
-    ``exp_avg_sq_col`` (..., C)); else every tensor entry of one shape (0-d ones aside)
-    gives that shape. An empty or scalar-only state gives None (it fits any tensor).
-    """
-    shapes = {str(k): s for k, v in state.items() if (s := _shape(v)) is not None}
-    for key in FULL_SIZE_ENTRIES:
-        if key in shapes:
-            return shapes[key]
-    row, col = shapes.get("row_var"), shapes.get("col_var")
-    if row and col and len(row) == len(col) >= 2:
-        return row[:-1] + col[-1:]
-    row, col = shapes.get("exp_avg_sq_row"), shapes.get("exp_avg_sq_col")
-    if row and col and len(row) == len(col) >= 1:
-        return row + col[-1:]
-    distinct = {s for s in shapes.values() if len(s) > 0}
-    return distinct.pop() if len(distinct) == 1 else None
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}{'s' * (n != 1)}"
-
-
 def _finish(view: OptimizerStateView, source: str | None, *, model: str | None = None,
             reason: str | None = None, notes: list[str] | None = None,
             matched: str | None = None) -> Naming:
@@ -129,160 +80,13 @@ def _finish(view: OptimizerStateView, source: str | None, *, model: str | None =
     if named == total:
         reason = None
     elif reason is not None and named:
-        reason = f"{total - named} of {_count(total, 'param')} unnamed: {reason}"
+        reason = f"{total - named} of {count(total, 'param')} unnamed: {reason}"
     if not named:
         source = matched = None
     naming = Naming(source, named, total, model=model, reason=reason, notes=notes or [],
                     matched=matched)
     view.naming = naming
     return naming
-
-
-def checkpoint_folder(source: Any) -> Path | None:
-    """The Hugging Face / accelerate checkpoint folder the optimizer state was read
-    from (the folder named, or the folder of an ``optimizer.pt`` named directly)."""
-    if source is None or getattr(source, "format", None) == "dcp":
-        return None
-    path, file = Path(source.path), Path(source.file)
-    if path.is_dir():
-        return path
-    if _OPTIMIZER_FILE.fullmatch(file.name):
-        return file.parent
-    return None
-
-
-def _model_near(source: Any, located: Any) -> tuple[Any, str | None, str | None]:
-    """(ModelTensors or None, why none, why its order is unknown): the model beside the
-    optimizer state, when nothing leaves it in doubt which model that is. A model from the
-    container carries ``others``: the slots of the container's other optimizer states,
-    aligned with this one's so that no two optimizers take one tensor."""
-    from optstate.io.model_tensors import (
-        could_be_parameter,
-        model_tensors_from_state_dict,
-        models_in_container,
-    )
-
-    if source is None:
-        return None, NO_MODEL, None
-    location = getattr(located, "location", "") or ""
-    models = []
-    for loc, sd in models_in_container(source.obj, location):
-        tensors = model_tensors_from_state_dict(
-            sd, origin=f"the model state_dict at '{loc}'", path=str(source.file), location=loc)
-        if any(could_be_parameter(t) for t in tensors.tensors):  # not an rng state, a log
-            models.append(tensors)
-    if models:
-        return _one_container_model(source, location, models)
-    folder = checkpoint_folder(source)
-    if folder is None:
-        return None, NO_MODEL, None
-    m = _OPTIMIZER_FILE.fullmatch(Path(source.file).name)
-    return _folder_model(folder, (m.group(1) or "") if m else "")
-
-
-def _signature(model: Any) -> list[tuple[str, Shape]]:
-    from optstate.io.model_tensors import could_be_parameter
-
-    return [(t.name, tuple(t.shape)) for t in model.tensors if could_be_parameter(t)]
-
-
-def _one_container_model(source: Any, location: str, models: list[Any]
-                         ) -> tuple[Any, str | None, str | None]:
-    """The one model of a container, or None and why it is not certain which (two
-    different models: an actor and a critic; several optimizers that one model cannot
-    all hold)."""
-    from optstate.state.locate import find_optimizer_states
-
-    model = models[0]
-    if any(_signature(m) != _signature(model) for m in models[1:]):  # an EMA copy is alike
-        where = ", ".join(f"'{m.location}'" for m in models)
-        return None, (f"the checkpoint holds {len(models)} different model state_dicts "
-                      f"({where}) and nothing says which one holds this optimizer's "
-                      "params"), None
-    states = find_optimizer_states(source.obj)
-    model.others = []
-    if len(states) > 1:
-        held = sum(len(g.get("params", [])) for _, st in states for g in st["param_groups"]
-                   if isinstance(g, dict))
-        n = len(_signature(model))
-        if n < held:
-            return None, (f"the checkpoint holds {len(states)} optimizer states ({held} "
-                          f"params in all) and {model.origin} has only "
-                          f"{_count(n, 'parameter tensor')}: it is not the model of all of "
-                          "them, and nothing says which"), None
-        mine = _follow_state(source.obj, location)
-        for _, st in states:
-            if st is mine:
-                continue
-            try:
-                other = OptimizerStateView.from_state_dict(st)
-            except CheckpointError:
-                return None, ("another optimizer state in the checkpoint is malformed, so "
-                              "which model tensors it holds is unknown"), None
-            model.others += [[slot_shape(p.state) for p in other.params if p.group == g.index]
-                             for g in other.groups]
-    return model, None, None
-
-
-def _follow_state(obj: Any, location: str) -> Any:
-    """The optimizer state at ``location`` (as ``locate`` found it), or None."""
-    from optstate.base.paths import follow
-    from optstate.state.locate import as_optimizer_state
-
-    try:
-        return as_optimizer_state(follow(obj, location)) if location else obj
-    except Exception:  # noqa: BLE001 - a location locate gave; None only if it vanished
-        return None
-
-
-def _folder_model(folder: Path, suffix: str) -> tuple[Any, str | None, str | None]:
-    """A Hugging Face / accelerate folder's model: the skeleton from config.json, else the
-    model file beside (``suffix`` "_1": accelerate's second model, for optimizer_1.bin)."""
-    from optstate.io.model_tensors import find_model_beside, read_model_file
-    from optstate.state.hf_model import skeleton_tensors
-
-    why_not = None
-    if not suffix:  # config.json describes the folder's (first) model
-        skeleton, why_not = skeleton_tensors(folder)
-        if skeleton is not None:
-            return skeleton, None, None
-    beside = find_model_beside(folder, suffix)
-    if beside is None:
-        if suffix:
-            return None, (f"no model{suffix}.safetensors or pytorch_model{suffix}.bin (the "
-                          f"model saved with optimizer{suffix}) in {folder.name}"), None
-        return None, NO_MODEL, None
-    try:
-        tensors = read_model_file(beside)
-    except CheckpointError as e:
-        return None, f"the model file beside it ({beside.name}) could not be read: {e}", None
-    unordered = None
-    if not tensors.ordered:
-        unordered = f"{beside.name} lists tensors by name, not in the model's order"
-        if why_not and (folder / "config.json").is_file():
-            unordered += f", and the model could not be built from config.json: {why_not}"
-    return tensors, None, unordered
-
-
-def _read_given(model_file: str | Path) -> tuple[Any, str | None]:
-    """A model the user named: a model file, or a Hugging Face folder (or its config.json):
-    its skeleton when transformers can build it, else its model file. (model, why the
-    order is unknown)."""
-    from optstate.io.model_tensors import read_model_file
-
-    path = Path(model_file)
-    folder = path.parent if path.name == "config.json" and path.is_file() else path
-    if not folder.is_dir():
-        model = read_model_file(path)
-        return model, (None if model.ordered
-                       else f"{model.origin} lists tensors by name, not in the model's order")
-    model, why, unordered = _folder_model(folder, "")
-    if model is None:
-        raise CheckpointError(
-            f"{path}: no model found there: {why}",
-            hint="give a model file (model.safetensors, pytorch_model.bin) or a Hugging Face "
-            "folder with config.json (and transformers installed)")
-    return model, unordered
 
 
 # Said with every name matched by order: a group built in another order from same-shaped
@@ -301,7 +105,7 @@ def name_params(view: OptimizerStateView, source: Any = None, located: Any = Non
 
     Never raises because params cannot be named (the ``Naming`` says why); raises
     ``CheckpointError`` for a ``model_file`` that is missing or holds no model."""
-    given, given_unordered = (_read_given(model_file) if model_file is not None
+    given, given_unordered = (read_given(model_file) if model_file is not None
                               else (None, None))
     pre = [p for p in view.params if p.name is not None]
     if pre:  # the checkpoint's own names (param_names, FQN keys) win
@@ -315,7 +119,7 @@ def name_params(view: OptimizerStateView, source: Any = None, located: Any = Non
     if given is not None:
         model, why, unordered, src = given, None, given_unordered, "model_file"
     else:
-        model, why, unordered = _model_near(source, located)
+        model, why, unordered = model_near(source, located)
         src = "model_state_dict"
     if model is None:
         return _finish(view, None, reason=why)
@@ -335,8 +139,8 @@ def _align(view: OptimizerStateView, model: Any, src: str, source: Any,
     total = view.n_params
     if len(tensors) < total:
         return _finish(view, None, model=model.origin, notes=notes, reason=(
-            f"{model.origin} has {_count(len(tensors), 'parameter tensor')}, the optimizer "
-            f"{_count(total, 'param')}: it is not this optimizer's model"))
+            f"{model.origin} has {count(len(tensors), 'parameter tensor')}, the optimizer "
+            f"{count(total, 'param')}: it is not this optimizer's model"))
     shapes = {tuple(t.shape) for t in tensors}
     foreign = [(p, sh) for ps, ss in zip(by_group, slots, strict=True)
                for p, sh in zip(ps, ss, strict=True) if sh is not None and sh not in shapes]

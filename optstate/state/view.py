@@ -115,3 +115,40 @@ class OptimizerStateView:
             for k in g.hyperparams:
                 seen.setdefault(k, None)
         return list(seen)
+
+
+# State entries that have the parameter's own shape (torch.optim, transformers,
+# bitsandbytes' 8-bit states), in order of preference.
+FULL_SIZE_ENTRIES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer",
+                     "square_avg", "sum", "acc_delta", "exp_inf", "ax", "prev", "step_size",
+                     "grad_avg", "variance", "state1", "state2", "momentum")
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    shape = getattr(value, "shape", None)
+    if shape is None or not hasattr(value, "dtype"):
+        return None
+    return tuple(int(n) for n in shape)
+
+
+def slot_shape(state: dict[str, Any]) -> tuple[int, ...] | None:
+    """The param's shape as its state entries show it; None when they cannot tell.
+
+    An entry known to be full-size (``exp_avg``, ``momentum_buffer``, ...) gives it; a
+    factored second moment gives it from its two factors (torch's Adafactor ``row_var``
+    (..., R, 1) and ``col_var`` (..., 1, C); transformers' ``exp_avg_sq_row`` (..., R) and
+    ``exp_avg_sq_col`` (..., C)); else every tensor entry of one shape (0-d ones aside)
+    gives that shape. An empty or scalar-only state gives None (it fits any tensor).
+    """
+    shapes = {str(k): s for k, v in state.items() if (s := _shape(v)) is not None}
+    for key in FULL_SIZE_ENTRIES:
+        if key in shapes:
+            return shapes[key]
+    row, col = shapes.get("row_var"), shapes.get("col_var")
+    if row and col and len(row) == len(col) >= 2:
+        return row[:-1] + col[-1:]
+    row, col = shapes.get("exp_avg_sq_row"), shapes.get("exp_avg_sq_col")
+    if row and col and len(row) == len(col) >= 1:
+        return row + col[-1:]
+    distinct = {s for s in shapes.values() if len(s) > 0}
+    return distinct.pop() if len(distinct) == 1 else None
