@@ -41,6 +41,7 @@ from typing import Any
 
 from optstate.base.errors import CheckpointError, OptstateError, option
 from optstate.base.paths import Step, display, format_path, join, parse_path, step_into
+from optstate.io.torch_file import ZIP_MAGIC
 
 Shape = tuple[int, ...]
 
@@ -81,7 +82,6 @@ MODEL_KEYS = ("model_state_dict", "model", "state_dict", "model_state", "module"
 MODEL_FILES = ("pytorch_model.bin", "model.safetensors", "model.safetensors.index.json",
                "pytorch_model.bin.index.json")
 
-_ZIP_MAGIC = b"PK\x03\x04"
 _SHARD_NAME = re.compile(r"[^/\\\x00]+")
 
 
@@ -321,7 +321,7 @@ def read_model_file(path: str | Path) -> ModelTensors:
         head = f.read(16)
     if p.name.endswith(".index.json"):
         return _read_index(p)
-    if head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80":
+    if head.startswith(ZIP_MAGIC) or head[:1] == b"\x80":
         return _read_torch_file(p)
     if p.suffix == ".safetensors" or (len(head) > 8 and head[8:9] == b"{"):
         tensors = _safetensors_tensors(p)

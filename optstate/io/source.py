@@ -22,10 +22,10 @@ from optstate.io.torch_file import load_torch_file
 from optstate.io.walk import WalkReport, check_copyable, walk
 
 # Hugging Face Trainer writes optimizer.pt / scheduler.pt; accelerate writes .bin.
-HF_OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin", "optimizer_0.bin", "optimizer.pth")
+HFOPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin", "optimizer_0.bin", "optimizer.pth")
 HF_SCHEDULER_FILES = ("scheduler.pt", "scheduler.bin", "scheduler_0.bin", "scheduler.pth")
 # accelerate numbers the second optimizer's files: optimizer_1.bin, scheduler_1.bin.
-_OPTIMIZER_FILE = re.compile(r"optimizer(_\d+)?\.(pt|bin|pth)")
+OPTIMIZER_FILE = re.compile(r"optimizer(_\d+)?\.(pt|bin|pth)")
 
 
 @dataclass
@@ -67,7 +67,7 @@ def open_source(path: str | Path, *, mmap: bool = True, unsafe: bool = False,
         check_copyable(loaded.walk, str(p), copying)
     src = Source(path=p, file=p, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj,
                  walk=loaded.walk)
-    if _OPTIMIZER_FILE.fullmatch(p.name):  # a Trainer / accelerate file named directly
+    if OPTIMIZER_FILE.fullmatch(p.name):  # a Trainer / accelerate file named directly
         _add_scheduler_sibling(src, p, unsafe=unsafe)
     return src
 
@@ -75,14 +75,14 @@ def open_source(path: str | Path, *, mmap: bool = True, unsafe: bool = False,
 def _open_folder(p: Path, *, mmap: bool, unsafe: bool, copying: str | None) -> Source:
     if (p / ".metadata").is_file():
         return _open_dcp(p)
-    found = sorted(n.name for n in p.iterdir() if _OPTIMIZER_FILE.fullmatch(n.name)
+    found = sorted(n.name for n in p.iterdir() if OPTIMIZER_FILE.fullmatch(n.name)
                    and n.is_file())
     if len(found) > 1:  # accelerate with several optimizers: optimizer.bin, optimizer_1.bin
         raise NoOptimizerStateError(
             f"{p} holds {len(found)} optimizer files: {', '.join(found)}",
             hint=f"give one of them, e.g. {p / found[0]}",
         )
-    opt_file = next((p / n for n in HF_OPTIMIZER_FILES if (p / n).is_file()),
+    opt_file = next((p / n for n in HFOPTIMIZER_FILES if (p / n).is_file()),
                     p / found[0] if found else None)
     if opt_file is None:
         raise CheckpointError(
@@ -114,7 +114,7 @@ def _open_dcp(p: Path) -> Source:
 def _scheduler_file(opt_file: Path) -> Path | None:
     """The scheduler file written with ``opt_file``: optimizer_1.bin pairs with
     scheduler_1.bin (accelerate); optimizer.pt with scheduler.pt (Trainer)."""
-    m = _OPTIMIZER_FILE.fullmatch(opt_file.name)
+    m = OPTIMIZER_FILE.fullmatch(opt_file.name)
     folder = opt_file.parent
     if m is not None:
         twin = folder / f"scheduler{m.group(1) or ''}.{m.group(2)}"

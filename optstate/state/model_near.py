@@ -5,11 +5,11 @@ or a model the user named; and saying why not when it is not certain which model
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from optstate.base.errors import CheckpointError
+from optstate.io.source import OPTIMIZER_FILE
 from optstate.state.view import OptimizerStateView, slot_shape
 
 Shape = tuple[int, ...]
@@ -18,8 +18,6 @@ Shape = tuple[int, ...]
 # to give one); kept as one constant so views can recognise it.
 NO_MODEL = "the checkpoint holds no param_names and no model state_dict"
 
-# A Trainer / accelerate optimizer file inside a checkpoint folder (io.source reads the same).
-_OPTIMIZER_FILE = re.compile(r"optimizer(_\d+)?\.(pt|bin|pth)")
 
 
 def count(n: int, word: str) -> str:
@@ -35,16 +33,17 @@ def checkpoint_folder(source: Any) -> Path | None:
     path, file = Path(source.path), Path(source.file)
     if path.is_dir():
         return path
-    if _OPTIMIZER_FILE.fullmatch(file.name):
+    if OPTIMIZER_FILE.fullmatch(file.name):
         return file.parent
     return None
 
 
-def model_near(source: Any, located: Any) -> tuple[Any, str | None, str | None]:
-    """(ModelTensors or None, why none, why its order is unknown): the model beside the
-    optimizer state, when nothing leaves it in doubt which model that is. A model from the
-    container carries ``others``: the slots of the container's other optimizer states,
-    aligned with this one's so that no two optimizers take one tensor."""
+def model_near(source: Any, located: Any
+               ) -> tuple[Any, str | None, str | None, list[list[Shape | None]]]:
+    """(ModelTensors or None, why none, why its order is unknown, others): the model beside
+    the optimizer state, when nothing leaves it in doubt which model that is. ``others``:
+    for a model from the container, the slot shapes of the container's other optimizer
+    states' groups, to align with this one's so that no two optimizers take one tensor."""
     from optstate.io.model_tensors import (
         could_be_parameter,
         model_tensors_from_state_dict,
@@ -52,7 +51,7 @@ def model_near(source: Any, located: Any) -> tuple[Any, str | None, str | None]:
     )
 
     if source is None:
-        return None, NO_MODEL, None
+        return None, NO_MODEL, None, []
     location = getattr(located, "location", "") or ""
     models = []
     for loc, sd in models_in_container(source.obj, location):
@@ -61,12 +60,14 @@ def model_near(source: Any, located: Any) -> tuple[Any, str | None, str | None]:
         if any(could_be_parameter(t) for t in tensors.tensors):  # not an rng state, a log
             models.append(tensors)
     if models:
-        return _one_container_model(source, location, models)
+        model, why, others = _one_container_model(source, getattr(located, "state", None),
+                                                  models)
+        return model, why, None, others
     folder = checkpoint_folder(source)
     if folder is None:
-        return None, NO_MODEL, None
-    m = _OPTIMIZER_FILE.fullmatch(Path(source.file).name)
-    return _folder_model(folder, (m.group(1) or "") if m else "")
+        return None, NO_MODEL, None, []
+    m = OPTIMIZER_FILE.fullmatch(Path(source.file).name)
+    return (*_folder_model(folder, (m.group(1) or "") if m else ""), [])
 
 
 def _signature(model: Any) -> list[tuple[str, Shape]]:
@@ -75,9 +76,10 @@ def _signature(model: Any) -> list[tuple[str, Shape]]:
     return [(t.name, tuple(t.shape)) for t in model.tensors if could_be_parameter(t)]
 
 
-def _one_container_model(source: Any, location: str, models: list[Any]
-                         ) -> tuple[Any, str | None, str | None]:
-    """The one model of a container, or None and why it is not certain which (two
+def _one_container_model(source: Any, mine: Any, models: list[Any]
+                         ) -> tuple[Any, str | None, list[list[Shape | None]]]:
+    """The one model of a container and the other optimizer states' slot shapes (``mine``
+    is this optimizer's state), or None and why it is not certain which model (two
     different models: an actor and a critic; several optimizers that one model cannot
     all hold)."""
     from optstate.state.locate import find_optimizer_states
@@ -87,9 +89,9 @@ def _one_container_model(source: Any, location: str, models: list[Any]
         where = ", ".join(f"'{m.location}'" for m in models)
         return None, (f"the checkpoint holds {len(models)} different model state_dicts "
                       f"({where}) and nothing says which one holds this optimizer's "
-                      "params"), None
+                      "params"), []
     states = find_optimizer_states(source.obj)
-    model.others = []
+    others: list[list[Shape | None]] = []
     if len(states) > 1:
         held = sum(len(g.get("params", [])) for _, st in states for g in st["param_groups"]
                    if isinstance(g, dict))
@@ -98,8 +100,7 @@ def _one_container_model(source: Any, location: str, models: list[Any]
             return None, (f"the checkpoint holds {len(states)} optimizer states ({held} "
                           f"params in all) and {model.origin} has only "
                           f"{count(n, 'parameter tensor')}: it is not the model of all of "
-                          "them, and nothing says which"), None
-        mine = _follow_state(source.obj, location)
+                          "them, and nothing says which"), []
         for _, st in states:
             if st is mine:
                 continue
@@ -107,21 +108,10 @@ def _one_container_model(source: Any, location: str, models: list[Any]
                 other = OptimizerStateView.from_state_dict(st)
             except CheckpointError:
                 return None, ("another optimizer state in the checkpoint is malformed, so "
-                              "which model tensors it holds is unknown"), None
-            model.others += [[slot_shape(p.state) for p in other.params if p.group == g.index]
-                             for g in other.groups]
-    return model, None, None
-
-
-def _follow_state(obj: Any, location: str) -> Any:
-    """The optimizer state at ``location`` (as ``locate`` found it), or None."""
-    from optstate.base.paths import follow
-    from optstate.state.locate import as_optimizer_state
-
-    try:
-        return as_optimizer_state(follow(obj, location)) if location else obj
-    except Exception:  # noqa: BLE001 - a location locate gave; None only if it vanished
-        return None
+                              "which model tensors it holds is unknown"), []
+            others += [[slot_shape(p.state) for p in other.params if p.group == g.index]
+                       for g in other.groups]
+    return model, None, others
 
 
 def _folder_model(folder: Path, suffix: str) -> tuple[Any, str | None, str | None]:

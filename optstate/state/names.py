@@ -117,17 +117,18 @@ def name_params(view: OptimizerStateView, source: Any = None, located: Any = Non
         return _finish(view, sources.pop() if len(sources) == 1 else None, notes=notes,
                        reason="only some param groups carry param_names")
     if given is not None:
-        model, why, unordered, src = given, None, given_unordered, "model_file"
+        model, why, unordered, others = given, None, given_unordered, []
+        src = "model_file"
     else:
-        model, why, unordered = model_near(source, located)
+        model, why, unordered, others = model_near(source, located)
         src = "model_state_dict"
     if model is None:
         return _finish(view, None, reason=why)
-    return _align(view, model, src, source, unordered)
+    return _align(view, model, src, source, unordered, others)
 
 
 def _align(view: OptimizerStateView, model: Any, src: str, source: Any,
-           unordered: str | None) -> Naming:
+           unordered: str | None, others: list[list[Shape | None]]) -> Naming:
     """Name ``view``'s params from ``model`` (``ModelTensors``) by order and shape."""
     from optstate.io.model_tensors import could_be_parameter
     from optstate.state.align import Candidate, align_by_shape, align_ordered
@@ -179,7 +180,6 @@ def _align(view: OptimizerStateView, model: Any, src: str, source: Any,
             notes.append(f"the Trainer's decay / no-decay rule gives {len(decay)} and "
                          f"{len(no_decay)} params, the optimizer's groups hold {sizes[0]} "
                          f"and {sizes[1]}: the rule was not applied")
-    others = getattr(model, "others", None) or []
     if others and src == "model_state_dict":  # one list: the other optimizers' groups too
         notes.append(f"aligned together with the other optimizer states' {len(others)} "
                      "param group" + "s" * (len(others) != 1) + ", assuming no two "
