@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from optstate.numeric import kernel_switch, kernels
 from optstate.numeric.compare import compare_tensors
 from optstate.numeric.tolerance import sum_rtol
+from tests.test_stats import true_norm  # one reference norm for both files
 
 from .kernel_paths import kernel_path  # noqa: F401 - autouse: every test on every path
 from .test_diff_nan import KEYS as NONFINITE
@@ -39,17 +40,6 @@ def reference(a, b, atol=0.0, rtol=0.0, nan_equal=True) -> dict:
         "norm_a": true_norm(fa) if fa.numel() else None,
         "norm_b": true_norm(fb) if fb.numel() else None,
     }
-
-
-def true_norm(f: torch.Tensor) -> float:
-    """torch's float64 norm, rescaled where the squares leave the float64 range (there
-    torch's own norm() returns inf, 0, or loses digits to subnormal squares: a norm below
-    sqrt(2.2e-308) = 1.49e-154; optstate gives the true value)."""
-    plain = float(f.norm())
-    peak = float(f.abs().max())
-    if peak > 0 and (plain == float("inf") or plain < 1.4916681462400413e-154):
-        return peak * float((f / peak).norm())
-    return plain
 
 
 def assert_agrees(a, b, **tol) -> None:
