@@ -240,15 +240,20 @@ def prescan_stream(f: Any, size: int, label: str) -> None:
 def _torch_load(p: Path, fmt: str, target: Any, use_mmap: bool, unsafe: bool) -> Any:
     import torch
 
+    from optstate.io import inert
+
     try:
-        with warnings.catch_warnings(), torch.sparse.check_sparse_tensor_invariants(True):
+        with warnings.catch_warnings(), torch.sparse.check_sparse_tensor_invariants(True), (
+                contextlib.nullcontext() if unsafe else inert.decoding()) as decoded:
             warnings.simplefilter("ignore")
-            return torch.load(
+            obj = torch.load(
                 target,
                 map_location="cpu",
                 weights_only=not unsafe,  # always explicit: see the module docstring
                 mmap=use_mmap,
             )
+        # foreign classes (DeepSpeed's, torchao's, DTensor) were decoded inertly (inert.py)
+        return inert.settle(obj) if decoded is not None and decoded.tensors else obj
     except pickle.UnpicklingError as e:
         raise _refusal(p, e) from None
     except OptstateError:

@@ -24,6 +24,7 @@ from typing import Any
 
 from optstate.base.errors import CheckpointError
 from optstate.base.limits import LimitError, Limits, current, size_text
+from optstate.io.inert import Inert, InertTensor
 
 # Real optimizer states are a few levels deep (Lightning: 4) and hold a handful of
 # entries per parameter; these limits (``limits.py``: depth, nodes) are orders of
@@ -34,7 +35,7 @@ MAX_NODES = Limits().nodes
 # allocates that shape in full. 2**28 elements is 1 GiB of float32.
 MAX_SPARSE_DENSE = 2**28
 
-_CONTAINERS = (dict, list, tuple, set, frozenset)
+_CONTAINERS = (dict, list, tuple, set, frozenset, Inert, InertTensor)
 
 
 @dataclass
@@ -78,6 +79,9 @@ class _Frame:
 
 def _children(obj: Any) -> Iterator[tuple[Any, Any]]:
     if isinstance(obj, dict):
+        return iter(list(obj.items()))
+    if isinstance(obj, (Inert, InertTensor)):  # a foreign object decoded inertly
+        obj = obj.fields()
         return iter(list(obj.items()))
     if isinstance(obj, (set, frozenset)):
         return ((None, v) for v in list(obj))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from optstate.base.errors import CheckpointError
+from optstate.state.packed import unpack_state
 
 # Keys of a param group that are bookkeeping, not hyperparameters.
 GROUP_META_KEYS = ("params", "param_names")
@@ -36,6 +37,10 @@ class ParamView:
     aliases: tuple[str, ...] = ()  # other names of the same (tied) parameter
     # The parameter's shape in the model it was named from (names.name_params), when known.
     model_shape: tuple[int, ...] | None = None
+    # The state as stored, when ``state`` had to be unpacked from it (8-bit, DTensor,
+    # nested: ``packed.unpack_state``), and how each unpacked entry is stored.
+    raw_state: dict[str, Any] | None = None
+    stored: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -89,7 +94,9 @@ class OptimizerStateView:
                 # get_optimizer_state_dict (FSDP, DCP) keys state by parameter name.
                 name = names[j] if names else (key if isinstance(key, str) else None)
                 source = ("param_names" if names else "dcp") if name is not None else None
-                params.append(ParamView(pos, key, gi, name, st, source))
+                entries, stored = unpack_state(st)
+                params.append(ParamView(pos, key, gi, name, entries, source,
+                                        raw_state=st if stored else None, stored=stored))
         known = set()
         for k in all_keys:
             try:

@@ -1,0 +1,67 @@
+"""Per-parameter state as the optimizer means it, when it is not stored as plain tensors.
+
+``Optimizer.state_dict()`` of torch.optim holds one tensor per entry. Other optimizers
+store an entry packed or wrapped, and every view (statistics, warnings, diff, names)
+must see the moment the optimizer means, not its storage:
+
+- bitsandbytes' 8-bit optimizers: ``state1`` as uint8 codes with ``qmap1`` and
+  ``absmax1`` (blockwise quantization), under ``__bnb_optimizer_quant_state__``
+  (``state.lowbit``);
+- torchao's low-bit optimizers: ``exp_avg`` as an ``OptimState8bit`` / ``OptimState4bit`` /
+  ``OptimStateFp8`` tensor subclass, decoded inertly (``io.inert``; ``state.lowbit``);
+- FSDP2: a ``DTensor`` per entry, this rank's shard of the whole (``state.sharded``);
+- nested state: heavyball keeps each param's state in a dict per inner group, pytorch-
+  optimizer's ScalableShampoo in objects (``state.nested``).
+
+``unpack_state(raw)`` returns the logical entries (name -> torch.Tensor or plain value;
+what ``ParamView.state`` holds) and, for each entry not stored as itself, a plain-data
+description of its storage (``ParamView.stored``; JSON ``params[].stored``):
+
+    {"format": str,            # "bitsandbytes-8bit" | "torchao-8bit" | "torchao-4bit" |
+                               # "torchao-fp8" | "dtensor" | "nested"
+     "from": [str, ...],       # the raw keys (paths) it was read from
+     "dtype": str,             # the stored element type ("uint8", "float8_e4m3fn", ...)
+     "block_size": int,        # quantized formats
+     "bytes_stored": int, "bytes_float32": int,   # quantized formats
+     "global_shape": [int], "local_shape": [int], "placements": [str], "mesh": [int]}
+                               # dtensor (only the keys that apply are present)
+
+``describe_stored(d)`` is the one line a human view shows for it. The raw state stays in
+``ParamView.raw_state`` (what ``set`` and ``convert`` write back).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def unpack_state(raw: dict[Any, Any]) -> tuple[dict[Any, Any], dict[str, dict[str, Any]]]:
+    """(logical entries, storage descriptions) of one param's raw state; see the module
+    docstring. A raw state of plain tensors comes back as it is, with no descriptions."""
+    entries: dict[Any, Any] = dict(raw)
+    stored: dict[str, dict[str, Any]] = {}
+    for unpack in _UNPACKERS:
+        entries = unpack(entries, stored)
+    return entries, stored
+
+
+def describe_stored(d: dict[str, Any]) -> str:
+    """One line for a human view: how an entry is stored."""
+    parts = [str(d.get("format", "?"))]
+    if "dtype" in d:
+        parts.append(str(d["dtype"]))
+    if "block_size" in d:
+        parts.append(f"blocks of {d['block_size']}")
+    if d.get("bytes_stored") is not None and d.get("bytes_float32"):
+        parts.append(f"{d['bytes_stored'] / d['bytes_float32']:.0%} of float32")
+    if "global_shape" in d:
+        parts.append(f"local {d.get('local_shape')} of {d['global_shape']}")
+    return ", ".join(parts)
+
+
+def _identity(entries: dict[Any, Any], stored: dict[str, dict[str, Any]]) -> dict[Any, Any]:
+    return entries
+
+
+# Each takes the entries so far and the descriptions, and returns the new entries.
+_UNPACKERS = [_identity]
