@@ -137,3 +137,26 @@ def test_nothing_can_run_on_a_tensor_stand_in():
         t + 1
     with pytest.raises(TypeError, match="decoded inertly"):
         torch.add(t, 1)
+
+
+def test_a_decoded_object_is_never_written_back_as_optstates_stand_in(tmp_path):
+    """set would save the stand-in class instead of torchao's: a file torchao cannot
+    load. It is refused with one Error line before anything is written."""
+    from typer.testing import CliRunner
+
+    from optstate.cli import app
+
+    out = tmp_path / "out.pt"
+    r = CliRunner().invoke(app, ["set", str(FIXTURES / "lowbit" / "torchao_AdamW8bit" /
+                                             "optimizer.pt"), "--lr", "0.5", "-o", str(out)])
+    assert r.exit_code == 2
+    assert r.output.startswith("Error: the checkpoint holds "
+                               "torchao.optim.subclass_8bit.OptimState8bit objects")
+    assert "Traceback" not in r.output
+    assert list(tmp_path.iterdir()) == []
+    import pickle
+
+    scaler = load_torch_file(next((FIXTURES / "deepspeed" / "zero1_fp16_ws1").rglob(
+        "*optim_states.pt"))).obj["optimizer_state_dict"]["loss_scaler"]
+    with pytest.raises(Exception, match="cannot write back"):
+        pickle.dumps(scaler)

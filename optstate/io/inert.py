@@ -107,6 +107,12 @@ class Inert:
         out.update((str(k), v) for k, v in self.state.items())
         return out
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise _unwritable(self.qualname)
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return self  # read-only: a copy is the same fields
+
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in list(self.fields().items())[:6])
         return f"<{self.qualname} {inner}>"
@@ -133,8 +139,25 @@ class InertTensor:
     def fields(self) -> dict[str, Any]:
         return {str(k): v for k, v in self.state.items()}
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise _unwritable(self.qualname)
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return self
+
     def __repr__(self) -> str:
         return f"<{self.qualname} {self.dtype} {list(self.shape)}>"
+
+
+def _unwritable(qualname: str) -> Exception:
+    """Writing a decoded object back would save optstate's stand-in, not the library's
+    class: a file the library could not load. Refused before anything is written."""
+    from optstate.base.errors import CheckpointError
+
+    return CheckpointError(
+        f"the checkpoint holds {qualname} objects, which optstate reads (decoded without "
+        "their library) but cannot write back",
+        hint="change this checkpoint with the library that wrote it")
 
 
 _object_classes: dict[str, type] = {}
