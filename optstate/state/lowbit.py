@@ -1,0 +1,136 @@
+"""Low-bit optimizer states as the moments they stand for (an unpacker of ``state.packed``).
+
+bitsandbytes' 8-bit optimizers: ``Optimizer8bit.state_dict()`` moves every key of its
+``non_castable_tensor_keys`` (state1/2, qmap1/2, absmax1/2, max1/2, new_max1/2, gnorm_vec,
+unorm_vec) of each param into a dict under ``__bnb_optimizer_quant_state__`` (older
+versions kept them beside ``step``). A param with fewer than ``min_8bit_size`` (4096)
+elements keeps float32 ``state1``/``state2`` there. ``bnb`` gives entries ``state1`` and
+``state2``: dequantized (``numeric.dequant.bnb_8bit``) when they are uint8 codes with their
+``qmapN`` and ``absmaxN``, as they are when float32 (AdEMAMix8bit's ``state1`` holds its
+two moments stacked, (2, *shape)). Every other key of the dict stays an entry under its
+own name (``__bnb_optimizer_quant_state__.KEY`` if that name is taken): nothing is dropped.
+
+torchao's low-bit optimizers: an entry that is an ``io.inert.InertTensor`` of
+``OptimState8bit`` / ``OptimState4bit`` / ``OptimStateFp8`` becomes its dequantized value
+(``torchao``).
+
+Each such entry gets its ``stored`` description (``state.packed``'s schema; ``signed`` for
+torchao; ``blocks`` for bitsandbytes; ``stacked``: k when the entry holds k moments
+stacked along its first dimension, each of the param's shape: AdEMAMix8bit's ``state1``).
+Where the pieces do not fit together (a damaged file, a layout not known here:
+bitsandbytes' non-blockwise ``max1``), nothing is guessed: the stored pieces stay the
+entries, under their own names, and the description carries ``error`` ("not dequantized:
+...") for the views to show.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from optstate.io.inert import InertTensor
+from optstate.numeric.dequant import DequantError, bnb_8bit, torchao_4bit, torchao_8bit, torchao_fp8
+
+BNB_KEY = "__bnb_optimizer_quant_state__"
+# Keys bitsandbytes moves under BNB_KEY (Optimizer8bit.non_castable_tensor_keys).
+BNB_KEYS = frozenset({"qmap1", "qmap2", "max1", "max2", "new_max1", "new_max2", "state1",
+                      "state2", "gnorm_vec", "absmax1", "absmax2", "unorm_vec"})
+
+TORCHAO_FORMATS = {"OptimState8bit": "torchao-8bit", "OptimState4bit": "torchao-4bit",
+                   "OptimStateFp8": "torchao-fp8"}
+
+
+def _nbytes(*tensors: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _dtype(t: Any) -> str:
+    return str(getattr(t, "dtype", type(t).__name__)).removeprefix("torch.")
+
+
+def bnb(entries: dict[Any, Any], stored: dict[str, dict[str, Any]]) -> dict[Any, Any]:
+    """bitsandbytes' state (see the module docstring); other states pass through."""
+    nested = entries.get(BNB_KEY)
+    if isinstance(nested, dict):
+        quant, prefix = dict(nested), f"{BNB_KEY}."
+        out = {k: v for k, v in entries.items() if k != BNB_KEY}
+    elif any(f"absmax{n}" in entries or f"qmap{n}" in entries for n in (1, 2)) and any(
+            isinstance(entries.get(f"state{n}"), torch.Tensor) for n in (1, 2)):
+        quant, prefix = {k: v for k, v in entries.items() if k in BNB_KEYS}, ""
+        out = {k: v for k, v in entries.items() if k not in BNB_KEYS}
+    else:
+        return entries
+    for n in (1, 2):
+        key = f"state{n}"
+        value = quant.get(key)
+        if not isinstance(value, torch.Tensor):
+            continue
+        if value.dtype != torch.uint8:  # a small param's 32-bit state
+            out[key] = quant.pop(key)
+            stored[key] = {"format": "bitsandbytes-32bit", "from": [prefix + key],
+                           "dtype": _dtype(value)}
+            continue
+        parts = [key, f"qmap{n}", f"absmax{n}"]
+        desc: dict[str, Any] = {"format": "bitsandbytes-8bit",
+                                "from": [prefix + k for k in parts if k in quant],
+                                "dtype": "uint8"}
+        try:
+            missing = [k for k in parts[1:] if k not in quant]
+            if missing:
+                raise DequantError(f"{' and '.join(missing)} missing (a layout other than "
+                                   "blockwise 8-bit is not read here)")
+            moment, block = bnb_8bit(value, quant[f"qmap{n}"], quant[f"absmax{n}"])
+        except DequantError as exc:
+            desc["error"] = f"not dequantized: {exc}"
+            stored[key] = desc
+            continue  # the pieces stay entries below
+        absmax = quant[f"absmax{n}"]
+        desc.update({"block_size": block, "blocks": int(absmax.shape[-1]),
+                     "bytes_stored": _nbytes(*(quant.pop(k) for k in parts)),
+                     "bytes_float32": moment.numel() * 4})
+        out[key] = moment
+        stored[key] = desc
+    for k, v in quant.items():  # everything not consumed stays visible
+        name = k if k not in out else prefix + k
+        out[name] = v
+    s1, s2 = out.get("state1"), out.get("state2")
+    if (isinstance(s1, torch.Tensor) and isinstance(s2, torch.Tensor) and "state1" in stored
+            and s1.dim() == s2.dim() + 1 and s1.shape[1:] == s2.shape):
+        stored["state1"]["stacked"] = int(s1.shape[0])  # AdEMAMix8bit: two moments in one
+    return out
+
+
+def torchao(entries: dict[Any, Any], stored: dict[str, dict[str, Any]]) -> dict[Any, Any]:
+    """torchao's low-bit entries (``InertTensor``s of its subclasses), dequantized."""
+    out = dict(entries)
+    for key, value in entries.items():
+        if not isinstance(value, InertTensor):
+            continue
+        fmt = TORCHAO_FORMATS.get(value.name)
+        if fmt is None:
+            continue
+        s = value.state
+        codes = s.get("codes")
+        desc: dict[str, Any] = {"format": fmt, "from": [str(key)], "dtype": _dtype(codes),
+                                "class": value.qualname}
+        if "signed" in s:
+            desc["signed"] = s["signed"]
+        try:
+            if fmt == "torchao-8bit":
+                moment = torchao_8bit(codes, s.get("scale"), s.get("qmap"), s.get("block_size"))
+            elif fmt == "torchao-4bit":
+                moment = torchao_4bit(codes, s.get("scale"), s.get("qmap"), s.get("_shape"),
+                                      s.get("block_size"))
+            else:
+                moment = torchao_fp8(codes, s.get("scale"), s.get("block_size"))
+        except DequantError as exc:
+            desc["error"] = f"not dequantized: {exc}"
+            stored[str(key)] = desc
+            continue
+        desc.update({"block_size": moment.numel() // s["scale"].numel(),
+                     "bytes_stored": _nbytes(codes, s.get("scale"), s.get("qmap")),
+                     "bytes_float32": moment.numel() * 4})
+        out[key] = moment
+        stored[str(key)] = desc
+    return out
