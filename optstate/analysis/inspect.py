@@ -22,6 +22,7 @@ from optstate.state.kind import infer_kind
 from optstate.state.locate import Located, locate
 from optstate.state.names import name_params
 from optstate.state.report import entry_report, groups_report, plain, scheduler_report, tensor_like
+from optstate.state.sharded import shard_note
 from optstate.state.view import OptimizerStateView
 
 SCHEMA = "optstate.inspect/1"
@@ -108,6 +109,9 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
         warnings.append({"code": f"{role}_unreadable", "message": f"the {role} file beside the "
                          f"optimizer state could not be read: {reason}",
                          "where": [str(source.sibling_files[role])]})
+    shards = shard_note([p.stored for p in view.params])
+    if shards:
+        notes.append({"code": "dtensor_shard", "message": shards, "where": []})
     report["warnings"], report["notes"] = warnings, notes
     return report
 

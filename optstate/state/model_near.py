@@ -109,7 +109,7 @@ def _one_container_model(source: Any, mine: Any, models: list[Any]
             except CheckpointError:
                 return None, ("another optimizer state in the checkpoint is malformed, so "
                               "which model tensors it holds is unknown"), []
-            others += [[slot_shape(p.state) for p in other.params if p.group == g.index]
+            others += [[slot_shape(p.state, p.stored) for p in other.params if p.group == g.index]
                        for g in other.groups]
     return model, None, others
 

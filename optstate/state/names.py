@@ -136,7 +136,7 @@ def _align(view: OptimizerStateView, model: Any, src: str, source: Any,
     notes: list[str] = []
     tensors = [t for t in model.tensors if model.params_only or could_be_parameter(t)]
     by_group = [[p for p in view.params if p.group == g.index] for g in view.groups]
-    slots = [[slot_shape(p.state) for p in ps] for ps in by_group]
+    slots = [[slot_shape(p.state, p.stored) for p in ps] for ps in by_group]
     total = view.n_params
     if len(tensors) < total:
         return _finish(view, None, model=model.origin, notes=notes, reason=(

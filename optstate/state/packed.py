@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from optstate.state.sharded import unpack_dtensors
+
 
 def unpack_state(raw: dict[Any, Any]) -> tuple[dict[Any, Any], dict[str, dict[str, Any]]]:
     """(logical entries, storage descriptions) of one param's raw state; see the module
@@ -64,4 +66,4 @@ def _identity(entries: dict[Any, Any], stored: dict[str, dict[str, Any]]) -> dic
 
 
 # Each takes the entries so far and the descriptions, and returns the new entries.
-_UNPACKERS = [_identity]
+_UNPACKERS = [_identity, unpack_dtensors]

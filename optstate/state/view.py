@@ -138,7 +138,8 @@ def _shape(value: Any) -> tuple[int, ...] | None:
     return tuple(int(n) for n in shape)
 
 
-def slot_shape(state: dict[str, Any]) -> tuple[int, ...] | None:
+def slot_shape(state: dict[str, Any],
+               stored: dict[str, dict[str, Any]] | None = None) -> tuple[int, ...] | None:
     """The param's shape as its state entries show it; None when they cannot tell.
 
     An entry known to be full-size (``exp_avg``, ``momentum_buffer``, ...) gives it; a
@@ -146,8 +147,13 @@ def slot_shape(state: dict[str, Any]) -> tuple[int, ...] | None:
     (..., R, 1) and ``col_var`` (..., 1, C); transformers' ``exp_avg_sq_row`` (..., R) and
     ``exp_avg_sq_col`` (..., C)); else every tensor entry of one shape (0-d ones aside)
     gives that shape. An empty or scalar-only state gives None (it fits any tensor).
+    ``stored`` (``ParamView.stored``): an entry that is a shard of a larger tensor (FSDP2's
+    DTensor) counts with its global shape.
     """
     shapes = {str(k): s for k, v in state.items() if (s := _shape(v)) is not None}
+    for k, d in (stored or {}).items():  # a shard (DTensor) stands for its global shape
+        if k in shapes and isinstance(d.get("global_shape"), list):
+            shapes[k] = tuple(int(n) for n in d["global_shape"])
     for key in FULL_SIZE_ENTRIES:
         if key in shapes:
             return shapes[key]

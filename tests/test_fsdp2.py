@@ -1,0 +1,97 @@
+"""FSDP2 optimizer state saved with plain torch.save (issue #19 item 3): DTensor entries
+read as each rank's shard, against the values torch itself gathered (``full_tensor()``)
+in ``tests/fixtures/fsdp2/adamw_ws2`` (scripts/fixtures/make_fsdp2.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from optstate.io.torch_file import load_torch_file
+from optstate.state.view import OptimizerStateView
+
+CASE = Path(__file__).parent / "fixtures" / "fsdp2" / "adamw_ws2"
+EXPECTED = torch.load(CASE / "expected.pt", weights_only=True)
+INFO = json.loads((CASE / "expected.json").read_text())
+ORDER = INFO["parameter_order"]
+WORLD = INFO["world_size"]
+
+
+def view_of(rank: int) -> OptimizerStateView:
+    return OptimizerStateView.from_state_dict(load_torch_file(CASE / f"rank{rank}.pt").obj)
+
+
+@pytest.mark.parametrize("rank", range(WORLD))
+def test_each_entry_is_this_ranks_shard_of_what_torch_gathered(rank):
+    view = view_of(rank)
+    assert [p.position for p in view.params] == list(range(len(ORDER)))
+    for p, name in zip(view.params, ORDER, strict=True):
+        assert float(p.state["step"]) == INFO["steps"]
+        for entry in ("exp_avg", "exp_avg_sq"):
+            full = EXPECTED[f"{entry}/{name}"]
+            local = p.state[entry]
+            assert type(local) is torch.Tensor
+            # Shard(0): torch.chunk's split, the last rank's shard shorter (7 rows: 4 + 3)
+            assert torch.equal(local, full.chunk(WORLD, dim=0)[rank]), (name, entry)
+            meta = INFO["params"][name]["entries"][entry]
+            assert p.stored[entry] == {
+                "format": "dtensor", "from": [entry], "dtype": "float32",
+                "global_shape": meta["global_shape"],
+                "local_shape": meta["local_shape_rank"][str(rank)],
+                "placements": ["Shard(0)"], "mesh": [WORLD], "rank": rank}
+        assert "step" not in p.stored
+        assert p.raw_state is not None and set(p.raw_state) == set(p.state)
+
+
+def test_the_shards_of_all_ranks_concatenate_to_the_whole():
+    views = [view_of(r) for r in range(WORLD)]
+    for i, name in enumerate(ORDER):
+        for entry in ("exp_avg", "exp_avg_sq"):
+            whole = torch.cat([v.params[i].state[entry] for v in views], dim=0)
+            assert torch.equal(whole, EXPECTED[f"{entry}/{name}"])
+
+
+def test_inspect_shows_the_local_shard_and_says_statistics_are_this_ranks(run_cli):
+    r = run_cli("inspect", CASE / "rank1.pt", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    p2 = rep["params"][2]  # 2.weight: 7 x 16, rank 1 holds rows 4..6
+    local = EXPECTED["exp_avg/2.weight"][4:]
+    ea = p2["state"]["exp_avg"]
+    assert ea["shape"] == [3, 16] and ea["numel"] == 48
+    assert ea["mean"] == pytest.approx(float(local.double().mean()), rel=1e-6)
+    assert ea["norm"] == pytest.approx(float(local.double().norm()), rel=1e-6)
+    assert ea["max"] == float(local.max())
+    assert rep["totals"]["state_tensors"] == 12 and rep["totals"]["numel"] == 2 * (
+        8 * 12 + 8 + 3 * 16 + 3 + 2 * 7 + 2) + 6  # + the steps
+    notes = {n["code"]: n["message"] for n in rep["notes"]}
+    assert notes["dtensor_shard"] == (
+        "12 state entries are FSDP2 DTensor shards (Shard(0)): shapes and statistics cover "
+        "rank 1's shard of a [2] device mesh only, not the whole parameter; each entry's "
+        "global shape is in its storage description")
+    assert not rep["warnings"]
+
+
+def test_names_come_from_a_model_by_the_global_shapes(tmp_path, run_cli):
+    model = tmp_path / "model.pt"
+    torch.save({name: EXPECTED[f"param/{name}"] for name in ORDER}, model)
+    r = run_cli("inspect", CASE / "rank0.pt", "--model", model, "--json", "--no-stats")
+    assert r.returncode == 0, r.stderr
+    assert [p["name"] for p in json.loads(r.stdout)["params"]] == ORDER
+
+
+def test_a_dtensor_without_its_local_tensor_is_one_error_line(tmp_path, run_cli):
+    from optstate.io.inert import InertTensor
+    from optstate.state.packed import unpack_state
+
+    sd = load_torch_file(CASE / "rank0.pt").obj
+    dt = sd["state"][0]["exp_avg"]
+    broken = InertTensor(dt.qualname, dt.dtype, dt.shape, dt.stride,
+                         {k: v for k, v in dt.state.items() if k != "_local_tensor"})
+    from optstate.base.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="DTensor without its local tensor"):
+        unpack_state({"exp_avg": broken})
