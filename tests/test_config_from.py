@@ -303,6 +303,8 @@ KNOWN_EXCEPTIONS = {
         "so config refuses ('cannot write a config')", None),
     "tests/fixtures/lowbit/bitsandbytes_": (
         "bitsandbytes' 8-bit state: not a torch.optim optimizer, config refuses", None),
+    "tests/fixtures/lowbit/torchao_": (
+        "torchao's low-bit state: torch.optim cannot load it, config refuses", None),
     "tests/fixtures/fsdp2/": (
         "FSDP2 rank files hold DTensor state: a config builds plain tensors, and torch "
         "cannot step DTensor state on them", "trial"),

@@ -120,6 +120,13 @@ def config_from_view(view: OptimizerStateView,
             f"({torch.__version__}) does not ship",
             hint="a config names a torch.optim class; write one by hand for other optimizers")
     _refuse_foreign(view, cls, guess.kind)
+    low_bit = sorted({d["format"] for p in view.params for d in p.stored.values()
+                      if str(d.get("format", "")).startswith(("torchao-", "bitsandbytes-"))})
+    if low_bit:  # state.lowbit: torch.optim cannot step (or load) quantized state
+        raise ConfigError(
+            f"cannot write a config: the state is stored low-bit ({', '.join(low_bit)}), which "
+            f"torch's {cls.__name__} cannot load or step; its keys are closest to {guess.kind}'s",
+            hint="a config builds a torch.optim class; torch cannot build this optimizer")
     data = out.data
     data["optimizer"] = cls.__name__
     out.header.append(f"optimizer: {cls.__name__} ({guess.confidence} confidence: "

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from optstate.state import lowbit
 from optstate.state.sharded import unpack_dtensors
 
 
@@ -47,18 +48,40 @@ def unpack_state(raw: dict[Any, Any]) -> tuple[dict[Any, Any], dict[str, dict[st
     return entries, stored
 
 
+# How a format is named to people (``describe_stored``).
+FORMAT_WORDS = {
+    "bitsandbytes-8bit": "8-bit blockwise (bitsandbytes), dequantized",
+    "bitsandbytes-32bit": "not quantized (bitsandbytes keeps small params in 32 bits)",
+    "torchao-8bit": "8-bit blockwise (torchao), dequantized",
+    "torchao-4bit": "4-bit blockwise (torchao), dequantized",
+    "torchao-fp8": "fp8 blockwise (torchao), dequantized",
+}
+
+
 def describe_stored(d: dict[str, Any]) -> str:
-    """One line for a human view: how an entry is stored."""
-    parts = [str(d.get("format", "?"))]
+    """One line for a human view: how an entry is stored ("8-bit blockwise (bitsandbytes),
+    dequantized: uint8, blocks of 256, 30% of float32 bytes")."""
+    fmt = str(d.get("format", "?"))
+    words = FORMAT_WORDS.get(fmt, fmt)
+    if d.get("error"):
+        words = words.removesuffix(", dequantized")
+    parts = []
     if "dtype" in d:
-        parts.append(str(d["dtype"]))
-    if "block_size" in d:
+        parts.append(f"{d['dtype']} (two 4-bit values a byte)" if fmt == "torchao-4bit"
+                     else str(d["dtype"]))
+    if d.get("stacked"):
+        parts.append(f"{d['stacked']} moments stacked on the first dimension")
+    if d.get("block_size") is not None:
         parts.append(f"blocks of {d['block_size']}")
+    elif "blocks" in d:
+        parts.append(f"{d['blocks']} block{'s' * (d['blocks'] != 1)}")
     if d.get("bytes_stored") is not None and d.get("bytes_float32"):
-        parts.append(f"{d['bytes_stored'] / d['bytes_float32']:.0%} of float32")
+        parts.append(f"{d['bytes_stored'] / d['bytes_float32']:.0%} of float32 bytes")
     if "global_shape" in d:
         parts.append(f"local {d.get('local_shape')} of {d['global_shape']}")
-    return ", ".join(parts)
+    if d.get("error"):
+        parts.append(str(d["error"]))
+    return words + (": " + ", ".join(parts) if parts else "")
 
 
 def _identity(entries: dict[Any, Any], stored: dict[str, dict[str, Any]]) -> dict[Any, Any]:
@@ -66,4 +89,4 @@ def _identity(entries: dict[Any, Any], stored: dict[str, dict[str, Any]]) -> dic
 
 
 # Each takes the entries so far and the descriptions, and returns the new entries.
-_UNPACKERS = [_identity, unpack_dtensors]
+_UNPACKERS = [_identity, unpack_dtensors, lowbit.bnb, lowbit.torchao]
