@@ -26,6 +26,7 @@ FOLDERS = {
     "hf_lightning": ("make_hf_lightning.py", ("expected.pt", "expected.json")),
     "names": ("make_names_cases.py", ("truth.json",)),
     "third_party": ("optimizer_signatures.py", ("optimizer.pt", "expected.pt", "expected.json")),
+    "third_party_all": ("optimizer_signatures.py", ("expected.json",)),
 }
 
 

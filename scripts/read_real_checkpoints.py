@@ -1,0 +1,556 @@
+"""How many real third-party optimizer checkpoints optstate reads right (issue #19).
+
+    .venv/bin/python scripts/read_real_checkpoints.py            # the per-library table
+    .venv/bin/python scripts/read_real_checkpoints.py --json     # every case, judged
+    .venv/bin/python scripts/read_real_checkpoints.py --only deepspeed --verbose
+
+Every checkpoint under tests/fixtures/ that a real library wrote and whose truth the
+library computed (tests/fixtures/README.md) is read with optstate's Python API
+(``optstate.inspect``, as ``optstate inspect --json``) and judged on four criteria:
+
+  a  name: ``report["optimizer"]["kind"]`` names the class the state was made with (a word
+     of it equals the class's name, case and punctuation aside, and no other library is
+     named), or is ``unknown`` where the table cannot tell: another class of the corpus
+     has the same group keys and state entry names (a "twin"). A wrong name, a twin's
+     name included, is never right; ``unknown`` for a state with no twin is not right.
+  b  buffers: every tensor of the library's truth (expected.pt / expected.json: the state
+     tensors, dequantized or reassembled where the library stores them packed) is in the
+     report under its parameter (by name where the report names params, else by
+     position), with the same element count and a norm within 1e-4 relative (a 0-d
+     tensor: its value); under the same entry path, or, where optstate names the entry
+     otherwise (a nested heavyball key), under any entry of that param not matched yet.
+  c  NaN: a copy of the checkpoint with one stored element set to NaN, byte-patched in
+     the zip record of the tensor that holds it (the zip CRCs fixed, nothing else
+     changed): a plain state entry, a nested heavyball tensor, a bitsandbytes ``absmax``,
+     a torchao ``scale``, DeepSpeed rank 0's flat ``exp_avg`` partition, an FSDP2 local
+     shard. Right when a warning of code ``nan`` names that param (by name or position).
+  d  no false alarm: the clean checkpoint gives no warning (notes are fine).
+
+A checkpoint optstate refuses fails all four, with its error. Checkpoints:
+tests/fixtures/third_party_all (every optimizer of torch.optim, timm, pytorch-optimizer,
+schedulefree, lion-pytorch and heavyball that steps on CPU; each state_dict is written to
+a file of its own with torch.save, as a user would have it), lowbit/ (bitsandbytes,
+torchao), deepspeed/ (ZeRO 1/2/3 folders), fsdp2/ (each rank's file), hf_lightning/
+(a transformers Trainer folder, a Lightning .ckpt). tests/fixtures/third_party/ is not
+counted again (its 21 states are in third_party_all); names/ has no tensor truth.
+
+Imports no third-party optimizer library: the truth is in the fixtures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import struct
+import sys
+import tempfile
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = ROOT / "tests" / "fixtures"
+RTOL = 1e-4
+LIBRARY_WORDS = {"torch", "timm", "pytorch_optimizer", "pytorchoptimizer", "schedulefree",
+                 "lion_pytorch", "lionpytorch", "heavyball", "bitsandbytes", "bnb", "torchao",
+                 "deepspeed"}
+
+
+@dataclass
+class Case:
+    library: str  # the library that wrote it (its row in the table)
+    name: str  # e.g. "timm/lamb", "deepspeed/zero2_bf16_ws2"
+    path: Path  # what optstate.inspect is given
+    kind: str  # the class's own name, e.g. "AdamW"
+    kind_library: str  # the package of that class, e.g. "torch"
+    signature: tuple[frozenset, frozenset] | None  # (group keys, entry names) for twins
+    # truth: (param name or position, entry path) -> {"numel", "norm"} or {"value"}
+    truth: dict[tuple[Any, str], dict[str, Any]]
+    order: list[str | None]  # param name by position (as the state numbers them)
+    file_to_patch: Path  # the torch.save file holding the tensor to set to NaN
+    nan_target: Callable[[Any], tuple[torch.Tensor, int | str]]  # loaded file -> (tensor, param)
+    notes: list[str] = field(default_factory=list)
+    cleanup: list[Path] = field(default_factory=list)
+
+
+# --- the checkpoints -------------------------------------------------------------------
+
+def short(cls: str) -> str:
+    return cls.rsplit(".", 1)[-1]
+
+
+def package(cls: str) -> str:
+    return cls.split(".", 1)[0]
+
+
+def plain_state_target(entry_prefer: tuple[str, ...] = ()) -> Callable[[Any], Any]:
+    """The NaN goes into the first parameter's largest float tensor of ``state`` (an entry
+    named in entry_prefer first), searched depth first (nested heavyball dicts too)."""
+    def target(obj: Any) -> tuple[torch.Tensor, int | str]:
+        state = find_state(obj)
+        best: tuple[int, int, Any, torch.Tensor] | None = None
+        for key, value in state.items():
+            for path, t in tensors_in(value, ""):
+                if not t.is_floating_point() or t.numel() < 2:
+                    continue
+                pref = 0 if any(p in path.split("/") for p in entry_prefer) else 1
+                rank = (pref, -t.numel())
+                if best is None or rank < best[:2]:
+                    best = (*rank, key, t)
+            if best is not None:
+                return best[3], best[2]
+        raise LookupError("no float tensor in the state to set to NaN")
+    return target
+
+
+def find_state(obj: Any) -> dict:
+    """The optimizer state dict's "state" in a loaded file (torch.save state_dict, HF
+    optimizer.pt, Lightning's optimizer_states[0], DeepSpeed's base_optimizer_state)."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get("state"), dict) and "param_groups" in obj:
+            return obj["state"]
+        for k in ("optimizer_states", "optimizer_state_dict", "base_optimizer_state",
+                  "base_optimizer", "optimizer"):
+            if k in obj:
+                inner = obj[k][0] if isinstance(obj[k], list) else obj[k]
+                try:
+                    return find_state(inner)
+                except LookupError:
+                    pass
+    raise LookupError("no optimizer state found in the file")
+
+
+def tensors_in(value: Any, path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every plain tensor under value (dicts, lists, inert objects' fields, inert tensor
+    subclasses' fields), with its path."""
+    from optstate.io.inert import Inert, InertTensor
+
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from tensors_in(v, f"{path}/{k}" if path else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from tensors_in(v, f"{path}/{i}" if path else str(i))
+    elif isinstance(value, (Inert, InertTensor)):
+        yield from tensors_in(value.state, path)
+
+
+def load_any(path: Path) -> Any:
+    """A torch.save file as optstate's safe reader loads it (foreign classes inert): to
+    find the tensor to corrupt, never to judge."""
+    from optstate.io.torch_file import load_torch_file
+
+    return load_torch_file(path).obj
+
+
+def third_party_all(tmp: Path) -> list[Case]:
+    cases = []
+    docs: dict[str, dict[str, Any]] = {}
+    for folder in sorted(p for p in (FIX / "third_party_all").iterdir() if p.is_dir()):
+        docs[folder.name] = json.loads((folder / "expected.json").read_text())["optimizers"]
+    for library, optimizers in docs.items():
+        folder = FIX / "third_party_all" / library
+        bundle = (torch.load(folder / "states.pt", weights_only=True)
+                  if (folder / "states.pt").exists() else {})
+        for name, doc in optimizers.items():
+            if not doc.get("saved"):
+                continue
+            if doc["saved"] == "states.pt":
+                path = tmp / f"{library}_{re.sub(r'[^A-Za-z0-9_-]', '_', name)}.pt"
+                torch.save(bundle[name], path)
+            else:
+                path = folder / doc["saved"]
+            order = doc["param_names"]
+            truth = {}
+            for key, t in doc["tensors"].items():
+                head, _, rest = key.partition("/")
+                pkey: Any = int(head) if head.isdigit() and int(head) < len(order) else head
+                if isinstance(pkey, int) and order[pkey] is not None:
+                    pkey = order[pkey]
+                truth[(pkey, rest)] = ({"value": t["sum"]} if t["shape"] == [] and "sum" in t
+                                       else {"numel": t["numel"], "norm": t.get("norm", 0.0)})
+            entries = frozenset(doc.get("entry_names", []))
+            cases.append(Case(
+                library, f"{library}/{name}", path, short(doc["class"]), package(doc["class"]),
+                (frozenset(doc.get("group_keys", [])), entries), truth, order, path,
+                plain_state_target(), cleanup=[path] if doc["saved"] == "states.pt" else []))
+    return cases
+
+
+def named_truth(folder: Path, entries: dict[str, str] | None = None) -> dict:
+    """expected.pt keyed "<entry>/<param name>" -> truth; ``entries`` renames (None drops)."""
+    out = {}
+    for key, t in torch.load(folder / "expected.pt", weights_only=True).items():
+        entry, _, pname = key.partition("/")
+        if entries is not None:
+            if entry not in entries:
+                continue
+            entry = entries[entry]
+        out[(pname, entry)] = summary(t)
+    return out
+
+
+def summary(t: torch.Tensor) -> dict[str, Any]:
+    if t.dim() == 0:
+        return {"value": float(t)}
+    return {"numel": t.numel(), "norm": float(torch.linalg.vector_norm(t.double()))}
+
+
+def lowbit() -> list[Case]:
+    cases = []
+    for folder in sorted(p for p in (FIX / "lowbit").iterdir() if p.is_dir()):
+        doc = json.loads((folder / "expected.json").read_text())
+        lib = doc["library"]
+
+        def target(obj: Any, lib: str = lib) -> tuple[torch.Tensor, int | str]:
+            state = find_state(obj)
+            if lib == "bitsandbytes":  # a block's absmax: its 256 values dequantize to NaN
+                packed = state[0].get("__bnb_optimizer_quant_state__", state[0])
+                return packed["absmax1"], 0
+            return state[0]["exp_avg"].state["scale"], 0  # torchao: a block's scale
+
+        cases.append(Case(
+            lib, f"{lib}/{folder.name.split('_', 1)[1]}", folder / "optimizer.pt",
+            short(doc["optimizer"]), package(doc["optimizer"]),
+            stored_signature(folder / "optimizer.pt"), named_truth(folder),
+            doc["parameter_order"], folder / "optimizer.pt", target))
+    return cases
+
+
+def stored_signature(path: Path) -> tuple[frozenset, frozenset]:
+    """(group keys, state entry names) as stored: what tells optimizers apart on disk."""
+    sd = load_any(path)
+    keys = frozenset(str(k) for g in sd["param_groups"] for k in g if k != "params")
+    return keys, frozenset(str(k) for v in sd["state"].values() for k in v)
+
+
+def deepspeed() -> list[Case]:
+    cases = []
+    for folder in sorted(p for p in (FIX / "deepspeed").iterdir() if p.is_dir()):
+        doc = json.loads((folder / "expected.json").read_text())
+        groups = doc.get("param_groups")
+        frozen = set(doc.get("frozen", []))
+        order = ([n for g in groups for n in g["names"]] if groups
+                 else [n for n in doc["parameter_order"] if n not in frozen])
+        truth = named_truth(folder, {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq",
+                                     "fp32": "fp32"})
+        rank0 = sorted((folder / "checkpoint" / doc["tag"]).glob("*rank_0_*optim_states.pt"))[0]
+        # rank 0's flat partition starts with the first param of the first group
+        first = order[0]
+
+        def target(obj: Any, first: str = first) -> tuple[torch.Tensor, int | str]:
+            state = find_state(obj)
+            return state[0]["exp_avg"] if 0 in state else next(iter(state.values()))["exp_avg"], \
+                first
+
+        cases.append(Case("deepspeed", f"deepspeed/{folder.name}", folder / "checkpoint",
+                          "AdamW", "torch", None, truth, order, rank0, target))
+    return cases
+
+
+def fsdp2() -> list[Case]:
+    folder = FIX / "fsdp2" / "adamw_ws2"
+    doc = json.loads((folder / "expected.json").read_text())
+    full = torch.load(folder / "expected.pt", weights_only=True)
+    cases = []
+    for rank in range(doc["world_size"]):
+        truth = {}
+        for key, t in full.items():
+            entry, _, pname = key.partition("/")
+            if entry == "param":
+                continue
+            local = doc["params"][pname]["entries"][entry]["local_shape_rank"][str(rank)]
+            n = local[0]
+            start = sum(doc["params"][pname]["entries"][entry]["local_shape_rank"][str(r)][0]
+                        for r in range(rank))
+            # Shard(0): this rank's rows; global statistics are not in one rank's file
+            truth[(pname, entry)] = summary(t[start:start + n])
+
+        def target(obj: Any) -> tuple[torch.Tensor, int | str]:
+            return find_state(obj)[0]["exp_avg"].state["_local_tensor"], 0
+
+        path = folder / f"rank{rank}.pt"
+        cases.append(Case("torch (FSDP2)", f"fsdp2/adamw_ws2/rank{rank}", path, "AdamW",
+                          "torch", None, truth, doc["parameter_order"], path, target))
+    return cases
+
+
+def hf_lightning() -> list[Case]:
+    cases = []
+    hf = FIX / "hf_lightning" / "hf_trainer_bert_mlm"
+    doc = json.loads((hf / "expected.json").read_text())
+    order = [n for g in doc["param_groups"] for n in g["names"]]
+    cases.append(Case("transformers", "transformers/Trainer bert", hf / "checkpoint-3",
+                      "AdamW", "torch", None, named_truth(hf), order,
+                      hf / "checkpoint-3" / "optimizer.pt", plain_state_target()))
+    lt = FIX / "hf_lightning" / "lightning_cnn_bn"
+    doc = json.loads((lt / "expected.json").read_text())
+    order = [n for g in doc["param_groups"] for n in g["names"]]
+    cases.append(Case("lightning", "lightning/cnn_bn", lt / "model.ckpt", "AdamW", "torch",
+                      None, named_truth(lt), order, lt / "model.ckpt", plain_state_target()))
+    return cases
+
+
+def all_cases(tmp: Path) -> list[Case]:
+    return third_party_all(tmp) + lowbit() + deepspeed() + fsdp2() + hf_lightning()
+
+
+# --- the NaN copy ----------------------------------------------------------------------
+
+NAN_BYTES = {torch.float32: struct.pack("<f", float("nan")),
+             torch.float64: struct.pack("<d", float("nan")),
+             torch.float16: b"\x00\x7e", torch.bfloat16: b"\xc0\x7f"}
+
+
+def nan_copy(case: Case, dest: Path) -> tuple[Path, int | str]:
+    """A copy of the checkpoint whose target tensor's first element is NaN; returns (the
+    path to inspect, the param the NaN is in)."""
+    obj = load_any(case.file_to_patch)
+    tensor, param = case.nan_target(obj)
+    if tensor.dtype not in NAN_BYTES:
+        raise LookupError(f"cannot put a NaN into {tensor.dtype}")
+    needle = tensor.contiguous().view(torch.uint8).numpy().tobytes()
+    data = bytearray(case.file_to_patch.read_bytes())
+    with zipfile.ZipFile(case.file_to_patch) as z:
+        hits = []
+        for info in z.infolist():
+            if "/data/" not in info.filename or info.compress_type != zipfile.ZIP_STORED:
+                continue
+            start = info.header_offset + 30 + len(info.filename.encode()) + \
+                struct.unpack_from("<H", data, info.header_offset + 28)[0]
+            record = bytes(data[start:start + info.file_size])
+            at = record.find(needle)
+            if at >= 0 and record.find(needle, at + 1) < 0:
+                hits.append((info, start, at))
+        if len(hits) != 1:
+            raise LookupError(f"the target tensor's bytes are in {len(hits)} records")
+        info, start, at = hits[0]
+        nan = NAN_BYTES[tensor.dtype]
+        data[start + at:start + at + len(nan)] = nan
+        crc = zlib.crc32(bytes(data[start:start + info.file_size])) & 0xFFFFFFFF
+        struct.pack_into("<I", data, info.header_offset + 14, crc)
+        # the central directory's copy of this record's CRC
+        pos, name = z.start_dir, info.filename.encode()
+        while data[pos:pos + 4] == b"PK\x01\x02":
+            n, m, k = struct.unpack_from("<HHH", data, pos + 28)
+            if bytes(data[pos + 46:pos + 46 + n]) == name:
+                struct.pack_into("<I", data, pos + 16, crc)
+                break
+            pos += 46 + n + m + k
+        else:
+            raise LookupError("the record is not in the zip's central directory")
+    if case.path.is_dir():  # a folder: the same folder with the one file replaced
+        import shutil
+
+        copy = dest / case.path.name
+        shutil.copytree(case.path, copy)
+        patched = copy / case.file_to_patch.relative_to(case.path)
+        patched.write_bytes(bytes(data))
+        return copy, param
+    copy = dest / case.path.name
+    copy.write_bytes(bytes(data))
+    return copy, param
+
+
+# --- judging ---------------------------------------------------------------------------
+
+def leaves(rep: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    if "items" in rep:
+        for i, item in enumerate(rep["items"]):
+            yield from leaves(item, f"{path}/{i}")
+    elif "entries" in rep and isinstance(rep["entries"], dict):  # nested, however shown
+        for k, item in rep["entries"].items():
+            yield from leaves(item, f"{path}/{k}")
+    else:
+        yield path, rep
+
+
+def agrees(truth: dict[str, Any], rep: dict[str, Any]) -> bool:
+    if "value" in truth:
+        v = rep.get("value")
+        return isinstance(v, (int, float)) and abs(v - truth["value"]) <= 1e-6 * max(
+            1.0, abs(truth["value"]))
+    if rep.get("numel") != truth["numel"] or rep.get("norm") is None:
+        return False
+    return abs(rep["norm"] - truth["norm"]) <= RTOL * abs(truth["norm"]) + 1e-30
+
+
+def judge_names(case: Case, kind: str, twins: set[str]) -> tuple[bool, str]:
+    words = {w.lower() for w in re.split(r"[^A-Za-z0-9_]+", kind) if w}
+    normal = {w.replace("_", "") for w in words}
+    named_libs = {w for w in normal | words if w in LIBRARY_WORDS}
+    lib = case.kind_library.lower().replace("_", "")
+    if named_libs - {lib, case.kind_library.lower()} and not (lib == "torch" and not named_libs):
+        return False, f"{kind!r}: another library's name (it is {case.kind_library}'s {case.kind})"
+    if case.kind.lower().replace("_", "") in normal:
+        return True, ""
+    if kind.split(" ")[0].lower() == "unknown" or kind.lower().startswith("unknown"):
+        if twins:
+            return True, ""
+        return False, f"unknown, but no other optimizer has its signature (it is {case.kind})"
+    return False, f"named {kind!r}, it is {case.kind}"
+
+
+def judge(case: Case, twins: set[str], dest: Path) -> dict[str, Any]:
+    import optstate
+
+    out: dict[str, Any] = {"library": case.library, "checkpoint": case.name,
+                           "path": str(case.path.relative_to(ROOT))
+                           if case.path.is_relative_to(ROOT) else case.path.name,
+                           "class": case.kind, "twins": sorted(twins)}
+    try:
+        report = optstate.inspect(case.path)
+    except Exception as exc:  # noqa: BLE001 - a refusal is the finding
+        why = f"not read: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        out.update(read=False, a=why, b=why, c=why, d=why, right=False)
+        return out
+    kind = report["optimizer"].get("kind", "")
+    out["kind"] = kind
+    ok, why = judge_names(case, kind, twins)
+    out["a"] = True if ok else why
+    # b: every truth tensor under its param
+    by_key: dict[Any, dict[str, dict[str, Any]]] = {}
+    for p in report["params"]:
+        name = p.get("name")
+        key = name if name is not None else (
+            case.order[p["position"]] if p["position"] < len(case.order) else p["position"])
+        if key is None:
+            key = p["position"]
+        flat = {}
+        for entry, rep in p["state"].items():
+            flat.update(dict(leaves(rep, entry)))
+        by_key[key] = flat
+    missing = []
+    for (pkey, path), t in case.truth.items():
+        flat = by_key.get(pkey)
+        if flat is None:
+            missing.append(f"{pkey}: no such param in the report")
+            continue
+        rep = flat.get(path)
+        if rep is not None and agrees(t, rep):
+            flat.pop(path)
+            continue
+        other = next((k for k, r in flat.items() if agrees(t, r)), None)
+        if other is not None:
+            flat.pop(other)
+            continue
+        seen = "absent" if rep is None else (
+            f"numel {rep.get('numel')} norm {rep.get('norm')}" if "value" not in t
+            else f"value {rep.get('value')}")
+        want = f"numel {t.get('numel')} norm {t.get('norm')}" if "value" not in t \
+            else f"value {t['value']}"
+        missing.append(f"{pkey} {path}: {seen}, the library says {want}")
+    out["b"] = True if not missing else f"{len(missing)} of {len(case.truth)}: {missing[0]}"
+    # d: the clean file gives no warning
+    warns = report.get("warnings", [])
+    out["d"] = True if not warns else "; ".join(
+        f"{w['code']}: {w['message'][:160]}" for w in warns[:2])
+    # c: the NaN copy
+    if not any("numel" in t and t["numel"] > 1 for t in case.truth.values()):
+        out["c"] = "n/a"  # no per-parameter tensor to put a NaN in (stateless SGD)
+        out["read"] = True
+        out["right"] = all(out[k] in (True, "n/a") for k in "abcd")
+        return out
+    try:
+        copy, param = nan_copy(case, dest)
+        nan_report = optstate.inspect(copy)
+        hits = [w for w in nan_report.get("warnings", []) if w.get("code") == "nan"]
+        pos = case.order.index(param) if isinstance(param, str) and param in case.order \
+            else param
+        name = case.order[pos] if isinstance(pos, int) and pos < len(case.order) else param
+        found = any(name in (w.get("names") or []) or any(
+            str(x).startswith(f"state[{pos}]") for x in w.get("where", [])) for w in hits)
+        out["c"] = True if found else (
+            f"no NaN warning for {name} (state[{pos}]); warnings: "
+            f"{[w['code'] for w in nan_report.get('warnings', [])]}")
+    except Exception as exc:  # noqa: BLE001
+        out["c"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    out["read"] = True
+    out["right"] = all(out[k] in (True, "n/a") for k in "abcd")
+    return out
+
+
+def twins_of(cases: list[Case]) -> dict[str, set[str]]:
+    by_sig: dict[Any, set[str]] = {}
+    for c in cases:
+        if c.signature is not None:
+            by_sig.setdefault(c.signature, set()).add(f"{c.kind_library}.{c.kind}")
+    return {c.name: by_sig[c.signature] - {f"{c.kind_library}.{c.kind}"}
+            for c in cases if c.signature is not None}
+
+
+def run(only: str | None = None, names: list[str] | None = None) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        cases = all_cases(tmp)
+        twins = twins_of(cases)
+        results = []
+        for i, case in enumerate(cases):
+            if only and not case.name.startswith(only) and case.library != only:
+                continue
+            if names is not None and case.name not in names:
+                continue
+            dest = tmp / f"nan{i}"
+            dest.mkdir()
+            results.append(judge(case, twins.get(case.name, set()), dest))
+        return results
+
+
+def table(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    for r in results:
+        row = rows.setdefault(r["library"], {"checkpoints": 0, "right": 0,
+                                             "failing": {k: 0 for k in "abcd"}, "example": {}})
+        row["checkpoints"] += 1
+        row["right"] += r["right"]
+        for k in "abcd":
+            if r[k] not in (True, "n/a"):
+                row["failing"][k] += 1
+                row["example"].setdefault(k, f"{r['checkpoint']}: {r[k]}")
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="every case and the table as JSON")
+    ap.add_argument("--only", help="a library (table row) or a checkpoint name prefix")
+    ap.add_argument("--verbose", action="store_true", help="list every failing case")
+    args = ap.parse_args(argv)
+    t0 = time.monotonic()
+    results = run(args.only)
+    rows = table(results)
+    if args.json:
+        print(json.dumps({"table": rows, "cases": results}, indent=1))
+        return 0
+    total = sum(r["checkpoints"] for r in rows.values())
+    right = sum(r["right"] for r in rows.values())
+    print(f"{'library':<18} {'ckpts':>5} {'right':>5}   failing a/b/c/d (a name, b buffers, "
+          "c NaN found, d no false warning)")
+    for lib, row in rows.items():
+        f = row["failing"]
+        print(f"{lib:<18} {row['checkpoints']:>5} {row['right']:>5}   "
+              f"{f['a']}/{f['b']}/{f['c']}/{f['d']}")
+        for k in "abcd":
+            if k in row["example"]:
+                print(f"    {k}: {row['example'][k][:220]}")
+    print(f"{'total':<18} {total:>5} {right:>5}   ({time.monotonic() - t0:.0f} s)")
+    if args.verbose:
+        for r in results:
+            if not r["right"]:
+                bad = {k: r[k] for k in "abcd" if r[k] not in (True, "n/a")}
+                print(f"- {r['checkpoint']}: " + " | ".join(f"{k}: {v}"[:200]
+                                                         for k, v in bad.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
