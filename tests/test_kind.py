@@ -101,14 +101,35 @@ def test_foreign_group_key_gives_medium_and_names_it():
     assert "my_flag" in guess.reason
 
 
-def test_unknown_optimizer_lists_the_keys_seen():
-    # A Lion-like optimizer: lr, betas, weight_decay and one momentum buffer.
+def test_lion_pytorch_keys_are_lion_from_the_table():
+    # lion-pytorch's Lion: lr, betas, weight_decay and one momentum buffer (torch.optim
+    # alone called it unknown).
     groups = [{"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0}]
     guess = infer_kind(groups, {"exp_avg"})
+    assert (guess.kind, guess.confidence) == ("lion-pytorch Lion", "high")
+    assert guess.library == "lion-pytorch"
+    assert guess.import_path == "lion_pytorch.Lion"
+
+
+def test_unknown_optimizer_lists_the_keys_seen_and_the_closest():
+    # Lion's keys plus a flag and an entry no optimizer in the table writes.
+    groups = [{"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0, "my_flag": True}]
+    guess = infer_kind(groups, {"exp_avg", "my_buffer"})
     assert (guess.kind, guess.confidence) == ("unknown", "none")
-    assert guess.state_keys == ("exp_avg",)
-    assert guess.hyperparams == ("betas", "lr", "weight_decay")
+    assert guess.state_keys == ("exp_avg", "my_buffer")
+    assert guess.hyperparams == ("betas", "lr", "my_flag", "weight_decay")
     assert "exp_avg" in guess.reason and "betas" in guess.reason
+    assert guess.closest == "lion-pytorch Lion"
+    assert guess.differs == {"group_keys_added": ["my_flag"], "group_keys_missing": [],
+                             "state_added": ["my_buffer"], "state_missing": []}
+    assert "closest: lion-pytorch Lion, which differs in group keys +my_flag; state " \
+           "+my_buffer" in guess.reason
+
+
+def test_nothing_close_says_so_without_a_closest():
+    guess = infer_kind([{"alpha_zeta": 1, "beta_zeta": 2}], {"gamma_zeta"})
+    assert (guess.kind, guess.closest, guess.differs) == ("unknown", None, None)
+    assert "none is close" in guess.reason
 
 
 def test_state_keys_from_another_optimizer_make_it_unknown():
@@ -145,9 +166,20 @@ def test_transformers_adamw_keys():
 
 
 def test_foreign_keys_with_a_shared_state_layout_is_only_low():
-    # RAdam's keys plus a foreign one, and the Adam-family state that five optimizers write.
+    # RAdam's keys plus one no library in the table writes, and the Adam-family state
+    # that five optimizers write.
+    groups = [{"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+               "my_option": True}]
+    guess = infer_kind(groups, {"step", "exp_avg", "exp_avg_sq"})
+    assert (guess.kind, guess.confidence) == ("RAdam", "low")
+    assert guess.foreign == ("my_option",)
+
+
+def test_another_librarys_keys_do_not_make_it_radam():
+    # RAdam's keys plus bias_correction, which timm's Lamb writes (issue #19: Lamb, NAdamW,
+    # ADOPT and AdamP were "RAdam, all entries there"): unknown, with the closest named.
     groups = [{"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
                "bias_correction": True}]
     guess = infer_kind(groups, {"step", "exp_avg", "exp_avg_sq"})
-    assert (guess.kind, guess.confidence) == ("RAdam", "low")
-    assert guess.foreign == ("bias_correction",)
+    assert guess.kind == "unknown"
+    assert guess.closest is not None and guess.differs is not None

@@ -1,13 +1,23 @@
-"""Which torch.optim optimizer wrote a state, inferred from its keys, with how sure we are.
+"""Which optimizer wrote a state, inferred from its keys, with how sure we are.
 
 A state_dict does not name its optimizer. What it does hold: the hyperparameter names of
-each param group (torch fills in every default, so they are a signature) and the names of
-the per-parameter state entries. Each torch.optim class is described below by
+each param group (optimizers fill in every default, so they are a signature) and the names
+of the per-parameter state entries. Each torch.optim class is described below by
 
 - ``core``: hyperparameters every torch version since 1.x writes (all must be present);
 - ``full``: every hyperparameter any version writes (nothing else may be present, apart
   from keys LR schedulers and trainers add, see ``_ADDED_BY_OTHERS``);
 - ``state``: every state entry it can create (nothing else may be present).
+
+Every other optimizer (timm, pytorch-optimizer, schedulefree, lion-pytorch, heavyball,
+bitsandbytes, torchao) is a row of the table in ``state.signatures``, built from state_dicts
+the libraries wrote: it fits when its group keys are exactly those and the state entries
+are among its own (a packed format, e.g. torchao's, must be there too). Several optimizers
+can write identical keys: then all of them are named (confidence ``low``), never one
+picked. A wrapper (Lookahead, schedule-free's wrapper, SWALR) is recognised by the keys it
+adds around an optimizer that fits. When nothing fits, the kind is ``unknown`` and
+``closest``/``differs`` say which optimizer is nearest and how it differs: a hint, never a
+name.
 
 Confidence: ``high`` when exactly one optimizer fits both signatures; ``medium`` when the
 keys fit but something had to be assumed (Adam vs AdamW in an older torch, foreign group
@@ -17,8 +27,11 @@ keys, no state to confirm); ``low`` when several fit equally; ``none`` for ``unk
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from typing import Any
+
+from optstate.state.signatures import Table, TableSignature, leaf, table
 
 _COMMON = frozenset({"foreach", "maximize", "capturable", "differentiable", "fused"})
 
@@ -77,13 +90,18 @@ _TRANSFORMERS_ADAMW = frozenset({"lr", "betas", "eps", "weight_decay", "correct_
 
 @dataclass(frozen=True)
 class KindGuess:
-    kind: str  # a torch.optim class name, or "unknown"
+    kind: str  # a torch.optim class name, "<library> <class>", "A or B", or "unknown"
     confidence: str  # "high" | "medium" | "low" | "none"
     reason: str  # one sentence: why this kind, or what was seen
     candidates: tuple[str, ...] = ()  # every optimizer that fits the keys
     hyperparams: tuple[str, ...] = ()  # group keys seen (sorted)
     state_keys: tuple[str, ...] = ()  # state entry names seen (sorted)
     foreign: tuple[str, ...] = field(default=())  # group keys no torch optimizer writes
+    library: str | None = None  # "torch.optim", "timm", ... (None: unknown or several)
+    import_path: str | None = None
+    wrapper: str | None = None  # "Lookahead", "ScheduleFreeWrapper", "SWALR", or built in
+    closest: str | None = None  # unknown only: the nearest optimizer in the table
+    differs: dict[str, list[str]] | None = None  # how the state differs from ``closest``
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -92,33 +110,56 @@ class KindGuess:
         return d
 
 
-def infer_kind(groups: Iterable[dict[str, Any]], state_keys: Iterable[str]) -> KindGuess:
+def infer_kind(groups: Iterable[dict[str, Any]], state_keys: Iterable[str],
+               formats: Iterable[str] = ()) -> KindGuess:
     """Infer the optimizer from group hyperparameters (``{name: value}`` per group, without
-    ``params``) and the state entry names seen across all parameters."""
+    ``params``), the state entry names seen across all parameters and the formats packed
+    entries are stored in (``ParamView.stored[...]["format"]``: bitsandbytes', torchao's)."""
     groups = list(groups)
     hyper: set[str] = set()
     for g in groups:
         hyper.update(str(k) for k in g if k != "params")
     hyper -= {"param_names"}
     seen_state = {str(k) for k in state_keys}
+    return _infer(groups, hyper, seen_state, set(formats), wrapped=True)
+
+
+def _infer(groups: list[dict[str, Any]], hyper: set[str], seen_state: set[str],
+           formats: set[str], wrapped: bool) -> KindGuess:
     own = hyper - _ADDED_BY_OTHERS
     sorted_h, sorted_s = tuple(sorted(hyper)), tuple(sorted(seen_state))
+    tab = table()
+    packed = formats & tab.formats
 
     def guess(kind: str, confidence: str, reason: str, candidates: Iterable[str] = (),
-              foreign: Iterable[str] = ()) -> KindGuess:
+              foreign: Iterable[str] = (), **more: Any) -> KindGuess:
+        if kind in {s.name for s in SIGNATURES} and "library" not in more:
+            more.update(library="torch.optim", import_path=f"torch.optim.{kind}")
         return KindGuess(kind, confidence, reason, tuple(candidates), sorted_h, sorted_s,
-                         tuple(sorted(foreign)))
+                         tuple(sorted(foreign)), **more)
 
-    exact = [s for s in SIGNATURES if s.core <= own <= s.full and seen_state <= s.state]
+    fits = [s for s in tab.optimizers if not s.torch and _fits(s, own, seen_state, packed)]
+    # A packed format (torchao's subclasses, bitsandbytes' 8-bit maps) is no torch.optim's.
+    exact = [] if packed else [s for s in SIGNATURES
+                               if s.core <= own <= s.full and seen_state <= s.state]
+    if fits:
+        return _from_table(guess, fits, _narrow(exact, own) if exact else [], seen_state)
     if not exact:
+        if wrapped:
+            found = _wrapped(groups, hyper, seen_state, formats, tab)
+            if found is not None:
+                return found
         # Foreign group keys (a trainer's bookkeeping, a subclass's extra option) do not
-        # hide an optimizer whose whole signature is there.
+        # hide an optimizer whose whole signature is there; keys another library's
+        # optimizer writes do: then it is that optimizer's look-alike, not this one.
+        known = _third_party_keys_of_table()
         if _TRANSFORMERS_ADAMW <= own and seen_state <= {"step", "exp_avg", "exp_avg_sq"}:
             return guess("AdamW", "medium", "the keys of transformers.optimization.AdamW "
                          "(correct_bias), the AdamW that Hugging Face Trainer used before "
                          "torch's; its state has torch.optim.AdamW's layout", ["AdamW"],
                          sorted(own - _TRANSFORMERS_ADAMW))
-        loose = [s for s in SIGNATURES if s.core <= own and seen_state <= s.state]
+        loose = [s for s in SIGNATURES if s.core <= own and seen_state <= s.state
+                 and not (own - s.full) & known] if not packed else []
         best = _narrow(loose, own)
         if len(best) == 1:
             sig = best[0]
@@ -132,7 +173,7 @@ def infer_kind(groups: Iterable[dict[str, Any]], state_keys: Iterable[str]) -> K
                          f"{', '.join(extra)}" + ("" if unique else "; another optimizer "
                                                   "with the same state layout may have "
                                                   "written it"), [sig.name], extra)
-        return _unknown(guess, own, seen_state, best)
+        return _unknown(guess, own, seen_state, tab)
     exact = _narrow(exact, own)
     names = [s.name for s in exact]
     if names == ["Adam", "AdamW"]:
@@ -147,6 +188,68 @@ def infer_kind(groups: Iterable[dict[str, Any]], state_keys: Iterable[str]) -> K
     why = ("no state entries to tell them apart" if not seen_state
            else f"state entries {', '.join(sorted_s)} fit all of them")
     return guess(names[0], "low", f"the keys fit {' and '.join(names)}: {why}", names)
+
+
+def _fits(sig: TableSignature, own: set[str], seen: set[str], packed: set[str]) -> bool:
+    """Exactly the group keys ``sig`` writes, entries among its own, its packed format."""
+    if own != sig.keys:
+        return False
+    if sig.stored_format is not None and sig.stored_format not in packed:
+        return False
+    if packed and sig.stored_format is None:
+        return False
+    names = {leaf(k) for k in seen} if sig.nested else seen
+    return names <= set(sig.state)
+
+
+def _from_table(guess: Any, fits: list[TableSignature], torch_exact: list[Signature],
+                seen: set[str]) -> KindGuess:
+    kinds = [s.kind for s in fits] + [s.name for s in torch_exact]
+    if len(kinds) == 1:
+        sig = fits[0]
+        built = f" ({' and '.join(sig.built_in)} built in)" if sig.built_in else ""
+        why = (f"group keys and state entries ({', '.join(sorted(seen))}) match {sig.kind} "
+               "only" if seen else f"the group keys are exactly those of {sig.kind} (no "
+               "state entries yet to confirm)")
+        return guess(sig.kind, "high" if seen else "medium", why + built, kinds,
+                     library=sig.library, import_path=sig.import_path,
+                     wrapper=" and ".join(sig.built_in) or None)
+    libraries = {s.library for s in fits} | ({"torch.optim"} if torch_exact else set())
+    lib = libraries.pop() if len(libraries) == 1 else None
+    return guess(" or ".join(kinds), "low", f"the keys fit {len(kinds)} optimizers that "
+                 f"write identical group keys and state entries: {', '.join(kinds)}; the "
+                 "state cannot tell which", kinds, library=lib)
+
+
+def _wrapped(groups: list[dict[str, Any]], hyper: set[str], seen: set[str],
+             formats: set[str], tab: Table) -> KindGuess | None:
+    """A wrapper's keys around an optimizer that fits once they are set aside."""
+    for w in tab.wrappers:
+        if not (w.keys or w.state) or not w.keys <= hyper or not w.state <= seen:
+            continue
+        inner = _infer(groups, hyper - w.keys, seen - w.state, formats, wrapped=False)
+        if inner.kind == "unknown" or inner.confidence == "none":
+            continue
+        adds = ", ".join(sorted(w.keys | w.state))
+        return replace(inner, kind=f"{inner.kind} wrapped by {w.name}", wrapper=w.name,
+                       hyperparams=tuple(sorted(hyper)), state_keys=tuple(sorted(seen)),
+                       reason=f"{inner.reason}; around it {w.library} {w.name}'s own keys "
+                       f"({adds})")
+    return None
+
+
+@lru_cache(maxsize=1)
+def _third_party_keys_of_table() -> frozenset[str]:
+    """Group keys some other library's optimizer writes and no torch.optim one does."""
+    tab = table()
+    torch_keys = frozenset().union(*(s.full for s in SIGNATURES))
+    out: set[str] = set()
+    for s in tab.optimizers:
+        if not s.torch:
+            out |= s.keys
+    for w in tab.wrappers:
+        out |= w.keys
+    return frozenset(out - torch_keys)
 
 
 def _narrow(sigs: list[Signature], own: set[str]) -> list[Signature]:
@@ -181,21 +284,54 @@ def _adam_or_adamw(guess: Any, groups: list[dict[str, Any]], state: set[str]) ->
                  "either", cands)
 
 
-def _unknown(guess: Any, own: set[str], state: set[str], near: list[Signature]) -> KindGuess:
-    """No torch.optim signature fits: say what was seen and what it resembles."""
-    scored = sorted(
-        SIGNATURES,
-        key=lambda s: -(len(s.state & state) * 2 + len(s.core & own) - len(state - s.state)),
-    )
-    closest = scored[0]
+def _unknown(guess: Any, own: set[str], state: set[str], tab: Table) -> KindGuess:
+    """Nothing fits: say what was seen and which optimizer is nearest, and how it differs."""
     seen = (f"group keys {', '.join(sorted(own)) or '(none)'}; state entries "
             f"{', '.join(sorted(state)) or '(none)'}")
-    if near:
-        names = " or ".join(s.name for s in near)
-        return guess("unknown", "none", f"not a torch.optim optimizer as saved by torch, but it "
-                     f"has the keys of {names} ({seen})", [s.name for s in near])
-    hint = ""
-    if closest.state & state or len(closest.core & own) >= 2:
-        hint = f"; closest torch.optim optimizer: {closest.name}"
-    return guess("unknown", "none", f"no torch.optim optimizer writes these keys ({seen}){hint}",
-                 [])
+    scored = []
+    for sig in SIGNATURES:
+        d = _differs(own, state, sig.core, sig.full, sig.state)
+        scored.append((_distance(d, state), sig.name, d))
+    for t in tab.optimizers:
+        if t.torch:
+            continue
+        names = {leaf(k) for k in state} if t.nested else state
+        d = _differs(own, names, t.keys, t.keys, set(t.state))
+        scored.append((_distance(d, state), t.kind, d))
+    scored.sort(key=lambda x: x[0])
+    best, name, differs = scored[0]
+    shared = len(own) + len(state) - len(differs["group_keys_added"]) \
+        - len(differs["state_added"])
+    if shared < 2 or best > len(own) + len(state):
+        return guess("unknown", "none", f"no optimizer optstate knows writes these keys "
+                     f"({seen}), and none is close", [])
+    ties = [n for b, n, _ in scored[1:] if b == best]
+    text = name + (f" (as close: {', '.join(ties[:3])})" if ties else "")
+    return guess("unknown", "none", f"no optimizer optstate knows writes these keys ({seen}); "
+                 f"closest: {text}, which differs in {describe_differs(differs)}", [],
+                 closest=name, differs=differs)
+
+
+def _differs(own: set[str], state: set[str], core: frozenset[str], full: frozenset[str],
+             sig_state: set[str] | frozenset[str]) -> dict[str, list[str]]:
+    return {"group_keys_added": sorted(own - full), "group_keys_missing": sorted(core - own),
+            "state_added": sorted(state - set(sig_state)),
+            "state_missing": sorted(set(sig_state) - state) if state else []}
+
+
+def _distance(d: dict[str, list[str]], state: set[str]) -> int:
+    # A state entry the optimizer never writes counts double: entries are the better sign.
+    return (len(d["group_keys_added"]) + len(d["group_keys_missing"])
+            + 2 * len(d["state_added"]) + len(d["state_missing"]))
+
+
+def describe_differs(d: dict[str, list[str]]) -> str:
+    """``group keys +a -b; state +c`` (+ here and not in it, - in it and not here)."""
+    parts = []
+    keys = [f"+{k}" for k in d["group_keys_added"]] + [f"-{k}" for k in d["group_keys_missing"]]
+    if keys:
+        parts.append("group keys " + " ".join(keys))
+    st = [f"+{k}" for k in d["state_added"]] + [f"-{k}" for k in d["state_missing"]]
+    if st:
+        parts.append("state " + " ".join(st))
+    return "; ".join(parts) or "nothing it records"

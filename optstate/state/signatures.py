@@ -1,0 +1,138 @@
+"""The table of third-party optimizers' signatures (``optimizer_signatures.json``), as data.
+
+The table is built by ``scripts/build_signature_table.py`` from state_dicts the libraries
+themselves wrote (``tests/fixtures/optimizer_signatures.json``, ``tests/fixtures/lowbit/``):
+per optimizer class its display name (``kind``: "timm Lamb", torch.optim's bare class name
+"AdamW"), library, import path, the group keys it writes with its defaults, each state
+entry with the relations its shapes had to the param (same / scalar / row / col /
+gram_rows / gram_cols / transposed / flat / other, ``value`` for a non-tensor), the stored
+format that marks a packed state (bitsandbytes, torchao), the entries that are all zeros
+by design and the group values that were 0 when they were (``zero_by_design``); and the
+wrappers (Lookahead, schedule-free's wrapper, SWALR) with the group keys and entries each
+adds to the optimizer it wraps.
+
+``state.kind`` matches a state against it; ``analysis.suspicious`` reads the relations
+(factored second moments are not shape mismatches) and the zeros by design.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+TABLE_FILE = "optimizer_signatures.json"
+
+
+@dataclass(frozen=True)
+class TableSignature:
+    kind: str  # what KindGuess.kind says: "timm Lamb", or torch.optim's "AdamW"
+    library: str
+    class_name: str
+    import_path: str
+    keys: frozenset[str]  # group keys, without those schedulers and trainers add
+    state: dict[str, tuple[str, ...]]  # entry -> relations to the param seen
+    torch: bool = False  # torch.optim: state.kind's own signatures match it
+    nested: bool = False  # entries are nested per inner group (heavyball): match by leaf
+    stored_format: str | None = None  # "bitsandbytes-8bit", "torchao-4bit", ...
+    zero_entries: frozenset[str] = frozenset()
+    zero_while: frozenset[str] = frozenset()  # group keys that were 0 when they were zeros
+    built_in: tuple[str, ...] = ()  # wrappers built in ("Lookahead" for Ranger)
+
+
+@dataclass(frozen=True)
+class Wrapper:
+    name: str
+    library: str
+    import_path: str
+    keys: frozenset[str]  # group keys it adds
+    state: frozenset[str]  # state entries it adds
+
+
+@dataclass(frozen=True)
+class Table:
+    optimizers: tuple[TableSignature, ...]
+    wrappers: tuple[Wrapper, ...]
+    param_copies: frozenset[str]  # entries that copy the param (zero when it is)
+    versions: dict[str, str]
+
+    @property
+    def formats(self) -> frozenset[str]:
+        return frozenset(s.stored_format for s in self.optimizers if s.stored_format)
+
+    def by_kind(self, kind: str) -> TableSignature | None:
+        for s in self.optimizers:
+            if s.kind == kind:
+                return s
+        return None
+
+
+@lru_cache(maxsize=1)
+def table() -> Table:
+    """The table shipped with optstate (read once)."""
+    text = resources.files("optstate.state").joinpath(TABLE_FILE).read_text(encoding="utf-8")
+    return parse(json.loads(text))
+
+
+def parse(doc: dict[str, Any]) -> Table:
+    sigs = []
+    for r in doc["optimizers"]:
+        zero = r.get("zero_by_design") or {}
+        sigs.append(TableSignature(
+            kind=r["kind"], library=r["library"], class_name=r["class"],
+            import_path=r["import_path"], keys=frozenset(r["group_keys"]),
+            state={k: tuple(v) for k, v in r["state"].items()}, torch=bool(r.get("torch")),
+            nested=bool(r.get("nested")), stored_format=r.get("stored_format"),
+            zero_entries=frozenset(zero.get("entries", ())),
+            zero_while=frozenset(zero.get("while_zero", ())),
+            built_in=tuple(r.get("built_in", ()))))
+    wrappers = tuple(Wrapper(w["name"], w["library"], w["import_path"],
+                             frozenset(w["group_keys"]), frozenset(w["state"]))
+                     for w in doc.get("wrappers", ()))
+    return Table(tuple(sigs), wrappers, frozenset(doc.get("param_copies", ())),
+                 dict(doc.get("versions", {})))
+
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def leaf(name: str) -> str:
+    """A nested entry's own name, whatever path it is shown under (``0/exp_avg_6``,
+    ``[0].exp_avg_6``, ``exp_avg_6[1]``): its last identifier."""
+    found = _IDENT.findall(str(name))
+    return found[-1] if found else str(name)
+
+
+def relation(shape: tuple[int, ...], p: tuple[int, ...]) -> str:
+    """How an entry's shape relates to its param's (the generator's rule, same words)."""
+    if shape == p:
+        return "same"
+    n = 1
+    for d in shape:
+        n *= d
+    if len(shape) == 0 or n == 1:
+        return "scalar"
+    if len(p) >= 2:
+        if shape in (p[:-1], p[:-1] + (1,)):
+            return "row"
+        if shape in (p[:-2] + p[-1:], p[:-2] + (1,) + p[-1:]):
+            return "col"
+        if shape == (p[-2], p[-2]):
+            return "gram_rows"
+        if shape == (p[-1], p[-1]):
+            return "gram_cols"
+        if shape == tuple(reversed(p)):
+            return "transposed"
+        numel = 1
+        for d in p:
+            numel *= d
+        if shape == (numel,):
+            return "flat"
+    return "other"
+
+
+# Relations that factor or precondition the param rather than follow its shape.
+FACTORED = frozenset({"row", "col", "gram_rows", "gram_cols", "transposed", "flat"})

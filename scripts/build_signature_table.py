@@ -1,0 +1,340 @@
+"""Build optstate/state/optimizer_signatures.json, the table ``state.kind`` names optimizers by.
+
+    .venv/bin/python scripts/build_signature_table.py          # rewrite the table
+    .venv/bin/python scripts/build_signature_table.py --check  # exit 1 if it is stale
+
+Everything in the table comes from files the libraries themselves wrote (nothing typed by
+hand but the wrappers' inner optimizers and which entries hold a parameter's own copy):
+
+- tests/fixtures/optimizer_signatures.json (scripts/fixtures/optimizer_signatures.py: every
+  optimizer of torch.optim, timm, pytorch-optimizer, schedulefree, lion-pytorch, heavyball
+  and three wrappers, built with its defaults on a tiny model and stepped 3 times): group
+  keys, per-param state entries and their shapes' relation to the param;
+- tests/fixtures/lowbit/*/optimizer.pt (bitsandbytes and torchao, made by
+  scripts/fixtures/make_lowbit.py): group keys, the logical entries (bitsandbytes' ``state1``
+  / ``state2`` beside their quantization maps, torchao's subclassed ``exp_avg`` ...), and the
+  stored format that tells them from torch's Adam;
+- zero by design: which entries are all zeros in every param after those 3 steps with the
+  defaults (tests/fixtures/third_party/*/expected.pt, and third_party_all/*/expected.json
+  where present), with the group values that were 0 then (``while``): a zero buffer is
+  expected only while those are still 0 (SM3's ``momentum_buffer`` with ``momentum=0``).
+
+One row per optimizer class (registry aliases of one class merge). Rows for torch.optim
+classes carry relations and zeros only: ``state.kind`` keeps its hand-written torch
+signatures, which know the keys of every torch version, for matching them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SIGNATURES = ROOT / "tests" / "fixtures" / "optimizer_signatures.json"
+LOWBIT = ROOT / "tests" / "fixtures" / "lowbit"
+THIRD_PARTY = ROOT / "tests" / "fixtures" / "third_party"
+THIRD_PARTY_ALL = ROOT / "tests" / "fixtures" / "third_party_all"
+OUT = ROOT / "optstate" / "state" / "optimizer_signatures.json"
+
+# Wrappers recorded around a known optimizer: (library, recorded name) -> (wrapper name,
+# the inner optimizer's (library, recorded name)). What each adds is the difference.
+WRAPPERS = {
+    ("torch", "SGD+SWALR"): ("SWALR", ("torch", "SGD")),
+    ("pytorch-optimizer", "Lookahead(AdamW)"): ("Lookahead", ("torch", "AdamW")),
+    ("schedulefree", "ScheduleFreeWrapper(SGD)"): ("ScheduleFreeWrapper", ("torch", "SGD")),
+    ("schedulefree", "ScheduleFreeWrapperReference(SGD)"):
+        ("ScheduleFreeWrapperReference", ("torch", "SGD")),
+}
+# Entries that are a copy of the parameter (Lookahead's slow weights, schedule-free's
+# iterates): all zeros exactly when the parameter is, so zeros there say nothing about
+# gradients. The data cannot tell a copy from a statistic; these are the libraries' names.
+PARAM_COPIES = ("slow_buffer", "lookahead_params", "slow_params", "z", "x", "y", "x0", "ax")
+# Built-in wrappers: a state entry that says the optimizer includes one.
+BUILT_IN = {"slow_buffer": "Lookahead", "lookahead_params": "Lookahead",
+            "z": "schedule-free"}
+# Group keys written by schedulers and trainers, not by the optimizer (state.kind has the same).
+ADDED_BY_OTHERS = {"initial_lr", "max_lr", "min_lr", "base_lr", "max_momentum",
+                   "base_momentum", "param_names", "name"}
+LIBRARY_NAMES = {"torch": "torch.optim"}
+
+
+def leaves(desc: Any, name: str, out: dict[str, set[str]]) -> None:
+    """Nested state (heavyball): each leaf entry under its own key, with its relations."""
+    if isinstance(desc, str):
+        if name:
+            out.setdefault(leaf(name), set()).add(desc.split()[0])
+    elif isinstance(desc, dict) and "dict" in desc:
+        for k, v in desc["dict"].items():  # keys like 0 or 0.9 (AggMo's betas) name no entry
+            leaves(v, leaf(k) if IDENT.search(k) else name, out)
+    elif isinstance(desc, dict) and ({"list", "tuple"} & desc.keys()):
+        for v in desc.get("list", desc.get("tuple", [])):
+            leaves(v, name, out)
+    elif isinstance(desc, dict) and ({"list_of", "tuple_of"} & desc.keys()):
+        leaves(desc.get("list_of", desc.get("tuple_of")), name, out)
+    elif isinstance(desc, dict) and "type" in desc and IDENT.search(name):
+        out.setdefault(leaf(name), set()).add("value")
+
+
+IDENT = re.compile(r"[A-Za-z_]")
+
+
+def leaf(name: str) -> str:
+    sys.path.insert(0, str(ROOT))
+    from optstate.state.signatures import leaf as own_leaf
+
+    return own_leaf(name)
+
+
+def entries_of(rec: dict[str, Any]) -> tuple[dict[str, set[str]], bool]:
+    out: dict[str, set[str]] = {}
+    nested = bool(rec.get("nested"))
+    for per_param in rec.get("state", {}).values():
+        for entry, desc in per_param.items():
+            if nested:
+                leaves(desc, entry if IDENT.search(entry) else "", out)
+            elif isinstance(desc, str):
+                out.setdefault(entry, set()).add(desc.split()[0])
+            else:
+                out.setdefault(entry, set()).add("value")
+    return out, nested
+
+
+def base_optimizer_groups(rec: dict[str, Any]) -> tuple[list[str], dict[str, set[str]]]:
+    """pytorch-optimizer's Lookahead keeps the inner optimizer's state_dict under
+    ``base_optimizer``: its group keys and entry names are what a reader sees."""
+    base = rec.get("other_top_level", {}).get("base_optimizer", {}).get("dict", {})
+    groups = base.get("param_groups", {}).get("list_of", {}).get("dict", {})
+    keys = sorted(k for k in groups if k not in ("params", "param_names"))
+    state: dict[str, set[str]] = {}
+    for per_param in base.get("state", {}).get("dict", {}).values():
+        for entry in per_param.get("dict", {}):
+            state.setdefault(entry, set()).add("same")
+    return keys, state
+
+
+def row_for(rec: dict[str, Any]) -> dict[str, Any]:
+    cls_path = rec["class"]
+    cls = cls_path.rsplit(".", 1)[-1]
+    torch_class = cls_path.startswith("torch.optim.")
+    library = "torch.optim" if torch_class else rec["library"]
+    state, nested = entries_of(rec)
+    row: dict[str, Any] = {
+        "kind": cls if torch_class else f"{library} {cls}",
+        "library": library, "class": cls,
+        "import_path": rec["import_path"] if not torch_class else f"torch.optim.{cls}",
+        "registry_names": [rec["name"]],
+        "group_keys": sorted(k for k in rec.get("group_values", {})
+                             if k not in ADDED_BY_OTHERS),
+        "state": {k: sorted(v) for k, v in sorted(state.items())},
+        "defaults_zero": sorted(k for k, v in rec.get("group_values", {}).items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool)
+                                and v == 0),
+    }
+    if torch_class:
+        row["torch"] = True
+    if nested:
+        row["nested"] = True
+    built_in = sorted({BUILT_IN[e] for e in state if e in BUILT_IN})
+    if built_in:
+        row["built_in"] = built_in
+    return row
+
+
+def merge(into: dict[str, Any], row: dict[str, Any]) -> None:
+    into["registry_names"] = sorted(set(into["registry_names"]) | set(row["registry_names"]))
+    into["group_keys"] = sorted(set(into["group_keys"]) | set(row["group_keys"]))
+    for k, rel in row["state"].items():
+        into["state"][k] = sorted(set(into["state"].get(k, [])) | set(rel))
+    into["state"] = dict(sorted(into["state"].items()))
+    into["defaults_zero"] = sorted(set(into["defaults_zero"]) & set(row["defaults_zero"]))
+
+
+def lowbit_rows() -> list[dict[str, Any]]:
+    """bitsandbytes and torchao, from their real files (they need CUDA or torchao's own
+    subclasses, so the signature generator does not run them)."""
+    sys.path.insert(0, str(ROOT))
+    from optstate.io.inert import InertTensor
+    from optstate.io.torch_file import load_torch_file
+
+    rows = []
+    for folder in sorted(LOWBIT.iterdir()):
+        if not (folder / "optimizer.pt").is_file():
+            continue
+        meta = json.loads((folder / "expected.json").read_text())
+        sd = load_torch_file(folder / "optimizer.pt").obj
+        keys = sorted({str(k) for g in sd["param_groups"] for k in g
+                       if k != "params" and k not in ADDED_BY_OTHERS})
+        state: dict[str, set[str]] = {}
+        formats = set()
+        for raw in sd["state"].values():
+            for k, v in raw.items():
+                if k == "__bnb_optimizer_quant_state__":  # state1/state2 beside their maps
+                    formats.add("bitsandbytes-8bit")
+                    for q in v:
+                        if str(q).startswith("state"):
+                            state.setdefault(str(q), set()).add("same")
+                    continue
+                if isinstance(v, InertTensor):
+                    name = v.qualname.rsplit(".", 1)[-1]
+                    formats.add({"OptimState8bit": "torchao-8bit", "OptimState4bit":
+                                 "torchao-4bit", "OptimStateFp8": "torchao-fp8"}[name])
+                state.setdefault(str(k), set()).add("scalar" if k == "step" else "same")
+        path = meta["optimizer"]
+        lib = meta["library"]
+        cls = path.rsplit(".", 1)[-1]
+        rows.append({
+            "kind": f"{lib} {cls}", "library": lib, "class": cls, "import_path": path,
+            "registry_names": [cls], "group_keys": keys,
+            "state": {k: sorted(v) for k, v in sorted(state.items())},
+            "defaults_zero": [], "stored_format": sorted(formats)[0],
+        })
+    return rows
+
+
+def zero_entries() -> dict[tuple[str, str], set[str]]:
+    """(library, recorded name) -> entries all zeros in every param that has them."""
+    import torch
+
+    found: dict[tuple[str, str], set[str]] = {}
+
+    def judge(key: tuple[str, str], sums: dict[str, list[float]]) -> None:
+        zeros = {e for e, s in sums.items() if s and all(x == 0.0 for x in s)}
+        found[key] = found.get(key, set()) | zeros
+
+    for folder in sorted(THIRD_PARTY.glob("*/expected.json")):
+        meta = json.loads(folder.read_text())
+        sig = meta["signature"]
+        tensors = torch.load(folder.parent / "expected.pt", weights_only=True)
+        sums: dict[str, list[float]] = {}
+        for name, t in tensors.items():
+            parts = name.split("/")
+            if parts[0] != "state" or t.numel() == 0:
+                continue
+            entry = next((p for p in reversed(parts[2:]) if not p.isdigit()), None)
+            if entry is not None and len(parts) >= 3:
+                sums.setdefault(entry, []).append(float(t.double().abs().sum()))
+        judge((sig["library"], sig["name"]), sums)
+    for exp in sorted(THIRD_PARTY_ALL.glob("*/expected.json")):
+        doc = json.loads(exp.read_text())
+        library = doc.get("library", exp.parent.name)
+        for name, o in (doc.get("optimizers") or {}).items():
+            sums = {}
+            for path, t in (o.get("tensors") or {}).items():
+                parts = path.split("/")
+                entry = next((p for p in reversed(parts[1:]) if not p.isdigit()), None)
+                if entry is not None and t.get("numel"):
+                    sums.setdefault(entry, []).append(float(t.get("abs_sum", 1.0)))
+            judge((library, name), sums)
+    return found
+
+
+def torch_state() -> dict[str, set[str]]:
+    """torch.optim's entries by class, from state.kind's hand-written torch signatures."""
+    sys.path.insert(0, str(ROOT))
+    from optstate.state.kind import SIGNATURES as TORCH
+
+    return {s.name: set(s.state) for s in TORCH}
+
+
+TORCH_STATE: dict[str, set[str]] = {}
+
+
+def build() -> dict[str, Any]:
+    TORCH_STATE.update(torch_state())
+    doc = json.loads(SIGNATURES.read_text())
+    recs = [r for r in doc["optimizers"] if r.get("class") and r.get("stepped")]
+    zeros = zero_entries()
+    by_class: dict[str, dict[str, Any]] = {}
+    wrappers = []
+    named = {(r["library"], r["name"]): r for r in recs}
+    for rec in recs:
+        key = (rec["library"], rec["name"])
+        if key in WRAPPERS:
+            wname, inner_key = WRAPPERS[key]
+            inner = named[inner_key]
+            if rec.get("group_count"):
+                keys = set(rec.get("group_values", {}))
+                state, _ = entries_of(rec)
+            else:
+                k, state = base_optimizer_groups(rec)
+                keys = set(k)
+            inner_state, _ = entries_of(inner)
+            # Every entry the inner class can write (recorded with its defaults it may
+            # write fewer: SGD without momentum writes none).
+            inner_state = set(inner_state) | TORCH_STATE.get(inner_key[1], set())
+            wrappers.append({
+                "name": wname, "library": LIBRARY_NAMES.get(rec["library"], rec["library"]),
+                "import_path": rec["import_path"],
+                "recorded_around": row_for(inner)["kind"],
+                "group_keys": sorted(keys - set(inner.get("group_values", {}))
+                                     - ADDED_BY_OTHERS),
+                "state": sorted(set(state) - set(inner_state)),
+            })
+            continue
+        row = row_for(rec)
+        z = zeros.get(key, set()) - set(PARAM_COPIES)
+        if z:
+            row["zero_by_design"] = {"entries": sorted(z & set(row["state"])),
+                                     "while_zero": row["defaults_zero"]}
+        cls_key = rec["class"]
+        if cls_key in by_class:
+            merge(by_class[cls_key], row)
+            if "zero_by_design" in row:
+                prev = by_class[cls_key].get("zero_by_design", {"entries": []})
+                prev["entries"] = sorted(set(prev["entries"]) | set(row["zero_by_design"]
+                                                                   ["entries"]))
+                prev["while_zero"] = by_class[cls_key]["defaults_zero"]
+                by_class[cls_key]["zero_by_design"] = prev
+        else:
+            by_class[cls_key] = row
+    rows = sorted(by_class.values(), key=lambda r: (r["library"] != "torch.optim",
+                                                    r["library"], r["class"]))
+    rows += lowbit_rows()
+    for r in rows:
+        r.pop("defaults_zero", None)
+        if "zero_by_design" in r and not r["zero_by_design"]["entries"]:
+            del r["zero_by_design"]
+    versions = dict(doc["versions"])
+    lowbit_versions = LOWBIT / "versions.json"
+    if lowbit_versions.is_file():
+        versions.update(json.loads(lowbit_versions.read_text()))
+    return {
+        "schema": 1,
+        "generated_by": "scripts/build_signature_table.py",
+        "from": ["tests/fixtures/optimizer_signatures.json", "tests/fixtures/lowbit/",
+                 "tests/fixtures/third_party/", "tests/fixtures/third_party_all/"],
+        "versions": versions,
+        "relations": doc["relations"],
+        "param_copies": list(PARAM_COPIES),
+        "optimizers": rows,
+        "wrappers": wrappers,
+    }
+
+
+def render(table: dict[str, Any]) -> str:
+    head = {k: v for k, v in table.items() if k not in ("optimizers", "wrappers")}
+    text = json.dumps(head, indent=1)[:-2]
+    for key in ("optimizers", "wrappers"):
+        lines = [json.dumps(r, separators=(",", ":")) for r in table[key]]
+        text += f',\n "{key}": [\n' + ",\n".join(lines) + "\n ]"
+    return text + "\n}\n"
+
+
+def main(argv: list[str]) -> int:
+    text = render(build())
+    if "--check" in argv:
+        same = OUT.is_file() and OUT.read_text() == text
+        print(f"{OUT.relative_to(ROOT)}: {'up to date' if same else 'STALE'}")
+        return 0 if same else 1
+    OUT.write_text(text)
+    table = json.loads(text)
+    print(f"{OUT.relative_to(ROOT)}: {len(table['optimizers'])} optimizers, "
+          f"{len(table['wrappers'])} wrappers")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
