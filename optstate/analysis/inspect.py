@@ -112,7 +112,7 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
     shards = shard_note([p.stored for p in view.params])
     if shards:
         notes.append({"code": "dtensor_shard", "message": shards, "where": []})
-    report["warnings"], report["notes"] = warnings, notes
+    report["warnings"], report["notes"] = warnings, list(source.notes) + notes
     return report
 
 
@@ -125,6 +125,9 @@ def _file_info(source: Source) -> dict[str, Any]:
     }
     if source.sibling_files:
         info["siblings"] = {k: str(v) for k, v in source.sibling_files.items()}
+    if source.summary:  # e.g. DeepSpeed: ZeRO stage, world size, dtype, loss scale
+        info["summary"] = source.summary
+        info["details"] = dict(source.details)
     return info
 
 

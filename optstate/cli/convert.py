@@ -1,4 +1,5 @@
-"""``optstate convert``: torch.save file <-> torch.distributed.checkpoint (DCP) folder."""
+"""``optstate convert``: torch.save file <-> torch.distributed.checkpoint (DCP) folder;
+a DeepSpeed ZeRO checkpoint -> either."""
 
 from __future__ import annotations
 
@@ -23,11 +24,14 @@ from optstate.cli import (
 def convert(
     src: Annotated[Path, typer.Argument(
         metavar="SRC", help="A torch.save file (or Hugging Face checkpoint folder) to turn "
-        "into a DCP folder, or a DCP folder (with .metadata) to turn into one torch.save file.",
+        "into a DCP folder, a DCP folder (with .metadata) to turn into one torch.save file, "
+        "or a DeepSpeed ZeRO checkpoint (run folder with 'latest', tag folder, or a rank "
+        "file) to turn into either.",
         show_default=False)],
     dst: Annotated[Path, typer.Argument(
         metavar="DST", help="Where to write: a folder for DCP output, a file for torch.save "
-        "output.",
+        "output. From DeepSpeed, a name ending in .pt, .pth, .bin or .ckpt is one torch.save "
+        "file; any other name a DCP folder.",
         show_default=False)],
     force: Annotated[bool, typer.Option(
         "--force", help="Replace DST if it is a checkpoint of the kind written: a "
@@ -41,6 +45,11 @@ def convert(
     Example, there and back:
       optstate convert adam.pt adam_dcp/
       optstate convert adam_dcp/ adam.pt
+
+    A DeepSpeed ZeRO checkpoint becomes a file or a DCP folder, as DST is named:
+      optstate convert run/ optimizer.pt      (torch.load(f)["optimizer"] is a
+                                               torch.optim state_dict; beside it
+                                               fp32_master_weights and deepspeed)
 
     Uses torch.distributed.checkpoint in this one process (no process group).
     The copy is written beside DST, read back and compared with the source bit

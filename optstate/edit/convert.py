@@ -2,7 +2,14 @@
 
 The direction follows the source: a DCP folder becomes one torch.save file; anything
 else ``open_source`` reads (a file, a Hugging Face folder's optimizer file) becomes a DCP
-folder. The engine is torch's (``dcp.save`` / ``dcp.load`` with ``no_dist=True``, what
+folder. A DeepSpeed ZeRO checkpoint (``io/deepspeed.py``) can become either, and the
+destination's name chooses (``deepspeed_to_file``): a name ending in one of
+``FILE_SUFFIXES`` is a torch.save file, anything else a DCP folder. Both hold the tree
+DeepSpeed's rank files are read as: ``optimizer`` (a torch.optim state_dict with
+``param_names``: ``opt.load_state_dict(torch.load(f)["optimizer"])``),
+``fp32_master_weights`` and ``deepspeed`` (the run's facts).
+
+The engine is torch's (``dcp.save`` / ``dcp.load`` with ``no_dist=True``, what
 ``torch.distributed.checkpoint.format_utils`` calls), but not format_utils' two helpers
 themselves: ``torch_save_to_dcp`` loads its input with ``weights_only=False`` and
 ``dcp_to_torch_save`` unpickles metadata and values with full pickle (see
@@ -28,8 +35,10 @@ from optstate.base.testhook import pause_at
 from optstate.io.atomic import staged
 from optstate.io.dcp_metadata import is_dcp_folder
 from optstate.io.dcp_write import check_dir_writable, dcp_save, dcp_to_file, tensor_bytes
+from optstate.io.deepspeed import is_deepspeed_file, is_deepspeed_folder
 from optstate.io.source import open_source
 from optstate.io.targets import AtLeast
+from optstate.io.torch_file import check_writable, save_checkpoint
 from optstate.numeric.trees import verify_copy
 
 
@@ -58,13 +67,39 @@ class ConvertResult:
 
 def convert(src: str | Path, dst: str | Path, *, force: bool = False,
             unsafe: bool = False) -> ConvertResult:
-    """Convert ``src`` (DCP folder <-> torch.save file) to ``dst``; see module docstring."""
+    """Convert ``src`` (DCP folder <-> torch.save file; DeepSpeed -> either) to ``dst``; see
+    the module docstring."""
     src_p, dst_p = Path(src), Path(dst)
     if src_p.resolve() == dst_p.resolve():
         raise OutputExistsError(f"{dst_p} is the source itself; give another destination")
     if is_dcp_folder(src_p):
         return _dcp_to_file(src_p, dst_p, force)
+    if deepspeed_to_file(src_p, dst_p):
+        return _deepspeed_to_file(src_p, dst_p, force, unsafe)
     return _file_to_dcp(src_p, dst_p, force, unsafe)
+
+
+# A DeepSpeed checkpoint converted to a destination named like this is one torch.save file.
+FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def deepspeed_to_file(src: Path, dst: Path) -> bool:
+    """Whether ``src`` is a DeepSpeed checkpoint to write as one torch.save file (``dst``
+    ends in one of ``FILE_SUFFIXES``); any other destination of it is a DCP folder."""
+    is_ds = (is_deepspeed_folder(src) if src.is_dir()
+             else src.is_file() and is_deepspeed_file(src))
+    return is_ds and dst.suffix.lower() in FILE_SUFFIXES
+
+
+def _deepspeed_to_file(src: Path, dst: Path, force: bool, unsafe: bool) -> ConvertResult:
+    check_writable(dst, force, kind="torch")
+    source = open_source(src, mmap=True, unsafe=unsafe, copying="convert")
+    notes: list[str] = []
+    save_checkpoint(source.obj, dst, force=force, notes=notes)
+    written = open_source(dst, mmap=True)
+    n, dropped = verify_copy(source.obj, written.obj)
+    return ConvertResult(src, source.format, dst, "zip", n, dst.stat().st_size,
+                         notes + _dropped_note(dropped))
 
 
 def _dcp_to_file(src: Path, dst: Path, force: bool) -> ConvertResult:

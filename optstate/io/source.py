@@ -1,8 +1,9 @@
 """Checkpoint sources: what a path on the command line points at, and the one way to read it.
 
 A source is a torch.save file, a checkpoint folder (a Hugging Face Trainer / accelerate
-folder with ``optimizer.pt`` or ``optimizer.bin``) or a torch.distributed.checkpoint
-(DCP) folder. ``open_source`` is the one entry for all three, and each goes through the
+folder with ``optimizer.pt`` or ``optimizer.bin``), a torch.distributed.checkpoint
+(DCP) folder or a DeepSpeed ZeRO checkpoint (its run folder, tag folder or a rank file:
+``deepspeed.py``). ``open_source`` is the one entry for all of them, and each goes through the
 same safety check: the loaded object tree is ``walk``ed (cycles, depth, size as a tree,
 sparse invariants; ``walk.py``), and the ``WalkReport`` is kept on the ``Source``.
 Tensors come lazily: a zip-format file's tensors are memory-mapped (opening reads only
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from optstate.base.errors import CheckpointError, NoOptimizerStateError
+from optstate.io.deepspeed import is_deepspeed_file, is_deepspeed_folder
 from optstate.io.torch_file import load_torch_file
 from optstate.io.walk import WalkReport, check_copyable, walk
 
@@ -45,6 +47,12 @@ class Source:
     # What the safety check saw of ``obj`` (tensors by kind, the first sparse one, ...);
     # None for an object handed over in memory rather than read by ``open_source``
     walk: WalkReport | None = None
+    # One line about a format with more to say than its name (DeepSpeed: stage, world
+    # size, dtype, loss scale), and notes about how it was read ({"code", "message",
+    # "where"}, as inspect's notes)
+    summary: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # the same as plain data
+    notes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -60,6 +68,8 @@ def open_source(path: str | Path, *, mmap: bool = True, unsafe: bool = False,
     then refused here, before any copy (reading it for statistics works over its storage).
     """
     p = Path(path)
+    if p.is_dir() and is_deepspeed_folder(p) or p.is_file() and is_deepspeed_file(p):
+        return _open_deepspeed(p, unsafe=unsafe, copying=copying)
     if p.is_dir():
         return _open_folder(p, mmap=mmap, unsafe=unsafe, copying=copying)
     loaded = load_torch_file(p, mmap=mmap, unsafe=unsafe)  # walks what it loaded
@@ -97,6 +107,20 @@ def _open_folder(p: Path, *, mmap: bool, unsafe: bool, copying: str | None) -> S
                  walk=loaded.walk)
     _add_scheduler_sibling(src, opt_file, unsafe=unsafe)
     return src
+
+
+def _open_deepspeed(p: Path, *, unsafe: bool, copying: str | None) -> Source:
+    """A DeepSpeed ZeRO run folder, tag folder or rank file: every rank's file read and put
+    back together per parameter (``io.deepspeed``); ``file`` is the tag folder."""
+    from optstate.io.deepspeed import read_deepspeed
+
+    ck = read_deepspeed(p, unsafe=unsafe)
+    report = walk(ck.obj, label=str(ck.folder))
+    if copying:
+        check_copyable(report, str(ck.folder), copying)
+    return Source(path=p, file=ck.folder, format="deepspeed", bytes=ck.bytes, obj=ck.obj,
+                  walk=report, summary=ck.summary, details=dict(ck.obj["deepspeed"]),
+                  notes=ck.notes)
 
 
 def _open_dcp(p: Path) -> Source:

@@ -18,6 +18,7 @@ FORMAT_LABELS = {
     "zip": "torch.save zip (torch >= 1.6)",
     "legacy": "torch.save legacy pickle (torch < 1.6)",
     "dcp": "torch.distributed.checkpoint folder",
+    "deepspeed": "DeepSpeed ZeRO checkpoint (all ranks' files, per param)",
 }
 
 # Rows of a human view are for reading: past this many params, point to --json.
@@ -113,6 +114,8 @@ def header(report: dict[str, Any]) -> Header:
             read.append(f" (+ {Path(sib).name}: {role})")
         rows.add("read", read)
     rows.add("format", Text(FORMAT_LABELS.get(f["format"], f["format"])))
+    if f.get("summary"):
+        rows.add("", Text(f["summary"]))
     rows.add("size", Text(human_bytes(f["bytes"])))
     whole = f"{Path(f['read']).name} (the whole file)" if inside else "top level (the whole " \
         "file is the optimizer state)"

@@ -1,0 +1,245 @@
+"""ZeRO's flat fp32 partitions, per rank, back into per-parameter tensors (``io.deepspeed``).
+
+``reassemble`` returns, in the order of the model states' ``param_shapes`` (the order of the
+flat vectors), one dict per trainable param: ``name``, ``shape``, ``group`` (the base
+optimizer's param group), ``state`` (every entry of the base optimizer's state: flat ones
+cut to the param and shaped like it, 0-d ones such as ``step`` copied per param) and
+``fp32`` (the master weights); and the base optimizer's param groups without ``params``.
+The arithmetic is DeepSpeed's (see ``io/deepspeed.py``); every count is checked and a
+mismatch is one CheckpointError, never a guess.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optstate.base.errors import CheckpointError
+
+
+def reassemble(stage: int, world: int, states: list[dict[str, Any]],
+               param_shapes: list[Any], files: list[str]
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    if stage == 3:
+        return _zero3(world, states, param_shapes, files)
+    return _zero12(world, states, param_shapes, files)
+
+
+def _shapes(group: Any, where: str) -> list[tuple[str, tuple[int, ...]]]:
+    if not isinstance(group, dict):
+        raise CheckpointError(f"{where}: param_shapes holds a {type(group).__name__}, not a dict")
+    out = []
+    for name, shape in group.items():
+        try:
+            dims = tuple(int(d) for d in shape)
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{where}: the shape of {name!r} is {shape!r}") from None
+        if any(d < 0 for d in dims):
+            raise CheckpointError(f"{where}: the shape of {name!r} is {dims}")
+        out.append((str(name), dims))
+    return out
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _hyper(group: Any, where: str) -> dict[str, Any]:
+    if not isinstance(group, dict):
+        raise CheckpointError(f"{where}: a param group is a {type(group).__name__}")
+    return {k: v for k, v in group.items() if k != "params"}
+
+
+def _flat(t: Any, where: str) -> Any:
+    import torch
+
+    if not isinstance(t, torch.Tensor) or t.dim() != 1:
+        raise CheckpointError(f"{where} is not a flat (1-d) tensor")
+    return t
+
+
+def _split_entries(entry: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
+    """An entry dict's 0-d (or non-tensor) values, and the names of its flat ones."""
+    import torch
+
+    scalars: dict[str, Any] = {}
+    flat: list[str] = []
+    for k, v in entry.items():
+        if isinstance(v, torch.Tensor) and v.dim() > 0:
+            _flat(v, f"{where}[{k!r}]")
+            flat.append(k)
+        else:
+            scalars[k] = v
+    return scalars, flat
+
+
+def _zero12(world: int, states: list[dict[str, Any]], param_shapes: list[Any],
+            files: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    import torch
+
+    base0 = states[0].get("base_optimizer_state")
+    if isinstance(base0, list):
+        raise CheckpointError(f"{files[0]} is an elastic ZeRO checkpoint: its base optimizer's "
+                              "param groups (hyperparameters) are not saved; optstate does not "
+                              "read this layout")
+    groups_out: list[dict[str, Any]] = []
+    params: list[dict[str, Any]] = []
+    n_groups = len(param_shapes)
+    for r, st in enumerate(states):
+        fp32 = st.get("single_partition_of_fp32_groups")
+        base = st.get("base_optimizer_state")
+        if not isinstance(fp32, list) or len(fp32) != n_groups or not isinstance(base, dict):
+            raise CheckpointError(f"{files[r]}: expected {n_groups} flat fp32 partitions "
+                                  "(single_partition_of_fp32_groups) and the base optimizer's "
+                                  "state_dict, as param_shapes lists")
+    for g in range(n_groups):
+        shapes = _shapes(param_shapes[g], f"param_shapes[{g}]")
+        pieces: dict[str, list[Any]] = {"fp32": []}
+        scalars: dict[str, Any] = {}
+        order: list[Any] = []
+        hyper: dict[str, Any] | None = None
+        for r, st in enumerate(states):
+            base = st["base_optimizer_state"]
+            pgs = base.get("param_groups")
+            if not isinstance(pgs, list) or len(pgs) != n_groups:
+                raise CheckpointError(f"{files[r]}: the base optimizer has "
+                                      f"{len(pgs) if isinstance(pgs, list) else 'no'} param "
+                                      f"groups, param_shapes {n_groups}")
+            if hyper is None:
+                hyper = _hyper(pgs[g], files[r])
+            ids = pgs[g].get("params") if isinstance(pgs[g], dict) else None
+            if not isinstance(ids, list) or len(ids) != 1:
+                raise CheckpointError(f"{files[r]}: param group {g} of the base optimizer holds "
+                                      f"{ids!r}, not the one flat partition ZeRO gives it")
+            fp32 = _flat(st["single_partition_of_fp32_groups"][g],
+                         f"{files[r]}: single_partition_of_fp32_groups[{g}]")
+            entry = (base.get("state") or {}).get(ids[0], {})
+            if not isinstance(entry, dict):
+                raise CheckpointError(f"{files[r]}: base optimizer state {ids[0]} is not a dict")
+            sc, flat = _split_entries(entry, f"{files[r]}: base optimizer state[{ids[0]}]")
+            if r == 0:
+                scalars, order = sc, list(entry)
+                for k in flat:
+                    pieces[k] = []
+            elif set(flat) != set(pieces) - {"fp32"}:
+                raise CheckpointError(f"{files[r]}: group {g} has state entries {sorted(flat)}, "
+                                      f"rank 0's {sorted(set(pieces) - {'fp32'})}")
+            pieces["fp32"].append(fp32)
+            for k in flat:  # saved with the group's padding; the fp32 partition without it
+                v = entry[k]
+                if v.numel() < fp32.numel():
+                    raise CheckpointError(f"{files[r]}: {k} of group {g} has {v.numel()} "
+                                          f"elements, its fp32 partition {fp32.numel()}")
+                pieces[k].append(v[:fp32.numel()])
+        full = {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in pieces.items()}
+        pads = states[0].get("param_alignment_paddings")
+        pads_g = pads[g] if isinstance(pads, list) and g < len(pads) else None
+        if pads_g is not None and (not isinstance(pads_g, list) or len(pads_g) != len(shapes)):
+            raise CheckpointError(f"{files[0]}: param_alignment_paddings[{g}] does not list one "
+                                  f"padding per param ({len(shapes)})")
+        offset = 0
+        total = full["fp32"].numel()
+        for i, (name, shape) in enumerate(shapes):
+            n = _numel(shape)
+            if offset + n > total:
+                raise CheckpointError(f"param_shapes[{g}] needs more elements than the "
+                                      f"{world} rank file(s) hold for group {g} ({total}): "
+                                      "files of another run mixed in, or a layout optstate "
+                                      "does not know")
+            params.append(_param(name, shape, len(groups_out), scalars,
+                                 {k: v.narrow(0, offset, n) for k, v in full.items()}, order))
+            offset += n + (int(pads_g[i]) if pads_g is not None else 0)
+        if offset != total:
+            raise CheckpointError(f"group {g}: param_shapes account for {offset} elements, the "
+                                  f"rank files hold {total}; a layout optstate does not know")
+        groups_out.append(hyper or {})
+    return params, groups_out
+
+
+def _zero3(world: int, states: list[dict[str, Any]], param_shapes: list[Any],
+           files: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    import torch
+
+    n_sub = len(param_shapes)
+    inner0 = states[0].get("optimizer_state_dict")
+    if not isinstance(inner0, dict) or not isinstance(inner0.get("param_groups"), list):
+        raise CheckpointError(f"{files[0]}: no base optimizer state_dict (optimizer_state_dict)")
+    # sub-group j is the base optimizer's param j (DeepSpeed appends each sub-group's flat
+    # partition to its group in order); which group holds it comes from its params lists
+    group_of: dict[int, int] = {}
+    groups_out = []
+    for g, pg in enumerate(inner0["param_groups"]):
+        groups_out.append(_hyper(pg, files[0]))
+        for j in (pg.get("params") or []):
+            group_of[j] = g
+    if sorted(group_of) != list(range(n_sub)):
+        raise CheckpointError(f"{files[0]}: the base optimizer holds params "
+                              f"{sorted(group_of)}, param_shapes {n_sub} sub-groups")
+    params: list[dict[str, Any]] = []
+    for j in range(n_sub):
+        shapes = _shapes(param_shapes[j], f"param_shapes[{j}]")
+        vectors: list[dict[str, Any]] = []  # per rank: fp32 and flat entries
+        scalars: dict[str, Any] = {}
+        order: list[Any] = []
+        for r, st in enumerate(states):
+            flat_groups = st.get("fp32_flat_groups")
+            inner = st.get("optimizer_state_dict")
+            if (not isinstance(flat_groups, list) or len(flat_groups) != n_sub
+                    or not isinstance(inner, dict)):
+                raise CheckpointError(f"{files[r]}: expected {n_sub} flat fp32 partitions "
+                                      "(fp32_flat_groups), as param_shapes lists")
+            fp32 = _flat(flat_groups[j], f"{files[r]}: fp32_flat_groups[{j}]")
+            entry = (inner.get("state") or {}).get(j, {})
+            if not isinstance(entry, dict):
+                raise CheckpointError(f"{files[r]}: base optimizer state {j} is not a dict")
+            sc, flat = _split_entries(entry, f"{files[r]}: base optimizer state[{j}]")
+            if r == 0:
+                scalars, order = sc, list(entry)
+            vec = {"fp32": fp32}
+            for k in flat:
+                if entry[k].numel() != fp32.numel():
+                    raise CheckpointError(f"{files[r]}: {k} of sub-group {j} has "
+                                          f"{entry[k].numel()} elements, its fp32 partition "
+                                          f"{fp32.numel()}")
+                vec[k] = entry[k]
+            if vectors and set(vec) != set(vectors[0]):
+                raise CheckpointError(f"{files[r]}: sub-group {j} has state entries "
+                                      f"{sorted(vec)}, rank 0's {sorted(vectors[0])}")
+            vectors.append(vec)
+        offset = 0
+        stored = vectors[0]["fp32"].numel()
+        for name, shape in shapes:
+            n = _numel(shape)
+            part = -(-n // world)
+            if offset + part > stored:
+                raise CheckpointError(f"param_shapes[{j}] needs more elements than each rank "
+                                      f"file holds for sub-group {j} ({stored}): files of "
+                                      "another run mixed in, or a layout optstate does not know")
+            whole = {k: torch.cat([vec[k].narrow(0, offset, part) for vec in vectors])[:n]
+                     for k in vectors[0]}
+            params.append(_param(name, shape, group_of[j], scalars, whole, order))
+            offset += part
+        if offset != stored:
+            raise CheckpointError(f"sub-group {j}: param_shapes account for {offset} elements "
+                                  f"per rank, the rank files hold {stored}; a layout optstate "
+                                  "does not know")
+    return params, groups_out
+
+
+def _param(name: str, shape: tuple[int, ...], group: int, scalars: dict[str, Any],
+           flat: dict[str, Any], order: list[Any]) -> dict[str, Any]:
+    """One param: its flat pieces shaped like it (fresh tensors, not views of the rank
+    files' storages), its 0-d entries copied (torch.optim keeps one ``step`` per param)."""
+    import torch
+
+    state: dict[str, Any] = {}
+    for k in order:  # the base optimizer's order (step, exp_avg, exp_avg_sq)
+        if k in scalars:
+            v = scalars[k]
+            state[k] = v.clone() if isinstance(v, torch.Tensor) else v
+        else:
+            state[k] = flat[k].reshape(shape).clone()
+    return {"name": name, "shape": shape, "group": group, "state": state,
+            "fp32": flat["fp32"].reshape(shape).clone()}
