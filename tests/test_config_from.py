@@ -289,7 +289,8 @@ def test_every_torch_optimizer_checks_clean_against_its_config(name, tmp_path):
 
 
 def test_a_third_party_optimizer_gets_no_config():
-    with pytest.raises(ConfigError, match="torch's RAdam does not take or write"):
+    # timm's AdamP (issue #19: it used to be taken for RAdam)
+    with pytest.raises(ConfigError, match="the state is timm AdamP's, not a torch.optim class"):
         config_from_checkpoint(ROOT / "tests/fixtures/third_party/timm_adamp")
 
 

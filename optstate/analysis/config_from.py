@@ -111,11 +111,13 @@ def config_from_view(view: OptimizerStateView,
     out = ConfigFrom({})
     keys = {k for p in view.params for k in p.state}
     guess = infer_kind([g.hyperparams for g in view.groups], keys)
-    cls = optimizer_classes().get(guess.kind.lower())
+    cls = optimizer_classes().get((guess.inner or guess.kind).lower())  # SGD under SWALR
     if cls is None:
         raise ConfigError(
             f"cannot write a config: the optimizer is {guess.kind} ({guess.reason})"
             if guess.kind == "unknown" else
+            f"cannot write a config: the state is {guess.kind}'s, not a torch.optim class"
+            if guess.library not in (None, "torch.optim") else
             f"cannot write a config: the state is {guess.kind}'s, which this torch "
             f"({torch.__version__}) does not ship",
             hint="a config names a torch.optim class; write one by hand for other optimizers")

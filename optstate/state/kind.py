@@ -100,6 +100,7 @@ class KindGuess:
     library: str | None = None  # "torch.optim", "timm", ... (None: unknown or several)
     import_path: str | None = None
     wrapper: str | None = None  # "Lookahead", "ScheduleFreeWrapper", "SWALR", or built in
+    inner: str | None = None  # with a wrapper: the kind of the optimizer it wraps
     closest: str | None = None  # unknown only: the nearest optimizer in the table
     differs: dict[str, list[str]] | None = None  # how the state differs from ``closest``
 
@@ -232,6 +233,7 @@ def _wrapped(groups: list[dict[str, Any]], hyper: set[str], seen: set[str],
             continue
         adds = ", ".join(sorted(w.keys | w.state))
         return replace(inner, kind=f"{inner.kind} wrapped by {w.name}", wrapper=w.name,
+                       inner=inner.kind,
                        hyperparams=tuple(sorted(hyper)), state_keys=tuple(sorted(seen)),
                        reason=f"{inner.reason}; around it {w.library} {w.name}'s own keys "
                        f"({adds})")
