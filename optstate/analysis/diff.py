@@ -233,10 +233,10 @@ def _naming_notes(va: OptimizerStateView, vb: OptimizerStateView, by_name: bool)
 
 def _kind(view: OptimizerStateView) -> str:
     """The torch.optim class that most likely wrote this state (or "unknown")."""
-    from optstate.state.kind import infer_kind
+    from optstate.state.kind import infer_kind, stored_formats
 
     entries = {str(k) for p in view.params for k in p.state}
-    return infer_kind([g.hyperparams for g in view.groups], entries).kind
+    return infer_kind([g.hyperparams for g in view.groups], entries, stored_formats(view)).kind
 
 
 def _walk_groups(w: Walk, va: OptimizerStateView, vb: OptimizerStateView) -> None:

@@ -18,7 +18,7 @@ from optstate.analysis.suspicious import state_warnings
 from optstate.base.errors import ConfigError, option
 from optstate.base.suggest import did_you_mean
 from optstate.io.source import Source, open_source
-from optstate.state.kind import infer_kind
+from optstate.state.kind import infer_kind, stored_formats
 from optstate.state.locate import Located, locate
 from optstate.state.names import name_params
 from optstate.state.report import entry_report, groups_report, plain, scheduler_report, tensor_like
@@ -56,7 +56,7 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
     naming = name_params(view, source, located, model_file=model)
     selected = _select(view, params, groups)
     state_keys = {str(k) for p in view.params for k in p.state}
-    kind = infer_kind([g.hyperparams for g in view.groups], state_keys)
+    kind = infer_kind([g.hyperparams for g in view.groups], state_keys, stored_formats(view))
 
     param_reports = []
     for p in view.params:

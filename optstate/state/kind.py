@@ -125,6 +125,14 @@ def infer_kind(groups: Iterable[dict[str, Any]], state_keys: Iterable[str],
     return _infer(groups, hyper, seen_state, set(formats), wrapped=True)
 
 
+def stored_formats(view: Any) -> set[str]:
+    """The formats a view's packed entries are stored in (``ParamView.stored``), the third
+    argument of ``infer_kind``: torchao's state has torch Adam's keys, only its format
+    tells them apart."""
+    return {str(d["format"]) for p in view.params for d in p.stored.values()
+            if isinstance(d, dict) and d.get("format")}
+
+
 def _infer(groups: list[dict[str, Any]], hyper: set[str], seen_state: set[str],
            formats: set[str], wrapped: bool) -> KindGuess:
     own = hyper - _ADDED_BY_OTHERS
@@ -199,8 +207,15 @@ def _fits(sig: TableSignature, own: set[str], seen: set[str], packed: set[str]) 
         return False
     if packed and sig.stored_format is None:
         return False
-    names = {leaf(k) for k in seen} if sig.nested else seen
-    return names <= set(sig.state)
+    return _names(sig, seen) <= set(sig.state)
+
+
+def _names(sig: TableSignature, seen: set[str]) -> set[str]:
+    """Nested state (heavyball) is compared by its leaves' own names; an inner group's
+    index alone (``0``, the state not yet unpacked) names no entry."""
+    if not sig.nested:
+        return seen
+    return {leaf(k) for k in seen if any(c.isalpha() or c == "_" for c in k)}
 
 
 def _from_table(guess: Any, fits: list[TableSignature], torch_exact: list[Signature],
@@ -209,10 +224,11 @@ def _from_table(guess: Any, fits: list[TableSignature], torch_exact: list[Signat
     if len(kinds) == 1:
         sig = fits[0]
         built = f" ({' and '.join(sig.built_in)} built in)" if sig.built_in else ""
+        confirmed = bool(_names(sig, seen))
         why = (f"group keys and state entries ({', '.join(sorted(seen))}) match {sig.kind} "
-               "only" if seen else f"the group keys are exactly those of {sig.kind} (no "
+               "only" if confirmed else f"the group keys are exactly those of {sig.kind} (no "
                "state entries yet to confirm)")
-        return guess(sig.kind, "high" if seen else "medium", why + built, kinds,
+        return guess(sig.kind, "high" if confirmed else "medium", why + built, kinds,
                      library=sig.library, import_path=sig.import_path,
                      wrapper=" and ".join(sig.built_in) or None)
     libraries = {s.library for s in fits} | ({"torch.optim"} if torch_exact else set())
@@ -297,8 +313,7 @@ def _unknown(guess: Any, own: set[str], state: set[str], tab: Table) -> KindGues
     for t in tab.optimizers:
         if t.torch:
             continue
-        names = {leaf(k) for k in state} if t.nested else state
-        d = _differs(own, names, t.keys, t.keys, set(t.state))
+        d = _differs(own, _names(t, state), t.keys, t.keys, set(t.state))
         scored.append((_distance(d, state), t.kind, d))
     scored.sort(key=lambda x: x[0])
     best, name, differs = scored[0]
