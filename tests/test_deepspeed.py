@@ -270,3 +270,39 @@ def test_rank_file_from_another_run_does_not_add_up(tmp_path):
                 "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt", run / TAG)
     with pytest.raises(CheckpointError):
         read_deepspeed(run)
+
+
+def test_a_huge_latest_file_is_not_read_whole(cli, tmp_path):
+    run = _copy(tmp_path)
+    (run / "latest").write_bytes(b"global_step3" + b" " * 10_000)
+    assert "does not hold a tag folder's name" in _one_error(cli, run)
+
+
+def test_param_shapes_claiming_more_than_the_files_hold(tmp_path):
+    """A model states file whose param_shapes ask for more elements than the rank files
+    hold (hostile, or another run's): refused before any tensor is built."""
+    from optstate.base.errors import CheckpointError
+
+    run = _copy(tmp_path, "zero3_fp32_ws2")
+    f = run / TAG / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    model = torch.load(f, weights_only=True)
+    model["param_shapes"][0]["0.weight"] = torch.Size([2**40, 2**20])
+    torch.save(model, f)
+    with pytest.raises(CheckpointError, match="needs more elements than each rank file holds"):
+        read_deepspeed(run)
+
+
+def test_no_stats_reads_no_tensor_data(monkeypatch):
+    """The per-param tensors are lazy: inspect without statistics joins no pieces."""
+    from optstate.analysis.inspect import inspect_source
+    from optstate.io import lazy
+
+    loads = []
+    real = lazy.LazyTensor.load
+    monkeypatch.setattr(lazy.LazyTensor, "load", lambda self: loads.append(1) or real(self))
+    src = open_source(FIXTURES / "zero2_bf16_ws2" / "checkpoint")
+    report = inspect_source(src, stats=False)
+    assert [p["name"] for p in report["params"]][:2] == ["0.weight", "0.bias"]
+    assert loads == []
+    inspect_source(src)
+    assert len(loads) > 0

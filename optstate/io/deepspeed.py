@@ -88,7 +88,8 @@ def tag_folder(p: Path) -> tuple[Path, list[dict[str, Any]]]:
                               "file is not the whole state)", [str(folder)])]
     latest = p / LATEST
     if latest.is_file() and not any(OPTIM_FILE.fullmatch(n.name) for n in p.iterdir()):
-        raw = latest.read_bytes()[:4097]
+        with latest.open("rb") as f:  # a tag name: never read a big file whole
+            raw = f.read(4097)
         tag = raw.decode("utf-8", "replace").strip()
         if len(raw) > 4096 or not _TAG.fullmatch(tag) or tag in (".", ".."):
             raise CheckpointError(f"{latest} does not hold a tag folder's name "

@@ -7,6 +7,11 @@ cut to the param and shaped like it, 0-d ones such as ``step`` copied per param)
 ``fp32`` (the master weights); and the base optimizer's param groups without ``params``.
 The arithmetic is DeepSpeed's (see ``io/deepspeed.py``); every count is checked and a
 mismatch is one CheckpointError, never a guess.
+
+The per-param tensors are ``LazyTensor``s over the rank files' memory-mapped flat vectors:
+a param's pieces are cut out and joined only when its numbers are looked at (statistics,
+a comparison, a copy), so ``inspect --no-stats`` reads no tensor data and a large
+checkpoint is never held twice in memory.
 """
 
 from __future__ import annotations
@@ -77,7 +82,6 @@ def _split_entries(entry: dict[str, Any], where: str) -> tuple[dict[str, Any], l
 
 def _zero12(world: int, states: list[dict[str, Any]], param_shapes: list[Any],
             files: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    import torch
 
     base0 = states[0].get("base_optimizer_state")
     if isinstance(base0, list):
@@ -133,14 +137,13 @@ def _zero12(world: int, states: list[dict[str, Any]], param_shapes: list[Any],
                     raise CheckpointError(f"{files[r]}: {k} of group {g} has {v.numel()} "
                                           f"elements, its fp32 partition {fp32.numel()}")
                 pieces[k].append(v[:fp32.numel()])
-        full = {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in pieces.items()}
         pads = states[0].get("param_alignment_paddings")
         pads_g = pads[g] if isinstance(pads, list) and g < len(pads) else None
         if pads_g is not None and (not isinstance(pads_g, list) or len(pads_g) != len(shapes)):
             raise CheckpointError(f"{files[0]}: param_alignment_paddings[{g}] does not list one "
                                   f"padding per param ({len(shapes)})")
         offset = 0
-        total = full["fp32"].numel()
+        total = sum(v.numel() for v in pieces["fp32"])
         for i, (name, shape) in enumerate(shapes):
             n = _numel(shape)
             if offset + n > total:
@@ -149,7 +152,8 @@ def _zero12(world: int, states: list[dict[str, Any]], param_shapes: list[Any],
                                       "files of another run mixed in, or a layout optstate "
                                       "does not know")
             params.append(_param(name, shape, len(groups_out), scalars,
-                                 {k: v.narrow(0, offset, n) for k, v in full.items()}, order))
+                                 {k: _segments(v, offset, n) for k, v in pieces.items()}, order,
+                                 {k: v[0].dtype for k, v in pieces.items()}))
             offset += n + (int(pads_g[i]) if pads_g is not None else 0)
         if offset != total:
             raise CheckpointError(f"group {g}: param_shapes account for {offset} elements, the "
@@ -160,7 +164,6 @@ def _zero12(world: int, states: list[dict[str, Any]], param_shapes: list[Any],
 
 def _zero3(world: int, states: list[dict[str, Any]], param_shapes: list[Any],
            files: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    import torch
 
     n_sub = len(param_shapes)
     inner0 = states[0].get("optimizer_state_dict")
@@ -217,9 +220,9 @@ def _zero3(world: int, states: list[dict[str, Any]], param_shapes: list[Any],
                 raise CheckpointError(f"param_shapes[{j}] needs more elements than each rank "
                                       f"file holds for sub-group {j} ({stored}): files of "
                                       "another run mixed in, or a layout optstate does not know")
-            whole = {k: torch.cat([vec[k].narrow(0, offset, part) for vec in vectors])[:n]
-                     for k in vectors[0]}
-            params.append(_param(name, shape, group_of[j], scalars, whole, order))
+            whole = {k: [(vec[k], offset, part) for vec in vectors] for k in vectors[0]}
+            params.append(_param(name, shape, group_of[j], scalars, whole, order,
+                                 {k: v.dtype for k, v in vectors[0].items()}))
             offset += part
         if offset != stored:
             raise CheckpointError(f"sub-group {j}: param_shapes account for {offset} elements "
@@ -228,10 +231,48 @@ def _zero3(world: int, states: list[dict[str, Any]], param_shapes: list[Any],
     return params, groups_out
 
 
+# (tensor, start, length): one piece of a param in one rank's flat vector
+Segment = tuple[Any, int, int]
+
+
+def _segments(vectors: list[Any], offset: int, n: int) -> list[Segment]:
+    """Where elements ``offset .. offset + n`` of the ranks' vectors, one after the other,
+    lie (ZeRO 1/2: a param may span two ranks' partitions)."""
+    out: list[Segment] = []
+    start = 0
+    for v in vectors:
+        end = start + v.numel()
+        lo, hi = max(offset, start), min(offset + n, end)
+        if lo < hi:
+            out.append((v, lo - start, hi - lo))
+        start = end
+    return out
+
+
+def _lazy(segments: list[Segment], shape: tuple[int, ...], entry: str, dtype: Any) -> Any:
+    """The param's tensor: its pieces joined, cut to its size (ZeRO 3 pads the last
+    rank's piece) and shaped; a fresh tensor, never a view of a whole rank file."""
+    from optstate.io.lazy import LazyTensor
+
+    n = _numel(shape)
+
+    def load() -> Any:
+        import torch
+
+        if not segments:  # a param with no elements
+            return torch.empty(shape, dtype=dtype)
+        parts = [v.narrow(0, s, ln) for v, s, ln in segments]
+        flat = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return flat[:n].clone().reshape(shape)
+
+    return LazyTensor(shape, dtype, load, info={"deepspeed": entry})
+
+
 def _param(name: str, shape: tuple[int, ...], group: int, scalars: dict[str, Any],
-           flat: dict[str, Any], order: list[Any]) -> dict[str, Any]:
-    """One param: its flat pieces shaped like it (fresh tensors, not views of the rank
-    files' storages), its 0-d entries copied (torch.optim keeps one ``step`` per param)."""
+           flat: dict[str, list[Segment]], order: list[Any],
+           dtypes: dict[str, Any]) -> dict[str, Any]:
+    """One param: its flat entries as lazy tensors shaped like it, its 0-d entries copied
+    (torch.optim keeps one ``step`` per param)."""
     import torch
 
     state: dict[str, Any] = {}
@@ -240,6 +281,6 @@ def _param(name: str, shape: tuple[int, ...], group: int, scalars: dict[str, Any
             v = scalars[k]
             state[k] = v.clone() if isinstance(v, torch.Tensor) else v
         else:
-            state[k] = flat[k].reshape(shape).clone()
+            state[k] = _lazy(flat[k], shape, k, dtypes[k])
     return {"name": name, "shape": shape, "group": group, "state": state,
-            "fp32": flat["fp32"].reshape(shape).clone()}
+            "fp32": _lazy(flat["fp32"], shape, "fp32", dtypes["fp32"])}

@@ -115,6 +115,10 @@ def _open_deepspeed(p: Path, *, unsafe: bool, copying: str | None) -> Source:
     from optstate.io.deepspeed import read_deepspeed
 
     ck = read_deepspeed(p, unsafe=unsafe)
+    if copying:  # each param's pieces joined once, not at every look (io.deepspeed_zero)
+        from optstate.io.lazy import materialize
+
+        ck.obj = materialize(ck.obj)
     report = walk(ck.obj, label=str(ck.folder))
     if copying:
         check_copyable(report, str(ck.folder), copying)
