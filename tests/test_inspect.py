@@ -103,6 +103,7 @@ def test_report_layout_for_sgd_momentum(tmp_path):
         "groups": 1, "params": 2, "params_with_state": 2, "state_tensors": 2,
         "state_scalars": 0, "numel": 16, "bytes": 64, "bytes_by_dtype": {"float32": 64},
         "orphan_state_keys": [],
+        "low_bit": None,  # no quantized entries (issue #19, tests/test_lowbit.py)
     }
     assert report["warnings"] == [] and report["notes"] == []
     assert report["scheduler"] is None

@@ -249,7 +249,7 @@ def test_json_schema_keys_are_stable(cli, tmp_path):
     assert list(doc["param_groups"][0]) == ["index", "params", "hyperparams", "n_params",
                                             "names"]
     assert list(doc["params"][0]) == ["id", "position", "group", "name", "name_source",
-                                      "aliases", "state"]
+                                      "aliases", "state", "stored"]
     assert list(doc["naming"]) == ["source", "named", "total", "model", "matched", "reason",
                                    "notes"]
     assert list(doc["params"][0]["state"]["exp_avg"]) == [
@@ -257,7 +257,7 @@ def test_json_schema_keys_are_stable(cli, tmp_path):
         "inf", "zeros"]
     assert list(doc["totals"]) == ["groups", "params", "params_with_state", "state_tensors",
                                    "state_scalars", "numel", "bytes", "bytes_by_dtype",
-                                   "orphan_state_keys"]
+                                   "orphan_state_keys", "low_bit"]
 
 
 def test_legacy_ids_shown_beside_positions(cli, tmp_path):

@@ -20,6 +20,7 @@ from optstate.base.suggest import did_you_mean
 from optstate.io.source import Source, open_source
 from optstate.state.kind import infer_kind, stored_formats
 from optstate.state.locate import Located, locate
+from optstate.state.lowbit import low_bit_totals
 from optstate.state.names import name_params
 from optstate.state.report import entry_report, groups_report, plain, scheduler_report, tensor_like
 from optstate.state.sharded import shard_note
@@ -71,6 +72,7 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
             "aliases": list(p.aliases),
             "state": {str(k): entry_report(v, stats=stats, values=values)
                       for k, v in p.state.items()},
+            "stored": {k: plain(d) for k, d in p.stored.items()},  # state.packed
         })
         if hist_bins:  # inspect --hist
             from optstate.analysis.histogram import add_histograms
@@ -241,6 +243,7 @@ def _totals(view: OptimizerStateView) -> dict[str, Any]:
         "bytes": sum(by_dtype.values()),
         "bytes_by_dtype": dict(sorted(by_dtype.items())),
         "orphan_state_keys": [plain(k) for k in view.orphan_keys],
+        "low_bit": low_bit_totals([p.stored for p in view.params]),
     }
 
 

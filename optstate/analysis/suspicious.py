@@ -24,7 +24,8 @@ from optstate.analysis.underflow import (
 )
 from optstate.base.paths import join
 from optstate.state.report import plain, tensor_like
-from optstate.state.view import OptimizerStateView
+from optstate.state.signatures import FACTORED, TableSignature, leaf, relation, table
+from optstate.state.view import OptimizerStateView, slot_shape
 
 # Entries that are running averages of squares (or of |grad|): never negative in a real run.
 _NON_NEGATIVE = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "exp_inf",
@@ -45,10 +46,10 @@ def state_warnings(view: OptimizerStateView, kind: str, params: list[dict[str, A
         notes.append(finding(
             "legacy_ids", "state is keyed by id(param) (torch < 1.6); parameters are shown by "
             "position, which is how load_state_dict matches them"))
-    warnings += _value_warnings(params, view, kind)
+    warnings += _value_warnings(params, view, kind, notes)
     warnings += _empty_state(view, kind, notes)
     warnings += _step_mismatch(view)
-    warnings += _shape_mismatch(view, kind)
+    warnings += _shape_mismatch(view, kind, notes)
     if view.orphan_keys:
         keys = [repr(plain(k)) for k in view.orphan_keys]
         paths = [join("state", k) for k in view.orphan_keys]
@@ -66,8 +67,36 @@ def state_warnings(view: OptimizerStateView, kind: str, params: list[dict[str, A
     return warnings, notes
 
 
+def signatures_of(kind: str) -> list[TableSignature]:
+    """The table rows a kind names: "A or B" names both; "X wrapped by W" is X's."""
+    tab = table()
+    inner = kind.split(" wrapped by ")[0]
+    return [sig for k in inner.split(" or ") if (sig := tab.by_kind(k)) is not None]
+
+
+def _zero_by_design(view: OptimizerStateView, kind: str) -> dict[tuple[int, str], str]:
+    """(group, entry) -> why its zeros are expected: the optimizer keeps it at zero with
+    these settings (SM3's momentum_buffer while momentum=0: the signature table saw it all
+    zeros after real steps, with the group values that were 0 then), or it is a copy of
+    the param (Lookahead's slow weights, schedule-free's iterates), zero where the param is."""
+    sigs = signatures_of(kind)
+    copies = table().param_copies
+    out: dict[tuple[int, str], str] = {}
+    for g in view.groups:
+        for sig in sigs:
+            if all(as_number(g.hyperparams.get(k)) == 0.0 for k in sig.zero_while):
+                held = ", ".join(f"{k}=0" for k in sorted(sig.zero_while))
+                for e in sig.zero_entries:
+                    out.setdefault((g.index, e), f"{sig.kind} keeps it at zero"
+                                   + (f" while {held}" if held else " in its first steps"))
+        for e in copies:
+            out.setdefault((g.index, e), "a copy of the param, zero where the param is")
+    return out
+
+
 def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
-                    kind: str) -> list[dict[str, Any]]:
+                    kind: str, notes: list[dict[str, Any]] | None = None
+                    ) -> list[dict[str, Any]]:
     # (place, what was seen there): places go to "where", both to the message.
     nan: list[tuple[str, str]] = []
     inf: list[tuple[str, str]] = []
@@ -76,6 +105,8 @@ def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
     never = _never_stepped(view)
     underflows = find_underflows([p for p in params if p["position"] not in never], view)
     underflowed = {u.where for u in underflows}
+    by_design = _zero_by_design(view, kind)
+    expected_zero: list[tuple[str, str]] = []  # (place, why)
     unpaired: dict[str, float | None] = {}  # all-zero grad² sums with no first moment
 
     def visit(where: str, entry: str, rep: dict[str, Any]) -> None:
@@ -93,12 +124,17 @@ def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
             inf.append((where, f"{rep['inf']} Inf"))
         if rep.get("zeros") == 1.0 and rep.get("numel") and entry not in _MAY_BE_ZERO \
                 and where not in underflowed and not stepless:
-            zero.append((where, ""))
+            why = by_design.get((group, entry)) or by_design.get((group, leaf(entry)))
+            if why is not None:
+                expected_zero.append((where, why))
+            else:
+                zero.append((where, ""))
         if entry in _NON_NEGATIVE and rep.get("min") is not None and rep["min"] < 0:
             negative.append((where, f"min {rep['min']:.6g}"))
 
     for p in params:
         stepless = p["position"] in never  # buffers as created: not zero gradients
+        group = p["group"]
         for entry, rep in p["state"].items():
             before = len(zero)
             visit(at(p["position"], entry), entry, rep)
@@ -124,6 +160,11 @@ def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
         return [named.get(w[:w.find("]") + 1]) for w, _ in found]
 
     out = []
+    if expected_zero and notes is not None:
+        whys = sorted({why for _, why in expected_zero})
+        notes.append(finding(
+            "zero_by_design", f"all zeros by design, not a finding: {seen_at(expected_zero)}: "
+            f"{'; '.join(whys)}", where(expected_zero), names(expected_zero)))
     if nan:
         out.append(finding("nan", f"NaN in {seen_at(nan)}: the run diverged or a NaN gradient "
                             "got in; resuming from this state spreads it", where(nan), names(nan)))
@@ -245,22 +286,57 @@ def _step_mismatch(view: OptimizerStateView) -> list[dict[str, Any]]:
         [view.params[x].name for ps in steps.values() for x in ps])]
 
 
-def _shape_mismatch(view: OptimizerStateView, kind: str) -> list[dict[str, Any]]:
+def _shape_mismatch(view: OptimizerStateView, kind: str,
+                    notes: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Buffers that should follow the param's shape and do not. An entry whose shape the
+    optimizer relates to the param otherwise (a factored second moment: Adafactor's row and
+    column, CAME, SM3's accumulators; a preconditioner: Shampoo's, Kron's Gram matrices) is
+    no mismatch when the signature table recorded that relation for it, or, for an optimizer
+    outside torch.optim, when it is one of those relations; it goes to a note instead."""
     if kind == "LBFGS":
         return []
+    sigs = signatures_of(kind)
+    torch_kind = bool(sigs) and all(s.torch for s in sigs)
+    recorded: dict[str, set[str]] = {}
+    for sig in sigs:
+        for e, rels in sig.state.items():
+            recorded.setdefault(e, set()).update(rels)
     out = []
+    factored: list[str] = []
     for p in view.params:
+        pshape = p.model_shape or slot_shape(p.state, p.stored)
         shapes: dict[str, tuple[int, ...]] = {}
+        own: list[str] = []
         for k, v in p.state.items():
             t = tensor_like(v)
-            if t is not None and len(t.shape) > 0 and str(k) not in _OWN_SHAPE:
-                shapes[str(k)] = tuple(t.shape)
+            if t is None or len(t.shape) == 0 or str(k) in _OWN_SHAPE:
+                continue
+            # k moments stacked on dim 0, each of the param's shape (AdEMAMix8bit's
+            # state1: state.lowbit) count with one moment's shape
+            stacked = p.stored.get(str(k), {}).get("stacked")
+            shape = tuple(t.shape)[1 if stacked else 0:]
+            rel = relation(shape, tuple(pshape)) if pshape is not None else None
+            allowed = recorded.get(str(k)) or recorded.get(leaf(str(k))) or set()
+            if rel is not None and rel != "same" and (
+                    rel in allowed - {"same", "value"}
+                    or (not torch_kind and rel in FACTORED)):
+                own.append(f"{k} {rel} ({', '.join(map(str, shape))})")
+                continue
+            shapes[str(k)] = shape
+        if own and pshape is not None:
+            label = _label(view, p.position)
+            factored.append(f"state[{label}]: {' x '.join(own)} of "
+                            f"({', '.join(map(str, pshape))})")
         if len(set(shapes.values())) > 1:
             text = ", ".join(f"{k} {'x'.join(map(str, s))}" for k, s in shapes.items())
             out.append(finding(
                 "shape_mismatch", f"state[{p.position}] buffers differ in shape ({text}): "
                 "they all follow the param's shape in torch.optim; the state was edited, or "
                 "merged from different models", [at(p.position)], [p.name]))
+    if factored and notes is not None:
+        notes.append(finding(
+            "factored_state", f"{kind} keeps state factored or as preconditioners, not in "
+            f"the param's shape (not a mismatch): {places(factored)}"))
     return out
 
 

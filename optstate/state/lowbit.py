@@ -134,3 +134,17 @@ def torchao(entries: dict[Any, Any], stored: dict[str, dict[str, Any]]) -> dict[
         out[key] = moment
         stored[str(key)] = desc
     return out
+
+
+def low_bit_totals(stored_by_param: list[dict[str, dict[str, Any]]]) -> dict[str, Any] | None:
+    """Over every quantized entry (one with ``bytes_stored``): how many, their stored
+    bytes (codes, scales, tables) and the float32 bytes they stand for; None when none."""
+    quantized = [d for stored in stored_by_param for d in stored.values()
+                 if d.get("bytes_stored") is not None]
+    if not quantized:
+        return None
+    kept = sum(int(d["bytes_stored"]) for d in quantized)
+    full = sum(int(d["bytes_float32"]) for d in quantized)
+    return {"entries": len(quantized),
+            "formats": sorted({str(d["format"]) for d in quantized}),
+            "bytes_stored": kept, "bytes_float32": full, "bytes_saved": full - kept}

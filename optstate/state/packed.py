@@ -50,24 +50,22 @@ def unpack_state(raw: dict[Any, Any]) -> tuple[dict[Any, Any], dict[str, dict[st
 
 # How a format is named to people (``describe_stored``).
 FORMAT_WORDS = {
-    "bitsandbytes-8bit": "8-bit blockwise (bitsandbytes), dequantized",
+    "bitsandbytes-8bit": "8-bit blockwise (bitsandbytes)",
     "bitsandbytes-32bit": "not quantized (bitsandbytes keeps small params in 32 bits)",
-    "torchao-8bit": "8-bit blockwise (torchao), dequantized",
-    "torchao-4bit": "4-bit blockwise (torchao), dequantized",
-    "torchao-fp8": "fp8 blockwise (torchao), dequantized",
+    "torchao-8bit": "8-bit blockwise (torchao)",
+    "torchao-4bit": "4-bit blockwise (torchao)",
+    "torchao-fp8": "fp8 blockwise (torchao)",
 }
 
 
 def describe_stored(d: dict[str, Any]) -> str:
-    """One line for a human view: how an entry is stored ("8-bit blockwise (bitsandbytes),
-    dequantized: uint8, blocks of 256, 30% of float32 bytes")."""
+    """One line for a human view: how an entry is stored ("8-bit blockwise (bitsandbytes):
+    uint8, blocks of 256, 30% of float32 bytes")."""
     fmt = str(d.get("format", "?"))
     words = FORMAT_WORDS.get(fmt, fmt)
-    if d.get("error"):
-        words = words.removesuffix(", dequantized")
     parts = []
     if "dtype" in d:
-        parts.append(f"{d['dtype']} (two 4-bit values a byte)" if fmt == "torchao-4bit"
+        parts.append(f"{d['dtype']}, 2 codes a byte" if fmt == "torchao-4bit"
                      else str(d["dtype"]))
     if d.get("stacked"):
         parts.append(f"{d['stacked']} moments stacked on the first dimension")

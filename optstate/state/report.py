@@ -113,6 +113,8 @@ def params_report(view: OptimizerStateView) -> list[dict[str, Any]]:
             "group": p.group,
             "name": p.name,
             "state": {str(k): entry_report(v) for k, v in p.state.items()},
+            # how an entry is stored when it is not stored as itself (state.packed)
+            "stored": {k: plain(d) for k, d in p.stored.items()},
         }
         for p in view.params
     ]

@@ -1,0 +1,299 @@
+"""8-bit, 4-bit and fp8 optimizer states (issue #19): bitsandbytes' and torchao's, read
+without the libraries and shown dequantized.
+
+Ground truth: tests/fixtures/lowbit/*/expected.pt, computed by the libraries themselves
+(``bitsandbytes.functional.dequantize_blockwise``, torchao's ``.dequantize()``;
+scripts/fixtures/make_lowbit.py). optstate's dequantization is one table look-up and one
+float32 product per value, as theirs, so the values must be equal bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import optstate
+from optstate.io.inert import InertTensor
+from optstate.io.torch_file import load_torch_file
+from optstate.numeric import dequant
+from optstate.state.lowbit import BNB_KEY
+from optstate.state.packed import describe_stored, unpack_state
+from optstate.state.view import OptimizerStateView
+
+LOWBIT = Path(__file__).parent / "fixtures" / "lowbit"
+CASES = sorted(p.name for p in LOWBIT.iterdir() if (p / "optimizer.pt").is_file())
+QMAP_BYTES = 256 * 4  # bitsandbytes' qmapN: 256 float32, kept per param in the state
+
+
+def _case(name: str) -> tuple[OptimizerStateView, dict, dict]:
+    view = OptimizerStateView.from_state_dict(load_torch_file(LOWBIT / name /
+                                                              "optimizer.pt").obj)
+    expected = torch.load(LOWBIT / name / "expected.pt", weights_only=True)
+    info = json.loads((LOWBIT / name / "expected.json").read_text())
+    return view, expected, info
+
+
+def test_every_fixture_is_here():
+    assert len(CASES) == 16  # 10 bitsandbytes + 6 torchao (failures.json: none failed)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_dequantized_moments_equal_the_librarys_own_bit_for_bit(case):
+    view, expected, info = _case(case)
+    seen = 0
+    for pos, name in enumerate(info["parameter_order"]):
+        p = view.params[pos]
+        for entry in info["params"][name]["entries"]:
+            got, want = p.state[entry], expected[f"{entry}/{name}"]
+            assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
+            assert got.shape == want.shape, (case, name, entry)
+            assert torch.equal(got, want), (case, name, entry,
+                                            float((got - want).abs().max()))
+            seen += 1
+        assert p.state["step"] == info["params"][name]["step"] or float(
+            p.state["step"]) == info["params"][name]["step"]
+    assert seen == len(info["expected_pt_keys"])
+    # nothing of the stored form is left among the entries
+    for p in view.params:
+        assert BNB_KEY not in p.state
+        assert not any(isinstance(v, InertTensor) for v in p.state.values())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_stored_descriptions_say_what_the_library_stored(case):
+    view, _, info = _case(case)
+    for pos, name in enumerate(info["parameter_order"]):
+        p = view.params[pos]
+        for entry, want in info["params"][name]["entries"].items():
+            d = p.stored.get(entry)
+            if want["blocksize"] is None:  # 32-bit state: stored as itself
+                assert d is None or (d["format"] == "bitsandbytes-32bit"
+                                     and "bytes_stored" not in d), (case, entry, d)
+                continue
+            assert d["dtype"] == want["stored_dtype"].removeprefix("torch.")
+            assert d["block_size"] == want["blocksize"]
+            assert d["bytes_float32"] == want["float32_bytes"]
+            if case.startswith("bitsandbytes"):  # expected.json counts codes + absmax
+                assert d["format"] == "bitsandbytes-8bit"
+                assert d["bytes_stored"] == want["stored_bytes"] + QMAP_BYTES
+                assert d["from"] == [f"{BNB_KEY}.{entry}", f"{BNB_KEY}.qmap{entry[-1]}",
+                                     f"{BNB_KEY}.absmax{entry[-1]}"]
+            else:  # codes + scale + qmap
+                assert d["format"] == {"OptimState8bit": "torchao-8bit",
+                                       "OptimState4bit": "torchao-4bit",
+                                       "OptimStateFp8": "torchao-fp8"}[
+                                           want["subclass"].rsplit(".", 1)[-1]]
+                assert d["class"] == want["subclass"]
+                assert d["bytes_stored"] == want["stored_bytes"]
+                assert d["from"] == [entry]
+                assert d.get("signed") == want["signed"]  # None for fp8
+
+
+def test_ademamix_keeps_its_two_moments_stacked_and_says_so():
+    view, _, _ = _case("bitsandbytes_AdEMAMix8bit")
+    p = view.params[0]
+    assert p.state["state1"].shape == (2, 64, 80) and p.stored["state1"]["stacked"] == 2
+    assert p.stored["state1"]["blocks"] == 20
+    assert "2 moments stacked" in describe_stored(p.stored["state1"])
+
+
+def test_describe_stored_in_words():
+    view, _, _ = _case("bitsandbytes_Adam8bit")
+    assert describe_stored(view.params[0].stored["state1"]) == (
+        "8-bit blockwise (bitsandbytes): uint8, blocks of 256, 30% of float32 bytes")
+    view, _, _ = _case("torchao_AdamW4bit")
+    assert describe_stored(view.params[0].stored["exp_avg"]) == (
+        "4-bit blockwise (torchao): uint8, 2 codes a byte, blocks of 128, 14% of float32 bytes")
+
+
+# ------------------------------------------------------------------ the formulas alone
+
+
+def test_bnb_block_size_is_derived_never_guessed():
+    assert dequant.bnb_blocksize(5120, 20) == 256
+    assert dequant.bnb_blocksize(5120, 3) == 2048
+    assert dequant.bnb_blocksize(100, 1) is None  # one block: every size gives the same
+    with pytest.raises(dequant.DequantError, match="no block size bitsandbytes uses"):
+        dequant.bnb_blocksize(5120, 19)
+
+
+def test_a_short_last_block_is_scaled_by_its_own_absmax():
+    qmap = torch.linspace(-1, 1, 256)
+    codes = torch.tensor([255] * 300, dtype=torch.uint8)  # 256 + 44: two blocks
+    out, block = dequant.bnb_8bit(codes, qmap, torch.tensor([2.0, 3.0]))
+    assert block == 256
+    assert torch.equal(out[:256], torch.full((256,), 2.0))
+    assert torch.equal(out[256:], torch.full((44,), 3.0))
+
+
+def test_chunks_do_not_change_the_result(monkeypatch):
+    view, expected, _ = _case("torchao_AdamW4bit")
+    raw = load_torch_file(LOWBIT / "torchao_AdamW4bit" / "optimizer.pt").obj["state"][0]
+    monkeypatch.setattr(dequant, "CHUNK", 256)  # many chunks, each two 128-blocks
+    entries, _ = unpack_state(raw)
+    assert torch.equal(entries["exp_avg"], expected["exp_avg/0.weight"])
+
+
+# ------------------------------------------------------------------ damaged and unknown
+
+
+def _bnb_copy(tmp_path: Path, change, name: str = "bnb.pt") -> Path:
+    sd = torch.load(LOWBIT / "bitsandbytes_Adam8bit" / "optimizer.pt", weights_only=True)
+    change(sd["state"][0][BNB_KEY])
+    out = tmp_path / name
+    torch.save(sd, out)
+    return out
+
+
+def test_an_absmax_count_that_fits_no_block_size_is_not_dequantized_and_says_why(
+        tmp_path, run_cli):
+    path = _bnb_copy(tmp_path, lambda q: q.update(absmax1=q["absmax1"][:19]))
+    r = run_cli("inspect", path, "--json")
+    assert r.returncode == 0, r.stderr
+    p0 = json.loads(r.stdout)["params"][0]
+    assert p0["stored"]["state1"]["error"] == (
+        "not dequantized: 19 absmax values for 5,120 elements: no block size bitsandbytes "
+        "uses (64, 128, 256, 512, 1024, 2048, 4096) gives that many blocks")
+    # the stored pieces stay visible as they are (uint8 codes, not a moment), state2 is fine
+    assert p0["state"]["state1"]["dtype"] == "uint8"
+    assert set(p0["state"]) == {"step", "state1", "qmap1", "absmax1", "state2"}
+    assert p0["stored"]["state2"]["block_size"] == 256
+    human = run_cli("inspect", path)
+    assert human.returncode == 0, human.stderr
+    assert "state[0].state1: 8-bit blockwise (bitsandbytes): uint8, not dequantized: 19 " \
+           "absmax values" in " ".join(human.stdout.split())
+
+
+def test_a_layout_not_known_here_keeps_every_piece(tmp_path):
+    """bitsandbytes' non-blockwise 8-bit (max1 / new_max1, no absmax1): not read here."""
+    def nonblockwise(q: dict) -> None:
+        q["max1"] = q.pop("absmax1")[:1]
+        q["new_max1"] = q["max1"].clone()
+    view = OptimizerStateView.from_state_dict(torch.load(
+        _bnb_copy(tmp_path, nonblockwise), weights_only=True))
+    p = view.params[0]
+    assert p.stored["state1"]["error"].startswith("not dequantized: absmax1 missing")
+    assert {"state1", "qmap1", "max1", "new_max1"} <= set(p.state)
+    assert p.state["state1"].dtype == torch.uint8
+
+
+def test_damaged_torchao_pieces_are_named_not_guessed():
+    raw = load_torch_file(LOWBIT / "torchao_AdamW8bit" / "optimizer.pt").obj["state"][0]
+    t = raw["exp_avg"]
+    broken = InertTensor(t.qualname, t.dtype, t.shape, t.stride,
+                         {**t.state, "scale": t.state["scale"][:19]})
+    entries, stored = unpack_state({"exp_avg": broken})
+    assert entries["exp_avg"] is broken
+    assert stored["exp_avg"]["error"] == ("not dequantized: 19 scale values do not split "
+                                          "5,120 elements into equal blocks")
+    t4 = load_torch_file(LOWBIT / "torchao_AdamW4bit" / "optimizer.pt").obj["state"][0]
+    t4 = t4["exp_avg"]
+    broken = InertTensor(t4.qualname, t4.dtype, t4.shape, t4.stride,
+                         {**t4.state, "_shape": torch.Size([64, 81])})
+    _, stored = unpack_state({"exp_avg": broken})
+    assert "not the 5,184 of shape [64, 81]" in stored["exp_avg"]["error"]
+
+
+# ------------------------------------------------------------------ NaN, inspect, diff
+
+
+def _patch_tensor_bytes(src: Path, dst: Path, old: torch.Tensor, new: torch.Tensor) -> None:
+    """Copy the torch.save zip ``src`` to ``dst`` with the record holding ``old``'s bytes
+    holding ``new``'s (same size; CRCs updated). For files torch.save cannot write here
+    (torchao's subclasses need torchao)."""
+    data = bytearray(src.read_bytes())
+    target, repl = old.numpy().tobytes(), new.numpy().tobytes()
+    with zipfile.ZipFile(src) as z:
+        info = next(i for i in z.infolist() if z.read(i) == target)
+    off = info.header_offset
+    n, e = struct.unpack("<HH", data[off + 26:off + 30])
+    start = off + 30 + n + e
+    data[start:start + len(repl)] = repl
+    crc = zlib.crc32(repl)
+    struct.pack_into("<I", data, off + 14, crc)
+    i = data.find(b"PK\x01\x02")
+    while i >= 0:
+        ln = struct.unpack("<H", data[i + 28:i + 30])[0]
+        if data[i + 46:i + 46 + ln].decode() == info.filename:
+            struct.pack_into("<I", data, i + 16, crc)
+        i = data.find(b"PK\x01\x02", i + 4)
+    dst.write_bytes(bytes(data))
+
+
+def test_a_nan_in_absmax_is_the_nan_warning_at_that_param_and_entry(tmp_path):
+    def nan(q: dict) -> None:
+        q["absmax2"][3] = float("nan")
+    rep = optstate.inspect(_bnb_copy(tmp_path, nan))
+    assert rep["params"][0]["state"]["state2"]["nan"] == 256  # one block of 256
+    nans = [w for w in rep["warnings"] if w["code"] == "nan"]
+    assert len(nans) == 1 and "state[0].state2" in nans[0]["message"]
+
+
+def test_a_nan_in_a_torchao_scale_is_the_nan_warning_too(tmp_path):
+    src = LOWBIT / "torchao_AdamW8bit" / "optimizer.pt"
+    scale = load_torch_file(src).obj["state"][0]["exp_avg"].state["scale"]
+    bad = scale.clone()
+    bad[3] = float("nan")
+    _patch_tensor_bytes(src, tmp_path / "nan.pt", scale, bad)
+    rep = optstate.inspect(tmp_path / "nan.pt")
+    assert rep["params"][0]["state"]["exp_avg"]["nan"] == 256
+    nans = [w for w in rep["warnings"] if w["code"] == "nan"]
+    assert len(nans) == 1 and "state[0].exp_avg" in nans[0]["message"]
+
+
+def test_inspect_json_has_stored_and_the_bytes_saved(run_cli):
+    r = run_cli("inspect", LOWBIT / "torchao_AdamWFp8" / "optimizer.pt", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    p0 = rep["params"][0]
+    assert p0["stored"]["exp_avg_sq"] == {
+        "format": "torchao-fp8", "from": ["exp_avg_sq"], "dtype": "float8_e4m3fn",
+        "class": "torchao.optim.subclass_fp8.OptimStateFp8", "block_size": 256,
+        "bytes_stored": 5120 + 20 * 4, "bytes_float32": 5120 * 4}
+    assert p0["state"]["exp_avg"]["numel"] == 5120 and rep["params"][1]["stored"] == {}
+    assert rep["totals"]["low_bit"] == {"entries": 2, "formats": ["torchao-fp8"],
+                                        "bytes_stored": 2 * 5200, "bytes_float32": 2 * 20480,
+                                        "bytes_saved": 2 * (20480 - 5200)}
+    assert rep["totals"]["numel"] == 2 * (5120 + 64 + 1024) + 3  # + the steps
+    assert not rep["warnings"]
+
+
+def test_inspect_human_says_how_each_entry_is_stored(run_cli):
+    r = run_cli("inspect", LOWBIT / "bitsandbytes_Adam8bit" / "optimizer.pt")
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "state[0].state1: 8-bit blockwise (bitsandbytes): uint8, blocks of 256, 30% of " \
+           "float32 bytes" in text
+    assert "2 entries stored low-bit in 12.2 KiB instead of 40.0 KiB as float32: 27.8 KiB " \
+           "saved" in text
+    assert "warning" not in text
+
+
+def test_hist_is_of_the_dequantized_moment():
+    rep = optstate.inspect(LOWBIT / "torchao_Adam8bit" / "optimizer.pt", hist=True)
+    h = rep["params"][0]["state"]["exp_avg"]["histogram"]
+    want = torch.load(LOWBIT / "torchao_Adam8bit" / "expected.pt",
+                      weights_only=True)["exp_avg/0.weight"]
+    assert sum(h["counts"]) == h["numel"] == 5120
+    assert (h["min"], h["max"]) == (float(want.min()), float(want.max()))
+
+
+def test_diff_compares_dequantized_moments(tmp_path):
+    def bump(q: dict) -> None:
+        q["absmax1"][0] *= 2
+    path = _bnb_copy(tmp_path, bump)
+    rep = optstate.diff(LOWBIT / "bitsandbytes_Adam8bit" / "optimizer.pt", path)
+    paths = [c["path"] for c in rep["changes"]]
+    assert paths == ["state[0].state1"], paths
+    same = optstate.diff(LOWBIT / "bitsandbytes_Adam8bit" / "optimizer.pt",
+                         LOWBIT / "bitsandbytes_PagedAdam8bit" / "optimizer.pt")
+    assert not [c for c in same["changes"] if c["path"].startswith("state")]
+    ao = optstate.diff(LOWBIT / "torchao_Adam8bit" / "optimizer.pt",
+                       LOWBIT / "torchao_Adam4bit" / "optimizer.pt")
+    assert {c["path"] for c in ao["changes"]} >= {"state[0].exp_avg", "state[0].exp_avg_sq"}
