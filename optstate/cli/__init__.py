@@ -28,6 +28,7 @@ from optstate.base.errors import OptstateError, one_line, speaking
 from optstate.base.startup import resume_collector
 from optstate.base.testhook import pause_at
 from optstate.base.version import __version__
+from optstate.cli.stdout_guard import answer, guard
 from optstate.io import readguard
 from optstate.render.root_help import COMMANDS, DESCRIPTION, VERSION_HELP, root_help
 
@@ -203,7 +204,9 @@ def errors_to_exit() -> Iterator[None]:
     and its errors become one ``Error:`` line (``_errors_to_exit``)."""
     from optstate.cli.flags import flag_words  # here: `CMD --help` loads only CMD's module
 
-    with speaking(flag_words), _errors_to_exit():
+    # stdout_guard: while the command works, whatever else writes to stdout (a library's
+    # log, fd 1) goes to stderr; print_json and stdout_console write the answer
+    with speaking(flag_words), guard(), _errors_to_exit():
         yield
 
 
@@ -300,13 +303,15 @@ def warn_unsafe() -> None:
 
 
 def print_json(text: str) -> None:
-    sys.stdout.write(text + "\n")
+    out = answer()  # the real stdout, also inside errors_to_exit (cli/stdout_guard.py)
+    out.write(text + "\n")
+    out.flush()
 
 
 def stdout_console():  # noqa: ANN201 - rich is imported lazily
     from optstate.render.terminal_safe import safe_console  # text from checkpoints
 
-    return safe_console()
+    return safe_console(file=answer())
 
 
 def stderr_console():  # noqa: ANN201

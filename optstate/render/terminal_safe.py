@@ -50,11 +50,12 @@ def protect(console: Any) -> Any:
     return console
 
 
-def safe_console(*, stderr: bool = False) -> Any:
+def safe_console(*, stderr: bool = False, file: Any = None) -> Any:
     """The one way a rich Console for a person is made (stdout's answer, stderr's notes,
     the progress bar): markup and emoji codes off, so names from a file print as stored
-    (``[bold]x``, ``:warning:``), control characters escaped (``protect``)."""
+    (``[bold]x``, ``:warning:``), control characters escaped (``protect``). ``file``:
+    where it writes (the CLI's answer stream, ``cli.stdout_guard``), else stdout/stderr."""
     from rich.console import Console
 
-    return protect(Console(stderr=stderr, highlight=False, soft_wrap=False, markup=False,
-                           emoji=False))
+    return protect(Console(stderr=stderr, file=file, highlight=False, soft_wrap=False,
+                           markup=False, emoji=False))
