@@ -297,3 +297,45 @@ def test_diff_compares_dequantized_moments(tmp_path):
     ao = optstate.diff(LOWBIT / "torchao_Adam8bit" / "optimizer.pt",
                        LOWBIT / "torchao_Adam4bit" / "optimizer.pt")
     assert {c["path"] for c in ao["changes"]} >= {"state[0].exp_avg", "state[0].exp_avg_sq"}
+
+
+# ------------------------------------------------------------------ writing back
+
+
+@pytest.mark.parametrize("command", [("convert", "{dst}_dcp"), ("set", "--lr", "0.1", "-o",
+                                                                   "{dst}.pt")])
+def test_set_and_convert_refuse_a_torchao_state_in_one_line_writing_nothing(
+        tmp_path, run_cli, command):
+    """optstate cannot write torchao's subclasses back (it has stand-ins, not the
+    library's classes); writing the dequantized moments instead would give a file torchao
+    cannot load as what it was: refused, one Error line, nothing written."""
+    args = [a.format(dst=tmp_path / "out") for a in command[1:]]
+    r = run_cli(command[0], LOWBIT / "torchao_AdamW8bit" / "optimizer.pt", *args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert lines[0] == ("Error: " + "torch.distributed.checkpoint could not save this "
+                        "state: " * (command[0] == "convert") + "the checkpoint holds "
+                        "torchao.optim.subclass_8bit.OptimState8bit objects, which optstate "
+                        "reads (decoded without their library) but cannot write back")
+    assert "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_set_on_a_bitsandbytes_state_keeps_its_stored_form(tmp_path, run_cli):
+    src = LOWBIT / "bitsandbytes_Adam8bit" / "optimizer.pt"
+    r = run_cli("set", src, "--lr", "0.1", "-o", tmp_path / "b.pt")
+    assert r.returncode == 0, r.stderr
+    before = torch.load(src, weights_only=True)
+    after = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert after["param_groups"][0]["lr"] == 0.1
+    for key, t in before["state"][0][BNB_KEY].items():  # uint8 codes, absmax, qmap as they were
+        assert torch.equal(after["state"][0][BNB_KEY][key], t), key
+
+
+def test_convert_a_bitsandbytes_state_to_dcp_reads_back_the_same_moments(tmp_path, run_cli):
+    src = LOWBIT / "bitsandbytes_AdEMAMix8bit" / "optimizer.pt"
+    r = run_cli("convert", src, tmp_path / "dcp")
+    assert r.returncode == 0, r.stderr
+    a, b = optstate.inspect(src), optstate.inspect(tmp_path / "dcp")
+    assert [p["state"] for p in a["params"]] == [p["state"] for p in b["params"]]
+    assert [p["stored"] for p in a["params"]] == [p["stored"] for p in b["params"]]

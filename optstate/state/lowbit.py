@@ -11,8 +11,9 @@ two moments stacked, (2, *shape)). Every other key of the dict stays an entry un
 own name (``__bnb_optimizer_quant_state__.KEY`` if that name is taken): nothing is dropped.
 
 torchao's low-bit optimizers: an entry that is an ``io.inert.InertTensor`` of
-``OptimState8bit`` / ``OptimState4bit`` / ``OptimStateFp8`` becomes its dequantized value
-(``torchao``).
+``OptimState8bit`` / ``OptimState4bit`` / ``OptimStateFp8`` (or, loaded with ``--unsafe``
+where torchao is installed, the subclass itself: only its attributes are read) becomes its
+dequantized value (``torchao``).
 
 Each such entry gets its ``stored`` description (``state.packed``'s schema; ``signed`` for
 torchao; ``blocks`` for bitsandbytes; ``stacked``: k when the entry holds k moments
@@ -105,15 +106,14 @@ def torchao(entries: dict[Any, Any], stored: dict[str, dict[str, Any]]) -> dict[
     """torchao's low-bit entries (``InertTensor``s of its subclasses), dequantized."""
     out = dict(entries)
     for key, value in entries.items():
-        if not isinstance(value, InertTensor):
+        s = _torchao_fields(value)
+        if s is None:
             continue
-        fmt = TORCHAO_FORMATS.get(value.name)
-        if fmt is None:
-            continue
-        s = value.state
+        qualname, s = s
+        fmt = TORCHAO_FORMATS[qualname.rsplit(".", 1)[-1]]
         codes = s.get("codes")
         desc: dict[str, Any] = {"format": fmt, "from": [str(key)], "dtype": _dtype(codes),
-                                "class": value.qualname}
+                                "class": qualname}
         if "signed" in s:
             desc["signed"] = s["signed"]
         try:
@@ -134,6 +134,21 @@ def torchao(entries: dict[Any, Any], stored: dict[str, dict[str, Any]]) -> dict[
         out[key] = moment
         stored[str(key)] = desc
     return out
+
+
+def _torchao_fields(value: Any) -> tuple[str, dict[str, Any]] | None:
+    """(class qualname, fields) of a torchao low-bit state: an ``InertTensor`` (safe
+    loading), or the library's own tensor subclass (``--unsafe`` with torchao installed:
+    its attributes are read, none of its operations run); None for anything else."""
+    if isinstance(value, InertTensor):
+        return (value.qualname, value.state) if value.name in TORCHAO_FORMATS else None
+    cls = type(value)
+    if (isinstance(value, torch.Tensor) and cls is not torch.Tensor
+            and cls.__name__ in TORCHAO_FORMATS and cls.__module__.startswith("torchao.")):
+        names = ("codes", "scale", "qmap", "signed", "_shape", "block_size")
+        return (f"{cls.__module__}.{cls.__qualname__}",
+                {n: getattr(value, n) for n in names if hasattr(value, n)})
+    return None
 
 
 def low_bit_totals(stored_by_param: list[dict[str, dict[str, Any]]]) -> dict[str, Any] | None:
