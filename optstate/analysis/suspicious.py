@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from optstate.analysis.by_design import recorded_relations, split_by_shape, zero_by_design
 from optstate.analysis.findings import as_number, at, finding, places
 from optstate.analysis.underflow import (
     SECOND_MOMENTS,
@@ -23,15 +24,13 @@ from optstate.analysis.underflow import (
     underflow_warnings,
 )
 from optstate.base.paths import join
-from optstate.state.report import plain, tensor_like
-from optstate.state.signatures import FACTORED, TableSignature, leaf, relation, table
-from optstate.state.view import OptimizerStateView, slot_shape
+from optstate.state.report import plain
+from optstate.state.signatures import leaf
+from optstate.state.view import OptimizerStateView
 
 # Entries that are running averages of squares (or of |grad|): never negative in a real run.
 _NON_NEGATIVE = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "exp_inf",
                            "acc_delta", "row_var", "col_var", "variance", "step_size"})
-# Entries whose shape legitimately differs from the param's other buffers.
-_OWN_SHAPE = frozenset({"row_var", "col_var", "variance"})
 # Entries that may legitimately be all zeros.
 _MAY_BE_ZERO = frozenset({"ax", "prev"})
 
@@ -67,33 +66,6 @@ def state_warnings(view: OptimizerStateView, kind: str, params: list[dict[str, A
     return warnings, notes
 
 
-def signatures_of(kind: str) -> list[TableSignature]:
-    """The table rows a kind names: "A or B" names both; "X wrapped by W" is X's."""
-    tab = table()
-    inner = kind.split(" wrapped by ")[0]
-    return [sig for k in inner.split(" or ") if (sig := tab.by_kind(k)) is not None]
-
-
-def _zero_by_design(view: OptimizerStateView, kind: str) -> dict[tuple[int, str], str]:
-    """(group, entry) -> why its zeros are expected: the optimizer keeps it at zero with
-    these settings (SM3's momentum_buffer while momentum=0: the signature table saw it all
-    zeros after real steps, with the group values that were 0 then), or it is a copy of
-    the param (Lookahead's slow weights, schedule-free's iterates), zero where the param is."""
-    sigs = signatures_of(kind)
-    copies = table().param_copies
-    out: dict[tuple[int, str], str] = {}
-    for g in view.groups:
-        for sig in sigs:
-            if all(as_number(g.hyperparams.get(k)) == 0.0 for k in sig.zero_while):
-                held = ", ".join(f"{k}=0" for k in sorted(sig.zero_while))
-                for e in sig.zero_entries:
-                    out.setdefault((g.index, e), f"{sig.kind} keeps it at zero"
-                                   + (f" while {held}" if held else " in its first steps"))
-        for e in copies:
-            out.setdefault((g.index, e), "a copy of the param, zero where the param is")
-    return out
-
-
 def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
                     kind: str, notes: list[dict[str, Any]] | None = None
                     ) -> list[dict[str, Any]]:
@@ -105,7 +77,7 @@ def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
     never = _never_stepped(view)
     underflows = find_underflows([p for p in params if p["position"] not in never], view)
     underflowed = {u.where for u in underflows}
-    by_design = _zero_by_design(view, kind)
+    by_design = zero_by_design(view, kind)
     expected_zero: list[tuple[str, str]] = []  # (place, why)
     unpaired: dict[str, float | None] = {}  # all-zero grad² sums with no first moment
 
@@ -162,9 +134,10 @@ def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
     out = []
     if expected_zero and notes is not None:
         whys = sorted({why for _, why in expected_zero})
+        bare = [(w, "") for w, _ in expected_zero]
         notes.append(finding(
-            "zero_by_design", f"all zeros by design, not a finding: {seen_at(expected_zero)}: "
-            f"{'; '.join(whys)}", where(expected_zero), names(expected_zero)))
+            "zero_by_design", f"all zeros by design, not a finding: {seen_at(bare)}: "
+            f"{'; '.join(whys)}", where(bare), names(bare)))
     if nan:
         out.append(finding("nan", f"NaN in {seen_at(nan)}: the run diverged or a NaN gradient "
                             "got in; resuming from this state spreads it", where(nan), names(nan)))
@@ -288,44 +261,17 @@ def _step_mismatch(view: OptimizerStateView) -> list[dict[str, Any]]:
 
 def _shape_mismatch(view: OptimizerStateView, kind: str,
                     notes: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Buffers that should follow the param's shape and do not. An entry whose shape the
-    optimizer relates to the param otherwise (a factored second moment: Adafactor's row and
-    column, CAME, SM3's accumulators; a preconditioner: Shampoo's, Kron's Gram matrices) is
-    no mismatch when the signature table recorded that relation for it, or, for an optimizer
-    outside torch.optim, when it is one of those relations; it goes to a note instead."""
+    """Buffers that should follow the param's shape and do not; entries the optimizer
+    keeps factored or as preconditioners (``by_design.split_by_shape``) go to a note."""
     if kind == "LBFGS":
         return []
-    sigs = signatures_of(kind)
-    torch_kind = bool(sigs) and all(s.torch for s in sigs)
-    recorded: dict[str, set[str]] = {}
-    for sig in sigs:
-        for e, rels in sig.state.items():
-            recorded.setdefault(e, set()).update(rels)
+    relations = recorded_relations(kind)
     out = []
     factored: list[str] = []
     for p in view.params:
-        pshape = p.model_shape or slot_shape(p.state, p.stored)
-        shapes: dict[str, tuple[int, ...]] = {}
-        own: list[str] = []
-        for k, v in p.state.items():
-            t = tensor_like(v)
-            if t is None or len(t.shape) == 0 or str(k) in _OWN_SHAPE:
-                continue
-            # k moments stacked on dim 0, each of the param's shape (AdEMAMix8bit's
-            # state1: state.lowbit) count with one moment's shape
-            stacked = p.stored.get(str(k), {}).get("stacked")
-            shape = tuple(t.shape)[1 if stacked else 0:]
-            rel = relation(shape, tuple(pshape)) if pshape is not None else None
-            allowed = recorded.get(str(k)) or recorded.get(leaf(str(k))) or set()
-            if rel is not None and rel != "same" and (
-                    rel in allowed - {"same", "value"}
-                    or (not torch_kind and rel in FACTORED)):
-                own.append(f"{k} {rel} ({', '.join(map(str, shape))})")
-                continue
-            shapes[str(k)] = shape
+        shapes, own, pshape = split_by_shape(p, relations)
         if own and pshape is not None:
-            label = _label(view, p.position)
-            factored.append(f"state[{label}]: {' x '.join(own)} of "
+            factored.append(f"state[{_label(view, p.position)}]: {' x '.join(own)} of "
                             f"({', '.join(map(str, pshape))})")
         if len(set(shapes.values())) > 1:
             text = ", ".join(f"{k} {'x'.join(map(str, s))}" for k, s in shapes.items())
