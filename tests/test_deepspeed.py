@@ -306,3 +306,13 @@ def test_no_stats_reads_no_tensor_data(monkeypatch):
     assert loads == []
     inspect_source(src)
     assert len(loads) > 0
+
+
+def test_set_refuses_a_deepspeed_checkpoint_and_says_what_to_do(cli, tmp_path):
+    src = FIXTURES / "zero1_fp32_ws1" / "checkpoint"
+    r = cli("set", src, "-o", tmp_path / "out.pt", "--lr", "0.001")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == [
+        f"Error: {src} is a DeepSpeed ZeRO checkpoint, which set does not rewrite",
+        f"Hint: convert it to one file and set that: optstate convert {src} one.pt"]
+    assert not (tmp_path / "out.pt").exists()

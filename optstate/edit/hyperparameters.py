@@ -87,6 +87,11 @@ def set_hyperparameters(
             hint=f"convert it to one file, set that, and convert back: optstate convert "
             f"{src_path} one.pt",
         )
+    if source.format == "deepspeed":  # its rank files hold flat partitions, not this tree
+        raise ConfigError(
+            f"{src_path} is a DeepSpeed ZeRO checkpoint, which set does not rewrite",
+            hint=f"convert it to one file and set that: optstate convert {src_path} one.pt",
+        )
     # Shared containers (torch.save({"a": sd, "b": sd}) pickles sd once) would carry a
     # change made at one location to the other: give every location its own containers.
     source.obj = unshare(source.obj)
