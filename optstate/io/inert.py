@@ -66,6 +66,8 @@ KNOWN: dict[str, str] = {
     "pytorch_optimizer.optimizer.utils.graft.AdaGradGraft": "object",
     "pytorch_optimizer.optimizer.utils.graft.RMSPropAdaGradGraft": "object",
     "pytorch_optimizer.optimizer.utils.graft.Graft": "object",
+    "pytorch_optimizer.optimizer.utils.galore.GaLoreProjector": "object",
+    "pytorch_optimizer.optimizer.scion.LMONorm": "object",
 }
 
 
@@ -114,8 +116,12 @@ class Inert:
         return self  # read-only: a copy is the same fields
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{k}={v!r}" for k, v in list(self.fields().items())[:6])
-        return f"<{self.qualname} {inner}>"
+        """``LMONorm(1)``, ``LossScaler(cur_scale=1.0, dynamic=False)``: the class's own
+        name with what the pickle gave it (the first six fields)."""
+        parts = [repr(a) for a in self.args]
+        parts += [f"{k}={v!r}" for k, v in self.state.items()]
+        more = ", ..." if len(parts) > 6 else ""
+        return f"{self.name}({', '.join(parts[:6])}{more})"
 
 
 class InertTensor:
