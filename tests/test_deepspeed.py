@@ -316,3 +316,35 @@ def test_set_refuses_a_deepspeed_checkpoint_and_says_what_to_do(cli, tmp_path):
         f"Error: {src} is a DeepSpeed ZeRO checkpoint, which set does not rewrite",
         f"Hint: convert it to one file and set that: optstate convert {src} one.pt"]
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_rank_files_of_different_steps_are_not_mixed():
+    from optstate.base.errors import CheckpointError
+    from optstate.io.deepspeed_zero import reassemble
+    from optstate.io.torch_file import load_torch_file
+
+    tag = FIXTURES / "zero3_fp32_ws2" / "checkpoint" / TAG
+    names = [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
+    states = [load_torch_file(tag / n).obj["optimizer_state_dict"] for n in names]
+    shapes = load_torch_file(tag / "zero_pp_rank_0_mp_rank_00_model_states.pt").obj
+    reassemble(3, 2, states, shapes["param_shapes"], names)  # as saved: fine
+    states[1]["optimizer_state_dict"]["state"][0]["step"] += 1  # rank 1 one step later
+    with pytest.raises(CheckpointError, match="step of sub-group 0 is 4.0, rank 0's 3.0: rank "
+                       "files of different steps mixed"):
+        reassemble(3, 2, states, shapes["param_shapes"], names)
+
+
+def test_trainer_scheduler_beside_latest_is_read(cli, tmp_path):
+    """The Hugging Face Trainer with DeepSpeed writes scheduler.pt beside 'latest'."""
+    run = _copy(tmp_path)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    torch.save(sched.state_dict(), run / "scheduler.pt")
+    r = cli("inspect", "--json", "--no-stats", run)
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["file"]["siblings"] == {"scheduler": str(run / "scheduler.pt")}
+    assert (report["scheduler"]["kind"], report["scheduler"]["last_epoch"]) == ("StepLR", 3)

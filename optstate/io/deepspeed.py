@@ -150,6 +150,8 @@ def read_deepspeed(path: str | Path, *, unsafe: bool = False) -> DeepSpeedCheckp
                                 [ranks[r].name for r in range(world)])
     facts = _facts(folder, stage, world, states[0], model, ranks, model_file)
     obj = _tree(params, groups, facts)
+    if isinstance(model.get("lr_scheduler"), dict):  # DeepSpeed's own scheduler's state
+        obj["lr_scheduler"] = model["lr_scheduler"]
     frozen = facts["frozen_params"]
     if frozen:
         notes.append(_note("deepspeed_frozen", f"{len(frozen)} frozen param(s) have no "

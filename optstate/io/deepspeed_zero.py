@@ -130,6 +130,8 @@ def _zero12(world: int, states: list[dict[str, Any]], param_shapes: list[Any],
             elif set(flat) != set(pieces) - {"fp32"}:
                 raise CheckpointError(f"{files[r]}: group {g} has state entries {sorted(flat)}, "
                                       f"rank 0's {sorted(set(pieces) - {'fp32'})}")
+            else:
+                _same_scalars(scalars, sc, files, r, f"group {g}")
             pieces["fp32"].append(fp32)
             for k in flat:  # saved with the group's padding; the fp32 partition without it
                 v = entry[k]
@@ -200,6 +202,8 @@ def _zero3(world: int, states: list[dict[str, Any]], param_shapes: list[Any],
             sc, flat = _split_entries(entry, f"{files[r]}: base optimizer state[{j}]")
             if r == 0:
                 scalars, order = sc, list(entry)
+            else:
+                _same_scalars(scalars, sc, files, r, f"sub-group {j}")
             vec = {"fp32": fp32}
             for k in flat:
                 if entry[k].numel() != fp32.numel():
@@ -229,6 +233,29 @@ def _zero3(world: int, states: list[dict[str, Any]], param_shapes: list[Any],
                                   f"per rank, the rank files hold {stored}; a layout optstate "
                                   "does not know")
     return params, groups_out
+
+
+def _same_scalars(first: dict[str, Any], other: dict[str, Any], files: list[str], r: int,
+                  where: str) -> None:
+    """Every rank stepped the same: a rank whose ``step`` (or other 0-d entry) differs
+    from rank 0's was saved at another time; its numbers are not put beside rank 0's."""
+    import torch
+
+    for k, v in first.items():
+        w = other.get(k)
+        same = (torch.equal(v, w) if isinstance(v, torch.Tensor) and isinstance(w, torch.Tensor)
+                else type(v) is type(w) and v == w)
+        if not same:
+            raise CheckpointError(f"{files[r]}: {k} of {where} is {_brief(w)}, rank 0's "
+                                  f"{_brief(v)}: rank files of different steps mixed")
+
+
+def _brief(v: Any) -> str:
+    import torch
+
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return repr(v.item())
+    return repr(v)[:40]
 
 
 # (tensor, start, length): one piece of a param in one rank's flat vector

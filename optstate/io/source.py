@@ -122,9 +122,12 @@ def _open_deepspeed(p: Path, *, unsafe: bool, copying: str | None) -> Source:
     report = walk(ck.obj, label=str(ck.folder))
     if copying:
         check_copyable(report, str(ck.folder), copying)
-    return Source(path=p, file=ck.folder, format="deepspeed", bytes=ck.bytes, obj=ck.obj,
-                  walk=report, summary=ck.summary, details=dict(ck.obj["deepspeed"]),
-                  notes=ck.notes)
+    src = Source(path=p, file=ck.folder, format="deepspeed", bytes=ck.bytes, obj=ck.obj,
+                 walk=report, summary=ck.summary, details=dict(ck.obj["deepspeed"]),
+                 notes=ck.notes)
+    # a Hugging Face Trainer run with DeepSpeed keeps scheduler.pt beside 'latest'
+    _add_scheduler_sibling(src, ck.folder.parent / "optimizer.pt", unsafe=unsafe)
+    return src
 
 
 def _open_dcp(p: Path) -> Source:
