@@ -277,7 +277,7 @@ def _walk_params(w: Walk, pairs: list[tuple[str, ParamView | None, ParamView | N
                     w.change(Change(path, "renamed", pa.name, pb.name))
                 if pa.group != pb.group:
                     w.change(Change(path, "moved", pa.group, pb.group))
-                w.mapping(path, pa.state, pb.state)
+                w.mapping(path, pa.state, pb.state, entries=True)
         w.label = (None, None)
         done += size
         if w.on_progress is not None:

@@ -23,6 +23,7 @@ from optstate.numeric.compare import UncomparableViewsError, compare_tensors, co
 from optstate.numeric.leaves import same_leaf
 from optstate.numeric.pair_kernel import NONFINITE_KINDS
 from optstate.numeric.stats import dtype_name
+from optstate.state.nested import join_entry
 from optstate.state.report import plain
 
 # The kinds a Change can have (documented in the README's diff section).
@@ -249,9 +250,12 @@ class Walk:
         else:
             self.change(Change(path, "changed", value(a), value(b)))
 
-    def mapping(self, path: str, a: dict[Any, Any], b: dict[Any, Any]) -> None:
+    def mapping(self, path: str, a: dict[Any, Any], b: dict[Any, Any],
+                entries: bool = False) -> None:
+        """``entries``: a and b are params' entries (``ParamView.state``), whose nested
+        names are paths (``state.nested.join_entry``)."""
         for k in union(a, b):
-            p = join(path, k)
+            p = join_entry(path, k) if entries else join(path, k)
             if k not in b:
                 if not self.skip(p):
                     self.change(Change(p, "removed", brief(a[k]), None))

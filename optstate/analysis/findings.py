@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from optstate.base.paths import join
+from optstate.state.nested import join_entry
 
 SHOW = 6  # places listed in a message before "and N more"
 
@@ -17,7 +18,8 @@ def at(position: int, entry: str | None = None) -> str:
     """``state[3]`` / ``state[3].exp_avg``: a param's state by position (the key
     load_state_dict matches), in the one path syntax."""
     path = join("state", position)
-    return path if entry is None else join(path, entry)
+    # a nested entry (state.nested) is a path: [0].exp_avg -> state[3][0].exp_avg
+    return path if entry is None else join_entry(path, entry)
 
 
 def places(items: list[str]) -> str:

@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 from optstate.state import lowbit
+from optstate.state.nested import unpack_nested
 from optstate.state.sharded import unpack_dtensors
 
 
@@ -87,4 +88,4 @@ def _identity(entries: dict[Any, Any], stored: dict[str, dict[str, Any]]) -> dic
 
 
 # Each takes the entries so far and the descriptions, and returns the new entries.
-_UNPACKERS = [_identity, unpack_dtensors, lowbit.bnb, lowbit.torchao]
+_UNPACKERS = [_identity, unpack_dtensors, lowbit.bnb, lowbit.torchao, unpack_nested]
