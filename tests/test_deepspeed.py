@@ -30,7 +30,7 @@ def _by_name(obj: dict) -> dict[str, int]:
 
 
 def test_every_configuration_is_there():
-    assert len(CASES) == 21  # zero{1,2,3} x {fp32,bf16,fp16} x ws{1,2} + 3 groups2_frozen
+    assert len(CASES) == 24  # zero{1,2,3} x {fp32,bf16,fp16} x ws{1,2} + groups2_frozen, odd
 
 
 @pytest.mark.parametrize("case", CASES)
