@@ -144,6 +144,10 @@ def row_for(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def merge(into: dict[str, Any], row: dict[str, Any]) -> None:
+    if "group_key_sets" in row or "group_key_sets" in into:
+        into["group_key_sets"] = sorted({tuple(k) for k in into.get("group_key_sets", [])}
+                                        | {tuple(k) for k in row.get("group_key_sets", [])})
+        into["group_key_sets"] = [list(k) for k in into["group_key_sets"]]
     into["registry_names"] = sorted(set(into["registry_names"]) | set(row["registry_names"]))
     into["group_keys"] = sorted(set(into["group_keys"]) | set(row["group_keys"]))
     for k, rel in row["state"].items():
@@ -242,16 +246,60 @@ def torch_state() -> dict[str, set[str]]:
 TORCH_STATE: dict[str, set[str]] = {}
 
 
+def real_group_keys() -> dict[tuple[str, str], list[list[str]]]:
+    """(library, recorded name) -> each param group's keys in the real saved state
+    (third_party_all/): optimizers built with two groups (Muon's use_muon True/False)
+    write different keys in each, and the signature generator records the first only."""
+    sys.path.insert(0, str(ROOT))
+    from optstate.base.errors import OptstateError
+    from optstate.io.torch_file import load_torch_file
+
+    out: dict[tuple[str, str], list[list[str]]] = {}
+    for exp in sorted(THIRD_PARTY_ALL.glob("*/expected.json")):
+        doc = json.loads(exp.read_text())
+        loaded: dict[str, Any] = {}
+        for name, o in (doc.get("optimizers") or {}).items():
+            saved = o.get("saved")
+            if not saved:
+                continue
+            if saved not in loaded:
+                try:
+                    loaded[saved] = load_torch_file(exp.parent / saved).obj
+                except OptstateError:
+                    loaded[saved] = None
+            obj = loaded[saved]
+            sd = obj.get(name) if saved == "states.pt" and isinstance(obj, dict) else obj
+            if not isinstance(sd, dict) or not isinstance(sd.get("param_groups"), list):
+                continue
+            out[(doc.get("library", exp.parent.name), name)] = [
+                sorted(str(k) for k in g if k not in ("params",) and k not in ADDED_BY_OTHERS)
+                for g in sd["param_groups"]]
+    return out
+
+
 def build() -> dict[str, Any]:
     TORCH_STATE.update(torch_state())
+    real_groups = real_group_keys()
     doc = json.loads(SIGNATURES.read_text())
     recs = [r for r in doc["optimizers"] if r.get("class") and r.get("stepped")]
     zeros = zero_entries()
     by_class: dict[str, dict[str, Any]] = {}
     wrappers = []
+    containers: list[dict[str, Any]] = []
     named = {(r["library"], r["name"]): r for r in recs}
     for rec in recs:
         key = (rec["library"], rec["name"])
+        inner_keys = [k for k, v in rec.get("other_top_level", {}).items() if isinstance(v, dict)
+                      and {"state", "param_groups"} <= set(v.get("dict", {}))]
+        if "state" not in rec.get("state_dict_keys", ["state"]) and len(inner_keys) == 1:
+            # A wrapper whose state_dict holds the inner optimizer's under one key (Magma's
+            # "base", Lookahead's "base_optimizer"): told by the keys beside it.
+            containers.append({
+                "name": rec["class"].rsplit(".", 1)[-1], "library": rec["library"],
+                "import_path": rec["import_path"], "inner_key": inner_keys[0],
+                "beside": sorted(set(rec["state_dict_keys"]) - set(inner_keys))})
+            if key not in WRAPPERS:
+                continue
         if key in WRAPPERS:
             wname, inner_key = WRAPPERS[key]
             inner = named[inner_key]
@@ -275,6 +323,10 @@ def build() -> dict[str, Any]:
             })
             continue
         row = row_for(rec)
+        sets = {tuple(k) for k in real_groups.get(key, [])}
+        if len(sets) > 1:  # groups with different keys: each set, and the union
+            row["group_key_sets"] = sorted(list(k) for k in sets)
+            row["group_keys"] = sorted(set(row["group_keys"]).union(*sets))
         z = zeros.get(key, set()) - set(PARAM_COPIES)
         if z:
             row["zero_by_design"] = {"entries": sorted(z & set(row["state"])),
@@ -311,13 +363,14 @@ def build() -> dict[str, Any]:
         "param_copies": list(PARAM_COPIES),
         "optimizers": rows,
         "wrappers": wrappers,
+        "containers": containers,
     }
 
 
 def render(table: dict[str, Any]) -> str:
-    head = {k: v for k, v in table.items() if k not in ("optimizers", "wrappers")}
+    head = {k: v for k, v in table.items() if k not in ("optimizers", "wrappers", "containers")}
     text = json.dumps(head, indent=1)[:-2]
-    for key in ("optimizers", "wrappers"):
+    for key in ("optimizers", "wrappers", "containers"):
         lines = [json.dumps(r, separators=(",", ":")) for r in table[key]]
         text += f',\n "{key}": [\n' + ",\n".join(lines) + "\n ]"
     return text + "\n}\n"

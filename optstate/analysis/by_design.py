@@ -67,9 +67,7 @@ def split_by_shape(p: ParamView, relations: dict[str, Any]
     """(shapes of the entries that must follow the param's shape, descriptions of those
     that relate to it otherwise, the param's shape or None)."""
     torch_kind = relations.get("", False)
-    pshape = p.model_shape or slot_shape(p.state, p.stored)
-    shapes: dict[str, tuple[int, ...]] = {}
-    own: list[str] = []
+    tensors: dict[str, tuple[tuple[int, ...], set[str]]] = {}
     for k, v in p.state.items():
         t = tensor_like(v)
         if t is None or len(t.shape) == 0:
@@ -77,14 +75,21 @@ def split_by_shape(p: ParamView, relations: dict[str, Any]
         # k moments stacked on dim 0, each of the param's shape (AdEMAMix8bit's
         # state1: state.lowbit) count with one moment's shape
         stacked = p.stored.get(str(k), {}).get("stacked")
-        shape = tuple(t.shape)[1 if stacked else 0:]
-        rel = relation(shape, tuple(pshape)) if pshape is not None else None
         allowed = relations.get(str(k)) or relations.get(leaf(str(k))) or set()
+        tensors[str(k)] = (tuple(t.shape)[1 if stacked else 0:], allowed)
+    pshape = p.model_shape or slot_shape(p.state, p.stored) or next(
+        (shape for shape, allowed in tensors.values() if allowed == {"same"}), None)
+    shapes: dict[str, tuple[int, ...]] = {}
+    own: list[str] = []
+    for k, (shape, allowed) in tensors.items():
+        rel = relation(shape, tuple(pshape)) if pshape is not None else None
+        if rel == "scalar" and ("scalar" in allowed or not torch_kind):
+            continue  # a one-element counter (heavyball's step as a (1,) tensor)
         if rel is not None and rel != "same" and (
                 rel in allowed - {"same", "value"} or (not torch_kind and rel in FACTORED)
-                or str(k) in _OWN_SHAPE):
+                or k in _OWN_SHAPE):
             own.append(f"{k} {rel} ({', '.join(map(str, shape))})")
             continue
-        if str(k) not in _OWN_SHAPE:
-            shapes[str(k)] = shape
+        if k not in _OWN_SHAPE:
+            shapes[k] = shape
     return shapes, own, pshape

@@ -18,7 +18,7 @@ from optstate.analysis.suspicious import state_warnings
 from optstate.base.errors import ConfigError, option
 from optstate.base.suggest import did_you_mean
 from optstate.io.source import Source, open_source
-from optstate.state.kind import infer_kind, stored_formats
+from optstate.state.kind import container_of, infer_kind, stored_formats
 from optstate.state.locate import Located, locate
 from optstate.state.lowbit import low_bit_totals
 from optstate.state.names import name_params
@@ -57,7 +57,8 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
     naming = name_params(view, source, located, model_file=model)
     selected = _select(view, params, groups)
     state_keys = {str(k) for p in view.params for k in p.state}
-    kind = infer_kind([g.hyperparams for g in view.groups], state_keys, stored_formats(view))
+    kind = infer_kind([g.hyperparams for g in view.groups], state_keys, stored_formats(view),
+                      container_of(source.obj, located.location))
 
     param_reports = []
     for p in view.params:

@@ -26,11 +26,14 @@ keys, no state to confirm); ``low`` when several fit equally; ``none`` for ``unk
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
+from optstate.base.errors import OptstateError
+from optstate.base.paths import parse_path, step_into
 from optstate.state.signatures import Table, TableSignature, leaf, table
 
 _COMMON = frozenset({"foreach", "maximize", "capturable", "differentiable", "fused"})
@@ -112,17 +115,50 @@ class KindGuess:
 
 
 def infer_kind(groups: Iterable[dict[str, Any]], state_keys: Iterable[str],
-               formats: Iterable[str] = ()) -> KindGuess:
+               formats: Iterable[str] = (),
+               container: tuple[Any, Iterable[Any]] | None = None) -> KindGuess:
     """Infer the optimizer from group hyperparameters (``{name: value}`` per group, without
-    ``params``), the state entry names seen across all parameters and the formats packed
-    entries are stored in (``ParamView.stored[...]["format"]``: bitsandbytes', torchao's)."""
+    ``params``), the state entry names seen across all parameters, the formats packed
+    entries are stored in (``ParamView.stored[...]["format"]``: bitsandbytes', torchao's)
+    and, when the state was found inside a dict, ``(its key there, the other keys)``: a
+    wrapper that keeps the inner optimizer's state_dict under a key of its own (Magma's
+    ``base``) is told by them."""
     groups = list(groups)
     hyper: set[str] = set()
     for g in groups:
         hyper.update(str(k) for k in g if k != "params")
     hyper -= {"param_names"}
     seen_state = {str(k) for k in state_keys}
-    return _infer(groups, hyper, seen_state, set(formats), wrapped=True)
+    guess = _infer(groups, hyper, seen_state, set(formats), wrapped=True)
+    if container is None or guess.kind == "unknown":
+        return guess
+    key, beside = str(container[0]), {str(k) for k in container[1]}
+    for c in table().containers:
+        if key == c.inner_key and c.beside <= beside:
+            inner = guess.inner or guess.kind
+            return replace(guess, kind=f"{inner} wrapped by {c.name}", wrapper=c.name,
+                           inner=inner, reason=f"{guess.reason}; it sits under {key!r} "
+                           f"beside {c.library} {c.name}'s own keys "
+                           f"({', '.join(sorted(c.beside))})")
+    return guess
+
+
+def container_of(obj: Any, location: str) -> tuple[Any, list[Any]] | None:
+    """(the state's key in the dict that holds it, the other keys there): the fourth
+    argument of ``infer_kind``; None for a state at the top level or not in a dict."""
+    if not location:
+        return None
+    try:
+        steps = parse_path(location)
+        parent = obj
+        for step in steps[:-1]:
+            parent = step_into(parent, step)
+    except (KeyError, TypeError, OptstateError):
+        return None
+    if not isinstance(parent, dict):
+        return None
+    key = steps[-1].key
+    return key, [k for k in parent if str(k) != str(key)]
 
 
 def stored_formats(view: Any) -> set[str]:
@@ -147,7 +183,9 @@ def _infer(groups: list[dict[str, Any]], hyper: set[str], seen_state: set[str],
         return KindGuess(kind, confidence, reason, tuple(candidates), sorted_h, sorted_s,
                          tuple(sorted(foreign)), **more)
 
-    fits = [s for s in tab.optimizers if not s.torch and _fits(s, own, seen_state, packed)]
+    per_group = [frozenset(str(k) for k in g if k != "params") - _ADDED_BY_OTHERS for g in groups]
+    fits = [s for s in tab.optimizers if not s.torch and _fits(s, own, seen_state, packed)
+            or s.key_sets and _fits_groups(s, per_group, seen_state, packed)]
     # A packed format (torchao's subclasses, bitsandbytes' 8-bit maps) is no torch.optim's.
     exact = [] if packed else [s for s in SIGNATURES
                                if s.core <= own <= s.full and seen_state <= s.state]
@@ -210,12 +248,27 @@ def _fits(sig: TableSignature, own: set[str], seen: set[str], packed: set[str]) 
     return _names(sig, seen) <= set(sig.state)
 
 
+def _fits_groups(sig: TableSignature, groups: list[frozenset[str]], seen: set[str],
+                 packed: set[str]) -> bool:
+    """An optimizer that writes different keys per group (Muon with its AdamW groups):
+    each group one of its key sets."""
+    return bool(groups) and all(g in sig.key_sets for g in groups) and _fits(
+        sig, set(sig.keys), seen, packed)
+
+
 def _names(sig: TableSignature, seen: set[str]) -> set[str]:
     """Nested state (heavyball) is compared by its leaves' own names; an inner group's
     index alone (``0``, the state not yet unpacked) names no entry."""
     if not sig.nested:
-        return seen
+        # an object's fields, unpacked (ScalableShampoo's graft.momentum), count as the
+        # entry that holds the object (graft)
+        return {k if k in sig.state else _first(k) for k in seen}
     return {leaf(k) for k in seen if any(c.isalpha() or c == "_" for c in k)}
+
+
+def _first(name: str) -> str:
+    found = re.match(r"\W*([A-Za-z_][A-Za-z0-9_]*)", name)
+    return found.group(1) if found else name
 
 
 def _from_table(guess: Any, fits: list[TableSignature], torch_exact: list[Signature],

@@ -9,7 +9,8 @@ gram_rows / gram_cols / transposed / flat / other, ``value`` for a non-tensor), 
 format that marks a packed state (bitsandbytes, torchao), the entries that are all zeros
 by design and the group values that were 0 when they were (``zero_by_design``); and the
 wrappers (Lookahead, schedule-free's wrapper, SWALR) with the group keys and entries each
-adds to the optimizer it wraps.
+adds to the optimizer it wraps, and those that keep the inner state_dict under a key of
+their own (``containers``: Magma, Lookahead) with the keys beside it.
 
 ``state.kind`` matches a state against it; ``analysis.suspicious`` reads the relations
 (factored second moments are not shape mismatches) and the zeros by design.
@@ -41,6 +42,8 @@ class TableSignature:
     zero_entries: frozenset[str] = frozenset()
     zero_while: frozenset[str] = frozenset()  # group keys that were 0 when they were zeros
     built_in: tuple[str, ...] = ()  # wrappers built in ("Lookahead" for Ranger)
+    # Optimizers that write different keys per group (Muon's use_muon groups): each set.
+    key_sets: tuple[frozenset[str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,24 @@ class Wrapper:
 
 
 @dataclass(frozen=True)
+class Container:
+    """A wrapper whose state_dict holds the inner optimizer's under ``inner_key``, with
+    its own keys ``beside`` it (pytorch-optimizer's Magma, Lookahead)."""
+
+    name: str
+    library: str
+    import_path: str
+    inner_key: str
+    beside: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Table:
     optimizers: tuple[TableSignature, ...]
     wrappers: tuple[Wrapper, ...]
     param_copies: frozenset[str]  # entries that copy the param (zero when it is)
     versions: dict[str, str]
+    containers: tuple[Container, ...] = ()
 
     @property
     def formats(self) -> frozenset[str]:
@@ -88,12 +104,15 @@ def parse(doc: dict[str, Any]) -> Table:
             nested=bool(r.get("nested")), stored_format=r.get("stored_format"),
             zero_entries=frozenset(zero.get("entries", ())),
             zero_while=frozenset(zero.get("while_zero", ())),
-            built_in=tuple(r.get("built_in", ()))))
+            built_in=tuple(r.get("built_in", ())),
+            key_sets=tuple(frozenset(k) for k in r.get("group_key_sets", ()))))
     wrappers = tuple(Wrapper(w["name"], w["library"], w["import_path"],
                              frozenset(w["group_keys"]), frozenset(w["state"]))
                      for w in doc.get("wrappers", ()))
+    containers = tuple(Container(c["name"], c["library"], c["import_path"], c["inner_key"],
+                                 frozenset(c["beside"])) for c in doc.get("containers", ()))
     return Table(tuple(sigs), wrappers, frozenset(doc.get("param_copies", ())),
-                 dict(doc.get("versions", {})))
+                 dict(doc.get("versions", {})), containers)
 
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
