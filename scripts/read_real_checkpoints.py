@@ -225,9 +225,16 @@ def summary(t: torch.Tensor) -> dict[str, Any]:
     return {"numel": t.numel(), "norm": float(torch.linalg.vector_norm(t.double()))}
 
 
+def cases_in(folder: str) -> list[Path]:
+    """The fixture folders with their expected.json (one being generated has none yet;
+    tests/test_fixtures_manifest.py fails on one left so)."""
+    return sorted(p for p in (FIX / folder).iterdir()
+                  if p.is_dir() and (p / "expected.json").is_file())
+
+
 def lowbit() -> list[Case]:
     cases = []
-    for folder in sorted(p for p in (FIX / "lowbit").iterdir() if p.is_dir()):
+    for folder in cases_in("lowbit"):
         doc = json.loads((folder / "expected.json").read_text())
         lib = doc["library"]
 
@@ -264,7 +271,7 @@ def stored_signature(path: Path) -> tuple[frozenset, frozenset]:
 
 def deepspeed() -> list[Case]:
     cases = []
-    for folder in sorted(p for p in (FIX / "deepspeed").iterdir() if p.is_dir()):
+    for folder in cases_in("deepspeed"):
         doc = json.loads((folder / "expected.json").read_text())
         groups = doc.get("param_groups")
         frozen = set(doc.get("frozen", []))
