@@ -77,7 +77,8 @@ class Case:
     truth: dict[tuple[Any, str], dict[str, Any]]
     order: list[str | None]  # param name by position (as the state numbers them)
     file_to_patch: Path  # the torch.save file holding the tensor to set to NaN
-    nan_target: Callable[[Any], tuple[torch.Tensor, int | str]]  # loaded file -> (tensor, param)
+    # the loaded file -> (the tensor to set a NaN in, its param, the entry the NaN shows in)
+    nan_target: Callable[[Any], tuple[torch.Tensor, int | str, str]]
     notes: list[str] = field(default_factory=list)
     cleanup: list[Path] = field(default_factory=list)
 
@@ -95,9 +96,9 @@ def package(cls: str) -> str:
 def plain_state_target(entry_prefer: tuple[str, ...] = ()) -> Callable[[Any], Any]:
     """The NaN goes into the first parameter's largest float tensor of ``state`` (an entry
     named in entry_prefer first), searched depth first (nested heavyball dicts too)."""
-    def target(obj: Any) -> tuple[torch.Tensor, int | str]:
+    def target(obj: Any) -> tuple[torch.Tensor, int | str, str]:
         state = find_state(obj)
-        best: tuple[int, int, Any, torch.Tensor] | None = None
+        best: tuple[int, int, Any, torch.Tensor, str] | None = None
         for key, value in state.items():
             for path, t in tensors_in(value, ""):
                 if not t.is_floating_point() or t.numel() < 2:
@@ -105,11 +106,18 @@ def plain_state_target(entry_prefer: tuple[str, ...] = ()) -> Callable[[Any], An
                 pref = 0 if any(p in path.split("/") for p in entry_prefer) else 1
                 rank = (pref, -t.numel())
                 if best is None or rank < best[:2]:
-                    best = (*rank, key, t)
+                    best = (*rank, key, t, path)
             if best is not None:
-                return best[3], best[2]
+                return best[3], best[2], last_name(best[4])
         raise LookupError("no float tensor in the state to set to NaN")
     return target
+
+
+def last_name(path: str) -> str:
+    """The innermost name of a tensor's path in a param's state: 0/scale_by_soap_Q_3/1 ->
+    scale_by_soap_Q_3 (what a NaN warning's place must name)."""
+    names = [p for p in path.split("/") if not p.isdigit()]
+    return names[-1] if names else path
 
 
 def find_state(obj: Any) -> dict:
@@ -238,12 +246,12 @@ def lowbit() -> list[Case]:
         doc = json.loads((folder / "expected.json").read_text())
         lib = doc["library"]
 
-        def target(obj: Any, lib: str = lib) -> tuple[torch.Tensor, int | str]:
+        def target(obj: Any, lib: str = lib) -> tuple[torch.Tensor, int | str, str]:
             state = find_state(obj)
             if lib == "bitsandbytes":  # a block's absmax: its 256 values dequantize to NaN
                 packed = state[0].get("__bnb_optimizer_quant_state__", state[0])
-                return packed["absmax1"], 0
-            return state[0]["exp_avg"].state["scale"], 0  # torchao: a block's scale
+                return packed["absmax1"], 0, "state1"
+            return state[0]["exp_avg"].state["scale"], 0, "exp_avg"  # torchao: a block's scale
 
         cases.append(Case(
             lib, f"{lib}/{folder.name.split('_', 1)[1]}", folder / "optimizer.pt",
@@ -283,10 +291,10 @@ def deepspeed() -> list[Case]:
         # rank 0's flat partition starts with the first param of the first group
         first = order[0]
 
-        def target(obj: Any, first: str = first) -> tuple[torch.Tensor, int | str]:
+        def target(obj: Any, first: str = first) -> tuple[torch.Tensor, int | str, str]:
             state = find_state(obj)
-            return state[0]["exp_avg"] if 0 in state else next(iter(state.values()))["exp_avg"], \
-                first
+            flat = state[0] if 0 in state else next(iter(state.values()))
+            return flat["exp_avg"], first, "exp_avg"
 
         cases.append(Case("deepspeed", f"deepspeed/{folder.name}", folder / "checkpoint",
                           "AdamW", "torch", None, truth, order, rank0, target))
@@ -311,8 +319,8 @@ def fsdp2() -> list[Case]:
             # Shard(0): this rank's rows; global statistics are not in one rank's file
             truth[(pname, entry)] = summary(t[start:start + n])
 
-        def target(obj: Any) -> tuple[torch.Tensor, int | str]:
-            return find_state(obj)[0]["exp_avg"].state["_local_tensor"], 0
+        def target(obj: Any) -> tuple[torch.Tensor, int | str, str]:
+            return find_state(obj)[0]["exp_avg"].state["_local_tensor"], 0, "exp_avg"
 
         path = folder / f"rank{rank}.pt"
         cases.append(Case("torch (FSDP2)", f"fsdp2/adamw_ws2/rank{rank}", path, "AdamW",
@@ -347,11 +355,11 @@ NAN_BYTES = {torch.float32: struct.pack("<f", float("nan")),
              torch.float16: b"\x00\x7e", torch.bfloat16: b"\xc0\x7f"}
 
 
-def nan_copy(case: Case, dest: Path) -> tuple[Path, int | str]:
+def nan_copy(case: Case, dest: Path) -> tuple[Path, int | str, str]:
     """A copy of the checkpoint whose target tensor's first element is NaN; returns (the
-    path to inspect, the param the NaN is in)."""
+    path to inspect, the param the NaN is in, the name of its entry)."""
     obj = load_any(case.file_to_patch)
-    tensor, param = case.nan_target(obj)
+    tensor, param, entry = case.nan_target(obj)
     if tensor.dtype not in NAN_BYTES:
         raise LookupError(f"cannot put a NaN into {tensor.dtype}")
     needle = tensor.contiguous().view(torch.uint8).numpy().tobytes()
@@ -391,10 +399,10 @@ def nan_copy(case: Case, dest: Path) -> tuple[Path, int | str]:
         shutil.copytree(case.path, copy)
         patched = copy / case.file_to_patch.relative_to(case.path)
         patched.write_bytes(bytes(data))
-        return copy, param
+        return copy, param, entry
     copy = dest / case.path.name
     copy.write_bytes(bytes(data))
-    return copy, param
+    return copy, param, entry
 
 
 # --- judging ---------------------------------------------------------------------------
@@ -519,17 +527,21 @@ def judge(case: Case, twins: set[str], dest: Path) -> dict[str, Any]:
         out["right"] = all(out[k] in (True, "n/a") for k in "abcd")
         return out
     try:
-        copy, param = nan_copy(case, dest)
+        copy, param, entry = nan_copy(case, dest)
         nan_report = optstate.inspect(copy)
         hits = [w for w in nan_report.get("warnings", []) if w.get("code") == "nan"]
         pos = case.order.index(param) if isinstance(param, str) and param in case.order \
             else param
         name = case.order[pos] if isinstance(pos, int) and pos < len(case.order) else param
-        found = any(name in (w.get("names") or []) or any(
-            str(x).startswith(f"state[{pos}]") for x in w.get("where", [])) for w in hits)
+        # the warning's place for this param (by name, or state[pos]) names the entry
+        found = any(entry in str(x) and (n == name or str(x).startswith(f"state[{pos}]"))
+                    for w in hits for x, n in zip(w.get("where", []), w.get("names")
+                                                  or [None] * len(w.get("where", [])),
+                                                  strict=False))
         out["c"] = True if found else (
-            f"no NaN warning for {name} (state[{pos}]); warnings: "
-            f"{[w['code'] for w in nan_report.get('warnings', [])]}")
+            f"no NaN warning for {name} {entry} (state[{pos}]); warnings: "
+            + "; ".join(f"{w['code']} at {w.get('where')}"[:160]
+                        for w in nan_report.get("warnings", [])))
     except Exception as exc:  # noqa: BLE001
         out["c"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     out["read"] = True

@@ -96,7 +96,7 @@ def test_nan_copy_sets_exactly_one_stored_element(tmp_path: Path) -> None:
     case = _case("torch/Adam", tmp_path)
     dest = tmp_path / "nan"
     dest.mkdir()
-    copy, param = H.nan_copy(case, dest)
+    copy, param, entry = H.nan_copy(case, dest)
     with zipfile.ZipFile(copy) as z:
         assert z.testzip() is None  # the CRCs were fixed
     before = torch.load(case.path, weights_only=True)["state"]
@@ -104,9 +104,10 @@ def test_nan_copy_sets_exactly_one_stored_element(tmp_path: Path) -> None:
     nans = [(k, e) for k, s in after.items() for e, t in s.items() if t.isnan().any()]
     position = case.order.index(param) if isinstance(param, str) else param
     assert len(nans) == 1 and nans[0][0] == position
-    key, entry = nans[0]
-    assert int(after[key][entry].isnan().sum()) == 1
-    changed = after[key][entry].nan_to_num(nan=0.0) != before[key][entry].nan_to_num(nan=0.0)
+    key, entry_ = nans[0]
+    assert entry_ == entry
+    assert int(after[key][entry_].isnan().sum()) == 1
+    changed = after[key][entry_].nan_to_num(nan=0.0) != before[key][entry_].nan_to_num(nan=0.0)
     assert int(changed.sum()) <= 1
 
 
@@ -114,7 +115,7 @@ def test_nan_copy_of_a_folder_patches_the_rank_file_only(tmp_path: Path) -> None
     case = _case("deepspeed/zero2_fp32_ws2", tmp_path)
     dest = tmp_path / "nan"
     dest.mkdir()
-    copy, _ = H.nan_copy(case, dest)
+    copy, _, _ = H.nan_copy(case, dest)
     differ = [p.relative_to(copy) for p in copy.rglob("*") if p.is_file()
               and p.read_bytes() != (case.path / p.relative_to(copy)).read_bytes()]
     assert differ == [case.file_to_patch.relative_to(case.path)]
