@@ -348,3 +348,16 @@ def test_trainer_scheduler_beside_latest_is_read(cli, tmp_path):
     report = json.loads(r.stdout)
     assert report["file"]["siblings"] == {"scheduler": str(run / "scheduler.pt")}
     assert (report["scheduler"]["kind"], report["scheduler"]["last_epoch"]) == ("StepLR", 3)
+
+
+def test_a_huge_partition_count_is_counted_not_listed(tmp_path):
+    """partition_count comes from the file: 10**12 ranks is one Error, found at once."""
+    from optstate.base.errors import CheckpointError
+    from optstate.io.deepspeed import _check_ranks
+
+    ranks = {0: tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt"}
+    with pytest.raises(CheckpointError, match=r"missing the optimizer file of rank 1 "
+                       r"\(zero_pp_rank_1_mp_rank_00_optim_states.pt\) and "
+                       r"999,999,999,998 more: the checkpoint was written by "
+                       r"1,000,000,000,000 ranks"):
+        _check_ranks(tmp_path, ranks, 10**12, ranks[0].name)

@@ -194,12 +194,14 @@ def _rank_files(folder: Path) -> tuple[dict[int, Path], list[str]]:
 
 
 def _check_ranks(folder: Path, ranks: dict[int, Path], world: int, seen: str) -> None:
-    missing = [r for r in range(world) if r not in ranks]
-    if missing:
-        example = re.sub(r"zero_pp_rank_\d+", f"zero_pp_rank_{missing[0]}", seen)
-        raise CheckpointError(f"{folder} is missing the optimizer file of rank {missing[0]} "
-                              f"({example}){f' and {len(missing) - 1} more' * (len(missing) > 1)}"
-                              f": the checkpoint was written by {world} ranks and every "
+    # counted, not listed: partition_count comes from the file and may be anything
+    n_missing = world - sum(1 for r in ranks if r < world)
+    if n_missing:
+        first = next(r for r in range(world) if r not in ranks)
+        example = re.sub(r"zero_pp_rank_\d+", f"zero_pp_rank_{first}", seen)
+        raise CheckpointError(f"{folder} is missing the optimizer file of rank {first} "
+                              f"({example}){f' and {n_missing - 1:,} more' * (n_missing > 1)}"
+                              f": the checkpoint was written by {world:,} ranks and every "
                               "rank's file is needed")
     extra = sorted(r for r in ranks if r >= world)
     if extra:
@@ -295,7 +297,8 @@ def summary_line(facts: dict[str, Any]) -> str:
 
 def _tree(params: list[dict[str, Any]], groups: list[dict[str, Any]],
           facts: dict[str, Any]) -> dict[str, Any]:
-    state = {i: p["state"] for i, p in enumerate(params)}
+    # as torch.optim: a param without state yet (no step taken) has no entry
+    state = {i: p["state"] for i, p in enumerate(params) if p["state"]}
     param_groups = []
     for g, hyper in enumerate(groups):
         members = [i for i, p in enumerate(params) if p["group"] == g]
