@@ -250,3 +250,52 @@ def test_warning_names_for_nan_frozen_and_unnamed_states(tmp_path):
     assert alone["nan"]["where"] == ["state[4].exp_avg"]
     assert _names_of(alone["nan"]) == [None]
     assert _names_of(alone["param_without_state"]) == [None]
+
+
+# ------------------------------------------- factored state and zeros by design (issue #19)
+
+THIRD_PARTY = __import__("pathlib").Path(__file__).parent / "fixtures" / "third_party"
+
+
+def _edited(tmp_path, folder, edit):
+    """A copy of a real third-party state with one edit (the library wrote the rest)."""
+    sd = torch.load(THIRD_PARTY / folder / "optimizer.pt", weights_only=True)
+    edit(sd)
+    path = tmp_path / f"{folder}.pt"
+    torch.save(sd, path)
+    return path
+
+
+def test_sm3_zero_momentum_buffer_is_a_finding_once_momentum_is_on(tmp_path):
+    # With momentum=0 SM3 never writes its momentum_buffer (a note says so); with
+    # momentum=0.9 an all-zero one is the usual zero_buffer finding again.
+    def momentum_on(sd):
+        sd["param_groups"][0]["momentum"] = 0.9
+
+    path = _edited(tmp_path, "pytorch-optimizer_sm3", momentum_on)
+    zero = _warnings(path, "zero_buffer")
+    assert len(zero) == 1 and zero[0]["where"] == [f"state[{i}].momentum_buffer"
+                                                   for i in range(4)]
+    assert "zero_by_design" not in {n["code"] for n in inspect_path(path)["notes"]}
+
+
+def test_a_torch_optimizers_buffer_in_a_factored_shape_is_a_mismatch(deep, tmp_path):
+    # AdamW's exp_avg_sq must follow the param's shape: a row-shaped one is not "factored"
+    # (that is only for optimizers whose recorded signature factors it).
+    _, sd = deep
+    sd = {"state": {k: dict(v) for k, v in sd["state"].items()},
+          "param_groups": sd["param_groups"]}
+    sd["state"][0]["exp_avg_sq"] = torch.zeros(16, 1)
+    path = tmp_path / "row.pt"
+    torch.save(sd, path)
+    found = _warnings(path, "shape_mismatch")
+    assert [w["where"] for w in found] == [["state[0]"]]
+    assert "factored_state" not in {n["code"] for n in inspect_path(path)["notes"]}
+
+
+def test_shampoo_preconditioners_are_described_not_warned():
+    report = inspect_path(THIRD_PARTY / "pytorch-optimizer_shampoo" / "optimizer.pt")
+    assert "shape_mismatch" not in {w["code"] for w in report["warnings"]}
+    note = next(n for n in report["notes"] if n["code"] == "factored_state")
+    assert note["message"].startswith("pytorch-optimizer Shampoo keeps state factored")
+    assert "pre_cond_1 gram_cols (20, 20)" in note["message"]

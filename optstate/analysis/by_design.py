@@ -87,7 +87,7 @@ def split_by_shape(p: ParamView, relations: dict[str, Any]
             continue  # a one-element counter (heavyball's step as a (1,) tensor)
         if rel is not None and rel != "same" and (
                 rel in allowed - {"same", "value"} or (not torch_kind and rel in FACTORED)
-                or k in _OWN_SHAPE):
+                or k in _OWN_SHAPE and rel in FACTORED):
             own.append(f"{k} {rel} ({', '.join(map(str, shape))})")
             continue
         if k not in _OWN_SHAPE:
