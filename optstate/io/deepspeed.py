@@ -227,7 +227,9 @@ def _stage(osd: dict[str, Any], f: Path) -> int:
 def _facts(folder: Path, stage: int, world: int, osd: dict[str, Any], model: dict[str, Any],
            ranks: dict[int, Path], model_file: Path) -> dict[str, Any]:
     scaler = osd.get("loss_scaler")
-    scale = scaler.get("cur_scale") if isinstance(scaler, Inert) else None
+    # decoded inertly, or DeepSpeed's own object when loaded with unsafe=True
+    scale = (scaler.get("cur_scale") if isinstance(scaler, Inert)
+             else getattr(scaler, "cur_scale", None))
     dynamic = osd.get("dynamic_loss_scale")
     trainable = {n for g in model["param_shapes"] if isinstance(g, dict) for n in g}
     frozen_shapes = model.get("frozen_param_shapes")
