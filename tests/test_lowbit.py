@@ -339,3 +339,20 @@ def test_convert_a_bitsandbytes_state_to_dcp_reads_back_the_same_moments(tmp_pat
     a, b = optstate.inspect(src), optstate.inspect(tmp_path / "dcp")
     assert [p["state"] for p in a["params"]] == [p["state"] for p in b["params"]]
     assert [p["stored"] for p in a["params"]] == [p["stored"] for p in b["params"]]
+
+
+def test_no_stats_dequantizes_nothing_and_moments_are_computed_when_read(monkeypatch):
+    from optstate.io.lazy import LazyTensor
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("dequantized under --no-stats")
+    monkeypatch.setattr(dequant, "_lookup_scaled", refuse)
+    rep = optstate.inspect(LOWBIT / "bitsandbytes_Adam8bit" / "optimizer.pt", stats=False)
+    assert rep["params"][0]["state"]["state1"] == {"shape": [64, 80], "dtype": "float32",
+                                                   "numel": 5120, "bytes": 20480}
+    assert rep["totals"]["low_bit"]["bytes_saved"] == 2 * (20480 - 5200 - QMAP_BYTES)
+    monkeypatch.undo()
+    view, expected, _ = _case("torchao_AdamW8bit")
+    moment = view.params[0].state["exp_avg"]
+    assert isinstance(moment, LazyTensor)  # values computed on each read, never kept
+    assert torch.equal(moment, expected["exp_avg/0.weight"])

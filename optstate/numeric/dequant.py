@@ -21,6 +21,12 @@ does not, never guessing a layout:
 - torchao ``OptimStateFp8.dequantize()``: ``codes.float().view(-1, block_size) *
   scale.view(-1, 1)`` (codes float8_e4m3fn).
 
+Each ``*_plan`` function checks the pieces (reading no more than the small tables and
+scales) and returns a ``Plan``: the result's shape, the block size, and ``compute()``,
+which does the work; ``state.lowbit`` hands that to a lazy tensor, so a moment is
+dequantized only when something reads its values, one at a time. The plain functions
+(``bnb_8bit``, ``torchao_8bit``, ...) are plan + compute.
+
 Every value is one table look-up (exact) and one float32 product, the same operation the
 libraries' CPU code does, so the results are equal bit for bit (tests/test_lowbit.py
 holds them to the values the libraries computed, tests/fixtures/lowbit/*/expected.pt).
@@ -30,6 +36,8 @@ Work goes in chunks of ``CHUNK`` elements (index tensors stay small; see there).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -62,6 +70,16 @@ def bnb_blocksize(numel: int, blocks: int) -> int | None:
     return fits[0]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A checked dequantization: the float32 result's ``shape``, the ``block_size`` (None:
+    one block of unknown size), and ``compute()`` giving the result."""
+
+    shape: tuple[int, ...]
+    block_size: int | None
+    compute: Callable[[], torch.Tensor]
+
+
 def _check_table(qmap: Any, size: int, name: str) -> torch.Tensor:
     if not isinstance(qmap, torch.Tensor) or qmap.dtype != torch.float32 or qmap.numel() != size:
         what = (f"{qmap.dtype} with {qmap.numel()} values" if isinstance(qmap, torch.Tensor)
@@ -76,6 +94,16 @@ def _check_scale(scale: Any, name: str) -> torch.Tensor:
     return scale.reshape(-1).float().contiguous()
 
 
+def _check_codes(codes: Any, dtype: torch.dtype) -> torch.Tensor:
+    if not isinstance(codes, torch.Tensor) or codes.dtype != dtype:
+        raise DequantError(f"the codes are not a {str(dtype).removeprefix('torch.')} tensor")
+    return codes
+
+
+def _steps(n: int, block: int) -> range:
+    return range(0, n, max(CHUNK // block, 1) * block)
+
+
 def _lookup_scaled(codes: torch.Tensor, qmap: torch.Tensor, scale: torch.Tensor,
                    block: int) -> torch.Tensor:
     """``qmap[codes[i]] * scale[i // block]`` for flat uint8 ``codes`` (last block may be
@@ -83,10 +111,9 @@ def _lookup_scaled(codes: torch.Tensor, qmap: torch.Tensor, scale: torch.Tensor,
     n = codes.numel()
     out = torch.empty(n, dtype=torch.float32)
     step = max(CHUNK // block, 1) * block
-    for start in range(0, n, step):
-        end = min(start + step, n)
-        piece = out[start:end]
-        torch.index_select(qmap, 0, codes[start:end].int(), out=piece)
+    for start in _steps(n, block):
+        piece = out[start:start + step]
+        torch.index_select(qmap, 0, codes[start:start + step].int(), out=piece)
         _scale_blocks(piece, scale[start // block:], block)
     return out
 
@@ -101,39 +128,46 @@ def _scale_blocks(piece: torch.Tensor, scale: torch.Tensor, block: int) -> None:
         piece[full:].mul_(scale[full // block])
 
 
-def bnb_8bit(codes: Any, qmap: Any, absmax: Any) -> tuple[torch.Tensor, int | None]:
-    """bitsandbytes blockwise 8-bit: (float32 tensor of ``codes``' shape, block size).
-    ``codes`` (k, ...) with ``absmax`` (k, blocks) is k stacked moments (AdEMAMix8bit's
-    state1), each dequantized on its own as bitsandbytes does."""
-    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8:
-        raise DequantError("the codes are not a uint8 tensor")
+def bnb_8bit_plan(codes: Any, qmap: Any, absmax: Any) -> Plan:
+    """bitsandbytes blockwise 8-bit, float32 of ``codes``' shape. ``codes`` (k, ...) with
+    ``absmax`` (k, blocks) is k stacked moments (AdEMAMix8bit's state1), each dequantized
+    on its own as bitsandbytes does."""
+    codes = _check_codes(codes, torch.uint8)
     table = _check_table(qmap, 256, "the qmap")
     if not isinstance(absmax, torch.Tensor) or absmax.dtype != torch.float32:
         raise DequantError("absmax is not a float32 tensor")
+    k = 1
     if absmax.dim() == 2 and codes.dim() >= 1 and codes.shape[0] == absmax.shape[0]:
-        slices = [(codes[i], absmax[i]) for i in range(codes.shape[0])]  # stacked moments
-    elif absmax.dim() <= 1:
-        slices = [(codes, absmax)]
-    else:
+        k = int(absmax.shape[0])  # stacked moments
+    elif absmax.dim() > 1:
         raise DequantError(f"absmax has shape {list(absmax.shape)}, which does not fit codes "
                            f"of shape {list(codes.shape)}")
-    per = codes.numel() // len(slices)
-    block = bnb_blocksize(per, slices[0][1].numel())
-    outs = []
-    for c, a in slices:
-        if a.numel() != slices[0][1].numel():
-            raise DequantError("the stacked moments have different absmax counts")
-        flat = c.reshape(-1).contiguous()
-        outs.append(_lookup_scaled(flat, table, a.reshape(-1).contiguous(),
-                                   block if block is not None else max(per, 1)))
-    if len(outs) == 1:
-        return outs[0].view(codes.shape), block
-    return torch.cat(outs).view(codes.shape), block
+    per = codes.numel() // max(k, 1)
+    blocks = absmax.numel() // max(k, 1)
+    block = bnb_blocksize(per, blocks)
+    shape = tuple(int(d) for d in codes.shape)
+
+    def compute() -> torch.Tensor:
+        flat, scales = codes.reshape(-1).contiguous(), absmax.reshape(-1).contiguous()
+        if k == 1:
+            return _lookup_scaled(flat, table, scales, block or max(per, 1)).view(shape)
+        return torch.cat([
+            _lookup_scaled(flat[i * per:(i + 1) * per], table,
+                           scales[i * blocks:(i + 1) * blocks], block or max(per, 1))
+            for i in range(k)]).view(shape)
+
+    return Plan(shape, block, compute)
 
 
-def _block_size(n: int, scale: torch.Tensor, stored: Any, per_byte: int = 1) -> int:
-    """torchao's block size, ``codes.numel() * per_byte // scale.numel()``: must divide
-    the elements exactly and equal the stored ``block_size`` when there is one."""
+def bnb_8bit(codes: Any, qmap: Any, absmax: Any) -> tuple[torch.Tensor, int | None]:
+    """``bnb_8bit_plan`` computed: (float32 tensor, block size)."""
+    plan = bnb_8bit_plan(codes, qmap, absmax)
+    return plan.compute(), plan.block_size
+
+
+def _block_size(n: int, scale: torch.Tensor, stored: Any) -> int:
+    """torchao's block size, elements // ``scale.numel()``: must divide the elements
+    exactly and equal the stored ``block_size`` when there is one."""
     blocks = scale.numel()
     if blocks == 0 or n % blocks:
         raise DequantError(f"{blocks} scale value{'s' * (blocks != 1)} do not split "
@@ -145,21 +179,21 @@ def _block_size(n: int, scale: torch.Tensor, stored: Any, per_byte: int = 1) -> 
     return size
 
 
-def torchao_8bit(codes: Any, scale: Any, qmap: Any, block_size: Any = None) -> torch.Tensor:
+def torchao_8bit_plan(codes: Any, scale: Any, qmap: Any, block_size: Any = None) -> Plan:
     """torchao ``OptimState8bit.dequantize()``: float32 of ``codes``' shape."""
-    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8:
-        raise DequantError("the codes are not a uint8 tensor")
+    codes = _check_codes(codes, torch.uint8)
     table = _check_table(qmap, 256, "the qmap")
     s = _check_scale(scale, "the scale")
     block = _block_size(codes.numel(), s, block_size)
-    return _lookup_scaled(codes.reshape(-1).contiguous(), table, s, block).view(codes.shape)
+    shape = tuple(int(d) for d in codes.shape)
+    return Plan(shape, block, lambda: _lookup_scaled(
+        codes.reshape(-1).contiguous(), table, s, block).view(shape))
 
 
-def torchao_4bit(codes: Any, scale: Any, qmap: Any, shape: Any,
-                 block_size: Any = None) -> torch.Tensor:
+def torchao_4bit_plan(codes: Any, scale: Any, qmap: Any, shape: Any,
+                      block_size: Any = None) -> Plan:
     """torchao ``OptimState4bit.dequantize()``: float32 of ``shape`` (``_shape``)."""
-    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8:
-        raise DequantError("the codes are not a uint8 tensor")
+    codes = _check_codes(codes, torch.uint8)
     table = _check_table(qmap, 16, "the qmap")
     s = _check_scale(scale, "the scale")
     try:
@@ -171,31 +205,51 @@ def torchao_4bit(codes: Any, scale: Any, qmap: Any, shape: Any,
         raise DequantError(f"{codes.numel():,} bytes of codes hold {codes.numel() * 2:,} "
                            f"4-bit values, not the {n:,} of shape {list(dims)}")
     block = _block_size(n, s, block_size)
-    flat = codes.reshape(-1)
-    out = torch.empty(n, dtype=torch.float32)
-    step = max(CHUNK // block, 1) * block
-    for start in range(0, n, step):
-        end = min(start + step, n)
-        packed = flat[start // 2:end // 2]
-        nibbles = torch.stack([packed >> 4, packed & 0b1111], dim=-1).reshape(-1)
-        piece = out[start:end]
-        torch.index_select(table, 0, nibbles.int(), out=piece)
-        _scale_blocks(piece, s[start // block:], block)
-    return out.view(dims)
+
+    def compute() -> torch.Tensor:
+        flat = codes.reshape(-1).contiguous()
+        out = torch.empty(n, dtype=torch.float32)
+        step = max(CHUNK // block, 1) * block
+        for start in _steps(n, block):
+            packed = flat[start // 2:(start + step) // 2]  # high nibble first
+            nibbles = torch.stack([packed >> 4, packed & 0b1111], dim=-1).reshape(-1)
+            piece = out[start:start + step]
+            torch.index_select(table, 0, nibbles.int(), out=piece)
+            _scale_blocks(piece, s[start // block:], block)
+        return out.view(dims)
+
+    return Plan(dims, block, compute)
+
+
+def torchao_fp8_plan(codes: Any, scale: Any, block_size: Any = None) -> Plan:
+    """torchao ``OptimStateFp8.dequantize()``: float32 of ``codes``' shape."""
+    codes = _check_codes(codes, torch.float8_e4m3fn)
+    s = _check_scale(scale, "the scale")
+    n = codes.numel()
+    block = _block_size(n, s, block_size)
+    shape = tuple(int(d) for d in codes.shape)
+
+    def compute() -> torch.Tensor:
+        flat = codes.reshape(-1).contiguous()
+        out = torch.empty(n, dtype=torch.float32)
+        step = max(CHUNK // block, 1) * block
+        for start in _steps(n, block):
+            piece = out[start:start + step]
+            piece.copy_(flat[start:start + step])
+            _scale_blocks(piece, s[start // block:], block)
+        return out.view(shape)
+
+    return Plan(shape, block, compute)
+
+
+def torchao_8bit(codes: Any, scale: Any, qmap: Any, block_size: Any = None) -> torch.Tensor:
+    return torchao_8bit_plan(codes, scale, qmap, block_size).compute()
+
+
+def torchao_4bit(codes: Any, scale: Any, qmap: Any, shape: Any,
+                 block_size: Any = None) -> torch.Tensor:
+    return torchao_4bit_plan(codes, scale, qmap, shape, block_size).compute()
 
 
 def torchao_fp8(codes: Any, scale: Any, block_size: Any = None) -> torch.Tensor:
-    """torchao ``OptimStateFp8.dequantize()``: float32 of ``codes``' shape."""
-    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.float8_e4m3fn:
-        raise DequantError("the codes are not a float8_e4m3fn tensor")
-    s = _check_scale(scale, "the scale")
-    block = _block_size(codes.numel(), s, block_size)
-    flat = codes.reshape(-1)
-    out = torch.empty(codes.numel(), dtype=torch.float32)
-    step = max(CHUNK // block, 1) * block
-    for start in range(0, codes.numel(), step):
-        end = min(start + step, codes.numel())
-        piece = out[start:end]
-        piece.copy_(flat[start:end])
-        _scale_blocks(piece, s[start // block:], block)
-    return out.view(codes.shape)
+    return torchao_fp8_plan(codes, scale, block_size).compute()

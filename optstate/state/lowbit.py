@@ -15,9 +15,13 @@ torchao's low-bit optimizers: an entry that is an ``io.inert.InertTensor`` of
 where torchao is installed, the subclass itself: only its attributes are read) becomes its
 dequantized value (``torchao``).
 
-Each such entry gets its ``stored`` description (``state.packed``'s schema; ``signed`` for
-torchao; ``blocks`` for bitsandbytes; ``stacked``: k when the entry holds k moments
-stacked along its first dimension, each of the param's shape: AdEMAMix8bit's ``state1``).
+A dequantized entry is an ``io.lazy.LazyTensor``: shape and dtype (float32) known without
+work, its values computed (``numeric.dequant``) each time an operation reads them and
+never kept, so ``--no-stats`` dequantizes nothing and a large state is dequantized one
+entry at a time. Each such entry gets its ``stored`` description (``state.packed``'s
+schema; ``signed`` for torchao; ``blocks`` for bitsandbytes; ``stacked``: k when the entry
+holds k moments stacked along its first dimension, each of the param's shape:
+AdEMAMix8bit's ``state1``).
 Where the pieces do not fit together (a damaged file, a layout not known here:
 bitsandbytes' non-blockwise ``max1``), nothing is guessed: the stored pieces stay the
 entries, under their own names, and the description carries ``error`` ("not dequantized:
@@ -26,12 +30,21 @@ entries, under their own names, and the description carries ``error`` ("not dequ
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from optstate.io.inert import InertTensor
-from optstate.numeric.dequant import DequantError, bnb_8bit, torchao_4bit, torchao_8bit, torchao_fp8
+from optstate.io.lazy import LazyTensor
+from optstate.numeric.dequant import (
+    DequantError,
+    Plan,
+    bnb_8bit_plan,
+    torchao_4bit_plan,
+    torchao_8bit_plan,
+    torchao_fp8_plan,
+)
 
 BNB_KEY = "__bnb_optimizer_quant_state__"
 # Keys bitsandbytes moves under BNB_KEY (Optimizer8bit.non_castable_tensor_keys).
@@ -81,16 +94,16 @@ def bnb(entries: dict[Any, Any], stored: dict[str, dict[str, Any]]) -> dict[Any,
             if missing:
                 raise DequantError(f"{' and '.join(missing)} missing (a layout other than "
                                    "blockwise 8-bit is not read here)")
-            moment, block = bnb_8bit(value, quant[f"qmap{n}"], quant[f"absmax{n}"])
+            plan = bnb_8bit_plan(value, quant[f"qmap{n}"], quant[f"absmax{n}"])
         except DequantError as exc:
             desc["error"] = f"not dequantized: {exc}"
             stored[key] = desc
             continue  # the pieces stay entries below
         absmax = quant[f"absmax{n}"]
-        desc.update({"block_size": block, "blocks": int(absmax.shape[-1]),
+        desc.update({"block_size": plan.block_size, "blocks": int(absmax.shape[-1]),
                      "bytes_stored": _nbytes(*(quant.pop(k) for k in parts)),
-                     "bytes_float32": moment.numel() * 4})
-        out[key] = moment
+                     "bytes_float32": _numel(plan) * 4})
+        out[key] = _lazy(plan, "bitsandbytes-8bit")
         stored[key] = desc
     for k, v in quant.items():  # everything not consumed stays visible
         name = k if k not in out else prefix + k
@@ -118,22 +131,33 @@ def torchao(entries: dict[Any, Any], stored: dict[str, dict[str, Any]]) -> dict[
             desc["signed"] = s["signed"]
         try:
             if fmt == "torchao-8bit":
-                moment = torchao_8bit(codes, s.get("scale"), s.get("qmap"), s.get("block_size"))
+                plan = torchao_8bit_plan(codes, s.get("scale"), s.get("qmap"),
+                                         s.get("block_size"))
             elif fmt == "torchao-4bit":
-                moment = torchao_4bit(codes, s.get("scale"), s.get("qmap"), s.get("_shape"),
-                                      s.get("block_size"))
+                plan = torchao_4bit_plan(codes, s.get("scale"), s.get("qmap"), s.get("_shape"),
+                                         s.get("block_size"))
             else:
-                moment = torchao_fp8(codes, s.get("scale"), s.get("block_size"))
+                plan = torchao_fp8_plan(codes, s.get("scale"), s.get("block_size"))
         except DequantError as exc:
             desc["error"] = f"not dequantized: {exc}"
             stored[str(key)] = desc
             continue
-        desc.update({"block_size": moment.numel() // s["scale"].numel(),
+        desc.update({"block_size": plan.block_size,
                      "bytes_stored": _nbytes(codes, s.get("scale"), s.get("qmap")),
-                     "bytes_float32": moment.numel() * 4})
-        out[key] = moment
+                     "bytes_float32": _numel(plan) * 4})
+        out[key] = _lazy(plan, fmt)
         stored[str(key)] = desc
     return out
+
+
+def _numel(plan: Plan) -> int:
+    return math.prod(plan.shape)
+
+
+def _lazy(plan: Plan, fmt: str) -> LazyTensor:
+    """The moment as a tensor whose values are computed when something reads them (each
+    time: nothing is kept, so a large state is dequantized one entry at a time)."""
+    return LazyTensor(plan.shape, torch.float32, plan.compute, info={"dequantized": fmt})
 
 
 def _torchao_fields(value: Any) -> tuple[str, dict[str, Any]] | None:
