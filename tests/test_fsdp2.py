@@ -95,3 +95,23 @@ def test_a_dtensor_without_its_local_tensor_is_one_error_line(tmp_path, run_cli)
 
     with pytest.raises(CheckpointError, match="DTensor without its local tensor"):
         unpack_state({"exp_avg": broken})
+
+
+def test_unsafe_loads_torchs_own_dtensor_and_reads_it_the_same_way(run_cli):
+    # full pickle builds the real DTensor, a wrapper with no data of its own: statistics
+    # on it crashed; its local shard is read instead, described as the inert one is
+    safe = json.loads(run_cli("inspect", CASE / "rank1.pt", "--json").stdout)
+    r = run_cli("inspect", CASE / "rank1.pt", "--json", "--unsafe")
+    assert r.returncode == 0, r.stderr[-2000:]
+    unsafe = json.loads(r.stdout)
+    assert unsafe["params"] == safe["params"]
+    assert unsafe["totals"] == safe["totals"] and unsafe["notes"] == safe["notes"]
+
+
+def test_the_human_view_says_how_each_entry_is_sharded(run_cli):
+    r = run_cli("inspect", CASE / "rank1.pt")
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert ("state[2].exp_avg: DTensor shard (FSDP2): float32, local [3, 16] of [7, 16], "
+            "Shard(0) on a [2] device mesh, rank 1's shard") in text
+    assert "shapes and statistics cover rank 1's shard of a [2] device mesh only" in text

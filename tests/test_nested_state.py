@@ -98,7 +98,7 @@ def test_the_objects_tensors_are_entries_with_the_shapes_their_partitioner_gives
     assert p.state["graft.momentum"] is p.raw_state["graft"].get("momentum")
     assert p.stored["graft.momentum"] == {
         "format": "nested", "from": ["graft.momentum"],
-        "class": "pytorch_optimizer.optimizer.utils.graft.SGDGraft"}
+        "object": "pytorch_optimizer.optimizer.utils.graft.SGDGraft"}
     # b (5): a PreConditioner holding no tensor is shown as what it is
     assert view.params[1].state["pre_conditioner"] == (
         "<pytorch_optimizer.optimizer.utils.preconditioner.PreConditioner>")

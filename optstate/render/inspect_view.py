@@ -277,6 +277,7 @@ def stored_section(report: dict[str, Any]) -> Text | None:
     """One line per entry not stored as itself (``params[].stored``: low-bit, sharded):
     how it is stored (``state.packed.describe_stored``); the statistics above are of the
     entry as the optimizer means it (dequantized, the local shard)."""
+    from optstate.analysis.findings import at
     from optstate.state.packed import describe_stored
 
     lines = Text()
@@ -284,9 +285,11 @@ def stored_section(report: dict[str, Any]) -> Text | None:
         for entry, d in (p.get("stored") or {}).items():
             if d.get("format") == "bitsandbytes-32bit" and not d.get("stacked"):
                 continue  # stored as itself, only nested: nothing to say
+            if d.get("format") == "nested" and "object" not in d:
+                continue  # its name is its path in a dict: nothing to add
             if lines:
                 lines.append("\n")
-            lines.append(f"state[{p['position']}].{entry}: {describe_stored(d)}",
+            lines.append(f"{at(p['position'], entry)}: {describe_stored(d)}",
                          style="yellow" if d.get("error") else "")
     title = Text("stored as", style="bold")
     title.append(" (the statistics are of the values the optimizer uses)\n", style="dim")

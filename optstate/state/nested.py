@@ -22,8 +22,8 @@ Leaves: a tensor; a list or tuple (kept whole: a list of tensors, heavyball's
 dict (a set, an int, None) as it is. Of an object only the fields that hold tensors become
 entries (its other fields are its settings, kept in ``ParamView.raw_state``); an object
 whose fields hold no tensor is one entry showing its class. ``stored[name]`` =
-``{"format": "nested", "from": [name]}`` (and ``"class"``: the object's class) for every
-entry that came out of a dict or an object.
+``{"format": "nested", "from": [name]}`` for every entry that came out of a dict or an
+object (and ``"object"``: the class of the object it is a field of).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def unpack_nested(entries: dict[Any, Any],
             out[name] = leaf
             d: dict[str, Any] = {"format": "nested", "from": [name]}
             if cls is not None:
-                d["class"] = cls
+                d["object"] = cls
             stored[name] = d
     return out
 

@@ -56,6 +56,8 @@ FORMAT_WORDS = {
     "torchao-8bit": "8-bit blockwise (torchao)",
     "torchao-4bit": "4-bit blockwise (torchao)",
     "torchao-fp8": "fp8 blockwise (torchao)",
+    "dtensor": "DTensor shard (FSDP2)",
+    "nested": "nested",
 }
 
 
@@ -78,6 +80,13 @@ def describe_stored(d: dict[str, Any]) -> str:
         parts.append(f"{d['bytes_stored'] / d['bytes_float32']:.0%} of float32 bytes")
     if "global_shape" in d:
         parts.append(f"local {d.get('local_shape')} of {d['global_shape']}")
+    if d.get("placements"):  # dtensor
+        parts.append(" ".join(map(str, d["placements"]))
+                     + (f" on a {d['mesh']} device mesh" if "mesh" in d else ""))
+    if "rank" in d:
+        parts.append(f"rank {d['rank']}'s shard")
+    if fmt == "nested" and "object" in d:  # a field of an object, decoded without its code
+        parts.append(f"a field of a {d['object']} object")
     if d.get("error"):
         parts.append(str(d["error"]))
     return words + (": " + ", ".join(parts) if parts else "")

@@ -24,11 +24,27 @@ import torch
 from optstate.base.errors import CheckpointError
 from optstate.io.inert import Inert, InertTensor
 
-DTENSOR_CLASSES = ("torch.distributed.tensor.DTensor", "torch.distributed._tensor.api.DTensor")
+DTENSOR_CLASSES = ("torch.distributed.tensor.DTensor", "torch.distributed._tensor.api.DTensor",
+                   "torch.distributed.tensor._api.DTensor")
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def is_dtensor(value: Any) -> bool:
-    return isinstance(value, InertTensor) and value.qualname in DTENSOR_CLASSES
+    """A DTensor decoded inertly, or torch's own (``--unsafe`` loads the real class, whose
+    wrapper holds no data: statistics on it crash, so it is read through its shard too)."""
+    if isinstance(value, InertTensor):
+        return value.qualname in DTENSOR_CLASSES
+    return isinstance(value, torch.Tensor) and _qualname(type(value)) in DTENSOR_CLASSES
+
+
+def _field(obj: Any, name: str) -> Any:
+    """A field of an inert object (``Inert.get``) or of torch's own (its attribute)."""
+    if isinstance(obj, (Inert, InertTensor)):
+        return obj.get(name)
+    return getattr(obj, name, None) if obj is not None else None
 
 
 def unpack_dtensors(entries: dict[Any, Any],
@@ -41,8 +57,8 @@ def unpack_dtensors(entries: dict[Any, Any],
         if not is_dtensor(v):
             out[k] = v
             continue
-        local = v.get("_local_tensor")
-        if not isinstance(local, torch.Tensor):
+        local = _field(v, "_local_tensor")
+        if not isinstance(local, torch.Tensor) or is_dtensor(local):
             raise CheckpointError(
                 f"state entry {k!r} is a DTensor without its local tensor "
                 f"({type(local).__name__} instead): this rank's shard cannot be read")
@@ -51,35 +67,39 @@ def unpack_dtensors(entries: dict[Any, Any],
     return out
 
 
-def describe_dtensor(v: InertTensor, entry: str) -> dict[str, Any]:
+def describe_dtensor(v: Any, entry: str) -> dict[str, Any]:
     """The plain-data description of one DTensor (module docstring)."""
-    local = v.get("_local_tensor")
-    spec = v.get("_spec")
+    local = _field(v, "_local_tensor")
+    spec = _field(v, "_spec")
     d: dict[str, Any] = {"format": "dtensor", "from": [entry],
                          "dtype": str(local.dtype).removeprefix("torch.")}
-    shape = _global_shape(spec)
-    if shape is None and v.shape:
-        shape = [int(n) for n in v.shape]  # the wrapper's shape is the global one
+    shape = _ints(_meta_shape(_field(spec, "tensor_meta")))
+    if shape is None:
+        shape = _ints(v.shape)  # the wrapper's shape is the global one
     if shape is not None:
         d["global_shape"] = shape
     d["local_shape"] = [int(n) for n in local.shape]
-    if isinstance(spec, Inert):
-        d["placements"] = [placement_text(p) for p in (spec.get("placements") or ())]
-        mesh = mesh_shape(spec.get("mesh"))
-        if mesh is not None:
-            d["mesh"] = mesh
-        rank = spec.get("mesh").get("_rank") if isinstance(spec.get("mesh"), Inert) else None
-        if isinstance(rank, int):
+    if spec is not None:
+        d["placements"] = [placement_text(p) for p in (_field(spec, "placements") or ())]
+        mesh = _field(spec, "mesh")
+        shape = mesh_shape(mesh)
+        if shape is not None:
+            d["mesh"] = shape
+        rank = _field(mesh, "_rank")
+        if isinstance(rank, int) and not isinstance(rank, bool):
             d["rank"] = rank
     return d
 
 
-def _global_shape(spec: Any) -> list[int] | None:
-    meta = spec.get("tensor_meta") if isinstance(spec, Inert) else None
-    if not isinstance(meta, Inert):
-        return None
-    shape = meta.get("shape", meta.args[0] if meta.args else None)
-    if isinstance(shape, (tuple, list, torch.Size)) and all(isinstance(n, int) for n in shape):
+def _meta_shape(meta: Any) -> Any:
+    if isinstance(meta, Inert):
+        return meta.get("shape", meta.args[0] if meta.args else None)
+    return getattr(meta, "shape", None)
+
+
+def _ints(shape: Any) -> list[int] | None:
+    if isinstance(shape, (tuple, list, torch.Size)) and all(
+            isinstance(n, int) and not isinstance(n, bool) for n in shape):
         return [int(n) for n in shape]
     return None
 
@@ -87,25 +107,32 @@ def _global_shape(spec: Any) -> list[int] | None:
 def placement_text(p: Any) -> str:
     """``Shard(0)``, ``Replicate()``, ``Partial(sum)``, ``_StridedShard(0, split_factor=2)``:
     as torch prints placements; a placement it cannot read as ``?``."""
-    if not isinstance(p, Inert):
+    if isinstance(p, Inert):
+        name, f = p.name, p.fields()
+    elif p is not None and _qualname(type(p)).startswith("torch.distributed."):
+        name, f = type(p).__name__, {k: getattr(p, k, None)
+                                     for k in ("dim", "split_factor", "reduce_op")}
+    else:
         return "?"
-    f = p.fields()
-    if p.name == "Shard":
+    if name == "Shard":
         return f"Shard({f.get('dim', f.get('args[0]', '?'))})"
-    if p.name == "_StridedShard":
+    if name == "_StridedShard":
         return (f"_StridedShard({f.get('dim', f.get('args[0]', '?'))}, "
                 f"split_factor={f.get('split_factor', '?')})")
-    if p.name == "Replicate":
+    if name == "Replicate":
         return "Replicate()"
-    if p.name == "Partial":
-        return f"Partial({f.get('reduce_op', f.get('args[0]', 'sum'))})"
-    return p.name
+    if name == "Partial":
+        return f"Partial({f.get('reduce_op') or f.get('args[0]') or 'sum'})"
+    return name
 
 
 def mesh_shape(mesh: Any) -> list[int] | None:
-    """The device mesh's shape: its ``mesh`` tensor (torch < 2.9) or its layout's axes."""
-    if not isinstance(mesh, Inert):
+    """The device mesh's shape: its ``mesh`` tensor (torch < 2.9), its layout's axes, or
+    (torch's own DeviceMesh) its ``shape``."""
+    if mesh is None:
         return None
+    if not isinstance(mesh, Inert):
+        return _ints(getattr(mesh, "shape", None))
     t = mesh.get("mesh")
     if isinstance(t, torch.Tensor):
         return [int(n) for n in t.shape]
@@ -113,10 +140,10 @@ def mesh_shape(mesh: Any) -> list[int] | None:
     if isinstance(layout, Inert):
         shape: list[int] = []
         for axis in layout.get("axes") or ():
-            s = axis.get("shape") if isinstance(axis, Inert) else None
-            if not isinstance(s, (tuple, list)) or not all(isinstance(n, int) for n in s):
+            s = _ints(axis.get("shape")) if isinstance(axis, Inert) else None
+            if s is None:
                 return None
-            shape += [int(n) for n in s]
+            shape += s
         return shape or None
     return None
 
