@@ -21,6 +21,9 @@ library computed (tests/fixtures/README.md) is read with optstate's Python API
      position), with the same element count and a norm within 1e-4 relative (a 0-d
      tensor: its value); under the same entry path, or, where optstate names the entry
      otherwise (a nested heavyball key), under any entry of that param not matched yet.
+     DeepSpeed's fp32 master weights are read but kept beside the optimizer state (inspect
+     reports the state; ``convert`` writes them): they are checked in what
+     ``optstate.load_state(path).source.obj["fp32_master_weights"]`` holds.
   c  NaN: a copy of the checkpoint with one stored element set to NaN, byte-patched in
      the zip record of the tensor that holds it (the zip CRCs fixed, nothing else
      changed): a plain state entry, a nested heavyball tensor, a bitsandbytes ``absmax``,
@@ -79,6 +82,9 @@ class Case:
     file_to_patch: Path  # the torch.save file holding the tensor to set to NaN
     # the loaded file -> (the tensor to set a NaN in, its param, the entry the NaN shows in)
     nan_target: Callable[[Any], tuple[torch.Tensor, int | str, str]]
+    # entries optstate reads but keeps beside the optimizer state (not in inspect's report):
+    # entry -> the key of a {param name: tensor} dict in optstate.load_state(path).source.obj
+    beside: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     cleanup: list[Path] = field(default_factory=list)
 
@@ -297,7 +303,8 @@ def deepspeed() -> list[Case]:
             return flat["exp_avg"], first, "exp_avg"
 
         cases.append(Case("deepspeed", f"deepspeed/{folder.name}", folder / "checkpoint",
-                          "AdamW", "torch", None, truth, order, rank0, target))
+                          "AdamW", "torch", None, truth, order, rank0, target,
+                          beside={"fp32": "fp32_master_weights"}))
     return cases
 
 
@@ -496,7 +503,17 @@ def judge(case: Case, twins: set[str], dest: Path) -> dict[str, Any]:
             flat.update(dict(leaves(rep, entry)))
         by_key[key] = flat
     missing = []
+    beside: dict[str, dict[str, Any]] = {}
+    if case.beside:
+        obj = optstate.load_state(case.path).source.obj
+        beside = {entry: obj.get(key) or {} for entry, key in case.beside.items()}
     for (pkey, path), t in case.truth.items():
+        if path in beside:  # read, and kept beside the state (DeepSpeed's master weights)
+            got = beside[path].get(pkey)
+            if got is None or not agrees(t, summary(got)):
+                missing.append(f"{pkey} {path}: "
+                               f"{'absent' if got is None else 'differs'} beside the state")
+            continue
         flat = by_key.get(pkey)
         if flat is None:
             missing.append(f"{pkey}: no such param in the report")

@@ -43,7 +43,7 @@ EXPECTED = {
     "torch": (15, 15),
     "bitsandbytes": (10, 5),
     "torchao": (6, 6),
-    "deepspeed": (24, 0),
+    "deepspeed": (24, 24),
     "torch (FSDP2)": (2, 2),
     "transformers": (1, 1),
     "lightning": (1, 1),
