@@ -143,3 +143,15 @@ def test_a_wrong_buffer_fails_b(tmp_path: Path) -> None:
     dest2 = tmp_path / "d2"
     dest2.mkdir()
     assert str(H.judge(case, set(), dest2)["b"]).startswith("1 of ")
+
+
+def test_json_and_table_output(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert H.main(["--json", "--only", "lion-pytorch"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["table"]["lion-pytorch"]["checkpoints"] == 1
+    assert [c["checkpoint"] for c in doc["cases"]] == ["lion-pytorch/Lion"]
+    assert H.main(["--only", "lion-pytorch"]) == 0
+    out = capsys.readouterr().out
+    assert "lion-pytorch" in out and out.splitlines()[-1].startswith("total")
