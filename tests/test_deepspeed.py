@@ -361,3 +361,16 @@ def test_a_huge_partition_count_is_counted_not_listed(tmp_path):
                        r"999,999,999,998 more: the checkpoint was written by "
                        r"1,000,000,000,000 ranks"):
         _check_ranks(tmp_path, ranks, 10**12, ranks[0].name)
+
+
+def test_convert_says_what_reading_said(cli, tmp_path):
+    tag = FIXTURES / "zero2_bf16_ws2_groups2_frozen" / "checkpoint" / TAG
+    r = cli("convert", tag / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+            tmp_path / "o.pt", "--json")
+    assert r.exit_code == 0, r.stderr
+    said = json.loads(r.stdout)["warnings"]
+    assert said == [
+        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt is one file of a DeepSpeed checkpoint; "
+        f"the whole tag folder {tag} was read (one rank's file is not the whole state)",
+        "2 frozen param(s) have no optimizer state (DeepSpeed keeps them apart): 0.weight, "
+        "0.bias"]

@@ -99,7 +99,7 @@ def _deepspeed_to_file(src: Path, dst: Path, force: bool, unsafe: bool) -> Conve
     written = open_source(dst, mmap=True)
     n, dropped = verify_copy(source.obj, written.obj)
     return ConvertResult(src, source.format, dst, "zip", n, dst.stat().st_size,
-                         notes + _dropped_note(dropped))
+                         _said(source) + notes + _dropped_note(dropped))
 
 
 def _dcp_to_file(src: Path, dst: Path, force: bool) -> ConvertResult:
@@ -135,7 +135,13 @@ def _file_to_dcp(src: Path, dst: Path, force: bool, unsafe: bool) -> ConvertResu
         n, dropped = verify_copy(source.obj, written.obj)
         size = sum(f.stat().st_size for f in tmp.path.iterdir() if f.is_file())
     return ConvertResult(src, source.format, dst, "dcp", n, size,
-                         notes + _dropped_note(dropped))
+                         _said(source) + notes + _dropped_note(dropped))
+
+
+def _said(source: Any) -> list[str]:
+    """What reading the source said (a DeepSpeed rank file stands for its whole tag folder;
+    its frozen params have no state): the copy holds the same, so the user hears it too."""
+    return [n["message"] for n in source.notes]
 
 
 def _dropped_note(dropped: list[str]) -> list[str]:
