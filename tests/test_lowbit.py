@@ -189,9 +189,12 @@ def test_damaged_torchao_pieces_are_named_not_guessed():
     broken = InertTensor(t.qualname, t.dtype, t.shape, t.stride,
                          {**t.state, "scale": t.state["scale"][:19]})
     entries, stored = unpack_state({"exp_avg": broken})
-    assert entries["exp_avg"] is broken
     assert stored["exp_avg"]["error"] == ("not dequantized: 19 scale values do not split "
                                           "5,120 elements into equal blocks")
+    # its pieces are the entries: tensors that diff compares and totals count
+    assert set(entries) == {"exp_avg.codes", "exp_avg.scale", "exp_avg.qmap",
+                            "exp_avg.signed", "exp_avg.block_size"}
+    assert entries["exp_avg.codes"] is t.state["codes"]
     t4 = load_torch_file(LOWBIT / "torchao_AdamW4bit" / "optimizer.pt").obj["state"][0]
     t4 = t4["exp_avg"]
     broken = InertTensor(t4.qualname, t4.dtype, t4.shape, t4.stride,
@@ -356,3 +359,18 @@ def test_no_stats_dequantizes_nothing_and_moments_are_computed_when_read(monkeyp
     moment = view.params[0].state["exp_avg"]
     assert isinstance(moment, LazyTensor)  # values computed on each read, never kept
     assert torch.equal(moment, expected["exp_avg/0.weight"])
+
+
+def test_diff_sees_the_codes_of_an_entry_it_cannot_dequantize():
+    from optstate.analysis.diff import diff_states
+
+    def broken(bump: int) -> dict:
+        sd = load_torch_file(LOWBIT / "torchao_AdamW8bit" / "optimizer.pt").obj
+        t = sd["state"][0]["exp_avg"]
+        codes = t.state["codes"].clone()
+        codes.view(-1)[0] += bump
+        sd["state"][0]["exp_avg"] = InertTensor(t.qualname, t.dtype, t.shape, t.stride, {
+            **t.state, "codes": codes, "scale": t.state["scale"][:19]})
+        return sd
+    d = diff_states(broken(0), broken(1))
+    assert [c.path for c in d.changes] == ["state[0].exp_avg.codes"]

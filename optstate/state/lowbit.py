@@ -23,9 +23,10 @@ schema; ``signed`` for torchao; ``blocks`` for bitsandbytes; ``stacked``: k when
 holds k moments stacked along its first dimension, each of the param's shape:
 AdEMAMix8bit's ``state1``).
 Where the pieces do not fit together (a damaged file, a layout not known here:
-bitsandbytes' non-blockwise ``max1``), nothing is guessed: the stored pieces stay the
-entries, under their own names, and the description carries ``error`` ("not dequantized:
-...") for the views to show.
+bitsandbytes' non-blockwise ``max1``), nothing is guessed: the stored pieces are the
+entries, under their own names (bitsandbytes: ``state1``, ``qmap1``, ...; torchao: the
+object's fields, ``exp_avg.codes``, ``exp_avg.scale``, ...), and the entry's description
+carries ``error`` ("not dequantized: ...") for the views to show.
 """
 
 from __future__ import annotations
@@ -141,6 +142,10 @@ def torchao(entries: dict[Any, Any], stored: dict[str, dict[str, Any]]) -> dict[
         except DequantError as exc:
             desc["error"] = f"not dequantized: {exc}"
             stored[str(key)] = desc
+            # its pieces become entries (``exp_avg.codes``, ``exp_avg.scale``, ...): what
+            # the file holds, compared and counted as tensors (the object itself is not one)
+            del out[key]
+            out.update((f"{key}.{field}", v) for field, v in s.items())
             continue
         desc.update({"block_size": plan.block_size,
                      "bytes_stored": _nbytes(codes, s.get("scale"), s.get("qmap")),
