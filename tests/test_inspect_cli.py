@@ -245,7 +245,8 @@ def test_json_schema_keys_are_stable(cli, tmp_path):
                          "scheduler", "warnings", "notes"]
     assert list(doc["file"]) == ["path", "read", "format", "bytes"]
     assert list(doc["optimizer"]) == ["kind", "confidence", "reason", "candidates",
-                                      "hyperparams", "state_keys", "foreign"]
+                                      "hyperparams", "state_keys", "foreign", "library",
+                                      "import_path", "wrapper", "inner", "closest", "differs"]
     assert list(doc["param_groups"][0]) == ["index", "params", "hyperparams", "n_params",
                                             "names"]
     assert list(doc["params"][0]) == ["id", "position", "group", "name", "name_source",
