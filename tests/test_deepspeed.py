@@ -10,6 +10,7 @@ rank files, so everything is compared bit for bit.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -374,3 +375,19 @@ def test_convert_says_what_reading_said(cli, tmp_path):
         f"the whole tag folder {tag} was read (one rank's file is not the whole state)",
         "2 frozen param(s) have no optimizer state (DeepSpeed keeps them apart): 0.weight, "
         "0.bias"]
+
+
+@pytest.mark.parametrize("which", ["bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
+                                   "mp_rank_00_model_states.pt"])
+def test_a_payload_in_a_rank_file_never_runs(cli, tmp_path, which):
+    """A DeepSpeed folder is read file by file with the same safe loader: a rank file (or
+    the model states) that is a torch.save with code in its pickle is refused, by name."""
+    from tests import hostile_corpus as hc
+
+    run = _copy(tmp_path)
+    sd = hc.adamw_state()
+    sd["state"][0]["hook"] = hc._Reduce(os.system, hc._touch_cmd(run / TAG))
+    torch.save(sd, run / TAG / which)
+    line = _one_error(cli, run)
+    assert which in line
+    assert not (run / TAG / hc.MARKER).exists()
