@@ -85,8 +85,6 @@ class Case:
     # entries optstate reads but keeps beside the optimizer state (not in inspect's report):
     # entry -> the key of a {param name: tensor} dict in optstate.load_state(path).source.obj
     beside: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    cleanup: list[Path] = field(default_factory=list)
 
 
 # --- the checkpoints -------------------------------------------------------------------
@@ -99,24 +97,17 @@ def package(cls: str) -> str:
     return cls.split(".", 1)[0]
 
 
-def plain_state_target(entry_prefer: tuple[str, ...] = ()) -> Callable[[Any], Any]:
-    """The NaN goes into the first parameter's largest float tensor of ``state`` (an entry
-    named in entry_prefer first), searched depth first (nested heavyball dicts too)."""
-    def target(obj: Any) -> tuple[torch.Tensor, int | str, str]:
-        state = find_state(obj)
-        best: tuple[int, int, Any, torch.Tensor, str] | None = None
-        for key, value in state.items():
-            for path, t in tensors_in(value, ""):
-                if not t.is_floating_point() or t.numel() < 2:
-                    continue
-                pref = 0 if any(p in path.split("/") for p in entry_prefer) else 1
-                rank = (pref, -t.numel())
-                if best is None or rank < best[:2]:
-                    best = (*rank, key, t, path)
-            if best is not None:
-                return best[3], best[2], last_name(best[4])
-        raise LookupError("no float tensor in the state to set to NaN")
-    return target
+def plain_state_target(obj: Any) -> tuple[torch.Tensor, int | str, str]:
+    """The NaN goes into the largest float tensor of the first param in ``state`` that has
+    one, nested ones too (heavyball's dicts, lists of tensors)."""
+    state = find_state(obj)
+    for key, value in state.items():
+        found = [(t.numel(), path, t) for path, t in tensors_in(value, "")
+                 if t.is_floating_point() and t.numel() >= 2]
+        if found:
+            _, path, t = max(found, key=lambda f: f[0])
+            return t, key, last_name(path)
+    raise LookupError("no float tensor in the state to set to NaN")
 
 
 def last_name(path: str) -> str:
@@ -202,7 +193,7 @@ def third_party_all(tmp: Path) -> list[Case]:
             cases.append(Case(
                 library, f"{library}/{name}", path, short(doc["class"]), package(doc["class"]),
                 (frozenset(doc.get("group_keys", [])), entries), truth, order, path,
-                plain_state_target(), cleanup=[path] if doc["saved"] == "states.pt" else []))
+                plain_state_target))
     return cases
 
 
@@ -342,12 +333,12 @@ def hf_lightning() -> list[Case]:
     order = [n for g in doc["param_groups"] for n in g["names"]]
     cases.append(Case("transformers", "transformers/Trainer bert", hf / "checkpoint-3",
                       "AdamW", "torch", None, named_truth(hf), order,
-                      hf / "checkpoint-3" / "optimizer.pt", plain_state_target()))
+                      hf / "checkpoint-3" / "optimizer.pt", plain_state_target))
     lt = FIX / "hf_lightning" / "lightning_cnn_bn"
     doc = json.loads((lt / "expected.json").read_text())
     order = [n for g in doc["param_groups"] for n in g["names"]]
     cases.append(Case("lightning", "lightning/cnn_bn", lt / "model.ckpt", "AdamW", "torch",
-                      None, named_truth(lt), order, lt / "model.ckpt", plain_state_target()))
+                      None, named_truth(lt), order, lt / "model.ckpt", plain_state_target))
     return cases
 
 
