@@ -101,6 +101,11 @@ def test_ademamix_keeps_its_two_moments_stacked_and_says_so():
     assert p.state["state1"].shape == (2, 64, 80) and p.stored["state1"]["stacked"] == 2
     assert p.stored["state1"]["blocks"] == 20
     assert "2 moments stacked" in describe_stored(p.stored["state1"])
+    from optstate.state.view import slot_shape
+
+    assert [slot_shape(q.state, q.stored) for q in view.params] == [(64, 80), (64,), (16, 64)]
+    rep = optstate.inspect(LOWBIT / "bitsandbytes_AdEMAMix8bit" / "optimizer.pt")
+    assert rep["warnings"] == [] and rep["notes"] == []  # not a mismatch, not factored
 
 
 def test_describe_stored_in_words():

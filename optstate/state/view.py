@@ -148,12 +148,15 @@ def slot_shape(state: dict[str, Any],
     ``exp_avg_sq_col`` (..., C)); else every tensor entry of one shape (0-d ones aside)
     gives that shape. An empty or scalar-only state gives None (it fits any tensor).
     ``stored`` (``ParamView.stored``): an entry that is a shard of a larger tensor (FSDP2's
-    DTensor) counts with its global shape.
+    DTensor) counts with its global shape, one holding moments stacked on its first
+    dimension (``stacked``: AdEMAMix8bit's ``state1``) with one moment's.
     """
     shapes = {str(k): s for k, v in state.items() if (s := _shape(v)) is not None}
     for k, d in (stored or {}).items():  # a shard (DTensor) stands for its global shape
         if k in shapes and isinstance(d.get("global_shape"), list):
             shapes[k] = tuple(int(n) for n in d["global_shape"])
+        elif k in shapes and d.get("stacked"):  # k moments on dim 0 (AdEMAMix8bit's state1)
+            shapes[k] = shapes[k][1:]
     for key in FULL_SIZE_ENTRIES:
         if key in shapes:
             return shapes[key]
