@@ -21,7 +21,9 @@ from optstate.io.deepspeed import read_deepspeed
 from optstate.io.source import open_source
 
 FIXTURES = Path(__file__).parent / "fixtures" / "deepspeed"
-CASES = sorted(p.name for p in FIXTURES.iterdir() if (p / "expected.pt").is_file())
+# ZeRO 1/2/3 runs (zero0_*: DeepSpeed without ZeRO, an ordinary checkpoint: tested apart)
+CASES = sorted(p.name for p in FIXTURES.iterdir()
+               if (p / "expected.pt").is_file() and not p.name.startswith("zero0_"))
 TAG = "global_step3"
 
 
@@ -391,3 +393,27 @@ def test_a_payload_in_a_rank_file_never_runs(cli, tmp_path, which):
     line = _one_error(cli, run)
     assert which in line
     assert not (run / TAG / hc.MARKER).exists()
+
+
+@pytest.mark.parametrize("given", ["checkpoint", f"checkpoint/{TAG}",
+                                   f"checkpoint/{TAG}/mp_rank_00_model_states.pt"])
+def test_without_zero_the_model_states_file_is_an_ordinary_checkpoint(given):
+    """Stage 0 writes no rank files: the client optimizer's state_dict is in the model
+    states file ('optimizer'), its module beside it names the params."""
+    from optstate.analysis.inspect import inspect_source
+
+    case = FIXTURES / "zero0_fp32_ws1"
+    src = open_source(case / given)
+    assert src.format == "zip" and src.file.name == "mp_rank_00_model_states.pt"
+    assert src.summary.startswith("DeepSpeed without ZeRO")
+    report = inspect_source(src, stats=False)
+    assert report["location"] == "optimizer"
+    names = [p["name"] for p in report["params"]]
+    meta = json.loads((case / "expected.json").read_text())
+    assert names == meta["parameter_order"]
+    expected = torch.load(case / "expected.pt", weights_only=True)
+    state = src.obj["optimizer"]["state"]
+    for i, name in enumerate(names):
+        for entry in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(state[i][entry], expected[f"{entry}/{name}"])
+        assert torch.equal(src.obj["module"][name], expected[f"fp32/{name}"])

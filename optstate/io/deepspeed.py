@@ -73,7 +73,8 @@ def is_deepspeed_folder(p: Path) -> bool:
     if (p / LATEST).is_file():
         return True
     try:
-        return any(OPTIM_FILE.fullmatch(n.name) for n in p.iterdir())
+        return any(OPTIM_FILE.fullmatch(n.name) or MODEL_FILE.fullmatch(n.name)
+                   for n in p.iterdir())
     except OSError:  # unreadable: the folder reader words it
         return False
 
@@ -87,7 +88,8 @@ def tag_folder(p: Path) -> tuple[Path, list[dict[str, Any]]]:
                               f"checkpoint; the whole tag folder {folder} was read (one rank's "
                               "file is not the whole state)", [str(folder)])]
     latest = p / LATEST
-    if latest.is_file() and not any(OPTIM_FILE.fullmatch(n.name) for n in p.iterdir()):
+    if latest.is_file() and not any(OPTIM_FILE.fullmatch(n.name) or MODEL_FILE.fullmatch(n.name)
+                                    for n in p.iterdir()):
         with latest.open("rb") as f:  # a tag name: never read a big file whole
             raw = f.read(4097)
         tag = raw.decode("utf-8", "replace").strip()
@@ -101,6 +103,16 @@ def tag_folder(p: Path) -> tuple[Path, list[dict[str, Any]]]:
                                   f"{_some_tag(p) or p / 'global_stepN'}")
         return folder, []
     return p, []
+
+
+def has_zero_files(folder: Path) -> bool:
+    """Whether the tag folder holds ZeRO's per-rank optimizer files. Without ZeRO (stage 0)
+    DeepSpeed writes none: ``mp_rank_00_model_states.pt`` holds the client optimizer's own
+    state_dict (under ``optimizer``), an ordinary checkpoint to read as one."""
+    try:
+        return any(OPTIM_FILE.fullmatch(n.name) for n in folder.iterdir())
+    except OSError:
+        return False
 
 
 def _some_tag(p: Path) -> Path | None:

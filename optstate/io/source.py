@@ -112,8 +112,18 @@ def _open_folder(p: Path, *, mmap: bool, unsafe: bool, copying: str | None) -> S
 def _open_deepspeed(p: Path, *, unsafe: bool, copying: str | None) -> Source:
     """A DeepSpeed ZeRO run folder, tag folder or rank file: every rank's file read and put
     back together per parameter (``io.deepspeed``); ``file`` is the tag folder."""
-    from optstate.io.deepspeed import read_deepspeed
+    from optstate.io.deepspeed import has_zero_files, read_deepspeed, tag_folder
 
+    folder, _ = tag_folder(p)
+    model = p if p.is_file() else folder / "mp_rank_00_model_states.pt"
+    if not has_zero_files(folder) and model.is_file():  # no ZeRO: one ordinary file
+        loaded = load_torch_file(model, mmap=True, unsafe=unsafe)
+        if copying and loaded.walk is not None:
+            check_copyable(loaded.walk, str(model), copying)
+        return Source(path=p, file=model, format=loaded.format, bytes=loaded.bytes,
+                      obj=loaded.obj, walk=loaded.walk,
+                      summary="DeepSpeed without ZeRO (no *_optim_states.pt): the optimizer's "
+                      "own state_dict, in the model states file")
     ck = read_deepspeed(p, unsafe=unsafe)
     if copying:  # each param's pieces joined once, not at every look (io.deepspeed_zero)
         from optstate.io.lazy import materialize
