@@ -5,6 +5,7 @@ in ``tests/fixtures/fsdp2/adamw_ws2`` (scripts/fixtures/make_fsdp2.py)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,61 @@ def test_the_human_view_says_how_each_entry_is_sharded(run_cli):
     assert ("state[2].exp_avg: DTensor shard (FSDP2): float32, local [3, 16] of [7, 16], "
             "Shard(0) on a [2] device mesh, rank 1's shard") in text
     assert "shapes and statistics cover rank 1's shard of a [2] device mesh only" in text
+
+
+def test_a_folder_of_the_rank_files_is_the_whole_state_as_full_tensor_gives_it():
+    from optstate.io.source import open_source
+
+    src = open_source(CASE)
+    assert src.format == "fsdp2-ranks"
+    assert src.summary == "FSDP2, 2 ranks, Shard(0) on a [2] device mesh"
+    assert src.notes == [{"code": "fsdp2_joined", "where": [], "message": (
+        "12 DTensor entries joined from 2 rank files (rank0.pt, rank1.pt; Shard(0) on a [2] "
+        "device mesh): the whole state, as DTensor.full_tensor() gives it")}]
+    view = OptimizerStateView.from_state_dict(src.obj)
+    for p, name in zip(view.params, ORDER, strict=True):
+        assert p.stored == {}  # plain tensors now: nothing is a shard
+        assert float(p.state["step"]) == INFO["steps"]
+        for entry in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(p.state[entry], EXPECTED[f"{entry}/{name}"]), (name, entry)
+            assert list(p.state[entry].shape) == INFO["params"][name]["global_shape"]
+
+
+def copy_ranks(tmp_path: Path, names: dict[str, str]) -> Path:
+    folder = tmp_path / "ranks"
+    folder.mkdir()
+    for src, dst in names.items():
+        shutil.copy(CASE / src, folder / dst)
+    return folder
+
+
+@pytest.mark.parametrize(("files", "says"), [
+    (["rank0.pt"], "no file holds shard 1"),
+    (["rank1.pt"], "no file holds shard 0"),
+    (["rank0.pt", "rank0.pt"], "no file holds shard 1; shard 0 in more than one file"),
+    (["rank0.pt", "rank1.pt", "rank0.pt"], "shard 0 in more than one file"),
+])
+def test_rank_files_that_are_not_each_shard_once_are_refused_in_one_line(
+        tmp_path, run_cli, files, says):
+    folder = copy_ranks(tmp_path, {})
+    for i, f in enumerate(files):
+        shutil.copy(CASE / f, folder / f"rank{i}.pt")
+    names = ", ".join(f"rank{i}.pt" for i in range(len(files)))
+    r = run_cli("inspect", folder)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.splitlines()[0] == (
+        f"Error: state[0].exp_avg: the rank files ({names}) do not hold each shard of the "
+        f"2-way mesh once: {says}")
+
+
+def test_rank_files_of_different_states_are_refused(tmp_path, run_cli):
+    folder = copy_ranks(tmp_path, {"rank0.pt": "rank0.pt", "rank1.pt": "rank1.pt"})
+    sd = load_torch_file(CASE / "rank1.pt").obj
+    sd["param_groups"][0]["lr"] = 0.5
+    torch.save(torch.load(CASE / "rank1.pt", weights_only=False) | {
+        "param_groups": sd["param_groups"]}, folder / "rank1.pt")
+    r = run_cli("inspect", folder)
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[0] == (
+        "Error: the rank files differ at param_groups[0].lr (other values): they are not the "
+        "shards of one state (rank0.pt, rank1.pt)")

@@ -2,8 +2,8 @@
 
 A source is a torch.save file, a checkpoint folder (a Hugging Face Trainer / accelerate
 folder with ``optimizer.pt`` or ``optimizer.bin``), a torch.distributed.checkpoint
-(DCP) folder or a DeepSpeed ZeRO checkpoint (its run folder, tag folder or a rank file:
-``deepspeed.py``). ``open_source`` is the one entry for all of them, and each goes through the
+(DCP) folder, a DeepSpeed ZeRO checkpoint (its run folder, tag folder or a rank file:
+``deepspeed.py``) or a folder of one FSDP2 run's ``rank<N>.pt`` files (``dtensor.py``). ``open_source`` is the one entry for all of them, and each goes through the
 same safety check: the loaded object tree is ``walk``ed (cycles, depth, size as a tree,
 sparse invariants; ``walk.py``), and the ``WalkReport`` is kept on the ``Source``.
 Tensors come lazily: a zip-format file's tensors are memory-mapped (opening reads only
@@ -20,6 +20,7 @@ from typing import Any
 
 from optstate.base.errors import CheckpointError, NoOptimizerStateError
 from optstate.io.deepspeed import is_deepspeed_file, is_deepspeed_folder
+from optstate.io.dtensor import join_ranks, rank_files
 from optstate.io.torch_file import load_torch_file
 from optstate.io.walk import WalkReport, check_copyable, walk
 
@@ -94,6 +95,8 @@ def _open_folder(p: Path, *, mmap: bool, unsafe: bool, copying: str | None) -> S
         )
     opt_file = next((p / n for n in HFOPTIMIZER_FILES if (p / n).is_file()),
                     p / found[0] if found else None)
+    if opt_file is None and (ranks := rank_files(p)):  # FSDP2: one torch.save per rank
+        return _open_ranks(p, ranks, mmap=mmap, unsafe=unsafe, copying=copying)
     if opt_file is None:
         raise CheckpointError(
             f"{p} is a folder with no optimizer.pt or optimizer.bin in it",
@@ -107,6 +110,29 @@ def _open_folder(p: Path, *, mmap: bool, unsafe: bool, copying: str | None) -> S
                  walk=loaded.walk)
     _add_scheduler_sibling(src, opt_file, unsafe=unsafe)
     return src
+
+
+def _open_ranks(p: Path, ranks: list[tuple[int, Path]], *, mmap: bool, unsafe: bool,
+                copying: str | None) -> Source:
+    """A folder of one FSDP2 run's ``rank<N>.pt`` files: one state, each DTensor joined
+    from its shards (``io.dtensor``); ``file`` is the folder."""
+    names = [f.name for _, f in ranks]
+    loaded = [load_torch_file(f, mmap=mmap, unsafe=unsafe) for _, f in ranks]
+    obj, joined = join_ranks([x.obj for x in loaded], names)
+    if not joined.entries:
+        raise CheckpointError(
+            f"{p} holds {len(ranks)} rank files ({', '.join(names)}) without DTensors: "
+            "they are not the shards of one FSDP2 state", hint="give one of them")
+    report = walk(obj, label=str(p))
+    if copying:
+        check_copyable(report, str(p), copying)
+    layout = "; ".join(joined.layouts)
+    message = (f"{joined.entries} DTensor entr{'ies' if joined.entries != 1 else 'y'} joined "
+               f"from {len(ranks)} rank files ({', '.join(names)}; {layout}): the whole "
+               "state, as DTensor.full_tensor() gives it")
+    return Source(path=p, file=p, format="fsdp2-ranks", bytes=sum(x.bytes for x in loaded),
+                  obj=obj, walk=report, summary=f"FSDP2, {len(ranks)} ranks, {layout}",
+                  notes=[{"code": "fsdp2_joined", "message": message, "where": []}])
 
 
 def _open_deepspeed(p: Path, *, unsafe: bool, copying: str | None) -> Source:
