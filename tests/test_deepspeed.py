@@ -417,3 +417,39 @@ def test_without_zero_the_model_states_file_is_an_ordinary_checkpoint(given):
         for entry in ("exp_avg", "exp_avg_sq"):
             assert torch.equal(state[i][entry], expected[f"{entry}/{name}"])
         assert torch.equal(src.obj["module"][name], expected[f"fp32/{name}"])
+
+
+def _zero12_inputs(case: str):
+    from optstate.io.torch_file import load_torch_file
+
+    tag = FIXTURES / case / "checkpoint" / TAG
+    names = sorted(f.name for f in tag.glob("*_optim_states.pt"))
+    states = [load_torch_file(tag / n).obj["optimizer_state_dict"] for n in names]
+    shapes = load_torch_file(tag / "mp_rank_00_model_states.pt").obj["param_shapes"]
+    return states, shapes, names
+
+
+def test_older_files_without_param_alignment_paddings():
+    """DeepSpeed's files before param_alignment_paddings existed: read as zero_to_fp32
+    reads them (the group's end may hold alignment padding), same numbers."""
+    from optstate.io.deepspeed_zero import reassemble
+
+    states, shapes, names = _zero12_inputs("zero2_fp32_ws2_odd")
+    for st in states:
+        del st["param_alignment_paddings"]
+    params, _ = reassemble(2, 2, states, shapes, names)
+    expected = torch.load(FIXTURES / "zero2_fp32_ws2_odd" / "expected.pt", weights_only=True)
+    for p in params:
+        assert torch.equal(p["state"]["exp_avg"], expected[f"exp_avg/{p['name']}"])
+        assert torch.equal(p["fp32"], expected[f"fp32/{p['name']}"])
+
+
+@pytest.mark.parametrize("pads", [[0, 0, "x", 0, 0, 0, 0, 0], [0, 0, -4, 0, 0, 0, 0, 0], [0]])
+def test_hostile_param_alignment_paddings(pads):
+    from optstate.base.errors import CheckpointError
+    from optstate.io.deepspeed_zero import reassemble
+
+    states, shapes, names = _zero12_inputs("zero1_fp32_ws2_odd")
+    states[0]["param_alignment_paddings"] = [pads]
+    with pytest.raises(CheckpointError, match=r"param_alignment_paddings\[0\] does not list"):
+        reassemble(1, 2, states, shapes, names)

@@ -141,9 +141,10 @@ def _zero12(world: int, states: list[dict[str, Any]], param_shapes: list[Any],
                 pieces[k].append(v[:fp32.numel()])
         pads = states[0].get("param_alignment_paddings")
         pads_g = pads[g] if isinstance(pads, list) and g < len(pads) else None
-        if pads_g is not None and (not isinstance(pads_g, list) or len(pads_g) != len(shapes)):
+        if pads_g is not None and (not isinstance(pads_g, list) or len(pads_g) != len(shapes)
+                                   or not all(type(x) is int and x >= 0 for x in pads_g)):
             raise CheckpointError(f"{files[0]}: param_alignment_paddings[{g}] does not list one "
-                                  f"padding per param ({len(shapes)})")
+                                  f"padding (a count) per param ({len(shapes)})")
         offset = 0
         total = sum(v.numel() for v in pieces["fp32"])
         for i, (name, shape) in enumerate(shapes):
@@ -156,8 +157,12 @@ def _zero12(world: int, states: list[dict[str, Any]], param_shapes: list[Any],
             params.append(_param(name, shape, len(groups_out), scalars,
                                  {k: _segments(v, offset, n) for k, v in pieces.items()}, order,
                                  {k: v[0].dtype for k, v in pieces.items()}))
-            offset += n + (int(pads_g[i]) if pads_g is not None else 0)
-        if offset != total:
+            offset += n + (pads_g[i] if pads_g is not None else 0)
+        # Files without param_alignment_paddings (older DeepSpeed versions) may keep up to
+        # 2 * world_size elements of alignment padding at the group's end: zero_to_fp32
+        # accepts both counts rounded up to that alignment, and so does this
+        align = 2 * world if pads_g is None else 1
+        if -(-offset // align) != -(-total // align):
             raise CheckpointError(f"group {g}: param_shapes account for {offset} elements, the "
                                   f"rank files hold {total}; a layout optstate does not know")
         groups_out.append(hyper or {})
