@@ -453,3 +453,17 @@ def test_hostile_param_alignment_paddings(pads):
     states[0]["param_alignment_paddings"] = [pads]
     with pytest.raises(CheckpointError, match=r"param_alignment_paddings\[0\] does not list"):
         reassemble(1, 2, states, shapes, names)
+
+
+def test_zero3_params_that_are_not_the_sub_groups():
+    from optstate.base.errors import CheckpointError
+    from optstate.io.deepspeed_zero import reassemble
+    from optstate.io.torch_file import load_torch_file
+
+    tag = FIXTURES / "zero3_fp32_ws2_odd" / "checkpoint" / TAG
+    names = [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
+    states = [load_torch_file(tag / n).obj["optimizer_state_dict"] for n in names]
+    shapes = load_torch_file(tag / "zero_pp_rank_0_mp_rank_00_model_states.pt").obj
+    states[0]["optimizer_state_dict"]["param_groups"][0]["params"] = ["a", 1]
+    with pytest.raises(CheckpointError, match="are not the 2 sub-groups param_shapes lists"):
+        reassemble(3, 2, states, shapes["param_shapes"], names)

@@ -184,9 +184,10 @@ def _zero3(world: int, states: list[dict[str, Any]], param_shapes: list[Any],
         groups_out.append(_hyper(pg, files[0]))
         for j in (pg.get("params") or []):
             group_of[j] = g
-    if sorted(group_of) != list(range(n_sub)):
-        raise CheckpointError(f"{files[0]}: the base optimizer holds params "
-                              f"{sorted(group_of)}, param_shapes {n_sub} sub-groups")
+    if set(group_of) != set(range(n_sub)) or any(type(j) is not int for j in group_of):
+        raise CheckpointError(f"{files[0]}: the base optimizer's params "
+                              f"({str(list(group_of))[:60]}) are not the {n_sub} sub-groups "
+                              "param_shapes lists")
     params: list[dict[str, Any]] = []
     for j in range(n_sub):
         shapes = _shapes(param_shapes[j], f"param_shapes[{j}]")
