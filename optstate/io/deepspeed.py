@@ -140,9 +140,12 @@ def read_deepspeed(path: str | Path, *, unsafe: bool = False) -> DeepSpeedCheckp
     osd = _get(first, "optimizer_state_dict", ranks[min(ranks)])
     stage = _stage(osd, ranks[min(ranks)])
     counts = osd.get("partition_count")
-    world = max(counts) if isinstance(counts, list) and counts else counts
-    if not isinstance(world, int) or world < 1:
-        raise CheckpointError(f"{ranks[min(ranks)]} has no valid partition_count ({counts!r})")
+    # ZeRO 1/2: one per group (MoE groups may differ: the largest is the world size)
+    ints = counts if isinstance(counts, list) else [counts]
+    if not ints or not all(type(c) is int and c >= 1 for c in ints):
+        raise CheckpointError(f"{ranks[min(ranks)]} has no valid partition_count "
+                              f"({str(counts)[:60]})")
+    world = max(ints)
     _check_ranks(folder, ranks, world, ranks[min(ranks)].name)
     optims = [first if r == min(ranks) else load(ranks[r]) for r in range(world)]
     model_name = ("zero_pp_rank_0_mp_rank_00_model_states.pt" if stage == 3
