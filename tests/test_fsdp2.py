@@ -174,3 +174,19 @@ def test_rank_files_of_different_states_are_refused(tmp_path, run_cli):
     assert r.stderr.splitlines()[0] == (
         "Error: the rank files differ at param_groups[0].lr (other values): they are not the "
         "shards of one state (rank0.pt, rank1.pt)")
+
+
+def test_a_damaged_spec_is_described_as_far_as_it_goes_and_never_joined(tmp_path):
+    from optstate.io.inert import Inert, InertTensor
+    from optstate.state.packed import unpack_state
+
+    dt = load_torch_file(CASE / "rank0.pt").obj["state"][2]["exp_avg"]
+    spec = Inert()
+    spec.state.update({"placements": 5, "mesh": "no mesh", "tensor_meta": Inert("x", 1)})
+    odd = InertTensor(dt.qualname, dt.dtype, dt.shape, dt.stride,
+                      {"_local_tensor": dt.get("_local_tensor"), "_spec": spec})
+    entries, stored = unpack_state({"exp_avg": odd})
+    assert torch.equal(entries["exp_avg"], EXPECTED["exp_avg/2.weight"][:4])
+    assert stored["exp_avg"] == {"format": "dtensor", "from": ["exp_avg"], "dtype": "float32",
+                                 "global_shape": [7, 16], "local_shape": [4, 16],
+                                 "placements": ["?"]}

@@ -63,7 +63,10 @@ def describe_dtensor(v: Any, entry: str) -> dict[str, Any]:
         d["global_shape"] = shape
     d["local_shape"] = [int(n) for n in local.shape]
     if spec is not None:
-        d["placements"] = [placement_text(p) for p in (field(spec, "placements") or ())]
+        placements = field(spec, "placements")
+        if not isinstance(placements, (list, tuple)):  # damaged or another layout: unknown
+            placements = [placements] if placements is not None else []
+        d["placements"] = [placement_text(p) for p in placements]
         mesh = field(spec, "mesh")
         shape = mesh_shape(mesh)
         if shape is not None:
