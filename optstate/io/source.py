@@ -3,8 +3,9 @@
 A source is a torch.save file, a checkpoint folder (a Hugging Face Trainer / accelerate
 folder with ``optimizer.pt`` or ``optimizer.bin``), a torch.distributed.checkpoint
 (DCP) folder, a DeepSpeed ZeRO checkpoint (its run folder, tag folder or a rank file:
-``deepspeed.py``) or a folder of one FSDP2 run's ``rank<N>.pt`` files (``dtensor.py``). ``open_source`` is the one entry for all of them, and each goes through the
-same safety check: the loaded object tree is ``walk``ed (cycles, depth, size as a tree,
+``deepspeed.py``) or a folder of one FSDP2 run's ``rank<N>.pt`` files (``dtensor.py``).
+``open_source`` is the one entry for all of them, and each goes through the same safety
+check: the loaded object tree is ``walk``ed (cycles, depth, size as a tree,
 sparse invariants; ``walk.py``), and the ``WalkReport`` is kept on the ``Source``.
 Tensors come lazily: a zip-format file's tensors are memory-mapped (opening reads only
 the pickled structure; data is paged in when a statistic or comparison touches it), a
