@@ -23,8 +23,9 @@ description of its storage (``ParamView.stored``; JSON ``params[].stored``):
      "dtype": str,             # the stored element type ("uint8", "float8_e4m3fn", ...)
      "block_size": int,        # quantized formats
      "bytes_stored": int, "bytes_float32": int,   # quantized formats
-     "global_shape": [int], "local_shape": [int], "placements": [str], "mesh": [int]}
-                               # dtensor (only the keys that apply are present)
+     "global_shape": [int], "local_shape": [int], "placements": [str], "mesh": [int],
+     "rank": int,              # dtensor (only the keys that apply are present)
+     "object": str}            # nested: the class of the object the entry is a field of
 
 ``describe_stored(d)`` is the one line a human view shows for it. The raw state stays in
 ``ParamView.raw_state`` (what ``set`` and ``convert`` write back).
