@@ -51,7 +51,8 @@ WRAPPERS = {
 # Entries that are a copy of the parameter (Lookahead's slow weights, schedule-free's
 # iterates): all zeros exactly when the parameter is, so zeros there say nothing about
 # gradients. The data cannot tell a copy from a statistic; these are the libraries' names.
-PARAM_COPIES = ("slow_buffer", "lookahead_params", "slow_params", "z", "x", "y", "x0", "ax")
+PARAM_COPIES = ("slow_buffer", "lookahead_params", "slow_params", "z", "x", "y", "x0", "ax",
+                "p0")
 # Built-in wrappers: a state entry that says the optimizer includes one.
 BUILT_IN = {"slow_buffer": "Lookahead", "lookahead_params": "Lookahead",
             "z": "schedule-free"}
@@ -88,10 +89,22 @@ def leaf(name: str) -> str:
     return own_leaf(name)
 
 
+def params_of(rec: dict[str, Any]) -> dict[str, Any]:
+    """Per-param state by param name; the generator shows a key of ``state`` that is no
+    param (MADGRAD's step count ``k``, EmoNavi's ``ema``) as ``<key 'k'>``."""
+    return {k: v for k, v in rec.get("state", {}).items() if not k.startswith("<key ")}
+
+
+def global_keys(rec: dict[str, Any]) -> list[str]:
+    return sorted(k[len("<key '"):-2] for k in rec.get("state", {}) if k.startswith("<key '"))
+
+
 def entries_of(rec: dict[str, Any]) -> tuple[dict[str, set[str]], bool]:
     out: dict[str, set[str]] = {}
-    nested = bool(rec.get("nested"))
-    for per_param in rec.get("state", {}).values():
+    # nested: entries that are dicts per inner group (heavyball), compared by their leaves
+    nested = any(isinstance(d, dict) and "dict" in d
+                 for per_param in params_of(rec).values() for d in per_param.values())
+    for per_param in params_of(rec).values():
         for entry, desc in per_param.items():
             if nested:
                 leaves(desc, entry if IDENT.search(entry) else "", out)
@@ -198,15 +211,18 @@ def lowbit_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def zero_entries() -> dict[tuple[str, str], set[str]]:
-    """(library, recorded name) -> entries all zeros in every param that has them."""
+def zero_entries() -> dict[tuple[str, str], dict[str, set[str]]]:
+    """(library, recorded name) -> {"all": entries all zeros in every param that has them,
+    "some": entries all zeros in some param} after real steps in which every param got a
+    nonzero gradient (the generator's loss depends on each)."""
     import torch
 
-    found: dict[tuple[str, str], set[str]] = {}
+    found: dict[tuple[str, str], dict[str, set[str]]] = {}
 
     def judge(key: tuple[str, str], sums: dict[str, list[float]]) -> None:
-        zeros = {e for e, s in sums.items() if s and all(x == 0.0 for x in s)}
-        found[key] = found.get(key, set()) | zeros
+        out = found.setdefault(key, {"all": set(), "some": set()})
+        out["all"] |= {e for e, s in sums.items() if s and all(x == 0.0 for x in s)}
+        out["some"] |= {e for e, s in sums.items() if any(x == 0.0 for x in s)}
 
     for folder in sorted(THIRD_PARTY.glob("*/expected.json")):
         meta = json.loads(folder.read_text())
@@ -327,19 +343,32 @@ def build() -> dict[str, Any]:
         if len(sets) > 1:  # groups with different keys: each set, and the union
             row["group_key_sets"] = sorted(list(k) for k in sets)
             row["group_keys"] = sorted(set(row["group_keys"]).union(*sets))
-        z = zeros.get(key, set()) - set(PARAM_COPIES)
-        if z:
-            row["zero_by_design"] = {"entries": sorted(z & set(row["state"])),
+        z = zeros.get(key, {"all": set(), "some": set()})
+        z_all = z["all"] - set(PARAM_COPIES)
+        z_some = z["some"] - z_all - set(PARAM_COPIES)
+        if z_all or z_some:
+            row["zero_by_design"] = {"entries": sorted(z_all & set(row["state"])),
+                                     "some_params": sorted(z_some & set(row["state"])),
                                      "while_zero": row["defaults_zero"]}
+        if not row["state"]:  # no per-param state after real steps, with these defaults
+            row["stateless_while_zero"] = row["defaults_zero"]
+        if global_keys(rec):
+            row["global_state_keys"] = global_keys(rec)
         cls_key = rec["class"]
         if cls_key in by_class:
             merge(by_class[cls_key], row)
             if "zero_by_design" in row:
-                prev = by_class[cls_key].get("zero_by_design", {"entries": []})
-                prev["entries"] = sorted(set(prev["entries"]) | set(row["zero_by_design"]
-                                                                   ["entries"]))
+                prev = by_class[cls_key].get("zero_by_design",
+                                             {"entries": [], "some_params": []})
+                for k in ("entries", "some_params"):
+                    prev[k] = sorted(set(prev[k]) | set(row["zero_by_design"][k]))
                 prev["while_zero"] = by_class[cls_key]["defaults_zero"]
                 by_class[cls_key]["zero_by_design"] = prev
+            for k in ("global_state_keys",):
+                if k in row:
+                    by_class[cls_key][k] = sorted(set(by_class[cls_key].get(k, [])) | set(row[k]))
+            if "stateless_while_zero" in row:  # an alias with momentum=0 (timm's lars)
+                by_class[cls_key]["stateless_while_zero"] = row["stateless_while_zero"]
         else:
             by_class[cls_key] = row
     rows = sorted(by_class.values(), key=lambda r: (r["library"] != "torch.optim",
@@ -347,7 +376,8 @@ def build() -> dict[str, Any]:
     rows += lowbit_rows()
     for r in rows:
         r.pop("defaults_zero", None)
-        if "zero_by_design" in r and not r["zero_by_design"]["entries"]:
+        zero = r.get("zero_by_design")
+        if zero is not None and not zero["entries"] and not zero["some_params"]:
             del r["zero_by_design"]
     versions = dict(doc["versions"])
     lowbit_versions = LOWBIT / "versions.json"

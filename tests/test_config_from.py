@@ -399,7 +399,8 @@ def test_output_file_json_and_bad_input(tmp_path, run_cli):
     assert run_cli("check", ckpt, "--config", cfg).returncode == 0
     bad = run_cli("config", ROOT / "tests/fixtures/third_party/lion-pytorch_Lion")
     assert bad.returncode == 2 and bad.stdout == ""
-    assert bad.stderr.startswith("Error: cannot write a config: the optimizer is unknown")
+    assert bad.stderr.startswith("Error: cannot write a config: the state is lion-pytorch "
+                                 "Lion's, not a torch.optim class")
     assert "Traceback" not in bad.stderr
 
 

@@ -46,9 +46,26 @@ def zero_by_design(view: OptimizerStateView, kind: str) -> dict[tuple[int, str],
                 for e in sig.zero_entries:
                     out.setdefault((g.index, e), f"{sig.kind} keeps it at zero"
                                    + (f" while {held}" if held else " in its first steps"))
+                for e in sig.zero_some:
+                    out.setdefault((g.index, e), f"{sig.kind} leaves it all zeros for some "
+                                   "params (seen after real steps with its defaults"
+                                   + (f", {held})" if held else ")"))
         for e in copies:
             out.setdefault((g.index, e), "a copy of the param, zero where the param is")
     return out
+
+
+def stateless_by_design(hyper: dict[str, Any], kind: str) -> bool:
+    """The optimizer keeps no per-param state with these group values (the table saw none
+    after real steps while the values it names were 0)."""
+    return any(sig.stateless_while is not None and not sig.torch
+               and all(as_number(hyper.get(k)) == 0.0 for k in sig.stateless_while)
+               for sig in signatures_of(kind))
+
+
+def global_state_keys(kind: str) -> frozenset[str]:
+    """Keys of ``state`` the optimizer keeps for itself (MADGRAD's ``k``)."""
+    return frozenset().union(*(sig.global_keys for sig in signatures_of(kind)))
 
 
 def recorded_relations(kind: str) -> dict[str, Any]:
@@ -65,7 +82,13 @@ def recorded_relations(kind: str) -> dict[str, Any]:
 def split_by_shape(p: ParamView, relations: dict[str, Any]
                    ) -> tuple[dict[str, tuple[int, ...]], list[str], tuple[int, ...] | None]:
     """(shapes of the entries that must follow the param's shape, descriptions of those
-    that relate to it otherwise, the param's shape or None)."""
+    that relate to it otherwise, the param's shape or None).
+
+    An entry the table recorded only as ``same`` must follow the param; one it recorded
+    with another relation (row, col, gram_rows, flat, scalar, other: Shampoo's
+    preconditioner of a 1-D param, heavyball's merged dims) is the optimizer's own shape.
+    An entry the table does not know follows the param, unless the optimizer is not
+    torch.optim's and the entry factors the param (row, col, gram, transposed, flat)."""
     torch_kind = relations.get("", False)
     tensors: dict[str, tuple[tuple[int, ...], set[str]]] = {}
     for k, v in p.state.items():
@@ -76,20 +99,24 @@ def split_by_shape(p: ParamView, relations: dict[str, Any]
         # state1: state.lowbit) count with one moment's shape
         stacked = p.stored.get(str(k), {}).get("stacked")
         allowed = relations.get(str(k)) or relations.get(leaf(str(k))) or set()
-        tensors[str(k)] = (tuple(t.shape)[1 if stacked else 0:], allowed)
+        tensors[str(k)] = (tuple(t.shape)[1 if stacked else 0:], set(allowed))
     pshape = p.model_shape or slot_shape(p.state, p.stored) or next(
         (shape for shape, allowed in tensors.values() if allowed == {"same"}), None)
     shapes: dict[str, tuple[int, ...]] = {}
     own: list[str] = []
     for k, (shape, allowed) in tensors.items():
         rel = relation(shape, tuple(pshape)) if pshape is not None else None
-        if rel == "scalar" and ("scalar" in allowed or not torch_kind):
-            continue  # a one-element counter (heavyball's step as a (1,) tensor)
-        if rel is not None and rel != "same" and (
-                rel in allowed - {"same", "value"} or (not torch_kind and rel in FACTORED)
-                or k in _OWN_SHAPE and rel in FACTORED):
-            own.append(f"{k} {rel} ({', '.join(map(str, shape))})")
+        shown = ", ".join(map(str, shape))
+        others = allowed - {"same", "value"}
+        if others:  # recorded in a shape of its own
+            if rel not in ("same", "scalar"):
+                word = rel if rel is not None and rel != "other" else "/".join(sorted(others))
+                if word != "scalar":
+                    own.append(f"{k} {word} ({shown})")
             continue
-        if k not in _OWN_SHAPE:
-            shapes[k] = shape
+        if not allowed and not torch_kind and rel in FACTORED or k in _OWN_SHAPE:
+            if rel in FACTORED:
+                own.append(f"{k} {rel} ({shown})")
+            continue
+        shapes[k] = shape
     return shapes, own, pshape

@@ -14,7 +14,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from optstate.analysis.by_design import recorded_relations, split_by_shape, zero_by_design
+from optstate.analysis.by_design import (
+    global_state_keys,
+    recorded_relations,
+    split_by_shape,
+    stateless_by_design,
+    zero_by_design,
+)
 from optstate.analysis.findings import as_number, at, finding, places
 from optstate.analysis.underflow import (
     SECOND_MOMENTS,
@@ -49,9 +55,17 @@ def state_warnings(view: OptimizerStateView, kind: str, params: list[dict[str, A
     warnings += _empty_state(view, kind, notes)
     warnings += _step_mismatch(view)
     warnings += _shape_mismatch(view, kind, notes)
-    if view.orphan_keys:
-        keys = [repr(plain(k)) for k in view.orphan_keys]
-        paths = [join("state", k) for k in view.orphan_keys]
+    own_keys = global_state_keys(kind)
+    globals_ = [k for k in view.orphan_keys if str(k) in own_keys]
+    if globals_:
+        notes.append(finding(
+            "optimizer_global_state", f"state holds {kind}'s own entries beside the params' "
+            f"({places([repr(plain(k)) for k in globals_])}): the optimizer keeps them there "
+            "itself, not for a param", [join("state", k) for k in globals_]))
+    orphans = [k for k in view.orphan_keys if str(k) not in own_keys]
+    if orphans:
+        keys = [repr(plain(k)) for k in orphans]
+        paths = [join("state", k) for k in orphans]
         warnings.append(finding(
             "orphan_state", f"state holds entries for {len(keys)} key"
             f"{'s' * (len(keys) != 1)} in no param group ({places(keys)}): load_state_dict "
@@ -199,7 +213,7 @@ def _stateless_by_design(view: OptimizerStateView, kind: str, group: int) -> boo
     hyper = view.groups[group].hyperparams
     if kind == "SGD" and not hyper.get("momentum"):
         return True
-    return kind == "LBFGS"
+    return kind == "LBFGS" or stateless_by_design(hyper, kind)
 
 
 def _empty_state(view: OptimizerStateView, kind: str,
@@ -210,7 +224,10 @@ def _empty_state(view: OptimizerStateView, kind: str,
     if not with_state:
         if all(_stateless_by_design(view, kind, g.index) for g in view.groups):
             notes.append(finding("stateless", "SGD without momentum keeps no per-parameter "
-                                  "state: an empty state is expected"))
+                                  "state: an empty state is expected" if kind == "SGD" else
+                                  f"{kind} keeps no per-parameter state with these settings "
+                                  "(none after real steps with its defaults): an empty state "
+                                  "is expected"))
             return []
         return [finding(
             "empty_state", "no parameter has state: the optimizer was never stepped, or every "
@@ -270,9 +287,9 @@ def _shape_mismatch(view: OptimizerStateView, kind: str,
     factored: list[str] = []
     for p in view.params:
         shapes, own, pshape = split_by_shape(p, relations)
-        if own and pshape is not None:
-            factored.append(f"state[{_label(view, p.position)}]: {' x '.join(own)} of "
-                            f"({', '.join(map(str, pshape))})")
+        if own:
+            of = f" of ({', '.join(map(str, pshape))})" if pshape is not None else ""
+            factored.append(f"state[{_label(view, p.position)}]: {' x '.join(own)}{of}")
         if len(set(shapes.values())) > 1:
             text = ", ".join(f"{k} {'x'.join(map(str, s))}" for k, s in shapes.items())
             out.append(finding(

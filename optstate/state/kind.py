@@ -32,9 +32,14 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
-from optstate.base.errors import OptstateError
-from optstate.base.paths import parse_path, step_into
-from optstate.state.signatures import Table, TableSignature, leaf, table
+from optstate.state.signatures import (  # noqa: F401 - container_of, stored_formats: API
+    Table,
+    TableSignature,
+    container_of,
+    leaf,
+    stored_formats,
+    table,
+)
 
 _COMMON = frozenset({"foreach", "maximize", "capturable", "differentiable", "fused"})
 
@@ -143,32 +148,6 @@ def infer_kind(groups: Iterable[dict[str, Any]], state_keys: Iterable[str],
     return guess
 
 
-def container_of(obj: Any, location: str) -> tuple[Any, list[Any]] | None:
-    """(the state's key in the dict that holds it, the other keys there): the fourth
-    argument of ``infer_kind``; None for a state at the top level or not in a dict."""
-    if not location:
-        return None
-    try:
-        steps = parse_path(location)
-        parent = obj
-        for step in steps[:-1]:
-            parent = step_into(parent, step)
-    except (KeyError, TypeError, OptstateError):
-        return None
-    if not isinstance(parent, dict):
-        return None
-    key = steps[-1].key
-    return key, [k for k in parent if str(k) != str(key)]
-
-
-def stored_formats(view: Any) -> set[str]:
-    """The formats a view's packed entries are stored in (``ParamView.stored``), the third
-    argument of ``infer_kind``: torchao's state has torch Adam's keys, only its format
-    tells them apart."""
-    return {str(d["format"]) for p in view.params for d in p.stored.values()
-            if isinstance(d, dict) and d.get("format")}
-
-
 def _infer(groups: list[dict[str, Any]], hyper: set[str], seen_state: set[str],
            formats: set[str], wrapped: bool) -> KindGuess:
     own = hyper - _ADDED_BY_OTHERS
@@ -273,7 +252,22 @@ def _first(name: str) -> str:
 
 def _from_table(guess: Any, fits: list[TableSignature], torch_exact: list[Signature],
                 seen: set[str]) -> KindGuess:
+    ruled_out: list[str] = []
+    if len(fits) > 1 and seen and not torch_exact:
+        # Of optimizers with the same keys, one that writes an entry (with its defaults,
+        # after real steps) that is not here is less likely: AdaPNM's neg_exp_avg beside
+        # AdamC's entries, schedule-free's Reference x and y.
+        missing = {s.kind: len(set(s.state) - _names(s, seen)) for s in fits}
+        least = min(missing.values())
+        ruled_out = [s.kind for s in fits if missing[s.kind] > least]
+        fits = [s for s in fits if missing[s.kind] == least]
     kinds = [s.kind for s in fits] + [s.name for s in torch_exact]
+    if len(kinds) == 1 and ruled_out:
+        sig = fits[0]
+        return guess(sig.kind, "medium", f"the keys fit {', '.join([sig.kind] + ruled_out)}; "
+                     f"only {sig.kind} writes no entry that is missing here", kinds,
+                     library=sig.library, import_path=sig.import_path,
+                     wrapper=" and ".join(sig.built_in) or None)
     if len(kinds) == 1:
         sig = fits[0]
         built = f" ({' and '.join(sig.built_in)} built in)" if sig.built_in else ""
@@ -286,9 +280,11 @@ def _from_table(guess: Any, fits: list[TableSignature], torch_exact: list[Signat
                      wrapper=" and ".join(sig.built_in) or None)
     libraries = {s.library for s in fits} | ({"torch.optim"} if torch_exact else set())
     lib = libraries.pop() if len(libraries) == 1 else None
+    also = (f" ({', '.join(ruled_out)} would also write entries that are not here)"
+            if ruled_out else "")
     return guess(" or ".join(kinds), "low", f"the keys fit {len(kinds)} optimizers that "
                  f"write identical group keys and state entries: {', '.join(kinds)}; the "
-                 "state cannot tell which", kinds, library=lib)
+                 f"state cannot tell which{also}", kinds, library=lib)
 
 
 def _wrapped(groups: list[dict[str, Any]], hyper: set[str], seen: set[str],

@@ -7,7 +7,10 @@ per optimizer class its display name (``kind``: "timm Lamb", torch.optim's bare 
 entry with the relations its shapes had to the param (same / scalar / row / col /
 gram_rows / gram_cols / transposed / flat / other, ``value`` for a non-tensor), the stored
 format that marks a packed state (bitsandbytes, torchao), the entries that are all zeros
-by design and the group values that were 0 when they were (``zero_by_design``); and the
+by design and the group values that were 0 when they were (``zero_by_design``), whether it
+keeps no per-param state and while which values are 0 (``stateless_while_zero``), keys of
+``state`` that are the optimizer's own, not a param's (``global_state_keys``: MADGRAD's
+``k``); and the
 wrappers (Lookahead, schedule-free's wrapper, SWALR) with the group keys and entries each
 adds to the optimizer it wraps, and those that keep the inner state_dict under a key of
 their own (``containers``: Magma, Lookahead) with the keys beside it.
@@ -25,6 +28,9 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from optstate.base.errors import OptstateError
+from optstate.base.paths import parse_path, step_into
+
 TABLE_FILE = "optimizer_signatures.json"
 
 
@@ -39,8 +45,12 @@ class TableSignature:
     torch: bool = False  # torch.optim: state.kind's own signatures match it
     nested: bool = False  # entries are nested per inner group (heavyball): match by leaf
     stored_format: str | None = None  # "bitsandbytes-8bit", "torchao-4bit", ...
-    zero_entries: frozenset[str] = frozenset()
+    zero_entries: frozenset[str] = frozenset()  # all zeros in every param
+    zero_some: frozenset[str] = frozenset()  # all zeros in some params (SaRA's mask)
     zero_while: frozenset[str] = frozenset()  # group keys that were 0 when they were zeros
+    # No per-param state after real steps while these group keys are 0 (None: it keeps state).
+    stateless_while: frozenset[str] | None = None
+    global_keys: frozenset[str] = frozenset()  # keys of ``state`` that are no param's
     built_in: tuple[str, ...] = ()  # wrappers built in ("Lookahead" for Ranger)
     # Optimizers that write different keys per group (Muon's use_muon groups): each set.
     key_sets: tuple[frozenset[str], ...] = ()
@@ -103,7 +113,11 @@ def parse(doc: dict[str, Any]) -> Table:
             state={k: tuple(v) for k, v in r["state"].items()}, torch=bool(r.get("torch")),
             nested=bool(r.get("nested")), stored_format=r.get("stored_format"),
             zero_entries=frozenset(zero.get("entries", ())),
+            zero_some=frozenset(zero.get("some_params", ())),
             zero_while=frozenset(zero.get("while_zero", ())),
+            stateless_while=(frozenset(r["stateless_while_zero"])
+                             if "stateless_while_zero" in r else None),
+            global_keys=frozenset(r.get("global_state_keys", ())),
             built_in=tuple(r.get("built_in", ())),
             key_sets=tuple(frozenset(k) for k in r.get("group_key_sets", ()))))
     wrappers = tuple(Wrapper(w["name"], w["library"], w["import_path"],
@@ -155,3 +169,31 @@ def relation(shape: tuple[int, ...], p: tuple[int, ...]) -> str:
 
 # Relations that factor or precondition the param rather than follow its shape.
 FACTORED = frozenset({"row", "col", "gram_rows", "gram_cols", "transposed", "flat"})
+
+
+# What a reader passes to state.kind.infer_kind beside the keys.
+
+def container_of(obj: Any, location: str) -> tuple[Any, list[Any]] | None:
+    """(the state's key in the dict that holds it, the other keys there): the fourth
+    argument of ``infer_kind``; None for a state at the top level or not in a dict."""
+    if not location:
+        return None
+    try:
+        steps = parse_path(location)
+        parent = obj
+        for step in steps[:-1]:
+            parent = step_into(parent, step)
+    except (KeyError, TypeError, OptstateError):
+        return None
+    if not isinstance(parent, dict):
+        return None
+    key = steps[-1].key
+    return key, [k for k in parent if str(k) != str(key)]
+
+
+def stored_formats(view: Any) -> set[str]:
+    """The formats a view's packed entries are stored in (``ParamView.stored``), the third
+    argument of ``infer_kind``: torchao's state has torch Adam's keys, only its format
+    tells them apart."""
+    return {str(d["format"]) for p in view.params for d in p.stored.values()
+            if isinstance(d, dict) and d.get("format")}
