@@ -186,6 +186,7 @@ def lowbit_rows() -> list[dict[str, Any]]:
                        if k != "params" and k not in ADDED_BY_OTHERS})
         state: dict[str, set[str]] = {}
         formats = set()
+        stacked = False
         for raw in sd["state"].values():
             for k, v in raw.items():
                 if k == "__bnb_optimizer_quant_state__":  # state1/state2 beside their maps
@@ -193,6 +194,9 @@ def lowbit_rows() -> list[dict[str, Any]]:
                     for q in v:
                         if str(q).startswith("state"):
                             state.setdefault(str(q), set()).add("same")
+                    s1, s2 = v.get("state1"), v.get("state2")
+                    if s1 is not None and s2 is not None and s1.dim() == s2.dim() + 1:
+                        stacked = True  # AdEMAMix: two moments stacked in state1
                     continue
                 if isinstance(v, InertTensor):
                     name = v.qualname.rsplit(".", 1)[-1]
@@ -207,6 +211,7 @@ def lowbit_rows() -> list[dict[str, Any]]:
             "registry_names": [cls], "group_keys": keys,
             "state": {k: sorted(v) for k, v in sorted(state.items())},
             "defaults_zero": [], "stored_format": sorted(formats)[0],
+            **({"stacked": True} if stacked else {}),
         })
     return rows
 

@@ -98,6 +98,16 @@ def test_radam_look_alikes_are_not_called_radam(folder):
     assert (o["kind"], o["confidence"]) == (dict(third_party())[folder], "high")
 
 
+def test_bitsandbytes_ademamix_is_told_by_its_stacked_moments():
+    # AdEMAMix8bit writes Adam8bit's keys; its state1 holds two moments stacked (state.lowbit)
+    o = optstate.inspect(FIXTURES / "lowbit/bitsandbytes_AdEMAMix8bit/optimizer.pt",
+                         stats=False)["optimizer"]
+    assert (o["kind"], o["confidence"]) == ("bitsandbytes AdEMAMix8bit", "high")
+    o = optstate.inspect(FIXTURES / "lowbit/bitsandbytes_Adam8bit/optimizer.pt",
+                         stats=False)["optimizer"]
+    assert "bitsandbytes AdEMAMix8bit" not in o["candidates"]
+
+
 def test_torchao_is_not_called_torch_adam():
     o = optstate.inspect(FIXTURES / "lowbit/torchao_AdamW8bit/optimizer.pt",
                          stats=False)["optimizer"]

@@ -33,6 +33,7 @@ from functools import lru_cache
 from typing import Any
 
 from optstate.state.signatures import (  # noqa: F401 - container_of, stored_formats: API
+    STACKED,
     Table,
     TableSignature,
     container_of,
@@ -163,8 +164,10 @@ def _infer(groups: list[dict[str, Any]], hyper: set[str], seen_state: set[str],
                          tuple(sorted(foreign)), **more)
 
     per_group = [frozenset(str(k) for k in g if k != "params") - _ADDED_BY_OTHERS for g in groups]
-    fits = [s for s in tab.optimizers if not s.torch and _fits(s, own, seen_state, packed)
-            or s.key_sets and _fits_groups(s, per_group, seen_state, packed)]
+    stacked = STACKED in formats
+    fits = [s for s in tab.optimizers if s.stacked == stacked and (
+            not s.torch and _fits(s, own, seen_state, packed)
+            or s.key_sets and _fits_groups(s, per_group, seen_state, packed))]
     # A packed format (torchao's subclasses, bitsandbytes' 8-bit maps) is no torch.optim's.
     exact = [] if packed else [s for s in SIGNATURES
                                if s.core <= own <= s.full and seen_state <= s.state]

@@ -32,6 +32,7 @@ from optstate.base.errors import OptstateError
 from optstate.base.paths import parse_path, step_into
 
 TABLE_FILE = "optimizer_signatures.json"
+STACKED = "stacked"  # in stored_formats: some entry holds several moments stacked
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class TableSignature:
     torch: bool = False  # torch.optim: state.kind's own signatures match it
     nested: bool = False  # entries are nested per inner group (heavyball): match by leaf
     stored_format: str | None = None  # "bitsandbytes-8bit", "torchao-4bit", ...
+    stacked: bool = False  # moments stacked in one entry (bitsandbytes' AdEMAMix state1)
     zero_entries: frozenset[str] = frozenset()  # all zeros in every param
     zero_some: frozenset[str] = frozenset()  # all zeros in some params (SaRA's mask)
     zero_while: frozenset[str] = frozenset()  # group keys that were 0 when they were zeros
@@ -112,6 +114,7 @@ def parse(doc: dict[str, Any]) -> Table:
             import_path=r["import_path"], keys=frozenset(r["group_keys"]),
             state={k: tuple(v) for k, v in r["state"].items()}, torch=bool(r.get("torch")),
             nested=bool(r.get("nested")), stored_format=r.get("stored_format"),
+            stacked=bool(r.get("stacked")),
             zero_entries=frozenset(zero.get("entries", ())),
             zero_some=frozenset(zero.get("some_params", ())),
             zero_while=frozenset(zero.get("while_zero", ())),
@@ -195,5 +198,9 @@ def stored_formats(view: Any) -> set[str]:
     """The formats a view's packed entries are stored in (``ParamView.stored``), the third
     argument of ``infer_kind``: torchao's state has torch Adam's keys, only its format
     tells them apart."""
-    return {str(d["format"]) for p in view.params for d in p.stored.values()
-            if isinstance(d, dict) and d.get("format")}
+    out = {str(d["format"]) for p in view.params for d in p.stored.values()
+           if isinstance(d, dict) and d.get("format")}
+    if any(isinstance(d, dict) and d.get("stacked") for p in view.params
+           for d in p.stored.values()):
+        out.add(STACKED)  # bitsandbytes' AdEMAMix: two moments in one entry
+    return out
