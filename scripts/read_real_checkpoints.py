@@ -282,10 +282,15 @@ def deepspeed() -> list[Case]:
         frozen = set(doc.get("frozen", []))
         order = ([n for g in groups for n in g["names"]] if groups
                  else [n for n in doc["parameter_order"] if n not in frozen])
+        zero = doc["zero_stage"] > 0
+        # without ZeRO, "fp32" is the model's own weight (module state), not optimizer state
         truth = named_truth(folder, {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq",
-                                     "fp32": "fp32"})
-        rank0 = sorted((folder / "checkpoint" / doc["tag"]).glob("*rank_0_*optim_states.pt"))[0]
-        # rank 0's flat partition starts with the first param of the first group
+                                     **({"fp32": "fp32"} if zero else {})})
+        tag = folder / "checkpoint" / doc["tag"]
+        # ZeRO: rank 0's flat partition, which starts with the first param of the first
+        # group; stage 0: the client optimizer's state_dict in the model states file
+        rank0 = (sorted(tag.glob("*rank_0_*optim_states.pt")) if zero
+                 else [tag / "mp_rank_00_model_states.pt"])[0]
         first = order[0]
 
         def target(obj: Any, first: str = first) -> tuple[torch.Tensor, int | str, str]:
@@ -295,7 +300,7 @@ def deepspeed() -> list[Case]:
 
         cases.append(Case("deepspeed", f"deepspeed/{folder.name}", folder / "checkpoint",
                           "AdamW", "torch", None, truth, order, rank0, target,
-                          beside={"fp32": "fp32_master_weights"}))
+                          beside={"fp32": "fp32_master_weights"} if zero else {}))
     return cases
 
 
