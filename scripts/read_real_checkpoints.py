@@ -12,7 +12,9 @@ library computed (tests/fixtures/README.md) is read with optstate's Python API
      of it equals the class's name, case and punctuation aside, and no other library is
      named), alone or as "A or B" where every other name is a twin: a class of the corpus
      with the same group keys, state entry names and nested tensor paths (each with its
-     number of dimensions), which no reader can tell apart from what is stored; or it is
+     number of dimensions), or a torch.optim class as some torch version writes it
+     (``optstate.state.kind.SIGNATURES``: an old torch's RAdam wrote only lr, betas, eps,
+     weight_decay), which no reader can tell apart from what is stored; or it is
      ``unknown`` where the class has a twin. A wrong name is never right, nor a list
      with a name the stored state rules out, nor ``unknown`` for a state with no twin.
   b  buffers: every tensor of the library's truth (expected.pt / expected.json: the state
@@ -563,12 +565,27 @@ def judge(case: Case, twins: set[str], dest: Path) -> dict[str, Any]:
 
 
 def twins_of(cases: list[Case]) -> dict[str, set[str]]:
+    """Per case, the other classes whose stored state is alike: in this corpus, and the
+    torch.optim classes as some torch version writes them (an old torch's RAdam wrote
+    only lr, betas, eps, weight_decay: ``optstate.state.kind.SIGNATURES``' core and full
+    keys, the torch versions' facts that table records)."""
+    from optstate.state.kind import _ADDED_BY_OTHERS, SIGNATURES
+
     by_sig: dict[Any, set[str]] = {}
     for c in cases:
         if c.signature is not None:
             by_sig.setdefault(c.signature, set()).add(f"{c.kind_library}.{c.kind}")
-    return {c.name: by_sig[c.signature] - {f"{c.kind_library}.{c.kind}"}
-            for c in cases if c.signature is not None}
+    out = {}
+    for c in cases:
+        if c.signature is None:
+            continue
+        keys, entries = c.signature
+        own = set(keys) - _ADDED_BY_OTHERS
+        top = {e for e in entries if ":" not in e}
+        older = {f"torch.{s.name}" for s in SIGNATURES
+                 if s.core <= own <= s.full and top <= s.state}
+        out[c.name] = (by_sig[c.signature] | older) - {f"{c.kind_library}.{c.kind}"}
+    return out
 
 
 def run(only: str | None = None, names: list[str] | None = None) -> list[dict[str, Any]]:

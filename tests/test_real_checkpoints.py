@@ -39,7 +39,7 @@ EXPECTED = {
     "lion-pytorch": (1, 1),
     "pytorch-optimizer": (121, 116),
     "schedulefree": (11, 11),
-    "timm": (86, 85),
+    "timm": (86, 86),
     "torch": (15, 15),
     "bitsandbytes": (10, 10),
     "torchao": (6, 6),
