@@ -37,6 +37,9 @@ from optstate.state.signatures import (  # noqa: F401 - container_of, stored_for
     Table,
     TableSignature,
     container_of,
+    describe_differs,
+    differs,
+    distance,
     leaf,
     stored_formats,
     table,
@@ -360,47 +363,21 @@ def _unknown(guess: Any, own: set[str], state: set[str], tab: Table) -> KindGues
             f"{', '.join(sorted(state)) or '(none)'}")
     scored = []
     for sig in SIGNATURES:
-        d = _differs(own, state, sig.core, sig.full, sig.state)
-        scored.append((_distance(d, state), sig.name, d))
+        d = differs(own, state, sig.core, sig.full, sig.state)
+        scored.append((distance(d, state), sig.name, d))
     for t in tab.optimizers:
         if t.torch:
             continue
-        d = _differs(own, _names(t, state), t.keys, t.keys, set(t.state))
-        scored.append((_distance(d, state), t.kind, d))
+        d = differs(own, _names(t, state), t.keys, t.keys, set(t.state))
+        scored.append((distance(d, state), t.kind, d))
     scored.sort(key=lambda x: x[0])
-    best, name, differs = scored[0]
-    shared = len(own) + len(state) - len(differs["group_keys_added"]) \
-        - len(differs["state_added"])
+    best, name, how = scored[0]
+    shared = len(own) + len(state) - len(how["group_keys_added"]) - len(how["state_added"])
     if shared < 2 or best > len(own) + len(state):
         return guess("unknown", "none", f"no optimizer optstate knows writes these keys "
                      f"({seen}), and none is close", [])
     ties = [n for b, n, _ in scored[1:] if b == best]
     text = name + (f" (as close: {', '.join(ties[:3])})" if ties else "")
     return guess("unknown", "none", f"no optimizer optstate knows writes these keys ({seen}); "
-                 f"closest: {text}, which differs in {describe_differs(differs)}", [],
-                 closest=name, differs=differs)
-
-
-def _differs(own: set[str], state: set[str], core: frozenset[str], full: frozenset[str],
-             sig_state: set[str] | frozenset[str]) -> dict[str, list[str]]:
-    return {"group_keys_added": sorted(own - full), "group_keys_missing": sorted(core - own),
-            "state_added": sorted(state - set(sig_state)),
-            "state_missing": sorted(set(sig_state) - state) if state else []}
-
-
-def _distance(d: dict[str, list[str]], state: set[str]) -> int:
-    # A state entry the optimizer never writes counts double: entries are the better sign.
-    return (len(d["group_keys_added"]) + len(d["group_keys_missing"])
-            + 2 * len(d["state_added"]) + len(d["state_missing"]))
-
-
-def describe_differs(d: dict[str, list[str]]) -> str:
-    """``group keys +a -b; state +c`` (+ here and not in it, - in it and not here)."""
-    parts = []
-    keys = [f"+{k}" for k in d["group_keys_added"]] + [f"-{k}" for k in d["group_keys_missing"]]
-    if keys:
-        parts.append("group keys " + " ".join(keys))
-    st = [f"+{k}" for k in d["state_added"]] + [f"-{k}" for k in d["state_missing"]]
-    if st:
-        parts.append("state " + " ".join(st))
-    return "; ".join(parts) or "nothing it records"
+                 f"closest: {text}, which differs in {describe_differs(how)}", [],
+                 closest=name, differs=how)

@@ -204,3 +204,30 @@ def stored_formats(view: Any) -> set[str]:
            for d in p.stored.values()):
         out.add(STACKED)  # bitsandbytes' AdEMAMix: two moments in one entry
     return out
+
+
+# How a state differs from the nearest signature (state.kind, for "unknown").
+
+def differs(own: set[str], state: set[str], core: frozenset[str], full: frozenset[str],
+             sig_state: set[str] | frozenset[str]) -> dict[str, list[str]]:
+    return {"group_keys_added": sorted(own - full), "group_keys_missing": sorted(core - own),
+            "state_added": sorted(state - set(sig_state)),
+            "state_missing": sorted(set(sig_state) - state) if state else []}
+
+
+def distance(d: dict[str, list[str]], state: set[str]) -> int:
+    # A state entry the optimizer never writes counts double: entries are the better sign.
+    return (len(d["group_keys_added"]) + len(d["group_keys_missing"])
+            + 2 * len(d["state_added"]) + len(d["state_missing"]))
+
+
+def describe_differs(d: dict[str, list[str]]) -> str:
+    """``group keys +a -b; state +c`` (+ here and not in it, - in it and not here)."""
+    parts = []
+    keys = [f"+{k}" for k in d["group_keys_added"]] + [f"-{k}" for k in d["group_keys_missing"]]
+    if keys:
+        parts.append("group keys " + " ".join(keys))
+    st = [f"+{k}" for k in d["state_added"]] + [f"-{k}" for k in d["state_missing"]]
+    if st:
+        parts.append("state " + " ".join(st))
+    return "; ".join(parts) or "nothing it records"
