@@ -47,9 +47,10 @@ def convert(
       optstate convert adam_dcp/ adam.pt
 
     A DeepSpeed ZeRO checkpoint becomes a file or a DCP folder, as DST is named:
-      optstate convert run/ optimizer.pt      (torch.load(f)["optimizer"] is a
-                                               torch.optim state_dict; beside it
-                                               fp32_master_weights and deepspeed)
+      optstate convert run/ optimizer.pt
+
+    torch.load(f)["optimizer"] is then a torch.optim state_dict, with
+    fp32_master_weights and deepspeed beside it.
 
     Uses torch.distributed.checkpoint in this one process (no process group).
     The copy is written beside DST, read back and compared with the source bit
