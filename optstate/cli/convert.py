@@ -40,7 +40,7 @@ def convert(
         "--json", help="Print the result as JSON (schema optstate.convert/1).")] = False,
     unsafe: Annotated[bool, typer.Option("--unsafe", help=UNSAFE_HELP)] = False,
 ) -> None:
-    """Convert a torch.save file <-> a DCP folder, or a DeepSpeed checkpoint to either.
+    """Convert a torch.save file <-> a DCP folder, or DeepSpeed to either.
 
     Example, there and back:
       optstate convert adam.pt adam_dcp/
