@@ -379,3 +379,14 @@ def test_diff_sees_the_codes_of_an_entry_it_cannot_dequantize():
         return sd
     d = diff_states(broken(0), broken(1))
     assert [c.path for c in d.changes] == ["state[0].exp_avg.codes"]
+
+
+def test_config_on_a_bitsandbytes_state_says_it_is_no_torch_optim_class(run_cli):
+    # R1: config called Adam8bit's state "unknown", closest AdEMAMix8bit (whose state1 is
+    # stacked: the state tells them apart, as inspect says); the reason is the class
+    r = run_cli("config", LOWBIT / "bitsandbytes_Adam8bit" / "optimizer.pt")
+    assert r.returncode == 2 and r.stdout == ""
+    err = r.stderr.splitlines()[0]
+    assert err.startswith("Error: cannot write a config: the state is bitsandbytes Adam8bit")
+    assert "not a torch.optim class" in err
+    assert "unknown" not in err and "AdEMAMix" not in err

@@ -51,7 +51,7 @@ from optstate.sim.build import (
 )
 from optstate.sim.config import spec_from_dict
 from optstate.sim.trial import NOT_HYPERPARAMS
-from optstate.state.kind import infer_kind
+from optstate.state.kind import infer_kind, stored_formats
 from optstate.state.locate import locate
 from optstate.state.names import name_params, slot_shape
 from optstate.state.view import OptimizerStateView
@@ -110,7 +110,7 @@ def config_from_view(view: OptimizerStateView,
                      scheduler_state: dict[str, Any] | None = None) -> ConfigFrom:
     out = ConfigFrom({})
     keys = {k for p in view.params for k in p.state}
-    guess = infer_kind([g.hyperparams for g in view.groups], keys)
+    guess = infer_kind([g.hyperparams for g in view.groups], keys, stored_formats(view))
     cls = optimizer_classes().get((guess.inner or guess.kind).lower())  # SGD under SWALR
     if cls is None:
         raise ConfigError(
