@@ -467,3 +467,60 @@ def test_zero3_params_that_are_not_the_sub_groups():
     states[0]["optimizer_state_dict"]["param_groups"][0]["params"] = ["a", 1]
     with pytest.raises(CheckpointError, match="are not the 2 sub-groups param_shapes lists"):
         reassemble(3, 2, states, shapes["param_shapes"], names)
+
+
+# ------------------------------------------------------- a rank file that is another rank's
+
+
+@pytest.mark.parametrize("case", ["zero1_fp32_ws2", "zero2_bf16_ws2", "zero3_fp32_ws2"])
+def test_a_rank_file_copied_over_another_is_refused(cli, tmp_path, case):
+    """Rank 0's optimizer file copied over rank 1's: not two ranks; refused, both named."""
+    run = _copy(tmp_path, case)
+    files = sorted((run / TAG).glob("*_optim_states.pt"))
+    shutil.copy(files[0], files[1])
+    err = _one_error(cli, run)
+    assert files[0].name in err and files[1].name in err and "identical" in err
+
+
+def test_a_rank_file_holding_another_ranks_partition_is_refused():
+    """ZeRO 1/2: each rank file's param_slice_mappings name what its partition holds; a
+    file whose mappings are another rank's (not byte-identical) is refused, named."""
+    from optstate.base.errors import CheckpointError
+    from optstate.io.deepspeed_zero import reassemble
+
+    states, shapes, names = _zero12_inputs("zero2_fp32_ws2")
+    states[1]["param_slice_mappings"] = states[0]["param_slice_mappings"]
+    with pytest.raises(CheckpointError, match=f"{names[1]} does not hold rank 1's partition"):
+        reassemble(2, 2, states, shapes, names)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_fixture_rank_holds_its_own_partition(case):
+    """The check above passes on every real run (no false refusal)."""
+    assert read_deepspeed(FIXTURES / case / "checkpoint").obj["fp32_master_weights"]
+
+
+def test_missing_model_states_lists_what_is_there(cli, tmp_path):
+    run = _copy(tmp_path, "zero2_fp32_ws2")
+    (run / TAG / "mp_rank_00_model_states.pt").unlink()
+    r = cli("inspect", run)
+    assert r.exit_code == 2
+    assert "zero_pp_rank_0_mp_rank_00_optim_states.pt" in r.stderr
+    assert "none" not in r.stderr.split("Hint")[-1]
+
+
+def test_latest_given_itself_points_to_the_folder(cli):
+    r = cli("inspect", FIXTURES / "zero2_fp32_ws2" / "checkpoint" / "latest")
+    assert r.exit_code == 2
+    flat = " ".join(r.stderr.split())
+    assert "DeepSpeed's 'latest' file" in flat
+    assert str(FIXTURES / "zero2_fp32_ws2" / "checkpoint") in flat
+
+
+def test_every_file_read_is_listed():
+    facts = read_deepspeed(FIXTURES / "zero3_fp32_ws2" / "checkpoint").obj["deepspeed"]
+    assert facts["files"] == ["zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                              "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+                              "zero_pp_rank_0_mp_rank_00_model_states.pt"]
+    # rank 1's model states (its pieces of the 16-bit model) are not needed: said, not hidden
+    assert facts["files_not_read"] == ["zero_pp_rank_1_mp_rank_00_model_states.pt"]

@@ -29,7 +29,12 @@ stage_1_and_2.py`` ``state_dict``, ``stage3.py`` ``_rigid_state_dict``):
 Every count is checked against the files (elements consumed = elements stored, one file
 per rank); what does not add up is refused, never guessed. Not read: tensor / pipeline
 parallel checkpoints (``mp_rank_01``, ``layer_*``), MoE expert files, elastic ZeRO 1/2
-checkpoints (their param groups are not saved).
+checkpoints (their param groups are not saved). Two byte-identical rank files are one
+rank's file twice and are refused; ZeRO 1/2 rank files are checked to hold their own
+partition (``deepspeed_zero._check_slices``).
+
+About 450 lines on purpose: finding the files, checking them against each other and
+saying what they hold is one read sequence, kept in one place.
 """
 
 from __future__ import annotations
@@ -148,13 +153,14 @@ def read_deepspeed(path: str | Path, *, unsafe: bool = False) -> DeepSpeedCheckp
     world = max(ints)
     _check_ranks(folder, ranks, world, ranks[min(ranks)].name)
     optims = [first if r == min(ranks) else load(ranks[r]) for r in range(world)]
+    _check_distinct([ranks[r] for r in range(world)])
     model_name = ("zero_pp_rank_0_mp_rank_00_model_states.pt" if stage == 3
                   else "mp_rank_00_model_states.pt")
     model_file = folder / model_name
     if not model_file.is_file():
         raise CheckpointError(f"{folder} has no {model_name}: the parameter names and shapes "
                               "of a DeepSpeed checkpoint are in it",
-                              hint=f"files there: {', '.join(sorted(model_files)) or 'none'}")
+                              hint=f"files there: {_listing(folder)}")
     model = load(model_file)
     if not isinstance(model, dict) or not isinstance(model.get("param_shapes"), list):
         raise CheckpointError(f"{model_file} has no param_shapes list")
@@ -256,6 +262,10 @@ def _facts(folder: Path, stage: int, world: int, osd: dict[str, Any], model: dic
         module = model.get("module")
         frozen = [str(n) for n in (module if isinstance(module, dict) else {}) if n not in skip]
     files = [ranks[r].name for r in range(world)] + [model_file.name]
+    # ZeRO 3 writes one model states file per rank: rank 0's names every param; the others
+    # (the ranks' pieces of the model's own 16-bit params) are not needed, and said so
+    unread = sorted((f.name for f in folder.iterdir() if f.name != model_file.name
+                     and MODEL_FILE.fullmatch(f.name)), key=_rank_key)
     return {
         "zero_stage": stage,
         "world_size": world,
@@ -268,7 +278,71 @@ def _facts(folder: Path, stage: int, world: int, osd: dict[str, Any], model: dic
         "skipped_steps": _int_or_none(model.get("skipped_steps")),
         "frozen_params": frozen,
         "files": files,
+        "files_not_read": unread,
     }
+
+
+def _rank_key(name: str) -> tuple[int, str]:
+    m = re.search(r"zero_pp_rank_(\d+)", name)
+    return (int(m.group(1)) if m else -1, name)
+
+
+def _listing(folder: Path, most: int = 8) -> str:
+    """What a folder holds, for a hint: its first few names and how many more."""
+    try:
+        names = sorted(f.name for f in folder.iterdir())
+    except OSError:
+        return "(unreadable)"
+    shown = ", ".join(names[:most]) or "none"
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+_HEAD = 1 << 20  # bytes compared first; rank files of one run differ within them
+
+
+def _check_distinct(files: list[Path]) -> None:
+    """Two byte-identical rank files are one rank's file twice (a copy over another rank's
+    file), never two ranks: refused, naming both. Compared by size, then the first MiB,
+    then (only when that too is equal) the whole files."""
+    import hashlib
+
+    seen: dict[tuple[int, str], Path] = {}
+    for f in files:
+        with f.open("rb") as fh:
+            key = (f.stat().st_size, hashlib.sha256(fh.read(_HEAD)).hexdigest())
+        other = seen.get(key)
+        if other is not None and _same_bytes(other, f):
+            raise CheckpointError(f"{other.name} and {f.name} in {f.parent} are byte-identical: "
+                                  "two ranks' files never are (one rank's file copied over "
+                                  "another's?); every rank's own file is needed")
+        seen.setdefault(key, f)
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while True:
+            x, y = fa.read(1 << 22), fb.read(1 << 22)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def latest_hint(p: Path) -> str | None:
+    """When ``p`` is DeepSpeed's ``latest`` file (a tag's name, with that tag folder beside
+    it): what to give instead; else None."""
+    if p.name != LATEST or not p.is_file():
+        return None
+    try:
+        with p.open("rb") as f:
+            raw = f.read(4097)
+    except OSError:
+        return None
+    tag = raw.decode("utf-8", "replace").strip()
+    if len(raw) > 4096 or not _TAG.fullmatch(tag) or tag in (".", "..") \
+            or not (p.parent / tag).is_dir():
+        return None
+    return tag
 
 
 def _int_or_none(v: Any) -> int | None:

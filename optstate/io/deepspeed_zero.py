@@ -147,6 +147,7 @@ def _zero12(world: int, states: list[dict[str, Any]], param_shapes: list[Any],
                                   f"padding (a count) per param ({len(shapes)})")
         offset = 0
         total = sum(v.numel() for v in pieces["fp32"])
+        placed: list[tuple[str, int, int]] = []  # name, offset in the group, numel
         for i, (name, shape) in enumerate(shapes):
             n = _numel(shape)
             if offset + n > total:
@@ -157,6 +158,7 @@ def _zero12(world: int, states: list[dict[str, Any]], param_shapes: list[Any],
             params.append(_param(name, shape, len(groups_out), scalars,
                                  {k: _segments(v, offset, n) for k, v in pieces.items()}, order,
                                  {k: v[0].dtype for k, v in pieces.items()}))
+            placed.append((name, offset, n))
             offset += n + (pads_g[i] if pads_g is not None else 0)
         # Files without param_alignment_paddings (older DeepSpeed versions) may keep up to
         # 2 * world_size elements of alignment padding at the group's end: zero_to_fp32
@@ -165,8 +167,43 @@ def _zero12(world: int, states: list[dict[str, Any]], param_shapes: list[Any],
         if -(-offset // align) != -(-total // align):
             raise CheckpointError(f"group {g}: param_shapes account for {offset} elements, the "
                                   f"rank files hold {total}; a layout optstate does not know")
+        _check_slices(states, g, placed, [v.numel() for v in pieces["fp32"]], files)
         groups_out.append(hyper or {})
     return params, groups_out
+
+
+def _address(v: Any) -> tuple[Any, Any]:
+    """A ``fragment_address``'s (numel, start): an ``io.inert`` stand-in, or DeepSpeed's own
+    namedtuple when loaded with unsafe=True."""
+    get = getattr(v, "get", None)
+    if callable(get):
+        return get("numel"), get("start")
+    return getattr(v, "numel", None), getattr(v, "start", None)
+
+
+def _check_slices(states: list[dict[str, Any]], g: int, placed: list[tuple[str, int, int]],
+                  sizes: list[int], files: list[str]) -> None:
+    """Each ZeRO 1/2 rank file names what its partition holds (``param_slice_mappings``:
+    per group, param name -> where in the partition its piece starts and how long it is).
+    Those must be the pieces param_shapes puts in that rank's partition: a file that is
+    another rank's (or another run's) is refused, never read as this rank's. Files without
+    the mappings (older DeepSpeed) are not checked this way."""
+    start = 0
+    for r, st in enumerate(states):
+        maps = st.get("param_slice_mappings")
+        end = start + sizes[r]
+        if isinstance(maps, list) and g < len(maps) and isinstance(maps[g], dict):
+            want = {name: (min(o + n, end) - max(o, start), max(o, start) - start)
+                    for name, o, n in placed if max(o, start) < min(o + n, end)}
+            have = {str(k): _address(v) for k, v in maps[g].items()}
+            if have != want:
+                names = ", ".join(list(have)[:3]) + (" ..." if len(have) > 3 else "")
+                raise CheckpointError(
+                    f"{files[r]} does not hold rank {r}'s partition of group {g}: its "
+                    f"param_slice_mappings name {names or 'nothing'}, param_shapes put "
+                    f"{', '.join(list(want)[:3]) or 'nothing'}{' ...' if len(want) > 3 else ''} "
+                    "there (another rank's or another run's file?)")
+        start = end
 
 
 def _zero3(world: int, states: list[dict[str, Any]], param_shapes: list[Any],

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from optstate.base.errors import CheckpointError, NoOptimizerStateError
-from optstate.io.deepspeed import is_deepspeed_file, is_deepspeed_folder
+from optstate.io.deepspeed import is_deepspeed_file, is_deepspeed_folder, latest_hint
 from optstate.io.dtensor import join_ranks, rank_files
 from optstate.io.torch_file import load_torch_file
 from optstate.io.walk import WalkReport, check_copyable, walk
@@ -74,6 +74,10 @@ def open_source(path: str | Path, *, mmap: bool = True, unsafe: bool = False,
         return _open_deepspeed(p, unsafe=unsafe, copying=copying)
     if p.is_dir():
         return _open_folder(p, mmap=mmap, unsafe=unsafe, copying=copying)
+    tag = latest_hint(p)
+    if tag is not None:
+        raise CheckpointError(f"{p} is DeepSpeed's 'latest' file (it names the tag folder "
+                              f"{tag}), not a checkpoint", hint=f"give the run folder: {p.parent}")
     loaded = load_torch_file(p, mmap=mmap, unsafe=unsafe)  # walks what it loaded
     if copying and loaded.walk is not None:
         check_copyable(loaded.walk, str(p), copying)
