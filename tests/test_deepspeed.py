@@ -524,3 +524,25 @@ def test_every_file_read_is_listed():
                               "zero_pp_rank_0_mp_rank_00_model_states.pt"]
     # rank 1's model states (its pieces of the 16-bit model) are not needed: said, not hidden
     assert facts["files_not_read"] == ["zero_pp_rank_1_mp_rank_00_model_states.pt"]
+
+
+def test_nan_in_the_fp32_master_weights_is_a_warning():
+    """DeepSpeed's master weights are what the run resumes from: a NaN or Inf there is
+    warned about, naming the param (ZeRO 3 fixture, its numbers changed in memory)."""
+    from optstate.analysis.inspect import inspect_source
+
+    src = open_source(FIXTURES / "zero3_fp32_ws2" / "checkpoint")
+    weights = src.obj["fp32_master_weights"]
+    bad = weights["0.weight"].clone()
+    bad.view(-1)[7] = float("nan")
+    bad.view(-1)[8] = float("inf")
+    weights["0.weight"] = bad
+    report = inspect_source(src)
+    found = {w["code"]: w for w in report["warnings"]}
+    assert found["master_weight_nan"]["where"] == ['fp32_master_weights["0.weight"]']
+    assert "0.weight (1 NaN)" in found["master_weight_nan"]["message"]
+    assert "0.weight (1 Inf)" in found["master_weight_inf"]["message"]
+    assert found["master_weight_nan"]["names"] == ["0.weight"]
+    # without statistics no tensor is read, and nothing is claimed
+    quiet = inspect_source(src, stats=False)
+    assert not [w for w in quiet["warnings"] if w["code"].startswith("master_weight")]

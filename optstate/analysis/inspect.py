@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from optstate.analysis.master_weights import master_weight_warnings
 from optstate.analysis.suspicious import state_warnings
 from optstate.base.errors import ConfigError, option
 from optstate.base.suggest import did_you_mean
@@ -22,7 +23,14 @@ from optstate.state.kind import container_of, infer_kind, stored_formats
 from optstate.state.locate import Located, locate
 from optstate.state.lowbit import low_bit_totals
 from optstate.state.names import name_params
-from optstate.state.report import entry_report, groups_report, plain, scheduler_report, tensor_like
+from optstate.state.report import (
+    as_stored,
+    entry_report,
+    groups_report,
+    plain,
+    scheduler_report,
+    tensor_like,
+)
 from optstate.state.sharded import shard_note
 from optstate.state.view import OptimizerStateView
 
@@ -71,8 +79,8 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
             "name": p.name,
             "name_source": p.name_source,
             "aliases": list(p.aliases),
-            "state": {str(k): entry_report(v, stats=stats, values=values)
-                      for k, v in p.state.items()},
+            "state": {str(k): as_stored(entry_report(v, stats=stats, values=values),
+                                        p.stored.get(str(k))) for k, v in p.state.items()},
             "stored": {k: plain(d) for k, d in p.stored.items()},  # state.packed
         })
         if hist_bins:  # inspect --hist
@@ -108,6 +116,9 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
         "notes": [],
     }
     warnings, notes = state_warnings(view, kind.kind, param_reports, report["scheduler"])
+    if stats and isinstance(source.obj, dict):  # DeepSpeed's, beside the state
+        chosen = {p["name"] for p in param_reports} if (params or groups is not None) else None
+        warnings += master_weight_warnings(source.obj.get("fp32_master_weights"), chosen)
     for role, reason in source.sibling_errors.items():
         warnings.append({"code": f"{role}_unreadable", "message": f"the {role} file beside the "
                          f"optimizer state could not be read: {reason}",
@@ -234,6 +245,14 @@ def _totals(view: OptimizerStateView) -> dict[str, Any]:
     for p in view.params:
         for v in p.state.values():
             add(v)
+    # as stored: a low-bit entry (state.lowbit) by its format, at its stored bytes
+    by_format = Counter(by_dtype)
+    for p in view.params:
+        for k, d in p.stored.items():
+            t = tensor_like(p.state.get(k))
+            if d.get("bytes_stored") is not None and t is not None:
+                by_format[str(t.dtype).removeprefix("torch.")] -= t.numel() * t.element_size()
+                by_format[str(d["format"])] += int(d["bytes_stored"])
     return {
         "groups": len(view.groups),
         "params": view.n_params,
@@ -243,6 +262,8 @@ def _totals(view: OptimizerStateView) -> dict[str, Any]:
         "numel": numel,
         "bytes": sum(by_dtype.values()),
         "bytes_by_dtype": dict(sorted(by_dtype.items())),
+        "bytes_stored": sum(by_format.values()),
+        "bytes_stored_by_format": {k: v for k, v in sorted(by_format.items()) if v},
         "orphan_state_keys": [plain(k) for k in view.orphan_keys],
         "low_bit": low_bit_totals([p.stored for p in view.params]),
     }
