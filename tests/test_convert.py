@@ -353,3 +353,90 @@ def test_a_sparse_state_entry_is_refused_for_dcp_with_its_path(cli, tmp_path):
         f"Error: {tmp_path / 'sp.pt'} holds a sparse tensor at state[0].momentum_buffer; a DCP "
         "checkpoint stores dense (strided) tensors only")
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------ issue #19: FSDP2 rank folders, torchao, one rule
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+FSDP2 = os.path.join(FIXTURES, "fsdp2", "adamw_ws2")
+AO4 = os.path.join(FIXTURES, "lowbit", "torchao_AdamW4bit")
+
+
+def test_an_fsdp2_rank_folder_to_a_file_name_is_one_file_and_joining_is_no_warning(
+        cli, tmp_path):
+    """R1: '-> fs.pt (dcp)' made a DCP folder named fs.pt, with a Warning: for the joining."""
+    out = tmp_path / "fs.pt"
+    r = cli("convert", FSDP2, out)
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr == ""
+    assert r.stdout.startswith(f"converted {FSDP2} (FSDP2 rank files (2)) -> {out} (zip): "
+                               "18 tensors verified bit for bit")
+    assert out.is_file()  # one torch.save file, the whole state as full_tensor() gives it
+    whole = open_source(FSDP2).obj
+    assert same(load_torch_file(out).obj, materialize(whole))
+    expected = torch.load(os.path.join(FSDP2, "expected.pt"), weights_only=True)
+    order = json.load(open(os.path.join(FSDP2, "expected.json")))["parameter_order"]
+    sd = load_torch_file(out).obj
+    for i, name in enumerate(order):
+        assert torch.equal(sd["state"][i]["exp_avg"], expected[f"exp_avg/{name}"])
+    # any other name: a DCP folder; the joining is a note of the JSON, not a warning
+    r = cli("convert", FSDP2, tmp_path / "fs_dcp", "--json")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert (rep["destination_format"], rep["warnings"]) == ("dcp", [])
+    assert rep["notes"] == [
+        "12 DTensor entries joined from 2 rank files (rank0.pt, rank1.pt; Shard(0) on a [2] "
+        "device mesh): the whole state, as DTensor.full_tensor() gives it"]
+    assert (tmp_path / "fs_dcp" / ".metadata").is_file()
+
+
+def test_a_torch_save_file_to_a_file_name_is_one_error(cli, tmp_path, saved):
+    src, _ = saved
+    r = cli("convert", src, tmp_path / "x.pt")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == [
+        f"Error: {src} is a torch.save file already; convert writes it as a DCP folder "
+        "(DST x.pt ends in .pt: one torch.save file)",
+        f"Hint: give DST a folder name without .pt, .pth, .bin, .ckpt, e.g. {tmp_path / 'x'}"]
+    assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize("dst", ["ao.pt", "ao.dcp"])
+def test_torchao_low_bit_entries_are_written_dequantized_and_torch_adamw_loads_them(
+        cli, tmp_path, dst):
+    """R1: 'torch.distributed.checkpoint could not save this state: ... OptimState4bit'."""
+    out = tmp_path / dst
+    r = cli("convert", os.path.join(AO4, "optimizer.pt"), out)
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.splitlines() == [
+        "Warning: 2 torchao low-bit entries (2 OptimState4bit) written dequantized as "
+        "float32: the copy is a plain torch.optim state (torch.optim.Adam / AdamW load it); "
+        "torchao's low-bit optimizer will not load it as low-bit"]
+    assert "10 tensors verified bit for bit" in r.stdout
+    sd = materialize(open_source(out).obj)
+    expected = torch.load(os.path.join(AO4, "expected.pt"), weights_only=True)
+    # 0.weight's moments are torchao's own dequantize(); the small params were 32-bit
+    for i, name in enumerate(["0.weight", "0.bias", "1.weight"]):
+        for entry in ("exp_avg", "exp_avg_sq"):
+            got = sd["state"][i][entry]
+            assert type(got) is torch.Tensor and got.dtype == torch.float32
+            assert torch.equal(got, expected[f"{entry}/{name}"]), (name, entry)
+    params = [torch.nn.Parameter(torch.zeros(s)) for s in ((64, 80), (64,), (16, 64))]
+    opt = torch.optim.AdamW(params)
+    step = float(sd["state"][0]["step"])
+    opt.load_state_dict(sd)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert float(opt.state[params[0]]["step"]) == step + 1
+    assert all(torch.isfinite(p).all() for p in params)
+
+
+@pytest.mark.parametrize("dst", ["r0.pt", "r0_dcp"])
+def test_one_fsdp2_rank_file_is_refused_with_the_folder_hint(cli, tmp_path, dst):
+    r = cli("convert", os.path.join(FSDP2, "rank0.pt"), tmp_path / dst)
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == [
+        f"Error: {os.path.join(FSDP2, 'rank0.pt')} holds DTensors (at state[0].exp_avg): it "
+        "is one rank's file of an FSDP2 run, each entry that rank's shard, not the param",
+        "Hint: give the folder of all rank files: it is converted as the whole state"]
+    assert os.listdir(tmp_path) == []

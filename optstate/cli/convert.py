@@ -23,15 +23,14 @@ from optstate.cli import (
 @app.command(cls=OptstateCommand)
 def convert(
     src: Annotated[Path, typer.Argument(
-        metavar="SRC", help="A torch.save file (or Hugging Face checkpoint folder) to turn "
-        "into a DCP folder, a DCP folder (with .metadata) to turn into one torch.save file, "
-        "or a DeepSpeed ZeRO checkpoint (run folder with 'latest', tag folder, or a rank "
-        "file) to turn into either.",
+        metavar="SRC", help="A torch.save file (or Hugging Face checkpoint folder), a DCP "
+        "folder (with .metadata), a DeepSpeed ZeRO checkpoint (run folder with 'latest', tag "
+        "folder, or a rank file) or a folder of one FSDP2 run's rank<N>.pt files.",
         show_default=False)],
     dst: Annotated[Path, typer.Argument(
-        metavar="DST", help="Where to write: a folder for DCP output, a file for torch.save "
-        "output. From DeepSpeed, a name ending in .pt, .pth, .bin or .ckpt is one torch.save "
-        "file; any other name a DCP folder.",
+        metavar="DST", help="Where to write. A name ending in .pt, .pth, .bin or .ckpt is "
+        "one torch.save file; any other name a DCP folder. A DCP folder becomes a file, a "
+        "torch.save file a DCP folder; DeepSpeed and FSDP2 rank files either.",
         show_default=False)],
     force: Annotated[bool, typer.Option(
         "--force", help="Replace DST if it is a checkpoint of the kind written: a "
@@ -40,7 +39,7 @@ def convert(
         "--json", help="Print the result as JSON (schema optstate.convert/1).")] = False,
     unsafe: Annotated[bool, typer.Option("--unsafe", help=UNSAFE_HELP)] = False,
 ) -> None:
-    """Convert a torch.save file <-> a DCP folder, or DeepSpeed to either.
+    """Convert a torch.save file <-> a DCP folder; DeepSpeed or FSDP2 to either.
 
     Example, there and back:
       optstate convert adam.pt adam_dcp/
@@ -50,7 +49,9 @@ def convert(
       optstate convert run/ optimizer.pt
 
     torch.load(f)["optimizer"] is then a torch.optim state_dict, with
-    fp32_master_weights and deepspeed beside it.
+    fp32_master_weights and deepspeed beside it. A folder of FSDP2 rank
+    files becomes the whole state, each DTensor joined from its shards.
+    torchao's low-bit entries are written dequantized (float32).
 
     Uses torch.distributed.checkpoint in this one process (no process group).
     The copy is written beside DST, read back and compared with the source bit
@@ -73,7 +74,8 @@ def convert(
 
         print_json(dumps(report))
         return
-    line = (f"converted {report['source']} ({report['source_format']}) -> "
+    line = (f"converted {report['source']} ({result.source_words or report['source_format']})"
+            f" -> "
             f"{report['destination']} ({report['destination_format']}): "
             f"{report['tensors_verified']} tensors verified bit for bit, "
             f"{report['bytes']:,} bytes")

@@ -1,13 +1,20 @@
 """``convert``: a torch.save file to a DCP folder and back, verified, atomic.
 
-The direction follows the source: a DCP folder becomes one torch.save file; anything
-else ``open_source`` reads (a file, a Hugging Face folder's optimizer file) becomes a DCP
-folder. A DeepSpeed ZeRO checkpoint (``io/deepspeed.py``) can become either, and the
-destination's name chooses (``deepspeed_to_file``): a name ending in one of
-``FILE_SUFFIXES`` is a torch.save file, anything else a DCP folder. Both hold the tree
-DeepSpeed's rank files are read as: ``optimizer`` (a torch.optim state_dict with
-``param_names``: ``opt.load_state_dict(torch.load(f)["optimizer"])``),
-``fp32_master_weights`` and ``deepspeed`` (the run's facts).
+One rule for the destination (``writes_file``): a name ending in one of ``FILE_SUFFIXES``
+is one torch.save file, any other name a DCP folder. A DCP folder source becomes a file;
+a torch.save file (or a Hugging Face folder's optimizer file) a DCP folder (to a file name:
+one ``Error``, it is one already), unless it holds torchao low-bit entries. A source the
+reader assembles from several files (``ASSEMBLED``: a DeepSpeed ZeRO checkpoint,
+``io/deepspeed.py``; a folder of one FSDP2 run's rank files, ``io/dtensor.py``) becomes
+either. DeepSpeed's copy holds the tree its rank files are read as: ``optimizer`` (a
+torch.optim state_dict with ``param_names``:
+``opt.load_state_dict(torch.load(f)["optimizer"])``), ``fp32_master_weights`` and
+``deepspeed`` (the run's facts); FSDP2's the whole state, each DTensor joined.
+
+What optstate reads but cannot write as it is (``writable``): torchao's low-bit entries
+are written dequantized (float32, what ``ParamView.state`` holds: a plain torch.optim
+state, with a warning that torchao's optimizer will not load them as low-bit); a DTensor
+left in the tree (one FSDP2 rank's file) is refused: a shard is not the param.
 
 The engine is torch's (``dcp.save`` / ``dcp.load`` with ``no_dist=True``, what
 ``torch.distributed.checkpoint.format_utils`` calls), but not format_utils' two helpers
@@ -36,10 +43,18 @@ from optstate.io.atomic import staged
 from optstate.io.dcp_metadata import is_dcp_folder
 from optstate.io.dcp_write import check_dir_writable, dcp_save, dcp_to_file, tensor_bytes
 from optstate.io.deepspeed import is_deepspeed_file, is_deepspeed_folder
+from optstate.io.dtensor import is_dtensor
 from optstate.io.source import open_source
 from optstate.io.targets import AtLeast
 from optstate.io.torch_file import check_writable, save_checkpoint
 from optstate.numeric.trees import verify_copy
+
+# A destination named like this is one torch.save file; any other name a DCP folder.
+FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+# Sources read from several files and put together: either kind of destination.
+ASSEMBLED = ("deepspeed", "fsdp2-ranks")
+# What reading a source says that is a plain fact of it, not a warning (JSON "notes").
+FACTS = ("fsdp2_joined",)
 
 
 @dataclass
@@ -51,6 +66,8 @@ class ConvertResult:
     tensors: int  # tensors compared bit for bit after writing
     bytes: int  # size of what was written
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # facts of reading (FACTS), not warnings
+    source_words: str | None = None  # the source's format for people ("FSDP2 rank files (2)")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,44 +79,53 @@ class ConvertResult:
             "tensors_verified": self.tensors,
             "bytes": self.bytes,
             "warnings": list(self.warnings),
+            "notes": list(self.notes),
         }
 
 
 def convert(src: str | Path, dst: str | Path, *, force: bool = False,
             unsafe: bool = False) -> ConvertResult:
-    """Convert ``src`` (DCP folder <-> torch.save file; DeepSpeed -> either) to ``dst``; see
-    the module docstring."""
+    """Convert ``src`` to ``dst``, a torch.save file or a DCP folder as ``dst`` is named;
+    see the module docstring."""
     src_p, dst_p = Path(src), Path(dst)
     if src_p.resolve() == dst_p.resolve():
         raise OutputExistsError(f"{dst_p} is the source itself; give another destination")
     if is_dcp_folder(src_p):
         return _dcp_to_file(src_p, dst_p, force)
-    if deepspeed_to_file(src_p, dst_p):
-        return _deepspeed_to_file(src_p, dst_p, force, unsafe)
+    if writes_file(dst_p):
+        return _to_file(src_p, dst_p, force, unsafe)
     return _file_to_dcp(src_p, dst_p, force, unsafe)
 
 
-# A DeepSpeed checkpoint converted to a destination named like this is one torch.save file.
-FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+def writes_file(dst: Path) -> bool:
+    """Whether ``dst`` is written as one torch.save file (its name ends in one of
+    ``FILE_SUFFIXES``); any other destination is a DCP folder."""
+    return dst.suffix.lower() in FILE_SUFFIXES
 
 
-def deepspeed_to_file(src: Path, dst: Path) -> bool:
-    """Whether ``src`` is a DeepSpeed checkpoint to write as one torch.save file (``dst``
-    ends in one of ``FILE_SUFFIXES``); any other destination of it is a DCP folder."""
-    is_ds = (is_deepspeed_folder(src) if src.is_dir()
-             else src.is_file() and is_deepspeed_file(src))
-    return is_ds and dst.suffix.lower() in FILE_SUFFIXES
+def _is_deepspeed(src: Path) -> bool:
+    return (is_deepspeed_folder(src) if src.is_dir()
+            else src.is_file() and is_deepspeed_file(src))
 
 
-def _deepspeed_to_file(src: Path, dst: Path, force: bool, unsafe: bool) -> ConvertResult:
+def _to_file(src: Path, dst: Path, force: bool, unsafe: bool) -> ConvertResult:
     check_writable(dst, force, kind="torch")
     source = open_source(src, mmap=True, unsafe=unsafe, copying="convert")
+    obj, changed = writable(source.obj, source.label)
+    if source.format not in ASSEMBLED and not _is_deepspeed(src) and not changed:
+        raise CheckpointError(
+            f"{source.label} is a torch.save file already; convert writes it as a DCP folder "
+            f"(DST {dst.name} ends in {dst.suffix}: one torch.save file)",
+            hint=f"give DST a folder name without {', '.join(FILE_SUFFIXES)}, e.g. "
+            f"{dst.with_suffix('')}")
     notes: list[str] = []
-    save_checkpoint(source.obj, dst, force=force, notes=notes)
+    save_checkpoint(obj, dst, force=force, notes=notes)
     written = open_source(dst, mmap=True)
-    n, dropped = verify_copy(source.obj, written.obj)
+    n, dropped = verify_copy(obj, written.obj)
+    warnings, facts = _said(source)
     return ConvertResult(src, source.format, dst, "zip", n, dst.stat().st_size,
-                         _said(source) + notes + _dropped_note(dropped))
+                         warnings + changed + notes + _dropped_note(dropped), facts,
+                         _words(source))
 
 
 def _dcp_to_file(src: Path, dst: Path, force: bool) -> ConvertResult:
@@ -126,22 +152,78 @@ def _file_to_dcp(src: Path, dst: Path, force: bool, unsafe: bool) -> ConvertResu
             f"{source.label} holds a sparse tensor at {sparse}; a DCP "
             "checkpoint stores dense (strided) tensors only",
             hint="keep this checkpoint as a torch.save file")
+    obj, changed = writable(source.obj, source.label)
     notes: list[str] = []
     with staged(dst, force=force, folder=True, kind="dcp", notes=notes,
-                needed=lambda: AtLeast(tensor_bytes(source.obj))) as tmp:
-        dcp_save(source.obj, tmp.path)
+                needed=lambda: AtLeast(tensor_bytes(obj))) as tmp:
+        dcp_save(obj, tmp.path)
         pause_at("verify")
         written = open_source(tmp.path)
-        n, dropped = verify_copy(source.obj, written.obj)
+        n, dropped = verify_copy(obj, written.obj)
         size = sum(f.stat().st_size for f in tmp.path.iterdir() if f.is_file())
+    warnings, facts = _said(source)
     return ConvertResult(src, source.format, dst, "dcp", n, size,
-                         _said(source) + notes + _dropped_note(dropped))
+                         warnings + changed + notes + _dropped_note(dropped), facts,
+                         _words(source))
 
 
-def _said(source: Any) -> list[str]:
-    """What reading the source said (a DeepSpeed rank file stands for its whole tag folder;
-    its frozen params have no state): the copy holds the same, so the user hears it too."""
-    return [n["message"] for n in source.notes]
+def writable(obj: Any, label: str) -> tuple[Any, list[str]]:
+    """``obj`` as it can be written (module docstring): torchao's low-bit entries
+    dequantized to float32 tensors; and a warning per change (none: ``obj`` itself). One
+    FSDP2 rank's DTensors are refused (a shard is not the param)."""
+    from optstate.base.paths import join
+    from optstate.io.lazy import materialize
+    from optstate.state.lowbit import torchao
+
+    classes: dict[str, int] = {}
+
+    def go(x: Any, path: str) -> Any:
+        if is_dtensor(x):
+            raise CheckpointError(
+                f"{label} holds DTensors (at {path or 'the top level'}): it is one rank's "
+                "file of an FSDP2 run, each entry that rank's shard, not the param",
+                hint="give the folder of all rank files: it is converted as the whole state")
+        if isinstance(x, dict):
+            stored: dict[str, dict[str, Any]] = {}
+            out = torchao(x, stored)
+            for key, desc in stored.items():
+                if "error" in desc:
+                    raise CheckpointError(
+                        f"{label}: {join(path, key)} ({desc['class']}) could not be "
+                        f"dequantized: {desc['error'].removeprefix('not dequantized: ')}",
+                        hint="convert it with torchao installed: "
+                        "torch.save(optimizer.state_dict()) after dequantizing")
+                name = desc["class"].rsplit(".", 1)[-1]
+                classes[name] = classes.get(name, 0) + 1
+            return {k: materialize(v) if str(k) in stored else go(v, join(path, k))
+                    for k, v in out.items()}
+        if type(x) in (list, tuple):
+            items = [go(v, join(path, i)) for i, v in enumerate(x)]
+            return items if isinstance(x, list) else tuple(items)
+        return x
+
+    out = go(obj, "")
+    if not classes:
+        return obj, []
+    n = sum(classes.values())
+    kinds = ", ".join(f"{c} {k}" for k, c in classes.items())
+    return out, [f"{n} torchao low-bit entr{'ies' if n != 1 else 'y'} ({kinds}) written "
+                 "dequantized as float32: the copy is a plain torch.optim state (torch.optim.Adam "
+                 "/ AdamW load it); torchao's low-bit optimizer will not load it as low-bit"]
+
+
+def _said(source: Any) -> tuple[list[str], list[str]]:
+    """What reading the source said, as (warnings, facts): a DeepSpeed rank file stands for
+    its whole tag folder, its frozen params have no state (the copy holds the same, so the
+    user hears it too); FSDP2's shards were joined (a fact of reading, ``FACTS``)."""
+    warnings = [n["message"] for n in source.notes if n.get("code") not in FACTS]
+    facts = [n["message"] for n in source.notes if n.get("code") in FACTS]
+    return warnings, facts
+
+
+def _words(source: Any) -> str | None:
+    ranks = source.details.get("ranks") if source.format == "fsdp2-ranks" else None
+    return f"FSDP2 rank files ({len(ranks)})" if isinstance(ranks, list) else None
 
 
 def _dropped_note(dropped: list[str]) -> list[str]:

@@ -68,6 +68,8 @@ def dcp_save(obj: dict[str, Any], folder: Path) -> None:
             inner = next((pair[0] for pair in e.failures.values()), e)
         if isinstance(inner, (OSError, KeyboardInterrupt)):
             raise inner from None
+        if isinstance(inner, CheckpointError):  # optstate's own refusal (io.inert), not DCP's
+            raise inner from None
         free, need = free_bytes(folder), tensor_bytes(obj)
         if free is not None and free < need:  # torch.save's "unexpected pos" on a full disk
             raise OSError(errno.ENOSPC, "No space left on device") from None

@@ -137,6 +137,7 @@ def _open_ranks(p: Path, ranks: list[tuple[int, Path]], *, mmap: bool, unsafe: b
                "state, as DTensor.full_tensor() gives it")
     return Source(path=p, file=p, format="fsdp2-ranks", bytes=sum(x.bytes for x in loaded),
                   obj=obj, walk=report, summary=f"FSDP2, {len(ranks)} ranks, {layout}",
+                  details={"ranks": names},
                   notes=[{"code": "fsdp2_joined", "message": message, "where": []}])
 
 
