@@ -102,6 +102,7 @@ def test_report_layout_for_sgd_momentum(tmp_path):
     assert report["totals"] == {
         "groups": 1, "params": 2, "params_with_state": 2, "state_tensors": 2,
         "state_scalars": 0, "numel": 16, "bytes": 64, "bytes_by_dtype": {"float32": 64},
+        "bytes_stored": 64, "bytes_stored_by_format": {"float32": 64},  # as in the file
         "orphan_state_keys": [],
         "low_bit": None,  # no quantized entries (issue #19, tests/test_lowbit.py)
     }

@@ -258,6 +258,7 @@ def test_json_schema_keys_are_stable(cli, tmp_path):
         "inf", "zeros"]
     assert list(doc["totals"]) == ["groups", "params", "params_with_state", "state_tensors",
                                    "state_scalars", "numel", "bytes", "bytes_by_dtype",
+                                   "bytes_stored", "bytes_stored_by_format",
                                    "orphan_state_keys", "low_bit"]
 
 

@@ -357,7 +357,9 @@ def test_no_stats_dequantizes_nothing_and_moments_are_computed_when_read(monkeyp
     monkeypatch.setattr(dequant, "_lookup_scaled", refuse)
     rep = optstate.inspect(LOWBIT / "bitsandbytes_Adam8bit" / "optimizer.pt", stats=False)
     assert rep["params"][0]["state"]["state1"] == {"shape": [64, 80], "dtype": "float32",
-                                                   "numel": 5120, "bytes": 20480}
+                                                   "numel": 5120, "bytes": 20480,
+                                                   "bytes_stored": 5200 + QMAP_BYTES,
+                                                   "dtype_stored": "uint8"}
     assert rep["totals"]["low_bit"]["bytes_saved"] == 2 * (20480 - 5200 - QMAP_BYTES)
     monkeypatch.undo()
     view, expected, _ = _case("torchao_AdamW8bit")
@@ -390,3 +392,26 @@ def test_config_on_a_bitsandbytes_state_says_it_is_no_torch_optim_class(run_cli)
     assert err.startswith("Error: cannot write a config: the state is bitsandbytes Adam8bit")
     assert "not a torch.optim class" in err
     assert "unknown" not in err and "AdEMAMix" not in err
+
+
+def test_the_bytes_column_and_totals_are_the_bytes_stored(run_cli):
+    # R1: "state1 64x80 float32 ... 20,480" and "48.5 KiB (float32 48.5 KiB)" for an
+    # entry stored as uint8 codes in 6.2 KB and a file of 24.7 KiB
+    r = run_cli("inspect", LOWBIT / "bitsandbytes_Adam8bit" / "optimizer.pt", "--no-stats")
+    assert r.returncode == 0, r.stderr
+    stored = 5120 + 20 * 4 + 256 * 4  # codes + absmax (20 blocks of 256) + qmap, float32
+    row0 = next(line.split() for line in r.stdout.splitlines()
+                if line.split()[:2] == ["state1", "64x80"])
+    assert row0[-1] == f"{stored:,}" and "float32 (from uint8)" in " ".join(row0)
+    small = 2 * 64 * 4 + 2 * 1024 * 4  # params 1 and 2: float32 state1/2 (under 4096)
+    text = " ".join(r.stdout.split())
+    assert "as stored (bitsandbytes-8bit 12.2 KiB, float32 8.5 KiB)" in text, text
+    rep = json.loads(run_cli("inspect", LOWBIT / "bitsandbytes_Adam8bit" / "optimizer.pt",
+                             "--json", "--no-stats").stdout)
+    t = rep["totals"]
+    assert t["bytes"] == 2 * 5120 * 4 + small  # the entries as shown: unchanged meaning
+    assert t["bytes_stored"] == 2 * stored + small + 3 * 0
+    assert t["bytes_stored_by_format"] == {"bitsandbytes-8bit": 2 * stored, "float32": small}
+    e = rep["params"][0]["state"]["state1"]
+    assert (e["bytes"], e["bytes_stored"], e["dtype"], e["dtype_stored"]) == (
+        5120 * 4, stored, "float32", "uint8")

@@ -112,12 +112,23 @@ def params_report(view: OptimizerStateView) -> list[dict[str, Any]]:
             "position": p.position,
             "group": p.group,
             "name": p.name,
-            "state": {str(k): entry_report(v) for k, v in p.state.items()},
+            "state": {str(k): as_stored(entry_report(v), p.stored.get(str(k)))
+                      for k, v in p.state.items()},
             # how an entry is stored when it is not stored as itself (state.packed)
             "stored": {k: plain(d) for k, d in p.stored.items()},
         }
         for p in view.params
     ]
+
+
+def as_stored(rep: dict[str, Any], d: dict[str, Any] | None) -> dict[str, Any]:
+    """An entry stored low-bit (``state.lowbit``) adds what it takes in the file:
+    ``bytes_stored`` (codes, scales, tables) and ``dtype_stored`` (its codes' dtype)
+    beside ``bytes``/``dtype`` of the moment as shown (dequantized)."""
+    if d and d.get("bytes_stored") is not None and "shape" in rep:
+        rep["bytes_stored"] = int(d["bytes_stored"])
+        rep["dtype_stored"] = str(d.get("dtype"))
+    return rep
 
 
 # LR scheduler state_dicts do not name their class; these keys do.
