@@ -190,3 +190,62 @@ def test_a_damaged_spec_is_described_as_far_as_it_goes_and_never_joined(tmp_path
     assert stored["exp_avg"] == {"format": "dtensor", "from": ["exp_avg"], "dtype": "float32",
                                  "global_shape": [7, 16], "local_shape": [4, 16],
                                  "placements": ["?"]}
+
+
+# ------------------------------------------------------------- R1's review (issue #19)
+def test_diff_of_two_ranks_files_is_refused_they_are_different_slices(run_cli):
+    """R1: rows 0:8 against 8:16 compared as one tensor ('96/96 outside')."""
+    r = run_cli("diff", CASE / "rank0.pt", CASE / "rank1.pt")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.splitlines() == [
+        "Error: a is rank 0's shard (Shard(0) on a [2] device mesh), b is rank 1's shard "
+        "(Shard(0) on a [2] device mesh): different slices of the same params (FSDP2 "
+        "DTensors), not two states to compare entry by entry",
+        "Hint: give the same rank of two checkpoints, or the two folders of all rank files "
+        "(each read as the whole state)"]
+    r = run_cli("diff", CASE / "rank1.pt", CASE)  # one rank's shard against the whole
+    assert r.returncode == 2
+    assert r.stderr.startswith("Error: a is rank 1's shard (Shard(0) on a [2] device mesh), "
+                               "b is a whole state: different slices")
+    r = run_cli("diff", CASE / "rank1.pt", CASE / "rank1.pt")  # the same rank: compared
+    assert r.returncode == 0, r.stderr
+    r = run_cli("diff", CASE, CASE)  # the whole states
+    assert r.returncode == 0, r.stderr
+
+
+def test_set_on_a_rank_folder_says_what_it_is(run_cli, tmp_path):
+    """R1: 'is a directory. Hint: give a checkpoint file ...', though inspect reads it."""
+    r = run_cli("set", CASE, "--lr", "0.1", "-o", tmp_path / "out.pt")
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        f"Error: {CASE} is an FSDP2 rank folder (one file per rank, each DTensor a shard), "
+        "which set does not rewrite",
+        f"Hint: convert it to one file (the whole state) and set that: optstate convert "
+        f"{CASE} one.pt"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_set_on_one_rank_file_does_not_call_dtensor_a_foreign_library(run_cli, tmp_path):
+    r = run_cli("set", CASE / "rank0.pt", "--lr", "0.1", "-o", tmp_path / "out.pt")
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        "Error: the checkpoint holds torch.distributed.tensor.DTensor objects, which optstate "
+        "reads as stand-ins (torch's class is never imported for a safe load) but cannot "
+        "write back",
+        "Hint: for FSDP2 rank files, convert the folder of all of them to one file and "
+        "change that; or change them with torch.distributed"]
+
+
+def test_the_rank_folder_format_is_named_in_words(run_cli):
+    r = run_cli("inspect", CASE, "--no-stats")
+    assert r.returncode == 0, r.stderr
+    assert "fsdp2-ranks" not in r.stdout
+    assert ("format    FSDP2 rank files (one torch.save per rank; DTensors joined)\n"
+            "          FSDP2, 2 ranks, Shard(0) on a [2] device mesh\n") in r.stdout
+
+
+def test_unsafe_lets_no_torch_log_line_through(run_cli):
+    """R1: a 'W... device_mesh.py:396] ... pickling/unpickling of the DeviceMesh' line."""
+    r = run_cli("inspect", CASE, "--unsafe", "--no-stats")
+    assert r.returncode == 0, r.stderr
+    assert [line.split(":")[0] for line in r.stderr.splitlines()] == ["WARNING"]

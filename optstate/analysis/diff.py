@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from optstate.analysis.diff_walk import Change, DiffOptions, Stop, Walk, brief, union
-from optstate.base.errors import ConfigError, option
+from optstate.base.errors import CheckpointError, ConfigError, option
 from optstate.base.paths import bracket, join
 from optstate.base.suggest import did_you_mean
 from optstate.state.view import OptimizerStateView, ParamView
@@ -178,6 +178,7 @@ def diff_views(va: OptimizerStateView, vb: OptimizerStateView,
     from optstate.state.names import name_params
 
     opts = options or DiffOptions()
+    _same_slices(va, vb)
     for v in (va, vb):
         if v.naming is None:
             name_params(v)
@@ -217,6 +218,34 @@ def diff_views(va: OptimizerStateView, vb: OptimizerStateView,
     return StateDiff(w.changes, w.same, w.ignored, "name" if by_name else "position", opts,
                      (len(va.groups), len(vb.groups)), (va.n_params, vb.n_params), kinds,
                      complete, w.notes, (va.naming, vb.naming), len(selected))
+
+
+def _shards(view: OptimizerStateView) -> tuple[str, str] | None:
+    """(whose shard, layout) when the state's entries are FSDP2 DTensor shards
+    (``ParamView.stored``); None for a whole state."""
+    shards = [d for p in view.params for d in p.stored.values() if d.get("format") == "dtensor"]
+    if not shards:
+        return None
+    ranks = sorted({d["rank"] for d in shards if "rank" in d})
+    who = f"rank {', '.join(map(str, ranks))}'s shard" if ranks else "one rank's shard"
+    layouts = sorted({f"{', '.join(d.get('placements') or ['?'])} on a {d.get('mesh', '?')} "
+                      "device mesh" for d in shards})
+    return who, "; ".join(layouts)
+
+
+def _same_slices(va: OptimizerStateView, vb: OptimizerStateView) -> None:
+    """Refuse to compare different slices of the same params as one tensor: two FSDP2
+    ranks' files, or one rank's file and a whole state (R1: rows 0:8 against 8:16)."""
+    a, b = _shards(va), _shards(vb)
+    if a is None and b is None or a is not None and b is not None and a[0] == b[0]:
+        return
+    wa = f"{a[0]} ({a[1]})" if a else "a whole state"
+    wb = f"{b[0]} ({b[1]})" if b else "a whole state"
+    raise CheckpointError(
+        f"a is {wa}, b is {wb}: different slices of the same params (FSDP2 DTensors), not "
+        "two states to compare entry by entry",
+        hint="give the same rank of two checkpoints, or the two folders of all rank files "
+        "(each read as the whole state)")
 
 
 def _naming_notes(va: OptimizerStateView, vb: OptimizerStateView, by_name: bool) -> list[str]:

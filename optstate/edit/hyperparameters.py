@@ -92,6 +92,13 @@ def set_hyperparameters(
             f"{src_path} is a DeepSpeed ZeRO checkpoint, which set does not rewrite",
             hint=f"convert it to one file and set that: optstate convert {src_path} one.pt",
         )
+    if source.format == "fsdp2-ranks":  # joined from several files: none holds this tree
+        raise ConfigError(
+            f"{src_path} is an FSDP2 rank folder (one file per rank, each DTensor a shard), "
+            "which set does not rewrite",
+            hint=f"convert it to one file (the whole state) and set that: optstate convert "
+            f"{src_path} one.pt",
+        )
     # Shared containers (torch.save({"a": sd, "b": sd}) pickles sd once) would carry a
     # change made at one location to the other: give every location its own containers.
     source.obj = unshare(source.obj)

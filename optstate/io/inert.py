@@ -160,6 +160,12 @@ def _unwritable(qualname: str) -> Exception:
     class: a file the library could not load. Refused before anything is written."""
     from optstate.base.errors import CheckpointError
 
+    if qualname.startswith("torch."):  # torch's own (DTensor): read without importing it
+        return CheckpointError(
+            f"the checkpoint holds {qualname} objects, which optstate reads as stand-ins "
+            "(torch's class is never imported for a safe load) but cannot write back",
+            hint="for FSDP2 rank files, convert the folder of all of them to one file and "
+            "change that; or change them with torch.distributed")
     return CheckpointError(
         f"the checkpoint holds {qualname} objects, which optstate reads (decoded without "
         "their library) but cannot write back",

@@ -237,6 +237,21 @@ def prescan_stream(f: Any, size: int, label: str) -> None:
         scan_legacy(f.read(size), limits, label)
 
 
+@contextlib.contextmanager
+def _quiet_device_mesh() -> Iterator[None]:
+    """``--unsafe`` unpickles torch's own DeviceMesh (FSDP2's DTensors), and torch logs a
+    line about process groups per mesh to stderr: nothing the user can act on here."""
+    import logging
+
+    log = logging.getLogger("torch.distributed.device_mesh")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield None
+    finally:
+        log.setLevel(level)
+
+
 def _torch_load(p: Path, fmt: str, target: Any, use_mmap: bool, unsafe: bool) -> Any:
     import torch
 
@@ -244,7 +259,7 @@ def _torch_load(p: Path, fmt: str, target: Any, use_mmap: bool, unsafe: bool) ->
 
     try:
         with warnings.catch_warnings(), torch.sparse.check_sparse_tensor_invariants(True), (
-                contextlib.nullcontext() if unsafe else inert.decoding()) as decoded:
+                _quiet_device_mesh() if unsafe else inert.decoding()) as decoded:
             warnings.simplefilter("ignore")
             obj = torch.load(
                 target,

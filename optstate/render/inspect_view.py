@@ -19,6 +19,7 @@ FORMAT_LABELS = {
     "legacy": "torch.save legacy pickle (torch < 1.6)",
     "dcp": "torch.distributed.checkpoint folder",
     "deepspeed": "DeepSpeed ZeRO checkpoint (all ranks' files, per param)",
+    "fsdp2-ranks": "FSDP2 rank files (one torch.save per rank; DTensors joined)",
 }
 
 # Rows of a human view are for reading: past this many params, point to --json.
