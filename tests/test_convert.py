@@ -440,3 +440,17 @@ def test_one_fsdp2_rank_file_is_refused_with_the_folder_hint(cli, tmp_path, dst)
         "is one rank's file of an FSDP2 run, each entry that rank's shard, not the param",
         "Hint: give the folder of all rank files: it is converted as the whole state"]
     assert os.listdir(tmp_path) == []
+
+
+def test_optstates_own_refusal_is_not_blamed_on_dcp(cli, tmp_path):
+    """R1: 'torch.distributed.checkpoint could not save this state: ... cannot write back'."""
+    src = os.path.join(FIXTURES, "third_party", "pytorch-optimizer_scalableshampoo",
+                       "optimizer.pt")
+    r = cli("convert", src, tmp_path / "sh_dcp")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == [
+        "Error: the checkpoint holds pytorch_optimizer.optimizer.utils.preconditioner."
+        "PreConditioner objects, which optstate reads (decoded without their library) but "
+        "cannot write back",
+        "Hint: change this checkpoint with the library that wrote it"]
+    assert os.listdir(tmp_path) == []
