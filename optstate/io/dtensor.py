@@ -9,7 +9,7 @@ and inert objects); ``--unsafe`` gives torch's own classes. Both are read here t
 
 - ``describe_dtensor``: one DTensor as plain data (``state.sharded`` makes each entry its
   local tensor and keeps this as its storage description);
-- ``read_rank_folder``: a folder of one run's ``rank<N>.pt`` files read as one whole state:
+- ``join_ranks``: the trees of one run's ``rank<N>.pt`` files (``rank_files``) as one state:
   each DTensor's shards joined in mesh order (``Shard(d)``: concatenated along ``d``;
   ``Replicate()``: one copy), every other value the same in every file. Anything that does
   not add up (a rank file missing or twice, another placement, shapes that do not make the

@@ -3,7 +3,7 @@
 ``torch.save(optim.state_dict())`` under ``torch.distributed.fsdp.fully_shard`` writes one
 file per rank; each moment (``exp_avg``, ...) is a ``DTensor`` (``io.dtensor`` reads them,
 decoded inertly or, with ``--unsafe``, torch's own). A folder of all the ranks' files is
-read as one whole state by ``io.dtensor.read_rank_folder``; one file is read here.
+read as one whole state by ``io.dtensor.join_ranks``; one file is read here.
 
 ``unpack_dtensors`` (one of ``state.packed._UNPACKERS``) makes each such entry its local
 tensor: statistics, warnings and diff see this rank's shard, never a made-up whole, and
