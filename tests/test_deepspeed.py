@@ -33,7 +33,8 @@ def _by_name(obj: dict) -> dict[str, int]:
 
 
 def test_every_configuration_is_there():
-    assert len(CASES) == 24  # zero{1,2,3} x {fp32,bf16,fp16} x ws{1,2} + groups2_frozen, odd
+    # zero{1,2,3} x {fp32,bf16,fp16} x ws{1,2} + groups2_frozen, odd; zero2_bf16_ws1_sched
+    assert len(CASES) == 25
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -546,3 +547,71 @@ def test_nan_in_the_fp32_master_weights_is_a_warning():
     # without statistics no tensor is read, and nothing is claimed
     quiet = inspect_source(src, stats=False)
     assert not [w for w in quiet["warnings"] if w["code"].startswith("master_weight")]
+
+
+# ------------------------------------------- DeepSpeed's own scheduler and client_state
+
+SCHED = FIXTURES / "zero2_bf16_ws1_sched"
+
+
+def test_deepspeeds_scheduler_and_client_state_are_shown(cli):
+    """WarmupLR from the ds_config: inspect names it with its settings and its state
+    (last_batch_iteration, as DeepSpeed saved it); the client_state keys are listed."""
+    meta = json.loads((SCHED / "expected.json").read_text())
+    r = cli("inspect", "--json", SCHED / "checkpoint")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    sched = report["scheduler"]
+    assert sched["kind"] == "DeepSpeed WarmupLR"
+    assert sched["location"] == "lr_scheduler"
+    assert sched["settings"] == {"last_batch_iteration":
+                                 meta["lr_scheduler_state"]["last_batch_iteration"],
+                                 "warmup_min_lr": 0, "warmup_max_lr": 0.01,
+                                 "warmup_num_steps": 10}
+    details = report["file"]["details"]
+    assert details["client_state_keys"] == sorted(meta["client_state"])
+    notes = {n["code"]: n["message"] for n in report["notes"]}
+    assert "best, my_epoch" in notes["deepspeed_client_state"]
+    assert report["param_groups"][0]["hyperparams"]["lr"] == meta["lr_at_save"][0]
+
+
+def _config_with_lr(cli, run: Path, tmp_path: Path, lr: float = 0.01) -> Path:
+    """The checkpoint's own config (optstate config) with another lr, as a user edits it."""
+    text = cli("config", run).stdout
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("\n".join(f"lr = {lr}" if ln.startswith("lr = ") else ln
+                             for ln in text.splitlines()) + "\n")
+    assert f"lr = {lr}" in cfg.read_text()
+    return cfg
+
+
+def test_check_does_not_say_the_lr_replaces_the_configs(cli, tmp_path):
+    """DeepSpeed's scheduler sets the lr at every step on resume: check does not claim
+    the checkpoint's lr replaces the config's, and suggests no `optstate set` line (set
+    does not write DeepSpeed checkpoints)."""
+    cfg = _config_with_lr(cli, SCHED / "checkpoint", tmp_path)
+    r = cli("check", SCHED / "checkpoint", "--config", cfg, "--json")
+    report = json.loads(r.stdout)
+    codes = {f["code"]: f for f in report["findings"]}
+    assert "hyperparams-override" not in codes, codes
+    assert codes["lr-scheduled"]["level"] == "info"
+    assert "DeepSpeed" in codes["lr-scheduled"]["message"]
+    assert report["fixes"] == []
+    assert r.exit_code == 0, r.stdout
+
+
+def test_no_set_line_is_suggested_for_a_deepspeed_checkpoint(cli, tmp_path):
+    cfg = _config_with_lr(cli, FIXTURES / "zero2_bf16_ws1" / "checkpoint", tmp_path, 0.02)
+    r = cli("check", FIXTURES / "zero2_bf16_ws1" / "checkpoint", "--config", cfg, "--json")
+    report = json.loads(r.stdout)
+    assert "hyperparams-override" in {f["code"] for f in report["findings"]}
+    assert report["fixes"] == []
+    assert "DeepSpeed" in report["no_fix_reason"]
+
+
+def test_config_says_the_lr_is_the_schedulers(cli):
+    r = cli("config", SCHED / "checkpoint")
+    assert r.exit_code == 0, r.stderr
+    comments = " ".join(ln.lstrip("# ") for ln in r.stdout.splitlines() if ln.startswith("#"))
+    assert "current value of DeepSpeed's WarmupLR" in " ".join(comments.split())
+    assert "[scheduler]" not in r.stdout.splitlines()  # no torch scheduler rebuilt

@@ -41,7 +41,7 @@ from optstate.sim.build import build
 from optstate.sim.config import RunSpec, read_config_file, spec_from_dict
 from optstate.sim.fit import group_fit
 from optstate.sim.trial import STAGES, run_trial
-from optstate.state.locate import locate
+from optstate.state.locate import is_deepspeed_scheduler, locate
 from optstate.state.names import name_params
 from optstate.state.view import OptimizerStateView
 
@@ -70,7 +70,13 @@ def check_checkpoint(path: str | Path, config: str | Path, *, key: str | None = 
     result.scheduler_location = located.scheduler_location
     result.config = str(config)
     result.naming = naming.to_dict()
-    if source.format != "dcp":  # set writes torch.save files and folders only
+    if source.format == "deepspeed":  # set refuses it: its state is in the rank files
+        if any(f.level != "info" and f.code in FIXED_BY_SET for f in result.findings):
+            result.no_fix_reason = (
+                "no `optstate set` line is suggested: set does not write DeepSpeed "
+                "checkpoints (the state is spread over the rank files); change the "
+                "hyperparameters in the DeepSpeed run itself")
+    elif source.format != "dcp":  # set writes torch.save files and folders only
         result.fixes = fix_commands(result, str(path), key)
     return result
 
@@ -96,11 +102,15 @@ def check_state(sd: dict[str, Any], spec: RunSpec, *,
     # A config's lr is the base lr its scheduler starts from; the checkpoint's group lr is
     # where the scheduler has taken it. initial_lr (which LRScheduler writes into every
     # group) or scheduler state in the checkpoint says a scheduler ran.
-    scheduled = built.scheduler is not None and (
+    # DeepSpeed's own scheduler sets every group's lr at each step: the saved lr is where
+    # it was, not what the run will use, and no config lr can be compared with it.
+    ds_sched = is_deepspeed_scheduler(scheduler_state)
+    scheduled = not ds_sched and built.scheduler is not None and (
         scheduler_state is not None or any("initial_lr" in g.hyperparams for g in view.groups))
     if not fit.count_differs:  # otherwise torch stops before comparing groups
         check_hyperparams(view, built, add, loaded_groups,
-                          scheduler_state if scheduled else None, scheduled)
+                          scheduler_state if scheduled else None, scheduled,
+                          lr_by_deepspeed=ds_sched)
     check_names(view, spec, add)  # also when the counts differ: which names are missing
     if any(g.names for g in spec.groups):
         result.names_compared = any(p.name is not None for p in view.params)

@@ -37,11 +37,12 @@ SCHED_PROGRESS = _SCHED_PROGRESS = frozenset({
 def check_hyperparams(view: OptimizerStateView, built: Built, add: Any,
                       loaded: list[dict[str, Any]] | None,
                       sched_state: dict[str, Any] | None = None,
-                      scheduled: bool = False) -> None:
+                      scheduled: bool = False, lr_by_deepspeed: bool = False) -> None:
     """``loaded``: the groups as torch left them after the trial's load_state_dict (the
     optimizer's ``__setstate__`` may force values: AdamW keeps decoupled_weight_decay).
     ``scheduled``: a scheduler ran and the config builds one: lr is compared as a base lr,
-    and the momentum a cycling scheduler drives is not compared at all."""
+    and the momentum a cycling scheduler drives is not compared at all.
+    ``lr_by_deepspeed``: DeepSpeed's own scheduler sets lr at every step: not compared."""
     cls_name = type(built.optimizer).__name__
     ours = built.optimizer.param_groups
     foreign: dict[str, list[int]] = {}
@@ -53,8 +54,17 @@ def check_hyperparams(view: OptimizerStateView, built: Built, add: Any,
         effective = loaded[g.index] if loaded is not None else g.hyperparams
         if scheduled and "lr" in g.hyperparams:
             _check_base_lr(g.index, g.hyperparams, o, sched_state, ref_sched, add)
+        if lr_by_deepspeed and "lr" in g.hyperparams:
+            add(Finding(
+                "lr-scheduled", "info",
+                f"param group {g.index}: lr {show(g.hyperparams['lr'])} is the current value "
+                "of DeepSpeed's scheduler (from the run's ds_config); on resume it sets the "
+                "lr at every step, so the config's lr is not compared with it: compare the "
+                "ds_config's scheduler settings",
+                group=g.index, detail={"key": "lr", "checkpoint": plain(g.hyperparams["lr"])},
+            ))
         for k, saved in g.hyperparams.items():
-            if k in NOT_HYPERPARAMS:
+            if k in NOT_HYPERPARAMS or (lr_by_deepspeed and k == "lr"):
                 continue
             if scheduled and k in ("lr", "initial_lr"):
                 continue  # compared as the base lr above

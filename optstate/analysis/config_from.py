@@ -52,7 +52,7 @@ from optstate.sim.build import (
 from optstate.sim.config import spec_from_dict
 from optstate.sim.trial import NOT_HYPERPARAMS
 from optstate.state.kind import infer_kind, stored_formats
-from optstate.state.locate import locate
+from optstate.state.locate import is_deepspeed_scheduler, locate
 from optstate.state.names import name_params, slot_shape
 from optstate.state.view import OptimizerStateView
 
@@ -83,7 +83,9 @@ def config_from_checkpoint(path: str | Path, *, key: str | None = None,
     located = locate(source, key)
     view = OptimizerStateView.from_state_dict(located.state)
     naming = name_params(view, source, located, model_file=model_file)
-    out = config_from_view(view, located.scheduler)
+    ds = source.details.get("scheduler") if source.format == "deepspeed" else None
+    out = config_from_view(view, located.scheduler,
+                           ds.get("type") if isinstance(ds, dict) else None)
     out.naming = naming.to_dict()
     where = f" at {located.location!r}" if located.location else " at the top level"
     head = [f"optstate config: {source.label}, the optimizer state{where}"]
@@ -107,7 +109,10 @@ def config_from_state(sd: dict[str, Any],
 
 
 def config_from_view(view: OptimizerStateView,
-                     scheduler_state: dict[str, Any] | None = None) -> ConfigFrom:
+                     scheduler_state: dict[str, Any] | None = None,
+                     deepspeed_scheduler: str | None = None) -> ConfigFrom:
+    """``deepspeed_scheduler``: the type the run's ds_config names, when the scheduler
+    state is DeepSpeed's own (``state.locate.is_deepspeed_scheduler``)."""
     out = ConfigFrom({})
     keys = {k for p in view.params for k in p.state}
     guess = infer_kind([g.hyperparams for g in view.groups], keys, stored_formats(view))
@@ -179,7 +184,15 @@ def config_from_view(view: OptimizerStateView,
                          "params are named, so none are listed")
         entry.update({k: v for k, v in values.items() if k not in common})
         data["groups"].append(entry)
-    if scheduler_state is not None:
+    if is_deepspeed_scheduler(scheduler_state):  # sets every group's lr at each step
+        name = f"DeepSpeed's {deepspeed_scheduler}" if deepspeed_scheduler else \
+            "DeepSpeed's scheduler"
+        at = scheduler_state.get("last_batch_iteration")  # type: ignore[union-attr]
+        out.header.append(f"lr: the current value of {name} (last_batch_iteration {at}), "
+                          "which sets the lr at every step, not a constant; no [scheduler]: "
+                          "DeepSpeed's schedulers are not torch's (their settings are in the "
+                          "run's ds_config)")
+    elif scheduler_state is not None:
         _add_scheduler(out, scheduler_state)
     if data.get("scheduler") is not None:
         # A scheduler starts from the base lr (initial_lr); check compares that.

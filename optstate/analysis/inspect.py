@@ -111,7 +111,7 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
         "param_groups": group_reports,
         "params": param_reports,
         "totals": _totals(view),
-        "scheduler": _scheduler(located),
+        "scheduler": _scheduler(located, source),
         "warnings": [],
         "notes": [],
     }
@@ -269,7 +269,12 @@ def _totals(view: OptimizerStateView) -> dict[str, Any]:
     }
 
 
-def _scheduler(located: Located) -> dict[str, Any] | None:
+def _scheduler(located: Located, source: Source) -> dict[str, Any] | None:
     if located.scheduler is None:
         return None
-    return scheduler_report(located.scheduler, located.scheduler_location or "")
+    report = scheduler_report(located.scheduler, located.scheduler_location or "")
+    ds = source.details.get("scheduler") if source.format == "deepspeed" else None
+    if isinstance(ds, dict) and ds.get("type"):  # DeepSpeed's: its ds_config names it
+        report["kind"] = f"DeepSpeed {ds['type']}"
+        report["settings"] = {**report["settings"], **ds.get("params", {})}
+    return report

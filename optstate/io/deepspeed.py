@@ -173,6 +173,13 @@ def read_deepspeed(path: str | Path, *, unsafe: bool = False) -> DeepSpeedCheckp
     obj = _tree(params, groups, facts)
     if isinstance(model.get("lr_scheduler"), dict):  # DeepSpeed's own scheduler's state
         obj["lr_scheduler"] = model["lr_scheduler"]
+    if facts["client_state_keys"]:
+        keys = facts["client_state_keys"]
+        notes.append(_note("deepspeed_client_state", f"{model_file.name} also holds the run's "
+                           f"client_state (save_checkpoint(client_state=...)): "
+                           f"{', '.join(keys[:12])}{' ...' if len(keys) > 12 else ''}; not "
+                           "optimizer state: listed by key only, and not copied by convert",
+                           [str(model_file)]))
     frozen = facts["frozen_params"]
     if frozen:
         notes.append(_note("deepspeed_frozen", f"{len(frozen)} frozen param(s) have no "
@@ -279,7 +286,39 @@ def _facts(folder: Path, stage: int, world: int, osd: dict[str, Any], model: dic
         "frozen_params": frozen,
         "files": files,
         "files_not_read": unread,
+        "scheduler": _scheduler(model),
+        "client_state_keys": sorted(str(k) for k in model if k not in _DS_KEYS),
     }
+
+
+# What DeepSpeed itself writes into a model states file (engine.py _common_checkpoint_state,
+# _checkpoint_parallel_metadata, older versions' keys); the rest is the client_state
+_DS_KEYS = frozenset({
+    "module", "buffer_names", "optimizer", "param_shapes", "frozen_param_shapes",
+    "shared_params", "frozen_param_fragments", "lr_scheduler", "data_sampler", "random_ltd",
+    "sparse_tensor_module_names", "skipped_steps", "global_steps", "global_samples",
+    "dp_world_size", "mp_world_size", "ds_config", "ds_version",
+    "checkpoint_parallel_dimensions", "universal_checkpoint_info", "num_experts",
+    "ds_autoep_layers", "folding"})
+
+
+def _scheduler(model: dict[str, Any]) -> dict[str, Any] | None:
+    """DeepSpeed's own LR scheduler: its type and params from the saved ds_config (None
+    when the run passed its own scheduler object: the config does not name it) and its
+    state (``last_batch_iteration``); None when the checkpoint holds no scheduler state."""
+    state = model.get("lr_scheduler")
+    if not isinstance(state, dict):
+        return None
+    cfg = model.get("ds_config")
+    sub = cfg.get("scheduler") if isinstance(cfg, dict) else None
+    sub = sub if isinstance(sub, dict) else {}
+    kind = sub.get("type")
+    params = sub.get("params")
+    return {"type": kind if isinstance(kind, str) else None,
+            "params": {str(k): v for k, v in params.items()
+                       if isinstance(v, (bool, int, float, str))}
+            if isinstance(params, dict) else {},
+            "last_batch_iteration": _int_or_none(state.get("last_batch_iteration"))}
 
 
 def _rank_key(name: str) -> tuple[int, str]:
@@ -383,6 +422,11 @@ def summary_line(facts: dict[str, Any]) -> str:
                      + (f" ({skipped} skipped)" if skipped else ""))
     if facts["frozen_params"]:
         parts.append(f"{len(facts['frozen_params'])} frozen params")
+    sched = facts.get("scheduler")
+    if sched is not None:
+        at = sched["last_batch_iteration"]
+        parts.append(f"scheduler {sched['type'] or '(not named in ds_config)'}"
+                     + (f" at batch {at}" if at is not None else ""))
     return ", ".join(parts) + f", tag {facts['tag']}, DeepSpeed {facts['ds_version']}"
 
 

@@ -58,7 +58,17 @@ def is_scheduler_state(obj: Any) -> bool:
     wrapped = obj.get("_schedulers")
     if isinstance(wrapped, list) and wrapped and "_last_lr" in obj:
         return all(is_scheduler_state(s) for s in wrapped)
+    if is_deepspeed_scheduler(obj):
+        return True
     return "last_epoch" in obj and ("base_lrs" in obj or "_last_lr" in obj or "best" in obj)
+
+
+def is_deepspeed_scheduler(obj: Any) -> bool:
+    """DeepSpeed's own LR schedulers (WarmupLR, WarmupDecayLR, WarmupCosineLR, OneCycle,
+    LRRangeTest: ``deepspeed/runtime/lr_schedules.py``) save only
+    ``{"last_batch_iteration": N}`` and set every group's lr at each step."""
+    return (isinstance(obj, dict) and "last_batch_iteration" in obj and "last_epoch" not in obj
+            and all(k == "last_batch_iteration" for k in obj))
 
 
 def _children(obj: Any) -> list[tuple[Any, Any]]:

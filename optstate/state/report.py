@@ -147,6 +147,8 @@ _SCHEDULER_MARKS: tuple[tuple[str, frozenset[str]], ...] = (
     ("PolynomialLR", frozenset({"power", "total_iters"})),
     ("LambdaLR", frozenset({"lr_lambdas"})),
     ("ExponentialLR", frozenset({"gamma"})),
+    # DeepSpeed's own schedulers save only this (state.locate.is_deepspeed_scheduler)
+    ("DeepSpeed scheduler", frozenset({"last_batch_iteration"})),
 )
 
 # Bookkeeping keys every LRScheduler writes; the rest are the scheduler's own settings.
