@@ -187,3 +187,23 @@ def test_an_object_of_a_class_not_known_is_refused_naming_the_class(tmp_path, ru
     lines = r.stderr.splitlines()
     assert lines[0].startswith("Error: ") and f"{__name__}.NotKnown" in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_list_of_dicts_per_param_is_flattened_too():
+    """pytorch-optimizer's DASH keeps ``blocks``, a list of dicts of tensors, per param:
+    each tensor is an entry (``blocks[0].exp_avg_sq``), equal to the stored one."""
+    sd = load_torch_file(Path(__file__).parent / "fixtures" / "third_party_all" /
+                         "pytorch-optimizer" / "states.pt").obj["dash"]
+    view = OptimizerStateView.from_state_dict(sd)
+    p = view.params[0]
+    stored = sd["state"][0]["blocks"][0]
+    for key in ("exp_avg_sq", "exp_avg", "statistics", "inverse_roots"):
+        name = f"blocks[0].{key}"
+        assert name in p.state, sorted(p.state)
+        a, b = p.state[name], stored[key]
+        if isinstance(b, torch.Tensor):
+            assert torch.equal(a, b)
+        else:
+            assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+        assert p.stored[name]["format"] == "nested"
+    assert p.state["one_sided"] is sd["state"][0]["one_sided"]

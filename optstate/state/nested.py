@@ -5,6 +5,7 @@ Most optimizers keep one tensor per entry (``state[3]["exp_avg"]``). Others nest
 - heavyball keeps each parameter's state in a dict per view of the parameter (``state[0]``
   is ``{0: {"exp_avg_exp_avg_6": ..., "is_initialized": {0, 3}, "scale_by_psgd_Q_4":
   [...]}}``; with ``split`` one parameter has several views, 0, 1, ...);
+- pytorch-optimizer's DASH keeps a list of dicts per param (``blocks[0].exp_avg_sq``);
 - pytorch-optimizer's ScalableShampoo keeps Python objects (``PreConditioner`` with
   ``statistics`` and ``pre_conditioners`` lists, ``SGDGraft`` with ``momentum``), decoded
   inertly by ``io.inert`` (``Inert``: their fields, never their code).
@@ -53,6 +54,10 @@ def _holds_tensor(value: Any, depth: int = 0) -> bool:
 
 
 def is_nested(value: Any) -> bool:
+    """A dict, an object, or a list holding either (pytorch-optimizer's DASH keeps a list of
+    dicts per param: ``blocks``); a list of tensors is a leaf."""
+    if isinstance(value, (list, tuple)):
+        return any(isinstance(v, (dict, Inert)) for v in value)
     return isinstance(value, (dict, Inert))
 
 
@@ -91,7 +96,7 @@ def _leaves(path: tuple[Any, ...], value: Any, cls: str | None,
     if not value:
         return [(path, value, cls)]
     out = []
-    for k, v in value.items():
+    for k, v in (enumerate(value) if isinstance(value, (list, tuple)) else value.items()):
         out += _leaves(path + (k,), v, cls, depth + 1)
     return out
 
