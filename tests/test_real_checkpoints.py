@@ -43,7 +43,7 @@ EXPECTED = {
     "torch": (15, 15),
     "bitsandbytes": (10, 10),
     "torchao": (6, 6),
-    "deepspeed": (25, 25),
+    "deepspeed": (26, 26),
     "torch (FSDP2)": (2, 2),
     "transformers": (1, 1),
     "lightning": (1, 1),
