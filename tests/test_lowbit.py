@@ -415,3 +415,57 @@ def test_the_bytes_column_and_totals_are_the_bytes_stored(run_cli):
     e = rep["params"][0]["state"]["state1"]
     assert (e["bytes"], e["bytes_stored"], e["dtype"], e["dtype_stored"]) == (
         5120 * 4, stored, "float32", "uint8")
+
+
+def _torch_adam_state(tmp_path: Path, moments: dict[str, torch.Tensor]) -> Path:
+    """A real torch.optim.Adam state of the bitsandbytes_Adam8bit fixture's params,
+    its exp_avg / exp_avg_sq set to ``moments`` (``state1/0.weight``, ...)."""
+    shapes = [(64, 80), (64,), (16, 64)]
+    params = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
+    opt = torch.optim.Adam(params, lr=0.001)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    sd = opt.state_dict()
+    for i, name in enumerate(["0.weight", "0.bias", "1.weight"]):
+        sd["state"][i]["exp_avg"] = moments[f"state1/{name}"].clone()
+        sd["state"][i]["exp_avg_sq"] = moments[f"state2/{name}"].clone()
+    out = tmp_path / "torch_adam.pt"
+    torch.save(sd, out)
+    return out
+
+
+def test_diff_pairs_bitsandbytes_adam_state1_state2_with_torch_adams_moments(tmp_path):
+    # R1: bnb Adam8bit vs torch Adam: "state1/state2 removed, exp_avg/exp_avg_sq added",
+    # no numbers. bitsandbytes' adam update: state1 = first moment, state2 = second
+    expected = torch.load(LOWBIT / "bitsandbytes_Adam8bit" / "expected.pt", weights_only=True)
+    moved = dict(expected)
+    moved["state2/0.weight"] = expected["state2/0.weight"] * 2
+    bnb = LOWBIT / "bitsandbytes_Adam8bit" / "optimizer.pt"
+    for a, b, flip in ((bnb, _torch_adam_state(tmp_path, moved), False),
+                       (_torch_adam_state(tmp_path, moved), bnb, True)):
+        rep = optstate.diff(a, b)
+        kinds = {(c["path"], c["kind"]) for c in rep["changes"]}
+        assert not [k for k in kinds if k[1] in ("added", "removed")
+                    and k[0].startswith("state")], kinds
+        values = [c["path"] for c in rep["changes"] if c["kind"] == "values"]
+        assert values == ["state[0].exp_avg_sq"], values  # state1 equal to exp_avg
+        notes = " ".join(rep["notes"])
+        side = "b" if flip else "a"
+        assert (f"{side}'s bitsandbytes state1 is compared with exp_avg and state2 with "
+                "exp_avg_sq") in notes, notes
+
+
+def test_diff_does_not_pair_a_bitsandbytes_state_whose_optimizer_it_cannot_tell(tmp_path):
+    # SGD8bit's state1 could be Lion8bit's, RMSprop8bit's, Adagrad8bit's: no pairing
+    params = [torch.nn.Parameter(torch.zeros(s)) for s in [(64, 80), (64,), (16, 64)]]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    torch.save(opt.state_dict(), tmp_path / "sgd.pt")
+    rep = optstate.diff(LOWBIT / "bitsandbytes_SGD8bit" / "optimizer.pt", tmp_path / "sgd.pt")
+    kinds = {(c["path"], c["kind"]) for c in rep["changes"]}
+    assert ("state[0].state1", "removed") in kinds
+    assert ("state[0].momentum_buffer", "added") in kinds
+    assert "compared with" not in " ".join(rep["notes"])

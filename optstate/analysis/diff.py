@@ -30,6 +30,7 @@ from optstate.analysis.diff_walk import Change, DiffOptions, Stop, Walk, brief, 
 from optstate.base.errors import CheckpointError, ConfigError, option
 from optstate.base.paths import bracket, join
 from optstate.base.suggest import did_you_mean
+from optstate.state.lowbit import BNB_AS_TORCH_NOTE, bnb_as_torch, bnb_torch_names
 from optstate.state.view import OptimizerStateView, ParamView
 
 
@@ -196,15 +197,18 @@ def diff_views(va: OptimizerStateView, vb: OptimizerStateView,
     selected = select_pairs(pairs, opts.params, (va, vb))
     w = Walk(opts, on_progress)
     complete = True
+    guesses = (_guess(va), _guess(vb))
+    if (as_torch := bnb_as_torch(*guesses)) is not None:  # state.lowbit
+        w.notes.append(f"{'ab'[as_torch]}'s {BNB_AS_TORCH_NOTE}")
     try:
         _walk_groups(w, va, vb)
-        _walk_params(w, selected, by_name)
+        _walk_params(w, selected, by_name, as_torch)
         _walk_orphans(w, va, vb)
         if scheduler_a is not None and scheduler_b is not None:
             w.compare("scheduler", scheduler_a, scheduler_b)
     except Stop:
         complete = False
-    kinds = (_kind(va), _kind(vb))
+    kinds = (guesses[0].kind, guesses[1].kind)
     if kinds[0] != kinds[1] and "unknown" not in kinds:
         w.notes.append(f"a holds {kinds[0]} state, b holds {kinds[1]} state")
     if va.orphan_keys or vb.orphan_keys:
@@ -260,12 +264,12 @@ def _naming_notes(va: OptimizerStateView, vb: OptimizerStateView, by_name: bool)
     return []
 
 
-def _kind(view: OptimizerStateView) -> str:
-    """The torch.optim class that most likely wrote this state (or "unknown")."""
+def _guess(view: OptimizerStateView) -> Any:
+    """The optimizer that most likely wrote this state (``state.kind.KindGuess``)."""
     from optstate.state.kind import infer_kind, stored_formats
 
     entries = {str(k) for p in view.params for k in p.state}
-    return infer_kind([g.hyperparams for g in view.groups], entries, stored_formats(view)).kind
+    return infer_kind([g.hyperparams for g in view.groups], entries, stored_formats(view))
 
 
 def _walk_groups(w: Walk, va: OptimizerStateView, vb: OptimizerStateView) -> None:
@@ -287,7 +291,7 @@ def _walk_groups(w: Walk, va: OptimizerStateView, vb: OptimizerStateView) -> Non
 
 
 def _walk_params(w: Walk, pairs: list[tuple[str, ParamView | None, ParamView | None]],
-                 by_name: bool) -> None:
+                 by_name: bool, as_torch: int | None = None) -> None:
     sizes = ([sum(_tensor_bytes(p) for p in (pa, pb) if p is not None) for _, pa, pb in pairs]
              if w.on_progress is not None else [0] * len(pairs))
     total, done = sum(sizes), 0
@@ -306,7 +310,9 @@ def _walk_params(w: Walk, pairs: list[tuple[str, ParamView | None, ParamView | N
                     w.change(Change(path, "renamed", pa.name, pb.name))
                 if pa.group != pb.group:
                     w.change(Change(path, "moved", pa.group, pb.group))
-                w.mapping(path, pa.state, pb.state, entries=True)
+                w.mapping(path, bnb_torch_names(pa.state) if as_torch == 0 else pa.state,
+                          bnb_torch_names(pb.state) if as_torch == 1 else pb.state,
+                          entries=True)
         w.label = (None, None)
         done += size
         if w.on_progress is not None:

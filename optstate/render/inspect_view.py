@@ -219,10 +219,10 @@ def structure_table(report: dict[str, Any]) -> TextTable:
                 dtype = rep.get("dtype", type(rep["value"]).__name__)
                 rows.append([name, format_shape(()), dtype, "", "", fmt(rep["value"])])
             else:
-                stored = "dtype_stored" in rep  # low-bit: the bytes it takes in the file
-                dtype = f"{rep['dtype']} (from {rep['dtype_stored']})" if stored else rep["dtype"]
-                rows.append([name, format_shape(rep["shape"]), dtype, f"{rep['numel']:,}",
-                             f"{rep['bytes_stored' if stored else 'bytes']:,}", ""])
+                low = "dtype_stored" in rep  # low-bit: the bytes it takes in the file
+                rows.append([name, format_shape(rep["shape"]), rep["dtype"] + low * f" (from "
+                             f"{rep.get('dtype_stored')})", f"{rep['numel']:,}",
+                             f"{rep['bytes_stored' if low else 'bytes']:,}", ""])
         if not rows:
             rows = [[Text("(no state)", style="dim")]]
         for i, row in enumerate(rows):
@@ -318,16 +318,15 @@ def values_section(report: dict[str, Any]) -> Text | None:
 
 def totals_line(report: dict[str, Any]) -> Text:
     t = report["totals"]
-    low = "bytes_stored_by_format" in t and t.get("low_bit")  # low-bit: as in the file
-    by = ", ".join(f"{k} {human_bytes(v, exact=False)}" for k, v in
-                   t["bytes_stored_by_format" if low else "bytes_by_dtype"].items()) or "none"
+    by = ", ".join(f"{k} {human_bytes(v, exact=False)}"  # as in the file: low-bit's format
+                   for k, v in t["bytes_stored_by_format"].items()) or "none"
     return Text(
         f"totals: {t['groups']} group{'s' * (t['groups'] != 1)}, {t['params']} param"
         f"{'s' * (t['params'] != 1)} ({t['params_with_state']} with state), "
         f"{t['state_tensors']} state tensor{'s' * (t['state_tensors'] != 1)} + "
         f"{t['state_scalars']} scalar{'s' * (t['state_scalars'] != 1)}, "
-        f"{t['numel']:,} elements, {human_bytes(t['bytes_stored'] if low else t['bytes'])}"
-        f"{' as stored' if low else ''} ({by})" + _low_bit(t.get("low_bit"))
+        f"{t['numel']:,} elements, {human_bytes(t['bytes_stored'])}"
+        f"{' as stored' * bool(t.get('low_bit'))} ({by})" + _low_bit(t.get("low_bit"))
     )
 
 

@@ -32,6 +32,7 @@ carries ``error`` ("not dequantized: ...") for the views to show.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import torch
@@ -192,3 +193,35 @@ def low_bit_totals(stored_by_param: list[dict[str, dict[str, Any]]]) -> dict[str
     return {"entries": len(quantized),
             "formats": sorted({str(d["format"]) for d in quantized}),
             "bytes_stored": kept, "bytes_float32": full, "bytes_saved": full - kept}
+
+
+# bitsandbytes' Adam-family optimizers (its "adam" update, backends/*/ops.py: state1 =
+# beta1 * state1 + (1 - beta1) * g, state2 = beta2 * state2 + (1 - beta2) * g * g) keep
+# torch Adam's exp_avg in state1 and exp_avg_sq in state2. Its one-state optimizers
+# (SGD8bit, Lion8bit, RMSprop8bit, Adagrad8bit) write identical keys: never paired.
+_BNB_ADAM = re.compile(r"bitsandbytes (Paged)?AdamW?(8bit|32bit)?")
+_BNB_AS_TORCH = {"state1": "exp_avg", "state2": "exp_avg_sq"}
+BNB_AS_TORCH_NOTE = ("bitsandbytes state1 is compared with exp_avg and state2 with exp_avg_sq "
+                     "(bitsandbytes' Adam update keeps the first moment in state1 and the "
+                     "second in state2, as torch's Adam/AdamW keep them in exp_avg and "
+                     "exp_avg_sq)")
+
+
+def bnb_as_torch(ga: Any, gb: Any) -> int | None:
+    """Of two states' ``state.kind.KindGuess``es, which (0, 1) is a bitsandbytes Adam
+    state beside a torch Adam/AdamW one (``analysis.diff`` compares its state1/state2
+    with exp_avg/exp_avg_sq); None when the pairing is not certain."""
+    for side, (bnb, other) in enumerate(((ga, gb), (gb, ga))):
+        if (bnb.library == "bitsandbytes" and bnb.candidates
+                and all(_BNB_ADAM.fullmatch(c) for c in bnb.candidates)
+                and other.library == "torch.optim"
+                and set(other.candidates or (other.kind,)) <= {"Adam", "AdamW"}):
+            return side
+    return None
+
+
+def bnb_torch_names(state: dict[Any, Any]) -> dict[Any, Any]:
+    """bitsandbytes' Adam entries under torch's names (``_BNB_AS_TORCH``)."""
+    if any(v in state for v in _BNB_AS_TORCH.values()):
+        return state
+    return {_BNB_AS_TORCH.get(k, k): v for k, v in state.items()}
