@@ -615,3 +615,18 @@ def test_config_says_the_lr_is_the_schedulers(cli):
     comments = " ".join(ln.lstrip("# ") for ln in r.stdout.splitlines() if ln.startswith("#"))
     assert "current value of DeepSpeed's WarmupLR" in " ".join(comments.split())
     assert "[scheduler]" not in r.stdout.splitlines()  # no torch scheduler rebuilt
+
+
+def test_diff_says_what_differs_beside_the_optimizer_state(cli):
+    """fp16 vs fp32 runs: the run's facts (dtype, loss scale) and the fp32 master weights
+    are said in notes (they are not optimizer state: not counted as changes)."""
+    r = cli("diff", FIXTURES / "zero2_fp16_ws2" / "checkpoint",
+            FIXTURES / "zero2_fp32_ws2" / "checkpoint", "--json")
+    notes = " ".join(json.loads(r.stdout)["notes"])
+    assert "DeepSpeed: dtype fp16 -> fp32, loss_scale 256 -> 1" in notes
+    assert "fp32 master weights: 9 of 9 params differ" in notes
+    same = cli("diff", FIXTURES / "zero1_fp32_ws2" / "checkpoint",
+               FIXTURES / "zero3_fp32_ws2" / "checkpoint", "--json")
+    notes = " ".join(json.loads(same.stdout)["notes"])
+    assert "DeepSpeed: zero_stage 1 -> 3" in notes
+    assert "fp32 master weights: all 9 params equal" in notes

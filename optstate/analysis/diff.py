@@ -15,6 +15,10 @@ What is compared, and the path each difference gets:
   ``values`` with numeric metrics for tensors; ``changed`` for scalars such as ``step``);
 - ``state[k]`` for state under a key no param group lists (compared by key);
 - ``scheduler.KEY``: the LR scheduler state, when both sides have one.
+
+Beside the state, DeepSpeed's run facts and fp32 master weights are compared into notes
+(``master_weights.deepspeed_diff_notes``). About 400 lines on purpose: pairing, walking
+and opening the two sides are one comparison.
 """
 
 from __future__ import annotations
@@ -374,6 +378,7 @@ def diff_files(path_a: Any, path_b: Any, options: DiffOptions | None = None, *,
     locate the optimizer state in each, name each side's params (``state.names``: from the
     checkpoint, a model beside it, or ``model``, one model file for both sides) and
     compare them."""
+    from optstate.analysis.master_weights import deepspeed_diff_notes
     from optstate.io.source import open_source
     from optstate.state.locate import locate
     from optstate.state.names import name_params
@@ -397,4 +402,5 @@ def diff_files(path_a: Any, path_b: Any, options: DiffOptions | None = None, *,
         which, other = ("a", loc_a) if loc_a.scheduler is not None else ("b", loc_b)
         result.notes.append(f"only {which} has a scheduler state ({other.scheduler_location}); "
                             "not compared")
+    result.notes += deepspeed_diff_notes(src_a.obj, src_b.obj)  # analysis.master_weights
     return result, sides[0], sides[1]

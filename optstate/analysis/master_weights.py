@@ -32,3 +32,57 @@ def master_weight_warnings(weights: Any, selected: set[str] | None) -> list[dict
                 "from are broken; resuming from this checkpoint spreads it",
                 [join("fp32_master_weights", n) for n, _ in hits], [n for n, _ in hits]))
     return out
+
+
+# the run's facts (io.deepspeed) worth saying when they differ between two checkpoints
+_FACTS = ("zero_stage", "world_size", "dtype", "loss_scale", "dynamic_loss_scale",
+          "global_steps", "skipped_steps", "ds_version")
+
+
+def deepspeed_diff_notes(a: Any, b: Any) -> list[str]:
+    """For ``diff`` of two trees that hold DeepSpeed's facts and master weights beside the
+    optimizer state: the facts that differ, and how the fp32 master weights compare (by
+    param name; reads them). Notes, not changes: they are not optimizer state."""
+    import torch
+
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return []
+    out = []
+    fa, fb = a.get("deepspeed"), b.get("deepspeed")
+    if isinstance(fa, dict) and isinstance(fb, dict):
+        differ = [f"{k} {_show(fa.get(k))} -> {_show(fb.get(k))}" for k in _FACTS
+                  if fa.get(k) != fb.get(k)]
+        if differ:
+            out.append(f"DeepSpeed: {', '.join(differ)}")
+    wa, wb = a.get("fp32_master_weights"), b.get("fp32_master_weights")
+    if not isinstance(wa, dict) or not isinstance(wb, dict):
+        if isinstance(wa, dict) or isinstance(wb, dict):
+            out.append(f"fp32 master weights: only {'a' if isinstance(wa, dict) else 'b'} "
+                       "holds them; not compared")
+        return out
+    both = [n for n in wa if n in wb]
+    differ_names: list[str] = []
+    largest = 0.0
+    for n in both:
+        x, y = wa[n], wb[n]
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)) \
+                or x.shape != y.shape:
+            differ_names.append(n)
+            continue
+        x, y = x.float(), y.float()  # LazyTensor pieces joined here
+        if not torch.equal(x, y):
+            differ_names.append(n)
+            gap = (x - y).abs().nan_to_num(nan=float("inf")).max().item() if x.numel() else 0.0
+            largest = max(largest, gap)
+    only = len(set(wa) ^ set(wb))
+    tail = f"; {only} params in one side only" if only else ""
+    if differ_names:
+        out.append(f"fp32 master weights: {len(differ_names)} of {len(both)} params differ "
+                   f"(largest |a - b| {largest:.6g}): {places(differ_names)}{tail}")
+    else:
+        out.append(f"fp32 master weights: all {len(both)} params equal{tail}")
+    return out
+
+
+def _show(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
