@@ -196,7 +196,10 @@ def lowbit_rows() -> list[dict[str, Any]]:
                             state.setdefault(str(q), set()).add("same")
                     s1, s2 = v.get("state1"), v.get("state2")
                     if s1 is not None and s2 is not None and s1.dim() == s2.dim() + 1:
-                        stacked = True  # AdEMAMix: two moments stacked in state1
+                        stacked = True  # AdEMAMix: two moments stacked in state1, which
+                        state.pop("state1")  # state.lowbit shows as state1[0], state1[1]
+                        for i in range(s1.shape[0]):
+                            state.setdefault(f"state1[{i}]", set()).add("same")
                     continue
                 if isinstance(v, InertTensor):
                     name = v.qualname.rsplit(".", 1)[-1]

@@ -50,7 +50,11 @@ def test_dequantized_moments_equal_the_librarys_own_bit_for_bit(case):
     for pos, name in enumerate(info["parameter_order"]):
         p = view.params[pos]
         for entry in info["params"][name]["entries"]:
-            got, want = p.state[entry], expected[f"{entry}/{name}"]
+            want = expected[f"{entry}/{name}"]
+            if entry == "state1" and case == "bitsandbytes_AdEMAMix8bit":  # one per moment
+                got = torch.stack([p.state["state1[0]"], p.state["state1[1]"]])
+            else:
+                got = p.state[entry]
             assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
             assert got.shape == want.shape, (case, name, entry)
             assert torch.equal(got, want), (case, name, entry,
@@ -72,6 +76,11 @@ def test_stored_descriptions_say_what_the_library_stored(case):
         p = view.params[pos]
         for entry, want in info["params"][name]["entries"].items():
             d = p.stored.get(entry)
+            if entry == "state1" and case == "bitsandbytes_AdEMAMix8bit":  # two moments
+                d0, d1 = p.stored.get("state1[0]"), p.stored.get("state1[1]")
+                d = d0 if d0 is None or "bytes_stored" not in d0 else dict(
+                    d0, bytes_stored=d0["bytes_stored"] + d1["bytes_stored"],
+                    bytes_float32=d0["bytes_float32"] + d1["bytes_float32"])
             if want["blocksize"] is None:  # 32-bit state: stored as itself
                 assert d is None or (d["format"] == "bitsandbytes-32bit"
                                      and "bytes_stored" not in d), (case, entry, d)
@@ -95,17 +104,40 @@ def test_stored_descriptions_say_what_the_library_stored(case):
                 assert d.get("signed") == want["signed"]  # None for fp8
 
 
-def test_ademamix_keeps_its_two_moments_stacked_and_says_so():
-    view, _, _ = _case("bitsandbytes_AdEMAMix8bit")
+def test_ademamix_state1_is_one_entry_per_moment_and_says_which():
+    # R1: one norm/min/max/mean over both stacked moments (fast and slow EMA)
+    view, expected, _ = _case("bitsandbytes_AdEMAMix8bit")
     p = view.params[0]
-    assert p.state["state1"].shape == (2, 64, 80) and p.stored["state1"]["stacked"] == 2
-    assert p.stored["state1"]["blocks"] == 20
-    assert "2 moments stacked" in describe_stored(p.stored["state1"])
+    assert list(p.state) == ["step", "state1[0]", "state1[1]", "state2"]
+    for i in (0, 1):
+        assert p.state[f"state1[{i}]"].shape == (64, 80)
+        assert torch.equal(p.state[f"state1[{i}]"], expected["state1/0.weight"][i])
+        d = p.stored[f"state1[{i}]"]
+        assert (d["stacked_in"], d["moment"], d["of"]) == ("state1", i, 2)
+    assert "state1[1] of 2 stacked moments (bitsandbytes' m2: the slow EMA" in describe_stored(
+        p.stored["state1[1]"])
     from optstate.state.view import slot_shape
 
     assert [slot_shape(q.state, q.stored) for q in view.params] == [(64, 80), (64,), (16, 64)]
     rep = optstate.inspect(LOWBIT / "bitsandbytes_AdEMAMix8bit" / "optimizer.pt")
     assert rep["warnings"] == [] and rep["notes"] == []  # not a mismatch, not factored
+    assert rep["optimizer"]["kind"] == "bitsandbytes AdEMAMix8bit"
+    s0 = rep["params"][0]["state"]
+    assert s0["state1[1]"]["norm"] == pytest.approx(
+        float(expected["state1/0.weight"][1].norm()), rel=1e-6)
+    low = rep["totals"]["low_bit"]  # the bytes stored, split between the two moments
+    assert low["bytes_stored"] == 2 * 5120 + 2 * 20 * 4 + 256 * 4 + 5120 + 20 * 4 + 256 * 4
+
+
+def test_a_nan_in_the_slow_ema_is_named_as_that_moment(tmp_path):
+    sd = torch.load(LOWBIT / "bitsandbytes_AdEMAMix8bit" / "optimizer.pt", weights_only=True)
+    sd["state"][0][BNB_KEY]["absmax1"][1, 3] = float("nan")  # moment 1 (m2), block 3
+    torch.save(sd, tmp_path / "nan.pt")
+    rep = optstate.inspect(tmp_path / "nan.pt")
+    nans = [w["message"] for w in rep["warnings"] if w["code"] == "nan"]
+    assert len(nans) == 1 and "state1[1]" in nans[0] and "state1[0]" not in nans[0], nans
+    d = optstate.diff(LOWBIT / "bitsandbytes_AdEMAMix8bit" / "optimizer.pt", tmp_path / "nan.pt")
+    assert [c["path"] for c in d["changes"]] == ['state[0]["state1[1]"]']
 
 
 def test_describe_stored_in_words():

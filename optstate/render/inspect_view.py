@@ -286,7 +286,7 @@ def stored_section(report: dict[str, Any]) -> Text | None:
     lines = Text()
     for p in report["params"]:
         for entry, d in (p.get("stored") or {}).items():
-            if d.get("format") == "bitsandbytes-32bit" and not d.get("stacked"):
+            if d.get("format") == "bitsandbytes-32bit" and "stacked_in" not in d:
                 continue  # stored as itself, only nested: nothing to say
             if d.get("format") == "nested" and "object" not in d:
                 continue  # its name is its path in a dict: nothing to add

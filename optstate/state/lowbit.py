@@ -113,7 +113,38 @@ def bnb(entries: dict[Any, Any], stored: dict[str, dict[str, Any]]) -> dict[Any,
     s1, s2 = out.get("state1"), out.get("state2")
     if (isinstance(s1, torch.Tensor) and isinstance(s2, torch.Tensor) and "state1" in stored
             and s1.dim() == s2.dim() + 1 and s1.shape[1:] == s2.shape):
-        stored["state1"]["stacked"] = int(s1.shape[0])  # AdEMAMix8bit: two moments in one
+        return _split_moments(out, stored, "state1")  # AdEMAMix8bit: two moments in one
+    return out
+
+
+# bitsandbytes' AdEMAMix (optim/ademamix.py, its reference step): m1, m2 = state1[0],
+# state1[1]; m1 the fast EMA (betas[0]), m2 the slow one (betas[2]); nu (state2) the second
+ADEMAMIX_MOMENTS = ("m1: the fast EMA, betas[0]", "m2: the slow EMA, betas[2]")
+
+
+def _split_moments(entries: dict[Any, Any], stored: dict[str, dict[str, Any]],
+                   key: str) -> dict[Any, Any]:
+    """``key`` holding k moments stacked on dim 0 becomes k entries ``key[0]``, ...: each
+    one moment of the param's shape, with its own statistics, warnings and diff (stored
+    bytes split evenly, as its codes and scales are; the one table shared)."""
+    value, desc = entries[key], stored.pop(key)
+    k = int(value.shape[0])
+    out: dict[Any, Any] = {}
+    for name, v in entries.items():
+        if name != key:
+            out[name] = v
+            continue
+        for i in range(k):
+            d = dict(desc, stacked_in=key, moment=i, of=k)
+            if k == len(ADEMAMIX_MOMENTS):
+                d["name"] = ADEMAMIX_MOMENTS[i]
+            for b in ("bytes_stored", "bytes_float32"):
+                if d.get(b) is not None:
+                    d[b] = int(desc[b]) // k + (i == 0) * (int(desc[b]) % k)
+            out[f"{key}[{i}]"] = (
+                LazyTensor(value.shape[1:], value.dtype, lambda v=value, i=i: v[i].clone(),
+                           info=value.info) if isinstance(value, LazyTensor) else value[i])
+            stored[f"{key}[{i}]"] = d
     return out
 
 

@@ -73,6 +73,9 @@ def describe_stored(d: dict[str, Any]) -> str:
                      else str(d["dtype"]))
     if d.get("stacked"):
         parts.append(f"{d['stacked']} moments stacked on the first dimension")
+    if "stacked_in" in d:  # state.lowbit: one of k moments stacked in one stored entry
+        parts.append(f"{d['stacked_in']}[{d['moment']}] of {d['of']} stacked moments"
+                     + (f" (bitsandbytes' {d['name']})" if d.get("name") else ""))
     if d.get("block_size") is not None:
         parts.append(f"blocks of {d['block_size']}")
     elif "blocks" in d:

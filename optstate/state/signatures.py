@@ -200,7 +200,7 @@ def stored_formats(view: Any) -> set[str]:
     tells them apart."""
     out = {str(d["format"]) for p in view.params for d in p.stored.values()
            if isinstance(d, dict) and d.get("format")}
-    if any(isinstance(d, dict) and d.get("stacked") for p in view.params
+    if any(isinstance(d, dict) and (d.get("stacked") or "stacked_in" in d) for p in view.params
            for d in p.stored.values()):
         out.add(STACKED)  # bitsandbytes' AdEMAMix: two moments in one entry
     return out
