@@ -93,7 +93,14 @@ SIGNATURES: tuple[Signature, ...] = (
 _ADDED_BY_OTHERS = frozenset({
     "initial_lr", "max_lr", "min_lr", "base_lr", "max_momentum", "base_momentum",
     "param_names", "name",
+    "lr_scale",  # timm's layer decay (create_optimizer_v2(..., layer_decay=...))
 })
+
+# Entries a torch optimizer writes only under a setting (never "missing" when absent):
+# amsgrad's max, RMSprop's momentum and centered buffers, SGD's momentum, Adafactor's
+# factored (2-D and up) or plain (1-D) second moment.
+_WRITTEN_ONLY_UNDER = frozenset({"max_exp_avg_sq", "momentum_buffer", "grad_avg", "row_var",
+                                 "col_var", "variance"})
 
 
 # transformers.optimization.AdamW (deprecated; Trainer's default before torch's AdamW).
@@ -175,7 +182,8 @@ def _infer(groups: list[dict[str, Any]], hyper: set[str], seen_state: set[str],
     exact = [] if packed else [s for s in SIGNATURES
                                if s.core <= own <= s.full and seen_state <= s.state]
     if fits:
-        return _from_table(guess, fits, _narrow(exact, own) if exact else [], seen_state)
+        return _from_table(guess, fits, _narrow(exact, own) if exact else [], seen_state,
+                           groups)
     if not exact:
         if wrapped:
             found = _wrapped(groups, hyper, seen_state, formats, tab)
@@ -256,9 +264,37 @@ def _first(name: str) -> str:
     return found.group(1) if found else name
 
 
+def _stepped(groups: list[dict[str, Any]]) -> bool:
+    """A group's own step count (pytorch-optimizer's ``step``) says steps were taken."""
+    return any(isinstance(g.get("step"), (int, float)) and not isinstance(g.get("step"), bool)
+               and g["step"] > 0 for g in groups)
+
+
+def _keeps_state(sig: TableSignature, groups: list[dict[str, Any]]) -> bool:
+    """Whether ``sig`` would have written entries after real steps with these groups."""
+    if not sig.state:
+        return False
+    if sig.stateless_while is None:
+        return True
+    return not all(g.get(k) == 0 for g in groups for k in sig.stateless_while)
+
+
 def _from_table(guess: Any, fits: list[TableSignature], torch_exact: list[Signature],
-                seen: set[str]) -> KindGuess:
+                seen: set[str], groups: list[dict[str, Any]]) -> KindGuess:
     ruled_out: list[str] = []
+    if len(fits) > 1 and not seen and not torch_exact and _stepped(groups):
+        # No entries after steps: an optimizer that writes some (SCION's d) did not write it.
+        quiet = [s for s in fits if not _keeps_state(s, groups)]
+        if quiet and len(quiet) < len(fits):
+            writers = [s.kind for s in fits if s not in quiet]
+            if len(quiet) == 1:
+                sig = quiet[0]
+                return guess(sig.kind, "medium", f"the keys fit {', '.join([sig.kind] + writers)}"
+                             f"; the groups record steps and there are no state entries, which "
+                             f"only {sig.kind} leaves so ({', '.join(writers)} would have "
+                             "written some)", [sig.kind] + writers, library=sig.library,
+                             import_path=sig.import_path, wrapper=_wrapper_of(sig))
+            ruled_out, fits = writers, quiet
     if len(fits) > 1 and seen and not torch_exact:
         # Of optimizers with the same keys, one that writes an entry (with its defaults,
         # after real steps) that is not here is less likely: AdaPNM's neg_exp_avg beside
@@ -273,7 +309,7 @@ def _from_table(guess: Any, fits: list[TableSignature], torch_exact: list[Signat
         return guess(sig.kind, "medium", f"the keys fit {', '.join([sig.kind] + ruled_out)}; "
                      f"only {sig.kind} writes no entry that is missing here", kinds,
                      library=sig.library, import_path=sig.import_path,
-                     wrapper=" and ".join(sig.built_in) or None)
+                     wrapper=_wrapper_of(sig))
     if len(kinds) == 1:
         sig = fits[0]
         built = f" ({' and '.join(sig.built_in)} built in)" if sig.built_in else ""
@@ -283,7 +319,7 @@ def _from_table(guess: Any, fits: list[TableSignature], torch_exact: list[Signat
                "state entries yet to confirm)")
         return guess(sig.kind, "high" if confirmed else "medium", why + built, kinds,
                      library=sig.library, import_path=sig.import_path,
-                     wrapper=" and ".join(sig.built_in) or None)
+                     wrapper=_wrapper_of(sig))
     libraries = {s.library for s in fits} | ({"torch.optim"} if torch_exact else set())
     lib = libraries.pop() if len(libraries) == 1 else None
     also = (f" ({', '.join(ruled_out)} would also write entries that are not here)"
@@ -291,6 +327,19 @@ def _from_table(guess: Any, fits: list[TableSignature], torch_exact: list[Signat
     return guess(" or ".join(kinds), "low", f"the keys fit {len(kinds)} optimizers that "
                  f"write identical group keys and state entries: {', '.join(kinds)}; the "
                  f"state cannot tell which{also}", kinds, library=lib)
+
+
+def _wrapper_of(sig: TableSignature) -> str | None:
+    """The wrappers built into ``sig`` (Ranger's Lookahead); schedule-free's iterate is
+    built in but no wrapper."""
+    tab = table()
+    names = {w.name for w in tab.wrappers} | {c.name for c in tab.containers}
+    return " and ".join(b for b in sig.built_in if b in names) or None
+
+
+# LR schedulers recorded among the wrappers: they add group keys around an optimizer but
+# wrap nothing (its state_dict is the optimizer's own).
+_SCHEDULERS = frozenset({"SWALR"})
 
 
 def _wrapped(groups: list[dict[str, Any]], hyper: set[str], seen: set[str],
@@ -303,6 +352,11 @@ def _wrapped(groups: list[dict[str, Any]], hyper: set[str], seen: set[str],
         if inner.kind == "unknown" or inner.confidence == "none":
             continue
         adds = ", ".join(sorted(w.keys | w.state))
+        if w.name in _SCHEDULERS:
+            return replace(inner, kind=f"{inner.kind} (with {w.name}'s {adds} in its groups)",
+                           hyperparams=tuple(sorted(hyper)), state_keys=tuple(sorted(seen)),
+                           reason=f"{inner.reason}; its groups also hold {w.library} "
+                           f"{w.name}'s {adds} ({w.name} is an LR scheduler, not a wrapper)")
         return replace(inner, kind=f"{inner.kind} wrapped by {w.name}", wrapper=w.name,
                        inner=inner.kind,
                        hyperparams=tuple(sorted(hyper)), state_keys=tuple(sorted(seen)),
@@ -363,8 +417,8 @@ def _unknown(guess: Any, own: set[str], state: set[str], tab: Table) -> KindGues
             f"{', '.join(sorted(state)) or '(none)'}")
     scored = []
     for sig in SIGNATURES:
-        d = differs(own, state, sig.core, sig.full, sig.state)
-        scored.append((distance(d, state), sig.name, d))
+        d = differs(own, state, sig.core, sig.full, sig.state, _WRITTEN_ONLY_UNDER)
+        scored.append((distance(d, state, sig.core, own), sig.name, d))
     for t in tab.optimizers:
         if t.torch:
             continue

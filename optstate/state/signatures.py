@@ -209,15 +209,23 @@ def stored_formats(view: Any) -> set[str]:
 # How a state differs from the nearest signature (state.kind, for "unknown").
 
 def differs(own: set[str], state: set[str], core: frozenset[str], full: frozenset[str],
-             sig_state: set[str] | frozenset[str]) -> dict[str, list[str]]:
-    return {"group_keys_added": sorted(own - full), "group_keys_missing": sorted(core - own),
+             sig_state: set[str] | frozenset[str],
+             optional: frozenset[str] = frozenset()) -> dict[str, list[str]]:
+    """Every difference: group keys here it never writes (+), keys it writes (today's
+    version: ``full``) that are not here (-), entries likewise; an entry it writes only
+    under a setting (``optional``: Adam's max_exp_avg_sq with amsgrad) is never missing."""
+    return {"group_keys_added": sorted(own - full), "group_keys_missing": sorted(full - own),
             "state_added": sorted(state - set(sig_state)),
-            "state_missing": sorted(set(sig_state) - state) if state else []}
+            "state_missing": sorted(set(sig_state) - state - optional) if state else []}
 
 
-def distance(d: dict[str, list[str]], state: set[str]) -> int:
+def distance(d: dict[str, list[str]], state: set[str],
+             core: frozenset[str] | None = None, own: set[str] | None = None) -> int:
     # A state entry the optimizer never writes counts double: entries are the better sign.
-    return (len(d["group_keys_added"]) + len(d["group_keys_missing"])
+    # Missing keys count only those every version writes (``core``), when given.
+    missing = (len(d["group_keys_missing"]) if core is None or own is None
+               else len(core - own))
+    return (len(d["group_keys_added"]) + missing
             + 2 * len(d["state_added"]) + len(d["state_missing"]))
 
 
