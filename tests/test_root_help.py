@@ -91,8 +91,9 @@ PROBE = (
     "from optstate.cli import main\n"
     "try:\n    main(sys.argv[1:])\n"
     "except SystemExit:\n    pass\n"
-    "print('LOADED', ' '.join(sorted(m for m in sys.modules if m.startswith('optstate.cli.'))),"
-    " file=sys.stderr)\n"
+    # (cli.stdout_guard is every command's: stdout is the answer's alone while one runs)
+    "print('LOADED', ' '.join(sorted(m for m in sys.modules if m.startswith('optstate.cli.')"
+    " and m != 'optstate.cli.stdout_guard')), file=sys.stderr)\n"
     "print('PYDANTIC' if 'pydantic' in sys.modules else 'NO-PYDANTIC', file=sys.stderr)\n"
 )
 

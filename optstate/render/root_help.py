@@ -22,7 +22,7 @@ COMMANDS: dict[str, str] = {
     "check": "Check whether a checkpoint loads into the optimizer a config builds.",
     "compare": "Run several optimizers from one start on one objective; compare them.",
     "config": "Write the run config (TOML) that rebuilds a checkpoint's optimizer.",
-    "convert": "Convert a torch.save file <-> a DCP folder, or a DeepSpeed checkpoint to either.",
+    "convert": "Convert a torch.save file <-> a DCP folder; DeepSpeed or FSDP2 to either.",
     "diff": "Compare two optimizer checkpoints; exit 0 if equal, 1 if they differ.",
     "inspect": "Show what an optimizer checkpoint holds: kind, groups, per-param stats.",
     "set": "Copy a checkpoint with hyperparameters changed, everything else identical.",
