@@ -150,8 +150,8 @@ def test_a_change_dcp_cannot_represent_is_refused_and_nothing_written(tmp_path):
     state can be repaired, from its params lists); converting this would not give the same
     object back, so the check refuses it before the folder is put in place."""
     torch.save({"buffers": {0: torch.ones(2), 1: torch.zeros(2)}}, tmp_path / "m.pt")
-    with pytest.raises(CheckpointError, match=r"differs from the source at buffers: key 0 is "
-                                              "missing; nothing was written"):
+    with pytest.raises(CheckpointError, match=r"cannot store the key 0 \(int\) at buffers: .*"
+                                              "nothing was written"):
         convert(tmp_path / "m.pt", tmp_path / "d")
     assert sorted(os.listdir(tmp_path)) == ["m.pt"]
 

@@ -207,3 +207,37 @@ def test_a_list_of_dicts_per_param_is_flattened_too():
             assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
         assert p.stored[name]["format"] == "nested"
     assert p.state["one_sided"] is sd["state"][0]["one_sided"]
+
+
+@pytest.mark.parametrize("case", ["heavyball_SOAP", "heavyball_Muon"])
+def test_convert_to_dcp_refuses_keys_dcp_cannot_store(case, tmp_path, capsys):
+    """DCP keeps every dict key as a string: heavyball's per-view int keys ({0: {...}})
+    would read back as '0' (R2 finding 3). convert says which key, up front, instead of
+    "differs from the source ... a bug in optstate"; nothing is written."""
+    from optstate.cli import main
+
+    dst = tmp_path / "dcp"
+    with pytest.raises(SystemExit) as e:
+        main(["convert", str(THIRD / case / "optimizer.pt"), str(dst)])
+    code = e.value.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("Error: ") and "state[0]" in err and "key 0 (int)" in err
+    assert "bug in optstate" not in err
+    assert not dst.exists()
+
+
+def test_convert_to_dcp_refuses_a_wrappers_tuple_keys(tmp_path, capsys):
+    """pytorch-optimizer's Lookahead keys its slow weights by (group, index) tuples."""
+    from optstate.cli import main
+
+    plain = {"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": [{"params": [0]}]}
+    src = tmp_path / "la.pt"
+    torch.save({"lookahead_state": {(0, 0): {"slow_params": torch.zeros(3)}},
+                "base_optimizer": plain}, src)
+    with pytest.raises(SystemExit) as e:
+        main(["convert", str(src), str(tmp_path / "dcp")])
+    code = e.value.code
+    err = capsys.readouterr().err
+    assert code == 2 and "lookahead_state" in err and "key (0, 0) (tuple)" in err
+    assert not (tmp_path / "dcp").exists()

@@ -40,7 +40,7 @@ from typing import Any
 from optstate.base.errors import CheckpointError, OutputExistsError
 from optstate.base.testhook import pause_at
 from optstate.io.atomic import staged
-from optstate.io.dcp_metadata import is_dcp_folder
+from optstate.io.dcp_metadata import is_dcp_folder, is_index
 from optstate.io.dcp_write import check_dir_writable, dcp_save, dcp_to_file, tensor_bytes
 from optstate.io.deepspeed import is_deepspeed_file, is_deepspeed_folder
 from optstate.io.dtensor import is_dtensor
@@ -152,6 +152,7 @@ def _file_to_dcp(src: Path, dst: Path, force: bool, unsafe: bool) -> ConvertResu
             f"{source.label} holds a sparse tensor at {sparse}; a DCP "
             "checkpoint stores dense (strided) tensors only",
             hint="keep this checkpoint as a torch.save file")
+    _refuse_unstorable_keys(source.obj, source.label)
     obj, changed = writable(source.obj, source.label)
     notes: list[str] = []
     with staged(dst, force=force, folder=True, kind="dcp", notes=notes,
@@ -165,6 +166,38 @@ def _file_to_dcp(src: Path, dst: Path, force: bool, unsafe: bool) -> ConvertResu
     return ConvertResult(src, source.format, dst, "dcp", n, size,
                          warnings + changed + notes + _dropped_note(dropped), facts,
                          _words(source))
+
+
+def _refuse_unstorable_keys(obj: Any, label: str) -> None:
+    """DCP flattening keeps every dict key as a string (``planner_data`` holds
+    ``('state', '0', '0', ...)``): only an optimizer's positional ``state`` keys are given
+    back as ints (``io.dcp``). Any other non-string key (heavyball's per-view ``{0: ...}``,
+    a Lookahead's ``(group, index)`` tuples) would read back as another key: refused, with
+    the first such key, before anything is written."""
+    from optstate.base.paths import join
+    from optstate.state.locate import is_optimizer_state
+
+    from collections import deque
+
+    stack: deque[tuple[Any, str, bool]] = deque([(obj, "", False)])
+    seen = 0
+    while stack and seen < 1_000_000:
+        x, path, positional = stack.popleft()
+        seen += 1
+        if isinstance(x, dict):
+            opt = is_optimizer_state(x)
+            for k, v in x.items():
+                if not isinstance(k, str) and not (positional and is_index(k)):
+                    where = path or "the top level"
+                    raise CheckpointError(
+                        f"{label}: a DCP checkpoint cannot store the key {k!r} "
+                        f"({type(k).__name__}) at {where}: torch.distributed.checkpoint keeps "
+                        f"every key as a string, so it would read back as {str(k)!r}; nothing "
+                        "was written",
+                        hint="keep this checkpoint as a torch.save file")
+                stack.append((v, join(path, k), opt and k == "state"))
+        elif type(x) in (list, tuple):
+            stack.extend((v, join(path, i), False) for i, v in enumerate(x))
 
 
 def writable(obj: Any, label: str) -> tuple[Any, list[str]]:
