@@ -137,7 +137,7 @@ def test_inspect_says_what_it_read(cli):
     assert "format DeepSpeed ZeRO checkpoint (all ranks' files, per param)" in flat
     assert ("DeepSpeed ZeRO stage 2, world size 2, fp16 run (fp32 master weights and optimizer "
             "state), loss scale 256 (dynamic), global step 3") in flat
-    assert "names 9 of 9 from the optimizer's param_names" in flat
+    assert "names 9 of 9 from DeepSpeed's param_shapes (its model states file)" in flat
     assert "optimizer AdamW" in flat
 
 
@@ -630,3 +630,14 @@ def test_diff_says_what_differs_beside_the_optimizer_state(cli):
     notes = " ".join(json.loads(same.stdout)["notes"])
     assert "DeepSpeed: zero_stage 1 -> 3" in notes
     assert "fp32 master weights: all 9 params equal" in notes
+
+
+def test_names_say_they_come_from_deepspeeds_param_shapes():
+    """The names are DeepSpeed's own record (param_shapes), not an optimizer's
+    param_names: the names line and name_source say so."""
+    import optstate
+
+    rep = optstate.inspect(FIXTURES / "zero3_bf16_ws2_groups2_frozen" / "checkpoint",
+                           stats=False)
+    assert rep["naming"]["source"] == "deepspeed"
+    assert {p["name_source"] for p in rep["params"]} == {"deepspeed"}

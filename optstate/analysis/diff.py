@@ -88,7 +88,7 @@ def _pairs(va: OptimizerStateView, vb: OptimizerStateView, by_name: bool
 
 
 # Names a checkpoint carries itself; only these can pair params (a model's names are labels).
-CHECKPOINT_NAME_SOURCES = ("param_names", "dcp")
+CHECKPOINT_NAME_SOURCES = ("param_names", "dcp", "deepspeed")
 
 
 def _names_usable(view: OptimizerStateView) -> bool:

@@ -29,7 +29,8 @@ from optstate.base.values import format_shape
 from optstate.state.model_near import checkpoint_folder, count, model_near, read_given
 from optstate.state.view import OptimizerStateView, slot_shape
 
-NAME_SOURCES = ("param_names", "dcp", "model_state_dict", "model_file", "hf_trainer_rule")
+NAME_SOURCES = ("param_names", "dcp", "deepspeed", "model_state_dict", "model_file",
+                "hf_trainer_rule")
 
 Shape = tuple[int, ...]
 
@@ -61,6 +62,7 @@ class Naming:
 _SOURCE_WORDS = {
     "param_names": "the optimizer's param_names",
     "dcp": "the DCP folder's keys (fully qualified names)",
+    "deepspeed": "DeepSpeed's param_shapes (its model states file)",
     "hf_trainer_rule": "{model}, by the Trainer's decay / no-decay groups",
 }
 
@@ -108,6 +110,10 @@ def name_params(view: OptimizerStateView, source: Any = None, located: Any = Non
     given, given_unordered = (read_given(model_file) if model_file is not None
                               else (None, None))
     pre = [p for p in view.params if p.name is not None]
+    if pre and getattr(source, "format", None) == "deepspeed":
+        for p in pre:  # io.deepspeed wrote them into param_names from DeepSpeed's own record
+            if p.name_source == "param_names":
+                p.name_source = "deepspeed"
     if pre:  # the checkpoint's own names (param_names, FQN keys) win
         sources = {p.name_source for p in pre if p.name_source}
         notes = []
