@@ -44,6 +44,7 @@ OUT = ROOT / "optstate" / "state" / "optimizer_signatures.json"
 WRAPPERS = {
     ("torch", "SGD+SWALR"): ("SWALR", ("torch", "SGD")),
     ("pytorch-optimizer", "Lookahead(AdamW)"): ("Lookahead", ("torch", "AdamW")),
+    ("timm", "Lookahead(AdamW)"): ("Lookahead", ("torch", "AdamW")),
     ("schedulefree", "ScheduleFreeWrapper(SGD)"): ("ScheduleFreeWrapper", ("torch", "SGD")),
     ("schedulefree", "ScheduleFreeWrapperReference(SGD)"):
         ("ScheduleFreeWrapperReference", ("torch", "SGD")),
@@ -52,13 +53,13 @@ WRAPPERS = {
 # iterates): all zeros exactly when the parameter is, so zeros there say nothing about
 # gradients. The data cannot tell a copy from a statistic; these are the libraries' names.
 PARAM_COPIES = ("slow_buffer", "lookahead_params", "slow_params", "z", "x", "y", "x0", "ax",
-                "p0")
+                "p0", "lookahead_slow_buff")
 # Built-in wrappers: a state entry that says the optimizer includes one.
 BUILT_IN = {"slow_buffer": "Lookahead", "lookahead_params": "Lookahead",
             "z": "schedule-free"}
 # Group keys written by schedulers and trainers, not by the optimizer (state.kind has the same).
 ADDED_BY_OTHERS = {"initial_lr", "max_lr", "min_lr", "base_lr", "max_momentum",
-                   "base_momentum", "param_names", "name"}
+                   "base_momentum", "param_names", "name", "lr_scale"}
 LIBRARY_NAMES = {"torch": "torch.optim"}
 
 

@@ -243,8 +243,9 @@ def test_the_recorded_signatures_are_named_right_by_the_table():
         counts[judge(infer_kind([groups], keys, (), container), truth)] += 1
     # Lookahead(AdamW) and Magma: the recorded signature has the inner groups' key types,
     # not their values, so Adam vs AdamW stays open (the real files above tell them apart)
-    # scionlight: recorded after steps with no entries, which SCION would have written
-    assert counts == {"right": 251, "ambiguous": 20, "unknown": 0, "wrong": 0}
+    # scionlight: recorded after steps with no entries, which SCION would have written;
+    # timm's Lookahead(AdamW) (its groups carry decoupled_weight_decay: AdamW)
+    assert counts == {"right": 252, "ambiguous": 20, "unknown": 0, "wrong": 0}
 
 
 def _leaf_paths(name: str, desc: Any) -> set[str]:
@@ -366,3 +367,17 @@ def test_schedule_free_is_built_in_but_no_wrapper():
                                "SGDScheduleFree")
     g = infer_kind(groups, _keys(sd))
     assert g.kind == "schedulefree SGDScheduleFree" and g.wrapper is None, g
+
+
+def test_timm_lookahead_is_a_wrapper_before_and_after_its_slow_weights():
+    """timm's Lookahead adds lookahead_alpha/k/step to the groups and lookahead_slow_buff
+    (from its k-th step) to the state of the optimizer it wraps."""
+    doc = json.loads((FIXTURES / "optimizer_signatures.json").read_text())
+    rec = next(o for o in doc["optimizers"]
+               if (o["library"], o["name"]) == ("timm", "Lookahead(AdamW)"))
+    keys = set(rec["entry_names"])
+    assert "lookahead_slow_buff" in keys
+    for seen in (keys, keys - {"lookahead_slow_buff"}):
+        g = infer_kind([rec["group_values"]], seen)
+        assert g.kind == "AdamW wrapped by Lookahead", g.reason
+        assert "timm Lookahead" in g.reason

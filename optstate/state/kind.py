@@ -346,7 +346,9 @@ def _wrapped(groups: list[dict[str, Any]], hyper: set[str], seen: set[str],
              formats: set[str], tab: Table) -> KindGuess | None:
     """A wrapper's keys around an optimizer that fits once they are set aside."""
     for w in tab.wrappers:
-        if not (w.keys or w.state) or not w.keys <= hyper or not w.state <= seen:
+        # Its state entries may not be written yet (timm Lookahead's slow weights before
+        # its k-th step): its group keys alone tell it; without keys, its entries must be.
+        if not (w.keys or w.state) or not w.keys <= hyper or not (w.keys or w.state <= seen):
             continue
         inner = _infer(groups, hyper - w.keys, seen - w.state, formats, wrapped=False)
         if inner.kind == "unknown" or inner.confidence == "none":
