@@ -246,3 +246,43 @@ def test_accelerate_second_optimizer_pairs_its_own_scheduler(tmp_path):
     assert (second.scheduler_location, second.scheduler["last_epoch"]) == ("scheduler_1.bin", 7)
     first = locate(open_source(folder / "optimizer.bin"))
     assert (first.scheduler_location, first.scheduler["last_epoch"]) == ("scheduler.bin", 1)
+
+
+THIRD = __import__("pathlib").Path(__file__).parent / "fixtures" / "third_party"
+ALL_PO = THIRD.parent / "third_party_all" / "pytorch-optimizer" / "states.pt"
+
+
+def test_key_finds_the_state_one_level_down_in_a_wrapper_and_the_hint_is_short():
+    """pytorch-optimizer's Magma saves {"base": state, "magma_state": ...}: --key magma
+    finds magma.base (R2 finding 2); a --key naming no state lists a few locations, not 116."""
+    src = open_source(ALL_PO)
+    loc = locate(src, "magma")
+    assert loc.location == "magma.base"
+    assert loc.extra and set(loc.extra[(0, 0)]) == {"magma_state.alignment"}
+    with pytest.raises(NoOptimizerStateError) as e:
+        locate(src, "magma.tau")
+    assert e.value.hint.endswith("and 110 more") and len(e.value.hint) < 200
+
+
+def test_lookahead_slow_params_join_each_params_entries(tmp_path):
+    """pytorch-optimizer's Lookahead keeps slow weights by (group, index) beside
+    base_optimizer (R2 finding 2): they are each param's entries, so totals count them and
+    a NaN in them is warned about (they are copied into the model at the next sync)."""
+    from optstate import api
+
+    case = THIRD / "pytorch-optimizer_Lookahead_AdamW_" / "optimizer.pt"
+    sd = torch.load(case, weights_only=True)
+    loc = locate(open_source(case))
+    assert loc.location == "base_optimizer"
+    where, slow = loc.extra[(0, 1)]["lookahead_state.slow_params"]
+    assert where == "lookahead_state[(0, 1)].slow_params"
+    assert torch.equal(slow, sd["lookahead_state"][(0, 1)]["slow_params"])
+    clean = api.inspect(case)
+    assert not [w for w in clean["warnings"] if w["code"] == "nan"]
+    assert "lookahead_state.slow_params" in clean["params"][1]["state"]
+    sd["lookahead_state"][(0, 1)]["slow_params"].view(-1)[0] = float("nan")
+    torch.save(sd, tmp_path / "nan.pt")
+    rep = api.inspect(tmp_path / "nan.pt")
+    nan = [w for w in rep["warnings"] if w["code"] == "nan"]
+    assert len(nan) == 1 and "lookahead_state.slow_params" in nan[0]["message"]
+    assert rep["optimizer"]["kind"] == "AdamW wrapped by Lookahead"

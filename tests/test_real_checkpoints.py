@@ -37,7 +37,7 @@ H = _harness()
 EXPECTED = {
     "heavyball": (37, 37),
     "lion-pytorch": (1, 1),
-    "pytorch-optimizer": (121, 117),
+    "pytorch-optimizer": (121, 120),
     "schedulefree": (11, 11),
     "timm": (86, 86),
     "torch": (15, 15),

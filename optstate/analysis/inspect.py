@@ -61,10 +61,11 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
     each parameter's tensors are read.
     """
     located = locate(source, key)
-    view = OptimizerStateView.from_state_dict(located.state)
+    view = OptimizerStateView.from_state_dict(located.state, located.extra)
     naming = name_params(view, source, located, model_file=model)
     selected = _select(view, params, groups)
-    state_keys = {str(k) for p in view.params for k in p.state}
+    state_keys = {str(k) for p in view.params for k in p.state
+                  if p.stored.get(str(k), {}).get("format") != "wrapper"}
     kind = infer_kind([g.hyperparams for g in view.groups], state_keys, stored_formats(view),
                       container_of(source.obj, located.location))
 

@@ -174,10 +174,10 @@ def _refuse_unstorable_keys(obj: Any, label: str) -> None:
     back as ints (``io.dcp``). Any other non-string key (heavyball's per-view ``{0: ...}``,
     a Lookahead's ``(group, index)`` tuples) would read back as another key: refused, with
     the first such key, before anything is written."""
+    from collections import deque
+
     from optstate.base.paths import join
     from optstate.state.locate import is_optimizer_state
-
-    from collections import deque
 
     stack: deque[tuple[Any, str, bool]] = deque([(obj, "", False)])
     seen = 0

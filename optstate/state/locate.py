@@ -17,6 +17,7 @@ from typing import Any
 from optstate.base.errors import CheckpointError, ConfigError, NoOptimizerStateError, option
 from optstate.base.paths import PathNotFound, follow, join, path_keys
 from optstate.base.suggest import did_you_mean
+from optstate.io.dcp_metadata import is_index
 from optstate.io.source import Source
 
 # How far into a container we look for an optimizer state (Lightning: depth 2).
@@ -38,6 +39,40 @@ class Located:
     scheduler: dict[str, Any] | None = None
     scheduler_location: str | None = None
     candidates: tuple[str, ...] = ()  # every optimizer state location in the source
+    # A wrapper's per-param state beside the located one (``wrapper_entries``).
+    extra: dict[tuple[int, int], dict[str, tuple[str, Any]]] | None = None
+
+
+def wrapper_entries(obj: Any, location: str,
+                    ) -> dict[tuple[int, int], dict[str, tuple[str, Any]]] | None:
+    """A wrapper optimizer's own per-param state, beside the base state at ``location``:
+    pytorch-optimizer's Lookahead saves ``{"lookahead_state": {(group, index): {"slow_params":
+    T}}, "base_optimizer": {...}}`` (Magma: ``magma_state`` ... ``alignment``). Returned by
+    (group, index in group) as ``{"lookahead_state.slow_params": (place, value)}``; None when
+    there is none."""
+    keys = path_keys(location)
+    if not keys:
+        return None
+    parent, prefix = obj, ""
+    for k in keys[:-1]:
+        try:
+            parent, prefix = parent[k], join(prefix, k)
+        except (KeyError, IndexError, TypeError):
+            return None
+    if not isinstance(parent, dict):
+        return None
+    out: dict[tuple[int, int], dict[str, tuple[str, Any]]] = {}
+    for wkey, per in parent.items():
+        if wkey == keys[-1] or not isinstance(wkey, str) or not isinstance(per, dict) or not per:
+            continue
+        if not all(isinstance(k, tuple) and len(k) == 2 and all(is_index(i) for i in k)
+                   and isinstance(v, dict) for k, v in per.items()):
+            continue
+        for pos, entries in per.items():
+            for name, value in entries.items():
+                out.setdefault(pos, {})[f"{wkey}.{name}"] = (
+                    join(join(join(prefix, wkey), pos), name), value)
+    return out or None
 
 
 def is_optimizer_state(obj: Any) -> bool:
@@ -202,6 +237,9 @@ def locate(source: Source, key: str | None = None) -> Located:
     if key is not None:
         node = resolve_key(obj, key, source.label)
         node = as_optimizer_state(node) or node
+        inner = _one_level_down(node)
+        if inner is not None:  # a wrapper (Magma's {"base": state, "magma_state": ...})
+            key, node = join(key, inner[0]), inner[1]
         if not is_optimizer_state(node):
             raise NoOptimizerStateError(
                 f"{option('key', key, shown=repr(key))} in {source.label} is "
@@ -230,7 +268,8 @@ def locate(source: Source, key: str | None = None) -> Located:
     else:
         location, state = found[0]
     sched, sched_loc = _find_scheduler(source, location)
-    return Located(location, state, sched, sched_loc, candidates)
+    return Located(location, state, sched, sched_loc, candidates,
+                   wrapper_entries(obj, location))
 
 
 def _raise_if_malformed(source: Source, obj: Any) -> None:
@@ -264,10 +303,21 @@ def _raise_if_malformed(source: Source, obj: Any) -> None:
                     queue.append((join(loc, key), child, depth + 1))
 
 
+def _one_level_down(node: Any) -> tuple[Any, dict[str, Any]] | None:
+    """The one optimizer state directly inside ``node`` (a wrapper optimizer's state_dict:
+    pytorch-optimizer's Magma keeps its base optimizer's under ``base``), else None."""
+    if not isinstance(node, dict) or is_optimizer_state(node):
+        return None
+    inner = [(k, st) for k, v in node.items() if (st := as_optimizer_state(v)) is not None]
+    return inner[0] if len(inner) == 1 else None
+
+
 def _candidates_hint(candidates: tuple[str, ...]) -> str | None:
     if not candidates:
         return "this checkpoint holds no optimizer state"
-    return "optimizer states are at: " + ", ".join(c or "(top level)" for c in candidates)
+    shown = ", ".join(c or "(top level)" for c in candidates[:6])
+    more = f" and {len(candidates) - 6} more" if len(candidates) > 6 else ""
+    return f"optimizer states are at: {shown}{more}"
 
 
 def _find_scheduler(source: Source, location: str) -> tuple[dict[str, Any] | None, str | None]:

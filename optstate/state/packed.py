@@ -52,6 +52,7 @@ def unpack_state(raw: dict[Any, Any]) -> tuple[dict[Any, Any], dict[str, dict[st
 
 # How a format is named to people (``describe_stored``).
 FORMAT_WORDS = {
+    "wrapper": "the wrapper optimizer's own per-param state",
     "bitsandbytes-8bit": "8-bit blockwise (bitsandbytes)",
     "bitsandbytes-32bit": "not quantized (bitsandbytes keeps small params in 32 bits)",
     "torchao-8bit": "8-bit blockwise (torchao)",
@@ -89,6 +90,8 @@ def describe_stored(d: dict[str, Any]) -> str:
                      + (f" on a {d['mesh']} device mesh" if "mesh" in d else ""))
     if "rank" in d:
         parts.append(f"rank {d['rank']}'s shard")
+    if fmt == "wrapper" and d.get("from"):
+        parts.append(f"at {d['from'][0]}")
     if fmt == "nested" and "object" in d:  # a field of an object, decoded without its code
         parts.append(f"a field of a {d['object']} object")
     if d.get("error"):

@@ -53,8 +53,13 @@ class OptimizerStateView:
     naming: Any = None  # names.Naming once names.name_params has run
 
     @classmethod
-    def from_state_dict(cls, sd: Any) -> OptimizerStateView:
-        """Validate the basic shape of ``sd`` and build the views."""
+    def from_state_dict(cls, sd: Any,
+                        extra: dict[tuple[int, int], dict[str, Any]] | None = None,
+                        ) -> OptimizerStateView:
+        """Validate the basic shape of ``sd`` and build the views. ``extra``: a wrapper's
+        per-param entries by (group, index in group) (``locate.wrapper_entries``: Lookahead's
+        ``lookahead_state.slow_params``), joined to each param's entries, stored as
+        ``{"format": "wrapper", "from": [place in the file]}``."""
         if not isinstance(sd, dict) or "param_groups" not in sd or "state" not in sd:
             raise CheckpointError("malformed optimizer state: it needs 'state' and 'param_groups'")
         raw_groups, raw_state = sd["param_groups"], sd["state"]
@@ -95,6 +100,11 @@ class OptimizerStateView:
                 name = names[j] if names else (key if isinstance(key, str) else None)
                 source = ("param_names" if names else "dcp") if name is not None else None
                 entries, stored = unpack_state(st)
+                if extra and isinstance(extra.get((gi, j)), dict):
+                    entries, stored = dict(entries), dict(stored)
+                    for entry, (where, value) in extra[(gi, j)].items():
+                        entries[entry] = value
+                        stored[entry] = {"format": "wrapper", "from": [where]}
                 params.append(ParamView(pos, key, gi, name, entries, source,
                                         raw_state=st if stored else None, stored=stored))
         known = set()
