@@ -381,3 +381,23 @@ def test_timm_lookahead_is_a_wrapper_before_and_after_its_slow_weights():
         g = infer_kind([rec["group_values"]], seen)
         assert g.kind == "AdamW wrapped by Lookahead", g.reason
         assert "timm Lookahead" in g.reason
+
+
+@pytest.mark.parametrize(("folder", "kind", "family"), [
+    ("pytorch-optimizer_shampoo", "pytorch-optimizer Shampoo", ("pre_cond_", "inv_pre_cond_")),
+    ("pytorch-optimizer_sm3", "pytorch-optimizer SM3", ("accumulator_",))])
+def test_entries_numbered_by_dimension_are_a_family(folder, kind, family):
+    """Shampoo's pre_cond_<i> and SM3's accumulator_<i> count the param's dims: the table
+    recorded them on 2-D params (_0, _1); a 3-D or 4-D param's _2, _3 are the same family."""
+    groups, sd = _groups_state(FIXTURES / "third_party" / folder / "optimizer.pt")
+    keys = _keys(sd) | {f"{f}{i}" for f in family for i in (2, 3)}
+    g = infer_kind(groups, keys)
+    assert g.kind == kind, g.reason
+
+
+def test_nd_preconditioners_and_accumulators_are_factored_not_mismatched():
+    from optstate.state.signatures import FACTORED, relation
+    p = (6, 8, 10)
+    assert [relation((d, d), p) for d in p][0] in FACTORED  # Shampoo's pre_cond_0 of a 3-D
+    assert relation((1, 8, 1), p) in FACTORED  # SM3's accumulator_1 of a 3-D param
+    assert relation((4, 1, 1, 1), (4, 3, 5, 7)) in FACTORED

@@ -17,7 +17,7 @@ from typing import Any
 
 from optstate.analysis.findings import as_number
 from optstate.state.report import tensor_like
-from optstate.state.signatures import FACTORED, TableSignature, leaf, relation, table
+from optstate.state.signatures import FACTORED, TableSignature, family, leaf, relation, table
 from optstate.state.view import OptimizerStateView, ParamView, slot_shape
 
 # torch.optim's Adafactor entries whose shape legitimately differs (also in older torch).
@@ -98,7 +98,8 @@ def split_by_shape(p: ParamView, relations: dict[str, Any]
         # k moments stacked on dim 0, each of the param's shape (AdEMAMix8bit's
         # state1: state.lowbit) count with one moment's shape
         stacked = p.stored.get(str(k), {}).get("stacked")
-        allowed = relations.get(str(k)) or relations.get(leaf(str(k))) or set()
+        allowed = (relations.get(str(k)) or relations.get(leaf(str(k)))
+                   or relations.get(family(str(k))) or set())  # pre_cond_2: pre_cond_#
         tensors[str(k)] = (tuple(t.shape)[1 if stacked else 0:], set(allowed))
     pshape = p.model_shape or slot_shape(p.state, p.stored) or next(
         (shape for shape, allowed in tensors.values() if allowed == {"same"}), None)

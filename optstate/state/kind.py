@@ -22,6 +22,9 @@ name.
 Confidence: ``high`` when exactly one optimizer fits both signatures; ``medium`` when the
 keys fit but something had to be assumed (Adam vs AdamW in an older torch, foreign group
 keys, no state to confirm); ``low`` when several fit equally; ``none`` for ``unknown``.
+
+About 450 lines on purpose: torch's own signatures, the table match, wrappers and the
+nearest-optimizer hint share the one set of rules and read best together.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from optstate.state.signatures import (  # noqa: F401 - container_of, stored_for
     describe_differs,
     differs,
     distance,
+    family,
     leaf,
     stored_formats,
     table,
@@ -255,8 +259,14 @@ def _names(sig: TableSignature, seen: set[str]) -> set[str]:
     if not sig.nested:
         # an object's fields, unpacked (ScalableShampoo's graft.momentum), count as the
         # entry that holds the object (graft)
-        return {k if k in sig.state else _first(k) for k in seen}
+        return {k if k in sig.state else _family_or_first(sig, k) for k in seen}
     return {leaf(k) for k in seen if any(c.isalpha() or c == "_" for c in k)}
+
+
+def _family_or_first(sig: TableSignature, name: str) -> str:
+    """``pre_cond_2`` is of the family ``pre_cond_#`` when the table has it."""
+    f = family(name)
+    return f if f is not None and f in sig.state else _first(name)
 
 
 def _first(name: str) -> str:

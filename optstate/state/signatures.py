@@ -105,6 +105,36 @@ def table() -> Table:
     return parse(json.loads(text))
 
 
+_NUMBERED = re.compile(r"^(.*_)(\d+)$")
+
+
+def family(name: str) -> str | None:
+    """``pre_cond_#`` for ``pre_cond_2``: entries numbered by the param's dimension
+    (Shampoo's preconditioners, SM3's accumulators) are one family in the table."""
+    m = _NUMBERED.match(str(name))
+    return f"{m.group(1)}#" if m else None
+
+
+def _families(state: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """The table recorded ``X_0``, ``X_1`` on 2-D params: a param of N dims writes ``X_0`` to
+    ``X_{N-1}``. Entries numbered from 0 with at least two members become ``X_#`` with
+    the relations of all of them."""
+    groups: dict[str, list[str]] = {}
+    for k in state:
+        f = family(k)
+        if f is not None:
+            groups.setdefault(f, []).append(k)
+    out = dict(state)
+    for f, members in groups.items():
+        nums = sorted(int(_NUMBERED.match(k).group(2)) for k in members)  # type: ignore[union-attr]
+        if len(nums) >= 2 and nums == list(range(len(nums))):
+            rels: list[str] = []
+            for k in members:
+                rels += [r for r in out.pop(k) if r not in rels]
+            out[f] = tuple(rels)
+    return out
+
+
 def parse(doc: dict[str, Any]) -> Table:
     sigs = []
     for r in doc["optimizers"]:
@@ -112,7 +142,8 @@ def parse(doc: dict[str, Any]) -> Table:
         sigs.append(TableSignature(
             kind=r["kind"], library=r["library"], class_name=r["class"],
             import_path=r["import_path"], keys=frozenset(r["group_keys"]),
-            state={k: tuple(v) for k, v in r["state"].items()}, torch=bool(r.get("torch")),
+            state=_families({k: tuple(v) for k, v in r["state"].items()}),
+            torch=bool(r.get("torch")),
             nested=bool(r.get("nested")), stored_format=r.get("stored_format"),
             stacked=bool(r.get("stacked")),
             zero_entries=frozenset(zero.get("entries", ())),
@@ -167,11 +198,17 @@ def relation(shape: tuple[int, ...], p: tuple[int, ...]) -> str:
             numel *= d
         if shape == (numel,):
             return "flat"
+        if len(p) > 2 and len(shape) == 2 and shape[0] == shape[1] and shape[0] in p:
+            return "gram_dim"  # Shampoo's preconditioner of one dim of a 3-D+ param
+        if len(shape) == len(p) and sum(a != 1 for a in shape) == 1 and all(
+                a in (1, b) for a, b in zip(shape, p, strict=True)):
+            return "axis"  # SM3's accumulator of one dim, 1 elsewhere
     return "other"
 
 
 # Relations that factor or precondition the param rather than follow its shape.
-FACTORED = frozenset({"row", "col", "gram_rows", "gram_cols", "transposed", "flat"})
+FACTORED = frozenset({"row", "col", "gram_rows", "gram_cols", "transposed", "flat",
+                      "gram_dim", "axis"})
 
 
 # What a reader passes to state.kind.infer_kind beside the keys.
