@@ -401,3 +401,13 @@ def test_nd_preconditioners_and_accumulators_are_factored_not_mismatched():
     assert [relation((d, d), p) for d in p][0] in FACTORED  # Shampoo's pre_cond_0 of a 3-D
     assert relation((1, 8, 1), p) in FACTORED  # SM3's accumulator_1 of a 3-D param
     assert relation((4, 1, 1, 1), (4, 3, 5, 7)) in FACTORED
+
+
+def test_a_torch_look_alike_with_only_old_keys_says_an_older_torch_wrote_it():
+    """timm's RAdamLegacy writes lr, betas, eps, weight_decay: the keys every torch RAdam
+    writes, not the 9 of today's. The twin is RAdam as an older torch wrote it."""
+    groups, sd = _groups_state(FIXTURES / "third_party_all" / "timm" / "states.pt",
+                               "radamlegacy")
+    g = infer_kind(groups, _keys(sd))
+    assert g.kind == "timm RAdamLegacy or RAdam (as an older torch wrote it)", g.kind
+    assert "RAdam" in g.candidates and g.confidence == "low"

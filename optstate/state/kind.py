@@ -187,7 +187,7 @@ def _infer(groups: list[dict[str, Any]], hyper: set[str], seen_state: set[str],
                                if s.core <= own <= s.full and seen_state <= s.state]
     if fits:
         return _from_table(guess, fits, _narrow(exact, own) if exact else [], seen_state,
-                           groups)
+                           groups, own)
     if not exact:
         if wrapped:
             found = _wrapped(groups, hyper, seen_state, formats, tab)
@@ -290,7 +290,8 @@ def _keeps_state(sig: TableSignature, groups: list[dict[str, Any]]) -> bool:
 
 
 def _from_table(guess: Any, fits: list[TableSignature], torch_exact: list[Signature],
-                seen: set[str], groups: list[dict[str, Any]]) -> KindGuess:
+                seen: set[str], groups: list[dict[str, Any]],
+                own: frozenset[str] | set[str] = frozenset()) -> KindGuess:
     ruled_out: list[str] = []
     if len(fits) > 1 and not seen and not torch_exact and _stepped(groups):
         # No entries after steps: an optimizer that writes some (SCION's d) did not write it.
@@ -334,8 +335,13 @@ def _from_table(guess: Any, fits: list[TableSignature], torch_exact: list[Signat
     lib = libraries.pop() if len(libraries) == 1 else None
     also = (f" ({', '.join(ruled_out)} would also write entries that are not here)"
             if ruled_out else "")
-    return guess(" or ".join(kinds), "low", f"the keys fit {len(kinds)} optimizers that "
-                 f"write identical group keys and state entries: {', '.join(kinds)}; the "
+    # A torch.optim twin with only the keys every version writes (timm's RAdamLegacy's
+    # four, not today's RAdam's nine): an older torch's.
+    shown = [s.kind for s in fits] + [
+        f"{s.name} (as an older torch wrote it)" if own == s.core and s.full != s.core
+        else s.name for s in torch_exact]
+    return guess(" or ".join(shown), "low", f"the keys fit {len(kinds)} optimizers that "
+                 f"write identical group keys and state entries: {', '.join(shown)}; the "
                  f"state cannot tell which{also}", kinds, library=lib)
 
 

@@ -92,6 +92,8 @@ class Table:
         return frozenset(s.stored_format for s in self.optimizers if s.stored_format)
 
     def by_kind(self, kind: str) -> TableSignature | None:
+        # "SGD (with SWALR's swa_lr in its groups)", "RAdam (as an older torch wrote it)"
+        kind = kind.split(" (")[0]
         for s in self.optimizers:
             if s.kind == kind:
                 return s
