@@ -411,3 +411,10 @@ def test_a_torch_look_alike_with_only_old_keys_says_an_older_torch_wrote_it():
     g = infer_kind(groups, _keys(sd))
     assert g.kind == "timm RAdamLegacy or RAdam (as an older torch wrote it)", g.kind
     assert "RAdam" in g.candidates and g.confidence == "low"
+
+
+def test_unknown_near_adam_family_follows_decoupled_weight_decay():
+    groups, sd = _groups_state(FIXTURES / "third_party_all" / "torch" / "states.pt", "AdamW")
+    g = infer_kind([dict(x, zzz=1) for x in groups], _keys(sd) | {"weird"})
+    assert g.kind == "unknown" and g.closest == "AdamW", g.reason
+    assert "as close" not in g.reason, g.reason

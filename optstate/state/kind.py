@@ -217,7 +217,7 @@ def _infer(groups: list[dict[str, Any]], hyper: set[str], seen_state: set[str],
                          f"{', '.join(extra)}" + ("" if unique else "; another optimizer "
                                                   "with the same state layout may have "
                                                   "written it"), [sig.name], extra)
-        return _unknown(guess, own, seen_state, tab)
+        return _unknown(guess, own, seen_state, tab, groups)
     exact = _narrow(exact, own)
     names = [s.name for s in exact]
     if names == ["Adam", "AdamW"]:
@@ -429,7 +429,8 @@ def _adam_or_adamw(guess: Any, groups: list[dict[str, Any]], state: set[str]) ->
                  "either", cands)
 
 
-def _unknown(guess: Any, own: set[str], state: set[str], tab: Table) -> KindGuess:
+def _unknown(guess: Any, own: set[str], state: set[str], tab: Table,
+             groups: list[dict[str, Any]] | None = None) -> KindGuess:
     """Nothing fits: say what was seen and which optimizer is nearest, and how it differs."""
     seen = (f"group keys {', '.join(sorted(own)) or '(none)'}; state entries "
             f"{', '.join(sorted(state)) or '(none)'}")
@@ -442,6 +443,10 @@ def _unknown(guess: Any, own: set[str], state: set[str], tab: Table) -> KindGues
             continue
         d = differs(own, _names(t, state), t.keys, t.keys, set(t.state))
         scored.append((distance(d, state), t.kind, d))
+    # decoupled_weight_decay tells Adam from AdamW: the other is not as close.
+    dwd = {g.get("decoupled_weight_decay") for g in groups or ()}
+    other = {frozenset({True}): "Adam", frozenset({False}): "AdamW"}.get(frozenset(dwd))
+    scored = [x for x in scored if x[1] != other]
     scored.sort(key=lambda x: x[0])
     best, name, how = scored[0]
     shared = len(own) + len(state) - len(how["group_keys_added"]) - len(how["state_added"])
