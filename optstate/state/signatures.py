@@ -5,7 +5,10 @@ themselves wrote (``tests/fixtures/optimizer_signatures.json``, ``tests/fixtures
 per optimizer class its display name (``kind``: "timm Lamb", torch.optim's bare class name
 "AdamW"), library, import path, the group keys it writes with its defaults, each state
 entry with the relations its shapes had to the param (same / scalar / row / col /
-gram_rows / gram_cols / transposed / flat / other, ``value`` for a non-tensor), the stored
+gram_rows / gram_cols / transposed / flat / other, ``value`` for a non-tensor; entries
+numbered by the param's dimension, Shampoo's ``pre_cond_0``/``_1``, read as one family
+``pre_cond_#`` that a 3-D or 4-D param extends, its extra entries related as ``gram_dim``
+/ ``axis``), the stored
 format that marks a packed state (bitsandbytes, torchao), the entries that are all zeros
 by design and the group values that were 0 when they were (``zero_by_design``), whether it
 keeps no per-param state and while which values are 0 (``stateless_while_zero``), keys of
