@@ -241,3 +241,13 @@ def test_convert_to_dcp_refuses_a_wrappers_tuple_keys(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "lookahead_state" in err and "key (0, 0) (tuple)" in err
     assert not (tmp_path / "dcp").exists()
+
+
+def test_plain_values_are_shown_without_a_dtype(run_cli):
+    """heavyball's is_initialized (a set) and an unset Q (None) are Python values, not
+    tensors: no "dtype: str" / "dtype: NoneType" (R2 finding 9)."""
+    r = run_cli("inspect", THIRD / "heavyball_SOAP" / "optimizer.pt")
+    assert r.returncode == 0
+    assert "value: {0, 2, 3}" in r.stdout
+    assert "dtype: str" not in r.stdout and "dtype: NoneType" not in r.stdout
+    assert "dtype: float32" in r.stdout  # tensors keep theirs

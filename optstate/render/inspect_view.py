@@ -216,8 +216,10 @@ def structure_table(report: dict[str, Any]) -> TextTable:
             elif "more" in rep:
                 rows.append([Text(f"{name} ({rep['more']} more)", style="dim")])
             elif "value" in rep:
-                dtype = rep.get("dtype", type(rep["value"]).__name__)
-                rows.append([name, format_shape(()), dtype, "", "", fmt(rep["value"])])
+                # a plain value (a Python int, a set, None) has no tensor shape or dtype
+                tensor = "dtype" in rep
+                rows.append([name, format_shape(()) if tensor else "", rep.get("dtype", ""),
+                             "", "", fmt(rep["value"])])
             else:
                 low = "dtype_stored" in rep  # low-bit: the bytes it takes in the file
                 rows.append([name, format_shape(rep["shape"]), rep["dtype"] + low * f" (from "
