@@ -251,3 +251,17 @@ def test_plain_values_are_shown_without_a_dtype(run_cli):
     assert "value: {0, 2, 3}" in r.stdout
     assert "dtype: str" not in r.stdout and "dtype: NoneType" not in r.stdout
     assert "dtype: float32" in r.stdout  # tensors keep theirs
+
+
+def test_notes_wrap_with_a_hanging_indent_at_80_columns(run_cli):
+    """A long note wraps under its message, not back to column 0, with no trailing spaces
+    (R2 finding 9)."""
+    r = run_cli("inspect", THIRD / "pytorch-optimizer_sm3" / "optimizer.pt",
+                env={"COLUMNS": "80"})
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("note [factored_state]"))
+    assert lines[start + 1].startswith("     ") and lines[start + 1][5] != " "
+    tail = lines[next(i for i, line in enumerate(lines) if line.startswith("note ")):]
+    assert all(len(line) <= 80 and line == line.rstrip() for line in tail)
+    assert all(line.startswith(("note ", "     ")) for line in tail)

@@ -80,6 +80,23 @@ class Header:
         yield out
 
 
+class Hanging:
+    """A warning or note: wrapped between words with a hanging indent (under the word
+    after ``warning ``), never back to column 0, no trailing spaces."""
+
+    def __init__(self, text: Text, indent: int) -> None:
+        self.text, self.indent = text, indent
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        indent = self.indent if width > 2 * self.indent else 0
+        lines = _wrap(self.text, width, max(width - indent, 1))
+        out = Text("\n").join([line if i == 0 else Text(" " * indent) + line
+                               for i, line in enumerate(lines)])
+        out.no_wrap, out.overflow = True, "ignore"
+        yield out
+
+
 def _wrap(value: Text, first: int, rest: int) -> list[Text]:
     """``value`` in lines of at most ``first`` cells (the first line) and ``rest`` (the
     others), broken between words; its newlines kept. A word too long for the first line
@@ -395,8 +412,9 @@ def inspect_view(report: dict[str, Any], max_params: int = MAX_PARAMS_SHOWN) -> 
     if not report["stats"]:
         parts.append(Text("--no-stats: structure only, tensor data not read", style="dim"))
     for w in report["warnings"]:
-        parts.append(Text.assemble(("warning ", "bold yellow"), (f"[{w['code']}] ", "yellow"),
-                                   w["message"]))
+        parts.append(Hanging(Text.assemble(("warning ", "bold yellow"),
+                                           (f"[{w['code']}] ", "yellow"), w["message"]), 8))
     for n in report["notes"]:
-        parts.append(Text.assemble(("note ", "bold"), (f"[{n['code']}] ", "dim"), n["message"]))
+        parts.append(Hanging(Text.assemble(("note ", "bold"), (f"[{n['code']}] ", "dim"),
+                                           n["message"]), 5))
     return Group(*parts)
