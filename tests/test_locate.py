@@ -286,3 +286,18 @@ def test_lookahead_slow_params_join_each_params_entries(tmp_path):
     nan = [w for w in rep["warnings"] if w["code"] == "nan"]
     assert len(nan) == 1 and "lookahead_state.slow_params" in nan[0]["message"]
     assert rep["optimizer"]["kind"] == "AdamW wrapped by Lookahead"
+
+
+def test_diff_sees_a_nan_in_lookahead_slow_params(tmp_path):
+    """diff compares the wrapper's per-param entries too (R2 finding 2): before, two
+    files differing only in slow_params compared equal."""
+    from optstate import api
+
+    case = THIRD / "pytorch-optimizer_Lookahead_AdamW_" / "optimizer.pt"
+    sd = torch.load(case, weights_only=True)
+    sd["lookahead_state"][(0, 1)]["slow_params"].view(-1)[0] = float("nan")
+    torch.save(sd, tmp_path / "nan.pt")
+    r = api.diff(case, tmp_path / "nan.pt")
+    assert not r["equal"]
+    assert [c["path"] for c in r["changes"]] == ["state[1].lookahead_state.slow_params"]
+    assert r["changes"][0]["metrics"]["nan_b_only"] == 1

@@ -393,7 +393,7 @@ def diff_files(path_a: Any, path_b: Any, options: DiffOptions | None = None, *,
     )
     views = []
     for s, loc in ((src_a, loc_a), (src_b, loc_b)):
-        view = OptimizerStateView.from_state_dict(loc.state)
+        view = OptimizerStateView.from_state_dict(loc.state, loc.extra)  # + a wrapper's
         name_params(view, s, loc, model_file=model)
         views.append(view)
     result = diff_views(views[0], views[1], options, scheduler_a=loc_a.scheduler,
