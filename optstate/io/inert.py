@@ -71,10 +71,31 @@ KNOWN: dict[str, str] = {
 }
 
 
-class Inert:
+class _Decoded:
+    """What ``Inert`` and ``InertTensor`` share: a name, fields, and no way back to a file."""
+
+    qualname: str
+    state: dict[Any, Any]
+
+    @property
+    def name(self) -> str:
+        """The class's own name (``LossScaler``)."""
+        return self.qualname.rsplit(".", 1)[-1]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.state.get(key, default)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise _unwritable(self.qualname)
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return self  # read-only: a copy is the same fields
+
+
+class Inert(_Decoded):
     """A foreign object, decoded inertly (see the module docstring)."""
 
-    qualname: ClassVar[str] = "?"
+    qualname: ClassVar[str] = "?"  # type: ignore[misc]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Inert:
         self = object.__new__(cls)
@@ -95,25 +116,11 @@ class Inert:
         else:
             self.state["__state__"] = state
 
-    @property
-    def name(self) -> str:
-        """The class's own name (``LossScaler``)."""
-        return self.qualname.rsplit(".", 1)[-1]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.state.get(key, default)
-
     def fields(self) -> dict[str, Any]:
         """The constructor arguments (``args[0]``, ...) and the fields, in one dict."""
         out: dict[str, Any] = {f"args[{i}]": a for i, a in enumerate(self.args)}
         out.update((str(k), v) for k, v in self.state.items())
         return out
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        raise _unwritable(self.qualname)
-
-    def __deepcopy__(self, memo: Any) -> Any:
-        return self  # read-only: a copy is the same fields
 
     def __repr__(self) -> str:
         """``LMONorm(1)``, ``LossScaler(cur_scale=1.0, dynamic=False)``: the class's own
@@ -124,7 +131,7 @@ class Inert:
         return f"{self.name}({', '.join(parts[:6])}{more})"
 
 
-class InertTensor:
+class InertTensor(_Decoded):
     """A tensor subclass decoded inertly: the outer tensor's metadata and its attributes."""
 
     def __init__(self, qualname: str, dtype: Any, shape: tuple[int, ...],
@@ -135,21 +142,8 @@ class InertTensor:
         self.stride = stride
         self.state = state
 
-    @property
-    def name(self) -> str:
-        return self.qualname.rsplit(".", 1)[-1]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.state.get(key, default)
-
     def fields(self) -> dict[str, Any]:
         return {str(k): v for k, v in self.state.items()}
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        raise _unwritable(self.qualname)
-
-    def __deepcopy__(self, memo: Any) -> Any:
-        return self
 
     def __repr__(self) -> str:
         return f"<{self.qualname} {self.dtype} {list(self.shape)}>"
