@@ -99,9 +99,5 @@ def describe_stored(d: dict[str, Any]) -> str:
     return words + (": " + ", ".join(parts) if parts else "")
 
 
-def _identity(entries: dict[Any, Any], stored: dict[str, dict[str, Any]]) -> dict[Any, Any]:
-    return entries
-
-
 # Each takes the entries so far and the descriptions, and returns the new entries.
-_UNPACKERS = [_identity, unpack_dtensors, lowbit.bnb, lowbit.torchao, unpack_nested]
+_UNPACKERS = [unpack_dtensors, lowbit.bnb, lowbit.torchao, unpack_nested]
