@@ -249,3 +249,8 @@ def test_unsafe_lets_no_torch_log_line_through(run_cli):
     r = run_cli("inspect", CASE, "--unsafe", "--no-stats")
     assert r.returncode == 0, r.stderr
     assert [line.split(":")[0] for line in r.stderr.splitlines()] == ["WARNING"]
+
+
+def test_a_folder_read_as_one_state_is_not_called_a_file(run_cli):
+    r = run_cli("inspect", CASE, "--no-stats")
+    assert "found at  top level (the whole checkpoint is the optimizer state)" in r.stdout

@@ -23,6 +23,7 @@ FORMAT_LABELS = {
 }
 
 # Rows of a human view are for reading: past this many params, point to --json.
+FOLDER_FORMATS = ("dcp", "fsdp2-ranks")
 MAX_PARAMS_SHOWN = 50
 
 # LBFGS keeps up to history_size tensors per list entry; show the first few as rows.
@@ -59,8 +60,10 @@ def header(report: dict[str, Any]) -> Header:
     if f.get("summary"):
         rows.add("", Text(f["summary"]))
     rows.add("size", Text(human_bytes(f["bytes"])))
-    whole = f"{Path(f['read']).name} (the whole file)" if inside else "top level (the whole " \
-        "file is the optimizer state)"
+    # a folder read as one state (DCP, FSDP2 rank files) is not "the whole file"
+    what = "checkpoint" if f["format"] in FOLDER_FORMATS else "file"
+    whole = f"{Path(f['read']).name} (the whole file)" if inside else \
+        f"top level (the whole {what} is the optimizer state)"
     found = Text(report["location"] or whole)
     others = [c for c in report["locations"] if c != report["location"]]
     if others:
