@@ -371,8 +371,9 @@ def _wrapped(groups: list[dict[str, Any]], hyper: set[str], seen: set[str],
             continue
         adds = ", ".join(sorted(w.keys | w.state))
         if w.name in _SCHEDULERS:
-            return replace(inner, kind=f"{inner.kind} (with {w.name}'s {adds} in its groups)",
-                           hyperparams=tuple(sorted(hyper)), state_keys=tuple(sorted(seen)),
+            # the optimizer is the inner one (a config rebuilds it); the reason says why
+            # its groups hold more
+            return replace(inner, hyperparams=tuple(sorted(hyper)), state_keys=tuple(sorted(seen)),
                            reason=f"{inner.reason}; its groups also hold {w.library} "
                            f"{w.name}'s {adds} ({w.name} is an LR scheduler, not a wrapper)")
         return replace(inner, kind=f"{inner.kind} wrapped by {w.name}", wrapper=w.name,
