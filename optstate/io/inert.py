@@ -238,7 +238,7 @@ def decoding() -> Iterator[Decoded]:
     import torch.serialization as ts
 
     seen = Decoded()
-    if not hasattr(ts, "get_safe_globals"):  # torch < 2.5: no stand-ins, classes refused
+    if not _stand_ins_supported():  # torch < 2.6: no stand-ins, the classes are refused
         yield seen
         return
     with _lock:
@@ -252,6 +252,19 @@ def decoding() -> Iterator[Decoded]:
             seen.finish()
             ts.clear_safe_globals()
             ts.add_safe_globals(before)
+
+
+def _stand_ins_supported() -> bool:
+    """torch >= 2.6 takes ``(object, "module.Name")`` pairs in ``safe_globals``; 2.4 and 2.5
+    take objects only (a pair there would break every load, not just these classes)."""
+    import torch
+    import torch.serialization as ts
+
+    try:
+        major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (2, 6) and hasattr(ts, "get_safe_globals")
 
 
 def _registered_name(g: Any) -> str:
