@@ -45,6 +45,9 @@ def deepspeed_diff_notes(a: Any, b: Any) -> list[str]:
     param name; reads them). Notes, not changes: they are not optimizer state."""
     import torch
 
+    from optstate.numeric.compare import compare_tensors
+    from optstate.numeric.pair_kernel import NONFINITE_KINDS
+
     if not isinstance(a, dict) or not isinstance(b, dict):
         return []
     out = []
@@ -69,11 +72,11 @@ def deepspeed_diff_notes(a: Any, b: Any) -> list[str]:
                 or x.shape != y.shape:
             differ_names.append(n)
             continue
-        x, y = x.float(), y.float()  # LazyTensor pieces joined here
-        if not torch.equal(x, y):
+        r = compare_tensors(x, y, nan_equal=False)  # exact, as diff compares
+        if not r.equal:
             differ_names.append(n)
-            gap = (x - y).abs().nan_to_num(nan=float("inf")).max().item() if x.numel() else 0.0
-            largest = max(largest, gap)
+            nonfinite = sum(getattr(r, k) for k in NONFINITE_KINDS)
+            largest = max(largest, float("inf") if nonfinite else (r.max_abs or 0.0))
     only = len(set(wa) ^ set(wb))
     tail = f"; {only} params in one side only" if only else ""
     if differ_names:
