@@ -20,8 +20,10 @@ library computed (tests/fixtures/README.md) is read with optstate's Python API
   b  buffers: every tensor of the library's truth (expected.pt / expected.json: the state
      tensors, dequantized or reassembled where the library stores them packed) is in the
      report under its parameter (by name where the report names params, else by
-     position), with the same element count and a norm within 1e-4 relative (a 0-d
-     tensor: its value); under the same entry path, or, where optstate names the entry
+     position), with the same element count and a norm within
+     ``numeric.tolerance.sum_rtol(numel)`` relative (two float64 sums of the same stored
+     values in different orders; a 0-d tensor: its value, within ``sum_rtol(1)``);
+     under the same entry path, or, where optstate names the entry
      otherwise (a nested heavyball key), under any entry of that param not matched yet,
      or as its slices (``state1[0]``, ``state1[1]``: together every element, the norm
      of the whole).
@@ -64,9 +66,10 @@ from typing import Any
 
 import torch
 
+from optstate.numeric.tolerance import sum_rtol
+
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures"
-RTOL = 1e-4
 LIBRARY_WORDS = {"torch", "timm", "pytorch_optimizer", "pytorchoptimizer", "schedulefree",
                  "lion_pytorch", "lionpytorch", "heavyball", "bitsandbytes", "bnb", "torchao",
                  "deepspeed"}
@@ -428,15 +431,16 @@ def leaves(rep: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]
 def agrees(truth: dict[str, Any], rep: dict[str, Any]) -> bool:
     if "value" in truth:
         v = rep.get("value")
-        return isinstance(v, (int, float)) and abs(v - truth["value"]) <= 1e-6 * max(
-            1.0, abs(truth["value"]))
+        return isinstance(v, (int, float)) and abs(v - truth["value"]) <= sum_rtol(1) * abs(
+            truth["value"])
     if rep.get("numel") != truth["numel"]:
         return False
     if truth["numel"] == 0:
         return True
     if rep.get("norm") is None:
         return False
-    return abs(rep["norm"] - truth["norm"]) <= RTOL * abs(truth["norm"]) + 1e-30
+    # both are float64 sums of the same stored values, in two orders: the stated bound
+    return abs(rep["norm"] - truth["norm"]) <= sum_rtol(truth["numel"]) * abs(truth["norm"])
 
 
 def named_in(alternative: str) -> tuple[set[str], set[str]]:
