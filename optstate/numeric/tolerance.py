@@ -66,3 +66,22 @@ def sum_rtol(n: int, dtype: object = None) -> float:
     gamma(n+2) / (1 - gamma(n+2)). E.g. float64: 1.3e-15 for n = 1, 1.3e-10 for n = 300 000."""
     g = gamma(n + 2, dtype)
     return SAFETY * 2.0 * g / (1.0 - g) if g < 1.0 else math.inf
+
+
+# Roundings per step of a chained LR schedule (below): a factor of at most ~8 roundings
+# (cos to 1 ulp, two 1 + cos, a ratio, a product, eta_min in and out) and its product.
+SCHEDULE_ROUNDINGS_PER_STEP = 16
+
+
+def schedule_atol(steps: int, scale: float) -> float:
+    """How far an lr a run reached step by step through an LR scheduler (torch's ``get_lr``
+    multiplies the group's lr by a factor each step: StepLR, LinearLR, CosineAnnealingLR...)
+    may be from the scheduler's closed form at the same epoch (``sim.scheduled``), ``scale``
+    being the larger of the group's base lr and the two lrs. Each step multiplies the lr by a
+    factor computed to within SCHEDULE_ROUNDINGS_PER_STEP roundings, so the relative error of
+    the chain is at most gamma(16 * steps); CosineAnnealingLR's factor near T_max is a ratio
+    of two small ``1 + cos`` whose rounding is absolute (about u * base lr per step), hence
+    the scale includes the base lr. Times SAFETY, as sum_rtol. Any change a person or a bug
+    makes to an lr is many orders of magnitude above this (1e-12 of the base lr at 10^4
+    steps)."""
+    return SAFETY * gamma(SCHEDULE_ROUNDINGS_PER_STEP * (max(steps, 0) + 1)) * scale

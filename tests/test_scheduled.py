@@ -1,0 +1,127 @@
+"""sim.scheduled: the lr a saved LR scheduler computes at its last_epoch, against the lr the
+real run reached, every step, for each class it computes, with two groups of different base
+lrs; the classes it cannot compute say why."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch.optim import lr_scheduler as L
+
+from optstate.numeric.tolerance import schedule_atol
+from optstate.sim.scheduled import scheduled_lrs
+
+
+def _optimizer(kind: str) -> torch.optim.Optimizer:
+    torch.manual_seed(0)
+    a, b = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2))
+    groups = [{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.003}]
+    if kind == "adam":
+        return torch.optim.Adam(groups)
+    return torch.optim.SGD(groups, momentum=0.9)
+
+
+def _saved(obj: dict) -> dict:
+    """As a checkpoint holds it: through torch.save and a weights_only load."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+CASES = {
+    "StepLR": (lambda o: L.StepLR(o, 7, 0.3), 120, "sgd"),
+    "MultiStepLR": (lambda o: L.MultiStepLR(o, [5, 50, 70], 0.3), 120, "sgd"),
+    "ConstantLR": (lambda o: L.ConstantLR(o, 0.3, 40), 60, "sgd"),
+    "LinearLR": (lambda o: L.LinearLR(o, 0.01, 1.0, 100), 120, "adam"),
+    "ExponentialLR": (lambda o: L.ExponentialLR(o, 0.99), 300, "sgd"),
+    "CosineAnnealingLR": (lambda o: L.CosineAnnealingLR(o, 400, 1e-5), 400, "adam"),
+    "PolynomialLR": (lambda o: L.PolynomialLR(o, 100, 2.0), 120, "sgd"),
+    "CosineAnnealingWarmRestarts": (
+        lambda o: L.CosineAnnealingWarmRestarts(o, 10, 2, 1e-4), 200, "adam"),
+    "CyclicLR": (lambda o: L.CyclicLR(o, [0.01, 0.001], [0.1, 0.01], step_size_up=7,
+                                      mode="triangular2"), 100, "sgd"),
+    "CyclicLR exp_range": (lambda o: L.CyclicLR(o, [0.01, 0.001], [0.1, 0.01], step_size_up=7,
+                                                mode="exp_range", gamma=0.99), 100, "adam"),
+    "OneCycleLR": (lambda o: L.OneCycleLR(o, [0.1, 0.01], total_steps=100), 99, "adam"),
+}
+EXACT = {"CosineAnnealingWarmRestarts", "CyclicLR", "CyclicLR exp_range", "OneCycleLR",
+         "ConstantLR"}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_scheduled_lr_is_the_runs_lr_at_every_step(name: str) -> None:
+    make, steps, kind = CASES[name]
+    opt = _optimizer(kind)
+    sched = make(opt)
+    cls = name.split()[0]
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+        state = _saved(sched.state_dict())
+        groups = _saved(opt.state_dict())["param_groups"]
+        got, how = scheduled_lrs(state, 2, groups=groups)
+        assert got is not None, how
+        assert how.startswith(cls) and how.endswith(f"at last_epoch {state['last_epoch']}")
+        for lr, want, base in zip(got, (g["lr"] for g in opt.param_groups),
+                                  state["base_lrs"], strict=True):
+            if name in EXACT:  # the same float operations as the run's get_lr
+                assert lr == want
+            else:  # the run chained a factor per step; the closed form does not
+                assert abs(lr - want) <= schedule_atol(state["last_epoch"],
+                                                       max(base, abs(lr), abs(want)))
+
+
+def test_an_lr_changed_by_hand_is_not_the_scheduled_lr() -> None:
+    opt = _optimizer("sgd")
+    sched = L.StepLR(opt, 10, 0.5)
+    for step in range(25):
+        if step == 12:
+            opt.param_groups[0]["lr"] *= 1000  # StepLR's get_lr carries it on
+        opt.step()
+        sched.step()
+    got, _ = scheduled_lrs(_saved(sched.state_dict()), 2)
+    assert got == [0.1 * 0.5 ** 2, 0.003 * 0.5 ** 2]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 2 * 1000)
+
+
+def _lambda_scale(epoch: int) -> float:
+    return 0.9 ** epoch
+
+
+@pytest.mark.parametrize(("make", "reason"), [
+    (lambda o: L.LambdaLR(o, _lambda_scale), "LambdaLR's (or MultiplicativeLR's) lambdas"),
+    (lambda o: L.MultiplicativeLR(o, _lambda_scale), "lambdas are code"),
+    (lambda o: L.ReduceLROnPlateau(o), "ReduceLROnPlateau follows a metric"),
+    (lambda o: L.SequentialLR(o, [L.LinearLR(o, 0.1, total_iters=3),
+                                  L.CosineAnnealingLR(o, 10)], [3]),
+     "SequentialLR composes"),
+    (lambda o: L.ChainedScheduler([L.StepLR(o, 3), L.ExponentialLR(o, 0.9)]),
+     "ChainedScheduler composes"),
+    (lambda o: L.CosineAnnealingLR(o, 3), "past its T_max"),
+])
+def test_what_cannot_be_computed_says_why(make, reason: str) -> None:
+    opt = _optimizer("sgd")
+    sched = make(opt)
+    for _ in range(5):
+        opt.step()
+        sched.step(1.0) if isinstance(sched, L.ReduceLROnPlateau) else sched.step()
+    got, why = scheduled_lrs(_saved(sched.state_dict()), 2)
+    assert got is None
+    assert reason in why
+
+
+def test_one_cycle_needs_the_groups_and_other_shapes_say_why() -> None:
+    opt = _optimizer("adam")
+    sched = L.OneCycleLR(opt, [0.1, 0.01], total_steps=20)
+    opt.step()
+    sched.step()
+    state = _saved(sched.state_dict())
+    assert scheduled_lrs(state, 2) == (None, "OneCycleLR keeps its max_lr and min_lr in "
+                                             "the param groups")
+    assert scheduled_lrs(state, 3, groups=[{}, {}, {}])[0] is None
+    assert scheduled_lrs({"last_batch_iteration": 5}, 1)[1] == \
+        "DeepSpeed's scheduler keeps its settings in the config"
+    assert scheduled_lrs({"foo": 1}, 1)[1] == "the scheduler's class is not recognised"
