@@ -1,0 +1,276 @@
+"""The checkpoints of one training run: what ``timeline`` reads, found without reading them.
+
+``find_checkpoints(paths)`` takes the paths a user named. A file is taken as given. A
+folder that is itself one checkpoint (a Hugging Face Trainer / accelerate folder with
+``optimizer.pt``/``.bin``, a DCP folder with ``.metadata``, a DeepSpeed tag folder, an
+FSDP2 folder of ``rank<N>.pt`` files) is one candidate; a DeepSpeed run folder (``latest``
+beside its tag folders) gives each tag folder; any other folder gives its direct children
+that are checkpoints (one level): torch.save files by extension, and folders of the kinds
+above. How a folder is recognised is ``io.source``'s own knowledge (the names it opens),
+not a second copy of it. Files that hold a model's weights or a run's bookkeeping but no
+optimizer state by the names frameworks give them (``model.safetensors``,
+``pytorch_model.bin``, ``scheduler.pt``, ``rng_state.pth``, ``training_args.bin``, ...) are
+not candidates; they are listed in ``skipped`` with the reason.
+
+The number in a name (``Candidate.name_step``) is only the fallback order, when the
+checkpoints record no step. The rules, first match wins, on the last path component:
+``step`` followed by an optional ``=``, ``_`` or ``-`` and digits (``step_1000.pt``,
+``step-5``, ``global_step2000``, ``epoch=3-step=900.ckpt`` -> 900: the step, not the
+epoch); ``checkpoint-N``; ``iter_N`` / ``iterN`` / ``iteration_N``; else the last number
+in the name (``model_00040.pt`` -> 40).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optstate.base.errors import CheckpointError
+from optstate.io.deepspeed import LATEST, MODEL_FILE, OPTIM_FILE, is_deepspeed_folder
+from optstate.io.dtensor import rank_files
+from optstate.io.source import OPTIMIZER_FILE
+
+# torch.save files by extension (Lightning's .ckpt, a tarball-era .tar, pickles .pkl)
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pkl", ".bin", ".ckpt", ".tar")
+
+# Files frameworks write beside a checkpoint that hold no optimizer state: name -> what
+# they are (Trainer, accelerate, Lightning, DeepSpeed)
+NOT_OPTIMIZER = {
+    "model.safetensors": "a model's weights",
+    "pytorch_model.bin": "a model's weights",
+    "model.bin": "a model's weights",
+    "scheduler.pt": "an LR scheduler's state (read beside optimizer.pt)",
+    "scheduler.bin": "an LR scheduler's state (read beside optimizer.bin)",
+    "scaler.pt": "a gradient scaler's state",
+    "training_args.bin": "the Trainer's arguments",
+    "rng_state.pth": "random number generator states",
+}
+_NOT_OPTIMIZER_PATTERNS = (
+    (re.compile(r"rng_state_\d+\.pth"), "random number generator states"),
+    (re.compile(r"random_states_\d+\.pkl"), "random number generator states"),
+    (re.compile(r"scheduler_\d+\.(bin|pt)"), "an LR scheduler's state"),
+    (re.compile(r"pytorch_model(-\d+-of-\d+)?\.bin"), "a model's weights"),
+    (re.compile(r"model(_\d+)?\.safetensors"), "a model's weights"),
+)
+
+# The number in a name, first match wins (module docstring)
+_NAME_STEP = (
+    re.compile(r"step[=_-]?(\d+)", re.IGNORECASE),
+    re.compile(r"checkpoint-(\d+)", re.IGNORECASE),
+    re.compile(r"iter(?:ation)?[=_-]?(\d+)", re.IGNORECASE),
+)
+_LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+
+# Bounds on the stat()s that make a folder's identity (a DCP or DeepSpeed folder holds
+# a few files per rank; a runaway folder is cut short rather than walked for minutes)
+_IDENTITY_DEPTH = 3
+_IDENTITY_FILES = 20_000
+
+_LOOKED_FOR = ("torch.save files (" + ", ".join(CHECKPOINT_SUFFIXES) + "), Hugging Face / "
+               "accelerate folders (optimizer.pt or .bin), DCP folders (.metadata), DeepSpeed "
+               "folders (global_stepN/, latest), FSDP2 folders (rank<N>.pt)")
+
+
+@dataclass
+class Candidate:
+    """One checkpoint of the run, not yet read."""
+
+    path: Path  # the file or the checkpoint folder, as given or as found
+    label: str  # the path relative to the run folder: step_10.pt, checkpoint-500
+    name_step: int | None  # the number in the name (module docstring)
+    identity: dict[str, int]  # {"bytes", "mtime_ns", "files"}: the cache's key
+    mtime_ns: int
+
+
+@dataclass
+class Discovery:
+    """What ``find_checkpoints`` found: candidates in name order, what it passed over
+    ({"path", "reason"}), notes ({"code", "message"}) and the run folder (labels are
+    relative to it; the cache goes beside it)."""
+
+    items: list[Candidate]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    notes: list[dict[str, str]] = field(default_factory=list)
+    root: Path = Path(".")
+
+
+def name_step(name: str) -> int | None:
+    """The number in a checkpoint's name (module docstring), or None."""
+    for rx in _NAME_STEP:
+        found = rx.findall(name)
+        if found:
+            return int(found[-1])
+    m = _LAST_NUMBER.search(name)
+    return int(m.group(1)) if m else None
+
+
+def not_optimizer(name: str) -> str | None:
+    """What a file named ``name`` holds when frameworks name it so and it is not an
+    optimizer state, else None."""
+    if name in NOT_OPTIMIZER:
+        return NOT_OPTIMIZER[name]
+    return next((why for rx, why in _NOT_OPTIMIZER_PATTERNS if rx.fullmatch(name)), None)
+
+
+def single_checkpoint_folder(p: Path) -> bool:
+    """Whether the folder ``p`` is one checkpoint as ``io.source.open_source`` reads it."""
+    try:
+        if (p / ".metadata").is_file():
+            return True
+        if any(OPTIMIZER_FILE.fullmatch(n.name) and n.is_file() for n in p.iterdir()):
+            return True
+        if is_deepspeed_folder(p):
+            return True
+        return bool(rank_files(p))
+    except (OSError, CheckpointError):
+        return False
+
+
+def _deepspeed_run_folder(p: Path) -> bool:
+    """A DeepSpeed run folder: ``latest`` beside tag folders, no rank files of its own."""
+    if not (p / LATEST).is_file():
+        return False
+    return not any(OPTIM_FILE.fullmatch(n.name) or MODEL_FILE.fullmatch(n.name)
+                   for n in p.iterdir())
+
+
+def identity(p: Path) -> dict[str, int]:
+    """Total bytes, newest mtime (ns) and number of files of ``p`` (a file, or a folder's
+    files, a few levels down); for an ``optimizer.pt`` named directly, its folder's (its
+    scheduler and trainer_state.json are read with it)."""
+    if p.is_file() and OPTIMIZER_FILE.fullmatch(p.name):
+        p = p.parent
+    if p.is_file():
+        st = p.stat()
+        return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "files": 1}
+    total = newest = files = 0
+    stack = [(p, 0)]
+    while stack and files < _IDENTITY_FILES:
+        folder, depth = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    if depth < _IDENTITY_DEPTH and e.name != ".optstate":
+                        stack.append((Path(e.path), depth + 1))
+                    continue
+                st = e.stat()
+            except OSError:
+                continue
+            total += st.st_size
+            newest = max(newest, st.st_mtime_ns)
+            files += 1
+    return {"bytes": total, "mtime_ns": newest, "files": files}
+
+
+def find_checkpoints(paths: list[Path] | list[str]) -> Discovery:
+    """The checkpoints that ``paths`` (folders or files) name, in name order (module
+    docstring). Raises CheckpointError for a path that does not exist or a folder with
+    no checkpoint in it."""
+    if not paths:
+        raise CheckpointError("no checkpoint given: give a run folder or checkpoint files")
+    found: list[Path] = []
+    skipped: list[dict[str, str]] = []
+    notes: list[dict[str, str]] = []
+    expanded: list[Path] = []  # folders whose children were taken
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise CheckpointError(f"{p} does not exist")
+        if p.is_file():
+            found.append(p)
+        elif p.is_dir() and _deepspeed_run_folder(p):
+            tags = sorted(d for d in p.iterdir() if d.is_dir() and is_deepspeed_folder(d))
+            if not tags:
+                raise CheckpointError(f"{p} holds DeepSpeed's 'latest' but no tag folder "
+                                      "with rank files (global_stepN/)")
+            found += tags
+            expanded.append(p)
+        elif p.is_dir() and single_checkpoint_folder(p):
+            found.append(p)
+        elif p.is_dir():
+            children = _children(p, skipped)
+            if not children:
+                raise CheckpointError(f"{p} holds no checkpoint: looked for {_LOOKED_FOR}, "
+                                      "in it and one level down")
+            found += children
+            expanded.append(p)
+        else:
+            raise CheckpointError(f"{p} is neither a file nor a folder")
+    unique: dict[Path, Path] = {}
+    for p in found:
+        unique.setdefault(p.resolve(), p)
+    if len(unique) < len(found):
+        notes.append({"code": "same_path", "message": f"{len(found) - len(unique)} path"
+                      f"{'s' * (len(found) - len(unique) != 1)} named twice, read once"})
+    root = _root(list(unique), expanded)
+    items = []
+    for resolved, p in unique.items():
+        ident = identity(p)
+        label = _label(resolved, root)
+        items.append(Candidate(path=p, label=label, name_step=name_step(Path(label).name),
+                               identity=ident, mtime_ns=ident["mtime_ns"]))
+    items.sort(key=lambda c: (c.name_step is None, c.name_step or 0, c.label))
+    return Discovery(items=items, skipped=skipped, notes=notes, root=root)
+
+
+def _children(folder: Path, skipped: list[dict[str, str]]) -> list[Path]:
+    """The checkpoints directly in ``folder``; what looks like one but is not, skipped."""
+    out = []
+    for child in sorted(folder.iterdir()):
+        if child.name.startswith("."):  # the cache, temp files of a write in progress
+            continue
+        if child.is_file():
+            if child.suffix.lower() not in CHECKPOINT_SUFFIXES:
+                continue
+            why = not_optimizer(child.name)
+            if why is not None:
+                skipped.append({"path": str(child), "reason": f"{why}, no optimizer state"})
+                continue
+            out.append(child)
+        elif child.is_dir():
+            if single_checkpoint_folder(child):
+                out.append(child)
+            elif any(n.suffix.lower() in CHECKPOINT_SUFFIXES for n in _files(child)):
+                skipped.append({"path": str(child), "reason": "a folder with no optimizer.pt, "
+                                ".metadata, DeepSpeed or FSDP2 rank files (only one level "
+                                "down is searched)"})
+    return out
+
+
+def _files(folder: Path) -> list[Path]:
+    try:
+        return [n for n in folder.iterdir() if n.is_file()]
+    except OSError:
+        return []
+
+
+def _root(found: list[Path], expanded: list[Path]) -> Path:
+    """The run folder: the one folder whose children were taken, else the folder the
+    checkpoints have in common."""
+    if len(expanded) == 1 and all(p.parent == expanded[0].resolve() for p in found):
+        return expanded[0].resolve()
+    parents = [str(p.parent) for p in found]
+    try:
+        return Path(os.path.commonpath(parents))
+    except ValueError:
+        return Path("/")
+
+
+def _label(resolved: Path, root: Path) -> str:
+    try:
+        return str(resolved.relative_to(root))
+    except ValueError:
+        return str(resolved)
+
+
+def describe(c: Candidate) -> dict[str, Any]:
+    """A candidate as plain data."""
+    return {"path": str(c.path), "label": c.label, "name_step": c.name_step,
+            "identity": dict(c.identity)}
