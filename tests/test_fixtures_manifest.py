@@ -25,6 +25,7 @@ FOLDERS = {
     "fsdp2": ("make_fsdp2.py", ("rank0.pt", "rank1.pt", "expected.pt", "expected.json")),
     "hf_lightning": ("make_hf_lightning.py", ("expected.pt", "expected.json")),
     "names": ("make_names_cases.py", ("truth.json",)),
+    "runs": ("make_runs.py", ("expected.json",)),
     "third_party": ("optimizer_signatures.py", ("optimizer.pt", "expected.pt", "expected.json")),
     "third_party_all": ("optimizer_signatures.py", ("expected.json",)),
 }
