@@ -295,7 +295,7 @@ def build_report(found: Any, records: list[dict[str, Any]], *, spike: float,
     return {
         "schema": SCHEMA,
         "run": {"paths": paths, "found": len(found.items),
-                "read": sum(1 for r in ordered if r["error"] is None), "skipped": skipped},
+                "read": sum(1 for r in kept if r["error"] is None), "skipped": skipped},
         "order": {"by": by, "source": source},
         "checkpoints": checkpoints,
         "series": series,

@@ -1,0 +1,314 @@
+"""timeline's core: finding a run's checkpoints (each layout, written by real torch), the
+record of one checkpoint (inspect's own statistics), the order by recorded step (and its
+fallbacks, said), duplicates, unreadable files, and the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from optstate.analysis.inspect import inspect_path
+from optstate.analysis.timeline import num, read_record, timeline
+from optstate.base.errors import CheckpointError
+from optstate.io.run_dir import find_checkpoints, name_step
+
+
+def train(steps: int, *, opt_cls=torch.optim.Adam, sched: bool = True, every: int = 10,
+          seed: int = 0, **opt_kwargs):
+    """Yield (step, model, optimizer, scheduler) every ``every`` real steps."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    opt = opt_cls(model.parameters(), lr=0.01, **opt_kwargs)
+    sch = torch.optim.lr_scheduler.StepLR(opt, 15, 0.5) if sched else None
+    for step in range(1, steps + 1):
+        opt.zero_grad()
+        model(torch.randn(5, 3)).pow(2).sum().backward()
+        opt.step()
+        if sch is not None:
+            sch.step()
+        if step % every == 0:
+            yield step, model, opt, sch
+
+
+def save_files(folder: Path, steps: int = 30, *, name="step_{}.pt", keys=("step",),
+               **kw) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for step, model, opt, sch in train(steps, **kw):
+        obj = {"model": model.state_dict(), "optimizer": opt.state_dict()}
+        if sch is not None:
+            obj["scheduler"] = sch.state_dict()
+        for k in keys:
+            obj[k] = step
+        torch.save(obj, folder / name.format(step))
+    return folder
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+@pytest.mark.parametrize(("name", "step"), [
+    ("step_1000.pt", 1000), ("checkpoint-500", 500), ("epoch=3-step=900.ckpt", 900),
+    ("global_step2000", 2000), ("iter_0000300", 300), ("model_00040.pt", 40),
+    ("step-5.pth", 5), ("last.ckpt", None),
+])
+def test_the_number_in_a_name(name, step):
+    assert name_step(name) == step
+
+
+def test_a_folder_of_step_files_leaves_model_files_and_others_aside(tmp_path):
+    run = save_files(tmp_path / "run")
+    torch.save(nn.Linear(2, 2).state_dict(), run / "pytorch_model.bin")
+    (run / "notes.txt").write_text("hi")
+    (run / "rng_state.pth").write_bytes(b"x")
+    found = find_checkpoints([run])
+    assert [c.label for c in found.items] == ["step_10.pt", "step_20.pt", "step_30.pt"]
+    assert [c.name_step for c in found.items] == [10, 20, 30]
+    assert {Path(s["path"]).name for s in found.skipped} == {"pytorch_model.bin",
+                                                              "rng_state.pth"}
+    c = found.items[0]
+    assert c.identity == {"bytes": (run / "step_10.pt").stat().st_size,
+                          "mtime_ns": (run / "step_10.pt").stat().st_mtime_ns, "files": 1}
+
+
+def test_missing_path_and_empty_folder_are_one_line_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        find_checkpoints([tmp_path / "nope"])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "log.txt").write_text("x")
+    with pytest.raises(CheckpointError, match=r"holds no checkpoint: looked for torch.save "
+                       r"files \(.pt"):
+        find_checkpoints([tmp_path / "empty"])
+
+
+def test_explicit_files_are_taken_as_given(tmp_path):
+    run = save_files(tmp_path / "run")
+    found = find_checkpoints([run / "step_30.pt", run / "step_10.pt"])
+    assert [c.label for c in found.items] == ["step_10.pt", "step_30.pt"]
+    assert found.root == run.resolve()
+
+
+def dcp_save(obj, folder: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no process group": one process on purpose
+        dcp.save(obj, storage_writer=dcp.FileSystemWriter(folder), no_dist=True)
+
+
+def test_dcp_folders_ordered_by_the_optimizer_step(tmp_path):
+    run = tmp_path / "run"
+    for step, _, opt, _ in train(20, sched=False):
+        dcp_save(opt.state_dict(), run / f"ckpt_{step}")
+    report = timeline([run], use_cache=False)
+    assert [c["label"] for c in report["checkpoints"]] == ["ckpt_10", "ckpt_20"]
+    assert [c["format"] for c in report["checkpoints"]] == ["dcp", "dcp"]
+    assert report["order"]["by"] == "optimizer"
+    assert [c["step"] for c in report["checkpoints"]] == [10, 20]
+
+
+def test_hf_trainer_folders_use_trainer_state(tmp_path):
+    run = tmp_path / "out"
+    for step, model, opt, sch in train(20):
+        d = run / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        torch.save(opt.state_dict(), d / "optimizer.pt")
+        torch.save(sch.state_dict(), d / "scheduler.pt")
+        torch.save(model.state_dict(), d / "pytorch_model.bin")
+        (d / "trainer_state.json").write_text(json.dumps(
+            {"global_step": step * 2, "epoch": 1.0, "log_history": []}))  # accumulation 2
+    report = timeline([run], use_cache=False)
+    assert report["order"] == {"by": "run", "source": "the step the run recorded "
+                               "(trainer_state.json global_step)"}
+    cps = report["checkpoints"]
+    assert [(c["label"], c["steps"]["run"], c["steps"]["optimizer"], c["steps"]["scheduler"])
+            for c in cps] == [("checkpoint-10", 20, 10, 10), ("checkpoint-20", 40, 20, 20)]
+    assert cps[1]["scheduler"]["kind"] == "StepLR"
+    assert cps[0]["identity"]["files"] == 4
+
+
+def lightning_ckpt(step, model, opt, sch):
+    return {"epoch": 0, "global_step": step, "pytorch-lightning_version": "2.4.0",
+            "state_dict": model.state_dict(), "optimizer_states": [opt.state_dict()],
+            "lr_schedulers": [sch.state_dict()]}
+
+
+def test_lightning_last_ckpt_is_dropped_as_a_duplicate(tmp_path):
+    run = tmp_path / "ckpts"
+    run.mkdir()
+    for step, model, opt, sch in train(20):
+        ck = lightning_ckpt(step, model, opt, sch)
+        torch.save(ck, run / f"epoch=0-step={step}.ckpt")
+    torch.save(ck, run / "last.ckpt")
+    report = timeline([run], use_cache=False)
+    assert report["run"]["found"] == 3
+    assert [c["label"] for c in report["checkpoints"]] == ["epoch=0-step=10.ckpt",
+                                                          "epoch=0-step=20.ckpt"]
+    assert report["order"]["source"] == "the step the run recorded (Lightning global_step)"
+    assert {"code": "duplicate", "message": "last.ckpt holds the same steps and state as "
+            "epoch=0-step=20.ckpt: read once, shown as epoch=0-step=20.ckpt"} in report["notes"]
+
+
+# ----------------------------------------------------------------------------- order
+
+
+def test_order_by_recorded_step_not_by_name(tmp_path):
+    """Names that sort wrongly (a_30 before b_10): the recorded step orders them."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for step, _, opt, _ in train(30, sched=False):
+        torch.save(opt.state_dict(), run / f"{'cba'[step // 10 - 1]}_{40 - step}.pt")
+    report = timeline([run], use_cache=False)
+    assert report["order"] == {"by": "optimizer",
+                               "source": "the optimizer's step (state[...]['step'])"}
+    assert [c["label"] for c in report["checkpoints"]] == ["c_30.pt", "b_20.pt", "a_10.pt"]
+
+
+def test_order_by_scheduler_then_by_name_said_so(tmp_path):
+    # SGD with momentum keeps no step: the scheduler's last_epoch orders
+    run = save_files(tmp_path / "sched", opt_cls=torch.optim.SGD, keys=(), momentum=0.9)
+    report = timeline([run], use_cache=False)
+    assert report["order"]["by"] == "scheduler"
+    assert [c["step"] for c in report["checkpoints"]] == [10, 20, 30]
+    # no scheduler either: the names, and the report says so
+    run = save_files(tmp_path / "names", opt_cls=torch.optim.SGD, keys=(), sched=False,
+                     momentum=0.9, name="model_{:05d}.pt")
+    report = timeline([run], use_cache=False)
+    assert report["order"] == {"by": "name", "source": "the number in the file names: "
+                               "the checkpoints record no step"}
+    assert [c["label"] for c in report["checkpoints"]] == ["model_00010.pt", "model_00020.pt",
+                                                          "model_00030.pt"]
+    assert any(n["code"] == "order_by_name" for n in report["notes"])
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def test_record_holds_inspects_numbers(tmp_path):
+    run = save_files(tmp_path / "run", weight_decay=0.1)
+    found = find_checkpoints([run])
+    rec = read_record(found.items[1])
+    ins = inspect_path(run / "step_20.pt")
+    assert rec["steps"] == {"run": 20, "run_source": "the checkpoint's 'step' key",
+                            "optimizer": 20, "scheduler": 20}
+    assert rec["kind"] == ins["optimizer"]["kind"] == "Adam"
+    assert rec["groups"][0]["lr"] == ins["param_groups"][0]["hyperparams"]["lr"] == 0.005
+    assert rec["groups"][0]["params"] == [0, 1, 2, 3]
+    assert rec["scheduler"]["last_epoch"] == 20
+    n = 0
+    for p, q in zip(rec["params"], ins["params"], strict=True):
+        assert p["name"] == q["name"]
+        assert set(p["entries"]) == {"exp_avg", "exp_avg_sq"}
+        for entry, e in p["entries"].items():
+            s = q["state"][entry]
+            assert e["norm"] == s["norm"] and e["nan"] == s["nan"] and e["zeros"] == s["zeros"]
+            assert e["max_abs"] == max(abs(s["min"]), abs(s["max"]))
+            n += 1
+    assert n == 8
+    json.dumps(rec, allow_nan=False)  # plain JSON, no tensor kept
+
+
+def test_nan_entry_statistics_and_num(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for step, _, opt, _ in train(10, sched=False):
+        sd = opt.state_dict()
+        sd["state"][0]["exp_avg"][0, 0] = float("nan")
+        torch.save(sd, run / f"step_{step}.pt")
+    rec = read_record(find_checkpoints([run]).items[0])
+    e = rec["params"][0]["entries"]["exp_avg"]
+    assert e["nan"] == 1 and num(e["norm"]) > 0
+    assert num("nan") != num("nan") and num("inf") == float("inf") and num(None) is None
+    assert num("x") is None and num(3) == 3.0
+
+
+def test_an_unreadable_file_is_a_record_not_an_abort(tmp_path):
+    run = save_files(tmp_path / "run")
+    data = (run / "step_20.pt").read_bytes()
+    (run / "step_20.pt").write_bytes(data[: len(data) // 2])
+    report = timeline([run], use_cache=False)
+    cps = report["checkpoints"]
+    assert [c["label"] for c in cps] == ["step_10.pt", "step_20.pt", "step_30.pt"]
+    assert cps[1]["error"] and "\n" not in cps[1]["error"] and cps[1]["kind"] is None
+    assert report["run"]["read"] == 2
+    assert report["series"][0]["norm"][1] is None and report["series"][0]["norm"][2] > 0
+
+
+def test_series_lr_and_worst(tmp_path):
+    run = save_files(tmp_path / "run")
+    report = timeline([run], use_cache=False)
+    assert len(report["series"]) == 8  # 4 params x (exp_avg, exp_avg_sq)
+    s = report["series"][0]
+    assert (s["param"], s["name"], s["entry"]) == (0, "0.weight", "exp_avg")
+    assert all(x is not None for x in s["norm"])
+    assert report["lr"] == [{"group": 0, "lr": [0.01, 0.005, 0.0025],
+                             "scheduled_lr": [0.01, 0.005, 0.0025]}]
+    w = report["checkpoints"][0]["worst"]
+    assert w["ratio"] is None and w["norm"] == max(num(x["norm"][0]) for x in report["series"])
+    w = report["checkpoints"][1]["worst"]
+    assert w["ratio"] == max(num(x["norm"][1]) / num(x["norm"][0]) for x in report["series"])
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def test_cache_rereads_only_a_changed_file(tmp_path):
+    run = save_files(tmp_path / "run")
+    first = timeline([run])
+    assert first["cache"] == {"path": str(run.resolve() / ".optstate" / "timeline-cache.json"),
+                              "hits": 0, "misses": 3, "note": None}
+    again = timeline([run])
+    assert (again["cache"]["hits"], again["cache"]["misses"]) == (3, 0)
+    assert again["checkpoints"] == first["checkpoints"] and again["series"] == first["series"]
+    st = (run / "step_20.pt").stat()
+    os.utime(run / "step_20.pt", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    third = timeline([run])
+    assert (third["cache"]["hits"], third["cache"]["misses"]) == (2, 1)
+    # a file rewritten with other content is read again, and its new numbers shown
+    for step, _, opt, sch in train(30, seed=1):
+        if step == 30:
+            torch.save({"optimizer": opt.state_dict(), "scheduler": sch.state_dict(),
+                        "step": step}, run / "step_30.pt")
+    fourth = timeline([run])
+    assert (fourth["cache"]["hits"], fourth["cache"]["misses"]) == (2, 1)
+    assert fourth["series"][0]["norm"][2] != first["series"][0]["norm"][2]
+
+
+def test_cache_drops_deleted_files_and_ignores_a_corrupt_one(tmp_path):
+    run = save_files(tmp_path / "run")
+    cache_dir = tmp_path / "cache"
+    timeline([run], cache_dir=cache_dir)
+    (run / "step_10.pt").unlink()
+    timeline([run / "step_20.pt"], cache_dir=cache_dir)  # a rewrite, nothing new read
+    entries = json.loads((cache_dir / "timeline-cache.json").read_text())["entries"]
+    assert sorted(Path(k.split("\n")[0]).name for k in entries) == ["step_20.pt",
+                                                                     "step_30.pt"]
+    (cache_dir / "timeline-cache.json").write_text("{not json")
+    report = timeline([run], cache_dir=cache_dir)
+    assert report["cache"]["misses"] == 2 and "could not be read" in report["cache"]["note"]
+    assert len(report["checkpoints"]) == 2
+    assert timeline([run], cache_dir=cache_dir)["cache"]["hits"] == 2  # rewritten whole
+
+
+def test_an_unwritable_cache_is_a_note(tmp_path):
+    run = save_files(tmp_path / "run", steps=10)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    report = timeline([run], cache_dir=blocker / "sub")
+    assert report["cache"]["path"] is None
+    assert report["cache"]["note"].startswith("no cache written:")
+    assert len(report["checkpoints"]) == 1
+
+
+def test_parallel_reads_give_the_same_report(tmp_path):
+    run = save_files(tmp_path / "run", steps=40)
+    one = timeline([run], use_cache=False, workers=1)
+    seen = []
+    two = timeline([run], use_cache=False, workers=2, on_progress=lambda d, t: seen.append((d, t)))
+    assert one == two
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
