@@ -10,10 +10,11 @@ functions that return its ``--json`` reports (or result objects) and print nothi
     loaded = optstate.load_state("run.ckpt")           # .state, .view, .location, ...
     result = optstate.simulate({"optimizer": "AdamW", "steps": 10}, save="adamw.pt")
 
-plus ``check``, ``set_hyperparameters`` and ``convert``. The building blocks beneath them
-(``RunSpec``, ``open_source``, ``locate``, ``diff_states``, ...) are importable from here
-too. Importing ``optstate`` imports no torch, typer or rich: each function and name loads
-what it needs on first use. Errors are ``OptstateError`` (one-line ``str()``).
+plus ``check``, ``set_hyperparameters``, ``convert`` and ``timeline``. The building
+blocks beneath them (``RunSpec``, ``open_source``, ``locate``, ``diff_states``, ...) are
+importable from here too. Importing ``optstate`` imports no torch, typer or rich: each
+function and name loads what it needs on first use. Errors are ``OptstateError``
+(one-line ``str()``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from optstate.api import (  # noqa: E402 - imports nothing heavy: each function 
     load_state,
     set_hyperparameters,
     simulate,
+    timeline,
 )
 from optstate.base.version import __version__  # noqa: E402
 
@@ -102,7 +104,7 @@ _LAZY = {
 __all__ = [
     "__version__",
     "inspect", "diff", "load_state", "LoadedState", "check", "config",
-    "set_hyperparameters", "convert", "simulate",
+    "set_hyperparameters", "convert", "simulate", "timeline",
     *_LAZY,
 ]
 

@@ -48,6 +48,7 @@ __all__ = [
     "set_hyperparameters",
     "convert",
     "simulate",
+    "timeline",
 ]
 
 
@@ -340,3 +341,41 @@ def simulate(spec: RunSpec | Mapping[str, Any] | StrPath | None = None, *,
     return run(spec, resume=resume, save=save, save_every=save_every,
                with_params=with_params, force=force, record_every=record_every,
                on_step=on_step)
+
+
+def timeline(paths: StrPath | Iterable[StrPath], *, spike: float = 10.0,
+             cache_dir: StrPath | None = None, use_cache: bool = True,
+             workers: int | None = None, key: str | None = None,
+             unsafe: bool = False) -> dict[str, Any]:
+    """Where a training run went wrong: ``optstate timeline RUN --json`` as a dict.
+
+    ``paths`` is a run's folder (its checkpoints are the files and checkpoint folders
+    directly in it: ``step_1000.pt``, ``checkpoint-500/``, ``global_step2000/``, DCP
+    folders) or a list of checkpoints of one run. Each is read once (inspect's
+    statistics, in parallel over ``workers`` threads), ordered by the step it records,
+    and the series are searched for findings: the first NaN/Inf, a norm growing more
+    than ``spike`` times between two checkpoints, an lr off its schedule or reset, step
+    counters that go back or skip, changed hyperparameters, collapsed second moments,
+    lost state. Statistics are cached beside the run (``<run>/.optstate``, or
+    ``cache_dir``) keyed by each file's size and mtime; ``use_cache=False`` neither reads
+    nor writes the cache. ``key`` says where the optimizer state is in every checkpoint;
+    ``unsafe=True`` loads with full pickle (own files only).
+
+    Returns the report of schema ``optstate.timeline/1`` (docs/timeline.md): ``checkpoints``
+    (one record each, in order), ``series`` (per param and entry: norm, max_abs, nan, inf,
+    zeros per checkpoint), ``lr`` (per group, with the scheduler's own lr), ``findings``
+    (first occurrence first; none: the run looks clean), ``order``, ``cache``, ``notes``.
+
+    Raises ``CheckpointError`` (a path that does not exist, no checkpoint found),
+    ``ConfigError`` (``spike`` not more than 1).
+    """
+    import os
+
+    from optstate.analysis.timeline import timeline as run
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    from pathlib import Path
+
+    return run([Path(p) for p in paths], spike=spike, cache_dir=cache_dir,
+               use_cache=use_cache, workers=workers, key=key, unsafe=unsafe)

@@ -24,6 +24,8 @@ FLAGS = {
     "scheduler_args": "--scheduler-arg",
     "assignments": "--set",
     "settings": "--set",  # compare: "lr=0.1" for every optimizer, "adam.lr=0.1" for one
+    "cache_dir": "--cache",  # timeline: cache_dir=DIR is --cache DIR
+    "use_cache": "--cache",  # timeline: use_cache=False is --no-cache
 }
 
 

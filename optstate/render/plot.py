@@ -1,13 +1,17 @@
-"""Pictures of runs: ``simulate --plot`` and ``compare --plot``.
+"""Pictures of runs: ``simulate --plot``, ``compare --plot`` and ``timeline --plot``.
 
 Each picture is one more rendering of the plain-data report a command already builds
-(``optstate.simulate/1``, ``optstate.compare/1``): nothing here steps an optimizer.
+(``optstate.simulate/1``, ``optstate.compare/1``, ``optstate.timeline/1``): nothing here
+steps an optimizer or reads a checkpoint.
 
 matplotlib is an optional extra (``pip install 'optstate[plot]'``) imported only when a
 picture is asked for. We draw on a bare ``Figure`` with the Agg canvas and never touch
 ``pyplot``: no global backend switch, no display needed, nothing left open. The size in
-pixels is fixed (``RUN_SIZE``, ``COMPARE_SIZE``) and the file carries no timestamp or
-version, so the same run gives the same bytes.
+pixels is fixed (``RUN_SIZE``, ``COMPARE_SIZE``, ``TIMELINE_SIZE``) and the file carries
+no timestamp or version, so the same run gives the same bytes.
+
+About 490 lines on purpose: the three pictures share the figure, format, saving and
+scale helpers at the top; each picture is then one function of its report.
 
 For 2-D objectives (exactly two parameter elements, Rosenbrock or quadratic) the
 trajectory is drawn over the objective's contour plot; the objective is evaluated with
@@ -342,3 +346,165 @@ def write_run_plot(report: dict[str, Any], path: str | Path, *, force: bool = Fa
 def write_compare_plot(report: dict[str, Any], path: str | Path, *, force: bool = False
                        ) -> Path:
     return save_figure(compare_figure(report), path, force=force)
+
+
+# --------------------------------------------------------------------------- timeline
+
+TIMELINE_SIZE = (1200, 800)
+TIMELINE_CURVES = 8  # entries drawn at most: those with findings first, then the largest
+_FINDING_COLOR = "C3"
+
+
+def _report_number(value: Any) -> float:
+    """A timeline report's number as a float for drawing: NaN (no point) for null and
+    for the "nan"/"inf" strings, which no axis can place."""
+    from optstate.analysis.timeline import num
+
+    v = num(value)
+    return math.nan if v is None or not math.isfinite(v) else v
+
+
+_NONFINITE_STYLE = {"marker": "x", "markersize": 9, "markeredgewidth": 2,
+                    "color": _FINDING_COLOR, "linestyle": "none", "zorder": 6}
+
+
+def _lr_scale(ax: Any, values: list[float]) -> None:
+    """Log y when the positive lrs span more than a decade; symmetric log when some lr is
+    0 too (a schedule's end), so that the 0 stays on the picture, at the bottom."""
+    positive = [v for v in values if math.isfinite(v) and v > 0]
+    if not positive or max(positive) / min(positive) <= 10:
+        return
+    if any(v == 0 for v in values):
+        ax.set_yscale("symlog", linthresh=min(positive))
+    else:
+        ax.set_yscale("log")
+
+
+def timeline_x(report: dict[str, Any]) -> tuple[list[float], str]:
+    """Each checkpoint's place on the x axis: the step the run is ordered by when every
+    checkpoint has one, else its position in the order."""
+    steps = [c.get("step") for c in report["checkpoints"]]
+    if steps and all(isinstance(s, (int, float)) for s in steps):
+        return [float(s) for s in steps], f"step ({report['order']['by']})"
+    return [float(i) for i in range(len(steps))], "checkpoint (in order)"
+
+
+def timeline_curves(report: dict[str, Any], most: int = TIMELINE_CURVES
+                    ) -> list[dict[str, Any]]:
+    """The series to draw: those a finding names (first finding first), then the others
+    by their largest finite norm; at most ``most``."""
+    def key(s: dict[str, Any]) -> tuple[Any, Any]:
+        return (s["param"], s["entry"])
+
+    by_key = {key(s): s for s in report["series"]}
+    chosen: list[dict[str, Any]] = []
+    for f in report["findings"]:
+        s = by_key.get((f.get("param"), f.get("entry")))
+        if s is not None and s not in chosen:
+            chosen.append(s)
+
+    def largest(s: dict[str, Any]) -> float:
+        vals = [v for v in map(_report_number, s["norm"]) if math.isfinite(v)]
+        return max(vals, default=-1.0)
+
+    rest = sorted((s for s in report["series"] if s not in chosen), key=largest,
+                  reverse=True)
+    return (chosen + rest)[:most]
+
+
+def _series_label(s: dict[str, Any]) -> str:
+    who = s["name"] if s.get("name") else f"state[{s['param']}]"
+    return f"{who}.{s['entry']}"
+
+
+def timeline_figure(report: dict[str, Any]) -> Any:
+    """The picture of a ``timeline`` report: the norm of the top entries over the run (log
+    scale; a red x where an entry holds NaN or Inf), the lr of every group below it (the
+    scheduler's own lr dashed), and a vertical line with the codes at every checkpoint
+    with a finding."""
+    fig = new_figure(TIMELINE_SIZE)
+    grid = fig.add_gridspec(2, 1, height_ratios=(2, 1))
+    ax_norm = fig.add_subplot(grid[0, 0])
+    ax_lr = fig.add_subplot(grid[1, 0], sharex=ax_norm)
+    xs, xlabel = timeline_x(report)
+    n = len(report["checkpoints"])
+    k = len(report["findings"])
+    paths = ", ".join(str(p) for p in report["run"]["paths"])
+    fig.suptitle(f"{paths} · {n} checkpoint{'s' * (n != 1)} · "
+                 f"{k} finding{'s' * (k != 1)}" if k else
+                 f"{paths} · {n} checkpoint{'s' * (n != 1)} · no finding")
+
+    curves = timeline_curves(report)
+    drawn: list[list[float]] = []
+    marked = False
+    for i, s in enumerate(curves):
+        ys = [v if v > 0 else math.nan for v in map(_report_number, s["norm"])]
+        drawn.append(ys)
+        color = run_color(i)
+        ax_norm.plot(xs, ys, color=color, linewidth=1.4, marker="o", markersize=3,
+                     label=_series_label(s))
+        bad = [j for j in range(n) if (s["nan"][j] or 0) or (s["inf"][j] or 0)]
+        on_curve = [j for j in bad if math.isfinite(ys[j])]
+        off_curve = [j for j in bad if not math.isfinite(ys[j])]
+        if on_curve:
+            ax_norm.plot([xs[j] for j in on_curve], [ys[j] for j in on_curve],
+                         **_NONFINITE_STYLE)
+        if off_curve:  # no finite element, so no norm: at the top edge
+            ax_norm.plot([xs[j] for j in off_curve], [0.97] * len(off_curve),
+                         transform=ax_norm.get_xaxis_transform(), clip_on=False,
+                         **_NONFINITE_STYLE)
+        marked = marked or bool(bad)
+    if marked:  # one legend entry for every x
+        ax_norm.plot([], [], label="holds NaN/Inf (top edge: no finite element)",
+                     **_NONFINITE_STYLE)
+    if any(math.isfinite(v) for ys in drawn for v in ys):
+        ax_norm.set_yscale("log")
+    else:
+        _no_data(ax_norm, "no finite norm to draw")
+    if curves:
+        ax_norm.legend(loc="best", fontsize="small")
+    ax_norm.set_ylabel("norm (finite elements)")
+    shown = len(curves)
+    total = len(report["series"])
+    ax_norm.set_title(f"state entries: {shown} of {total}" + (
+        " (those with findings first, then the largest)" if total > shown else ""),
+        fontsize="medium")
+
+    lines = report["lr"]
+    for g, row in enumerate(lines):
+        color = f"C{g % 10}"
+        label = f"group {row['group']}" if len(lines) > 1 else "lr"
+        ax_lr.plot(xs, [_report_number(v) for v in row["lr"]], color=color, linewidth=1.4,
+                   marker="o", markersize=3, label=label)
+        scheduled = row.get("scheduled_lr") or []
+        if any(isinstance(v, (int, float)) for v in scheduled):
+            ax_lr.plot(xs, [_report_number(v) for v in scheduled], color=color,
+                       linestyle="--", linewidth=1.2, label=f"{label}: its scheduler's")
+    if lines:
+        _lr_scale(ax_lr, [_report_number(v) for row in lines
+                          for v in [*row["lr"], *(row.get("scheduled_lr") or [])]])
+        ax_lr.legend(loc="best", fontsize="small")
+    else:
+        _no_data(ax_lr, "no lr recorded")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel(xlabel)
+
+    codes: dict[int, list[str]] = {}
+    for f in report["findings"]:
+        i = f.get("checkpoint")
+        if isinstance(i, int) and 0 <= i < n and f["code"] not in codes.setdefault(i, []):
+            codes[i].append(f["code"])
+    for i, found in sorted(codes.items()):
+        for ax in (ax_norm, ax_lr):
+            ax.axvline(xs[i], color=_FINDING_COLOR, alpha=0.45, linewidth=1.2, zorder=1)
+        ax_norm.text(xs[i], 0.02, " " + ", ".join(found), rotation=90, fontsize="small",
+                     color=_FINDING_COLOR, ha="right", va="bottom",
+                     transform=ax_norm.get_xaxis_transform())
+    for ax in (ax_norm, ax_lr):
+        ax.grid(True, alpha=0.3)
+    return fig
+
+
+def write_timeline_plot(report: dict[str, Any], path: str | Path, *, force: bool = False
+                        ) -> Path:
+    return save_figure(timeline_figure(report), path, force=force)

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "Show what an optimizer checkpoint holds: kind, groups, per-param stats.",
     "set": "Copy a checkpoint with hyperparameters changed, everything else identical.",
     "simulate": "Step a real torch optimizer on synthetic gradients and save its state.",
+    "timeline": "Find where a training run went wrong across its checkpoints.",
 }
 
 # The root command's help (the typer callback's, in optstate/cli/__init__.py).

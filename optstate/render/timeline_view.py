@@ -1,0 +1,210 @@
+"""The human view of a timeline report (schema ``optstate.timeline/1``): rich renderables.
+
+A header (the run, how many checkpoints, the order, the cache), one table row per
+checkpoint (its step, group 0's lr, the entry whose norm grew most since the checkpoint
+before, NaN/Inf counts, the codes of its findings), the findings one per line, the notes
+and a one-line verdict. A long run shows its first and last rows and every row with a
+finding, up to ``max_rows``; the gaps say how many rows they hide (``--json`` has all).
+Text from checkpoints (labels, param names) is printed through a safe console
+(``render.terminal_safe``); nothing here is rich markup.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Group
+from rich.text import Text
+
+from optstate.analysis.timeline import num as number
+from optstate.render.human import fmt, fmt_short
+from optstate.render.text_table import TextTable
+from optstate.render.wrapped import Hanging, Header
+
+MAX_ROWS = 40  # table rows shown by default; --max-rows 0 shows all
+EDGE = 3  # rows always shown at each end of a long run
+
+
+def short(value: Any) -> str:
+    """A norm or lr in 4 significant digits; "nan"/"inf" as such; "–" for none."""
+    v = number(value)
+    if v is None:
+        return "–"
+    if not math.isfinite(v):
+        return str(v)
+    return fmt_short(v)
+
+
+def place(param: int | None, name: str | None, entry: str | None) -> str:
+    """``hidden.weight.exp_avg`` where the name is known, else ``state[3].exp_avg``."""
+    who = name if name else (f"state[{param}]" if param is not None else "")
+    if entry:
+        return f"{who}.{entry}" if who else entry
+    return who
+
+
+def nonfinite_counts(report: dict[str, Any]) -> list[tuple[int, int]]:
+    """Per checkpoint, (NaN elements, Inf elements) summed over every series."""
+    n = len(report["checkpoints"])
+    nan, inf = [0] * n, [0] * n
+    for s in report["series"]:
+        for i in range(n):
+            nan[i] += int(s["nan"][i] or 0)
+            inf[i] += int(s["inf"][i] or 0)
+    return list(zip(nan, inf, strict=True))
+
+
+def shown_rows(report: dict[str, Any], max_rows: int) -> list[int]:
+    """The indices of the checkpoints the table shows: all when they fit ``max_rows``
+    (0: no limit); else every one with a finding (the earliest first, when even those
+    are too many), the first and last ``EDGE``, and as many more from both ends as fit."""
+    n = len(report["checkpoints"])
+    if max_rows <= 0 or n <= max_rows:
+        return list(range(n))
+    flagged = [c["index"] for c in report["checkpoints"] if c.get("findings")]
+    keep = set(range(min(EDGE, n))) | set(range(max(n - EDGE, 0), n))
+    for i in flagged:
+        if len(keep) >= max_rows:
+            break
+        keep.add(i)
+    head, tail = EDGE, n - EDGE - 1
+    while len(keep) < max_rows and head <= tail:  # fill from both ends inwards
+        keep.add(head)
+        head += 1
+        if len(keep) < max_rows:
+            keep.add(tail)
+            tail -= 1
+    return sorted(keep)
+
+
+def _lr_columns(report: dict[str, Any]) -> tuple[list[Any], list[Any] | None]:
+    """Group 0's lr per checkpoint, and its scheduled lr where it differs (None when it
+    never does, so the column is left out)."""
+    n = len(report["checkpoints"])
+    if not report["lr"]:
+        return [None] * n, None
+    g0 = report["lr"][0]
+    scheduled = g0.get("scheduled_lr") or [None] * n
+    differs = [None] * n
+    for i, (lr, sch) in enumerate(zip(g0["lr"], scheduled, strict=True)):
+        a, b = number(lr), number(sch)
+        if b is not None and (a is None or not _close(a, b)):
+            differs[i] = sch
+    return g0["lr"], differs if any(d is not None for d in differs) else None
+
+
+def _close(a: float, b: float) -> bool:
+    """Two lrs the same for the eye (the findings hold the exact rule)."""
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return a == b or abs(a - b) <= 1e-6 * max(abs(a), abs(b))
+
+
+def checkpoint_table(report: dict[str, Any], max_rows: int = MAX_ROWS) -> TextTable:
+    """One row per checkpoint shown (``shown_rows``): its findings (a count), label,
+    step, group 0's lr (and the lr its scheduler gives, where that differs), NaN and Inf
+    elements over every entry, and the entry whose norm grew most since the checkpoint
+    before (its norm, the factor, its place, last: the widest)."""
+    lrs, scheduled = _lr_columns(report)
+    counts = nonfinite_counts(report)
+    cols: list[tuple[str, str, int]] = [
+        ("!", "right", 1), ("checkpoint", "left", 0), ("step", "right", 0),
+        ("lr", "right", 0)]
+    if scheduled is not None:
+        cols.append(("scheduled", "right", 0))
+    cols += [("NaN", "right", 0), ("Inf", "right", 0), ("norm", "right", 0),
+             ("×prev", "right", 0), ("largest growth", "left", 0)]
+    table = TextTable("checkpoints", cols, padding=0, head=2)
+    before = -1
+    for i in shown_rows(report, max_rows):
+        if i > before + 1:
+            table.add_row("", Text(f"… {i - before - 1} more", style="dim"))
+        before = i
+        c = report["checkpoints"][i]
+        k = c.get("findings") or 0
+        row: list[Any] = [Text(str(k), style="bold red") if k else "", c["label"],
+                          fmt(c.get("step")), short(lrs[i])]
+        if scheduled is not None:
+            row.append(Text(short(scheduled[i]), style="dim") if scheduled[i] is not None
+                       else "")
+        nan, inf = counts[i]
+        row += [Text(str(nan), style="bold red") if nan else "0",
+                Text(str(inf), style="bold red") if inf else "0"]
+        worst = c.get("worst")
+        if c.get("error"):
+            row += ["", "", Text("unreadable", style="bold red")]
+        elif worst:
+            ratio = number(worst.get("ratio"))
+            row += [short(worst.get("norm")),
+                    "" if ratio is None else f"×{fmt_short(ratio)}",
+                    place(worst.get("param"), worst.get("name"), worst.get("entry"))]
+        table.add_row(*row)
+    n = len(report["checkpoints"])
+    if before < n - 1:
+        table.add_row("", Text(f"… {n - 1 - before} more", style="dim"))
+    return table
+
+
+def header(report: dict[str, Any]) -> Header:
+    run = report["run"]
+    head = Header()
+    head.add("run", Text(", ".join(str(p) for p in run["paths"])))
+    found = f"{run['found']} checkpoint{'s' * (run['found'] != 1)}, {run['read']} read"
+    if run["skipped"]:
+        found += f", {len(run['skipped'])} skipped"
+    head.add("found", Text(found))
+    order = report["order"]
+    head.add("order", Text(f"by {order['source']}"))
+    cache = report.get("cache") or {}
+    if cache.get("path"):
+        head.add("cache", Text(f"{cache['hits']} from the cache, {cache['misses']} read "
+                               f"({cache['path']})"))
+    elif cache.get("note"):
+        head.add("cache", Text(cache["note"], style="dim"))
+    return head
+
+
+def _lr_note(report: dict[str, Any]) -> Text | None:
+    groups = len(report["lr"])
+    if groups <= 1:
+        return None
+    return Text(f"lr: group 0's; +{groups - 1} group{'s' * (groups > 2)} "
+                "in --json and --plot", style="dim")
+
+
+def verdict(report: dict[str, Any]) -> Text:
+    findings = report["findings"]
+    n = len(report["checkpoints"])
+    if not findings:
+        return Text(f"no findings: {n} checkpoint{'s' * (n != 1)} look clean "
+                    f"(norm spikes over {fmt(report['spike'])}x)", style="bold green")
+    first = findings[0]
+    k = len(findings)
+    return Text(f"{k} finding{'s' * (k != 1)} in {n} checkpoints; the first at "
+                f"{first.get('label')} ({first['code']})", style="bold red")
+
+
+def timeline_view(report: dict[str, Any], max_rows: int = MAX_ROWS) -> Group:
+    """The whole report: header, the table (``max_rows`` rows at most, 0: all), findings,
+    skipped files, notes, verdict."""
+    parts: list[Any] = [header(report)]
+    if report["checkpoints"]:
+        parts.append(checkpoint_table(report, max_rows))
+        note = _lr_note(report)
+        if note is not None:
+            parts.append(note)
+    if report["findings"]:
+        parts.append(Text("findings", style="bold"))
+        for f in report["findings"]:
+            label = f.get("label") or ""
+            parts.append(Hanging(Text.assemble((f"{f['code']} ", "bold red"),
+                                               (f"{label}: ", "bold"), f["message"]), 2))
+    for s in report["run"]["skipped"]:
+        parts.append(Hanging(Text.assemble(("skipped ", "bold"), f"{s['path']}: ",
+                                           s["reason"]), 8))
+    for n in report["notes"]:
+        parts.append(Hanging(Text.assemble(("note ", "bold"), (f"[{n['code']}] ", "dim"),
+                                           n["message"]), 5))
+    parts.append(verdict(report))
+    return Group(*parts)
