@@ -207,3 +207,18 @@ def test_injected_fault_found_where_it_first_shows(run: str, report) -> None:
     assert rep["findings"][0]["checkpoint"] == at
     assert rep["checkpoints"][at]["findings"] >= 1
     assert math.isfinite(rep["spike"])
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_command_exit_status_and_json_on_real_runs(run: str, cli, tmp_path: Path) -> None:
+    """Exit 1 on the runs with a fault, 0 on the clean ones; --json is the same report
+    (the cache in tmp_path, never beside the fixtures)."""
+    pytest.importorskip("optstate.analysis.timeline_findings")
+    res = cli("timeline", RUNS_DIR / run, "--json", "--cache", tmp_path)
+    assert res.exit_code == (1 if run in FAULTY else 0), res.stdout + res.stderr
+    rep = json.loads(res.stdout)
+    assert rep["schema"] == "optstate.timeline/1"
+    assert [c["label"] for c in rep["checkpoints"]] == [c["label"] for c in kept(run)]
+    if run in FAULTY:
+        assert rep["findings"][0]["label"] == EXPECTED[run]["fault"]["label"]
+    assert list(tmp_path.iterdir()), "the cache went elsewhere"
