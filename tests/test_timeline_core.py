@@ -312,3 +312,37 @@ def test_parallel_reads_give_the_same_report(tmp_path):
     two = timeline([run], use_cache=False, workers=2, on_progress=lambda d, t: seen.append((d, t)))
     assert one == two
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_a_deepspeed_run_folder_gives_its_tag_folders():
+    run = FIXTURES / "deepspeed" / "zero2_bf16_ws1_sched" / "checkpoint"
+    found = find_checkpoints([run])
+    assert [(c.label, c.name_step) for c in found.items] == [("global_step3", 3)]
+    report = timeline([run], use_cache=False)
+    cp = report["checkpoints"][0]
+    assert cp["format"] == "deepspeed" and cp["error"] is None
+    assert cp["steps"]["run"] == 3 and cp["steps"]["run_source"] == "DeepSpeed global_steps"
+
+
+def test_an_fsdp2_rank_folder_is_one_checkpoint():
+    found = find_checkpoints([FIXTURES / "fsdp2"])
+    assert [c.label for c in found.items] == ["adamw_ws2"]
+    rec = read_record(found.items[0])
+    assert rec["format"] == "fsdp2-ranks" and rec["error"] is None and rec["params"]
+
+
+def test_a_file_without_optimizer_state_found_in_a_folder_is_skipped(tmp_path):
+    run = save_files(tmp_path / "run", steps=20)
+    torch.save({"weights": torch.zeros(3)}, run / "ema.pt")
+    report = timeline([run], use_cache=False)
+    assert [c["label"] for c in report["checkpoints"]] == ["step_10.pt", "step_20.pt"]
+    assert [Path(s["path"]).name for s in report["run"]["skipped"]] == ["ema.pt"]
+    assert "no optimizer state" in report["run"]["skipped"][0]["reason"]
+    # named on the command line, it is a checkpoint that could not be read
+    report = timeline([run / "ema.pt", run / "step_10.pt"], use_cache=False)
+    # (placed by its mtime: it has no number in its name and records no step)
+    assert [(c["label"], c["error"] is not None) for c in report["checkpoints"]] == [
+        ("step_10.pt", False), ("ema.pt", True)]

@@ -1,0 +1,196 @@
+"""One checkpoint of a run as ``timeline`` keeps it: a small plain-JSON record (its steps,
+lr per group and the lr its saved scheduler computes, and per parameter and entry the
+statistics ``inspect`` computes, from the same code: ``analysis.inspect.inspect_source``).
+No tensor is kept. docs/timeline.md documents the record.
+
+Floats that are not finite are stored as the strings ``"nan"``, ``"inf"`` and ``"-inf"``
+(JSON has no NaN); ``num`` reads any number of a record or report back as a float or None.
+``analysis.timeline`` orders the records and builds the report; ``timeline_findings``
+reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from optstate.base.errors import NoOptimizerStateError, OptstateError
+from optstate.io.run_dir import Candidate
+
+TRAINER_STATE = "trainer_state.json"
+_TRAINER_STATE_MAX = 64 * 2**20  # bytes: a Trainer's log history, never a whole disk
+_RUN_STEP_KEYS = ("step", "global_step", "iteration")
+
+
+def num(x: Any) -> float | None:
+    """A number of a record or report as a float: ``"nan"``/``"inf"``/``"-inf"`` back to
+    floats, None (or anything else) to None."""
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, (int, float)):
+        return float(x)
+    if x in ("nan", "inf", "-inf"):
+        return float(x)
+    return None
+
+
+def _json_float(x: Any) -> Any:
+    """A float for JSON: non-finite ones as strings (module docstring)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return x
+
+
+def _int(v: Any) -> int | None:
+    """An integral step (an int, or a float such as a float32 tensor's 40.0)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and math.isfinite(v) and v == int(v):
+        return int(v)
+    return None
+
+
+def _empty_record(c: Candidate) -> dict[str, Any]:
+    return {"label": c.label, "path": str(c.path), "format": None,
+            "identity": dict(c.identity), "name_step": c.name_step,
+            "steps": {"run": None, "run_source": None, "optimizer": None, "scheduler": None},
+            "kind": None, "groups": [], "scheduler": None, "params": [], "warnings": [],
+            "error": None, "error_code": None}
+
+
+def read_record(candidate: Candidate, *, key: str | None = None,
+                unsafe: bool = False) -> dict[str, Any]:
+    """One checkpoint's record (module docstring; docs/timeline.md). A checkpoint that
+    cannot be read gives a record with ``error`` (one line), never an exception."""
+    from optstate.analysis.inspect import inspect_source
+    from optstate.io.source import open_source
+    from optstate.state.locate import locate
+
+    rec = _empty_record(candidate)
+    try:
+        source = open_source(candidate.path, unsafe=unsafe)
+        report = inspect_source(source, key=key, stats=True)
+        located = locate(source, key)  # the raw scheduler state (inspect keeps its report)
+        rec["steps"]["run"], rec["steps"]["run_source"] = _run_step(source, located)
+        sched_state, raw_groups = located.scheduler, located.state.get("param_groups")
+        del source, located
+    except NoOptimizerStateError as e:
+        rec["error"], rec["error_code"] = str(e).splitlines()[0], "no_optimizer_state"
+        return rec
+    except OptstateError as e:
+        rec["error"], rec["error_code"] = str(e).splitlines()[0], "unreadable"
+        return rec
+    rec["format"] = report["file"]["format"]
+    rec["kind"] = report["optimizer"].get("kind")
+    positions: dict[int, list[int]] = {}
+    for p in report["params"]:
+        positions.setdefault(p["group"], []).append(p["position"])
+    rec["groups"] = [{"index": g["index"], "lr": _json_float(num(g["hyperparams"].get("lr"))),
+                      "hyperparams": g["hyperparams"], "params": positions.get(g["index"], [])}
+                     for g in report["param_groups"]]
+    steps = []
+    for p in report["params"]:
+        entries = {}
+        for name, e in p["state"].items():
+            if "value" in e and name == "step":
+                steps.append(_int(e["value"]))
+            if "shape" in e and "norm" in e:
+                entries[name] = _entry(e)
+        rec["params"].append({"position": p["position"], "name": p["name"],
+                              "group": p["group"], "entries": entries})
+    known = [s for s in steps if s is not None]
+    rec["steps"]["optimizer"] = max(known) if known else None
+    rec["scheduler"] = _scheduler(report["scheduler"], sched_state, raw_groups)
+    if rec["scheduler"] is not None:
+        rec["steps"]["scheduler"] = _int(rec["scheduler"]["last_epoch"])
+    rec["warnings"] = [{"code": w["code"], "message": w["message"]} for w in report["warnings"]]
+    return rec
+
+
+def _entry(e: dict[str, Any]) -> dict[str, Any]:
+    """inspect's statistics of one tensor entry, as the record keeps them."""
+    lo, hi = e.get("min"), e.get("max")
+    max_abs = max(abs(lo), abs(hi)) if lo is not None and hi is not None else None
+    return {"shape": e["shape"], "dtype": e["dtype"], "numel": e["numel"],
+            "norm": _json_float(e.get("norm")), "max_abs": _json_float(max_abs),
+            "nan": e.get("nan", 0), "inf": e.get("inf", 0), "zeros": e.get("zeros")}
+
+
+def _scheduler(rep: dict[str, Any] | None, state: dict[str, Any] | None,
+               raw_groups: Any) -> dict[str, Any] | None:
+    if rep is None:
+        return None
+    last_epoch = rep.get("last_epoch")
+    if last_epoch is None and isinstance(state, dict):  # DeepSpeed's own schedulers
+        last_epoch = _int(state.get("last_batch_iteration"))
+    out = {"kind": rep["kind"], "last_epoch": last_epoch, "last_lr": rep.get("last_lr"),
+           "base_lrs": rep.get("base_lrs"), "settings": rep.get("settings", {}),
+           "scheduled_lr": None, "scheduled_reason": "the scheduler state is not a dict"}
+    from optstate.sim.scheduled import scheduled_lrs
+
+    groups = raw_groups if isinstance(raw_groups, list) else []
+    if isinstance(state, dict):
+        plain_groups = [{k: v for k, v in g.items() if k != "params"} for g in groups
+                        if isinstance(g, dict)]
+        lrs, reason = scheduled_lrs(state, len(groups), groups=plain_groups)
+        out["scheduled_lr"] = [_json_float(x) for x in lrs] if lrs is not None else None
+        out["scheduled_reason"] = reason
+    return out
+
+
+def _run_step(source: Any, located: Any) -> tuple[int | None, str | None]:
+    """The step the run recorded beside the optimizer state, and where it was found."""
+    trainer = _trainer_state_step(source)
+    if trainer is not None:
+        return trainer, "trainer_state.json global_step"
+    if source.format == "deepspeed" and _int(source.details.get("global_steps")) is not None:
+        return _int(source.details["global_steps"]), "DeepSpeed global_steps"
+    obj = source.obj
+    if not isinstance(obj, dict):
+        return None, None
+    if "optimizer_states" in obj and _int(obj.get("global_step")) is not None:
+        return _int(obj["global_step"]), "Lightning global_step"
+    if _int(obj.get("global_steps")) is not None and "module" in obj:  # DeepSpeed, no ZeRO
+        return _int(obj["global_steps"]), "DeepSpeed global_steps"
+    container = _container(obj, located.location)
+    for holder in (container, obj):
+        if isinstance(holder, dict):
+            for k in _RUN_STEP_KEYS:
+                if _int(holder.get(k)) is not None:
+                    return _int(holder[k]), f"the checkpoint's {k!r} key"
+    return None, None
+
+
+def _container(obj: Any, location: str) -> Any:
+    """The dict holding the optimizer state at ``location`` (one level up), or None."""
+    from optstate.base.paths import path_keys
+
+    keys = path_keys(location) if location else []
+    node = obj
+    for k in keys[:-1]:
+        try:
+            node = node[k]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node if keys else None
+
+
+def _trainer_state_step(source: Any) -> int | None:
+    """``global_step`` of the Trainer's ``trainer_state.json`` beside the checkpoint."""
+    folders = [source.path] if source.path.is_dir() else []
+    folders += [source.file.parent if source.file.is_file() else source.file.parent,
+                source.path.parent if source.path.is_file() else source.path]
+    for folder in folders:
+        f = folder / TRAINER_STATE
+        try:
+            if not f.is_file() or f.stat().st_size > _TRAINER_STATE_MAX:
+                continue
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and _int(data.get("global_step")) is not None:
+            return _int(data["global_step"])
+    return None
