@@ -358,7 +358,7 @@ _FINDING_COLOR = "C3"
 def _report_number(value: Any) -> float:
     """A timeline report's number as a float for drawing: NaN (no point) for null and
     for the "nan"/"inf" strings, which no axis can place."""
-    from optstate.analysis.timeline import num
+    from optstate.analysis.timeline_record import num
 
     v = num(value)
     return math.nan if v is None or not math.isfinite(v) else v

@@ -17,13 +17,12 @@ from typing import Any
 from rich.console import Group
 from rich.text import Text
 
-from optstate.analysis.timeline import num as number
+from optstate.analysis.timeline_record import num as number
 from optstate.render.human import fmt, fmt_short
 from optstate.render.text_table import TextTable
 from optstate.render.wrapped import Hanging, Header
 
 MAX_ROWS = 40  # table rows shown by default; --max-rows 0 shows all
-EDGE = 3  # rows always shown at each end of a long run
 
 
 def short(value: Any) -> str:
@@ -57,24 +56,21 @@ def nonfinite_counts(report: dict[str, Any]) -> list[tuple[int, int]]:
 
 def shown_rows(report: dict[str, Any], max_rows: int) -> list[int]:
     """The indices of the checkpoints the table shows: all when they fit ``max_rows``
-    (0: no limit); else every one with a finding (the earliest first, when even those
-    are too many), the first and last ``EDGE``, and as many more from both ends as fit."""
+    (0: no limit); else the first and the last, every one with a finding (the earliest
+    first, while they fit), then more from both ends inwards up to ``max_rows``."""
     n = len(report["checkpoints"])
     if max_rows <= 0 or n <= max_rows:
         return list(range(n))
-    flagged = [c["index"] for c in report["checkpoints"] if c.get("findings")]
-    keep = set(range(min(EDGE, n))) | set(range(max(n - EDGE, 0), n))
-    for i in flagged:
-        if len(keep) >= max_rows:
+    order = [0, n - 1]
+    order += [c["index"] for c in report["checkpoints"] if c.get("findings")]
+    for k in range(1, n):  # 1, n-2, 2, n-3, ...
+        order += [k, n - 1 - k]
+    keep: list[int] = []
+    for i in order:
+        if len(keep) >= max(max_rows, 2):
             break
-        keep.add(i)
-    head, tail = EDGE, n - EDGE - 1
-    while len(keep) < max_rows and head <= tail:  # fill from both ends inwards
-        keep.add(head)
-        head += 1
-        if len(keep) < max_rows:
-            keep.add(tail)
-            tail -= 1
+        if i not in keep:
+            keep.append(i)
     return sorted(keep)
 
 
@@ -198,8 +194,10 @@ def timeline_view(report: dict[str, Any], max_rows: int = MAX_ROWS) -> Group:
         parts.append(Text("findings", style="bold"))
         for f in report["findings"]:
             label = f.get("label") or ""
-            parts.append(Hanging(Text.assemble((f"{f['code']} ", "bold red"),
-                                               (f"{label}: ", "bold"), f["message"]), 2))
+            message = f["message"]
+            if label and not message.startswith(label):  # say where, once
+                message = f"{label}: {message}"
+            parts.append(Hanging(Text.assemble((f"{f['code']} ", "bold red"), message), 2))
     for s in report["run"]["skipped"]:
         parts.append(Hanging(Text.assemble(("skipped ", "bold"), f"{s['path']}: ",
                                            s["reason"]), 8))
