@@ -1,0 +1,524 @@
+"""What went wrong along a run: findings over the records of its checkpoints, in run order
+(``analysis.timeline`` builds the records; docs/timeline.md lists the codes).
+
+Each finding is ``analysis.findings.finding`` plus where it is in the run: ``checkpoint``
+(the index of the record), ``label``, ``param`` (position or None), ``name``, ``entry``
+and ``group``. A finding is given once per (code, place), at its first occurrence; where
+it goes on, its message says at how many later checkpoints. First occurrence first.
+
+What each code claims, and what keeps it from firing on a healthy run:
+
+- ``nan`` / ``inf``: the first checkpoint at which an entry holds NaN / Inf (it held none
+  at the checkpoint before, or it is the first checkpoint).
+- ``norm_spike``: an entry's norm is more than ``spike`` times its previous finite norm.
+  Accumulators start at zero and grow at the start of training without anything being
+  wrong, so the norms compared are first made comparable: Adam-family ``exp_avg`` /
+  ``exp_avg_sq`` / ``max_exp_avg_sq`` are bias-corrected by the recorded optimizer step and
+  the group's betas (divided by ``1 - beta**step``, as Adam itself does), so an EMA's
+  early growth from 0 is not a spike; any other entry's ratio is divided by the growth of
+  the step itself between the two checkpoints (an accumulator from zero, an EMA or a sum,
+  grows at most in proportion to the steps it has taken: step 1 -> 20 allows 20x). Second
+  moments (squares of gradients: ``exp_avg_sq``, Adagrad's ``sum``, ...) are compared in
+  gradient units, by the square root of their ratio, so one event (gradients x10) gives
+  the same factor in ``exp_avg`` and in ``exp_avg_sq``.
+- ``lr_off_schedule``: a group's lr is not what the saved scheduler computes at its
+  last_epoch (``sim.scheduled``; within ``numeric.tolerance.schedule_atol``, the rounding
+  of a schedule reached step by step). Only for schedulers whose lr follows from their
+  state; the others cannot be checked (their lr is compared with their own last lr).
+- ``lr_not_from_scheduler``: a group's lr is not the scheduler's own last lr (set after
+  the scheduler's last step).
+- ``lr_up`` / ``lr_reset``: only where no saved scheduler accounts for the lr (none is
+  saved, or its lr cannot be known): the lr rises after having fallen, or rises more than
+  ``spike`` times in one interval after an interval in which it did not rise (a warmup
+  rises at every interval from the start), or returns to the run's first lr after having
+  moved away. The message says that no scheduler is saved to tell a schedule's restart.
+- ``step_backwards``: the optimizer's step or the run's step decreases along the order, or
+  a checkpoint records an earlier step than one whose name number is smaller (saved
+  before it): a resume from an older checkpoint, or a fresh optimizer.
+- ``step_skip``: two counters that advanced by the same amount over the interval before
+  advance differently, the optimizer's step by more than the run's step, the name number
+  or the scheduler's last_epoch. (The optimizer's step advancing *less* is not a finding:
+  mixed precision's gradient scaler skips optimizer steps on overflow while the loop and
+  often the scheduler go on.) A gap in which all counters agree is nothing.
+- ``scheduler_reset``: the scheduler's last_epoch goes back while the optimizer's step (or
+  the run's step, or the name number) goes on.
+- ``hyperparam_changed``: a group hyperparameter other than lr changes between consecutive
+  checkpoints (not ``initial_lr``; not beta1 / momentum under a scheduler that cycles
+  momentum; not torch's implementation switches ``foreach``/``fused``/...), or groups are
+  added or removed.
+- ``moments_collapsed``: a second moment that was not all zeros becomes all zeros, or its
+  fraction of zeros rises by half or more (underflow in a low-precision state, or a reset).
+- ``state_lost``: an entry a param held at the checkpoint before is gone, or all per-param
+  state is gone (an optimizer that never keeps state, as SGD without momentum, loses
+  nothing).
+- ``unreadable``: a checkpoint that could not be read.
+
+Works on plain records only (no tensors, no torch).
+
+524 lines: one rule per code, each beside the words that keep it from misleading; split,
+the rules would only call back into one another's helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+from optstate.analysis.findings import at, finding
+from optstate.analysis.timeline_record import num
+from optstate.analysis.underflow import SECOND_MOMENTS, SQUARED
+from optstate.base.paths import join
+from optstate.numeric.tolerance import schedule_atol
+
+# In this order at one checkpoint: what was done to the run (a likely cause) before what
+# happened to its state
+CODES = ("unreadable", "step_backwards", "step_skip", "scheduler_reset", "lr_off_schedule",
+         "lr_not_from_scheduler", "lr_up", "lr_reset", "hyperparam_changed", "state_lost",
+         "nan", "inf", "norm_spike", "moments_collapsed")
+
+# Entries that hold squares of gradients (compared in gradient units; checked for collapse)
+SQUARE_ENTRIES = frozenset(SQUARED) | frozenset(SECOND_MOMENTS) | {
+    "acc_delta", "exp_avg_sq_row", "exp_avg_sq_col", "state2"}
+# Adam-family EMAs bias-corrected by beta1 / beta2 (analysis module docstring)
+BIAS_CORRECTED = {"exp_avg": 0, "exp_avg_sq": 1, "max_exp_avg_sq": 1}
+# Group keys that are not hyperparameters of the run: torch's implementation switches and
+# what an LR scheduler writes itself
+NOT_HYPERPARAMS = frozenset({"lr", "initial_lr", "foreach", "fused", "capturable",
+                             "differentiable", "params", "param_names"})
+MOMENTUM_CYCLERS = ("OneCycleLR", "CyclicLR")
+COUNTER_WORDS = {"run": "the run's step", "optimizer": "the optimizer's step",
+                 "scheduler": "the LR scheduler's last_epoch", "name": "the name number"}
+# (a, b): a advancing by more than b, after both moved together, is a step_skip
+# (the run's step against the name number is not compared: a name may count epochs or be
+# written one off, and neither says anything about the optimizer)
+SKIP_PAIRS = (("optimizer", "run"), ("optimizer", "name"), ("optimizer", "scheduler"))
+
+
+def timeline_findings(records: list[dict[str, Any]], *, spike: float) -> list[dict[str, Any]]:
+    """The findings over ``records`` (in run order), first occurrence first."""
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    order: list[tuple[Any, ...]] = []
+
+    def emit(i: int, code: str, message: str, *, key: Any = None, param: int | None = None,
+             name: str | None = None, entry: str | None = None, group: int | None = None,
+             where: list[str] | None = None) -> None:
+        k = (code, param, entry, group, key)
+        if k in seen:
+            seen[k]["_later"] += 1
+            return
+        if where is None:
+            where = [at(param, entry)] if param is not None else []
+        f = finding(code, message, where, [name] * len(where) if param is not None else None)
+        f.update({"checkpoint": i, "label": records[i]["label"], "param": param,
+                  "name": name, "entry": entry, "group": group, "_later": 0})
+        seen[k] = f
+        order.append(k)
+
+    ok = [i for i, r in enumerate(records) if r.get("error") is None]
+    for i, r in enumerate(records):
+        if r.get("error") is not None:
+            emit(i, "unreadable", f"{r['label']}: could not be read: {r['error']}")
+    if ok:
+        _first_entries(records, ok[0], emit)
+    _name_order(records, ok, emit)
+    for prev, cur in zip(ok, ok[1:], strict=False):
+        _counters(records, ok, prev, cur, emit)
+        _entries(records, prev, cur, spike, emit)
+        _hyperparams(records, prev, cur, emit)
+    for i in ok:
+        _lr(records, ok, i, spike, emit)
+
+    out = []
+    for k in order:
+        f = seen[k]
+        n = f.pop("_later")
+        if n:
+            f["message"] += f" (and at {n} later checkpoint{'s' if n > 1 else ''})"
+        out.append(f)
+    rank = {c: j for j, c in enumerate(CODES)}
+    out.sort(key=lambda f: (f["checkpoint"], rank[f["code"]],
+                            -1 if f["param"] is None else f["param"], f["entry"] or "",
+                            -1 if f["group"] is None else f["group"]))
+    return out
+
+
+Emit = Callable[..., None]
+
+
+def _who(p: dict[str, Any]) -> str:
+    return p["name"] if p.get("name") else at(p["position"])
+
+
+def _g(x: float | None) -> str:
+    return "?" if x is None else f"{x:.4g}"
+
+
+def _params(r: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return {p["position"]: p for p in r.get("params") or []}
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _counter(r: dict[str, Any], c: str) -> int | None:
+    v = r.get("name_step") if c == "name" else (r.get("steps") or {}).get(c)
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _name_order(records: list[dict[str, Any]], ok: list[int], emit: Emit) -> None:
+    """A checkpoint that records an earlier step than one saved before it (by the numbers
+    in their names)."""
+    by = next((c for c in ("run", "optimizer", "scheduler")
+               if all(_counter(records[i], c) is not None for i in ok)), None)
+    if by is None:
+        return
+    for i in ok:
+        ri, ni = records[i], _counter(records[i], "name")
+        if ni is None:
+            continue
+        earlier = [j for j in ok if (_counter(records[j], "name") or ni) < ni
+                   and _counter(records[j], by) > _counter(ri, by)]  # type: ignore[operator]
+        if earlier:
+            j = max(earlier, key=lambda j: (_counter(records[j], by), records[j]["label"]))
+            emit(i, "step_backwards",
+                 f"{ri['label']} records {COUNTER_WORDS[by]} {_counter(ri, by)} but "
+                 f"{records[j]['label']}, saved before it, records "
+                 f"{_counter(records[j], by)}: resumed from an older checkpoint, or a fresh "
+                 "optimizer?", key="name")
+
+
+def _counters(records: list[dict[str, Any]], ok: list[int], prev: int, cur: int,
+              emit: Emit) -> None:
+    a, b = records[prev], records[cur]
+    d = {c: (None if _counter(a, c) is None or _counter(b, c) is None
+             else _counter(b, c) - _counter(a, c))  # type: ignore[operator]
+         for c in COUNTER_WORDS}
+    went_on = [c for c in ("optimizer", "run", "name") if (d[c] or 0) > 0]
+
+    def moves(cs: list[str]) -> str:
+        return ", ".join(f"{COUNTER_WORDS[c]} {_counter(a, c)} -> {_counter(b, c)}"
+                         for c in cs)
+
+    for c in ("optimizer", "run"):
+        if d[c] is not None and d[c] < 0:
+            others = [o for o in went_on if o != c]
+            cause = ("the optimizer state not restored on resume, or restored from an older "
+                     "checkpoint?" if c == "optimizer" and others else
+                     "resumed from an older checkpoint?")
+            emit(cur, "step_backwards",
+                 f"{b['label']}: {COUNTER_WORDS[c]} went back {_counter(a, c)} -> "
+                 f"{_counter(b, c)} after {a['label']}"
+                 + (f" while {moves(others)} went on" if others else "") + f": {cause}",
+                 key=c)
+    # the scheduler went back while the steps it follows went on (the optimizer's, where
+    # it records one: when that went back too, it is step_backwards above)
+    ref = ["optimizer"] if d["optimizer"] is not None else [c for c in went_on if c != "optimizer"]
+    went_on = [c for c in ref if (d[c] or 0) > 0]
+    if d["scheduler"] is not None and d["scheduler"] < 0:
+        if went_on:
+            emit(cur, "scheduler_reset",
+                 f"{b['label']}: the LR scheduler's last_epoch went back "
+                 f"{_counter(a, 'scheduler')} -> {_counter(b, 'scheduler')} after "
+                 f"{a['label']} while {moves(went_on[:1])} went on: the scheduler's state "
+                 "not restored on resume?")
+        elif d["optimizer"] is None and d["run"] is None:
+            emit(cur, "step_backwards",
+                 f"{b['label']}: the LR scheduler's last_epoch went back "
+                 f"{_counter(a, 'scheduler')} -> {_counter(b, 'scheduler')} after "
+                 f"{a['label']}: resumed from an older checkpoint?", key="scheduler")
+    # step_skip: counters that moved together over the interval before move apart now
+    k = ok.index(prev)
+    if k == 0:
+        return
+    before = records[ok[k - 1]]
+    for x, y in SKIP_PAIRS:
+        px, py = _counter(before, x), _counter(before, y)
+        if px is None or py is None or d[x] is None or d[y] is None:
+            continue
+        dx0, dy0 = _counter(a, x) - px, _counter(a, y) - py  # type: ignore[operator]
+        if dx0 == dy0 > 0 and d[x] > d[y] >= 0:
+            emit(cur, "step_skip",
+                 f"{b['label']}: {COUNTER_WORDS[x]} advanced {d[x]} "
+                 f"({_counter(a, x)} -> {_counter(b, x)}) but {COUNTER_WORDS[y]} {d[y]} "
+                 f"({_counter(a, y)} -> {_counter(b, y)}) since {a['label']}, where both "
+                 f"advanced {dx0} before: resumed from another checkpoint, or steps taken "
+                 "twice?", key=(x, y))
+
+
+# ----------------------------------------------------------------------------- entries
+
+
+def _betas(r: dict[str, Any], group: int | None) -> list[float | None] | None:
+    for g in r.get("groups") or []:
+        if g.get("index") == group:
+            b = (g.get("hyperparams") or {}).get("betas")
+            if isinstance(b, (list, tuple)) and len(b) >= 2:
+                return [num(b[0]), num(b[1])]
+    return None
+
+
+def _step_of(r: dict[str, Any]) -> int | None:
+    """The count of steps behind the state (the optimizer's, else the run's, else the
+    scheduler's, else the name number)."""
+    for c in ("optimizer", "run", "scheduler", "name"):
+        v = _counter(r, c)
+        if v is not None:
+            return v
+    return None
+
+
+def _comparable(r: dict[str, Any], p: dict[str, Any], entry: str,
+                norm: float) -> tuple[float, str]:
+    """The norm made comparable across steps (module docstring), and how."""
+    leaf = entry.rsplit(".", 1)[-1]
+    which = BIAS_CORRECTED.get(leaf)
+    betas = _betas(r, p.get("group"))
+    step = _counter(r, "optimizer")
+    if which is not None and betas is not None and step and betas[which] is not None \
+            and 0 <= betas[which] < 1:  # type: ignore[operator]
+        return norm / (1.0 - betas[which] ** step), "bias-corrected"  # type: ignore[operator]
+    return norm, ""
+
+
+def _entries(records: list[dict[str, Any]], prev: int, cur: int, spike: float,
+             emit: Emit) -> None:
+    a, b = records[prev], records[cur]
+    pa, pb = _params(a), _params(b)
+    had = sum(1 for p in pa.values() if p.get("entries"))
+    has = sum(1 for p in pb.values() if p.get("entries"))
+    if had and not has:
+        emit(cur, "state_lost",
+             f"{b['label']}: no param has optimizer state, where {a['label']} held state "
+             f"for {had}: a fresh optimizer, or its state not loaded?")
+        return
+    sa, sb = _step_of(a), _step_of(b)
+    growth = sb / sa if sa and sb and sb > sa > 0 else 1.0
+    for pos, p in pa.items():
+        q = pb.get(pos)
+        for entry, e in (p.get("entries") or {}).items():
+            f = (q.get("entries") or {}).get(entry) if q is not None else None
+            who = _who(q or p)
+            kw = {"param": pos, "name": (q or p).get("name"), "entry": entry,
+                  "group": (q or p).get("group")}
+            if f is None:
+                emit(cur, "state_lost",
+                     f"{b['label']}: {who} {entry} is gone (held at {a['label']}): a fresh "
+                     "optimizer, or its state not loaded?", **kw)
+                continue
+            _nonfinite(cur, b, a, who, entry, e, f, emit, kw)
+            _spike(cur, a, b, p, q, who, entry, e, f, spike, growth, emit,  # type: ignore[arg-type]
+                   kw)
+            _collapse(cur, a, b, who, entry, e, f, emit, kw)
+
+
+def _first_entries(records: list[dict[str, Any]], i: int, emit: Emit) -> None:
+    """NaN / Inf already at the first checkpoint."""
+    r = records[i]
+    for p in (r.get("params") or []):
+        for entry, e in (p.get("entries") or {}).items():
+            kw = {"param": p["position"], "name": p.get("name"), "entry": entry,
+                  "group": p.get("group")}
+            _nonfinite(i, r, None, _who(p), entry, None, e, emit, kw)
+
+
+def _nonfinite(i: int, b: dict[str, Any], a: dict[str, Any] | None, who: str, entry: str,
+               e: dict[str, Any] | None, f: dict[str, Any], emit: Emit,
+               kw: dict[str, Any]) -> None:
+    for code, word in (("nan", "NaN"), ("inf", "Inf")):
+        n = f.get(code) or 0
+        if n > 0:
+            before = (e.get(code) or 0) if e is not None else 0
+            tail = (f"none at {a['label']}" if a is not None and not before else
+                    "already at the first checkpoint" if a is None else
+                    f"{before} at {a['label']}")
+            emit(i, code,
+                 f"{b['label']}: {who} {entry} holds {n} {word} of {f.get('numel')} "
+                 f"({tail})", **kw)
+
+
+def _spike(i: int, a: dict[str, Any], b: dict[str, Any], p: dict[str, Any], q: dict[str, Any],
+           who: str, entry: str, e: dict[str, Any], f: dict[str, Any], spike: float,
+           growth: float, emit: Emit, kw: dict[str, Any]) -> None:
+    na, nb = num(e.get("norm")), num(f.get("norm"))
+    if na is None or nb is None or not math.isfinite(na) or not math.isfinite(nb) or na <= 0:
+        return
+    ca, how = _comparable(a, p, entry, na)
+    cb, _ = _comparable(b, q, entry, nb)
+    ratio = cb / ca
+    leaf = entry.rsplit(".", 1)[-1]
+    squared = leaf in SQUARE_ENTRIES
+    factor = math.sqrt(ratio) if squared else ratio
+    allowed = spike if how else spike * growth
+    if factor > allowed:
+        units = " (a square of gradients: compared by the square root)" if squared else ""
+        corr = f", {how} by step and betas" if how else (
+            f", allowing {growth:.3g}x for the steps taken" if growth > 1 else "")
+        emit(i, "norm_spike",
+             f"{b['label']}: {who} {entry} norm {_g(na)} -> {_g(nb)} since {a['label']}: "
+             f"{factor:.3g}x > {spike:g}x{units}{corr}", **kw)
+
+
+def _collapse(i: int, a: dict[str, Any], b: dict[str, Any], who: str, entry: str,
+              e: dict[str, Any], f: dict[str, Any], emit: Emit, kw: dict[str, Any]) -> None:
+    if entry.rsplit(".", 1)[-1] not in SQUARE_ENTRIES:
+        return
+    za, zb = num(e.get("zeros")), num(f.get("zeros"))
+    if za is None or zb is None or za >= 1.0:
+        return
+    if zb >= 1.0 or zb - za >= 0.5:
+        emit(i, "moments_collapsed",
+             f"{b['label']}: {who} {entry} is {zb:.0%} zeros (was {za:.0%} at {a['label']}): "
+             f"{'all' if zb >= 1.0 else 'most'} of the second moment gone: underflow in a "
+             "low-precision state, or reset by hand?", **kw)
+
+
+# ----------------------------------------------------------------------------- lr
+
+
+def _group(r: dict[str, Any], g: int) -> dict[str, Any] | None:
+    return next((x for x in r.get("groups") or [] if x.get("index") == g), None)
+
+
+def _close(x: float, y: float, steps: int, base: float | None) -> bool:
+    scale = max(abs(x), abs(y), abs(base or 0.0))
+    return abs(x - y) <= schedule_atol(steps, scale)
+
+
+def _listed(values: Any, g: int) -> float | None:
+    return num(values[g]) if isinstance(values, list) and g < len(values) else None
+
+
+def _accounted(r: dict[str, Any], g: int, lr: float) -> bool:
+    """Whether a saved scheduler accounts for this lr (it is its last lr or its computed
+    lr at last_epoch)."""
+    s = r.get("scheduler")
+    if not s:
+        return False
+    for v in (_listed(s.get("last_lr"), g), _listed(s.get("scheduled_lr"), g)):
+        if v is not None and _close(lr, v, int(s.get("last_epoch") or 0),
+                                    _listed(s.get("base_lrs"), g)):
+            return True
+    return False
+
+
+def _lr(records: list[dict[str, Any]], ok: list[int], i: int, spike: float,
+        emit: Emit) -> None:
+    r = records[i]
+    s = r.get("scheduler") or None
+    k = ok.index(i)
+    for grp in r.get("groups") or []:
+        g = grp.get("index")
+        lr = num(grp.get("lr"))
+        if lr is None or not math.isfinite(lr):
+            continue
+        where = [join(join("param_groups", g), "lr")]
+        kw = {"group": g, "where": where}
+        if s:
+            epoch = int(s.get("last_epoch") or 0)
+            base = _listed(s.get("base_lrs"), g)
+            last = _listed(s.get("last_lr"), g)
+            sched = _listed(s.get("scheduled_lr"), g)
+            if last is not None and not _close(lr, last, 0, base):
+                emit(i, "lr_not_from_scheduler",
+                     f"{r['label']}: group {g}'s lr is {_g(lr)} but its {s.get('kind')}'s "
+                     f"last lr is {_g(last)} ({lr / last if last else math.inf:.3g}x): the lr "
+                     "changed after the scheduler's last step (by hand, or by other code)?",
+                     **kw)
+                continue
+            if sched is not None and not _close(lr, sched, epoch, base):
+                emit(i, "lr_off_schedule",
+                     f"{r['label']}: group {g}'s lr is {_g(lr)} but its {s.get('kind')} "
+                     f"computes {_g(sched)} at last_epoch {epoch} "
+                     f"({lr / sched if sched else math.inf:.3g}x): the lr changed by hand or "
+                     "by other code (another scheduler?), or the scheduler restored with "
+                     "other settings?", **kw)
+                continue
+        if _accounted(r, g, lr) or k == 0:
+            continue
+        # no saved scheduler accounts for the lr: its history alone
+        hist = []
+        for j in ok[:k + 1]:
+            x = _group(records[j], g)
+            v = num(x.get("lr")) if x is not None else None
+            if v is not None and math.isfinite(v):
+                hist.append((j, v))
+        if len(hist) < 2 or hist[-1][0] != i:
+            continue
+        (jp, prev), (_, now) = hist[-2], hist[-1]
+        first = hist[0][1]
+        why = ("no LR scheduler is saved to say whether the schedule does this"
+               if not s else f"the saved {s.get('kind')}'s lr cannot be computed here")
+        moved = any(not _close(v, first, 0, None) for _, v in hist[1:-1])
+        if moved and _close(now, first, 0, None) and not _close(prev, first, 0, None):
+            emit(i, "lr_reset",
+                 f"{r['label']}: group {g}'s lr is back to the run's first lr {_g(first)} "
+                 f"(from {_g(prev)} at {records[jp]['label']}): a resume that lost the "
+                 f"scheduler, or the optimizer rebuilt from its config? ({why})", **kw)
+            continue
+        if now <= prev or _close(now, prev, 0, None):
+            continue
+        steps_ = [(v2 - v1) for (_, v1), (_, v2) in zip(hist[:-1], hist[1:], strict=False)]
+        fell = any(x < 0 and not _close(hist[n][1], hist[n + 1][1], 0, None)
+                   for n, x in enumerate(steps_[:-1]))
+        rose_before = len(hist) >= 3 and hist[-2][1] > hist[-3][1] and \
+            not _close(hist[-2][1], hist[-3][1], 0, None)
+        if fell:
+            emit(i, "lr_up",
+                 f"{r['label']}: group {g}'s lr rose {_g(prev)} -> {_g(now)} since "
+                 f"{records[jp]['label']} after having fallen: a scheduler restored "
+                 f"wrongly, or the lr set by hand? ({why}: restarts and cycles rise too)",
+                 **kw)
+        elif prev > 0 and now > spike * prev and len(hist) >= 3 and not rose_before:
+            emit(i, "lr_up",
+                 f"{r['label']}: group {g}'s lr rose {_g(prev)} -> {_g(now)} since "
+                 f"{records[jp]['label']} ({now / prev:.3g}x > {spike:g}x): the lr set by "
+                 f"hand? ({why})", **kw)
+
+
+# ----------------------------------------------------------------------------- groups
+
+
+def _cycled(r: dict[str, Any]) -> bool:
+    """Whether the saved scheduler may move beta1 / momentum itself."""
+    s = r.get("scheduler") or {}
+    if s.get("kind") == "DeepSpeed scheduler":
+        return True  # its OneCycle cycles momentum, and its settings are not saved
+    return s.get("kind") in MOMENTUM_CYCLERS and bool((s.get("settings") or {}).get(
+        "cycle_momentum", True))
+
+
+def _hyper(r: dict[str, Any], g: dict[str, Any]) -> dict[str, str]:
+    h = dict(g.get("hyperparams") or {})
+    if _cycled(r):
+        h.pop("momentum", None)
+        if isinstance(h.get("betas"), (list, tuple)):
+            h["betas"] = list(h["betas"])[1:]
+    return {k: json.dumps(v, sort_keys=True) for k, v in h.items()
+            if k not in NOT_HYPERPARAMS}
+
+
+def _hyperparams(records: list[dict[str, Any]], prev: int, cur: int, emit: Emit) -> None:
+    a, b = records[prev], records[cur]
+    ga = {g.get("index"): g for g in a.get("groups") or []}
+    gb = {g.get("index"): g for g in b.get("groups") or []}
+    if not ga or not gb:
+        return
+    if set(ga) != set(gb):
+        emit(cur, "hyperparam_changed",
+             f"{b['label']}: {len(gb)} param groups where {a['label']} had {len(ga)}: "
+             "groups added or removed (a model part unfrozen or frozen, a new optimizer?)",
+             key="groups", where=["param_groups"])
+        return
+    for g in sorted(ga, key=lambda x: -1 if x is None else x):
+        ha, hb = _hyper(a, ga[g]), _hyper(b, gb[g])
+        if _cycled(a) != _cycled(b):
+            continue
+        for key in sorted(set(ha) | set(hb)):
+            if ha.get(key) != hb.get(key):
+                emit(cur, "hyperparam_changed",
+                     f"{b['label']}: group {g}'s {key} changed {ha.get(key, 'absent')} -> "
+                     f"{hb.get(key, 'absent')} since {a['label']}: edited mid-run, or a "
+                     "schedule of it in the training code?", group=g, key=key,
+                     where=[join(join("param_groups", g), key)])

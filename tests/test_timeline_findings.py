@@ -1,0 +1,352 @@
+"""analysis.timeline_findings on records read (analysis.timeline.read_record) from real
+torch.save checkpoints of real training loops: each injected fault is found at the right
+checkpoint, param (by name) and entry; clean runs of the usual shapes (warmup, cosine,
+restarts, one-cycle, several groups, a frozen param, SGD without state, bf16, steps skipped
+by a gradient scaler) give no finding."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.optim import lr_scheduler as L
+
+from optstate.analysis.timeline import order_records
+from optstate.analysis.timeline_findings import timeline_findings
+from optstate.analysis.timeline_record import read_record
+from optstate.io.run_dir import find_checkpoints
+
+
+class Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(4, 8)
+        self.fc2 = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+Hook = Callable[[int, "Run"], None]
+
+
+class Run:
+    """A tiny model trained by a real optimizer; ``train`` saves every ``every`` steps."""
+
+    def __init__(self, folder: Path, make_opt: Callable[[Net], torch.optim.Optimizer],
+                 make_sched: Callable[[torch.optim.Optimizer], Any] | None = None,
+                 seed: int = 0, dtype: torch.dtype = torch.float32,
+                 save_step: bool = True) -> None:
+        torch.manual_seed(seed)
+        self.folder, self.dtype, self.save_step = folder, dtype, save_step
+        self.model = Net().to(dtype)
+        self.opt = make_opt(self.model)
+        self.sched = make_sched(self.opt) if make_sched else None
+        self.step = 0
+        self.grad_scale = 1.0
+        self.skip = False  # a gradient scaler's skipped step: no optimizer.step()
+
+    def one_step(self) -> None:
+        x = torch.randn(16, 4, dtype=self.dtype)
+        loss = self.model(x).float().pow(2).mean() * self.grad_scale
+        self.opt.zero_grad()
+        loss.backward()
+        if not self.skip:
+            self.opt.step()
+        if self.sched is not None:
+            if isinstance(self.sched, L.ReduceLROnPlateau):
+                self.sched.step(loss.item())
+            else:
+                self.sched.step()
+
+    def train(self, until: int, every: int = 10, hook: Hook | None = None,
+              first: bool = False) -> None:
+        while self.step < until:
+            self.step += 1
+            if hook is not None:
+                hook(self.step, self)
+            self.one_step()
+            if self.step % every == 0 or (first and self.step == 1):
+                self.save()
+
+    def save(self, name: str | None = None) -> None:
+        obj: dict[str, Any] = {"model": self.model.state_dict(),
+                               "optimizer": self.opt.state_dict()}
+        if self.sched is not None:
+            obj["scheduler"] = self.sched.state_dict()
+        if self.save_step:
+            obj["step"] = self.step
+        torch.save(obj, self.folder / (name or f"step_{self.step}.pt"))
+
+    def load(self, name: str, *, optimizer: bool = True, scheduler: bool = True) -> None:
+        obj = torch.load(self.folder / name, weights_only=True)
+        self.model.load_state_dict(obj["model"])
+        if optimizer:
+            self.opt.load_state_dict(obj["optimizer"])
+        if scheduler and self.sched is not None:
+            self.sched.load_state_dict(obj["scheduler"])
+
+
+def adam(lr: float = 1e-2, **kw: Any) -> Callable[[Net], torch.optim.Optimizer]:
+    return lambda m: torch.optim.Adam(m.parameters(), lr=lr, **kw)
+
+
+def findings(folder: Path, spike: float = 10.0) -> list[dict[str, Any]]:
+    records = [read_record(c) for c in find_checkpoints([folder]).items]
+    ordered, _, _ = order_records(records)
+    return timeline_findings(ordered, spike=spike)
+
+
+def brief(fs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(f["code"], f["label"], f["name"], f["entry"], f["group"]) for f in fs]
+
+
+# ----------------------------------------------------------------------------- clean runs
+
+
+def _warmup_cosine(o: torch.optim.Optimizer) -> Any:
+    return L.SequentialLR(o, [L.LinearLR(o, 0.01, total_iters=20),
+                              L.CosineAnnealingLR(o, 60)], [20])
+
+
+def _two_groups_frozen(m: Net) -> torch.optim.Optimizer:
+    m.fc1.bias.requires_grad_(False)  # frozen: never gets state
+    return torch.optim.AdamW([{"params": [m.fc1.weight, m.fc1.bias], "lr": 1e-2},
+                              {"params": m.fc2.parameters(), "lr": 1e-4,
+                               "weight_decay": 0.0}])
+
+
+def _warmup_lambda(epoch: int) -> float:  # the Trainer's linear warmup + decay shape
+    return min((epoch + 1) / 15, max(0.0, (80 - epoch) / 65))
+
+
+CLEAN: dict[str, dict[str, Any]] = {
+    "adam warmup + cosine (SequentialLR)": {"opt": adam(), "sched": _warmup_cosine},
+    "adam OneCycleLR cycling beta1": {
+        "opt": adam(), "sched": lambda o: L.OneCycleLR(o, 0.05, total_steps=80)},
+    "sgd OneCycleLR cycling momentum": {
+        "opt": lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9),
+        "sched": lambda o: L.OneCycleLR(o, 0.05, total_steps=80, three_phase=True)},
+    "sgd CyclicLR": {
+        "opt": lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9),
+        "sched": lambda o: L.CyclicLR(o, 0.001, 0.05, step_size_up=7)},
+    "adam CosineAnnealingWarmRestarts": {
+        "opt": adam(), "sched": lambda o: L.CosineAnnealingWarmRestarts(o, 15, eta_min=1e-5)},
+    "two groups, a frozen param, StepLR": {
+        "opt": _two_groups_frozen, "sched": lambda o: L.StepLR(o, 20, 0.1)},
+    "sgd without momentum (no state)": {
+        "opt": lambda m: torch.optim.SGD(m.parameters(), lr=0.1)},
+    "adam at steps 1, 10, 20 (EMAs growing from 0)": {"opt": adam(), "first": True},
+    "adagrad at steps 1, 10, 20 (a sum growing)": {
+        "opt": lambda m: torch.optim.Adagrad(m.parameters(), lr=0.1), "first": True},
+    "rmsprop at steps 1, 10, 20 (an EMA without bias correction)": {
+        "opt": lambda m: torch.optim.RMSprop(m.parameters(), lr=1e-3), "first": True},
+    "bf16 params with adam": {"opt": adam(), "dtype": torch.bfloat16},
+    "LambdaLR warmup (the Trainer's shape)": {
+        "opt": adam(), "sched": lambda o: L.LambdaLR(o, _warmup_lambda)},
+    "ReduceLROnPlateau": {
+        "opt": adam(), "sched": lambda o: L.ReduceLROnPlateau(o, patience=2, factor=0.5)},
+    "ExponentialLR, no run step saved": {
+        "opt": adam(), "sched": lambda o: L.ExponentialLR(o, 0.97), "save_step": False},
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLEAN))
+def test_clean_run_gives_no_finding(tmp_path: Path, case: str) -> None:
+    c = CLEAN[case]
+    run = Run(tmp_path, c["opt"], c.get("sched"), dtype=c.get("dtype", torch.float32),
+              save_step=c.get("save_step", True))
+    run.train(80 if c.get("sched") else 40, first=c.get("first", False))
+    assert brief(findings(tmp_path)) == []
+
+
+def test_steps_skipped_by_a_gradient_scaler_are_no_finding(tmp_path: Path) -> None:
+    """The optimizer's step lags the loop's (a scaler skipped steps on overflow) while the
+    scheduler goes on, as in a mixed-precision run."""
+    run = Run(tmp_path, adam(), lambda o: L.StepLR(o, 10, 0.5))
+
+    def skip(step: int, r: Run) -> None:
+        r.skip = step in (13, 14, 27)
+
+    run.train(40, hook=skip)
+    assert brief(findings(tmp_path)) == []
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def _times_1000_at(step_at: int) -> Hook:
+    def hook(step: int, r: Run) -> None:
+        if step == step_at:
+            r.opt.param_groups[0]["lr"] *= 1000
+    return hook
+
+
+def test_lr_times_1000_under_step_lr_is_off_schedule(tmp_path: Path) -> None:
+    run = Run(tmp_path, adam(1e-3), lambda o: L.StepLR(o, 20, 0.5))
+    run.train(60, hook=_times_1000_at(35))
+    fs = findings(tmp_path)
+    assert brief(fs)[0] == ("lr_off_schedule", "step_40.pt", None, None, 0)
+    assert "0.25 but its StepLR computes 0.00025 at last_epoch 40 (1e+03x)" in fs[0]["message"]
+    assert "(and at 2 later checkpoints)" in fs[0]["message"]
+
+
+def test_lr_times_1000_without_scheduler_is_lr_up(tmp_path: Path) -> None:
+    run = Run(tmp_path, adam(1e-3))
+    run.train(50, hook=_times_1000_at(35))
+    fs = findings(tmp_path)
+    assert brief(fs)[0] == ("lr_up", "step_40.pt", None, None, 0)
+    assert "0.001 -> 1 since step_30.pt (1e+03x > 10x)" in fs[0]["message"]
+
+
+def test_lr_set_after_the_schedulers_step_is_not_from_it(tmp_path: Path) -> None:
+    run = Run(tmp_path, adam(1e-3), lambda o: L.LambdaLR(o, _warmup_lambda))
+    run.train(30)
+    run.opt.param_groups[0]["lr"] = 0.5  # after the scheduler's step, before the save
+    run.save()
+    assert brief(findings(tmp_path)) == [
+        ("lr_not_from_scheduler", "step_30.pt", None, None, 0)]
+
+
+def test_nan_from_a_step_in_one_named_param(tmp_path: Path) -> None:
+    run = Run(tmp_path, adam())
+
+    def nan_grad(step: int, r: Run) -> None:
+        if step == 30:  # the step saved: only fc2.weight's state has it yet
+            r.model.fc2.weight.register_hook(lambda g: g * float("nan"))
+
+    run.train(40, hook=nan_grad)
+    fs = findings(tmp_path)
+    assert brief(fs)[:2] == [("nan", "step_30.pt", "fc2.weight", "exp_avg", 0),
+                             ("nan", "step_30.pt", "fc2.weight", "exp_avg_sq", 0)]
+    assert fs[0]["where"] == ["state[2].exp_avg"]
+    assert "holds 16 NaN of 16 (none at step_20.pt) (and at 1 later checkpoint)" \
+        in fs[0]["message"]
+    assert all(f["label"] != "step_20.pt" for f in fs)
+
+
+def test_resume_from_an_older_checkpoint_steps_back(tmp_path: Path) -> None:
+    run = Run(tmp_path, adam(), lambda o: L.StepLR(o, 20, 0.5))
+    run.train(50)
+    run.load("step_30.pt")  # the loop counter goes on at 50
+    run.train(70)
+    fs = findings(tmp_path)
+    assert brief(fs) == [("step_backwards", "step_60.pt", None, None, None)]
+    assert fs[0]["message"] == (
+        "step_60.pt: the optimizer's step went back 50 -> 40 after step_50.pt while the "
+        "run's step 50 -> 60, the name number 50 -> 60 went on: the optimizer state not "
+        "restored on resume, or restored from an older checkpoint?")
+
+
+def test_resume_from_an_older_checkpoint_by_the_names_alone(tmp_path: Path) -> None:
+    run = Run(tmp_path, adam(), save_step=False)  # ordered by the optimizer's step
+    run.train(50)
+    run.load("step_30.pt")
+    run.train(70)
+    fs = findings(tmp_path)
+    assert brief(fs) == [("step_backwards", "step_60.pt", None, None, None)]
+    assert fs[0]["message"] == (
+        "step_60.pt records the optimizer's step 40 but step_50.pt, saved before it, "
+        "records 50: resumed from an older checkpoint, or a fresh optimizer?")
+
+
+def test_scheduler_not_restored_resets(tmp_path: Path) -> None:
+    run = Run(tmp_path, adam(), lambda o: L.StepLR(o, 20, 0.5))
+    run.train(50)
+    run.load("step_50.pt", scheduler=False)
+    run.sched = L.StepLR(run.opt, 20, 0.5)  # a fresh scheduler on the restored optimizer
+    run.train(70)
+    fs = findings(tmp_path)
+    assert ("scheduler_reset", "step_60.pt", None, None, None) in brief(fs)
+    reset = next(f for f in fs if f["code"] == "scheduler_reset")
+    assert "last_epoch went back 50 -> 10 after step_50.pt while the optimizer's step " \
+        "50 -> 60 went on" in reset["message"]
+    assert not any(f["code"] == "step_backwards" for f in fs)
+
+
+def test_fresh_optimizer_after_a_resume_steps_back(tmp_path: Path) -> None:
+    run = Run(tmp_path, adam())
+    run.train(50)
+    run.load("step_50.pt", optimizer=False)
+    run.opt = torch.optim.Adam(run.model.parameters(), lr=1e-2)
+    run.train(70)
+    fs = findings(tmp_path)
+    assert brief(fs) == [("step_backwards", "step_60.pt", None, None, None)]
+    assert "the optimizer's step went back 50 -> 10" in fs[0]["message"]
+
+
+def test_weight_decay_edited_mid_run(tmp_path: Path) -> None:
+    run = Run(tmp_path, adam(), lambda o: L.CosineAnnealingLR(o, 80))
+
+    def edit(step: int, r: Run) -> None:
+        if step == 25:
+            r.opt.param_groups[0]["weight_decay"] = 0.1
+
+    run.train(50, hook=edit)
+    fs = findings(tmp_path)
+    assert brief(fs) == [("hyperparam_changed", "step_30.pt", None, None, 0)]
+    assert fs[0]["message"].startswith(
+        "step_30.pt: group 0's weight_decay changed 0 -> 0.1 since step_20.pt")
+    assert fs[0]["where"] == ["param_groups[0].weight_decay"]
+
+
+def test_second_moment_zeroed_collapses(tmp_path: Path) -> None:
+    run = Run(tmp_path, adam())
+    run.train(30)
+    run.opt.state[run.model.fc1.weight]["exp_avg_sq"].zero_()
+    run.save()
+    fs = findings(tmp_path)
+    assert brief(fs) == [("moments_collapsed", "step_30.pt", "fc1.weight", "exp_avg_sq", 0)]
+    assert "is 100% zeros (was 0% at step_20.pt)" in fs[0]["message"]
+
+
+def test_gradient_spike(tmp_path: Path) -> None:
+    run = Run(tmp_path, adam())
+
+    def spike(step: int, r: Run) -> None:
+        r.grad_scale = 1000.0 if 31 <= step <= 35 else 1.0
+
+    run.train(60, hook=spike)
+    fs = findings(tmp_path)
+    assert fs, "no spike found"
+    assert {f["code"] for f in fs} == {"norm_spike"}
+    assert {f["label"] for f in fs} == {"step_40.pt"}
+    assert ("norm_spike", "step_40.pt", "fc1.weight", "exp_avg", 0) in brief(fs)
+    assert ("norm_spike", "step_40.pt", "fc1.weight", "exp_avg_sq", 0) in brief(fs)
+
+
+def test_a_params_state_lost(tmp_path: Path) -> None:
+    run = Run(tmp_path, adam())
+    run.train(20)
+    del run.opt.state[run.model.fc2.bias]
+    run.save()
+    fs = findings(tmp_path)
+    assert brief(fs) == [("state_lost", "step_20.pt", "fc2.bias", e, 0)
+                         for e in ("exp_avg", "exp_avg_sq")]
+
+
+def test_optimizer_state_from_a_run_further_on_skips(tmp_path: Path) -> None:
+    ahead = tmp_path / "ahead"
+    ahead.mkdir()
+    other = Run(ahead, adam(), save_step=False)
+    other.train(50, every=50)
+    run = Run(tmp_path, adam(), save_step=False)  # names step_N, the optimizer's own step
+    run.train(30)
+    run.opt.load_state_dict(torch.load(ahead / "step_50.pt", weights_only=True)["optimizer"])
+    run.train(50)
+    fs = findings(tmp_path)
+    assert brief(fs) == [("step_skip", "step_40.pt", None, None, None)]
+    assert "the optimizer's step advanced 30 (30 -> 60) but the name number 10 (30 -> 40) " \
+        "since step_30.pt, where both advanced 10 before" in fs[0]["message"]
+
+
+def test_an_unreadable_checkpoint(tmp_path: Path) -> None:
+    run = Run(tmp_path, adam())
+    run.train(30)
+    data = (tmp_path / "step_20.pt").read_bytes()
+    (tmp_path / "step_20.pt").write_bytes(data[: len(data) // 2])
+    fs = findings(tmp_path)
+    assert brief(fs) == [("unreadable", "step_20.pt", None, None, None)]
