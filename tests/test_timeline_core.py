@@ -346,3 +346,32 @@ def test_a_file_without_optimizer_state_found_in_a_folder_is_skipped(tmp_path):
     # (placed by its mtime: it has no number in its name and records no step)
     assert [(c["label"], c["error"] is not None) for c in report["checkpoints"]] == [
         ("step_10.pt", False), ("ema.pt", True)]
+
+
+def test_links_to_the_newest_checkpoint_are_not_read_twice(tmp_path):
+    run = save_files(tmp_path / "run")
+    (run / "latest.pt").symlink_to("step_30.pt")
+    (run / "latest").symlink_to("step_30.pt")  # not DeepSpeed's 'latest'
+    found = find_checkpoints([run])
+    assert [c.label for c in found.items] == ["step_10.pt", "step_20.pt", "step_30.pt"]
+    assert found.skipped == [{"path": str(run / "latest.pt"),
+                              "reason": "a link to step_30.pt, read under that name"}]
+    found = find_checkpoints([run / "latest.pt", run / "step_30.pt"])
+    assert [c.label for c in found.items] == ["step_30.pt"]
+    assert found.notes[0]["code"] == "same_path"
+
+
+def test_a_cache_of_another_version_or_key_is_not_used(tmp_path):
+    run = save_files(tmp_path / "run", steps=20)
+    timeline([run])
+    cache_file = run / ".optstate" / "timeline-cache.json"
+    data = json.loads(cache_file.read_text())
+    data["optstate"] = "0.0.1"
+    cache_file.write_text(json.dumps(data))
+    report = timeline([run])
+    assert (report["cache"]["hits"], report["cache"]["misses"]) == (0, 2)
+    assert report["cache"]["note"] is None  # rebuilt quietly
+    assert timeline([run])["cache"]["hits"] == 2
+    assert timeline([run], key="optimizer")["cache"]["misses"] == 2  # another state asked for
+    assert timeline([run], use_cache=False)["cache"] == {"path": None, "hits": 0, "misses": 2,
+                                                         "note": None}

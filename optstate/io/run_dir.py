@@ -120,21 +120,27 @@ def single_checkpoint_folder(p: Path) -> bool:
     try:
         if (p / ".metadata").is_file():
             return True
-        if any(OPTIMIZER_FILE.fullmatch(n.name) and n.is_file() for n in p.iterdir()):
+        names = [n.name for n in p.iterdir()]
+        if any(OPTIMIZER_FILE.fullmatch(n) and (p / n).is_file() for n in names):
             return True
-        if is_deepspeed_folder(p):
+        # a DeepSpeed tag folder (rank files), or a run folder whose 'latest' names one
+        # (not any file called 'latest': a link to the newest checkpoint is common)
+        if any(OPTIM_FILE.fullmatch(n) or MODEL_FILE.fullmatch(n) for n in names):
+            return True
+        if _deepspeed_tags(p):
             return True
         return bool(rank_files(p))
     except (OSError, CheckpointError):
         return False
 
 
-def _deepspeed_run_folder(p: Path) -> bool:
-    """A DeepSpeed run folder: ``latest`` beside tag folders, no rank files of its own."""
-    if not (p / LATEST).is_file():
-        return False
-    return not any(OPTIM_FILE.fullmatch(n.name) or MODEL_FILE.fullmatch(n.name)
-                   for n in p.iterdir())
+def _deepspeed_tags(p: Path) -> list[Path]:
+    """The tag folders of a DeepSpeed run folder (``latest`` beside them, no rank files of
+    its own); empty for any other folder (a ``latest`` symlink to a file is not one)."""
+    if not (p / LATEST).is_file() or any(OPTIM_FILE.fullmatch(n.name) or
+                                         MODEL_FILE.fullmatch(n.name) for n in p.iterdir()):
+        return []
+    return sorted(d for d in p.iterdir() if d.is_dir() and is_deepspeed_folder(d))
 
 
 def identity(p: Path) -> dict[str, int]:
@@ -185,11 +191,7 @@ def find_checkpoints(paths: list[Path] | list[str]) -> Discovery:
             raise CheckpointError(f"{p} does not exist")
         if p.is_file():
             found.append(p)
-        elif p.is_dir() and _deepspeed_run_folder(p):
-            tags = sorted(d for d in p.iterdir() if d.is_dir() and is_deepspeed_folder(d))
-            if not tags:
-                raise CheckpointError(f"{p} holds DeepSpeed's 'latest' but no tag folder "
-                                      "with rank files (global_stepN/)")
+        elif p.is_dir() and (tags := _deepspeed_tags(p)):
             found += tags
             expanded.append(p)
         elif p.is_dir() and single_checkpoint_folder(p):
@@ -204,8 +206,9 @@ def find_checkpoints(paths: list[Path] | list[str]) -> Discovery:
         else:
             raise CheckpointError(f"{p} is neither a file nor a folder")
     unique: dict[Path, Path] = {}
-    for p in found:
-        unique.setdefault(p.resolve(), p)
+    for p in found:  # a symlink (latest.pt -> step_50.pt) gives way to the file it names
+        if p.resolve() not in unique or unique[p.resolve()].is_symlink():
+            unique[p.resolve()] = p
     if len(unique) < len(found):
         notes.append({"code": "same_path", "message": f"{len(found) - len(unique)} path"
                       f"{'s' * (len(found) - len(unique) != 1)} named twice, read once"})
@@ -226,9 +229,13 @@ def _children(folder: Path, skipped: list[dict[str, str]]) -> list[Path]:
     for child in sorted(folder.iterdir()):
         if child.name.startswith("."):  # the cache, temp files of a write in progress
             continue
+        if child.is_file() and child.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            continue
+        if child.is_symlink() and child.resolve().parent == folder.resolve():
+            skipped.append({"path": str(child), "reason": f"a link to {child.resolve().name}, "
+                            "read under that name"})
+            continue
         if child.is_file():
-            if child.suffix.lower() not in CHECKPOINT_SUFFIXES:
-                continue
             why = not_optimizer(child.name)
             if why is not None:
                 skipped.append({"path": str(child), "reason": f"{why}, no optimizer state"})
