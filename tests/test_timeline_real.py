@@ -63,7 +63,7 @@ def findings_computed(rep: dict[str, Any]) -> None:
 
 def test_fixtures_hold_both_faults_and_every_layout() -> None:
     assert set(RUNS) == {"hf_trainer", "hf_trainer_lr_fault", "lightning", "lightning_nan",
-                         "deepspeed", "dcp"}
+                         "lightning_epoch_sched", "deepspeed", "deepspeed_fp16", "dcp"}
     assert {EXPECTED[r]["fault"]["code"] for r in FAULTY} == {"lr_not_from_scheduler", "nan"}
 
 
@@ -123,7 +123,7 @@ def test_names_are_named_parameters_in_their_groups(run: str, report) -> None:
 
 
 def test_lightning_last_ckpt_is_a_duplicate_of_the_step_50_file(report) -> None:
-    for run in ("lightning", "lightning_nan"):
+    for run in ("lightning", "lightning_nan", "lightning_epoch_sched"):
         rep = report(run)
         (dup,) = EXPECTED[run]["duplicates"]
         assert "last.ckpt" not in [c["label"] for c in rep["checkpoints"]]
@@ -134,14 +134,30 @@ def test_lightning_last_ckpt_is_a_duplicate_of_the_step_50_file(report) -> None:
 def test_scheduled_lr_is_the_schedulers_own_where_torch_can_compute_it(report) -> None:
     """StepLR (Lightning) and CosineAnnealingLR (DCP) are recomputed from their saved
     state; the Trainer's LambdaLR and DeepSpeed's WarmupDecayLR cannot be, and say why."""
-    for run in ("lightning", "dcp"):
+    for run in ("lightning", "lightning_epoch_sched", "dcp"):
         for c, want in zip(report(run)["checkpoints"], kept(run), strict=True):
             lr = want.get("saved_lr", want["live_lr"])
             assert [pytest.approx(x, rel=1e-12) for x in lr] == c["scheduler"]["scheduled_lr"]
-    for run in ("hf_trainer", "deepspeed"):
+    for run in ("hf_trainer", "deepspeed", "deepspeed_fp16"):
         for c in report(run)["checkpoints"]:
             assert c["scheduler"]["scheduled_lr"] is None
             assert c["scheduler"]["scheduled_reason"]
+
+
+def test_counters_that_legitimately_move_apart_are_no_finding(report) -> None:
+    """fp16 DeepSpeed skips overflowing steps (global_steps +10, the optimizer's step +7 to
+    +9); a per-epoch scheduler with gradient accumulation moves by 0 or 1 while the step
+    moves by 10. Both are how these libraries count, not a resume gone wrong."""
+    fp16 = [c["steps"] for c in report("deepspeed_fp16")["checkpoints"]]
+    gaps = {b["run"] - a["run"] - (b["optimizer"] - a["optimizer"])
+            for a, b in zip(fp16, fp16[1:], strict=False)}
+    assert len(gaps) > 1 and 0 not in gaps  # uneven skips, in every interval
+    epoch = [c["steps"]["scheduler"] for c in report("lightning_epoch_sched")["checkpoints"]]
+    assert epoch == [0, 1, 2, 3, 3]
+    for run in ("deepspeed_fp16", "lightning_epoch_sched"):
+        rep = report(run)
+        findings_computed(rep)
+        assert not [f for f in rep["findings"] if f["code"].startswith(("step_", "scheduler_"))]
 
 
 def test_hf_trainer_norms_agree_with_torch(report) -> None:
