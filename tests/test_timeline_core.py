@@ -375,3 +375,21 @@ def test_a_cache_of_another_version_or_key_is_not_used(tmp_path):
     assert timeline([run], key="optimizer")["cache"]["misses"] == 2  # another state asked for
     assert timeline([run], use_cache=False)["cache"] == {"path": None, "hits": 0, "misses": 2,
                                                          "note": None}
+
+
+def test_a_trainer_state_beside_plain_files_is_not_their_step(tmp_path):
+    """The Trainer writes trainer_state.json at the top of its output folder at the end:
+    it is not the step of plain files saved there."""
+    run = save_files(tmp_path / "run", keys=())
+    (run / "trainer_state.json").write_text('{"global_step": 999}')
+    report = timeline([run], use_cache=False)
+    assert report["order"]["by"] == "optimizer"
+    assert [c["steps"]["run"] for c in report["checkpoints"]] == [None, None, None]
+    # an optimizer.pt named directly reads the one in its own folder
+    d = tmp_path / "checkpoint-7"
+    d.mkdir()
+    (run / "step_10.pt").rename(d / "optimizer.pt")
+    (d / "trainer_state.json").write_text('{"global_step": 7}')
+    rec = timeline([d / "optimizer.pt"], use_cache=False)["checkpoints"][0]
+    assert (rec["steps"]["run"], rec["steps"]["run_source"]) == (
+        7, "trainer_state.json global_step")

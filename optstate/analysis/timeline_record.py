@@ -179,10 +179,15 @@ def _container(obj: Any, location: str) -> Any:
 
 
 def _trainer_state_step(source: Any) -> int | None:
-    """``global_step`` of the Trainer's ``trainer_state.json`` beside the checkpoint."""
+    """``global_step`` of the Trainer's ``trainer_state.json`` in the checkpoint's folder:
+    a folder checkpoint (``checkpoint-500/``), or an ``optimizer.pt`` named directly. Not
+    beside a plain file: the Trainer also writes one at the top of its output folder, for
+    the end of the run, which says nothing about ``step_10.pt`` there."""
+    from optstate.io.source import OPTIMIZER_FILE
+
     folders = [source.path] if source.path.is_dir() else []
-    folders += [source.file.parent if source.file.is_file() else source.file.parent,
-                source.path.parent if source.path.is_file() else source.path]
+    if OPTIMIZER_FILE.fullmatch(source.file.name):
+        folders.append(source.file.parent)
     for folder in folders:
         f = folder / TRAINER_STATE
         try:
