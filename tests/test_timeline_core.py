@@ -393,3 +393,12 @@ def test_a_trainer_state_beside_plain_files_is_not_their_step(tmp_path):
     rec = timeline([d / "optimizer.pt"], use_cache=False)["checkpoints"][0]
     assert (rec["steps"]["run"], rec["steps"]["run_source"]) == (
         7, "trainer_state.json global_step")
+
+
+def test_bad_spike_and_workers_are_config_errors(tmp_path):
+    from optstate.base.errors import ConfigError
+
+    run = save_files(tmp_path / "run", steps=10)
+    for kw in ({"spike": 1.0}, {"spike": float("nan")}, {"workers": 0}):
+        with pytest.raises(ConfigError):
+            timeline([run], use_cache=False, **kw)

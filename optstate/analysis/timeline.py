@@ -48,6 +48,9 @@ def timeline(paths: list[str] | list[Path], *, spike: float = 10.0,
     if not (isinstance(spike, (int, float)) and math.isfinite(spike) and spike > 1):
         raise ConfigError(f"{option('spike', spike)}: a factor above 1 (10: a norm ten "
                           "times the last one)")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise ConfigError(f"{option('workers', workers)}: 1 or more files read at once")
     found = find_checkpoints([Path(p) for p in paths])
     cache = TimelineCache.open(found.root, cache_dir, use_cache=use_cache, key=key,
                                unsafe=unsafe)
