@@ -19,12 +19,16 @@ from optstate.render.plot import (
     COMPARE_SIZE,
     OPTIMUM_STYLE,
     RUN_SIZE,
+    TIMELINE_CURVES,
+    TIMELINE_SIZE,
     PlotUnavailableError,
     compare_figure,
     require_matplotlib,
     run_color,
     run_figure,
     save_figure,
+    timeline_curves,
+    timeline_figure,
     view_box,
 )
 from optstate.sim.config import GroupSpec, RunSpec, SchedulerSpec  # noqa: E402
@@ -260,3 +264,78 @@ def test_lr_panel_goes_log_when_a_scheduler_decays_by_decades():
     assert list(ax_lr.get_lines()[0].get_ydata()) == [row[0] for row in report["history"]["lr"]]
     flat = run_figure(simulate_report(simulate(RunSpec(steps=3))))
     assert flat.axes[1].get_yscale() == "linear"
+
+
+# --------------------------------------------------------------------------- timeline
+
+
+@pytest.fixture(scope="module")
+def faulty_timeline(tmp_path_factory):
+    """``optstate.timeline`` of a real AdamW run (scripts/example_faulty_run.py): a NaN in
+    hidden.weight's gradient at step 40, every lr x1000 at step 70, saved every 10 steps."""
+    import optstate
+    from tests.conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import example_faulty_run
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    run = tmp_path_factory.mktemp("timeline") / "run"
+    example_faulty_run.train(run, steps=80)
+    return optstate.timeline(run, use_cache=False)
+
+
+def test_timeline_picture_draws_the_reported_norms_entries_with_findings_first(
+        faulty_timeline, tmp_path):
+    report = faulty_timeline
+    fig = timeline_figure(report)
+    ax_norm, ax_lr = fig.axes
+    steps = [c["step"] for c in report["checkpoints"]]
+    curves = timeline_curves(report)
+    assert len(curves) == TIMELINE_CURVES < len(report["series"])  # 12 entries, 8 drawn
+    # the first finding is hidden.weight's NaN at step 40: its entries come first
+    assert [(c["name"], c["entry"]) for c in curves[:2]] == [
+        ("hidden.weight", "exp_avg"), ("hidden.weight", "exp_avg_sq")]
+    lines = [ln for ln in ax_norm.get_lines() if ln.get_label() in
+             {f"{c['name']}.{c['entry']}" for c in curves}]
+    assert [ln.get_label() for ln in lines] == [f"{c['name']}.{c['entry']}" for c in curves]
+    for line, c in zip(lines, curves, strict=True):
+        assert list(line.get_xdata()) == steps
+        want = [v if isinstance(v, float) and v > 0 else None for v in c["norm"]]
+        got = [None if np.isnan(v) else v for v in line.get_ydata()]
+        assert got == want
+    assert ax_norm.get_yscale() == "log"
+    # the lr panel: both groups' lr as recorded, and their scheduler's dashed; x1000 at 70
+    lr_lines = [ln for ln in ax_lr.get_lines() if ln.get_label().startswith("group")]
+    solid = [ln for ln in lr_lines if ln.get_linestyle() == "-"]
+    dashed = [ln for ln in lr_lines if ln.get_linestyle() == "--"]
+    assert [ln.get_label() for ln in solid] == ["group 0", "group 1"]
+    assert [list(ln.get_ydata()) for ln in solid] == [g["lr"] for g in report["lr"]]
+    assert [list(ln.get_ydata()) for ln in dashed] == [g["scheduled_lr"] for g in report["lr"]]
+    # a vertical line at every checkpoint with a finding, its codes beside it
+    marked = sorted({report["checkpoints"][f["checkpoint"]]["step"]
+                     for f in report["findings"]})
+    assert marked == [40, 50, 70]
+    texts = {t.get_text().strip() for t in ax_norm.texts}
+    assert {"nan", "lr_off_schedule"} <= texts
+    path = save_figure(fig, tmp_path / "timeline.png")
+    assert pixels(path).shape[:2] == (TIMELINE_SIZE[1], TIMELINE_SIZE[0])
+    again = save_figure(timeline_figure(report), tmp_path / "again.png")
+    assert again.read_bytes() == path.read_bytes()
+
+
+def test_timeline_picture_marks_nan_where_the_entry_holds_some(faulty_timeline):
+    report = faulty_timeline
+    fig = timeline_figure(report)
+    ax_norm = fig.axes[0]
+    crosses = [ln for ln in ax_norm.get_lines() if ln.get_marker() == "x" and
+               len(ln.get_xdata())]
+    # hidden.weight.exp_avg at 40 (one NaN, a finite norm: on its curve), then from 50 on
+    # every drawn entry is all NaN (no norm: at the top edge)
+    on_curve = crosses[0]
+    assert list(on_curve.get_xdata()) == [40]
+    hidden = timeline_curves(report)[0]
+    assert list(on_curve.get_ydata()) == [hidden["norm"][3]]
+    tops = [ln for ln in crosses if list(ln.get_ydata()) and ln.get_ydata()[0] == 0.97]
+    assert tops and all(list(ln.get_xdata()) == [50, 60, 70, 80] for ln in tops)

@@ -12,6 +12,7 @@ Text from checkpoints (labels, param names) is printed through a safe console
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from rich.console import Group
@@ -155,10 +156,19 @@ def header(report: dict[str, Any]) -> Header:
     cache = report.get("cache") or {}
     if cache.get("path"):
         head.add("cache", Text(f"{cache['hits']} from the cache, {cache['misses']} read "
-                               f"({cache['path']})"))
+                               f"({_near(cache['path'])})"))
     elif cache.get("note"):
         head.add("cache", Text(cache["note"], style="dim"))
     return head
+
+
+def _near(path: str) -> str:
+    """A path under the working folder relative to it (as the user named the run); any
+    other as it is."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except (ValueError, OSError):
+        return path
 
 
 def _lr_note(report: dict[str, Any]) -> Text | None:

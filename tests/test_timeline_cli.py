@@ -1,0 +1,199 @@
+"""``optstate timeline`` on the command line: exit status, the table and findings, --json,
+--plot, bad inputs; on real runs (scripts/example_faulty_run.py: a real AdamW training loop
+saving every 10 steps, with a NaN gradient and an lr x1000 injected where asked)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+try:
+    import example_faulty_run
+finally:
+    sys.path.remove(str(ROOT / "scripts"))
+
+KEYS = ["schema", "run", "order", "checkpoints", "series", "lr", "findings", "spike", "cache",
+        "notes"]
+
+
+def _table(stdout):
+    """The checkpoint table's rows, as (findings count or "", label or "… N more")."""
+    lines = stdout.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("───")) + 1
+    rows = []
+    for ln in lines[start:]:
+        m = re.match(r"^\s*(\d*) (step_\d+\.pt|… \d+ more)", ln)
+        if not m:
+            break
+        rows.append((m.group(1), m.group(2)))
+    return rows
+
+
+def _no_nan(text):
+    def refuse(name):
+        raise AssertionError(f"{name} in JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory):
+    """NaN in hidden.weight's gradient at step 40, lr x1000 at step 70; 8 checkpoints."""
+    run = tmp_path_factory.mktemp("faulty") / "run"
+    example_faulty_run.train(run, steps=80)
+    return run
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    run = tmp_path_factory.mktemp("clean") / "run"
+    example_faulty_run.train(run, nan_at=None, lr_at=None, steps=50)
+    return run
+
+
+def test_a_clean_run_exits_0_and_says_so(cli, clean):
+    r = cli("timeline", clean, "--no-cache", env={"COLUMNS": "100"})
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"run       {clean}"
+    assert lines[1] == "found     5 checkpoints, 5 read"
+    assert lines[2] == "order     by the step the run recorded (the checkpoint's 'step' key)"
+    assert _table(r.stdout) == [("", f"step_{s}.pt") for s in (10, 20, 30, 40, 50)]
+    assert lines[-1] == "no findings: 5 checkpoints look clean (norm spikes over 10x)"
+    assert "findings" not in lines and r.stderr == ""
+
+
+def test_a_faulty_run_exits_1_with_each_finding_at_its_checkpoint(cli, faulty):
+    r = cli("timeline", faulty, "--no-cache", env={"COLUMNS": "200"})
+    assert r.exit_code == 1, r.stderr
+    out = r.stdout.splitlines()
+    # the rows with findings carry their count: hidden.weight's exp_avg and exp_avg_sq at
+    # 40, every other entry at 50 (the NaN spread through the loss), both groups' lr at 70
+    counts = {label: n for n, label in _table(r.stdout) if n}
+    assert counts == {"step_40.pt": "2", "step_50.pt": "10", "step_70.pt": "2"}
+    findings = out[out.index("findings") + 1:-1]
+    assert findings[0].startswith("nan step_40.pt: hidden.weight exp_avg holds 1 NaN")
+    assert findings[1].startswith("nan step_40.pt: hidden.weight exp_avg_sq holds 1 NaN")
+    off = [ln for ln in findings if ln.startswith("lr_off_schedule")]
+    assert [ln.split()[1] for ln in off] == ["step_70.pt:", "step_70.pt:"]
+    assert out[-1].startswith("14 findings in 8 checkpoints; the first at step_40.pt (nan)")
+
+
+def test_json_is_the_whole_report(cli, faulty):
+    r = cli("timeline", faulty, "--json", "--no-cache")
+    assert r.exit_code == 1, r.stderr
+    report = _no_nan(r.stdout)
+    assert list(report) == KEYS
+    assert report["schema"] == "optstate.timeline/1"
+    assert [c["label"] for c in report["checkpoints"]] == [
+        f"step_{s}.pt" for s in range(10, 90, 10)]
+    assert [c["step"] for c in report["checkpoints"]] == list(range(10, 90, 10))
+    # 6 params x (exp_avg, exp_avg_sq), one value per checkpoint in every series
+    assert len(report["series"]) == 12
+    assert all(len(s["norm"]) == 8 for s in report["series"])
+    hidden = next(s for s in report["series"]
+                  if (s["name"], s["entry"]) == ("hidden.weight", "exp_avg"))
+    assert hidden["nan"][:4] == [0, 0, 0, 1]
+    first = report["findings"][0]
+    assert (first["code"], first["label"], first["name"], first["entry"]) == (
+        "nan", "step_40.pt", "hidden.weight", "exp_avg")
+    lr = report["lr"][0]
+    assert lr["lr"][6] == pytest.approx(1000 * lr["scheduled_lr"][6])
+    assert report["cache"]["path"] is None
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["nope"], "Error: nope does not exist"),
+    (["{empty}"], "Error: {empty} holds no checkpoint: "),
+    (["{run}", "--spike", "0.5"], "Error: --spike 0.5: a factor above 1"),
+    (["{run}", "--spike", "1"], "Error: --spike 1.0: a factor above 1"),
+    (["{run}", "--max-rows", "-1"], "Error: --max-rows must be 0 or more, got -1"),
+    (["{run}", "--plot", "{run}/x.bmp"], "Error: cannot tell the picture format"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(cli, clean, tmp_path, monkeypatch, args,
+                                                error):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    names = {"empty": tmp_path / "empty", "run": clean}
+    r = cli("timeline", *[a.format(**names) for a in args])
+    assert r.exit_code == 2
+    assert r.stdout == ""
+    assert r.stderr.splitlines()[0].startswith(error.format(**names)), r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if not ln.startswith("Hint:")]) == 1
+
+
+def test_the_cache_is_beside_the_run_unless_told(cli, clean, tmp_path):
+    r = cli("timeline", clean, "--json")
+    cache = json.loads(r.stdout)["cache"]
+    assert cache["path"] == str(clean / ".optstate" / "timeline-cache.json")
+    again = json.loads(cli("timeline", clean, "--json").stdout)["cache"]
+    assert (again["hits"], again["misses"]) == (5, 0)
+    elsewhere = json.loads(cli("timeline", clean, "--json", "--cache", tmp_path).stdout)
+    assert elsewhere["cache"]["path"].startswith(str(tmp_path))
+    assert elsewhere["cache"]["misses"] == 5
+
+
+def test_long_runs_show_first_last_and_every_row_with_a_finding(cli, faulty):
+    r = cli("timeline", faulty, "--max-rows", "5", "--no-cache", env={"COLUMNS": "200"})
+    assert r.exit_code == 1
+    # the first and the last, then the rows with findings (40, 50, 70); what is left out
+    # is counted where it is
+    assert [label for _, label in _table(r.stdout)] == [
+        "step_10.pt", "… 2 more", "step_40.pt", "step_50.pt", "… 1 more", "step_70.pt",
+        "step_80.pt"]
+    # room for two more: from both ends inwards (the second, the one before last, which
+    # is in already, the third)
+    r = cli("timeline", faulty, "--max-rows", "7", "--no-cache", env={"COLUMNS": "200"})
+    assert [label for _, label in _table(r.stdout)] == [
+        "step_10.pt", "step_20.pt", "step_30.pt", "step_40.pt", "step_50.pt", "… 1 more",
+        "step_70.pt", "step_80.pt"]
+    r = cli("timeline", faulty, "--max-rows", "2", "--no-cache", env={"COLUMNS": "200"})
+    assert [label for _, label in _table(r.stdout)] == [
+        "step_10.pt", "… 6 more", "step_80.pt"]
+    everything = cli("timeline", faulty, "--max-rows", "0", "--no-cache",
+                     env={"COLUMNS": "200"})
+    assert len(_table(everything.stdout)) == 8
+
+
+def test_names_from_files_cannot_drive_the_terminal(cli, tmp_path):
+    import torch
+
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.Adam([{"params": [("evil\x1b[2J", p)]}], lr=0.1)
+    for step in (1, 2):
+        p.grad = torch.full((2,), float("nan") if step == 2 else 1.0)
+        opt.step()
+        torch.save(opt.state_dict(), tmp_path / f"step_{step}.pt")
+    r = cli("timeline", tmp_path, "--no-cache", env={"COLUMNS": "200"})
+    assert r.exit_code == 1
+    assert "\x1b" not in r.stdout and "evil\\x1b[2J" in r.stdout
+
+
+def test_the_api_is_the_json(cli, clean):
+    import optstate
+
+    report = optstate.timeline(clean, use_cache=False)
+    assert report == _no_nan(cli("timeline", clean, "--json", "--no-cache").stdout)
+    with pytest.raises(optstate.OptstateError, match=r"^spike=1: a factor above 1"):
+        optstate.timeline(clean, spike=1)
+
+
+def test_plot_writes_the_picture_and_keeps_an_existing_file(cli, faulty, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "run.png"
+    r = cli("timeline", faulty, "--plot", out, "--no-cache")
+    assert r.exit_code == 1, r.stderr
+    assert r.stdout.splitlines()[-1] == f"wrote {out}"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    first = out.read_bytes()
+    r = cli("timeline", faulty, "--plot", out)
+    assert r.exit_code == 2 and r.stderr.startswith(f"Error: {out} already exists")
+    r = cli("timeline", faulty, "--plot", out, "--force", "--json")
+    assert r.exit_code == 1 and _no_nan(r.stdout)["schema"] == "optstate.timeline/1"
+    assert out.read_bytes() == first  # the same run, the same bytes
