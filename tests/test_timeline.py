@@ -243,9 +243,6 @@ def test_resume_without_a_run_step_disagrees_with_the_names(cli, tmp_path):
     assert hits and hits[0]["label"] == "step_60.pt", report["findings"]
 
 
-@pytest.mark.xfail(strict=True, reason="analysis.timeline.drop_duplicates drops a numbered "
-                   "file whose state equals another numbered file's (meant for Lightning's "
-                   "last.ckpt): step_60.pt is dropped as step_40.pt's duplicate, exit 0")
 def test_deterministic_resume_is_not_hidden_as_a_duplicate(cli, tmp_path):
     """Full-batch training replays exactly: after loading step_30.pt, step_60.pt holds the
     very same state as step_40.pt. Its name still says 60: that is the fault to report,

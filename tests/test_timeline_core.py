@@ -55,7 +55,8 @@ def save_files(folder: Path, steps: int = 30, *, name="step_{}.pt", keys=("step"
 @pytest.mark.parametrize(("name", "step"), [
     ("step_1000.pt", 1000), ("checkpoint-500", 500), ("epoch=3-step=900.ckpt", 900),
     ("global_step2000", 2000), ("iter_0000300", 300), ("model_00040.pt", 40),
-    ("step-5.pth", 5), ("last.ckpt", None),
+    ("step-5.pth", 5), ("last.ckpt", None), ("last-v1.ckpt", None),
+    ("epoch=3-step=900-v1.ckpt", 900),
 ])
 def test_the_number_in_a_name(name, step):
     assert name_step(name) == step
@@ -402,3 +403,17 @@ def test_bad_spike_and_workers_are_config_errors(tmp_path):
     for kw in ({"spike": 1.0}, {"spike": float("nan")}, {"workers": 0}):
         with pytest.raises(ConfigError):
             timeline([run], use_cache=False, **kw)
+
+
+def test_a_copy_under_another_number_is_not_a_duplicate(tmp_path):
+    """step_60.pt holding step_40.pt's exact state is a fault to show (H2's findings say
+    which), never dropped; last-v1.ckpt (Lightning's versioned last) is a copy."""
+    run = save_files(tmp_path / "run", steps=40)
+    (run / "step_60.pt").write_bytes((run / "step_40.pt").read_bytes())
+    (run / "last-v1.ckpt").write_bytes((run / "step_40.pt").read_bytes())
+    report = timeline([run], use_cache=False)
+    labels = [c["label"] for c in report["checkpoints"]]
+    assert labels == ["step_10.pt", "step_20.pt", "step_30.pt", "step_40.pt", "step_60.pt"]
+    assert [n["message"] for n in report["notes"] if n["code"] == "duplicate"] == [
+        "last-v1.ckpt holds the same steps and state as step_40.pt: read once, shown as "
+        "step_40.pt"]

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from optstate.analysis.timeline_findings import timeline_findings
 from optstate.analysis.timeline_record import num, read_record
 from optstate.io.run_dir import find_checkpoints
 
@@ -102,7 +103,7 @@ def build_report(found: Any, records: list[dict[str, Any]], *, spike: float,
     notes += dropped
     if by == "name":
         notes.append({"code": "order_by_name", "message": f"ordered by {source}"})
-    findings = _findings(ordered, spike, notes)
+    findings = timeline_findings(ordered, spike=spike)
     checkpoints = []
     series = build_series(ordered)
     for i, r in enumerate(ordered):
@@ -125,16 +126,6 @@ def build_report(found: Any, records: list[dict[str, Any]], *, spike: float,
         "cache": cache,
         "notes": notes,
     }
-
-
-def _findings(records: list[dict[str, Any]], spike: float,
-              notes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    try:
-        from optstate.analysis.timeline_findings import timeline_findings
-    except ImportError:  # analysis.timeline_findings not there yet
-        notes.append({"code": "no_findings", "message": "findings not computed"})
-        return []
-    return timeline_findings(records, spike=spike)
 
 
 def order_key(r: dict[str, Any], by: str) -> int | None:
@@ -192,31 +183,39 @@ def _content(r: dict[str, Any]) -> str:
 
 def drop_duplicates(records: list[dict[str, Any]],
                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Records that hold the same steps and the same statistics as another (Lightning's
-    ``last.ckpt`` beside ``epoch=3-step=900.ckpt``): one is kept, the one without a number
-    in its name (else the later name) dropped, with a note."""
-    seen: dict[str, int] = {}
+    """Records that hold the same steps and the same statistics as another, where the
+    names do not say they are different checkpoints (Lightning's ``last.ckpt`` beside
+    ``epoch=3-step=900.ckpt``: one name has no number, or both the same number): the one
+    without a number in its name (else the later name) is dropped, with a note.
+    ``step_60.pt`` holding exactly ``step_40.pt``'s state (a deterministic replay after a
+    resume from an older checkpoint) is kept: that is a fault to report, not a copy."""
+    seen: dict[str, list[int]] = {}
     drop: set[int] = set()
     notes = []
     for i, r in enumerate(records):
         if r["error"] is not None:
             continue
         c = _content(r)
-        if c not in seen:
-            seen[c] = i
+        twin = next((j for j in seen.get(c, []) if j not in drop and _same_name_step(
+            records[j], r)), None)
+        seen.setdefault(c, []).append(i)
+        if twin is None:
             continue
-        j = seen[c]
-        a, b = records[j], r
+        a, b = records[twin], r
         if (a["name_step"] is None) != (b["name_step"] is None):
             b_loses = b["name_step"] is None
         else:
             b_loses = b["label"] > a["label"]
         loser, keep = (b, a) if b_loses else (a, b)
-        drop.add(i if b_loses else j)
-        seen[c] = j if b_loses else i
+        drop.add(i if b_loses else twin)
         notes.append({"code": "duplicate", "message": f"{loser['label']} holds the same steps "
                       f"and state as {keep['label']}: read once, shown as {keep['label']}"})
     return [r for i, r in enumerate(records) if i not in drop], notes
+
+
+def _same_name_step(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether the names allow two records to be one checkpoint saved twice."""
+    return a["name_step"] is None or b["name_step"] is None or a["name_step"] == b["name_step"]
 
 
 def build_series(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -17,7 +17,8 @@ checkpoints record no step. The rules, first match wins, on the last path compon
 ``step`` followed by an optional ``=``, ``_`` or ``-`` and digits (``step_1000.pt``,
 ``step-5``, ``global_step2000``, ``epoch=3-step=900.ckpt`` -> 900: the step, not the
 epoch); ``checkpoint-N``; ``iter_N`` / ``iterN`` / ``iteration_N``; else the last number
-in the name (``model_00040.pt`` -> 40).
+in the name (``model_00040.pt`` -> 40), not counting Lightning's version suffix
+(``last-v1.ckpt``: no number).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ _NAME_STEP = (
     re.compile(r"iter(?:ation)?[=_-]?(\d+)", re.IGNORECASE),
 )
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+# Lightning's version suffix when a name is taken (last-v1.ckpt): not a step
+_VERSION_SUFFIX = re.compile(r"-v\d+(?=\.[^.]*$|$)")
 
 # Bounds on the stat()s that make a folder's identity (a DCP or DeepSpeed folder holds
 # a few files per rank; a runaway folder is cut short rather than walked for minutes)
@@ -103,7 +106,7 @@ def name_step(name: str) -> int | None:
         found = rx.findall(name)
         if found:
             return int(found[-1])
-    m = _LAST_NUMBER.search(name)
+    m = _LAST_NUMBER.search(_VERSION_SUFFIX.sub("", name))
     return int(m.group(1)) if m else None
 
 
