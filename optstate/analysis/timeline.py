@@ -93,8 +93,9 @@ def build_report(found: Any, records: list[dict[str, Any]], *, spike: float,
     notes = list(found.notes)
     skipped = list(found.skipped)
     kept = []
+    named = {str(Path(p)) for p in paths}
     for r in records:  # a file found in a folder that holds no optimizer state: passed over
-        if r["error_code"] == "no_optimizer_state" and r["path"] not in paths:
+        if r["error_code"] == "no_optimizer_state" and r["path"] not in named:
             skipped.append({"path": r["path"], "reason": r["error"]})
         else:
             kept.append(r)
