@@ -26,6 +26,18 @@ RUNS = sorted(p.name for p in RUNS_DIR.iterdir() if (p / "expected.json").is_fil
 EXPECTED = {r: json.loads((RUNS_DIR / r / "expected.json").read_text()) for r in RUNS}
 CLEAN = [r for r in RUNS if EXPECTED[r]["fault"] is None]
 FAULTY = [r for r in RUNS if EXPECTED[r]["fault"] is not None]
+# Two branches of one run in one folder (Lightning's "-v1" files after a resume from an
+# older checkpoint): nothing says so yet.
+MIXED_BRANCHES = pytest.mark.xfail(strict=True, reason=(
+    "no rule for two checkpoints that record the same step with different states "
+    "(optstate/analysis/timeline_findings.py; or at the deduplication in "
+    "optstate/analysis/timeline.py): a resumed Lightning run's epoch=1-step=30-v1.ckpt "
+    "beside epoch=1-step=30.ckpt comes out clean"))
+
+
+def marked(runs: list[str]) -> list[Any]:
+    return [pytest.param(r, marks=MIXED_BRANCHES) if r == "lightning_resume_older" else r
+            for r in runs]
 # the counter each library's scheduler keeps, as the generator read it from the saved files
 SCHEDULER_COUNTER = ("saved_scheduler_last_epoch", "saved_scheduler_last_batch_iteration",
                      "live_scheduler_last_epoch")
@@ -63,8 +75,10 @@ def findings_computed(rep: dict[str, Any]) -> None:
 
 def test_fixtures_hold_both_faults_and_every_layout() -> None:
     assert set(RUNS) == {"hf_trainer", "hf_trainer_lr_fault", "lightning", "lightning_nan",
-                         "lightning_epoch_sched", "deepspeed", "deepspeed_fp16", "dcp"}
-    assert {EXPECTED[r]["fault"]["code"] for r in FAULTY} == {"lr_not_from_scheduler", "nan"}
+                         "lightning_epoch_sched", "lightning_resume_older", "deepspeed",
+                         "deepspeed_fp16", "dcp"}
+    assert {EXPECTED[r]["fault"]["code"] for r in FAULTY} == {
+        "lr_not_from_scheduler", "nan", "step_backwards"}
 
 
 @pytest.mark.parametrize("run", RUNS)
@@ -82,7 +96,10 @@ def test_order_is_the_step_the_library_records(run: str, report) -> None:
     rep, exp = report(run), EXPECTED[run]
     assert rep["order"]["by"] == exp["order_by"]
     assert exp["run_source"] in rep["order"]["source"]
-    assert [c["label"] for c in rep["checkpoints"]] == [c["label"] for c in kept(run)]
+    # (checkpoints recording the same step, as a resumed run's "-v1" files, in either order:
+    # their mtimes do not survive a copy or a git checkout)
+    assert sorted((c["step"], c["label"]) for c in rep["checkpoints"]) == sorted(
+        (c["step"], c["label"]) for c in kept(run))
     assert [c["step"] for c in rep["checkpoints"]] == [c["step"] for c in kept(run)]
     assert [c["steps"]["run"] for c in rep["checkpoints"]] == [c["step"] for c in kept(run)]
     assert {c["steps"]["run_source"] for c in rep["checkpoints"]} == {exp["run_source"]}
@@ -123,7 +140,7 @@ def test_names_are_named_parameters_in_their_groups(run: str, report) -> None:
 
 
 def test_lightning_last_ckpt_is_a_duplicate_of_the_step_50_file(report) -> None:
-    for run in ("lightning", "lightning_nan", "lightning_epoch_sched"):
+    for run in ("lightning", "lightning_nan", "lightning_epoch_sched", "lightning_resume_older"):
         rep = report(run)
         (dup,) = EXPECTED[run]["duplicates"]
         assert "last.ckpt" not in [c["label"] for c in rep["checkpoints"]]
@@ -199,33 +216,36 @@ def test_clean_real_run_has_no_finding(run: str, report) -> None:
     assert rep["findings"] == [], [f["message"] for f in rep["findings"]]
 
 
-@pytest.mark.parametrize("run", FAULTY)
+@pytest.mark.parametrize("run", marked(FAULTY))
 def test_injected_fault_found_where_it_first_shows(run: str, report) -> None:
     rep, fault = report(run), EXPECTED[run]["fault"]
     findings_computed(rep)
     labels = [c["label"] for c in rep["checkpoints"]]
-    at = labels.index(fault["label"])
+    # a checkpoint that records the same step as another (a second branch of the run): the
+    # finding may sit on either of the two, and names both
+    where = [fault["label"], *([fault["same_as"]] if "same_as" in fault else [])]
+    at = min(labels.index(w) for w in where)
     hits = [f for f in rep["findings"] if f["code"] == fault["code"]
             and (fault["name"] is None or f["name"] == fault["name"])
             and (fault["entry"] is None or f["entry"] == fault["entry"])
             and (fault["group"] is None or f["group"] == fault["group"])]
     assert hits, [(f["code"], f["label"], f["name"], f["entry"]) for f in rep["findings"]]
-    assert hits[0]["checkpoint"] == at and hits[0]["label"] == fault["label"]
+    assert hits[0]["label"] in where and hits[0]["checkpoint"] == labels.index(hits[0]["label"])
     if fault["name"] is not None:
         assert fault["name"] in hits[0]["message"]
-    assert fault["label"] in hits[0]["message"]
+    assert all(w in hits[0]["message"] for w in where), hits[0]["message"]
     # nothing before the fault; at the fault, nothing about another parameter
     assert all(f["checkpoint"] >= at for f in rep["findings"]), rep["findings"][0]
     others = [f for f in rep["findings"] if f["checkpoint"] == at and f["name"] is not None
               and f["name"] != fault["name"]]
     assert others == [], [f["message"] for f in others]
     # the first findings of the report are about the fault
-    assert rep["findings"][0]["checkpoint"] == at
+    assert rep["findings"][0]["checkpoint"] in [labels.index(w) for w in where]
     assert rep["checkpoints"][at]["findings"] >= 1
     assert math.isfinite(rep["spike"])
 
 
-@pytest.mark.parametrize("run", RUNS)
+@pytest.mark.parametrize("run", marked(RUNS))
 def test_command_exit_status_and_json_on_real_runs(run: str, cli, tmp_path: Path) -> None:
     """Exit 1 on the runs with a fault, 0 on the clean ones; --json is the same report
     (the cache in tmp_path, never beside the fixtures)."""
@@ -234,7 +254,9 @@ def test_command_exit_status_and_json_on_real_runs(run: str, cli, tmp_path: Path
     assert res.exit_code == (1 if run in FAULTY else 0), res.stdout + res.stderr
     rep = json.loads(res.stdout)
     assert rep["schema"] == "optstate.timeline/1"
-    assert [c["label"] for c in rep["checkpoints"]] == [c["label"] for c in kept(run)]
+    assert sorted(c["label"] for c in rep["checkpoints"]) == sorted(
+        c["label"] for c in kept(run))
     if run in FAULTY:
-        assert rep["findings"][0]["label"] == EXPECTED[run]["fault"]["label"]
+        fault = EXPECTED[run]["fault"]
+        assert rep["findings"][0]["label"] in (fault["label"], fault.get("same_as"))
     assert list(tmp_path.iterdir()), "the cache went elsewhere"
