@@ -362,7 +362,7 @@ def test_links_to_the_newest_checkpoint_are_not_read_twice(tmp_path):
     assert found.notes[0]["code"] == "same_path"
 
 
-def test_a_cache_of_another_version_or_key_is_not_used(tmp_path):
+def test_a_cache_of_other_code_or_another_key_is_not_used(tmp_path):
     run = save_files(tmp_path / "run", steps=20)
     timeline([run])
     cache_file = run / ".optstate" / "timeline-cache.json"
@@ -372,6 +372,11 @@ def test_a_cache_of_another_version_or_key_is_not_used(tmp_path):
     report = timeline([run])
     assert (report["cache"]["hits"], report["cache"]["misses"]) == (0, 2)
     assert report["cache"]["note"] is None  # rebuilt quietly
+    assert timeline([run])["cache"]["hits"] == 2
+    data = json.loads(cache_file.read_text())
+    data["code"] = "written by other code"  # e.g. before a fix to a statistic
+    cache_file.write_text(json.dumps(data))
+    assert timeline([run])["cache"]["misses"] == 2
     assert timeline([run])["cache"]["hits"] == 2
     assert timeline([run], key="optimizer")["cache"]["misses"] == 2  # another state asked for
     assert timeline([run], use_cache=False)["cache"] == {"path": None, "hits": 0, "misses": 2,

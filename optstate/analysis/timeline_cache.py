@@ -6,7 +6,9 @@ the caller names. An entry is keyed by the checkpoint's absolute path and what t
 depends on besides the file (the optimizer state asked for, safe or unsafe loading), and
 holds the file's identity (total bytes, newest mtime, number of files: ``io.run_dir.
 identity``): a checkpoint whose identity changed is read again. The file records the
-optstate version and the record's version; a cache of another is not used. Rewritten
+optstate version, the record's version, the torch version and a digest of the code that
+makes a record (the layers below ``render``): a cache written by other code is not used, so
+a fix to a statistic is never hidden behind numbers cached before it. Rewritten
 atomically (``io.atomic.staged``) after each run, without the entries of checkpoints that
 no longer exist.
 
@@ -29,6 +31,31 @@ FILE_NAME = "timeline-cache.json"
 FOLDER = ".optstate"
 RECORD_VERSION = 1  # the record's shape (analysis.timeline.read_record); bump when it changes
 _MAX_BYTES = 1 << 30  # a cache this large is not read whole into memory
+
+
+# The layers whose code makes a record (io reads, numeric computes, state locates and
+# names, sim computes scheduled lrs, analysis builds the record)
+_RECORD_CODE = ("base", "io", "numeric", "state", "sim", "analysis")
+_code: str | None = None
+
+
+def code_digest() -> str:
+    """A digest of optstate's record-making code and the torch version (module docstring),
+    computed once per process (~10 ms)."""
+    global _code
+    if _code is None:
+        import hashlib
+
+        import torch
+
+        root = Path(__file__).resolve().parent.parent
+        h = hashlib.sha256(f"{__version__} {torch.__version__}".encode())
+        for layer in _RECORD_CODE:
+            for f in sorted((root / layer).rglob("*.py")):
+                h.update(str(f.relative_to(root)).encode())
+                h.update(f.read_bytes())
+        _code = h.hexdigest()[:20]
+    return _code
 
 
 class TimelineCache:
@@ -73,7 +100,8 @@ class TimelineCache:
                 or not isinstance(data.get("entries"), dict):
             self.note = f"the cache {self.path} is not a timeline cache: ignored, rebuilt"
             return
-        if data.get("optstate") != __version__ or data.get("record") != RECORD_VERSION:
+        if data.get("optstate") != __version__ or data.get("record") != RECORD_VERSION \
+                or data.get("code") != code_digest():
             return  # written by another version: its records may differ; rebuilt quietly
         self.entries = {k: v for k, v in data["entries"].items() if isinstance(v, dict)}
 
@@ -107,7 +135,7 @@ class TimelineCache:
         if not self.changed and len(live) == len(self.entries):
             return
         data = {"schema": SCHEMA, "optstate": __version__, "record": RECORD_VERSION,
-                "entries": live}
+                "code": code_digest(), "entries": live}
         from optstate.base.errors import OptstateError
         from optstate.io.atomic import staged
 
