@@ -197,3 +197,26 @@ def test_plot_writes_the_picture_and_keeps_an_existing_file(cli, faulty, tmp_pat
     r = cli("timeline", faulty, "--plot", out, "--force", "--json")
     assert r.exit_code == 1 and _no_nan(r.stdout)["schema"] == "optstate.timeline/1"
     assert out.read_bytes() == first  # the same run, the same bytes
+
+
+def test_long_names_are_cut_at_their_start_to_keep_the_table(cli, tmp_path):
+    import torch
+
+    name = "model.encoder.layers.11.self_attention.query_key_value.weight"
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([{"params": [(name, p)]}], lr=0.1)
+    for step in (1, 2):
+        p.grad = torch.full((3,), float(step))
+        opt.step()
+        torch.save(opt.state_dict(), tmp_path / f"step_{step}.pt")
+    wide = cli("timeline", tmp_path, "--no-cache", env={"COLUMNS": "200"})
+    assert f" {name}.exp_avg" in wide.stdout  # whole where it fits
+    narrow = cli("timeline", tmp_path, "--no-cache", env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0
+    rows = narrow.stdout.splitlines()
+    rule = next(i for i, ln in enumerate(rows) if ln.startswith("───"))
+    assert max(len(ln) for ln in rows[rule - 1:rule + 3]) <= 80
+    cells = [ln.split()[-1] for ln in rows[rule + 1:rule + 3]]
+    assert all(c.startswith("…") and len(c) >= 24 for c in cells)
+    for c in cells:  # the end of the place, whole
+        assert any(f"{name}.{e}".endswith(c[1:]) for e in ("exp_avg", "exp_avg_sq")), c

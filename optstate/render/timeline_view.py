@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Group
 from rich.text import Text
 
@@ -24,6 +25,7 @@ from optstate.render.text_table import TextTable
 from optstate.render.wrapped import Hanging, Header
 
 MAX_ROWS = 40  # table rows shown by default; --max-rows 0 shows all
+PLACE_MIN = 24  # cells the place of the largest growth keeps at least
 
 
 def short(value: Any) -> str:
@@ -98,11 +100,25 @@ def _close(a: float, b: float) -> bool:
     return a == b or abs(a - b) <= 1e-6 * max(abs(a), abs(b))
 
 
-def checkpoint_table(report: dict[str, Any], max_rows: int = MAX_ROWS) -> TextTable:
+class CheckpointTable:
+    """``checkpoint_table`` drawn at the width it is given (the console's)."""
+
+    def __init__(self, report: dict[str, Any], max_rows: int = MAX_ROWS) -> None:
+        self.report, self.max_rows = report, max_rows
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        yield checkpoint_table(self.report, self.max_rows, width=options.max_width)
+
+
+def checkpoint_table(report: dict[str, Any], max_rows: int = MAX_ROWS,
+                     width: int | None = None) -> TextTable:
     """One row per checkpoint shown (``shown_rows``): its findings (a count), label,
     step, group 0's lr (and the lr its scheduler gives, where that differs), NaN and Inf
     elements over every entry, and the entry whose norm grew most since the checkpoint
-    before (its norm, the factor, its place, last: the widest)."""
+    before (its norm, the factor, its place, last: the widest). Within ``width``, a
+    place too long for what the other columns leave is cut at its start (``…layer.11.
+    mlp.weight.exp_avg``: the end tells entries apart), down to ``PLACE_MIN`` cells; the
+    findings below and ``--json`` name it whole."""
     lrs, scheduled = _lr_columns(report)
     counts = nonfinite_counts(report)
     cols: list[tuple[str, str, int]] = [
@@ -113,10 +129,11 @@ def checkpoint_table(report: dict[str, Any], max_rows: int = MAX_ROWS) -> TextTa
     cols += [("NaN", "right", 0), ("Inf", "right", 0), ("norm", "right", 0),
              ("×prev", "right", 0), ("largest growth", "left", 0)]
     table = TextTable("checkpoints", cols, padding=0, head=2)
+    rows: list[list[Any]] = []
     before = -1
     for i in shown_rows(report, max_rows):
         if i > before + 1:
-            table.add_row("", Text(f"… {i - before - 1} more", style="dim"))
+            rows.append(["", Text(f"… {i - before - 1} more", style="dim")])
         before = i
         c = report["checkpoints"][i]
         k = c.get("findings") or 0
@@ -136,11 +153,30 @@ def checkpoint_table(report: dict[str, Any], max_rows: int = MAX_ROWS) -> TextTa
             row += [short(worst.get("norm")),
                     "" if ratio is None else f"×{fmt_short(ratio)}",
                     place(worst.get("param"), worst.get("name"), worst.get("entry"))]
-        table.add_row(*row)
+        rows.append(row)
     n = len(report["checkpoints"])
     if before < n - 1:
-        table.add_row("", Text(f"… {n - 1 - before} more", style="dim"))
+        rows.append(["", Text(f"… {n - 1 - before} more", style="dim")])
+    if width is not None:
+        _cut_places(rows, cols, width)
+    for row in rows:
+        table.add_row(*row)
     return table
+
+
+def _cut_places(rows: list[list[Any]], cols: list[tuple[str, str, int]],
+                width: int) -> None:
+    """Cut the place cells (the last column, str) to what ``width`` leaves them."""
+    last = len(cols) - 1
+    widths = [max(cell_len(h), m) for h, _, m in cols[:last]]
+    for row in rows:
+        for j, cell in enumerate(row[:last]):
+            text = cell.plain if isinstance(cell, Text) else cell
+            widths[j] = max(widths[j], cell_len(text))
+    room = max(width - sum(widths) - last, PLACE_MIN)  # one space between columns
+    for row in rows:
+        if len(row) > last and isinstance(row[last], str) and cell_len(row[last]) > room:
+            row[last] = "…" + row[last][len(row[last]) - room + 1:]
 
 
 def header(report: dict[str, Any]) -> Header:
@@ -196,7 +232,7 @@ def timeline_view(report: dict[str, Any], max_rows: int = MAX_ROWS) -> Group:
     skipped files, notes, verdict."""
     parts: list[Any] = [header(report)]
     if report["checkpoints"]:
-        parts.append(checkpoint_table(report, max_rows))
+        parts.append(CheckpointTable(report, max_rows))
         note = _lr_note(report)
         if note is not None:
             parts.append(note)
