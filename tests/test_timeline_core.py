@@ -422,3 +422,15 @@ def test_a_copy_under_another_number_is_not_a_duplicate(tmp_path):
     assert [n["message"] for n in report["notes"] if n["code"] == "duplicate"] == [
         "last-v1.ckpt holds the same steps and state as step_40.pt: read once, shown as "
         "step_40.pt"]
+
+
+def test_a_folder_of_weights_only_is_an_error_not_a_clean_run(tmp_path):
+    from optstate.base.errors import NoOptimizerStateError
+
+    run = tmp_path / "weights"
+    run.mkdir()
+    for step in (10, 20):
+        torch.save(nn.Linear(2, 2).state_dict(), run / f"model_{step}.pt")
+    with pytest.raises(NoOptimizerStateError, match=r"none of the 2 files found in .* holds "
+                       r"an optimizer state \(model_20.pt: "):
+        timeline([run], use_cache=False)

@@ -99,6 +99,14 @@ def build_report(found: Any, records: list[dict[str, Any]], *, spike: float,
             skipped.append({"path": r["path"], "reason": r["error"]})
         else:
             kept.append(r)
+    if not kept:  # an empty report would read as a clean run
+        from optstate.base.errors import NoOptimizerStateError
+
+        n = len(records)
+        raise NoOptimizerStateError(
+            f"none of the {n} file{'s' * (n != 1)} found in {', '.join(paths)} holds an "
+            f"optimizer state ({Path(skipped[-1]['path']).name}: {skipped[-1]['reason']})",
+            hint="give the checkpoints that hold optimizer.state_dict()")
     ordered, by, source = order_records(kept)
     ordered, dropped = drop_duplicates(ordered)
     notes += dropped
