@@ -434,3 +434,14 @@ def test_a_folder_of_weights_only_is_an_error_not_a_clean_run(tmp_path):
     with pytest.raises(NoOptimizerStateError, match=r"none of the 2 files found in .* holds "
                        r"an optimizer state \(model_20.pt: "):
         timeline([run], use_cache=False)
+
+
+def test_order_by_name_when_only_some_record_a_step_says_so(tmp_path):
+    run = save_files(tmp_path / "run", opt_cls=torch.optim.SGD, keys=(), sched=False,
+                     momentum=0.9)
+    obj = torch.load(run / "step_20.pt", weights_only=True)
+    obj["step"] = 20
+    torch.save(obj, run / "step_20.pt")
+    report = timeline([run], use_cache=False)
+    assert report["order"] == {"by": "name", "source": "the number in the file names: only 1 "
+                               "of the 3 checkpoints read record a step"}

@@ -36,6 +36,7 @@ ORDER_SOURCES = {
              "names hold no number",
 }
 ENTRY_FIELDS = ("norm", "max_abs", "nan", "inf", "zeros")
+STEP_COUNTERS = ("run", "optimizer", "scheduler")  # what may order the run, first first
 
 
 def timeline(paths: list[str] | list[Path], *, spike: float = 10.0,
@@ -151,7 +152,7 @@ def order_records(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
     (else mtime) puts them among the rest."""
     ok = [r for r in records if r["error"] is None]
     bad = [r for r in records if r["error"] is not None]
-    by = next((b for b in ("run", "optimizer", "scheduler") if ok
+    by = next((b for b in STEP_COUNTERS if ok
                and all(r["steps"][b] is not None for r in ok)), None)
     if by is None:
         by = "name" if all(r["name_step"] is not None for r in records) else "mtime"
@@ -160,6 +161,11 @@ def order_records(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
         source = ORDER_SOURCES["run"].format(", ".join(used))
     else:
         source = ORDER_SOURCES[by]
+    some = max((sum(1 for r in ok if r["steps"][b] is not None) for b in STEP_COUNTERS),
+               default=0)
+    if by in ("name", "mtime") and some:  # not "record no step": some do, not all
+        source = source.replace("the checkpoints record no step",
+                                f"only {some} of the {len(ok)} checkpoints read record a step")
 
     def tie(r: dict[str, Any]) -> tuple[Any, ...]:
         ns = r["name_step"]
