@@ -445,3 +445,17 @@ def test_order_by_name_when_only_some_record_a_step_says_so(tmp_path):
     report = timeline([run], use_cache=False)
     assert report["order"] == {"by": "name", "source": "the number in the file names: only 1 "
                                "of the 3 checkpoints read record a step"}
+
+
+def test_a_step_kept_in_the_group_is_the_optimizers_step(tmp_path):
+    """apex's FusedAdam (and DeepSpeed's) count steps in param_groups[i]['step']."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for step, _, opt, _ in train(20, sched=False, opt_cls=torch.optim.SGD, momentum=0.9):
+        sd = opt.state_dict()
+        sd["param_groups"][0]["step"] = step
+        torch.save(sd, run / f"{'ba'[step // 10 - 1]}.pt")
+    report = timeline([run], use_cache=False)
+    assert report["order"]["by"] == "optimizer"
+    assert [(c["label"], c["step"]) for c in report["checkpoints"]] == [("b.pt", 10),
+                                                                       ("a.pt", 20)]

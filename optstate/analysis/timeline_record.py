@@ -102,6 +102,9 @@ def read_record(candidate: Candidate, *, key: str | None = None,
         rec["params"].append({"position": p["position"], "name": p["name"],
                               "group": p["group"], "entries": entries})
     known = [s for s in steps if s is not None]
+    if not known:  # apex's / DeepSpeed's FusedAdam count in the group, not per param
+        known = [s for g in rec["groups"] if (s := _int(g["hyperparams"].get("step")))
+                 is not None]
     rec["steps"]["optimizer"] = max(known) if known else None
     rec["scheduler"] = _scheduler(report["scheduler"], sched_state, raw_groups)
     if rec["scheduler"] is not None:
