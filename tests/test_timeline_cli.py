@@ -220,3 +220,18 @@ def test_long_names_are_cut_at_their_start_to_keep_the_table(cli, tmp_path):
     assert all(c.startswith("…") and len(c) >= 24 for c in cells)
     for c in cells:  # the end of the place, whole
         assert any(f"{name}.{e}".endswith(c[1:]) for e in ("exp_avg", "exp_avg_sq")), c
+
+
+def test_an_unreadable_checkpoint_is_a_row_and_a_finding(cli, clean, tmp_path):
+    for s in (10, 20, 30):
+        (tmp_path / f"step_{s}.pt").write_bytes((clean / f"step_{s}.pt").read_bytes())
+    damaged = tmp_path / "step_20.pt"
+    damaged.write_bytes(damaged.read_bytes()[:500])
+    r = cli("timeline", tmp_path, "--no-cache", env={"COLUMNS": "100"})
+    assert r.exit_code == 1
+    row = next(ln for ln in r.stdout.splitlines() if " step_20.pt " in ln)
+    assert row.split() == ["1", "step_20.pt", "–", "–", "unreadable"]  # no counts, no norms
+    findings = r.stdout.splitlines()
+    first = findings[findings.index("findings") + 1]
+    assert first.startswith("unreadable step_20.pt: could not be read:")
+    assert "found     3 checkpoints, 2 read" in r.stdout

@@ -143,12 +143,14 @@ def checkpoint_table(report: dict[str, Any], max_rows: int = MAX_ROWS,
             row.append(Text(short(scheduled[i]), style="dim") if scheduled[i] is not None
                        else "")
         nan, inf = counts[i]
+        worst = c.get("worst")
+        if c.get("error"):  # nothing known: no counts, no norms
+            row += ["", "", "", "", Text("unreadable", style="bold red")]
+            rows.append(row)
+            continue
         row += [Text(str(nan), style="bold red") if nan else "0",
                 Text(str(inf), style="bold red") if inf else "0"]
-        worst = c.get("worst")
-        if c.get("error"):
-            row += ["", "", Text("unreadable", style="bold red")]
-        elif worst:
+        if worst:
             ratio = number(worst.get("ratio"))
             row += [short(worst.get("norm")),
                     "" if ratio is None else f"×{fmt_short(ratio)}",
