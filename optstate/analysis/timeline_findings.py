@@ -10,7 +10,10 @@ What each code claims, and what keeps it from firing on a healthy run:
 
 - ``nan`` / ``inf``: the first checkpoint at which an entry holds NaN / Inf (it held none
   at the checkpoint before, or it is the first checkpoint).
-- ``norm_spike``: an entry's norm is more than ``spike`` times its previous finite norm.
+- ``norm_spike``: an entry's norm is more than ``spike`` times its previous finite norm
+  (a signed average's: the largest of its last three, as it may pass near zero when
+  gradients change sign; a norm at rounding level against the largest of its kind at that
+  checkpoint is noise, not a spike: ``_spikes``).
   Accumulators start at zero and grow at the start of training without anything being
   wrong, so the norms compared are first made comparable: Adam-family ``exp_avg`` /
   ``exp_avg_sq`` / ``max_exp_avg_sq`` are bias-corrected by the recorded optimizer step and
@@ -53,9 +56,9 @@ What each code claims, and what keeps it from firing on a healthy run:
   nothing).
 - ``unreadable``: a checkpoint that could not be read.
 
-Works on plain records only (no tensors, no torch).
+Works on plain records only (no tensors; torch only for its dtypes' precision).
 
-524 lines: one rule per code, each beside the words that keep it from misleading; split,
+572 lines: one rule per code, each beside the words that keep it from misleading; split,
 the rules would only call back into one another's helpers.
 """
 
@@ -70,7 +73,7 @@ from optstate.analysis.findings import at, finding
 from optstate.analysis.timeline_record import num
 from optstate.analysis.underflow import SECOND_MOMENTS, SQUARED
 from optstate.base.paths import join
-from optstate.numeric.tolerance import schedule_atol
+from optstate.numeric.tolerance import schedule_atol, unit_roundoff
 
 # In this order at one checkpoint: what was done to the run (a likely cause) before what
 # happened to its state
@@ -81,6 +84,8 @@ CODES = ("unreadable", "step_backwards", "step_skip", "scheduler_reset", "lr_off
 # Entries that hold squares of gradients (compared in gradient units; checked for collapse)
 SQUARE_ENTRIES = frozenset(SQUARED) | frozenset(SECOND_MOMENTS) | {
     "acc_delta", "exp_avg_sq_row", "exp_avg_sq_col", "state2"}
+# How many earlier norms a signed average's spike is measured against (_spikes)
+WINDOW = 3
 # Adam-family EMAs bias-corrected by beta1 / beta2 (analysis module docstring)
 BIAS_CORRECTED = {"exp_avg": 0, "exp_avg_sq": 1, "max_exp_avg_sq": 1}
 # Group keys that are not hyperparameters of the run: torch's implementation switches and
@@ -125,10 +130,11 @@ def timeline_findings(records: list[dict[str, Any]], *, spike: float) -> list[di
     _name_order(records, ok, emit)
     for prev, cur in zip(ok, ok[1:], strict=False):
         _counters(records, ok, prev, cur, emit)
-        _entries(records, prev, cur, spike, emit)
+        _entries(records, prev, cur, emit)
         _hyperparams(records, prev, cur, emit)
     for i in ok:
         _lr(records, ok, i, spike, emit)
+    _spikes(records, ok, spike, emit)
 
     out = []
     for k in order:
@@ -282,8 +288,7 @@ def _comparable(r: dict[str, Any], p: dict[str, Any], entry: str,
     return norm, ""
 
 
-def _entries(records: list[dict[str, Any]], prev: int, cur: int, spike: float,
-             emit: Emit) -> None:
+def _entries(records: list[dict[str, Any]], prev: int, cur: int, emit: Emit) -> None:
     a, b = records[prev], records[cur]
     pa, pb = _params(a), _params(b)
     had = sum(1 for p in pa.values() if p.get("entries"))
@@ -293,8 +298,6 @@ def _entries(records: list[dict[str, Any]], prev: int, cur: int, spike: float,
              f"{b['label']}: no param has optimizer state, where {a['label']} held state "
              f"for {had}: a fresh optimizer, or its state not loaded?")
         return
-    sa, sb = _step_of(a), _step_of(b)
-    growth = sb / sa if sa and sb and sb > sa > 0 else 1.0
     for pos, p in pa.items():
         q = pb.get(pos)
         for entry, e in (p.get("entries") or {}).items():
@@ -308,8 +311,6 @@ def _entries(records: list[dict[str, Any]], prev: int, cur: int, spike: float,
                      "optimizer, or its state not loaded?", **kw)
                 continue
             _nonfinite(cur, b, a, who, entry, e, f, emit, kw)
-            _spike(cur, a, b, p, q, who, entry, e, f, spike, growth, emit,  # type: ignore[arg-type]
-                   kw)
             _collapse(cur, a, b, who, entry, e, f, emit, kw)
 
 
@@ -338,26 +339,73 @@ def _nonfinite(i: int, b: dict[str, Any], a: dict[str, Any] | None, who: str, en
                  f"({tail})", **kw)
 
 
-def _spike(i: int, a: dict[str, Any], b: dict[str, Any], p: dict[str, Any], q: dict[str, Any],
-           who: str, entry: str, e: dict[str, Any], f: dict[str, Any], spike: float,
-           growth: float, emit: Emit, kw: dict[str, Any]) -> None:
-    na, nb = num(e.get("norm")), num(f.get("norm"))
-    if na is None or nb is None or not math.isfinite(na) or not math.isfinite(nb) or na <= 0:
-        return
-    ca, how = _comparable(a, p, entry, na)
-    cb, _ = _comparable(b, q, entry, nb)
-    ratio = cb / ca
-    leaf = entry.rsplit(".", 1)[-1]
-    squared = leaf in SQUARE_ENTRIES
-    factor = math.sqrt(ratio) if squared else ratio
-    allowed = spike if how else spike * growth
-    if factor > allowed:
-        units = " (a square of gradients: compared by the square root)" if squared else ""
-        corr = f", {how} by step and betas" if how else (
-            f", allowing {growth:.3g}x for the steps taken" if growth > 1 else "")
-        emit(i, "norm_spike",
-             f"{b['label']}: {who} {entry} norm {_g(na)} -> {_g(nb)} since {a['label']}: "
-             f"{factor:.3g}x > {spike:g}x{units}{corr}", **kw)
+def _units(entry: str, norm: float) -> float:
+    """A norm in gradient units: a second moment's by its square root (module docstring)."""
+    return math.sqrt(norm) if entry.rsplit(".", 1)[-1] in SQUARE_ENTRIES else norm
+
+
+def _rounding(dtype: Any) -> float:
+    """The spacing of a state dtype's numbers relative to 1 (float32's when not known)."""
+    import torch
+
+    dt = getattr(torch, str(dtype), None)
+    if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
+        dt = torch.float32
+    return 2.0 * unit_roundoff(dt)
+
+
+def _spikes(records: list[dict[str, Any]], ok: list[int], spike: float, emit: Emit) -> None:
+    """norm_spike over the run (module docstring). The reference of a signed average
+    (exp_avg, a momentum) is the largest of its last WINDOW comparable norms: such an
+    average passes near zero when gradients change sign (a converging run), and climbing
+    back from there is not a spike. A second moment cannot cancel: its reference is the
+    norm before. A norm at rounding level against the largest norm of its kind at the same
+    checkpoint (the state of a param whose gradient is zero up to rounding, as an attention
+    key's bias) is noise, never a spike."""
+    hist: dict[tuple[int, str], list[tuple[int, float, float]]] = {}
+    for i in ok:
+        r = records[i]
+        params = r.get("params") or []
+        largest: dict[str, float] = {}
+        values = []
+        for p in params:
+            for entry, e in (p.get("entries") or {}).items():
+                n = num(e.get("norm"))
+                if n is None or not math.isfinite(n):
+                    continue
+                c, how = _comparable(r, p, entry, n)
+                u = _units(entry, c)
+                leaf = entry.rsplit(".", 1)[-1]
+                largest[leaf] = max(largest.get(leaf, 0.0), u)
+                values.append((p, entry, e, n, u, how))
+        step = _step_of(r)
+        for p, entry, e, n, u, how in values:
+            key = (p["position"], entry)
+            past = hist.setdefault(key, [])
+            leaf = entry.rsplit(".", 1)[-1]
+            squared = leaf in SQUARE_ENTRIES
+            ref = past[-1:] if squared else past[-WINDOW:]
+            past.append((i, n, u))
+            ref = [x for x in ref if x[2] > 0]
+            if not ref or u <= _rounding(e.get("dtype")) * largest[leaf]:
+                continue
+            j, n0, u0 = max(ref, key=lambda x: x[2])
+            s0 = _step_of(records[j])
+            growth = step / s0 if not how and step and s0 and step > s0 > 0 else 1.0
+            factor = u / u0
+            if factor > spike * growth:
+                units = " (a square of gradients: compared by the square root)" \
+                    if squared else ""
+                corr = f", {how} by step and betas" if how else (
+                    f", allowing {growth:.3g}x for the steps taken" if growth > 1 else "")
+                biggest = "" if squared or len(ref) == 1 else ", its largest of the last " \
+                    f"{len(ref)}"
+                emit(i, "norm_spike",
+                     f"{r['label']}: {_who(p)} {entry} norm {_g(n0)} at "
+                     f"{records[j]['label']}{biggest} -> {_g(n)}: {factor:.3g}x > "
+                     f"{spike:g}x{units}{corr}",
+                     param=p["position"], name=p.get("name"), entry=entry,
+                     group=p.get("group"))
 
 
 def _collapse(i: int, a: dict[str, Any], b: dict[str, Any], who: str, entry: str,
