@@ -74,8 +74,9 @@ def findings_computed(rep: dict[str, Any]) -> None:
 
 
 def test_fixtures_hold_both_faults_and_every_layout() -> None:
-    assert set(RUNS) == {"hf_trainer", "hf_trainer_lr_fault", "lightning", "lightning_nan",
-                         "lightning_epoch_sched", "lightning_resume_older", "deepspeed",
+    assert set(RUNS) == {"hf_trainer", "hf_trainer_lr_fault", "hf_trainer_restarts",
+                         "lightning", "lightning_nan", "lightning_epoch_sched",
+                         "lightning_onecycle", "lightning_resume_older", "deepspeed",
                          "deepspeed_fp16", "dcp"}
     assert {EXPECTED[r]["fault"]["code"] for r in FAULTY} == {
         "lr_not_from_scheduler", "nan", "step_backwards"}
@@ -140,7 +141,8 @@ def test_names_are_named_parameters_in_their_groups(run: str, report) -> None:
 
 
 def test_lightning_last_ckpt_is_a_duplicate_of_the_step_50_file(report) -> None:
-    for run in ("lightning", "lightning_nan", "lightning_epoch_sched", "lightning_resume_older"):
+    for run in ("lightning", "lightning_nan", "lightning_epoch_sched", "lightning_onecycle",
+                "lightning_resume_older"):
         rep = report(run)
         (dup,) = EXPECTED[run]["duplicates"]
         assert "last.ckpt" not in [c["label"] for c in rep["checkpoints"]]
@@ -151,11 +153,11 @@ def test_lightning_last_ckpt_is_a_duplicate_of_the_step_50_file(report) -> None:
 def test_scheduled_lr_is_the_schedulers_own_where_torch_can_compute_it(report) -> None:
     """StepLR (Lightning) and CosineAnnealingLR (DCP) are recomputed from their saved
     state; the Trainer's LambdaLR and DeepSpeed's WarmupDecayLR cannot be, and say why."""
-    for run in ("lightning", "lightning_epoch_sched", "dcp"):
+    for run in ("lightning", "lightning_epoch_sched", "lightning_onecycle", "dcp"):
         for c, want in zip(report(run)["checkpoints"], kept(run), strict=True):
             lr = want.get("saved_lr", want["live_lr"])
             assert [pytest.approx(x, rel=1e-12) for x in lr] == c["scheduler"]["scheduled_lr"]
-    for run in ("hf_trainer", "deepspeed", "deepspeed_fp16"):
+    for run in ("hf_trainer", "hf_trainer_restarts", "deepspeed", "deepspeed_fp16"):
         for c in report(run)["checkpoints"]:
             assert c["scheduler"]["scheduled_lr"] is None
             assert c["scheduler"]["scheduled_reason"]
@@ -175,6 +177,20 @@ def test_counters_that_legitimately_move_apart_are_no_finding(report) -> None:
         rep = report(run)
         findings_computed(rep)
         assert not [f for f in rep["findings"] if f["code"].startswith(("step_", "scheduler_"))]
+
+
+def test_lr_and_betas_that_move_by_their_schedule_are_no_finding(report) -> None:
+    """The Trainer's cosine with hard restarts raises the lr after it fell (a LambdaLR:
+    its lr cannot be recomputed, only compared with its own last lr); OneCycleLR moves the
+    lr and Adam's beta1 at every step."""
+    lrs = [c["groups"][0]["lr"] for c in report("hf_trainer_restarts")["checkpoints"]]
+    assert any(lrs[i - 1] > lrs[i] < lrs[i + 1] for i in range(1, len(lrs) - 1))  # fell, rose
+    betas = [c["saved_betas"][0][0] for c in kept("lightning_onecycle")]
+    assert len(set(betas)) == len(betas)
+    for run in ("hf_trainer_restarts", "lightning_onecycle"):
+        rep = report(run)
+        findings_computed(rep)
+        assert rep["findings"] == [], [f["message"] for f in rep["findings"]]
 
 
 def test_hf_trainer_norms_agree_with_torch(report) -> None:
