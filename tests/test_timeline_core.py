@@ -459,3 +459,18 @@ def test_a_step_kept_in_the_group_is_the_optimizers_step(tmp_path):
     assert report["order"]["by"] == "optimizer"
     assert [(c["label"], c["step"]) for c in report["checkpoints"]] == [("b.pt", 10),
                                                                        ("a.pt", 20)]
+
+
+def test_trainer_with_deepspeed_folders_are_one_checkpoint_each(tmp_path):
+    """The Trainer under DeepSpeed: checkpoint-N/ holds 'latest', global_stepN/ and
+    trainer_state.json; each checkpoint-N/ is one checkpoint, its step the Trainer's."""
+    import shutil
+
+    src = FIXTURES / "deepspeed" / "zero2_bf16_ws1_sched" / "checkpoint"
+    d = tmp_path / "out" / "checkpoint-3"
+    shutil.copytree(src, d)
+    (d / "trainer_state.json").write_text('{"global_step": 3}')
+    report = timeline([tmp_path / "out"], use_cache=False)
+    cp = report["checkpoints"][0]
+    assert (cp["label"], cp["format"], cp["steps"]["run"], cp["steps"]["run_source"]) == (
+        "checkpoint-3", "deepspeed", 3, "trainer_state.json global_step")
