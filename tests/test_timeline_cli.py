@@ -235,3 +235,25 @@ def test_an_unreadable_checkpoint_is_a_row_and_a_finding(cli, clean, tmp_path):
     first = findings[findings.index("findings") + 1]
     assert first.startswith("unreadable step_20.pt: could not be read:")
     assert "found     3 checkpoints, 2 read" in r.stdout
+
+
+def test_a_broken_cache_is_said_and_rebuilt(cli, clean, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    for s in (10, 20):
+        (run / f"step_{s}.pt").write_bytes((clean / f"step_{s}.pt").read_bytes())
+    (run / ".optstate").mkdir()
+    (run / ".optstate" / "timeline-cache.json").write_text("{not json")
+    r = cli("timeline", "run", env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[3] == "cache     0 from the cache, 2 read (run/.optstate/timeline-cache.json)"
+    end = next(i for i, ln in enumerate(lines) if ln.startswith("checkpoints"))
+    note = " ".join(ln.strip() for ln in lines[4:end])
+    assert lines[4].startswith("          the cache ")  # under the header's value column
+    assert note.startswith(f"the cache {run.resolve()}/.optstate/timeline-cache.json could "
+                           "not be read (") and note.endswith("ignored, rebuilt")
+    r = cli("timeline", "run", env={"COLUMNS": "200"})
+    assert r.stdout.splitlines()[3] == (
+        "cache     2 from the cache, 0 read (run/.optstate/timeline-cache.json)")

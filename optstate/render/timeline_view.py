@@ -192,11 +192,14 @@ def header(report: dict[str, Any]) -> Header:
     order = report["order"]
     head.add("order", Text(f"by {order['source']}"))
     cache = report.get("cache") or {}
+    said = Text()
     if cache.get("path"):
-        head.add("cache", Text(f"{cache['hits']} from the cache, {cache['misses']} read "
-                               f"({_near(cache['path'])})"))
-    elif cache.get("note"):
-        head.add("cache", Text(cache["note"], style="dim"))
+        said.append(f"{cache['hits']} from the cache, {cache['misses']} read "
+                    f"({_near(cache['path'])})")
+    if cache.get("note"):  # ignored and rebuilt, or not written
+        said.append(("\n" if said else "") + cache["note"], style="dim")
+    if said:
+        head.add("cache", said)
     return head
 
 
