@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import torch
 
-from optstate.analysis.timeline import num, timeline
+from optstate.analysis.timeline import timeline
+from optstate.analysis.timeline_record import num
 from optstate.numeric.tolerance import sum_rtol
 
 RUNS_DIR = Path(__file__).resolve().parent / "fixtures" / "runs"
