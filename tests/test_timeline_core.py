@@ -474,3 +474,14 @@ def test_trainer_with_deepspeed_folders_are_one_checkpoint_each(tmp_path):
     cp = report["checkpoints"][0]
     assert (cp["label"], cp["format"], cp["steps"]["run"], cp["steps"]["run_source"]) == (
         "checkpoint-3", "deepspeed", 3, "trainer_state.json global_step")
+
+
+def test_a_file_with_two_optimizer_states_is_unreadable_not_skipped(tmp_path):
+    run = save_files(tmp_path / "run", steps=20)
+    sd = torch.load(run / "step_20.pt", weights_only=True)["optimizer"]
+    torch.save({"optimizer_states": [sd, sd]}, run / "step_30.pt")
+    report = timeline([run], use_cache=False)
+    cp = report["checkpoints"][-1]
+    assert (cp["label"], cp["error_code"]) == ("step_30.pt", "unreadable")
+    assert "holds 2 optimizer states" in cp["error"] and "pick one with" in cp["error"]
+    assert report["run"]["skipped"] == []

@@ -67,21 +67,26 @@ def read_record(candidate: Candidate, *, key: str | None = None,
     cannot be read gives a record with ``error`` (one line), never an exception."""
     from optstate.analysis.inspect import inspect_source
     from optstate.io.source import open_source
-    from optstate.state.locate import locate
+    from optstate.state.locate import find_optimizer_states, locate
 
     rec = _empty_record(candidate)
+    source = None
     try:
         source = open_source(candidate.path, unsafe=unsafe)
         report = inspect_source(source, key=key, stats=True)
         located = locate(source, key)  # the raw scheduler state (inspect keeps its report)
         rec["steps"]["run"], rec["steps"]["run_source"] = _run_step(source, located)
         sched_state, raw_groups = located.scheduler, located.state.get("param_groups")
-        del source, located
-    except NoOptimizerStateError as e:
-        rec["error"], rec["error_code"] = str(e).splitlines()[0], "no_optimizer_state"
-        return rec
+        source = located = None  # no tensor kept past here
     except OptstateError as e:
-        rec["error"], rec["error_code"] = str(e).splitlines()[0], "unreadable"
+        # only a file that holds none is "no optimizer state" (a model's weights, passed
+        # over in a folder); several states, or a folder with several optimizer files,
+        # is a checkpoint that could not be read as one
+        none = isinstance(e, NoOptimizerStateError) and source is not None and key is None \
+            and not find_optimizer_states(source.obj)
+        text = str(e).splitlines()[0] + (f" ({e.hint})" if e.hint else "")
+        rec["error"] = text
+        rec["error_code"] = "no_optimizer_state" if none else "unreadable"
         return rec
     rec["format"] = report["file"]["format"]
     rec["kind"] = report["optimizer"].get("kind")
