@@ -257,3 +257,27 @@ def test_a_broken_cache_is_said_and_rebuilt(cli, clean, tmp_path, monkeypatch):
     r = cli("timeline", "run", env={"COLUMNS": "200"})
     assert r.stdout.splitlines()[3] == (
         "cache     2 from the cache, 0 read (run/.optstate/timeline-cache.json)")
+
+
+def test_docs_name_every_field_the_report_has(faulty, tmp_path):
+    """docs/timeline.md documents the schema: every key the report, a checkpoint, a
+    series, an lr row, a finding and the cache's record hold is named there, and every
+    finding code."""
+    import optstate
+    from optstate.analysis.timeline_findings import CODES
+
+    docs = (ROOT / "docs" / "timeline.md").read_text()
+    report = optstate.timeline(faulty, cache_dir=tmp_path)
+    c = report["checkpoints"][6]  # step_70.pt: a scheduler, findings
+    keys = {*report, *report["run"], *report["order"], *report["cache"], *c, *c["steps"],
+            *c["identity"], *c["groups"][0], *c["scheduler"], *report["series"][0],
+            *report["lr"][0], *report["findings"][0], *report["checkpoints"][0]["worst"]}
+    cached = json.loads((tmp_path / "timeline-cache.json").read_text())
+    record = next(iter(cached["entries"].values()))["record"]
+    entry = next(iter(record["params"][0]["entries"].values()))
+    keys |= {*record, *record["params"][0], *entry}
+    code = " ".join(re.findall(r"`([^`]*)`", docs))  # what the docs write as code
+    missing = sorted(k for k in keys if not re.search(rf"(?<![\w.]){re.escape(k)}(?!\w)",
+                                                       code))
+    assert not missing, f"docs/timeline.md does not name {missing}"
+    assert not [code for code in CODES if f"`{code}`" not in docs]
