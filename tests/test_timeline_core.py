@@ -470,7 +470,9 @@ def test_trainer_with_deepspeed_folders_are_one_checkpoint_each(tmp_path):
     d = tmp_path / "out" / "checkpoint-3"
     shutil.copytree(src, d)
     (d / "trainer_state.json").write_text('{"global_step": 3}')
+    shutil.copytree(src, tmp_path / "out" / "tmp-checkpoint-6")  # being written
     report = timeline([tmp_path / "out"], use_cache=False)
+    assert [Path(s["path"]).name for s in report["run"]["skipped"]] == ["tmp-checkpoint-6"]
     cp = report["checkpoints"][0]
     assert (cp["label"], cp["format"], cp["steps"]["run"], cp["steps"]["run_source"]) == (
         "checkpoint-3", "deepspeed", 3, "trainer_state.json global_step")

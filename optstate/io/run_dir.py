@@ -234,6 +234,10 @@ def _children(folder: Path, skipped: list[dict[str, str]]) -> list[Path]:
             continue
         if child.is_file() and child.suffix.lower() not in CHECKPOINT_SUFFIXES:
             continue
+        if child.is_dir() and child.name.startswith("tmp-checkpoint-"):
+            skipped.append({"path": str(child), "reason": "the Trainer's folder for a "
+                            "checkpoint being written (renamed to checkpoint-N when complete)"})
+            continue
         if child.is_symlink() and child.resolve().parent == folder.resolve():
             skipped.append({"path": str(child), "reason": f"a link to {child.resolve().name}, "
                             "read under that name"})
