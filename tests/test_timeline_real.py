@@ -78,7 +78,7 @@ def test_fixtures_hold_both_faults_and_every_layout() -> None:
     assert set(RUNS) == {"hf_trainer", "hf_trainer_lr_fault", "hf_trainer_restarts",
                          "lightning", "lightning_nan", "lightning_epoch_sched",
                          "lightning_onecycle", "lightning_resume_older", "deepspeed",
-                         "deepspeed_fp16", "dcp"}
+                         "deepspeed_fp16", "deepspeed_resume_lost", "dcp"}
     assert {EXPECTED[r]["fault"]["code"] for r in FAULTY} == {
         "lr_not_from_scheduler", "nan", "step_backwards"}
 
@@ -158,7 +158,8 @@ def test_scheduled_lr_is_the_schedulers_own_where_torch_can_compute_it(report) -
         for c, want in zip(report(run)["checkpoints"], kept(run), strict=True):
             lr = want.get("saved_lr", want["live_lr"])
             assert [pytest.approx(x, rel=1e-12) for x in lr] == c["scheduler"]["scheduled_lr"]
-    for run in ("hf_trainer", "hf_trainer_restarts", "deepspeed", "deepspeed_fp16"):
+    for run in ("hf_trainer", "hf_trainer_restarts", "deepspeed", "deepspeed_fp16",
+                "deepspeed_resume_lost"):
         for c in report(run)["checkpoints"]:
             assert c["scheduler"]["scheduled_lr"] is None
             assert c["scheduler"]["scheduled_reason"]
