@@ -382,3 +382,49 @@ def test_converging_run_whose_first_moments_pass_near_zero_is_clean(tmp_path: Pa
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                         "step": step}, tmp_path / f"step_{step}.pt")
     assert brief(findings(tmp_path)) == []
+
+
+def test_inf_from_a_step_in_one_named_param(tmp_path: Path) -> None:
+    run = Run(tmp_path, adam())
+
+    def inf_grad(step: int, r: Run) -> None:
+        if step == 30:
+            r.model.fc1.bias.register_hook(lambda g: g + float("inf"))
+
+    run.train(30, hook=inf_grad)
+    fs = findings(tmp_path)
+    assert brief(fs) == [("inf", "step_30.pt", "fc1.bias", "exp_avg", 0),
+                         ("inf", "step_30.pt", "fc1.bias", "exp_avg_sq", 0)]
+    assert "holds 8 Inf of 8 (none at step_20.pt)" in fs[0]["message"]
+
+
+def test_lr_back_to_the_first_without_scheduler_is_a_reset(tmp_path: Path) -> None:
+    run = Run(tmp_path, adam(1e-2))
+
+    def lr(step: int, r: Run) -> None:
+        if step in (25, 45):
+            r.opt.param_groups[0]["lr"] = 1e-3 if step == 25 else 1e-2
+
+    run.train(60, hook=lr)
+    fs = findings(tmp_path)
+    assert brief(fs) == [("lr_reset", "step_50.pt", None, None, 0)]
+    assert fs[0]["message"] == (
+        "step_50.pt: group 0's lr is back to the run's first lr 0.01 (from 0.001 at "
+        "step_40.pt): a resume that lost the scheduler, or the optimizer rebuilt from its "
+        "config? (no LR scheduler is saved to say whether the schedule does this)")
+
+
+def test_a_group_added_mid_run(tmp_path: Path) -> None:
+    def opt(m: Net) -> torch.optim.Optimizer:
+        return torch.optim.Adam(m.fc1.parameters(), lr=1e-2)
+
+    run = Run(tmp_path, opt)
+
+    def add(step: int, r: Run) -> None:
+        if step == 25:
+            r.opt.add_param_group({"params": r.model.fc2.parameters()})
+
+    run.train(40, hook=add)
+    fs = findings(tmp_path)
+    assert brief(fs) == [("hyperparam_changed", "step_30.pt", None, None, None)]
+    assert fs[0]["message"].startswith("step_30.pt: 2 param groups where step_20.pt had 1")

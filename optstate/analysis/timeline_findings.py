@@ -58,12 +58,13 @@ What each code claims, and what keeps it from firing on a healthy run:
 
 Works on plain records only (no tensors; torch only for its dtypes' precision).
 
-572 lines: one rule per code, each beside the words that keep it from misleading; split,
+611 lines: one rule per code, each beside the words that keep it from misleading; split,
 the rules would only call back into one another's helpers.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -132,8 +133,7 @@ def timeline_findings(records: list[dict[str, Any]], *, spike: float) -> list[di
         _counters(records, ok, prev, cur, emit)
         _entries(records, prev, cur, emit)
         _hyperparams(records, prev, cur, emit)
-    for i in ok:
-        _lr(records, ok, i, spike, emit)
+    _lrs(records, ok, spike, emit)
     _spikes(records, ok, spike, emit)
 
     out = []
@@ -180,14 +180,30 @@ def _name_order(records: list[dict[str, Any]], ok: list[int], emit: Emit) -> Non
                if all(_counter(records[i], c) is not None for i in ok)), None)
     if by is None:
         return
+    # the largest recorded step among checkpoints with a smaller name number: one pass in
+    # name order (a run of thousands of checkpoints)
+    named = sorted((_counter(records[i], "name"), i) for i in ok
+                   if _counter(records[i], "name") is not None)
+    best: dict[int, int] = {}  # checkpoint -> the one before it by name with the most steps
+    top: int | None = None
+    k = 0
+    while k < len(named):
+        end = k
+        while end < len(named) and named[end][0] == named[k][0]:
+            end += 1
+        same = [i for _, i in named[k:end]]
+        if top is not None:
+            for i in same:
+                best[i] = top
+        for i in same:
+            if top is None or (_counter(records[i], by), records[i]["label"]) > \
+                    (_counter(records[top], by), records[top]["label"]):
+                top = i
+        k = end
     for i in ok:
-        ri, ni = records[i], _counter(records[i], "name")
-        if ni is None:
-            continue
-        earlier = [j for j in ok if (_counter(records[j], "name") or ni) < ni
-                   and _counter(records[j], by) > _counter(ri, by)]  # type: ignore[operator]
-        if earlier:
-            j = max(earlier, key=lambda j: (_counter(records[j], by), records[j]["label"]))
+        j = best.get(i)
+        ri = records[i]
+        if j is not None and _counter(records[j], by) > _counter(ri, by):  # type: ignore[operator]
             emit(i, "step_backwards",
                  f"{ri['label']} records {COUNTER_WORDS[by]} {_counter(ri, by)} but "
                  f"{records[j]['label']}, saved before it, records "
@@ -344,6 +360,7 @@ def _units(entry: str, norm: float) -> float:
     return math.sqrt(norm) if entry.rsplit(".", 1)[-1] in SQUARE_ENTRIES else norm
 
 
+@functools.lru_cache(maxsize=64)
 def _rounding(dtype: Any) -> float:
     """The spacing of a state dtype's numbers relative to 1 (float32's when not known)."""
     import torch
@@ -377,19 +394,24 @@ def _spikes(records: list[dict[str, Any]], ok: list[int], spike: float, emit: Em
                 u = _units(entry, c)
                 leaf = entry.rsplit(".", 1)[-1]
                 largest[leaf] = max(largest.get(leaf, 0.0), u)
-                values.append((p, entry, e, n, u, how))
+                values.append((p, entry, e, n, u, how, _units(entry, n)))
         step = _step_of(r)
-        for p, entry, e, n, u, how in values:
+        for p, entry, e, n, u, how, raw in values:
             key = (p["position"], entry)
             past = hist.setdefault(key, [])
             leaf = entry.rsplit(".", 1)[-1]
             squared = leaf in SQUARE_ENTRIES
             ref = past[-1:] if squared else past[-WINDOW:]
-            past.append((i, n, u))
-            ref = [x for x in ref if x[2] > 0]
-            if not ref or u <= _rounding(e.get("dtype")) * largest[leaf]:
+            past.append((i, n, u, how, raw))
+            if u <= _rounding(e.get("dtype")) * largest[leaf]:
                 continue
-            j, n0, u0 = max(ref, key=lambda x: x[2])
+            if how and any(not x[3] for x in ref):  # corrected only if all are: else none
+                how, u = "", raw
+                ref = [(x[0], x[1], x[4], "", x[4]) for x in ref]
+            ref = [x for x in ref if x[2] > 0]
+            if not ref:
+                continue
+            j, n0, u0, _, _ = max(ref, key=lambda x: x[2])
             s0 = _step_of(records[j])
             growth = step / s0 if not how and step and s0 and step > s0 > 0 else 1.0
             factor = u / u0
@@ -425,10 +447,6 @@ def _collapse(i: int, a: dict[str, Any], b: dict[str, Any], who: str, entry: str
 # ----------------------------------------------------------------------------- lr
 
 
-def _group(r: dict[str, Any], g: int) -> dict[str, Any] | None:
-    return next((x for x in r.get("groups") or [] if x.get("index") == g), None)
-
-
 def _close(x: float, y: float, steps: int, base: float | None) -> bool:
     scale = max(abs(x), abs(y), abs(base or 0.0))
     return abs(x - y) <= schedule_atol(steps, scale)
@@ -451,78 +469,99 @@ def _accounted(r: dict[str, Any], g: int, lr: float) -> bool:
     return False
 
 
-def _lr(records: list[dict[str, Any]], ok: list[int], i: int, spike: float,
-        emit: Emit) -> None:
+class _LrHistory:
+    """One group's lr along the run so far (what lr_up / lr_reset look at)."""
+
+    def __init__(self, i: int, lr: float) -> None:
+        self.first = lr
+        self.last: tuple[int, float] = (i, lr)
+        self.before_last: float | None = None
+        self.before_last_at: int | None = None
+        self.third_last: float | None = None
+        self.moved = False  # an lr after the first, before the last, differed from the first
+        self.fell = False  # the lr fell in an interval before the last one
+
+    def add(self, i: int, lr: float) -> None:
+        _, prev = self.last
+        if self.before_last is not None:
+            self.moved = self.moved or not _close(prev, self.first, 0, None)
+            self.fell = self.fell or (prev < self.before_last
+                                      and not _close(prev, self.before_last, 0, None))
+        self.third_last = self.before_last
+        self.before_last, self.before_last_at = prev, self.last[0]
+        self.last = (i, lr)
+
+
+def _lrs(records: list[dict[str, Any]], ok: list[int], spike: float, emit: Emit) -> None:
+    hists: dict[Any, _LrHistory] = {}
+    for i in ok:
+        r = records[i]
+        for grp in r.get("groups") or []:
+            g = grp.get("index")
+            lr = num(grp.get("lr"))
+            if lr is None or not math.isfinite(lr):
+                continue
+            h = hists.get(g)
+            if h is None:
+                hists[g] = _LrHistory(i, lr)
+            else:
+                h.add(i, lr)
+            _lr(records, i, g, lr, h, spike, emit)
+
+
+def _lr(records: list[dict[str, Any]], i: int, g: Any, lr: float, h: _LrHistory | None,
+        spike: float, emit: Emit) -> None:
     r = records[i]
     s = r.get("scheduler") or None
-    k = ok.index(i)
-    for grp in r.get("groups") or []:
-        g = grp.get("index")
-        lr = num(grp.get("lr"))
-        if lr is None or not math.isfinite(lr):
-            continue
-        where = [join(join("param_groups", g), "lr")]
-        kw = {"group": g, "where": where}
-        if s:
-            epoch = int(s.get("last_epoch") or 0)
-            base = _listed(s.get("base_lrs"), g)
-            last = _listed(s.get("last_lr"), g)
-            sched = _listed(s.get("scheduled_lr"), g)
-            if last is not None and not _close(lr, last, 0, base):
-                emit(i, "lr_not_from_scheduler",
-                     f"{r['label']}: group {g}'s lr is {_g(lr)} but its {s.get('kind')}'s "
-                     f"last lr is {_g(last)} ({lr / last if last else math.inf:.3g}x): the lr "
-                     "changed after the scheduler's last step (by hand, or by other code)?",
-                     **kw)
-                continue
-            if sched is not None and not _close(lr, sched, epoch, base):
-                emit(i, "lr_off_schedule",
-                     f"{r['label']}: group {g}'s lr is {_g(lr)} but its {s.get('kind')} "
-                     f"computes {_g(sched)} at last_epoch {epoch} "
-                     f"({lr / sched if sched else math.inf:.3g}x): the lr changed by hand or "
-                     "by other code (another scheduler?), or the scheduler restored with "
-                     "other settings?", **kw)
-                continue
-        if _accounted(r, g, lr) or k == 0:
-            continue
-        # no saved scheduler accounts for the lr: its history alone
-        hist = []
-        for j in ok[:k + 1]:
-            x = _group(records[j], g)
-            v = num(x.get("lr")) if x is not None else None
-            if v is not None and math.isfinite(v):
-                hist.append((j, v))
-        if len(hist) < 2 or hist[-1][0] != i:
-            continue
-        (jp, prev), (_, now) = hist[-2], hist[-1]
-        first = hist[0][1]
-        why = ("no LR scheduler is saved to say whether the schedule does this"
-               if not s else f"the saved {s.get('kind')}'s lr cannot be computed here")
-        moved = any(not _close(v, first, 0, None) for _, v in hist[1:-1])
-        if moved and _close(now, first, 0, None) and not _close(prev, first, 0, None):
-            emit(i, "lr_reset",
-                 f"{r['label']}: group {g}'s lr is back to the run's first lr {_g(first)} "
-                 f"(from {_g(prev)} at {records[jp]['label']}): a resume that lost the "
-                 f"scheduler, or the optimizer rebuilt from its config? ({why})", **kw)
-            continue
-        if now <= prev or _close(now, prev, 0, None):
-            continue
-        steps_ = [(v2 - v1) for (_, v1), (_, v2) in zip(hist[:-1], hist[1:], strict=False)]
-        fell = any(x < 0 and not _close(hist[n][1], hist[n + 1][1], 0, None)
-                   for n, x in enumerate(steps_[:-1]))
-        rose_before = len(hist) >= 3 and hist[-2][1] > hist[-3][1] and \
-            not _close(hist[-2][1], hist[-3][1], 0, None)
-        if fell:
-            emit(i, "lr_up",
-                 f"{r['label']}: group {g}'s lr rose {_g(prev)} -> {_g(now)} since "
-                 f"{records[jp]['label']} after having fallen: a scheduler restored "
-                 f"wrongly, or the lr set by hand? ({why}: restarts and cycles rise too)",
-                 **kw)
-        elif prev > 0 and now > spike * prev and len(hist) >= 3 and not rose_before:
-            emit(i, "lr_up",
-                 f"{r['label']}: group {g}'s lr rose {_g(prev)} -> {_g(now)} since "
-                 f"{records[jp]['label']} ({now / prev:.3g}x > {spike:g}x): the lr set by "
-                 f"hand? ({why})", **kw)
+    kw = {"group": g, "where": [join(join("param_groups", g), "lr")]}
+    if s:
+        epoch = int(s.get("last_epoch") or 0)
+        base = _listed(s.get("base_lrs"), g)
+        last = _listed(s.get("last_lr"), g)
+        sched = _listed(s.get("scheduled_lr"), g)
+        if last is not None and not _close(lr, last, 0, base):
+            emit(i, "lr_not_from_scheduler",
+                 f"{r['label']}: group {g}'s lr is {_g(lr)} but its {s.get('kind')}'s "
+                 f"last lr is {_g(last)} ({lr / last if last else math.inf:.3g}x): the lr "
+                 "changed after the scheduler's last step (by hand, or by other code)?", **kw)
+            return
+        if sched is not None and not _close(lr, sched, epoch, base):
+            emit(i, "lr_off_schedule",
+                 f"{r['label']}: group {g}'s lr is {_g(lr)} but its {s.get('kind')} "
+                 f"computes {_g(sched)} at last_epoch {epoch} "
+                 f"({lr / sched if sched else math.inf:.3g}x): the lr changed by hand or "
+                 "by other code (another scheduler?), or the scheduler restored with "
+                 "other settings?", **kw)
+            return
+    if h is None or h.before_last is None or _accounted(r, g, lr):
+        return
+    # no saved scheduler accounts for the lr: its history alone
+    prev, now, first = h.before_last, lr, h.first
+    at_prev = records[h.before_last_at]["label"] if h.before_last_at is not None else "?"
+    why = ("no LR scheduler is saved to say whether the schedule does this"
+           if not s else f"the saved {s.get('kind')}'s lr cannot be computed here")
+    if h.moved and _close(now, first, 0, None) and not _close(prev, first, 0, None):
+        emit(i, "lr_reset",
+             f"{r['label']}: group {g}'s lr is back to the run's first lr {_g(first)} "
+             f"(from {_g(prev)} at {at_prev}): a resume that lost the scheduler, or the "
+             f"optimizer rebuilt from its config? ({why})", **kw)
+        return
+    if now <= prev or _close(now, prev, 0, None):
+        return
+    if h.fell:
+        emit(i, "lr_up",
+             f"{r['label']}: group {g}'s lr rose {_g(prev)} -> {_g(now)} since {at_prev} "
+             f"after having fallen: a scheduler restored wrongly, or the lr set by hand? "
+             f"({why}: restarts and cycles rise too)", **kw)
+        return
+    # the interval before: a warmup rises at every interval from the start
+    if h.third_last is None:
+        return
+    rose_before = prev > h.third_last and not _close(prev, h.third_last, 0, None)
+    if prev > 0 and now > spike * prev and not rose_before:
+        emit(i, "lr_up",
+             f"{r['label']}: group {g}'s lr rose {_g(prev)} -> {_g(now)} since {at_prev} "
+             f"({now / prev:.3g}x > {spike:g}x): the lr set by hand? ({why})", **kw)
 
 
 # ----------------------------------------------------------------------------- groups
