@@ -281,3 +281,12 @@ def test_docs_name_every_field_the_report_has(faulty, tmp_path):
                                                        code))
     assert not missing, f"docs/timeline.md does not name {missing}"
     assert not [code for code in CODES if f"`{code}`" not in docs]
+
+
+def test_many_files_given_one_by_one_are_one_header_line(cli, clean):
+    files = [clean / f"step_{s}.pt" for s in (10, 20, 30, 40, 50)]
+    r = cli("timeline", *files, "--no-cache", env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.splitlines()[0] == (
+        f"run       {files[0]}, {files[1]}, …, {files[4]} (5 paths)")
+    assert len(_table(r.stdout)) == 5

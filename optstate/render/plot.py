@@ -429,7 +429,9 @@ def timeline_figure(report: dict[str, Any]) -> Any:
     xs, xlabel = timeline_x(report)
     n = len(report["checkpoints"])
     k = len(report["findings"])
-    paths = ", ".join(str(p) for p in report["run"]["paths"])
+    from optstate.render.timeline_view import run_paths
+
+    paths = run_paths(report["run"]["paths"])
     fig.suptitle(f"{paths} · {n} checkpoint{'s' * (n != 1)} · "
                  f"{k} finding{'s' * (k != 1)}" if k else
                  f"{paths} · {n} checkpoint{'s' * (n != 1)} · no finding")

@@ -181,10 +181,18 @@ def _cut_places(rows: list[list[Any]], cols: list[tuple[str, str, int]],
             row[last] = "…" + row[last][len(row[last]) - room + 1:]
 
 
+def run_paths(paths: list[str], most: int = 3) -> str:
+    """The paths a run was given as: all of a few; of many (a shell glob of 100 files),
+    the first two, the last and how many."""
+    if len(paths) <= most:
+        return ", ".join(map(str, paths))
+    return f"{paths[0]}, {paths[1]}, …, {paths[-1]} ({len(paths)} paths)"
+
+
 def header(report: dict[str, Any]) -> Header:
     run = report["run"]
     head = Header()
-    head.add("run", Text(", ".join(str(p) for p in run["paths"])))
+    head.add("run", Text(run_paths(run["paths"])))
     found = f"{run['found']} checkpoint{'s' * (run['found'] != 1)}, {run['read']} read"
     if run["skipped"]:
         found += f", {len(run['skipped'])} skipped"
