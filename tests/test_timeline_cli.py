@@ -147,6 +147,12 @@ def test_long_runs_show_first_last_and_every_row_with_a_finding(cli, faulty):
     assert [label for _, label in _table(r.stdout)] == [
         "step_10.pt", "… 2 more", "step_40.pt", "step_50.pt", "… 1 more", "step_70.pt",
         "step_80.pt"]
+    # and the first 5 findings, the rest counted
+    out = r.stdout.splitlines()
+    listed = out[out.index("findings") + 1:-2]
+    assert [ln.split()[:2] for ln in listed] == [["nan", "step_40.pt:"]] * 2 + [
+        ["nan", "step_50.pt:"]] * 3
+    assert out[-2] == "… 9 more findings (--max-rows 0 shows all; --json has all)"
     # room for two more: from both ends inwards (the second, the one before last, which
     # is in already, the third)
     r = cli("timeline", faulty, "--max-rows", "7", "--no-cache", env={"COLUMNS": "200"})

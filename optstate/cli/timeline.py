@@ -72,7 +72,8 @@ def timeline(
         "--force", help="Overwrite the --plot file.", rich_help_panel=_OUT)] = False,
     max_rows: Annotated[int, typer.Option(
         metavar="N", help="Table rows at most (the first and last checkpoints and every "
-        "one with a finding; 0: all); --json has all.", rich_help_panel=_OUT)] = 40,
+        "one with a finding), and findings listed (the first N; 0: all); --json has "
+        "all.", rich_help_panel=_OUT)] = 40,
     unsafe: Annotated[bool, typer.Option("--unsafe", help=UNSAFE_HELP)] = False,
 ) -> None:
     """Find where a training run went wrong across its checkpoints.

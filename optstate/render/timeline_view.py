@@ -241,22 +241,28 @@ def verdict(report: dict[str, Any]) -> Text:
 
 
 def timeline_view(report: dict[str, Any], max_rows: int = MAX_ROWS) -> Group:
-    """The whole report: header, the table (``max_rows`` rows at most, 0: all), findings,
-    skipped files, notes, verdict."""
+    """The whole report: header, the table (``max_rows`` rows at most, 0: all), the
+    findings (the first ``max_rows``), skipped files, notes, verdict."""
     parts: list[Any] = [header(report)]
     if report["checkpoints"]:
         parts.append(CheckpointTable(report, max_rows))
         note = _lr_note(report)
         if note is not None:
             parts.append(note)
-    if report["findings"]:
+    findings = report["findings"]
+    if findings:
         parts.append(Text("findings", style="bold"))
-        for f in report["findings"]:
+        shown = findings if max_rows <= 0 else findings[:max_rows]  # the first matter most
+        for f in shown:
             label = f.get("label") or ""
             message = f["message"]
             if label and not message.startswith(label):  # say where, once
                 message = f"{label}: {message}"
             parts.append(Hanging(Text.assemble((f"{f['code']} ", "bold red"), message), 2))
+        if len(shown) < len(findings):
+            more = len(findings) - len(shown)
+            parts.append(Text(f"… {more} more finding{'s' * (more != 1)} (--max-rows 0 "
+                              "shows all; --json has all)", style="dim"))
     for s in report["run"]["skipped"]:
         parts.append(Hanging(Text.assemble(("skipped ", "bold"), f"{s['path']}: ",
                                            s["reason"]), 8))
