@@ -428,3 +428,15 @@ def test_a_group_added_mid_run(tmp_path: Path) -> None:
     fs = findings(tmp_path)
     assert brief(fs) == [("hyperparam_changed", "step_30.pt", None, None, None)]
     assert fs[0]["message"].startswith("step_30.pt: 2 param groups where step_20.pt had 1")
+
+
+def test_a_hyperparameter_scheduled_by_the_training_code_is_no_edit(tmp_path: Path) -> None:
+    """weight decay moved every step by the loop (a DINO-style schedule), as Prodigy's d or a
+    schedule-free optimizer's weight_sum move in their groups: not an edit."""
+    run = Run(tmp_path, lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2))
+
+    def wd(step: int, r: Run) -> None:
+        r.opt.param_groups[0]["weight_decay"] = 0.04 + 0.36 * step / 50
+
+    run.train(50, hook=wd)
+    assert brief(findings(tmp_path)) == []

@@ -47,8 +47,9 @@ What each code claims, and what keeps it from firing on a healthy run:
   the run's step, or the name number) goes on.
 - ``hyperparam_changed``: a group hyperparameter other than lr changes between consecutive
   checkpoints (not ``initial_lr``; not beta1 / momentum under a scheduler that cycles
-  momentum; not torch's implementation switches ``foreach``/``fused``/...), or groups are
-  added or removed.
+  momentum; not torch's implementation switches ``foreach``/``fused``/...; not a key that
+  changes in two intervals in a row, which moves with the run: a schedule, or an
+  optimizer's own running values kept in its groups), or groups are added or removed.
 - ``moments_collapsed``: a second moment that was not all zeros becomes all zeros, or its
   fraction of zeros rises by half or more (underflow in a low-precision state, or a reset).
 - ``state_lost``: an entry a param held at the checkpoint before is gone, or all per-param
@@ -58,7 +59,7 @@ What each code claims, and what keeps it from firing on a healthy run:
 
 Works on plain records only (no tensors; torch only for its dtypes' precision).
 
-611 lines: one rule per code, each beside the words that keep it from misleading; split,
+624 lines: one rule per code, each beside the words that keep it from misleading; split,
 the rules would only call back into one another's helpers.
 """
 
@@ -132,8 +133,8 @@ def timeline_findings(records: list[dict[str, Any]], *, spike: float) -> list[di
     for prev, cur in zip(ok, ok[1:], strict=False):
         _counters(records, ok, prev, cur, emit)
         _entries(records, prev, cur, emit)
-        _hyperparams(records, prev, cur, emit)
     _lrs(records, ok, spike, emit)
+    _hyperparams(records, ok, emit)
     _spikes(records, ok, spike, emit)
 
     out = []
@@ -586,26 +587,38 @@ def _hyper(r: dict[str, Any], g: dict[str, Any]) -> dict[str, str]:
             if k not in NOT_HYPERPARAMS}
 
 
-def _hyperparams(records: list[dict[str, Any]], prev: int, cur: int, emit: Emit) -> None:
-    a, b = records[prev], records[cur]
-    ga = {g.get("index"): g for g in a.get("groups") or []}
-    gb = {g.get("index"): g for g in b.get("groups") or []}
-    if not ga or not gb:
-        return
-    if set(ga) != set(gb):
-        emit(cur, "hyperparam_changed",
-             f"{b['label']}: {len(gb)} param groups where {a['label']} had {len(ga)}: "
-             "groups added or removed (a model part unfrozen or frozen, a new optimizer?)",
-             key="groups", where=["param_groups"])
-        return
-    for g in sorted(ga, key=lambda x: -1 if x is None else x):
-        ha, hb = _hyper(a, ga[g]), _hyper(b, gb[g])
-        if _cycled(a) != _cycled(b):
-            continue
-        for key in sorted(set(ha) | set(hb)):
-            if ha.get(key) != hb.get(key):
-                emit(cur, "hyperparam_changed",
-                     f"{b['label']}: group {g}'s {key} changed {ha.get(key, 'absent')} -> "
-                     f"{hb.get(key, 'absent')} since {a['label']}: edited mid-run, or a "
-                     "schedule of it in the training code?", group=g, key=key,
-                     where=[join(join("param_groups", g), key)])
+def _hyperparams(records: list[dict[str, Any]], ok: list[int], emit: Emit) -> None:
+    """hyperparam_changed. A key that changes in two intervals in a row moves with the run
+    (a weight-decay or momentum schedule in the training code; Prodigy's ``d``, a
+    schedule-free optimizer's ``weight_sum``, which such optimizers keep in their groups):
+    that is not an edit, and is not reported; a change between two intervals without one
+    is."""
+    pairs = list(zip(ok, ok[1:], strict=False))
+    changes: list[dict[tuple[Any, str], tuple[str, str]]] = []
+    for prev, cur in pairs:
+        a, b = records[prev], records[cur]
+        ga = {g.get("index"): g for g in a.get("groups") or []}
+        gb = {g.get("index"): g for g in b.get("groups") or []}
+        found: dict[tuple[Any, str], tuple[str, str]] = {}
+        if ga and gb and set(ga) != set(gb):
+            emit(cur, "hyperparam_changed",
+                 f"{b['label']}: {len(gb)} param groups where {a['label']} had {len(ga)}: "
+                 "groups added or removed (a model part unfrozen or frozen, a new optimizer?)",
+                 key="groups", where=["param_groups"])
+        elif ga and gb and _cycled(a) == _cycled(b):
+            for g in ga:
+                ha, hb = _hyper(a, ga[g]), _hyper(b, gb[g])
+                for key in set(ha) | set(hb):
+                    if ha.get(key) != hb.get(key):
+                        found[(g, key)] = (ha.get(key, "absent"), hb.get(key, "absent"))
+        changes.append(found)
+    for t, (prev, cur) in enumerate(pairs):
+        for (g, key), (old, new) in sorted(changes[t].items(), key=lambda x: (
+                -1 if x[0][0] is None else x[0][0], x[0][1])):
+            if (t > 0 and (g, key) in changes[t - 1]) or \
+                    (t + 1 < len(changes) and (g, key) in changes[t + 1]):
+                continue
+            emit(cur, "hyperparam_changed",
+                 f"{records[cur]['label']}: group {g}'s {key} changed {old} -> {new} since "
+                 f"{records[prev]['label']}: edited mid-run, or resumed with another "
+                 "config?", group=g, key=key, where=[join(join("param_groups", g), key)])
