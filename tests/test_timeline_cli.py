@@ -296,3 +296,10 @@ def test_many_files_given_one_by_one_are_one_header_line(cli, clean):
     assert r.stdout.splitlines()[0] == (
         f"run       {files[0]}, {files[1]}, …, {files[4]} (5 paths)")
     assert len(_table(r.stdout)) == 5
+
+
+def test_one_checkpoint_is_said_in_the_singular(cli, clean):
+    r = cli("timeline", clean / "step_10.pt", "--no-cache")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == (
+        "no findings: 1 checkpoint looks clean (norm spikes over 10x)")

@@ -232,11 +232,11 @@ def verdict(report: dict[str, Any]) -> Text:
     findings = report["findings"]
     n = len(report["checkpoints"])
     if not findings:
-        return Text(f"no findings: {n} checkpoint{'s' * (n != 1)} look clean "
+        return Text(f"no findings: {n} checkpoint{'s look' if n != 1 else ' looks'} clean "
                     f"(norm spikes over {fmt(report['spike'])}x)", style="bold green")
     first = findings[0]
     k = len(findings)
-    return Text(f"{k} finding{'s' * (k != 1)} in {n} checkpoints; the first at "
+    return Text(f"{k} finding{'s' * (k != 1)} in {n} checkpoint{'s' * (n != 1)}; the first at "
                 f"{first.get('label')} ({first['code']})", style="bold red")
 
 
