@@ -440,3 +440,14 @@ def test_a_hyperparameter_scheduled_by_the_training_code_is_no_edit(tmp_path: Pa
 
     run.train(50, hook=wd)
     assert brief(findings(tmp_path)) == []
+
+
+def test_adafactor_variance_zeroed_collapses(tmp_path: Path) -> None:
+    """torch's Adafactor keeps its second moments as row_var / col_var / variance."""
+    run = Run(tmp_path, lambda m: torch.optim.Adafactor(m.parameters(), lr=1e-2))
+    run.train(30)
+    assert brief(findings(tmp_path)) == []
+    run.opt.state[run.model.fc2.bias]["variance"].zero_()
+    run.save()
+    assert brief(findings(tmp_path)) == [
+        ("moments_collapsed", "step_30.pt", "fc2.bias", "variance", 0)]

@@ -59,7 +59,7 @@ What each code claims, and what keeps it from firing on a healthy run:
 
 Works on plain records only (no tensors; torch only for its dtypes' precision).
 
-624 lines: one rule per code, each beside the words that keep it from misleading; split,
+627 lines: one rule per code, each beside the words that keep it from misleading; split,
 the rules would only call back into one another's helpers.
 """
 
@@ -85,7 +85,10 @@ CODES = ("unreadable", "step_backwards", "step_skip", "scheduler_reset", "lr_off
 
 # Entries that hold squares of gradients (compared in gradient units; checked for collapse)
 SQUARE_ENTRIES = frozenset(SQUARED) | frozenset(SECOND_MOMENTS) | {
-    "acc_delta", "exp_avg_sq_row", "exp_avg_sq_col", "state2"}
+    "acc_delta",  # Adadelta
+    "row_var", "col_var", "variance",  # torch's Adafactor
+    "exp_avg_sq_row", "exp_avg_sq_col",  # transformers' Adafactor
+    "state2"}  # bitsandbytes' second state
 # How many earlier norms a signed average's spike is measured against (_spikes)
 WINDOW = 3
 # Adam-family EMAs bias-corrected by beta1 / beta2 (analysis module docstring)
