@@ -451,3 +451,18 @@ def test_adafactor_variance_zeroed_collapses(tmp_path: Path) -> None:
     run.save()
     assert brief(findings(tmp_path)) == [
         ("moments_collapsed", "step_30.pt", "fc2.bias", "variance", 0)]
+
+
+def test_nan_already_at_the_first_checkpoint(tmp_path: Path) -> None:
+    run = Run(tmp_path, adam())
+
+    def nan_grad(step: int, r: Run) -> None:
+        if step == 10:
+            r.model.fc1.bias.register_hook(lambda g: g * float("nan"))
+
+    run.train(10, hook=nan_grad)
+    fs = findings(tmp_path)
+    assert brief(fs) == [("nan", "step_10.pt", "fc1.bias", "exp_avg", 0),
+                         ("nan", "step_10.pt", "fc1.bias", "exp_avg_sq", 0)]
+    assert fs[0]["message"] == ("step_10.pt: fc1.bias exp_avg holds 8 NaN of 8 (already at "
+                                "the first checkpoint)")
