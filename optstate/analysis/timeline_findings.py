@@ -59,7 +59,7 @@ What each code claims, and what keeps it from firing on a healthy run:
 
 Works on plain records only (no tensors; torch only for its dtypes' precision).
 
-627 lines: one rule per code, each beside the words that keep it from misleading; split,
+626 lines: one rule per code, each beside the words that keep it from misleading; split,
 the rules would only call back into one another's helpers.
 """
 
@@ -133,8 +133,8 @@ def timeline_findings(records: list[dict[str, Any]], *, spike: float) -> list[di
     if ok:
         _first_entries(records, ok[0], emit)
     _name_order(records, ok, emit)
-    for prev, cur in zip(ok, ok[1:], strict=False):
-        _counters(records, ok, prev, cur, emit)
+    for k, (prev, cur) in enumerate(zip(ok, ok[1:], strict=False)):
+        _counters(records, ok[k - 1] if k else None, prev, cur, emit)
         _entries(records, prev, cur, emit)
     _lrs(records, ok, spike, emit)
     _hyperparams(records, ok, emit)
@@ -215,7 +215,7 @@ def _name_order(records: list[dict[str, Any]], ok: list[int], emit: Emit) -> Non
                  "optimizer?", key="name")
 
 
-def _counters(records: list[dict[str, Any]], ok: list[int], prev: int, cur: int,
+def _counters(records: list[dict[str, Any]], before_prev: int | None, prev: int, cur: int,
               emit: Emit) -> None:
     a, b = records[prev], records[cur]
     d = {c: (None if _counter(a, c) is None or _counter(b, c) is None
@@ -255,10 +255,9 @@ def _counters(records: list[dict[str, Any]], ok: list[int], prev: int, cur: int,
                  f"{_counter(a, 'scheduler')} -> {_counter(b, 'scheduler')} after "
                  f"{a['label']}: resumed from an older checkpoint?", key="scheduler")
     # step_skip: counters that moved together over the interval before move apart now
-    k = ok.index(prev)
-    if k == 0:
+    if before_prev is None:
         return
-    before = records[ok[k - 1]]
+    before = records[before_prev]
     for x, y in SKIP_PAIRS:
         px, py = _counter(before, x), _counter(before, y)
         if px is None or py is None or d[x] is None or d[y] is None:
