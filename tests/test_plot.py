@@ -241,6 +241,14 @@ def test_svg_output_has_no_date(rosen_report, tmp_path):
     assert 'width="864pt" height="576pt"' in text  # 1200x800 px at 100 dpi = 12x8 in
 
 
+def test_svg_is_byte_for_byte_the_same_for_the_same_run(rosen_report, tmp_path):
+    # matplotlib names an SVG's clip paths with random ids unless svg.hashsalt is fixed
+    _, report = rosen_report
+    a = save_figure(run_figure(report), tmp_path / "a.svg").read_bytes()
+    b = save_figure(run_figure(report), tmp_path / "b.svg").read_bytes()
+    assert a == b
+
+
 def test_compare_without_objective_draws_paths_and_parameter_norms(cli, tmp_path):
     report = _compare_report(cli, "-O", "sgd,adam", "--grad", "normal", "--set", "lr=0.1",
                              "--steps", "6")

@@ -84,11 +84,14 @@ def check_plot_target(path: str | Path, force: bool) -> Path:
 def save_figure(fig: Any, path: str | Path, *, force: bool = False) -> Path:
     """Write ``fig`` atomically at the fixed DPI (no tight bbox: the size stays exact)."""
     fmt = picture_format(path)
-    return atomic_write(
-        path,
-        lambda f: fig.savefig(f, format=fmt, dpi=DPI, metadata=_NO_STAMPS[fmt]),
-        force=force,
-    )
+    import matplotlib
+
+    def write(f: Any) -> None:
+        # an SVG's clip-path ids are random unless hashed with a fixed salt
+        with matplotlib.rc_context({"svg.hashsalt": "optstate"}):
+            fig.savefig(f, format=fmt, dpi=DPI, metadata=_NO_STAMPS[fmt])
+
+    return atomic_write(path, write, force=force)
 
 
 def new_figure(size: tuple[int, int]) -> Any:
