@@ -42,7 +42,7 @@ gamma = 0.5
 """
 
 API = ["inspect", "diff", "load_state", "check", "config", "set_hyperparameters", "convert",
-       "simulate"]
+       "simulate", "timeline"]
 
 
 @pytest.fixture(scope="module")
