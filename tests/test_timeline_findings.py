@@ -190,7 +190,7 @@ def test_lr_times_1000_under_step_lr_is_off_schedule(tmp_path: Path) -> None:
     run.train(60, hook=_times_1000_at(35))
     fs = findings(tmp_path)
     assert brief(fs)[0] == ("lr_off_schedule", "step_40.pt", None, None, 0)
-    assert "0.25 but its StepLR computes 0.00025 at last_epoch 40 (1e+03x)" in fs[0]["message"]
+    assert "0.25 but its StepLR computes 0.00025 at last_epoch 40 (1,000x)" in fs[0]["message"]
     assert "(and at 2 later checkpoints)" in fs[0]["message"]
 
 
@@ -199,7 +199,7 @@ def test_lr_times_1000_without_scheduler_is_lr_up(tmp_path: Path) -> None:
     run.train(50, hook=_times_1000_at(35))
     fs = findings(tmp_path)
     assert brief(fs)[0] == ("lr_up", "step_40.pt", None, None, 0)
-    assert "0.001 -> 1 since step_30.pt (1e+03x > 10x)" in fs[0]["message"]
+    assert "0.001 -> 1 since step_30.pt (1,000x > 10x)" in fs[0]["message"]
 
 
 def test_lr_set_after_the_schedulers_step_is_not_from_it(tmp_path: Path) -> None:

@@ -165,6 +165,13 @@ def _g(x: float | None) -> str:
     return "?" if x is None else f"{x:.4g}"
 
 
+def _x(factor: float) -> str:
+    """A factor as people read it: ``1.43x``, ``1,000x`` (never ``1e+03x``)."""
+    if not math.isfinite(factor):
+        return f"{factor}x"
+    return f"{factor:,.0f}x" if abs(factor) >= 100 else f"{factor:.3g}x"
+
+
 def _params(r: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return {p["position"]: p for p in r.get("params") or []}
 
@@ -427,7 +434,7 @@ def _spikes(records: list[dict[str, Any]], ok: list[int], spike: float, emit: Em
                     f"{len(ref)}"
                 emit(i, "norm_spike",
                      f"{r['label']}: {_who(p)} {entry} norm {_g(n0)} at "
-                     f"{records[j]['label']}{biggest} -> {_g(n)}: {factor:.3g}x > "
+                     f"{records[j]['label']}{biggest} -> {_g(n)}: {_x(factor)} > "
                      f"{spike:g}x{units}{corr}",
                      param=p["position"], name=p.get("name"), entry=entry,
                      group=p.get("group"))
@@ -525,14 +532,14 @@ def _lr(records: list[dict[str, Any]], i: int, g: Any, lr: float, h: _LrHistory 
         if last is not None and not _close(lr, last, 0, base):
             emit(i, "lr_not_from_scheduler",
                  f"{r['label']}: group {g}'s lr is {_g(lr)} but its {s.get('kind')}'s "
-                 f"last lr is {_g(last)} ({lr / last if last else math.inf:.3g}x): the lr "
+                 f"last lr is {_g(last)} ({_x(lr / last if last else math.inf)}): the lr "
                  "changed after the scheduler's last step (by hand, or by other code)?", **kw)
             return
         if sched is not None and not _close(lr, sched, epoch, base):
             emit(i, "lr_off_schedule",
                  f"{r['label']}: group {g}'s lr is {_g(lr)} but its {s.get('kind')} "
                  f"computes {_g(sched)} at last_epoch {epoch} "
-                 f"({lr / sched if sched else math.inf:.3g}x): the lr changed by hand or "
+                 f"({_x(lr / sched if sched else math.inf)}): the lr changed by hand or "
                  "by other code (another scheduler?), or the scheduler restored with "
                  "other settings?", **kw)
             return
@@ -564,7 +571,7 @@ def _lr(records: list[dict[str, Any]], i: int, g: Any, lr: float, h: _LrHistory 
     if prev > 0 and now > spike * prev and not rose_before:
         emit(i, "lr_up",
              f"{r['label']}: group {g}'s lr rose {_g(prev)} -> {_g(now)} since {at_prev} "
-             f"({now / prev:.3g}x > {spike:g}x): the lr set by hand? ({why})", **kw)
+             f"({_x(now / prev)} > {spike:g}x): the lr set by hand? ({why})", **kw)
 
 
 # ----------------------------------------------------------------------------- groups

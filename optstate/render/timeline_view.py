@@ -26,6 +26,8 @@ from optstate.render.wrapped import Hanging, Header
 
 MAX_ROWS = 40  # table rows shown by default; --max-rows 0 shows all
 PLACE_MIN = 24  # cells the place of the largest growth keeps at least
+FOLD = 3  # findings of one code at one checkpoint listed one by one up to this many
+PLACES_SHOWN = 6  # params named in a folded block's "the same in ..." line
 
 
 def short(value: Any) -> str:
@@ -228,6 +230,42 @@ def _lr_note(report: dict[str, Any]) -> Text | None:
                 "in --json and --plot", style="dim")
 
 
+def finding_blocks(findings: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Findings as the view lists them: those of one code at one checkpoint in one block
+    when there are more than ``FOLD`` (one fault shows in many entries at once: a NaN
+    spreads to every param in a step, an lr x1000 makes every norm jump); the first is
+    said whole, the others by place. Order kept: a block stands where its first was."""
+    keyed: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for f in findings:
+        keyed.setdefault((f["code"], f.get("checkpoint")), []).append(f)
+    blocks: list[list[dict[str, Any]]] = []
+    folded: set[tuple[Any, Any]] = set()
+    for f in findings:
+        key = (f["code"], f.get("checkpoint"))
+        group = keyed[key]
+        if len(group) <= FOLD or any(g.get("param") is None for g in group):
+            blocks.append([f])
+        elif key not in folded:
+            folded.add(key)
+            blocks.append(group)
+    return blocks
+
+
+def also_line(rest: list[dict[str, Any]]) -> str:
+    """``the same in 9 more entries: embed.weight (exp_avg, exp_avg_sq), head.bias ...``"""
+    by_param: dict[str, list[str]] = {}
+    for f in rest:
+        who = place(f.get("param"), f.get("name"), None)
+        by_param.setdefault(who, []).append(str(f.get("entry") or ""))
+    items = [f"{who} ({', '.join(e for e in entries if e)})" if any(entries) else who
+             for who, entries in by_param.items()]
+    shown = items[:PLACES_SHOWN]
+    more = len(items) - len(shown)
+    tail = f" and {more} more param{'s' * (more != 1)}" if more else ""
+    return (f"the same in {len(rest)} more entr{'ies' if len(rest) != 1 else 'y'}: "
+            + ", ".join(shown) + tail)
+
+
 def verdict(report: dict[str, Any]) -> Text:
     findings = report["findings"]
     n = len(report["checkpoints"])
@@ -252,15 +290,19 @@ def timeline_view(report: dict[str, Any], max_rows: int = MAX_ROWS) -> Group:
     findings = report["findings"]
     if findings:
         parts.append(Text("findings", style="bold"))
-        shown = findings if max_rows <= 0 else findings[:max_rows]  # the first matter most
-        for f in shown:
+        blocks = finding_blocks(findings)
+        shown = blocks if max_rows <= 0 else blocks[:max_rows]  # the first matter most
+        for block in shown:
+            f = block[0]
             label = f.get("label") or ""
             message = f["message"]
             if label and not message.startswith(label):  # say where, once
                 message = f"{label}: {message}"
             parts.append(Hanging(Text.assemble((f"{f['code']} ", "bold red"), message), 2))
-        if len(shown) < len(findings):
-            more = len(findings) - len(shown)
+            if len(block) > 1:
+                parts.append(Hanging(Text("  " + also_line(block[1:]), style="dim"), 4))
+        if len(shown) < len(blocks):
+            more = sum(len(b) for b in blocks[len(shown):])
             parts.append(Text(f"… {more} more finding{'s' * (more != 1)} (--max-rows 0 "
                               "shows all; --json has all)", style="dim"))
     for s in report["run"]["skipped"]:
