@@ -158,7 +158,8 @@ def timeline_cmd(run: Path, cache: Path) -> list[str]:
 def check_cache(r: dict, hits: int, misses: int, what: str) -> None:
     got = (r["out"]["cache"]["hits"], r["out"]["cache"]["misses"])
     if got != (hits, misses):
-        raise SystemExit(f"{what}: cache hits/misses {got}, expected {(hits, misses)}")
+        raise SystemExit(f"{what}: cache hits/misses {got}, expected {(hits, misses)} "
+                         f"(note: {r['out']['cache']['note']})")
 
 
 def check_agree(report: dict, base: dict) -> str:
