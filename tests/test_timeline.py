@@ -79,15 +79,20 @@ class Run:
 def train(folder: Path, *, steps: int = STEPS, optimizer: str = "adam",
           scheduler: str | None = "step", lr_times: tuple[int, int, float] | None = None,
           nan_from: tuple[int, str] | None = None, resume: tuple[int, int] | None = None,
+          edits: tuple[tuple[int, int, str, float], ...] = (),
+          grad_times: tuple[int, str, float] | None = None,
           restore: tuple[str, ...] = ("model", "optimizer", "scheduler"),
           save_step: bool = True, start: int = 1, seed: int = 0) -> Run:
     """Train ``Net`` for steps ``start..steps`` on mini-batches, saving ``step_{i}.pt``
     after step i when i is a multiple of ``EVERY``.
 
     Faults: ``lr_times=(step, group, factor)`` multiplies that group's lr by hand before
-    that step; ``nan_from=(step, name)`` writes a NaN into that parameter's gradient from
-    that step on; ``resume=(at, older)`` after saving step ``at`` loads ``step_{older}.pt``
-    back into the parts named in ``restore`` (the others start afresh: a new optimizer, a
+    that step; ``edits=((step, group, hyperparameter, value), ...)`` set a group's
+    hyperparameter by hand before that step; ``nan_from=(step, name)`` writes a NaN into
+    that parameter's gradient from that step on; ``grad_times=(step, name, factor)``
+    scales that parameter's gradient at that one step (a bad batch);
+    ``resume=(at, older)`` after saving step ``at`` loads ``step_{older}.pt`` back into
+    the parts named in ``restore`` (the others start afresh: a new optimizer, a
     new scheduler) while the loop counter goes on (the data generator is not restored, as
     a real data loader's is usually not). ``start > 1`` continues from
     ``step_{start-1}.pt`` in the folder (a correct resume).
@@ -108,12 +113,17 @@ def train(folder: Path, *, steps: int = STEPS, optimizer: str = "adam",
     for i in range(start, steps + 1):
         if lr_times is not None and i == lr_times[0]:
             opt.param_groups[lr_times[1]]["lr"] *= lr_times[2]
+        for at, group, hyper, value in edits:
+            if i == at:
+                opt.param_groups[group][hyper] = value
         x = torch.randn(16, 4, generator=data)
         loss = (net(x) - torch.sin(x @ w_true)).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         if nan_from is not None and i >= nan_from[0]:
             params[nan_from[1]].grad.view(-1)[0] = float("nan")
+        if grad_times is not None and i == grad_times[0]:
+            params[grad_times[1]].grad.mul_(grad_times[2])
         opt.step()
         if sched is not None:
             sched.step()
@@ -217,6 +227,43 @@ def test_nan_from_a_step_in_one_named_param(cli, tmp_path, optimizer):
     assert len(series) == 1
     i40 = run.labels.index("step_40.pt")
     assert series[0]["nan"][i40 - 1] == 0 and series[0]["nan"][i40] > 0
+
+
+def test_lr_set_back_to_the_first_by_hand(cli, tmp_path):
+    """No scheduler; the script halves both groups' lr before step 21, then (a resume that
+    re-applies its command line) sets them back to the first before step 31: the lr
+    returns to the run's first lr at step_40.pt, in each group."""
+    edits = tuple((at, g, "lr", LR[g] * f) for at, f in ((21, 0.5), (31, 1.0)) for g in (0, 1))
+    run = train(tmp_path, scheduler=None, edits=edits)
+    report = timeline(cli, run.folder, code=1)
+    lr = [f for f in report["findings"] if f["code"].startswith("lr_")]
+    assert {(f["code"], f["label"], f["group"]) for f in lr} == {
+        ("lr_reset", "step_40.pt", 0), ("lr_reset", "step_40.pt", 1)}, lr
+    assert all(f["label"] in labels_from(report, "step_40.pt") for f in report["findings"])
+
+
+def test_hyperparameter_edited_mid_run(cli, tmp_path):
+    """weight_decay of group 1 set by hand before step 25: found at step_30.pt, group 1."""
+    run = train(tmp_path, optimizer="adamw", edits=((25, 1, "weight_decay", 0.5),))
+    report = timeline(cli, run.folder, code=1)
+    hits = found(report, "hyperparam_changed")
+    assert [(f["label"], f["group"]) for f in hits] == [("step_30.pt", 1)], report["findings"]
+    assert "weight_decay" in hits[0]["message"]
+    assert all(f["label"] in labels_from(report, "step_30.pt") for f in report["findings"])
+
+
+@pytest.mark.parametrize("optimizer,entry", [("adam", "exp_avg"), ("sgd", "momentum_buffer")])
+def test_one_bad_batch_is_a_norm_spike_in_that_param(cli, tmp_path, optimizer, entry):
+    """fc1.bias's gradient x1e4 at step 45 (one bad batch): its first moment / momentum
+    at step_50.pt is far above its own history; the spike is reported there, named."""
+    target = "fc1.bias"
+    run = train(tmp_path, optimizer=optimizer, grad_times=(45, target, 1e4))
+    report = timeline(cli, run.folder, code=1)
+    hits = found(report, "norm_spike", name=target, entry=entry)
+    assert [(f["label"], f["param"]) for f in hits] == [
+        ("step_50.pt", names().index(target))], report["findings"]
+    assert target in hits[0]["message"] and entry in hits[0]["message"]
+    assert all(f["label"] in labels_from(report, "step_50.pt") for f in report["findings"])
 
 
 def test_resume_from_an_older_checkpoint_with_the_loop_counter_going_on(cli, tmp_path):
