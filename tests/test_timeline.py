@@ -86,6 +86,7 @@ def train(folder: Path, *, steps: int = STEPS, optimizer: str = "adam",
           edits: tuple[tuple[int, int, str, float], ...] = (),
           grad_times: tuple[int, str, float] | None = None,
           restore: tuple[str, ...] = ("model", "optimizer", "scheduler"),
+          resume_from: Path | None = None,
           save_step: bool = True, start: int = 1, seed: int = 0, every: int = EVERY,
           accum: int = 1) -> Run:
     """Train ``Net`` for steps ``start..steps`` on mini-batches, saving ``step_{i}.pt``
@@ -97,11 +98,11 @@ def train(folder: Path, *, steps: int = STEPS, optimizer: str = "adam",
     hyperparameter by hand before that step; ``nan_from=(step, name)`` writes a NaN into
     that parameter's gradient from that step on; ``grad_times=(step, name, factor)``
     scales that parameter's gradient at that one step (a bad batch);
-    ``resume=(at, older)`` after saving step ``at`` loads ``step_{older}.pt`` back into
-    the parts named in ``restore`` (the others start afresh: a new optimizer, a
-    new scheduler) while the loop counter goes on (the data generator is not restored, as
-    a real data loader's is usually not). ``start > 1`` continues from
-    ``step_{start-1}.pt`` in the folder (a correct resume).
+    ``resume=(at, older)`` after saving step ``at`` loads ``step_{older}.pt`` (of the
+    folder ``resume_from``, else this run's) back into the parts named in ``restore``
+    (the others start afresh: a new optimizer, a new scheduler) while the loop counter
+    goes on (the data generator is not restored, as a real data loader's is usually not).
+    ``start > 1`` continues from ``step_{start-1}.pt`` in the folder (a correct resume).
     """
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -150,7 +151,7 @@ def train(folder: Path, *, steps: int = STEPS, optimizer: str = "adam",
                 opt = make_optimizer(optimizer, net)
             if "scheduler" not in restore or "optimizer" not in restore:
                 sched = make_scheduler(scheduler, opt, steps)
-            load(folder / f"step_{resume[1]}.pt", net, opt, sched, restore)
+            load((resume_from or folder) / f"step_{resume[1]}.pt", net, opt, sched, restore)
     return run
 
 
@@ -308,6 +309,17 @@ def test_deterministic_resume_is_not_hidden_as_a_duplicate(cli, tmp_path):
     torch.save(torch.load(tmp_path / "step_40.pt", weights_only=True), tmp_path / "step_60.pt")
     report = timeline(cli, run.folder, code=1)
     assert found(report, "step_backwards", label="step_60.pt"), report
+
+
+def test_resume_from_another_runs_later_checkpoint(cli, tmp_path):
+    """At step 30 the script resumes from another run's step_60.pt: the optimizer's step
+    jumps 30 -> 70 while the run's step goes 30 -> 40, where both moved together before."""
+    train(tmp_path / "other", seed=5)
+    run = train(tmp_path / "run", resume=(30, 60), resume_from=tmp_path / "other")
+    report = timeline(cli, run.folder, code=1)
+    hits = found(report, "step_skip")
+    assert hits and {f["label"] for f in hits} == {"step_40.pt"}, report["findings"]
+    assert all(f["label"] in labels_from(report, "step_40.pt") for f in report["findings"])
 
 
 def test_resume_that_forgot_the_scheduler(cli, tmp_path):
