@@ -466,8 +466,8 @@ def timeline_figure(report: dict[str, Any]) -> Any:
         ax_norm.set_yscale("log")
     else:
         _no_data(ax_norm, "no finite norm to draw")
-    if curves:
-        ax_norm.legend(loc="best", fontsize="small")
+    if curves:  # beside the axes: inside, it would cover the findings' codes and lines
+        ax_norm.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax_norm.set_ylabel("norm (finite elements)")
     shown = len(curves)
     total = len(report["series"])
@@ -488,7 +488,7 @@ def timeline_figure(report: dict[str, Any]) -> Any:
     if lines:
         _lr_scale(ax_lr, [_report_number(v) for row in lines
                           for v in [*row["lr"], *(row.get("scheduled_lr") or [])]])
-        ax_lr.legend(loc="best", fontsize="small")
+        ax_lr.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     else:
         _no_data(ax_lr, "no lr recorded")
     ax_lr.set_ylabel("learning rate")
