@@ -111,8 +111,11 @@ def test_json_is_the_whole_report(cli, faulty):
 @pytest.mark.parametrize(("args", "error"), [
     (["nope"], "Error: nope does not exist"),
     (["{empty}"], "Error: {empty} holds no checkpoint: "),
-    (["{run}", "--spike", "0.5"], "Error: --spike 0.5: a factor above 1"),
-    (["{run}", "--spike", "1"], "Error: --spike 1.0: a factor above 1"),
+    (["{run}", "--spike", "0.5"], "Error: --spike 0.5: a finite factor above 1"),
+    (["{run}", "--spike", "1"], "Error: --spike 1.0: a finite factor above 1"),
+    (["{run}", "--spike", "inf"], "Error: --spike inf: a finite factor above 1"),
+    (["{run}", "--workers", "1000"], "Error: --workers 1000: 1 to 64 files read at once"),
+    (["{run}", "--workers", "0"], "Error: --workers 0: 1 to 64 files read at once"),
     (["{run}", "--max-rows", "-1"], "Error: --max-rows must be 0 or more, got -1"),
     (["{run}", "--plot", "{run}/x.bmp"], "Error: cannot tell the picture format"),
 ])
@@ -192,7 +195,7 @@ def test_the_api_is_the_json(cli, clean):
 
     report = optstate.timeline(clean, use_cache=False)
     assert report == _no_nan(cli("timeline", clean, "--json", "--no-cache").stdout)
-    with pytest.raises(optstate.OptstateError, match=r"^spike=1: a factor above 1"):
+    with pytest.raises(optstate.OptstateError, match=r"^spike=1: a finite factor above 1"):
         optstate.timeline(clean, spike=1)
 
 
@@ -264,8 +267,8 @@ def test_a_broken_cache_is_said_and_rebuilt(cli, clean, tmp_path, monkeypatch):
     end = next(i for i, ln in enumerate(lines) if ln.startswith("checkpoints"))
     note = " ".join(ln.strip() for ln in lines[4:end])
     assert lines[4].startswith("          the cache ")  # under the header's value column
-    assert note.startswith(f"the cache {run.resolve()}/.optstate/timeline-cache.json could "
-                           "not be read (") and note.endswith("ignored, rebuilt")
+    assert note == (f"the cache {run.resolve()}/.optstate/timeline-cache.json was not "
+                    "written by you here: ignored and rebuilt")
     r = cli("timeline", "run", env={"COLUMNS": "200"})
     assert r.stdout.splitlines()[3] == (
         "cache     2 from the cache, 0 read (run/.optstate/timeline-cache.json)")
@@ -284,7 +287,7 @@ def test_docs_name_every_field_the_report_has(faulty, tmp_path):
     keys = {*report, *report["run"], *report["order"], *report["cache"], *c, *c["steps"],
             *c["identity"], *c["groups"][0], *c["scheduler"], *report["series"][0],
             *report["lr"][0], *report["findings"][0], *report["checkpoints"][0]["worst"]}
-    cached = json.loads((tmp_path / "timeline-cache.json").read_text())
+    cached = json.loads((tmp_path / "timeline-cache.json").read_bytes().split(b"\n", 1)[1])
     record = next(iter(cached["entries"].values()))["record"]
     entry = next(iter(record["params"][0]["entries"].values()))
     keys |= {*record, *record["params"][0], *entry}
@@ -309,3 +312,203 @@ def test_one_checkpoint_is_said_in_the_singular(cli, clean):
     assert r.exit_code == 0, r.stderr
     assert r.stdout.splitlines()[-1] == (
         "no findings: 1 checkpoint looks clean (norm spikes over 10x)")
+
+
+def _adamw_run(run, at30=None, *, sched=True, steps=50):
+    """A real AdamW loop (StepLR if ``sched``) saving every 10 steps; ``at30(opt)`` edits
+    the optimizer before step 30."""
+    import torch
+
+    run.mkdir()
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 1)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    sch = torch.optim.lr_scheduler.StepLR(opt, 100) if sched else None
+    x = torch.randn(8, 4)
+    for step in range(1, steps + 1):
+        if step == 30 and at30 is not None:
+            at30(opt)
+        opt.zero_grad()
+        m(x).pow(2).mean().backward()
+        opt.step()
+        if sch is not None:
+            sch.step()
+        if step % 10 == 0:
+            saved = {"optimizer": opt.state_dict(), "step": step}
+            if sch is not None:
+                saved["scheduler"] = sch.state_dict()
+            torch.save(saved, run / f"step_{step}.pt")
+    return run
+
+
+def test_a_non_finite_lr_or_hyperparameter_is_kept_not_dropped(cli, tmp_path):
+    """An lr set to inf by hand (a StepLR stepping on) and an eps set to NaN: the record
+    holds "inf" / "nan" (docs/timeline.md), not null; the table shows them."""
+    def lr_inf(opt):
+        opt.param_groups[0]["lr"] = float("inf")
+
+    def eps_nan(opt):
+        opt.param_groups[0]["eps"] = float("nan")
+
+    run = _adamw_run(tmp_path / "lr", lr_inf)
+    r = cli("timeline", run, "--json", "--no-cache")
+    report = _no_nan(r.stdout)
+    assert report["lr"][0]["lr"] == [0.001, 0.001, "inf", "inf", "inf"]
+    c = report["checkpoints"][2]
+    assert c["groups"][0]["lr"] == "inf" and c["groups"][0]["hyperparams"]["lr"] == "inf"
+    assert c["scheduler"]["last_lr"] == ["inf"] and c["scheduler"]["base_lrs"] == [0.001]
+    assert report["checkpoints"][0]["groups"][0]["hyperparams"]["lr"] == 0.001
+    r = cli("timeline", run, "--no-cache", env={"COLUMNS": "200"})
+    row = next(ln for ln in r.stdout.splitlines() if " step_30.pt " in ln)
+    assert row.split()[1:4] == ["30", "inf", "0.001"], row  # lr, the scheduler's lr
+
+    report = _no_nan(cli("timeline", _adamw_run(tmp_path / "eps", eps_nan, sched=False),
+                         "--json", "--no-cache").stdout)
+    eps = [c["groups"][0]["hyperparams"]["eps"] for c in report["checkpoints"]]
+    assert eps == [1e-08, 1e-08, "nan", "nan", "nan"]
+    changed = [f for f in report["findings"] if f["code"] == "hyperparam_changed"]
+    assert changed and "null" not in changed[0]["message"], changed
+
+
+def _sgd_norm_from(run, first):
+    """A float64 SGD-momentum run whose momentum buffer is ``first`` at step 10 and 1e10
+    from step 20 on."""
+    import torch
+
+    run.mkdir()
+    p = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+    opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    for step, g in ((10, first), (20, 1e10), (30, 1e10)):
+        p.grad = torch.full_like(p, 1.0)
+        opt.step()
+        opt.state[p]["momentum_buffer"].fill_(g)
+        torch.save({"optimizer": opt.state_dict(), "step": step}, run / f"step_{step}.pt")
+    return run
+
+
+def test_a_growth_factor_that_overflows_is_valid_json_and_a_norm_from_0_is_no_factor(
+        cli, tmp_path):
+    run = _sgd_norm_from(tmp_path / "subnormal", 1e-310)  # 2e10 / 2e-310 overflows
+    r = cli("timeline", run, "--json", "--no-cache")
+    assert r.exit_code == 1, r.stderr
+    report = _no_nan(r.stdout)
+    worst = report["checkpoints"][1]["worst"]
+    assert (worst["entry"], worst["ratio"], worst["norm"]) == ("momentum_buffer", "inf", 2e10)
+    r = cli("timeline", run, "--no-cache", env={"COLUMNS": "200"})
+    row = next(ln for ln in r.stdout.splitlines() if " step_20.pt " in ln)
+    assert "×inf" in row.split()
+
+    run = _sgd_norm_from(tmp_path / "zero", 0.0)
+    report = _no_nan(cli("timeline", run, "--json", "--no-cache").stdout)
+    assert report["checkpoints"][1]["worst"]["ratio"] is None
+    r = cli("timeline", run, "--no-cache", env={"COLUMNS": "200"})
+    row = next(ln for ln in r.stdout.splitlines() if " step_20.pt " in ln)
+    assert "from 0" in row and "×" not in row, row
+
+
+def test_json_that_cannot_be_written_is_one_error_line(cli, clean, monkeypatch):
+    """Whatever fails while the answer is made (here: JSON refusing a NaN that slipped
+    through) is one Error line, exit 2, never a traceback."""
+    import optstate.analysis.timeline as core
+
+    real = core.build_report
+
+    def with_a_nan(*a, **kw):
+        report = real(*a, **kw)
+        report["spike"] = float("nan")
+        return report
+
+    monkeypatch.setattr(core, "build_report", with_a_nan)
+    r = cli("timeline", clean, "--json", "--no-cache")
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr.startswith("Error: internal error: ValueError: Out of range float")
+
+
+def test_the_verdict_names_the_spike_factor_as_given(cli, clean):
+    for spike in ("12.0000001", "1000000.5", "20"):
+        r = cli("timeline", clean, "--no-cache", "--spike", spike)
+        assert r.stdout.splitlines()[-1].endswith(f"(norm spikes over {spike}x)"), r.stdout
+
+
+def test_a_cache_not_written_still_says_what_came_from_it(clean, tmp_path):
+    """The cache is read (4 hits, 1 changed checkpoint read) but cannot be written (a
+    file size limit): the header says both."""
+    import os
+    import resource
+    import subprocess
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for s in (10, 20, 30, 40, 50):
+        (run / f"step_{s}.pt").write_bytes((clean / f"step_{s}.pt").read_bytes())
+
+    def optstate(limit=None):
+        def fsize():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "COLUMNS": "200"}
+        return subprocess.run([sys.executable, "-m", "optstate", "timeline", str(run)],
+                              capture_output=True, text=True, env=env, cwd=tmp_path,
+                              preexec_fn=fsize if limit else None, timeout=120)
+
+    assert optstate().returncode == 0
+    os.utime(run / "step_50.pt")  # changed: the cache must be rewritten
+    r = optstate(limit=1000)  # bytes: the cache is larger
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[3] == "cache     4 from the cache, 1 read", lines
+    note = lines[4].strip()
+    assert note.startswith("no cache written: ") and "File too large" in note, lines
+
+
+def test_a_checkpoint_still_being_written_is_not_called_damaged(cli, clean, tmp_path):
+    import os
+    import time
+
+    for s in (10, 20):
+        (tmp_path / f"step_{s}.pt").write_bytes((clean / f"step_{s}.pt").read_bytes())
+    old = time.time() - 3600
+    for s in (10, 20):
+        os.utime(tmp_path / f"step_{s}.pt", (old, old))
+    live = tmp_path / "step_30.pt"  # the newest, a moment ago, cut short: being written
+    live.write_bytes((clean / "step_30.pt").read_bytes()[:1000])
+    report = _no_nan(cli("timeline", tmp_path, "--json", "--no-cache").stdout)
+    error = report["checkpoints"][2]["error"]
+    assert "may still be being written" in error and "run again once it is complete" in error
+    assert "re-copy" not in error
+    os.utime(live, (old + 60, old + 60))  # the same file, an hour old: damaged
+    report = _no_nan(cli("timeline", tmp_path, "--json", "--no-cache").stdout)
+    error = report["checkpoints"][2]["error"]
+    assert "damaged" in error and "being written" not in error
+    # not the newest: damaged, however recent
+    os.utime(live, (old, old))
+    os.utime(tmp_path / "step_20.pt")
+    report = _no_nan(cli("timeline", tmp_path, "--json", "--no-cache").stdout)
+    assert "being written" not in report["checkpoints"][2]["error"]
+
+
+def test_every_unreadable_checkpoint_is_named_with_its_reason(cli, clean, tmp_path):
+    """Many unreadable files are one finding (its first, "and at N later"); the view
+    lists each one's label and reason under the findings (--max-rows of them)."""
+    import os
+
+    for s in (10, 20, 30, 40, 50):
+        (tmp_path / f"step_{s}.pt").write_bytes((clean / f"step_{s}.pt").read_bytes())
+    (tmp_path / "step_15.pt").write_text("not a checkpoint\n")
+    (tmp_path / "step_25.pt").write_bytes((clean / "step_20.pt").read_bytes()[:700])
+    (tmp_path / "step_35.pt").write_bytes(b"")
+    for f in tmp_path.iterdir():
+        os.utime(f, (1e9, 1e9))  # long written
+    r = cli("timeline", tmp_path, "--no-cache", env={"COLUMNS": "300"})
+    assert r.exit_code == 1
+    out = r.stdout.splitlines()
+    at = out.index("unreadable checkpoints: 3")
+    listed = out[at + 1:at + 4]
+    assert [ln.split()[0] for ln in listed] == ["step_15.pt:", "step_25.pt:", "step_35.pt:"]
+    assert "text file" in listed[0] and "damaged" in listed[1], listed
+    r = cli("timeline", tmp_path, "--no-cache", "--max-rows", "2", env={"COLUMNS": "300"})
+    out = r.stdout.splitlines()
+    at = out.index("unreadable checkpoints: 3")
+    assert [ln.split()[0] for ln in out[at + 1:at + 4]] == [
+        "step_15.pt:", "step_25.pt:", "…"]
+    assert out[at + 3] == "  … 1 more (--max-rows 0 shows all; --json has all)"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from optstate.analysis.timeline_findings import timeline_findings
-from optstate.analysis.timeline_record import num, read_record
+from optstate.analysis.timeline_record import json_safe, num, read_record
 from optstate.io.run_dir import find_checkpoints
 
 __all__ = ["SCHEMA", "build_report", "num", "read_record", "timeline"]
@@ -37,6 +37,7 @@ ORDER_SOURCES = {
 }
 ENTRY_FIELDS = ("norm", "max_abs", "nan", "inf", "zeros")
 STEP_COUNTERS = ("run", "optimizer", "scheduler")  # what may order the run, first first
+MAX_WORKERS = 64  # files read at once at most: each holds a file open and its tensors
 
 
 def timeline(paths: list[str] | list[Path], *, spike: float = 10.0,
@@ -48,11 +49,12 @@ def timeline(paths: list[str] | list[Path], *, spike: float = 10.0,
     from optstate.base.errors import ConfigError, option
 
     if not (isinstance(spike, (int, float)) and math.isfinite(spike) and spike > 1):
-        raise ConfigError(f"{option('spike', spike)}: a factor above 1 (10: a norm ten "
-                          "times the last one)")
+        raise ConfigError(f"{option('spike', spike)}: a finite factor above 1 (10: a norm "
+                          "ten times the last one)")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 1):
-        raise ConfigError(f"{option('workers', workers)}: 1 or more files read at once")
+                                or not 1 <= workers <= MAX_WORKERS):
+        raise ConfigError(f"{option('workers', workers)}: 1 to {MAX_WORKERS} files read at "
+                          "once")
     found = find_checkpoints([Path(p) for p in paths])
     cache = TimelineCache.open(found.root, cache_dir, use_cache=use_cache, key=key,
                                unsafe=unsafe)
@@ -63,22 +65,28 @@ def timeline(paths: list[str] | list[Path], *, spike: float = 10.0,
         on_progress(done, total)
     n_workers = max(1, min(workers or min(4, os.cpu_count() or 1), len(missing) or 1))
 
+    # the newest file, if it fails to read, may be one the run is still writing
+    newest = max(range(total), key=lambda i: found.items[i].mtime_ns, default=None)
+
+    def read(i: int) -> dict[str, Any]:
+        return read_record(found.items[i], key=key, unsafe=unsafe, newest=i == newest)
+
     def got(i: int, rec: dict[str, Any]) -> None:
         nonlocal done
         records[i] = rec
-        cache.put(found.items[i], rec)
+        if not (i == newest and rec["error"] is not None):  # read again next time
+            cache.put(found.items[i], rec)
         done += 1
         if on_progress is not None:
             on_progress(done, total)
 
     if n_workers == 1:
         for i in missing:
-            got(i, read_record(found.items[i], key=key, unsafe=unsafe))
+            got(i, read(i))
     else:
         pool = ThreadPoolExecutor(max_workers=n_workers)
         try:
-            futures = {pool.submit(read_record, found.items[i], key=key, unsafe=unsafe): i
-                       for i in missing}
+            futures = {pool.submit(read, i): i for i in missing}
             for fut in as_completed(futures):
                 got(futures[fut], fut.result())
         finally:  # Ctrl-C or an error: the checkpoints not yet begun are not read
@@ -123,7 +131,7 @@ def build_report(found: Any, records: list[dict[str, Any]], *, spike: float,
         row["worst"] = _worst(series, i)
         row["findings"] = sum(1 for f in findings if f.get("checkpoint") == i)
         checkpoints.append(row)
-    return {
+    return json_safe({  # every number JSON can hold: non-finite ones as strings
         "schema": SCHEMA,
         "run": {"paths": paths, "found": len(found.items),
                 "read": sum(1 for r in kept if r["error"] is None), "skipped": skipped},
@@ -135,7 +143,7 @@ def build_report(found: Any, records: list[dict[str, Any]], *, spike: float,
         "spike": spike,
         "cache": cache,
         "notes": notes,
-    }
+    })
 
 
 def order_key(r: dict[str, Any], by: str) -> int | None:

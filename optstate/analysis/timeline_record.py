@@ -17,10 +17,14 @@ from typing import Any
 
 from optstate.base.errors import NoOptimizerStateError, OptstateError
 from optstate.io.run_dir import Candidate
+from optstate.state.view import GROUP_META_KEYS
 
 TRAINER_STATE = "trainer_state.json"
 _TRAINER_STATE_MAX = 64 * 2**20  # bytes: a Trainer's log history, never a whole disk
 _RUN_STEP_KEYS = ("step", "global_step", "iteration")
+# seconds: the newest checkpoint of a run, changed this recently and unreadable, may be
+# one the run is still writing (a large torch.save takes seconds)
+LIVE_SECONDS = 10
 
 
 def num(x: Any) -> float | None:
@@ -40,6 +44,38 @@ def _json_float(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
     return x
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` (plain data: dicts, lists, numbers, strings) with every non-finite float in
+    it as a string (module docstring): what a record or a report holds, ready for
+    ``json.dumps(allow_nan=False)``."""
+    if isinstance(obj, float):
+        return _json_float(obj)
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def _plain(value: Any) -> Any:
+    """A group's hyperparameter or a scheduler's number as the record keeps it:
+    ``state.report.plain`` (what inspect reports), but a non-finite float is kept, as a
+    string, not dropped to None (an lr set to inf is the fault to see)."""
+    from optstate.state.report import plain
+
+    if isinstance(value, float):
+        return _json_float(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    import torch
+
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_meta:
+        return _plain(value.item())
+    return plain(value)
 
 
 def _int(v: Any) -> int | None:
@@ -62,9 +98,11 @@ def _empty_record(c: Candidate) -> dict[str, Any]:
 
 
 def read_record(candidate: Candidate, *, key: str | None = None,
-                unsafe: bool = False) -> dict[str, Any]:
+                unsafe: bool = False, newest: bool = False) -> dict[str, Any]:
     """One checkpoint's record (module docstring; docs/timeline.md). A checkpoint that
-    cannot be read gives a record with ``error`` (one line), never an exception."""
+    cannot be read gives a record with ``error`` (one line), never an exception.
+    ``newest``: the run's newest checkpoint (by mtime); if it cannot be read and changed
+    within ``LIVE_SECONDS``, its error says it may still be being written."""
     from optstate.analysis.inspect import inspect_source
     from optstate.io.source import open_source
     from optstate.state.locate import find_optimizer_states, locate
@@ -84,7 +122,14 @@ def read_record(candidate: Candidate, *, key: str | None = None,
         # is a checkpoint that could not be read as one
         none = isinstance(e, NoOptimizerStateError) and source is not None and key is None \
             and not find_optimizer_states(source.obj)
-        text = str(e).splitlines()[0] + (f" ({e.hint})" if e.hint else "")
+        text = str(e).splitlines()[0]
+        # only a file that could not be opened at all: what a half-written one gives
+        age = _age(candidate) if newest and source is None else None
+        if age is not None and age < LIVE_SECONDS:
+            text += (f": it may still be being written (the run's newest checkpoint, changed "
+                     f"{age:.0f} s ago); run again once it is complete")
+        elif e.hint:
+            text += f" ({e.hint})"
         rec["error"] = text
         rec["error_code"] = "no_optimizer_state" if none else "unreadable"
         return rec
@@ -93,9 +138,19 @@ def read_record(candidate: Candidate, *, key: str | None = None,
     positions: dict[int, list[int]] = {}
     for p in report["params"]:
         positions.setdefault(p["group"], []).append(p["position"])
-    rec["groups"] = [{"index": g["index"], "lr": _json_float(num(g["hyperparams"].get("lr"))),
-                      "hyperparams": g["hyperparams"], "params": positions.get(g["index"], [])}
-                     for g in report["param_groups"]]
+    rec["groups"] = []
+    for g in report["param_groups"]:
+        # the raw group's numbers (the view's groups are these, in order): inspect's
+        # report drops a non-finite one to None
+        raw = raw_groups[g["index"]] if isinstance(raw_groups, list) \
+            and g["index"] < len(raw_groups) and isinstance(raw_groups[g["index"]], dict) \
+            else None
+        hyper = ({str(k): _plain(v) for k, v in raw.items() if k not in GROUP_META_KEYS}
+                 if raw is not None else g["hyperparams"])
+        lr = hyper.get("lr")
+        rec["groups"].append({"index": g["index"],
+                              "lr": lr if num(lr) is not None else None,
+                              "hyperparams": hyper, "params": positions.get(g["index"], [])})
     steps = []
     for p in report["params"]:
         entries = {}
@@ -115,7 +170,20 @@ def read_record(candidate: Candidate, *, key: str | None = None,
     if rec["scheduler"] is not None:
         rec["steps"]["scheduler"] = _int(rec["scheduler"]["last_epoch"])
     rec["warnings"] = [{"code": w["code"], "message": w["message"]} for w in report["warnings"]]
-    return rec
+    return json_safe(rec)
+
+
+def _age(c: Candidate) -> float | None:
+    """Seconds since ``c`` last changed (now, or when it was found), None if unknown."""
+    import os
+    import time
+
+    mtime = c.mtime_ns
+    try:
+        mtime = max(mtime, os.stat(c.path).st_mtime_ns)
+    except (OSError, ValueError):
+        pass
+    return max(0.0, (time.time_ns() - mtime) / 1e9) if mtime else None
 
 
 def _entry(e: dict[str, Any]) -> dict[str, Any]:
@@ -134,8 +202,13 @@ def _scheduler(rep: dict[str, Any] | None, state: dict[str, Any] | None,
     last_epoch = rep.get("last_epoch")
     if last_epoch is None and isinstance(state, dict):  # DeepSpeed's own schedulers
         last_epoch = _int(state.get("last_batch_iteration"))
-    out = {"kind": rep["kind"], "last_epoch": last_epoch, "last_lr": rep.get("last_lr"),
-           "base_lrs": rep.get("base_lrs"), "settings": rep.get("settings", {}),
+    raw = state if isinstance(state, dict) else {}
+    settings = {k: _plain(raw[k]) if k in raw else v
+                for k, v in rep.get("settings", {}).items()}
+    out = {"kind": rep["kind"], "last_epoch": last_epoch,
+           "last_lr": _plain(raw["_last_lr"]) if "_last_lr" in raw else rep.get("last_lr"),
+           "base_lrs": _plain(raw["base_lrs"]) if "base_lrs" in raw else rep.get("base_lrs"),
+           "settings": settings,
            "scheduled_lr": None, "scheduled_reason": "the scheduler state is not a dict"}
     from optstate.sim.scheduled import scheduled_lrs
 

@@ -59,8 +59,8 @@ def timeline(
         "--no-cache", help="Read every checkpoint; neither use nor write the cache.",
         rich_help_panel=_READ)] = False,
     workers: Annotated[int | None, typer.Option(
-        metavar="N", help="Read N checkpoints at a time. \\[default: the CPU count, at "
-        "most 4]", rich_help_panel=_READ)] = None,
+        metavar="N", help="Read N checkpoints at a time (1 to 64). \\[default: the CPU "
+        "count, at most 4]", rich_help_panel=_READ)] = None,
     json_: Annotated[bool, typer.Option(
         "--json", help="Print the whole report as JSON (schema optstate.timeline/1): "
         "every checkpoint and every series.", rich_help_panel=_OUT)] = False,
@@ -118,16 +118,17 @@ def timeline(
             from optstate.render.plot import write_timeline_plot
 
             written = write_timeline_plot(report, plot, force=force)
-    if json_:
-        from optstate.render.json_view import dumps
+        # the answer is made here too: anything failing in it is one Error line
+        if json_:
+            from optstate.render.json_view import dumps
 
-        print_json(dumps(report))
-    else:
-        from optstate.render.timeline_view import timeline_view
+            print_json(dumps(report))
+        else:
+            from optstate.render.timeline_view import timeline_view
 
-        console = stdout_console()
-        console.print(timeline_view(report, max_rows=max_rows))
-        if written is not None:
-            console.print(f"wrote {written}", style="green")
-    if report["findings"]:
-        raise typer.Exit(code=1)
+            console = stdout_console()
+            console.print(timeline_view(report, max_rows=max_rows))
+            if written is not None:
+                console.print(f"wrote {written}", style="green")
+        if report["findings"]:
+            raise typer.Exit(code=1)

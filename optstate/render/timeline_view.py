@@ -97,8 +97,8 @@ def _lr_columns(report: dict[str, Any]) -> tuple[list[Any], list[Any] | None]:
 
 def _close(a: float, b: float) -> bool:
     """Two lrs the same for the eye (the findings hold the exact rule)."""
-    if math.isnan(a) or math.isnan(b):
-        return math.isnan(a) and math.isnan(b)
+    if not (math.isfinite(a) and math.isfinite(b)):  # inf is not "close" to 0.001
+        return a == b or (math.isnan(a) and math.isnan(b))
     return a == b or abs(a - b) <= 1e-6 * max(abs(a), abs(b))
 
 
@@ -153,9 +153,7 @@ def checkpoint_table(report: dict[str, Any], max_rows: int = MAX_ROWS,
         row += [Text(str(nan), style="bold red") if nan else "0",
                 Text(str(inf), style="bold red") if inf else "0"]
         if worst:
-            ratio = number(worst.get("ratio"))
-            row += [short(worst.get("norm")),
-                    "" if ratio is None else f"×{fmt_short(ratio)}",
+            row += [short(worst.get("norm")), _factor(report, i, worst),
                     place(worst.get("param"), worst.get("name"), worst.get("entry"))]
         rows.append(row)
     n = len(report["checkpoints"])
@@ -166,6 +164,21 @@ def checkpoint_table(report: dict[str, Any], max_rows: int = MAX_ROWS,
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def _factor(report: dict[str, Any], i: int, worst: dict[str, Any]) -> str:
+    """The ×prev cell: the growth factor since the checkpoint before (``×inf`` where it
+    overflows: a norm from a subnormal one); ``from 0`` where the norm before was 0, which
+    no factor can say; nothing at the first checkpoint or where none is known."""
+    ratio = number(worst.get("ratio"))
+    if ratio is not None:
+        return f"×{short(ratio)}" if math.isfinite(ratio) else f"×{ratio}"
+    if i == 0:
+        return ""
+    for s in report["series"]:
+        if (s["param"], s["entry"]) == (worst.get("param"), worst.get("entry")):
+            return "from 0" if number(s["norm"][i - 1]) == 0 else ""
+    return ""
 
 
 def _cut_places(rows: list[list[Any]], cols: list[tuple[str, str, int]],
@@ -203,9 +216,10 @@ def header(report: dict[str, Any]) -> Header:
     head.add("order", Text(f"by {order['source']}"))
     cache = report.get("cache") or {}
     said = Text()
-    if cache.get("path"):
-        said.append(f"{cache['hits']} from the cache, {cache['misses']} read "
-                    f"({_near(cache['path'])})")
+    if cache.get("path") or cache.get("hits"):  # a cache read but not written: no path
+        said.append(f"{cache['hits']} from the cache, {cache['misses']} read")
+        if cache.get("path"):
+            said.append(f" ({_near(cache['path'])})")
     if cache.get("note"):  # ignored and rebuilt, or not written
         said.append(("\n" if said else "") + cache["note"], style="dim")
     if said:
@@ -266,12 +280,37 @@ def also_line(rest: list[dict[str, Any]]) -> str:
             + ", ".join(shown) + tail)
 
 
+def spike_factor(spike: Any) -> str:
+    """``--spike`` as given: 10, 2.5, 1.0000001 (not rounded to 1)."""
+    v = number(spike)
+    return fmt(spike) if v is None or not math.isfinite(v) else f"{v:.15g}"
+
+
+def unreadable_lines(report: dict[str, Any], max_rows: int) -> list[Any]:
+    """Every unreadable checkpoint's label and reason (the first ``max_rows``, the rest
+    counted), when the findings do not say each one: the unreadable finding is one, at
+    the first, with "and at N later checkpoints"."""
+    bad = [c for c in report["checkpoints"] if c.get("error")]
+    said = sum(1 for f in report["findings"] if f["code"] == "unreadable")
+    if len(bad) <= said:
+        return []
+    shown = bad if max_rows <= 0 else bad[:max_rows]
+    lines: list[Any] = [Text(f"unreadable checkpoints: {len(bad)}", style="bold")]
+    lines += [Hanging(Text.assemble("  ", (f"{c['label']}: ", "bold"), c["error"]), 4)
+              for c in shown]
+    if len(shown) < len(bad):
+        lines.append(Text(f"  … {len(bad) - len(shown)} more (--max-rows 0 shows all; "
+                          "--json has all)", style="dim"))
+    return lines
+
+
 def verdict(report: dict[str, Any]) -> Text:
     findings = report["findings"]
     n = len(report["checkpoints"])
     if not findings:
         return Text(f"no findings: {n} checkpoint{'s look' if n != 1 else ' looks'} clean "
-                    f"(norm spikes over {fmt(report['spike'])}x)", style="bold green")
+                    f"(norm spikes over {spike_factor(report['spike'])}x)",
+                    style="bold green")
     first = findings[0]
     k = len(findings)
     return Text(f"{k} finding{'s' * (k != 1)} in {n} checkpoint{'s' * (n != 1)}; the first at "
@@ -305,6 +344,7 @@ def timeline_view(report: dict[str, Any], max_rows: int = MAX_ROWS) -> Group:
             more = sum(len(b) for b in blocks[len(shown):])
             parts.append(Text(f"… {more} more finding{'s' * (more != 1)} (--max-rows 0 "
                               "shows all; --json has all)", style="dim"))
+    parts += unreadable_lines(report, max_rows)
     for s in report["run"]["skipped"]:
         parts.append(Hanging(Text.assemble(("skipped ", "bold"), f"{s['path']}: ",
                                            s["reason"]), 8))
