@@ -6,6 +6,7 @@ by a gradient scaler) give no finding."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -247,8 +248,12 @@ def test_resume_from_an_older_checkpoint_by_the_names_alone(tmp_path: Path) -> N
     run.load("step_30.pt")
     run.train(70)
     fs = findings(tmp_path)
-    assert brief(fs) == [("step_backwards", "step_60.pt", None, None, None)]
-    assert fs[0]["message"] == (
+    # step_60.pt records step 40 as step_40.pt does (the run went over 40 twice)
+    assert brief(fs) == [("step_repeated", "step_60.pt", None, None, None),
+                         ("step_backwards", "step_60.pt", None, None, None)]
+    assert fs[0]["message"].startswith("step_40.pt and step_60.pt both record step 40 but "
+                                       "hold different states")
+    assert fs[1]["message"] == (
         "step_60.pt records the optimizer's step 40 but step_50.pt, saved before it, "
         "records 50: resumed from an older checkpoint, or a fresh optimizer?")
 
@@ -409,12 +414,16 @@ def test_lr_back_to_the_first_without_scheduler_is_a_reset(tmp_path: Path) -> No
     fs = findings(tmp_path)
     assert brief(fs) == [("lr_reset", "step_50.pt", None, None, 0)]
     assert fs[0]["message"] == (
-        "step_50.pt: group 0's lr is back to the run's first lr 0.01 (from 0.001 at "
-        "step_40.pt): a resume that lost the scheduler, or the optimizer rebuilt from its "
-        "config? (no LR scheduler is saved to say whether the schedule does this)")
+        "step_50.pt: group 0's lr rose back to 0.01, the lr at step_10.pt, the first "
+        "checkpoint (from 0.001 at step_40.pt): a resume that lost the scheduler, or the "
+        "optimizer rebuilt from its config? (no LR scheduler is saved to say whether the "
+        "schedule does this)")
 
 
-def test_a_group_added_mid_run(tmp_path: Path) -> None:
+def test_a_group_added_mid_run_is_gradual_unfreezing(tmp_path: Path) -> None:
+    """add_param_group with the existing group unchanged: no finding (a removed group is:
+    test_a_group_removed_mid_run)."""
+
     def opt(m: Net) -> torch.optim.Optimizer:
         return torch.optim.Adam(m.fc1.parameters(), lr=1e-2)
 
@@ -425,9 +434,7 @@ def test_a_group_added_mid_run(tmp_path: Path) -> None:
             r.opt.add_param_group({"params": r.model.fc2.parameters()})
 
     run.train(40, hook=add)
-    fs = findings(tmp_path)
-    assert brief(fs) == [("hyperparam_changed", "step_30.pt", None, None, None)]
-    assert fs[0]["message"].startswith("step_30.pt: 2 param groups where step_20.pt had 1")
+    assert brief(findings(tmp_path)) == []
 
 
 def test_a_hyperparameter_scheduled_by_the_training_code_is_no_edit(tmp_path: Path) -> None:
@@ -466,3 +473,140 @@ def test_nan_already_at_the_first_checkpoint(tmp_path: Path) -> None:
                          ("nan", "step_10.pt", "fc1.bias", "exp_avg_sq", 0)]
     assert fs[0]["message"] == ("step_10.pt: fc1.bias exp_avg holds 8 NaN of 8 (already at "
                                 "the first checkpoint)")
+
+
+# ----------------------------------------------------------------------------- review (s6)
+
+
+def test_lr_falling_to_its_value_at_the_first_checkpoint_is_no_reset(tmp_path: Path) -> None:
+    """A warmup + linear decay set in the loop, no scheduler saved: the decay passes the lr
+    the warmup had at the first checkpoint. Only a rise back to it is a reset."""
+    run = Run(tmp_path, adam(1e-2))
+
+    def tri(step: int, r: Run) -> None:
+        r.opt.param_groups[0]["lr"] = 1e-2 * (step / 50 if step <= 50 else (100 - step) / 50)
+
+    run.train(100, hook=tri)
+    assert brief(findings(tmp_path)) == []
+
+
+def test_loop_counter_restarted_on_a_resume_blames_the_overwriting_checkpoints(
+        tmp_path: Path) -> None:
+    """Model, optimizer and scheduler restored at step 50, the loop counter restarts at 1:
+    step_10..30 are overwritten with optimizer steps 60..80; step_40 / step_50 are intact."""
+    run = Run(tmp_path, adam(), lambda o: L.CosineAnnealingLR(o, 100))
+    run.train(50)
+    time.sleep(0.02)  # the restart takes a while (file times are coarse)
+    run.load("step_50.pt")
+    run.step = 0
+    run.train(30)
+    fs = findings(tmp_path)
+    assert brief(fs) == [("step_backwards", "step_10.pt", None, None, None)]
+    assert fs[0]["message"] == (
+        "step_10.pt, step_20.pt, step_30.pt record optimizer steps 60..80 ahead of their run "
+        "steps 10..30 (the other checkpoints: equal), and were written after step_50.pt: "
+        "the loop counter restarted on a resume, overwriting the first checkpoints?")
+
+
+def test_loop_counter_restart_without_a_writing_order_cannot_tell(tmp_path: Path) -> None:
+    """The same run copied (every file the same mtime): the counters disagree, and which
+    side is right cannot be told."""
+    import os
+
+    run = Run(tmp_path, adam())
+    run.train(50)
+    run.load("step_50.pt")
+    run.step = 0
+    run.train(30)
+    for f in tmp_path.iterdir():
+        os.utime(f, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    fs = findings(tmp_path)
+    assert brief(fs) == [("step_backwards", "step_40.pt", None, None, None)]
+    assert fs[0]["message"].startswith(
+        "step_40.pt: the counters disagree from step_40.pt on: step_10.pt .. step_30.pt "
+        "record the optimizer's step 50 ahead of the run's step, step_40.pt .. step_50.pt "
+        "equal to it;")
+    assert "cannot tell which is right" in fs[0]["message"]
+
+
+def test_two_branches_of_one_run_are_step_repeated(tmp_path: Path) -> None:
+    """Resumed from step_20.pt with another seed, the branch saved beside the first one as
+    -v1 (as Lightning names it): both record steps 30..50 with different states."""
+    run = Run(tmp_path, adam())
+    run.train(50)
+    run.load("step_20.pt")
+    run.step = 20
+    torch.manual_seed(7)  # another seed: other batches
+    while run.step < 50:
+        run.step += 1
+        run.one_step()
+        if run.step % 10 == 0:
+            run.save(f"step_{run.step}-v1.pt")
+    fs = findings(tmp_path)
+    assert brief(fs)[0] == ("step_repeated", "step_30-v1.pt", None, None, None)
+    assert fs[0]["message"] == (
+        "step_30.pt and step_30-v1.pt both record step 30 but hold different states: the "
+        "run went over step 30 twice (resumed from an older checkpoint, or two runs given "
+        "together?); the rows and norm ratios mix the two (and at 2 later checkpoints)")
+
+
+def test_two_runs_given_together_are_step_repeated(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    Run(tmp_path / "a", adam()).train(30)
+    Run(tmp_path / "b", adam(1e-3), seed=1).train(30)
+    records = [read_record(c) for c in
+               find_checkpoints([tmp_path / "a", tmp_path / "b"]).items]
+    ordered, _, _ = order_records(records)
+    fs = timeline_findings(ordered, spike=10.0)
+    a, b = (str(tmp_path / x / "step_10.pt") for x in "ab")
+    assert fs[0]["code"] == "step_repeated" and fs[0]["label"] == b
+    assert fs[0]["message"].startswith(f"{a} and {b} both record step 10 but hold different")
+
+
+def test_a_weight_decay_stepped_every_30_steps_is_a_schedule(tmp_path: Path) -> None:
+    run = Run(tmp_path, lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2))
+
+    def wd(step: int, r: Run) -> None:
+        r.opt.param_groups[0]["weight_decay"] = 0.01 * (1 + step // 30)
+
+    run.train(100, hook=wd)
+    assert brief(findings(tmp_path)) == []
+
+
+def test_a_group_removed_mid_run(tmp_path: Path) -> None:
+    run = Run(tmp_path, lambda m: torch.optim.Adam(
+        [{"params": m.fc1.parameters()}, {"params": m.fc2.parameters()}], lr=1e-2))
+
+    def remove(step: int, r: Run) -> None:
+        if step == 25:  # fc2 frozen by dropping its group (and its state)
+            for q in r.opt.param_groups.pop()["params"]:
+                r.opt.state.pop(q, None)
+
+    run.train(40, hook=remove)
+    fs = [f for f in findings(tmp_path) if f["code"] == "hyperparam_changed"]
+    assert brief(fs) == [("hyperparam_changed", "step_30.pt", None, None, None)]
+    assert fs[0]["message"].startswith("step_30.pt: 1 param groups where step_20.pt had 2")
+
+
+def test_every_finding_has_names_parallel_to_where(tmp_path: Path) -> None:
+    run = Run(tmp_path, adam(), lambda o: L.StepLR(o, 20, 0.5))
+    run.train(50, hook=_times_1000_at(35))
+    fs = findings(tmp_path)
+    assert fs and all(len(f["names"]) == len(f["where"]) for f in fs)
+    assert fs[0]["code"] == "lr_off_schedule" and fs[0]["names"] == [None]
+
+
+def test_adadelta_acc_delta_spike_is_worded_as_squared_updates(tmp_path: Path) -> None:
+    run = Run(tmp_path, lambda m: torch.optim.Adadelta(m.parameters(), lr=1.0))
+
+    def big(step: int, r: Run) -> None:
+        if step == 45:  # the squared updates of fc1.weight blown up (as by a bad step)
+            r.opt.state[r.model.fc1.weight]["acc_delta"].mul_(1e6)
+
+    run.train(50, hook=big)
+    fs = [f for f in findings(tmp_path) if f["entry"] == "acc_delta"]  # (the big update
+    assert brief(fs) == [("norm_spike", "step_50.pt", "fc1.weight", "acc_delta", 0)]  # spikes
+    # square_avg too: right)
+    assert "a running average of squared updates" in fs[0]["message"]
+    assert "square of gradients" not in fs[0]["message"]

@@ -29,16 +29,6 @@ CLEAN = [r for r in RUNS if EXPECTED[r]["fault"] is None]
 FAULTY = [r for r in RUNS if EXPECTED[r]["fault"] is not None]
 # Two branches of one run in one folder (Lightning's "-v1" files after a resume from an
 # older checkpoint): nothing says so yet.
-MIXED_BRANCHES = pytest.mark.xfail(strict=True, reason=(
-    "no rule for two checkpoints that record the same step with different states "
-    "(optstate/analysis/timeline_findings.py; or at the deduplication in "
-    "optstate/analysis/timeline.py): a resumed Lightning run's epoch=1-step=30-v1.ckpt "
-    "beside epoch=1-step=30.ckpt comes out clean"))
-
-
-def marked(runs: list[str]) -> list[Any]:
-    return [pytest.param(r, marks=MIXED_BRANCHES) if r == "lightning_resume_older" else r
-            for r in runs]
 # the counter each library's scheduler keeps, as the generator read it from the saved files
 SCHEDULER_COUNTER = ("saved_scheduler_last_epoch", "saved_scheduler_last_batch_iteration",
                      "live_scheduler_last_epoch")
@@ -80,7 +70,7 @@ def test_fixtures_hold_both_faults_and_every_layout() -> None:
                          "lightning_onecycle", "lightning_resume_older", "deepspeed",
                          "deepspeed_fp16", "deepspeed_resume_lost", "dcp"}
     assert {EXPECTED[r]["fault"]["code"] for r in FAULTY} == {
-        "lr_not_from_scheduler", "nan", "step_backwards"}
+        "lr_not_from_scheduler", "nan", "step_backwards", "step_repeated"}
 
 
 @pytest.mark.parametrize("run", RUNS)
@@ -234,14 +224,14 @@ def test_clean_real_run_has_no_finding(run: str, report) -> None:
     assert rep["findings"] == [], [f["message"] for f in rep["findings"]]
 
 
-@pytest.mark.parametrize("run", marked(FAULTY))
+@pytest.mark.parametrize("run", FAULTY)
 def test_injected_fault_found_where_it_first_shows(run: str, report) -> None:
     rep, fault = report(run), EXPECTED[run]["fault"]
     findings_computed(rep)
     labels = [c["label"] for c in rep["checkpoints"]]
     # a checkpoint that records the same step as another (a second branch of the run): the
     # finding may sit on either of the two, and names both
-    where = [fault["label"], *([fault["same_as"]] if "same_as" in fault else [])]
+    where = [fault["label"], *([fault["same_step_as"]] if "same_step_as" in fault else [])]
     at = min(labels.index(w) for w in where)
     hits = [f for f in rep["findings"] if f["code"] == fault["code"]
             and (fault["name"] is None or f["name"] == fault["name"])
@@ -259,11 +249,11 @@ def test_injected_fault_found_where_it_first_shows(run: str, report) -> None:
     assert others == [], [f["message"] for f in others]
     # the first findings of the report are about the fault
     assert rep["findings"][0]["checkpoint"] in [labels.index(w) for w in where]
-    assert rep["checkpoints"][at]["findings"] >= 1
+    assert rep["checkpoints"][hits[0]["checkpoint"]]["findings"] >= 1
     assert math.isfinite(rep["spike"])
 
 
-@pytest.mark.parametrize("run", marked(RUNS))
+@pytest.mark.parametrize("run", RUNS)
 def test_command_exit_status_and_json_on_real_runs(run: str, cli, tmp_path: Path) -> None:
     """Exit 1 on the runs with a fault, 0 on the clean ones; --json is the same report
     (the cache in tmp_path, never beside the fixtures)."""
@@ -276,5 +266,5 @@ def test_command_exit_status_and_json_on_real_runs(run: str, cli, tmp_path: Path
         c["label"] for c in kept(run))
     if run in FAULTY:
         fault = EXPECTED[run]["fault"]
-        assert rep["findings"][0]["label"] in (fault["label"], fault.get("same_as"))
+        assert rep["findings"][0]["label"] in (fault["label"], fault.get("same_step_as"))
     assert list(tmp_path.iterdir()), "the cache went elsewhere"

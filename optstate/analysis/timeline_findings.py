@@ -21,9 +21,10 @@ What each code claims, and what keeps it from firing on a healthy run:
   early growth from 0 is not a spike; any other entry's ratio is divided by the growth of
   the step itself between the two checkpoints (an accumulator from zero, an EMA or a sum,
   grows at most in proportion to the steps it has taken: step 1 -> 20 allows 20x). Second
-  moments (squares of gradients: ``exp_avg_sq``, Adagrad's ``sum``, ...) are compared in
-  gradient units, by the square root of their ratio, so one event (gradients x10) gives
-  the same factor in ``exp_avg`` and in ``exp_avg_sq``.
+  moments (averages or sums of squared gradients: ``exp_avg_sq``, Adagrad's ``sum``, ...;
+  of squared updates: Adadelta's ``acc_delta``) are compared in gradient (update) units,
+  by the square root of their ratio, so one event (gradients x10) gives the same factor in
+  ``exp_avg`` and in ``exp_avg_sq``.
 - ``lr_off_schedule``: a group's lr is not what the saved scheduler computes at its
   last_epoch (``sim.scheduled``; within ``numeric.tolerance.schedule_atol``, the rounding
   of a schedule reached step by step). Only for schedulers whose lr follows from their
@@ -33,11 +34,20 @@ What each code claims, and what keeps it from firing on a healthy run:
 - ``lr_up`` / ``lr_reset``: only where no saved scheduler accounts for the lr (none is
   saved, or its lr cannot be known): the lr rises after having fallen, or rises more than
   ``spike`` times in one interval after an interval in which it did not rise (a warmup
-  rises at every interval from the start), or returns to the run's first lr after having
-  moved away. The message says that no scheduler is saved to tell a schedule's restart.
+  rises at every interval from the start), or rises back to its lr at the first checkpoint
+  after having fallen below it (falling to it is a decay passing a warmup's value). The
+  message says that no scheduler is saved to tell a schedule's restart.
+- ``step_repeated``: two checkpoints record the same step (the order key) with different
+  states (two branches of one run, or two runs given together): the rows and norm ratios
+  mix them, so this comes first at its checkpoint.
 - ``step_backwards``: the optimizer's step or the run's step decreases along the order, or
   a checkpoint records an earlier step than one whose name number is smaller (saved
-  before it): a resume from an older checkpoint, or a fresh optimizer.
+  before it): a resume from an older checkpoint, or a fresh optimizer. Where the
+  optimizer's step went back while the run's went on, and the checkpoints before keep
+  another optimizer-minus-run difference than those after (``_split``), the counters say
+  which side keeps them equal and the files' times (writing order, lost by a copy) only
+  corroborate: the earlier checkpoints written last are a loop counter restarted on a
+  resume, overwriting them; where the two disagree or the times cannot tell, it says so.
 - ``step_skip``: two counters that advanced by the same amount over the interval before
   advance differently, the optimizer's step by more than the run's step, the name number
   or the scheduler's last_epoch. (The optimizer's step advancing *less* is not a finding:
@@ -49,7 +59,9 @@ What each code claims, and what keeps it from firing on a healthy run:
   checkpoints (not ``initial_lr``; not beta1 / momentum under a scheduler that cycles
   momentum; not torch's implementation switches ``foreach``/``fused``/...; not a key that
   changes in two intervals in a row, which moves with the run: a schedule, or an
-  optimizer's own running values kept in its groups), or groups are added or removed.
+  optimizer's own running values kept in its groups; not a key that changes in 3 or more
+  intervals: a stepwise schedule), or groups are removed (groups added with the others
+  unchanged are gradual unfreezing: nothing).
 - ``moments_collapsed``: a second moment that was not all zeros becomes all zeros, or its
   fraction of zeros rises by half or more (underflow in a low-precision state, or a reset).
 - ``state_lost``: an entry a param held at the checkpoint before is gone, or all per-param
@@ -59,7 +71,7 @@ What each code claims, and what keeps it from firing on a healthy run:
 
 Works on plain records only (no tensors; torch only for its dtypes' precision).
 
-626 lines: one rule per code, each beside the words that keep it from misleading; split,
+761 lines: one rule per code, each beside the words that keep it from misleading; split,
 the rules would only call back into one another's helpers.
 """
 
@@ -79,16 +91,18 @@ from optstate.numeric.tolerance import schedule_atol, unit_roundoff
 
 # In this order at one checkpoint: what was done to the run (a likely cause) before what
 # happened to its state
-CODES = ("unreadable", "step_backwards", "step_skip", "scheduler_reset", "lr_off_schedule",
-         "lr_not_from_scheduler", "lr_up", "lr_reset", "hyperparam_changed", "state_lost",
-         "nan", "inf", "norm_spike", "moments_collapsed")
+CODES = ("unreadable", "step_repeated", "step_backwards", "step_skip", "scheduler_reset",
+         "lr_off_schedule", "lr_not_from_scheduler", "lr_up", "lr_reset", "hyperparam_changed",
+         "state_lost", "nan", "inf", "norm_spike", "moments_collapsed")
 
 # Entries that hold squares of gradients (compared in gradient units; checked for collapse)
 SQUARE_ENTRIES = frozenset(SQUARED) | frozenset(SECOND_MOMENTS) | {
-    "acc_delta",  # Adadelta
+    "acc_delta",  # Adadelta: a running average of squared updates, not gradients
     "row_var", "col_var", "variance",  # torch's Adafactor
     "exp_avg_sq_row", "exp_avg_sq_col",  # transformers' Adafactor
     "state2"}  # bitsandbytes' second state
+# What a squared entry averages, where not squares of gradients (the norm_spike message)
+SQUARE_WORDS = {"acc_delta": "a running average of squared updates"}
 # How many earlier norms a signed average's spike is measured against (_spikes)
 WINDOW = 3
 # Adam-family EMAs bias-corrected by beta1 / beta2 (analysis module docstring)
@@ -97,6 +111,9 @@ BIAS_CORRECTED = {"exp_avg": 0, "exp_avg_sq": 1, "max_exp_avg_sq": 1}
 # what an LR scheduler writes itself
 NOT_HYPERPARAMS = frozenset({"lr", "initial_lr", "foreach", "fused", "capturable",
                              "differentiable", "params", "param_names"})
+# A group key that changes in this many intervals of a run or more is a schedule (a
+# stepwise weight decay in the loop), not an edit
+SCHEDULED_CHANGES = 3
 MOMENTUM_CYCLERS = ("OneCycleLR", "CyclicLR")
 COUNTER_WORDS = {"run": "the run's step", "optimizer": "the optimizer's step",
                  "scheduler": "the LR scheduler's last_epoch", "name": "the name number"}
@@ -120,7 +137,7 @@ def timeline_findings(records: list[dict[str, Any]], *, spike: float) -> list[di
             return
         if where is None:
             where = [at(param, entry)] if param is not None else []
-        f = finding(code, message, where, [name] * len(where) if param is not None else None)
+        f = finding(code, message, where, [name] * len(where))
         f.update({"checkpoint": i, "label": records[i]["label"], "param": param,
                   "name": name, "entry": entry, "group": group, "_later": 0})
         seen[k] = f
@@ -133,8 +150,9 @@ def timeline_findings(records: list[dict[str, Any]], *, spike: float) -> list[di
     if ok:
         _first_entries(records, ok[0], emit)
     _name_order(records, ok, emit)
+    _repeated(records, ok, emit)
     for k, (prev, cur) in enumerate(zip(ok, ok[1:], strict=False)):
-        _counters(records, ok[k - 1] if k else None, prev, cur, emit)
+        _counters(records, ok, ok[k - 1] if k else None, prev, cur, emit)
         _entries(records, prev, cur, emit)
     _lrs(records, ok, spike, emit)
     _hyperparams(records, ok, emit)
@@ -222,8 +240,97 @@ def _name_order(records: list[dict[str, Any]], ok: list[int], emit: Emit) -> Non
                  "optimizer?", key="name")
 
 
-def _counters(records: list[dict[str, Any]], before_prev: int | None, prev: int, cur: int,
-              emit: Emit) -> None:
+def _order_by(records: list[dict[str, Any]], ok: list[int]) -> str | None:
+    """The counter the records are ordered by (as ``analysis.timeline.order_records``)."""
+    return next((c for c in ("run", "optimizer", "scheduler", "name")
+                 if all(_counter(records[i], c) is not None for i in ok)), None)
+
+
+def _repeated(records: list[dict[str, Any]], ok: list[int], emit: Emit) -> None:
+    """step_repeated: two checkpoints record the same step (the order key) with different
+    states (those with the same state were dropped as duplicates before): two branches of
+    one run, or two runs, interleaved in the order."""
+    by = _order_by(records, ok)
+    if by is None:
+        return
+    for prev, cur in zip(ok, ok[1:], strict=False):
+        a, b = records[prev], records[cur]
+        v = _counter(b, by)
+        if v is None or _counter(a, by) != v:
+            continue
+        emit(cur, "step_repeated",
+             f"{a['label']} and {b['label']} both record step {v} but hold different "
+             f"states: the run went over step {v} twice (resumed from an older checkpoint, "
+             "or two runs given together?); the rows and norm ratios mix the two")
+
+
+def _labels(records: list[dict[str, Any]], idx: list[int]) -> str:
+    names = [records[i]["label"] for i in idx]
+    return ", ".join(names) if len(names) <= 4 else \
+        f"{names[0]}, {names[1]}, ..., {names[-1]} ({len(names)} checkpoints)"
+
+
+def _span(values: list[int]) -> str:
+    return str(values[0]) if len(values) == 1 else f"{values[0]}..{values[-1]}"
+
+
+def _relation(d: int) -> str:
+    return ("the optimizer's step equal to the run's step" if d == 0 else
+            f"the optimizer's step {abs(d)} {'ahead of' if d > 0 else 'behind'} the run's step")
+
+
+def _split(records: list[dict[str, Any]], ok: list[int], cur: int) -> tuple[int, str] | None:
+    """Where the optimizer's step went back at ``cur`` while the run's step went on: whether
+    the checkpoints before ``cur`` are the odd ones, written later (a loop counter that
+    restarted on a resume overwrote the first checkpoints), rather than those from ``cur``
+    on. The counters say which side keeps optimizer step == run step; the files' times
+    (writing order; a copy resets them) only corroborate. None: the usual message (the
+    side from ``cur`` on is the odd one)."""
+    left = [i for i in ok if i < cur]
+    right = [i for i in ok if i >= cur]
+
+    def rel(i: int) -> int | None:
+        o, r = _counter(records[i], "optimizer"), _counter(records[i], "run")
+        return None if o is None or r is None else o - r
+
+    dl, dr = {rel(i) for i in left}, {rel(i) for i in right}
+    if len(dl) != 1 or len(dr) != 1 or None in dl | dr or dl == dr:
+        return None
+    (x,), (y,) = dl, dr
+    counters = "left" if y == 0 else "right" if x == 0 else None
+
+    def mtime(i: int) -> int | None:
+        v = (records[i].get("identity") or {}).get("mtime_ns")
+        return v if isinstance(v, int) else None
+
+    ml, mr = [mtime(i) for i in left], [mtime(i) for i in right]
+    times = None
+    if None not in ml and None not in mr:
+        times = "left" if min(ml) > max(mr) else "right" if min(mr) > max(ml) else None  # type: ignore[type-var]
+    if counters == "right" and times != "left":
+        return None
+    if counters == "left" and times == "left":
+        last = max(right, key=lambda i: (mtime(i) or 0, i))  # (a file system's coarse times)
+        return left[0], (
+            f"{_labels(records, left)} record optimizer steps "
+            f"{_span([_counter(records[i], 'optimizer') for i in left])} "  # type: ignore[misc]
+            f"{'ahead of' if x > 0 else 'behind'} their run steps "
+            f"{_span([_counter(records[i], 'run') for i in left])} (the other "  # type: ignore[misc]
+            f"checkpoints: {'equal' if y == 0 else _relation(y)}), and were written after "
+            f"{records[last]['label']}: the loop counter restarted on a resume, overwriting "
+            "the first checkpoints?")
+    b = records[cur]
+    return cur, (
+        f"{b['label']}: the counters disagree from {b['label']} on: "
+        f"{records[left[0]]['label']} .. {records[left[-1]]['label']} record {_relation(x)}, "
+        f"{records[right[0]]['label']} .. {records[right[-1]]['label']} "
+        f"{'equal to it' if y == 0 else _relation(y)}; timeline cannot tell which is right "
+        "(the files' times do not say which were written last): a loop counter restarted on "
+        "a resume, or the optimizer state not restored?")
+
+
+def _counters(records: list[dict[str, Any]], ok: list[int], before_prev: int | None,
+              prev: int, cur: int, emit: Emit) -> None:
     a, b = records[prev], records[cur]
     d = {c: (None if _counter(a, c) is None or _counter(b, c) is None
              else _counter(b, c) - _counter(a, c))  # type: ignore[operator]
@@ -237,6 +344,11 @@ def _counters(records: list[dict[str, Any]], before_prev: int | None, prev: int,
     for c in ("optimizer", "run"):
         if d[c] is not None and d[c] < 0:
             others = [o for o in went_on if o != c]
+            split = _split(records, ok, cur) if c == "optimizer" and (d["run"] or 0) > 0 \
+                else None
+            if split is not None:
+                emit(split[0], "step_backwards", split[1], key=c)
+                continue
             cause = ("the optimizer state not restored on resume, or restored from an older "
                      "checkpoint?" if c == "optimizer" and others else
                      "resumed from an older checkpoint?")
@@ -426,8 +538,8 @@ def _spikes(records: list[dict[str, Any]], ok: list[int], spike: float, emit: Em
             growth = step / s0 if not how and step and s0 and step > s0 > 0 else 1.0
             factor = u / u0
             if factor > spike * growth:
-                units = " (a square of gradients: compared by the square root)" \
-                    if squared else ""
+                units = f" ({SQUARE_WORDS.get(leaf, 'squares of gradients')}: compared by " \
+                    "the square root)" if squared else ""
                 corr = f", {how} by step and betas" if how else (
                     f", allowing {growth:.3g}x for the steps taken" if growth > 1 else "")
                 biggest = "" if squared or len(ref) == 1 else ", its largest of the last " \
@@ -484,6 +596,7 @@ class _LrHistory:
 
     def __init__(self, i: int, lr: float) -> None:
         self.first = lr
+        self.first_at = i
         self.last: tuple[int, float] = (i, lr)
         self.before_last: float | None = None
         self.before_last_at: int | None = None
@@ -550,11 +663,15 @@ def _lr(records: list[dict[str, Any]], i: int, g: Any, lr: float, h: _LrHistory 
     at_prev = records[h.before_last_at]["label"] if h.before_last_at is not None else "?"
     why = ("no LR scheduler is saved to say whether the schedule does this"
            if not s else f"the saved {s.get('kind')}'s lr cannot be computed here")
-    if h.moved and _close(now, first, 0, None) and not _close(prev, first, 0, None):
+    # a rise back to the first lr (a decay passing the lr a warmup had at the first
+    # checkpoint falls to it: no reset)
+    if h.moved and _close(now, first, 0, None) and prev < first \
+            and not _close(prev, first, 0, None):
         emit(i, "lr_reset",
-             f"{r['label']}: group {g}'s lr is back to the run's first lr {_g(first)} "
-             f"(from {_g(prev)} at {at_prev}): a resume that lost the scheduler, or the "
-             f"optimizer rebuilt from its config? ({why})", **kw)
+             f"{r['label']}: group {g}'s lr rose back to {_g(first)}, the lr at "
+             f"{records[h.first_at]['label']}, the first checkpoint (from {_g(prev)} at "
+             f"{at_prev}): a resume that lost the scheduler, or the optimizer rebuilt from "
+             f"its config? ({why})", **kw)
         return
     if now <= prev or _close(now, prev, 0, None):
         return
@@ -599,9 +716,11 @@ def _hyper(r: dict[str, Any], g: dict[str, Any]) -> dict[str, str]:
 def _hyperparams(records: list[dict[str, Any]], ok: list[int], emit: Emit) -> None:
     """hyperparam_changed. A key that changes in two intervals in a row moves with the run
     (a weight-decay or momentum schedule in the training code; Prodigy's ``d``, a
-    schedule-free optimizer's ``weight_sum``, which such optimizers keep in their groups):
-    that is not an edit, and is not reported; a change between two intervals without one
-    is."""
+    schedule-free optimizer's ``weight_sum``, which such optimizers keep in their groups),
+    as does one that changes in SCHEDULED_CHANGES intervals or more (a stepwise schedule):
+    that is not an edit, and is not reported; one or two changes between intervals without
+    one are. Groups added with the others unchanged (gradual unfreezing) are not reported;
+    groups removed are."""
     pairs = list(zip(ok, ok[1:], strict=False))
     changes: list[dict[tuple[Any, str], tuple[str, str]]] = []
     for prev, cur in pairs:
@@ -609,22 +728,31 @@ def _hyperparams(records: list[dict[str, Any]], ok: list[int], emit: Emit) -> No
         ga = {g.get("index"): g for g in a.get("groups") or []}
         gb = {g.get("index"): g for g in b.get("groups") or []}
         found: dict[tuple[Any, str], tuple[str, str]] = {}
-        if ga and gb and set(ga) != set(gb):
+        # groups added with the others unchanged (their params the same): gradual unfreezing
+        # by add_param_group, not a finding; groups removed, or the others changed, are
+        added = set(ga) < set(gb) and all(
+            ga[g].get("params") == gb[g].get("params") for g in ga)
+        if ga and gb and set(ga) != set(gb) and not added:
             emit(cur, "hyperparam_changed",
                  f"{b['label']}: {len(gb)} param groups where {a['label']} had {len(ga)}: "
-                 "groups added or removed (a model part unfrozen or frozen, a new optimizer?)",
+                 "groups removed or rebuilt (a model part frozen, a new optimizer?)",
                  key="groups", where=["param_groups"])
         elif ga and gb and _cycled(a) == _cycled(b):
-            for g in ga:
+            for g in set(ga) & set(gb):
                 ha, hb = _hyper(a, ga[g]), _hyper(b, gb[g])
                 for key in set(ha) | set(hb):
                     if ha.get(key) != hb.get(key):
                         found[(g, key)] = (ha.get(key, "absent"), hb.get(key, "absent"))
         changes.append(found)
+    times: dict[tuple[Any, str], int] = {}
+    for found in changes:
+        for k in found:
+            times[k] = times.get(k, 0) + 1
     for t, (prev, cur) in enumerate(pairs):
         for (g, key), (old, new) in sorted(changes[t].items(), key=lambda x: (
                 -1 if x[0][0] is None else x[0][0], x[0][1])):
-            if (t > 0 and (g, key) in changes[t - 1]) or \
+            if times[(g, key)] >= SCHEDULED_CHANGES or \
+                    (t > 0 and (g, key) in changes[t - 1]) or \
                     (t + 1 < len(changes) and (g, key) in changes[t + 1]):
                 continue
             emit(cur, "hyperparam_changed",
