@@ -21,6 +21,15 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_home(tmp_path_factory):
+    """timeline's cache key (``$XDG_CACHE_HOME/optstate/cache-key``) made in a temporary
+    folder, never in the real home, for the suite and the processes it starts."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture
 def cli():
     """Run the CLI in-process through typer's CliRunner; returns the Result

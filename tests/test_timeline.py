@@ -391,22 +391,25 @@ def _cache(report: dict) -> tuple[int, int]:
 
 
 def test_cache_reads_only_what_changed(cli, tmp_path):
-    """First run reads all; a rerun reads none (proved by a file garbled in place with its
-    size and mtime kept: the cached record is used, the file never opened); a new
-    checkpoint is the only one read; a file rewritten (new mtime) is read again."""
+    """First run reads all; a rerun reads none; a file garbled in place with its size and
+    mtime kept is read again (its ctime moved); a new checkpoint is the only one read; a
+    file rewritten (new mtime) is read again."""
     run = train(tmp_path)
     n = len(run.labels)
     first = timeline(cli, run.folder, code=0)
     assert _cache(first) == (0, n)
     assert first["cache"]["path"] and Path(first["cache"]["path"]).is_file()
+    second = timeline(cli, run.folder, code=0)
+    assert _cache(second) == (n, 0)
+    assert second["checkpoints"] == first["checkpoints"]
 
     victim = run.folder / "step_30.pt"
     st, original = victim.stat(), victim.read_bytes()
     victim.write_bytes(b"\0" * st.st_size)
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
-    second = timeline(cli, run.folder, code=0)
-    assert _cache(second) == (n, 0)
-    assert second["checkpoints"] == first["checkpoints"]
+    garbled = timeline(cli, run.folder, code=1)
+    assert _cache(garbled) == (n - 1, 1)
+    assert found(garbled, "unreadable", label="step_30.pt")
 
     # a real fault this time: step_30.pt rewritten with a NaN in its state, new mtime
     ckpt = torch.load(io.BytesIO(original), weights_only=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -72,9 +73,9 @@ def test_a_folder_of_step_files_leaves_model_files_and_others_aside(tmp_path):
     assert [c.name_step for c in found.items] == [10, 20, 30]
     assert {Path(s["path"]).name for s in found.skipped} == {"pytorch_model.bin",
                                                               "rng_state.pth"}
-    c = found.items[0]
-    assert c.identity == {"bytes": (run / "step_10.pt").stat().st_size,
-                          "mtime_ns": (run / "step_10.pt").stat().st_mtime_ns, "files": 1}
+    c, st = found.items[0], (run / "step_10.pt").stat()
+    assert c.identity == {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
+                          "ctime_ns": st.st_ctime_ns, "ino": st.st_ino, "files": 1}
 
 
 def test_missing_path_and_empty_folder_are_one_line_errors(tmp_path):
@@ -258,6 +259,18 @@ def test_series_lr_and_worst(tmp_path):
 # ----------------------------------------------------------------------------- cache
 
 
+def read_cache(path: Path) -> dict:
+    """A cache file's payload (after its signature line)."""
+    return json.loads(path.read_bytes().split(b"\n", 1)[1])
+
+
+def write_cache(path: Path, data: dict, *, key: bytes | None = None) -> None:
+    """``data`` as a cache file signed with this user's key (or ``key``)."""
+    from optstate.analysis.timeline_cache import sign, user_key
+
+    path.write_bytes(sign(json.dumps(data).encode(), key or user_key()[0]))
+
+
 def test_cache_rereads_only_a_changed_file(tmp_path):
     run = save_files(tmp_path / "run")
     first = timeline([run])
@@ -286,10 +299,16 @@ def test_cache_drops_deleted_files_and_ignores_a_corrupt_one(tmp_path):
     timeline([run], cache_dir=cache_dir)
     (run / "step_10.pt").unlink()
     timeline([run / "step_20.pt"], cache_dir=cache_dir)  # a rewrite, nothing new read
-    entries = json.loads((cache_dir / "timeline-cache.json").read_text())["entries"]
+    entries = read_cache(cache_dir / "timeline-cache.json")["entries"]
     assert sorted(Path(k.split("\n")[0]).name for k in entries) == ["step_20.pt",
                                                                      "step_30.pt"]
     (cache_dir / "timeline-cache.json").write_text("{not json")
+    report = timeline([run], cache_dir=cache_dir)
+    assert report["cache"]["misses"] == 2
+    assert report["cache"]["note"].endswith("was not written by you here: ignored and rebuilt")
+    from optstate.analysis.timeline_cache import sign, user_key
+
+    (cache_dir / "timeline-cache.json").write_bytes(sign(b"{not json", user_key()[0]))
     report = timeline([run], cache_dir=cache_dir)
     assert report["cache"]["misses"] == 2 and "could not be read" in report["cache"]["note"]
     assert len(report["checkpoints"]) == 2
@@ -302,7 +321,24 @@ def test_an_unwritable_cache_is_a_note(tmp_path):
     blocker.write_text("x")
     report = timeline([run], cache_dir=blocker / "sub")
     assert report["cache"]["path"] is None
-    assert report["cache"]["note"].startswith("no cache written:")
+    assert report["cache"]["note"] == f"no cache: {blocker} is a file, not a folder"
+    report = timeline([run], cache_dir=blocker)
+    assert report["cache"]["note"] == f"no cache: {blocker} is a file, not a folder"
+    report = timeline([run], cache_dir=tmp_path / "nope" / "cache")  # only the last is made
+    assert report["cache"]["path"] is None
+    assert report["cache"]["note"] == (f"no cache: {tmp_path / 'nope'} does not exist (only "
+                                       "the cache folder itself is made)")
+    assert not (tmp_path / "nope").exists()
+    assert timeline([run], cache_dir=tmp_path / "made")["cache"]["note"] is None
+    (run / ".optstate").mkdir()
+    (run / ".optstate").chmod(0o500)
+    try:
+        report = timeline([run])
+    finally:
+        (run / ".optstate").chmod(0o700)
+    if os.geteuid() != 0:  # root writes anyway
+        assert report["cache"]["path"] is None
+        assert report["cache"]["note"].startswith("no cache written:")
     assert len(report["checkpoints"]) == 1
 
 
@@ -366,16 +402,16 @@ def test_a_cache_of_other_code_or_another_key_is_not_used(tmp_path):
     run = save_files(tmp_path / "run", steps=20)
     timeline([run])
     cache_file = run / ".optstate" / "timeline-cache.json"
-    data = json.loads(cache_file.read_text())
+    data = read_cache(cache_file)
     data["optstate"] = "0.0.1"
-    cache_file.write_text(json.dumps(data))
+    write_cache(cache_file, data)
     report = timeline([run])
     assert (report["cache"]["hits"], report["cache"]["misses"]) == (0, 2)
     assert report["cache"]["note"] is None  # rebuilt quietly
     assert timeline([run])["cache"]["hits"] == 2
-    data = json.loads(cache_file.read_text())
+    data = read_cache(cache_file)
     data["code"] = "written by other code"  # e.g. before a fix to a statistic
-    cache_file.write_text(json.dumps(data))
+    write_cache(cache_file, data)
     assert timeline([run])["cache"]["misses"] == 2
     assert timeline([run])["cache"]["hits"] == 2
     assert timeline([run], key="optimizer")["cache"]["misses"] == 2  # another state asked for
@@ -487,3 +523,245 @@ def test_a_file_with_two_optimizer_states_is_unreadable_not_skipped(tmp_path):
     assert (cp["label"], cp["error_code"]) == ("step_30.pt", "unreadable")
     assert "holds 2 optimizer states" in cp["error"] and "pick one with" in cp["error"]
     assert report["run"]["skipped"] == []
+
+
+# ------------------------------------------------ issue #20 review: the cache and discovery
+
+
+def _poisoned(tmp_path, edit, *, key: bytes | None = None):
+    """A run, its cache, then the cache's step_20.pt record edited by ``edit`` and the
+    file written back signed with ``key`` (None: unsigned, as a stranger's)."""
+    run = save_files(tmp_path / "run")
+    first = timeline([run])
+    cache_file = run / ".optstate" / "timeline-cache.json"
+    data = read_cache(cache_file)
+    rec = next(v["record"] for v in data["entries"].values()
+               if v["record"]["label"] == "step_20.pt")
+    edit(rec)
+    if key is None:
+        cache_file.write_text(json.dumps(data))
+    else:
+        write_cache(cache_file, data, key=key)
+    return run, first
+
+
+def test_a_cache_not_signed_with_this_users_key_is_ignored_and_rewritten(tmp_path):
+    """A stranger's run comes with a cache claiming a NaN and a huge norm at step_20.pt (the
+    code digest is anyone's to compute; tar and cp -p keep mtimes): not believed."""
+    def lie(rec):
+        rec["params"][0]["entries"]["exp_avg"].update(norm=1e6, nan=7)
+
+    for key in (None, b"k" * 32):  # unsigned; signed by another user
+        run, first = _poisoned(tmp_path / str(key is None), lie, key=key)
+        report = timeline([run])
+        assert (report["cache"]["hits"], report["cache"]["misses"]) == (0, 3)
+        assert report["cache"]["note"] == (f"the cache {run.resolve()}/.optstate/timeline-"
+                                           "cache.json was not written by you here: ignored "
+                                           "and rebuilt")
+        assert report["findings"] == first["findings"] == []
+        assert report["series"] == first["series"]
+        again = timeline([run])  # rewritten, signed by this user
+        assert (again["cache"]["hits"], again["cache"]["note"]) == (3, None)
+
+
+def test_a_cache_is_verified_before_it_is_parsed_and_bounded_in_size(tmp_path, monkeypatch):
+    import optstate.analysis.timeline_cache as tc
+
+    run = save_files(tmp_path / "run", steps=10)
+    cache_file = run / ".optstate" / "timeline-cache.json"
+    cache_file.parent.mkdir()
+    cache_file.write_bytes(b'{"schema":"optstate.timeline-cache/1","entries":' + b"[" * 200_000
+                           + b"]" * 200_000 + b"}")  # deep: never handed to json
+    parsed = []
+    monkeypatch.setattr(tc.json, "loads", lambda *a, **k: parsed.append(1))
+    report = timeline([run])
+    assert parsed == [] and "not written by you here" in report["cache"]["note"]
+    monkeypatch.undo()
+    monkeypatch.setattr(tc, "MAX_BYTES", 100)
+    report = timeline([run])
+    assert report["cache"]["note"] == f"the cache {cache_file.resolve()} is over 0 MB: not " \
+        "read, rebuilt"
+    # deep nesting inside a signed payload (our own bug, say): a note, not a crash
+    monkeypatch.undo()
+    cache_file.write_bytes(tc.sign(b"[" * 200_000 + b"]" * 200_000, tc.user_key()[0]))
+    assert "could not be read" in timeline([run])["cache"]["note"]
+
+
+@pytest.mark.parametrize("edit", [
+    lambda r: r.update(params="boom"),
+    lambda r: r.update(steps=None),
+    lambda r: r["params"][0]["entries"]["exp_avg"].update(norm={"a": 1}),
+    lambda r: r["groups"][0].update(index="x"),
+    lambda r: r["steps"].update(run="30"),
+    lambda r: r["params"][0]["entries"]["exp_avg"].update(nan="many"),
+    lambda r: r.pop("error_code"),
+    lambda r: r["params"][0]["entries"]["exp_avg"].update(norm="lots"),
+], ids=["params", "steps", "norm", "index", "run", "nan", "missing_key", "norm_str"])
+def test_a_signed_cache_of_another_shape_is_ignored_not_an_internal_error(tmp_path, edit):
+    from optstate.analysis.timeline_cache import user_key
+
+    run, first = _poisoned(tmp_path, edit, key=user_key()[0])
+    report = timeline([run])
+    assert (report["cache"]["hits"], report["cache"]["misses"]) == (0, 3)
+    assert report["cache"]["note"].endswith("holds records not of the shape this version "
+                                            "writes: ignored, rebuilt")
+    assert report["series"] == first["series"]
+    assert timeline([run])["cache"]["hits"] == 3
+
+
+def test_the_key_is_the_users_own_and_without_it_there_is_no_cache(tmp_path, monkeypatch):
+    from optstate.analysis.timeline_cache import key_path
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    run = save_files(tmp_path / "run", steps=10)
+    assert timeline([run])["cache"]["note"] is None
+    kp = key_path()
+    assert kp == tmp_path / "xdg" / "optstate" / "cache-key"
+    assert kp.stat().st_size == 32 and kp.stat().st_mode & 0o777 == 0o600
+    assert kp.parent.stat().st_mode & 0o777 == 0o700
+    key = kp.read_bytes()
+    assert timeline([run])["cache"]["hits"] == 1 and kp.read_bytes() == key  # kept
+    kp.chmod(0o644)  # readable by others: not a secret any more
+    report = timeline([run])
+    assert report["cache"]["path"] is None and "only you can read" in report["cache"]["note"]
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # no folder can hold a key
+    report = timeline([run])
+    assert report["cache"]["path"] is None
+    assert report["cache"]["note"].startswith(f"no cache: its key could not be kept in "
+                                              f"{blocker / 'optstate'}")
+    assert len(report["checkpoints"]) == 1
+
+
+def test_an_unreadable_checkpoint_is_not_cached(tmp_path):
+    run = save_files(tmp_path / "run")
+    good = (run / "step_20.pt").read_bytes()
+    (run / "step_20.pt").write_bytes(good[: len(good) // 2])  # being written, say
+    st = (run / "step_20.pt").stat()
+    first = timeline([run])
+    assert first["run"]["read"] == 2
+    data = read_cache(run / ".optstate" / "timeline-cache.json")
+    assert sorted(v["record"]["label"] for v in data["entries"].values()) == ["step_10.pt",
+                                                                               "step_30.pt"]
+    again = timeline([run])
+    assert (again["cache"]["hits"], again["cache"]["misses"]) == (2, 1)
+    (run / "step_20.pt").write_bytes(good)  # finished
+    os.utime(run / "step_20.pt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert timeline([run])["run"]["read"] == 3
+
+
+def test_a_symlink_loop_is_skipped_with_its_reason(tmp_path):
+    run = save_files(tmp_path / "run")
+    (run / "loop_a.pt").symlink_to("loop_b.pt")
+    (run / "loop_b.pt").symlink_to("loop_a.pt")
+    (run / "self.pt").symlink_to("self.pt")
+    (run / "gone.pt").symlink_to("nowhere.pt")
+    found = find_checkpoints([run])
+    assert [c.label for c in found.items] == ["step_10.pt", "step_20.pt", "step_30.pt"]
+    loop = "a symbolic link that leads back to itself (a loop)"
+    assert found.skipped == [
+        {"path": str(run / "gone.pt"), "reason": "a symbolic link to nowhere.pt, which does "
+         "not exist"},
+        {"path": str(run / "loop_a.pt"), "reason": loop},
+        {"path": str(run / "loop_b.pt"), "reason": loop},
+        {"path": str(run / "self.pt"), "reason": loop}]
+    with pytest.raises(CheckpointError, match=r"self.pt is a symbolic link that leads back"):
+        find_checkpoints([run / "self.pt"])
+    assert len(timeline([run])["checkpoints"]) == 3
+
+
+def test_the_cache_stays_in_the_run_folder(tmp_path):
+    """The run folder is the one named, never where links lead; a symlinked .optstate is
+    not followed; files from several folders have no cache beside them."""
+    run = save_files(tmp_path / "a" / "b" / "run")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "secret.txt").write_text("not yours")
+    (run / "zz_link.pt").symlink_to(tmp_path / "elsewhere" / "secret.txt")
+    (run / "step_40.pt").symlink_to(run / "step_30.pt")  # a link in the run: its own name
+    found = find_checkpoints([run])
+    assert found.root == run.resolve()
+    assert [c.label for c in found.items] == ["step_10.pt", "step_20.pt", "step_30.pt",
+                                              "zz_link.pt"]
+    report = timeline([run])
+    assert report["cache"]["path"] == str(run.resolve() / ".optstate" / "timeline-cache.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "elsewhere"]
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == ["secret.txt"]
+    # two files in unrelated folders: no cache at their common ancestor
+    other = save_files(tmp_path / "other", steps=10)
+    found = find_checkpoints([run / "step_10.pt", other / "step_10.pt"])
+    assert found.root is None
+    assert [c.label for c in found.items] == [str(run / "step_10.pt"),
+                                              str(other / "step_10.pt")]
+    report = timeline([run / "step_10.pt", other / "step_10.pt"])
+    assert report["cache"]["path"] is None
+    assert report["cache"]["note"] == ("no cache: the checkpoints are in several folders "
+                                       "(name a cache folder to keep one)")
+    assert not (tmp_path / ".optstate").exists()
+    cached = timeline([run / "step_10.pt", other / "step_10.pt"], cache_dir=tmp_path / "c")
+    assert cached["cache"]["path"] == str(tmp_path / "c" / "timeline-cache.json")
+    # .optstate a link to someone's folder: not followed, nothing written there
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    shutil.rmtree(other / ".optstate", ignore_errors=True)
+    (other / ".optstate").symlink_to(victim)
+    report = timeline([other])
+    assert report["cache"]["path"] is None
+    assert report["cache"]["note"] == (f"no cache: {other.resolve()}/.optstate is a symbolic "
+                                       "link, not followed")
+    assert list(victim.iterdir()) == []
+
+
+def test_a_file_rewritten_with_its_size_and_mtime_kept_is_read_again(tmp_path):
+    """cp -p, rsync -t, tar x keep the mtime, and two saves can share one clock tick: the
+    identity has the inode and the ctime too (which no user can set back)."""
+    run = save_files(tmp_path / "run")
+    victim = run / "step_20.pt"
+    obj = torch.load(victim, weights_only=True)
+    torch.save(obj, victim)  # re-saved: the NaN copy below has the same size
+    st = victim.stat()
+    first = timeline([run])
+    assert first["findings"] == []
+    for s in obj["optimizer"]["state"].values():
+        s["exp_avg"].fill_(float("nan"))
+    (tmp_path / "x").mkdir()
+    torch.save(obj, tmp_path / "x" / "step_20.pt")  # the zip names its folder by the file
+    assert (tmp_path / "x" / "step_20.pt").stat().st_size == st.st_size
+    os.replace(tmp_path / "x" / "step_20.pt", victim)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    report = timeline([run])
+    assert (report["cache"]["hits"], report["cache"]["misses"]) == (2, 1)
+    assert any(f["code"] == "nan" and f["label"] == "step_20.pt" for f in report["findings"])
+    # the same bytes written in place (same inode), size and mtime kept
+    report = timeline([run])
+    assert report["cache"]["hits"] == 3
+    st = victim.stat()
+    victim.write_bytes(victim.read_bytes())
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert timeline([run])["cache"]["misses"] == 1
+
+
+def test_model_only_trainer_folders_and_an_empty_path_are_said(tmp_path):
+    run = tmp_path / "out"
+    for n in (10, 20, 30):
+        (run / f"checkpoint-{n}").mkdir(parents=True)
+        torch.save(nn.Linear(2, 2).state_dict(), run / f"checkpoint-{n}" / "pytorch_model.bin")
+        (run / f"checkpoint-{n}" / "trainer_state.json").write_text("{}")
+    with pytest.raises(CheckpointError) as e:
+        find_checkpoints([run])
+    assert str(e.value) == (f"{run}: 3 checkpoint folders (checkpoint-10, checkpoint-20, ...) "
+                            "hold no optimizer state (model weights only: the Trainer's "
+                            "save_only_model?)")
+    with pytest.raises(CheckpointError, match="an empty path was given"):
+        find_checkpoints([""])
+
+
+def test_an_empty_path_on_the_command_line_is_an_error_not_the_current_folder(run_cli,
+                                                                               tmp_path):
+    save_files(tmp_path, steps=10)  # a run in the current folder: still not read
+    r = run_cli("timeline", "", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr.strip().splitlines() == [
+        "Error: an empty path was given: name a run folder or checkpoint files ('.' for the "
+        "current folder)"]
+    assert not (tmp_path / ".optstate").exists()

@@ -55,7 +55,7 @@ def timeline(paths: list[str] | list[Path], *, spike: float = 10.0,
                                 or not 1 <= workers <= MAX_WORKERS):
         raise ConfigError(f"{option('workers', workers)}: 1 to {MAX_WORKERS} files read at "
                           "once")
-    found = find_checkpoints([Path(p) for p in paths])
+    found = find_checkpoints(list(paths))  # as given: an empty one is an error, not "."
     cache = TimelineCache.open(found.root, cache_dir, use_cache=use_cache, key=key,
                                unsafe=unsafe)
     records: list[dict[str, Any] | None] = [cache.get(c) for c in found.items]

@@ -42,7 +42,7 @@ class _RunsCommand(OptstateCommand):
 
 @app.command(no_args_is_help=True, cls=_RunsCommand)
 def timeline(
-    paths: Annotated[list[Path], typer.Argument(
+    paths: Annotated[list[str], typer.Argument(  # str: an empty path is an error, not "."
         metavar="RUN", help="A run's folder (its checkpoints are the files and "
         "checkpoint folders directly in it), or checkpoints of one run.",
         show_default=False)],

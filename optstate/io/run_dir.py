@@ -63,6 +63,8 @@ _NAME_STEP = (
     re.compile(r"checkpoint-(\d+)", re.IGNORECASE),
     re.compile(r"iter(?:ation)?[=_-]?(\d+)", re.IGNORECASE),
 )
+# A Hugging Face Trainer's checkpoint folder
+_HF_FOLDER = re.compile(r"checkpoint-\d+")
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
 # Lightning's version suffix when a name is taken (last-v1.ckpt): not a step
 _VERSION_SUFFIX = re.compile(r"-v\d+(?=\.[^.]*$|$)")
@@ -84,7 +86,7 @@ class Candidate:
     path: Path  # the file or the checkpoint folder, as given or as found
     label: str  # the path relative to the run folder: step_10.pt, checkpoint-500
     name_step: int | None  # the number in the name (module docstring)
-    identity: dict[str, int]  # {"bytes", "mtime_ns", "files"}: the cache's key
+    identity: dict[str, int]  # {"bytes", "mtime_ns", "ctime_ns", "ino", "files"}: the cache's key
     mtime_ns: int
 
 
@@ -92,12 +94,13 @@ class Candidate:
 class Discovery:
     """What ``find_checkpoints`` found: candidates in name order, what it passed over
     ({"path", "reason"}), notes ({"code", "message"}) and the run folder (labels are
-    relative to it; the cache goes beside it)."""
+    relative to it; the cache goes beside it; None: the checkpoints named are in several
+    folders, their labels are the paths as given)."""
 
     items: list[Candidate]
     skipped: list[dict[str, str]] = field(default_factory=list)
     notes: list[dict[str, str]] = field(default_factory=list)
-    root: Path = Path(".")
+    root: Path | None = None
 
 
 def name_step(name: str) -> int | None:
@@ -147,15 +150,19 @@ def _deepspeed_tags(p: Path) -> list[Path]:
 
 
 def identity(p: Path) -> dict[str, int]:
-    """Total bytes, newest mtime (ns) and number of files of ``p`` (a file, or a folder's
-    files, a few levels down); for an ``optimizer.pt`` named directly, its folder's (its
-    scheduler and trainer_state.json are read with it)."""
+    """Total bytes, newest mtime and ctime (ns), inode and number of files of ``p`` (a
+    file, or a folder's files, a few levels down, and the folder's inode); for an
+    ``optimizer.pt`` named directly, its folder's (its scheduler and trainer_state.json are
+    read with it). The ctime (the last change of a file or its metadata) cannot be set back
+    by a user as the mtime can (``cp -p``, ``tar x``, ``touch -d``): a file rewritten with
+    its size and mtime kept is still seen as changed."""
     if p.is_file() and OPTIMIZER_FILE.fullmatch(p.name):
         p = p.parent
     if p.is_file():
         st = p.stat()
-        return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "files": 1}
-    total = newest = files = 0
+        return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                "ino": st.st_ino, "files": 1}
+    total = newest = newest_c = files = 0
     stack = [(p, 0)]
     while stack and files < _IDENTITY_FILES:
         folder, depth = stack.pop()
@@ -174,40 +181,70 @@ def identity(p: Path) -> dict[str, int]:
                 continue
             total += st.st_size
             newest = max(newest, st.st_mtime_ns)
+            newest_c = max(newest_c, st.st_ctime_ns)
             files += 1
-    return {"bytes": total, "mtime_ns": newest, "files": files}
+    try:
+        ino = p.stat().st_ino
+    except OSError:
+        ino = 0
+    return {"bytes": total, "mtime_ns": newest, "ctime_ns": newest_c, "ino": ino,
+            "files": files}
 
 
 def find_checkpoints(paths: list[Path] | list[str]) -> Discovery:
     """The checkpoints that ``paths`` (folders or files) name, in name order (module
     docstring). Raises CheckpointError for a path that does not exist or a folder with
-    no checkpoint in it."""
+    no checkpoint in it.
+
+    The run folder (``Discovery.root``: labels are relative to it, the cache goes beside
+    it) is the folder named, or the one folder that the checkpoints named directly are in;
+    None when they are in several. Never where a symlink leads: a link in the run keeps its
+    own name."""
     if not paths:
         raise CheckpointError("no checkpoint given: give a run folder or checkpoint files")
     found: list[Path] = []
     skipped: list[dict[str, str]] = []
     notes: list[dict[str, str]] = []
-    expanded: list[Path] = []  # folders whose children were taken
+    homes: list[str] = []  # the folder each path named belongs to (absolute, not resolved)
     for raw in paths:
+        if str(raw) == "":
+            raise CheckpointError("an empty path was given: name a run folder or checkpoint "
+                                  "files ('.' for the current folder)")
         p = Path(raw)
+        why = _broken_link(p)
+        if why is not None:
+            raise CheckpointError(f"{p} is {why}")
         if not p.exists():
             raise CheckpointError(f"{p} does not exist")
         if p.is_file():
             found.append(p)
+            homes.append(os.path.dirname(os.path.abspath(p)))
         elif p.is_dir() and (tags := _deepspeed_tags(p)):
             found += tags
-            expanded.append(p)
+            homes.append(os.path.abspath(p))
         elif p.is_dir() and single_checkpoint_folder(p):
             found.append(p)
+            homes.append(os.path.dirname(os.path.abspath(p)))
         elif p.is_dir():
             children = _children(p, skipped)
             if not children:
+                model_only = [s["path"] for s in skipped if s.get("model_only")]
+                if model_only:
+                    names = ", ".join(Path(m).name for m in model_only[:2])
+                    raise CheckpointError(
+                        f"{p}: {len(model_only)} checkpoint folder"
+                        f"{'s' * (len(model_only) != 1)} ({names}"
+                        f"{', ...' if len(model_only) > 2 else ''}) hold"
+                        f"{'s' * (len(model_only) == 1)} no optimizer state (model weights "
+                        "only: the Trainer's save_only_model?)")
                 raise CheckpointError(f"{p} holds no checkpoint: looked for {_LOOKED_FOR}, "
                                       "in it and one level down")
             found += children
-            expanded.append(p)
+            homes.append(os.path.abspath(p))
         else:
             raise CheckpointError(f"{p} is neither a file nor a folder")
+    for s in skipped:
+        s.pop("model_only", None)
     unique: dict[Path, Path] = {}
     for p in found:  # a symlink (latest.pt -> step_50.pt) gives way to the file it names
         if p.resolve() not in unique or unique[p.resolve()].is_symlink():
@@ -215,22 +252,41 @@ def find_checkpoints(paths: list[Path] | list[str]) -> Discovery:
     if len(unique) < len(found):
         notes.append({"code": "same_path", "message": f"{len(found) - len(unique)} path"
                       f"{'s' * (len(found) - len(unique) != 1)} named twice, read once"})
-    root = _root(list(unique), expanded)
+    home = homes[0] if len(set(homes)) == 1 else None
+    root = Path(home).resolve() if home is not None else None
     items = []
-    for resolved, p in unique.items():
+    for p in unique.values():
         ident = identity(p)
-        label = _label(resolved, root)
+        label = os.path.relpath(os.path.abspath(p), home) if home is not None else str(p)
         items.append(Candidate(path=p, label=label, name_step=name_step(Path(label).name),
                                identity=ident, mtime_ns=ident["mtime_ns"]))
     items.sort(key=lambda c: (c.name_step is None, c.name_step or 0, c.label))
     return Discovery(items=items, skipped=skipped, notes=notes, root=root)
 
 
-def _children(folder: Path, skipped: list[dict[str, str]]) -> list[Path]:
+def _broken_link(p: Path) -> str | None:
+    """What is wrong with ``p`` when it is a symlink that leads nowhere, else None."""
+    if not p.is_symlink():
+        return None
+    try:
+        p.resolve(strict=True)
+    except FileNotFoundError:
+        return f"a symbolic link to {os.readlink(p)}, which does not exist"
+    except (OSError, RuntimeError):  # ELOOP; Python < 3.13 raises RuntimeError
+        return "a symbolic link that leads back to itself (a loop)"
+    return None
+
+
+def _children(folder: Path, skipped: list[dict[str, Any]]) -> list[Path]:
     """The checkpoints directly in ``folder``; what looks like one but is not, skipped."""
     out = []
     for child in sorted(folder.iterdir()):
         if child.name.startswith("."):  # the cache, temp files of a write in progress
+            continue
+        broken = _broken_link(child)
+        if broken is not None:
+            if child.suffix.lower() in CHECKPOINT_SUFFIXES or _HF_FOLDER.fullmatch(child.name):
+                skipped.append({"path": str(child), "reason": broken})
             continue
         if child.is_file() and child.suffix.lower() not in CHECKPOINT_SUFFIXES:
             continue
@@ -251,6 +307,10 @@ def _children(folder: Path, skipped: list[dict[str, str]]) -> list[Path]:
         elif child.is_dir():
             if single_checkpoint_folder(child):
                 out.append(child)
+            elif _HF_FOLDER.fullmatch(child.name) and _model_only(child):
+                skipped.append({"path": str(child), "reason": "model weights only, no "
+                                "optimizer state (the Trainer's save_only_model?)",
+                                "model_only": True})
             elif any(n.suffix.lower() in CHECKPOINT_SUFFIXES for n in _files(child)):
                 skipped.append({"path": str(child), "reason": "a folder with no optimizer.pt, "
                                 ".metadata, DeepSpeed or FSDP2 rank files (only one level "
@@ -258,30 +318,16 @@ def _children(folder: Path, skipped: list[dict[str, str]]) -> list[Path]:
     return out
 
 
+def _model_only(folder: Path) -> bool:
+    """Whether a Trainer checkpoint folder holds a model's weights (and no optimizer)."""
+    return any(not_optimizer(n.name) == "a model's weights" for n in _files(folder))
+
+
 def _files(folder: Path) -> list[Path]:
     try:
         return [n for n in folder.iterdir() if n.is_file()]
     except OSError:
         return []
-
-
-def _root(found: list[Path], expanded: list[Path]) -> Path:
-    """The run folder: the one folder whose children were taken, else the folder the
-    checkpoints have in common."""
-    if len(expanded) == 1 and all(p.parent == expanded[0].resolve() for p in found):
-        return expanded[0].resolve()
-    parents = [str(p.parent) for p in found]
-    try:
-        return Path(os.path.commonpath(parents))
-    except ValueError:
-        return Path("/")
-
-
-def _label(resolved: Path, root: Path) -> str:
-    try:
-        return str(resolved.relative_to(root))
-    except ValueError:
-        return str(resolved)
 
 
 def describe(c: Candidate) -> dict[str, Any]:
