@@ -765,3 +765,18 @@ def test_an_empty_path_on_the_command_line_is_an_error_not_the_current_folder(ru
         "Error: an empty path was given: name a run folder or checkpoint files ('.' for the "
         "current folder)"]
     assert not (tmp_path / ".optstate").exists()
+
+
+def test_a_cache_file_that_is_a_link_is_neither_followed_nor_written_through(tmp_path):
+    run = save_files(tmp_path / "run", steps=20)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious\n")
+    (run / ".optstate").mkdir()
+    (run / ".optstate" / "timeline-cache.json").symlink_to(precious)
+    report = timeline([run])
+    assert report["cache"]["note"] == (f"the cache {run.resolve()}/.optstate/timeline-cache."
+                                       "json is a symbolic link, not followed: ignored, "
+                                       "replaced")
+    assert precious.read_text() == "precious\n"
+    assert not (run / ".optstate" / "timeline-cache.json").is_symlink()
+    assert timeline([run])["cache"]["hits"] == 2

@@ -210,7 +210,9 @@ class TimelineCache:
         except FileNotFoundError:
             return
         except OSError as e:
-            self.note = f"the cache {self.path} could not be read ({_why(e)}): ignored, rebuilt"
+            self.note = (f"the cache {self.path} is a symbolic link, not followed: ignored, "
+                         "replaced" if self.path.is_symlink() else
+                         f"the cache {self.path} could not be read ({_why(e)}): ignored, rebuilt")
             return
         try:
             with os.fdopen(fd, "rb") as f:
