@@ -562,6 +562,9 @@ def test_two_runs_given_together_are_step_repeated(tmp_path: Path) -> None:
     a, b = (str(tmp_path / x / "step_10.pt") for x in "ab")
     assert fs[0]["code"] == "step_repeated" and fs[0]["label"] == b
     assert fs[0]["message"].startswith(f"{a} and {b} both record step 10 but hold different")
+    # each run's lr and norms compared within the run (by writing order: a, then b), not
+    # a's lr 0.01 against b's 0.001 (an lr_reset that is not)
+    assert [f["code"] for f in fs] == ["step_repeated"], [f["message"] for f in fs]
 
 
 def test_a_weight_decay_stepped_every_30_steps_is_a_schedule(tmp_path: Path) -> None:
@@ -610,3 +613,27 @@ def test_adadelta_acc_delta_spike_is_worded_as_squared_updates(tmp_path: Path) -
     # square_avg too: right)
     assert "a running average of squared updates" in fs[0]["message"]
     assert "square of gradients" not in fs[0]["message"]
+
+
+def test_branches_whose_file_times_interleave_are_one_run_with_the_warning(
+        tmp_path: Path) -> None:
+    """Two branches copied in name order (file times interleaving them): which checkpoint
+    belongs to which branch cannot be told; the step_repeated warning stays first."""
+    import os
+
+    run = Run(tmp_path, adam())
+    run.train(50)
+    run.load("step_20.pt")
+    run.step = 20
+    torch.manual_seed(7)
+    while run.step < 50:
+        run.step += 1
+        run.one_step()
+        if run.step % 10 == 0:
+            run.save(f"step_{run.step}-v1.pt")
+    for n, f in enumerate(sorted(tmp_path.iterdir())):
+        t = 1_700_000_000_000_000_000 + n * 10**9
+        os.utime(f, ns=(t, t))
+    fs = findings(tmp_path)
+    assert fs[0]["code"] == "step_repeated"
+    assert fs[0]["label"] in ("step_30.pt", "step_30-v1.pt")

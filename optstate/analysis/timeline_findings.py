@@ -39,7 +39,8 @@ What each code claims, and what keeps it from firing on a healthy run:
   message says that no scheduler is saved to tell a schedule's restart.
 - ``step_repeated``: two checkpoints record the same step (the order key) with different
   states (two branches of one run, or two runs given together): the rows and norm ratios
-  mix them, so this comes first at its checkpoint.
+  mix them, so this comes first at its checkpoint. Where the files' times tell the branches
+  apart (``_chains``), the other rules compare within each branch.
 - ``step_backwards``: the optimizer's step or the run's step decreases along the order, or
   a checkpoint records an earlier step than one whose name number is smaller (saved
   before it): a resume from an older checkpoint, or a fresh optimizer. Where the
@@ -71,7 +72,7 @@ What each code claims, and what keeps it from firing on a healthy run:
 
 Works on plain records only (no tensors; torch only for its dtypes' precision).
 
-761 lines: one rule per code, each beside the words that keep it from misleading; split,
+803 lines: one rule per code, each beside the words that keep it from misleading; split,
 the rules would only call back into one another's helpers.
 """
 
@@ -151,12 +152,13 @@ def timeline_findings(records: list[dict[str, Any]], *, spike: float) -> list[di
         _first_entries(records, ok[0], emit)
     _name_order(records, ok, emit)
     _repeated(records, ok, emit)
-    for k, (prev, cur) in enumerate(zip(ok, ok[1:], strict=False)):
-        _counters(records, ok, ok[k - 1] if k else None, prev, cur, emit)
-        _entries(records, prev, cur, emit)
-    _lrs(records, ok, spike, emit)
-    _hyperparams(records, ok, emit)
-    _spikes(records, ok, spike, emit)
+    for chain in _chains(records, ok) or [ok]:
+        for k, (prev, cur) in enumerate(zip(chain, chain[1:], strict=False)):
+            _counters(records, chain, chain[k - 1] if k else None, prev, cur, emit)
+            _entries(records, prev, cur, emit)
+        _lrs(records, chain, spike, emit)
+        _hyperparams(records, chain, emit)
+        _spikes(records, chain, spike, emit)
 
     out = []
     for k in order:
@@ -262,6 +264,46 @@ def _repeated(records: list[dict[str, Any]], ok: list[int], emit: Emit) -> None:
              f"{a['label']} and {b['label']} both record step {v} but hold different "
              f"states: the run went over step {v} twice (resumed from an older checkpoint, "
              "or two runs given together?); the rows and norm ratios mix the two")
+
+
+def _chains(records: list[dict[str, Any]], ok: list[int]) -> list[list[int]] | None:
+    """Where checkpoints record the same step (step_repeated), the branches (or runs) they
+    belong to, each in run order, so that counters, lrs and norms are compared within
+    one: by writing order (the files' times), a branch goes on while its step rises, and
+    one that starts at a step already gone over begins where the branch it left had
+    reached the step before (its last checkpoint before that step, written before it).
+    None where no step repeats, or the times cannot tell (a copy gives one time to all, or
+    one tick to two checkpoints of one step, or interleaves the branches): then everything
+    is one run, and the step_repeated finding says the rows mix."""
+    by = _order_by(records, ok)
+    if by is None:
+        return None
+    key = {i: _counter(records[i], by) for i in ok}
+    if len(set(key.values())) == len(ok):
+        return None
+    mt = {i: (records[i].get("identity") or {}).get("mtime_ns") for i in ok}
+    if not all(isinstance(v, int) for v in mt.values()):
+        return None
+    for i in ok:
+        if any(j != i and key[j] == key[i] and mt[j] == mt[i] for j in ok):
+            return None
+    chains: list[list[int]] = []
+    for i in sorted(ok, key=lambda i: (mt[i], key[i])):
+        if chains and key[i] > key[chains[-1][-1]]:  # type: ignore[operator]
+            chains[-1].append(i)
+        else:
+            chains.append([i])
+    # as many branches as a step is gone over at most: else the times interleave them (a
+    # copy made in name order) and cannot tell
+    if len(chains) != max(list(key.values()).count(v) for v in set(key.values())):
+        return None
+    out = [chains[0]]
+    for n, chain in enumerate(chains[1:], 1):
+        before = [i for c in chains[:n] for i in c
+                  if key[i] < key[chain[0]] and mt[i] < mt[chain[0]]]  # type: ignore[operator]
+        head = max(before, key=lambda i: (key[i], mt[i])) if before else None
+        out.append(sorted(([head] if head is not None else []) + chain))
+    return out
 
 
 def _labels(records: list[dict[str, Any]], idx: list[int]) -> str:
