@@ -743,7 +743,7 @@ def test_a_file_rewritten_with_its_size_and_mtime_kept_is_read_again(tmp_path):
 
 def test_model_only_trainer_folders_and_an_empty_path_are_said(tmp_path):
     run = tmp_path / "out"
-    for n in (10, 20, 30):
+    for n in (10, 20, 100):  # named in step order, not as text (checkpoint-100 last)
         (run / f"checkpoint-{n}").mkdir(parents=True)
         torch.save(nn.Linear(2, 2).state_dict(), run / f"checkpoint-{n}" / "pytorch_model.bin")
         (run / f"checkpoint-{n}" / "trainer_state.json").write_text("{}")

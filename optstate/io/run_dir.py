@@ -228,7 +228,8 @@ def find_checkpoints(paths: list[Path] | list[str]) -> Discovery:
         elif p.is_dir():
             children = _children(p, skipped)
             if not children:
-                model_only = [s["path"] for s in skipped if s.get("model_only")]
+                model_only = sorted((s["path"] for s in skipped if s.get("model_only")),
+                                    key=lambda m: name_step(Path(m).name) or 0)
                 if model_only:
                     names = ", ".join(Path(m).name for m in model_only[:2])
                     raise CheckpointError(
