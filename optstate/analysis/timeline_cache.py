@@ -71,7 +71,10 @@ def key_path() -> Path:
 def user_key() -> tuple[bytes | None, str | None]:
     """This user's secret that signs the cache, made on first use (0600 in a 0700 folder,
     atomically: two runs at once agree on one); (None, why) when it cannot be kept."""
-    path = key_path()
+    try:
+        path = key_path()
+    except (RuntimeError, KeyError, OSError) as e:  # no home folder to be found
+        return None, f"no cache: no folder for its key ({_why(e)})"
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = _read_key(path)
