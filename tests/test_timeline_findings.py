@@ -637,3 +637,21 @@ def test_branches_whose_file_times_interleave_are_one_run_with_the_warning(
     fs = findings(tmp_path)
     assert fs[0]["code"] == "step_repeated"
     assert fs[0]["label"] in ("step_30.pt", "step_30-v1.pt")
+
+
+def test_nan_in_an_entry_new_at_a_checkpoint(tmp_path: Path) -> None:
+    # fc2 is frozen (no state) until step 25, then unfrozen with a NaN gradient: its state
+    # is new at step_25.pt and NaN from its first step (a reviewer's run gave "clean")
+    run = Run(tmp_path, adam())
+    run.model.fc2.requires_grad_(False)
+
+    def unfreeze(step: int, r: Run) -> None:
+        if step == 25:
+            r.model.fc2.weight.requires_grad_(True)
+            r.model.fc2.weight.register_hook(lambda g: g * float("nan"))
+
+    run.train(30, every=5, hook=unfreeze)
+    fs = findings(tmp_path)  # at step_25.pt only fc2.weight has stepped with it
+    assert brief(fs)[:2] == [("nan", "step_25.pt", "fc2.weight", "exp_avg", 0),
+                             ("nan", "step_25.pt", "fc2.weight", "exp_avg_sq", 0)]
+    assert "holds 16 NaN of 16 (new since step_20.pt: not held there)" in fs[0]["message"]

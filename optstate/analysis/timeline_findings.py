@@ -492,6 +492,13 @@ def _entries(records: list[dict[str, Any]], prev: int, cur: int, emit: Emit) -> 
                 continue
             _nonfinite(cur, b, a, who, entry, e, f, emit, kw)
             _collapse(cur, a, b, who, entry, e, f, emit, kw)
+    for pos, q in pb.items():  # entries new here (a param unfrozen mid-run) start bad too
+        old = (pa.get(pos) or {}).get("entries") or {}
+        for entry, f in (q.get("entries") or {}).items():
+            if entry not in old:
+                kw = {"param": pos, "name": q.get("name"), "entry": entry,
+                      "group": q.get("group")}
+                _nonfinite(cur, b, a, _who(q), entry, None, f, emit, kw)
 
 
 def _first_entries(records: list[dict[str, Any]], i: int, emit: Emit) -> None:
@@ -511,9 +518,9 @@ def _nonfinite(i: int, b: dict[str, Any], a: dict[str, Any] | None, who: str, en
         n = f.get(code) or 0
         if n > 0:
             before = (e.get(code) or 0) if e is not None else 0
-            tail = (f"none at {a['label']}" if a is not None and not before else
-                    "already at the first checkpoint" if a is None else
-                    f"{before} at {a['label']}")
+            tail = ("already at the first checkpoint" if a is None else
+                    f"new since {a['label']}: not held there" if e is None else
+                    f"none at {a['label']}" if not before else f"{before} at {a['label']}")
             emit(i, code,
                  f"{b['label']}: {who} {entry} holds {n} {word} of {f.get('numel')} "
                  f"({tail})", **kw)
