@@ -360,7 +360,9 @@ def test_a_non_finite_lr_or_hyperparameter_is_kept_not_dropped(cli, tmp_path):
     assert report["checkpoints"][0]["groups"][0]["hyperparams"]["lr"] == 0.001
     r = cli("timeline", run, "--no-cache", env={"COLUMNS": "200"})
     row = next(ln for ln in r.stdout.splitlines() if " step_30.pt " in ln)
-    assert row.split()[1:4] == ["30", "inf", "0.001"], row  # lr, the scheduler's lr
+    cells = row.split()
+    at = cells.index("step_30.pt")  # after the findings count, where there is one
+    assert cells[at + 1:at + 4] == ["30", "inf", "0.001"], row  # lr, the scheduler's lr
 
     report = _no_nan(cli("timeline", _adamw_run(tmp_path / "eps", eps_nan, sched=False),
                          "--json", "--no-cache").stdout)

@@ -655,3 +655,20 @@ def test_nan_in_an_entry_new_at_a_checkpoint(tmp_path: Path) -> None:
     assert brief(fs)[:2] == [("nan", "step_25.pt", "fc2.weight", "exp_avg", 0),
                              ("nan", "step_25.pt", "fc2.weight", "exp_avg_sq", 0)]
     assert "holds 16 NaN of 16 (new since step_20.pt: not held there)" in fs[0]["message"]
+
+
+def test_an_lr_that_becomes_inf_is_found(tmp_path: Path) -> None:
+    # kept as "inf" by the record; under StepLR the chained lr stays inf, and the scheduler's
+    # own last lr agrees with it: only the lr itself says so (a reviewer's run gave no lr
+    # finding)
+    run = Run(tmp_path, adam(), lambda o: L.StepLR(o, 20, 0.5))
+
+    def blow_up(step: int, r: Run) -> None:
+        if step == 25:
+            r.opt.param_groups[0]["lr"] = float("inf")
+
+    run.train(40, hook=blow_up)
+    fs = [f for f in findings(tmp_path) if f["code"].startswith("lr")]
+    assert brief(fs) == [("lr_not_finite", "step_30.pt", None, None, 0)]
+    assert fs[0]["message"].startswith(
+        "step_30.pt: group 0's lr is inf (0.005 at step_20.pt): every update")

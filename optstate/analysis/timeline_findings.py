@@ -93,7 +93,8 @@ from optstate.numeric.tolerance import schedule_atol, unit_roundoff
 # In this order at one checkpoint: what was done to the run (a likely cause) before what
 # happened to its state
 CODES = ("unreadable", "step_repeated", "step_backwards", "step_skip", "scheduler_reset",
-         "lr_off_schedule", "lr_not_from_scheduler", "lr_up", "lr_reset", "hyperparam_changed",
+         "lr_not_finite", "lr_off_schedule", "lr_not_from_scheduler", "lr_up", "lr_reset",
+         "hyperparam_changed",
          "state_lost", "nan", "inf", "norm_spike", "moments_collapsed")
 
 # Entries that hold squares of gradients (compared in gradient units; checked for collapse)
@@ -671,7 +672,16 @@ def _lrs(records: list[dict[str, Any]], ok: list[int], spike: float, emit: Emit)
         for grp in r.get("groups") or []:
             g = grp.get("index")
             lr = num(grp.get("lr"))
-            if lr is None or not math.isfinite(lr):
+            if lr is None:
+                continue
+            if not math.isfinite(lr):  # no history or schedule compares with it
+                last_ok = hists.get(g)
+                was = (f" ({_g(last_ok.last[1])} at {records[last_ok.last[0]]['label']})"
+                       if last_ok is not None else "")
+                emit(i, "lr_not_finite",
+                     f"{r['label']}: group {g}'s lr is {lr}{was}: every update of its params "
+                     "is NaN or Inf from here; set by hand, or a scheduler's factor "
+                     "overflowed?", group=g, where=[join(join("param_groups", g), "lr")])
                 continue
             h = hists.get(g)
             if h is None:
