@@ -159,6 +159,9 @@ def test_long_runs_show_first_last_and_every_row_with_a_finding(cli, faulty):
     assert [ln.split()[:2] for ln in listed] == [["nan", "step_40.pt:"]] * 2 + [
         ["nan", "step_50.pt:"], ["the", "same"]] + [["lr_off_schedule", "step_70.pt:"]] * 2
     assert listed[3].startswith("  the same in 9 more entries: embed.weight (exp_avg_sq), ")
+    # embed.weight is named first by position: which param the NaN reached first between
+    # step_40 and step_50 cannot be told, and the block says so
+    assert "which came first cannot be told from them" in " ".join(r.stdout.split())
     r = cli("timeline", faulty, "--max-rows", "3", "--no-cache", env={"COLUMNS": "200"})
     out = r.stdout.splitlines()
     assert out[-2] == "… 2 more findings (--max-rows 0 shows all; --json has all)"

@@ -276,6 +276,11 @@ def also_line(rest: list[dict[str, Any]]) -> str:
     shown = items[:PLACES_SHOWN]
     more = len(items) - len(shown)
     tail = f" and {more} more param{'s' * (more != 1)}" if more else ""
+    first = rest[0].get("param")
+    if rest[0]["code"] in ("nan", "inf") and any(f.get("param") != first for f in rest):
+        # NaN reaches every param within one step (through the loss): the first named is
+        # first by position, not in time
+        tail += "; all between two checkpoints: which came first cannot be told from them"
     return (f"the same in {len(rest)} more entr{'ies' if len(rest) != 1 else 'y'}: "
             + ", ".join(shown) + tail)
 
