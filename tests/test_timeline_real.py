@@ -27,8 +27,6 @@ RUNS = sorted(p.name for p in RUNS_DIR.iterdir() if (p / "expected.json").is_fil
 EXPECTED = {r: json.loads((RUNS_DIR / r / "expected.json").read_text()) for r in RUNS}
 CLEAN = [r for r in RUNS if EXPECTED[r]["fault"] is None]
 FAULTY = [r for r in RUNS if EXPECTED[r]["fault"] is not None]
-# Two branches of one run in one folder (Lightning's "-v1" files after a resume from an
-# older checkpoint): nothing says so yet.
 # the counter each library's scheduler keeps, as the generator read it from the saved files
 SCHEDULER_COUNTER = ("saved_scheduler_last_epoch", "saved_scheduler_last_batch_iteration",
                      "live_scheduler_last_epoch")
