@@ -218,7 +218,8 @@ def sim_cli_args(name: str, out: Path) -> list[str]:
 
 
 def run(cmd: list[str], *, capture: bool = True) -> dict:
-    """Run ``cmd``; wall time, peak RssAnon (MB) from polling, and its JSON line if any."""
+    """Run ``cmd``; wall time, peak RssAnon (MB) from polling, its stdout, and its JSON
+    line if any (a ``--worker`` of this script)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
     # Output goes to files, not pipes: a pipe nobody reads blocks a big --json at 64 KiB.
     out_f, err_f = tempfile.TemporaryFile(), tempfile.TemporaryFile()
@@ -245,7 +246,7 @@ def run(cmd: list[str], *, capture: bool = True) -> dict:
     err_f.close()
     if proc.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-2000:]}")
-    res = {"wall": wall, "anon_mb": peak / 1024}
+    res = {"wall": wall, "anon_mb": peak / 1024, "stdout": out}
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     if capture and lines and cmd[1:3] == [str(Path(__file__).resolve()), "--worker"]:
         res.update(json.loads(lines[-1]))

@@ -46,7 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 STEP_FILE = re.compile(r"step_(\d+)\.pt")
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import run as run_process  # noqa: E402  (bench/bench.py: wall time, RssAnon)
 
 # --------------------------------------------------------------------------- building
 
@@ -120,29 +121,9 @@ def baseline(run: Path) -> None:
 
 
 def measure(cmd: list[str]) -> dict:
-    """Wall time, peak RssAnon (MB) and stdout of one process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
-    out_f, err_f = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, env=env, cwd=ROOT)
-    peak, status = 0, f"/proc/{proc.pid}/status"
-    while proc.poll() is None:
-        try:
-            with open(status) as f:
-                for line in f:
-                    if line.startswith("RssAnon:"):
-                        peak = max(peak, int(line.split()[1]))
-                        break
-        except OSError:
-            pass
-        time.sleep(0.005)
-    wall = time.perf_counter() - t0
-    out_f.seek(0)
-    err_f.seek(0)
-    out, err = out_f.read().decode(), err_f.read().decode()
-    if proc.returncode not in (0, 1):
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-2000:]}")
-    return {"wall": wall, "anon_mb": peak / 1024, "out": json.loads(out)}
+    """Wall time, peak RssAnon (MB) and the JSON stdout of one process (bench.py's run)."""
+    res = run_process(cmd)
+    return {"wall": res["wall"], "anon_mb": res["anon_mb"], "out": json.loads(res["stdout"])}
 
 
 def warm(folder: Path) -> None:
