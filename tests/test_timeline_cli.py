@@ -82,7 +82,7 @@ def test_a_faulty_run_exits_1_with_each_finding_at_its_checkpoint(cli, faulty):
     assert findings[1].startswith("nan step_40.pt: hidden.weight exp_avg_sq holds 1 NaN")
     off = [ln for ln in findings if ln.startswith("lr_off_schedule")]
     assert [ln.split()[1] for ln in off] == ["step_70.pt:", "step_70.pt:"]
-    assert out[-1].startswith("14 findings in 8 checkpoints; the first at step_40.pt (nan)")
+    assert out[-1].startswith("14 findings at 3 of 8 checkpoints; the first at step_40.pt (nan)")
 
 
 def test_json_is_the_whole_report(cli, faulty):

@@ -318,8 +318,9 @@ def verdict(report: dict[str, Any]) -> Text:
                     style="bold green")
     first = findings[0]
     k = len(findings)
-    return Text(f"{k} finding{'s' * (k != 1)} in {n} checkpoint{'s' * (n != 1)}; the first at "
-                f"{first.get('label')} ({first['code']})", style="bold red")
+    at = len({f.get("checkpoint") for f in findings})
+    return Text(f"{k} finding{'s' * (k != 1)} at {at} of {n} checkpoint{'s' * (n != 1)}; the "
+                f"first at {first.get('label')} ({first['code']})", style="bold red")
 
 
 def timeline_view(report: dict[str, Any], max_rows: int = MAX_ROWS) -> Group:
