@@ -271,6 +271,22 @@ def write_cache(path: Path, data: dict, *, key: bytes | None = None) -> None:
     path.write_bytes(sign(json.dumps(data).encode(), key or user_key()[0]))
 
 
+def test_an_interrupted_first_run_keeps_what_it_read(tmp_path, monkeypatch):
+    import optstate.analysis.timeline as tl
+
+    run = save_files(tmp_path / "run")
+    monkeypatch.setattr(tl, "SAVE_EVERY", 0.0)  # a long run: a save due at every record
+
+    def ctrl_c_after_two(done: int, total: int) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        timeline([run], workers=1, on_progress=ctrl_c_after_two)
+    again = timeline([run], workers=1)
+    assert (again["cache"]["hits"], again["cache"]["misses"]) == (2, 1)
+
+
 def test_cache_rereads_only_a_changed_file(tmp_path):
     run = save_files(tmp_path / "run")
     first = timeline([run])

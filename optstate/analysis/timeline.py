@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -38,6 +39,7 @@ ORDER_SOURCES = {
 ENTRY_FIELDS = ("norm", "max_abs", "nan", "inf", "zeros")
 STEP_COUNTERS = ("run", "optimizer", "scheduler")  # what may order the run, first first
 MAX_WORKERS = 64  # files read at once at most: each holds a file open and its tensors
+SAVE_EVERY = 10.0  # seconds: the cache is written this often while checkpoints are read
 
 
 def timeline(paths: list[str] | list[Path], *, spike: float = 10.0,
@@ -71,11 +73,17 @@ def timeline(paths: list[str] | list[Path], *, spike: float = 10.0,
     def read(i: int) -> dict[str, Any]:
         return read_record(found.items[i], key=key, unsafe=unsafe, newest=i == newest)
 
+    saved_at = time.monotonic()
+
     def got(i: int, rec: dict[str, Any]) -> None:
         nonlocal done
         records[i] = rec
+        nonlocal saved_at
         if not (i == newest and rec["error"] is not None):  # read again next time
             cache.put(found.items[i], rec)
+        if time.monotonic() - saved_at >= SAVE_EVERY:  # an interrupted first run of a long
+            cache.save()  # run keeps what it read: the rerun reads only the rest
+            saved_at = time.monotonic()
         done += 1
         if on_progress is not None:
             on_progress(done, total)

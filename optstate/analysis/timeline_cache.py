@@ -313,6 +313,7 @@ class TimelineCache:
             self.path = None
             return
         self.entries = live
+        self.changed = False  # saved: a later save writes again only after a put
 
     def summary(self) -> dict[str, Any]:
         """What the report says about the cache."""
