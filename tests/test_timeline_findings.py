@@ -387,6 +387,18 @@ def test_converging_run_whose_first_moments_pass_near_zero_is_clean(tmp_path: Pa
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                         "step": step}, tmp_path / f"step_{step}.pt")
     assert brief(findings(tmp_path)) == []
+    # the table's growth column is that rule's measure (a reviewer saw x322 beside "clean"):
+    # a raw norm over the norm before passes the spike here, the measure never does
+    records, _, _ = order_records([read_record(c)
+                                   for c in find_checkpoints([tmp_path]).items])
+    grown: dict[int, dict[str, Any]] = {}
+    timeline_findings(records, spike=10.0, growth=grown)
+    assert grown and max(g["ratio"] for g in grown.values()) < 10.0
+    raw = [e2["norm"] / e1["norm"] for a, b in zip(records, records[1:], strict=False)
+           for p1, p2 in zip(a["params"], b["params"], strict=True)
+           for (k, e1), e2 in zip(p1["entries"].items(), p2["entries"].values(), strict=True)
+           if e1["norm"]]
+    assert max(raw) > 10.0
 
 
 def test_inf_from_a_step_in_one_named_param(tmp_path: Path) -> None:

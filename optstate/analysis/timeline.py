@@ -129,14 +129,15 @@ def build_report(found: Any, records: list[dict[str, Any]], *, spike: float,
     notes += dropped
     if by == "name":
         notes.append({"code": "order_by_name", "message": f"ordered by {source}"})
-    findings = timeline_findings(ordered, spike=spike)
+    growth: dict[int, dict[str, Any]] = {}
+    findings = timeline_findings(ordered, spike=spike, growth=growth)
     checkpoints = []
     series = build_series(ordered)
     for i, r in enumerate(ordered):
         row = {k: v for k, v in r.items() if k != "params"}
         row["index"] = i
         row["step"] = order_key(r, by)
-        row["worst"] = _worst(series, i)
+        row["worst"] = _worst(series, i, growth.get(i))
         row["findings"] = sum(1 for f in findings if f.get("checkpoint") == i)
         checkpoints.append(row)
     return json_safe({  # every number JSON can hold: non-finite ones as strings
@@ -284,20 +285,19 @@ def build_lr(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [out[k] for k in sorted(out)]
 
 
-def _worst(series: list[dict[str, Any]], i: int) -> dict[str, Any] | None:
-    """The entry whose norm grew most since the checkpoint before (the largest norm at
-    the first, or where nothing can be compared)."""
-    best: tuple[float, float] | None = None
+def _worst(series: list[dict[str, Any]], i: int,
+           grown: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The entry that came nearest to a norm_spike at checkpoint ``i``, with the factor
+    that rule compares with the spike (``timeline_findings._spikes``: bias-corrected,
+    squares by their root, a signed average against the largest of its last norms,
+    rounding-level norms left out): so the table never shows a growth the findings do
+    not judge. Where nothing can be compared (the first checkpoint), the largest norm."""
+    if grown is not None:
+        return {k: v for k, v in grown.items() if not k.startswith("_")}
     worst = None
     for s in series:
         norm = num(s["norm"][i])
-        if norm is None or not math.isfinite(norm):
-            continue
-        prev = num(s["norm"][i - 1]) if i > 0 else None
-        ratio = norm / prev if prev is not None and math.isfinite(prev) and prev > 0 else None
-        score = (1.0 if ratio is not None else 0.0, ratio if ratio is not None else norm)
-        if best is None or score > best:
-            best = score
+        if norm is not None and math.isfinite(norm) and (worst is None or norm > worst["norm"]):
             worst = {"param": s["param"], "name": s["name"], "entry": s["entry"],
-                     "norm": norm, "ratio": ratio}
+                     "norm": norm, "ratio": None}
     return worst

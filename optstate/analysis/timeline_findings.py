@@ -125,8 +125,11 @@ COUNTER_WORDS = {"run": "the run's step", "optimizer": "the optimizer's step",
 SKIP_PAIRS = (("optimizer", "run"), ("optimizer", "name"), ("optimizer", "scheduler"))
 
 
-def timeline_findings(records: list[dict[str, Any]], *, spike: float) -> list[dict[str, Any]]:
-    """The findings over ``records`` (in run order), first occurrence first."""
+def timeline_findings(records: list[dict[str, Any]], *, spike: float,
+                      growth: dict[int, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The findings over ``records`` (in run order), first occurrence first. ``growth``,
+    when given, receives per checkpoint index the entry that came nearest to a
+    ``norm_spike`` by the rule's own measure (``_spikes``): what the table shows."""
     seen: dict[tuple[Any, ...], dict[str, Any]] = {}
     order: list[tuple[Any, ...]] = []
 
@@ -159,7 +162,7 @@ def timeline_findings(records: list[dict[str, Any]], *, spike: float) -> list[di
             _entries(records, prev, cur, emit)
         _lrs(records, chain, spike, emit)
         _hyperparams(records, chain, emit)
-        _spikes(records, chain, spike, emit)
+        _spikes(records, chain, spike, emit, growth)
 
     out = []
     for k in order:
@@ -543,7 +546,8 @@ def _rounding(dtype: Any) -> float:
     return 2.0 * unit_roundoff(dt)
 
 
-def _spikes(records: list[dict[str, Any]], ok: list[int], spike: float, emit: Emit) -> None:
+def _spikes(records: list[dict[str, Any]], ok: list[int], spike: float, emit: Emit,
+            growth: dict[int, dict[str, Any]] | None = None) -> None:
     """norm_spike over the run (module docstring). The reference of a signed average
     (exp_avg, a momentum) is the largest of its last WINDOW comparable norms: such an
     average passes near zero when gradients change sign (a converging run), and climbing
@@ -551,6 +555,7 @@ def _spikes(records: list[dict[str, Any]], ok: list[int], spike: float, emit: Em
     norm before. A norm at rounding level against the largest norm of its kind at the same
     checkpoint (the state of a param whose gradient is zero up to rounding, as an attention
     key's bias) is noise, never a spike."""
+    sink = growth
     hist: dict[tuple[int, str], list[tuple[int, float, float]]] = {}
     for i in ok:
         r = records[i]
@@ -585,13 +590,16 @@ def _spikes(records: list[dict[str, Any]], ok: list[int], spike: float, emit: Em
                 continue
             j, n0, u0, _, _ = max(ref, key=lambda x: x[2])
             s0 = _step_of(records[j])
-            growth = step / s0 if not how and step and s0 and step > s0 > 0 else 1.0
+            allowed = step / s0 if not how and step and s0 and step > s0 > 0 else 1.0
             factor = u / u0
-            if factor > spike * growth:
+            if sink is not None and factor / allowed > sink.get(i, {}).get("_score", 0.0):
+                sink[i] = {"param": p["position"], "name": p.get("name"), "entry": entry,
+                           "norm": n, "ratio": factor, "_score": factor / allowed}
+            if factor > spike * allowed:
                 units = f" ({SQUARE_WORDS.get(leaf, 'squares of gradients')}: compared by " \
                     "the square root)" if squared else ""
                 corr = f", {how} by step and betas" if how else (
-                    f", allowing {growth:.3g}x for the steps taken" if growth > 1 else "")
+                    f", allowing {allowed:.3g}x for the steps taken" if allowed > 1 else "")
                 biggest = "" if squared or len(ref) == 1 else ", its largest of the last " \
                     f"{len(ref)}"
                 emit(i, "norm_spike",

@@ -25,7 +25,7 @@ from optstate.render.text_table import TextTable
 from optstate.render.wrapped import Hanging, Header
 
 MAX_ROWS = 40  # table rows shown by default; --max-rows 0 shows all
-PLACE_MIN = 24  # cells the place of the largest growth keeps at least
+PLACE_MIN = 24  # cells the place of the entry nearest a spike keeps at least
 FOLD = 3  # findings of one code at one checkpoint listed one by one up to this many
 PLACES_SHOWN = 6  # params named in a folded block's "the same in ..." line
 
@@ -129,7 +129,7 @@ def checkpoint_table(report: dict[str, Any], max_rows: int = MAX_ROWS,
     if scheduled is not None:
         cols.append(("scheduled", "right", 0))
     cols += [("NaN", "right", 0), ("Inf", "right", 0), ("norm", "right", 0),
-             ("×prev", "right", 0), ("largest growth", "left", 0)]
+             ("growth", "right", 0), ("nearest a spike", "left", 0)]
     table = TextTable("checkpoints", cols, padding=0, head=2)
     rows: list[list[Any]] = []
     before = -1
@@ -167,9 +167,10 @@ def checkpoint_table(report: dict[str, Any], max_rows: int = MAX_ROWS,
 
 
 def _factor(report: dict[str, Any], i: int, worst: dict[str, Any]) -> str:
-    """The ×prev cell: the growth factor since the checkpoint before (``×inf`` where it
-    overflows: a norm from a subnormal one); ``from 0`` where the norm before was 0, which
-    no factor can say; nothing at the first checkpoint or where none is known."""
+    """The growth cell: the factor norm_spike compares with the spike (``worst`` in
+    docs/timeline.md; ``×inf`` where it overflows: a norm from a subnormal one); ``from 0``
+    where the norm before was 0, which no factor can say; nothing at the first checkpoint
+    or where none is known."""
     ratio = number(worst.get("ratio"))
     if ratio is not None:
         return f"×{short(ratio)}" if math.isfinite(ratio) else f"×{ratio}"
