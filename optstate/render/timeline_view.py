@@ -1,8 +1,8 @@
 """The human view of a timeline report (schema ``optstate.timeline/1``): rich renderables.
 
 A header (the run, how many checkpoints, the order, the cache), one table row per
-checkpoint (its step, group 0's lr, the entry whose norm grew most since the checkpoint
-before, NaN/Inf counts, the codes of its findings), the findings one per line, the notes
+checkpoint (its step, group 0's lr, the entry nearest a norm spike by that rule's own
+measure, NaN/Inf counts, the codes of its findings), the findings one per line, the notes
 and a one-line verdict. A long run shows its first and last rows and every row with a
 finding, up to ``max_rows``; the gaps say how many rows they hide (``--json`` has all).
 Text from checkpoints (labels, param names) is printed through a safe console
@@ -116,8 +116,8 @@ def checkpoint_table(report: dict[str, Any], max_rows: int = MAX_ROWS,
                      width: int | None = None) -> TextTable:
     """One row per checkpoint shown (``shown_rows``): its findings (a count), label,
     step, group 0's lr (and the lr its scheduler gives, where that differs), NaN and Inf
-    elements over every entry, and the entry whose norm grew most since the checkpoint
-    before (its norm, the factor, its place, last: the widest). Within ``width``, a
+    elements over every entry, and the entry nearest a norm spike by that rule's measure
+    (its norm, the factor, its place, last: the widest). Within ``width``, a
     place too long for what the other columns leave is cut at its start (``…layer.11.
     mlp.weight.exp_avg``: the end tells entries apart), down to ``PLACE_MIN`` cells; the
     findings below and ``--json`` name it whole."""
