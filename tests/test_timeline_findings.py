@@ -684,3 +684,35 @@ def test_an_lr_that_becomes_inf_is_found(tmp_path: Path) -> None:
     assert brief(fs) == [("lr_not_finite", "step_30.pt", None, None, 0)]
     assert fs[0]["message"].startswith(
         "step_30.pt: group 0's lr is inf (0.005 at step_20.pt): every update")
+
+
+def test_an_optimizer_that_stops_stepping_is_stalled(tmp_path: Path) -> None:
+    # a gradient scaler that finds inf/NaN gradients at every step from 41 on skips every
+    # optimizer.step() while the loop and its scheduler go on (a reviewer's bf16 run: "clean")
+    run = Run(tmp_path, adam(), lambda o: L.StepLR(o, 20, 0.5))
+
+    def overflow(step: int, r: Run) -> None:
+        r.skip = step > 40
+
+    run.train(60, hook=overflow)
+    fs = findings(tmp_path)
+    assert brief(fs) == [("optimizer_stalled", "step_50.pt", None, None, None)]
+    assert fs[0]["message"].startswith(
+        "step_50.pt: the optimizer's step stayed at 40 since step_40.pt while the run's step "
+        "40 -> 50, the LR scheduler's last_epoch 40 -> 50: no optimizer step")
+    assert fs[0]["message"].endswith("(and at 1 later checkpoint)")
+
+
+def test_sgd_without_a_step_counter_that_stops_stepping_is_stalled(tmp_path: Path) -> None:
+    # no step anywhere (SGD keeps none, no scheduler, no step key): the state unchanged
+    run = Run(tmp_path, lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9),
+              save_step=False)
+
+    def overflow(step: int, r: Run) -> None:
+        r.skip = step > 20
+
+    run.train(40, hook=overflow)
+    fs = findings(tmp_path)
+    assert brief(fs) == [("optimizer_stalled", "step_30.pt", None, None, None)]
+    assert "every optimizer state entry is unchanged since step_20.pt while the name " \
+        "number 20 -> 30" in fs[0]["message"]

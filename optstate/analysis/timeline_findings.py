@@ -92,7 +92,8 @@ from optstate.numeric.tolerance import schedule_atol, unit_roundoff
 
 # In this order at one checkpoint: what was done to the run (a likely cause) before what
 # happened to its state
-CODES = ("unreadable", "step_repeated", "step_backwards", "step_skip", "scheduler_reset",
+CODES = ("unreadable", "step_repeated", "step_backwards", "step_skip", "optimizer_stalled",
+         "scheduler_reset",
          "lr_not_finite", "lr_off_schedule", "lr_not_from_scheduler", "lr_up", "lr_reset",
          "hyperparam_changed",
          "state_lost", "nan", "inf", "norm_spike", "moments_collapsed")
@@ -201,6 +202,22 @@ def _params(r: dict[str, Any]) -> dict[int, dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- steps
+
+
+def _state_frozen(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Every state entry of ``b`` has the statistics it had at ``a`` (and there is one):
+    an optimizer that keeps no step counter (SGD) took no step in between."""
+    pa, pb = _params(a), _params(b)
+    entries = [(p, e) for p in pb.values() for e in (p.get("entries") or {})]
+    if not entries or set(pa) != set(pb):
+        return False
+    for p, entry in entries:
+        old = (pa[p["position"]].get("entries") or {}).get(entry)
+        new = p["entries"][entry]
+        if old is None or any(old.get(k) != new.get(k) for k in ("norm", "max_abs", "nan",
+                                                                   "inf", "zeros")):
+            return False
+    return True
 
 
 def _counter(r: dict[str, Any], c: str) -> int | None:
@@ -419,6 +436,18 @@ def _counters(records: list[dict[str, Any]], ok: list[int], before_prev: int | N
                  f"{b['label']}: the LR scheduler's last_epoch went back "
                  f"{_counter(a, 'scheduler')} -> {_counter(b, 'scheduler')} after "
                  f"{a['label']}: resumed from an older checkpoint?", key="scheduler")
+    # optimizer_stalled: the run went on and the optimizer did not step at all (a gradient
+    # scaler skips a step on inf/NaN gradients; skipping every one leaves the state frozen)
+    drivers = [c for c in ("run", "scheduler") if (d[c] or 0) > 0]
+    if not drivers and d["run"] is None and d["scheduler"] is None and (d["name"] or 0) > 0:
+        drivers = ["name"]
+    if drivers and (d["optimizer"] == 0 or d["optimizer"] is None and _state_frozen(a, b)):
+        held = (f"the optimizer's step stayed at {_counter(b, 'optimizer')}"
+                if d["optimizer"] == 0 else "every optimizer state entry is unchanged")
+        emit(cur, "optimizer_stalled",
+             f"{b['label']}: {held} since {a['label']} while {moves(drivers)}: no optimizer "
+             "step in the interval (a gradient scaler skipping every step on inf/NaN "
+             "gradients, or every param frozen?)", key="stalled")
     # step_skip: counters that moved together over the interval before move apart now
     if before_prev is None:
         return
