@@ -716,3 +716,17 @@ def test_sgd_without_a_step_counter_that_stops_stepping_is_stalled(tmp_path: Pat
     assert brief(fs) == [("optimizer_stalled", "step_30.pt", None, None, None)]
     assert "every optimizer state entry is unchanged since step_20.pt while the name " \
         "number 20 -> 30" in fs[0]["message"]
+
+
+def test_sgd_whose_state_is_nan_is_not_called_stalled(tmp_path: Path) -> None:
+    # a NaN momentum stays NaN as SGD goes on stepping: its statistics repeat, not a stall
+    run = Run(tmp_path, lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9),
+              save_step=False)
+
+    def nan_grad(step: int, r: Run) -> None:
+        if step == 15:
+            for p in r.model.parameters():
+                p.register_hook(lambda g: g * float("nan"))
+
+    run.train(40, hook=nan_grad)
+    assert {f["code"] for f in findings(tmp_path)} == {"nan"}

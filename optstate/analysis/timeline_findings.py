@@ -214,6 +214,8 @@ def _state_frozen(a: dict[str, Any], b: dict[str, Any]) -> bool:
     for p, entry in entries:
         old = (pa[p["position"]].get("entries") or {}).get(entry)
         new = p["entries"][entry]
+        if new.get("nan") or new.get("inf"):  # a NaN state stays NaN as it steps
+            return False
         if old is None or any(old.get(k) != new.get(k) for k in ("norm", "max_abs", "nan",
                                                                    "inf", "zeros")):
             return False
