@@ -532,15 +532,23 @@ def test_trainer_with_deepspeed_folders_are_one_checkpoint_each(tmp_path):
         "checkpoint-3", "deepspeed", 3, "trainer_state.json global_step")
 
 
-def test_a_file_with_two_optimizer_states_is_unreadable_not_skipped(tmp_path):
+def test_a_file_with_two_optimizer_states_asks_for_key(tmp_path):
+    # which optimizer to follow is the user's choice (Lightning's manual optimization with
+    # two optimizers), not a fault of the run: one error, not an "unreadable" finding
     run = save_files(tmp_path / "run", steps=20)
     sd = torch.load(run / "step_20.pt", weights_only=True)["optimizer"]
     torch.save({"optimizer_states": [sd, sd]}, run / "step_30.pt")
-    report = timeline([run], use_cache=False)
-    cp = report["checkpoints"][-1]
-    assert (cp["label"], cp["error_code"]) == ("step_30.pt", "unreadable")
-    assert "holds 2 optimizer states" in cp["error"] and "pick one with" in cp["error"]
-    assert report["run"]["skipped"] == []
+    from optstate.base.errors import NoOptimizerStateError
+
+    with pytest.raises(NoOptimizerStateError) as e:
+        timeline([run], use_cache=False)
+    assert "step_30.pt holds 2 optimizer states" in str(e.value)
+    assert "once per key" in e.value.hint
+    # with key, the one asked for is followed
+    torch.save({"optimizer_states": [sd, sd]}, run / "step_20.pt")
+    torch.save({"optimizer_states": [sd, sd]}, run / "step_10.pt")
+    report = timeline([run], use_cache=False, key="optimizer_states[1]")
+    assert [c["error"] for c in report["checkpoints"]] == [None, None, None]
 
 
 # ------------------------------------------------ issue #20 review: the cache and discovery

@@ -116,6 +116,13 @@ def build_report(found: Any, records: list[dict[str, Any]], *, spike: float,
             skipped.append({"path": r["path"], "reason": r["error"]})
         else:
             kept.append(r)
+    several = next((r for r in kept if r["error_code"] == "several_states"), None)
+    if several is not None:  # which one to follow is the user's choice, not a fault
+        from optstate.base.errors import NoOptimizerStateError, option
+
+        raise NoOptimizerStateError(
+            several["error"],
+            hint=f"timeline follows one optimizer state at a time: run it once per {option('key')}")
     if not kept:  # an empty report would read as a clean run
         from optstate.base.errors import NoOptimizerStateError
 

@@ -120,8 +120,10 @@ def read_record(candidate: Candidate, *, key: str | None = None,
         # only a file that holds none is "no optimizer state" (a model's weights, passed
         # over in a folder); several states, or a folder with several optimizer files,
         # is a checkpoint that could not be read as one
-        none = isinstance(e, NoOptimizerStateError) and source is not None and key is None \
-            and not find_optimizer_states(source.obj)
+        found = (find_optimizer_states(source.obj)
+                 if isinstance(e, NoOptimizerStateError) and source is not None
+                 and key is None else None)
+        none = found is not None and not found
         text = str(e).splitlines()[0]
         # only a file that could not be opened at all: what a half-written one gives
         age = _age(candidate) if newest and source is None else None
@@ -131,7 +133,8 @@ def read_record(candidate: Candidate, *, key: str | None = None,
         elif e.hint:
             text += f" ({e.hint})"
         rec["error"] = text
-        rec["error_code"] = "no_optimizer_state" if none else "unreadable"
+        rec["error_code"] = ("no_optimizer_state" if none else "several_states"
+                             if found is not None and len(found) > 1 else "unreadable")
         return rec
     rec["format"] = report["file"]["format"]
     rec["kind"] = report["optimizer"].get("kind")
