@@ -156,6 +156,24 @@ def test_lightning_last_ckpt_is_dropped_as_a_duplicate(tmp_path):
             "epoch=0-step=20.ckpt: read once, shown as epoch=0-step=20.ckpt"} in report["notes"]
 
 
+def test_a_rerun_copy_named_v1_is_dropped_not_the_original(tmp_path):
+    # a deterministic rerun into the same folder: Lightning writes epoch=0-step=10-v1.ckpt
+    # beside the original; '-' sorts before '.', so by name alone the original was dropped
+    run = tmp_path / "ckpts"
+    run.mkdir()
+    for step, model, opt, sch in train(10):
+        ck = lightning_ckpt(step, model, opt, sch)
+    torch.save(ck, run / "epoch=0-step=10.ckpt")
+    torch.save(ck, run / "epoch=0-step=10-v1.ckpt")
+    first = (run / "epoch=0-step=10.ckpt").stat()
+    os.utime(run / "epoch=0-step=10-v1.ckpt", ns=(first.st_atime_ns, first.st_mtime_ns + 10**9))
+    report = timeline([run], use_cache=False)
+    assert [c["label"] for c in report["checkpoints"]] == ["epoch=0-step=10.ckpt"]
+    assert {"code": "duplicate", "message": "epoch=0-step=10-v1.ckpt holds the same steps "
+            "and state as epoch=0-step=10.ckpt: read once, shown as epoch=0-step=10.ckpt"} \
+        in report["notes"]
+
+
 # ----------------------------------------------------------------------------- order
 
 

@@ -225,7 +225,8 @@ def drop_duplicates(records: list[dict[str, Any]],
     """Records that hold the same steps and the same statistics as another, where the
     names do not say they are different checkpoints (Lightning's ``last.ckpt`` beside
     ``epoch=3-step=900.ckpt``: one name has no number, or both the same number): the one
-    without a number in its name (else the later name) is dropped, with a note.
+    without a number in its name (else the one written later, else the later name) is
+    dropped, with a note.
     ``step_60.pt`` holding exactly ``step_40.pt``'s state (a deterministic replay after a
     resume from an older checkpoint) is kept: that is a fault to report, not a copy."""
     seen: dict[str, list[int]] = {}
@@ -243,8 +244,9 @@ def drop_duplicates(records: list[dict[str, Any]],
         a, b = records[twin], r
         if (a["name_step"] is None) != (b["name_step"] is None):
             b_loses = b["name_step"] is None
-        else:
-            b_loses = b["label"] > a["label"]
+        else:  # the copy is the one written later (Lightning's -v1 beside the original)
+            b_loses = (b["identity"]["mtime_ns"], b["label"]) > \
+                (a["identity"]["mtime_ns"], a["label"])
         loser, keep = (b, a) if b_loses else (a, b)
         drop.add(i if b_loses else twin)
         notes.append({"code": "duplicate", "message": f"{loser['label']} holds the same steps "
