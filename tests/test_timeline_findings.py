@@ -730,3 +730,17 @@ def test_sgd_whose_state_is_nan_is_not_called_stalled(tmp_path: Path) -> None:
 
     run.train(40, hook=nan_grad)
     assert {f["code"] for f in findings(tmp_path)} == {"nan"}
+
+
+def test_a_fresh_optimizer_under_a_restored_scheduler_is_said_so(tmp_path: Path) -> None:
+    run = Run(tmp_path, adam(), lambda o: L.MultiStepLR(o, [20, 40], 0.1))
+    run.train(50)
+    state = run.sched.state_dict()
+    run.opt = adam()(run.model)  # rebuilt at its base lr; the scheduler's state restored
+    run.sched = L.MultiStepLR(run.opt, [20, 40], 0.1)
+    run.sched.load_state_dict(state)
+    run.train(60)
+    off = [f for f in findings(tmp_path) if f["code"] == "lr_off_schedule"]
+    assert brief(off) == [("lr_off_schedule", "step_60.pt", None, None, 0)]
+    assert "the lr is its base lr: the optimizer rebuilt fresh on resume while the " \
+        "scheduler's state was restored?" in off[0]["message"]

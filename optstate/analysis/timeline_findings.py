@@ -747,12 +747,15 @@ def _lr(records: list[dict[str, Any]], i: int, g: Any, lr: float, h: _LrHistory 
                  "changed after the scheduler's last step (by hand, or by other code)?", **kw)
             return
         if sched is not None and not _close(lr, sched, epoch, base):
+            fresh = base is not None and _close(lr, base, 0, None)
             emit(i, "lr_off_schedule",
                  f"{r['label']}: group {g}'s lr is {_g(lr)} but its {s.get('kind')} "
                  f"computes {_g(sched)} at last_epoch {epoch} "
-                 f"({_x(lr / sched if sched else math.inf)}): the lr changed by hand or "
-                 "by other code (another scheduler?), or the scheduler restored with "
-                 "other settings?", **kw)
+                 f"({_x(lr / sched if sched else math.inf)}): "
+                 + ("the lr is its base lr: the optimizer rebuilt fresh on resume while the "
+                    "scheduler's state was restored?" if fresh else
+                    "the lr changed by hand or by other code (another scheduler?), or the "
+                    "scheduler restored with other settings?"), **kw)
             return
     if h is None or h.before_last is None or _accounted(r, g, lr):
         return
