@@ -88,8 +88,9 @@ def timeline(
     optimizer's, else the scheduler's); the numbers in the file names
     only when they record none, and the output says so.
 
-    Statistics are inspect's; a cache beside the run (RUN/.optstate)
-    keyed by size and mtime rereads only new or changed checkpoints.
+    Statistics are inspect's; a cache beside the run (RUN/.optstate),
+    keyed by each file's size and times and signed with a key of yours,
+    rereads only new or changed checkpoints.
 
     Exit status: 0 no finding, 1 findings, 2 bad input.
 
