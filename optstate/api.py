@@ -358,7 +358,8 @@ def timeline(paths: StrPath | Iterable[StrPath], *, spike: float = 10.0,
     counters that go back or skip, changed hyperparameters, collapsed second moments,
     lost state. Statistics are cached beside the run (``<run>/.optstate``, or
     ``cache_dir``) keyed by each file's size and times and signed with the user's own key
-    (docs/timeline.md); ``use_cache=False`` neither reads nor writes the cache. ``key`` says where the optimizer state is in every checkpoint;
+    (docs/timeline.md); ``use_cache=False`` neither reads nor writes the cache. ``key``
+    says where the optimizer state is in every checkpoint;
     ``unsafe=True`` loads with full pickle (own files only).
 
     Returns the report of schema ``optstate.timeline/1`` (docs/timeline.md): ``checkpoints``
