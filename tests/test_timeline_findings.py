@@ -744,3 +744,15 @@ def test_a_fresh_optimizer_under_a_restored_scheduler_is_said_so(tmp_path: Path)
     assert brief(off) == [("lr_off_schedule", "step_60.pt", None, None, 0)]
     assert "the lr is its base lr: the optimizer rebuilt fresh on resume while the " \
         "scheduler's state was restored?" in off[0]["message"]
+
+
+def test_accumulation_longer_than_the_save_interval_is_not_stalled(tmp_path: Path) -> None:
+    # the step key counts micro-batches, the optimizer steps every 16 of them, the loop
+    # saves every 10: some intervals hold no optimizer step, by design
+    run = Run(tmp_path, adam())
+
+    def accumulate(step: int, r: Run) -> None:
+        r.skip = step % 16 != 0
+
+    run.train(80, hook=accumulate)
+    assert [f["code"] for f in findings(tmp_path)] == []

@@ -204,6 +204,23 @@ def _params(r: dict[str, Any]) -> dict[int, dict[str, Any]]:
 # ----------------------------------------------------------------------------- steps
 
 
+def _per_step(records: list[dict[str, Any]], ok: list[int], upto: int, c: str) -> float:
+    """How far counter ``c`` moves per optimizer step in this run so far (gradient
+    accumulation: a run step counting micro-batches moves N per optimizer step), from the
+    first checkpoint with an optimizer step to ``upto``, else that checkpoint's own counts;
+    1 where unknown."""
+    first = next((records[i] for i in ok if (_counter(records[i], "optimizer") or 0) > 0),
+                 records[ok[0]])
+    last = records[upto]
+    pairs = [(_counter(last, c), _counter(last, "optimizer"), _counter(first, c),
+              _counter(first, "optimizer")), (_counter(first, c), _counter(first, "optimizer"),
+                                               0, 0)]
+    for x1, o1, x0, o0 in pairs:
+        if None not in (x1, o1, x0, o0) and o1 > o0 and x1 > x0:  # type: ignore[operator]
+            return (x1 - x0) / (o1 - o0)  # type: ignore[operator]
+    return 1.0
+
+
 def _state_frozen(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Every state entry of ``b`` has the statistics it had at ``a`` (and there is one):
     an optimizer that keeps no step counter (SGD) took no step in between."""
@@ -443,6 +460,8 @@ def _counters(records: list[dict[str, Any]], ok: list[int], before_prev: int | N
     drivers = [c for c in ("run", "scheduler") if (d[c] or 0) > 0]
     if not drivers and d["run"] is None and d["scheduler"] is None and (d["name"] or 0) > 0:
         drivers = ["name"]
+    if d["optimizer"] == 0:  # more than two optimizer steps' worth of the run went by
+        drivers = [c for c in drivers if d[c] >= 2 * _per_step(records, ok, prev, c)]
     if drivers and (d["optimizer"] == 0 or d["optimizer"] is None and _state_frozen(a, b)):
         held = (f"the optimizer's step stayed at {_counter(b, 'optimizer')}"
                 if d["optimizer"] == 0 else "every optimizer state entry is unchanged")
