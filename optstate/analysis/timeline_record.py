@@ -17,6 +17,7 @@ from typing import Any
 
 from optstate.base.errors import NoOptimizerStateError, OptstateError
 from optstate.io.run_dir import Candidate
+from optstate.state.report import plain
 from optstate.state.view import GROUP_META_KEYS
 
 TRAINER_STATE = "trainer_state.json"
@@ -39,43 +40,17 @@ def num(x: Any) -> float | None:
     return None
 
 
-def _json_float(x: Any) -> Any:
-    """A float for JSON: non-finite ones as strings (module docstring)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    return x
-
-
 def json_safe(obj: Any) -> Any:
     """``obj`` (plain data: dicts, lists, numbers, strings) with every non-finite float in
     it as a string (module docstring): what a record or a report holds, ready for
     ``json.dumps(allow_nan=False)``."""
-    if isinstance(obj, float):
-        return _json_float(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
     if isinstance(obj, dict):
         return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
-
-
-def _plain(value: Any) -> Any:
-    """A group's hyperparameter or a scheduler's number as the record keeps it:
-    ``state.report.plain`` (what inspect reports), but a non-finite float is kept, as a
-    string, not dropped to None (an lr set to inf is the fault to see)."""
-    from optstate.state.report import plain
-
-    if isinstance(value, float):
-        return _json_float(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    import torch
-
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_meta:
-        return _plain(value.item())
-    return plain(value)
 
 
 def _int(v: Any) -> int | None:
@@ -148,7 +123,8 @@ def read_record(candidate: Candidate, *, key: str | None = None,
         raw = raw_groups[g["index"]] if isinstance(raw_groups, list) \
             and g["index"] < len(raw_groups) and isinstance(raw_groups[g["index"]], dict) \
             else None
-        hyper = ({str(k): _plain(v) for k, v in raw.items() if k not in GROUP_META_KEYS}
+        hyper = ({str(k): plain(v, finite=False) for k, v in raw.items()
+                  if k not in GROUP_META_KEYS}
                  if raw is not None else g["hyperparams"])
         lr = hyper.get("lr")
         rec["groups"].append({"index": g["index"],
@@ -194,7 +170,7 @@ def _entry(e: dict[str, Any]) -> dict[str, Any]:
     lo, hi = e.get("min"), e.get("max")
     max_abs = max(abs(lo), abs(hi)) if lo is not None and hi is not None else None
     return {"shape": e["shape"], "dtype": e["dtype"], "numel": e["numel"],
-            "norm": _json_float(e.get("norm")), "max_abs": _json_float(max_abs),
+            "norm": e.get("norm"), "max_abs": max_abs,
             "nan": e.get("nan", 0), "inf": e.get("inf", 0), "zeros": e.get("zeros")}
 
 
@@ -206,11 +182,12 @@ def _scheduler(rep: dict[str, Any] | None, state: dict[str, Any] | None,
     if last_epoch is None and isinstance(state, dict):  # DeepSpeed's own schedulers
         last_epoch = _int(state.get("last_batch_iteration"))
     raw = state if isinstance(state, dict) else {}
-    settings = {k: _plain(raw[k]) if k in raw else v
+    settings = {k: plain(raw[k], finite=False) if k in raw else v
                 for k, v in rep.get("settings", {}).items()}
+    # the raw state's numbers: inspect's report drops a non-finite one to None
     out = {"kind": rep["kind"], "last_epoch": last_epoch,
-           "last_lr": _plain(raw["_last_lr"]) if "_last_lr" in raw else rep.get("last_lr"),
-           "base_lrs": _plain(raw["base_lrs"]) if "base_lrs" in raw else rep.get("base_lrs"),
+           "last_lr": plain(raw.get("_last_lr", rep.get("last_lr")), finite=False),
+           "base_lrs": plain(raw.get("base_lrs", rep.get("base_lrs")), finite=False),
            "settings": settings,
            "scheduled_lr": None, "scheduled_reason": "the scheduler state is not a dict"}
     from optstate.sim.scheduled import scheduled_lrs
@@ -220,7 +197,7 @@ def _scheduler(rep: dict[str, Any] | None, state: dict[str, Any] | None,
         plain_groups = [{k: v for k, v in g.items() if k != "params"} for g in groups
                         if isinstance(g, dict)]
         lrs, reason = scheduled_lrs(state, len(groups), groups=plain_groups)
-        out["scheduled_lr"] = [_json_float(x) for x in lrs] if lrs is not None else None
+        out["scheduled_lr"] = lrs
         out["scheduled_reason"] = reason
     return out
 

@@ -16,18 +16,19 @@ from optstate.numeric.stats import structure_summary, summarize
 from optstate.state.view import OptimizerStateView
 
 
-def plain(value: Any) -> Any:
-    """A hyperparameter or scalar as plain JSON data (tuples -> lists, NaN -> None)."""
+def plain(value: Any, *, finite: bool = True) -> Any:
+    """A hyperparameter or scalar as plain JSON data (tuples -> lists, NaN -> None; with
+    ``finite=False`` a non-finite float is kept, for a caller that says it otherwise)."""
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        return value if math.isfinite(value) or not finite else None
     if isinstance(value, (bool, int, str)) or value is None:
         return value
     if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
+        return [plain(v, finite=finite) for v in value]
     if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): plain(v, finite=finite) for k, v in value.items()}
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_meta:
-        return plain(value.item())
+        return plain(value.item(), finite=finite)
     if isinstance(value, torch.Tensor):
         return {"tensor": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
     return repr(value)
