@@ -90,16 +90,9 @@ def _lr_columns(report: dict[str, Any]) -> tuple[list[Any], list[Any] | None]:
     differs = [None] * n
     for i, (lr, sch) in enumerate(zip(g0["lr"], scheduled, strict=True)):
         a, b = number(lr), number(sch)
-        if b is not None and (a is None or not _close(a, b)):
+        if b is not None and (a is None or short(a) != short(b)):  # printed differently
             differs[i] = sch
     return g0["lr"], differs if any(d is not None for d in differs) else None
-
-
-def _close(a: float, b: float) -> bool:
-    """Two lrs the same for the eye (the findings hold the exact rule)."""
-    if not (math.isfinite(a) and math.isfinite(b)):  # inf is not "close" to 0.001
-        return a == b or (math.isnan(a) and math.isnan(b))
-    return a == b or abs(a - b) <= 1e-6 * max(abs(a), abs(b))
 
 
 class CheckpointTable:
