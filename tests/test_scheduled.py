@@ -84,7 +84,8 @@ def test_an_lr_changed_by_hand_is_not_the_scheduled_lr() -> None:
         sched.step()
     got, _ = scheduled_lrs(_saved(sched.state_dict()), 2)
     assert got == [0.1 * 0.5 ** 2, 0.003 * 0.5 ** 2]
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 2 * 1000)
+    want = 0.1 * 0.5 ** 2 * 1000  # the lr the run carries on, within a schedule's rounding
+    assert abs(opt.param_groups[0]["lr"] - want) <= schedule_atol(25, want)
 
 
 def _lambda_scale(epoch: int) -> float:
