@@ -59,3 +59,54 @@ def run_cli():
         )
 
     return run
+
+
+# -- S3 (issue #21): a moto server on loopback; tests/s3server.py, tests/faultproxy.py -------
+@pytest.fixture(scope="session")
+def s3():
+    """moto's S3 server on 127.0.0.1 (``tests.s3server.S3Server``: ``.endpoint``, ``.client``,
+    ``.put(src, url)``, ``.put_dir(dir, url)``, ``.keys(bucket)``), started once; for the rest
+    of the session the environment (this process and its subprocesses) holds dummy
+    credentials and ``AWS_ENDPOINT_URL_S3`` = its endpoint. Skips, saying why, only when
+    moto/boto3/s3fs are not importable (the dev extra brings them)."""
+    from tests.s3server import S3Server, patched_env, s3_available
+
+    reason = s3_available()
+    if reason:
+        pytest.skip(reason)
+    server = S3Server()
+    try:
+        with patched_env(server.env()):
+            yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3):
+    """A fresh, empty bucket's name; emptied and deleted afterwards. s3fs's filesystem cache
+    is cleared before and after, so no test reuses another's endpoint."""
+    from tests.s3server import clear_fs_cache
+
+    clear_fs_cache()
+    name = s3.new_bucket()
+    yield name
+    clear_fs_cache()
+    s3.drop_bucket(name)
+
+
+@pytest.fixture
+def fault_proxy(s3):
+    """``tests.faultproxy.FaultProxy`` in front of the server; for the test,
+    ``AWS_ENDPOINT_URL_S3`` points at the proxy (so the CLI, in process or not, goes through
+    it). Rules: ``.slow_down(n)``, ``.deny()``, ``.fail_puts()``; log: ``.entries()``,
+    ``.get_bytes(key)``, ``.requests()``."""
+    from tests.faultproxy import FaultProxy
+    from tests.s3server import patched_env
+
+    proxy = FaultProxy(s3.endpoint)
+    try:
+        with patched_env({"AWS_ENDPOINT_URL_S3": proxy.endpoint}):
+            yield proxy
+    finally:
+        proxy.stop()
