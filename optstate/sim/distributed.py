@@ -19,25 +19,20 @@ stops them).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from optstate.base import errors, interrupt
+from optstate.base import interrupt
 from optstate.base.debug import debug_enabled
 from optstate.base.errors import ConfigError, OptstateError, option
+from optstate.io import launch
 from optstate.io.atomic import Staged
 from optstate.io.dcp_write import check_dir_writable, dcp_to_file
 from optstate.io.source import open_source
@@ -45,7 +40,7 @@ from optstate.io.torch_file import check_writable
 from optstate.numeric.trees import verify_copy
 from optstate.sim.build import build
 from optstate.sim.config import RunSpec, validate
-from optstate.sim.distributed_worker import LOOPBACK, nest_module
+from optstate.sim.distributed_worker import nest_module
 from optstate.sim.loop import History, resolve_record_every
 from optstate.sim.simulate import (
     SimulationResult,
@@ -146,14 +141,9 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
         else:
             check_dir_writable(target, force)
 
-    from torch.distributed import TCPStore
-
     work: Path | None = None
     temps: list[Path] = []  # one temp folder beside each target, renamed at the end
     procs: list[subprocess.Popen[bytes]] = []
-    # TCPStore(host, 0, is_master=True) listens on every interface whatever the host; a
-    # socket bound here to 127.0.0.1 on a port the OS picks, handed over, keeps it local.
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     notes: list[str] = []  # leftovers of interrupted writes found beside the targets
     stages: list[Staged] = []  # the DCP folders, published when every rank succeeded
     try:
@@ -165,28 +155,24 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
                 stages.append(Staged(target, force=force, folder=True, kind="dcp",
                                      notes=notes))
                 temps.append(stages[-1].path)
-        listener.bind((LOOPBACK, 0))
-        listener.listen(128)
-        port = listener.getsockname()[1]
-        store = TCPStore(LOOPBACK, port, world_size + 1, is_master=True,
-                         timeout=timedelta(seconds=60), wait_for_workers=False,
-                         master_listen_fd=listener.fileno())
-        listener.detach()  # the store owns (and closes) the socket now
-        job = {"world_size": world_size, "port": port,
-               "specs": [spec.to_dict() for spec in specs], "every": every,
-               "saves": [[k, str(t)] for (k, _), t in zip(targets, temps, strict=True)],
-               "work": str(work), "parent": os.getpid()}
-        (work / "job.json").write_text(json.dumps(job))
-        procs = [_start_worker(rank, work) for rank in range(world_size)]
-        try:
-            _wait(procs, work, timeout)
-        except OptstateError as e:
-            if debug_enabled():  # keep the workers' logs
-                keep = Path(tempfile.mkdtemp(prefix="optstate-dist-logs-"))
-                for log in work.glob("rank*.log"):
-                    shutil.copy(log, keep / log.name)
-                e.hint = f"the workers' full output is in {keep}"
-            raise
+        with launch.rendezvous(world_size) as port:
+            job = {"world_size": world_size, "port": port,
+                   "specs": [spec.to_dict() for spec in specs], "every": every,
+                   "saves": [[k, str(t)] for (k, _), t in zip(targets, temps, strict=True)],
+                   "work": str(work), "parent": os.getpid()}
+            (work / "job.json").write_text(json.dumps(job))
+            procs = [launch.start_worker("optstate.sim.distributed_worker",
+                                         [str(work / "job.json"), str(rank)], rank, work)
+                     for rank in range(world_size)]
+            try:
+                launch.wait(procs, work, timeout)
+            except OptstateError as e:
+                if debug_enabled():  # keep the workers' logs
+                    keep = Path(tempfile.mkdtemp(prefix="optstate-dist-logs-"))
+                    for log in work.glob("rank*.log"):
+                        shutil.copy(log, keep / log.name)
+                    e.hint = f"the workers' full output is in {keep}"
+                raise
         results = [_result(spec, work / f"result.{i}.pt", b)
                    for i, (spec, b) in enumerate(zip(specs, built, strict=True))]
         for (_, target), tmp in zip(targets, temps, strict=True):
@@ -200,14 +186,15 @@ def simulate_sharded_many(specs: list[RunSpec], *, world_size: int,
         results[0].warnings += notes
         return results
     finally:
-        _stop(procs)
-        listener.close()  # a no-op once detached
-        with contextlib.suppress(NameError):
-            del store  # closes the rendezvous socket
+        launch.stop(procs)
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
         for stage in stages:
             stage.discard()
+
+
+# The launcher's error reading, under the name this module's tests know it by.
+_worker_error = launch.worker_error
 
 
 def _check_shardable(spec: RunSpec) -> Any:
@@ -225,97 +212,6 @@ def _check_shardable(spec: RunSpec) -> Any:
                               "sharded runs need parameters with at least one dimension")
     nest_module(built.names, built.params)  # names that cannot be module paths: fail here
     return built
-
-
-def _start_worker(rank: int, work: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["OMP_NUM_THREADS"] = "1"  # N processes share this machine's cores
-    ifname = loopback_interface()
-    if ifname:
-        env["GLOO_SOCKET_IFNAME"] = ifname
-    log = open(work / f"rank{rank}.log", "wb")  # noqa: SIM115 - the child owns it
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "optstate.sim.distributed_worker", str(work / "job.json"),
-             str(rank)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True,  # Ctrl-C goes to the parent, which stops the workers
-        )
-    finally:
-        log.close()
-
-
-def loopback_interface() -> str | None:
-    """The loopback interface name (``lo`` on Linux, ``lo0`` on macOS), for gloo."""
-    with contextlib.suppress(OSError, AttributeError):
-        for _, name in socket.if_nameindex():
-            if name.startswith("lo"):
-                return name
-    return None
-
-
-def _wait(procs: list[subprocess.Popen[bytes]], work: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        codes = [p.poll() for p in procs]
-        failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
-        if failed:
-            time.sleep(0.2)  # let the others report their own error first, if any
-            raise _worker_error(work, failed, [p.poll() for p in procs])
-        if all(c == 0 for c in codes):
-            return
-        if time.monotonic() > deadline:
-            raise OptstateError(f"the sharded run did not finish within {timeout:.0f} s; "
-                                "its processes were stopped")
-        time.sleep(0.05)
-
-
-def _worker_error(work: Path, failed: list[int], codes: list[int | None]) -> OptstateError:
-    reports = [json.loads(f.read_text()) for f in sorted(work.glob("error.*.json"))]
-    # A rank that failed for a reason of its own, before those that lost their peers.
-    reports.sort(key=lambda r: not _is_optstate_error(r["kind"]))
-    if reports:
-        first = reports[0]
-        if _is_optstate_error(first["kind"]):
-            return getattr(errors, first["kind"])(first["message"], first.get("hint"))
-        return OptstateError(
-            f"rank {first['rank']} of the sharded run failed: {first['kind']}: "
-            f"{first['message']}"
-        )
-    rank = failed[0]
-    tail = ""
-    log = work / f"rank{rank}.log"
-    with contextlib.suppress(OSError):
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-        tail = lines[-1].strip() if lines else ""
-    code = codes[rank]
-    how = f"was killed by signal {-code}" if code is not None and code < 0 else \
-        f"exited with status {code}"
-    return OptstateError(f"rank {rank} of the sharded run {how}" + (f": {tail}" if tail else ""))
-
-
-def _is_optstate_error(kind: str) -> bool:
-    cls = getattr(errors, kind, None)
-    return isinstance(cls, type) and issubclass(cls, OptstateError)
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """Stop every worker still running: SIGTERM to its session, then SIGKILL."""
-    alive = [p for p in procs if p.poll() is None]
-    for p in alive:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 3.0
-    for p in alive:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(timeout=max(0.0, deadline - time.monotonic()))
-    for p in alive:
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
 
 
 def _result(spec: RunSpec, file: Path, built: Any) -> SimulationResult:
