@@ -91,8 +91,11 @@ class S3Server:
     ``new_bucket()``, ``put()``, ``put_dir()``, ``keys()``, ``drop_bucket()``."""
 
     def __init__(self) -> None:
+        import logging
+
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request, else
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
         host, port = self._server.get_host_and_port()
