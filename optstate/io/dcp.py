@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -53,11 +53,14 @@ from optstate.io.lazy import LazyTensor
 from optstate.io.torch_file import clean_message, prescan_bytes, prescan_stream
 from optstate.io.walk import walk
 
+if TYPE_CHECKING:
+    from optstate.io.remote import ReadStats, RemotePath
+
 
 class SafeLoadPlanner(DefaultLoadPlanner):
     """DefaultLoadPlanner whose non-tensor values load with ``weights_only=True``."""
 
-    folder: Path | None = None  # for messages
+    folder: str | None = None  # for messages
 
     def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
         fqn = read_item.dest_index.fqn
@@ -122,12 +125,28 @@ class DcpCheckpoint:
     """An open DCP folder: metadata now, tensors on demand (one cached at a time; the
     0-d scalars all together)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.metadata = read_metadata(self.path)
-        self.reader = SafeFileSystemReader(self.path, self.metadata)
+    def __init__(self, path: str | Path | RemotePath, *, read: ReadStats | None = None
+                 ) -> None:
+        self._sizes: dict[str, int] | None = None
+        self.read: ReadStats | None = None  # what was fetched (a folder in object storage)
+        if not hasattr(path, "read_range"):  # (a RemotePath is PathLike, refusing to be one)
+            self.path: Path | RemotePath = Path(path)
+            self.where = str(self.path)
+            self.metadata = read_metadata(self.path)
+            self.reader: SafeFileSystemReader = SafeFileSystemReader(self.path, self.metadata)
+        else:  # a RemotePath: the same reading, its bytes by range requests (dcp_remote)
+            from optstate.io.dcp_remote import RangeReader, list_folder, read_remote_metadata
+            from optstate.io.remote import ReadStats, display
+
+            self.path, self.where = path, display(path.url)
+            self.read = read if read is not None else ReadStats()
+            self._sizes = list_folder(path)
+            self.read.bytes_total = sum(self._sizes.values())
+            self.metadata = read_remote_metadata(path, self._sizes, self.read)
+            self.reader = RangeReader(path, self.metadata, self.read)
         # chunk (key, offset) -> data file; tensor key -> its chunks' _StorageInfo
-        self._files, self._chunk_infos = storage_files(self.path, self.metadata)
+        self._files, self._chunk_infos = storage_files(self.path, self.metadata,
+                                                       sizes=self._sizes, where=self.where)
         self._cached: tuple[str, torch.Tensor] | None = None
         self._scalars: dict[str, torch.Tensor] | None = None
 
@@ -167,7 +186,7 @@ class DcpCheckpoint:
             return self._cached[1]
         md = self.metadata.state_dict_metadata.get(key)
         if not isinstance(md, TensorStorageMetadata):
-            raise CheckpointError(f"{self.path} has no tensor {key!r}")
+            raise CheckpointError(f"{self.where} has no tensor {key!r}")
         if len(md.size) == 0:
             return self._scalar(key)
         self._scan_chunks([key])
@@ -186,13 +205,17 @@ class DcpCheckpoint:
                   for k, v in self.metadata.state_dict_metadata.items()
                   if isinstance(v, TensorStorageMetadata) and len(v.size) == 0}
             self._scan_chunks(list(sd))
+            self._prefetch(list(sd))  # a few bytes each: one request per run of them
             self._load(sd, "scalar tensors (step counts)")
             self._scalars = sd
         return self._scalars[key]
 
     def _scan_chunks(self, keys: list[str]) -> None:
         """Each stored chunk is torch.save bytes that torch.load reads: they pass the
-        pickle pre-scan first (limits), one small read of each chunk's zip directory."""
+        pickle pre-scan first (limits), one small read of each chunk's zip directory. (In
+        object storage each chunk is pre-scanned as it arrives: ``dcp_remote``.)"""
+        if not isinstance(self.path, Path):
+            return
         by_file: dict[str, list[tuple[str, Any]]] = {}
         for fqn in keys:
             for info in self._chunk_infos.get(fqn, ()):
@@ -201,19 +224,20 @@ class DcpCheckpoint:
             with open(inside(self.path, rel), "rb") as f:
                 for fqn, info in chunks:
                     prescan_stream(_Range(f, info.offset, info.length), info.length,
-                                   f"{self.path / rel}: the chunk of {short_repr(fqn)}")
+                                   f"{self.where}/{rel}: the chunk of {short_repr(fqn)}")
 
     def load_values(self, keys: list[str]) -> dict[str, Any]:
         """The non-tensor values (hyperparameters, lists) of ``keys``, loaded safely."""
         if not keys:
             return {}
         sd: dict[str, Any] = {k: 0 for k in keys}  # placeholders, replaced by load_bytes
+        self._prefetch(keys)
         self._load(sd, "hyperparameters")
         return sd
 
     def _load(self, sd: dict[str, Any], what: str) -> None:
         planner = SafeLoadPlanner(allow_partial_load=False)
-        planner.folder = self.path
+        planner.folder = self.where
         try:
             with _quiet_torch():
                 dcp.load(sd, storage_reader=self.reader, planner=planner, no_dist=True)
@@ -227,12 +251,12 @@ class DcpCheckpoint:
             m = re.search(r"GLOBAL\s+([\w.]+)", text)
             if m:
                 raise UnsafeCheckpointError(
-                    f"{self.path}: the {what} need {m.group(1)}, which safe loading does not "
+                    f"{self.where}: the {what} need {m.group(1)}, which safe loading does not "
                     "allow; refused without running it"
                 ) from None
             m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
             raise CheckpointError(
-                f"cannot read the {what} from {self.path}: "
+                f"cannot read the {what} from {self.where}: "
                 f"{m.group(1).strip() if m else clean_message(cause)}",
                 hint="the checkpoint's data files are damaged or truncated",
             ) from None
@@ -254,7 +278,7 @@ class DcpCheckpoint:
         for key, value in values.items():
             # before anything walks it as a tree: a value can be a 'billion laughs' or
             # nest 100 000 deep
-            walk(value, label=f"{self.path}: the value {short_repr(key)}",
+            walk(value, label=f"{self.where}: the value {short_repr(key)}",
                  max_depth=limits.depth, max_nodes=limits.nodes)
         loaded = {id(v) for v in values.values() if isinstance(v, (dict, list, tuple))}
         root: dict[Any, Any] = {}
@@ -271,11 +295,22 @@ class DcpCheckpoint:
         try:
             return _restore_positions(_lists_back(root, skip=loaded), loaded)
         except RecursionError:  # only with the depth limit raised past Python's stack
-            raise CheckpointError(f"{self.path} nests its keys too deeply to read "
+            raise CheckpointError(f"{self.where} nests its keys too deeply to read "
                                   f"(limit depth={limits.depth})") from None
+
+    def _prefetch(self, keys: list[str]) -> None:
+        """In object storage, fetch the stored items of ``keys`` in a few requests."""
+        prefetch = getattr(self.reader, "prefetch", None)
+        if prefetch is not None:
+            wanted = set(keys)
+            prefetch(info for index, info in self.metadata.storage_data.items()
+                     if index.fqn in wanted)
 
     @property
     def total_bytes(self) -> int:
+        if self._sizes is not None:  # the one listing
+            return sum(self._sizes.values())
+        assert isinstance(self.path, Path)
         return sum(f.stat().st_size for f in self.path.iterdir()
                    if f.is_file() and not f.is_symlink())
 

@@ -98,12 +98,19 @@ def read_metadata(path: Path) -> Metadata:
             inside(path, METADATA_FILE)
         with open(file, "rb") as f:
             data = f.read()
-        scan_any(data, current_limits(), str(file))  # before the C unpickler's memo grows
-        md = _MetadataUnpickler(io.BytesIO(data)).load()
     except (FileNotFoundError, NotADirectoryError):
         raise CheckpointError(f"{path} has no {METADATA_FILE} file; not a DCP checkpoint") from None
     except PermissionError:
         raise CheckpointError(f"permission denied reading {file}") from None
+    return parse_metadata(data, str(file))
+
+
+def parse_metadata(data: bytes, file: str) -> Metadata:
+    """``.metadata``'s bytes (read from a folder or by range requests: ``dcp_remote``),
+    pre-scanned, unpickled with the allow-list and checked; ``file`` names it in messages."""
+    try:
+        scan_any(data, current_limits(), file)  # before the C unpickler's memo grows
+        md = _MetadataUnpickler(io.BytesIO(data)).load()
     except pickle.UnpicklingError as e:
         text = str(e)
         if text.startswith("global "):
@@ -139,7 +146,7 @@ def read_metadata(path: Path) -> Metadata:
     return md
 
 
-def _check_paths(file: Path, md: Metadata, limits: Limits) -> None:
+def _check_paths(file: str | Path, md: Metadata, limits: Limits) -> None:
     """The nested path of every key (``planner_data``): as deep as the ``depth`` limit
     allows, made of short strings and indices."""
     pd = getattr(md, "planner_data", None)
@@ -171,7 +178,7 @@ def is_index(v: Any) -> bool:
 _MAX_ELEMENTS = 2**62
 
 
-def _check_entry(file: Path, key: Any, entry: Any, limits: Limits) -> None:
+def _check_entry(file: str | Path, key: Any, entry: Any, limits: Limits) -> None:
     """Metadata a torch-written checkpoint always satisfies; anything else is damage (or
     a crafted file) and gets one line, not an internal error later."""
     def bad(what: str) -> CheckpointError:
@@ -234,40 +241,47 @@ class SafeFileSystemReader(FileSystemReader):
         return self._metadata
 
 
-def storage_files(path: Path, metadata: Metadata
+def storage_files(path: Any, metadata: Metadata, *, sizes: dict[str, int] | None = None,
+                  where: str | None = None
                   ) -> tuple[dict[tuple[str, Any], str], dict[str, list[Any]]]:
     """Check the storage table of ``metadata`` against the files of the folder ``path``:
     every named file exists inside it and holds the bytes its chunks claim, every tensor
     chunk and value has data, no chunk stores a view. Returns chunk (key, offset) -> data
-    file name, and tensor key -> its chunks' ``_StorageInfo``."""
+    file name, and tensor key -> its chunks' ``_StorageInfo``. A folder in object storage
+    gives its files' ``sizes`` (one listing) and the name to say (``where``: no
+    credentials) instead of being looked at here."""
+    label = where if where is not None else str(path)
     out: dict[tuple[str, Any], str] = {}
     chunk_infos: dict[str, list[Any]] = {}
     storage = getattr(metadata, "storage_data", None)
     if not isinstance(storage, dict):
-        raise CheckpointError(f"{path}/{METADATA_FILE} has no storage table")
+        raise CheckpointError(f"{label}/{METADATA_FILE} has no storage table")
     missing: set[str] = set()
-    sizes: dict[str, int] = {}
+    found: dict[str, int] = {}
     lengths: dict[tuple[str, Any], int] = {}
     for index, info in storage.items():
         if not (isinstance(getattr(index, "fqn", None), str)
                 and (index.offset is None or isinstance(index.offset, tuple))):
-            raise CheckpointError(f"{path}/{METADATA_FILE} is damaged: a bad "
+            raise CheckpointError(f"{label}/{METADATA_FILE} is damaged: a bad "
                                   "storage index")
         rel = getattr(info, "relative_path", None)
         if not isinstance(rel, str) or "/" in rel or rel in ("", ".", ".."):
-            raise CheckpointError(f"{path}/{METADATA_FILE} names a bad data file: {rel!r}")
-        if rel not in sizes:
-            f = path / rel
-            if os.path.lexists(f):
-                inside(path, rel)
-            sizes[rel] = f.stat().st_size if f.is_file() else -1
-        if sizes[rel] < 0:
+            raise CheckpointError(f"{label}/{METADATA_FILE} names a bad data file: {rel!r}")
+        if rel not in found:
+            if sizes is not None:
+                found[rel] = sizes.get(rel, -1)
+            else:
+                f = path / rel
+                if os.path.lexists(f):
+                    inside(path, rel)
+                found[rel] = f.stat().st_size if f.is_file() else -1
+        if found[rel] < 0:
             missing.add(rel)
         elif not (is_index(getattr(info, "offset", None))
                   and is_index(getattr(info, "length", None))
-                  and info.offset + info.length <= sizes[rel]):
+                  and info.offset + info.length <= found[rel]):
             raise CheckpointError(
-                f"{path}/{rel} is truncated: it ends before the data of {index.fqn}",
+                f"{label}/{rel} is truncated: it ends before the data of {index.fqn}",
                 hint="re-copy the checkpoint folder",
             )
         where = (index.fqn, tuple(index.offset) if index.offset is not None else None)
@@ -278,7 +292,7 @@ def storage_files(path: Path, metadata: Metadata
     if missing:
         names = sorted(missing)
         raise CheckpointError(
-            f"{path} is an incomplete DCP checkpoint: {', '.join(names[:3])}"
+            f"{label} is an incomplete DCP checkpoint: {', '.join(names[:3])}"
             + (f" and {len(names) - 3} more" if len(names) > 3 else "") + " missing",
             hint="copy every *.distcp file of the checkpoint, not only some ranks'",
         )
@@ -286,15 +300,15 @@ def storage_files(path: Path, metadata: Metadata
         if isinstance(entry, TensorStorageMetadata):
             if any((key, tuple(c.offsets)) not in out for c in entry.chunks):
                 raise CheckpointError(
-                    f"{path}/{METADATA_FILE} is damaged: a chunk of {key} has no data")
+                    f"{label}/{METADATA_FILE} is damaged: a chunk of {key} has no data")
         elif (key, None) not in out:
             raise CheckpointError(
-                f"{path}/{METADATA_FILE} is damaged: the value {key} has no data")
-    _check_expansion(path, metadata, lengths)
+                f"{label}/{METADATA_FILE} is damaged: the value {key} has no data")
+    _check_expansion(label, metadata, lengths)
     return out, chunk_infos
 
 
-def _check_expansion(path: Path, metadata: Metadata,
+def _check_expansion(path: str, metadata: Metadata,
                      lengths: dict[tuple[str, Any], int]) -> None:
     """Each chunk is read whole into a tensor of the shape the metadata gives it. A
     chunk stored as a view (a 2 KB ``torch.zeros(1).expand(2**30)``) would become

@@ -1,0 +1,122 @@
+"""A DCP folder in object storage (``s3://bucket/run/step_1000/``), read by range requests.
+
+The folder is listed once (its files and their sizes: ``total_bytes``, and what
+``dcp_metadata.storage_files`` checks the storage table against); ``.metadata`` is read
+through ``remote.RemoteFile`` and goes through the same checks as a local one
+(``dcp_metadata.parse_metadata``). Data is read by torch's own engine exactly as for a
+local folder (``dcp.DcpCheckpoint``: ``dcp.load`` with ``SafeLoadPlanner``); only where
+the bytes come from differs: ``RangeReader._slice_file`` fetches each stored item (a
+value, or a tensor chunk: torch.save bytes) with one exact range request, counted in the
+``ReadStats``, pre-scans it and hands torch the bytes in memory. The many small items read
+together (the non-tensor values, the 0-d step counts) are fetched first with one request
+per run of adjacent items (``prefetch``), so ``--no-stats`` costs a few requests, not one
+per parameter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import posixpath
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from torch.distributed.checkpoint.filesystem import FileSystem
+from torch.distributed.checkpoint.metadata import Metadata
+
+from optstate.base.errors import CheckpointError
+from optstate.io.dcp_metadata import (
+    METADATA_FILE,
+    SafeFileSystemReader,
+    parse_metadata,
+    short_repr,
+)
+from optstate.io.remote import ReadStats, RemoteFile, RemotePath, display, retrying
+from optstate.io.torch_file import prescan_bytes
+
+# adjacent small items are fetched together, up to this many bytes per request
+MERGE_LIMIT = 16 << 20
+
+
+def list_folder(folder: RemotePath) -> dict[str, int]:
+    """The files directly in ``folder`` and their sizes: one listing (retried)."""
+    entries = retrying(lambda: folder.fs.ls(folder.key, detail=True, refresh=True), folder.url)
+    out: dict[str, int] = {}
+    for e in entries:
+        if isinstance(e, dict) and e.get("type") == "file":
+            out[posixpath.basename(str(e.get("name", "")).rstrip("/"))] = int(e.get("size") or 0)
+    return out
+
+
+def read_remote_metadata(folder: RemotePath, sizes: dict[str, int], stats: ReadStats
+                         ) -> Metadata:
+    """``.metadata`` of a remote folder, read through ``RemoteFile``, checked as a local
+    one is."""
+    where = display(folder.url)
+    if METADATA_FILE not in sizes:
+        raise CheckpointError(f"{where} has no {METADATA_FILE} file; not a DCP checkpoint")
+    with RemoteFile(folder / METADATA_FILE, stats, size=sizes[METADATA_FILE]) as f:
+        data = f.read()
+    return parse_metadata(data, f"{where}/{METADATA_FILE}")
+
+
+class _NoStreams(FileSystem):
+    """torch's ``read_data`` opens each data file before slicing items out of it: here
+    nothing is opened; ``RangeReader._slice_file`` fetches each item's bytes."""
+
+    def concat_path(self, path: Any, suffix: str) -> Any:
+        return suffix
+
+    @contextlib.contextmanager
+    def create_stream(self, path: Any, mode: str) -> Iterator[Any]:
+        yield None
+
+
+class RangeReader(SafeFileSystemReader):
+    """``SafeFileSystemReader`` whose items come from exact range requests."""
+
+    def __init__(self, folder: RemotePath, metadata: Metadata, stats: ReadStats) -> None:
+        self.where = display(folder.url)
+        super().__init__(self.where, metadata)  # the path only names it
+        self.fs = _NoStreams()
+        self.folder, self.stats = folder, stats
+        self._names = {(info.relative_path, info.offset): index.fqn
+                       for index, info in metadata.storage_data.items()}
+        self._held: dict[tuple[str, int], bytes] = {}
+
+    def prefetch(self, infos: Iterable[Any]) -> None:
+        """Fetch the stored items ``infos`` (``_StorageInfo``s), one request per run of
+        adjacent ones in a file; ``_slice_file`` then takes them from memory."""
+        by_file: dict[str, list[Any]] = {}
+        for info in infos:
+            if (info.relative_path, info.offset) not in self._held:
+                by_file.setdefault(info.relative_path, []).append(info)
+        for rel, items in by_file.items():
+            items.sort(key=lambda i: i.offset)
+            run: list[Any] = []
+            for info in items:
+                if run and (info.offset != run[-1].offset + run[-1].length
+                            or info.offset + info.length - run[0].offset > MERGE_LIMIT):
+                    self._fetch(rel, run)
+                    run = []
+                run.append(info)
+            if run:
+                self._fetch(rel, run)
+
+    def _fetch(self, rel: str, run: list[Any]) -> None:
+        start = run[0].offset
+        data = (self.folder / rel).read_range(start, run[-1].offset + run[-1].length,
+                                              self.stats)
+        for info in run:
+            self._held[(rel, info.offset)] = data[info.offset - start:
+                                                  info.offset - start + info.length]
+
+    def _slice_file(self, file: Any, sinfo: Any) -> io.BytesIO:
+        rel, offset = sinfo.relative_path, sinfo.offset
+        data = self._held.pop((rel, offset), None)
+        if data is None:
+            data = (self.folder / rel).read_range(offset, offset + sinfo.length, self.stats)
+        fqn = self._names.get((rel, offset), "?")
+        # a value or a tensor chunk: torch.save bytes, pre-scanned as a local chunk is
+        prescan_bytes(data, f"{self.where}/{rel}: the chunk of {short_repr(fqn)}")
+        return io.BytesIO(data)
