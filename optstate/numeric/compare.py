@@ -30,6 +30,7 @@ import torch
 from optstate.base.errors import CheckpointError
 from optstate.numeric.kernels import ByteProgress
 from optstate.numeric.pair_kernel import NONFINITE_KINDS, compare, nonfinite_counts
+from optstate.numeric.precomputed import intercept
 from optstate.numeric.views import distinct_elements, repeated_view
 
 
@@ -103,7 +104,17 @@ def compare_tensors(a: torch.Tensor, b: torch.Tensor, *, atol: float = 0.0, rtol
                     nan_equal: bool = True, progress: ByteProgress | None = None
                     ) -> TensorComparison:
     """Compare two tensors of the same shape (dtype may differ), in one chunked pass over
-    both (``pair_kernel.compare``); ``progress`` is called with bytes as they are processed."""
+    both (``pair_kernel.compare``); ``progress`` is called with bytes as they are processed.
+    (Or the comparison another rank made: ``precomputed.py``.)"""
+    return intercept(
+        "compare", (a, b), {"atol": atol, "rtol": rtol, "nan_equal": nan_equal},
+        lambda: _compare_tensors(a, b, atol=atol, rtol=rtol, nan_equal=nan_equal,
+                                 progress=progress),
+        lambda: TensorComparison(True, 0, None, None, None, None))
+
+
+def _compare_tensors(a: torch.Tensor, b: torch.Tensor, *, atol: float, rtol: float,
+                     nan_equal: bool, progress: ByteProgress | None) -> TensorComparison:
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     if a.numel() == 0:

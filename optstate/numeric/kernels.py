@@ -223,6 +223,33 @@ def _moments(t: torch.Tensor, progress: ByteProgress | None, workers: int = 1) -
                    fsum([q for p in parts for q in p.sumabs]), ss, lo, hi, norm)
 
 
+def merge_moments(parts: list[Moments]) -> Moments:
+    """The moments of a tensor from those of its disjoint pieces (other ranks' chunks),
+    merged as ``moments`` merges its blocks: counts, min and max exactly, the float64 sums
+    by ``fsum`` of the pieces' sums (so they differ from one pass over the whole only by
+    where the block boundaries fall: ``tolerance.sum_rtol(n)``); the norm from the sum of
+    squares, or, where that over/underflows float64, rescaled by the largest |x| from the
+    pieces' own (rescaled) norms."""
+    numel = sum(p.numel for p in parts)
+    nan = sum(p.nan for p in parts)
+    inf = sum(p.inf for p in parts)
+    zeros = sum(p.zeros for p in parts)
+    finite = sum(p.finite for p in parts)
+    valued = [p for p in parts if p.finite > 0]
+    if not valued:
+        return Moments(numel, 0, nan, inf, zeros, 0.0, 0.0, 0.0, None, None, None)
+    lo = min(p.min for p in valued)  # type: ignore[type-var]
+    hi = max(p.max for p in valued)  # type: ignore[type-var]
+    ss = fsum([p.sumsq for p in valued])
+    norm = math.sqrt(ss)
+    peak = max(abs(lo), abs(hi))
+    if math.isinf(ss) or (ss < TINY and peak > 0.0):
+        norm = peak * math.sqrt(fsum([(p.norm / peak) ** 2 for p in valued
+                                      if p.norm is not None]))
+    return Moments(numel, finite, nan, inf, zeros, fsum([p.sum for p in valued]),
+                   fsum([p.sumabs for p in valued]), ss, lo, hi, norm)
+
+
 def _moments_run(pieces: list[tuple], progress: ByteProgress | None, esize: int) -> _Part:
     part = _Part()
     ck = active_c_kernel()

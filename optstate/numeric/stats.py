@@ -22,12 +22,13 @@ Definitions (tests compare each with a plain torch expression):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
-from optstate.numeric.kernels import ByteProgress, moments
+from optstate.numeric.kernels import ByteProgress, Moments, moments
+from optstate.numeric.precomputed import intercept
 from optstate.numeric.views import distinct_elements, repeated_view
 
 
@@ -80,16 +81,47 @@ def structure_summary(t: torch.Tensor) -> dict[str, Any]:
 
 def summarize(t: torch.Tensor, *, progress: ByteProgress | None = None) -> TensorSummary:
     """All statistics of ``t`` (see module docstring), in one chunked pass over its data
-    (``kernels.moments``); ``progress`` is called with bytes as they are processed."""
+    (``kernels.moments``); ``progress`` is called with bytes as they are processed. (Or
+    the summary another rank computed: ``precomputed.py``.)"""
+    return intercept("summary", (t,), {}, lambda: _summarize(t, progress),
+                     lambda: _no_stats(t))
+
+
+def _base(t: torch.Tensor) -> dict[str, Any]:
+    return dict(shape=tuple(t.shape), dtype=dtype_name(t.dtype), numel=t.numel(),
+                bytes=t.numel() * t.element_size())
+
+
+def _no_stats(t: torch.Tensor) -> TensorSummary:
+    return TensorSummary(**_base(t), norm=None, min=None, max=None, mean=None, mean_abs=None,
+                         nan=0, inf=0, zeros=None)
+
+
+def splits_into_moments(t: torch.Tensor) -> bool:
+    """Whether ``summarize(t)`` is ``from_moments`` of ``t``'s moments: a plain dense real
+    tensor, so the moments of its pieces (``kernels.merge_moments``) summarise it too."""
+    return (not t.is_meta and t.numel() > 0 and not t.is_quantized and not t.is_complex()
+            and t.layout == torch.strided and not getattr(t, "is_sparse", False))
+
+
+def from_moments(t: torch.Tensor, m: Moments) -> TensorSummary:
+    """The summary of the plain tensor ``t`` (``splits_into_moments``) from its moments
+    ``m``: the one place summaries are made from moments, for one process and for the
+    merged moments of several ranks."""
+    fin = m.finite > 0
+    return TensorSummary(
+        **_base(t), norm=m.norm, min=m.min, max=m.max,
+        mean=m.sum / m.finite if fin else None,
+        mean_abs=m.sumabs / m.finite if fin else None,
+        nan=m.nan, inf=m.inf, zeros=m.zeros / m.numel)
+
+
+def _summarize(t: torch.Tensor, progress: ByteProgress | None) -> TensorSummary:
     numel = t.numel()
-    base = dict(
-        shape=tuple(t.shape), dtype=dtype_name(t.dtype), numel=numel,
-        bytes=numel * t.element_size(),
-    )
+    base = _base(t)
     if t.is_meta or numel == 0:
-        return TensorSummary(**base, norm=None, min=None, max=None, mean=None, mean_abs=None,
-                             nan=0, inf=0, zeros=None)
-    t = t.detach()
+        return _no_stats(t)
+    t = base_t = t.detach()
     # before dequantize(), which would write out every repeated element (per-channel
     # quantized views are left as they are: their scales follow the logical index)
     view = None if t.is_quantized and t.qscheme() not in _PER_TENSOR else repeated_view(t)
@@ -112,16 +144,4 @@ def summarize(t: torch.Tensor, *, progress: ByteProgress | None = None) -> Tenso
                              mean_abs=float(fin.abs().double().mean()) if fin.numel() else None,
                              nan=nan, inf=inf, zeros=zeros, **over)
     m = moments(t, progress=progress)
-    fin = m.finite > 0
-    return TensorSummary(
-        **base,
-        norm=m.norm,
-        min=m.min,
-        max=m.max,
-        mean=m.sum / m.finite if fin else None,
-        mean_abs=m.sumabs / m.finite if fin else None,
-        nan=m.nan,
-        inf=m.inf,
-        zeros=m.zeros / numel,
-        **over,
-    )
+    return replace(from_moments(base_t, m), **over)
