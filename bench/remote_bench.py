@@ -27,10 +27,12 @@ Rows, A B A B (``--reps`` pairs), each a fresh process:
 the object's size and its one GET. The two sides' norms are checked to agree
 (``numeric.tolerance.sum_rtol``) and their NaN/Inf counts and max |x| exactly.
 
-``--workers N`` adds issue #21's N-process row: ``optstate inspect DIR --json --workers N``
-against ``--workers 1`` on a DCP folder of the largest size written as N data files
-(dcp.save with N writer threads), local and on the server; the two reports' statistics are
-checked equal within the tolerance. It needs inspect's ``--workers`` (says so otherwise).
+Then a DCP folder of the largest size (the same kind of state, 8 parameters, dcp.save with
+max(N, 2) writer threads: that many data files) on the server: ``--no-stats`` (reads
+``.metadata``) and full rows. ``--workers N`` adds issue #21's N-process row:
+``optstate inspect DIR --json --workers N`` against ``--workers 1`` on that folder, local and
+on the server; the two reports' statistics are checked equal within the tolerance. It needs
+inspect's ``--workers`` (says so otherwise).
 """
 
 from __future__ import annotations
@@ -191,25 +193,38 @@ def bench_size(server, bucket: str, work: Path, mb: int, reps: int) -> dict:
     return out
 
 
-def bench_workers(server, bucket: str, work: Path, mb: int, n: int, reps: int) -> dict:
+def bench_dcp(server, bucket: str, work: Path, mb: int, files: int, workers: int,
+              reps: int) -> dict:
+    """A DCP folder of ``mb`` MiB in ``files`` data files on the server: --no-stats and full
+    rows; with ``workers`` > 1, --workers 1 against --workers N, local and on the server."""
+    folder = build_dcp(work / f"adam_{mb}mb_dcp", mb, files)
+    url = server.put_dir(folder, f"s3://{bucket}/run/adam_{mb}mb_dcp")
+    out: dict = {"size_mb": mb, "files": files,
+                 "bytes_total": sum(p.stat().st_size for p in folder.iterdir()),
+                 "metadata_bytes": (folder / ".metadata").stat().st_size}
+    for name, extra in (("no_stats", ("--no-stats",)), ("full", ())):
+        rs = [optstate_row(url, *extra) for _ in range(reps)]
+        out[name] = {"wall_s": med(rs, "wall"), "bytes_read": rs[-1]["bytes_read"],
+                     "requests": rs[-1]["requests"], "walls": [round(r["wall"], 3) for r in rs]}
+    if workers <= 1:
+        return out
     help_text = run_process([PY, "-m", "optstate", "inspect", "--help"])["stdout"]
     if "--workers" not in help_text:
-        return {"skipped": "optstate inspect has no --workers option in this tree"}
-    folder = build_dcp(work / f"adam_{mb}mb_dcp", mb, n)
-    url = server.put_dir(folder, f"s3://{bucket}/run/adam_{mb}mb_dcp")
-    out: dict = {"size_mb": mb, "files": n,
-                 "bytes_total": sum(p.stat().st_size for p in folder.iterdir())}
+        out["workers"] = {"skipped": "optstate inspect has no --workers option in this tree"}
+        return out
+    out["workers"] = {"n": workers}
     for where, target in (("local", str(folder)), ("s3", url)):
         one, many = [], []
-        for _ in range(reps):
+        for _ in range(reps):  # A B A B
             one.append(optstate_row(target, "--workers", "1"))
-            many.append(optstate_row(target, "--workers", str(n)))
+            many.append(optstate_row(target, "--workers", str(workers)))
         check_agree(optstate_stats(one[-1]["report"]), optstate_stats(many[-1]["report"]),
-                    f"{where} --workers {n}")
-        out[where] = {"one_s": med(one, "wall"), "many_s": med(many, "wall"),
-                      "speedup": med(one, "wall") / med(many, "wall"),
-                      "walls_1": [round(r["wall"], 3) for r in one],
-                      f"walls_{n}": [round(r["wall"], 3) for r in many]}
+                    f"{where} --workers {workers}")
+        out["workers"][where] = {
+            "one_s": med(one, "wall"), "many_s": med(many, "wall"),
+            "speedup": med(one, "wall") / med(many, "wall"),
+            "walls_1": [round(r["wall"], 3) for r in one],
+            "walls_n": [round(r["wall"], 3) for r in many]}
     return out
 
 
@@ -228,17 +243,17 @@ def main() -> None:
     from tests.s3server import S3Server, patched_env
 
     server = S3Server()
-    results: dict = {"sizes": [], "workers": None}
+    results: dict = {"sizes": [], "dcp": None}
     try:
         with patched_env(server.env()), tempfile.TemporaryDirectory() as tmp:
             bucket = server.new_bucket("bench")
             for mb in args.sizes:
                 print(f"{mb} MiB ...", file=sys.stderr, flush=True)
                 results["sizes"].append(bench_size(server, bucket, Path(tmp), mb, args.reps))
-            if args.workers:
-                print(f"--workers {args.workers} ...", file=sys.stderr, flush=True)
-                results["workers"] = bench_workers(server, bucket, Path(tmp), max(args.sizes),
-                                                   args.workers, args.reps)
+            files = max(args.workers, 2)
+            print(f"DCP in {files} files ...", file=sys.stderr, flush=True)
+            results["dcp"] = bench_dcp(server, bucket, Path(tmp), max(args.sizes), files,
+                                       args.workers, args.reps)
     finally:
         server.stop()
 
@@ -256,16 +271,22 @@ def main() -> None:
                   f"{r['wall_s']:>7.2f} {r['anon_mb']:>8.0f} {ratio:>8}")
         print(f"{'':>12} --no-stats read {100 * s['no_stats']['bytes_ratio']:.3f}% of what "
               f"the baseline read; full stats {100 * s['full']['bytes_ratio']:.1f}%")
-    w = results["workers"]
-    if w:
-        if "skipped" in w:
-            print(f"N-process row: skipped ({w['skipped']})")
-        else:
-            for where in ("local", "s3"):
-                r = w[where]
-                print(f"DCP {fmt_bytes(w['bytes_total'])} in {w['files']} files ({where}): "
-                      f"--workers 1 {r['one_s']:.2f} s, --workers {w['files']} "
-                      f"{r['many_s']:.2f} s, {r['speedup']:.2f}x")
+    d = results["dcp"]
+    label = f"DCP {fmt_bytes(d['bytes_total'])} ({d['files']} files)"
+    print(f"{label}: .metadata {fmt_bytes(d['metadata_bytes'])}")
+    for name, cmd in (("no_stats", "optstate inspect URL --no-stats"),
+                      ("full", "optstate inspect URL")):
+        r = d[name]
+        print(f"{'':>12} {cmd:<34} {fmt_bytes(r['bytes_read']):>11} "
+              f"{r['requests'] if r['requests'] is not None else '-':>8} {r['wall_s']:>7.2f}")
+    w = d.get("workers")
+    if w and "skipped" in w:
+        print(f"N-process row: skipped ({w['skipped']})")
+    elif w:
+        for where in ("local", "s3"):
+            r = w[where]
+            print(f"{label} ({where}): inspect --workers 1 {r['one_s']:.2f} s, "
+                  f"--workers {w['n']} {r['many_s']:.2f} s: {r['speedup']:.2f}x")
     if args.json:
         for s in results["sizes"]:
             s.pop("url", None)
