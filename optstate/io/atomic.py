@@ -25,9 +25,10 @@ same folder at once: the first to publish wins; the other sees that the folder i
 replace is not the one it checked, swaps back, removes its copy and says so.
 
 What may be replaced, checked before any work, and the one-line wording of a failed write
-are ``targets.py``. This module stays whole (about 440 lines) on purpose: staging,
+are ``targets.py``. This module stays whole (about 480 lines) on purpose: staging,
 publishing and recovering what an interrupted write left are one protocol, and its
-crash-safety is reviewed by reading them together.
+crash-safety is reviewed by reading them together (a URL target is handed to
+``remote_write``, which stages it locally and uploads it).
 """
 
 from __future__ import annotations
@@ -49,7 +50,13 @@ from optstate.base import interrupt
 from optstate.base.errors import CheckpointError, OptstateError, OutputExistsError, option
 from optstate.base.testhook import pause_at
 from optstate.io import readguard
-from optstate.io.targets import check_target, free_bytes, lstat_or_none, write_error
+from optstate.io.targets import (
+    as_target,
+    check_target,
+    free_bytes,
+    lstat_or_none,
+    write_error,
+)
 
 TMP_SUFFIX = ".optstate-tmp"
 OLD_SUFFIX = ".optstate-old"
@@ -302,6 +309,11 @@ def staged(target: str | Path, *, force: bool, folder: bool = False, kind: str |
     # (``interrupt.check()``: each write of ``torch_save``, before publishing), the temp
     # is removed and KeyboardInterrupt raised; once the rename has begun it completes,
     # with the replaced copy removed, and the interrupt is raised as the block ends.
+    remote = as_target(target)
+    if not isinstance(remote, Path):  # a URL: staged here, uploaded (remote_write)
+        with _staged_remote(remote, force=force, folder=folder, kind=kind) as stage:
+            yield stage  # type: ignore[misc]
+        return
     with interrupt.deferred():
         stage = Staged(target, force=force, folder=folder, kind=kind, notes=notes)
         p = stage.target
@@ -328,6 +340,30 @@ def staged(target: str | Path, *, force: bool, folder: bool = False, kind: str |
                     e.args[0] else e
                 raise CheckpointError(f"cannot write {p}: {first}") from None
             raise
+
+
+@contextlib.contextmanager
+def _staged_remote(target: Any, *, force: bool, folder: bool, kind: str | None
+                   ) -> Iterator[Any]:
+    """``staged`` for a URL: the same protocol (written and checked first, Ctrl-C held,
+    nothing published on an error or interrupt), with a local temp that is uploaded
+    (``remote_write.RemoteStaged``) and always removed."""
+    from optstate.io.remote import display
+    from optstate.io.remote_write import RemoteStaged
+
+    with interrupt.deferred():
+        stage = RemoteStaged(target, force=force, folder=folder, kind=kind)
+        try:
+            pause_at("write")
+            yield stage
+            stage.publish()
+        except OSError as e:
+            if stage.published:
+                raise
+            raise CheckpointError(f"cannot write {display(target.url)}: "
+                                  f"{e.strerror or e}") from None
+        finally:
+            stage.discard()
 
 
 def _is_full(e: OSError) -> bool:

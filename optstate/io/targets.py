@@ -16,6 +16,7 @@ import os
 import re
 import stat
 from pathlib import Path
+from typing import Any
 
 from optstate.base.errors import CheckpointError, OutputExistsError, option
 
@@ -27,7 +28,12 @@ def check_target(path: str | Path, force: bool, *, folder: bool = False,
     folder that is not a checkpoint of ``kind`` ("dcp": holds ``.metadata``; a file name:
     a folder holding that file) or, for ``kind="torch"``, a file that is not a torch.save
     file, or its folder is missing or not searchable."""
-    p = Path(path)
+    target = as_target(path)
+    if not isinstance(target, Path):  # a URL: object storage (remote_write)
+        from optstate.io.remote_write import check_remote_target
+
+        return check_remote_target(target, force, folder=folder, kind=kind)  # type: ignore
+    p = target
     st = lstat_or_none(p)
     if st is not None and stat.S_ISLNK(st.st_mode):
         with contextlib.suppress(OSError):
@@ -53,6 +59,19 @@ def check_target(path: str | Path, force: bool, *, folder: bool = False,
     return p
 
 
+def as_target(path: Any) -> Any:
+    """What a command names as a place to read or write: a local ``Path`` (``file://``
+    URLs too), or a ``remote.RemotePath`` for any other URL (``s3://...``)."""
+    from optstate.io.remote import RemotePath, is_url, local_path
+
+    if isinstance(path, RemotePath):
+        return path
+    if isinstance(path, str) and is_url(path):
+        local = local_path(path)
+        return local if local is not None else RemotePath(path)
+    return Path(path)
+
+
 def lstat_or_none(p: Path) -> os.stat_result | None:
     try:
         return os.lstat(p)
@@ -75,23 +94,32 @@ def _check_replaceable_file(p: Path, st: os.stat_result) -> None:
 def _is_torch_save_file(p: Path) -> bool:
     """A torch.save zip (a ``PREFIX/data.pkl`` record), or the legacy stream (its first
     pickle is torch's magic number). Not any zip archive or any pickle: a user's own."""
+    try:
+        with open(p, "rb") as f:
+            return is_torch_save_stream(f)
+    except OSError:
+        return False
+
+
+def is_torch_save_stream(f: Any) -> bool:
+    """``_is_torch_save_file`` for an open, seekable binary file (a local file, or an
+    object in remote storage read by range requests)."""
     import pickle
     import zipfile
 
     try:
-        with open(p, "rb") as f:
-            head = f.read(64)
-            if head.startswith(b"PK\x03\x04"):
-                f.seek(0)
-                with zipfile.ZipFile(f) as z:
-                    return any(re.fullmatch(r"[^/]+/data\.pkl", n) for n in z.namelist())
+        head = f.read(64)
+        if head.startswith(b"PK\x03\x04"):
+            f.seek(0)
+            with zipfile.ZipFile(f) as z:
+                return any(re.fullmatch(r"[^/]+/data\.pkl", n) for n in z.namelist())
     except (OSError, zipfile.BadZipFile, ValueError):
         return False
     return any(head.startswith(pickle.dumps(_LEGACY_MAGIC, protocol=v)) for v in (2, 3, 4, 5))
 
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
-_DCP_OWN = re.compile(r"\.metadata|.+\.distcp")  # what torch's FileSystemWriter writes
+DCP_OWN = re.compile(r"\.metadata|.+\.distcp")  # what torch's FileSystemWriter writes
 
 
 def _check_replaceable_folder(p: Path, st: os.stat_result, kind: str | None) -> None:
@@ -117,7 +145,7 @@ def _check_replaceable_folder(p: Path, st: os.stat_result, kind: str | None) -> 
     if kind == "dcp":  # replacing deletes the old folder: only what DCP itself wrote
         try:
             others = sorted(n for n in os.listdir(p) if not (
-                _DCP_OWN.fullmatch(n) and (p / n).is_file() and not (p / n).is_symlink()))
+                DCP_OWN.fullmatch(n) and (p / n).is_file() and not (p / n).is_symlink()))
         except OSError as e:
             raise write_error(e, p) from None
         if others:
