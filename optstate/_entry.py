@@ -32,6 +32,7 @@ _READS_TENSORS = frozenset({"inspect", "diff", "check", "set", "convert"})
 
 def main(argv: list[str] | None = None) -> None:
     interrupt.install()
+    rank = _torchrun(argv)
     try:
         code = _run(argv)
         if not interrupt.pending():
@@ -55,7 +56,52 @@ def main(argv: list[str] | None = None) -> None:
     # namedtuple and dataclass generate) as unhandled, and at exit kills the process with
     # SIGINT instead of exiting with our status; a string exec() that succeeds clears it.
     exec("")  # noqa: S102 - a constant empty string
+    if rank is not None:  # a torchrun rank in a gloo group: no C++ teardown (launch.exit_now)
+        from optstate.io.launch import exit_now
+
+        if isinstance(code, str):
+            print(code, file=sys.stderr)
+        exit_now(code if isinstance(code, int) else int(code is not None))
     sys.exit(code)
+
+
+# Commands whose tensor work torchrun's ranks split (analysis/ranks.py).
+_RANKED = frozenset({"inspect", "diff"})
+
+
+def _torchrun(argv: list[str] | None) -> int | None:
+    """Under torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set; 2+ ranks): for
+    inspect and diff, join the process group and return this rank (every rank computes
+    its share and builds the same report; only rank 0's stdout and stderr stay open, so
+    the output is printed once, and each rank exits with the same status). Any other
+    command runs on rank 0 alone: the other ranks exit 0 at once, printing nothing
+    (one write of a file, one simulation: N copies would race or repeat). None: not
+    under torchrun, or a command that is not split."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    from optstate.analysis.ranks import init_from_env, torchrun_rank
+
+    found = torchrun_rank()
+    if found is None:
+        return None
+    rank = found[0]
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in _RANKED or {"--help", "-h"} & set(args):
+        if rank != 0:
+            os._exit(0)  # nothing started yet: no teardown to skip
+        return None
+    if rank != 0:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+    try:
+        init_from_env()
+    except Exception as e:  # noqa: BLE001 - one line, as every known error
+        print(f"Error: cannot join torchrun's process group: {e}".splitlines()[0],
+              file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(2)
+    return rank
 
 
 def _run(argv: list[str] | None) -> object:

@@ -24,7 +24,7 @@ and opening the two sides are one comparison.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -373,12 +373,14 @@ class DiffSide:
 def diff_files(path_a: Any, path_b: Any, options: DiffOptions | None = None, *,
                key_a: str | None = None, key_b: str | None = None, unsafe: bool = False,
                model: Any = None, on_progress: Callable[[int, int], None] | None = None,
-               ) -> tuple[StateDiff, DiffSide, DiffSide]:
+               workers: int = 1) -> tuple[StateDiff, DiffSide, DiffSide]:
     """Open two checkpoints (files or folders, memory-mapped where the format allows),
     locate the optimizer state in each, name each side's params (``state.names``: from the
     checkpoint, a model beside it, or ``model``, one model file for both sides) and
-    compare them."""
+    compare them. The tensor comparisons are split over ``workers`` processes, or over the
+    torchrun ranks this process is one of (``analysis/ranks.py``): the same result."""
     from optstate.analysis.master_weights import deepspeed_diff_notes
+    from optstate.analysis.ranks import ranked
     from optstate.io.source import open_source
     from optstate.state.locate import locate
     from optstate.state.names import name_params
@@ -396,8 +398,15 @@ def diff_files(path_a: Any, path_b: Any, options: DiffOptions | None = None, *,
         view = OptimizerStateView.from_state_dict(loc.state, loc.extra)  # + a wrapper's
         name_params(view, s, loc, model_file=model)
         views.append(view)
-    result = diff_views(views[0], views[1], options, scheduler_a=loc_a.scheduler,
-                        scheduler_b=loc_b.scheduler, on_progress=on_progress)
+    opts = options or DiffOptions()
+    job = {"command": "diff", "path_a": str(path_a), "path_b": str(path_b), "key_a": key_a,
+           "key_b": key_b, "unsafe": unsafe, "model": None if model is None else str(model),
+           "options": {**asdict(opts), "ignore": list(opts.ignore),
+                       "params": list(opts.params)}}
+    result = ranked(lambda: diff_views(views[0], views[1], opts,
+                                       scheduler_a=loc_a.scheduler,
+                                       scheduler_b=loc_b.scheduler, on_progress=on_progress),
+                    workers=workers, job=job)
     if (loc_a.scheduler is None) != (loc_b.scheduler is None):
         which, other = ("a", loc_a) if loc_a.scheduler is not None else ("b", loc_b)
         result.notes.append(f"only {which} has a scheduler state ({other.scheduler_location}); "

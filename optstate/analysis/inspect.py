@@ -38,11 +38,20 @@ SCHEMA = "optstate.inspect/1"
 
 
 def inspect_path(path: str | Path, *, key: str | None = None, unsafe: bool = False,
-                 **options: Any) -> dict[str, Any]:
+                 workers: int = 1, **options: Any) -> dict[str, Any]:
     """Open ``path`` (file or checkpoint folder) safely and inspect the optimizer state.
     ``model`` (a model file: safetensors or a torch.save state_dict) names the params
-    of an optimizer state saved without names or model (``state.names``)."""
-    return inspect_source(open_source(path, unsafe=unsafe), key=key, **options)
+    of an optimizer state saved without names or model (``state.names``). The tensor
+    statistics are split over ``workers`` processes, or over the torchrun ranks this
+    process is one of (``analysis/ranks.py``): the same report."""
+    from optstate.analysis.ranks import ranked
+
+    source = open_source(path, unsafe=unsafe)
+    job = {"command": "inspect", "path": str(path), "key": key, "unsafe": unsafe,
+           "options": {k: (str(v) if isinstance(v, Path) else v)
+                       for k, v in options.items() if k != "on_progress"}}
+    return ranked(lambda: inspect_source(source, key=key, **options), workers=workers,
+                  job=job)
 
 
 def inspect_source(source: Source, *, key: str | None = None, stats: bool = True,

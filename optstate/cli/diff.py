@@ -78,6 +78,10 @@ def diff(
         "\\[default: 50 in the tables, all with --json or --verbose]",
         rich_help_panel=_OUT)] = None,
     unsafe: Annotated[bool, typer.Option("--unsafe", help=UNSAFE_HELP)] = False,
+    workers: Annotated[int, typer.Option(
+        "--workers", metavar="N", help="Split the tensor work over N processes of this "
+        "machine (torch.distributed, gloo, CPU): the same result; under torchrun the "
+        "ranks split it.")] = 1,
 ) -> None:
     """Compare two optimizer checkpoints; exit 0 if equal, 1 if they differ.
 
@@ -107,7 +111,7 @@ def diff(
                       ) as on_progress:
             result, side_a, side_b = diff_files(
                 a, b, options, key_a=key_a or key, key_b=key_b or key, unsafe=unsafe,
-                model=model, on_progress=on_progress)
+                model=model, on_progress=on_progress, workers=workers)
         if max_diffs is None and not (json_ or verbose):
             max_diffs = HUMAN_ROWS  # a summary: the rest is counted, per entry too
         report = diff_report(result, side_a, side_b, verbose=verbose, max_diffs=max_diffs)

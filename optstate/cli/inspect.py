@@ -64,6 +64,10 @@ def inspect(
         "--json", help="Print one JSON document (schema optstate.inspect/1) on stdout.")
     ] = False,
     unsafe: Annotated[bool, typer.Option("--unsafe", help=UNSAFE_HELP)] = False,
+    workers: Annotated[int, typer.Option(
+        "--workers", metavar="N", help="Split the tensor work over N processes of this "
+        "machine (torch.distributed, gloo, CPU): the same result; under torchrun the "
+        "ranks split it.")] = 1,
 ) -> None:
     """Show what an optimizer checkpoint holds: kind, groups, per-param stats.
 
@@ -93,7 +97,7 @@ def inspect(
             report = inspect_path(path, key=key, unsafe=unsafe, stats=not no_stats,
                                   params=param, groups=group, values=values,
                                   hist_bins=BINS if hist else None, on_progress=on_progress,
-                                  model=model)
+                                  model=model, workers=workers)
         # Extra sections (e.g. histograms) are added to ``report`` here, before rendering.
         if layout:  # DCP storage layout: optstate/io/dcp_layout.py
             from optstate.io.dcp_layout import layout_report

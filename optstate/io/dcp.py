@@ -266,7 +266,9 @@ class DcpCheckpoint:
         assert isinstance(md, TensorStorageMetadata)
         return LazyTensor(
             tuple(md.size), md.properties.dtype, lambda: self.load_tensor(key),
-            info={"dcp_key": key, "chunks": [c.to_dict() for c in self.chunks(key)]},
+            info={"dcp_key": key, "chunks": [c.to_dict() for c in self.chunks(key)],
+                  # a local folder: other ranks read the chunks one by one (analysis/ranks)
+                  **({"dcp_folder": str(self.path)} if isinstance(self.path, Path) else {})},
         )
 
     def rebuild(self) -> dict[str, Any]:

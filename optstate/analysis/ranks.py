@@ -1,0 +1,328 @@
+"""``inspect`` and ``diff`` across processes: the tensor work split over ranks, merged
+exactly, the report built by the same code as on one process.
+
+Two ways in, one computation (``ranked``):
+
+- ``torchrun --nproc-per-node N -m optstate inspect PATH``: every rank runs the command;
+  ``init_from_env`` joins the gloo process group torchrun's environment describes
+  (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), and every rank builds the same report
+  (only rank 0's output reaches the terminal: ``_entry.py``).
+- ``--workers N``: this process starts N workers (``ranks_worker.py``, through
+  ``io/launch.py``: a loopback store, their own sessions, stopped on error), which do the
+  tensor work as a process group and hand rank 0's merged results back in a file; this
+  process then builds and prints the report.
+
+What ``ranked(build)`` does with ``build`` (a report builder over sources opened once):
+
+1. one pass of ``build`` with ``numeric.precomputed.recording()``: no tensor data is read;
+   the record is the list of tensor calls the report needs (each tensor's summary; each
+   pair diff compares), in order, the same on every rank (the same code on the same
+   files). Every rank opens the sources itself (structure only: LazyTensors, mmap).
+2. the calls become work units: a whole tensor (or tensor pair), or, for a tensor of a
+   local DCP folder stored in several chunks (one per rank that saved it), each chunk
+   (read alone: its byte range of its data file, pre-scanned, ``weights_only=True``).
+   Units go by bytes, largest first, to the least loaded rank (ties: the lower rank).
+3. each rank computes its units (summaries and comparisons through the one-process
+   functions; a chunk's ``kernels.moments``) and ``all_gather_object``s them: every
+   rank gets every result, so every rank reaches the same report and exit status without
+   a second collective (a rank's error reaches all the same way, and is raised by each:
+   rank 0 prints it once).
+4. chunked tensors' moments are merged exactly (``kernels.merge_moments``), summaries
+   made by ``stats.from_moments``; then ``build`` runs again with
+   ``precomputed.using(results)``: the same report code, answered from the results.
+
+Result: the one-process report, except the float sums of chunked tensors (norm, mean,
+mean |x|), whose block boundaries differ: within ``numeric.tolerance.sum_rtol(n)`` (the
+mean within ``sum_rtol(n) * mean_abs``). Whole-tensor units give the one-process numbers
+exactly. (diff with ``--quiet`` stops at the first difference on one process; across
+ranks every pair is compared, then the same walk stops at the same place.)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from optstate.base import errors
+from optstate.base.errors import CheckpointError, ConfigError, OptstateError, option
+from optstate.io.lazy import LazyTensor
+from optstate.numeric import precomputed
+from optstate.numeric.compare import TensorComparison, compare_tensors
+from optstate.numeric.kernels import Moments, merge_moments, moments
+from optstate.numeric.stats import TensorSummary, from_moments, splits_into_moments, summarize
+
+T = TypeVar("T")
+MAX_WORKERS = 64
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass
+class Group:
+    """This process's place in the process group the tensor work is split over."""
+
+    rank: int
+    world: int
+    results_file: Path | None = None  # --workers: rank 0 writes the merged results here
+
+
+_group: Group | None = None
+
+
+def torchrun_rank() -> tuple[int, int] | None:
+    """(rank, world size) when this process is one rank of a torchrun with 2+ ranks."""
+    if not all(os.environ.get(k) for k in TORCHRUN_ENV):
+        return None
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except ValueError:
+        return None
+    return (rank, world) if world > 1 and 0 <= rank < world else None
+
+
+def init_from_env() -> Group:
+    """Join torchrun's process group (gloo, CPU; ``init_method="env://"``)."""
+    global _group
+    import torch.distributed as dist
+
+    found = torchrun_rank()
+    assert found is not None
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(seconds=600))
+    _group = Group(*found)
+    return _group
+
+
+def init_from_store(store: Any, rank: int, world: int, results_file: Path) -> Group:
+    """A ``--workers`` worker joins the parent's store (``io/launch.py``)."""
+    global _group
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=600))
+    _group = Group(rank, world, results_file)
+    return _group
+
+
+def check_workers(workers: int) -> int:
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"{option('workers')} must be between 1 and {MAX_WORKERS}, "
+                          f"got {workers}")
+    return workers
+
+
+def ranked(build: Callable[[], T], *, workers: int = 1,
+           job: dict[str, Any] | None = None) -> T:
+    """``build()``, its tensor work split over the process group this process is in, or
+    over ``workers`` new processes that re-open the sources from ``job`` (see the module
+    docstring); no group and one worker: ``build()`` as it is."""
+    if _group is None and workers <= 1:
+        return build()
+    with precomputed.recording() as calls:
+        build()
+    if _group is not None:
+        results = _across(calls, _group)
+    else:
+        results = _in_workers(calls, workers, job or {})
+    keyed = {c.key: r for c, r in zip(calls, results, strict=True)}
+    with precomputed.using(keyed):
+        return build()
+
+
+# ---------------------------------------------------------------- the split
+
+@dataclass(frozen=True)
+class Unit:
+    call: int  # index into the recorded calls
+    chunk: int | None  # a chunk of a DCP tensor, or None: the whole tensor (pair)
+    bytes: int
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def units_of(calls: list[precomputed.Call]) -> list[Unit]:
+    """The work units of the recorded calls, in a deterministic order."""
+    out: list[Unit] = []
+    for i, c in enumerate(calls):
+        chunks = _chunks(c.tensors[0]) if c.kind == "summary" else []
+        if len(chunks) > 1:
+            esize = c.tensors[0].element_size()
+            for j, ch in enumerate(chunks):
+                n = 1
+                for s in ch["sizes"]:
+                    n *= s
+                out.append(Unit(i, j, n * esize))
+        else:
+            out.append(Unit(i, None, sum(_nbytes(t) for t in c.tensors)))
+    return out
+
+
+def assign(units: list[Unit], world: int) -> list[list[Unit]]:
+    """Units by bytes, largest first, each to the least loaded rank (ties: lower rank)."""
+    load = [0] * world
+    out: list[list[Unit]] = [[] for _ in range(world)]
+    for u in sorted(units, key=lambda u: (-u.bytes, u.call, u.chunk or 0)):
+        r = min(range(world), key=lambda k: (load[k], k))
+        out[r].append(u)
+        load[r] += u.bytes
+    return out
+
+
+def _chunks(t: torch.Tensor) -> list[dict[str, Any]]:
+    """The stored chunks of a tensor of a local DCP folder that can be summarised piece by
+    piece; [] for any other tensor (a whole unit)."""
+    if not (isinstance(t, LazyTensor) and "dcp_folder" in t.info
+            and isinstance(t.info.get("dcp_key"), str) and splits_into_moments(t)):
+        return []
+    chunks = t.info.get("chunks") or []
+    return chunks if all(c.get("file") for c in chunks) else []
+
+
+_metadata_cache: dict[str, Any] = {}
+
+
+def read_chunk(t: LazyTensor, j: int) -> torch.Tensor:
+    """Chunk ``j`` of the DCP tensor ``t`` alone: its byte range of its data file (inside
+    the folder), pre-scanned, loaded with ``weights_only=True``, checked against the
+    metadata's sizes and dtype."""
+    from torch.distributed.checkpoint.metadata import MetadataIndex
+
+    from optstate.io.dcp_metadata import inside, read_metadata
+    from optstate.io.torch_file import prescan_bytes
+
+    folder = Path(t.info["dcp_folder"])
+    key, chunk = t.info["dcp_key"], t.info["chunks"][j]
+    md = _metadata_cache.get(str(folder))
+    if md is None:
+        md = _metadata_cache[str(folder)] = read_metadata(folder)
+    info = md.storage_data.get(MetadataIndex(key, torch.Size(chunk["offsets"])))
+    if info is None or getattr(info, "transform_descriptors", None):
+        raise CheckpointError(f"{folder}: the chunk of {key} at {chunk['offsets']} has no "
+                              "plain stored data")
+    label = f"{folder / info.relative_path}: the chunk of {key}"
+    with open(inside(folder, info.relative_path), "rb") as f:
+        f.seek(info.offset)
+        data = f.read(info.length)
+    if len(data) != info.length:
+        raise CheckpointError(f"{label} is truncated", hint="re-copy the checkpoint folder")
+    prescan_bytes(data, label)
+    try:
+        piece = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - torch's many load errors: one message
+        raise CheckpointError(f"cannot read {label}: {str(e).strip().splitlines()[0]}",
+                              hint="the checkpoint's data files are damaged or "
+                              "truncated") from None
+    if (not isinstance(piece, torch.Tensor) or tuple(piece.shape) != tuple(chunk["sizes"])
+            or piece.dtype != t.dtype):
+        raise CheckpointError(f"{label} does not hold what the metadata says "
+                              f"({t.dtype} {tuple(chunk['sizes'])})")
+    return piece
+
+
+def _compute(calls: list[precomputed.Call], mine: list[Unit]) -> list[tuple[int, Any, Any]]:
+    """This rank's units: (call, chunk, plain result)."""
+    out = []
+    for u in mine:
+        c = calls[u.call]
+        if u.chunk is not None:
+            value: Any = asdict(moments(read_chunk(c.tensors[0], u.chunk)))
+        elif c.kind == "summary":
+            value = asdict(summarize(c.tensors[0]))
+        else:
+            value = asdict(compare_tensors(*c.tensors, **c.options))
+        out.append((u.call, u.chunk, value))
+    return out
+
+
+def _merge(calls: list[precomputed.Call], parts: list[tuple[int, Any, Any]]) -> list[Any]:
+    """Every call's result object from the ranks' plain results (chunks merged)."""
+    whole: dict[int, Any] = {}
+    pieces: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+    for call, chunk, value in parts:
+        if chunk is None:
+            whole[call] = value
+        else:
+            pieces.setdefault(call, []).append((chunk, value))
+    out: list[Any] = []
+    for i, c in enumerate(calls):
+        if i in pieces:
+            ms = [Moments(**v) for _, v in sorted(pieces[i], key=lambda p: p[0])]
+            out.append(from_moments(c.tensors[0], merge_moments(ms)))
+        elif c.kind == "summary":
+            out.append(TensorSummary(**{**whole[i], "shape": tuple(whole[i]["shape"])}))
+        else:
+            out.append(TensorComparison(**whole[i]))
+    return out
+
+
+def _signature(calls: list[precomputed.Call]) -> list[list[Any]]:
+    return [[c.kind, *([list(t.shape), str(t.dtype)] for t in c.tensors)] for c in calls]
+
+
+def _across(calls: list[precomputed.Call], group: Group) -> list[Any]:
+    """This rank's share, all-gathered, merged; an error on any rank raised on every one."""
+    import torch.distributed as dist
+
+    try:
+        units = assign(units_of(calls), group.world)[group.rank]
+        payload: Any = ("ok", _compute(calls, units))
+    except OptstateError as e:
+        payload = ("error", type(e).__name__, e.message, e.hint)
+    except Exception as e:  # noqa: BLE001 - reported by every rank, as one line
+        payload = ("error", "OptstateError", f"rank {group.rank} failed: "
+                   f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}",
+                   None)
+    gathered: list[Any] = [None] * group.world
+    dist.all_gather_object(gathered, payload)
+    for p in gathered:
+        if p[0] == "error":
+            cls = getattr(errors, p[1], OptstateError)
+            raise cls(p[2], p[3])
+    results = _merge(calls, [x for p in gathered for x in p[1]])
+    if group.results_file is not None and group.rank == 0:
+        group.results_file.write_text(json.dumps(
+            {"signature": _signature(calls), "results": [asdict(r) for r in results]}))
+    return results
+
+
+def _in_workers(calls: list[precomputed.Call], workers: int,
+                job: dict[str, Any]) -> list[Any]:
+    """Start ``workers`` processes on ``job`` (they open the sources again and record the
+    same calls), wait, read rank 0's merged results."""
+    from optstate.io import launch
+
+    work = Path(tempfile.mkdtemp(prefix="optstate-ranks-"))
+    procs: list[Any] = []
+    try:
+        with launch.rendezvous(workers) as port:
+            (work / "job.json").write_text(json.dumps(
+                {**job, "world_size": workers, "port": port, "work": str(work),
+                 "parent": os.getpid()}))
+            procs = [launch.start_worker("optstate.analysis.ranks_worker",
+                                         [str(work / "job.json"), str(r)], r, work)
+                     for r in range(workers)]
+            launch.wait(procs, work, timeout=24 * 3600.0, what="the workers")
+        data = json.loads((work / "results.json").read_text())
+    finally:
+        launch.stop(procs)
+        shutil.rmtree(work, ignore_errors=True)
+    if data["signature"] != json.loads(json.dumps(_signature(calls))):
+        raise CheckpointError("the workers found other tensors than this process: was the "
+                              "checkpoint changed while it was read?")
+    return _from_plain(calls, data["results"])
+
+
+def _from_plain(calls: list[precomputed.Call], values: list[dict[str, Any]]) -> list[Any]:
+    return [TensorSummary(**{**v, "shape": tuple(v["shape"])}) if c.kind == "summary"
+            else TensorComparison(**v) for c, v in zip(calls, values, strict=True)]
