@@ -3,7 +3,6 @@ a DeepSpeed ZeRO checkpoint -> either."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,15 +21,17 @@ from optstate.cli import (
 
 @app.command(cls=OptstateCommand)
 def convert(
-    src: Annotated[Path, typer.Argument(
+    src: Annotated[str, typer.Argument(
         metavar="SRC", help="A torch.save file (or Hugging Face checkpoint folder), a DCP "
         "folder (with .metadata), a DeepSpeed ZeRO checkpoint (run folder with 'latest', tag "
         "folder, or a rank file) or a folder of one FSDP2 run's rank<N>.pt files.",
         show_default=False)],
-    dst: Annotated[Path, typer.Argument(
+    dst: Annotated[str, typer.Argument(
         metavar="DST", help="Where to write. A name ending in .pt, .pth, .bin or .ckpt is "
         "one torch.save file; any other name a DCP folder. A DCP folder becomes a file, a "
-        "torch.save file a DCP folder; DeepSpeed and FSDP2 rank files either.",
+        "torch.save file a DCP folder; DeepSpeed and FSDP2 rank files either. SRC and DST "
+        "may be URLs (s3://bucket/run/step_100/): DST is written and checked locally, then "
+        "uploaded.",
         show_default=False)],
     force: Annotated[bool, typer.Option(
         "--force", help="Replace DST if it is a checkpoint of the kind written: a "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -22,13 +21,14 @@ from optstate.cli import (
 
 @app.command("set", cls=OptstateCommand)
 def set_(
-    checkpoint: Annotated[Path, typer.Argument(
+    checkpoint: Annotated[str, typer.Argument(
         metavar="CKPT", help="A torch.save file or a Hugging Face / accelerate checkpoint "
-        "folder.", show_default=False)],
-    output: Annotated[Path | None, typer.Option(
+        "folder (or a torch.save file's URL: s3://bucket/ckpt.pt).", show_default=False)],
+    output: Annotated[str | None, typer.Option(
         "--output", "-o", help="Where to write the result (a file, or a folder for folder "
-        "checkpoints: the folder is copied and its optimizer/scheduler files rewritten).")
-    ] = None,
+        "checkpoints: the folder is copied and its optimizer/scheduler files rewritten). A "
+        "URL (s3://bucket/new.pt) is written and checked locally, then uploaded as one "
+        "object.")] = None,
     lr: Annotated[float | None, typer.Option(
         help="New learning rate. With scheduler state in the checkpoint, its base_lrs and "
         "_last_lr are changed too (see --no-scheduler).")] = None,

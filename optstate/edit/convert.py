@@ -44,8 +44,9 @@ from optstate.io.dcp_metadata import is_dcp_folder, is_index
 from optstate.io.dcp_write import check_dir_writable, dcp_save, dcp_to_file, tensor_bytes
 from optstate.io.deepspeed import is_deepspeed_file, is_deepspeed_folder
 from optstate.io.dtensor import is_dtensor
+from optstate.io.remote import display
 from optstate.io.source import open_source
-from optstate.io.targets import AtLeast
+from optstate.io.targets import AtLeast, as_target
 from optstate.io.torch_file import check_writable, save_checkpoint
 from optstate.numeric.trees import verify_copy
 
@@ -72,9 +73,9 @@ class ConvertResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": "optstate.convert/1",
-            "source": str(self.source),
+            "source": display(self.source),
             "source_format": self.source_format,
-            "destination": str(self.destination),
+            "destination": display(self.destination),
             "destination_format": self.destination_format,
             "tensors_verified": self.tensors,
             "bytes": self.bytes,
@@ -87,10 +88,12 @@ def convert(src: str | Path, dst: str | Path, *, force: bool = False,
             unsafe: bool = False) -> ConvertResult:
     """Convert ``src`` to ``dst``, a torch.save file or a DCP folder as ``dst`` is named;
     see the module docstring."""
-    src_p, dst_p = Path(src), Path(dst)
-    if src_p.resolve() == dst_p.resolve():
-        raise OutputExistsError(f"{dst_p} is the source itself; give another destination")
-    if is_dcp_folder(src_p):
+    src_p, dst_p = as_target(src), as_target(dst)  # a Path, or a RemotePath for a URL
+    if (src_p.resolve() == dst_p.resolve() if isinstance(src_p, Path) and isinstance(dst_p, Path)
+            else src_p == dst_p):
+        raise OutputExistsError(f"{display(dst_p)} is the source itself; give another "
+                                "destination")
+    if _is_dcp(src_p):
         return _dcp_to_file(src_p, dst_p, force)
     if writes_file(dst_p):
         return _to_file(src_p, dst_p, force, unsafe)
@@ -103,7 +106,15 @@ def writes_file(dst: Path) -> bool:
     return dst.suffix.lower() in FILE_SUFFIXES
 
 
-def _is_deepspeed(src: Path) -> bool:
+def _is_dcp(src: Any) -> bool:
+    if isinstance(src, Path):
+        return is_dcp_folder(src)
+    return (src / ".metadata").is_file()  # a folder in object storage
+
+
+def _is_deepspeed(src: Any) -> bool:
+    if not isinstance(src, Path):  # not read from object storage (open_source says so)
+        return False
     return (is_deepspeed_folder(src) if src.is_dir()
             else src.is_file() and is_deepspeed_file(src))
 
@@ -117,13 +128,13 @@ def _to_file(src: Path, dst: Path, force: bool, unsafe: bool) -> ConvertResult:
             f"{source.label} is a torch.save file already; convert writes it as a DCP folder "
             f"(DST {dst.name} ends in {dst.suffix}: one torch.save file)",
             hint=f"give DST a folder name without {', '.join(FILE_SUFFIXES)}, e.g. "
-            f"{dst.with_suffix('')}")
+            f"{display(dst)[:-len(dst.suffix)]}")
     notes: list[str] = []
     save_checkpoint(obj, dst, force=force, notes=notes)
-    written = open_source(dst, mmap=True)
+    written = open_source(dst, mmap=True)  # an uploaded object is read back from storage
     n, dropped = verify_copy(obj, written.obj)
     warnings, facts = _said(source)
-    return ConvertResult(src, source.format, dst, "zip", n, dst.stat().st_size,
+    return ConvertResult(src, source.format, dst, "zip", n, written.bytes,
                          warnings + changed + notes + _dropped_note(dropped), facts,
                          _words(source))
 
@@ -131,9 +142,9 @@ def _to_file(src: Path, dst: Path, force: bool, unsafe: bool) -> ConvertResult:
 def _dcp_to_file(src: Path, dst: Path, force: bool) -> ConvertResult:
     notes: list[str] = []
     obj = dcp_to_file(src, dst, force=force, notes=notes)
-    written = open_source(dst, mmap=True)
+    written = open_source(dst, mmap=True)  # an uploaded object is read back from storage
     n, dropped = verify_copy(obj, written.obj)
-    return ConvertResult(src, "dcp", dst, "zip", n, dst.stat().st_size,
+    return ConvertResult(src, "dcp", dst, "zip", n, written.bytes,
                          notes + _dropped_note(dropped))
 
 

@@ -32,7 +32,9 @@ from optstate.edit.set_plan import (
     plan_changes,
 )
 from optstate.edit.set_write import write_file, write_folder
+from optstate.io.remote import display
 from optstate.io.source import open_source
+from optstate.io.targets import as_target
 from optstate.io.torch_file import check_writable
 from optstate.sim.schedule import SET_LR, scalar
 from optstate.sim.trial import trial_step
@@ -67,8 +69,16 @@ def set_hyperparameters(
     if base_lr is not None and not scheduler:
         raise ConfigError(f"{option('base_lr')} changes the scheduler state with the groups; "
                           f"it cannot be used with {option('scheduler', False)}")
-    src_path = Path(path)
+    src_path = as_target(path)  # a Path, or a RemotePath for a URL
     target = _output_path(src_path, output, in_place, dry_run)
+    remote = not isinstance(src_path, Path) or (target is not None
+                                                and not isinstance(target, Path))
+    if remote and target is not None and not in_place and src_path.is_dir():
+        raise ConfigError(
+            f"set writes a copy of a checkpoint folder only from and to local paths "
+            f"({display(src_path)} -> {display(target)})",
+            hint="copy the folder locally, or set its optimizer file: "
+            f"{option('output')} takes a URL for one file")
     if target is not None and not in_place:
         if src_path.is_dir():
             if target.exists() and not force:
@@ -179,12 +189,12 @@ def unshare(obj: Any) -> Any:
     return rec(obj)
 
 
-def _output_path(src: Path, output: str | Path | None, in_place: bool,
-                 dry_run: bool) -> Path | None:
+def _output_path(src: Any, output: str | Path | None, in_place: bool,
+                 dry_run: bool) -> Any:
     if dry_run:
         return None
     if in_place:
-        if output is not None and not _same_path(Path(output), src):
+        if output is not None and not _same_path(as_target(output), src):
             raise ConfigError(f"{option('in_place', True)} writes onto the input; do not also "
                               f"give {option('output')} with another path")
         return src
@@ -193,7 +203,7 @@ def _output_path(src: Path, output: str | Path | None, in_place: bool,
                           hint=f"{option('output', shown='NEW_FILE')} writes a copy; "
                           f"{option('in_place', True)} rewrites the input; "
                           f"{option('dry_run', True)} only shows the changes")
-    out = Path(output)
+    out = as_target(output)
     if _same_path(out, src):
         raise ConfigError(f"{option('output', out)} is the input checkpoint",
                           hint=f"pass {option('in_place', True)} to rewrite the input, or "
@@ -201,7 +211,9 @@ def _output_path(src: Path, output: str | Path | None, in_place: bool,
     return out
 
 
-def _same_path(a: Path, b: Path) -> bool:
+def _same_path(a: Any, b: Any) -> bool:
+    if not (isinstance(a, Path) and isinstance(b, Path)):  # a URL: the same URL
+        return a == b
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:

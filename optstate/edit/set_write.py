@@ -13,6 +13,7 @@ from typing import Any
 from optstate.base.errors import CheckpointError
 from optstate.base.paths import follow
 from optstate.edit.set_plan import Change, SetResult
+from optstate.io.remote import display
 from optstate.io.source import Source
 from optstate.io.torch_file import atomic_write, load_torch_file
 from optstate.numeric.leaves import same_leaf
@@ -40,7 +41,7 @@ def write_file(obj: Any, src: Path, target: Path, changes: list[Change], label: 
                      kind="torch")
     except OSError as e:
         raise CheckpointError(f"cannot write {target}: {e.strerror or e}") from None
-    result.outputs.append(str(target))
+    result.outputs.append(display(target))
 
 
 def _verify_against(src: Path, tmp: Path, expected: dict[str, Any], unsafe: bool) -> int:
@@ -49,7 +50,12 @@ def _verify_against(src: Path, tmp: Path, expected: dict[str, Any], unsafe: bool
     except CheckpointError as e:
         raise CheckpointError(f"refusing to write: the new file does not load back ({e})"
                               ) from None
-    original = load_torch_file(src, mmap=True, unsafe=unsafe).obj
+    if isinstance(src, Path):
+        original = load_torch_file(src, mmap=True, unsafe=unsafe).obj
+    else:  # a URL: read again by range requests (the first read's tree was changed)
+        from optstate.io.source import open_source
+
+        original = open_source(src, unsafe=unsafe).obj
     compared = compare_trees(original, written)
     diffs, count = compared.paths, compared.leaves
     unexpected = sorted(d for d in diffs if not any(_under(d, p) for p in expected))

@@ -252,7 +252,9 @@ def _quiet_device_mesh() -> Iterator[None]:
         log.setLevel(level)
 
 
-def _torch_load(p: Path, fmt: str, target: Any, use_mmap: bool, unsafe: bool) -> Any:
+def _torch_load(p: Path, fmt: str, target: Any, use_mmap: bool, unsafe: bool, *,
+                map_location: str = "cpu") -> Any:
+    """``map_location="meta"``: no storage data is read (a remote file: ``remote_torch``)."""
     import torch
 
     from optstate.io import inert
@@ -263,7 +265,7 @@ def _torch_load(p: Path, fmt: str, target: Any, use_mmap: bool, unsafe: bool) ->
             warnings.simplefilter("ignore")
             obj = torch.load(
                 target,
-                map_location="cpu",
+                map_location=map_location,
                 weights_only=not unsafe,  # always explicit: see the module docstring
                 mmap=use_mmap,
             )
@@ -398,7 +400,7 @@ def atomic_write(path: str | Path, write: Any, *, force: bool = False,
         if verify is not None:
             pause_at("verify")
             verify(tmp.path)
-    return Path(path)
+    return tmp.target  # a Path, or a RemotePath for a URL (uploaded)
 
 
 def save_checkpoint(obj: Any, path: str | Path, *, force: bool = False,
