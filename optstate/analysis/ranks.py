@@ -198,7 +198,7 @@ def read_chunk(t: LazyTensor, j: int) -> torch.Tensor:
     metadata's sizes and dtype."""
     from torch.distributed.checkpoint.metadata import MetadataIndex
 
-    from optstate.io.dcp_metadata import inside, read_metadata
+    from optstate.io.dcp_metadata import inside, read_metadata, short_repr
     from optstate.io.torch_file import prescan_bytes
 
     folder = Path(t.info["dcp_folder"])
@@ -210,7 +210,7 @@ def read_chunk(t: LazyTensor, j: int) -> torch.Tensor:
     if info is None or getattr(info, "transform_descriptors", None):
         raise CheckpointError(f"{folder}: the chunk of {key} at {chunk['offsets']} has no "
                               "plain stored data")
-    label = f"{folder / info.relative_path}: the chunk of {key}"
+    label = f"{folder / info.relative_path}: the chunk of {short_repr(key)}"
     with open(inside(folder, info.relative_path), "rb") as f:
         f.seek(info.offset)
         data = f.read(info.length)

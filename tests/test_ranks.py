@@ -1,0 +1,148 @@
+"""inspect and diff across processes (``--workers N``, torchrun): analysis/ranks.py.
+
+Every run here starts real processes (gloo on loopback, each importing torch: seconds on a
+busy machine), so the checkpoints are made once per module and the multi-process runs are
+few. The one-process report is the reference: the N-process one must equal it, except the
+float sums of tensors summarised chunk by chunk (norm, mean, mean |x|), which agree
+within ``numeric.tolerance.sum_rtol(n)`` (the mean within ``sum_rtol(n) * mean_abs``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from optstate.analysis.ranks import Unit, assign
+from optstate.cli import app
+from optstate.numeric.kernels import merge_moments, moments
+from optstate.numeric.tolerance import sum_rtol
+
+# Uneven rows over 2 ranks (301 = 151 + 150), big enough for several 256 Ki-element blocks
+# per chunk, so the chunked sums really are added in another order.
+RUN = ["-O", "adam", "--shape", "301x1000", "--shape", "7", "--grad", "normal",
+       "--seed", "5"]
+
+
+def _cli(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("ranks")
+    r = _cli("simulate", *RUN, "--steps", "3", "--world-size", "2", "--save", d / "dcp")
+    assert r.exit_code == 0, r.output
+    r = _cli("simulate", *RUN, "--steps", "4", "--save", d / "b.pt")
+    assert r.exit_code == 0, r.output
+    return {"dcp": d / "dcp", "file": d / "b.pt"}
+
+
+def _agree(one: object, many: object, where: str = "") -> None:
+    """``many`` equals ``one``; a summary's float sums within the stated tolerance."""
+    if isinstance(one, dict) and isinstance(many, dict):
+        assert list(one) == list(many), where
+        n = one.get("numel")
+        for k in one:
+            a, b = one[k], many[k]
+            if k in ("norm", "mean_abs", "mean") and isinstance(a, float) and isinstance(n, int):
+                assert isinstance(b, float), f"{where}.{k}"
+                scale = abs(one["mean_abs"]) if k == "mean" else abs(a)
+                assert abs(a - b) <= sum_rtol(n) * scale, (f"{where}.{k}", a, b)
+            else:
+                _agree(a, b, f"{where}.{k}")
+    elif isinstance(one, list) and isinstance(many, list):
+        assert len(one) == len(many), where
+        for i, (a, b) in enumerate(zip(one, many, strict=True)):
+            _agree(a, b, f"{where}[{i}]")
+    else:
+        assert one == many, (where, one, many)
+
+
+def test_units_go_largest_first_to_the_least_loaded_rank() -> None:
+    units = [Unit(0, None, 10), Unit(1, 0, 40), Unit(1, 1, 30), Unit(2, None, 25)]
+    split = assign(units, 2)
+    assert split == [[Unit(1, 0, 40), Unit(0, None, 10)], [Unit(1, 1, 30), Unit(2, None, 25)]]
+    assert assign(units, 2) == split  # deterministic: every rank computes the same
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e200, 1e-200])
+def test_merged_moments_of_pieces_agree_with_one_pass(scale: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(600_001, generator=g, dtype=torch.float64) * scale
+    t[5], t[400_000], t[7] = float("nan"), float("inf"), 0.0
+    whole = moments(t)
+    merged = merge_moments([moments(p) for p in (t[:123_457], t[123_457:500_000],
+                                                 t[500_000:])])
+    for k in ("numel", "finite", "nan", "inf", "zeros", "min", "max"):
+        assert getattr(merged, k) == getattr(whole, k), k
+    n = whole.finite
+    assert abs(merged.sumabs - whole.sumabs) <= sum_rtol(n) * whole.sumabs
+    assert abs(merged.sum - whole.sum) <= sum_rtol(n) * whole.sumabs
+    assert math.isfinite(merged.norm)  # rescaled where the squares leave float64
+    assert abs(merged.norm - whole.norm) <= sum_rtol(n) * whole.norm
+
+
+def test_workers_2_inspect_equals_one_process(ckpts: dict[str, Path]) -> None:
+    for path in (ckpts["dcp"], ckpts["file"]):
+        one = _cli("inspect", path, "--json")
+        two = _cli("inspect", path, "--json", "--workers", "2")
+        assert one.exit_code == two.exit_code == 0, two.output
+        _agree(json.loads(one.stdout), json.loads(two.stdout))
+
+
+def test_workers_2_diff_equals_one_process(ckpts: dict[str, Path]) -> None:
+    one = _cli("diff", ckpts["dcp"], ckpts["file"], "--json")
+    two = _cli("diff", ckpts["dcp"], ckpts["file"], "--json", "--workers", "2")
+    assert one.exit_code == two.exit_code == 1, two.output
+    assert json.loads(two.stdout) == json.loads(one.stdout)  # pairs are whole units: exact
+
+
+def _torchrun(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         "2", "-m", "optstate", *map(str, args)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_torchrun_prints_one_document_equal_to_one_process(ckpts: dict[str, Path]) -> None:
+    r = _torchrun("inspect", ckpts["dcp"], "--json")
+    assert r.returncode == 0, r.stderr
+    _agree(json.loads(_cli("inspect", ckpts["dcp"], "--json").stdout),
+           json.loads(r.stdout))  # one document: json.loads refuses two
+    r = _torchrun("diff", ckpts["dcp"], ckpts["file"], "--json")
+    assert r.returncode != 0  # torchrun reports the ranks' exit 1 (differences) as failed
+    assert json.loads(r.stdout) == json.loads(
+        _cli("diff", ckpts["dcp"], ckpts["file"], "--json").stdout)
+
+
+def test_a_rank_failing_on_a_damaged_chunk_is_one_error_line(ckpts: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    import shutil
+
+    from optstate.io.dcp_metadata import read_metadata
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpts["dcp"], bad)
+    md = read_metadata(bad)
+    index, info = next((k, v) for k, v in md.storage_data.items()
+                       if k.offset is not None and k.fqn.endswith("exp_avg_sq")
+                       and v.relative_path == "__1_0.distcp")
+    data = bytearray((bad / info.relative_path).read_bytes())
+    data[info.offset:info.offset + 4] = b"XXXX"  # the chunk's zip header
+    (bad / info.relative_path).write_bytes(bytes(data))
+    r = _cli("inspect", bad, "--json", "--workers", "2")
+    assert r.exit_code == 2
+    assert r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert lines[0].startswith(f"Error: {bad / info.relative_path}: the chunk of ")
+    assert [ln for ln in lines if ln.startswith("Error:")] == [lines[0]]
+    assert "Traceback" not in r.stderr
