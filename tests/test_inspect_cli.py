@@ -243,7 +243,8 @@ def test_json_schema_keys_are_stable(cli, tmp_path):
     assert list(doc) == ["schema", "file", "location", "locations", "optimizer", "legacy_ids",
                          "stats", "selection", "naming", "param_groups", "params", "totals",
                          "scheduler", "warnings", "notes"]
-    assert list(doc["file"]) == ["path", "read", "format", "bytes"]
+    assert list(doc["file"]) == ["path", "read", "format", "bytes", "bytes_read", "bytes_total",
+                                 "requests", "retries"]
     assert list(doc["optimizer"]) == ["kind", "confidence", "reason", "candidates",
                                       "hyperparams", "state_keys", "foreign", "library",
                                       "import_path", "wrapper", "inner", "closest", "differs"]

@@ -154,3 +154,214 @@ def test_unknown_protocol_is_one_line():
     with pytest.raises(ConfigError) as e:
         RemotePath("nosuchproto://bucket/x.pt")
     assert "\n" not in str(e.value) and "nosuchproto" in str(e.value)
+
+
+# --------------------------------------------------------------------------- torch.save files
+
+
+def _adam_two_groups():
+    import torch
+
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(40, 30)), torch.nn.Parameter(torch.randn(30))]
+    b = [torch.nn.Parameter(torch.randn(7, 5))]
+    opt = torch.optim.Adam([{"params": a}, {"params": b, "lr": 1e-2}], lr=1e-3)
+    for _ in range(3):
+        for p in a + b:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    return opt.state_dict()
+
+
+def _sgd_momentum():
+    import torch
+
+    torch.manual_seed(1)
+    ps = [torch.nn.Parameter(torch.randn(20, 10)), torch.nn.Parameter(torch.randn(10))]
+    opt = torch.optim.SGD(ps, lr=0.1, momentum=0.9)
+    for _ in range(2):
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    return opt.state_dict()
+
+
+def _shared_storages():
+    """An SGD state whose momentum buffers are views into one storage (as a flat buffer
+    gives them), one of them strided: each view rebuilt from the one storage."""
+    sd = _sgd_momentum()
+    import torch
+
+    flat = torch.randn(420)
+    sd["state"][0]["momentum_buffer"] = flat[:200].view(20, 10)
+    sd["state"][1]["momentum_buffer"] = flat[200:400:2]
+    return sd
+
+
+def _json(cli, target) -> dict:
+    import json
+
+    r = cli("inspect", target, "--json")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def _same_but_file(local: dict, remote_doc: dict) -> None:
+    lf, rf = local.pop("file"), remote_doc.pop("file")
+    assert (lf["format"], lf["bytes"], lf["bytes_total"]) == \
+        (rf["format"], rf["bytes"], rf["bytes_total"])
+    assert lf["bytes_read"] is None and rf["bytes_read"] > 0 and rf["requests"] > 0
+    assert {k: v.rsplit("/", 1)[-1] for k, v in lf.get("siblings", {}).items()} == \
+        {k: v.rsplit("/", 1)[-1] for k, v in rf.get("siblings", {}).items()}
+    assert local == remote_doc
+
+
+@pytest.mark.parametrize("make", [_adam_two_groups, _sgd_momentum, _shared_storages])
+def test_remote_file_inspects_as_the_local_file(cli, s3, s3_bucket, tmp_path, make):
+    import torch
+
+    torch.save(make(), tmp_path / "opt.pt")
+    url = s3.put(tmp_path / "opt.pt", f"s3://{s3_bucket}/run/opt.pt")
+    local, remote_doc = _json(cli, tmp_path / "opt.pt"), _json(cli, url)
+    assert remote_doc["file"]["path"] == url and remote_doc["file"]["read"] == url
+    size = (tmp_path / "opt.pt").stat().st_size
+    assert remote_doc["file"]["bytes_total"] == size
+    # every storage once, plus the structure (the pickle, the zip directory)
+    assert remote_doc["file"]["bytes_read"] < size + (200 << 10)
+    _same_but_file(local, remote_doc)
+
+
+def test_remote_trainer_folder(cli, s3, s3_bucket, tmp_path):
+    import torch
+
+    folder = tmp_path / "checkpoint-500"
+    folder.mkdir()
+    torch.manual_seed(2)
+    p = torch.nn.Parameter(torch.randn(6, 4))
+    opt = torch.optim.AdamW([p], lr=1e-3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2)
+    for _ in range(3):
+        p.grad = torch.randn_like(p)
+        opt.step()
+        sched.step()
+    torch.save(opt.state_dict(), folder / "optimizer.pt")
+    torch.save(sched.state_dict(), folder / "scheduler.pt")
+    url = s3.put_dir(folder, f"s3://{s3_bucket}/run/checkpoint-500/")
+    local, remote_doc = _json(cli, folder), _json(cli, url)
+    assert remote_doc["file"]["path"] == url
+    assert remote_doc["file"]["read"] == f"{url}/optimizer.pt"
+    assert remote_doc["file"]["siblings"] == {"scheduler": f"{url}/scheduler.pt"}
+    assert remote_doc["scheduler"]["kind"] == local["scheduler"]["kind"] is not None
+    _same_but_file(local, remote_doc)
+
+
+def test_no_stats_reads_under_one_percent_of_32_mb(cli, s3, s3_bucket, tmp_path):
+    import json
+
+    import torch
+
+    ps = [torch.nn.Parameter(torch.zeros(1000, 1000)) for _ in range(4)]
+    opt = torch.optim.Adam(ps)
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    torch.save(opt.state_dict(), tmp_path / "big.pt")
+    size = (tmp_path / "big.pt").stat().st_size
+    assert size > 32_000_000
+    url = s3.put(tmp_path / "big.pt", f"s3://{s3_bucket}/big.pt")
+    r = cli("inspect", url, "--no-stats", "--json")
+    assert r.exit_code == 0, r.stdout
+    f = json.loads(r.stdout)["file"]
+    assert f["bytes_total"] == size and f["retries"] == 0
+    assert 0 < f["bytes_read"] <= size // 100, f
+    human = cli("inspect", url, "--no-stats")
+    pct = f"{100 * f['bytes_read'] / size:.2f}%"
+    assert f"read {f['bytes_read'] / 1000:.1f} kB of {size / 1e6:.1f} MB ({pct}) in " \
+        f"{f['requests']} requests\n" in human.stdout
+
+
+def test_stats_stream_every_storage_once(cli, s3, s3_bucket, tmp_path):
+    import json
+
+    import torch
+
+    torch.save(_adam_two_groups(), tmp_path / "a.pt")
+    size = (tmp_path / "a.pt").stat().st_size
+    url = s3.put(tmp_path / "a.pt", f"s3://{s3_bucket}/a.pt")
+    f = json.loads(cli("inspect", url, "--json").stdout)["file"]
+    tensor_bytes = sum(4 * n for n in (1200, 30, 35)) * 2 + 3 * 4  # moments + steps
+    assert tensor_bytes <= f["bytes_read"] <= tensor_bytes + 2 * (64 << 10)
+    assert f["bytes_total"] == size
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_object_is_one_line(cli, s3, s3_bucket):
+    url = f"s3://{s3_bucket}/run/ckpt.pt"  # was: "Error: s3:/<bucket>/run/ckpt.pt does not exist"
+    r = cli("inspect", url)
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr == f"Error: {url} does not exist\n"
+
+
+def test_access_denied_is_one_line(cli, s3, s3_bucket, fault_proxy, tmp_path):
+    import torch
+
+    torch.save(_sgd_momentum(), tmp_path / "s.pt")
+    url = s3.put(tmp_path / "s.pt", f"s3://{s3_bucket}/s.pt")
+    fault_proxy.deny()
+    r = cli("inspect", url)
+    assert r.exit_code == 2
+    lines = r.stderr.splitlines()
+    assert lines[0] == f"Error: access denied to {url} (HTTP 403)"
+    assert len(lines) == 2 and lines[1].startswith("Hint: check the credentials")
+
+
+def test_diff_remote_against_local(cli, s3, s3_bucket, tmp_path):
+    import torch
+
+    torch.save(_sgd_momentum(), tmp_path / "s.pt")
+    url = s3.put(tmp_path / "s.pt", f"s3://{s3_bucket}/s.pt")
+    r = cli("diff", url, tmp_path / "s.pt")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert f"a: {url} · SGD" in r.stdout
+    r = cli("diff", url, url)
+    assert r.exit_code == 0, r.stdout + r.stderr
+
+
+def test_without_s3fs_the_message_names_the_extra(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['s3fs'] = None\n"
+            "sys.argv = ['optstate', 'inspect', 's3://bucket/run/ckpt.pt']\n"
+            "import runpy; runpy.run_module('optstate', run_name='__main__')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "NO_COLOR": "1"})
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == ("Error: reading s3:// URLs needs s3fs, which is not installed\n"
+                        "Hint: pip install 'optstate[s3]'\n")
+
+
+def test_model_option_stays_local(cli):
+    r = cli("inspect", "whatever.pt", "--model", "s3://bucket/model.safetensors")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0] == \
+        "Error: --model takes a local file, not a URL: s3://bucket/model.safetensors"
+
+
+def test_local_arguments_unchanged(cli, tmp_path):
+    r = cli("inspect", tmp_path / "nope.pt")
+    assert r.exit_code == 2 and r.stderr == f"Error: {tmp_path / 'nope.pt'} does not exist\n"
+
+
+def test_legacy_file_is_not_read_remotely(cli, s3, s3_bucket, tmp_path):
+    import torch
+
+    torch.save(_sgd_momentum(), tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    url = s3.put(tmp_path / "old.pt", f"s3://{s3_bucket}/old.pt")
+    r = cli("inspect", url)
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0] == (
+        f"Error: {url} is a torch.save file in the legacy (pre-1.6, non-zip) format, "
+        "which optstate does not read remotely yet")

@@ -18,6 +18,7 @@ from optstate.analysis.master_weights import master_weight_warnings
 from optstate.analysis.suspicious import state_warnings
 from optstate.base.errors import ConfigError, option
 from optstate.base.suggest import did_you_mean
+from optstate.io.remote import display
 from optstate.io.source import Source, open_source
 from optstate.state.kind import container_of, infer_kind, stored_formats
 from optstate.state.locate import Located, locate
@@ -137,22 +138,39 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
     if shards:
         notes.append({"code": "dtensor_shard", "message": shards, "where": []})
     report["warnings"], report["notes"] = warnings, list(source.notes) + notes
+    report["file"].update(read_info(source))  # last: after every tensor read
     return report
 
 
 def _file_info(source: Source) -> dict[str, Any]:
     info: dict[str, Any] = {
-        "path": str(source.path),
-        "read": str(source.file),
+        "path": display(source.path),
+        "read": display(source.file),
         "format": source.format,
         "bytes": source.bytes,
+        **read_info(source),
     }
     if source.sibling_files:
-        info["siblings"] = {k: str(v) for k, v in source.sibling_files.items()}
+        info["siblings"] = {k: display(v) for k, v in source.sibling_files.items()}
     if source.summary:  # e.g. DeepSpeed: ZeRO stage, world size, dtype, loss scale
         info["summary"] = source.summary
         info["details"] = dict(source.details)
     return info
+
+
+def read_info(source: Source) -> dict[str, Any]:
+    """What was read: ``bytes_read``, ``requests``, ``retries`` (None for a local source,
+    which is memory-mapped: what the kernel pages in is not counted) and ``bytes_total``,
+    the size of every file the checkpoint consists of (with its scheduler file)."""
+    if source.read is not None:
+        return source.read.to_dict()
+    total = source.bytes
+    for sibling in source.sibling_files.values():
+        try:
+            total += sibling.stat().st_size
+        except (OSError, AttributeError):
+            pass
+    return {"bytes_read": None, "bytes_total": total, "requests": None, "retries": None}
 
 
 def _select(view: OptimizerStateView, params: list[str] | None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -28,9 +27,9 @@ _OUT = "Output"
 
 @app.command(no_args_is_help=True, cls=OptstateCommand)
 def diff(
-    a: Annotated[Path, typer.Argument(
+    a: Annotated[str, typer.Argument(
         metavar="A", help="First checkpoint (file or checkpoint folder).", show_default=False)],
-    b: Annotated[Path, typer.Argument(
+    b: Annotated[str, typer.Argument(
         metavar="B", help="Second checkpoint.", show_default=False)],
     atol: Annotated[float, typer.Option(
         help="Absolute tolerance: a pair is equal when |a−b| <= atol + rtol·|b|.",
@@ -61,7 +60,7 @@ def diff(
         "tied alias) matches this glob ('conv*', '*.bias'), or at this position; every "
         "group's hyperparameters are still compared. Repeatable.",
         rich_help_panel=_CMP)] = None,
-    model: Annotated[Path | None, typer.Option(
+    model: Annotated[str | None, typer.Option(
         "--model", "-m", metavar="FILE", help=f"A model ({MODEL_FILES_HELP}) to name the "
         "params of optimizer states saved alone; one model for both A and B (each "
         "checkpoint's own param_names win).", rich_help_panel=_CMP)] = None,
@@ -91,6 +90,10 @@ def diff(
     Example: optstate diff -q step1000.pt step2000.pt && echo same
     """
     with errors_to_exit():
+        from optstate.io.remote import cli_path, local_only
+
+        # a URL stays text (read remotely); a local argument is the Path it always was
+        path_a, path_b, model_file = cli_path(a), cli_path(b), local_only(model, "--model")
         from optstate.analysis.diff import DiffOptions, diff_files
         from optstate.analysis.diff_report import diff_report
         from optstate.base.errors import ConfigError
@@ -110,8 +113,8 @@ def diff(
         with Progress("comparing", enabled=progress_wanted(json=json_, quiet=quiet)
                       ) as on_progress:
             result, side_a, side_b = diff_files(
-                a, b, options, key_a=key_a or key, key_b=key_b or key, unsafe=unsafe,
-                model=model, on_progress=on_progress, workers=workers)
+                path_a, path_b, options, key_a=key_a or key, key_b=key_b or key,
+                unsafe=unsafe, model=model_file, on_progress=on_progress, workers=workers)
         if max_diffs is None and not (json_ or verbose):
             max_diffs = HUMAN_ROWS  # a summary: the rest is counted, per entry too
         report = diff_report(result, side_a, side_b, verbose=verbose, max_diffs=max_diffs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -24,7 +23,7 @@ _FOCUS = "Focus"
 
 @app.command(cls=OptstateCommand)
 def inspect(
-    path: Annotated[Path, typer.Argument(
+    path: Annotated[str, typer.Argument(
         metavar="CKPT", help="A torch.save file (.pt .pth .pkl .bin .ckpt .tar ...), a "
         "Hugging Face Trainer / accelerate checkpoint folder, or a "
         "torch.distributed.checkpoint folder.",
@@ -55,7 +54,7 @@ def inspect(
         "--layout", help="DCP folders: how each tensor is split into chunks across ranks "
         "and files (from the metadata; in --json under \"layout\").",
         rich_help_panel=_FOCUS)] = False,
-    model: Annotated[Path | None, typer.Option(
+    model: Annotated[str | None, typer.Option(
         "--model", "-m", metavar="FILE", help="Name the params from this model "
         f"({MODEL_FILES_HELP}): for an optimizer file saved alone, without param_names "
         "and without the model beside it.",
@@ -82,6 +81,9 @@ def inspect(
     Exit status: 0 shown, 2 bad input or no optimizer state found.
     """
     with errors_to_exit():
+        from optstate.io.remote import cli_path, local_only
+
+        target, model_file = cli_path(path), local_only(model, "--model")  # a URL stays text
         if unsafe:
             warn_unsafe()
         from optstate.analysis.inspect import inspect_path
@@ -94,15 +96,15 @@ def inspect(
         from optstate.render.progress import Progress, progress_wanted
 
         with Progress("reading", enabled=progress_wanted(json=json_)) as on_progress:
-            report = inspect_path(path, key=key, unsafe=unsafe, stats=not no_stats,
+            report = inspect_path(target, key=key, unsafe=unsafe, stats=not no_stats,
                                   params=param, groups=group, values=values,
                                   hist_bins=BINS if hist else None, on_progress=on_progress,
-                                  model=model, workers=workers)
+                                  model=model_file, workers=workers)
         # Extra sections (e.g. histograms) are added to ``report`` here, before rendering.
         if layout:  # DCP storage layout: optstate/io/dcp_layout.py
             from optstate.io.dcp_layout import layout_report
 
-            report["layout"] = layout_report(path)
+            report["layout"] = layout_report(target)
     if json_:
         from optstate.render.json_view import dumps
 

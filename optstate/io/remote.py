@@ -448,3 +448,24 @@ class RemoteFile(io.RawIOBase):
                 done += take
         self._pos = end
         return n
+
+
+def cli_path(text: str) -> Path | str:
+    """A command-line checkpoint argument: a URL stays text (``open_source`` reads it
+    remotely); anything else, and a ``file://`` URL, is the ``Path`` it always was."""
+    if is_url(text):
+        return local_path(text) or text
+    return Path(text)
+
+
+def local_only(text: str | None, option: str) -> Path | None:
+    """An option that names a local file (``--model``): a URL is refused in one line."""
+    if text is None:
+        return None
+    if is_url(text):
+        local = local_path(text)
+        if local is not None:
+            return local
+        raise ConfigError(f"{option} takes a local file, not a URL: {display(text)}",
+                          hint="copy it to a local file first")
+    return Path(text)

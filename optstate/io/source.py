@@ -10,6 +10,11 @@ sparse invariants; ``walk.py``), and the ``WalkReport`` is kept on the ``Source`
 Tensors come lazily: a zip-format file's tensors are memory-mapped (opening reads only
 the pickled structure; data is paged in when a statistic or comparison touches it), a
 DCP folder's are ``LazyTensor``s read one at a time (``dcp.py``).
+
+A URL (``s3://...``, any fsspec URL; ``remote.py``) opens the same way for a torch.save
+file (``remote_torch.py``), a DCP folder and a Trainer / accelerate folder, every byte read
+by range requests and counted in ``Source.read``; other formats are refused remotely, with a
+hint to copy them locally. A ``file://`` URL is a local path.
 """
 
 from __future__ import annotations
@@ -20,8 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from optstate.base.errors import CheckpointError, NoOptimizerStateError
-from optstate.io.deepspeed import is_deepspeed_file, is_deepspeed_folder, latest_hint
-from optstate.io.dtensor import join_ranks, rank_files
+from optstate.io.deepspeed import (
+    LATEST,
+    MODEL_FILE,
+    OPTIM_FILE,
+    is_deepspeed_file,
+    is_deepspeed_folder,
+    latest_hint,
+)
+from optstate.io.dtensor import RANK_FILE, join_ranks, rank_files
+from optstate.io.remote import ReadStats, RemotePath, display, is_url, local_path
 from optstate.io.torch_file import load_torch_file
 from optstate.io.walk import WalkReport, check_copyable, walk
 
@@ -36,8 +49,8 @@ OPTIMIZER_FILE = re.compile(r"optimizer(_\d+)?\.(pt|bin|pth)")
 class Source:
     """A loaded checkpoint: the object tree plus where it came from."""
 
-    path: Path  # what the user named
-    file: Path  # the file actually read (inside a folder, for folder checkpoints)
+    path: Path | RemotePath  # what the user named
+    file: Path | RemotePath  # the file actually read (inside a folder, for folder checkpoints)
     format: str  # "zip" | "legacy" | ...
     bytes: int
     obj: Any
@@ -55,13 +68,17 @@ class Source:
     summary: str | None = None
     details: dict[str, Any] = field(default_factory=dict)  # the same as plain data
     notes: list[dict[str, Any]] = field(default_factory=list)
+    # What was read from remote storage (bytes, requests, retries; bytes_total); None for
+    # local files, which are memory-mapped: what the kernel pages in is not counted
+    read: ReadStats | None = None
 
     @property
     def label(self) -> str:
-        return str(self.path) if self.file == self.path else f"{self.path} ({self.file.name})"
+        where = display(self.path)
+        return where if self.file == self.path else f"{where} ({self.file.name})"
 
 
-def open_source(path: str | Path, *, mmap: bool = True, unsafe: bool = False,
+def open_source(path: str | Path | RemotePath, *, mmap: bool = True, unsafe: bool = False,
                 copying: str | None = None) -> Source:
     """Open a checkpoint file or folder. Raises CheckpointError with a one-line reason.
 
@@ -69,6 +86,11 @@ def open_source(path: str | Path, *, mmap: bool = True, unsafe: bool = False,
     ``convert``); a file whose views would grow past the ``expand`` limit when copied is
     then refused here, before any copy (reading it for statistics works over its storage).
     """
+    if isinstance(path, RemotePath) or isinstance(path, str) and is_url(path):
+        local = local_path(path)
+        if local is None:
+            return _open_remote(path, unsafe=unsafe, copying=copying)
+        path = local
     p = Path(path)
     if p.is_dir() and is_deepspeed_folder(p) or p.is_file() and is_deepspeed_file(p):
         return _open_deepspeed(p, unsafe=unsafe, copying=copying)
@@ -187,15 +209,21 @@ def _open_dcp(p: Path) -> Source:
 def _scheduler_file(opt_file: Path) -> Path | None:
     """The scheduler file written with ``opt_file``: optimizer_1.bin pairs with
     scheduler_1.bin (accelerate); optimizer.pt with scheduler.pt (Trainer)."""
-    m = OPTIMIZER_FILE.fullmatch(opt_file.name)
     folder = opt_file.parent
+    name = _scheduler_name(opt_file.name, lambda n: (folder / n).is_file())
+    return None if name is None else folder / name
+
+
+def _scheduler_name(opt_name: str, is_file: Any) -> str | None:
+    """The scheduler file's name beside ``opt_name``, given which names are files."""
+    m = OPTIMIZER_FILE.fullmatch(opt_name)
     if m is not None:
-        twin = folder / f"scheduler{m.group(1) or ''}.{m.group(2)}"
-        if twin.is_file():
+        twin = f"scheduler{m.group(1) or ''}.{m.group(2)}"
+        if is_file(twin):
             return twin
         if m.group(1) not in (None, "_0"):
             return None
-    return next((folder / n for n in HF_SCHEDULER_FILES if (folder / n).is_file()), None)
+    return next((n for n in HF_SCHEDULER_FILES if is_file(n)), None)
 
 
 def _add_scheduler_sibling(src: Source, opt_file: Path, *, unsafe: bool) -> None:
@@ -208,3 +236,84 @@ def _add_scheduler_sibling(src: Source, opt_file: Path, *, unsafe: bool) -> None
         src.siblings["scheduler"] = load_torch_file(sched_file, unsafe=unsafe).obj
     except CheckpointError as e:
         src.sibling_errors["scheduler"] = str(e)
+
+
+# --------------------------------------------------------------------------- remote
+
+
+def _open_remote(path: str | RemotePath, *, unsafe: bool, copying: str | None) -> Source:
+    """A URL: a torch.save file, a DCP folder or a Trainer / accelerate folder, read by
+    range requests (every byte counted in ``Source.read``)."""
+    from optstate.io.remote_torch import not_remote_yet
+
+    rp = path if isinstance(path, RemotePath) else RemotePath(path)
+    stats = ReadStats()
+    if rp.is_file():
+        if rp.name == LATEST or OPTIM_FILE.fullmatch(rp.name) or MODEL_FILE.fullmatch(rp.name):
+            raise not_remote_yet(rp.url, "a DeepSpeed checkpoint file")
+        return _remote_file(rp, rp, stats, unsafe=unsafe, copying=copying)
+    if not rp.is_dir():
+        raise CheckpointError(f"{display(rp.url)} does not exist")
+    names = {child.name: child for child in rp.iterdir()}
+    if ".metadata" in names:
+        from optstate.io.dcp import DcpCheckpoint
+
+        ckpt = DcpCheckpoint(rp, read=stats)
+        size = ckpt.total_bytes
+        stats.bytes_total = stats.bytes_total or size
+        obj = ckpt.rebuild()
+        report = walk(obj, label=display(rp.url))
+        return Source(path=rp, file=rp, format="dcp", bytes=size, obj=obj, walk=report,
+                      read=stats)
+    found = sorted(n for n in names if OPTIMIZER_FILE.fullmatch(n))
+    if len(found) > 1:
+        raise NoOptimizerStateError(
+            f"{display(rp.url)} holds {len(found)} optimizer files: {', '.join(found)}",
+            hint=f"give one of them, e.g. {display((rp / found[0]).url)}")
+    opt = next((n for n in HFOPTIMIZER_FILES if n in names), found[0] if found else None)
+    if opt is not None:
+        return _remote_file(rp, names[opt], stats, unsafe=unsafe, copying=copying,
+                            siblings=set(names))
+    if LATEST in names or any(OPTIM_FILE.fullmatch(n) or MODEL_FILE.fullmatch(n)
+                              for n in names):
+        raise not_remote_yet(rp.url, "a DeepSpeed checkpoint folder")
+    if any(RANK_FILE.fullmatch(n) for n in names):
+        raise not_remote_yet(rp.url, "a folder of FSDP2 rank files")
+    raise CheckpointError(
+        f"{display(rp.url)} is a folder with no optimizer.pt or optimizer.bin in it",
+        hint="give the checkpoint file itself, or a Hugging Face Trainer / accelerate "
+        "checkpoint folder")
+
+
+def _remote_file(named: RemotePath, rp: RemotePath, stats: ReadStats, *, unsafe: bool,
+                 copying: str | None, siblings: set[str] | None = None) -> Source:
+    """A remote torch.save file (``remote_torch``), with its scheduler file when it is a
+    Trainer / accelerate optimizer file."""
+    from optstate.io.remote_torch import load_remote_torch
+
+    loaded = load_remote_torch(rp, stats, unsafe=unsafe)
+    stats.bytes_total = loaded.bytes
+    if copying and loaded.walk is not None:
+        check_copyable(loaded.walk, display(rp.url), copying)
+    src = Source(path=named, file=rp, format=loaded.format, bytes=loaded.bytes,
+                 obj=loaded.obj, walk=loaded.walk, read=stats)
+    if not OPTIMIZER_FILE.fullmatch(rp.name):
+        return src
+    folder = rp.parent
+    if siblings is None:
+        siblings = {child.name for child in folder.iterdir()}
+    name = _scheduler_name(rp.name, siblings.__contains__)
+    if name is None:
+        return src
+    sched = folder / name
+    src.sibling_files["scheduler"] = sched
+    part = ReadStats()
+    try:  # the optimizer state is still worth showing when its scheduler file is broken
+        src.siblings["scheduler"] = load_remote_torch(sched, part, unsafe=unsafe).obj
+    except CheckpointError as e:
+        src.sibling_errors["scheduler"] = str(e)
+    stats.bytes_total += sched.size()
+    stats.add(part.bytes_read, part.requests)
+    for _ in range(part.retries):
+        stats.retried()
+    return src

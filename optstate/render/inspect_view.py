@@ -42,6 +42,35 @@ def human_bytes(n: int, exact: bool = True) -> str:
     return f"{n} B"
 
 
+def decimal_bytes(n: int) -> str:
+    """'6.3 kB', '24.0 MB' (powers of 1000, as transfer sizes are counted)."""
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+def read_line(file: dict[str, Any]) -> Text | None:
+    """'read 6.3 kB of 24.0 MB (0.03%) in 3 requests, 1 retry' for a remote source (the
+    ``bytes_read`` ... fields of a report's ``file``); None for a local one."""
+    got = file.get("bytes_read")
+    if got is None:
+        return None
+    total = file.get("bytes_total") or 0
+    requests, retries = file.get("requests") or 0, file.get("retries") or 0
+    text = f"read {decimal_bytes(got)} of {decimal_bytes(total)}"
+    if total:
+        pct = 100 * got / total
+        text += f" ({pct:.0f}%)" if pct >= 10 else f" ({pct:.1f}%)" if pct >= 1 \
+            else f" ({pct:.2f}%)"
+    text += f" in {requests} request{'s' * (requests != 1)}"
+    if retries:
+        text += f", {retries} retr{'ies' if retries != 1 else 'y'}"
+    return Text(text, style="dim")
+
+
 def _zeros(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}" if 0 < value < 1 else f"{value:.0%}"
 
@@ -338,6 +367,9 @@ def inspect_view(report: dict[str, Any], max_params: int = MAX_PARAMS_SHOWN) -> 
         parts.append(scheduler_line(report["scheduler"]))
     if not report["stats"]:
         parts.append(Text("--no-stats: structure only, tensor data not read", style="dim"))
+    read = read_line(report["file"])
+    if read is not None:
+        parts.append(read)
     for w in report["warnings"]:
         parts.append(Hanging(Text.assemble(("warning ", "bold yellow"),
                                            (f"[{w['code']}] ", "yellow"), w["message"]), 8))

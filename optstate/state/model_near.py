@@ -30,6 +30,8 @@ def checkpoint_folder(source: Any) -> Path | None:
     from (the folder named, or the folder of an ``optimizer.pt`` named directly)."""
     if source is None or getattr(source, "format", None) == "dcp":
         return None
+    if getattr(source, "read", None) is not None:  # a URL: no model is looked for beside it
+        return None
     path, file = Path(source.path), Path(source.file)
     if path.is_dir():
         return path

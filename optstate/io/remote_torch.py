@@ -1,0 +1,284 @@
+"""torch.save files in remote storage, read by range requests: the structure first, tensor
+data only when a statistic looks at it.
+
+The checks are ``load_torch_file``'s (``torch_file.py``): the format, the zip's structure
+(``check_zip``), the pre-scan of ``data.pkl``, then ``torch.load(weights_only=True)``, here
+with ``map_location="meta"`` on a ``RemoteFile``: torch reads the zip's directory and the
+pickle, and no storage data (each meta storage carries ``_checkpoint_offset``, the absolute
+offset of its bytes in the file). Every meta tensor then becomes a ``LazyTensor`` whose
+loader fetches exactly its storage's byte range (one request) and rebuilds the view
+(``as_strided``). Each storage is checked to lie inside its zip record before anything is
+fetched. When a storage is loaded, the next one in file order is fetched in one background
+thread: at most two storages are in memory at once (the one in use, the next one).
+
+Only the zip format (torch >= 1.6) is read remotely; a legacy file is refused with a hint
+to copy it locally.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import warnings
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from optstate.base.errors import CheckpointError
+from optstate.base.limits import current as current_limits
+from optstate.io.inert import Inert, InertTensor
+from optstate.io.lazy import LazyTensor
+from optstate.io.remote import ReadStats, RemoteFile, RemotePath, display
+from optstate.io.torch_file import LoadedFile, _prescan, _torch_load, detect_format
+from optstate.io.torch_zip import TorchZip, check_zip
+from optstate.io.walk import walk
+
+# Blocks of the ranged file while reading the structure: the pickle at the start and the
+# zip directory at the end, without pulling in 2 x 256 KiB of tensor data around them.
+STRUCTURE_BLOCK = 64 << 10
+# Storages up to SMALL bytes are kept once read, up to SMALL_KEPT bytes in all.
+SMALL = 4 << 10
+SMALL_KEPT = 1 << 20
+
+
+def not_remote_yet(url: str, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"{display(url)} is {what}, which optstate does not read remotely yet",
+        hint="copy it to a local folder first (e.g. aws s3 cp / gsutil cp / fsspec) and "
+        "give the local path")
+
+
+def load_remote_torch(rp: RemotePath, stats: ReadStats, *, unsafe: bool = False) -> LoadedFile:
+    """Load a remote torch.save file safely: structure by range requests, tensors as
+    ``LazyTensor``s read on first use; then ``walk`` it. Bytes are counted in ``stats``."""
+    label = display(rp.url)
+    size = rp.size()
+    f = RemoteFile(rp, stats, block=STRUCTURE_BLOCK, size=size)
+    fmt = detect_format(label, f.read(512))  # type: ignore[arg-type]
+    if fmt != "zip":
+        raise not_remote_yet(rp.url, "a torch.save file in the legacy (pre-1.6, non-zip) "
+                             "format")
+    zinfo = check_zip(label, f, size)  # type: ignore[arg-type]
+    if zinfo.compressed:
+        raise not_remote_yet(rp.url, "a zip archive with compressed members (torch.save "
+                             "never compresses)")
+    limits = current_limits()
+    _prescan(label, f, zinfo, limits)  # type: ignore[arg-type]
+    _check_byteorder(rp, f, zinfo)
+    f.seek(0)
+    obj = _torch_load(label, fmt, f, False, unsafe, map_location="meta")  # type: ignore[arg-type]
+    # the meta tree first: cycles, depth and size as a tree refused before we rebuild it
+    walk(obj, label=label, max_depth=limits.depth, max_nodes=limits.nodes)
+    records = _records(f, zinfo, size)
+    reader = StorageReader(rp, stats)
+    obj = _lazy_tree(obj, reader, records, label)
+    walked = walk(obj, label=label, max_depth=limits.depth, max_nodes=limits.nodes)
+    walked.storages = None
+    return LoadedFile(path=label, format=fmt, bytes=size, obj=obj,  # type: ignore[arg-type]
+                      walk=walked)
+
+
+def _check_byteorder(rp: RemotePath, f: RemoteFile, zinfo: TorchZip) -> None:
+    """Storages are rebuilt from their bytes as they are: little-endian files only."""
+    import zipfile
+
+    if "byteorder" not in zinfo.sizes:
+        return
+    with zipfile.ZipFile(f) as zf:
+        order = zf.read(f"{zinfo.prefix}/byteorder").strip()
+    if order != b"little":
+        raise not_remote_yet(rp.url, f"saved {order.decode(errors='replace')}-endian")
+
+
+def _records(f: RemoteFile, zinfo: TorchZip, size: int) -> list[tuple[int, int, int]]:
+    """(first possible data offset, end of the room it has, size) of each ``data/`` record,
+    from the zip directory already read: a record's data starts after its local header (30
+    bytes and its name) and must end before the next member (or the directory) starts."""
+    import zipfile
+
+    with zipfile.ZipFile(f) as zf:
+        infos = sorted(zf.infolist(), key=lambda i: i.header_offset)
+        directory = zf.start_dir if hasattr(zf, "start_dir") else size
+    out = []
+    for i, info in enumerate(infos):
+        if not info.filename.split("/", 1)[-1].startswith("data/"):
+            continue
+        room_end = infos[i + 1].header_offset if i + 1 < len(infos) else directory
+        start = info.header_offset + 30 + len(info.filename.encode())
+        out.append((start, min(room_end, size), info.file_size))
+    return out
+
+
+def _fits(records: list[tuple[int, int, int]], offset: int, nbytes: int) -> bool:
+    starts = [r[0] for r in records]
+    i = bisect.bisect_right(starts, offset) - 1
+    if i < 0:
+        return False
+    _, room_end, record_size = records[i]
+    return nbytes <= record_size and offset + record_size <= room_end
+
+
+def _lazy_tree(obj: Any, reader: StorageReader, records: list[tuple[int, int, int]],
+               label: str) -> Any:
+    """``obj`` with every meta tensor (in dicts, lists, tuples and inert objects) replaced
+    by a LazyTensor reading its storage; a tensor met twice gives the same LazyTensor."""
+    import torch
+
+    done: dict[int, Any] = {}
+
+    def lazy(t: Any) -> Any:
+        if t.layout != torch.strided or t.is_quantized:
+            raise not_remote_yet(label, f"a file holding {t.layout} / quantized tensors")
+        st = t.untyped_storage()
+        nbytes = st.nbytes()
+        offset = getattr(st, "_checkpoint_offset", None)
+        if nbytes and (offset is None or not _fits(records, int(offset), nbytes)):
+            raise CheckpointError(f"{label} is damaged: a tensor's data lies outside its "
+                                  "zip record", hint="re-copy or re-save the checkpoint")
+        span = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True)) \
+            if t.numel() else 0
+        if t.numel() and (t.storage_offset() + span) * t.element_size() > nbytes:
+            raise CheckpointError(f"{label} is damaged: a tensor needs more bytes than its "
+                                  "data holds", hint="re-copy or re-save the checkpoint")
+        shape, stride, start, dtype = tuple(t.shape), t.stride(), t.storage_offset(), t.dtype
+        if nbytes:
+            reader.register(int(offset), nbytes)
+
+        def load() -> torch.Tensor:
+            if not nbytes:
+                return torch.empty_strided(shape, stride, dtype=dtype)
+            storage = reader.storage(int(offset), nbytes)
+            flat = torch.empty(0, dtype=dtype)
+            return flat.set_(storage, start, shape, stride)
+
+        return LazyTensor(shape, dtype, load, {"offset": offset, "bytes": nbytes})
+
+    def visit(o: Any) -> Any:
+        key = id(o)
+        if key in done:
+            return done[key]
+        if isinstance(o, torch.Tensor):
+            out = lazy(o) if o.is_meta else o
+        elif isinstance(o, dict):
+            done[key] = o
+            for k, v in list(o.items()):
+                new = visit(v)
+                if new is not v:
+                    o[k] = new
+            out = o
+        elif isinstance(o, list):
+            done[key] = o
+            for i, v in enumerate(o):
+                new = visit(v)
+                if new is not v:
+                    o[i] = new
+            out = o
+        elif isinstance(o, tuple):
+            items = [visit(v) for v in o]
+            out = o
+            if any(a is not b for a, b in zip(items, o, strict=True)):
+                out = type(o)(*items) if hasattr(o, "_fields") else type(o)(items)
+        elif isinstance(o, Inert):
+            done[key] = o
+            o.args = tuple(visit(v) for v in o.args)
+            for k, v in list(o.state.items()):
+                o.state[k] = visit(v)
+            out = o
+        elif isinstance(o, InertTensor):
+            done[key] = o
+            for k, v in list(o.state.items()):
+                o.state[k] = visit(v)
+            out = o
+        else:
+            out = o
+        done[key] = out
+        return out
+
+    return visit(obj)  # depth bounded: the meta tree was walked (limits.depth)
+
+
+class StorageReader:
+    """The storages of one remote file, each fetched in one exact range request. The
+    last one used is kept (views share it), and small ones (``step``s, scalars: up to
+    ``SMALL_KEPT`` bytes in all) stay, since structure and statistics both look at them.
+    Once two storages were read one after the other in file order (statistics going
+    through the tensors, not ``--no-stats`` reading the scalar ``step``s), the next one
+    is fetched in a background thread meanwhile: at most two big ones in memory."""
+
+    def __init__(self, rp: RemotePath, stats: ReadStats) -> None:
+        self.rp = rp
+        self.stats = stats
+        self._lock = threading.Lock()
+        self._sizes: dict[int, int] = {}  # offset -> bytes of every storage asked about
+        self._offsets: list[int] = []
+        self._last: tuple[int, Any] | None = None
+        self._small: dict[int, Any] = {}
+        self._small_bytes = 0
+        self._next: tuple[int, Future[Any]] | None = None
+
+    def register(self, offset: int, nbytes: int) -> None:
+        with self._lock:
+            if offset not in self._sizes:
+                self._sizes[offset] = nbytes
+                bisect.insort(self._offsets, offset)
+
+    def _fetch(self, offset: int, nbytes: int) -> Any:
+        import torch
+
+        data = bytearray(self.rp.read_range(offset, offset + nbytes, self.stats))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.frombuffer(data, dtype=torch.uint8).untyped_storage()
+
+    def storage(self, offset: int, nbytes: int) -> Any:
+        self.register(offset, nbytes)
+        with self._lock:
+            last, pending = self._last, self._next
+        small = self._small.get(offset)
+        if small is not None:
+            return small
+        if last is not None and last[0] == offset:
+            found = last[1]
+        elif pending is not None and pending[0] == offset:
+            found = pending[1].result()  # its error, if any, is this read's error
+            with self._lock:
+                self._next = None
+        else:
+            if pending is not None:  # read out of file order: that guess was wrong
+                with self._lock:
+                    self._next = None
+            found = self._fetch(offset, nbytes)
+        with self._lock:
+            if nbytes <= SMALL and self._small_bytes + nbytes <= SMALL_KEPT:
+                self._small[offset] = found
+                self._small_bytes += nbytes
+            previous = self._last[0] if self._last is not None else None
+            self._last = (offset, found)
+            i = bisect.bisect_left(self._offsets, offset)
+            in_order = previous is not None and i > 0 and self._offsets[i - 1] == previous
+        if in_order:
+            self._prefetch_after(offset)
+        return found
+
+    def _prefetch_after(self, offset: int) -> None:
+        with self._lock:
+            if self._next is not None:
+                return  # one in flight at a time
+            i = bisect.bisect_right(self._offsets, offset)
+            if i >= len(self._offsets):
+                return
+            nxt = self._offsets[i]
+            future: Future[Any] = Future()
+            self._next = (nxt, future)
+            nbytes = self._sizes[nxt]
+        _start(lambda: self._fetch(nxt, nbytes), future)
+
+
+def _start(fn: Callable[[], Any], future: Future[Any]) -> None:
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as e:  # handed to whoever asks for this storage
+            future.set_exception(e)
+
+    threading.Thread(target=run, name="optstate-remote-prefetch", daemon=True).start()
