@@ -8,9 +8,9 @@ local folder (``dcp.DcpCheckpoint``: ``dcp.load`` with ``SafeLoadPlanner``); onl
 the bytes come from differs: ``RangeReader._slice_file`` fetches each stored item (a
 value, or a tensor chunk: torch.save bytes) with one exact range request, counted in the
 ``ReadStats``, pre-scans it and hands torch the bytes in memory. The many small items read
-together (the non-tensor values, the 0-d step counts) are fetched first with one request
-per run of adjacent items (``prefetch``), so ``--no-stats`` costs a few requests, not one
-per parameter.
+together (the non-tensor values, the 0-d step counts) are fetched first, one request per
+run of adjacent items, a few requests in flight at once (``prefetch``): ``--no-stats``
+reads ``.metadata``, the values and the step counts, never a tensor chunk with data.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import contextlib
 import io
 import posixpath
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from torch.distributed.checkpoint.filesystem import FileSystem
@@ -36,6 +37,8 @@ from optstate.io.torch_file import prescan_bytes
 
 # adjacent small items are fetched together, up to this many bytes per request
 MERGE_LIMIT = 16 << 20
+# requests in flight at once for runs of small items
+PARALLEL = 8
 
 
 def list_folder(folder: RemotePath) -> dict[str, int]:
@@ -91,17 +94,27 @@ class RangeReader(SafeFileSystemReader):
         for info in infos:
             if (info.relative_path, info.offset) not in self._held:
                 by_file.setdefault(info.relative_path, []).append(info)
+        runs: list[tuple[str, list[Any]]] = []
         for rel, items in by_file.items():
             items.sort(key=lambda i: i.offset)
             run: list[Any] = []
             for info in items:
                 if run and (info.offset != run[-1].offset + run[-1].length
                             or info.offset + info.length - run[0].offset > MERGE_LIMIT):
-                    self._fetch(rel, run)
+                    runs.append((rel, run))
                     run = []
                 run.append(info)
             if run:
+                runs.append((rel, run))
+        if len(runs) <= 1:
+            for rel, run in runs:
                 self._fetch(rel, run)
+            return
+        # dcp.save puts each param's step count between its moments: one run per param,
+        # fetched a few at a time (latency, not bandwidth, is their cost)
+        with ThreadPoolExecutor(min(PARALLEL, len(runs))) as pool:
+            for f in [pool.submit(self._fetch, rel, run) for rel, run in runs]:
+                f.result()
 
     def _fetch(self, rel: str, run: list[Any]) -> None:
         start = run[0].offset
