@@ -1,0 +1,144 @@
+"""Writing checkpoints to object storage (issue #21): ``set -o s3://...`` and ``convert ...
+s3://...`` are written and checked locally, then uploaded whole or not at all, against a
+real S3 server (moto, loopback) and a fault-injecting proxy in front of it."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+PATH_FIELDS = ("path", "read", "bytes_read", "requests", "retries")
+
+
+def _drop(report):
+    if isinstance(report, dict):
+        return {k: _drop(v) for k, v in report.items() if k not in PATH_FIELDS}
+    if isinstance(report, list):
+        return [_drop(v) for v in report]
+    return report
+
+
+@pytest.fixture
+def adam_file(tmp_path) -> Path:
+    """A real Adam state_dict after 2 steps, as a torch.save file."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(4, 3)).pow(2).sum().backward()
+        opt.step()
+    torch.save(opt.state_dict(), tmp_path / "adam.pt")
+    return tmp_path / "adam.pt"
+
+
+@pytest.fixture
+def local_tmp(tmp_path, monkeypatch) -> Path:
+    """Where optstate's local staging goes during the test (to see that nothing is left)."""
+    d = tmp_path / "tmpdir"
+    d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    return d
+
+
+def test_set_to_a_url_reads_back_as_the_local_result(cli, s3, s3_bucket, adam_file,
+                                                     tmp_path, local_tmp):
+    url = f"s3://{s3_bucket}/run/new.pt"
+    r = cli("set", adam_file, "-o", url, "--lr", "0.5", "--set", "betas=0.8,0.99")
+    assert r.exit_code == 0, r.stderr
+    r = cli("set", adam_file, "-o", tmp_path / "new.pt", "--lr", "0.5", "--set",
+            "betas=0.8,0.99")
+    assert r.exit_code == 0, r.stderr
+    remote = cli("inspect", url, "--json")
+    local = cli("inspect", tmp_path / "new.pt", "--json")
+    assert remote.exit_code == 0, remote.stderr
+    assert _drop(json.loads(remote.stdout)) == _drop(json.loads(local.stdout))
+    assert json.loads(remote.stdout)["param_groups"][0]["hyperparams"]["lr"] == 0.5
+    assert s3.keys(s3_bucket) == ["run/new.pt"]
+    assert list(local_tmp.iterdir()) == []
+
+
+def test_set_from_a_url_to_a_url_and_in_place(cli, s3, s3_bucket, adam_file, local_tmp):
+    src = s3.put(adam_file, f"s3://{s3_bucket}/adam.pt")
+    r = cli("set", src, "-o", f"s3://{s3_bucket}/b.pt", "--lr", "0.25", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["outputs"] == [f"s3://{s3_bucket}/b.pt"]
+    # --in-place on a URL: the object is replaced whole by one PUT
+    r = cli("set", f"s3://{s3_bucket}/b.pt", "--in-place", "--lr", "0.125")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(cli("inspect", f"s3://{s3_bucket}/b.pt", "--json", "--no-stats").stdout)
+    assert rep["param_groups"][0]["hyperparams"]["lr"] == 0.125
+    assert s3.keys(s3_bucket) == ["adam.pt", "b.pt"]
+    assert list(local_tmp.iterdir()) == []
+
+
+def test_an_existing_object_needs_force(cli, s3, s3_bucket, adam_file):
+    url = s3.put(adam_file, f"s3://{s3_bucket}/new.pt")
+    r = cli("set", adam_file, "-o", url, "--lr", "0.5")
+    assert r.exit_code == 2
+    assert r.stderr == (f"Error: {url} already exists\nHint: pass --force to overwrite it\n")
+    r = cli("set", adam_file, "-o", url, "--lr", "0.5", "--force")
+    assert r.exit_code == 0, r.stderr
+    # --force replaces a torch.save file only, never another object
+    other = s3.put(b"my notes", f"s3://{s3_bucket}/notes.pt")
+    r = cli("set", adam_file, "-o", other, "--lr", "0.5", "--force")
+    assert r.exit_code == 2
+    assert r.stderr.startswith(f"Error: {other} is not a torch.save checkpoint; --force "
+                               "replaces only a checkpoint file")
+    body = s3.client.get_object(Bucket=s3_bucket, Key="notes.pt")["Body"].read()
+    assert body == b"my notes"
+
+
+def test_a_failed_upload_leaves_no_object_and_no_temp(cli, s3, s3_bucket, adam_file,
+                                                      fault_proxy, local_tmp):
+    fault_proxy.fail_puts()
+    url = f"s3://{s3_bucket}/new.pt"
+    r = cli("set", adam_file, "-o", url, "--lr", "0.5")
+    assert r.exit_code == 2
+    assert r.stderr.startswith(f"Error: cannot write {url}: ")
+    assert r.stderr.count("\n") == 1 and "after 6 attempts" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert fault_proxy.requests("PUT", key="new.pt") == 6
+    assert s3.keys(s3_bucket) == []
+    assert list(local_tmp.iterdir()) == []
+
+
+def test_convert_to_a_dcp_folder_url_uploads_metadata_last(cli, s3, s3_bucket, adam_file,
+                                                           fault_proxy, tmp_path):
+    url = f"s3://{s3_bucket}/run/dcp"
+    r = cli("convert", adam_file, url)
+    assert r.exit_code == 0, r.stderr
+    puts = [e.path.rsplit("/", 1)[-1] for e in fault_proxy.entries("PUT", key=s3_bucket)]
+    assert puts[-1] == ".metadata" and len(puts) >= 2
+    assert s3.keys(s3_bucket, "run/dcp/")[0] == "run/dcp/.metadata"
+    # and back, from the URL: the same state as the local round trip
+    r = cli("convert", url, f"s3://{s3_bucket}/back.pt")
+    assert r.exit_code == 0, r.stderr
+    assert cli("convert", adam_file, tmp_path / "dcp").exit_code == 0
+    assert cli("convert", tmp_path / "dcp", tmp_path / "back.pt").exit_code == 0
+    remote = cli("inspect", f"s3://{s3_bucket}/back.pt", "--json")
+    local = cli("inspect", tmp_path / "back.pt", "--json")
+    assert _drop(json.loads(remote.stdout)) == _drop(json.loads(local.stdout))
+    # a folder that exists is never replaced (no rename in object storage)
+    r = cli("convert", adam_file, url, "--force")
+    assert r.exit_code == 2
+    assert r.stderr.startswith(f"Error: {url} already exists; a folder in object storage is "
+                               "not replaced")
+
+
+def test_a_failed_dcp_upload_deletes_what_it_uploaded(cli, s3, s3_bucket, adam_file,
+                                                      fault_proxy, local_tmp):
+    fault_proxy.fail_puts(key=r"\.metadata$")
+    url = f"s3://{s3_bucket}/run/dcp"
+    r = cli("convert", adam_file, url)
+    assert r.exit_code == 2
+    assert r.stderr.startswith(f"Error: cannot write {url}/.metadata: ")
+    uploaded = [e for e in fault_proxy.entries("PUT", key=r"\.distcp$") if e.status == 200]
+    assert uploaded  # the data file went up first ...
+    assert s3.keys(s3_bucket) == []  # ... and was deleted again
+    assert list(local_tmp.iterdir()) == []
