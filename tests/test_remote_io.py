@@ -365,3 +365,35 @@ def test_legacy_file_is_not_read_remotely(cli, s3, s3_bucket, tmp_path):
     assert r.stderr.splitlines()[0] == (
         f"Error: {url} is a torch.save file in the legacy (pre-1.6, non-zip) format, "
         "which optstate does not read remotely yet")
+
+
+def test_repeating_views_are_seen_as_locally(s3, s3_bucket, tmp_path):
+    """A view that repeats its stored elements (stride 0) counts in the walk's
+    ``expand_bytes`` remotely as it does locally (set/convert refuse a copy past the limit)."""
+    import torch
+
+    from optstate.io.source import open_source
+
+    sd = _sgd_momentum()
+    sd["state"][1]["momentum_buffer"] = torch.randn(1).expand(10)
+    torch.save(sd, tmp_path / "x.pt")
+    url = s3.put(tmp_path / "x.pt", f"s3://{s3_bucket}/x.pt")
+    local, remote_src = open_source(tmp_path / "x.pt"), open_source(url)
+    assert local.walk.expand_bytes == 36
+    assert remote_src.walk.expand_bytes == local.walk.expand_bytes
+    buf = remote_src.obj["state"][1]["momentum_buffer"]
+    assert buf.stride() == (0,) and torch.equal(buf.clone(), sd["state"][1]["momentum_buffer"])
+
+
+def test_sparse_tensors_are_not_read_remotely(cli, s3, s3_bucket, tmp_path):
+    import torch
+
+    sd = _sgd_momentum()
+    sd["state"][1]["momentum_buffer"] = torch.randn(10).to_sparse()
+    torch.save(sd, tmp_path / "sp.pt")
+    url = s3.put(tmp_path / "sp.pt", f"s3://{s3_bucket}/sp.pt")
+    r = cli("inspect", url)
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0] == (
+        f"Error: {url} is a file holding sparse or quantized tensors, which optstate does "
+        "not read remotely yet")

@@ -26,7 +26,8 @@ class LazyTensor(torch.Tensor):
     """A CPU tensor of known shape and dtype whose data comes from ``loader()``.
 
     ``info`` is free-form metadata about where the data lives (for DCP: the key and
-    the chunk layout), shown by verbose views.
+    the chunk layout), shown by verbose views. ``stride``: the strides of the data the
+    loader returns (a view stored as one, in a remote torch.save file), contiguous if None.
     """
 
     # Plain dispatch: results of operations are ordinary tensors, not LazyTensors.
@@ -37,16 +38,18 @@ class LazyTensor(torch.Tensor):
 
     @staticmethod
     def __new__(cls, shape: Sequence[int], dtype: torch.dtype,
-                loader: Callable[[], torch.Tensor], info: dict[str, Any] | None = None
-                ) -> LazyTensor:
-        t = torch.Tensor._make_wrapper_subclass(cls, tuple(shape), dtype=dtype, device="cpu")
+                loader: Callable[[], torch.Tensor], info: dict[str, Any] | None = None,
+                stride: Sequence[int] | None = None) -> LazyTensor:
+        t = torch.Tensor._make_wrapper_subclass(
+            cls, tuple(shape), dtype=dtype, device="cpu",
+            strides=None if stride is None else tuple(stride))
         t._loader = loader
         t.info = dict(info or {})
         return t
 
     def __init__(self, shape: Sequence[int], dtype: torch.dtype,
-                 loader: Callable[[], torch.Tensor], info: dict[str, Any] | None = None
-                 ) -> None:
+                 loader: Callable[[], torch.Tensor], info: dict[str, Any] | None = None,
+                 stride: Sequence[int] | None = None) -> None:
         pass  # everything happens in __new__
 
     def load(self) -> torch.Tensor:

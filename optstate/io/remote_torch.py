@@ -30,7 +30,7 @@ from optstate.io.inert import Inert, InertTensor
 from optstate.io.lazy import LazyTensor
 from optstate.io.remote import ReadStats, RemoteFile, RemotePath, display
 from optstate.io.torch_file import LoadedFile, _prescan, _torch_load, detect_format
-from optstate.io.torch_zip import TorchZip, check_zip
+from optstate.io.torch_zip import TorchZip, check_zip, data_pkl
 from optstate.io.walk import walk
 
 # Blocks of the ranged file while reading the structure: the pickle at the start and the
@@ -64,6 +64,10 @@ def load_remote_torch(rp: RemotePath, stats: ReadStats, *, unsafe: bool = False)
                              "never compresses)")
     limits = current_limits()
     _prescan(label, f, zinfo, limits)  # type: ignore[arg-type]
+    pickled = data_pkl(label, f, zinfo)  # type: ignore[arg-type]  (its blocks are cached)
+    if b"_rebuild_sparse" in pickled or b"_rebuild_qtensor" in pickled:
+        # rebuilt from their values, which a meta load does not have
+        raise not_remote_yet(rp.url, "a file holding sparse or quantized tensors")
     _check_byteorder(rp, f, zinfo)
     f.seek(0)
     obj = _torch_load(label, fmt, f, False, unsafe, map_location="meta")  # type: ignore[arg-type]
@@ -128,7 +132,7 @@ def _lazy_tree(obj: Any, reader: StorageReader, records: list[tuple[int, int, in
 
     def lazy(t: Any) -> Any:
         if t.layout != torch.strided or t.is_quantized:
-            raise not_remote_yet(label, f"a file holding {t.layout} / quantized tensors")
+            raise not_remote_yet(label, "a file holding sparse or quantized tensors")
         st = t.untyped_storage()
         nbytes = st.nbytes()
         offset = getattr(st, "_checkpoint_offset", None)
@@ -151,7 +155,8 @@ def _lazy_tree(obj: Any, reader: StorageReader, records: list[tuple[int, int, in
             flat = torch.empty(0, dtype=dtype)
             return flat.set_(storage, start, shape, stride)
 
-        return LazyTensor(shape, dtype, load, {"offset": offset, "bytes": nbytes})
+        return LazyTensor(shape, dtype, load, {"offset": offset, "bytes": nbytes},
+                          stride=stride)
 
     def visit(o: Any) -> Any:
         key = id(o)
