@@ -142,3 +142,48 @@ def test_a_failed_dcp_upload_deletes_what_it_uploaded(cli, s3, s3_bucket, adam_f
     assert uploaded  # the data file went up first ...
     assert s3.keys(s3_bucket) == []  # ... and was deleted again
     assert list(local_tmp.iterdir()) == []
+
+
+def test_a_bucket_that_denies_puts_is_one_error_line(cli, s3, s3_bucket, adam_file,
+                                                     fault_proxy, local_tmp):
+    fault_proxy.deny(method="PUT")
+    url = f"s3://{s3_bucket}/new.pt"
+    r = cli("set", adam_file, "-o", url, "--lr", "0.5")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0] == f"Error: access denied to {url} (HTTP 403)"
+    assert fault_proxy.requests("PUT") == 1  # permanent: not retried
+    assert s3.keys(s3_bucket) == []
+    assert list(local_tmp.iterdir()) == []
+
+
+def test_ctrl_c_pending_when_ready_publishes_nothing(s3, s3_bucket, adam_file, tmp_path):
+    """A real process, stopped by SIGINT while the checked copy waits to be uploaded."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(root), "NO_COLOR": "1", "TMPDIR": str(staging),
+           "OPTSTATE_TEST_PAUSE_AT": "publish=60"}
+    env.pop("OPTSTATE_DEBUG", None)
+    url = f"s3://{s3_bucket}/new.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "optstate", "set", str(adam_file), "-o", url, "--lr", "0.5"],
+        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stderr:
+            if line.startswith("optstate-test-pause: publish"):
+                break
+        assert list(staging.iterdir())  # the checked copy, staged locally
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(60) == 130, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Interrupted." in rest
+    assert s3.keys(s3_bucket) == []
+    assert list(staging.iterdir()) == []
