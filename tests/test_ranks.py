@@ -24,6 +24,7 @@ from optstate.analysis.ranks import Unit, assign
 from optstate.cli import app
 from optstate.numeric.kernels import merge_moments, moments
 from optstate.numeric.tolerance import sum_rtol
+from optstate.render.inspect_view import read_line
 
 # Uneven rows over 2 ranks (301 = 151 + 150), big enough for several 256 Ki-element blocks
 # per chunk, so the chunked sums really are added in another order.
@@ -146,3 +147,23 @@ def test_a_rank_failing_on_a_damaged_chunk_is_one_error_line(ckpts: dict[str, Pa
     assert lines[0].startswith(f"Error: {bad / info.relative_path}: the chunk of ")
     assert [ln for ln in lines if ln.startswith("Error:")] == [lines[0]]
     assert "Traceback" not in r.stderr
+
+
+def test_remote_diff_reports_what_it_read_across_workers(cli, s3, s3_bucket,
+                                                         ckpts: dict[str, Path]) -> None:
+    """diff's sides carry bytes_read / bytes_total / requests / retries (a local side:
+    bytes_read None), the human view one read line per remote side; with --workers the
+    workers' reads are counted too (every process reads the structure, one the tensors)."""
+    url = f"s3://{s3_bucket}/run/b.pt"
+    s3.put(ckpts["file"], url)
+    one = cli("diff", url, ckpts["file"], "--json")
+    assert one.exit_code == 0, one.stderr
+    a, b = json.loads(one.stdout)["a"], json.loads(one.stdout)["b"]
+    size = ckpts["file"].stat().st_size
+    assert a["path"] == url and a["bytes_total"] == size and a["retries"] == 0
+    assert size <= a["bytes_read"] <= 1.1 * size and a["requests"] >= 2  # + the structure
+    assert (b["bytes_read"], b["requests"], b["bytes_total"]) == (None, None, size)
+    two = json.loads(cli("diff", url, ckpts["file"], "--json", "--workers", "2").stdout)["a"]
+    assert two["bytes_read"] > a["bytes_read"] and two["requests"] > a["requests"]
+    human = cli("diff", url, ckpts["file"]).stdout
+    assert [ln for ln in human.splitlines() if "read " in ln] == [f"a: {read_line(a).plain}"]

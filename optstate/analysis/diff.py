@@ -357,17 +357,20 @@ def _walk_orphans(w: Walk, va: OptimizerStateView, vb: OptimizerStateView) -> No
 class DiffSide:
     """Where one side's optimizer state was found."""
 
-    path: str  # what the user named
+    path: str  # what the user named (a URL without credentials: remote.display)
     file: str  # the file read (optimizer.pt inside a Hugging Face folder, ...)
     location: str
     scheduler_location: str | None
     bytes: int
     format: str
+    # what was read (analysis.inspect.read_info): bytes_read, bytes_total, requests,
+    # retries; bytes_read/requests/retries None for a local (memory-mapped) source
+    read: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "file": self.file, "location": self.location,
                 "scheduler_location": self.scheduler_location, "bytes": self.bytes,
-                "format": self.format}
+                "format": self.format, **self.read}
 
 
 def diff_files(path_a: Any, path_b: Any, options: DiffOptions | None = None, *,
@@ -379,8 +382,10 @@ def diff_files(path_a: Any, path_b: Any, options: DiffOptions | None = None, *,
     checkpoint, a model beside it, or ``model``, one model file for both sides) and
     compare them. The tensor comparisons are split over ``workers`` processes, or over the
     torchrun ranks this process is one of (``analysis/ranks.py``): the same result."""
+    from optstate.analysis.inspect import read_info
     from optstate.analysis.master_weights import deepspeed_diff_notes
     from optstate.analysis.ranks import ranked
+    from optstate.io.remote import display
     from optstate.io.source import open_source
     from optstate.state.locate import locate
     from optstate.state.names import name_params
@@ -388,11 +393,6 @@ def diff_files(path_a: Any, path_b: Any, options: DiffOptions | None = None, *,
     src_a = open_source(path_a, unsafe=unsafe)
     src_b = open_source(path_b, unsafe=unsafe)
     loc_a, loc_b = locate(src_a, key_a), locate(src_b, key_b)
-    sides = tuple(
-        DiffSide(str(s.path), str(s.file), loc.location, loc.scheduler_location, s.bytes,
-                 s.format)
-        for s, loc in ((src_a, loc_a), (src_b, loc_b))
-    )
     views = []
     for s, loc in ((src_a, loc_a), (src_b, loc_b)):
         view = OptimizerStateView.from_state_dict(loc.state, loc.extra)  # + a wrapper's
@@ -406,7 +406,12 @@ def diff_files(path_a: Any, path_b: Any, options: DiffOptions | None = None, *,
     result = ranked(lambda: diff_views(views[0], views[1], opts,
                                        scheduler_a=loc_a.scheduler,
                                        scheduler_b=loc_b.scheduler, on_progress=on_progress),
-                    workers=workers, job=job)
+                    workers=workers, job=job, sources=(src_a, src_b))
+    sides = tuple(  # after the comparison: what it read is counted
+        DiffSide(display(s.path), display(s.file), loc.location, loc.scheduler_location,
+                 s.bytes, s.format, read_info(s))
+        for s, loc in ((src_a, loc_a), (src_b, loc_b))
+    )
     if (loc_a.scheduler is None) != (loc_b.scheduler is None):
         which, other = ("a", loc_a) if loc_a.scheduler is not None else ("b", loc_b)
         result.notes.append(f"only {which} has a scheduler state ({other.scheduler_location}); "

@@ -52,7 +52,7 @@ def inspect_path(path: str | Path, *, key: str | None = None, unsafe: bool = Fal
            "options": {k: (str(v) if isinstance(v, Path) else v)
                        for k, v in options.items() if k != "on_progress"}}
     return ranked(lambda: inspect_source(source, key=key, **options), workers=workers,
-                  job=job)
+                  job=job, sources=(source,))
 
 
 def inspect_source(source: Source, *, key: str | None = None, stats: bool = True,

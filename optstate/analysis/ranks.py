@@ -121,18 +121,25 @@ def check_workers(workers: int) -> int:
 
 
 def ranked(build: Callable[[], T], *, workers: int = 1,
-           job: dict[str, Any] | None = None) -> T:
+           job: dict[str, Any] | None = None, sources: tuple[Any, ...] = ()) -> T:
     """``build()``, its tensor work split over the process group this process is in, or
     over ``workers`` new processes that re-open the sources from ``job`` (see the module
-    docstring); no group and one worker: ``build()`` as it is."""
+    docstring); no group and one worker: ``build()`` as it is. What the other processes
+    read of remote ``sources`` (``Source.read``) is added to this process's counts, so a
+    report's ``bytes_read`` and ``requests`` are those of every process."""
     if _group is None and workers <= 1:
         return build()
     with precomputed.recording() as calls:
         build()
     if _group is not None:
-        results = _across(calls, _group)
+        results, reads = _across(calls, _group, sources)
     else:
-        results = _in_workers(calls, workers, job or {})
+        results, reads = _in_workers(calls, workers, job or {})
+    for source, read in zip(sources, reads, strict=False):
+        if source.read is not None and read is not None:
+            source.read.add(read["bytes_read"], read["requests"])
+            for _ in range(read["retries"]):
+                source.read.retried()
     keyed = {c.key: r for c, r in zip(calls, results, strict=True)}
     with precomputed.using(keyed):
         return build()
@@ -270,13 +277,28 @@ def _signature(calls: list[precomputed.Call]) -> list[list[Any]]:
     return [[c.kind, *([list(t.shape), str(t.dtype)] for t in c.tensors)] for c in calls]
 
 
-def _across(calls: list[precomputed.Call], group: Group) -> list[Any]:
-    """This rank's share, all-gathered, merged; an error on any rank raised on every one."""
+def _reads(sources: tuple[Any, ...]) -> list[dict[str, int] | None]:
+    return [s.read.to_dict() if s.read is not None else None for s in sources]
+
+
+def _sum_reads(per_rank: list[list[dict[str, int] | None]]) -> list[dict[str, int] | None]:
+    out: list[dict[str, int] | None] = []
+    for reads in zip(*per_rank, strict=True):
+        have = [r for r in reads if r is not None]
+        out.append({k: sum(r[k] for r in have) for k in ("bytes_read", "requests",
+                                                        "retries")} if have else None)
+    return out
+
+
+def _across(calls: list[precomputed.Call], group: Group, sources: tuple[Any, ...] = ()
+            ) -> tuple[list[Any], list[dict[str, int] | None]]:
+    """This rank's share, all-gathered, merged, and what the other ranks read of the
+    ``sources``; an error on any rank raised on every one."""
     import torch.distributed as dist
 
     try:
         units = assign(units_of(calls), group.world)[group.rank]
-        payload: Any = ("ok", _compute(calls, units))
+        payload: Any = ("ok", _compute(calls, units), _reads(sources))
     except OptstateError as e:
         payload = ("error", type(e).__name__, e.message, e.hint)
     except Exception as e:  # noqa: BLE001 - reported by every rank, as one line
@@ -290,14 +312,15 @@ def _across(calls: list[precomputed.Call], group: Group) -> list[Any]:
             cls = getattr(errors, p[1], OptstateError)
             raise cls(p[2], p[3])
     results = _merge(calls, [x for p in gathered for x in p[1]])
-    if group.results_file is not None and group.rank == 0:
+    if group.results_file is not None and group.rank == 0:  # for the parent: all ranks'
         group.results_file.write_text(json.dumps(
-            {"signature": _signature(calls), "results": [asdict(r) for r in results]}))
-    return results
+            {"signature": _signature(calls), "results": [asdict(r) for r in results],
+             "reads": _sum_reads([p[2] for p in gathered])}))
+    return results, _sum_reads([p[2] for r, p in enumerate(gathered) if r != group.rank])
 
 
-def _in_workers(calls: list[precomputed.Call], workers: int,
-                job: dict[str, Any]) -> list[Any]:
+def _in_workers(calls: list[precomputed.Call], workers: int, job: dict[str, Any]
+                ) -> tuple[list[Any], list[dict[str, int] | None]]:
     """Start ``workers`` processes on ``job`` (they open the sources again and record the
     same calls), wait, read rank 0's merged results."""
     from optstate.io import launch
@@ -320,7 +343,7 @@ def _in_workers(calls: list[precomputed.Call], workers: int,
     if data["signature"] != json.loads(json.dumps(_signature(calls))):
         raise CheckpointError("the workers found other tensors than this process: was the "
                               "checkpoint changed while it was read?")
-    return _from_plain(calls, data["results"])
+    return _from_plain(calls, data["results"]), data["reads"]
 
 
 def _from_plain(calls: list[precomputed.Call], values: list[dict[str, Any]]) -> list[Any]:
