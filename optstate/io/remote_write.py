@@ -20,59 +20,18 @@ first. A Ctrl-C pending when the write is ready publishes nothing.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from optstate.base import interrupt
-from optstate.base.errors import CheckpointError, OutputExistsError, option
+from optstate.base.errors import CheckpointError
 from optstate.base.testhook import pause_at
 from optstate.io.remote import RemotePath, display, retrying
-from optstate.io.targets import DCP_OWN, as_target, is_torch_save_stream  # noqa: F401
+from optstate.io.targets import DCP_OWN, check_remote_target
 
 METADATA_FILE = ".metadata"
-
-
-def is_remote(path: Any) -> bool:
-    return isinstance(path, RemotePath)
-
-
-def check_remote_target(target: RemotePath, force: bool, *, folder: bool = False,
-                        kind: str | None = None) -> RemotePath:
-    """``targets.check_target`` for a URL: before any work, refuse an existing object
-    without ``force``, and with it anything but a torch.save file (``kind="torch"``);
-    an existing folder (a prefix holding objects) is never replaced."""
-    where = display(target.url)
-    if target.is_file():
-        if folder:
-            raise OutputExistsError(
-                f"{where} is an object; {option('force', True)} replaces only a checkpoint "
-                "folder here, not a file", hint="remove it yourself, or give another name")
-        if not force:
-            raise OutputExistsError(f"{where} already exists",
-                                    hint=f"pass {option('force', True)} to overwrite it")
-        if kind == "torch":
-            with target.open_ranged() as raw, io.BufferedReader(raw) as f:
-                ok = is_torch_save_stream(f)
-            if not ok:
-                raise OutputExistsError(
-                    f"{where} is not a torch.save checkpoint; {option('force', True)} "
-                    "replaces only a checkpoint file, never another file",
-                    hint="remove it yourself, or give another name")
-    elif target.is_dir():
-        if not folder:
-            raise OutputExistsError(f"{where} is a folder; give a file path to write")
-        if not force:
-            raise OutputExistsError(f"{where} already exists",
-                                    hint=f"pass {option('force', True)} to overwrite it")
-        raise OutputExistsError(
-            f"{where} already exists; a folder in object storage is not replaced (there is "
-            "no rename: readers would see old and new files mixed while it was written)",
-            hint="remove it first, or give another name")
-    return target
 
 
 class RemoteStaged:

@@ -5,7 +5,8 @@ computing): it refuses an existing target without ``force``, and with ``force`` 
 that is not a checkpoint of the kind being written (``--force`` never replaces a script,
 a config or a folder of someone's files). ``write_error`` turns a filesystem failure
 (full disk, quota, read-only mount, permissions) into one line. ``atomic.py`` does the
-writing itself.
+writing itself. A URL target (``as_target``) is checked by ``check_remote_target`` with
+the same wording, and uploaded by ``remote_write.py``.
 """
 
 from __future__ import annotations
@@ -29,10 +30,8 @@ def check_target(path: str | Path, force: bool, *, folder: bool = False,
     a folder holding that file) or, for ``kind="torch"``, a file that is not a torch.save
     file, or its folder is missing or not searchable."""
     target = as_target(path)
-    if not isinstance(target, Path):  # a URL: object storage (remote_write)
-        from optstate.io.remote_write import check_remote_target
-
-        return check_remote_target(target, force, folder=folder, kind=kind)  # type: ignore
+    if not isinstance(target, Path):  # a URL: object storage (remote_write uploads it)
+        return check_remote_target(target, force, folder=folder, kind=kind)
     p = target
     st = lstat_or_none(p)
     if st is not None and stat.S_ISLNK(st.st_mode):
@@ -70,6 +69,45 @@ def as_target(path: Any) -> Any:
         local = local_path(path)
         return local if local is not None else RemotePath(path)
     return Path(path)
+
+
+def check_remote_target(target: Any, force: bool, *, folder: bool = False,
+                        kind: str | None = None) -> Any:
+    """``targets.check_target`` for a URL: before any work, refuse an existing object
+    without ``force``, and with it anything but a torch.save file (``kind="torch"``);
+    an existing folder (a prefix holding objects) is never replaced."""
+    import io
+
+    from optstate.io.remote import display
+
+    where = display(target.url)
+    if target.is_file():
+        if folder:
+            raise OutputExistsError(
+                f"{where} is an object; {option('force', True)} replaces only a checkpoint "
+                "folder here, not a file", hint="remove it yourself, or give another name")
+        if not force:
+            raise OutputExistsError(f"{where} already exists",
+                                    hint=f"pass {option('force', True)} to overwrite it")
+        if kind == "torch":
+            with target.open_ranged() as raw, io.BufferedReader(raw) as f:
+                ok = is_torch_save_stream(f)
+            if not ok:
+                raise OutputExistsError(
+                    f"{where} is not a torch.save checkpoint; {option('force', True)} "
+                    "replaces only a checkpoint file, never another file",
+                    hint="remove it yourself, or give another name")
+    elif target.is_dir():
+        if not folder:
+            raise OutputExistsError(f"{where} is a folder; give a file path to write")
+        if not force:
+            raise OutputExistsError(f"{where} already exists",
+                                    hint=f"pass {option('force', True)} to overwrite it")
+        raise OutputExistsError(
+            f"{where} already exists; a folder in object storage is not replaced (there is "
+            "no rename: readers would see old and new files mixed while it was written)",
+            hint="remove it first, or give another name")
+    return target
 
 
 def lstat_or_none(p: Path) -> os.stat_result | None:
