@@ -360,8 +360,12 @@ def _staged_remote(target: Any, *, force: bool, folder: bool, kind: str | None
         except OSError as e:
             if stage.published:
                 raise
+            hint = None
+            if _is_full(e):  # the whole copy is staged locally before it is uploaded
+                hint = (f"the copy is written to {stage.path.parent.parent} first; point "
+                        "TMPDIR at a disk with room for it")
             raise CheckpointError(f"cannot write {display(target.url)}: "
-                                  f"{e.strerror or e}") from None
+                                  f"{e.strerror or e}", hint=hint) from None
         finally:
             stage.discard()
 
