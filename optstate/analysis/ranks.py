@@ -127,10 +127,12 @@ def ranked(build: Callable[[], T], *, workers: int = 1,
     docstring); no group and one worker: ``build()`` as it is. What the other processes
     read of remote ``sources`` (``Source.read``) is added to this process's counts, so a
     report's ``bytes_read`` and ``requests`` are those of every process."""
-    if _group is None and workers <= 1:
+    if _group is None and check_workers(workers) == 1:
         return build()
     with precomputed.recording() as calls:
-        build()
+        done = build()
+    if not calls:  # nothing reads tensor data (--no-stats): the report is made already
+        return done
     if _group is not None:
         results, reads = _across(calls, _group, sources)
     else:
