@@ -4,6 +4,7 @@ by exact range requests from a real S3 server (moto, loopback), every byte count
 from __future__ import annotations
 
 import json
+import pickle
 import warnings
 from pathlib import Path
 
@@ -144,3 +145,33 @@ def test_no_stats_reads_metadata_values_and_step_counts_only(cli, s3, s3_bucket,
         name = e.path.rsplit("/", 1)[-1]
         for file, s, t in big:
             assert not (file == name and start < t and s <= end), (e, file, s, t)
+
+
+class _Touch:
+    """Unpickling this creates a file: proof that code from the checkpoint ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_hostile_folders_are_refused_remotely_as_locally(cli, s3, s3_bucket, tmp_path):
+    """A value that would run code, and a .metadata that would: the local Error line, with
+    the URL for the path; nothing runs."""
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"state": {}, "param_groups": [{"lr": _Touch(marker), "params": []}]},
+                 storage_writer=dcp.FileSystemWriter(evil), no_dist=True)
+    bad_meta = _adam_dcp(tmp_path / "bad_meta")
+    (bad_meta / ".metadata").write_bytes(pickle.dumps(_Touch(marker)))
+    for folder in (evil, bad_meta):
+        url = s3.put_dir(folder, f"s3://{s3_bucket}/{folder.name}")
+        local, remote = cli("inspect", folder), cli("inspect", url)
+        assert local.exit_code == remote.exit_code == 2
+        assert "refused without running it" in local.stderr
+        assert remote.stderr == local.stderr.replace(str(folder), url)
+    assert not marker.exists()

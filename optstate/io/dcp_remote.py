@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from torch.distributed.checkpoint.filesystem import FileSystem
-from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 
 from optstate.base.errors import CheckpointError
 from optstate.io.dcp_metadata import (
@@ -85,6 +85,8 @@ class RangeReader(SafeFileSystemReader):
         self.folder, self.stats = folder, stats
         self._names = {(info.relative_path, info.offset): index.fqn
                        for index, info in metadata.storage_data.items()}
+        self._values = {k for k, v in metadata.state_dict_metadata.items()
+                        if isinstance(v, BytesStorageMetadata)}
         self._held: dict[tuple[str, int], bytes] = {}
 
     def prefetch(self, infos: Iterable[Any]) -> None:
@@ -130,6 +132,7 @@ class RangeReader(SafeFileSystemReader):
         if data is None:
             data = (self.folder / rel).read_range(offset, offset + sinfo.length, self.stats)
         fqn = self._names.get((rel, offset), "?")
-        # a value or a tensor chunk: torch.save bytes, pre-scanned as a local chunk is
-        prescan_bytes(data, f"{self.where}/{rel}: the chunk of {short_repr(fqn)}")
+        if fqn not in self._values:  # (a value is pre-scanned by SafeLoadPlanner.load_bytes)
+            # a tensor chunk: torch.save bytes, pre-scanned as a local chunk is
+            prescan_bytes(data, f"{self.where}/{rel}: the chunk of {short_repr(fqn)}")
         return io.BytesIO(data)
