@@ -79,7 +79,7 @@ def _torchrun(argv: list[str] | None) -> int | None:
     under torchrun, or a command that is not split."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return None
-    from optstate.analysis.ranks import init_from_env, torchrun_rank
+    from optstate.io.launch import torchrun_rank
 
     found = torchrun_rank()
     if found is None:
@@ -94,6 +94,8 @@ def _torchrun(argv: list[str] | None) -> int | None:
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 1)
         os.dup2(null, 2)
+    from optstate.analysis.ranks import init_from_env
+
     try:
         init_from_env()
     except Exception as e:  # noqa: BLE001 - one line, as every known error

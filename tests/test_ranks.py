@@ -125,6 +125,15 @@ def test_torchrun_prints_one_document_equal_to_one_process(ckpts: dict[str, Path
         _cli("diff", ckpts["dcp"], ckpts["file"], "--json").stdout)
 
 
+def test_commands_not_split_run_on_rank_0_alone_under_torchrun() -> None:
+    """A command that is not split over ranks runs once (rank 0); the others print
+    nothing and exit 0."""
+    from optstate.base.version import __version__
+
+    r = _torchrun("--version")
+    assert (r.returncode, r.stdout) == (0, f"optstate {__version__}\n")
+
+
 def test_a_rank_failing_on_a_damaged_chunk_is_one_error_line(ckpts: dict[str, Path],
                                                             tmp_path: Path) -> None:
     import shutil

@@ -55,6 +55,7 @@ import torch
 
 from optstate.base import errors
 from optstate.base.errors import CheckpointError, ConfigError, OptstateError, option
+from optstate.io.launch import torchrun_rank
 from optstate.io.lazy import LazyTensor
 from optstate.numeric import precomputed
 from optstate.numeric.compare import TensorComparison, compare_tensors
@@ -63,7 +64,6 @@ from optstate.numeric.stats import TensorSummary, from_moments, splits_into_mome
 
 T = TypeVar("T")
 MAX_WORKERS = 64
-TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass
@@ -76,17 +76,6 @@ class Group:
 
 
 _group: Group | None = None
-
-
-def torchrun_rank() -> tuple[int, int] | None:
-    """(rank, world size) when this process is one rank of a torchrun with 2+ ranks."""
-    if not all(os.environ.get(k) for k in TORCHRUN_ENV):
-        return None
-    try:
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    except ValueError:
-        return None
-    return (rank, world) if world > 1 and 0 <= rank < world else None
 
 
 def init_from_env() -> Group:

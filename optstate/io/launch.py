@@ -34,6 +34,19 @@ from optstate.base import errors
 from optstate.base.errors import OptstateError
 
 LOOPBACK = "127.0.0.1"
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def torchrun_rank() -> tuple[int, int] | None:
+    """(rank, world size) when this process is one rank of a torchrun with 2+ ranks (its
+    environment says so); read without importing torch."""
+    if not all(os.environ.get(k) for k in TORCHRUN_ENV):
+        return None
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except ValueError:
+        return None
+    return (rank, world) if world > 1 and 0 <= rank < world else None
 
 
 @contextlib.contextmanager
