@@ -297,7 +297,13 @@ def _across(calls: list[precomputed.Call], group: Group, sources: tuple[Any, ...
                    f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}",
                    None)
     gathered: list[Any] = [None] * group.world
-    dist.all_gather_object(gathered, payload)
+    try:
+        dist.all_gather_object(gathered, payload)
+    except Exception as e:  # noqa: BLE001 - gloo's words for a rank that died or hung
+        raise OptstateError(f"rank {group.rank} lost the other ranks: "
+                            f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}",
+                            hint="another rank was killed or stopped; its own output "
+                            "says why") from None
     for p in gathered:
         if p[0] == "error":
             cls = getattr(errors, p[1], OptstateError)
