@@ -153,6 +153,25 @@ def test_zero_rows_do_not_make_stats_read_twice(cli, s3, s3_bucket, tmp_path):
     assert f["bytes_read"] <= f["bytes_total"] * 1.02, f
 
 
+def test_diff_of_two_remote_files_equals_the_local_diff(cli, s3, s3_bucket, tmp_path):
+    """diff takes URLs too: the same comparison, and each side says what it read."""
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save(adam_state([(16, 8), (8,)], steps=2), a)
+    torch.save(adam_state([(16, 8), (8,)], steps=3), b)
+    ua, ub = s3.put(a, f"s3://{s3_bucket}/a.pt"), s3.put(b, f"s3://{s3_bucket}/b.pt")
+    here, there = cli("diff", a, b, "--json"), cli("diff", ua, ub, "--json")
+    assert here.exit_code == there.exit_code == 1, (here.stderr, there.stderr)  # they differ
+    here, there = json.loads(here.stdout), json.loads(there.stdout)
+    for side, local, url in (("a", a, ua), ("b", b, ub)):
+        assert there[side]["path"] == url and here[side]["bytes_read"] is None
+        assert there[side]["bytes_total"] == local.stat().st_size
+        assert there[side]["bytes_read"] > 0 and there[side]["requests"] >= 1
+        for k in ("path", "file", "bytes_read", "requests", "retries"):
+            here[side].pop(k), there[side].pop(k)
+    text = json.dumps(here, sort_keys=True).replace(str(a), ua).replace(str(b), ub)
+    assert json.loads(text) == there
+
+
 # ----------------------------------------------------------------------- read only what is needed
 
 def test_no_stats_reads_at_most_one_percent_of_32_mb(cli, s3, s3_bucket, ckpts, fault_proxy):
