@@ -175,3 +175,36 @@ def test_hostile_folders_are_refused_remotely_as_locally(cli, s3, s3_bucket, tmp
         assert "refused without running it" in local.stderr
         assert remote.stderr == local.stderr.replace(str(folder), url)
     assert not marker.exists()
+
+
+def test_ctrl_c_while_reading_is_an_interrupt_not_an_error(s3, s3_bucket, folders,
+                                                           fault_proxy):
+    """SIGINT while torch's dcp.load waits on a throttled read (torch wraps every error,
+    KeyboardInterrupt too, in a CheckpointException): 'Interrupted.' and 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    url = s3.put_dir(folders["one"], f"s3://{s3_bucket}/one")
+    fault_proxy.slow_down(1000, key=r"\.distcp$")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "NO_COLOR": "1"}
+    env.pop("OPTSTATE_DEBUG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "optstate", "inspect", url],
+                            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True)
+    try:
+        end = time.monotonic() + 60
+        while fault_proxy.requests("GET", key=r"\.distcp$") < 2:
+            assert proc.poll() is None and time.monotonic() < end
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        err = proc.stderr.read()
+        assert proc.wait(60) == 130, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert err.strip().splitlines()[-1] == "Interrupted.", err
+    assert "Error" not in err
