@@ -187,3 +187,12 @@ def test_ctrl_c_pending_when_ready_publishes_nothing(s3, s3_bucket, adam_file, t
     assert "Interrupted." in rest
     assert s3.keys(s3_bucket) == []
     assert list(staging.iterdir()) == []
+
+
+def test_a_missing_bucket_is_named_as_such(cli, s3, s3_bucket, adam_file, local_tmp):
+    url = f"s3://{s3_bucket}-gone/new.pt"
+    r = cli("set", adam_file, "-o", url, "--lr", "0.5")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0] == (f"Error: cannot write {url}: its bucket does not "
+                                        "exist")
+    assert list(local_tmp.iterdir()) == []

@@ -28,7 +28,7 @@ from pathlib import Path
 from optstate.base import interrupt
 from optstate.base.errors import CheckpointError
 from optstate.base.testhook import pause_at
-from optstate.io.remote import RemotePath, display, retrying
+from optstate.io.remote import RemotePath, classify, display, retrying
 from optstate.io.targets import DCP_OWN, check_remote_target
 
 METADATA_FILE = ".metadata"
@@ -77,7 +77,19 @@ class RemoteStaged:
 
 def upload_file(local: Path, target: RemotePath) -> None:
     """One object from ``local``, whole or not at all, retried."""
-    retrying(lambda: target.fs.put_file(str(local), target.key), target.url, action="write")
+
+    def put() -> None:
+        try:
+            target.fs.put_file(str(local), target.key)
+        except Exception as e:
+            if classify(e) != "missing":
+                raise
+            # a write's 404 is the bucket: "s3://b/new.pt does not exist" would mislead
+            what = "container" if target.protocol in ("az", "abfs", "abfss") else "bucket"
+            raise CheckpointError(f"cannot write {display(target.url)}: its {what} does "
+                                  "not exist") from None
+
+    retrying(put, target.url, action="write")
 
 
 def upload_folder(local: Path, target: RemotePath) -> None:
