@@ -156,8 +156,11 @@ def test_a_bucket_that_denies_puts_is_one_error_line(cli, s3, s3_bucket, adam_fi
     assert list(local_tmp.iterdir()) == []
 
 
-def test_ctrl_c_pending_when_ready_publishes_nothing(s3, s3_bucket, adam_file, tmp_path):
-    """A real process, stopped by SIGINT while the checked copy waits to be uploaded."""
+@pytest.mark.parametrize("stage", ["publish", "uploaded"])
+def test_ctrl_c_publishes_nothing(s3, s3_bucket, adam_file, tmp_path, stage):
+    """A real process, stopped by SIGINT while the checked copy waits to be uploaded
+    (``publish``: set -o URL), or once a DCP folder's first data file is up (``uploaded``:
+    convert to a folder URL; what was uploaded is deleted)."""
     import os
     import signal
     import subprocess
@@ -167,16 +170,20 @@ def test_ctrl_c_pending_when_ready_publishes_nothing(s3, s3_bucket, adam_file, t
     staging = tmp_path / "staging"
     staging.mkdir()
     env = {**os.environ, "PYTHONPATH": str(root), "NO_COLOR": "1", "TMPDIR": str(staging),
-           "OPTSTATE_TEST_PAUSE_AT": "publish=60"}
+           "OPTSTATE_TEST_PAUSE_AT": f"{stage}=60"}
     env.pop("OPTSTATE_DEBUG", None)
     url = f"s3://{s3_bucket}/new.pt"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "optstate", "set", str(adam_file), "-o", url, "--lr", "0.5"],
-        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    args = ["set", str(adam_file), "-o", url, "--lr", "0.5"]
+    if stage == "uploaded":
+        args = ["convert", str(adam_file), f"s3://{s3_bucket}/run/dcp"]
+    proc = subprocess.Popen([sys.executable, "-m", "optstate", *args], env=env,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
         for line in proc.stderr:
-            if line.startswith("optstate-test-pause: publish"):
+            if line.startswith(f"optstate-test-pause: {stage}"):
                 break
+        if stage == "uploaded":
+            assert s3.keys(s3_bucket) == ["run/dcp/__0_0.distcp"]
         assert list(staging.iterdir())  # the checked copy, staged locally
         proc.send_signal(signal.SIGINT)
         rest = proc.stderr.read()

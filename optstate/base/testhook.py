@@ -13,7 +13,9 @@ it, and the seconds are only a limit; a pause that reaches the limit unreleased 
 
 Write stages (``optstate.io.atomic``): ``write`` (the temp file or folder is being written),
 ``verify`` (written, before the read-back check), ``publish`` (checked, before the
-rename), ``published`` (renamed into place, the replaced copy not yet removed).
+rename), ``published`` (renamed into place, the replaced copy not yet removed). A URL
+target (``optstate.io.remote_write``): ``publish`` is before the upload, ``uploaded``
+after each file of a DCP folder is uploaded, ``published`` once all are.
 """
 
 from __future__ import annotations
