@@ -58,6 +58,13 @@ def convert(
     The copy is written beside DST, read back and compared with the source bit
     for bit, then renamed into place: DST is never left half written, and a
     crash leaves the old DST or the new one.
+
+    SRC and DST may be URLs (s3://, gs://, az://, any fsspec URL):
+      optstate convert s3://bucket/run/step_100/ step_100.pt
+
+    A URL DST is written and checked locally (in TMPDIR), then uploaded: one
+    object by one PUT, or a DCP folder's data files first and .metadata last
+    (deleted again if an upload fails). An existing folder URL is not replaced.
     """
     with errors_to_exit():
         if unsafe:
