@@ -203,3 +203,31 @@ def test_a_missing_bucket_is_named_as_such(cli, s3, s3_bucket, adam_file, local_
     assert r.stderr.splitlines()[0] == (f"Error: cannot write {url}: its bucket does not "
                                         "exist")
     assert list(local_tmp.iterdir()) == []
+
+
+def test_a_trainer_folder_url_in_place_and_copies_refused(cli, s3, s3_bucket, tmp_path):
+    """--in-place on a Trainer folder URL rewrites its optimizer and scheduler objects, each
+    by one PUT; a copy of a folder to or from a URL is refused with a hint."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 2)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    sched.step()
+    folder = tmp_path / "checkpoint-1"
+    folder.mkdir()
+    torch.save(opt.state_dict(), folder / "optimizer.pt")
+    torch.save(sched.state_dict(), folder / "scheduler.pt")
+    url = s3.put_dir(folder, f"s3://{s3_bucket}/checkpoint-1")
+    r = cli("set", url, "--in-place", "--lr", "0.5")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(cli("inspect", url, "--json", "--no-stats").stdout)
+    assert rep["param_groups"][0]["hyperparams"]["lr"] == 0.5
+    assert rep["scheduler"]["base_lrs"] == [0.5]
+    for src, dst in ((url, f"s3://{s3_bucket}/c2"), (folder, f"s3://{s3_bucket}/c3")):
+        r = cli("set", src, "-o", dst, "--lr", "0.5")
+        assert r.exit_code == 2
+        assert r.stderr.startswith("Error: set writes a copy of a checkpoint folder only "
+                                   "from and to local paths")
+    assert s3.keys(s3_bucket) == ["checkpoint-1/optimizer.pt", "checkpoint-1/scheduler.pt"]
