@@ -430,3 +430,24 @@ def test_statistics_hold_about_two_storages(s3, s3_bucket, tmp_path):
     assert read >= size  # every storage was read
     assert peak < 4 * 4_000_000 + (2 << 20), peak  # the whole file would be 32 MB
     print(f"peak {peak:,} B of a {size:,} B file")
+
+
+@pytest.mark.parametrize("extra", [[], ["--hist"]])
+def test_zero_rows_and_histograms_read_each_byte_once(cli, s3, s3_bucket, tmp_path, extra):
+    """Rows that got no gradient (zeros in both moments) make inspect count underflowed
+    elements on the tensors, and --hist bins them: neither downloads a storage again."""
+    import json
+
+    import torch
+
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(256, 512)) for _ in range(3)]
+    opt = torch.optim.Adam(ps, lr=1e-3)
+    for p in ps:
+        p.grad = torch.randn_like(p)
+        p.grad[::2] = 0
+    opt.step()
+    torch.save(opt.state_dict(), tmp_path / "rows.pt")
+    url = s3.put(tmp_path / "rows.pt", f"s3://{s3_bucket}/rows.pt")
+    f = json.loads(cli("inspect", url, "--json", *extra).stdout)["file"]
+    assert f["bytes_read"] <= f["bytes_total"] * 1.02, f

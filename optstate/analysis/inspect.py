@@ -16,6 +16,7 @@ from typing import Any
 
 from optstate.analysis.master_weights import master_weight_warnings
 from optstate.analysis.suspicious import state_warnings
+from optstate.analysis.underflow import Underflow, find_underflows
 from optstate.base.errors import ConfigError, option
 from optstate.base.suggest import did_you_mean
 from optstate.io.remote import display
@@ -80,6 +81,7 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
                       container_of(source.obj, located.location))
 
     param_reports = []
+    underflows: list[Underflow] = []
     for p in view.params:
         if p.position not in selected:
             continue
@@ -98,6 +100,8 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
             from optstate.analysis.histogram import add_histograms
 
             add_histograms(param_reports[-1]["state"], p.state, hist_bins)
+        # counted now, while a remote file's storages of this param are still held
+        underflows += find_underflows(param_reports[-1:], view)
         if on_progress is not None:
             on_progress(len(param_reports), len(selected))
     group_reports = groups_report(view)
@@ -126,7 +130,8 @@ def inspect_source(source: Source, *, key: str | None = None, stats: bool = True
         "warnings": [],
         "notes": [],
     }
-    warnings, notes = state_warnings(view, kind.kind, param_reports, report["scheduler"])
+    warnings, notes = state_warnings(view, kind.kind, param_reports, report["scheduler"],
+                                     underflows)
     if stats and isinstance(source.obj, dict):  # DeepSpeed's, beside the state
         chosen = {p["name"] for p in param_reports} if (params or groups is not None) else None
         warnings += master_weight_warnings(source.obj.get("fp32_master_weights"), chosen)

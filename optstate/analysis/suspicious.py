@@ -25,6 +25,7 @@ from optstate.analysis.findings import as_number, at, finding, places
 from optstate.analysis.underflow import (
     SECOND_MOMENTS,
     SQUARED,
+    Underflow,
     find_underflows,
     underflow_below,
     underflow_warnings,
@@ -42,16 +43,18 @@ _MAY_BE_ZERO = frozenset({"ax", "prev"})
 
 
 def state_warnings(view: OptimizerStateView, kind: str, params: list[dict[str, Any]],
-                   scheduler: dict[str, Any] | None
+                   scheduler: dict[str, Any] | None, underflows: list[Underflow] | None = None
                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(warnings, notes) for a state; notes are facts worth knowing, not problems."""
+    """(warnings, notes) for a state; notes are facts worth knowing, not problems.
+    ``underflows``: ``find_underflows`` of ``params`` if already counted (inspect counts
+    each param's right after its statistics, while a remote file's storages are held)."""
     warnings: list[dict[str, Any]] = []
     notes: list[dict[str, Any]] = []
     if view.legacy_ids:
         notes.append(finding(
             "legacy_ids", "state is keyed by id(param) (torch < 1.6); parameters are shown by "
             "position, which is how load_state_dict matches them"))
-    warnings += _value_warnings(params, view, kind, notes)
+    warnings += _value_warnings(params, view, kind, notes, underflows)
     warnings += _empty_state(view, kind, notes)
     warnings += _step_mismatch(view)
     warnings += _shape_mismatch(view, kind, notes)
@@ -81,15 +84,16 @@ def state_warnings(view: OptimizerStateView, kind: str, params: list[dict[str, A
 
 
 def _value_warnings(params: list[dict[str, Any]], view: OptimizerStateView,
-                    kind: str, notes: list[dict[str, Any]] | None = None
-                    ) -> list[dict[str, Any]]:
+                    kind: str, notes: list[dict[str, Any]] | None = None,
+                    counted: list[Underflow] | None = None) -> list[dict[str, Any]]:
     # (place, what was seen there): places go to "where", both to the message.
     nan: list[tuple[str, str]] = []
     inf: list[tuple[str, str]] = []
     zero: list[tuple[str, str]] = []
     negative: list[tuple[str, str]] = []
     never = _never_stepped(view)
-    underflows = find_underflows([p for p in params if p["position"] not in never], view)
+    underflows = find_underflows([p for p in params if p["position"] not in never], view) \
+        if counted is None else [u for u in counted if u.param["position"] not in never]
     underflowed = {u.where for u in underflows}
     by_design = zero_by_design(view, kind)
     expected_zero: list[tuple[str, str]] = []  # (place, why)

@@ -8,8 +8,8 @@ pickle, and no storage data (each meta storage carries ``_checkpoint_offset``, t
 offset of its bytes in the file). Every meta tensor then becomes a ``LazyTensor`` whose
 loader fetches exactly its storage's byte range (one request) and rebuilds the view
 (``as_strided``). Each storage is checked to lie inside its zip record before anything is
-fetched. When a storage is loaded, the next one in file order is fetched in one background
-thread: at most two storages are in memory at once (the one in use, the next one).
+fetched. The last two storages used stay in memory, and once reads go in file order the
+next one is fetched in one background thread: at most three storages at once.
 
 Only the zip format (torch >= 1.6) is read remotely; a legacy file is refused with a hint
 to copy it locally.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -33,12 +34,15 @@ from optstate.io.torch_file import LoadedFile, _prescan, _torch_load, detect_for
 from optstate.io.torch_zip import TorchZip, check_zip, data_pkl
 from optstate.io.walk import walk
 
-# Blocks of the ranged file while reading the structure: the pickle at the start and the
-# zip directory at the end, without pulling in 2 x 256 KiB of tensor data around them.
-STRUCTURE_BLOCK = 64 << 10
+# Blocks of the ranged file while reading the structure: the small reads of torch and
+# zipfile around the pickle and the zip directory (each read bigger than a block is one
+# exact request), without pulling in 2 x 256 KiB of tensor data around them.
+STRUCTURE_BLOCK = 8 << 10
 # Storages up to SMALL bytes are kept once read, up to SMALL_KEPT bytes in all.
 SMALL = 4 << 10
 SMALL_KEPT = 1 << 20
+# The last storages used, kept: a param's moments, looked at again after their statistics.
+KEPT = 2
 
 
 def not_remote_yet(url: str, what: str) -> CheckpointError:
@@ -204,11 +208,12 @@ def _lazy_tree(obj: Any, reader: StorageReader, records: list[tuple[int, int, in
 
 class StorageReader:
     """The storages of one remote file, each fetched in one exact range request. The
-    last one used is kept (views share it), and small ones (``step``s, scalars: up to
+    last ``KEPT`` used stay (views share them; a param's two moments are looked at again
+    for underflowed elements and histograms), and small ones (``step``s, scalars: up to
     ``SMALL_KEPT`` bytes in all) stay, since structure and statistics both look at them.
     Once two storages were read one after the other in file order (statistics going
     through the tensors, not ``--no-stats`` reading the scalar ``step``s), the next one
-    is fetched in a background thread meanwhile: at most two big ones in memory."""
+    is fetched in a background thread meanwhile: at most three big ones in memory."""
 
     def __init__(self, rp: RemotePath, stats: ReadStats) -> None:
         self.rp = rp
@@ -216,7 +221,7 @@ class StorageReader:
         self._lock = threading.Lock()
         self._sizes: dict[int, int] = {}  # offset -> bytes of every storage asked about
         self._offsets: list[int] = []
-        self._last: tuple[int, Any] | None = None
+        self._recent: OrderedDict[int, Any] = OrderedDict()  # the last KEPT, oldest first
         self._small: dict[int, Any] = {}
         self._small_bytes = 0
         self._next: tuple[int, Future[Any]] | None = None
@@ -237,28 +242,33 @@ class StorageReader:
 
     def storage(self, offset: int, nbytes: int) -> Any:
         self.register(offset, nbytes)
-        with self._lock:
-            last, pending = self._last, self._next
         small = self._small.get(offset)
         if small is not None:
             return small
-        if last is not None and last[0] == offset:
-            found = last[1]
-        elif pending is not None and pending[0] == offset:
-            found = pending[1].result()  # its error, if any, is this read's error
-            with self._lock:
+        with self._lock:
+            found = self._recent.get(offset)
+            previous = next(reversed(self._recent)) if self._recent else None
+            pending = self._next
+            if pending is not None and (found is not None or pending[0] != offset):
+                pending = None
+            elif pending is not None:
                 self._next = None
-        else:
-            if pending is not None:  # read out of file order: that guess was wrong
-                with self._lock:
+        if found is None and pending is not None:
+            found = pending[1].result()  # its error, if any, is this read's error
+        elif found is None:
+            with self._lock:  # read out of file order: a guess in flight was wrong
+                if self._next is not None and self._next[0] != offset:
                     self._next = None
             found = self._fetch(offset, nbytes)
         with self._lock:
             if nbytes <= SMALL and self._small_bytes + nbytes <= SMALL_KEPT:
                 self._small[offset] = found
                 self._small_bytes += nbytes
-            previous = self._last[0] if self._last is not None else None
-            self._last = (offset, found)
+            else:
+                self._recent[offset] = found
+                self._recent.move_to_end(offset)
+                while len(self._recent) > KEPT:
+                    self._recent.popitem(last=False)
             i = bisect.bisect_left(self._offsets, offset)
             in_order = previous is not None and i > 0 and self._offsets[i - 1] == previous
         if in_order:
