@@ -38,6 +38,14 @@ def adam_file(tmp_path) -> Path:
 
 
 @pytest.fixture
+def quick_retries(monkeypatch) -> None:
+    """The retry policy as it is (6 attempts, x2 backoff), from 10 ms instead of 0.2 s."""
+    import optstate.io.remote as remote
+
+    monkeypatch.setattr(remote, "BASE_DELAY", 0.01)
+
+
+@pytest.fixture
 def local_tmp(tmp_path, monkeypatch) -> Path:
     """Where optstate's local staging goes during the test (to see that nothing is left)."""
     d = tmp_path / "tmpdir"
@@ -95,7 +103,7 @@ def test_an_existing_object_needs_force(cli, s3, s3_bucket, adam_file):
 
 
 def test_a_failed_upload_leaves_no_object_and_no_temp(cli, s3, s3_bucket, adam_file,
-                                                      fault_proxy, local_tmp):
+                                                      fault_proxy, local_tmp, quick_retries):
     fault_proxy.fail_puts()
     url = f"s3://{s3_bucket}/new.pt"
     r = cli("set", adam_file, "-o", url, "--lr", "0.5")
@@ -132,7 +140,7 @@ def test_convert_to_a_dcp_folder_url_uploads_metadata_last(cli, s3, s3_bucket, a
 
 
 def test_a_failed_dcp_upload_deletes_what_it_uploaded(cli, s3, s3_bucket, adam_file,
-                                                      fault_proxy, local_tmp):
+                                                      fault_proxy, local_tmp, quick_retries):
     fault_proxy.fail_puts(key=r"\.metadata$")
     url = f"s3://{s3_bucket}/run/dcp"
     r = cli("convert", adam_file, url)
