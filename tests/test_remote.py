@@ -125,8 +125,6 @@ def test_a_trainer_folder_reads_the_same_remotely(cli, s3, s3_bucket, ckpts):
     assert unnamed(without_where(there, local, url)) == unnamed(without_where(here, local, url))
 
 
-@pytest.mark.xfail(strict=True, reason="issue #21: a remote Trainer folder's params are not "
-                   "named from the model beside them (config.json) yet; locally they are")
 def test_a_trainer_folder_is_named_the_same_remotely(cli, s3, s3_bucket, ckpts):
     local = ckpts["trainer"]
     url = s3.put_dir(local, f"s3://{s3_bucket}/run/checkpoint-10")
@@ -134,7 +132,13 @@ def test_a_trainer_folder_is_named_the_same_remotely(cli, s3, s3_bucket, ckpts):
     assert [p["name"] for p in there["params"]] == [p["name"] for p in here["params"]]
 
 
-def test_zero_rows_do_not_make_stats_read_twice(cli, s3, s3_bucket, tmp_path):
+@pytest.mark.parametrize("layout", [
+    "torch.save",
+    pytest.param("dcp", marks=pytest.mark.xfail(strict=True, reason=(
+        "issue #21: a DCP folder's LazyTensor runs dcp.load again on every use (io/dcp.py "
+        "load_tensor keeps nothing), so the underflow count after a param's statistics "
+        "reads exp_avg and exp_avg_sq a second time: 4.2 MB read of a 2.1 MB folder")))])
+def test_zero_rows_do_not_make_stats_read_twice(cli, s3, s3_bucket, tmp_path, layout):
     """Rows with no gradient (an embedding's unused rows: exact zeros in both moments) are
     the common case in real runs; the statistics still read each byte once. (The underflow
     finding's count over exp_avg/exp_avg_sq once loaded them again after the statistics
@@ -145,8 +149,15 @@ def test_zero_rows_do_not_make_stats_read_twice(cli, s3, s3_bucket, tmp_path):
     p.grad = torch.randn_like(p)
     p.grad[::2] = 0  # half the rows got no gradient
     opt.step()
-    torch.save(opt.state_dict(), tmp_path / "rows.pt")
-    url = s3.put(tmp_path / "rows.pt", f"s3://{s3_bucket}/rows.pt")
+    if layout == "dcp":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "no process group": one process on purpose
+            dcp.save(opt.state_dict(), storage_writer=dcp.FileSystemWriter(tmp_path / "rows"),
+                     no_dist=True)
+        url = s3.put_dir(tmp_path / "rows", f"s3://{s3_bucket}/rows")
+    else:
+        torch.save(opt.state_dict(), tmp_path / "rows.pt")
+        url = s3.put(tmp_path / "rows.pt", f"s3://{s3_bucket}/rows.pt")
     f = inspect_json(cli, url)["file"]
     assert f["bytes_read"] <= f["bytes_total"] * 1.02, f
 
