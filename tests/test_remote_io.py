@@ -451,3 +451,17 @@ def test_zero_rows_and_histograms_read_each_byte_once(cli, s3, s3_bucket, tmp_pa
     url = s3.put(tmp_path / "rows.pt", f"s3://{s3_bucket}/rows.pt")
     f = json.loads(cli("inspect", url, "--json", *extra).stdout)["file"]
     assert f["bytes_read"] <= f["bytes_total"] * 1.02, f
+
+
+def test_remote_trainer_folder_named_from_its_config(cli, s3, s3_bucket):
+    """A Trainer folder with config.json: the params are named from the model it describes
+    (built on the meta device), remotely as locally; config.json's bytes are counted."""
+    from pathlib import Path
+
+    pytest.importorskip("transformers", reason="naming from config.json needs transformers")
+    local = Path(__file__).parent / "fixtures" / "runs" / "hf_trainer" / "checkpoint-10"
+    url = s3.put_dir(local, f"s3://{s3_bucket}/run/checkpoint-10")
+    here, there = _json(cli, local), _json(cli, url)
+    assert any(p["name"] for p in there["params"])
+    assert there["file"]["bytes_read"] >= (local / "config.json").stat().st_size
+    _same_but_file(here, there)

@@ -71,6 +71,11 @@ class Source:
     # What was read from remote storage (bytes, requests, retries; bytes_total); None for
     # local files, which are memory-mapped: what the kernel pages in is not counted
     read: ReadStats | None = None
+    # A remote Trainer / accelerate folder: a local folder of the same name holding its
+    # config.json (fetched) and, empty, the names of the Trainer's own files, so that params
+    # are named from the model config.json describes as locally (``state.model_near``);
+    # model files are not fetched. Removed with the Source.
+    mirror: Path | None = None
 
     @property
     def label(self) -> str:
@@ -302,6 +307,7 @@ def _remote_file(named: RemotePath, rp: RemotePath, stats: ReadStats, *, unsafe:
     folder = rp.parent
     if siblings is None:
         siblings = {child.name for child in folder.iterdir()}
+    _mirror(src, folder, siblings, stats)
     name = _scheduler_name(rp.name, siblings.__contains__)
     if name is None:
         return src
@@ -317,3 +323,30 @@ def _remote_file(named: RemotePath, rp: RemotePath, stats: ReadStats, *, unsafe:
     for _ in range(part.retries):
         stats.retried()
     return src
+
+
+# config.json above this size is not fetched (real ones are a few kB)
+CONFIG_BYTES = 1 << 20
+TRAINER_FILES = ("trainer_state.json", "training_args.bin")
+
+
+def _mirror(src: Source, folder: RemotePath, names: set[str], stats: ReadStats) -> None:
+    """``src.mirror``: config.json fetched into a local folder named as ``folder``, beside
+    empty stand-ins of the Trainer's files that are there (only their presence is looked at)."""
+    import shutil
+    import tempfile
+    import weakref
+
+    config = folder / "config.json"
+    if "config.json" not in names or config.size() > CONFIG_BYTES:
+        return
+    data = config.read_bytes(stats)
+    root = Path(tempfile.mkdtemp(prefix="optstate-remote-"))
+    weakref.finalize(src, shutil.rmtree, root, True)
+    mirror = root / (folder.name or "folder")
+    mirror.mkdir()
+    (mirror / "config.json").write_bytes(data)
+    for name in TRAINER_FILES:
+        if name in names:
+            (mirror / name).touch()
+    src.mirror = mirror

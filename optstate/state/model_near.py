@@ -30,8 +30,8 @@ def checkpoint_folder(source: Any) -> Path | None:
     from (the folder named, or the folder of an ``optimizer.pt`` named directly)."""
     if source is None or getattr(source, "format", None) == "dcp":
         return None
-    if getattr(source, "read", None) is not None:  # a URL: no model is looked for beside it
-        return None
+    if getattr(source, "read", None) is not None:  # a URL: the local copy of its small files
+        return getattr(source, "mirror", None)
     path, file = Path(source.path), Path(source.file)
     if path.is_dir():
         return path
@@ -68,7 +68,7 @@ def model_near(source: Any, located: Any
     folder = checkpoint_folder(source)
     if folder is None:
         return None, NO_MODEL, None, []
-    m = OPTIMIZER_FILE.fullmatch(Path(source.file).name)
+    m = OPTIMIZER_FILE.fullmatch(source.file.name)  # a Path, or a RemotePath
     return (*_folder_model(folder, (m.group(1) or "") if m else ""), [])
 
 
