@@ -465,3 +465,19 @@ def test_remote_trainer_folder_named_from_its_config(cli, s3, s3_bucket):
     assert any(p["name"] for p in there["params"])
     assert there["file"]["bytes_read"] >= (local / "config.json").stat().st_size
     _same_but_file(here, there)
+
+
+def test_a_retried_read_shows_in_the_footer(cli, s3, s3_bucket, fault_proxy, fast_retries,
+                                            tmp_path):
+    import json
+
+    import torch
+
+    torch.save(_sgd_momentum(), tmp_path / "s.pt")
+    url = s3.put(tmp_path / "s.pt", f"s3://{s3_bucket}/s.pt")
+    fault_proxy.slow_down(1, key=r"s\.pt$")
+    doc = json.loads(cli("inspect", url, "--json").stdout)
+    assert doc["file"]["retries"] == 1
+    fault_proxy.slow_down(1, key=r"s\.pt$")
+    out = cli("inspect", url).stdout
+    assert out.rstrip().splitlines()[-1].endswith(" requests, 1 retry"), out[-300:]
