@@ -17,7 +17,7 @@ from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 from optstate.base.errors import CheckpointError, UnsafeCheckpointError
 from optstate.io.dcp import DcpCheckpoint
 from optstate.io.dcp_layout import chunk_layout
-from optstate.io.lazy import LazyTensor, materialize
+from optstate.io.lazy import KEPT, LazyTensor, materialize
 from optstate.io.source import open_source
 from optstate.numeric.stats import summarize
 
@@ -151,19 +151,23 @@ def test_nested_containers_come_back_as_lists_and_dicts(tmp_path):
 
 
 def test_tensors_are_loaded_one_at_a_time(fqn_dir):
+    """Tensors are read on demand, and only the last ``lazy.KEPT`` stay in memory (a param's
+    moments, looked at again after their statistics, are not read twice)."""
     ckpt = DcpCheckpoint(fqn_dir)
     obj = ckpt.rebuild()
-    assert ckpt._cached is None  # opening read metadata and hyperparameters only
+    assert not ckpt._cached  # opening read metadata and hyperparameters only
     w = obj["state"]["1.weight"]["exp_avg"]
     assert float(w.sum()) == float(ckpt.load_tensor("state.1.weight.exp_avg").sum())
-    assert ckpt._cached[0] == "state.1.weight.exp_avg"
+    assert list(ckpt._cached) == ["state.1.weight.exp_avg"]
     obj["state"]["0.bias"]["exp_avg_sq"].max()
-    assert ckpt._cached[0] == "state.0.bias.exp_avg_sq"
+    obj["state"]["0.bias"]["exp_avg"].max()
+    assert KEPT == 2 and list(ckpt._cached) == ["state.0.bias.exp_avg_sq", "state.0.bias.exp_avg"]
     assert ckpt._scalars is None
     assert obj["state"]["1.bias"]["step"].item() == 3.0  # every step count, in one read
     assert sorted(ckpt._scalars) == [f"state.{n}.step" for n in
                                      ("0.bias", "0.weight", "1.bias", "1.weight")]
-    assert ckpt._cached[0] == "state.0.bias.exp_avg_sq"  # the big-tensor slot is untouched
+    # the big-tensor slots are untouched
+    assert list(ckpt._cached) == ["state.0.bias.exp_avg_sq", "state.0.bias.exp_avg"]
 
 
 def test_a_dcp_folder_passes_the_same_walk_as_a_file(fqn_dir, tmp_path):

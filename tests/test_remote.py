@@ -119,12 +119,7 @@ def test_a_trainer_folder_reads_the_same_remotely(cli, s3, s3_bucket, ckpts):
     assert without_where(there, local, url) == without_where(here, local, url)
 
 
-@pytest.mark.parametrize("layout", [
-    "torch.save",
-    pytest.param("dcp", marks=pytest.mark.xfail(strict=True, reason=(
-        "issue #21: a DCP folder's LazyTensor runs dcp.load again on every use (io/dcp.py "
-        "load_tensor keeps nothing), so the underflow count after a param's statistics "
-        "reads exp_avg and exp_avg_sq a second time: 4.2 MB read of a 2.1 MB folder")))])
+@pytest.mark.parametrize("layout", ["torch.save", "dcp"])
 def test_zero_rows_do_not_make_stats_read_twice(cli, s3, s3_bucket, tmp_path, layout):
     """Rows with no gradient (an embedding's unused rows: exact zeros in both moments) are
     the common case in real runs; the statistics still read each byte once. (The underflow

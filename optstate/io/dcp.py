@@ -27,6 +27,7 @@ import contextlib
 import io
 import re
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ from optstate.io.dcp_metadata import (
     short_repr,
     storage_files,
 )
-from optstate.io.lazy import LazyTensor
+from optstate.io.lazy import KEPT, LazyTensor
 from optstate.io.torch_file import clean_message, prescan_bytes, prescan_stream
 from optstate.io.walk import walk
 
@@ -122,7 +123,7 @@ class Chunk:
 
 
 class DcpCheckpoint:
-    """An open DCP folder: metadata now, tensors on demand (one cached at a time; the
+    """An open DCP folder: metadata now, tensors on demand (the last ``lazy.KEPT`` kept; the
     0-d scalars all together)."""
 
     def __init__(self, path: str | Path | RemotePath, *, read: ReadStats | None = None
@@ -147,7 +148,7 @@ class DcpCheckpoint:
         # chunk (key, offset) -> data file; tensor key -> its chunks' _StorageInfo
         self._files, self._chunk_infos = storage_files(self.path, self.metadata,
                                                        sizes=self._sizes, where=self.where)
-        self._cached: tuple[str, torch.Tensor] | None = None
+        self._cached: OrderedDict[str, torch.Tensor] = OrderedDict()  # the last KEPT loaded
         self._scalars: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ structure
@@ -182,8 +183,9 @@ class DcpCheckpoint:
 
     def load_tensor(self, key: str) -> torch.Tensor:
         """The whole tensor ``key`` (all its chunks), through ``dcp.load`` in this process."""
-        if self._cached is not None and self._cached[0] == key:
-            return self._cached[1]
+        if key in self._cached:
+            self._cached.move_to_end(key)
+            return self._cached[key]
         md = self.metadata.state_dict_metadata.get(key)
         if not isinstance(md, TensorStorageMetadata):
             raise CheckpointError(f"{self.where} has no tensor {key!r}")
@@ -193,7 +195,9 @@ class DcpCheckpoint:
         target = torch.empty(tuple(md.size), dtype=md.properties.dtype)
         sd = {key: target}
         self._load(sd, f"tensor {key}")
-        self._cached = (key, sd[key])
+        self._cached[key] = sd[key]
+        while len(self._cached) > KEPT:  # a param's moments, looked at again (io/lazy.KEPT)
+            self._cached.popitem(last=False)
         return sd[key]
 
     def _scalar(self, key: str) -> torch.Tensor:

@@ -21,6 +21,11 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_map
 
+# How many loaded tensors a lazy reader keeps (io/remote_torch.py's storages, io/dcp.py's
+# tensors): inspect looks at a param's moments again right after their statistics (the
+# underflow count, --hist), which must not read them a second time.
+KEPT = 2
+
 
 class LazyTensor(torch.Tensor):
     """A CPU tensor of known shape and dtype whose data comes from ``loader()``.
