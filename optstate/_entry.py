@@ -57,11 +57,14 @@ def main(argv: list[str] | None = None) -> None:
     # SIGINT instead of exiting with our status; a string exec() that succeeds clears it.
     exec("")  # noqa: S102 - a constant empty string
     if rank is not None:  # a torchrun rank in a gloo group: no C++ teardown (launch.exit_now)
+        from optstate.analysis.ranks import finish
         from optstate.io.launch import exit_now
 
         if isinstance(code, str):
             print(code, file=sys.stderr)
-        exit_now(code if isinstance(code, int) else int(code is not None))
+        status = code if isinstance(code, int) else int(code is not None)
+        # every rank's error reaches rank 0, which prints it; all leave once it has
+        exit_now(finish(status, _stderr_text))
     sys.exit(code)
 
 
@@ -90,10 +93,14 @@ def _torchrun(argv: list[str] | None) -> int | None:
         if rank != 0:
             os._exit(0)  # nothing started yet: no teardown to skip
         return None
-    if rank != 0:
+    if rank != 0:  # stdout dropped; stderr kept in a temp file for its Error line (finish)
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 1)
-        os.dup2(null, 2)
+        os.close(null)
+        import tempfile
+
+        with tempfile.TemporaryFile() as kept:
+            os.dup2(kept.fileno(), 2)
     from optstate.analysis.ranks import init_from_env
 
     try:
@@ -104,6 +111,17 @@ def _torchrun(argv: list[str] | None) -> int | None:
         sys.stderr.flush()
         os._exit(2)
     return rank
+
+
+def _stderr_text() -> str:
+    """What a rank other than 0 wrote to its stderr (a temp file: ``_torchrun``), its
+    last 64 KiB; rank 0's is the terminal: ''."""
+    try:
+        sys.stderr.flush()
+        size = os.fstat(2).st_size
+        return os.pread(2, 65536, max(0, size - 65536)).decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return ""
 
 
 def _run(argv: list[str] | None) -> object:

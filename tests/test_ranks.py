@@ -121,6 +121,8 @@ def test_torchrun_prints_one_document_equal_to_one_process(ckpts: dict[str, Path
            json.loads(r.stdout))  # one document: json.loads refuses two
     r = _torchrun("diff", ckpts["dcp"], ckpts["file"], "--json")
     assert r.returncode != 0  # torchrun reports the ranks' exit 1 (differences) as failed
+    # every rank exits 1, and only after rank 0 printed (none killed by torchrun: -15)
+    assert r.stderr.count("exitcode  : 1 ") == 2 and "exitcode  : -15" not in r.stderr
     assert json.loads(r.stdout) == json.loads(
         _cli("diff", ckpts["dcp"], ckpts["file"], "--json").stdout)
 
@@ -176,3 +178,64 @@ def test_remote_diff_reports_what_it_read_across_workers(cli, s3, s3_bucket,
     assert two["bytes_read"] > a["bytes_read"] and two["requests"] > a["requests"]
     human = cli("diff", url, ckpts["file"]).stdout
     assert [ln for ln in human.splitlines() if "read " in ln] == [f"a: {read_line(a).plain}"]
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _rank_of(pid: int) -> str | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return next((e[5:].decode() for e in env if e.startswith(b"RANK=")), None)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_torchrun_rank_1_failing_first_still_gets_rank_0s_error_line(
+        ckpts: dict[str, Path], tmp_path: Path) -> None:
+    """R2 #5: a truncated data file; rank 1 fails while rank 0 is still busy (held at the
+    `command` test hook). Before: rank 1 exited 2 at once, torchrun killed rank 0 before it
+    printed, and no optstate Error line was seen. Now rank 1 waits for rank 0, which
+    prints the one Error line; both exit 2."""
+    import shutil
+    import time
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpts["dcp"], bad)
+    f = bad / "__1_0.distcp"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    release = tmp_path / "release"
+    release.mkdir()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         "2", "-m", "optstate", "inspect", str(bad)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "OPTSTATE_TEST_PAUSE_AT": "command=4",
+             "OPTSTATE_TEST_RELEASE_DIR": str(release)})
+    try:
+        deadline = time.monotonic() + 120
+        released = False
+        while not released and time.monotonic() < deadline and p.poll() is None:
+            for c in _children(p.pid):
+                if _rank_of(c) == "1":
+                    (release / f"command.{c}").touch()  # rank 1 goes on; rank 0 waits 4 s
+                    released = True
+            time.sleep(0.05)
+        out, err = p.communicate(timeout=180)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert released
+    assert out == ""
+    errors = [ln for ln in err.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"Error: {f} is truncated"), err
+    assert "exitcode  : 2" in err and "exitcode  : -15" not in err, err

@@ -36,14 +36,23 @@ mean |x|), whose block boundaries differ: within ``numeric.tolerance.sum_rtol(n)
 mean within ``sum_rtol(n) * mean_abs``). Whole-tensor units give the one-process numbers
 exactly. (diff with ``--quiet`` stops at the first difference on one process; across
 ranks every pair is compared, then the same walk stops at the same place.)
+
+Under torchrun a rank's end is one more exchange (``finish``): exit statuses and ``Error:``
+lines reach rank 0, which prints the error, and no rank leaves before rank 0 has printed
+(torchrun stops the others as soon as one exits non-zero).
+
+About 440 lines on purpose: the split, the chunk reader, the merge and the ranks'
+exchanges (results, errors, the end) are one protocol, read together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -54,7 +63,13 @@ from typing import Any, TypeVar
 import torch
 
 from optstate.base import errors
-from optstate.base.errors import CheckpointError, ConfigError, OptstateError, option
+from optstate.base.errors import (
+    CheckpointError,
+    ConfigError,
+    OptstateError,
+    one_line,
+    option,
+)
 from optstate.io.launch import torchrun_rank
 from optstate.io.lazy import LazyTensor
 from optstate.numeric import precomputed
@@ -285,8 +300,6 @@ def _across(calls: list[precomputed.Call], group: Group, sources: tuple[Any, ...
             ) -> tuple[list[Any], list[dict[str, int] | None]]:
     """This rank's share, all-gathered, merged, and what the other ranks read of the
     ``sources``; an error on any rank raised on every one."""
-    import torch.distributed as dist
-
     try:
         units = assign(units_of(calls), group.world)[group.rank]
         payload: Any = ("ok", _compute(calls, units), _reads(sources))
@@ -296,14 +309,10 @@ def _across(calls: list[precomputed.Call], group: Group, sources: tuple[Any, ...
         payload = ("error", "OptstateError", f"rank {group.rank} failed: "
                    f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}",
                    None)
-    gathered: list[Any] = [None] * group.world
-    try:
-        dist.all_gather_object(gathered, payload)
-    except Exception as e:  # noqa: BLE001 - gloo's words for a rank that died or hung
-        raise OptstateError(f"rank {group.rank} lost the other ranks: "
-                            f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}",
-                            hint="another rank was killed or stopped; its own output "
-                            "says why") from None
+    gathered = _gather(group, payload)
+    for r, p in enumerate(gathered):
+        if p[0] == "final":  # that rank ended before the gather (finish): its error here
+            raise _peer_error(r, p)
     for p in gathered:
         if p[0] == "error":
             cls = getattr(errors, p[1], OptstateError)
@@ -314,6 +323,91 @@ def _across(calls: list[precomputed.Call], group: Group, sources: tuple[Any, ...
             {"signature": _signature(calls), "results": [asdict(r) for r in results],
              "reads": _sum_reads([p[2] for p in gathered])}))
     return results, _sum_reads([p[2] for r, p in enumerate(gathered) if r != group.rank])
+
+
+def _gather(group: Group, payload: Any) -> list[Any]:
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * group.world
+    try:
+        dist.all_gather_object(gathered, payload)
+    except Exception as e:  # noqa: BLE001 - gloo's words for a rank that died or hung
+        raise OptstateError(f"rank {group.rank} lost the other ranks: "
+                            f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}",
+                            hint="another rank was killed or stopped; its own output "
+                            "says why") from None
+    return gathered
+
+
+def _peer_error(rank: int, final: Any) -> OptstateError:
+    """The error of a rank that ended (a ``("final", status, lines)`` payload), as the
+    ``Error:``/``Hint:`` lines it printed."""
+    _, code, lines = final
+    error = next((ln[len("Error: "):] for ln in lines if ln.startswith("Error: ")), None)
+    hint = next((ln[len("Hint: "):] for ln in lines if ln.startswith("Hint: ")), None)
+    if code in (0, 1):  # it finished without the tensor work this rank recorded
+        e = OptstateError(f"rank {rank} found no tensor data to read where rank 0 did: "
+                          "do the ranks see the same checkpoint?")
+    elif error is None:
+        e = OptstateError(f"rank {rank} exited with status {code}")
+    else:
+        e = OptstateError(error, hint)
+    e.exit_code = code if code not in (0, 1) else 2
+    return e
+
+
+def error_lines(text: str) -> list[str]:
+    """The last ``Error:`` line of a rank's stderr and the ``Hint:`` line after it."""
+    lines = text.splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("Error: ")]
+    if not starts:
+        return []
+    i = starts[-1]
+    return lines[i:i + 2] if i + 1 < len(lines) and lines[i + 1].startswith("Hint: ") \
+        else lines[i:i + 1]
+
+
+def finish(code: int, stderr_text: Callable[[], str]) -> int:
+    """A torchrun rank's last step (``_entry.py``): every rank's exit status and error
+    lines reach every rank (``stderr_text``: what this rank printed there); rank 0 prints
+    another rank's error when it has none of its own; every rank waits until rank 0 has
+    printed (a barrier, 60 s at most), and all return the same status. A rank that ends
+    while others wait in ``_across``'s gather meets them there (its payload is
+    ``"final"``, raised by them as its error), and gathers again until every rank's
+    payload is final: the same number of collectives on every rank."""
+    import torch.distributed as dist
+
+    group = _group
+    if group is None or not dist.is_initialized():
+        return code
+    mine = ("final", code, error_lines(stderr_text()) if code not in (0, 1) else [])
+    try:
+        while True:
+            gathered = _gather(group, mine)
+            if all(p[0] == "final" for p in gathered):
+                break
+    except OptstateError as e:  # a rank died: nothing to wait for
+        if group.rank == 0 and code in (0, 1):
+            print(f"Error: {e.message}", file=sys.stderr)
+            code = e.exit_code
+        return code
+    codes = [p[1] for p in gathered]
+    status = codes[0]
+    if status in (0, 1):
+        bad = next((r for r, c in enumerate(codes) if c not in (0, 1)), None)
+        if bad is not None:
+            status = codes[bad]
+            if group.rank == 0:
+                e = _peer_error(bad, gathered[bad])
+                print(f"Error: {one_line(e.message)}", file=sys.stderr)
+                if e.hint:
+                    print(f"Hint: {one_line(e.hint)}", file=sys.stderr)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    with contextlib.suppress(Exception):  # rank 0 has printed: the others may leave
+        dist.monitored_barrier(timeout=timedelta(seconds=60))
+    return status
 
 
 def _in_workers(calls: list[precomputed.Call], workers: int, job: dict[str, Any]
