@@ -239,3 +239,39 @@ def test_torchrun_rank_1_failing_first_still_gets_rank_0s_error_line(
     errors = [ln for ln in err.splitlines() if ln.startswith("Error:")]
     assert len(errors) == 1 and errors[0].startswith(f"Error: {f} is truncated"), err
     assert "exitcode  : 2" in err and "exitcode  : -15" not in err, err
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_ctrl_c_to_a_workers_parent_leaves_no_worker_behind(ckpts: dict[str, Path],
+                                                             tmp_path: Path) -> None:
+    """SIGINT to ``inspect --workers 2`` while its workers run (held at the `worker` test
+    hook): Interrupted., exit 130, and both workers are gone when the parent has exited."""
+    import signal
+    import time
+
+    p = subprocess.Popen(
+        [sys.executable, "-m", "optstate", "inspect", str(ckpts["dcp"]), "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "OPTSTATE_TEST_PAUSE_AT": "worker=60",
+             "TMPDIR": str(tmp_path)})
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:
+            logs = list(tmp_path.glob("optstate-ranks-*/rank*.log"))
+            if len(logs) == 2 and all("optstate-test-pause: worker" in f.read_text()
+                                      for f in logs):
+                break
+            time.sleep(0.05)
+        workers = _children(p.pid)
+        assert len(workers) == 2, workers
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert (p.returncode, out) == (130, ""), err
+    assert err.splitlines()[-1] == "Interrupted."
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()], workers
+    assert not list(tmp_path.glob("optstate-ranks-*"))  # the work folder removed

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from optstate.analysis import ranks
+from optstate.base.testhook import pause_at
 from optstate.io import launch
 
 
@@ -27,6 +28,7 @@ def run(job: dict[str, Any], rank: int) -> None:
     torch.set_num_threads(1)  # N workers share this machine's cores
     store = launch.join_store(job["port"], job["world_size"])
     ranks.init_from_store(store, rank, job["world_size"], Path(job["work"]) / "results.json")
+    pause_at("worker")  # test hook: the workers are up, the parent waits for them
     if job["command"] == "inspect":
         from optstate.analysis.inspect import inspect_path
 
