@@ -141,7 +141,9 @@ def test_zero_rows_do_not_make_stats_read_twice(cli, s3, s3_bucket, tmp_path, la
         torch.save(opt.state_dict(), tmp_path / "rows.pt")
         url = s3.put(tmp_path / "rows.pt", f"s3://{s3_bucket}/rows.pt")
     f = inspect_json(cli, url)["file"]
-    assert f["bytes_read"] <= f["bytes_total"] * 1.02, f
+    # each byte once; the structure (zip directory, data.pkl, .metadata) may come in whole
+    # blocks on top: a second read of the moments would be +2 MB
+    assert f["bytes_read"] <= f["bytes_total"] + (128 << 10), f
 
 
 def test_diff_of_two_remote_files_equals_the_local_diff(cli, s3, s3_bucket, tmp_path):
