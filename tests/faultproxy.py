@@ -10,6 +10,10 @@ matches first. Rules (checked in the order added; a rule with ``times`` stops af
 - ``deny(method=None, key=...)``: 403 ``AccessDenied`` (every time)
 - ``fail_puts(key=..., times=None)``: 500 ``InternalError`` to PUTs (objects and multipart
   parts) and to the POST that completes a multipart upload
+- ``stall(n, ...)``: the first ``n`` matching GETs get a 206's headers and then no body at all
+  (the proxy holds the connection for ``STALL`` seconds)
+- ``ignore_range(n, ...)``: the first ``n`` matching GETs are forwarded without their Range
+  header (the whole object comes back, as from a server that ignores ranges)
 
 ``key`` is a regex searched in the request path (``/bucket/key``, unquoted, no query string).
 Every request lands in ``log`` as ``Entry(method, path, query, range, status, bytes_sent)``, with
@@ -28,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 PIECE = 64 * 1024
+STALL = 5.0
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
     "trailers", "transfer-encoding", "upgrade",
@@ -122,6 +127,14 @@ class FaultProxy:
                           query=r"(^|&)uploadId="),
         ]
 
+    def stall(self, n: int, method: str | tuple[str, ...] | None = "GET",
+              key: str = ".*") -> Rule:
+        return self.add_rule(0, "stall", method=method, key=key, times=n)
+
+    def ignore_range(self, n: int, method: str | tuple[str, ...] | None = "GET",
+                     key: str = ".*") -> Rule:
+        return self.add_rule(0, "ignore_range", method=method, key=key, times=n)
+
     def clear_rules(self) -> None:
         with self._lock:
             self.rules.clear()
@@ -197,6 +210,18 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = unquote(u.path), u.query
         rng = self.headers.get("Range")
         rule = owner._match(method, path, query)
+        if rule is not None and rule.code == "stall":
+            self.send_response(206)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.flush()
+            owner._record(Entry(method, path, query, rng, 206, 0, True))
+            threading.Event().wait(STALL)
+            self.close_connection = True
+            return
+        ignore_range = rule is not None and rule.code == "ignore_range"
+        if ignore_range:
+            rule = None
         if rule is not None:
             for _ in self._read_body():  # drain it: the connection stays usable
                 pass
@@ -213,7 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
             conn.putrequest(method, self.path, skip_host=True, skip_accept_encoding=True)
             chunked_in = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
             for k, v in self.headers.items():
-                if k.lower() not in HOP_BY_HOP:
+                if k.lower() not in HOP_BY_HOP and not (ignore_range and k.lower() == "range"):
                     conn.putheader(k, v)
             if chunked_in:
                 body = b"".join(self._read_body())

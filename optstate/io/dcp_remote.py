@@ -26,29 +26,48 @@ from torch.distributed.checkpoint.filesystem import FileSystem
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 
 from optstate.base.errors import CheckpointError
+from optstate.base.limits import LimitError, size_text
+from optstate.base.limits import current as current_limits
 from optstate.io.dcp_metadata import (
     METADATA_FILE,
     SafeFileSystemReader,
     parse_metadata,
     short_repr,
 )
-from optstate.io.remote import ReadStats, RemoteFile, RemotePath, display, retrying
+from optstate.io.remote import ReadStats, RemoteFile, RemotePath, display
 from optstate.io.torch_file import prescan_bytes
 
 # adjacent small items are fetched together, up to this many bytes per request
 MERGE_LIMIT = 16 << 20
 # requests in flight at once for runs of small items
 PARALLEL = 8
+# .metadata is refused from its listed size, before it is fetched, above this many bytes
+# per ``limits.items`` (its keys and chunks are counted against ``items`` once unpickled;
+# one pickled chunk entry is well under 256 bytes): 256 MB with the default limits
+METADATA_BYTES_PER_ITEM = 256
+
+# the files of listed folders, tied to the version the listing saw (ETag / VersionId):
+# every range read of them asks for that version
+_PINNED: dict[str, RemotePath] = {}
 
 
 def list_folder(folder: RemotePath) -> dict[str, int]:
-    """The files directly in ``folder`` and their sizes: one listing (retried)."""
-    entries = retrying(lambda: folder.fs.ls(folder.key, detail=True, refresh=True), folder.url)
+    """The files directly in ``folder`` and their sizes: one listing (retried, at most
+    ``limits.items`` entries); each file is pinned to the version listed (``pinned``)."""
     out: dict[str, int] = {}
-    for e in entries:
-        if isinstance(e, dict) and e.get("type") == "file":
-            out[posixpath.basename(str(e.get("name", "")).rstrip("/"))] = int(e.get("size") or 0)
+    for e in folder.listing():
+        if e.get("type") == "file":
+            name = posixpath.basename(str(e.get("name", "")).rstrip("/"))
+            out[name] = int(e.get("size") or 0)
+            path = (folder / name).pinned(e)
+            _PINNED[path.url] = path
     return out
+
+
+def pinned(folder: RemotePath, name: str) -> RemotePath:
+    """``folder / name``, tied to the version its listing saw when there was one."""
+    path = folder / name
+    return _PINNED.get(path.url, path)
 
 
 def read_remote_metadata(folder: RemotePath, sizes: dict[str, int], stats: ReadStats
@@ -58,7 +77,13 @@ def read_remote_metadata(folder: RemotePath, sizes: dict[str, int], stats: ReadS
     where = display(folder.url)
     if METADATA_FILE not in sizes:
         raise CheckpointError(f"{where} has no {METADATA_FILE} file; not a DCP checkpoint")
-    with RemoteFile(folder / METADATA_FILE, stats, size=sizes[METADATA_FILE]) as f:
+    items = current_limits().items
+    if sizes[METADATA_FILE] > items * METADATA_BYTES_PER_ITEM:
+        raise LimitError(f"{where}/{METADATA_FILE}",
+                         f"is {size_text(sizes[METADATA_FILE])}, more than DCP metadata of "
+                         f"{items:,} keys and chunks takes ({METADATA_BYTES_PER_ITEM} bytes "
+                         "each); it was not fetched", "items", items)
+    with RemoteFile(pinned(folder, METADATA_FILE), stats, size=sizes[METADATA_FILE]) as f:
         data = f.read()
     return parse_metadata(data, f"{where}/{METADATA_FILE}")
 
@@ -120,8 +145,8 @@ class RangeReader(SafeFileSystemReader):
 
     def _fetch(self, rel: str, run: list[Any]) -> None:
         start = run[0].offset
-        data = (self.folder / rel).read_range(start, run[-1].offset + run[-1].length,
-                                              self.stats)
+        data = pinned(self.folder, rel).read_range(start, run[-1].offset + run[-1].length,
+                                                   self.stats)
         for info in run:
             self._held[(rel, info.offset)] = data[info.offset - start:
                                                   info.offset - start + info.length]
@@ -130,7 +155,8 @@ class RangeReader(SafeFileSystemReader):
         rel, offset = sinfo.relative_path, sinfo.offset
         data = self._held.pop((rel, offset), None)
         if data is None:
-            data = (self.folder / rel).read_range(offset, offset + sinfo.length, self.stats)
+            data = pinned(self.folder, rel).read_range(offset, offset + sinfo.length,
+                                                       self.stats)
         fqn = self._names.get((rel, offset), "?")
         if fqn not in self._values:  # (a value is pre-scanned by SafeLoadPlanner.load_bytes)
             # a tensor chunk: torch.save bytes, pre-scanned as a local chunk is

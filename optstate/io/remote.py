@@ -16,8 +16,15 @@ once on Ctrl-C; s3fs's and botocore's own retries are turned down so that these 
 ones that count. 404 and 403 are permanent: one error naming the URL. Messages name the
 URL without its userinfo and query string (``display``): credentials are never printed.
 
-About 450 lines on purpose: the URL as a path, the ranged file and the one retry policy are
-one contract (every remote read and write goes through it), read top to bottom.
+One version per read: ``RemotePath`` keeps the ETag (and VersionId) its first HEAD or
+listing saw, and every later range request asks for it (S3: ``If-Match``; other backends
+re-check the ETag first): a replaced object is "changed while being read". Every request
+has one read timeout (``OPTSTATE_READ_TIMEOUT``, 60 s); listings stop at ``limits.items``;
+reasons pasted from backends are scrubbed of userinfo and query strings (``scrub``).
+
+About 720 lines on purpose: the URL as a path, the ranged file, the version pin and the one
+retry policy are one contract (every remote read and write goes through it), read top to
+bottom.
 """
 
 from __future__ import annotations
@@ -64,6 +71,26 @@ _TRANSIENT_ERRNO = {errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET
 
 BLOCK = 256 << 10
 BLOCKS_KEPT = 4
+
+# One read timeout for every request: a server that sends nothing for this long is given
+# up on (and the request retried). OPTSTATE_READ_TIMEOUT overrides it (seconds).
+TIMEOUT_ENV = "OPTSTATE_READ_TIMEOUT"
+READ_TIMEOUT = 60.0
+
+
+def read_timeout() -> float:
+    """Seconds a request may go without data (``OPTSTATE_READ_TIMEOUT``, default 60)."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return READ_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{TIMEOUT_ENV} is {text!r}; expected a number of seconds > 0",
+                          hint=f"e.g. {TIMEOUT_ENV}=120")
+    return value
 
 
 def is_url(text: str | os.PathLike[str]) -> bool:
@@ -137,22 +164,80 @@ def _status(e: BaseException) -> tuple[int | None, str]:
     return None, ""
 
 
+# userinfo anywhere ("s3://KEY:SECRET@bucket", 'bucket name "KEY:SECRET@bkt"', "user@host"
+# after ://) and query strings of URLs (presigned signatures)
+_USERINFO = re.compile(r"(?<![\w.+-])[^\s/\\\"'@:<>()\[\]]+:[^\s/\"'@<>]*@|(?<=://)[^\s/\"'@:]+@")
+_QUERY = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]+://[^\s?#\"'<>]*)[?#][^\s\"'<>]*")
+_ERRNO = re.compile(r"^\[Errno -?\d+\]\s*")
+
+
+def scrub(text: str) -> str:
+    """``text`` (an exception's, a backend's) without userinfo and URL query strings."""
+    return _USERINFO.sub("", _QUERY.sub(r"\1", text))
+
+
+def _stalled(e: BaseException) -> bool:
+    cur: BaseException | None = e
+    for _ in range(8):
+        if cur is None:
+            return False
+        name = type(cur).__name__
+        if isinstance(cur, TimeoutError) or "Timeout" in name or "timed out" in str(cur):
+            return "Connect" not in name
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _cannot_connect(e: BaseException) -> bool:
+    cur: BaseException | None = e
+    for _ in range(8):
+        if cur is None:
+            return False
+        name = type(cur).__name__
+        if (isinstance(cur, ConnectionRefusedError) or "ConnectorError" in name
+                or "EndpointConnectionError" in name or "ConnectTimeout" in name):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 def _reason(e: BaseException) -> str:
     status, code = _status(e)
-    text = " ".join(str(e).split()) or type(e).__name__
+    if status is None and _stalled(e):
+        return f"the server stopped sending (no data for {read_timeout():g} s)"
+    if status is None and _cannot_connect(e):
+        return "cannot connect to the server"
+    if isinstance(e, FileNotFoundError) and e.__cause__ is not None:
+        e = e.__cause__  # fsspec's HTTP filesystem: its text is only the URL
+    message = getattr(e, "message", None)  # aiohttp's ClientResponseError: the reason
+    raw = message if isinstance(message, str) and status is not None else str(e)
+    text = _ERRNO.sub("", scrub(" ".join(raw.split()))) or type(e).__name__
     if len(text) > 160:
         text = text[:160] + "…"
-    if status is not None and str(status) not in text:
-        return f"HTTP {status}{' ' + code if code else ''} ({text})"
+    if code.isdigit():
+        code = ""
+    if status is not None:
+        head = f"HTTP {status}{' ' + code if code else ''}"
+        if text in (str(status), code, head) or text.startswith(head):
+            return head
+        return f"{head} ({text})"
     return text
 
 
 def classify(e: BaseException) -> str:
     """'missing' (404), 'denied' (403), 'transient' (worth retrying) or 'permanent'."""
     status, code = _status(e)
-    if isinstance(e, FileNotFoundError) or status == 404:
+    cause = e.__cause__
+    if isinstance(e, FileNotFoundError) and cause is not None and status not in (404, 410):
+        # fsspec's HTTP filesystem turns every failure of its HEAD/GET into a
+        # FileNotFoundError: what it wraps tells (a 500, a refused connection, ...)
+        kind = classify(cause)
+        return kind if kind != "permanent" or status is not None else "missing"
+    if status == 412 or code == "PreconditionFailed":
+        return "changed"
+    if isinstance(e, FileNotFoundError) or status in (404, 410):
         return "missing"
-    if isinstance(e, PermissionError) or status == 403:
+    if isinstance(e, PermissionError) or status in (401, 403):
         return "denied"
     if status is not None and (status >= 500 or status == 429):
         return "transient"
@@ -170,6 +255,13 @@ def classify(e: BaseException) -> str:
                                 "ResponseStreaming", "Payload")):
         return "transient"
     return "permanent"
+
+
+def changed_error(url: str | os.PathLike[str]) -> CheckpointError:
+    """The object was replaced after its first HEAD (another ETag / version)."""
+    return CheckpointError(f"{display(url)} changed while being read (it is no longer the "
+                           "version first seen)",
+                           hint="read it again once the writer has finished")
 
 
 def _sleep(seconds: float) -> None:
@@ -198,13 +290,18 @@ def retrying(fn: Callable[[], T], url: str | os.PathLike[str], *,
             kind = classify(e)
             if kind == "missing":
                 raise CheckpointError(f"{display(url)} does not exist") from None
+            if kind == "changed" and action == "read":
+                raise changed_error(url) from None
             if kind == "denied":
+                status = _status(e)[0] or 403
                 raise CheckpointError(
-                    f"access denied to {display(url)} (HTTP 403)",
+                    f"access denied to {display(url)} (HTTP {status})",
                     hint="check the credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, ... or the "
                     "backend's own configuration) and the bucket's permissions") from None
-            if kind == "permanent":
-                raise CheckpointError(f"cannot {action} {display(url)}: {_reason(e)}") from None
+            if kind in ("permanent", "changed"):
+                raise CheckpointError(f"cannot {action} {display(url)}: {_reason(e)}",
+                                      hint=_CREDENTIALS_HINT if _no_credentials(e)
+                                      else None) from None
             last = _reason(e)
         if attempt < ATTEMPTS:
             if stats is not None:
@@ -234,9 +331,16 @@ def _filesystem(protocol: str, url: str) -> Any:
                 f"reading {protocol}:// URLs needs {needed[0]}, which is not installed",
                 hint=f"pip install 'optstate[{needed[1]}]'") from None
     kwargs: dict[str, Any] = {}
+    timeout = read_timeout()
     if protocol in ("s3", "s3a"):
         # one attempt each in s3fs and botocore: our retries are the ones that count
-        kwargs = {"config_kwargs": {"retries": {"total_max_attempts": 1, "mode": "standard"}}}
+        kwargs = {"config_kwargs": {"retries": {"total_max_attempts": 1, "mode": "standard"},
+                                    "read_timeout": timeout, "connect_timeout": timeout}}
+    elif protocol in ("http", "https"):
+        import aiohttp
+
+        kwargs = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(
+            total=None, sock_read=timeout, sock_connect=timeout)}}
     try:
         fs = fsspec.filesystem(protocol, **kwargs)
         if protocol in ("s3", "s3a"):
@@ -247,10 +351,63 @@ def _filesystem(protocol: str, url: str) -> Any:
         raise ConfigError(f"cannot read {display(url)}: {text}") from None
 
 
+# object stores: the first part of the path is the bucket / container
+_BUCKETED = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+_CREDENTIALS_HINT = ("check the credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, ... or the "
+                     "backend's own configuration) and the bucket's permissions")
+
+
+def _check_url(protocol: str, url: str, rest: str) -> None:
+    """One-line ConfigErrors for URLs no object store reads as meant: credentials in them
+    (never echoed), a query string or fragment (http(s) keeps its query: presigned URLs),
+    no bucket."""
+    host = rest.split("/", 1)[0]
+    if protocol not in ("http", "https") and "@" in host and (
+            ":" in host.rsplit("@", 1)[0] or protocol not in ("az", "abfs", "abfss")):
+        raise ConfigError(f"{display(url)}: credentials cannot be given in the URL",
+                          hint="use the usual AWS_* variables / profile (or the backend's "
+                          "own configuration)")
+    if protocol not in ("http", "https") and ("?" in rest or "#" in rest):
+        raise ConfigError(f"{display(url)}: a query string or fragment is not supported in "
+                          f"{protocol}:// URLs", hint="remove it (presigned http(s) URLs keep "
+                          "theirs)")
+    if protocol in _BUCKETED and not host.rsplit("@", 1)[-1]:
+        raise ConfigError(f"{display(url) or url}: the URL names no bucket",
+                          hint=f"e.g. {protocol}://BUCKET/path/to/checkpoint")
+
+
+def missing_error(url: str | os.PathLike[str], fs: Any = None) -> CheckpointError:
+    """``URL does not exist``; for an object store, the bucket checked once: when the bucket
+    itself is missing, the message says so."""
+    text = display(url)
+    m = _URL.match(text)
+    if fs is not None and m is not None and m.group(1).lower() in _BUCKETED:
+        bucket = text[m.end():].split("/", 1)[0]
+        try:
+            there = fs.exists(bucket)
+        except Exception:  # no permission to look at the bucket: say only what is known
+            there = True
+        if bucket and there is False:
+            return CheckpointError(f"{text} does not exist: the bucket {bucket} does not exist",
+                                   hint="check the bucket's name")
+    return CheckpointError(f"{text} does not exist")
+
+
+def _no_credentials(e: BaseException) -> bool:
+    cur: BaseException | None = e
+    for _ in range(8):
+        if cur is None:
+            return False
+        if "NoCredentials" in type(cur).__name__ or "Unable to locate credentials" in str(cur):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 class RemotePath:
     """A file or folder in remote storage, named by its URL (immutable)."""
 
-    __slots__ = ("_url", "_protocol", "_fs", "_key")
+    __slots__ = ("_url", "_protocol", "_fs", "_key", "_pin")
 
     def __init__(self, url: str | RemotePath) -> None:
         s = str(url)
@@ -258,10 +415,22 @@ class RemotePath:
         if m is None:
             raise ValueError(f"not a URL: {display(s)}")
         rest = s[m.end():].rstrip("/")
+        _check_url(m.group(1).lower(), s, rest)
         self._protocol = m.group(1).lower()
         self._url = f"{m.group(1)}://{rest}"
         self._fs = _filesystem(self._protocol, self._url)
         self._key = self._fs._strip_protocol(self._url)
+        # (ETag, VersionId) of the object as first seen (``_info``, or a listing:
+        # ``pinned``); every later range read asks for that version
+        self._pin: tuple[str, str | None] | None = None
+
+    def pinned(self, info: dict[str, Any]) -> RemotePath:
+        """This path, tied to the version ``info`` (a listing's entry) describes."""
+        out = RemotePath.__new__(RemotePath)
+        out._url, out._protocol, out._fs, out._key = (self._url, self._protocol, self._fs,
+                                                      self._key)
+        out._pin = _pin_of(info)
+        return out
 
     # path-like
     def __str__(self) -> str:
@@ -319,9 +488,18 @@ class RemotePath:
         def info() -> dict[str, Any] | None:
             try:
                 return self._fs.info(self._key)
-            except FileNotFoundError:
+            except FileNotFoundError as e:
+                if e.__cause__ is not None and classify(e) != "missing":
+                    raise  # fsspec's HTTP filesystem: a 500, a refused connection, ...
                 return None
-        return retrying(info, self._url)
+        found = retrying(info, self._url)
+        if found is not None and found.get("type") == "file":
+            pin = _pin_of(found)
+            if self._pin is None:
+                self._pin = pin
+            elif pin is not None and pin[0] != self._pin[0]:
+                raise changed_error(self._url)
+        return found
 
     def exists(self) -> bool:
         return self._info() is not None
@@ -341,20 +519,58 @@ class RemotePath:
             raise CheckpointError(f"{display(self._url)} does not exist")
         return int(info.get("size") or 0)
 
+    def listing(self) -> list[dict[str, Any]]:
+        """The entries directly under this folder (fsspec info dicts), at most
+        ``limits.items`` of them: S3 is listed page by page and a longer listing is a
+        LimitError before it is all in memory (other backends list in one call)."""
+        from optstate.base.limits import LimitError
+        from optstate.base.limits import current as current_limits
+
+        limit = current_limits().items
+        if self._protocol in ("s3", "s3a") and hasattr(self._fs, "_iterdir"):
+            from fsspec.asyn import sync
+
+            bucket, _, prefix = self._key.partition("/")
+
+            async def pages() -> list[dict[str, Any]]:
+                out: list[dict[str, Any]] = []
+                async for entry in self._fs._iterdir(
+                        bucket, prefix=prefix.rstrip("/") + "/" if prefix else "",
+                        delimiter="/"):
+                    out.append(entry)
+                    if len(out) > limit:
+                        break
+                return out
+
+            entries = retrying(lambda: sync(self._fs.loop, pages), self._url)
+        else:
+            entries = retrying(lambda: self._fs.ls(self._key, detail=True, refresh=True),
+                               self._url)
+        if len(entries) > limit:
+            raise LimitError(display(self._url), f"lists more than {limit:,} entries",
+                             "items", limit)
+        return [e for e in entries if isinstance(e, dict)
+                and str(e.get("name", "")).rstrip("/") != self._key]
+
     def iterdir(self) -> Iterator[RemotePath]:
         head = self._url[: self._url.find("://") + 3]
-        names = retrying(lambda: self._fs.ls(self._key, detail=False), self._url)
-        for name in sorted(names):
-            name = str(name).rstrip("/")
-            if name != self._key:
-                yield RemotePath(head + self._fs._strip_protocol(name))
+        entries = self.listing()
+        for entry in sorted(entries, key=lambda e: str(e.get("name", ""))):
+            name = str(entry.get("name", "")).rstrip("/")
+            path = RemotePath(head + self._fs._strip_protocol(name))
+            yield path.pinned(entry) if entry.get("type") == "file" else path
 
     def read_range(self, start: int, end: int, stats: ReadStats | None = None) -> bytes:
         """Bytes ``[start, end)`` in one range request (retried), counted in ``stats``."""
         if end <= start:
             return b""
-        data = retrying(lambda: self._fs.cat_file(self._key, start=start, end=end),
-                        self._url, stats=stats)
+        data = retrying(lambda: self._get(start, end), self._url, stats=stats)
+        if len(data) > end - start:
+            raise CheckpointError(
+                f"{display(self._url)}: the server sent {len(data):,} bytes for a range of "
+                f"{end - start:,}: it does not honour range requests",
+                hint="optstate reads remote checkpoints by range requests; copy the file "
+                "locally first")
         if len(data) != end - start:
             raise CheckpointError(f"{display(self._url)} is shorter than expected (asked for "
                                   f"bytes {start}-{end}, got {len(data)}): it changed while "
@@ -362,6 +578,35 @@ class RemotePath:
         if stats is not None:
             stats.add(len(data))
         return data
+
+    def _get(self, start: int, end: int) -> bytes:
+        """One range request for the pinned version: S3 asks with If-Match (and the
+        VersionId when the bucket has versions): a replaced object answers 412; other
+        backends re-check the ETag by a HEAD first."""
+        pin = self._pin
+        if pin is None:
+            return self._fs.cat_file(self._key, start=start, end=end)
+        etag, version = pin
+        if self._protocol in ("s3", "s3a") and hasattr(self._fs, "_call_s3"):
+            from fsspec.asyn import sync
+
+            bucket, _, key = self._key.partition("/")
+            extra = {"VersionId": version} if version else {}
+
+            async def get() -> bytes:
+                resp = await self._fs._call_s3(
+                    "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}",
+                    IfMatch=etag, **extra)
+                try:
+                    return await resp["Body"].read()
+                finally:
+                    resp["Body"].close()
+
+            return sync(self._fs.loop, get)
+        now = _pin_of(self._fs.info(self._key))
+        if now is not None and now[0] != etag:
+            raise changed_error(self._url)
+        return self._fs.cat_file(self._key, start=start, end=end)
 
     def read_bytes(self, stats: ReadStats | None = None) -> bytes:
         """The whole object, in one request."""
@@ -372,6 +617,14 @@ class RemotePath:
 
     def open_ranged(self, stats: ReadStats | None = None) -> RemoteFile:
         return RemoteFile(self, stats if stats is not None else ReadStats())
+
+
+def _pin_of(info: dict[str, Any]) -> tuple[str, str | None] | None:
+    etag = info.get("ETag") or info.get("etag")
+    if not etag:
+        return None
+    version = info.get("VersionId") or info.get("version_id")
+    return str(etag), (str(version) if version and version != "null" else None)
 
 
 class RemoteFile(io.RawIOBase):
