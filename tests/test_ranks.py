@@ -275,3 +275,27 @@ def test_ctrl_c_to_a_workers_parent_leaves_no_worker_behind(ckpts: dict[str, Pat
     assert err.splitlines()[-1] == "Interrupted."
     assert not [w for w in workers if Path(f"/proc/{w}").exists()], workers
     assert not list(tmp_path.glob("optstate-ranks-*"))  # the work folder removed
+
+
+def test_torchrun_error_on_rank_1_alone_is_printed_by_rank_0(ckpts: dict[str, Path],
+                                                             tmp_path: Path) -> None:
+    """Rank 1 alone fails (it is given a damaged copy) while rank 0 waits in the gather of
+    results: rank 1's end meets it there, rank 0 prints rank 1's Error line, both exit 2."""
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpts["dcp"], bad)
+    f = bad / "__1_0.distcp"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    script = tmp_path / "rank1_bad.py"
+    script.write_text("import os, sys\nfrom optstate._entry import main\n"
+                      f"main(['inspect', {str(bad)!r} if os.environ['RANK'] == '1' "
+                      f"else {str(ckpts['dcp'])!r}])\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         "2", str(script)], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.stdout == ""
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"Error: {f} is truncated"), r.stderr
+    assert r.stderr.count("exitcode  : 2 ") == 2, r.stderr
