@@ -239,3 +239,116 @@ def test_a_trainer_folder_url_in_place_and_copies_refused(cli, s3, s3_bucket, tm
         assert r.stderr.startswith("Error: set writes a copy of a checkpoint folder only "
                                    "from and to local paths")
     assert s3.keys(s3_bucket) == ["checkpoint-1/optimizer.pt", "checkpoint-1/scheduler.pt"]
+
+
+# -- session 7 fixes (R2 2, 3, 9; H1's commands that took only local paths) ---------------
+def _other_writer(monkeypatch, s3, url, replacement, at):
+    """At write stage ``at`` of the in-process command, another writer puts ``replacement``
+    at ``url`` (the stage hook the subprocess tests use, called here in process)."""
+    import optstate.base.testhook as testhook
+    import optstate.io.remote_write as remote_write
+
+    def pause(stage):
+        if stage == at:
+            s3.put(replacement, url)
+
+    monkeypatch.setattr(testhook, "pause_at", pause)
+    monkeypatch.setattr(remote_write, "pause_at", pause)
+
+
+@pytest.mark.parametrize("stage", ["verify", "publish"])
+def test_set_in_place_refuses_an_object_replaced_meanwhile(cli, s3, s3_bucket, adam_file,
+                                                           tmp_path, monkeypatch, local_tmp,
+                                                           stage):
+    """Another writer's object put after set read the input is never overwritten (no lost
+    update): one Error line saying the input changed, nothing written. ``verify``: before
+    the read-back check (which would otherwise report a difference as a bug); ``publish``:
+    checked, before the upload (If-Match on the ETag read)."""
+    url = s3.put(adam_file, f"s3://{s3_bucket}/c.pt")
+    sd = torch.load(adam_file, weights_only=True)
+    sd["state"][0]["exp_avg"] = sd["state"][0]["exp_avg"] * -7
+    torch.save(sd, tmp_path / "other.pt")
+    other = (tmp_path / "other.pt").read_bytes()
+    _other_writer(monkeypatch, s3, url, other, stage)
+    r = cli("set", url, "--in-place", "--lr", "0.5")
+    assert r.exit_code == 2
+    lines = r.stderr.splitlines()
+    assert lines[0] == (f"Error: {url} changed while being edited (another writer replaced "
+                        "it after it was read); nothing was written")
+    assert len(lines) == 2 and lines[1].startswith("Hint: ")
+    assert "bug" not in r.stderr
+    assert s3.client.get_object(Bucket=s3_bucket, Key="c.pt")["Body"].read() == other
+    assert list(local_tmp.iterdir()) == []
+
+
+def test_a_conditional_put_refuses_a_change_after_the_last_check(s3, s3_bucket, adam_file,
+                                                                 tmp_path):
+    """The upload itself is conditional (If-Match): an object replaced after the re-check
+    is not overwritten either (upload_file with the ETag that was read)."""
+    from optstate.base.errors import CheckpointError
+    from optstate.io.remote import RemotePath
+    from optstate.io.remote_write import object_version, upload_file
+
+    url = s3.put(adam_file, f"s3://{s3_bucket}/c.pt")
+    p = RemotePath(url)
+    etag = object_version(p)
+    assert etag
+    s3.put(b"newer", url)
+    (tmp_path / "mine.pt").write_bytes(b"mine")
+    with pytest.raises(CheckpointError, match="changed while being edited"):
+        upload_file(tmp_path / "mine.pt", p, if_match=etag)
+    assert s3.client.get_object(Bucket=s3_bucket, Key="c.pt")["Body"].read() == b"newer"
+
+
+def test_a_failed_dcp_upload_whose_cleanup_fails_names_what_is_left(cli, s3, s3_bucket,
+                                                                    adam_file, fault_proxy,
+                                                                    local_tmp, quick_retries):
+    fault_proxy.fail_puts(key=r"\.metadata$")
+    fault_proxy.add_rule(500, "InternalError", method="DELETE")
+    fault_proxy.add_rule(500, "InternalError", method="POST", query=r"(^|&)delete")
+    url = f"s3://{s3_bucket}/run/dcp"
+    r = cli("convert", adam_file, url)
+    assert r.exit_code == 2
+    assert r.stderr.startswith(f"Error: cannot write {url}/.metadata: ")
+    assert s3.keys(s3_bucket) == ["run/dcp/__0_0.distcp"]
+    hint = r.stderr.splitlines()[-1]
+    assert hint.startswith("Hint: ") and f"{url}/__0_0.distcp" in hint
+    assert "could not be removed" in hint and "delete" in hint
+    assert "Traceback" not in r.stderr
+    assert list(local_tmp.iterdir()) == []
+
+
+@pytest.fixture
+def run_config(tmp_path, adam_file, cli) -> Path:
+    r = cli("config", adam_file, "-o", tmp_path / "run.toml")
+    assert r.exit_code == 0, r.stderr
+    return tmp_path / "run.toml"
+
+
+def test_check_and_config_read_urls(cli, s3, s3_bucket, adam_file, run_config):
+    url = s3.put(adam_file, f"s3://{s3_bucket}/a.pt")
+    for args in (("check", "{}", "--config", str(run_config), "--json"),
+                 ("config", "{}", "--json")):
+        remote = cli(*[a.format(url) for a in args])
+        local = cli(*[a.format(adam_file) for a in args])
+        assert remote.exit_code == local.exit_code == 0, remote.stderr
+        assert remote.stdout.replace(url, "X") == local.stdout.replace(str(adam_file), "X")
+
+
+def test_commands_that_read_local_paths_only_say_so(cli, s3, s3_bucket, adam_file,
+                                                    run_config):
+    url = s3.put(adam_file, f"s3://{s3_bucket}/a.pt")
+    cases = {
+        ("timeline", f"s3://{s3_bucket}/run"):
+            f"Error: timeline reads local files and folders only, not URLs: "
+            f"s3://{s3_bucket}/run",
+        ("check", url, "--config", f"s3://{s3_bucket}/run.toml"):
+            f"Error: --config takes a local file, not a URL: s3://{s3_bucket}/run.toml",
+        ("config", url, "-o", f"s3://{s3_bucket}/run.toml"):
+            f"Error: --output takes a local file, not a URL: s3://{s3_bucket}/run.toml",
+    }
+    for args, first in cases.items():
+        r = cli(*args)
+        assert r.exit_code == 2, (args, r.stderr)
+        assert r.stderr.splitlines()[0] == first
+        assert "does not exist" not in r.stderr

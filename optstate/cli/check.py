@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,15 +21,15 @@ from optstate.cli import (
 
 @app.command(cls=OptstateCommand)
 def check(
-    checkpoint: Annotated[Path, typer.Argument(
+    checkpoint: Annotated[str, typer.Argument(
         metavar="CKPT", help="A torch.save file or a Hugging Face / accelerate checkpoint "
-        "folder.", show_default=False)],
-    config: Annotated[Path, typer.Option(
+        "folder (or its URL: s3://bucket/ckpt.pt).", show_default=False)],
+    config: Annotated[str, typer.Option(
         "--config", "-c", help="The TOML or JSON run config (the one simulate reads) that "
         "builds the optimizer to load into.", show_default=False)],
     key: Annotated[str | None, typer.Option(
         help=KEY_HELP)] = None,
-    model: Annotated[Path | None, typer.Option(
+    model: Annotated[str | None, typer.Option(
         "--model", "-m", metavar="FILE", help="Name the checkpoint's params from this model "
         f"({MODEL_FILES_HELP}), to compare them with the names the config lists.",
         show_default=False)] = None,
@@ -64,14 +63,18 @@ def check(
     """
     with errors_to_exit():
         from optstate.analysis.check import check_checkpoint, check_report
+        from optstate.io.remote import cli_path, local_only
+
+        target = cli_path(checkpoint)  # a URL stays text: read remotely
+        config_file, model_file = local_only(config, "--config"), local_only(model, "--model")
         from optstate.render.progress import Progress, progress_wanted
 
         if unsafe:
             warn_unsafe()
         with Progress("checking", enabled=progress_wanted(json=json_)):  # load + torch trial
-            report = check_report(check_checkpoint(checkpoint, config, key=key,
+            report = check_report(check_checkpoint(target, config_file, key=key,
                                                    unsafe=unsafe, trial=trial,
-                                                   model_file=model))
+                                                   model_file=model_file))
     if json_:
         from optstate.render.json_view import dumps
 

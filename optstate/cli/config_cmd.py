@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,15 +20,16 @@ from optstate.cli import (
 
 @app.command(name="config", cls=OptstateCommand)
 def config_cmd(
-    checkpoint: Annotated[Path, typer.Argument(
+    checkpoint: Annotated[str, typer.Argument(
         metavar="CKPT", help="A torch.save file, a Hugging Face / accelerate checkpoint "
-        "folder, or a torch.distributed.checkpoint folder.", show_default=False)],
+        "folder, or a torch.distributed.checkpoint folder (or its URL: "
+        "s3://bucket/ckpt.pt).", show_default=False)],
     key: Annotated[str | None, typer.Option(help=KEY_HELP)] = None,
-    model: Annotated[Path | None, typer.Option(
+    model: Annotated[str | None, typer.Option(
         "--model", "-m", metavar="FILE", help="Name the params from this model "
         f"({MODEL_FILES_HELP}), so the groups list names.",
         show_default=False)] = None,
-    output: Annotated[Path | None, typer.Option(
+    output: Annotated[str | None, typer.Option(
         "--output", "-o", help="Write the config to this file (atomically) instead of "
         "printing it.", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing -o file.")
@@ -58,10 +58,15 @@ def config_cmd(
     """
     with errors_to_exit():
         from optstate.analysis.config_from import config_from_checkpoint
+        from optstate.io.remote import cli_path, local_only
+
+        checkpoint_arg = cli_path(checkpoint)  # a URL stays text: read remotely
+        model_file = local_only(model, "--model")
+        output_file = local_only(output, "--output")
 
         if unsafe:
             warn_unsafe()
-        derived = config_from_checkpoint(checkpoint, key=key, model_file=model,
+        derived = config_from_checkpoint(checkpoint_arg, key=key, model_file=model_file,
                                          unsafe=unsafe)
         if json_:
             import json
@@ -71,10 +76,10 @@ def config_cmd(
             from optstate.render.config_view import config_toml
 
             text = config_toml(derived)
-        if output is not None:
+        if output_file is not None:
             from optstate.io.torch_file import atomic_write
 
-            atomic_write(output, lambda f: f.write(text.encode("utf-8")), force=force)
-            print(f"wrote {output}", file=sys.stderr)
+            atomic_write(output_file, lambda f: f.write(text.encode("utf-8")), force=force)
+            print(f"wrote {output_file}", file=sys.stderr)
             return
     sys.stdout.write(text)  # plain text: rich would read [hyperparams] as markup

@@ -97,6 +97,16 @@ def timeline(
     Example: optstate timeline runs/exp3 --plot exp3.png
     """
     with errors_to_exit():
+        from optstate.io.remote import display, is_url, local_path
+
+        for p in paths:  # a run folder is listed and cached locally: no URLs (yet)
+            if is_url(p) and local_path(p) is None:
+                from optstate.base.errors import ConfigError
+
+                raise ConfigError(f"timeline reads local files and folders only, not URLs: "
+                                  f"{display(p)}", hint="copy the run's checkpoints to a "
+                                  "local folder first")
+        paths = [str(local_path(p) or p) if is_url(p) else p for p in paths]
         if max_rows < 0:
             from optstate.base.errors import ConfigError
 

@@ -89,6 +89,10 @@ def set_hyperparameters(
                                       "does not exist")
         else:
             check_writable(target, force, kind="torch")
+    # rewriting a URL in place: the version read, so that another writer's newer object
+    # is not overwritten (R2: a lost update); taken before the read
+    versions = _versions(src_path) if in_place and not dry_run and not isinstance(
+        src_path, Path) else {}
     source = open_source(src_path, unsafe=unsafe, copying="set")
     if source.format == "dcp":
         raise ConfigError(
@@ -150,11 +154,29 @@ def set_hyperparameters(
                             "written in the same format")
     if src_path.is_dir():
         write_folder(source, target, changes, located, in_place=in_place, force=force,
-                     unsafe=unsafe, result=result)
+                     unsafe=unsafe, result=result, versions=versions)
     else:
         write_file(source.obj, src_path, target, changes, main_label, force=force or in_place,
-                   legacy=legacy, unsafe=unsafe, result=result)
+                   legacy=legacy, unsafe=unsafe, result=result,
+                   version=versions.get(str(src_path)))
     return result
+
+
+def _versions(src: Any) -> dict[str, str]:
+    """The ETag of the object at URL ``src``, or of each object directly in the folder
+    ``src``, by URL (a store without ETags: none)."""
+    from optstate.io.remote_write import object_version
+
+    if not src.is_dir():
+        etag = object_version(src)
+        return {str(src): etag} if etag else {}
+    out = {}
+    for child in src.iterdir():
+        if child.is_file():
+            etag = object_version(child)
+            if etag:
+                out[str(child)] = etag
+    return out
 
 
 def unshare(obj: Any) -> Any:

@@ -22,13 +22,16 @@ from optstate.state.locate import Located
 
 
 def write_file(obj: Any, src: Path, target: Path, changes: list[Change], label: str, *,
-               force: bool, legacy: bool, unsafe: bool, result: SetResult) -> None:
+               force: bool, legacy: bool, unsafe: bool, result: SetResult,
+               version: str | None = None) -> None:
     """Save ``obj`` atomically to ``target`` after proving the temp file differs from
-    ``src`` only where ``changes`` say."""
+    ``src`` only where ``changes`` say. ``version``: the ETag a URL ``src`` was read at;
+    rewriting it in place, a replaced object is neither compared nor overwritten (one
+    "changed while being edited" line)."""
     expected = {c.path: c.new for c in changes if c.file == label}
 
     def verify(tmp: Path) -> None:
-        result.verified[str(target)] = _verify_against(src, tmp, expected, unsafe)
+        result.verified[str(target)] = _verify_against(src, tmp, expected, unsafe, version)
 
     from optstate.io.atomic import saved_size, torch_save
 
@@ -38,13 +41,14 @@ def write_file(obj: Any, src: Path, target: Path, changes: list[Change], label: 
     try:
         atomic_write(target, write, force=force, verify=verify, notes=result.notes,
                      needed=lambda: saved_size(obj, _use_new_zipfile_serialization=not legacy),
-                     kind="torch")
+                     kind="torch", if_match=version)
     except OSError as e:
         raise CheckpointError(f"cannot write {target}: {e.strerror or e}") from None
     result.outputs.append(display(target))
 
 
-def _verify_against(src: Path, tmp: Path, expected: dict[str, Any], unsafe: bool) -> int:
+def _verify_against(src: Path, tmp: Path, expected: dict[str, Any], unsafe: bool,
+                    version: str | None = None) -> int:
     try:
         written = load_torch_file(tmp, mmap=True, unsafe=unsafe).obj
     except CheckpointError as e:
@@ -53,14 +57,20 @@ def _verify_against(src: Path, tmp: Path, expected: dict[str, Any], unsafe: bool
     if isinstance(src, Path):
         original = load_torch_file(src, mmap=True, unsafe=unsafe).obj
     else:  # a URL: read again by range requests (the first read's tree was changed)
+        from optstate.io.remote_write import check_version
         from optstate.io.source import open_source
 
+        check_version(src, version)  # the same object as read, or "changed while edited"
         original = open_source(src, unsafe=unsafe).obj
     compared = compare_trees(original, written)
     diffs, count = compared.paths, compared.leaves
     unexpected = sorted(d for d in diffs if not any(_under(d, p) for p in expected))
     missing = sorted(p for p in expected if not any(_under(d, p) for d in diffs))
     if unexpected or missing:
+        if not isinstance(src, Path):  # replaced between that check and the re-read?
+            from optstate.io.remote_write import check_version
+
+            check_version(src, version)
         raise CheckpointError(
             "refusing to write: the new file would differ from the input at "
             f"{', '.join(unexpected) or '(nothing)'} and not at {', '.join(missing) or '-'}; "
@@ -80,11 +90,13 @@ def _under(path: str, parent: str) -> bool:
 
 
 def write_folder(source: Source, target: Path, changes: list[Change], located: Located, *,
-                 in_place: bool, force: bool, unsafe: bool, result: SetResult) -> None:
+                 in_place: bool, force: bool, unsafe: bool, result: SetResult,
+                 versions: dict[str, str] | None = None) -> None:
     """Folders (Hugging Face Trainer / accelerate): rewrite the optimizer file and, if its
     values changed, the scheduler file. ``-o DIR`` first copies the whole folder (model
     weights included, so the copy is a complete checkpoint); ``--in-place`` rewrites the
-    two files inside the input folder, each atomically."""
+    two files inside the input folder, each atomically (``versions``: a URL folder's
+    objects' ETags as read, by URL: see ``write_file``)."""
     sched_file = source.sibling_files.get("scheduler")
     files: list[tuple[Path, Any]] = [(source.file, source.obj)]
     if sched_file is not None and any(c.file == sched_file.name for c in changes):
@@ -92,7 +104,8 @@ def write_folder(source: Source, target: Path, changes: list[Change], located: L
     if in_place:
         for f, obj in files:
             write_file(obj, f, f, changes, f.name, force=True, legacy=source.format ==
-                       "legacy", unsafe=unsafe, result=result)
+                       "legacy", unsafe=unsafe, result=result,
+                       version=(versions or {}).get(str(f)))
         return
     from optstate.io.atomic import staged
 

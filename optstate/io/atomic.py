@@ -297,21 +297,25 @@ class Staged:
 @contextlib.contextmanager
 def staged(target: str | Path, *, force: bool, folder: bool = False, kind: str | None = None,
            notes: list[str] | None = None,
-           needed: Callable[[], int | None] | None = None) -> Iterator[Staged]:
+           needed: Callable[[], int | None] | None = None,
+           if_match: str | None = None) -> Iterator[Staged]:
     """Write ``target`` whole or not at all. Yields the temp file (open, mode as a plain
     open() would give or the replaced file's) or the temp folder (mode from the umask)
     beside it; the body writes and checks it; on a normal exit it is published by one
     rename (module docstring) and the folder fsynced. On any error or interrupt the temp
     is removed and the old target is untouched. Filesystem errors become one-line
     ``CheckpointError``s; ``needed()`` (called only then) gives the size the write needed.
-    ``notes`` receives what ``recover`` found."""
+    ``notes`` receives what ``recover`` found. ``if_match`` (a URL target rewritten in
+    place): the ETag it was read at; a replaced object is not overwritten
+    (``remote_write``)."""
     # Ctrl-C is held for the whole write: the body stops at its next safe point
     # (``interrupt.check()``: each write of ``torch_save``, before publishing), the temp
     # is removed and KeyboardInterrupt raised; once the rename has begun it completes,
     # with the replaced copy removed, and the interrupt is raised as the block ends.
     remote = as_target(target)
     if not isinstance(remote, Path):  # a URL: staged here, uploaded (remote_write)
-        with _staged_remote(remote, force=force, folder=folder, kind=kind) as stage:
+        with _staged_remote(remote, force=force, folder=folder, kind=kind,
+                            if_match=if_match) as stage:
             yield stage  # type: ignore[misc]
         return
     with interrupt.deferred():
@@ -343,8 +347,8 @@ def staged(target: str | Path, *, force: bool, folder: bool = False, kind: str |
 
 
 @contextlib.contextmanager
-def _staged_remote(target: Any, *, force: bool, folder: bool, kind: str | None
-                   ) -> Iterator[Any]:
+def _staged_remote(target: Any, *, force: bool, folder: bool, kind: str | None,
+                   if_match: str | None = None) -> Iterator[Any]:
     """``staged`` for a URL: the same protocol (written and checked first, Ctrl-C held,
     nothing published on an error or interrupt), with a local temp that is uploaded
     (``remote_write.RemoteStaged``) and always removed."""
@@ -352,7 +356,7 @@ def _staged_remote(target: Any, *, force: bool, folder: bool, kind: str | None
     from optstate.io.remote_write import RemoteStaged
 
     with interrupt.deferred():
-        stage = RemoteStaged(target, force=force, folder=folder, kind=kind)
+        stage = RemoteStaged(target, force=force, folder=folder, kind=kind, if_match=if_match)
         try:
             pause_at("write")
             yield stage

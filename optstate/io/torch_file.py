@@ -382,7 +382,8 @@ def check_writable(path: str | Path, force: bool, *, kind: str | None = None) ->
 
 def atomic_write(path: str | Path, write: Any, *, force: bool = False,
                  verify: Any = None, notes: list[str] | None = None,
-                 needed: Any = None, kind: str | None = None) -> Path:
+                 needed: Any = None, kind: str | None = None,
+                 if_match: str | None = None) -> Path:
     """Write through ``write(fileobj)`` to a temp file beside ``path``, fsync, optionally
     ``verify(temp_path)``, then rename over ``path`` and fsync the folder
     (``optstate.io.atomic.staged``). A crash at any point leaves either the old file or the
@@ -390,7 +391,8 @@ def atomic_write(path: str | Path, write: Any, *, force: bool = False,
     from optstate.base.testhook import pause_at
     from optstate.io.atomic import staged
 
-    with staged(path, force=force, notes=notes, needed=needed, kind=kind) as tmp:
+    with staged(path, force=force, notes=notes, needed=needed, kind=kind,
+                if_match=if_match) as tmp:
         assert tmp.fd is not None
         with os.fdopen(tmp.fd, "wb") as f:
             tmp.fd = None  # the file object closes it now
