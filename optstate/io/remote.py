@@ -493,12 +493,8 @@ class RemotePath:
                     raise  # fsspec's HTTP filesystem: a 500, a refused connection, ...
                 return None
         found = retrying(info, self._url)
-        if found is not None and found.get("type") == "file":
-            pin = _pin_of(found)
-            if self._pin is None:
-                self._pin = pin
-            elif pin is not None and pin[0] != self._pin[0]:
-                raise changed_error(self._url)
+        if found is not None and found.get("type") == "file" and self._pin is None:
+            self._pin = _pin_of(found)  # (a later HEAD does not move it: reads ask for it)
         return found
 
     def exists(self) -> bool:
