@@ -480,7 +480,9 @@ def test_a_retried_read_shows_in_the_footer(cli, s3, s3_bucket, fault_proxy, fas
     assert doc["file"]["retries"] == 1
     fault_proxy.slow_down(1, key=r"s\.pt$")
     out = cli("inspect", url).stdout
-    assert out.rstrip().splitlines()[-1].endswith(" requests, 1 retry"), out[-300:]
+    # (a small file is read whole in one request: its tail holds everything)
+    assert out.rstrip().splitlines()[-1].endswith((" requests, 1 retry", " 1 request, 1 retry")
+                                                  ), out[-300:]
 
 
 # --------------------------------------------------------------------------- review R2 (F1)

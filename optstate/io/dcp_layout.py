@@ -39,18 +39,44 @@ _RANK_FILE = re.compile(r"__(\d+)_\d+\.distcp")
 def layout_report(path: str | Path) -> dict[str, Any]:
     """How every tensor of the DCP folder ``path`` is stored: its chunks (offsets and
     sizes within the whole tensor) and the file, hence the rank, each chunk is in. Reads
-    only the metadata. Plain data (the ``layout`` section of ``inspect --layout``)."""
+    only the metadata. Plain data (the ``layout`` section of ``inspect --layout``).
+    A URL is a folder in object storage: its listing and ``.metadata`` by range reads."""
+    from optstate.io.remote import is_url, local_path
+
+    if isinstance(path, str) and is_url(path) and local_path(path) is None:
+        return _report(_remote_checkpoint(path))
+    if isinstance(path, str) and local_path(path) is not None:
+        path = local_path(path)  # type: ignore[assignment]
     if not is_dcp_folder(path):
         raise ConfigError(
             f"{option('layout', True)} describes DCP checkpoint folders; {path} is not one "
             f"(no {METADATA_FILE})",
             hint=f"a torch.save file is one piece: drop {option('layout', True)}",
         )
-    ckpt = DcpCheckpoint(path)
+    return _report(DcpCheckpoint(path))
+
+
+def _remote_checkpoint(url: str) -> DcpCheckpoint:
+    from optstate.io.remote import RemotePath, display
+
+    rp = RemotePath(url)
+    if not (rp / METADATA_FILE).exists():
+        raise ConfigError(
+            f"{option('layout', True)} describes DCP checkpoint folders; {display(url)} is "
+            f"not one (no {METADATA_FILE})",
+            hint=f"a torch.save file is one piece: drop {option('layout', True)}",
+        )
+    return DcpCheckpoint(rp)
+
+
+def _report(ckpt: DcpCheckpoint) -> dict[str, Any]:
     files: dict[str, int] = {}
-    for f in sorted(ckpt.path.iterdir()):
-        if f.is_file() and not f.is_symlink() and f.name != METADATA_FILE:
-            files[f.name] = f.stat().st_size
+    if ckpt._sizes is not None:  # remote: the folder's listing, already read
+        files = {k: v for k, v in sorted(ckpt._sizes.items()) if k != METADATA_FILE}
+    else:
+        for f in sorted(ckpt.path.iterdir()):  # type: ignore[union-attr]
+            if f.is_file() and not f.is_symlink() and f.name != METADATA_FILE:
+                files[f.name] = f.stat().st_size
     tensors = []
     for key in ckpt.tensor_keys():
         md = ckpt.metadata.state_dict_metadata[key]
