@@ -352,3 +352,17 @@ def test_commands_that_read_local_paths_only_say_so(cli, s3, s3_bucket, adam_fil
         assert r.exit_code == 2, (args, r.stderr)
         assert r.stderr.splitlines()[0] == first
         assert "does not exist" not in r.stderr
+
+
+def test_simulate_resumes_from_a_url(cli, s3, s3_bucket, tmp_path):
+    """--resume reads a URL as inspect does (it took a local Path: "s3:/b/k does not
+    exist"); the run continues exactly as from the local file."""
+    r = cli("simulate", "--optimizer", "adam", "--steps", "3", "--save", tmp_path / "k.pt")
+    assert r.exit_code == 0, r.stderr
+    url = s3.put(tmp_path / "k.pt", f"s3://{s3_bucket}/k.pt")
+    out = []
+    for src in (url, tmp_path / "k.pt"):
+        r = cli("simulate", "--optimizer", "adam", "--steps", "2", "--resume", src, "--json")
+        assert r.exit_code == 0, r.stderr
+        out.append(_drop(json.loads(r.stdout)))
+    assert out[0] == out[1]

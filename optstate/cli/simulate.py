@@ -88,10 +88,11 @@ def simulate(
     with_params: Annotated[bool, typer.Option(
         "--with-params", help="Save parameter values too, so --resume continues the exact "
         "trajectory.", rich_help_panel=_SAVE)] = False,
-    resume: Annotated[Path | None, typer.Option(
+    resume: Annotated[str | None, typer.Option(
         help="Load this saved state (safely) into the optimizer and continue for --steps "
         "more steps. Reads what inspect reads: a bare state, the tutorial's container, a "
-        "Lightning .ckpt, a Hugging Face Trainer folder.", rich_help_panel=_SAVE)] = None,
+        "Lightning .ckpt, a Hugging Face Trainer folder (or a URL: s3://bucket/ckpt.pt).",
+        rich_help_panel=_SAVE)] = None,
     unsafe: Annotated[bool, typer.Option(
         "--unsafe", help=f"With --resume: {UNSAFE_HELP}", rich_help_panel=_SAVE)] = False,
     record_every: Annotated[str | None, typer.Option(
@@ -169,7 +170,14 @@ def simulate(
             if resume is not None:
                 if unsafe:
                     warn_unsafe()
-                resume_obj = open_source(resume, mmap=False, unsafe=unsafe)
+                from optstate.io.remote import cli_path
+
+                resume_obj = open_source(cli_path(resume), mmap=False, unsafe=unsafe)
+                if resume_obj.read is not None:  # a URL: its tensors read now, once
+                    from optstate.io.lazy import materialize
+
+                    resume_obj.obj = materialize(resume_obj.obj)
+                    resume_obj.siblings = materialize(resume_obj.siblings)
             elif unsafe:
                 raise ConfigError("--unsafe only changes how --resume loads its file; "
                                   "there is no --resume")
