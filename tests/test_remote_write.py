@@ -366,3 +366,28 @@ def test_simulate_resumes_from_a_url(cli, s3, s3_bucket, tmp_path):
         assert r.exit_code == 0, r.stderr
         out.append(_drop(json.loads(r.stdout)))
     assert out[0] == out[1]
+
+
+def test_set_in_place_on_a_trainer_folder_url_refuses_a_replaced_file(cli, s3, s3_bucket,
+                                                                      tmp_path, monkeypatch):
+    """The same for a folder's optimizer.pt (its ETag from the listing before the read)."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    folder = tmp_path / "checkpoint-1"
+    folder.mkdir()
+    torch.save(opt.state_dict(), folder / "optimizer.pt")
+    url = s3.put_dir(folder, f"s3://{s3_bucket}/checkpoint-1")
+    opt.step()
+    torch.save(opt.state_dict(), tmp_path / "newer.pt")
+    newer = (tmp_path / "newer.pt").read_bytes()
+    _other_writer(monkeypatch, s3, f"{url}/optimizer.pt", newer, "publish")
+    r = cli("set", url, "--in-place", "--lr", "0.5")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0] == (f"Error: {url}/optimizer.pt changed while being "
+                                        "edited (another writer replaced it after it was "
+                                        "read); nothing was written")
+    body = s3.client.get_object(Bucket=s3_bucket, Key="checkpoint-1/optimizer.pt")["Body"]
+    assert body.read() == newer
