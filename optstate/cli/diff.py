@@ -28,7 +28,8 @@ _OUT = "Output"
 @app.command(no_args_is_help=True, cls=OptstateCommand)
 def diff(
     a: Annotated[str, typer.Argument(
-        metavar="A", help="First checkpoint (file or checkpoint folder).", show_default=False)],
+        metavar="A", help="First checkpoint (file, checkpoint folder or URL).",
+        show_default=False)],
     b: Annotated[str, typer.Argument(
         metavar="B", help="Second checkpoint.", show_default=False)],
     atol: Annotated[float, typer.Option(
@@ -88,6 +89,11 @@ def diff(
     state. Exit status: 0 equal, 1 different, 2 bad input.
 
     Example: optstate diff -q step1000.pt step2000.pt && echo same
+
+    Remote: a checkpoint may be a URL: s3://, gs://, az://, hf://, http(s)://
+    (pip install 'optstate\\[s3]', or \\[gcs], \\[azure], \\[hub]); only the
+    byte ranges needed are read. Another S3 server: AWS_ENDPOINT_URL_S3.
+    Large checkpoints: --workers N (or torchrun) splits the work.
     """
     with errors_to_exit():
         from optstate.io.remote import cli_path, local_only

@@ -26,7 +26,7 @@ def inspect(
     path: Annotated[str, typer.Argument(
         metavar="CKPT", help="A torch.save file (.pt .pth .pkl .bin .ckpt .tar ...), a "
         "Hugging Face Trainer / accelerate checkpoint folder, or a "
-        "torch.distributed.checkpoint folder.",
+        "torch.distributed.checkpoint folder; or a URL (s3:// ...).",
         show_default=False)],
     key: Annotated[str | None, typer.Option(
         "--key", "-k", help=KEY_HELP)] = None,
@@ -77,6 +77,11 @@ def inspect(
     'optimizer', ...), a Lightning .ckpt (optimizer_states[0]), a Hugging
     Face / accelerate folder, a DCP folder. Loading never runs code from
     the file (weights_only=True) and maps GPU tensors to the CPU.
+
+    Remote: a checkpoint may be a URL: s3://, gs://, az://, hf://, http(s)://
+    (pip install 'optstate\\[s3]', or \\[gcs], \\[azure], \\[hub]); only the
+    byte ranges needed are read. Another S3 server: AWS_ENDPOINT_URL_S3.
+    Large checkpoints: --workers N (or torchrun) splits the work.
 
     Exit status: 0 shown, 2 bad input or no optimizer state found.
     """

@@ -101,6 +101,8 @@ def open_source(path: str | Path | RemotePath, *, mmap: bool = True, unsafe: boo
         return _open_deepspeed(p, unsafe=unsafe, copying=copying)
     if p.is_dir():
         return _open_folder(p, mmap=mmap, unsafe=unsafe, copying=copying)
+    if p.is_file():
+        _not_a_dcp_part(p.name, str(p), str(p.parent))
     tag = latest_hint(p)
     if tag is not None:
         raise CheckpointError(f"{p} is DeepSpeed's 'latest' file (it names the tag folder "
@@ -113,6 +115,18 @@ def open_source(path: str | Path | RemotePath, *, mmap: bool = True, unsafe: boo
     if OPTIMIZER_FILE.fullmatch(p.name):  # a Trainer / accelerate file named directly
         _add_scheduler_sibling(src, p, unsafe=unsafe)
     return src
+
+
+def _not_a_dcp_part(name: str, shown: str, folder: str) -> None:
+    """A DCP folder's ``.metadata`` or ``__R_N.distcp`` named directly: give the folder."""
+    if name == ".metadata":
+        what = "the .metadata file"
+    elif name.endswith(".distcp"):
+        what = "a data file"
+    else:
+        return
+    raise CheckpointError(f"{shown} is {what} of a DCP checkpoint folder, not a checkpoint "
+                          "by itself", hint=f"give the folder: {folder}")
 
 
 def _open_folder(p: Path, *, mmap: bool, unsafe: bool, copying: str | None) -> Source:
@@ -249,16 +263,18 @@ def _add_scheduler_sibling(src: Source, opt_file: Path, *, unsafe: bool) -> None
 def _open_remote(path: str | RemotePath, *, unsafe: bool, copying: str | None) -> Source:
     """A URL: a torch.save file, a DCP folder or a Trainer / accelerate folder, read by
     range requests (every byte counted in ``Source.read``)."""
+    from optstate.io.remote import missing_error
     from optstate.io.remote_torch import not_remote_yet
 
     rp = path if isinstance(path, RemotePath) else RemotePath(path)
     stats = ReadStats()
     if rp.is_file():
+        _not_a_dcp_part(rp.name, display(rp.url), display(rp.parent.url))
         if rp.name == LATEST or OPTIM_FILE.fullmatch(rp.name) or MODEL_FILE.fullmatch(rp.name):
             raise not_remote_yet(rp.url, "a DeepSpeed checkpoint file")
         return _remote_file(rp, rp, stats, unsafe=unsafe, copying=copying)
     if not rp.is_dir():
-        raise CheckpointError(f"{display(rp.url)} does not exist")
+        raise missing_error(rp.url, rp.fs)
     names = {child.name: child for child in rp.iterdir()}
     if ".metadata" in names:
         from optstate.io.dcp import DcpCheckpoint
@@ -328,24 +344,53 @@ def _remote_file(named: RemotePath, rp: RemotePath, stats: ReadStats, *, unsafe:
 # config.json above this size is not fetched (real ones are a few kB)
 CONFIG_BYTES = 1 << 20
 TRAINER_FILES = ("trainer_state.json", "training_args.bin")
+SAFETENSORS = "model.safetensors"
+
+
+def _safetensors_header(folder: RemotePath, names: set[str], stats: ReadStats
+                        ) -> tuple[bytes, int] | None:
+    """(the first 8 + N bytes, the file's size) of the folder's model.safetensors, or None
+    (none there, or not a safetensors header: the local checks then say nothing about it)."""
+    from optstate.io.model_tensors import MAX_HEADER
+
+    if SAFETENSORS not in names:
+        return None
+    rp = folder / SAFETENSORS
+    size = rp.size()
+    if size < 10:
+        return None
+    n = int.from_bytes(rp.read_range(0, 8, stats), "little")
+    if not 0 < n <= min(MAX_HEADER, size - 8):
+        return None
+    return rp.read_range(0, 8 + n, stats), size
 
 
 def _mirror(src: Source, folder: RemotePath, names: set[str], stats: ReadStats) -> None:
     """``src.mirror``: config.json fetched into a local folder named as ``folder``, beside
-    empty stand-ins of the Trainer's files that are there (only their presence is looked at)."""
+    empty stand-ins of the Trainer's files that are there (only their presence is looked at)
+    and model.safetensors as a sparse file holding only its header (by two range reads: the
+    8-byte length, then the JSON), which is all that names the params."""
     import shutil
     import tempfile
     import weakref
 
     config = folder / "config.json"
-    if "config.json" not in names or config.size() > CONFIG_BYTES:
+    data = None
+    if "config.json" in names and config.size() <= CONFIG_BYTES:
+        data = config.read_bytes(stats)
+    header = _safetensors_header(folder, names, stats)
+    if data is None and header is None:
         return
-    data = config.read_bytes(stats)
     root = Path(tempfile.mkdtemp(prefix="optstate-remote-"))
     weakref.finalize(src, shutil.rmtree, root, True)
     mirror = root / (folder.name or "folder")
     mirror.mkdir()
-    (mirror / "config.json").write_bytes(data)
+    if data is not None:
+        (mirror / "config.json").write_bytes(data)
+    if header is not None:
+        with open(mirror / SAFETENSORS, "wb") as f:
+            f.write(header[0])
+            f.truncate(header[1])  # sparse: the tensor data is never fetched
     for name in TRAINER_FILES:
         if name in names:
             (mirror / name).touch()
