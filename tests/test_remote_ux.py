@@ -123,3 +123,22 @@ def test_help_mentions_urls_extras_endpoint_and_workers(cli, command):
     for word in ("s3://", "gs://", "az://", "hf://", "http", "optstate[s3]",
                  "AWS_ENDPOINT_URL_S3", "--workers", "torchrun"):
         assert word in out, (word, out)
+
+
+# ------------------------------------------------------------------------------ outputs
+
+def test_an_existing_remote_dcp_folder_hint_says_remove_it_not_force(cli, s3, s3_bucket,
+                                                                        small):
+    url = s3.put_dir(small / "adam_dcp", f"s3://{s3_bucket}/out/a_dcp")
+    for extra in ((), ("--force",)):
+        r = cli("convert", small / "adam.pt", url, *extra)
+        one_error(r, url, "already exists")
+        assert "--force" not in r.stderr.split("Hint:")[-1], r.stderr
+        assert "remove it first" in r.stderr, r.stderr
+
+
+def test_a_set_output_ending_in_a_slash_is_refused(cli, s3, s3_bucket, small, tmp_path):
+    for out in (f"s3://{s3_bucket}/out/dir/", f"{tmp_path}/nodir/"):
+        one_error(cli("set", small / "adam.pt", "-o", out, "--lr", "1e-4"),
+                  "give a file name")
+    assert s3.keys(s3_bucket) == [] and not (tmp_path / "nodir").exists()

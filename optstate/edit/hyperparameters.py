@@ -225,6 +225,9 @@ def _output_path(src: Any, output: str | Path | None, in_place: bool,
                           hint=f"{option('output', shown='NEW_FILE')} writes a copy; "
                           f"{option('in_place', True)} rewrites the input; "
                           f"{option('dry_run', True)} only shows the changes")
+    if str(output).endswith(("/", os.sep)) and not as_target(src).is_dir():
+        raise ConfigError(f"{option('output')} {output} ends with '/', which names a folder; "
+                          "give a file name")
     out = as_target(output)
     if _same_path(out, src):
         raise ConfigError(f"{option('output', out)} is the input checkpoint",

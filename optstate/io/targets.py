@@ -100,9 +100,6 @@ def check_remote_target(target: Any, force: bool, *, folder: bool = False,
     elif target.is_dir():
         if not folder:
             raise OutputExistsError(f"{where} is a folder; give a file path to write")
-        if not force:
-            raise OutputExistsError(f"{where} already exists",
-                                    hint=f"pass {option('force', True)} to overwrite it")
         raise OutputExistsError(
             f"{where} already exists; a folder in object storage is not replaced (there is "
             "no rename: readers would see old and new files mixed while it was written)",
