@@ -142,3 +142,9 @@ def test_a_set_output_ending_in_a_slash_is_refused(cli, s3, s3_bucket, small, tm
         one_error(cli("set", small / "adam.pt", "-o", out, "--lr", "1e-4"),
                   "give a file name")
     assert s3.keys(s3_bucket) == [] and not (tmp_path / "nodir").exists()
+
+
+def test_model_as_a_url_says_what_is_read_remotely_instead(cli, small):
+    r = cli("inspect", small / "adam.pt", "--model", "s3://b/run/model.safetensors")
+    one_error(r, "--model takes a local file")
+    assert "model.safetensors name its params" in r.stderr, r.stderr

@@ -226,8 +226,10 @@ def _output_path(src: Any, output: str | Path | None, in_place: bool,
                           f"{option('in_place', True)} rewrites the input; "
                           f"{option('dry_run', True)} only shows the changes")
     if str(output).endswith(("/", os.sep)) and not as_target(src).is_dir():
-        raise ConfigError(f"{option('output')} {output} ends with '/', which names a folder; "
-                          "give a file name")
+        from optstate.io.remote import display
+
+        raise ConfigError(f"{option('output')} {display(output)} ends with '/', which names "
+                          "a folder; give a file name")
     out = as_target(output)
     if _same_path(out, src):
         raise ConfigError(f"{option('output', out)} is the input checkpoint",

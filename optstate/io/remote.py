@@ -716,5 +716,6 @@ def local_only(text: str | None, option: str) -> Path | None:
         if local is not None:
             return local
         raise ConfigError(f"{option} takes a local file, not a URL: {display(text)}",
-                          hint="copy it to a local file first")
+                          hint="copy it to a local file first (a remote Trainer folder's "
+                          "own config.json / model.safetensors name its params by themselves)")
     return Path(text)
