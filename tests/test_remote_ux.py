@@ -148,3 +148,8 @@ def test_model_as_a_url_says_what_is_read_remotely_instead(cli, small):
     r = cli("inspect", small / "adam.pt", "--model", "s3://b/run/model.safetensors")
     one_error(r, "--model takes a local file")
     assert "model.safetensors name its params" in r.stderr, r.stderr
+
+
+def test_a_missing_folder_is_named_as_typed(cli, s3, s3_bucket):
+    one_error(cli("inspect", f"s3://{s3_bucket}/nothing/"),
+              f"s3://{s3_bucket}/nothing/ does not exist")

@@ -274,7 +274,7 @@ def _open_remote(path: str | RemotePath, *, unsafe: bool, copying: str | None) -
             raise not_remote_yet(rp.url, "a DeepSpeed checkpoint file")
         return _remote_file(rp, rp, stats, unsafe=unsafe, copying=copying)
     if not rp.is_dir():
-        raise missing_error(rp.url, rp.fs)
+        raise missing_error(path if isinstance(path, str) else rp.url, rp.fs)  # as typed
     names = {child.name: child for child in rp.iterdir()}
     if ".metadata" in names:
         from optstate.io.dcp import DcpCheckpoint
