@@ -153,3 +153,12 @@ def test_model_as_a_url_says_what_is_read_remotely_instead(cli, small):
 def test_a_missing_folder_is_named_as_typed(cli, s3, s3_bucket):
     one_error(cli("inspect", f"s3://{s3_bucket}/nothing/"),
               f"s3://{s3_bucket}/nothing/ does not exist")
+
+
+@pytest.mark.parametrize("url", ["hf://gpt2@main/model.safetensors",
+                                 "abfs://container@account.dfs.core.windows.net/run/a.pt"])
+def test_an_at_sign_that_is_not_credentials_is_kept(url):
+    """hf://REPO@REVISION and abfs://CONTAINER@ACCOUNT are how those stores are named."""
+    from optstate.io.remote import _check_url
+
+    _check_url(url.split(":", 1)[0], url, url.split("://", 1)[1])  # raises nothing

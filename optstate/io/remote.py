@@ -363,7 +363,7 @@ def _check_url(protocol: str, url: str, rest: str) -> None:
     no bucket."""
     host = rest.split("/", 1)[0]
     if protocol not in ("http", "https") and "@" in host and (
-            ":" in host.rsplit("@", 1)[0] or protocol not in ("az", "abfs", "abfss")):
+            ":" in host.rsplit("@", 1)[0] or protocol in ("s3", "s3a", "gs", "gcs")):
         raise ConfigError(f"{display(url)}: credentials cannot be given in the URL",
                           hint="use the usual AWS_* variables / profile (or the backend's "
                           "own configuration)")
