@@ -15,9 +15,9 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 
 
-def adam_state(n_params: int) -> dict:
+def adam_state(n_params: int, shape: tuple[int, ...] = (64, 32)) -> dict:
     torch.manual_seed(0)
-    params = [nn.Parameter(torch.randn(64, 32)) for _ in range(n_params)]
+    params = [nn.Parameter(torch.randn(shape)) for _ in range(n_params)]
     opt = torch.optim.Adam(params, lr=1e-3)
     for p in params:
         p.grad = torch.randn_like(p)
@@ -51,6 +51,18 @@ def test_no_stats_fetches_each_byte_once_and_the_steps_together(cli, s3, s3_buck
     assert fault_proxy.get_bytes(r"/adam\.pt$") == f["bytes_read"] <= f["bytes_total"]
     # tail + directory, data.pkl & co, the 40 steps (concurrently): not 3 x structure + 40
     assert f["requests"] <= 3 + 40, f
+
+
+def test_stats_fetch_each_storage_once(cli, s3, s3_bucket, tmp_path, fault_proxy):
+    """With statistics over moments bigger than SMALL: each once, and the next-in-file-order
+    guess never fetches a ``step`` already fetched with the others."""
+    torch.save(adam_state(8, (200, 100)), tmp_path / "adam.pt")
+    url = s3.put(tmp_path / "adam.pt", f"s3://{s3_bucket}/adam.pt")
+    r = cli("inspect", url, "--json")
+    assert r.exit_code == 0, r.stderr
+    f = json.loads(r.stdout)["file"]
+    assert fault_proxy.get_bytes(r"/adam\.pt$") == f["bytes_read"] <= f["bytes_total"]
+    assert f["requests"] <= 3 + 8 + 2 * 8, f  # structure, steps, moments
 
 
 def test_small_storages_are_fetched_together_when_the_first_is_needed(s3, s3_bucket,

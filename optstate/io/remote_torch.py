@@ -491,6 +491,8 @@ class StorageReader:
             if self._next is not None:
                 return  # one in flight at a time
             i = bisect.bisect_right(self._offsets, offset)
+            while i < len(self._offsets) and self._offsets[i] in self._small:
+                i += 1  # (the small ones were fetched together: no guess needed)
             if i >= len(self._offsets):
                 return
             nxt = self._offsets[i]
