@@ -10,6 +10,7 @@ import json
 import re
 import warnings
 
+import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
@@ -102,3 +103,22 @@ def test_layout_reads_a_remote_dcp_folder(cli, s3, s3_bucket, tmp_path):
     assert json.loads(r.stdout)["layout"] == here["layout"]
     r = cli("inspect", f"s3://{s3_bucket}/nothing_here", "--layout")
     assert r.exit_code == 2
+
+
+@pytest.mark.parametrize("layout", ["torch.save", "dcp"])
+def test_hist_uses_the_tensors_already_read(cli, s3, s3_bucket, tmp_path, layout):
+    """R1#10: ``--hist`` re-read every tensor (196% of a DCP folder): the histogram of a
+    param's buffers is taken while they are still held from its statistics."""
+    state = adam_state(3, (200, 100))
+    if layout == "dcp":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "no process group": one process on purpose
+            dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp_path / "d"), no_dist=True)
+        url = s3.put_dir(tmp_path / "d", f"s3://{s3_bucket}/d")
+    else:
+        torch.save(state, tmp_path / "a.pt")
+        url = s3.put(tmp_path / "a.pt", f"s3://{s3_bucket}/a.pt")
+    r = cli("inspect", url, "--json", "--hist")
+    assert r.exit_code == 0, r.stderr
+    f = json.loads(r.stdout)["file"]
+    assert f["bytes_read"] <= f["bytes_total"] * 1.02, f
