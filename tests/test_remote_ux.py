@@ -59,7 +59,7 @@ def test_a_query_string_on_s3_is_refused_as_such(cli):
 
 @pytest.mark.parametrize("url", ["s3://", "s3:///k.pt", "gs://"])
 def test_a_url_without_a_bucket(cli, url):
-    one_error(cli("inspect", url), "names no bucket")
+    one_error(cli("inspect", url), f"Error: {url}: the URL names no bucket")
 
 
 def test_a_missing_bucket_is_named(cli, s3, s3_bucket):

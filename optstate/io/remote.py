@@ -372,7 +372,8 @@ def _check_url(protocol: str, url: str, rest: str) -> None:
                           f"{protocol}:// URLs", hint="remove it (presigned http(s) URLs keep "
                           "theirs)")
     if protocol in _BUCKETED and not host.rsplit("@", 1)[-1]:
-        raise ConfigError(f"{display(url) or url}: the URL names no bucket",
+        shown = f"{protocol}://{re.split('[?#]', rest, maxsplit=1)[0]}"
+        raise ConfigError(f"{shown}: the URL names no bucket",
                           hint=f"e.g. {protocol}://BUCKET/path/to/checkpoint")
 
 
