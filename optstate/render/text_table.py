@@ -25,8 +25,10 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-# what rich would lay out differently from one line of printable text
-_SPECIAL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# what rich would lay out differently from one line of printable text: control characters,
+# and whitespace other than the ASCII space (rich wraps and strips at str.isspace()
+# characters: a lone no-break space in a right-justified cell is printed as a space)
+_SPECIAL = re.compile(r"[\x00-\x1f\x7f-\x9f]|[^\S ]")
 
 
 class TextTable:
