@@ -192,11 +192,9 @@ def upload_folder(local: Path, target: RemotePath) -> None:
 
 def _left_hint(left: list[RemotePath], target: RemotePath) -> str:
     shown = ", ".join(display(p.url) for p in sorted(left, key=lambda p: p.url))
-    how = (f" (aws s3 rm --recursive {display(target.url)}/)"
-           if target.protocol in ("s3", "s3a") else "")
     return (f"the clean-up failed too: {shown} could not be removed; delete "
-            f"{'it' if len(left) == 1 else 'them'}{how} before writing "
-            f"{display(target.url)} again")
+            f"{'it' if len(left) == 1 else 'them'} (everything under "
+            f"{display(target.url)}/) before writing {display(target.url)} again")
 
 
 def _remove(p: RemotePath, attempts: int = 3) -> bool:
