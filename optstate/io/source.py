@@ -359,17 +359,20 @@ def _safetensors_header(folder: RemotePath, names: set[str], stats: ReadStats
     size = rp.size()
     if size < 10:
         return None
-    n = int.from_bytes(rp.read_range(0, 8, stats), "little")
+    head = rp.read_range(0, 8, stats)
+    n = int.from_bytes(head, "little")
     if not 0 < n <= min(MAX_HEADER, size - 8):
         return None
-    return rp.read_range(0, 8 + n, stats), size
+    return head + rp.read_range(8, 8 + n, stats), size
 
 
 def _mirror(src: Source, folder: RemotePath, names: set[str], stats: ReadStats) -> None:
     """``src.mirror``: config.json fetched into a local folder named as ``folder``, beside
     empty stand-ins of the Trainer's files that are there (only their presence is looked at)
     and model.safetensors as a sparse file holding only its header (by two range reads: the
-    8-byte length, then the JSON), which is all that names the params."""
+    8-byte length, then the JSON), which is all that names the params. Their bytes count in
+    ``stats.bytes_read`` (they went over the wire) but not in ``bytes_total`` (the
+    checkpoint's own files, as for a local folder), so a small folder can show over 100%."""
     import shutil
     import tempfile
     import weakref
