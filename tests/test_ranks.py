@@ -172,7 +172,8 @@ def test_remote_diff_reports_what_it_read_across_workers(cli, s3, s3_bucket,
     a, b = json.loads(one.stdout)["a"], json.loads(one.stdout)["b"]
     size = ckpts["file"].stat().st_size
     assert a["path"] == url and a["bytes_total"] == size and a["retries"] == 0
-    assert size <= a["bytes_read"] <= 1.1 * size and a["requests"] >= 2  # + the structure
+    # every storage is read once (the records' own zip headers need not be), + the structure
+    assert 0.99 * size <= a["bytes_read"] <= 1.1 * size and a["requests"] >= 2
     assert (b["bytes_read"], b["requests"], b["bytes_total"]) == (None, None, size)
     two = json.loads(cli("diff", url, ckpts["file"], "--json", "--workers", "2").stdout)["a"]
     assert two["bytes_read"] > a["bytes_read"] and two["requests"] > a["requests"]

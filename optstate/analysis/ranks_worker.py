@@ -10,10 +10,7 @@ parent (``launch.write_error``), which reports it as one line.
 
 from __future__ import annotations
 
-import json
 import sys
-import traceback
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +41,7 @@ def run(job: dict[str, Any], rank: int) -> None:
 
 
 def _main(argv: list[str]) -> int:
-    job = json.loads(Path(argv[0]).read_text())
-    rank = int(argv[1])
-    launch.die_with_parent(job.get("parent"))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            run(job, rank)
-    except BaseException as e:  # noqa: BLE001 - reported to the parent, then exit 1
-        traceback.print_exc()
-        launch.write_error(Path(job["work"]), rank, e)
-        return 1
-    return 0
+    return launch.worker_main(argv, run)
 
 
 if __name__ == "__main__":

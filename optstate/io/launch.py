@@ -203,6 +203,27 @@ def die_with_parent(parent: int | None) -> None:
         os._exit(1)
 
 
+def worker_main(argv: list[str], run: Any) -> int:
+    """A worker's body (``python -m MODULE JOB RANK``): the pdeathsig guard, then
+    ``run(job, rank)`` with library notices silenced; an error is printed to the worker's
+    log and reported to the parent (``write_error``), exit status 1."""
+    import traceback
+    import warnings
+
+    job = json.loads(Path(argv[0]).read_text())
+    rank = int(argv[1])
+    die_with_parent(job.get("parent"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # FSDP2 / DCP notices; errors are reported below
+            run(job, rank)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, then exit 1
+        traceback.print_exc()
+        write_error(Path(job["work"]), rank, e)
+        return 1
+    return 0
+
+
 def exit_now(code: int) -> None:
     """Leave without the interpreter's and the C++ runtime's teardown. Everything the
     process owes (its output, results, an error report) is written by now; what is left is

@@ -15,10 +15,7 @@ the gathered full state and the history for the parent to report.
 from __future__ import annotations
 
 import io
-import json
 import sys
-import traceback
-import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -144,18 +141,7 @@ _die_with_parent = launch.die_with_parent
 
 
 def _main(argv: list[str]) -> int:
-    job = json.loads(Path(argv[0]).read_text())
-    rank = int(argv[1])
-    launch.die_with_parent(job.get("parent"))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # FSDP2 / DCP notices; errors are reported below
-            run_worker(job, rank)
-    except BaseException as e:  # noqa: BLE001 - reported to the parent, then exit 1
-        traceback.print_exc()
-        launch.write_error(Path(job["work"]), rank, e)
-        return 1
-    return 0
+    return launch.worker_main(argv, run_worker)
 
 
 if __name__ == "__main__":
