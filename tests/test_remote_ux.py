@@ -150,6 +150,27 @@ def test_model_as_a_url_says_what_is_read_remotely_instead(cli, small):
     assert "model.safetensors name its params" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("option, value", [
+    ("--save", "s3://b/run/x.pt"), ("--config", "s3://b/run.toml"), ("--plot", "s3://b/p.png")])
+def test_simulate_options_that_name_local_files_refuse_urls(cli, tmp_path, option, value):
+    """simulate writes and reads local files: a URL there was once the local path 's3:/b/...'
+    ('cannot write s3:/b/run/x.pt: folder s3:/b does not exist'). Now one line naming the
+    option, and nothing written."""
+    args = ["simulate", "--steps", "1", option, value]
+    if option != "--save":
+        args += ["--save", str(tmp_path / "ok.pt")]
+    line = one_error(cli(*args), f"{option} takes a local file, not a URL: {value}")
+    assert "s3:/b" not in line.replace("s3://b", "")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_config_url_gets_the_plain_hint_not_the_model_one(cli, small):
+    r = cli("check", small / "adam.pt", "--config", "s3://b/run.toml")
+    one_error(r, "--config takes a local file")
+    assert "copy it to a local file first" in r.stderr
+    assert "model.safetensors" not in r.stderr, r.stderr
+
+
 def test_a_missing_folder_is_named_as_typed(cli, s3, s3_bucket):
     one_error(cli("inspect", f"s3://{s3_bucket}/nothing/"),
               f"s3://{s3_bucket}/nothing/ does not exist")

@@ -63,10 +63,11 @@ def check(
     """
     with errors_to_exit():
         from optstate.analysis.check import check_checkpoint, check_report
-        from optstate.io.remote import cli_path, local_only
+        from optstate.io.remote import MODEL_HINT, cli_path, local_only
 
         target = cli_path(checkpoint)  # a URL stays text: read remotely
-        config_file, model_file = local_only(config, "--config"), local_only(model, "--model")
+        config_file = local_only(config, "--config")
+        model_file = local_only(model, "--model", hint=MODEL_HINT)
         from optstate.render.progress import Progress, progress_wanted
 
         if unsafe:

@@ -58,10 +58,10 @@ def config_cmd(
     """
     with errors_to_exit():
         from optstate.analysis.config_from import config_from_checkpoint
-        from optstate.io.remote import cli_path, local_only
+        from optstate.io.remote import MODEL_HINT, cli_path, local_only
 
         checkpoint_arg = cli_path(checkpoint)  # a URL stays text: read remotely
-        model_file = local_only(model, "--model")
+        model_file = local_only(model, "--model", hint=MODEL_HINT)
         output_file = local_only(output, "--output")
 
         if unsafe:

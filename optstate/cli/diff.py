@@ -96,10 +96,11 @@ def diff(
     Large checkpoints: --workers N (or torchrun) splits the work.
     """
     with errors_to_exit():
-        from optstate.io.remote import cli_path, local_only
+        from optstate.io.remote import MODEL_HINT, cli_path, local_only
 
         # a URL stays text (read remotely); a local argument is the Path it always was
-        path_a, path_b, model_file = cli_path(a), cli_path(b), local_only(model, "--model")
+        path_a, path_b = cli_path(a), cli_path(b)
+        model_file = local_only(model, "--model", hint=MODEL_HINT)
         from optstate.analysis.diff import DiffOptions, diff_files
         from optstate.analysis.diff_report import diff_report
         from optstate.base.errors import ConfigError

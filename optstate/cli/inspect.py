@@ -86,9 +86,10 @@ def inspect(
     Exit status: 0 shown, 2 bad input or no optimizer state found.
     """
     with errors_to_exit():
-        from optstate.io.remote import cli_path, local_only
+        from optstate.io.remote import MODEL_HINT, cli_path, local_only
 
-        target, model_file = cli_path(path), local_only(model, "--model")  # a URL stays text
+        target = cli_path(path)  # a URL stays text
+        model_file = local_only(model, "--model", hint=MODEL_HINT)
         if unsafe:
             warn_unsafe()
         from optstate.analysis.inspect import inspect_path

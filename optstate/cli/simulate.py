@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -25,7 +24,7 @@ _OPT = "Optimizer"
 
 @app.command(no_args_is_help=False, cls=OptstateCommand)
 def simulate(
-    config: Annotated[Path | None, typer.Option(
+    config: Annotated[str | None, typer.Option(
         "--config", "-c", help="TOML or JSON run config; flags below override it.",
         rich_help_panel=_OPT)] = None,
     optimizer: Annotated[str | None, typer.Option(
@@ -79,7 +78,7 @@ def simulate(
         "grads are zero-filled (older torch, the tutorial), so the step still runs and "
         "creates zero momentum buffers. never: zero_grad is not called and gradients "
         "accumulate (the classic bug). \\[default: none]", rich_help_panel=_RUN)] = None,
-    save: Annotated[Path | None, typer.Option(
+    save: Annotated[str | None, typer.Option(
         help="Write optimizer.state_dict() here with torch.save (with a scheduler or "
         "--with-params: a container, see README).", rich_help_panel=_SAVE)] = None,
     save_every: Annotated[int | None, typer.Option(
@@ -101,7 +100,7 @@ def simulate(
         "smallest N that keeps the history to 1000 records and its norms to 5e7 parameter "
         "elements read in all (10 000 steps of a 2x2: every 10th). \\[default: auto]",
         rich_help_panel=_RUN)] = None,
-    plot: Annotated[Path | None, typer.Option(
+    plot: Annotated[str | None, typer.Option(
         help="Draw loss, learning rate and parameter norm over steps (for a 2-D objective "
         "also the trajectory on its contour plot) to this .png, .svg or .pdf; needs "
         "matplotlib: pip install 'optstate\\[plot]'.", rich_help_panel=_SAVE)] = None,
@@ -135,6 +134,7 @@ def simulate(
     """
     with errors_to_exit():
         from optstate.base.errors import ConfigError
+        from optstate.io.remote import local_only
         from optstate.io.source import open_source
         from optstate.sim.config import RunSpec, read_config_file, spec_from_dict
         from optstate.sim.report import simulate_report
@@ -142,6 +142,10 @@ def simulate(
         from optstate.sim.simulate import simulate as run
         from optstate.sim.spec_text import spec_from_flags
 
+        # simulate writes and reads local files (a URL here once became the path 's3:/b/k')
+        config, plot = local_only(config, "--config"), local_only(plot, "--plot")
+        save = local_only(save, "--save", hint="save it to a local file, then copy it to "
+                          "object storage with your usual tool")
         every = parse_record_every(record_every)
         base = spec_from_dict(read_config_file(config), str(config)) if config else RunSpec()
         spec = spec_from_flags(

@@ -708,8 +708,14 @@ def cli_path(text: str) -> Path | str:
     return Path(text)
 
 
-def local_only(text: str | None, option: str) -> Path | None:
-    """An option that names a local file (``--model``): a URL is refused in one line."""
+# What --model as a URL is told: what names a remote folder's params instead.
+MODEL_HINT = ("copy it to a local file first (a remote Trainer folder's own config.json / "
+              "model.safetensors name its params by themselves)")
+
+
+def local_only(text: str | Path | None, option: str, hint: str | None = None) -> Path | None:
+    """An option that names a local file (``--model``, ``--config``, ``--save``): a URL is
+    refused in one line, with ``hint`` (by default: copy it to a local file first)."""
     if text is None:
         return None
     if is_url(text):
@@ -717,6 +723,5 @@ def local_only(text: str | None, option: str) -> Path | None:
         if local is not None:
             return local
         raise ConfigError(f"{option} takes a local file, not a URL: {display(text)}",
-                          hint="copy it to a local file first (a remote Trainer folder's "
-                          "own config.json / model.safetensors name its params by themselves)")
+                          hint=hint or "copy it to a local file first")
     return Path(text)
