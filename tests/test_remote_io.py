@@ -343,6 +343,29 @@ def test_without_s3fs_the_message_names_the_extra(tmp_path):
                         "Hint: pip install 'optstate[s3]'\n")
 
 
+@pytest.mark.parametrize("blocked, url, expected", [
+    ("aiohttp", "https://example.invalid/a.pt",
+     "Error: reading https:// URLs needs aiohttp, which is not installed\n"
+     "Hint: pip install 'optstate[http]'\n"),
+    ("fsspec", "oss://bucket/a.pt",
+     "Error: reading oss:// URLs needs fsspec, which is not installed\n"
+     "Hint: pip install fsspec and fsspec's backend for oss:// URLs\n"),
+])
+def test_a_missing_backend_is_named_whatever_the_protocol(blocked, url, expected):
+    """fsspec without aiohttp was 'internal error: ModuleNotFoundError' for an https URL; an
+    unknown protocol without fsspec was told to install the s3 extra."""
+    import subprocess
+    import sys
+
+    code = (f"import sys; sys.modules[{blocked!r}] = None\n"
+            f"sys.argv = ['optstate', 'inspect', {url!r}]\n"
+            "import runpy; runpy.run_module('optstate', run_name='__main__')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "NO_COLOR": "1"})
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == expected
+
+
 def test_model_option_stays_local(cli):
     r = cli("inspect", "whatever.pt", "--model", "s3://bucket/model.safetensors")
     assert r.exit_code == 2

@@ -91,8 +91,8 @@ def diff(
     Example: optstate diff -q step1000.pt step2000.pt && echo same
 
     Remote: a checkpoint may be a URL: s3://, gs://, az://, hf://, http(s)://
-    (pip install 'optstate\\[s3]', or \\[gcs], \\[azure], \\[hub]); only the
-    byte ranges needed are read. Another S3 server: AWS_ENDPOINT_URL_S3.
+    (pip install 'optstate\\[s3]', or \\[gcs], \\[azure], \\[hub], \\[http]); only
+    the byte ranges needed are read. Another S3 server: AWS_ENDPOINT_URL_S3.
     Large checkpoints: --workers N (or torchrun) splits the work.
     """
     with errors_to_exit():

@@ -79,8 +79,8 @@ def inspect(
     the file (weights_only=True) and maps GPU tensors to the CPU.
 
     Remote: a checkpoint may be a URL: s3://, gs://, az://, hf://, http(s)://
-    (pip install 'optstate\\[s3]', or \\[gcs], \\[azure], \\[hub]); only the
-    byte ranges needed are read. Another S3 server: AWS_ENDPOINT_URL_S3.
+    (pip install 'optstate\\[s3]', or \\[gcs], \\[azure], \\[hub], \\[http]); only
+    the byte ranges needed are read. Another S3 server: AWS_ENDPOINT_URL_S3.
     Large checkpoints: --workers N (or torchrun) splits the work.
 
     Exit status: 0 shown, 2 bad input or no optimizer state found.

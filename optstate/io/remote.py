@@ -55,6 +55,7 @@ _EXTRAS = {
     "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),
     "az": ("adlfs", "azure"), "abfs": ("adlfs", "azure"), "abfss": ("adlfs", "azure"),
     "hf": ("huggingface_hub", "hub"),
+    "http": ("aiohttp", "http"), "https": ("aiohttp", "http"),
 }
 
 # The retry policy (module constants: tests shorten BASE_DELAY)
@@ -320,9 +321,10 @@ def _filesystem(protocol: str, url: str) -> Any:
     try:
         import fsspec
     except ImportError:
-        extra = needed[1] if needed else "s3"
         raise ConfigError(f"reading {protocol}:// URLs needs fsspec, which is not installed",
-                          hint=f"pip install 'optstate[{extra}]'") from None
+                          hint=f"pip install 'optstate[{needed[1]}]'" if needed else
+                          f"pip install fsspec and fsspec's backend for {protocol}:// URLs"
+                          ) from None
     if needed is not None:
         try:
             importlib.import_module(needed[0])
