@@ -85,6 +85,10 @@ class FaultProxy:
         self.log: list[Entry] = []
         self.rules: list[Rule] = []
         self._lock = threading.Lock()
+        # requests being answered: the log is read once they are all recorded (a client can
+        # have every byte of a response before the handler thread logs it)
+        self._busy = 0
+        self._idle = threading.Condition(self._lock)
         proxy = self
 
         class Handler(_Handler):
@@ -152,9 +156,19 @@ class FaultProxy:
         with self._lock:
             self.log.append(entry)
 
+    def _begin(self) -> None:
+        with self._lock:
+            self._busy += 1
+
+    def _end(self) -> None:
+        with self._lock:
+            self._busy -= 1
+            self._idle.notify_all()
+
     def entries(self, method: str | None = None, key: str = ".*") -> list[Entry]:
         k = re.compile(key)
         with self._lock:
+            self._idle.wait_for(lambda: self._busy == 0, timeout=10)
             return [e for e in self.log
                     if (method is None or e.method == method) and k.search(e.path)]
 
@@ -277,9 +291,12 @@ class _Handler(BaseHTTPRequestHandler):
             conn.close()
 
     def _safe(self) -> None:
+        self.owner._begin()
         try:
             self._handle()
         except (BrokenPipeError, ConnectionResetError):  # the client hung up: its business
             self.close_connection = True
+        finally:
+            self.owner._end()
 
     do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _safe
