@@ -1,0 +1,735 @@
+"""DCP folders read without torch: ``.metadata`` decoded inertly, tensors as NativeTensors.
+
+A torch.distributed.checkpoint folder is a pickled ``.metadata`` (plain dataclasses: keys,
+shapes, dtypes, chunks, where each chunk's bytes are) and ``__R_I.distcp`` data files in
+which torch's ``FileSystemWriter`` writes every item as its own small torch.save zip: a
+tensor chunk is ``torch.save(chunk)`` (a ``data.pkl`` naming one storage record), a
+non-tensor value ``torch.save(value)``. ``read_dcp_native`` reads such a folder into what
+``source._open_dcp`` makes the same ``Source`` of as from torch's engine (``dcp.py``),
+with ``reader="native"``:
+
+- ``.metadata`` is pre-scanned (``prescan.scan_any``), then unpickled by an unpickler of
+  its own whose only globals are the DCP metadata classes torch 2.4 .. 2.14 write, each
+  decoded into an inert record of its fields (``_Record``), dtypes into ``NativeDtype``;
+  then checked as ``dcp_metadata`` checks it (limits, shapes, chunks, the storage table,
+  the data files inside the folder, expansion).
+- The non-tensor values (hyperparameters, ``params`` lists) are read now, each pre-scanned
+  like the torch path does and unpickled with plain containers and ``OrderedDict`` only.
+- Each tensor is a ``NativeTensor`` of its full shape over a storage whose bytes are found
+  when a statistic first touches them (``--no-stats`` reads no chunk): a tensor stored in
+  one contiguous, aligned chunk is a view of the memory-mapped data file; one stored in
+  several chunks (a sharded save), or a view, or unaligned, is copied into one buffer
+  (the last few kept, as ``dcp.py`` keeps the last tensors it loaded).
+
+Anything this reader does not know raises ``NativeUnsupported`` at open, and the caller
+opens the folder with torch, which gives its own verdict (every established message). A
+chunk that turns out odd only when its bytes are read (damaged, a transform, a stored
+class outside the allow-list) is read by torch's path at that moment
+(``DcpCheckpoint.load_tensor``): the same data, or the same error, as with torch.
+
+The tree is put back together as ``dcp.py`` does (``rebuild_tree``: positional optimizer
+state keys, lists, a fresh optimizer's empty ``state``).
+
+About 740 lines: the metadata classes, their checks, the chunk reader and the tree rebuild
+are one reader that mirrors ``dcp_metadata`` + ``dcp.py`` line for line, and reads best
+as one file.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import mmap
+import os
+import pickle
+import struct
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from optstate.base.errors import CheckpointError
+from optstate.base.limits import LimitError
+from optstate.base.limits import current as current_limits
+from optstate.io.native_tensor import (
+    DTYPES,
+    NativeDtype,
+    NativeStorage,
+    NativeTensor,
+    NativeUnsupported,
+)
+from optstate.io.prescan import scan_any
+from optstate.io.walk import WalkReport, walk
+
+METADATA_FILE = ".metadata"
+
+# dcp_remote.METADATA_BYTES_PER_ITEM: .metadata may hold this many bytes per ``items``
+# limit entry (one pickled chunk entry is well under 256 bytes)
+_METADATA_BYTES_PER_ITEM = 256
+# torch counts elements and bytes in int64: a shape past this is damage, not a tensor
+_MAX_ELEMENTS = 2**62
+# Assembled tensors kept (a param's moments are looked at again right after their
+# statistics): the last two, more while they are small (``io.lazy.KEPT``).
+_KEPT = 2
+_KEPT_BYTES = 64 * 2**20
+
+
+# ---------------------------------------------------------------- .metadata, inertly
+
+
+class _Record:
+    """One DCP metadata dataclass, as plain fields (``kind``: torch's class name)."""
+
+    kind = "record"
+    _defaults: dict[str, Any] = {}
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2 and state[0] is None:
+            state = state[1]  # (None, slots) of a dataclass with __slots__
+        elif isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
+            state = {**state[0], **(state[1] or {})}
+        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+            raise pickle.UnpicklingError(f"bad state for {self.kind}")
+        self.__dict__.update(self._defaults)
+        self.__dict__.update(state)
+
+    def __getattr__(self, name: str) -> Any:  # a field an older torch did not write
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._defaults.get(name)
+
+    def __repr__(self) -> str:
+        return f"{self.kind}({self.__dict__})"
+
+
+def _record(name: str, **defaults: Any) -> type[_Record]:
+    return type(name, (_Record,), {"kind": name, "_defaults": defaults})
+
+
+class _TensorProperties(_Record):
+    """``TensorProperties``: pickled as a tuple (dtype, layout, requires_grad,
+    memory format, pin_memory) since torch 2.1, as a dict before."""
+
+    kind = "TensorProperties"
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 5:
+            dtype, layout, requires_grad, fmt, pin = state
+            state = {"dtype": dtype, "layout": layout, "requires_grad": requires_grad,
+                     "memory_format": fmt, "pin_memory": pin}
+        super().__setstate__(state)
+
+
+_MD = "torch.distributed.checkpoint.metadata"
+_METADATA_CLASSES: dict[tuple[str, str], Any] = {
+    (_MD, "Metadata"): _record("Metadata", planner_data=None, storage_data=None,
+                               storage_meta=None, version=None),
+    (_MD, "TensorStorageMetadata"): _record("TensorStorageMetadata"),
+    (_MD, "BytesStorageMetadata"): _record("BytesStorageMetadata"),
+    (_MD, "ChunkStorageMetadata"): _record("ChunkStorageMetadata"),
+    (_MD, "TensorProperties"): _TensorProperties,
+    (_MD, "MetadataIndex"): _record("MetadataIndex", offset=None, index=None),
+    (_MD, "StorageMeta"): _record("StorageMeta"),
+    (_MD, "_MEM_FORMAT_ENCODING"): lambda value: ("memory_format", value),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"):
+        _record("_StorageInfo", transform_descriptors=None),
+    ("torch.serialization", "_get_layout"): lambda name: str(name).removeprefix("torch."),
+    ("torch", "Size"): lambda dims=(): tuple(dims),
+    ("pathlib", "PosixPath"): PurePosixPath, ("pathlib", "PurePosixPath"): PurePosixPath,
+    ("pathlib", "WindowsPath"): PureWindowsPath,
+    ("pathlib", "PureWindowsPath"): PureWindowsPath,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
+}
+# layouts and memory formats an older torch pickled by name (GLOBAL torch.strided)
+_TORCH_NAMES = {"strided", "sparse_coo", "sparse_csr", "sparse_csc", "sparse_bsr",
+                "sparse_bsc", "_mkldnn", "jagged", "contiguous_format", "channels_last",
+                "channels_last_3d", "preserve_format"}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """The DCP metadata classes only, as ``_Record``s; anything else is unknown here."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _METADATA_CLASSES.get((module, name))
+        if found is not None:
+            return found
+        if module == "torch" and name in DTYPES:
+            return DTYPES[name]
+        if module == "torch" and name in _TORCH_NAMES:
+            return name
+        raise NativeUnsupported(f".metadata needs {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise NativeUnsupported(".metadata holds a persistent id")
+
+
+def _unpickle(unpickler: type[pickle.Unpickler], data: bytes | memoryview, what: str) -> Any:
+    try:
+        return unpickler(io.BytesIO(data)).load()
+    except NativeUnsupported:
+        raise
+    except Exception as e:  # damage of any kind: torch's path says what it is
+        raise NativeUnsupported(f"{what} does not unpickle here ({type(e).__name__})") from None
+
+
+def _is_index(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_dims(v: Any) -> bool:
+    return isinstance(v, tuple) and all(_is_index(n) for n in v)
+
+
+class _Metadata:
+    """What a DCP folder's ``.metadata`` says, checked as ``dcp_metadata`` checks it:
+    tensor key -> (shape, dtype, chunks), value keys, each key's path, and each item's
+    (file, offset, length); any doubt is ``NativeUnsupported``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        file = folder / METADATA_FILE
+        if os.path.islink(file) or not file.is_file():
+            raise NativeUnsupported(".metadata is not a regular file of the folder")
+        limits = current_limits()
+        if file.stat().st_size > limits.items * _METADATA_BYTES_PER_ITEM:
+            raise NativeUnsupported(".metadata is larger than the limits allow")
+        data = file.read_bytes()
+        scan_any(data, limits, str(file))  # LimitError: the same verdict as torch's path
+        md = _unpickle(_MetadataUnpickler, data, ".metadata")
+        if getattr(md, "kind", None) != "Metadata":
+            raise NativeUnsupported(".metadata does not hold DCP metadata")
+        entries = md.state_dict_metadata
+        if not isinstance(entries, dict) or len(entries) > limits.items:
+            raise NativeUnsupported(".metadata lists no keys or too many")
+        self.tensors: dict[str, tuple[tuple[int, ...], NativeDtype, list[tuple]]] = {}
+        self.values: list[str] = []
+        self.order: list[str] = []
+        chunks = 0
+        for key, entry in entries.items():
+            self._entry(key, entry, limits)
+            chunks += len(self.tensors[key][2]) if key in self.tensors else 0
+        if len(self.tensors) > limits.tensors or chunks > limits.items:
+            raise NativeUnsupported(".metadata lists more tensors or chunks than the limits")
+        self.paths = self._paths(md.planner_data, limits)
+        self.items = self._storage(md.storage_data)
+        self._check_expansion(limits.expand)
+        self.version = md.version
+
+    def _entry(self, key: Any, entry: Any, limits: Any) -> None:
+        if not isinstance(key, str) or len(key) > limits.string:
+            raise NativeUnsupported("a key is not a short string")
+        kind = getattr(entry, "kind", None)
+        self.order.append(key)
+        if kind == "BytesStorageMetadata":
+            self.values.append(key)
+            return
+        if kind != "TensorStorageMetadata":
+            raise NativeUnsupported(f"key {key!r} has unknown metadata")
+        size, props, chunks = entry.size, entry.properties, entry.chunks
+        if not _is_dims(size) or len(size) > limits.depth or math.prod(size) > _MAX_ELEMENTS:
+            raise NativeUnsupported(f"key {key!r} has an odd shape")
+        dtype = getattr(props, "dtype", None)
+        if not isinstance(dtype, NativeDtype):
+            raise NativeUnsupported(f"key {key!r} has a dtype this reader does not know")
+        if getattr(props, "layout", "strided") not in ("strided", None):
+            raise NativeUnsupported(f"key {key!r} is not a strided tensor")
+        if not isinstance(chunks, list) or len(chunks) > limits.items:
+            raise NativeUnsupported(f"key {key!r} has no chunk list")
+        out = []
+        for c in chunks:
+            offsets, sizes = getattr(c, "offsets", None), getattr(c, "sizes", None)
+            if not (_is_dims(offsets) and _is_dims(sizes)
+                    and len(offsets) == len(sizes) == len(size)
+                    and all(o + n <= whole for o, n, whole in zip(offsets, sizes, size,
+                                                                   strict=True))):
+                raise NativeUnsupported(f"key {key!r} has a chunk outside its shape")
+            out.append((offsets, sizes))
+        if sum(math.prod(s) for _, s in out) != math.prod(size):
+            raise NativeUnsupported(f"the chunks of {key!r} do not cover its shape")
+        self.tensors[key] = (size, dtype, out)
+
+    def _paths(self, pd: Any, limits: Any) -> dict[str, tuple[Any, ...]]:
+        """Each key's path in the nested state (``DcpCheckpoint.path_of``)."""
+        out: dict[str, tuple[Any, ...]] = {}
+        for key in self.order:
+            path = pd.get(key) if isinstance(pd, dict) else None
+            if isinstance(path, tuple) and len(path) > limits.depth or isinstance(
+                    path, tuple) and any(isinstance(p, str) and len(p) > limits.string
+                                         for p in path):
+                raise NativeUnsupported(f"the path of {key!r} passes the limits")
+            if isinstance(path, tuple) and path and all(
+                    isinstance(p, str) or _is_index(p) for p in path):
+                out[key] = path
+            else:
+                out[key] = (key,)
+        if isinstance(pd, dict):  # torch's path checks every entry, listed or not
+            for path in pd.values():
+                if isinstance(path, tuple) and len(path) > limits.depth:
+                    raise NativeUnsupported("a path passes the depth limit")
+        return out
+
+    def _storage(self, storage: Any) -> dict[tuple[str, Any], tuple[str, int, int]]:
+        """(key, chunk offsets or None) -> (data file, offset, length), every file inside
+        the folder and long enough, every chunk and value with its data."""
+        if not isinstance(storage, dict):
+            raise NativeUnsupported(".metadata has no storage table")
+        sizes: dict[str, int] = {}
+        out: dict[tuple[str, Any], tuple[str, int, int]] = {}
+        for index, info in storage.items():
+            fqn, offset = getattr(index, "fqn", None), getattr(index, "offset", None)
+            if not isinstance(fqn, str) or not (offset is None or isinstance(offset, tuple)):
+                raise NativeUnsupported("a bad storage index")
+            rel = getattr(info, "relative_path", None)
+            if not isinstance(rel, str) or rel in ("", ".", "..") or any(
+                    c in rel for c in "/\\\0"):
+                raise NativeUnsupported(f"a bad data file name {rel!r}")
+            if getattr(info, "transform_descriptors", None):
+                raise NativeUnsupported(f"{rel} stores items through transforms")
+            if rel not in sizes:
+                f = self.folder / rel
+                if os.path.islink(f) or not f.is_file():
+                    raise NativeUnsupported(f"{rel} is missing or not a regular file")
+                sizes[rel] = f.stat().st_size
+            start, length = getattr(info, "offset", None), getattr(info, "length", None)
+            if not (_is_index(start) and _is_index(length) and start + length <= sizes[rel]):
+                raise NativeUnsupported(f"{rel} is shorter than its items")
+            out[(fqn, tuple(offset) if offset is not None else None)] = (rel, start, length)
+        for key, (_, _, chunks) in self.tensors.items():
+            if any((key, offsets) not in out for offsets, _ in chunks):
+                raise NativeUnsupported(f"a chunk of {key!r} has no data")
+        if any((key, None) not in out for key in self.values):
+            raise NativeUnsupported("a value has no data")
+        self.file_sizes = sizes
+        return out
+
+    def _check_expansion(self, limit: int) -> None:
+        """``dcp_metadata._check_expansion``: chunks claiming more than they store."""
+        extra = 0
+        for key, (_, dtype, chunks) in self.tensors.items():
+            for offsets, sizes in chunks:
+                stored = self.items[(key, offsets)][2]
+                extra += max(0, math.prod(sizes) * dtype.itemsize - stored)
+        if extra > limit:
+            raise NativeUnsupported("chunks claim more data than they store")
+
+
+# ---------------------------------------------------------------- stored items
+
+
+class _View(io.RawIOBase):
+    """A memoryview as a seekable read-only file (for zipfile and the pre-scan)."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view, self._pos = view, 0
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: len(self._view)}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int | None = -1) -> bytes:
+        stop = len(self._view) if n is None or n < 0 else min(len(self._view), self._pos + n)
+        data = bytes(self._view[self._pos:stop]) if stop > self._pos else b""
+        self._pos += len(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _zip_records(view: memoryview, label: str) -> tuple[bytes, dict[str, memoryview]]:
+    """An item's torch.save zip: its ``data.pkl`` and its ``data/<key>`` records (views of
+    ``view``), after the pre-scan torch's path runs on the same bytes."""
+    from optstate.io.torch_file import prescan_stream
+
+    if bytes(view[:4]) != _ZIP_MAGIC:
+        raise NativeUnsupported(f"{label} is not a torch.save zip")
+    try:
+        prescan_stream(_View(view), len(view), label)
+        zf = zipfile.ZipFile(_View(view))
+        infos = zf.infolist()
+    except (CheckpointError, Exception) as e:
+        raise NativeUnsupported(f"{label}: {type(e).__name__}") from None
+    prefix = infos[0].filename.split("/", 1)[0] if infos else ""
+    pkl, records = None, {}
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or "/" not in info.filename:
+            raise NativeUnsupported(f"{label} is not a plain torch.save zip")
+        at = info.header_offset
+        if bytes(view[at:at + 4]) != _ZIP_MAGIC:
+            raise NativeUnsupported(f"{label} is damaged")
+        name_len, extra_len = struct.unpack_from("<HH", view, at + 26)
+        start = at + 30 + name_len + extra_len
+        if start + info.file_size > len(view):
+            raise NativeUnsupported(f"{label} is damaged")
+        part = view[start:start + info.file_size]
+        name = info.filename[len(prefix) + 1:]
+        if name == "data.pkl":
+            pkl = bytes(part)
+        elif name.startswith("data/"):
+            records[name[5:]] = part
+    if pkl is None:
+        raise NativeUnsupported(f"{label} has no data.pkl")
+    return pkl, records
+
+
+class _ValueUnpickler(pickle.Unpickler):
+    """A non-tensor value: plain containers and scalars, ``OrderedDict``."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        raise NativeUnsupported(f"a value needs {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise NativeUnsupported("a value holds a tensor")
+
+
+# torch.save's storage classes (older dtypes); newer dtypes are named by the dtype itself
+_STORAGES = {"DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
+             "BFloat16Storage": "bfloat16", "ComplexFloatStorage": "complex64",
+             "ComplexDoubleStorage": "complex128", "CharStorage": "int8",
+             "ByteStorage": "uint8", "ShortStorage": "int16", "IntStorage": "int32",
+             "LongStorage": "int64", "BoolStorage": "bool"}
+
+
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
+                    hooks: Any, *rest: Any) -> tuple[Any, ...]:
+    if hooks or rest and rest[0]:  # backward hooks, or tensor metadata (python attrs)
+        raise NativeUnsupported("a chunk is more than a plain tensor")
+    return ("tensor", storage, offset, tuple(size), tuple(stride))
+
+
+class _ChunkUnpickler(pickle.Unpickler):
+    """A tensor chunk: ``_rebuild_tensor_v2`` over one storage record."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        if module == "torch" and name in _STORAGES:
+            return DTYPES[_STORAGES[name]]
+        if module == "torch" and name in DTYPES:
+            return DTYPES[name]
+        raise NativeUnsupported(f"a chunk needs {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                and isinstance(pid[1], NativeDtype) and isinstance(pid[2], str)
+                and _is_index(pid[4])):
+            raise NativeUnsupported("a chunk names an odd storage")
+        return ("storage", pid[1], pid[2], pid[4])
+
+
+# ---------------------------------------------------------------- tensors
+
+
+class _LazyStorage(NativeStorage):
+    """A storage whose bytes are found (mapped or assembled) when first touched."""
+
+    __slots__ = ("_load", "_nbytes", "_bytes")
+
+    def __init__(self, nbytes: int, load: Callable[[], Any], key: str, file: Path,
+                 info: dict[str, Any]) -> None:
+        self._nbytes, self._load, self._bytes = nbytes, load, None
+        self.key, self.file, self.info = key, file, info
+
+    @property
+    def buffer(self) -> memoryview:  # type: ignore[override]
+        if self._bytes is None:
+            mv = memoryview(self._load())
+            self._bytes = mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
+        return self._bytes
+
+    @property
+    def nbytes(self) -> int:  # type: ignore[override]
+        return self._nbytes
+
+    def loaded(self) -> bool:
+        return self._bytes is not None
+
+    def drop(self) -> None:
+        self._bytes = None
+
+
+def _aligned(view: memoryview, itemsize: int) -> bool:
+    from optstate.io.native_tensor import buffer_address
+
+    return not len(view) or buffer_address(view) % min(itemsize, 8) == 0
+
+
+def _copy_chunk(dst: memoryview, shape: tuple[int, ...], chunk: NativeTensor,
+                offsets: tuple[int, ...]) -> None:
+    """Copy ``chunk`` (any strides) into its place in ``dst``, a contiguous tensor of
+    ``shape``: contiguous runs at a time (whole rows, or more when the chunk spans the
+    trailing dimensions)."""
+    n, size = len(shape), chunk.element_size()
+    sizes, strides = chunk.shape, chunk.stride()
+    if chunk.numel() == 0:
+        return
+    target = [1] * n
+    for d in range(n - 2, -1, -1):
+        target[d] = target[d + 1] * shape[d + 1]
+    # the block: dims j.. contiguous in the chunk's storage and in the target
+    j, run = n, 1
+    while j > 0:
+        d = j - 1
+        src_ok = sizes[d] == 1 or strides[d] == run
+        dst_ok = j == n or sizes[j] == shape[j] and all(sizes[k] == shape[k]
+                                                       for k in range(j, n))
+        if not (src_ok and dst_ok):
+            break
+        run *= sizes[d]
+        j = d
+    if run == 1 and n and sizes[-1] > 1 and strides[-1] != 1:
+        raise NativeUnsupported("a chunk stored with a strided last dimension")
+    src = chunk.storage.buffer
+    nbytes = run * size
+    base_src = chunk.storage_offset()
+    base_dst = sum(o * t for o, t in zip(offsets, target, strict=True))
+    for idx in itertools.product(*(range(s) for s in sizes[:j])):
+        s = (base_src + sum(i * st for i, st in zip(idx, strides, strict=False))) * size
+        t = (base_dst + sum(i * tt for i, tt in zip(idx, target, strict=False))) * size
+        dst[t:t + nbytes] = src[s:s + nbytes]
+
+
+class NativeDcp:
+    """An open DCP folder read without torch: the checked metadata, the data files mapped
+    when first needed, each tensor's bytes found on first touch."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.md = _Metadata(folder)
+        self._maps: dict[str, memoryview] = {}
+        self._kept: OrderedDict[int, _LazyStorage] = OrderedDict()
+        self._torch: Any = None  # dcp.DcpCheckpoint, for a chunk this reader cannot read
+
+    def _item(self, key: str, offsets: tuple[int, ...] | None) -> memoryview:
+        rel, start, length = self.md.items[(key, offsets)]
+        view = self._maps.get(rel)
+        if view is None:
+            from optstate.io import readguard
+
+            path = self.folder / rel
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size != self.md.file_sizes[rel]:
+                    raise NativeUnsupported(f"{rel} changed size")
+                if not self.md.file_sizes[rel]:
+                    view = memoryview(b"")
+                else:
+                    view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+                    readguard.watch(f, path)
+            self._maps[rel] = view
+        return view[start:start + length]
+
+    def value(self, key: str) -> Any:
+        label = f"{self.folder}: the value {_short(key)}"
+        pkl, records = _zip_records(self._item(key, None), label)
+        if records:
+            raise NativeUnsupported(f"{label} holds tensor data")
+        return _unpickle(_ValueUnpickler, pkl, label)
+
+    def chunk(self, key: str, offsets: tuple[int, ...], sizes: tuple[int, ...],
+              dtype: NativeDtype) -> NativeTensor:
+        """One stored chunk, as saved (its own strides and offset in its record)."""
+        label = f"{self.folder}: the chunk of {_short(key)}"
+        pkl, records = _zip_records(self._item(key, offsets), label)
+        got = _unpickle(_ChunkUnpickler, pkl, label)
+        if not (isinstance(got, tuple) and len(got) == 5 and got[0] == "tensor"
+                and isinstance(got[1], tuple) and got[1][0] == "storage"):
+            raise NativeUnsupported(f"{label} is not one tensor")
+        _, (_, sdtype, skey, numel), offset, size, stride = got
+        record = records.get(skey)
+        if (sdtype is not dtype or size != sizes or record is None or not _is_index(offset)
+                or len(record) < numel * dtype.itemsize):
+            raise NativeUnsupported(f"{label} does not match the metadata")
+        try:
+            return NativeTensor(NativeStorage(record, skey, self.folder), dtype, size, stride,
+                                offset)
+        except (ValueError, TypeError):
+            raise NativeUnsupported(f"{label} lies outside its storage") from None
+
+    def tensor_bytes(self, key: str) -> Any:
+        """The whole tensor ``key``, contiguous: a view of the mapped file when one chunk
+        holds it as such, else a buffer its chunks are copied into."""
+        shape, dtype, chunks = self.md.tensors[key]
+        nbytes = math.prod(shape) * dtype.itemsize
+        if len(chunks) == 1 and all(o == 0 for o in chunks[0][0]):
+            t = self.chunk(key, chunks[0][0], chunks[0][1], dtype)
+            start, stop = t.byte_range()
+            view = t.storage.buffer[start:start + nbytes]
+            if t.is_contiguous() and stop - start == nbytes and _aligned(view, dtype.itemsize):
+                return view
+        out = bytearray(nbytes)
+        dst = memoryview(out)
+        for offsets, sizes in chunks:
+            if math.prod(sizes):
+                _copy_chunk(dst, shape, self.chunk(key, offsets, sizes, dtype), offsets)
+        return out
+
+    def _load(self, key: str, storage: _LazyStorage) -> Any:
+        try:
+            data = self.tensor_bytes(key)
+        except NativeUnsupported:
+            data = self._torch_bytes(key)
+        if not isinstance(data, memoryview):  # a copy: keep only the last few
+            self._kept[id(storage)] = storage
+            while len(self._kept) > _KEPT and sum(
+                    s.nbytes for s in self._kept.values()) > _KEPT_BYTES:
+                self._kept.popitem(last=False)[1].drop()
+        return data
+
+    def _torch_bytes(self, key: str) -> bytearray:
+        """What torch's path reads for ``key`` (or its error): a chunk this reader does
+        not know, found only when its bytes were needed."""
+        import ctypes
+
+        if self._torch is None:
+            from optstate.io.dcp import DcpCheckpoint
+
+            self._torch = DcpCheckpoint(self.folder)
+        t = self._torch.load_tensor(key).contiguous()
+        n = t.numel() * t.element_size()
+        return bytearray(ctypes.string_at(t.data_ptr(), n) if n else b"")
+
+    def tensor(self, key: str) -> NativeTensor:
+        shape, dtype, chunks = self.md.tensors[key]
+        info = {"dcp_key": key, "dcp_folder": str(self.folder),
+                "chunks": [{"offsets": list(o), "sizes": list(s),
+                            "file": self.md.items[(key, o)][0]} for o, s in chunks]}
+        storage = _LazyStorage(math.prod(shape) * dtype.itemsize, lambda: None, key,
+                               self.folder, {"lazy": True, "dcp_key": key})
+        storage._load = lambda: self._load(key, storage)
+        return NativeTensor(storage, dtype, shape, None, 0, info)
+
+    def rebuild(self) -> dict[Any, Any]:
+        """The nested state dict, as ``DcpCheckpoint.rebuild`` gives it."""
+        limits = current_limits()
+        values = {key: self.value(key) for key in self.md.values}
+        try:
+            for key, value in values.items():
+                walk(value, label=f"{self.folder}: the value {_short(key)}",
+                     max_depth=limits.depth, max_nodes=limits.nodes)
+        except CheckpointError as e:  # torch's path says it, after its own reading
+            raise NativeUnsupported(f"a value fails the walk: {e}") from None
+        return rebuild_tree(self.md.order, self.md.paths, values, self.tensor, limits.depth,
+                            str(self.folder))
+
+
+def _short(key: Any, limit: int = 80) -> str:
+    text = repr(key)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+# ---------------------------------------------------------------- the nested tree
+
+
+def rebuild_tree(keys: list[str], paths: dict[str, tuple[Any, ...]], values: dict[str, Any],
+                 tensor: Callable[[str], Any], depth: int, where: str) -> dict[Any, Any]:
+    """The nested state from DCP's flat keys (``DcpCheckpoint.rebuild``'s rules)."""
+    loaded = {id(v) for v in values.values() if isinstance(v, (dict, list, tuple))}
+    root: dict[Any, Any] = {}
+    for key in keys:
+        value = values[key] if key in values else tensor(key)
+        node = root
+        path = paths[key]
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[path[-1]] = value
+    try:
+        return _restore_positions(_lists_back(root, skip=loaded), loaded)
+    except RecursionError:  # only with the depth limit raised past Python's stack
+        raise CheckpointError(f"{where} nests its keys too deeply to read "
+                              f"(limit depth={depth})") from None
+
+
+def _lists_back(node: Any, parent: dict[Any, Any] | None = None, key: Any = None,
+               skip: set[int] = frozenset()) -> Any:  # type: ignore[assignment]
+    """``dcp._lists_back``: dicts keyed 0..n-1 back into lists, except an optimizer's
+    ``state``; values loaded whole (``skip``) are left alone."""
+    if not isinstance(node, dict) or id(node) in skip:
+        return node
+    for k in list(node):
+        node[k] = _lists_back(node[k], node, k, skip)
+    is_opt_state = key == "state" and parent is not None and "param_groups" in parent
+    if node and not is_opt_state and list(node) == list(range(len(node))):
+        return [node[i] for i in range(len(node))]
+    return node
+
+
+def _restore_positions(node: Any, skip: set[int] = frozenset()) -> Any:  # type: ignore[assignment]
+    """``dcp._restore_positions``: an optimizer's positional state keys back to the integers
+    its ``params`` lists name; a fresh optimizer's dropped ``state: {}`` back."""
+    if id(node) in skip:
+        return node
+    if isinstance(node, dict):
+        for k in list(node):
+            node[k] = _restore_positions(node[k], skip)
+        state, groups = node.get("state"), node.get("param_groups")
+        if state is None and "state" not in node and isinstance(groups, list) and groups and all(
+            isinstance(g, dict) and "params" in g for g in groups
+        ):
+            node = {"state": {}, **node}
+        elif isinstance(state, dict) and isinstance(groups, list):
+            ints = {str(p): p for g in groups if isinstance(g, dict)
+                    for p in (g.get("params") or []) if isinstance(p, int)}
+            if ints and all(isinstance(k, str) and k in ints for k in state):
+                node["state"] = {ints[k]: v for k, v in state.items()}
+    elif isinstance(node, list):
+        return [_restore_positions(v, skip) for v in node]
+    return node
+
+
+# ---------------------------------------------------------------- the Source
+
+
+def folder_bytes(folder: Path) -> int:
+    """What ``DcpCheckpoint.total_bytes`` counts: the folder's regular files."""
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and not f.is_symlink())
+
+
+@dataclass
+class NativeDcpRead:
+    """A local DCP folder read without torch: what ``source`` makes its ``Source`` of
+    (``format="dcp"``, ``reader="native"``), as ``source._open_dcp`` does from torch's."""
+
+    obj: Any
+    bytes: int
+    walk: WalkReport
+
+
+def read_dcp_native(path: Path) -> NativeDcpRead:
+    """A local DCP folder's tree (NativeTensors, real values), size and walk, without
+    torch; raises ``NativeUnsupported`` for anything the torch path must judge (and
+    ``LimitError`` from the pre-scan of ``.metadata``, as that path would)."""
+    p = Path(path)
+    obj = NativeDcp(p).rebuild()
+    try:
+        report = walk(obj, label=str(p))  # built from the folder's metadata: untrusted too
+    except LimitError:
+        raise
+    except CheckpointError as e:
+        raise NativeUnsupported(f"the tree fails the walk: {e}") from None
+    return NativeDcpRead(obj, folder_bytes(p), report)
