@@ -22,9 +22,14 @@ How it measures (the issue's rules):
 - peak anonymous memory: the parent polls ``RssAnon`` of ``/proc/PID/status`` (resident
   anonymous pages, so memory-mapped file pages do not count) every 2 ms;
 - cold cache: ``posix_fadvise(DONTNEED)`` evicts just our files (no root, nothing else
-  on the machine is touched), then optstate is compared with ``dd`` reading the file.
+  on the machine is touched), then optstate is compared with ``dd`` reading the file;
+- the native reader (issue #22, section ``native``): optstate as a user runs it (the
+  reader it picks by itself), optstate with ``OPTSTATE_READER=torch`` and the baseline
+  take turns in each round (A B C A B C ...), ratios pair by pair against the baseline;
+  its results are checked against the plain-torch baselines' and against the torch
+  reader's JSON (float sums within ``numeric.tolerance.sum_rtol``).
 
-One file (~490 lines) on purpose: it is run by path, not imported, and starts itself
+One file (~620 lines) on purpose: it is run by path, not imported, and starts itself
 again as each measured process (``--worker``), so the baselines it times and the
 harness that times them stay side by side.
 """
@@ -35,6 +40,7 @@ import argparse
 import json
 import os
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -118,13 +124,7 @@ def worker(name: str, args: list[str]) -> None:
         t0 = time.perf_counter()
         report = inspect_path(args[0])
         elapsed = time.perf_counter() - t0
-        digest = {}
-        for p in report["params"]:
-            for key, e in p["state"].items():
-                if "norm" in e:
-                    digest[f"{p['id']}.{key}"] = [e["norm"], e["min"], e["max"], e["mean"],
-                                                  e["nan"], e["inf"]]
-        out = {"compute": elapsed, "digest": digest}
+        out = {"compute": elapsed, "digest": inspect_digest(report)}
     elif name == "diff-base":
         t0 = time.perf_counter()
         sa = torch.load(args[0], mmap=True, weights_only=True)
@@ -200,6 +200,30 @@ def worker(name: str, args: list[str]) -> None:
     print(json.dumps(out))
 
 
+def inspect_digest(report: dict) -> dict:
+    """What ``inspect-base`` computes, from an inspect report (in process or ``--json``)."""
+    digest = {}
+    for p in report["params"]:
+        for key, e in p["state"].items():
+            if "norm" in e:
+                digest[f"{p['id']}.{key}"] = [e["norm"], e["min"], e["max"], e["mean"],
+                                              e["nan"], e["inf"]]
+    return digest
+
+
+def diff_digest(report: dict) -> dict:
+    """What ``diff-base`` computes, from ``diff --json --atol 1e-8 --rtol 1e-5`` (torch.allclose's
+    tolerances); max |a-b| rounded to float32 as the baseline computes it. Only differing
+    tensors are in ``changes``: the two files differ in every one."""
+    digest = {}
+    for c in report["changes"]:
+        if c["metrics"] is not None and c["path"].startswith("state["):
+            k, key = c["path"][len("state["):].split("].", 1)
+            max_abs = struct.unpack("f", struct.pack("f", c["metrics"]["max_abs"]))[0]
+            digest[f"{k}.{key}"] = [c["metrics"]["outside"] == 0, max_abs]
+    return digest
+
+
 def _sim_spec(name: str) -> tuple[str, dict, tuple[int, ...], int]:
     if name.startswith("sgd"):
         return "SGD", {"lr": 0.01, "momentum": 0.9}, (2, 2), 10_000
@@ -217,10 +241,12 @@ def sim_cli_args(name: str, out: Path) -> list[str]:
 # --------------------------------------------------------------------------- running
 
 
-def run(cmd: list[str], *, capture: bool = True) -> dict:
+def run(cmd: list[str], *, capture: bool = True, env: dict | None = None) -> dict:
     """Run ``cmd``; wall time, peak RssAnon (MB) from polling, its stdout, and its JSON
-    line if any (a ``--worker`` of this script)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+    line if any (a ``--worker`` of this script). ``env``: variables to set (a value of
+    None removes the variable)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", **(env or {})}
+    env = {k: v for k, v in env.items() if v is not None}
     # Output goes to files, not pipes: a pipe nobody reads blocks a big --json at 64 KiB.
     out_f, err_f = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     t0 = time.perf_counter()
@@ -287,6 +313,17 @@ def pairs(reps: int, a_cmd: list[str], b_cmd: list[str], files: tuple[Path, ...]
     return ra, rb
 
 
+def rounds(reps: int, cmds: list[tuple[list[str], dict]], files: tuple[Path, ...] = ()
+           ) -> list[list[dict]]:
+    """``pairs`` for more than two sides: each (command, env) once per round, in turn."""
+    out: list[list[dict]] = [[] for _ in cmds]
+    for _ in range(reps):
+        for (cmd, env), acc in zip(cmds, out, strict=True):
+            warm(*files)
+            acc.append(run(cmd, env=env))
+    return out
+
+
 def med(rs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rs)
 
@@ -319,6 +356,91 @@ def check_digests(ra: list[dict], rb: list[dict], what: str) -> str:
             "(relative) from optstate's float64 ones")
 
 
+# --------------------------------------------------------------------------- native reader
+
+# optstate as a user runs it (it picks the native reader by itself; an OPTSTATE_READER
+# inherited from the caller's shell is removed) and with the torch reader forced
+AS_USER = {"OPTSTATE_READER": None}
+TORCH_READER = {"OPTSTATE_READER": "torch"}
+
+
+def native_section(reps: int, fa: Path, fb: Path, row, notes: list[str], raw: dict) -> None:
+    """Issue #22's goals, in one run: ``inspect --no-stats`` <= 0.25x ``import torch``;
+    ``inspect`` >= 5x and ``diff`` >= 15x faster than plain torch (whole process); peak
+    anonymous memory <= 200 MB. Each beside the same command with the torch reader."""
+    size_gb = fa.stat().st_size / 1e9
+    cases = (
+        ("nostats", "`inspect --no-stats`", ours("inspect", fa, "--no-stats"),
+         [PY, "-c", "import torch"], (fa,), "import torch"),
+        ("inspect", f"`inspect` ({size_gb:.1f} GB)", ours("inspect", fa),
+         w("inspect-base", fa), (fa,), "plain-torch script"),
+        ("diff", f"`diff` (2 x {size_gb:.1f} GB)", ours("diff", fa, fb), w("diff-base", fa, fb),
+         (fa, fb), "plain-torch script"),
+    )
+    for key, label, cmd, base, files, base_label in cases:
+        rn, rt, rb = rounds(reps, [(cmd, AS_USER), (cmd, TORCH_READER), (base, {})], files)
+        raw[f"native_{key}"] = [rn, rt, rb]
+        if key == "nostats":
+            for rs, who, target in ((rn, "native reader", "<= 0.25x"),
+                                    (rt, "OPTSTATE_READER=torch", "(context)")):
+                row(f"{label}, {who} (wall)", f"{med(rs, 'wall'):.2f} s",
+                    f"{med(rb, 'wall'):.2f} s ({base_label})",
+                    f"{1 / ratio(rs, rb, 'wall'):.2f}x the import", target)
+        else:
+            for rs, who, target in ((rn, "native reader", ">= 5x" if key == "inspect"
+                                     else ">= 15x"),
+                                    (rt, "OPTSTATE_READER=torch", "(context)")):
+                row(f"{label}, {who}, whole process", f"{med(rs, 'wall'):.2f} s",
+                    f"{med(rb, 'wall'):.2f} s ({base_label})",
+                    f"{ratio(rs, rb, 'wall'):.2f}x faster", target)
+        row(f"{label}, peak anonymous memory", f"{med(rn, 'anon_mb'):.0f} MB",
+            f"{med(rb, 'anon_mb'):.0f} MB ({base_label})",
+            f"torch reader: {med(rt, 'anon_mb'):.0f} MB", "<= 200 MB")
+        if key != "nostats":
+            notes.append(native_agreement(key, fa, fb, rb))
+    notes.append("`inspect --no-stats` / `inspect` / `diff` with the native reader: "
+                 + ", ".join(f"{what} {imports_torch(args)}" for what, args in (
+                     ("--no-stats", ["inspect", str(fa), "--no-stats"]),
+                     ("inspect", ["inspect", str(fa)]), ("diff", ["diff", str(fa), str(fb)]))))
+
+
+def native_agreement(key: str, fa: Path, fb: Path, rb: list[dict]) -> str:
+    """The native reader's ``--json`` against the plain-torch baseline's digest (as
+    ``check_digests``) and against optstate's torch reader (the equivalence test's rules:
+    tests/test_reader_equivalence.py)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.test_reader_equivalence import differences
+
+    args = (["inspect", fa, "--json"] if key == "inspect"
+            else ["diff", fa, fb, "--json", "--atol", "1e-8", "--rtol", "1e-5"])
+    reports = []
+    for env in (AS_USER, TORCH_READER):
+        reports.append(json.loads(run(ours(*args), env=env)["stdout"]))
+    native, torch_json = reports
+    side = native["file"] if key == "inspect" else native["a"]
+    reader = f"reader {side.get('reader', '(not said)')}"
+    digest = inspect_digest(native) if key == "inspect" else diff_digest(native)
+    vs_base = check_digests([{"digest": digest}], rb, key)
+    diffs = differences(torch_json, native)
+    vs_torch = ("JSON identical to OPTSTATE_READER=torch's (float sums within sum_rtol)"
+                if not diffs else f"{len(diffs)} differences from OPTSTATE_READER=torch's "
+                f"JSON, e.g. {diffs[0]}")
+    return f"native {key} ({reader}): {vs_base}; {vs_torch}"
+
+
+def imports_torch(args: list[str]) -> str:
+    """'imports torch' or 'no torch', for ``optstate ARGS`` run as a user runs it."""
+    probe = subprocess.run(
+        [PY, "-c", "import sys, runpy; sys.argv = ['optstate', *sys.argv[1:]]\n"
+         "try:\n    runpy.run_module('optstate', run_name='__main__')\n"
+         "except SystemExit:\n    pass\n"
+         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)", *args],
+        capture_output=True, text=True, cwd=ROOT,
+        env={k: v for k, v in {**os.environ, "PYTHONPATH": str(ROOT)}.items()
+             if k != "OPTSTATE_READER"})
+    return "no torch" if "NO-TORCH" in probe.stderr else "imports torch"
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -342,7 +464,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, help="where to build/keep the checkpoints "
                     "(default: a folder in the system temp dir, kept for the next run)")
     ap.add_argument("--reps", type=int, default=5, help="runs per side (default 5)")
-    ap.add_argument("--only", default="startup,inspect,diff,nostats,simulate,cold",
+    ap.add_argument("--only", default="startup,inspect,diff,nostats,native,simulate,cold",
                     help="comma-separated sections to run")
     ap.add_argument("--json", type=Path, help="also write all raw measurements here")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -370,7 +492,7 @@ def main() -> None:
 
     print(f"load before: {os.getloadavg()}", file=sys.stderr)
     fa = fb = None
-    if only & {"inspect", "diff", "nostats", "cold"}:
+    if only & {"inspect", "diff", "nostats", "native", "cold"}:
         fa, fb = build_files(workdir, n)
         size_gb = fa.stat().st_size / 1e9
 
@@ -440,6 +562,9 @@ def main() -> None:
             row(label, f"{med(ra, 'wall'):.2f} s", f"{med(rb, 'wall'):.2f} s{base_label}",
                 f"{extra:+.2f} s", target)
             raw[key] = [ra, rb]
+
+    if "native" in only:
+        native_section(reps, fa, fb, row, notes, raw)
 
     if "simulate" in only:
         out = workdir / "sim.pt"
