@@ -1,7 +1,8 @@
 /* optstate.numeric._ckernels: one fused pass over a block of a tensor pair (issue #6).
  *
  * optstate/numeric/pair_kernel.py calls pair_block() for each block of two same-shape
- * contiguous tensors (float32, float64, bfloat16 or float16, in any combination), and
+ * contiguous tensors (float32, float64, bfloat16, float16, the four float8 formats, the
+ * integers and bool: any combination of the kinds below), and
  * kernels.py moments_block() for each block of one. Every element is widened to double
  * and every statistic of pair_kernel.compare() comes from that one read:
  * the count outside torch.isclose's tolerance, max |a - b|, max |a - b| / |b|, and both
@@ -25,8 +26,49 @@
 #include <stdint.h>
 #include <string.h>
 
-enum { F32 = 0, F64 = 1, BF16 = 2, F16 = 3 };
+/* Element kinds: kernel_switch.C_KINDS says which dtype name each one is. */
+enum { F32 = 0, F64 = 1, BF16 = 2, F16 = 3, F8E4M3FN = 4, F8E5M2 = 5, F8E4M3FNUZ = 6,
+       F8E5M2FNUZ = 7, I8 = 8, U8 = 9, I16 = 10, I32 = 11, I64 = 12, BOOL = 13, U16 = 14,
+       U32 = 15, U64 = 16, NKINDS = 17 };
 #define LANE 256
+
+/* The four float8 formats decoded through 256-entry tables, filled once at import
+ * (fp8_init): every code's value as torch converts it to float32, then exactly to double
+ * (the tests check all 256 codes of each against torch). Layout: sign bit, then
+ * exponent bits, then mantissa bits; "fn" formats have no infinities (e4m3fn: only
+ * S.1111.111 is NaN); "fnuz" formats have no negative zero either (0x80 is their only
+ * NaN) and an exponent bias one larger. */
+static double fp8_table[4][256];
+
+static double fp8_decode(unsigned code, int exp_bits, int man_bits, int bias, int fn, int uz)
+{
+    unsigned sign = code >> 7;
+    unsigned exp = (code >> man_bits) & ((1u << exp_bits) - 1u);
+    unsigned man = code & ((1u << man_bits) - 1u);
+    unsigned exp_max = (1u << exp_bits) - 1u;
+    if (uz && code == 0x80u)
+        return NAN;
+    if (!fn && exp == exp_max)                     /* e5m2: IEEE-like inf / nan */
+        return man == 0 ? (sign ? -INFINITY : INFINITY) : NAN;
+    if (fn && !uz && exp == exp_max && man == (1u << man_bits) - 1u)
+        return NAN;                                /* e4m3fn: S.1111.111 */
+    double v;
+    if (exp == 0)                                  /* subnormal: man * 2^(1-bias-man_bits) */
+        v = ldexp((double)man, 1 - bias - man_bits);
+    else
+        v = ldexp((double)((1u << man_bits) | man), (int)exp - bias - man_bits);
+    return sign ? -v : v;
+}
+
+static void fp8_init(void)
+{
+    for (unsigned c = 0; c < 256; c++) {
+        fp8_table[0][c] = fp8_decode(c, 4, 3, 7, 1, 0);   /* float8_e4m3fn */
+        fp8_table[1][c] = fp8_decode(c, 5, 2, 15, 0, 0);  /* float8_e5m2 */
+        fp8_table[2][c] = fp8_decode(c, 4, 3, 8, 1, 1);   /* float8_e4m3fnuz */
+        fp8_table[3][c] = fp8_decode(c, 5, 2, 16, 1, 1);  /* float8_e5m2fnuz */
+    }
+}
 
 
 static inline double load_bf16(const void *p, Py_ssize_t i)
@@ -79,6 +121,8 @@ static inline void acc_add(Acc *a, double x)
 
 typedef struct {
     Py_ssize_t n_out, fin_a, fin_b;
+    /* pairs with a non-finite value, by kind (pair_kernel.NONFINITE_KINDS) */
+    Py_ssize_t nan_a_only, nan_b_only, inf_a_only, inf_b_only, nan_both;
     int has_abs, has_rel, nz_a, nz_b;
     double max_abs, max_rel;
     Acc sqa, sqb;
@@ -116,9 +160,15 @@ static inline void pair_one(double x, double y, double atol, double rtol, int na
         r->fin_a++;
         r->fin_b++;
     } else {
-        int both_nan = isnan(x) && isnan(y);
+        int nx = isnan(x), ny = isnan(y);
+        int both_nan = nx && ny;
         if (!(x == y || (nan_equal && both_nan)))
             r->n_out++;
+        r->nan_a_only += nx && !ny;
+        r->nan_b_only += ny && !nx;
+        r->inf_a_only += !fx && !nx && fy;
+        r->inf_b_only += !fy && !ny && fx;
+        r->nan_both += both_nan;
         if (fx) {
             *qa += x * x;
             r->nz_a |= x != 0.0;
@@ -157,8 +207,48 @@ static void widen_f16(const void *p, Py_ssize_t i0, Py_ssize_t k, double *out)
         out[i] = load_f16(p, i0 + i);
 }
 
+#define DEFINE_WIDEN_TABLE(NAME, T)                                                         \
+    static void NAME(const void *p, Py_ssize_t i0, Py_ssize_t k, double *out)               \
+    {                                                                                       \
+        const uint8_t *s = (const uint8_t *)p + i0;                                         \
+        for (Py_ssize_t i = 0; i < k; i++)                                                  \
+            out[i] = fp8_table[T][s[i]];                                                    \
+    }
+DEFINE_WIDEN_TABLE(widen_f8e4m3fn, 0)
+DEFINE_WIDEN_TABLE(widen_f8e5m2, 1)
+DEFINE_WIDEN_TABLE(widen_f8e4m3fnuz, 2)
+DEFINE_WIDEN_TABLE(widen_f8e5m2fnuz, 3)
+
+/* Integers convert as C (and torch's .double()) converts them: exactly below 2**53, to
+ * nearest beyond. bool: 0 or 1. */
+#define DEFINE_WIDEN_INT(NAME, T)                                                           \
+    static void NAME(const void *p, Py_ssize_t i0, Py_ssize_t k, double *out)               \
+    {                                                                                       \
+        const T *s = (const T *)p + i0;                                                     \
+        for (Py_ssize_t i = 0; i < k; i++)                                                  \
+            out[i] = (double)s[i];                                                          \
+    }
+DEFINE_WIDEN_INT(widen_i8, int8_t)
+DEFINE_WIDEN_INT(widen_u8, uint8_t)
+DEFINE_WIDEN_INT(widen_i16, int16_t)
+DEFINE_WIDEN_INT(widen_i32, int32_t)
+DEFINE_WIDEN_INT(widen_i64, int64_t)
+DEFINE_WIDEN_INT(widen_u16, uint16_t)
+DEFINE_WIDEN_INT(widen_u32, uint32_t)
+DEFINE_WIDEN_INT(widen_u64, uint64_t)
+
+static void widen_bool(const void *p, Py_ssize_t i0, Py_ssize_t k, double *out)
+{
+    const uint8_t *s = (const uint8_t *)p + i0;
+    for (Py_ssize_t i = 0; i < k; i++)
+        out[i] = s[i] != 0 ? 1.0 : 0.0;
+}
+
 typedef void (*widen_fn)(const void *, Py_ssize_t, Py_ssize_t, double *);
-static const widen_fn WIDEN[4] = {widen_f32, widen_f64, widen_bf16, widen_f16};
+static const widen_fn WIDEN[NKINDS] = {
+    widen_f32, widen_f64, widen_bf16, widen_f16, widen_f8e4m3fn, widen_f8e5m2,
+    widen_f8e4m3fnuz, widen_f8e5m2fnuz, widen_i8, widen_u8, widen_i16, widen_i32,
+    widen_i64, widen_bool, widen_u16, widen_u32, widen_u64};
 
 /* The fast loop, written once for the compiler's portable vector types (GCC/Clang
  * vector extensions): VW doubles per vector; comparisons give all-ones / zero lane masks.
@@ -467,7 +557,7 @@ static PyObject *moments_block(PyObject *self, PyObject *args)
     int kind;
     if (!PyArg_ParseTuple(args, "Kni", &p, &n, &kind))
         return NULL;
-    if (kind < 0 || kind > 3 || n < 0) {
+    if (kind < 0 || kind >= NKINDS || n < 0) {
         PyErr_SetString(PyExc_ValueError, "moments_block: bad kind or length");
         return NULL;
     }
@@ -484,9 +574,12 @@ static PyObject *moments_block(PyObject *self, PyObject *args)
 
 PyDoc_STRVAR(pair_block_doc,
 "pair_block(ptr_a, ptr_b, n, kind_a, kind_b, atol, rtol, nan_equal)\n"
-"-> (n_outside, max_abs, max_rel, sumsq_a, sumsq_b, finite_a, finite_b, nonzero_a, nonzero_b)\n\n"
+"-> (n_outside, max_abs, max_rel, sumsq_a, sumsq_b, finite_a, finite_b, nonzero_a, nonzero_b,\n"
+"    (nan_a_only, nan_b_only, inf_a_only, inf_b_only, nan_both))\n\n"
 "One pass over n contiguous elements at the two addresses (kinds: 0 float32, 1 float64,\n"
-"2 bfloat16, 3 float16). The caller keeps both tensors alive during the call.");
+"2 bfloat16, 3 float16, 4-7 float8 e4m3fn/e5m2/e4m3fnuz/e5m2fnuz, 8 int8, 9 uint8,\n"
+"10 int16, 11 int32, 12 int64, 13 bool, 14 uint16, 15 uint32, 16 uint64: kernel_switch\n"
+".C_KINDS). The caller keeps both tensors alive during the call.");
 
 static PyObject *pair_block(PyObject *self, PyObject *args)
 {
@@ -496,7 +589,7 @@ static PyObject *pair_block(PyObject *self, PyObject *args)
     double atol, rtol;
     if (!PyArg_ParseTuple(args, "KKniiddp", &pa, &pb, &n, &ka, &kb, &atol, &rtol, &nan_equal))
         return NULL;
-    if (ka < 0 || ka > 3 || kb < 0 || kb > 3 || n < 0) {
+    if (ka < 0 || ka >= NKINDS || kb < 0 || kb >= NKINDS || n < 0) {
         PyErr_SetString(PyExc_ValueError, "pair_block: bad kind or length");
         return NULL;
     }
@@ -506,9 +599,10 @@ static PyObject *pair_block(PyObject *self, PyObject *args)
     pair_any((const void *)(uintptr_t)pa, (const void *)(uintptr_t)pb, ka, kb, n, atol, rtol,
              nan_equal, &r);
     Py_END_ALLOW_THREADS
-    return Py_BuildValue("nNNddnnii", r.n_out, or_none(r.has_abs, r.max_abs),
+    return Py_BuildValue("nNNddnnii(nnnnn)", r.n_out, or_none(r.has_abs, r.max_abs),
                          or_none(r.has_rel, r.max_rel), r.sqa.s + r.sqa.c, r.sqb.s + r.sqb.c,
-                         r.fin_a, r.fin_b, r.nz_a, r.nz_b);
+                         r.fin_a, r.fin_b, r.nz_a, r.nz_b, r.nan_a_only, r.nan_b_only,
+                         r.inf_a_only, r.inf_b_only, r.nan_both);
 }
 
 PyDoc_STRVAR(vector_paths_doc,
@@ -538,10 +632,37 @@ static PyObject *vector_paths(PyObject *self, PyObject *args)
     return Py_BuildValue("(ss)s", "2-lane", can ? "avx2" : "", use_avx2 ? "avx2" : "2-lane");
 }
 
+PyDoc_STRVAR(fp8_values_doc,
+"fp8_values(kind) -> the 256 values of a float8 kind's codes (4-7), as the kernel decodes them.");
+
+static PyObject *fp8_values(PyObject *self, PyObject *args)
+{
+    int kind;
+    if (!PyArg_ParseTuple(args, "i", &kind))
+        return NULL;
+    if (kind < F8E4M3FN || kind > F8E5M2FNUZ) {
+        PyErr_SetString(PyExc_ValueError, "fp8_values: not a float8 kind");
+        return NULL;
+    }
+    PyObject *out = PyList_New(256);
+    if (out == NULL)
+        return NULL;
+    for (int c = 0; c < 256; c++) {
+        PyObject *v = PyFloat_FromDouble(fp8_table[kind - F8E4M3FN][c]);
+        if (v == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, c, v);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"pair_block", pair_block, METH_VARARGS, pair_block_doc},
     {"vector_paths", vector_paths, METH_VARARGS, vector_paths_doc},
     {"moments_block", moments_block, METH_VARARGS, moments_block_doc},
+    {"fp8_values", fp8_values, METH_VARARGS, fp8_values_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -553,6 +674,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__ckernels(void)
 {
+    fp8_init();
 #ifdef HAVE_AVX2_PATH
     __builtin_cpu_init();
     use_avx2 = __builtin_cpu_supports("avx2") != 0;

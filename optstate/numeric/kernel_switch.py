@@ -11,6 +11,11 @@ not built, torch runs and the numbers are the same (the tests run every case bot
   ``current_path`` says which one runs; ``available_paths`` lists them.
 - ``active_c_kernel`` is how the reductions ask, once per run of blocks.
 
+The same switch serves the tensors of the native reader (``io/native_tensor.py``,
+``numeric/native_kernels.py``): on a C path their contiguous blocks run through the C
+kernel at their mapped address; on "torch" (no C kernel) they run through numpy, since
+they have no torch to run on. No torch import here: element kinds are keyed by dtype name.
+
 Example: ``with use_path("torch"): summarize(t)`` gives what an install without the C
 kernel gives.
 """
@@ -20,8 +25,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from types import ModuleType
-
-import torch
 
 from optstate.base.native import c_disabled
 
@@ -39,8 +42,22 @@ if not C_DISABLED:
 # Reductions use the C kernel where it applies; switched by use_path only.
 _use_c = _ckernels is not None
 
-# dtype -> the C kernel's element kind (other dtypes always take the torch path)
-C_KINDS = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+# dtype name -> the C kernel's element kind (its enum in _ckernels.c; other dtypes, and
+# complex, never take it). Every kind widens to float64 exactly, as torch's ``.double()``
+# does (int64/uint64 beyond 2**53 round to nearest, in both).
+C_KINDS = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3,
+           "float8_e4m3fn": 4, "float8_e5m2": 5, "float8_e4m3fnuz": 6, "float8_e5m2fnuz": 7,
+           "int8": 8, "uint8": 9, "int16": 10, "int32": 11, "int64": 12, "bool": 13,
+           "uint16": 14, "uint32": 15, "uint64": 16}
+
+# The kinds torch tensors take the C kernel for (the others run in torch, as they always
+# have); the native reader's tensors take every kind in C_KINDS.
+TORCH_C_KINDS = {name: C_KINDS[name] for name in ("float32", "float64", "bfloat16", "float16")}
+
+
+def torch_c_kind(dtype: object) -> int | None:
+    """The C kernel's kind for a torch dtype (None: the torch path)."""
+    return TORCH_C_KINDS.get(str(dtype).removeprefix("torch."))
 
 # The ways a reduction can run: the C kernel's AVX2 loop, its 2-lane loop (SSE2 / NEON),
 # or torch operations on a float64 buffer. All give the same numbers (tested).

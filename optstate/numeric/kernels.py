@@ -30,6 +30,14 @@ Exactness (what the tests check against plain torch on the whole tensor):
 Each block runs through the optional C kernel when ``kernel_switch.active_c_kernel()``
 gives it (the same numbers from one pass over the source memory, no float64 buffer),
 else through the torch code here; the tests run every case on every path.
+
+The native reader's tensors (``io/native_tensor.NativeTensor``: no torch) take the same
+blocks, runs and combination in ``native_kernels.py``: the C kernel at their mapped address,
+else numpy. This module imports torch only inside the functions that run torch code.
+
+About 440 lines on purpose: the blocks, runs, threads and exact combination here are the
+one machinery that the pair comparison and the native tensors' path reuse; split, the
+exactness argument above would be spread over files.
 """
 
 from __future__ import annotations
@@ -39,11 +47,14 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
-
-import torch
+from typing import TYPE_CHECKING
 
 from optstate.io import readguard
-from optstate.numeric.kernel_switch import C_KINDS, active_c_kernel
+from optstate.io.native_tensor import NativeTensor
+from optstate.numeric.kernel_switch import active_c_kernel, torch_c_kind
+
+if TYPE_CHECKING:
+    import torch
 
 # 256 Ki elements: a 2 MiB float64 buffer, inside a 4 MiB L2 cache with room for the
 # source block; measured fastest on this project's reference machine (128 Ki-256 Ki).
@@ -108,7 +119,7 @@ def blocks(*tensors: torch.Tensor, limit: int | None = None) -> Iterator[tuple]:
     """Corresponding blocks of same-shape tensors: flat slices when all are contiguous
     (the usual case for optimizer state), shape-based blocks otherwise."""
     limit = limit or CHUNK_ELEMENTS
-    if all(t.is_contiguous() for t in tensors):
+    if all(t.is_contiguous() for t in tensors):  # (flat views: torch tensors only)
         flats = [t.reshape(-1) for t in tensors]
         n = flats[0].numel()
         for i in range(0, n, limit):
@@ -124,6 +135,8 @@ def one_thread() -> Iterator[None]:
     microseconds) to repay an OpenMP fork/join; when the cores are shared with other
     processes each join waits for a scheduler slice, and the same pass measured 4-7x
     slower on two threads than on one."""
+    import torch
+
     before = torch.get_num_threads()
     if before == 1:
         yield
@@ -137,19 +150,28 @@ def one_thread() -> Iterator[None]:
 
 def widen(buf: torch.Tensor, piece: torch.Tensor) -> torch.Tensor:
     """Copy ``piece`` into the front of the float64 ``buf``; return that flat view."""
-    k = piece.numel()
+    k = piece.numel()  # (buf and piece: torch tensors)
     out = buf[:k]
     (out if piece.dim() == 1 else out.view(piece.shape)).copy_(piece)
     return out
 
 
 def _buffer(t: torch.Tensor) -> torch.Tensor:
+    import torch
+
     return torch.empty(min(max(t.numel(), 1), CHUNK_ELEMENTS), dtype=torch.float64)
 
 
 def moments(t: torch.Tensor, *, progress: ByteProgress | None = None) -> Moments:
-    """All value statistics of a real, bool or integer tensor in one chunked pass."""
+    """All value statistics of a real, bool or integer tensor in one chunked pass (a
+    torch tensor, or a ``NativeTensor``: ``native_kernels.moments``)."""
     readguard.check()  # its file may have been truncated since it was mapped
+    if isinstance(t, NativeTensor):
+        from optstate.numeric import native_kernels
+
+        return native_kernels.moments(t, progress)
+    import torch
+
     workers = torch.get_num_threads()
     with one_thread():
         return _moments(t, progress, workers)
@@ -206,6 +228,13 @@ def _moments(t: torch.Tensor, progress: ByteProgress | None, workers: int = 1) -
     esize = t.element_size()
     parts = in_runs(lambda pieces: _moments_run(pieces, progress, esize),
                      list(blocks(t)), workers)
+    return combine_parts(parts, numel, lambda peak: _rescaled_norm(t, peak, _buffer(t)))
+
+
+def combine_parts(parts: list[_Part], numel: int,
+                  rescaled_norm: Callable[[float], float]) -> Moments:
+    """The moments of a tensor from its runs' parts; ``rescaled_norm(peak)`` is called
+    (rarely) for the norm when the sum of squares left the float64 range."""
     nan = sum(p.nan for p in parts)
     inf = sum(p.inf for p in parts)
     zeros = sum(p.zeros for p in parts)
@@ -218,7 +247,7 @@ def _moments(t: torch.Tensor, progress: ByteProgress | None, workers: int = 1) -
     norm = math.sqrt(ss)
     peak = max(abs(lo), abs(hi))
     if math.isinf(ss) or (ss < TINY and peak > 0.0):
-        norm = _rescaled_norm(t, peak, _buffer(t))
+        norm = rescaled_norm(peak)
     return Moments(numel, finite, nan, inf, zeros, fsum([q for p in parts for q in p.sums]),
                    fsum([q for p in parts for q in p.sumabs]), ss, lo, hi, norm)
 
@@ -253,13 +282,15 @@ def merge_moments(parts: list[Moments]) -> Moments:
 def _moments_run(pieces: list[tuple], progress: ByteProgress | None, esize: int) -> _Part:
     part = _Part()
     ck = active_c_kernel()
-    kind = C_KINDS.get(pieces[0][0].dtype) if ck is not None and pieces else None
+    kind = torch_c_kind(pieces[0][0].dtype) if ck is not None and pieces else None
     buf = None
     for (piece,) in pieces:
         if kind is not None and piece.is_contiguous():
             _c_moments(ck, part, piece, kind)
         else:
             if buf is None:
+                import torch
+
                 size = max((p.numel() for (p,) in pieces), default=1) or 1
                 buf = torch.empty(size, dtype=torch.float64)
             _torch_moments(part, piece, buf)
@@ -290,6 +321,8 @@ def _c_moments(ck: ModuleType, part: _Part, piece: torch.Tensor, kind: int) -> N
 
 def _torch_moments(part: _Part, piece: torch.Tensor, buf: torch.Tensor) -> None:
     """One block in torch: widened into the reused float64 ``buf``, reduced there."""
+    import torch
+
     b = widen(buf, piece)
     k = b.numel()
     s = float(b.sum())
@@ -331,11 +364,17 @@ def finite_norm(t: torch.Tensor) -> float | None:
     """The norm of ``t``'s finite elements (None: none), rescaled where their squares leave
     the float64 range: the rare second pass of ``pair_kernel.compare``, which has made
     the read check already."""
+    if isinstance(t, NativeTensor):
+        from optstate.numeric import native_kernels
+
+        return native_kernels.moments(t, None).norm
     return _moments(t, None).norm
 
 
 def _rescaled_norm(t: torch.Tensor, peak: float, buf: torch.Tensor) -> float:
     """peak * ||t / peak||: the norm of values whose squares leave the float64 range."""
+    import torch
+
     parts: list[float] = []
     for (piece,) in blocks(t):
         b = widen(buf, piece)
@@ -357,6 +396,8 @@ def norm_fn(tensors: list[torch.Tensor]) -> Callable[[], float]:
     big tensors run on up to ``torch.get_num_threads()`` worker threads (each block's
     float64 dot is the same on any thread and the parts are summed exactly, so the
     value does not depend on the thread count)."""
+    import torch
+
     small: list[tuple[torch.Tensor, bool]] = []
     pieces: list[tuple] = []
     for t in tensors:
@@ -370,7 +411,7 @@ def norm_fn(tensors: list[torch.Tensor]) -> Callable[[], float]:
     workers = torch.get_num_threads()
 
     def norm() -> float:
-        parts: list[float] = []
+        parts: list[float] = []  # (torch is imported: the tensors exist)
         for x, flatten in small:
             x = (x.reshape(-1) if flatten else x).double()
             parts.append(float(torch.dot(x, x)))
@@ -384,6 +425,8 @@ def norm_fn(tensors: list[torch.Tensor]) -> Callable[[], float]:
 
 
 def _sumsq_run(pieces: list[tuple]) -> list[float]:
+    import torch
+
     size = max(p.numel() for (p,) in pieces)
     buf = torch.empty(size, dtype=torch.float64)
     out = []

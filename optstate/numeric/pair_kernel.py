@@ -10,6 +10,11 @@ Counts and maxima are exact; the norms agree with torch's float64 ones to
 (``nan_a_only`` ...: ``PairStats``), so a reader learns why they are outside while the
 maxima, over finite pairs, say nothing of them.
 
+Two ``NativeTensor``s (the native reader's, no torch) are compared by
+``native_kernels.compare`` over the same blocks: the C kernel at their mapped addresses,
+else numpy; a native tensor is never compared with a torch tensor (diff reads both files
+with one reader). torch is imported only inside the functions that run torch code.
+
 Example: ``compare(a, b, rtol=1e-5).n_outside``.
 """
 
@@ -18,11 +23,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from types import ModuleType
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from optstate.io import readguard
-from optstate.numeric.kernel_switch import C_KINDS, active_c_kernel
+from optstate.io.native_tensor import NativeTensor
+from optstate.numeric.kernel_switch import active_c_kernel, torch_c_kind
 from optstate.numeric.kernels import (
     TINY,
     ByteProgress,
@@ -33,6 +38,9 @@ from optstate.numeric.kernels import (
     one_thread,
     widen,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -60,7 +68,14 @@ NONFINITE_KINDS = ("nan_a_only", "nan_b_only", "inf_a_only", "inf_b_only", "nan_
 def nonfinite_counts(a: torch.Tensor, b: torch.Tensor) -> dict[str, int]:
     """The pairs of the same-shape ``a`` and ``b`` (any dtypes, complex too: NaN or Inf in
     either part) with a non-finite value, by kind (``NONFINITE_KINDS``): one definition
-    for every path (the C kernel's blocks, the torch blocks, complex tensors)."""
+    for every path (the C kernel's blocks, the torch blocks, complex tensors; two
+    ``NativeTensor``s: ``native_kernels.nonfinite_counts``)."""
+    if isinstance(a, NativeTensor):
+        from optstate.numeric import native_kernels
+
+        return native_kernels.nonfinite_counts(a, b)
+    import torch
+
     na, nb = torch.isnan(a), torch.isnan(b)
     fa, fb = torch.isfinite(a), torch.isfinite(b)
     return {"nan_a_only": int((na & ~nb).sum()), "nan_b_only": int((nb & ~na).sum()),
@@ -71,8 +86,16 @@ def nonfinite_counts(a: torch.Tensor, b: torch.Tensor) -> dict[str, int]:
 def compare(a: torch.Tensor, b: torch.Tensor, *, atol: float = 0.0, rtol: float = 0.0,
             nan_equal: bool = True, progress: ByteProgress | None = None) -> PairStats:
     """max |a - b|, elements outside ``atol + rtol * |b|``, max relative difference and
-    both norms, in one chunked pass over the pair (float64 throughout)."""
+    both norms, in one chunked pass over the pair (float64 throughout). Both torch
+    tensors, or both ``NativeTensor``s (``native_kernels.compare``)."""
     readguard.check()  # their files may have been truncated since they were mapped
+    if isinstance(a, NativeTensor) or isinstance(b, NativeTensor):
+        from optstate.numeric import native_kernels
+
+        return native_kernels.compare(a, b, atol=atol, rtol=rtol, nan_equal=nan_equal,
+                                      progress=progress)
+    import torch
+
     workers = torch.get_num_threads()
     with one_thread():
         return _compare(a, b, atol, rtol, nan_equal, progress, workers)
@@ -106,6 +129,12 @@ def _compare(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, nan_equ
     esize = a.element_size() + b.element_size()
     parts = in_runs(lambda run: _compare_run(run, atol, rtol, nan_equal, progress, esize),
                      pairs, workers)
+    return combine_pair_parts(parts, a, b)
+
+
+def combine_pair_parts(parts: list[_PairPart], a: Any, b: Any) -> PairStats:
+    """The comparison of ``a`` and ``b`` from its runs' parts (the norms rescaled by a
+    second pass over ``a`` or ``b`` where their squares left the float64 range)."""
     maxes_abs = [p.max_abs for p in parts if p.max_abs is not None]
     maxes_rel = [p.max_rel for p in parts if p.max_rel is not None]
     norm_a = _norm_from(a, [q for p in parts for q in p.sqa], sum(p.fin_a for p in parts),
@@ -125,7 +154,7 @@ def _compare_run(pairs: list[tuple], atol: float, rtol: float, nan_equal: bool,
     ck = active_c_kernel()
     if ck is not None and pairs:
         pa, pb = pairs[0]
-        kinds = (C_KINDS.get(pa.dtype), C_KINDS.get(pb.dtype))
+        kinds = (torch_c_kind(pa.dtype), torch_c_kind(pb.dtype))
         if None in kinds:
             kinds = None
     bufs = None
@@ -135,6 +164,8 @@ def _compare_run(pairs: list[tuple], atol: float, rtol: float, nan_equal: bool,
             _c_pair(ck, part, pa, pb, kinds, atol, rtol, nan_equal)
         else:
             if bufs is None:
+                import torch
+
                 size = max((x.numel() for x, _ in pairs), default=1) or 1
                 bufs = (*(torch.empty(size, dtype=torch.float64) for _ in range(3)),
                         torch.empty(size, dtype=torch.bool))
@@ -147,8 +178,17 @@ def _compare_run(pairs: list[tuple], atol: float, rtol: float, nan_equal: bool,
 def _c_pair(ck: ModuleType, part: _PairPart, pa: torch.Tensor, pb: torch.Tensor,
             kinds: tuple[int, int], atol: float, rtol: float, nan_equal: bool) -> None:
     """One block through the C kernel ``ck``: the same numbers as ``_torch_pair``."""
-    n_out, m, r, qa, qb, fa, fb, nza, nzb = ck.pair_block(
+    res = ck.pair_block(
         pa.data_ptr(), pb.data_ptr(), pa.numel(), kinds[0], kinds[1], atol, rtol, nan_equal)
+    if add_c_block(part, res, pa.numel()):  # rare: count the non-finite pairs in torch
+        part.count_nonfinite(pa, pb)
+
+
+def add_c_block(part: _PairPart, res: tuple, k: int) -> bool:
+    """One block's ``pair_block`` result ``res`` (over ``k`` pairs) into its run's part;
+    True when the block had a non-finite value (its pairs are then counted by kind:
+    ``res[9]`` has them, in ``NONFINITE_KINDS`` order)."""
+    n_out, m, r, qa, qb, fa, fb, nza, nzb, _ = res
     part.n_out += n_out
     if m is not None:
         part.max_abs = m if part.max_abs is None else max(part.max_abs, m)
@@ -158,15 +198,16 @@ def _c_pair(ck: ModuleType, part: _PairPart, pa: torch.Tensor, pb: torch.Tensor,
     part.wide_b = part.wide_b or math.isinf(qb) or (qb < TINY and bool(nzb))
     part.fin_a += fa
     part.fin_b += fb
-    if fa != pa.numel() or fb != pa.numel():  # rare: count the non-finite pairs in torch
-        part.count_nonfinite(pa, pb)
     part.sqa.append(qa)
     part.sqb.append(qb)
+    return fa != k or fb != k
 
 
 def _torch_pair(part: _PairPart, pa: torch.Tensor, pb: torch.Tensor, bufs: tuple,
                 atol: float, rtol: float, nan_equal: bool) -> None:
     """One block in torch: widened into reused float64 buffers, reduced there."""
+    import torch
+
     bufa, bufb, bufd, flags = bufs
     xa, xb = widen(bufa, pa), widen(bufb, pb)
     k = xa.numel()

@@ -12,15 +12,22 @@ a span (1 + sum over dimensions of (size-1)*stride) smaller than the number of e
 (then two indices must share an element). A view that overlaps without either sign still
 has numel <= span <= its storage's size (torch refuses views that leave their storage), so
 reading it element by element is bounded by the bytes stored anyway.
+
+Both functions take torch tensors and the native reader's ``NativeTensor``s (no torch
+import here; a native tensor's distinct elements are a ``NativeTensor`` too: a strided
+view of the same storage, or the gathered elements' bytes, found with numpy).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from optstate.io.native_tensor import NativeTensor
 from optstate.io.walk import covered_elements
+
+if TYPE_CHECKING:
+    import torch
 
 EXPANDED = "expanded"  # a dimension of size > 1 with stride 0
 OVERLAPPING = "overlapping"  # fewer storage elements in its span than elements
@@ -29,7 +36,7 @@ OVERLAPPING = "overlapping"  # fewer storage elements in its span than elements
 def repeated_view(t: torch.Tensor) -> str | None:
     """``EXPANDED`` or ``OVERLAPPING`` when ``t`` (a strided, non-meta tensor) must repeat
     stored elements, from its sizes and strides alone; None otherwise."""
-    if t.layout != torch.strided or t.is_meta:
+    if str(t.layout).removeprefix("torch.") != "strided" or t.is_meta:
         return None
     shape, stride = tuple(t.shape), t.stride()
     numel = math.prod(shape)
@@ -40,7 +47,7 @@ def repeated_view(t: torch.Tensor) -> str | None:
     return OVERLAPPING if covered_elements(shape, stride) < numel else None
 
 
-def distinct_elements(t: torch.Tensor) -> torch.Tensor:
+def distinct_elements(t: Any) -> Any:
     """The distinct storage elements ``t`` covers, each once, as a tensor: a strided view of
     the same storage when the view minus its stride-0 dimensions no longer overlaps (each
     stride beyond the extent of the smaller ones), else the covered elements of its span,
@@ -55,10 +62,22 @@ def distinct_elements(t: torch.Tensor) -> torch.Tensor:
     for s, n in dims:
         disjoint = disjoint and s > extent
         extent += (n - 1) * s
+    native = isinstance(t, NativeTensor)
     if disjoint:
-        return t.as_strided([n for _, n in dims], [s for s, _ in dims], offset)
+        shape, stride = [n for _, n in dims], [s for s, _ in dims]
+        if native:
+            return _native_view(t, shape, stride, offset)
+        return t.as_strided(shape, stride, offset)
     span = extent + 1
-    covered = torch.zeros(span, dtype=torch.bool)
+    if native:
+        from optstate.numeric.native_kernels import numpy_or_signal
+
+        np = numpy_or_signal("the distinct elements of an overlapping view")
+        covered = np.zeros(span, dtype=bool)
+    else:
+        import torch
+
+        covered = torch.zeros(span, dtype=torch.bool)
     covered[0] = True
     for s, n in dims:
         # offsets so far, plus i*s for i < n: doubling the copies made (have) each time,
@@ -66,7 +85,20 @@ def distinct_elements(t: torch.Tensor) -> torch.Tensor:
         have = 1
         while have < n:
             shift = min(have, n - have) * s
-            covered[shift:] |= covered[:span - shift].clone()
+            covered[shift:] |= covered[:span - shift].copy() if native else \
+                covered[:span - shift].clone()
             have += min(have, n - have)
+    if native:
+        base = _native_view(t, [span], [1], offset)
+        if bool(covered.all()):
+            return base
+        from optstate.numeric.native_kernels import gathered
+
+        return gathered(base, covered)
     base = t.as_strided((span,), (1,), offset)
     return base if bool(covered.all()) else base[covered]
+
+
+def _native_view(t: NativeTensor, shape: list[int], stride: list[int],
+                 offset: int) -> NativeTensor:
+    return NativeTensor(t.storage, t.dtype, tuple(shape), tuple(stride), offset)
