@@ -412,10 +412,23 @@ _STORAGES = {"DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage
 
 
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
-                    hooks: Any, *rest: Any) -> tuple[Any, ...]:
-    if hooks or rest and rest[0]:  # backward hooks, or tensor metadata (python attrs)
+                    hooks: Any, metadata: Any = None) -> tuple[Any, ...]:
+    if hooks or metadata:  # backward hooks, or tensor metadata (python attrs)
         raise NativeUnsupported("a chunk is more than a plain tensor")
     return ("tensor", storage, offset, tuple(size), tuple(stride))
+
+
+def _rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
+                       hooks: Any, dtype: Any, metadata: Any = None) -> tuple[Any, ...]:
+    """The newer dtypes (float8, uint16 ...): an untyped storage and the dtype apart."""
+    if not (isinstance(storage, tuple) and storage[1] is _UNTYPED
+            and isinstance(dtype, NativeDtype)):
+        raise NativeUnsupported("a chunk's storage is not an untyped one")
+    typed = ("storage", dtype, storage[2], storage[3] // dtype.itemsize)
+    return _rebuild_tensor(typed, offset, size, stride, requires_grad, hooks, metadata)
+
+
+_UNTYPED = "UntypedStorage"  # its numel counts bytes
 
 
 class _ChunkUnpickler(pickle.Unpickler):
@@ -424,8 +437,12 @@ class _ChunkUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
             return _rebuild_tensor
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v3"):
+            return _rebuild_tensor_v3
         if (module, name) == ("collections", "OrderedDict"):
             return OrderedDict
+        if (module, name) == ("torch.storage", "UntypedStorage"):
+            return _UNTYPED
         if module == "torch" and name in _STORAGES:
             return DTYPES[_STORAGES[name]]
         if module == "torch" and name in DTYPES:
@@ -434,7 +451,8 @@ class _ChunkUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], NativeDtype) and isinstance(pid[2], str)
+                and (isinstance(pid[1], NativeDtype) or pid[1] is _UNTYPED)
+                and isinstance(pid[2], str)
                 and _is_index(pid[4])):
             raise NativeUnsupported("a chunk names an odd storage")
         return ("storage", pid[1], pid[2], pid[4])
@@ -500,8 +518,8 @@ def _copy_chunk(dst: memoryview, shape: tuple[int, ...], chunk: NativeTensor,
             break
         run *= sizes[d]
         j = d
-    if run == 1 and n and sizes[-1] > 1 and strides[-1] != 1:
-        raise NativeUnsupported("a chunk stored with a strided last dimension")
+    if run == 1 and chunk.numel() > 4096 and _copy_with_numpy(dst, shape, chunk, offsets):
+        return  # element by element: numpy when it is there
     src = chunk.storage.buffer
     nbytes = run * size
     base_src = chunk.storage_offset()
@@ -510,6 +528,20 @@ def _copy_chunk(dst: memoryview, shape: tuple[int, ...], chunk: NativeTensor,
         s = (base_src + sum(i * st for i, st in zip(idx, strides, strict=False))) * size
         t = (base_dst + sum(i * tt for i, tt in zip(idx, target, strict=False))) * size
         dst[t:t + nbytes] = src[s:s + nbytes]
+
+
+def _copy_with_numpy(dst: memoryview, shape: tuple[int, ...], chunk: NativeTensor,
+                     offsets: tuple[int, ...]) -> bool:
+    try:
+        import numpy as np
+    except ImportError:
+        return False
+    from optstate.io.native_tensor import NUMPY_DTYPES
+
+    whole = np.frombuffer(dst, dtype=NUMPY_DTYPES[chunk.dtype.name]).reshape(shape)
+    whole[tuple(slice(o, o + n) for o, n in zip(offsets, chunk.shape, strict=True))] = (
+        chunk.array())
+    return True
 
 
 class NativeDcp:
@@ -557,7 +589,7 @@ class NativeDcp:
         if not (isinstance(got, tuple) and len(got) == 5 and got[0] == "tensor"
                 and isinstance(got[1], tuple) and got[1][0] == "storage"):
             raise NativeUnsupported(f"{label} is not one tensor")
-        _, (_, sdtype, skey, numel), offset, size, stride = got
+        _, (_, sdtype, skey, numel), offset, size, stride = got  # v2 untyped: refused
         record = records.get(skey)
         if (sdtype is not dtype or size != sizes or record is None or not _is_index(offset)
                 or len(record) < numel * dtype.itemsize):

@@ -1,0 +1,349 @@
+"""DCP folders read without torch (``io/native_dcp.py``): the same tree as torch's path,
+tensors read only when touched, and everything odd left to torch's path and its messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+from optstate.base.errors import CheckpointError, UnsafeCheckpointError
+from optstate.base.limits import LimitError
+from optstate.io.dcp import DcpCheckpoint
+from optstate.io.native_dcp import read_dcp_native
+from optstate.io.native_tensor import NativeTensor, NativeUnsupported, as_torch
+from optstate.io.source import open_source
+
+FIXTURES = Path(__file__).parent / "fixtures" / "runs" / "dcp"
+
+
+def dcp_save(obj, folder: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no process group": one process on purpose
+        dcp.save(obj, storage_writer=dcp.FileSystemWriter(folder), no_dist=True)
+    return folder
+
+
+def trained(opt_class=torch.optim.Adam, steps: int = 3, **kw):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    opt = opt_class(model.parameters(), **kw)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(5, 3)).pow(2).sum().backward()
+        opt.step()
+    return model, opt
+
+
+def _build(root: Path) -> dict[str, Path]:
+    """DCP folders of the layouts the suite writes, one process each."""
+    model, opt = trained(lr=0.01, weight_decay=0.1)
+    out = {
+        "fqn": dcp_save(get_optimizer_state_dict(model, opt), root / "fqn"),
+        "pos": dcp_save(opt.state_dict(), root / "pos"),
+        "fresh": dcp_save(torch.optim.Adam(nn.Linear(2, 2).parameters()).state_dict(),
+                          root / "fresh"),
+        "app": dcp_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "epoch": 3, "nested": [{"a": 1}, [2, 3.5]]}, root / "app"),
+    }
+    _, sgd = trained(torch.optim.SGD, lr=0.1, momentum=0.9)
+    out["sgd"] = dcp_save(sgd.state_dict(), root / "sgd")
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    out["dtypes"] = dcp_save({
+        "state": {0: {"step": torch.tensor(7), "exp_avg": base.to(torch.bfloat16),
+                      "exp_avg_sq": base.to(torch.float16),
+                      "fp8": (base / 10).to(torch.float8_e4m3fn),
+                      "f64": base.double() - 0.5, "mask": base > 5,
+                      "view": base.t(),  # stored as a transposed view of its storage
+                      "slice": base[1:3, 2:5],
+                      "nan": torch.tensor([1.0, float("nan"), float("inf")]),
+                      "u16": torch.arange(5).to(torch.uint16),
+                      "wide_view": torch.randn(80, 60, generator=torch.Generator().manual_seed(1)
+                                               ).t()}},
+        "param_groups": [{"lr": 0.1, "betas": (0.9, 0.999), "params": [0], "name": "g"}],
+    }, root / "dtypes")
+    return out
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    return _build(tmp_path_factory.mktemp("native_dcp"))
+
+
+@pytest.fixture
+def fqn(tmp_path, folders) -> Path:
+    """A private copy, to damage."""
+    return Path(shutil.copytree(folders["fqn"], tmp_path / "fqn"))
+
+
+def same(a, b, where: str = "") -> None:
+    """The native tree equals torch's: containers and values exactly, each NativeTensor
+    with a torch tensor of the same dtype, shape and bytes (and the same layout info)."""
+    if isinstance(a, NativeTensor):
+        assert isinstance(b, torch.Tensor), where
+        x, y = as_torch(a), b.load() if hasattr(b, "load") else b
+        assert (x.dtype, x.shape) == (y.dtype, y.shape), where
+        assert x.is_contiguous(), where
+        raw = [t.reshape(-1).view(torch.uint8).tolist() for t in (x, y)]
+        assert raw[0] == raw[1], where
+        assert a.info == b.info, where
+        return
+    assert type(a) is type(b), (where, type(a), type(b))
+    if isinstance(a, dict):
+        assert list(a) == list(b), where
+        for k in a:
+            same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            same(x, y, f"{where}/{i}")
+    else:
+        assert a == b, (where, a, b)
+
+
+def _tensors(obj) -> list[NativeTensor]:
+    if isinstance(obj, NativeTensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def _check_same_as_torch(folder: Path) -> None:
+    native = open_source(folder, reader="native")
+    assert (native.reader, native.reader_note) == ("native", None)
+    ref = open_source(folder)
+    assert ref.reader == "torch"
+    same(native.obj, ref.obj)
+    for field in ("path", "file", "format", "bytes", "details", "notes", "summary",
+                  "siblings", "sibling_files", "read"):
+        assert getattr(native, field) == getattr(ref, field), field
+    assert (native.walk.tensors, native.walk.nodes, native.walk.depth, native.walk.dtypes) == (
+        ref.walk.tensors, ref.walk.nodes, ref.walk.depth, ref.walk.dtypes)
+
+
+@pytest.mark.parametrize("name", ["fqn", "pos", "fresh", "app", "sgd", "dtypes"])
+def test_same_tree_as_the_torch_path(folders, name):
+    _check_same_as_torch(folders[name])
+
+
+@pytest.mark.parametrize("step", [10, 20, 30, 40, 50])
+def test_the_run_fixture_reads_the_same(step):
+    """Written by torch 2.14.1 (the pickle of another version than the venv's)."""
+    _check_same_as_torch(FIXTURES / f"step_{step}")
+
+
+@pytest.mark.slow
+def test_a_two_rank_sharded_folder_is_put_together_as_torch_does(cli, tmp_path, monkeypatch):
+    """simulate --world-size 2: each moment split in two chunks (one of them empty), the
+    chunks copied into one buffer, byte for byte what torch's path assembles."""
+    r = cli("simulate", "-O", "adam", "--shape", "5x3", "--shape", "7", "--group",
+            "1x4 lr=0.2", "--steps", "3", "--seed", "3", "--world-size", "2",
+            "--save", tmp_path / "sharded", "--json")
+    assert r.exit_code == 0, r.stderr
+    folder = tmp_path / "sharded"
+    md = DcpCheckpoint(folder).metadata
+    split = [k for k, v in md.state_dict_metadata.items()
+             if len(getattr(v, "chunks", ())) == 2]
+    assert len(split) == 6
+    _check_same_as_torch(folder)
+    native = _json(cli, monkeypatch, "native", "inspect", folder)
+    assert native["file"]["reader"] == "native"
+    _close(_without_reader(native), _without_reader(_json(cli, monkeypatch, "torch", "inspect",
+                                                           folder)))
+
+
+def test_structure_reads_no_chunk(fqn):
+    """Every tensor chunk destroyed: opening reads none of them (``--no-stats``); touching
+    one reads it through torch's path, with torch's message."""
+    md = DcpCheckpoint(fqn).metadata
+    for index, info in md.storage_data.items():
+        if index.offset is not None:  # a tensor chunk, not a value
+            with open(fqn / info.relative_path, "r+b") as f:
+                f.seek(info.offset)
+                f.write(b"\xff" * info.length)
+    src = open_source(fqn, reader="native")
+    assert src.reader == "native"
+    t = src.obj["state"]["0.weight"]["exp_avg"]
+    assert (t.shape, str(t.dtype), t.numel()) == ((4, 3), "torch.float32", 12)
+    with pytest.raises(CheckpointError) as e:
+        t.tolist()
+    assert e.value.message.startswith("cannot read the tensor state.0.weight.exp_avg from ")
+
+
+def test_reading_every_tensor_imports_no_torch(folders):
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from optstate.io.source import open_source\n"
+        "from optstate.io.native_tensor import NativeTensor\n"
+        "def leaves(o):\n"
+        "    if isinstance(o, NativeTensor): yield o\n"
+        "    elif isinstance(o, dict): yield from (t for v in o.values() for t in leaves(v))\n"
+        "    elif isinstance(o, (list, tuple)): yield from (t for v in o for t in leaves(v))\n"
+        "n = 0\n"
+        "for p in sys.argv[1:]:\n"
+        "    src = open_source(Path(p), reader='native')\n"
+        "    assert src.reader == 'native', src.reader_note\n"
+        "    for t in leaves(src.obj):\n"
+        "        assert len(bytes(t.storage.buffer)) == t.numel() * t.element_size()\n"
+        "        t.tolist(); n += 1\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "print(n)\n"
+    )
+    paths = [str(folders[k]) for k in ("fqn", "app", "dtypes")] + [str(FIXTURES / "step_10")]
+    env = {k: v for k, v in os.environ.items() if k != "OPTSTATE_READER"}
+    r = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == 12 + 16 + 11 + 16
+
+
+def test_an_assembled_tensor_is_read_once_and_a_mapped_one_is_a_view(folders):
+    got = read_dcp_native(folders["dtypes"])
+    state = got.obj["state"][0]
+    view = state["view"]  # a transposed view in its chunk: copied into a contiguous buffer
+    assert as_torch(view).tolist() == torch.arange(24.0).reshape(4, 6).t().tolist()
+    assert isinstance(view.storage.buffer.obj, bytearray)
+    assert view.storage.buffer is view.storage.buffer  # kept, not read again
+    assert view.is_contiguous() and view.stride() == (4, 1)
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+class _Touch:
+    """Unpickling this creates a file: proof that code from the checkpoint ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_hostile_metadata_is_left_to_torch_and_its_message(tmp_path, fqn):
+    marker = tmp_path / "pwned"
+    (fqn / ".metadata").write_bytes(pickle.dumps(_Touch(marker)))
+    with pytest.raises(NativeUnsupported, match="pathlib.Path.touch"):
+        read_dcp_native(fqn)
+    with pytest.raises(UnsafeCheckpointError) as e:
+        open_source(fqn, reader="native")
+    assert e.value.message == (f"{fqn}/.metadata needs pathlib.Path.touch, which is not DCP "
+                               "metadata; refused without running it")
+    assert not marker.exists()
+
+
+def test_hostile_value_is_left_to_torch_and_its_message(tmp_path):
+    marker = tmp_path / "pwned"
+    folder = dcp_save({"state": {}, "param_groups": [{"lr": _Touch(marker), "params": []}]},
+                      tmp_path / "evil")
+    with pytest.raises(NativeUnsupported, match="a value needs "):
+        read_dcp_native(folder)
+    with pytest.raises(UnsafeCheckpointError, match="the hyperparameters need"):
+        open_source(folder, reader="native")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "missing", "chunks", "rank_file"])
+def test_damage_gets_the_torch_path_verdict(fqn, damage):
+    meta = fqn / ".metadata"
+    if damage == "truncate":
+        meta.write_bytes(meta.read_bytes()[:len(meta.read_bytes()) // 2])
+    elif damage == "missing":
+        (fqn / "__0_0.distcp").unlink()
+    elif damage == "rank_file":
+        data = (fqn / "__0_0.distcp").read_bytes()
+        (fqn / "__0_0.distcp").write_bytes(data[:len(data) // 2])
+    else:
+        md = DcpCheckpoint(fqn).metadata
+        entry = md.state_dict_metadata["state.0.weight.exp_avg"]
+        entry.chunks = entry.chunks + entry.chunks
+        meta.write_bytes(pickle.dumps(md))
+    with pytest.raises(NativeUnsupported):
+        read_dcp_native(fqn)
+    with pytest.raises(CheckpointError) as torch_error:
+        open_source(fqn)
+    with pytest.raises(CheckpointError) as native_error:
+        open_source(fqn, reader="native")
+    assert (type(native_error.value), native_error.value.message, native_error.value.hint) == (
+        type(torch_error.value), torch_error.value.message, torch_error.value.hint)
+
+
+def test_the_metadata_prescan_limits_come_first(fqn, monkeypatch):
+    monkeypatch.setenv("OPTSTATE_LIMITS", "string=8")
+    with pytest.raises(LimitError) as native_error:
+        read_dcp_native(fqn)
+    with pytest.raises(LimitError) as torch_error:
+        open_source(fqn)
+    assert native_error.value.message == torch_error.value.message
+
+
+def test_optstate_reader_torch_forces_the_torch_path(folders, monkeypatch):
+    monkeypatch.setenv("OPTSTATE_READER", "torch")
+    src = open_source(folders["fqn"], reader="auto")
+    assert (src.reader, src.reader_note) == ("torch", "OPTSTATE_READER=torch")
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def _without_reader(report):
+    if isinstance(report, dict):
+        return {k: _without_reader(v) for k, v in report.items()
+                if k not in ("reader", "reader_note")}
+    if isinstance(report, list):
+        return [_without_reader(v) for v in report]
+    return report
+
+
+def _close(a, b, where=""):
+    """Equal JSON, floats to a relative 1e-6 (statistics summed in another order)."""
+    if isinstance(a, float) and isinstance(b, float):
+        assert a == b or abs(a - b) <= 1e-6 * max(abs(a), abs(b)) or a != a and b != b, where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), where
+        for k in a:
+            _close(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{where}/{i}")
+    else:
+        assert a == b, (where, a, b)
+
+
+def _json(cli, monkeypatch, reader: str, *args):
+    monkeypatch.setenv("OPTSTATE_READER", reader)
+    r = cli(*args, "--json")
+    assert r.exit_code in (0, 1), r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("name", ["fqn", "pos", "app", "sgd", "dtypes"])
+def test_inspect_json_is_the_same_through_both_readers(cli, monkeypatch, folders, name):
+    native = _json(cli, monkeypatch, "native", "inspect", folders[name])
+    ref = _json(cli, monkeypatch, "torch", "inspect", folders[name])
+    if "reader" in ref["file"]:  # once inspect asks for reader="auto"
+        assert native["file"]["reader"] == "native", native["file"].get("reader_note")
+    _close(_without_reader(native), _without_reader(ref))
+
+
+def test_diff_json_is_the_same_through_both_readers(cli, monkeypatch, folders):
+    a, b = FIXTURES / "step_10", FIXTURES / "step_50"
+    native = _json(cli, monkeypatch, "native", "diff", a, b)
+    ref = _json(cli, monkeypatch, "torch", "diff", a, b)
+    _close(_without_reader(native), _without_reader(ref))
