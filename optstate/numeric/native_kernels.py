@@ -225,10 +225,11 @@ def _np_moments_run(np: ModuleType, pieces: list, decode: Callable,
                     progress: ByteProgress | None, esize: int) -> _Part:
     part = _Part()
     buf = np.empty(max((p.size for (p,) in pieces), default=1) or 1, dtype=np.float64)
-    for (piece,) in pieces:
-        _np_moments(np, part, _widen(np, buf, piece, decode))
-        if progress is not None:
-            progress(piece.size * esize)
+    with np.errstate(all="ignore"):  # NaN codes, overflowing sums: counted, not warned of
+        for (piece,) in pieces:
+            _np_moments(np, part, _widen(np, buf, piece, decode))
+            if progress is not None:
+                progress(piece.size * esize)
     return part
 
 
@@ -275,10 +276,11 @@ def _rescaled_norm(t: NativeTensor, peak: float) -> float:
     pieces = _array_blocks(np, (t,), kernels.CHUNK_ELEMENTS)
     buf = np.empty(max((p.size for (p,) in pieces), default=1) or 1, dtype=np.float64)
     parts = []
-    for (piece,) in pieces:
-        b = _widen(np, buf, piece, decode)
-        b = b[np.isfinite(b)] / peak
-        parts.append(float(np.dot(b, b)))
+    with np.errstate(all="ignore"):
+        for (piece,) in pieces:
+            b = _widen(np, buf, piece, decode)
+            b = b[np.isfinite(b)] / peak
+            parts.append(float(np.dot(b, b)))
     return peak * math.sqrt(fsum(parts))
 
 
@@ -457,10 +459,11 @@ def nonfinite_counts(a: NativeTensor, b: NativeTensor) -> dict[str, int]:
     pieces = _array_blocks(np, (a, b), kernels.CHUNK_ELEMENTS)
     size = max((pa.size for pa, _ in pieces), default=1) or 1
     bufa, bufb = np.empty(size, dtype=np.float64), np.empty(size, dtype=np.float64)
-    for pa, pb in pieces:
-        xa, xb = _widen(np, bufa, pa, decoders[0]), _widen(np, bufb, pb, decoders[1])
-        for key, v in _np_nonfinite(np, xa, xb).items():
-            counts[key] += v
+    with np.errstate(all="ignore"):
+        for pa, pb in pieces:
+            xa, xb = _widen(np, bufa, pa, decoders[0]), _widen(np, bufb, pb, decoders[1])
+            for key, v in _np_nonfinite(np, xa, xb).items():
+                counts[key] += v
     return counts
 
 
