@@ -172,6 +172,13 @@ def _array_blocks(np: ModuleType, tensors: tuple[NativeTensor, ...], limit: int)
     return [tuple(a[idx] for a in arrays) for idx in index_blocks(tensors[0].shape, limit)]
 
 
+def _sumsq(np: ModuleType, b: Any) -> float:
+    """sum(b * b) of a flat float64 array, in numpy's own loop: ``np.dot`` would call the
+    BLAS, whose threads (one pool per worker thread) measured 100x slower per block on
+    shared cores than this single-threaded loop."""
+    return float(np.einsum("i,i->", b, b))
+
+
 def _widen(np: ModuleType, buf: Any, piece: Any, decode: Callable) -> Any:
     """``piece`` decoded into the front of the float64 ``buf``; that flat view."""
     out = buf[:piece.size]
@@ -249,10 +256,10 @@ def _np_moments(np: ModuleType, part: _Part, b: Any) -> None:
             if n_fin == 0:
                 return
             s = float(b.sum())
-        _add_values(part, s, float(np.abs(b).sum()), float(np.dot(b, b)), float(b.min()),
+        _add_values(part, s, float(np.abs(b).sum()), _sumsq(np, b), float(b.min()),
                     float(b.max()))
         return
-    sq = float(np.dot(b, b))
+    sq = _sumsq(np, b)
     mn, mx = float(b.min()), float(b.max())
     if mn >= 0.0:  # all the same sign: sum |x| is the sum itself, exactly
         sa = s
@@ -280,7 +287,7 @@ def _rescaled_norm(t: NativeTensor, peak: float) -> float:
         for (piece,) in pieces:
             b = _widen(np, buf, piece, decode)
             b = b[np.isfinite(b)] / peak
-            parts.append(float(np.dot(b, b)))
+            parts.append(_sumsq(np, b))
     return peak * math.sqrt(fsum(parts))
 
 
@@ -357,7 +364,7 @@ def _np_pair(np: ModuleType, part: _PairPart, xa: Any, xb: Any, bufd: Any, atol:
     operation (``torch.isclose``'s rule written out where a value is not finite)."""
     k = xa.size
     d = bufd[:k]
-    qa, qb = float(np.dot(xa, xa)), float(np.dot(xb, xb))
+    qa, qb = _sumsq(np, xa), _sumsq(np, xb)
     if math.isfinite(qa) and math.isfinite(qb):
         part.wide_a = part.wide_a or (qa < TINY and bool(xa.any()))
         part.wide_b = part.wide_b or (qb < TINY and bool(xb.any()))
@@ -410,7 +417,7 @@ def _np_pair(np: ModuleType, part: _PairPart, xa: Any, xb: Any, bufd: Any, atol:
                 r = float((dd[nz] / yb[nz]).max())
                 part.max_rel = r if part.max_rel is None else max(part.max_rel, r)
         va, vb = xa[fa], xb[fb]
-        qa, qb = float(np.dot(va, va)), float(np.dot(vb, vb))
+        qa, qb = _sumsq(np, va), _sumsq(np, vb)
         part.wide_a = part.wide_a or math.isinf(qa) or (qa < TINY and bool(va.any()))
         part.wide_b = part.wide_b or math.isinf(qb) or (qb < TINY and bool(vb.any()))
         part.fin_a += va.size
