@@ -21,7 +21,7 @@ from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 from optstate.base.errors import CheckpointError, UnsafeCheckpointError
 from optstate.base.limits import LimitError
 from optstate.io.dcp import DcpCheckpoint
-from optstate.io.native_dcp import read_dcp_native
+from optstate.io.native_dcp import NativeDcp, read_dcp_native
 from optstate.io.native_tensor import NativeTensor, NativeUnsupported, as_torch
 from optstate.io.source import open_source
 
@@ -164,6 +164,32 @@ def test_a_two_rank_sharded_folder_is_put_together_as_torch_does(cli, tmp_path, 
     assert native["file"]["reader"] == "native"
     _close(_without_reader(native), _without_reader(_json(cli, monkeypatch, "torch", "inspect",
                                                            folder)))
+    monkeypatch.delenv("OPTSTATE_READER")
+    _overlapping_chunks_are_left_to_torch(folder, split[0])
+
+
+def _overlapping_chunks_are_left_to_torch(folder: Path, key: str) -> None:
+    """Chunks whose sizes add up to the tensor's but that overlap (leaving a hole): the
+    native reader does not guess what the hole holds; torch's path reads the tensor."""
+    md = pickle.loads((folder / ".metadata").read_bytes())
+    entry = md.state_dict_metadata[key]
+    (o0, _), (o1, s1) = [(tuple(c.offsets), tuple(c.sizes)) for c in entry.chunks]
+    moved = torch.Size([o1[0] - 1, *o1[1:]])
+    entry.chunks[1].offsets = moved
+    for index in list(md.storage_data):
+        if index.fqn == key and tuple(index.offset) == o1:
+            info = md.storage_data.pop(index)
+            md.storage_data[type(index)(key, moved, index.index)] = info
+    (folder / ".metadata").write_bytes(pickle.dumps(md))
+    ckpt = NativeDcp(folder)
+    with pytest.raises(NativeUnsupported, match="overlap"):
+        ckpt.tensor_bytes(key)
+    src = open_source(folder, reader="native")
+    assert src.reader == "native", src.reader_note
+    t = src.obj
+    for part in ckpt.md.paths[key]:
+        t = t[part]
+    assert len(bytes(t.storage.buffer)) == t.numel() * 4  # read by torch's path
 
 
 def test_structure_reads_no_chunk(fqn):

@@ -544,6 +544,17 @@ def _copy_with_numpy(dst: memoryview, shape: tuple[int, ...], chunk: NativeTenso
     return True
 
 
+def _overlap(chunks: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> bool:
+    """Whether two non-empty chunks share an element (their sizes add up to the whole
+    tensor's, checked at open: disjoint chunks then tile it)."""
+    boxes = sorted((o, s) for o, s in chunks if math.prod(s))
+    for i, (oa, sa) in enumerate(boxes):
+        for ob, sb in boxes[i + 1:]:
+            if all(a < b + m and b < a + n for a, n, b, m in zip(oa, sa, ob, sb, strict=True)):
+                return True
+    return False
+
+
 class NativeDcp:
     """An open DCP folder read without torch: the checked metadata, the data files mapped
     when first needed, each tensor's bytes found on first touch."""
@@ -611,6 +622,8 @@ class NativeDcp:
             view = t.storage.buffer[start:start + nbytes]
             if t.is_contiguous() and stop - start == nbytes and _aligned(view, dtype.itemsize):
                 return view
+        if _overlap(chunks):  # holes left: torch's path decides what they hold
+            raise NativeUnsupported(f"the chunks of {key!r} overlap")
         out = bytearray(nbytes)
         dst = memoryview(out)
         for offsets, sizes in chunks:
