@@ -21,7 +21,7 @@ from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 from optstate.base.errors import CheckpointError, UnsafeCheckpointError
 from optstate.base.limits import LimitError
 from optstate.io.dcp import DcpCheckpoint
-from optstate.io.native_dcp import NativeDcp, read_dcp_native
+from optstate.io.native_dcp import NativeDcp, layout_native, read_dcp_native
 from optstate.io.native_tensor import NativeTensor, NativeUnsupported, as_torch
 from optstate.io.source import open_source
 
@@ -160,6 +160,9 @@ def test_a_two_rank_sharded_folder_is_put_together_as_torch_does(cli, tmp_path, 
              if len(getattr(v, "chunks", ())) == 2]
     assert len(split) == 6
     _check_same_as_torch(folder)
+    from optstate.io.dcp_layout import layout_report
+
+    assert layout_native(folder) == layout_report(str(folder))
     native = _json(cli, monkeypatch, "native", "inspect", folder)
     assert native["file"]["reader"] == "native"
     _close(_without_reader(native), _without_reader(_json(cli, monkeypatch, "torch", "inspect",
@@ -246,6 +249,14 @@ def test_an_assembled_tensor_is_read_once_and_a_mapped_one_is_a_view(folders):
     assert isinstance(view.storage.buffer.obj, bytearray)
     assert view.storage.buffer is view.storage.buffer  # kept, not read again
     assert view.is_contiguous() and view.stride() == (4, 1)
+
+
+@pytest.mark.parametrize("name", ["fqn", "app", "dtypes"])
+def test_layout_from_the_metadata_alone(folders, name):
+    from optstate.io.dcp_layout import layout_report
+
+    assert layout_native(folders[name]) == layout_report(str(folders[name]))
+    assert layout_native(FIXTURES / "step_10") == layout_report(str(FIXTURES / "step_10"))
 
 
 # ----------------------------------------------------------------------------- refusals

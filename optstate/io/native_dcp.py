@@ -30,7 +30,7 @@ class outside the allow-list) is read by torch's path at that moment
 The tree is put back together as ``dcp.py`` does (``rebuild_tree``: positional optimizer
 state keys, lists, a fresh optimizer's empty ``state``).
 
-About 740 lines: the metadata classes, their checks, the chunk reader and the tree rebuild
+About 800 lines: the metadata classes, their checks, the chunk reader and the tree rebuild
 are one reader that mirrors ``dcp_metadata`` + ``dcp.py`` line for line, and reads best
 as one file.
 """
@@ -43,6 +43,7 @@ import math
 import mmap
 import os
 import pickle
+import re
 import struct
 import zipfile
 from collections import OrderedDict
@@ -745,6 +746,31 @@ def _restore_positions(node: Any, skip: set[int] = frozenset()) -> Any:  # type:
     elif isinstance(node, list):
         return [_restore_positions(v, skip) for v in node]
     return node
+
+
+# ---------------------------------------------------------------- inspect --layout
+
+_RANK_FILE = re.compile(r"__(\d+)_\d+\.distcp")
+
+
+def layout_native(folder: Path) -> dict[str, Any]:
+    """``dcp_layout.layout_report`` of a local folder from its metadata alone, without
+    torch (the same plain data); ``NativeUnsupported`` as for reading it."""
+    md = _Metadata(Path(folder))
+    files = {f.name: f.stat().st_size for f in sorted(Path(folder).iterdir())
+             if f.is_file() and not f.is_symlink() and f.name != METADATA_FILE}
+    tensors = []
+    for key, (shape, dtype, chunks) in md.tensors.items():
+        out = []
+        for offsets, sizes in chunks:
+            file = md.items[(key, offsets)][0]
+            m = _RANK_FILE.fullmatch(file)
+            out.append({"offsets": list(offsets), "sizes": list(sizes), "file": file,
+                        "rank": int(m.group(1)) if m else None})
+        tensors.append({"key": key, "path": list(md.paths[key]), "shape": list(shape),
+                        "dtype": dtype.name, "chunks": out})
+    ranks = sorted({c["rank"] for t in tensors for c in t["chunks"] if c["rank"] is not None})
+    return {"format": "dcp", "files": files, "ranks": ranks, "tensors": tensors}
 
 
 # ---------------------------------------------------------------- the Source
