@@ -43,13 +43,13 @@ from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorSt
 from optstate.base.errors import CheckpointError, UnsafeCheckpointError
 from optstate.base.limits import current as current_limits
 from optstate.io.dcp_metadata import (
-    SafeFileSystemReader,
     inside,
     is_index,
     read_metadata,
     short_repr,
     storage_files,
 )
+from optstate.io.dcp_reader import SafeFileSystemReader
 from optstate.io.lazy import KEPT, LazyTensor
 from optstate.io.torch_file import clean_message, prescan_bytes, prescan_stream
 from optstate.io.walk import walk

@@ -9,7 +9,8 @@ data is read (``dcp.py`` reads the data):
 
 - torch's ``FileSystemReader.read_metadata`` runs ``pickle.load`` on ``.metadata``, which
   executes code from a hostile checkpoint. ``read_metadata`` unpickles it with an
-  allow-list of the DCP metadata classes (``SafeFileSystemReader`` hands that to torch).
+  allow-list of the DCP metadata classes (``dcp_reader.SafeFileSystemReader`` hands that to
+  torch).
 - A folder from a stranger reads only itself and costs what it stores (``limits.py``):
   every file it names, and ``.metadata``, must resolve to a regular file directly inside
   it (``inside``); ``.metadata`` is scanned before it is unpickled (``prescan.scan_any``),
@@ -26,20 +27,20 @@ import math
 import os
 import pickle
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.metadata import (
-    BytesStorageMetadata,
-    Metadata,
-    TensorStorageMetadata,
-)
+from typing import TYPE_CHECKING, Any
 
 from optstate.base.errors import CheckpointError, UnsafeCheckpointError
 from optstate.base.limits import LimitError, Limits, size_text
 from optstate.base.limits import current as current_limits
+from optstate.io.native_tensor import NativeDtype
 from optstate.io.prescan import scan_any
+
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.metadata import Metadata
+
+# torch is imported only by the functions that unpickle metadata with it (this module is
+# imported on the native reader's path too: ``is_index``, ``is_dcp_folder``, the checks);
+# the metadata classes are told by name (the unpickler's allow-list admits only torch's).
 
 METADATA_FILE = ".metadata"
 
@@ -62,6 +63,8 @@ class _MetadataUnpickler(pickle.Unpickler):
     """Unpickles DCP metadata; refuses any global that is not plain metadata."""
 
     def find_class(self, module: str, name: str) -> Any:
+        import torch
+
         if name in _METADATA_CLASSES.get(module, ()):
             return super().find_class(module, name)
         if module == "torch" and isinstance(
@@ -122,7 +125,7 @@ def parse_metadata(data: bytes, file: str) -> Metadata:
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             RuntimeError, RecursionError, OverflowError, MemoryError) as e:
         raise CheckpointError(f"{file} is damaged or truncated ({type(e).__name__})") from None
-    if not isinstance(md, Metadata) or not isinstance(
+    if not _is(md, "Metadata") or not isinstance(
             getattr(md, "state_dict_metadata", None), dict):
         raise CheckpointError(f"{file} does not hold DCP metadata")
     limits = current_limits()
@@ -133,7 +136,7 @@ def parse_metadata(data: bytes, file: str) -> Metadata:
     tensors = chunks = 0
     for key, entry in entries.items():
         _check_entry(file, key, entry, limits)
-        if isinstance(entry, TensorStorageMetadata):
+        if _is(entry, "TensorStorageMetadata"):
             tensors += 1
             chunks += len(entry.chunks)
     if tensors > limits.tensors:
@@ -174,6 +177,21 @@ def is_index(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+def _is(obj: Any, name: str) -> bool:
+    """``obj`` is DCP's metadata class ``name`` (``Metadata``, ``TensorStorageMetadata``,
+    ``BytesStorageMetadata``): told by name, without importing torch."""
+    cls = type(obj)
+    return cls.__name__ == name and cls.__module__.startswith("torch.distributed.checkpoint")
+
+
+def _is_dtype(v: Any) -> bool:
+    """A torch.dtype, or the native reader's ``NativeDtype``."""
+    if isinstance(v, NativeDtype):
+        return True
+    cls = type(v)
+    return cls.__module__ == "torch" and cls.__name__ == "dtype"
+
+
 # torch counts elements and bytes in int64: a shape past this is damage, not a tensor
 _MAX_ELEMENTS = 2**62
 
@@ -189,9 +207,9 @@ def _check_entry(file: str | Path, key: Any, entry: Any, limits: Limits) -> None
     if len(key) > limits.string:
         raise LimitError(str(file), f"has a key of {len(key):,} characters ({short_repr(key)})",
                          "string", limits.string)
-    if isinstance(entry, BytesStorageMetadata):
+    if _is(entry, "BytesStorageMetadata"):
         return
-    if not isinstance(entry, TensorStorageMetadata):
+    if not _is(entry, "TensorStorageMetadata"):
         raise bad(f"has unknown metadata {type(entry).__name__}")
     size = getattr(entry, "size", None)
     if not isinstance(size, tuple) or not all(is_index(n) for n in size):
@@ -202,7 +220,7 @@ def _check_entry(file: str | Path, key: Any, entry: Any, limits: Limits) -> None
     if math.prod(size) > _MAX_ELEMENTS:
         raise bad(f"has a shape of {math.prod(size):,} elements, more than torch can count "
                   f"(shape {short_repr(list(size))})")
-    if not isinstance(getattr(getattr(entry, "properties", None), "dtype", None), torch.dtype):
+    if not _is_dtype(getattr(getattr(entry, "properties", None), "dtype", None)):
         raise bad("has no dtype")
     if not isinstance(getattr(entry, "chunks", None), list):
         raise bad("has no chunk list")
@@ -224,21 +242,6 @@ def _check_entry(file: str | Path, key: Any, entry: Any, limits: Limits) -> None
 def is_dcp_folder(path: str | Path) -> bool:
     p = Path(path)
     return p.is_dir() and (p / METADATA_FILE).is_file()
-
-
-class SafeFileSystemReader(FileSystemReader):
-    """torch's FileSystemReader with safe (allow-listed, cached) metadata reading."""
-
-    def __init__(self, path: str | os.PathLike, metadata: Metadata | None = None) -> None:
-        super().__init__(path)
-        self._metadata = metadata
-
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        if kwargs.get("rank") is not None:
-            raise CheckpointError("per-rank DCP metadata files are not supported")
-        if self._metadata is None:
-            self._metadata = read_metadata(Path(self.path))
-        return self._metadata
 
 
 def storage_files(path: Any, metadata: Metadata, *, sizes: dict[str, int] | None = None,
@@ -297,7 +300,7 @@ def storage_files(path: Any, metadata: Metadata, *, sizes: dict[str, int] | None
             hint="copy every *.distcp file of the checkpoint, not only some ranks'",
         )
     for key, entry in metadata.state_dict_metadata.items():
-        if isinstance(entry, TensorStorageMetadata):
+        if _is(entry, "TensorStorageMetadata"):
             if any((key, tuple(c.offsets)) not in out for c in entry.chunks):
                 raise CheckpointError(
                     f"{label}/{METADATA_FILE} is damaged: a chunk of {key} has no data")
@@ -316,7 +319,7 @@ def _check_expansion(path: str, metadata: Metadata,
     limit = current_limits().expand
     extra, worst = 0, None
     for key, entry in metadata.state_dict_metadata.items():
-        if not isinstance(entry, TensorStorageMetadata):
+        if not _is(entry, "TensorStorageMetadata"):
             continue
         itemsize = entry.properties.dtype.itemsize
         for c in entry.chunks:

@@ -28,12 +28,8 @@ from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 from optstate.base.errors import CheckpointError
 from optstate.base.limits import LimitError, size_text
 from optstate.base.limits import current as current_limits
-from optstate.io.dcp_metadata import (
-    METADATA_FILE,
-    SafeFileSystemReader,
-    parse_metadata,
-    short_repr,
-)
+from optstate.io.dcp_metadata import METADATA_FILE, parse_metadata, short_repr
+from optstate.io.dcp_reader import SafeFileSystemReader
 from optstate.io.remote import ReadStats, RemoteFile, RemotePath, display
 from optstate.io.torch_file import prescan_bytes
 

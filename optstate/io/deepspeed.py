@@ -400,11 +400,11 @@ def _run_dtype(model: dict[str, Any], optim_file: Path) -> str:
     if m and m.group(1):
         return m.group(1)
     module = model.get("module")
-    import torch
+    from optstate.io.native_tensor import dtype_name, is_tensor
 
     for t in (module.values() if isinstance(module, dict) else ()):
-        if isinstance(t, torch.Tensor) and t.is_floating_point():
-            return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(t.dtype, "fp32")
+        if is_tensor(t) and t.is_floating_point():
+            return {"bfloat16": "bf16", "float16": "fp16"}.get(dtype_name(t.dtype), "fp32")
     return "fp32"
 
 

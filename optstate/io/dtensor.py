@@ -22,10 +22,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from optstate.base.errors import CheckpointError
 from optstate.io.inert import Inert, InertTensor
+from optstate.io.native_tensor import as_torch, is_native, is_tensor
 
 DTENSOR_CLASSES = ("torch.distributed.tensor.DTensor", "torch.distributed._tensor.api.DTensor",
                    "torch.distributed.tensor._api.DTensor")
@@ -40,7 +39,7 @@ def is_dtensor(value: Any) -> bool:
     wrapper holds no data: statistics on it crash, so it is read through its shard too)."""
     if isinstance(value, InertTensor):
         return value.qualname in DTENSOR_CLASSES
-    return isinstance(value, torch.Tensor) and _qualname(type(value)) in DTENSOR_CLASSES
+    return is_tensor(value) and _qualname(type(value)) in DTENSOR_CLASSES
 
 
 def field(obj: Any, name: str) -> Any:
@@ -84,7 +83,7 @@ def _meta_shape(meta: Any) -> Any:
 
 
 def _ints(shape: Any) -> list[int] | None:
-    if isinstance(shape, (tuple, list, torch.Size)) and all(
+    if isinstance(shape, (tuple, list)) and all(  # torch.Size is a tuple
             isinstance(n, int) and not isinstance(n, bool) for n in shape):
         return [int(n) for n in shape]
     return None
@@ -120,7 +119,7 @@ def mesh_shape(mesh: Any) -> list[int] | None:
     if not isinstance(mesh, Inert):
         return _ints(getattr(mesh, "shape", None))
     t = mesh.get("mesh")
-    if isinstance(t, torch.Tensor):
+    if is_tensor(t):
         return [int(n) for n in t.shape]
     layout = mesh.get("_layout")
     if isinstance(layout, Inert):
@@ -195,8 +194,8 @@ def _join(values: list[Any], path: str, names: list[str], done: Joined) -> Any:
         out = [_join([v[i] for v in values], join(path, i), names, done)
                for i in range(len(first))]
         return out if isinstance(first, list) else tuple(out)
-    if isinstance(first, torch.Tensor):
-        if not all(isinstance(v, torch.Tensor) and _same_tensor(first, v) for v in values):
+    if is_tensor(first):
+        if not all(is_tensor(v) and _same_tensor(first, v) for v in values):
             raise _differ(path, names, "a tensor with other values")
         return first
     if isinstance(first, (Inert, InertTensor)):
@@ -216,7 +215,12 @@ def _same_value(a: Any, b: Any) -> bool:
         return False
 
 
-def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+def _same_tensor(a: Any, b: Any) -> bool:
+    """The same values (NaN equal to NaN): torch's comparison, so a NativeTensor is read
+    through torch here (joining rank files is the torch reader's work)."""
+    import torch
+
+    a, b = as_torch(a), as_torch(b)
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
     if torch.equal(a, b):
@@ -236,13 +240,21 @@ def _coordinate(v: Any) -> int | None:
     ranks = field(mesh, "_rank_map")
     if ranks is None:
         ranks = field(mesh, "mesh")
-    if isinstance(rank, int) and isinstance(ranks, torch.Tensor):
+    if isinstance(rank, int) and is_tensor(ranks):
+        if is_native(ranks):
+            flat = _flat(ranks.tolist())
+            hits = [i for i, r in enumerate(flat) if r == rank]
+            return hits[0] if len(hits) == 1 else None
         hits = (ranks.flatten() == rank).nonzero().flatten().tolist()
         return int(hits[0]) if len(hits) == 1 else None
     return None
 
 
-def _join_dtensor(values: list[Any], path: str, names: list[str], done: Joined) -> torch.Tensor:
+def _flat(v: Any) -> list[Any]:
+    return [x for item in v for x in _flat(item)] if isinstance(v, list) else [v]
+
+
+def _join_dtensor(values: list[Any], path: str, names: list[str], done: Joined) -> Any:
     where = path or "the top level"
     descs = [describe_dtensor(v, where) for v in values]
     d = descs[0]
@@ -278,7 +290,9 @@ def _join_dtensor(values: list[Any], path: str, names: list[str], done: Joined) 
                                                          key=lambda cv: cv[0])]
     m = re.fullmatch(r"Shard\((\d+)\)", placements[0])
     if m is not None and int(m.group(1)) < len(shape):
-        whole = torch.cat([t.detach() for t in local], dim=int(m.group(1)))
+        import torch
+
+        whole = torch.cat([as_torch(t).detach() for t in local], dim=int(m.group(1)))
     elif placements[0] == "Replicate()":
         if not all(_same_tensor(local[0], t) for t in local):
             raise _differ(path, names, "replicas with other values")

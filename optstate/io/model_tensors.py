@@ -41,6 +41,7 @@ from typing import Any
 
 from optstate.base.errors import CheckpointError, OptstateError, option
 from optstate.base.paths import Step, display, format_path, join, parse_path, step_into
+from optstate.io.native_tensor import is_native, is_tensor
 from optstate.io.torch_file import ZIP_MAGIC
 
 Shape = tuple[int, ...]
@@ -122,14 +123,8 @@ def could_be_parameter(t: ModelTensor) -> bool:
 # --------------------------------------------------------------------------- state_dicts
 
 
-def _is_tensor(value: Any) -> bool:
-    import torch
-
-    return isinstance(value, torch.Tensor)
-
-
 def _holds_tensor(value: Any, depth: int = 0) -> bool:
-    if _is_tensor(value):
+    if is_tensor(value):
         return True
     if depth > 3:
         return False
@@ -150,7 +145,7 @@ def is_model_state_dict(value: Any) -> bool:
     for key, v in value.items():
         if not isinstance(key, str):
             return False
-        if _is_tensor(v):
+        if is_tensor(v):
             tensors += 1
         elif _holds_tensor(v):
             return False
@@ -161,7 +156,14 @@ def is_model_state_dict(value: Any) -> bool:
 
 def _tie_key(t: Any) -> tuple[Any, ...] | None:
     """What makes two tensors one: same storage, offset, shape, stride and dtype. None
-    when there is no real storage to compare (lazy, meta, sparse, empty)."""
+    when there is no real storage to compare (lazy, meta, sparse, empty). A NativeTensor's
+    storage is its record in the file (tied tensors share it, as in torch)."""
+    if is_native(t):
+        st = t.storage
+        if st.nbytes == 0:
+            return None
+        return (("native", str(st.file), st.key, id(st) if not st.key else 0),
+                t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
     import torch
 
     from optstate.io.lazy import is_lazy
@@ -189,7 +191,7 @@ def model_tensors_from_state_dict(sd: Mapping[str, Any], *, origin: str,
     aliases: dict[str, list[str]] = {}
     first_of: dict[tuple[Any, ...], str] = {}
     for name, value in sd.items():
-        if not isinstance(name, str) or not _is_tensor(value):
+        if not isinstance(name, str) or not is_tensor(value):
             continue
         key = _tie_key(value)
         if key is not None and key in first_of:

@@ -25,12 +25,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import torch
-
 from optstate.base.errors import CheckpointError
+from optstate.io.native_tensor import as_torch, is_native
 from optstate.numeric.kernels import ByteProgress
 from optstate.numeric.pair_kernel import NONFINITE_KINDS, compare, nonfinite_counts
 from optstate.numeric.precomputed import intercept
+from optstate.numeric.stats import is_strided
 from optstate.numeric.views import distinct_elements, repeated_view
 
 
@@ -67,14 +67,14 @@ class UncomparableViewsError(CheckpointError):
     take one step per claimed element, which the file does not store."""
 
 
-def _describe(t: torch.Tensor, view: str) -> str:
+def _describe(t: Any, view: str) -> str:
     n = distinct_elements(t).numel()
     return (f"{n:,} stored element{'s' * (n != 1)} {view} to {t.numel():,} "
             f"(strides {tuple(t.stride())})")
 
 
-def stored_pair(a: torch.Tensor, b: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, str | None]:
+def stored_pair(a: Any, b: Any
+                ) -> tuple[Any, Any, str | None]:
     """The tensors to compare element for element for the same-shape ``a`` and ``b``:
     themselves (view None), or their distinct stored elements when both repeat stored
     elements in the same layout (see module docstring); ``UncomparableViewsError`` when
@@ -93,14 +93,30 @@ def stored_pair(a: torch.Tensor, b: torch.Tensor
     return distinct_elements(a), distinct_elements(b), va
 
 
-def count_unequal(a: torch.Tensor, b: torch.Tensor) -> int:
+def count_unequal(a: Any, b: Any) -> int:
     """Element pairs with a != b (exact, in the tensors' own dtypes): over the distinct
     stored pairs when both repeat stored elements in one layout (``stored_pair``)."""
     a, b, _ = stored_pair(a, b)
-    return int((a != b).sum())
+    if is_native(a) and is_native(b) and _numpy_codes(a) and _numpy_codes(b):
+        return int((a.array() != b.array()).sum())
+    # a NativeTensor numpy cannot compare as a number (bfloat16, float8: raw codes), or
+    # no numpy: through torch (diff calls this for integer and bool tensors only)
+    return int((as_torch(a) != as_torch(b)).sum())
 
 
-def compare_tensors(a: torch.Tensor, b: torch.Tensor, *, atol: float = 0.0, rtol: float = 0.0,
+def _numpy_codes(t: Any) -> bool:
+    """Whether numpy holds ``t``'s values as numbers (not bfloat16/float8 raw codes), and
+    numpy is installed."""
+    if t.dtype.name == "bfloat16" or t.dtype.name.startswith("float8"):
+        return False
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def compare_tensors(a: Any, b: Any, *, atol: float = 0.0, rtol: float = 0.0,
                     nan_equal: bool = True, progress: ByteProgress | None = None
                     ) -> TensorComparison:
     """Compare two tensors of the same shape (dtype may differ), in one chunked pass over
@@ -113,12 +129,14 @@ def compare_tensors(a: torch.Tensor, b: torch.Tensor, *, atol: float = 0.0, rtol
         lambda: TensorComparison(True, 0, None, None, None, None))
 
 
-def _compare_tensors(a: torch.Tensor, b: torch.Tensor, *, atol: float, rtol: float,
+def _compare_tensors(a: Any, b: Any, *, atol: float, rtol: float,
                      nan_equal: bool, progress: ByteProgress | None) -> TensorComparison:
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     if a.numel() == 0:
         return TensorComparison(True, 0, None, None, 0.0, 0.0)
+    if is_native(a) != is_native(b):  # one file read natively, the other with torch
+        a, b = as_torch(a), as_torch(b)  # (which is loaded already): both torch's
     # quantized and sparse tensors: compare the values they stand for (walk.py bounds
     # the dense size of sparse ones)
     a, b, view = stored_pair(a.detach(), b.detach())
@@ -135,15 +153,19 @@ def _compare_tensors(a: torch.Tensor, b: torch.Tensor, *, atol: float, rtol: flo
     )
 
 
-def _plain(t: torch.Tensor) -> torch.Tensor:
+def _plain(t: Any) -> Any:
     t = t.dequantize() if t.is_quantized else t
-    return t.to_dense() if t.layout != torch.strided else t
+    return t.to_dense() if not is_strided(t) else t
 
 
-def _compare_whole(a: torch.Tensor, b: torch.Tensor, *, atol: float, rtol: float,
+def _compare_whole(a: Any, b: Any, *, atol: float, rtol: float,
                    nan_equal: bool) -> TensorComparison:
-    """The reference definition on whole tensors (complex values take this path)."""
-    x, y = a.detach().to(torch.complex128), b.detach().to(torch.complex128)
+    """The reference definition on whole tensors (complex values take this path: torch's
+    own complex arithmetic defines it, so a NativeTensor is read through torch here)."""
+    import torch
+
+    x = as_torch(a).detach().to(torch.complex128)
+    y = as_torch(b).detach().to(torch.complex128)
     close = torch.isclose(x, y, rtol=rtol, atol=atol, equal_nan=nan_equal)
     n_outside = int((~close).sum())
     fin = torch.isfinite(x) & torch.isfinite(y)
@@ -158,6 +180,8 @@ def _compare_whole(a: torch.Tensor, b: torch.Tensor, *, atol: float, rtol: float
     )
 
 
-def _finite_norm(x: torch.Tensor) -> float | None:
+def _finite_norm(x: Any) -> float | None:
+    import torch
+
     f = x[torch.isfinite(x)]
     return float(f.norm()) if f.numel() else None

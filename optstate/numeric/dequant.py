@@ -1,8 +1,9 @@
 """Low-bit optimizer states back to float32, with the libraries' published formulas.
 
-Pure torch; the libraries are never imported. Each function checks that the stored
-pieces fit together (dtypes, counts, block size) and raises ``DequantError`` naming what
-does not, never guessing a layout:
+Pure torch (imported only when a low-bit state is met; the native reader's tensors
+are converted with ``as_torch`` here); the libraries are never imported. Each function
+checks that the stored pieces fit together (dtypes, counts, block size) and raises
+``DequantError`` naming what does not, never guessing a layout:
 
 - bitsandbytes' 8-bit optimizers (``bitsandbytes.functional.dequantize_blockwise``, its
   CPU kernel and its ``default`` torch kernel ``_dequantize_blockwise_compute``):
@@ -40,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+from optstate.io.native_tensor import as_torch
 
 # The block sizes bitsandbytes.functional.dequantize_blockwise documents as valid.
 BNB_BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)
@@ -77,10 +78,13 @@ class Plan:
 
     shape: tuple[int, ...]
     block_size: int | None
-    compute: Callable[[], torch.Tensor]
+    compute: Callable[[], Any]
 
 
-def _check_table(qmap: Any, size: int, name: str) -> torch.Tensor:
+def _check_table(qmap: Any, size: int, name: str) -> Any:
+    import torch
+
+    qmap = as_torch(qmap)
     if not isinstance(qmap, torch.Tensor) or qmap.dtype != torch.float32 or qmap.numel() != size:
         what = (f"{qmap.dtype} with {qmap.numel()} values" if isinstance(qmap, torch.Tensor)
                 else type(qmap).__name__)
@@ -88,15 +92,21 @@ def _check_table(qmap: Any, size: int, name: str) -> torch.Tensor:
     return qmap.reshape(-1).contiguous()
 
 
-def _check_scale(scale: Any, name: str) -> torch.Tensor:
+def _check_scale(scale: Any, name: str) -> Any:
+    import torch
+
+    scale = as_torch(scale)
     if not isinstance(scale, torch.Tensor) or not scale.is_floating_point():
         raise DequantError(f"{name} is not a float tensor")
     return scale.reshape(-1).float().contiguous()
 
 
-def _check_codes(codes: Any, dtype: torch.dtype) -> torch.Tensor:
-    if not isinstance(codes, torch.Tensor) or codes.dtype != dtype:
-        raise DequantError(f"the codes are not a {str(dtype).removeprefix('torch.')} tensor")
+def _check_codes(codes: Any, dtype: str) -> Any:
+    import torch
+
+    codes = as_torch(codes)
+    if not isinstance(codes, torch.Tensor) or codes.dtype != getattr(torch, dtype):
+        raise DequantError(f"the codes are not a {dtype} tensor")
     return codes
 
 
@@ -104,10 +114,12 @@ def _steps(n: int, block: int) -> range:
     return range(0, n, max(CHUNK // block, 1) * block)
 
 
-def _lookup_scaled(codes: torch.Tensor, qmap: torch.Tensor, scale: torch.Tensor,
-                   block: int) -> torch.Tensor:
+def _lookup_scaled(codes: Any, qmap: Any, scale: Any,
+                   block: int) -> Any:
     """``qmap[codes[i]] * scale[i // block]`` for flat uint8 ``codes`` (last block may be
     short), float32, in chunks."""
+    import torch
+
     n = codes.numel()
     out = torch.empty(n, dtype=torch.float32)
     step = max(CHUNK // block, 1) * block
@@ -118,7 +130,7 @@ def _lookup_scaled(codes: torch.Tensor, qmap: torch.Tensor, scale: torch.Tensor,
     return out
 
 
-def _scale_blocks(piece: torch.Tensor, scale: torch.Tensor, block: int) -> None:
+def _scale_blocks(piece: Any, scale: Any, block: int) -> None:
     """``piece[i] *= scale[i // block]`` in place (``piece`` starts at a block boundary)."""
     m = piece.numel()
     full = m - m % block
@@ -132,8 +144,11 @@ def bnb_8bit_plan(codes: Any, qmap: Any, absmax: Any) -> Plan:
     """bitsandbytes blockwise 8-bit, float32 of ``codes``' shape. ``codes`` (k, ...) with
     ``absmax`` (k, blocks) is k stacked moments (AdEMAMix8bit's state1), each dequantized
     on its own as bitsandbytes does."""
-    codes = _check_codes(codes, torch.uint8)
+    import torch
+
+    codes = _check_codes(codes, "uint8")
     table = _check_table(qmap, 256, "the qmap")
+    absmax = as_torch(absmax)
     if not isinstance(absmax, torch.Tensor) or absmax.dtype != torch.float32:
         raise DequantError("absmax is not a float32 tensor")
     k = 1
@@ -147,7 +162,7 @@ def bnb_8bit_plan(codes: Any, qmap: Any, absmax: Any) -> Plan:
     block = bnb_blocksize(per, blocks)
     shape = tuple(int(d) for d in codes.shape)
 
-    def compute() -> torch.Tensor:
+    def compute() -> Any:
         flat, scales = codes.reshape(-1).contiguous(), absmax.reshape(-1).contiguous()
         if k == 1:
             return _lookup_scaled(flat, table, scales, block or max(per, 1)).view(shape)
@@ -159,13 +174,13 @@ def bnb_8bit_plan(codes: Any, qmap: Any, absmax: Any) -> Plan:
     return Plan(shape, block, compute)
 
 
-def bnb_8bit(codes: Any, qmap: Any, absmax: Any) -> tuple[torch.Tensor, int | None]:
+def bnb_8bit(codes: Any, qmap: Any, absmax: Any) -> tuple[Any, int | None]:
     """``bnb_8bit_plan`` computed: (float32 tensor, block size)."""
     plan = bnb_8bit_plan(codes, qmap, absmax)
     return plan.compute(), plan.block_size
 
 
-def _block_size(n: int, scale: torch.Tensor, stored: Any) -> int:
+def _block_size(n: int, scale: Any, stored: Any) -> int:
     """torchao's block size, elements // ``scale.numel()``: must divide the elements
     exactly and equal the stored ``block_size`` when there is one."""
     blocks = scale.numel()
@@ -181,7 +196,7 @@ def _block_size(n: int, scale: torch.Tensor, stored: Any) -> int:
 
 def torchao_8bit_plan(codes: Any, scale: Any, qmap: Any, block_size: Any = None) -> Plan:
     """torchao ``OptimState8bit.dequantize()``: float32 of ``codes``' shape."""
-    codes = _check_codes(codes, torch.uint8)
+    codes = _check_codes(codes, "uint8")
     table = _check_table(qmap, 256, "the qmap")
     s = _check_scale(scale, "the scale")
     block = _block_size(codes.numel(), s, block_size)
@@ -193,7 +208,9 @@ def torchao_8bit_plan(codes: Any, scale: Any, qmap: Any, block_size: Any = None)
 def torchao_4bit_plan(codes: Any, scale: Any, qmap: Any, shape: Any,
                       block_size: Any = None) -> Plan:
     """torchao ``OptimState4bit.dequantize()``: float32 of ``shape`` (``_shape``)."""
-    codes = _check_codes(codes, torch.uint8)
+    import torch
+
+    codes = _check_codes(codes, "uint8")
     table = _check_table(qmap, 16, "the qmap")
     s = _check_scale(scale, "the scale")
     try:
@@ -206,7 +223,7 @@ def torchao_4bit_plan(codes: Any, scale: Any, qmap: Any, shape: Any,
                            f"4-bit values, not the {n:,} of shape {list(dims)}")
     block = _block_size(n, s, block_size)
 
-    def compute() -> torch.Tensor:
+    def compute() -> Any:
         flat = codes.reshape(-1).contiguous()
         out = torch.empty(n, dtype=torch.float32)
         step = max(CHUNK // block, 1) * block
@@ -223,13 +240,15 @@ def torchao_4bit_plan(codes: Any, scale: Any, qmap: Any, shape: Any,
 
 def torchao_fp8_plan(codes: Any, scale: Any, block_size: Any = None) -> Plan:
     """torchao ``OptimStateFp8.dequantize()``: float32 of ``codes``' shape."""
-    codes = _check_codes(codes, torch.float8_e4m3fn)
+    import torch
+
+    codes = _check_codes(codes, "float8_e4m3fn")
     s = _check_scale(scale, "the scale")
     n = codes.numel()
     block = _block_size(n, s, block_size)
     shape = tuple(int(d) for d in codes.shape)
 
-    def compute() -> torch.Tensor:
+    def compute() -> Any:
         flat = codes.reshape(-1).contiguous()
         out = torch.empty(n, dtype=torch.float32)
         step = max(CHUNK // block, 1) * block
@@ -242,14 +261,14 @@ def torchao_fp8_plan(codes: Any, scale: Any, block_size: Any = None) -> Plan:
     return Plan(shape, block, compute)
 
 
-def torchao_8bit(codes: Any, scale: Any, qmap: Any, block_size: Any = None) -> torch.Tensor:
+def torchao_8bit(codes: Any, scale: Any, qmap: Any, block_size: Any = None) -> Any:
     return torchao_8bit_plan(codes, scale, qmap, block_size).compute()
 
 
 def torchao_4bit(codes: Any, scale: Any, qmap: Any, shape: Any,
-                 block_size: Any = None) -> torch.Tensor:
+                 block_size: Any = None) -> Any:
     return torchao_4bit_plan(codes, scale, qmap, shape, block_size).compute()
 
 
-def torchao_fp8(codes: Any, scale: Any, block_size: Any = None) -> torch.Tensor:
+def torchao_fp8(codes: Any, scale: Any, block_size: Any = None) -> Any:
     return torchao_fp8_plan(codes, scale, block_size).compute()

@@ -25,15 +25,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from optstate.io.native_tensor import NativeDtype, as_torch, is_native, is_tensor
+
 # Leaves compared by ``==`` after their types matched.
 _PLAIN = (type(None), bool, int, str, bytes, bytearray, range, slice)
-
-
-def is_tensor(v: Any) -> bool:
-    import sys
-
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(v, torch.Tensor)
 
 
 def _torch_value_type(v: Any) -> bool:
@@ -42,9 +37,21 @@ def _torch_value_type(v: Any) -> bool:
     return type(v).__module__ == "torch" and not is_tensor(v)
 
 
+def _dtype_like(v: Any) -> bool:
+    """A torch.dtype or the native reader's ``NativeDtype``: the same value when they name
+    the same dtype, whichever reader read each side."""
+    return isinstance(v, NativeDtype) or (type(v).__module__ == "torch"
+                                          and type(v).__name__ == "dtype")
+
+
 def same_tensor(a: Any, b: Any, *, strides: bool = True) -> bool:
     """Same dtype, shape, layout (and strides) and the same bits: NaN payloads and -0.0
-    count. Lazy tensors (``lazy.LazyTensor``) are read first."""
+    count. Lazy tensors (``lazy.LazyTensor``) are read first. Two ``NativeTensor``s are
+    compared on their mapped bytes, without torch; one beside a torch tensor goes
+    through torch (``as_torch``: torch is loaded already)."""
+    if is_native(a) and is_native(b):
+        return _same_native(a, b, strides=strides)
+    a, b = as_torch(a), as_torch(b)
     import torch
 
     from optstate.io.lazy import LazyTensor
@@ -70,6 +77,29 @@ def same_tensor(a: Any, b: Any, *, strides: bool = True) -> bool:
     if x.dtype == torch.bool:
         return bool(torch.equal(x, y))
     return bool(torch.equal(x.view(torch.uint8), y.view(torch.uint8)))
+
+
+def _same_native(a: Any, b: Any, *, strides: bool) -> bool:
+    """``same_tensor`` of two ``NativeTensor``s: their bits, compared on the mapped bytes
+    (both contiguous) or through numpy; torch (``as_torch``) only without numpy."""
+    if a.dtype.name != b.dtype.name or a.shape != b.shape:
+        return False
+    if strides and a.stride() != b.stride():
+        return False
+    if a.numel() == 0:
+        return True
+    if a.is_contiguous() and b.is_contiguous() and a.dtype.name != "bool":
+        (i, j), (k, m) = a.byte_range(), b.byte_range()
+        return a.storage.buffer[i:j] == b.storage.buffer[k:m]
+    try:
+        import numpy as np
+    except ImportError:
+        return same_tensor(as_torch(a), as_torch(b), strides=strides)
+    x = np.ascontiguousarray(a.array()).view(np.uint8)
+    y = np.ascontiguousarray(b.array()).view(np.uint8)
+    if a.dtype.name == "bool":  # by value, as torch.equal compares bools
+        x, y = x != 0, y != 0
+    return bool(np.array_equal(x, y))
 
 
 def _same_sparse(a: Any, b: Any) -> bool:
@@ -119,6 +149,8 @@ def same_leaf(a: Any, b: Any, *, strides: bool = True) -> bool:
     Works on containers too, comparing item by item."""
     if is_tensor(a) or is_tensor(b):
         return is_tensor(a) and is_tensor(b) and same_tensor(a, b, strides=strides)
+    if _dtype_like(a) and _dtype_like(b):
+        return str(a) == str(b)
     if type(a) is not type(b):
         return False
     if a is b and not isinstance(a, (float, complex, list, tuple, dict, set, frozenset)):

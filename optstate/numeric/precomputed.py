@@ -23,15 +23,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 
 @dataclass(frozen=True)
 class Call:
     """One recorded call: ``kind`` ("summary" or "compare"), its tensors, its options."""
 
     kind: str
-    tensors: tuple[torch.Tensor, ...]
+    tensors: tuple[Any, ...]
     options: dict[str, Any]
 
     @property
@@ -69,7 +67,7 @@ def using(results: dict[tuple[Any, ...], Any]) -> Iterator[None]:
         _mode.reset(token)
 
 
-def intercept(kind: str, tensors: tuple[torch.Tensor, ...], options: dict[str, Any],
+def intercept(kind: str, tensors: tuple[Any, ...], options: dict[str, Any],
               compute: Callable[[], Any], placeholder: Callable[[], Any]) -> Any:
     """``compute()``, or, in a mode above, a recorded placeholder or a precomputed result."""
     mode = _mode.get()

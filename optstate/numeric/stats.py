@@ -25,8 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import torch
-
+from optstate.io.native_tensor import as_torch
 from optstate.numeric.kernels import ByteProgress, Moments, moments
 from optstate.numeric.precomputed import intercept
 from optstate.numeric.views import distinct_elements, repeated_view
@@ -62,14 +61,26 @@ class TensorSummary:
         return d
 
 
-_PER_TENSOR = (torch.per_tensor_affine, torch.per_tensor_symmetric)
-
-
-def dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: Any) -> str:
+    """``float32`` for ``torch.float32`` and for the native reader's ``NativeDtype``."""
     return str(dtype).removeprefix("torch.")
 
 
-def structure_summary(t: torch.Tensor) -> dict[str, Any]:
+def is_strided(t: Any) -> bool:
+    """A dense tensor (``torch.strided``; a ``NativeTensor``'s layout is ``"strided"``),
+    not a sparse COO or compressed one: by name, so no torch is needed to ask."""
+    return str(t.layout).removeprefix("torch.") == "strided"
+
+
+def _per_tensor(t: Any) -> bool:
+    """A quantized tensor with one scale (a quantized tensor is a torch one: the native
+    reader never gives one, so torch is already imported here)."""
+    import torch
+
+    return t.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric)
+
+
+def structure_summary(t: Any) -> dict[str, Any]:
     """Shape, dtype, numel, bytes: no tensor data is read."""
     return {
         "shape": list(t.shape),
@@ -79,7 +90,7 @@ def structure_summary(t: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def summarize(t: torch.Tensor, *, progress: ByteProgress | None = None) -> TensorSummary:
+def summarize(t: Any, *, progress: ByteProgress | None = None) -> TensorSummary:
     """All statistics of ``t`` (see module docstring), in one chunked pass over its data
     (``kernels.moments``); ``progress`` is called with bytes as they are processed. (Or
     the summary another rank computed: ``precomputed.py``.)"""
@@ -87,24 +98,24 @@ def summarize(t: torch.Tensor, *, progress: ByteProgress | None = None) -> Tenso
                      lambda: _no_stats(t))
 
 
-def _base(t: torch.Tensor) -> dict[str, Any]:
+def _base(t: Any) -> dict[str, Any]:
     return dict(shape=tuple(t.shape), dtype=dtype_name(t.dtype), numel=t.numel(),
                 bytes=t.numel() * t.element_size())
 
 
-def _no_stats(t: torch.Tensor) -> TensorSummary:
+def _no_stats(t: Any) -> TensorSummary:
     return TensorSummary(**_base(t), norm=None, min=None, max=None, mean=None, mean_abs=None,
                          nan=0, inf=0, zeros=None)
 
 
-def splits_into_moments(t: torch.Tensor) -> bool:
+def splits_into_moments(t: Any) -> bool:
     """Whether ``summarize(t)`` is ``from_moments`` of ``t``'s moments: a plain dense real
     tensor, so the moments of its pieces (``kernels.merge_moments``) summarise it too."""
     return (not t.is_meta and t.numel() > 0 and not t.is_quantized and not t.is_complex()
-            and t.layout == torch.strided and not getattr(t, "is_sparse", False))
+            and is_strided(t) and not getattr(t, "is_sparse", False))
 
 
-def from_moments(t: torch.Tensor, m: Moments) -> TensorSummary:
+def from_moments(t: Any, m: Moments) -> TensorSummary:
     """The summary of the plain tensor ``t`` (``splits_into_moments``) from its moments
     ``m``: the one place summaries are made from moments, for one process and for the
     merged moments of several ranks."""
@@ -116,7 +127,7 @@ def from_moments(t: torch.Tensor, m: Moments) -> TensorSummary:
         nan=m.nan, inf=m.inf, zeros=m.zeros / m.numel)
 
 
-def _summarize(t: torch.Tensor, progress: ByteProgress | None) -> TensorSummary:
+def _summarize(t: Any, progress: ByteProgress | None) -> TensorSummary:
     numel = t.numel()
     base = _base(t)
     if t.is_meta or numel == 0:
@@ -124,7 +135,7 @@ def _summarize(t: torch.Tensor, progress: ByteProgress | None) -> TensorSummary:
     t = base_t = t.detach()
     # before dequantize(), which would write out every repeated element (per-channel
     # quantized views are left as they are: their scales follow the logical index)
-    view = None if t.is_quantized and t.qscheme() not in _PER_TENSOR else repeated_view(t)
+    view = None if t.is_quantized and not _per_tensor(t) else repeated_view(t)
     over: dict[str, Any] = {}
     if view is not None:  # statistics of the distinct stored elements (module docstring)
         t = distinct_elements(t)
@@ -132,9 +143,14 @@ def _summarize(t: torch.Tensor, progress: ByteProgress | None) -> TensorSummary:
         over = dict(stored=numel, view=view)
     if t.is_quantized:  # statistics of the values it stands for
         t = t.dequantize()
-    if t.layout != torch.strided:  # COO and compressed layouts; walk.py bounds their size
+    if not is_strided(t):  # COO and compressed layouts; walk.py bounds their size
         t = (t.coalesce() if t.is_sparse else t).to_dense()
     if t.is_complex():
+        # torch's own complex abs (its float32 rounding) defines these: a complex tensor
+        # of the native reader is read through torch (the one case it imports torch)
+        import torch
+
+        t = as_torch(t)
         nan = int(torch.isnan(t).sum())
         inf = int(torch.isinf(t).sum())
         fin = t[torch.isfinite(t)]

@@ -44,10 +44,21 @@ SAFETY = 2.0
 UNIT_ROUNDOFF_FLOAT64 = 2.0 ** -53
 
 
+# torch.finfo(dtype).eps of each floating dtype, by name: asked without importing torch
+# (a NativeDtype or a name; tests/test_tolerance.py checks these against torch.finfo)
+EPS = {"float64": 2.0 ** -52, "float32": 2.0 ** -23, "float16": 2.0 ** -10,
+       "bfloat16": 2.0 ** -7, "float8_e4m3fn": 2.0 ** -3, "float8_e5m2": 2.0 ** -2,
+       "float8_e4m3fnuz": 2.0 ** -3, "float8_e5m2fnuz": 2.0 ** -3}
+
+
 def unit_roundoff(dtype: object = None) -> float:
-    """eps/2 of the accumulation dtype (a torch floating dtype; float64 by default)."""
+    """eps/2 of the accumulation dtype (a torch floating dtype, the native reader's
+    ``NativeDtype`` or a dtype name; float64 by default)."""
     if dtype is None:
         return UNIT_ROUNDOFF_FLOAT64
+    eps = EPS.get(str(dtype).removeprefix("torch."))
+    if eps is not None:
+        return eps / 2
     import torch
 
     return torch.finfo(dtype).eps / 2

@@ -10,6 +10,7 @@ Face folders (see ``source.py``). Locations are written like ``optimizer_states[
 from __future__ import annotations
 
 import shlex
+import sys
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from optstate.base.errors import CheckpointError, ConfigError, NoOptimizerStateE
 from optstate.base.paths import PathNotFound, follow, join, path_keys
 from optstate.base.suggest import did_you_mean
 from optstate.io.dcp_metadata import is_index
+from optstate.io.native_tensor import is_native, is_tensor
 from optstate.io.source import Source
 
 # How far into a container we look for an optimizer state (Lightning: depth 2).
@@ -136,7 +138,8 @@ def find_optimizer_states(obj: Any) -> list[tuple[str, dict[str, Any]]]:
 
 def _is_optimizer_object(obj: Any) -> bool:
     """A pickled ``torch.optim.Optimizer`` itself (only --unsafe loads one)."""
-    if isinstance(obj, (dict, list, tuple, str, bytes, int, float)) or obj is None:
+    if isinstance(obj, (dict, list, tuple, str, bytes, int, float)) or obj is None \
+            or is_native(obj) or "torch" not in sys.modules:  # no torch: no such object
         return False
     import torch
 
@@ -176,9 +179,7 @@ def resolve_key(obj: Any, key: str, where: str = "this checkpoint") -> Any:
 
 def describe_contents(obj: Any) -> str:
     """A few words on what an object is, for 'no optimizer state found' messages."""
-    import torch
-
-    if isinstance(obj, torch.Tensor):
+    if is_tensor(obj):
         return f"a single tensor of shape {list(obj.shape)}"
     if isinstance(obj, dict):
         if not obj:
@@ -208,9 +209,7 @@ def describe_contents(obj: Any) -> str:
 
 def _describe_model_state(obj: dict[Any, Any]) -> str | None:
     """'a model state_dict with N tensors' when every value is a tensor."""
-    import torch
-
-    if not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not obj or not all(is_tensor(v) for v in obj.values()):
         return None
     n = len(obj)
     numel = sum(v.numel() for v in obj.values())

@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from typing import Any
 
-import torch
-
 from optstate.io.inert import InertTensor
-from optstate.io.lazy import LazyTensor
+from optstate.io.native_tensor import dtype_name, is_native, is_tensor
 from optstate.numeric.dequant import (
     DequantError,
     Plan,
@@ -58,7 +57,7 @@ TORCHAO_FORMATS = {"OptimState8bit": "torchao-8bit", "OptimState4bit": "torchao-
 
 
 def _nbytes(*tensors: Any) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    return sum(t.numel() * t.element_size() for t in tensors if is_tensor(t))
 
 
 def _dtype(t: Any) -> str:
@@ -72,7 +71,7 @@ def bnb(entries: dict[Any, Any], stored: dict[str, dict[str, Any]]) -> dict[Any,
         quant, prefix = dict(nested), f"{BNB_KEY}."
         out = {k: v for k, v in entries.items() if k != BNB_KEY}
     elif any(f"absmax{n}" in entries or f"qmap{n}" in entries for n in (1, 2)) and any(
-            isinstance(entries.get(f"state{n}"), torch.Tensor) for n in (1, 2)):
+            is_tensor(entries.get(f"state{n}")) for n in (1, 2)):
         quant, prefix = {k: v for k, v in entries.items() if k in BNB_KEYS}, ""
         out = {k: v for k, v in entries.items() if k not in BNB_KEYS}
     else:
@@ -80,9 +79,9 @@ def bnb(entries: dict[Any, Any], stored: dict[str, dict[str, Any]]) -> dict[Any,
     for n in (1, 2):
         key = f"state{n}"
         value = quant.get(key)
-        if not isinstance(value, torch.Tensor):
+        if not is_tensor(value):
             continue
-        if value.dtype != torch.uint8:  # a small param's 32-bit state
+        if dtype_name(value.dtype) != "uint8":  # a small param's 32-bit state
             out[key] = quant.pop(key)
             stored[key] = {"format": "bitsandbytes-32bit", "from": [prefix + key],
                            "dtype": _dtype(value)}
@@ -111,7 +110,7 @@ def bnb(entries: dict[Any, Any], stored: dict[str, dict[str, Any]]) -> dict[Any,
         name = k if k not in out else prefix + k
         out[name] = v
     s1, s2 = out.get("state1"), out.get("state2")
-    if (isinstance(s1, torch.Tensor) and isinstance(s2, torch.Tensor) and "state1" in stored
+    if (is_tensor(s1) and is_tensor(s2) and "state1" in stored
             and s1.dim() == s2.dim() + 1 and s1.shape[1:] == s2.shape):
         return _split_moments(out, stored, "state1")  # AdEMAMix8bit: two moments in one
     return out
@@ -142,8 +141,8 @@ def _split_moments(entries: dict[Any, Any], stored: dict[str, dict[str, Any]],
                 if d.get(b) is not None:
                     d[b] = int(desc[b]) // k + (i == 0) * (int(desc[b]) % k)
             out[f"{key}[{i}]"] = (
-                LazyTensor(value.shape[1:], value.dtype, lambda v=value, i=i: v[i].clone(),
-                           info=value.info) if isinstance(value, LazyTensor) else value[i])
+                _lazy_tensor()(value.shape[1:], value.dtype, lambda v=value, i=i: v[i].clone(),
+                               info=value.info) if _is_lazy(value) else value[i])
             stored[f"{key}[{i}]"] = d
     return out
 
@@ -191,10 +190,27 @@ def _numel(plan: Plan) -> int:
     return math.prod(plan.shape)
 
 
-def _lazy(plan: Plan, fmt: str) -> LazyTensor:
+def _lazy_tensor() -> Any:
+    """``io.lazy.LazyTensor``, a torch.Tensor subclass: imported (with torch) only where a
+    low-bit state is dequantized, so the native reader's plain states never import torch."""
+    from optstate.io.lazy import LazyTensor
+
+    return LazyTensor
+
+
+def _is_lazy(value: Any) -> bool:
+    """A ``LazyTensor`` (none exists before ``io.lazy`` is imported: asked without it)."""
+    lazy = sys.modules.get("optstate.io.lazy")
+    return lazy is not None and isinstance(value, lazy.LazyTensor)
+
+
+def _lazy(plan: Plan, fmt: str) -> Any:
     """The moment as a tensor whose values are computed when something reads them (each
     time: nothing is kept, so a large state is dequantized one entry at a time)."""
-    return LazyTensor(plan.shape, torch.float32, plan.compute, info={"dequantized": fmt})
+    import torch
+
+    return _lazy_tensor()(plan.shape, torch.float32, plan.compute,
+                          info={"dequantized": fmt})
 
 
 def _torchao_fields(value: Any) -> tuple[str, dict[str, Any]] | None:
@@ -203,6 +219,10 @@ def _torchao_fields(value: Any) -> tuple[str, dict[str, Any]] | None:
     its attributes are read, none of its operations run); None for anything else."""
     if isinstance(value, InertTensor):
         return (value.qualname, value.state) if value.name in TORCHAO_FORMATS else None
+    if is_native(value) or not is_tensor(value):  # a torch.Tensor below: torch is loaded
+        return None
+    import torch
+
     cls = type(value)
     if (isinstance(value, torch.Tensor) and cls is not torch.Tensor
             and cls.__name__ in TORCHAO_FORMATS and cls.__module__.startswith("torchao.")):

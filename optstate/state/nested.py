@@ -31,16 +31,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from optstate.base.paths import format_path
 from optstate.io.inert import Inert
+from optstate.io.native_tensor import is_tensor
 
 MAX_DEPTH = 16  # deeper nesting is left as it is (walk already bounded the tree)
 
 
 def _holds_tensor(value: Any, depth: int = 0) -> bool:
-    if isinstance(value, torch.Tensor):
+    if is_tensor(value):
         return True
     if depth > MAX_DEPTH:
         return False

@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
+from optstate.io.native_tensor import is_native, is_tensor
 from optstate.numeric.stats import structure_summary, summarize
 from optstate.state.view import OptimizerStateView
 
@@ -27,9 +26,9 @@ def plain(value: Any, *, finite: bool = True) -> Any:
         return [plain(v, finite=finite) for v in value]
     if isinstance(value, dict):
         return {str(k): plain(v, finite=finite) for k, v in value.items()}
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_meta:
+    if is_tensor(value) and value.numel() == 1 and not value.is_meta:
         return plain(value.item(), finite=finite)
-    if isinstance(value, torch.Tensor):
+    if is_tensor(value):
         return {"tensor": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
     return repr(value)
 
@@ -39,10 +38,11 @@ VALUES_FULL_UP_TO = 64
 VALUES_EDGE = 8
 
 
-def tensor_like(value: Any) -> torch.Tensor | None:
+def tensor_like(value: Any) -> Any:
     """``value`` if it is a tensor, else None. A tensor read lazily (``io.lazy.LazyTensor``,
-    DCP folders and large files) is one: it reads its data when an operation needs it."""
-    return value if isinstance(value, torch.Tensor) else None
+    DCP folders and large files) is one: it reads its data when an operation needs it; so
+    is the native reader's ``NativeTensor``."""
+    return value if is_tensor(value) else None
 
 
 def entry_report(value: Any, *, stats: bool = True, values: bool = False) -> dict[str, Any]:
@@ -66,13 +66,15 @@ def entry_report(value: Any, *, stats: bool = True, values: bool = False) -> dic
     return {"value": plain(value)}
 
 
-def tensor_values(t: torch.Tensor) -> dict[str, Any]:
+def tensor_values(t: Any) -> dict[str, Any]:
     """The values of ``t`` for --values: all of them when small, else the first and last
-    few (flattened), with ``values_truncated`` saying so."""
+    few (flattened), with ``values_truncated`` saying so. A ``NativeTensor`` decodes them
+    from its bytes (``tolist``, integer indexing): no torch."""
     if t.is_sparse:
         t = t.to_dense()
     if t.numel() <= VALUES_FULL_UP_TO:
-        return {"values": plain(t.detach().cpu().tolist())}
+        return {"values": plain(t.detach().tolist() if is_native(t)
+                                else t.detach().cpu().tolist())}
     t = t.detach()
     n = t.numel()
     # element by element, not t.reshape(-1): that copies a view repeating stored elements
@@ -86,7 +88,7 @@ def tensor_values(t: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def _unravel(i: int, shape: torch.Size) -> tuple[int, ...]:
+def _unravel(i: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The index of the ``i``-th element in row-major (flattened) order."""
     idx = []
     for size in reversed(shape):

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from optstate.base.errors import CheckpointError
 from optstate.io.dtensor import describe_dtensor, field, is_dtensor
+from optstate.io.native_tensor import is_tensor
 
 
 def unpack_dtensors(entries: dict[Any, Any],
@@ -34,7 +33,7 @@ def unpack_dtensors(entries: dict[Any, Any],
             out[k] = v
             continue
         local = field(v, "_local_tensor")
-        if not isinstance(local, torch.Tensor) or is_dtensor(local):
+        if not is_tensor(local) or is_dtensor(local):
             raise CheckpointError(
                 f"state entry {k!r} is a DTensor without its local tensor "
                 f"({type(local).__name__} instead): this rank's shard cannot be read")
