@@ -295,6 +295,25 @@ def test_hostile_value_is_left_to_torch_and_its_message(tmp_path):
     assert not marker.exists()
 
 
+# GLOBAL torch.<dtype>, {"itemsize": 1}, BUILD: a pickle writing into what its global names
+_REWRITE_DTYPE = b"\x80\x02ctorch\n%s\n}X\x08\x00\x00\x00itemsizeK\x01sb."
+
+
+@pytest.mark.parametrize("name", [b"float32", b"FloatStorage", b"float8_e4m3fn"])
+def test_a_pickle_cannot_rewrite_the_shared_dtypes(fqn, name):
+    """The unpicklers hand out dtype names, never the process-wide NativeDtype objects,
+    which a BUILD would rewrite (float32 of itemsize 1: later reads out of bounds)."""
+    from optstate.io import native_dcp
+    from optstate.io.native_tensor import DTYPES
+
+    (fqn / ".metadata").write_bytes(_REWRITE_DTYPE % name)
+    with pytest.raises(NativeUnsupported):
+        read_dcp_native(fqn)
+    with pytest.raises(NativeUnsupported):
+        native_dcp._unpickle(native_dcp._ChunkUnpickler, _REWRITE_DTYPE % name, "a chunk")
+    assert [d.itemsize for d in (DTYPES["float32"], DTYPES["float8_e4m3fn"])] == [4, 1]
+
+
 @pytest.mark.parametrize("damage", ["truncate", "missing", "chunks", "rank_file"])
 def test_damage_gets_the_torch_path_verdict(fqn, damage):
     meta = fqn / ".metadata"

@@ -151,6 +151,18 @@ _TORCH_NAMES = {"strided", "sparse_coo", "sparse_csr", "sparse_csc", "sparse_bsr
                 "channels_last_3d", "preserve_format"}
 
 
+class _DtypeName(str):
+    """A dtype as an unpickler hands it out: a name, turned into the shared ``NativeDtype``
+    after loading. Never the shared object itself: a pickle's BUILD on it would rewrite
+    that object's fields (``float32``'s itemsize) for every later read in the process."""
+
+    __slots__ = ()
+
+
+def _dtype(value: Any) -> NativeDtype | None:
+    return DTYPES.get(str(value)) if type(value) is _DtypeName else None
+
+
 class _MetadataUnpickler(pickle.Unpickler):
     """The DCP metadata classes only, as ``_Record``s; anything else is unknown here."""
 
@@ -159,7 +171,7 @@ class _MetadataUnpickler(pickle.Unpickler):
         if found is not None:
             return found
         if module == "torch" and name in DTYPES:
-            return DTYPES[name]
+            return _DtypeName(name)
         if module == "torch" and name in _TORCH_NAMES:
             return name
         raise NativeUnsupported(f".metadata needs {module}.{name}")
@@ -233,8 +245,8 @@ class _Metadata:
         size, props, chunks = entry.size, entry.properties, entry.chunks
         if not _is_dims(size) or len(size) > limits.depth or math.prod(size) > _MAX_ELEMENTS:
             raise NativeUnsupported(f"key {key!r} has an odd shape")
-        dtype = getattr(props, "dtype", None)
-        if not isinstance(dtype, NativeDtype):
+        dtype = _dtype(getattr(props, "dtype", None))
+        if dtype is None:
             raise NativeUnsupported(f"key {key!r} has a dtype this reader does not know")
         if getattr(props, "layout", "strided") not in ("strided", None):
             raise NativeUnsupported(f"key {key!r} is not a strided tensor")
@@ -422,10 +434,10 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_
 def _rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
                        hooks: Any, dtype: Any, metadata: Any = None) -> tuple[Any, ...]:
     """The newer dtypes (float8, uint16 ...): an untyped storage and the dtype apart."""
-    if not (isinstance(storage, tuple) and storage[1] is _UNTYPED
-            and isinstance(dtype, NativeDtype)):
+    native = _dtype(dtype)
+    if not (isinstance(storage, tuple) and storage[1] is _UNTYPED and native is not None):
         raise NativeUnsupported("a chunk's storage is not an untyped one")
-    typed = ("storage", dtype, storage[2], storage[3] // dtype.itemsize)
+    typed = ("storage", native, storage[2], storage[3] // native.itemsize)
     return _rebuild_tensor(typed, offset, size, stride, requires_grad, hooks, metadata)
 
 
@@ -445,18 +457,18 @@ class _ChunkUnpickler(pickle.Unpickler):
         if (module, name) == ("torch.storage", "UntypedStorage"):
             return _UNTYPED
         if module == "torch" and name in _STORAGES:
-            return DTYPES[_STORAGES[name]]
+            return _DtypeName(_STORAGES[name])
         if module == "torch" and name in DTYPES:
-            return DTYPES[name]
+            return _DtypeName(name)
         raise NativeUnsupported(f"a chunk needs {module}.{name}")
 
     def persistent_load(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and (isinstance(pid[1], NativeDtype) or pid[1] is _UNTYPED)
+                and (_dtype(pid[1]) is not None or pid[1] is _UNTYPED)
                 and isinstance(pid[2], str)
                 and _is_index(pid[4])):
             raise NativeUnsupported("a chunk names an odd storage")
-        return ("storage", pid[1], pid[2], pid[4])
+        return ("storage", _dtype(pid[1]) or pid[1], pid[2], pid[4])
 
 
 # ---------------------------------------------------------------- tensors
@@ -598,19 +610,18 @@ class NativeDcp:
         label = f"{self.folder}: the chunk of {_short(key)}"
         pkl, records = _zip_records(self._item(key, offsets), label)
         got = _unpickle(_ChunkUnpickler, pkl, label)
-        if not (isinstance(got, tuple) and len(got) == 5 and got[0] == "tensor"
-                and isinstance(got[1], tuple) and got[1][0] == "storage"):
-            raise NativeUnsupported(f"{label} is not one tensor")
-        _, (_, sdtype, skey, numel), offset, size, stride = got  # v2 untyped: refused
-        record = records.get(skey)
-        if (sdtype is not dtype or size != sizes or record is None or not _is_index(offset)
-                or len(record) < numel * dtype.itemsize):
-            raise NativeUnsupported(f"{label} does not match the metadata")
-        try:
+        try:  # what _rebuild_tensor returned, or whatever else a pickle built
+            tag, (kind, sdtype, skey, numel), offset, size, stride = got
+            record = records.get(skey) if isinstance(skey, str) else None
+            if not (tag == "tensor" and kind == "storage" and sdtype is dtype
+                    and size == sizes and record is not None and _is_index(offset)
+                    and _is_index(numel) and len(record) >= numel * dtype.itemsize
+                    and _is_dims(stride)):
+                raise ValueError
             return NativeTensor(NativeStorage(record, skey, self.folder), dtype, size, stride,
                                 offset)
-        except (ValueError, TypeError):
-            raise NativeUnsupported(f"{label} lies outside its storage") from None
+        except (ValueError, TypeError):  # NativeTensor: elements outside the storage
+            raise NativeUnsupported(f"{label} is not one tensor as the metadata says") from None
 
     def tensor_bytes(self, key: str) -> Any:
         """The whole tensor ``key``, contiguous: a view of the mapped file when one chunk
