@@ -15,6 +15,13 @@ A URL (``s3://...``, any fsspec URL; ``remote.py``) opens the same way for a tor
 file (``remote_torch.py``), a DCP folder and a Trainer / accelerate folder, every byte read
 by range requests and counted in ``Source.read``; other formats are refused remotely, with a
 hint to copy them locally. A ``file://`` URL is a local path.
+
+``reader="auto"`` (inspect, diff, timeline) reads torch.save zip files and DCP folders
+without torch where the native reader knows them (``native_pickle``, ``native_dcp``);
+``Source.reader`` / ``reader_note`` say which reader read it and why torch did.
+
+About 460 lines on purpose: every kind of source is opened here, side by side, so that
+each goes through the same checks and the same choice of reader.
 """
 
 from __future__ import annotations
@@ -33,9 +40,8 @@ from optstate.io.deepspeed import (
     is_deepspeed_folder,
     latest_hint,
 )
-from optstate.io.dtensor import RANK_FILE, join_ranks, rank_files
 from optstate.io.remote import ReadStats, RemotePath, display, is_url, local_path
-from optstate.io.torch_file import load_torch_file
+from optstate.io.torch_file import choose_reader, load_torch_file
 from optstate.io.walk import WalkReport, check_copyable, walk
 
 # Hugging Face Trainer writes optimizer.pt / scheduler.pt; accelerate writes .bin.
@@ -76,6 +82,10 @@ class Source:
     # are named from the model config.json describes as locally (``state.model_near``);
     # model files are not fetched. Removed with the Source.
     mirror: Path | None = None
+    # "native": read without torch (``native_pickle``, ``native_dcp``); "torch": with it,
+    # ``reader_note`` saying why when another reader was asked for (None: it was not)
+    reader: str = "torch"
+    reader_note: str | None = None
 
     @property
     def label(self) -> str:
@@ -84,36 +94,51 @@ class Source:
 
 
 def open_source(path: str | Path | RemotePath, *, mmap: bool = True, unsafe: bool = False,
-                copying: str | None = None) -> Source:
+                copying: str | None = None, reader: str = "torch") -> Source:
     """Open a checkpoint file or folder. Raises CheckpointError with a one-line reason.
 
     ``copying``: the name of the command that will copy every tensor (``set``,
     ``convert``); a file whose views would grow past the ``expand`` limit when copied is
     then refused here, before any copy (reading it for statistics works over its storage).
+    ``reader``: "torch" (the default), or "auto" / "native": torch.save zip files
+    (alone or in a Trainer / accelerate folder) and DCP folders are read without torch
+    when the native reader knows all of them (``torch_file.choose_reader``;
+    ``OPTSTATE_READER=torch`` forces torch); everything else with torch, and
+    ``Source.reader_note`` says why.
     """
     if isinstance(path, RemotePath) or isinstance(path, str) and is_url(path):
         local = local_path(path)
         if local is None:
-            return _open_remote(path, unsafe=unsafe, copying=copying)
+            return _torch_because(_open_remote(path, unsafe=unsafe, copying=copying), reader,
+                                  "a remote checkpoint (a URL) is read with torch")
         path = local
     p = Path(path)
     if p.is_dir() and is_deepspeed_folder(p) or p.is_file() and is_deepspeed_file(p):
-        return _open_deepspeed(p, unsafe=unsafe, copying=copying)
+        return _torch_because(_open_deepspeed(p, unsafe=unsafe, copying=copying), reader,
+                              "a DeepSpeed checkpoint is read with torch")
     if p.is_dir():
-        return _open_folder(p, mmap=mmap, unsafe=unsafe, copying=copying)
+        return _open_folder(p, mmap=mmap, unsafe=unsafe, copying=copying, reader=reader)
     if p.is_file():
         _not_a_dcp_part(p.name, str(p), str(p.parent))
     tag = latest_hint(p)
     if tag is not None:
         raise CheckpointError(f"{p} is DeepSpeed's 'latest' file (it names the tag folder "
                               f"{tag}), not a checkpoint", hint=f"give the run folder: {p.parent}")
-    loaded = load_torch_file(p, mmap=mmap, unsafe=unsafe)  # walks what it loaded
+    loaded = load_torch_file(p, mmap=mmap, unsafe=unsafe, reader=reader)  # walks it too
     if copying and loaded.walk is not None:
         check_copyable(loaded.walk, str(p), copying)
     src = Source(path=p, file=p, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj,
-                 walk=loaded.walk)
+                 walk=loaded.walk, reader=loaded.reader, reader_note=loaded.reader_note)
     if OPTIMIZER_FILE.fullmatch(p.name):  # a Trainer / accelerate file named directly
-        _add_scheduler_sibling(src, p, unsafe=unsafe)
+        _add_scheduler_sibling(src, p, unsafe=unsafe, reader=reader)
+    return src
+
+
+def _torch_because(src: Source, reader: str, why: str) -> Source:
+    """A source only torch reads: say so when another reader was asked for."""
+    chosen, note = choose_reader(reader)
+    if chosen != "torch" or note is not None:
+        src.reader_note = note or why
     return src
 
 
@@ -129,9 +154,10 @@ def _not_a_dcp_part(name: str, shown: str, folder: str) -> None:
                           "by itself", hint=f"give the folder: {folder}")
 
 
-def _open_folder(p: Path, *, mmap: bool, unsafe: bool, copying: str | None) -> Source:
+def _open_folder(p: Path, *, mmap: bool, unsafe: bool, copying: str | None,
+                 reader: str) -> Source:
     if (p / ".metadata").is_file():
-        return _open_dcp(p)
+        return _open_dcp(p, reader)
     found = sorted(n.name for n in p.iterdir() if OPTIMIZER_FILE.fullmatch(n.name)
                    and n.is_file())
     if len(found) > 1:  # accelerate with several optimizers: optimizer.bin, optimizer_1.bin
@@ -141,20 +167,25 @@ def _open_folder(p: Path, *, mmap: bool, unsafe: bool, copying: str | None) -> S
         )
     opt_file = next((p / n for n in HFOPTIMIZER_FILES if (p / n).is_file()),
                     p / found[0] if found else None)
-    if opt_file is None and (ranks := rank_files(p)):  # FSDP2: one torch.save per rank
-        return _open_ranks(p, ranks, mmap=mmap, unsafe=unsafe, copying=copying)
+    if opt_file is None:
+        from optstate.io.dtensor import rank_files  # imports torch: only FSDP2 needs it
+
+        if ranks := rank_files(p):  # FSDP2: one torch.save per rank
+            return _torch_because(
+                _open_ranks(p, ranks, mmap=mmap, unsafe=unsafe, copying=copying), reader,
+                "a folder of FSDP2 rank files (DTensors) is read with torch")
     if opt_file is None:
         raise CheckpointError(
             f"{p} is a folder with no optimizer.pt or optimizer.bin in it",
             hint="give the checkpoint file itself, or a Hugging Face Trainer / accelerate "
             "checkpoint folder",
         )
-    loaded = load_torch_file(opt_file, mmap=mmap, unsafe=unsafe)
+    loaded = load_torch_file(opt_file, mmap=mmap, unsafe=unsafe, reader=reader)
     if copying and loaded.walk is not None:
         check_copyable(loaded.walk, str(opt_file), copying)
     src = Source(path=p, file=opt_file, format=loaded.format, bytes=loaded.bytes, obj=loaded.obj,
-                 walk=loaded.walk)
-    _add_scheduler_sibling(src, opt_file, unsafe=unsafe)
+                 walk=loaded.walk, reader=loaded.reader, reader_note=loaded.reader_note)
+    _add_scheduler_sibling(src, opt_file, unsafe=unsafe, reader=reader)
     return src
 
 
@@ -162,6 +193,8 @@ def _open_ranks(p: Path, ranks: list[tuple[int, Path]], *, mmap: bool, unsafe: b
                 copying: str | None) -> Source:
     """A folder of one FSDP2 run's ``rank<N>.pt`` files: one state, each DTensor joined
     from its shards (``io.dtensor``); ``file`` is the folder."""
+    from optstate.io.dtensor import join_ranks
+
     names = [f.name for _, f in ranks]
     loaded = [load_torch_file(f, mmap=mmap, unsafe=unsafe) for _, f in ranks]
     obj, joined = join_ranks([x.obj for x in loaded], names)
@@ -213,8 +246,31 @@ def _open_deepspeed(p: Path, *, unsafe: bool, copying: str | None) -> Source:
     return src
 
 
-def _open_dcp(p: Path) -> Source:
-    """A DCP folder: the object tree holds ``LazyTensor``s; no tensor data is read."""
+def _open_dcp(p: Path, reader: str = "torch") -> Source:
+    """A DCP folder: the object tree holds ``LazyTensor``s; no tensor data is read. With
+    the native reader (``native_dcp``) when asked for and it knows the folder."""
+    chosen, note = choose_reader(reader)
+    if chosen == "native":
+        try:
+            from optstate.io.native_dcp import read_dcp_native
+        except ImportError:  # not built yet
+            note = "DCP folders are read with torch"
+        else:
+            from optstate.io.native_tensor import NativeUnsupported
+
+            try:
+                got = read_dcp_native(p)
+            except NativeUnsupported as e:
+                note = str(e)
+            else:
+                return Source(path=p, file=p, format="dcp", bytes=got.bytes, obj=got.obj,
+                              walk=got.walk, reader="native")
+    src = _open_dcp_torch(p)
+    src.reader_note = note
+    return src
+
+
+def _open_dcp_torch(p: Path) -> Source:
     # imported here: torch.distributed.checkpoint is heavy, and only DCP folders need it
     from optstate.io.dcp import DcpCheckpoint
 
@@ -245,14 +301,19 @@ def _scheduler_name(opt_name: str, is_file: Any) -> str | None:
     return next((n for n in HF_SCHEDULER_FILES if is_file(n)), None)
 
 
-def _add_scheduler_sibling(src: Source, opt_file: Path, *, unsafe: bool) -> None:
-    """Load the scheduler file that Trainer / accelerate write beside the optimizer's."""
+def _add_scheduler_sibling(src: Source, opt_file: Path, *, unsafe: bool,
+                           reader: str = "torch") -> None:
+    """Load the scheduler file that Trainer / accelerate write beside the optimizer's
+    (natively when the optimizer's file was: ``reader``)."""
     sched_file = _scheduler_file(opt_file)
     if sched_file is None:
         return
     src.sibling_files["scheduler"] = sched_file
+    if src.reader != "native":
+        reader = "torch"
     try:  # the optimizer state is still worth showing when its scheduler file is broken
-        src.siblings["scheduler"] = load_torch_file(sched_file, unsafe=unsafe).obj
+        src.siblings["scheduler"] = load_torch_file(sched_file, unsafe=unsafe,
+                                                    reader=reader).obj
     except CheckpointError as e:
         src.sibling_errors["scheduler"] = str(e)
 
@@ -298,6 +359,8 @@ def _open_remote(path: str | RemotePath, *, unsafe: bool, copying: str | None) -
     if LATEST in names or any(OPTIM_FILE.fullmatch(n) or MODEL_FILE.fullmatch(n)
                               for n in names):
         raise not_remote_yet(rp.url, "a DeepSpeed checkpoint folder")
+    from optstate.io.dtensor import RANK_FILE
+
     if any(RANK_FILE.fullmatch(n) for n in names):
         raise not_remote_yet(rp.url, "a folder of FSDP2 rank files")
     raise CheckpointError(

@@ -11,8 +11,13 @@ structure is checked first (``torch_zip.py``). After loading, the object is ``wa
 ``unsafe=True`` exists for files the user trusts; nothing sets it by default (the
 CLI's ``--unsafe`` flag, which warns loudly, or a library caller's ``unsafe=True``).
 
-About 400 lines on purpose: one load sequence (format, pre-scan, ``torch.load``, the wording
-of each refusal) read top to bottom, and the three small writers that load back with it.
+About 490 lines on purpose: one load sequence (format, pre-scan, the reader's choice, the
+native read or ``torch.load``, the wording of each refusal) read top to bottom, and the three
+small writers that load back with it.
+
+``reader="auto"`` (inspect, diff, timeline) reads a zip file without torch when
+``native_pickle`` knows all of it; torch reads everything else, as before, and gives every
+verdict on damaged or refused files: the native reader only ever steps aside.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from optstate.base.errors import CheckpointError, OptstateError, UnsafeCheckpoin
 from optstate.base.limits import Limits, size_text
 from optstate.base.limits import current as current_limits
 from optstate.io import readguard
-from optstate.io.prescan import scan, scan_legacy
+from optstate.io.prescan import PickleCounts, scan, scan_legacy
 from optstate.io.targets import check_target
 from optstate.io.torch_zip import TorchZip, check_zip, data_pkl, mapped_storages_fit
 from optstate.io.walk import WalkReport, walk
@@ -55,6 +60,8 @@ class LoadedFile:
     bytes: int
     obj: Any
     walk: WalkReport | None = None  # what the bounded walk saw (None: not checked)
+    reader: str = "torch"  # "native": read without torch (native_pickle.py)
+    reader_note: str | None = None  # why torch read it when another reader was asked for
 
 
 def detect_format(path: Path, head: bytes | None = None) -> str:
@@ -154,18 +161,53 @@ def clean_message(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def load_torch_file(path: str | Path, *, mmap: bool = False,
-                    unsafe: bool = False) -> LoadedFile:
+READERS = ("torch", "auto", "native")
+
+
+def choose_reader(reader: str) -> tuple[str, str | None]:
+    """("native" | "torch", why torch) for a caller's ``reader``: "torch" (the default of
+    every caller that copies or writes), "auto" or "native" (read without torch when the
+    file allows). ``OPTSTATE_READER=torch|native`` overrides "auto" and "native"; it is
+    read at each call."""
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {', '.join(READERS)}, not {reader!r}")
+    if reader == "torch":
+        return "torch", None
+    if os.environ.get("OPTSTATE_READER", "").strip().lower() == "torch":
+        return "torch", "OPTSTATE_READER=torch"
+    return "native", None
+
+
+def load_torch_file(path: str | Path, *, mmap: bool = False, unsafe: bool = False,
+                    reader: str = "torch") -> LoadedFile:
     """Load a torch.save file safely (``weights_only=True``) onto the CPU, then ``walk``
-    what was loaded (cycles, depth, size as a tree, sparse invariants)."""
+    what was loaded (cycles, depth, size as a tree, sparse invariants). ``reader``
+    ("torch", "auto", "native": ``choose_reader``): a zip file that the native reader
+    knows is read without torch (``native_pickle.py``; always memory-mapped), anything
+    else with torch, ``reader_note`` saying why."""
     p = Path(path)
+    chosen, note = choose_reader(reader)
     with _open_regular(p) as f:  # one open: what we check is what torch reads
         fmt = detect_format(p, f.read(512))
         size = os.fstat(f.fileno()).st_size
         readguard.watch(f, p)  # truncated while it is read: one Error line (readguard.py)
         zinfo = check_zip(p, f, size) if fmt == "zip" else None
         limits = current_limits()
-        _prescan(p, f, zinfo, limits)
+        pkl, counts = _prescan(p, f, zinfo, limits)
+        if chosen == "native":
+            note = _not_native(fmt, zinfo, counts, unsafe)
+            if note is None:
+                from optstate.io.native_pickle import NativeUnsupported, read_native
+
+                try:
+                    obj = read_native(p, f, size, zinfo, pkl)
+                except NativeUnsupported as e:
+                    note = str(e)
+                else:  # the same walk, the same verdicts as over torch's tree
+                    walked = walk(obj, label=str(p), max_depth=limits.depth,
+                                  max_nodes=limits.nodes)
+                    return LoadedFile(path=p, format=fmt, bytes=size, obj=obj, walk=walked,
+                                      reader="native")
         # torch maps stored records raw: a compressed one would be read as garbage
         use_mmap = (mmap and zinfo is not None and not zinfo.compressed
                     and os.path.exists(f"/proc/self/fd/{f.fileno()}"))
@@ -201,21 +243,40 @@ def load_torch_file(path: str | Path, *, mmap: bool = False,
             f"{size:,} bytes: their data is not read from the file but built from a size "
             "(e.g. torch.FloatTensor(N)); refused")
     walked.storages = None
-    return LoadedFile(path=p, format=fmt, bytes=size, obj=obj, walk=walked)
+    return LoadedFile(path=p, format=fmt, bytes=size, obj=obj, walk=walked,
+                      reader_note=note)
 
 
-def _prescan(p: Path, f: Any, zinfo: TorchZip | None, limits: Limits) -> None:
+def _not_native(fmt: str, zinfo: TorchZip | None, counts: PickleCounts | None,
+                unsafe: bool) -> str | None:
+    """Why the native reader leaves this file to torch, or None."""
+    if unsafe:
+        return f"{option('unsafe', True)} reads with torch's full unpickler"
+    if fmt != "zip" or zinfo is None or counts is None:
+        return "the legacy (non-zip) torch.save format"
+    if zinfo.compressed:
+        return "the zip has compressed members (torch.save stores them)"
+    if not counts.complete:
+        return "the pickle ends early or uses an opcode torch's safe unpickler refuses"
+    if counts.builds:
+        return "the pickle sets the state of objects (BUILD), which torch.save does not"
+    return None
+
+
+def _prescan(p: Path, f: Any, zinfo: TorchZip | None, limits: Limits
+             ) -> tuple[bytes | None, PickleCounts | None]:
     """Count the tensors, list and dict entries, nesting and string lengths the pickle
-    asks for (``prescan.py``) before torch's unpickler builds any of it."""
+    asks for (``prescan.py``) before torch's unpickler builds any of it; a zip's
+    ``data.pkl`` and what the scan saw."""
     if zinfo is not None:
-        scan(data_pkl(p, f, zinfo), 0, limits, str(p))
-        return
+        data = data_pkl(p, f, zinfo)
+        return data, scan(data, 0, limits, str(p))[1]
     try:
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError):
-        return  # cannot map (an empty or special file): torch reads it and judges
+        return None, None  # cannot map (an empty or special file): torch reads it and judges
     with mapped:
-        scan_legacy(mapped, limits, str(p))
+        return None, scan_legacy(mapped, limits, str(p))
 
 
 def prescan_bytes(data: bytes, label: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 import zipfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ class TorchZip:
     sizes: dict[str, int]  # record name below the prefix -> uncompressed size
     compressed: bool
     data_pkl: zipfile.ZipInfo | None = None  # the record torch unpickles
+    # record name below the prefix -> offset of its local header (the native reader's)
+    headers: dict[str, int] = field(default_factory=dict)
 
 
 def check_zip(path: Path, f: Any, archive_size: int) -> TorchZip:
@@ -76,6 +78,7 @@ def check_zip(path: Path, f: Any, archive_size: int) -> TorchZip:
         sizes={i.filename.split("/", 1)[1]: i.file_size for i in infos},
         compressed=any(i.compress_type != zipfile.ZIP_STORED for i in infos),
         data_pkl=next((i for i in infos if i.filename == f"{prefix}/data.pkl"), None),
+        headers={i.filename.split("/", 1)[1]: i.header_offset for i in infos},
     )
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from optstate.base.errors import CheckpointError
 from optstate.base.limits import LimitError, Limits, current, size_text
 from optstate.io.inert import Inert, InertTensor
+from optstate.io.native_tensor import NativeTensor
 
 # Real optimizer states are a few levels deep (Lightning: 4) and hold a handful of
 # entries per parameter; these limits (``limits.py``: depth, nodes) are orders of
@@ -114,8 +115,8 @@ def walk(obj: Any, *, max_depth: int | None = None, max_nodes: int | None = None
         max_depth = limits.depth if max_depth is None else max_depth
         max_nodes = limits.nodes if max_nodes is None else max_nodes
 
-    torch = sys.modules.get("torch")  # no tensors can exist without it
-    tensor_type = torch.Tensor if torch is not None else ()
+    torch = sys.modules.get("torch")  # no torch tensors can exist without it
+    tensor_type = (torch.Tensor, NativeTensor) if torch is not None else NativeTensor
     if torch is not None and not _STRIDED:
         _STRIDED.append(torch.strided)
     report = WalkReport(storages={} if storages else None)
@@ -208,6 +209,9 @@ def _tensor(t: Any, report: WalkReport, dtypes: dict[Any, int], frame: _Frame | 
     report.distinct += 1
     report.tensors += 1
     dtypes[t.dtype] = dtypes.get(t.dtype, 0) + 1
+    if type(t) is NativeTensor:  # strided, on the CPU, inside its storage (its check)
+        _native_tensor(t, report, frame, key)
+        return
     if t.is_meta:
         report.meta_tensors += 1
         return
@@ -237,6 +241,24 @@ def _tensor(t: Any, report: WalkReport, dtypes: dict[Any, int], frame: _Frame | 
 
 
 _STRIDED: list[Any] = []  # torch.strided, filled on first walk (torch may not be loaded)
+
+
+def _native_tensor(t: NativeTensor, report: WalkReport, frame: _Frame | None,
+                   key: Any) -> None:
+    if t.numel() == 0:
+        report.empty_tensors += 1
+    _count_expansion(t, report, frame, key)
+    st = t.storage
+    n = st.nbytes
+    if not n:
+        return
+    sid = id(st)  # one NativeStorage per stored record, alive as long as the tree
+    if sid not in report._seen_storages:
+        report._seen_storages.add(sid)
+        report.storage_bytes += n
+    if report.storages is not None:
+        ptr = st.address()
+        report.storages[ptr] = max(n, report.storages.get(ptr, 0))
 
 
 def covered_elements(shape: Any, strides: Any) -> int:

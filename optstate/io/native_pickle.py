@@ -1,0 +1,307 @@
+"""torch.save's ``data.pkl`` read without torch: a tree of plain containers and NativeTensors.
+
+A torch.save zip holds ``PREFIX/data.pkl`` (the pickled structure) and one raw, stored
+(uncompressed) record ``PREFIX/data/KEY`` per storage. The pickle names each storage by a
+persistent id ``('storage', <storage type>, KEY, location, numel)`` and rebuilds each
+tensor by ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad,
+hooks[, metadata])`` (``_v3`` adds the dtype: float8, the unsigned types, untyped
+storages). ``read_native`` unpickles it with Python's C unpickler restricted to exactly
+what torch.save writes (``TORCH_GLOBALS``: the rebuild calls, storage types, dtypes,
+OrderedDict, ``torch.Size``, ``torch.device``, ``_codecs.encode`` for bytes, set and
+complex) and builds inert results: containers as Python containers, each tensor a
+``NativeTensor`` over a ``NativeStorage`` whose bytes are a ``memoryview`` slice of one
+read-only ``mmap`` of the file at its record's data (local headers parsed here).
+
+Everything else raises ``NativeUnsupported(reason)``: a GLOBAL outside the list, an
+opcode torch's safe unpickler refuses or a BUILD (the pre-scan says so before this runs:
+``PickleCounts``), a compressed record, a record of another size than its storage, a
+tensor outside its storage, a key seen with two storage types, tensor metadata (conj/neg
+bits), a big-endian file. The caller then reads the file with torch, whose verdict (and
+wording) is the established one: this reader never judges a file itself.
+
+For other pickles (a DCP ``.metadata``), ``RestrictedUnpickler`` takes any allow-list.
+"""
+
+from __future__ import annotations
+
+import mmap
+import pickle
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from optstate.io.native_tensor import (
+    DTYPES,
+    NativeDtype,
+    NativeStorage,
+    NativeTensor,
+    NativeUnsupported,
+)
+
+__all__ = ["NativeUnsupported", "RestrictedUnpickler", "TORCH_GLOBALS", "read_native",
+           "restricted_loads"]
+
+_LOCAL = struct.Struct("<4sHHHHHIIIHH")  # a zip local file header (30 bytes)
+_LOCAL_MAGIC = b"PK\x03\x04"
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """The C unpickler with an allow-list: ``globals`` maps ``(module, name)`` to what the
+    GLOBAL becomes (a function of ours for calls, a value for constants); anything else,
+    and any persistent id, raises ``NativeUnsupported``. ``encoding="utf-8"`` as torch.load
+    (protocol-2 ``str`` of Python 2)."""
+
+    def __init__(self, data: Any, globals: Mapping[tuple[str, str], Any]) -> None:
+        import io
+
+        super().__init__(io.BytesIO(data), encoding="utf-8")
+        self._globals = globals
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._globals[(module, name)]
+        except KeyError:
+            shown = f"{module}.{name}".replace("__builtin__.", "builtins.")
+            raise NativeUnsupported(f"the pickle needs {shown}, which the native reader "
+                                    "does not read") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise NativeUnsupported("the pickle names an object outside it (a persistent id)")
+
+
+def restricted_loads(data: Any, globals: Mapping[tuple[str, str], Any]) -> Any:
+    """Unpickle ``data`` with only ``globals`` allowed; every failure is NativeUnsupported."""
+    return _load(RestrictedUnpickler(data, globals))
+
+
+def _load(unpickler: pickle.Unpickler) -> Any:
+    try:
+        return unpickler.load()
+    except NativeUnsupported:
+        raise
+    except RecursionError:
+        raise NativeUnsupported("the pickle nests too deeply") from None
+    except Exception as e:  # UnpicklingError, TypeError, KeyError, EOFError, ...
+        text = str(e).splitlines()[0][:120] if str(e) else ""
+        raise NativeUnsupported(f"the pickle does not unpickle natively "
+                                f"({type(e).__name__}{': ' + text if text else ''})") from None
+
+
+# ----------------------------------------------------------------------- torch's globals
+
+
+class _StorageType:
+    """A storage type GLOBAL (``torch.FloatStorage``...): its dtype; None: untyped."""
+
+    __slots__ = ("name", "dtype")
+
+    def __init__(self, name: str, dtype: NativeDtype | None) -> None:
+        self.name, self.dtype = name, dtype
+
+    def __repr__(self) -> str:
+        return f"torch.{self.name}"
+
+
+# torch's legacy typed storage classes, by the dtype they hold (torch/storage.py)
+_STORAGE_DTYPES = {
+    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
+    "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8",
+    "BoolStorage": "bool", "ComplexFloatStorage": "complex64",
+    "ComplexDoubleStorage": "complex128",
+}
+
+
+class _Stored:
+    """What a storage persistent id resolves to: the bytes and the type it was named with."""
+
+    __slots__ = ("native", "stype", "numel")
+
+    def __init__(self, native: NativeStorage, stype: _StorageType, numel: int) -> None:
+        self.native, self.stype, self.numel = native, stype, numel
+
+
+def _ints(value: Any, what: str) -> tuple[int, ...]:
+    if type(value) is not tuple or any(type(v) is not int for v in value):
+        raise NativeUnsupported(f"a tensor's {what} is not a tuple of integers")
+    return value
+
+
+def _tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
+            dtype: NativeDtype | None, metadata: Any) -> NativeTensor:
+    if type(storage) is not _Stored:
+        raise NativeUnsupported("a tensor is rebuilt from something other than a storage")
+    if dtype is None:
+        raise NativeUnsupported("a tensor over an untyped storage without a dtype")
+    if type(offset) is not int or type(requires_grad) is not bool:
+        raise NativeUnsupported("a tensor's offset or requires_grad has the wrong type")
+    if metadata:  # the conj / neg bits: values would read differently
+        raise NativeUnsupported("a tensor with metadata (conjugate or negative bit)")
+    shape, strides = _ints(size, "size"), _ints(stride, "stride")
+    try:
+        return NativeTensor(storage.native, dtype, shape, strides, offset,
+                            {"requires_grad": True} if requires_grad else None)
+    except ValueError as e:  # outside its storage: torch's set_ says so in its words
+        raise NativeUnsupported(f"a tensor does not fit its storage ({e})") from None
+
+
+def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any,
+                       requires_grad: Any, backward_hooks: Any, metadata: Any = None
+                       ) -> NativeTensor:
+    dtype = storage.stype.dtype if type(storage) is _Stored else None
+    return _tensor(storage, storage_offset, size, stride, requires_grad, dtype, metadata)
+
+
+def _rebuild_tensor_v3(storage: Any, storage_offset: Any, size: Any, stride: Any,
+                       requires_grad: Any, backward_hooks: Any, dtype: Any,
+                       metadata: Any = None) -> NativeTensor:
+    if type(dtype) is not NativeDtype:
+        raise NativeUnsupported("a tensor's dtype is not a dtype")
+    if type(storage) is _Stored and storage.stype.dtype is not None:
+        raise NativeUnsupported("_rebuild_tensor_v3 over a typed storage")
+    return _tensor(storage, storage_offset, size, stride, requires_grad, dtype, metadata)
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> NativeTensor:
+    """A Parameter stays a tensor (as torch's loader keeps its data): its values are all
+    optstate reads."""
+    if type(data) is not NativeTensor or type(requires_grad) is not bool:
+        raise NativeUnsupported("a Parameter of something other than a tensor")
+    data.info["parameter"] = True
+    return data
+
+
+def _rebuild_parameter_with_state(data: Any, requires_grad: Any, backward_hooks: Any,
+                                  state: Any) -> NativeTensor:
+    plain = not state or (type(state) is tuple and not any(state))
+    if not plain:
+        raise NativeUnsupported("a Parameter with Python attributes")
+    return _rebuild_parameter(data, requires_grad, backward_hooks)
+
+
+def _size(*args: Any) -> tuple[int, ...]:
+    if len(args) != 1 or type(args[0]) not in (tuple, list) \
+            or any(type(v) is not int for v in args[0]):
+        raise NativeUnsupported("a torch.Size of something other than integers")
+    return tuple(args[0])
+
+
+def _device(*args: Any) -> str:
+    """torch.device('cpu') / ('cuda', 0) as its text: 'cpu', 'cuda:0'."""
+    if not 1 <= len(args) <= 2 or type(args[0]) is not str or len(args) == 2 and \
+            type(args[1]) is not int:
+        raise NativeUnsupported("a torch.device of unexpected arguments")
+    return args[0] if len(args) == 1 else f"{args[0]}:{args[1]}"
+
+
+def _encode(text: Any, encoding: Any = "utf-8") -> bytes:
+    """``_codecs.encode(str, 'latin1')``: how pickle protocol 2 writes ``bytes``."""
+    if type(text) is not str or encoding not in ("latin1", "latin-1"):
+        raise NativeUnsupported("_codecs.encode with other arguments than pickle's")
+    return text.encode("latin1")
+
+
+def _torch_globals() -> dict[tuple[str, str], Any]:
+    table: dict[tuple[str, str], Any] = {
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
+        ("collections", "OrderedDict"): OrderedDict,
+        ("torch", "Size"): _size,
+        ("torch", "device"): _device,
+        ("_codecs", "encode"): _encode,
+        ("torch.storage", "UntypedStorage"): _StorageType("UntypedStorage", None),
+    }
+    for module in ("builtins", "__builtin__"):  # protocol 2 writes __builtin__
+        table[(module, "set")] = set
+        table[(module, "complex")] = complex
+    for name, dtype in DTYPES.items():
+        table[("torch", name)] = dtype
+    for name, dtype in _STORAGE_DTYPES.items():
+        table[("torch", name)] = _StorageType(name, DTYPES[dtype])
+    return table
+
+
+TORCH_GLOBALS: dict[tuple[str, str], Any] = _torch_globals()
+
+
+# --------------------------------------------------------------------------- the zip
+
+
+class _TorchUnpickler(RestrictedUnpickler):
+    """``data.pkl`` of a torch.save zip: storages by persistent id, from ``record``."""
+
+    def __init__(self, data: Any, record: Callable[[str, int], NativeStorage]) -> None:
+        super().__init__(data, TORCH_GLOBALS)
+        self._record = record
+        self._storages: dict[str, _Stored] = {}
+
+    def persistent_load(self, pid: Any) -> Any:
+        if type(pid) is not tuple or len(pid) != 5 or pid[0] not in ("storage", b"storage"):
+            raise NativeUnsupported("the pickle names an object outside it that is not a "
+                                    "storage")
+        _, stype, key, location, numel = pid
+        if type(key) is bytes:
+            key = key.decode("ascii", "replace")
+        if type(stype) is not _StorageType or type(key) is not str \
+                or type(location) not in (str, bytes) or type(numel) is not int or numel < 0:
+            raise NativeUnsupported("a storage named with unexpected fields")
+        known = self._storages.get(key)
+        if known is not None:
+            if known.stype is not stype or known.numel != numel:
+                raise NativeUnsupported(f"storage {key} is named with two types or sizes")
+            return known
+        itemsize = stype.dtype.itemsize if stype.dtype is not None else 1
+        stored = _Stored(self._record(key, numel * itemsize), stype, numel)
+        self._storages[key] = stored
+        return stored
+
+
+def read_native(p: Path, f: Any, size: int, zinfo: Any, pickle_bytes: bytes) -> Any:
+    """The object tree of the torch.save zip open as ``f`` (``size`` bytes, checked by
+    ``torch_zip.check_zip`` as ``zinfo``, its ``data.pkl`` read and pre-scanned as
+    ``pickle_bytes``). Raises NativeUnsupported for anything torch should judge."""
+    if zinfo.compressed:
+        raise NativeUnsupported("the zip has compressed members (torch.save stores them)")
+    try:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as e:
+        raise NativeUnsupported(f"the file cannot be memory-mapped ({e})") from None
+    view = memoryview(mapped)
+    if "byteorder" in zinfo.sizes:  # absent in older files: little-endian, as written
+        start = _data_offset(view, zinfo, "byteorder", size)
+        if bytes(view[start:start + min(zinfo.sizes["byteorder"], 16)]).strip() != b"little":
+            raise NativeUnsupported("the file was not written little-endian")
+
+    def record(key: str, nbytes: int) -> NativeStorage:
+        name = f"data/{key}"
+        start = _data_offset(view, zinfo, name, size)
+        stored = zinfo.sizes[name]
+        if stored != nbytes:
+            raise NativeUnsupported(f"record {name} holds {stored} bytes, its storage "
+                                    f"{nbytes}")
+        return NativeStorage(view[start:start + nbytes], key=name, file=p)
+
+    return _load(_TorchUnpickler(pickle_bytes, record))
+
+
+def _data_offset(view: Any, zinfo: Any, name: str, size: int) -> int:
+    """Where the bytes of the stored member ``PREFIX/name`` start, from its local header
+    (the central directory's offset, as torch's reader finds it)."""
+    header = zinfo.headers.get(name)
+    if header is None:
+        raise NativeUnsupported(f"tensor data {name} is missing")
+    if header + _LOCAL.size > size:
+        raise NativeUnsupported(f"the local header of {name} is outside the file")
+    magic, _, _, method, _, _, _, _, _, n, extra = _LOCAL.unpack_from(view, header)
+    full = f"{zinfo.prefix}/{name}".encode()
+    if magic != _LOCAL_MAGIC or method != 0 or bytes(view[header + 30:header + 30 + n]) \
+            != full:
+        raise NativeUnsupported(f"the local header of {name} does not match the directory")
+    start = header + _LOCAL.size + n + extra
+    if start + zinfo.sizes[name] > size:
+        raise NativeUnsupported(f"record {name} runs past the end of the file")
+    return start
