@@ -1,0 +1,375 @@
+"""The native torch.save reader (``io/native_pickle.py``) against ``torch.load``.
+
+Real torch.save files of real torch.optim states (and the odd values states carry) read
+natively must give the same tree as ``torch.load(weights_only=True)``: containers of the
+same types and keys, every tensor with the same dtype, shape, strides, storage offset and
+storage bytes, storages shared where torch's are. Whatever the native reader does not
+know raises ``NativeUnsupported``, and ``open_source(reader="auto")`` then says exactly
+what the torch path says. Reading natively never imports torch (in a fresh process).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import re
+import subprocess
+import sys
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+
+from optstate.base.errors import OptstateError
+from optstate.io.native_pickle import NativeUnsupported, read_native
+from optstate.io.native_tensor import NativeTensor, as_torch, dtype_name
+from optstate.io.source import open_source
+from optstate.io.torch_file import load_torch_file
+from tests.conftest import ROOT
+from tests.hostile_corpus import _rezip, _write_zip, _zip_members
+
+# ----------------------------------------------------------------------- real states
+
+
+def _trained(opt_cls, params, steps=3, **kw):
+    opt = opt_cls(params, **kw)
+    for i in range(steps):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                p.grad = torch.full_like(p, 0.25 * (i + 1)) + torch.randn_like(p) * 0.1
+        opt.step()
+    return opt.state_dict()
+
+
+def adam_groups():
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5))]
+    b = [torch.nn.Parameter(torch.randn(2, 2, 2))]
+    return _trained(torch.optim.Adam, [{"params": a}, {"params": b, "lr": 1e-2}])
+
+
+def sgd_momentum():
+    torch.manual_seed(1)
+    ps = [torch.nn.Parameter(torch.randn(7, 3)), torch.nn.Parameter(torch.randn(()))]
+    return _trained(torch.optim.SGD, ps, lr=0.1, momentum=0.9)
+
+
+def adamw_bf16():
+    torch.manual_seed(2)
+    ps = [torch.nn.Parameter(torch.randn(4, 4, dtype=torch.bfloat16)),
+          torch.nn.Parameter(torch.randn(6, dtype=torch.float16))]
+    return _trained(torch.optim.AdamW, ps, steps=2)
+
+
+def odd_values():
+    """Everything else torch.save writes into states: every dtype, views, shared and
+    expanded storages, 0-d and empty tensors, Parameters, nested OrderedDicts, bytes."""
+    torch.manual_seed(3)
+    base = torch.arange(48, dtype=torch.float32).reshape(6, 8)
+    shared = torch.randn(10)
+    inner = OrderedDict(a=torch.ones(2), b=OrderedDict(c=torch.tensor(7, dtype=torch.int64)))
+    state = adam_groups()
+    state["extra"] = {
+        "dtypes": {str(d): (torch.randn(5) * 10).to(d) for d in (
+            torch.float64, torch.float16, torch.bfloat16, torch.float8_e4m3fn,
+            torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz, torch.int8,
+            torch.uint8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32,
+            torch.uint64, torch.bool)},
+        "complex": [torch.randn(3, dtype=torch.complex64), torch.randn(2, dtype=torch.complex128)],
+        "offset_view": base[2:, 3:],
+        "transposed": base.t(),
+        "strided": base[:, ::3],
+        "row": base[4],
+        "expanded": torch.arange(3.0)[None].expand(4, 3),
+        "shared": (shared[:4], shared[2:], shared),
+        "scalar": torch.tensor(3.5),
+        "empty": torch.zeros(0, 3),
+        "param": torch.nn.Parameter(torch.randn(3)),
+        "frozen": torch.nn.Parameter(torch.randn(2), requires_grad=False),
+        "nested": OrderedDict(inner=inner, n=1),
+        "bytes": b"\x00\xffraw",
+        "size": torch.Size([2, 3]),
+        "device": torch.device("cpu"),
+        "dtype": torch.bfloat16,
+        "set": {1, 2, 3},
+        "complex_scalar": 1 + 2j,
+        "big_int": 2**70,
+        "floats": [math.nan, math.inf, -0.0],
+        "text": "é ✓",
+        "none": None,
+    }
+    return state
+
+
+STATES = {"adam_groups": adam_groups, "sgd_momentum": sgd_momentum,
+          "adamw_bf16": adamw_bf16, "odd_values": odd_values}
+
+
+def _storage_bytes(t: torch.Tensor) -> bytes:
+    st = t.untyped_storage()
+    return bytes(torch.empty(0, dtype=torch.uint8).set_(st).numpy().tobytes())
+
+
+def assert_same_tree(native, ref, where="", storages=None):
+    """``native`` (read_native's tree) is ``ref`` (torch.load's), field by field and byte
+    by byte; ``storages`` pairs torch's storage addresses with NativeStorages 1:1."""
+    storages = {} if storages is None else storages
+    if isinstance(ref, torch.Tensor):
+        assert type(native) is NativeTensor, where
+        assert dtype_name(native.dtype) == dtype_name(ref.dtype), where
+        assert native.shape == tuple(ref.shape), where
+        assert native.stride() == ref.stride(), where
+        assert native.storage_offset() == ref.storage_offset(), where
+        assert bytes(native.storage.buffer) == _storage_bytes(ref), where
+        got = as_torch(native)
+        assert got.reshape(-1).view(torch.uint8).tolist() == \
+            ref.reshape(-1).view(torch.uint8).tolist() if ref.numel() else got.numel() == 0
+        ptr = ref.untyped_storage().data_ptr()
+        assert storages.setdefault(ptr, native.storage) is native.storage, where
+        return
+    if isinstance(ref, torch.Size):
+        assert type(native) is tuple and native == tuple(ref), where
+        return
+    if isinstance(ref, torch.device):
+        assert native == str(ref), where
+        return
+    if isinstance(ref, torch.dtype):
+        assert dtype_name(native) == dtype_name(ref), where
+        return
+    assert type(native) is type(ref), where
+    if isinstance(ref, dict):
+        assert list(native) == list(ref), where
+        for k in ref:
+            assert_same_tree(native[k], ref[k], f"{where}/{k}", storages)
+    elif isinstance(ref, (list, tuple)):
+        assert len(native) == len(ref), where
+        for i, (n, r) in enumerate(zip(native, ref, strict=True)):
+            assert_same_tree(n, r, f"{where}/{i}", storages)
+    elif isinstance(ref, float) and math.isnan(ref):
+        assert math.isnan(native), where
+    else:
+        assert native == ref, where
+
+
+def _native(path: Path):
+    loaded = load_torch_file(path, reader="native")
+    assert loaded.reader == "native", loaded.reader_note
+    return loaded
+
+
+@pytest.mark.parametrize("name", sorted(STATES))
+def test_native_tree_is_torch_load(tmp_path, name):
+    path = tmp_path / f"{name}.pt"
+    torch.save(STATES[name](), path)
+    loaded = _native(path)
+    ref = torch.load(path, weights_only=True, map_location="cpu")
+    storages: dict = {}
+    assert_same_tree(loaded.obj, ref, storages=storages)
+    assert len({id(s) for s in storages.values()}) == len(storages)  # 1:1
+    # the walk sees what it sees over torch's tree
+    torch_walk = load_torch_file(path, mmap=True).walk
+    for field in ("nodes", "distinct", "depth", "tensors", "empty_tensors", "dtypes",
+                  "expand_bytes", "expand_worst", "storage_bytes"):
+        assert getattr(loaded.walk, field) == getattr(torch_walk, field), field
+
+
+def test_shared_and_expanded_storages(tmp_path):
+    path = tmp_path / "odd.pt"
+    torch.save(odd_values(), path)
+    extra = _native(path).obj["extra"]
+    a, b, whole = extra["shared"]
+    assert a.storage is b.storage is whole.storage
+    assert (a.storage_offset(), b.storage_offset()) == (0, 2)
+    assert extra["expanded"].stride() == (0, 1)
+    assert extra["offset_view"].storage_offset() == 19
+    assert not extra["transposed"].is_contiguous()
+    assert extra["scalar"].item() == 3.5 and extra["scalar"].shape == ()
+    assert extra["param"].info.get("parameter") is True
+    assert extra["bytes"] == b"\x00\xffraw"
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def _one_tensor(tmp_path: Path) -> Path:
+    path = tmp_path / "one.pt"
+    torch.save({"state": {0: {"exp_avg": torch.arange(4.0)}}, "param_groups": []}, path)
+    return path
+
+
+def _pkl(path: Path) -> bytes:
+    return dict((n.split("/", 1)[1], d) for n, d in _zip_members(path))["data.pkl"]
+
+
+class _System:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def _os_system(tmp_path):
+    return _rezip(_one_tensor(tmp_path), tmp_path / "system.pt",
+                  replace={"data.pkl": pickle.dumps({"x": _System()}, protocol=2)})
+
+
+def _counter(tmp_path):
+    from collections import Counter
+
+    path = tmp_path / "counter.pt"
+    torch.save({"state": {}, "param_groups": [], "c": Counter(a=1)}, path)
+    return path
+
+
+def _compressed(tmp_path):
+    src = _one_tensor(tmp_path)
+    return _write_zip(tmp_path / "deflated.pt", _zip_members(src), zipfile.ZIP_DEFLATED)
+
+
+def _short_record(tmp_path):
+    src = _one_tensor(tmp_path)
+    return _rezip(src, tmp_path / "short.pt", replace={"data/0": b"\x00" * 12})
+
+
+def _storage_too_big(tmp_path):
+    """The pickle claims 8 floats for a record of 4."""
+    src = _one_tensor(tmp_path)
+    pkl, n = re.subn(rb"(cpu(?:q.)?)K\x04t", lambda m: m.group(1) + b"K\x08t", _pkl(src))
+    assert n == 1
+    return _rezip(src, tmp_path / "claims.pt", replace={"data.pkl": pkl})
+
+
+def _tensor_outside(tmp_path):
+    """A tensor of 6 elements over a storage of 4 (torch's set_ refuses it)."""
+    src = _one_tensor(tmp_path)
+    pkl = _pkl(src)
+    assert pkl.count(b"K\x00K\x04\x85") == 1  # offset 0, size (4,)
+    pkl = pkl.replace(b"K\x00K\x04\x85", b"K\x00K\x06\x85")
+    return _rezip(src, tmp_path / "outside.pt", replace={"data.pkl": pkl})
+
+
+def _big_endian(tmp_path):
+    src = _one_tensor(tmp_path)
+    return _rezip(src, tmp_path / "big.pt", replace={"byteorder": b"big"})
+
+
+REFUSED = {"os_system": (_os_system, "needs posix.system"),
+           "counter": (_counter, "needs collections.Counter"),
+           "compressed": (_compressed, "compressed"),
+           "short_record": (_short_record, "record data/0 holds 12 bytes, its storage 16"),
+           "storage_too_big": (_storage_too_big, "holds 16 bytes, its storage 32"),
+           "tensor_outside": (_tensor_outside, "does not fit its storage"),
+           "big_endian": (_big_endian, "little-endian")}
+
+
+def _outcome(path: Path, reader: str):
+    try:
+        src = open_source(path, reader=reader)
+    except OptstateError as e:
+        return type(e).__name__, str(e)
+    return "ok", src.reader
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_refused_natively_then_as_torch_says(tmp_path, name):
+    build, why = REFUSED[name]
+    path = build(tmp_path)
+    with pytest.raises(NativeUnsupported, match=re.escape(why)):
+        from optstate.io.torch_zip import check_zip, data_pkl
+
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            zinfo = check_zip(path, f, size)
+            if zinfo.compressed:
+                raise NativeUnsupported("compressed")
+            read_native(path, f, size, zinfo, data_pkl(path, f, zinfo))
+    torch_says = _outcome(path, "torch")
+    assert _outcome(path, "auto") == torch_says
+    if torch_says[0] == "ok":  # read by torch, and the note says why
+        src = open_source(path, reader="auto")
+        assert src.reader == "torch" and why in src.reader_note
+
+
+def test_os_system_is_refused_by_both(tmp_path):
+    kind, message = _outcome(_os_system(tmp_path), "auto")
+    assert kind == "UnsafeCheckpointError" and "posix.system" in message
+
+
+# --------------------------------------------------------------------- choosing a reader
+
+
+def test_reader_choice(tmp_path, monkeypatch):
+    path = _one_tensor(tmp_path)
+    monkeypatch.delenv("OPTSTATE_READER", raising=False)
+    src = open_source(path)
+    assert (src.reader, src.reader_note) == ("torch", None)  # the default: torch
+    src = open_source(path, reader="auto")
+    assert (src.reader, src.reader_note) == ("native", None)
+    assert type(src.obj["state"][0]["exp_avg"]) is NativeTensor
+    monkeypatch.setenv("OPTSTATE_READER", "torch")
+    src = open_source(path, reader="auto")
+    assert (src.reader, src.reader_note) == ("torch", "OPTSTATE_READER=torch")
+    assert isinstance(src.obj["state"][0]["exp_avg"], torch.Tensor)
+    monkeypatch.delenv("OPTSTATE_READER")
+    src = open_source(path, reader="auto", unsafe=True)
+    assert src.reader == "torch" and "unsafe" in src.reader_note
+    with pytest.raises(ValueError):
+        open_source(path, reader="fast")
+
+
+def test_legacy_file_goes_to_torch(tmp_path):
+    path = tmp_path / "legacy.pt"
+    torch.save(adam_groups(), path, _use_new_zipfile_serialization=False)
+    src = open_source(path, reader="auto")
+    assert (src.reader, src.reader_note) == ("torch", "the legacy (non-zip) torch.save format")
+
+
+def _trainer_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "checkpoint-10"
+    folder.mkdir()
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3))]
+    opt = torch.optim.Adam(params)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 5)
+    params[0].grad = torch.ones(3)
+    opt.step()
+    sched.step()
+    torch.save(opt.state_dict(), folder / "optimizer.pt")
+    torch.save(sched.state_dict(), folder / "scheduler.pt")
+    return folder
+
+
+def test_trainer_folder_and_scheduler_native(tmp_path):
+    folder = _trainer_folder(tmp_path)
+    src = open_source(folder, reader="auto")
+    assert src.reader == "native"
+    ref = torch.load(folder / "scheduler.pt", weights_only=True)
+    assert_same_tree(src.siblings["scheduler"], ref)
+
+
+NO_TORCH = """
+import sys
+from pathlib import Path
+import optstate.io.native_pickle
+from optstate.io.source import open_source
+for p in sys.argv[1:]:
+    src = open_source(Path(p), reader="auto")
+    assert src.reader == "native", (p, src.reader_note)
+    assert src.walk.tensors > 0
+    for t in src.obj["state"][0].values():
+        t.tolist()
+assert "torch" not in sys.modules, "torch was imported"
+print("no torch")
+"""
+
+
+def test_native_read_never_imports_torch(tmp_path):
+    path = tmp_path / "odd.pt"
+    torch.save(odd_values(), path)
+    folder = _trainer_folder(tmp_path)
+    out = subprocess.run([sys.executable, "-c", NO_TORCH, str(path), str(folder)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120,
+                         env={**os.environ, "OPTSTATE_READER": ""})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "no torch"
