@@ -32,11 +32,12 @@ gives it (the same numbers from one pass over the source memory, no float64 buff
 else through the torch code here; the tests run every case on every path.
 
 The native reader's tensors (``io/native_tensor.NativeTensor``: no torch) take the same
-blocks, runs and combination in ``native_kernels.py``: the C kernel at their mapped address,
-else numpy. This module imports torch only inside the functions that run torch code.
+blocks, runs and combination (``_native_moments``), each block through the C kernel at its
+mapped address, else numpy (``native_kernels.py``). This module imports torch only inside
+the functions that run torch code.
 
-About 440 lines on purpose: the blocks, runs, threads and exact combination here are the
-one machinery that the pair comparison and the native tensors' path reuse; split, the
+About 480 lines on purpose: the blocks, runs, threads and exact combination here are the
+one machinery that the pair comparison and both kinds of tensor reuse; split, the
 exactness argument above would be spread over files.
 """
 
@@ -51,6 +52,7 @@ from typing import TYPE_CHECKING
 
 from optstate.io import readguard
 from optstate.io.native_tensor import NativeTensor
+from optstate.numeric import native_kernels as nk
 from optstate.numeric.kernel_switch import active_c_kernel, torch_c_kind
 
 if TYPE_CHECKING:
@@ -167,9 +169,7 @@ def moments(t: torch.Tensor, *, progress: ByteProgress | None = None) -> Moments
     torch tensor, or a ``NativeTensor``: ``native_kernels.moments``)."""
     readguard.check()  # its file may have been truncated since it was mapped
     if isinstance(t, NativeTensor):
-        from optstate.numeric import native_kernels
-
-        return native_kernels.moments(t, progress)
+        return _native_moments(t, progress)
     import torch
 
     workers = torch.get_num_threads()
@@ -310,13 +310,56 @@ def _add_values(part: _Part, s: float, sa: float, sq: float, mn: float, mx: floa
 
 def _c_moments(ck: ModuleType, part: _Part, piece: torch.Tensor, kind: int) -> None:
     """One block through the C kernel ``ck``: the same numbers as ``_torch_moments``."""
-    nan, inf, zeros, s, sa, sq, mn, mx = ck.moments_block(
-        piece.data_ptr(), piece.numel(), kind)
+    _add_block(part, ck.moments_block(piece.data_ptr(), piece.numel(), kind))
+
+
+def _add_block(part: _Part, res: tuple) -> None:
+    """One block's ``moments_block`` result (the C kernel's, or numpy's for a native
+    tensor: ``native_kernels.moments_block``) into its run's part."""
+    nan, inf, zeros, s, sa, sq, mn, mx = res
     part.nan += nan
     part.inf += inf
     part.zeros += zeros
     if mn is not None:
         _add_values(part, s, sa, sq, mn, mx)
+
+
+def _native_moments(t: NativeTensor, progress: ByteProgress | None) -> Moments:
+    """``moments`` of a native reader's tensor: the same blocks, runs and combination, each
+    block through the C kernel at its mapped address (contiguous tensors) or numpy
+    (``native_kernels``); ``NativeNumericsUnavailable`` where neither can."""
+    if t.is_complex():
+        raise TypeError("moments() takes real tensors; summarise complex ones through abs()")
+    esize = t.element_size()
+    ck = active_c_kernel()
+    kind = nk.c_kind(t, ck)
+    if kind is not None:
+        pieces = nk.c_spans((t,), CHUNK_ELEMENTS)
+
+        def run(ps: list) -> _Part:
+            part = _Part()
+            for address, k in ps:
+                _add_block(part, ck.moments_block(address, k, kind))
+                if progress is not None:
+                    progress(k * esize)
+            return part
+    else:
+        np = nk.numpy_or_signal("the statistics")
+        pieces = nk.array_blocks((t,), CHUNK_ELEMENTS, index_blocks)
+        decode = nk.decoder(np, t.dtype.name)
+
+        def run(ps: list) -> _Part:
+            part = _Part()
+            (buf,) = nk.float64_buffers(np, ps, 1)
+            with np.errstate(all="ignore"):  # NaN codes, overflowing sums: counted
+                for (piece,) in ps:
+                    _add_block(part, nk.moments_block(np, nk.widen(buf, piece, decode)))
+                    if progress is not None:
+                        progress(piece.size * esize)
+            return part
+    parts = in_runs(run, pieces, nk.worker_count())
+    return combine_parts(parts, t.numel(), lambda peak: peak * math.sqrt(
+        fsum(nk.rescaled_sumsq(t, peak, CHUNK_ELEMENTS, index_blocks))))
 
 
 def _torch_moments(part: _Part, piece: torch.Tensor, buf: torch.Tensor) -> None:
@@ -365,9 +408,7 @@ def finite_norm(t: torch.Tensor) -> float | None:
     the float64 range: the rare second pass of ``pair_kernel.compare``, which has made
     the read check already."""
     if isinstance(t, NativeTensor):
-        from optstate.numeric import native_kernels
-
-        return native_kernels.moments(t, None).norm
+        return _native_moments(t, None).norm
     return _moments(t, None).norm
 
 

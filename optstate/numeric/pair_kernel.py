@@ -10,10 +10,11 @@ Counts and maxima are exact; the norms agree with torch's float64 ones to
 (``nan_a_only`` ...: ``PairStats``), so a reader learns why they are outside while the
 maxima, over finite pairs, say nothing of them.
 
-Two ``NativeTensor``s (the native reader's, no torch) are compared by
-``native_kernels.compare`` over the same blocks: the C kernel at their mapped addresses,
-else numpy; a native tensor is never compared with a torch tensor (diff reads both files
-with one reader). torch is imported only inside the functions that run torch code.
+Two ``NativeTensor``s (the native reader's, no torch) are compared over the same blocks
+(``_native_compare``): the C kernel at their mapped addresses, else numpy
+(``native_kernels.py``); a native tensor is never compared with a torch tensor (diff
+reads both files with one reader). torch is imported only inside the functions that run
+torch code.
 
 Example: ``compare(a, b, rtol=1e-5).n_outside``.
 """
@@ -27,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from optstate.io import readguard
 from optstate.io.native_tensor import NativeTensor
+from optstate.numeric import kernels
+from optstate.numeric import native_kernels as nk
 from optstate.numeric.kernel_switch import active_c_kernel, torch_c_kind
 from optstate.numeric.kernels import (
     TINY,
@@ -35,6 +38,7 @@ from optstate.numeric.kernels import (
     finite_norm,
     fsum,
     in_runs,
+    index_blocks,
     one_thread,
     widen,
 )
@@ -70,10 +74,8 @@ def nonfinite_counts(a: torch.Tensor, b: torch.Tensor) -> dict[str, int]:
     either part) with a non-finite value, by kind (``NONFINITE_KINDS``): one definition
     for every path (the C kernel's blocks, the torch blocks, complex tensors; two
     ``NativeTensor``s: ``native_kernels.nonfinite_counts``)."""
-    if isinstance(a, NativeTensor):
-        from optstate.numeric import native_kernels
-
-        return native_kernels.nonfinite_counts(a, b)
+    if isinstance(a, NativeTensor) or isinstance(b, NativeTensor):
+        return _native_nonfinite_counts(a, b)
     import torch
 
     na, nb = torch.isnan(a), torch.isnan(b)
@@ -90,10 +92,7 @@ def compare(a: torch.Tensor, b: torch.Tensor, *, atol: float = 0.0, rtol: float 
     tensors, or both ``NativeTensor``s (``native_kernels.compare``)."""
     readguard.check()  # their files may have been truncated since they were mapped
     if isinstance(a, NativeTensor) or isinstance(b, NativeTensor):
-        from optstate.numeric import native_kernels
-
-        return native_kernels.compare(a, b, atol=atol, rtol=rtol, nan_equal=nan_equal,
-                                      progress=progress)
+        return _native_compare(a, b, atol, rtol, nan_equal, progress)
     import torch
 
     workers = torch.get_num_threads()
@@ -278,3 +277,94 @@ def _norm_from(t: torch.Tensor, parts: list[float], finite: int, wide: bool) -> 
     if wide and (math.isinf(ss) or ss < TINY):
         return finite_norm(t)  # rare: a rescaled second pass
     return norm
+
+
+# ---------------------------------------------------------------- the native reader's tensors
+
+def _native_pair(a: Any, b: Any) -> None:
+    if not (isinstance(a, NativeTensor) and isinstance(b, NativeTensor)):
+        raise TypeError("a natively read tensor is compared with another one only (diff "
+                        "reads both files with one reader)")
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+
+
+def _add_native_block(part: _PairPart, res: tuple, k: int) -> None:
+    """A ``pair_block`` result (the C kernel's or ``native_kernels.pair_block``'s, both
+    with the non-finite pairs counted) into its run's part."""
+    if add_c_block(part, res, k):
+        for key, v in zip(NONFINITE_KINDS, res[9], strict=True):
+            part.nonfinite[key] += v
+
+
+def _native_compare(a: NativeTensor, b: NativeTensor, atol: float, rtol: float,
+                    nan_equal: bool, progress: ByteProgress | None) -> PairStats:
+    """``compare`` of two native reader's tensors: the same blocks, runs and combination,
+    each block pair through the C kernel at their mapped addresses (both contiguous) or
+    numpy (``native_kernels``); ``NativeNumericsUnavailable`` where neither can."""
+    _native_pair(a, b)
+    if a.is_complex() or b.is_complex():
+        raise TypeError("compare() takes real tensors; compare complex ones as complex128")
+    esize = a.element_size() + b.element_size()
+    limit = kernels.CHUNK_ELEMENTS
+    ck = active_c_kernel()
+    ka, kb = nk.c_kind(a, ck), nk.c_kind(b, ck)
+    if ka is not None and kb is not None:
+        pieces = nk.c_spans((a, b), limit)
+
+        def run(ps: list) -> _PairPart:
+            part = _PairPart()
+            for address_a, address_b, k in ps:
+                _add_native_block(part, ck.pair_block(address_a, address_b, k, ka, kb, atol,
+                                                      rtol, nan_equal), k)
+                if progress is not None:
+                    progress(k * esize)
+            return part
+    else:
+        np = nk.numpy_or_signal("the comparison")
+        pieces = nk.array_blocks((a, b), limit, index_blocks)
+        da, db = nk.decoder(np, a.dtype.name), nk.decoder(np, b.dtype.name)
+
+        def run(ps: list) -> _PairPart:
+            part = _PairPart()
+            bufa, bufb, bufd = nk.float64_buffers(np, ps, 3)
+            with np.errstate(all="ignore"):  # inf - inf, x / 0: handled as torch's code
+                for pa, pb in ps:
+                    xa, xb = nk.widen(bufa, pa, da), nk.widen(bufb, pb, db)
+                    _add_native_block(part, nk.pair_block(np, xa, xb, bufd, atol, rtol,
+                                                          nan_equal), pa.size)
+                    if progress is not None:
+                        progress(pa.size * esize)
+            return part
+    return combine_pair_parts(in_runs(run, pieces, nk.worker_count()), a, b)
+
+
+def _native_nonfinite_counts(a: NativeTensor, b: NativeTensor) -> dict[str, int]:
+    """``nonfinite_counts`` of two native tensors (any dtypes, complex too), block by
+    block: the C kernel's counts where it takes the pair, else numpy."""
+    _native_pair(a, b)
+    counts = dict.fromkeys(NONFINITE_KINDS, 0)
+
+    def add(values: tuple) -> None:
+        for key, v in zip(NONFINITE_KINDS, values, strict=True):
+            counts[key] += v
+
+    limit = kernels.CHUNK_ELEMENTS
+    ck = active_c_kernel()
+    ka, kb = nk.c_kind(a, ck), nk.c_kind(b, ck)
+    if ka is not None and kb is not None:
+        for address_a, address_b, k in nk.c_spans((a, b), limit):
+            add(ck.pair_block(address_a, address_b, k, ka, kb, 0.0, 0.0, True)[9])
+        return counts
+    np = nk.numpy_or_signal("counting non-finite values")
+    pieces = nk.array_blocks((a, b), limit, index_blocks)
+    with np.errstate(all="ignore"):
+        if a.is_complex() or b.is_complex():  # NaN or Inf in either part
+            for pa, pb in pieces:
+                add(nk.nonfinite_pairs(np, pa, pb))
+            return counts
+        da, db = nk.decoder(np, a.dtype.name), nk.decoder(np, b.dtype.name)
+        bufa, bufb = nk.float64_buffers(np, pieces, 2)
+        for pa, pb in pieces:
+            add(nk.nonfinite_pairs(np, nk.widen(bufa, pa, da), nk.widen(bufb, pb, db)))
+    return counts
