@@ -10,16 +10,18 @@ with ``reader="native"``:
 
 - ``.metadata`` is pre-scanned (``prescan.scan_any``), then unpickled by an unpickler of
   its own whose only globals are the DCP metadata classes torch 2.4 .. 2.14 write, each
-  decoded into an inert record of its fields (``_Record``), dtypes into ``NativeDtype``;
-  then checked as ``dcp_metadata`` checks it (limits, shapes, chunks, the storage table,
+  decoded into an inert record of its fields (``_Record``), dtypes by name (never the
+  shared ``NativeDtype`` objects, which a pickle's BUILD would rewrite); then checked
+  as ``dcp_metadata`` checks it (limits, shapes, chunks, the storage table,
   the data files inside the folder, expansion).
 - The non-tensor values (hyperparameters, ``params`` lists) are read now, each pre-scanned
   like the torch path does and unpickled with plain containers and ``OrderedDict`` only.
 - Each tensor is a ``NativeTensor`` of its full shape over a storage whose bytes are found
   when a statistic first touches them (``--no-stats`` reads no chunk): a tensor stored in
   one contiguous, aligned chunk is a view of the memory-mapped data file; one stored in
-  several chunks (a sharded save), or a view, or unaligned, is copied into one buffer
-  (the last few kept, as ``dcp.py`` keeps the last tensors it loaded).
+  several chunks (a sharded save), or a view, or not aligned to its element size (the C
+  kernel reads elements in place), is copied into one buffer (the last few kept, as
+  ``dcp.py`` keeps the last tensors it loaded); chunks that overlap go to torch's path.
 
 Anything this reader does not know raises ``NativeUnsupported`` at open, and the caller
 opens the folder with torch, which gives its own verdict (every established message). A
@@ -28,9 +30,10 @@ class outside the allow-list) is read by torch's path at that moment
 (``DcpCheckpoint.load_tensor``): the same data, or the same error, as with torch.
 
 The tree is put back together as ``dcp.py`` does (``rebuild_tree``: positional optimizer
-state keys, lists, a fresh optimizer's empty ``state``).
+state keys, lists, a fresh optimizer's empty ``state``). ``layout_native`` is
+``inspect --layout``'s data (``dcp_layout.layout_report``) from the metadata alone.
 
-About 800 lines: the metadata classes, their checks, the chunk reader and the tree rebuild
+About 820 lines: the metadata classes, their checks, the chunk reader and the tree rebuild
 are one reader that mirrors ``dcp_metadata`` + ``dcp.py`` line for line, and reads best
 as one file.
 """
