@@ -400,8 +400,11 @@ def test_progress_reports_bytes_up_to_the_total(adam):
 
 
 def _mapped_file(t: torch.Tensor) -> str | None:
-    """The file a tensor's memory is mapped from (Linux /proc/self/maps), or None."""
-    ptr = t.untyped_storage().data_ptr()
+    """The file a tensor's memory is mapped from (Linux /proc/self/maps), or None; a
+    tensor read without torch (``io.native_tensor``) by its storage's address."""
+    from optstate.io.native_tensor import is_native
+
+    ptr = t.storage.address() if is_native(t) else t.untyped_storage().data_ptr()
     with open("/proc/self/maps") as maps:
         for line in maps:
             fields = line.split()

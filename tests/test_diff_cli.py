@@ -77,7 +77,7 @@ def test_json_schema_and_paths(cli, files):
                         "bytes": size, "format": "zip",
                         # what was read: a local file is memory-mapped, not counted
                         "bytes_read": None, "bytes_total": size, "requests": None,
-                        "retries": None}
+                        "retries": None, "reader": "native", "reader_note": None}
     assert [(c["path"], c["kind"]) for c in rep["changes"]] == [
         ("param_groups[0].lr", "changed"), ("state[0].momentum_buffer", "values"),
         ("state[1].momentum_buffer", "values")]

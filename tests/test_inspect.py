@@ -95,7 +95,9 @@ def test_report_layout_for_sgd_momentum(tmp_path):
                               "format": "zip", "bytes": (tmp_path / "opt.pt").stat().st_size,
                               # memory-mapped: what the kernel pages in is not counted
                               "bytes_read": None, "requests": None, "retries": None,
-                              "bytes_total": (tmp_path / "opt.pt").stat().st_size}
+                              "bytes_total": (tmp_path / "opt.pt").stat().st_size,
+                              # read without torch (issue #22)
+                              "reader": "native", "reader_note": None}
     assert report["location"] == ""
     assert report["legacy_ids"] is False
     g = report["param_groups"][0]

@@ -244,7 +244,7 @@ def test_json_schema_keys_are_stable(cli, tmp_path):
                          "stats", "selection", "naming", "param_groups", "params", "totals",
                          "scheduler", "warnings", "notes"]
     assert list(doc["file"]) == ["path", "read", "format", "bytes", "bytes_read", "bytes_total",
-                                 "requests", "retries"]
+                                 "requests", "retries", "reader", "reader_note"]
     assert list(doc["optimizer"]) == ["kind", "confidence", "reason", "candidates",
                                       "hyperparams", "state_keys", "foreign", "library",
                                       "import_path", "wrapper", "inner", "closest", "differs"]

@@ -28,12 +28,11 @@ from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-import torch
-
 from optstate.analysis.diff_walk import Change, DiffOptions, Stop, Walk, brief, union
 from optstate.base.errors import CheckpointError, ConfigError, option
 from optstate.base.paths import bracket, join
 from optstate.base.suggest import did_you_mean
+from optstate.io.native_tensor import is_tensor
 from optstate.state.lowbit import BNB_AS_TORCH_NOTE, bnb_as_torch, bnb_torch_names
 from optstate.state.view import OptimizerStateView, ParamView
 
@@ -70,7 +69,7 @@ def _param_brief(p: ParamView) -> dict[str, Any]:
 
 def _tensor_bytes(p: ParamView) -> int:
     return sum(v.numel() * v.element_size() for v in p.state.values()
-               if isinstance(v, torch.Tensor) and not v.is_meta)
+               if is_tensor(v) and not v.is_meta)
 
 
 def _pairs(va: OptimizerStateView, vb: OptimizerStateView, by_name: bool
@@ -364,7 +363,8 @@ class DiffSide:
     bytes: int
     format: str
     # what was read (analysis.inspect.read_info): bytes_read, bytes_total, requests,
-    # retries; bytes_read/requests/retries None for a local (memory-mapped) source
+    # retries; bytes_read/requests/retries None for a local (memory-mapped) source;
+    # reader ("native" | "torch") and reader_note (why torch read it)
     read: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -390,8 +390,8 @@ def diff_files(path_a: Any, path_b: Any, options: DiffOptions | None = None, *,
     from optstate.state.locate import locate
     from optstate.state.names import name_params
 
-    src_a = open_source(path_a, unsafe=unsafe)
-    src_b = open_source(path_b, unsafe=unsafe)
+    src_a = open_source(path_a, unsafe=unsafe, reader="auto")  # without torch if it can
+    src_b = open_source(path_b, unsafe=unsafe, reader="auto")
     loc_a, loc_b = locate(src_a, key_a), locate(src_b, key_b)
     views = []
     for s, loc in ((src_a, loc_a), (src_b, loc_b)):

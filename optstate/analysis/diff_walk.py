@@ -15,14 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import torch
-
 from optstate.base.errors import ConfigError, option
 from optstate.base.paths import join, path_keys
+from optstate.io.native_tensor import as_torch, is_native, is_tensor
 from optstate.numeric.compare import UncomparableViewsError, compare_tensors, count_unequal
 from optstate.numeric.leaves import same_leaf
 from optstate.numeric.pair_kernel import NONFINITE_KINDS
-from optstate.numeric.stats import dtype_name
+from optstate.numeric.stats import dtype_name, is_strided
 from optstate.state.nested import join_entry
 from optstate.state.report import plain
 
@@ -116,7 +115,7 @@ class Stop(Exception):
 
 def _is_scalar(v: Any) -> bool:
     """Numbers, bools, None, strings and one-element 0-dim tensors: compared as values."""
-    if isinstance(v, torch.Tensor):
+    if is_tensor(v):
         return v.dim() == 0 and not v.is_meta
     return v is None or isinstance(v, (bool, int, float, str))
 
@@ -130,14 +129,14 @@ def _is_atomic(v: Any) -> bool:
 
 def _number(v: Any) -> Any:
     """A 0-dim tensor as its Python number; other scalars unchanged."""
-    if isinstance(v, torch.Tensor):
+    if is_tensor(v):
         return v.item()
     return v
 
 
 def _category(v: Any) -> str:
     """What counts as 'the same type': int and float are both numbers."""
-    if isinstance(v, torch.Tensor):
+    if is_tensor(v):
         return "tensor"
     if isinstance(v, bool):
         return "bool"
@@ -151,7 +150,7 @@ def _category(v: Any) -> str:
 
 
 def _type_label(v: Any) -> str:
-    if isinstance(v, torch.Tensor):
+    if is_tensor(v):
         return f"tensor({dtype_name(v.dtype)})"
     return type(v).__name__
 
@@ -222,7 +221,7 @@ class Walk:
             return
         if _is_atomic(a) and _is_atomic(b):
             self._atomic(path, a, b)
-        elif isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        elif is_tensor(a) and is_tensor(b):
             self._tensors(path, a, b)
         elif isinstance(a, dict) and isinstance(b, dict):
             self.mapping(path, a, b)
@@ -283,8 +282,8 @@ class Walk:
                     self.change(Change(path, "type", _type_label(va), _type_label(vb)))
                     differs = True
                     break
-                if (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)
-                        and va.dtype != vb.dtype):
+                if (is_tensor(va) and is_tensor(vb)
+                        and dtype_name(va.dtype) != dtype_name(vb.dtype)):
                     self.change(Change(path, "dtype", dtype_name(va.dtype),
                                        dtype_name(vb.dtype)))
                     differs = True
@@ -295,19 +294,22 @@ class Walk:
         if not differs:
             self.equal(path, pa)
 
-    def _tensors(self, path: str, a: torch.Tensor, b: torch.Tensor) -> None:
-        if a.shape != b.shape:
+    def _tensors(self, path: str, a: Any, b: Any) -> None:
+        if tuple(a.shape) != tuple(b.shape):
             self.change(Change(path, "shape", list(a.shape), list(b.shape)))
             return
-        dtype_changed = a.dtype != b.dtype
+        # by name: a NativeTensor's dtype (io.native_tensor) against a torch tensor's
+        dtype_changed = dtype_name(a.dtype) != dtype_name(b.dtype)
         if dtype_changed:
             self.change(Change(path, "dtype", dtype_name(a.dtype), dtype_name(b.dtype)))
         if a.is_meta or b.is_meta:
             self.notes.append(f"{path}: tensor data not available (meta tensor); not compared")
             return
         # sparse COO, CSR, CSC, BSR...: compared as the dense tensors they stand for
-        x = a.to_dense() if a.layout != torch.strided else a
-        y = b.to_dense() if b.layout != torch.strided else b
+        if is_native(a) != is_native(b):  # one side read by torch (an old file): both so
+            a, b = as_torch(a), as_torch(b)
+        x = a if is_strided(a) else a.to_dense()
+        y = b if is_strided(b) else b.to_dense()
         try:  # views repeating stored elements: over their storage (optstate/numeric/compare.py)
             cmp = compare_tensors(x, y, atol=self.opts.atol, rtol=self.opts.rtol,
                                   nan_equal=self.opts.nan_equal)
@@ -366,7 +368,7 @@ def _ignored(path: str, patterns: tuple[str, ...]) -> bool:
 
 def brief(v: Any) -> Any:
     """A short plain description of a value that exists on one side only."""
-    if isinstance(v, torch.Tensor) and v.dim() > 0:
+    if is_tensor(v) and v.dim() > 0:
         return {"shape": list(v.shape), "dtype": dtype_name(v.dtype)}
     if isinstance(v, dict):
         return {str(k): brief(x) for k, x in v.items()}
@@ -379,7 +381,7 @@ def value(v: Any) -> Any:
     """A scalar (or list of scalars) as plain data for before/after. Unlike ``plain``,
     NaN and infinities stay visible, as the strings "nan", "inf", "-inf": a change from
     NaN to Inf must not read null -> null."""
-    if isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_meta:
+    if is_tensor(v) and v.dim() == 0 and not v.is_meta:
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)

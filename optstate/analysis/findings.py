@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import torch
-
 from optstate.base.paths import join
+from optstate.io.native_tensor import is_tensor
 from optstate.state.nested import join_entry
 
 SHOW = 6  # places listed in a message before "and N more"
@@ -45,7 +44,7 @@ def finding(code: str, message: str, where: Iterable[str] = (),
 
 def as_number(value: Any) -> float | None:
     """A number (or a 0-d tensor) as a float; None for anything else."""
-    if isinstance(value, torch.Tensor):
+    if is_tensor(value):
         if len(value.shape) != 0 or value.is_meta:
             return None
         value = value.item()

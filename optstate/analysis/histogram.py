@@ -12,6 +12,10 @@ Definitions (tests compare each with plain torch):
   elements equal to zero (a buffer that collapsed shows ``zeros == numel``);
 - bool and integer tensors are binned through float64; complex tensors by ``abs()``
   (``"of": "abs"``); sparse tensors by their dense values (implicit zeros included).
+
+A tensor the native reader gave (``io.native_tensor``) is binned by torch too
+(``as_torch``, over the same mapped bytes): ``--hist`` imports torch, so that the bins are
+torch's to the last edge.
 """
 
 from __future__ import annotations
@@ -19,16 +23,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
+from optstate.io.native_tensor import as_torch, is_tensor
 from optstate.numeric.views import distinct_elements, repeated_view
 
 BINS = 16
 
 
-def histogram(t: torch.Tensor, bins: int = BINS) -> dict[str, Any]:
+def histogram(t: Any, bins: int = BINS) -> dict[str, Any]:
     """The histogram of ``t`` (see module docstring); ``edges``/``counts`` are None when
     there is no finite element to bin (empty tensor, all NaN/Inf, meta tensor)."""
+    import torch
+
+    t = as_torch(t)  # a NativeTensor: the same values, binned by torch
     if bins < 1:
         raise ValueError(f"bins must be positive, got {bins}")
     numel = t.numel()
@@ -85,7 +91,7 @@ def add_histograms(entries: dict[str, Any], state: dict[Any, Any], bins: int = B
 def _add(rep: Any, value: Any, bins: int) -> None:
     if not isinstance(rep, dict):
         return
-    if isinstance(value, torch.Tensor):
+    if is_tensor(value):
         if len(value.shape) > 0 and not value.is_meta:
             rep["histogram"] = histogram(value, bins)
     elif isinstance(value, (list, tuple)) and isinstance(rep.get("items"), list):

@@ -48,7 +48,7 @@ def inspect_path(path: str | Path, *, key: str | None = None, unsafe: bool = Fal
     process is one of (``analysis/ranks.py``): the same report."""
     from optstate.analysis.ranks import ranked
 
-    source = open_source(path, unsafe=unsafe)
+    source = open_source(path, unsafe=unsafe, reader="auto")  # without torch if it can
     job = {"command": "inspect", "path": str(path), "key": key, "unsafe": unsafe,
            "options": {k: (str(v) if isinstance(v, Path) else v)
                        for k, v in options.items() if k != "on_progress"}}
@@ -166,16 +166,20 @@ def _file_info(source: Source) -> dict[str, Any]:
 def read_info(source: Source) -> dict[str, Any]:
     """What was read: ``bytes_read``, ``requests``, ``retries`` (None for a local source,
     which is memory-mapped: what the kernel pages in is not counted) and ``bytes_total``,
-    the size of every file the checkpoint consists of (with its scheduler file)."""
+    the size of every file the checkpoint consists of (with its scheduler file); and by
+    which reader: ``reader`` ("native": without torch; "torch") and ``reader_note`` (why
+    torch read it; None when native, or when torch was asked for)."""
+    how = {"reader": source.reader, "reader_note": source.reader_note}
     if source.read is not None:
-        return source.read.to_dict()
+        return {**source.read.to_dict(), **how}
     total = source.bytes
     for sibling in source.sibling_files.values():
         try:
             total += sibling.stat().st_size
         except (OSError, AttributeError):
             pass
-    return {"bytes_read": None, "bytes_total": total, "requests": None, "retries": None}
+    return {"bytes_read": None, "bytes_total": total, "requests": None, "retries": None,
+            **how}
 
 
 def _select(view: OptimizerStateView, params: list[str] | None,

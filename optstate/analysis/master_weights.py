@@ -43,8 +43,7 @@ def deepspeed_diff_notes(a: Any, b: Any) -> list[str]:
     """For ``diff`` of two trees that hold DeepSpeed's facts and master weights beside the
     optimizer state: the facts that differ, and how the fp32 master weights compare (by
     param name; reads them). Notes, not changes: they are not optimizer state."""
-    import torch
-
+    from optstate.io.native_tensor import is_tensor
     from optstate.numeric.compare import compare_tensors
     from optstate.numeric.pair_kernel import NONFINITE_KINDS
 
@@ -68,7 +67,7 @@ def deepspeed_diff_notes(a: Any, b: Any) -> list[str]:
     largest = 0.0
     for n in both:
         x, y = wa[n], wb[n]
-        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)) \
+        if not (is_tensor(x) and is_tensor(y)) \
                 or x.shape != y.shape:
             differ_names.append(n)
             continue

@@ -43,6 +43,9 @@ lines reach rank 0, which prints the error, and no rank leaves before rank 0 has
 
 About 440 lines on purpose: the split, the chunk reader, the merge and the ranks'
 exchanges (results, errors, the end) are one protocol, read together.
+
+torch is imported only when there is a group to split over (torchrun, ``--workers`` > 1):
+one process reads what the native reader can without it (issue #22).
 """
 
 from __future__ import annotations
@@ -60,8 +63,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
-
 from optstate.base import errors
 from optstate.base.errors import (
     CheckpointError,
@@ -71,7 +72,6 @@ from optstate.base.errors import (
     option,
 )
 from optstate.io.launch import torchrun_rank
-from optstate.io.lazy import LazyTensor
 from optstate.numeric import precomputed
 from optstate.numeric.compare import TensorComparison, compare_tensors
 from optstate.numeric.kernels import Moments, merge_moments, moments
@@ -160,7 +160,7 @@ class Unit:
     bytes: int
 
 
-def _nbytes(t: torch.Tensor) -> int:
+def _nbytes(t: Any) -> int:
     return t.numel() * t.element_size()
 
 
@@ -192,9 +192,11 @@ def assign(units: list[Unit], world: int) -> list[list[Unit]]:
     return out
 
 
-def _chunks(t: torch.Tensor) -> list[dict[str, Any]]:
+def _chunks(t: Any) -> list[dict[str, Any]]:
     """The stored chunks of a tensor of a local DCP folder that can be summarised piece by
     piece; [] for any other tensor (a whole unit)."""
+    from optstate.io.lazy import LazyTensor
+
     if not (isinstance(t, LazyTensor) and "dcp_folder" in t.info
             and isinstance(t.info.get("dcp_key"), str) and splits_into_moments(t)):
         return []
@@ -205,10 +207,11 @@ def _chunks(t: torch.Tensor) -> list[dict[str, Any]]:
 _metadata_cache: dict[str, Any] = {}
 
 
-def read_chunk(t: LazyTensor, j: int) -> torch.Tensor:
-    """Chunk ``j`` of the DCP tensor ``t`` alone: its byte range of its data file (inside
-    the folder), pre-scanned, loaded with ``weights_only=True``, checked against the
-    metadata's sizes and dtype."""
+def read_chunk(t: Any, j: int) -> Any:
+    """Chunk ``j`` of the DCP tensor ``t`` alone (a torch.Tensor): its byte range of its
+    data file (inside the folder), pre-scanned, loaded with ``weights_only=True``, checked
+    against the metadata's sizes and dtype."""
+    import torch
     from torch.distributed.checkpoint.metadata import MetadataIndex
 
     from optstate.io.dcp_metadata import inside, read_metadata, short_repr

@@ -46,7 +46,7 @@ from optstate.io.run_dir import Candidate
 SCHEMA = "optstate.timeline-cache/1"
 FILE_NAME = "timeline-cache.json"
 FOLDER = ".optstate"
-RECORD_VERSION = 1  # the record's shape (analysis.timeline.read_record); bump when it changes
+RECORD_VERSION = 2  # the record's shape (analysis.timeline.read_record); bump when it changes
 # A cache larger than this is not read (it would be hashed whole, then parsed: ~6x its size
 # in memory); ours hold ~5 KB per checkpoint of a small model, ~1 MB for a large one
 MAX_BYTES = 256 << 20
@@ -138,12 +138,14 @@ def code_digest() -> str:
     computed once per process (~10 ms)."""
     global _code
     if _code is None:
-        import hashlib
+        from importlib import metadata
 
-        import torch
-
+        try:  # from its package's metadata: torch is not imported (issue #22)
+            torch_version = metadata.version("torch")
+        except metadata.PackageNotFoundError:  # a build without metadata: torch says it
+            torch_version = __import__("torch").__version__
         root = Path(__file__).resolve().parent.parent
-        h = hashlib.sha256(f"{__version__} {torch.__version__}".encode())
+        h = hashlib.sha256(f"{__version__} {torch_version}".encode())
         for layer in _RECORD_CODE:
             for f in sorted((root / layer).rglob("*.py")):
                 h.update(str(f.relative_to(root)).encode())
@@ -354,6 +356,7 @@ def _valid_entry(k: Any, v: Any) -> bool:
 def _valid_record(r: dict[str, Any]) -> bool:
     steps, sch = r["steps"], r["scheduler"]
     if not (_is(r["label"], (str,)) and _is(r["path"], (str,)) and _is(r["format"], _OPT_STR)
+            and _is(r["reader"], _OPT_STR) and _is(r["reader_note"], _OPT_STR)
             and _is(r["kind"], _OPT_STR) and _is(r["name_step"], _OPT_INT)
             and _is(r["error"], _OPT_STR) and _is(r["error_code"], _OPT_STR)
             and isinstance(r["identity"], dict) and isinstance(steps, dict)

@@ -70,7 +70,7 @@ What each code claims, and what keeps it from firing on a healthy run:
   nothing).
 - ``unreadable``: a checkpoint that could not be read.
 
-Works on plain records only (no tensors; torch only for its dtypes' precision).
+Works on plain records only (no tensors, no torch).
 
 About 880 lines: one rule per code, each beside the words that keep it from misleading; split,
 the rules would only call back into one another's helpers.
@@ -88,6 +88,7 @@ from optstate.analysis.findings import at, finding
 from optstate.analysis.timeline_record import num
 from optstate.analysis.underflow import SECOND_MOMENTS, SQUARED
 from optstate.base.paths import join
+from optstate.io.native_tensor import DTYPES, dtype_name
 from optstate.numeric.tolerance import schedule_atol, unit_roundoff
 
 # In this order at one checkpoint: what was done to the run (a likely cause) before what
@@ -588,12 +589,9 @@ def _units(entry: str, norm: float) -> float:
 @functools.lru_cache(maxsize=64)
 def _rounding(dtype: Any) -> float:
     """The spacing of a state dtype's numbers relative to 1 (float32's when not known)."""
-    import torch
-
-    dt = getattr(torch, str(dtype), None)
-    if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
-        dt = torch.float32
-    return 2.0 * unit_roundoff(dt)
+    dt = DTYPES.get(dtype_name(dtype))
+    return 2.0 * unit_roundoff(dt.name if dt is not None and dt.is_floating_point
+                               else "float32")
 
 
 def _spikes(records: list[dict[str, Any]], ok: list[int], spike: float, emit: Emit,

@@ -65,7 +65,8 @@ def _int(v: Any) -> int | None:
 
 
 def _empty_record(c: Candidate) -> dict[str, Any]:
-    return {"label": c.label, "path": str(c.path), "format": None,
+    return {"label": c.label, "path": str(c.path), "format": None, "reader": None,
+            "reader_note": None,
             "identity": dict(c.identity), "name_step": c.name_step,
             "steps": {"run": None, "run_source": None, "optimizer": None, "scheduler": None},
             "kind": None, "groups": [], "scheduler": None, "params": [], "warnings": [],
@@ -85,7 +86,7 @@ def read_record(candidate: Candidate, *, key: str | None = None,
     rec = _empty_record(candidate)
     source = None
     try:
-        source = open_source(candidate.path, unsafe=unsafe)
+        source = open_source(candidate.path, unsafe=unsafe, reader="auto")
         report = inspect_source(source, key=key, stats=True)
         located = locate(source, key)  # the raw scheduler state (inspect keeps its report)
         rec["steps"]["run"], rec["steps"]["run_source"] = _run_step(source, located)
@@ -112,6 +113,7 @@ def read_record(candidate: Candidate, *, key: str | None = None,
                              if found is not None and len(found) > 1 else "unreadable")
         return rec
     rec["format"] = report["file"]["format"]
+    rec["reader"], rec["reader_note"] = report["file"]["reader"], report["file"]["reader_note"]
     rec["kind"] = report["optimizer"].get("kind")
     positions: dict[int, list[int]] = {}
     for p in report["params"]:

@@ -10,7 +10,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from optstate.analysis.findings import as_number, at, finding, places
+from optstate.io.native_tensor import FP8_TABLES, as_torch, dtype_name, is_native
 from optstate.state.view import OptimizerStateView
+
+# The smallest positive (subnormal) number of each floating dtype, torch.finfo's
+# tiny * eps, by name: known without importing torch (tests/test_no_torch.py checks
+# them against torch.finfo).
+SUBNORMAL = {"float64": 2.0 ** -1074, "float32": 2.0 ** -149, "float16": 2.0 ** -24,
+             "bfloat16": 2.0 ** -133, "float8_e4m3fn": 2.0 ** -9, "float8_e5m2": 2.0 ** -16,
+             "float8_e4m3fnuz": 2.0 ** -10, "float8_e5m2fnuz": 2.0 ** -18}
 
 # Second moments (running averages of grad², or their max) and the entries beside them
 # that show the param did get gradients: where those are non-zero and the second moment
@@ -67,9 +75,15 @@ def _count_underflowed(view: OptimizerStateView, position: int, first: str,
                        second: str) -> tuple[int, float]:
     """(elements with first != 0 and second == 0, max |first| over them)."""
     state = view.params[position].state
+    m, v = state[first], state[second]
+    if is_native(m) and is_native(v):  # read without torch: numpy counts them
+        try:
+            return _count_native(m, v)
+        except ImportError:  # numpy is optional: torch counts them, as below
+            m, v = as_torch(m), as_torch(v)
     n, biggest = 0, 0.0
     try:
-        m, v = state[first].reshape(-1), state[second].reshape(-1)
+        m, v = as_torch(m).reshape(-1), as_torch(v).reshape(-1)
         for start in range(0, m.numel(), _CHUNK):  # masks of a bounded size
             a, b = m[start:start + _CHUNK], v[start:start + _CHUNK]
             mask = (a != 0) & (b == 0)
@@ -82,18 +96,45 @@ def _count_underflowed(view: OptimizerStateView, position: int, first: str,
     return n, biggest
 
 
+def _count_native(m: Any, v: Any) -> tuple[int, float]:
+    """``_count_underflowed`` over two NativeTensors, in numpy (bfloat16 and float8
+    decoded exactly, as torch converts them: only zeros and |first| are asked)."""
+    import numpy as np
+
+    if m.numel() != v.numel():
+        return 0, 0.0  # mismatched: no element-wise answer
+    n, biggest = 0, 0.0
+    am, av = m.array().reshape(-1), v.array().reshape(-1)
+    for start in range(0, am.size, _CHUNK):  # masks of a bounded size
+        a = _decoded(am[start:start + _CHUNK], m.dtype.name, np)
+        b = _decoded(av[start:start + _CHUNK], v.dtype.name, np)
+        mask = (a != 0) & (b == 0)
+        k = int(np.count_nonzero(mask))
+        if k:
+            n += k
+            biggest = max(biggest, float(np.abs(a[mask]).max()))
+    return n, biggest
+
+
+def _decoded(codes: Any, dtype: str, np: Any) -> Any:
+    """Values of a numpy view of a NativeTensor's elements (``NativeTensor.array``:
+    bfloat16 and float8 come as raw codes)."""
+    if dtype == "bfloat16":
+        return (codes.astype(np.uint32) << 16).view(np.float32)
+    if dtype in FP8_TABLES:
+        return np.asarray(FP8_TABLES[dtype], dtype=np.float32)[codes]
+    return codes
+
+
 _CHUNK = 1 << 20
 
 
 def underflow_below(entry: str, dtype: Any, hyper: dict[str, Any]) -> float | None:
     """|grad| under which ``weight·grad²`` rounds to 0 in ``dtype`` (weight: 1 - beta2,
     1 - alpha, or 1 for Adagrad's sum): sqrt(smallest subnormal / weight)."""
-    import torch
-
-    dt = getattr(torch, str(dtype or "float32"), None)
-    if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
+    smallest = SUBNORMAL.get(dtype_name(dtype or "float32"))
+    if smallest is None:  # not a floating dtype
         return None
-    info = torch.finfo(dt)
     weight: float | None = 1.0
     name = SQUARED.get(entry)
     if name == "betas":
@@ -106,7 +147,7 @@ def underflow_below(entry: str, dtype: Any, hyper: dict[str, Any]) -> float | No
         weight = None if alpha is None else 1.0 - alpha
     if weight is None or weight <= 0:
         return None
-    return math.sqrt(info.tiny * info.eps / weight)
+    return math.sqrt(smallest / weight)
 
 
 def _param_labels(found: list[Underflow]) -> str:
@@ -171,10 +212,7 @@ def _one_label(u: Underflow) -> str:
 
 
 def _subnormal(dtype: str) -> float:
-    import torch
-
-    info = torch.finfo(getattr(torch, dtype, torch.float32))
-    return info.tiny * info.eps
+    return SUBNORMAL.get(dtype_name(dtype), SUBNORMAL["float32"])
 
 
 def _max_abs(rep: dict[str, Any]) -> float:

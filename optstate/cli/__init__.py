@@ -199,19 +199,20 @@ def warn(message: str) -> None:
 
 
 @contextlib.contextmanager
-def errors_to_exit() -> Iterator[None]:
+def errors_to_exit(*, torch: bool = True) -> Iterator[None]:
     """Run a command's body: the core's messages name options as flags (``cli/flags.py``),
-    and its errors become one ``Error:`` line (``_errors_to_exit``)."""
+    and its errors become one ``Error:`` line (``_errors_to_exit``). ``torch=False``: the
+    body imports torch only if it needs it (inspect, diff, timeline: issue #22)."""
     from optstate.cli.flags import flag_words  # here: `CMD --help` loads only CMD's module
 
     # stdout_guard: while the command works, whatever else writes to stdout (a library's
     # log, fd 1) goes to stderr; print_json and stdout_console write the answer
-    with speaking(flag_words), guard(), _errors_to_exit():
+    with speaking(flag_words), guard(), _errors_to_exit(torch=torch):
         yield
 
 
 @contextlib.contextmanager
-def _errors_to_exit() -> Iterator[None]:
+def _errors_to_exit(*, torch: bool = True) -> Iterator[None]:
     """Map core errors (and stray ones) to a clean exit. Entered first thing in every
     command's body: the moment start-up is over (``base.startup.resume_collector``).
 
@@ -219,7 +220,7 @@ def _errors_to_exit() -> Iterator[None]:
     pending: a KeyboardInterrupt raised inside torch can come out as another error (torch
     refusing an optimizer, a half-imported module), which would be a bogus message."""
     try:
-        resume_collector()
+        resume_collector(torch=torch)
         pause_at("command")  # test hook: imports done, the command's work starts
         yield
         interrupt.check()  # an interrupt that the work caught and dropped

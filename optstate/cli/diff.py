@@ -95,7 +95,7 @@ def diff(
     the byte ranges needed are read. Another S3 server: AWS_ENDPOINT_URL_S3.
     Large checkpoints: --workers N (or torchrun) splits the work.
     """
-    with errors_to_exit():
+    with errors_to_exit(torch=False):  # read natively where it can (issue #22)
         from optstate.io.remote import MODEL_HINT, cli_path, local_only
 
         # a URL stays text (read remotely); a local argument is the Path it always was

@@ -96,7 +96,7 @@ def timeline(
 
     Example: optstate timeline runs/exp3 --plot exp3.png
     """
-    with errors_to_exit():
+    with errors_to_exit(torch=False):  # read natively where it can (issue #22)
         from optstate.io.remote import display, is_url, local_path
 
         for p in paths:  # a run folder is listed and cached locally: no URLs (yet)

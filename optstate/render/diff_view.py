@@ -12,7 +12,7 @@ from rich.text import Text
 from optstate.base.values import format_shape
 from optstate.render.fit import Fit
 from optstate.render.human import fmt, fmt_short
-from optstate.render.inspect_view import Header, read_line
+from optstate.render.inspect_view import Header, read_line, reader_line
 from optstate.render.inspect_view import names_line as inspect_names
 
 
@@ -225,9 +225,9 @@ def diff_view(report: dict[str, Any]) -> Group:
                           style="dim"))
     for note in report["notes"]:
         parts.append(Text(f"note: {note}", style="dim"))
-    for name in "ab":  # a remote side: what was read of it
-        line = read_line(report[name] or {})
-        if line is not None:
-            parts.append(Text.assemble((f"{name}: ", "dim"), line))
+    for name in "ab":  # a remote side: what was read of it; a side torch read: why
+        for line in (read_line(report[name] or {}), reader_line(report[name] or {})):
+            if line is not None:
+                parts.append(Text.assemble((f"{name}: ", "dim"), line))
     parts.append(summary_line(report))
     return Group(*parts)

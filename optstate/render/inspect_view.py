@@ -71,6 +71,15 @@ def read_line(file: dict[str, Any]) -> Text | None:
     return Text(text, style="dim")
 
 
+def reader_line(file: dict[str, Any]) -> Text | None:
+    """'read with torch: legacy format' when torch read a checkpoint another reader was
+    asked for (``reader_note`` of a report's ``file``: why); None when read without torch
+    (the usual case says nothing)."""
+    if file.get("reader") != "torch" or not file.get("reader_note"):
+        return None
+    return Text(f"read with torch: {file['reader_note']}", style="dim")
+
+
 def _zeros(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}" if 0 < value < 1 else f"{value:.0%}"
 
@@ -367,9 +376,9 @@ def inspect_view(report: dict[str, Any], max_params: int = MAX_PARAMS_SHOWN) -> 
         parts.append(scheduler_line(report["scheduler"]))
     if not report["stats"]:
         parts.append(Text("--no-stats: structure only, tensor data not read", style="dim"))
-    read = read_line(report["file"])
-    if read is not None:
-        parts.append(read)
+    for line in (read_line(report["file"]), reader_line(report["file"])):
+        if line is not None:
+            parts.append(line)
     for w in report["warnings"]:
         parts.append(Hanging(Text.assemble(("warning ", "bold yellow"),
                                            (f"[{w['code']}] ", "yellow"), w["message"]), 8))

@@ -303,6 +303,19 @@ def unreadable_lines(report: dict[str, Any], max_rows: int) -> list[Any]:
     return lines
 
 
+def reader_summary(report: dict[str, Any]) -> Text | None:
+    """'read with torch: 2 of 5 checkpoints (legacy format)' when torch read any that
+    another reader was asked for (each checkpoint's ``reader_note``: why); None when all
+    were read without torch."""
+    cps = report["checkpoints"]
+    notes = [c["reader_note"] for c in cps if c.get("reader") == "torch" and c.get("reader_note")]
+    if not notes:
+        return None
+    why = "; ".join(dict.fromkeys(notes))
+    return Text(f"read with torch: {len(notes)} of {len(cps)} checkpoint"
+                f"{'s' * (len(cps) != 1)} ({why})", style="dim")
+
+
 def verdict(report: dict[str, Any]) -> Text:
     findings = report["findings"]
     n = len(report["checkpoints"])
@@ -351,5 +364,8 @@ def timeline_view(report: dict[str, Any], max_rows: int = MAX_ROWS) -> Group:
     for n in report["notes"]:
         parts.append(Hanging(Text.assemble(("note ", "bold"), (f"[{n['code']}] ", "dim"),
                                            n["message"]), 5))
+    read = reader_summary(report)
+    if read is not None:
+        parts.append(read)
     parts.append(verdict(report))
     return Group(*parts)
