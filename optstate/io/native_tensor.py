@@ -51,6 +51,14 @@ class NativeDtype:
 
     __repr__ = __str__
 
+    # Immutable for a pickle too: a BUILD opcode on a dtype some reader handed out would
+    # otherwise change its itemsize for the whole process (bounds checks included).
+    def __setstate__(self, state: Any) -> None:
+        raise TypeError("NativeDtype objects cannot be changed")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _dtype, (self.name,)
+
     @property
     def is_floating_point(self) -> bool:
         return self.kind == "f"
@@ -74,6 +82,10 @@ DTYPES: dict[str, NativeDtype] = {d.name: d for d in (
     NativeDtype("int64", 8, "i"), NativeDtype("uint8", 1, "u"), NativeDtype("uint16", 2, "u"),
     NativeDtype("uint32", 4, "u"), NativeDtype("uint64", 8, "u"), NativeDtype("bool", 1, "b"),
 )}
+
+def _dtype(name: str) -> NativeDtype:
+    return DTYPES[name]
+
 
 # struct formats of the dtypes Python decodes directly (little-endian, as torch.save writes)
 _STRUCT = {"float64": "d", "float32": "f", "float16": "e", "int8": "b", "int16": "h",
@@ -151,6 +163,16 @@ class NativeStorage:
     @property
     def nbytes(self) -> int:
         return self.buffer.nbytes
+
+    # read-only bytes: a copy is the same storage; a pickle cannot set its fields
+    def __copy__(self) -> NativeStorage:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> NativeStorage:
+        return self
+
+    def __setstate__(self, state: Any) -> None:
+        raise TypeError("NativeStorage objects cannot be changed")
 
     def address(self) -> int:
         """The address of the first byte (for the C kernel), valid while this storage
@@ -297,6 +319,17 @@ class NativeTensor:
         last = self._offset + sum((n - 1) * st for n, st in zip(self.shape, self._stride,
                                                                   strict=True))
         return start, (last + 1) * size
+
+    # immutable: a copy is the same descriptor; a pickle cannot set its fields (a BUILD
+    # opcode on a tensor some reader handed out could move it outside its storage)
+    def __copy__(self) -> NativeTensor:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> NativeTensor:
+        return self
+
+    def __setstate__(self, state: Any) -> None:
+        raise TypeError("NativeTensor objects cannot be changed")
 
     def __len__(self) -> int:
         if not self.shape:
