@@ -51,7 +51,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from optstate.io import readguard
-from optstate.io.native_tensor import NativeTensor
+from optstate.io.native_tensor import NativeTensor, as_torch
 from optstate.numeric import native_kernels as nk
 from optstate.numeric.kernel_switch import active_c_kernel, torch_c_kind
 
@@ -169,7 +169,11 @@ def moments(t: torch.Tensor, *, progress: ByteProgress | None = None) -> Moments
     torch tensor, or a ``NativeTensor``: ``native_kernels.moments``)."""
     readguard.check()  # its file may have been truncated since it was mapped
     if isinstance(t, NativeTensor):
-        return _native_moments(t, progress)
+        try:
+            return _native_moments(t, progress)
+        except nk.NativeNumericsUnavailable as e:  # no numpy: torch's numbers, said
+            nk.note_torch_fallback(e)
+            t = as_torch(t)
     import torch
 
     workers = torch.get_num_threads()
@@ -408,7 +412,11 @@ def finite_norm(t: torch.Tensor) -> float | None:
     the float64 range: the rare second pass of ``pair_kernel.compare``, which has made
     the read check already."""
     if isinstance(t, NativeTensor):
-        return _native_moments(t, None).norm
+        try:
+            return _native_moments(t, None).norm
+        except nk.NativeNumericsUnavailable as e:
+            nk.note_torch_fallback(e)
+            t = as_torch(t)
     return _moments(t, None).norm
 
 

@@ -23,11 +23,14 @@ max relative difference and the count outside tolerance exactly; the float64 sum
 checks every dtype, layout and path against torch.
 
 numpy is optional. Where a tensor needs it (the C kernel off or not built, a strided
-view, a float64 norm past the float64 range) and it is not installed, the functions
-raise ``NativeNumericsUnavailable``: the caller turns that into the torch path
-(``io.native_tensor.as_torch`` the tensor and call again, or read the file with torch).
-``unavailable_reason()`` tells beforehand when no native tensor can be summarised at all
-(neither the C kernel nor numpy), so a reader can choose torch up front and say why.
+view, a float64 norm past the float64 range) and it is not installed, the functions here
+raise ``NativeNumericsUnavailable``; the public entry points (``kernels.moments``,
+``finite_norm``, ``pair_kernel.compare``, ``nonfinite_counts``, ``views.distinct_elements``)
+catch it, record why in ``torch_fallbacks`` (``note_torch_fallback``: a report can say
+it, e.g. in ``file.reader_note``) and compute that tensor's numbers on the torch path
+(``io.native_tensor.as_torch``: the same numbers; torch is imported). ``unavailable_reason()``
+tells beforehand when no native tensor can be summarised at all (neither the C kernel nor
+numpy), so a caller can choose the torch reader up front and say why.
 This module imports neither torch nor the other kernels (they import it).
 """
 
@@ -47,6 +50,17 @@ from optstate.numeric.kernel_switch import C_KINDS, active_c_kernel
 class NativeNumericsUnavailable(RuntimeError):
     """A native tensor's numbers need numpy, which is not installed, and the C kernel
     cannot take them: the caller runs the torch path instead (``as_torch``)."""
+
+
+# Why natively read tensors' numbers were computed on the torch path in this process (each
+# reason once, in order; empty: never).
+torch_fallbacks: list[str] = []
+
+
+def note_torch_fallback(exc: NativeNumericsUnavailable) -> None:
+    """Record that a native tensor's numbers go through torch, and why."""
+    if str(exc) not in torch_fallbacks:
+        torch_fallbacks.append(str(exc))
 
 
 _np: ModuleType | None = None

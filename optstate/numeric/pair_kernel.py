@@ -27,7 +27,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from optstate.io import readguard
-from optstate.io.native_tensor import NativeTensor
+from optstate.io.native_tensor import NativeTensor, as_torch
 from optstate.numeric import kernels
 from optstate.numeric import native_kernels as nk
 from optstate.numeric.kernel_switch import active_c_kernel, torch_c_kind
@@ -75,7 +75,11 @@ def nonfinite_counts(a: torch.Tensor, b: torch.Tensor) -> dict[str, int]:
     for every path (the C kernel's blocks, the torch blocks, complex tensors; two
     ``NativeTensor``s: ``native_kernels.nonfinite_counts``)."""
     if isinstance(a, NativeTensor) or isinstance(b, NativeTensor):
-        return _native_nonfinite_counts(a, b)
+        try:
+            return _native_nonfinite_counts(a, b)
+        except nk.NativeNumericsUnavailable as e:  # no numpy: torch's numbers, said
+            nk.note_torch_fallback(e)
+            a, b = as_torch(a), as_torch(b)
     import torch
 
     na, nb = torch.isnan(a), torch.isnan(b)
@@ -92,7 +96,11 @@ def compare(a: torch.Tensor, b: torch.Tensor, *, atol: float = 0.0, rtol: float 
     tensors, or both ``NativeTensor``s (``native_kernels.compare``)."""
     readguard.check()  # their files may have been truncated since they were mapped
     if isinstance(a, NativeTensor) or isinstance(b, NativeTensor):
-        return _native_compare(a, b, atol, rtol, nan_equal, progress)
+        try:
+            return _native_compare(a, b, atol, rtol, nan_equal, progress)
+        except nk.NativeNumericsUnavailable as e:  # no numpy: torch's numbers, said
+            nk.note_torch_fallback(e)
+            a, b = as_torch(a), as_torch(b)
     import torch
 
     workers = torch.get_num_threads()

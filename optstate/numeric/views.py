@@ -15,7 +15,8 @@ reading it element by element is bounded by the bytes stored anyway.
 
 Both functions take torch tensors and the native reader's ``NativeTensor``s (no torch
 import here; a native tensor's distinct elements are a ``NativeTensor`` too: a strided
-view of the same storage, or the gathered elements' bytes, found with numpy).
+view of the same storage, or the gathered elements' bytes, found with numpy; without
+numpy, an overlapping native view's are found by torch, as ``native_kernels`` says).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from optstate.io.native_tensor import NativeTensor
+from optstate.io.native_tensor import NativeTensor, as_torch
 from optstate.io.walk import covered_elements
 
 if TYPE_CHECKING:
@@ -70,9 +71,13 @@ def distinct_elements(t: Any) -> Any:
         return t.as_strided(shape, stride, offset)
     span = extent + 1
     if native:
-        from optstate.numeric.native_kernels import numpy_or_signal
+        from optstate.numeric import native_kernels as nk
 
-        np = numpy_or_signal("the distinct elements of an overlapping view")
+        try:
+            np = nk.numpy_or_signal("the distinct elements of an overlapping view")
+        except nk.NativeNumericsUnavailable as e:  # no numpy: torch's, said
+            nk.note_torch_fallback(e)
+            return distinct_elements(as_torch(t))
         covered = np.zeros(span, dtype=bool)
     else:
         import torch
