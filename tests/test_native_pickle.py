@@ -254,7 +254,29 @@ def _big_endian(tmp_path):
     return _rezip(src, tmp_path / "big.pt", replace={"byteorder": b"big"})
 
 
-REFUSED = {"os_system": (_os_system, "needs posix.system"),
+def _build_on_tensor(tmp_path):
+    """BUILD (None, {"shape": (100,)}) on the tensor: its slots would be set past the
+    checks of its constructor (torch's loader calls Tensor.set_ with that state)."""
+    src = _one_tensor(tmp_path)
+    pkl = _pkl(src)
+    tail = b"N}X\x05\x00\x00\x00shapeKd\x85s\x86b"
+    end = pkl.rindex(b"Rq")  # the exp_avg tensor's REDUCE, then its memo slot
+    pkl = pkl[:end + 3] + tail + pkl[end + 3:]
+    return _rezip(src, tmp_path / "build_tensor.pt", replace={"data.pkl": pkl})
+
+
+def _build_on_global(tmp_path):
+    """BUILD on the FloatStorage GLOBAL: it would change the type for every later file."""
+    src = _one_tensor(tmp_path)
+    build = b"N}X\x05\x00\x00\x00dtypeNs\x86b"  # (None, {"dtype": None}), BUILD
+    pkl, n = re.subn(rb"FloatStorage\nq.", lambda m: m.group(0) + build, _pkl(src))
+    assert n == 1
+    return _rezip(src, tmp_path / "build_global.pt", replace={"data.pkl": pkl})
+
+
+REFUSED = {"build_on_tensor": (_build_on_tensor, "NativeTensor objects cannot be changed"),
+           "build_on_global": (_build_on_global, "sets attributes of a torch object"),
+"os_system": (_os_system, "needs posix.system"),
            "counter": (_counter, "needs collections.Counter"),
            "compressed": (_compressed, "compressed"),
            "short_record": (_short_record, "record data/0 holds 12 bytes, its storage 16"),
@@ -373,3 +395,33 @@ def test_native_read_never_imports_torch(tmp_path):
                          env={**os.environ, "OPTSTATE_READER": ""})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "no torch"
+
+
+MODEL_NO_TORCH = """
+import json, sys
+from optstate.io.model_tensors import read_model_file
+got = read_model_file(sys.argv[1])
+assert "torch" not in sys.modules, "torch was imported"
+print(json.dumps([[t.name, list(t.shape), t.dtype, list(t.aliases)] for t in got.tensors]))
+"""
+
+
+def test_model_file_named_without_torch(tmp_path):
+    """A model state_dict read to name params (``model_tensors``) while torch is not
+    imported is read natively: same names, shapes, dtypes and tied names as with torch."""
+    import json
+
+    from optstate.io.model_tensors import read_model_file
+
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5, bias=False),
+                                torch.nn.LayerNorm(5))
+    model[1].weight = model[0].weight  # tied, as a language model's head
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(model.state_dict(), path)
+    want = [[t.name, list(t.shape), t.dtype, list(t.aliases)]
+            for t in read_model_file(path).tensors]
+    assert any(aliases for *_, aliases in want)
+    out = subprocess.run([sys.executable, "-c", MODEL_NO_TORCH, str(path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == want

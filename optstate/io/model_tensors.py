@@ -335,10 +335,18 @@ def read_model_file(path: str | Path) -> ModelTensors:
                           f"with {head[:8].hex(' ')})")
 
 
+def _model_reader() -> str:
+    """The reader for a model file read to name params: native while torch is not
+    imported (the checkpoint was read natively: keep it so), else torch as before."""
+    from optstate.io.native_tensor import torch_loaded
+
+    return "torch" if torch_loaded() else "auto"
+
+
 def _read_torch_file(p: Path) -> ModelTensors:
     from optstate.io.torch_file import load_torch_file
 
-    obj = load_torch_file(p, mmap=True).obj
+    obj = load_torch_file(p, mmap=True, reader=_model_reader()).obj
     if is_model_state_dict(obj):
         return model_tensors_from_state_dict(obj, origin=p.name, path=str(p))
     found = find_model_in_container(obj, "") if isinstance(obj, Mapping) else None
@@ -490,7 +498,7 @@ def _torch_shards(p: Path, folder: Path, shards: list[str],
     for shard in shards:
         shard_path = folder / shard
         _shard_size(p, shard_path)
-        obj = load_torch_file(shard_path, mmap=True).obj
+        obj = load_torch_file(shard_path, mmap=True, reader=_model_reader()).obj
         if not is_model_state_dict(obj):
             raise CheckpointError(f"{p}: its shard {shard} does not hold a model "
                                   "state_dict")

@@ -92,13 +92,40 @@ def _load(unpickler: pickle.Unpickler) -> Any:
 # ----------------------------------------------------------------------- torch's globals
 
 
-class _StorageType:
+class _Frozen:
+    """What the pickle can reach of ours refuses attributes: a BUILD opcode (which sets
+    an object's ``__dict__`` or slots) on it fails, and the file goes to torch."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise NativeUnsupported("the pickle sets attributes of a torch object (BUILD)")
+
+    def _init(self, **fields: Any) -> None:
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+
+class _Call(_Frozen):
+    """An allowed function, as a GLOBAL gives it (a function object's attributes could be
+    set by BUILD: its defaults, for every later file of the process)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self._init(fn=fn)
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+class _StorageType(_Frozen):
     """A storage type GLOBAL (``torch.FloatStorage``...): its dtype; None: untyped."""
 
     __slots__ = ("name", "dtype")
 
     def __init__(self, name: str, dtype: NativeDtype | None) -> None:
-        self.name, self.dtype = name, dtype
+        self._init(name=name, dtype=dtype)
 
     def __repr__(self) -> str:
         return f"torch.{self.name}"
@@ -114,13 +141,13 @@ _STORAGE_DTYPES = {
 }
 
 
-class _Stored:
+class _Stored(_Frozen):
     """What a storage persistent id resolves to: the bytes and the type it was named with."""
 
     __slots__ = ("native", "stype", "numel")
 
     def __init__(self, native: NativeStorage, stype: _StorageType, numel: int) -> None:
-        self.native, self.stype, self.numel = native, stype, numel
+        self._init(native=native, stype=stype, numel=numel)
 
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
@@ -205,14 +232,16 @@ def _encode(text: Any, encoding: Any = "utf-8") -> bytes:
 
 def _torch_globals() -> dict[tuple[str, str], Any]:
     table: dict[tuple[str, str], Any] = {
-        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-        ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
-        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
-        ("collections", "OrderedDict"): OrderedDict,
-        ("torch", "Size"): _size,
-        ("torch", "device"): _device,
-        ("_codecs", "encode"): _encode,
+        ("torch._utils", "_rebuild_tensor_v2"): _Call(_rebuild_tensor_v2),
+        ("torch._utils", "_rebuild_tensor_v3"): _Call(_rebuild_tensor_v3),
+        ("torch._utils", "_rebuild_parameter"): _Call(_rebuild_parameter),
+        ("torch._utils", "_rebuild_parameter_with_state"):
+            _Call(_rebuild_parameter_with_state),
+        ("collections", "OrderedDict"): OrderedDict,  # immutable type; BUILD on an
+        # instance sets its __dict__, as torch's loader does (a state_dict's _metadata)
+        ("torch", "Size"): _Call(_size),
+        ("torch", "device"): _Call(_device),
+        ("_codecs", "encode"): _Call(_encode),
         ("torch.storage", "UntypedStorage"): _StorageType("UntypedStorage", None),
     }
     for module in ("builtins", "__builtin__"):  # protocol 2 writes __builtin__
@@ -226,6 +255,9 @@ def _torch_globals() -> dict[tuple[str, str], Any]:
 
 
 TORCH_GLOBALS: dict[tuple[str, str], Any] = _torch_globals()
+_REBUILDS = [TORCH_GLOBALS[("torch._utils", n)] for n in (
+    "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
+    "_rebuild_parameter_with_state")]
 
 
 # --------------------------------------------------------------------------- the zip
@@ -238,6 +270,29 @@ class _TorchUnpickler(RestrictedUnpickler):
         super().__init__(data, TORCH_GLOBALS)
         self._record = record
         self._storages: dict[str, _Stored] = {}
+        self.tensors: list[tuple[NativeTensor, tuple[Any, ...]]] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name)
+        if found in _REBUILDS:  # each tensor noted, to be checked after the last opcode
+            tensors = self.tensors
+
+            def rebuild(*args: Any) -> NativeTensor:
+                t = found(*args)
+                tensors.append((t, _fields(t)))
+                return t
+
+            return _Call(rebuild)
+        return found
+
+    def checked(self, obj: Any) -> Any:
+        """``obj``, once no tensor was changed after it was built (a BUILD opcode can set
+        a NativeTensor's slots: its shape, past the checks of its constructor)."""
+        for t, fields in self.tensors:
+            now = _fields(t)
+            if any(a is not b for a, b in zip(now, fields, strict=True)):
+                raise NativeUnsupported("the pickle sets attributes of a tensor (BUILD)")
+        return obj
 
     def persistent_load(self, pid: Any) -> Any:
         if type(pid) is not tuple or len(pid) != 5 or pid[0] not in ("storage", b"storage"):
@@ -285,7 +340,12 @@ def read_native(p: Path, f: Any, size: int, zinfo: Any, pickle_bytes: bytes) -> 
                                     f"{nbytes}")
         return NativeStorage(view[start:start + nbytes], key=name, file=p)
 
-    return _load(_TorchUnpickler(pickle_bytes, record))
+    unpickler = _TorchUnpickler(pickle_bytes, record)
+    return unpickler.checked(_load(unpickler))
+
+
+def _fields(t: NativeTensor) -> tuple[Any, ...]:
+    return (type(t), t.storage, t.dtype, t.shape, t.stride(), t.storage_offset(), t.info)
 
 
 def _data_offset(view: Any, zinfo: Any, name: str, size: int) -> int:

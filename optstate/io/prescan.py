@@ -40,7 +40,7 @@ for _ops, _arg, _delta in (
     (b"q", 1, 0), (b"r", 4, 0),  # BINPUT, LONG_BINPUT
     (b"\x80", 1, 0),  # PROTO
     (b"Q\x85", 0, 0),  # BINPERSID (pid -> storage), TUPLE1
-    (b"\x86", 0, -1),  # TUPLE2
+    (b"\x86b", 0, -1),  # TUPLE2, BUILD
     (b"\x87", 0, -2),  # TUPLE3
 ):
     for _op in _ops:
@@ -49,7 +49,7 @@ for _ops, _arg, _delta in (
 _MARK, _TUPLE, _APPENDS, _SETITEMS, _REDUCE = 0x28, 0x74, 0x65, 0x75, 0x52
 _APPEND, _SETITEM, _BINUNICODE, _STOP, _GLOBAL = 0x61, 0x73, 0x58, 0x2E, 0x63
 _SHORT_BINSTRING, _LONG1, _EMPTY_TUPLE, _NEWOBJ = 0x55, 0x8A, 0x29, 0x81
-_BINPUT, _LONG_BINPUT_OP, _BUILD = 0x71, 0x72, 0x62
+_BINPUT, _LONG_BINPUT_OP = 0x71, 0x72
 _CHECK_EVERY = 1 << 20  # bytes of input between checks of the stack's size
 
 
@@ -60,9 +60,6 @@ class PickleCounts:
     tensors: int = 0
     items: int = 0
     complete: bool = True  # False: stopped early, torch judges the rest
-    # BUILD opcodes (state set on an object): torch.save writes none for tensors and
-    # plain containers; the native reader leaves a file with any to torch
-    builds: int = 0
 
 
 def scan(data: Any, start: int, limits: Limits, where: str,
@@ -142,9 +139,6 @@ def scan(data: Any, start: int, limits: Limits, where: str,
                 elif op == _SHORT_BINSTRING or op == _LONG1:
                     i += 1 + data[i]
                     depth += 1
-                elif op == _BUILD:
-                    depth -= 1
-                    counts.builds += 1
                 elif op == _STOP:
                     counts.tensors, counts.items = tensors, items
                     return i, counts

@@ -258,8 +258,6 @@ def _not_native(fmt: str, zinfo: TorchZip | None, counts: PickleCounts | None,
         return "the zip has compressed members (torch.save stores them)"
     if not counts.complete:
         return "the pickle ends early or uses an opcode torch's safe unpickler refuses"
-    if counts.builds:
-        return "the pickle sets the state of objects (BUILD), which torch.save does not"
     return None
 
 
