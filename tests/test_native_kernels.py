@@ -321,3 +321,31 @@ def test_worker_threads_give_identical_numbers(small_chunks, monkeypatch):
                      pair_kernel.compare(native(t), native(u), rtol=1e-3)))
     assert all(s == seen[0] for s in seen)
     assert_same_moments(seen[0][0], kernels.moments(t))
+
+
+def test_through_a_torch_save_file(tmp_path, monkeypatch):
+    """The same through the native reader of a real torch.save file (mapped records)."""
+    from optstate.io.torch_file import load_torch_file
+
+    monkeypatch.delenv("OPTSTATE_READER", raising=False)
+    base = values(torch.float32, 3000, seed=11)
+    state = {"f32": base, "t": base[:2000].view(40, 50).t(), "e": base[5:6].expand(7, 9),
+             "bf16": values(torch.bfloat16, 999, seed=12),
+             "fp8": values(torch.float8_e5m2, 1001, seed=13),
+             "i64": values(torch.int64, 77, seed=14), "step": torch.tensor(3.0),
+             "f32b": base + 1e-4 * values(torch.float32, 3000, seed=15),
+             "fp8b": values(torch.float8_e5m2, 1001, seed=16)}
+    path = tmp_path / "s.pt"
+    torch.save(state, path)
+    nat = load_torch_file(path, mmap=True, reader="native")
+    if nat.reader != "native":
+        pytest.skip(f"the native reader did not read it: {nat.reader_note}")
+    ref = torch.load(path, mmap=True, weights_only=True)
+    for key, t in ref.items():
+        n = nat.obj[key]
+        assert isinstance(n, NativeTensor)
+        assert_same_moments(kernels.moments(n), kernels.moments(t))
+    for ka, kb in (("f32", "f32b"), ("fp8", "fp8b"), ("t", "t")):
+        for tol in TOLERANCES:
+            assert_same_pair(pair_kernel.compare(nat.obj[ka], nat.obj[kb], **tol),
+                             pair_kernel.compare(ref[ka], ref[kb], **tol))
