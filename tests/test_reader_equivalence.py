@@ -326,8 +326,10 @@ def _summary(request):
         line = (f"reader equivalence: {counts.get('native', 0)} of {len(WENT)} checkpoints "
                 f"read natively; " + ", ".join(f"{v}: {n}" for v, n in sorted(counts.items())))
         rep = request.config.pluginmanager.get_plugin("terminalreporter")
-        if rep is not None:
-            rep.write_line(line)
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        if rep is not None and capture is not None:
+            with capture.global_and_fixture_disabled():  # shown without -s
+                rep.write_line(line)
 
 
 @pytest.mark.parametrize("ckpt", SUITE)
@@ -383,3 +385,22 @@ def test_zip_and_dcp_go_native(built):
     code, out, err = run(["inspect", str(built("legacy")[0]), "--json"], "native")
     assert code == 0, err
     assert _reader_of(out) == "torch" and out["file"]["reader_note"], out["file"]
+
+
+def test_the_comparison_allows_only_what_it_says():
+    """Reader keys and float sums within sum_rtol(numel) pass; anything else is reported."""
+    n = 1000
+    tol = sum_rtol(n)
+    entry = {"numel": n, "norm": 2.0, "mean": 1e-3, "mean_abs": 1.0, "min": -1.0, "nan": 0}
+    torch_json = {"file": {"format": "zip", "reader": "torch", "reader_note": None},
+                  "params": [dict(entry)]}
+    near = {**entry, "norm": 2.0 * (1 + tol / 2), "mean": 1e-3 + tol / 2}
+    native = {"file": {"format": "zip", "reader": "native", "reader_note": None},
+              "params": [near]}
+    assert differences(torch_json, native) == []
+    for key, value in (("norm", 2.0 * (1 + 3 * tol)), ("mean", 1e-3 + 3 * tol),
+                       ("min", math.nextafter(-1.0, 0.0)), ("nan", 1)):
+        far = {**native, "params": [{**near, key: value}]}
+        assert [d.split(":")[0] for d in differences(torch_json, far)] == [
+            f"$.params[0].{key}"]
+    assert differences({"a": {"reader": "x"}}, {"a": {"reader": "y"}})  # not a file dict
