@@ -119,6 +119,7 @@ GC_PROBE = (
     (["inspect", "sample_checkpoints/sgd_momentum.pt", "--no-stats"], "GC 0 True True False"),
     (["inspect", "no-such-file.pt"], "GC 2 True True False"),  # the command body ran
     (["config", "no-such-file.pt"], "GC 2 True True True"),  # a command that needs torch
+    (["inspect", "no-such-file.pt", "--hist"], "GC 2 True True True"),  # an option that does
     (["inspect", "--bogus"], "GC 2 True False False"),  # a usage error: no command ran
     (["inspect", "--help"], "GC 0 True False False"),
 ])

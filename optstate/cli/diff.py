@@ -95,7 +95,8 @@ def diff(
     the byte ranges needed are read. Another S3 server: AWS_ENDPOINT_URL_S3.
     Large checkpoints: --workers N (or torchrun) splits the work.
     """
-    with errors_to_exit(torch=False):  # read natively where it can (issue #22)
+    # read without torch where it can (issue #22); these options need it: imported now
+    with errors_to_exit(torch=unsafe or workers != 1):
         from optstate.io.remote import MODEL_HINT, cli_path, local_only
 
         # a URL stays text (read remotely); a local argument is the Path it always was

@@ -85,7 +85,8 @@ def inspect(
 
     Exit status: 0 shown, 2 bad input or no optimizer state found.
     """
-    with errors_to_exit(torch=False):  # read natively where it can (issue #22)
+    # read without torch where it can (issue #22); these options need it: imported now
+    with errors_to_exit(torch=hist or unsafe or workers != 1):
         from optstate.io.remote import MODEL_HINT, cli_path, local_only
 
         target = cli_path(path)  # a URL stays text

@@ -96,7 +96,8 @@ def timeline(
 
     Example: optstate timeline runs/exp3 --plot exp3.png
     """
-    with errors_to_exit(torch=False):  # read natively where it can (issue #22)
+    # read without torch where it can (issue #22); these options need it: imported now
+    with errors_to_exit(torch=unsafe):
         from optstate.io.remote import display, is_url, local_path
 
         for p in paths:  # a run folder is listed and cached locally: no URLs (yet)
