@@ -179,3 +179,30 @@ def test_subnormals_known_without_torch_are_torch_finfo():
     for name, value in SUBNORMAL.items():
         info = torch.finfo(getattr(torch, name))
         assert value == info.tiny * info.eps, name
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float8_e4m3fn",
+                                   "float8_e5m2"])
+def test_underflow_counted_without_torch_as_torch_counts_it(tmp_path, monkeypatch, dtype):
+    """A second moment partly 0 beside a first moment that is not: the elements and the
+    largest |first| over them, counted in numpy over the native reader's bytes (bf16 and
+    float8 decoded), are torch's."""
+    from optstate.analysis.inspect import inspect_path
+
+    dt = getattr(torch, dtype)
+    m = torch.tensor([0.5, -3.0, 0.0, 2.0, -0.25, 1.0], dtype=torch.float32).to(dt)
+    v = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.5], dtype=torch.float32).to(dt)
+    sd = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": m, "exp_avg_sq": v}},
+          "param_groups": [{"params": [0], "lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8,
+                            "weight_decay": 0.0, "amsgrad": False}]}
+    path = tmp_path / "partial.pt"
+    torch.save(sd, path)
+    reports = {}
+    for reader in ("native", "torch"):
+        monkeypatch.setenv("OPTSTATE_READER", reader)
+        reports[reader] = inspect_path(path)
+        assert reports[reader]["file"]["reader"] == reader
+    found = [[w for w in reports[r]["warnings"] if w["code"] == "second_moment_underflow"]
+             for r in ("native", "torch")]
+    assert found[0] == found[1] and len(found[0]) == 1
+    assert "3 of 6 elements" in found[0][0]["message"]

@@ -90,7 +90,8 @@ def _count_underflowed(view: OptimizerStateView, position: int, first: str,
             k = int(mask.sum())
             if k:
                 n += k
-                biggest = max(biggest, float(a[mask].abs().max()))
+                # in float64: exact, and torch has no max of float8
+                biggest = max(biggest, float(a[mask].double().abs().max()))
     except (RuntimeError, TypeError, ValueError, AttributeError):
         return 0, 0.0  # sparse, meta or mismatched: no element-wise answer
     return n, biggest
