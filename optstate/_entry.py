@@ -152,7 +152,7 @@ def _start(argv: list[str] | None):  # noqa: ANN202 - optstate.cli.main, once im
         sys.stdout.write(root_help())
         sys.exit(2 if not args else 0)  # bare `optstate`: help, not a success (as click)
     if args and args[0] in _READS_TENSORS and not {"--help", "-h", "--no-stats"} & set(args):
-        # the checkpoint's pages load from disk while torch is imported (prefetch.py)
+        # the checkpoint's pages load from disk while start-up imports (prefetch.py)
         from optstate.io.prefetch import start
 
         start(args[1:])
