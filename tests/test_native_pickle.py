@@ -457,3 +457,14 @@ def test_every_fixture_file_reads_as_torch_loads():
                          str(f))
         assert loaded.walk.tensors == by_torch.walk.tensors, f
     assert native >= len(files) // 2, (native, len(files))
+
+
+@pytest.mark.parametrize(("where", "note"), [
+    ("tests/fixtures/deepspeed/zero3_fp32_ws1/checkpoint", "a DeepSpeed checkpoint"),
+    ("tests/fixtures/fsdp2/adamw_ws2", "FSDP2 rank files"),
+])
+def test_formats_only_torch_reads_say_so(where, note, monkeypatch):
+    monkeypatch.delenv("OPTSTATE_READER", raising=False)
+    src = open_source(ROOT / where, reader="auto")
+    assert src.reader == "torch" and note in src.reader_note
+    assert open_source(ROOT / where).reader_note is None  # reader="torch": nothing to say
