@@ -206,3 +206,25 @@ def test_underflow_counted_without_torch_as_torch_counts_it(tmp_path, monkeypatc
              for r in ("native", "torch")]
     assert found[0] == found[1] and len(found[0]) == 1
     assert "3 of 6 elements" in found[0][0]["message"]
+
+
+def test_dtype_and_device_values_compare_by_name_across_readers(tmp_path, cli):
+    """A dtype or device in the state, one file read natively and the other by torch:
+    the same value (by name), not a change of type; another dtype is a change."""
+    sd = _trained_adam(2).state_dict()
+    sd["param_groups"][0].update(dt=torch.bfloat16, dev=torch.device("cpu"))
+    torch.save(sd, tmp_path / "a.pt")
+    torch.save(sd, tmp_path / "b.pt", _use_new_zipfile_serialization=False)
+    r = cli("diff", tmp_path / "a.pt", tmp_path / "b.pt", "--json")
+    report = json.loads(r.stdout)
+    assert (report["a"]["reader"], report["b"]["reader"]) == ("native", "torch")
+    assert r.exit_code == 0 and report["changes"] == [], r.stdout
+    sd["param_groups"][0].update(dt=torch.float16, dev=torch.device("meta"))
+    torch.save(sd, tmp_path / "c.pt", _use_new_zipfile_serialization=False)
+    r = cli("diff", tmp_path / "a.pt", tmp_path / "c.pt", "--json")
+    assert r.exit_code == 1
+    dt, dev = json.loads(r.stdout)["changes"]
+    assert (dt["path"], dt["kind"], dt["before"], dt["after"]) == (
+        "param_groups[0].dt", "changed", "torch.bfloat16", "torch.float16")
+    assert (dev["path"], dev["kind"], dev["before"]) == ("param_groups[0].dev", "changed", "cpu")
+    assert "meta" in dev["after"]

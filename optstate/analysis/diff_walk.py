@@ -149,6 +149,20 @@ def _category(v: Any) -> str:
     return type(v).__name__
 
 
+def _torch_kind(v: Any) -> str | None:
+    """"dtype" or "device" for torch's dtype and device objects, None otherwise."""
+    t = type(v)
+    return t.__name__ if t.__module__ == "torch" and t.__name__ in ("dtype", "device") \
+        else None
+
+
+def _read_alike(a: Any, b: Any) -> bool:
+    """One value as each reader gives it: a torch.dtype and the native reader's
+    ``NativeDtype``, a torch.device and the name of one (the native reader's device)."""
+    kinds = {_torch_kind(a) or type(a).__name__, _torch_kind(b) or type(b).__name__}
+    return kinds in ({"dtype", "NativeDtype"}, {"device", "str"})
+
+
 def _type_label(v: Any) -> str:
     if is_tensor(v):
         return f"tensor({dtype_name(v.dtype)})"
@@ -230,7 +244,7 @@ class Walk:
                 self.change(Change(path, "length", len(a), len(b)))
             for i, (x, y) in enumerate(zip(a, b, strict=False)):
                 self.compare(join(path, i), x, y)
-        elif type(a) is type(b):
+        elif type(a) is type(b) or _read_alike(a, b):
             self._other(path, a, b)
         else:
             self.change(Change(path, "type", _type_label(a), _type_label(b)))
@@ -242,6 +256,8 @@ class Walk:
         name, objects by type and fields), never a change of type."""
         if isinstance(a, complex):
             same = self.close(a, b)
+        elif type(a) is not type(b):  # _read_alike: the names they stand for
+            same = dtype_name(a) == dtype_name(b)
         else:
             same = same_leaf(a, b, strides=False)
         if same:
