@@ -360,6 +360,9 @@ def test_diff_across_formats_reads_the_same(built):
     dcp_a, dcp_b = built("dcp")
     assert_same(["diff", str(zip_a), str(dcp_b), "--json"])
     assert_same(["diff", str(built("two_groups")[0]), str(dcp_a), "--json"])
+    legacy_a, _ = built("legacy")  # read by torch on one side, natively on the other
+    assert_same(["diff", str(legacy_a), str(zip_a), "--json"])
+    assert_same(["diff", str(dcp_b), str(legacy_a), "--json"])
 
 
 NATIVE_EXPECTED = ["sample_checkpoints/adam_two_groups.pt", "sample_checkpoints/sgd_momentum.pt",
