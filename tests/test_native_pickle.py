@@ -468,3 +468,17 @@ def test_formats_only_torch_reads_say_so(where, note, monkeypatch):
     src = open_source(ROOT / where, reader="auto")
     assert src.reader == "torch" and note in src.reader_note
     assert open_source(ROOT / where).reader_note is None  # reader="torch": nothing to say
+
+
+def test_huge_memo_index_goes_to_torch(tmp_path):
+    """``LONG_BINPUT 2**24``: torch's unpickler keeps its memo in a dict, Python's C one
+    (the native reader's) in an array of twice the index (2**31: 32 GiB, cleared). The
+    pre-scan's highest index sends such a file to torch, which reads it as before."""
+    src = _one_tensor(tmp_path)
+    pkl = _pkl(src)
+    assert pkl[2:3] == b"}"  # PROTO 2, EMPTY_DICT: memoised at a slot no pickler uses
+    pkl = pkl[:3] + b"r" + (2**24).to_bytes(4, "little") + pkl[3:]
+    path = _rezip(src, tmp_path / "memo.pt", replace={"data.pkl": pkl})
+    src = open_source(path, reader="auto")
+    assert src.reader == "torch" and "memo slot 16,777,216" in src.reader_note
+    assert src.walk.tensors == 1

@@ -37,7 +37,7 @@ for _ops, _arg, _delta in (
     (b"N\x88\x89]}\x8f", 0, 1),  # NONE, NEWTRUE, NEWFALSE, EMPTY_LIST/DICT/SET
     (b"K", 1, 1), (b"M", 2, 1), (b"J", 4, 1), (b"G", 8, 1),  # BININT1/2, BININT, BINFLOAT
     (b"h", 1, 1), (b"j", 4, 1),  # BINGET, LONG_BINGET
-    (b"q", 1, 0), (b"r", 4, 0),  # BINPUT, LONG_BINPUT
+    (b"q", 1, 0),  # BINPUT (LONG_BINPUT: its index is kept, below)
     (b"\x80", 1, 0),  # PROTO
     (b"Q\x85", 0, 0),  # BINPERSID (pid -> storage), TUPLE1
     (b"\x86b", 0, -1),  # TUPLE2, BUILD
@@ -60,6 +60,9 @@ class PickleCounts:
     tensors: int = 0
     items: int = 0
     complete: bool = True  # False: stopped early, torch judges the rest
+    # The highest memo index a LONG_BINPUT names: Python's C unpickler (the native
+    # reader's) grows its memo array to twice it, torch's keeps a dict
+    memo: int = 0
 
 
 def scan(data: Any, start: int, limits: Limits, where: str,
@@ -76,6 +79,7 @@ def scan(data: Any, start: int, limits: Limits, where: str,
     depth = 0  # values on the stack since the last MARK
     marks: list[int] = []  # depth below each open MARK
     empty_end = -9  # where the last EMPTY_TUPLE opcode ended
+    memo = counts.memo
     try:
         while True:
             stop = min(n, i + _CHECK_EVERY)
@@ -87,7 +91,12 @@ def scan(data: Any, start: int, limits: Limits, where: str,
                     i += a
                     depth += delta[op]
                     continue
-                if op == _MARK:
+                if op == _LONG_BINPUT_OP:
+                    index = _U32(data, i)[0]
+                    i += 4
+                    if index > memo:
+                        memo = index
+                elif op == _MARK:
                     marks.append(depth)
                     depth = 0
                     if len(marks) > max_marks:
@@ -140,7 +149,7 @@ def scan(data: Any, start: int, limits: Limits, where: str,
                     i += 1 + data[i]
                     depth += 1
                 elif op == _STOP:
-                    counts.tensors, counts.items = tensors, items
+                    counts.tensors, counts.items, counts.memo = tensors, items, memo
                     return i, counts
                 else:  # an opcode torch's unpickler refuses: torch says so
                     raise IndexError
@@ -150,6 +159,7 @@ def scan(data: Any, start: int, limits: Limits, where: str,
                 raise IndexError
     except (IndexError, struct.error):  # truncated or refused: torch's verdict
         counts.tensors, counts.items, counts.complete = tensors, items, False
+        counts.memo = memo
         return -1, counts
 
 

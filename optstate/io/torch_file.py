@@ -195,7 +195,7 @@ def load_torch_file(path: str | Path, *, mmap: bool = False, unsafe: bool = Fals
         limits = current_limits()
         pkl, counts = _prescan(p, f, zinfo, limits)
         if chosen == "native":
-            note = _not_native(fmt, zinfo, counts, unsafe)
+            note = _not_native(fmt, zinfo, counts, pkl, unsafe)
             if note is None:
                 from optstate.io.native_pickle import NativeUnsupported, read_native
 
@@ -248,7 +248,7 @@ def load_torch_file(path: str | Path, *, mmap: bool = False, unsafe: bool = Fals
 
 
 def _not_native(fmt: str, zinfo: TorchZip | None, counts: PickleCounts | None,
-                unsafe: bool) -> str | None:
+                pkl: bytes | None, unsafe: bool) -> str | None:
     """Why the native reader leaves this file to torch, or None."""
     if unsafe:
         return f"{option('unsafe', True)} reads with torch's full unpickler"
@@ -258,6 +258,8 @@ def _not_native(fmt: str, zinfo: TorchZip | None, counts: PickleCounts | None,
         return "the zip has compressed members (torch.save stores them)"
     if not counts.complete:
         return "the pickle ends early or uses an opcode torch's safe unpickler refuses"
+    if counts.memo > len(pkl or b""):  # a pickler numbers its memo 0, 1, ...
+        return f"the pickle names memo slot {counts.memo:,}, beyond its own size"
     return None
 
 
