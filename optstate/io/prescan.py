@@ -64,6 +64,16 @@ class PickleCounts:
     # reader's) grows its memo array to twice it, torch's keeps a dict
     memo: int = 0
 
+    def native_refusal(self, size: int) -> str | None:
+        """Why Python's C unpickler (the native readers') must not read this pickle of
+        ``size`` bytes, or None: it takes opcodes torch's unpickler refuses, and grows its
+        memo array to twice the highest index (a pickler numbers slots 0, 1, ...)."""
+        if not self.complete:
+            return "the pickle ends early or uses an opcode torch's safe unpickler refuses"
+        if self.memo > size:
+            return f"the pickle names memo slot {self.memo:,}, beyond its own size"
+        return None
+
 
 def scan(data: Any, start: int, limits: Limits, where: str,
          counts: PickleCounts | None = None) -> tuple[int, PickleCounts]:

@@ -256,11 +256,7 @@ def _not_native(fmt: str, zinfo: TorchZip | None, counts: PickleCounts | None,
         return "the legacy (non-zip) torch.save format"
     if zinfo.compressed:
         return "the zip has compressed members (torch.save stores them)"
-    if not counts.complete:
-        return "the pickle ends early or uses an opcode torch's safe unpickler refuses"
-    if counts.memo > len(pkl or b""):  # a pickler numbers its memo 0, 1, ...
-        return f"the pickle names memo slot {counts.memo:,}, beyond its own size"
-    return None
+    return counts.native_refusal(len(pkl or b""))
 
 
 def _prescan(p: Path, f: Any, zinfo: TorchZip | None, limits: Limits
@@ -279,23 +275,24 @@ def _prescan(p: Path, f: Any, zinfo: TorchZip | None, limits: Limits
         return None, scan_legacy(mapped, limits, str(p))
 
 
-def prescan_bytes(data: bytes, label: str) -> None:
+def prescan_bytes(data: bytes, label: str) -> PickleCounts:
     """The pre-scan for torch.save bytes held in memory (a DCP folder's non-tensor
     values, which torch.load reads with weights_only=True): same limits, same messages."""
-    prescan_stream(io.BytesIO(data), len(data), label)
+    return prescan_stream(io.BytesIO(data), len(data), label)
 
 
-def prescan_stream(f: Any, size: int, label: str) -> None:
+def prescan_stream(f: Any, size: int, label: str) -> PickleCounts:
     """The pre-scan for the torch.save bytes a seekable ``f`` of ``size`` bytes holds (a
-    DCP value or tensor chunk) before torch.load reads them."""
+    DCP value or tensor chunk) before torch.load reads them; what it saw. A native
+    unpickler (Python's C one) must also see ``complete`` (it takes opcodes torch's
+    refuses) and ``memo`` below the pickle's size (it allocates twice the index)."""
     limits = current_limits()
     f.seek(0)
     if f.read(4) == ZIP_MAGIC:
         zinfo = check_zip(Path(label), f, size)
-        scan(data_pkl(Path(label), f, zinfo), 0, limits, label)
-    else:
-        f.seek(0)
-        scan_legacy(f.read(size), limits, label)
+        return scan(data_pkl(Path(label), f, zinfo), 0, limits, label)[1]
+    f.seek(0)
+    return scan_legacy(f.read(size), limits, label)
 
 
 @contextlib.contextmanager
