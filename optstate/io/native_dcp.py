@@ -379,7 +379,7 @@ def _zip_records(view: memoryview, label: str) -> tuple[bytes, dict[str, memoryv
     if bytes(view[:4]) != _ZIP_MAGIC:
         raise NativeUnsupported(f"{label} is not a torch.save zip")
     try:
-        prescan_stream(_View(view), len(view), label)
+        counts = prescan_stream(_View(view), len(view), label)
         zf = zipfile.ZipFile(_View(view))
         infos = zf.infolist()
     except (CheckpointError, Exception) as e:
@@ -404,6 +404,9 @@ def _zip_records(view: memoryview, label: str) -> tuple[bytes, dict[str, memoryv
             records[name[5:]] = part
     if pkl is None:
         raise NativeUnsupported(f"{label} has no data.pkl")
+    why = counts.native_refusal(len(pkl))  # opcodes torch refuses, a memo index too big
+    if why is not None:
+        raise NativeUnsupported(f"{label}: {why}")
     return pkl, records
 
 
