@@ -13,11 +13,16 @@ complex) and builds inert results: containers as Python containers, each tensor 
 read-only ``mmap`` of the file at its record's data (local headers parsed here).
 
 Everything else raises ``NativeUnsupported(reason)``: a GLOBAL outside the list, an
-opcode torch's safe unpickler refuses or a BUILD (the pre-scan says so before this runs:
-``PickleCounts``), a compressed record, a record of another size than its storage, a
-tensor outside its storage, a key seen with two storage types, tensor metadata (conj/neg
-bits), a big-endian file. The caller then reads the file with torch, whose verdict (and
-wording) is the established one: this reader never judges a file itself.
+opcode torch's safe unpickler refuses or a memo index past the pickle's size (the
+pre-scan sees them first: ``PickleCounts.native_refusal``), a BUILD on anything but an
+OrderedDict (torch's loader sets an OrderedDict's ``__dict__``, e.g. a model state_dict's
+``_metadata``; our globals refuse attributes, and every tensor is checked unchanged after
+the last opcode), a compressed record, a record of another size than its storage, a
+tensor outside its storage, a key seen with two storage types or sizes, tensor metadata
+(conj/neg bits), a big-endian file. The caller then reads the file with torch, whose
+verdict (and wording) is the established one: this reader never judges a file itself.
+One difference is left: SETITEM on a list (``l[0] = x``, only in a hand-made pickle)
+is refused by torch's unpickler and done by the C one; no byte outside a record is read.
 
 For other pickles (a DCP ``.metadata``), ``RestrictedUnpickler`` takes any allow-list.
 """
