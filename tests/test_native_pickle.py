@@ -275,9 +275,16 @@ def _build_on_global(tmp_path):
     return _rezip(src, tmp_path / "build_global.pt", replace={"data.pkl": pkl})
 
 
-REFUSED = {"build_on_tensor": (_build_on_tensor, "NativeTensor objects cannot be changed"),
+def _conjugate(tmp_path):
+    path = tmp_path / "conj.pt"
+    torch.save({"c": torch.randn(3, dtype=torch.complex64).conj()}, path)
+    return path
+
+
+REFUSED = {"conjugate": (_conjugate, "conjugate or negative bit"),
+           "build_on_tensor": (_build_on_tensor, "NativeTensor objects cannot be changed"),
            "build_on_global": (_build_on_global, "sets attributes of a torch object"),
-"os_system": (_os_system, "needs posix.system"),
+           "os_system": (_os_system, "needs posix.system"),
            "counter": (_counter, "needs collections.Counter"),
            "compressed": (_compressed, "compressed"),
            "short_record": (_short_record, "record data/0 holds 12 bytes, its storage 16"),
