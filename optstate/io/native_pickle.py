@@ -155,8 +155,11 @@ class _Stored(_Frozen):
         self._init(native=native, stype=stype, numel=numel)
 
 
+_INT = {int}
+
+
 def _ints(value: Any, what: str) -> tuple[int, ...]:
-    if type(value) is not tuple or any(type(v) is not int for v in value):
+    if type(value) is not tuple or value and set(map(type, value)) != _INT:  # bool too
         raise NativeUnsupported(f"a tensor's {what} is not a tuple of integers")
     return value
 
