@@ -1,16 +1,19 @@
 """Every checkpoint of the suite reads the same through both readers (issue #22 item 4).
 
 Each checkpoint goes through ``inspect --json`` and ``diff --json`` (against itself, and
-against a later or changed copy where there is one) once with ``OPTSTATE_READER=torch``
-and once with ``OPTSTATE_READER=native``, in process (CliRunner). The two outputs must be
-the same JSON, exit status and stderr, except:
+against a later or changed copy where there is one), each saved run through ``timeline
+--json``, once with ``OPTSTATE_READER=torch`` and once with ``OPTSTATE_READER=native``, in
+process (CliRunner). The two outputs must be the same JSON, exit status and stderr, except:
 
 - ``reader`` / ``reader_note`` of the file's own dict (``file`` in inspect, ``a`` / ``b``
   in diff): they say which reader ran, so they differ by definition;
 - the float sums (``norm``, ``mean_abs``, diff's ``norm_a`` / ``norm_b``): within
   ``numeric.tolerance.sum_rtol(numel)`` relative, the signed ``mean`` within
-  ``sum_rtol(numel) * mean_abs`` (the two readers may add in different orders; the bound
-  holds for any order). Everything else (min, max, counts, max |a-b|, messages) exactly.
+  ``sum_rtol(numel) * mean_abs`` (the two readers may add in different orders: numpy or
+  the C kernel against torch under ``OPTSTATE_NO_C=1``; the bound holds for any order).
+  timeline's norms say no numel: the checkpoint's size in bytes bounds it, and its
+  ``ratio`` (a norm over the previous one) gets twice the bound and a rounding.
+  Everything else (min, max, counts, max |a-b|, messages) exactly.
 
 The checkpoints: every file and checkpoint folder under ``tests/fixtures`` and
 ``sample_checkpoints`` (those torch refuses too: both readers must then print the same
@@ -36,7 +39,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from optstate.numeric.tolerance import sum_rtol
+from optstate.numeric.tolerance import UNIT_ROUNDOFF_FLOAT64, sum_rtol
 from tests.optim_states import OPTIMIZERS, stepped_optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +52,7 @@ FOLDER_MARKERS = ("optimizer.pt", "optimizer.bin", ".metadata", "latest", "rank0
 # Keys whose values are float sums: (key, what bounds the difference).
 RELATIVE_SUMS = {"norm", "mean_abs", "norm_a", "norm_b"}
 SIGNED_SUMS = {"mean"}
+RATIOS = {"ratio"}  # timeline's worst entry: its norm over the previous checkpoint's
 # Said by the reader about itself: differ by definition.
 READER_KEYS = {"reader", "reader_note"}
 
@@ -250,21 +254,30 @@ def run(args: list[str], reader: str) -> tuple[int, dict | str, str]:
     return res.exit_code, out, res.stderr
 
 
-def _close(key: str, a: float, b: float, sibling_a: dict, sibling_b: dict) -> bool:
+def _close(key: str, a, b, n: int | None, scale: float | None) -> bool:
+    """Are two float sums (or lists of them, timeline's series) equal within the bound for
+    sums of ``n`` terms? ``scale``: mean |x|, which bounds a signed mean's error."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(key, x, y, n, scale)
+                                        for x, y in zip(a, b, strict=True))
+    if not (isinstance(a, float) and isinstance(b, float)):
+        return type(a) is type(b) and a == b
     if a == b or (math.isnan(a) and math.isnan(b)):
         return True
-    n = sibling_a.get("numel")
-    if not isinstance(n, int) or n != sibling_b.get("numel") or math.isinf(a) or math.isinf(b):
+    if n is None or math.isinf(a) or math.isinf(b):
         return False
     tol = sum_rtol(n)
-    if key in RELATIVE_SUMS:
-        return abs(a - b) <= tol * max(abs(a), abs(b))
-    scale = max(abs(sibling_a.get("mean_abs") or 0.0), abs(sibling_b.get("mean_abs") or 0.0))
-    return abs(a - b) <= tol * scale
+    if key in RATIOS:  # each norm within tol, then one rounding of the quotient on each side
+        tol = 2 * tol / (1 - tol) + 2 * UNIT_ROUNDOFF_FLOAT64
+    if key in SIGNED_SUMS:
+        return scale is not None and abs(a - b) <= tol * scale
+    return abs(a - b) <= tol * max(abs(a), abs(b))
 
 
-def differences(a, b, path: str = "$") -> list[str]:
-    """Where the torch run's JSON (a) and the native run's (b) differ beyond what is allowed."""
+def differences(a, b, path: str = "$", n_bound: int | None = None) -> list[str]:
+    """Where the torch run's JSON (a) and the native run's (b) differ beyond what is allowed.
+    A float sum is bounded by its own ``numel`` where the same dict says it, else by
+    ``n_bound`` (an upper bound of any tensor's numel: the bound grows with n)."""
     if isinstance(a, dict) and isinstance(b, dict):
         keys_a, keys_b = set(a), set(b)
         if "format" in a or "format" in b:  # the file's own dict: says which reader ran
@@ -274,21 +287,22 @@ def differences(a, b, path: str = "$") -> list[str]:
         if keys_a != keys_b:
             out.append(f"{path}: keys only in torch {sorted(keys_a - keys_b)}, "
                        f"only in native {sorted(keys_b - keys_a)}")
+        n = a.get("numel") if isinstance(a.get("numel"), int) else None
+        n = n if n is not None and n == b.get("numel") else n_bound
+        scale = max(abs(a.get("mean_abs") or 0.0), abs(b.get("mean_abs") or 0.0))
         for k in sorted(keys_a & keys_b, key=str):
             x, y = a[k], b[k]
-            if (k in RELATIVE_SUMS | SIGNED_SUMS and isinstance(x, float)
-                    and isinstance(y, float)):
-                if not _close(k, x, y, a, b):
-                    out.append(f"{path}.{k}: {x!r} (torch) vs {y!r} (native), "
-                               f"numel {a.get('numel')}")
+            if k in RELATIVE_SUMS | SIGNED_SUMS | RATIOS and isinstance(x, (float, list)):
+                if not _close(k, x, y, n, scale):
+                    out.append(f"{path}.{k}: {x!r} (torch) vs {y!r} (native), n {n}")
             else:
-                out += differences(x, y, f"{path}.{k}")
+                out += differences(x, y, f"{path}.{k}", n_bound)
         return out
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             return [f"{path}: {len(a)} items (torch) vs {len(b)} (native)"]
         return [d for i, (x, y) in enumerate(zip(a, b, strict=True))
-                for d in differences(x, y, f"{path}[{i}]")]
+                for d in differences(x, y, f"{path}[{i}]", n_bound)]
     if type(a) is type(b) and (a == b or (isinstance(a, float) and math.isnan(a)
                                           and math.isnan(b))):
         return []
@@ -302,6 +316,13 @@ def _reader_of(report: dict | str, side: str | None = None) -> str:
     return str((d or {}).get("reader", "missing"))
 
 
+def _numel_bound(report: dict) -> int | None:
+    """timeline says no numel beside its norms: no tensor of a checkpoint has more elements
+    than the checkpoint has bytes."""
+    sizes = [c.get("identity", {}).get("bytes") for c in report.get("checkpoints", [])]
+    return max((s for s in sizes if isinstance(s, int)), default=None)
+
+
 def assert_same(args: list[str]) -> dict | str:
     """Run ``args`` with each reader; assert the outputs agree; return the native one."""
     code_t, out_t, err_t = run(args, "torch")
@@ -310,7 +331,7 @@ def assert_same(args: list[str]) -> dict | str:
     if isinstance(out_t, str) or isinstance(out_n, str):
         assert out_t == out_n
     else:
-        diffs = differences(out_t, out_n)
+        diffs = differences(out_t, out_n, n_bound=_numel_bound(out_t))
         assert not diffs, "\n".join([" ".join(args), *diffs[:20]])
     return out_n
 
@@ -342,6 +363,14 @@ def test_suite_checkpoint_reads_the_same(ckpt):
 @pytest.mark.parametrize(("a", "b"), RUN_PAIRS, ids=[f"{a}..{b}" for a, b in RUN_PAIRS])
 def test_run_checkpoints_diff_the_same(a, b):
     assert_same(["diff", str(ROOT / a), str(ROOT / b), "--json"])
+
+
+RUNS = sorted(_rel(p) for p in (ROOT / "tests" / "fixtures" / "runs").iterdir() if p.is_dir())
+
+
+@pytest.mark.parametrize("run_dir", RUNS)
+def test_timeline_reads_the_same(run_dir):
+    assert_same(["timeline", str(ROOT / run_dir), "--json", "--no-cache"])
 
 
 @pytest.mark.parametrize("kind", BUILT)
@@ -407,3 +436,6 @@ def test_the_comparison_allows_only_what_it_says():
         assert [d.split(":")[0] for d in differences(torch_json, far)] == [
             f"$.params[0].{key}"]
     assert differences({"a": {"reader": "x"}}, {"a": {"reader": "y"}})  # not a file dict
+    series = {"norm": [1.0, 2.0]}  # no numel beside it: only with a bound given
+    moved = {"norm": [1.0, 2.0 * (1 + tol / 2)]}
+    assert differences(series, moved) and not differences(series, moved, n_bound=n)
