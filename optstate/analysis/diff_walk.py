@@ -17,7 +17,7 @@ from typing import Any
 
 from optstate.base.errors import ConfigError, option
 from optstate.base.paths import join, path_keys
-from optstate.io.native_tensor import as_torch, is_native, is_tensor
+from optstate.io.native_tensor import NativeDtype, as_torch, is_native, is_tensor
 from optstate.numeric.compare import UncomparableViewsError, compare_tensors, count_unequal
 from optstate.numeric.leaves import same_leaf
 from optstate.numeric.pair_kernel import NONFINITE_KINDS
@@ -149,18 +149,12 @@ def _category(v: Any) -> str:
     return type(v).__name__
 
 
-def _torch_kind(v: Any) -> str | None:
-    """"dtype" or "device" for torch's dtype and device objects, None otherwise."""
-    t = type(v)
-    return t.__name__ if t.__module__ == "torch" and t.__name__ in ("dtype", "device") \
-        else None
-
-
 def _read_alike(a: Any, b: Any) -> bool:
     """One value as each reader gives it: a torch.dtype and the native reader's
-    ``NativeDtype``, a torch.device and the name of one (the native reader's device)."""
-    kinds = {_torch_kind(a) or type(a).__name__, _torch_kind(b) or type(b).__name__}
-    return kinds in ({"dtype", "NativeDtype"}, {"device", "str"})
+    ``NativeDtype``, a torch.device and its name (the native reader's device)."""
+    kinds = {"NativeDtype" if isinstance(v, NativeDtype) else
+             f"{type(v).__module__}.{type(v).__name__}" for v in (a, b)}
+    return kinds in ({"torch.dtype", "NativeDtype"}, {"torch.device", "builtins.str"})
 
 
 def _type_label(v: Any) -> str:
