@@ -334,6 +334,7 @@ def read_native(p: Path, f: Any, size: int, zinfo: Any, pickle_bytes: bytes) -> 
     except (OSError, ValueError) as e:
         raise NativeUnsupported(f"the file cannot be memory-mapped ({e})") from None
     view = memoryview(mapped)
+    size = min(size, len(view))  # what is mapped is what is read (the file may shrink)
     if "byteorder" in zinfo.sizes:  # absent in older files: little-endian, as written
         start = _data_offset(view, zinfo, "byteorder", size)
         if bytes(view[start:start + min(zinfo.sizes["byteorder"], 16)]).strip() != b"little":
