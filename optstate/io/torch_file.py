@@ -313,6 +313,9 @@ def _quiet_device_mesh() -> Iterator[None]:
 def _torch_load(p: Path, fmt: str, target: Any, use_mmap: bool, unsafe: bool, *,
                 map_location: str = "cpu") -> Any:
     """``map_location="meta"``: no storage data is read (a remote file: ``remote_torch``)."""
+    from optstate.base.startup import import_torch
+
+    import_torch()  # SIGINT deferred and the collector paused while torch imports
     import torch
 
     from optstate.io import inert
