@@ -25,12 +25,16 @@ One difference is left: SETITEM on a list (``l[0] = x``, only in a hand-made pic
 is refused by torch's unpickler and done by the C one; no byte outside a record is read.
 
 For other pickles (a DCP ``.metadata``), ``RestrictedUnpickler`` takes any allow-list.
+
+About 450 lines on purpose: the allow-list, the storages and the zip checks are one
+contract with torch's loader (accept nothing it refuses), read best side by side.
 """
 
 from __future__ import annotations
 
 import mmap
 import pickle
+import re
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -335,9 +339,9 @@ def read_native(p: Path, f: Any, size: int, zinfo: Any, pickle_bytes: bytes) -> 
         raise NativeUnsupported(f"the file cannot be memory-mapped ({e})") from None
     view = memoryview(mapped)
     size = min(size, len(view))  # what is mapped is what is read (the file may shrink)
+    _check_archive(mapped, view, zinfo, size)
     if "byteorder" in zinfo.sizes:  # absent in older files: little-endian, as written
-        start = _data_offset(view, zinfo, "byteorder", size)
-        if bytes(view[start:start + min(zinfo.sizes["byteorder"], 16)]).strip() != b"little":
+        if _member(view, zinfo, "byteorder", size, 16) != b"little":
             raise NativeUnsupported("the file was not written little-endian")
 
     def record(key: str, nbytes: int) -> NativeStorage:
@@ -374,3 +378,79 @@ def _data_offset(view: Any, zinfo: Any, name: str, size: int) -> int:
     if start + zinfo.sizes[name] > size:
         raise NativeUnsupported(f"record {name} runs past the end of the file")
     return start
+
+
+def _member(view: Any, zinfo: Any, name: str, size: int, limit: int) -> bytes | None:
+    """The bytes of a small member (None: larger than ``limit``)."""
+    if zinfo.sizes[name] > limit:
+        return None
+    start = _data_offset(view, zinfo, name, size)
+    return bytes(view[start:start + zinfo.sizes[name]])
+
+
+_EOCD = struct.Struct("<4sHHHHIIH")  # end of central directory (22 bytes)
+_EOCD64 = struct.Struct("<4sQHHIIQQQQ")  # zip64 end of central directory (56 bytes)
+_LOCATOR64 = struct.Struct("<4sIQI")  # zip64 end of central directory locator (20 bytes)
+_CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")  # a central directory entry (46 bytes)
+# the general purpose flags torch.save sets: sizes in a data descriptor, UTF-8 names
+_TORCH_FLAGS = 0x8 | 0x800
+
+
+def _check_archive(mapped: Any, view: Any, zinfo: Any, size: int) -> None:
+    """What torch's zip reader (miniz) refuses and Python's zipfile lets pass, checked
+    here so that the native reader never reads an archive torch calls damaged: more than
+    one disk, a count of entries that is not the directory's, encryption flags, a local
+    header that does not match its directory entry (every member: torch reads
+    ``version``, ``.format_version``, ``byteorder``, the serialization id), names that are
+    not ASCII, a ``version`` record torch would not accept. Any doubt steps aside."""
+    at = mapped.rfind(b"PK\x05\x06", max(0, size - 22 - 65535), size)
+    if at < 0 or at + _EOCD.size > size:
+        raise NativeUnsupported("no end of central directory where torch looks for it")
+    _, disk, cdir_disk, here, total, cdir_size, cdir_at, _ = _EOCD.unpack_from(view, at)
+    loc = at - _LOCATOR64.size
+    if loc >= 0 and bytes(view[loc:loc + 4]) == b"PK\x06\x07":  # miniz reads it if there
+        _, loc_disk, at64, disks = _LOCATOR64.unpack_from(view, loc)
+        if loc_disk != 0 or disks != 1 or at64 + _EOCD64.size > size:
+            raise NativeUnsupported("a zip64 archive on more than one disk")
+        fields = _EOCD64.unpack_from(view, at64)
+        if fields[0] != b"PK\x06\x06" or any(
+                short not in (long, 0xFFFF, 0xFFFFFFFF)
+                for short, long in zip((disk, cdir_disk, here, total, cdir_size, cdir_at),
+                                       fields[4:], strict=True)):
+            raise NativeUnsupported("the zip64 end of central directory does not match")
+        disk, cdir_disk, here, total, cdir_size, cdir_at = fields[4:]
+    elif 0xFFFF in (here, total) or 0xFFFFFFFF in (cdir_size, cdir_at):
+        raise NativeUnsupported("a zip64 archive without its locator")
+    end = cdir_at + cdir_size
+    if disk != 0 or cdir_disk != 0 or here != total or total != len(zinfo.infos) \
+            or end > size:
+        raise NativeUnsupported("the zip's end of central directory does not match it")
+    at = cdir_at
+    for info in zinfo.infos:  # in the directory's order, as zipfile read it
+        name = info.filename
+        if at + _CENTRAL.size > end:
+            raise NativeUnsupported("the zip's central directory is cut short")
+        (sig, _, _, flags, method, _, _, _, packed, unpacked, n, extra, comment, start, _, _,
+         header) = _CENTRAL.unpack_from(view, at)
+        raw = bytes(view[at + _CENTRAL.size:at + _CENTRAL.size + n])
+        at += _CENTRAL.size + n + extra + comment
+        if sig != b"PK\x01\x02" or flags & ~_TORCH_FLAGS or method != 0 \
+                or packed != unpacked or start != 0 or not name.isascii() \
+                or raw != name.encode("ascii") or at > end \
+                or header not in (info.header_offset, 0xFFFFFFFF):
+            raise NativeUnsupported(f"zip member {name!r} has fields torch.save never writes")
+        h = info.header_offset
+        if h + _LOCAL.size > size:
+            raise NativeUnsupported(f"the local header of {name} is outside the file")
+        magic, _, local_flags, method, _, _, _, _, _, n, _ = _LOCAL.unpack_from(view, h)
+        if magic != _LOCAL_MAGIC or method != 0 or local_flags != flags \
+                or bytes(view[h + 30:h + 30 + n]) != raw:
+            raise NativeUnsupported(f"the local header of {name} does not match the directory")
+    if ".data/serialization_id" in zinfo.sizes:  # torch reads it as text
+        sid = _member(view, zinfo, ".data/serialization_id", size, 64)
+        if sid is None or not sid.isascii() or not sid.isalnum():
+            raise NativeUnsupported("the archive's serialization id is not one torch reads")
+    base = ".data/version" if ".data/version" in zinfo.sizes else "version"
+    text = _member(view, zinfo, base, size, 32) if base in zinfo.sizes else None
+    if text is None or not re.fullmatch(rb"[0-9]{1,3}\n?", text) or not 1 <= int(text) <= 10:
+        raise NativeUnsupported("the archive's version record is not one torch reads")

@@ -29,6 +29,7 @@ class TorchZip:
     data_pkl: zipfile.ZipInfo | None = None  # the record torch unpickles
     # record name below the prefix -> offset of its local header (the native reader's)
     headers: dict[str, int] = field(default_factory=dict)
+    infos: list[zipfile.ZipInfo] = field(default_factory=list)  # the central directory
 
 
 def check_zip(path: Path, f: Any, archive_size: int) -> TorchZip:
@@ -79,6 +80,7 @@ def check_zip(path: Path, f: Any, archive_size: int) -> TorchZip:
         compressed=any(i.compress_type != zipfile.ZIP_STORED for i in infos),
         data_pkl=next((i for i in infos if i.filename == f"{prefix}/data.pkl"), None),
         headers={i.filename.split("/", 1)[1]: i.header_offset for i in infos},
+        infos=infos,
     )
 
 
