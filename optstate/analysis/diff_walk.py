@@ -17,7 +17,7 @@ from typing import Any
 
 from optstate.base.errors import ConfigError, option
 from optstate.base.paths import join, path_keys
-from optstate.io.native_tensor import NativeDtype, as_torch, is_native, is_tensor
+from optstate.io.native_tensor import NativeDevice, NativeDtype, as_torch, is_native, is_tensor
 from optstate.numeric.compare import UncomparableViewsError, compare_tensors, count_unequal
 from optstate.numeric.leaves import same_leaf
 from optstate.numeric.pair_kernel import NONFINITE_KINDS
@@ -151,10 +151,10 @@ def _category(v: Any) -> str:
 
 def _read_alike(a: Any, b: Any) -> bool:
     """One value as each reader gives it: a torch.dtype and the native reader's
-    ``NativeDtype``, a torch.device and its name (the native reader's device)."""
-    kinds = {"NativeDtype" if isinstance(v, NativeDtype) else
+    ``NativeDtype``, a torch.device and its ``NativeDevice`` (compared by name)."""
+    kinds = {type(v).__name__ if isinstance(v, (NativeDtype, NativeDevice)) else
              f"{type(v).__module__}.{type(v).__name__}" for v in (a, b)}
-    return kinds in ({"torch.dtype", "NativeDtype"}, {"torch.device", "builtins.str"})
+    return kinds in ({"torch.dtype", "NativeDtype"}, {"torch.device", "NativeDevice"})
 
 
 def _type_label(v: Any) -> str:

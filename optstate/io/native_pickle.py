@@ -43,6 +43,7 @@ from typing import Any
 
 from optstate.io.native_tensor import (
     DTYPES,
+    NativeDevice,
     NativeDtype,
     NativeStorage,
     NativeTensor,
@@ -72,9 +73,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return self._globals[(module, name)]
         except KeyError:
-            shown = f"{module}.{name}".replace("__builtin__.", "builtins.")
-            raise NativeUnsupported(f"the pickle needs {shown}, which the native reader "
-                                    "does not read") from None
+            from optstate.io.reader_notes import needs_global
+
+            raise NativeUnsupported(needs_global(module, name)) from None
 
     def persistent_load(self, pid: Any) -> Any:
         raise NativeUnsupported("the pickle names an object outside it (a persistent id)")
@@ -178,12 +179,38 @@ def _tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: An
         raise NativeUnsupported("a tensor's offset or requires_grad has the wrong type")
     if metadata:  # the conj / neg bits: values would read differently
         raise NativeUnsupported("a tensor with metadata (conjugate or negative bit)")
+    if requires_grad and dtype.kind not in "fc":  # torch: only float and complex can
+        raise NativeUnsupported("an integer or bool tensor that requires grad")
     shape, strides = _ints(size, "size"), _ints(stride, "stride")
+    _fits_int64(shape, strides, offset, dtype.itemsize)
     try:
         return NativeTensor(storage.native, dtype, shape, strides, offset,
                             {"requires_grad": True} if requires_grad else None)
     except ValueError as e:  # outside its storage: torch's set_ says so in its words
         raise NativeUnsupported(f"a tensor does not fit its storage ({e})") from None
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _fits_int64(shape: tuple[int, ...], strides: tuple[int, ...], offset: int,
+                itemsize: int) -> None:
+    """torch's overflow checks, kept on the safe side: every size, stride and the offset
+    in [0, 2**63), the element count (every partial product of the sizes, as torch's
+    ``numel`` multiplies them) and the byte extent of the elements (offset included) at
+    most int64's maximum. Anything past them is torch's to judge (it refuses most)."""
+    if len(shape) != len(strides):
+        raise NativeUnsupported("a tensor without as many strides as sizes")
+    if any(not 0 <= v <= _INT64_MAX for v in (*shape, *strides, offset)):
+        raise NativeUnsupported("a tensor's size, stride or offset is negative or past int64")
+    count = 1
+    for n in shape:
+        count *= n or 1  # a 0 after an overflow does not undo it (torch's numel)
+        if count > _INT64_MAX:
+            raise NativeUnsupported("a tensor's element count overflows int64")
+    extent = offset + 1 + sum((n - 1) * st for n, st in zip(shape, strides, strict=True) if n)
+    if extent * itemsize > _INT64_MAX:
+        raise NativeUnsupported("a tensor's byte extent overflows int64")
 
 
 def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any,
@@ -208,6 +235,8 @@ def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> Na
     optstate reads."""
     if type(data) is not NativeTensor or type(requires_grad) is not bool:
         raise NativeUnsupported("a Parameter of something other than a tensor")
+    if requires_grad and data.dtype.kind not in "fc":
+        raise NativeUnsupported("an integer or bool Parameter that requires grad")
     data.info["parameter"] = True
     return data
 
@@ -227,12 +256,20 @@ def _size(*args: Any) -> tuple[int, ...]:
     return tuple(args[0])
 
 
-def _device(*args: Any) -> str:
-    """torch.device('cpu') / ('cuda', 0) as its text: 'cpu', 'cuda:0'."""
-    if not 1 <= len(args) <= 2 or type(args[0]) is not str or len(args) == 2 and \
-            type(args[1]) is not int:
+# the device types torch.device takes (torch 2.x; "mkldnn" warns, so torch says it)
+_DEVICE_TYPES = frozenset((
+    "cpu", "cuda", "ipu", "xpu", "opengl", "opencl", "ideep", "hip", "ve", "fpga", "maia",
+    "xla", "lazy", "vulkan", "mps", "meta", "hpu", "mtia", "privateuseone"))
+
+
+def _device(*args: Any) -> NativeDevice:
+    """torch.device('cpu') / ('cuda', 0), in the form torch.save writes (its reduce: a
+    known type, an index 0..127); any other form is torch's to judge."""
+    if not 1 <= len(args) <= 2 or type(args[0]) is not str \
+            or args[0] not in _DEVICE_TYPES \
+            or len(args) == 2 and (type(args[1]) is not int or not 0 <= args[1] <= 127):
         raise NativeUnsupported("a torch.device of unexpected arguments")
-    return args[0] if len(args) == 1 else f"{args[0]}:{args[1]}"
+    return NativeDevice(args[0], args[1] if len(args) == 2 else None)
 
 
 def _encode(text: Any, encoding: Any = "utf-8") -> bytes:
@@ -332,7 +369,8 @@ def read_native(p: Path, f: Any, size: int, zinfo: Any, pickle_bytes: bytes) -> 
     ``torch_zip.check_zip`` as ``zinfo``, its ``data.pkl`` read and pre-scanned as
     ``pickle_bytes``). Raises NativeUnsupported for anything torch should judge."""
     if zinfo.compressed:
-        raise NativeUnsupported("the zip has compressed members (torch.save stores them)")
+        raise NativeUnsupported("the zip's members are compressed (torch.save stores them "
+                                "uncompressed, so it was re-zipped)")
     try:
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as e:

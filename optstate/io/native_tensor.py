@@ -101,6 +101,28 @@ NUMPY_DTYPES = {"float64": "float64", "float32": "float32", "float16": "float16"
                 "uint16": "uint16", "uint32": "uint32", "uint64": "uint64", "bool": "bool"}
 
 
+@dataclass(frozen=True)
+class NativeDevice:
+    """A ``torch.device`` value read from a pickle: prints as torch's (``str``: ``cpu``,
+    ``cuda:0``; ``repr``: ``device(type='cuda', index=0)``), equal and hashed by value."""
+
+    type: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+    def __repr__(self) -> str:
+        index = "" if self.index is None else f", index={self.index}"
+        return f"device(type={self.type!r}{index})"
+
+    def __setstate__(self, state: Any) -> None:  # immutable for a pickle too (BUILD)
+        raise TypeError("NativeDevice objects cannot be changed")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return NativeDevice, (self.type, self.index)
+
+
 def _fp8_table(exp_bits: int, bias: int, *, ieee: bool, uz: bool) -> tuple[float, ...]:
     """The value of each of the 256 codes of a float8 format (1 sign bit, ``exp_bits``,
     the rest mantissa). ``ieee``: the top exponent is Inf/NaN (e5m2); otherwise only the
