@@ -403,3 +403,177 @@ def test_diff_json_is_the_same_through_both_readers(cli, monkeypatch, folders):
     native = _json(cli, monkeypatch, "native", "diff", a, b)
     ref = _json(cli, monkeypatch, "torch", "diff", a, b)
     _close(_without_reader(native), _without_reader(ref))
+
+
+# ----------------------------------------------------- hostile pickles (R1, issue #22)
+
+# GLOBAL <module> <name>, (None, {<attr>: <value>}), BUILD, POP: a pickle that writes into
+# whatever the unpickler hands out for a global, before the real metadata
+def _build_on(module: str, name: str, attr: str, value: bytes) -> bytes:
+    def s(b: bytes) -> bytes:
+        return b"X" + len(b).to_bytes(4, "little") + b
+    return (f"c{module}\n{name}\n".encode() + b"N}" + s(attr.encode()) + value + b"s\x86b0")
+
+
+_POISON_CHECK = r"""
+import io, pathlib, pickle, sys
+from pathlib import Path
+folder, target = Path(sys.argv[1]), sys.argv[2]
+before = str(Path("/etc/hosts"))
+from optstate.io import dcp_metadata, native_dcp
+from optstate.io.native_tensor import NativeUnsupported
+from optstate.base.errors import CheckpointError
+from optstate.io.source import open_source
+out = []
+try:
+    native_dcp.read_dcp_native(folder)
+    out.append("native read")
+except NativeUnsupported as e:
+    out.append("native NativeUnsupported")
+for reader in ("native", "torch"):
+    try:
+        open_source(folder, reader=reader)
+        out.append(reader + " read")
+    except CheckpointError as e:
+        out.append(reader + " Error: " + e.message)
+import torch.distributed.checkpoint.metadata as m, torch.serialization as ser
+hit = [x.__name__ for x in (pathlib.PurePosixPath, pathlib.PosixPath, m.Metadata,
+                   m.TensorStorageMetadata, m._MEM_FORMAT_ENCODING, ser._get_layout)
+       if "poisoned" in vars(x)]
+print(repr((before, str(Path("/etc/hosts")), hit, out)))
+"""
+
+
+def _poison_run(folder: Path, target: str) -> tuple[str, str, list, list]:
+    r = subprocess.run([sys.executable, "-c", _POISON_CHECK, str(folder), target],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    import ast
+
+    return ast.literal_eval(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("module,name,attr", [
+    ("pathlib", "PurePosixPath", "_str"), ("pathlib", "PosixPath", "_str"),
+    ("torch.distributed.checkpoint.metadata", "Metadata", "poisoned"),
+    ("torch.distributed.checkpoint.metadata", "TensorStorageMetadata", "poisoned"),
+    ("torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING", "poisoned"),
+    ("torch.serialization", "_get_layout", "poisoned"),
+    ("torch.serialization", "_get_layout", "__defaults__"),
+])
+def test_a_metadata_pickle_cannot_rewrite_a_class_of_the_process(fqn, tmp_path, module, name,
+                                                                  attr):
+    """R1 F1: a BUILD on a global the metadata unpicklers hand out (``pathlib``'s
+    ``_str`` made every Path of the process one attacker-chosen file): both readers
+    refuse it, and nothing of the process changes; the verdict is torch's one line."""
+    target = str(tmp_path / "elsewhere")
+    value = (b"(}t" if attr == "__defaults__" else
+             b"X" + len(target.encode()).to_bytes(4, "little") + target.encode())
+    meta = fqn / ".metadata"
+    orig = meta.read_bytes()
+    meta.write_bytes(orig[:2] + _build_on(module, name, attr, value) + orig[2:])
+    before, after, hit, out = _poison_run(fqn, target)
+    assert (after, hit) == (before, []), out
+    assert out[0] == "native NativeUnsupported"
+    assert out[1].removeprefix("native ") == out[2].removeprefix("torch ")
+    assert out[2] == f"torch Error: {fqn}/.metadata is damaged: a pickle may not change {name}"
+
+
+def test_a_chunk_pickle_cannot_rewrite_the_rebuild_functions():
+    """R1 F6: GLOBAL torch._utils._rebuild_tensor_v2, BUILD __defaults__: the chunk
+    unpickler hands out a locked object per load, never its module-level function."""
+    script = r"""
+import io, pickle
+from optstate.io import native_dcp as nd
+payload = (b"ctorch._utils\n_rebuild_tensor_v2\n" + b"N}X\x0c\x00\x00\x00__defaults__(}"
+           b"X\x01\x00\x00\x00xK\x01st" b"s\x86b.")
+seen = [f.__defaults__ for f in (nd._rebuild_tensor, nd._rebuild_tensor_v3)]
+for name in (b"_rebuild_tensor_v2", b"_rebuild_tensor_v3"):
+    try:
+        nd._unpickle(nd._ChunkUnpickler, payload.replace(b"_rebuild_tensor_v2", name), "c")
+        print("loaded")
+    except Exception as e:
+        print(type(e).__name__)
+print(seen == [f.__defaults__ for f in (nd._rebuild_tensor, nd._rebuild_tensor_v3)])
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=120)
+    assert r.stdout.split() == ["NativeUnsupported", "NativeUnsupported", "True"], r.stderr
+
+
+def test_the_overlap_check_is_a_sort_not_every_pair():
+    """R1 F9: 4000 one-element chunks were 8 million pair tests (and the check ran for
+    every load): now one sorted pass, each run of elements compared with the previous."""
+    from optstate.io.native_dcp import _overlap
+
+    n = 4000
+    chunks = [((i,), (1,)) for i in range(n)][::-1]
+    assert _overlap((n,), chunks) == (False, n - 1)
+    assert _overlap((n,), [((0,), (2,)), *chunks[:-1]])[0] is True  # element 1 twice
+    # columns of a 2-d tensor: each chunk is one run per row
+    cols = [((0, j), (3, 1)) for j in range(5)]
+    assert _overlap((3, 5), cols) == (False, 14)
+    assert _overlap((3, 5), [((0, 0), (3, 2)), ((0, 1), (3, 1)), ((0, 3), (3, 2))])[0]
+    assert _overlap((3, 5), [((0, 0), (3, 0)), ((0, 0), (3, 5))]) == (False, 0)  # one run
+    assert _overlap((), [((), ())]) == (False, 0)
+    assert _overlap((2, 2, 2), [((0, 0, 0), (2, 1, 2)), ((0, 1, 0), (2, 1, 2))]) == (False, 3)
+    assert _overlap((2, 2, 2), [((0, 0, 0), (2, 2, 1)), ((0, 1, 0), (2, 1, 2))])[0]
+
+
+def test_an_assembled_tensor_is_checked_for_overlap_once(folders, monkeypatch, tmp_path):
+    from optstate.io import native_dcp
+
+    calls = []
+    real = native_dcp._overlap
+    monkeypatch.setattr(native_dcp, "_overlap", lambda *a: calls.append(a) or real(*a))
+    folder = tmp_path / "split"
+    dcp_save({"state": {0: {"exp_avg": torch.arange(12.0).reshape(4, 3)}},
+              "param_groups": [{"lr": 0.1, "params": [0]}]}, folder)
+    md = pickle.loads((folder / ".metadata").read_bytes())
+    _split_in_two(md, "state.0.exp_avg")
+    (folder / ".metadata").write_bytes(pickle.dumps(md))
+    ckpt = NativeDcp(folder)
+    for _ in range(3):
+        assert bytes(ckpt.tensor_bytes("state.0.exp_avg")) == torch.arange(
+            12.0).numpy().tobytes()
+    assert len(calls) == 1
+
+
+def _split_in_two(md, key: str) -> None:
+    """``key``'s one chunk (4 x 3) and a second, empty one: two chunks to check, copied
+    into one buffer."""
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
+
+    entry = md.state_dict_metadata[key]
+    empty = ChunkStorageMetadata(torch.Size([4, 0]), torch.Size([0, 3]))
+    entry.chunks = [*entry.chunks, empty]
+    info = next(v for k, v in md.storage_data.items() if k.fqn == key)
+    md.storage_data[MetadataIndex(key, torch.Size([4, 0]), 1)] = info
+
+
+def test_an_item_running_into_the_next_is_left_to_torch(fqn):
+    """R1 F3: an item's length in ``.metadata`` runs into the next item's zip: the
+    native reader read that zip (the next tensor's numbers, exit 0); it now reads an item
+    only when its end of central directory ends the item's bytes, else torch's path."""
+    import dataclasses
+
+    md = pickle.loads((fqn / ".metadata").read_bytes())
+    items = sorted(md.storage_data.items(), key=lambda kv: (kv[1].relative_path,
+                                                            kv[1].offset))
+    key = next(a.fqn for (a, x), (b, y) in zip(items, items[1:], strict=False)
+               if a.fqn.endswith(".exp_avg") and b.fqn == a.fqn + "_sq"
+               and x.relative_path == y.relative_path)
+    (index, info), = [(k, v) for k, v in md.storage_data.items() if k.fqn == key]
+    nxt = next(v for k, v in md.storage_data.items() if k.fqn == key + "_sq")
+    md.storage_data[index] = dataclasses.replace(info, length=info.length + nxt.length)
+    (fqn / ".metadata").write_bytes(pickle.dumps(md))
+    ckpt = NativeDcp(fqn)
+    shape, dtype, chunks = ckpt.md.tensors[key]
+    with pytest.raises(NativeUnsupported, match="end of central directory"):
+        ckpt.chunk(key, chunks[0][0], chunks[0][1], dtype)
+    native, ref = open_source(fqn, reader="native"), open_source(fqn)
+    path = ckpt.md.paths[key]
+    a, b = native.obj, ref.obj
+    for part in path:
+        a, b = a[part], b[part]
+    assert as_torch(a).tolist() == (b.load() if hasattr(b, "load") else b).tolist()

@@ -824,3 +824,23 @@ def test_a_cache_file_that_is_a_link_is_neither_followed_nor_written_through(tmp
     assert precious.read_text() == "precious\n"
     assert not (run / ".optstate" / "timeline-cache.json").is_symlink()
     assert timeline([run])["cache"]["hits"] == 2
+
+
+def test_each_reader_has_its_own_cache_records(tmp_path, monkeypatch):
+    """R1 F7 (issue #22): a record read natively is not served to an
+    ``OPTSTATE_READER=torch`` run (nor a torch one, and its "read with torch" reason, to a
+    native run): the reader asked for is part of what a record depends on."""
+    run = save_files(tmp_path / "run", steps=20)
+    monkeypatch.setenv("OPTSTATE_READER", "native")
+    first = timeline([run])
+    assert [c["reader"] for c in first["checkpoints"]] == ["native", "native"]
+    monkeypatch.setenv("OPTSTATE_READER", "torch")
+    report = timeline([run])
+    assert (report["cache"]["hits"], report["cache"]["misses"]) == (0, 2)
+    assert [(c["reader"], c["reader_note"]) for c in report["checkpoints"]] == [
+        ("torch", "OPTSTATE_READER=torch")] * 2
+    assert timeline([run])["cache"]["hits"] == 2
+    monkeypatch.delenv("OPTSTATE_READER")  # "auto": the native reader, as asked above
+    again = timeline([run])
+    assert (again["cache"]["hits"], again["cache"]["misses"]) == (2, 0)
+    assert [c["reader"] for c in again["checkpoints"]] == ["native", "native"]

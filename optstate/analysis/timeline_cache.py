@@ -3,7 +3,7 @@
 One JSON file (never pickle: a cache is data, and loading it runs nothing), by default
 ``<run folder>/.optstate/timeline-cache.json``, else ``timeline-cache.json`` in the folder
 the caller names. An entry is keyed by the checkpoint's absolute path and what the record
-depends on besides the file (the optimizer state asked for, safe or unsafe loading), and
+depends on besides the file (the state asked for, safe or unsafe loading, the reader), and
 holds the file's identity (total bytes, newest mtime and ctime, inode, number of files:
 ``io.run_dir.identity``): a checkpoint whose identity changed is read again. The file
 records the optstate version, the record's version, the torch version and a digest of the
@@ -163,7 +163,9 @@ class TimelineCache:
         self.note = note
         self.entries: dict[str, dict[str, Any]] = {}
         self.hits = self.misses = 0
-        self.tag = json.dumps([key, bool(unsafe)])
+        from optstate.io.torch_file import choose_reader  # a record is kept per reader
+
+        self.tag = json.dumps([key, bool(unsafe), choose_reader("auto")[0]])
         self.changed = False
         self.secret = secret
         self.made: Path | None = None  # the cache folder, made on save when it is missing

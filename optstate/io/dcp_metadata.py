@@ -10,7 +10,9 @@ data is read (``dcp.py`` reads the data):
 - torch's ``FileSystemReader.read_metadata`` runs ``pickle.load`` on ``.metadata``, which
   executes code from a hostile checkpoint. ``read_metadata`` unpickles it with an
   allow-list of the DCP metadata classes (``dcp_reader.SafeFileSystemReader`` hands that to
-  torch).
+  torch), handing out no class or function a pickle's BUILD could change for the whole
+  process (``Locked`` subclasses made per load, ``Call``s, paths as text; also used by
+  ``native_dcp``).
 - A folder from a stranger reads only itself and costs what it stores (``limits.py``):
   every file it names, and ``.metadata``, must resolve to a regular file directly inside
   it (``inside``); ``.metadata`` is scanned before it is unpickled (``prescan.scan_any``),
@@ -18,15 +20,19 @@ data is read (``dcp.py`` reads the data):
   (``read_metadata``); every data file it names must exist and hold the bytes its chunks
   claim, and a chunk that claims more data than it stores (an expanded view) is refused
   before anything is read (``storage_files``).
+
+About 445 lines: the unpickler, its locked hand-outs and the checks of what it returns are
+one safety boundary, read best in one file.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 import pickle
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
 from optstate.base.errors import CheckpointError, UnsafeCheckpointError
@@ -59,19 +65,119 @@ _METADATA_CLASSES = {
 }
 
 
+class Locked(type):
+    """The metaclass of a class handed to a pickle: a BUILD on the class itself (which
+    sets its attributes: ``PurePosixPath._str`` made every path of the process one file)
+    is refused, so no pickle changes a class a later load or the rest of the process
+    uses."""
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        raise pickle.UnpicklingError(f"a pickle may not change {cls.__name__}")
+
+    def __delattr__(cls, name: str) -> None:
+        raise pickle.UnpicklingError(f"a pickle may not change {cls.__name__}")
+
+
+class Call:
+    """A function handed to a pickle for a global (a path, ``torch.Size``, a layout): it
+    calls ``fn`` with positional arguments; a BUILD on it, or any attribute set, is
+    refused (never the function itself, whose ``__defaults__`` a BUILD would rewrite)."""
+
+    __slots__ = ("_fn", "_name")
+
+    def __init__(self, fn: Any, name: str) -> None:
+        object.__setattr__(self, "_fn", fn)
+        object.__setattr__(self, "_name", name)
+
+    def __call__(self, *args: Any) -> Any:
+        return self._fn(*args)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise pickle.UnpicklingError(f"a pickle may not change {self._name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise pickle.UnpicklingError(f"a pickle may not change {self._name}")
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError(f"a pickle may not change {self._name}")
+
+
+def path_text(pure: type[PurePath], name: str) -> Call:
+    """``pathlib.PosixPath(*parts)`` as a pickle builds it: the path's text, a plain
+    ``str`` (immutable), made from string parts only."""
+
+    def make(*parts: Any) -> str:
+        if not all(type(p) is str for p in parts):
+            raise pickle.UnpicklingError("a path made of other things than strings")
+        return str(pure(*parts))
+
+    return Call(make, name)
+
+
 class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles DCP metadata; refuses any global that is not plain metadata."""
+    """Unpickles DCP metadata; refuses any global that is not plain metadata. It hands
+    out no class or function of the process that a BUILD could change: torch's metadata
+    classes as subclasses made for this load (``Locked``, turned back into torch's own
+    classes after loading: ``_unlock``), functions as ``Call``s, paths as text."""
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file)
+        self.made: dict[type, type] = {}  # this load's subclass -> torch's class
 
     def find_class(self, module: str, name: str) -> Any:
         import torch
 
         if name in _METADATA_CLASSES.get(module, ()):
-            return super().find_class(module, name)
+            if module == "pathlib":
+                return path_text(PureWindowsPath if "Windows" in name else PurePosixPath, name)
+            found = super().find_class(module, name)
+            if module == "torch.distributed.checkpoint.metadata" and name == (
+                    "_MEM_FORMAT_ENCODING") or module == "torch.serialization":
+                return Call(found, name)
+            if module.startswith("torch.distributed.checkpoint"):
+                return self._locked(found)
+            return found  # torch.Size, OrderedDict, set, frozenset: immutable types
         if module == "torch" and isinstance(
             getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)
         ):
-            return getattr(torch, name)
+            return getattr(torch, name)  # no attribute of these can be set
         raise pickle.UnpicklingError(f"global {module}.{name}")
+
+    def _locked(self, cls: type) -> type:
+        for sub, real in self.made.items():
+            if real is cls:
+                return sub
+        sub = Locked(cls.__name__, (cls,), {"__slots__": (), "__module__": cls.__module__,
+                                            "__qualname__": cls.__qualname__})
+        self.made[sub] = cls
+        return sub
+
+
+_ATOMS = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+def _unlock(obj: Any, made: dict[type, type]) -> None:
+    """Every instance of a class ``_MetadataUnpickler`` made for the load becomes an
+    instance of torch's class again (the same fields: the subclass adds none)."""
+    seen: set[int] = set()
+    todo = [obj]
+    while todo:
+        x = todo.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        real = made.get(type(x))
+        if real is not None:
+            object.__setattr__(x, "__class__", real)
+        if isinstance(x, dict):
+            items: Any = itertools.chain(x.keys(), x.values())
+        elif isinstance(x, (list, tuple, set, frozenset)):
+            items = x
+        elif real is not None:
+            items = getattr(x, "__dict__", {}).values()
+        else:
+            continue
+        todo.extend(y for y in items if type(y) not in _ATOMS)
 
 
 def inside(folder: Path, name: str) -> Path:
@@ -113,7 +219,9 @@ def parse_metadata(data: bytes, file: str) -> Metadata:
     pre-scanned, unpickled with the allow-list and checked; ``file`` names it in messages."""
     try:
         scan_any(data, current_limits(), file)  # before the C unpickler's memo grows
-        md = _MetadataUnpickler(io.BytesIO(data)).load()
+        unpickler = _MetadataUnpickler(io.BytesIO(data))
+        md = unpickler.load()
+        _unlock(md, unpickler.made)
     except pickle.UnpicklingError as e:
         text = str(e)
         if text.startswith("global "):

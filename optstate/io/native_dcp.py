@@ -10,7 +10,8 @@ with ``reader="native"``:
 
 - ``.metadata`` is pre-scanned (``prescan.scan_any``), then unpickled by an unpickler of
   its own whose only globals are the DCP metadata classes torch 2.4 .. 2.14 write, each
-  decoded into an inert record of its fields (``_Record``), dtypes by name (never the
+  decoded into an inert record of its fields (``_Record``, its classes made and locked
+  per load; functions and paths as ``dcp_metadata.Call``s), dtypes by name (never the
   shared ``NativeDtype`` objects, which a pickle's BUILD would rewrite); then checked
   as ``dcp_metadata`` checks it (limits, shapes, chunks, the storage table,
   the data files inside the folder, expansion).
@@ -33,13 +34,14 @@ The tree is put back together as ``dcp.py`` does (``rebuild_tree``: positional o
 state keys, lists, a fresh optimizer's empty ``state``). ``layout_native`` is
 ``inspect --layout``'s data (``dcp_layout.layout_report``) from the metadata alone.
 
-About 820 lines: the metadata classes, their checks, the chunk reader and the tree rebuild
+About 890 lines: the metadata classes, their checks, the chunk reader and the tree rebuild
 are one reader that mirrors ``dcp_metadata`` + ``dcp.py`` line for line, and reads best
 as one file.
 """
 
 from __future__ import annotations
 
+import heapq
 import io
 import itertools
 import math
@@ -50,7 +52,7 @@ import re
 import struct
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -58,6 +60,7 @@ from typing import Any
 from optstate.base.errors import CheckpointError
 from optstate.base.limits import LimitError
 from optstate.base.limits import current as current_limits
+from optstate.io.dcp_metadata import Call, Locked, path_text
 from optstate.io.native_tensor import (
     DTYPES,
     NativeDtype,
@@ -84,8 +87,10 @@ _KEPT_BYTES = 64 * 2**20
 # ---------------------------------------------------------------- .metadata, inertly
 
 
-class _Record:
-    """One DCP metadata dataclass, as plain fields (``kind``: torch's class name)."""
+class _Record(metaclass=Locked):
+    """One DCP metadata dataclass, as plain fields (``kind``: torch's class name). Each
+    load has its own record classes (``_metadata_classes``), locked (``Locked``: a
+    BUILD on a class is refused); an instance takes one state of public field names."""
 
     kind = "record"
     _defaults: dict[str, Any] = {}
@@ -95,7 +100,9 @@ class _Record:
             state = state[1]  # (None, slots) of a dataclass with __slots__
         elif isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
             state = {**state[0], **(state[1] or {})}
-        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        if not isinstance(state, dict) or not all(
+                isinstance(k, str) and k.isidentifier() and not k.startswith("_")
+                and k != "kind" for k in state) or self.__dict__:
             raise pickle.UnpicklingError(f"bad state for {self.kind}")
         self.__dict__.update(self._defaults)
         self.__dict__.update(state)
@@ -109,8 +116,8 @@ class _Record:
         return f"{self.kind}({self.__dict__})"
 
 
-def _record(name: str, **defaults: Any) -> type[_Record]:
-    return type(name, (_Record,), {"kind": name, "_defaults": defaults})
+def _record(name: str, base: type[_Record] = _Record, **defaults: Any) -> type[_Record]:
+    return Locked(name, (base,), {"kind": name, "_defaults": defaults})
 
 
 class _TensorProperties(_Record):
@@ -128,26 +135,36 @@ class _TensorProperties(_Record):
 
 
 _MD = "torch.distributed.checkpoint.metadata"
-_METADATA_CLASSES: dict[tuple[str, str], Any] = {
-    (_MD, "Metadata"): _record("Metadata", planner_data=None, storage_data=None,
-                               storage_meta=None, version=None),
-    (_MD, "TensorStorageMetadata"): _record("TensorStorageMetadata"),
-    (_MD, "BytesStorageMetadata"): _record("BytesStorageMetadata"),
-    (_MD, "ChunkStorageMetadata"): _record("ChunkStorageMetadata"),
-    (_MD, "TensorProperties"): _TensorProperties,
-    (_MD, "MetadataIndex"): _record("MetadataIndex", offset=None, index=None),
-    (_MD, "StorageMeta"): _record("StorageMeta"),
-    (_MD, "_MEM_FORMAT_ENCODING"): lambda value: ("memory_format", value),
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"):
-        _record("_StorageInfo", transform_descriptors=None),
-    ("torch.serialization", "_get_layout"): lambda name: str(name).removeprefix("torch."),
-    ("torch", "Size"): lambda dims=(): tuple(dims),
-    ("pathlib", "PosixPath"): PurePosixPath, ("pathlib", "PurePosixPath"): PurePosixPath,
-    ("pathlib", "WindowsPath"): PureWindowsPath,
-    ("pathlib", "PureWindowsPath"): PureWindowsPath,
-    ("collections", "OrderedDict"): OrderedDict,
-    ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
-}
+
+
+def _metadata_classes() -> dict[tuple[str, str], Any]:
+    """What a ``.metadata`` pickle may name, made afresh for each load: record classes
+    (locked) and ``Call``s, never a class or function another load or the process uses."""
+    return {
+        (_MD, "Metadata"): _record("Metadata", planner_data=None, storage_data=None,
+                                   storage_meta=None, version=None),
+        (_MD, "TensorStorageMetadata"): _record("TensorStorageMetadata"),
+        (_MD, "BytesStorageMetadata"): _record("BytesStorageMetadata"),
+        (_MD, "ChunkStorageMetadata"): _record("ChunkStorageMetadata"),
+        (_MD, "TensorProperties"): _record("TensorProperties", _TensorProperties),
+        (_MD, "MetadataIndex"): _record("MetadataIndex", offset=None, index=None),
+        (_MD, "StorageMeta"): _record("StorageMeta"),
+        (_MD, "_MEM_FORMAT_ENCODING"): Call(lambda value: ("memory_format", value),
+                                            "_MEM_FORMAT_ENCODING"),
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"):
+            _record("_StorageInfo", transform_descriptors=None),
+        ("torch.serialization", "_get_layout"):
+            Call(lambda name: str(name).removeprefix("torch."), "_get_layout"),
+        ("torch", "Size"): Call(lambda dims=(): tuple(dims), "Size"),
+        ("pathlib", "PosixPath"): path_text(PurePosixPath, "PosixPath"),
+        ("pathlib", "PurePosixPath"): path_text(PurePosixPath, "PurePosixPath"),
+        ("pathlib", "WindowsPath"): path_text(PureWindowsPath, "WindowsPath"),
+        ("pathlib", "PureWindowsPath"): path_text(PureWindowsPath, "PureWindowsPath"),
+        ("collections", "OrderedDict"): OrderedDict,  # immutable types: nothing to set
+        ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
+    }
+
+
 # layouts and memory formats an older torch pickled by name (GLOBAL torch.strided)
 _TORCH_NAMES = {"strided", "sparse_coo", "sparse_csr", "sparse_csc", "sparse_bsr",
                 "sparse_bsc", "_mkldnn", "jagged", "contiguous_format", "channels_last",
@@ -169,8 +186,12 @@ def _dtype(value: Any) -> NativeDtype | None:
 class _MetadataUnpickler(pickle.Unpickler):
     """The DCP metadata classes only, as ``_Record``s; anything else is unknown here."""
 
+    def __init__(self, file: Any) -> None:
+        super().__init__(file)
+        self.classes = _metadata_classes()
+
     def find_class(self, module: str, name: str) -> Any:
-        found = _METADATA_CLASSES.get((module, name))
+        found = self.classes.get((module, name))
         if found is not None:
             return found
         if module == "torch" and name in DTYPES:
@@ -369,6 +390,7 @@ class _View(io.RawIOBase):
 
 
 _ZIP_MAGIC = b"PK\x03\x04"
+_EOCD = b"PK\x05\x06"
 
 
 def _zip_records(view: memoryview, label: str) -> tuple[bytes, dict[str, memoryview]]:
@@ -378,12 +400,26 @@ def _zip_records(view: memoryview, label: str) -> tuple[bytes, dict[str, memoryv
 
     if bytes(view[:4]) != _ZIP_MAGIC:
         raise NativeUnsupported(f"{label} is not a torch.save zip")
+    n = len(view)
+    # the item is its bytes [offset, offset + length) only: the zip's end of central
+    # directory must end them (no comment), its central directory where it says, with
+    # nothing before the zip (zipfile would find a later item's end record, or shift
+    # every offset, and read another zip than torch's reader does)
+    if n < 22 or bytes(view[n - 22:n - 18]) != _EOCD or view[n - 2:] != b"\0\0":
+        raise NativeUnsupported(f"{label}: its end of central directory does not end the "
+                                "item")
+    cd_size, cd_offset = struct.unpack_from("<II", view, n - 10)
+    if cd_offset == 0xFFFFFFFF or cd_offset + cd_size > n - 22:
+        raise NativeUnsupported(f"{label}: its end of central directory is not a plain one")
     try:
         counts = prescan_stream(_View(view), len(view), label)
         zf = zipfile.ZipFile(_View(view))
         infos = zf.infolist()
     except (CheckpointError, Exception) as e:
         raise NativeUnsupported(f"{label}: {type(e).__name__}") from None
+    if zf.start_dir != cd_offset:
+        raise NativeUnsupported(f"{label}: its end of central directory is another zip's "
+                                "(bytes before it)")
     prefix = infos[0].filename.split("/", 1)[0] if infos else ""
     pkl, records = None, {}
     for info in infos:
@@ -455,9 +491,9 @@ class _ChunkUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return _rebuild_tensor
+            return Call(_rebuild_tensor, name)  # never the function: its __defaults__
         if (module, name) == ("torch._utils", "_rebuild_tensor_v3"):
-            return _rebuild_tensor_v3
+            return Call(_rebuild_tensor_v3, name)
         if (module, name) == ("collections", "OrderedDict"):
             return OrderedDict
         if (module, name) == ("torch.storage", "UntypedStorage"):
@@ -563,15 +599,44 @@ def _copy_with_numpy(dst: memoryview, shape: tuple[int, ...], chunk: NativeTenso
     return True
 
 
-def _overlap(chunks: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> bool:
+def _runs(shape: tuple[int, ...], offsets: tuple[int, ...],
+          sizes: tuple[int, ...]) -> Iterator[tuple[int, int]]:
+    """A non-empty chunk's elements as (start, stop) runs of the whole tensor's row-major
+    element indices, in increasing order: one run per index of the dimensions before
+    those the chunk spans whole (one run for a chunk of whole rows)."""
+    n = len(shape)
+    if n == 0:
+        yield 0, 1
+        return
+    target = [1] * n
+    for d in range(n - 2, -1, -1):
+        target[d] = target[d + 1] * shape[d + 1]
+    j = n - 1
+    while j > 0 and sizes[j] == shape[j]:
+        j -= 1
+    run, base = sizes[j] * target[j], offsets[j] * target[j]
+    for idx in itertools.product(*(range(o, o + s) for o, s in zip(offsets[:j], sizes[:j],
+                                                                     strict=True))):
+        start = base + sum(i * t for i, t in zip(idx, target, strict=False))
+        yield start, start + run
+
+
+def _overlap(shape: tuple[int, ...],
+             chunks: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> tuple[bool, int]:
     """Whether two non-empty chunks share an element (their sizes add up to the whole
-    tensor's, checked at open: disjoint chunks then tile it)."""
-    boxes = sorted((o, s) for o, s in chunks if math.prod(s))
-    for i, (oa, sa) in enumerate(boxes):
-        for ob, sb in boxes[i + 1:]:
-            if all(a < b + m and b < a + n for a, n, b, m in zip(oa, sa, ob, sb, strict=True)):
-                return True
-    return False
+    tensor's, checked at open: disjoint chunks then tile it), and how many runs were
+    compared: every chunk's runs merged in order of their start (``heapq.merge``, n log n
+    in the runs, which the copy walks anyway), each compared with the furthest end
+    before it."""
+    end, compared = -1, 0
+    runs = [_runs(shape, o, s) for o, s in chunks if math.prod(s)]
+    for i, (start, stop) in enumerate(heapq.merge(*runs)):
+        if i:
+            compared += 1
+            if start < end:
+                return True, compared
+        end = max(end, stop)
+    return False, compared
 
 
 class NativeDcp:
@@ -584,6 +649,7 @@ class NativeDcp:
         self._maps: dict[str, memoryview] = {}
         self._kept: OrderedDict[int, _LazyStorage] = OrderedDict()
         self._torch: Any = None  # dcp.DcpCheckpoint, for a chunk this reader cannot read
+        self._overlaps: dict[str, bool] = {}  # tensor key -> whether its chunks overlap
 
     def _item(self, key: str, offsets: tuple[int, ...] | None) -> memoryview:
         rel, start, length = self.md.items[(key, offsets)]
@@ -640,7 +706,9 @@ class NativeDcp:
             view = t.storage.buffer[start:start + nbytes]
             if t.is_contiguous() and stop - start == nbytes and _aligned(view, dtype.itemsize):
                 return view
-        if _overlap(chunks):  # holes left: torch's path decides what they hold
+        if key not in self._overlaps:  # once per tensor: its copy is rebuilt when dropped
+            self._overlaps[key] = _overlap(shape, chunks)[0]
+        if self._overlaps[key]:  # holes left: torch's path decides what they hold
             raise NativeUnsupported(f"the chunks of {key!r} overlap")
         out = bytearray(nbytes)
         dst = memoryview(out)
