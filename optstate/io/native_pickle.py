@@ -19,14 +19,18 @@ OrderedDict (torch's loader sets an OrderedDict's ``__dict__``, e.g. a model sta
 ``_metadata``; our globals refuse attributes, and every tensor is checked unchanged after
 the last opcode), a compressed record, a record of another size than its storage, a
 tensor outside its storage, a key seen with two storage types or sizes, tensor metadata
-(conj/neg bits), a big-endian file. The caller then reads the file with torch, whose
-verdict (and wording) is the established one: this reader never judges a file itself.
+(conj/neg bits), a big-endian file, and what torch's rebuild refuses: an integer or bool
+tensor that requires grad, a ``torch.device`` in another form than torch.save writes
+(read ones are ``NativeDevice``s, printing as torch's), sizes, strides or offsets past
+int64 or an element count or byte extent that overflows it. The caller then reads the
+file with torch, whose verdict (and wording) is the established one: this reader never
+judges a file itself.
 One difference is left: SETITEM on a list (``l[0] = x``, only in a hand-made pickle)
 is refused by torch's unpickler and done by the C one; no byte outside a record is read.
 
 For other pickles (a DCP ``.metadata``), ``RestrictedUnpickler`` takes any allow-list.
 
-About 450 lines on purpose: the allow-list, the storages and the zip checks are one
+About 500 lines on purpose: the allow-list, the storages and the zip checks are one
 contract with torch's loader (accept nothing it refuses), read best side by side.
 """
 

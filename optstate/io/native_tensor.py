@@ -18,7 +18,7 @@ Values are decoded exactly as torch converts them: IEEE half and bfloat16 by the
 the float8 formats through 256-entry tables (``FP8_TABLES``; the tests compare every code
 with torch's ``.float()``).
 
-About 420 lines on purpose: the descriptor, its element types and their exact decoding are
+About 470 lines on purpose: the descriptor, its element types and their exact decoding are
 one contract that every native reader and kernel relies on, and read best side by side.
 """
 
