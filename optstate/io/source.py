@@ -83,7 +83,8 @@ class Source:
     # model files are not fetched. Removed with the Source.
     mirror: Path | None = None
     # "native": read without torch (``native_pickle``, ``native_dcp``); "torch": with it,
-    # ``reader_note`` saying why when another reader was asked for (None: it was not)
+    # ``reader_note`` saying why when another reader was asked for (None: it was not);
+    # "native" with a note: a sibling file (scheduler.pt) was read with torch, and why
     reader: str = "torch"
     reader_note: str | None = None
 
@@ -110,12 +111,12 @@ def open_source(path: str | Path | RemotePath, *, mmap: bool = True, unsafe: boo
         local = local_path(path)
         if local is None:
             return _torch_because(_open_remote(path, unsafe=unsafe, copying=copying), reader,
-                                  "a remote checkpoint (a URL) is read with torch")
+                                  "a remote checkpoint (a URL)")
         path = local
     p = Path(path)
     if p.is_dir() and is_deepspeed_folder(p) or p.is_file() and is_deepspeed_file(p):
         return _torch_because(_open_deepspeed(p, unsafe=unsafe, copying=copying), reader,
-                              "a DeepSpeed checkpoint is read with torch")
+                              "a DeepSpeed checkpoint")
     if p.is_dir():
         return _open_folder(p, mmap=mmap, unsafe=unsafe, copying=copying, reader=reader)
     if p.is_file():
@@ -173,7 +174,7 @@ def _open_folder(p: Path, *, mmap: bool, unsafe: bool, copying: str | None,
         if ranks := rank_files(p):  # FSDP2: one torch.save per rank
             return _torch_because(
                 _open_ranks(p, ranks, mmap=mmap, unsafe=unsafe, copying=copying), reader,
-                "a folder of FSDP2 rank files (DTensors) is read with torch")
+                "a folder of FSDP2 rank files (DTensors)")
     if opt_file is None:
         raise CheckpointError(
             f"{p} is a folder with no optimizer.pt or optimizer.bin in it",
@@ -254,7 +255,7 @@ def _open_dcp(p: Path, reader: str = "torch") -> Source:
         try:
             from optstate.io.native_dcp import read_dcp_native
         except ImportError:  # not built yet
-            note = "DCP folders are read with torch"
+            note = "a DCP folder (the native DCP reader is missing)"
         else:
             from optstate.io.native_tensor import NativeUnsupported
 
@@ -312,10 +313,13 @@ def _add_scheduler_sibling(src: Source, opt_file: Path, *, unsafe: bool,
     if src.reader != "native":
         reader = "torch"
     try:  # the optimizer state is still worth showing when its scheduler file is broken
-        src.siblings["scheduler"] = load_torch_file(sched_file, unsafe=unsafe,
-                                                    reader=reader).obj
+        loaded = load_torch_file(sched_file, unsafe=unsafe, reader=reader)
     except CheckpointError as e:
         src.sibling_errors["scheduler"] = str(e)
+        return
+    src.siblings["scheduler"] = loaded.obj
+    if reader != "torch" and loaded.reader != "native":  # torch was imported for it: say so
+        src.reader_note = f"{sched_file.name}: read with torch ({loaded.reader_note})"
 
 
 # --------------------------------------------------------------------------- remote

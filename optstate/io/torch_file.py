@@ -11,7 +11,7 @@ structure is checked first (``torch_zip.py``). After loading, the object is ``wa
 ``unsafe=True`` exists for files the user trusts; nothing sets it by default (the
 CLI's ``--unsafe`` flag, which warns loudly, or a library caller's ``unsafe=True``).
 
-About 490 lines on purpose: one load sequence (format, pre-scan, the reader's choice, the
+About 500 lines on purpose: one load sequence (format, pre-scan, the reader's choice, the
 native read or ``torch.load``, the wording of each refusal) read top to bottom, and the three
 small writers that load back with it.
 
@@ -36,7 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optstate.base.errors import CheckpointError, OptstateError, UnsafeCheckpointError, option
+from optstate.base.errors import (
+    CheckpointError,
+    ConfigError,
+    OptstateError,
+    UnsafeCheckpointError,
+    option,
+)
 from optstate.base.limits import Limits, size_text
 from optstate.base.limits import current as current_limits
 from optstate.io import readguard
@@ -162,6 +168,8 @@ def clean_message(e: BaseException) -> str:
 
 
 READERS = ("torch", "auto", "native")
+COMPRESSED_NOTE = ("the zip's members are compressed (torch.save stores them uncompressed, "
+                   "so it was re-zipped)")
 
 
 def choose_reader(reader: str) -> tuple[str, str | None]:
@@ -173,8 +181,12 @@ def choose_reader(reader: str) -> tuple[str, str | None]:
         raise ValueError(f"reader must be one of {', '.join(READERS)}, not {reader!r}")
     if reader == "torch":
         return "torch", None
-    if os.environ.get("OPTSTATE_READER", "").strip().lower() == "torch":
+    forced = os.environ.get("OPTSTATE_READER", "")
+    if forced.strip().lower() == "torch":
         return "torch", "OPTSTATE_READER=torch"
+    if forced.strip().lower() not in ("", "native", "auto"):  # a typo must not pass unseen
+        raise ConfigError(f"OPTSTATE_READER={forced.strip()} is not a reader: use torch or "
+                          "native")
     return "native", None
 
 
@@ -251,11 +263,11 @@ def _not_native(fmt: str, zinfo: TorchZip | None, counts: PickleCounts | None,
                 pkl: bytes | None, unsafe: bool) -> str | None:
     """Why the native reader leaves this file to torch, or None."""
     if unsafe:
-        return f"{option('unsafe', True)} reads with torch's full unpickler"
+        return f"{option('unsafe', True)} (torch's full unpickler)"
     if fmt != "zip" or zinfo is None or counts is None:
         return "the legacy (non-zip) torch.save format"
     if zinfo.compressed:
-        return "the zip has compressed members (torch.save stores them)"
+        return COMPRESSED_NOTE
     return counts.native_refusal(len(pkl or b""))
 
 

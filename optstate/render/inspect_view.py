@@ -75,8 +75,10 @@ def reader_line(file: dict[str, Any]) -> Text | None:
     """'read with torch: legacy format' when torch read a checkpoint another reader was
     asked for (``reader_note`` of a report's ``file``: why); None when read without torch
     (the usual case says nothing)."""
-    if file.get("reader") != "torch" or not file.get("reader_note"):
+    if not file.get("reader_note"):
         return None
+    if file.get("reader") != "torch":  # a sibling file read with torch: the note says so
+        return Text(file["reader_note"], style="dim")
     return Text(f"read with torch: {file['reader_note']}", style="dim")
 
 
