@@ -189,3 +189,18 @@ def test_an_unknown_reader_through_the_cli(tmp_path):
         assert got.stderr.strip() == ("Error: OPTSTATE_READER=bogus is not a reader: use "
                                       "torch or native"), got.stderr
         assert "Traceback" not in got.stderr
+
+
+def test_timeline_names_the_sibling_read_with_torch(tmp_path):
+    run = tmp_path / "run"
+    for step in (5, 10):
+        folder = _hf_folder(run / f"s{step}", legacy_scheduler=True)
+        folder.rename(run / f"checkpoint-{step}")
+        (run / f"s{step}").rmdir()
+    # (timeline reads checkpoints in threads: one importing torch for its scheduler.pt
+    # while another walks a native tree saw a half-imported torch)
+    got = _cli("timeline", str(run), "--no-cache", env={"COLUMNS": "200"})
+    assert got.returncode in (0, 1), got.stderr  # 1: the step repeats (the same state)
+    lines = [ln for ln in got.stdout.splitlines() if "read with torch" in ln]
+    assert lines == ["scheduler.pt: read with torch (the legacy (non-zip) torch.save format) "
+                     "(2 of 2 checkpoints)"], got.stdout

@@ -115,7 +115,9 @@ def walk(obj: Any, *, max_depth: int | None = None, max_nodes: int | None = None
         max_depth = limits.depth if max_depth is None else max_depth
         max_nodes = limits.nodes if max_nodes is None else max_nodes
 
-    torch = sys.modules.get("torch")  # no torch tensors can exist without it
+    torch = None  # no torch tensors can exist without it
+    if "torch" in sys.modules:  # imported, or being imported by another thread (timeline's
+        import torch  # readers: a sibling file read with torch): wait until it is whole
     tensor_type = (torch.Tensor, NativeTensor) if torch is not None else NativeTensor
     if torch is not None and not _STRIDED:
         _STRIDED.append(torch.strided)

@@ -309,11 +309,12 @@ def reader_summary(report: dict[str, Any]) -> Text | None:
     were read without torch."""
     cps = report["checkpoints"]
     notes = [c["reader_note"] for c in cps if c.get("reader") == "torch" and c.get("reader_note")]
-    if not notes:
-        return None
-    why = "; ".join(dict.fromkeys(notes))
-    return Text(f"read with torch: {len(notes)} of {len(cps)} checkpoint"
-                f"{'s' * (len(cps) != 1)} ({why})", style="dim")
+    # read natively, a sibling file with torch: "scheduler.pt: read with torch (why)"
+    sibs = [c["reader_note"] for c in cps if c.get("reader") != "torch" and c.get("reader_note")]
+    of = f" of {len(cps)} checkpoint{'s' * (len(cps) != 1)}"
+    parts = [f"read with torch: {len(notes)}{of} ({'; '.join(dict.fromkeys(notes))})"] * bool(notes)
+    parts += [f"{note} ({sibs.count(note)}{of})" for note in dict.fromkeys(sibs)]
+    return Text("; ".join(parts), style="dim") if parts else None
 
 
 def verdict(report: dict[str, Any]) -> Text:
