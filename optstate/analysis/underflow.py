@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from optstate.analysis.findings import as_number, at, finding, places
-from optstate.io.native_tensor import FP8_TABLES, as_torch, dtype_name, is_native
+from optstate.io.native_tensor import FP8_TABLES, as_torch, dtype_name, is_native, is_tensor
+from optstate.numeric.views import repeated_view
 from optstate.state.view import OptimizerStateView
 
 # The smallest positive (subnormal) number of each floating dtype, torch.finfo's
@@ -76,6 +77,10 @@ def _count_underflowed(view: OptimizerStateView, position: int, first: str,
     """(elements with first != 0 and second == 0, max |first| over them)."""
     state = view.params[position].state
     m, v = state[first], state[second]
+    if any(is_tensor(t) and repeated_view(t) for t in (m, v)):
+        # a view repeating stored elements (expand, overlapping strides) claims far more
+        # elements than its file stores: not counted element by element, by either reader
+        return 0, 0.0
     if is_native(m) and is_native(v):  # read without torch: numpy counts them
         try:
             return _count_native(m, v)
@@ -105,7 +110,10 @@ def _count_native(m: Any, v: Any) -> tuple[int, float]:
     if m.numel() != v.numel():
         return 0, 0.0  # mismatched: no element-wise answer
     n, biggest = 0, 0.0
-    am, av = m.array().reshape(-1), v.array().reshape(-1)
+    try:
+        am, av = m.array().reshape(-1), v.array().reshape(-1)
+    except (MemoryError, ValueError):  # as the torch path's RuntimeError: no answer
+        return 0, 0.0
     for start in range(0, am.size, _CHUNK):  # masks of a bounded size
         a = _decoded(am[start:start + _CHUNK], m.dtype.name, np)
         b = _decoded(av[start:start + _CHUNK], v.dtype.name, np)
