@@ -204,3 +204,19 @@ def test_timeline_names_the_sibling_read_with_torch(tmp_path):
     lines = [ln for ln in got.stdout.splitlines() if "read with torch" in ln]
     assert lines == ["scheduler.pt: read with torch (the legacy (non-zip) torch.save format) "
                      "(2 of 2 checkpoints)"], got.stdout
+
+
+def test_a_legacy_model_file_read_for_names_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPTSTATE_READER", raising=False)
+    folder = tmp_path / "checkpoint-5"
+    folder.mkdir()
+    torch.save(_state()[0], folder / "optimizer.pt")
+    torch.save({"fc.weight": torch.zeros(3, 4)}, folder / "pytorch_model.bin",
+               _use_new_zipfile_serialization=False)
+    got = _cli("inspect", str(folder), "--json", "--no-stats")
+    assert got.returncode == 0, got.stderr
+    report = json.loads(got.stdout)
+    assert report["params"][0]["name"] == "fc.weight"
+    assert (report["file"]["reader"], report["file"]["reader_note"]) == (
+        "native", "pytorch_model.bin (read for names): read with torch (the legacy (non-zip) "
+        "torch.save format)")

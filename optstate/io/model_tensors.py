@@ -111,6 +111,8 @@ class ModelTensors:
     path: str | None = None
     location: str | None = None
     params_only: bool = False
+    # a torch.save file read with torch where the native reader was asked for: why
+    reader_note: str | None = None
 
 
 def could_be_parameter(t: ModelTensor) -> bool:
@@ -346,16 +348,22 @@ def _model_reader() -> str:
 def _read_torch_file(p: Path) -> ModelTensors:
     from optstate.io.torch_file import load_torch_file
 
-    obj = load_torch_file(p, mmap=True, reader=_model_reader()).obj
+    reader = _model_reader()
+    loaded = load_torch_file(p, mmap=True, reader=reader)
+    obj = loaded.obj
     if is_model_state_dict(obj):
-        return model_tensors_from_state_dict(obj, origin=p.name, path=str(p))
-    found = find_model_in_container(obj, "") if isinstance(obj, Mapping) else None
-    if found is None:
-        raise _not_a_model(p, _what_instead(obj))
-    location, sd = found
-    return model_tensors_from_state_dict(
-        sd, origin=f"the model state_dict at '{display(location)}' in {p.name}",
-        path=str(p), location=location)
+        out = model_tensors_from_state_dict(obj, origin=p.name, path=str(p))
+    else:
+        found = find_model_in_container(obj, "") if isinstance(obj, Mapping) else None
+        if found is None:
+            raise _not_a_model(p, _what_instead(obj))
+        location, sd = found
+        out = model_tensors_from_state_dict(
+            sd, origin=f"the model state_dict at '{display(location)}' in {p.name}",
+            path=str(p), location=location)
+    if reader != "torch" and loaded.reader != "native":
+        out.reader_note = f"{p.name} (read for names): read with torch ({loaded.reader_note})"
+    return out
 
 
 def _what_instead(obj: Any) -> str:
@@ -495,10 +503,15 @@ def _torch_shards(p: Path, folder: Path, shards: list[str],
 
     merged: dict[str, Any] = {}
     seen: dict[str, str] = {}
+    note = None
     for shard in shards:
         shard_path = folder / shard
         _shard_size(p, shard_path)
-        obj = load_torch_file(shard_path, mmap=True, reader=_model_reader()).obj
+        reader = _model_reader()
+        loaded = load_torch_file(shard_path, mmap=True, reader=reader)
+        obj = loaded.obj
+        if reader != "torch" and loaded.reader != "native" and note is None:
+            note = f"{shard} (read for names): read with torch ({loaded.reader_note})"
         if not is_model_state_dict(obj):
             raise CheckpointError(f"{p}: its shard {shard} does not hold a model "
                                   "state_dict")
@@ -512,6 +525,7 @@ def _torch_shards(p: Path, folder: Path, shards: list[str],
     out = model_tensors_from_state_dict(merged, origin=f"{p.name} ({len(shards)} shards)",
                                         path=str(p))
     out.ordered = len(shards) == 1  # see the module docstring
+    out.reader_note = note
     return out
 
 

@@ -128,6 +128,9 @@ def name_params(view: OptimizerStateView, source: Any = None, located: Any = Non
     else:
         model, why, unordered, others = model_near(source, located)
         src = "model_state_dict"
+    note = getattr(model, "reader_note", None)  # its model file needed torch: say so
+    if note and getattr(source, "reader", None) == "native" and not source.reader_note:
+        source.reader_note = note
     if model is None:
         return _finish(view, None, reason=why)
     return _align(view, model, src, source, unordered, others)
