@@ -502,7 +502,9 @@ class _ChunkUnpickler(pickle.Unpickler):
             return _DtypeName(_STORAGES[name])
         if module == "torch" and name in DTYPES:
             return _DtypeName(name)
-        raise NativeUnsupported(f"a chunk needs {module}.{name}")
+        from optstate.io.reader_notes import needs_global
+
+        raise NativeUnsupported(f"a tensor chunk: {needs_global(module, name)}")
 
     def persistent_load(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"

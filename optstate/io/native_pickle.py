@@ -230,7 +230,7 @@ def _rebuild_tensor_v3(storage: Any, storage_offset: Any, size: Any, stride: Any
     if type(dtype) is not NativeDtype:
         raise NativeUnsupported("a tensor's dtype is not a dtype")
     if type(storage) is _Stored and storage.stype.dtype is not None:
-        raise NativeUnsupported("_rebuild_tensor_v3 over a typed storage")
+        raise NativeUnsupported("a tensor over a typed storage (an odd layout)")
     return _tensor(storage, storage_offset, size, stride, requires_grad, dtype, metadata)
 
 
@@ -279,7 +279,7 @@ def _device(*args: Any) -> NativeDevice:
 def _encode(text: Any, encoding: Any = "utf-8") -> bytes:
     """``_codecs.encode(str, 'latin1')``: how pickle protocol 2 writes ``bytes``."""
     if type(text) is not str or encoding not in ("latin1", "latin-1"):
-        raise NativeUnsupported("_codecs.encode with other arguments than pickle's")
+        raise NativeUnsupported("bytes encoded otherwise than pickle encodes them")
     return text.encode("latin1")
 
 
