@@ -184,7 +184,8 @@ def test_the_known_reader_values(value, monkeypatch):
 def test_an_unknown_reader_through_the_cli(tmp_path):
     f = tmp_path / "a.pt"
     torch.save(_state()[0], f)
-    for args in (["inspect", str(f)], ["diff", str(f), str(f), "--json"]):
+    for args in (["inspect", str(f)], ["diff", str(f), str(f), "--json"],
+                 ["timeline", str(tmp_path), "--no-cache"]):
         got = _cli(*args, env={"OPTSTATE_READER": "bogus"})
         assert got.returncode == 2, (args, got.stdout, got.stderr)
         assert got.stderr.strip() == ("Error: OPTSTATE_READER=bogus is not a reader: use "
