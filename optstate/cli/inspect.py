@@ -111,7 +111,7 @@ def inspect(
         if layout:  # DCP storage layout: optstate/io/dcp_layout.py
             from optstate.io.dcp_layout import layout_report
 
-            report["layout"] = layout_report(target)
+            report["layout"] = layout_report(target, reader="auto")
     if json_:
         from optstate.render.json_view import dumps
 

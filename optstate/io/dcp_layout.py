@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optstate.base.errors import ConfigError, option
-from optstate.io.dcp import DcpCheckpoint
 from optstate.io.dcp_metadata import METADATA_FILE, is_dcp_folder
-from optstate.io.lazy import LazyTensor
+from optstate.io.native_tensor import NativeUnsupported
+
+if TYPE_CHECKING:
+    from optstate.io.dcp import DcpCheckpoint
 
 
 def chunk_layout(obj: Any) -> dict[str, list[dict[str, Any]]]:
     """Flattened DCP key -> its chunks, for every lazy tensor in ``obj`` (verbose views)."""
+    from optstate.io.lazy import LazyTensor
+
     out: dict[str, list[dict[str, Any]]] = {}
 
     def walk(node: Any) -> None:
@@ -36,11 +40,13 @@ def chunk_layout(obj: Any) -> dict[str, list[dict[str, Any]]]:
 _RANK_FILE = re.compile(r"__(\d+)_\d+\.distcp")
 
 
-def layout_report(path: str | Path) -> dict[str, Any]:
+def layout_report(path: str | Path, *, reader: str = "torch") -> dict[str, Any]:
     """How every tensor of the DCP folder ``path`` is stored: its chunks (offsets and
     sizes within the whole tensor) and the file, hence the rank, each chunk is in. Reads
     only the metadata. Plain data (the ``layout`` section of ``inspect --layout``).
-    A URL is a folder in object storage: its listing and ``.metadata`` by range reads."""
+    A URL is a folder in object storage: its listing and ``.metadata`` by range reads.
+    ``reader`` as ``source.open_source``'s: "auto" reads a local folder's metadata without
+    torch (``native_dcp.layout_native``) where the native reader knows it."""
     from optstate.io.remote import is_url, local_path
 
     if isinstance(path, str) and is_url(path) and local_path(path) is None:
@@ -53,10 +59,23 @@ def layout_report(path: str | Path) -> dict[str, Any]:
             f"(no {METADATA_FILE})",
             hint=f"a torch.save file is one piece: drop {option('layout', True)}",
         )
+    if reader != "torch":
+        from optstate.io.torch_file import choose_reader
+
+        if choose_reader(reader)[0] == "native":
+            from optstate.io.native_dcp import layout_native
+
+            try:
+                return layout_native(Path(path))
+            except NativeUnsupported:  # torch's reader judges it, with its messages
+                pass
+    from optstate.io.dcp import DcpCheckpoint
+
     return _report(DcpCheckpoint(path))
 
 
 def _remote_checkpoint(url: str) -> DcpCheckpoint:
+    from optstate.io.dcp import DcpCheckpoint
     from optstate.io.remote import RemotePath, display
 
     rp = RemotePath(url)
