@@ -24,6 +24,12 @@ from torch import nn
 
 from optstate.io import remote
 from tests.conftest import ROOT
+from tests.remote_reader import (
+    LOCAL_READ_WITH_TORCH,
+    READER_LINE,
+    without_reader,
+    without_reader_line,
+)
 
 FIXTURES = ROOT / "tests" / "fixtures"
 # the fields that name where the bytes came from or count the reading of them
@@ -68,7 +74,9 @@ def inspect_json(cli, target, *extra: str) -> dict:
 
 def without_where(report: dict, local: Path, url: str) -> dict:
     """The report with the reading-place fields dropped and every mention of the local path
-    written as the URL (warnings' ``where`` name files)."""
+    written as the URL (warnings' ``where`` name files); the reader's keys too (a URL is read
+    with torch, a local file natively: tests/remote_reader.py)."""
+    report = without_reader(report)
     report = dict(report, file={k: v for k, v in report["file"].items() if k not in WHERE})
     text = json.dumps(report, sort_keys=True).replace(str(local), url)
     return json.loads(text)
@@ -82,7 +90,10 @@ def error_lines(stderr: str) -> list[str]:
 
 @pytest.mark.parametrize("which, stats", [("small", True), ("small", False), ("dcp", True),
                                           ("dcp", False)])
-def test_local_and_remote_reports_are_equal(cli, s3, s3_bucket, ckpts, which, stats):
+def test_local_and_remote_reports_are_equal(cli, s3, s3_bucket, ckpts, which, stats,
+                                            monkeypatch):
+    if stats:  # compared exactly: tests/remote_reader.py
+        monkeypatch.setenv(*LOCAL_READ_WITH_TORCH)
     local = ckpts[which]
     url = f"s3://{s3_bucket}/run/{local.name}"
     (s3.put_dir if local.is_dir() else s3.put)(local, url)
@@ -108,10 +119,11 @@ def test_full_stats_read_each_byte_about_once(cli, s3, s3_bucket, ckpts, fault_p
     assert fault_proxy.get_bytes(r"/big\.pt$") == f["bytes_read"]
 
 
-def test_a_trainer_folder_reads_the_same_remotely(cli, s3, s3_bucket, ckpts):
+def test_a_trainer_folder_reads_the_same_remotely(cli, s3, s3_bucket, ckpts, monkeypatch):
     """A real Trainer checkpoint folder (optimizer.pt, scheduler.pt beside it): the same
     state, statistics, scheduler and parameter names (from its config.json), locally and from
     the bucket."""
+    monkeypatch.setenv(*LOCAL_READ_WITH_TORCH)  # stats compared exactly: tests/remote_reader.py
     local = ckpts["trainer"]
     url = s3.put_dir(local, f"s3://{s3_bucket}/run/checkpoint-10")
     here, there = inspect_json(cli, local), inspect_json(cli, url)
@@ -146,8 +158,10 @@ def test_zero_rows_do_not_make_stats_read_twice(cli, s3, s3_bucket, tmp_path, la
     assert f["bytes_read"] <= f["bytes_total"] + (128 << 10), f
 
 
-def test_diff_of_two_remote_files_equals_the_local_diff(cli, s3, s3_bucket, tmp_path):
+def test_diff_of_two_remote_files_equals_the_local_diff(cli, s3, s3_bucket, tmp_path,
+                                                        monkeypatch):
     """diff takes URLs too: the same comparison, and each side says what it read."""
+    monkeypatch.setenv(*LOCAL_READ_WITH_TORCH)  # stats compared exactly: tests/remote_reader.py
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
     torch.save(adam_state([(16, 8), (8,)], steps=2), a)
     torch.save(adam_state([(16, 8), (8,)], steps=3), b)
@@ -161,6 +175,7 @@ def test_diff_of_two_remote_files_equals_the_local_diff(cli, s3, s3_bucket, tmp_
         assert there[side]["bytes_read"] > 0 and there[side]["requests"] >= 1
         for k in ("path", "file", "bytes_read", "requests", "retries"):
             here[side].pop(k), there[side].pop(k)
+    here, there = without_reader(here), without_reader(there)  # tests/remote_reader.py
     text = json.dumps(here, sort_keys=True).replace(str(a), ua).replace(str(b), ub)
     assert json.loads(text) == there
 
@@ -190,7 +205,9 @@ def test_human_footer_names_the_bytes_read(cli, s3, s3_bucket, ckpts):
     url = s3.put(ckpts["big"], f"s3://{s3_bucket}/big.pt")
     r = cli("inspect", url, "--no-stats")
     assert r.exit_code == 0, r.stderr
-    footer = [line for line in r.stdout.splitlines() if line.strip().startswith("read ")]
+    # a URL is read with torch, and its dim line says so (tests/remote_reader.py)
+    assert sum(line.strip().startswith(READER_LINE) for line in r.stdout.splitlines()) == 1
+    footer = [line for line in without_reader_line(r.stdout) if line.strip().startswith("read ")]
     assert len(footer) == 1, r.stdout
     assert re.fullmatch(r"read [\d.]+ [kMG]?B of 33\.6 MB \([\d.]+%\) in \d+ requests?",
                         footer[0].strip()), footer[0]

@@ -12,10 +12,15 @@ import pytest
 import torch
 from torch import nn
 
+from tests.remote_reader import LOCAL_READ_WITH_TORCH, without_reader
+
 PATH_FIELDS = ("path", "read", "bytes_read", "requests", "retries")
 
 
 def _drop(report):
+    """A report without the fields that name where it was read from and what it cost, nor
+    the reader's (a URL is read with torch, a local file natively: tests/remote_reader.py)."""
+    report = without_reader(report)
     if isinstance(report, dict):
         return {k: _drop(v) for k, v in report.items() if k not in PATH_FIELDS}
     if isinstance(report, list):
@@ -55,7 +60,8 @@ def local_tmp(tmp_path, monkeypatch) -> Path:
 
 
 def test_set_to_a_url_reads_back_as_the_local_result(cli, s3, s3_bucket, adam_file,
-                                                     tmp_path, local_tmp):
+                                                     tmp_path, local_tmp, monkeypatch):
+    monkeypatch.setenv(*LOCAL_READ_WITH_TORCH)  # stats compared exactly: tests/remote_reader.py
     url = f"s3://{s3_bucket}/run/new.pt"
     r = cli("set", adam_file, "-o", url, "--lr", "0.5", "--set", "betas=0.8,0.99")
     assert r.exit_code == 0, r.stderr
@@ -117,7 +123,8 @@ def test_a_failed_upload_leaves_no_object_and_no_temp(cli, s3, s3_bucket, adam_f
 
 
 def test_convert_to_a_dcp_folder_url_uploads_metadata_last(cli, s3, s3_bucket, adam_file,
-                                                           fault_proxy, tmp_path):
+                                                           fault_proxy, tmp_path, monkeypatch):
+    monkeypatch.setenv(*LOCAL_READ_WITH_TORCH)  # stats compared exactly: tests/remote_reader.py
     url = f"s3://{s3_bucket}/run/dcp"
     r = cli("convert", adam_file, url)
     assert r.exit_code == 0, r.stderr
