@@ -61,6 +61,7 @@ from optstate.base.errors import CheckpointError
 from optstate.base.limits import LimitError
 from optstate.base.limits import current as current_limits
 from optstate.io.dcp_metadata import Call, Locked, path_text
+from optstate.io.dcp_tree import lists_back, restore_positions
 from optstate.io.native_tensor import (
     DTYPES,
     NativeDtype,
@@ -792,47 +793,10 @@ def rebuild_tree(keys: list[str], paths: dict[str, tuple[Any, ...]], values: dic
             node = child
         node[path[-1]] = value
     try:
-        return _restore_positions(_lists_back(root, skip=loaded), loaded)
+        return restore_positions(lists_back(root, skip=loaded), loaded)
     except RecursionError:  # only with the depth limit raised past Python's stack
         raise CheckpointError(f"{where} nests its keys too deeply to read "
                               f"(limit depth={depth})") from None
-
-
-def _lists_back(node: Any, parent: dict[Any, Any] | None = None, key: Any = None,
-               skip: set[int] = frozenset()) -> Any:  # type: ignore[assignment]
-    """``dcp._lists_back``: dicts keyed 0..n-1 back into lists, except an optimizer's
-    ``state``; values loaded whole (``skip``) are left alone."""
-    if not isinstance(node, dict) or id(node) in skip:
-        return node
-    for k in list(node):
-        node[k] = _lists_back(node[k], node, k, skip)
-    is_opt_state = key == "state" and parent is not None and "param_groups" in parent
-    if node and not is_opt_state and list(node) == list(range(len(node))):
-        return [node[i] for i in range(len(node))]
-    return node
-
-
-def _restore_positions(node: Any, skip: set[int] = frozenset()) -> Any:  # type: ignore[assignment]
-    """``dcp._restore_positions``: an optimizer's positional state keys back to the integers
-    its ``params`` lists name; a fresh optimizer's dropped ``state: {}`` back."""
-    if id(node) in skip:
-        return node
-    if isinstance(node, dict):
-        for k in list(node):
-            node[k] = _restore_positions(node[k], skip)
-        state, groups = node.get("state"), node.get("param_groups")
-        if state is None and "state" not in node and isinstance(groups, list) and groups and all(
-            isinstance(g, dict) and "params" in g for g in groups
-        ):
-            node = {"state": {}, **node}
-        elif isinstance(state, dict) and isinstance(groups, list):
-            ints = {str(p): p for g in groups if isinstance(g, dict)
-                    for p in (g.get("params") or []) if isinstance(p, int)}
-            if ints and all(isinstance(k, str) and k in ints for k in state):
-                node["state"] = {ints[k]: v for k, v in state.items()}
-    elif isinstance(node, list):
-        return [_restore_positions(v, skip) for v in node]
-    return node
 
 
 # ---------------------------------------------------------------- inspect --layout
