@@ -34,9 +34,9 @@ The tree is put back together as ``dcp.py`` does (``rebuild_tree``: positional o
 state keys, lists, a fresh optimizer's empty ``state``). ``layout_native`` is
 ``inspect --layout``'s data (``dcp_layout.layout_report``) from the metadata alone.
 
-About 890 lines: the metadata classes, their checks, the chunk reader and the tree rebuild
-are one reader that mirrors ``dcp_metadata`` + ``dcp.py`` line for line, and reads best
-as one file.
+About 860 lines: the metadata classes, their checks and the chunk reader are one reader
+that mirrors ``dcp_metadata`` + ``dcp.py`` (the tree rebuild is shared: ``dcp_tree``), and
+reads best as one file.
 """
 
 from __future__ import annotations
