@@ -50,7 +50,7 @@ from optstate.io.dcp_metadata import (
     storage_files,
 )
 from optstate.io.dcp_reader import SafeFileSystemReader
-from optstate.io.dcp_tree import lists_back, restore_positions
+from optstate.io.dcp_tree import rebuild_tree
 from optstate.io.lazy import KEPT, LazyTensor
 from optstate.io.torch_file import clean_message, prescan_bytes, prescan_stream
 from optstate.io.walk import walk
@@ -287,23 +287,10 @@ class DcpCheckpoint:
             # nest 100 000 deep
             walk(value, label=f"{self.where}: the value {short_repr(key)}",
                  max_depth=limits.depth, max_nodes=limits.nodes)
-        loaded = {id(v) for v in values.values() if isinstance(v, (dict, list, tuple))}
-        root: dict[Any, Any] = {}
-        for key, meta in md.items():
-            value = self.lazy(key) if isinstance(meta, TensorStorageMetadata) else values[key]
-            node = root
-            path = self.path_of(key)
-            for part in path[:-1]:
-                child = node.get(part)
-                if not isinstance(child, dict):
-                    child = node[part] = {}
-                node = child
-            node[path[-1]] = value
-        try:
-            return restore_positions(lists_back(root, skip=loaded), loaded)
-        except RecursionError:  # only with the depth limit raised past Python's stack
-            raise CheckpointError(f"{self.where} nests its keys too deeply to read "
-                                  f"(limit depth={limits.depth})") from None
+        return rebuild_tree(
+            md, values, self.path_of,
+            lambda key: self.lazy(key) if isinstance(md[key], TensorStorageMetadata)
+            else values[key], limits.depth, self.where)
 
     def _prefetch(self, keys: list[str]) -> None:
         """In object storage, fetch the stored items of ``keys`` in a few requests."""

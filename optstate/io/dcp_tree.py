@@ -8,7 +8,35 @@ functions; they touch only plain containers, never a tensor.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
+
+from optstate.base.errors import CheckpointError
+
+
+def rebuild_tree(keys: Iterable[str], values: dict[str, Any],
+                 path_of: Callable[[str], tuple[Any, ...]], value_of: Callable[[str], Any],
+                 depth: int, where: str) -> dict[Any, Any]:
+    """The nested state from DCP's flat ``keys``: each key's value (``value_of``: a tensor,
+    or one of the non-tensor ``values`` loaded whole, which are not entered) put at its
+    path, then the lists and positional keys put back."""
+    loaded = {id(v) for v in values.values() if isinstance(v, (dict, list, tuple))}
+    root: dict[Any, Any] = {}
+    for key in keys:
+        value = value_of(key)
+        node = root
+        path = path_of(key)
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[path[-1]] = value
+    try:
+        return restore_positions(lists_back(root, skip=loaded), loaded)
+    except RecursionError:  # only with the depth limit raised past Python's stack
+        raise CheckpointError(f"{where} nests its keys too deeply to read "
+                              f"(limit depth={depth})") from None
 
 
 def lists_back(node: Any, parent: dict[Any, Any] | None = None, key: Any = None,

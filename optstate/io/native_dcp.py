@@ -60,8 +60,8 @@ from typing import Any
 from optstate.base.errors import CheckpointError
 from optstate.base.limits import LimitError
 from optstate.base.limits import current as current_limits
+from optstate.io import dcp_tree
 from optstate.io.dcp_metadata import Call, Locked, path_text
-from optstate.io.dcp_tree import lists_back, restore_positions
 from optstate.io.native_tensor import (
     DTYPES,
     NativeDtype,
@@ -780,23 +780,9 @@ def _short(key: Any, limit: int = 80) -> str:
 def rebuild_tree(keys: list[str], paths: dict[str, tuple[Any, ...]], values: dict[str, Any],
                  tensor: Callable[[str], Any], depth: int, where: str) -> dict[Any, Any]:
     """The nested state from DCP's flat keys (``DcpCheckpoint.rebuild``'s rules)."""
-    loaded = {id(v) for v in values.values() if isinstance(v, (dict, list, tuple))}
-    root: dict[Any, Any] = {}
-    for key in keys:
-        value = values[key] if key in values else tensor(key)
-        node = root
-        path = paths[key]
-        for part in path[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[path[-1]] = value
-    try:
-        return restore_positions(lists_back(root, skip=loaded), loaded)
-    except RecursionError:  # only with the depth limit raised past Python's stack
-        raise CheckpointError(f"{where} nests its keys too deeply to read "
-                              f"(limit depth={depth})") from None
+    return dcp_tree.rebuild_tree(keys, values, paths.__getitem__,
+                                 lambda key: values[key] if key in values else tensor(key),
+                                 depth, where)
 
 
 # ---------------------------------------------------------------- inspect --layout
