@@ -318,7 +318,8 @@ def test_no_python_type_names_as_metavars(cli, command):
 def test_root_help_says_loading_is_safe(cli):
     r = cli("--help", env={"COLUMNS": "80"})
     lines = [ln.strip() for ln in r.stdout.splitlines()]
-    assert lines[3:7] == [
+    assert lines[3:8] == [
         "Inspect, diff, simulate and repair PyTorch optimizer state checkpoints.", "",
-        "Every file is loaded with torch.load(weights_only=True): opening a",
-        "checkpoint never runs code from it. Each command's --help has examples."]
+        "Every file is loaded safely (optstate's own unpickler, or torch.load with",
+        "weights_only=True): opening a checkpoint never runs code from it. Each",
+        "command's --help has examples."]

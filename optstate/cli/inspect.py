@@ -76,7 +76,9 @@ def inspect(
     a dict holding one ('optimizer_state_dict' as in the PyTorch tutorial,
     'optimizer', ...), a Lightning .ckpt (optimizer_states[0]), a Hugging
     Face / accelerate folder, a DCP folder. Loading never runs code from
-    the file (weights_only=True) and maps GPU tensors to the CPU.
+    the file: zip files and DCP folders are read by optstate's own
+    unpickler, without torch; others by torch.load(weights_only=True).
+    GPU tensors are read on the CPU.
 
     Remote: a checkpoint may be a URL: s3://, gs://, az://, hf://, http(s)://
     (pip install 'optstate\\[s3]', or \\[gcs], \\[azure], \\[hub], \\[http]); only

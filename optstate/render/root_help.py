@@ -33,8 +33,9 @@ COMMANDS: dict[str, str] = {
 # The root command's help (the typer callback's, in optstate/cli/__init__.py).
 DESCRIPTION = """Inspect, diff, simulate and repair PyTorch optimizer state checkpoints.
 
-Every file is loaded with torch.load(weights_only=True): opening a
-checkpoint never runs code from it. Each command's --help has examples."""
+Every file is loaded safely (optstate's own unpickler, or torch.load with
+weights_only=True): opening a checkpoint never runs code from it. Each
+command's --help has examples."""
 
 VERSION_HELP = "Show the version and exit."
 HELP_HELP = "Show this message and exit."
