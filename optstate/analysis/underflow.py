@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from optstate.analysis.findings import as_number, at, finding, places
-from optstate.io.native_tensor import FP8_TABLES, as_torch, dtype_name, is_native, is_tensor
+from optstate.io.native_tensor import as_torch, dtype_name, is_native, is_tensor
 from optstate.numeric.views import repeated_view
 from optstate.state.view import OptimizerStateView
 
@@ -81,7 +81,7 @@ def _count_underflowed(view: OptimizerStateView, position: int, first: str,
         # a view repeating stored elements (expand, overlapping strides) claims far more
         # elements than its file stores: not counted element by element, by either reader
         return 0, 0.0
-    if is_native(m) and is_native(v):  # read without torch: numpy counts them
+    if is_native(m) and is_native(v) and m.shape == v.shape:  # numpy counts them
         try:
             return _count_native(m, v)
         except ImportError:  # numpy is optional: torch counts them, as below
@@ -103,36 +103,25 @@ def _count_underflowed(view: OptimizerStateView, position: int, first: str,
 
 
 def _count_native(m: Any, v: Any) -> tuple[int, float]:
-    """``_count_underflowed`` over two NativeTensors, in numpy (bfloat16 and float8
-    decoded exactly, as torch converts them: only zeros and |first| are asked)."""
+    """``_count_underflowed`` over two same-shape NativeTensors, in numpy: the kernels' blocks and
+    their decoding (bfloat16 and float8 exactly as torch converts them)."""
     import numpy as np
 
-    if m.numel() != v.numel():
-        return 0, 0.0  # mismatched: no element-wise answer
+    from optstate.numeric import native_kernels as nk
+    from optstate.numeric.kernels import index_blocks
+
     n, biggest = 0, 0.0
-    try:
-        am, av = m.array().reshape(-1), v.array().reshape(-1)
-    except (MemoryError, ValueError):  # as the torch path's RuntimeError: no answer
-        return 0, 0.0
-    for start in range(0, am.size, _CHUNK):  # masks of a bounded size
-        a = _decoded(am[start:start + _CHUNK], m.dtype.name, np)
-        b = _decoded(av[start:start + _CHUNK], v.dtype.name, np)
+    dm, dv = nk.decoder(np, m.dtype.name), nk.decoder(np, v.dtype.name)
+    for bm, bv in nk.array_blocks((m, v), _CHUNK, index_blocks):  # masks of a bounded size
+        a, b = np.empty(bm.shape), np.empty(bv.shape)
+        dm(a, bm)
+        dv(b, bv)
         mask = (a != 0) & (b == 0)
         k = int(np.count_nonzero(mask))
         if k:
             n += k
             biggest = max(biggest, float(np.abs(a[mask]).max()))
     return n, biggest
-
-
-def _decoded(codes: Any, dtype: str, np: Any) -> Any:
-    """Values of a numpy view of a NativeTensor's elements (``NativeTensor.array``:
-    bfloat16 and float8 come as raw codes)."""
-    if dtype == "bfloat16":
-        return (codes.astype(np.uint32) << 16).view(np.float32)
-    if dtype in FP8_TABLES:
-        return np.asarray(FP8_TABLES[dtype], dtype=np.float32)[codes]
-    return codes
 
 
 _CHUNK = 1 << 20

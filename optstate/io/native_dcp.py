@@ -61,7 +61,7 @@ from optstate.base.errors import CheckpointError
 from optstate.base.limits import LimitError
 from optstate.base.limits import current as current_limits
 from optstate.io import dcp_tree
-from optstate.io.dcp_metadata import Call, Locked, path_text
+from optstate.io.dcp_metadata import Call, Locked, is_index, path_text, short_repr
 from optstate.io.native_tensor import (
     DTYPES,
     NativeDtype,
@@ -214,12 +214,8 @@ def _unpickle(unpickler: type[pickle.Unpickler], data: bytes | memoryview, what:
         raise NativeUnsupported(f"{what} does not unpickle here ({type(e).__name__})") from None
 
 
-def _is_index(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
 def _is_dims(v: Any) -> bool:
-    return isinstance(v, tuple) and all(_is_index(n) for n in v)
+    return isinstance(v, tuple) and all(is_index(n) for n in v)
 
 
 class _Metadata:
@@ -300,7 +296,7 @@ class _Metadata:
                                          for p in path):
                 raise NativeUnsupported(f"the path of {key!r} passes the limits")
             if isinstance(path, tuple) and path and all(
-                    isinstance(p, str) or _is_index(p) for p in path):
+                    isinstance(p, str) or is_index(p) for p in path):
                 out[key] = path
             else:
                 out[key] = (key,)
@@ -333,7 +329,7 @@ class _Metadata:
                     raise NativeUnsupported(f"{rel} is missing or not a regular file")
                 sizes[rel] = f.stat().st_size
             start, length = getattr(info, "offset", None), getattr(info, "length", None)
-            if not (_is_index(start) and _is_index(length) and start + length <= sizes[rel]):
+            if not (is_index(start) and is_index(length) and start + length <= sizes[rel]):
                 raise NativeUnsupported(f"{rel} is shorter than its items")
             out[(fqn, tuple(offset) if offset is not None else None)] = (rel, start, length)
         for key, (_, _, chunks) in self.tensors.items():
@@ -511,7 +507,7 @@ class _ChunkUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
                 and (_dtype(pid[1]) is not None or pid[1] is _UNTYPED)
                 and isinstance(pid[2], str)
-                and _is_index(pid[4])):
+                and is_index(pid[4])):
             raise NativeUnsupported("a chunk names an odd storage")
         return ("storage", _dtype(pid[1]) or pid[1], pid[2], pid[4])
 
@@ -673,7 +669,7 @@ class NativeDcp:
         return view[start:start + length]
 
     def value(self, key: str) -> Any:
-        label = f"{self.folder}: the value {_short(key)}"
+        label = f"{self.folder}: the value {short_repr(key)}"
         pkl, records = _zip_records(self._item(key, None), label)
         if records:
             raise NativeUnsupported(f"{label} holds tensor data")
@@ -682,15 +678,15 @@ class NativeDcp:
     def chunk(self, key: str, offsets: tuple[int, ...], sizes: tuple[int, ...],
               dtype: NativeDtype) -> NativeTensor:
         """One stored chunk, as saved (its own strides and offset in its record)."""
-        label = f"{self.folder}: the chunk of {_short(key)}"
+        label = f"{self.folder}: the chunk of {short_repr(key)}"
         pkl, records = _zip_records(self._item(key, offsets), label)
         got = _unpickle(_ChunkUnpickler, pkl, label)
         try:  # what _rebuild_tensor returned, or whatever else a pickle built
             tag, (kind, sdtype, skey, numel), offset, size, stride = got
             record = records.get(skey) if isinstance(skey, str) else None
             if not (tag == "tensor" and kind == "storage" and sdtype is dtype
-                    and size == sizes and record is not None and _is_index(offset)
-                    and _is_index(numel) and len(record) >= numel * dtype.itemsize
+                    and size == sizes and record is not None and is_index(offset)
+                    and is_index(numel) and len(record) >= numel * dtype.itemsize
                     and _is_dims(stride)):
                 raise ValueError
             return NativeTensor(NativeStorage(record, skey, self.folder), dtype, size, stride,
@@ -761,17 +757,12 @@ class NativeDcp:
         values = {key: self.value(key) for key in self.md.values}
         try:
             for key, value in values.items():
-                walk(value, label=f"{self.folder}: the value {_short(key)}",
+                walk(value, label=f"{self.folder}: the value {short_repr(key)}",
                      max_depth=limits.depth, max_nodes=limits.nodes)
         except CheckpointError as e:  # torch's path says it, after its own reading
             raise NativeUnsupported(f"a value fails the walk: {e}") from None
         return rebuild_tree(self.md.order, self.md.paths, values, self.tensor, limits.depth,
                             str(self.folder))
-
-
-def _short(key: Any, limit: int = 80) -> str:
-    text = repr(key)
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 # ---------------------------------------------------------------- the nested tree

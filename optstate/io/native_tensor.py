@@ -168,7 +168,24 @@ def decode(dtype: NativeDtype, buffer: Any, byte_offset: int) -> Any:
     return FP8_TABLES[name][buffer[byte_offset]]
 
 
-class NativeStorage:
+class _Unchangeable:
+    """Read-only descriptors: a copy is the object itself, and a pickle cannot set its
+    fields (a BUILD opcode on a tensor some reader handed out could move it outside its
+    storage)."""
+
+    __slots__ = ()
+
+    def __copy__(self) -> Any:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return self
+
+    def __setstate__(self, state: Any) -> None:
+        raise TypeError(f"{type(self).__name__} objects cannot be changed")
+
+
+class NativeStorage(_Unchangeable):
     """The bytes of one stored storage: a read-only memoryview (of a memory-mapped file,
     or of bytes), the record it came from, and the file."""
 
@@ -186,15 +203,6 @@ class NativeStorage:
     def nbytes(self) -> int:
         return self.buffer.nbytes
 
-    # read-only bytes: a copy is the same storage; a pickle cannot set its fields
-    def __copy__(self) -> NativeStorage:
-        return self
-
-    def __deepcopy__(self, memo: Any) -> NativeStorage:
-        return self
-
-    def __setstate__(self, state: Any) -> None:
-        raise TypeError("NativeStorage objects cannot be changed")
 
     def address(self) -> int:
         """The address of the first byte (for the C kernel), valid while this storage
@@ -248,7 +256,7 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-class NativeTensor:
+class NativeTensor(_Unchangeable):
     """A strided CPU tensor described by its storage, dtype, shape, strides and offset (in
     elements). Construction checks that every element it covers lies inside the storage
     (``ValueError`` otherwise), so later reads stay inside the mapped record."""
@@ -341,17 +349,6 @@ class NativeTensor:
         last = self._offset + sum((n - 1) * st for n, st in zip(self.shape, self._stride,
                                                                   strict=True))
         return start, (last + 1) * size
-
-    # immutable: a copy is the same descriptor; a pickle cannot set its fields (a BUILD
-    # opcode on a tensor some reader handed out could move it outside its storage)
-    def __copy__(self) -> NativeTensor:
-        return self
-
-    def __deepcopy__(self, memo: Any) -> NativeTensor:
-        return self
-
-    def __setstate__(self, state: Any) -> None:
-        raise TypeError("NativeTensor objects cannot be changed")
 
     def __len__(self) -> int:
         if not self.shape:
