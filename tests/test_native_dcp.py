@@ -165,8 +165,7 @@ def test_a_two_rank_sharded_folder_is_put_together_as_torch_does(cli, tmp_path, 
     assert layout_native(folder) == layout_report(str(folder))
     native = _json(cli, monkeypatch, "native", "inspect", folder)
     assert native["file"]["reader"] == "native"
-    _close(_without_reader(native), _without_reader(_json(cli, monkeypatch, "torch", "inspect",
-                                                           folder)))
+    _close(native, _json(cli, monkeypatch, "torch", "inspect", folder))
     monkeypatch.delenv("OPTSTATE_READER")
     _overlapping_chunks_are_left_to_torch(folder, split[0])
 
@@ -357,29 +356,14 @@ def test_optstate_reader_torch_forces_the_torch_path(folders, monkeypatch):
 # ----------------------------------------------------------------------------- the CLI
 
 
-def _without_reader(report):
-    if isinstance(report, dict):
-        return {k: _without_reader(v) for k, v in report.items()
-                if k not in ("reader", "reader_note")}
-    if isinstance(report, list):
-        return [_without_reader(v) for v in report]
-    return report
+def _close(native, ref):
+    """The same JSON through both readers: the reader keys aside, float sums within
+    ``numeric.tolerance.sum_rtol`` of their numel (``test_reader_equivalence.differences``,
+    the one statement of what may differ)."""
+    from tests.test_reader_equivalence import differences
 
-
-def _close(a, b, where=""):
-    """Equal JSON, floats to a relative 1e-6 (statistics summed in another order)."""
-    if isinstance(a, float) and isinstance(b, float):
-        assert a == b or abs(a - b) <= 1e-6 * max(abs(a), abs(b)) or a != a and b != b, where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and list(a) == list(b), where
-        for k in a:
-            _close(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _close(x, y, f"{where}/{i}")
-    else:
-        assert a == b, (where, a, b)
+    found = differences(ref, native)
+    assert not found, found
 
 
 def _json(cli, monkeypatch, reader: str, *args):
@@ -395,14 +379,14 @@ def test_inspect_json_is_the_same_through_both_readers(cli, monkeypatch, folders
     ref = _json(cli, monkeypatch, "torch", "inspect", folders[name])
     if "reader" in ref["file"]:  # once inspect asks for reader="auto"
         assert native["file"]["reader"] == "native", native["file"].get("reader_note")
-    _close(_without_reader(native), _without_reader(ref))
+    _close(native, ref)
 
 
 def test_diff_json_is_the_same_through_both_readers(cli, monkeypatch, folders):
     a, b = FIXTURES / "step_10", FIXTURES / "step_50"
     native = _json(cli, monkeypatch, "native", "diff", a, b)
     ref = _json(cli, monkeypatch, "torch", "diff", a, b)
-    _close(_without_reader(native), _without_reader(ref))
+    _close(native, ref)
 
 
 # ----------------------------------------------------- hostile pickles (R1, issue #22)
