@@ -9,12 +9,10 @@ import pickle
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
@@ -24,15 +22,9 @@ from optstate.io.dcp import DcpCheckpoint
 from optstate.io.native_dcp import NativeDcp, layout_native, read_dcp_native
 from optstate.io.native_tensor import NativeTensor, NativeUnsupported, as_torch
 from optstate.io.source import open_source
+from tests.test_dcp import dcp_save
 
 FIXTURES = Path(__file__).parent / "fixtures" / "runs" / "dcp"
-
-
-def dcp_save(obj, folder: Path) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "no process group": one process on purpose
-        dcp.save(obj, storage_writer=dcp.FileSystemWriter(folder), no_dist=True)
-    return folder
 
 
 def trained(opt_class=torch.optim.Adam, steps: int = 3, **kw):

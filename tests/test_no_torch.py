@@ -10,14 +10,13 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
 
 from tests.conftest import ROOT
+from tests.test_dcp import dcp_save
 
 # The command, run as the console script runs it; a finder that only watches records the
 # stack of the first `import torch` (it imports nothing and changes nothing), for the
@@ -55,13 +54,6 @@ def _trained_adam(steps: int) -> torch.optim.Optimizer:
     return opt
 
 
-def _dcp_save(obj, folder: Path) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "no process group": one process on purpose
-        dcp.save(obj, storage_writer=dcp.FileSystemWriter(folder), no_dist=True)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     """Real Adam states after 2 and 3 steps, as torch.save zip files and as DCP folders
@@ -72,13 +64,13 @@ def ckpts(tmp_path_factory):
     for steps in (1, 2, 3):
         sd = _trained_adam(steps).state_dict()
         torch.save(sd, d / "run_zip" / f"step_{steps}.pt")
-        _dcp_save(sd, d / "run_dcp" / f"step_{steps}")
+        dcp_save(sd, d / "run_dcp" / f"step_{steps}")
     sd2, sd3 = (_trained_adam(n).state_dict() for n in (2, 3))
     torch.save(sd2, d / "a.pt")
     torch.save(sd3, d / "b.pt")
     torch.save(sd2, d / "a_legacy.pt", _use_new_zipfile_serialization=False)
-    _dcp_save(sd2, d / "a_dcp")
-    _dcp_save(sd3, d / "b_dcp")
+    dcp_save(sd2, d / "a_dcp")
+    dcp_save(sd3, d / "b_dcp")
     return d
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -41,6 +40,7 @@ import torch
 
 from optstate.numeric.tolerance import UNIT_ROUNDOFF_FLOAT64, sum_rtol
 from tests.optim_states import OPTIMIZERS, stepped_optimizer
+from tests.test_dcp import dcp_save
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_ROOTS = (ROOT / "tests" / "fixtures", ROOT / "sample_checkpoints")
@@ -105,15 +105,6 @@ RUN_PAIRS = _run_pairs()
 def _save(obj, path: Path, **kw) -> Path:
     torch.save(obj, path, **kw)
     return path
-
-
-def _dcp_save(obj, folder: Path) -> Path:
-    import torch.distributed.checkpoint as dcp
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "no process group": one process on purpose
-        dcp.save(obj, storage_writer=dcp.FileSystemWriter(folder), no_dist=True)
-    return folder
 
 
 def _adam(steps: int, dtype=torch.float32, sizes=((3, 4), (4,)), groups: int = 1):
@@ -202,7 +193,7 @@ def _build(kind: str, steps: int, folder: Path) -> Path:
     if kind == "container":
         return _save(_container(*_adam(steps)), folder / f"{name}.pt")
     if kind == "dcp":  # positional layout: a plain state_dict()
-        return _dcp_save(_adam(steps)[0].state_dict(), folder / name)
+        return dcp_save(_adam(steps)[0].state_dict(), folder / name)
     if kind == "dcp_fqn":  # the layout FSDP users save: keys are parameter names
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
@@ -213,7 +204,7 @@ def _build(kind: str, steps: int, folder: Path) -> Path:
             opt.zero_grad()
             model(torch.randn(5, 3)).pow(2).sum().backward()
             opt.step()
-        return _dcp_save({"optim": get_optimizer_state_dict(model, opt),
+        return dcp_save({"optim": get_optimizer_state_dict(model, opt),
                           "model": model.state_dict(), "step": steps}, folder / name)
     raise AssertionError(kind)
 
