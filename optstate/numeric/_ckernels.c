@@ -11,9 +11,15 @@
  * Exactness: widening is exact, and each per-element operation is the one torch performs
  * on float64 tensors (a - b, fabs, rtol * |b|, + atol, <=, /), one IEEE operation at a
  * time: setup.py compiles with -ffp-contract=off so no multiply-add is fused. Hence the
- * counts, max_abs and max_rel equal torch's float64 results exactly. Only the sums of
- * squares are accumulated in another order (runs of LANE elements, then a compensated
- * sum), within optstate/numeric/tolerance.py's sum_rtol(n) of torch's float64 reduction.
+ * counts, max_abs and max_rel equal torch's float64 results exactly. Only the sums (of
+ * squares; for one tensor, also of values and of |values|) are accumulated in another
+ * order (runs of LANE elements, then a compensated sum), and in the AVX2 loops each
+ * square is added with one fused multiply-add: within optstate/numeric/tolerance.py's
+ * sum_rtol(n) of torch's float64 reduction.
+ *
+ * float32 and float64 tensors (the common case) are read by the fast loops in place, each
+ * vector widened in registers; other kinds, and a run the fast loop declines, are widened
+ * into a LANE-element buffer first. Same values either way: widening is exact.
  *
  * The pure-torch path in kernels.py / pair_kernel.py computes the same numbers when this
  * module is not built (it is an optional extension); kernel_switch.py decides which runs,
@@ -253,8 +259,10 @@ static const widen_fn WIDEN[NKINDS] = {
 /* The fast loop, written once for the compiler's portable vector types (GCC/Clang
  * vector extensions): VW doubles per vector; comparisons give all-ones / zero lane masks.
  * It is compiled for 2 lanes (SSE2 on baseline x86-64, NEON on arm64) and, on x86-64,
- * also for 4 lanes with AVX2, chosen at import when the CPU has it. Same operations,
- * same numbers: only the grouping of the sums of squares differs.
+ * also for 4 lanes with AVX2 (and FMA, for the squares), chosen at import when the CPU
+ * has both. Same operations, same numbers: only the sums of squares differ (grouping, and
+ * the fused multiply-add). T is the element type it reads (double, or float widened by
+ * LOAD in registers); with atol = rtol = 0 (exact) the closeness test is a == b.
  *
  * Contract: k is a multiple of 2*VW and the tolerances are finite and >= 0. The loop
  * assumes every value is finite and every |a-b| too (then a == b implies
@@ -266,9 +274,10 @@ static const widen_fn WIDEN[NKINDS] = {
  * run's quotients computed. The flag is safe: with t = fl(fl(q*|b|) * 0.99999),
  * t < q*|b| whenever t is a normal number, so |a-b| < t implies |a-b|/|b| < q, and the
  * rounded quotient cannot exceed q (rounding is monotonic). */
-#define DEFINE_PAIR_FAST(NAME, ATTR, VD, VI, VW, VMAX)                                      \
-    ATTR static int NAME(const double *xs, const double *ys, Py_ssize_t k, double atol,     \
-                         double rtol, PairResult *r, double *qa_out, double *qb_out)        \
+#define DEFINE_PAIR_FAST(NAME, ATTR, T, LOAD, VD, VI, VW, VMAX, SQ)                         \
+    ATTR static inline __attribute__((always_inline)) int NAME##_body(                      \
+        const T *xs, const T *ys, Py_ssize_t k, double atol, double rtol, PairResult *r,    \
+        double *qa_out, double *qb_out, const int exact)                                    \
     {                                                                                       \
         const VD zero = {0.0};                                                              \
         const VD vmin = zero + DBL_MIN;                                                     \
@@ -279,27 +288,28 @@ static const widen_fn WIDEN[NKINDS] = {
         VD sa0 = zero, sa1 = zero, sb0 = zero, sb1 = zero, mx0 = zero, mx1 = zero;          \
         VI close = {0}, cand = {0};                                                         \
         for (Py_ssize_t i = 0; i < k; i += 2 * VW) {                                        \
-            VD x0, y0, x1, y1;                                                              \
-            memcpy(&x0, xs + i, sizeof x0);                                                 \
-            memcpy(&y0, ys + i, sizeof y0);                                                 \
-            memcpy(&x1, xs + i + VW, sizeof x1);                                            \
-            memcpy(&y1, ys + i + VW, sizeof y1);                                            \
+            VD x0 = LOAD(xs + i), y0 = LOAD(ys + i);                                        \
+            VD x1 = LOAD(xs + i + VW), y1 = LOAD(ys + i + VW);                              \
             VD d0 = (VD)((VI)(x0 - y0) & absmask), ay0 = (VD)((VI)y0 & absmask);            \
             VD d1 = (VD)((VI)(x1 - y1) & absmask), ay1 = (VD)((VI)y1 & absmask);            \
-            VD al0 = vrt * ay0, al1 = vrt * ay1;                                            \
-            al0 = al0 + vat;                                                                \
-            al1 = al1 + vat;                                                                \
-            close += (d0 <= al0) + (d1 <= al1); /* lanes: -1 per close element */           \
+            if (exact) { /* atol = rtol = 0: |a-b| <= 0 is a == b for finite values */      \
+                close += (x0 == y0) + (x1 == y1); /* lanes: -1 per close element */         \
+            } else {                                                                        \
+                VD al0 = vrt * ay0, al1 = vrt * ay1;                                        \
+                al0 = al0 + vat;                                                            \
+                al1 = al1 + vat;                                                            \
+                close += (d0 <= al0) + (d1 <= al1);                                         \
+            }                                                                               \
             mx0 = VMAX(d0, mx0);                                                            \
             mx1 = VMAX(d1, mx1);                                                            \
             VD t0 = vq * ay0, t1 = vq * ay1;                                                \
             t0 = t0 * margin;                                                               \
             t1 = t1 * margin;                                                               \
             cand |= (d0 >= t0) | (t0 < vmin) | (d1 >= t1) | (t1 < vmin);                    \
-            sa0 += x0 * x0;                                                                 \
-            sb0 += y0 * y0;                                                                 \
-            sa1 += x1 * x1;                                                                 \
-            sb1 += y1 * y1;                                                                 \
+            sa0 = SQ(x0, sa0);                                                              \
+            sb0 = SQ(y0, sb0);                                                              \
+            sa1 = SQ(x1, sa1);                                                              \
+            sb1 = SQ(y1, sb1);                                                              \
         }                                                                                   \
         double qa = 0.0, qb = 0.0, m = 0.0;                                                 \
         long long n_close = 0, any_cand = 0;                                                \
@@ -316,10 +326,10 @@ static const widen_fn WIDEN[NKINDS] = {
             return 0;                                                                       \
         int nza = qa > 0.0, nzb = qb > 0.0;                                                 \
         for (Py_ssize_t i = 0; !nza && i < k; i++)                                          \
-            if (xs[i] != 0.0)                                                               \
+            if ((double)xs[i] != 0.0)                                                       \
                 return 0; /* squares underflowed: the careful path records it */            \
         for (Py_ssize_t i = 0; !nzb && i < k; i++)                                          \
-            if (ys[i] != 0.0)                                                               \
+            if ((double)ys[i] != 0.0)                                                       \
                 return 0;                                                                   \
         r->n_out += k - (Py_ssize_t)n_close;                                                \
         if (!r->has_abs || m > r->max_abs)                                                  \
@@ -331,9 +341,9 @@ static const widen_fn WIDEN[NKINDS] = {
         r->fin_b += k;                                                                      \
         if (any_cand) {                                                                     \
             for (Py_ssize_t i = 0; i < k; i++) {                                            \
-                double ay = fabs(ys[i]);                                                    \
+                double ay = fabs((double)ys[i]);                                            \
                 if (ay != 0.0) {                                                            \
-                    double v = fabs(xs[i] - ys[i]) / ay;                                    \
+                    double v = fabs((double)xs[i] - (double)ys[i]) / ay;                    \
                     if (!r->has_rel || v > r->max_rel) {                                    \
                         r->max_rel = v;                                                     \
                         r->has_rel = 1;                                                     \
@@ -344,6 +354,13 @@ static const widen_fn WIDEN[NKINDS] = {
         *qa_out = qa;                                                                       \
         *qb_out = qb;                                                                       \
         return 1;                                                                           \
+    }                                                                                       \
+    ATTR static int NAME(const T *xs, const T *ys, Py_ssize_t k, double atol, double rtol,  \
+                         PairResult *r, double *qa_out, double *qb_out)                     \
+    {                                                                                       \
+        if (atol == 0.0 && rtol == 0.0) /* diff's default: exact */                         \
+            return NAME##_body(xs, ys, k, atol, rtol, r, qa_out, qb_out, 1);                \
+        return NAME##_body(xs, ys, k, atol, rtol, r, qa_out, qb_out, 0);                    \
     }
 
 typedef double v2d __attribute__((vector_size(16)));
@@ -360,51 +377,115 @@ static inline v2d MAX2(v2d a, v2d b)
 }
 #endif
 
-DEFINE_PAIR_FAST(pair_fast2, , v2d, v2i, 2, MAX2)
+/* The fast loop's loads: VW doubles from doubles, or from floats widened in registers
+ * (exactly, as the buffered widen_f32). */
+static inline v2d load2_f64(const double *p)
+{
+    v2d v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline v2d load2_f32(const float *p)
+{
+    return (v2d){(double)p[0], (double)p[1]};
+}
+
+#define SQ_ADD(x, acc) ((acc) + (x) * (x))
+DEFINE_PAIR_FAST(pair_fast2, , double, load2_f64, v2d, v2i, 2, MAX2, SQ_ADD)
+DEFINE_PAIR_FAST(pair_fast2_f32, , float, load2_f32, v2d, v2i, 2, MAX2, SQ_ADD)
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define HAVE_AVX2_PATH 1
 typedef double v4d __attribute__((vector_size(32)));
 typedef long long v4i __attribute__((vector_size(32)));
 #define MAX4(a, b) ((v4d)_mm256_max_pd((__m256d)(a), (__m256d)(b)))
-DEFINE_PAIR_FAST(pair_fast4, __attribute__((target("avx2"))), v4d, v4i, 4, MAX4)
+#define AVX2 __attribute__((target("avx2,fma")))
+/* acc + x*x, one rounding: only the sums of squares, which have a tolerance */
+#define SQ_FMA4(x, acc) ((v4d)_mm256_fmadd_pd((__m256d)(x), (__m256d)(x), (__m256d)(acc)))
+AVX2 static inline v4d load4_f64(const double *p)
+{
+    return (v4d)_mm256_loadu_pd(p);
+}
+
+AVX2 static inline v4d load4_f32(const float *p)
+{
+    return (v4d)_mm256_cvtps_pd(_mm_loadu_ps(p));
+}
+
+DEFINE_PAIR_FAST(pair_fast4, AVX2, double, load4_f64, v4d, v4i, 4, MAX4, SQ_FMA4)
+DEFINE_PAIR_FAST(pair_fast4_f32, AVX2, float, load4_f32, v4d, v4i, 4, MAX4, SQ_FMA4)
 #endif
 
 static int use_avx2 = 0;
 
-/* One run of k <= LANE widened pairs: the fast loop where it applies, else (or when it
- * declines) the careful per-element path. */
-static void pair_run(const double *xs, const double *ys, Py_ssize_t k, double atol,
-                     double rtol, int nan_equal, PairResult *r)
-{
-    double qa = 0.0, qb = 0.0;
-    int done = 0;
-    if (k % 8 == 0 && atol >= 0.0 && atol < HUGE_VAL && rtol >= 0.0 && rtol < HUGE_VAL) {
 #ifdef HAVE_AVX2_PATH
-        if (use_avx2)
-            done = pair_fast4(xs, ys, k, atol, rtol, r, &qa, &qb);
-        else
+/* The 4-lane loops need AVX2 and FMA (every AVX2 CPU of Intel and AMD has both). */
+static int cpu_has_wide(void)
+{
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
 #endif
-            done = pair_fast2(xs, ys, k, atol, rtol, r, &qa, &qb);
-    }
-    if (!done) {
-        qa = qb = 0.0;
-        for (Py_ssize_t i = 0; i < k; i++)
-            pair_one(xs[i], ys[i], atol, rtol, nan_equal, r, &qa, &qb);
-    }
-    acc_add(&r->sqa, qa);
-    acc_add(&r->sqb, qb);
+
+/* The fast loop over k widened pairs (the caller checks its contract's k and tolerances). */
+static int pair_fast(const double *xs, const double *ys, Py_ssize_t k, double atol,
+                     double rtol, PairResult *r, double *qa, double *qb)
+{
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2)
+        return pair_fast4(xs, ys, k, atol, rtol, r, qa, qb);
+#endif
+    return pair_fast2(xs, ys, k, atol, rtol, r, qa, qb);
 }
 
+/* The fast loop straight from the source (no widened copy) where both sides are float32
+ * or both float64, the common cases; -1: not such a pair. */
+static int pair_fast_direct(const void *pa, const void *pb, int kind, Py_ssize_t i0,
+                            Py_ssize_t k, double atol, double rtol, PairResult *r,
+                            double *qa, double *qb)
+{
+    if (kind == F64)
+        return pair_fast((const double *)pa + i0, (const double *)pb + i0, k, atol, rtol, r,
+                         qa, qb);
+    if (kind != F32)
+        return -1;
+    const float *xs = (const float *)pa + i0, *ys = (const float *)pb + i0;
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2)
+        return pair_fast4_f32(xs, ys, k, atol, rtol, r, qa, qb);
+#endif
+    return pair_fast2_f32(xs, ys, k, atol, rtol, r, qa, qb);
+}
+
+/* Runs of k <= LANE pairs: the fast loop where it applies (on the source itself for
+ * float32 and float64 pairs, else on the widened run), else (or when it declines) the
+ * careful per-element path on the widened run. */
 static void pair_any(const void *pa, const void *pb, int ka, int kb, Py_ssize_t n,
                      double atol, double rtol, int nan_equal, PairResult *r)
 {
     double xs[LANE], ys[LANE];
+    int tol_ok = atol >= 0.0 && atol < HUGE_VAL && rtol >= 0.0 && rtol < HUGE_VAL;
     for (Py_ssize_t start = 0; start < n; start += LANE) {
         Py_ssize_t k = n - start < LANE ? n - start : LANE;
-        WIDEN[ka](pa, start, k, xs);
-        WIDEN[kb](pb, start, k, ys);
-        pair_run(xs, ys, k, atol, rtol, nan_equal, r);
+        double qa = 0.0, qb = 0.0;
+        int fast = tol_ok && k % 8 == 0;
+        /* 1: done, 0: declined, -1: not a float32 or float64 pair */
+        int direct = fast && ka == kb ? pair_fast_direct(pa, pb, ka, start, k, atol, rtol, r,
+                                                         &qa, &qb) : -1;
+        int done = direct > 0;
+        if (!done) {
+            WIDEN[ka](pa, start, k, xs);
+            WIDEN[kb](pb, start, k, ys);
+            if (fast && direct < 0)
+                done = pair_fast(xs, ys, k, atol, rtol, r, &qa, &qb);
+        }
+        if (!done) {
+            qa = qb = 0.0;
+            for (Py_ssize_t i = 0; i < k; i++)
+                pair_one(xs[i], ys[i], atol, rtol, nan_equal, r, &qa, &qb);
+        }
+        acc_add(&r->sqa, qa);
+        acc_add(&r->sqb, qb);
     }
 }
 
@@ -451,27 +532,23 @@ static inline void mom_one(double x, MomResult *r, double *s, double *sa, double
 /* The fast loop for one tensor (same vector types and contract as DEFINE_PAIR_FAST):
  * sum, sum |x|, sum x*x, min, max and the zero count of k finite values; returns 0
  * (recording nothing) if a value was not finite or a sum left the float64 range. */
-#define DEFINE_MOM_FAST(NAME, ATTR, VD, VI, VW, VMIN, VMAX)                                 \
-    ATTR static int NAME(const double *xs, Py_ssize_t k, MomResult *r, double *s_out,      \
+#define DEFINE_MOM_FAST(NAME, ATTR, T, LOAD, VD, VI, VW, VMIN, VMAX, SQ)                     \
+    ATTR static int NAME(const T *xs, Py_ssize_t k, MomResult *r, double *s_out,           \
                          double *sa_out, double *sq_out)                                    \
     {                                                                                       \
         const VD zero = {0.0};                                                              \
         const VI absmask = (VI){0} + 0x7fffffffffffffffLL;                                  \
         VD s0 = zero, s1 = zero, a0 = zero, a1 = zero, q0 = zero, q1 = zero;                \
-        VD lo, hi, x1;                                                                      \
-        memcpy(&lo, xs, sizeof lo);                                                         \
-        hi = lo;                                                                            \
+        VD lo = LOAD(xs), hi = lo;                                                          \
         VI z = {0};                                                                         \
         for (Py_ssize_t i = 0; i < k; i += 2 * VW) {                                        \
-            VD x0;                                                                          \
-            memcpy(&x0, xs + i, sizeof x0);                                                 \
-            memcpy(&x1, xs + i + VW, sizeof x1);                                            \
+            VD x0 = LOAD(xs + i), x1 = LOAD(xs + i + VW);                                   \
             s0 += x0;                                                                       \
             s1 += x1;                                                                       \
             a0 += (VD)((VI)x0 & absmask);                                                   \
             a1 += (VD)((VI)x1 & absmask);                                                   \
-            q0 += x0 * x0;                                                                  \
-            q1 += x1 * x1;                                                                  \
+            q0 = SQ(x0, q0);                                                                \
+            q1 = SQ(x1, q1);                                                                \
             lo = VMIN(VMIN(x0, x1), lo);                                                    \
             hi = VMAX(VMAX(x0, x1), hi);                                                    \
             z += (x0 == zero) + (x1 == zero);                                               \
@@ -512,27 +589,55 @@ static inline v2d MIN2(v2d a, v2d b)
     return (v2d)(((v2i)a & lt) | ((v2i)b & ~lt));
 }
 #endif
-DEFINE_MOM_FAST(mom_fast2, , v2d, v2i, 2, MIN2, MAX2)
+DEFINE_MOM_FAST(mom_fast2, , double, load2_f64, v2d, v2i, 2, MIN2, MAX2, SQ_ADD)
+DEFINE_MOM_FAST(mom_fast2_f32, , float, load2_f32, v2d, v2i, 2, MIN2, MAX2, SQ_ADD)
 #ifdef HAVE_AVX2_PATH
 #define MIN4(a, b) ((v4d)_mm256_min_pd((__m256d)(a), (__m256d)(b)))
-DEFINE_MOM_FAST(mom_fast4, __attribute__((target("avx2"))), v4d, v4i, 4, MIN4, MAX4)
+DEFINE_MOM_FAST(mom_fast4, AVX2, double, load4_f64, v4d, v4i, 4, MIN4, MAX4, SQ_FMA4)
+DEFINE_MOM_FAST(mom_fast4_f32, AVX2, float, load4_f32, v4d, v4i, 4, MIN4, MAX4, SQ_FMA4)
 #endif
 
+/* The fast loop over k widened values. */
+static int mom_fast(const double *xs, Py_ssize_t k, MomResult *r, double *s, double *sa,
+                    double *sq)
+{
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2)
+        return mom_fast4(xs, k, r, s, sa, sq);
+#endif
+    return mom_fast2(xs, k, r, s, sa, sq);
+}
+
+/* The fast loop straight from a float32 or float64 source; -1: another kind. */
+static int mom_fast_direct(const void *p, int kind, Py_ssize_t i0, Py_ssize_t k,
+                           MomResult *r, double *s, double *sa, double *sq)
+{
+    if (kind == F64)
+        return mom_fast((const double *)p + i0, k, r, s, sa, sq);
+    if (kind != F32)
+        return -1;
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2)
+        return mom_fast4_f32((const float *)p + i0, k, r, s, sa, sq);
+#endif
+    return mom_fast2_f32((const float *)p + i0, k, r, s, sa, sq);
+}
+
+/* Runs of k <= LANE values, as pair_any: the fast loop on the source or the widened run,
+ * else the careful per-element path. */
 static void mom_any(const void *p, int kind, Py_ssize_t n, MomResult *r)
 {
     double xs[LANE];
     for (Py_ssize_t start = 0; start < n; start += LANE) {
         Py_ssize_t k = n - start < LANE ? n - start : LANE;
-        WIDEN[kind](p, start, k, xs);
         double s = 0.0, sa = 0.0, sq = 0.0;
-        int done = 0;
-        if (k % 8 == 0) {
-#ifdef HAVE_AVX2_PATH
-            if (use_avx2)
-                done = mom_fast4(xs, k, r, &s, &sa, &sq);
-            else
-#endif
-                done = mom_fast2(xs, k, r, &s, &sa, &sq);
+        int fast = k % 8 == 0;
+        int direct = fast ? mom_fast_direct(p, kind, start, k, r, &s, &sa, &sq) : -1;
+        int done = direct > 0;
+        if (!done) {
+            WIDEN[kind](p, start, k, xs);
+            if (fast && direct < 0)
+                done = mom_fast(xs, k, r, &s, &sa, &sq);
         }
         if (!done) {
             s = sa = sq = 0.0;
@@ -615,7 +720,7 @@ static PyObject *vector_paths(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "|O", &want))
         return NULL;
 #ifdef HAVE_AVX2_PATH
-    int can = __builtin_cpu_supports("avx2") != 0;
+    int can = cpu_has_wide();
 #else
     int can = 0;
 #endif
@@ -624,7 +729,7 @@ static PyObject *vector_paths(PyObject *self, PyObject *args)
         if (wide < 0)
             return NULL;
         if (wide && !can) {
-            PyErr_SetString(PyExc_ValueError, "the AVX2 loop is not available on this CPU");
+            PyErr_SetString(PyExc_ValueError, "the AVX2 loop is not available on this CPU (it needs AVX2 and FMA)");
             return NULL;
         }
         use_avx2 = wide;
@@ -677,7 +782,7 @@ PyMODINIT_FUNC PyInit__ckernels(void)
     fp8_init();
 #ifdef HAVE_AVX2_PATH
     __builtin_cpu_init();
-    use_avx2 = __builtin_cpu_supports("avx2") != 0;
+    use_avx2 = cpu_has_wide();
 #endif
     return PyModule_Create(&module);
 }
