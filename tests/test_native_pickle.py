@@ -216,11 +216,9 @@ def _os_system(tmp_path):
                   replace={"data.pkl": pickle.dumps({"x": _System()}, protocol=2)})
 
 
-def _counter(tmp_path):
-    from collections import Counter
-
-    path = tmp_path / "counter.pt"
-    torch.save({"state": {}, "param_groups": [], "c": Counter(a=1)}, path)
+def _sparse(tmp_path):
+    path = tmp_path / "sparse.pt"
+    torch.save({"state": {}, "param_groups": [], "s": torch.eye(3).to_sparse()}, path)
     return path
 
 
@@ -286,7 +284,7 @@ REFUSED = {"conjugate": (_conjugate, "conjugate or negative bit"),
            "build_on_tensor": (_build_on_tensor, "NativeTensor objects cannot be changed"),
            "build_on_global": (_build_on_global, "sets attributes of a torch object"),
            "os_system": (_os_system, "needs posix.system"),
-           "counter": (_counter, "needs collections.Counter"),
+           "sparse": (_sparse, "a sparse tensor, which the native reader does not decode"),
            "compressed": (_compressed, "compressed"),
            "short_record": (_short_record, "record data/0 holds 12 bytes, its storage 16"),
            "storage_too_big": (_storage_too_big, "holds 16 bytes, its storage 32"),
@@ -320,6 +318,19 @@ def test_refused_natively_then_as_torch_says(tmp_path, name):
     if torch_says[0] == "ok":  # read by torch, and the note says why
         src = open_source(path, reader="auto")
         assert src.reader == "torch" and why in src.reader_note
+
+
+def test_a_counter_is_read_natively_as_torch_reads_it(tmp_path):
+    """MultiStepLR saves its milestones as a collections.Counter; torch's weights_only
+    loader takes it, and so does the native reader (timeline needs it without torch)."""
+    from collections import Counter
+
+    path = tmp_path / "counter.pt"
+    torch.save({"state": {}, "param_groups": [], "c": Counter({30: 1, 80: 2})}, path)
+    src = open_source(path, reader="auto")
+    assert src.reader == "native"
+    assert type(src.obj["c"]) is Counter
+    assert src.obj["c"] == torch.load(path, weights_only=True)["c"]
 
 
 def test_os_system_is_refused_by_both(tmp_path):

@@ -1,17 +1,21 @@
-"""sim.scheduled: the lr a saved LR scheduler computes at its last_epoch, against the lr the
+"""state.scheduled: the lr a saved LR scheduler computes at its last_epoch, against the lr the
 real run reached, every step, for each class it computes, with two groups of different base
-lrs; the classes it cannot compute say why."""
+lrs; against torch's own class loaded with the same saved state, bit for bit (the formulas
+are typed in optstate so that timeline needs no torch); the classes it cannot compute say
+why."""
 
 from __future__ import annotations
 
 import io
+import warnings
+from collections import Counter
 
 import pytest
 import torch
 from torch.optim import lr_scheduler as L
 
 from optstate.numeric.tolerance import schedule_atol
-from optstate.sim.scheduled import scheduled_lrs
+from optstate.state.scheduled import scheduled_lrs
 
 
 def _optimizer(kind: str) -> torch.optim.Optimizer:
@@ -72,6 +76,67 @@ def test_scheduled_lr_is_the_runs_lr_at_every_step(name: str) -> None:
             else:  # the run chained a factor per step; the closed form does not
                 assert abs(lr - want) <= schedule_atol(state["last_epoch"],
                                                        max(base, abs(lr), abs(want)))
+
+
+# More shapes of each class for the comparison with torch's own class.
+VARIANTS = {
+    **CASES,
+    "MultiStepLR repeated": (lambda o: L.MultiStepLR(o, [3, 9, 9, 30], 0.7), 40, "sgd"),
+    "LinearLR up": (lambda o: L.LinearLR(o, 0.3, 0.9, 17), 30, "sgd"),
+    "PolynomialLR 0.5": (lambda o: L.PolynomialLR(o, 33, 0.5), 40, "adam"),
+    "CyclicLR triangular": (lambda o: L.CyclicLR(o, 0.001, 0.1, step_size_up=5,
+                                                 step_size_down=3), 40, "sgd"),
+    "OneCycleLR linear three_phase": (
+        lambda o: L.OneCycleLR(o, 0.2, total_steps=50, anneal_strategy="linear",
+                               three_phase=True, pct_start=0.2), 49, "sgd"),
+    "CosineAnnealingWarmRestarts 1": (lambda o: L.CosineAnnealingWarmRestarts(o, 3), 40,
+                                      "sgd"),
+}
+
+
+def _torch_class_lrs(kind: str, state: dict, groups: list[dict]) -> list[float]:
+    """What torch's own scheduler class computes from the saved state: a bare instance of
+    the class, the state loaded with its load_state_dict, on an SGD whose groups hold the
+    saved groups' lrs; its _get_closed_form_lr (closed forms) or get_lr."""
+    cls = getattr(L, kind)
+    params = [torch.nn.Parameter(torch.zeros(0)) for _ in groups]
+    opt = torch.optim.SGD([{"params": [p], **{k: v for k, v in g.items() if k != "params"}}
+                           for p, g in zip(params, groups, strict=True)])
+    sched = cls.__new__(cls)
+    sched.optimizer = opt
+    state = dict(state)
+    if kind == "MultiStepLR":
+        state["milestones"] = Counter(state["milestones"])
+    if kind == "CyclicLR":
+        sched._scale_fn_custom = None
+    sched.load_state_dict(state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # get_lr outside step() warns
+        if hasattr(sched, "_get_closed_form_lr") and kind not in (
+                "CyclicLR", "OneCycleLR", "CosineAnnealingWarmRestarts"):
+            return list(sched._get_closed_form_lr())
+        return list(sched.get_lr())
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_each_formula_is_torchs_own_class_bit_for_bit(name: str) -> None:
+    make, steps, kind = VARIANTS[name]
+    opt = _optimizer(kind)
+    sched = make(opt)
+    cls = name.split()[0]
+    compared = 0
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+        state = _saved(sched.state_dict())
+        groups = _saved(opt.state_dict())["param_groups"]
+        got, how = scheduled_lrs(state, 2, groups=groups)
+        if got is None:  # CosineAnnealingLR past T_max: said, not computed
+            assert cls == "CosineAnnealingLR" and "past its T_max" in how
+            continue
+        assert got == _torch_class_lrs(cls, state, groups), state["last_epoch"]
+        compared += 1
+    assert compared >= steps - 1
 
 
 def test_an_lr_changed_by_hand_is_not_the_scheduled_lr() -> None:

@@ -26,7 +26,7 @@ What each code claims, and what keeps it from firing on a healthy run:
   by the square root of their ratio, so one event (gradients x10) gives the same factor in
   ``exp_avg`` and in ``exp_avg_sq``.
 - ``lr_off_schedule``: a group's lr is not what the saved scheduler computes at its
-  last_epoch (``sim.scheduled``; within ``numeric.tolerance.schedule_atol``, the rounding
+  last_epoch (``state.scheduled``; within ``numeric.tolerance.schedule_atol``, the rounding
   of a schedule reached step by step). Only for schedulers whose lr follows from their
   state; the others cannot be checked (their lr is compared with their own last lr).
 - ``lr_not_from_scheduler``: a group's lr is not the scheduler's own last lr (set after

@@ -192,7 +192,7 @@ def _scheduler(rep: dict[str, Any] | None, state: dict[str, Any] | None,
            "base_lrs": plain(raw.get("base_lrs", rep.get("base_lrs")), finite=False),
            "settings": settings,
            "scheduled_lr": None, "scheduled_reason": "the scheduler state is not a dict"}
-    from optstate.sim.scheduled import scheduled_lrs
+    from optstate.state.scheduled import scheduled_lrs
 
     groups = raw_groups if isinstance(raw_groups, list) else []
     if isinstance(state, dict):

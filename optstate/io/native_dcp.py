@@ -16,7 +16,8 @@ with ``reader="native"``:
   as ``dcp_metadata`` checks it (limits, shapes, chunks, the storage table,
   the data files inside the folder, expansion).
 - The non-tensor values (hyperparameters, ``params`` lists) are read now, each pre-scanned
-  like the torch path does and unpickled with plain containers and ``OrderedDict`` only.
+  like the torch path does and unpickled with plain containers, ``OrderedDict`` and
+  ``Counter`` only.
 - Each tensor is a ``NativeTensor`` of its full shape over a storage whose bytes are found
   when a statistic first touches them (``--no-stats`` reads no chunk): a tensor stored in
   one contiguous, aligned chunk is a view of the memory-mapped data file; one stored in
@@ -51,7 +52,7 @@ import pickle
 import re
 import struct
 import zipfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -444,11 +445,13 @@ def _zip_records(view: memoryview, label: str) -> tuple[bytes, dict[str, memoryv
 
 
 class _ValueUnpickler(pickle.Unpickler):
-    """A non-tensor value: plain containers and scalars, ``OrderedDict``."""
+    """A non-tensor value: plain containers and scalars, ``OrderedDict``, ``Counter``."""
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("collections", "OrderedDict"):
             return OrderedDict
+        if (module, name) == ("collections", "Counter"):  # MultiStepLR's milestones
+            return Counter
         raise NativeUnsupported(f"a value needs {module}.{name}")
 
     def persistent_load(self, pid: Any) -> Any:

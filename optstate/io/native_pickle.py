@@ -7,10 +7,11 @@ tensor by ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requi
 hooks[, metadata])`` (``_v3`` adds the dtype: float8, the unsigned types, untyped
 storages). ``read_native`` unpickles it with Python's C unpickler restricted to exactly
 what torch.save writes (``TORCH_GLOBALS``: the rebuild calls, storage types, dtypes,
-OrderedDict, ``torch.Size``, ``torch.device``, ``_codecs.encode`` for bytes, set and
-complex) and builds inert results: containers as Python containers, each tensor a
-``NativeTensor`` over a ``NativeStorage`` whose bytes are a ``memoryview`` slice of one
-read-only ``mmap`` of the file at its record's data (local headers parsed here).
+OrderedDict, Counter (MultiStepLR's milestones), ``torch.Size``, ``torch.device``,
+``_codecs.encode`` for bytes, set and complex) and builds inert results: containers as
+Python containers, each tensor a ``NativeTensor`` over a ``NativeStorage`` whose bytes
+are a ``memoryview`` slice of one read-only ``mmap`` of the file at its record's data
+(local headers parsed here).
 
 Everything else raises ``NativeUnsupported(reason)``: a GLOBAL outside the list, an
 opcode torch's safe unpickler refuses or a memo index past the pickle's size (the
@@ -40,7 +41,7 @@ import mmap
 import pickle
 import re
 import struct
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,7 @@ def _torch_globals() -> dict[tuple[str, str], Any]:
             _Call(_rebuild_parameter_with_state),
         ("collections", "OrderedDict"): OrderedDict,  # immutable type; BUILD on an
         # instance sets its __dict__, as torch's loader does (a state_dict's _metadata)
+        ("collections", "Counter"): Counter,  # torch's weights_only loader takes it too
         ("torch", "Size"): _Call(_size),
         ("torch", "device"): _Call(_device),
         ("_codecs", "encode"): _Call(_encode),

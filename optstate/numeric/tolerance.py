@@ -87,7 +87,7 @@ SCHEDULE_ROUNDINGS_PER_STEP = 16
 def schedule_atol(steps: int, scale: float) -> float:
     """How far an lr a run reached step by step through an LR scheduler (torch's ``get_lr``
     multiplies the group's lr by a factor each step: StepLR, LinearLR, CosineAnnealingLR...)
-    may be from the scheduler's closed form at the same epoch (``sim.scheduled``), ``scale``
+    may be from the scheduler's closed form at the same epoch (``state.scheduled``), ``scale``
     being the larger of the group's base lr and the two lrs. Each step multiplies the lr by a
     factor computed to within SCHEDULE_ROUNDINGS_PER_STEP roundings, so the relative error of
     the chain is at most gamma(16 * steps); CosineAnnealingLR's factor near T_max is a ratio
