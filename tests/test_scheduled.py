@@ -191,3 +191,20 @@ def test_one_cycle_needs_the_groups_and_other_shapes_say_why() -> None:
     assert scheduled_lrs({"last_batch_iteration": 5}, 1)[1] == \
         "DeepSpeed's scheduler keeps its settings in the config"
     assert scheduled_lrs({"foo": 1}, 1)[1] == "the scheduler's class is not recognised"
+
+
+@pytest.mark.parametrize(("state", "want"), [
+    # a count anyone can write: the milestones are counted, never listed (0.5**1e12 is 0)
+    ({"milestones": {5: 10**12, 7: 0}, "gamma": 0.5, "base_lrs": [0.1], "last_epoch": 9},
+     ([0.0], "MultiStepLR closed form at last_epoch 9")),
+    # an integer gamma would be an exact integer power of a billion digits
+    ({"gamma": 10, "base_lrs": [0.1], "last_epoch": 10**9},
+     (None, "ExponentialLR could not compute it from the saved state (OverflowError)")),
+    ({"gamma": "0.5", "base_lrs": [0.1], "last_epoch": 3},
+     (None, "ExponentialLR could not compute it from the saved state (TypeError)")),
+    ({"step_size": 0, "gamma": 0.5, "base_lrs": [0.1], "last_epoch": 3},
+     (None, "StepLR could not compute it from the saved state (ZeroDivisionError)")),
+])
+def test_a_hostile_state_is_answered_at_once(state, want) -> None:
+    """What a file could hold but no scheduler writes: an answer, not a hang."""
+    assert scheduled_lrs(state, 1) == want

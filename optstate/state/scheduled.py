@@ -28,8 +28,6 @@ config), and states whose class is not recognised.
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
-from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -114,26 +112,40 @@ def _compute(kind: str, state: dict[str, Any], base: list[float | None],
     return _one_cycle(state, groups or [])
 
 
-def _milestones(saved: Any) -> list[int]:
-    """MultiStepLR's ``sorted(self.milestones.elements())`` from the saved Counter (a dict
-    of milestone: count, or a plain list from other writers)."""
+def _passed(saved: Any, last_epoch: Any) -> int:
+    """MultiStepLR's ``bisect_right(sorted(self.milestones.elements()), last_epoch)``: how
+    many milestones (with their counts) are at or before ``last_epoch``, counted without
+    listing them (a count in a file is a number anyone could make 10**12). The saved
+    Counter is a dict of milestone: count (``elements()`` skips counts below 1); other
+    writers save a plain list."""
     if isinstance(saved, Mapping):
-        return sorted(Counter({int(k): int(v) for k, v in saved.items()}).elements())
-    if isinstance(saved, (list, tuple)):
-        return sorted(int(m) for m in saved)
-    raise ValueError("milestones of an unknown shape")
+        pairs = [(int(k), int(v)) for k, v in saved.items()]
+    elif isinstance(saved, (list, tuple)):
+        pairs = [(int(m), 1) for m in saved]
+    else:
+        raise ValueError("milestones of an unknown shape")
+    return sum(count for milestone, count in pairs if count > 0 and milestone <= last_epoch)
+
+
+def _gamma(state: dict[str, Any]) -> float:
+    """A factor raised to a step count, as a float: an integer one would make Python
+    compute the exact integer power (``10 ** 10**9`` never ends), where torch's float
+    gamma gives the same number at once."""
+    gamma = state["gamma"]
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
+        raise TypeError("gamma is not a number")
+    return float(gamma)
 
 
 # torch.optim.lr_scheduler's _get_closed_form_lr, one base lr at a time (same operations).
 _CLOSED_FORM: dict[str, Callable[[dict[str, Any], float, Any], Any]] = {
-    "StepLR": lambda s, b, e: b * s["gamma"] ** (e // s["step_size"]),
-    "MultiStepLR": lambda s, b, e: b * s["gamma"] ** bisect_right(_milestones(s["milestones"]),
-                                                                  e),
+    "StepLR": lambda s, b, e: b * _gamma(s) ** (e // s["step_size"]),
+    "MultiStepLR": lambda s, b, e: b * _gamma(s) ** _passed(s["milestones"], e),
     "ConstantLR": lambda s, b, e: b * (s["factor"] + (e >= s["total_iters"])
                                        * (1 - s["factor"])),
     "LinearLR": lambda s, b, e: b * (s["start_factor"] + (s["end_factor"] - s["start_factor"])
                                      * min(s["total_iters"], e) / s["total_iters"]),
-    "ExponentialLR": lambda s, b, e: b * s["gamma"] ** e,
+    "ExponentialLR": lambda s, b, e: b * _gamma(s) ** e,
     "CosineAnnealingLR": lambda s, b, e: s["eta_min"] + (b - s["eta_min"]) * (
         1 + math.cos(math.pi * e / s["T_max"])) / 2,
     "PolynomialLR": lambda s, b, e: b * (1.0 - min(s["total_iters"], e) / s["total_iters"]
@@ -153,7 +165,8 @@ def _cyclic(state: dict[str, Any], base: list[float | None]) -> list[Any]:
     if state.get("_scale_fn_custom") is not None:
         raise ValueError("CyclicLR's scale_fn is code")
     scale_fn, scale_mode = _CYCLIC_SCALE[state["mode"]]
-    gamma, last_epoch, total_size = state.get("gamma"), state["last_epoch"], state["total_size"]
+    gamma = _gamma(state) if scale_mode == "iterations" else None
+    last_epoch, total_size = state["last_epoch"], state["total_size"]
     cycle = math.floor(1 + last_epoch / total_size)
     x = 1.0 + last_epoch / total_size - cycle
     if x <= state["step_ratio"]:
