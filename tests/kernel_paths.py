@@ -5,7 +5,7 @@ optstate/numeric/kernels.py and pair_kernel.py compute with the C kernel
 where it is built, else with torch; the numbers must not depend on the path.
 The fixture switches paths with the code's own switch, ``kernel_switch.use_path`` (no
 monkeypatching); a path this process cannot run is skipped with the reason (the C kernel
-not built, disabled by OPTSTATE_NO_C=1, or no AVX2 on this CPU).
+not built, disabled by OPTSTATE_NO_C=1, or no AVX2 and FMA on this CPU).
 """
 
 from __future__ import annotations

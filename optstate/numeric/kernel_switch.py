@@ -59,7 +59,7 @@ def torch_c_kind(dtype: object) -> int | None:
     """The C kernel's kind for a torch dtype (None: the torch path)."""
     return TORCH_C_KINDS.get(str(dtype).removeprefix("torch."))
 
-# The ways a reduction can run: the C kernel's AVX2 loop, its 2-lane loop (SSE2 / NEON),
+# The ways a reduction can run: the C kernel's AVX2 loop (with FMA), its 2-lane loop (SSE2 / NEON),
 # or torch operations on a float64 buffer. All give the same numbers (tested).
 PATHS = ("c-avx2", "c-2lane", "torch")
 
@@ -71,7 +71,7 @@ def active_c_kernel() -> ModuleType | None:
 
 def available_paths() -> list[str]:
     """The paths this process can run: "torch" always; the C kernel's loops when it is
-    built, not disabled by OPTSTATE_NO_C=1, and (AVX2) supported by the CPU."""
+    built, not disabled by OPTSTATE_NO_C=1, and (AVX2 and FMA) supported by the CPU."""
     if _ckernels is None:
         return ["torch"]
     wide = "avx2" in _ckernels.vector_paths()[0]
@@ -96,7 +96,7 @@ def unavailable_reason(path: str) -> str | None:
     if _ckernels is None:
         return "the optional C kernel is not built (no C compiler at install time?)"
     if path == "c-avx2" and path not in available_paths():
-        return "this CPU has no AVX2"
+        return "this CPU has no AVX2 or no FMA"
     return None
 
 
