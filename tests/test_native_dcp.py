@@ -339,6 +339,26 @@ def test_the_metadata_prescan_limits_come_first(fqn, monkeypatch):
     assert native_error.value.message == torch_error.value.message
 
 
+def test_the_metadata_checks_are_torchs_for_every_path(fqn, monkeypatch):
+    """Both readers check ``.metadata`` with the same code (``dcp_metadata.check_metadata``):
+    a path part past the ``string`` limit (a pathlib path, joined from parts the pre-scan
+    lets by), of a key the metadata does not even list, makes the native reader give way,
+    and both give torch's path's LimitError."""
+    from pathlib import PurePosixPath
+
+    md = DcpCheckpoint(fqn).metadata
+    md.planner_data["unlisted"] = (PurePosixPath("a" * 1500, "b" * 1500),)
+    (fqn / ".metadata").write_bytes(pickle.dumps(md))
+    monkeypatch.setenv("OPTSTATE_LIMITS", "string=2000")
+    with pytest.raises(NativeUnsupported, match="has a part of 3,001 characters"):
+        read_dcp_native(fqn)
+    with pytest.raises(LimitError) as torch_error:
+        open_source(fqn)
+    with pytest.raises(LimitError) as native_error:
+        open_source(fqn, reader="native")
+    assert native_error.value.message == torch_error.value.message
+
+
 def test_optstate_reader_torch_forces_the_torch_path(folders, monkeypatch):
     monkeypatch.setenv("OPTSTATE_READER", "torch")
     src = open_source(folders["fqn"], reader="auto")

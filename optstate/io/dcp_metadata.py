@@ -17,11 +17,12 @@ data is read (``dcp.py`` reads the data):
   every file it names, and ``.metadata``, must resolve to a regular file directly inside
   it (``inside``); ``.metadata`` is scanned before it is unpickled (``prescan.scan_any``),
   then its keys, paths, shapes and chunks are checked against the limits
-  (``read_metadata``); every data file it names must exist and hold the bytes its chunks
+  (``check_metadata``); every data file it names must exist and hold the bytes its chunks
   claim, and a chunk that claims more data than it stores (an expanded view) is refused
-  before anything is read (``storage_files``).
+  before anything is read (``storage_files``). The native reader (``native_dcp``) runs
+  these same checks on its own records of the metadata (``_is``, ``_is_dtype``).
 
-About 445 lines: the unpickler, its locked hand-outs and the checks of what it returns are
+About 465 lines: the unpickler, its locked hand-outs and the checks of what it returns are
 one safety boundary, read best in one file.
 """
 
@@ -233,6 +234,15 @@ def parse_metadata(data: bytes, file: str) -> Metadata:
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             RuntimeError, RecursionError, OverflowError, MemoryError) as e:
         raise CheckpointError(f"{file} is damaged or truncated ({type(e).__name__})") from None
+    check_metadata(md, file)
+    return md
+
+
+def check_metadata(md: Any, file: str | Path) -> None:
+    """What a ``.metadata`` pickle gave, checked before anything else uses it: every key,
+    shape, dtype and chunk (``_check_entry``), the counts against the limits, the paths
+    (``_check_paths``). ``md`` is torch's ``Metadata`` or the native reader's records of it
+    (``native_dcp``: ``_is``), which turns these verdicts into ``NativeUnsupported``."""
     if not _is(md, "Metadata") or not isinstance(
             getattr(md, "state_dict_metadata", None), dict):
         raise CheckpointError(f"{file} does not hold DCP metadata")
@@ -254,7 +264,6 @@ def parse_metadata(data: bytes, file: str) -> Metadata:
         raise LimitError(str(file), f"lists more than {limits.items:,} tensor chunks",
                          "items", limits.items)
     _check_paths(file, md, limits)
-    return md
 
 
 def _check_paths(file: str | Path, md: Metadata, limits: Limits) -> None:
@@ -285,16 +294,27 @@ def is_index(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+def _native_kind(obj: Any) -> str | None:
+    """What the native reader's unpickler made ``obj`` as (``native_dcp``: a record of
+    torch's class ``kind``, or a dtype's name, of kind "dtype"): its classes are
+    ``Locked`` and say their ``kind``; None for anything else."""
+    cls = type(obj)
+    return getattr(cls, "kind", None) if type(cls) is Locked else None
+
+
 def _is(obj: Any, name: str) -> bool:
     """``obj`` is DCP's metadata class ``name`` (``Metadata``, ``TensorStorageMetadata``,
-    ``BytesStorageMetadata``): told by name, without importing torch."""
+    ``BytesStorageMetadata``), or the native reader's record of it: told by name, without
+    importing torch."""
     cls = type(obj)
-    return cls.__name__ == name and cls.__module__.startswith("torch.distributed.checkpoint")
+    return (cls.__name__ == name and cls.__module__.startswith("torch.distributed.checkpoint")
+            or _native_kind(obj) == name)
 
 
 def _is_dtype(v: Any) -> bool:
-    """A torch.dtype, or the native reader's ``NativeDtype``."""
-    if isinstance(v, NativeDtype):
+    """A torch.dtype, the native reader's ``NativeDtype``, or the dtype name its metadata
+    unpickler hands out (``native_dcp._DtypeName``, which has an ``itemsize`` too)."""
+    if isinstance(v, NativeDtype) or _native_kind(v) == "dtype":
         return True
     cls = type(v)
     return cls.__module__ == "torch" and cls.__name__ == "dtype"

@@ -13,8 +13,10 @@ with ``reader="native"``:
   decoded into an inert record of its fields (``_Record``, its classes made and locked
   per load; functions and paths as ``dcp_metadata.Call``s), dtypes by name (never the
   shared ``NativeDtype`` objects, which a pickle's BUILD would rewrite); then checked
-  as ``dcp_metadata`` checks it (limits, shapes, chunks, the storage table,
-  the data files inside the folder, expansion).
+  by ``dcp_metadata``'s own checks (``check_metadata``: limits, keys, shapes, chunks,
+  paths; ``storage_files``: the storage table, the data files inside the folder,
+  expansion), whose verdict becomes ``NativeUnsupported``, and by what only this reader
+  refuses (a dtype it does not know, a layout other than strided, transforms, symlinks).
 - The non-tensor values (hyperparameters, ``params`` lists) are read now, each pre-scanned
   like the torch path does and unpickled with plain containers, ``OrderedDict`` and
   ``Counter`` only.
@@ -35,9 +37,9 @@ The tree is put back together as ``dcp.py`` does (``rebuild_tree``: positional o
 state keys, lists, a fresh optimizer's empty ``state``). ``layout_native`` is
 ``inspect --layout``'s data (``dcp_layout.layout_report``) from the metadata alone.
 
-About 860 lines: the metadata classes, their checks and the chunk reader are one reader
-that mirrors ``dcp_metadata`` + ``dcp.py`` (the tree rebuild is shared: ``dcp_tree``), and
-reads best as one file.
+About 810 lines: the metadata classes and the chunk reader are one reader that mirrors
+``dcp_metadata`` + ``dcp.py`` (the checks of the metadata and the tree rebuild are shared:
+``dcp_metadata``, ``dcp_tree``), and reads best as one file.
 """
 
 from __future__ import annotations
@@ -58,11 +60,19 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from optstate.base.errors import CheckpointError
+from optstate.base.errors import CheckpointError, OptstateError
 from optstate.base.limits import LimitError
 from optstate.base.limits import current as current_limits
 from optstate.io import dcp_tree
-from optstate.io.dcp_metadata import Call, Locked, is_index, path_text, short_repr
+from optstate.io.dcp_metadata import (
+    Call,
+    Locked,
+    check_metadata,
+    is_index,
+    path_text,
+    short_repr,
+    storage_files,
+)
 from optstate.io.native_tensor import (
     DTYPES,
     NativeDtype,
@@ -78,8 +88,6 @@ METADATA_FILE = ".metadata"
 # dcp_remote.METADATA_BYTES_PER_ITEM: .metadata may hold this many bytes per ``items``
 # limit entry (one pickled chunk entry is well under 256 bytes)
 _METADATA_BYTES_PER_ITEM = 256
-# torch counts elements and bytes in int64: a shape past this is damage, not a tensor
-_MAX_ELEMENTS = 2**62
 # Assembled tensors kept (a param's moments are looked at again right after their
 # statistics): the last two, more while they are small (``io.lazy.KEPT``).
 _KEPT = 2
@@ -173,12 +181,18 @@ _TORCH_NAMES = {"strided", "sparse_coo", "sparse_csr", "sparse_csc", "sparse_bsr
                 "channels_last_3d", "preserve_format"}
 
 
-class _DtypeName(str):
+class _DtypeName(str, metaclass=Locked):
     """A dtype as an unpickler hands it out: a name, turned into the shared ``NativeDtype``
     after loading. Never the shared object itself: a pickle's BUILD on it would rewrite
-    that object's fields (``float32``'s itemsize) for every later read in the process."""
+    that object's fields (``float32``'s itemsize) for every later read in the process.
+    ``kind`` and ``itemsize`` are what ``dcp_metadata``'s checks ask of a dtype."""
 
     __slots__ = ()
+    kind = "dtype"
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPES[str(self)].itemsize
 
 
 def _dtype(value: Any) -> NativeDtype | None:
@@ -220,9 +234,11 @@ def _is_dims(v: Any) -> bool:
 
 
 class _Metadata:
-    """What a DCP folder's ``.metadata`` says, checked as ``dcp_metadata`` checks it:
-    tensor key -> (shape, dtype, chunks), value keys, each key's path, and each item's
-    (file, offset, length); any doubt is ``NativeUnsupported``."""
+    """What a DCP folder's ``.metadata`` says, checked by ``dcp_metadata``'s own checks
+    (``check_metadata``, ``storage_files``), whose verdict is ``NativeUnsupported`` here
+    (torch's path says it), then by what only this reader asks (dtypes it knows, strided
+    tensors, no transforms, no symlinks, plain file names): tensor key -> (shape, dtype,
+    chunks), value keys, each key's path, and each item's (file, offset, length)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -235,121 +251,78 @@ class _Metadata:
         data = file.read_bytes()
         scan_any(data, limits, str(file))  # LimitError: the same verdict as torch's path
         md = _unpickle(_MetadataUnpickler, data, ".metadata")
-        if getattr(md, "kind", None) != "Metadata":
-            raise NativeUnsupported(".metadata does not hold DCP metadata")
-        entries = md.state_dict_metadata
-        if not isinstance(entries, dict) or len(entries) > limits.items:
-            raise NativeUnsupported(".metadata lists no keys or too many")
+        try:
+            check_metadata(md, str(file))
+        except OptstateError as e:
+            raise NativeUnsupported(str(e)) from None
         self.tensors: dict[str, tuple[tuple[int, ...], NativeDtype, list[tuple]]] = {}
         self.values: list[str] = []
         self.order: list[str] = []
-        chunks = 0
-        for key, entry in entries.items():
-            self._entry(key, entry, limits)
-            chunks += len(self.tensors[key][2]) if key in self.tensors else 0
-        if len(self.tensors) > limits.tensors or chunks > limits.items:
-            raise NativeUnsupported(".metadata lists more tensors or chunks than the limits")
-        self.paths = self._paths(md.planner_data, limits)
-        self.items = self._storage(md.storage_data)
-        self._check_expansion(limits.expand)
+        for key, entry in md.state_dict_metadata.items():
+            self._entry(key, entry)
+        self.paths = self._paths(md.planner_data)
+        self._check_storage(md.storage_data)
+        try:  # every data file inside the folder and long enough, no expanded chunk
+            storage_files(folder, md)
+        except OptstateError as e:
+            raise NativeUnsupported(str(e)) from None
+        self.items, self.file_sizes = self._storage(md.storage_data)
         self.version = md.version
 
-    def _entry(self, key: Any, entry: Any, limits: Any) -> None:
-        if not isinstance(key, str) or len(key) > limits.string:
-            raise NativeUnsupported("a key is not a short string")
-        kind = getattr(entry, "kind", None)
+    def _entry(self, key: str, entry: Any) -> None:
         self.order.append(key)
-        if kind == "BytesStorageMetadata":
+        if entry.kind == "BytesStorageMetadata":
             self.values.append(key)
             return
-        if kind != "TensorStorageMetadata":
-            raise NativeUnsupported(f"key {key!r} has unknown metadata")
-        size, props, chunks = entry.size, entry.properties, entry.chunks
-        if not _is_dims(size) or len(size) > limits.depth or math.prod(size) > _MAX_ELEMENTS:
-            raise NativeUnsupported(f"key {key!r} has an odd shape")
-        dtype = _dtype(getattr(props, "dtype", None))
+        props = entry.properties
+        dtype = _dtype(props.dtype)
         if dtype is None:
             raise NativeUnsupported(f"key {key!r} has a dtype this reader does not know")
         if getattr(props, "layout", "strided") not in ("strided", None):
             raise NativeUnsupported(f"key {key!r} is not a strided tensor")
-        if not isinstance(chunks, list) or len(chunks) > limits.items:
-            raise NativeUnsupported(f"key {key!r} has no chunk list")
-        out = []
-        for c in chunks:
-            offsets, sizes = getattr(c, "offsets", None), getattr(c, "sizes", None)
-            if not (_is_dims(offsets) and _is_dims(sizes)
-                    and len(offsets) == len(sizes) == len(size)
-                    and all(o + n <= whole for o, n, whole in zip(offsets, sizes, size,
-                                                                   strict=True))):
-                raise NativeUnsupported(f"key {key!r} has a chunk outside its shape")
-            out.append((offsets, sizes))
-        if sum(math.prod(s) for _, s in out) != math.prod(size):
-            raise NativeUnsupported(f"the chunks of {key!r} do not cover its shape")
-        self.tensors[key] = (size, dtype, out)
+        self.tensors[key] = (entry.size, dtype, [(c.offsets, c.sizes) for c in entry.chunks])
 
-    def _paths(self, pd: Any, limits: Any) -> dict[str, tuple[Any, ...]]:
+    def _paths(self, pd: Any) -> dict[str, tuple[Any, ...]]:
         """Each key's path in the nested state (``DcpCheckpoint.path_of``)."""
         out: dict[str, tuple[Any, ...]] = {}
         for key in self.order:
             path = pd.get(key) if isinstance(pd, dict) else None
-            if isinstance(path, tuple) and len(path) > limits.depth or isinstance(
-                    path, tuple) and any(isinstance(p, str) and len(p) > limits.string
-                                         for p in path):
-                raise NativeUnsupported(f"the path of {key!r} passes the limits")
             if isinstance(path, tuple) and path and all(
                     isinstance(p, str) or is_index(p) for p in path):
                 out[key] = path
             else:
                 out[key] = (key,)
-        if isinstance(pd, dict):  # torch's path checks every entry, listed or not
-            for path in pd.values():
-                if isinstance(path, tuple) and len(path) > limits.depth:
-                    raise NativeUnsupported("a path passes the depth limit")
         return out
 
-    def _storage(self, storage: Any) -> dict[tuple[str, Any], tuple[str, int, int]]:
-        """(key, chunk offsets or None) -> (data file, offset, length), every file inside
-        the folder and long enough, every chunk and value with its data."""
-        if not isinstance(storage, dict):
-            raise NativeUnsupported(".metadata has no storage table")
-        sizes: dict[str, int] = {}
-        out: dict[tuple[str, Any], tuple[str, int, int]] = {}
-        for index, info in storage.items():
-            fqn, offset = getattr(index, "fqn", None), getattr(index, "offset", None)
-            if not isinstance(fqn, str) or not (offset is None or isinstance(offset, tuple)):
-                raise NativeUnsupported("a bad storage index")
+    def _check_storage(self, storage: Any) -> None:
+        """What only this reader refuses in the storage table: a data file name torch's
+        path may take for another one, an item stored through transforms."""
+        for info in storage.values() if isinstance(storage, dict) else ():
             rel = getattr(info, "relative_path", None)
-            if not isinstance(rel, str) or rel in ("", ".", "..") or any(
-                    c in rel for c in "/\\\0"):
+            if isinstance(rel, str) and any(c in rel for c in "\\\0"):
                 raise NativeUnsupported(f"a bad data file name {rel!r}")
             if getattr(info, "transform_descriptors", None):
                 raise NativeUnsupported(f"{rel} stores items through transforms")
+
+    def _storage(self, storage: dict[Any, Any]
+                 ) -> tuple[dict[tuple[str, Any], tuple[str, int, int]], dict[str, int]]:
+        """(key, chunk offsets or None) -> (data file, offset, length), from the table
+        ``storage_files`` checked; and each data file's size, none a symlink."""
+        sizes: dict[str, int] = {}
+        out: dict[tuple[str, Any], tuple[str, int, int]] = {}
+        for index, info in storage.items():
+            rel, start, length = info.relative_path, info.offset, info.length
             if rel not in sizes:
                 f = self.folder / rel
                 if os.path.islink(f) or not f.is_file():
                     raise NativeUnsupported(f"{rel} is missing or not a regular file")
                 sizes[rel] = f.stat().st_size
-            start, length = getattr(info, "offset", None), getattr(info, "length", None)
-            if not (is_index(start) and is_index(length) and start + length <= sizes[rel]):
+            if start + length > sizes[rel]:  # it changed since storage_files looked
                 raise NativeUnsupported(f"{rel} is shorter than its items")
-            out[(fqn, tuple(offset) if offset is not None else None)] = (rel, start, length)
-        for key, (_, _, chunks) in self.tensors.items():
-            if any((key, offsets) not in out for offsets, _ in chunks):
-                raise NativeUnsupported(f"a chunk of {key!r} has no data")
-        if any((key, None) not in out for key in self.values):
-            raise NativeUnsupported("a value has no data")
-        self.file_sizes = sizes
-        return out
-
-    def _check_expansion(self, limit: int) -> None:
-        """``dcp_metadata._check_expansion``: chunks claiming more than they store."""
-        extra = 0
-        for key, (_, dtype, chunks) in self.tensors.items():
-            for offsets, sizes in chunks:
-                stored = self.items[(key, offsets)][2]
-                extra += max(0, math.prod(sizes) * dtype.itemsize - stored)
-        if extra > limit:
-            raise NativeUnsupported("chunks claim more data than they store")
+            offset = index.offset
+            out[(index.fqn, tuple(offset) if offset is not None else None)] = (rel, start,
+                                                                               length)
+        return out, sizes
 
 
 # ---------------------------------------------------------------- stored items
