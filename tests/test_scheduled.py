@@ -185,3 +185,59 @@ def test_one_cycle_needs_the_groups_and_other_shapes_say_why() -> None:
 def test_a_hostile_state_is_answered_at_once(state, want) -> None:
     """What a file could hold but no scheduler writes: an answer, not a hang."""
     assert scheduled_lrs(state, 1) == want
+
+
+_STEP = {"step_size": 2, "gamma": 0.5, "base_lrs": [0.1], "last_epoch": 3}
+
+
+@pytest.mark.parametrize(("state", "groups", "reason"), [
+    (_STEP | {"last_epoch": float("nan")}, None, "the scheduler has no last_epoch"),
+    (_STEP | {"last_epoch": float("inf")}, None, "the scheduler has no last_epoch"),
+    (_STEP | {"last_epoch": 10**400}, None, "the scheduler has no last_epoch"),
+    (_STEP | {"base_lrs": [10**400]}, None, "the scheduler's base lrs are not finite numbers"),
+    (_STEP | {"base_lrs": 5}, None, "the scheduler's base lrs are not a list"),
+    (_STEP, [[1, 2]], "the param groups are not dicts"),
+    ({"T_max": 10**400, "eta_min": 0.0, "base_lrs": [0.1], "last_epoch": 3}, None,
+     "CosineAnnealingLR's T_max is not a finite number"),
+    (_STEP | {"gamma": float("nan")}, None, "StepLR gave no finite lr per group"),
+])
+def test_a_state_no_scheduler_writes_says_why(state, groups, reason) -> None:
+    assert scheduled_lrs(state, 1, groups=groups) == (None, reason)
+
+
+def test_a_cyclic_scale_fn_of_its_own_is_said_where_the_state_shows_it() -> None:
+    opt = _optimizer("sgd")
+    sched = L.CyclicLR(opt, 0.01, 0.1, step_size_up=3, scale_fn=_lambda_scale,
+                       scale_mode="iterations")
+    for _ in range(7):
+        opt.step()
+        sched.step()
+    assert scheduled_lrs(_saved(sched.state_dict()), 2) == (
+        None, "CyclicLR was given its own scale_fn, which is code, not saved")
+
+
+def test_milestones_between_epochs_are_not_computed() -> None:
+    """torch's closed form has decayed past a milestone of 2.5 from epoch 3 on; its run,
+    which decays only at an epoch equal to a milestone, never does."""
+    opt = _optimizer("sgd")
+    sched = L.MultiStepLR(opt, [2.5, 6], 0.1)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == 0.1
+    assert scheduled_lrs(_saved(sched.state_dict()), 2) == (
+        None, "MultiStepLR has milestones that are not whole numbers")
+
+
+def test_tensor_lrs_are_not_computed_in_float64() -> None:
+    """torch computes a tensor lr's schedule in its dtype (float32): not this module's
+    float64 arithmetic, so the lr is not claimed."""
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.Adam([p], lr=torch.tensor(0.1))
+    sched = L.ExponentialLR(opt, 0.9)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    groups = _saved(opt.state_dict())["param_groups"]
+    assert scheduled_lrs(_saved(sched.state_dict()), 1, groups=groups) == (
+        None, "the lrs are tensors, which torch computes in their own dtype")

@@ -120,6 +120,10 @@ def _two_groups_frozen(m: Net) -> torch.optim.Optimizer:
                                "weight_decay": 0.0}])
 
 
+def _half_per_step(x: float) -> float:
+    return 0.5 ** x
+
+
 def _warmup_lambda(epoch: int) -> float:  # the Trainer's linear warmup + decay shape
     return min((epoch + 1) / 15, max(0.0, (80 - epoch) / 65))
 
@@ -152,6 +156,15 @@ CLEAN: dict[str, dict[str, Any]] = {
         "opt": adam(), "sched": lambda o: L.ReduceLROnPlateau(o, patience=2, factor=0.5)},
     "ExponentialLR, no run step saved": {
         "opt": adam(), "sched": lambda o: L.ExponentialLR(o, 0.97), "save_step": False},
+    # a scale_fn function is not saved; its scale_mode is, and tells it from the mode's
+    "CyclicLR with its own scale_fn": {
+        "opt": lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9),
+        "sched": lambda o: L.CyclicLR(o, 0.001, 0.05, step_size_up=7,
+                                      scale_fn=_half_per_step, scale_mode="iterations")},
+    # torch computes tensor lrs in float32: not the float64 formula's last digits
+    "adam with a tensor lr, ExponentialLR": {
+        "opt": lambda m: torch.optim.Adam(m.parameters(), lr=torch.tensor(1e-2)),
+        "sched": lambda o: L.ExponentialLR(o, 0.97)},
 }
 
 
@@ -193,6 +206,17 @@ def test_lr_times_1000_under_step_lr_is_off_schedule(tmp_path: Path) -> None:
     assert brief(fs)[0] == ("lr_off_schedule", "step_40.pt", None, None, 0)
     assert "0.25 but its StepLR computes 0.00025 at last_epoch 40 (1,000x)" in fs[0]["message"]
     assert "(and at 2 later checkpoints)" in fs[0]["message"]
+
+
+def test_a_cyclic_scale_fn_the_state_cannot_tell_is_named_as_a_cause(tmp_path: Path) -> None:
+    """A CyclicLR given a scale_fn function and the default "cycle" scale_mode saves the
+    same state as a plain triangular one: the finding says it may be that."""
+    run = Run(tmp_path, lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9),
+              lambda o: L.CyclicLR(o, 0.001, 0.05, step_size_up=7, scale_fn=_half_per_step))
+    run.train(60)
+    fs = findings(tmp_path)
+    assert fs and fs[0]["code"] == "lr_off_schedule"
+    assert "a scale_fn function of its own, which a CyclicLR does not save" in fs[0]["message"]
 
 
 def test_lr_times_1000_without_scheduler_is_lr_up(tmp_path: Path) -> None:

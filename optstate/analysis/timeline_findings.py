@@ -772,7 +772,9 @@ def _lr(records: list[dict[str, Any]], i: int, g: Any, lr: float, h: _LrHistory 
                  + ("the lr is its base lr: the optimizer rebuilt fresh on resume while the "
                     "scheduler's state was restored?" if fresh else
                     "the lr changed by hand or by other code (another scheduler?), or the "
-                    "scheduler restored with other settings?"), **kw)
+                    "scheduler restored with other settings?"
+                    + (" (or a scale_fn function of its own, which a CyclicLR does not "
+                       "save)" if s.get("kind") == "CyclicLR" else "")), **kw)
             return
     if h is None or h.before_last is None or _accounted(r, g, lr):
         return

@@ -17,9 +17,14 @@ know gives ``(None, reason)``, never a guess.
 - CosineAnnealingWarmRestarts, CyclicLR and OneCycleLR by their ``get_lr()``, which does not
   chain on the group's lr (T_cur/T_i; last_epoch against base_lrs/max_lrs; the group's
   initial_lr/max_lr/min_lr, which OneCycleLR keeps in the optimizer's groups, not in its own
-  state: pass them as ``groups``). These agree exactly with the run.
+  state: pass them as ``groups``). These agree exactly with the run. A CyclicLR given its
+  own ``scale_fn`` as a function saves nothing of it: where its saved ``scale_mode`` is
+  not its mode's, that is said; where it is (a function with the default "cycle" on a
+  "triangular" CyclicLR), the state cannot tell, and timeline's finding names it as a
+  possible cause.
 
-The rest cannot be computed from what is saved and give ``(None, reason)``: LambdaLR and
+Tensor lrs (``lr=torch.tensor(0.1)``) give ``(None, reason)``: torch computes them in
+their own dtype. The rest cannot be computed from what is saved either: LambdaLR and
 MultiplicativeLR (the lambdas are code), ReduceLROnPlateau (follows a metric), SequentialLR
 and ChainedScheduler (compose others), DeepSpeed's schedulers (their settings live in the
 config), and states whose class is not recognised.
@@ -28,14 +33,17 @@ config), and states whose class is not recognised.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
+from optstate.io.native_tensor import is_tensor
 from optstate.state.report import scheduler_report
 
 CLOSED_FORM = ("StepLR", "MultiStepLR", "ConstantLR", "LinearLR", "ExponentialLR",
                "CosineAnnealingLR", "PolynomialLR")
 NOT_CHAINED = ("CosineAnnealingWarmRestarts", "CyclicLR", "OneCycleLR")
+# The lrs OneCycleLR (and the optimizer) keep in the param groups.
+_GROUP_LRS = ("lr", "initial_lr", "max_lr", "min_lr")
 
 _WHY_NOT = {
     "LambdaLR": "LambdaLR's lambdas are code, not saved",
@@ -48,11 +56,21 @@ _WHY_NOT = {
 
 
 def _number(v: Any) -> float | None:
+    """A finite real number as a float, else None (a 1-element tensor: its value)."""
     if hasattr(v, "item") and getattr(v, "numel", lambda: 0)() == 1:
         v = v.item()
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
-    return float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # an int past the float range
+        return None
+    return f if math.isfinite(f) else None
+
+
+# The scale_mode each CyclicLR mode sets; a saved state with another one was given its
+# own scale_fn, which a state_dict does not save when it is a function.
+_CYCLIC_MODES = {"triangular": "cycle", "triangular2": "cycle", "exp_range": "iterations"}
 
 
 def scheduled_lrs(sched_state: dict[str, Any], n_groups: int, *,
@@ -69,32 +87,51 @@ def scheduled_lrs(sched_state: dict[str, Any], n_groups: int, *,
         return None, "LambdaLR's (or MultiplicativeLR's) lambdas are code, not saved"
     if kind not in CLOSED_FORM and kind not in NOT_CHAINED:
         return None, _WHY_NOT.get(kind, f"{kind} is not computed here")
-    base = [_number(v) for v in sched_state.get("base_lrs") or []]
+    raw_base = sched_state.get("base_lrs")
+    if not isinstance(raw_base, (list, tuple)):
+        return None, "the scheduler's base lrs are not a list"
+    if groups is not None and not all(isinstance(g, dict) for g in groups):
+        return None, "the param groups are not dicts"
+    lr_values = [*raw_base, *(g.get(k) for g in groups or [] for k in _GROUP_LRS)]
+    if any(is_tensor(v) for v in lr_values):
+        return None, "the lrs are tensors, which torch computes in their own dtype"
+    base = [_number(v) for v in raw_base]
     if len(base) != n_groups or any(b is None for b in base):
         return None, (f"the scheduler has {len(base)} base lrs for {n_groups} "
                       "param groups" if len(base) != n_groups
-                      else "the scheduler's base lrs are not numbers")
-    last_epoch = _number(sched_state.get("last_epoch"))
+                      else "the scheduler's base lrs are not finite numbers")
+    raw_epoch = sched_state.get("last_epoch")
+    last_epoch = _number(raw_epoch)
     if last_epoch is None or last_epoch < 0:
         return None, "the scheduler has no last_epoch"
     if kind == "CyclicLR" and sched_state.get("_scale_fn_custom") is not None:
         return None, "CyclicLR's scale_fn is code, not saved"
+    if kind == "CyclicLR" and sched_state.get("scale_mode", _CYCLIC_MODES.get(
+            sched_state.get("mode"))) != _CYCLIC_MODES.get(sched_state.get("mode")):
+        return None, "CyclicLR was given its own scale_fn, which is code, not saved"
+    if kind == "MultiStepLR" and not _whole_milestones(sched_state.get("milestones")):
+        # the run decays only at an epoch equal to a milestone: never at 2.5, where the
+        # closed form has decayed since
+        return None, "MultiStepLR has milestones that are not whole numbers"
     if kind == "OneCycleLR" and (groups is None or len(groups) != n_groups):
         return None, "OneCycleLR keeps its max_lr and min_lr in the param groups"
-    if kind == "CosineAnnealingLR" and last_epoch > (_number(sched_state.get("T_max")) or 0):
-        # past T_max the chained lr climbs back from near eta_min, and the rounding of the
-        # bottom grows with T_max**2 relative to the lr: no bound to compare it with
-        return None, "CosineAnnealingLR is past its T_max"
+    if kind == "CosineAnnealingLR":
+        t_max = _number(sched_state.get("T_max"))
+        if t_max is None:
+            return None, "CosineAnnealingLR's T_max is not a finite number"
+        if last_epoch > t_max:
+            # past T_max the chained lr climbs back from near eta_min, and the rounding of
+            # the bottom grows with T_max**2 relative to the lr: no bound to compare it with
+            return None, "CosineAnnealingLR is past its T_max"
     try:
         values = _compute(kind, dict(sched_state), base, groups)
     except (KeyError, TypeError, ValueError, ArithmeticError) as exc:  # not the class's state
         return None, f"{kind} could not compute it from the saved state ({type(exc).__name__})"
     lrs = [_number(v) for v in values]
-    if len(lrs) != n_groups or any(v is None or not math.isfinite(v) for v in lrs):
+    if len(lrs) != n_groups or any(v is None for v in lrs):
         return None, f"{kind} gave no finite lr per group"
     how = "closed form" if kind in CLOSED_FORM else "get_lr"
-    return [float(v) for v in lrs if v is not None], f"{kind} {how} at last_epoch " \
-        f"{int(last_epoch)}"
+    return [float(v) for v in lrs if v is not None], f"{kind} {how} at last_epoch {raw_epoch}"
 
 
 def _compute(kind: str, state: dict[str, Any], base: list[float | None],
@@ -117,14 +154,30 @@ def _passed(saved: Any, last_epoch: Any) -> int:
     many milestones (with their counts) are at or before ``last_epoch``, counted without
     listing them (a count in a file is a number anyone could make 10**12). The saved
     Counter is a dict of milestone: count (``elements()`` skips counts below 1); other
-    writers save a plain list."""
-    if isinstance(saved, Mapping):
-        pairs = [(int(k), int(v)) for k, v in saved.items()]
+    writers save a plain list. Milestones are compared as they are (whole numbers:
+    ``_whole_milestones``)."""
+    if isinstance(saved, dict):  # dict.items: nothing an instance sets is called
+        pairs = list(dict.items(saved))
     elif isinstance(saved, (list, tuple)):
-        pairs = [(int(m), 1) for m in saved]
+        pairs = [(m, 1) for m in saved]
     else:
         raise ValueError("milestones of an unknown shape")
-    return sum(count for milestone, count in pairs if count > 0 and milestone <= last_epoch)
+    if not all(_real(m) and isinstance(c, int) for m, c in pairs):
+        raise TypeError("milestones and counts that are not numbers")
+    return sum(c for m, c in pairs if c > 0 and m <= last_epoch)
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _whole_milestones(saved: Any) -> bool:
+    """Every milestone a whole number (what the run's epochs can equal); other shapes are
+    left to ``_passed`` to refuse."""
+    if not isinstance(saved, (dict, list, tuple)):
+        return True
+    keys = dict.keys(saved) if isinstance(saved, dict) else saved
+    return all(not isinstance(m, float) or m.is_integer() for m in keys)
 
 
 def _gamma(state: dict[str, Any]) -> float:
