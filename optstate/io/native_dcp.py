@@ -18,8 +18,9 @@ with ``reader="native"``:
   expansion), whose verdict becomes ``NativeUnsupported``, and by what only this reader
   refuses (a dtype it does not know, a layout other than strided, transforms, symlinks).
 - The non-tensor values (hyperparameters, ``params`` lists) are read now, each pre-scanned
-  like the torch path does and unpickled with plain containers, ``OrderedDict`` and
-  ``Counter`` only.
+  like the torch path does and unpickled with plain containers, ``OrderedDict()`` and
+  ``Counter()``/``Counter(dict)`` only (``native_pickle.build_counter``: never built from
+  another iterable, never the class itself, which a BUILD would change).
 - Each tensor is a ``NativeTensor`` of its full shape over a storage whose bytes are found
   when a statistic first touches them (``--no-stats`` reads no chunk): a tensor stored in
   one contiguous, aligned chunk is a view of the memory-mapped data file; one stored in
@@ -37,7 +38,7 @@ The tree is put back together as ``dcp.py`` does (``rebuild_tree``: positional o
 state keys, lists, a fresh optimizer's empty ``state``). ``layout_native`` is
 ``inspect --layout``'s data (``dcp_layout.layout_report``) from the metadata alone.
 
-About 810 lines: the metadata classes and the chunk reader are one reader that mirrors
+About 820 lines: the metadata classes and the chunk reader are one reader that mirrors
 ``dcp_metadata`` + ``dcp.py`` (the checks of the metadata and the tree rebuild are shared:
 ``dcp_metadata``, ``dcp_tree``), and reads best as one file.
 """
@@ -54,7 +55,7 @@ import pickle
 import re
 import struct
 import zipfile
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -72,6 +73,12 @@ from optstate.io.dcp_metadata import (
     path_text,
     short_repr,
     storage_files,
+)
+from optstate.io.native_pickle import (
+    build_counter,
+    build_frozenset,
+    build_ordered_dict,
+    build_set,
 )
 from optstate.io.native_tensor import (
     DTYPES,
@@ -170,8 +177,11 @@ def _metadata_classes() -> dict[tuple[str, str], Any]:
         ("pathlib", "PurePosixPath"): path_text(PurePosixPath, "PurePosixPath"),
         ("pathlib", "WindowsPath"): path_text(PureWindowsPath, "WindowsPath"),
         ("pathlib", "PureWindowsPath"): path_text(PureWindowsPath, "PureWindowsPath"),
-        ("collections", "OrderedDict"): OrderedDict,  # immutable types: nothing to set
-        ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
+        # containers as Calls too (a BUILD on the class would change it for the process),
+        # built only from what their reduce writes
+        ("collections", "OrderedDict"): Call(build_ordered_dict, "OrderedDict"),
+        ("builtins", "set"): Call(build_set, "set"),
+        ("builtins", "frozenset"): Call(build_frozenset, "frozenset"),
     }
 
 
@@ -418,13 +428,14 @@ def _zip_records(view: memoryview, label: str) -> tuple[bytes, dict[str, memoryv
 
 
 class _ValueUnpickler(pickle.Unpickler):
-    """A non-tensor value: plain containers and scalars, ``OrderedDict``, ``Counter``."""
+    """A non-tensor value: plain containers and scalars, ``OrderedDict()``, ``Counter()``
+    or ``Counter(dict)`` (``Call``s: never the class, which a BUILD would change)."""
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("collections", "OrderedDict"):
-            return OrderedDict
+            return Call(build_ordered_dict, "OrderedDict")
         if (module, name) == ("collections", "Counter"):  # MultiStepLR's milestones
-            return Counter
+            return Call(build_counter, "Counter")
         raise NativeUnsupported(f"a value needs {module}.{name}")
 
     def persistent_load(self, pid: Any) -> Any:
@@ -468,7 +479,7 @@ class _ChunkUnpickler(pickle.Unpickler):
         if (module, name) == ("torch._utils", "_rebuild_tensor_v3"):
             return Call(_rebuild_tensor_v3, name)
         if (module, name) == ("collections", "OrderedDict"):
-            return OrderedDict
+            return Call(build_ordered_dict, "OrderedDict")
         if (module, name) == ("torch.storage", "UntypedStorage"):
             return _UNTYPED
         if module == "torch" and name in _STORAGES:

@@ -11,19 +11,25 @@ OrderedDict, Counter (MultiStepLR's milestones), ``torch.Size``, ``torch.device`
 ``_codecs.encode`` for bytes, set and complex) and builds inert results: containers as
 Python containers, each tensor a ``NativeTensor`` over a ``NativeStorage`` whose bytes
 are a ``memoryview`` slice of one read-only ``mmap`` of the file at its record's data
-(local headers parsed here).
+(local headers parsed here). A GLOBAL never hands out a class or function of the
+process: each is a frozen wrapper (a BUILD on it is refused), and the containers are
+built only from what their reduce writes: ``OrderedDict()``, ``Counter()`` or
+``Counter(dict)``, ``set(list)``, ``complex(float, float)`` (``set(t)`` of a tensor
+expanded to 10**12 elements would iterate it).
 
 Everything else raises ``NativeUnsupported(reason)``: a GLOBAL outside the list, an
 opcode torch's safe unpickler refuses or a memo index past the pickle's size (the
 pre-scan sees them first: ``PickleCounts.native_refusal``), a BUILD on anything but an
-OrderedDict (torch's loader sets an OrderedDict's ``__dict__``, e.g. a model state_dict's
-``_metadata``; our globals refuse attributes, and every tensor is checked unchanged after
-the last opcode), a compressed record, a record of another size than its storage, a
-tensor outside its storage, a key seen with two storage types or sizes, tensor metadata
-(conj/neg bits), a big-endian file, and what torch's rebuild refuses: an integer or bool
-tensor that requires grad, a ``torch.device`` in another form than torch.save writes
-(read ones are ``NativeDevice``s, printing as torch's), sizes, strides or offsets past
-int64 or an element count or byte extent that overflows it. The caller then reads the
+OrderedDict or Counter instance (torch's loader sets their ``__dict__``, e.g. a model
+state_dict's ``_metadata``; ``walk`` refuses one that shadows a dict method; our globals
+refuse attributes, and every tensor is checked unchanged after the last opcode), a
+container built from other arguments than its reduce writes, a compressed record, a
+record of another size than its storage, a tensor outside its storage, a key seen with
+two storage types or sizes, tensor metadata (conj/neg bits), a big-endian file, and what
+torch's rebuild refuses: an integer or bool tensor that requires grad, a ``torch.device``
+in another form than torch.save writes (read ones are ``NativeDevice``s, printing as
+torch's), sizes, strides or offsets past int64 or an element count or byte extent that
+overflows it. The caller then reads the
 file with torch, whose verdict (and wording) is the established one: this reader never
 judges a file itself.
 One difference is left: SETITEM on a list (``l[0] = x``, only in a hand-made pickle)
@@ -31,7 +37,7 @@ is refused by torch's unpickler and done by the C one; no byte outside a record 
 
 For other pickles (a DCP ``.metadata``), ``RestrictedUnpickler`` takes any allow-list.
 
-About 500 lines on purpose: the allow-list, the storages and the zip checks are one
+About 550 lines on purpose: the allow-list, the storages and the zip checks are one
 contract with torch's loader (accept nothing it refuses), read best side by side.
 """
 
@@ -55,7 +61,8 @@ from optstate.io.native_tensor import (
     NativeUnsupported,
 )
 
-__all__ = ["NativeUnsupported", "RestrictedUnpickler", "TORCH_GLOBALS", "read_native",
+__all__ = ["NativeUnsupported", "RestrictedUnpickler", "TORCH_GLOBALS", "build_counter",
+           "build_frozenset", "build_ordered_dict", "build_set", "read_native",
            "restricted_loads"]
 
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")  # a zip local file header (30 bytes)
@@ -277,6 +284,45 @@ def _device(*args: Any) -> NativeDevice:
     return NativeDevice(args[0], args[1] if len(args) == 2 else None)
 
 
+# The containers a pickle may build, each from what its ``__reduce__`` writes (protocol 2)
+# and nothing else: never an iterable of another kind (``set(t)`` of a tensor expanded to
+# 10**12 elements iterates it, element by element), never the class itself (a BUILD on
+# ``collections.Counter`` would set attributes of the class for the whole process).
+
+
+def build_counter(*args: Any) -> Counter[Any]:
+    """``Counter()`` or ``Counter(d)`` of a plain dict (``Counter.__reduce__``)."""
+    if len(args) > 1 or args and type(args[0]) is not dict:
+        raise NativeUnsupported("a Counter built from something other than a dict")
+    return Counter(*args)
+
+
+def build_set(*args: Any) -> set[Any]:
+    """``set()`` or ``set(items)`` of a plain list or tuple (protocol 2 writes a list)."""
+    if len(args) > 1 or args and type(args[0]) not in (list, tuple):
+        raise NativeUnsupported("a set built from something other than a list")
+    return set(*args)
+
+
+def build_frozenset(*args: Any) -> frozenset[Any]:
+    """``frozenset()`` or ``frozenset(items)`` of a plain list or tuple."""
+    return frozenset(build_set(*args))
+
+
+def build_ordered_dict(*args: Any) -> OrderedDict[Any, Any]:
+    """``OrderedDict()``: its reduce writes no argument (the items follow, SETITEMS)."""
+    if args:
+        raise NativeUnsupported("an OrderedDict built from arguments")
+    return OrderedDict()
+
+
+def _complex(*args: Any) -> complex:
+    """``complex(real, imag)`` of two floats (its reduce), or ints."""
+    if not 1 <= len(args) <= 2 or any(type(v) not in (float, int) for v in args):
+        raise NativeUnsupported("a complex number of unexpected arguments")
+    return complex(*args)
+
+
 def _encode(text: Any, encoding: Any = "utf-8") -> bytes:
     """``_codecs.encode(str, 'latin1')``: how pickle protocol 2 writes ``bytes``."""
     if type(text) is not str or encoding not in ("latin1", "latin-1"):
@@ -291,17 +337,18 @@ def _torch_globals() -> dict[tuple[str, str], Any]:
         ("torch._utils", "_rebuild_parameter"): _Call(_rebuild_parameter),
         ("torch._utils", "_rebuild_parameter_with_state"):
             _Call(_rebuild_parameter_with_state),
-        ("collections", "OrderedDict"): OrderedDict,  # immutable type; BUILD on an
-        # instance sets its __dict__, as torch's loader does (a state_dict's _metadata)
-        ("collections", "Counter"): Counter,  # torch's weights_only loader takes it too
+        # a BUILD on an instance sets its __dict__, as torch's loader does (a state
+        # dict's _metadata); the instance's class is never handed out
+        ("collections", "OrderedDict"): _Call(build_ordered_dict),
+        ("collections", "Counter"): _Call(build_counter),  # torch's loader takes it too
         ("torch", "Size"): _Call(_size),
         ("torch", "device"): _Call(_device),
         ("_codecs", "encode"): _Call(_encode),
         ("torch.storage", "UntypedStorage"): _StorageType("UntypedStorage", None),
     }
     for module in ("builtins", "__builtin__"):  # protocol 2 writes __builtin__
-        table[(module, "set")] = set
-        table[(module, "complex")] = complex
+        table[(module, "set")] = _Call(build_set)
+        table[(module, "complex")] = _Call(_complex)
     for name, dtype in DTYPES.items():
         table[("torch", name)] = dtype
     for name, dtype in _STORAGE_DTYPES.items():

@@ -1,0 +1,141 @@
+"""Containers a hostile pickle builds (issue #22): Counter, set, OrderedDict and kin.
+
+1. A BUILD on an allowed *global* (``collections.Counter`` itself) would set attributes of
+   a class of the process: every allowed global of the native readers' allow-lists
+   (``native_pickle.TORCH_GLOBALS``, ``native_dcp``'s three unpicklers) refuses it.
+2. ``Counter(t)`` / ``set(t)`` of a tensor expanded to 10**12 elements (a 2 KB file) would
+   be iterated element by element, by the native reader and by torch's own unpickler: the
+   native readers build containers only from what their reduce writes, and the pre-scan
+   refuses a container built from a tensor before torch.load sees it.
+3. A BUILD on a Counter / OrderedDict instance that shadows a dict method (``items``) is
+   refused by the walk, which never calls a method of the instance.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import struct
+
+import pytest
+
+from optstate.io import native_dcp as nd
+from optstate.io.native_pickle import TORCH_GLOBALS, restricted_loads
+from optstate.io.native_tensor import NativeUnsupported
+
+
+def _u(text: str) -> bytes:
+    """BINUNICODE ``text``."""
+    b = text.encode()
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+def _global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+# BUILD states: (None, {name: value}) sets attributes one by one (setattr), {name: value}
+# updates the object's __dict__
+def _builds(names: list[str]) -> list[bytes]:
+    out = []
+    for name in names:
+        out.append(b"N}" + _u(name) + _u("pwned") + b"s\x86b")
+        out.append(b"}" + _u(name) + _u("pwned") + b"sb")
+    return out
+
+
+def _names(obj) -> list[str]:
+    """Attributes a BUILD could aim at: the object's own slots and fields, and a method."""
+    names = {"update", "__call__", "__new__"}
+    for cls in type(obj).__mro__:
+        names.update(getattr(cls, "__slots__", ()))
+    names.update(getattr(obj, "__dict__", {}))
+    return sorted(n for n in names if isinstance(n, str))
+
+
+def _snapshot(obj):
+    state = dict(vars(obj)) if hasattr(obj, "__dict__") else None
+    slots = {n: getattr(obj, n, None) for n in _names(obj)}
+    return state, slots
+
+
+_REAL = (collections.Counter, collections.OrderedDict, set, frozenset, complex)
+
+
+def _real_snapshot():
+    return [dict(vars(cls)) for cls in _REAL]
+
+
+def _assert_process_unchanged(before):
+    assert _real_snapshot() == before
+    assert collections.Counter([1, 1, 2]) == {1: 2, 2: 1}
+    assert set([1, 2]) == {1, 2}
+
+
+@pytest.mark.parametrize("key", sorted(TORCH_GLOBALS), ids=lambda k: ".".join(k))
+def test_a_build_on_any_native_global_is_refused(key):
+    module, name = key
+    target = TORCH_GLOBALS[key]
+    before, real = _snapshot(target), _real_snapshot()
+    for build in _builds(_names(target)):
+        # protocol 4: the names reach find_class as written (no __builtin__ mapping)
+        data = b"\x80\x04" + _global(module, name) + build + b"."
+        with pytest.raises(NativeUnsupported):
+            restricted_loads(data, TORCH_GLOBALS)
+    assert _snapshot(target) == before
+    _assert_process_unchanged(real)
+
+
+def _dcp_globals() -> list[tuple[str, str, str]]:
+    out = [("metadata", m, n) for m, n in nd._metadata_classes()]
+    out += [("metadata", "torch", n) for n in (*nd.DTYPES, *sorted(nd._TORCH_NAMES))]
+    out += [("value", "collections", n) for n in ("OrderedDict", "Counter")]
+    out += [("chunk", "torch._utils", n) for n in ("_rebuild_tensor_v2", "_rebuild_tensor_v3")]
+    out += [("chunk", "collections", "OrderedDict"), ("chunk", "torch.storage", "UntypedStorage")]
+    out += [("chunk", "torch", n) for n in (*nd._STORAGES, *nd.DTYPES)]
+    return out
+
+
+_UNPICKLERS = {"metadata": nd._MetadataUnpickler, "value": nd._ValueUnpickler,
+               "chunk": nd._ChunkUnpickler}
+
+
+@pytest.mark.parametrize("which,module,name", _dcp_globals(),
+                         ids=lambda v: v if isinstance(v, str) else None)
+def test_a_build_on_any_dcp_global_is_refused(which, module, name):
+    unpickler = _UNPICKLERS[which]
+    found = unpickler(__import__("io").BytesIO(b"")).find_class(module, name)
+    real = _real_snapshot()
+    for build in _builds(_names(found)):
+        data = b"\x80\x04" + _global(module, name) + build + b"."
+        with pytest.raises(NativeUnsupported):
+            nd._unpickle(unpickler, data, "a pickle")
+    _assert_process_unchanged(real)
+    if which == "value":  # the values' unpickler builds Counters still, from a dict
+        data = pickle.dumps({"m": collections.Counter({30: 1, 80: 2})}, protocol=2)
+        got = nd._unpickle(unpickler, data, "a value")["m"]
+        assert type(got) is collections.Counter and got == {30: 1, 80: 2}
+
+
+def test_the_reviewers_counter_poison_changes_nothing(tmp_path):
+    """counter2.py: BUILD (None, {"update": set}) on GLOBAL collections.Counter, read by
+    the native reader, made every later Counter of the process empty (torch's too)."""
+    import torch
+
+    from optstate.base.errors import OptstateError
+    from optstate.io.source import open_source
+    from tests.hostile_corpus import _rezip
+
+    base = tmp_path / "base.pt"
+    torch.save({"state": {}, "param_groups": [], "pad": torch.zeros(4)}, base)
+    poison = (b"\x80\x02}" + _u("state") + b"}s" + _u("param_groups") + b"]s" + _u("x")
+              + _global("collections", "Counter") + b"N}" + _u("update")
+              + _global("__builtin__", "set") + b"s\x86bs.")
+    path = _rezip(base, tmp_path / "poison.pt", replace={"data.pkl": poison})
+    real = _real_snapshot()
+    for reader in ("auto", "native", "torch"):
+        try:
+            open_source(path, reader=reader)
+        except (OptstateError, NativeUnsupported):
+            pass
+    _assert_process_unchanged(real)
