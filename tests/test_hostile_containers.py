@@ -139,3 +139,80 @@ def test_the_reviewers_counter_poison_changes_nothing(tmp_path):
         except (OptstateError, NativeUnsupported):
             pass
     _assert_process_unchanged(real)
+
+
+# ------------------------------------------------ 3. an instance's attribute hides a method
+
+
+def _base(tmp_path):
+    import torch
+
+    base = tmp_path / "base.pt"
+    if not base.exists():
+        torch.save({"state": {}, "param_groups": [], "pad": torch.zeros(4)}, base)
+    return base
+
+
+def _with_x(tmp_path, name: str, x_ops: bytes):
+    """A torch.save zip whose data.pkl is {"state": {}, "param_groups": [], "x": X}, X
+    built by the opcodes ``x_ops``."""
+    from tests.hostile_corpus import _rezip
+
+    pkl = (b"\x80\x02}" + _u("state") + b"}s" + _u("param_groups") + b"]s" + _u("x")
+           + x_ops + b"s.")
+    return _rezip(_base(tmp_path), tmp_path / f"{name}.pt", replace={"data.pkl": pkl})
+
+
+def _errors(path, run_cli):
+    """What open_source says with each reader, and the CLI (one Error: line, exit 2)."""
+    from optstate.base.errors import OptstateError
+    from optstate.io.source import open_source
+
+    said = []
+    for reader in ("auto", "torch"):
+        with pytest.raises(OptstateError) as e:
+            open_source(path, reader=reader)
+        said.append((type(e.value).__name__, str(e.value)))
+    r = run_cli("inspect", path, timeout=60)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+    return said, errors[0]
+
+
+@pytest.mark.parametrize("cls", ["OrderedDict", "Counter"])
+@pytest.mark.parametrize("method", ["items", "keys", "values", "get"])
+def test_an_attribute_that_hides_a_dict_method_is_refused(tmp_path, run_cli, cls, method):
+    """BUILD {method: "x"} on an instance (torch's loader allows BUILD on both, as a
+    state_dict's _metadata needs): the walk called obj.items() and crashed."""
+    ops = _global("collections", cls) + b")R}" + _u(method) + _u("x") + b"sb"
+    said, line = _errors(_with_x(tmp_path, f"{cls}_{method}", ops), run_cli)
+    for kind, text in said:
+        assert kind == "CheckpointError"
+        assert f"object of type {cls} whose own attribute '{method}' hides" in text
+    assert f"attribute '{method}' hides the method" in line
+
+
+def test_the_walk_reads_a_dict_subclass_without_calling_it():
+    from optstate.base.errors import CheckpointError
+    from optstate.io.walk import walk
+
+    od = collections.OrderedDict(a=1)
+    od._metadata = {"": {"version": 1}}  # what torch.save writes for a model state_dict
+    assert walk({"m": od}).nodes == 3  # the dict, the OrderedDict, its item
+
+    od.keys = "x"
+    with pytest.raises(CheckpointError, match="attribute 'keys' hides"):
+        walk([od])
+
+
+def test_a_model_state_dict_with_its_metadata_is_read(tmp_path):
+    import torch
+
+    from optstate.io.source import open_source
+
+    path = tmp_path / "model.pt"
+    torch.save({"state": {}, "param_groups": [], "model": torch.nn.Linear(2, 2).state_dict()},
+               path)
+    for reader in ("auto", "torch"):
+        src = open_source(path, reader=reader)
+        assert src.obj["model"]._metadata == {"": {"version": 1}}

@@ -11,7 +11,10 @@ outside its memory.
 ``walk`` visits each distinct container once (depth first, an explicit stack, no
 recursion), computes the size the object has *as a tree* from its children's sizes, and
 refuses what later code could not handle: a cycle, a tree larger than ``max_nodes``,
-nesting deeper than ``max_depth``, an invalid sparse tensor. Its cost is linear in the
+nesting deeper than ``max_depth``, an invalid sparse tensor, a dict subclass instance (an
+OrderedDict or Counter a BUILD gave attributes) whose own attribute hides a method of its
+class (``items``: later code would call what the file put there). It reads dicts with
+``dict.items``, never a method of the instance. Its cost is linear in the
 number of distinct objects, which the file size bounds.
 """
 
@@ -79,8 +82,8 @@ class _Frame:
 
 
 def _children(obj: Any) -> Iterator[tuple[Any, Any]]:
-    if isinstance(obj, dict):
-        return iter(list(obj.items()))
+    if isinstance(obj, dict):  # dict's own method: nothing of the instance is called
+        return iter(list(dict.items(obj)))
     if isinstance(obj, (Inert, InertTensor)):  # a foreign object decoded inertly
         obj = obj.fields()
         return iter(list(obj.items()))
@@ -132,6 +135,7 @@ def walk(obj: Any, *, max_depth: int | None = None, max_nodes: int | None = None
 
     done: dict[int, tuple[int, int]] = {}  # id -> (tree size, height) of finished objects
     active: set[int] = {id(obj)}  # containers on the current path
+    _plain_dict(obj, None, None, label)
     stack = [_Frame(obj, None, None)]
     report.distinct = 1
     while stack:
@@ -157,6 +161,7 @@ def walk(obj: Any, *, max_depth: int | None = None, max_nodes: int | None = None
                     raise LimitError(
                         label, f"is nested more than {max_depth} levels deep (at "
                         f"{_short(location_of(top, key))})", "depth", max_depth)
+                _plain_dict(child, top, key, label)
                 active.add(cid)
                 stack.append(_Frame(child, top, key))
                 report.distinct += 1
@@ -188,6 +193,28 @@ def walk(obj: Any, *, max_depth: int | None = None, max_nodes: int | None = None
             report.nodes, report.depth = top.size, top.height
     _finish(report, dtypes)
     return report
+
+
+def _plain_dict(obj: Any, frame: _Frame | None, key: Any, label: str) -> None:
+    """Refuse a dict subclass instance (an OrderedDict, a Counter) with an attribute of
+    its own that hides one of its class (``items``, ``keys``, ``get``...): a BUILD opcode
+    sets an instance's ``__dict__`` (torch's loader does, for an OrderedDict's
+    ``_metadata``, the only attribute torch.save writes), and later code calling
+    ``obj.items()`` would call what the file put there."""
+    if type(obj) is dict or not isinstance(obj, dict):
+        return
+    try:
+        attrs = object.__getattribute__(obj, "__dict__")
+    except AttributeError:
+        return
+    cls = type(obj)
+    for name in attrs:
+        if type(name) is str and hasattr(cls, name):
+            where = _short(location_of(frame, key)) if frame is not None else "the top"
+            raise CheckpointError(
+                f"{label} holds, at {where}, an object of type {cls.__name__} whose own "
+                f"attribute {_short(repr(name), 40)} hides the method of that name; refused",
+                hint="torch.save never writes this; the file was built by hand")
 
 
 def _finish(report: WalkReport, dtypes: dict[Any, int]) -> None:
