@@ -58,7 +58,9 @@ class TutorialNet(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = torch.nn.Conv2d(3, 4, 3)
+        # no bias where BatchNorm follows, as in real CNNs: BN cancels it, so its gradient
+        # is rounding noise, which Adam turns into lr-sized steps that differ per CPU
+        self.conv1 = torch.nn.Conv2d(3, 4, 3, bias=False)
         self.bn1 = torch.nn.BatchNorm2d(4)
         self.pool = torch.nn.MaxPool2d(2, 2)
         self.conv2 = torch.nn.Conv2d(4, 8, 3)
