@@ -216,3 +216,104 @@ def test_a_model_state_dict_with_its_metadata_is_read(tmp_path):
     for reader in ("auto", "torch"):
         src = open_source(path, reader=reader)
         assert src.obj["model"]._metadata == {"": {"version": 1}}
+
+
+# ------------------------------------------------------ 2. a container built from a tensor
+
+_N = 10**7  # already seconds for torch's unpickler; refused without iterating it
+
+
+class _FromTensor:
+    """Pickles as ``ctor(t)``, ``t`` a tensor of one stored element expanded to ``n``."""
+
+    def __init__(self, ctor, n=_N, rows=False):
+        self.ctor, self.n, self.rows = ctor, n, rows
+
+    def __reduce__(self):
+        import torch
+
+        t = torch.zeros(1, 1).expand(self.n, 2) if self.rows else torch.zeros(1).expand(self.n)
+        return (self.ctor, (t,))
+
+
+def _from_tensor(tmp_path, name, value):
+    import re
+
+    import torch
+
+    from tests.hostile_corpus import _rezip, _zip_members
+
+    path = tmp_path / f"{name}.pt"
+    if value == "args":  # complex(*t): the argument list itself is a tensor (a pickler
+        torch.save({"state": {}, "param_groups": [], "x": _FromTensor(complex)}, path)
+        pkl = dict((n.split("/", 1)[1], d) for n, d in _zip_members(path))["data.pkl"]
+        last = list(re.finditer(rb"\x85q.R", pkl, re.S))[-1]  # (t,) of complex((t,))
+        pkl = pkl[:last.start()] + b"R" + pkl[last.end():]  # writes none: made by hand)
+        return _rezip(path, tmp_path / "args.pt", replace={"data.pkl": pkl})
+    torch.save({"state": {}, "param_groups": [], "x": value}, path)
+    assert path.stat().st_size < 4096
+    return path
+
+
+_CASES = {
+    "counter": (lambda: _FromTensor(collections.Counter), "a Counter built from a tensor"),
+    "set": (lambda: _FromTensor(set), "a set built from a tensor"),
+    "ordered_dict": (lambda: _FromTensor(collections.OrderedDict, rows=True),
+                     "an OrderedDict built from a tensor"),
+    "args_are_a_tensor": (lambda: "args", "a call whose argument list is a tensor"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CASES))
+def test_a_container_built_from_a_tensor_is_refused_at_once(tmp_path, run_cli, name):
+    import time
+
+    make, what = _CASES[name]
+    path = _from_tensor(tmp_path, name, make())
+    t0 = time.monotonic()
+    said, line = _errors(path, run_cli)
+    assert time.monotonic() - t0 < 60
+    for kind, text in said:
+        assert kind == "UnsafeCheckpointError", text
+        assert f"holds {what}: iterating it could take forever; refused" in text
+    assert what in line
+
+
+def test_a_tensor_reaching_a_container_through_the_memo_is_seen():
+    """The tensor and the Counter class memoised first, called later from their slots;
+    a tensor put into a list after the list was memoised (and used once, clean); a set
+    called by _rebuild_from_type_v2(set, type, (t,), {}), which calls its first argument."""
+    from optstate.base.errors import UnsafeCheckpointError
+    from optstate.base.limits import Limits
+    from optstate.io.prescan import scan
+
+    tensor = (_global("torch._utils", "_rebuild_tensor_v2") + b"(" + b"K\x00" + b"t" + b"R")
+    ctr = _global("collections", "Counter")
+    memo = b"\x80\x02" + ctr + b"q\x01" + tensor + b"q\x02" + b"]h\x01h\x02\x85Ra."
+    with pytest.raises(UnsafeCheckpointError, match="a Counter built from a tensor"):
+        scan(memo, 0, Limits(), "f")
+    late = (b"\x80\x02]" + b"]q\x01" + ctr + b"h\x01\x85R" + b"a" + b"h\x01" + tensor + b"a"
+            + ctr + b"h\x01\x85\x85Ra.")
+    with pytest.raises(UnsafeCheckpointError, match="a Counter built from a tensor"):
+        scan(late, 0, Limits(), "f")
+    via_rebuild = (b"\x80\x02" + _global("torch._tensor", "_rebuild_from_type_v2") + b"("
+                   + _global("__builtin__", "set") + b"N" + tensor + b"\x85}tR.")
+    with pytest.raises(UnsafeCheckpointError, match="a set built from a tensor"):
+        scan(via_rebuild, 0, Limits(), "f")
+
+
+def test_honest_containers_still_read(tmp_path):
+    import torch
+
+    from optstate.io.source import open_source
+
+    path = tmp_path / "honest.pt"
+    value = {"state": {0: {"exp_avg": torch.zeros(2)}}, "param_groups": [{"params": [0]}],
+             "milestones": collections.Counter({30: 1, 80: 2}), "names": {"a", "b"},
+             "od": collections.OrderedDict(w=torch.ones(2)), "z": 1 + 2j,
+             "size": torch.Size([2, 3]), "model": torch.nn.Linear(2, 2).state_dict()}
+    torch.save(value, path)
+    for reader in ("auto", "torch"):
+        src = open_source(path, reader=reader)
+        assert src.obj["milestones"] == value["milestones"] and src.obj["names"] == {"a", "b"}
+    assert open_source(path, reader="auto").reader == "native"

@@ -17,6 +17,19 @@ and raises ``LimitError`` as soon as one passes its limit (``limits.py``). Only 
 torch's unpickler accepts are understood; at any other, or at the end of the data, the
 scan stops and leaves the verdict (refused opcode, truncated file) to torch, which reads
 no further than that. It runs at ~0.1 µs per opcode: ~0.3 s for 100 000 tensors.
+
+A tensor expanded to 10**12 elements is 2 KB of file, and torch's unpickler iterates it,
+element by element, when a pickle asks for ``set(t)``, ``Counter(t)``,
+``OrderedDict(t)``, ``f(*t)``: a hang. Unless the pickle has only torch.save's own forms
+(every call's arguments a tuple made just before it, ``OrderedDict()`` only, no other
+container call, no BUILD, no NEWOBJ: an optimizer's state_dict), a second pass
+(``_flow``, ~4x the scan's time per opcode) follows where each tensor goes, through the
+stack, the memo and containers, and refuses (``UnsafeCheckpointError``) a container call
+whose arguments hold a tensor, a call whose argument list is one, a BUILD whose state
+would be iterated; a call other than a container's counts as a tensor.
+
+About 530 lines on purpose: the two passes read the same opcodes, the first deciding
+whether the second is needed, and read best side by side.
 """
 
 from __future__ import annotations
@@ -45,6 +58,12 @@ for _ops, _arg, _delta in (
 ):
     for _op in _ops:
         _ARG[_op], _DELTA[_op] = _arg, _delta
+
+# The scan's own table: these are handled one by one (they tell whether the flow pass,
+# ``_flow``, must run: see ``scan``)
+_FAST = list(_ARG)
+for _op in b"hjq\x85\x86\x87b":
+    _FAST[_op] = -1
 
 _MARK, _TUPLE, _APPENDS, _SETITEMS, _REDUCE = 0x28, 0x74, 0x65, 0x75, 0x52
 _APPEND, _SETITEM, _BINUNICODE, _STOP, _GLOBAL = 0x61, 0x73, 0x58, 0x2E, 0x63
@@ -80,9 +99,18 @@ def scan(data: Any, start: int, limits: Limits, where: str,
     """Scan the pickle in ``data`` (bytes, or any buffer: an mmap) from ``start`` to its
     STOP; return where it ends (-1: stopped early) and the counts."""
     counts = counts or PickleCounts()
-    arg, delta = _ARG, _DELTA
+    arg, delta = _FAST, _DELTA
     n = len(data)
     i = start
+    # Whether torch.save's own forms are all there is (then no tensor can reach a
+    # container call, and the flow pass is skipped): every call's arguments a tuple made
+    # just before (``tuple_end``), OrderedDict only ever called as ``OrderedDict()`` (each
+    # push of it, by GLOBAL or from a memo slot it was put in, ``od_slots``, followed by
+    # EMPTY_TUPLE REDUCE), no other container call, no BUILD, no NEWOBJ.
+    risky = False
+    tuple_end = od_at = -9
+    od_pending = False
+    od_slots: set[int] = set()
     tensors, items = counts.tensors, counts.items
     max_tensors, max_items, max_string = limits.tensors, limits.items, limits.string
     max_marks = limits.depth
@@ -101,8 +129,29 @@ def scan(data: Any, start: int, limits: Limits, where: str,
                     i += a
                     depth += delta[op]
                     continue
-                if op == _LONG_BINPUT_OP:
+                if op == _BINPUT:
+                    if od_at == i - 1:  # the OrderedDict class just pushed, memoised
+                        od_slots.add(data[i])
+                        od_at = i + 1
+                    i += 1
+                elif op == _BINGET or op == _LONG_BINGET:
+                    index = data[i] if op == _BINGET else _U32(data, i)[0]
+                    i += 1 if op == _BINGET else 4
+                    depth += 1
+                    if index in od_slots:
+                        risky = risky or od_pending
+                        od_pending, od_at = True, i
+                elif op == _TUPLE1 or op == _TUPLE2 or op == _TUPLE3:
+                    depth += 0x85 - op
+                    tuple_end = i
+                elif op == _BUILD:
+                    depth -= 1
+                    risky = True
+                elif op == _LONG_BINPUT_OP:
                     index = _U32(data, i)[0]
+                    if od_at == i - 1:
+                        od_slots.add(index)
+                        od_at = i + 4
                     i += 4
                     if index > memo:
                         memo = index
@@ -114,11 +163,21 @@ def scan(data: Any, start: int, limits: Limits, where: str,
                                          "depth", max_marks)
                 elif op == _TUPLE:
                     depth = marks.pop() + 1
+                    tuple_end = i
                 elif op == _EMPTY_TUPLE:
                     depth += 1
-                    empty_end = i
+                    empty_end = tuple_end = i
                 elif op == _REDUCE or op == _NEWOBJ:
                     depth -= 1
+                    if op == _NEWOBJ:
+                        risky = True
+                    elif od_pending and od_at == i - 2 and empty_end == i - 1:
+                        od_pending = False  # OrderedDict()
+                    elif not (op == _REDUCE and (
+                            tuple_end == i - 1
+                            or (tuple_end == i - 3 and data[i - 3] == _BINPUT)
+                            or (tuple_end == i - 6 and data[i - 6] == _LONG_BINPUT_OP))):
+                        risky = True
                     # Not counted: a call whose arguments are the empty tuple pushed just
                     # before (OrderedDict()), maybe memoised on the way. Judged by opcode
                     # positions, never by the byte before: 'h)' (BINGET 41) is not ')'.
@@ -151,15 +210,23 @@ def scan(data: Any, start: int, limits: Limits, where: str,
                     end = data.find(b"\n", data.find(b"\n", i) + 1)
                     if end < 0:
                         raise IndexError
-                    if bytes(data[i:end]) in _SIZED:
-                        raise _sized(where, bytes(data[i:end]))
+                    name = bytes(data[i:end])
+                    if name in _SIZED:
+                        raise _sized(where, name)
                     i = end + 1
                     depth += 1
+                    if name == _OD:
+                        risky = risky or od_pending
+                        od_pending, od_at = True, i
+                    elif name in _CTORS:
+                        risky = True
                 elif op == _SHORT_BINSTRING or op == _LONG1:
                     i += 1 + data[i]
                     depth += 1
                 elif op == _STOP:
                     counts.tensors, counts.items, counts.memo = tensors, items, memo
+                    if risky or od_pending:
+                        _flow(data, start, i, where)
                     return i, counts
                 else:  # an opcode torch's unpickler refuses: torch says so
                     raise IndexError
@@ -185,6 +252,192 @@ def _sized(where: str, name: bytes) -> Exception:
     return UnsafeCheckpointError(
         f"{where} calls {name.decode().replace(chr(10), '.')}, which builds data from a "
         "size instead of reading it from the file; refused without running it")
+
+
+# ------------------------------------------------------------- where tensors flow to
+
+# The calls torch's unpickler allows that build a container or a value from an iterable
+# (or convert their argument to a sequence first): given a tensor, or a list holding one,
+# they iterate it element by element, and a tensor expanded to 10**12 elements is 2 KB
+# of file. torch.save never passes a tensor to one. What each builds, for the message.
+_CTORS = {
+    b"collections\nOrderedDict": "an OrderedDict", b"collections\nCounter": "a Counter",
+    b"torch\nSize": "a torch.Size", b"torch\ndevice": "a torch.device",
+    b"_codecs\nencode": "bytes",
+    **{module + b"\n" + name: what for module in (b"builtins", b"__builtin__")
+       for name, what in ((b"set", "a set"), (b"frozenset", "a frozenset"),
+                          (b"complex", "a complex number"), (b"bytearray", "a bytearray"),
+                          (b"list", "a list"), (b"dict", "a dict"), (b"tuple", "a tuple"))},
+}
+_OD = b"collections\nOrderedDict"
+_TENSOR = object()  # a call's result other than a container's: a tensor, as far as known
+_OTHER = object()  # any other global: a rebuild function, a class, a dtype
+
+
+class _Box:
+    """A container the flow pass follows (a list, dict, tuple, or what a container call
+    built): whether it holds a tensor at any depth, and the containers that hold it (to
+    be marked when it is)."""
+
+    __slots__ = ("tainted", "parents", "ctor")
+
+    def __init__(self) -> None:
+        self.tainted = False
+        self.parents: list[_Box] = []
+        self.ctor: str | None = None  # a tuple holding a container class (a call's args)
+
+
+def _put(box: Any, value: Any) -> None:
+    """``value`` goes into ``box`` (APPEND, SETITEM, a tuple's item, a BUILD's state)."""
+    if type(box) is not _Box or box.tainted:
+        return
+    if value is _TENSOR or type(value) is _Box and value.tainted:
+        todo = [box]
+        while todo:
+            b = todo.pop()
+            if not b.tainted:
+                b.tainted = True
+                todo.extend(b.parents)
+                b.parents = []
+    elif type(value) is _Box:
+        value.parents.append(box)
+
+
+def _tuple(items: list[Any]) -> Any:
+    box = None
+    for v in items:
+        if v is _TENSOR or type(v) is _Box or type(v) is str:
+            if box is None:
+                box = _Box()
+            if type(v) is str:
+                box.ctor = v
+            else:
+                _put(box, v)
+    return box
+
+
+def _held(value: Any) -> bool:
+    return value is _TENSOR or type(value) is _Box and value.tainted
+
+
+_PERSID, _BINGET, _LONG_BINGET, _EMPTY_LIST, _EMPTY_DICT, _EMPTY_SET = (
+    0x51, 0x68, 0x6A, 0x5D, 0x7D, 0x8F)
+_TUPLE1, _TUPLE2, _TUPLE3, _BUILD = 0x85, 0x86, 0x87, 0x62
+
+
+def _flow(data: Any, start: int, end: int, where: str) -> None:
+    """Follow, in a pickle ``scan`` read whole (``data[start:end]``, torch's opcodes
+    only), where each tensor goes, as torch's unpickler would put it: on a stack and in
+    the memo, into lists, dicts and tuples, as a call's arguments. Refuse, before torch
+    builds anything, what would make torch's unpickler iterate a tensor: a container
+    call (``set``, ``Counter``, ``OrderedDict``, ``torch.Size``, ...) whose arguments hold
+    a tensor at any depth, any call whose argument list is a tensor (``f(*t)``), a BUILD
+    whose state is a tensor (``t.set_(*state)``) or, on anything but a tensor, holds one
+    (``__dict__.update(state)``). A call other than a container's is taken to return a
+    tensor; torch.save writes none of these."""
+    arg, delta = _ARG, _DELTA
+    stack: list[Any] = []
+    marks: list[list[Any]] = []
+    memo: dict[int, Any] = {}
+    i = start
+    end -= 1  # the STOP
+    try:
+        while i < end:
+            op = data[i]
+            i += 1
+            if op == _BINPUT:
+                memo[data[i]] = stack[-1]
+                i += 1
+            elif op == _BINGET:
+                stack.append(memo.get(data[i]))
+                i += 1
+            elif op == _REDUCE or op == _NEWOBJ:
+                args = stack.pop()
+                func = stack.pop() if op == _NEWOBJ else stack[-1]
+                if args is _TENSOR:
+                    raise _iterates(where, "a call whose argument list is a tensor")
+                if type(func) is str:
+                    if _held(args):
+                        raise _iterates(where, f"{func} built from a tensor")
+                    result = _Box()
+                    if type(args) is _Box:
+                        args.parents.append(result)
+                else:  # a rebuild call: _rebuild_from_type_v2(func, type, args) calls func
+                    if type(args) is _Box and args.ctor is not None and args.tainted:
+                        raise _iterates(where, f"{args.ctor} built from a tensor")
+                    result = _TENSOR
+                if op == _NEWOBJ:
+                    stack.append(result)
+                else:
+                    stack[-1] = result
+            elif op == _MARK:
+                marks.append(stack)
+                stack = []
+            elif op == _TUPLE1 or op == _TUPLE2 or op == _TUPLE3:
+                n = op - 0x84
+                items = stack[-n:]
+                del stack[-n:]
+                if len(items) != n:
+                    return
+                stack.append(_tuple(items))
+            elif op == _TUPLE:
+                items, stack = stack, marks.pop()
+                stack.append(_tuple(items))
+            elif op == _SETITEMS or op == _APPENDS:
+                items, stack = stack, marks.pop()
+                box = stack[-1]
+                for v in items:
+                    _put(box, v)
+            elif op == _APPEND:
+                v = stack.pop()
+                _put(stack[-1], v)
+            elif op == _SETITEM:
+                v, k = stack.pop(), stack.pop()
+                _put(stack[-1], k)
+                _put(stack[-1], v)
+            elif op == _EMPTY_LIST or op == _EMPTY_DICT or op == _EMPTY_SET:
+                stack.append(_Box())
+            elif op == _BUILD:  # a tensor's state may hold tensors (a DTensor's local one)
+                state = stack.pop()
+                if state is _TENSOR or _held(state) and stack[-1] is not _TENSOR:
+                    raise _iterates(where, "an object whose state (BUILD) is or holds a "
+                                    "tensor")
+                _put(stack[-1], state)
+            elif op == _GLOBAL:
+                nl = data.find(b"\n", data.find(b"\n", i) + 1)
+                stack.append(_CTORS.get(bytes(data[i:nl]), _OTHER))
+                i = nl + 1
+            elif op == _LONG_BINPUT_OP:
+                memo[_U32(data, i)[0]] = stack[-1]
+                i += 4
+            elif op == _LONG_BINGET:
+                stack.append(memo.get(_U32(data, i)[0]))
+                i += 4
+            elif op == _PERSID:
+                stack[-1] = None  # a storage: its record's bytes, no more
+            elif op == _BINUNICODE:
+                i += 4 + _U32(data, i)[0]
+                stack.append(None)
+            elif op == _SHORT_BINSTRING or op == _LONG1:
+                i += 1 + data[i]
+                stack.append(None)
+            elif op == _EMPTY_TUPLE:
+                stack.append(None)
+            else:  # the rest push one plain value (or none: PROTO)
+                if arg[op] < 0:
+                    return
+                i += arg[op]
+                if delta[op] == 1:
+                    stack.append(None)
+    except IndexError:  # a stack or mark underflow: torch's unpickler fails there too
+        return
+
+
+def _iterates(where: str, what: str) -> Exception:
+    from optstate.base.errors import UnsafeCheckpointError
+
+    return UnsafeCheckpointError(f"{where} holds {what}: iterating it could take forever; "
+                                 "refused")
 
 
 def _too_many_items(where: str, limit: int) -> LimitError:
