@@ -29,9 +29,8 @@ two storage types or sizes, tensor metadata (conj/neg bits), a big-endian file, 
 torch's rebuild refuses: an integer or bool tensor that requires grad, a ``torch.device``
 in another form than torch.save writes (read ones are ``NativeDevice``s, printing as
 torch's), sizes, strides or offsets past int64 or an element count or byte extent that
-overflows it. The caller then reads the
-file with torch, whose verdict (and wording) is the established one: this reader never
-judges a file itself.
+overflows it. The caller then reads the file with torch, whose verdict (and wording) is
+the established one: this reader never judges a file itself.
 One difference is left: SETITEM on a list (``l[0] = x``, only in a hand-made pickle)
 is refused by torch's unpickler and done by the C one; no byte outside a record is read.
 
