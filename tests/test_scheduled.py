@@ -241,3 +241,16 @@ def test_tensor_lrs_are_not_computed_in_float64() -> None:
     groups = _saved(opt.state_dict())["param_groups"]
     assert scheduled_lrs(_saved(sched.state_dict()), 1, groups=groups) == (
         None, "the lrs are tensors, which torch computes in their own dtype")
+
+
+@pytest.mark.parametrize(("extra", "reason"), [
+    ({"mode": ["triangular"]}, "CyclicLR has a mode this reader does not know"),
+    ({"mode": "sawtooth"}, "CyclicLR has a mode this reader does not know"),
+    ({"_scale_fn_custom": {"a": 1}}, "CyclicLR's scale_fn is code, not saved"),
+])
+def test_a_cyclic_state_of_another_shape_says_why(extra, reason) -> None:
+    opt = _optimizer("sgd")
+    sched = L.CyclicLR(opt, 0.01, 0.1, step_size_up=3)
+    opt.step()
+    sched.step()
+    assert scheduled_lrs(_saved(sched.state_dict()) | extra, 2) == (None, reason)

@@ -90,7 +90,8 @@ def scheduled_lrs(sched_state: dict[str, Any], n_groups: int, *,
     raw_base = sched_state.get("base_lrs")
     if not isinstance(raw_base, (list, tuple)):
         return None, "the scheduler's base lrs are not a list"
-    if groups is not None and not all(isinstance(g, dict) for g in groups):
+    if groups is not None and not (isinstance(groups, list)
+                                   and all(isinstance(g, dict) for g in groups)):
         return None, "the param groups are not dicts"
     lr_values = [*raw_base, *(g.get(k) for g in groups or [] for k in _GROUP_LRS)]
     if any(is_tensor(v) for v in lr_values):
@@ -104,11 +105,8 @@ def scheduled_lrs(sched_state: dict[str, Any], n_groups: int, *,
     last_epoch = _number(raw_epoch)
     if last_epoch is None or last_epoch < 0:
         return None, "the scheduler has no last_epoch"
-    if kind == "CyclicLR" and sched_state.get("_scale_fn_custom") is not None:
-        return None, "CyclicLR's scale_fn is code, not saved"
-    if kind == "CyclicLR" and sched_state.get("scale_mode", _CYCLIC_MODES.get(
-            sched_state.get("mode"))) != _CYCLIC_MODES.get(sched_state.get("mode")):
-        return None, "CyclicLR was given its own scale_fn, which is code, not saved"
+    if kind == "CyclicLR" and (why := _cyclic_refusal(sched_state)) is not None:
+        return None, why
     if kind == "MultiStepLR" and not _whole_milestones(sched_state.get("milestones")):
         # the run decays only at an epoch equal to a milestone: never at 2.5, where the
         # closed form has decayed since
@@ -132,6 +130,21 @@ def scheduled_lrs(sched_state: dict[str, Any], n_groups: int, *,
         return None, f"{kind} gave no finite lr per group"
     how = "closed form" if kind in CLOSED_FORM else "get_lr"
     return [float(v) for v in lrs if v is not None], f"{kind} {how} at last_epoch {raw_epoch}"
+
+
+def _cyclic_refusal(state: dict[str, Any]) -> str | None:
+    """Why a CyclicLR state cannot be computed: a scale_fn of its own (a callable object's
+    state is saved; a function's is not, but its ``scale_mode`` then need not be the one
+    its ``mode`` sets), or a mode it does not know."""
+    if state.get("_scale_fn_custom") is not None:
+        return "CyclicLR's scale_fn is code, not saved"
+    mode = state.get("mode")
+    implied = _CYCLIC_MODES.get(mode) if isinstance(mode, str) else None
+    if implied is None:
+        return "CyclicLR has a mode this reader does not know"
+    if state.get("scale_mode", implied) != implied:
+        return "CyclicLR was given its own scale_fn, which is code, not saved"
+    return None
 
 
 def _compute(kind: str, state: dict[str, Any], base: list[float | None],
