@@ -736,7 +736,8 @@ static PyObject *vector_paths(PyObject *self, PyObject *args)
         if (wide < 0)
             return NULL;
         if (wide && !can) {
-            PyErr_SetString(PyExc_ValueError, "the AVX2 loop is not available on this CPU (it needs AVX2 and FMA)");
+            PyErr_SetString(PyExc_ValueError,
+                            "the AVX2 loop is not available on this CPU (it needs AVX2 and FMA)");
             return NULL;
         }
         use_avx2 = wide;
